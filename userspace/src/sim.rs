@@ -1,0 +1,411 @@
+//! A deterministic link simulator, in the spirit of quinn-proto's test `Pair`: two TCP
+//! endpoints exchange real frames (emitted and parsed by [`crate::wire`], checksums
+//! included) over a simulated link in virtual time. Loss, duplication, reordering,
+//! delay, jitter, corruption, a bandwidth-limited queue and the MTU all come from a seed.
+use crate::tcp::{Config, Connection, Instant, State};
+use crate::wire::{self, Frame, MacAddr};
+use std::collections::BinaryHeap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+/// SplitMix64: small, fast and fully determined by its seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// Impairments of one direction of the link.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub loss: f64,
+    pub duplicate: f64,
+    /// Probability a frame is held back by `reorder_delay` extra.
+    pub reorder: f64,
+    pub reorder_delay: Duration,
+    pub delay: Duration,
+    pub jitter: Duration,
+    /// Probability one random bit of the frame is flipped.
+    pub corrupt: f64,
+    /// Bits per second; 0 means unlimited.
+    pub bandwidth: u64,
+    /// Frames that may wait in the bottleneck queue before tail drop.
+    pub queue_limit: usize,
+    pub mtu: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            reorder_delay: Duration::from_millis(3),
+            delay: Duration::from_millis(5),
+            jitter: Duration::ZERO,
+            corrupt: 0.0,
+            bandwidth: 0,
+            queue_limit: 1000,
+            mtu: 1500,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct InFlight {
+    at: Instant,
+    order: u64,
+    frame: Vec<u8>,
+}
+
+impl Ord for InFlight {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // BinaryHeap is a max-heap: the earliest delivery is the greatest.
+        other.at.cmp(&self.at).then(other.order.cmp(&self.order))
+    }
+}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Counters of what the link did to the frames.
+#[derive(Debug, Clone, Default)]
+pub struct LinkStats {
+    pub sent: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub corrupted: u64,
+    pub queue_drops: u64,
+    pub rejected_by_parser: u64,
+    pub delivered: u64,
+}
+
+#[derive(Debug)]
+pub struct Link {
+    pub config: LinkConfig,
+    queue: BinaryHeap<InFlight>,
+    busy_until: Instant,
+    order: u64,
+    pub stats: LinkStats,
+}
+
+impl Link {
+    pub fn new(config: LinkConfig) -> Self {
+        Link {
+            config,
+            queue: BinaryHeap::new(),
+            busy_until: Instant::ZERO,
+            order: 0,
+            stats: LinkStats::default(),
+        }
+    }
+
+    pub fn send(&mut self, now: Instant, mut frame: Vec<u8>, rng: &mut Rng) {
+        self.stats.sent += 1;
+        assert!(
+            frame.len() <= self.config.mtu + wire::ETH_HEADER_LEN,
+            "frame of {} bytes over the MTU",
+            frame.len()
+        );
+        if rng.chance(self.config.loss) {
+            self.stats.lost += 1;
+            return;
+        }
+        if self.queue.len() >= self.config.queue_limit {
+            self.stats.queue_drops += 1;
+            return;
+        }
+        if rng.chance(self.config.corrupt) {
+            let bit = rng.below(frame.len() as u64 * 8);
+            frame[(bit / 8) as usize] ^= 1 << (bit % 8);
+            self.stats.corrupted += 1;
+        }
+        // Serialization on a bandwidth-limited link.
+        let start = now.max(self.busy_until);
+        let tx = if self.config.bandwidth > 0 {
+            Duration::from_nanos(frame.len() as u64 * 8 * 1_000_000_000 / self.config.bandwidth)
+        } else {
+            Duration::ZERO
+        };
+        self.busy_until = start + tx;
+        let mut at = self.busy_until + self.config.delay;
+        if !self.config.jitter.is_zero() {
+            at = at + Duration::from_micros(rng.below(self.config.jitter.as_micros() as u64 + 1));
+        }
+        if rng.chance(self.config.reorder) {
+            at = at + self.config.reorder_delay;
+            self.stats.reordered += 1;
+        }
+        if rng.chance(self.config.duplicate) {
+            self.stats.duplicated += 1;
+            self.push(at + Duration::from_micros(rng.below(1000)), frame.clone());
+        }
+        self.push(at, frame);
+    }
+
+    fn push(&mut self, at: Instant, frame: Vec<u8>) {
+        self.order += 1;
+        self.queue.push(InFlight {
+            at,
+            order: self.order,
+            frame,
+        });
+    }
+
+    pub fn next_delivery(&self) -> Option<Instant> {
+        self.queue.peek().map(|f| f.at)
+    }
+
+    /// Removes and returns a frame due at `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if self.queue.peek()?.at <= now {
+            self.stats.delivered += 1;
+            self.queue.pop().map(|f| f.frame)
+        } else {
+            None
+        }
+    }
+}
+
+const MAC_A: MacAddr = [2, 0, 0, 0, 0, 0xa];
+const MAC_B: MacAddr = [2, 0, 0, 0, 0, 0xb];
+pub const ADDR_A: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 50_000);
+pub const ADDR_B: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80);
+
+/// One side's application: writes `to_send` then closes, reads everything into `received`.
+#[derive(Debug, Default)]
+pub struct App {
+    pub to_send: Vec<u8>,
+    pub sent: usize,
+    pub received: Vec<u8>,
+    pub closed: bool,
+    /// Stop reading (to exercise zero windows) until this time.
+    pub read_paused_until: Instant,
+}
+
+impl App {
+    fn drive(&mut self, conn: &mut Connection, now: Instant) {
+        if conn.is_established() || conn.state() == State::SynReceived {
+            while self.sent < self.to_send.len() {
+                match conn.send(&self.to_send[self.sent..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => self.sent += n,
+                }
+            }
+        }
+        if now >= self.read_paused_until {
+            let mut buf = [0u8; 16384];
+            loop {
+                let n = conn.recv(&mut buf);
+                if n == 0 {
+                    break;
+                }
+                self.received.extend_from_slice(&buf[..n]);
+            }
+        }
+        if !self.closed && self.sent == self.to_send.len() && conn.is_established() {
+            conn.close();
+            self.closed = true;
+        }
+    }
+}
+
+/// Two connections over a simulated link: `a` opens actively, `b` passively on A's SYN.
+pub struct Pair {
+    pub now: Instant,
+    pub rng: Rng,
+    pub a: Connection,
+    pub b: Option<Connection>,
+    b_config: Config,
+    pub a_to_b: Link,
+    pub b_to_a: Link,
+    pub app_a: App,
+    pub app_b: App,
+    frame: Vec<u8>,
+}
+
+impl Pair {
+    pub fn new(
+        seed: u64,
+        a_config: Config,
+        b_config: Config,
+        a_to_b: LinkConfig,
+        b_to_a: LinkConfig,
+    ) -> Self {
+        let mut rng = Rng::new(seed);
+        // Start near the 2^32 wrap so every test crosses it.
+        let iss_a = u32::MAX - rng.below(100_000) as u32;
+        let a = Connection::connect(a_config, ADDR_A, ADDR_B, iss_a);
+        Pair {
+            now: Instant::from_millis(1),
+            rng,
+            a,
+            b: None,
+            b_config,
+            a_to_b: Link::new(a_to_b),
+            b_to_a: Link::new(b_to_a),
+            app_a: App::default(),
+            app_b: App::default(),
+            frame: vec![0; 9000],
+        }
+    }
+
+    fn flush(
+        conn: &mut Connection,
+        link: &mut Link,
+        rng: &mut Rng,
+        now: Instant,
+        frame: &mut [u8],
+        from_a: bool,
+    ) {
+        let (eth, ip) = if from_a {
+            ((MAC_A, MAC_B), (*ADDR_A.ip(), *ADDR_B.ip()))
+        } else {
+            ((MAC_B, MAC_A), (*ADDR_B.ip(), *ADDR_A.ip()))
+        };
+        while let Some(t) = conn.poll_transmit(now) {
+            let len = wire::emit_tcp(frame, eth, ip, &t.repr, t.payload_len, |dst| {
+                conn.copy_payload(t.payload_offset, dst)
+            });
+            assert!(len > 0, "segment did not fit a frame");
+            link.send(now, frame[..len].to_vec(), rng);
+        }
+    }
+
+    /// Delivers every frame due now on `link` to `conn` (a batch), counting what the parser rejects.
+    fn deliver(link: &mut Link, now: Instant, mut handle: impl FnMut(&crate::wire::TcpRepr<'_>)) {
+        while let Some(frame) = link.pop_due(now) {
+            match wire::parse_frame(&frame) {
+                Ok(Frame::Tcp { tcp, .. }) => handle(&tcp),
+                _ => link.stats.rejected_by_parser += 1,
+            }
+        }
+    }
+
+    /// One step: deliver due frames, run timers and apps, send, then advance time to the
+    /// next event. Returns false when nothing is left to happen.
+    pub fn step(&mut self) -> bool {
+        let now = self.now;
+        // Frames to B; the first SYN creates B (the listener's accept).
+        let (b_config, b) = (&self.b_config, &mut self.b);
+        Self::deliver(&mut self.a_to_b, now, |seg| match b {
+            Some(conn) => conn.handle_segment(now, seg),
+            None if seg.flags.syn && !seg.flags.ack => {
+                let iss = 0x7fff_0000;
+                *b = Some(Connection::accept(
+                    now,
+                    b_config.clone(),
+                    ADDR_B,
+                    ADDR_A,
+                    iss,
+                    seg,
+                ));
+            }
+            None => {}
+        });
+        let a = &mut self.a;
+        Self::deliver(&mut self.b_to_a, now, |seg| a.handle_segment(now, seg));
+
+        if self.a.poll_timeout().is_some_and(|t| t <= now) {
+            self.a.handle_timeout(now);
+        }
+        self.app_a.drive(&mut self.a, now);
+        Self::flush(
+            &mut self.a,
+            &mut self.a_to_b,
+            &mut self.rng,
+            now,
+            &mut self.frame,
+            true,
+        );
+        if let Some(b) = self.b.as_mut() {
+            if b.poll_timeout().is_some_and(|t| t <= now) {
+                b.handle_timeout(now);
+            }
+            self.app_b.drive(b, now);
+            Self::flush(
+                b,
+                &mut self.b_to_a,
+                &mut self.rng,
+                now,
+                &mut self.frame,
+                false,
+            );
+        }
+
+        let mut next = [
+            self.a_to_b.next_delivery(),
+            self.b_to_a.next_delivery(),
+            self.a.poll_timeout(),
+            self.b.as_ref().and_then(|b| b.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if self.app_a.read_paused_until > now || self.app_b.read_paused_until > now {
+            let resume = self
+                .app_a
+                .read_paused_until
+                .max(self.app_b.read_paused_until);
+            next = Some(next.map_or(resume, |n| n.min(resume)));
+        }
+        match next {
+            Some(t) => {
+                self.now = t.max(Instant(now.0 + 1));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Runs until both sides are closed or `limit` of virtual time passes.
+    pub fn run(&mut self, limit: Duration) -> Outcome {
+        let deadline = self.now + limit;
+        while self.now < deadline {
+            let finished = |s: State| matches!(s, State::Closed | State::TimeWait);
+            let done =
+                finished(self.a.state()) && self.b.as_ref().is_some_and(|b| finished(b.state()));
+            if done || !self.step() {
+                break;
+            }
+        }
+        Outcome {
+            a_state: self.a.state(),
+            b_state: self.b.as_ref().map(|b| b.state()),
+            elapsed: self.now,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub a_state: State,
+    pub b_state: Option<State>,
+    pub elapsed: Instant,
+}

@@ -1,0 +1,209 @@
+//! Congestion control behind a small trait: NewReno (RFC 5681) and CUBIC (RFC 9438).
+//! Loss recovery itself (fast retransmit, NewReno partial ACKs, SACK) is in the
+//! connection; algorithms only decide how the window grows and shrinks.
+use super::time::Instant;
+use std::time::Duration;
+
+pub trait CongestionControl: std::fmt::Debug + Send {
+    fn name(&self) -> &'static str;
+    /// Congestion window in bytes.
+    fn window(&self) -> usize;
+    fn ssthresh(&self) -> usize;
+    /// New data was acknowledged outside of loss recovery.
+    fn on_ack(&mut self, now: Instant, acked: usize, srtt: Option<Duration>);
+    /// Loss detected by duplicate ACKs or SACK: returns the new ssthresh; the window is set to it.
+    fn on_loss(&mut self, now: Instant, flight: usize) -> usize;
+    /// Retransmission timeout (RFC 5681 section 3.1, equation 4): window falls to one segment.
+    fn on_timeout(&mut self, now: Instant, flight: usize);
+    /// Used by recovery to inflate and deflate the window (RFC 6582).
+    fn set_window(&mut self, cwnd: usize);
+}
+
+/// Initial window (RFC 6928): 10 segments.
+pub fn initial_window(mss: usize) -> usize {
+    10 * mss
+}
+
+#[derive(Debug)]
+pub struct NewReno {
+    mss: usize,
+    cwnd: usize,
+    ssthresh: usize,
+    acked_in_ca: usize,
+}
+
+impl NewReno {
+    pub fn new(mss: usize) -> Self {
+        NewReno {
+            mss,
+            cwnd: initial_window(mss),
+            ssthresh: usize::MAX,
+            acked_in_ca: 0,
+        }
+    }
+}
+
+impl CongestionControl for NewReno {
+    fn name(&self) -> &'static str {
+        "newreno"
+    }
+    fn window(&self) -> usize {
+        self.cwnd
+    }
+    fn ssthresh(&self) -> usize {
+        self.ssthresh
+    }
+    fn on_ack(&mut self, _now: Instant, acked: usize, _srtt: Option<Duration>) {
+        if self.cwnd < self.ssthresh {
+            // RFC 5681 3.1 slow start, with RFC 3465 byte counting capped at one SMSS.
+            self.cwnd += acked.min(self.mss);
+        } else {
+            // Congestion avoidance: one SMSS per window of acknowledged data.
+            self.acked_in_ca += acked;
+            if self.acked_in_ca >= self.cwnd {
+                self.acked_in_ca -= self.cwnd;
+                self.cwnd += self.mss;
+            }
+        }
+    }
+    fn on_loss(&mut self, _now: Instant, flight: usize) -> usize {
+        // RFC 5681 equation 4.
+        self.ssthresh = (flight / 2).max(2 * self.mss);
+        self.cwnd = self.ssthresh;
+        self.acked_in_ca = 0;
+        self.ssthresh
+    }
+    fn on_timeout(&mut self, _now: Instant, flight: usize) {
+        self.ssthresh = (flight / 2).max(2 * self.mss);
+        self.cwnd = self.mss;
+        self.acked_in_ca = 0;
+    }
+    fn set_window(&mut self, cwnd: usize) {
+        self.cwnd = cwnd.max(self.mss);
+    }
+}
+
+/// CUBIC (RFC 9438), in units of segments for the cubic function.
+#[derive(Debug)]
+pub struct Cubic {
+    mss: usize,
+    cwnd: usize,
+    ssthresh: usize,
+    w_max: f64,
+    k: f64,
+    epoch_start: Option<Instant>,
+    /// Reno-friendly estimate (RFC 9438 section 4.3), in segments.
+    w_est: f64,
+}
+
+const CUBIC_C: f64 = 0.4;
+const CUBIC_BETA: f64 = 0.7;
+
+impl Cubic {
+    pub fn new(mss: usize) -> Self {
+        Cubic {
+            mss,
+            cwnd: initial_window(mss),
+            ssthresh: usize::MAX,
+            w_max: 0.0,
+            k: 0.0,
+            epoch_start: None,
+            w_est: 0.0,
+        }
+    }
+}
+
+impl CongestionControl for Cubic {
+    fn name(&self) -> &'static str {
+        "cubic"
+    }
+    fn window(&self) -> usize {
+        self.cwnd
+    }
+    fn ssthresh(&self) -> usize {
+        self.ssthresh
+    }
+    fn on_ack(&mut self, now: Instant, acked: usize, srtt: Option<Duration>) {
+        if self.cwnd < self.ssthresh {
+            self.cwnd += acked.min(self.mss);
+            return;
+        }
+        let mss = self.mss as f64;
+        let cwnd_seg = self.cwnd as f64 / mss;
+        let start = *self.epoch_start.get_or_insert_with(|| {
+            // RFC 9438 4.2: a new congestion-avoidance epoch.
+            if self.w_max < cwnd_seg {
+                self.w_max = cwnd_seg;
+            }
+            self.k = ((self.w_max - cwnd_seg) / CUBIC_C).cbrt();
+            self.w_est = cwnd_seg;
+            now
+        });
+        let rtt = srtt.unwrap_or(Duration::from_millis(100)).as_secs_f64();
+        let t = now.saturating_since(start).as_secs_f64() + rtt;
+        let target = CUBIC_C * (t - self.k).powi(3) + self.w_max;
+        // Reno-friendly region (section 4.3).
+        let alpha = 3.0 * (1.0 - CUBIC_BETA) / (1.0 + CUBIC_BETA);
+        self.w_est += alpha * (acked as f64 / mss) / cwnd_seg;
+        let target = target.max(self.w_est).min(cwnd_seg * 1.5);
+        if target > cwnd_seg {
+            let inc = (target - cwnd_seg) / cwnd_seg * (acked as f64 / mss);
+            self.cwnd += (inc * mss) as usize;
+        }
+    }
+    fn on_loss(&mut self, _now: Instant, flight: usize) -> usize {
+        let cwnd_seg = self.cwnd as f64 / self.mss as f64;
+        // Fast convergence (section 4.7).
+        self.w_max = if cwnd_seg < self.w_max {
+            cwnd_seg * (1.0 + CUBIC_BETA) / 2.0
+        } else {
+            cwnd_seg
+        };
+        self.ssthresh = ((flight.max(self.cwnd) as f64 * CUBIC_BETA) as usize).max(2 * self.mss);
+        self.cwnd = self.ssthresh;
+        self.epoch_start = None;
+        self.ssthresh
+    }
+    fn on_timeout(&mut self, now: Instant, flight: usize) {
+        self.on_loss(now, flight);
+        self.cwnd = self.mss;
+    }
+    fn set_window(&mut self, cwnd: usize) {
+        self.cwnd = cwnd.max(self.mss);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newreno_slow_start_then_avoidance() {
+        let mut cc = NewReno::new(1000);
+        assert_eq!(cc.window(), 10_000);
+        cc.on_ack(Instant::ZERO, 1000, None);
+        assert_eq!(cc.window(), 11_000);
+        assert_eq!(cc.on_loss(Instant::ZERO, 20_000), 10_000);
+        for _ in 0..10 {
+            cc.on_ack(Instant::ZERO, 1000, None);
+        }
+        assert_eq!(cc.window(), 11_000);
+        cc.on_timeout(Instant::ZERO, 11_000);
+        assert_eq!(cc.window(), 1000);
+    }
+
+    #[test]
+    fn cubic_reduces_by_beta_and_regrows() {
+        let mut cc = Cubic::new(1000);
+        cc.set_window(100_000);
+        cc.ssthresh = 50_000;
+        let ss = cc.on_loss(Instant::ZERO, 100_000);
+        assert_eq!(ss, 70_000);
+        let mut now = Instant::ZERO;
+        for _ in 0..2000 {
+            now = now + Duration::from_millis(10);
+            cc.on_ack(now, 1000, Some(Duration::from_millis(10)));
+        }
+        assert!(cc.window() > 100_000, "window {}", cc.window());
+    }
+}

@@ -1,0 +1,1296 @@
+//! One TCP connection (RFC 9293), as a pure state machine.
+//!
+//! Inputs: [`Connection::handle_segment`], [`Connection::handle_timeout`] and the
+//! application calls (`send`, `recv`, `close`, `abort`), each with `now`.
+//! Outputs: [`Connection::poll_transmit`] (segments to send, one at a time) and
+//! [`Connection::poll_timeout`] (the next deadline).
+use super::CongestionKind;
+use super::congestion::{CongestionControl, Cubic, NewReno};
+use super::reassembly::Reassembler;
+use super::rtt::RttEstimator;
+use super::sack::Scoreboard;
+use super::send_buffer::SendBuffer;
+use super::seq::SeqNum;
+use super::time::{Instant, earliest};
+use crate::wire::{MAX_SACK_BLOCKS, TcpFlags, TcpOptions, TcpRepr};
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+/// Per-connection settings. Defaults follow the RFCs and Linux where the RFCs leave room.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// MSS we advertise and send at most (MTU minus 40).
+    pub mss: u16,
+    pub send_buffer: usize,
+    pub recv_buffer: usize,
+    /// Bounds on out-of-order state kept by the receiver.
+    pub max_ooo_ranges: usize,
+    pub max_ooo_bytes: usize,
+    pub nodelay: bool,
+    pub window_scaling: bool,
+    pub timestamps: bool,
+    pub sack: bool,
+    pub delayed_ack: Duration,
+    /// TIME-WAIT length, 2*MSL (RFC 9293 section 3.6.1).
+    pub time_wait: Duration,
+    pub initial_rto: Duration,
+    pub min_rto: Duration,
+    pub max_rto: Duration,
+    /// Retransmissions of one segment before giving up (RFC 1122 4.2.3.5 R2).
+    pub max_retries: u32,
+    pub max_syn_retries: u32,
+    pub congestion: CongestionKind,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mss: 1460,
+            send_buffer: 1 << 20,
+            recv_buffer: 1 << 20,
+            max_ooo_ranges: 64,
+            max_ooo_bytes: 1 << 20,
+            nodelay: false,
+            window_scaling: true,
+            timestamps: true,
+            sack: true,
+            delayed_ack: Duration::from_millis(40),
+            time_wait: Duration::from_secs(60),
+            initial_rto: Duration::from_secs(1),
+            min_rto: Duration::from_millis(200),
+            max_rto: Duration::from_secs(60),
+            max_retries: 15,
+            max_syn_retries: 6,
+            congestion: CongestionKind::Cubic,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    SynSent,
+    SynReceived,
+    Established,
+    FinWait1,
+    FinWait2,
+    CloseWait,
+    Closing,
+    LastAck,
+    TimeWait,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TcpError {
+    #[error("connection refused")]
+    Refused,
+    #[error("connection reset by peer")]
+    Reset,
+    #[error("connection timed out")]
+    TimedOut,
+    #[error("destination unreachable")]
+    Unreachable,
+    #[error("connection closed")]
+    Closed,
+}
+
+/// Counters for `-v` and `--stats`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionStats {
+    pub segments_in: u64,
+    pub segments_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub retransmits: u64,
+    pub fast_retransmits: u64,
+    pub timeouts: u64,
+    pub dup_acks: u64,
+    pub out_of_order_segments: u64,
+    pub challenge_acks: u64,
+    pub paws_drops: u64,
+    pub dropped_out_of_window: u64,
+    pub window_probes: u64,
+}
+
+/// A segment to send: header fields, and `payload_len` bytes at `payload_offset` in
+/// the send buffer, copied into the frame with [`Connection::copy_payload`].
+#[derive(Debug, Clone, Copy)]
+pub struct Transmit {
+    pub repr: TcpRepr<'static>,
+    pub payload_offset: usize,
+    pub payload_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    None,
+    /// Fast recovery until SND.UNA reaches `recover` (RFC 6582).
+    Fast {
+        recover: SeqNum,
+    },
+}
+
+#[derive(Debug)]
+pub struct Connection {
+    state: State,
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+    cfg: Config,
+    error: Option<TcpError>,
+
+    // Send sequence space (RFC 9293 section 3.3.1).
+    iss: SeqNum,
+    snd_una: SeqNum,
+    snd_nxt: SeqNum,
+    /// Highest sequence number sent so far (SND.NXT can go back after a timeout).
+    snd_max: SeqNum,
+    snd_wnd: u32,
+    max_snd_wnd: u32,
+    snd_wl1: SeqNum,
+    snd_wl2: SeqNum,
+    /// Sequence number of the first byte in `send_buf`.
+    buf_seq: SeqNum,
+    send_buf: SendBuffer,
+    fin_queued: bool,
+    syn_needed: bool,
+
+    // Receive sequence space.
+    irs: SeqNum,
+    rcv_nxt: SeqNum,
+    /// Right edge of the window we last advertised; never moves left (RFC 9293 3.8.6).
+    rcv_adv: SeqNum,
+    recv: Reassembler,
+    peer_fin: Option<SeqNum>,
+    fin_received: bool,
+
+    // Negotiated options.
+    /// Payload per segment with timestamps but no SACK blocks (for congestion control).
+    snd_mss: usize,
+    /// Room for payload plus options in one segment: the peer's MSS (RFC 9293 3.7.1).
+    peer_mss: usize,
+    /// End of the last small segment sent (Minshall's Nagle variant).
+    snd_sml: SeqNum,
+    /// The sender SWS override timer fired (RFC 9293 3.8.6.2.1): send what the window allows.
+    sws_override: bool,
+    snd_wscale: u8,
+    rcv_wscale: u8,
+    ts_enabled: bool,
+    ts_recent: u32,
+    ts_offset: u32,
+    sack_enabled: bool,
+    last_ack_sent: SeqNum,
+
+    // ACK generation.
+    ack_now: bool,
+    /// Duplicate ACKs owed: one per out-of-order segment (RFC 5681 4.2), even in a batch
+    /// whose in-order segments share a single ACK.
+    dup_acks_owed: u32,
+    segs_since_ack: u32,
+    delack_deadline: Option<Instant>,
+    window_update: bool,
+    challenge_ack_pending: bool,
+
+    // Loss detection and recovery.
+    rtt: RttEstimator,
+    rto_deadline: Option<Instant>,
+    retries: u32,
+    rtt_probe: Option<(SeqNum, Instant)>,
+    dupacks: u32,
+    recovery: Recovery,
+    /// RFC 6582 "recover": no new fast retransmit until SND.UNA passes it.
+    recover_guard: SeqNum,
+    fast_rtx_pending: bool,
+    rtx_next: SeqNum,
+    scoreboard: Scoreboard,
+    cc: Box<dyn CongestionControl>,
+
+    persist_deadline: Option<Instant>,
+    persist_backoff: u32,
+    probe_pending: bool,
+    time_wait_deadline: Option<Instant>,
+    rst_pending: Option<TcpRepr<'static>>,
+
+    stats: ConnectionStats,
+}
+
+impl Connection {
+    fn new(cfg: Config, local: SocketAddrV4, remote: SocketAddrV4, iss: u32, state: State) -> Self {
+        let iss = SeqNum(iss);
+        let mss = usize::from(cfg.mss);
+        let cc: Box<dyn CongestionControl> = match cfg.congestion {
+            CongestionKind::NewReno => Box::new(NewReno::new(mss)),
+            CongestionKind::Cubic => Box::new(Cubic::new(mss)),
+        };
+        let mut rcv_wscale = 0;
+        while cfg.window_scaling && rcv_wscale < 14 && (cfg.recv_buffer >> rcv_wscale) > 65535 {
+            rcv_wscale += 1;
+        }
+        Connection {
+            state,
+            local,
+            remote,
+            error: None,
+            iss,
+            snd_una: iss,
+            snd_nxt: iss,
+            snd_max: iss,
+            snd_wnd: 0,
+            max_snd_wnd: 0,
+            snd_wl1: SeqNum(0),
+            snd_wl2: iss,
+            buf_seq: iss + 1u32,
+            send_buf: SendBuffer::new(cfg.send_buffer),
+            fin_queued: false,
+            syn_needed: true,
+            irs: SeqNum(0),
+            rcv_nxt: SeqNum(0),
+            rcv_adv: SeqNum(0),
+            recv: Reassembler::new(cfg.recv_buffer, cfg.max_ooo_ranges, cfg.max_ooo_bytes),
+            peer_fin: None,
+            fin_received: false,
+            snd_mss: 536,
+            peer_mss: 536,
+            snd_sml: iss,
+            sws_override: false,
+            snd_wscale: 0,
+            rcv_wscale,
+            ts_enabled: cfg.timestamps,
+            ts_recent: 0,
+            ts_offset: iss.0.rotate_left(13),
+            sack_enabled: cfg.sack,
+            last_ack_sent: SeqNum(0),
+            ack_now: false,
+            dup_acks_owed: 0,
+            segs_since_ack: 0,
+            delack_deadline: None,
+            window_update: false,
+            challenge_ack_pending: false,
+            rtt: RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto),
+            rto_deadline: None,
+            retries: 0,
+            rtt_probe: None,
+            dupacks: 0,
+            recovery: Recovery::None,
+            recover_guard: iss,
+            fast_rtx_pending: false,
+            rtx_next: iss,
+            scoreboard: Scoreboard::default(),
+            cc,
+            persist_deadline: None,
+            persist_backoff: 0,
+            probe_pending: false,
+            time_wait_deadline: None,
+            rst_pending: None,
+            stats: ConnectionStats::default(),
+            cfg,
+        }
+    }
+
+    /// Active open (RFC 9293 3.10.1): the first `poll_transmit` returns the SYN.
+    pub fn connect(cfg: Config, local: SocketAddrV4, remote: SocketAddrV4, iss: u32) -> Self {
+        let mut c = Connection::new(cfg, local, remote, iss, State::SynSent);
+        // RFC 7323: window scale and timestamps are offered only in the SYN.
+        c.snd_wscale = 0;
+        c
+    }
+
+    /// Passive open from a SYN that a listener accepted (RFC 9293 3.10.7.2).
+    pub fn accept(
+        now: Instant,
+        cfg: Config,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        iss: u32,
+        syn: &TcpRepr<'_>,
+    ) -> Self {
+        let mut c = Connection::new(cfg, local, remote, iss, State::SynReceived);
+        c.irs = SeqNum(syn.seq);
+        c.rcv_nxt = c.irs + 1u32;
+        c.rcv_adv = c.rcv_nxt;
+        c.negotiate(&syn.options);
+        // The window of a SYN is never scaled (RFC 7323 section 2.2).
+        c.snd_wnd = u32::from(syn.window);
+        c.max_snd_wnd = c.snd_wnd;
+        c.snd_wl1 = c.irs;
+        c.rto_deadline = Some(now + c.rtt.rto());
+        c
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+    pub fn local(&self) -> SocketAddrV4 {
+        self.local
+    }
+    pub fn remote(&self) -> SocketAddrV4 {
+        self.remote
+    }
+    pub fn error(&self) -> Option<TcpError> {
+        self.error
+    }
+    pub fn stats(&self) -> &ConnectionStats {
+        &self.stats
+    }
+    pub fn srtt(&self) -> Option<Duration> {
+        self.rtt.srtt()
+    }
+    pub fn cwnd(&self) -> usize {
+        self.cc.window()
+    }
+    pub fn congestion_name(&self) -> &'static str {
+        self.cc.name()
+    }
+    pub fn out_of_order_bytes(&self) -> usize {
+        self.recv.out_of_order_bytes()
+    }
+    pub fn send_mss(&self) -> usize {
+        self.snd_mss
+    }
+    pub fn is_established(&self) -> bool {
+        !matches!(
+            self.state,
+            State::SynSent | State::SynReceived | State::Closed
+        )
+    }
+    /// True once the connection is fully closed and can be forgotten.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed && self.rst_pending.is_none()
+    }
+
+    // ---------------------------------------------------------------- application calls
+
+    /// Queues data; returns how much fit in the send buffer (0 when full).
+    pub fn send(&mut self, data: &[u8]) -> Result<usize, TcpError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        match self.state {
+            State::SynSent | State::SynReceived | State::Established | State::CloseWait
+                if !self.fin_queued =>
+            {
+                Ok(self.send_buf.push(data))
+            }
+            _ => Err(TcpError::Closed),
+        }
+    }
+
+    /// Room in the send buffer.
+    pub fn send_capacity(&self) -> usize {
+        if self.fin_queued {
+            0
+        } else {
+            self.send_buf.free()
+        }
+    }
+
+    /// Bytes sent or queued that the peer has not acknowledged yet.
+    pub fn unacked(&self) -> usize {
+        self.send_buf.len()
+    }
+
+    /// Reads in-order data. Returns 0 when nothing is ready; see [`Connection::at_eof`].
+    pub fn recv(&mut self, buf: &mut [u8]) -> usize {
+        let before = self.recv.window();
+        let n = self.recv.read(buf);
+        if n > 0 && !self.fin_received {
+            // Send a window update once the window opened by enough (RFC 9293 3.8.6.2.2).
+            let new_edge = self.rcv_nxt + self.recv.window();
+            let opened = if new_edge > self.rcv_adv {
+                new_edge.since(self.rcv_adv) as usize
+            } else {
+                0
+            };
+            let threshold = (self.recv.capacity() / 2).min(2 * usize::from(self.cfg.mss));
+            if opened >= threshold || before < usize::from(self.cfg.mss) {
+                self.window_update = true;
+            }
+        }
+        n
+    }
+
+    pub fn recv_available(&self) -> usize {
+        self.recv.readable()
+    }
+
+    /// The peer closed its side and every byte before its FIN has been read.
+    pub fn at_eof(&self) -> bool {
+        self.fin_received && self.recv.readable() == 0
+    }
+
+    /// Half-close: send FIN after the queued data (RFC 9293 3.10.4).
+    pub fn close(&mut self) {
+        match self.state {
+            State::SynSent => self.state = State::Closed,
+            State::SynReceived | State::Established => {
+                self.fin_queued = true;
+                self.state = State::FinWait1;
+            }
+            State::CloseWait => {
+                self.fin_queued = true;
+                self.state = State::LastAck;
+            }
+            _ => {}
+        }
+    }
+
+    /// Abort: send RST and forget everything (RFC 9293 3.10.5).
+    pub fn abort(&mut self) {
+        if !matches!(self.state, State::SynSent | State::Closed | State::TimeWait) {
+            self.rst_pending = Some(self.rst_repr(self.snd_nxt, None));
+        }
+        self.enter_closed(None);
+    }
+
+    // ---------------------------------------------------------------- input
+
+    /// An ICMP error quoting one of our segments (RFC 1122 3.2.2.1, RFC 5927): hard errors
+    /// abort a connection that is still opening.
+    pub fn handle_icmp_unreachable(&mut self, code: u8) {
+        // Codes 2 (protocol), 3 (port) and 4 (fragmentation needed, we set DF) are hard;
+        // net/host unreachable are soft unless the connection never came up.
+        if self.state == State::SynSent || matches!(code, 2 | 3) {
+            self.enter_closed(Some(TcpError::Unreachable));
+        }
+    }
+
+    pub fn handle_segment(&mut self, now: Instant, seg: &TcpRepr<'_>) {
+        self.stats.segments_in += 1;
+        self.stats.bytes_in += seg.payload.len() as u64;
+        match self.state {
+            State::Closed => {}
+            State::SynSent => self.handle_syn_sent(now, seg),
+            _ => self.handle_synchronized(now, seg),
+        }
+    }
+
+    fn negotiate(&mut self, opts: &TcpOptions) {
+        // RFC 9293 3.7.1: 536 when no MSS option.
+        let peer_mss = usize::from(opts.mss.unwrap_or(536)).max(64);
+        match (self.cfg.window_scaling, opts.window_scale) {
+            (true, Some(ws)) => self.snd_wscale = ws.min(14), // RFC 7323 2.3
+            _ => {
+                self.snd_wscale = 0;
+                self.rcv_wscale = 0;
+            }
+        }
+        self.ts_enabled = self.cfg.timestamps && opts.timestamps.is_some();
+        if let Some((val, _)) = opts.timestamps {
+            self.ts_recent = val;
+        }
+        self.sack_enabled = self.cfg.sack && opts.sack_permitted;
+        let mut mss = peer_mss.min(usize::from(self.cfg.mss));
+        self.peer_mss = mss;
+        if self.ts_enabled {
+            mss -= 12; // timestamps take 12 bytes of every segment
+        }
+        self.snd_mss = mss;
+    }
+
+    fn handle_syn_sent(&mut self, now: Instant, seg: &TcpRepr<'_>) {
+        let ack = SeqNum(seg.ack);
+        // RFC 9293 3.10.7.3, first: check the ACK.
+        let ack_ok = seg.flags.ack && ack > self.iss && ack <= self.snd_max;
+        if seg.flags.ack && !ack_ok {
+            if !seg.flags.rst {
+                self.rst_pending = Some(self.rst_repr(ack, None));
+            }
+            return;
+        }
+        if seg.flags.rst {
+            if ack_ok {
+                self.enter_closed(Some(TcpError::Refused));
+            }
+            return;
+        }
+        if !seg.flags.syn {
+            return;
+        }
+        self.irs = SeqNum(seg.seq);
+        self.rcv_nxt = self.irs + 1u32;
+        self.rcv_adv = self.rcv_nxt;
+        self.negotiate(&seg.options);
+        self.snd_wnd = u32::from(seg.window);
+        self.max_snd_wnd = self.snd_wnd;
+        self.snd_wl1 = self.irs;
+        self.snd_wl2 = ack;
+        if ack_ok {
+            if self.retries == 0 {
+                if let Some((_, sent)) = self.rtt_probe.take() {
+                    self.rtt.sample(now - sent);
+                }
+            }
+            self.rtt_probe = None;
+            self.snd_una = ack;
+            self.snd_nxt = self.snd_nxt.max(ack);
+            self.retries = 0;
+            self.rtt.reset_backoff();
+            self.rto_deadline = None;
+            self.state = State::Established;
+            self.ack_now = true;
+        } else {
+            // Simultaneous open (RFC 9293 figure 7): answer with SYN-ACK.
+            self.state = State::SynReceived;
+            self.syn_needed = true;
+            self.snd_nxt = self.iss;
+        }
+    }
+
+    fn handle_synchronized(&mut self, now: Instant, seg: &TcpRepr<'_>) {
+        let seq = SeqNum(seg.seq);
+        let seg_len = seg.seq_len();
+        let rcv_wnd = if self.rcv_adv > self.rcv_nxt {
+            self.rcv_adv.since(self.rcv_nxt)
+        } else {
+            0
+        };
+
+        // PAWS (RFC 7323 section 5.3).
+        if self.ts_enabled && !seg.flags.rst {
+            if let Some((tsval, _)) = seg.options.timestamps {
+                if (tsval.wrapping_sub(self.ts_recent) as i32) < 0 {
+                    self.stats.paws_drops += 1;
+                    self.ack_now = true;
+                    return;
+                }
+            }
+        }
+
+        // Acceptability test (RFC 9293 3.10.7.4, first).
+        let in_window = |s: SeqNum| s.in_range(self.rcv_nxt, self.rcv_nxt + rcv_wnd);
+        let acceptable = match (seg_len, rcv_wnd) {
+            (0, 0) => seq == self.rcv_nxt,
+            (0, _) => in_window(seq),
+            (_, 0) => false,
+            (_, _) => in_window(seq) || in_window(seq + (seg_len - 1)),
+        };
+
+        // RST (RFC 5961 section 3.2): exact match resets, in-window gets a challenge ACK.
+        if seg.flags.rst {
+            if seq == self.rcv_nxt {
+                let err = match self.state {
+                    State::SynReceived | State::Closing | State::LastAck | State::TimeWait => None,
+                    _ => Some(TcpError::Reset),
+                };
+                self.enter_closed(err);
+            } else if acceptable {
+                self.challenge_ack();
+            }
+            return;
+        }
+
+        if !acceptable {
+            if seg_len > 0 {
+                self.stats.dropped_out_of_window += 1;
+            }
+            // A duplicate or out-of-window segment gets an ACK (RFC 9293 3.10.7.4), but the
+            // ACK field of a zero-window probe or pure ACK is still worth reading.
+            self.ack_now = true;
+            if !(rcv_wnd == 0 && seg.flags.ack) {
+                return;
+            }
+        }
+
+        // SYN in a synchronized state (RFC 5961 section 4.2): challenge ACK.
+        if seg.flags.syn {
+            if self.state == State::SynReceived && seq == self.irs {
+                self.syn_needed = true; // our SYN-ACK was lost
+                self.snd_nxt = self.iss;
+            } else if self.state == State::TimeWait {
+                self.ack_now = true;
+            } else {
+                self.challenge_ack();
+            }
+            return;
+        }
+
+        if !seg.flags.ack {
+            return;
+        }
+        if !self.process_ack(now, seg) {
+            return;
+        }
+        if !acceptable {
+            return;
+        }
+
+        // RFC 7323 4.3: remember the timestamp of a segment that covers the last ACK sent.
+        if self.ts_enabled {
+            if let Some((tsval, _)) = seg.options.timestamps {
+                if seq <= self.last_ack_sent {
+                    self.ts_recent = tsval;
+                }
+            }
+        }
+
+        // Segment text (RFC 9293 3.10.7.4, seventh).
+        if !seg.payload.is_empty() {
+            self.process_data(now, seq, seg.payload);
+        }
+
+        if seg.flags.fin {
+            self.peer_fin = Some(seq + seg.payload.len());
+        }
+        self.check_fin(now);
+    }
+
+    /// The ACK field (RFC 9293 3.10.7.4, fifth). Returns false if the segment is dropped.
+    fn process_ack(&mut self, now: Instant, seg: &TcpRepr<'_>) -> bool {
+        let ack = SeqNum(seg.ack);
+        let seq = SeqNum(seg.seq);
+        if self.state == State::SynReceived {
+            if ack > self.snd_una && ack <= self.snd_max {
+                self.state = State::Established;
+                // The window of the ACK completing the handshake is scaled.
+                self.snd_wnd = u32::from(seg.window) << self.snd_wscale;
+                self.max_snd_wnd = self.max_snd_wnd.max(self.snd_wnd);
+                self.snd_wl1 = seq;
+                self.snd_wl2 = ack;
+            } else {
+                self.rst_pending = Some(self.rst_repr(ack, None));
+                return false;
+            }
+        }
+        // RFC 5961 5.2: an ACK for data never sent is dropped with an ACK; one far in the
+        // past gets a challenge ACK.
+        if ack > self.snd_max {
+            self.ack_now = true;
+            return false;
+        }
+        if ack < self.snd_una - self.max_snd_wnd.max(1) {
+            self.challenge_ack();
+            return false;
+        }
+
+        if self.sack_enabled {
+            for &(l, r) in seg.options.sack_blocks() {
+                self.scoreboard
+                    .add(SeqNum(l), SeqNum(r), self.snd_una, self.snd_max);
+            }
+        }
+
+        let window = u32::from(seg.window) << self.snd_wscale;
+        if ack > self.snd_una {
+            self.on_new_ack(now, ack, seg);
+        } else if ack == self.snd_una
+            && seg.payload.is_empty()
+            && !seg.flags.fin
+            && window == self.snd_wnd
+            && self.snd_max > self.snd_una
+        {
+            // RFC 5681 section 2 "duplicate acknowledgment".
+            self.stats.dup_acks += 1;
+            self.on_dup_ack(now);
+        }
+
+        // Window update (RFC 9293 3.10.7.4): only from a segment newer than the last one used.
+        if self.snd_wl1 < seq || (self.snd_wl1 == seq && self.snd_wl2 <= ack) {
+            self.snd_wnd = window;
+            self.max_snd_wnd = self.max_snd_wnd.max(window);
+            self.snd_wl1 = seq;
+            self.snd_wl2 = ack;
+            if self.snd_wnd > 0 {
+                self.persist_deadline = None;
+                self.persist_backoff = 0;
+            }
+        }
+
+        // FIN acknowledged?
+        let fin_acked = self.fin_queued && self.snd_una == self.data_end() + 1u32;
+        match self.state {
+            State::FinWait1 if fin_acked => self.state = State::FinWait2,
+            State::Closing if fin_acked => self.enter_time_wait(now),
+            State::LastAck if fin_acked => {
+                self.enter_closed(None);
+                return false;
+            }
+            State::TimeWait => {
+                self.ack_now = true;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    fn on_new_ack(&mut self, now: Instant, ack: SeqNum, seg: &TcpRepr<'_>) {
+        let acked = ack.since(self.snd_una) as usize;
+        // RTT: timestamps give a sample from every ACK (RFC 7323 4.1), otherwise one timed
+        // segment per window, never a retransmitted one (Karn).
+        let mut sampled = false;
+        if self.ts_enabled {
+            if let Some((_, ecr)) = seg.options.timestamps {
+                if ecr != 0 {
+                    let elapsed = self.ts_now(now).wrapping_sub(ecr);
+                    if elapsed < 60_000 {
+                        self.rtt.sample(
+                            Duration::from_millis(u64::from(elapsed))
+                                .max(Duration::from_micros(100)),
+                        );
+                        sampled = true;
+                    }
+                }
+            }
+        }
+        if let Some((timed, sent)) = self.rtt_probe {
+            if ack >= timed {
+                if !sampled {
+                    self.rtt.sample(now - sent);
+                }
+                self.rtt_probe = None;
+            }
+        }
+
+        // Drop acknowledged bytes from the send buffer.
+        let data_acked_to = ack.min(self.data_end());
+        if data_acked_to > self.buf_seq {
+            self.send_buf
+                .consume(data_acked_to.since(self.buf_seq) as usize);
+            self.buf_seq = data_acked_to;
+        }
+        self.snd_una = ack;
+        if self.snd_nxt < ack {
+            self.snd_nxt = ack;
+        }
+        self.scoreboard.advance(ack);
+        self.retries = 0;
+        self.rtt.reset_backoff();
+        self.dupacks = 0;
+
+        match self.recovery {
+            Recovery::Fast { recover } if ack >= recover => {
+                // Full acknowledgment (RFC 6582 3.2 step 3): deflate to ssthresh.
+                self.recovery = Recovery::None;
+                let ssthresh = self.cc.ssthresh();
+                let flight = self.snd_max.since(self.snd_una) as usize;
+                self.cc
+                    .set_window(ssthresh.min(flight + self.snd_mss).max(self.snd_mss));
+            }
+            Recovery::Fast { .. } => {
+                // Partial acknowledgment (RFC 6582 3.2 step 4).
+                self.rtx_next = self.rtx_next.max(ack);
+                if !self.sack_enabled {
+                    self.fast_rtx_pending = true;
+                    let cwnd = self.cc.window();
+                    self.cc
+                        .set_window(cwnd.saturating_sub(acked) + self.snd_mss);
+                }
+            }
+            Recovery::None => self.cc.on_ack(now, acked, self.rtt.srtt()),
+        }
+
+        // RFC 6298 5.2/5.3: stop the timer when all is acknowledged, else restart it.
+        self.rto_deadline = if self.snd_max > self.snd_una {
+            Some(now + self.rtt.rto())
+        } else {
+            None
+        };
+    }
+
+    fn on_dup_ack(&mut self, now: Instant) {
+        self.dupacks += 1;
+        let sack_loss =
+            self.sack_enabled && self.scoreboard.sacked_bytes() as usize >= 3 * self.snd_mss;
+        match self.recovery {
+            Recovery::None
+                if (self.dupacks >= 3 || sack_loss) && self.snd_una >= self.recover_guard =>
+            {
+                // Fast retransmit (RFC 5681 3.2 steps 2-4, RFC 6582 3.2 step 2).
+                let flight = self.snd_max.since(self.snd_una) as usize;
+                let ssthresh = self.cc.on_loss(now, flight);
+                self.recovery = Recovery::Fast {
+                    recover: self.snd_max,
+                };
+                self.recover_guard = self.snd_max;
+                self.rtx_next = self.snd_una;
+                self.fast_rtx_pending = true;
+                self.stats.fast_retransmits += 1;
+                if !self.sack_enabled {
+                    self.cc.set_window(ssthresh + 3 * self.snd_mss);
+                }
+            }
+            Recovery::Fast { .. } if !self.sack_enabled => {
+                // Inflate by one segment per further duplicate (RFC 5681 3.2 step 5).
+                let cwnd = self.cc.window();
+                self.cc.set_window(cwnd + self.snd_mss);
+            }
+            _ => {}
+        }
+    }
+
+    fn process_data(&mut self, now: Instant, seq: SeqNum, mut payload: &[u8]) {
+        if !matches!(
+            self.state,
+            State::Established | State::FinWait1 | State::FinWait2
+        ) {
+            return;
+        }
+        let mut offset = 0usize;
+        if seq < self.rcv_nxt {
+            let skip = self.rcv_nxt.since(seq) as usize;
+            if skip >= payload.len() {
+                self.ack_now = true;
+                return;
+            }
+            payload = &payload[skip..];
+        } else {
+            offset = seq.since(self.rcv_nxt) as usize;
+        }
+        let had_gap = self.recv.has_out_of_order();
+        let ins = self.recv.insert(offset, payload);
+        self.rcv_nxt = self.rcv_nxt + ins.advanced;
+        if ins.out_of_order {
+            self.stats.out_of_order_segments += 1;
+            self.dup_acks_owed = (self.dup_acks_owed + 1).min(64);
+        }
+        if ins.out_of_order || (had_gap && ins.advanced > 0) || ins.advanced == 0 {
+            // RFC 5681 4.2: ACK out-of-order data and gap fills at once.
+            self.ack_now = true;
+        } else {
+            // Delayed ACK: every second full segment, or after a short timer (RFC 1122 4.2.3.2).
+            self.segs_since_ack += 1;
+            if self.segs_since_ack >= 2 {
+                self.ack_now = true;
+            } else if self.delack_deadline.is_none() {
+                self.delack_deadline = Some(now + self.cfg.delayed_ack);
+            }
+        }
+    }
+
+    fn check_fin(&mut self, now: Instant) {
+        let Some(fin) = self.peer_fin else { return };
+        if self.fin_received || self.rcv_nxt != fin {
+            return;
+        }
+        self.fin_received = true;
+        self.rcv_nxt = self.rcv_nxt + 1u32;
+        self.ack_now = true;
+        let our_fin_acked = self.fin_queued && self.snd_una == self.data_end() + 1u32;
+        match self.state {
+            State::SynReceived | State::Established => self.state = State::CloseWait,
+            State::FinWait1 if our_fin_acked => self.enter_time_wait(now),
+            State::FinWait1 => self.state = State::Closing,
+            State::FinWait2 => self.enter_time_wait(now),
+            _ => {}
+        }
+    }
+
+    fn challenge_ack(&mut self) {
+        self.stats.challenge_acks += 1;
+        self.challenge_ack_pending = true;
+    }
+
+    fn enter_time_wait(&mut self, now: Instant) {
+        self.state = State::TimeWait;
+        self.time_wait_deadline = Some(now + self.cfg.time_wait);
+        self.rto_deadline = None;
+        self.persist_deadline = None;
+        self.delack_deadline = None;
+    }
+
+    fn enter_closed(&mut self, error: Option<TcpError>) {
+        self.state = State::Closed;
+        if self.error.is_none() {
+            self.error = error;
+        }
+        self.rto_deadline = None;
+        self.persist_deadline = None;
+        self.delack_deadline = None;
+        self.time_wait_deadline = None;
+        self.ack_now = false;
+        self.dup_acks_owed = 0;
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let t = earliest(self.rto_deadline, self.delack_deadline);
+        let t = earliest(t, self.persist_deadline);
+        earliest(t, self.time_wait_deadline)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.time_wait_deadline.is_some_and(|d| now >= d) {
+            self.enter_closed(None);
+            return;
+        }
+        if self.delack_deadline.is_some_and(|d| now >= d) {
+            self.delack_deadline = None;
+            self.ack_now = true;
+        }
+        if self.persist_deadline.is_some_and(|d| now >= d) {
+            self.persist_deadline = None;
+            if self.snd_wnd == 0 {
+                // Zero-window probe (RFC 9293 3.8.6.1); keeps going while the peer answers.
+                self.probe_pending = true;
+                self.stats.window_probes += 1;
+                self.persist_backoff = (self.persist_backoff + 1).min(10);
+                self.persist_deadline = Some(now + self.persist_interval());
+            } else {
+                self.sws_override = true;
+            }
+        }
+        if self.rto_deadline.is_some_and(|d| now >= d) {
+            self.on_rto(now);
+        }
+    }
+
+    fn persist_interval(&self) -> Duration {
+        (self.rtt.rto() * (1 << self.persist_backoff)).clamp(self.cfg.min_rto, self.cfg.max_rto)
+    }
+
+    fn on_rto(&mut self, now: Instant) {
+        self.stats.timeouts += 1;
+        self.retries += 1;
+        let limit = match self.state {
+            State::SynSent | State::SynReceived => self.cfg.max_syn_retries,
+            _ => self.cfg.max_retries,
+        };
+        if self.retries > limit {
+            // RFC 1122 4.2.3.5: give up after R2 with an error to the application.
+            if self.state != State::SynSent {
+                self.rst_pending = Some(self.rst_repr(self.snd_nxt, None));
+            }
+            self.enter_closed(Some(TcpError::TimedOut));
+            return;
+        }
+        self.rtt.back_off();
+        self.rtt_probe = None; // Karn: never time a retransmission
+        match self.state {
+            State::SynSent | State::SynReceived => {
+                self.syn_needed = true;
+                self.snd_nxt = self.iss;
+            }
+            _ => {
+                // RFC 5681 3.1 / RFC 6298 5.4-5.6: go back to SND.UNA with a one-segment window.
+                let flight = self.snd_max.since(self.snd_una) as usize;
+                self.cc.on_timeout(now, flight);
+                self.snd_nxt = self.snd_una;
+                self.recovery = Recovery::None;
+                self.recover_guard = self.snd_max;
+                self.dupacks = 0;
+                self.fast_rtx_pending = false;
+                // RFC 2018 section 8: the receiver may have reneged; start over.
+                self.scoreboard.clear();
+            }
+        }
+        self.rto_deadline = Some(now + self.rtt.rto());
+    }
+
+    // ---------------------------------------------------------------- output
+
+    fn data_end(&self) -> SeqNum {
+        self.buf_seq + self.send_buf.len()
+    }
+
+    fn ts_now(&self, now: Instant) -> u32 {
+        (now.millis() as u32).wrapping_add(self.ts_offset)
+    }
+
+    /// Copies the payload of a [`Transmit`] into the frame.
+    pub fn copy_payload(&self, offset: usize, dst: &mut [u8]) {
+        self.send_buf.copy_out(offset, dst);
+    }
+
+    fn rst_repr(&self, seq: SeqNum, ack: Option<SeqNum>) -> TcpRepr<'static> {
+        TcpRepr {
+            src_port: self.local.port(),
+            dst_port: self.remote.port(),
+            seq: seq.0,
+            ack: ack.map_or(0, |a| a.0),
+            flags: if ack.is_some() {
+                TcpFlags::RST_ACK
+            } else {
+                TcpFlags::RST
+            },
+            ..Default::default()
+        }
+    }
+
+    /// The window to advertise, with receiver-side silly window avoidance
+    /// (RFC 9293 3.8.6.2.2): the right edge only moves by at least min(buffer/2, MSS).
+    fn advertise_window(&mut self) -> u16 {
+        let free = self.recv.window();
+        let new_edge = self.rcv_nxt + free;
+        let step = (self.recv.capacity() / 2).min(usize::from(self.cfg.mss));
+        let edge = if new_edge > self.rcv_adv && new_edge.since(self.rcv_adv) as usize >= step {
+            new_edge
+        } else {
+            self.rcv_adv.max(self.rcv_nxt)
+        };
+        let wnd = (edge.since(self.rcv_nxt) >> self.rcv_wscale).min(65535);
+        self.rcv_adv = self.rcv_adv.max(self.rcv_nxt + (wnd << self.rcv_wscale));
+        wnd as u16
+    }
+
+    fn base_repr(&mut self, now: Instant, seq: SeqNum, flags: TcpFlags) -> TcpRepr<'static> {
+        let mut options = TcpOptions::default();
+        if self.ts_enabled {
+            options.timestamps = Some((self.ts_now(now), self.ts_recent));
+        }
+        if self.sack_enabled && self.recv.has_out_of_order() {
+            let max = if self.ts_enabled { 3 } else { MAX_SACK_BLOCKS };
+            let mut ranges = [(0usize, 0usize); MAX_SACK_BLOCKS];
+            let n = self.recv.sack_ranges(&mut ranges[..max]);
+            for (i, &(s, e)) in ranges[..n].iter().enumerate() {
+                options.sack_blocks[i] = ((self.rcv_nxt + s).0, (self.rcv_nxt + e).0);
+            }
+            options.sack_count = n as u8;
+        }
+        let window = if flags.syn {
+            // Windows in SYN segments are not scaled (RFC 7323 2.2).
+            let window = self.recv.window().min(65535);
+            self.rcv_adv = self.rcv_adv.max(self.rcv_nxt + window);
+            window as u16
+        } else {
+            self.advertise_window()
+        };
+        if flags.ack {
+            self.last_ack_sent = self.rcv_nxt;
+            self.ack_now = false;
+            self.segs_since_ack = 0;
+            self.delack_deadline = None;
+            self.window_update = false;
+        }
+        self.stats.segments_out += 1;
+        TcpRepr {
+            src_port: self.local.port(),
+            dst_port: self.remote.port(),
+            seq: seq.0,
+            ack: if flags.ack { self.rcv_nxt.0 } else { 0 },
+            flags,
+            window,
+            options,
+            payload: &[],
+        }
+    }
+
+    /// The next segment to send, if any. Call until it returns `None` after every batch
+    /// of input: that is what makes one ACK cover a whole batch of received segments.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if let Some(rst) = self.rst_pending.take() {
+            self.stats.segments_out += 1;
+            return Some(Transmit {
+                repr: rst,
+                payload_offset: 0,
+                payload_len: 0,
+            });
+        }
+        match self.state {
+            State::Closed => return None,
+            State::SynSent | State::SynReceived if self.syn_needed => {
+                return Some(self.syn_segment(now));
+            }
+            State::SynSent => return None,
+            _ => {}
+        }
+        if self.challenge_ack_pending {
+            self.challenge_ack_pending = false;
+            let repr = self.base_repr(now, self.snd_nxt, TcpFlags::ACK);
+            return Some(Transmit {
+                repr,
+                payload_offset: 0,
+                payload_len: 0,
+            });
+        }
+        if self.state == State::SynReceived {
+            return self.pure_ack(now);
+        }
+        if self.fast_rtx_pending {
+            self.fast_rtx_pending = false;
+            let len = self.snd_mss.min(self.send_buf.len());
+            if len > 0 || self.fin_queued {
+                self.stats.retransmits += 1;
+                return Some(self.data_segment(now, self.snd_una, len));
+            }
+        }
+        if let Some(t) = self.sack_retransmit(now) {
+            return Some(t);
+        }
+        if let Some(t) = self.new_data(now) {
+            return Some(t);
+        }
+        if self.probe_pending {
+            self.probe_pending = false;
+            // An old sequence number draws an ACK with the current window.
+            let repr = self.base_repr(now, self.snd_una - 1u32, TcpFlags::ACK);
+            return Some(Transmit {
+                repr,
+                payload_offset: 0,
+                payload_len: 0,
+            });
+        }
+        self.pure_ack(now)
+    }
+
+    fn pure_ack(&mut self, now: Instant) -> Option<Transmit> {
+        if self.dup_acks_owed > 0 {
+            self.dup_acks_owed -= 1;
+            self.ack_now = true;
+        }
+        if !(self.ack_now || self.window_update) {
+            return None;
+        }
+        let repr = self.base_repr(now, self.snd_nxt, TcpFlags::ACK);
+        Some(Transmit {
+            repr,
+            payload_offset: 0,
+            payload_len: 0,
+        })
+    }
+
+    fn syn_segment(&mut self, now: Instant) -> Transmit {
+        self.syn_needed = false;
+        let flags = if self.state == State::SynSent {
+            TcpFlags::SYN
+        } else {
+            TcpFlags::SYN_ACK
+        };
+        let mut repr = self.base_repr(now, self.iss, flags);
+        let offered = self.state == State::SynSent;
+        repr.options.mss = Some(self.cfg.mss);
+        // In a SYN-ACK, options are only echoed if the peer offered them (RFC 7323, RFC 2018).
+        if self.cfg.window_scaling && (offered || self.snd_wscale > 0 || self.rcv_wscale > 0) {
+            repr.options.window_scale = Some(self.rcv_wscale);
+        }
+        if !(self.cfg.timestamps && (offered || self.ts_enabled)) {
+            repr.options.timestamps = None;
+        } else if offered {
+            repr.options.timestamps = Some((self.ts_now(now), 0));
+        }
+        repr.options.sack_permitted = self.cfg.sack && (offered || self.sack_enabled);
+        if self.snd_max > self.iss {
+            self.stats.retransmits += 1;
+        } else {
+            self.rtt_probe = Some((self.iss + 1u32, now));
+        }
+        self.snd_nxt = self.iss + 1u32;
+        self.snd_max = self.snd_max.max(self.snd_nxt);
+        if self.rto_deadline.is_none() {
+            self.rto_deadline = Some(now + self.rtt.rto());
+        }
+        Transmit {
+            repr,
+            payload_offset: 0,
+            payload_len: 0,
+        }
+    }
+
+    /// A segment carrying up to `max_len` bytes from `seq` (and FIN if it reaches the end
+    /// after close). Options (SACK blocks) shrink the payload so the segment fits the MSS.
+    fn data_segment(&mut self, now: Instant, seq: SeqNum, max_len: usize) -> Transmit {
+        let mut repr = self.base_repr(now, seq, TcpFlags::ACK);
+        let len = max_len.min(self.peer_mss.saturating_sub(repr.options.encoded_len()));
+        let end = seq + len;
+        let fin = self.fin_queued && end == self.data_end();
+        repr.flags.fin = fin;
+        repr.flags.psh = len > 0 && end == self.data_end();
+        if len < self.snd_mss {
+            self.snd_sml = end;
+        }
+        let next = end + u32::from(fin);
+        if seq < self.snd_max {
+            // Karn: a retransmission invalidates the timed segment it covers.
+            if self.rtt_probe.is_some_and(|(t, _)| t > seq) {
+                self.rtt_probe = None;
+            }
+        } else if len > 0 && self.rtt_probe.is_none() && !self.ts_enabled {
+            self.rtt_probe = Some((end, now));
+        }
+        self.snd_max = self.snd_max.max(next);
+        if self.rto_deadline.is_none() {
+            self.rto_deadline = Some(now + self.rtt.rto());
+        }
+        self.stats.bytes_out += len as u64;
+        Transmit {
+            repr,
+            payload_offset: seq.since(self.buf_seq) as usize,
+            payload_len: len,
+        }
+    }
+
+    /// RFC 6675 NextSeg rule 1 during SACK recovery: retransmit holes below the highest SACK.
+    fn sack_retransmit(&mut self, now: Instant) -> Option<Transmit> {
+        if !self.sack_enabled || self.recovery == Recovery::None {
+            return None;
+        }
+        let from = self.rtx_next.max(self.snd_una);
+        let (start, hole) = self.scoreboard.next_hole(from)?;
+        let pipe = self
+            .scoreboard
+            .pipe(self.snd_una, self.snd_max, self.rtx_next) as usize;
+        let len = (hole as usize)
+            .min(self.snd_mss)
+            .min(self.data_end().since(start) as usize);
+        if len == 0 || pipe + len > self.cc.window() {
+            return None;
+        }
+        self.stats.retransmits += 1;
+        let t = self.data_segment(now, start, len);
+        self.rtx_next = start + t.payload_len;
+        Some(t)
+    }
+
+    /// New data at SND.NXT (or data again after a timeout), within the peer's window and
+    /// the congestion window, with Nagle and sender-side SWS avoidance (RFC 9293 3.7.4, 3.8.6.2.1).
+    fn new_data(&mut self, now: Instant) -> Option<Transmit> {
+        let data_end = self.data_end();
+        if self.snd_nxt > data_end {
+            return None; // FIN already sent
+        }
+        let available = data_end.since(self.snd_nxt) as usize;
+        let fin_pending = self.fin_queued;
+        if available == 0 && !fin_pending {
+            return None;
+        }
+        let wnd_end = self.snd_una + self.snd_wnd;
+        let wnd_room = if wnd_end > self.snd_nxt {
+            wnd_end.since(self.snd_nxt) as usize
+        } else {
+            0
+        };
+        let in_flight = if self.sack_enabled && self.recovery != Recovery::None {
+            self.scoreboard
+                .pipe(self.snd_una, self.snd_max, self.rtx_next) as usize
+        } else {
+            self.snd_nxt.since(self.snd_una) as usize
+        };
+        let cwnd_room = self.cc.window().saturating_sub(in_flight);
+        let len = available.min(self.snd_mss).min(wnd_room).min(cwnd_room);
+
+        if available > 0 && len == 0 {
+            // Zero window with nothing in flight: start the persist timer.
+            if self.snd_wnd == 0 && in_flight == 0 && self.persist_deadline.is_none() {
+                self.persist_deadline = Some(now + self.persist_interval());
+            }
+            return None;
+        }
+        let override_timer = std::mem::take(&mut self.sws_override);
+        if len < self.snd_mss && len < available && !override_timer {
+            // Sender SWS: do not send a small part of what is queued unless it is at least
+            // half the largest window the peer offered; the override timer ends the wait.
+            if len < (self.max_snd_wnd as usize / 2).max(1) {
+                if in_flight == 0 && self.persist_deadline.is_none() {
+                    self.persist_deadline = Some(now + self.persist_interval());
+                }
+                return None;
+            }
+        }
+        if len < self.snd_mss && len == available && len > 0 && !fin_pending && !self.cfg.nodelay {
+            // Nagle (RFC 896 / RFC 9293 3.7.4), Minshall's variant as in Linux: hold a
+            // small segment only while an earlier small segment is unacknowledged.
+            if self.snd_sml > self.snd_una && in_flight > 0 {
+                return None;
+            }
+        }
+        if len == 0 && (!fin_pending || cwnd_room == 0 && in_flight > 0) {
+            return None;
+        }
+        if self.snd_nxt < self.snd_max {
+            self.stats.retransmits += 1;
+        }
+        let seq = self.snd_nxt;
+        let t = self.data_segment(now, seq, len);
+        self.snd_nxt = seq + t.payload_len + u32::from(t.repr.flags.fin);
+        // Data sent past SACKed ranges after a timeout need not be resent.
+        Some(t)
+    }
+}

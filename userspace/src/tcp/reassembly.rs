@@ -1,0 +1,236 @@
+//! Receive buffer with out-of-order reassembly (RFC 9293 section 3.10.7.4).
+//!
+//! One ring holds both the in-order bytes waiting for the application and the
+//! out-of-order bytes beyond them, each at its final place, so a segment's payload is
+//! copied exactly once: from the frame into the ring. Out-of-order data is tracked as
+//! sorted, merged ranges relative to RCV.NXT; their number and total size are bounded.
+
+#[derive(Debug)]
+pub struct Reassembler {
+    storage: Box<[u8]>,
+    head: usize,
+    readable: usize,
+    /// Sorted, disjoint, non-adjacent `[start, end)` offsets from RCV.NXT.
+    ranges: Vec<(usize, usize)>,
+    max_ranges: usize,
+    max_ooo_bytes: usize,
+    /// The range that received the latest out-of-order segment, reported first in SACK.
+    latest: Option<(usize, usize)>,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Inserted {
+    /// Bytes that became readable in order (RCV.NXT advances by this).
+    pub advanced: usize,
+    /// The segment (or part of it) was kept out of order.
+    pub out_of_order: bool,
+    /// Some bytes were beyond the window or over a bound and were dropped.
+    pub dropped: bool,
+}
+
+impl Reassembler {
+    pub fn new(capacity: usize, max_ranges: usize, max_ooo_bytes: usize) -> Self {
+        Reassembler {
+            storage: vec![0; capacity.max(1)].into_boxed_slice(),
+            head: 0,
+            readable: 0,
+            ranges: Vec::with_capacity(max_ranges + 1),
+            max_ranges,
+            max_ooo_bytes,
+            latest: None,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.storage.len()
+    }
+    /// In-order bytes waiting for the application.
+    pub fn readable(&self) -> usize {
+        self.readable
+    }
+    /// The receive window: room beyond the in-order data.
+    pub fn window(&self) -> usize {
+        self.capacity() - self.readable
+    }
+    pub fn out_of_order_bytes(&self) -> usize {
+        self.ranges.iter().map(|(s, e)| e - s).sum()
+    }
+    pub fn has_out_of_order(&self) -> bool {
+        !self.ranges.is_empty()
+    }
+
+    /// Inserts `data` at `offset` bytes past RCV.NXT. Duplicates and overlaps are harmless:
+    /// bytes land where they belong.
+    pub fn insert(&mut self, offset: usize, data: &[u8]) -> Inserted {
+        let mut result = Inserted::default();
+        let window = self.window();
+        if offset >= window {
+            result.dropped = !data.is_empty();
+            return result;
+        }
+        let len = data.len().min(window - offset);
+        result.dropped = len < data.len();
+        if len == 0 {
+            return result;
+        }
+        let (start, end) = (offset, offset + len);
+        if start > 0 {
+            // Bound the out-of-order state (memory and work per segment).
+            let merged_growth = self.new_bytes_in(start, end);
+            let touches = self.ranges.iter().any(|&(s, e)| s <= end && start <= e);
+            if (!touches && self.ranges.len() >= self.max_ranges)
+                || self.out_of_order_bytes() + merged_growth > self.max_ooo_bytes
+            {
+                result.dropped = true;
+                return result;
+            }
+        }
+        self.write_at(start, &data[..len]);
+        self.merge(start, end);
+        if self.ranges[0].0 == 0 {
+            let advanced = self.ranges.remove(0).1;
+            self.readable += advanced;
+            for r in &mut self.ranges {
+                r.0 -= advanced;
+                r.1 -= advanced;
+            }
+            self.latest = self
+                .latest
+                .filter(|&(_, e)| e > advanced)
+                .map(|(s, e)| (s.saturating_sub(advanced), e - advanced));
+            result.advanced = advanced;
+        }
+        result.out_of_order = start > 0;
+        if start > 0 {
+            self.latest = self
+                .ranges
+                .iter()
+                .copied()
+                .find(|&(s, e)| s <= start && end <= e);
+        }
+        result
+    }
+
+    fn new_bytes_in(&self, start: usize, end: usize) -> usize {
+        let covered: usize = self
+            .ranges
+            .iter()
+            .map(|&(s, e)| e.min(end).saturating_sub(s.max(start)))
+            .sum();
+        (end - start) - covered
+    }
+
+    fn write_at(&mut self, offset: usize, data: &[u8]) {
+        let cap = self.capacity();
+        let pos = (self.head + self.readable + offset) % cap;
+        let first = data.len().min(cap - pos);
+        self.storage[pos..pos + first].copy_from_slice(&data[..first]);
+        self.storage[..data.len() - first].copy_from_slice(&data[first..]);
+    }
+
+    fn merge(&mut self, mut start: usize, mut end: usize) {
+        let mut i = 0;
+        while i < self.ranges.len() {
+            let (s, e) = self.ranges[i];
+            if e < start {
+                i += 1;
+            } else if s > end {
+                break;
+            } else {
+                start = start.min(s);
+                end = end.max(e);
+                self.ranges.remove(i);
+            }
+        }
+        self.ranges.insert(i, (start, end));
+    }
+
+    /// Copies in-order bytes into `dst` and frees their space; returns how many.
+    pub fn read(&mut self, dst: &mut [u8]) -> usize {
+        let n = dst.len().min(self.readable);
+        let cap = self.capacity();
+        let first = n.min(cap - self.head);
+        dst[..first].copy_from_slice(&self.storage[self.head..self.head + first]);
+        dst[first..n].copy_from_slice(&self.storage[..n - first]);
+        self.head = (self.head + n) % cap;
+        self.readable -= n;
+        n
+    }
+
+    /// Out-of-order ranges as offsets from RCV.NXT, the most recently changed first
+    /// (RFC 2018 section 4), at most `max` of them.
+    pub fn sack_ranges(&self, out: &mut [(usize, usize)]) -> usize {
+        let mut n = 0;
+        if let Some(latest) = self.latest {
+            if self.ranges.contains(&latest) && !out.is_empty() {
+                out[0] = latest;
+                n = 1;
+            }
+        }
+        for &r in &self.ranges {
+            if n == out.len() {
+                break;
+            }
+            if Some(r) != self.latest || n == 0 {
+                if n == 1 && out[0] == r {
+                    continue;
+                }
+                out[n] = r;
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_out_of_order_and_gap_fill() {
+        let mut r = Reassembler::new(16, 4, 16);
+        assert_eq!(r.insert(4, b"efgh").advanced, 0);
+        assert!(r.has_out_of_order());
+        assert_eq!(r.insert(10, b"kl").advanced, 0);
+        let mut sacks = [(0, 0); 4];
+        assert_eq!(r.sack_ranges(&mut sacks), 2);
+        assert_eq!(sacks[0], (10, 12));
+        let ins = r.insert(0, b"abcd");
+        assert_eq!(ins.advanced, 8);
+        assert_eq!(r.insert(0, b"ij").advanced, 4);
+        let mut out = [0u8; 16];
+        assert_eq!(r.read(&mut out), 12);
+        assert_eq!(&out[..12], b"abcdefghijkl");
+        assert!(!r.has_out_of_order());
+    }
+
+    #[test]
+    fn overlaps_duplicates_and_window() {
+        let mut r = Reassembler::new(8, 4, 8);
+        assert_eq!(r.insert(0, b"abc").advanced, 3);
+        assert_eq!(r.insert(0, b"def").advanced, 3); // offset is from RCV.NXT
+        let ins = r.insert(0, b"ghijk");
+        assert_eq!(ins.advanced, 2);
+        assert!(ins.dropped);
+        assert_eq!(r.window(), 0);
+        let mut out = [0u8; 3];
+        r.read(&mut out);
+        assert_eq!(&out, b"abc");
+        assert_eq!(r.window(), 3);
+    }
+
+    #[test]
+    fn bounds_on_out_of_order_state() {
+        let mut r = Reassembler::new(100, 2, 10);
+        assert!(!r.insert(10, b"aa").dropped);
+        assert!(!r.insert(20, b"bb").dropped);
+        assert!(
+            r.insert(30, b"cc").dropped,
+            "third range over the range bound"
+        );
+        assert!(!r.insert(12, b"cc").dropped, "extending a range is fine");
+        assert!(r.insert(40, b"0123456789").dropped, "over the byte bound");
+    }
+}

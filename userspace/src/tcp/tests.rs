@@ -1,0 +1,710 @@
+//! State machine tests: unit tests per state and event (`test_<state>_<event>`, after
+//! smoltcp), and property tests over the simulator.
+use super::*;
+use crate::sim::{ADDR_A, ADDR_B, LinkConfig, Pair};
+use crate::wire::{TcpFlags, TcpOptions, TcpRepr};
+use std::time::Duration;
+
+const ISS: u32 = u32::MAX - 5; // near the wrap
+const PEER_ISS: u32 = 1000;
+
+fn cfg() -> Config {
+    Config {
+        timestamps: false,
+        sack: false,
+        ..Config::default()
+    }
+}
+
+fn seg(seq: u32, ack: u32, flags: TcpFlags, payload: &'static [u8]) -> TcpRepr<'static> {
+    TcpRepr {
+        src_port: ADDR_B.port(),
+        dst_port: ADDR_A.port(),
+        seq,
+        ack,
+        flags,
+        window: 65535,
+        options: TcpOptions::default(),
+        payload,
+    }
+}
+
+/// Everything the connection wants to send now, with payloads.
+fn sent(c: &mut Connection, now: Instant) -> Vec<(TcpRepr<'static>, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(t) = c.poll_transmit(now) {
+        let mut payload = vec![0; t.payload_len];
+        c.copy_payload(t.payload_offset, &mut payload);
+        out.push((t.repr, payload));
+        assert!(out.len() < 10_000);
+    }
+    out
+}
+
+trait TapWindow {
+    fn tap_window(self, window: u16) -> Self;
+}
+impl TapWindow for TcpRepr<'static> {
+    fn tap_window(mut self, window: u16) -> Self {
+        self.window = window;
+        self
+    }
+}
+
+fn t(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+/// A connection in ESTABLISHED after an active open.
+fn established(cfg: Config) -> Connection {
+    let mut c = Connection::connect(cfg, ADDR_A, ADDR_B, ISS);
+    let syn = sent(&mut c, t(0));
+    assert!(syn[0].0.flags.syn);
+    let mut synack = seg(PEER_ISS, ISS.wrapping_add(1), TcpFlags::SYN_ACK, b"");
+    synack.options.mss = Some(1460);
+    c.handle_segment(t(10), &synack);
+    assert_eq!(c.state(), State::Established);
+    let ack = sent(&mut c, t(10));
+    assert_eq!(ack.len(), 1);
+    c
+}
+
+const A1: u32 = ISS.wrapping_add(1);
+const P1: u32 = PEER_ISS + 1;
+
+#[test]
+fn test_syn_sent_syn_ack_establishes() {
+    let c = established(cfg());
+    assert_eq!(c.send_mss(), 1460);
+    assert!(c.srtt().is_some());
+}
+
+#[test]
+fn test_syn_sent_rst_is_refused() {
+    let mut c = Connection::connect(cfg(), ADDR_A, ADDR_B, ISS);
+    sent(&mut c, t(0));
+    c.handle_segment(t(1), &seg(0, A1, TcpFlags::RST_ACK, b""));
+    assert_eq!(c.state(), State::Closed);
+    assert_eq!(c.error(), Some(TcpError::Refused));
+}
+
+#[test]
+fn test_syn_sent_bad_ack_gets_rst() {
+    let mut c = Connection::connect(cfg(), ADDR_A, ADDR_B, ISS);
+    sent(&mut c, t(0));
+    c.handle_segment(t(1), &seg(PEER_ISS, 12345, TcpFlags::SYN_ACK, b""));
+    let out = sent(&mut c, t(1));
+    assert!(out[0].0.flags.rst);
+    assert_eq!(out[0].0.seq, 12345);
+    assert_eq!(c.state(), State::SynSent);
+}
+
+#[test]
+fn test_syn_sent_timeout_retransmits_then_gives_up() {
+    let mut c = Connection::connect(
+        Config {
+            max_syn_retries: 2,
+            ..cfg()
+        },
+        ADDR_A,
+        ADDR_B,
+        ISS,
+    );
+    sent(&mut c, t(0));
+    let mut now = t(0);
+    for _ in 0..2 {
+        now = c.poll_timeout().unwrap();
+        c.handle_timeout(now);
+        let out = sent(&mut c, now);
+        assert!(out[0].0.flags.syn, "SYN retransmitted");
+    }
+    assert!(
+        c.poll_timeout().unwrap() - now >= Duration::from_secs(4),
+        "exponential backoff"
+    );
+    c.handle_timeout(c.poll_timeout().unwrap());
+    assert_eq!(c.error(), Some(TcpError::TimedOut));
+}
+
+#[test]
+fn test_syn_sent_simultaneous_open() {
+    let mut c = Connection::connect(cfg(), ADDR_A, ADDR_B, ISS);
+    sent(&mut c, t(0));
+    c.handle_segment(t(1), &seg(PEER_ISS, 0, TcpFlags::SYN, b""));
+    assert_eq!(c.state(), State::SynReceived);
+    let out = sent(&mut c, t(1));
+    assert_eq!(out[0].0.flags, TcpFlags::SYN_ACK);
+    assert_eq!(out[0].0.seq, ISS);
+    c.handle_segment(t(2), &seg(P1, A1, TcpFlags::ACK, b""));
+    assert_eq!(c.state(), State::Established);
+}
+
+#[test]
+fn test_established_send_splits_into_mss_segments() {
+    let mut c = established(cfg());
+    static DATA: [u8; 5000] = [7; 5000];
+    assert_eq!(c.send(&DATA).unwrap(), 5000);
+    let out = sent(&mut c, t(20));
+    let sizes: Vec<usize> = out.iter().map(|(_, p)| p.len()).collect();
+    assert_eq!(sizes, vec![1460, 1460, 1460, 620]);
+    assert_eq!(out[1].0.seq, A1.wrapping_add(1460));
+    assert!(out[3].0.flags.psh);
+}
+
+#[test]
+fn test_established_send_buffer_back_pressure() {
+    let mut c = established(Config {
+        send_buffer: 3000,
+        ..cfg()
+    });
+    static DATA: [u8; 5000] = [1; 5000];
+    assert_eq!(c.send(&DATA).unwrap(), 3000);
+    assert_eq!(c.send(&DATA).unwrap(), 0);
+    sent(&mut c, t(20));
+    c.handle_segment(t(30), &seg(P1, A1.wrapping_add(1460), TcpFlags::ACK, b""));
+    assert_eq!(c.send(&DATA).unwrap(), 1460);
+}
+
+#[test]
+fn test_established_nagle_holds_small_segments() {
+    let mut c = established(cfg());
+    c.send(b"a").unwrap();
+    assert_eq!(sent(&mut c, t(20)).len(), 1);
+    c.send(b"b").unwrap();
+    assert!(sent(&mut c, t(21)).is_empty(), "held while 'a' is unacked");
+    c.handle_segment(t(30), &seg(P1, A1.wrapping_add(1), TcpFlags::ACK, b""));
+    let out = sent(&mut c, t(30));
+    assert_eq!(out[0].1, b"b");
+
+    let mut c = established(Config {
+        nodelay: true,
+        ..cfg()
+    });
+    c.send(b"a").unwrap();
+    sent(&mut c, t(20));
+    c.send(b"b").unwrap();
+    assert_eq!(sent(&mut c, t(21)).len(), 1, "nodelay sends at once");
+}
+
+#[test]
+fn test_established_batch_of_segments_gets_one_ack() {
+    let mut c = established(cfg());
+    static D: [u8; 100] = [3; 100];
+    for i in 0..8u32 {
+        c.handle_segment(t(20), &seg(P1 + i * 100, A1, TcpFlags::ACK, &D));
+    }
+    let out = sent(&mut c, t(20));
+    assert_eq!(out.len(), 1, "one ACK for the whole batch");
+    assert_eq!(out[0].0.ack, P1 + 800);
+}
+
+#[test]
+fn test_established_delayed_ack_timer() {
+    let mut c = established(cfg());
+    c.handle_segment(t(20), &seg(P1, A1, TcpFlags::ACK, b"hello"));
+    assert!(
+        sent(&mut c, t(20)).is_empty(),
+        "one segment: ACK is delayed"
+    );
+    let deadline = c.poll_timeout().unwrap();
+    assert_eq!(deadline, t(20) + Duration::from_millis(40));
+    c.handle_timeout(deadline);
+    let out = sent(&mut c, deadline);
+    assert_eq!(out[0].0.ack, P1 + 5);
+}
+
+#[test]
+fn test_established_out_of_order_acked_at_once_with_sack() {
+    let mut c = established(Config {
+        sack: true,
+        ..cfg()
+    });
+    // Peer did not offer SACK in `established`, so enable by handshake with SACK.
+    let mut c2 = Connection::connect(
+        Config {
+            sack: true,
+            ..cfg()
+        },
+        ADDR_A,
+        ADDR_B,
+        ISS,
+    );
+    sent(&mut c2, t(0));
+    let mut synack = seg(PEER_ISS, A1, TcpFlags::SYN_ACK, b"");
+    synack.options.sack_permitted = true;
+    c2.handle_segment(t(1), &synack);
+    sent(&mut c2, t(1));
+    c2.handle_segment(t(2), &seg(P1 + 10, A1, TcpFlags::ACK, b"world"));
+    let out = sent(&mut c2, t(2));
+    assert_eq!(out.len(), 1, "immediate ACK for out-of-order data");
+    assert_eq!(out[0].0.ack, P1);
+    assert_eq!(out[0].0.options.sack_blocks(), &[(P1 + 10, P1 + 15)]);
+    // Filling the gap is acknowledged at once too, and the data reads in order.
+    c2.handle_segment(t(3), &seg(P1, A1, TcpFlags::ACK, b"hello, the"));
+    let out = sent(&mut c2, t(3));
+    assert_eq!(out[0].0.ack, P1 + 15);
+    let mut buf = [0u8; 64];
+    let n = c2.recv(&mut buf);
+    assert_eq!(&buf[..n], b"hello, theworld");
+    // The first connection had SACK off (not offered by the peer).
+    c.handle_segment(t(2), &seg(P1 + 10, A1, TcpFlags::ACK, b"world"));
+    assert_eq!(sent(&mut c, t(2))[0].0.options.sack_count, 0);
+}
+
+#[test]
+fn test_established_rst_exact_resets() {
+    let mut c = established(cfg());
+    c.handle_segment(t(20), &seg(P1, 0, TcpFlags::RST, b""));
+    assert_eq!(c.state(), State::Closed);
+    assert_eq!(c.error(), Some(TcpError::Reset));
+}
+
+#[test]
+fn test_established_rst_in_window_gets_challenge_ack() {
+    let mut c = established(cfg());
+    c.handle_segment(t(20), &seg(P1 + 100, 0, TcpFlags::RST, b""));
+    assert_eq!(c.state(), State::Established);
+    let out = sent(&mut c, t(20));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0.ack, P1);
+    assert_eq!(c.stats().challenge_acks, 1);
+    // Out of window: silently dropped.
+    c.handle_segment(
+        t(21),
+        &seg(P1.wrapping_add(10_000_000), 0, TcpFlags::RST, b""),
+    );
+    assert!(sent(&mut c, t(21)).is_empty());
+}
+
+#[test]
+fn test_established_syn_gets_challenge_ack() {
+    let mut c = established(cfg());
+    c.handle_segment(t(20), &seg(P1 + 5, 0, TcpFlags::SYN, b""));
+    assert_eq!(c.state(), State::Established);
+    assert_eq!(sent(&mut c, t(20)).len(), 1);
+    assert_eq!(c.stats().challenge_acks, 1);
+}
+
+#[test]
+fn test_established_ack_of_unsent_data_is_dropped() {
+    let mut c = established(cfg());
+    c.send(b"abc").unwrap();
+    sent(&mut c, t(20));
+    c.handle_segment(
+        t(21),
+        &seg(P1, A1.wrapping_add(1000), TcpFlags::ACK, b"xyz"),
+    );
+    assert_eq!(c.recv_available(), 0, "segment with a bogus ACK is dropped");
+    assert_eq!(c.unacked(), 3);
+    assert_eq!(sent(&mut c, t(21)).len(), 1, "answered with an ACK");
+}
+
+#[test]
+fn test_established_duplicate_data_is_acked_not_delivered_twice() {
+    let mut c = established(cfg());
+    c.handle_segment(t(20), &seg(P1, A1, TcpFlags::ACK, b"abc"));
+    c.handle_segment(t(21), &seg(P1, A1, TcpFlags::ACK, b"abc"));
+    assert_eq!(sent(&mut c, t(21))[0].0.ack, P1 + 3);
+    assert_eq!(c.recv_available(), 3);
+}
+
+#[test]
+fn test_established_rto_retransmits_with_backoff_then_times_out() {
+    let mut c = established(Config {
+        max_retries: 3,
+        ..cfg()
+    });
+    c.send(b"data").unwrap();
+    sent(&mut c, t(20));
+    let mut last = t(20);
+    let mut gaps = Vec::new();
+    for _ in 0..3 {
+        let at = c.poll_timeout().unwrap();
+        gaps.push(at - last);
+        last = at;
+        c.handle_timeout(at);
+        let out = sent(&mut c, at);
+        assert_eq!(out[0].1, b"data");
+        assert_eq!(out[0].0.seq, A1);
+    }
+    assert!(
+        gaps[1] >= gaps[0] * 2 - Duration::from_millis(1)
+            && gaps[2] >= gaps[1] * 2 - Duration::from_millis(1),
+        "{gaps:?}"
+    );
+    c.handle_timeout(c.poll_timeout().unwrap());
+    assert_eq!(c.error(), Some(TcpError::TimedOut));
+    assert!(sent(&mut c, last)[0].0.flags.rst, "gives up with RST");
+}
+
+#[test]
+fn test_established_three_dup_acks_fast_retransmit() {
+    let mut c = established(Config {
+        congestion: CongestionKind::NewReno,
+        ..cfg()
+    });
+    static DATA: [u8; 8000] = [9; 8000];
+    c.send(&DATA).unwrap();
+    assert_eq!(sent(&mut c, t(20)).len(), 6);
+    c.handle_segment(t(30), &seg(P1, A1.wrapping_add(1460), TcpFlags::ACK, b""));
+    sent(&mut c, t(30));
+    for i in 0..3 {
+        c.handle_segment(
+            t(31 + i),
+            &seg(P1, A1.wrapping_add(1460), TcpFlags::ACK, b""),
+        );
+    }
+    let out = sent(&mut c, t(34));
+    assert_eq!(
+        out[0].0.seq,
+        A1.wrapping_add(1460),
+        "retransmits the first unacked segment"
+    );
+    assert_eq!(c.stats().fast_retransmits, 1);
+    assert!(c.cwnd() < 14_600);
+}
+
+#[test]
+fn test_established_zero_window_probing() {
+    let mut c = established(cfg());
+    let mut zero = seg(P1, A1, TcpFlags::ACK, b"");
+    zero.window = 0;
+    c.handle_segment(t(20), &zero);
+    c.send(b"blocked").unwrap();
+    assert!(sent(&mut c, t(20)).is_empty());
+    let mut now = t(20);
+    for _ in 0..5 {
+        now = c.poll_timeout().expect("persist timer");
+        c.handle_timeout(now);
+        let out = sent(&mut c, now);
+        assert_eq!(out.len(), 1, "one probe");
+        c.handle_segment(now, &zero); // still closed
+    }
+    assert_eq!(
+        c.state(),
+        State::Established,
+        "probing never gives up while the peer answers"
+    );
+    assert_eq!(c.stats().window_probes, 5);
+    c.handle_segment(now, &seg(P1, A1, TcpFlags::ACK, b""));
+    assert_eq!(sent(&mut c, now)[0].1, b"blocked");
+}
+
+#[test]
+fn test_established_paws_drops_old_timestamp() {
+    let mut c = Connection::connect(Config::default(), ADDR_A, ADDR_B, ISS);
+    sent(&mut c, t(0));
+    let mut synack = seg(PEER_ISS, A1, TcpFlags::SYN_ACK, b"");
+    synack.options.timestamps = Some((5000, 0));
+    c.handle_segment(t(1), &synack);
+    sent(&mut c, t(1));
+    let mut old = seg(P1, A1, TcpFlags::ACK, b"stale");
+    old.options.timestamps = Some((4000, 0));
+    c.handle_segment(t(2), &old);
+    assert_eq!(c.recv_available(), 0);
+    assert_eq!(c.stats().paws_drops, 1);
+}
+
+#[test]
+fn test_close_wait_half_close_and_last_ack() {
+    let mut c = established(cfg());
+    c.handle_segment(
+        t(20),
+        &seg(
+            P1,
+            A1,
+            TcpFlags {
+                fin: true,
+                ack: true,
+                ..Default::default()
+            },
+            b"bye",
+        ),
+    );
+    assert_eq!(c.state(), State::CloseWait);
+    // Half-close: we can still send.
+    c.send(b"still here").unwrap();
+    c.close();
+    let out = sent(&mut c, t(20));
+    assert!(out.iter().any(|(r, p)| r.flags.fin && p == b"still here"));
+    assert_eq!(c.state(), State::LastAck);
+    c.handle_segment(t(30), &seg(P1 + 4, A1.wrapping_add(11), TcpFlags::ACK, b""));
+    assert_eq!(c.state(), State::Closed);
+    assert_eq!(c.error(), None);
+}
+
+#[test]
+fn test_fin_wait_time_wait_expires() {
+    let mut c = established(Config {
+        time_wait: Duration::from_secs(2),
+        ..cfg()
+    });
+    c.close();
+    let out = sent(&mut c, t(20));
+    assert!(out[0].0.flags.fin);
+    c.handle_segment(t(30), &seg(P1, A1.wrapping_add(1), TcpFlags::ACK, b""));
+    assert_eq!(c.state(), State::FinWait2);
+    c.handle_segment(
+        t(40),
+        &seg(
+            P1,
+            A1.wrapping_add(1),
+            TcpFlags {
+                fin: true,
+                ack: true,
+                ..Default::default()
+            },
+            b"",
+        ),
+    );
+    assert_eq!(c.state(), State::TimeWait);
+    assert_eq!(c.poll_timeout(), Some(t(40) + Duration::from_secs(2)));
+    c.handle_timeout(t(2040));
+    assert_eq!(c.state(), State::Closed);
+}
+
+#[test]
+fn test_simultaneous_close_goes_through_closing() {
+    let mut c = established(cfg());
+    c.close();
+    sent(&mut c, t(20));
+    c.handle_segment(
+        t(21),
+        &seg(
+            P1,
+            A1,
+            TcpFlags {
+                fin: true,
+                ack: true,
+                ..Default::default()
+            },
+            b"",
+        ),
+    );
+    assert_eq!(c.state(), State::Closing);
+    c.handle_segment(t(22), &seg(P1 + 1, A1.wrapping_add(1), TcpFlags::ACK, b""));
+    assert_eq!(c.state(), State::TimeWait);
+}
+
+#[test]
+fn test_window_scale_negotiated_and_applied() {
+    let mut c = Connection::connect(
+        Config {
+            timestamps: false,
+            ..Config::default()
+        },
+        ADDR_A,
+        ADDR_B,
+        ISS,
+    );
+    let syn = sent(&mut c, t(0));
+    assert_eq!(syn[0].0.options.window_scale, Some(5)); // 1 MiB buffer
+    let mut synack = seg(PEER_ISS, A1, TcpFlags::SYN_ACK, b"");
+    synack.options.window_scale = Some(3);
+    synack.options.mss = Some(1460);
+    c.handle_segment(t(1), &synack);
+    let ack = sent(&mut c, t(1));
+    assert_eq!(u32::from(ack[0].0.window) << 5, 1 << 20);
+    let mut upd = seg(P1, A1, TcpFlags::ACK, b"");
+    upd.window = 1000;
+    c.handle_segment(t(2), &upd);
+    static DATA: [u8; 10_000] = [0; 10_000];
+    c.send(&DATA).unwrap();
+    let total: usize = sent(&mut c, t(2)).iter().map(|(_, p)| p.len()).sum();
+    assert_eq!(
+        total,
+        5 * 1460,
+        "window 1000 << 3, the 700-byte rest held by sender SWS"
+    );
+    c.handle_segment(
+        t(3),
+        &seg(P1, A1.wrapping_add(5 * 1460), TcpFlags::ACK, b"").tap_window(1000),
+    );
+    let out = sent(&mut c, t(3));
+    assert_eq!(
+        out.iter().map(|(_, p)| p.len()).sum::<usize>(),
+        2700,
+        "window moved with the ACK"
+    );
+}
+
+// ------------------------------------------------------------------ simulator tests
+
+fn stream(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = crate::sim::Rng::new(seed ^ 0x5eed);
+    let mut v = vec![0; len];
+    rng.fill(&mut v);
+    v
+}
+
+fn transfer(
+    seed: u64,
+    a_cfg: Config,
+    b_cfg: Config,
+    link: LinkConfig,
+    a_len: usize,
+    b_len: usize,
+) -> Pair {
+    let mut pair = Pair::new(seed, a_cfg, b_cfg, link.clone(), link);
+    pair.app_a.to_send = stream(seed, a_len);
+    pair.app_b.to_send = stream(seed + 1, b_len);
+    let outcome = pair.run(Duration::from_secs(600));
+    assert!(
+        pair.app_b.received == pair.app_a.to_send && pair.app_a.received == pair.app_b.to_send,
+        "seed {seed}: streams differ (a->b {} of {}, b->a {} of {}), outcome {outcome:?}, links {:?} {:?}",
+        pair.app_b.received.len(),
+        a_len,
+        pair.app_a.received.len(),
+        b_len,
+        pair.a_to_b.stats,
+        pair.b_to_a.stats
+    );
+    assert!(
+        matches!(outcome.a_state, State::Closed | State::TimeWait)
+            && matches!(outcome.b_state, Some(State::Closed | State::TimeWait)),
+        "seed {seed}: did not close cleanly: {outcome:?}"
+    );
+    assert_eq!(pair.a.error(), None);
+    pair
+}
+
+#[test]
+fn sim_clean_link_transfer_both_ways() {
+    let pair = transfer(
+        1,
+        Config::default(),
+        Config::default(),
+        LinkConfig::default(),
+        3_000_000,
+        200_000,
+    );
+    assert_eq!(
+        pair.a.stats().retransmits,
+        0,
+        "{:?} {:?} {:?}",
+        pair.a.stats(),
+        pair.a_to_b.stats,
+        pair.b.as_ref().unwrap().stats()
+    );
+    let b = pair.b.as_ref().unwrap();
+    assert_eq!(b.stats().retransmits, 0);
+    // Delayed ACKs: fewer ACK segments than data segments received.
+    assert!(
+        b.stats().segments_out < b.stats().segments_in,
+        "{:?}",
+        b.stats()
+    );
+}
+
+#[test]
+fn sim_lossy_link_recovers_with_sack_and_newreno() {
+    let link = LinkConfig {
+        loss: 0.03,
+        ..LinkConfig::default()
+    };
+    for (seed, sack, cc) in [
+        (2, true, CongestionKind::Cubic),
+        (3, false, CongestionKind::NewReno),
+        (4, true, CongestionKind::NewReno),
+    ] {
+        let c = Config {
+            sack,
+            congestion: cc,
+            ..Config::default()
+        };
+        let pair = transfer(seed, c.clone(), c, link.clone(), 1_000_000, 100_000);
+        let lost = pair.a_to_b.stats.lost + pair.b_to_a.stats.lost;
+        assert!(pair.a.stats().retransmits > 0);
+        assert!(
+            pair.a.stats().retransmits <= 4 * lost + 10,
+            "seed {seed}: {} retransmits for {lost} losses",
+            pair.a.stats().retransmits
+        );
+        assert!(
+            pair.a.stats().fast_retransmits > 0,
+            "seed {seed}: loss recovered by fast retransmit {:?} {:?}",
+            pair.a.stats(),
+            pair.a_to_b.stats
+        );
+    }
+}
+
+#[test]
+fn sim_zero_window_when_reader_pauses() {
+    let mut pair = Pair::new(
+        9,
+        Config::default(),
+        Config {
+            recv_buffer: 8192,
+            ..Config::default()
+        },
+        LinkConfig::default(),
+        LinkConfig::default(),
+    );
+    pair.app_a.to_send = stream(9, 200_000);
+    pair.app_b.read_paused_until = Instant::from_millis(3_000);
+    pair.run(Duration::from_secs(100));
+    assert_eq!(pair.app_b.received, pair.app_a.to_send);
+    assert!(pair.a.stats().window_probes > 0);
+}
+
+#[test]
+fn sim_corruption_is_caught_by_checksums() {
+    let link = LinkConfig {
+        corrupt: 0.05,
+        ..LinkConfig::default()
+    };
+    let pair = transfer(
+        11,
+        Config::default(),
+        Config::default(),
+        link,
+        300_000,
+        300_000,
+    );
+    assert!(pair.a_to_b.stats.corrupted > 0);
+    assert!(pair.a_to_b.stats.rejected_by_parser > 0);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn streams_arrive_identical_under_impairments(
+            seed in any::<u64>(),
+            loss in 0.0f64..0.08,
+            duplicate in 0.0f64..0.05,
+            reorder in 0.0f64..0.2,
+            corrupt in 0.0f64..0.02,
+            jitter_ms in 0u64..4,
+            a_len in 0usize..200_000,
+            b_len in 0usize..50_000,
+            sack in any::<bool>(),
+            timestamps in any::<bool>(),
+            nodelay in any::<bool>(),
+            cubic in any::<bool>(),
+            bandwidth in prop_oneof![Just(0u64), Just(10_000_000u64), Just(100_000_000u64)],
+        ) {
+            let link = LinkConfig {
+                loss, duplicate, reorder, corrupt,
+                jitter: Duration::from_millis(jitter_ms),
+                bandwidth,
+                queue_limit: 200,
+                ..LinkConfig::default()
+            };
+            let cfg = Config {
+                sack, timestamps, nodelay,
+                congestion: if cubic { CongestionKind::Cubic } else { CongestionKind::NewReno },
+                recv_buffer: 256 * 1024,
+                ..Config::default()
+            };
+            let pair = transfer(seed, cfg.clone(), cfg, link, a_len, b_len);
+            let sent_segments = pair.a.stats().segments_out.max(1);
+            prop_assert!(pair.a.stats().retransmits <= sent_segments, "retransmissions bounded");
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! TCP header and options (RFC 9293 section 3.1, RFC 7323, RFC 2018).
+use super::{
+    ETH_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, MacAddr, WireError, emit_ethernet,
+    ipv4::{PROTO_TCP, emit_header},
+    tcp_checksum,
+};
+use std::net::Ipv4Addr;
+
+/// At most four SACK blocks fit in the option space (three with timestamps).
+pub const MAX_SACK_BLOCKS: usize = 4;
+const TCP_MIN_HEADER: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpFlags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub psh: bool,
+}
+
+impl TcpFlags {
+    pub const SYN: TcpFlags = TcpFlags {
+        syn: true,
+        ack: false,
+        fin: false,
+        rst: false,
+        psh: false,
+    };
+    pub const SYN_ACK: TcpFlags = TcpFlags {
+        syn: true,
+        ack: true,
+        fin: false,
+        rst: false,
+        psh: false,
+    };
+    pub const ACK: TcpFlags = TcpFlags {
+        syn: false,
+        ack: true,
+        fin: false,
+        rst: false,
+        psh: false,
+    };
+    pub const RST: TcpFlags = TcpFlags {
+        syn: false,
+        ack: false,
+        fin: false,
+        rst: true,
+        psh: false,
+    };
+    pub const RST_ACK: TcpFlags = TcpFlags {
+        syn: false,
+        ack: true,
+        fin: false,
+        rst: true,
+        psh: false,
+    };
+}
+
+/// The options the stack understands; unknown options are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpOptions {
+    pub mss: Option<u16>,
+    pub window_scale: Option<u8>,
+    pub sack_permitted: bool,
+    /// (TSval, TSecr), RFC 7323 section 3.
+    pub timestamps: Option<(u32, u32)>,
+    pub sack_blocks: [(u32, u32); MAX_SACK_BLOCKS],
+    pub sack_count: u8,
+}
+
+impl TcpOptions {
+    pub fn sack_blocks(&self) -> &[(u32, u32)] {
+        &self.sack_blocks[..usize::from(self.sack_count)]
+    }
+
+    /// Parses the option bytes; a length that runs past the end or is below 2 is malformed.
+    pub(crate) fn parse(mut data: &[u8]) -> Result<Self, WireError> {
+        let mut o = TcpOptions::default();
+        while let Some(&kind) = data.first() {
+            match kind {
+                0 => break,
+                1 => {
+                    data = &data[1..];
+                    continue;
+                }
+                _ => {}
+            }
+            let len = usize::from(*data.get(1).ok_or(WireError::Malformed)?);
+            if len < 2 || len > data.len() {
+                return Err(WireError::Malformed);
+            }
+            let body = &data[2..len];
+            match (kind, len) {
+                (2, 4) => o.mss = Some(u16::from_be_bytes([body[0], body[1]])),
+                (3, 3) => o.window_scale = Some(body[0]),
+                (4, 2) => o.sack_permitted = true,
+                (5, _) if (len - 2) % 8 == 0 => {
+                    for block in body.chunks_exact(8).take(MAX_SACK_BLOCKS) {
+                        let left = u32::from_be_bytes([block[0], block[1], block[2], block[3]]);
+                        let right = u32::from_be_bytes([block[4], block[5], block[6], block[7]]);
+                        o.sack_blocks[usize::from(o.sack_count)] = (left, right);
+                        o.sack_count += 1;
+                    }
+                }
+                (8, 10) => {
+                    let val = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    let ecr = u32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                    o.timestamps = Some((val, ecr));
+                }
+                (2 | 3 | 4 | 5 | 8, _) => return Err(WireError::Malformed),
+                _ => {}
+            }
+            data = &data[len..];
+        }
+        Ok(o)
+    }
+
+    /// Length of the encoded options, padded to a multiple of 4.
+    pub fn encoded_len(&self) -> usize {
+        let mut n = 0;
+        if self.mss.is_some() {
+            n += 4;
+        }
+        if self.window_scale.is_some() {
+            n += 4; // NOP + 3
+        }
+        if self.timestamps.is_some() {
+            n += if self.sack_permitted { 10 } else { 12 }; // SACK-permitted takes the 2 NOPs' place
+        }
+        if self.sack_permitted {
+            n += if self.timestamps.is_some() { 2 } else { 4 };
+        }
+        if self.sack_count > 0 {
+            n += 4 + 8 * usize::from(self.sack_count); // NOP NOP kind len blocks
+        }
+        n
+    }
+
+    fn emit(&self, b: &mut [u8]) -> usize {
+        let mut i = 0;
+        let mut put = |bytes: &[u8]| {
+            b[i..i + bytes.len()].copy_from_slice(bytes);
+            i += bytes.len();
+        };
+        if let Some(mss) = self.mss {
+            let m = mss.to_be_bytes();
+            put(&[2, 4, m[0], m[1]]);
+        }
+        if let Some(ws) = self.window_scale {
+            put(&[1, 3, 3, ws]);
+        }
+        match (self.sack_permitted, self.timestamps) {
+            (true, Some(_)) => put(&[4, 2]),
+            (true, None) => put(&[1, 1, 4, 2]),
+            (false, Some(_)) => put(&[1, 1]),
+            _ => {}
+        }
+        if let Some((val, ecr)) = self.timestamps {
+            put(&[8, 10]);
+            put(&val.to_be_bytes());
+            put(&ecr.to_be_bytes());
+        }
+        if self.sack_count > 0 {
+            put(&[1, 1, 5, 2 + 8 * self.sack_count]);
+            for &(l, r) in self.sack_blocks() {
+                put(&l.to_be_bytes());
+                put(&r.to_be_bytes());
+            }
+        }
+        i
+    }
+}
+
+/// A TCP segment as a value; the payload borrows from the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpRepr<'a> {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: TcpFlags,
+    pub window: u16,
+    pub options: TcpOptions,
+    pub payload: &'a [u8],
+}
+
+impl TcpRepr<'_> {
+    /// Sequence space the segment occupies: payload plus one each for SYN and FIN.
+    pub fn seq_len(&self) -> u32 {
+        self.payload.len() as u32 + u32::from(self.flags.syn) + u32::from(self.flags.fin)
+    }
+}
+
+pub(super) fn parse(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    segment: &[u8],
+) -> Result<TcpRepr<'_>, WireError> {
+    if segment.len() < TCP_MIN_HEADER {
+        return Err(WireError::Truncated);
+    }
+    let tcp = etherparse::TcpSlice::from_slice(segment).map_err(|e| match e {
+        etherparse::err::tcp::HeaderSliceError::Len(_) => WireError::Truncated,
+        _ => WireError::Malformed,
+    })?;
+    if tcp_checksum(src, dst, segment) != 0 {
+        return Err(WireError::BadTcpChecksum);
+    }
+    Ok(TcpRepr {
+        src_port: tcp.source_port(),
+        dst_port: tcp.destination_port(),
+        seq: tcp.sequence_number(),
+        ack: tcp.acknowledgment_number(),
+        flags: TcpFlags {
+            syn: tcp.syn(),
+            ack: tcp.ack(),
+            fin: tcp.fin(),
+            rst: tcp.rst(),
+            psh: tcp.psh(),
+        },
+        window: tcp.window_size(),
+        options: TcpOptions::parse(tcp.options())?,
+        payload: tcp.payload(),
+    })
+}
+
+/// Length of the frame [`emit_tcp`] writes for `repr` with `payload_len` bytes.
+pub fn tcp_frame_len(repr: &TcpRepr<'_>, payload_len: usize) -> usize {
+    ETH_HEADER_LEN + IPV4_HEADER_LEN + TCP_MIN_HEADER + repr.options.encoded_len() + payload_len
+}
+
+/// Writes Ethernet+IPv4+TCP into `buf`. The payload is `repr.payload` if not empty,
+/// else `fill` writes `payload_len` bytes straight into the frame (so data moves from
+/// the send buffer to the frame in one copy). Returns the frame length, 0 if it won't fit.
+pub fn emit_tcp(
+    buf: &mut [u8],
+    eth: (MacAddr, MacAddr),
+    ip: (Ipv4Addr, Ipv4Addr),
+    repr: &TcpRepr<'_>,
+    payload_len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> usize {
+    let options_len = repr.options.encoded_len();
+    let tcp_header_len = TCP_MIN_HEADER + options_len;
+    let total = tcp_frame_len(repr, payload_len);
+    if total > buf.len() || tcp_header_len > 60 {
+        return 0;
+    }
+    emit_ethernet(buf, eth.0, eth.1, ETHERTYPE_IPV4);
+    let segment_len = tcp_header_len + payload_len;
+    emit_header(
+        &mut buf[ETH_HEADER_LEN..],
+        ip.0,
+        ip.1,
+        PROTO_TCP,
+        segment_len,
+    );
+    let seg = &mut buf[ETH_HEADER_LEN + IPV4_HEADER_LEN..total];
+    seg[0..2].copy_from_slice(&repr.src_port.to_be_bytes());
+    seg[2..4].copy_from_slice(&repr.dst_port.to_be_bytes());
+    seg[4..8].copy_from_slice(&repr.seq.to_be_bytes());
+    seg[8..12].copy_from_slice(&repr.ack.to_be_bytes());
+    seg[12] = ((tcp_header_len / 4) as u8) << 4;
+    let f = repr.flags;
+    seg[13] = u8::from(f.fin)
+        | u8::from(f.syn) << 1
+        | u8::from(f.rst) << 2
+        | u8::from(f.psh) << 3
+        | u8::from(f.ack) << 4;
+    seg[14..16].copy_from_slice(&repr.window.to_be_bytes());
+    seg[16..20].fill(0); // checksum, urgent pointer
+    repr.options.emit(&mut seg[TCP_MIN_HEADER..tcp_header_len]);
+    if repr.payload.is_empty() {
+        fill(&mut seg[tcp_header_len..]);
+    } else {
+        seg[tcp_header_len..].copy_from_slice(&repr.payload[..payload_len]);
+    }
+    let sum = tcp_checksum(ip.0, ip.1, seg);
+    seg[16..18].copy_from_slice(&sum.to_be_bytes());
+    total
+}

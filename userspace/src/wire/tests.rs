@@ -1,0 +1,164 @@
+use super::*;
+
+const MAC_A: MacAddr = [2, 0, 0, 0, 0, 1];
+const MAC_B: MacAddr = [2, 0, 0, 0, 0, 2];
+const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+fn syn_with_options() -> TcpRepr<'static> {
+    TcpRepr {
+        src_port: 40000,
+        dst_port: 80,
+        seq: 0xffff_fff0,
+        ack: 0,
+        flags: TcpFlags::SYN,
+        window: 65535,
+        options: TcpOptions {
+            mss: Some(1460),
+            window_scale: Some(7),
+            sack_permitted: true,
+            timestamps: Some((1, 0)),
+            ..Default::default()
+        },
+        payload: &[],
+    }
+}
+
+#[test]
+fn tcp_roundtrip_with_options_and_payload() {
+    let mut buf = [0u8; 1600];
+    let mut repr = syn_with_options();
+    repr.flags = TcpFlags::ACK;
+    repr.options.sack_count = 2;
+    repr.options.sack_blocks[0] = (100, 200);
+    repr.options.sack_blocks[1] = (300, 400);
+    repr.options.sack_permitted = false;
+    let len = emit_tcp(&mut buf, (MAC_A, MAC_B), (IP_A, IP_B), &repr, 5, |p| {
+        p.copy_from_slice(b"hello")
+    });
+    assert_eq!(len, tcp_frame_len(&repr, 5));
+    // etherparse agrees on the layout and checksum.
+    let sliced = etherparse::SlicedPacket::from_ethernet(&buf[..len]).unwrap();
+    assert!(matches!(
+        sliced.transport,
+        Some(etherparse::TransportSlice::Tcp(_))
+    ));
+    match parse_frame(&buf[..len]).unwrap() {
+        Frame::Tcp { eth_src, ip, tcp } => {
+            assert_eq!(eth_src, MAC_A);
+            assert_eq!((ip.src, ip.dst), (IP_A, IP_B));
+            assert_eq!(tcp.payload, b"hello");
+            assert_eq!(tcp.options.sack_blocks(), &[(100, 200), (300, 400)]);
+            assert_eq!(tcp.options.timestamps, Some((1, 0)));
+            assert_eq!(tcp.options.mss, Some(1460));
+            assert_eq!(tcp.options.window_scale, Some(7));
+            assert_eq!(tcp.seq, 0xffff_fff0);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn corrupted_tcp_is_rejected_by_checksum() {
+    let mut buf = [0u8; 200];
+    let len = emit_tcp(
+        &mut buf,
+        (MAC_A, MAC_B),
+        (IP_A, IP_B),
+        &syn_with_options(),
+        0,
+        |_| {},
+    );
+    for i in (ETH_HEADER_LEN + IPV4_HEADER_LEN)..len {
+        let mut bad = buf;
+        bad[i] ^= 0x10;
+        let err = parse_frame(&bad[..len]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WireError::BadTcpChecksum | WireError::Malformed | WireError::Truncated
+            ),
+            "byte {i}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn truncated_and_lying_headers_are_errors() {
+    let mut buf = [0u8; 200];
+    let len = emit_tcp(
+        &mut buf,
+        (MAC_A, MAC_B),
+        (IP_A, IP_B),
+        &syn_with_options(),
+        0,
+        |_| {},
+    );
+    for cut in 0..len {
+        assert!(parse_frame(&buf[..cut]).is_err(), "cut at {cut}");
+    }
+    // IHL larger than the packet.
+    let mut bad = buf;
+    bad[ETH_HEADER_LEN] = 0x4f;
+    assert!(parse_frame(&bad[..len]).is_err());
+    // Total length beyond the frame.
+    let mut bad = buf;
+    bad[ETH_HEADER_LEN + 2..ETH_HEADER_LEN + 4].copy_from_slice(&1500u16.to_be_bytes());
+    assert_eq!(parse_frame(&bad[..len]).unwrap_err(), WireError::Malformed);
+}
+
+#[test]
+fn fragments_are_reported() {
+    let mut buf = [0u8; 200];
+    let len = emit_tcp(
+        &mut buf,
+        (MAC_A, MAC_B),
+        (IP_A, IP_B),
+        &syn_with_options(),
+        0,
+        |_| {},
+    );
+    buf[ETH_HEADER_LEN + 6] = 0x20; // MF
+    buf[ETH_HEADER_LEN + 10..ETH_HEADER_LEN + 12].fill(0);
+    let sum = checksum(&buf[ETH_HEADER_LEN..ETH_HEADER_LEN + 20]);
+    buf[ETH_HEADER_LEN + 10..ETH_HEADER_LEN + 12].copy_from_slice(&sum.to_be_bytes());
+    assert_eq!(parse_frame(&buf[..len]).unwrap_err(), WireError::Fragment);
+}
+
+#[test]
+fn bad_option_lengths_are_malformed() {
+    assert_eq!(
+        TcpOptions::parse(&[2, 0]).unwrap_err(),
+        WireError::Malformed
+    );
+    assert_eq!(
+        TcpOptions::parse(&[2, 9, 0]).unwrap_err(),
+        WireError::Malformed
+    );
+    assert_eq!(
+        TcpOptions::parse(&[8, 2]).unwrap_err(),
+        WireError::Malformed
+    );
+    assert_eq!(
+        TcpOptions::parse(&[1, 1, 0, 99]).unwrap(),
+        TcpOptions::default()
+    );
+}
+
+#[test]
+fn arp_roundtrip() {
+    let mut buf = [0u8; 64];
+    let arp = ArpRepr {
+        op: ArpOp::Request,
+        sender_mac: MAC_A,
+        sender_ip: IP_A,
+        target_mac: [0; 6],
+        target_ip: IP_B,
+    };
+    let len = emit_arp(&mut buf, BROADCAST_MAC, &arp);
+    assert_eq!(len, 60);
+    match parse_frame(&buf[..len]).unwrap() {
+        Frame::Arp(parsed) => assert_eq!(parsed, arp),
+        other => panic!("unexpected {other:?}"),
+    }
+}
