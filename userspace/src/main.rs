@@ -1,1 +1,61 @@
-fn main() {}
+//! The `userspace` command: curl, serve and run on the kernel-bypass stack.
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use userspace::app::{curl, run};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "userspace",
+    version,
+    about = "A kernel-bypass TCP/IP stack on AF_XDP"
+)]
+struct Cli {
+    /// Log level for the stack's own diagnostics (error, warn, info, debug, trace)
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Fetch a URL over the stack, like curl
+    Curl(curl::CurlArgs),
+    /// Run the stack alone: answer ARP, ping (owned-IP mode) and closed ports
+    Run(run::RunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // curl's exit code 2 for a bad option; 0 for --help/--version.
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match cli.command {
+        Command::Curl(args) => match curl::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                if !args.silent || args.show_error {
+                    eprintln!("curl: ({}) {}", e.code, e.message);
+                }
+                ExitCode::from(e.code as u8)
+            }
+        },
+        Command::Run(args) => match run::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("userspace: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

@@ -330,7 +330,26 @@ impl Pair {
             None => {}
         });
         let a = &mut self.a;
-        Self::deliver(&mut self.b_to_a, now, |seg| a.handle_segment(now, seg));
+        let trace = std::env::var_os("SIM_TRACE").is_some();
+        Self::deliver(&mut self.b_to_a, now, |seg| {
+            let before = a.state();
+            a.handle_segment(now, seg);
+            if trace {
+                eprintln!(
+                    "{:>10} B->A seq={} ack={} {:?} len={} win={} ts={:?} sack={:?} | A {:?}->{:?}",
+                    now.0,
+                    seg.seq,
+                    seg.ack,
+                    seg.flags,
+                    seg.payload.len(),
+                    seg.window,
+                    seg.options.timestamps,
+                    seg.options.sack_blocks(),
+                    before,
+                    a.state()
+                );
+            }
+        });
 
         if self.a.poll_timeout().is_some_and(|t| t <= now) {
             self.a.handle_timeout(now);

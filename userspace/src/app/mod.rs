@@ -1,1 +1,5 @@
-
+//! Applications on the stack's public API: curl, serve, and the bare `run` mode.
+pub mod curl;
+pub mod run;
+pub mod runtime;
+pub mod setup;

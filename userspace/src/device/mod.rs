@@ -1,1 +1,24 @@
+//! The device layer: the only code that knows about aya and xsk-rs. The stack sees one
+//! small trait, so tests can put an in-memory link in the AF_XDP socket's place.
+pub mod memory;
+pub mod netinfo;
+pub mod pcap;
+pub mod xdp;
 
+use crate::wire::MacAddr;
+
+/// A network device that receives and transmits Ethernet frames in batches.
+pub trait Device {
+    /// Calls `handle` for each received frame, up to one batch; returns how many.
+    /// The frame borrows device memory (a UMEM frame) and is recycled afterwards.
+    fn receive(&mut self, handle: &mut dyn FnMut(&[u8])) -> usize;
+    /// Lends a free TX buffer to `build`, which writes a frame and returns its length
+    /// (0: nothing to send, the buffer stays free). False if no buffer is free.
+    fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> bool;
+    /// Hands queued frames to the hardware and recycles completed ones.
+    fn flush(&mut self);
+    fn mac(&self) -> MacAddr;
+    fn mtu(&self) -> usize {
+        1500
+    }
+}

@@ -1,1 +1,888 @@
+//! The stack: demultiplexes frames to connections by 4-tuple, runs ARP, ICMP, the
+//! listeners (SYN queue, accept queue, SYN cookies) and the timers, and batches output.
+//!
+//! It is sans-IO like the TCP below it: [`Stack::poll`] is given `now` and a [`Device`].
+mod arp;
+mod stats;
+mod timers;
 
+pub use arp::ArpCache;
+pub use stats::StackStats;
+
+use crate::device::Device;
+use crate::tcp::isn::IsnGenerator;
+use crate::tcp::{self, Connection, Instant, State, TcpError};
+use crate::wire::{
+    self, ArpOp, ArpRepr, BROADCAST_MAC, Frame, IcmpRepr, Ipv4Info, MacAddr, TcpFlags, TcpOptions,
+    TcpRepr,
+};
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use timers::TimerHeap;
+
+/// How the stack shares the link with the kernel (see DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressMode {
+    /// The interface's own address; only our ports are steered to us.
+    Shared,
+    /// A second address the stack owns: it answers ARP and ICMP echo for it.
+    Owned,
+}
+
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub mode: AddressMode,
+    /// Local ports for active opens (inclusive), outside the kernel's ephemeral range.
+    pub port_range: (u16, u16),
+    pub tcp: tcp::Config,
+    pub max_connections: usize,
+    /// Bound on half-open connections per listener; beyond it, SYN cookies.
+    pub syn_backlog: usize,
+    pub isn_key: [u8; 16],
+}
+
+impl StackConfig {
+    pub fn new(mac: MacAddr, ip: Ipv4Addr, prefix_len: u8) -> Self {
+        StackConfig {
+            mac,
+            ip,
+            prefix_len,
+            gateway: None,
+            mode: AddressMode::Owned,
+            port_range: (61_000, 65_535),
+            tcp: tcp::Config::default(),
+            max_connections: 100_000,
+            syn_backlog: 1024,
+            isn_key: [0x5a; 16],
+        }
+    }
+}
+
+/// A handle to a connection. Stale handles (slot reused) are detected by the generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    slot: u32,
+    generation: u32,
+}
+
+#[derive(Debug)]
+struct Entry {
+    conn: Connection,
+    /// The application gave up the handle: free the slot once closed.
+    released: bool,
+    /// Half-open connection of this listener, not yet in its accept queue.
+    listener: Option<u16>,
+    dirty: bool,
+    timer: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    generation: u32,
+    entry: Option<Entry>,
+}
+
+#[derive(Debug)]
+struct Listener {
+    backlog: usize,
+    half_open: usize,
+    accept_queue: VecDeque<ConnId>,
+}
+
+/// Frames the stack answers itself, queued during receive and sent after the batch.
+#[derive(Debug)]
+enum Control {
+    Arp {
+        eth_dst: MacAddr,
+        arp: ArpRepr,
+    },
+    Tcp {
+        ip_dst: Ipv4Addr,
+        eth_dst: MacAddr,
+        repr: TcpRepr<'static>,
+    },
+    EchoReply {
+        ip_dst: Ipv4Addr,
+        eth_dst: MacAddr,
+        ident: u16,
+        seq: u16,
+        data: Vec<u8>,
+    },
+}
+
+/// Segment sizes encodable in a SYN cookie (RFC 4987 section 3.6).
+const COOKIE_MSS: [u16; 4] = [536, 1220, 1440, 1460];
+
+pub struct Stack {
+    cfg: StackConfig,
+    isn: IsnGenerator,
+    arp: ArpCache,
+    slots: Vec<Slot>,
+    free_slots: Vec<usize>,
+    by_tuple: HashMap<(SocketAddrV4, SocketAddrV4), usize>,
+    listeners: HashMap<u16, Listener>,
+    timers: TimerHeap,
+    dirty: Vec<usize>,
+    control: Vec<Control>,
+    port_counter: u32,
+    live: usize,
+    pub stats: StackStats,
+}
+
+impl Stack {
+    pub fn new(cfg: StackConfig) -> Self {
+        Stack {
+            isn: IsnGenerator::new(cfg.isn_key),
+            cfg,
+            arp: ArpCache::default(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_tuple: HashMap::new(),
+            listeners: HashMap::new(),
+            timers: TimerHeap::default(),
+            dirty: Vec::with_capacity(1024),
+            control: Vec::with_capacity(64),
+            port_counter: 0,
+            live: 0,
+            stats: StackStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &StackConfig {
+        &self.cfg
+    }
+    pub fn ip(&self) -> Ipv4Addr {
+        self.cfg.ip
+    }
+    pub fn arp_cache(&mut self) -> &mut ArpCache {
+        &mut self.arp
+    }
+    pub fn connection_count(&self) -> usize {
+        self.live
+    }
+
+    fn on_link(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.cfg.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.cfg.prefix_len))
+        };
+        u32::from(ip) & mask == u32::from(self.cfg.ip) & mask
+    }
+
+    /// The next hop for `dst`: on-link, else the gateway (RFC 1122 3.3.1).
+    pub fn next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {
+        if self.on_link(dst) {
+            dst
+        } else {
+            self.cfg.gateway.unwrap_or(dst)
+        }
+    }
+
+    // ---------------------------------------------------------------- application API
+
+    /// Active open to `remote` from a port in the stack's range (RFC 6056 algorithm 3).
+    pub fn connect(&mut self, now: Instant, remote: SocketAddrV4) -> Result<ConnId, StackError> {
+        if self.live >= self.cfg.max_connections {
+            return Err(StackError::TooManyConnections);
+        }
+        let (lo, hi) = self.cfg.port_range;
+        let range = u32::from(hi - lo) + 1;
+        let base = self.isn.hash(SocketAddrV4::new(self.cfg.ip, 0), remote, 0) as u32;
+        for i in 0..range {
+            let port = lo + ((base.wrapping_add(self.port_counter).wrapping_add(i)) % range) as u16;
+            let local = SocketAddrV4::new(self.cfg.ip, port);
+            if self.by_tuple.contains_key(&(local, remote)) || self.listeners.contains_key(&port) {
+                continue;
+            }
+            self.port_counter = self.port_counter.wrapping_add(i + 1);
+            let iss = self.isn.isn(now, local, remote);
+            let conn = Connection::connect(self.cfg.tcp.clone(), local, remote, iss);
+            return Ok(self.insert(conn, None));
+        }
+        Err(StackError::NoFreePort)
+    }
+
+    /// Starts listening on `port` with an accept queue of `backlog`.
+    pub fn listen(&mut self, port: u16, backlog: usize) -> Result<(), StackError> {
+        if self.listeners.contains_key(&port) {
+            return Err(StackError::PortInUse);
+        }
+        self.listeners.insert(
+            port,
+            Listener {
+                backlog: backlog.max(1),
+                half_open: 0,
+                accept_queue: VecDeque::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops listening; queued connections not yet accepted are aborted.
+    pub fn unlisten(&mut self, port: u16) {
+        if let Some(l) = self.listeners.remove(&port) {
+            for id in l.accept_queue {
+                self.abort(id);
+                self.release(id);
+            }
+        }
+    }
+
+    pub fn listening_ports(&self) -> Vec<u16> {
+        self.listeners.keys().copied().collect()
+    }
+
+    pub fn accept(&mut self, port: u16) -> Option<ConnId> {
+        self.listeners.get_mut(&port)?.accept_queue.pop_front()
+    }
+
+    fn entry(&self, id: ConnId) -> Option<&Entry> {
+        let slot = self.slots.get(id.slot as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.entry.as_ref()
+    }
+
+    fn entry_mut(&mut self, id: ConnId) -> Option<&mut Entry> {
+        let slot = self.slots.get_mut(id.slot as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        let entry = slot.entry.as_mut()?;
+        if !entry.dirty {
+            entry.dirty = true;
+            self.dirty.push(id.slot as usize);
+        }
+        Some(entry)
+    }
+
+    pub fn connection(&self, id: ConnId) -> Option<&Connection> {
+        self.entry(id).map(|e| &e.conn)
+    }
+
+    pub fn state(&self, id: ConnId) -> State {
+        self.connection(id).map_or(State::Closed, |c| c.state())
+    }
+
+    pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, TcpError> {
+        match self.entry_mut(id) {
+            Some(e) => e.conn.send(data),
+            None => Err(TcpError::Closed),
+        }
+    }
+
+    pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
+        match self.entry_mut(id) {
+            Some(e) => {
+                let n = e.conn.recv(buf);
+                if n == 0 {
+                    if let Some(err) = e.conn.error() {
+                        return Err(err);
+                    }
+                }
+                Ok(n)
+            }
+            None => Err(TcpError::Closed),
+        }
+    }
+
+    pub fn close(&mut self, id: ConnId) {
+        if let Some(e) = self.entry_mut(id) {
+            e.conn.close();
+        }
+    }
+
+    pub fn abort(&mut self, id: ConnId) {
+        if let Some(e) = self.entry_mut(id) {
+            e.conn.abort();
+        }
+    }
+
+    /// The application is done with `id`; the stack frees it once it is closed (after
+    /// TIME-WAIT for an active closer).
+    pub fn release(&mut self, id: ConnId) {
+        if let Some(e) = self.entry_mut(id) {
+            e.released = true;
+        }
+    }
+
+    /// Gratuitous ARP for our address (owned-IP mode), so neighbours learn it at once.
+    pub fn announce(&mut self) {
+        let arp = ArpRepr {
+            op: ArpOp::Request,
+            sender_mac: self.cfg.mac,
+            sender_ip: self.cfg.ip,
+            target_mac: [0; 6],
+            target_ip: self.cfg.ip,
+        };
+        self.control.push(Control::Arp {
+            eth_dst: BROADCAST_MAC,
+            arp,
+        });
+    }
+
+    /// Sends an ARP request for `ip` unless one went out within the retry interval.
+    pub fn request_arp(&mut self, now: Instant, ip: Ipv4Addr) {
+        if self.arp.should_request(ip, now) {
+            let arp = ArpRepr {
+                op: ArpOp::Request,
+                sender_mac: self.cfg.mac,
+                sender_ip: self.cfg.ip,
+                target_mac: [0; 6],
+                target_ip: ip,
+            };
+            self.control.push(Control::Arp {
+                eth_dst: BROADCAST_MAC,
+                arp,
+            });
+            self.stats.arp_requests += 1;
+        }
+    }
+
+    // ---------------------------------------------------------------- the poll loop
+
+    fn insert(&mut self, conn: Connection, listener: Option<u16>) -> ConnId {
+        let tuple = (conn.local(), conn.remote());
+        let entry = Entry {
+            conn,
+            released: false,
+            listener,
+            dirty: true,
+            timer: None,
+        };
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(Slot::default());
+                self.slots.len() - 1
+            }
+        };
+        self.slots[slot].entry = Some(entry);
+        self.by_tuple.insert(tuple, slot);
+        self.dirty.push(slot);
+        self.live += 1;
+        self.stats.connections_opened += 1;
+        ConnId {
+            slot: slot as u32,
+            generation: self.slots[slot].generation,
+        }
+    }
+
+    fn remove(&mut self, slot: usize) {
+        if let Some(entry) = self.slots[slot].entry.take() {
+            self.by_tuple
+                .remove(&(entry.conn.local(), entry.conn.remote()));
+            if let Some(port) = entry.listener {
+                if let Some(l) = self.listeners.get_mut(&port) {
+                    l.half_open = l.half_open.saturating_sub(1);
+                }
+            }
+            self.slots[slot].generation = self.slots[slot].generation.wrapping_add(1);
+            self.free_slots.push(slot);
+            self.live -= 1;
+            self.stats.connections_closed += 1;
+        }
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        if let Some(e) = self.slots[slot].entry.as_mut() {
+            if !e.dirty {
+                e.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// The earliest time [`Stack::poll`] has timer work to do.
+    pub fn poll_at(&self) -> Option<Instant> {
+        tcp::time::earliest(self.timers.next(), self.arp.next_retry())
+    }
+
+    /// One turn of the poll loop: a batch of received frames, due timers, then all output.
+    /// Returns how many frames were received.
+    pub fn poll(&mut self, now: Instant, device: &mut dyn Device) -> usize {
+        let received = device.receive(&mut |frame| self.process_frame(now, frame));
+        self.stats.rx_frames += received as u64;
+        while let Some((at, slot)) = self.timers.pop_due(now) {
+            let Some(entry) = self.slots[slot].entry.as_mut() else {
+                continue;
+            };
+            if entry.timer != Some(at) {
+                continue; // rescheduled since; stale heap entry
+            }
+            entry.timer = None;
+            entry.conn.handle_timeout(now);
+            self.mark_dirty(slot);
+        }
+        self.dispatch(now, device);
+        device.flush();
+        received
+    }
+
+    fn process_frame(&mut self, now: Instant, frame: &[u8]) {
+        match wire::parse_frame(frame) {
+            Err(e) => self.stats.count_wire_error(e),
+            Ok(Frame::Arp(arp)) => self.process_arp(arp),
+            Ok(Frame::Tcp { eth_src, ip, tcp }) => {
+                if ip.dst != self.cfg.ip {
+                    self.stats.not_for_us += 1;
+                    return;
+                }
+                self.process_tcp(now, eth_src, ip, &tcp);
+            }
+            Ok(Frame::Icmp { eth_src, ip, icmp }) => self.process_icmp(eth_src, ip, icmp),
+        }
+    }
+
+    fn process_arp(&mut self, arp: ArpRepr) {
+        if arp.target_ip != self.cfg.ip {
+            self.stats.not_for_us += 1;
+            return;
+        }
+        // RFC 826: learn the sender, then answer a request for our address.
+        self.arp.insert(arp.sender_ip, arp.sender_mac);
+        self.stats.arp_in += 1;
+        // Connections waiting for this neighbour can send now.
+        for slot in 0..self.slots.len() {
+            if self.slots[slot]
+                .entry
+                .as_ref()
+                .is_some_and(|e| self.next_hop(*e.conn.remote().ip()) == arp.sender_ip)
+            {
+                self.mark_dirty(slot);
+            }
+        }
+        if arp.op == ArpOp::Request && self.cfg.mode == AddressMode::Owned {
+            self.control.push(Control::Arp {
+                eth_dst: arp.sender_mac,
+                arp: ArpRepr {
+                    op: ArpOp::Reply,
+                    sender_mac: self.cfg.mac,
+                    sender_ip: self.cfg.ip,
+                    target_mac: arp.sender_mac,
+                    target_ip: arp.sender_ip,
+                },
+            });
+        }
+    }
+
+    fn process_icmp(&mut self, eth_src: MacAddr, ip: Ipv4Info, icmp: IcmpRepr<'_>) {
+        if ip.dst != self.cfg.ip {
+            self.stats.not_for_us += 1;
+            return;
+        }
+        match icmp {
+            IcmpRepr::EchoRequest { ident, seq, data } if self.cfg.mode == AddressMode::Owned => {
+                self.control.push(Control::EchoReply {
+                    ip_dst: ip.src,
+                    eth_dst: eth_src,
+                    ident,
+                    seq,
+                    data: data.to_vec(),
+                });
+            }
+            IcmpRepr::DestUnreachable {
+                code,
+                quoted_src,
+                quoted_dst,
+                quoted_src_port,
+                quoted_dst_port,
+            } => {
+                self.stats.icmp_unreachable += 1;
+                let key = (
+                    SocketAddrV4::new(quoted_src, quoted_src_port),
+                    SocketAddrV4::new(quoted_dst, quoted_dst_port),
+                );
+                if let Some(&slot) = self.by_tuple.get(&key) {
+                    if let Some(e) = self.slots[slot].entry.as_mut() {
+                        e.conn.handle_icmp_unreachable(code);
+                    }
+                    self.mark_dirty(slot);
+                }
+            }
+            _ => self.stats.icmp_ignored += 1,
+        }
+    }
+
+    fn process_tcp(&mut self, now: Instant, eth_src: MacAddr, ip: Ipv4Info, seg: &TcpRepr<'_>) {
+        let local = SocketAddrV4::new(ip.dst, seg.dst_port);
+        let remote = SocketAddrV4::new(ip.src, seg.src_port);
+        if let Some(&slot) = self.by_tuple.get(&(local, remote)) {
+            if let Some(e) = self.slots[slot].entry.as_mut() {
+                e.conn.handle_segment(now, seg);
+            }
+            self.mark_dirty(slot);
+            return;
+        }
+        if self.listeners.contains_key(&local.port()) {
+            self.listener_input(now, eth_src, local, remote, seg);
+            return;
+        }
+        // RFC 9293 3.10.7.1: a segment for a closed port gets a RST.
+        self.stats.closed_port += 1;
+        self.reply_rst(eth_src, local, remote, seg);
+    }
+
+    fn reply_rst(
+        &mut self,
+        eth_src: MacAddr,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        seg: &TcpRepr<'_>,
+    ) {
+        if seg.flags.rst {
+            return;
+        }
+        let (seq, ack, flags) = if seg.flags.ack {
+            (seg.ack, 0, TcpFlags::RST)
+        } else {
+            (0, seg.seq.wrapping_add(seg.seq_len()), TcpFlags::RST_ACK)
+        };
+        let repr = TcpRepr {
+            src_port: local.port(),
+            dst_port: remote.port(),
+            seq,
+            ack,
+            flags,
+            ..Default::default()
+        };
+        self.stats.rst_sent += 1;
+        self.control.push(Control::Tcp {
+            ip_dst: *remote.ip(),
+            eth_dst: eth_src,
+            repr,
+        });
+    }
+
+    /// Listen state (RFC 9293 3.10.7.2) with a bounded SYN queue and SYN cookies (RFC 4987).
+    fn listener_input(
+        &mut self,
+        now: Instant,
+        eth_src: MacAddr,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        seg: &TcpRepr<'_>,
+    ) {
+        if seg.flags.rst {
+            return;
+        }
+        let port = local.port();
+        if seg.flags.syn && !seg.flags.ack {
+            if self.live >= self.cfg.max_connections {
+                self.stats.listen_drops += 1;
+                return;
+            }
+            let listener = &self.listeners[&port];
+            if listener.half_open >= self.cfg.syn_backlog
+                || listener.accept_queue.len() >= listener.backlog
+            {
+                self.send_cookie(now, eth_src, local, remote, seg);
+                return;
+            }
+            if self.on_link(*remote.ip()) {
+                self.arp.insert(*remote.ip(), eth_src);
+            }
+            let iss = self.isn.isn(now, local, remote);
+            let conn = Connection::accept(now, self.cfg.tcp.clone(), local, remote, iss, seg);
+            self.insert(conn, Some(port));
+            if let Some(l) = self.listeners.get_mut(&port) {
+                l.half_open += 1;
+            }
+            return;
+        }
+        if seg.flags.ack && !seg.flags.syn {
+            if let Some(mss) = self.check_cookie(now, local, remote, seg) {
+                self.stats.syn_cookies_accepted += 1;
+                let syn = TcpRepr {
+                    src_port: remote.port(),
+                    dst_port: port,
+                    seq: seg.seq.wrapping_sub(1),
+                    flags: TcpFlags::SYN,
+                    window: seg.window,
+                    options: TcpOptions {
+                        mss: Some(mss),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                if self.on_link(*remote.ip()) {
+                    self.arp.insert(*remote.ip(), eth_src);
+                }
+                let mut conn = Connection::accept(
+                    now,
+                    self.cfg.tcp.clone(),
+                    local,
+                    remote,
+                    seg.ack.wrapping_sub(1),
+                    &syn,
+                );
+                conn.mark_syn_sent(now);
+                conn.handle_segment(now, seg);
+                let id = self.insert(conn, None);
+                self.enqueue_accept(port, id);
+                return;
+            }
+        }
+        self.stats.closed_port += 1;
+        self.reply_rst(eth_src, local, remote, seg);
+    }
+
+    fn cookie(
+        &self,
+        counter: u64,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        client_isn: u32,
+        mss_index: u32,
+    ) -> u32 {
+        let hash = self
+            .isn
+            .hash(local, remote, counter << 32 | u64::from(client_isn)) as u32;
+        ((counter as u32 & 0x1f) << 27) | (mss_index << 24) | (hash & 0x00ff_ffff)
+    }
+
+    fn cookie_counter(now: Instant) -> u64 {
+        now.micros() / 64_000_000 // 64-second steps
+    }
+
+    fn send_cookie(
+        &mut self,
+        now: Instant,
+        eth_src: MacAddr,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        seg: &TcpRepr<'_>,
+    ) {
+        let peer_mss = seg.options.mss.unwrap_or(536).min(self.cfg.tcp.mss);
+        let index = COOKIE_MSS.iter().rposition(|&m| m <= peer_mss).unwrap_or(0) as u32;
+        let isn = self.cookie(Self::cookie_counter(now), local, remote, seg.seq, index);
+        let repr = TcpRepr {
+            src_port: local.port(),
+            dst_port: remote.port(),
+            seq: isn,
+            ack: seg.seq.wrapping_add(1),
+            flags: TcpFlags::SYN_ACK,
+            window: 65535,
+            options: TcpOptions {
+                mss: Some(COOKIE_MSS[index as usize]),
+                ..Default::default()
+            },
+            payload: &[],
+        };
+        self.stats.syn_cookies_sent += 1;
+        self.control.push(Control::Tcp {
+            ip_dst: *remote.ip(),
+            eth_dst: eth_src,
+            repr,
+        });
+    }
+
+    fn check_cookie(
+        &self,
+        now: Instant,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        seg: &TcpRepr<'_>,
+    ) -> Option<u16> {
+        let cookie = seg.ack.wrapping_sub(1);
+        let client_isn = seg.seq.wrapping_sub(1);
+        let index = (cookie >> 24) & 0x3;
+        let current = Self::cookie_counter(now);
+        (0..2u64)
+            .filter_map(|age| current.checked_sub(age))
+            .any(|counter| self.cookie(counter, local, remote, client_isn, index) == cookie)
+            .then_some(COOKIE_MSS[index as usize])
+    }
+
+    fn enqueue_accept(&mut self, port: u16, id: ConnId) {
+        match self.listeners.get_mut(&port) {
+            Some(l) if l.accept_queue.len() < l.backlog * 2 => l.accept_queue.push_back(id),
+            _ => {
+                self.stats.accept_overflows += 1;
+                self.abort(id);
+                self.release(id);
+            }
+        }
+    }
+
+    /// Sends the control frames, then lets every connection with work emit its segments:
+    /// this is where one ACK comes to cover a whole received batch.
+    fn dispatch(&mut self, now: Instant, device: &mut dyn Device) {
+        let mac = self.cfg.mac;
+        let ip = self.cfg.ip;
+        for control in std::mem::take(&mut self.control) {
+            let sent = device.transmit(&mut |buf| match &control {
+                Control::Arp { eth_dst, arp } => wire::emit_arp(buf, *eth_dst, arp),
+                Control::Tcp {
+                    ip_dst,
+                    eth_dst,
+                    repr,
+                } => wire::emit_tcp(buf, (mac, *eth_dst), (ip, *ip_dst), repr, 0, |_| {}),
+                Control::EchoReply {
+                    ip_dst,
+                    eth_dst,
+                    ident,
+                    seq,
+                    data,
+                } => wire::emit_icmp_echo_reply(
+                    buf,
+                    (mac, *eth_dst),
+                    (ip, *ip_dst),
+                    *ident,
+                    *seq,
+                    data,
+                ),
+            });
+            if sent {
+                self.stats.tx_frames += 1;
+            } else {
+                self.stats.tx_ring_full += 1;
+            }
+        }
+
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &slot in &dirty {
+            let Some(entry) = self.slots[slot].entry.as_mut() else {
+                continue;
+            };
+            entry.dirty = false;
+            let remote_ip = *entry.conn.remote().ip();
+            let hop = self.next_hop(remote_ip);
+            match self.arp.lookup(hop) {
+                Some(dst_mac) => {
+                    let entry = self.slots[slot]
+                        .entry
+                        .as_mut()
+                        .expect("entry checked above");
+                    let conn = &mut entry.conn;
+                    loop {
+                        let mut emitted = false;
+                        let ok = device.transmit(&mut |buf| match conn.poll_transmit(now) {
+                            Some(t) => {
+                                emitted = true;
+                                wire::emit_tcp(
+                                    buf,
+                                    (mac, dst_mac),
+                                    (ip, remote_ip),
+                                    &t.repr,
+                                    t.payload_len,
+                                    |dst| conn.copy_payload(t.payload_offset, dst),
+                                )
+                            }
+                            None => 0,
+                        });
+                        if !ok {
+                            self.stats.tx_ring_full += 1;
+                            entry.dirty = true;
+                            self.dirty.push(slot);
+                            break;
+                        }
+                        if !emitted {
+                            break;
+                        }
+                        self.stats.tx_frames += 1;
+                    }
+                }
+                None => self.request_neighbour(now, hop, device, slot),
+            }
+            self.after_dispatch(slot);
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty; // keep the allocation
+        }
+    }
+
+    /// Sends an ARP request for the next hop (rate-limited) and parks the connection.
+    fn request_neighbour(
+        &mut self,
+        now: Instant,
+        hop: Ipv4Addr,
+        device: &mut dyn Device,
+        slot: usize,
+    ) {
+        if self.arp.should_request(hop, now) {
+            let arp = ArpRepr {
+                op: ArpOp::Request,
+                sender_mac: self.cfg.mac,
+                sender_ip: self.cfg.ip,
+                target_mac: [0; 6],
+                target_ip: hop,
+            };
+            if device.transmit(&mut |buf| wire::emit_arp(buf, BROADCAST_MAC, &arp)) {
+                self.stats.arp_requests += 1;
+                self.stats.tx_frames += 1;
+            }
+        }
+        // Stay dirty: retried on the next poll after the ARP retry interval.
+        if let Some(e) = self.slots[slot].entry.as_mut() {
+            e.dirty = true;
+        }
+        self.dirty.push(slot);
+    }
+
+    /// Bookkeeping after a connection had its turn: accept queue, timer, removal.
+    fn after_dispatch(&mut self, slot: usize) {
+        let generation = self.slots[slot].generation;
+        let Some(entry) = self.slots[slot].entry.as_mut() else {
+            return;
+        };
+        if let Some(port) = entry.listener {
+            if entry.conn.is_established() {
+                entry.listener = None;
+                if let Some(l) = self.listeners.get_mut(&port) {
+                    l.half_open = l.half_open.saturating_sub(1);
+                }
+                self.enqueue_accept(
+                    port,
+                    ConnId {
+                        slot: slot as u32,
+                        generation,
+                    },
+                );
+            }
+        }
+        let Some(entry) = self.slots[slot].entry.as_mut() else {
+            return;
+        };
+        if entry.conn.is_closed() && (entry.released || entry.listener.is_some()) {
+            self.remove(slot);
+            return;
+        }
+        let next = entry.conn.poll_timeout();
+        if next != entry.timer {
+            entry.timer = next;
+            if let Some(t) = next {
+                self.timers.schedule(t, slot);
+            }
+        }
+    }
+
+    /// Summed per-connection counters (for `--stats`).
+    pub fn connection_totals(&self) -> tcp::ConnectionStats {
+        let mut total = tcp::ConnectionStats::default();
+        for e in self.slots.iter().filter_map(|s| s.entry.as_ref()) {
+            total.add(e.conn.stats());
+        }
+        total
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StackError {
+    #[error("too many connections")]
+    TooManyConnections,
+    #[error("no free local port")]
+    NoFreePort,
+    #[error("port already in use")]
+    PortInUse,
+}
+
+#[cfg(test)]
+mod tests;

@@ -112,6 +112,24 @@ pub struct ConnectionStats {
     pub window_probes: u64,
 }
 
+impl ConnectionStats {
+    pub fn add(&mut self, o: &ConnectionStats) {
+        self.segments_in += o.segments_in;
+        self.segments_out += o.segments_out;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.retransmits += o.retransmits;
+        self.fast_retransmits += o.fast_retransmits;
+        self.timeouts += o.timeouts;
+        self.dup_acks += o.dup_acks;
+        self.out_of_order_segments += o.out_of_order_segments;
+        self.challenge_acks += o.challenge_acks;
+        self.paws_drops += o.paws_drops;
+        self.dropped_out_of_window += o.dropped_out_of_window;
+        self.window_probes += o.window_probes;
+    }
+}
+
 /// A segment to send: header fields, and `payload_len` bytes at `payload_offset` in
 /// the send buffer, copied into the frame with [`Connection::copy_payload`].
 #[derive(Debug, Clone, Copy)]
@@ -314,6 +332,15 @@ impl Connection {
         c.snd_wl1 = c.irs;
         c.rto_deadline = Some(now + c.rtt.rto());
         c
+    }
+
+    /// For a connection rebuilt from a SYN cookie: our SYN-ACK (ISS = the cookie) is
+    /// already out, so the next segment is the peer's ACK (RFC 4987 section 3.6).
+    pub fn mark_syn_sent(&mut self, now: Instant) {
+        self.syn_needed = false;
+        self.snd_nxt = self.iss + 1u32;
+        self.snd_max = self.snd_nxt;
+        self.rto_deadline = Some(now + self.rtt.rto());
     }
 
     pub fn state(&self) -> State {
@@ -1084,7 +1111,7 @@ impl Connection {
         }
         if self.challenge_ack_pending {
             self.challenge_ack_pending = false;
-            let repr = self.base_repr(now, self.snd_nxt, TcpFlags::ACK);
+            let repr = self.base_repr(now, self.snd_max, TcpFlags::ACK);
             return Some(Transmit {
                 repr,
                 payload_offset: 0,
@@ -1097,7 +1124,8 @@ impl Connection {
         if self.fast_rtx_pending {
             self.fast_rtx_pending = false;
             let len = self.snd_mss.min(self.send_buf.len());
-            if len > 0 || self.fin_queued {
+            // Only while something is unacknowledged: data, or a FIN not yet acked.
+            if self.snd_una < self.snd_max && (len > 0 || self.snd_una == self.data_end()) {
                 self.stats.retransmits += 1;
                 return Some(self.data_segment(now, self.snd_una, len));
             }
@@ -1129,7 +1157,9 @@ impl Connection {
         if !(self.ack_now || self.window_update) {
             return None;
         }
-        let repr = self.base_repr(now, self.snd_nxt, TcpFlags::ACK);
+        // The highest sequence number sent, not SND.NXT: after a timeout SND.NXT goes back,
+        // and an ACK stamped below the peer's RCV.NXT would be dropped as out of window.
+        let repr = self.base_repr(now, self.snd_max, TcpFlags::ACK);
         Some(Transmit {
             repr,
             payload_offset: 0,
@@ -1202,7 +1232,11 @@ impl Connection {
         self.stats.bytes_out += len as u64;
         Transmit {
             repr,
-            payload_offset: seq.since(self.buf_seq) as usize,
+            payload_offset: if len > 0 {
+                seq.since(self.buf_seq) as usize
+            } else {
+                0
+            },
             payload_len: len,
         }
     }

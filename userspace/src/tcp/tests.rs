@@ -564,7 +564,13 @@ fn transfer(
             && matches!(outcome.b_state, Some(State::Closed | State::TimeWait)),
         "seed {seed}: did not close cleanly: {outcome:?}"
     );
-    assert_eq!(pair.a.error(), None);
+    assert_eq!(
+        pair.a.error(),
+        None,
+        "seed {seed}: {:?} {:?}",
+        pair.a.stats(),
+        outcome
+    );
     pair
 }
 
@@ -671,7 +677,11 @@ mod properties {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        // 64 cases by default; PROPTEST_CASES=N for a longer run.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn streams_arrive_identical_under_impairments(
@@ -707,4 +717,62 @@ mod properties {
             prop_assert!(pair.a.stats().retransmits <= sent_segments, "retransmissions bounded");
         }
     }
+}
+
+#[test]
+fn sim_regression_jitter_small_transfer() {
+    let link = LinkConfig {
+        jitter: Duration::from_millis(1),
+        queue_limit: 200,
+        ..LinkConfig::default()
+    };
+    let c = Config {
+        sack: true,
+        timestamps: false,
+        congestion: CongestionKind::NewReno,
+        recv_buffer: 256 * 1024,
+        ..Config::default()
+    };
+    transfer(0, c.clone(), c, link, 1461, 16049);
+}
+
+#[test]
+fn sim_regression_lossy_reordered() {
+    let link = LinkConfig {
+        loss: 0.063,
+        duplicate: 0.013,
+        reorder: 0.139,
+        corrupt: 0.0186,
+        jitter: Duration::from_millis(2),
+        queue_limit: 200,
+        ..LinkConfig::default()
+    };
+    let c = Config {
+        sack: true,
+        timestamps: true,
+        congestion: CongestionKind::NewReno,
+        recv_buffer: 256 * 1024,
+        ..Config::default()
+    };
+    transfer(5158668795688621367, c.clone(), c, link, 45439, 27333);
+}
+
+#[test]
+fn sim_regression_duplicated_acks_without_sack() {
+    let link = LinkConfig {
+        loss: 0.0066,
+        duplicate: 0.0129,
+        reorder: 0.049,
+        corrupt: 0.0193,
+        queue_limit: 200,
+        ..LinkConfig::default()
+    };
+    let c = Config {
+        sack: false,
+        timestamps: true,
+        congestion: CongestionKind::NewReno,
+        recv_buffer: 256 * 1024,
+        ..Config::default()
+    };
+    transfer(13704321024857542621, c.clone(), c, link, 27513, 23169);
 }

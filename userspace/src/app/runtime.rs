@@ -1,0 +1,129 @@
+//! The poll loop around the sans-IO stack: the clock, the device, CPU pinning, signals.
+use crate::device::Device;
+use crate::device::pcap::PcapDevice;
+use crate::device::xdp::XdpDevice;
+use crate::stack::Stack;
+use crate::tcp::Instant;
+use crate::wire::MacAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The AF_XDP device, optionally recording to a pcap file.
+pub enum NetDevice {
+    Plain(XdpDevice),
+    Pcap(PcapDevice<XdpDevice>),
+}
+
+impl NetDevice {
+    pub fn xdp(&self) -> &XdpDevice {
+        match self {
+            NetDevice::Plain(d) => d,
+            NetDevice::Pcap(d) => d.inner(),
+        }
+    }
+    fn as_device(&mut self) -> &mut dyn Device {
+        match self {
+            NetDevice::Plain(d) => d,
+            NetDevice::Pcap(d) => d,
+        }
+    }
+}
+
+impl Device for NetDevice {
+    fn receive(&mut self, handle: &mut dyn FnMut(&[u8])) -> usize {
+        self.as_device().receive(handle)
+    }
+    fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> bool {
+        self.as_device().transmit(build)
+    }
+    fn flush(&mut self) {
+        self.as_device().flush()
+    }
+    fn mac(&self) -> MacAddr {
+        self.xdp().mac()
+    }
+    fn mtu(&self) -> usize {
+        self.xdp().mtu()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitError {
+    TimedOut,
+    Interrupted,
+}
+
+pub struct Runtime {
+    pub stack: Stack,
+    pub device: NetDevice,
+    origin: std::time::Instant,
+    pub stop: Arc<AtomicBool>,
+    pub iface: String,
+}
+
+impl Runtime {
+    pub fn new(stack: Stack, device: NetDevice) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            let _ = signal_hook::flag::register(signal, stop.clone());
+        }
+        Runtime {
+            stack,
+            device,
+            origin: std::time::Instant::now(),
+            stop,
+            iface: String::new(),
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(self.origin.elapsed().as_micros() as u64)
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// One turn of the poll loop.
+    pub fn turn(&mut self) -> usize {
+        let now = self.now();
+        self.stack.poll(now, &mut self.device)
+    }
+
+    /// Busy-polls until `ready` returns a value, the deadline passes, or a signal arrives.
+    pub fn wait<T>(
+        &mut self,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut(&mut Stack, Instant) -> Option<T>,
+    ) -> Result<T, WaitError> {
+        loop {
+            let received = self.turn();
+            let now = self.now();
+            if let Some(v) = ready(&mut self.stack, now) {
+                return Ok(v);
+            }
+            if self.stopped() {
+                return Err(WaitError::Interrupted);
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(WaitError::TimedOut);
+            }
+            if received == 0 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu` (the poll loop busy-polls one core).
+pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let core = cores
+        .into_iter()
+        .find(|c| c.id == cpu)
+        .ok_or_else(|| anyhow::anyhow!("no CPU {cpu} on this machine"))?;
+    if !core_affinity::set_for_current(core) {
+        anyhow::bail!("could not pin to CPU {cpu}");
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! Turns the stack flags shared by every subcommand into a running [`Runtime`].
+use super::runtime::{NetDevice, Runtime, WaitError, pin_to_cpu};
+use crate::device::netinfo::{self, default_route, kernel_neighbour, provoke_kernel_arp};
+use crate::device::pcap::PcapDevice;
+use crate::device::xdp::{XdpDevice, XdpModeChoice, XdpOptions};
+use crate::stack::{AddressMode, Stack, StackConfig};
+use crate::tcp::{CongestionKind, Instant};
+use anyhow::{Context, anyhow, bail};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+use xdp_ebpf::{MAX_LISTEN_PORTS, MODE_OWNED_IP, MODE_SHARED_IP, SteerConfig};
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct StackArgs {
+    /// Interface to bypass (default: the interface of the default route)
+    #[arg(long, value_name = "IF")]
+    pub iface: Option<String>,
+    /// Owned-IP mode: the stack owns this extra address (answers ARP and ping for it)
+    #[arg(long, value_name = "ADDR")]
+    pub ip: Option<Ipv4Addr>,
+    /// Next-hop router (default: from the kernel's routing table)
+    #[arg(long, value_name = "ADDR")]
+    pub gateway: Option<Ipv4Addr>,
+    /// Pin the poll loop to this CPU
+    #[arg(long, value_name = "N")]
+    pub cpu: Option<usize>,
+    /// NIC queue to bind the AF_XDP socket to
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub queue: u32,
+    /// Force the XDP attach mode (default: native, falling back to skb)
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeChoice>,
+    /// Record every frame sent and received to this pcap file
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// Print the stack's counters at exit
+    #[arg(long)]
+    pub stats: bool,
+    /// Congestion control
+    #[arg(long, value_enum, default_value_t)]
+    pub congestion: CongestionKind,
+    /// Disable Nagle's algorithm
+    #[arg(long)]
+    pub nodelay: bool,
+    /// Most connections held at once
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Half-open connections per listener before SYN cookies
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub syn_backlog: usize,
+    /// Per-connection send and receive buffer, bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub buffer: usize,
+}
+
+/// The kernel's ephemeral port range; the stack takes ports above it in shared-IP mode.
+fn kernel_port_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+fn random_key() -> [u8; 16] {
+    let mut key = [0u8; 16];
+    if let Ok(bytes) = std::fs::read("/proc/sys/kernel/random/uuid") {
+        // 36 ASCII chars of fresh randomness; fold them into the key.
+        for (i, b) in bytes.iter().enumerate() {
+            key[i % 16] = key[i % 16].rotate_left(3) ^ b;
+        }
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    for (k, b) in key.iter_mut().zip(t.to_le_bytes()) {
+        *k ^= b;
+    }
+    key
+}
+
+pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Runtime> {
+    let (iface, route_gateway) = match &args.iface {
+        Some(name) => (
+            name.clone(),
+            default_route()
+                .filter(|(dev, _)| dev == name)
+                .map(|(_, gw)| gw),
+        ),
+        None => {
+            let (dev, gw) =
+                default_route().ok_or_else(|| anyhow!("no default route: pass --iface"))?;
+            (dev, Some(gw))
+        }
+    };
+    let info = netinfo::interface(&iface)?;
+    if !info.up {
+        bail!("interface {iface} is down");
+    }
+    let (ip, prefix, mode) = match args.ip {
+        Some(ip) => (ip, info.ipv4.map_or(24, |(_, p)| p), AddressMode::Owned),
+        None => {
+            let (ip, prefix) = info
+                .ipv4
+                .ok_or_else(|| anyhow!("interface {iface} has no IPv4 address (or pass --ip)"))?;
+            (ip, prefix, AddressMode::Shared)
+        }
+    };
+    if listen_ports.len() > MAX_LISTEN_PORTS {
+        bail!("at most {MAX_LISTEN_PORTS} listening ports");
+    }
+    if let Some(cpu) = args.cpu {
+        pin_to_cpu(cpu)?;
+    }
+    let port_range = match mode {
+        AddressMode::Owned => (49_152, 65_535),
+        AddressMode::Shared => {
+            let (_, hi) = kernel_port_range();
+            if hi >= 65_000 {
+                bail!(
+                    "the kernel's ephemeral port range reaches {hi}: lower net.ipv4.ip_local_port_range to leave ports for the stack"
+                );
+            }
+            (hi + 1, 65_535)
+        }
+    };
+    let mut steer = SteerConfig {
+        ipv4: ip.octets(),
+        mode: if mode == AddressMode::Owned {
+            MODE_OWNED_IP
+        } else {
+            MODE_SHARED_IP
+        },
+        port_lo: port_range.0,
+        port_hi: port_range.1,
+        ..Default::default()
+    };
+    steer.listen_ports[..listen_ports.len()].copy_from_slice(listen_ports);
+    let xdp = XdpDevice::open(&XdpOptions {
+        interface: iface.clone(),
+        queue: args.queue,
+        mode: args.xdp_mode,
+        steer,
+    })?;
+    tracing::info!(iface, %ip, mode = ?mode, xdp = xdp.attached_mode, "stack up");
+    let device = match &args.pcap {
+        Some(path) => NetDevice::Pcap(PcapDevice::create(xdp, path)?),
+        None => NetDevice::Plain(xdp),
+    };
+
+    let mut cfg = StackConfig::new(info.mac, ip, prefix);
+    cfg.gateway = args.gateway.or(route_gateway);
+    cfg.mode = mode;
+    cfg.port_range = port_range;
+    cfg.max_connections = args.max_connections;
+    cfg.syn_backlog = args.syn_backlog;
+    cfg.isn_key = random_key();
+    cfg.tcp.mss = (info.mtu.min(1500) - 40) as u16;
+    cfg.tcp.congestion = args.congestion;
+    cfg.tcp.nodelay = args.nodelay;
+    cfg.tcp.send_buffer = args.buffer;
+    cfg.tcp.recv_buffer = args.buffer;
+    cfg.tcp.max_ooo_bytes = args.buffer;
+    let mut stack = Stack::new(cfg);
+    for port in listen_ports {
+        stack
+            .listen(*port, 4096)
+            .map_err(|e| anyhow!("listen on {port}: {e}"))?;
+    }
+    if mode == AddressMode::Owned {
+        stack.announce();
+    }
+    let mut rt = Runtime::new(stack, device);
+    rt.iface = iface;
+    Ok(rt)
+}
+
+/// Makes sure the stack knows the MAC of the next hop towards `dst`. The kernel's
+/// neighbour table is the first hint; in shared-IP mode ARP replies go to the kernel, so
+/// it is asked to resolve; in owned-IP mode the stack's own ARP requests do it.
+pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> anyhow::Result<()> {
+    let hop = rt.stack.next_hop(dst);
+    if rt.stack.arp_cache().lookup(hop).is_some() {
+        return Ok(());
+    }
+    let iface = rt.iface.clone();
+    if let Some(mac) = kernel_neighbour(&iface, hop) {
+        rt.stack.arp_cache().insert(hop, mac);
+        return Ok(());
+    }
+    let deadline = rt.now() + timeout;
+    match rt.stack.config().mode {
+        AddressMode::Shared => {
+            let mut last_provoke: Option<Instant> = None;
+            let found = rt.wait(Some(deadline), |_, now| {
+                if last_provoke.is_none_or(|t| now >= t + Duration::from_millis(300)) {
+                    provoke_kernel_arp(hop);
+                    last_provoke = Some(now);
+                }
+                kernel_neighbour(&iface, hop)
+            });
+            match found {
+                Ok(mac) => {
+                    rt.stack.arp_cache().insert(hop, mac);
+                    Ok(())
+                }
+                Err(WaitError::Interrupted) => bail!("interrupted"),
+                Err(WaitError::TimedOut) => Err(anyhow!("no ARP reply from next hop {hop}")),
+            }
+        }
+        AddressMode::Owned => {
+            // The stack sends the requests itself when a connection needs the neighbour;
+            // here it is asked directly so that a silent neighbour is a clear error.
+            let now = rt.now();
+            rt.stack.request_arp(now, hop);
+            match rt.wait(Some(deadline), |stack, now| {
+                if stack.arp_cache().lookup(hop).is_some() {
+                    return Some(());
+                }
+                stack.request_arp(now, hop);
+                None
+            }) {
+                Ok(()) => Ok(()),
+                Err(WaitError::Interrupted) => bail!("interrupted"),
+                Err(WaitError::TimedOut) => Err(anyhow!("no ARP reply from next hop {hop}")),
+            }
+        }
+    }
+    .context("resolving the next hop")
+}
+
+/// `--stats`: every counter of the stack, the XDP program and the AF_XDP socket.
+pub fn print_stats(rt: &Runtime) {
+    let xdp = rt.device.xdp();
+    eprintln!("* stack counters:");
+    eprint!("{}", rt.stack.stats);
+    let t = rt.stack.connection_totals();
+    eprintln!("* connections (open now: {}):", rt.stack.connection_count());
+    eprintln!("  {:<24} {}", "segments_in", t.segments_in);
+    eprintln!("  {:<24} {}", "segments_out", t.segments_out);
+    eprintln!("  {:<24} {}", "retransmits", t.retransmits);
+    eprintln!("  {:<24} {}", "fast_retransmits", t.fast_retransmits);
+    eprintln!("  {:<24} {}", "timeouts", t.timeouts);
+    eprintln!(
+        "  {:<24} {}",
+        "out_of_order_segments", t.out_of_order_segments
+    );
+    eprintln!("  {:<24} {}", "challenge_acks", t.challenge_acks);
+    let s = xdp.steer_counters();
+    eprintln!("* xdp program ({} mode):", xdp.attached_mode);
+    eprintln!("  {:<24} {}", "steered", s.steered);
+    eprintln!("  {:<24} {}", "passed_to_kernel", s.passed);
+    eprintln!("  {:<24} {}", "no_socket", s.no_socket);
+    let f = xdp.frame_account();
+    eprintln!("* umem frames:");
+    eprintln!("  {:<24} {}", "total", f.total);
+    eprintln!("  {:<24} {}", "in_fill_ring", f.in_fill_ring);
+    eprintln!("  {:<24} {}", "in_tx_ring", f.in_tx_ring);
+    eprintln!("  {:<24} {}", "free_for_tx", f.free_for_tx);
+    eprintln!("  {:<24} {}", "missing", f.missing());
+    if let Some(x) = xdp.socket_stats() {
+        eprintln!("* af_xdp socket:");
+        eprintln!("  {:<24} {}", "rx_dropped", x.rx_dropped());
+        eprintln!("  {:<24} {}", "rx_ring_full", x.rx_ring_full());
+        eprintln!(
+            "  {:<24} {}",
+            "rx_fill_ring_empty",
+            x.rx_fill_ring_empty_descs()
+        );
+    }
+}
