@@ -1,0 +1,4 @@
+//! Project tasks (`cargo xtask ...`) and the network-namespace test world they share
+//! with the integration tests.
+pub mod install;
+pub mod world;

@@ -1,0 +1,361 @@
+//! The test world: three network namespaces made by the test itself, torn down on drop.
+//!
+//! ```text
+//!  host ns                 router ns                      server ns
+//!  veth0 10.77.1.2/24 ---- r0 10.77.1.1 | r1 10.77.2.1 ---- veth0 10.77.2.2/24
+//!  (the stack; owned IP 10.77.1.100)   (forwarding, nft loss)  (nginx, dnsmasq, peers)
+//! ```
+//! Names carry the process id and a counter, so parallel runs never collide. Only
+//! addresses inside these namespaces are ever contacted.
+use anyhow::{Context, bail};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const HOST_IF: &str = "veth0";
+pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 2);
+pub const ROUTER_HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
+pub const ROUTER_SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 1);
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
+/// The address the stack owns in owned-IP mode.
+pub const OWNED_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 100);
+pub const INDEX_HTML: &str = "<!doctype html>\n<html>\n<head><title>Example Domain</title></head>\n<body>\n<h1>Example Domain</h1>\n<p>This domain is for use in illustrative examples in documents, served by nginx inside a network namespace.</p>\n</body>\n</html>\n";
+
+#[derive(Debug, Clone, Default)]
+pub struct WorldOptions {
+    /// Start nginx serving `www/` on SERVER_IP:80.
+    pub nginx: bool,
+    /// Start dnsmasq answering example.com with SERVER_IP.
+    pub dnsmasq: bool,
+    /// Size of `www/big.bin` (random bytes), if any.
+    pub big_file: Option<usize>,
+    /// RX/TX queues of the host veth (for multi-queue runs).
+    pub queues: Option<u32>,
+}
+
+pub struct World {
+    pub id: String,
+    pub host: String,
+    pub router: String,
+    pub server: String,
+    pub dir: PathBuf,
+    children: Vec<Child>,
+    keep: bool,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn sh(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    sh(Command::new("ip").args(args)).map(|_| ())
+}
+
+impl World {
+    pub fn up(opts: &WorldOptions) -> anyhow::Result<World> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let id = format!("ust{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("userspace-world-{id}"));
+        std::fs::create_dir_all(dir.join("www"))?;
+        let mut world = World {
+            host: format!("{id}-host"),
+            router: format!("{id}-rtr"),
+            server: format!("{id}-srv"),
+            id,
+            dir,
+            children: Vec::new(),
+            keep: false,
+        };
+        world.build(opts).inspect_err(|_| world.teardown())?;
+        Ok(world)
+    }
+
+    fn build(&mut self, opts: &WorldOptions) -> anyhow::Result<()> {
+        let (h, r, s) = (self.host.clone(), self.router.clone(), self.server.clone());
+        for ns in [&h, &r, &s] {
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        let mut host_link = vec!["link", "add", HOST_IF, "netns", &h];
+        let queues = opts.queues.map(|q| q.to_string());
+        if let Some(q) = &queues {
+            host_link.extend(["numrxqueues", q, "numtxqueues", q]);
+        }
+        host_link.extend(["type", "veth", "peer", "name", "r0", "netns", &r]);
+        if let Some(q) = &queues {
+            host_link.extend(["numrxqueues", q, "numtxqueues", q]);
+        }
+        ip(&host_link)?;
+        ip(&[
+            "link", "add", "r1", "netns", &r, "type", "veth", "peer", "name", "veth0", "netns", &s,
+        ])?;
+        ip(&[
+            "-n",
+            &h,
+            "addr",
+            "add",
+            &format!("{HOST_IP}/24"),
+            "dev",
+            HOST_IF,
+        ])?;
+        ip(&[
+            "-n",
+            &r,
+            "addr",
+            "add",
+            &format!("{ROUTER_HOST_IP}/24"),
+            "dev",
+            "r0",
+        ])?;
+        ip(&[
+            "-n",
+            &r,
+            "addr",
+            "add",
+            &format!("{ROUTER_SERVER_IP}/24"),
+            "dev",
+            "r1",
+        ])?;
+        ip(&[
+            "-n",
+            &s,
+            "addr",
+            "add",
+            &format!("{SERVER_IP}/24"),
+            "dev",
+            "veth0",
+        ])?;
+        for (ns, dev) in [(&h, HOST_IF), (&r, "r0"), (&r, "r1"), (&s, "veth0")] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        ip(&[
+            "-n",
+            &h,
+            "route",
+            "add",
+            "default",
+            "via",
+            &ROUTER_HOST_IP.to_string(),
+        ])?;
+        ip(&[
+            "-n",
+            &s,
+            "route",
+            "add",
+            "default",
+            "via",
+            &ROUTER_SERVER_IP.to_string(),
+        ])?;
+        sh(self
+            .exec(&r)
+            .args(["sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
+        // Frames towards the stack must be complete on the wire: no checksum offload and
+        // no GSO/GRO super-frames on the router's side of the host link.
+        let _ = sh(self.exec(&r).args([
+            "ethtool", "-K", "r0", "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+        ]));
+        let _ = sh(self.exec(&h).args([
+            "ethtool", "-K", HOST_IF, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+        ]));
+        // `ip netns exec` bind-mounts /etc/netns/NS/resolv.conf over /etc/resolv.conf.
+        let etc = PathBuf::from("/etc/netns").join(&h);
+        std::fs::create_dir_all(&etc)?;
+        std::fs::write(etc.join("resolv.conf"), format!("nameserver {SERVER_IP}\n"))?;
+        std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n")?;
+
+        std::fs::create_dir_all(self.dir.join("tmp"))?;
+        std::fs::write(self.dir.join("www/index.html"), INDEX_HTML)?;
+        if let Some(size) = opts.big_file {
+            write_random_file(&self.dir.join("www/big.bin"), size)?;
+        }
+        if opts.dnsmasq {
+            let pid = self.dir.join("dnsmasq.pid");
+            let child = self.spawn(
+                &s,
+                &[
+                    "dnsmasq",
+                    "--keep-in-foreground",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    &format!("--listen-address={SERVER_IP}"),
+                    &format!("--address=/example.com/{SERVER_IP}"),
+                    &format!("--pid-file={}", pid.display()),
+                    "--user=root",
+                    "--group=root",
+                    "--log-facility=-",
+                    "--quiet-dhcp",
+                ],
+            )?;
+            self.children.push(child);
+            self.wait_for_port(&s, SERVER_IP, 53, true)?;
+        }
+        if opts.nginx {
+            let conf = self.dir.join("nginx.conf");
+            std::fs::write(&conf, nginx_config(&self.dir))?;
+            let child = self.spawn(
+                &s,
+                &[
+                    "nginx",
+                    "-c",
+                    &conf.display().to_string(),
+                    "-p",
+                    &self.dir.display().to_string(),
+                ],
+            )?;
+            self.children.push(child);
+            self.wait_for_port(&s, SERVER_IP, 80, false)?;
+        }
+        Ok(())
+    }
+
+    /// `ip netns exec NS` as a command to add arguments to.
+    pub fn exec(&self, ns: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]);
+        cmd
+    }
+
+    /// Starts a long-running process in `ns`; it is killed at teardown.
+    pub fn spawn(&self, ns: &str, argv: &[&str]) -> anyhow::Result<Child> {
+        self.exec(ns)
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {argv:?} in {ns}"))
+    }
+
+    pub fn adopt(&mut self, child: Child) {
+        self.children.push(child);
+    }
+
+    fn wait_for_port(&self, ns: &str, addr: Ipv4Addr, port: u16, udp: bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let flag = if udp { "-uln" } else { "-tln" };
+        while Instant::now() < deadline {
+            let out = self.exec(ns).args(["ss", flag]).output()?;
+            if String::from_utf8_lossy(&out.stdout).contains(&format!("{addr}:{port}")) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("nothing listens on {addr}:{port} in {ns} after 10 s")
+    }
+
+    /// Random loss on the router, in percent, both directions (0 removes it).
+    pub fn set_loss(&self, percent: u32) -> anyhow::Result<()> {
+        let _ = self
+            .exec(&self.router)
+            .args(["nft", "delete", "table", "inet", "impair"])
+            .output();
+        if percent == 0 {
+            return Ok(());
+        }
+        let rules = format!(
+            "table inet impair {{ chain fwd {{ type filter hook forward priority 0; policy accept; numgen random mod 100 < {percent} drop; }} }}"
+        );
+        sh(self.exec(&self.router).args(["nft", &rules])).map(|_| ())
+    }
+
+    /// Drops everything forwarded to `addr` (a black hole, for timeout tests).
+    pub fn blackhole(&self, addr: Ipv4Addr) -> anyhow::Result<()> {
+        let rules = format!(
+            "table inet blackhole {{ chain fwd {{ type filter hook forward priority 0; policy accept; ip daddr {addr} drop; }} }}"
+        );
+        sh(self.exec(&self.router).args(["nft", &rules])).map(|_| ())
+    }
+
+    /// Keep the namespaces after this process ends (`cargo xtask netns up`).
+    pub fn keep(mut self) -> String {
+        self.keep = true;
+        self.id.clone()
+    }
+
+    fn teardown(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+        destroy(&self.id);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.teardown();
+        }
+    }
+}
+
+/// Removes the namespaces of world `id` and everything running in them.
+pub fn destroy(id: &str) {
+    for suffix in ["host", "rtr", "srv"] {
+        let ns = format!("{id}-{suffix}");
+        // Kill what still runs in the namespace, then delete it.
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&ns));
+    }
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("userspace-world-{id}")));
+}
+
+fn nginx_config(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+         events {{ worker_connections 16384; }}\n\
+         http {{\n  access_log off;\n  sendfile on;\n  default_type application/octet-stream;\n  keepalive_requests 1000000;\n\
+         client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
+           server {{\n    listen {SERVER_IP}:80 backlog=16384;\n    server_name example.com;\n    root {d}/www;\n\
+             location = /redirect {{ return 302 /index.html; }}\n\
+             location = /loop {{ return 302 /loop; }}\n\
+             location = /teapot {{ return 418 \"no coffee\\n\"; }}\n\
+           }}\n}}\n"
+    )
+}
+
+/// Writes `size` bytes of a fixed pseudo-random stream (xorshift), fast and reproducible.
+pub fn write_random_file(path: &Path, size: usize) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ size as u64;
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut left = size;
+    while left > 0 {
+        for word in chunk.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
+        }
+        let n = left.min(chunk.len());
+        file.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    file.flush()?;
+    Ok(())
+}
