@@ -148,11 +148,9 @@ impl Link {
         }
         // Serialization on a bandwidth-limited link.
         let start = now.max(self.busy_until);
-        let tx = if self.config.bandwidth > 0 {
-            Duration::from_nanos(frame.len() as u64 * 8 * 1_000_000_000 / self.config.bandwidth)
-        } else {
-            Duration::ZERO
-        };
+        let tx = (frame.len() as u64 * 8 * 1_000_000_000)
+            .checked_div(self.config.bandwidth)
+            .map_or(Duration::ZERO, Duration::from_nanos);
         self.busy_until = start + tx;
         let mut at = self.busy_until + self.config.delay;
         if !self.config.jitter.is_zero() {

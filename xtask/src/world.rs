@@ -265,18 +265,23 @@ impl World {
         if percent == 0 {
             return Ok(());
         }
-        let rules = format!(
-            "table inet impair {{ chain fwd {{ type filter hook forward priority 0; policy accept; numgen random mod 100 < {percent} drop; }} }}"
-        );
-        sh(self.exec(&self.router).args(["nft", &rules])).map(|_| ())
+        self.nft(&format!(
+            "table inet impair {{\n  chain impair_forward {{\n    type filter hook forward priority 0; policy accept;\n    numgen random mod 100 < {percent} drop\n  }}\n}}\n"
+        ))
+    }
+
+    /// Loads an nftables ruleset into the router namespace.
+    fn nft(&self, ruleset: &str) -> anyhow::Result<()> {
+        let file = self.dir.join("rules.nft");
+        std::fs::write(&file, ruleset)?;
+        sh(self.exec(&self.router).args(["nft", "-f"]).arg(&file)).map(|_| ())
     }
 
     /// Drops everything forwarded to `addr` (a black hole, for timeout tests).
     pub fn blackhole(&self, addr: Ipv4Addr) -> anyhow::Result<()> {
-        let rules = format!(
-            "table inet blackhole {{ chain fwd {{ type filter hook forward priority 0; policy accept; ip daddr {addr} drop; }} }}"
-        );
-        sh(self.exec(&self.router).args(["nft", &rules])).map(|_| ())
+        self.nft(&format!(
+            "table inet blackhole {{\n  chain blackhole_forward {{\n    type filter hook forward priority 0; policy accept;\n    ip daddr {addr} drop\n  }}\n}}\n"
+        ))
     }
 
     /// Keep the namespaces after this process ends (`cargo xtask netns up`).

@@ -129,13 +129,14 @@ fn parse_url(raw: &str) -> Result<Target, CurlError> {
 fn resolve(args: &CurlArgs, host: &str, port: u16) -> Result<Ipv4Addr, CurlError> {
     for entry in &args.resolve {
         let mut parts = entry.splitn(3, ':');
-        if let (Some(h), Some(p), Some(a)) = (parts.next(), parts.next(), parts.next()) {
-            if h.eq_ignore_ascii_case(host) && (p == "*" || p.parse() == Ok(port)) {
-                return a
-                    .trim_matches(|c| c == '[' || c == ']')
-                    .parse()
-                    .map_err(|_| fail(EXIT_BAD_URL, format!("bad --resolve address {a}")));
-            }
+        if let (Some(h), Some(p), Some(a)) = (parts.next(), parts.next(), parts.next())
+            && h.eq_ignore_ascii_case(host)
+            && (p == "*" || p.parse() == Ok(port))
+        {
+            return a
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse()
+                .map_err(|_| fail(EXIT_BAD_URL, format!("bad --resolve address {a}")));
         }
     }
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
@@ -559,11 +560,12 @@ fn fetch(client: &mut Client<'_>, target: &Target, ip: Ipv4Addr) -> Result<Fetch
         }
         eprintln!("<");
     }
-    if args.location && (300..400).contains(&response.status) {
-        if let Some(location) = response.location.clone() {
-            client.close(id);
-            return Ok(Fetched::Redirect(location));
-        }
+    if args.location
+        && (300..400).contains(&response.status)
+        && let Some(location) = response.location.clone()
+    {
+        client.close(id);
+        return Ok(Fetched::Redirect(location));
     }
     if args.fail && response.status >= 400 {
         client.rt.stack.abort(id);

@@ -281,10 +281,10 @@ impl Stack {
         match self.entry_mut(id) {
             Some(e) => {
                 let n = e.conn.recv(buf);
-                if n == 0 {
-                    if let Some(err) = e.conn.error() {
-                        return Err(err);
-                    }
+                if n == 0
+                    && let Some(err) = e.conn.error()
+                {
+                    return Err(err);
                 }
                 Ok(n)
             }
@@ -378,10 +378,10 @@ impl Stack {
         if let Some(entry) = self.slots[slot].entry.take() {
             self.by_tuple
                 .remove(&(entry.conn.local(), entry.conn.remote()));
-            if let Some(port) = entry.listener {
-                if let Some(l) = self.listeners.get_mut(&port) {
-                    l.half_open = l.half_open.saturating_sub(1);
-                }
+            if let Some(port) = entry.listener
+                && let Some(l) = self.listeners.get_mut(&port)
+            {
+                l.half_open = l.half_open.saturating_sub(1);
             }
             self.slots[slot].generation = self.slots[slot].generation.wrapping_add(1);
             self.free_slots.push(slot);
@@ -391,11 +391,11 @@ impl Stack {
     }
 
     fn mark_dirty(&mut self, slot: usize) {
-        if let Some(e) = self.slots[slot].entry.as_mut() {
-            if !e.dirty {
-                e.dirty = true;
-                self.dirty.push(slot);
-            }
+        if let Some(e) = self.slots[slot].entry.as_mut()
+            && !e.dirty
+        {
+            e.dirty = true;
+            self.dirty.push(slot);
         }
     }
 
@@ -596,38 +596,39 @@ impl Stack {
             }
             return;
         }
-        if seg.flags.ack && !seg.flags.syn {
-            if let Some(mss) = self.check_cookie(now, local, remote, seg) {
-                self.stats.syn_cookies_accepted += 1;
-                let syn = TcpRepr {
-                    src_port: remote.port(),
-                    dst_port: port,
-                    seq: seg.seq.wrapping_sub(1),
-                    flags: TcpFlags::SYN,
-                    window: seg.window,
-                    options: TcpOptions {
-                        mss: Some(mss),
-                        ..Default::default()
-                    },
+        if seg.flags.ack
+            && !seg.flags.syn
+            && let Some(mss) = self.check_cookie(now, local, remote, seg)
+        {
+            self.stats.syn_cookies_accepted += 1;
+            let syn = TcpRepr {
+                src_port: remote.port(),
+                dst_port: port,
+                seq: seg.seq.wrapping_sub(1),
+                flags: TcpFlags::SYN,
+                window: seg.window,
+                options: TcpOptions {
+                    mss: Some(mss),
                     ..Default::default()
-                };
-                if self.on_link(*remote.ip()) {
-                    self.arp.insert(*remote.ip(), eth_src);
-                }
-                let mut conn = Connection::accept(
-                    now,
-                    self.cfg.tcp.clone(),
-                    local,
-                    remote,
-                    seg.ack.wrapping_sub(1),
-                    &syn,
-                );
-                conn.mark_syn_sent(now);
-                conn.handle_segment(now, seg);
-                let id = self.insert(conn, None);
-                self.enqueue_accept(port, id);
-                return;
+                },
+                ..Default::default()
+            };
+            if self.on_link(*remote.ip()) {
+                self.arp.insert(*remote.ip(), eth_src);
             }
+            let mut conn = Connection::accept(
+                now,
+                self.cfg.tcp.clone(),
+                local,
+                remote,
+                seg.ack.wrapping_sub(1),
+                &syn,
+            );
+            conn.mark_syn_sent(now);
+            conn.handle_segment(now, seg);
+            let id = self.insert(conn, None);
+            self.enqueue_accept(port, id);
+            return;
         }
         self.stats.closed_port += 1;
         self.reply_rst(eth_src, local, remote, seg);
@@ -833,20 +834,20 @@ impl Stack {
         let Some(entry) = self.slots[slot].entry.as_mut() else {
             return;
         };
-        if let Some(port) = entry.listener {
-            if entry.conn.is_established() {
-                entry.listener = None;
-                if let Some(l) = self.listeners.get_mut(&port) {
-                    l.half_open = l.half_open.saturating_sub(1);
-                }
-                self.enqueue_accept(
-                    port,
-                    ConnId {
-                        slot: slot as u32,
-                        generation,
-                    },
-                );
+        if let Some(port) = entry.listener
+            && entry.conn.is_established()
+        {
+            entry.listener = None;
+            if let Some(l) = self.listeners.get_mut(&port) {
+                l.half_open = l.half_open.saturating_sub(1);
             }
+            self.enqueue_accept(
+                port,
+                ConnId {
+                    slot: slot as u32,
+                    generation,
+                },
+            );
         }
         let Some(entry) = self.slots[slot].entry.as_mut() else {
             return;

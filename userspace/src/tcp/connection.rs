@@ -541,10 +541,10 @@ impl Connection {
         self.snd_wl1 = self.irs;
         self.snd_wl2 = ack;
         if ack_ok {
-            if self.retries == 0 {
-                if let Some((_, sent)) = self.rtt_probe.take() {
-                    self.rtt.sample(now - sent);
-                }
+            if self.retries == 0
+                && let Some((_, sent)) = self.rtt_probe.take()
+            {
+                self.rtt.sample(now - sent);
             }
             self.rtt_probe = None;
             self.snd_una = ack;
@@ -572,14 +572,14 @@ impl Connection {
         };
 
         // PAWS (RFC 7323 section 5.3).
-        if self.ts_enabled && !seg.flags.rst {
-            if let Some((tsval, _)) = seg.options.timestamps {
-                if (tsval.wrapping_sub(self.ts_recent) as i32) < 0 {
-                    self.stats.paws_drops += 1;
-                    self.ack_now = true;
-                    return;
-                }
-            }
+        if self.ts_enabled
+            && !seg.flags.rst
+            && let Some((tsval, _)) = seg.options.timestamps
+            && (tsval.wrapping_sub(self.ts_recent) as i32) < 0
+        {
+            self.stats.paws_drops += 1;
+            self.ack_now = true;
+            return;
         }
 
         // Acceptability test (RFC 9293 3.10.7.4, first).
@@ -641,12 +641,11 @@ impl Connection {
         }
 
         // RFC 7323 4.3: remember the timestamp of a segment that covers the last ACK sent.
-        if self.ts_enabled {
-            if let Some((tsval, _)) = seg.options.timestamps {
-                if seq <= self.last_ack_sent {
-                    self.ts_recent = tsval;
-                }
-            }
+        if self.ts_enabled
+            && let Some((tsval, _)) = seg.options.timestamps
+            && seq <= self.last_ack_sent
+        {
+            self.ts_recent = tsval;
         }
 
         // Segment text (RFC 9293 3.10.7.4, seventh).
@@ -743,27 +742,25 @@ impl Connection {
         // RTT: timestamps give a sample from every ACK (RFC 7323 4.1), otherwise one timed
         // segment per window, never a retransmitted one (Karn).
         let mut sampled = false;
-        if self.ts_enabled {
-            if let Some((_, ecr)) = seg.options.timestamps {
-                if ecr != 0 {
-                    let elapsed = self.ts_now(now).wrapping_sub(ecr);
-                    if elapsed < 60_000 {
-                        self.rtt.sample(
-                            Duration::from_millis(u64::from(elapsed))
-                                .max(Duration::from_micros(100)),
-                        );
-                        sampled = true;
-                    }
-                }
+        if self.ts_enabled
+            && let Some((_, ecr)) = seg.options.timestamps
+            && ecr != 0
+        {
+            let elapsed = self.ts_now(now).wrapping_sub(ecr);
+            if elapsed < 60_000 {
+                self.rtt.sample(
+                    Duration::from_millis(u64::from(elapsed)).max(Duration::from_micros(100)),
+                );
+                sampled = true;
             }
         }
-        if let Some((timed, sent)) = self.rtt_probe {
-            if ack >= timed {
-                if !sampled {
-                    self.rtt.sample(now - sent);
-                }
-                self.rtt_probe = None;
+        if let Some((timed, sent)) = self.rtt_probe
+            && ack >= timed
+        {
+            if !sampled {
+                self.rtt.sample(now - sent);
             }
+            self.rtt_probe = None;
         }
 
         // Drop acknowledged bytes from the send buffer.

@@ -162,11 +162,12 @@ impl Reassembler {
     /// (RFC 2018 section 4), at most `max` of them.
     pub fn sack_ranges(&self, out: &mut [(usize, usize)]) -> usize {
         let mut n = 0;
-        if let Some(latest) = self.latest {
-            if self.ranges.contains(&latest) && !out.is_empty() {
-                out[0] = latest;
-                n = 1;
-            }
+        if let Some(latest) = self.latest
+            && self.ranges.contains(&latest)
+            && !out.is_empty()
+        {
+            out[0] = latest;
+            n = 1;
         }
         for &r in &self.ranges {
             if n == out.len() {

@@ -60,7 +60,8 @@ mod tests {
         let a = SeqNum(u32::MAX - 10);
         let b = a + 20u32;
         assert_eq!(b.0, 9);
-        assert!(a < b && b > a);
+        assert!(a < b);
+        assert!(b > a);
         assert_eq!(b.since(a), 20);
         assert!(SeqNum(5).in_range(a, b));
         assert!(!b.in_range(a, b));

@@ -1,0 +1,130 @@
+//! Helpers for the namespace tests: run the stack's binary inside the test world.
+#![allow(dead_code)]
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+pub use xtask::world::{self, HOST_IF, HOST_IP, OWNED_IP, SERVER_IP, World, WorldOptions};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_userspace");
+
+/// A running `userspace run` in the host namespace, ready to receive.
+pub struct RunningStack {
+    pub child: Child,
+    pub stderr: std::sync::mpsc::Receiver<String>,
+}
+
+pub fn start_stack(world: &World, args: &[&str]) -> RunningStack {
+    let mut child = world
+        .exec(&world.host)
+        .arg(BIN)
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start userspace run");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if line.starts_with("ready:") => break,
+            Ok(line) => eprintln!("stack: {line}"),
+            Err(_) if Instant::now() > deadline => panic!("the stack did not become ready"),
+            Err(_) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let rest: Vec<String> = rx.try_iter().collect();
+                    panic!("the stack exited early with {status}: {rest:?}");
+                }
+            }
+        }
+    }
+    RunningStack { child, stderr: rx }
+}
+
+impl RunningStack {
+    /// Sends `signal`, waits for exit, returns the remaining stderr lines.
+    pub fn stop(mut self, signal: &str) -> (std::process::ExitStatus, Vec<String>) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args([signal, &pid]).status().unwrap();
+        let status = wait_timeout(&mut self.child, Duration::from_secs(10));
+        let mut lines = Vec::new();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
+            lines.push(line);
+        }
+        (status, lines)
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command in a namespace and returns its output.
+pub fn run_in(world: &World, ns: &str, argv: &[&str]) -> Output {
+    world
+        .exec(ns)
+        .args(argv)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run command in namespace")
+}
+
+/// `userspace curl ARGS` in the host namespace.
+pub fn curl(world: &World, args: &[&str]) -> Output {
+    let mut full = vec![BIN, "curl"];
+    full.extend_from_slice(args);
+    run_in(world, &world.host, &full)
+}
+
+/// Python in a namespace.
+pub fn python(world: &World, ns: &str, script: &str) -> Output {
+    run_in(world, ns, &["python3", "-c", script])
+}
+
+pub fn xdp_attached(world: &World) -> bool {
+    let out = run_in(world, &world.host, &["ip", "link", "show", "dev", HOST_IF]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.contains("xdp") || text.contains("prog/xdp")
+}
+
+/// A counter from `--stats` output: the number after `name`.
+pub fn stat(lines: &[String], name: &str) -> Option<i64> {
+    lines.iter().find_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next() == Some(name))
+            .then(|| it.next()?.parse().ok())
+            .flatten()
+    })
+}
+
+pub fn sha256(path: &std::path::Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
