@@ -143,10 +143,15 @@ fn umem_frames_are_recycled_without_leak() {
     let (_, lines) = stack.stop("-INT");
     assert!(stat(&lines, "rx_frames").unwrap() >= 6000, "{lines:?}");
     assert_eq!(stat(&lines, "missing"), Some(0), "{lines:?}");
+    let rx_share = stat(&lines, "in_fill_ring").unwrap() + stat(&lines, "awaiting_fill").unwrap();
     assert_eq!(
-        stat(&lines, "in_fill_ring"),
-        Some(2048),
+        rx_share, 2048,
         "every received frame went back to the fill ring: {lines:?}"
+    );
+    let tx_share = stat(&lines, "free_for_tx").unwrap() + stat(&lines, "in_tx_ring").unwrap();
+    assert_eq!(
+        tx_share, 2048,
+        "every sent frame came back from the completion ring: {lines:?}"
     );
     assert_eq!(
         stat(&lines, "rx_fill_ring_empty"),

@@ -259,6 +259,7 @@ pub fn print_stats(rt: &Runtime) {
     eprintln!("* umem frames:");
     eprintln!("  {:<24} {}", "total", f.total);
     eprintln!("  {:<24} {}", "in_fill_ring", f.in_fill_ring);
+    eprintln!("  {:<24} {}", "awaiting_fill", f.awaiting_fill);
     eprintln!("  {:<24} {}", "in_tx_ring", f.in_tx_ring);
     eprintln!("  {:<24} {}", "free_for_tx", f.free_for_tx);
     eprintln!("  {:<24} {}", "missing", f.missing());

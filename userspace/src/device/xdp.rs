@@ -54,6 +54,8 @@ pub struct FrameAccount {
     pub total: usize,
     pub free_for_tx: usize,
     pub in_fill_ring: usize,
+    /// Received frames waiting for room in the fill ring (returned on the next turn).
+    pub awaiting_fill: usize,
     pub in_tx_ring: usize,
     pub queued_tx: usize,
 }
@@ -61,7 +63,11 @@ pub struct FrameAccount {
 impl FrameAccount {
     pub fn missing(&self) -> isize {
         self.total as isize
-            - (self.free_for_tx + self.in_fill_ring + self.in_tx_ring + self.queued_tx) as isize
+            - (self.free_for_tx
+                + self.in_fill_ring
+                + self.awaiting_fill
+                + self.in_tx_ring
+                + self.queued_tx) as isize
     }
 }
 
@@ -77,6 +83,7 @@ pub struct XdpDevice {
     tx_free: Vec<FrameDesc>,
     tx_queued: Vec<FrameDesc>,
     completed: Vec<FrameDesc>,
+    awaiting_fill: Vec<FrameDesc>,
     in_fill_ring: usize,
     in_tx_ring: usize,
     total_frames: usize,
@@ -215,6 +222,7 @@ impl XdpDevice {
             completed: (0..RING_SIZE as usize)
                 .map(|_| FrameDesc::default())
                 .collect(),
+            awaiting_fill: Vec::with_capacity(RING_SIZE as usize),
             in_fill_ring: RING_SIZE as usize,
             in_tx_ring: 0,
             total_frames: FRAME_COUNT as usize,
@@ -243,6 +251,7 @@ impl XdpDevice {
             total: self.total_frames,
             free_for_tx: self.tx_free.len(),
             in_fill_ring: self.in_fill_ring,
+            awaiting_fill: self.awaiting_fill.len(),
             in_tx_ring: self.in_tx_ring,
             queued_tx: self.tx_queued.len(),
         }
@@ -250,6 +259,21 @@ impl XdpDevice {
 
     pub fn socket_stats(&self) -> Option<xsk_rs::socket::XdpStatistics> {
         self.rx.fd().xdp_statistics().ok()
+    }
+
+    /// Returns received frames to the fill ring. The ring holds exactly the RX share of
+    /// the frames, but the kernel may not have released a slot yet: what does not fit
+    /// waits for the next turn, so the RX share never shrinks.
+    fn refill(&mut self) {
+        if self.awaiting_fill.is_empty() {
+            return;
+        }
+        // SAFETY: these frames came from this UMEM's RX ring and are no longer borrowed.
+        let returned = unsafe { self.fill.produce(&self.awaiting_fill) };
+        if returned > 0 {
+            self.in_fill_ring += returned;
+            self.awaiting_fill.drain(..returned);
+        }
     }
 
     fn recycle_completions(&mut self) {
@@ -269,6 +293,7 @@ impl Device for XdpDevice {
         // SAFETY: the descriptors receive frames of this UMEM from its RX ring.
         let n = unsafe { self.rx.consume(batch) };
         if n == 0 {
+            self.refill();
             if self.fill.needs_wakeup() {
                 let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
             }
@@ -281,14 +306,8 @@ impl Device for XdpDevice {
             let data = unsafe { self.umem.data(desc) };
             handle(data.contents());
         }
-        // SAFETY: the frames are no longer borrowed and go straight back to the kernel.
-        let returned = unsafe { self.fill.produce(&self.rx_batch[..n]) };
-        self.in_fill_ring += returned;
-        if returned < n {
-            // The fill ring is as large as the frame set, so this cannot happen; keep
-            // the frames for TX rather than lose them.
-            self.tx_free.extend_from_slice(&self.rx_batch[returned..n]);
-        }
+        self.awaiting_fill.extend_from_slice(&self.rx_batch[..n]);
+        self.refill();
         n
     }
 
