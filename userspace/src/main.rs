@@ -1,7 +1,7 @@
 //! The `userspace` command: curl, serve and run on the kernel-bypass stack.
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use userspace::app::{curl, run};
+use userspace::app::{curl, run, serve};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Fetch a URL over the stack, like curl
     Curl(curl::CurlArgs),
+    /// Serve files over HTTP/1.1 (or echo bytes back) on the stack
+    Serve(serve::ServeArgs),
     /// Run the stack alone: answer ARP, ping (owned-IP mode) and closed ports
     Run(run::RunArgs),
 }
@@ -48,6 +50,13 @@ fn main() -> ExitCode {
                     eprintln!("curl: ({}) {}", e.code, e.message);
                 }
                 ExitCode::from(e.code as u8)
+            }
+        },
+        Command::Serve(args) => match serve::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("userspace: {e:#}");
+                ExitCode::from(2)
             }
         },
         Command::Run(args) => match run::run(&args) {

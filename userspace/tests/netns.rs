@@ -507,3 +507,381 @@ fn curl_verbose_head_include_redirect_and_pcap() {
         "tshark decodes the HTTP response"
     );
 }
+
+// ------------------------------------------------------------------ serve (issue 5) and
+// kernel clients against the stack's listener (issue 3)
+
+const SERVE_URL: &str = "http://10.77.1.2:8080";
+
+fn www(w: &World) -> String {
+    w.dir.join("www").display().to_string()
+}
+
+#[test]
+fn serve_1000_parallel_kernel_curls_get_identical_bodies() {
+    let w = world(WorldOptions::default());
+    world::write_random_file(&w.dir.join("www/f.bin"), 200_000).unwrap();
+    let expected = sha256(&w.dir.join("www/f.bin"));
+    let root = www(&w);
+    let serve = start_serve(&w, &["--iface", HOST_IF, "--root", &root, "--stats"]);
+    let script = format!(
+        "seq 1000 | xargs -P 1000 -I{{}} sh -c 'curl -sS --max-time 60 {SERVE_URL}/f.bin | sha256sum'"
+    );
+    let out = run_in(&w, &w.server, &["sh", "-c", &script]);
+    let sums = text(&out.stdout);
+    let good = sums.lines().filter(|l| l.starts_with(&expected)).count();
+    assert_eq!(
+        good,
+        1000,
+        "identical bodies; stderr: {}",
+        text(&out.stderr)
+    );
+    let (status, lines) = serve.stop("-TERM");
+    assert!(status.success(), "{lines:?}");
+}
+
+#[test]
+fn serve_under_wrk_has_no_errors() {
+    let w = world(WorldOptions::default());
+    let root = www(&w);
+    let serve = start_serve(&w, &["--iface", HOST_IF, "--root", &root]);
+    let out = run_in(
+        &w,
+        &w.server,
+        &[
+            "wrk",
+            "-t2",
+            "-c100",
+            "-d10s",
+            &format!("{SERVE_URL}/index.html"),
+        ],
+    );
+    let report = text(&out.stdout);
+    eprintln!("{report}");
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("Requests/sec"), "{report}");
+    assert!(!report.contains("Socket errors"), "{report}");
+    assert!(!report.contains("Non-2xx"), "{report}");
+    serve.stop("-INT");
+}
+
+#[test]
+fn serve_http_errors_and_keep_alive() {
+    let w = world(WorldOptions::default());
+    let root = www(&w);
+    let serve = start_serve(&w, &["--iface", HOST_IF, "--root", &root]);
+    let status = |args: &[&str]| {
+        let mut argv = vec![
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ];
+        argv.extend_from_slice(args);
+        text(&run_in(&w, &w.server, &argv).stdout)
+    };
+    assert_eq!(status(&[&format!("{SERVE_URL}/")]), "200");
+    assert_eq!(status(&[&format!("{SERVE_URL}/nope")]), "404");
+    assert_eq!(
+        status(&["--path-as-is", &format!("{SERVE_URL}/../../etc/passwd")]),
+        "403"
+    );
+    assert_eq!(status(&["-X", "DELETE", &format!("{SERVE_URL}/")]), "405");
+    assert_eq!(
+        status(&[
+            "-H",
+            &format!("X-Big: {}", "a".repeat(20_000)),
+            &format!("{SERVE_URL}/")
+        ]),
+        "431"
+    );
+    assert_eq!(status(&["-I", &format!("{SERVE_URL}/")]), "200");
+    // Keep-alive and pipelining: three requests in one write, three responses in order.
+    let script = format!(
+        "import socket\ns=socket.create_connection(('{HOST_IP}',8080))\nr=b'GET /index.html HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'\ns.sendall(r*3)\nd=b''\ns.settimeout(5)\nwhile d.count(b'Example Domain')<3:\n  c=s.recv(65536)\n  if not c: break\n  d+=c\nprint(d.count(b'HTTP/1.1 200 OK'))"
+    );
+    assert_eq!(text(&python(&w, &w.server, &script).stdout).trim(), "3");
+    let garbage = format!(
+        "import socket\ns=socket.create_connection(('{HOST_IP}',8080))\ns.sendall(b'\\x00\\x01 garbage\\r\\n\\r\\n')\ns.settimeout(5)\nprint(s.recv(100).split(b'\\r\\n')[0].decode())"
+    );
+    assert_eq!(
+        text(&python(&w, &w.server, &garbage).stdout).trim(),
+        "HTTP/1.1 400 Bad Request"
+    );
+    serve.stop("-INT");
+}
+
+#[test]
+fn echo_returns_every_byte_for_1000_concurrent_clients() {
+    let w = world(WorldOptions::default());
+    let serve = start_serve(&w, &["--iface", HOST_IF, "--echo", "--port", "8080"]);
+    let script = format!(
+        r#"
+import asyncio, os, resource
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+async def client(i):
+    data = os.urandom(20000 + i)
+    r, w = await asyncio.open_connection('{HOST_IP}', 8080)
+    w.write(data); await w.drain()
+    got = await asyncio.wait_for(r.readexactly(len(data)), 60)
+    w.close()
+    return got == data
+async def main():
+    res = await asyncio.gather(*[client(i) for i in range(1000)])
+    print(sum(res))
+asyncio.run(main())
+"#
+    );
+    let out = python(&w, &w.server, &script);
+    assert_eq!(text(&out.stdout).trim(), "1000", "{}", text(&out.stderr));
+    serve.stop("-INT");
+}
+
+#[test]
+fn serve_holds_10000_connections_and_bounds_memory() {
+    let w = world(WorldOptions::default());
+    let root = www(&w);
+    let serve = start_serve(
+        &w,
+        &[
+            "--iface", HOST_IF, "--root", &root, "--buffer", "65536", "--stats",
+        ],
+    );
+    let pid = serve.child.id();
+    // `ip netns exec` runs the binary as a child: measure the stack process itself.
+    let stack_pid = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        .unwrap_or(pid);
+    let before = rss_kib(stack_pid);
+    let script = format!(
+        r#"
+import socket, resource, time, sys
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+socks = []
+for i in range(10000):
+    s = socket.socket(); s.setblocking(False)
+    s.connect_ex(('{HOST_IP}', 8080)); socks.append(s)
+    if i % 500 == 499: time.sleep(0.05)
+time.sleep(3)
+ok = 0
+for s in socks:
+    try:
+        s.getpeername(); ok += 1
+    except OSError:
+        pass
+print(ok, flush=True)
+sys.stdin.readline()
+"#
+    );
+    let mut holder = w
+        .exec(&w.server)
+        .args(["python3", "-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "10000", "all connections established");
+    let during = rss_kib(stack_pid);
+    let per_conn = (during.saturating_sub(before)) * 1024 / 10_000;
+    eprintln!(
+        "memory: {before} KiB idle, {during} KiB with 10000 connections: {per_conn} bytes per idle connection"
+    );
+    assert!(
+        per_conn < 32 * 1024,
+        "idle connection costs {per_conn} bytes"
+    );
+    // The server still answers while holding them.
+    let out = run_in(
+        &w,
+        &w.server,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("{SERVE_URL}/index.html"),
+        ],
+    );
+    assert!(text(&out.stdout).contains("Example Domain"));
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    serve.stop("-INT");
+}
+
+#[test]
+fn legitimate_clients_connect_during_a_syn_flood() {
+    let w = world(WorldOptions::default());
+    let root = www(&w);
+    let serve = start_serve(
+        &w,
+        &[
+            "--iface",
+            HOST_IF,
+            "--root",
+            &root,
+            "--syn-backlog",
+            "64",
+            "--stats",
+        ],
+    );
+    // Spoofed SYNs from random sources that never answer, from the server namespace.
+    let flood = format!(
+        r#"
+import socket, struct, random, time
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    s = sum(struct.unpack('!%dH' % (len(b)//2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+dst = socket.inet_aton('{HOST_IP}')
+end = time.time() + 6
+n = 0
+while time.time() < end:
+    src = bytes([10, 99, random.randrange(256), random.randrange(1, 255)])
+    tcp = struct.pack('!HHIIBBHHH', random.randrange(1024, 65535), 8080, random.getrandbits(32), 0, 5 << 4, 2, 65535, 0, 0)
+    tcp = tcp[:16] + struct.pack('!H', csum(src + dst + struct.pack('!BBH', 0, 6, len(tcp)) + tcp)) + tcp[18:]
+    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, 0, 0, 64, 6, 0, src, dst)
+    s.sendto(ip + tcp, ('{HOST_IP}', 0))
+    n += 1
+print(n)
+"#
+    );
+    let flooder = w.spawn(&w.server, &["python3", "-c", &flood]).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let script = format!(
+        "seq 200 | xargs -P 20 -I{{}} curl -sS --max-time 20 -o /dev/null -w '%{{http_code}}\\n' {SERVE_URL}/index.html"
+    );
+    let out = run_in(&w, &w.server, &["sh", "-c", &script]);
+    let ok = text(&out.stdout).lines().filter(|l| *l == "200").count();
+    assert_eq!(
+        ok,
+        200,
+        "legitimate requests during the flood: {}",
+        text(&out.stderr)
+    );
+    drop(flooder);
+    let (_, lines) = serve.stop("-INT");
+    assert!(stat(&lines, "syn_cookies_sent").unwrap() > 0, "{lines:?}");
+}
+
+#[test]
+fn graceful_shutdown_finishes_the_response_in_flight() {
+    let w = world(WorldOptions {
+        big_file: Some(32 << 20),
+        ..Default::default()
+    });
+    let root = www(&w);
+    let serve = start_serve(&w, &["--iface", HOST_IF, "--root", &root, "--grace", "20"]);
+    let out_file = w.dir.join("got.bin");
+    let download = w
+        .exec(&w.server)
+        .args([
+            "curl",
+            "-sS",
+            "--limit-rate",
+            "10M",
+            "--max-time",
+            "60",
+            "-o",
+            out_file.to_str().unwrap(),
+            &format!("{SERVE_URL}/big.bin"),
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let (status, lines) = serve.stop("-TERM");
+    assert!(status.success(), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("shutting down: 1 connections open")),
+        "{lines:?}"
+    );
+    let mut download = download;
+    assert!(wait_timeout(&mut download, Duration::from_secs(30)).success());
+    assert_eq!(sha256(&out_file), sha256(&w.dir.join("www/big.bin")));
+    assert!(!xdp_attached(&w));
+    // New connections after shutdown go to the kernel again (nothing listens: refused).
+    let refused = python(
+        &w,
+        &w.server,
+        &format!(
+            "import socket\ntry:\n  socket.create_connection(('{HOST_IP}',8080),timeout=3)\n  print('connected')\nexcept ConnectionRefusedError:\n  print('refused')"
+        ),
+    );
+    assert_eq!(text(&refused.stdout).trim(), "refused");
+}
+
+#[test]
+fn kernel_clients_transfer_both_ways_with_0_and_5_percent_loss() {
+    let w = world(WorldOptions {
+        big_file: Some(8 << 20),
+        ..Default::default()
+    });
+    let root = www(&w);
+    let expected = sha256(&w.dir.join("www/big.bin"));
+    // The stack sends: a kernel curl downloads from `serve`.
+    let serve = start_serve(&w, &["--iface", HOST_IF, "--root", &root, "--stats"]);
+    for loss in [0, 5] {
+        w.set_loss(loss).unwrap();
+        let out = run_in(
+            &w,
+            &w.server,
+            &[
+                "sh",
+                "-c",
+                &format!("curl -sS --max-time 120 {SERVE_URL}/big.bin | sha256sum"),
+            ],
+        );
+        assert!(
+            text(&out.stdout).starts_with(&expected),
+            "download with {loss}% loss: {}",
+            text(&out.stderr)
+        );
+    }
+    w.set_loss(0).unwrap();
+    let (_, lines) = serve.stop("-INT");
+    assert!(
+        stat(&lines, "retransmits").unwrap() > 0,
+        "loss was recovered by retransmission: {lines:?}"
+    );
+    // The stack receives and sends: a kernel client streams 4 MiB through `serve --echo`.
+    let echo = start_serve(
+        &w,
+        &["--iface", HOST_IF, "--echo", "--port", "8080", "--stats"],
+    );
+    let script = format!(
+        "import socket,hashlib,threading\ndata=open('{}','rb').read()[:4<<20]\ns=socket.create_connection(('{HOST_IP}',8080))\nt=threading.Thread(target=lambda:(s.sendall(data),s.shutdown(socket.SHUT_WR)))\nt.start()\ngot=bytearray()\nwhile True:\n  c=s.recv(1<<16)\n  if not c: break\n  got+=c\nprint(hashlib.sha256(got).hexdigest()==hashlib.sha256(data).hexdigest(), len(got))",
+        w.dir.join("www/big.bin").display()
+    );
+    for loss in [0, 5] {
+        w.set_loss(loss).unwrap();
+        let out = python(&w, &w.server, &script);
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("True {}", 4 << 20),
+            "echo with {loss}% loss: {}",
+            text(&out.stderr)
+        );
+    }
+    w.set_loss(0).unwrap();
+    let (_, lines) = echo.stop("-INT");
+    assert!(
+        stat(&lines, "out_of_order_segments").unwrap() > 0,
+        "reassembly was exercised: {lines:?}"
+    );
+}

@@ -2,4 +2,5 @@
 pub mod curl;
 pub mod run;
 pub mod runtime;
+pub mod serve;
 pub mod setup;

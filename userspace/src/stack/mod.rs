@@ -77,6 +77,8 @@ struct Entry {
     /// Half-open connection of this listener, not yet in its accept queue.
     listener: Option<u16>,
     dirty: bool,
+    /// Queued in `ready` for the application.
+    ready: bool,
     timer: Option<Instant>,
 }
 
@@ -127,9 +129,13 @@ pub struct Stack {
     listeners: HashMap<u16, Listener>,
     timers: TimerHeap,
     dirty: Vec<usize>,
+    /// Connections with news for the application (segments arrived, timers fired).
+    ready: Vec<ConnId>,
     control: Vec<Control>,
     port_counter: u32,
     live: usize,
+    /// Counters of connections already removed, so totals survive them.
+    finished: tcp::ConnectionStats,
     pub stats: StackStats,
 }
 
@@ -145,9 +151,11 @@ impl Stack {
             listeners: HashMap::new(),
             timers: TimerHeap::default(),
             dirty: Vec::with_capacity(1024),
+            ready: Vec::with_capacity(1024),
             control: Vec::with_capacity(64),
             port_counter: 0,
             live: 0,
+            finished: tcp::ConnectionStats::default(),
             stats: StackStats::default(),
         }
     }
@@ -354,6 +362,7 @@ impl Stack {
             released: false,
             listener,
             dirty: true,
+            ready: false,
             timer: None,
         };
         let slot = match self.free_slots.pop() {
@@ -387,6 +396,31 @@ impl Stack {
             self.free_slots.push(slot);
             self.live -= 1;
             self.stats.connections_closed += 1;
+            self.finished.add(entry.conn.stats());
+        }
+    }
+
+    /// Moves the connections with news for the application into `out` (cleared first).
+    pub fn drain_ready(&mut self, out: &mut Vec<ConnId>) {
+        out.clear();
+        std::mem::swap(out, &mut self.ready);
+        for id in out.iter() {
+            if let Some(e) = self.slots[id.slot as usize].entry.as_mut() {
+                e.ready = false;
+            }
+        }
+    }
+
+    fn mark_ready(&mut self, slot: usize) {
+        let generation = self.slots[slot].generation;
+        if let Some(e) = self.slots[slot].entry.as_mut()
+            && !e.ready
+        {
+            e.ready = true;
+            self.ready.push(ConnId {
+                slot: slot as u32,
+                generation,
+            });
         }
     }
 
@@ -419,6 +453,7 @@ impl Stack {
             entry.timer = None;
             entry.conn.handle_timeout(now);
             self.mark_dirty(slot);
+            self.mark_ready(slot);
         }
         self.dispatch(now, device);
         device.flush();
@@ -518,6 +553,7 @@ impl Stack {
                 e.conn.handle_segment(now, seg);
             }
             self.mark_dirty(slot);
+            self.mark_ready(slot);
             return;
         }
         if self.listeners.contains_key(&local.port()) {
@@ -585,9 +621,7 @@ impl Stack {
                 self.send_cookie(now, eth_src, local, remote, seg);
                 return;
             }
-            if self.on_link(*remote.ip()) {
-                self.arp.insert(*remote.ip(), eth_src);
-            }
+            self.learn_next_hop(*remote.ip(), eth_src);
             let iss = self.isn.isn(now, local, remote);
             let conn = Connection::accept(now, self.cfg.tcp.clone(), local, remote, iss, seg);
             self.insert(conn, Some(port));
@@ -613,9 +647,7 @@ impl Stack {
                 },
                 ..Default::default()
             };
-            if self.on_link(*remote.ip()) {
-                self.arp.insert(*remote.ip(), eth_src);
-            }
+            self.learn_next_hop(*remote.ip(), eth_src);
             let mut conn = Connection::accept(
                 now,
                 self.cfg.tcp.clone(),
@@ -632,6 +664,16 @@ impl Stack {
         }
         self.stats.closed_port += 1;
         self.reply_rst(eth_src, local, remote, seg);
+    }
+
+    /// The frame that opened a connection came from the next hop back to its sender, so
+    /// its source MAC answers for that hop. Needed in shared-IP mode, where ARP replies
+    /// go to the kernel; the ARP cache is authoritative when it already has the hop.
+    fn learn_next_hop(&mut self, remote: Ipv4Addr, eth_src: MacAddr) {
+        let hop = self.next_hop(remote);
+        if self.arp.lookup(hop).is_none() {
+            self.arp.insert(hop, eth_src);
+        }
     }
 
     fn cookie(
@@ -865,9 +907,9 @@ impl Stack {
         }
     }
 
-    /// Summed per-connection counters (for `--stats`).
+    /// Per-connection counters summed over every connection so far (for `--stats`).
     pub fn connection_totals(&self) -> tcp::ConnectionStats {
-        let mut total = tcp::ConnectionStats::default();
+        let mut total = self.finished.clone();
         for e in self.slots.iter().filter_map(|s| s.entry.as_ref()) {
             total.add(e.conn.stats());
         }

@@ -7,7 +7,9 @@
 
 #[derive(Debug)]
 pub struct Reassembler {
+    /// Grows (doubling) up to `capacity` as data arrives; an idle connection holds 4 KiB.
     storage: Box<[u8]>,
+    capacity: usize,
     head: usize,
     readable: usize,
     /// Sorted, disjoint, non-adjacent `[start, end)` offsets from RCV.NXT.
@@ -31,8 +33,10 @@ pub struct Inserted {
 
 impl Reassembler {
     pub fn new(capacity: usize, max_ranges: usize, max_ooo_bytes: usize) -> Self {
+        let capacity = capacity.max(1);
         Reassembler {
-            storage: vec![0; capacity.max(1)].into_boxed_slice(),
+            storage: vec![0; capacity.min(super::send_buffer::INITIAL_STORAGE)].into_boxed_slice(),
+            capacity,
             head: 0,
             readable: 0,
             ranges: Vec::with_capacity(max_ranges + 1),
@@ -43,7 +47,24 @@ impl Reassembler {
     }
 
     pub fn capacity(&self) -> usize {
-        self.storage.len()
+        self.capacity
+    }
+
+    /// Makes room for `extent` bytes from the read position, keeping every byte in place
+    /// relative to it (in-order data and out-of-order ranges alike).
+    fn reserve(&mut self, extent: usize) {
+        let old = self.storage.len();
+        if extent <= old {
+            return;
+        }
+        let new_cap = extent.next_power_of_two().max(old * 2).min(self.capacity);
+        let mut storage = vec![0; new_cap].into_boxed_slice();
+        // Everything held lies within `old` bytes from head (it all fit before).
+        let first = old - self.head;
+        storage[..first].copy_from_slice(&self.storage[self.head..]);
+        storage[first..old].copy_from_slice(&self.storage[..self.head]);
+        self.storage = storage;
+        self.head = 0;
     }
     /// In-order bytes waiting for the application.
     pub fn readable(&self) -> usize {
@@ -122,7 +143,8 @@ impl Reassembler {
     }
 
     fn write_at(&mut self, offset: usize, data: &[u8]) {
-        let cap = self.capacity();
+        self.reserve(self.readable + offset + data.len());
+        let cap = self.storage.len();
         let pos = (self.head + self.readable + offset) % cap;
         let first = data.len().min(cap - pos);
         self.storage[pos..pos + first].copy_from_slice(&data[..first]);
@@ -149,7 +171,7 @@ impl Reassembler {
     /// Copies in-order bytes into `dst` and frees their space; returns how many.
     pub fn read(&mut self, dst: &mut [u8]) -> usize {
         let n = dst.len().min(self.readable);
-        let cap = self.capacity();
+        let cap = self.storage.len();
         let first = n.min(cap - self.head);
         dst[..first].copy_from_slice(&self.storage[self.head..self.head + first]);
         dst[first..n].copy_from_slice(&self.storage[..n - first]);
@@ -205,6 +227,20 @@ mod tests {
         assert_eq!(r.read(&mut out), 12);
         assert_eq!(&out[..12], b"abcdefghijkl");
         assert!(!r.has_out_of_order());
+    }
+
+    #[test]
+    fn storage_grows_keeping_in_order_and_out_of_order_bytes() {
+        let data: Vec<u8> = (0..60_000u32).map(|i| (i * 7) as u8).collect();
+        let mut r = Reassembler::new(64 * 1024, 8, 64 * 1024);
+        assert_eq!(r.insert(0, &data[..3000]).advanced, 3000);
+        let mut out = vec![0; 2500];
+        r.read(&mut out); // head moves, so the ring wraps when it grows
+        assert_eq!(r.insert(20_000 - 3000, &data[20_000..30_000]).advanced, 0);
+        assert_eq!(r.insert(0, &data[3000..20_000]).advanced, 27_000);
+        let mut out = vec![0; 27_500];
+        assert_eq!(r.read(&mut out), 27_500);
+        assert_eq!(&out[..], &data[2500..30_000]);
     }
 
     #[test]

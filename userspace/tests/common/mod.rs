@@ -14,40 +14,9 @@ pub struct RunningStack {
 }
 
 pub fn start_stack(world: &World, args: &[&str]) -> RunningStack {
-    let mut child = world
-        .exec(&world.host)
-        .arg(BIN)
-        .arg("run")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start userspace run");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) if line.starts_with("ready:") => break,
-            Ok(line) => eprintln!("stack: {line}"),
-            Err(_) if Instant::now() > deadline => panic!("the stack did not become ready"),
-            Err(_) => {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let rest: Vec<String> = rx.try_iter().collect();
-                    panic!("the stack exited early with {status}: {rest:?}");
-                }
-            }
-        }
-    }
-    RunningStack { child, stderr: rx }
+    let mut full = vec!["run"];
+    full.extend_from_slice(args);
+    start_binary(world, &full)
 }
 
 impl RunningStack {
@@ -127,4 +96,57 @@ pub fn sha256(path: &std::path::Path) -> String {
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A running `userspace serve` in the host namespace.
+pub fn start_serve(world: &World, args: &[&str]) -> RunningStack {
+    let mut full = vec!["serve"];
+    full.extend_from_slice(args);
+    start_binary(world, &full)
+}
+
+pub fn start_binary(world: &World, args: &[&str]) -> RunningStack {
+    let mut child = world
+        .exec(&world.host)
+        .arg(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start userspace");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if line.starts_with("ready:") => break,
+            Ok(line) => eprintln!("stack: {line}"),
+            Err(_) if Instant::now() > deadline => panic!("the stack did not become ready"),
+            Err(_) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let rest: Vec<String> = rx.try_iter().collect();
+                    panic!("the stack exited early with {status}: {rest:?}");
+                }
+            }
+        }
+    }
+    RunningStack { child, stderr: rx }
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

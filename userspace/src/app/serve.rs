@@ -1,0 +1,518 @@
+//! `userspace serve`: an HTTP/1.1 static file server, or a TCP echo service, on the stack.
+//!
+//! One event loop: the stack reports which connections have news (`drain_ready`), so
+//! an idle connection costs nothing per turn, whatever their number.
+use super::runtime::Runtime;
+use super::setup::{StackArgs, open_runtime, print_stats};
+use crate::stack::{ConnId, Stack};
+use crate::tcp::{Instant, State};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// TCP port to listen on
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Directory to serve files from
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub root: PathBuf,
+    /// Echo every byte back instead of serving HTTP
+    #[arg(long)]
+    pub echo: bool,
+    /// Accept queue length
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub backlog: usize,
+    /// Seconds in-flight responses get to finish after SIGINT/SIGTERM
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub grace: f64,
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+/// Largest request head accepted (431 beyond).
+const MAX_HEAD: usize = 16 * 1024;
+/// Largest request body accepted and discarded (413 beyond).
+const MAX_BODY: u64 = 1 << 20;
+/// Output buffered per connection before reading stops (back-pressure).
+const MAX_PENDING_OUT: usize = 256 * 1024;
+
+#[derive(Default)]
+struct Session {
+    input: Vec<u8>,
+    output: Vec<u8>,
+    sent: usize,
+    file: Option<(std::fs::File, u64)>,
+    /// Request body bytes still to be discarded.
+    skip_body: u64,
+    close_after: bool,
+    closing: bool,
+}
+
+impl Session {
+    fn pending(&self) -> usize {
+        self.output.len() - self.sent
+    }
+    fn busy(&self) -> bool {
+        self.pending() > 0 || self.file.is_some()
+    }
+}
+
+pub struct Server {
+    root: PathBuf,
+    echo: bool,
+    port: u16,
+    sessions: HashMap<ConnId, Session>,
+    buf: Vec<u8>,
+    work: Vec<ConnId>,
+    news: Vec<ConnId>,
+}
+
+impl Server {
+    pub fn new(root: PathBuf, echo: bool, port: u16) -> Self {
+        Server {
+            root,
+            echo,
+            port,
+            sessions: HashMap::new(),
+            buf: vec![0; 64 * 1024],
+            work: Vec::with_capacity(1024),
+            news: Vec::with_capacity(1024),
+        }
+    }
+
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Queues a connection to be looked at on the next turn.
+    pub fn wake(&mut self, id: ConnId) {
+        self.work.push(id);
+    }
+
+    /// Accepts new connections and serves those with news: the stack's ready list, plus
+    /// connections woken by the caller.
+    pub fn turn(&mut self, stack: &mut Stack, accepting: bool) {
+        if accepting {
+            while let Some(id) = stack.accept(self.port) {
+                self.sessions.insert(id, Session::default());
+                self.work.push(id);
+            }
+        }
+        stack.drain_ready(&mut self.news);
+        self.work.append(&mut self.news);
+        let mut work = std::mem::take(&mut self.work);
+        for id in work.drain(..) {
+            self.serve(stack, id);
+        }
+        self.work = work; // keep the allocation
+    }
+
+    fn serve(&mut self, stack: &mut Stack, id: ConnId) {
+        let Some(mut session) = self.sessions.remove(&id) else {
+            return;
+        };
+        let keep = self.progress(stack, id, &mut session);
+        if keep {
+            self.sessions.insert(id, session);
+        } else {
+            stack.release(id);
+        }
+    }
+
+    /// Moves one session forward; false once it is finished.
+    fn progress(&mut self, stack: &mut Stack, id: ConnId, s: &mut Session) -> bool {
+        loop {
+            match stack.state(id) {
+                State::Closed | State::TimeWait => return false,
+                State::SynSent | State::SynReceived => return true,
+                _ => {}
+            }
+            let mut moved = self.flush(stack, id, s);
+            if !s.closing && s.pending() < MAX_PENDING_OUT {
+                match stack.recv(id, &mut self.buf) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        moved = true;
+                        if self.echo {
+                            s.output.extend_from_slice(&self.buf[..n]);
+                        } else {
+                            s.input.extend_from_slice(&self.buf[..n]);
+                        }
+                    }
+                    Err(_) => {
+                        stack.abort(id);
+                        return false;
+                    }
+                }
+            }
+            if !self.echo && !s.busy() && !s.closing {
+                moved |= self.handle_requests(s);
+            }
+            let peer_done = stack.connection(id).is_none_or(|c| c.at_eof());
+            if !s.busy()
+                && !s.closing
+                && (s.close_after || (peer_done && (self.echo || s.input.is_empty())))
+            {
+                stack.close(id);
+                s.closing = true;
+            }
+            if !moved {
+                return true;
+            }
+        }
+    }
+
+    /// Sends buffered output, refilling from the file being served.
+    fn flush(&mut self, stack: &mut Stack, id: ConnId, s: &mut Session) -> bool {
+        let mut moved = false;
+        loop {
+            if s.pending() == 0 {
+                s.output.clear();
+                s.sent = 0;
+                if let Some((file, left)) = s.file.as_mut() {
+                    let want = (*left).min(self.buf.len() as u64) as usize;
+                    match file.read(&mut self.buf[..want]) {
+                        Ok(n) if n > 0 => {
+                            *left -= n as u64;
+                            s.output.extend_from_slice(&self.buf[..n]);
+                        }
+                        _ => {
+                            // The file shrank or failed under us: the length promised
+                            // cannot be kept, so the connection cannot be reused.
+                            *left = 0;
+                            s.close_after = true;
+                        }
+                    }
+                    if *left == 0 {
+                        s.file = None;
+                    }
+                }
+                if s.pending() == 0 {
+                    return moved;
+                }
+            }
+            match stack.send(id, &s.output[s.sent..]) {
+                Ok(0) => return moved,
+                Ok(n) => {
+                    s.sent += n;
+                    moved = true;
+                }
+                Err(_) => {
+                    s.output.clear();
+                    s.sent = 0;
+                    s.file = None;
+                    return moved;
+                }
+            }
+        }
+    }
+
+    /// Parses one complete request from the input and queues its response.
+    fn handle_requests(&mut self, s: &mut Session) -> bool {
+        if s.skip_body > 0 {
+            let n = (s.skip_body as usize).min(s.input.len());
+            s.input.drain(..n);
+            s.skip_body -= n as u64;
+            if s.skip_body > 0 {
+                return n > 0;
+            }
+        }
+        if s.input.is_empty() {
+            return false;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        let used = match req.parse(&s.input) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                if s.input.len() > MAX_HEAD {
+                    respond_error(s, 431, "Request Header Fields Too Large");
+                    return true;
+                }
+                return false;
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                respond_error(s, 431, "Request Header Fields Too Large");
+                return true;
+            }
+            Err(_) => {
+                respond_error(s, 400, "Bad Request");
+                return true;
+            }
+        };
+        if used > MAX_HEAD {
+            respond_error(s, 431, "Request Header Fields Too Large");
+            return true;
+        }
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+        };
+        let body_len: u64 = match header("content-length").map(|v| v.parse::<u64>()) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                respond_error(s, 400, "Bad Request");
+                return true;
+            }
+        };
+        if header("transfer-encoding").is_some() {
+            respond_error(s, 400, "Bad Request");
+            return true;
+        }
+        if body_len > MAX_BODY {
+            respond_error(s, 413, "Content Too Large");
+            return true;
+        }
+        let http10 = req.version == Some(0);
+        let connection = header("connection").unwrap_or_default();
+        s.close_after = if http10 {
+            !connection.contains("keep-alive")
+        } else {
+            connection.contains("close")
+        };
+        let method = req.method.unwrap_or("").to_string();
+        let path = req.path.unwrap_or("/").to_string();
+        s.input.drain(..used);
+        s.skip_body = body_len;
+        let head_only = method == "HEAD";
+        if method != "GET" && !head_only {
+            respond(
+                s,
+                405,
+                "Method Not Allowed",
+                "text/plain",
+                b"method not allowed\n",
+                &[("Allow", "GET, HEAD")],
+            );
+            return true;
+        }
+        match resolve_path(&self.root, &path) {
+            Err(status) => {
+                let reason = if status == 403 {
+                    "Forbidden"
+                } else {
+                    "Not Found"
+                };
+                respond(
+                    s,
+                    status,
+                    reason,
+                    "text/plain",
+                    format!("{}\n", reason.to_ascii_lowercase()).as_bytes(),
+                    &[],
+                );
+            }
+            Ok(file_path) => match std::fs::File::open(&file_path)
+                .and_then(|f| f.metadata().map(|m| (f, m.len())))
+            {
+                Ok((file, len)) => {
+                    let content_type = content_type(&file_path);
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nServer: userspace\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\n{}\r\n",
+                        if s.close_after {
+                            "Connection: close\r\n"
+                        } else {
+                            ""
+                        }
+                    );
+                    s.output.extend_from_slice(head.as_bytes());
+                    if !head_only && len > 0 {
+                        s.file = Some((file, len));
+                    }
+                }
+                Err(_) => respond(s, 404, "Not Found", "text/plain", b"not found\n", &[]),
+            },
+        }
+        true
+    }
+}
+
+fn respond(
+    s: &mut Session,
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+) {
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\nServer: userspace\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in extra {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if s.close_after {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    s.output.extend_from_slice(head.as_bytes());
+    s.output.extend_from_slice(body);
+}
+
+/// Errors in the request itself: answer and close, the rest of the input is not trusted.
+fn respond_error(s: &mut Session, status: u16, reason: &str) {
+    s.close_after = true;
+    s.input.clear();
+    respond(
+        s,
+        status,
+        reason,
+        "text/plain",
+        format!("{}\n", reason.to_ascii_lowercase()).as_bytes(),
+        &[],
+    );
+}
+
+/// Maps a request target to a file under `root`: 403 for paths that try to leave it,
+/// 404 for what is not there. Directories serve their index.html.
+fn resolve_path(root: &Path, target: &str) -> Result<PathBuf, u16> {
+    let path = target.split(['?', '#']).next().unwrap_or("/");
+    if !path.starts_with('/') {
+        return Err(404);
+    }
+    let decoded = percent_decode(path).ok_or(404u16)?;
+    let mut out = root.to_path_buf();
+    for component in Path::new(&decoded).components() {
+        match component {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir | Component::Prefix(_) => return Err(403),
+        }
+    }
+    if out.is_dir() {
+        out.push("index.html");
+    }
+    // Symlinks that lead outside the root are refused too.
+    match (out.canonicalize(), root.canonicalize()) {
+        (Ok(real), Ok(base)) if real.starts_with(&base) => Ok(real),
+        (Ok(_), Ok(_)) => Err(403),
+        _ => Err(404),
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    if out.contains(&0) {
+        return None;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" | "htm" => "text/html",
+        "txt" => "text/plain",
+        "css" => "text/css",
+        "js" => "text/javascript",
+        "json" => "application/json",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        _ => "application/octet-stream",
+    }
+}
+
+pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    if !args.echo && !args.root.is_dir() {
+        anyhow::bail!("--root {} is not a directory", args.root.display());
+    }
+    let mut rt: Runtime = open_runtime(&args.stack, &[args.port])?;
+    rt.stack.unlisten(args.port);
+    // The gateway's MAC from the kernel's neighbour table, if it has it (a hint; SYNs
+    // teach the stack the next hop of each client anyway).
+    if let Some(gateway) = rt.stack.config().gateway {
+        let _ = super::setup::resolve_next_hop(&mut rt, gateway, Duration::from_millis(500));
+    }
+    rt.stack
+        .listen(args.port, args.backlog)
+        .map_err(|e| anyhow::anyhow!("listen on {}: {e}", args.port))?;
+    eprintln!(
+        "ready: serving {} on {}:{} ({} mode)",
+        if args.echo {
+            "echo".to_string()
+        } else {
+            args.root.display().to_string()
+        },
+        rt.stack.ip(),
+        args.port,
+        rt.device.xdp().attached_mode
+    );
+    let mut server = Server::new(args.root.clone(), args.echo, args.port);
+    while !rt.stopped() {
+        let received = rt.turn();
+        server.turn(&mut rt.stack, true);
+        if received == 0 {
+            std::hint::spin_loop();
+        }
+    }
+    // Graceful shutdown: stop accepting, let responses in flight finish within the
+    // grace period, close with FIN, then the XDP program goes with the process.
+    rt.stack.unlisten(args.port);
+    let deadline: Instant = rt.now() + Duration::from_secs_f64(args.grace);
+    eprintln!("shutting down: {} connections open", server.open_sessions());
+    for (id, session) in server.sessions.iter_mut() {
+        // Idle keep-alive connections close now; busy ones after their response.
+        session.close_after = true;
+        server.work.push(*id);
+    }
+    while rt.now() < deadline && server.open_sessions() > 0 {
+        rt.turn();
+        server.turn(&mut rt.stack, false);
+    }
+    // Whatever is left past the grace period is reset.
+    for id in server.sessions.keys().copied().collect::<Vec<_>>() {
+        rt.stack.abort(id);
+    }
+    let end = rt.now() + Duration::from_millis(200);
+    while rt.now() < end {
+        rt.turn();
+    }
+    if args.stack.stats {
+        print_stats(&rt);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_cannot_escape_the_root() {
+        let dir = std::env::temp_dir().join(format!("serve-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("index.html"), "i").unwrap();
+        std::fs::write(dir.join("sub/a b.txt"), "a").unwrap();
+        assert_eq!(
+            resolve_path(&dir, "/").unwrap(),
+            dir.canonicalize().unwrap().join("index.html")
+        );
+        assert!(resolve_path(&dir, "/sub/a%20b.txt?x=1").is_ok());
+        assert_eq!(resolve_path(&dir, "/../etc/passwd"), Err(403));
+        assert_eq!(
+            resolve_path(&dir, "/sub/%2e%2e/%2e%2e/etc/passwd"),
+            Err(403)
+        );
+        assert_eq!(resolve_path(&dir, "/nope"), Err(404));
+        assert_eq!(resolve_path(&dir, "/a%00b"), Err(404));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
