@@ -1,38 +1,103 @@
-//! An in-memory device pair: what one side transmits, the other receives.
+//! An in-memory device pair: what one side transmits, the other receives. Frames live in
+//! preallocated rings, so moving a frame allocates nothing (benchmarks and the
+//! zero-allocation test rely on it).
 use super::Device;
 use crate::wire::MacAddr;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::rc::Rc;
 
-type Queue = Rc<RefCell<VecDeque<Vec<u8>>>>;
+const FRAME: usize = 2048;
+
+/// A bounded FIFO of frames in one preallocated block.
+#[derive(Debug)]
+pub struct FrameRing {
+    data: Vec<u8>,
+    lens: Vec<usize>,
+    head: usize,
+    len: usize,
+}
+
+impl FrameRing {
+    pub fn new(frames: usize) -> Self {
+        FrameRing {
+            data: vec![0; frames * FRAME],
+            lens: vec![0; frames],
+            head: 0,
+            len: 0,
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn slots(&self) -> usize {
+        self.lens.len()
+    }
+    /// Writes a frame with `build`; false when the ring is full.
+    pub fn push_with(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> bool {
+        if self.len == self.slots() {
+            return false;
+        }
+        let slot = (self.head + self.len) % self.slots();
+        let n = build(&mut self.data[slot * FRAME..(slot + 1) * FRAME]);
+        if n > 0 {
+            self.lens[slot] = n;
+            self.len += 1;
+        }
+        true
+    }
+    pub fn push(&mut self, frame: &[u8]) -> bool {
+        self.push_with(&mut |buf| {
+            buf[..frame.len()].copy_from_slice(frame);
+            frame.len()
+        })
+    }
+    /// Hands the oldest frame to `f` and drops it.
+    pub fn pop_with(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
+        if self.len == 0 {
+            return false;
+        }
+        let slot = self.head;
+        f(&self.data[slot * FRAME..slot * FRAME + self.lens[slot]]);
+        self.head = (self.head + 1) % self.slots();
+        self.len -= 1;
+        true
+    }
+}
 
 pub struct MemoryDevice {
     mac: MacAddr,
-    rx: Queue,
-    tx: Queue,
-    buf: Vec<u8>,
+    rx: Rc<RefCell<FrameRing>>,
+    tx: Rc<RefCell<FrameRing>>,
     pub batch: usize,
 }
 
 impl MemoryDevice {
-    /// Two devices joined by a wire.
+    /// Two devices joined by a wire of `frames` slots each way.
     pub fn pair(mac_a: MacAddr, mac_b: MacAddr) -> (MemoryDevice, MemoryDevice) {
-        let ab: Queue = Rc::default();
-        let ba: Queue = Rc::default();
+        Self::pair_with_capacity(mac_a, mac_b, 4096)
+    }
+
+    pub fn pair_with_capacity(
+        mac_a: MacAddr,
+        mac_b: MacAddr,
+        frames: usize,
+    ) -> (MemoryDevice, MemoryDevice) {
+        let ab = Rc::new(RefCell::new(FrameRing::new(frames)));
+        let ba = Rc::new(RefCell::new(FrameRing::new(frames)));
         (
             MemoryDevice {
                 mac: mac_a,
                 rx: ba.clone(),
                 tx: ab.clone(),
-                buf: vec![0; 2048],
                 batch: 64,
             },
             MemoryDevice {
                 mac: mac_b,
                 rx: ab,
                 tx: ba,
-                buf: vec![0; 2048],
                 batch: 64,
             },
         )
@@ -40,34 +105,34 @@ impl MemoryDevice {
 
     /// Queues a frame as if it arrived from the wire.
     pub fn inject(&self, frame: &[u8]) {
-        self.rx.borrow_mut().push_back(frame.to_vec());
+        self.rx.borrow_mut().push(frame);
     }
 
     /// Takes the frames this device transmitted (when nothing is on the other end).
     pub fn take_transmitted(&self) -> Vec<Vec<u8>> {
-        self.tx.borrow_mut().drain(..).collect()
+        let mut out = Vec::new();
+        while self.tx.borrow_mut().pop_with(&mut |f| out.push(f.to_vec())) {}
+        out
+    }
+
+    pub fn pending_rx(&self) -> usize {
+        self.rx.borrow().len()
     }
 }
 
 impl Device for MemoryDevice {
     fn receive(&mut self, handle: &mut dyn FnMut(&[u8])) -> usize {
         let mut n = 0;
-        while n < self.batch {
-            let Some(frame) = self.rx.borrow_mut().pop_front() else {
-                break;
-            };
-            handle(&frame);
+        let mut rx = self.rx.borrow_mut();
+        while n < self.batch && rx.pop_with(handle) {
             n += 1;
         }
         n
     }
 
     fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> bool {
-        let len = build(&mut self.buf);
-        if len > 0 {
-            self.tx.borrow_mut().push_back(self.buf[..len].to_vec());
-        }
-        true
+        // A full wire has no free buffer, like a full TX ring: the stack retries later.
+        self.tx.borrow_mut().push_with(build)
     }
 
     fn flush(&mut self) {}

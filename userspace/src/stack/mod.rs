@@ -448,12 +448,16 @@ impl Stack {
                 continue;
             };
             if entry.timer != Some(at) {
-                continue; // rescheduled since; stale heap entry
+                continue; // replaced by an earlier entry; stale
             }
             entry.timer = None;
-            entry.conn.handle_timeout(now);
+            // The deadline may have moved later since this entry was pushed (an ACK
+            // restarted the RTO): then nothing is due and the entry is simply renewed.
+            if entry.conn.poll_timeout().is_some_and(|t| t <= now) {
+                entry.conn.handle_timeout(now);
+                self.mark_ready(slot);
+            }
             self.mark_dirty(slot);
-            self.mark_ready(slot);
         }
         self.dispatch(now, device);
         device.flush();
@@ -898,12 +902,13 @@ impl Stack {
             self.remove(slot);
             return;
         }
-        let next = entry.conn.poll_timeout();
-        if next != entry.timer {
-            entry.timer = next;
-            if let Some(t) = next {
-                self.timers.schedule(t, slot);
-            }
+        // Push only when the deadline moves earlier than the entry already in the heap:
+        // an RTO restarted by every ACK then costs no heap operation at all.
+        if let Some(t) = entry.conn.poll_timeout()
+            && entry.timer.is_none_or(|scheduled| t < scheduled)
+        {
+            entry.timer = Some(t);
+            self.timers.schedule(t, slot);
         }
     }
 

@@ -1,1 +1,241 @@
+//! The stack over an in-memory link: two stacks, or one stack and hand-made frames.
+use super::*;
+use crate::device::memory::MemoryDevice;
+use crate::wire::{TcpFlags, TcpOptions, TcpRepr};
+use std::time::Duration;
 
+const MAC_C: MacAddr = [2, 0, 0, 0, 0, 0xc];
+const MAC_S: MacAddr = [2, 0, 0, 0, 0, 0x5];
+const IP_C: Ipv4Addr = Ipv4Addr::new(192, 168, 7, 1);
+const IP_S: Ipv4Addr = Ipv4Addr::new(192, 168, 7, 2);
+
+fn pair(server_cfg: impl FnOnce(&mut StackConfig)) -> (Stack, MemoryDevice, Stack, MemoryDevice) {
+    let (dc, ds) = MemoryDevice::pair(MAC_C, MAC_S);
+    let client = Stack::new(StackConfig::new(MAC_C, IP_C, 24));
+    let mut cfg = StackConfig::new(MAC_S, IP_S, 24);
+    server_cfg(&mut cfg);
+    (client, dc, Stack::new(cfg), ds)
+}
+
+/// Polls both stacks in virtual time until `done` or a limit.
+fn drive(
+    c: &mut Stack,
+    dc: &mut MemoryDevice,
+    s: &mut Stack,
+    ds: &mut MemoryDevice,
+    now: &mut Instant,
+    mut done: impl FnMut(&mut Stack, &mut Stack) -> bool,
+) {
+    for _ in 0..200_000 {
+        c.poll(*now, dc);
+        s.poll(*now, ds);
+        if done(c, s) {
+            return;
+        }
+        *now = *now + Duration::from_micros(50);
+    }
+    panic!("did not finish");
+}
+
+#[test]
+fn two_stacks_resolve_arp_connect_transfer_and_close() {
+    let (mut c, mut dc, mut s, mut ds) = pair(|_| {});
+    s.listen(80, 16).unwrap();
+    let mut now = Instant::from_millis(1);
+    let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
+    let mut server_id = None;
+    drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+        server_id = server_id.or_else(|| s.accept(80));
+        server_id.is_some() && c.state(id) == State::Established
+    });
+    assert!(
+        c.stats.arp_requests >= 1,
+        "the client resolved the server by ARP"
+    );
+    let sid = server_id.unwrap();
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    let (mut sent, mut got) = (0, Vec::new());
+    let mut buf = vec![0u8; 65536];
+    drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+        if sent < data.len() {
+            sent += c.send(id, &data[sent..]).unwrap();
+            if sent == data.len() {
+                c.close(id);
+            }
+        }
+        while let Ok(n) = s.recv(sid, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got.len() == data.len() && s.connection(sid).is_some_and(|x| x.at_eof())
+    });
+    assert!(got == data);
+    s.close(sid);
+    drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+        c.state(id) == State::TimeWait && s.state(sid) == State::Closed
+    });
+}
+
+fn syn(port: u16, seq: u32) -> TcpRepr<'static> {
+    TcpRepr {
+        src_port: 40_000,
+        dst_port: port,
+        seq,
+        flags: TcpFlags::SYN,
+        window: 65535,
+        options: TcpOptions {
+            mss: Some(1460),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn frame(repr: &TcpRepr<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; 1600];
+    let n = wire::emit_tcp(
+        &mut buf,
+        (MAC_C, MAC_S),
+        (IP_C, IP_S),
+        repr,
+        repr.payload.len(),
+        |_| {},
+    );
+    buf.truncate(n);
+    buf
+}
+
+fn tcp_out(dev: &MemoryDevice) -> Vec<TcpRepr<'static>> {
+    dev.take_transmitted()
+        .into_iter()
+        .filter_map(|f| match wire::parse_frame(&f) {
+            Ok(Frame::Tcp { tcp, .. }) => Some(TcpRepr {
+                payload: &[],
+                ..tcp
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn closed_port_is_answered_with_rst() {
+    let (_, dc, mut s, mut ds) = pair(|_| {});
+    dc.inject(&[0u8; 0]); // nothing
+    ds.inject(&frame(&syn(81, 100)));
+    s.poll(Instant::from_millis(1), &mut ds);
+    let out = tcp_out(&ds);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].flags, TcpFlags::RST_ACK);
+    assert_eq!(out[0].ack, 101);
+    assert_eq!(s.stats.rst_sent, 1);
+}
+
+#[test]
+fn syn_cookies_when_the_syn_queue_is_full() {
+    let (_, _dc, mut s, mut ds) = pair(|cfg| cfg.syn_backlog = 0);
+    s.listen(80, 16).unwrap();
+    let now = Instant::from_millis(5);
+    ds.inject(&frame(&syn(80, 5000)));
+    s.poll(now, &mut ds);
+    let out = tcp_out(&ds);
+    assert_eq!(out[0].flags, TcpFlags::SYN_ACK, "{out:?}");
+    assert_eq!(s.connection_count(), 0, "no state kept for the SYN");
+    assert_eq!(s.stats.syn_cookies_sent, 1);
+    let cookie = out[0].seq;
+    // The ACK completing the handshake carries data; the cookie rebuilds the connection.
+    let ack = TcpRepr {
+        src_port: 40_000,
+        dst_port: 80,
+        seq: 5001,
+        ack: cookie.wrapping_add(1),
+        flags: TcpFlags::ACK,
+        window: 65535,
+        payload: b"hello",
+        ..Default::default()
+    };
+    ds.inject(&frame(&ack));
+    s.poll(now + Duration::from_millis(1), &mut ds);
+    assert_eq!(s.stats.syn_cookies_accepted, 1);
+    let id = s.accept(80).expect("accepted from a cookie");
+    let mut buf = [0u8; 16];
+    assert_eq!(s.recv(id, &mut buf), Ok(5));
+    assert_eq!(&buf[..5], b"hello");
+    // A forged ACK (wrong cookie) gets a RST, not a connection.
+    let forged = TcpRepr {
+        src_port: 40_001,
+        seq: 7001,
+        ack: 12345,
+        ..ack
+    };
+    ds.inject(&frame(&forged));
+    s.poll(now + Duration::from_millis(2), &mut ds);
+    assert_eq!(s.stats.syn_cookies_accepted, 1);
+    assert!(tcp_out(&ds).iter().any(|r| r.flags.rst && r.seq == 12345));
+}
+
+#[test]
+fn backlog_and_connection_limits_hold() {
+    let (_, _dc, mut s, mut ds) = pair(|cfg| {
+        cfg.max_connections = 3;
+        cfg.syn_backlog = 100;
+    });
+    s.listen(80, 16).unwrap();
+    for i in 0..10u32 {
+        let mut seg = syn(80, 1000 * i);
+        seg.src_port = 40_000 + i as u16;
+        ds.inject(&frame(&seg));
+    }
+    s.poll(Instant::from_millis(1), &mut ds);
+    assert_eq!(s.connection_count(), 3);
+    assert_eq!(s.stats.listen_drops, 7);
+}
+
+#[test]
+fn timers_stay_cheap_with_many_connections() {
+    let (_, _dc, mut s, mut ds) = pair(|cfg| {
+        cfg.max_connections = 200_000;
+        cfg.syn_backlog = 200_000;
+    });
+    s.listen(80, 200_000).unwrap();
+    let now = Instant::from_millis(1);
+    for i in 0..20_000u32 {
+        let mut seg = syn(80, i);
+        seg.src_port = 1024 + (i % 60_000) as u16;
+        let mut f = frame(&seg);
+        // Vary the source address so every SYN is a new 4-tuple.
+        f[wire::ETH_HEADER_LEN + 15] = (i / 60_000) as u8 + 1;
+        f[wire::ETH_HEADER_LEN + 10..wire::ETH_HEADER_LEN + 12].fill(0);
+        let sum = wire::checksum(&f[wire::ETH_HEADER_LEN..wire::ETH_HEADER_LEN + 20]);
+        f[wire::ETH_HEADER_LEN + 10..wire::ETH_HEADER_LEN + 12].copy_from_slice(&sum.to_be_bytes());
+        let tcp_start = wire::ETH_HEADER_LEN + 20;
+        f[tcp_start + 16..tcp_start + 18].fill(0);
+        let src = Ipv4Addr::new(f[26], f[27], f[28], f[29]);
+        let sum = wire::tcp_checksum(src, IP_S, &f[tcp_start..]);
+        f[tcp_start + 16..tcp_start + 18].copy_from_slice(&sum.to_be_bytes());
+        ds.inject(&f);
+        if ds.pending_rx() >= 64 {
+            s.poll(now, &mut ds);
+            ds.take_transmitted();
+        }
+    }
+    s.poll(now, &mut ds);
+    ds.take_transmitted();
+    assert_eq!(s.connection_count(), 20_000);
+    // Before the first deadline, a poll has nothing to do; at the SYN-ACK timeout every
+    // half-open connection retransmits once, in deadline order.
+    let first = s.poll_at().expect("a deadline");
+    assert!(first > now + Duration::from_millis(500));
+    s.poll(Instant(first.0 - 1000), &mut ds);
+    assert!(ds.take_transmitted().is_empty());
+    let mut retransmitted = 0;
+    let mut t = first;
+    while retransmitted < 20_000 {
+        s.poll(t, &mut ds);
+        retransmitted += ds.take_transmitted().len();
+        t = t + Duration::from_millis(1);
+    }
+    assert_eq!(retransmitted, 20_000);
+}

@@ -338,6 +338,8 @@ impl Connection {
     /// already out, so the next segment is the peer's ACK (RFC 4987 section 3.6).
     pub fn mark_syn_sent(&mut self, now: Instant) {
         self.syn_needed = false;
+        // The cookie SYN-ACK advertised an unscaled window of up to 64 KiB.
+        self.rcv_adv = self.rcv_nxt + self.recv.window().min(65535);
         self.snd_nxt = self.iss + 1u32;
         self.snd_max = self.snd_nxt;
         self.rto_deadline = Some(now + self.rtt.rto());
