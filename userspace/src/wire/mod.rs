@@ -74,24 +74,51 @@ pub fn emit_ethernet(buf: &mut [u8], src: MacAddr, dst: MacAddr, ethertype: u16)
     buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
 }
 
+/// Ones' complement sum of `data` (RFC 1071) added to `acc`, eight bytes per step.
+/// Words are summed in native byte order; RFC 1071 section 2(B) lets the byte swap wait
+/// until the end (see [`fold`]).
+#[inline]
+fn sum(data: &[u8], mut acc: u64) -> u64 {
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        // Add the two 32-bit halves; 64 bits leave room for 2^32 of them without overflow.
+        acc += (v & 0xffff_ffff) + (v >> 32);
+    }
+    let mut rest = chunks.remainder();
+    while rest.len() >= 2 {
+        acc += u64::from(u16::from_ne_bytes([rest[0], rest[1]]));
+        rest = &rest[2..];
+    }
+    if let [last] = rest {
+        acc += u64::from(u16::from_ne_bytes([*last, 0]));
+    }
+    acc
+}
+
+/// Folds a native-order sum to 16 bits and returns its ones' complement, as the value
+/// to write big-endian into a header.
+#[inline]
+fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    u16::from_be(!(acc as u16))
+}
+
 /// RFC 1071 checksum: the ones' complement of the ones' complement sum.
 pub fn checksum(data: &[u8]) -> u16 {
-    etherparse::checksum::Sum16BitWords::new()
-        .add_slice(data)
-        .ones_complement()
-        .to_be()
+    fold(sum(data, 0))
 }
 
 /// TCP checksum over the RFC 9293 section 3.1 pseudo-header and the segment.
 pub fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
-    etherparse::checksum::Sum16BitWords::new()
-        .add_4bytes(src.octets())
-        .add_4bytes(dst.octets())
-        .add_2bytes([0, 6])
-        .add_2bytes((segment.len() as u16).to_be_bytes())
-        .add_slice(segment)
-        .ones_complement()
-        .to_be()
+    let mut pseudo = [0u8; 12];
+    pseudo[..4].copy_from_slice(&src.octets());
+    pseudo[4..8].copy_from_slice(&dst.octets());
+    pseudo[9] = 6;
+    pseudo[10..].copy_from_slice(&(segment.len() as u16).to_be_bytes());
+    fold(sum(segment, sum(&pseudo, 0)))
 }
 
 pub fn format_mac(mac: &MacAddr) -> String {

@@ -162,3 +162,37 @@ fn arp_roundtrip() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// The reference: RFC 1071's algorithm, one big-endian 16-bit word at a time.
+fn reference_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for pair in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[test]
+fn checksum_matches_rfc1071_reference_for_every_length() {
+    let mut rng = crate::sim::Rng::new(7);
+    let mut data = vec![0u8; 1600];
+    rng.fill(&mut data);
+    for len in 0..data.len() {
+        assert_eq!(
+            checksum(&data[..len]),
+            reference_checksum(&data[..len]),
+            "length {len}"
+        );
+    }
+    let all_ones = vec![0xffu8; 1500];
+    assert_eq!(checksum(&all_ones), reference_checksum(&all_ones));
+    // A buffer with its checksum in place sums to zero.
+    let mut with_sum = data[..100].to_vec();
+    with_sum[10..12].fill(0);
+    let c = checksum(&with_sum);
+    with_sum[10..12].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(checksum(&with_sum), 0);
+}

@@ -1,0 +1,267 @@
+//! Hot-path benchmarks, per packet or per batch, on the in-memory device.
+//! Where smoltcp has the same operation, it is measured next to ours.
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+use userspace::device::memory::MemoryDevice;
+use userspace::stack::{Stack, StackConfig};
+use userspace::tcp::reassembly::Reassembler;
+use userspace::tcp::{Config, Connection, Instant, State};
+use userspace::wire::{self, TcpFlags, TcpOptions, TcpRepr};
+
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const MSS: usize = 1448;
+
+fn data_frame(seq: u32, payload: &[u8]) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port: 80,
+        dst_port: 50_000,
+        seq,
+        ack: 1,
+        flags: TcpFlags::ACK,
+        window: 65535,
+        options: TcpOptions {
+            timestamps: Some((1, 1)),
+            ..Default::default()
+        },
+        payload,
+    };
+    let mut buf = vec![0u8; 2048];
+    let n = wire::emit_tcp(
+        &mut buf,
+        (MAC_B, MAC_A),
+        (IP_B, IP_A),
+        &repr,
+        payload.len(),
+        |_| {},
+    );
+    buf.truncate(n);
+    buf
+}
+
+/// A connection in ESTABLISHED, receiving from a peer whose next sequence number is returned.
+fn established() -> (Connection, u32) {
+    let local = SocketAddrV4::new(IP_A, 50_000);
+    let remote = SocketAddrV4::new(IP_B, 80);
+    let cfg = Config {
+        recv_buffer: 64 << 20,
+        max_ooo_bytes: 64 << 20,
+        ..Config::default()
+    };
+    let mut c = Connection::connect(cfg, local, remote, 0);
+    let now = Instant::from_millis(1);
+    while c.poll_transmit(now).is_some() {}
+    let synack = TcpRepr {
+        src_port: 80,
+        dst_port: 50_000,
+        seq: 1000,
+        ack: 1,
+        flags: TcpFlags::SYN_ACK,
+        window: 65535,
+        options: TcpOptions {
+            mss: Some(1460),
+            window_scale: Some(7),
+            sack_permitted: true,
+            timestamps: Some((1, 0)),
+            ..Default::default()
+        },
+        payload: &[],
+    };
+    c.handle_segment(now, &synack);
+    while c.poll_transmit(now).is_some() {}
+    assert_eq!(c.state(), State::Established);
+    (c, 1001)
+}
+
+fn wire_benches(c: &mut Criterion) {
+    let payload = vec![0xabu8; MSS];
+    let frame = data_frame(1001, &payload);
+    let mut g = c.benchmark_group("wire");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse_1500B_frame_with_checksums/ours", |b| {
+        b.iter(|| black_box(wire::parse_frame(black_box(&frame)).is_ok()))
+    });
+    g.bench_function("parse_1500B_frame_with_checksums/smoltcp", |b| {
+        use smoltcp::wire::{EthernetFrame, IpAddress, Ipv4Packet, TcpPacket};
+        b.iter(|| {
+            let eth = EthernetFrame::new_checked(black_box(&frame[..])).unwrap();
+            let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+            assert!(ip.verify_checksum());
+            let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+            let (src, dst) = (
+                IpAddress::Ipv4(ip.src_addr()),
+                IpAddress::Ipv4(ip.dst_addr()),
+            );
+            black_box(tcp.verify_checksum(&src, &dst))
+        })
+    });
+    let segment = &frame[wire::ETH_HEADER_LEN + wire::IPV4_HEADER_LEN..];
+    g.bench_function("tcp_checksum_1480B/ours", |b| {
+        b.iter(|| black_box(wire::tcp_checksum(IP_B, IP_A, black_box(segment))))
+    });
+    g.bench_function("tcp_checksum_1480B/smoltcp", |b| {
+        use smoltcp::wire::{IpAddress, TcpPacket};
+        let (src, dst) = (IpAddress::Ipv4(IP_B), IpAddress::Ipv4(IP_A));
+        b.iter(|| {
+            black_box(TcpPacket::new_unchecked(black_box(segment)).verify_checksum(&src, &dst))
+        })
+    });
+    let mut out = vec![0u8; 2048];
+    let repr = TcpRepr {
+        src_port: 1,
+        dst_port: 2,
+        seq: 3,
+        ack: 4,
+        flags: TcpFlags::ACK,
+        window: 5,
+        options: TcpOptions {
+            timestamps: Some((1, 2)),
+            ..Default::default()
+        },
+        payload: &[],
+    };
+    g.bench_function("emit_1500B_frame", |b| {
+        b.iter(|| {
+            black_box(wire::emit_tcp(
+                &mut out,
+                (MAC_A, MAC_B),
+                (IP_A, IP_B),
+                &repr,
+                MSS,
+                |dst| dst.copy_from_slice(&payload),
+            ))
+        })
+    });
+    g.finish();
+}
+
+fn tcp_benches(c: &mut Criterion) {
+    let payload = vec![0x5au8; MSS];
+    let mut g = c.benchmark_group("tcp");
+    g.throughput(Throughput::Bytes(MSS as u64));
+    // One in-order segment: acceptability, ACK processing, copy into the receive buffer,
+    // and the application's read that frees the space again.
+    g.bench_function("receive_in_order_segment", |b| {
+        let (mut conn, mut seq) = established();
+        let now = Instant::from_millis(2);
+        let mut sink = vec![0u8; 64 * 1024];
+        b.iter(|| {
+            let seg = TcpRepr {
+                src_port: 80,
+                dst_port: 50_000,
+                seq,
+                ack: 1,
+                flags: TcpFlags::ACK,
+                window: 65535,
+                options: TcpOptions::default(),
+                payload: &payload,
+            };
+            conn.handle_segment(now, &seg);
+            seq = seq.wrapping_add(MSS as u32);
+            if conn.recv_available() > 32 * 1024 {
+                conn.recv(&mut sink);
+            }
+            while conn.poll_transmit(now).is_some() {}
+        })
+    });
+    g.throughput(Throughput::Elements(64));
+    // 64 segments, each out of order (reverse order), then the gap filled: the
+    // reassembly merge path.
+    g.bench_function("insert_64_out_of_order_segments", |b| {
+        b.iter_batched(
+            || Reassembler::new(1 << 20, 128, 1 << 20),
+            |mut r| {
+                for i in (1..64).rev() {
+                    black_box(r.insert(i * MSS, &payload));
+                }
+                black_box(r.insert(0, &payload))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // 64 received segments followed by one output poll: the batch is covered by one ACK.
+    g.bench_function("ack_generation_for_64_segment_batch", |b| {
+        let (mut conn, mut seq) = established();
+        let now = Instant::from_millis(2);
+        let mut sink = vec![0u8; 128 * 1024];
+        b.iter(|| {
+            for _ in 0..64 {
+                let seg = TcpRepr {
+                    src_port: 80,
+                    dst_port: 50_000,
+                    seq,
+                    ack: 1,
+                    flags: TcpFlags::ACK,
+                    window: 65535,
+                    options: TcpOptions::default(),
+                    payload: &payload,
+                };
+                conn.handle_segment(now, &seg);
+                seq = seq.wrapping_add(MSS as u32);
+            }
+            let mut acks = 0;
+            while conn.poll_transmit(now).is_some() {
+                acks += 1;
+            }
+            while conn.recv(&mut sink) > 0 {}
+            assert_eq!(acks, 1);
+        })
+    });
+    g.finish();
+}
+
+fn stack_benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("stack");
+    // Demultiplex one frame to its connection among 10,000, through the full poll loop
+    // (RX batch of 1, timers, dispatch of the resulting ACK, TX).
+    let (mut da, mut db) = MemoryDevice::pair(MAC_A, MAC_B);
+    let mut server = Stack::new(StackConfig::new(MAC_B, IP_B, 24));
+    let mut client = Stack::new(StackConfig::new(MAC_A, IP_A, 24));
+    server.listen(80, 100_000).unwrap();
+    let mut now = Instant::from_millis(1);
+    let chunk = vec![1u8; 64 * 1024];
+    let mut sink = vec![0u8; 64 * 1024];
+    let id = client.connect(now, SocketAddrV4::new(IP_B, 80)).unwrap();
+    let mut sid = None;
+    while sid.is_none() || client.state(id) != State::Established {
+        client.poll(now, &mut da);
+        server.poll(now, &mut db);
+        sid = sid.or_else(|| server.accept(80));
+        now = now + Duration::from_micros(10);
+    }
+    let sid = sid.unwrap();
+    g.throughput(Throughput::Bytes(64 * 1024));
+    // One RX -> TX turn on each side while 64 KiB moves: segments, ACKs, window updates.
+    g.bench_function("poll_loop_turns_per_64KiB", |b| {
+        b.iter(|| {
+            let mut moved = 0;
+            let mut sent = 0;
+            while moved < chunk.len() {
+                if sent < chunk.len() {
+                    sent += client.send(id, &chunk[sent..]).unwrap();
+                }
+                client.poll(now, &mut da);
+                server.poll(now, &mut db);
+                while let Ok(n) = server.recv(sid, &mut sink) {
+                    if n == 0 {
+                        break;
+                    }
+                    moved += n;
+                }
+                now = now + Duration::from_micros(5);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = wire_benches, tcp_benches, stack_benches
+}
+criterion_main!(benches);
