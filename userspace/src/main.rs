@@ -1,7 +1,7 @@
 //! The `userspace` command: curl, serve and run on the kernel-bypass stack.
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use userspace::app::{curl, run, serve};
+use userspace::app::{bench, curl, run, serve};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,6 +25,22 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run the stack alone: answer ARP, ping (owned-IP mode) and closed ports
     Run(run::RunArgs),
+    /// Measure a workload on the stack or, with --kernel, on kernel sockets
+    Bench(bench::BenchArgs),
+    /// Count and recycle received frames without a stack: the AF_XDP ceiling
+    Sink(bench::SinkArgs),
+    /// Transmit UDP frames through AF_XDP at full rate (a source for the sink)
+    Blast(bench::BlastArgs),
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("userspace: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -52,19 +68,10 @@ fn main() -> ExitCode {
                 ExitCode::from(e.code as u8)
             }
         },
-        Command::Serve(args) => match serve::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("userspace: {e:#}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Run(args) => match run::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("userspace: {e:#}");
-                ExitCode::from(2)
-            }
-        },
+        Command::Serve(args) => report(serve::run(&args)),
+        Command::Run(args) => report(run::run(&args)),
+        Command::Bench(args) => report(bench::run(&args)),
+        Command::Sink(args) => report(bench::sink(&args)),
+        Command::Blast(args) => report(bench::blast(&args)),
     }
 }

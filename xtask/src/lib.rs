@@ -1,4 +1,5 @@
 //! Project tasks (`cargo xtask ...`) and the network-namespace test world they share
 //! with the integration tests.
+pub mod bench;
 pub mod install;
 pub mod world;

@@ -26,6 +26,8 @@ enum Task {
     },
     /// Build everything, fetch http://example.com/ through the stack inside a namespace world, tear down
     Demo,
+    /// End-to-end benchmark, side by side with the kernel and the AF_XDP ceiling (root)
+    Bench,
     /// The full check: fmt, clippy, unit and property tests, namespace integration tests (root)
     Test {
         /// Skip the namespace tests (no root needed)
@@ -205,5 +207,15 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Demo => demo(),
         Task::Test { unit_only } => test(unit_only),
+        Task::Bench => {
+            require_root("the benchmark")?;
+            install::apt_install(install::TEST_PACKAGES)?;
+            build_ebpf()?;
+            run(cargo().args(["build", "--release", "-p", "userspace"]))?;
+            xtask::bench::bench(
+                &workspace_root(),
+                &workspace_root().join("target/release/userspace"),
+            )
+        }
     }
 }

@@ -59,6 +59,9 @@ pub struct Runtime {
     origin: std::time::Instant,
     pub stop: Arc<AtomicBool>,
     pub iface: String,
+    /// The interface's own IPv4 address (the stack's address in shared-IP mode).
+    pub iface_ip: std::net::Ipv4Addr,
+    idle_turns: u32,
 }
 
 impl Runtime {
@@ -73,6 +76,8 @@ impl Runtime {
             origin: std::time::Instant::now(),
             stop,
             iface: String::new(),
+            iface_ip: std::net::Ipv4Addr::UNSPECIFIED,
+            idle_turns: 0,
         }
     }
 
@@ -87,7 +92,25 @@ impl Runtime {
     /// One turn of the poll loop.
     pub fn turn(&mut self) -> usize {
         let now = self.now();
-        self.stack.poll(now, &mut self.device)
+        let received = self.stack.poll(now, &mut self.device);
+        self.idle_turns = if received == 0 {
+            self.idle_turns.saturating_add(1)
+        } else {
+            0
+        };
+        received
+    }
+
+    /// Called between turns: spins while traffic flows, and after a run of empty turns
+    /// yields the CPU once, so that the kernel's softirq thread (which runs the veth
+    /// driver on this core in copy mode) is never starved by the busy loop.
+    pub fn idle(&mut self) {
+        if self.idle_turns >= 256 {
+            self.idle_turns = 0;
+            std::thread::yield_now();
+        } else if self.idle_turns > 0 {
+            std::hint::spin_loop();
+        }
     }
 
     /// Busy-polls until `ready` returns a value, the deadline passes, or a signal arrives.
@@ -97,7 +120,7 @@ impl Runtime {
         mut ready: impl FnMut(&mut Stack, Instant) -> Option<T>,
     ) -> Result<T, WaitError> {
         loop {
-            let received = self.turn();
+            self.turn();
             let now = self.now();
             if let Some(v) = ready(&mut self.stack, now) {
                 return Ok(v);
@@ -108,9 +131,7 @@ impl Runtime {
             if deadline.is_some_and(|d| now >= d) {
                 return Err(WaitError::TimedOut);
             }
-            if received == 0 {
-                std::hint::spin_loop();
-            }
+            self.idle();
         }
     }
 }

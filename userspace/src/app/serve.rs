@@ -457,11 +457,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     );
     let mut server = Server::new(args.root.clone(), args.echo, args.port);
     while !rt.stopped() {
-        let received = rt.turn();
+        rt.turn();
         server.turn(&mut rt.stack, true);
-        if received == 0 {
-            std::hint::spin_loop();
-        }
+        rt.idle();
     }
     // Graceful shutdown: stop accepting, let responses in flight finish within the
     // grace period, close with FIN, then the XDP program goes with the process.

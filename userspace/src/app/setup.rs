@@ -176,6 +176,7 @@ pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Ru
     }
     let mut rt = Runtime::new(stack, device);
     rt.iface = iface;
+    rt.iface_ip = info.ipv4.map_or(ip, |(a, _)| a);
     Ok(rt)
 }
 

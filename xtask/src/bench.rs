@@ -1,0 +1,314 @@
+//! `cargo xtask bench`: the end-to-end comparison, side by side in one run on the same
+//! link (the machine is noisy, so only ratios measured together mean anything).
+use crate::install;
+use crate::world::{HOST_IF, HOST_IP, OWNED_IP, SERVER_IP, World, WorldOptions};
+use anyhow::{Context, bail};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FILE_SIZE: usize = 512 << 20;
+
+/// Busy CPU time of the whole machine (all cores), from /proc/stat: user, nice, system,
+/// irq and softirq, so the kernel's softirq work on the kernel path is counted too.
+fn cpu_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or_default();
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let busy = f.first().unwrap_or(&0.0)
+        + f.get(1).unwrap_or(&0.0)
+        + f.get(2).unwrap_or(&0.0)
+        + f.get(5).unwrap_or(&0.0)
+        + f.get(6).unwrap_or(&0.0);
+    busy / 100.0
+}
+
+struct Row {
+    name: &'static str,
+    ours: f64,
+    kernel: f64,
+    unit: &'static str,
+    target: &'static str,
+}
+
+fn json_field(line: &str, key: &str) -> Option<f64> {
+    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &line[start..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].trim_matches('"').parse().ok()
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a download command and returns (Gbit/s, machine CPU seconds per GB).
+fn timed_download(mut cmd: Command, bytes: usize) -> anyhow::Result<(f64, f64)> {
+    let cpu0 = cpu_busy_seconds();
+    let t = Instant::now();
+    output(&mut cmd)?;
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_busy_seconds() - cpu0;
+    let gb = bytes as f64 / 1e9;
+    Ok((bytes as f64 * 8.0 / secs / 1e9, cpu / gb))
+}
+
+fn wrk(world: &World, url: &str) -> anyhow::Result<f64> {
+    let report = output(
+        world
+            .exec(&world.server)
+            .args(["wrk", "-t2", "-c100", "-d10s", url]),
+    )?;
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output: {report}"))
+}
+
+pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
+    install::apt_install(&["socat"])?; // the echo peer
+    let world = World::up(&WorldOptions {
+        nginx: true,
+        big_file: Some(FILE_SIZE),
+        ..Default::default()
+    })?;
+    let bin = binary.to_str().unwrap();
+    let url = format!("http://{SERVER_IP}/big.bin");
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+
+    // Bulk download, each twice (best of two: the first warms the page cache).
+    let best = |mk: &dyn Fn() -> Command| -> anyhow::Result<(f64, f64)> {
+        let a = timed_download(mk(), FILE_SIZE)?;
+        let b = timed_download(mk(), FILE_SIZE)?;
+        Ok(if a.0 >= b.0 { a } else { b })
+    };
+    let (ours_gbps, ours_cpu) = best(&|| {
+        let mut c = world.exec(&world.host);
+        c.args([bin, "curl", "-sS", "--cpu", "0", "-o", "/dev/null", &url]);
+        c
+    })?;
+    let (kernel_gbps, kernel_cpu) = best(&|| {
+        let mut c = world.exec(&world.host);
+        c.args(["curl", "-sS", "-o", "/dev/null", &url]);
+        c
+    })?;
+    rows.push(Row {
+        name: "bulk download (512 MiB)",
+        ours: ours_gbps,
+        kernel: kernel_gbps,
+        unit: "Gbit/s",
+        target: ">= 1.0x",
+    });
+    rows.push(Row {
+        name: "CPU per GB moved (machine)",
+        ours: ours_cpu,
+        kernel: kernel_cpu,
+        unit: "CPU-s/GB",
+        target: "lower",
+    });
+
+    // The AF_XDP ceiling: frames counted and recycled by a sink with no stack, sent by
+    // an AF_XDP blaster on the router's end of the link.
+    // Read inside the host namespace: /sys of this process shows the root namespace.
+    let mac = output(
+        world
+            .exec(&world.host)
+            .args(["cat", &format!("/sys/class/net/{HOST_IF}/address")]),
+    )?;
+    let sink = world
+        .exec(&world.host)
+        .args([
+            bin,
+            "sink",
+            "--iface",
+            HOST_IF,
+            "--ip",
+            &OWNED_IP.to_string(),
+            "--seconds",
+            "3",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let blaster = world.spawn(
+        &world.router,
+        &[
+            bin,
+            "blast",
+            "--iface",
+            "r0",
+            "--to",
+            &OWNED_IP.to_string(),
+            "--to-mac",
+            mac.trim(),
+            "--seconds",
+            "6",
+        ],
+    )?;
+    let sink_out = sink.wait_with_output()?;
+    drop(blaster);
+    let sink_line = String::from_utf8_lossy(&sink_out.stdout).into_owned();
+    let ceiling = json_field(&sink_line, "gbit_per_s").unwrap_or(0.0);
+    let ceiling_pps = json_field(&sink_line, "pps").unwrap_or(0.0);
+    rows.push(Row {
+        name: "download vs AF_XDP receive ceiling",
+        ours: ours_gbps,
+        kernel: ceiling,
+        unit: "Gbit/s",
+        target: ">= 0.8x ceiling",
+    });
+    notes.push(format!("AF_XDP receive ceiling: 1514 B UDP frames sent by `userspace blast` (AF_XDP TX on the router end of the link), counted and recycled by `userspace sink`: {ceiling:.2} Gbit/s, {ceiling_pps:.0} frames/s"));
+
+    // Request/response latency against a socat echo in the server namespace.
+    let _echo = world.spawn(
+        &world.server,
+        &["socat", "TCP-LISTEN:7000,reuseaddr,fork", "PIPE"],
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    let target = format!("{SERVER_IP}:7000");
+    let ours = output(world.exec(&world.host).args([
+        bin, "bench", "rr", &target, "--count", "20000", "--cpu", "0",
+    ]))?;
+    let kernel = output(
+        world
+            .exec(&world.host)
+            .args([bin, "bench", "rr", &target, "--count", "20000", "--kernel"]),
+    )?;
+    for (name, key) in [
+        ("rr latency p50 (64 B)", "p50_us"),
+        ("rr latency p99", "p99_us"),
+        ("rr latency p99.9", "p999_us"),
+    ] {
+        rows.push(Row {
+            name,
+            ours: json_field(&ours, key).unwrap_or(0.0),
+            kernel: json_field(&kernel, key).unwrap_or(0.0),
+            unit: "us",
+            target: if key == "p50_us" {
+                "<= 0.7x"
+            } else {
+                "<= 1.0x"
+            },
+        });
+    }
+
+    // Connections per second against nginx (connect, GET, response, close), one at a time.
+    let target = format!("{SERVER_IP}:80");
+    let ours = output(world.exec(&world.host).args([
+        bin,
+        "bench",
+        "cps",
+        &target,
+        "--seconds",
+        "5",
+        "--cpu",
+        "0",
+    ]))?;
+    let kernel = output(world.exec(&world.host).args([
+        bin,
+        "bench",
+        "cps",
+        &target,
+        "--seconds",
+        "5",
+        "--kernel",
+    ]))?;
+    rows.push(Row {
+        name: "connections/s (sequential)",
+        ours: json_field(&ours, "per_second").unwrap_or(0.0),
+        kernel: json_field(&kernel, "per_second").unwrap_or(0.0),
+        unit: "conn/s",
+        target: ">= 2.0x",
+    });
+
+    // Server: `userspace serve` vs nginx in the host namespace, same file, wrk from the server side.
+    let www = world.dir.join("www");
+    let conf = world.dir.join("nginx-host.conf");
+    let d = world.dir.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx-host.pid;\nerror_log {d}/nginx-host-error.log;\nevents {{ worker_connections 4096; }}\nhttp {{ access_log off; sendfile on; keepalive_requests 1000000; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp; server {{ listen {HOST_IP}:8081 backlog=4096; root {}; }} }}\n",
+            www.display()
+        ),
+    )?;
+    let _nginx_host = world.spawn(
+        &world.host,
+        &[
+            "nginx",
+            "-c",
+            conf.to_str().unwrap(),
+            "-p",
+            &world.dir.display().to_string(),
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let nginx_rps = wrk(&world, &format!("http://{HOST_IP}:8081/index.html"))?;
+    let mut serve = world.spawn(
+        &world.host,
+        &[
+            bin,
+            "serve",
+            "--iface",
+            HOST_IF,
+            "--port",
+            "8080",
+            "--cpu",
+            "0",
+            "--root",
+            www.to_str().unwrap(),
+        ],
+    )?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let serve_rps = wrk(&world, &format!("http://{HOST_IP}:8080/index.html"))?;
+    let _ = Command::new("kill")
+        .args(["-INT", &serve.id().to_string()])
+        .status();
+    let _ = serve.wait();
+    rows.push(Row {
+        name: "server requests/s (wrk -c100)",
+        ours: serve_rps,
+        kernel: nginx_rps,
+        unit: "req/s",
+        target: ">= 1.0x nginx",
+    });
+
+    println!("\n| measurement | userspace stack | kernel | ratio | target |");
+    println!("|---|---|---|---|---|");
+    let mut json = String::from("[");
+    for r in &rows {
+        let ratio = r.ours / r.kernel.max(1e-9);
+        println!(
+            "| {} | {:.2} {} | {:.2} {} | {:.2}x | {} |",
+            r.name, r.ours, r.unit, r.kernel, r.unit, ratio, r.target
+        );
+        json.push_str(&format!(
+            "{{\"name\":\"{}\",\"ours\":{},\"kernel\":{},\"unit\":\"{}\",\"ratio\":{ratio}}},",
+            r.name, r.ours, r.kernel, r.unit
+        ));
+    }
+    json.pop();
+    json.push_str("]\n");
+    for n in &notes {
+        println!("\n{n}");
+    }
+    let path = root.join("target/bench.json");
+    std::fs::write(&path, json)?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
