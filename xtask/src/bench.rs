@@ -97,7 +97,7 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
     };
     let (ours_gbps, ours_cpu) = best(&|| {
         let mut c = world.exec(&world.host);
-        c.args([bin, "curl", "-sS", "--cpu", "0", "-o", "/dev/null", &url]);
+        c.args([bin, "curl", "-sS", "-o", "/dev/null", &url]);
         c
     })?;
     let (kernel_gbps, kernel_cpu) = best(&|| {
@@ -161,7 +161,9 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         ],
     )?;
     let sink_out = sink.wait_with_output()?;
-    drop(blaster);
+    let mut blaster = blaster;
+    let _ = blaster.kill();
+    let _ = blaster.wait();
     let sink_line = String::from_utf8_lossy(&sink_out.stdout).into_owned();
     let ceiling = json_field(&sink_line, "gbit_per_s").unwrap_or(0.0);
     let ceiling_pps = json_field(&sink_line, "pps").unwrap_or(0.0);

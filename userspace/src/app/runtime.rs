@@ -62,7 +62,11 @@ pub struct Runtime {
     /// The interface's own IPv4 address (the stack's address in shared-IP mode).
     pub iface_ip: std::net::Ipv4Addr,
     idle_turns: u32,
+    idle_since: Option<std::time::Instant>,
 }
+
+/// Idle time after which the poll loop yields the CPU once.
+const IDLE_BEFORE_YIELD: std::time::Duration = std::time::Duration::from_micros(500);
 
 impl Runtime {
     pub fn new(stack: Stack, device: NetDevice) -> Self {
@@ -78,6 +82,7 @@ impl Runtime {
             iface: String::new(),
             iface_ip: std::net::Ipv4Addr::UNSPECIFIED,
             idle_turns: 0,
+            idle_since: None,
         }
     }
 
@@ -101,14 +106,21 @@ impl Runtime {
         received
     }
 
-    /// Called between turns: spins while traffic flows, and after a run of empty turns
-    /// yields the CPU once, so that the kernel's softirq thread (which runs the veth
-    /// driver on this core in copy mode) is never starved by the busy loop.
+    /// Called between turns: spins while traffic flows; once the loop has been idle for
+    /// a while it yields the CPU, so that the kernel's softirq thread (which runs the veth
+    /// driver on this core in copy mode) is never starved by the busy loop. Waiting for
+    /// a reply within the idle threshold stays a pure spin.
     pub fn idle(&mut self) {
-        if self.idle_turns >= 256 {
-            self.idle_turns = 0;
+        if self.idle_turns == 0 {
+            self.idle_since = None;
+            return;
+        }
+        let now = std::time::Instant::now();
+        let since = *self.idle_since.get_or_insert(now);
+        if now.duration_since(since) >= IDLE_BEFORE_YIELD {
+            self.idle_since = Some(now);
             std::thread::yield_now();
-        } else if self.idle_turns > 0 {
+        } else {
             std::hint::spin_loop();
         }
     }
