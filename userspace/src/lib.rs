@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod device;
+pub mod fuzzing;
 pub mod sim;
 pub mod stack;
 pub mod tcp;

@@ -885,3 +885,177 @@ fn kernel_clients_transfer_both_ways_with_0_and_5_percent_loss() {
         "reassembly was exercised: {lines:?}"
     );
 }
+
+// ------------------------------------------------------------------ hostile input (issue 7)
+
+#[test]
+fn adversarial_segments_during_a_download_change_nothing() {
+    let w = world(WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        big_file: Some(16 << 20),
+        ..Default::default()
+    });
+    let mac = text(
+        &run_in(
+            &w,
+            &w.host,
+            &["cat", &format!("/sys/class/net/{HOST_IF}/address")],
+        )
+        .stdout,
+    )
+    .trim()
+    .replace(':', "");
+    // Pace the download (TBF on the router's link to the host) so that the attacker's
+    // in-window guesses are still in the window when they land.
+    let tbf = run_in(
+        &w,
+        &w.router,
+        &[
+            "tc", "qdisc", "add", "dev", "r0", "root", "tbf", "rate", "50mbit", "burst", "64kb",
+            "latency", "20ms",
+        ],
+    );
+    assert!(tbf.status.success(), "{}", text(&tbf.stderr));
+    // An on-path attacker on the router: it watches one data segment of the stack's
+    // download to learn the port and sequence numbers, then injects crafted frames.
+    let attacker = format!(
+        r#"
+import socket, struct, time
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    s = sum(struct.unpack('!%dH' % (len(b)//2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return (~s) & 0xffff
+ETH_P_ALL = 3
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+s.bind(('r0', 0))
+s.setsockopt(263, 20, 1)  # SOL_PACKET, PACKET_QDISC_BYPASS: no waiting behind the TBF queue
+dst = bytes.fromhex('{mac}')
+src = s.getsockname()[4]
+sip = socket.inet_aton('{SERVER_IP}'); dip = socket.inet_aton('{HOST_IP}')
+def sniff():
+    # Forget what queued up since the last round: the guesses need fresh numbers.
+    s.setblocking(False)
+    try:
+        while True: s.recv(65535)
+    except BlockingIOError:
+        pass
+    s.setblocking(True)
+    while True:
+        f, addr = s.recvfrom(65535)
+        if addr[2] != socket.PACKET_OUTGOING or len(f) < 54 or f[12:14] != b'\x08\x00' or f[23] != 6: continue
+        ihl = (f[14] & 15) * 4
+        t = f[14+ihl:]
+        if f[26:30] != sip or struct.unpack('!H', t[0:2])[0] != 80: continue
+        total = struct.unpack('!H', f[16:18])[0]
+        if total - ihl - (t[12] >> 4) * 4 < 1000: continue
+        return struct.unpack('!H', t[2:4])[0], struct.unpack('!II', t[4:12])
+def acked(dport):
+    # The stack's own latest ACK on the wire: everything below it has been received.
+    while True:
+        f, addr = s.recvfrom(65535)
+        if addr[2] == socket.PACKET_OUTGOING or len(f) < 54 or f[12:14] != b'\x08\x00' or f[23] != 6: continue
+        ihl = (f[14] & 15) * 4
+        t = f[14+ihl:]
+        if f[26:30] != dip or struct.unpack('!H', t[0:2])[0] != dport or not (t[13] & 0x10): continue
+        return struct.unpack('!I', t[8:12])[0]
+def frame(seq, ack, flags, payload=b'', good_ip=True, good_tcp=True, frag=0x4000, opts=b''):
+    off = (20 + len(opts)) // 4
+    tcp = struct.pack('!HHIIBBHHH', 80, dport, seq & 0xffffffff, ack & 0xffffffff, off << 4, flags, 65535, 0, 0) + opts + payload
+    if good_tcp:
+        ph = sip + dip + struct.pack('!BBH', 0, 6, len(tcp))
+        tcp = tcp[:16] + struct.pack('!H', csum(ph + tcp)) + tcp[18:]
+    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), 7, frag, 64, 6, 0, sip, dip)
+    if good_ip: ip = ip[:10] + struct.pack('!H', csum(ip)) + ip[12:]
+    return dst + src + b'\x08\x00' + ip + tcp
+ACK, RST, SYN, PSH = 0x10, 0x04, 0x02, 0x08
+evil = b'E' * 1448
+rounds = 0
+for _ in range(3):
+    dport, (seq, ack) = sniff()
+    received = acked(dport)
+    frames = [
+        frame(seq + 100_000, 0, RST),                               # blind RST, in window, not exact
+        frame(seq + 120_000, 0, SYN),                               # SYN in window
+        frame(seq, ack, ACK, evil, good_ip=False),                  # bad IP checksum
+        frame(seq, ack, ACK, evil, good_tcp=False),                 # bad TCP checksum
+        frame(seq + (1 << 30), 0, RST),                             # RST far out of window
+        frame(seq + (1 << 29), ack, ACK, evil),                     # data far outside the window
+        frame(received - 2000, ack, ACK, evil),                     # retransmission of acknowledged data, different bytes
+        frame(received, ack + 10_000_000, ACK, evil),               # ACK for data never sent, at RCV.NXT
+        frame(seq, ack, ACK, evil, frag=0x2000),                    # IP fragment
+        frame(seq, ack, ACK, b'', opts=b'\x02\x00\x01\x01'),        # option with a zero length
+        frame(seq, ack, ACK | PSH, b'', opts=b'\x08\x0a\x00\x00'),  # timestamp option cut short
+    ]
+    for f in frames:
+        s.send(f)
+    rounds += 1
+    time.sleep(0.2)
+print('injected', len(frames) * rounds, 'port', dport)
+"#
+    );
+    let sniffer = w
+        .exec(&w.router)
+        .args(["python3", "-c", &attacker])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out_file = w.dir.join("got.bin");
+    let out = curl(
+        &w,
+        &[
+            "-sS",
+            "--stats",
+            "--max-time",
+            "120",
+            "-o",
+            out_file.to_str().unwrap(),
+            "http://example.com/big.bin",
+        ],
+    );
+    let attack = sniffer.wait_with_output().unwrap();
+    assert!(
+        text(&attack.stdout).contains("injected 33"),
+        "attacker: {} {}",
+        text(&attack.stdout),
+        text(&attack.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "download under attack: {}",
+        text(&out.stderr)
+    );
+    let (got, want) = (
+        std::fs::read(&out_file).unwrap(),
+        std::fs::read(w.dir.join("www/big.bin")).unwrap(),
+    );
+    if got != want {
+        let at = got
+            .iter()
+            .zip(&want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
+        let end = (at + 16).min(got.len());
+        panic!(
+            "body differs at byte {at} of {} (expected {}): got {:02x?}, attacker said {}; stats: {}",
+            got.len(),
+            want.len(),
+            &got[at..end],
+            text(&attack.stdout),
+            text(&out.stderr)
+        );
+    }
+    let lines: Vec<String> = text(&out.stderr).lines().map(String::from).collect();
+    let n = |name| stat(&lines, name).unwrap_or(-1);
+    assert!(n("drop_bad_ip_checksum") >= 3, "{lines:?}");
+    assert!(n("drop_bad_tcp_checksum") >= 3, "{lines:?}");
+    assert!(n("drop_ip_fragment") >= 3, "{lines:?}");
+    assert!(n("drop_malformed") >= 3, "bad option lengths: {lines:?}");
+    assert!(
+        n("challenge_acks") >= 4,
+        "RFC 5961 challenge ACKs for in-window RST and SYN: {lines:?}"
+    );
+}

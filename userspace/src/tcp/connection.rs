@@ -348,6 +348,11 @@ impl Connection {
     pub fn state(&self) -> State {
         self.state
     }
+
+    /// (SND.UNA, SND.NXT, RCV.NXT), for diagnostics and the fuzz drivers.
+    pub fn sequence_numbers(&self) -> (u32, u32, u32) {
+        (self.snd_una.0, self.snd_nxt.0, self.rcv_nxt.0)
+    }
     pub fn local(&self) -> SocketAddrV4 {
         self.local
     }
@@ -966,9 +971,13 @@ impl Connection {
     fn on_rto(&mut self, now: Instant) {
         self.stats.timeouts += 1;
         self.retries += 1;
-        let limit = match self.state {
-            State::SynSent | State::SynReceived => self.cfg.max_syn_retries,
-            _ => self.cfg.max_retries,
+        // Our SYN is unacknowledged (also after a close in SYN-RECEIVED): the timer is
+        // the SYN's, whatever the state.
+        let syn_unacked = self.snd_una == self.iss;
+        let limit = if syn_unacked {
+            self.cfg.max_syn_retries
+        } else {
+            self.cfg.max_retries
         };
         if self.retries > limit {
             // RFC 1122 4.2.3.5: give up after R2 with an error to the application.
@@ -981,7 +990,7 @@ impl Connection {
         self.rtt.back_off();
         self.rtt_probe = None; // Karn: never time a retransmission
         match self.state {
-            State::SynSent | State::SynReceived => {
+            _ if syn_unacked => {
                 self.syn_needed = true;
                 self.snd_nxt = self.iss;
             }
@@ -1052,7 +1061,8 @@ impl Connection {
         if self.ts_enabled {
             options.timestamps = Some((self.ts_now(now), self.ts_recent));
         }
-        if self.sack_enabled && self.recv.has_out_of_order() {
+        // SACK blocks never ride on a SYN: its own options already take the space.
+        if self.sack_enabled && !flags.syn && self.recv.has_out_of_order() {
             let max = if self.ts_enabled { 3 } else { MAX_SACK_BLOCKS };
             let mut ranges = [(0usize, 0usize); MAX_SACK_BLOCKS];
             let n = self.recv.sack_ranges(&mut ranges[..max]);
@@ -1102,7 +1112,7 @@ impl Connection {
         }
         match self.state {
             State::Closed => return None,
-            State::SynSent | State::SynReceived if self.syn_needed => {
+            _ if self.syn_needed && self.snd_una == self.iss => {
                 return Some(self.syn_segment(now));
             }
             State::SynSent => return None,
@@ -1117,7 +1127,9 @@ impl Connection {
                 payload_len: 0,
             });
         }
-        if self.state == State::SynReceived {
+        if self.snd_una == self.iss {
+            // Nothing but ACKs until the peer acknowledges our SYN (a close in
+            // SYN-RECEIVED queues the FIN until then, RFC 9293 3.10.4).
             return self.pure_ack(now);
         }
         if self.fast_rtx_pending {

@@ -107,7 +107,7 @@ impl Reassembler {
                 return result;
             }
         }
-        self.write_at(start, &data[..len]);
+        self.write_new_bytes(start, &data[..len]);
         self.merge(start, end);
         if self.ranges[0].0 == 0 {
             let advanced = self.ranges.remove(0).1;
@@ -140,6 +140,33 @@ impl Reassembler {
             .map(|&(s, e)| e.min(end).saturating_sub(s.max(start)))
             .sum();
         (end - start) - covered
+    }
+
+    /// Writes only the bytes of `[start, start + data.len())` no range holds yet: the
+    /// first copy of a byte wins, as in Linux and BSD, so a later overlapping segment
+    /// with different bytes cannot rewrite data already queued out of order.
+    fn write_new_bytes(&mut self, start: usize, data: &[u8]) {
+        let end = start + data.len();
+        let mut pos = start;
+        for i in 0..self.ranges.len() {
+            let (s, e) = self.ranges[i];
+            if e <= pos {
+                continue;
+            }
+            if s >= end {
+                break;
+            }
+            if s > pos {
+                self.write_at(pos, &data[pos - start..s - start]);
+            }
+            pos = pos.max(e);
+            if pos >= end {
+                return;
+            }
+        }
+        if pos < end {
+            self.write_at(pos, &data[pos - start..]);
+        }
     }
 
     fn write_at(&mut self, offset: usize, data: &[u8]) {
@@ -241,6 +268,17 @@ mod tests {
         let mut out = vec![0; 27_500];
         assert_eq!(r.read(&mut out), 27_500);
         assert_eq!(&out[..], &data[2500..30_000]);
+    }
+
+    #[test]
+    fn first_copy_of_a_byte_wins() {
+        let mut r = Reassembler::new(64, 4, 64);
+        r.insert(4, b"good");
+        r.insert(2, b"EVILEVIL"); // overlaps the queued bytes and extends both sides
+        assert_eq!(r.insert(0, b"ok").advanced, 10);
+        let mut out = [0u8; 10];
+        r.read(&mut out);
+        assert_eq!(&out, b"okEVgoodIL");
     }
 
     #[test]

@@ -1,0 +1,350 @@
+//! Drivers shared by the cargo-fuzz targets (`fuzz/`) and by the property tests that run
+//! the same code in the normal test suite.
+use crate::device::memory::MemoryDevice;
+use crate::stack::{Stack, StackConfig};
+use crate::tcp::{Config, Connection, Instant, State};
+use crate::wire::{MacAddr, TcpFlags, TcpOptions, TcpRepr};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+const MAC_C: MacAddr = [2, 0, 0, 0, 0, 0xc];
+const MAC_S: MacAddr = [2, 0, 0, 0, 0, 0x5];
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+
+/// A server stack with a listener on port 80 and one established connection, fed frames.
+pub struct ReceivePath {
+    server: Stack,
+    server_dev: MemoryDevice,
+    client: Stack,
+    client_dev: MemoryDevice,
+    now: Instant,
+    frames: u64,
+}
+
+impl Default for ReceivePath {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReceivePath {
+    pub fn new() -> Self {
+        let (client_dev, server_dev) = MemoryDevice::pair(MAC_C, MAC_S);
+        let mut scfg = StackConfig::new(MAC_S, SERVER_IP, 24);
+        scfg.max_connections = 256;
+        scfg.syn_backlog = 64;
+        scfg.tcp.send_buffer = 64 * 1024;
+        scfg.tcp.recv_buffer = 64 * 1024;
+        let mut server = Stack::new(scfg);
+        server.listen(80, 64).expect("listen");
+        let mut client = Stack::new(StackConfig::new(MAC_C, CLIENT_IP, 24));
+        let mut now = Instant::from_millis(1);
+        let id = client
+            .connect(now, SocketAddrV4::new(SERVER_IP, 80))
+            .expect("connect");
+        let (mut client_dev, mut server_dev) = (client_dev, server_dev);
+        for _ in 0..1000 {
+            client.poll(now, &mut client_dev);
+            server.poll(now, &mut server_dev);
+            if client.state(id) == State::Established {
+                break;
+            }
+            now = now + Duration::from_millis(1);
+        }
+        ReceivePath {
+            server,
+            server_dev,
+            client,
+            client_dev,
+            now,
+            frames: 0,
+        }
+    }
+
+    /// One arbitrary frame into the server's receive path, then a poll of both stacks.
+    pub fn feed(&mut self, frame: &[u8]) {
+        self.frames += 1;
+        self.now = self.now + Duration::from_micros(100);
+        if frame.len() <= 2048 {
+            self.server_dev.inject(frame);
+        }
+        self.server.poll(self.now, &mut self.server_dev);
+        self.client.poll(self.now, &mut self.client_dev);
+        // Accept and drop whatever the listener completed, so its queue stays drained.
+        while let Some(id) = self.server.accept(80) {
+            self.server.abort(id);
+            self.server.release(id);
+        }
+        assert!(
+            self.server.connection_count() <= 256,
+            "connection bound broken"
+        );
+    }
+
+    pub fn stats(&self) -> &crate::stack::StackStats {
+        &self.server.stats
+    }
+}
+
+/// Valid frames to start fuzzing from: SYN, data, ARP, ping, RST.
+pub fn seed_frames() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    let mut tcp = |flags: TcpFlags, seq: u32, payload: &[u8], options: TcpOptions| {
+        let repr = TcpRepr {
+            src_port: 40_000,
+            dst_port: 80,
+            seq,
+            ack: 1,
+            flags,
+            window: 65535,
+            options,
+            payload,
+        };
+        let n = crate::wire::emit_tcp(
+            &mut buf,
+            (MAC_C, MAC_S),
+            (CLIENT_IP, SERVER_IP),
+            &repr,
+            payload.len(),
+            |_| {},
+        );
+        buf[..n].to_vec()
+    };
+    let syn_opts = TcpOptions {
+        mss: Some(1460),
+        window_scale: Some(7),
+        sack_permitted: true,
+        timestamps: Some((1, 0)),
+        ..Default::default()
+    };
+    out.push(tcp(TcpFlags::SYN, 1000, &[], syn_opts));
+    out.push(tcp(
+        TcpFlags::ACK,
+        1001,
+        b"GET / HTTP/1.1\r\n\r\n",
+        TcpOptions::default(),
+    ));
+    out.push(tcp(TcpFlags::RST, 1001, &[], TcpOptions::default()));
+    let mut sack = TcpOptions {
+        sack_count: 2,
+        ..Default::default()
+    };
+    sack.sack_blocks[0] = (5000, 6000);
+    sack.sack_blocks[1] = (7000, 8000);
+    out.push(tcp(TcpFlags::ACK, 1001, b"x", sack));
+    let arp = crate::wire::ArpRepr {
+        op: crate::wire::ArpOp::Request,
+        sender_mac: MAC_C,
+        sender_ip: CLIENT_IP,
+        target_mac: [0; 6],
+        target_ip: SERVER_IP,
+    };
+    let n = crate::wire::emit_arp(&mut buf, crate::wire::BROADCAST_MAC, &arp);
+    out.push(buf[..n].to_vec());
+    let n = crate::wire::emit_icmp_echo_reply(
+        &mut buf,
+        (MAC_C, MAC_S),
+        (CLIENT_IP, SERVER_IP),
+        1,
+        1,
+        b"ping",
+    );
+    let mut ping = buf[..n].to_vec();
+    ping[34] = 8; // echo request
+    ping[36..38].fill(0);
+    let sum = crate::wire::checksum(&ping[34..]);
+    ping[36..38].copy_from_slice(&sum.to_be_bytes());
+    out.push(ping);
+    out
+}
+
+/// Drives one connection with operations decoded from `data`, checking its invariants
+/// after every step.
+pub fn drive_connection(data: &[u8]) {
+    let cfg = Config {
+        send_buffer: 16 * 1024,
+        recv_buffer: 16 * 1024,
+        max_ooo_ranges: 8,
+        max_ooo_bytes: 8 * 1024,
+        max_retries: 4,
+        time_wait: Duration::from_secs(2),
+        ..Config::default()
+    };
+    let local = SocketAddrV4::new(SERVER_IP, 80);
+    let remote = SocketAddrV4::new(CLIENT_IP, 40_000);
+    let mut now = Instant::from_millis(1);
+    let mut bytes = data.iter().copied();
+    let mut next = move || bytes.next();
+    let passive = next().unwrap_or(0) & 1 == 1;
+    let mut conn = if passive {
+        let syn = TcpRepr {
+            src_port: 40_000,
+            dst_port: 80,
+            seq: 7,
+            flags: TcpFlags::SYN,
+            window: 1024,
+            options: TcpOptions {
+                mss: Some(536),
+                sack_permitted: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Connection::accept(now, cfg, local, remote, u32::MAX - 3, &syn)
+    } else {
+        Connection::connect(cfg, local, remote, u32::MAX - 3)
+    };
+    let payload = [0x61u8; 600];
+    let mut frame = [0u8; 2048];
+    let mut sink = [0u8; 4096];
+    while let Some(op) = next() {
+        let (una, nxt, rcv) = conn.sequence_numbers();
+        match op % 7 {
+            0 | 1 => {
+                // A segment near the interesting sequence numbers.
+                let flags_byte = next().unwrap_or(0);
+                let flags = TcpFlags {
+                    syn: flags_byte & 1 != 0,
+                    ack: flags_byte & 2 != 0,
+                    fin: flags_byte & 4 != 0,
+                    rst: flags_byte & 8 != 0,
+                    psh: false,
+                };
+                let seq = rcv
+                    .wrapping_add(u32::from(next().unwrap_or(0)) * 64)
+                    .wrapping_sub(4096);
+                let ack_base = if next().unwrap_or(0) & 1 == 0 {
+                    una
+                } else {
+                    nxt
+                };
+                let ack = ack_base
+                    .wrapping_add(u32::from(next().unwrap_or(0)))
+                    .wrapping_sub(64);
+                let len = usize::from(next().unwrap_or(0)) * 2 % payload.len();
+                let mut options = TcpOptions::default();
+                let opt = next().unwrap_or(0);
+                if opt & 1 != 0 {
+                    options.sack_count = 1;
+                    options.sack_blocks[0] = (
+                        una.wrapping_add(u32::from(opt) * 8),
+                        una.wrapping_add(u32::from(opt) * 16),
+                    );
+                }
+                if opt & 2 != 0 {
+                    options.timestamps = Some((u32::from(opt) << 8, 0));
+                }
+                if opt & 4 != 0 {
+                    options.window_scale = Some(opt >> 4);
+                    options.mss = Some(u16::from(opt));
+                }
+                let window = u16::from(next().unwrap_or(255)) << 4;
+                let seg = TcpRepr {
+                    src_port: 40_000,
+                    dst_port: 80,
+                    seq,
+                    ack,
+                    flags,
+                    window,
+                    options,
+                    payload: &payload[..len],
+                };
+                conn.handle_segment(now, &seg);
+            }
+            2 => {
+                let n = usize::from(next().unwrap_or(0)) * 16;
+                let _ = conn.send(&payload[..n.min(payload.len())]);
+            }
+            3 => {
+                let _ = conn.recv(&mut sink);
+            }
+            4 => conn.close(),
+            5 => {
+                now = now + Duration::from_millis(u64::from(next().unwrap_or(0)) * 20);
+                if conn.poll_timeout().is_some_and(|t| t <= now) {
+                    conn.handle_timeout(now);
+                }
+            }
+            _ => {
+                if next().unwrap_or(0) == 0xff {
+                    conn.abort();
+                }
+            }
+        }
+        let mut emitted = 0;
+        while let Some(t) = conn.poll_transmit(now) {
+            let n = crate::wire::emit_tcp(
+                &mut frame,
+                (MAC_S, MAC_C),
+                (SERVER_IP, CLIENT_IP),
+                &t.repr,
+                t.payload_len,
+                |dst| conn.copy_payload(t.payload_offset, dst),
+            );
+            assert!(n > 0, "segment does not fit a frame");
+            emitted += 1;
+            assert!(emitted < 10_000, "poll_transmit does not stop");
+        }
+        assert!(conn.recv_available() <= 16 * 1024);
+        assert!(conn.unacked() <= 16 * 1024);
+        assert!(conn.out_of_order_bytes() <= 8 * 1024);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `FUZZ_WRITE_CORPUS=DIR cargo test -p userspace --lib write_seed_corpus` refreshes
+    /// the committed seed corpus of the receive_path fuzz target.
+    #[test]
+    fn write_seed_corpus() {
+        if let Some(dir) = std::env::var_os("FUZZ_WRITE_CORPUS") {
+            for (i, frame) in seed_frames().iter().enumerate() {
+                std::fs::write(std::path::Path::new(&dir).join(format!("seed-{i}")), frame)
+                    .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn seed_frames_are_accepted() {
+        let mut path = ReceivePath::new();
+        for frame in seed_frames() {
+            path.feed(&frame);
+        }
+        assert_eq!(path.stats().dropped(), 0);
+    }
+
+    proptest! {
+        // 512 cases by default; PROPTEST_CASES=N for a longer run.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+            ..ProptestConfig::default()
+        })]
+
+        /// The fuzz targets' drivers, on random input, in every test run.
+        #[test]
+        fn receive_path_survives_arbitrary_frames(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..20), seed in 0usize..6, flips in proptest::collection::vec((0usize..2048, any::<u8>()), 0..8)) {
+            let mut path = ReceivePath::new();
+            for f in &frames {
+                path.feed(f);
+            }
+            // Mutated valid frames reach deeper than random bytes.
+            let mut frame = seed_frames()[seed].clone();
+            for (i, x) in flips {
+                let len = frame.len();
+                frame[i % len] ^= x;
+            }
+            path.feed(&frame);
+        }
+
+        #[test]
+        fn connection_survives_arbitrary_operations(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            drive_connection(&data);
+        }
+    }
+}
