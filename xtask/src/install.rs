@@ -153,3 +153,16 @@ pub fn ebpf_toolchain() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// cargo-fuzz, for the fuzz targets (they build with the nightly toolchain).
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    let present = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        eprintln!("xtask: installing cargo-fuzz");
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    Ok(())
+}

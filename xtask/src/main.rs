@@ -28,6 +28,12 @@ enum Task {
     Demo,
     /// End-to-end benchmark, side by side with the kernel and the AF_XDP ceiling (root)
     Bench,
+    /// Run each fuzz target for a bounded time from the committed seed corpus
+    Fuzz {
+        /// Seconds per target
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// The full check: fmt, clippy, unit and property tests, namespace integration tests (root)
     Test {
         /// Skip the namespace tests (no root needed)
@@ -170,6 +176,32 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
             "--",
             "--test-threads=1",
         ]))?;
+        fuzz(30)?;
+    }
+    Ok(())
+}
+
+pub const FUZZ_TARGETS: &[&str] = &["receive_path", "connection"];
+
+/// Each fuzz target for `seconds`; new inputs go to target/fuzz-corpus, not the repo.
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    install::ebpf_toolchain()?; // the nightly toolchain
+    install::cargo_fuzz()?;
+    let root = workspace_root();
+    for target in FUZZ_TARGETS {
+        let scratch = root.join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&scratch)?;
+        let seeds = root.join("fuzz/corpus").join(target);
+        run(Command::new("rustup")
+            .current_dir(root.join("fuzz"))
+            .args(["run", "nightly", "cargo", "fuzz", "run", target])
+            .arg(&scratch)
+            .arg(&seeds)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO"))
+        .with_context(|| format!("fuzz target {target} found a crash (see fuzz/artifacts)"))?;
     }
     Ok(())
 }
@@ -207,6 +239,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Demo => demo(),
         Task::Test { unit_only } => test(unit_only),
+        Task::Fuzz { seconds } => fuzz(seconds),
         Task::Bench => {
             require_root("the benchmark")?;
             install::apt_install(install::TEST_PACKAGES)?;
