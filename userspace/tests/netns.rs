@@ -419,6 +419,63 @@ fn curl_exit_codes_match_curl() {
 }
 
 #[test]
+fn curl_https_with_test_ca_system_roots_and_insecure() {
+    let w = world(WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        tls: true,
+        ..Default::default()
+    });
+    let ca = w.dir.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let out = curl(&w, &["-v", "--cacert", ca, "https://example.com/"]);
+    assert!(
+        out.status.success(),
+        "https with --cacert: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), world::INDEX_HTML);
+    assert!(
+        text(&out.stderr).contains("SSL connection using TLSv1_"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The system roots do not know the test CA: curl's exit code 60.
+    assert_eq!(curl(&w, &["https://example.com/"]).status.code(), Some(60));
+    // -k skips verification.
+    assert_eq!(
+        text(&curl(&w, &["-k", "https://example.com/"]).stdout),
+        world::INDEX_HTML
+    );
+    // A 4 MiB body over TLS arrives intact.
+    world::write_random_file(&w.dir.join("www/tls.bin"), 4 << 20).unwrap();
+    let got = w.dir.join("tls-got.bin");
+    let out = curl(
+        &w,
+        &[
+            "-sS",
+            "--cacert",
+            ca,
+            "-o",
+            got.to_str().unwrap(),
+            "https://example.com/tls.bin",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sha256(&got), sha256(&w.dir.join("www/tls.bin")));
+    // A missing CA file: curl's exit code 77.
+    assert_eq!(
+        curl(
+            &w,
+            &["--cacert", "/nonexistent.pem", "https://example.com/"]
+        )
+        .status
+        .code(),
+        Some(77)
+    );
+}
+
+#[test]
 fn curl_verbose_head_include_redirect_and_pcap() {
     let w = world(WorldOptions {
         nginx: true,

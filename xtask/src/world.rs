@@ -33,6 +33,9 @@ pub struct WorldOptions {
     pub big_file: Option<usize>,
     /// RX/TX queues of the host veth (for multi-queue runs).
     pub queues: Option<u32>,
+    /// nginx also serves https on SERVER_IP:443 with a certificate for example.com from
+    /// a test CA made for this world (`ca.pem` in the world's directory).
+    pub tls: bool,
 }
 
 pub struct World {
@@ -202,9 +205,12 @@ impl World {
             self.children.push(child);
             self.wait_for_port(&s, SERVER_IP, 53, true)?;
         }
+        if opts.tls {
+            self.make_test_ca()?;
+        }
         if opts.nginx {
             let conf = self.dir.join("nginx.conf");
-            std::fs::write(&conf, nginx_config(&self.dir))?;
+            std::fs::write(&conf, nginx_config(&self.dir, opts.tls))?;
             let child = self.spawn(
                 &s,
                 &[
@@ -218,6 +224,65 @@ impl World {
             self.children.push(child);
             self.wait_for_port(&s, SERVER_IP, 80, false)?;
         }
+        Ok(())
+    }
+
+    /// A CA and a server certificate for example.com signed by it, with openssl.
+    fn make_test_ca(&self) -> anyhow::Result<()> {
+        let d = &self.dir;
+        let p = |f: &str| d.join(f).display().to_string();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        sh(Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .args([
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.pem"),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=userspace test CA",
+            ]))?;
+        sh(Command::new("openssl").arg("req").args(ec).args([
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.csr"),
+            "-subj",
+            "/CN=example.com",
+        ]))?;
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=DNS:example.com\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )?;
+        sh(Command::new("openssl")
+            .args([
+                "x509",
+                "-req",
+                "-in",
+                &p("server.csr"),
+                "-CA",
+                &p("ca.pem"),
+                "-CAkey",
+                &p("ca.key"),
+                "-CAcreateserial",
+            ])
+            .args([
+                "-out",
+                &p("server.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &p("server.ext"),
+            ]))?;
         Ok(())
     }
 
@@ -328,14 +393,21 @@ pub fn destroy(id: &str) {
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("userspace-world-{id}")));
 }
 
-fn nginx_config(dir: &Path) -> String {
+fn nginx_config(dir: &Path, tls: bool) -> String {
     let d = dir.display();
+    let ssl = if tls {
+        format!(
+            "    listen {SERVER_IP}:443 ssl;\n    ssl_certificate {d}/server.pem;\n    ssl_certificate_key {d}/server.key;\n"
+        )
+    } else {
+        String::new()
+    };
     format!(
         "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
          events {{ worker_connections 16384; }}\n\
          http {{\n  access_log off;\n  sendfile on;\n  default_type application/octet-stream;\n  keepalive_requests 1000000;\n\
          client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
-           server {{\n    listen {SERVER_IP}:80 backlog=16384;\n    server_name example.com;\n    root {d}/www;\n\
+           server {{\n    listen {SERVER_IP}:80 backlog=16384;\n{ssl}    server_name example.com;\n    root {d}/www;\n\
              location = /redirect {{ return 302 /index.html; }}\n\
              location = /loop {{ return 302 /loop; }}\n\
              location = /teapot {{ return 418 \"no coffee\\n\"; }}\n\

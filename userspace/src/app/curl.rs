@@ -65,6 +65,12 @@ pub struct CurlArgs {
     /// Use ADDR for HOST:PORT instead of the resolver (HOST:PORT:ADDR, repeatable)
     #[arg(long, value_name = "HOST:PORT:ADDR")]
     pub resolve: Vec<String>,
+    /// https: do not verify the server's certificate
+    #[arg(short = 'k', long)]
+    pub insecure: bool,
+    /// https: trust the CA certificates in this PEM file instead of the system's
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
     #[command(flatten)]
     pub stack: StackArgs,
 }
@@ -98,6 +104,7 @@ struct Target {
     url: url::Url,
     host: String,
     port: u16,
+    https: bool,
 }
 
 fn parse_url(raw: &str) -> Result<Target, CurlError> {
@@ -109,7 +116,7 @@ fn parse_url(raw: &str) -> Result<Target, CurlError> {
     let url = url::Url::parse(&with_scheme)
         .map_err(|e| fail(EXIT_BAD_URL, format!("URL rejected: {e}")))?;
     match url.scheme() {
-        "http" => {}
+        "http" | "https" => {}
         other => {
             return Err(fail(
                 EXIT_UNSUPPORTED_PROTOCOL,
@@ -122,8 +129,16 @@ fn parse_url(raw: &str) -> Result<Target, CurlError> {
         .filter(|h| !h.is_empty())
         .ok_or_else(|| fail(EXIT_BAD_URL, "URL rejected: no host"))?
         .to_string();
-    let port = url.port_or_known_default().unwrap_or(80);
-    Ok(Target { url, host, port })
+    let https = url.scheme() == "https";
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if https { 443 } else { 80 });
+    Ok(Target {
+        url,
+        host,
+        port,
+        https,
+    })
 }
 
 fn resolve(args: &CurlArgs, host: &str, port: u16) -> Result<Ipv4Addr, CurlError> {
@@ -164,6 +179,9 @@ struct Client<'a> {
     args: &'a CurlArgs,
     rt: Runtime,
     deadline: Option<Instant>,
+    tls_config: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The TLS session of the current https connection.
+    tls: Option<rustls::ClientConnection>,
 }
 
 impl Client<'_> {
@@ -239,7 +257,86 @@ impl Client<'_> {
         }
     }
 
-    fn send_all(&mut self, id: ConnId, mut data: &[u8]) -> Result<(), CurlError> {
+    /// Sends application data: through TLS when the connection is https.
+    fn send_all(&mut self, id: ConnId, data: &[u8]) -> Result<(), CurlError> {
+        let Some(mut tls) = self.tls.take() else {
+            return self.send_raw(id, data);
+        };
+        let result = std::io::Write::write_all(&mut tls.writer(), data)
+            .map_err(|e| fail(EXIT_RECV_ERROR, format!("TLS send: {e}")))
+            .and_then(|()| self.flush_tls(id, &mut tls));
+        self.tls = Some(tls);
+        result
+    }
+
+    /// Sends the TLS records rustls has ready.
+    fn flush_tls(
+        &mut self,
+        id: ConnId,
+        tls: &mut rustls::ClientConnection,
+    ) -> Result<(), CurlError> {
+        let mut records = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut records)
+                .map_err(|e| fail(35, format!("TLS: {e}")))?;
+        }
+        self.send_raw(id, &records)
+    }
+
+    /// Feeds TLS records from the stack to rustls; false at the end of the TCP stream.
+    fn pump_tls(
+        &mut self,
+        id: ConnId,
+        tls: &mut rustls::ClientConnection,
+    ) -> Result<bool, CurlError> {
+        let mut raw = [0u8; 16 * 1024];
+        let n = self.read_raw(id, &mut raw)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let mut records = &raw[..n];
+        while !records.is_empty() {
+            tls.read_tls(&mut records)
+                .map_err(|e| fail(35, format!("TLS: {e}")))?;
+            tls.process_new_packets()
+                .map_err(|e| fail(super::tls::error_code(&e), format!("TLS: {e}")))?;
+        }
+        self.flush_tls(id, tls)?;
+        Ok(true)
+    }
+
+    /// The TLS handshake over an established TCP connection.
+    fn handshake(&mut self, id: ConnId, host: &str) -> Result<(), CurlError> {
+        if self.tls_config.is_none() {
+            let config = super::tls::client_config(self.args.cacert.as_deref(), self.args.insecure)
+                .map_err(|e| fail(e.code, e.message))?;
+            self.tls_config = Some(config);
+        }
+        let config = self.tls_config.clone().expect("set above");
+        let mut tls = super::tls::connection(config, host).map_err(|e| fail(e.code, e.message))?;
+        let result = (|| {
+            while tls.is_handshaking() {
+                self.flush_tls(id, &mut tls)?;
+                if tls.is_handshaking() && !self.pump_tls(id, &mut tls)? {
+                    return Err(fail(35, "TLS: connection closed during the handshake"));
+                }
+            }
+            self.flush_tls(id, &mut tls)
+        })();
+        if result.is_ok() {
+            let version = tls
+                .protocol_version()
+                .map_or("TLS".into(), |v| format!("{v:?}"));
+            let suite = tls
+                .negotiated_cipher_suite()
+                .map_or(String::new(), |s| format!("{:?}", s.suite()));
+            self.info(&format!("SSL connection using {version} / {suite}"));
+            self.tls = Some(tls);
+        }
+        result
+    }
+
+    fn send_raw(&mut self, id: ConnId, mut data: &[u8]) -> Result<(), CurlError> {
         while !data.is_empty() {
             let n = self.wait(None, |stack, _| match stack.send(id, data) {
                 Ok(0) => None,
@@ -251,8 +348,32 @@ impl Client<'_> {
         Ok(())
     }
 
-    /// Reads what is available (at least one byte), or returns 0 at end of stream.
+    /// Reads application data (decrypted for https): at least one byte, or 0 at the end.
     fn read_some(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, CurlError> {
+        let Some(mut tls) = self.tls.take() else {
+            return self.read_raw(id, buf);
+        };
+        let result = loop {
+            match std::io::Read::read(&mut tls.reader(), buf) {
+                Ok(n) => break Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // The peer closed TCP without close_notify: the HTTP framing decides
+                // whether that truncated anything.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(0),
+                Err(e) => break Err(fail(EXIT_RECV_ERROR, format!("TLS recv: {e}"))),
+            }
+            match self.pump_tls(id, &mut tls) {
+                Ok(true) => {}
+                Ok(false) => break Ok(0),
+                Err(e) => break Err(e),
+            }
+        };
+        self.tls = Some(tls);
+        result
+    }
+
+    /// Reads what the stack has (at least one byte), or returns 0 at end of stream.
+    fn read_raw(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, CurlError> {
         self.wait(None, |stack, _| match stack.recv(id, buf) {
             Ok(0) if stack.connection(id).is_none_or(|c| c.at_eof()) => Some(Ok(0)),
             Ok(0) => None,
@@ -262,6 +383,10 @@ impl Client<'_> {
     }
 
     fn close(&mut self, id: ConnId) {
+        if let Some(mut tls) = self.tls.take() {
+            tls.send_close_notify();
+            let _ = self.flush_tls(id, &mut tls);
+        }
         self.rt.stack.close(id);
         let deadline = self.rt.now() + Duration::from_millis(500);
         let _ = self.rt.wait(Some(deadline), |stack, _| {
@@ -395,7 +520,8 @@ fn build_request(args: &CurlArgs, target: &Target) -> Vec<u8> {
         path.push('?');
         path.push_str(q);
     }
-    let host = if target.port == 80 {
+    let default_port = if target.https { 443 } else { 80 };
+    let host = if target.port == default_port {
         target.host.clone()
     } else {
         format!("{}:{}", target.host, target.port)
@@ -461,6 +587,8 @@ pub fn run(args: &CurlArgs) -> Result<(), CurlError> {
         args,
         rt,
         deadline: None,
+        tls_config: None,
+        tls: None,
     };
     client.deadline = args
         .max_time
@@ -508,6 +636,10 @@ fn fetch(client: &mut Client<'_>, target: &Target, ip: Ipv4Addr) -> Result<Fetch
         "Connected to {} ({ip}) port {}",
         target.host, target.port
     ));
+    client.tls = None;
+    if target.https {
+        client.handshake(id, &target.host)?;
+    }
     let request = build_request(args, target);
     if args.verbose {
         let head_end = request
@@ -703,5 +835,7 @@ mod tests {
             parse_url("gopher://x/").err().unwrap().code,
             EXIT_UNSUPPORTED_PROTOCOL
         );
+        let t = parse_url("https://example.com/a?b").unwrap();
+        assert_eq!((t.port, t.https), (443, true));
     }
 }

@@ -5,3 +5,4 @@ pub mod run;
 pub mod runtime;
 pub mod serve;
 pub mod setup;
+pub mod tls;
