@@ -419,6 +419,43 @@ fn curl_exit_codes_match_curl() {
 }
 
 #[test]
+fn stack_client_exchanges_data_both_ways_with_0_and_5_percent_loss() {
+    let w = world(WorldOptions::default());
+    let _echo = w
+        .spawn(
+            &w.server,
+            &["socat", "TCP-LISTEN:7000,reuseaddr,fork", "PIPE"],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for loss in [0, 5] {
+        w.set_loss(loss).unwrap();
+        // 100 rounds of 32 KiB out and the same 32 KiB back, each checked byte for byte.
+        let out = run_in(
+            &w,
+            &w.host,
+            &[
+                BIN,
+                "bench",
+                "rr",
+                &format!("{SERVER_IP}:7000"),
+                "--count",
+                "100",
+                "--size",
+                "32768",
+            ],
+        );
+        assert!(out.status.success(), "{loss}% loss: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("\"count\":100"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    w.set_loss(0).unwrap();
+}
+
+#[test]
 fn curl_https_with_test_ca_system_roots_and_insecure() {
     let w = world(WorldOptions {
         nginx: true,

@@ -104,10 +104,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             stack_args.nodelay = true;
             let mut rt = open_runtime(&stack_args, &[])?;
             let id = connect(&mut rt, *target)?;
-            let msg = vec![0x42u8; *size];
             let mut back = vec![0u8; *size];
             let mut samples = Vec::with_capacity(*count);
-            for _ in 0..*count {
+            for round in 0..*count {
+                // A different pattern every round, checked on return: the echo must be exact.
+                let msg: Vec<u8> = (0..*size).map(|i| (i * 31 + round * 7) as u8).collect();
                 let t = WallInstant::now();
                 let mut sent = 0;
                 let mut got = 0;
@@ -128,6 +129,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     }
                 }
                 samples.push(t.elapsed());
+                if back != msg {
+                    bail!("round {round}: the echo differs from what was sent");
+                }
             }
             report_latency("stack", samples);
             rt.stack.close(id);
