@@ -239,3 +239,37 @@ fn timers_stay_cheap_with_many_connections() {
     }
     assert_eq!(retransmitted, 20_000);
 }
+
+#[test]
+fn accept_queue_is_bounded() {
+    let (_, _dc, mut s, mut ds) = pair(|cfg| cfg.syn_backlog = 1000);
+    s.listen(80, 2).unwrap();
+    let now = Instant::from_millis(1);
+    // Ten clients complete the handshake (SYN, then ACK of our SYN-ACK); nobody accepts.
+    for i in 0..10u16 {
+        let mut seg = syn(80, 100);
+        seg.src_port = 41_000 + i;
+        ds.inject(&frame(&seg));
+    }
+    s.poll(now, &mut ds);
+    for synack in tcp_out(&ds) {
+        let ack = TcpRepr {
+            src_port: synack.dst_port,
+            dst_port: 80,
+            seq: 101,
+            ack: synack.seq.wrapping_add(1),
+            flags: TcpFlags::ACK,
+            window: 65535,
+            ..Default::default()
+        };
+        ds.inject(&frame(&ack));
+    }
+    s.poll(now, &mut ds);
+    let mut accepted = 0;
+    while s.accept(80).is_some() {
+        accepted += 1;
+    }
+    // The queue holds up to twice the backlog; the rest were reset and counted.
+    assert_eq!(accepted, 4);
+    assert_eq!(s.stats.accept_overflows, 6);
+}

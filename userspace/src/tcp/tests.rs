@@ -776,3 +776,51 @@ fn sim_regression_duplicated_acks_without_sack() {
     };
     transfer(13704321024857542621, c.clone(), c, link, 27513, 23169);
 }
+
+#[test]
+fn test_established_peer_shrinks_window() {
+    // RFC 9293 3.8.6: a receiver should not shrink its window, but a sender must cope.
+    let mut c = established(cfg());
+    static DATA: [u8; 20_000] = [4; 20_000];
+    c.send(&DATA).unwrap();
+    let first: usize = sent(&mut c, t(20)).iter().map(|(_, p)| p.len()).sum();
+    assert_eq!(first, 14_600, "initial window of 10 segments");
+    // The peer acknowledges one segment and moves its right edge left of what we sent.
+    let mut shrink = seg(P1, A1.wrapping_add(1460), TcpFlags::ACK, b"");
+    shrink.window = 2000;
+    c.handle_segment(t(30), &shrink);
+    assert!(
+        sent(&mut c, t(30)).iter().all(|(_, p)| p.is_empty()),
+        "nothing new beyond the shrunken window"
+    );
+    // Timeouts retransmit from SND.UNA; the connection survives and recovers when the
+    // window opens again.
+    let at = c.poll_timeout().unwrap();
+    c.handle_timeout(at);
+    let out = sent(&mut c, at);
+    assert_eq!(out[0].0.seq, A1.wrapping_add(1460));
+    let mut open = seg(P1, A1.wrapping_add(14_600), TcpFlags::ACK, b"");
+    open.window = 65535;
+    c.handle_segment(at, &open);
+    // Slow start after the timeout (RFC 5681 3.1): two segments, then more per ACK.
+    let mut acked = 14_600u32;
+    let mut now = at;
+    loop {
+        let out = sent(&mut c, now);
+        let n: u32 = out.iter().map(|(_, p)| p.len() as u32).sum();
+        if n == 0 {
+            break;
+        }
+        acked += n;
+        now = now + Duration::from_millis(10);
+        let mut ack = seg(P1, A1.wrapping_add(acked), TcpFlags::ACK, b"");
+        ack.window = 65535;
+        c.handle_segment(now, &ack);
+    }
+    assert_eq!(
+        acked, 20_000,
+        "everything delivered once the window reopened"
+    );
+    assert_eq!(c.unacked(), 0);
+    assert_eq!(c.state(), State::Established);
+}
