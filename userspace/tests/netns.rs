@@ -420,13 +420,14 @@ fn curl_exit_codes_match_curl() {
 
 #[test]
 fn stack_client_exchanges_data_both_ways_with_0_and_5_percent_loss() {
-    let w = world(WorldOptions::default());
-    let _echo = w
+    let mut w = world(WorldOptions::default());
+    let echo = w
         .spawn(
             &w.server,
             &["socat", "TCP-LISTEN:7000,reuseaddr,fork", "PIPE"],
         )
         .unwrap();
+    w.adopt(echo); // killed and reaped at teardown
     std::thread::sleep(Duration::from_millis(300));
     for loss in [0, 5] {
         w.set_loss(loss).unwrap();
