@@ -289,7 +289,7 @@ fn curl_example_com_100_times_in_each_mode() {
     for mode in [vec![], vec!["--ip", owned.as_str()]] {
         for i in 0..100 {
             let mut args = mode.clone();
-            args.extend(["-sS", "http://example.com/"]);
+            args.extend(["-sS", "--stats", "http://example.com/"]);
             let out = curl(&w, &args);
             assert!(
                 out.status.success(),
@@ -298,6 +298,15 @@ fn curl_example_com_100_times_in_each_mode() {
                 text(&out.stderr)
             );
             assert_eq!(text(&out.stdout), world::INDEX_HTML, "run {i} {mode:?}");
+            // Every run reuses a 4-tuple nginx may still hold in TIME-WAIT: ISNs and
+            // timestamps that grow across runs make the peer accept it at once, with no
+            // SYN timeout (a regression once cost half the runs a second).
+            let lines: Vec<String> = text(&out.stderr).lines().map(String::from).collect();
+            assert_eq!(
+                stat(&lines, "timeouts"),
+                Some(0),
+                "run {i} {mode:?}: {lines:?}"
+            );
         }
     }
 }

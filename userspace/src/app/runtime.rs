@@ -64,6 +64,15 @@ pub struct Runtime {
     idle_turns: u32,
     idle_since: Option<Instant>,
     last_now: Instant,
+    boot_offset_us: u64,
+}
+
+/// Time since boot when the process started, from /proc/uptime (10 ms resolution).
+fn uptime_us() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0, |secs| (secs * 1e6) as u64)
 }
 
 /// Idle time after which the poll loop yields the CPU once.
@@ -85,11 +94,14 @@ impl Runtime {
             idle_turns: 0,
             idle_since: None,
             last_now: Instant::ZERO,
+            boot_offset_us: uptime_us(),
         }
     }
 
+    /// Microseconds since boot: one time base for every process, so ISNs (RFC 6528's
+    /// clock) and TCP timestamps to the same peer keep growing from one run to the next.
     pub fn now(&self) -> Instant {
-        Instant::from_micros(self.origin.elapsed().as_micros() as u64)
+        Instant::from_micros(self.boot_offset_us + self.origin.elapsed().as_micros() as u64)
     }
 
     pub fn stopped(&self) -> bool {
@@ -125,7 +137,7 @@ impl Runtime {
             return;
         }
         // Look at the time only every 64 empty turns: cheap enough to spin on.
-        if self.idle_turns % 64 == 0 {
+        if self.idle_turns.is_multiple_of(64) {
             let now = self.last_now;
             let since = *self.idle_since.get_or_insert(now);
             if now.saturating_since(since) >= IDLE_BEFORE_YIELD {

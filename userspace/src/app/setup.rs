@@ -65,22 +65,57 @@ fn kernel_port_range() -> (u16, u16) {
         .unwrap_or((32768, 60999))
 }
 
-fn random_key() -> [u8; 16] {
-    let mut key = [0u8; 16];
-    if let Ok(bytes) = std::fs::read("/proc/sys/kernel/random/uuid") {
-        // 36 ASCII chars of fresh randomness; fold them into the key.
-        for (i, b) in bytes.iter().enumerate() {
-            key[i % 16] = key[i % 16].rotate_left(3) ^ b;
-        }
+/// Fresh random bytes from the kernel.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut out);
     }
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    for (k, b) in key.iter_mut().zip(t.to_le_bytes()) {
-        *k ^= b;
+    out
+}
+
+/// Where the per-boot secret lives: /run is emptied at every boot.
+const BOOT_KEY: &str = "/run/userspace/isn.key";
+
+/// The secret for ISNs, timestamp offsets, ports and SYN cookies (RFC 6528 section 3). It
+/// is kept per boot, as Linux keeps its own: then ISNs and timestamps to the same peer
+/// keep growing across runs, and a peer's TIME-WAIT accepts a reused 4-tuple. Only root
+/// can read it; if it cannot be stored, a per-process key is used.
+fn boot_key() -> [u8; 16] {
+    if let Ok(bytes) = std::fs::read(BOOT_KEY)
+        && let Ok(key) = <[u8; 16]>::try_from(bytes.as_slice())
+    {
+        return key;
     }
-    key
+    let key = random_bytes::<16>();
+    let stored = (|| -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create("/run/userspace")?;
+        let tmp = format!("{BOOT_KEY}.{}", std::process::id());
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        std::io::Write::write_all(&mut f, &key)?;
+        // Publish atomically; when two processes race, the first one's key wins.
+        std::fs::hard_link(&tmp, BOOT_KEY).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        std::fs::remove_file(&tmp)
+    })();
+    match (stored, std::fs::read(BOOT_KEY)) {
+        (Ok(()), Ok(bytes)) => <[u8; 16]>::try_from(bytes.as_slice()).unwrap_or(key),
+        _ => key,
+    }
 }
 
 pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Runtime> {
@@ -158,7 +193,8 @@ pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Ru
     cfg.port_range = port_range;
     cfg.max_connections = args.max_connections;
     cfg.syn_backlog = args.syn_backlog;
-    cfg.isn_key = random_key();
+    cfg.isn_key = boot_key();
+    cfg.start_counter = u32::from_le_bytes(random_bytes::<4>());
     cfg.tcp.mss = (info.mtu.min(1500) - 40) as u16;
     cfg.tcp.congestion = args.congestion;
     cfg.tcp.nodelay = args.nodelay;

@@ -43,6 +43,8 @@ pub struct StackConfig {
     /// Bound on half-open connections per listener; beyond it, SYN cookies.
     pub syn_backlog: usize,
     pub isn_key: [u8; 16],
+    /// Where this process starts in the ephemeral port sequence (random per process).
+    pub start_counter: u32,
 }
 
 impl StackConfig {
@@ -58,6 +60,7 @@ impl StackConfig {
             max_connections: 100_000,
             syn_backlog: 1024,
             isn_key: [0x5a; 16],
+            start_counter: 0,
         }
     }
 }
@@ -141,6 +144,10 @@ pub struct Stack {
 
 impl Stack {
     pub fn new(cfg: StackConfig) -> Self {
+        // RFC 6056 algorithm 3 keeps a global counter; a process starts at a random
+        // point of it, so runs do not all begin with the same port.
+        let k = cfg.isn_key;
+        let port_counter = u32::from_le_bytes([k[3], k[7], k[11], k[15]]) ^ cfg.start_counter;
         Stack {
             isn: IsnGenerator::new(cfg.isn_key),
             cfg,
@@ -153,7 +160,7 @@ impl Stack {
             dirty: Vec::with_capacity(1024),
             ready: Vec::with_capacity(1024),
             control: Vec::with_capacity(64),
-            port_counter: 0,
+            port_counter,
             live: 0,
             finished: tcp::ConnectionStats::default(),
             stats: StackStats::default(),
@@ -209,10 +216,19 @@ impl Stack {
             }
             self.port_counter = self.port_counter.wrapping_add(i + 1);
             let iss = self.isn.isn(now, local, remote);
-            let conn = Connection::connect(self.cfg.tcp.clone(), local, remote, iss);
+            let mut conn = Connection::connect(self.cfg.tcp.clone(), local, remote, iss);
+            conn.set_timestamp_offset(self.timestamp_offset(local, remote));
             return Ok(self.insert(conn, None));
         }
         Err(StackError::NoFreePort)
+    }
+
+    /// Timestamp clock offset for a pair of addresses (like Linux's secure_tcp_ts_off):
+    /// unpredictable without the key, and the same for the same peer while the key is.
+    fn timestamp_offset(&self, local: SocketAddrV4, remote: SocketAddrV4) -> u32 {
+        let local = SocketAddrV4::new(*local.ip(), 0);
+        let remote = SocketAddrV4::new(*remote.ip(), 0);
+        self.isn.hash(local, remote, u64::from(u32::MAX)) as u32
     }
 
     /// Starts listening on `port` with an accept queue of `backlog`.
@@ -627,7 +643,8 @@ impl Stack {
             }
             self.learn_next_hop(*remote.ip(), eth_src);
             let iss = self.isn.isn(now, local, remote);
-            let conn = Connection::accept(now, self.cfg.tcp.clone(), local, remote, iss, seg);
+            let mut conn = Connection::accept(now, self.cfg.tcp.clone(), local, remote, iss, seg);
+            conn.set_timestamp_offset(self.timestamp_offset(local, remote));
             self.insert(conn, Some(port));
             if let Some(l) = self.listeners.get_mut(&port) {
                 l.half_open += 1;

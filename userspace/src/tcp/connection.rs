@@ -349,6 +349,14 @@ impl Connection {
         self.state
     }
 
+    /// Sets the offset of our timestamp clock (RFC 7323 section 5.4). The stack derives it
+    /// from a keyed hash of the addresses, so that it stays the same for the same peer
+    /// across connections and processes: a reused 4-tuple then always carries newer
+    /// timestamps than the TIME-WAIT it meets at the peer.
+    pub fn set_timestamp_offset(&mut self, offset: u32) {
+        self.ts_offset = offset;
+    }
+
     /// (SND.UNA, SND.NXT, RCV.NXT), for diagnostics and the fuzz drivers.
     pub fn sequence_numbers(&self) -> (u32, u32, u32) {
         (self.snd_una.0, self.snd_nxt.0, self.rcv_nxt.0)
