@@ -584,30 +584,19 @@ fn curl_verbose_head_include_redirect_and_pcap() {
         "SYN in capture: {flags} {}",
         text(&out.stderr)
     );
-    let syn_ack = std::process::Command::new("tshark")
-        .args([
-            "-r",
-            pcap.to_str().unwrap(),
-            "-Y",
-            "tcp.flags.syn==1 && tcp.flags.ack==1",
-        ])
-        .output()
-        .unwrap();
+    let matching = |filter: &str| {
+        let out = std::process::Command::new("tshark")
+            .args(["-r", pcap.to_str().unwrap(), "-Y", filter])
+            .output()
+            .unwrap();
+        text(&out.stdout).trim().to_string()
+    };
     assert!(
-        !text(&syn_ack.stdout).trim().is_empty(),
+        !matching("tcp.flags.syn==1 && tcp.flags.ack==1").is_empty(),
         "SYN-ACK in capture"
     );
-    let http = std::process::Command::new("tshark")
-        .args([
-            "-r",
-            pcap.to_str().unwrap(),
-            "-Y",
-            "http.response.code==200",
-        ])
-        .output()
-        .unwrap();
     assert!(
-        !text(&http.stdout).trim().is_empty(),
+        !matching("http.response.code==200").is_empty(),
         "tshark decodes the HTTP response"
     );
 }

@@ -299,14 +299,7 @@ impl Server {
                 } else {
                     "Not Found"
                 };
-                respond(
-                    s,
-                    status,
-                    reason,
-                    "text/plain",
-                    format!("{}\n", reason.to_ascii_lowercase()).as_bytes(),
-                    &[],
-                );
+                respond_plain(s, status, reason);
             }
             Ok(file_path) => match std::fs::File::open(&file_path)
                 .and_then(|f| f.metadata().map(|m| (f, m.len())))
@@ -360,14 +353,13 @@ fn respond(
 fn respond_error(s: &mut Session, status: u16, reason: &str) {
     s.close_after = true;
     s.input.clear();
-    respond(
-        s,
-        status,
-        reason,
-        "text/plain",
-        format!("{}\n", reason.to_ascii_lowercase()).as_bytes(),
-        &[],
-    );
+    respond_plain(s, status, reason);
+}
+
+/// A response whose body is its reason phrase in lower case.
+fn respond_plain(s: &mut Session, status: u16, reason: &str) {
+    let body = format!("{}\n", reason.to_ascii_lowercase());
+    respond(s, status, reason, "text/plain", body.as_bytes(), &[]);
 }
 
 /// Maps a request target to a file under `root`: 403 for paths that try to leave it,
