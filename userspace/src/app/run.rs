@@ -25,7 +25,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         "ready: {} on {} ({} mode)",
         rt.stack.ip(),
         rt.iface,
-        rt.device.xdp().attached_mode
+        rt.device.xdp().attached_mode()
     );
     // Hooks for the detach-on-every-exit test: fail after the program is attached.
     match std::env::var("USERSPACE_TEST_FAIL_AFTER_ATTACH").as_deref() {

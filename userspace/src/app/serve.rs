@@ -445,7 +445,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         },
         rt.stack.ip(),
         args.port,
-        rt.device.xdp().attached_mode
+        rt.device.xdp().attached_mode()
     );
     let mut server = Server::new(args.root.clone(), args.echo, args.port);
     while !rt.stopped() {

@@ -181,7 +181,7 @@ pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Ru
         mode: args.xdp_mode,
         steer,
     })?;
-    tracing::info!(iface, %ip, mode = ?mode, xdp = xdp.attached_mode, "stack up");
+    tracing::info!(iface, %ip, mode = ?mode, xdp = xdp.attached_mode(), "stack up");
     let device = match &args.pcap {
         Some(path) => NetDevice::Pcap(PcapDevice::create(xdp, path)?),
         None => NetDevice::Plain(xdp),
@@ -288,7 +288,7 @@ pub fn print_stats(rt: &Runtime) {
     );
     eprintln!("  {:<24} {}", "challenge_acks", t.challenge_acks);
     let s = xdp.steer_counters();
-    eprintln!("* xdp program ({} mode):", xdp.attached_mode);
+    eprintln!("* xdp program ({} mode):", xdp.attached_mode());
     eprintln!("  {:<24} {}", "steered", s.steered);
     eprintln!("  {:<24} {}", "passed_to_kernel", s.passed);
     eprintln!("  {:<24} {}", "no_socket", s.no_socket);

@@ -87,10 +87,9 @@ pub struct XdpDevice {
     in_fill_ring: usize,
     in_tx_ring: usize,
     total_frames: usize,
-    counters: PerCpuArray<MapData, u64>,
-    pub attached_mode: &'static str,
-    // Dropped last: detaches the program after the socket is gone.
-    _ebpf: aya::Ebpf,
+    pub queue: u32,
+    // Dropped last: the program is detached when its last socket is gone.
+    program: SharedProgram,
 }
 
 /// Steering counters from the XDP program, summed over CPUs.
@@ -101,8 +100,22 @@ pub struct SteerCounters {
     pub no_socket: u64,
 }
 
-impl XdpDevice {
-    pub fn open(opts: &XdpOptions) -> anyhow::Result<Self> {
+/// The loaded and attached XDP program, shared by the AF_XDP sockets of every queue.
+pub struct XdpProgram {
+    ebpf: aya::Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    pub attached_mode: &'static str,
+    interface: String,
+    mac: MacAddr,
+    mtu: usize,
+}
+
+pub type SharedProgram = std::sync::Arc<std::sync::Mutex<XdpProgram>>;
+
+impl XdpProgram {
+    /// Checks the setup, loads the program and attaches it through a BPF link. Nothing
+    /// is steered until [`XdpProgram::enable`].
+    pub fn load(interface: &str, mode: Option<XdpModeChoice>) -> anyhow::Result<SharedProgram> {
         if XDP_OBJECT.is_empty() {
             bail!("the eBPF object is missing: run `cargo xtask build-ebpf`, then rebuild");
         }
@@ -110,12 +123,11 @@ impl XdpDevice {
         if unsafe { libc::geteuid() } != 0 {
             bail!("AF_XDP needs root (CAP_NET_ADMIN and CAP_BPF): run with sudo");
         }
-        let iface = &opts.interface;
+        let iface = interface;
         let info = super::netinfo::interface(iface)?;
         if !info.up {
             bail!("interface {iface} is down");
         }
-
         let mut ebpf = aya::Ebpf::load(XDP_OBJECT).context("loading the XDP program")?;
         let program: &mut Xdp = ebpf
             .program_mut(xdp_ebpf::PROGRAM_NAME)
@@ -124,7 +136,7 @@ impl XdpDevice {
         program
             .load()
             .context("the kernel refused the XDP program")?;
-        let attached_mode = match opts.mode {
+        let attached_mode = match mode {
             Some(XdpModeChoice::Native) => {
                 program
                     .attach(iface, XdpMode::Driver)
@@ -147,7 +159,76 @@ impl XdpDevice {
                 }
             },
         };
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(xdp_ebpf::COUNTERS_MAP)
+                .ok_or_else(|| anyhow!("COUNTERS map missing"))?,
+        )?;
+        Ok(std::sync::Arc::new(std::sync::Mutex::new(XdpProgram {
+            ebpf,
+            counters,
+            attached_mode,
+            interface: iface.to_string(),
+            mac: info.mac,
+            mtu: info.mtu,
+        })))
+    }
 
+    fn register(&mut self, queue: u32, fd: std::os::fd::RawFd) -> anyhow::Result<()> {
+        let mut xsks: XskMap<&mut MapData> = XskMap::try_from(
+            self.ebpf
+                .map_mut(xdp_ebpf::XSKS_MAP)
+                .ok_or_else(|| anyhow!("XSKS map missing"))?,
+        )?;
+        xsks.set(queue, fd, 0)
+            .context("registering the AF_XDP socket in the XSKMAP")?;
+        Ok(())
+    }
+
+    /// Writes the steering config: from now on the program steers the stack's packets.
+    pub fn enable(&mut self, steer: SteerConfig) -> anyhow::Result<()> {
+        let mut config: Array<&mut MapData, PodSteerConfig> = Array::try_from(
+            self.ebpf
+                .map_mut(xdp_ebpf::CONFIG_MAP)
+                .ok_or_else(|| anyhow!("CONFIG map missing"))?,
+        )?;
+        let mut steer = steer;
+        steer.enabled = 1;
+        config
+            .set(0, PodSteerConfig(steer), 0)
+            .context("writing the steering config")?;
+        Ok(())
+    }
+
+    pub fn steer_counters(&self) -> SteerCounters {
+        let sum = |index| {
+            self.counters
+                .get(&index, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        SteerCounters {
+            steered: sum(COUNTER_STEERED),
+            passed: sum(COUNTER_PASSED),
+            no_socket: sum(COUNTER_NO_SOCKET),
+        }
+    }
+}
+
+impl XdpDevice {
+    /// One queue with its own program: load, bind, enable.
+    pub fn open(opts: &XdpOptions) -> anyhow::Result<Self> {
+        let program = XdpProgram::load(&opts.interface, opts.mode)?;
+        let device = XdpDevice::bind(&program, opts.queue)?;
+        lock(&program).enable(opts.steer)?;
+        Ok(device)
+    }
+
+    /// An AF_XDP socket with its own UMEM on `queue`, registered with the program.
+    pub fn bind(program: &SharedProgram, queue: u32) -> anyhow::Result<Self> {
+        let (iface, mac, mtu) = {
+            let p = lock(program);
+            (p.interface.clone(), p.mac, p.mtu)
+        };
         let umem_config = UmemConfig::builder()
             .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| anyhow!("{e}"))?)
             .fill_queue_size(QueueSize::new(RING_SIZE).map_err(|e| anyhow!("{e}"))?)
@@ -167,50 +248,20 @@ impl XdpDevice {
             .parse()
             .map_err(|_| anyhow!("bad interface name {iface}"))?;
         // SAFETY: this UMEM is new and not shared, so no other socket is bound with it.
-        let (tx, rx, fq_cq) =
-            unsafe { xsk_rs::Socket::new(socket_config, &umem, &if_name, opts.queue) }.map_err(
-                |e| {
-                    anyhow!(
-                        "binding an AF_XDP socket to {iface} queue {}: {e}",
-                        opts.queue
-                    )
-                },
-            )?;
+        let (tx, rx, fq_cq) = unsafe { xsk_rs::Socket::new(socket_config, &umem, &if_name, queue) }
+            .map_err(|e| anyhow!("binding an AF_XDP socket to {iface} queue {queue}: {e}"))?;
         let (mut fill, completion) =
             fq_cq.ok_or_else(|| anyhow!("AF_XDP socket came without fill/completion rings"))?;
-
         let tx_free = frames.split_off(RING_SIZE as usize);
         // SAFETY: the frames belong to this UMEM and none is in any ring yet.
         let filled = unsafe { fill.produce(&frames) };
         if filled != frames.len() {
             bail!("could not fill the AF_XDP fill ring");
         }
-
-        {
-            let mut xsks: XskMap<&mut MapData> = XskMap::try_from(
-                ebpf.map_mut(xdp_ebpf::XSKS_MAP)
-                    .ok_or_else(|| anyhow!("XSKS map missing"))?,
-            )?;
-            xsks.set(opts.queue, rx.fd().as_raw_fd(), 0)
-                .context("registering the AF_XDP socket in the XSKMAP")?;
-            let mut config: Array<&mut MapData, PodSteerConfig> = Array::try_from(
-                ebpf.map_mut(xdp_ebpf::CONFIG_MAP)
-                    .ok_or_else(|| anyhow!("CONFIG map missing"))?,
-            )?;
-            let mut steer = opts.steer;
-            steer.enabled = 1;
-            config
-                .set(0, PodSteerConfig(steer), 0)
-                .context("writing the steering config")?;
-        }
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map(xdp_ebpf::COUNTERS_MAP)
-                .ok_or_else(|| anyhow!("COUNTERS map missing"))?,
-        )?;
-
+        lock(program).register(queue, rx.fd().as_raw_fd())?;
         Ok(XdpDevice {
-            mac: info.mac,
-            mtu: info.mtu,
+            mac,
+            mtu,
             umem,
             rx,
             tx,
@@ -226,24 +277,17 @@ impl XdpDevice {
             in_fill_ring: RING_SIZE as usize,
             in_tx_ring: 0,
             total_frames: FRAME_COUNT as usize,
-            counters,
-            attached_mode,
-            _ebpf: ebpf,
+            queue,
+            program: program.clone(),
         })
     }
 
+    pub fn attached_mode(&self) -> &'static str {
+        lock(&self.program).attached_mode
+    }
+
     pub fn steer_counters(&self) -> SteerCounters {
-        let sum = |index| {
-            self.counters
-                .get(&index, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
-        };
-        SteerCounters {
-            steered: sum(COUNTER_STEERED),
-            passed: sum(COUNTER_PASSED),
-            no_socket: sum(COUNTER_NO_SOCKET),
-        }
+        lock(&self.program).steer_counters()
     }
 
     pub fn frame_account(&self) -> FrameAccount {
@@ -356,4 +400,11 @@ impl Device for XdpDevice {
     fn mtu(&self) -> usize {
         self.mtu
     }
+}
+
+/// The program's lock; a panic in another queue's thread must not wedge this one.
+fn lock(program: &SharedProgram) -> std::sync::MutexGuard<'_, XdpProgram> {
+    program
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
