@@ -1152,3 +1152,47 @@ print('injected', len(frames) * rounds, 'port', dport)
         "RFC 5961 challenge ACKs for in-window RST and SYN: {lines:?}"
     );
 }
+
+#[test]
+fn serve_on_two_queues_spreads_connections_over_both() {
+    let w = world(WorldOptions {
+        queues: Some(2),
+        ..Default::default()
+    });
+    let root = www(&w);
+    let serve = start_serve(&w, &["--iface", HOST_IF, "--root", &root, "--queues", "2"]);
+    let out = run_in(
+        &w,
+        &w.server,
+        &[
+            "wrk",
+            "-t2",
+            "-c64",
+            "-d3s",
+            &format!("{SERVE_URL}/index.html"),
+        ],
+    );
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("Requests/sec")
+            && !report.contains("Socket errors")
+            && !report.contains("Non-2xx"),
+        "{report}"
+    );
+    let (status, lines) = serve.stop("-INT");
+    assert!(status.success(), "{lines:?}");
+    for queue in 0..2 {
+        let served = lines
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix(&format!("queue {queue}: "))?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0);
+        assert!(served > 0, "queue {queue} served no connection: {lines:?}");
+    }
+    assert!(!xdp_attached(&w));
+}

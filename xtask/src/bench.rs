@@ -290,6 +290,47 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         target: ">= 1.0x nginx",
     });
 
+    drop(world);
+
+    // Multi-queue: `userspace serve` on a two-queue link, 1 queue vs 2 (one socket and one
+    // pinned core each).
+    let world = World::up(&WorldOptions {
+        queues: Some(2),
+        ..Default::default()
+    })?;
+    let www = world.dir.join("www");
+    let mut rps = Vec::new();
+    for queues in ["1", "2"] {
+        let mut serve = world.spawn(
+            &world.host,
+            &[
+                bin,
+                "serve",
+                "--iface",
+                HOST_IF,
+                "--port",
+                "8080",
+                "--queues",
+                queues,
+                "--root",
+                www.to_str().unwrap(),
+            ],
+        )?;
+        std::thread::sleep(Duration::from_millis(1500));
+        rps.push(wrk(&world, &format!("http://{HOST_IP}:8080/index.html"))?);
+        let _ = Command::new("kill")
+            .args(["-INT", &serve.id().to_string()])
+            .status();
+        let _ = serve.wait();
+    }
+    rows.push(Row {
+        name: "serve req/s, 2 queues (stack) vs 1 queue (kernel column)",
+        ours: rps[1],
+        kernel: rps[0],
+        unit: "req/s",
+        target: "scaling shown",
+    });
+
     println!("\n| measurement | userspace stack | kernel | ratio | target |");
     println!("|---|---|---|---|---|");
     let mut json = String::from("[");

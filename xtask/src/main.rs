@@ -49,6 +49,9 @@ enum NetnsAction {
         /// Random loss on the router, percent
         #[arg(long, default_value_t = 0)]
         loss: u32,
+        /// RX/TX queues of the host link
+        #[arg(long)]
+        queues: Option<u32>,
     },
     /// Remove the world with this id
     Down { id: String },
@@ -214,13 +217,14 @@ fn main() -> anyhow::Result<()> {
             install::ebpf_toolchain()
         }
         Task::Netns {
-            action: NetnsAction::Up { loss },
+            action: NetnsAction::Up { loss, queues },
         } => {
             require_root("netns up")?;
             let world = World::up(&WorldOptions {
                 nginx: true,
                 dnsmasq: true,
                 big_file: Some(64 << 20),
+                queues,
                 ..Default::default()
             })?;
             world.set_loss(loss)?;

@@ -28,6 +28,9 @@ pub struct ServeArgs {
     /// Seconds in-flight responses get to finish after SIGINT/SIGTERM
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub grace: f64,
+    /// NIC queues to serve, one AF_XDP socket and one pinned thread each (queues 0..N)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub queues: u32,
     #[command(flatten)]
     pub stack: StackArgs,
 }
@@ -426,27 +429,95 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     if !args.echo && !args.root.is_dir() {
         anyhow::bail!("--root {} is not a directory", args.root.display());
     }
+    if args.queues > 1 {
+        return run_queues(args);
+    }
     let mut rt: Runtime = open_runtime(&args.stack, &[args.port])?;
+    serve_on(&mut rt, args, true)
+}
+
+/// `--queues N`: the program is loaded once; each queue gets its socket, its stack and a
+/// thread pinned to its own core. Steering starts once every socket is registered, so
+/// no packet for the stack reaches a queue without one.
+fn run_queues(args: &ServeArgs) -> anyhow::Result<()> {
+    use crate::device::xdp::{XdpDevice, XdpProgram};
+    use std::sync::{Arc, Barrier};
+    let plan = Arc::new(super::setup::plan(&args.stack, &[args.port])?);
+    let program = XdpProgram::load(&plan.iface, args.stack.xdp_mode)?;
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let bound = Arc::new(Barrier::new(args.queues as usize + 1));
+    let mut threads = Vec::new();
+    for queue in 0..args.queues {
+        let (plan, program, bound, args) =
+            (plan.clone(), program.clone(), bound.clone(), args.clone());
+        let core = cores.get(queue as usize % cores.len().max(1)).copied();
+        threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            if let Some(core) = core {
+                core_affinity::set_for_current(core);
+            }
+            let device = XdpDevice::bind(&program, queue);
+            bound.wait();
+            let mut rt = plan.runtime(super::runtime::NetDevice::Plain(device?))?;
+            drop(program);
+            let result = serve_on(&mut rt, &args, false);
+            let s = &rt.stack.stats;
+            eprintln!(
+                "queue {queue}: {} connections, {} frames in, {} frames out",
+                s.connections_opened, s.rx_frames, s.tx_frames
+            );
+            result
+        }));
+    }
+    bound.wait();
+    program
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .enable(plan.steer)?;
+    eprintln!(
+        "ready: serving {} on {}:{} ({} queues)",
+        args.root.display(),
+        plan.stack.ip,
+        args.port,
+        args.queues
+    );
+    drop(program);
+    let mut first_error = None;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(_) => {
+                first_error = first_error.or(Some(anyhow::anyhow!("a queue's thread panicked")))
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The server loop on one runtime, then the graceful shutdown.
+fn serve_on(rt: &mut Runtime, args: &ServeArgs, announce: bool) -> anyhow::Result<()> {
     rt.stack.unlisten(args.port);
     // The gateway's MAC from the kernel's neighbour table, if it has it (a hint; SYNs
     // teach the stack the next hop of each client anyway).
     if let Some(gateway) = rt.stack.config().gateway {
-        let _ = super::setup::resolve_next_hop(&mut rt, gateway, Duration::from_millis(500));
+        let _ = super::setup::resolve_next_hop(rt, gateway, Duration::from_millis(500));
     }
     rt.stack
         .listen(args.port, args.backlog)
         .map_err(|e| anyhow::anyhow!("listen on {}: {e}", args.port))?;
-    eprintln!(
-        "ready: serving {} on {}:{} ({} mode)",
-        if args.echo {
-            "echo".to_string()
-        } else {
-            args.root.display().to_string()
-        },
-        rt.stack.ip(),
-        args.port,
-        rt.device.xdp().attached_mode()
-    );
+    if announce {
+        eprintln!(
+            "ready: serving {} on {}:{} ({} mode)",
+            if args.echo {
+                "echo".to_string()
+            } else {
+                args.root.display().to_string()
+            },
+            rt.stack.ip(),
+            args.port,
+            rt.device.xdp().attached_mode()
+        );
+    }
     let mut server = Server::new(args.root.clone(), args.echo, args.port);
     while !rt.stopped() {
         rt.turn();
@@ -476,7 +547,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         rt.turn();
     }
     if args.stack.stats {
-        print_stats(&rt);
+        print_stats(rt);
     }
     Ok(())
 }

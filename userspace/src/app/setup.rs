@@ -118,7 +118,55 @@ fn boot_key() -> [u8; 16] {
     }
 }
 
+/// Everything decided before the device opens: where, which address, what to steer, and
+/// the stack's configuration. One plan serves one queue or several.
+pub struct Plan {
+    pub iface: String,
+    pub iface_ip: Ipv4Addr,
+    pub steer: SteerConfig,
+    pub stack: StackConfig,
+    listen_ports: Vec<u16>,
+}
+
+impl Plan {
+    /// A runtime around `device`: a stack listening on the plan's ports.
+    pub fn runtime(&self, device: NetDevice) -> anyhow::Result<Runtime> {
+        let mut stack = Stack::new(self.stack.clone());
+        for port in &self.listen_ports {
+            stack
+                .listen(*port, 4096)
+                .map_err(|e| anyhow!("listen on {port}: {e}"))?;
+        }
+        if self.stack.mode == AddressMode::Owned {
+            stack.announce();
+        }
+        let mut rt = Runtime::new(stack, device);
+        rt.iface = self.iface.clone();
+        rt.iface_ip = self.iface_ip;
+        Ok(rt)
+    }
+}
+
 pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Runtime> {
+    let plan = plan(args, listen_ports)?;
+    if let Some(cpu) = args.cpu {
+        pin_to_cpu(cpu)?;
+    }
+    let xdp = XdpDevice::open(&XdpOptions {
+        interface: plan.iface.clone(),
+        queue: args.queue,
+        mode: args.xdp_mode,
+        steer: plan.steer,
+    })?;
+    tracing::info!(iface = plan.iface, ip = %plan.stack.ip, xdp = xdp.attached_mode(), "stack up");
+    let device = match &args.pcap {
+        Some(path) => NetDevice::Pcap(PcapDevice::create(xdp, path)?),
+        None => NetDevice::Plain(xdp),
+    };
+    plan.runtime(device)
+}
+
+pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
     let (iface, route_gateway) = match &args.iface {
         Some(name) => (
             name.clone(),
@@ -148,9 +196,6 @@ pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Ru
     if listen_ports.len() > MAX_LISTEN_PORTS {
         bail!("at most {MAX_LISTEN_PORTS} listening ports");
     }
-    if let Some(cpu) = args.cpu {
-        pin_to_cpu(cpu)?;
-    }
     let port_range = match mode {
         AddressMode::Owned => (49_152, 65_535),
         AddressMode::Shared => {
@@ -175,18 +220,6 @@ pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Ru
         ..Default::default()
     };
     steer.listen_ports[..listen_ports.len()].copy_from_slice(listen_ports);
-    let xdp = XdpDevice::open(&XdpOptions {
-        interface: iface.clone(),
-        queue: args.queue,
-        mode: args.xdp_mode,
-        steer,
-    })?;
-    tracing::info!(iface, %ip, mode = ?mode, xdp = xdp.attached_mode(), "stack up");
-    let device = match &args.pcap {
-        Some(path) => NetDevice::Pcap(PcapDevice::create(xdp, path)?),
-        None => NetDevice::Plain(xdp),
-    };
-
     let mut cfg = StackConfig::new(info.mac, ip, prefix);
     cfg.gateway = args.gateway.or(route_gateway);
     cfg.mode = mode;
@@ -201,19 +234,13 @@ pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Ru
     cfg.tcp.send_buffer = args.buffer;
     cfg.tcp.recv_buffer = args.buffer;
     cfg.tcp.max_ooo_bytes = args.buffer;
-    let mut stack = Stack::new(cfg);
-    for port in listen_ports {
-        stack
-            .listen(*port, 4096)
-            .map_err(|e| anyhow!("listen on {port}: {e}"))?;
-    }
-    if mode == AddressMode::Owned {
-        stack.announce();
-    }
-    let mut rt = Runtime::new(stack, device);
-    rt.iface = iface;
-    rt.iface_ip = info.ipv4.map_or(ip, |(a, _)| a);
-    Ok(rt)
+    Ok(Plan {
+        iface_ip: info.ipv4.map_or(ip, |(a, _)| a),
+        iface,
+        steer,
+        stack: cfg,
+        listen_ports: listen_ports.to_vec(),
+    })
 }
 
 /// Makes sure the stack knows the MAC of the next hop towards `dst`. The kernel's
