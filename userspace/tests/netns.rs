@@ -466,6 +466,34 @@ fn stack_client_exchanges_data_both_ways_with_0_and_5_percent_loss() {
 }
 
 #[test]
+fn icmp_port_unreachable_aborts_a_connect() {
+    let w = world(WorldOptions::default());
+    w.reject_with_icmp(81).unwrap();
+    // Owned-IP mode steers ICMP to the stack; the SYN is answered by an ICMP error.
+    let out = curl(
+        &w,
+        &[
+            "--ip",
+            &OWNED_IP.to_string(),
+            "--connect-timeout",
+            "20",
+            "--stats",
+            &format!("http://{SERVER_IP}:81/"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("destination unreachable"), "{err}");
+    let lines: Vec<String> = err.lines().map(String::from).collect();
+    assert!(stat(&lines, "icmp_unreachable").unwrap() >= 1, "{lines:?}");
+    assert_eq!(
+        stat(&lines, "timeouts"),
+        Some(0),
+        "aborted by the ICMP error, not by the SYN timer: {lines:?}"
+    );
+}
+
+#[test]
 fn curl_https_with_test_ca_system_roots_and_insecure() {
     let w = world(WorldOptions {
         nginx: true,

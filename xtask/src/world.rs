@@ -349,6 +349,13 @@ impl World {
         ))
     }
 
+    /// The router answers TCP to `port` with ICMP port unreachable (RFC 1122 3.2.2.1).
+    pub fn reject_with_icmp(&self, port: u16) -> anyhow::Result<()> {
+        self.nft(&format!(
+            "table inet reject_icmp {{\n  chain reject_forward {{\n    type filter hook forward priority 0; policy accept;\n    tcp dport {port} reject with icmp type port-unreachable\n  }}\n}}\n"
+        ))
+    }
+
     /// Keep the namespaces after this process ends (`cargo xtask netns up`).
     pub fn keep(mut self) -> String {
         self.keep = true;

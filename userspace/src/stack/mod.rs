@@ -559,6 +559,7 @@ impl Stack {
                         e.conn.handle_icmp_unreachable(code);
                     }
                     self.mark_dirty(slot);
+                    self.mark_ready(slot);
                 }
             }
             _ => self.stats.icmp_ignored += 1,
