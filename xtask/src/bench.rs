@@ -77,6 +77,30 @@ fn wrk(world: &World, url: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("no Requests/sec in wrk output: {report}"))
 }
 
+/// Starts `userspace serve` (port 8080, `www`) with `extra` flags in the host
+/// namespace, measures it with wrk and stops it.
+fn serve_rps(world: &World, bin: &str, www: &Path, extra: &[&str]) -> anyhow::Result<f64> {
+    let mut argv = vec![
+        bin,
+        "serve",
+        "--iface",
+        HOST_IF,
+        "--port",
+        "8080",
+        "--root",
+        www.to_str().unwrap_or("."),
+    ];
+    argv.extend_from_slice(extra);
+    let mut serve = world.spawn(&world.host, &argv)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let rps = wrk(world, &format!("http://{HOST_IP}:8080/index.html"));
+    let _ = Command::new("kill")
+        .args(["-INT", &serve.id().to_string()])
+        .status();
+    let _ = serve.wait();
+    rps
+}
+
 pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
     install::apt_install(&["socat"])?; // the echo peer
     let world = World::up(&WorldOptions {
@@ -261,30 +285,10 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
     )?;
     std::thread::sleep(Duration::from_millis(500));
     let nginx_rps = wrk(&world, &format!("http://{HOST_IP}:8081/index.html"))?;
-    let mut serve = world.spawn(
-        &world.host,
-        &[
-            bin,
-            "serve",
-            "--iface",
-            HOST_IF,
-            "--port",
-            "8080",
-            "--cpu",
-            "0",
-            "--root",
-            www.to_str().unwrap(),
-        ],
-    )?;
-    std::thread::sleep(Duration::from_millis(1500));
-    let serve_rps = wrk(&world, &format!("http://{HOST_IP}:8080/index.html"))?;
-    let _ = Command::new("kill")
-        .args(["-INT", &serve.id().to_string()])
-        .status();
-    let _ = serve.wait();
+    let stack_rps = serve_rps(&world, bin, &www, &["--cpu", "0"])?;
     rows.push(Row {
         name: "server requests/s (wrk -c100)",
-        ours: serve_rps,
+        ours: stack_rps,
         kernel: nginx_rps,
         unit: "req/s",
         target: ">= 1.0x nginx",
@@ -301,27 +305,7 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
     let www = world.dir.join("www");
     let mut rps = Vec::new();
     for queues in ["1", "2"] {
-        let mut serve = world.spawn(
-            &world.host,
-            &[
-                bin,
-                "serve",
-                "--iface",
-                HOST_IF,
-                "--port",
-                "8080",
-                "--queues",
-                queues,
-                "--root",
-                www.to_str().unwrap(),
-            ],
-        )?;
-        std::thread::sleep(Duration::from_millis(1500));
-        rps.push(wrk(&world, &format!("http://{HOST_IP}:8080/index.html"))?);
-        let _ = Command::new("kill")
-            .args(["-INT", &serve.id().to_string()])
-            .status();
-        let _ = serve.wait();
+        rps.push(serve_rps(&world, bin, &www, &["--queues", queues])?);
     }
     rows.push(Row {
         name: "serve req/s, 2 queues (stack) vs 1 queue (kernel column)",
