@@ -139,6 +139,20 @@ fn wire_benches(c: &mut Criterion) {
     g.finish();
 }
 
+/// A data segment from the peer of [`established`], with no options.
+fn in_order(seq: u32, payload: &[u8]) -> TcpRepr<'_> {
+    TcpRepr {
+        src_port: 80,
+        dst_port: 50_000,
+        seq,
+        ack: 1,
+        flags: TcpFlags::ACK,
+        window: 65535,
+        options: TcpOptions::default(),
+        payload,
+    }
+}
+
 fn tcp_benches(c: &mut Criterion) {
     let payload = vec![0x5au8; MSS];
     let mut g = c.benchmark_group("tcp");
@@ -150,16 +164,7 @@ fn tcp_benches(c: &mut Criterion) {
         let now = Instant::from_millis(2);
         let mut sink = vec![0u8; 64 * 1024];
         b.iter(|| {
-            let seg = TcpRepr {
-                src_port: 80,
-                dst_port: 50_000,
-                seq,
-                ack: 1,
-                flags: TcpFlags::ACK,
-                window: 65535,
-                options: TcpOptions::default(),
-                payload: &payload,
-            };
+            let seg = in_order(seq, &payload);
             conn.handle_segment(now, &seg);
             seq = seq.wrapping_add(MSS as u32);
             if conn.recv_available() > 32 * 1024 {
@@ -190,16 +195,7 @@ fn tcp_benches(c: &mut Criterion) {
         let mut sink = vec![0u8; 128 * 1024];
         b.iter(|| {
             for _ in 0..64 {
-                let seg = TcpRepr {
-                    src_port: 80,
-                    dst_port: 50_000,
-                    seq,
-                    ack: 1,
-                    flags: TcpFlags::ACK,
-                    window: 65535,
-                    options: TcpOptions::default(),
-                    payload: &payload,
-                };
+                let seg = in_order(seq, &payload);
                 conn.handle_segment(now, &seg);
                 seq = seq.wrapping_add(MSS as u32);
             }

@@ -338,29 +338,28 @@ impl Stack {
 
     /// Gratuitous ARP for our address (owned-IP mode), so neighbours learn it at once.
     pub fn announce(&mut self) {
-        let arp = ArpRepr {
-            op: ArpOp::Request,
-            sender_mac: self.cfg.mac,
-            sender_ip: self.cfg.ip,
-            target_mac: [0; 6],
-            target_ip: self.cfg.ip,
-        };
+        let arp = self.arp_request(self.cfg.ip);
         self.control.push(Control::Arp {
             eth_dst: BROADCAST_MAC,
             arp,
         });
     }
 
+    /// An ARP request from our address for `target_ip` (our own address: gratuitous ARP).
+    fn arp_request(&self, target_ip: Ipv4Addr) -> ArpRepr {
+        ArpRepr {
+            op: ArpOp::Request,
+            sender_mac: self.cfg.mac,
+            sender_ip: self.cfg.ip,
+            target_mac: [0; 6],
+            target_ip,
+        }
+    }
+
     /// Sends an ARP request for `ip` unless one went out within the retry interval.
     pub fn request_arp(&mut self, now: Instant, ip: Ipv4Addr) {
         if self.arp.should_request(ip, now) {
-            let arp = ArpRepr {
-                op: ArpOp::Request,
-                sender_mac: self.cfg.mac,
-                sender_ip: self.cfg.ip,
-                target_mac: [0; 6],
-                target_ip: ip,
-            };
+            let arp = self.arp_request(ip);
             self.control.push(Control::Arp {
                 eth_dst: BROADCAST_MAC,
                 arp,
@@ -610,9 +609,14 @@ impl Stack {
             ..Default::default()
         };
         self.stats.rst_sent += 1;
+        self.queue_tcp(remote, eth_src, repr);
+    }
+
+    /// A segment the stack answers without a connection (RST, cookie SYN-ACK), sent after the batch.
+    fn queue_tcp(&mut self, remote: SocketAddrV4, eth_dst: MacAddr, repr: TcpRepr<'static>) {
         self.control.push(Control::Tcp {
             ip_dst: *remote.ip(),
-            eth_dst: eth_src,
+            eth_dst,
             repr,
         });
     }
@@ -741,11 +745,7 @@ impl Stack {
             payload: &[],
         };
         self.stats.syn_cookies_sent += 1;
-        self.control.push(Control::Tcp {
-            ip_dst: *remote.ip(),
-            eth_dst: eth_src,
-            repr,
-        });
+        self.queue_tcp(remote, eth_src, repr);
     }
 
     fn check_cookie(
@@ -873,13 +873,7 @@ impl Stack {
         slot: usize,
     ) {
         if self.arp.should_request(hop, now) {
-            let arp = ArpRepr {
-                op: ArpOp::Request,
-                sender_mac: self.cfg.mac,
-                sender_ip: self.cfg.ip,
-                target_mac: [0; 6],
-                target_ip: hop,
-            };
+            let arp = self.arp_request(hop);
             if device.transmit(&mut |buf| wire::emit_arp(buf, BROADCAST_MAC, &arp)) {
                 self.stats.arp_requests += 1;
                 self.stats.tx_frames += 1;
