@@ -28,6 +28,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "tshark",
     "python3",
     "iputils-ping",
+    "socat",
+    "hyperfine",
 ];
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {

@@ -214,7 +214,8 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf => build_ebpf(),
         Task::InstallDeps => {
             install::apt_install(install::TEST_PACKAGES)?;
-            install::ebpf_toolchain()
+            install::ebpf_toolchain()?;
+            install::cargo_fuzz()
         }
         Task::Netns {
             action: NetnsAction::Up { loss, queues },
