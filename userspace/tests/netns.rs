@@ -61,7 +61,7 @@ fn closed_port_gets_rst_from_the_stack_not_the_kernel() {
     // The kernel listens on 7777 in the host namespace: if the SYN reached the kernel, the
     // connection would succeed. Steered to the stack, which has no listener, it gets a RST.
     let kernel_listener = w.spawn(&w.host, &["python3", "-c", "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',7777))\ns.listen()\ntime.sleep(60)"]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    w.wait_for_port(&w.host, HOST_IP, 7777, false).unwrap();
     let stack = start_stack(&w, &["--iface", HOST_IF, "--steer-port", "7777", "--stats"]);
     let script = format!(
         "import socket\ns=socket.socket()\ns.settimeout(5)\ntry:\n  s.connect(('{HOST_IP}',7777))\n  print('connected')\nexcept ConnectionRefusedError:\n  print('refused')"
@@ -393,7 +393,9 @@ fn curl_exit_codes_match_curl() {
     let silent = w.spawn(&w.server, &["python3", "-c", "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',8081))\ns.listen()\nc=s.accept()\ntime.sleep(60)"]).unwrap();
     // A server that sends half a response and resets the connection.
     let reset = w.spawn(&w.server, &["python3", "-c", "import socket,struct,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',8082))\ns.listen()\nc,_=s.accept()\nc.recv(1000)\nc.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 100000\\r\\n\\r\\n'+b'x'*1000)\ntime.sleep(0.3)\nc.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0))\nc.close()\ntime.sleep(5)"]).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    for port in [8081, 8082] {
+        w.wait_for_port(&w.server, SERVER_IP, port, false).unwrap();
+    }
     assert_eq!(
         code(&["--max-time", "1", &format!("http://{SERVER_IP}:8081/")]),
         Some(28),
@@ -437,7 +439,7 @@ fn stack_client_exchanges_data_both_ways_with_0_and_5_percent_loss() {
         )
         .unwrap();
     w.adopt(echo); // killed and reaped at teardown
-    std::thread::sleep(Duration::from_millis(300));
+    w.wait_for_port(&w.server, SERVER_IP, 7000, false).unwrap();
     for loss in [0, 5] {
         w.set_loss(loss).unwrap();
         // 100 rounds of 32 KiB out and the same 32 KiB back, each checked byte for byte.

@@ -25,8 +25,11 @@ pub const MODE_OWNED_IP: u32 = 1;
 /// Counter indices in [`COUNTERS_MAP`].
 pub const COUNTER_STEERED: u32 = 0;
 pub const COUNTER_PASSED: u32 = 1;
+/// Packets for the stack that met an empty XSKMAP slot (dropped, never passed to the
+/// kernel, which would answer them with a RST): the total, then one counter per queue.
 pub const COUNTER_NO_SOCKET: u32 = 2;
-pub const COUNTER_COUNT: u32 = 3;
+pub const COUNTER_NO_SOCKET_QUEUE0: u32 = 3;
+pub const COUNTER_COUNT: u32 = COUNTER_NO_SOCKET_QUEUE0 + MAX_QUEUES;
 
 /// Steering configuration written by userspace before it opens its sockets.
 #[repr(C)]

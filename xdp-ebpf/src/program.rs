@@ -5,8 +5,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use xdp_ebpf::{
-    COUNTER_COUNT, COUNTER_NO_SOCKET, COUNTER_PASSED, COUNTER_STEERED, MAX_QUEUES, MODE_OWNED_IP,
-    SteerConfig,
+    COUNTER_COUNT, COUNTER_NO_SOCKET, COUNTER_NO_SOCKET_QUEUE0, COUNTER_PASSED, COUNTER_STEERED,
+    MAX_QUEUES, MODE_OWNED_IP, SteerConfig,
 };
 
 #[map(name = "CONFIG")]
@@ -30,8 +30,14 @@ pub fn xdp_steer(ctx: XdpContext) -> u32 {
     if should_steer(&ctx) {
         let queue = ctx.rx_queue_index();
         if XSKS.get(queue).is_none() {
+            // The stack's packet on a queue without its socket: passed on, the kernel
+            // would answer it with a RST. Drop it and count it per queue; userspace tells
+            // the user which queue it was.
             count(COUNTER_NO_SOCKET);
-            return xdp_action::XDP_PASS;
+            if queue < MAX_QUEUES {
+                count(COUNTER_NO_SOCKET_QUEUE0 + queue);
+            }
+            return xdp_action::XDP_DROP;
         }
         count(COUNTER_STEERED);
         XSKS.redirect(queue, xdp_action::XDP_PASS as u64)

@@ -21,6 +21,42 @@ pub const ROUTER_SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 1);
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
 /// The address the stack owns in owned-IP mode.
 pub const OWNED_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 100);
+/// Queues of the host link unless a test asks otherwise: a multi-queue NIC, as users have.
+pub const DEFAULT_QUEUES: u32 = 4;
+/// Programs the world and its tests start, with the Debian package of each.
+pub const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+    ("ethtool", "ethtool"),
+    ("nginx", "nginx-light"),
+    ("dnsmasq", "dnsmasq"),
+    ("curl", "curl"),
+    ("wrk", "wrk"),
+    ("tshark", "tshark"),
+    ("python3", "python3"),
+    ("ping", "iputils-ping"),
+    ("socat", "socat"),
+    ("iperf3", "iperf3"),
+    ("openssl", "openssl"),
+    ("ss", "iproute2"),
+];
+
+/// Fails with one line naming the first missing program and its package.
+pub fn check_tools() -> anyhow::Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for (program, package) in TOOLS {
+        let found = std::env::split_paths(&path)
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .any(|dir| dir.join(program).is_file());
+        if !found {
+            bail!(
+                "the test world needs `{program}` (Debian package {package}): run `cargo xtask install-deps`"
+            );
+        }
+    }
+    Ok(())
+}
+
 pub const INDEX_HTML: &str = "<!doctype html>\n<html>\n<head><title>Example Domain</title></head>\n<body>\n<h1>Example Domain</h1>\n<p>This domain is for use in illustrative examples in documents, served by nginx inside a network namespace.</p>\n</body>\n</html>\n";
 
 #[derive(Debug, Clone, Default)]
@@ -31,7 +67,9 @@ pub struct WorldOptions {
     pub dnsmasq: bool,
     /// Size of `www/big.bin` (random bytes), if any.
     pub big_file: Option<usize>,
-    /// RX/TX queues of the host veth (for multi-queue runs).
+    /// RX/TX queues of the host veth. `None` is the realistic default,
+    /// [`DEFAULT_QUEUES`] (RSS spreads flows over them, as on a server NIC); `Some(1)` is
+    /// the single-queue variant, only for tests that isolate one behaviour.
     pub queues: Option<u32>,
     /// nginx also serves https on SERVER_IP:443 with a certificate for example.com from
     /// a test CA made for this world (`ca.pem` in the world's directory).
@@ -68,6 +106,7 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 
 impl World {
     pub fn up(opts: &WorldOptions) -> anyhow::Result<World> {
+        check_tools()?;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let id = format!("ust{}x{n}", std::process::id());
         let dir = std::env::temp_dir().join(format!("userspace-world-{id}"));
@@ -92,14 +131,11 @@ impl World {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
         let mut host_link = vec!["link", "add", HOST_IF, "netns", &h];
-        let queues = opts.queues.map(|q| q.to_string());
-        if let Some(q) = &queues {
-            host_link.extend(["numrxqueues", q, "numtxqueues", q]);
-        }
+        let queues = opts.queues.unwrap_or(DEFAULT_QUEUES).to_string();
+        let q = queues.as_str();
+        host_link.extend(["numrxqueues", q, "numtxqueues", q]);
         host_link.extend(["type", "veth", "peer", "name", "r0", "netns", &r]);
-        if let Some(q) = &queues {
-            host_link.extend(["numrxqueues", q, "numtxqueues", q]);
-        }
+        host_link.extend(["numrxqueues", q, "numtxqueues", q]);
         ip(&host_link)?;
         ip(&[
             "link", "add", "r1", "netns", &r, "type", "veth", "peer", "name", "veth0", "netns", &s,
@@ -164,14 +200,8 @@ impl World {
         sh(self
             .exec(&r)
             .args(["sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
-        // Frames towards the stack must be complete on the wire: no checksum offload and
-        // no GSO/GRO super-frames on the router's side of the host link.
-        let _ = sh(self.exec(&r).args([
-            "ethtool", "-K", "r0", "tx", "off", "tso", "off", "gso", "off", "gro", "off",
-        ]));
-        let _ = sh(self.exec(&h).args([
-            "ethtool", "-K", HOST_IF, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
-        ]));
+        // Every veth keeps the kernel's default offloads (TX checksum, TSO/GSO, GRO), as
+        // in a container: the stack must cope with what such a link delivers.
         // `ip netns exec` bind-mounts /etc/netns/NS/resolv.conf over /etc/resolv.conf.
         let etc = PathBuf::from("/etc/netns").join(&h);
         std::fs::create_dir_all(&etc)?;
@@ -308,12 +338,29 @@ impl World {
         self.children.push(child);
     }
 
-    fn wait_for_port(&self, ns: &str, addr: Ipv4Addr, port: u16, udp: bool) -> anyhow::Result<()> {
+    /// Waits until something listens on `addr:port` (TCP, or UDP) in `ns`: tests wait
+    /// for a server this way instead of sleeping.
+    pub fn wait_for_port(
+        &self,
+        ns: &str,
+        addr: Ipv4Addr,
+        port: u16,
+        udp: bool,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         let flag = if udp { "-uln" } else { "-tln" };
         while Instant::now() < deadline {
-            let out = self.exec(ns).args(["ss", flag]).output()?;
-            if String::from_utf8_lossy(&out.stdout).contains(&format!("{addr}:{port}")) {
+            let out = self.exec(ns).args(["ss", "-H", flag]).output()?;
+            // The local address column: this address or a wildcard, and the port.
+            let listening = String::from_utf8_lossy(&out.stdout).lines().any(|line| {
+                line.split_whitespace().nth(3).is_some_and(|local| {
+                    local.rsplit_once(':').is_some_and(|(host, p)| {
+                        p == port.to_string()
+                            && [addr.to_string().as_str(), "0.0.0.0", "*", "[::]"].contains(&host)
+                    })
+                })
+            });
+            if listening {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));

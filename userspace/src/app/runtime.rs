@@ -1,21 +1,21 @@
 //! The poll loop around the sans-IO stack: the clock, the device, CPU pinning, signals.
 use crate::device::Device;
 use crate::device::pcap::PcapDevice;
-use crate::device::xdp::XdpDevice;
+use crate::device::xdp::XdpQueues;
 use crate::stack::Stack;
 use crate::tcp::Instant;
 use crate::wire::MacAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The AF_XDP device, optionally recording to a pcap file.
+/// The AF_XDP sockets of the stack's queues, optionally recording to a pcap file.
 pub enum NetDevice {
-    Plain(XdpDevice),
-    Pcap(PcapDevice<XdpDevice>),
+    Plain(XdpQueues),
+    Pcap(PcapDevice<XdpQueues>),
 }
 
 impl NetDevice {
-    pub fn xdp(&self) -> &XdpDevice {
+    pub fn xdp(&self) -> &XdpQueues {
         match self {
             NetDevice::Plain(d) => d,
             NetDevice::Pcap(d) => d.inner(),

@@ -28,9 +28,11 @@ pub struct ServeArgs {
     /// Seconds in-flight responses get to finish after SIGINT/SIGTERM
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub grace: f64,
-    /// NIC queues to serve, one AF_XDP socket and one pinned thread each (queues 0..N)
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub queues: u32,
+    /// Stacks to shard the RX queues over, one pinned thread each; queue q goes to stack
+    /// q mod N, and every queue gets a socket (default: one per RX queue, at most one
+    /// per CPU)
+    #[arg(long, value_name = "N")]
+    pub queues: Option<u32>,
     #[command(flatten)]
     pub stack: StackArgs,
 }
@@ -429,40 +431,59 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     if !args.echo && !args.root.is_dir() {
         anyhow::bail!("--root {} is not a directory", args.root.display());
     }
-    if args.queues > 1 {
-        return run_queues(args);
+    if args.queues == Some(1) || (args.queues.is_none() && args.stack.queue.is_some()) {
+        let mut rt: Runtime = open_runtime(&args.stack, &[args.port])?;
+        return serve_on(&mut rt, args, true);
     }
-    let mut rt: Runtime = open_runtime(&args.stack, &[args.port])?;
-    serve_on(&mut rt, args, true)
+    run_sharded(args)
 }
 
-/// `--queues N`: the program is loaded once; each queue gets its socket, its stack and a
-/// thread pinned to its own core. Steering starts once every socket is registered, so
-/// no packet for the stack reaches a queue without one.
-fn run_queues(args: &ServeArgs) -> anyhow::Result<()> {
-    use crate::device::xdp::{XdpDevice, XdpProgram};
+/// Several stacks: the program is loaded once, every RX queue gets its socket, and the
+/// queues are dealt to the stacks (queue q to stack q mod N), each on a thread pinned to
+/// its own core. A flow stays on its queue (RSS), so it always meets the same stack.
+/// Steering starts once every socket is registered, so no packet for the stack reaches
+/// a queue without one.
+fn run_sharded(args: &ServeArgs) -> anyhow::Result<()> {
+    use crate::device::xdp::{QueueChoice, XdpProgram, XdpQueues, choose_queues};
     use std::sync::{Arc, Barrier};
     let plan = Arc::new(super::setup::plan(&args.stack, &[args.port])?);
     let program = XdpProgram::load(&plan.iface, args.stack.xdp_mode)?;
+    let queues = choose_queues(&program, QueueChoice::All)?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let bound = Arc::new(Barrier::new(args.queues as usize + 1));
+    let stacks = match args.queues {
+        Some(0) => anyhow::bail!("--queues must be at least 1"),
+        Some(n) if n as usize > queues.len() => anyhow::bail!(
+            "--queues {n}: {} has {} RX queue(s), so at most {} stacks",
+            plan.iface,
+            queues.len(),
+            queues.len()
+        ),
+        Some(n) => n as usize,
+        None => queues.len().min(cores.len().max(1)),
+    };
+    let bound = Arc::new(Barrier::new(stacks + 1));
     let mut threads = Vec::new();
-    for queue in 0..args.queues {
+    for shard in 0..stacks {
+        let mine: Vec<u32> = queues
+            .iter()
+            .copied()
+            .filter(|q| *q as usize % stacks == shard)
+            .collect();
         let (plan, program, bound, args) =
             (plan.clone(), program.clone(), bound.clone(), args.clone());
-        let core = cores.get(queue as usize % cores.len().max(1)).copied();
+        let core = cores.get(shard % cores.len().max(1)).copied();
         threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
             if let Some(core) = core {
                 core_affinity::set_for_current(core);
             }
-            let device = XdpDevice::bind(&program, queue);
+            let device = XdpQueues::bind(&program, &mine);
             bound.wait();
             let mut rt = plan.runtime(super::runtime::NetDevice::Plain(device?))?;
             drop(program);
             let result = serve_on(&mut rt, &args, false);
             let s = &rt.stack.stats;
             eprintln!(
-                "queue {queue}: {} connections, {} frames in, {} frames out",
+                "stack {shard} (queues {mine:?}): {} connections, {} frames in, {} frames out",
                 s.connections_opened, s.rx_frames, s.tx_frames
             );
             result
@@ -474,11 +495,11 @@ fn run_queues(args: &ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|p| p.into_inner())
         .enable(plan.steer)?;
     eprintln!(
-        "ready: serving {} on {}:{} ({} queues)",
+        "ready: serving {} on {}:{} ({} queues, {stacks} stacks)",
         args.root.display(),
         plan.stack.ip,
         args.port,
-        args.queues
+        queues.len()
     );
     drop(program);
     let mut first_error = None;

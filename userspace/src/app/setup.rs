@@ -2,7 +2,7 @@
 use super::runtime::{NetDevice, Runtime, WaitError, pin_to_cpu};
 use crate::device::netinfo::{self, default_route, kernel_neighbour, provoke_kernel_arp};
 use crate::device::pcap::PcapDevice;
-use crate::device::xdp::{XdpDevice, XdpModeChoice, XdpOptions};
+use crate::device::xdp::{QueueChoice, XdpModeChoice, XdpQueues};
 use crate::stack::{AddressMode, Stack, StackConfig};
 use crate::tcp::{CongestionKind, Instant};
 use anyhow::{Context, anyhow, bail};
@@ -25,9 +25,10 @@ pub struct StackArgs {
     /// Pin the poll loop to this CPU
     #[arg(long, value_name = "N")]
     pub cpu: Option<usize>,
-    /// NIC queue to bind the AF_XDP socket to
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub queue: u32,
+    /// Bind only this RX queue (default: every queue of the interface; refused when the
+    /// interface has several, as RSS would hash flows to the others)
+    #[arg(long, value_name = "N")]
+    pub queue: Option<u32>,
     /// Force the XDP attach mode (default: native, falling back to skb)
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpModeChoice>,
@@ -152,13 +153,19 @@ pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Ru
     if let Some(cpu) = args.cpu {
         pin_to_cpu(cpu)?;
     }
-    let xdp = XdpDevice::open(&XdpOptions {
-        interface: plan.iface.clone(),
-        queue: args.queue,
-        mode: args.xdp_mode,
-        steer: plan.steer,
-    })?;
-    tracing::info!(iface = plan.iface, ip = %plan.stack.ip, xdp = xdp.attached_mode(), "stack up");
+    let xdp = XdpQueues::open(
+        &plan.iface,
+        args.xdp_mode,
+        args.queue.map_or(QueueChoice::All, QueueChoice::Only),
+        plan.steer,
+    )?;
+    tracing::info!(
+        iface = plan.iface,
+        ip = %plan.stack.ip,
+        xdp = xdp.attached_mode(),
+        queues = ?xdp.queues(),
+        "stack up"
+    );
     let device = match &args.pcap {
         Some(path) => NetDevice::Pcap(PcapDevice::create(xdp, path)?),
         None => NetDevice::Plain(xdp),
@@ -234,6 +241,10 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
     cfg.tcp.send_buffer = args.buffer;
     cfg.tcp.recv_buffer = args.buffer;
     cfg.tcp.max_ooo_bytes = args.buffer;
+    // A veth delivers the peer's CHECKSUM_PARTIAL frames as they are; a wire never does.
+    if netinfo::frames_come_from_memory(&iface) {
+        cfg.checksum_policy = crate::wire::ChecksumPolicy::AcceptPartial;
+    }
     Ok(Plan {
         iface_ip: info.ipv4.map_or(ip, |(a, _)| a),
         iface,
@@ -315,7 +326,12 @@ pub fn print_stats(rt: &Runtime) {
     );
     eprintln!("  {:<24} {}", "challenge_acks", t.challenge_acks);
     let s = xdp.steer_counters();
-    eprintln!("* xdp program ({} mode):", xdp.attached_mode());
+    eprintln!(
+        "* xdp program ({} mode, sockets on queues {:?} of {}):",
+        xdp.attached_mode(),
+        xdp.queues(),
+        xdp.interface_queues()
+    );
     eprintln!("  {:<24} {}", "steered", s.steered);
     eprintln!("  {:<24} {}", "passed_to_kernel", s.passed);
     eprintln!("  {:<24} {}", "no_socket", s.no_socket);
@@ -327,14 +343,38 @@ pub fn print_stats(rt: &Runtime) {
     eprintln!("  {:<24} {}", "in_tx_ring", f.in_tx_ring);
     eprintln!("  {:<24} {}", "free_for_tx", f.free_for_tx);
     eprintln!("  {:<24} {}", "missing", f.missing());
-    if let Some(x) = xdp.socket_stats() {
-        eprintln!("* af_xdp socket:");
-        eprintln!("  {:<24} {}", "rx_dropped", x.rx_dropped());
-        eprintln!("  {:<24} {}", "rx_ring_full", x.rx_ring_full());
-        eprintln!(
-            "  {:<24} {}",
-            "rx_fill_ring_empty",
-            x.rx_fill_ring_empty_descs()
-        );
+    let (rx_dropped, rx_ring_full, fill_empty) = xdp.socket_stats();
+    eprintln!("* af_xdp sockets:");
+    eprintln!("  {:<24} {}", "rx_dropped", rx_dropped);
+    eprintln!("  {:<24} {}", "rx_ring_full", rx_ring_full);
+    eprintln!("  {:<24} {}", "rx_fill_ring_empty", fill_empty);
+}
+
+/// One line per way the stack has been losing what the user needed: packets on queues
+/// without a socket, segments dropped for checksums. Each says what to do about it.
+pub fn diagnose(rt: &Runtime) -> Vec<String> {
+    let mut lines = Vec::new();
+    let xdp = rt.device.xdp();
+    for (queue, n) in xdp.no_socket_by_queue() {
+        lines.push(format!(
+            "{n} packet(s) for the stack arrived on RX queue {queue} of {}, which has no AF_XDP socket (the stack has queues {:?}), and were dropped: leave out --queue so that every queue gets one",
+            rt.iface,
+            xdp.queues()
+        ));
     }
+    let bad = rt.stack.stats.drop_bad_tcp_checksum;
+    if bad > 0 {
+        let remedy = if rt.stack.config().checksum_policy == crate::wire::ChecksumPolicy::Strict {
+            format!(
+                "{} has a bus device, so partial checksums are not accepted from it; if a local peer's TX checksum offload sends them, turn it off there (`ethtool -K <peer-if> tx off`)",
+                rt.iface
+            )
+        } else {
+            "the frames were corrupted on the way".to_string()
+        };
+        lines.push(format!(
+            "{bad} TCP segment(s) dropped for bad checksums: {remedy}"
+        ));
+    }
+    lines
 }

@@ -8,6 +8,7 @@ use std::process::Command;
 #[derive(Debug, Clone)]
 pub struct InterfaceInfo {
     pub name: String,
+    pub ifindex: u32,
     pub mac: MacAddr,
     pub mtu: usize,
     pub up: bool,
@@ -41,6 +42,7 @@ pub fn interface(name: &str) -> anyhow::Result<InterfaceInfo> {
     let up = flags & 1 != 0 && read("operstate")?.trim() != "down";
     Ok(InterfaceInfo {
         name: name.to_string(),
+        ifindex: read("ifindex")?.trim().parse().unwrap_or(0),
         mac,
         mtu,
         up,
@@ -48,23 +50,133 @@ pub fn interface(name: &str) -> anyhow::Result<InterfaceInfo> {
     })
 }
 
-fn ipv4_address(name: &str) -> anyhow::Result<Option<(Ipv4Addr, u8)>> {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "dev", name])
-        .output()
-        .context("running `ip` (iproute2) to read the interface address")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    for word in text
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .skip(1)
-        .take(1)
-    {
-        if let Some((addr, prefix)) = word.split_once('/') {
-            return Ok(Some((addr.parse()?, prefix.parse()?)));
+/// RX queues of the interface, from /sys (the kernel updates it with the channel count).
+pub fn rx_queue_count(name: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{name}/queues"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// True for an interface whose frames come from memory, not from a wire (veth, and the
+/// other virtual devices with no bus device behind them). Only there may a TCP checksum
+/// still be partial (CHECKSUM_PARTIAL) when the frame reaches us.
+pub fn frames_come_from_memory(name: &str) -> bool {
+    !std::path::Path::new(&format!("/sys/class/net/{name}/device")).exists()
+}
+
+/// Who holds the XDP hook of interface `ifindex` in our network namespace: the process
+/// owning a BPF link to it, or a program attached without a link (by `ip link`).
+pub fn xdp_holder(ifindex: u32) -> Option<String> {
+    let our_netns = std::fs::read_link("/proc/self/ns/net").ok()?;
+    let me = std::process::id().to_string();
+    for proc_entry in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
+        let pid = proc_entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        // Interface indexes are per namespace: only a process in ours can hold this one.
+        if std::fs::read_link(format!("/proc/{pid}/ns/net")).ok() != Some(our_netns.clone()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:bpf_link") {
+                let info = std::fs::read_to_string(format!(
+                    "/proc/{pid}/fdinfo/{}",
+                    fd.file_name().to_string_lossy()
+                ))
+                .unwrap_or_default();
+                let field = |name: &str| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim().to_string())
+                };
+                if field("link_type:").as_deref() == Some("xdp")
+                    && field("ifindex:") == Some(ifindex.to_string())
+                {
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    return Some(format!("process {pid} ({})", comm.trim()));
+                }
+            }
         }
     }
-    Ok(None)
+    // Attached through netlink: no process owns it, `ip link` shows it.
+    let out = Command::new("ip")
+        .args(["-d", "link", "show", "dev"])
+        .arg(ifindex_name(ifindex)?)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let id = text
+        .split_whitespace()
+        .skip_while(|w| !w.starts_with("prog/xdp"))
+        .nth(2)?;
+    Some(format!(
+        "XDP program id {id}, attached without a process (`ip link set dev {} xdp off` removes it)",
+        ifindex_name(ifindex)?
+    ))
+}
+
+fn ifindex_name(ifindex: u32) -> Option<String> {
+    std::fs::read_dir("/sys/class/net")
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("ifindex"))
+                .is_ok_and(|i| i.trim() == ifindex.to_string())
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+}
+
+/// The first IPv4 address of `name` and its prefix length, from getifaddrs(3): no
+/// process to spawn, which matters for start-up time.
+fn ipv4_address(name: &str) -> anyhow::Result<Option<(Ipv4Addr, u8)>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head into `list`; it is freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getifaddrs");
+    }
+    let mut found = None;
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_addr.is_null() || entry.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let entry_name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of the list.
+        let family = unsafe { (*entry.ifa_addr).sa_family };
+        if entry_name.to_bytes() != name.as_bytes() || i32::from(family) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: an AF_INET address (and its netmask) is a sockaddr_in.
+        let (addr, mask) = unsafe {
+            let addr = &*(entry.ifa_addr as *const libc::sockaddr_in);
+            let mask = (!entry.ifa_netmask.is_null()).then(|| {
+                (*(entry.ifa_netmask as *const libc::sockaddr_in))
+                    .sin_addr
+                    .s_addr
+            });
+            (addr.sin_addr.s_addr, mask)
+        };
+        let prefix = mask.map_or(32, |m| u32::from_be(m).count_ones() as u8);
+        found = Some((Ipv4Addr::from(u32::from_be(addr)), prefix));
+        break;
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once; no reference outlives this.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(found)
 }
 
 /// The default route from /proc/net/route: (interface, gateway).

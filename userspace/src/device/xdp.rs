@@ -7,10 +7,14 @@ use super::Device;
 use crate::wire::MacAddr;
 use anyhow::{Context, anyhow, bail};
 use aya::maps::{Array, MapData, PerCpuArray, XskMap};
+use aya::programs::xdp::XdpLinkId;
 use aya::programs::{Xdp, XdpMode};
 use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
-use xdp_ebpf::{COUNTER_NO_SOCKET, COUNTER_PASSED, COUNTER_STEERED, SteerConfig};
+use xdp_ebpf::{
+    COUNTER_NO_SOCKET, COUNTER_NO_SOCKET_QUEUE0, COUNTER_PASSED, COUNTER_STEERED, MAX_QUEUES,
+    SteerConfig,
+};
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
 };
@@ -21,9 +25,18 @@ static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 pub const BATCH: usize = 64;
 const FRAME_SIZE: u32 = 2048;
+/// Ring size of a socket when it is the only one; with more queues each gets less, so
+/// that the UMEMs of all queues together stay near 16 MiB.
 const RING_SIZE: u32 = 2048;
-/// Frames in the UMEM: a full fill ring plus as many again for transmit.
-const FRAME_COUNT: u32 = 2 * RING_SIZE;
+const MIN_RING_SIZE: u32 = 256;
+
+/// Ring size for each of `queues` sockets (a power of two, as the kernel requires). Each
+/// UMEM holds twice its ring size in frames: a full fill ring plus as many for transmit.
+fn ring_size_for(queues: u32) -> u32 {
+    (RING_SIZE * 2 / queues.max(1))
+        .next_power_of_two()
+        .clamp(MIN_RING_SIZE, RING_SIZE)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpModeChoice {
@@ -31,12 +44,14 @@ pub enum XdpModeChoice {
     Skb,
 }
 
-#[derive(Debug, Clone)]
-pub struct XdpOptions {
-    pub interface: String,
-    pub queue: u32,
-    pub mode: Option<XdpModeChoice>,
-    pub steer: SteerConfig,
+/// Which RX queues get an AF_XDP socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueChoice {
+    /// Every RX queue of the interface: RSS may hash a flow to any of them.
+    All,
+    /// One queue only; refused unless it is the interface's only queue, because nothing
+    /// steers the stack's flows to it.
+    Only(u32),
 }
 
 /// `SteerConfig` as a map value. The newtype lives here so that the only `unsafe impl`
@@ -88,8 +103,6 @@ pub struct XdpDevice {
     in_tx_ring: usize,
     total_frames: usize,
     pub queue: u32,
-    // Dropped last: the program is detached when its last socket is gone.
-    program: SharedProgram,
 }
 
 /// Steering counters from the XDP program, summed over CPUs.
@@ -106,8 +119,11 @@ pub struct XdpProgram {
     counters: PerCpuArray<MapData, u64>,
     pub attached_mode: &'static str,
     interface: String,
-    mac: MacAddr,
-    mtu: usize,
+    /// RX queues of the interface, read after the program is attached (some drivers,
+    /// virtio_net among them, change their channels when XDP comes or goes).
+    pub rx_queues: u32,
+    /// The BPF link that attaches the program; closing it detaches.
+    link: Option<XdpLinkId>,
 }
 
 pub type SharedProgram = std::sync::Arc<std::sync::Mutex<XdpProgram>>;
@@ -128,7 +144,9 @@ impl XdpProgram {
         if !info.up {
             bail!("interface {iface} is down");
         }
-        let mut ebpf = aya::Ebpf::load(XDP_OBJECT).context("loading the XDP program")?;
+        tracing::debug!("loading the XDP object");
+        let mut ebpf = load_object_without_kernel_btf().context("loading the XDP program")?;
+        tracing::debug!("XDP object parsed");
         let program: &mut Xdp = ebpf
             .program_mut(xdp_ebpf::PROGRAM_NAME)
             .ok_or_else(|| anyhow!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME))?
@@ -136,40 +154,39 @@ impl XdpProgram {
         program
             .load()
             .context("the kernel refused the XDP program")?;
-        let attached_mode = match mode {
-            Some(XdpModeChoice::Native) => {
-                program
-                    .attach(iface, XdpMode::Driver)
-                    .with_context(|| format!("attaching XDP (native) to {iface}"))?;
-                "native"
-            }
-            Some(XdpModeChoice::Skb) => {
-                program
-                    .attach(iface, XdpMode::Skb)
-                    .with_context(|| format!("attaching XDP (skb) to {iface}"))?;
-                "skb"
-            }
-            None => match program.attach(iface, XdpMode::Driver) {
-                Ok(_) => "native",
-                Err(_) => {
-                    program
-                        .attach(iface, XdpMode::Skb)
-                        .with_context(|| format!("attaching XDP to {iface}"))?;
-                    "skb"
+        let attach = |program: &mut Xdp, mode: XdpMode| {
+            program.attach(iface, mode).map_err(|e| {
+                // One XDP program per interface: name whoever holds it.
+                match super::netinfo::xdp_holder(info.ifindex) {
+                    Some(holder) => anyhow!(
+                        "interface {iface} is already in use by {holder}: only one XDP program can attach to an interface; stop it, or run on another interface"
+                    ),
+                    None => anyhow!(e).context(format!("attaching XDP to {iface}")),
                 }
+            })
+        };
+        let (link, attached_mode) = match mode {
+            Some(XdpModeChoice::Native) => (attach(program, XdpMode::Driver)?, "native"),
+            Some(XdpModeChoice::Skb) => (attach(program, XdpMode::Skb)?, "skb"),
+            None => match attach(program, XdpMode::Driver) {
+                Ok(link) => (link, "native"),
+                Err(e) if super::netinfo::xdp_holder(info.ifindex).is_some() => return Err(e),
+                Err(_) => (attach(program, XdpMode::Skb)?, "skb"),
             },
         };
+        tracing::debug!(mode = attached_mode, "XDP program attached");
         let counters = PerCpuArray::try_from(
             ebpf.take_map(xdp_ebpf::COUNTERS_MAP)
                 .ok_or_else(|| anyhow!("COUNTERS map missing"))?,
         )?;
+        let rx_queues = super::netinfo::rx_queue_count(iface).min(MAX_QUEUES);
         Ok(std::sync::Arc::new(std::sync::Mutex::new(XdpProgram {
             ebpf,
             counters,
             attached_mode,
             interface: iface.to_string(),
-            mac: info.mac,
-            mtu: info.mtu,
+            rx_queues,
+            link: Some(link),
         })))
     }
 
@@ -199,48 +216,67 @@ impl XdpProgram {
         Ok(())
     }
 
-    pub fn steer_counters(&self) -> SteerCounters {
-        let sum = |index| {
-            self.counters
-                .get(&index, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
-        };
-        SteerCounters {
-            steered: sum(COUNTER_STEERED),
-            passed: sum(COUNTER_PASSED),
-            no_socket: sum(COUNTER_NO_SOCKET),
+    /// Detaches the program now (dropping it would too, later).
+    fn detach(&mut self) {
+        if let Some(link) = self.link.take()
+            && let Some(program) = self.ebpf.program_mut(xdp_ebpf::PROGRAM_NAME)
+            && let Ok(xdp) = <&mut Xdp>::try_from(program)
+        {
+            let _ = xdp.detach(link);
         }
+    }
+
+    fn counter(&self, index: u32) -> u64 {
+        self.counters
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    pub fn steer_counters(&self) -> SteerCounters {
+        SteerCounters {
+            steered: self.counter(COUNTER_STEERED),
+            passed: self.counter(COUNTER_PASSED),
+            no_socket: self.counter(COUNTER_NO_SOCKET),
+        }
+    }
+
+    /// Packets for the stack dropped because their queue had no socket: (queue, count).
+    pub fn no_socket_by_queue(&self) -> Vec<(u32, u64)> {
+        if self.counter(COUNTER_NO_SOCKET) == 0 {
+            return Vec::new();
+        }
+        (0..MAX_QUEUES)
+            .map(|q| (q, self.counter(COUNTER_NO_SOCKET_QUEUE0 + q)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
 
 impl XdpDevice {
-    /// One queue with its own program: load, bind, enable.
-    pub fn open(opts: &XdpOptions) -> anyhow::Result<Self> {
-        let program = XdpProgram::load(&opts.interface, opts.mode)?;
-        let device = XdpDevice::bind(&program, opts.queue)?;
-        lock(&program).enable(opts.steer)?;
-        Ok(device)
-    }
-
-    /// An AF_XDP socket with its own UMEM on `queue`, registered with the program.
-    pub fn bind(program: &SharedProgram, queue: u32) -> anyhow::Result<Self> {
-        let (iface, mac, mtu) = {
-            let p = lock(program);
-            (p.interface.clone(), p.mac, p.mtu)
-        };
+    /// An AF_XDP socket with its own UMEM on `queue` of `iface`, whose rings are sized
+    /// for an interface of `queues` queues. It receives once registered with the program.
+    pub fn bind(
+        iface: &super::netinfo::InterfaceInfo,
+        queue: u32,
+        queues: u32,
+    ) -> anyhow::Result<Self> {
+        let (mac, mtu) = (iface.mac, iface.mtu);
+        let iface = iface.name.as_str();
+        let ring_size = ring_size_for(queues);
+        let frame_count = 2 * ring_size;
         let umem_config = UmemConfig::builder()
             .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| anyhow!("{e}"))?)
-            .fill_queue_size(QueueSize::new(RING_SIZE).map_err(|e| anyhow!("{e}"))?)
-            .comp_queue_size(QueueSize::new(RING_SIZE).map_err(|e| anyhow!("{e}"))?)
+            .fill_queue_size(QueueSize::new(ring_size).map_err(|e| anyhow!("{e}"))?)
+            .comp_queue_size(QueueSize::new(ring_size).map_err(|e| anyhow!("{e}"))?)
             .build()
             .map_err(|e| anyhow!("UMEM config: {e}"))?;
-        let frame_count = NonZeroU32::new(FRAME_COUNT).expect("non-zero");
+        let frame_count = NonZeroU32::new(frame_count).expect("non-zero");
         let (umem, mut frames) = Umem::new(umem_config, frame_count, false)
             .map_err(|e| anyhow!("creating UMEM: {e}"))?;
         let socket_config = SocketConfig::builder()
-            .rx_queue_size(QueueSize::new(RING_SIZE).map_err(|e| anyhow!("{e}"))?)
-            .tx_queue_size(QueueSize::new(RING_SIZE).map_err(|e| anyhow!("{e}"))?)
+            .rx_queue_size(QueueSize::new(ring_size).map_err(|e| anyhow!("{e}"))?)
+            .tx_queue_size(QueueSize::new(ring_size).map_err(|e| anyhow!("{e}"))?)
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
             .build();
@@ -252,13 +288,12 @@ impl XdpDevice {
             .map_err(|e| anyhow!("binding an AF_XDP socket to {iface} queue {queue}: {e}"))?;
         let (mut fill, completion) =
             fq_cq.ok_or_else(|| anyhow!("AF_XDP socket came without fill/completion rings"))?;
-        let tx_free = frames.split_off(RING_SIZE as usize);
+        let tx_free = frames.split_off(ring_size as usize);
         // SAFETY: the frames belong to this UMEM and none is in any ring yet.
         let filled = unsafe { fill.produce(&frames) };
         if filled != frames.len() {
             bail!("could not fill the AF_XDP fill ring");
         }
-        lock(program).register(queue, rx.fd().as_raw_fd())?;
         Ok(XdpDevice {
             mac,
             mtu,
@@ -270,24 +305,15 @@ impl XdpDevice {
             rx_batch: frames,
             tx_free,
             tx_queued: Vec::with_capacity(BATCH * 4),
-            completed: (0..RING_SIZE as usize)
+            completed: (0..ring_size as usize)
                 .map(|_| FrameDesc::default())
                 .collect(),
-            awaiting_fill: Vec::with_capacity(RING_SIZE as usize),
-            in_fill_ring: RING_SIZE as usize,
+            awaiting_fill: Vec::with_capacity(ring_size as usize),
+            in_fill_ring: ring_size as usize,
             in_tx_ring: 0,
-            total_frames: FRAME_COUNT as usize,
+            total_frames: frame_count.get() as usize,
             queue,
-            program: program.clone(),
         })
-    }
-
-    pub fn attached_mode(&self) -> &'static str {
-        lock(&self.program).attached_mode
-    }
-
-    pub fn steer_counters(&self) -> SteerCounters {
-        lock(&self.program).steer_counters()
     }
 
     pub fn frame_account(&self) -> FrameAccount {
@@ -399,6 +425,264 @@ impl Device for XdpDevice {
 
     fn mtu(&self) -> usize {
         self.mtu
+    }
+}
+
+/// AF_XDP sockets on several RX queues of one interface, driven by one poll loop: RSS
+/// hashes each flow to a queue of its own choosing, so the stack must listen on all.
+/// Frames are received from every queue and sent on the first socket's TX ring (any
+/// queue's TX ring leaves by the same interface).
+pub struct XdpQueues {
+    devices: Vec<XdpDevice>,
+    program: SharedProgram,
+}
+
+impl XdpQueues {
+    /// Loads and attaches the program, binds the queues `choice` names, then enables
+    /// steering: no packet is steered before every socket is registered. The sockets
+    /// are bound while the program loads: each step waits on the kernel, so side by side
+    /// they take the time of the longest.
+    pub fn open(
+        interface: &str,
+        mode: Option<XdpModeChoice>,
+        choice: QueueChoice,
+        steer: SteerConfig,
+    ) -> anyhow::Result<Self> {
+        let info = super::netinfo::interface(interface)?;
+        let count = super::netinfo::rx_queue_count(interface).min(MAX_QUEUES);
+        let wanted = queues_for(interface, count, choice)?;
+        let (program, devices) = std::thread::scope(|scope| {
+            let binds: Vec<_> = wanted
+                .iter()
+                .map(|&q| {
+                    let info = &info;
+                    scope.spawn(move || XdpDevice::bind(info, q, count))
+                })
+                .collect();
+            let program = XdpProgram::load(interface, mode);
+            let devices: anyhow::Result<Vec<XdpDevice>> = binds
+                .into_iter()
+                .map(|b| {
+                    b.join()
+                        .unwrap_or_else(|_| bail!("binding a queue panicked"))
+                })
+                .collect();
+            (program, devices)
+        });
+        let program = program?;
+        let mut devices = devices?;
+        // Some drivers (virtio_net) change their channels when XDP attaches: bind what
+        // the attached interface has, if that differs.
+        let now = lock(&program).rx_queues;
+        if now != count {
+            let wanted = queues_for(interface, now, choice)?;
+            devices.retain(|d| wanted.contains(&d.queue));
+            for q in wanted {
+                if !devices.iter().any(|d| d.queue == q) {
+                    devices.push(XdpDevice::bind(&info, q, now)?);
+                }
+            }
+        }
+        let queues = XdpQueues::register(&program, devices)?;
+        lock(&program).enable(steer)?;
+        tracing::debug!(queues = ?queues.queues(), "AF_XDP sockets bound, steering on");
+        Ok(queues)
+    }
+
+    /// One socket per queue in `queues` for an already loaded program.
+    pub fn bind(program: &SharedProgram, queues: &[u32]) -> anyhow::Result<Self> {
+        let (info, count) = {
+            let p = lock(program);
+            (super::netinfo::interface(&p.interface)?, p.rx_queues)
+        };
+        let devices = queues
+            .iter()
+            .map(|&q| XdpDevice::bind(&info, q, count))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        XdpQueues::register(program, devices)
+    }
+
+    /// Puts each socket in the program's XSKMAP slot of its queue.
+    fn register(program: &SharedProgram, devices: Vec<XdpDevice>) -> anyhow::Result<Self> {
+        if devices.is_empty() {
+            bail!("no RX queue to bind");
+        }
+        for device in &devices {
+            lock(program).register(device.queue, device.rx.fd().as_raw_fd())?;
+        }
+        Ok(XdpQueues {
+            devices,
+            program: program.clone(),
+        })
+    }
+
+    fn program(&self) -> std::sync::MutexGuard<'_, XdpProgram> {
+        lock(&self.program)
+    }
+
+    pub fn attached_mode(&self) -> &'static str {
+        self.program().attached_mode
+    }
+
+    pub fn steer_counters(&self) -> SteerCounters {
+        self.program().steer_counters()
+    }
+
+    /// The queues with a socket, in order.
+    pub fn queues(&self) -> Vec<u32> {
+        self.devices.iter().map(|d| d.queue).collect()
+    }
+
+    /// RX queues of the interface (with a socket or not).
+    pub fn interface_queues(&self) -> u32 {
+        self.program().rx_queues
+    }
+
+    /// Packets for the stack dropped on queues without a socket: (queue, count).
+    pub fn no_socket_by_queue(&self) -> Vec<(u32, u64)> {
+        self.program().no_socket_by_queue()
+    }
+
+    /// UMEM frames of every queue, summed.
+    pub fn frame_account(&self) -> FrameAccount {
+        self.devices
+            .iter()
+            .map(XdpDevice::frame_account)
+            .fold(FrameAccount::default(), |a, b| FrameAccount {
+                total: a.total + b.total,
+                free_for_tx: a.free_for_tx + b.free_for_tx,
+                in_fill_ring: a.in_fill_ring + b.in_fill_ring,
+                awaiting_fill: a.awaiting_fill + b.awaiting_fill,
+                in_tx_ring: a.in_tx_ring + b.in_tx_ring,
+                queued_tx: a.queued_tx + b.queued_tx,
+            })
+    }
+
+    /// Socket statistics of every queue, summed: (rx_dropped, rx_ring_full, fill_empty).
+    pub fn socket_stats(&self) -> (u64, u64, u64) {
+        self.devices
+            .iter()
+            .filter_map(XdpDevice::socket_stats)
+            .fold((0, 0, 0), |a, x| {
+                (
+                    a.0 + x.rx_dropped(),
+                    a.1 + x.rx_ring_full(),
+                    a.2 + x.rx_fill_ring_empty_descs(),
+                )
+            })
+    }
+}
+
+impl Drop for XdpQueues {
+    /// Closing an AF_XDP socket and detaching XDP each wait for an RCU grace period in
+    /// the kernel (several ms each). Done side by side they cost one, which is most of
+    /// the exit time of a short fetch. The program is detached here only when no other
+    /// `XdpQueues` shares it (serve's other stacks may still be draining).
+    fn drop(&mut self) {
+        let program = &self.program;
+        let last_user = std::sync::Arc::strong_count(program) == 1;
+        std::thread::scope(|scope| {
+            if last_user {
+                scope.spawn(|| lock(program).detach());
+            }
+            for device in self.devices.drain(..) {
+                scope.spawn(move || drop(device));
+            }
+        });
+    }
+}
+
+/// The queues of an attached program's interface to bind for `choice`.
+pub fn choose_queues(program: &SharedProgram, choice: QueueChoice) -> anyhow::Result<Vec<u32>> {
+    let (iface, count) = {
+        let p = lock(program);
+        (p.interface.clone(), p.rx_queues)
+    };
+    queues_for(&iface, count, choice)
+}
+
+/// The queues to bind for `choice` on `iface` with `count` RX queues.
+fn queues_for(iface: &str, count: u32, choice: QueueChoice) -> anyhow::Result<Vec<u32>> {
+    match choice {
+        QueueChoice::All => Ok((0..count).collect()),
+        QueueChoice::Only(q) if q >= count => {
+            bail!("--queue {q}: {iface} has {count} RX queue(s), numbered from 0")
+        }
+        QueueChoice::Only(q) if count > 1 => bail!(
+            "--queue {q}: {iface} has {count} RX queues and RSS spreads flows over all of them; without a flow-steering rule, a socket on one queue misses the flows hashed to the others (leave out --queue: the stack binds every queue)"
+        ),
+        QueueChoice::Only(q) => Ok(vec![q]),
+    }
+}
+
+impl Device for XdpQueues {
+    fn receive(&mut self, handle: &mut dyn FnMut(&[u8])) -> usize {
+        self.devices.iter_mut().map(|d| d.receive(handle)).sum()
+    }
+
+    fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> bool {
+        self.devices[0].transmit(build)
+    }
+
+    fn flush(&mut self) {
+        self.devices[0].flush();
+    }
+
+    fn mac(&self) -> MacAddr {
+        self.devices[0].mac
+    }
+
+    fn mtu(&self) -> usize {
+        self.devices[0].mtu
+    }
+}
+
+/// Loads the XDP object without parsing the kernel's BTF. The program needs no CO-RE
+/// relocation, but aya's `EbpfLoader::new()` always parses /sys/kernel/btf/vmlinux
+/// (megabytes; 20 to 30 ms, most of a small fetch's start-up). So the loader is made on
+/// a thread of its own that first hides that file in a private mount namespace, which
+/// ends with the thread. If hiding fails, the loader parses it as usual.
+fn load_object_without_kernel_btf() -> anyhow::Result<aya::Ebpf> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let hidden = hide_kernel_btf_from_this_thread();
+                tracing::debug!(hidden, "kernel BTF hidden from the loader");
+                aya::EbpfLoader::new()
+                    .btf(None)
+                    .load(XDP_OBJECT)
+                    .map_err(anyhow::Error::from)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the XDP loader thread panicked")))
+    })
+}
+
+/// Gives the calling thread a private mount namespace in which /sys/kernel/btf/vmlinux
+/// is empty. Other threads and processes see no change.
+fn hide_kernel_btf_from_this_thread() -> bool {
+    // SAFETY: unshare(CLONE_NEWNS) only changes the calling thread's mount namespace
+    // (it implies CLONE_FS, so the thread gets its own copy of the fs context).
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return false;
+    }
+    // SAFETY: plain mount(2) calls with NUL-terminated literals; the first makes the new
+    // namespace's mounts private, so the bind mount below never propagates out of it.
+    unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) == 0
+            && libc::mount(
+                c"/dev/null".as_ptr(),
+                c"/sys/kernel/btf/vmlinux".as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) == 0
     }
 }
 

@@ -45,6 +45,8 @@ pub struct StackConfig {
     pub isn_key: [u8; 16],
     /// Where this process starts in the ephemeral port sequence (random per process).
     pub start_counter: u32,
+    /// Which TCP checksums to accept: partial ones only where frames come from memory.
+    pub checksum_policy: wire::ChecksumPolicy,
 }
 
 impl StackConfig {
@@ -61,6 +63,7 @@ impl StackConfig {
             syn_backlog: 1024,
             isn_key: [0x5a; 16],
             start_counter: 0,
+            checksum_policy: wire::ChecksumPolicy::Strict,
         }
     }
 }
@@ -480,17 +483,21 @@ impl Stack {
     }
 
     fn process_frame(&mut self, now: Instant, frame: &[u8]) {
-        match wire::parse_frame(frame) {
-            Err(e) => self.stats.count_wire_error(e),
-            Ok(Frame::Arp(arp)) => self.process_arp(arp),
-            Ok(Frame::Tcp { eth_src, ip, tcp }) => {
+        let parsed = match wire::parse_frame_with(frame, self.cfg.checksum_policy) {
+            Ok(parsed) => parsed,
+            Err(e) => return self.stats.count_wire_error(e),
+        };
+        self.stats.rx_partial_checksum += u64::from(parsed.partial_checksum);
+        match parsed.frame {
+            Frame::Arp(arp) => self.process_arp(arp),
+            Frame::Tcp { eth_src, ip, tcp } => {
                 if ip.dst != self.cfg.ip {
                     self.stats.not_for_us += 1;
                     return;
                 }
                 self.process_tcp(now, eth_src, ip, &tcp);
             }
-            Ok(Frame::Icmp { eth_src, ip, icmp }) => self.process_icmp(eth_src, ip, icmp),
+            Frame::Icmp { eth_src, ip, icmp } => self.process_icmp(eth_src, ip, icmp),
         }
     }
 

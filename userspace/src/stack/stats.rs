@@ -19,6 +19,8 @@ macro_rules! counters {
 
 counters! {
     rx_frames,
+    /// TCP segments accepted with a CHECKSUM_PARTIAL signature (frames from memory only).
+    rx_partial_checksum,
     tx_frames,
     /// TX ring had no free frame; the work was kept for the next turn.
     tx_ring_full,

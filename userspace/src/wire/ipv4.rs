@@ -1,7 +1,7 @@
 //! IPv4 (RFC 791, with RFC 1122 section 3.2.1 validation) and the ICMP messages the stack uses.
 use super::{
-    ETH_HEADER_LEN, ETHERTYPE_IPV4, Frame, IPV4_HEADER_LEN, MacAddr, WireError, checksum,
-    emit_ethernet, tcp,
+    ChecksumPolicy, ETH_HEADER_LEN, ETHERTYPE_IPV4, Frame, IPV4_HEADER_LEN, MacAddr, Parsed,
+    WireError, checksum, emit_ethernet, tcp,
 };
 use std::net::Ipv4Addr;
 
@@ -16,7 +16,11 @@ pub struct Ipv4Info {
     pub ttl: u8,
 }
 
-pub(super) fn parse(eth_src: MacAddr, packet: &[u8]) -> Result<Frame<'_>, WireError> {
+pub(super) fn parse(
+    eth_src: MacAddr,
+    packet: &[u8],
+    policy: ChecksumPolicy,
+) -> Result<Parsed<'_>, WireError> {
     if packet.len() < IPV4_HEADER_LEN {
         return Err(WireError::Truncated);
     }
@@ -44,15 +48,20 @@ pub(super) fn parse(eth_src: MacAddr, packet: &[u8]) -> Result<Frame<'_>, WireEr
     };
     let payload = &packet[header_len..total_len];
     match header.protocol().0 {
-        PROTO_TCP => Ok(Frame::Tcp {
-            eth_src,
-            ip,
-            tcp: tcp::parse(ip.src, ip.dst, payload)?,
-        }),
-        PROTO_ICMP => Ok(Frame::Icmp {
-            eth_src,
-            ip,
-            icmp: IcmpRepr::parse(payload)?,
+        PROTO_TCP => {
+            let (tcp, partial_checksum) = tcp::parse(ip.src, ip.dst, payload, policy)?;
+            Ok(Parsed {
+                frame: Frame::Tcp { eth_src, ip, tcp },
+                partial_checksum,
+            })
+        }
+        PROTO_ICMP => Ok(Parsed {
+            frame: Frame::Icmp {
+                eth_src,
+                ip,
+                icmp: IcmpRepr::parse(payload)?,
+            },
+            partial_checksum: false,
         }),
         _ => Err(WireError::Unsupported),
     }

@@ -55,14 +55,42 @@ pub enum Frame<'a> {
     },
 }
 
-/// Parses an Ethernet frame down to ARP, TCP or ICMP.
+/// Which TCP checksums a parse accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChecksumPolicy {
+    /// Only complete, correct checksums: what a frame from a wire must carry.
+    #[default]
+    Strict,
+    /// Also a CHECKSUM_PARTIAL frame: one whose checksum field holds the folded
+    /// pseudo-header sum, not complemented, because the sender's kernel left the rest to
+    /// a "hardware" that a frame from memory (veth) never met. Only for devices whose
+    /// frames come from memory: there is no wire to corrupt them.
+    AcceptPartial,
+}
+
+/// A parsed frame, and whether its TCP checksum was partial (accepted by the policy).
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    pub frame: Frame<'a>,
+    pub partial_checksum: bool,
+}
+
+/// Parses an Ethernet frame down to ARP, TCP or ICMP, with complete checksums only.
 pub fn parse_frame(frame: &[u8]) -> Result<Frame<'_>, WireError> {
+    parse_frame_with(frame, ChecksumPolicy::Strict).map(|p| p.frame)
+}
+
+/// Parses an Ethernet frame down to ARP, TCP or ICMP under a checksum policy.
+pub fn parse_frame_with(frame: &[u8], policy: ChecksumPolicy) -> Result<Parsed<'_>, WireError> {
     let eth = etherparse::Ethernet2Slice::from_slice_without_fcs(frame)
         .map_err(|_| WireError::Truncated)?;
     let eth_src = eth.source();
     match eth.ether_type().0 {
-        ETHERTYPE_ARP => Ok(Frame::Arp(ArpRepr::parse(eth.payload_slice())?)),
-        ETHERTYPE_IPV4 => ipv4::parse(eth_src, eth.payload_slice()),
+        ETHERTYPE_ARP => Ok(Parsed {
+            frame: Frame::Arp(ArpRepr::parse(eth.payload_slice())?),
+            partial_checksum: false,
+        }),
+        ETHERTYPE_IPV4 => ipv4::parse(eth_src, eth.payload_slice(), policy),
         _ => Err(WireError::Unsupported),
     }
 }
@@ -111,14 +139,26 @@ pub fn checksum(data: &[u8]) -> u16 {
     fold(sum(data, 0))
 }
 
-/// TCP checksum over the RFC 9293 section 3.1 pseudo-header and the segment.
-pub fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
+/// The RFC 9293 section 3.1 pseudo-header of a TCP segment of `len` bytes.
+fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> [u8; 12] {
     let mut pseudo = [0u8; 12];
     pseudo[..4].copy_from_slice(&src.octets());
     pseudo[4..8].copy_from_slice(&dst.octets());
     pseudo[9] = 6;
-    pseudo[10..].copy_from_slice(&(segment.len() as u16).to_be_bytes());
+    pseudo[10..].copy_from_slice(&(len as u16).to_be_bytes());
+    pseudo
+}
+
+/// TCP checksum over the RFC 9293 section 3.1 pseudo-header and the segment.
+pub fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
+    let pseudo = pseudo_header(src, dst, segment.len());
     fold(sum(segment, sum(&pseudo, 0)))
+}
+
+/// What a CHECKSUM_PARTIAL segment of `len` bytes carries in its checksum field: the
+/// folded pseudo-header sum, not complemented (Linux's `~tcp_v4_check(len, s, d, 0)`).
+pub fn partial_tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> u16 {
+    !fold(sum(&pseudo_header(src, dst, len), 0))
 }
 
 pub fn format_mac(mac: &MacAddr) -> String {

@@ -1,8 +1,9 @@
 //! TCP header and options (RFC 9293 section 3.1, RFC 7323, RFC 2018).
 use super::{
-    ETH_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, MacAddr, WireError, emit_ethernet,
+    ChecksumPolicy, ETH_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, MacAddr, WireError,
+    emit_ethernet,
     ipv4::{PROTO_TCP, emit_header},
-    tcp_checksum,
+    partial_tcp_checksum, tcp_checksum,
 };
 use std::net::Ipv4Addr;
 
@@ -192,11 +193,13 @@ impl TcpRepr<'_> {
     }
 }
 
+/// Parses a TCP segment; the flag says its checksum was partial (see [`ChecksumPolicy`]).
 pub(super) fn parse(
     src: Ipv4Addr,
     dst: Ipv4Addr,
     segment: &[u8],
-) -> Result<TcpRepr<'_>, WireError> {
+    policy: ChecksumPolicy,
+) -> Result<(TcpRepr<'_>, bool), WireError> {
     if segment.len() < TCP_MIN_HEADER {
         return Err(WireError::Truncated);
     }
@@ -204,10 +207,14 @@ pub(super) fn parse(
         etherparse::err::tcp::HeaderSliceError::Len(_) => WireError::Truncated,
         _ => WireError::Malformed,
     })?;
-    if tcp_checksum(src, dst, segment) != 0 {
+    // The partial signature is checked first: it costs 12 bytes, the full sum all of them.
+    let field = u16::from_be_bytes([segment[16], segment[17]]);
+    let partial = policy == ChecksumPolicy::AcceptPartial
+        && field == partial_tcp_checksum(src, dst, segment.len());
+    if !partial && tcp_checksum(src, dst, segment) != 0 {
         return Err(WireError::BadTcpChecksum);
     }
-    Ok(TcpRepr {
+    let repr = TcpRepr {
         src_port: tcp.source_port(),
         dst_port: tcp.destination_port(),
         seq: tcp.sequence_number(),
@@ -222,7 +229,8 @@ pub(super) fn parse(
         window: tcp.window_size(),
         options: TcpOptions::parse(tcp.options())?,
         payload: tcp.payload(),
-    })
+    };
+    Ok((repr, partial))
 }
 
 /// Length of the frame [`emit_tcp`] writes for `repr` with `payload_len` bytes.

@@ -196,3 +196,63 @@ fn checksum_matches_rfc1071_reference_for_every_length() {
     with_sum[10..12].copy_from_slice(&c.to_be_bytes());
     assert_eq!(checksum(&with_sum), 0);
 }
+
+/// The pseudo-header sum the way RFC 1071 writes it: big-endian words, end-around carry,
+/// not complemented. That is what a CHECKSUM_PARTIAL segment carries in its field.
+fn reference_partial_signature(src: Ipv4Addr, dst: Ipv4Addr, tcp_len: usize) -> u16 {
+    let words = [
+        u16::from_be_bytes([src.octets()[0], src.octets()[1]]),
+        u16::from_be_bytes([src.octets()[2], src.octets()[3]]),
+        u16::from_be_bytes([dst.octets()[0], dst.octets()[1]]),
+        u16::from_be_bytes([dst.octets()[2], dst.octets()[3]]),
+        6,
+        tcp_len as u16,
+    ];
+    let mut acc: u32 = words.iter().map(|w| u32::from(*w)).sum();
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+#[test]
+fn partial_checksum_is_accepted_only_when_the_policy_allows_it() {
+    let mut buf = [0u8; 200];
+    let len = emit_tcp(
+        &mut buf,
+        (MAC_A, MAC_B),
+        (IP_A, IP_B),
+        &syn_with_options(),
+        7,
+        |p| p.copy_from_slice(b"payload"),
+    );
+    let tcp_start = ETH_HEADER_LEN + IPV4_HEADER_LEN;
+    let tcp_len = len - tcp_start;
+    // A complete checksum is fine under both policies, and is not counted as partial.
+    for policy in [ChecksumPolicy::Strict, ChecksumPolicy::AcceptPartial] {
+        let parsed = parse_frame_with(&buf[..len], policy).unwrap();
+        assert!(!parsed.partial_checksum);
+    }
+    let mut partial = buf;
+    let signature = reference_partial_signature(IP_A, IP_B, tcp_len);
+    assert_eq!(partial_tcp_checksum(IP_A, IP_B, tcp_len), signature);
+    partial[tcp_start + 16..tcp_start + 18].copy_from_slice(&signature.to_be_bytes());
+    assert_eq!(
+        parse_frame(&partial[..len]).unwrap_err(),
+        WireError::BadTcpChecksum,
+        "a wire never delivers a partial checksum"
+    );
+    let parsed = parse_frame_with(&partial[..len], ChecksumPolicy::AcceptPartial).unwrap();
+    assert!(parsed.partial_checksum);
+    match parsed.frame {
+        Frame::Tcp { tcp, .. } => assert_eq!(tcp.payload, b"payload"),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Anything else in the field is still a bad checksum, whatever the policy.
+    let mut wrong = partial;
+    wrong[tcp_start + 17] ^= 0x01;
+    assert_eq!(
+        parse_frame_with(&wrong[..len], ChecksumPolicy::AcceptPartial).unwrap_err(),
+        WireError::BadTcpChecksum
+    );
+}
