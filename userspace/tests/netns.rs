@@ -134,7 +134,7 @@ fn umem_frames_are_recycled_without_leak() {
         &["--iface", HOST_IF, "--ip", &OWNED_IP.to_string(), "--stats"],
     );
     // 6000 connection attempts to a closed port: 6000 SYNs in and 6000 RSTs out, more
-    // than the 4096 frames of the UMEM, so every frame goes around several times.
+    // than the frames of the UMEMs, so every frame goes around several times.
     let script = format!(
         "import socket\nn=0\nfor i in range(6000):\n  s=socket.socket()\n  s.settimeout(2)\n  try:\n    s.connect(('{OWNED_IP}',9))\n  except ConnectionRefusedError:\n    n+=1\n  s.close()\nprint(n)"
     );
@@ -143,14 +143,16 @@ fn umem_frames_are_recycled_without_leak() {
     let (_, lines) = stack.stop("-INT");
     assert!(stat(&lines, "rx_frames").unwrap() >= 6000, "{lines:?}");
     assert_eq!(stat(&lines, "missing"), Some(0), "{lines:?}");
+    // Half of each queue's UMEM is the fill ring's share, half the transmit share.
+    let half = stat(&lines, "total").unwrap() / 2;
     let rx_share = stat(&lines, "in_fill_ring").unwrap() + stat(&lines, "awaiting_fill").unwrap();
     assert_eq!(
-        rx_share, 2048,
+        rx_share, half,
         "every received frame went back to the fill ring: {lines:?}"
     );
     let tx_share = stat(&lines, "free_for_tx").unwrap() + stat(&lines, "in_tx_ring").unwrap();
     assert_eq!(
-        tx_share, 2048,
+        tx_share, half,
         "every sent frame came back from the completion ring: {lines:?}"
     );
     assert_eq!(
@@ -260,6 +262,167 @@ fn setup_errors_are_one_line_with_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("is down"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+// ------------------------------------------------------- real links (issue 10)
+
+/// The default world is the one users have: 4 RX queues on the stack's link, default
+/// offloads on every veth (the router sends CHECKSUM_PARTIAL frames).
+#[test]
+fn default_link_has_four_queues_and_partial_checksums_are_accepted() {
+    let w = world(WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        ..Default::default()
+    });
+    let queues = run_in(&w, &w.host, &["ls", "/sys/class/net/veth0/queues"]);
+    assert_eq!(
+        text(&queues.stdout).matches("rx-").count(),
+        4,
+        "{}",
+        text(&queues.stdout)
+    );
+    let offloads = text(&run_in(&w, &w.router, &["ethtool", "-k", "r0"]).stdout);
+    assert!(
+        offloads.contains("tx-checksumming: on"),
+        "router keeps TX checksum offload: {offloads}"
+    );
+    let out = curl(&w, &["-sS", "--stats", "http://example.com/"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), world::INDEX_HTML);
+    let lines: Vec<String> = text(&out.stderr).lines().map(String::from).collect();
+    assert!(
+        stat(&lines, "rx_partial_checksum").unwrap() > 0,
+        "{lines:?}"
+    );
+    assert_eq!(stat(&lines, "drop_bad_tcp_checksum"), Some(0), "{lines:?}");
+    assert_eq!(stat(&lines, "no_socket"), Some(0), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("sockets on queues [0, 1, 2, 3] of 4")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn single_queue_flag_is_refused_on_a_multi_queue_link_and_allowed_on_one_queue() {
+    let w = world(WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        ..Default::default()
+    });
+    let out = curl(&w, &["-sS", "--queue", "1", "http://example.com/"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("4 RX queues") && err.contains("leave out --queue"),
+        "{err}"
+    );
+    drop(w);
+    let single = world(WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        queues: Some(1),
+        ..Default::default()
+    });
+    let out = curl(&single, &["-sS", "--queue", "0", "http://example.com/"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), world::INDEX_HTML);
+}
+
+#[test]
+fn a_second_instance_is_told_which_process_holds_the_interface() {
+    let w = world(WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        ..Default::default()
+    });
+    let root = www(&w);
+    let serve = start_serve(&w, &["--iface", HOST_IF, "--root", &root]);
+    let pid = serve.child.id();
+    let out = curl(&w, &["-sS", "http://example.com/"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // `ip netns exec` runs the binary as its child: the holder is that child's pid.
+    assert!(
+        err.contains("already in use by process") && err.contains("(userspace)"),
+        "{err}"
+    );
+    assert!(!err.contains("os error"), "{err}");
+    // The server was not disturbed.
+    let page = run_in(
+        &w,
+        &w.server,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{SERVE_URL}/index.html"),
+        ],
+    );
+    assert_eq!(text(&page.stdout), "200", "{}", text(&page.stderr));
+    let (status, _) = serve.stop("-INT");
+    assert!(status.success());
+    let _ = pid;
+    // Once it is gone, the interface is free again.
+    let out = curl(&w, &["-sS", "http://example.com/"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A queue that appears after start-up (here: channels raised with ethtool) has no
+/// socket. The stack's packets on it are dropped, not passed to the kernel (which would
+/// answer with a RST), and the user is told which queue and what to do.
+#[test]
+fn packets_on_a_queue_without_a_socket_are_dropped_and_reported() {
+    let w = world(WorldOptions {
+        nginx: true,
+        ..Default::default()
+    });
+    run_in(
+        &w,
+        &w.host,
+        &["ethtool", "-L", HOST_IF, "rx", "1", "tx", "1"],
+    );
+    let root = www(&w);
+    let serve = start_serve(&w, &["--iface", HOST_IF, "--root", &root, "--stats"]);
+    let grow = run_in(
+        &w,
+        &w.host,
+        &["ethtool", "-L", HOST_IF, "rx", "4", "tx", "4"],
+    );
+    assert!(grow.status.success(), "{}", text(&grow.stderr));
+    let script = format!(
+        "seq 40 | xargs -P 8 -I{{}} curl -s --max-time 1 -o /dev/null -w '%{{http_code}}\\n' {SERVE_URL}/index.html"
+    );
+    let out = run_in(&w, &w.server, &["sh", "-c", &script]);
+    let codes = text(&out.stdout);
+    assert!(
+        codes.contains("200"),
+        "flows on queue 0 are served: {codes}"
+    );
+    let (_, lines) = serve.stop("-INT");
+    let dropped = stat(&lines, "no_socket").unwrap();
+    assert!(dropped > 0, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("which has no AF_XDP socket")
+                && l.contains("RX queue")
+                && l.contains("restart the stack")),
+        "{lines:?}"
+    );
+    // Dropped, not refused: no RST from the kernel reached a client.
+    assert!(
+        !text(&out.stderr).contains("refused"),
         "{}",
         text(&out.stderr)
     );
@@ -1184,11 +1347,9 @@ print('injected', len(frames) * rounds, 'port', dport)
 }
 
 #[test]
-fn serve_on_two_queues_spreads_connections_over_both() {
-    let w = world(WorldOptions {
-        queues: Some(2),
-        ..Default::default()
-    });
+fn serve_shards_all_four_queues_over_two_stacks() {
+    // The default world: 4 RX queues, RSS spreading the clients' flows over them.
+    let w = world(WorldOptions::default());
     let root = www(&w);
     let serve = start_serve(&w, &["--iface", HOST_IF, "--root", &root, "--queues", "2"]);
     let out = run_in(
@@ -1211,18 +1372,18 @@ fn serve_on_two_queues_spreads_connections_over_both() {
     );
     let (status, lines) = serve.stop("-INT");
     assert!(status.success(), "{lines:?}");
-    for queue in 0..2 {
+    for (stack, queues) in [(0, "[0, 2]"), (1, "[1, 3]")] {
         let served = lines
             .iter()
             .find_map(|l| {
-                l.strip_prefix(&format!("queue {queue}: "))?
+                l.strip_prefix(&format!("stack {stack} (queues {queues}): "))?
                     .split_whitespace()
                     .next()?
                     .parse::<u64>()
                     .ok()
             })
             .unwrap_or(0);
-        assert!(served > 0, "queue {queue} served no connection: {lines:?}");
+        assert!(served > 0, "stack {stack} served no connection: {lines:?}");
     }
     assert!(!xdp_attached(&w));
 }

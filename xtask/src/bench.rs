@@ -27,6 +27,11 @@ fn cpu_busy_seconds() -> f64 {
     busy / 100.0
 }
 
+/// Row names are made once per run; leaking them keeps `Row` simple.
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
 struct Row {
     name: &'static str,
     ours: f64,
@@ -77,6 +82,40 @@ fn wrk(world: &World, url: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("no Requests/sec in wrk output: {report}"))
 }
 
+/// Median wall time and median CPU time (user + system of the process and its
+/// children) of `runs` runs of a whole command, start-up and exit included: what a user
+/// of a CLI waits for.
+fn whole_process(mk: &dyn Fn() -> Command, runs: usize) -> anyhow::Result<(f64, f64)> {
+    let mut walls = Vec::with_capacity(runs);
+    let mut cpus = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let before = children_cpu_seconds();
+        let t = Instant::now();
+        output(&mut mk())?;
+        walls.push(t.elapsed().as_secs_f64());
+        cpus.push(children_cpu_seconds() - before);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(&mut walls), median(&mut cpus)))
+}
+
+/// CPU seconds of this process's waited-for children (getrusage RUSAGE_CHILDREN).
+fn children_cpu_seconds() -> f64 {
+    let out = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields 16 and 17 (cutime, cstime), after the command name in parentheses.
+    let after = out.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // `after` starts at field 3 (state, not a number, skipped by the parse).
+    let ticks = f.get(12).unwrap_or(&0.0) + f.get(13).unwrap_or(&0.0);
+    ticks / 100.0
+}
+
 /// Starts `userspace serve` (port 8080, `www`) with `extra` flags in the host
 /// namespace, measures it with wrk and stops it.
 fn serve_rps(world: &World, bin: &str, www: &Path, extra: &[&str]) -> anyhow::Result<f64> {
@@ -91,8 +130,7 @@ fn serve_rps(world: &World, bin: &str, www: &Path, extra: &[&str]) -> anyhow::Re
         www.to_str().unwrap_or("."),
     ];
     argv.extend_from_slice(extra);
-    let mut serve = world.spawn(&world.host, &argv)?;
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut serve = world.spawn_ready(&world.host, &argv)?;
     let rps = wrk(world, &format!("http://{HOST_IP}:8080/index.html"));
     let _ = Command::new("kill")
         .args(["-INT", &serve.id().to_string()])
@@ -112,6 +150,48 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
     let url = format!("http://{SERVER_IP}/big.bin");
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    std::fs::write(
+        world.dir.join("www/big64.bin"),
+        &std::fs::read(world.dir.join("www/big.bin"))?[..64 << 20],
+    )?;
+
+    // Whole process, as users measure a CLI: start-up, transfer and exit, median of 10.
+    for (name, path, target_wall) in [
+        ("small page (226 B)", "index.html", "<= 1.2x"),
+        ("64 MiB download", "big64.bin", "<= 1.0x"),
+    ] {
+        let page = format!("http://{SERVER_IP}/{path}");
+        let ours = whole_process(
+            &|| {
+                let mut c = world.exec(&world.host);
+                c.args([bin, "curl", "-sS", "-o", "/dev/null", &page]);
+                c
+            },
+            10,
+        )?;
+        let kernel = whole_process(
+            &|| {
+                let mut c = world.exec(&world.host);
+                c.args(["curl", "-sS", "-o", "/dev/null", &page]);
+                c
+            },
+            10,
+        )?;
+        rows.push(Row {
+            name: leak(format!("whole process wall, {name} (median of 10)")),
+            ours: ours.0 * 1e3,
+            kernel: kernel.0 * 1e3,
+            unit: "ms",
+            target: target_wall,
+        });
+        rows.push(Row {
+            name: leak(format!("whole process CPU, {name}")),
+            ours: ours.1 * 1e3,
+            kernel: kernel.1 * 1e3,
+            unit: "ms",
+            target: "<= 1.0x",
+        });
+    }
 
     // Bulk download, each twice (best of two: the first warms the page cache).
     let best = |mk: &dyn Fn() -> Command| -> anyhow::Result<(f64, f64)> {
@@ -205,7 +285,7 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         &world.server,
         &["socat", "TCP-LISTEN:7000,reuseaddr,fork", "PIPE"],
     )?;
-    std::thread::sleep(Duration::from_millis(300));
+    world.wait_for_port(&world.server, SERVER_IP, 7000, false)?;
     let target = format!("{SERVER_IP}:7000");
     let ours = output(world.exec(&world.host).args([
         bin, "bench", "rr", &target, "--count", "20000", "--cpu", "0",
@@ -283,7 +363,7 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
             &world.dir.display().to_string(),
         ],
     )?;
-    std::thread::sleep(Duration::from_millis(500));
+    world.wait_for_port(&world.host, HOST_IP, 8081, false)?;
     let nginx_rps = wrk(&world, &format!("http://{HOST_IP}:8081/index.html"))?;
     let stack_rps = serve_rps(&world, bin, &www, &["--cpu", "0"])?;
     rows.push(Row {
@@ -296,19 +376,16 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
 
     drop(world);
 
-    // Multi-queue: `userspace serve` on a two-queue link, 1 queue vs 2 (one socket and one
-    // pinned core each).
-    let world = World::up(&WorldOptions {
-        queues: Some(2),
-        ..Default::default()
-    })?;
+    // Multi-queue: `userspace serve` on the default 4-queue link, all queues dealt to one
+    // stack vs to one stack per core (2 here), each stack on a pinned core.
+    let world = World::up(&WorldOptions::default())?;
     let www = world.dir.join("www");
     let mut rps = Vec::new();
-    for queues in ["1", "2"] {
-        rps.push(serve_rps(&world, bin, &www, &["--queues", queues])?);
+    for stacks in [&["--queues", "1"][..], &[][..]] {
+        rps.push(serve_rps(&world, bin, &www, stacks)?);
     }
     rows.push(Row {
-        name: "serve req/s, 2 queues (stack) vs 1 queue (kernel column)",
+        name: "serve req/s, 4 queues: a stack per core (stack) vs one stack (kernel column)",
         ours: rps[1],
         kernel: rps[0],
         unit: "req/s",

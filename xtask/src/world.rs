@@ -334,6 +334,42 @@ impl World {
             .with_context(|| format!("starting {argv:?} in {ns}"))
     }
 
+    /// Starts one of the stack's long-running commands (serve, sink, run) in `ns` and
+    /// returns once it prints its `ready:` line on stderr; the rest of stderr is drained.
+    pub fn spawn_ready(&self, ns: &str, argv: &[&str]) -> anyhow::Result<Child> {
+        use std::io::BufRead;
+        let mut child = self.spawn(ns, argv)?;
+        let stderr = child.stderr.take().context("stderr is piped")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.starts_with("ready:") => break,
+                Ok(_) => {}
+                Err(_) if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    bail!("{argv:?} did not become ready within 20 s");
+                }
+                Err(_) => {
+                    if let Some(status) = child.try_wait()? {
+                        bail!("{argv:?} exited with {status} before it was ready");
+                    }
+                }
+            }
+        }
+        // Keep draining, so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in rx {});
+        Ok(child)
+    }
+
     pub fn adopt(&mut self, child: Child) {
         self.children.push(child);
     }

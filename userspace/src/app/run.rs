@@ -40,5 +40,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.stack.stats {
         print_stats(&rt);
     }
+    super::setup::warn_about_losses(&rt);
     Ok(())
 }

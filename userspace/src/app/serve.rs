@@ -570,6 +570,7 @@ fn serve_on(rt: &mut Runtime, args: &ServeArgs, announce: bool) -> anyhow::Resul
     if args.stack.stats {
         print_stats(rt);
     }
+    super::setup::warn_about_losses(rt);
     Ok(())
 }
 

@@ -350,6 +350,13 @@ pub fn print_stats(rt: &Runtime) {
     eprintln!("  {:<24} {}", "rx_fill_ring_empty", fill_empty);
 }
 
+/// Prints [`diagnose`]'s lines as warnings on stderr.
+pub fn warn_about_losses(rt: &Runtime) {
+    for line in diagnose(rt) {
+        eprintln!("warning: {line}");
+    }
+}
+
 /// One line per way the stack has been losing what the user needed: packets on queues
 /// without a socket, segments dropped for checksums. Each says what to do about it.
 pub fn diagnose(rt: &Runtime) -> Vec<String> {
@@ -357,7 +364,7 @@ pub fn diagnose(rt: &Runtime) -> Vec<String> {
     let xdp = rt.device.xdp();
     for (queue, n) in xdp.no_socket_by_queue() {
         lines.push(format!(
-            "{n} packet(s) for the stack arrived on RX queue {queue} of {}, which has no AF_XDP socket (the stack has queues {:?}), and were dropped: leave out --queue so that every queue gets one",
+            "{n} packet(s) for the stack arrived on RX queue {queue} of {}, which has no AF_XDP socket (the stack has queues {:?}), and were dropped: the interface's queues changed after start-up; restart the stack (without --queue) so that every queue gets one",
             rt.iface,
             xdp.queues()
         ));

@@ -105,6 +105,18 @@ pub struct XdpDevice {
     pub queue: u32,
 }
 
+/// Why a bind failed: a queue still held by a socket being released, or anything else.
+enum BindError {
+    Busy(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for BindError {
+    fn from(e: anyhow::Error) -> Self {
+        BindError::Other(e)
+    }
+}
+
 /// Steering counters from the XDP program, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SteerCounters {
@@ -261,6 +273,26 @@ impl XdpDevice {
         queue: u32,
         queues: u32,
     ) -> anyhow::Result<Self> {
+        // The kernel releases a closed socket's hold on its queue a moment after the
+        // close returns: a stack started right after another one ended may find the
+        // queue still busy (EBUSY) for a few milliseconds.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            match XdpDevice::try_bind(iface, queue, queues) {
+                Err(BindError::Busy(_)) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(BindError::Busy(e) | BindError::Other(e)) => return Err(e),
+                Ok(device) => return Ok(device),
+            }
+        }
+    }
+
+    fn try_bind(
+        iface: &super::netinfo::InterfaceInfo,
+        queue: u32,
+        queues: u32,
+    ) -> Result<Self, BindError> {
         let (mac, mtu) = (iface.mac, iface.mtu);
         let iface = iface.name.as_str();
         let ring_size = ring_size_for(queues);
@@ -285,14 +317,26 @@ impl XdpDevice {
             .map_err(|_| anyhow!("bad interface name {iface}"))?;
         // SAFETY: this UMEM is new and not shared, so no other socket is bound with it.
         let (tx, rx, fq_cq) = unsafe { xsk_rs::Socket::new(socket_config, &umem, &if_name, queue) }
-            .map_err(|e| anyhow!("binding an AF_XDP socket to {iface} queue {queue}: {e}"))?;
+            .map_err(|e| {
+                let busy = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .and_then(std::io::Error::raw_os_error)
+                    == Some(libc::EBUSY);
+                let error = anyhow::Error::new(e)
+                    .context(format!("binding an AF_XDP socket to {iface} queue {queue}"));
+                if busy {
+                    BindError::Busy(error)
+                } else {
+                    BindError::Other(error)
+                }
+            })?;
         let (mut fill, completion) =
             fq_cq.ok_or_else(|| anyhow!("AF_XDP socket came without fill/completion rings"))?;
         let tx_free = frames.split_off(ring_size as usize);
         // SAFETY: the frames belong to this UMEM and none is in any ring yet.
         let filled = unsafe { fill.produce(&frames) };
         if filled != frames.len() {
-            bail!("could not fill the AF_XDP fill ring");
+            return Err(anyhow!("could not fill the AF_XDP fill ring").into());
         }
         Ok(XdpDevice {
             mac,

@@ -75,14 +75,18 @@ pub fn xdp_attached(world: &World) -> bool {
     text.contains("xdp") || text.contains("prog/xdp")
 }
 
-/// A counter from `--stats` output: the number after `name`.
+/// A counter from `--stats` output: the number after `name`, summed over every stack
+/// that printed it (`serve` prints one block per stack).
 pub fn stat(lines: &[String], name: &str) -> Option<i64> {
-    lines.iter().find_map(|l| {
-        let mut it = l.split_whitespace();
-        (it.next() == Some(name))
-            .then(|| it.next()?.parse().ok())
-            .flatten()
-    })
+    lines
+        .iter()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(name))
+                .then(|| it.next()?.parse::<i64>().ok())
+                .flatten()
+        })
+        .reduce(|a, b| a + b)
 }
 
 pub fn sha256(path: &std::path::Path) -> String {
