@@ -547,6 +547,8 @@ impl Stack {
                 quoted_dst,
                 quoted_src_port,
                 quoted_dst_port,
+                quoted_seq,
+                next_hop_mtu,
             } => {
                 self.stats.icmp_unreachable += 1;
                 let key = (
@@ -555,7 +557,8 @@ impl Stack {
                 );
                 if let Some(&slot) = self.by_tuple.get(&key) {
                     if let Some(e) = self.slots[slot].entry.as_mut() {
-                        e.conn.handle_icmp_unreachable(code);
+                        e.conn
+                            .handle_icmp_unreachable(code, quoted_seq, next_hop_mtu);
                     }
                     self.mark_dirty(slot);
                     self.mark_ready(slot);

@@ -19,6 +19,9 @@ pub trait CongestionControl: std::fmt::Debug + Send {
     fn set_window(&mut self, cwnd: usize);
 }
 
+/// RFC 3465 section 2.2: the limit L on bytes counted per ACK in slow start, in SMSS.
+pub const ABC_LIMIT: usize = 2;
+
 /// Initial window (RFC 6928): 10 segments.
 pub fn initial_window(mss: usize) -> usize {
     10 * mss
@@ -55,8 +58,9 @@ impl CongestionControl for NewReno {
     }
     fn on_ack(&mut self, _now: Instant, acked: usize, _srtt: Option<Duration>) {
         if self.cwnd < self.ssthresh {
-            // RFC 5681 3.1 slow start, with RFC 3465 byte counting capped at one SMSS.
-            self.cwnd += acked.min(self.mss);
+            // RFC 5681 3.1 slow start with RFC 3465 Appropriate Byte Counting, L = 2*SMSS
+            // (as Linux): a stretch ACK grows cwnd by what it acknowledges, up to L.
+            self.cwnd += acked.min(ABC_LIMIT * self.mss);
         } else {
             // Congestion avoidance: one SMSS per window of acknowledged data.
             self.acked_in_ca += acked;
@@ -125,7 +129,8 @@ impl CongestionControl for Cubic {
     }
     fn on_ack(&mut self, now: Instant, acked: usize, srtt: Option<Duration>) {
         if self.cwnd < self.ssthresh {
-            self.cwnd += acked.min(self.mss);
+            // Slow start (RFC 9438 4.10 defers to RFC 5681) with byte counting, L = 2*SMSS.
+            self.cwnd += acked.min(ABC_LIMIT * self.mss);
             return;
         }
         let mss = self.mss as f64;

@@ -50,6 +50,25 @@ impl Reassembler {
         self.capacity
     }
 
+    /// A buffer with no storage and a zero window (a connection in TIME-WAIT).
+    pub fn empty() -> Self {
+        Reassembler {
+            storage: Box::default(),
+            capacity: 0,
+            head: 0,
+            readable: 0,
+            ranges: Vec::new(),
+            max_ranges: 0,
+            max_ooo_bytes: 0,
+            latest: None,
+        }
+    }
+
+    /// Bytes of storage held now.
+    pub fn storage_len(&self) -> usize {
+        self.storage.len()
+    }
+
     /// Makes room for `extent` bytes from the read position, keeping every byte in place
     /// relative to it (in-order data and out-of-order ranges alike).
     fn reserve(&mut self, extent: usize) {
@@ -198,6 +217,9 @@ impl Reassembler {
     /// Copies in-order bytes into `dst` and frees their space; returns how many.
     pub fn read(&mut self, dst: &mut [u8]) -> usize {
         let n = dst.len().min(self.readable);
+        if n == 0 {
+            return 0;
+        }
         let cap = self.storage.len();
         let first = n.min(cap - self.head);
         dst[..first].copy_from_slice(&self.storage[self.head..self.head + first]);
