@@ -16,9 +16,14 @@ pub struct Reassembler {
     ranges: Vec<(usize, usize)>,
     max_ranges: usize,
     max_ooo_bytes: usize,
-    /// The range that received the latest out-of-order segment, reported first in SACK.
-    latest: Option<(usize, usize)>,
+    /// Ranges in the order SACK reports them (RFC 2018 section 4): the one holding the
+    /// latest out-of-order segment first, then the most recently reported ones.
+    recent: [(usize, usize); RECENT],
+    recent_len: usize,
 }
+
+/// SACK blocks that fit in the option space.
+const RECENT: usize = crate::wire::MAX_SACK_BLOCKS;
 
 /// What an insert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,7 +47,8 @@ impl Reassembler {
             ranges: Vec::with_capacity(max_ranges + 1),
             max_ranges,
             max_ooo_bytes,
-            latest: None,
+            recent: [(0, 0); RECENT],
+            recent_len: 0,
         }
     }
 
@@ -60,7 +66,8 @@ impl Reassembler {
             ranges: Vec::new(),
             max_ranges: 0,
             max_ooo_bytes: 0,
-            latest: None,
+            recent: [(0, 0); RECENT],
+            recent_len: 0,
         }
     }
 
@@ -135,21 +142,41 @@ impl Reassembler {
                 r.0 -= advanced;
                 r.1 -= advanced;
             }
-            self.latest = self
-                .latest
-                .filter(|&(_, e)| e > advanced)
-                .map(|(s, e)| (s.saturating_sub(advanced), e - advanced));
+            // Ranges now in order leave the report; the others move with RCV.NXT.
+            let mut kept = 0;
+            for i in 0..self.recent_len {
+                let (s, e) = self.recent[i];
+                if s > advanced {
+                    self.recent[kept] = (s - advanced, e - advanced);
+                    kept += 1;
+                }
+            }
+            self.recent_len = kept;
             result.advanced = advanced;
         }
         result.out_of_order = start > 0;
-        if start > 0 {
-            self.latest = self
-                .ranges
-                .iter()
-                .copied()
-                .find(|&(s, e)| s <= start && end <= e);
+        if start > 0
+            && let Some(&block) = self.ranges.iter().find(|&&(s, e)| s <= start && end <= e)
+        {
+            self.report_first(block);
         }
         result
+    }
+
+    /// Moves `block` to the front of the SACK report, dropping the reported ranges it
+    /// absorbed (RFC 2018 section 4).
+    fn report_first(&mut self, block: (usize, usize)) {
+        let mut order = [block; RECENT];
+        let mut n = 1;
+        for &(s, e) in &self.recent[..self.recent_len] {
+            let absorbed = block.0 <= s && e <= block.1;
+            if !absorbed && n < RECENT {
+                order[n] = (s, e);
+                n += 1;
+            }
+        }
+        self.recent = order;
+        self.recent_len = n;
     }
 
     fn new_bytes_in(&self, start: usize, end: usize) -> usize {
@@ -232,25 +259,15 @@ impl Reassembler {
     /// Out-of-order ranges as offsets from RCV.NXT, the most recently changed first
     /// (RFC 2018 section 4), at most `max` of them.
     pub fn sack_ranges(&self, out: &mut [(usize, usize)]) -> usize {
+        let reported = &self.recent[..self.recent_len];
         let mut n = 0;
-        if let Some(latest) = self.latest
-            && self.ranges.contains(&latest)
-            && !out.is_empty()
-        {
-            out[0] = latest;
-            n = 1;
-        }
-        for &r in &self.ranges {
+        let others = self.ranges.iter().filter(|r| !reported.contains(r));
+        for &r in reported.iter().chain(others) {
             if n == out.len() {
                 break;
             }
-            if Some(r) != self.latest || n == 0 {
-                if n == 1 && out[0] == r {
-                    continue;
-                }
-                out[n] = r;
-                n += 1;
-            }
+            out[n] = r;
+            n += 1;
         }
         n
     }
