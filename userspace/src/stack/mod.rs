@@ -82,6 +82,8 @@ struct Entry {
     dirty: bool,
     /// Queued in `ready` for the application.
     ready: bool,
+    /// Waiting in `Stack::waiting` for the next hop's MAC address.
+    parked: bool,
     timer: Option<Instant>,
 }
 
@@ -119,6 +121,15 @@ enum Control {
     },
 }
 
+/// The low TSval bits of a cookie SYN-ACK that carry options, as in Linux.
+const COOKIE_TS_MASK: u32 = 0x3f;
+const COOKIE_NO_WS_MASK: u32 = 0x0f;
+const COOKIE_NO_WS: u8 = 0x0f;
+const COOKIE_SACK: u32 = 0x10;
+
+/// How often stale ARP entries are swept.
+const ARP_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Segment sizes encodable in a SYN cookie (RFC 4987 section 3.6).
 const COOKIE_MSS: [u16; 4] = [536, 1220, 1440, 1460];
 
@@ -135,6 +146,15 @@ pub struct Stack {
     /// Connections with news for the application (segments arrived, timers fired).
     ready: Vec<ConnId>,
     control: Vec<Control>,
+    /// Connections waiting for a next hop's MAC address, by next hop: an ARP frame wakes
+    /// only those, never scans every slot.
+    waiting: HashMap<Ipv4Addr, Vec<ConnId>>,
+    /// The time of the current (or last) poll.
+    now: Instant,
+    /// Scratch list of addresses for ARP retries and failures.
+    arp_scratch: Vec<Ipv4Addr>,
+    /// Next sweep of stale ARP entries.
+    arp_gc_at: Instant,
     port_counter: u32,
     live: usize,
     /// Counters of connections already removed, so totals survive them.
@@ -160,6 +180,10 @@ impl Stack {
             dirty: Vec::with_capacity(1024),
             ready: Vec::with_capacity(1024),
             control: Vec::with_capacity(64),
+            waiting: HashMap::new(),
+            now: Instant::ZERO,
+            arp_scratch: Vec::new(),
+            arp_gc_at: Instant::ZERO,
             port_counter,
             live: 0,
             finished: tcp::ConnectionStats::default(),
@@ -331,8 +355,33 @@ impl Stack {
     /// The application is done with `id`; the stack frees it once it is closed (after
     /// TIME-WAIT for an active closer).
     pub fn release(&mut self, id: ConnId) {
+        let now = self.now;
         if let Some(e) = self.entry_mut(id) {
             e.released = true;
+            // An orphan in FIN-WAIT-2 is reclaimed after tcp_fin_timeout (Linux).
+            e.conn.orphan(now);
+        }
+    }
+
+    /// Turns keep-alive on or off for `id` (SO_KEEPALIVE), with the idle time, interval
+    /// and probe count of `StackConfig::tcp` unless set with [`Stack::set_keepalive_params`].
+    pub fn set_keepalive(&mut self, id: ConnId, on: bool) {
+        let now = self.now;
+        if let Some(e) = self.entry_mut(id) {
+            e.conn.set_keepalive(now, on);
+        }
+    }
+
+    /// TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT for `id`.
+    pub fn set_keepalive_params(
+        &mut self,
+        id: ConnId,
+        idle: std::time::Duration,
+        interval: std::time::Duration,
+        count: u32,
+    ) {
+        if let Some(e) = self.entry_mut(id) {
+            e.conn.set_keepalive_params(idle, interval, count);
         }
     }
 
@@ -378,6 +427,7 @@ impl Stack {
             listener,
             dirty: true,
             ready: false,
+            parked: false,
             timer: None,
         };
         let slot = match self.free_slots.pop() {
@@ -456,6 +506,8 @@ impl Stack {
     /// One turn of the poll loop: a batch of received frames, due timers, then all output.
     /// Returns how many frames were received.
     pub fn poll(&mut self, now: Instant, device: &mut dyn Device) -> usize {
+        self.now = now;
+        self.arp.set_now(now);
         let received = device.receive(&mut |frame| self.process_frame(now, frame));
         self.stats.rx_frames += received as u64;
         while let Some((at, slot)) = self.timers.pop_due(now) {
@@ -473,6 +525,13 @@ impl Stack {
                 self.mark_ready(slot);
             }
             self.mark_dirty(slot);
+        }
+        if self.arp.next_retry().is_some_and(|t| t <= now) {
+            self.arp_timers(now);
+        }
+        if now >= self.arp_gc_at {
+            self.arp.expire(now);
+            self.arp_gc_at = now + ARP_GC_INTERVAL;
         }
         self.dispatch(now, device);
         device.flush();
@@ -500,18 +559,8 @@ impl Stack {
             return;
         }
         // RFC 826: learn the sender, then answer a request for our address.
-        self.arp.insert(arp.sender_ip, arp.sender_mac);
         self.stats.arp_in += 1;
-        // Connections waiting for this neighbour can send now.
-        for slot in 0..self.slots.len() {
-            if self.slots[slot]
-                .entry
-                .as_ref()
-                .is_some_and(|e| self.next_hop(*e.conn.remote().ip()) == arp.sender_ip)
-            {
-                self.mark_dirty(slot);
-            }
-        }
+        self.arp_learned(arp.sender_ip, arp.sender_mac);
         if arp.op == ArpOp::Request && self.cfg.mode == AddressMode::Owned {
             self.control.push(Control::Arp {
                 eth_dst: arp.sender_mac,
@@ -572,12 +621,23 @@ impl Stack {
         let local = SocketAddrV4::new(ip.dst, seg.dst_port);
         let remote = SocketAddrV4::new(ip.src, seg.src_port);
         if let Some(&slot) = self.by_tuple.get(&(local, remote)) {
-            if let Some(e) = self.slots[slot].entry.as_mut() {
-                e.conn.handle_segment(now, seg);
+            let reopen = self.listeners.contains_key(&local.port())
+                && self.slots[slot]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| e.conn.time_wait_accepts_syn(seg));
+            if !reopen {
+                if let Some(e) = self.slots[slot].entry.as_mut() {
+                    e.conn.handle_segment(now, seg);
+                }
+                self.mark_dirty(slot);
+                self.mark_ready(slot);
+                return;
             }
-            self.mark_dirty(slot);
-            self.mark_ready(slot);
-            return;
+            // RFC 9293 3.6.1 / RFC 6191: a new SYN with a higher sequence number or a
+            // newer timestamp ends TIME-WAIT and opens a new connection (Linux's TCP_TW_SYN).
+            self.stats.time_wait_reopened += 1;
+            self.remove(slot);
         }
         if self.listeners.contains_key(&local.port()) {
             self.listener_input(now, eth_src, local, remote, seg);
@@ -643,9 +703,13 @@ impl Stack {
                 return;
             }
             let listener = &self.listeners[&port];
-            if listener.half_open >= self.cfg.syn_backlog
-                || listener.accept_queue.len() >= listener.backlog
-            {
+            if listener.accept_queue.len() >= listener.backlog {
+                // Linux (tcp_conn_request): a full accept queue drops the SYN; the
+                // client retransmits it. Cookies would only pile more onto the queue.
+                self.stats.listen_overflows += 1;
+                return;
+            }
+            if listener.half_open >= self.cfg.syn_backlog {
                 self.send_cookie(now, eth_src, local, remote, seg);
                 return;
             }
@@ -662,6 +726,7 @@ impl Stack {
         if seg.flags.ack
             && !seg.flags.syn
             && let Some(mss) = self.check_cookie(now, local, remote, seg)
+            && let Some(options) = self.cookie_options(seg, mss)
         {
             self.stats.syn_cookies_accepted += 1;
             let syn = TcpRepr {
@@ -670,10 +735,7 @@ impl Stack {
                 seq: seg.seq.wrapping_sub(1),
                 flags: TcpFlags::SYN,
                 window: seg.window,
-                options: TcpOptions {
-                    mss: Some(mss),
-                    ..Default::default()
-                },
+                options,
                 ..Default::default()
             };
             self.learn_next_hop(*remote.ip(), eth_src);
@@ -685,10 +747,16 @@ impl Stack {
                 seg.ack.wrapping_sub(1),
                 &syn,
             );
+            conn.set_timestamp_offset(self.timestamp_offset(local, remote));
             conn.mark_syn_sent(now);
             conn.handle_segment(now, seg);
             let id = self.insert(conn, None);
             self.enqueue_accept(port, id);
+            return;
+        }
+        if !seg.flags.ack {
+            // RFC 9293 3.10.7.2: any other segment without ACK is dropped.
+            self.stats.listen_drops += 1;
             return;
         }
         self.stats.closed_port += 1;
@@ -701,8 +769,44 @@ impl Stack {
     fn learn_next_hop(&mut self, remote: Ipv4Addr, eth_src: MacAddr) {
         let hop = self.next_hop(remote);
         if self.arp.lookup(hop).is_none() {
-            self.arp.insert(hop, eth_src);
+            self.arp_learned(hop, eth_src);
         }
+    }
+
+    /// A neighbour's address is known: remember it (if the bounded cache has room) and
+    /// wake the connections waiting for it.
+    fn arp_learned(&mut self, ip: Ipv4Addr, mac: MacAddr) {
+        if !self.arp.learn(ip, mac) {
+            self.stats.arp_cache_full += 1;
+        }
+        for id in self.waiting.remove(&ip).unwrap_or_default() {
+            if let Some(e) = self.entry_mut(id) {
+                e.parked = false;
+            }
+        }
+    }
+
+    /// ARP retries that are due, and next hops that never answered: the connections
+    /// waiting for them fail like Linux's on a failed neighbour (EHOSTUNREACH).
+    fn arp_timers(&mut self, now: Instant) {
+        let mut hops = std::mem::take(&mut self.arp_scratch);
+        self.arp.due(now, &mut hops);
+        for &hop in &hops {
+            self.request_arp(now, hop);
+        }
+        hops.clear();
+        self.arp.take_failed(now, &mut hops);
+        for hop in hops.drain(..) {
+            self.stats.arp_failures += 1;
+            for id in self.waiting.remove(&hop).unwrap_or_default() {
+                if let Some(e) = self.entry_mut(id) {
+                    e.parked = false;
+                    e.conn.neighbour_failed();
+                }
+                self.mark_ready(id.slot as usize);
+            }
+        }
+        self.arp_scratch = hops;
     }
 
     fn cookie(
@@ -734,21 +838,64 @@ impl Stack {
         let peer_mss = seg.options.mss.unwrap_or(536).min(self.cfg.tcp.mss);
         let index = COOKIE_MSS.iter().rposition(|&m| m <= peer_mss).unwrap_or(0) as u32;
         let isn = self.cookie(Self::cookie_counter(now), local, remote, seg.seq, index);
+        let tcp = &self.cfg.tcp;
+        let mut options = TcpOptions {
+            mss: Some(COOKIE_MSS[index as usize]),
+            ..Default::default()
+        };
+        // Like Linux (cookie_init_timestamp): with timestamps, the options the cookie
+        // cannot hold ride in the low 6 bits of our TSval, which the peer echoes:
+        // bits 0-3 its window scale (15: none), bit 4 SACK permitted.
+        if tcp.timestamps
+            && let Some((peer_tsval, _)) = seg.options.timestamps
+        {
+            let peer_ws = seg.options.window_scale.filter(|_| tcp.window_scaling);
+            let sack = tcp.sack && seg.options.sack_permitted;
+            let bits = u32::from(peer_ws.map_or(COOKIE_NO_WS, |w| w.min(14)))
+                | if sack { COOKIE_SACK } else { 0 };
+            let ts = (now.millis() as u32).wrapping_add(self.timestamp_offset(local, remote));
+            let mut tsval = (ts & !COOKIE_TS_MASK) | bits;
+            if tsval > ts {
+                tsval = tsval.wrapping_sub(COOKIE_TS_MASK + 1); // never ahead of our clock
+            }
+            options.timestamps = Some((tsval, peer_tsval));
+            options.sack_permitted = sack;
+            options.window_scale = peer_ws.map(|_| tcp::receive_window_scale(tcp));
+        }
         let repr = TcpRepr {
             src_port: local.port(),
             dst_port: remote.port(),
             seq: isn,
             ack: seg.seq.wrapping_add(1),
             flags: TcpFlags::SYN_ACK,
-            window: 65535,
-            options: TcpOptions {
-                mss: Some(COOKIE_MSS[index as usize]),
-                ..Default::default()
-            },
+            window: tcp.recv_buffer.min(65535) as u16,
+            options,
             payload: &[],
         };
         self.stats.syn_cookies_sent += 1;
         self.queue_tcp(remote, eth_src, repr);
+    }
+
+    /// The SYN options a cookie ACK stands for: the MSS from the cookie, and window
+    /// scale, SACK and timestamps from the echoed TSval (see `send_cookie`). None if the
+    /// echoed bits are not ones we send.
+    fn cookie_options(&self, seg: &TcpRepr<'_>, mss: u16) -> Option<TcpOptions> {
+        let mut options = TcpOptions {
+            mss: Some(mss),
+            ..Default::default()
+        };
+        if let Some((tsval, tsecr)) = seg.options.timestamps
+            && self.cfg.tcp.timestamps
+        {
+            let ws = (tsecr & COOKIE_NO_WS_MASK) as u8;
+            if ws > 14 && u32::from(ws) != COOKIE_NO_WS_MASK {
+                return None;
+            }
+            options.window_scale = (u32::from(ws) != COOKIE_NO_WS_MASK).then_some(ws);
+            options.sack_permitted = tsecr & COOKIE_SACK != 0;
+            options.timestamps = Some((tsval, 0));
+        }
+        Some(options)
     }
 
     fn check_cookie(
@@ -821,6 +968,7 @@ impl Stack {
             };
             entry.dirty = false;
             let remote_ip = *entry.conn.remote().ip();
+            let closed = entry.conn.is_closed();
             let hop = self.next_hop(remote_ip);
             match self.arp.lookup(hop) {
                 Some(dst_mac) => {
@@ -857,7 +1005,8 @@ impl Stack {
                         self.stats.tx_frames += 1;
                     }
                 }
-                None => self.request_neighbour(now, hop, device, slot),
+                None if !closed => self.request_neighbour(now, hop, device, slot),
+                None => {}
             }
             self.after_dispatch(slot);
         }
@@ -882,11 +1031,17 @@ impl Stack {
                 self.stats.tx_frames += 1;
             }
         }
-        // Stay dirty: retried on the next poll after the ARP retry interval.
-        if let Some(e) = self.slots[slot].entry.as_mut() {
-            e.dirty = true;
+        // Park until the address is learned or fails (see `arp_timers`).
+        let generation = self.slots[slot].generation;
+        if let Some(e) = self.slots[slot].entry.as_mut()
+            && !e.parked
+        {
+            e.parked = true;
+            self.waiting.entry(hop).or_default().push(ConnId {
+                slot: slot as u32,
+                generation,
+            });
         }
-        self.dirty.push(slot);
     }
 
     /// Bookkeeping after a connection had its turn: accept queue, timer, removal.
@@ -947,5 +1102,7 @@ pub enum StackError {
     PortInUse,
 }
 
+#[cfg(test)]
+mod rfc_tests;
 #[cfg(test)]
 mod tests;

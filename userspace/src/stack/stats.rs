@@ -32,11 +32,19 @@ counters! {
     not_for_us,
     arp_in,
     arp_requests,
+    /// Next hops that never answered ARP; their waiting connections failed.
+    arp_failures,
+    /// Addresses not learned because the ARP cache was full.
+    arp_cache_full,
     icmp_unreachable,
     icmp_ignored,
     closed_port,
     rst_sent,
     listen_drops,
+    /// SYNs dropped because the accept queue was full.
+    listen_overflows,
+    /// TIME-WAIT connections ended by a new SYN (RFC 6191).
+    time_wait_reopened,
     accept_overflows,
     syn_cookies_sent,
     syn_cookies_accepted,

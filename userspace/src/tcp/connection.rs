@@ -70,6 +70,15 @@ pub struct Config {
     pub keepalive_count: u32,
 }
 
+/// The window scale we offer (RFC 7323 2.3): the smallest that covers the receive buffer.
+pub fn receive_window_scale(cfg: &Config) -> u8 {
+    let mut ws = 0;
+    while cfg.window_scaling && ws < 14 && (cfg.recv_buffer >> ws) > 65535 {
+        ws += 1;
+    }
+    ws
+}
+
 /// A global challenge-ACK budget (RFC 5961 section 7): at most `limit` per second of
 /// virtual time, shared through an `Arc` by every connection built from one [`Config`].
 #[derive(Debug, Clone, Default)]
@@ -331,10 +340,7 @@ impl Connection {
             CongestionKind::NewReno => Box::new(NewReno::new(mss)),
             CongestionKind::Cubic => Box::new(Cubic::new(mss)),
         };
-        let mut rcv_wscale = 0;
-        while cfg.window_scaling && rcv_wscale < 14 && (cfg.recv_buffer >> rcv_wscale) > 65535 {
-            rcv_wscale += 1;
-        }
+        let rcv_wscale = receive_window_scale(&cfg);
         Connection {
             state,
             local,
@@ -637,11 +643,18 @@ impl Connection {
             .then(|| self.last_rx + self.cfg.keepalive_idle);
     }
 
-    /// The connection cannot proceed (no ARP answer from the next hop): closes it with
-    /// `error`, sending nothing.
-    pub fn fail(&mut self, error: TcpError) {
-        self.rst_pending = None;
-        self.enter_closed(Some(error));
+    /// The next hop never answered ARP. Like Linux, which turns a failed neighbour into
+    /// an ICMP host unreachable: a connection still opening fails with
+    /// [`TcpError::HostUnreachable`]; a synchronized one keeps it as a soft error.
+    pub fn neighbour_failed(&mut self) {
+        match self.state {
+            State::SynSent | State::SynReceived => {
+                self.rst_pending = None;
+                self.enter_closed(Some(TcpError::HostUnreachable));
+            }
+            State::Closed => {}
+            _ => self.soft_error = Some(TcpError::HostUnreachable),
+        }
     }
 
     /// A SYN for this 4-tuple in TIME-WAIT that may open a new connection: higher

@@ -15,6 +15,7 @@ pub mod time;
 pub use congestion::{CongestionControl, Cubic, NewReno};
 pub use connection::{
     ChallengeAckBudget, Config, Connection, ConnectionStats, State, TcpError, Transmit,
+    receive_window_scale,
 };
 pub use seq::SeqNum;
 pub use time::Instant;

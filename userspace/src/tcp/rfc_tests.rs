@@ -1,6 +1,7 @@
 //! Tests for the RFC and Linux conformance items of issue 11, smoltcp style: the peer's
 //! segments go in with `send!`, and `recv!` checks every segment that comes out, whole
 //! (flags, seq, ack, window, options, payload), and that nothing else does.
+#![allow(clippy::vec_init_then_push)] // the `recv!` macro builds its list item by item
 use super::*;
 use crate::sim::{ADDR_A, ADDR_B};
 use crate::wire::{TcpFlags, TcpOptions, TcpRepr};
