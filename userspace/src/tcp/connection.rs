@@ -1611,10 +1611,22 @@ impl Connection {
             self.ack_now |= ack == self.rcv_nxt;
             return self.owed_ack(now);
         }
-        let (ack_now, window_update, delack) =
-            (self.ack_now, self.window_update, self.delack_deadline);
+        // Bytes after this point are still unacknowledged: keep the delayed-ACK state.
+        let kept = (
+            self.ack_now,
+            self.window_update,
+            self.delack_deadline,
+            self.rcv_unacked,
+            self.segs_since_ack,
+        );
         let mut repr = self.base_repr(now, self.snd_max, TcpFlags::ACK);
-        (self.ack_now, self.window_update, self.delack_deadline) = (ack_now, window_update, delack);
+        (
+            self.ack_now,
+            self.window_update,
+            self.delack_deadline,
+            self.rcv_unacked,
+            self.segs_since_ack,
+        ) = kept;
         let edge = self.rcv_nxt + (u32::from(repr.window) << self.rcv_wscale);
         repr.ack = ack.0;
         repr.window = (edge.since(ack) >> self.rcv_wscale).min(65535) as u16;

@@ -1253,3 +1253,94 @@ impl WithoutAck for TcpFlags {
         TcpFlags { ack: false, ..self }
     }
 }
+
+// ---------------------------------------------------------------- simulator properties
+
+mod sim_properties {
+    use super::*;
+    use crate::sim::{LinkConfig, Pair};
+    use proptest::prelude::*;
+
+    /// A one-way bulk transfer over a clean link; returns the pair when A has sent
+    /// `len` bytes or `limit` of virtual time passed.
+    fn bulk(seed: u64, cfg: Config, delay_ms: u64, len: usize) -> Pair {
+        let link = LinkConfig {
+            delay: Duration::from_millis(delay_ms),
+            ..LinkConfig::default()
+        };
+        let mut pair = Pair::new(seed, cfg.clone(), cfg, link.clone(), link);
+        pair.app_a.to_send = vec![0x42; len];
+        pair
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16),
+            ..ProptestConfig::default()
+        })]
+
+        /// RFC 5681 4.2: the receiver ACKs at least every second full-sized segment,
+        /// although the simulator hands it whole flights as one batch.
+        #[test]
+        fn sim_ack_ratio_at_least_one_per_two_full_segments(
+            seed in any::<u64>(),
+            delay_ms in 1u64..40,
+            timestamps in any::<bool>(),
+            cubic in any::<bool>(),
+            len in 200_000usize..1_000_000,
+        ) {
+            let cfg = Config {
+                timestamps,
+                congestion: if cubic { CongestionKind::Cubic } else { CongestionKind::NewReno },
+                ..Config::default()
+            };
+            let mut pair = bulk(seed, cfg, delay_ms, len);
+            pair.run(Duration::from_secs(120));
+            prop_assert_eq!(&pair.app_b.received.len(), &len);
+            let mss = pair.a.send_mss() as u64;
+            let full_segments = len as u64 / mss;
+            let b = pair.b.as_ref().unwrap();
+            // B sends only ACKs (its SYN-ACK and FIN aside).
+            let acks = b.stats().segments_out;
+            prop_assert!(
+                2 * acks + 2 >= full_segments,
+                "{} ACKs for {} full-sized segments", acks, full_segments
+            );
+        }
+
+        /// Slow start on a clean link: after N round trips cwnd is within a factor of
+        /// what RFC 5681 slow start with RFC 3465 byte counting gives, IW * 2^N.
+        #[test]
+        fn sim_slow_start_doubles_cwnd_per_round_trip(
+            seed in any::<u64>(),
+            delay_ms in 2u64..40,
+            rounds in 1u32..6,
+            cubic in any::<bool>(),
+        ) {
+            let cfg = Config {
+                congestion: if cubic { CongestionKind::Cubic } else { CongestionKind::NewReno },
+                send_buffer: 4 << 20,
+                recv_buffer: 4 << 20,
+                ..Config::default()
+            };
+            let mut pair = bulk(seed, cfg, delay_ms, 16 << 20);
+            while !pair.a.is_established() {
+                prop_assert!(pair.step());
+            }
+            let rtt = Duration::from_millis(2 * delay_ms);
+            // The first flight leaves now; `rounds` RTTs later its ACKs have come back
+            // `rounds` times.
+            let end = pair.now + rtt * rounds + rtt / 2;
+            while pair.now < end {
+                prop_assert!(pair.step());
+            }
+            let iw = 10.0 * pair.a.send_mss() as f64;
+            let ideal = iw * f64::from(1u32 << rounds);
+            let cwnd = pair.a.cwnd() as f64;
+            prop_assert!(
+                cwnd >= ideal / 2.0 && cwnd <= ideal * 1.5,
+                "cwnd {} after {} RTTs, slow start gives {}", cwnd, rounds, ideal
+            );
+        }
+    }
+}
