@@ -14,7 +14,7 @@ use crate::tcp::isn::IsnGenerator;
 use crate::tcp::{self, Connection, Instant, State, TcpError};
 use crate::wire::{
     self, ArpOp, ArpRepr, BROADCAST_MAC, Frame, IcmpRepr, Ipv4Info, MacAddr, TcpFlags, TcpOptions,
-    TcpRepr,
+    TcpRepr, WireError,
 };
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -155,6 +155,9 @@ pub struct Stack {
     arp_scratch: Vec<Ipv4Addr>,
     /// Next sweep of stale ARP entries.
     arp_gc_at: Instant,
+    /// IPv4 datagrams being reassembled, and the buffer a completed one lands in.
+    fragments: wire::frag::Reassembler,
+    reassembled: Vec<u8>,
     port_counter: u32,
     live: usize,
     /// Counters of connections already removed, so totals survive them.
@@ -184,6 +187,8 @@ impl Stack {
             now: Instant::ZERO,
             arp_scratch: Vec::new(),
             arp_gc_at: Instant::ZERO,
+            fragments: wire::frag::Reassembler::default(),
+            reassembled: Vec::new(),
             port_counter,
             live: 0,
             finished: tcp::ConnectionStats::default(),
@@ -500,7 +505,8 @@ impl Stack {
 
     /// The earliest time [`Stack::poll`] has timer work to do.
     pub fn poll_at(&self) -> Option<Instant> {
-        tcp::time::earliest(self.timers.next(), self.arp.next_retry())
+        let t = tcp::time::earliest(self.timers.next(), self.arp.next_retry());
+        tcp::time::earliest(t, self.fragments.next_deadline())
     }
 
     /// One turn of the poll loop: a batch of received frames, due timers, then all output.
@@ -529,6 +535,10 @@ impl Stack {
         if self.arp.next_retry().is_some_and(|t| t <= now) {
             self.arp_timers(now);
         }
+        if self.fragments.next_deadline().is_some_and(|t| t <= now) {
+            self.fragments.expire(now);
+            self.sync_fragment_stats();
+        }
         if now >= self.arp_gc_at {
             self.arp.expire(now);
             self.arp_gc_at = now + ARP_GC_INTERVAL;
@@ -540,6 +550,7 @@ impl Stack {
 
     fn process_frame(&mut self, now: Instant, frame: &[u8]) {
         match wire::parse_frame(frame) {
+            Err(WireError::Fragment) => self.process_fragment(now, frame),
             Err(e) => self.stats.count_wire_error(e),
             Ok(Frame::Arp(arp)) => self.process_arp(arp),
             Ok(Frame::Tcp { eth_src, ip, tcp }) => {
@@ -551,6 +562,34 @@ impl Stack {
             }
             Ok(Frame::Icmp { eth_src, ip, icmp }) => self.process_icmp(eth_src, ip, icmp),
         }
+    }
+
+    /// An IPv4 fragment (RFC 1122 3.3.2: a host MUST reassemble). The parser checked its
+    /// header; a completed datagram goes through the normal path.
+    fn process_fragment(&mut self, now: Instant, frame: &[u8]) {
+        let mut packet = std::mem::take(&mut self.reassembled);
+        let eth_src: MacAddr = frame[6..12].try_into().expect("6 bytes");
+        let ip = &frame[wire::ETH_HEADER_LEN..];
+        if self.fragments.add(now, ip, &mut packet) {
+            match wire::parse_ipv4(eth_src, &packet) {
+                Err(e) => self.stats.count_wire_error(e),
+                Ok(Frame::Tcp { eth_src, ip, tcp }) if ip.dst == self.cfg.ip => {
+                    self.process_tcp(now, eth_src, ip, &tcp)
+                }
+                Ok(Frame::Icmp { eth_src, ip, icmp }) => self.process_icmp(eth_src, ip, icmp),
+                Ok(_) => self.stats.not_for_us += 1,
+            }
+        }
+        self.reassembled = packet;
+        self.sync_fragment_stats();
+    }
+
+    fn sync_fragment_stats(&mut self) {
+        let f = &self.fragments.stats;
+        self.stats.ip_fragments = f.fragments;
+        self.stats.ip_reassembled = f.reassembled;
+        self.stats.ip_reassembly_timeouts = f.timeouts;
+        self.stats.drop_ip_fragment = f.over_limit + f.malformed;
     }
 
     fn process_arp(&mut self, arp: ArpRepr) {

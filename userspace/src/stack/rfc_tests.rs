@@ -436,3 +436,88 @@ fn test_arp_cache_is_bounded_and_expires() {
         "learned entries unused for 60 s expire"
     );
 }
+
+// ---------------------------------------------------------------- 10. IPv4 reassembly
+
+/// Splits the IPv4 packet of `frame` into fragments of `size` payload bytes (last first,
+/// to check the order does not matter).
+fn fragments(frame: &[u8], size: usize) -> Vec<Vec<u8>> {
+    let eth = &frame[..wire::ETH_HEADER_LEN];
+    let ip = &frame[wire::ETH_HEADER_LEN..];
+    let payload = &ip[20..];
+    let mut out = Vec::new();
+    for (i, chunk) in payload.chunks(size).enumerate() {
+        let more = (i + 1) * size < payload.len();
+        let mut f = eth.to_vec();
+        let mut h = ip[..20].to_vec();
+        h[2..4].copy_from_slice(&((20 + chunk.len()) as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        let fo = ((i * size / 8) as u16) | if more { 0x2000 } else { 0 };
+        h[6..8].copy_from_slice(&fo.to_be_bytes());
+        h[10..12].fill(0);
+        let sum = wire::checksum(&h);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+        f.extend_from_slice(&h);
+        f.extend_from_slice(chunk);
+        out.push(f);
+    }
+    out.reverse();
+    out
+}
+
+#[test]
+fn test_established_fragmented_segment_is_reassembled() {
+    let (mut s, mut ds) = server(|_| {});
+    let s1 = handshake(&mut s, &mut ds, t(1));
+    let id = s.accept(80).unwrap();
+    static DATA: [u8; 1192] = [0x77; 1192];
+    let seg = TcpRepr {
+        ack: s1,
+        flags: TcpFlags {
+            psh: true,
+            ..TcpFlags::ACK
+        },
+        payload: &DATA,
+        ..SEND_TEMPL
+    };
+    // A 1232-byte datagram in 4 fragments (RFC 1122 3.3.2: a host MUST reassemble).
+    let pieces = fragments(&frame(&seg), 304);
+    assert_eq!(pieces.len(), 4);
+    for p in &pieces {
+        ds.inject(p);
+    }
+    s.poll(t(2), &mut ds);
+    recv!(ds, []);
+    let mut buf = [0u8; 2000];
+    assert_eq!(s.recv(id, &mut buf), Ok(1192));
+    assert_eq!(&buf[..1192], &DATA[..]);
+    // One segment: the ACK is delayed (40 ms).
+    s.poll(t(42), &mut ds);
+    recv!(
+        ds,
+        [TcpRepr {
+            seq: s1,
+            ack: C1 + 1192,
+        }]
+    );
+    assert_eq!(s.stats.ip_fragments, 4);
+    assert_eq!(s.stats.ip_reassembled, 1);
+    assert_eq!(s.stats.drop_ip_fragment, 0);
+}
+
+#[test]
+fn test_listen_incomplete_fragments_time_out() {
+    let (mut s, mut ds) = server(|_| {});
+    let pieces = fragments(&frame(&SYN), 16);
+    ds.inject(&pieces[1]);
+    s.poll(t(1), &mut ds);
+    recv!(ds, []);
+    assert_eq!(s.poll_at(), Some(t(1) + wire::frag::REASSEMBLY_TIMEOUT));
+    s.poll(t(1) + wire::frag::REASSEMBLY_TIMEOUT, &mut ds);
+    assert_eq!(s.stats.ip_reassembly_timeouts, 1);
+    // The rest of it arrives too late: no SYN-ACK.
+    ds.inject(&pieces[0]);
+    s.poll(t(31_002), &mut ds);
+    recv!(ds, []);
+    assert_eq!(s.connection_count(), 0);
+}

@@ -27,7 +27,13 @@ counters! {
     drop_bad_ip_checksum,
     drop_bad_tcp_checksum,
     drop_bad_icmp_checksum,
+    /// Fragments dropped by reassembly: over a bound, or malformed (overlaps).
     drop_ip_fragment,
+    /// IPv4 fragments received, datagrams reassembled from them, and datagrams whose
+    /// 30 s reassembly time ran out (RFC 1122 3.3.2).
+    ip_fragments,
+    ip_reassembled,
+    ip_reassembly_timeouts,
     drop_unsupported,
     not_for_us,
     arp_in,
