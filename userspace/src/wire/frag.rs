@@ -101,7 +101,8 @@ impl Reassembler {
         );
         // RFC 791: all but the last fragment carry a multiple of 8 bytes; nothing ends
         // past the largest datagram.
-        if end + hlen > MAX_DATAGRAM || (more && (!data.len().is_multiple_of(8) || data.is_empty())) {
+        if end + hlen > MAX_DATAGRAM || (more && (!data.len().is_multiple_of(8) || data.is_empty()))
+        {
             self.stats.malformed += 1;
             return false;
         }
