@@ -64,7 +64,7 @@ pub struct CurlArgs {
     pub connect_timeout: Option<f64>,
     /// Send TCP keep-alive probes after SECONDS idle, then every SECONDS (as curl)
     #[arg(long, value_name = "SECONDS")]
-    pub keepalive_time: Option<u64>,
+    pub keepalive_time: Option<u32>,
     /// Use ADDR for HOST:PORT instead of the resolver (HOST:PORT:ADDR, repeatable)
     #[arg(long, value_name = "HOST:PORT:ADDR")]
     pub resolve: Vec<String>,
@@ -246,7 +246,7 @@ impl Client<'_> {
         match result {
             Ok(Ok(())) => {
                 if let Some(secs) = self.args.keepalive_time {
-                    let every = Duration::from_secs(secs.max(1));
+                    let every = Duration::from_secs(u64::from(secs.max(1)));
                     let stack = &mut self.rt.stack;
                     stack.set_keepalive_params(id, every, every, 9);
                     stack.set_keepalive(id, true);
