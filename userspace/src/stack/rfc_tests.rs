@@ -10,14 +10,7 @@ use std::time::Duration;
 const CLIENT_ISS: u32 = 7000;
 const C1: u32 = CLIENT_ISS + 1;
 
-const NO_OPTIONS: TcpOptions = TcpOptions {
-    mss: None,
-    window_scale: None,
-    sack_permitted: false,
-    timestamps: None,
-    sack_blocks: [(0, 0); crate::wire::MAX_SACK_BLOCKS],
-    sack_count: 0,
-};
+const NO_OPTIONS: TcpOptions = TcpOptions::NONE;
 
 /// The client's segments unless a test says otherwise.
 const SEND_TEMPL: TcpRepr<'static> = TcpRepr {
@@ -53,13 +46,7 @@ const SYN: TcpRepr<'static> = TcpRepr {
     ..SEND_TEMPL
 };
 
-const FIN_ACK: TcpFlags = TcpFlags {
-    fin: true,
-    ack: true,
-    syn: false,
-    rst: false,
-    psh: false,
-};
+const FIN_ACK: TcpFlags = TcpFlags::FIN_ACK;
 
 /// Injects one client segment (the template with these fields) and polls the server.
 macro_rules! send {

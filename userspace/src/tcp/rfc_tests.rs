@@ -15,14 +15,7 @@ const A: u32 = ISS + 1;
 const P: u32 = PEER_ISS + 1;
 const MSS: usize = 1460;
 
-const NO_OPTIONS: TcpOptions = TcpOptions {
-    mss: None,
-    window_scale: None,
-    sack_permitted: false,
-    timestamps: None,
-    sack_blocks: [(0, 0); crate::wire::MAX_SACK_BLOCKS],
-    sack_count: 0,
-};
+const NO_OPTIONS: TcpOptions = TcpOptions::NONE;
 
 /// What the peer sends unless a test says otherwise: an ACK from B to A.
 const SEND_TEMPL: TcpRepr<'static> = TcpRepr {
@@ -49,20 +42,8 @@ const RECV_TEMPL: TcpRepr<'static> = TcpRepr {
     payload: &[],
 };
 
-const FIN_ACK: TcpFlags = TcpFlags {
-    fin: true,
-    ack: true,
-    syn: false,
-    rst: false,
-    psh: false,
-};
-const PSH_ACK: TcpFlags = TcpFlags {
-    psh: true,
-    ack: true,
-    syn: false,
-    rst: false,
-    fin: false,
-};
+const FIN_ACK: TcpFlags = TcpFlags::FIN_ACK;
+const PSH_ACK: TcpFlags = TcpFlags::PSH_ACK;
 
 static DATA: [u8; 70_000] = [0x5a; 70_000];
 
@@ -143,22 +124,43 @@ fn cfg() -> Config {
     }
 }
 
-/// An active open completed at 10 ms with the peer's SYN-ACK.
-fn established_with(cfg: Config) -> Connection {
+/// Our SYN's options with this configuration: the MSS alone.
+const MSS_ONLY: TcpOptions = TcpOptions {
+    mss: Some(1460),
+    ..NO_OPTIONS
+};
+
+/// Our SYN, with these options.
+fn our_syn(options: TcpOptions) -> TcpRepr<'static> {
+    TcpRepr {
+        flags: TcpFlags::SYN,
+        ack: 0,
+        ..our_syn_ack(options)
+    }
+}
+
+/// Our SYN-ACK, with these options.
+fn our_syn_ack(options: TcpOptions) -> TcpRepr<'static> {
+    TcpRepr {
+        flags: TcpFlags::SYN_ACK,
+        seq: ISS,
+        options,
+        ..RECV_TEMPL
+    }
+}
+
+/// An active open completed at 10 ms: our SYN carries `offer`, the peer's SYN-ACK
+/// `answer`, and our ACK `ack_options`. Our timestamp clock has offset 0.
+fn open(cfg: Config, offer: TcpOptions, answer: TcpOptions, ack_options: TcpOptions) -> Connection {
     let window = cfg.recv_buffer.min(65535) as u16;
     let mut c = Connection::connect(cfg, ADDR_A, ADDR_B, ISS);
+    c.set_timestamp_offset(0);
     recv!(
         c,
         t(0),
         [TcpRepr {
-            flags: TcpFlags::SYN,
-            seq: ISS,
-            ack: 0,
             window: window,
-            options: TcpOptions {
-                mss: Some(1460),
-                ..NO_OPTIONS
-            },
+            ..our_syn(offer)
         }]
     );
     send!(
@@ -167,16 +169,23 @@ fn established_with(cfg: Config) -> Connection {
         TcpRepr {
             flags: TcpFlags::SYN_ACK,
             seq: PEER_ISS,
-            ack: A,
-            options: TcpOptions {
-                mss: Some(1460),
-                ..NO_OPTIONS
-            },
+            options: answer,
         }
     );
-    recv!(c, t(10), [TcpRepr { window: window }]);
+    recv!(
+        c,
+        t(10),
+        [TcpRepr {
+            window: window,
+            options: ack_options,
+        }]
+    );
     assert_eq!(c.state(), State::Established);
     c
+}
+
+fn established_with(cfg: Config) -> Connection {
+    open(cfg, MSS_ONLY, MSS_ONLY, NO_OPTIONS)
 }
 
 fn established() -> Connection {
@@ -185,54 +194,52 @@ fn established() -> Connection {
 
 /// Timestamps on (our clock offset 0), as negotiated with a peer whose TSval is 1000.
 fn established_ts() -> Connection {
-    let mut c = Connection::connect(
-        Config {
-            timestamps: true,
-            ..cfg()
+    let ts = |tsval, tsecr| TcpOptions {
+        timestamps: Some((tsval, tsecr)),
+        ..MSS_ONLY
+    };
+    let cfg = Config {
+        timestamps: true,
+        ..cfg()
+    };
+    open(
+        cfg,
+        ts(0, 0),
+        ts(1000, 0),
+        TcpOptions {
+            mss: None,
+            ..ts(10, 1000)
         },
-        ADDR_A,
-        ADDR_B,
-        ISS,
-    );
-    c.set_timestamp_offset(0);
+    )
+}
+
+/// Two full segments sent at 20 ms and unacknowledged.
+fn two_in_flight(cfg: Config) -> Connection {
+    let mut c = established_with(cfg);
+    c.send(&DATA[..2 * MSS]).unwrap();
     recv!(
         c,
-        t(0),
-        [TcpRepr {
-            flags: TcpFlags::SYN,
-            seq: ISS,
-            ack: 0,
-            options: TcpOptions {
-                mss: Some(1460),
-                timestamps: Some((0, 0)),
-                ..NO_OPTIONS
-            },
-        }]
-    );
-    send!(
-        c,
-        t(10),
-        TcpRepr {
-            flags: TcpFlags::SYN_ACK,
-            seq: PEER_ISS,
-            options: TcpOptions {
-                mss: Some(1460),
-                timestamps: Some((1000, 0)),
-                ..NO_OPTIONS
-            },
-        }
-    );
-    recv!(
-        c,
-        t(10),
-        [TcpRepr {
-            options: TcpOptions {
-                timestamps: Some((10, 1000)),
-                ..NO_OPTIONS
-            },
-        }]
+        t(20),
+        [
+            data_seg(0),
+            TcpRepr {
+                flags: PSH_ACK,
+                ..data_seg(1)
+            }
+        ]
     );
     c
+}
+
+/// The RST we send at `seq`, without ACK.
+fn rst(seq: u32) -> TcpRepr<'static> {
+    TcpRepr {
+        flags: TcpFlags::RST,
+        seq,
+        ack: 0,
+        window: 0,
+        ..RECV_TEMPL
+    }
 }
 
 /// Data segment `i` (MSS-sized) of a bulk send starting at A.
@@ -241,6 +248,20 @@ fn data_seg(i: u32) -> TcpRepr<'static> {
         seq: A + i * MSS as u32,
         payload: &DATA[..MSS],
         ..RECV_TEMPL
+    }
+}
+
+/// The peer sends `n` full-sized segments from P, in one batch.
+fn peer_sends_full_segments(c: &mut Connection, now: Instant, n: u32) {
+    for i in 0..n {
+        send!(
+            c,
+            now,
+            TcpRepr {
+                seq: P + i * MSS as u32,
+                payload: &DATA[..MSS],
+            }
+        );
     }
 }
 
@@ -337,22 +358,10 @@ fn test_time_wait_syn_with_higher_sequence_may_reopen() {
 
 #[test]
 fn test_established_zero_window_answered_probes_keep_connection() {
-    let mut c = established_with(Config {
+    let mut c = two_in_flight(Config {
         max_retries: 3,
         ..cfg()
     });
-    c.send(&DATA[..2 * MSS]).unwrap();
-    recv!(
-        c,
-        t(20),
-        [
-            data_seg(0),
-            TcpRepr {
-                flags: PSH_ACK,
-                ..data_seg(1)
-            }
-        ]
-    );
     // The peer takes one segment and closes its window: the other stays in flight.
     send!(
         c,
@@ -416,15 +425,7 @@ fn test_established_zero_window_unanswered_probes_give_up() {
     }
     let now = c.poll_timeout().expect("persist timer");
     c.handle_timeout(now);
-    recv!(
-        c,
-        now,
-        [TcpRepr {
-            flags: TcpFlags::RST,
-            ack: 0,
-            window: 0,
-        }]
-    );
+    recv!(c, now, [rst(A)]);
     assert_eq!(c.error(), Some(TcpError::TimedOut));
 }
 
@@ -432,68 +433,26 @@ fn test_established_zero_window_unanswered_probes_give_up() {
 
 #[test]
 fn test_established_abort_after_timeout_sends_rst_at_snd_max() {
-    let mut c = established();
-    c.send(&DATA[..2 * MSS]).unwrap();
-    recv!(
-        c,
-        t(20),
-        [
-            data_seg(0),
-            TcpRepr {
-                flags: PSH_ACK,
-                ..data_seg(1)
-            }
-        ]
-    );
+    let mut c = two_in_flight(cfg());
     let rto = c.poll_timeout().unwrap();
     c.handle_timeout(rto);
     recv!(c, rto, [data_seg(0)]);
     c.abort();
-    recv!(
-        c,
-        rto,
-        [TcpRepr {
-            flags: TcpFlags::RST,
-            seq: A + 2 * MSS as u32,
-            ack: 0,
-            window: 0,
-        }]
-    );
+    recv!(c, rto, [rst(A + 2 * MSS as u32)]);
 }
 
 #[test]
 fn test_established_give_up_sends_rst_at_snd_max() {
-    let mut c = established_with(Config {
+    let mut c = two_in_flight(Config {
         max_retries: 1,
         ..cfg()
     });
-    c.send(&DATA[..2 * MSS]).unwrap();
-    recv!(
-        c,
-        t(20),
-        [
-            data_seg(0),
-            TcpRepr {
-                flags: PSH_ACK,
-                ..data_seg(1)
-            }
-        ]
-    );
     let rto = c.poll_timeout().unwrap();
     c.handle_timeout(rto);
     recv!(c, rto, [data_seg(0)]);
     let rto = c.poll_timeout().unwrap();
     c.handle_timeout(rto);
-    recv!(
-        c,
-        rto,
-        [TcpRepr {
-            flags: TcpFlags::RST,
-            seq: A + 2 * MSS as u32,
-            ack: 0,
-            window: 0,
-        }]
-    );
+    recv!(c, rto, [rst(A + 2 * MSS as u32)]);
     assert_eq!(c.error(), Some(TcpError::TimedOut));
 }
 
@@ -638,19 +597,7 @@ fn test_established_challenge_ack_limit_is_global() {
 
 #[test]
 fn test_established_icmp_frag_needed_lowers_mss_and_retransmits() {
-    let mut c = established();
-    c.send(&DATA[..2 * MSS]).unwrap();
-    recv!(
-        c,
-        t(20),
-        [
-            data_seg(0),
-            TcpRepr {
-                flags: PSH_ACK,
-                ..data_seg(1)
-            }
-        ]
-    );
+    let mut c = two_in_flight(cfg());
     // Quoting a sequence number outside the flight: ignored (RFC 5927 4.1).
     c.handle_icmp_unreachable(4, A + 5 * MSS as u32, 1000);
     recv_nothing!(c, t(21));
@@ -682,16 +629,7 @@ fn test_established_icmp_frag_needed_lowers_mss_and_retransmits() {
 #[test]
 fn test_established_batch_of_full_segments_acked_every_second_one() {
     let mut c = established();
-    for i in 0..6u32 {
-        send!(
-            c,
-            t(20),
-            TcpRepr {
-                seq: P + i * MSS as u32,
-                payload: &DATA[..MSS],
-            }
-        );
-    }
+    peer_sends_full_segments(&mut c, t(20), 6);
     let m = MSS as u32;
     recv!(
         c,
@@ -803,16 +741,7 @@ fn test_established_small_reads_do_not_repeat_the_ack() {
         ..cfg()
     });
     // The handshake ACK advertised 2920; the peer fills it.
-    for i in 0..2u32 {
-        send!(
-            c,
-            t(20),
-            TcpRepr {
-                seq: P + i * MSS as u32,
-                payload: &DATA[..MSS],
-            }
-        );
-    }
+    peer_sends_full_segments(&mut c, t(20), 2);
     let full = 2 * MSS as u32;
     recv!(
         c,
@@ -844,16 +773,7 @@ fn test_established_small_reads_do_not_repeat_the_ack() {
 #[test]
 fn test_syn_sent_retransmitted_syn_sets_rto_to_3s() {
     let mut c = Connection::connect(cfg(), ADDR_A, ADDR_B, ISS);
-    let syn = TcpRepr {
-        flags: TcpFlags::SYN,
-        seq: ISS,
-        ack: 0,
-        options: TcpOptions {
-            mss: Some(1460),
-            ..NO_OPTIONS
-        },
-        ..RECV_TEMPL
-    };
+    let syn = our_syn(MSS_ONLY);
     recv!(c, t(0), [syn]);
     assert_eq!(c.poll_timeout(), Some(t(1000)));
     c.handle_timeout(t(1000));
@@ -888,43 +808,15 @@ fn test_syn_sent_retransmitted_syn_sets_rto_to_3s() {
 
 #[test]
 fn test_established_sack_reports_most_recent_blocks_first() {
-    let mut c = Connection::connect(
-        Config {
-            sack: true,
-            ..cfg()
-        },
-        ADDR_A,
-        ADDR_B,
-        ISS,
-    );
-    recv!(
-        c,
-        t(0),
-        [TcpRepr {
-            flags: TcpFlags::SYN,
-            seq: ISS,
-            ack: 0,
-            options: TcpOptions {
-                mss: Some(1460),
-                sack_permitted: true,
-                ..NO_OPTIONS
-            },
-        }]
-    );
-    send!(
-        c,
-        t(10),
-        TcpRepr {
-            flags: TcpFlags::SYN_ACK,
-            seq: PEER_ISS,
-            options: TcpOptions {
-                mss: Some(1460),
-                sack_permitted: true,
-                ..NO_OPTIONS
-            },
-        }
-    );
-    recv!(c, t(10), [TcpRepr {}]);
+    let sack_ok = TcpOptions {
+        sack_permitted: true,
+        ..MSS_ONLY
+    };
+    let cfg = Config {
+        sack: true,
+        ..cfg()
+    };
+    let mut c = open(cfg, sack_ok, sack_ok, NO_OPTIONS);
     let sack = |blocks: &[(u32, u32)]| {
         let mut o = NO_OPTIONS;
         for (i, &b) in blocks.iter().enumerate() {
@@ -989,18 +881,7 @@ fn syn_received() -> Connection {
         ..SEND_TEMPL
     };
     let mut c = Connection::accept(t(0), cfg(), ADDR_A, ADDR_B, ISS, &syn);
-    recv!(
-        c,
-        t(0),
-        [TcpRepr {
-            flags: TcpFlags::SYN_ACK,
-            seq: ISS,
-            options: TcpOptions {
-                mss: Some(1460),
-                ..NO_OPTIONS
-            },
-        }]
-    );
+    recv!(c, t(0), [our_syn_ack(MSS_ONLY)]);
     c
 }
 
@@ -1020,38 +901,15 @@ fn test_syn_received_retransmitted_syn_gets_syn_ack() {
             },
         }
     );
-    recv!(
-        c,
-        t(100),
-        [TcpRepr {
-            flags: TcpFlags::SYN_ACK,
-            seq: ISS,
-            options: TcpOptions {
-                mss: Some(1460),
-                ..NO_OPTIONS
-            },
-        }]
-    );
+    recv!(c, t(100), [our_syn_ack(MSS_ONLY)]);
     assert_eq!(c.state(), State::SynReceived);
 }
 
 #[test]
 fn test_syn_received_syn_ack_establishes_simultaneous_open() {
     let mut c = Connection::connect(cfg(), ADDR_A, ADDR_B, ISS);
-    let options = TcpOptions {
-        mss: Some(1460),
-        ..NO_OPTIONS
-    };
-    recv!(
-        c,
-        t(0),
-        [TcpRepr {
-            flags: TcpFlags::SYN,
-            seq: ISS,
-            ack: 0,
-            options: options,
-        }]
-    );
+    let options = MSS_ONLY;
+    recv!(c, t(0), [our_syn(MSS_ONLY)]);
     send!(
         c,
         t(5),
@@ -1063,15 +921,7 @@ fn test_syn_received_syn_ack_establishes_simultaneous_open() {
         }
     );
     assert_eq!(c.state(), State::SynReceived);
-    recv!(
-        c,
-        t(5),
-        [TcpRepr {
-            flags: TcpFlags::SYN_ACK,
-            seq: ISS,
-            options: options,
-        }]
-    );
+    recv!(c, t(5), [our_syn_ack(options)]);
     // RFC 9293 figure 8: the peer's SYN-ACK establishes, and nothing more is sent.
     send!(
         c,
@@ -1160,15 +1010,7 @@ fn test_established_keepalive_probes_then_gives_up() {
         recv!(c, now, [TcpRepr { seq: A - 1 }]);
     }
     c.handle_timeout(t(13_010));
-    recv!(
-        c,
-        t(13_010),
-        [TcpRepr {
-            flags: TcpFlags::RST,
-            ack: 0,
-            window: 0,
-        }]
-    );
+    recv!(c, t(13_010), [rst(A)]);
     assert_eq!(c.error(), Some(TcpError::TimedOut));
 }
 
@@ -1195,15 +1037,7 @@ fn test_established_keepalive_answered_keeps_connection() {
 fn test_closed_segment_after_abort_gets_rst() {
     let mut c = established();
     c.abort();
-    recv!(
-        c,
-        t(20),
-        [TcpRepr {
-            flags: TcpFlags::RST,
-            ack: 0,
-            window: 0,
-        }]
-    );
+    recv!(c, t(20), [rst(A)]);
     // RFC 9293 3.10.7.1: the connection is CLOSED; the peer's data draws a RST.
     send!(
         c,
@@ -1214,16 +1048,7 @@ fn test_closed_segment_after_abort_gets_rst() {
             ack: A + 7,
         }
     );
-    recv!(
-        c,
-        t(30),
-        [TcpRepr {
-            flags: TcpFlags::RST,
-            seq: A + 7,
-            ack: 0,
-            window: 0,
-        }]
-    );
+    recv!(c, t(30), [rst(A + 7)]);
     send!(
         c,
         t(31),
@@ -1274,10 +1099,7 @@ mod sim_properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16),
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(crate::tcp::tests::proptest_config(16))]
 
         /// RFC 5681 4.2: the receiver ACKs at least every second full-sized segment,
         /// although the simulator hands it whole flights as one batch.
