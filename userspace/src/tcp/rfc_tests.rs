@@ -152,14 +152,14 @@ fn our_syn_ack(options: TcpOptions) -> TcpRepr<'static> {
 /// An active open completed at 10 ms: our SYN carries `offer`, the peer's SYN-ACK
 /// `answer`, and our ACK `ack_options`. Our timestamp clock has offset 0.
 fn open(cfg: Config, offer: TcpOptions, answer: TcpOptions, ack_options: TcpOptions) -> Connection {
-    let window = cfg.recv_buffer.min(65535) as u16;
+    let wnd = cfg.recv_buffer.min(65535) as u16;
     let mut c = Connection::connect(cfg, ADDR_A, ADDR_B, ISS);
     c.set_timestamp_offset(0);
     recv!(
         c,
         t(0),
         [TcpRepr {
-            window: window,
+            window: wnd,
             ..our_syn(offer)
         }]
     );
@@ -176,7 +176,7 @@ fn open(cfg: Config, offer: TcpOptions, answer: TcpOptions, ack_options: TcpOpti
         c,
         t(10),
         [TcpRepr {
-            window: window,
+            window: wnd,
             options: ack_options,
         }]
     );
@@ -680,7 +680,7 @@ fn test_established_application_limited_sender_keeps_cwnd() {
         nodelay: true,
         ..cfg()
     });
-    let mut seq = A;
+    let mut next = A;
     for i in 0..50u64 {
         let now = t(20 + 10 * i);
         c.send(&DATA[..100]).unwrap();
@@ -689,19 +689,19 @@ fn test_established_application_limited_sender_keeps_cwnd() {
             now,
             [TcpRepr {
                 flags: PSH_ACK,
-                seq: seq,
+                seq: next,
                 payload: &DATA[..100],
             }]
         );
-        seq += 100;
-        send!(c, now + Duration::from_millis(5), TcpRepr { ack: seq });
+        next += 100;
+        send!(c, now + Duration::from_millis(5), TcpRepr { ack: next });
     }
     // RFC 7661: cwnd did not grow while the application sent 100 bytes at a time.
     let now = t(600);
     c.send(&DATA[..64 * 1024]).unwrap();
     let burst: Vec<TcpRepr<'static>> = (0..10)
         .map(|i| TcpRepr {
-            seq: seq + i * MSS as u32,
+            seq: next + i * MSS as u32,
             ..data_seg(0)
         })
         .collect();
@@ -908,7 +908,6 @@ fn test_syn_received_retransmitted_syn_gets_syn_ack() {
 #[test]
 fn test_syn_received_syn_ack_establishes_simultaneous_open() {
     let mut c = Connection::connect(cfg(), ADDR_A, ADDR_B, ISS);
-    let options = MSS_ONLY;
     recv!(c, t(0), [our_syn(MSS_ONLY)]);
     send!(
         c,
@@ -917,11 +916,11 @@ fn test_syn_received_syn_ack_establishes_simultaneous_open() {
             flags: TcpFlags::SYN,
             seq: PEER_ISS,
             ack: 0,
-            options: options,
+            options: MSS_ONLY,
         }
     );
     assert_eq!(c.state(), State::SynReceived);
-    recv!(c, t(5), [our_syn_ack(options)]);
+    recv!(c, t(5), [our_syn_ack(MSS_ONLY)]);
     // RFC 9293 figure 8: the peer's SYN-ACK establishes, and nothing more is sent.
     send!(
         c,
@@ -929,7 +928,7 @@ fn test_syn_received_syn_ack_establishes_simultaneous_open() {
         TcpRepr {
             flags: TcpFlags::SYN_ACK,
             seq: PEER_ISS,
-            options: options,
+            options: MSS_ONLY,
         }
     );
     assert_eq!(c.state(), State::Established);
