@@ -52,6 +52,9 @@ macro_rules! send {
     ($c:expr, $now:expr, TcpRepr { $($field:ident : $value:expr),* $(,)? }) => {
         $c.handle_segment($now, &TcpRepr { $($field: $value,)* ..SEND_TEMPL })
     };
+    ($c:expr, $now:expr, $seg:expr) => {
+        $c.handle_segment($now, &$seg)
+    };
 }
 
 /// Checks that exactly these segments come out now: each is `TcpRepr { fields }` over
@@ -587,9 +590,9 @@ fn test_established_challenge_ack_limit_is_global() {
         ack: 0,
         ..SEND_TEMPL
     };
-    c1.handle_segment(t(20), &rst);
+    send!(c1, t(20), rst);
     recv!(c1, t(20), [TcpRepr {}]);
-    c2.handle_segment(t(20), &rst);
+    send!(c2, t(20), rst);
     recv_nothing!(c2, t(20));
 }
 
@@ -869,18 +872,17 @@ fn test_established_sack_reports_most_recent_blocks_first() {
 
 // ---------------------------------------------------------------- 18. SYN-RECEIVED
 
+/// The peer's SYN.
+const PEER_SYN: TcpRepr<'static> = TcpRepr {
+    flags: TcpFlags::SYN,
+    seq: PEER_ISS,
+    ack: 0,
+    options: MSS_ONLY,
+    ..SEND_TEMPL
+};
+
 fn syn_received() -> Connection {
-    let syn = TcpRepr {
-        flags: TcpFlags::SYN,
-        seq: PEER_ISS,
-        ack: 0,
-        options: TcpOptions {
-            mss: Some(1460),
-            ..NO_OPTIONS
-        },
-        ..SEND_TEMPL
-    };
-    let mut c = Connection::accept(t(0), cfg(), ADDR_A, ADDR_B, ISS, &syn);
+    let mut c = Connection::accept(t(0), cfg(), ADDR_A, ADDR_B, ISS, &PEER_SYN);
     recv!(c, t(0), [our_syn_ack(MSS_ONLY)]);
     c
 }
@@ -888,19 +890,7 @@ fn syn_received() -> Connection {
 #[test]
 fn test_syn_received_retransmitted_syn_gets_syn_ack() {
     let mut c = syn_received();
-    send!(
-        c,
-        t(100),
-        TcpRepr {
-            flags: TcpFlags::SYN,
-            seq: PEER_ISS,
-            ack: 0,
-            options: TcpOptions {
-                mss: Some(1460),
-                ..NO_OPTIONS
-            },
-        }
-    );
+    send!(c, t(100), PEER_SYN);
     recv!(c, t(100), [our_syn_ack(MSS_ONLY)]);
     assert_eq!(c.state(), State::SynReceived);
 }
@@ -909,16 +899,7 @@ fn test_syn_received_retransmitted_syn_gets_syn_ack() {
 fn test_syn_received_syn_ack_establishes_simultaneous_open() {
     let mut c = Connection::connect(cfg(), ADDR_A, ADDR_B, ISS);
     recv!(c, t(0), [our_syn(MSS_ONLY)]);
-    send!(
-        c,
-        t(5),
-        TcpRepr {
-            flags: TcpFlags::SYN,
-            seq: PEER_ISS,
-            ack: 0,
-            options: MSS_ONLY,
-        }
-    );
+    send!(c, t(5), PEER_SYN);
     assert_eq!(c.state(), State::SynReceived);
     recv!(c, t(5), [our_syn_ack(MSS_ONLY)]);
     // RFC 9293 figure 8: the peer's SYN-ACK establishes, and nothing more is sent.
