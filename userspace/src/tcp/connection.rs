@@ -935,6 +935,7 @@ impl Connection {
             && seq <= self.last_ack_sent
         {
             self.ts_recent = tsval;
+            self.ts_recent_stamp = now;
         }
 
         // Segment text (RFC 9293 3.10.7.4, seventh).

@@ -517,6 +517,52 @@ fn test_established_paws_ts_recent_expires_after_24_days() {
     );
 }
 
+#[test]
+fn test_established_paws_holds_while_segments_arrive() {
+    let mut c = established_ts();
+    let day = Duration::from_secs(24 * 3600);
+    let ts_at = |now: Instant| now.millis() as u32;
+    // A segment on day 23 renews TS.Recent (RFC 7323 4.3)...
+    let d23 = t(10) + day * 23;
+    send!(
+        c,
+        d23,
+        TcpRepr {
+            options: TcpOptions {
+                timestamps: Some((2000, 10)),
+                ..NO_OPTIONS
+            },
+        }
+    );
+    recv_nothing!(c, d23);
+    // ...so on day 25 an older TSval is still a PAWS drop, answered with an ACK.
+    let d25 = t(10) + day * 25;
+    send!(
+        c,
+        d25,
+        TcpRepr {
+            flags: PSH_ACK,
+            payload: b"old",
+            options: TcpOptions {
+                timestamps: Some((1500, 10)),
+                ..NO_OPTIONS
+            },
+        }
+    );
+    assert_eq!(c.stats().paws_drops, 1);
+    assert_eq!(c.recv_available(), 0);
+    recv!(
+        c,
+        d25,
+        [TcpRepr {
+            options: TcpOptions {
+                timestamps: Some((ts_at(d25), 2000)),
+                ..NO_OPTIONS
+            },
+        }]
+    );
+}
+
 // ---------------------------------------------------------------- 7. ICMP validation
 
 #[test]
