@@ -17,6 +17,10 @@ pub trait CongestionControl: std::fmt::Debug + Send {
     fn on_timeout(&mut self, now: Instant, flight: usize);
     /// Used by recovery to inflate and deflate the window (RFC 6582).
     fn set_window(&mut self, cwnd: usize);
+    /// Restart after idle (RFC 5681 4.1): the window falls to `cwnd`.
+    fn restart(&mut self, cwnd: usize) {
+        self.set_window(cwnd);
+    }
 }
 
 /// RFC 3465 section 2.2: the limit L on bytes counted per ACK in slow start, in SMSS.
@@ -172,6 +176,12 @@ impl CongestionControl for Cubic {
     fn on_timeout(&mut self, now: Instant, flight: usize) {
         self.on_loss(now, flight);
         self.cwnd = self.mss;
+    }
+    fn restart(&mut self, cwnd: usize) {
+        self.set_window(cwnd);
+        // The cubic curve restarts too: idle time is not growth time (as Linux's
+        // bictcp_cwnd_event on CA_EVENT_TX_START).
+        self.epoch_start = None;
     }
     fn set_window(&mut self, cwnd: usize) {
         self.cwnd = cwnd.max(self.mss);

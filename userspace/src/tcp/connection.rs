@@ -1798,7 +1798,7 @@ impl Connection {
             // RW = min(IW, cwnd).
             let iw = super::congestion::initial_window(self.snd_mss);
             if self.cc.window() > iw {
-                self.cc.set_window(iw);
+                self.cc.restart(iw);
             }
         }
         let cwnd_room = self.cc.window().saturating_sub(in_flight);
