@@ -37,22 +37,30 @@ pub struct ArpCache {
     /// Address -> (time the next request is due, requests sent).
     pending: HashMap<Ipv4Addr, (Instant, u32)>,
     capacity: usize,
+    /// Learned entries expire (owned-IP mode, where the stack can resolve again).
+    expiring: bool,
     /// The stack's current time, for entries inserted through [`ArpCache::insert`].
     now: Instant,
 }
 
 impl Default for ArpCache {
     fn default() -> Self {
-        ArpCache::with_capacity(ARP_CAPACITY)
+        ArpCache::new(true)
     }
 }
 
 impl ArpCache {
-    pub fn with_capacity(capacity: usize) -> Self {
+    /// A cache of [`ARP_CAPACITY`] entries; learned ones expire if `expiring`.
+    pub fn new(expiring: bool) -> Self {
+        ArpCache::with_capacity(ARP_CAPACITY, expiring)
+    }
+
+    pub fn with_capacity(capacity: usize, expiring: bool) -> Self {
         ArpCache {
             entries: HashMap::new(),
             pending: HashMap::new(),
             capacity,
+            expiring,
             now: Instant::ZERO,
         }
     }
@@ -117,8 +125,10 @@ impl ArpCache {
 
     /// Drops learned entries unused for [`ARP_STALE`].
     pub fn expire(&mut self, now: Instant) {
-        self.entries
-            .retain(|_, e| e.pinned || now.saturating_since(e.used.get()) < ARP_STALE);
+        if self.expiring {
+            self.entries
+                .retain(|_, e| e.pinned || now.saturating_since(e.used.get()) < ARP_STALE);
+        }
     }
 
     /// True if a request for `ip` should go out now: the first at once, then with
@@ -176,7 +186,7 @@ mod tests {
 
     #[test]
     fn learned_entries_are_bounded_and_expire() {
-        let mut c = ArpCache::with_capacity(4);
+        let mut c = ArpCache::with_capacity(4, true);
         let ip = |i: u8| Ipv4Addr::new(10, 0, 0, i);
         c.insert(ip(100), [1; 6]);
         for i in 0..10 {

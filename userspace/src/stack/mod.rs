@@ -123,7 +123,8 @@ enum Control {
 
 /// The low TSval bits of a cookie SYN-ACK that carry options, as in Linux.
 const COOKIE_TS_MASK: u32 = 0x3f;
-const COOKIE_NO_WS_MASK: u32 = 0x0f;
+const COOKIE_WS_MASK: u32 = 0x0f;
+/// Window scale bits meaning "no window scale" (valid shifts end at 14).
 const COOKIE_NO_WS: u8 = 0x0f;
 const COOKIE_SACK: u32 = 0x10;
 
@@ -171,10 +172,13 @@ impl Stack {
         // point of it, so runs do not all begin with the same port.
         let k = cfg.isn_key;
         let port_counter = u32::from_le_bytes([k[3], k[7], k[11], k[15]]) ^ cfg.start_counter;
+        // Shared-IP mode never sees ARP replies (they go to the kernel), so entries it
+        // learned from SYNs or the kernel must not expire; the bound still holds.
+        let owned = cfg.mode == AddressMode::Owned;
         Stack {
             isn: IsnGenerator::new(cfg.isn_key),
             cfg,
-            arp: ArpCache::default(),
+            arp: ArpCache::new(owned),
             slots: Vec::new(),
             free_slots: Vec::new(),
             by_tuple: HashMap::new(),
@@ -765,8 +769,8 @@ impl Stack {
         if seg.flags.ack
             && !seg.flags.syn
             && let Some(mss) = self.check_cookie(now, local, remote, seg)
-            && let Some(options) = self.cookie_options(seg, mss)
         {
+            let options = self.cookie_options(seg, mss);
             self.stats.syn_cookies_accepted += 1;
             let syn = TcpRepr {
                 src_port: remote.port(),
@@ -916,9 +920,8 @@ impl Stack {
     }
 
     /// The SYN options a cookie ACK stands for: the MSS from the cookie, and window
-    /// scale, SACK and timestamps from the echoed TSval (see `send_cookie`). None if the
-    /// echoed bits are not ones we send.
-    fn cookie_options(&self, seg: &TcpRepr<'_>, mss: u16) -> Option<TcpOptions> {
+    /// scale, SACK and timestamps from the echoed TSval (see `send_cookie`).
+    fn cookie_options(&self, seg: &TcpRepr<'_>, mss: u16) -> TcpOptions {
         let mut options = TcpOptions {
             mss: Some(mss),
             ..Default::default()
@@ -926,15 +929,12 @@ impl Stack {
         if let Some((tsval, tsecr)) = seg.options.timestamps
             && self.cfg.tcp.timestamps
         {
-            let ws = (tsecr & COOKIE_NO_WS_MASK) as u8;
-            if ws > 14 && u32::from(ws) != COOKIE_NO_WS_MASK {
-                return None;
-            }
-            options.window_scale = (u32::from(ws) != COOKIE_NO_WS_MASK).then_some(ws);
+            let ws = (tsecr & COOKIE_WS_MASK) as u8;
+            options.window_scale = (ws != COOKIE_NO_WS).then_some(ws);
             options.sack_permitted = tsecr & COOKIE_SACK != 0;
             options.timestamps = Some((tsval, 0));
         }
-        Some(options)
+        options
     }
 
     fn check_cookie(

@@ -208,6 +208,19 @@ mod tests {
     }
 
     #[test]
+    fn test_slow_start_stretch_ack_counts_up_to_two_segments() {
+        // RFC 3465 2.2 with L = 2*SMSS, for both algorithms.
+        let mut reno = NewReno::new(1000);
+        let mut cubic = Cubic::new(1000);
+        for cc in [&mut reno as &mut dyn CongestionControl, &mut cubic] {
+            cc.on_ack(Instant::ZERO, 4000, None);
+            assert_eq!(cc.window(), 12_000, "{}", cc.name());
+            cc.on_ack(Instant::ZERO, 1500, None);
+            assert_eq!(cc.window(), 13_500, "{}", cc.name());
+        }
+    }
+
+    #[test]
     fn cubic_reduces_by_beta_and_regrows() {
         let mut cc = Cubic::new(1000);
         cc.set_window(100_000);
