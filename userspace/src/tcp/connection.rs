@@ -683,6 +683,7 @@ impl Connection {
         if self.recv.readable() == 0 && self.recv.storage_len() > 0 {
             self.recv = Reassembler::empty();
         }
+        self.scoreboard = Scoreboard::default();
     }
 
     // ---------------------------------------------------------------- input
