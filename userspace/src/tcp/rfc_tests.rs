@@ -2,6 +2,7 @@
 //! segments go in with `send!`, and `recv!` checks every segment that comes out, whole
 //! (flags, seq, ack, window, options, payload), and that nothing else does.
 #![allow(clippy::vec_init_then_push)] // the `recv!` macro builds its list item by item
+use super::tests::sent;
 use super::*;
 use crate::sim::{ADDR_A, ADDR_B};
 use crate::wire::{TcpFlags, TcpOptions, TcpRepr};
@@ -87,21 +88,9 @@ macro_rules! recv_nothing {
     };
 }
 
-/// Everything the connection sends now, with payloads.
-fn drain(c: &mut Connection, now: Instant) -> Vec<(TcpRepr<'static>, Vec<u8>)> {
-    let mut got = Vec::new();
-    while let Some(t) = c.poll_transmit(now) {
-        let mut payload = vec![0; t.payload_len];
-        c.copy_payload(t.payload_offset, &mut payload);
-        got.push((t.repr, payload));
-        assert!(got.len() <= 1000, "runaway output");
-    }
-    got
-}
-
 #[track_caller]
 fn check_out(c: &mut Connection, now: Instant, want: &[TcpRepr<'static>]) {
-    let got = drain(c, now);
+    let got = sent(c, now);
     let got_headers: Vec<TcpRepr<'static>> = got.iter().map(|(r, _)| *r).collect();
     let want_headers: Vec<TcpRepr<'static>> = want
         .iter()
@@ -391,7 +380,7 @@ fn test_established_zero_window_answered_probes_keep_connection() {
             seq: A + MSS as u32 - 1,
             ..RECV_TEMPL
         };
-        let out = drain(&mut c, now);
+        let out = sent(&mut c, now);
         assert!(out.is_empty() || out == [(probe, vec![])], "{out:?}");
         probes += out.len();
         // Every probe is answered: the window is still closed.

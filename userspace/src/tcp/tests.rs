@@ -30,7 +30,7 @@ fn seg(seq: u32, ack: u32, flags: TcpFlags, payload: &'static [u8]) -> TcpRepr<'
 }
 
 /// Everything the connection wants to send now, with payloads.
-fn sent(c: &mut Connection, now: Instant) -> Vec<(TcpRepr<'static>, Vec<u8>)> {
+pub(super) fn sent(c: &mut Connection, now: Instant) -> Vec<(TcpRepr<'static>, Vec<u8>)> {
     let mut out = Vec::new();
     while let Some(t) = c.poll_transmit(now) {
         let mut payload = vec![0; t.payload_len];
