@@ -26,6 +26,10 @@ const PAWS_IDLE: Duration = Duration::from_secs(24 * 24 * 3600);
 /// Per-connection spacing of challenge ACKs and other out-of-window answers (RFC 5961
 /// section 7 leaves the rate open; Linux's tcp_invalid_ratelimit is 500 ms).
 const CHALLENGE_ACK_SPACING: Duration = Duration::from_millis(500);
+/// Timeouts in a row after which black-hole detection lowers the MSS (Linux's
+/// tcp_retries1), and the MSS it starts from (tcp_base_mss).
+const BLACK_HOLE_RETRIES: u32 = 3;
+const BASE_MSS: usize = 1024;
 /// ACK points owed within one receive batch (RFC 5681 4.2: an ACK for at least every
 /// second full-sized segment); a 64-frame batch needs 32.
 const MAX_OWED_ACKS: usize = 64;
@@ -62,6 +66,9 @@ pub struct Config {
     pub challenge_ack_limit: u32,
     /// The budget shared by the connections of one stack (clones share it).
     pub challenge_acks: ChallengeAckBudget,
+    /// Black-hole detection for paths that filter ICMP (Linux tcp_mtu_probing=1,
+    /// RFC 4821): after repeated timeouts, smaller segments. Off by default, as in Linux.
+    pub mtu_probing: bool,
     /// Keep-alive (RFC 1122 4.2.3.6): off by default; Linux's tcp_keepalive_time,
     /// tcp_keepalive_intvl and tcp_keepalive_probes when on.
     pub keepalive: bool,
@@ -125,6 +132,7 @@ impl Default for Config {
             fin_wait2_timeout: Duration::from_secs(60),
             challenge_ack_limit: 1000,
             challenge_acks: ChallengeAckBudget::default(),
+            mtu_probing: false,
             keepalive: false,
             keepalive_idle: Duration::from_secs(7200),
             keepalive_interval: Duration::from_secs(75),
@@ -1434,6 +1442,14 @@ impl Connection {
                 self.fast_rtx_pending = false;
                 // RFC 2018 section 8: the receiver may have reneged; start over.
                 self.scoreboard.clear();
+                if self.cfg.mtu_probing && self.retries == BLACK_HOLE_RETRIES {
+                    // A path that drops big segments and filters the ICMP that would say
+                    // so (RFC 4821 section 1, RFC 2923 2.1): like Linux's tcp_mtu_probing
+                    // after tcp_retries1 timeouts, halve the segment size, to at most
+                    // tcp_base_mss (1024).
+                    let mss = (self.peer_mss / 2).min(BASE_MSS);
+                    self.path_mtu((mss + 40) as u16);
+                }
             }
         }
         self.rto_deadline = Some(now + self.rtt.rto());

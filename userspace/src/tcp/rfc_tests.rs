@@ -660,6 +660,32 @@ fn test_established_icmp_frag_needed_lowers_mss_and_retransmits() {
     assert_eq!(c.send_mss(), 960);
 }
 
+#[test]
+fn test_established_black_hole_lowers_mss_after_three_timeouts() {
+    let mut c = two_in_flight(Config {
+        mtu_probing: true,
+        ..cfg()
+    });
+    // Full-sized segments vanish and no ICMP comes back.
+    for _ in 0..2 {
+        let rto = c.poll_timeout().unwrap();
+        c.handle_timeout(rto);
+        recv!(c, rto, [data_seg(0)]);
+    }
+    // The third timeout halves the segment size to at most 1024 bytes (Linux
+    // tcp_mtu_probing=1, tcp_base_mss) and goes back to SND.UNA; the one-segment
+    // window after a timeout (1460 bytes) now holds two.
+    let rto = c.poll_timeout().unwrap();
+    c.handle_timeout(rto);
+    let small = |i: u32| TcpRepr {
+        seq: A + i * 730,
+        payload: &DATA[..730],
+        ..RECV_TEMPL
+    };
+    recv!(c, rto, [small(0), small(1)]);
+    assert_eq!(c.send_mss(), 730);
+}
+
 // ---------------------------------------------------------------- 11. ACK ratio
 
 #[test]
