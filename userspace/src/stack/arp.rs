@@ -92,9 +92,13 @@ impl ArpCache {
         );
     }
 
-    /// An address learned from the network (ARP, or the source of a SYN). Returns false
-    /// if the cache is full of live entries and the address was not kept.
-    pub fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr) -> bool {
+    /// An address learned from the network (ARP, or the source of a SYN). When the cache
+    /// is full of live entries, an address nobody asked for is not kept (Linux refuses new
+    /// neighbours past gc_thresh3), and one that is `wanted` (we asked for it, or a
+    /// connection needs it) takes the place of the least recently used learned entry.
+    /// Returns false if the address was not kept.
+    pub fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr, wanted: bool) -> bool {
+        let wanted = wanted || self.pending.contains_key(&ip);
         self.pending.remove(&ip);
         if let Some(e) = self.entries.get_mut(&ip) {
             e.mac = mac;
@@ -103,8 +107,19 @@ impl ArpCache {
         }
         if self.entries.len() >= self.capacity {
             self.expire(self.now);
-            if self.entries.len() >= self.capacity {
-                return false;
+        }
+        if self.entries.len() >= self.capacity {
+            let lru = self
+                .entries
+                .iter()
+                .filter(|(_, e)| !e.pinned)
+                .min_by_key(|(_, e)| e.used.get())
+                .map(|(&ip, _)| ip);
+            match lru {
+                Some(old) if wanted => {
+                    self.entries.remove(&old);
+                }
+                _ => return false,
             }
         }
         self.entries.insert(
@@ -190,13 +205,22 @@ mod tests {
         let ip = |i: u8| Ipv4Addr::new(10, 0, 0, i);
         c.insert(ip(100), [1; 6]);
         for i in 0..10 {
-            c.learn(ip(i), [i; 6]);
+            c.learn(ip(i), [i; 6], false);
         }
         assert_eq!(c.len(), 4, "bounded");
         assert_eq!(c.lookup(ip(0)), Some([0; 6]));
         assert_eq!(c.lookup(ip(9)), None, "no room for live entries");
-        c.set_now(Instant::ZERO + ARP_STALE);
-        c.expire(Instant::ZERO + ARP_STALE);
+        c.set_now(Instant::from_millis(1));
+        c.lookup(ip(0));
+        c.lookup(ip(2));
+        assert!(
+            c.learn(ip(20), [20; 6], true),
+            "a wanted address takes a place"
+        );
+        assert_eq!(c.lookup(ip(1)), None, "the least recently used went");
+        assert_eq!(c.lookup(ip(20)), Some([20; 6]));
+        c.set_now(Instant::from_millis(1) + ARP_STALE);
+        c.expire(Instant::from_millis(1) + ARP_STALE);
         assert_eq!(c.len(), 1, "learned entries expire, pinned ones stay");
         assert_eq!(c.lookup(ip(100)), Some([1; 6]));
     }

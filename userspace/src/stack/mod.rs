@@ -603,7 +603,7 @@ impl Stack {
         }
         // RFC 826: learn the sender, then answer a request for our address.
         self.stats.arp_in += 1;
-        self.arp_learned(arp.sender_ip, arp.sender_mac);
+        self.arp_learned(arp.sender_ip, arp.sender_mac, false);
         if arp.op == ArpOp::Request && self.cfg.mode == AddressMode::Owned {
             self.control.push(Control::Arp {
                 eth_dst: arp.sender_mac,
@@ -812,14 +812,15 @@ impl Stack {
     fn learn_next_hop(&mut self, remote: Ipv4Addr, eth_src: MacAddr) {
         let hop = self.next_hop(remote);
         if self.arp.lookup(hop).is_none() {
-            self.arp_learned(hop, eth_src);
+            self.arp_learned(hop, eth_src, true);
         }
     }
 
     /// A neighbour's address is known: remember it (if the bounded cache has room) and
     /// wake the connections waiting for it.
-    fn arp_learned(&mut self, ip: Ipv4Addr, mac: MacAddr) {
-        if !self.arp.learn(ip, mac) {
+    fn arp_learned(&mut self, ip: Ipv4Addr, mac: MacAddr, wanted: bool) {
+        let wanted = wanted || self.waiting.contains_key(&ip);
+        if !self.arp.learn(ip, mac, wanted) {
             self.stats.arp_cache_full += 1;
         }
         for id in self.waiting.remove(&ip).unwrap_or_default() {
