@@ -193,6 +193,8 @@ impl Link {
 
 const MAC_A: MacAddr = [2, 0, 0, 0, 0, 0xa];
 const MAC_B: MacAddr = [2, 0, 0, 0, 0, 0xb];
+/// Frames handed to a connection per step, as the AF_XDP receive batch.
+pub const RX_BATCH: usize = 64;
 pub const ADDR_A: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 50_000);
 pub const ADDR_B: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80);
 
@@ -297,8 +299,13 @@ impl Pair {
     }
 
     /// Delivers every frame due now on `link` to `conn` (a batch), counting what the parser rejects.
+    /// At most [`RX_BATCH`] frames, like one receive batch of the real device; the rest
+    /// wait for the next step.
     fn deliver(link: &mut Link, now: Instant, mut handle: impl FnMut(&crate::wire::TcpRepr<'_>)) {
-        while let Some(frame) = link.pop_due(now) {
+        for _ in 0..RX_BATCH {
+            let Some(frame) = link.pop_due(now) else {
+                break;
+            };
             match wire::parse_frame(&frame) {
                 Ok(Frame::Tcp { tcp, .. }) => handle(&tcp),
                 _ => link.stats.rejected_by_parser += 1,

@@ -62,6 +62,9 @@ pub struct CurlArgs {
     /// Most seconds the connection setup may take
     #[arg(long, value_name = "SECONDS")]
     pub connect_timeout: Option<f64>,
+    /// Send TCP keep-alive probes after SECONDS idle, then every SECONDS (as curl)
+    #[arg(long, value_name = "SECONDS")]
+    pub keepalive_time: Option<u32>,
     /// Use ADDR for HOST:PORT instead of the resolver (HOST:PORT:ADDR, repeatable)
     #[arg(long, value_name = "HOST:PORT:ADDR")]
     pub resolve: Vec<String>,
@@ -241,7 +244,15 @@ impl Client<'_> {
             _ => Some(Ok(())),
         });
         match result {
-            Ok(Ok(())) => Ok(id),
+            Ok(Ok(())) => {
+                if let Some(secs) = self.args.keepalive_time {
+                    let every = Duration::from_secs(u64::from(secs.max(1)));
+                    let stack = &mut self.rt.stack;
+                    stack.set_keepalive_params(id, every, every, 9);
+                    stack.set_keepalive(id, true);
+                }
+                Ok(id)
+            }
             Ok(Err(e)) => Err(fail(
                 EXIT_CANNOT_CONNECT,
                 format!("Failed to connect to {ip} port {port}: {e}"),

@@ -1,44 +1,163 @@
 //! ARP cache and resolution (RFC 826, RFC 1122 2.3.2.1 rate limiting).
+//!
+//! Bounded and expiring like Linux's neighbour table: at most [`ARP_CAPACITY`] entries
+//! (gc_thresh3), and an entry learned from the network and unused for [`ARP_STALE`]
+//! (gc_stale_time) goes. Unanswered requests back off and end after
+//! [`ARP_MAX_REQUESTS`], and the address is then reported as failed.
 use crate::tcp::Instant;
 use crate::wire::MacAddr;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-/// How often an unanswered request is repeated.
+/// Wait before the first repeat of an unanswered request; doubles with each one.
 pub const ARP_RETRY: Duration = Duration::from_millis(200);
+/// Requests for one address before it is declared unreachable: 200, 400 and 800 ms
+/// apart, then 1.6 s more, so resolution fails 3 s after it started, as in Linux
+/// (3 probes of retrans_time 1 s).
+pub const ARP_MAX_REQUESTS: u32 = 4;
+/// Entries kept at most (Linux gc_thresh3).
+pub const ARP_CAPACITY: usize = 1024;
+/// An entry learned from the network and unused this long is dropped (Linux gc_stale_time).
+pub const ARP_STALE: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
+struct Entry {
+    mac: MacAddr,
+    /// Last lookup or update.
+    used: Cell<Instant>,
+    /// Given by the application (e.g. from the kernel's neighbour table): never expires.
+    pinned: bool,
+}
+
+#[derive(Debug)]
 pub struct ArpCache {
-    entries: HashMap<Ipv4Addr, MacAddr>,
-    /// Address -> (time of last request, requests sent).
+    entries: HashMap<Ipv4Addr, Entry>,
+    /// Address -> (time the next request is due, requests sent).
     pending: HashMap<Ipv4Addr, (Instant, u32)>,
+    capacity: usize,
+    /// Learned entries expire (owned-IP mode, where the stack can resolve again).
+    expiring: bool,
+    /// The stack's current time, for entries inserted through [`ArpCache::insert`].
+    now: Instant,
+}
+
+impl Default for ArpCache {
+    fn default() -> Self {
+        ArpCache::new(true)
+    }
 }
 
 impl ArpCache {
-    pub fn lookup(&self, ip: Ipv4Addr) -> Option<MacAddr> {
-        self.entries.get(&ip).copied()
+    /// A cache of [`ARP_CAPACITY`] entries; learned ones expire if `expiring`.
+    pub fn new(expiring: bool) -> Self {
+        ArpCache::with_capacity(ARP_CAPACITY, expiring)
     }
 
+    pub fn with_capacity(capacity: usize, expiring: bool) -> Self {
+        ArpCache {
+            entries: HashMap::new(),
+            pending: HashMap::new(),
+            capacity,
+            expiring,
+            now: Instant::ZERO,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn lookup(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+        let e = self.entries.get(&ip)?;
+        e.used.set(self.now);
+        Some(e.mac)
+    }
+
+    /// An address the application knows (a hint from the kernel): kept until replaced.
     pub fn insert(&mut self, ip: Ipv4Addr, mac: MacAddr) {
         self.pending.remove(&ip);
-        self.entries.insert(ip, mac);
+        self.entries.insert(
+            ip,
+            Entry {
+                mac,
+                used: Cell::new(self.now),
+                pinned: true,
+            },
+        );
     }
 
-    /// True if a request for `ip` should go out now (rate-limited to one per ARP_RETRY).
+    /// An address learned from the network (ARP, or the source of a SYN). When the cache
+    /// is full of live entries, an address nobody asked for is not kept (Linux refuses new
+    /// neighbours past gc_thresh3), and one that is `wanted` (we asked for it, or a
+    /// connection needs it) takes the place of the least recently used learned entry.
+    /// Returns false if the address was not kept.
+    pub fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr, wanted: bool) -> bool {
+        let wanted = wanted || self.pending.contains_key(&ip);
+        self.pending.remove(&ip);
+        if let Some(e) = self.entries.get_mut(&ip) {
+            e.mac = mac;
+            e.used.set(self.now);
+            return true;
+        }
+        if self.entries.len() >= self.capacity {
+            self.expire(self.now);
+        }
+        if self.entries.len() >= self.capacity {
+            let lru = self
+                .entries
+                .iter()
+                .filter(|(_, e)| !e.pinned)
+                .min_by_key(|(_, e)| e.used.get())
+                .map(|(&ip, _)| ip);
+            match lru {
+                Some(old) if wanted => {
+                    self.entries.remove(&old);
+                }
+                _ => return false,
+            }
+        }
+        self.entries.insert(
+            ip,
+            Entry {
+                mac,
+                used: Cell::new(self.now),
+                pinned: false,
+            },
+        );
+        true
+    }
+
+    /// Advances the cache's clock.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    /// Drops learned entries unused for [`ARP_STALE`].
+    pub fn expire(&mut self, now: Instant) {
+        if self.expiring {
+            self.entries
+                .retain(|_, e| e.pinned || now.saturating_since(e.used.get()) < ARP_STALE);
+        }
+    }
+
+    /// True if a request for `ip` should go out now: the first at once, then with
+    /// exponential backoff (RFC 1122 2.3.2.1), at most [`ARP_MAX_REQUESTS`].
     pub fn should_request(&mut self, ip: Ipv4Addr, now: Instant) -> bool {
         match self.pending.get_mut(&ip) {
-            Some((last, tries)) if now < *last + ARP_RETRY => {
-                let _ = tries;
-                false
-            }
-            Some((last, tries)) => {
-                *last = now;
+            Some((next, tries)) if now < *next || *tries >= ARP_MAX_REQUESTS => false,
+            Some((next, tries)) => {
+                *next = now + ARP_RETRY * (1 << *tries);
                 *tries += 1;
                 true
             }
             None => {
-                self.pending.insert(ip, (now, 1));
+                self.pending.insert(ip, (now + ARP_RETRY, 1));
                 true
             }
         }
@@ -49,7 +168,81 @@ impl ArpCache {
         self.pending.get(&ip).map_or(0, |&(_, n)| n)
     }
 
+    /// When the next request is due, or the next address fails.
     pub fn next_retry(&self) -> Option<Instant> {
-        self.pending.values().map(|&(t, _)| t + ARP_RETRY).min()
+        self.pending.values().map(|&(t, _)| t).min()
+    }
+
+    /// Addresses due for another request now.
+    pub fn due(&self, now: Instant, out: &mut Vec<Ipv4Addr>) {
+        out.extend(
+            self.pending
+                .iter()
+                .filter(|&(_, &(t, n))| t <= now && n < ARP_MAX_REQUESTS)
+                .map(|(&ip, _)| ip),
+        );
+    }
+
+    /// Moves the addresses whose last request went unanswered into `out`.
+    pub fn take_failed(&mut self, now: Instant, out: &mut Vec<Ipv4Addr>) {
+        self.pending.retain(|&ip, &mut (t, n)| {
+            let failed = n >= ARP_MAX_REQUESTS && t <= now;
+            if failed {
+                out.push(ip);
+            }
+            !failed
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learned_entries_are_bounded_and_expire() {
+        let mut c = ArpCache::with_capacity(4, true);
+        let ip = |i: u8| Ipv4Addr::new(10, 0, 0, i);
+        c.insert(ip(100), [1; 6]);
+        for i in 0..10 {
+            c.learn(ip(i), [i; 6], false);
+        }
+        assert_eq!(c.len(), 4, "bounded");
+        assert_eq!(c.lookup(ip(0)), Some([0; 6]));
+        assert_eq!(c.lookup(ip(9)), None, "no room for live entries");
+        c.set_now(Instant::from_millis(1));
+        c.lookup(ip(0));
+        c.lookup(ip(2));
+        assert!(
+            c.learn(ip(20), [20; 6], true),
+            "a wanted address takes a place"
+        );
+        assert_eq!(c.lookup(ip(1)), None, "the least recently used went");
+        assert_eq!(c.lookup(ip(20)), Some([20; 6]));
+        c.set_now(Instant::from_millis(1) + ARP_STALE);
+        c.expire(Instant::from_millis(1) + ARP_STALE);
+        assert_eq!(c.len(), 1, "learned entries expire, pinned ones stay");
+        assert_eq!(c.lookup(ip(100)), Some([1; 6]));
+    }
+
+    #[test]
+    fn requests_back_off_then_fail() {
+        let mut c = ArpCache::default();
+        let ip = Ipv4Addr::new(10, 0, 0, 1);
+        let mut sent = Vec::new();
+        let mut failed = Vec::new();
+        for ms in 0..5000u64 {
+            let now = Instant::from_millis(ms);
+            if c.should_request(ip, now) {
+                sent.push(ms);
+            }
+            c.take_failed(now, &mut failed);
+            if !failed.is_empty() {
+                assert_eq!(ms, 3000);
+                break;
+            }
+        }
+        assert_eq!(sent, vec![0, 200, 600, 1400]);
+        assert_eq!(failed, vec![ip]);
     }
 }

@@ -14,7 +14,7 @@ use crate::tcp::isn::IsnGenerator;
 use crate::tcp::{self, Connection, Instant, State, TcpError};
 use crate::wire::{
     self, ArpOp, ArpRepr, BROADCAST_MAC, Frame, IcmpRepr, Ipv4Info, MacAddr, TcpFlags, TcpOptions,
-    TcpRepr,
+    TcpRepr, WireError,
 };
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -85,6 +85,8 @@ struct Entry {
     dirty: bool,
     /// Queued in `ready` for the application.
     ready: bool,
+    /// Waiting in `Stack::waiting` for the next hop's MAC address.
+    parked: bool,
     timer: Option<Instant>,
 }
 
@@ -122,6 +124,16 @@ enum Control {
     },
 }
 
+/// The low TSval bits of a cookie SYN-ACK that carry options, as in Linux.
+const COOKIE_TS_MASK: u32 = 0x3f;
+const COOKIE_WS_MASK: u32 = 0x0f;
+/// Window scale bits meaning "no window scale" (valid shifts end at 14).
+const COOKIE_NO_WS: u8 = 0x0f;
+const COOKIE_SACK: u32 = 0x10;
+
+/// How often stale ARP entries are swept.
+const ARP_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Segment sizes encodable in a SYN cookie (RFC 4987 section 3.6).
 const COOKIE_MSS: [u16; 4] = [536, 1220, 1440, 1460];
 
@@ -138,6 +150,18 @@ pub struct Stack {
     /// Connections with news for the application (segments arrived, timers fired).
     ready: Vec<ConnId>,
     control: Vec<Control>,
+    /// Connections waiting for a next hop's MAC address, by next hop: an ARP frame wakes
+    /// only those, never scans every slot.
+    waiting: HashMap<Ipv4Addr, Vec<ConnId>>,
+    /// The time of the current (or last) poll.
+    now: Instant,
+    /// Scratch list of addresses for ARP retries and failures.
+    arp_scratch: Vec<Ipv4Addr>,
+    /// Next sweep of stale ARP entries.
+    arp_gc_at: Instant,
+    /// IPv4 datagrams being reassembled, and the buffer a completed one lands in.
+    fragments: wire::frag::Reassembler,
+    reassembled: Vec<u8>,
     port_counter: u32,
     live: usize,
     /// Counters of connections already removed, so totals survive them.
@@ -151,10 +175,13 @@ impl Stack {
         // point of it, so runs do not all begin with the same port.
         let k = cfg.isn_key;
         let port_counter = u32::from_le_bytes([k[3], k[7], k[11], k[15]]) ^ cfg.start_counter;
+        // Shared-IP mode never sees ARP replies (they go to the kernel), so entries it
+        // learned from SYNs or the kernel must not expire; the bound still holds.
+        let owned = cfg.mode == AddressMode::Owned;
         Stack {
             isn: IsnGenerator::new(cfg.isn_key),
             cfg,
-            arp: ArpCache::default(),
+            arp: ArpCache::new(owned),
             slots: Vec::new(),
             free_slots: Vec::new(),
             by_tuple: HashMap::new(),
@@ -163,6 +190,12 @@ impl Stack {
             dirty: Vec::with_capacity(1024),
             ready: Vec::with_capacity(1024),
             control: Vec::with_capacity(64),
+            waiting: HashMap::new(),
+            now: Instant::ZERO,
+            arp_scratch: Vec::new(),
+            arp_gc_at: Instant::ZERO,
+            fragments: wire::frag::Reassembler::default(),
+            reassembled: Vec::new(),
             port_counter,
             live: 0,
             finished: tcp::ConnectionStats::default(),
@@ -334,8 +367,33 @@ impl Stack {
     /// The application is done with `id`; the stack frees it once it is closed (after
     /// TIME-WAIT for an active closer).
     pub fn release(&mut self, id: ConnId) {
+        let now = self.now;
         if let Some(e) = self.entry_mut(id) {
             e.released = true;
+            // An orphan in FIN-WAIT-2 is reclaimed after tcp_fin_timeout (Linux).
+            e.conn.orphan(now);
+        }
+    }
+
+    /// Turns keep-alive on or off for `id` (SO_KEEPALIVE), with the idle time, interval
+    /// and probe count of `StackConfig::tcp` unless set with [`Stack::set_keepalive_params`].
+    pub fn set_keepalive(&mut self, id: ConnId, on: bool) {
+        let now = self.now;
+        if let Some(e) = self.entry_mut(id) {
+            e.conn.set_keepalive(now, on);
+        }
+    }
+
+    /// TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT for `id`.
+    pub fn set_keepalive_params(
+        &mut self,
+        id: ConnId,
+        idle: std::time::Duration,
+        interval: std::time::Duration,
+        count: u32,
+    ) {
+        if let Some(e) = self.entry_mut(id) {
+            e.conn.set_keepalive_params(idle, interval, count);
         }
     }
 
@@ -381,6 +439,7 @@ impl Stack {
             listener,
             dirty: true,
             ready: false,
+            parked: false,
             timer: None,
         };
         let slot = match self.free_slots.pop() {
@@ -453,12 +512,15 @@ impl Stack {
 
     /// The earliest time [`Stack::poll`] has timer work to do.
     pub fn poll_at(&self) -> Option<Instant> {
-        tcp::time::earliest(self.timers.next(), self.arp.next_retry())
+        let t = tcp::time::earliest(self.timers.next(), self.arp.next_retry());
+        tcp::time::earliest(t, self.fragments.next_deadline())
     }
 
     /// One turn of the poll loop: a batch of received frames, due timers, then all output.
     /// Returns how many frames were received.
     pub fn poll(&mut self, now: Instant, device: &mut dyn Device) -> usize {
+        self.now = now;
+        self.arp.set_now(now);
         let received = device.receive(&mut |frame| self.process_frame(now, frame));
         self.stats.rx_frames += received as u64;
         while let Some((at, slot)) = self.timers.pop_due(now) {
@@ -477,6 +539,17 @@ impl Stack {
             }
             self.mark_dirty(slot);
         }
+        if self.arp.next_retry().is_some_and(|t| t <= now) {
+            self.arp_timers(now);
+        }
+        if self.fragments.next_deadline().is_some_and(|t| t <= now) {
+            self.fragments.expire(now);
+            self.sync_fragment_stats();
+        }
+        if now >= self.arp_gc_at {
+            self.arp.expire(now);
+            self.arp_gc_at = now + ARP_GC_INTERVAL;
+        }
         self.dispatch(now, device);
         device.flush();
         received
@@ -485,6 +558,7 @@ impl Stack {
     fn process_frame(&mut self, now: Instant, frame: &[u8]) {
         let parsed = match wire::parse_frame_with(frame, self.cfg.checksum_policy) {
             Ok(parsed) => parsed,
+            Err(WireError::Fragment) => return self.process_fragment(now, frame),
             Err(e) => return self.stats.count_wire_error(e),
         };
         self.stats.rx_partial_checksum += u64::from(parsed.partial_checksum);
@@ -501,24 +575,42 @@ impl Stack {
         }
     }
 
+    /// An IPv4 fragment (RFC 1122 3.3.2: a host MUST reassemble). The parser checked its
+    /// header; a completed datagram goes through the normal path.
+    fn process_fragment(&mut self, now: Instant, frame: &[u8]) {
+        let mut packet = std::mem::take(&mut self.reassembled);
+        let eth_src: MacAddr = frame[6..12].try_into().expect("6 bytes");
+        let ip = &frame[wire::ETH_HEADER_LEN..];
+        if self.fragments.add(now, ip, &mut packet) {
+            match wire::parse_ipv4(eth_src, &packet, self.cfg.checksum_policy).map(|p| p.frame) {
+                Err(e) => self.stats.count_wire_error(e),
+                Ok(Frame::Tcp { eth_src, ip, tcp }) if ip.dst == self.cfg.ip => {
+                    self.process_tcp(now, eth_src, ip, &tcp)
+                }
+                Ok(Frame::Icmp { eth_src, ip, icmp }) => self.process_icmp(eth_src, ip, icmp),
+                Ok(_) => self.stats.not_for_us += 1,
+            }
+        }
+        self.reassembled = packet;
+        self.sync_fragment_stats();
+    }
+
+    fn sync_fragment_stats(&mut self) {
+        let f = &self.fragments.stats;
+        self.stats.ip_fragments = f.fragments;
+        self.stats.ip_reassembled = f.reassembled;
+        self.stats.ip_reassembly_timeouts = f.timeouts;
+        self.stats.drop_ip_fragment = f.over_limit + f.malformed;
+    }
+
     fn process_arp(&mut self, arp: ArpRepr) {
         if arp.target_ip != self.cfg.ip {
             self.stats.not_for_us += 1;
             return;
         }
         // RFC 826: learn the sender, then answer a request for our address.
-        self.arp.insert(arp.sender_ip, arp.sender_mac);
         self.stats.arp_in += 1;
-        // Connections waiting for this neighbour can send now.
-        for slot in 0..self.slots.len() {
-            if self.slots[slot]
-                .entry
-                .as_ref()
-                .is_some_and(|e| self.next_hop(*e.conn.remote().ip()) == arp.sender_ip)
-            {
-                self.mark_dirty(slot);
-            }
-        }
+        self.arp_learned(arp.sender_ip, arp.sender_mac, false);
         if arp.op == ArpOp::Request && self.cfg.mode == AddressMode::Owned {
             self.control.push(Control::Arp {
                 eth_dst: arp.sender_mac,
@@ -554,6 +646,8 @@ impl Stack {
                 quoted_dst,
                 quoted_src_port,
                 quoted_dst_port,
+                quoted_seq,
+                next_hop_mtu,
             } => {
                 self.stats.icmp_unreachable += 1;
                 let key = (
@@ -562,7 +656,8 @@ impl Stack {
                 );
                 if let Some(&slot) = self.by_tuple.get(&key) {
                     if let Some(e) = self.slots[slot].entry.as_mut() {
-                        e.conn.handle_icmp_unreachable(code);
+                        e.conn
+                            .handle_icmp_unreachable(code, quoted_seq, next_hop_mtu);
                     }
                     self.mark_dirty(slot);
                     self.mark_ready(slot);
@@ -576,12 +671,23 @@ impl Stack {
         let local = SocketAddrV4::new(ip.dst, seg.dst_port);
         let remote = SocketAddrV4::new(ip.src, seg.src_port);
         if let Some(&slot) = self.by_tuple.get(&(local, remote)) {
-            if let Some(e) = self.slots[slot].entry.as_mut() {
-                e.conn.handle_segment(now, seg);
+            let reopen = self.listeners.contains_key(&local.port())
+                && self.slots[slot]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| e.conn.time_wait_accepts_syn(seg));
+            if !reopen {
+                if let Some(e) = self.slots[slot].entry.as_mut() {
+                    e.conn.handle_segment(now, seg);
+                }
+                self.mark_dirty(slot);
+                self.mark_ready(slot);
+                return;
             }
-            self.mark_dirty(slot);
-            self.mark_ready(slot);
-            return;
+            // RFC 9293 3.6.1 / RFC 6191: a new SYN with a higher sequence number or a
+            // newer timestamp ends TIME-WAIT and opens a new connection (Linux's TCP_TW_SYN).
+            self.stats.time_wait_reopened += 1;
+            self.remove(slot);
         }
         if self.listeners.contains_key(&local.port()) {
             self.listener_input(now, eth_src, local, remote, seg);
@@ -647,9 +753,13 @@ impl Stack {
                 return;
             }
             let listener = &self.listeners[&port];
-            if listener.half_open >= self.cfg.syn_backlog
-                || listener.accept_queue.len() >= listener.backlog
-            {
+            if listener.accept_queue.len() >= listener.backlog {
+                // Linux (tcp_conn_request): a full accept queue drops the SYN; the
+                // client retransmits it. Cookies would only pile more onto the queue.
+                self.stats.listen_overflows += 1;
+                return;
+            }
+            if listener.half_open >= self.cfg.syn_backlog {
                 self.send_cookie(now, eth_src, local, remote, seg);
                 return;
             }
@@ -667,6 +777,7 @@ impl Stack {
             && !seg.flags.syn
             && let Some(mss) = self.check_cookie(now, local, remote, seg)
         {
+            let options = self.cookie_options(seg, mss);
             self.stats.syn_cookies_accepted += 1;
             let syn = TcpRepr {
                 src_port: remote.port(),
@@ -674,10 +785,7 @@ impl Stack {
                 seq: seg.seq.wrapping_sub(1),
                 flags: TcpFlags::SYN,
                 window: seg.window,
-                options: TcpOptions {
-                    mss: Some(mss),
-                    ..Default::default()
-                },
+                options,
                 ..Default::default()
             };
             self.learn_next_hop(*remote.ip(), eth_src);
@@ -689,10 +797,16 @@ impl Stack {
                 seg.ack.wrapping_sub(1),
                 &syn,
             );
+            conn.set_timestamp_offset(self.timestamp_offset(local, remote));
             conn.mark_syn_sent(now);
             conn.handle_segment(now, seg);
             let id = self.insert(conn, None);
             self.enqueue_accept(port, id);
+            return;
+        }
+        if !seg.flags.ack {
+            // RFC 9293 3.10.7.2: any other segment without ACK is dropped.
+            self.stats.listen_drops += 1;
             return;
         }
         self.stats.closed_port += 1;
@@ -705,8 +819,45 @@ impl Stack {
     fn learn_next_hop(&mut self, remote: Ipv4Addr, eth_src: MacAddr) {
         let hop = self.next_hop(remote);
         if self.arp.lookup(hop).is_none() {
-            self.arp.insert(hop, eth_src);
+            self.arp_learned(hop, eth_src, true);
         }
+    }
+
+    /// A neighbour's address is known: remember it (if the bounded cache has room) and
+    /// wake the connections waiting for it.
+    fn arp_learned(&mut self, ip: Ipv4Addr, mac: MacAddr, wanted: bool) {
+        let wanted = wanted || self.waiting.contains_key(&ip);
+        if !self.arp.learn(ip, mac, wanted) {
+            self.stats.arp_cache_full += 1;
+        }
+        for id in self.waiting.remove(&ip).unwrap_or_default() {
+            if let Some(e) = self.entry_mut(id) {
+                e.parked = false;
+            }
+        }
+    }
+
+    /// ARP retries that are due, and next hops that never answered: the connections
+    /// waiting for them fail like Linux's on a failed neighbour (EHOSTUNREACH).
+    fn arp_timers(&mut self, now: Instant) {
+        let mut hops = std::mem::take(&mut self.arp_scratch);
+        self.arp.due(now, &mut hops);
+        for &hop in &hops {
+            self.request_arp(now, hop);
+        }
+        hops.clear();
+        self.arp.take_failed(now, &mut hops);
+        for hop in hops.drain(..) {
+            self.stats.arp_failures += 1;
+            for id in self.waiting.remove(&hop).unwrap_or_default() {
+                if let Some(e) = self.entry_mut(id) {
+                    e.parked = false;
+                    e.conn.neighbour_failed();
+                }
+                self.mark_ready(id.slot as usize);
+            }
+        }
+        self.arp_scratch = hops;
     }
 
     fn cookie(
@@ -738,21 +889,60 @@ impl Stack {
         let peer_mss = seg.options.mss.unwrap_or(536).min(self.cfg.tcp.mss);
         let index = COOKIE_MSS.iter().rposition(|&m| m <= peer_mss).unwrap_or(0) as u32;
         let isn = self.cookie(Self::cookie_counter(now), local, remote, seg.seq, index);
+        let tcp = &self.cfg.tcp;
+        let mut options = TcpOptions {
+            mss: Some(COOKIE_MSS[index as usize]),
+            ..Default::default()
+        };
+        // Like Linux (cookie_init_timestamp): with timestamps, the options the cookie
+        // cannot hold ride in the low 6 bits of our TSval, which the peer echoes:
+        // bits 0-3 its window scale (15: none), bit 4 SACK permitted.
+        if tcp.timestamps
+            && let Some((peer_tsval, _)) = seg.options.timestamps
+        {
+            let peer_ws = seg.options.window_scale.filter(|_| tcp.window_scaling);
+            let sack = tcp.sack && seg.options.sack_permitted;
+            let bits = u32::from(peer_ws.map_or(COOKIE_NO_WS, |w| w.min(14)))
+                | if sack { COOKIE_SACK } else { 0 };
+            let ts = (now.millis() as u32).wrapping_add(self.timestamp_offset(local, remote));
+            let mut tsval = (ts & !COOKIE_TS_MASK) | bits;
+            if tsval > ts {
+                tsval = tsval.wrapping_sub(COOKIE_TS_MASK + 1); // never ahead of our clock
+            }
+            options.timestamps = Some((tsval, peer_tsval));
+            options.sack_permitted = sack;
+            options.window_scale = peer_ws.map(|_| tcp::receive_window_scale(tcp));
+        }
         let repr = TcpRepr {
             src_port: local.port(),
             dst_port: remote.port(),
             seq: isn,
             ack: seg.seq.wrapping_add(1),
             flags: TcpFlags::SYN_ACK,
-            window: 65535,
-            options: TcpOptions {
-                mss: Some(COOKIE_MSS[index as usize]),
-                ..Default::default()
-            },
+            window: tcp.recv_buffer.min(65535) as u16,
+            options,
             payload: &[],
         };
         self.stats.syn_cookies_sent += 1;
         self.queue_tcp(remote, eth_src, repr);
+    }
+
+    /// The SYN options a cookie ACK stands for: the MSS from the cookie, and window
+    /// scale, SACK and timestamps from the echoed TSval (see `send_cookie`).
+    fn cookie_options(&self, seg: &TcpRepr<'_>, mss: u16) -> TcpOptions {
+        let mut options = TcpOptions {
+            mss: Some(mss),
+            ..Default::default()
+        };
+        if let Some((tsval, tsecr)) = seg.options.timestamps
+            && self.cfg.tcp.timestamps
+        {
+            let ws = (tsecr & COOKIE_WS_MASK) as u8;
+            options.window_scale = (ws != COOKIE_NO_WS).then_some(ws);
+            options.sack_permitted = tsecr & COOKIE_SACK != 0;
+            options.timestamps = Some((tsval, 0));
+        }
+        options
     }
 
     fn check_cookie(
@@ -825,6 +1015,7 @@ impl Stack {
             };
             entry.dirty = false;
             let remote_ip = *entry.conn.remote().ip();
+            let closed = entry.conn.is_closed();
             let hop = self.next_hop(remote_ip);
             match self.arp.lookup(hop) {
                 Some(dst_mac) => {
@@ -861,7 +1052,8 @@ impl Stack {
                         self.stats.tx_frames += 1;
                     }
                 }
-                None => self.request_neighbour(now, hop, device, slot),
+                None if !closed => self.request_neighbour(now, hop, device, slot),
+                None => {}
             }
             self.after_dispatch(slot);
         }
@@ -886,11 +1078,17 @@ impl Stack {
                 self.stats.tx_frames += 1;
             }
         }
-        // Stay dirty: retried on the next poll after the ARP retry interval.
-        if let Some(e) = self.slots[slot].entry.as_mut() {
-            e.dirty = true;
+        // Park until the address is learned or fails (see `arp_timers`).
+        let generation = self.slots[slot].generation;
+        if let Some(e) = self.slots[slot].entry.as_mut()
+            && !e.parked
+        {
+            e.parked = true;
+            self.waiting.entry(hop).or_default().push(ConnId {
+                slot: slot as u32,
+                generation,
+            });
         }
-        self.dirty.push(slot);
     }
 
     /// Bookkeeping after a connection had its turn: accept queue, timer, removal.
@@ -951,5 +1149,7 @@ pub enum StackError {
     PortInUse,
 }
 
+#[cfg(test)]
+mod rfc_tests;
 #[cfg(test)]
 mod tests;

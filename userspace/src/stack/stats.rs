@@ -29,16 +29,30 @@ counters! {
     drop_bad_ip_checksum,
     drop_bad_tcp_checksum,
     drop_bad_icmp_checksum,
+    /// Fragments dropped by reassembly: over a bound, or malformed (overlaps).
     drop_ip_fragment,
+    /// IPv4 fragments received, datagrams reassembled from them, and datagrams whose
+    /// 30 s reassembly time ran out (RFC 1122 3.3.2).
+    ip_fragments,
+    ip_reassembled,
+    ip_reassembly_timeouts,
     drop_unsupported,
     not_for_us,
     arp_in,
     arp_requests,
+    /// Next hops that never answered ARP; their waiting connections failed.
+    arp_failures,
+    /// Addresses not learned because the ARP cache was full.
+    arp_cache_full,
     icmp_unreachable,
     icmp_ignored,
     closed_port,
     rst_sent,
     listen_drops,
+    /// SYNs dropped because the accept queue was full.
+    listen_overflows,
+    /// TIME-WAIT connections ended by a new SYN (RFC 6191).
+    time_wait_reopened,
     accept_overflows,
     syn_cookies_sent,
     syn_cookies_accepted,

@@ -17,7 +17,14 @@ pub trait CongestionControl: std::fmt::Debug + Send {
     fn on_timeout(&mut self, now: Instant, flight: usize);
     /// Used by recovery to inflate and deflate the window (RFC 6582).
     fn set_window(&mut self, cwnd: usize);
+    /// Restart after idle (RFC 5681 4.1): the window falls to `cwnd`.
+    fn restart(&mut self, cwnd: usize) {
+        self.set_window(cwnd);
+    }
 }
+
+/// RFC 3465 section 2.2: the limit L on bytes counted per ACK in slow start, in SMSS.
+pub const ABC_LIMIT: usize = 2;
 
 /// Initial window (RFC 6928): 10 segments.
 pub fn initial_window(mss: usize) -> usize {
@@ -55,8 +62,9 @@ impl CongestionControl for NewReno {
     }
     fn on_ack(&mut self, _now: Instant, acked: usize, _srtt: Option<Duration>) {
         if self.cwnd < self.ssthresh {
-            // RFC 5681 3.1 slow start, with RFC 3465 byte counting capped at one SMSS.
-            self.cwnd += acked.min(self.mss);
+            // RFC 5681 3.1 slow start with RFC 3465 Appropriate Byte Counting, L = 2*SMSS
+            // (as Linux): a stretch ACK grows cwnd by what it acknowledges, up to L.
+            self.cwnd += acked.min(ABC_LIMIT * self.mss);
         } else {
             // Congestion avoidance: one SMSS per window of acknowledged data.
             self.acked_in_ca += acked;
@@ -125,7 +133,8 @@ impl CongestionControl for Cubic {
     }
     fn on_ack(&mut self, now: Instant, acked: usize, srtt: Option<Duration>) {
         if self.cwnd < self.ssthresh {
-            self.cwnd += acked.min(self.mss);
+            // Slow start (RFC 9438 4.10 defers to RFC 5681) with byte counting, L = 2*SMSS.
+            self.cwnd += acked.min(ABC_LIMIT * self.mss);
             return;
         }
         let mss = self.mss as f64;
@@ -168,6 +177,12 @@ impl CongestionControl for Cubic {
         self.on_loss(now, flight);
         self.cwnd = self.mss;
     }
+    fn restart(&mut self, cwnd: usize) {
+        self.set_window(cwnd);
+        // The cubic curve restarts too: idle time is not growth time (as Linux's
+        // bictcp_cwnd_event on CA_EVENT_TX_START).
+        self.epoch_start = None;
+    }
     fn set_window(&mut self, cwnd: usize) {
         self.cwnd = cwnd.max(self.mss);
     }
@@ -190,6 +205,19 @@ mod tests {
         assert_eq!(cc.window(), 11_000);
         cc.on_timeout(Instant::ZERO, 11_000);
         assert_eq!(cc.window(), 1000);
+    }
+
+    #[test]
+    fn test_slow_start_stretch_ack_counts_up_to_two_segments() {
+        // RFC 3465 2.2 with L = 2*SMSS, for both algorithms.
+        let mut reno = NewReno::new(1000);
+        let mut cubic = Cubic::new(1000);
+        for cc in [&mut reno as &mut dyn CongestionControl, &mut cubic] {
+            cc.on_ack(Instant::ZERO, 4000, None);
+            assert_eq!(cc.window(), 12_000, "{}", cc.name());
+            cc.on_ack(Instant::ZERO, 1500, None);
+            assert_eq!(cc.window(), 13_500, "{}", cc.name());
+        }
     }
 
     #[test]

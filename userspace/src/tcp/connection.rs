@@ -14,7 +14,25 @@ use super::seq::SeqNum;
 use super::time::{Instant, earliest};
 use crate::wire::{MAX_SACK_BLOCKS, TcpFlags, TcpOptions, TcpRepr};
 use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// RFC 6298 5.7: the RTO once data transfer starts after a retransmitted SYN or SYN-ACK
+/// with no RTT sample.
+const RTO_AFTER_SYN_LOSS: Duration = Duration::from_secs(3);
+/// RFC 7323 5.5: TS.Recent is invalid after 24 days without a segment.
+const PAWS_IDLE: Duration = Duration::from_secs(24 * 24 * 3600);
+/// Per-connection spacing of challenge ACKs and other out-of-window answers (RFC 5961
+/// section 7 leaves the rate open; Linux's tcp_invalid_ratelimit is 500 ms).
+const CHALLENGE_ACK_SPACING: Duration = Duration::from_millis(500);
+/// Timeouts in a row after which black-hole detection lowers the MSS (Linux's
+/// tcp_retries1), and the MSS it starts from (tcp_base_mss).
+const BLACK_HOLE_RETRIES: u32 = 3;
+const BASE_MSS: usize = 1024;
+/// ACK points owed within one receive batch (RFC 5681 4.2: an ACK for at least every
+/// second full-sized segment); a 64-frame batch needs 32.
+const MAX_OWED_ACKS: usize = 64;
 
 /// Per-connection settings. Defaults follow the RFCs and Linux where the RFCs leave room.
 #[derive(Debug, Clone)]
@@ -40,6 +58,55 @@ pub struct Config {
     pub max_retries: u32,
     pub max_syn_retries: u32,
     pub congestion: CongestionKind,
+    /// How long an orphaned connection (released by the application) may stay in
+    /// FIN-WAIT-2 (Linux tcp_fin_timeout, 60 s).
+    pub fin_wait2_timeout: Duration,
+    /// Challenge ACKs per second for all connections sharing `challenge_acks`
+    /// (RFC 5961 section 7; Linux tcp_challenge_ack_limit).
+    pub challenge_ack_limit: u32,
+    /// The budget shared by the connections of one stack (clones share it).
+    pub challenge_acks: ChallengeAckBudget,
+    /// Black-hole detection for paths that filter ICMP (Linux tcp_mtu_probing=1,
+    /// RFC 4821): after repeated timeouts, smaller segments. Off by default, as in Linux.
+    pub mtu_probing: bool,
+    /// Keep-alive (RFC 1122 4.2.3.6): off by default; Linux's tcp_keepalive_time,
+    /// tcp_keepalive_intvl and tcp_keepalive_probes when on.
+    pub keepalive: bool,
+    pub keepalive_idle: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_count: u32,
+}
+
+/// The window scale we offer (RFC 7323 2.3): the smallest that covers the receive buffer.
+pub fn receive_window_scale(cfg: &Config) -> u8 {
+    let mut ws = 0;
+    while cfg.window_scaling && ws < 14 && (cfg.recv_buffer >> ws) > 65535 {
+        ws += 1;
+    }
+    ws
+}
+
+/// A global challenge-ACK budget (RFC 5961 section 7): at most `limit` per second of
+/// virtual time, shared through an `Arc` by every connection built from one [`Config`].
+#[derive(Debug, Clone, Default)]
+pub struct ChallengeAckBudget(Arc<AtomicU64>);
+
+impl ChallengeAckBudget {
+    /// Takes one challenge ACK from this second's budget; false when it is spent.
+    pub fn take(&self, now: Instant, limit: u32) -> bool {
+        let second = (now.micros() / 1_000_000) & 0xffff_ffff;
+        let v = self.0.load(Ordering::Relaxed);
+        let count = if v >> 32 == second {
+            v & 0xffff_ffff
+        } else {
+            0
+        };
+        if count >= u64::from(limit) {
+            return false;
+        }
+        self.0.store(second << 32 | (count + 1), Ordering::Relaxed);
+        true
+    }
 }
 
 impl Default for Config {
@@ -62,6 +129,14 @@ impl Default for Config {
             max_retries: 15,
             max_syn_retries: 6,
             congestion: CongestionKind::Cubic,
+            fin_wait2_timeout: Duration::from_secs(60),
+            challenge_ack_limit: 1000,
+            challenge_acks: ChallengeAckBudget::default(),
+            mtu_probing: false,
+            keepalive: false,
+            keepalive_idle: Duration::from_secs(7200),
+            keepalive_interval: Duration::from_secs(75),
+            keepalive_count: 9,
         }
     }
 }
@@ -92,6 +167,9 @@ pub enum TcpError {
     Unreachable,
     #[error("connection closed")]
     Closed,
+    /// The next hop never answered ARP (like Linux's EHOSTUNREACH from a failed neighbour).
+    #[error("no route to host: the next hop does not answer ARP")]
+    HostUnreachable,
 }
 
 /// Counters for `-v` and `--stats`.
@@ -110,6 +188,7 @@ pub struct ConnectionStats {
     pub paws_drops: u64,
     pub dropped_out_of_window: u64,
     pub window_probes: u64,
+    pub keepalive_probes: u64,
 }
 
 impl ConnectionStats {
@@ -127,6 +206,7 @@ impl ConnectionStats {
         self.paws_drops += o.paws_drops;
         self.dropped_out_of_window += o.dropped_out_of_window;
         self.window_probes += o.window_probes;
+        self.keepalive_probes += o.keepalive_probes;
     }
 }
 
@@ -203,10 +283,20 @@ pub struct Connection {
     /// Duplicate ACKs owed: one per out-of-order segment (RFC 5681 4.2), even in a batch
     /// whose in-order segments share a single ACK.
     dup_acks_owed: u32,
-    segs_since_ack: u32,
     delack_deadline: Option<Instant>,
     window_update: bool,
     challenge_ack_pending: bool,
+    last_challenge_ack: Option<Instant>,
+    /// Earlier ACK points still to send, oldest first (see MAX_OWED_ACKS).
+    acks_owed: [SeqNum; MAX_OWED_ACKS],
+    acks_owed_len: usize,
+    /// In-order bytes received since the last ACK, and the largest segment seen
+    /// (Linux's rcv_mss estimate), which define "two full-sized segments".
+    rcv_unacked: usize,
+    rcv_mss: usize,
+    segs_since_ack: u32,
+    /// When TS.Recent was last updated (RFC 7323 5.5).
+    ts_recent_stamp: Instant,
 
     // Loss detection and recovery.
     rtt: RttEstimator,
@@ -225,7 +315,26 @@ pub struct Connection {
     persist_deadline: Option<Instant>,
     persist_backoff: u32,
     probe_pending: bool,
+    /// Zero-window or keep-alive probes sent since the peer last answered.
+    probes_out: u32,
+    /// The last time a segment arrived (keep-alive idle time, probe give-up).
+    last_rx: Instant,
+    keepalive: bool,
+    keepalive_deadline: Option<Instant>,
     time_wait_deadline: Option<Instant>,
+    /// The application released the connection (an orphan, in Linux's terms).
+    orphaned: bool,
+    fin_wait2_deadline: Option<Instant>,
+    /// Last soft ICMP error, reported if the connection later times out (RFC 5927 5.2).
+    soft_error: Option<TcpError>,
+    /// Our SYN or SYN-ACK was retransmitted (RFC 6298 5.7).
+    syn_retransmitted: bool,
+    /// When data was last sent, for the restart window after idle (RFC 5681 4.1).
+    last_data_sent: Instant,
+    /// Highest flight in this round trip and the sequence that ends the round, to
+    /// tell a cwnd-limited sender from an application-limited one (RFC 7661).
+    max_flight: usize,
+    max_flight_end: SeqNum,
     rst_pending: Option<TcpRepr<'static>>,
 
     stats: ConnectionStats,
@@ -239,10 +348,7 @@ impl Connection {
             CongestionKind::NewReno => Box::new(NewReno::new(mss)),
             CongestionKind::Cubic => Box::new(Cubic::new(mss)),
         };
-        let mut rcv_wscale = 0;
-        while cfg.window_scaling && rcv_wscale < 14 && (cfg.recv_buffer >> rcv_wscale) > 65535 {
-            rcv_wscale += 1;
-        }
+        let rcv_wscale = receive_window_scale(&cfg);
         Connection {
             state,
             local,
@@ -279,10 +385,16 @@ impl Connection {
             last_ack_sent: SeqNum(0),
             ack_now: false,
             dup_acks_owed: 0,
-            segs_since_ack: 0,
             delack_deadline: None,
             window_update: false,
             challenge_ack_pending: false,
+            last_challenge_ack: None,
+            acks_owed: [SeqNum(0); MAX_OWED_ACKS],
+            acks_owed_len: 0,
+            rcv_unacked: 0,
+            rcv_mss: 536,
+            segs_since_ack: 0,
+            ts_recent_stamp: Instant::ZERO,
             rtt: RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto),
             rto_deadline: None,
             retries: 0,
@@ -297,7 +409,18 @@ impl Connection {
             persist_deadline: None,
             persist_backoff: 0,
             probe_pending: false,
+            probes_out: 0,
+            last_rx: Instant::ZERO,
+            keepalive: cfg.keepalive,
+            keepalive_deadline: None,
             time_wait_deadline: None,
+            orphaned: false,
+            fin_wait2_deadline: None,
+            soft_error: None,
+            syn_retransmitted: false,
+            last_data_sent: Instant::ZERO,
+            max_flight: 0,
+            max_flight_end: iss,
             rst_pending: None,
             stats: ConnectionStats::default(),
             cfg,
@@ -326,6 +449,8 @@ impl Connection {
         c.rcv_nxt = c.irs + 1u32;
         c.rcv_adv = c.rcv_nxt;
         c.negotiate(&syn.options);
+        c.ts_recent_stamp = now;
+        c.last_rx = now;
         // The window of a SYN is never scaled (RFC 7323 section 2.2).
         c.snd_wnd = u32::from(syn.window);
         c.max_snd_wnd = c.snd_wnd;
@@ -435,7 +560,9 @@ impl Connection {
         let before = self.recv.window();
         let n = self.recv.read(buf);
         if n > 0 && !self.fin_received {
-            // Send a window update once the window opened by enough (RFC 9293 3.8.6.2.2).
+            // Send a window update once the window opened by enough (RFC 9293 3.8.6.2.2),
+            // and only if the right edge we would advertise really moves: an update
+            // that repeats the last ACK reads as a duplicate ACK to the peer.
             let new_edge = self.rcv_nxt + self.recv.window();
             let opened = if new_edge > self.rcv_adv {
                 new_edge.since(self.rcv_adv) as usize
@@ -443,9 +570,14 @@ impl Connection {
                 0
             };
             let threshold = (self.recv.capacity() / 2).min(2 * usize::from(self.cfg.mss));
-            if opened >= threshold || before < usize::from(self.cfg.mss) {
+            if (opened >= threshold || before < usize::from(self.cfg.mss))
+                && self.advertised_edge().1 > self.rcv_adv
+            {
                 self.window_update = true;
             }
+        }
+        if self.state == State::TimeWait && self.recv.readable() == 0 {
+            self.release_buffers();
         }
         n
     }
@@ -478,27 +610,149 @@ impl Connection {
     /// Abort: send RST and forget everything (RFC 9293 3.10.5).
     pub fn abort(&mut self) {
         if !matches!(self.state, State::SynSent | State::Closed | State::TimeWait) {
-            self.rst_pending = Some(self.rst_repr(self.snd_nxt, None));
+            // SND.MAX, not SND.NXT: after a timeout SND.NXT went back, and a RST below the
+            // peer's RCV.NXT is out of its window (RFC 9293 3.10.7.4, RFC 5961 3.2).
+            self.rst_pending = Some(self.rst_repr(self.snd_max, None));
         }
         self.enter_closed(None);
     }
 
+    /// The application released the connection: it becomes an orphan, which Linux keeps
+    /// in FIN-WAIT-2 for at most tcp_fin_timeout.
+    pub fn orphan(&mut self, now: Instant) {
+        self.orphaned = true;
+        self.arm_fin_wait2(now);
+    }
+
+    fn arm_fin_wait2(&mut self, now: Instant) {
+        if self.orphaned && self.state == State::FinWait2 && self.fin_wait2_deadline.is_none() {
+            self.fin_wait2_deadline = Some(now + self.cfg.fin_wait2_timeout);
+        }
+    }
+
+    /// Turns keep-alive on or off (RFC 1122 4.2.3.6; SO_KEEPALIVE).
+    pub fn set_keepalive(&mut self, now: Instant, on: bool) {
+        self.keepalive = on;
+        self.probes_out = 0;
+        self.last_rx = self.last_rx.max(now);
+        self.arm_keepalive();
+    }
+
+    /// Keep-alive settings (TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT).
+    pub fn set_keepalive_params(&mut self, idle: Duration, interval: Duration, count: u32) {
+        self.cfg.keepalive_idle = idle;
+        self.cfg.keepalive_interval = interval;
+        self.cfg.keepalive_count = count;
+        self.arm_keepalive();
+    }
+
+    fn arm_keepalive(&mut self) {
+        self.keepalive_deadline = (self.keepalive && self.is_established())
+            .then(|| self.last_rx + self.cfg.keepalive_idle);
+    }
+
+    /// The next hop never answered ARP. Like Linux, which turns a failed neighbour into
+    /// an ICMP host unreachable: a connection still opening fails with
+    /// [`TcpError::HostUnreachable`]; a synchronized one keeps it as a soft error.
+    pub fn neighbour_failed(&mut self) {
+        match self.state {
+            State::SynSent | State::SynReceived => {
+                self.rst_pending = None;
+                self.enter_closed(Some(TcpError::HostUnreachable));
+            }
+            State::Closed => {}
+            _ => self.soft_error = Some(TcpError::HostUnreachable),
+        }
+    }
+
+    /// A SYN for this 4-tuple in TIME-WAIT that may open a new connection: higher
+    /// sequence number or newer timestamp (RFC 9293 3.6.1, RFC 6191 section 2, as
+    /// Linux's tcp_timewait_state_process).
+    pub fn time_wait_accepts_syn(&self, seg: &TcpRepr<'_>) -> bool {
+        if self.state != State::TimeWait || !seg.flags.syn || seg.flags.ack || seg.flags.rst {
+            return false;
+        }
+        match (self.ts_enabled, seg.options.timestamps) {
+            (true, Some((tsval, _))) => (tsval.wrapping_sub(self.ts_recent) as i32) > 0,
+            _ => SeqNum(seg.seq) > self.rcv_nxt,
+        }
+    }
+
+    /// Bytes of buffer storage the connection holds.
+    pub fn buffer_bytes(&self) -> usize {
+        self.send_buf.storage_len() + self.recv.storage_len()
+    }
+
+    /// TIME-WAIT keeps only what a Linux tcp_timewait_sock keeps: the buffers go.
+    fn release_buffers(&mut self) {
+        if self.send_buf.storage_len() > 0 {
+            self.send_buf = SendBuffer::empty();
+        }
+        if self.recv.readable() == 0 && self.recv.storage_len() > 0 {
+            self.recv = Reassembler::empty();
+        }
+        self.scoreboard = Scoreboard::default();
+    }
+
     // ---------------------------------------------------------------- input
 
-    /// An ICMP error quoting one of our segments (RFC 1122 3.2.2.1, RFC 5927): hard errors
-    /// abort a connection that is still opening.
-    pub fn handle_icmp_unreachable(&mut self, code: u8) {
-        // Codes 2 (protocol), 3 (port) and 4 (fragmentation needed, we set DF) are hard;
-        // net/host unreachable are soft unless the connection never came up.
-        if self.state == State::SynSent || matches!(code, 2 | 3) {
-            self.enter_closed(Some(TcpError::Unreachable));
+    /// An ICMP destination unreachable quoting one of our segments (RFC 1122 3.2.2.1,
+    /// RFC 5927): `seq` is the quoted sequence number, `mtu` the next-hop MTU of a
+    /// "fragmentation needed" (code 4).
+    pub fn handle_icmp_unreachable(&mut self, code: u8, seq: u32, mtu: u16) {
+        // RFC 5927 4.1: only a message quoting data in flight, SND.UNA <= seq < SND.MAX,
+        // can be about this connection; a blind attacker has to guess it.
+        let seq = SeqNum(seq);
+        if self.state == State::Closed || !seq.in_range(self.snd_una, self.snd_max) {
+            return;
         }
+        if code == 4 {
+            self.path_mtu(mtu);
+            return;
+        }
+        match self.state {
+            // Linux (tcp_v4_err) aborts a connection still opening on any unreachable.
+            State::SynSent | State::SynReceived => self.enter_closed(Some(TcpError::Unreachable)),
+            // RFC 5927 5.2 (and Linux): in synchronized states hard errors are soft;
+            // reported only if the connection later times out.
+            _ => self.soft_error = Some(TcpError::Unreachable),
+        }
+    }
+
+    /// Path MTU discovery (RFC 1191 section 6.1): lower the segment size to fit the MTU
+    /// the router reported, and resend what was sent too large (as Linux's
+    /// tcp_simple_retransmit: no congestion response, nothing was lost to congestion).
+    fn path_mtu(&mut self, mtu: u16) {
+        // RFC 1191 section 5 lets a host guess when MTU is 0; like Linux we never go
+        // below a 552-byte path (min_pmtu).
+        if mtu == 0 {
+            return;
+        }
+        let room = usize::from(mtu.max(552)) - 40;
+        if room >= self.peer_mss {
+            return;
+        }
+        let ts = if self.ts_enabled { 12 } else { 0 };
+        self.peer_mss = room;
+        self.snd_mss = room - ts;
+        self.snd_nxt = self.snd_una;
+        self.rtt_probe = None;
+        self.scoreboard.clear();
     }
 
     pub fn handle_segment(&mut self, now: Instant, seg: &TcpRepr<'_>) {
         self.stats.segments_in += 1;
         self.stats.bytes_in += seg.payload.len() as u64;
         match self.state {
+            // RFC 9293 3.10.7.1: a connection the application closed (or aborted) but has
+            // not released answers like a closed port, with a RST.
+            State::Closed if !seg.flags.rst => {
+                self.rst_pending = Some(if seg.flags.ack {
+                    self.rst_repr(SeqNum(seg.ack), None)
+                } else {
+                    self.rst_repr(SeqNum(0), Some(SeqNum(seg.seq) + seg.seq_len()))
+                });
+            }
             State::Closed => {}
             State::SynSent => self.handle_syn_sent(now, seg),
             _ => self.handle_synchronized(now, seg),
@@ -551,6 +805,8 @@ impl Connection {
         self.rcv_nxt = self.irs + 1u32;
         self.rcv_adv = self.rcv_nxt;
         self.negotiate(&seg.options);
+        self.ts_recent_stamp = now;
+        self.last_rx = now;
         self.snd_wnd = u32::from(seg.window);
         self.max_snd_wnd = self.snd_wnd;
         self.snd_wl1 = self.irs;
@@ -569,6 +825,7 @@ impl Connection {
             self.rto_deadline = None;
             self.state = State::Established;
             self.ack_now = true;
+            self.on_established();
         } else {
             // Simultaneous open (RFC 9293 figure 7): answer with SYN-ACK.
             self.state = State::SynReceived;
@@ -586,14 +843,35 @@ impl Connection {
             0
         };
 
-        // PAWS (RFC 7323 section 5.3).
+        // PAWS (RFC 7323 section 5.3); after 24 days without a segment TS.Recent is no
+        // longer valid (section 5.5) and the segment passes.
         if self.ts_enabled
             && !seg.flags.rst
             && let Some((tsval, _)) = seg.options.timestamps
             && (tsval.wrapping_sub(self.ts_recent) as i32) < 0
+            && now - self.ts_recent_stamp <= PAWS_IDLE
         {
             self.stats.paws_drops += 1;
             self.ack_now = true;
+            return;
+        }
+
+        if self.state == State::SynReceived && seg.flags.syn && !seg.flags.rst && seq == self.irs {
+            if !seg.flags.ack {
+                // The peer retransmitted its SYN: our SYN-ACK was lost, send it again
+                // (Linux's tcp_check_req); a bare ACK is ignored in SYN-SENT.
+                self.syn_needed = true;
+                self.snd_nxt = self.iss;
+                return;
+            }
+            // Simultaneous open (RFC 9293 figure 8, line 6): the peer's SYN-ACK
+            // acknowledges our SYN and establishes; nothing more is sent.
+            let window = u32::from(seg.window);
+            if self.process_ack(now, seg) && self.state == State::Established {
+                // The window of a SYN is never scaled (RFC 7323 section 2.2).
+                self.snd_wnd = window;
+                self.max_snd_wnd = self.max_snd_wnd.max(window);
+            }
             return;
         }
 
@@ -615,7 +893,7 @@ impl Connection {
                 };
                 self.enter_closed(err);
             } else if acceptable {
-                self.challenge_ack();
+                self.challenge_ack(now);
             }
             return;
         }
@@ -627,6 +905,11 @@ impl Connection {
             // A duplicate or out-of-window segment gets an ACK (RFC 9293 3.10.7.4), but the
             // ACK field of a zero-window probe or pure ACK is still worth reading.
             self.ack_now = true;
+            if self.state == State::TimeWait && seg.flags.fin {
+                // RFC 9293 3.10.7.4: a retransmitted FIN in TIME-WAIT is acknowledged
+                // and restarts the 2 MSL timeout.
+                self.time_wait_deadline = Some(now + self.cfg.time_wait);
+            }
             if !(rcv_wnd == 0 && seg.flags.ack) {
                 return;
             }
@@ -640,7 +923,7 @@ impl Connection {
             } else if self.state == State::TimeWait {
                 self.ack_now = true;
             } else {
-                self.challenge_ack();
+                self.challenge_ack(now);
             }
             return;
         }
@@ -661,6 +944,7 @@ impl Connection {
             && seq <= self.last_ack_sent
         {
             self.ts_recent = tsval;
+            self.ts_recent_stamp = now;
         }
 
         // Segment text (RFC 9293 3.10.7.4, seventh).
@@ -678,7 +962,8 @@ impl Connection {
     fn process_ack(&mut self, now: Instant, seg: &TcpRepr<'_>) -> bool {
         let ack = SeqNum(seg.ack);
         let seq = SeqNum(seg.seq);
-        if self.state == State::SynReceived {
+        let opening = self.state == State::SynReceived;
+        if opening {
             if ack > self.snd_una && ack <= self.snd_max {
                 self.state = State::Established;
                 // The window of the ACK completing the handshake is scaled.
@@ -698,9 +983,12 @@ impl Connection {
             return false;
         }
         if ack < self.snd_una - self.max_snd_wnd.max(1) {
-            self.challenge_ack();
+            self.challenge_ack(now);
             return false;
         }
+        // The peer is alive: it answered whatever probe we sent (RFC 9293 3.8.6.1).
+        self.last_rx = now;
+        self.probes_out = 0;
 
         if self.sack_enabled {
             for &(l, r) in seg.options.sack_blocks() {
@@ -712,6 +1000,9 @@ impl Connection {
         let window = u32::from(seg.window) << self.snd_wscale;
         if ack > self.snd_una {
             self.on_new_ack(now, ack, seg);
+            if opening {
+                self.on_established();
+            }
         } else if ack == self.snd_una
             && seg.payload.is_empty()
             && !seg.flags.fin
@@ -738,18 +1029,30 @@ impl Connection {
         // FIN acknowledged?
         let fin_acked = self.fin_queued && self.snd_una == self.data_end() + 1u32;
         match self.state {
-            State::FinWait1 if fin_acked => self.state = State::FinWait2,
+            State::FinWait1 if fin_acked => {
+                self.state = State::FinWait2;
+                self.arm_fin_wait2(now);
+            }
             State::Closing if fin_acked => self.enter_time_wait(now),
             State::LastAck if fin_acked => {
                 self.enter_closed(None);
                 return false;
             }
-            State::TimeWait => {
-                self.ack_now = true;
-            }
+            // RFC 9293 3.10.7.4: in TIME-WAIT only a retransmitted FIN is acknowledged;
+            // answering every ACK starts an ACK ping-pong between two TIME-WAIT ends.
             _ => {}
         }
         true
+    }
+
+    /// The handshake completed (SYN-SENT or SYN-RECEIVED to ESTABLISHED).
+    fn on_established(&mut self) {
+        // RFC 6298 5.7: after a retransmitted SYN or SYN-ACK and with no RTT sample,
+        // the RTO is 3 s when data transfer begins.
+        if self.syn_retransmitted && self.rtt.srtt().is_none() {
+            self.rtt.restart(RTO_AFTER_SYN_LOSS);
+        }
+        self.arm_keepalive();
     }
 
     fn on_new_ack(&mut self, now: Instant, ack: SeqNum, seg: &TcpRepr<'_>) {
@@ -776,6 +1079,21 @@ impl Connection {
                 self.rtt.sample(now - sent);
             }
             self.rtt_probe = None;
+        }
+
+        // RFC 7661 (as Linux's tcp_is_cwnd_limited): grow cwnd only if the sender used it.
+        // In slow start, a flight of at least half of cwnd counts; in congestion avoidance
+        // the flight must have filled cwnd to within a segment.
+        let cwnd = self.cc.window();
+        let cwnd_limited = if cwnd < self.cc.ssthresh() {
+            2 * self.max_flight > cwnd
+        } else {
+            self.max_flight + self.snd_mss >= cwnd
+        };
+        if ack >= self.max_flight_end {
+            // A new round: measure the flight again from what is still outstanding.
+            self.max_flight = self.snd_max.since(ack) as usize;
+            self.max_flight_end = self.snd_max;
         }
 
         // Drop acknowledged bytes from the send buffer.
@@ -813,7 +1131,8 @@ impl Connection {
                         .set_window(cwnd.saturating_sub(acked) + self.snd_mss);
                 }
             }
-            Recovery::None => self.cc.on_ack(now, acked, self.rtt.srtt()),
+            Recovery::None if cwnd_limited => self.cc.on_ack(now, acked, self.rtt.srtt()),
+            Recovery::None => {}
         }
 
         // RFC 6298 5.2/5.3: stop the timer when all is acknowledged, else restart it.
@@ -884,14 +1203,37 @@ impl Connection {
             // RFC 5681 4.2: ACK out-of-order data and gap fills at once.
             self.ack_now = true;
         } else {
-            // Delayed ACK: every second full segment, or after a short timer (RFC 1122 4.2.3.2).
+            // Delayed ACK (RFC 1122 4.2.3.2), but an ACK for at least every second
+            // full-sized segment (RFC 5681 4.2), even within one receive batch: the ACK
+            // point is recorded here and sent with its own number by poll_transmit.
+            // "Full-sized" is the largest segment seen, like Linux's rcv_mss.
+            self.rcv_mss = self
+                .rcv_mss
+                .max(payload.len())
+                .min(usize::from(self.cfg.mss));
+            // Smaller segments are acknowledged every second one too, but those ACKs
+            // coalesce into one per batch.
+            self.rcv_unacked += ins.advanced;
             self.segs_since_ack += 1;
-            if self.segs_since_ack >= 2 {
+            if self.rcv_unacked >= 2 * self.rcv_mss {
+                self.rcv_unacked = 0;
+                self.segs_since_ack = 0;
+                self.owe_ack(self.rcv_nxt);
+            } else if self.segs_since_ack >= 2 {
                 self.ack_now = true;
             } else if self.delack_deadline.is_none() {
                 self.delack_deadline = Some(now + self.cfg.delayed_ack);
             }
         }
+    }
+
+    fn owe_ack(&mut self, ack: SeqNum) {
+        if self.acks_owed_len == MAX_OWED_ACKS {
+            // Coalesce only past the bound: the last point moves up.
+            self.acks_owed_len -= 1;
+        }
+        self.acks_owed[self.acks_owed_len] = ack;
+        self.acks_owed_len += 1;
     }
 
     fn check_fin(&mut self, now: Instant) {
@@ -912,7 +1254,20 @@ impl Connection {
         }
     }
 
-    fn challenge_ack(&mut self) {
+    /// RFC 5961 section 7: challenge ACKs are rate-limited, per connection (Linux's
+    /// tcp_invalid_ratelimit, 500 ms) and for the whole stack (tcp_challenge_ack_limit).
+    fn challenge_ack(&mut self, now: Instant) {
+        if self
+            .last_challenge_ack
+            .is_some_and(|t| now - t < CHALLENGE_ACK_SPACING)
+            || !self
+                .cfg
+                .challenge_acks
+                .take(now, self.cfg.challenge_ack_limit)
+        {
+            return;
+        }
+        self.last_challenge_ack = Some(now);
         self.stats.challenge_acks += 1;
         self.challenge_ack_pending = true;
     }
@@ -923,6 +1278,9 @@ impl Connection {
         self.rto_deadline = None;
         self.persist_deadline = None;
         self.delack_deadline = None;
+        self.fin_wait2_deadline = None;
+        self.keepalive_deadline = None;
+        self.release_buffers();
     }
 
     fn enter_closed(&mut self, error: Option<TcpError>) {
@@ -934,8 +1292,22 @@ impl Connection {
         self.persist_deadline = None;
         self.delack_deadline = None;
         self.time_wait_deadline = None;
+        self.fin_wait2_deadline = None;
+        self.keepalive_deadline = None;
         self.ack_now = false;
         self.dup_acks_owed = 0;
+        self.acks_owed_len = 0;
+    }
+
+    /// RFC 1122 4.2.3.5: give up with an error to the application, and a RST at the
+    /// highest sequence number sent (RFC 9293 3.10.7.4), as Linux's tcp_write_err.
+    fn give_up(&mut self) {
+        if self.state != State::SynSent {
+            self.rst_pending = Some(self.rst_repr(self.snd_max, None));
+        }
+        // RFC 5927 5.2: a soft ICMP error explains the timeout better.
+        let error = self.soft_error.unwrap_or(TcpError::TimedOut);
+        self.enter_closed(Some(error));
     }
 
     // ---------------------------------------------------------------- timers
@@ -943,6 +1315,8 @@ impl Connection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = earliest(self.rto_deadline, self.delack_deadline);
         let t = earliest(t, self.persist_deadline);
+        let t = earliest(t, self.fin_wait2_deadline);
+        let t = earliest(t, self.keepalive_deadline);
         earliest(t, self.time_wait_deadline)
     }
 
@@ -951,6 +1325,18 @@ impl Connection {
             self.enter_closed(None);
             return;
         }
+        if self.fin_wait2_deadline.is_some_and(|d| now >= d) {
+            // Linux: an orphan in FIN-WAIT-2 past tcp_fin_timeout is dropped silently
+            // (its FIN-WAIT-2 timewait socket expires).
+            self.enter_closed(None);
+            return;
+        }
+        if self.keepalive_deadline.is_some_and(|d| now >= d) {
+            self.on_keepalive(now);
+            if self.state == State::Closed {
+                return;
+            }
+        }
         if self.delack_deadline.is_some_and(|d| now >= d) {
             self.delack_deadline = None;
             self.ack_now = true;
@@ -958,7 +1344,13 @@ impl Connection {
         if self.persist_deadline.is_some_and(|d| now >= d) {
             self.persist_deadline = None;
             if self.snd_wnd == 0 {
-                // Zero-window probe (RFC 9293 3.8.6.1); keeps going while the peer answers.
+                // Zero-window probe (RFC 9293 3.8.6.1); keeps going while the peer answers,
+                // gives up after max_retries unanswered ones (Linux tcp_retries2).
+                self.probes_out += 1;
+                if self.probes_out > self.cfg.max_retries {
+                    self.give_up();
+                    return;
+                }
                 self.probe_pending = true;
                 self.stats.window_probes += 1;
                 self.persist_backoff = (self.persist_backoff + 1).min(10);
@@ -976,23 +1368,60 @@ impl Connection {
         (self.rtt.rto() * (1 << self.persist_backoff)).clamp(self.cfg.min_rto, self.cfg.max_rto)
     }
 
+    fn on_keepalive(&mut self, now: Instant) {
+        self.keepalive_deadline = None;
+        if !self.keepalive || !matches!(self.state, State::Established | State::CloseWait) {
+            return;
+        }
+        // Linux probes only an idle connection: nothing in flight or queued.
+        if self.snd_max != self.snd_una || !self.send_buf.is_empty() {
+            self.keepalive_deadline = Some(now + self.cfg.keepalive_idle);
+            return;
+        }
+        let due = if self.probes_out == 0 {
+            self.last_rx + self.cfg.keepalive_idle
+        } else {
+            now
+        };
+        if due > now {
+            self.keepalive_deadline = Some(due);
+            return;
+        }
+        // RFC 1122 4.2.3.6: a probe is a segment with SEG.SEQ = SND.NXT-1 and no data.
+        if self.probes_out >= self.cfg.keepalive_count {
+            self.give_up();
+            return;
+        }
+        self.probes_out += 1;
+        self.probe_pending = true;
+        self.stats.keepalive_probes += 1;
+        self.keepalive_deadline = Some(now + self.cfg.keepalive_interval);
+    }
+
     fn on_rto(&mut self, now: Instant) {
         self.stats.timeouts += 1;
-        self.retries += 1;
         // Our SYN is unacknowledged (also after a close in SYN-RECEIVED): the timer is
         // the SYN's, whatever the state.
         let syn_unacked = self.snd_una == self.iss;
+        if self.snd_wnd == 0 && !syn_unacked {
+            // The peer closed its window with data in flight: our retransmissions are
+            // window probes, and the connection stays while they are answered (RFC 9293
+            // 3.8.6.1, RFC 1122 4.2.2.17); unanswered ones are bounded like retries.
+            self.probes_out += 1;
+            if self.probes_out > self.cfg.max_retries {
+                self.give_up();
+                return;
+            }
+        } else {
+            self.retries += 1;
+        }
         let limit = if syn_unacked {
             self.cfg.max_syn_retries
         } else {
             self.cfg.max_retries
         };
         if self.retries > limit {
-            // RFC 1122 4.2.3.5: give up after R2 with an error to the application.
-            if self.state != State::SynSent {
-                self.rst_pending = Some(self.rst_repr(self.snd_nxt, None));
-            }
-            self.enter_closed(Some(TcpError::TimedOut));
+            self.give_up();
             return;
         }
         self.rtt.back_off();
@@ -1013,6 +1442,14 @@ impl Connection {
                 self.fast_rtx_pending = false;
                 // RFC 2018 section 8: the receiver may have reneged; start over.
                 self.scoreboard.clear();
+                if self.cfg.mtu_probing && self.retries == BLACK_HOLE_RETRIES {
+                    // A path that drops big segments and filters the ICMP that would say
+                    // so (RFC 4821 section 1, RFC 2923 2.1): like Linux's tcp_mtu_probing
+                    // after tcp_retries1 timeouts, halve the segment size, to at most
+                    // tcp_base_mss (1024).
+                    let mss = (self.peer_mss / 2).min(BASE_MSS);
+                    self.path_mtu((mss + 40) as u16);
+                }
             }
         }
         self.rto_deadline = Some(now + self.rtt.rto());
@@ -1051,6 +1488,13 @@ impl Connection {
     /// The window to advertise, with receiver-side silly window avoidance
     /// (RFC 9293 3.8.6.2.2): the right edge only moves by at least min(buffer/2, MSS).
     fn advertise_window(&mut self) -> u16 {
+        let (wnd, edge) = self.advertised_edge();
+        self.rcv_adv = self.rcv_adv.max(edge);
+        wnd
+    }
+
+    /// The window field the next ACK would carry, and the right edge it stands for.
+    fn advertised_edge(&self) -> (u16, SeqNum) {
         let free = self.recv.window();
         let new_edge = self.rcv_nxt + free;
         let step = (self.recv.capacity() / 2).min(usize::from(self.cfg.mss));
@@ -1060,8 +1504,7 @@ impl Connection {
             self.rcv_adv.max(self.rcv_nxt)
         };
         let wnd = (edge.since(self.rcv_nxt) >> self.rcv_wscale).min(65535);
-        self.rcv_adv = self.rcv_adv.max(self.rcv_nxt + (wnd << self.rcv_wscale));
-        wnd as u16
+        (wnd as u16, self.rcv_nxt + (wnd << self.rcv_wscale))
     }
 
     fn base_repr(&mut self, now: Instant, seq: SeqNum, flags: TcpFlags) -> TcpRepr<'static> {
@@ -1090,6 +1533,7 @@ impl Connection {
         if flags.ack {
             self.last_ack_sent = self.rcv_nxt;
             self.ack_now = false;
+            self.rcv_unacked = 0;
             self.segs_since_ack = 0;
             self.delack_deadline = None;
             self.window_update = false;
@@ -1135,6 +1579,9 @@ impl Connection {
                 payload_len: 0,
             });
         }
+        if let Some(t) = self.owed_ack(now) {
+            return Some(t);
+        }
         if self.snd_una == self.iss {
             // Nothing but ACKs until the peer acknowledges our SYN (a close in
             // SYN-RECEIVED queues the FIN until then, RFC 9293 3.10.4).
@@ -1168,10 +1615,56 @@ impl Connection {
         self.pure_ack(now)
     }
 
+    /// An ACK point reached within the last receive batch (RFC 5681 4.2: at least every
+    /// second full-sized segment), sent with the acknowledgment number of that point.
+    fn owed_ack(&mut self, now: Instant) -> Option<Transmit> {
+        if self.acks_owed_len == 0 {
+            return None;
+        }
+        let ack = self.acks_owed[0];
+        self.acks_owed.copy_within(1..self.acks_owed_len, 0);
+        self.acks_owed_len -= 1;
+        if ack == self.rcv_nxt || ack <= self.last_ack_sent {
+            // The latest point is the ordinary ACK.
+            self.ack_now |= ack == self.rcv_nxt;
+            return self.owed_ack(now);
+        }
+        // Bytes after this point are still unacknowledged: keep the delayed-ACK state.
+        let kept = (
+            self.ack_now,
+            self.window_update,
+            self.delack_deadline,
+            self.rcv_unacked,
+            self.segs_since_ack,
+        );
+        let mut repr = self.base_repr(now, self.snd_max, TcpFlags::ACK);
+        (
+            self.ack_now,
+            self.window_update,
+            self.delack_deadline,
+            self.rcv_unacked,
+            self.segs_since_ack,
+        ) = kept;
+        let edge = self.rcv_nxt + (u32::from(repr.window) << self.rcv_wscale);
+        repr.ack = ack.0;
+        repr.window = (edge.since(ack) >> self.rcv_wscale).min(65535) as u16;
+        self.last_ack_sent = ack;
+        Some(Transmit {
+            repr,
+            payload_offset: 0,
+            payload_len: 0,
+        })
+    }
+
     fn pure_ack(&mut self, now: Instant) -> Option<Transmit> {
         if self.dup_acks_owed > 0 {
             self.dup_acks_owed -= 1;
             self.ack_now = true;
+        }
+        if !self.ack_now && self.window_update && self.advertised_edge().1 <= self.rcv_adv {
+            // RFC 9293 3.8.6.2.2: an update that does not move the right edge would
+            // repeat the last ACK, a duplicate ACK to the peer.
+            self.window_update = false;
         }
         if !(self.ack_now || self.window_update) {
             return None;
@@ -1208,6 +1701,7 @@ impl Connection {
         repr.options.sack_permitted = self.cfg.sack && (offered || self.sack_enabled);
         if self.snd_max > self.iss {
             self.stats.retransmits += 1;
+            self.syn_retransmitted = true;
         } else {
             self.rtt_probe = Some((self.iss + 1u32, now));
         }
@@ -1245,8 +1739,14 @@ impl Connection {
             self.rtt_probe = Some((end, now));
         }
         self.snd_max = self.snd_max.max(next);
+        self.max_flight = self
+            .max_flight
+            .max(self.snd_max.since(self.snd_una) as usize);
         if self.rto_deadline.is_none() {
             self.rto_deadline = Some(now + self.rtt.rto());
+        }
+        if next > seq {
+            self.last_data_sent = now;
         }
         self.stats.bytes_out += len as u64;
         Transmit {
@@ -1306,6 +1806,18 @@ impl Connection {
         } else {
             self.snd_nxt.since(self.snd_una) as usize
         };
+        if in_flight == 0
+            && self.snd_nxt == self.snd_max
+            && now - self.last_data_sent > self.rtt.rto()
+            && self.last_data_sent > Instant::ZERO
+        {
+            // RFC 5681 4.1: after an idle period longer than the RTO, restart from
+            // RW = min(IW, cwnd).
+            let iw = super::congestion::initial_window(self.snd_mss);
+            if self.cc.window() > iw {
+                self.cc.restart(iw);
+            }
+        }
         let cwnd_room = self.cc.window().saturating_sub(in_flight);
         let len = available.min(self.snd_mss).min(wnd_room).min(cwnd_room);
 

@@ -13,7 +13,10 @@ pub mod seq;
 pub mod time;
 
 pub use congestion::{CongestionControl, Cubic, NewReno};
-pub use connection::{Config, Connection, ConnectionStats, State, TcpError, Transmit};
+pub use connection::{
+    ChallengeAckBudget, Config, Connection, ConnectionStats, State, TcpError, Transmit,
+    receive_window_scale,
+};
 pub use seq::SeqNum;
 pub use time::Instant;
 
@@ -24,5 +27,7 @@ pub enum CongestionKind {
     Cubic,
 }
 
+#[cfg(test)]
+mod rfc_tests;
 #[cfg(test)]
 mod tests;

@@ -16,9 +16,14 @@ pub struct Reassembler {
     ranges: Vec<(usize, usize)>,
     max_ranges: usize,
     max_ooo_bytes: usize,
-    /// The range that received the latest out-of-order segment, reported first in SACK.
-    latest: Option<(usize, usize)>,
+    /// Ranges in the order SACK reports them (RFC 2018 section 4): the one holding the
+    /// latest out-of-order segment first, then the most recently reported ones.
+    recent: [(usize, usize); RECENT],
+    recent_len: usize,
 }
+
+/// SACK blocks that fit in the option space.
+const RECENT: usize = crate::wire::MAX_SACK_BLOCKS;
 
 /// What an insert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,12 +47,33 @@ impl Reassembler {
             ranges: Vec::with_capacity(max_ranges + 1),
             max_ranges,
             max_ooo_bytes,
-            latest: None,
+            recent: [(0, 0); RECENT],
+            recent_len: 0,
         }
     }
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// A buffer with no storage and a zero window (a connection in TIME-WAIT).
+    pub fn empty() -> Self {
+        Reassembler {
+            storage: Box::default(),
+            capacity: 0,
+            head: 0,
+            readable: 0,
+            ranges: Vec::new(),
+            max_ranges: 0,
+            max_ooo_bytes: 0,
+            recent: [(0, 0); RECENT],
+            recent_len: 0,
+        }
+    }
+
+    /// Bytes of storage held now.
+    pub fn storage_len(&self) -> usize {
+        self.storage.len()
     }
 
     /// Makes room for `extent` bytes from the read position, keeping every byte in place
@@ -116,21 +142,41 @@ impl Reassembler {
                 r.0 -= advanced;
                 r.1 -= advanced;
             }
-            self.latest = self
-                .latest
-                .filter(|&(_, e)| e > advanced)
-                .map(|(s, e)| (s.saturating_sub(advanced), e - advanced));
+            // Ranges now in order leave the report; the others move with RCV.NXT.
+            let mut kept = 0;
+            for i in 0..self.recent_len {
+                let (s, e) = self.recent[i];
+                if s > advanced {
+                    self.recent[kept] = (s - advanced, e - advanced);
+                    kept += 1;
+                }
+            }
+            self.recent_len = kept;
             result.advanced = advanced;
         }
         result.out_of_order = start > 0;
-        if start > 0 {
-            self.latest = self
-                .ranges
-                .iter()
-                .copied()
-                .find(|&(s, e)| s <= start && end <= e);
+        if start > 0
+            && let Some(&block) = self.ranges.iter().find(|&&(s, e)| s <= start && end <= e)
+        {
+            self.report_first(block);
         }
         result
+    }
+
+    /// Moves `block` to the front of the SACK report, dropping the reported ranges it
+    /// absorbed (RFC 2018 section 4).
+    fn report_first(&mut self, block: (usize, usize)) {
+        let mut order = [block; RECENT];
+        let mut n = 1;
+        for &(s, e) in &self.recent[..self.recent_len] {
+            let absorbed = block.0 <= s && e <= block.1;
+            if !absorbed && n < RECENT {
+                order[n] = (s, e);
+                n += 1;
+            }
+        }
+        self.recent = order;
+        self.recent_len = n;
     }
 
     fn new_bytes_in(&self, start: usize, end: usize) -> usize {
@@ -198,6 +244,9 @@ impl Reassembler {
     /// Copies in-order bytes into `dst` and frees their space; returns how many.
     pub fn read(&mut self, dst: &mut [u8]) -> usize {
         let n = dst.len().min(self.readable);
+        if n == 0 {
+            return 0;
+        }
         let cap = self.storage.len();
         let first = n.min(cap - self.head);
         dst[..first].copy_from_slice(&self.storage[self.head..self.head + first]);
@@ -210,25 +259,15 @@ impl Reassembler {
     /// Out-of-order ranges as offsets from RCV.NXT, the most recently changed first
     /// (RFC 2018 section 4), at most `max` of them.
     pub fn sack_ranges(&self, out: &mut [(usize, usize)]) -> usize {
+        let reported = &self.recent[..self.recent_len];
         let mut n = 0;
-        if let Some(latest) = self.latest
-            && self.ranges.contains(&latest)
-            && !out.is_empty()
-        {
-            out[0] = latest;
-            n = 1;
-        }
-        for &r in &self.ranges {
+        let others = self.ranges.iter().filter(|r| !reported.contains(r));
+        for &r in reported.iter().chain(others) {
             if n == out.len() {
                 break;
             }
-            if Some(r) != self.latest || n == 0 {
-                if n == 1 && out[0] == r {
-                    continue;
-                }
-                out[n] = r;
-                n += 1;
-            }
+            out[n] = r;
+            n += 1;
         }
         n
     }

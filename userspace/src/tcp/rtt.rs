@@ -57,6 +57,13 @@ impl RttEstimator {
     pub fn back_off(&mut self) {
         self.backoff = self.backoff.saturating_add(1);
     }
+    /// Sets the RTO while there is no RTT sample yet (RFC 6298 section 5.7).
+    pub fn restart(&mut self, rto: Duration) {
+        if self.srtt.is_none() {
+            self.rto = rto.clamp(self.min_rto, self.max_rto);
+            self.backoff = 0;
+        }
+    }
     pub fn reset_backoff(&mut self) {
         self.backoff = 0;
     }

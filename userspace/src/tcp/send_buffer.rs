@@ -37,6 +37,16 @@ impl SendBuffer {
         self.head = 0;
     }
 
+    /// A buffer with no storage and no room (a connection in TIME-WAIT).
+    pub fn empty() -> Self {
+        SendBuffer {
+            storage: Box::default(),
+            head: 0,
+            len: 0,
+            limit: 0,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -58,6 +68,9 @@ impl SendBuffer {
     /// Appends as much of `data` as fits and returns how much that was (back-pressure).
     pub fn push(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(self.free());
+        if n == 0 {
+            return 0;
+        }
         self.reserve(self.len + n);
         let cap = self.storage.len();
         let tail = (self.head + self.len) % cap;
@@ -71,6 +84,9 @@ impl SendBuffer {
     /// Drops `n` acknowledged bytes from the front.
     pub fn consume(&mut self, n: usize) {
         let n = n.min(self.len);
+        if n == 0 {
+            return;
+        }
         self.head = (self.head + n) % self.storage.len();
         self.len -= n;
     }
@@ -81,6 +97,9 @@ impl SendBuffer {
             offset + dst.len() <= self.len,
             "copy_out past the end of the send buffer"
         );
+        if dst.is_empty() {
+            return;
+        }
         let cap = self.storage.len();
         let start = (self.head + offset) % cap;
         let first = dst.len().min(cap - start);

@@ -30,7 +30,7 @@ fn seg(seq: u32, ack: u32, flags: TcpFlags, payload: &'static [u8]) -> TcpRepr<'
 }
 
 /// Everything the connection wants to send now, with payloads.
-fn sent(c: &mut Connection, now: Instant) -> Vec<(TcpRepr<'static>, Vec<u8>)> {
+pub(super) fn sent(c: &mut Connection, now: Instant) -> Vec<(TcpRepr<'static>, Vec<u8>)> {
     let mut out = Vec::new();
     while let Some(t) = c.poll_transmit(now) {
         let mut payload = vec![0; t.payload_len];
@@ -672,16 +672,24 @@ fn sim_corruption_is_caught_by_checksums() {
     assert!(pair.a_to_b.stats.rejected_by_parser > 0);
 }
 
+/// `cases` property-test cases, or PROPTEST_CASES of them.
+pub(super) fn proptest_config(cases: u32) -> proptest::prelude::ProptestConfig {
+    proptest::prelude::ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cases),
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
 
     proptest! {
         // 64 cases by default; PROPTEST_CASES=N for a longer run.
-        #![proptest_config(ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
-            ..ProptestConfig::default()
-        })]
+        #![proptest_config(proptest_config(64))]
 
         #[test]
         fn streams_arrive_identical_under_impairments(

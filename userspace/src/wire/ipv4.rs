@@ -106,6 +106,10 @@ pub enum IcmpRepr<'a> {
         quoted_dst: Ipv4Addr,
         quoted_src_port: u16,
         quoted_dst_port: u16,
+        /// Sequence number of the quoted segment, to validate the message (RFC 5927 4.1).
+        quoted_seq: u32,
+        /// Next-hop MTU of "fragmentation needed" (code 4, RFC 1191 section 4), else 0.
+        next_hop_mtu: u16,
     },
     Other,
 }
@@ -130,7 +134,9 @@ impl<'a> IcmpRepr<'a> {
                     return Err(WireError::Truncated);
                 }
                 let ihl = usize::from(quoted[0] & 0x0f) * 4;
-                if ihl < IPV4_HEADER_LEN || quoted.len() < ihl + 4 || quoted[9] != PROTO_TCP {
+                // RFC 792: the quote holds at least 8 bytes of the TCP header, which
+                // include the sequence number the message is validated with.
+                if ihl < IPV4_HEADER_LEN || quoted.len() < ihl + 8 || quoted[9] != PROTO_TCP {
                     return Ok(IcmpRepr::Other);
                 }
                 let ip4 = |o: usize| {
@@ -142,6 +148,17 @@ impl<'a> IcmpRepr<'a> {
                     quoted_dst: ip4(16),
                     quoted_src_port: u16::from_be_bytes([quoted[ihl], quoted[ihl + 1]]),
                     quoted_dst_port: u16::from_be_bytes([quoted[ihl + 2], quoted[ihl + 3]]),
+                    quoted_seq: u32::from_be_bytes([
+                        quoted[ihl + 4],
+                        quoted[ihl + 5],
+                        quoted[ihl + 6],
+                        quoted[ihl + 7],
+                    ]),
+                    next_hop_mtu: if msg[1] == 4 {
+                        u16::from_be_bytes([msg[6], msg[7]])
+                    } else {
+                        0
+                    },
                 })
             }
             _ => Ok(IcmpRepr::Other),

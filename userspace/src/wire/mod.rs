@@ -4,6 +4,7 @@
 //! offset, checksums) and reports a [`WireError`] the stack counts and drops.
 
 mod arp;
+pub mod frag;
 mod ipv4;
 mod tcp;
 
@@ -93,6 +94,16 @@ pub fn parse_frame_with(frame: &[u8], policy: ChecksumPolicy) -> Result<Parsed<'
         ETHERTYPE_IPV4 => ipv4::parse(eth_src, eth.payload_slice(), policy),
         _ => Err(WireError::Unsupported),
     }
+}
+
+/// Parses a whole IPv4 packet (a reassembled datagram) as if it came in a frame from
+/// `eth_src`.
+pub fn parse_ipv4(
+    eth_src: MacAddr,
+    packet: &[u8],
+    policy: ChecksumPolicy,
+) -> Result<Parsed<'_>, WireError> {
+    ipv4::parse(eth_src, packet, policy)
 }
 
 /// Writes the Ethernet header into `buf[..14]`.

@@ -49,6 +49,20 @@ impl TcpFlags {
         rst: true,
         psh: false,
     };
+    pub const FIN_ACK: TcpFlags = TcpFlags {
+        syn: false,
+        ack: true,
+        fin: true,
+        rst: false,
+        psh: false,
+    };
+    pub const PSH_ACK: TcpFlags = TcpFlags {
+        syn: false,
+        ack: true,
+        fin: false,
+        rst: false,
+        psh: true,
+    };
     pub const RST_ACK: TcpFlags = TcpFlags {
         syn: false,
         ack: true,
@@ -71,6 +85,16 @@ pub struct TcpOptions {
 }
 
 impl TcpOptions {
+    /// No options (usable in constants, unlike `Default`).
+    pub const NONE: TcpOptions = TcpOptions {
+        mss: None,
+        window_scale: None,
+        sack_permitted: false,
+        timestamps: None,
+        sack_blocks: [(0, 0); MAX_SACK_BLOCKS],
+        sack_count: 0,
+    };
+
     pub fn sack_blocks(&self) -> &[(u32, u32)] {
         &self.sack_blocks[..usize::from(self.sack_count)]
     }
