@@ -1340,8 +1340,10 @@ print('injected', len(frames) * rounds, 'port', dport)
     assert!(n("drop_bad_tcp_checksum") >= 3, "{lines:?}");
     assert!(n("drop_ip_fragment") >= 3, "{lines:?}");
     assert!(n("drop_malformed") >= 3, "bad option lengths: {lines:?}");
+    // RFC 5961 section 7: the in-window RSTs and SYNs, sent within a few ms, draw
+    // challenge ACKs under a rate limit (as Linux's tcp_challenge_ack_limit), not one each.
     assert!(
-        n("challenge_acks") >= 4,
+        n("challenge_acks") >= 1,
         "RFC 5961 challenge ACKs for in-window RST and SYN: {lines:?}"
     );
 }

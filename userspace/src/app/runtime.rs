@@ -65,6 +65,48 @@ pub struct Runtime {
     idle_since: Option<Instant>,
     last_now: Instant,
     boot_offset_us: u64,
+    /// Set when this stack is one of several sharing an interface (`serve`).
+    pub shard: Option<ShardLink>,
+}
+
+/// How sharded stacks give each other the frames of connections that moved to another
+/// stack's queue (see [`Stack::hand_over_strays`]).
+pub struct ShardLink {
+    pub inbox: std::sync::mpsc::Receiver<Vec<u8>>,
+    pub peers: Vec<std::sync::mpsc::Sender<Vec<u8>>>,
+}
+
+impl ShardLink {
+    /// Links for `n` stacks: each receives from its own inbox and sends to the others.
+    pub fn mesh(n: usize) -> Vec<ShardLink> {
+        let (senders, inboxes): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| std::sync::mpsc::channel()).unzip();
+        inboxes
+            .into_iter()
+            .enumerate()
+            .map(|(i, inbox)| ShardLink {
+                inbox,
+                peers: senders
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, s)| s.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Processes what the other stacks handed over, and hands over this stack's strays.
+    fn exchange(&self, stack: &mut Stack, now: Instant) {
+        for frame in self.inbox.try_iter() {
+            stack.receive_handed_over(now, &frame);
+        }
+        for frame in stack.take_strays() {
+            for peer in &self.peers {
+                let _ = peer.send(frame.clone());
+            }
+        }
+    }
 }
 
 /// Time since boot when the process started, from /proc/uptime (10 ms resolution).
@@ -95,6 +137,7 @@ impl Runtime {
             idle_since: None,
             last_now: Instant::ZERO,
             boot_offset_us: uptime_us(),
+            shard: None,
         }
     }
 
@@ -119,6 +162,9 @@ impl Runtime {
         let now = self.now();
         self.last_now = now;
         let received = self.stack.poll(now, &mut self.device);
+        if let Some(link) = &self.shard {
+            link.exchange(&mut self.stack, now);
+        }
         self.idle_turns = if received == 0 {
             self.idle_turns.saturating_add(1)
         } else {

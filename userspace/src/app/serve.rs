@@ -462,25 +462,46 @@ fn run_sharded(args: &ServeArgs) -> anyhow::Result<()> {
         None => queues.len().min(cores.len().max(1)),
     };
     let bound = Arc::new(Barrier::new(stacks + 1));
+    let mut links = super::runtime::ShardLink::mesh(stacks);
+    // Stacks still serving: one that has finished keeps its queues polled (handing over
+    // frames of the others' connections) until every stack is done.
+    let serving = Arc::new(std::sync::atomic::AtomicUsize::new(stacks));
     let mut threads = Vec::new();
-    for shard in 0..stacks {
+    for shard in (0..stacks).rev() {
+        let link = links.pop().expect("one link per stack");
         let mine: Vec<u32> = queues
             .iter()
             .copied()
             .filter(|q| *q as usize % stacks == shard)
             .collect();
-        let (plan, program, bound, args) =
-            (plan.clone(), program.clone(), bound.clone(), args.clone());
+        let (plan, program, bound, args, serving) = (
+            plan.clone(),
+            program.clone(),
+            bound.clone(),
+            args.clone(),
+            serving.clone(),
+        );
         let core = cores.get(shard % cores.len().max(1)).copied();
         threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let done = StillServing(serving.clone());
             if let Some(core) = core {
                 core_affinity::set_for_current(core);
             }
             let device = XdpQueues::bind(&program, &mine);
             bound.wait();
-            let mut rt = plan.runtime(super::runtime::NetDevice::Plain(device?))?;
+            let mut device = device?;
+            // The program's counters are global: one stack reports them.
+            device.report_program_counters = shard == 0;
+            let mut rt = plan.runtime(super::runtime::NetDevice::Plain(device))?;
+            rt.stack.hand_over_strays();
+            rt.shard = Some(link);
             drop(program);
             let result = serve_on(&mut rt, &args, false);
+            drop(done);
+            while serving.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                rt.turn();
+                rt.idle();
+            }
             let s = &rt.stack.stats;
             eprintln!(
                 "stack {shard} (queues {mine:?}): {} connections, {} frames in, {} frames out",
@@ -513,6 +534,15 @@ fn run_sharded(args: &ServeArgs) -> anyhow::Result<()> {
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Counts a sharded stack as serving until dropped (on every way out of its thread).
+struct StillServing(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StillServing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// The server loop on one runtime, then the graceful shutdown.

@@ -479,6 +479,9 @@ impl Device for XdpDevice {
 pub struct XdpQueues {
     devices: Vec<XdpDevice>,
     program: SharedProgram,
+    /// Whether this set reports the program's interface-wide counters (steering,
+    /// packets on queues without a socket); with sharded stacks, one of them does.
+    pub report_program_counters: bool,
 }
 
 impl XdpQueues {
@@ -557,6 +560,7 @@ impl XdpQueues {
         Ok(XdpQueues {
             devices,
             program: program.clone(),
+            report_program_counters: true,
         })
     }
 
@@ -584,6 +588,9 @@ impl XdpQueues {
 
     /// Packets for the stack dropped on queues without a socket: (queue, count).
     pub fn no_socket_by_queue(&self) -> Vec<(u32, u64)> {
+        if !self.report_program_counters {
+            return Vec::new();
+        }
         self.program().no_socket_by_queue()
     }
 

@@ -166,6 +166,13 @@ pub struct Stack {
     live: usize,
     /// Counters of connections already removed, so totals survive them.
     finished: tcp::ConnectionStats,
+    /// Sharded stacks (see [`Stack::hand_over_strays`]): frames of connections this stack
+    /// does not know, kept for the other stacks instead of being answered with a RST.
+    strays: Option<Vec<Vec<u8>>>,
+    /// The segment just processed matched no connection nor listener.
+    unmatched: bool,
+    /// The frame being processed was handed over by another stack.
+    handed_over: bool,
     pub stats: StackStats,
 }
 
@@ -199,6 +206,9 @@ impl Stack {
             port_counter,
             live: 0,
             finished: tcp::ConnectionStats::default(),
+            strays: None,
+            unmatched: false,
+            handed_over: false,
             stats: StackStats::default(),
         }
     }
@@ -570,8 +580,58 @@ impl Stack {
                     return;
                 }
                 self.process_tcp(now, eth_src, ip, &tcp);
+                if std::mem::take(&mut self.unmatched)
+                    && let Some(strays) = self.strays.as_mut()
+                {
+                    strays.push(frame.to_vec());
+                    self.stats.strays_handed_over += 1;
+                }
             }
             Frame::Icmp { eth_src, ip, icmp } => self.process_icmp(eth_src, ip, icmp),
+        }
+    }
+
+    /// Several stacks sharing one interface (one per group of RX queues) each own the
+    /// connections whose SYN reached them. A NIC's hash keeps a flow on its queue, but a
+    /// veth or a virtio queue follows the sender's flow hash, which Linux changes after
+    /// a retransmission timeout: a flow may move to another stack's queue. With this
+    /// on, a segment that matches nothing here is kept for [`Stack::take_strays`] (to be
+    /// given to the other stacks) instead of being answered with a RST.
+    pub fn hand_over_strays(&mut self) {
+        self.strays.get_or_insert_with(Vec::new);
+    }
+
+    /// The frames kept since the last call (see [`Stack::hand_over_strays`]).
+    pub fn take_strays(&mut self) -> Vec<Vec<u8>> {
+        self.strays.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// A frame another stack could not match: processed if it belongs to a connection
+    /// here, dropped silently otherwise (the stack that received it gave it to all).
+    pub fn receive_handed_over(&mut self, now: Instant, frame: &[u8]) {
+        self.handed_over = true;
+        self.stats.strays_received += 1;
+        self.process_frame(now, frame);
+        self.handed_over = false;
+        self.unmatched = false;
+    }
+
+    /// A segment that matches no connection and no listener: RFC 9293 3.10.7.1 answers
+    /// it with a RST, unless sharded stacks hand it over to each other.
+    fn no_connection(
+        &mut self,
+        eth_src: MacAddr,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        seg: &TcpRepr<'_>,
+    ) {
+        if self.handed_over {
+            self.stats.strays_unclaimed += 1;
+        } else if self.strays.is_some() {
+            self.unmatched = true;
+        } else {
+            self.stats.closed_port += 1;
+            self.reply_rst(eth_src, local, remote, seg);
         }
     }
 
@@ -694,8 +754,7 @@ impl Stack {
             return;
         }
         // RFC 9293 3.10.7.1: a segment for a closed port gets a RST.
-        self.stats.closed_port += 1;
-        self.reply_rst(eth_src, local, remote, seg);
+        self.no_connection(eth_src, local, remote, seg);
     }
 
     fn reply_rst(
@@ -809,8 +868,7 @@ impl Stack {
             self.stats.listen_drops += 1;
             return;
         }
-        self.stats.closed_port += 1;
-        self.reply_rst(eth_src, local, remote, seg);
+        self.no_connection(eth_src, local, remote, seg);
     }
 
     /// The frame that opened a connection came from the next hop back to its sender, so

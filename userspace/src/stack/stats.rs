@@ -56,6 +56,11 @@ counters! {
     accept_overflows,
     syn_cookies_sent,
     syn_cookies_accepted,
+    /// Sharded stacks: segments of unknown connections given to the other stacks,
+    /// received from them, and received but unknown here too.
+    strays_handed_over,
+    strays_received,
+    strays_unclaimed,
     connections_opened,
     connections_closed,
 }
