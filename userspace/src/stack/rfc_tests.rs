@@ -508,3 +508,73 @@ fn test_listen_incomplete_fragments_time_out() {
     recv!(ds, []);
     assert_eq!(s.connection_count(), 0);
 }
+
+// ---------------------------------------------------------------- sharded stacks
+
+/// Two stacks serving the same port on different RX queues (`serve` shards): a flow
+/// whose later segments land on the other stack's queue is handed over, not reset.
+#[test]
+fn test_established_segment_on_another_stacks_queue_is_handed_over() {
+    let (mut a, mut da) = server(|_| {});
+    let (mut b, mut db) = server(|_| {});
+    a.hand_over_strays();
+    b.hand_over_strays();
+    let s1 = handshake(&mut a, &mut da, t(1));
+    // B knows no such connection: it sends nothing (no RST) and keeps the frame.
+    send!(
+        b,
+        db,
+        t(2),
+        TcpRepr {
+            ack: s1,
+            flags: TcpFlags::PSH_ACK,
+            payload: b"hello",
+        }
+    );
+    recv!(db, []);
+    let strays = b.take_strays();
+    assert_eq!(strays.len(), 1);
+    assert_eq!((b.stats.closed_port, b.stats.rst_sent), (0, 0));
+    assert!(b.take_strays().is_empty(), "taken once");
+    // A takes it as its own segment and acknowledges the 5 bytes.
+    a.receive_handed_over(t(2), &strays[0]);
+    a.poll(t(2), &mut da);
+    a.poll(t(500), &mut da); // the delayed ACK (RFC 9293 3.8.6.3)
+    recv!(
+        da,
+        [TcpRepr {
+            seq: s1,
+            ack: C1 + 5,
+        }]
+    );
+    assert_eq!(a.stats.strays_received, 1);
+    assert_eq!(a.stats.strays_unclaimed, 0);
+    // A frame no stack knows is dropped by the one it was handed to: no RST either.
+    b.receive_handed_over(
+        t(600),
+        &frame(&TcpRepr {
+            ack: 1234,
+            ..SEND_TEMPL
+        }),
+    );
+    b.poll(t(600), &mut db);
+    recv!(db, []);
+    assert_eq!(b.stats.strays_unclaimed, 1);
+    assert!(b.take_strays().is_empty(), "never handed on again");
+}
+
+#[test]
+fn test_closed_segment_without_sharding_still_gets_rst() {
+    let (mut s, mut ds) = server(|_| {});
+    send!(s, ds, t(1), TcpRepr { ack: 1234 });
+    recv!(
+        ds,
+        [TcpRepr {
+            seq: 1234,
+            ack: 0,
+            flags: TcpFlags::RST,
+            window: 0,
+        }]
+    );
+    assert!(s.take_strays().is_empty());
+}
