@@ -691,49 +691,36 @@ impl Device for XdpQueues {
 /// Loads the XDP object without parsing the kernel's BTF. The program needs no CO-RE
 /// relocation, but aya's `EbpfLoader::new()` always parses /sys/kernel/btf/vmlinux
 /// (megabytes; 20 to 30 ms, most of a small fetch's start-up). So the loader is made on
-/// a thread of its own that first hides that file in a private mount namespace, which
-/// ends with the thread. If hiding fails, the loader parses it as usual.
+/// a thread of its own whose root directory is /proc, where that path does not exist;
+/// the thread ends there and nothing else sees the change. If that fails, the loader
+/// parses the file as usual.
 fn load_object_without_kernel_btf() -> anyhow::Result<aya::Ebpf> {
-    std::thread::scope(|scope| {
+    let mut loader = std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 let hidden = hide_kernel_btf_from_this_thread();
                 tracing::debug!(hidden, "kernel BTF hidden from the loader");
                 aya::EbpfLoader::new()
-                    .btf(None)
-                    .load(XDP_OBJECT)
-                    .map_err(anyhow::Error::from)
             })
             .join()
-            .unwrap_or_else(|_| Err(anyhow!("the XDP loader thread panicked")))
-    })
+            .map_err(|_| anyhow!("the XDP loader thread panicked"))
+    })?;
+    loader
+        .btf(None)
+        .load(XDP_OBJECT)
+        .map_err(anyhow::Error::from)
 }
 
-/// Gives the calling thread a private mount namespace in which /sys/kernel/btf/vmlinux
-/// is empty. Other threads and processes see no change.
+/// Gives the calling thread a root directory without /sys/kernel/btf/vmlinux. Other
+/// threads and processes see no change.
 fn hide_kernel_btf_from_this_thread() -> bool {
-    // SAFETY: unshare(CLONE_NEWNS) only changes the calling thread's mount namespace
-    // (it implies CLONE_FS, so the thread gets its own copy of the fs context).
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        return false;
-    }
-    // SAFETY: plain mount(2) calls with NUL-terminated literals; the first makes the new
-    // namespace's mounts private, so the bind mount below never propagates out of it.
+    // SAFETY: unshare(CLONE_FS) gives the calling thread its own copy of the root and
+    // working directories; chroot then changes only that copy. Both take C strings
+    // that outlive the calls.
     unsafe {
-        libc::mount(
-            c"none".as_ptr(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) == 0
-            && libc::mount(
-                c"/dev/null".as_ptr(),
-                c"/sys/kernel/btf/vmlinux".as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            ) == 0
+        libc::unshare(libc::CLONE_FS) == 0
+            && libc::chroot(c"/proc".as_ptr()) == 0
+            && libc::chdir(c"/".as_ptr()) == 0
     }
 }
 
