@@ -25,7 +25,8 @@ const RING_SIZE: u32 = 2048;
 /// Frames in the UMEM: a full fill ring plus as many again for transmit.
 const FRAME_COUNT: u32 = 2 * RING_SIZE;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum XdpModeChoice {
     Native,
     Skb,
@@ -199,6 +200,26 @@ impl XdpProgram {
         Ok(())
     }
 
+    /// Replaces the listening ports steered to the stack in shared-IP mode, so that a
+    /// listener opened after start-up gets its SYNs. The rest of the config stays.
+    pub fn set_listen_ports(&mut self, ports: &[u16]) -> anyhow::Result<()> {
+        if ports.len() > xdp_ebpf::MAX_LISTEN_PORTS {
+            bail!("at most {} listening ports", xdp_ebpf::MAX_LISTEN_PORTS);
+        }
+        let mut config: Array<&mut MapData, PodSteerConfig> = Array::try_from(
+            self.ebpf
+                .map_mut(xdp_ebpf::CONFIG_MAP)
+                .ok_or_else(|| anyhow!("CONFIG map missing"))?,
+        )?;
+        let PodSteerConfig(mut steer) = config.get(&0, 0).context("reading the steering config")?;
+        steer.listen_ports = [0; xdp_ebpf::MAX_LISTEN_PORTS];
+        steer.listen_ports[..ports.len()].copy_from_slice(ports);
+        config
+            .set(0, PodSteerConfig(steer), 0)
+            .context("writing the steering config")?;
+        Ok(())
+    }
+
     pub fn steer_counters(&self) -> SteerCounters {
         let sum = |index| {
             self.counters
@@ -288,6 +309,11 @@ impl XdpDevice {
 
     pub fn steer_counters(&self) -> SteerCounters {
         lock(&self.program).steer_counters()
+    }
+
+    /// See [`XdpProgram::set_listen_ports`].
+    pub fn set_listen_ports(&self, ports: &[u16]) -> anyhow::Result<()> {
+        lock(&self.program).set_listen_ports(ports)
     }
 
     pub fn frame_account(&self) -> FrameAccount {

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 /// How often an unanswered request is repeated.
 pub const ARP_RETRY: Duration = Duration::from_millis(200);
+/// Unanswered requests after which a neighbour counts as unreachable (3 s, as Linux's
+/// three probes a second apart).
+pub const ARP_MAX_REQUESTS: u32 = 15;
 
 #[derive(Debug, Default)]
 pub struct ArpCache {
@@ -47,6 +50,11 @@ impl ArpCache {
     /// Requests sent for `ip` that are still unanswered.
     pub fn attempts(&self, ip: Ipv4Addr) -> u32 {
         self.pending.get(&ip).map_or(0, |&(_, n)| n)
+    }
+
+    /// Forgets the unanswered requests for `ip`: the next one starts a fresh count.
+    pub fn forget_pending(&mut self, ip: Ipv4Addr) {
+        self.pending.remove(&ip);
     }
 
     pub fn next_retry(&self) -> Option<Instant> {

@@ -3,10 +3,12 @@
 //!
 //! It is sans-IO like the TCP below it: [`Stack::poll`] is given `now` and a [`Device`].
 mod arp;
+mod events;
 mod stats;
 mod timers;
 
 pub use arp::ArpCache;
+pub use events::{Events, RecvError, SendError};
 pub use stats::StackStats;
 
 use crate::device::Device;
@@ -48,7 +50,15 @@ pub struct StackConfig {
 }
 
 impl StackConfig {
+    /// A configuration with the CLI's defaults and a fresh random key for ISNs, ports,
+    /// timestamp offsets and SYN cookies (RFC 6528). Owned-IP mode, no gateway.
     pub fn new(mac: MacAddr, ip: Ipv4Addr, prefix_len: u8) -> Self {
+        Self::with_key(mac, ip, prefix_len, random_bytes())
+    }
+
+    /// [`StackConfig::new`] with a chosen key and port starting point 0: deterministic,
+    /// for tests and fuzzing. Never use a fixed key on a real link.
+    pub fn with_key(mac: MacAddr, ip: Ipv4Addr, prefix_len: u8, isn_key: [u8; 16]) -> Self {
         StackConfig {
             mac,
             ip,
@@ -59,10 +69,29 @@ impl StackConfig {
             tcp: tcp::Config::default(),
             max_connections: 100_000,
             syn_backlog: 1024,
-            isn_key: [0x5a; 16],
+            isn_key,
             start_counter: 0,
         }
     }
+}
+
+/// Fresh random bytes from the kernel (for keys and starting points, not the hot path).
+/// Should /dev/urandom be unreadable, std's per-process random hash keys stand in.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use std::hash::{BuildHasher, Hasher};
+    use std::io::Read;
+    let mut out = [0u8; N];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut out))
+        .is_err()
+    {
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            let mut h = std::hash::RandomState::new().build_hasher();
+            h.write_usize(i);
+            chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+        }
+    }
+    out
 }
 
 /// A handle to a connection. Stale handles (slot reused) are detected by the generation.
@@ -204,6 +233,11 @@ impl Stack {
     pub fn connect(&mut self, now: Instant, remote: SocketAddrV4) -> Result<ConnId, StackError> {
         if self.live >= self.cfg.max_connections {
             return Err(StackError::TooManyConnections);
+        }
+        // A neighbour given up on earlier gets a fresh set of ARP requests.
+        let hop = self.next_hop(*remote.ip());
+        if self.arp.attempts(hop) > arp::ARP_MAX_REQUESTS {
+            self.arp.forget_pending(hop);
         }
         let (lo, hi) = self.cfg.port_range;
         let range = u32::from(hi - lo) + 1;
@@ -878,6 +912,18 @@ impl Stack {
                 self.stats.arp_requests += 1;
                 self.stats.tx_frames += 1;
             }
+        }
+        // RFC 1122 2.3.2.1: a next hop that never answers makes the destination
+        // unreachable. A connection still opening fails (it has no timer of its own
+        // before its SYN goes out), rather than waiting forever.
+        if self.arp.attempts(hop) > arp::ARP_MAX_REQUESTS
+            && let Some(e) = self.slots[slot].entry.as_mut()
+            && e.conn.state() == State::SynSent
+        {
+            e.conn.handle_icmp_unreachable(1);
+            self.stats.arp_failures += 1;
+            self.mark_ready(slot);
+            return;
         }
         // Stay dirty: retried on the next poll after the ARP retry interval.
         if let Some(e) = self.slots[slot].entry.as_mut() {

@@ -32,6 +32,8 @@ counters! {
     not_for_us,
     arp_in,
     arp_requests,
+    /// Connections that failed because their next hop never answered ARP.
+    arp_failures,
     icmp_unreachable,
     icmp_ignored,
     closed_port,

@@ -357,6 +357,11 @@ impl Connection {
         self.ts_offset = offset;
     }
 
+    /// Turns Nagle's algorithm off (`true`) or on for the data sent from now on.
+    pub fn set_nodelay(&mut self, nodelay: bool) {
+        self.cfg.nodelay = nodelay;
+    }
+
     /// (SND.UNA, SND.NXT, RCV.NXT), for diagnostics and the fuzz drivers.
     pub fn sequence_numbers(&self) -> (u32, u32, u32) {
         (self.snd_una.0, self.snd_nxt.0, self.rcv_nxt.0)
