@@ -1,1 +1,159 @@
+//! The library's examples in the namespace world: a blocking client and a hyper client
+//! fetch a 64 MiB file from nginx byte for byte, and a hyper server takes `wrk` without
+//! an error. They need root; `cargo xtask test` runs them.
+mod common;
+use common::*;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
+/// Builds the examples once (same profile as this test) and returns the path of `name`.
+fn example(name: &str) -> String {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let release = !cfg!(debug_assertions);
+    BUILT.get_or_init(|| {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args([
+            "build",
+            "-p",
+            "userspace",
+            "--features",
+            "netns-tests",
+            "--examples",
+        ]);
+        if release {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("run cargo build --examples");
+        assert!(status.success(), "building the examples failed");
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let profile = if release { "release" } else { "debug" };
+    target
+        .join(profile)
+        .join("examples")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn world() -> World {
+    World::up(&WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        big_file: Some(64 << 20),
+        ..Default::default()
+    })
+    .expect("build the namespace world")
+}
+
+/// Runs a client example in the host namespace, its stdout into a file, and checks the
+/// file is nginx's big.bin.
+fn fetch_big_file(name: &str) {
+    let w = world();
+    let out_file = w.dir.join(format!("{name}.bin"));
+    let status = w
+        .exec(&w.host)
+        .args([
+            &example(name),
+            "--iface",
+            HOST_IF,
+            &format!("http://{SERVER_IP}/big.bin"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{name} exited with {status}");
+    assert_eq!(
+        sha256(&out_file),
+        sha256(&w.dir.join("www/big.bin")),
+        "{name}: body differs"
+    );
+    assert!(!xdp_attached(&w), "{name} left XDP attached");
+}
+
+#[test]
+fn blocking_get_fetches_64_mib_byte_identical() {
+    fetch_big_file("blocking_get");
+}
+
+#[test]
+fn hyper_get_fetches_64_mib_byte_identical() {
+    fetch_big_file("hyper_get");
+}
+
+#[test]
+fn hyper_get_resolves_names_and_exits_0_on_2xx_only() {
+    let w = world();
+    let run = |url: &str| {
+        run_in(
+            &w,
+            &w.host,
+            &[&example("hyper_get"), "--iface", HOST_IF, url],
+        )
+    };
+    let ok = run("http://example.com/");
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert_eq!(text(&ok.stdout), world::INDEX_HTML);
+    let missing = run("http://example.com/nope");
+    assert_eq!(missing.status.code(), Some(22), "{}", text(&missing.stderr));
+}
+
+#[test]
+fn hyper_hello_serves_wrk_without_errors_and_detaches() {
+    let w = world();
+    let mut child = w
+        .exec(&w.host)
+        .args([
+            &example("hyper_hello"),
+            "--iface",
+            HOST_IF,
+            "--port",
+            "8080",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("hyper_hello said nothing");
+    assert!(first.starts_with("ready:"), "{first}");
+    let url = format!("http://{HOST_IP}:8080/");
+    let once = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
+    assert_eq!(
+        text(&once.stdout),
+        "hello from userspace\n",
+        "{}",
+        text(&once.stderr)
+    );
+    let out = run_in(&w, &w.server, &["wrk", "-t2", "-c100", "-d5s", &url]);
+    let report = text(&out.stdout);
+    eprintln!("{report}");
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("Requests/sec"), "{report}");
+    assert!(!report.contains("Socket errors"), "{report}");
+    assert!(!report.contains("Non-2xx"), "{report}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_timeout(&mut child, std::time::Duration::from_secs(10));
+    assert!(status.success(), "hyper_hello exited with {status}");
+    assert!(!xdp_attached(&w), "hyper_hello left XDP attached");
+}

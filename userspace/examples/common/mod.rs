@@ -1,0 +1,64 @@
+//! What the examples share: their few flags and the parts of an `http://` URL.
+#![allow(dead_code)]
+use std::io;
+
+/// `[--iface IF] [--port P] [ARG]`, the flags every example takes.
+pub struct Args {
+    pub iface: Option<String>,
+    pub port: Option<u16>,
+    pub positional: Option<String>,
+}
+
+pub fn args(usage: &str) -> Args {
+    let mut out = Args {
+        iface: None,
+        port: None,
+        positional: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--iface" => out.iface = it.next(),
+            "--port" => out.port = it.next().and_then(|p| p.parse().ok()),
+            "-h" | "--help" => {
+                println!("usage: {usage}");
+                std::process::exit(0);
+            }
+            _ if out.positional.is_none() && !arg.starts_with("--") => out.positional = Some(arg),
+            _ => {
+                eprintln!("usage: {usage}");
+                std::process::exit(2);
+            }
+        }
+    }
+    out
+}
+
+/// A running stack on `iface` (default: the interface of the default route).
+pub fn stack(iface: Option<&str>) -> io::Result<userspace::Stack> {
+    let mut builder = userspace::Stack::builder();
+    if let Some(iface) = iface {
+        builder = builder.interface(iface);
+    }
+    builder.build()
+}
+
+/// `http://host[:port][/path]` as (host, port, path).
+pub fn parse_url(url: &str) -> io::Result<(String, u16, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "only http:// URLs"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad port"))?,
+        ),
+        None => (authority, 80),
+    };
+    Ok((host.to_string(), port, path.to_string()))
+}
