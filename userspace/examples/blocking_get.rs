@@ -1,11 +1,11 @@
-//! `blocking_get [--iface IF] URL`: an HTTP/1.1 GET over the blocking
+//! `blocking_get [--iface IF] [--ip ADDR] URL`: an HTTP/1.1 GET over the blocking
 //! [`userspace::TcpStream`], the response body to stdout. Run it as root.
 mod common;
 use std::io::{self, BufRead, BufReader, Read, Write};
 
-fn get(iface: Option<&str>, url: &str) -> io::Result<()> {
+fn get(args: &common::Args, url: &str) -> io::Result<()> {
     let (host, port, path) = common::parse_url(url)?;
-    let stack = common::stack(iface)?;
+    let stack = common::stack(args)?;
     let stream = userspace::TcpStream::connect(&stack, (host.as_str(), port))?;
     (&stream).write_all(
         format!(
@@ -65,12 +65,12 @@ fn get(iface: Option<&str>, url: &str) -> io::Result<()> {
 }
 
 fn main() {
-    let args = common::args("blocking_get [--iface IF] URL");
-    let Some(url) = args.positional else {
-        eprintln!("usage: blocking_get [--iface IF] URL");
+    let args = common::args("blocking_get [--iface IF] [--ip ADDR] URL");
+    let Some(url) = args.positional.clone() else {
+        eprintln!("usage: blocking_get [--iface IF] [--ip ADDR] URL");
         std::process::exit(2);
     };
-    if let Err(e) = get(args.iface.as_deref(), &url) {
+    if let Err(e) = get(&args, &url) {
         eprintln!("blocking_get: {e}");
         std::process::exit(1);
     }

@@ -1,4 +1,4 @@
-//! `hyper_get [--iface IF] URL`: hyper's HTTP/1.1 client over the async
+//! `hyper_get [--iface IF] [--ip ADDR] URL`: hyper's HTTP/1.1 client over the async
 //! [`userspace::net::tokio::TcpStream`], the body to stdout; exit 0 on a 2xx response.
 //! Run it as root.
 mod common;
@@ -10,9 +10,9 @@ use userspace::net::tokio::TcpStream;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-async fn get(iface: Option<&str>, url: &str) -> Result<bool, Error> {
+async fn get(args: &common::Args, url: &str) -> Result<bool, Error> {
     let (host, port, path) = common::parse_url(url)?;
-    let stack = common::stack(iface)?;
+    let stack = common::stack(args)?;
     let stream = TcpStream::connect(&stack, (host.as_str(), port)).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -36,12 +36,12 @@ async fn get(iface: Option<&str>, url: &str) -> Result<bool, Error> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let args = common::args("hyper_get [--iface IF] URL");
-    let Some(url) = args.positional else {
-        eprintln!("usage: hyper_get [--iface IF] URL");
+    let args = common::args("hyper_get [--iface IF] [--ip ADDR] URL");
+    let Some(url) = args.positional.clone() else {
+        eprintln!("usage: hyper_get [--iface IF] [--ip ADDR] URL");
         std::process::exit(2);
     };
-    match get(args.iface.as_deref(), &url).await {
+    match get(&args, &url).await {
         Ok(true) => {}
         Ok(false) => std::process::exit(22),
         Err(e) => {

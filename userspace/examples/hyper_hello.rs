@@ -1,4 +1,4 @@
-//! `hyper_hello [--iface IF] --port P`: a hyper HTTP/1.1 server on the async
+//! `hyper_hello [--iface IF] [--ip ADDR] --port P`: a hyper HTTP/1.1 server on the async
 //! [`userspace::net::tokio::TcpListener`]. It answers every request with
 //! `hello from userspace\n` until SIGINT or SIGTERM, then detaches. Run it as root.
 mod common;
@@ -20,8 +20,8 @@ async fn hello(
     ))))
 }
 
-async fn serve(iface: Option<&str>, port: u16) -> Result<(), Error> {
-    let stack = common::stack(iface)?;
+async fn serve(args: &common::Args, port: u16) -> Result<(), Error> {
+    let stack = common::stack(args)?;
     let listener = TcpListener::bind(&stack, ("0.0.0.0", port)).await?;
     eprintln!("ready: hyper_hello on {}", listener.local_addr()?);
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -47,13 +47,13 @@ async fn serve(iface: Option<&str>, port: u16) -> Result<(), Error> {
 
 #[tokio::main]
 async fn main() {
-    let usage = "hyper_hello [--iface IF] --port P";
+    let usage = "hyper_hello [--iface IF] [--ip ADDR] --port P";
     let args = common::args(usage);
     let Some(port) = args.port else {
         eprintln!("usage: {usage}");
         std::process::exit(2);
     };
-    if let Err(e) = serve(args.iface.as_deref(), port).await {
+    if let Err(e) = serve(&args, port).await {
         eprintln!("hyper_hello: {e}");
         std::process::exit(1);
     }

@@ -3,7 +3,7 @@
 //! An eBPF XDP program steers the stack's packets into an AF_XDP socket, so they never
 //! reach the kernel; a poll loop on its own thread runs ARP, IPv4 and TCP over them. The
 //! sockets look like [`std::net`]'s: [`TcpStream`] and [`TcpListener`], blocking, and
-//! with the `tokio` feature [`net::tokio::TcpStream`] and [`net::tokio::TcpListener`],
+//! with the `tokio` feature `net::tokio::TcpStream` and `net::tokio::TcpListener`,
 //! on which hyper runs unchanged.
 //!
 //! # Use it
@@ -38,7 +38,7 @@
 //! - `cli` (default): the `userspace` command (curl, serve, bench). A library user
 //!   turns it off with `default-features = false`; the stack then needs none of clap,
 //!   rustls, indicatif or signal-hook.
-//! - `tokio`: the async sockets in [`net::tokio`].
+//! - `tokio`: the async sockets in `net::tokio`.
 //!
 //! # Layers, bottom up
 //!
@@ -47,8 +47,6 @@
 //! - [`stack`]: demultiplexing, ARP, listeners, timers and batched output over a
 //!   [`device::Device`], sans-IO too, with per-connection [`stack::Events`].
 //! - [`device`]: the AF_XDP device (aya + xsk-rs), and an in-memory link for tests.
-//! - [`sim`]: a deterministic link simulator with loss, reordering, duplication, delay
-//!   and corruption.
 //! - [`net`]: the running stack and its sockets.
 #![warn(missing_docs)]
 
@@ -60,6 +58,8 @@ pub mod device;
 #[allow(missing_docs)]
 pub mod fuzzing;
 pub mod net;
+#[doc(hidden)]
+#[allow(missing_docs)]
 pub mod sim;
 pub mod stack;
 pub mod tcp;

@@ -2,9 +2,11 @@
 #![allow(dead_code)]
 use std::io;
 
-/// `[--iface IF] [--port P] [ARG]`, the flags every example takes.
+/// `[--iface IF] [--ip ADDR] [--port P] [ARG]`, the flags every example takes.
 pub struct Args {
     pub iface: Option<String>,
+    /// Owned-IP mode with this address.
+    pub ip: Option<std::net::Ipv4Addr>,
     pub port: Option<u16>,
     pub positional: Option<String>,
 }
@@ -12,6 +14,7 @@ pub struct Args {
 pub fn args(usage: &str) -> Args {
     let mut out = Args {
         iface: None,
+        ip: None,
         port: None,
         positional: None,
     };
@@ -19,6 +22,7 @@ pub fn args(usage: &str) -> Args {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--iface" => out.iface = it.next(),
+            "--ip" => out.ip = it.next().and_then(|a| a.parse().ok()),
             "--port" => out.port = it.next().and_then(|p| p.parse().ok()),
             "-h" | "--help" => {
                 println!("usage: {usage}");
@@ -34,11 +38,15 @@ pub fn args(usage: &str) -> Args {
     out
 }
 
-/// A running stack on `iface` (default: the interface of the default route).
-pub fn stack(iface: Option<&str>) -> io::Result<userspace::Stack> {
+/// A running stack on `--iface` (default: the interface of the default route), in
+/// owned-IP mode with `--ip`.
+pub fn stack(args: &Args) -> io::Result<userspace::Stack> {
     let mut builder = userspace::Stack::builder();
-    if let Some(iface) = iface {
+    if let Some(iface) = &args.iface {
         builder = builder.interface(iface);
+    }
+    if let Some(ip) = args.ip {
+        builder = builder.ip(ip);
     }
     builder.build()
 }

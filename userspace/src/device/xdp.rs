@@ -19,24 +19,33 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf.o"));
 
+/// Most frames received or queued for transmit in one batch.
 pub const BATCH: usize = 64;
 const FRAME_SIZE: u32 = 2048;
 const RING_SIZE: u32 = 2048;
 /// Frames in the UMEM: a full fill ring plus as many again for transmit.
 const FRAME_COUNT: u32 = 2 * RING_SIZE;
 
+/// XDP attach mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum XdpModeChoice {
+    /// In the driver (fastest; veth supports it).
     Native,
+    /// Generic XDP on the socket buffer (works everywhere, slower).
     Skb,
 }
 
+/// Where and how to open the AF_XDP device.
 #[derive(Debug, Clone)]
 pub struct XdpOptions {
+    /// Interface name.
     pub interface: String,
+    /// NIC queue to bind to.
     pub queue: u32,
+    /// Attach mode (`None`: native, falling back to skb).
     pub mode: Option<XdpModeChoice>,
+    /// What the XDP program steers to the stack.
     pub steer: SteerConfig,
 }
 
@@ -52,16 +61,22 @@ unsafe impl aya::Pod for PodSteerConfig {}
 /// Frames of the UMEM, by where they are; their sum never changes (no leak).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FrameAccount {
+    /// Frames in the UMEM.
     pub total: usize,
+    /// Free for transmit.
     pub free_for_tx: usize,
+    /// In the fill ring, waiting for received frames.
     pub in_fill_ring: usize,
     /// Received frames waiting for room in the fill ring (returned on the next turn).
     pub awaiting_fill: usize,
+    /// In the TX ring, not yet completed.
     pub in_tx_ring: usize,
+    /// Filled for transmit, not yet in the TX ring.
     pub queued_tx: usize,
 }
 
 impl FrameAccount {
+    /// Frames unaccounted for (0 unless one leaked).
     pub fn missing(&self) -> isize {
         self.total as isize
             - (self.free_for_tx
@@ -72,6 +87,7 @@ impl FrameAccount {
     }
 }
 
+/// An AF_XDP socket on one queue, with its own UMEM and rings.
 pub struct XdpDevice {
     mac: MacAddr,
     mtu: usize,
@@ -88,6 +104,7 @@ pub struct XdpDevice {
     in_fill_ring: usize,
     in_tx_ring: usize,
     total_frames: usize,
+    /// The NIC queue it is bound to.
     pub queue: u32,
     // Dropped last: the program is detached when its last socket is gone.
     program: SharedProgram,
@@ -96,8 +113,11 @@ pub struct XdpDevice {
 /// Steering counters from the XDP program, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SteerCounters {
+    /// Frames steered to an AF_XDP socket.
     pub steered: u64,
+    /// Frames passed to the kernel.
     pub passed: u64,
+    /// Frames for the stack that arrived on a queue without a socket.
     pub no_socket: u64,
 }
 
@@ -105,12 +125,14 @@ pub struct SteerCounters {
 pub struct XdpProgram {
     ebpf: aya::Ebpf,
     counters: PerCpuArray<MapData, u64>,
+    /// `native` or `skb`.
     pub attached_mode: &'static str,
     interface: String,
     mac: MacAddr,
     mtu: usize,
 }
 
+/// The program shared by the sockets of every queue.
 pub type SharedProgram = std::sync::Arc<std::sync::Mutex<XdpProgram>>;
 
 impl XdpProgram {
@@ -220,6 +242,7 @@ impl XdpProgram {
         Ok(())
     }
 
+    /// The program's steering counters, summed over CPUs.
     pub fn steer_counters(&self) -> SteerCounters {
         let sum = |index| {
             self.counters
@@ -303,10 +326,12 @@ impl XdpDevice {
         })
     }
 
+    /// `native` or `skb`.
     pub fn attached_mode(&self) -> &'static str {
         lock(&self.program).attached_mode
     }
 
+    /// The program's steering counters, summed over CPUs.
     pub fn steer_counters(&self) -> SteerCounters {
         lock(&self.program).steer_counters()
     }
@@ -316,6 +341,7 @@ impl XdpDevice {
         lock(&self.program).set_listen_ports(ports)
     }
 
+    /// Where the UMEM's frames are.
     pub fn frame_account(&self) -> FrameAccount {
         FrameAccount {
             total: self.total_frames,
@@ -327,6 +353,7 @@ impl XdpDevice {
         }
     }
 
+    /// The kernel's statistics of the socket (drops, full rings).
     pub fn socket_stats(&self) -> Option<xsk_rs::socket::XdpStatistics> {
         self.rx.fd().xdp_statistics().ok()
     }

@@ -11,6 +11,7 @@ pub const ARP_RETRY: Duration = Duration::from_millis(200);
 /// three probes a second apart).
 pub const ARP_MAX_REQUESTS: u32 = 15;
 
+/// Neighbours' Ethernet addresses, and the requests still unanswered.
 #[derive(Debug, Default)]
 pub struct ArpCache {
     entries: HashMap<Ipv4Addr, MacAddr>,
@@ -19,10 +20,12 @@ pub struct ArpCache {
 }
 
 impl ArpCache {
+    /// The Ethernet address of `ip`, if known.
     pub fn lookup(&self, ip: Ipv4Addr) -> Option<MacAddr> {
         self.entries.get(&ip).copied()
     }
 
+    /// Learns (or replaces) the Ethernet address of `ip`.
     pub fn insert(&mut self, ip: Ipv4Addr, mac: MacAddr) {
         self.pending.remove(&ip);
         self.entries.insert(ip, mac);
@@ -57,6 +60,7 @@ impl ArpCache {
         self.pending.remove(&ip);
     }
 
+    /// When the next unanswered request may be repeated.
     pub fn next_retry(&self) -> Option<Instant> {
         self.pending.values().map(|&(t, _)| t + ARP_RETRY).min()
     }

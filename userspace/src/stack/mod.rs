@@ -31,19 +31,28 @@ pub enum AddressMode {
     Owned,
 }
 
+/// How a [`Stack`] is set up: addresses, mode, ports, limits and the TCP settings.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
+    /// Our Ethernet address.
     pub mac: MacAddr,
+    /// Our IPv4 address.
     pub ip: Ipv4Addr,
+    /// Prefix length of our subnet (destinations in it are on-link).
     pub prefix_len: u8,
+    /// The router for destinations off our subnet.
     pub gateway: Option<Ipv4Addr>,
+    /// Shared-IP or owned-IP mode.
     pub mode: AddressMode,
     /// Local ports for active opens (inclusive), outside the kernel's ephemeral range.
     pub port_range: (u16, u16),
+    /// Settings for every connection.
     pub tcp: tcp::Config,
+    /// Most connections held at once (active, half-open and closing).
     pub max_connections: usize,
     /// Bound on half-open connections per listener; beyond it, SYN cookies.
     pub syn_backlog: usize,
+    /// Secret for ISNs, ephemeral ports, timestamp offsets and SYN cookies (RFC 6528).
     pub isn_key: [u8; 16],
     /// Where this process starts in the ephemeral port sequence (random per process).
     pub start_counter: u32,
@@ -151,6 +160,8 @@ enum Control {
 /// Segment sizes encodable in a SYN cookie (RFC 4987 section 3.6).
 const COOKIE_MSS: [u16; 4] = [536, 1220, 1440, 1460];
 
+/// The sans-IO stack: connections, listeners, ARP and timers over a [`Device`], driven
+/// by [`Stack::poll`]. It never reads a clock: time is passed in.
 pub struct Stack {
     cfg: StackConfig,
     isn: IsnGenerator,
@@ -168,10 +179,12 @@ pub struct Stack {
     live: usize,
     /// Counters of connections already removed, so totals survive them.
     finished: tcp::ConnectionStats,
+    /// Stack-wide counters.
     pub stats: StackStats,
 }
 
 impl Stack {
+    /// A stack with no connection and no listener.
     pub fn new(cfg: StackConfig) -> Self {
         // RFC 6056 algorithm 3 keeps a global counter; a process starts at a random
         // point of it, so runs do not all begin with the same port.
@@ -196,15 +209,19 @@ impl Stack {
         }
     }
 
+    /// The configuration it was made with.
     pub fn config(&self) -> &StackConfig {
         &self.cfg
     }
+    /// Our IPv4 address.
     pub fn ip(&self) -> Ipv4Addr {
         self.cfg.ip
     }
+    /// The ARP cache (callers may seed it, e.g. from the kernel's neighbour table).
     pub fn arp_cache(&mut self) -> &mut ArpCache {
         &mut self.arp
     }
+    /// Connections held now, closing ones included.
     pub fn connection_count(&self) -> usize {
         self.live
     }
@@ -291,10 +308,12 @@ impl Stack {
         }
     }
 
+    /// The ports listened on.
     pub fn listening_ports(&self) -> Vec<u16> {
         self.listeners.keys().copied().collect()
     }
 
+    /// The next established connection on `port`'s accept queue.
     pub fn accept(&mut self, port: u16) -> Option<ConnId> {
         self.listeners.get_mut(&port)?.accept_queue.pop_front()
     }
@@ -320,14 +339,18 @@ impl Stack {
         Some(entry)
     }
 
+    /// The TCP connection behind `id` (`None` once freed).
     pub fn connection(&self, id: ConnId) -> Option<&Connection> {
         self.entry(id).map(|e| &e.conn)
     }
 
+    /// The TCP state of `id` (`Closed` once freed).
     pub fn state(&self, id: ConnId) -> State {
         self.connection(id).map_or(State::Closed, |c| c.state())
     }
 
+    /// Queues data on `id`; returns how much fit (0 when the buffer is full). See
+    /// [`Stack::try_send`] for typed errors.
     pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, TcpError> {
         match self.entry_mut(id) {
             Some(e) => e.conn.send(data),
@@ -335,6 +358,8 @@ impl Stack {
         }
     }
 
+    /// Reads in-order data of `id`; 0 both when nothing is there and at end of stream.
+    /// [`Stack::try_recv`] tells the two apart.
     pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
         match self.entry_mut(id) {
             Some(e) => {
@@ -350,12 +375,14 @@ impl Stack {
         }
     }
 
+    /// Closes our side of `id`: FIN after the data queued (RFC 9293 3.10.4).
     pub fn close(&mut self, id: ConnId) {
         if let Some(e) = self.entry_mut(id) {
             e.conn.close();
         }
     }
 
+    /// Aborts `id` with a RST (RFC 9293 3.10.5).
     pub fn abort(&mut self, id: ConnId) {
         if let Some(e) = self.entry_mut(id) {
             e.conn.abort();
@@ -980,12 +1007,16 @@ impl Stack {
     }
 }
 
+/// Why the stack refused an application call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StackError {
+    /// [`StackConfig::max_connections`] reached.
     #[error("too many connections")]
     TooManyConnections,
+    /// Every local port of the range is in use towards this peer.
     #[error("no free local port")]
     NoFreePort,
+    /// Something already listens on the port.
     #[error("port already in use")]
     PortInUse,
 }

@@ -10,16 +10,23 @@ use std::net::Ipv4Addr;
 pub const MAX_SACK_BLOCKS: usize = 4;
 const TCP_MIN_HEADER: usize = 20;
 
+/// TCP control flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TcpFlags {
+    /// Synchronize sequence numbers.
     pub syn: bool,
+    /// The acknowledgment field is significant.
     pub ack: bool,
+    /// No more data from the sender.
     pub fin: bool,
+    /// Reset the connection.
     pub rst: bool,
+    /// Push.
     pub psh: bool,
 }
 
 impl TcpFlags {
+    /// SYN alone: an active open.
     pub const SYN: TcpFlags = TcpFlags {
         syn: true,
         ack: false,
@@ -27,6 +34,7 @@ impl TcpFlags {
         rst: false,
         psh: false,
     };
+    /// SYN and ACK: the answer to a SYN.
     pub const SYN_ACK: TcpFlags = TcpFlags {
         syn: true,
         ack: true,
@@ -34,6 +42,7 @@ impl TcpFlags {
         rst: false,
         psh: false,
     };
+    /// ACK alone.
     pub const ACK: TcpFlags = TcpFlags {
         syn: false,
         ack: true,
@@ -41,6 +50,7 @@ impl TcpFlags {
         rst: false,
         psh: false,
     };
+    /// RST alone.
     pub const RST: TcpFlags = TcpFlags {
         syn: false,
         ack: false,
@@ -48,6 +58,7 @@ impl TcpFlags {
         rst: true,
         psh: false,
     };
+    /// RST and ACK: the answer to a segment without ACK for a closed port.
     pub const RST_ACK: TcpFlags = TcpFlags {
         syn: false,
         ack: true,
@@ -60,16 +71,22 @@ impl TcpFlags {
 /// The options the stack understands; unknown options are skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TcpOptions {
+    /// Maximum segment size (SYN only).
     pub mss: Option<u16>,
+    /// Window scale shift (RFC 7323, SYN only).
     pub window_scale: Option<u8>,
+    /// SACK permitted (RFC 2018, SYN only).
     pub sack_permitted: bool,
     /// (TSval, TSecr), RFC 7323 section 3.
     pub timestamps: Option<(u32, u32)>,
+    /// SACK blocks, the first `sack_count` of them in use.
     pub sack_blocks: [(u32, u32); MAX_SACK_BLOCKS],
+    /// How many of `sack_blocks` are in use.
     pub sack_count: u8,
 }
 
 impl TcpOptions {
+    /// The SACK blocks in use.
     pub fn sack_blocks(&self) -> &[(u32, u32)] {
         &self.sack_blocks[..usize::from(self.sack_count)]
     }
@@ -175,13 +192,21 @@ impl TcpOptions {
 /// A TCP segment as a value; the payload borrows from the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TcpRepr<'a> {
+    /// Source port.
     pub src_port: u16,
+    /// Destination port.
     pub dst_port: u16,
+    /// Sequence number.
     pub seq: u32,
+    /// Acknowledgment number (significant with ACK).
     pub ack: u32,
+    /// Control flags.
     pub flags: TcpFlags,
+    /// Receive window, unscaled as on the wire.
     pub window: u16,
+    /// Options.
     pub options: TcpOptions,
+    /// Payload.
     pub payload: &'a [u8],
 }
 
