@@ -355,3 +355,42 @@ impl Stack {
             .ok_or_else(|| shared::Failure::BadAddress.io())
     }
 }
+
+#[cfg(all(test, feature = "cli"))]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        stack: StackArgs,
+    }
+
+    #[test]
+    fn the_library_defaults_are_the_commands_defaults() {
+        let parsed = Flags::parse_from(["userspace"]).stack;
+        let library = StackBuilder::default().args;
+        assert!(parsed.stop_on_signals && !library.stop_on_signals);
+        let without_signals = |a: &StackArgs| {
+            format!(
+                "{:?}",
+                StackArgs {
+                    stop_on_signals: false,
+                    ..a.clone()
+                }
+            )
+        };
+        assert_eq!(without_signals(&parsed), without_signals(&library));
+        assert_eq!(library.max_connections, 100_000);
+        assert_eq!(library.buffer, 1 << 20);
+    }
+
+    #[test]
+    fn a_fresh_key_per_stack_config() {
+        let a = crate::stack::StackConfig::new([2; 6], Ipv4Addr::LOCALHOST, 8);
+        let b = crate::stack::StackConfig::new([2; 6], Ipv4Addr::LOCALHOST, 8);
+        assert_ne!(a.isn_key, b.isn_key);
+        assert_ne!(a.isn_key, [0x5a; 16]);
+    }
+}

@@ -404,3 +404,92 @@ impl Listener {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn conn(cap: usize) -> Arc<Conn> {
+        let remote = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80);
+        Conn::new(remote, cap, false, Phase::Open, None)
+    }
+
+    #[test]
+    fn reads_give_data_then_end_of_stream_or_the_error() {
+        let c = conn(8);
+        let mut st = c.shared.lock();
+        let mut buf = [0u8; 4];
+        assert!(st.read(&mut buf).result.is_none(), "nothing yet: wait");
+        st.rx.extend(b"abcdef");
+        st.read_closed = true;
+        assert_eq!(st.read(&mut buf).result.unwrap().unwrap(), 4);
+        assert_eq!(&buf, b"abcd");
+        assert_eq!(st.read(&mut buf).result.unwrap().unwrap(), 2);
+        assert_eq!(st.read(&mut buf).result.unwrap().unwrap(), 0, "then EOF");
+        st.read_closed = false;
+        st.failure = Some(Failure::Tcp(TcpError::Reset));
+        let err = st.read(&mut buf).result.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn a_read_from_a_stalled_buffer_wakes_the_loop() {
+        let c = conn(4);
+        let mut st = c.shared.lock();
+        st.rx.extend(b"full");
+        st.rx_stalled = true;
+        let mut buf = [0u8; 2];
+        assert!(st.read(&mut buf).wake_loop);
+        assert!(!st.read(&mut buf).wake_loop, "once");
+    }
+
+    #[test]
+    fn writes_fill_up_to_the_bound_and_fail_once_shut() {
+        let c = conn(4);
+        let mut st = c.shared.lock();
+        let first = st.write(b"abcdef");
+        assert_eq!(first.result.unwrap().unwrap(), 4);
+        assert!(first.wake_loop);
+        assert!(st.write(b"g").result.is_none(), "full: wait");
+        st.tx.clear();
+        st.write_shut = true;
+        let err = st.write(b"g").result.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn a_blocked_reader_wakes_on_notify_and_times_out_without() {
+        let c = conn(8);
+        let timed_out = c.shared.block_on(Some(Duration::from_millis(20)), |st| {
+            st.read(&mut [0; 1]).result
+        });
+        assert!(timed_out.is_none());
+        let c2 = c.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut st = c2.shared.lock();
+            st.rx.extend(b"x");
+            c2.shared.notify(&mut st);
+        });
+        let got = c.shared.block_on(Some(Duration::from_secs(10)), |st| {
+            st.read(&mut [0; 1]).result
+        });
+        assert_eq!(got.unwrap().unwrap(), 1);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn failures_map_to_std_error_kinds() {
+        use io::ErrorKind as K;
+        for (failure, kind) in [
+            (Failure::Tcp(TcpError::Refused), K::ConnectionRefused),
+            (Failure::Tcp(TcpError::TimedOut), K::TimedOut),
+            (Failure::Tcp(TcpError::Unreachable), K::HostUnreachable),
+            (Failure::Stack(StackError::PortInUse), K::AddrInUse),
+            (Failure::Stopped, K::NotConnected),
+        ] {
+            assert_eq!(failure.io().kind(), kind, "{failure:?}");
+        }
+    }
+}

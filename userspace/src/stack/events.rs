@@ -106,3 +106,116 @@ impl Stack {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{IP_C, IP_S, MAC_C, MAC_S, drive, pair};
+    use super::*;
+    use crate::device::memory::MemoryDevice;
+    use crate::stack::StackConfig;
+    use crate::tcp::Instant;
+    use std::net::SocketAddrV4;
+    use std::time::Duration;
+
+    #[test]
+    fn recv_tells_no_data_yet_from_end_of_stream() {
+        let (mut c, mut dc, mut s, mut ds) = pair(|_| {});
+        s.listen(80, 16).unwrap();
+        let mut now = Instant::from_millis(1);
+        let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(c.try_recv(id, &mut buf), Err(RecvError::WouldBlock));
+        assert!(!c.events(id).connected && !c.events(id).writable);
+        let mut sid = None;
+        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+            sid = sid.or_else(|| s.accept(80));
+            sid.is_some() && c.events(id).connected
+        });
+        let sid = sid.unwrap();
+        let ev = c.events(id);
+        assert!(ev.writable && !ev.readable && !ev.closed && ev.error.is_none());
+        assert_eq!(c.try_recv(id, &mut buf), Err(RecvError::WouldBlock));
+        assert_eq!(s.try_send(sid, b"hi"), Ok(2));
+        s.close(sid);
+        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, _| {
+            c.events(id).readable
+        });
+        assert_eq!(c.try_recv(id, &mut buf), Ok(2));
+        assert_eq!(&buf[..2], b"hi");
+        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, _| {
+            c.events(id).read_closed
+        });
+        assert_eq!(c.try_recv(id, &mut buf), Err(RecvError::Finished));
+        assert!(c.events(id).readable, "end of stream is readable");
+    }
+
+    #[test]
+    fn a_reset_is_an_error_event_and_a_typed_error() {
+        let (mut c, mut dc, mut s, mut ds) = pair(|_| {});
+        s.listen(80, 16).unwrap();
+        let mut now = Instant::from_millis(1);
+        let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
+        let mut sid = None;
+        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+            sid = sid.or_else(|| s.accept(80));
+            sid.is_some() && c.events(id).connected
+        });
+        s.abort(sid.unwrap());
+        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, _| {
+            c.events(id).closed
+        });
+        let ev = c.events(id);
+        assert_eq!(ev.error, Some(TcpError::Reset));
+        assert!(ev.readable && !ev.writable);
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            c.try_recv(id, &mut buf),
+            Err(RecvError::Connection(TcpError::Reset))
+        );
+        assert_eq!(
+            c.try_send(id, b"x"),
+            Err(SendError::Connection(TcpError::Reset))
+        );
+    }
+
+    #[test]
+    fn a_full_send_buffer_would_block() {
+        let (mut c, mut dc, mut s, mut ds) = pair(|_| {});
+        s.listen(80, 16).unwrap();
+        let mut now = Instant::from_millis(1);
+        let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
+        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, _| {
+            c.events(id).connected
+        });
+        let chunk = vec![7u8; 64 * 1024];
+        while c.try_send(id, &chunk).is_ok() {}
+        assert_eq!(c.try_send(id, &chunk), Err(SendError::WouldBlock));
+        assert!(!c.events(id).writable);
+    }
+
+    #[test]
+    fn a_connect_to_a_silent_neighbour_fails_unreachable() {
+        // The other end of the link never answers ARP: the connection has no SYN out
+        // and so no timer of its own, yet it must end.
+        let (mut dc, _silent) = MemoryDevice::pair(MAC_C, MAC_S);
+        let mut c = Stack::new(StackConfig::new(MAC_C, IP_C, 24));
+        let mut now = Instant::from_millis(1);
+        let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
+        let mut ready = Vec::new();
+        let mut reported = false;
+        while now < Instant::from_millis(10_000) && !c.events(id).closed {
+            c.poll(now, &mut dc);
+            c.drain_ready(&mut ready);
+            reported |= ready.contains(&id);
+            now = now + Duration::from_millis(10);
+        }
+        assert_eq!(c.events(id).error, Some(TcpError::Unreachable));
+        assert!(reported, "the failure is reported as news");
+        assert!(now > Instant::from_millis(2_000), "after the ARP retries");
+        assert_eq!(c.stats.arp_failures, 1);
+        // A new connect to the same neighbour tries ARP afresh.
+        let again = c.connect(now, SocketAddrV4::new(IP_S, 81)).unwrap();
+        c.poll(now, &mut dc);
+        assert!(!c.events(again).closed);
+    }
+}

@@ -4,12 +4,14 @@ use crate::device::memory::MemoryDevice;
 use crate::wire::{TcpFlags, TcpOptions, TcpRepr};
 use std::time::Duration;
 
-const MAC_C: MacAddr = [2, 0, 0, 0, 0, 0xc];
-const MAC_S: MacAddr = [2, 0, 0, 0, 0, 0x5];
-const IP_C: Ipv4Addr = Ipv4Addr::new(192, 168, 7, 1);
-const IP_S: Ipv4Addr = Ipv4Addr::new(192, 168, 7, 2);
+pub(super) const MAC_C: MacAddr = [2, 0, 0, 0, 0, 0xc];
+pub(super) const MAC_S: MacAddr = [2, 0, 0, 0, 0, 0x5];
+pub(super) const IP_C: Ipv4Addr = Ipv4Addr::new(192, 168, 7, 1);
+pub(super) const IP_S: Ipv4Addr = Ipv4Addr::new(192, 168, 7, 2);
 
-fn pair(server_cfg: impl FnOnce(&mut StackConfig)) -> (Stack, MemoryDevice, Stack, MemoryDevice) {
+pub(super) fn pair(
+    server_cfg: impl FnOnce(&mut StackConfig),
+) -> (Stack, MemoryDevice, Stack, MemoryDevice) {
     let (dc, ds) = MemoryDevice::pair(MAC_C, MAC_S);
     let client = Stack::new(StackConfig::new(MAC_C, IP_C, 24));
     let mut cfg = StackConfig::new(MAC_S, IP_S, 24);
@@ -18,7 +20,7 @@ fn pair(server_cfg: impl FnOnce(&mut StackConfig)) -> (Stack, MemoryDevice, Stac
 }
 
 /// Polls both stacks in virtual time until `done` or a limit.
-fn drive(
+pub(super) fn drive(
     c: &mut Stack,
     dc: &mut MemoryDevice,
     s: &mut Stack,
