@@ -117,53 +117,76 @@ mod tests {
     use std::net::SocketAddrV4;
     use std::time::Duration;
 
+    /// Two stacks over a link, a connection between them, and what drives them.
+    struct Connected {
+        c: Stack,
+        dc: MemoryDevice,
+        s: Stack,
+        ds: MemoryDevice,
+        now: Instant,
+        id: ConnId,
+        sid: ConnId,
+    }
+
+    impl Connected {
+        /// Connects; `before` sees the client's connection before the handshake.
+        fn new(before: impl FnOnce(&mut Stack, ConnId)) -> Connected {
+            let (mut c, mut dc, mut s, mut ds) = pair(|_| {});
+            s.listen(80, 16).unwrap();
+            let mut now = Instant::from_millis(1);
+            let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
+            before(&mut c, id);
+            let mut sid = None;
+            drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+                sid = sid.or_else(|| s.accept(80));
+                sid.is_some() && c.events(id).connected
+            });
+            let sid = sid.unwrap();
+            Connected {
+                c,
+                dc,
+                s,
+                ds,
+                now,
+                id,
+                sid,
+            }
+        }
+
+        fn until(&mut self, mut done: impl FnMut(&Stack, ConnId) -> bool) {
+            let id = self.id;
+            let (c, dc, s, ds) = (&mut self.c, &mut self.dc, &mut self.s, &mut self.ds);
+            drive(c, dc, s, ds, &mut self.now, |c, _| done(c, id));
+        }
+    }
+
     #[test]
     fn recv_tells_no_data_yet_from_end_of_stream() {
-        let (mut c, mut dc, mut s, mut ds) = pair(|_| {});
-        s.listen(80, 16).unwrap();
-        let mut now = Instant::from_millis(1);
-        let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
         let mut buf = [0u8; 16];
-        assert_eq!(c.try_recv(id, &mut buf), Err(RecvError::WouldBlock));
-        assert!(!c.events(id).connected && !c.events(id).writable);
-        let mut sid = None;
-        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
-            sid = sid.or_else(|| s.accept(80));
-            sid.is_some() && c.events(id).connected
+        let mut t = Connected::new(|c, id| {
+            assert_eq!(c.try_recv(id, &mut [0u8; 4]), Err(RecvError::WouldBlock));
+            assert!(!c.events(id).connected && !c.events(id).writable);
         });
-        let sid = sid.unwrap();
-        let ev = c.events(id);
+        let (id, sid) = (t.id, t.sid);
+        let ev = t.c.events(id);
         assert!(ev.writable && !ev.readable && !ev.closed && ev.error.is_none());
-        assert_eq!(c.try_recv(id, &mut buf), Err(RecvError::WouldBlock));
-        assert_eq!(s.try_send(sid, b"hi"), Ok(2));
-        s.close(sid);
-        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, _| {
-            c.events(id).readable
-        });
-        assert_eq!(c.try_recv(id, &mut buf), Ok(2));
+        assert_eq!(t.c.try_recv(id, &mut buf), Err(RecvError::WouldBlock));
+        assert_eq!(t.s.try_send(sid, b"hi"), Ok(2));
+        t.s.close(sid);
+        t.until(|c, id| c.events(id).readable);
+        assert_eq!(t.c.try_recv(id, &mut buf), Ok(2));
         assert_eq!(&buf[..2], b"hi");
-        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, _| {
-            c.events(id).read_closed
-        });
-        assert_eq!(c.try_recv(id, &mut buf), Err(RecvError::Finished));
-        assert!(c.events(id).readable, "end of stream is readable");
+        t.until(|c, id| c.events(id).read_closed);
+        assert_eq!(t.c.try_recv(id, &mut buf), Err(RecvError::Finished));
+        assert!(t.c.events(id).readable, "end of stream is readable");
     }
 
     #[test]
     fn a_reset_is_an_error_event_and_a_typed_error() {
-        let (mut c, mut dc, mut s, mut ds) = pair(|_| {});
-        s.listen(80, 16).unwrap();
-        let mut now = Instant::from_millis(1);
-        let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
-        let mut sid = None;
-        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
-            sid = sid.or_else(|| s.accept(80));
-            sid.is_some() && c.events(id).connected
-        });
-        s.abort(sid.unwrap());
-        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, _| {
-            c.events(id).closed
-        });
+        let mut t = Connected::new(|_, _| {});
+        t.s.abort(t.sid);
+        t.until(|c, id| c.events(id).closed);
+        let (c, id) = (&mut t.c, t.id);
         let ev = c.events(id);
         assert_eq!(ev.error, Some(TcpError::Reset));
         assert!(ev.readable && !ev.writable);
@@ -180,13 +203,8 @@ mod tests {
 
     #[test]
     fn a_full_send_buffer_would_block() {
-        let (mut c, mut dc, mut s, mut ds) = pair(|_| {});
-        s.listen(80, 16).unwrap();
-        let mut now = Instant::from_millis(1);
-        let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
-        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, _| {
-            c.events(id).connected
-        });
+        let mut t = Connected::new(|_, _| {});
+        let (c, id) = (&mut t.c, t.id);
         let chunk = vec![7u8; 64 * 1024];
         while c.try_send(id, &chunk).is_ok() {}
         assert_eq!(c.try_send(id, &chunk), Err(SendError::WouldBlock));
