@@ -71,6 +71,7 @@ fn world() -> World {
 fn fetch_big_file(name: &str) {
     let w = world();
     let out_file = w.dir.join(format!("{name}.bin"));
+    let started = std::time::Instant::now();
     let status = w
         .exec(&w.host)
         .args([
@@ -84,6 +85,11 @@ fn fetch_big_file(name: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "{name} exited with {status}");
+    let took = started.elapsed();
+    eprintln!(
+        "{name}: 64 MiB in {took:?} ({:.2} Gbit/s, process start included)",
+        (64u64 << 23) as f64 / took.as_secs_f64() / 1e9
+    );
     assert_eq!(
         sha256(&out_file),
         sha256(&w.dir.join("www/big.bin")),
