@@ -28,7 +28,11 @@ fn example(name: &str) -> String {
         // scripts that watch them (ring's), and rebuild them for nothing.
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();
-            if name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR" {
+            if name == "OUT_DIR"
+                || (name.starts_with("CARGO_")
+                    && name != "CARGO_HOME"
+                    && name != "CARGO_TARGET_DIR")
+            {
                 cargo.env_remove(name.as_ref());
             }
         }
@@ -71,11 +75,12 @@ fn world() -> World {
 fn fetch_big_file(name: &str) {
     let w = world();
     let out_file = w.dir.join(format!("{name}.bin"));
+    let binary = example(name);
     let started = std::time::Instant::now();
     let status = w
         .exec(&w.host)
         .args([
-            &example(name),
+            &binary,
             "--iface",
             HOST_IF,
             &format!("http://{SERVER_IP}/big.bin"),
@@ -119,18 +124,13 @@ fn hyper_get_resolves_names_and_exits_0_on_2xx_only() {
     assert_eq!(missing.status.code(), Some(22), "{}", text(&missing.stderr));
 }
 
-#[test]
-fn hyper_hello_serves_wrk_without_errors_and_detaches() {
-    let w = world();
+/// hyper_hello with `args` under `wrk -c100 -d5s`: no errors, then SIGTERM detaches.
+fn hyper_hello_under_wrk(w: &World, args: &[&str], stacks: usize) {
     let mut child = w
         .exec(&w.host)
-        .args([
-            &example("hyper_hello"),
-            "--iface",
-            HOST_IF,
-            "--port",
-            "8080",
-        ])
+        .arg(example("hyper_hello"))
+        .args(["--iface", HOST_IF, "--port", "8080"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -147,19 +147,21 @@ fn hyper_hello_serves_wrk_without_errors_and_detaches() {
             let _ = tx.send(line);
         }
     });
-    let first = rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .expect("hyper_hello said nothing");
-    assert!(first.starts_with("ready:"), "{first}");
+    for _ in 0..stacks {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("hyper_hello said nothing");
+        assert!(line.starts_with("ready:"), "{line}");
+    }
     let url = format!("http://{HOST_IP}:8080/");
-    let once = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
+    let once = run_in(w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
     assert_eq!(
         text(&once.stdout),
         "hello from userspace\n",
         "{}",
         text(&once.stderr)
     );
-    let out = run_in(&w, &w.server, &["wrk", "-t2", "-c100", "-d5s", &url]);
+    let out = run_in(w, &w.server, &["wrk", "-t2", "-c100", "-d5s", &url]);
     let report = text(&out.stdout);
     eprintln!("{report}");
     assert!(out.status.success(), "{report}");
@@ -172,7 +174,22 @@ fn hyper_hello_serves_wrk_without_errors_and_detaches() {
         .unwrap();
     let status = wait_timeout(&mut child, std::time::Duration::from_secs(10));
     assert!(status.success(), "hyper_hello exited with {status}");
-    assert!(!xdp_attached(&w), "hyper_hello left XDP attached");
+    assert!(!xdp_attached(w), "hyper_hello left XDP attached");
+}
+
+#[test]
+fn hyper_hello_serves_wrk_without_errors_and_detaches() {
+    hyper_hello_under_wrk(&world(), &[], 1);
+}
+
+#[test]
+fn hyper_hello_with_a_stack_per_queue_serves_wrk_without_errors() {
+    let w = World::up(&WorldOptions {
+        queues: Some(2),
+        ..Default::default()
+    })
+    .expect("build the namespace world");
+    hyper_hello_under_wrk(&w, &["--queues", "2"], 2);
 }
 
 #[test]

@@ -8,6 +8,8 @@ pub struct Args {
     /// Owned-IP mode with this address.
     pub ip: Option<std::net::Ipv4Addr>,
     pub port: Option<u16>,
+    /// One stack per NIC queue `0..queues` (servers).
+    pub queues: u32,
     pub positional: Option<String>,
 }
 
@@ -16,6 +18,7 @@ pub fn args(usage: &str) -> Args {
         iface: None,
         ip: None,
         port: None,
+        queues: 1,
         positional: None,
     };
     let mut it = std::env::args().skip(1);
@@ -23,6 +26,7 @@ pub fn args(usage: &str) -> Args {
         match arg.as_str() {
             "--iface" => out.iface = it.next(),
             "--ip" => out.ip = it.next().and_then(|a| a.parse().ok()),
+            "--queues" => out.queues = it.next().and_then(|q| q.parse().ok()).unwrap_or(1),
             "--port" => out.port = it.next().and_then(|p| p.parse().ok()),
             "-h" | "--help" => {
                 println!("usage: {usage}");
@@ -38,9 +42,22 @@ pub fn args(usage: &str) -> Args {
     out
 }
 
+/// `--queues` stacks, one per NIC queue, or one stack.
+pub fn stacks(args: &Args) -> io::Result<Vec<userspace::Stack>> {
+    if args.queues > 1 {
+        builder(args).build_per_queue(args.queues)
+    } else {
+        Ok(vec![builder(args).build()?])
+    }
+}
+
 /// A running stack on `--iface` (default: the interface of the default route), in
 /// owned-IP mode with `--ip`.
 pub fn stack(args: &Args) -> io::Result<userspace::Stack> {
+    builder(args).build()
+}
+
+fn builder(args: &Args) -> userspace::StackBuilder {
     let mut builder = userspace::Stack::builder();
     if let Some(iface) = &args.iface {
         builder = builder.interface(iface);
@@ -48,7 +65,7 @@ pub fn stack(args: &Args) -> io::Result<userspace::Stack> {
     if let Some(ip) = args.ip {
         builder = builder.ip(ip);
     }
-    builder.build()
+    builder
 }
 
 /// `http://host[:port][/path]` as (host, port, path).

@@ -122,6 +122,7 @@ impl Driver {
                 } => self.connect(conn, remote, timeout),
                 Command::Listen(listener) => self.listen(listener),
                 Command::Unlisten(listener) => self.unlisten(&listener),
+                Command::Run(f) => f(&mut self.rt),
             }
         }
     }
@@ -431,5 +432,7 @@ pub(crate) fn stopped(command: Command) {
             st.bound.get_or_insert(Err(Failure::Stopped));
             listener.shared.notify(&mut st);
         }
+        // Its answer channel closes: the caller learns the loop is gone.
+        Command::Run(f) => drop(f),
     }
 }

@@ -168,21 +168,72 @@ impl StackBuilder {
     /// thread of its own. Needs root (CAP_NET_ADMIN and CAP_BPF). The key for ISNs and
     /// SYN cookies is fresh and random (kept per boot, as Linux keeps its own).
     pub fn build(self) -> io::Result<Stack> {
+        let args = self.args.clone();
+        self.start(move || open_runtime(&args, &[]))
+    }
+
+    /// One stack per NIC queue `0..queues`, each with its own AF_XDP socket and poll
+    /// loop, pinned to its own CPU (from [`StackBuilder::cpu`] on, else from 0), sharing
+    /// one XDP program. Steering starts once every queue has its socket.
+    ///
+    /// For servers: bind the same port on every stack and accept on all of them. A
+    /// connection opened by one stack may get its replies on another's queue (the NIC
+    /// hashes the flow), so clients use [`StackBuilder::build`].
+    pub fn build_per_queue(self, queues: u32) -> io::Result<Vec<Stack>> {
+        use crate::app::runtime::NetDevice;
+        use crate::device::xdp::{XdpDevice, XdpProgram};
+        let queues = queues.max(1);
+        let plan = Arc::new(crate::app::setup::plan(&self.args, &[]).map_err(io_error)?);
+        let program = XdpProgram::load(&plan.iface, self.args.xdp_mode).map_err(io_error)?;
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let first = self.args.cpu.unwrap_or(0);
+        let mut started = Vec::new();
+        for queue in 0..queues {
+            let (plan, program) = (plan.clone(), program.clone());
+            let core = cores
+                .get((first + queue as usize) % cores.len().max(1))
+                .copied();
+            let builder = StackBuilder {
+                args: StackArgs {
+                    queue,
+                    ..self.args.clone()
+                },
+                ..self.clone()
+            };
+            started.push(builder.start(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                plan.runtime(NetDevice::Plain(XdpDevice::bind(&program, queue)?))
+            })?);
+        }
+        program
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enable(plan.steer)
+            .map_err(io_error)?;
+        Ok(started)
+    }
+
+    /// Starts a poll loop on a new thread around the runtime `open` makes there (that is
+    /// where it is pinned); returns once it is up.
+    fn start(
+        self,
+        open: impl FnOnce() -> anyhow::Result<crate::app::runtime::Runtime> + Send + 'static,
+    ) -> io::Result<Stack> {
         let (commands, receiver) = mpsc::channel();
         let shutdown = Arc::new(AtomicBool::new(false));
         let (up_tx, up_rx) = mpsc::sync_channel(1);
-        let args = self.args.clone();
         let loop_shutdown = shutdown.clone();
         let cap = self.args.buffer.clamp(1, MAX_HANDLE_BUFFER);
         let nodelay = self.args.nodelay;
         let thread = std::thread::Builder::new()
             .name("userspace-poll".into())
             .spawn(move || {
-                // The runtime is made on its own thread: that is where it is pinned.
-                let rt = match open_runtime(&args, &[]) {
+                let rt = match open() {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = up_tx.send(Err(io::Error::other(format!("{e:#}"))));
+                        let _ = up_tx.send(Err(io_error(e)));
                         return;
                     }
                 };
@@ -219,6 +270,11 @@ impl StackBuilder {
             }),
         })
     }
+}
+
+/// A setup error as an `io::Error`, with its whole chain of causes.
+fn io_error(e: anyhow::Error) -> io::Error {
+    io::Error::other(format!("{e:#}"))
 }
 
 #[derive(Debug)]
@@ -312,6 +368,25 @@ impl Stack {
     /// when the loop's thread has ended.
     pub fn shutdown(&self) {
         self.inner.stop();
+    }
+
+    /// A snapshot of the stack's counters (frames, drops, ARP, listeners, connections).
+    pub fn stats(&self) -> io::Result<crate::stack::StackStats> {
+        self.with_runtime(|rt| rt.stack.stats.clone())
+    }
+
+    /// Runs `f` with the poll loop's runtime, on its thread between two turns, and
+    /// returns its result (for the `userspace` command's `--stats`).
+    #[doc(hidden)]
+    pub fn with_runtime<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut crate::app::runtime::Runtime) -> R + Send + 'static,
+    ) -> io::Result<R> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Command::Run(Box::new(move |rt| {
+            let _ = tx.send(f(rt));
+        })));
+        rx.recv().map_err(|_| shared::Failure::Stopped.io())
     }
 
     fn send(&self, command: Command) {

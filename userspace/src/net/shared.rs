@@ -31,6 +31,8 @@ pub(crate) enum Command {
     /// The handle changed the connection (wrote, read from a full buffer, shut down,
     /// dropped): look at it on this turn.
     Wake(Arc<Conn>),
+    /// Run this on the loop's thread, between two turns (counters, diagnostics).
+    Run(Box<dyn FnOnce(&mut crate::app::runtime::Runtime) + Send>),
 }
 
 /// Why an operation failed, kept until the handle asks (an `io::Error` is not `Copy`).
