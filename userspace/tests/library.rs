@@ -60,6 +60,42 @@ fn run_example(w: &World, name: &str, args: &[&str]) -> std::process::Output {
     run_in(w, &w.host, &argv)
 }
 
+/// Starts `command`, echoes its stderr, and returns once it said `ready:` `times` times.
+fn start(mut command: Command, times: usize) -> std::process::Child {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("{line}");
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut ready = 0;
+    while ready < times {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready within 30 s"
+        );
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(100))
+            && line.starts_with("ready:")
+        {
+            ready += 1;
+        }
+    }
+    child
+}
+
 fn world() -> World {
     World::up(&WorldOptions {
         nginx: true,
@@ -126,33 +162,12 @@ fn hyper_get_resolves_names_and_exits_0_on_2xx_only() {
 
 /// hyper_hello with `args` under `wrk -c100 -d5s`: no errors, then SIGTERM detaches.
 fn hyper_hello_under_wrk(w: &World, args: &[&str], stacks: usize) {
-    let mut child = w
-        .exec(&w.host)
+    let mut command = w.exec(&w.host);
+    command
         .arg(example("hyper_hello"))
         .args(["--iface", HOST_IF, "--port", "8080"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    for _ in 0..stacks {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .expect("hyper_hello said nothing");
-        assert!(line.starts_with("ready:"), "{line}");
-    }
+        .args(args);
+    let mut child = start(command, stacks);
     let url = format!("http://{HOST_IP}:8080/");
     let once = run_in(w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
     assert_eq!(
@@ -223,4 +238,88 @@ fn connect_to_a_silent_next_hop_fails_unreachable_in_shared_ip_mode() {
         text(&out.stderr)
     );
     assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+}
+
+/// Set in the copy of this test binary that runs inside the host namespace.
+const INNER: &str = "USERSPACE_LIBRARY_INNER";
+
+/// The blocking sockets used in-process, inside the host namespace (run by
+/// `blocking_sockets_in_process`; a no-op anywhere else).
+#[test]
+fn inner_blocking_sockets() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    if std::env::var_os(INNER).is_none() {
+        return;
+    }
+    let stack = userspace::Stack::builder()
+        .interface(HOST_IF)
+        .build()
+        .unwrap();
+    // A client: a read timeout, then a request and its response.
+    let nginx = std::net::SocketAddr::from((SERVER_IP, 80));
+    let stream =
+        userspace::TcpStream::connect_timeout(&stack, &nginx, Duration::from_secs(5)).unwrap();
+    assert_eq!(stream.peer_addr().unwrap(), nginx);
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = Instant::now();
+    let err = (&stream).read(&mut [0; 16]).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    assert!(started.elapsed() >= Duration::from_millis(190));
+    stream.set_nodelay(true).unwrap();
+    (&stream)
+        .write_all(b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    stream.set_read_timeout(None).unwrap();
+    let mut response = String::new();
+    (&stream).read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with(world::INDEX_HTML), "{response}");
+    drop(stream);
+    // A server: accept, read to the end, answer, half-close.
+    let listener = userspace::TcpListener::bind(&stack, "0.0.0.0:9000").unwrap();
+    assert_eq!(listener.local_addr().unwrap().port(), 9000);
+    eprintln!("ready: listening");
+    for _ in 0..2 {
+        let mut client = listener.incoming().next().unwrap().unwrap();
+        let reader = client.try_clone().unwrap();
+        let mut got = Vec::new();
+        (&reader).read_to_end(&mut got).unwrap();
+        client.write_all(&got.to_ascii_uppercase()).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let err = client.write(b"late").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+    }
+    let stats = stack.stats().unwrap();
+    assert!(stats.connections_opened >= 3, "{stats:?}");
+    stack.shutdown();
+    let err = userspace::TcpStream::connect(&stack, nginx).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
+}
+
+#[test]
+fn blocking_sockets_in_process() {
+    let w = world();
+    let mut command = w.exec(&w.host);
+    command
+        .arg(std::env::current_exe().unwrap())
+        .args(["inner_blocking_sockets", "--exact", "--nocapture"])
+        .env(INNER, "1");
+    let mut inner = start(command, 1);
+    for message in ["hello", "a second one"] {
+        let script = format!(
+            "import socket\ns=socket.create_connection(('{HOST_IP}',9000),timeout=10)\ns.sendall(b'{message}')\ns.shutdown(socket.SHUT_WR)\ngot=b''\nwhile True:\n  c=s.recv(4096)\n  if not c: break\n  got+=c\nprint(got.decode())"
+        );
+        let out = python(&w, &w.server, &script);
+        assert_eq!(
+            text(&out.stdout).trim(),
+            message.to_uppercase(),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let status = wait_timeout(&mut inner, std::time::Duration::from_secs(20));
+    assert!(status.success(), "the inner test failed: {status}");
 }
