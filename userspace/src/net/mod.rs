@@ -469,3 +469,20 @@ mod tests {
         assert_ne!(a.isn_key, [0x5a; 16]);
     }
 }
+
+#[cfg(test)]
+mod handle_tests {
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_move_between_threads_and_tasks() {
+        send_sync::<super::Stack>();
+        send_sync::<super::TcpStream>();
+        send_sync::<super::TcpListener>();
+        #[cfg(feature = "tokio")]
+        {
+            send_sync::<super::tokio::TcpStream>();
+            send_sync::<super::tokio::TcpListener>();
+        }
+    }
+}
