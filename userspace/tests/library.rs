@@ -278,6 +278,26 @@ fn inner_blocking_sockets() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with(world::INDEX_HTML), "{response}");
     drop(stream);
+    // https: rustls over the stream, as any `Read + Write`.
+    let ca = std::env::var_os("USERSPACE_LIBRARY_CA").expect("the world's CA");
+    let config = userspace::app::tls::client_config(Some(ca.as_ref()), false).unwrap();
+    let tls = userspace::app::tls::connection(config, "example.com").unwrap();
+    let tcp = userspace::TcpStream::connect(&stack, (SERVER_IP, 443)).unwrap();
+    let mut https = rustls::StreamOwned::new(tls, tcp);
+    https
+        .write_all(b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    match https.read_to_end(&mut response) {
+        Ok(_) => {}
+        // nginx may close TCP without close_notify after a `Connection: close` reply.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => panic!("https read: {e}"),
+    }
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with(world::INDEX_HTML), "{response}");
+    drop(https);
     // A server: accept, read to the end, answer, half-close.
     let listener = userspace::TcpListener::bind(&stack, "0.0.0.0:9000").unwrap();
     assert_eq!(listener.local_addr().unwrap().port(), 9000);
@@ -301,12 +321,18 @@ fn inner_blocking_sockets() {
 
 #[test]
 fn blocking_sockets_in_process() {
-    let w = world();
+    let w = World::up(&WorldOptions {
+        nginx: true,
+        tls: true,
+        ..Default::default()
+    })
+    .expect("build the namespace world");
     let mut command = w.exec(&w.host);
     command
         .arg(std::env::current_exe().unwrap())
         .args(["inner_blocking_sockets", "--exact", "--nocapture"])
-        .env(INNER, "1");
+        .env(INNER, "1")
+        .env("USERSPACE_LIBRARY_CA", w.dir.join("ca.pem"));
     let mut inner = start(command, 1);
     for message in ["hello", "a second one"] {
         let script = format!(
