@@ -152,7 +152,8 @@ fn hyper_get_fetches_64_mib_byte_identical() {
 #[test]
 fn hyper_get_resolves_names_and_exits_0_on_2xx_only() {
     let w = world();
-    let run = |url: &str| run_example(&w, "hyper_get", &[url]);
+    // With a loop that sleeps when idle, too.
+    let run = |url: &str| run_example(&w, "hyper_get", &["--no-busy-poll", url]);
     let ok = run("http://example.com/");
     assert!(ok.status.success(), "{}", text(&ok.stderr));
     assert_eq!(text(&ok.stdout), world::INDEX_HTML);

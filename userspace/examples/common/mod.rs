@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 use std::io;
 
-/// `[--iface IF] [--ip ADDR] [--port P] [ARG]`, the flags every example takes.
+/// `[--iface IF] [--ip ADDR] [--queues N] [--no-busy-poll] [--port P] [ARG]`, the flags
+/// every example takes.
 pub struct Args {
     pub iface: Option<String>,
     /// Owned-IP mode with this address.
@@ -10,6 +11,8 @@ pub struct Args {
     pub port: Option<u16>,
     /// One stack per NIC queue `0..queues` (servers).
     pub queues: u32,
+    /// `--no-busy-poll`: the poll loop sleeps when idle.
+    pub busy_poll: bool,
     pub positional: Option<String>,
 }
 
@@ -19,6 +22,7 @@ pub fn args(usage: &str) -> Args {
         ip: None,
         port: None,
         queues: 1,
+        busy_poll: true,
         positional: None,
     };
     let mut it = std::env::args().skip(1);
@@ -27,6 +31,7 @@ pub fn args(usage: &str) -> Args {
             "--iface" => out.iface = it.next(),
             "--ip" => out.ip = it.next().and_then(|a| a.parse().ok()),
             "--queues" => out.queues = it.next().and_then(|q| q.parse().ok()).unwrap_or(1),
+            "--no-busy-poll" => out.busy_poll = false,
             "--port" => out.port = it.next().and_then(|p| p.parse().ok()),
             "-h" | "--help" => {
                 println!("usage: {usage}");
@@ -58,7 +63,7 @@ pub fn stack(args: &Args) -> io::Result<userspace::Stack> {
 }
 
 fn builder(args: &Args) -> userspace::StackBuilder {
-    let mut builder = userspace::Stack::builder();
+    let mut builder = userspace::Stack::builder().busy_poll(args.busy_poll);
     if let Some(iface) = &args.iface {
         builder = builder.interface(iface);
     }

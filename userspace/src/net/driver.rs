@@ -18,6 +18,21 @@ const CHECK_EVERY: Duration = Duration::from_millis(10);
 const PROVOKE_EVERY: Duration = Duration::from_millis(300);
 /// How long the loop keeps turning after a shutdown, so that RSTs and FINs leave.
 const SHUTDOWN_DRAIN: Duration = Duration::from_millis(100);
+/// Without busy polling: idle this long, the loop starts sleeping between turns...
+const IDLE_BEFORE_SLEEP: Duration = Duration::from_millis(10);
+/// ...this long at a time.
+const IDLE_SLEEP: Duration = Duration::from_micros(500);
+
+/// How the loop serves its handles.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoopOptions {
+    /// Bound of each connection's receive and send buffer in the shared state.
+    pub cap: usize,
+    /// Nagle off on new connections.
+    pub nodelay: bool,
+    /// Spin between turns even when idle (lowest latency, one core busy).
+    pub busy_poll: bool,
+}
 
 /// A next hop whose MAC the stack does not know yet.
 struct Resolving {
@@ -38,8 +53,9 @@ pub(crate) struct Driver {
     resolving: Vec<Resolving>,
     connecting: Vec<(ConnId, Instant)>,
     next_check: Instant,
-    cap: usize,
-    nodelay: bool,
+    /// When the loop last had work.
+    last_busy: Instant,
+    options: LoopOptions,
 }
 
 impl Driver {
@@ -47,8 +63,7 @@ impl Driver {
         rt: Runtime,
         commands: Receiver<Command>,
         shutdown: Arc<AtomicBool>,
-        cap: usize,
-        nodelay: bool,
+        options: LoopOptions,
     ) -> Self {
         Driver {
             rt,
@@ -62,8 +77,8 @@ impl Driver {
             resolving: Vec::new(),
             connecting: Vec::new(),
             next_check: Instant::ZERO,
-            cap,
-            nodelay,
+            last_busy: Instant::ZERO,
+            options,
         }
     }
 
@@ -74,7 +89,7 @@ impl Driver {
         }
         while !self.shutdown.load(Ordering::Relaxed) {
             let mut busy = self.commands();
-            self.rt.turn();
+            busy |= self.rt.turn() > 0;
             self.rt.stack.drain_ready(&mut self.ready);
             busy |= !self.ready.is_empty();
             let mut ready = std::mem::take(&mut self.ready);
@@ -90,7 +105,13 @@ impl Driver {
                 self.next_check = now + CHECK_EVERY;
                 self.check(now);
             }
-            if !busy {
+            if busy {
+                self.last_busy = now;
+            } else if !self.options.busy_poll
+                && now.saturating_since(self.last_busy) >= IDLE_BEFORE_SLEEP
+            {
+                std::thread::sleep(IDLE_SLEEP);
+            } else {
                 self.rt.idle();
             }
         }
@@ -137,9 +158,6 @@ impl Driver {
                 st.id = Some(id);
                 if let Some(c) = self.rt.stack.connection(id) {
                     st.local = c.local();
-                }
-                if st.nodelay {
-                    self.rt.stack.set_nodelay(id, true);
                 }
                 self.conns.insert(id, conn.clone());
                 self.connecting.push((id, now + timeout));
@@ -242,11 +260,14 @@ impl Driver {
                 let Some(c) = self.rt.stack.connection(id) else {
                     continue;
                 };
-                let conn = Conn::new(c.remote(), self.cap, self.nodelay, Phase::Open, Some(id));
+                let conn = Conn::new(
+                    c.remote(),
+                    self.options.cap,
+                    self.options.nodelay,
+                    Phase::Open,
+                    Some(id),
+                );
                 conn.shared.lock().local = c.local();
-                if self.nodelay {
-                    self.rt.stack.set_nodelay(id, true);
-                }
                 self.conns.insert(id, conn.clone());
                 self.accepted.push(conn);
             }
