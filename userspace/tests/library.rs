@@ -244,10 +244,11 @@ fn connect_to_a_silent_next_hop_fails_unreachable_in_shared_ip_mode() {
 /// Set in the copy of this test binary that runs inside the host namespace.
 const INNER: &str = "USERSPACE_LIBRARY_INNER";
 
-/// The blocking sockets used in-process, inside the host namespace (run by
-/// `blocking_sockets_in_process`; a no-op anywhere else).
+/// The sockets used in-process, inside the host namespace: blocking client and server,
+/// https over rustls, an async echo (run by
+/// `sockets_in_process_blocking_async_and_tls`; a no-op anywhere else).
 #[test]
-fn inner_blocking_sockets() {
+fn inner_sockets() {
     use std::io::{Read, Write};
     use std::time::{Duration, Instant};
     if std::env::var_os(INNER).is_none() {
@@ -302,6 +303,13 @@ fn inner_blocking_sockets() {
     // A server: accept, read to the end, answer, half-close.
     let listener = userspace::TcpListener::bind(&stack, "0.0.0.0:9000").unwrap();
     assert_eq!(listener.local_addr().unwrap().port(), 9000);
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let echo = tokio
+        .block_on(userspace::net::tokio::TcpListener::bind(
+            &stack,
+            "0.0.0.0:9001",
+        ))
+        .unwrap();
     eprintln!("ready: listening");
     for _ in 0..2 {
         let mut client = listener.incoming().next().unwrap().unwrap();
@@ -313,6 +321,20 @@ fn inner_blocking_sockets() {
         let err = client.write(b"late").unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
     }
+    // An async echo: what comes in goes back out, under back-pressure both ways.
+    tokio.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _) = echo.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            stream.write_all(&buf[..n]).await.unwrap();
+        }
+        stream.shutdown().await.unwrap();
+    });
     let stats = stack.stats().unwrap();
     assert!(stats.connections_opened >= 3, "{stats:?}");
     stack.shutdown();
@@ -321,7 +343,7 @@ fn inner_blocking_sockets() {
 }
 
 #[test]
-fn blocking_sockets_in_process() {
+fn sockets_in_process_blocking_async_and_tls() {
     let w = World::up(&WorldOptions {
         nginx: true,
         tls: true,
@@ -331,7 +353,7 @@ fn blocking_sockets_in_process() {
     let mut command = w.exec(&w.host);
     command
         .arg(std::env::current_exe().unwrap())
-        .args(["inner_blocking_sockets", "--exact", "--nocapture"])
+        .args(["inner_sockets", "--exact", "--nocapture"])
         .env(INNER, "1")
         .env("USERSPACE_LIBRARY_CA", w.dir.join("ca.pem"));
     let mut inner = start(command, 1);
@@ -347,6 +369,15 @@ fn blocking_sockets_in_process() {
             text(&out.stderr)
         );
     }
+    let script = "import socket,hashlib,os,threading\ndata=os.urandom(4<<20)\ns=socket.create_connection(('HOST',9001),timeout=30)\nt=threading.Thread(target=lambda:(s.sendall(data),s.shutdown(socket.SHUT_WR)))\nt.start()\ngot=bytearray()\nwhile True:\n  c=s.recv(1<<16)\n  if not c: break\n  got+=c\nt.join()\nprint(hashlib.sha256(got).digest()==hashlib.sha256(data).digest(), len(got))"
+        .replace("HOST", &HOST_IP.to_string());
+    let out = python(&w, &w.server, &script);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("True {}", 4 << 20),
+        "{}",
+        text(&out.stderr)
+    );
     let status = wait_timeout(&mut inner, std::time::Duration::from_secs(20));
     assert!(status.success(), "the inner test failed: {status}");
 }
