@@ -108,8 +108,9 @@ fn world() -> World {
 
 /// Runs a client example in the host namespace, its stdout into a file, and checks the
 /// file is nginx's big.bin.
-fn fetch_big_file(name: &str) {
+fn fetch_big_file(name: &str, loss: u32) {
     let w = world();
+    w.set_loss(loss).unwrap();
     let out_file = w.dir.join(format!("{name}.bin"));
     let binary = example(name);
     let started = std::time::Instant::now();
@@ -128,7 +129,7 @@ fn fetch_big_file(name: &str) {
     assert!(status.success(), "{name} exited with {status}");
     let took = started.elapsed();
     eprintln!(
-        "{name}: 64 MiB in {took:?} ({:.2} Gbit/s, process start included)",
+        "{name}: 64 MiB with {loss}% loss in {took:?} ({:.2} Gbit/s, process start included)",
         (64u64 << 23) as f64 / took.as_secs_f64() / 1e9
     );
     assert_eq!(
@@ -141,12 +142,17 @@ fn fetch_big_file(name: &str) {
 
 #[test]
 fn blocking_get_fetches_64_mib_byte_identical() {
-    fetch_big_file("blocking_get");
+    fetch_big_file("blocking_get", 0);
+}
+
+#[test]
+fn blocking_get_fetches_64_mib_byte_identical_with_2_percent_loss() {
+    fetch_big_file("blocking_get", 2);
 }
 
 #[test]
 fn hyper_get_fetches_64_mib_byte_identical() {
-    fetch_big_file("hyper_get");
+    fetch_big_file("hyper_get", 0);
 }
 
 #[test]
