@@ -307,7 +307,7 @@ fn inner_sockets() {
     assert!(response.ends_with(world::INDEX_HTML), "{response}");
     drop(https);
     // A server: accept, read to the end, answer, half-close.
-    let listener = userspace::TcpListener::bind(&stack, "0.0.0.0:9000").unwrap();
+    let listener = userspace::TcpListener::bind_with_backlog(&stack, "0.0.0.0:9000", 16).unwrap();
     assert_eq!(listener.local_addr().unwrap().port(), 9000);
     let tokio = tokio::runtime::Runtime::new().unwrap();
     let echo = tokio

@@ -17,11 +17,15 @@ pub(crate) struct ListenHandle {
 }
 
 impl ListenHandle {
-    /// Asks the loop to listen on the port of `addr`; the handle then waits for the
-    /// answer.
-    pub(crate) fn bind(stack: &Stack, addr: impl ToSocketAddrs) -> io::Result<ListenHandle> {
+    /// Asks the loop to listen on the port of `addr` with an accept queue of `backlog`;
+    /// the handle then waits for the answer.
+    pub(crate) fn bind(
+        stack: &Stack,
+        addr: impl ToSocketAddrs,
+        backlog: usize,
+    ) -> io::Result<ListenHandle> {
         let port = stack.listen_port(addr)?;
-        let listener = Listener::new(port, DEFAULT_BACKLOG);
+        let listener = Listener::new(port, backlog);
         stack.send(Command::Listen(listener.clone()));
         Ok(ListenHandle {
             stack: stack.clone(),
@@ -86,9 +90,20 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
-    /// Listens on the port of `addr`, whose address must be the stack's or `0.0.0.0`.
+    /// Listens on the port of `addr`, whose address must be the stack's or `0.0.0.0`,
+    /// with an accept queue of [`DEFAULT_BACKLOG`].
     pub fn bind(stack: &Stack, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
-        let handle = ListenHandle::bind(stack, addr)?;
+        Self::bind_with_backlog(stack, addr, DEFAULT_BACKLOG)
+    }
+
+    /// [`TcpListener::bind`] with an accept queue of `backlog` established connections
+    /// (beyond it, and beyond the stack's SYN backlog, SYN cookies).
+    pub fn bind_with_backlog(
+        stack: &Stack,
+        addr: impl ToSocketAddrs,
+        backlog: usize,
+    ) -> io::Result<TcpListener> {
+        let handle = ListenHandle::bind(stack, addr, backlog)?;
         handle
             .listener
             .shared

@@ -32,7 +32,7 @@ mod stream;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
-pub use listener::{Incoming, TcpListener};
+pub use listener::{DEFAULT_BACKLOG, Incoming, TcpListener};
 pub use stream::TcpStream;
 
 use crate::app::setup::{StackArgs, open_runtime};

@@ -23,7 +23,7 @@
 //! # }
 //! ```
 use super::Stack;
-use super::listener::ListenHandle;
+use super::listener::{DEFAULT_BACKLOG, ListenHandle};
 use super::shared::{READER, WRITER};
 use super::stream::Handle;
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -143,9 +143,19 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
-    /// Listens on the port of `addr`, whose address must be the stack's or `0.0.0.0`.
+    /// Listens on the port of `addr`, whose address must be the stack's or `0.0.0.0`,
+    /// with an accept queue of [`DEFAULT_BACKLOG`].
     pub async fn bind(stack: &Stack, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
-        let handle = ListenHandle::bind(stack, addr)?;
+        Self::bind_with_backlog(stack, addr, DEFAULT_BACKLOG).await
+    }
+
+    /// [`TcpListener::bind`] with an accept queue of `backlog` established connections.
+    pub async fn bind_with_backlog(
+        stack: &Stack,
+        addr: impl ToSocketAddrs,
+        backlog: usize,
+    ) -> io::Result<TcpListener> {
+        let handle = ListenHandle::bind(stack, addr, backlog)?;
         poll_fn(|cx| {
             handle
                 .listener
