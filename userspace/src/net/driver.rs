@@ -4,7 +4,7 @@ use super::shared::{Command, Conn, Failure, Listener, Phase};
 use crate::app::runtime::Runtime;
 use crate::device::netinfo::{kernel_neighbour, provoke_kernel_arp};
 use crate::stack::{AddressMode, ConnId};
-use crate::tcp::{Instant, TcpError};
+use crate::tcp::{Instant, State, TcpError};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -32,6 +32,9 @@ pub(crate) struct LoopOptions {
     pub nodelay: bool,
     /// Spin between turns even when idle (lowest latency, one core busy).
     pub busy_poll: bool,
+    /// At shutdown, how long connections whose handles were dropped may take to send
+    /// what they still have.
+    pub linger: Duration,
 }
 
 /// A next hop whose MAC the stack does not know yet.
@@ -52,6 +55,9 @@ pub(crate) struct Driver {
     scratch: Vec<u8>,
     resolving: Vec<Resolving>,
     connecting: Vec<(ConnId, Instant)>,
+    /// Connections whose handles are gone and whose FIN is queued: the stack finishes
+    /// them on its own, and a shutdown waits for them (up to the linger time).
+    lingering: Vec<ConnId>,
     next_check: Instant,
     /// When the loop last had work.
     last_busy: Instant,
@@ -76,6 +82,7 @@ impl Driver {
             scratch: vec![0; 64 * 1024],
             resolving: Vec::new(),
             connecting: Vec::new(),
+            lingering: Vec::new(),
             next_check: Instant::ZERO,
             last_busy: Instant::ZERO,
             options,
@@ -90,15 +97,7 @@ impl Driver {
         while !self.shutdown.load(Ordering::Relaxed) {
             let mut busy = self.commands();
             busy |= self.rt.turn() > 0;
-            self.rt.stack.drain_ready(&mut self.ready);
-            busy |= !self.ready.is_empty();
-            let mut ready = std::mem::take(&mut self.ready);
-            for id in ready.drain(..) {
-                if let Some(conn) = self.conns.get(&id).cloned() {
-                    self.sync(&conn);
-                }
-            }
-            self.ready = ready;
+            busy |= self.sync_ready();
             busy |= self.accept();
             let now = self.rt.turn_time();
             if now >= self.next_check {
@@ -116,6 +115,20 @@ impl Driver {
             }
         }
         self.finish();
+    }
+
+    /// Syncs the connections the stack has news for; true if there were any.
+    fn sync_ready(&mut self) -> bool {
+        self.rt.stack.drain_ready(&mut self.ready);
+        let any = !self.ready.is_empty();
+        let mut ready = std::mem::take(&mut self.ready);
+        for id in ready.drain(..) {
+            if let Some(conn) = self.conns.get(&id).cloned() {
+                self.sync(&conn);
+            }
+        }
+        self.ready = ready;
+        any
     }
 
     /// Carries out the handles' commands; true if there were any.
@@ -290,8 +303,9 @@ impl Driver {
         false
     }
 
-    /// Connect deadlines and next hops being resolved.
+    /// Connect deadlines, next hops being resolved, lingering connections.
     fn check(&mut self, now: Instant) {
+        self.prune_lingering();
         let stack = &mut self.rt.stack;
         let conns = &self.conns;
         self.connecting.retain(|&(id, deadline)| {
@@ -399,15 +413,55 @@ impl Driver {
         // stack finishes the close on its own and frees the slot.
         if st.dropped && (st.fin_queued || st.phase == Phase::Closed) {
             stack.release(id);
+            if st.phase != Phase::Closed {
+                self.lingering.push(id);
+            }
             st.id = None;
             drop(st);
             self.conns.remove(&id);
         }
     }
 
-    /// The loop stops: connections with nothing left to send are closed with FIN, the
-    /// others reset, and every handle still open is woken with an error.
+    /// Forgets the lingering connections that are done (closed or in TIME-WAIT).
+    fn prune_lingering(&mut self) {
+        let stack = &self.rt.stack;
+        self.lingering
+            .retain(|&id| !matches!(stack.state(id), State::Closed | State::TimeWait));
+    }
+
+    /// True while a connection whose handle is gone still has bytes or a FIN to send.
+    fn lingers(&mut self) -> bool {
+        self.prune_lingering();
+        !self.lingering.is_empty() || self.conns.values().any(|c| c.shared.lock().dropped)
+    }
+
+    /// The loop stops. Listeners go first. Connections whose handles were dropped get
+    /// up to the linger time to send what they still have (as the kernel keeps sending
+    /// for a closed socket). Then the connections still open are closed with FIN if
+    /// they have nothing left to send, reset otherwise, and their handles woken with an
+    /// error.
     fn finish(mut self) {
+        for (port, listener) in self.listeners.drain() {
+            self.rt.stack.unlisten(port);
+            let mut st = listener.shared.lock();
+            st.stopped = true;
+            listener.shared.notify(&mut st);
+        }
+        let deadline = self.rt.now() + self.options.linger;
+        while self.lingers() && self.rt.now() < deadline {
+            while let Ok(command) = self.commands.try_recv() {
+                match command {
+                    Command::Wake(conn) => {
+                        conn.queued.store(false, Ordering::Release);
+                        self.sync(&conn);
+                    }
+                    other => stopped(other),
+                }
+            }
+            self.rt.turn();
+            self.sync_ready();
+            self.rt.idle();
+        }
         for (id, conn) in self.conns.drain() {
             let mut st = conn.shared.lock();
             if st.failure.is_none() && st.tx.is_empty() {
@@ -420,12 +474,6 @@ impl Driver {
             st.phase = Phase::Closed;
             st.id = None;
             conn.shared.notify(&mut st);
-        }
-        for (port, listener) in self.listeners.drain() {
-            self.rt.stack.unlisten(port);
-            let mut st = listener.shared.lock();
-            st.stopped = true;
-            listener.shared.notify(&mut st);
         }
         let end = self.rt.now() + SHUTDOWN_DRAIN;
         while self.rt.now() < end {

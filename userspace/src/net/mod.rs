@@ -73,7 +73,11 @@ pub struct StackBuilder {
     args: StackArgs,
     connect_timeout: Duration,
     busy_poll: bool,
+    linger: Duration,
 }
+
+/// How long a stopping stack lets connections whose handles were dropped finish sending.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 
 impl Default for StackBuilder {
     fn default() -> Self {
@@ -81,6 +85,7 @@ impl Default for StackBuilder {
             args: StackArgs::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             busy_poll: true,
+            linger: DEFAULT_LINGER,
         }
     }
 }
@@ -176,6 +181,14 @@ impl StackBuilder {
         self
     }
 
+    /// When the stack stops, how long connections whose handles were already dropped
+    /// may take to deliver what was written to them (FIN acknowledged). Default:
+    /// [`DEFAULT_LINGER`].
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
     /// Attaches the XDP program, opens the AF_XDP socket and starts the poll loop on a
     /// thread of its own. Needs root (CAP_NET_ADMIN and CAP_BPF). The key for ISNs and
     /// SYN cookies is fresh and random (kept per boot, as Linux keeps its own).
@@ -241,6 +254,7 @@ impl StackBuilder {
             cap: self.args.buffer.clamp(1, MAX_HANDLE_BUFFER),
             nodelay: self.args.nodelay,
             busy_poll: self.busy_poll,
+            linger: self.linger,
         };
         let thread = std::thread::Builder::new()
             .name("userspace-poll".into())
@@ -378,9 +392,12 @@ impl Stack {
         TcpListener::bind(self, addr)
     }
 
-    /// Stops the poll loop now: open connections are reset, their handles then fail
-    /// with [`io::ErrorKind::NotConnected`], and the XDP program is detached. Returns
-    /// when the loop's thread has ended.
+    /// Stops the poll loop: listeners stop, connections whose handles were dropped get
+    /// up to the linger time ([`StackBuilder::linger`]) to deliver what was written to
+    /// them, the connections still open are closed (reset if they had data left), their
+    /// handles then fail with [`io::ErrorKind::NotConnected`], and the XDP program is
+    /// detached. Returns when the loop's thread has ended. Dropping the last handle
+    /// does the same.
     pub fn shutdown(&self) {
         self.inner.stop();
     }
