@@ -32,13 +32,13 @@ mod stream;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
+pub use crate::device::xdp::XdpModeChoice;
+pub use crate::stack::AddressMode;
+pub use crate::tcp::CongestionKind;
 pub use listener::{DEFAULT_BACKLOG, Incoming, TcpListener};
 pub use stream::TcpStream;
 
 use crate::app::setup::{StackArgs, open_runtime};
-use crate::device::xdp::XdpModeChoice;
-use crate::stack::AddressMode;
-use crate::tcp::CongestionKind;
 use shared::{Command, Conn};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
