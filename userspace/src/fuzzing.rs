@@ -28,17 +28,20 @@ impl Default for ReceivePath {
     }
 }
 
+/// A fixed key: the same input always takes the same path.
+const FUZZ_KEY: [u8; 16] = [0x5a; 16];
+
 impl ReceivePath {
     pub fn new() -> Self {
         let (client_dev, server_dev) = MemoryDevice::pair(MAC_C, MAC_S);
-        let mut scfg = StackConfig::new(MAC_S, SERVER_IP, 24);
+        let mut scfg = StackConfig::with_key(MAC_S, SERVER_IP, 24, FUZZ_KEY);
         scfg.max_connections = 256;
         scfg.syn_backlog = 64;
         scfg.tcp.send_buffer = 64 * 1024;
         scfg.tcp.recv_buffer = 64 * 1024;
         let mut server = Stack::new(scfg);
         server.listen(80, 64).expect("listen");
-        let mut client = Stack::new(StackConfig::new(MAC_C, CLIENT_IP, 24));
+        let mut client = Stack::new(StackConfig::with_key(MAC_C, CLIENT_IP, 24, FUZZ_KEY));
         let mut now = Instant::from_millis(1);
         let id = client
             .connect(now, SocketAddrV4::new(SERVER_IP, 80))

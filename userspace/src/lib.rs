@@ -1,17 +1,68 @@
-//! A kernel-bypass TCP/IP stack on AF_XDP.
+//! A kernel-bypass TCP/IP stack on AF_XDP, usable as a library.
 //!
-//! Layers, bottom up:
+//! An eBPF XDP program steers the stack's packets into an AF_XDP socket, so they never
+//! reach the kernel; a poll loop on its own thread runs ARP, IPv4 and TCP over them. The
+//! sockets look like [`std::net`]'s: [`TcpStream`] and [`TcpListener`], blocking, and
+//! with the `tokio` feature `net::tokio::TcpStream` and `net::tokio::TcpListener`,
+//! on which hyper runs unchanged.
+//!
+//! # Use it
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//!
+//! fn main() -> std::io::Result<()> {
+//!     // Needs root. Attaches XDP to eth0 and starts the poll loop on CPU 1.
+//!     let stack = userspace::Stack::builder().interface("eth0").cpu(1).build()?;
+//!
+//!     let mut stream = userspace::TcpStream::connect(&stack, "93.184.215.14:80")?;
+//!     stream.write_all(b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")?;
+//!     let mut response = String::new();
+//!     stream.read_to_string(&mut response)?;
+//!     println!("{response}");
+//!
+//!     let listener = userspace::TcpListener::bind(&stack, "0.0.0.0:8080")?;
+//!     let (mut client, peer) = listener.accept()?;
+//!     writeln!(client, "hello {peer}")?;
+//!     Ok(())
+//! } // the stack stops and the XDP program is detached when the last handle goes
+//! ```
+//!
+//! The builder's defaults are the `userspace` command's: the interface of the default
+//! route, shared-IP mode (the interface's own address; only the stack's ports are
+//! steered to it, the kernel keeps everything else), CUBIC, Nagle on, 1 MiB buffers.
+//! `.ip(addr)` switches to owned-IP mode, where the stack owns a second address.
+//!
+//! # Features
+//!
+//! - `cli` (default): the `userspace` command (curl, serve, bench). A library user
+//!   turns it off with `default-features = false`; the stack then needs none of clap,
+//!   rustls, indicatif or signal-hook.
+//! - `tokio`: the async sockets in `net::tokio`.
+//!
+//! # Layers, bottom up
+//!
 //! - [`wire`]: parse and emit Ethernet, ARP, IPv4, ICMP, TCP. No state.
 //! - [`tcp`]: the sans-IO TCP connection (time passed in, segments in and out).
-//! - [`stack`]: demultiplexing, ARP, listeners, timers and batched output over a [`device::Device`].
+//! - [`stack`]: demultiplexing, ARP, listeners, timers and batched output over a
+//!   [`device::Device`], sans-IO too, with per-connection [`stack::Events`].
 //! - [`device`]: the AF_XDP device (aya + xsk-rs), and an in-memory link for tests.
-//! - [`sim`]: a deterministic link simulator with loss, reordering, duplication, delay and corruption.
-//! - [`app`]: curl, serve and bench on the stack's public API.
+//! - [`net`]: the running stack and its sockets.
+#![warn(missing_docs)]
 
+#[doc(hidden)]
+#[allow(missing_docs)]
 pub mod app;
 pub mod device;
+#[doc(hidden)]
+#[allow(missing_docs)]
 pub mod fuzzing;
+pub mod net;
+#[doc(hidden)]
+#[allow(missing_docs)]
 pub mod sim;
 pub mod stack;
 pub mod tcp;
 pub mod wire;
+
+pub use net::{Stack, StackBuilder, TcpListener, TcpStream};

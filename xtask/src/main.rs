@@ -165,20 +165,33 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The library alone, and with its async sockets.
+    for features in [&["--no-default-features"][..], &["--features", "tokio"]] {
+        run(cargo()
+            .args(["clippy", "-p", "userspace", "--all-targets"])
+            .args(features)
+            .args(["--", "-D", "warnings"]))?;
+    }
+    run(cargo()
+        .args(["doc", "--no-deps", "-p", "userspace", "--features", "tokio"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     run(cargo().args(["test", "--workspace"]))?;
+    run(cargo().args(["test", "-p", "userspace", "--features", "tokio", "--doc"]))?;
     if !unit_only {
-        run(cargo().args([
-            "test",
-            "--release",
-            "-p",
-            "userspace",
-            "--features",
-            "netns-tests",
-            "--test",
-            "netns",
-            "--",
-            "--test-threads=1",
-        ]))?;
+        for suite in ["netns", "library"] {
+            run(cargo().args([
+                "test",
+                "--release",
+                "-p",
+                "userspace",
+                "--features",
+                "netns-tests",
+                "--test",
+                suite,
+                "--",
+                "--test-threads=1",
+            ]))?;
+        }
         fuzz(30)?;
     }
     Ok(())

@@ -123,9 +123,6 @@ const IDLE_BEFORE_YIELD: std::time::Duration = std::time::Duration::from_micros(
 impl Runtime {
     pub fn new(stack: Stack, device: NetDevice) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            let _ = signal_hook::flag::register(signal, stop.clone());
-        }
         Runtime {
             stack,
             device,
@@ -145,6 +142,15 @@ impl Runtime {
     /// clock) and TCP timestamps to the same peer keep growing from one run to the next.
     pub fn now(&self) -> Instant {
         Instant::from_micros(self.boot_offset_us + self.origin.elapsed().as_micros() as u64)
+    }
+
+    /// SIGINT and SIGTERM set [`Runtime::stop`] (the CLI's apps stop gracefully on them).
+    /// A library leaves its host program's signals alone, so this is never done for it.
+    #[cfg(feature = "cli")]
+    pub fn stop_on_signals(&self) {
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            let _ = signal_hook::flag::register(signal, self.stop.clone());
+        }
     }
 
     pub fn stopped(&self) -> bool {

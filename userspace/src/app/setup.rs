@@ -11,48 +11,79 @@ use std::path::PathBuf;
 use std::time::Duration;
 use xdp_ebpf::{MAX_LISTEN_PORTS, MODE_OWNED_IP, MODE_SHARED_IP, SteerConfig};
 
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct StackArgs {
     /// Interface to bypass (default: the interface of the default route)
-    #[arg(long, value_name = "IF")]
+    #[cfg_attr(feature = "cli", arg(long, value_name = "IF"))]
     pub iface: Option<String>,
     /// Owned-IP mode: the stack owns this extra address (answers ARP and ping for it)
-    #[arg(long, value_name = "ADDR")]
+    #[cfg_attr(feature = "cli", arg(long, value_name = "ADDR"))]
     pub ip: Option<Ipv4Addr>,
     /// Next-hop router (default: from the kernel's routing table)
-    #[arg(long, value_name = "ADDR")]
+    #[cfg_attr(feature = "cli", arg(long, value_name = "ADDR"))]
     pub gateway: Option<Ipv4Addr>,
     /// Pin the poll loop to this CPU
-    #[arg(long, value_name = "N")]
+    #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub cpu: Option<usize>,
     /// Bind only this RX queue (default: every queue of the interface; refused when the
     /// interface has several, as RSS would hash flows to the others)
-    #[arg(long, value_name = "N")]
+    #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub queue: Option<u32>,
     /// Force the XDP attach mode (default: native, falling back to skb)
-    #[arg(long, value_enum)]
+    #[cfg_attr(feature = "cli", arg(long, value_enum))]
     pub xdp_mode: Option<XdpModeChoice>,
     /// Record every frame sent and received to this pcap file
-    #[arg(long, value_name = "FILE")]
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
     pub pcap: Option<PathBuf>,
     /// Print the stack's counters at exit
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub stats: bool,
     /// Congestion control
-    #[arg(long, value_enum, default_value_t)]
+    #[cfg_attr(feature = "cli", arg(long, value_enum, default_value_t))]
     pub congestion: CongestionKind,
     /// Disable Nagle's algorithm
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub nodelay: bool,
     /// Most connections held at once
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_name = "N", default_value_t = 100_000)
+    )]
     pub max_connections: usize,
     /// Half-open connections per listener before SYN cookies
-    #[arg(long, value_name = "N", default_value_t = 1024)]
+    #[cfg_attr(feature = "cli", arg(long, value_name = "N", default_value_t = 1024))]
     pub syn_backlog: usize,
     /// Per-connection send and receive buffer, bytes
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    #[cfg_attr(feature = "cli", arg(long, value_name = "BYTES", default_value_t = 1 << 20))]
     pub buffer: usize,
+    /// Stop on SIGINT/SIGTERM: set when the CLI parses its flags; a library leaves its
+    /// host program's signals alone.
+    #[cfg_attr(feature = "cli", arg(skip = true))]
+    pub stop_on_signals: bool,
+}
+
+impl Default for StackArgs {
+    /// The CLI's defaults (clap applies its own only when it parses), signals left alone.
+    fn default() -> Self {
+        let tcp = crate::tcp::Config::default();
+        StackArgs {
+            iface: None,
+            ip: None,
+            gateway: None,
+            cpu: None,
+            queue: None,
+            xdp_mode: None,
+            pcap: None,
+            stats: false,
+            congestion: tcp.congestion,
+            nodelay: tcp.nodelay,
+            max_connections: 100_000,
+            syn_backlog: 1024,
+            buffer: tcp.send_buffer,
+            stop_on_signals: false,
+        }
+    }
 }
 
 /// The kernel's ephemeral port range; the stack takes ports above it in shared-IP mode.
@@ -64,16 +95,6 @@ fn kernel_port_range() -> (u16, u16) {
             Some((it.next()??, it.next()??))
         })
         .unwrap_or((32768, 60999))
-}
-
-/// Fresh random bytes from the kernel.
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut out);
-    }
-    out
 }
 
 /// Where the per-boot secret lives: /run is emptied at every boot.
@@ -89,7 +110,7 @@ fn boot_key() -> [u8; 16] {
     {
         return key;
     }
-    let key = random_bytes::<16>();
+    let key = crate::stack::random_bytes::<16>();
     let stored = (|| -> std::io::Result<()> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         std::fs::DirBuilder::new()
@@ -127,6 +148,8 @@ pub struct Plan {
     pub steer: SteerConfig,
     pub stack: StackConfig,
     listen_ports: Vec<u16>,
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
+    stop_on_signals: bool,
 }
 
 impl Plan {
@@ -142,6 +165,10 @@ impl Plan {
             stack.announce();
         }
         let mut rt = Runtime::new(stack, device);
+        #[cfg(feature = "cli")]
+        if self.stop_on_signals {
+            rt.stop_on_signals();
+        }
         rt.iface = self.iface.clone();
         rt.iface_ip = self.iface_ip;
         Ok(rt)
@@ -234,7 +261,7 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
     cfg.max_connections = args.max_connections;
     cfg.syn_backlog = args.syn_backlog;
     cfg.isn_key = boot_key();
-    cfg.start_counter = u32::from_le_bytes(random_bytes::<4>());
+    cfg.start_counter = u32::from_le_bytes(crate::stack::random_bytes::<4>());
     cfg.tcp.mss = (info.mtu.min(1500) - 40) as u16;
     cfg.tcp.congestion = args.congestion;
     cfg.tcp.nodelay = args.nodelay;
@@ -251,6 +278,7 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
         steer,
         stack: cfg,
         listen_ports: listen_ports.to_vec(),
+        stop_on_signals: args.stop_on_signals,
     })
 }
 

@@ -18,6 +18,7 @@ pub struct FrameRing {
 }
 
 impl FrameRing {
+    /// An empty queue that holds at most `frames` frames.
     pub fn new(frames: usize) -> Self {
         FrameRing {
             data: vec![0; frames * FRAME],
@@ -26,9 +27,11 @@ impl FrameRing {
             len: 0,
         }
     }
+    /// Frames queued.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// True when no frame is queued.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -48,6 +51,7 @@ impl FrameRing {
         }
         true
     }
+    /// Queues a copy of `frame`; false (dropped) when the queue is full.
     pub fn push(&mut self, frame: &[u8]) -> bool {
         self.push_with(&mut |buf| {
             buf[..frame.len()].copy_from_slice(frame);
@@ -67,10 +71,12 @@ impl FrameRing {
     }
 }
 
+/// One end of an in-memory Ethernet link: what one end transmits, the other receives.
 pub struct MemoryDevice {
     mac: MacAddr,
     rx: Rc<RefCell<FrameRing>>,
     tx: Rc<RefCell<FrameRing>>,
+    /// Most frames handed out by one `receive` call.
     pub batch: usize,
 }
 
@@ -80,6 +86,7 @@ impl MemoryDevice {
         Self::pair_with_capacity(mac_a, mac_b, 4096)
     }
 
+    /// Two connected ends whose queues hold at most `frames` frames each way.
     pub fn pair_with_capacity(
         mac_a: MacAddr,
         mac_b: MacAddr,
@@ -115,6 +122,7 @@ impl MemoryDevice {
         out
     }
 
+    /// Frames waiting to be received by this end.
     pub fn pending_rx(&self) -> usize {
         self.rx.borrow().len()
     }

@@ -17,7 +17,9 @@ pub trait Device {
     fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> bool;
     /// Hands queued frames to the hardware and recycles completed ones.
     fn flush(&mut self);
+    /// The device's Ethernet address.
     fn mac(&self) -> MacAddr;
+    /// The device's MTU (IP packet size), 1500 unless the device says otherwise.
     fn mtu(&self) -> usize {
         1500
     }

@@ -5,17 +5,24 @@ use anyhow::{Context, anyhow, bail};
 use std::net::Ipv4Addr;
 use std::process::Command;
 
+/// An interface as the host sees it.
 #[derive(Debug, Clone)]
 pub struct InterfaceInfo {
+    /// Its name, e.g. `eth0`.
     pub name: String,
+    /// Its interface index.
     pub ifindex: u32,
+    /// Its Ethernet address.
     pub mac: MacAddr,
+    /// Its MTU in bytes.
     pub mtu: usize,
+    /// Administratively up and not operationally down.
     pub up: bool,
     /// First IPv4 address and its prefix length, if any.
     pub ipv4: Option<(Ipv4Addr, u8)>,
 }
 
+/// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> Option<MacAddr> {
     let parts: Vec<u8> = s
         .trim()
@@ -26,6 +33,7 @@ pub fn parse_mac(s: &str) -> Option<MacAddr> {
     parts.try_into().ok()
 }
 
+/// Reads what the host knows about interface `name` (an error if there is none).
 pub fn interface(name: &str) -> anyhow::Result<InterfaceInfo> {
     let sys = format!("/sys/class/net/{name}");
     if name.is_empty() || name.contains('/') || !std::path::Path::new(&sys).exists() {

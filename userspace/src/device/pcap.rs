@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// A device that records every frame it receives and transmits to a pcap file.
 pub struct PcapDevice<D: Device> {
     inner: D,
     writer: PcapWriter<BufWriter<File>>,
@@ -15,6 +16,7 @@ pub struct PcapDevice<D: Device> {
 }
 
 impl<D: Device> PcapDevice<D> {
+    /// Records the traffic of `inner` to a new pcap file at `path`.
     pub fn create(inner: D, path: &std::path::Path) -> anyhow::Result<Self> {
         let file = File::create(path)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
@@ -31,6 +33,7 @@ impl<D: Device> PcapDevice<D> {
         })
     }
 
+    /// The device being recorded.
     pub fn inner(&self) -> &D {
         &self.inner
     }

@@ -23,6 +23,7 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf.o"));
 
+/// Most frames received or queued for transmit in one batch.
 pub const BATCH: usize = 64;
 const FRAME_SIZE: u32 = 2048;
 /// Ring size of a socket when it is the only one; with more queues each gets less, so
@@ -38,9 +39,13 @@ fn ring_size_for(queues: u32) -> u32 {
         .clamp(MIN_RING_SIZE, RING_SIZE)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// XDP attach mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum XdpModeChoice {
+    /// In the driver (fastest; veth supports it).
     Native,
+    /// Generic XDP on the socket buffer (works everywhere, slower).
     Skb,
 }
 
@@ -66,16 +71,22 @@ unsafe impl aya::Pod for PodSteerConfig {}
 /// Frames of the UMEM, by where they are; their sum never changes (no leak).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FrameAccount {
+    /// Frames in the UMEM.
     pub total: usize,
+    /// Free for transmit.
     pub free_for_tx: usize,
+    /// In the fill ring, waiting for received frames.
     pub in_fill_ring: usize,
     /// Received frames waiting for room in the fill ring (returned on the next turn).
     pub awaiting_fill: usize,
+    /// In the TX ring, not yet completed.
     pub in_tx_ring: usize,
+    /// Filled for transmit, not yet in the TX ring.
     pub queued_tx: usize,
 }
 
 impl FrameAccount {
+    /// Frames unaccounted for (0 unless one leaked).
     pub fn missing(&self) -> isize {
         self.total as isize
             - (self.free_for_tx
@@ -86,6 +97,7 @@ impl FrameAccount {
     }
 }
 
+/// An AF_XDP socket on one queue, with its own UMEM and rings.
 pub struct XdpDevice {
     mac: MacAddr,
     mtu: usize,
@@ -102,6 +114,7 @@ pub struct XdpDevice {
     in_fill_ring: usize,
     in_tx_ring: usize,
     total_frames: usize,
+    /// The NIC queue it is bound to.
     pub queue: u32,
 }
 
@@ -120,8 +133,11 @@ impl From<anyhow::Error> for BindError {
 /// Steering counters from the XDP program, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SteerCounters {
+    /// Frames steered to an AF_XDP socket.
     pub steered: u64,
+    /// Frames passed to the kernel.
     pub passed: u64,
+    /// Frames for the stack that arrived on a queue without a socket.
     pub no_socket: u64,
 }
 
@@ -129,6 +145,7 @@ pub struct SteerCounters {
 pub struct XdpProgram {
     ebpf: aya::Ebpf,
     counters: PerCpuArray<MapData, u64>,
+    /// `native` or `skb`.
     pub attached_mode: &'static str,
     interface: String,
     /// RX queues of the interface, read after the program is attached (some drivers,
@@ -138,6 +155,7 @@ pub struct XdpProgram {
     link: Option<XdpLinkId>,
 }
 
+/// The program shared by the sockets of every queue.
 pub type SharedProgram = std::sync::Arc<std::sync::Mutex<XdpProgram>>;
 
 impl XdpProgram {
@@ -228,6 +246,26 @@ impl XdpProgram {
         Ok(())
     }
 
+    /// Replaces the listening ports steered to the stack in shared-IP mode, so that a
+    /// listener opened after start-up gets its SYNs. The rest of the config stays.
+    pub fn set_listen_ports(&mut self, ports: &[u16]) -> anyhow::Result<()> {
+        if ports.len() > xdp_ebpf::MAX_LISTEN_PORTS {
+            bail!("at most {} listening ports", xdp_ebpf::MAX_LISTEN_PORTS);
+        }
+        let mut config: Array<&mut MapData, PodSteerConfig> = Array::try_from(
+            self.ebpf
+                .map_mut(xdp_ebpf::CONFIG_MAP)
+                .ok_or_else(|| anyhow!("CONFIG map missing"))?,
+        )?;
+        let PodSteerConfig(mut steer) = config.get(&0, 0).context("reading the steering config")?;
+        steer.listen_ports = [0; xdp_ebpf::MAX_LISTEN_PORTS];
+        steer.listen_ports[..ports.len()].copy_from_slice(ports);
+        config
+            .set(0, PodSteerConfig(steer), 0)
+            .context("writing the steering config")?;
+        Ok(())
+    }
+
     /// Detaches the program now (dropping it would too, later).
     fn detach(&mut self) {
         if let Some(link) = self.link.take()
@@ -245,6 +283,7 @@ impl XdpProgram {
             .unwrap_or(0)
     }
 
+    /// The program's steering counters, summed over CPUs.
     pub fn steer_counters(&self) -> SteerCounters {
         SteerCounters {
             steered: self.counter(COUNTER_STEERED),
@@ -360,6 +399,7 @@ impl XdpDevice {
         })
     }
 
+    /// Where the UMEM's frames are.
     pub fn frame_account(&self) -> FrameAccount {
         FrameAccount {
             total: self.total_frames,
@@ -371,6 +411,7 @@ impl XdpDevice {
         }
     }
 
+    /// The kernel's statistics of the socket (drops, full rings).
     pub fn socket_stats(&self) -> Option<xsk_rs::socket::XdpStatistics> {
         self.rx.fd().xdp_statistics().ok()
     }
@@ -568,10 +609,12 @@ impl XdpQueues {
         lock(&self.program)
     }
 
+    /// `native` or `skb`.
     pub fn attached_mode(&self) -> &'static str {
         self.program().attached_mode
     }
 
+    /// The program's steering counters, summed over CPUs.
     pub fn steer_counters(&self) -> SteerCounters {
         self.program().steer_counters()
     }
@@ -584,6 +627,11 @@ impl XdpQueues {
     /// RX queues of the interface (with a socket or not).
     pub fn interface_queues(&self) -> u32 {
         self.program().rx_queues
+    }
+
+    /// See [`XdpProgram::set_listen_ports`].
+    pub fn set_listen_ports(&self, ports: &[u16]) -> anyhow::Result<()> {
+        self.program().set_listen_ports(ports)
     }
 
     /// Packets for the stack dropped on queues without a socket: (queue, count).

@@ -31,6 +31,7 @@ struct Entry {
     pinned: bool,
 }
 
+/// Neighbours' Ethernet addresses, and the requests still unanswered.
 #[derive(Debug)]
 pub struct ArpCache {
     entries: HashMap<Ipv4Addr, Entry>,
@@ -55,6 +56,7 @@ impl ArpCache {
         ArpCache::with_capacity(ARP_CAPACITY, expiring)
     }
 
+    /// A cache of at most `capacity` entries; learned ones expire if `expiring`.
     pub fn with_capacity(capacity: usize, expiring: bool) -> Self {
         ArpCache {
             entries: HashMap::new(),
@@ -65,14 +67,17 @@ impl ArpCache {
         }
     }
 
+    /// Entries held.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// True when no entry is held.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// The Ethernet address of `ip`, if known (and marks the entry used).
     pub fn lookup(&self, ip: Ipv4Addr) -> Option<MacAddr> {
         let e = self.entries.get(&ip)?;
         e.used.set(self.now);

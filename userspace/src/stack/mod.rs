@@ -3,10 +3,12 @@
 //!
 //! It is sans-IO like the TCP below it: [`Stack::poll`] is given `now` and a [`Device`].
 mod arp;
+mod events;
 mod stats;
 mod timers;
 
 pub use arp::ArpCache;
+pub use events::{Events, RecvError, SendError};
 pub use stats::StackStats;
 
 use crate::device::Device;
@@ -29,19 +31,28 @@ pub enum AddressMode {
     Owned,
 }
 
+/// How a [`Stack`] is set up: addresses, mode, ports, limits and the TCP settings.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
+    /// Our Ethernet address.
     pub mac: MacAddr,
+    /// Our IPv4 address.
     pub ip: Ipv4Addr,
+    /// Prefix length of our subnet (destinations in it are on-link).
     pub prefix_len: u8,
+    /// The router for destinations off our subnet.
     pub gateway: Option<Ipv4Addr>,
+    /// Shared-IP or owned-IP mode.
     pub mode: AddressMode,
     /// Local ports for active opens (inclusive), outside the kernel's ephemeral range.
     pub port_range: (u16, u16),
+    /// Settings for every connection.
     pub tcp: tcp::Config,
+    /// Most connections held at once (active, half-open and closing).
     pub max_connections: usize,
     /// Bound on half-open connections per listener; beyond it, SYN cookies.
     pub syn_backlog: usize,
+    /// Secret for ISNs, ephemeral ports, timestamp offsets and SYN cookies (RFC 6528).
     pub isn_key: [u8; 16],
     /// Where this process starts in the ephemeral port sequence (random per process).
     pub start_counter: u32,
@@ -50,7 +61,15 @@ pub struct StackConfig {
 }
 
 impl StackConfig {
+    /// A configuration with the CLI's defaults and a fresh random key for ISNs, ports,
+    /// timestamp offsets and SYN cookies (RFC 6528). Owned-IP mode, no gateway.
     pub fn new(mac: MacAddr, ip: Ipv4Addr, prefix_len: u8) -> Self {
+        Self::with_key(mac, ip, prefix_len, random_bytes())
+    }
+
+    /// [`StackConfig::new`] with a chosen key and port starting point 0: deterministic,
+    /// for tests and fuzzing. Never use a fixed key on a real link.
+    pub fn with_key(mac: MacAddr, ip: Ipv4Addr, prefix_len: u8, isn_key: [u8; 16]) -> Self {
         StackConfig {
             mac,
             ip,
@@ -61,11 +80,30 @@ impl StackConfig {
             tcp: tcp::Config::default(),
             max_connections: 100_000,
             syn_backlog: 1024,
-            isn_key: [0x5a; 16],
+            isn_key,
             start_counter: 0,
             checksum_policy: wire::ChecksumPolicy::Strict,
         }
     }
+}
+
+/// Fresh random bytes from the kernel (for keys and starting points, not the hot path).
+/// Should /dev/urandom be unreadable, std's per-process random hash keys stand in.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use std::hash::{BuildHasher, Hasher};
+    use std::io::Read;
+    let mut out = [0u8; N];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut out))
+        .is_err()
+    {
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            let mut h = std::hash::RandomState::new().build_hasher();
+            h.write_usize(i);
+            chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+        }
+    }
+    out
 }
 
 /// A handle to a connection. Stale handles (slot reused) are detected by the generation.
@@ -137,6 +175,8 @@ const ARP_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Segment sizes encodable in a SYN cookie (RFC 4987 section 3.6).
 const COOKIE_MSS: [u16; 4] = [536, 1220, 1440, 1460];
 
+/// The sans-IO stack: connections, listeners, ARP and timers over a [`Device`], driven
+/// by [`Stack::poll`]. It never reads a clock: time is passed in.
 pub struct Stack {
     cfg: StackConfig,
     isn: IsnGenerator,
@@ -173,10 +213,12 @@ pub struct Stack {
     unmatched: bool,
     /// The frame being processed was handed over by another stack.
     handed_over: bool,
+    /// Stack-wide counters.
     pub stats: StackStats,
 }
 
 impl Stack {
+    /// A stack with no connection and no listener.
     pub fn new(cfg: StackConfig) -> Self {
         // RFC 6056 algorithm 3 keeps a global counter; a process starts at a random
         // point of it, so runs do not all begin with the same port.
@@ -213,15 +255,19 @@ impl Stack {
         }
     }
 
+    /// The configuration it was made with.
     pub fn config(&self) -> &StackConfig {
         &self.cfg
     }
+    /// Our IPv4 address.
     pub fn ip(&self) -> Ipv4Addr {
         self.cfg.ip
     }
+    /// The ARP cache (callers may seed it, e.g. from the kernel's neighbour table).
     pub fn arp_cache(&mut self) -> &mut ArpCache {
         &mut self.arp
     }
+    /// Connections held now, closing ones included.
     pub fn connection_count(&self) -> usize {
         self.live
     }
@@ -303,10 +349,12 @@ impl Stack {
         }
     }
 
+    /// The ports listened on.
     pub fn listening_ports(&self) -> Vec<u16> {
         self.listeners.keys().copied().collect()
     }
 
+    /// The next established connection on `port`'s accept queue.
     pub fn accept(&mut self, port: u16) -> Option<ConnId> {
         self.listeners.get_mut(&port)?.accept_queue.pop_front()
     }
@@ -332,14 +380,18 @@ impl Stack {
         Some(entry)
     }
 
+    /// The TCP connection behind `id` (`None` once freed).
     pub fn connection(&self, id: ConnId) -> Option<&Connection> {
         self.entry(id).map(|e| &e.conn)
     }
 
+    /// The TCP state of `id` (`Closed` once freed).
     pub fn state(&self, id: ConnId) -> State {
         self.connection(id).map_or(State::Closed, |c| c.state())
     }
 
+    /// Queues data on `id`; returns how much fit (0 when the buffer is full). See
+    /// [`Stack::try_send`] for typed errors.
     pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, TcpError> {
         match self.entry_mut(id) {
             Some(e) => e.conn.send(data),
@@ -347,6 +399,8 @@ impl Stack {
         }
     }
 
+    /// Reads in-order data of `id`; 0 both when nothing is there and at end of stream.
+    /// [`Stack::try_recv`] tells the two apart.
     pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
         match self.entry_mut(id) {
             Some(e) => {
@@ -362,12 +416,14 @@ impl Stack {
         }
     }
 
+    /// Closes our side of `id`: FIN after the data queued (RFC 9293 3.10.4).
     pub fn close(&mut self, id: ConnId) {
         if let Some(e) = self.entry_mut(id) {
             e.conn.close();
         }
     }
 
+    /// Aborts `id` with a RST (RFC 9293 3.10.5).
     pub fn abort(&mut self, id: ConnId) {
         if let Some(e) = self.entry_mut(id) {
             e.conn.abort();
@@ -1197,12 +1253,16 @@ impl Stack {
     }
 }
 
+/// Why the stack refused an application call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StackError {
+    /// [`StackConfig::max_connections`] reached.
     #[error("too many connections")]
     TooManyConnections,
+    /// Every local port of the range is in use towards this peer.
     #[error("no free local port")]
     NoFreePort,
+    /// Something already listens on the port.
     #[error("port already in use")]
     PortInUse,
 }

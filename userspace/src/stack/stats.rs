@@ -4,6 +4,7 @@ use std::fmt;
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Stack-wide counters, for `--stats` and tests.
         #[derive(Debug, Clone, Default)]
         pub struct StackStats {
             $($(#[$doc])* pub $name: u64,)*
@@ -18,54 +19,80 @@ macro_rules! counters {
 }
 
 counters! {
+    /// Frames received.
     rx_frames,
     /// TCP segments accepted with a CHECKSUM_PARTIAL signature (frames from memory only).
     rx_partial_checksum,
+    /// Frames transmitted.
     tx_frames,
     /// TX ring had no free frame; the work was kept for the next turn.
     tx_ring_full,
+    /// Frames dropped: shorter than their headers say.
     drop_truncated,
+    /// Frames dropped: impossible header fields.
     drop_malformed,
+    /// Frames dropped: bad IPv4 header checksum.
     drop_bad_ip_checksum,
+    /// Frames dropped: bad TCP checksum.
     drop_bad_tcp_checksum,
+    /// Frames dropped: bad ICMP checksum.
     drop_bad_icmp_checksum,
     /// Fragments dropped by reassembly: over a bound, or malformed (overlaps).
     drop_ip_fragment,
     /// IPv4 fragments received, datagrams reassembled from them, and datagrams whose
     /// 30 s reassembly time ran out (RFC 1122 3.3.2).
     ip_fragments,
+    /// IPv4 datagrams reassembled.
     ip_reassembled,
+    /// IPv4 datagrams whose reassembly timed out.
     ip_reassembly_timeouts,
+    /// Frames dropped: protocols the stack does not speak.
     drop_unsupported,
+    /// Frames for another address.
     not_for_us,
+    /// ARP packets for our address.
     arp_in,
+    /// ARP requests sent.
     arp_requests,
     /// Next hops that never answered ARP; their waiting connections failed.
     arp_failures,
     /// Addresses not learned because the ARP cache was full.
     arp_cache_full,
+    /// ICMP destination-unreachable messages received.
     icmp_unreachable,
+    /// Other ICMP messages, ignored.
     icmp_ignored,
+    /// Segments for a port nobody listens on.
     closed_port,
+    /// RSTs sent for closed ports.
     rst_sent,
+    /// SYNs dropped because the connection limit was reached.
     listen_drops,
     /// SYNs dropped because the accept queue was full.
     listen_overflows,
     /// TIME-WAIT connections ended by a new SYN (RFC 6191).
     time_wait_reopened,
+    /// Connections reset because an accept queue overflowed.
     accept_overflows,
+    /// SYN-ACKs sent with a SYN cookie (SYN queue full).
     syn_cookies_sent,
+    /// Connections opened from a valid SYN cookie.
     syn_cookies_accepted,
     /// Sharded stacks: segments of unknown connections given to the other stacks,
     /// received from them, and received but unknown here too.
     strays_handed_over,
+    /// Sharded stacks: segments handed over by the other stacks.
     strays_received,
+    /// Sharded stacks: handed-over segments that matched no connection here either.
     strays_unclaimed,
+    /// Connections created.
     connections_opened,
+    /// Connections freed.
     connections_closed,
 }
 
 impl StackStats {
+    /// Counts a frame dropped for `e`.
     pub fn count_wire_error(&mut self, e: WireError) {
         let counter = match e {
             WireError::Truncated => &mut self.drop_truncated,
@@ -79,6 +106,7 @@ impl StackStats {
         *counter += 1;
     }
 
+    /// Frames dropped as truncated, malformed, bad checksum, fragment or unsupported.
     pub fn dropped(&self) -> u64 {
         self.drop_truncated
             + self.drop_malformed

@@ -20,7 +20,7 @@ pub(super) fn pair(
 }
 
 /// Polls both stacks in virtual time until `done` or a limit.
-fn drive(
+pub(super) fn drive(
     c: &mut Stack,
     dc: &mut MemoryDevice,
     s: &mut Stack,

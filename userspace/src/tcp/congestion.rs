@@ -4,10 +4,14 @@
 use super::time::Instant;
 use std::time::Duration;
 
+/// A congestion controller: the congestion window and how ACKs, loss and timeouts
+/// move it.
 pub trait CongestionControl: std::fmt::Debug + Send {
+    /// Its name, for diagnostics.
     fn name(&self) -> &'static str;
     /// Congestion window in bytes.
     fn window(&self) -> usize;
+    /// The slow-start threshold in bytes.
     fn ssthresh(&self) -> usize;
     /// New data was acknowledged outside of loss recovery.
     fn on_ack(&mut self, now: Instant, acked: usize, srtt: Option<Duration>);
@@ -31,6 +35,7 @@ pub fn initial_window(mss: usize) -> usize {
     10 * mss
 }
 
+/// NewReno (RFC 5681, RFC 6582).
 #[derive(Debug)]
 pub struct NewReno {
     mss: usize,
@@ -40,6 +45,7 @@ pub struct NewReno {
 }
 
 impl NewReno {
+    /// A controller for segments of `mss` bytes, in slow start.
     pub fn new(mss: usize) -> Self {
         NewReno {
             mss,
@@ -108,6 +114,7 @@ const CUBIC_C: f64 = 0.4;
 const CUBIC_BETA: f64 = 0.7;
 
 impl Cubic {
+    /// A controller for segments of `mss` bytes, in slow start.
     pub fn new(mss: usize) -> Self {
         Cubic {
             mss,

@@ -39,24 +39,37 @@ const MAX_OWED_ACKS: usize = 64;
 pub struct Config {
     /// MSS we advertise and send at most (MTU minus 40).
     pub mss: u16,
+    /// Send buffer in bytes.
     pub send_buffer: usize,
+    /// Receive buffer (and so the largest window) in bytes.
     pub recv_buffer: usize,
     /// Bounds on out-of-order state kept by the receiver.
     pub max_ooo_ranges: usize,
+    /// Most out-of-order bytes held.
     pub max_ooo_bytes: usize,
+    /// Nagle's algorithm off (RFC 896).
     pub nodelay: bool,
+    /// Offer window scaling (RFC 7323).
     pub window_scaling: bool,
+    /// Offer timestamps (RFC 7323).
     pub timestamps: bool,
+    /// Offer SACK (RFC 2018).
     pub sack: bool,
+    /// Longest an ACK is delayed (RFC 1122 4.2.3.2).
     pub delayed_ack: Duration,
     /// TIME-WAIT length, 2*MSL (RFC 9293 section 3.6.1).
     pub time_wait: Duration,
+    /// RTO before the first RTT sample (RFC 6298 2.1).
     pub initial_rto: Duration,
+    /// Smallest RTO.
     pub min_rto: Duration,
+    /// Largest RTO.
     pub max_rto: Duration,
     /// Retransmissions of one segment before giving up (RFC 1122 4.2.3.5 R2).
     pub max_retries: u32,
+    /// Retransmissions of a SYN before giving up.
     pub max_syn_retries: u32,
+    /// Congestion control.
     pub congestion: CongestionKind,
     /// How long an orphaned connection (released by the application) may stay in
     /// FIN-WAIT-2 (Linux tcp_fin_timeout, 60 s).
@@ -72,8 +85,11 @@ pub struct Config {
     /// Keep-alive (RFC 1122 4.2.3.6): off by default; Linux's tcp_keepalive_time,
     /// tcp_keepalive_intvl and tcp_keepalive_probes when on.
     pub keepalive: bool,
+    /// Idle time before the first keep-alive probe (Linux: 7200 s).
     pub keepalive_idle: Duration,
+    /// Time between unanswered probes (Linux: 75 s).
     pub keepalive_interval: Duration,
+    /// Unanswered probes before the connection is dropped (Linux: 9).
     pub keepalive_count: u32,
 }
 
@@ -141,30 +157,47 @@ impl Default for Config {
     }
 }
 
+/// TCP connection states (RFC 9293 3.3.2); LISTEN lives in the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// Our SYN is sent.
     SynSent,
+    /// A SYN came and our SYN-ACK is sent.
     SynReceived,
+    /// Data flows both ways.
     Established,
+    /// We closed; our FIN is not acknowledged yet.
     FinWait1,
+    /// We closed and our FIN is acknowledged; the peer still sends.
     FinWait2,
+    /// The peer closed; we still send.
     CloseWait,
+    /// Both closed at once; our FIN is not acknowledged yet.
     Closing,
+    /// The peer closed first, then we did; our FIN is not acknowledged yet.
     LastAck,
+    /// Both closed; waiting 2 MSL for stray segments.
     TimeWait,
+    /// Gone.
     Closed,
 }
 
+/// Why a connection ended, or an application call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TcpError {
+    /// The peer answered our SYN with RST.
     #[error("connection refused")]
     Refused,
+    /// The peer reset the connection.
     #[error("connection reset by peer")]
     Reset,
+    /// Retransmissions ran out.
     #[error("connection timed out")]
     TimedOut,
+    /// An ICMP error (or an unanswered ARP) said the peer cannot be reached.
     #[error("destination unreachable")]
     Unreachable,
+    /// The connection is closed for this call.
     #[error("connection closed")]
     Closed,
     /// The next hop never answered ARP (like Linux's EHOSTUNREACH from a failed neighbour).
@@ -175,23 +208,38 @@ pub enum TcpError {
 /// Counters for `-v` and `--stats`.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionStats {
+    /// Segments received.
     pub segments_in: u64,
+    /// Segments sent.
     pub segments_out: u64,
+    /// Payload bytes received.
     pub bytes_in: u64,
+    /// Payload bytes sent.
     pub bytes_out: u64,
+    /// Segments sent again.
     pub retransmits: u64,
+    /// Fast retransmits (RFC 5681 3.2).
     pub fast_retransmits: u64,
+    /// Retransmission timeouts.
     pub timeouts: u64,
+    /// Duplicate ACKs received.
     pub dup_acks: u64,
+    /// Segments received out of order.
     pub out_of_order_segments: u64,
+    /// Challenge ACKs sent (RFC 5961).
     pub challenge_acks: u64,
+    /// Segments dropped by PAWS (RFC 7323 5).
     pub paws_drops: u64,
+    /// Segments dropped outside the window.
     pub dropped_out_of_window: u64,
+    /// Zero-window probes sent.
     pub window_probes: u64,
+    /// Keep-alive probes sent (RFC 1122 4.2.3.6).
     pub keepalive_probes: u64,
 }
 
 impl ConnectionStats {
+    /// Adds `o`'s counters to these.
     pub fn add(&mut self, o: &ConnectionStats) {
         self.segments_in += o.segments_in;
         self.segments_out += o.segments_out;
@@ -214,8 +262,11 @@ impl ConnectionStats {
 /// the send buffer, copied into the frame with [`Connection::copy_payload`].
 #[derive(Debug, Clone, Copy)]
 pub struct Transmit {
+    /// The segment's header and options (its payload is left empty).
     pub repr: TcpRepr<'static>,
+    /// Offset of the payload in the send buffer.
     pub payload_offset: usize,
+    /// Payload length; [`Connection::copy_payload`] copies it into the frame.
     pub payload_len: usize,
 }
 
@@ -228,6 +279,8 @@ enum Recovery {
     },
 }
 
+/// One TCP connection as a pure state machine: segments and application calls in,
+/// segments and a deadline out. It never reads a clock or touches a socket.
 #[derive(Debug)]
 pub struct Connection {
     state: State,
@@ -470,6 +523,7 @@ impl Connection {
         self.rto_deadline = Some(now + self.rtt.rto());
     }
 
+    /// The RFC 9293 state.
     pub fn state(&self) -> State {
         self.state
     }
@@ -482,37 +536,53 @@ impl Connection {
         self.ts_offset = offset;
     }
 
+    /// Turns Nagle's algorithm off (`true`) or on for the data sent from now on.
+    pub fn set_nodelay(&mut self, nodelay: bool) {
+        self.cfg.nodelay = nodelay;
+    }
+
     /// (SND.UNA, SND.NXT, RCV.NXT), for diagnostics and the fuzz drivers.
     pub fn sequence_numbers(&self) -> (u32, u32, u32) {
         (self.snd_una.0, self.snd_nxt.0, self.rcv_nxt.0)
     }
+    /// Our address and port.
     pub fn local(&self) -> SocketAddrV4 {
         self.local
     }
+    /// The peer's address and port.
     pub fn remote(&self) -> SocketAddrV4 {
         self.remote
     }
+    /// Why the connection ended, if it failed.
     pub fn error(&self) -> Option<TcpError> {
         self.error
     }
+    /// Its counters.
     pub fn stats(&self) -> &ConnectionStats {
         &self.stats
     }
+    /// The smoothed RTT, once measured.
     pub fn srtt(&self) -> Option<Duration> {
         self.rtt.srtt()
     }
+    /// The congestion window in bytes.
     pub fn cwnd(&self) -> usize {
         self.cc.window()
     }
+    /// The congestion controller's name.
     pub fn congestion_name(&self) -> &'static str {
         self.cc.name()
     }
+    /// Bytes received out of order, held for the gap before them.
     pub fn out_of_order_bytes(&self) -> usize {
         self.recv.out_of_order_bytes()
     }
+    /// The largest segment we send.
     pub fn send_mss(&self) -> usize {
         self.snd_mss
     }
+    /// True once the handshake completed, until CLOSED (also in FIN-WAIT, CLOSE-WAIT
+    /// and TIME-WAIT).
     pub fn is_established(&self) -> bool {
         !matches!(
             self.state,
@@ -582,6 +652,7 @@ impl Connection {
         n
     }
 
+    /// In-order bytes ready for [`Connection::recv`].
     pub fn recv_available(&self) -> usize {
         self.recv.readable()
     }
@@ -740,6 +811,7 @@ impl Connection {
         self.scoreboard.clear();
     }
 
+    /// Processes one arriving segment (RFC 9293 3.10.7).
     pub fn handle_segment(&mut self, now: Instant, seg: &TcpRepr<'_>) {
         self.stats.segments_in += 1;
         self.stats.bytes_in += seg.payload.len() as u64;
@@ -1312,6 +1384,7 @@ impl Connection {
 
     // ---------------------------------------------------------------- timers
 
+    /// The next time [`Connection::handle_timeout`] has work, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = earliest(self.rto_deadline, self.delack_deadline);
         let t = earliest(t, self.persist_deadline);
@@ -1320,6 +1393,7 @@ impl Connection {
         earliest(t, self.time_wait_deadline)
     }
 
+    /// Fires the timers due at `now`: retransmission, persist, delayed ACK, TIME-WAIT.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.time_wait_deadline.is_some_and(|d| now >= d) {
             self.enter_closed(None);

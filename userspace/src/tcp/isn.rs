@@ -5,16 +5,19 @@ use siphasher::sip::SipHasher24;
 use std::hash::Hasher;
 use std::net::SocketAddrV4;
 
+/// Keyed hashes for initial sequence numbers (RFC 6528), ports and SYN cookies.
 #[derive(Debug, Clone)]
 pub struct IsnGenerator {
     key: [u8; 16],
 }
 
 impl IsnGenerator {
+    /// A generator with the secret `key`.
     pub fn new(key: [u8; 16]) -> Self {
         IsnGenerator { key }
     }
 
+    /// The ISN for a connection: a 4-microsecond clock plus a keyed hash of its 4-tuple.
     pub fn isn(&self, now: Instant, local: SocketAddrV4, remote: SocketAddrV4) -> u32 {
         let mut h = SipHasher24::new_with_key(&self.key);
         h.write(&local.ip().octets());

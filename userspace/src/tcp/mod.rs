@@ -20,9 +20,13 @@ pub use connection::{
 pub use seq::SeqNum;
 pub use time::Instant;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// Which congestion control a connection runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum CongestionKind {
+    /// NewReno (RFC 5681, RFC 6582).
     NewReno,
+    /// CUBIC (RFC 8312), the default, as in Linux.
     #[default]
     Cubic,
 }

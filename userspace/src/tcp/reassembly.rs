@@ -5,6 +5,8 @@
 //! copied exactly once: from the frame into the ring. Out-of-order data is tracked as
 //! sorted, merged ranges relative to RCV.NXT; their number and total size are bounded.
 
+/// The receive buffer: in-order bytes for the application plus out-of-order ranges
+/// waiting for the gap before them.
 #[derive(Debug)]
 pub struct Reassembler {
     /// Grows (doubling) up to `capacity` as data arrives; an idle connection holds 4 KiB.
@@ -37,6 +39,8 @@ pub struct Inserted {
 }
 
 impl Reassembler {
+    /// A buffer of `capacity` bytes keeping at most `max_ranges` out-of-order ranges and
+    /// `max_ooo_bytes` out-of-order bytes.
     pub fn new(capacity: usize, max_ranges: usize, max_ooo_bytes: usize) -> Self {
         let capacity = capacity.max(1);
         Reassembler {
@@ -52,6 +56,7 @@ impl Reassembler {
         }
     }
 
+    /// Its size in bytes.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -100,9 +105,11 @@ impl Reassembler {
     pub fn window(&self) -> usize {
         self.capacity() - self.readable
     }
+    /// Bytes held out of order.
     pub fn out_of_order_bytes(&self) -> usize {
         self.ranges.iter().map(|(s, e)| e - s).sum()
     }
+    /// True while a gap is open.
     pub fn has_out_of_order(&self) -> bool {
         !self.ranges.is_empty()
     }

@@ -1,6 +1,7 @@
 //! Retransmission timer computation (RFC 6298).
 use std::time::Duration;
 
+/// Round-trip time estimation and the retransmission timeout (RFC 6298).
 #[derive(Debug, Clone)]
 pub struct RttEstimator {
     srtt: Option<Duration>,
@@ -54,6 +55,7 @@ impl RttEstimator {
             .saturating_mul(1 << self.backoff.min(16))
             .min(self.max_rto)
     }
+    /// Doubles the RTO after a timeout (RFC 6298 5.5), up to the maximum.
     pub fn back_off(&mut self) {
         self.backoff = self.backoff.saturating_add(1);
     }
@@ -64,12 +66,15 @@ impl RttEstimator {
             self.backoff = 0;
         }
     }
+    /// Forgets the back-off once new data is acknowledged.
     pub fn reset_backoff(&mut self) {
         self.backoff = 0;
     }
+    /// The smoothed RTT, once measured.
     pub fn srtt(&self) -> Option<Duration> {
         self.srtt
     }
+    /// The latest RTT sample.
     pub fn latest(&self) -> Option<Duration> {
         self.latest
     }

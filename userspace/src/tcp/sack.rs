@@ -4,6 +4,7 @@ use super::seq::SeqNum;
 /// Bound on distinct SACKed ranges remembered; more are merged into the last.
 const MAX_RANGES: usize = 32;
 
+/// What the peer reported holding beyond the cumulative ACK (RFC 2018, RFC 6675).
 #[derive(Debug, Default)]
 pub struct Scoreboard {
     /// Sorted, disjoint `[start, end)` ranges above SND.UNA the receiver holds.
@@ -11,9 +12,11 @@ pub struct Scoreboard {
 }
 
 impl Scoreboard {
+    /// Forgets every block.
     pub fn clear(&mut self) {
         self.ranges.clear();
     }
+    /// True when no block is held.
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
@@ -51,6 +54,7 @@ impl Scoreboard {
         }
     }
 
+    /// Bytes covered by the blocks.
     pub fn sacked_bytes(&self) -> u32 {
         self.ranges.iter().map(|&(s, e)| e.since(s)).sum()
     }
@@ -60,6 +64,7 @@ impl Scoreboard {
         self.ranges.last().map(|&(_, e)| e)
     }
 
+    /// True if `seq` lies in a block.
     pub fn is_sacked(&self, seq: SeqNum) -> bool {
         self.ranges.iter().any(|&(s, e)| seq.in_range(s, e))
     }

@@ -5,6 +5,7 @@
 /// Storage a new buffer starts with.
 pub const INITIAL_STORAGE: usize = 4096;
 
+/// Bytes queued by the application and not yet acknowledged by the peer.
 #[derive(Debug)]
 pub struct SendBuffer {
     storage: Box<[u8]>,
@@ -14,6 +15,7 @@ pub struct SendBuffer {
 }
 
 impl SendBuffer {
+    /// An empty buffer holding at most `limit` bytes.
     pub fn new(limit: usize) -> Self {
         let limit = limit.max(1);
         SendBuffer {
@@ -47,9 +49,11 @@ impl SendBuffer {
         }
     }
 
+    /// Bytes held.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -57,6 +61,7 @@ impl SendBuffer {
     pub fn capacity(&self) -> usize {
         self.limit
     }
+    /// Room left.
     pub fn free(&self) -> usize {
         self.limit - self.len
     }

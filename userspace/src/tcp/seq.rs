@@ -12,9 +12,11 @@ impl SeqNum {
     pub fn since(self, earlier: SeqNum) -> u32 {
         self.0.wrapping_sub(earlier.0)
     }
+    /// The later of two sequence numbers (modulo 2^32).
     pub fn max(self, other: SeqNum) -> SeqNum {
         if self >= other { self } else { other }
     }
+    /// The earlier of two sequence numbers (modulo 2^32).
     pub fn min(self, other: SeqNum) -> SeqNum {
         if self <= other { self } else { other }
     }

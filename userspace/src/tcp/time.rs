@@ -7,19 +7,25 @@ use std::time::Duration;
 pub struct Instant(pub u64);
 
 impl Instant {
+    /// The origin.
     pub const ZERO: Instant = Instant(0);
+    /// `us` microseconds after the origin.
     pub fn from_micros(us: u64) -> Self {
         Instant(us)
     }
+    /// `ms` milliseconds after the origin.
     pub fn from_millis(ms: u64) -> Self {
         Instant(ms * 1000)
     }
+    /// Microseconds since the origin.
     pub fn micros(self) -> u64 {
         self.0
     }
+    /// Milliseconds since the origin.
     pub fn millis(self) -> u64 {
         self.0 / 1000
     }
+    /// Time since `earlier`, zero if `earlier` is later.
     pub fn saturating_since(self, earlier: Instant) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0))
     }

@@ -4,18 +4,27 @@ use std::net::Ipv4Addr;
 
 const ARP_LEN: usize = 28;
 
+/// ARP operation (RFC 826).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArpOp {
+    /// Who has the target IP?
     Request,
+    /// The sender has it.
     Reply,
 }
 
+/// An ARP packet for IPv4 over Ethernet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArpRepr {
+    /// Request or reply.
     pub op: ArpOp,
+    /// Sender's Ethernet address.
     pub sender_mac: MacAddr,
+    /// Sender's IPv4 address.
     pub sender_ip: Ipv4Addr,
+    /// Target's Ethernet address (zero in a request).
     pub target_mac: MacAddr,
+    /// Target's IPv4 address.
     pub target_ip: Ipv4Addr,
 }
 

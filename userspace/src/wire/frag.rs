@@ -21,8 +21,11 @@ const MAX_DATAGRAM: usize = 65_535;
 /// What happened to fragments, for the stack's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FragmentStats {
+    /// Fragments received.
     pub fragments: u64,
+    /// Datagrams completed from them.
     pub reassembled: u64,
+    /// Datagrams whose reassembly time ran out.
     pub timeouts: u64,
     /// Dropped over a bound (datagrams, memory, fragments per datagram).
     pub over_limit: u64,
@@ -48,14 +51,17 @@ struct Datagram {
     total: Option<usize>,
 }
 
+/// IPv4 datagrams being reassembled from their fragments, within fixed bounds.
 #[derive(Debug, Default)]
 pub struct Reassembler {
     datagrams: Vec<Datagram>,
     bytes: usize,
+    /// What happened to the fragments so far.
     pub stats: FragmentStats,
 }
 
 impl Reassembler {
+    /// True when no datagram is in progress.
     pub fn is_empty(&self) -> bool {
         self.datagrams.is_empty()
     }

@@ -11,8 +11,11 @@ pub(super) const PROTO_TCP: u8 = 6;
 /// The parts of an IPv4 header the stack needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4Info {
+    /// Source address.
     pub src: Ipv4Addr,
+    /// Destination address.
     pub dst: Ipv4Addr,
+    /// Time to live.
     pub ttl: u8,
 }
 
@@ -94,23 +97,33 @@ pub(super) fn emit_header(
 /// ICMP messages the stack acts on (RFC 792, RFC 1122 section 3.2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IcmpRepr<'a> {
+    /// Echo request (ping).
     EchoRequest {
+        /// Identifier, echoed back.
         ident: u16,
+        /// Sequence number, echoed back.
         seq: u16,
+        /// Payload, echoed back.
         data: &'a [u8],
     },
     /// Destination unreachable, quoting the start of one of our TCP segments.
     DestUnreachable {
+        /// ICMP code (0 net, 1 host, 2 protocol, 3 port unreachable, ...).
         code: u8,
+        /// Source address of the quoted packet (ours).
         quoted_src: Ipv4Addr,
+        /// Destination address of the quoted packet.
         quoted_dst: Ipv4Addr,
+        /// Source port of the quoted TCP segment.
         quoted_src_port: u16,
+        /// Destination port of the quoted TCP segment.
         quoted_dst_port: u16,
         /// Sequence number of the quoted segment, to validate the message (RFC 5927 4.1).
         quoted_seq: u32,
         /// Next-hop MTU of "fragmentation needed" (code 4, RFC 1191 section 4), else 0.
         next_hop_mtu: u16,
     },
+    /// Any other ICMP message.
     Other,
 }
 

@@ -14,28 +14,41 @@ pub use tcp::{MAX_SACK_BLOCKS, TcpFlags, TcpOptions, TcpRepr, emit_tcp, tcp_fram
 
 use std::net::Ipv4Addr;
 
+/// An Ethernet address.
 pub type MacAddr = [u8; 6];
+/// The Ethernet broadcast address.
 pub const BROADCAST_MAC: MacAddr = [0xff; 6];
+/// Length of an Ethernet header (no VLAN tag).
 pub const ETH_HEADER_LEN: usize = 14;
+/// Length of an IPv4 header without options.
 pub const IPV4_HEADER_LEN: usize = 20;
+/// EtherType of IPv4.
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// EtherType of ARP.
 pub const ETHERTYPE_ARP: u16 = 0x0806;
 
 /// Why a frame was dropped. Each variant is a counter in the stack's statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
+    /// Shorter than its headers say.
     #[error("frame shorter than its headers")]
     Truncated,
+    /// A header field with an impossible value.
     #[error("malformed header")]
     Malformed,
+    /// The IPv4 header checksum is wrong.
     #[error("bad IPv4 header checksum")]
     BadIpChecksum,
+    /// The TCP checksum is wrong.
     #[error("bad TCP checksum")]
     BadTcpChecksum,
+    /// The ICMP checksum is wrong.
     #[error("bad ICMP checksum")]
     BadIcmpChecksum,
+    /// An IPv4 fragment (the stack does not reassemble).
     #[error("IPv4 fragment")]
     Fragment,
+    /// A protocol the stack does not speak.
     #[error("unsupported protocol")]
     Unsupported,
 }
@@ -43,15 +56,24 @@ pub enum WireError {
 /// A parsed frame, borrowing its payload from the receive buffer.
 #[derive(Debug)]
 pub enum Frame<'a> {
+    /// An ARP packet.
     Arp(ArpRepr),
+    /// A TCP segment.
     Tcp {
+        /// Ethernet source address (the previous hop).
         eth_src: MacAddr,
+        /// The IPv4 header.
         ip: Ipv4Info,
+        /// The segment.
         tcp: TcpRepr<'a>,
     },
+    /// An ICMP message.
     Icmp {
+        /// Ethernet source address (the previous hop).
         eth_src: MacAddr,
+        /// The IPv4 header.
         ip: Ipv4Info,
+        /// The message.
         icmp: IcmpRepr<'a>,
     },
 }
@@ -72,7 +94,9 @@ pub enum ChecksumPolicy {
 /// A parsed frame, and whether its TCP checksum was partial (accepted by the policy).
 #[derive(Debug)]
 pub struct Parsed<'a> {
+    /// The frame.
     pub frame: Frame<'a>,
+    /// Its TCP checksum was the CHECKSUM_PARTIAL signature, not a complete sum.
     pub partial_checksum: bool,
 }
 
@@ -172,6 +196,7 @@ pub fn partial_tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> u16 {
     !fold(sum(&pseudo_header(src, dst, len), 0))
 }
 
+/// `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &MacAddr) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))

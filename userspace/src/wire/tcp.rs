@@ -11,16 +11,23 @@ use std::net::Ipv4Addr;
 pub const MAX_SACK_BLOCKS: usize = 4;
 const TCP_MIN_HEADER: usize = 20;
 
+/// TCP control flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TcpFlags {
+    /// Synchronize sequence numbers.
     pub syn: bool,
+    /// The acknowledgment field is significant.
     pub ack: bool,
+    /// No more data from the sender.
     pub fin: bool,
+    /// Reset the connection.
     pub rst: bool,
+    /// Push.
     pub psh: bool,
 }
 
 impl TcpFlags {
+    /// SYN alone: an active open.
     pub const SYN: TcpFlags = TcpFlags {
         syn: true,
         ack: false,
@@ -28,6 +35,7 @@ impl TcpFlags {
         rst: false,
         psh: false,
     };
+    /// SYN and ACK: the answer to a SYN.
     pub const SYN_ACK: TcpFlags = TcpFlags {
         syn: true,
         ack: true,
@@ -35,6 +43,7 @@ impl TcpFlags {
         rst: false,
         psh: false,
     };
+    /// ACK alone.
     pub const ACK: TcpFlags = TcpFlags {
         syn: false,
         ack: true,
@@ -42,6 +51,7 @@ impl TcpFlags {
         rst: false,
         psh: false,
     };
+    /// RST alone.
     pub const RST: TcpFlags = TcpFlags {
         syn: false,
         ack: false,
@@ -49,6 +59,7 @@ impl TcpFlags {
         rst: true,
         psh: false,
     };
+    /// FIN and ACK.
     pub const FIN_ACK: TcpFlags = TcpFlags {
         syn: false,
         ack: true,
@@ -56,6 +67,7 @@ impl TcpFlags {
         rst: false,
         psh: false,
     };
+    /// PSH and ACK.
     pub const PSH_ACK: TcpFlags = TcpFlags {
         syn: false,
         ack: true,
@@ -63,6 +75,7 @@ impl TcpFlags {
         rst: false,
         psh: true,
     };
+    /// RST and ACK: the answer to a segment without ACK for a closed port.
     pub const RST_ACK: TcpFlags = TcpFlags {
         syn: false,
         ack: true,
@@ -75,12 +88,17 @@ impl TcpFlags {
 /// The options the stack understands; unknown options are skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TcpOptions {
+    /// Maximum segment size (SYN only).
     pub mss: Option<u16>,
+    /// Window scale shift (RFC 7323, SYN only).
     pub window_scale: Option<u8>,
+    /// SACK permitted (RFC 2018, SYN only).
     pub sack_permitted: bool,
     /// (TSval, TSecr), RFC 7323 section 3.
     pub timestamps: Option<(u32, u32)>,
+    /// SACK blocks, the first `sack_count` of them in use.
     pub sack_blocks: [(u32, u32); MAX_SACK_BLOCKS],
+    /// How many of `sack_blocks` are in use.
     pub sack_count: u8,
 }
 
@@ -95,6 +113,7 @@ impl TcpOptions {
         sack_count: 0,
     };
 
+    /// The SACK blocks in use.
     pub fn sack_blocks(&self) -> &[(u32, u32)] {
         &self.sack_blocks[..usize::from(self.sack_count)]
     }
@@ -200,13 +219,21 @@ impl TcpOptions {
 /// A TCP segment as a value; the payload borrows from the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TcpRepr<'a> {
+    /// Source port.
     pub src_port: u16,
+    /// Destination port.
     pub dst_port: u16,
+    /// Sequence number.
     pub seq: u32,
+    /// Acknowledgment number (significant with ACK).
     pub ack: u32,
+    /// Control flags.
     pub flags: TcpFlags,
+    /// Receive window, unscaled as on the wire.
     pub window: u16,
+    /// Options.
     pub options: TcpOptions,
+    /// Payload.
     pub payload: &'a [u8],
 }
 

@@ -1,0 +1,77 @@
+//! `blocking_get [--iface IF] [--ip ADDR] URL`: an HTTP/1.1 GET over the blocking
+//! [`userspace::TcpStream`], the response body to stdout. Run it as root.
+mod common;
+use std::io::{self, BufRead, BufReader, Read, Write};
+
+fn get(args: &common::Args, url: &str) -> io::Result<()> {
+    let (host, port, path) = common::parse_url(url)?;
+    let stack = common::stack(args)?;
+    let stream = userspace::TcpStream::connect(&stack, (host.as_str(), port))?;
+    (&stream).write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: blocking_get\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    let mut reader = BufReader::with_capacity(256 * 1024, &stream);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    if !status.starts_with("HTTP/1.") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not an HTTP response",
+        ));
+    }
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse::<u64>().ok();
+        }
+    }
+    let mut out = io::stdout().lock();
+    // With Content-Length, exactly that many bytes; without, until the server closes.
+    let copied = match length {
+        Some(n) => io::copy(&mut reader.by_ref().take(n), &mut out)?,
+        None => io::copy(&mut reader, &mut out)?,
+    };
+    out.flush()?;
+    if length.is_some_and(|n| n != copied) {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "body cut short",
+        ));
+    }
+    if !status
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|c| c.starts_with('2'))
+    {
+        return Err(io::Error::other(format!(
+            "server said {}",
+            status.trim_end()
+        )));
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = common::args("blocking_get [--iface IF] [--ip ADDR] URL");
+    let Some(url) = args.positional.clone() else {
+        eprintln!("usage: blocking_get [--iface IF] [--ip ADDR] URL");
+        std::process::exit(2);
+    };
+    if let Err(e) = get(&args, &url) {
+        eprintln!("blocking_get: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,507 @@
+//! The poll loop: one thread owns the device and the sans-IO [`crate::stack::Stack`],
+//! turns the loop, and keeps the handles' shared state in step with the stack.
+use super::shared::{Command, Conn, Failure, Listener, Phase};
+use crate::app::runtime::Runtime;
+use crate::device::netinfo::{kernel_neighbour, provoke_kernel_arp};
+use crate::stack::{AddressMode, ConnId};
+use crate::tcp::{Instant, State, TcpError};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Duration;
+
+/// How often the loop looks at connect deadlines and next hops being resolved.
+const CHECK_EVERY: Duration = Duration::from_millis(10);
+/// How often the kernel is asked again to resolve a next hop (shared-IP mode).
+const PROVOKE_EVERY: Duration = Duration::from_millis(300);
+/// How long the loop keeps turning after a shutdown, so that RSTs and FINs leave.
+const SHUTDOWN_DRAIN: Duration = Duration::from_millis(100);
+/// Without busy polling: idle this long, the loop starts sleeping between turns...
+const IDLE_BEFORE_SLEEP: Duration = Duration::from_millis(10);
+/// ...this long at a time.
+const IDLE_SLEEP: Duration = Duration::from_micros(500);
+
+/// How the loop serves its handles.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoopOptions {
+    /// Bound of each connection's receive and send buffer in the shared state.
+    pub cap: usize,
+    /// Nagle off on new connections.
+    pub nodelay: bool,
+    /// Spin between turns even when idle (lowest latency, one core busy).
+    pub busy_poll: bool,
+    /// At shutdown, how long connections whose handles were dropped may take to send
+    /// what they still have.
+    pub linger: Duration,
+}
+
+/// A next hop whose MAC the stack does not know yet.
+struct Resolving {
+    hop: Ipv4Addr,
+    last_provoke: Instant,
+    give_up: Instant,
+}
+
+pub(crate) struct Driver {
+    rt: Runtime,
+    commands: Receiver<Command>,
+    shutdown: Arc<AtomicBool>,
+    conns: HashMap<ConnId, Arc<Conn>>,
+    listeners: HashMap<u16, Arc<Listener>>,
+    ready: Vec<ConnId>,
+    accepted: Vec<Arc<Conn>>,
+    scratch: Vec<u8>,
+    resolving: Vec<Resolving>,
+    connecting: Vec<(ConnId, Instant)>,
+    /// Connections whose handles are gone and whose FIN is queued: the stack finishes
+    /// them on its own, and a shutdown waits for them (up to the linger time).
+    lingering: Vec<ConnId>,
+    next_check: Instant,
+    /// When the loop last had work.
+    last_busy: Instant,
+    options: LoopOptions,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        rt: Runtime,
+        commands: Receiver<Command>,
+        shutdown: Arc<AtomicBool>,
+        options: LoopOptions,
+    ) -> Self {
+        Driver {
+            rt,
+            commands,
+            shutdown,
+            conns: HashMap::new(),
+            listeners: HashMap::new(),
+            ready: Vec::with_capacity(1024),
+            accepted: Vec::new(),
+            scratch: vec![0; 64 * 1024],
+            resolving: Vec::new(),
+            connecting: Vec::new(),
+            lingering: Vec::new(),
+            next_check: Instant::ZERO,
+            last_busy: Instant::ZERO,
+            options,
+        }
+    }
+
+    /// Turns until the last handle is gone or [`super::Stack::shutdown`] is called.
+    pub(crate) fn run(mut self) {
+        if let Some(gateway) = self.rt.stack.config().gateway {
+            self.learn_from_kernel(gateway);
+        }
+        while !self.shutdown.load(Ordering::Relaxed) {
+            let mut busy = self.commands();
+            busy |= self.rt.turn() > 0;
+            busy |= self.sync_ready();
+            busy |= self.accept();
+            let now = self.rt.turn_time();
+            if now >= self.next_check {
+                self.next_check = now + CHECK_EVERY;
+                self.check(now);
+            }
+            if busy {
+                self.last_busy = now;
+            } else if !self.options.busy_poll
+                && now.saturating_since(self.last_busy) >= IDLE_BEFORE_SLEEP
+            {
+                std::thread::sleep(IDLE_SLEEP);
+            } else {
+                self.rt.idle();
+            }
+        }
+        self.finish();
+    }
+
+    /// Syncs the connections the stack has news for; true if there were any.
+    fn sync_ready(&mut self) -> bool {
+        self.rt.stack.drain_ready(&mut self.ready);
+        let any = !self.ready.is_empty();
+        let mut ready = std::mem::take(&mut self.ready);
+        for id in ready.drain(..) {
+            if let Some(conn) = self.conns.get(&id).cloned() {
+                self.sync(&conn);
+            }
+        }
+        self.ready = ready;
+        any
+    }
+
+    /// Carries out the handles' commands; true if there were any.
+    fn commands(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let command = match self.commands.try_recv() {
+                Ok(c) => c,
+                Err(TryRecvError::Empty) => return any,
+                Err(TryRecvError::Disconnected) => {
+                    self.shutdown.store(true, Ordering::Relaxed);
+                    return any;
+                }
+            };
+            any = true;
+            match command {
+                Command::Wake(conn) => {
+                    conn.queued.store(false, Ordering::Release);
+                    self.sync(&conn);
+                }
+                Command::Connect {
+                    conn,
+                    remote,
+                    timeout,
+                } => self.connect(conn, remote, timeout),
+                Command::Listen(listener) => self.listen(listener),
+                Command::Unlisten(listener) => self.unlisten(&listener),
+                Command::Run(f) => f(&mut self.rt),
+            }
+        }
+    }
+
+    fn connect(&mut self, conn: Arc<Conn>, remote: SocketAddrV4, timeout: Duration) {
+        let now = self.rt.now();
+        let hop = self.rt.stack.next_hop(*remote.ip());
+        self.learn_from_kernel(hop);
+        let mut st = conn.shared.lock();
+        match self.rt.stack.connect(now, remote) {
+            Ok(id) => {
+                st.id = Some(id);
+                if let Some(c) = self.rt.stack.connection(id) {
+                    st.local = c.local();
+                }
+                self.conns.insert(id, conn.clone());
+                self.connecting.push((id, now + timeout));
+                if self.rt.stack.arp_cache().lookup(hop).is_none()
+                    && self.rt.stack.config().mode == AddressMode::Shared
+                    && !self.resolving.iter().any(|r| r.hop == hop)
+                {
+                    provoke_kernel_arp(hop);
+                    self.resolving.push(Resolving {
+                        hop,
+                        last_provoke: now,
+                        give_up: now + timeout,
+                    });
+                }
+            }
+            Err(e) => {
+                st.failure = Some(Failure::Stack(e));
+                st.phase = Phase::Closed;
+            }
+        }
+        conn.shared.notify(&mut st);
+    }
+
+    /// Puts the kernel's neighbour entry for `hop`, if it has one, in the stack's cache.
+    fn learn_from_kernel(&mut self, hop: Ipv4Addr) {
+        if self.rt.stack.arp_cache().lookup(hop).is_none()
+            && let Some(mac) = kernel_neighbour(&self.rt.iface, hop)
+        {
+            self.rt.stack.arp_cache().insert(hop, mac);
+        }
+    }
+
+    fn listen(&mut self, listener: Arc<Listener>) {
+        let port = listener.port;
+        let result = if port == 0 {
+            Err(Failure::BadAddress)
+        } else {
+            self.rt
+                .stack
+                .listen(port, listener.backlog)
+                .map_err(Failure::Stack)
+        };
+        let result = result.and_then(|()| {
+            self.listeners.insert(port, listener.clone());
+            self.steer_listeners().inspect_err(|_| {
+                self.rt.stack.unlisten(port);
+                self.listeners.remove(&port);
+            })
+        });
+        let mut st = listener.shared.lock();
+        st.bound = Some(result);
+        listener.shared.notify(&mut st);
+    }
+
+    /// Shared-IP mode: the XDP program steers exactly the listening ports to us.
+    fn steer_listeners(&mut self) -> Result<(), Failure> {
+        if self.rt.stack.config().mode != AddressMode::Shared {
+            return Ok(());
+        }
+        let ports: Vec<u16> = self.listeners.keys().copied().collect();
+        self.rt.device.xdp().set_listen_ports(&ports).map_err(|e| {
+            tracing::warn!("steering listening ports {ports:?}: {e:#}");
+            Failure::Steering
+        })
+    }
+
+    fn unlisten(&mut self, listener: &Arc<Listener>) {
+        let port = listener.port;
+        if !self
+            .listeners
+            .get(&port)
+            .is_some_and(|l| Arc::ptr_eq(l, listener))
+        {
+            return;
+        }
+        self.listeners.remove(&port);
+        self.rt.stack.unlisten(port);
+        let _ = self.steer_listeners();
+        let queued: Vec<Arc<Conn>> = listener.shared.lock().queue.drain(..).collect();
+        for conn in queued {
+            if let Some(id) = conn.shared.lock().id {
+                self.rt.stack.abort(id);
+                self.rt.stack.release(id);
+                self.conns.remove(&id);
+            }
+        }
+    }
+
+    /// Moves established connections from the stack's accept queues to the listeners';
+    /// true if there were any.
+    fn accept(&mut self) -> bool {
+        for listener in self.listeners.values() {
+            let mut room = listener
+                .backlog
+                .saturating_sub(listener.queued.load(Ordering::Relaxed));
+            while room > 0
+                && let Some(id) = self.rt.stack.accept(listener.port)
+            {
+                room -= 1;
+                let Some(c) = self.rt.stack.connection(id) else {
+                    continue;
+                };
+                let conn = Conn::new(
+                    c.remote(),
+                    self.options.cap,
+                    self.options.nodelay,
+                    Phase::Open,
+                    Some(id),
+                );
+                conn.shared.lock().local = c.local();
+                self.conns.insert(id, conn.clone());
+                self.accepted.push(conn);
+            }
+            if !self.accepted.is_empty() {
+                let mut st = listener.shared.lock();
+                st.queue.extend(self.accepted.iter().cloned());
+                listener.queued.store(st.queue.len(), Ordering::Relaxed);
+                listener.shared.notify(&mut st);
+                drop(st);
+                // Data may have come with the handshake: hand it over now.
+                let accepted = std::mem::take(&mut self.accepted);
+                for conn in &accepted {
+                    self.sync(conn);
+                }
+                self.accepted = accepted;
+                self.accepted.clear();
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Connect deadlines, next hops being resolved, lingering connections.
+    fn check(&mut self, now: Instant) {
+        self.prune_lingering();
+        let stack = &mut self.rt.stack;
+        let conns = &self.conns;
+        self.connecting.retain(|&(id, deadline)| {
+            let Some(conn) = conns.get(&id) else {
+                return false;
+            };
+            let mut st = conn.shared.lock();
+            if st.phase != Phase::Connecting {
+                return false;
+            }
+            if now < deadline {
+                return true;
+            }
+            stack.abort(id);
+            st.failure = Some(Failure::Tcp(TcpError::TimedOut));
+            st.phase = Phase::Closed;
+            conn.shared.notify(&mut st);
+            false
+        });
+        let iface = self.rt.iface.clone();
+        let cache = self.rt.stack.arp_cache();
+        self.resolving.retain_mut(|r| {
+            if cache.lookup(r.hop).is_some() {
+                return false;
+            }
+            if let Some(mac) = kernel_neighbour(&iface, r.hop) {
+                cache.insert(r.hop, mac);
+                return false;
+            }
+            if now.saturating_since(r.last_provoke) >= PROVOKE_EVERY {
+                provoke_kernel_arp(r.hop);
+                r.last_provoke = now;
+            }
+            now < r.give_up
+        });
+    }
+
+    /// Brings one connection's shared state in step with the stack: the handle's bytes
+    /// into the send buffer, received bytes out, FIN, and the events; then wakes the
+    /// handle if anything changed.
+    fn sync(&mut self, conn: &Arc<Conn>) {
+        let stack = &mut self.rt.stack;
+        let mut st = conn.shared.lock();
+        let Some(id) = st.id else {
+            return;
+        };
+        let mut changed = false;
+        if std::mem::take(&mut st.nodelay_changed) {
+            stack.set_nodelay(id, st.nodelay);
+        }
+        while !st.tx.is_empty() {
+            let (front, _) = st.tx.as_slices();
+            match stack.try_send(id, front) {
+                Ok(n) => {
+                    st.tx.drain(..n);
+                    changed = true;
+                }
+                Err(_) => break, // full, or failed: the events below say which
+            }
+        }
+        if (st.write_shut || st.dropped) && st.tx.is_empty() && !st.fin_queued {
+            stack.close(id);
+            st.fin_queued = true;
+        }
+        st.rx_stalled = false;
+        loop {
+            let room = st.cap.saturating_sub(st.rx.len()).min(self.scratch.len());
+            if room == 0 {
+                st.rx_stalled = true;
+                break;
+            }
+            match stack.try_recv(id, &mut self.scratch[..room]) {
+                Ok(n) => {
+                    if !st.read_shut && !st.dropped {
+                        st.rx.extend(&self.scratch[..n]);
+                    }
+                    changed = true;
+                }
+                Err(_) => break,
+            }
+        }
+        let ev = stack.events(id);
+        if st.phase == Phase::Connecting && ev.connected {
+            st.phase = Phase::Open;
+            changed = true;
+        }
+        if ev.read_closed && !st.read_closed {
+            st.read_closed = true;
+            changed = true;
+        }
+        if let Some(e) = ev.error
+            && st.failure.is_none()
+        {
+            st.failure = Some(Failure::Tcp(e));
+            changed = true;
+        }
+        if ev.closed && st.phase != Phase::Closed {
+            st.phase = Phase::Closed;
+            changed = true;
+        }
+        if changed {
+            conn.shared.notify(&mut st);
+        }
+        // A dropped handle: once our FIN is queued (or the connection is gone), the
+        // stack finishes the close on its own and frees the slot.
+        if st.dropped && (st.fin_queued || st.phase == Phase::Closed) {
+            stack.release(id);
+            if st.phase != Phase::Closed {
+                self.lingering.push(id);
+            }
+            st.id = None;
+            drop(st);
+            self.conns.remove(&id);
+        }
+    }
+
+    /// Forgets the lingering connections that are done (closed or in TIME-WAIT).
+    fn prune_lingering(&mut self) {
+        let stack = &self.rt.stack;
+        self.lingering
+            .retain(|&id| !matches!(stack.state(id), State::Closed | State::TimeWait));
+    }
+
+    /// True while a connection whose handle is gone still has bytes or a FIN to send.
+    fn lingers(&mut self) -> bool {
+        self.prune_lingering();
+        !self.lingering.is_empty() || self.conns.values().any(|c| c.shared.lock().dropped)
+    }
+
+    /// The loop stops. Listeners go first. Connections whose handles were dropped get
+    /// up to the linger time to send what they still have (as the kernel keeps sending
+    /// for a closed socket). Then the connections still open are closed with FIN if
+    /// they have nothing left to send, reset otherwise, and their handles woken with an
+    /// error.
+    fn finish(mut self) {
+        for (port, listener) in self.listeners.drain() {
+            self.rt.stack.unlisten(port);
+            let mut st = listener.shared.lock();
+            st.stopped = true;
+            listener.shared.notify(&mut st);
+        }
+        let deadline = self.rt.now() + self.options.linger;
+        while self.lingers() && self.rt.now() < deadline {
+            while let Ok(command) = self.commands.try_recv() {
+                match command {
+                    Command::Wake(conn) => {
+                        conn.queued.store(false, Ordering::Release);
+                        self.sync(&conn);
+                    }
+                    other => stopped(other),
+                }
+            }
+            self.rt.turn();
+            self.sync_ready();
+            self.rt.idle();
+        }
+        for (id, conn) in self.conns.drain() {
+            let mut st = conn.shared.lock();
+            if st.failure.is_none() && st.tx.is_empty() {
+                self.rt.stack.close(id);
+            } else {
+                self.rt.stack.abort(id);
+            }
+            self.rt.stack.release(id);
+            st.failure.get_or_insert(Failure::Stopped);
+            st.phase = Phase::Closed;
+            st.id = None;
+            conn.shared.notify(&mut st);
+        }
+        let end = self.rt.now() + SHUTDOWN_DRAIN;
+        while self.rt.now() < end {
+            self.rt.turn();
+        }
+        // Commands that arrive from now on find the channel closed.
+        while let Ok(command) = self.commands.try_recv() {
+            stopped(command);
+        }
+    }
+}
+
+/// Answers a command the loop will never carry out.
+pub(crate) fn stopped(command: Command) {
+    match command {
+        Command::Connect { conn, .. } | Command::Wake(conn) => {
+            let mut st = conn.shared.lock();
+            st.failure.get_or_insert(Failure::Stopped);
+            st.phase = Phase::Closed;
+            conn.shared.notify(&mut st);
+        }
+        Command::Listen(listener) | Command::Unlisten(listener) => {
+            let mut st = listener.shared.lock();
+            st.stopped = true;
+            st.bound.get_or_insert(Err(Failure::Stopped));
+            listener.shared.notify(&mut st);
+        }
+        // Its answer channel closes: the caller learns the loop is gone.
+        Command::Run(f) => drop(f),
+    }
+}

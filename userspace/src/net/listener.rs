@@ -1,0 +1,156 @@
+//! The blocking [`TcpListener`], shaped like [`std::net::TcpListener`].
+use super::Stack;
+use super::shared::{Command, Conn, Listener};
+use super::stream::{Handle, TcpStream};
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::sync::Arc;
+
+/// Accept queue length of a listener (the stack adds SYN cookies beyond its SYN queue).
+pub const DEFAULT_BACKLOG: usize = 4096;
+
+/// A listener's handle; dropping it stops listening and resets the connections that
+/// were not accepted yet.
+pub(crate) struct ListenHandle {
+    pub(crate) stack: Stack,
+    pub(crate) listener: Arc<Listener>,
+}
+
+impl ListenHandle {
+    /// Asks the loop to listen on the port of `addr` with an accept queue of `backlog`;
+    /// the handle then waits for the answer.
+    pub(crate) fn bind(
+        stack: &Stack,
+        addr: impl ToSocketAddrs,
+        backlog: usize,
+    ) -> io::Result<ListenHandle> {
+        let port = stack.listen_port(addr)?;
+        let listener = Listener::new(port, backlog);
+        stack.send(Command::Listen(listener.clone()));
+        Ok(ListenHandle {
+            stack: stack.clone(),
+            listener,
+        })
+    }
+
+    /// The loop's answer to the bind, once there is one.
+    pub(crate) fn bound(st: &super::shared::ListenState) -> Option<io::Result<()>> {
+        st.bound.map(|r| r.map_err(|f| f.io()))
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.stack.ip(), self.listener.port))
+    }
+
+    /// A stream around an accepted connection, and its peer's address.
+    pub(crate) fn handle(&self, conn: Arc<Conn>) -> (Handle, SocketAddr) {
+        let peer = SocketAddr::V4(conn.shared.lock().remote);
+        (
+            Handle {
+                stack: self.stack.clone(),
+                conn,
+            },
+            peer,
+        )
+    }
+}
+
+impl std::fmt::Debug for ListenHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenHandle")
+            .field("local", &self.local_addr())
+            .finish()
+    }
+}
+
+impl Drop for ListenHandle {
+    fn drop(&mut self) {
+        self.stack.send(Command::Unlisten(self.listener.clone()));
+    }
+}
+
+/// A TCP listener on the kernel-bypass stack, shaped like [`std::net::TcpListener`].
+///
+/// In shared-IP mode the XDP program steers the listening port to the stack from the
+/// moment `bind` returns (at most 16 listening ports at once).
+///
+/// ```no_run
+/// use std::io::Write;
+/// # fn main() -> std::io::Result<()> {
+/// let stack = userspace::Stack::builder().build()?;
+/// let listener = userspace::TcpListener::bind(&stack, "0.0.0.0:8080")?;
+/// for stream in listener.incoming() {
+///     stream?.write_all(b"hello\n")?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct TcpListener {
+    handle: ListenHandle,
+}
+
+impl TcpListener {
+    /// Listens on the port of `addr`, whose address must be the stack's or `0.0.0.0`,
+    /// with an accept queue of [`DEFAULT_BACKLOG`].
+    pub fn bind(stack: &Stack, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        Self::bind_with_backlog(stack, addr, DEFAULT_BACKLOG)
+    }
+
+    /// [`TcpListener::bind`] with an accept queue of `backlog` established connections
+    /// (beyond it, and beyond the stack's SYN backlog, SYN cookies).
+    pub fn bind_with_backlog(
+        stack: &Stack,
+        addr: impl ToSocketAddrs,
+        backlog: usize,
+    ) -> io::Result<TcpListener> {
+        let handle = ListenHandle::bind(stack, addr, backlog)?;
+        handle
+            .listener
+            .shared
+            .block_on(None, |st| ListenHandle::bound(st))
+            .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))?;
+        Ok(TcpListener { handle })
+    }
+
+    /// Waits for the next connection.
+    pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let listener = &self.handle.listener;
+        let conn = listener
+            .shared
+            .block_on(None, |st| listener.take(st))
+            .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()))?;
+        let (handle, peer) = self.handle.handle(conn);
+        Ok((TcpStream::from_handle(handle), peer))
+    }
+
+    /// An endless iterator over incoming connections, as [`TcpListener::accept`] gives them.
+    pub fn incoming(&self) -> Incoming<'_> {
+        Incoming { listener: self }
+    }
+
+    /// The address listened on: the stack's address and the port.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.handle.local_addr())
+    }
+
+    /// In non-blocking mode, `accept` fails with [`io::ErrorKind::WouldBlock`] instead
+    /// of waiting.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.handle.listener.shared.lock().nonblocking = nonblocking;
+        Ok(())
+    }
+}
+
+/// The iterator of [`TcpListener::incoming`].
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    listener: &'a TcpListener,
+}
+
+impl Iterator for Incoming<'_> {
+    type Item = io::Result<TcpStream>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(self.listener.accept().map(|(s, _)| s))
+    }
+}

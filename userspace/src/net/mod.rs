@@ -1,0 +1,525 @@
+//! Sockets on the kernel-bypass stack, shaped like [`std::net`] (and, with the `tokio`
+//! feature, like `tokio::net`).
+//!
+//! [`Stack::builder`] attaches the XDP program to an interface, opens the AF_XDP
+//! socket, and starts the poll loop on a thread of its own (pinned to a CPU if asked).
+//! [`TcpStream`] and [`TcpListener`] are handles to connections and listeners of that
+//! loop.
+//!
+//! # How the handles talk to the poll loop
+//!
+//! The poll loop owns the device and the sans-IO [`crate::stack::Stack`]; nothing else
+//! touches them. Each connection has a small shared state: a receive buffer, a send
+//! buffer, flags (connected, end of stream, error, shut down) and the waiters (a
+//! condition variable for blocking handles, wakers for async ones), behind one mutex.
+//!
+//! - The loop takes that mutex once per turn for a connection that has news, never per
+//!   packet: it moves the whole batch of bytes received since the last turn into the
+//!   receive buffer, takes as much of the send buffer as the TCP send buffer holds,
+//!   updates the flags and wakes the waiters.
+//! - A handle takes the mutex once per `read` or `write` call. When it makes a change
+//!   the loop must act on (bytes to send, room made in a full receive buffer, a
+//!   shutdown), it sends a wake command on a channel, at most one in flight per
+//!   connection (an atomic flag). Opening connections and listeners also goes through
+//!   that channel.
+//!
+//! So a busy connection costs two short, uncontended lock operations per turn (one per
+//! side), whatever the number of packets, and an idle one costs nothing.
+mod driver;
+mod listener;
+mod shared;
+mod stream;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+
+pub use crate::device::xdp::XdpModeChoice;
+pub use crate::stack::AddressMode;
+pub use crate::tcp::CongestionKind;
+pub use listener::{DEFAULT_BACKLOG, Incoming, TcpListener};
+pub use stream::TcpStream;
+
+use crate::app::setup::{StackArgs, open_runtime};
+use shared::{Command, Conn};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How long a connect waits when no timeout is given: longer than the SYN
+/// retransmissions take to give up, so the TCP's own answer comes first.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(130);
+
+/// Most bytes buffered between a handle and the stack in each direction, on top of the
+/// TCP buffers.
+const MAX_HANDLE_BUFFER: usize = 256 * 1024;
+
+/// Builds a running [`Stack`]. Every default is the `userspace` command's default.
+///
+/// ```no_run
+/// # fn main() -> std::io::Result<()> {
+/// let stack = userspace::Stack::builder()
+///     .interface("eth0")
+///     .cpu(1)
+///     .nodelay(true)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct StackBuilder {
+    args: StackArgs,
+    connect_timeout: Duration,
+    busy_poll: bool,
+    linger: Duration,
+}
+
+/// How long a stopping stack lets connections whose handles were dropped finish sending.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
+
+impl Default for StackBuilder {
+    fn default() -> Self {
+        StackBuilder {
+            args: StackArgs::default(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            busy_poll: true,
+            linger: DEFAULT_LINGER,
+        }
+    }
+}
+
+impl StackBuilder {
+    /// The interface to bypass. Default: the interface of the default route.
+    pub fn interface(mut self, name: impl Into<String>) -> Self {
+        self.args.iface = Some(name.into());
+        self
+    }
+
+    /// Owned-IP mode: the stack owns `ip`, a second address on the link, and answers
+    /// ARP and ping for it. Default: shared-IP mode, with the interface's own address
+    /// and only the stack's ports steered to it.
+    pub fn ip(mut self, ip: Ipv4Addr) -> Self {
+        self.args.ip = Some(ip);
+        self
+    }
+
+    /// The next-hop router. Default: from the kernel's routing table.
+    pub fn gateway(mut self, gateway: Ipv4Addr) -> Self {
+        self.args.gateway = Some(gateway);
+        self
+    }
+
+    /// Pins the poll loop's thread to this CPU. Default: not pinned.
+    pub fn cpu(mut self, cpu: usize) -> Self {
+        self.args.cpu = Some(cpu);
+        self
+    }
+
+    /// Binds only this RX queue. Default: every RX queue of the interface (RSS spreads
+    /// flows over them); one queue alone is refused on an interface with several.
+    pub fn queue(mut self, queue: u32) -> Self {
+        self.args.queue = Some(queue);
+        self
+    }
+
+    /// Forces the XDP attach mode. Default: native, falling back to skb.
+    pub fn xdp_mode(mut self, mode: XdpModeChoice) -> Self {
+        self.args.xdp_mode = Some(mode);
+        self
+    }
+
+    /// Records every frame sent and received to this pcap file.
+    pub fn pcap(mut self, path: impl Into<PathBuf>) -> Self {
+        self.args.pcap = Some(path.into());
+        self
+    }
+
+    /// Congestion control. Default: CUBIC.
+    pub fn congestion(mut self, kind: CongestionKind) -> Self {
+        self.args.congestion = kind;
+        self
+    }
+
+    /// Disables Nagle's algorithm on every connection. Default: Nagle on.
+    pub fn nodelay(mut self, nodelay: bool) -> Self {
+        self.args.nodelay = nodelay;
+        self
+    }
+
+    /// Send and receive buffer per connection, in bytes. Default: 1 MiB.
+    pub fn buffer(mut self, bytes: usize) -> Self {
+        self.args.buffer = bytes;
+        self
+    }
+
+    /// Most connections held at once. Default: 100,000.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.args.max_connections = n;
+        self
+    }
+
+    /// Half-open connections per listener before SYN cookies. Default: 1024.
+    pub fn syn_backlog(mut self, n: usize) -> Self {
+        self.args.syn_backlog = n;
+        self
+    }
+
+    /// How long [`TcpStream::connect`] waits. Default: [`DEFAULT_CONNECT_TIMEOUT`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Whether the poll loop spins when there is nothing to do. Default: `true`, as the
+    /// `userspace` command does: the lowest latency, and one core always busy. With
+    /// `false`, after 10 ms without traffic the loop sleeps half a millisecond between
+    /// turns, until traffic comes back: an idle stack then costs almost no CPU, and the
+    /// first packet after a pause waits up to that half millisecond.
+    pub fn busy_poll(mut self, busy_poll: bool) -> Self {
+        self.busy_poll = busy_poll;
+        self
+    }
+
+    /// When the stack stops, how long connections whose handles were already dropped
+    /// may take to deliver what was written to them (FIN acknowledged). Default:
+    /// [`DEFAULT_LINGER`].
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// Attaches the XDP program, opens the AF_XDP socket and starts the poll loop on a
+    /// thread of its own. Needs root (CAP_NET_ADMIN and CAP_BPF). The key for ISNs and
+    /// SYN cookies is fresh and random (kept per boot, as Linux keeps its own).
+    pub fn build(self) -> io::Result<Stack> {
+        let args = self.args.clone();
+        self.start(move || open_runtime(&args, &[]))
+    }
+
+    /// `stacks` stacks sharing the interface, for servers: every RX queue gets an AF_XDP
+    /// socket, queue q goes to stack q mod `stacks`, and each stack has its own poll
+    /// loop pinned to its own CPU (from [`StackBuilder::cpu`] on, else from 0). They
+    /// share one XDP program; steering starts once every queue has its socket. Bind the
+    /// same port on every stack and accept on all of them. A flow whose segments move
+    /// to another stack's queue (veth and virtio queues follow the sender's flow hash)
+    /// is handed to the stack that owns it. Clients use [`StackBuilder::build`].
+    pub fn build_per_queue(self, stacks: u32) -> io::Result<Vec<Stack>> {
+        use crate::app::runtime::{NetDevice, ShardLink};
+        use crate::device::xdp::{QueueChoice, XdpProgram, XdpQueues, choose_queues};
+        let plan = Arc::new(crate::app::setup::plan(&self.args, &[]).map_err(io_error)?);
+        let program = XdpProgram::load(&plan.iface, self.args.xdp_mode).map_err(io_error)?;
+        let queues = choose_queues(&program, QueueChoice::All).map_err(io_error)?;
+        let stacks = (stacks.max(1) as usize).min(queues.len());
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let first = self.args.cpu.unwrap_or(0);
+        let mut links = ShardLink::mesh(stacks);
+        let mut started = Vec::new();
+        for shard in 0..stacks {
+            let link = links.remove(0);
+            let mine: Vec<u32> = queues
+                .iter()
+                .copied()
+                .filter(|q| *q as usize % stacks == shard)
+                .collect();
+            let (plan, program) = (plan.clone(), program.clone());
+            let core = cores.get((first + shard) % cores.len().max(1)).copied();
+            started.push(self.clone().start(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                let mut device = XdpQueues::bind(&program, &mine)?;
+                device.report_program_counters = shard == 0;
+                let mut rt = plan.runtime(NetDevice::Plain(device))?;
+                rt.stack.hand_over_strays();
+                rt.shard = Some(link);
+                Ok(rt)
+            })?);
+        }
+        program
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enable(plan.steer)
+            .map_err(io_error)?;
+        Ok(started)
+    }
+
+    /// Starts a poll loop on a new thread around the runtime `open` makes there (that is
+    /// where it is pinned); returns once it is up.
+    fn start(
+        self,
+        open: impl FnOnce() -> anyhow::Result<crate::app::runtime::Runtime> + Send + 'static,
+    ) -> io::Result<Stack> {
+        let (commands, receiver) = mpsc::channel();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let (up_tx, up_rx) = mpsc::sync_channel(1);
+        let loop_shutdown = shutdown.clone();
+        let options = driver::LoopOptions {
+            cap: self.args.buffer.clamp(1, MAX_HANDLE_BUFFER),
+            nodelay: self.args.nodelay,
+            busy_poll: self.busy_poll,
+            linger: self.linger,
+        };
+        let thread = std::thread::Builder::new()
+            .name("userspace-poll".into())
+            .spawn(move || {
+                let rt = match open() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = up_tx.send(Err(io_error(e)));
+                        return;
+                    }
+                };
+                let info = Info {
+                    ip: rt.stack.ip(),
+                    interface: rt.iface.clone(),
+                    mode: rt.stack.config().mode,
+                };
+                if up_tx.send(Ok(info)).is_err() {
+                    return;
+                }
+                driver::Driver::new(rt, receiver, loop_shutdown, options).run();
+            })?;
+        let info = match up_rx.recv() {
+            Ok(Ok(info)) => info,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(io::Error::other("the poll loop died while starting"));
+            }
+        };
+        Ok(Stack {
+            inner: Arc::new(Inner {
+                commands,
+                shutdown,
+                thread: Mutex::new(Some(thread)),
+                info,
+                cap: options.cap,
+                nodelay: options.nodelay,
+                connect_timeout: self.connect_timeout,
+            }),
+        })
+    }
+}
+
+/// A setup error as an `io::Error`, with its whole chain of causes.
+fn io_error(e: anyhow::Error) -> io::Error {
+    io::Error::other(format!("{e:#}"))
+}
+
+#[derive(Debug)]
+struct Info {
+    ip: Ipv4Addr,
+    interface: String,
+    mode: AddressMode,
+}
+
+struct Inner {
+    commands: Sender<Command>,
+    shutdown: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    info: Info,
+    cap: usize,
+    nodelay: bool,
+    connect_timeout: Duration,
+}
+
+impl Inner {
+    fn stop(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running kernel-bypass stack: the XDP program, the AF_XDP socket and the poll loop
+/// on its own thread. Cheap to clone; the loop stops and the XDP program is detached
+/// when the last clone and the last socket are dropped, or at [`Stack::shutdown`].
+///
+/// Not to be confused with [`crate::stack::Stack`], the sans-IO engine the loop runs.
+#[derive(Clone)]
+pub struct Stack {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("interface", &self.inner.info.interface)
+            .field("ip", &self.inner.info.ip)
+            .field("mode", &self.inner.info.mode)
+            .finish()
+    }
+}
+
+impl Stack {
+    /// A builder with the defaults of the `userspace` command.
+    pub fn builder() -> StackBuilder {
+        StackBuilder::default()
+    }
+
+    /// The stack's IPv4 address (the interface's own in shared-IP mode).
+    pub fn ip(&self) -> Ipv4Addr {
+        self.inner.info.ip
+    }
+
+    /// The interface the stack bypasses.
+    pub fn interface(&self) -> &str {
+        &self.inner.info.interface
+    }
+
+    /// Shared-IP or owned-IP mode.
+    pub fn mode(&self) -> AddressMode {
+        self.inner.info.mode
+    }
+
+    /// Opens a connection; the same as [`TcpStream::connect`].
+    pub fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        TcpStream::connect(self, addr)
+    }
+
+    /// Listens on a port; the same as [`TcpListener::bind`].
+    pub fn bind(&self, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        TcpListener::bind(self, addr)
+    }
+
+    /// Stops the poll loop: listeners stop, connections whose handles were dropped get
+    /// up to the linger time ([`StackBuilder::linger`]) to deliver what was written to
+    /// them, the connections still open are closed (reset if they had data left), their
+    /// handles then fail with [`io::ErrorKind::NotConnected`], and the XDP program is
+    /// detached. Returns when the loop's thread has ended. Dropping the last handle
+    /// does the same.
+    pub fn shutdown(&self) {
+        self.inner.stop();
+    }
+
+    /// A snapshot of the stack's counters (frames, drops, ARP, listeners, connections).
+    pub fn stats(&self) -> io::Result<crate::stack::StackStats> {
+        self.with_runtime(|rt| rt.stack.stats.clone())
+    }
+
+    /// Runs `f` with the poll loop's runtime, on its thread between two turns, and
+    /// returns its result (for the `userspace` command's `--stats`).
+    #[doc(hidden)]
+    pub fn with_runtime<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut crate::app::runtime::Runtime) -> R + Send + 'static,
+    ) -> io::Result<R> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Command::Run(Box::new(move |rt| {
+            let _ = tx.send(f(rt));
+        })));
+        rx.recv().map_err(|_| shared::Failure::Stopped.io())
+    }
+
+    fn send(&self, command: Command) {
+        if let Err(mpsc::SendError(command)) = self.inner.commands.send(command) {
+            driver::stopped(command);
+        }
+    }
+
+    /// Tells the loop to look at `conn` on its next turn (one message in flight).
+    fn wake(&self, conn: &Arc<Conn>) {
+        if !conn.queued.swap(true, Ordering::AcqRel) {
+            self.send(Command::Wake(conn.clone()));
+        }
+    }
+
+    /// `addr`'s IPv4 addresses (this stack speaks IPv4 only).
+    fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddrV4>> {
+        let addrs: Vec<SocketAddrV4> = addr
+            .to_socket_addrs()?
+            .filter_map(|a| match a {
+                SocketAddr::V4(v4) => Some(v4),
+                SocketAddr::V6(_) => None,
+            })
+            .collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no IPv4 address to use",
+            ));
+        }
+        Ok(addrs)
+    }
+
+    /// The port to listen on, if `addr` is one of ours (the stack's address or
+    /// 0.0.0.0) with a port.
+    fn listen_port(&self, addr: impl ToSocketAddrs) -> io::Result<u16> {
+        Self::resolve(addr)?
+            .into_iter()
+            .find(|a| a.port() != 0 && (a.ip().is_unspecified() || *a.ip() == self.ip()))
+            .map(|a| a.port())
+            .ok_or_else(|| shared::Failure::BadAddress.io())
+    }
+}
+
+#[cfg(all(test, feature = "cli"))]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        stack: StackArgs,
+    }
+
+    #[test]
+    fn the_library_defaults_are_the_commands_defaults() {
+        let parsed = Flags::parse_from(["userspace"]).stack;
+        let library = StackBuilder::default().args;
+        assert!(parsed.stop_on_signals && !library.stop_on_signals);
+        let without_signals = |a: &StackArgs| {
+            format!(
+                "{:?}",
+                StackArgs {
+                    stop_on_signals: false,
+                    ..a.clone()
+                }
+            )
+        };
+        assert_eq!(without_signals(&parsed), without_signals(&library));
+        assert_eq!(library.max_connections, 100_000);
+        assert_eq!(library.buffer, 1 << 20);
+    }
+
+    #[test]
+    fn a_fresh_key_per_stack_config() {
+        let a = crate::stack::StackConfig::new([2; 6], Ipv4Addr::LOCALHOST, 8);
+        let b = crate::stack::StackConfig::new([2; 6], Ipv4Addr::LOCALHOST, 8);
+        assert_ne!(a.isn_key, b.isn_key);
+        assert_ne!(a.isn_key, [0x5a; 16]);
+    }
+}
+
+#[cfg(test)]
+mod handle_tests {
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_move_between_threads_and_tasks() {
+        send_sync::<super::Stack>();
+        send_sync::<super::TcpStream>();
+        send_sync::<super::TcpListener>();
+        #[cfg(feature = "tokio")]
+        {
+            send_sync::<super::tokio::TcpStream>();
+            send_sync::<super::tokio::TcpListener>();
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! The state a socket handle shares with the poll loop, and the ways to wait on it.
+//!
+//! Each connection has one [`Conn`]: a mutex around its buffers and flags, a condition
+//! variable for blocking handles and two waker slots for async ones. The poll loop takes
+//! the mutex once per turn for a connection that has news (never per packet) and moves
+//! whole batches of bytes between the stack and the buffers; a handle takes it once per
+//! call. The handle tells the loop about its own news (bytes written, room made, close)
+//! with a [`Command::Wake`] on a channel, at most one in flight per connection.
+use crate::stack::{ConnId, StackError};
+use crate::tcp::TcpError;
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// What a handle asks of the poll loop.
+pub(crate) enum Command {
+    /// Open a connection to `remote`; give up after `timeout`.
+    Connect {
+        conn: Arc<Conn>,
+        remote: SocketAddrV4,
+        timeout: Duration,
+    },
+    /// Listen on the listener's port.
+    Listen(Arc<Listener>),
+    /// Stop listening; connections not yet accepted are reset.
+    Unlisten(Arc<Listener>),
+    /// The handle changed the connection (wrote, read from a full buffer, shut down,
+    /// dropped): look at it on this turn.
+    Wake(Arc<Conn>),
+    /// Run this on the loop's thread, between two turns (counters, diagnostics).
+    Run(Box<dyn FnOnce(&mut crate::app::runtime::Runtime) + Send>),
+}
+
+/// Why an operation failed, kept until the handle asks (an `io::Error` is not `Copy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    Tcp(TcpError),
+    Stack(StackError),
+    /// The poll loop is gone (the stack was shut down).
+    Stopped,
+    /// More listening ports than the XDP program can steer, or the map refused.
+    Steering,
+    /// Port 0, or an address that is not the stack's.
+    BadAddress,
+}
+
+impl Failure {
+    pub(crate) fn io(self) -> io::Error {
+        use io::ErrorKind as K;
+        match self {
+            Failure::Tcp(e) => {
+                let kind = match e {
+                    TcpError::Refused => K::ConnectionRefused,
+                    TcpError::Reset => K::ConnectionReset,
+                    TcpError::TimedOut => K::TimedOut,
+                    TcpError::Unreachable | TcpError::HostUnreachable => K::HostUnreachable,
+                    TcpError::Closed => K::NotConnected,
+                };
+                io::Error::new(kind, e)
+            }
+            Failure::Stack(e) => {
+                let kind = match e {
+                    StackError::PortInUse => K::AddrInUse,
+                    StackError::NoFreePort => K::AddrNotAvailable,
+                    StackError::TooManyConnections => K::Other,
+                };
+                io::Error::new(kind, e)
+            }
+            Failure::Stopped => io::Error::new(K::NotConnected, "the stack has stopped"),
+            Failure::Steering => io::Error::other(format!(
+                "cannot steer another listening port (at most {})",
+                xdp_ebpf::MAX_LISTEN_PORTS
+            )),
+            Failure::BadAddress => {
+                io::Error::new(K::AddrNotAvailable, "not the stack's address, or port 0")
+            }
+        }
+    }
+}
+
+/// Who waits on a piece of shared state: blocked threads and async tasks.
+#[derive(Default)]
+pub(crate) struct Waiters {
+    blocked: u32,
+    wakers: [Option<Waker>; 2],
+}
+
+/// Waker slots: a reader and a writer may wait on one connection at once.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) const READER: usize = 0;
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) const WRITER: usize = 1;
+
+pub(crate) trait HasWaiters {
+    fn waiters(&mut self) -> &mut Waiters;
+}
+
+/// State behind a mutex that handles can wait on, blocking or async.
+pub(crate) struct Waitable<S> {
+    state: Mutex<S>,
+    cond: Condvar,
+}
+
+impl<S: HasWaiters> Waitable<S> {
+    fn new(state: S) -> Self {
+        Waitable {
+            state: Mutex::new(state),
+            cond: Condvar::new(),
+        }
+    }
+
+    /// The state; a panic on another thread does not wedge the connection.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, S> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks until `check` gives a value, or `timeout` passes (then `None`).
+    pub(crate) fn block_on<T>(
+        &self,
+        timeout: Option<Duration>,
+        mut check: impl FnMut(&mut S) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = self.lock();
+        loop {
+            if let Some(v) = check(&mut st) {
+                return Some(v);
+            }
+            st.waiters().blocked += 1;
+            st = match deadline {
+                None => self.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        st.waiters().blocked -= 1;
+                        return None;
+                    }
+                    self.cond
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            st.waiters().blocked -= 1;
+        }
+    }
+
+    /// `check` now, or `Pending` with the task's waker in `slot`.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn poll<T>(
+        &self,
+        cx: &mut Context<'_>,
+        slot: usize,
+        check: impl FnOnce(&mut S) -> Option<T>,
+    ) -> Poll<T> {
+        let mut st = self.lock();
+        match check(&mut st) {
+            Some(v) => Poll::Ready(v),
+            None => {
+                let waker = &mut st.waiters().wakers[slot];
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Wakes whoever waits (called with the lock held, after a change).
+    pub(crate) fn notify(&self, st: &mut S) {
+        let w = st.waiters();
+        if w.blocked > 0 {
+            self.cond.notify_all();
+        }
+        for waker in w.wakers.iter_mut() {
+            if let Some(waker) = waker.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// Where a connection is, as its handle sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Connecting,
+    Open,
+    Closed,
+}
+
+/// One connection's shared state.
+pub(crate) struct ConnState {
+    pub id: Option<ConnId>,
+    pub local: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    /// Received in order, not yet read by the application.
+    pub rx: VecDeque<u8>,
+    /// Written by the application, not yet taken by the stack's send buffer.
+    pub tx: VecDeque<u8>,
+    /// Bound of each of `rx` and `tx`.
+    pub cap: usize,
+    pub phase: Phase,
+    pub failure: Option<Failure>,
+    /// The peer's FIN arrived and every byte before it is in `rx`.
+    pub read_closed: bool,
+    /// The application will not read any more (`shutdown(Read)`).
+    pub read_shut: bool,
+    /// The application will not write any more: FIN once `tx` is empty.
+    pub write_shut: bool,
+    /// The loop has queued our FIN in the stack.
+    pub fin_queued: bool,
+    /// The handle is gone: the loop closes and forgets the connection.
+    pub dropped: bool,
+    /// The loop left data in the stack because `rx` was full: wake it after a read.
+    pub rx_stalled: bool,
+    /// Nagle off; `nodelay_changed` until the loop applied it.
+    pub nodelay: bool,
+    pub nodelay_changed: bool,
+    pub read_timeout: Option<Duration>,
+    pub write_timeout: Option<Duration>,
+    pub nonblocking: bool,
+    waiters: Waiters,
+}
+
+impl HasWaiters for ConnState {
+    fn waiters(&mut self) -> &mut Waiters {
+        &mut self.waiters
+    }
+}
+
+/// A connection shared by its handle and the poll loop.
+pub(crate) struct Conn {
+    pub shared: Waitable<ConnState>,
+    /// A [`Command::Wake`] for this connection is on its way to the loop.
+    pub queued: AtomicBool,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        remote: SocketAddrV4,
+        cap: usize,
+        nodelay: bool,
+        phase: Phase,
+        id: Option<ConnId>,
+    ) -> Arc<Conn> {
+        Arc::new(Conn {
+            shared: Waitable::new(ConnState {
+                id,
+                local: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                remote,
+                rx: VecDeque::new(),
+                tx: VecDeque::new(),
+                cap,
+                phase,
+                failure: None,
+                read_closed: false,
+                read_shut: false,
+                write_shut: false,
+                fin_queued: false,
+                dropped: false,
+                rx_stalled: false,
+                nodelay,
+                nodelay_changed: false,
+                read_timeout: None,
+                write_timeout: None,
+                nonblocking: false,
+                waiters: Waiters::default(),
+            }),
+            queued: AtomicBool::new(false),
+        })
+    }
+}
+
+/// What a read or write found: a result, or nothing yet (wait), and whether the loop
+/// must be told about the change.
+pub(crate) struct Outcome {
+    pub result: Option<io::Result<usize>>,
+    pub wake_loop: bool,
+}
+
+impl ConnState {
+    /// The connect finished: `Ok` once open (or already closed cleanly), else why not.
+    pub(crate) fn connect_result(&self) -> Option<io::Result<()>> {
+        match (self.phase, self.failure) {
+            (_, Some(f)) => Some(Err(f.io())),
+            (Phase::Connecting, None) => None,
+            _ => Some(Ok(())),
+        }
+    }
+
+    /// Copies received bytes into `buf`: data, `Ok(0)` at end of stream, the error that
+    /// ended the connection, or `None` when nothing is there yet.
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> Outcome {
+        if !self.rx.is_empty() && !buf.is_empty() {
+            let n = buf.len().min(self.rx.len());
+            let (a, b) = self.rx.as_slices();
+            let from_a = n.min(a.len());
+            buf[..from_a].copy_from_slice(&a[..from_a]);
+            buf[from_a..n].copy_from_slice(&b[..n - from_a]);
+            self.rx.drain(..n);
+            let wake_loop = std::mem::take(&mut self.rx_stalled);
+            return Outcome {
+                result: Some(Ok(n)),
+                wake_loop,
+            };
+        }
+        let result = if buf.is_empty() || self.read_closed || self.read_shut {
+            Some(Ok(0))
+        } else if let Some(f) = self.failure {
+            Some(Err(f.io()))
+        } else if self.phase == Phase::Closed {
+            Some(Ok(0))
+        } else {
+            None
+        };
+        Outcome {
+            result,
+            wake_loop: false,
+        }
+    }
+
+    /// Queues bytes of `buf` for the stack: how many fit, the error, or `None` when the
+    /// buffer is full.
+    pub(crate) fn write(&mut self, buf: &[u8]) -> Outcome {
+        let result = if let Some(f) = self.failure {
+            Some(Err(f.io()))
+        } else if self.write_shut || self.phase == Phase::Closed {
+            Some(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the connection is closed for writing",
+            )))
+        } else if buf.is_empty() {
+            Some(Ok(0))
+        } else {
+            let n = buf.len().min(self.cap.saturating_sub(self.tx.len()));
+            (n > 0).then(|| {
+                self.tx.extend(&buf[..n]);
+                Ok(n)
+            })
+        };
+        let wake_loop = matches!(result, Some(Ok(n)) if n > 0);
+        Outcome { result, wake_loop }
+    }
+}
+
+/// One listener's shared state.
+pub(crate) struct ListenState {
+    /// The loop's answer to [`Command::Listen`].
+    pub bound: Option<Result<(), Failure>>,
+    /// Established connections not yet accepted.
+    pub queue: VecDeque<Arc<Conn>>,
+    /// The loop stopped.
+    pub stopped: bool,
+    pub nonblocking: bool,
+    waiters: Waiters,
+}
+
+impl HasWaiters for ListenState {
+    fn waiters(&mut self) -> &mut Waiters {
+        &mut self.waiters
+    }
+}
+
+/// A listener shared by its handle and the poll loop.
+pub(crate) struct Listener {
+    pub port: u16,
+    pub backlog: usize,
+    pub shared: Waitable<ListenState>,
+    /// Length of `queue`, readable by the loop without the lock.
+    pub queued: AtomicUsize,
+}
+
+impl Listener {
+    pub(crate) fn new(port: u16, backlog: usize) -> Arc<Listener> {
+        Arc::new(Listener {
+            port,
+            backlog: backlog.max(1),
+            shared: Waitable::new(ListenState {
+                bound: None,
+                queue: VecDeque::new(),
+                stopped: false,
+                nonblocking: false,
+                waiters: Waiters::default(),
+            }),
+            queued: AtomicUsize::new(0),
+        })
+    }
+
+    /// The next accepted connection, the reason there will be none, or `None` (wait).
+    pub(crate) fn take(&self, st: &mut ListenState) -> Option<io::Result<Arc<Conn>>> {
+        if let Some(conn) = st.queue.pop_front() {
+            self.queued.store(st.queue.len(), Ordering::Relaxed);
+            return Some(Ok(conn));
+        }
+        if st.stopped {
+            return Some(Err(Failure::Stopped.io()));
+        }
+        if st.nonblocking {
+            return Some(Err(io::ErrorKind::WouldBlock.into()));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn conn(cap: usize) -> Arc<Conn> {
+        let remote = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80);
+        Conn::new(remote, cap, false, Phase::Open, None)
+    }
+
+    #[test]
+    fn reads_give_data_then_end_of_stream_or_the_error() {
+        let c = conn(8);
+        let mut st = c.shared.lock();
+        let mut buf = [0u8; 4];
+        assert!(st.read(&mut buf).result.is_none(), "nothing yet: wait");
+        st.rx.extend(b"abcdef");
+        st.read_closed = true;
+        assert_eq!(st.read(&mut buf).result.unwrap().unwrap(), 4);
+        assert_eq!(&buf, b"abcd");
+        assert_eq!(st.read(&mut buf).result.unwrap().unwrap(), 2);
+        assert_eq!(st.read(&mut buf).result.unwrap().unwrap(), 0, "then EOF");
+        st.read_closed = false;
+        st.failure = Some(Failure::Tcp(TcpError::Reset));
+        let err = st.read(&mut buf).result.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn a_read_from_a_stalled_buffer_wakes_the_loop() {
+        let c = conn(4);
+        let mut st = c.shared.lock();
+        st.rx.extend(b"full");
+        st.rx_stalled = true;
+        let mut buf = [0u8; 2];
+        assert!(st.read(&mut buf).wake_loop);
+        assert!(!st.read(&mut buf).wake_loop, "once");
+    }
+
+    #[test]
+    fn writes_fill_up_to_the_bound_and_fail_once_shut() {
+        let c = conn(4);
+        let mut st = c.shared.lock();
+        let first = st.write(b"abcdef");
+        assert_eq!(first.result.unwrap().unwrap(), 4);
+        assert!(first.wake_loop);
+        assert!(st.write(b"g").result.is_none(), "full: wait");
+        st.tx.clear();
+        st.write_shut = true;
+        let err = st.write(b"g").result.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn a_blocked_reader_wakes_on_notify_and_times_out_without() {
+        let c = conn(8);
+        let timed_out = c.shared.block_on(Some(Duration::from_millis(20)), |st| {
+            st.read(&mut [0; 1]).result
+        });
+        assert!(timed_out.is_none());
+        let c2 = c.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut st = c2.shared.lock();
+            st.rx.extend(b"x");
+            c2.shared.notify(&mut st);
+        });
+        let got = c.shared.block_on(Some(Duration::from_secs(10)), |st| {
+            st.read(&mut [0; 1]).result
+        });
+        assert_eq!(got.unwrap().unwrap(), 1);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn failures_map_to_std_error_kinds() {
+        use io::ErrorKind as K;
+        for (failure, kind) in [
+            (Failure::Tcp(TcpError::Refused), K::ConnectionRefused),
+            (Failure::Tcp(TcpError::TimedOut), K::TimedOut),
+            (Failure::Tcp(TcpError::Unreachable), K::HostUnreachable),
+            (Failure::Stack(StackError::PortInUse), K::AddrInUse),
+            (Failure::Stopped, K::NotConnected),
+        ] {
+            assert_eq!(failure.io().kind(), kind, "{failure:?}");
+        }
+    }
+}

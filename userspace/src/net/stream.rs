@@ -1,0 +1,302 @@
+//! The blocking [`TcpStream`], shaped like [`std::net::TcpStream`].
+use super::Stack;
+use super::shared::{Command, Conn, ConnState, Outcome, Phase};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A connection's handle: the stack it lives on and its shared state. Dropping it
+/// closes the connection (FIN after the bytes still queued).
+pub(crate) struct Handle {
+    pub(crate) stack: Stack,
+    pub(crate) conn: Arc<Conn>,
+}
+
+impl Handle {
+    /// Asks the loop for a connection to `remote`; the handle then waits for the answer.
+    pub(crate) fn connect(stack: &Stack, remote: SocketAddrV4, timeout: Duration) -> Handle {
+        let inner = &stack.inner;
+        let conn = Conn::new(remote, inner.cap, inner.nodelay, Phase::Connecting, None);
+        stack.send(Command::Connect {
+            conn: conn.clone(),
+            remote,
+            timeout,
+        });
+        Handle {
+            stack: stack.clone(),
+            conn,
+        }
+    }
+
+    /// Changes the state and tells the loop.
+    pub(crate) fn update(&self, change: impl FnOnce(&mut ConnState)) {
+        change(&mut self.conn.shared.lock());
+        self.stack.wake(&self.conn);
+    }
+
+    pub(crate) fn peer_addr(&self) -> SocketAddr {
+        SocketAddr::V4(self.conn.shared.lock().remote)
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        SocketAddr::V4(self.conn.shared.lock().local)
+    }
+
+    pub(crate) fn shutdown(&self, how: Shutdown) {
+        self.update(|st| {
+            if matches!(how, Shutdown::Read | Shutdown::Both) {
+                st.read_shut = true;
+                st.rx.clear();
+            }
+            if matches!(how, Shutdown::Write | Shutdown::Both) {
+                st.write_shut = true;
+            }
+        });
+    }
+
+    pub(crate) fn set_nodelay(&self, nodelay: bool) {
+        self.update(|st| {
+            st.nodelay = nodelay;
+            st.nodelay_changed = true;
+        });
+    }
+
+    pub(crate) fn nodelay(&self) -> bool {
+        self.conn.shared.lock().nodelay
+    }
+
+    /// One blocking read or write: `op` until it has an answer, within the timeout.
+    fn block(
+        &self,
+        timeout: impl Fn(&ConnState) -> Option<Duration>,
+        mut op: impl FnMut(&mut ConnState) -> Outcome,
+    ) -> io::Result<usize> {
+        let (timeout, nonblocking) = {
+            let st = self.conn.shared.lock();
+            (timeout(&st), st.nonblocking)
+        };
+        let mut wake_loop = false;
+        let result = self.conn.shared.block_on(timeout, |st| {
+            let outcome = op(st);
+            wake_loop |= outcome.wake_loop;
+            match outcome.result {
+                None if nonblocking => Some(Err(io::ErrorKind::WouldBlock.into())),
+                r => r,
+            }
+        });
+        if wake_loop {
+            self.stack.wake(&self.conn);
+        }
+        // std's sockets report a timeout as WouldBlock on Unix.
+        result.unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()))
+    }
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("local", &self.local_addr())
+            .field("peer", &self.peer_addr())
+            .finish()
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.update(|st| st.dropped = true);
+    }
+}
+
+/// A TCP connection on the kernel-bypass stack, shaped like [`std::net::TcpStream`]:
+/// blocking [`Read`] and [`Write`], timeouts, shutdown, `TCP_NODELAY`.
+///
+/// Reading returns `Ok(0)` only at the end of the stream; a reset or timed-out
+/// connection returns the error ([`io::ErrorKind::ConnectionReset`],
+/// [`io::ErrorKind::TimedOut`], ...). Dropping the stream closes the connection
+/// gracefully: the bytes already written are sent, then FIN.
+///
+/// ```no_run
+/// use std::io::{Read, Write};
+/// # fn main() -> std::io::Result<()> {
+/// let stack = userspace::Stack::builder().build()?;
+/// let mut stream = userspace::TcpStream::connect(&stack, "10.0.0.2:80")?;
+/// stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+/// let mut response = Vec::new();
+/// stream.read_to_end(&mut response)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct TcpStream {
+    handle: Arc<Handle>,
+}
+
+impl TcpStream {
+    /// Opens a connection to the first address of `addr` that answers, waiting at most
+    /// the stack's connect timeout for each.
+    pub fn connect(stack: &Stack, addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        let mut last = None;
+        for remote in Stack::resolve(addr)? {
+            match Self::open(stack, remote, stack.inner.connect_timeout) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::ErrorKind::InvalidInput.into()))
+    }
+
+    /// Opens a connection to `addr`, waiting at most `timeout`
+    /// ([`io::ErrorKind::TimedOut`] after it).
+    pub fn connect_timeout(
+        stack: &Stack,
+        addr: &SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<TcpStream> {
+        let SocketAddr::V4(remote) = *addr else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the stack speaks IPv4 only",
+            ));
+        };
+        if timeout.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "zero connect timeout",
+            ));
+        }
+        Self::open(stack, remote, timeout)
+    }
+
+    fn open(stack: &Stack, remote: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
+        let handle = Handle::connect(stack, remote, timeout);
+        handle
+            .conn
+            .shared
+            .block_on(None, |st| st.connect_result())
+            .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))?;
+        Ok(TcpStream::from_handle(handle))
+    }
+
+    pub(crate) fn from_handle(handle: Handle) -> TcpStream {
+        TcpStream {
+            handle: Arc::new(handle),
+        }
+    }
+
+    /// The remote end's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.handle.peer_addr())
+    }
+
+    /// Our end's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.handle.local_addr())
+    }
+
+    /// Shuts down reading (later reads return `Ok(0)`), writing (FIN once the bytes
+    /// written are sent; later writes fail with [`io::ErrorKind::BrokenPipe`]), or both.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.handle.shutdown(how);
+        Ok(())
+    }
+
+    /// Turns Nagle's algorithm off (`true`) or on (`TCP_NODELAY`).
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.handle.set_nodelay(nodelay);
+        Ok(())
+    }
+
+    /// Whether Nagle's algorithm is off.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        Ok(self.handle.nodelay())
+    }
+
+    /// How long a read waits for data (`None`: for ever). After it, the read fails with
+    /// [`io::ErrorKind::WouldBlock`], as std's sockets do on Unix.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        check_timeout(timeout)?;
+        self.handle.conn.shared.lock().read_timeout = timeout;
+        Ok(())
+    }
+
+    /// How long a write waits for room (`None`: for ever).
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        check_timeout(timeout)?;
+        self.handle.conn.shared.lock().write_timeout = timeout;
+        Ok(())
+    }
+
+    /// The read timeout.
+    pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.handle.conn.shared.lock().read_timeout)
+    }
+
+    /// The write timeout.
+    pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        Ok(self.handle.conn.shared.lock().write_timeout)
+    }
+
+    /// In non-blocking mode, reads and writes that would wait fail with
+    /// [`io::ErrorKind::WouldBlock`] instead.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.handle.conn.shared.lock().nonblocking = nonblocking;
+        Ok(())
+    }
+
+    /// Another handle to the same connection (for a reader and a writer thread). The
+    /// connection closes when the last one is dropped.
+    pub fn try_clone(&self) -> io::Result<TcpStream> {
+        Ok(TcpStream {
+            handle: self.handle.clone(),
+        })
+    }
+
+    /// The error that ended the connection, if one did (it stays; std clears it).
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        Ok(self.handle.conn.shared.lock().failure.map(|f| f.io()))
+    }
+}
+
+fn check_timeout(timeout: Option<Duration>) -> io::Result<()> {
+    if timeout.is_some_and(|t| t.is_zero()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "zero timeout (use None for none)",
+        ));
+    }
+    Ok(())
+}
+
+impl Read for &TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.handle.block(|st| st.read_timeout, |st| st.read(buf))
+    }
+}
+
+impl Write for &TcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.handle.block(|st| st.write_timeout, |st| st.write(buf))
+    }
+
+    /// Bytes written are already on their way to the TCP send buffer; like std's,
+    /// there is nothing to flush.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Write for TcpStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

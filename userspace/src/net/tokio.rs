@@ -1,0 +1,192 @@
+//! Async sockets for tokio (feature `tokio`), shaped like `tokio::net`.
+//!
+//! The poll loop wakes the task that waits on a connection when its data, room, or
+//! state changes; a task never spins. They work with anything built on tokio's
+//! [`AsyncRead`]/[`AsyncWrite`], hyper through `hyper_util::rt::TokioIo` included.
+//!
+//! ```no_run
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! # async fn run() -> std::io::Result<()> {
+//! let stack = userspace::Stack::builder().build()?;
+//! let listener = userspace::net::tokio::TcpListener::bind(&stack, "0.0.0.0:7").await?;
+//! loop {
+//!     let (mut stream, _) = listener.accept().await?;
+//!     tokio::spawn(async move {
+//!         let mut buf = [0u8; 4096];
+//!         while let Ok(n @ 1..) = stream.read(&mut buf).await {
+//!             if stream.write_all(&buf[..n]).await.is_err() {
+//!                 break;
+//!             }
+//!         }
+//!     });
+//! }
+//! # }
+//! ```
+use super::Stack;
+use super::listener::{DEFAULT_BACKLOG, ListenHandle};
+use super::shared::{READER, WRITER};
+use super::stream::Handle;
+use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::future::poll_fn;
+use std::io;
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// A TCP connection on the kernel-bypass stack for tokio: [`AsyncRead`] and
+/// [`AsyncWrite`]. Dropping it closes the connection gracefully (FIN after the bytes
+/// written).
+#[derive(Debug)]
+pub struct TcpStream {
+    handle: Handle,
+}
+
+impl TcpStream {
+    /// Opens a connection to the first address of `addr` that answers. Names are
+    /// resolved with the system resolver (blocking, as [`std::net::ToSocketAddrs`]).
+    pub async fn connect(stack: &Stack, addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        let mut last = None;
+        for remote in Stack::resolve(addr)? {
+            let handle = Handle::connect(stack, remote, stack.inner.connect_timeout);
+            let result = poll_fn(|cx| {
+                handle
+                    .conn
+                    .shared
+                    .poll(cx, WRITER, |st| st.connect_result())
+            })
+            .await;
+            match result {
+                Ok(()) => return Ok(TcpStream { handle }),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::ErrorKind::InvalidInput.into()))
+    }
+
+    /// The remote end's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.handle.peer_addr())
+    }
+
+    /// Our end's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.handle.local_addr())
+    }
+
+    /// Turns Nagle's algorithm off (`true`) or on (`TCP_NODELAY`).
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.handle.set_nodelay(nodelay);
+        Ok(())
+    }
+
+    /// Whether Nagle's algorithm is off.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        Ok(self.handle.nodelay())
+    }
+}
+
+impl AsyncRead for TcpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let handle = &self.handle;
+        let mut wake_loop = false;
+        let poll = handle.conn.shared.poll(cx, READER, |st| {
+            let outcome = st.read(buf.initialize_unfilled());
+            wake_loop = outcome.wake_loop;
+            outcome.result
+        });
+        if wake_loop {
+            handle.stack.wake(&handle.conn);
+        }
+        poll.map(|r| r.map(|n| buf.advance(n)))
+    }
+}
+
+impl AsyncWrite for TcpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let handle = &self.handle;
+        let mut wake_loop = false;
+        let poll = handle.conn.shared.poll(cx, WRITER, |st| {
+            let outcome = st.write(buf);
+            wake_loop = outcome.wake_loop;
+            outcome.result
+        });
+        if wake_loop {
+            handle.stack.wake(&handle.conn);
+        }
+        poll
+    }
+
+    /// Bytes written are already on their way to the TCP send buffer.
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends FIN after the bytes written.
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.handle.shutdown(Shutdown::Write);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A TCP listener on the kernel-bypass stack for tokio.
+#[derive(Debug)]
+pub struct TcpListener {
+    handle: ListenHandle,
+}
+
+impl TcpListener {
+    /// Listens on the port of `addr`, whose address must be the stack's or `0.0.0.0`,
+    /// with an accept queue of [`DEFAULT_BACKLOG`].
+    pub async fn bind(stack: &Stack, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        Self::bind_with_backlog(stack, addr, DEFAULT_BACKLOG).await
+    }
+
+    /// [`TcpListener::bind`] with an accept queue of `backlog` established connections.
+    pub async fn bind_with_backlog(
+        stack: &Stack,
+        addr: impl ToSocketAddrs,
+        backlog: usize,
+    ) -> io::Result<TcpListener> {
+        let handle = ListenHandle::bind(stack, addr, backlog)?;
+        poll_fn(|cx| {
+            handle
+                .listener
+                .shared
+                .poll(cx, READER, |st| ListenHandle::bound(st))
+        })
+        .await?;
+        Ok(TcpListener { handle })
+    }
+
+    /// Waits for the next connection.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// The next connection, or `Pending` with the task woken when one arrives.
+    pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, SocketAddr)>> {
+        let listener = &self.handle.listener;
+        listener
+            .shared
+            .poll(cx, READER, |st| listener.take(st))
+            .map(|r| {
+                r.map(|conn| {
+                    let (handle, peer) = self.handle.handle(conn);
+                    (TcpStream { handle }, peer)
+                })
+            })
+    }
+
+    /// The address listened on: the stack's address and the port.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.handle.local_addr())
+    }
+}

@@ -1,0 +1,239 @@
+//! What happened to a connection, as the application sees it: events instead of states,
+//! and typed errors per operation (no data yet is not the same as end of stream).
+use super::{ConnId, Stack};
+use crate::tcp::{State, TcpError};
+
+/// The events of one connection at this moment (level-triggered, like `poll(2)`).
+///
+/// [`Stack::drain_ready`] names the connections that may have new events; this says
+/// which ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Events {
+    /// [`Stack::try_recv`] would not block: data, end of stream, or an error is there.
+    pub readable: bool,
+    /// [`Stack::try_send`] would accept at least one byte.
+    pub writable: bool,
+    /// The handshake completed (stays true after it, also once closing).
+    pub connected: bool,
+    /// The connection is gone: closed, reset, timed out, or released.
+    pub closed: bool,
+    /// The error that ended the connection, if one did.
+    pub error: Option<TcpError>,
+    /// The peer sent FIN and every byte before it was read.
+    pub read_closed: bool,
+}
+
+/// Why [`Stack::try_recv`] returned no data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    /// Nothing to read yet; the connection is open.
+    #[error("no data yet")]
+    WouldBlock,
+    /// The peer closed its side and everything it sent has been read.
+    #[error("end of stream")]
+    Finished,
+    /// The connection failed (reset, refused, timed out, unreachable) or is unknown.
+    #[error(transparent)]
+    Connection(#[from] TcpError),
+}
+
+/// Why [`Stack::try_send`] took no data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The send buffer is full (or the handshake has not started yet); try later.
+    #[error("send buffer full")]
+    WouldBlock,
+    /// Our side was closed, or the connection failed.
+    #[error(transparent)]
+    Connection(#[from] TcpError),
+}
+
+impl Stack {
+    /// The events of `id` now. A stale or freed handle is `closed`.
+    pub fn events(&self, id: ConnId) -> Events {
+        let Some(conn) = self.connection(id) else {
+            return Events {
+                closed: true,
+                readable: true,
+                ..Events::default()
+            };
+        };
+        let state = conn.state();
+        let error = conn.error();
+        let closed = matches!(state, State::Closed | State::TimeWait);
+        let read_closed = conn.at_eof();
+        Events {
+            readable: conn.recv_available() > 0 || read_closed || error.is_some() || closed,
+            writable: !closed
+                && error.is_none()
+                && !matches!(state, State::SynSent | State::SynReceived)
+                && conn.send_capacity() > 0,
+            connected: conn.is_established() || (closed && error.is_none()),
+            closed,
+            error,
+            read_closed,
+        }
+    }
+
+    /// Reads in-order data of `id`: at least one byte, or why there is none.
+    pub fn try_recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, RecvError> {
+        match self.recv(id, buf)? {
+            0 if buf.is_empty() => Ok(0),
+            0 => match self.connection(id) {
+                Some(c) if c.at_eof() => Err(RecvError::Finished),
+                Some(c) if c.state() == State::Closed => {
+                    Err(c.error().unwrap_or(TcpError::Closed).into())
+                }
+                Some(_) => Err(RecvError::WouldBlock),
+                None => Err(TcpError::Closed.into()),
+            },
+            n => Ok(n),
+        }
+    }
+
+    /// Queues data on `id`: how much fit, at least one byte, or why none did.
+    pub fn try_send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, SendError> {
+        match self.send(id, data)? {
+            0 if !data.is_empty() => Err(SendError::WouldBlock),
+            n => Ok(n),
+        }
+    }
+
+    /// Turns Nagle's algorithm off (`true`) or on for `id`.
+    pub fn set_nodelay(&mut self, id: ConnId, nodelay: bool) {
+        if let Some(e) = self.entry_mut(id) {
+            e.conn.set_nodelay(nodelay);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{IP_C, IP_S, MAC_C, MAC_S, drive, pair};
+    use super::*;
+    use crate::device::memory::MemoryDevice;
+    use crate::stack::StackConfig;
+    use crate::tcp::Instant;
+    use std::net::SocketAddrV4;
+    use std::time::Duration;
+
+    /// Two stacks over a link, a connection between them, and what drives them.
+    struct Connected {
+        c: Stack,
+        dc: MemoryDevice,
+        s: Stack,
+        ds: MemoryDevice,
+        now: Instant,
+        id: ConnId,
+        sid: ConnId,
+    }
+
+    impl Connected {
+        /// Connects; `before` sees the client's connection before the handshake.
+        fn new(before: impl FnOnce(&mut Stack, ConnId)) -> Connected {
+            let (mut c, mut dc, mut s, mut ds) = pair(|_| {});
+            s.listen(80, 16).unwrap();
+            let mut now = Instant::from_millis(1);
+            let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
+            before(&mut c, id);
+            let mut sid = None;
+            drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+                sid = sid.or_else(|| s.accept(80));
+                sid.is_some() && c.events(id).connected
+            });
+            let sid = sid.unwrap();
+            Connected {
+                c,
+                dc,
+                s,
+                ds,
+                now,
+                id,
+                sid,
+            }
+        }
+
+        fn until(&mut self, mut done: impl FnMut(&Stack, ConnId) -> bool) {
+            let id = self.id;
+            let (c, dc, s, ds) = (&mut self.c, &mut self.dc, &mut self.s, &mut self.ds);
+            drive(c, dc, s, ds, &mut self.now, |c, _| done(c, id));
+        }
+    }
+
+    #[test]
+    fn recv_tells_no_data_yet_from_end_of_stream() {
+        let mut buf = [0u8; 16];
+        let mut t = Connected::new(|c, id| {
+            assert_eq!(c.try_recv(id, &mut [0u8; 4]), Err(RecvError::WouldBlock));
+            assert!(!c.events(id).connected && !c.events(id).writable);
+        });
+        let (id, sid) = (t.id, t.sid);
+        let ev = t.c.events(id);
+        assert!(ev.writable && !ev.readable && !ev.closed && ev.error.is_none());
+        assert_eq!(t.c.try_recv(id, &mut buf), Err(RecvError::WouldBlock));
+        assert_eq!(t.s.try_send(sid, b"hi"), Ok(2));
+        t.s.close(sid);
+        t.until(|c, id| c.events(id).readable);
+        assert_eq!(t.c.try_recv(id, &mut buf), Ok(2));
+        assert_eq!(&buf[..2], b"hi");
+        t.until(|c, id| c.events(id).read_closed);
+        assert_eq!(t.c.try_recv(id, &mut buf), Err(RecvError::Finished));
+        assert!(t.c.events(id).readable, "end of stream is readable");
+    }
+
+    #[test]
+    fn a_reset_is_an_error_event_and_a_typed_error() {
+        let mut t = Connected::new(|_, _| {});
+        t.s.abort(t.sid);
+        t.until(|c, id| c.events(id).closed);
+        let (c, id) = (&mut t.c, t.id);
+        let ev = c.events(id);
+        assert_eq!(ev.error, Some(TcpError::Reset));
+        assert!(ev.readable && !ev.writable);
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            c.try_recv(id, &mut buf),
+            Err(RecvError::Connection(TcpError::Reset))
+        );
+        assert_eq!(
+            c.try_send(id, b"x"),
+            Err(SendError::Connection(TcpError::Reset))
+        );
+    }
+
+    #[test]
+    fn a_full_send_buffer_would_block() {
+        let mut t = Connected::new(|_, _| {});
+        let (c, id) = (&mut t.c, t.id);
+        let chunk = vec![7u8; 64 * 1024];
+        while c.try_send(id, &chunk).is_ok() {}
+        assert_eq!(c.try_send(id, &chunk), Err(SendError::WouldBlock));
+        assert!(!c.events(id).writable);
+    }
+
+    #[test]
+    fn a_connect_to_a_silent_neighbour_fails_unreachable() {
+        // The other end of the link never answers ARP: the connection has no SYN out
+        // and so no timer of its own, yet it must end.
+        let (mut dc, _silent) = MemoryDevice::pair(MAC_C, MAC_S);
+        let mut c = Stack::new(StackConfig::new(MAC_C, IP_C, 24));
+        let mut now = Instant::from_millis(1);
+        let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
+        let mut ready = Vec::new();
+        let mut reported = false;
+        while now < Instant::from_millis(10_000) && !c.events(id).closed {
+            c.poll(now, &mut dc);
+            c.drain_ready(&mut ready);
+            reported |= ready.contains(&id);
+            now = now + Duration::from_millis(10);
+        }
+        assert_eq!(c.events(id).error, Some(TcpError::HostUnreachable));
+        assert!(reported, "the failure is reported as news");
+        assert!(now > Instant::from_millis(2_000), "after the ARP retries");
+        assert_eq!(c.stats.arp_failures, 1);
+        // A new connect to the same neighbour tries ARP afresh.
+        let again = c.connect(now, SocketAddrV4::new(IP_S, 81)).unwrap();
+        c.poll(now, &mut dc);
+        assert!(!c.events(again).closed);
+    }
+}
