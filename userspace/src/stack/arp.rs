@@ -1,9 +1,9 @@
 //! ARP cache and resolution (RFC 826, RFC 1122 2.3.2.1 rate limiting).
 //!
-//! Bounded and expiring like Linux's neighbour table: at most [`ARP_CAPACITY`] entries
-//! (gc_thresh3), and an entry learned from the network and unused for [`ARP_STALE`]
+//! Bounded and expiring like Linux's neighbour table: at most `ARP_CAPACITY` entries
+//! (gc_thresh3), and an entry learned from the network and unused for `ARP_STALE`
 //! (gc_stale_time) goes. Unanswered requests back off and end after
-//! [`ARP_MAX_REQUESTS`], and the address is then reported as failed.
+//! `ARP_MAX_REQUESTS`, and the address is then reported as failed.
 use crate::tcp::Instant;
 use crate::wire::MacAddr;
 use std::cell::Cell;
@@ -51,7 +51,7 @@ impl Default for ArpCache {
 }
 
 impl ArpCache {
-    /// A cache of [`ARP_CAPACITY`] entries; learned ones expire if `expiring`.
+    /// A cache of `ARP_CAPACITY` entries; learned ones expire if `expiring`.
     pub fn new(expiring: bool) -> Self {
         ArpCache::with_capacity(ARP_CAPACITY, expiring)
     }
@@ -143,7 +143,7 @@ impl ArpCache {
         self.now = now;
     }
 
-    /// Drops learned entries unused for [`ARP_STALE`].
+    /// Drops learned entries unused for `ARP_STALE`.
     pub fn expire(&mut self, now: Instant) {
         if self.expiring {
             self.entries
@@ -152,7 +152,7 @@ impl ArpCache {
     }
 
     /// True if a request for `ip` should go out now: the first at once, then with
-    /// exponential backoff (RFC 1122 2.3.2.1), at most [`ARP_MAX_REQUESTS`].
+    /// exponential backoff (RFC 1122 2.3.2.1), at most `ARP_MAX_REQUESTS`.
     pub fn should_request(&mut self, ip: Ipv4Addr, now: Instant) -> bool {
         match self.pending.get_mut(&ip) {
             Some((next, tries)) if now < *next || *tries >= ARP_MAX_REQUESTS => false,
