@@ -292,7 +292,7 @@ pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> a
     }
     let iface = rt.iface.clone();
     if let Some(mac) = kernel_neighbour(&iface, hop) {
-        rt.stack.arp_cache().insert(hop, mac);
+        rt.stack.add_neighbour(hop, mac);
         return Ok(());
     }
     let deadline = rt.now() + timeout;
@@ -308,7 +308,7 @@ pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> a
             });
             match found {
                 Ok(mac) => {
-                    rt.stack.arp_cache().insert(hop, mac);
+                    rt.stack.add_neighbour(hop, mac);
                     Ok(())
                 }
                 Err(WaitError::Interrupted) => bail!("interrupted"),

@@ -199,7 +199,7 @@ impl Driver {
         if self.rt.stack.arp_cache().lookup(hop).is_none()
             && let Some(mac) = kernel_neighbour(&self.rt.iface, hop)
         {
-            self.rt.stack.arp_cache().insert(hop, mac);
+            self.rt.stack.add_neighbour(hop, mac);
         }
     }
 
@@ -326,13 +326,13 @@ impl Driver {
             false
         });
         let iface = self.rt.iface.clone();
-        let cache = self.rt.stack.arp_cache();
+        let stack = &mut self.rt.stack;
         self.resolving.retain_mut(|r| {
-            if cache.lookup(r.hop).is_some() {
+            if stack.arp_cache().lookup(r.hop).is_some() {
                 return false;
             }
             if let Some(mac) = kernel_neighbour(&iface, r.hop) {
-                cache.insert(r.hop, mac);
+                stack.add_neighbour(r.hop, mac);
                 return false;
             }
             if now.saturating_since(r.last_provoke) >= PROVOKE_EVERY {

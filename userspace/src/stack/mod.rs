@@ -944,11 +944,25 @@ impl Stack {
         if !self.arp.learn(ip, mac, wanted) {
             self.stats.arp_cache_full += 1;
         }
+        self.wake_waiting(ip);
+    }
+
+    /// The connections parked on next hop `ip` send what they hold at the next poll.
+    fn wake_waiting(&mut self, ip: Ipv4Addr) {
         for id in self.waiting.remove(&ip).unwrap_or_default() {
             if let Some(e) = self.entry_mut(id) {
                 e.parked = false;
+                self.mark_dirty(id.slot as usize);
             }
         }
+    }
+
+    /// A neighbour's address learned outside the stack (e.g. the kernel's neighbour
+    /// table, in shared-IP mode where ARP replies go to the kernel): kept until replaced,
+    /// and the connections waiting for it send at once.
+    pub fn add_neighbour(&mut self, ip: Ipv4Addr, mac: MacAddr) {
+        self.arp.insert(ip, mac);
+        self.wake_waiting(ip);
     }
 
     /// ARP retries that are due, and next hops that never answered: the connections

@@ -578,3 +578,56 @@ fn test_closed_segment_without_sharding_still_gets_rst() {
     );
     assert!(s.take_strays().is_empty());
 }
+
+// ---------------------------------------------------------------- next hop learned
+
+/// The kinds of frame a client stack sent: "arp" or the TCP flags.
+fn sent_kinds(dc: &MemoryDevice) -> Vec<String> {
+    dc.take_transmitted()
+        .iter()
+        .map(|f| match wire::parse_frame(f) {
+            Ok(Frame::Arp(_)) => "arp".to_string(),
+            Ok(Frame::Tcp { tcp, .. }) => format!("{:?}", tcp.flags),
+            other => panic!("unexpected frame {other:?}"),
+        })
+        .collect()
+}
+
+/// RFC 1122 2.3.2.2: a connection waiting for its next hop sends as soon as the ARP
+/// reply arrives, not at its next retransmission timeout.
+#[test]
+fn test_syn_sent_arp_reply_releases_the_syn_at_once() {
+    let (mut c, mut dc, _s, _ds) = pair(|_| {});
+    let id = c.connect(t(1), SocketAddrV4::new(IP_S, 80)).unwrap();
+    c.poll(t(1), &mut dc);
+    assert_eq!(sent_kinds(&dc), ["arp"]);
+    let mut reply = vec![0u8; 64];
+    let n = wire::emit_arp(
+        &mut reply,
+        MAC_C,
+        &ArpRepr {
+            op: ArpOp::Reply,
+            sender_mac: MAC_S,
+            sender_ip: IP_S,
+            target_mac: MAC_C,
+            target_ip: IP_C,
+        },
+    );
+    reply.truncate(n);
+    dc.inject(&reply);
+    c.poll(t(2), &mut dc);
+    assert_eq!(sent_kinds(&dc), [format!("{:?}", TcpFlags::SYN)]);
+    assert_eq!(c.state(id), State::SynSent);
+}
+
+/// The same with an address learned outside the stack (the kernel's neighbour table).
+#[test]
+fn test_syn_sent_neighbour_added_by_the_application_releases_the_syn() {
+    let (mut c, mut dc, _s, _ds) = pair(|_| {});
+    c.connect(t(1), SocketAddrV4::new(IP_S, 80)).unwrap();
+    c.poll(t(1), &mut dc);
+    assert_eq!(sent_kinds(&dc), ["arp"]);
+    c.add_neighbour(IP_S, MAC_S);
+    c.poll(t(2), &mut dc);
+    assert_eq!(sent_kinds(&dc), [format!("{:?}", TcpFlags::SYN)]);
+}

@@ -201,7 +201,7 @@ pub enum TcpError {
     #[error("connection closed")]
     Closed,
     /// The next hop never answered ARP (like Linux's EHOSTUNREACH from a failed neighbour).
-    #[error("no route to host: the next hop does not answer ARP")]
+    #[error("host unreachable: the next hop does not answer ARP")]
     HostUnreachable,
 }
 
