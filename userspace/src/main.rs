@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Fetch a URL over the stack, like curl
-    Curl(curl::CurlArgs),
+    Curl(Box<curl::CurlArgs>),
     /// Serve files over HTTP/1.1 (or echo bytes back) on the stack
     Serve(serve::ServeArgs),
     /// Run the stack alone: answer ARP, ping (owned-IP mode) and closed ports
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         Command::Curl(args) => match curl::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                if !args.silent || args.show_error {
+                if args.show_errors() && !e.message.is_empty() {
                     eprintln!("curl: ({}) {}", e.code, e.message);
                 }
                 ExitCode::from(e.code as u8)

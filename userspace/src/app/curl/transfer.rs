@@ -1,0 +1,739 @@
+//! One URL from request to output (redirects, cookies, -D, -i, -f, -C, -J), the retry
+//! loop around it, and the loop over every URL of the command line, with kept-alive
+//! connections reused from one URL to the next.
+use super::cookies::Jar;
+use super::output::{Dest, Sink, disposition_name, remote_name};
+use super::progress::Progress;
+use super::request::{Hop, Payload, Prepared, build_head, initial_method};
+use super::response::{Chunked, Decoder, Framing, Response, parse_head};
+use super::transport::{Conn, Transport};
+use super::writeout::{Info, Stream, render};
+use super::*;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Where one URL's body goes, as the command line said.
+#[derive(Debug, Clone)]
+enum Spec {
+    Stdout,
+    File(PathBuf),
+    Remote,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PoolKey {
+    ip: Ipv4Addr,
+    port: u16,
+    https: bool,
+    host: String,
+}
+
+struct Session<'a> {
+    args: &'a CurlArgs,
+    prepared: Prepared,
+    resolve: Vec<ResolveEntry>,
+    jar: Jar,
+    transport: Option<Transport>,
+    /// Idle kept-alive connections.
+    pool: Vec<(PoolKey, Conn)>,
+    dump: Option<Box<dyn Write>>,
+    /// Connections made so far (curl's "Connection #N").
+    connections: u32,
+}
+
+fn read_format(arg: &str) -> String {
+    match arg.strip_prefix('@') {
+        Some("-") => {
+            let mut s = String::new();
+            let _ = std::io::stdin().read_to_string(&mut s);
+            s
+        }
+        Some(path) => std::fs::read_to_string(path).unwrap_or_default(),
+        None => arg.to_string(),
+    }
+}
+
+fn print_error(args: &CurlArgs, e: &CurlError) {
+    if args.show_errors() && !e.message.is_empty() {
+        eprintln!("curl: ({}) {}", e.code, e.message);
+    }
+}
+
+pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
+    let resolve = args
+        .resolve
+        .iter()
+        .map(|e| parse_resolve(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let prepared = Prepared::new(args)?;
+    let format = args.write_out.as_deref().map(read_format);
+    let mut session = Session {
+        args,
+        prepared,
+        resolve,
+        jar: Jar::new(&args.cookie, args.cookie_jar.as_deref()),
+        transport: None,
+        pool: Vec::new(),
+        dump: None,
+        connections: 0,
+    };
+    let mut outputs = args.output.iter();
+    let mut remote_left = args.remote_name;
+    let mut last = Ok(());
+    for (i, url) in urls.iter().enumerate() {
+        let spec = if let Some(o) = outputs.next() {
+            Spec::File(o.clone())
+        } else if remote_left > 0 {
+            remote_left -= 1;
+            Spec::Remote
+        } else if args.remote_name_all {
+            Spec::Remote
+        } else {
+            Spec::Stdout
+        };
+        let (result, info) = session.transfer_with_retry(i, url, &spec);
+        if matches!(&result, Err(e) if e.code == EXIT_INTERRUPTED) {
+            // Ctrl-C: nothing more is written; the runtime goes (XDP detached).
+            drop(session);
+            return result;
+        }
+        if let Some(format) = &format {
+            for (stream, text) in render(format, &info) {
+                match stream {
+                    Stream::Stdout => {
+                        let mut out = std::io::stdout();
+                        let _ = out.write_all(text.as_bytes());
+                        let _ = out.flush();
+                    }
+                    Stream::Stderr => eprint!("{text}"),
+                }
+            }
+        }
+        let failed = result.is_err();
+        if i + 1 < urls.len()
+            && let Err(e) = &result
+        {
+            print_error(args, e);
+        }
+        last = result;
+        if failed && args.fail_early {
+            break;
+        }
+    }
+    session.shutdown();
+    last
+}
+
+impl Session<'_> {
+    fn shutdown(&mut self) {
+        if let Some(t) = &mut self.transport {
+            for (key, conn) in std::mem::take(&mut self.pool) {
+                t.close(conn);
+                if self.args.verbose {
+                    eprintln!("* Closing connection to {}", key.host);
+                }
+            }
+            t.close_all();
+            if self.args.stack.stats {
+                t.print_stats();
+            }
+        }
+        if let Some(d) = &mut self.dump {
+            let _ = d.flush();
+        }
+        if let Some(path) = &self.args.cookie_jar
+            && let Err(e) = self.jar.save(path)
+            && self.args.show_errors()
+        {
+            eprintln!(
+                "curl: WARNING: failed to save cookies in {}: {e}",
+                path.display()
+            );
+        }
+    }
+
+    fn transfer_with_retry(
+        &mut self,
+        urlnum: usize,
+        url: &str,
+        spec: &Spec,
+    ) -> (Result<(), CurlError>, Info) {
+        let args = self.args;
+        let start = Instant::now();
+        let mut left = args.retry;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let mut info = Info {
+                urlnum,
+                url: url.to_string(),
+                ..Default::default()
+            };
+            let t0 = Instant::now();
+            let result = self.transfer(url, spec, &mut info, t0);
+            info.time_total = t0.elapsed().as_secs_f64();
+            if let Err(e) = &result {
+                info.exitcode = e.code;
+                info.errormsg = Some(e.message.clone());
+            }
+            let http_retry = matches!(info.http_code, 408 | 429 | 500 | 502 | 503 | 504)
+                && matches!(
+                    &result,
+                    Ok(())
+                        | Err(CurlError {
+                            code: EXIT_HTTP_ERROR,
+                            ..
+                        })
+                );
+            let reason = match &result {
+                Err(e) if e.code == EXIT_INTERRUPTED => None,
+                Err(e) if e.code == EXIT_TIMEOUT || e.code == EXIT_CANNOT_RESOLVE => {
+                    Some(": timeout")
+                }
+                Err(e) if e.code == EXIT_CANNOT_CONNECT && args.retry_connrefused => {
+                    Some(": connection refused")
+                }
+                _ if http_retry => Some(": HTTP error"),
+                Err(_) if args.retry_all_errors => Some(" (retrying all errors)"),
+                _ => None,
+            };
+            let Some(reason) = reason.filter(|_| left > 0) else {
+                return (result, info);
+            };
+            let retry_after = info
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("retry-after"))
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let delay = retry_after.unwrap_or(match args.retry_delay {
+                Some(d) if d > 0.0 => Duration::from_secs_f64(d),
+                _ => backoff,
+            });
+            if let Some(max) = args.retry_max_time
+                && max > 0.0
+                && (start.elapsed() + delay).as_secs_f64() > max
+            {
+                return (result, info);
+            }
+            if args.show_errors() {
+                if let Err(e) = &result {
+                    print_error(args, e);
+                }
+                let secs = delay.as_secs();
+                eprintln!(
+                    "Warning: Problem {reason}. Will retry in {secs} second{}. {left} retr{} left.",
+                    if secs == 1 { "" } else { "s" },
+                    if left > 1 { "ies" } else { "y" }
+                );
+            }
+            left -= 1;
+            backoff = (backoff * 2).min(Duration::from_secs(600));
+            let slept = match &mut self.transport {
+                Some(t) => t.sleep(delay),
+                None => {
+                    std::thread::sleep(delay);
+                    Ok(())
+                }
+            };
+            if let Err(e) = slept {
+                return (Err(e), info);
+            }
+        }
+    }
+
+    fn transport(&mut self) -> Result<&mut Transport, CurlError> {
+        if self.transport.is_none() {
+            let t = Transport::open(&self.args.stack_args(), self.args.verbose)
+                .map_err(|e| fail(EXIT_FAILED_INIT, format!("{e:#}")))?;
+            self.transport = Some(t);
+        }
+        Ok(self.transport.as_mut().expect("opened above"))
+    }
+
+    /// A kept-alive connection to the same place, or a new one.
+    fn connection(
+        &mut self,
+        target: &Target,
+        ip: Ipv4Addr,
+        info: &mut Info,
+        t0: Instant,
+    ) -> Result<(Conn, bool), CurlError> {
+        let args = self.args;
+        let key = PoolKey {
+            ip,
+            port: target.port,
+            https: target.https,
+            host: target.host.clone(),
+        };
+        if let Some(pos) = self.pool.iter().position(|(k, _)| *k == key) {
+            let (_, conn) = self.pool.remove(pos);
+            let t = self.transport()?;
+            if t.reusable(conn) {
+                if args.verbose {
+                    eprintln!("* Re-using existing connection with host {}", target.host);
+                }
+                return Ok((conn, true));
+            }
+            t.close(conn);
+        }
+        let timeout = Duration::from_secs_f64(args.connect_timeout.unwrap_or(30.0));
+        let (cacert, insecure) = (args.cacert.clone(), args.insecure);
+        let t = self.transport()?;
+        let tls = target
+            .https
+            .then_some((target.host.as_str(), cacert.as_deref(), insecure));
+        let conn = t.connect(ip, target.port, timeout, tls)?;
+        info.num_connects += 1;
+        info.time_connect = t0.elapsed().as_secs_f64();
+        if target.https {
+            info.time_appconnect = info.time_connect;
+        }
+        if args.verbose {
+            eprintln!(
+                "* Connected to {} ({ip}) port {} (#{})",
+                target.host, target.port, self.connections
+            );
+        }
+        self.connections += 1;
+        Ok((conn, false))
+    }
+
+    /// Sends a request and reads the response head (1xx skipped). A kept-alive
+    /// connection that the server closed meanwhile is replaced once.
+    #[allow(clippy::too_many_arguments)]
+    fn exchange(
+        &mut self,
+        target: &Target,
+        ip: Ipv4Addr,
+        request: &[u8],
+        head_request: bool,
+        info: &mut Info,
+        t0: Instant,
+    ) -> Result<(Conn, Response, Vec<u8>), CurlError> {
+        let (mut conn, mut reused) = self.connection(target, ip, info, t0)?;
+        loop {
+            let t = self.transport()?;
+            info.remote_ip = Some(ip);
+            info.remote_port = Some(target.port);
+            if let Some(local) = t.local_addr(conn) {
+                info.local_ip = Some(*local.ip());
+                info.local_port = Some(local.port());
+            }
+            info.time_pretransfer = t0.elapsed().as_secs_f64();
+            let sent = t.write(conn, request);
+            let got = sent.and_then(|()| read_head(t, conn, head_request));
+            match got {
+                Ok(Some((response, rest))) => {
+                    info.size_request += request.len() as u64;
+                    info.time_starttransfer = t0.elapsed().as_secs_f64();
+                    return Ok((conn, response, rest));
+                }
+                Ok(None) if reused => {
+                    t.abort(conn);
+                    (conn, reused) = self.connection(target, ip, info, t0)?;
+                }
+                Ok(None) => {
+                    t.abort(conn);
+                    return Err(fail(52, "Empty reply from server"));
+                }
+                Err(e) if reused && e.code != EXIT_INTERRUPTED && e.code != EXIT_TIMEOUT => {
+                    t.abort(conn);
+                    (conn, reused) = self.connection(target, ip, info, t0)?;
+                }
+                Err(e) => {
+                    t.abort(conn);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn dump_head(&mut self, head: &[u8]) -> Result<(), CurlError> {
+        let Some(path) = &self.args.dump_header else {
+            return Ok(());
+        };
+        if self.dump.is_none() {
+            let out: Box<dyn Write> = if path.as_os_str() == "-" {
+                Box::new(std::io::stdout())
+            } else {
+                Box::new(std::fs::File::create(path).map_err(|e| {
+                    fail(
+                        EXIT_WRITE_ERROR,
+                        format!("Failed to open {}: {e}", path.display()),
+                    )
+                })?)
+            };
+            self.dump = Some(out);
+        }
+        let d = self.dump.as_mut().expect("opened above");
+        d.write_all(head)
+            .and_then(|()| d.flush())
+            .map_err(|e| fail(EXIT_WRITE_ERROR, format!("Failed writing header: {e}")))
+    }
+
+    fn progress(&self, dest: &Dest) -> Progress {
+        let args = self.args;
+        let to_terminal = matches!(dest, Dest::Stdout { .. }) && std::io::stdout().is_terminal();
+        if args.silent || to_terminal {
+            Progress::Off
+        } else if args.progress_bar {
+            Progress::bar()
+        } else {
+            Progress::meter()
+        }
+    }
+
+    fn transfer(
+        &mut self,
+        url: &str,
+        spec: &Spec,
+        info: &mut Info,
+        t0: Instant,
+    ) -> Result<(), CurlError> {
+        let args = self.args;
+        let mut target = parse_url(url)?;
+        if args.get
+            && let Some(data) = &self.prepared.data
+        {
+            let data = String::from_utf8_lossy(data);
+            let query = match target.url.query() {
+                Some(q) if !q.is_empty() => format!("{q}&{data}"),
+                _ => data.into_owned(),
+            };
+            target.url.set_query(Some(&query));
+        }
+        info.url_effective = target.url.to_string();
+        info.scheme = target.url.scheme().to_ascii_uppercase();
+        info.referer = args.referer.clone();
+        let mut dest = match spec {
+            Spec::Stdout => Dest::Stdout { explicit: false },
+            Spec::File(p) if p.as_os_str() == "-" => Dest::Stdout { explicit: true },
+            Spec::File(p) => Dest::File(p.clone()),
+            Spec::Remote => Dest::File(remote_name(&target.url)?),
+        };
+        let offset = match args.continue_at.as_deref() {
+            None => 0,
+            Some("-") => match &dest {
+                Dest::File(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
+                Dest::Stdout { .. } => 0,
+            },
+            Some(n) => n
+                .parse::<u64>()
+                .map_err(|_| fail(EXIT_FAILED_INIT, format!("bad --continue-at offset {n}")))?,
+        };
+        let resume_range = (offset > 0).then(|| format!("{offset}-"));
+        let range = args.range.clone().or(resume_range);
+        let mut method = initial_method(args, &self.prepared);
+        let mut body: Option<Payload> = self.prepared.payload.clone();
+        let first_host = target.host.clone();
+        let mut sink: Option<Sink> = None;
+        let mut redirects = 0u32;
+        let result = loop {
+            let ip = resolve(&self.resolve, &target.host, target.port)?;
+            info.time_namelookup = t0.elapsed().as_secs_f64();
+            // -u goes to the first host only (curl without --location-trusted); URL
+            // credentials belong to their URL.
+            let credentials = target.credentials().or_else(|| {
+                (target.host.eq_ignore_ascii_case(&first_host))
+                    .then(|| args.user.clone())
+                    .flatten()
+            });
+            let path = target.path();
+            let cookie = self.jar.header(&target.host, &path, target.https);
+            let host = target.host_header();
+            let hop = Hop {
+                method: &method,
+                path: &path,
+                host: &host,
+                credentials: credentials.as_deref(),
+                range: range.as_deref(),
+                cookie: cookie.as_deref(),
+                body: body.as_ref(),
+            };
+            let mut request = build_head(args, &self.prepared, &hop);
+            if args.verbose {
+                let text = String::from_utf8_lossy(&request);
+                for line in text.split("\r\n").take_while(|l| !l.is_empty()) {
+                    eprintln!("> {line}");
+                }
+                eprintln!(">");
+            }
+            if let Some(b) = &body {
+                request.extend_from_slice(&b.bytes);
+                info.size_upload = b.bytes.len() as u64;
+            }
+            let head_request = method.eq_ignore_ascii_case("HEAD");
+            let (conn, response, rest) =
+                self.exchange(&target, ip, &request, head_request, info, t0)?;
+            info.method = method.clone();
+            info.http_code = response.status;
+            info.headers = response.headers.clone();
+            info.size_header += response.head.len() as u64;
+            if args.verbose {
+                for line in String::from_utf8_lossy(&response.head)
+                    .split("\r\n")
+                    .filter(|l| !l.is_empty())
+                {
+                    eprintln!("< {line}");
+                }
+                eprintln!("<");
+            }
+            self.dump_head(&response.head)?;
+            let set_cookies: Vec<&str> = response.header_all("set-cookie").collect();
+            self.jar
+                .store(&target.host, target.url.path(), &set_cookies);
+            let location = response
+                .header("location")
+                .and_then(|l| target.url.join(l).ok());
+            let is_redirect = matches!(response.status, 301 | 302 | 303 | 307 | 308);
+            let follow = args.location && is_redirect && location.is_some();
+            if args.include || args.head {
+                if sink.is_none() {
+                    let p = self.progress(&dest);
+                    sink = Some(Sink::new(dest.clone(), offset > 0, args.create_dirs, p));
+                }
+                if let Some(s) = &mut sink
+                    && let Err(e) = s.write_head(&response.head)
+                {
+                    self.transport()?.abort(conn);
+                    break Err(e);
+                }
+            }
+            if follow && let Some(next) = location {
+                redirects += 1;
+                info.num_redirects = redirects;
+                if args.max_redirs >= 0 && i64::from(redirects) > args.max_redirs {
+                    self.transport()?.abort(conn);
+                    break Err(fail(
+                        EXIT_TOO_MANY_REDIRECTS,
+                        format!("Maximum ({}) redirects followed", args.max_redirs),
+                    ));
+                }
+                // The redirect's own body is read and dropped.
+                let t = self.transport()?;
+                let drained = read_body(t, conn, response.framing, rest, &mut |_| Ok(()));
+                self.release(conn, &target, ip, &response, drained.is_ok());
+                if args.verbose {
+                    eprintln!("* Issue another request to this URL: '{next}'");
+                }
+                // 301/302 turn a POST into a GET, 303 turns everything but HEAD into
+                // GET; 307 and 308 keep the method and body. -X keeps its method.
+                let switch = match response.status {
+                    301 | 302 => method == "POST",
+                    303 => method != "HEAD",
+                    _ => false,
+                };
+                if switch {
+                    body = None;
+                    if args.method.is_none() {
+                        method = "GET".into();
+                    }
+                }
+                target = parse_url(next.as_str())?;
+                info.url_effective = target.url.to_string();
+                continue;
+            }
+            if is_redirect {
+                info.redirect_url = location.map(|l| l.to_string());
+            }
+            if args.fail && response.status >= 400 {
+                self.transport()?.abort(conn);
+                break Err(fail(
+                    EXIT_HTTP_ERROR,
+                    format!("The requested URL returned error: {}", response.status),
+                ));
+            }
+            if offset > 0 && args.range.is_none() && response.status == 200 && !head_request {
+                self.transport()?.abort(conn);
+                break Err(fail(
+                    EXIT_RANGE_ERROR,
+                    "HTTP server doesn't seem to support byte ranges. Cannot resume.",
+                ));
+            }
+            if args.remote_header_name
+                && matches!(spec, Spec::Remote)
+                && sink.is_none()
+                && let Some(name) = response
+                    .header("content-disposition")
+                    .and_then(disposition_name)
+            {
+                let path = PathBuf::from(name);
+                if path.exists() {
+                    self.transport()?.abort(conn);
+                    break Err(fail(
+                        EXIT_WRITE_ERROR,
+                        format!("Refusing to overwrite {}: File exists", path.display()),
+                    ));
+                }
+                dest = Dest::File(path);
+            }
+            if let Dest::File(p) = &dest {
+                info.filename_effective = Some(p.display().to_string());
+            }
+            let s = match &mut sink {
+                Some(s) => s,
+                None => {
+                    let p = self.progress(&dest);
+                    sink.insert(Sink::new(dest.clone(), offset > 0, args.create_dirs, p))
+                }
+            };
+            s.progress.set_total(match response.framing {
+                Framing::Length(n) => Some(n),
+                _ => None,
+            });
+            let encoding = response.header("content-encoding");
+            let mut decoder = Decoder::new(encoding, args.compressed);
+            let mut size = 0u64;
+            let t = self.transport.as_mut().expect("connected above");
+            let read = read_body(t, conn, response.framing, rest, &mut |data| {
+                size += data.len() as u64;
+                decoder.feed(data, &mut |d| s.write(d))
+            })
+            .and_then(|()| decoder.finish(&mut |d| s.write(d)));
+            info.size_download = size;
+            if let Err(e) = read {
+                t.abort(conn);
+                break Err(e);
+            }
+            self.release(conn, &target, ip, &response, true);
+            break Ok(());
+        };
+        // Whatever was written reaches its destination, also after an error.
+        if let Some(s) = &mut sink {
+            let finished = s.finish();
+            if result.is_ok() {
+                finished?;
+            }
+        }
+        result
+    }
+
+    /// Puts a connection back in the pool, or closes it.
+    fn release(
+        &mut self,
+        conn: Conn,
+        target: &Target,
+        ip: Ipv4Addr,
+        response: &Response,
+        complete: bool,
+    ) {
+        let Some(t) = &mut self.transport else {
+            return;
+        };
+        if complete && !response.closes() && t.reusable(conn) {
+            if self.args.verbose {
+                eprintln!("* Connection to host {} left intact", target.host);
+            }
+            self.pool.push((
+                PoolKey {
+                    ip,
+                    port: target.port,
+                    https: target.https,
+                    host: target.host.clone(),
+                },
+                conn,
+            ));
+        } else {
+            t.close(conn);
+            if self.args.verbose {
+                eprintln!("* Closing connection to {}", target.host);
+            }
+        }
+    }
+}
+
+/// Reads until a final response head: None when the stream ends before any byte.
+fn read_head(
+    t: &mut Transport,
+    conn: Conn,
+    head_request: bool,
+) -> Result<Option<(Response, Vec<u8>)>, CurlError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut raw = Vec::new();
+    loop {
+        let n = t.read(conn, &mut buf)?;
+        if n == 0 {
+            if raw.is_empty() {
+                return Ok(None);
+            }
+            return Err(fail(
+                EXIT_RECV_ERROR,
+                "Recv failure: connection closed in the headers",
+            ));
+        }
+        raw.extend_from_slice(&buf[..n]);
+        while let Some((used, response)) = parse_head(&raw, head_request)? {
+            if (100..200).contains(&response.status) && response.status != 101 {
+                raw.drain(..used);
+                continue; // an interim response
+            }
+            return Ok(Some((response, raw.split_off(used))));
+        }
+        if raw.len() > 256 * 1024 {
+            return Err(fail(
+                EXIT_RECV_ERROR,
+                "Recv failure: response head too large",
+            ));
+        }
+    }
+}
+
+/// Reads a body by its framing, passing the payload to `out`.
+fn read_body(
+    t: &mut Transport,
+    conn: Conn,
+    framing: Framing,
+    mut rest: Vec<u8>,
+    out: &mut dyn FnMut(&[u8]) -> Result<(), CurlError>,
+) -> Result<(), CurlError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    match framing {
+        Framing::None => Ok(()),
+        Framing::Length(len) => {
+            let mut remaining = len;
+            loop {
+                let take = (remaining as usize).min(rest.len());
+                out(&rest[..take])?;
+                remaining -= take as u64;
+                if remaining == 0 {
+                    return Ok(());
+                }
+                let n = t.read(conn, &mut buf)?;
+                if n == 0 {
+                    return Err(fail(
+                        18,
+                        format!("transfer closed with {remaining} bytes remaining to read"),
+                    ));
+                }
+                rest.clear();
+                rest.extend_from_slice(&buf[..n]);
+            }
+        }
+        Framing::Chunked => {
+            let mut decoder = Chunked::default();
+            decoder.feed(&rest, out)?;
+            while !decoder.done {
+                let n = t.read(conn, &mut buf)?;
+                if n == 0 {
+                    return Err(fail(
+                        18,
+                        "transfer closed with outstanding read data remaining",
+                    ));
+                }
+                decoder.feed(&buf[..n], out)?;
+            }
+            Ok(())
+        }
+        Framing::UntilClose => {
+            out(&rest)?;
+            loop {
+                let n = t.read(conn, &mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                out(&buf[..n])?;
+            }
+        }
+    }
+}
