@@ -12,6 +12,7 @@ Every answer is deterministic, so two clients sending the same request get the s
   /chunked               the echo, in chunks
   /close                 the echo, framed by closing the connection
   /retry-after           503 with Retry-After: 0
+  /slow                  a head and a few bytes of a body, then nothing for 30 s
   anything else          200, text/plain: the request line, headers and body as received
 
 The echo replaces two values a client chooses at random or by name: the User-Agent value
@@ -23,6 +24,7 @@ import re
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 
 FILES = sys.argv[3] if len(sys.argv) > 3 else "."
@@ -142,6 +144,10 @@ def answer(conn, head, body, headers):
     elif path == "/close":
         out = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
         conn.sendall(out if no_body else out + echo)
+        return False
+    elif path == "/slow":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nfirst bytes\n")
+        time.sleep(30)
         return False
     elif path == "/retry-after":
         send(response(503, b"busy\n", text + [(b"Retry-After", b"0")]))

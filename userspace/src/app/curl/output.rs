@@ -107,7 +107,6 @@ impl Sink {
         }
         self.open()?.write_all(data).map_err(write_error)?;
         self.written += data.len() as u64;
-        self.progress.update(self.written);
         Ok(())
     }
 

@@ -56,7 +56,8 @@ impl Progress {
         let now = Instant::now();
         Progress::Meter {
             start: now,
-            last_draw: None,
+            // The first line comes after a second, or at the end.
+            last_draw: Some(now),
             samples: vec![(now, 0)],
             total: None,
             received: 0,

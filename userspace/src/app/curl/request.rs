@@ -96,7 +96,8 @@ fn urlencode_arg(arg: &str, show_errors: bool) -> Vec<u8> {
         Some(i) => (&arg[..i], arg.as_bytes()[i + 1..].to_vec()),
         None => ("", arg.as_bytes().to_vec()),
     };
-    let encoded = escape(&content);
+    // curl's --data-urlencode writes a space as '+'.
+    let encoded = escape(&content).replace("%20", "+");
     if name.is_empty() {
         encoded.into_bytes()
     } else {
@@ -383,7 +384,7 @@ mod tests {
         });
         assert_eq!(
             String::from_utf8(collect_data(&a).unwrap()).unwrap(),
-            "a=1&xyz&@raw&x\r\ny\nz&n=a%20b%26c&%C3%A9&plain%20text"
+            "a=1&xyz&@raw&x\r\ny\nz&n=a+b%26c&%C3%A9&plain+text"
         );
         let h = head(&a);
         assert!(h.starts_with("POST / HTTP/1.1\r\n"), "{h}");

@@ -212,7 +212,7 @@ impl Session<'_> {
             });
             if let Some(max) = args.retry_max_time
                 && max > 0.0
-                && (start.elapsed() + delay).as_secs_f64() > max
+                && start.elapsed().as_secs_f64() >= max
             {
                 return (result, info);
             }
@@ -588,7 +588,10 @@ impl Session<'_> {
             let t = self.transport.as_mut().expect("connected above");
             let read = read_body(t, conn, response.framing, rest, &mut |data| {
                 size += data.len() as u64;
-                decoder.feed(data, &mut |d| s.write(d))
+                decoder.feed(data, &mut |d| s.write(d))?;
+                // The meter counts bytes as they come over the wire, as curl's does.
+                s.progress.update(size);
+                Ok(())
             })
             .and_then(|()| decoder.finish(&mut |d| s.write(d)));
             info.size_download = size;

@@ -1,0 +1,587 @@
+//! The differential suite: the same command lines through the real curl (the kernel's
+//! TCP) and `userspace curl` (the stack), in the namespace world, against nginx and a
+//! request-echoing server. Each must give the same exit code, the same stdout bytes and
+//! the same files. Then `serve` is checked with the real curl: Range, conditionals,
+//! redirects, listings and types.
+//!
+//! Normalised, and only there, is what curl itself does not repeat from run to run:
+//! timings and speeds in -w, the local port and request size in %{json} (the
+//! User-Agent differs, so the request size does), the Date header nginx sends, and the
+//! -V text. The echo server replaces the User-Agent value and the multipart boundary
+//! (curl picks one at random) before echoing.
+#[allow(unused_imports)]
+mod common;
+use common::*;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use xtask::world::HTTP_ECHO_PORT;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Norm {
+    /// Byte for byte.
+    Exact,
+    /// Digits of -w timings and speeds (the numbers differ from run to run).
+    Numbers,
+    /// %{json}: every key but the time-dependent ones.
+    Json,
+    /// nginx's Date header.
+    Date,
+    /// Only the exit code (-V prints each program's own version).
+    ExitOnly,
+}
+
+struct Case {
+    args: Vec<String>,
+    stdin: Vec<u8>,
+    norm: Norm,
+}
+
+/// What a run leaves: exit code, stdout, and every file in its directory.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+const PART: &str = "<!doctype html>\n<htm";
+
+/// The files each run starts with.
+fn fixtures(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("a.txt"), "hello\n").unwrap();
+    std::fs::write(dir.join("crlf.txt"), "x=1\r\ny=2\nz=3").unwrap();
+    std::fs::write(dir.join("part.html"), PART).unwrap();
+    std::fs::write(dir.join("fmt.txt"), "code=%{http_code}\\n").unwrap();
+    std::fs::write(
+        dir.join("cookies.txt"),
+        format!(
+            "# Netscape HTTP Cookie File\n\n{SERVER_IP}\tFALSE\t/\tFALSE\t0\tfromfile\tyes\n{SERVER_IP}\tFALSE\t/other\tFALSE\t0\tnot\tsent\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// The files the echo server serves, with their Content-Encoding.
+fn echo_files(w: &World) {
+    let files = w.dir.join("files");
+    let text = b"compressible text, compressible text, compressible text\n".repeat(30);
+    std::fs::write(files.join("f.txt"), b"plain file\n").unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&text).unwrap();
+    std::fs::write(files.join("gz.txt"), gz.finish().unwrap()).unwrap();
+    std::fs::write(files.join("gz.txt.enc"), "gzip").unwrap();
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&text).unwrap();
+    std::fs::write(files.join("zz.txt"), z.finish().unwrap()).unwrap();
+    std::fs::write(files.join("zz.txt.enc"), "deflate").unwrap();
+    let mut br = Vec::new();
+    {
+        let mut c = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+        c.write_all(&text).unwrap();
+    }
+    std::fs::write(files.join("br.txt"), br).unwrap();
+    std::fs::write(files.join("br.txt.enc"), "br").unwrap();
+    std::fs::write(files.join("bin.dat"), [0u8, 1, 2, 0, 255]).unwrap();
+    std::fs::write(files.join("bin.dat.type"), "application/octet-stream").unwrap();
+}
+
+fn run_case(w: &World, dir: &Path, ours: bool, c: &Case) -> Outcome {
+    fixtures(dir);
+    let mut cmd = w.exec(&w.host);
+    cmd.args(["timeout", "60"]);
+    if ours {
+        cmd.args([BIN, "curl"]);
+    } else {
+        cmd.arg("curl");
+    }
+    let mut child = cmd
+        .args(&c.args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&c.stdin).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        files.insert(
+            entry.file_name().to_string_lossy().into_owned(),
+            std::fs::read(entry.path()).unwrap_or_default(),
+        );
+    }
+    if ours && !out.stderr.is_empty() {
+        eprintln!("  ours stderr: {}", text(&out.stderr).trim_end());
+    }
+    let mut outcome = Outcome {
+        code: out.status.code(),
+        stdout: out.stdout,
+        files,
+    };
+    normalise(&mut outcome, c.norm);
+    outcome
+}
+
+fn normalise(o: &mut Outcome, norm: Norm) {
+    let fix = |bytes: &mut Vec<u8>, f: &dyn Fn(&str) -> String| {
+        *bytes = f(&String::from_utf8_lossy(bytes)).into_bytes();
+    };
+    match norm {
+        Norm::Exact => {}
+        Norm::ExitOnly => {
+            o.stdout.clear();
+        }
+        // Every run of digits becomes one 9: 0.000123 and 12.345678 are both "9.9".
+        Norm::Numbers => fix(&mut o.stdout, &|s| {
+            let mut out = String::new();
+            for c in s.chars() {
+                if c.is_ascii_digit() {
+                    if !out.ends_with('9') {
+                        out.push('9');
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }),
+        Norm::Json => {
+            let mut v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            if let Some(map) = v.as_object_mut() {
+                map.retain(|k, _| {
+                    !(k.starts_with("time_")
+                        || k.starts_with("speed_")
+                        || k == "local_port"
+                        || k == "size_request"
+                        || k == "curl_version")
+                });
+            }
+            o.stdout = v.to_string().into_bytes();
+        }
+        Norm::Date => {
+            let strip = |s: &str| {
+                s.split_inclusive('\n')
+                    .filter(|l| !l.starts_with("Date:"))
+                    .collect::<String>()
+            };
+            fix(&mut o.stdout, &strip);
+            for v in o.files.values_mut() {
+                fix(v, &strip);
+            }
+        }
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let e = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}");
+    let x = |path: &str| format!("{e}{path}");
+    let echo = x("/echo");
+    let nginx = "http://example.com/index.html";
+    let owned: Vec<(Vec<String>, Norm, Vec<u8>)> = vec![
+        // Plain requests and -H: replace, remove, empty, ignore.
+        (vec![echo.clone()], Norm::Exact, vec![]),
+        (
+            vec![
+                "-H".into(),
+                "Host: example.com".into(),
+                "-H".into(),
+                "Accept:".into(),
+                "-H".into(),
+                "X-Empty;".into(),
+                "-H".into(),
+                "no colon here".into(),
+                "-H".into(),
+                "X-A: b".into(),
+                echo.clone(),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-H".into(), "Accept: x/y".into(), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-A".into(), "".into(), echo.clone()], Norm::Exact, vec![]),
+        (
+            vec!["-A".into(), "custom/1".into(), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
+        // Bodies.
+        (
+            vec!["-d".into(), "a=1".into(), "-d".into(), "b=2".into(), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-d".into(), "@crlf.txt".into(), echo.clone()], Norm::Exact, vec![]),
+        (
+            vec!["-d".into(), "@-".into(), echo.clone()],
+            Norm::Exact,
+            b"from\r\nstdin\n".to_vec(),
+        ),
+        (
+            vec!["--data-binary".into(), "@crlf.txt".into(), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["--data-raw".into(), "@notafile".into(), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec![
+                "--data-urlencode".into(),
+                "n=a b&c/é".into(),
+                "--data-urlencode".into(),
+                "=x y".into(),
+                "--data-urlencode".into(),
+                "f@a.txt".into(),
+                echo.clone(),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec![
+                "--json".into(),
+                "{\"a\":1}".into(),
+                "--json".into(),
+                "[2]".into(),
+                echo.clone(),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-G".into(), "-d".into(), "a=b".into(), "-d".into(), "c=d".into(), x("/echo?q=1")],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-X".into(), "PUT".into(), "-d".into(), "put body".into(), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec![
+                "-F".into(),
+                "a=1".into(),
+                "-F".into(),
+                "f=@a.txt".into(),
+                "-F".into(),
+                "g=<a.txt".into(),
+                "-F".into(),
+                "h=@a.txt;type=x/y;filename=z.bin".into(),
+                "--form-string".into(),
+                "s=@literal".into(),
+                echo.clone(),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-F".into(), "f=@missing.bin".into(), echo.clone()], Norm::Exact, vec![]),
+        // Credentials, referer, cookies.
+        (
+            vec![format!("http://u%40x:p%3Aw@{SERVER_IP}:{HTTP_ECHO_PORT}/echo")],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-u".into(), "user:pw".into(), echo.clone()], Norm::Exact, vec![]),
+        (
+            vec!["-e".into(), "http://ref.example/".into(), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-b".into(), "c=1; d=2".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["-b".into(), "cookies.txt".into(), echo.clone()], Norm::Exact, vec![]),
+        (
+            vec![
+                "-c".into(),
+                "jar.txt".into(),
+                x("/cookies/set?a=1&b=2"),
+                echo.clone(),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-c".into(), "-".into(), "-o".into(), "/dev/null".into(), x("/cookies/set?z=9")],
+            Norm::Exact,
+            vec![],
+        ),
+        // Ranges, resume, remote names.
+        (vec!["-r".into(), "0-9".into(), nginx.into()], Norm::Exact, vec![]),
+        (
+            vec!["-C".into(), "-".into(), "-o".into(), "part.html".into(), nginx.into()],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-C".into(), "100".into(), nginx.into()], Norm::Exact, vec![]),
+        (vec!["-O".into(), nginx.into()], Norm::Exact, vec![]),
+        (
+            vec!["--remote-name-all".into(), nginx.into(), x("/file/f.txt")],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-O".into(), "-J".into(), x("/disposition/dl.txt")],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-O".into(), "http://example.com/".into()], Norm::Exact, vec![]),
+        (
+            vec!["-o".into(), "sub/dir/out.html".into(), "--create-dirs".into(), nginx.into()],
+            Norm::Exact,
+            vec![],
+        ),
+        // Content codings.
+        (vec!["--compressed".into(), x("/file/gz.txt")], Norm::Exact, vec![]),
+        (vec!["--compressed".into(), x("/file/zz.txt")], Norm::Exact, vec![]),
+        (vec!["--compressed".into(), x("/file/br.txt")], Norm::Exact, vec![]),
+        (vec![x("/file/gz.txt")], Norm::Exact, vec![]),
+        // Headers out: -D, -i, -I, per hop with -L.
+        (vec!["-D".into(), "hdr.txt".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["-D".into(), "-".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["-i".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["-I".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["-i".into(), nginx.into()], Norm::Date, vec![]),
+        (
+            vec![
+                "-i".into(),
+                "-L".into(),
+                "-d".into(),
+                "x=1".into(),
+                x("/redirect/302?to=/redirect/307"),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-L".into(), "-d".into(), "x=1".into(), x("/redirect/303")],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-L".into(), "-d".into(), "x=1".into(), x("/redirect/307")],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-L".into(), "--json".into(), "{}".into(), x("/redirect/308")],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-I".into(), "-L".into(), x("/redirect/301")], Norm::Exact, vec![]),
+        (
+            vec!["-D".into(), "hops.txt".into(), "-L".into(), x("/redirect/302")],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec![x("/redirect/302")], Norm::Exact, vec![]),
+        (
+            vec![
+                "-L".into(),
+                "--max-redirs".into(),
+                "2".into(),
+                x("/redirect/302?to=/redirect/302"),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        // Errors and retries.
+        (vec!["-fi".into(), x("/status/404")], Norm::Exact, vec![]),
+        (vec!["-f".into(), x("/status/500")], Norm::Exact, vec![]),
+        (vec!["-f".into(), "-o".into(), "nofile".into(), x("/status/404")], Norm::Exact, vec![]),
+        (vec![x("/status/404")], Norm::Exact, vec![]),
+        (
+            vec!["--retry".into(), "1".into(), "--retry-delay".into(), "1".into(), x("/status/503")],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec![
+                "--retry".into(),
+                "2".into(),
+                "-f".into(),
+                "-w".into(),
+                "%{http_code}\\n".into(),
+                x("/retry-after"),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec![
+                "--retry".into(),
+                "3".into(),
+                "--retry-delay".into(),
+                "2".into(),
+                "--retry-max-time".into(),
+                "1".into(),
+                x("/status/503"),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["--resolve".into(), "bad-entry".into(), echo.clone()], Norm::Exact, vec![]),
+        (
+            vec![
+                "--resolve".into(),
+                format!("example.com:80:{SERVER_IP}"),
+                nginx.into(),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-4".into(), "--interface".into(), HOST_IF.into(), nginx.into()],
+            Norm::Exact,
+            vec![],
+        ),
+        // -w.
+        (
+            vec![
+                "-s".into(),
+                "-o".into(),
+                "body.txt".into(),
+                "-L".into(),
+                "-w".into(),
+                "%{http_code} %{size_download} %{url_effective} %{num_redirects} %{content_type} %{remote_ip} %{remote_port} %{exitcode} [%{errormsg}] %{method} %{filename_effective}\\n".into(),
+                x("/redirect/302"),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-w".into(), "%{header_json}".into(), "-o".into(), "o.txt".into(), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-s".into(), "-w".into(), "%{json}".into(), "-o".into(), "o.txt".into(), echo.clone()], Norm::Json, vec![]),
+        (
+            vec![
+                "-w".into(),
+                "%{time_total} %{time_connect} %{time_starttransfer} %{speed_download}\\n".into(),
+                "-o".into(),
+                "o.txt".into(),
+                echo.clone(),
+            ],
+            Norm::Numbers,
+            vec![],
+        ),
+        (
+            vec![
+                "-f".into(),
+                "-w".into(),
+                "%{http_code} %{exitcode} %{errormsg}\\n".into(),
+                x("/status/404"),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-w".into(), "@fmt.txt".into(), echo.clone()], Norm::Exact, vec![]),
+        // Several URLs, keep-alive, -Z, -#, -V.
+        (
+            vec![echo.clone(), x("/chunked"), x("/close"), nginx.into()],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec![
+                "-o".into(),
+                "one.txt".into(),
+                "-o".into(),
+                "two.txt".into(),
+                echo.clone(),
+                x("/chunked"),
+                nginx.into(),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec![
+                "-Z".into(),
+                "-o".into(),
+                "a.out".into(),
+                "-o".into(),
+                "b.out".into(),
+                echo.clone(),
+                nginx.into(),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-#".into(), "-o".into(), "bar.txt".into(), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-V".into()], Norm::ExitOnly, vec![]),
+        (vec!["-o".into(), "bin.dat".into(), x("/file/bin.dat")], Norm::Exact, vec![]),
+        (vec!["--url".into(), echo.clone()], Norm::Exact, vec![]),
+    ];
+    owned
+        .into_iter()
+        .map(|(args, norm, stdin)| Case { args, stdin, norm })
+        .collect()
+}
+
+#[test]
+fn curl_diff_command_lines_match_the_real_curl() {
+    let w = World::up(&WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        http_echo: true,
+        ..Default::default()
+    })
+    .expect("build the namespace world");
+    echo_files(&w);
+    let base = w.dir.join("diff");
+    let (theirs_dir, ours_dir): (PathBuf, PathBuf) = (base.join("curl"), base.join("ours"));
+    let all = cases();
+    assert!(all.len() >= 40, "{} command lines", all.len());
+    let mut failures = Vec::new();
+    for c in &all {
+        eprintln!("curl {:?}", c.args);
+        let theirs = run_case(&w, &theirs_dir, false, c);
+        let ours = run_case(&w, &ours_dir, true, c);
+        if theirs != ours {
+            failures.push(format!(
+                "curl {:?}\n  curl: {:?} {:?} {:?}\n  ours: {:?} {:?} {:?}",
+                c.args,
+                theirs.code,
+                text(&theirs.stdout),
+                theirs.files.keys().collect::<Vec<_>>(),
+                ours.code,
+                text(&ours.stdout),
+                ours.files.keys().collect::<Vec<_>>(),
+            ));
+            for (name, data) in &theirs.files {
+                if ours.files.get(name) != Some(data) {
+                    failures.push(format!(
+                        "    file {name}: curl {:?} ours {:?}",
+                        text(data),
+                        ours.files.get(name).map(|d| text(d))
+                    ));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{} of {} command lines match the real curl",
+        all.len() - failures.iter().filter(|f| f.starts_with("curl")).count(),
+        all.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
