@@ -390,7 +390,7 @@ mod tests {
         assert!(h.starts_with("POST / HTTP/1.1\r\n"), "{h}");
         assert!(
             h.ends_with(
-                "Content-Length: 51\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n"
+                "Content-Length: 47\r\nContent-Type: application/x-www-form-urlencoded\r\n\r\n"
             ),
             "{h}"
         );
