@@ -585,3 +585,225 @@ fn curl_diff_command_lines_match_the_real_curl() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The real curl in the server namespace against `serve` on the stack.
+fn kernel_curl(w: &World, args: &[&str]) -> (Option<i32>, String) {
+    let mut argv = vec!["curl", "-s", "--max-time", "10"];
+    argv.extend_from_slice(args);
+    let out = run_in(w, &w.server, &argv);
+    (out.status.code(), text(&out.stdout))
+}
+
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+#[test]
+fn serve_ranges_conditionals_redirects_listing_and_types_with_the_real_curl() {
+    let w = World::up(&WorldOptions::default()).expect("build the namespace world");
+    let root = w.dir.join("site");
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    let hundred: String = (0..100)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    std::fs::write(root.join("a.txt"), &hundred).unwrap();
+    std::fs::write(root.join("index.html"), "<p>home</p>\n").unwrap();
+    std::fs::write(root.join("app.wasm"), b"\0asm").unwrap();
+    std::fs::write(root.join("pic.svg"), "<svg/>").unwrap();
+    std::fs::write(root.join("sub/b.txt"), "b\n").unwrap();
+    let root_arg = root.display().to_string();
+    let server = start_serve(&w, &["--root", &root_arg, "--list", "--port", "8080"]);
+    let base = format!("http://{HOST_IP}:8080");
+    let url = |p: &str| format!("{base}{p}");
+
+    // A range, a suffix range, and one past the end.
+    let (code, head) = kernel_curl(
+        &w,
+        &["-D", "-", "-o", "/dev/null", "-r", "0-9", &url("/a.txt")],
+    );
+    assert_eq!(code, Some(0));
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert_eq!(
+        header_value(&head, "content-range").as_deref(),
+        Some("bytes 0-9/100")
+    );
+    assert_eq!(
+        kernel_curl(&w, &["-r", "0-9", &url("/a.txt")]).1,
+        hundred[..10]
+    );
+    assert_eq!(
+        kernel_curl(&w, &["-r", "-5", &url("/a.txt")]).1,
+        hundred[95..]
+    );
+    let (_, head) = kernel_curl(
+        &w,
+        &["-D", "-", "-o", "/dev/null", "-r", "200-", &url("/a.txt")],
+    );
+    assert!(head.starts_with("HTTP/1.1 416"), "{head}");
+    assert_eq!(
+        header_value(&head, "content-range").as_deref(),
+        Some("bytes */100")
+    );
+    // curl -C - completes a partial file byte for byte.
+    let part = w.dir.join("partial.txt");
+    std::fs::write(&part, &hundred[..42]).unwrap();
+    let part_arg = part.display().to_string();
+    assert_eq!(
+        kernel_curl(&w, &["-C", "-", "-o", &part_arg, &url("/a.txt")]).0,
+        Some(0)
+    );
+    assert_eq!(std::fs::read_to_string(&part).unwrap(), hundred);
+
+    // Validators, 304s and If-Range.
+    let (_, head) = kernel_curl(&w, &["-I", &url("/a.txt")]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let etag = header_value(&head, "etag").expect("ETag");
+    let modified = header_value(&head, "last-modified").expect("Last-Modified");
+    assert!(header_value(&head, "date").is_some(), "{head}");
+    assert_eq!(
+        header_value(&head, "content-length").as_deref(),
+        Some("100")
+    );
+    let code_of = |extra: &[&str]| {
+        let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        args.extend_from_slice(extra);
+        let a = url("/a.txt");
+        args.push(&a);
+        kernel_curl(&w, &args).1
+    };
+    assert_eq!(code_of(&["-H", &format!("If-None-Match: {etag}")]), "304");
+    assert_eq!(code_of(&["-H", "If-None-Match: \"other\""]), "200");
+    assert_eq!(
+        code_of(&["-H", &format!("If-Modified-Since: {modified}")]),
+        "304"
+    );
+    assert_eq!(code_of(&["-z", "Mon, 01 Jan 2001 00:00:00 GMT"]), "200");
+    assert_eq!(
+        code_of(&["-r", "0-9", "-H", &format!("If-Range: {etag}")]),
+        "206"
+    );
+    assert_eq!(code_of(&["-r", "0-9", "-H", "If-Range: \"stale\""]), "200");
+
+    // /dir redirects to /dir/; a directory without index.html is listed with --list.
+    let (_, head) = kernel_curl(&w, &["-D", "-", "-o", "/dev/null", &url("/sub")]);
+    assert!(head.starts_with("HTTP/1.1 301"), "{head}");
+    assert_eq!(header_value(&head, "location").as_deref(), Some("/sub/"));
+    let (code, page) = kernel_curl(&w, &["-L", "-f", &url("/sub")]);
+    assert_eq!(code, Some(0));
+    assert!(
+        page.contains("href=\"b%2Etxt\">b.txt</a>") && page.contains("deeper/"),
+        "{page}"
+    );
+    assert_eq!(kernel_curl(&w, &["-L", &url("/")]).1, "<p>home</p>\n");
+
+    // Types from mime_guess.
+    for (path, want) in [
+        ("/app.wasm", "application/wasm"),
+        ("/pic.svg", "image/svg+xml"),
+        ("/a.txt", "text/plain; charset=utf-8"),
+    ] {
+        assert_eq!(
+            kernel_curl(
+                &w,
+                &["-o", "/dev/null", "-w", "%{content_type}", &url(path)]
+            )
+            .1,
+            want
+        );
+    }
+    let (status, lines) = server.stop("-INT");
+    assert!(status.success(), "{status:?} {lines:?}");
+
+    // --port 0 picks a free port and says which in its ready line.
+    let mut child = w
+        .exec(&w.host)
+        .args([BIN, "serve", "--root", &root_arg, "--port", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let ready = lines
+        .find_map(|l| l.ok().filter(|l| l.starts_with("ready:")))
+        .expect("a ready line");
+    let port = ready
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{HOST_IP}:")))
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no port in {ready:?}"));
+    assert_ne!(port, 0);
+    let (code, body) = kernel_curl(&w, &[&format!("http://{HOST_IP}:{port}/index.html")]);
+    assert_eq!((code, body.as_str()), (Some(0), "<p>home</p>\n"));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    wait_timeout(&mut child, std::time::Duration::from_secs(15));
+}
+
+#[test]
+fn curl_ctrl_c_kills_by_sigint_and_detaches_xdp() {
+    use std::os::unix::process::ExitStatusExt;
+    let w = World::up(&WorldOptions {
+        http_echo: true,
+        ..Default::default()
+    })
+    .expect("build the namespace world");
+    let url = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/slow");
+    let mut child = w
+        .exec(&w.host)
+        .args([BIN, "curl", "-s", &url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(xdp_attached(&w), "attached during the transfer");
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let status = wait_timeout(&mut child, std::time::Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!xdp_attached(&w), "XDP program left attached");
+}
+
+#[test]
+fn curl_meter_verbose_keep_alive_and_no_connection_close() {
+    let w = World::up(&WorldOptions {
+        http_echo: true,
+        ..Default::default()
+    })
+    .expect("build the namespace world");
+    let echo = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/echo");
+    let out_file = w.dir.join("out.txt").display().to_string();
+    // -o without -s: curl's meter on stderr, even though stderr is a pipe here.
+    let out = curl(&w, &["-o", &out_file, &echo]);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "% Total    % Received % Xferd  Average Speed   Time    Time     Time  Current"
+        ) && err.contains("Dload  Upload   Total   Spent    Left  Speed"),
+        "{err}"
+    );
+    // -v: no Connection: close we were not asked for; the second URL reuses the
+    // connection.
+    let out = curl(&w, &["-sv", &echo, &echo]);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("> GET /echo HTTP/1.1"), "{err}");
+    assert!(
+        !err.to_ascii_lowercase().contains("connection: close"),
+        "{err}"
+    );
+    assert!(err.contains("Re-using existing connection"), "{err}");
+    assert_eq!(text(&out.stdout).matches("GET /echo").count(), 2);
+}
