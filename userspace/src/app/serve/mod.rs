@@ -58,6 +58,8 @@ struct Session {
     skip_body: u64,
     close_after: bool,
     closing: bool,
+    /// The request being answered is a HEAD.
+    head_only: bool,
 }
 
 impl Session {
@@ -234,6 +236,7 @@ impl Server {
         if s.input.is_empty() {
             return false;
         }
+        s.head_only = false;
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         let used = match req.parse(&s.input) {
@@ -299,6 +302,7 @@ impl Server {
         s.input.drain(..used);
         s.skip_body = body_len;
         let head_only = method == "HEAD";
+        s.head_only = head_only;
         if method != "GET" && !head_only {
             respond(
                 s,
@@ -331,14 +335,13 @@ impl Server {
             Ok(Found::Listing(dir)) => {
                 let url_path = path.split('?').next().unwrap_or("/");
                 let page = files::listing(&dir, url_path);
-                respond_head(
+                respond(
                     s,
                     200,
                     "OK",
                     "text/html; charset=utf-8",
                     page.as_bytes(),
                     &[],
-                    head_only,
                 );
             }
             Ok(Found::File(file_path)) => {
@@ -349,6 +352,7 @@ impl Server {
     }
 }
 
+/// A response with a body in memory; to a HEAD request only its head.
 fn respond(
     s: &mut Session,
     status: u16,
@@ -356,19 +360,6 @@ fn respond(
     content_type: &str,
     body: &[u8],
     extra: &[(&str, &str)],
-) {
-    respond_head(s, status, reason, content_type, body, extra, false);
-}
-
-/// A response with a body in memory; for HEAD only its head.
-fn respond_head(
-    s: &mut Session,
-    status: u16,
-    reason: &str,
-    content_type: &str,
-    body: &[u8],
-    extra: &[(&str, &str)],
-    head_only: bool,
 ) {
     let mut head = format!(
         "HTTP/1.1 {status} {reason}\r\nServer: userspace\r\nDate: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
@@ -380,7 +371,7 @@ fn respond_head(
     }
     finish_head(s, &mut head);
     s.output.extend_from_slice(head.as_bytes());
-    if !head_only {
+    if !s.head_only {
         s.output.extend_from_slice(body);
     }
 }
