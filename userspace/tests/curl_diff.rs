@@ -433,6 +433,7 @@ fn cases() -> Vec<Case> {
             Norm::Exact,
             vec![],
         ),
+        (vec!["-m".into(), "1".into(), x("/slow")], Norm::Exact, vec![]),
         (vec!["--resolve".into(), "bad-entry".into(), echo.clone()], Norm::Exact, vec![]),
         (
             vec![

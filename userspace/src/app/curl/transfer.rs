@@ -170,6 +170,10 @@ impl Session<'_> {
                 ..Default::default()
             };
             let t0 = Instant::now();
+            let max_time = self.max_time();
+            if let Some(t) = &mut self.transport {
+                t.set_max_time(max_time);
+            }
             let result = self.transfer(url, spec, &mut info, t0);
             info.time_total = t0.elapsed().as_secs_f64();
             if let Err(e) = &result {
@@ -242,10 +246,18 @@ impl Session<'_> {
         }
     }
 
+    fn max_time(&self) -> Option<Duration> {
+        self.args
+            .max_time
+            .filter(|s| *s > 0.0)
+            .map(Duration::from_secs_f64)
+    }
+
     fn transport(&mut self) -> Result<&mut Transport, CurlError> {
         if self.transport.is_none() {
-            let t = Transport::open(&self.args.stack_args(), self.args.verbose)
+            let mut t = Transport::open(&self.args.stack_args(), self.args.verbose)
                 .map_err(|e| fail(EXIT_FAILED_INIT, format!("{e:#}")))?;
+            t.set_max_time(self.max_time());
             self.transport = Some(t);
         }
         Ok(self.transport.as_mut().expect("opened above"))

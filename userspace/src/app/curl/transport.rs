@@ -28,8 +28,8 @@ struct Stream {
 pub struct Transport {
     rt: Runtime,
     streams: Vec<Option<Stream>>,
-    /// The end of the whole operation (-m).
-    pub deadline: Option<Instant>,
+    /// The end of the current transfer (-m).
+    deadline: Option<Instant>,
     tls_config: Option<Arc<rustls::ClientConfig>>,
     verbose: bool,
 }
@@ -54,6 +54,11 @@ impl Transport {
     pub fn local_addr(&self, conn: Conn) -> Option<SocketAddrV4> {
         let stream = self.streams.get(conn.0)?.as_ref()?;
         Some(self.rt.stack.connection(stream.id)?.local())
+    }
+
+    /// -m: the transfer starting now must end within `max`.
+    pub fn set_max_time(&mut self, max: Option<Duration>) {
+        self.deadline = max.map(|d| self.rt.now() + d);
     }
 
     fn info(&self, line: &str) {
