@@ -55,6 +55,7 @@ fn fixtures(dir: &Path) {
     std::fs::write(dir.join("a.txt"), "hello\n").unwrap();
     std::fs::write(dir.join("crlf.txt"), "x=1\r\ny=2\nz=3").unwrap();
     std::fs::write(dir.join("part.html"), PART).unwrap();
+    std::fs::write(dir.join("full.html"), xtask::world::INDEX_HTML).unwrap();
     std::fs::write(dir.join("fmt.txt"), "code=%{http_code}\\n").unwrap();
     std::fs::write(
         dir.join("cookies.txt"),
@@ -327,6 +328,11 @@ fn cases() -> Vec<Case> {
             vec![],
         ),
         (vec!["-C".into(), "100".into(), nginx.into()], Norm::Exact, vec![]),
+        (
+            vec!["-C".into(), "-".into(), "-o".into(), "full.html".into(), nginx.into()],
+            Norm::Exact,
+            vec![],
+        ),
         (vec!["-O".into(), nginx.into()], Norm::Exact, vec![]),
         (
             vec!["--remote-name-all".into(), nginx.into(), x("/file/f.txt")],
@@ -491,6 +497,11 @@ fn cases() -> Vec<Case> {
             vec![],
         ),
         (vec!["-w".into(), "@fmt.txt".into(), echo.clone()], Norm::Exact, vec![]),
+        (
+            vec!["-w".into(), "%{http_code} %{exitcode}\\n".into(), "http://nosuchhost.invalid/".into()],
+            Norm::Exact,
+            vec![],
+        ),
         // Several URLs, keep-alive, -Z, -#, -V.
         (
             vec![echo.clone(), x("/chunked"), x("/close"), nginx.into()],

@@ -549,6 +549,13 @@ impl Session<'_> {
             if is_redirect {
                 info.redirect_url = location.map(|l| l.to_string());
             }
+            if offset > 0 && args.range.is_none() && response.status == 416 {
+                // curl takes 416 to a resume as "already complete": its body is dropped.
+                let t = self.transport()?;
+                let drained = read_body(t, conn, response.framing, rest, &mut |_| Ok(()));
+                self.release(conn, &target, ip, &response, drained.is_ok());
+                break Ok(());
+            }
             if args.fail && response.status >= 400 {
                 self.transport()?.abort(conn);
                 break Err(fail(

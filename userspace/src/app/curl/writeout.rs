@@ -62,6 +62,8 @@ impl Info {
 enum Value {
     Str(Option<String>),
     Int(i64),
+    /// A status code: three digits in text (000 when there was no response).
+    Code(u16),
     Time(f64),
 }
 
@@ -70,6 +72,7 @@ impl Value {
         match self {
             Value::Str(s) => s.clone().unwrap_or_default(),
             Value::Int(i) => i.to_string(),
+            Value::Code(c) => format!("{c:03}"),
             Value::Time(t) => format!("{t:.6}"),
         }
     }
@@ -78,6 +81,7 @@ impl Value {
             Value::Str(Some(s)) => json_string(s),
             Value::Str(None) => "null".into(),
             Value::Int(i) => i.to_string(),
+            Value::Code(c) => c.to_string(),
             Value::Time(t) => format!("{t:.6}"),
         }
     }
@@ -141,7 +145,7 @@ fn variable(info: &Info, name: &str) -> Option<Value> {
         "exitcode" => Value::Int(info.exitcode.into()),
         "filename_effective" => s(info.filename_effective.as_deref()),
         "ftp_entry_path" => s(None),
-        "http_code" | "response_code" => int(info.http_code.into()),
+        "http_code" | "response_code" => Value::Code(info.http_code),
         "http_connect" | "num_certs" | "proxy_ssl_verify_result" | "ssl_verify_result" => {
             Value::Int(0)
         }
@@ -349,6 +353,9 @@ mod tests {
             "200 79 0.500000 http://h/x\n%{x}\ttext/plain 10.0.0.1:80 158 0 [] a=1, b=2"
         );
         assert_eq!(text("a\\qb", &i), "a\\qb");
+        let none = Info::default();
+        assert_eq!(text("%{http_code}", &none), "000");
+        assert!(json(&none).contains("\"http_code\":0,"));
         assert_eq!(text("ok%{onerror}bad", &i), "ok");
         let split = render("a%{stderr}b%{stdout}c", &i);
         assert_eq!(
