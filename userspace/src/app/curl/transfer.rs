@@ -1,16 +1,21 @@
 //! One URL from request to output (redirects, cookies, -D, -i, -f, -C, -J), the retry
-//! loop around it, and the loop over every URL of the command line, with kept-alive
-//! connections reused from one URL to the next.
+//! loop around it, and the loop over every URL of the command line: one after the
+//! other, or with -Z up to --parallel-max at once, all on one stack, with kept-alive
+//! connections reused from one transfer to the next.
 use super::cookies::Jar;
 use super::output::{Dest, Sink, disposition_name, remote_name};
 use super::progress::Progress;
 use super::request::{Hop, Payload, Prepared, build_head, initial_method};
 use super::response::{Chunked, Decoder, Framing, Response, parse_head};
-use super::transport::{Conn, Transport};
+use super::transport::{Conn, Io, TlsParams, block_on};
 use super::writeout::{Info, Stream, render};
 use super::*;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// Where one URL's body goes, as the command line said.
@@ -29,18 +34,21 @@ struct PoolKey {
     host: String,
 }
 
+/// What the transfers of one command line share; each runs as a future on one stack.
 struct Session<'a> {
     args: &'a CurlArgs,
     prepared: Prepared,
     resolve: Vec<ResolveEntry>,
-    jar: Jar,
-    transport: Option<Transport>,
+    jar: RefCell<Jar>,
+    io: Io,
     /// Idle kept-alive connections.
-    pool: Vec<(PoolKey, Conn)>,
-    dump: Option<Box<dyn Write>>,
+    pool: RefCell<Vec<(PoolKey, Conn)>>,
+    dump: RefCell<Option<Box<dyn Write>>>,
     /// Connections made so far (curl's "Connection #N").
-    connections: u32,
+    connections: Cell<u32>,
 }
+
+type Transfer<'a> = Pin<Box<dyn Future<Output = (Result<(), CurlError>, Info)> + 'a>>;
 
 fn read_format(arg: &str) -> String {
     match arg.strip_prefix('@') {
@@ -68,19 +76,19 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
         .collect::<Result<Vec<_>, _>>()?;
     let prepared = Prepared::new(args)?;
     let format = args.write_out.as_deref().map(read_format);
-    let mut session = Session {
+    let session = Session {
         args,
         prepared,
         resolve,
-        jar: Jar::new(&args.cookie, args.cookie_jar.as_deref()),
-        transport: None,
-        pool: Vec::new(),
-        dump: None,
-        connections: 0,
+        jar: RefCell::new(Jar::new(&args.cookie, args.cookie_jar.as_deref())),
+        io: Io::new(args.stack_args(), args.verbose),
+        pool: RefCell::new(Vec::new()),
+        dump: RefCell::new(None),
+        connections: Cell::new(0),
     };
     let mut outputs = args.output.iter();
     let mut remote_left = args.remote_name;
-    let mut last = Ok(());
+    let mut queue = std::collections::VecDeque::new();
     for (i, url) in urls.iter().enumerate() {
         let spec = if let Some(o) = outputs.next() {
             Spec::File(o.clone())
@@ -92,58 +100,95 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
         } else {
             Spec::Stdout
         };
-        let (result, info) = session.transfer_with_retry(i, url, &spec);
-        if matches!(&result, Err(e) if e.code == EXIT_INTERRUPTED) {
-            // Ctrl-C: nothing more is written; the runtime goes (XDP detached).
-            drop(session);
-            return result;
-        }
-        if let Some(format) = &format {
-            for (stream, text) in render(format, &info) {
-                match stream {
-                    Stream::Stdout => {
-                        let mut out = std::io::stdout();
-                        let _ = out.write_all(text.as_bytes());
-                        let _ = out.flush();
-                    }
-                    Stream::Stderr => eprint!("{text}"),
-                }
-            }
-        }
-        let failed = result.is_err();
-        if i + 1 < urls.len()
-            && let Err(e) = &result
+        queue.push_back((i, url.as_str(), spec));
+    }
+    let at_once = if args.parallel {
+        args.parallel_max.clamp(1, 300)
+    } else {
+        1
+    };
+    let mut running: Vec<Transfer<'_>> = Vec::new();
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut last = Ok(());
+    let mut left = urls.len();
+    'run: loop {
+        while running.len() < at_once
+            && let Some((i, url, spec)) = queue.pop_front()
         {
-            print_error(args, e);
+            let session = &session;
+            running.push(Box::pin(async move {
+                session.transfer_with_retry(i, url, &spec).await
+            }));
         }
-        last = result;
-        if failed && args.fail_early {
+        if running.is_empty() {
             break;
         }
+        let mut k = 0;
+        while k < running.len() {
+            let Poll::Ready((result, info)) = running[k].as_mut().poll(&mut cx) else {
+                k += 1;
+                continue;
+            };
+            drop(running.remove(k));
+            left -= 1;
+            if matches!(&result, Err(e) if e.code == EXIT_INTERRUPTED) {
+                // Ctrl-C: nothing more is written; the runtime goes (XDP detached).
+                drop(running);
+                drop(session);
+                return result;
+            }
+            if let Some(format) = &format {
+                write_out(format, &info);
+            }
+            let failed = result.is_err();
+            if left > 0
+                && let Err(e) = &result
+            {
+                print_error(args, e);
+            }
+            last = result;
+            if failed && args.fail_early {
+                break 'run;
+            }
+        }
+        session.io.turn();
     }
-    session.shutdown();
+    drop(running);
+    block_on(&session.io, session.shutdown());
     last
 }
 
-impl Session<'_> {
-    fn shutdown(&mut self) {
-        if let Some(t) = &mut self.transport {
-            for (key, conn) in std::mem::take(&mut self.pool) {
-                t.close(conn);
-                if self.args.verbose {
-                    eprintln!("* Closing connection to {}", key.host);
-                }
+fn write_out(format: &str, info: &Info) {
+    for (stream, text) in render(format, info) {
+        match stream {
+            Stream::Stdout => {
+                let mut out = std::io::stdout();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
             }
-            t.close_all();
-            if self.args.stack.stats {
-                t.print_stats();
+            Stream::Stderr => eprint!("{text}"),
+        }
+    }
+}
+
+impl Session<'_> {
+    async fn shutdown(&self) {
+        let pool = std::mem::take(&mut *self.pool.borrow_mut());
+        for (key, conn) in pool {
+            self.io.close(conn).await;
+            if self.args.verbose {
+                eprintln!("* Closing connection to {}", key.host);
             }
         }
-        if let Some(d) = &mut self.dump {
+        self.io.close_all().await;
+        if self.args.stack.stats {
+            self.io.print_stats();
+        }
+        if let Some(d) = self.dump.borrow_mut().as_mut() {
             let _ = d.flush();
         }
         if let Some(path) = &self.args.cookie_jar
-            && let Err(e) = self.jar.save(path)
+            && let Err(e) = self.jar.borrow().save(path)
             && self.args.show_errors()
         {
             eprintln!(
@@ -153,8 +198,8 @@ impl Session<'_> {
         }
     }
 
-    fn transfer_with_retry(
-        &mut self,
+    async fn transfer_with_retry(
+        &self,
         urlnum: usize,
         url: &str,
         spec: &Spec,
@@ -170,11 +215,7 @@ impl Session<'_> {
                 ..Default::default()
             };
             let t0 = Instant::now();
-            let max_time = self.max_time();
-            if let Some(t) = &mut self.transport {
-                t.set_max_time(max_time);
-            }
-            let result = self.transfer(url, spec, &mut info, t0);
+            let result = self.transfer(url, spec, &mut info, t0).await;
             info.time_total = t0.elapsed().as_secs_f64();
             if let Err(e) = &result {
                 info.exitcode = e.code;
@@ -233,39 +274,23 @@ impl Session<'_> {
             }
             left -= 1;
             backoff = (backoff * 2).min(Duration::from_secs(600));
-            let slept = match &mut self.transport {
-                Some(t) => t.sleep(delay),
-                None => {
-                    std::thread::sleep(delay);
-                    Ok(())
-                }
-            };
-            if let Err(e) = slept {
+            if let Err(e) = self.io.sleep(delay).await {
                 return (Err(e), info);
             }
         }
     }
 
-    fn max_time(&self) -> Option<Duration> {
+    /// The end of a transfer that starts at `t0` (-m).
+    fn deadline(&self, t0: Instant) -> Option<Instant> {
         self.args
             .max_time
             .filter(|s| *s > 0.0)
-            .map(Duration::from_secs_f64)
-    }
-
-    fn transport(&mut self) -> Result<&mut Transport, CurlError> {
-        if self.transport.is_none() {
-            let mut t = Transport::open(&self.args.stack_args(), self.args.verbose)
-                .map_err(|e| fail(EXIT_FAILED_INIT, format!("{e:#}")))?;
-            t.set_max_time(self.max_time());
-            self.transport = Some(t);
-        }
-        Ok(self.transport.as_mut().expect("opened above"))
+            .map(|s| t0 + Duration::from_secs_f64(s))
     }
 
     /// A kept-alive connection to the same place, or a new one.
-    fn connection(
-        &mut self,
+    async fn connection(
+        &self,
         target: &Target,
         ip: Ipv4Addr,
         info: &mut Info,
@@ -278,24 +303,31 @@ impl Session<'_> {
             https: target.https,
             host: target.host.clone(),
         };
-        if let Some(pos) = self.pool.iter().position(|(k, _)| *k == key) {
-            let (_, conn) = self.pool.remove(pos);
-            let t = self.transport()?;
-            if t.reusable(conn) {
+        let pooled = {
+            let mut pool = self.pool.borrow_mut();
+            let pos = pool.iter().position(|(k, _)| *k == key);
+            pos.map(|p| pool.remove(p).1)
+        };
+        if let Some(conn) = pooled {
+            if self.io.reusable(conn) {
                 if args.verbose {
                     eprintln!("* Re-using existing connection with host {}", target.host);
                 }
+                self.io.set_deadline(conn, self.deadline(t0));
                 return Ok((conn, true));
             }
-            t.close(conn);
+            self.io.close(conn).await;
         }
         let timeout = Duration::from_secs_f64(args.connect_timeout.unwrap_or(30.0));
-        let (cacert, insecure) = (args.cacert.clone(), args.insecure);
-        let t = self.transport()?;
-        let tls = target
-            .https
-            .then_some((target.host.as_str(), cacert.as_deref(), insecure));
-        let conn = t.connect(ip, target.port, timeout, tls)?;
+        let tls = target.https.then(|| TlsParams {
+            host: &target.host,
+            cacert: args.cacert.as_deref(),
+            insecure: args.insecure,
+        });
+        let conn = self
+            .io
+            .connect(ip, target.port, timeout, self.deadline(t0), tls)
+            .await?;
         info.num_connects += 1;
         info.time_connect = t0.elapsed().as_secs_f64();
         if target.https {
@@ -304,18 +336,20 @@ impl Session<'_> {
         if args.verbose {
             eprintln!(
                 "* Connected to {} ({ip}) port {} (#{})",
-                target.host, target.port, self.connections
+                target.host,
+                target.port,
+                self.connections.get()
             );
         }
-        self.connections += 1;
+        self.connections.set(self.connections.get() + 1);
         Ok((conn, false))
     }
 
     /// Sends a request and reads the response head (1xx skipped). A kept-alive
     /// connection that the server closed meanwhile is replaced once.
     #[allow(clippy::too_many_arguments)]
-    fn exchange(
-        &mut self,
+    async fn exchange(
+        &self,
         target: &Target,
         ip: Ipv4Addr,
         request: &[u8],
@@ -323,9 +357,9 @@ impl Session<'_> {
         info: &mut Info,
         t0: Instant,
     ) -> Result<(Conn, Response, Vec<u8>), CurlError> {
-        let (mut conn, mut reused) = self.connection(target, ip, info, t0)?;
+        let (mut conn, mut reused) = self.connection(target, ip, info, t0).await?;
         loop {
-            let t = self.transport()?;
+            let t = &self.io;
             info.remote_ip = Some(ip);
             info.remote_port = Some(target.port);
             if let Some(local) = t.local_addr(conn) {
@@ -333,8 +367,10 @@ impl Session<'_> {
                 info.local_port = Some(local.port());
             }
             info.time_pretransfer = t0.elapsed().as_secs_f64();
-            let sent = t.write(conn, request);
-            let got = sent.and_then(|()| read_head(t, conn, head_request));
+            let got = match t.write(conn, request).await {
+                Ok(()) => read_head(t, conn, head_request).await,
+                Err(e) => Err(e),
+            };
             match got {
                 Ok(Some((response, rest))) => {
                     info.size_request += request.len() as u64;
@@ -343,7 +379,7 @@ impl Session<'_> {
                 }
                 Ok(None) if reused => {
                     t.abort(conn);
-                    (conn, reused) = self.connection(target, ip, info, t0)?;
+                    (conn, reused) = self.connection(target, ip, info, t0).await?;
                 }
                 Ok(None) => {
                     t.abort(conn);
@@ -351,7 +387,7 @@ impl Session<'_> {
                 }
                 Err(e) if reused && e.code != EXIT_INTERRUPTED && e.code != EXIT_TIMEOUT => {
                     t.abort(conn);
-                    (conn, reused) = self.connection(target, ip, info, t0)?;
+                    (conn, reused) = self.connection(target, ip, info, t0).await?;
                 }
                 Err(e) => {
                     t.abort(conn);
@@ -361,11 +397,12 @@ impl Session<'_> {
         }
     }
 
-    fn dump_head(&mut self, head: &[u8]) -> Result<(), CurlError> {
+    fn dump_head(&self, head: &[u8]) -> Result<(), CurlError> {
         let Some(path) = &self.args.dump_header else {
             return Ok(());
         };
-        if self.dump.is_none() {
+        let mut dump = self.dump.borrow_mut();
+        if dump.is_none() {
             let out: Box<dyn Write> = if path.as_os_str() == "-" {
                 Box::new(std::io::stdout())
             } else {
@@ -376,9 +413,9 @@ impl Session<'_> {
                     )
                 })?)
             };
-            self.dump = Some(out);
+            *dump = Some(out);
         }
-        let d = self.dump.as_mut().expect("opened above");
+        let d = dump.as_mut().expect("opened above");
         d.write_all(head)
             .and_then(|()| d.flush())
             .map_err(|e| fail(EXIT_WRITE_ERROR, format!("Failed writing header: {e}")))
@@ -387,7 +424,8 @@ impl Session<'_> {
     fn progress(&self, dest: &Dest) -> Progress {
         let args = self.args;
         let to_terminal = matches!(dest, Dest::Stdout { .. }) && std::io::stdout().is_terminal();
-        if args.silent || to_terminal {
+        // -Z transfers run at once: one meter per transfer would garble stderr.
+        if args.silent || to_terminal || args.parallel {
             Progress::Off
         } else if args.progress_bar {
             Progress::bar()
@@ -396,8 +434,8 @@ impl Session<'_> {
         }
     }
 
-    fn transfer(
-        &mut self,
+    async fn transfer(
+        &self,
         url: &str,
         spec: &Spec,
         info: &mut Info,
@@ -452,7 +490,7 @@ impl Session<'_> {
                     .flatten()
             });
             let path = target.path();
-            let cookie = self.jar.header(&target.host, &path, target.https);
+            let cookie = self.jar.borrow().header(&target.host, &path, target.https);
             let host = target.host_header();
             let hop = Hop {
                 method: &method,
@@ -476,8 +514,9 @@ impl Session<'_> {
                 info.size_upload = b.bytes.len() as u64;
             }
             let head_request = method.eq_ignore_ascii_case("HEAD");
-            let (conn, response, rest) =
-                self.exchange(&target, ip, &request, head_request, info, t0)?;
+            let (conn, response, rest) = self
+                .exchange(&target, ip, &request, head_request, info, t0)
+                .await?;
             info.method = method.clone();
             info.http_code = response.status;
             info.headers = response.headers.clone();
@@ -494,6 +533,7 @@ impl Session<'_> {
             self.dump_head(&response.head)?;
             let set_cookies: Vec<&str> = response.header_all("set-cookie").collect();
             self.jar
+                .borrow_mut()
                 .store(&target.host, target.url.path(), &set_cookies);
             let location = response
                 .header("location")
@@ -508,7 +548,7 @@ impl Session<'_> {
                 if let Some(s) = &mut sink
                     && let Err(e) = s.write_head(&response.head)
                 {
-                    self.transport()?.abort(conn);
+                    self.io.abort(conn);
                     break Err(e);
                 }
             }
@@ -516,16 +556,17 @@ impl Session<'_> {
                 redirects += 1;
                 info.num_redirects = redirects;
                 if args.max_redirs >= 0 && i64::from(redirects) > args.max_redirs {
-                    self.transport()?.abort(conn);
+                    self.io.abort(conn);
                     break Err(fail(
                         EXIT_TOO_MANY_REDIRECTS,
                         format!("Maximum ({}) redirects followed", args.max_redirs),
                     ));
                 }
                 // The redirect's own body is read and dropped.
-                let t = self.transport()?;
-                let drained = read_body(t, conn, response.framing, rest, &mut |_| Ok(()));
-                self.release(conn, &target, ip, &response, drained.is_ok());
+                let drained =
+                    read_body(&self.io, conn, response.framing, rest, &mut |_| Ok(())).await;
+                self.release(conn, &target, ip, &response, drained.is_ok())
+                    .await;
                 if args.verbose {
                     eprintln!("* Issue another request to this URL: '{next}'");
                 }
@@ -551,20 +592,21 @@ impl Session<'_> {
             }
             if offset > 0 && args.range.is_none() && response.status == 416 {
                 // curl takes 416 to a resume as "already complete": its body is dropped.
-                let t = self.transport()?;
-                let drained = read_body(t, conn, response.framing, rest, &mut |_| Ok(()));
-                self.release(conn, &target, ip, &response, drained.is_ok());
+                let drained =
+                    read_body(&self.io, conn, response.framing, rest, &mut |_| Ok(())).await;
+                self.release(conn, &target, ip, &response, drained.is_ok())
+                    .await;
                 break Ok(());
             }
             if args.fail && response.status >= 400 {
-                self.transport()?.abort(conn);
+                self.io.abort(conn);
                 break Err(fail(
                     EXIT_HTTP_ERROR,
                     format!("The requested URL returned error: {}", response.status),
                 ));
             }
             if offset > 0 && args.range.is_none() && response.status == 200 && !head_request {
-                self.transport()?.abort(conn);
+                self.io.abort(conn);
                 break Err(fail(
                     EXIT_RANGE_ERROR,
                     "HTTP server doesn't seem to support byte ranges. Cannot resume.",
@@ -579,7 +621,7 @@ impl Session<'_> {
             {
                 let path = PathBuf::from(name);
                 if path.exists() {
-                    self.transport()?.abort(conn);
+                    self.io.abort(conn);
                     break Err(fail(
                         EXIT_WRITE_ERROR,
                         format!("Refusing to overwrite {}: File exists", path.display()),
@@ -604,7 +646,7 @@ impl Session<'_> {
             let encoding = response.header("content-encoding");
             let mut decoder = Decoder::new(encoding, args.compressed);
             let mut size = 0u64;
-            let t = self.transport.as_mut().expect("connected above");
+            let t = &self.io;
             let read = read_body(t, conn, response.framing, rest, &mut |data| {
                 size += data.len() as u64;
                 decoder.feed(data, &mut |d| s.write(d))?;
@@ -612,13 +654,14 @@ impl Session<'_> {
                 s.progress.update(size);
                 Ok(())
             })
+            .await
             .and_then(|()| decoder.finish(&mut |d| s.write(d)));
             info.size_download = size;
             if let Err(e) = read {
                 t.abort(conn);
                 break Err(e);
             }
-            self.release(conn, &target, ip, &response, true);
+            self.release(conn, &target, ip, &response, true).await;
             break Ok(());
         };
         // Whatever was written reaches its destination, also after an error.
@@ -632,22 +675,20 @@ impl Session<'_> {
     }
 
     /// Puts a connection back in the pool, or closes it.
-    fn release(
-        &mut self,
+    async fn release(
+        &self,
         conn: Conn,
         target: &Target,
         ip: Ipv4Addr,
         response: &Response,
         complete: bool,
     ) {
-        let Some(t) = &mut self.transport else {
-            return;
-        };
+        let t = &self.io;
         if complete && !response.closes() && t.reusable(conn) {
             if self.args.verbose {
                 eprintln!("* Connection to host {} left intact", target.host);
             }
-            self.pool.push((
+            self.pool.borrow_mut().push((
                 PoolKey {
                     ip,
                     port: target.port,
@@ -657,7 +698,7 @@ impl Session<'_> {
                 conn,
             ));
         } else {
-            t.close(conn);
+            t.close(conn).await;
             if self.args.verbose {
                 eprintln!("* Closing connection to {}", target.host);
             }
@@ -666,15 +707,15 @@ impl Session<'_> {
 }
 
 /// Reads until a final response head: None when the stream ends before any byte.
-fn read_head(
-    t: &mut Transport,
+async fn read_head(
+    t: &Io,
     conn: Conn,
     head_request: bool,
 ) -> Result<Option<(Response, Vec<u8>)>, CurlError> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut raw = Vec::new();
     loop {
-        let n = t.read(conn, &mut buf)?;
+        let n = t.read(conn, &mut buf).await?;
         if n == 0 {
             if raw.is_empty() {
                 return Ok(None);
@@ -702,8 +743,8 @@ fn read_head(
 }
 
 /// Reads a body by its framing, passing the payload to `out`.
-fn read_body(
-    t: &mut Transport,
+async fn read_body(
+    t: &Io,
     conn: Conn,
     framing: Framing,
     mut rest: Vec<u8>,
@@ -721,7 +762,7 @@ fn read_body(
                 if remaining == 0 {
                     return Ok(());
                 }
-                let n = t.read(conn, &mut buf)?;
+                let n = t.read(conn, &mut buf).await?;
                 if n == 0 {
                     return Err(fail(
                         18,
@@ -736,7 +777,7 @@ fn read_body(
             let mut decoder = Chunked::default();
             decoder.feed(&rest, out)?;
             while !decoder.done {
-                let n = t.read(conn, &mut buf)?;
+                let n = t.read(conn, &mut buf).await?;
                 if n == 0 {
                     return Err(fail(
                         18,
@@ -750,7 +791,7 @@ fn read_body(
         Framing::UntilClose => {
             out(&rest)?;
             loop {
-                let n = t.read(conn, &mut buf)?;
+                let n = t.read(conn, &mut buf).await?;
                 if n == 0 {
                     return Ok(());
                 }
