@@ -534,6 +534,13 @@ fn cases() -> Vec<Case> {
             Norm::Exact,
             vec![],
         ),
+        // -Z to one host: the others wait for the first answer (curl's pipewait), then
+        // the quick one finishes (and is written) before the slow one.
+        (
+            vec!["-Z".into(), x("/delay/1"), x("/delay/1"), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
         (
             vec!["-#".into(), "-o".into(), "bar.txt".into(), echo.clone()],
             Norm::Exact,
@@ -818,4 +825,40 @@ fn curl_meter_verbose_keep_alive_and_no_connection_close() {
     );
     assert!(err.contains("Re-using existing connection"), "{err}");
     assert_eq!(text(&out.stdout).matches("GET /echo").count(), 2);
+}
+
+#[test]
+fn curl_parallel_runs_transfers_at_once_on_one_stack() {
+    let w = World::up(&WorldOptions {
+        http_echo: true,
+        ..Default::default()
+    })
+    .expect("build the namespace world");
+    let dir = w.dir.join("parallel");
+    std::fs::create_dir_all(&dir).unwrap();
+    let urls: Vec<String> = (0..4)
+        .map(|i| format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/delay/1?n={i}"))
+        .collect();
+    let mut args: Vec<String> = vec!["-sZ".into()];
+    for (i, u) in urls.iter().enumerate() {
+        args.push("-o".into());
+        args.push(dir.join(format!("{i}.txt")).display().to_string());
+        args.push(u.clone());
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let start = std::time::Instant::now();
+    let out = curl(&w, &argv);
+    let took = start.elapsed();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Four one-second answers: the first alone (curl waits for a first answer from a
+    // host before it opens more connections to it), then three at once: two seconds,
+    // not four.
+    assert!(took < std::time::Duration::from_millis(3000), "{took:?}");
+    for i in 0..4 {
+        let body = std::fs::read_to_string(dir.join(format!("{i}.txt"))).unwrap();
+        assert!(
+            body.starts_with(&format!("GET /delay/1?n={i} HTTP/1.1")),
+            "{body}"
+        );
+    }
 }

@@ -12,6 +12,7 @@ Every answer is deterministic, so two clients sending the same request get the s
   /chunked               the echo, in chunks
   /close                 the echo, framed by closing the connection
   /retry-after           503 with Retry-After: 0
+  /delay/S               the echo, after S seconds
   /slow                  a head and a few bytes of a body, then nothing for 30 s
   anything else          200, text/plain: the request line, headers and body as received
 
@@ -145,6 +146,9 @@ def answer(conn, head, body, headers):
         out = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
         conn.sendall(out if no_body else out + echo)
         return False
+    elif path.startswith("/delay/"):
+        time.sleep(float(path.split("/")[2]))
+        send(response(200, echo, text, b"OK"))
     elif path == "/slow":
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nfirst bytes\n")
         time.sleep(30)

@@ -35,6 +35,17 @@ struct PoolKey {
 }
 
 /// What the transfers of one command line share; each runs as a future on one stack.
+impl PoolKey {
+    fn new(target: &Target, ip: Ipv4Addr) -> PoolKey {
+        PoolKey {
+            ip,
+            port: target.port,
+            https: target.https,
+            host: target.host.clone(),
+        }
+    }
+}
+
 struct Session<'a> {
     args: &'a CurlArgs,
     prepared: Prepared,
@@ -46,6 +57,9 @@ struct Session<'a> {
     dump: RefCell<Option<Box<dyn Write>>>,
     /// Connections made so far (curl's "Connection #N").
     connections: Cell<u32>,
+    /// -Z: places whose first request has no answer yet, and places that answered.
+    first_in_flight: RefCell<Vec<PoolKey>>,
+    answered: RefCell<Vec<PoolKey>>,
 }
 
 type Transfer<'a> = Pin<Box<dyn Future<Output = (Result<(), CurlError>, Info)> + 'a>>;
@@ -85,6 +99,8 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
         pool: RefCell::new(Vec::new()),
         dump: RefCell::new(None),
         connections: Cell::new(0),
+        first_in_flight: RefCell::new(Vec::new()),
+        answered: RefCell::new(Vec::new()),
     };
     let mut outputs = args.output.iter();
     let mut remote_left = args.remote_name;
@@ -288,6 +304,33 @@ impl Session<'_> {
             .map(|s| t0 + Duration::from_secs_f64(s))
     }
 
+    /// -Z as curl does it (its "pipewait"): a transfer to a place whose first request
+    /// has no answer yet waits for that answer, which may free a connection to reuse,
+    /// before it opens one of its own.
+    async fn pipewait(&self, key: &PoolKey) {
+        std::future::poll_fn(|_| {
+            if self.answered.borrow().contains(key) {
+                return Poll::Ready(());
+            }
+            let mut in_flight = self.first_in_flight.borrow_mut();
+            if in_flight.contains(key) {
+                return Poll::Pending;
+            }
+            in_flight.push(key.clone());
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    /// A request to `key` got its answer (or failed): the transfers waiting may go.
+    fn settle(&self, key: &PoolKey) {
+        self.first_in_flight.borrow_mut().retain(|k| k != key);
+        let mut answered = self.answered.borrow_mut();
+        if !answered.contains(key) {
+            answered.push(key.clone());
+        }
+    }
+
     /// A kept-alive connection to the same place, or a new one.
     async fn connection(
         &self,
@@ -297,12 +340,10 @@ impl Session<'_> {
         t0: Instant,
     ) -> Result<(Conn, bool), CurlError> {
         let args = self.args;
-        let key = PoolKey {
-            ip,
-            port: target.port,
-            https: target.https,
-            host: target.host.clone(),
-        };
+        let key = PoolKey::new(target, ip);
+        if args.parallel {
+            self.pipewait(&key).await;
+        }
         let pooled = {
             let mut pool = self.pool.borrow_mut();
             let pos = pool.iter().position(|(k, _)| *k == key);
@@ -514,9 +555,11 @@ impl Session<'_> {
                 info.size_upload = b.bytes.len() as u64;
             }
             let head_request = method.eq_ignore_ascii_case("HEAD");
-            let (conn, response, rest) = self
+            let exchanged = self
                 .exchange(&target, ip, &request, head_request, info, t0)
-                .await?;
+                .await;
+            self.settle(&PoolKey::new(&target, ip));
+            let (conn, response, rest) = exchanged?;
             info.method = method.clone();
             info.http_code = response.status;
             info.headers = response.headers.clone();
@@ -688,15 +731,9 @@ impl Session<'_> {
             if self.args.verbose {
                 eprintln!("* Connection to host {} left intact", target.host);
             }
-            self.pool.borrow_mut().push((
-                PoolKey {
-                    ip,
-                    port: target.port,
-                    https: target.https,
-                    host: target.host.clone(),
-                },
-                conn,
-            ));
+            self.pool
+                .borrow_mut()
+                .push((PoolKey::new(target, ip), conn));
         } else {
             t.close(conn).await;
             if self.args.verbose {
