@@ -549,6 +549,15 @@ fn cases() -> Vec<Case> {
         (vec!["-V".into()], Norm::ExitOnly, vec![]),
         (vec!["-o".into(), "bin.dat".into(), x("/file/bin.dat")], Norm::Exact, vec![]),
         (vec!["--url".into(), echo.clone()], Norm::Exact, vec![]),
+        // Globbing: sets, ranges, #N in -o, -g, and a broken range.
+        (vec![x("/echo?n=[1-3]&s={a,b}")], Norm::Exact, vec![]),
+        (
+            vec!["-o".into(), "g_#1.out".into(), x("/file/{f.txt,gz.txt}")],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-g".into(), x("/echo?x=[1]")], Norm::Exact, vec![]),
+        (vec![x("/echo/[1-")], Norm::Exact, vec![]),
     ];
     owned
         .into_iter()

@@ -164,6 +164,9 @@ pub struct CurlArgs {
     /// https: trust the CA certificates in this PEM file instead of the system's
     #[arg(long, value_name = "FILE")]
     pub cacert: Option<PathBuf>,
+    /// Take [] and {} in URLs literally (no globbing)
+    #[arg(short = 'g', long)]
+    pub globoff: bool,
     /// Fetch the URLs at the same time, on one stack
     #[arg(short = 'Z', long)]
     pub parallel: bool,

@@ -8,6 +8,7 @@
 mod args;
 mod cookies;
 mod form;
+mod glob;
 mod output;
 mod progress;
 mod request;

@@ -30,7 +30,8 @@ pub fn max5(n: u64) -> String {
 /// Seconds as curl's 8-letter H:MM:SS (--:--:-- when unknown).
 pub fn time8(secs: Option<u64>) -> String {
     match secs {
-        None => "--:--:--".into(),
+        // curl shows no time below one second.
+        None | Some(0) => "--:--:--".into(),
         Some(s) if s < 100 * 3600 => format!("{:2}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60),
         Some(s) if s / 86400 < 1000 => format!("{:3}d {:02}h", s / 86400, (s / 3600) % 24),
         Some(s) => format!("{:7}d", s / 86400),
@@ -54,14 +55,16 @@ impl Progress {
     pub fn meter() -> Progress {
         eprint!("{HEADER}");
         let now = Instant::now();
-        Progress::Meter {
+        let mut meter = Progress::Meter {
             start: now,
-            // The first line comes after a second, or at the end.
-            last_draw: Some(now),
+            last_draw: None,
             samples: vec![(now, 0)],
             total: None,
             received: 0,
-        }
+        };
+        // A line of zeros at once; the next after a second, or at the end.
+        meter.draw();
+        meter
     }
 
     pub fn bar() -> Progress {

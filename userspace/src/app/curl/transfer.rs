@@ -105,7 +105,7 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
     let mut outputs = args.output.iter();
     let mut remote_left = args.remote_name;
     let mut queue = std::collections::VecDeque::new();
-    for (i, url) in urls.iter().enumerate() {
+    for url in urls {
         let spec = if let Some(o) = outputs.next() {
             Spec::File(o.clone())
         } else if remote_left > 0 {
@@ -116,7 +116,24 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
         } else {
             Spec::Stdout
         };
-        queue.push_back((i, url.as_str(), spec));
+        let expanded = if args.globoff {
+            vec![super::glob::Expanded {
+                url: url.clone(),
+                values: Vec::new(),
+            }]
+        } else {
+            super::glob::expand(url)?
+        };
+        for e in expanded {
+            let spec = match &spec {
+                Spec::File(template) => Spec::File(PathBuf::from(super::glob::output_name(
+                    &template.to_string_lossy(),
+                    &e.values,
+                ))),
+                other => other.clone(),
+            };
+            queue.push_back((queue.len(), e.url, spec));
+        }
     }
     let at_once = if args.parallel {
         args.parallel_max.clamp(1, 300)
@@ -126,14 +143,14 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
     let mut running: Vec<Transfer<'_>> = Vec::new();
     let mut cx = Context::from_waker(Waker::noop());
     let mut last = Ok(());
-    let mut left = urls.len();
+    let mut left = queue.len();
     'run: loop {
         while running.len() < at_once
             && let Some((i, url, spec)) = queue.pop_front()
         {
             let session = &session;
             running.push(Box::pin(async move {
-                session.transfer_with_retry(i, url, &spec).await
+                session.transfer_with_retry(i, &url, &spec).await
             }));
         }
         if running.is_empty() {
