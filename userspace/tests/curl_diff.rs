@@ -86,6 +86,10 @@ fn echo_files(w: &World) {
     }
     std::fs::write(files.join("br.txt"), br).unwrap();
     std::fs::write(files.join("br.txt.enc"), "br").unwrap();
+    let zstd =
+        ruzstd::encoding::compress_to_vec(&text[..], ruzstd::encoding::CompressionLevel::Fastest);
+    std::fs::write(files.join("zs.txt"), zstd).unwrap();
+    std::fs::write(files.join("zs.txt.enc"), "zstd").unwrap();
     std::fs::write(files.join("bin.dat"), [0u8, 1, 2, 0, 255]).unwrap();
     std::fs::write(files.join("bin.dat.type"), "application/octet-stream").unwrap();
 }
@@ -354,6 +358,8 @@ fn cases() -> Vec<Case> {
         (vec!["--compressed".into(), x("/file/gz.txt")], Norm::Exact, vec![]),
         (vec!["--compressed".into(), x("/file/zz.txt")], Norm::Exact, vec![]),
         (vec!["--compressed".into(), x("/file/br.txt")], Norm::Exact, vec![]),
+        (vec!["--compressed".into(), x("/file/zs.txt")], Norm::Exact, vec![]),
+        (vec!["--compressed".into(), echo.clone()], Norm::Exact, vec![]),
         (vec![x("/file/gz.txt")], Norm::Exact, vec![]),
         // Headers out: -D, -i, -I, per hop with -L.
         (vec!["-D".into(), "hdr.txt".into(), echo.clone()], Norm::Exact, vec![]),
@@ -869,5 +875,32 @@ fn curl_parallel_runs_transfers_at_once_on_one_stack() {
             body.starts_with(&format!("GET /delay/1?n={i} HTTP/1.1")),
             "{body}"
         );
+    }
+}
+
+#[test]
+fn curl_binary_output_to_a_terminal_is_refused_with_curls_warning() {
+    let w = World::up(&WorldOptions {
+        http_echo: true,
+        ..Default::default()
+    })
+    .expect("build the namespace world");
+    echo_files(&w);
+    let url = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/file/bin.dat");
+    // `script` gives the command a terminal for its stdout; its own exit code is the
+    // command's.
+    let run = |program: &str| {
+        let line = format!("{program} curl {url}; echo \"exit=$?\"");
+        let out = run_in(&w, &w.host, &["script", "-qec", &line, "/dev/null"]);
+        text(&out.stdout)
+    };
+    let theirs = run("");
+    let ours = run(BIN);
+    for out in [&theirs, &ours] {
+        assert!(
+            out.contains("Binary output can mess up your terminal"),
+            "{out}"
+        );
+        assert!(out.contains("exit=23"), "{out}");
     }
 }

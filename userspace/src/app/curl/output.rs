@@ -21,6 +21,8 @@ pub struct Sink {
     append: bool,
     create_dirs: bool,
     check_binary: bool,
+    /// Not -s: warnings are shown.
+    show_warnings: bool,
     /// Bytes written to the destination (headers included).
     pub written: u64,
     pub progress: Progress,
@@ -34,7 +36,13 @@ fn write_error(e: std::io::Error) -> CurlError {
 }
 
 impl Sink {
-    pub fn new(dest: Dest, append: bool, create_dirs: bool, progress: Progress) -> Sink {
+    pub fn new(
+        dest: Dest,
+        append: bool,
+        create_dirs: bool,
+        show_warnings: bool,
+        progress: Progress,
+    ) -> Sink {
         let check_binary =
             matches!(dest, Dest::Stdout { explicit: false }) && std::io::stdout().is_terminal();
         Sink {
@@ -43,6 +51,7 @@ impl Sink {
             append,
             create_dirs,
             check_binary,
+            show_warnings,
             written: 0,
             progress,
         }
@@ -96,11 +105,13 @@ impl Sink {
         if self.check_binary && !data.is_empty() {
             self.check_binary = false;
             if data.contains(&0) {
-                eprintln!(
-                    "Warning: Binary output can mess up your terminal. Use \"--output -\" to tell \n\
+                if self.show_warnings {
+                    eprintln!(
+                        "Warning: Binary output can mess up your terminal. Use \"--output -\" to tell \n\
                      Warning: curl to output it to your terminal anyway, or consider \"--output \n\
                      Warning: <FILE>\" to save to a file."
-                );
+                    );
+                }
                 // The warning says it all: curl prints no "(23)" line after it.
                 return Err(fail(EXIT_WRITE_ERROR, ""));
             }

@@ -107,7 +107,7 @@ fn urlencode_arg(arg: &str, show_errors: bool) -> Vec<u8> {
 
 /// The -d, --data-raw, --data-binary and --data-urlencode pieces joined with '&'.
 pub fn collect_data(args: &CurlArgs) -> Option<Vec<u8>> {
-    let show = args.show_errors();
+    let show = !args.silent;
     let mut pieces: Vec<Vec<u8>> = Vec::new();
     for d in &args.data {
         pieces.push(match d.strip_prefix('@') {
@@ -144,7 +144,7 @@ fn collect_json(args: &CurlArgs) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     for j in &args.json {
         match j.strip_prefix('@') {
-            Some(name) => out.extend(read_source(name, args.show_errors())),
+            Some(name) => out.extend(read_source(name, !args.silent)),
             None => out.extend_from_slice(j.as_bytes()),
         }
     }

@@ -155,7 +155,7 @@ impl Chunked {
 }
 
 /// The Accept-Encoding curl sends with --compressed, for the codings decoded here.
-pub const ACCEPT_ENCODING: &str = "deflate, gzip, br";
+pub const ACCEPT_ENCODING: &str = "deflate, gzip, br, zstd";
 
 /// Undoes the Content-Encoding of a body as it streams in.
 pub enum Decoder {
@@ -163,6 +163,8 @@ pub enum Decoder {
     Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
     Deflate(Box<flate2::write::ZlibDecoder<Vec<u8>>>),
     Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    /// zstd (ruzstd) decodes the whole body at its end.
+    Zstd(Vec<u8>),
 }
 
 fn bad_encoding(e: std::io::Error) -> CurlError {
@@ -188,6 +190,7 @@ impl Decoder {
             Some("br") => {
                 Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096)))
             }
+            Some("zstd") => Decoder::Zstd(Vec::new()),
             _ => Decoder::Identity,
         }
     }
@@ -212,6 +215,10 @@ impl Decoder {
                 d.write_all(input).map_err(bad_encoding)?;
                 std::mem::take(d.get_mut())
             }
+            Decoder::Zstd(held) => {
+                held.extend_from_slice(input);
+                return Ok(());
+            }
         };
         if produced.is_empty() {
             Ok(())
@@ -232,6 +239,22 @@ impl Decoder {
             Decoder::Brotli(d) => d
                 .into_inner()
                 .map_err(|_| fail(61, "Error while processing content unencoding: brotli"))?,
+            Decoder::Zstd(held) => {
+                let mut out = Vec::new();
+                let mut input = held.as_slice();
+                // A body may hold several frames, one after the other.
+                while !input.is_empty() {
+                    let mut frame =
+                        ruzstd::decoding::StreamingDecoder::new(&mut input).map_err(|e| {
+                            fail(
+                                61,
+                                format!("Error while processing content unencoding: {e}"),
+                            )
+                        })?;
+                    std::io::Read::read_to_end(&mut frame, &mut out).map_err(bad_encoding)?;
+                }
+                out
+            }
         };
         if rest.is_empty() { Ok(()) } else { out(&rest) }
     }
@@ -291,6 +314,11 @@ mod tests {
             w.write_all(&text).unwrap();
         }
         assert_eq!(decode_all("br", &br), text);
+        let zstd = ruzstd::encoding::compress_to_vec(
+            &text[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        assert_eq!(decode_all("zstd", &zstd), text);
         assert_eq!(decode_all("identity", &text), text);
     }
 

@@ -294,10 +294,8 @@ impl Session<'_> {
             {
                 return (result, info);
             }
-            if args.show_errors() {
-                if let Err(e) = &result {
-                    print_error(args, e);
-                }
+            // A warning, which -s silences (-S brings back errors, not warnings).
+            if !args.silent {
                 let secs = delay.as_secs();
                 eprintln!(
                     "Warning: Problem {reason}. Will retry in {secs} second{}. {left} retr{} left.",
@@ -603,7 +601,13 @@ impl Session<'_> {
             if args.include || args.head {
                 if sink.is_none() {
                     let p = self.progress(&dest);
-                    sink = Some(Sink::new(dest.clone(), offset > 0, args.create_dirs, p));
+                    sink = Some(Sink::new(
+                        dest.clone(),
+                        offset > 0,
+                        args.create_dirs,
+                        !args.silent,
+                        p,
+                    ));
                 }
                 if let Some(s) = &mut sink
                     && let Err(e) = s.write_head(&response.head)
@@ -696,7 +700,13 @@ impl Session<'_> {
                 Some(s) => s,
                 None => {
                     let p = self.progress(&dest);
-                    sink.insert(Sink::new(dest.clone(), offset > 0, args.create_dirs, p))
+                    sink.insert(Sink::new(
+                        dest.clone(),
+                        offset > 0,
+                        args.create_dirs,
+                        !args.silent,
+                        p,
+                    ))
                 }
             };
             s.progress.set_total(match response.framing {
