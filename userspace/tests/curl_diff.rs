@@ -229,6 +229,21 @@ fn cases() -> Vec<Case> {
         ),
         (vec!["-d".into(), "@crlf.txt".into(), echo.clone()], Norm::Exact, vec![]),
         (
+            vec![
+                "-d".into(),
+                "a=1".into(),
+                "--data-binary".into(),
+                "@crlf.txt".into(),
+                "--data-urlencode".into(),
+                "u=x y".into(),
+                "-d".into(),
+                "b=2".into(),
+                echo.clone(),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
             vec!["-d".into(), "@-".into(), echo.clone()],
             Norm::Exact,
             b"from\r\nstdin\n".to_vec(),
@@ -338,6 +353,11 @@ fn cases() -> Vec<Case> {
             vec![],
         ),
         (vec!["-O".into(), nginx.into()], Norm::Exact, vec![]),
+        (
+            vec!["-O".into(), nginx.into(), "-o".into(), "second.txt".into(), x("/file/f.txt")],
+            Norm::Exact,
+            vec![],
+        ),
         (
             vec!["--remote-name-all".into(), nginx.into(), x("/file/f.txt")],
             Norm::Exact,

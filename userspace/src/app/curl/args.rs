@@ -178,6 +178,21 @@ pub struct CurlArgs {
     pub version: bool,
     #[command(flatten)]
     pub stack: StackArgs,
+    /// The -d family in command-line order: (which flag, index in its list).
+    #[arg(skip)]
+    pub data_order: Vec<(DataFlag, usize)>,
+    /// -o and -O in command-line order: Some(index in `output`) or None for -O.
+    #[arg(skip)]
+    pub output_order: Vec<Option<usize>>,
+}
+
+/// The flags whose pieces curl joins with '&'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DataFlag {
+    Data,
+    Raw,
+    Binary,
+    Urlencode,
 }
 
 impl CurlArgs {
@@ -193,6 +208,47 @@ impl CurlArgs {
             stack.iface = self.interface.clone();
         }
         stack
+    }
+
+    /// Notes the order of -d, --data-* and -o/-O as given (clap keeps each flag's
+    /// values apart).
+    pub fn record_order(&mut self, m: &clap::ArgMatches) {
+        // Only what the command line said: a default value has a position too.
+        let positions = |id: &str| -> Vec<usize> {
+            if m.value_source(id) != Some(clap::parser::ValueSource::CommandLine) {
+                return Vec::new();
+            }
+            m.indices_of(id).map(|it| it.collect()).unwrap_or_default()
+        };
+        let mut data = Vec::new();
+        for (id, flag) in [
+            ("data", DataFlag::Data),
+            ("data_raw", DataFlag::Raw),
+            ("data_binary", DataFlag::Binary),
+            ("data_urlencode", DataFlag::Urlencode),
+        ] {
+            data.extend(
+                positions(id)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, at)| (at, flag, n)),
+            );
+        }
+        data.sort();
+        self.data_order = data.into_iter().map(|(_, flag, n)| (flag, n)).collect();
+        let mut outputs: Vec<(usize, Option<usize>)> = positions("output")
+            .into_iter()
+            .enumerate()
+            .map(|(n, at)| (at, Some(n)))
+            .collect();
+        let remote = positions("remote_name");
+        if remote.len() != usize::from(self.remote_name) {
+            // The positions of a counted flag are not all known: keep -o, then -O.
+            return;
+        }
+        outputs.extend(remote.into_iter().map(|at| (at, None)));
+        outputs.sort();
+        self.output_order = outputs.into_iter().map(|(_, o)| o).collect();
     }
 
     pub fn show_errors(&self) -> bool {

@@ -1,5 +1,6 @@
 //! Building a request as curl does: the body from -d and friends, --json or -F, and the
 //! head with curl's header order, where -H replaces, removes or empties our headers.
+use super::args::DataFlag;
 use super::form;
 use super::{CurlArgs, CurlError, fail};
 use base64::Engine;
@@ -108,28 +109,43 @@ fn urlencode_arg(arg: &str, show_errors: bool) -> Vec<u8> {
 /// The -d, --data-raw, --data-binary and --data-urlencode pieces joined with '&'.
 pub fn collect_data(args: &CurlArgs) -> Option<Vec<u8>> {
     let show = !args.silent;
-    let mut pieces: Vec<Vec<u8>> = Vec::new();
-    for d in &args.data {
-        pieces.push(match d.strip_prefix('@') {
-            Some(name) => read_source(name, show)
-                .into_iter()
-                .filter(|&b| b != b'\r' && b != b'\n')
-                .collect(),
-            None => d.as_bytes().to_vec(),
-        });
-    }
-    for d in &args.data_raw {
-        pieces.push(d.as_bytes().to_vec());
-    }
-    for d in &args.data_binary {
-        pieces.push(match d.strip_prefix('@') {
-            Some(name) => read_source(name, show),
-            None => d.as_bytes().to_vec(),
-        });
-    }
-    for d in &args.data_urlencode {
-        pieces.push(urlencode_arg(d, show));
-    }
+    // Command-line order when main recorded it; else flag by flag.
+    let order: Vec<(DataFlag, usize)> = if args.data_order.is_empty() {
+        let each = |flag, n: usize| (0..n).map(move |i| (flag, i));
+        each(DataFlag::Data, args.data.len())
+            .chain(each(DataFlag::Raw, args.data_raw.len()))
+            .chain(each(DataFlag::Binary, args.data_binary.len()))
+            .chain(each(DataFlag::Urlencode, args.data_urlencode.len()))
+            .collect()
+    } else {
+        args.data_order.clone()
+    };
+    let pieces: Vec<Vec<u8>> = order
+        .into_iter()
+        .filter_map(|(flag, i)| {
+            Some(match flag {
+                DataFlag::Data => {
+                    let d = args.data.get(i)?;
+                    match d.strip_prefix('@') {
+                        Some(name) => read_source(name, show)
+                            .into_iter()
+                            .filter(|&b| b != b'\r' && b != b'\n')
+                            .collect(),
+                        None => d.as_bytes().to_vec(),
+                    }
+                }
+                DataFlag::Raw => args.data_raw.get(i)?.as_bytes().to_vec(),
+                DataFlag::Binary => {
+                    let d = args.data_binary.get(i)?;
+                    match d.strip_prefix('@') {
+                        Some(name) => read_source(name, show),
+                        None => d.as_bytes().to_vec(),
+                    }
+                }
+                DataFlag::Urlencode => urlencode_arg(args.data_urlencode.get(i)?, show),
+            })
+        })
+        .collect();
     if pieces.is_empty() {
         return None;
     }

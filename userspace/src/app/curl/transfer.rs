@@ -102,15 +102,26 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
         first_in_flight: RefCell::new(Vec::new()),
         answered: RefCell::new(Vec::new()),
     };
-    let mut outputs = args.output.iter();
-    let mut remote_left = args.remote_name;
+    // -o and -O pair with the URLs in the order they were given.
+    let mut outputs: std::collections::VecDeque<Spec> = if args.output_order.is_empty() {
+        args.output
+            .iter()
+            .map(|o| Spec::File(o.clone()))
+            .chain((0..args.remote_name).map(|_| Spec::Remote))
+            .collect()
+    } else {
+        args.output_order
+            .iter()
+            .filter_map(|o| match o {
+                Some(i) => args.output.get(*i).cloned().map(Spec::File),
+                None => Some(Spec::Remote),
+            })
+            .collect()
+    };
     let mut queue = std::collections::VecDeque::new();
     for url in urls {
-        let spec = if let Some(o) = outputs.next() {
-            Spec::File(o.clone())
-        } else if remote_left > 0 {
-            remote_left -= 1;
-            Spec::Remote
+        let spec = if let Some(o) = outputs.pop_front() {
+            o
         } else if args.remote_name_all {
             Spec::Remote
         } else {
