@@ -176,6 +176,8 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
             "netns-tests",
             "--test",
             "netns",
+            "--test",
+            "curl_diff",
             "--",
             "--test-threads=1",
         ]))?;
