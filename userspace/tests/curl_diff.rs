@@ -56,6 +56,8 @@ fn fixtures(dir: &Path) {
     std::fs::write(dir.join("crlf.txt"), "x=1\r\ny=2\nz=3").unwrap();
     std::fs::write(dir.join("part.html"), PART).unwrap();
     std::fs::write(dir.join("full.html"), xtask::world::INDEX_HTML).unwrap();
+    // One byte over curl's threshold for Expect: 100-continue.
+    std::fs::write(dir.join("big.txt"), vec![b'a'; (1 << 20) + 1]).unwrap();
     std::fs::write(dir.join("fmt.txt"), "code=%{http_code}\\n").unwrap();
     std::fs::write(
         dir.join("cookies.txt"),
@@ -250,6 +252,26 @@ fn cases() -> Vec<Case> {
         ),
         (
             vec!["--data-binary".into(), "@crlf.txt".into(), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["--data-binary".into(), "@big.txt".into(), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec![
+                "-H".into(),
+                "Expect:".into(),
+                "--data-binary".into(),
+                "@big.txt".into(),
+                "-w".into(),
+                "%{http_code} %{size_upload}\\n".into(),
+                "-o".into(),
+                "/dev/null".into(),
+                echo.clone(),
+            ],
             Norm::Exact,
             vec![],
         ),

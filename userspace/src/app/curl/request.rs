@@ -18,6 +18,9 @@ pub fn escape(bytes: &[u8]) -> String {
     percent_encoding::percent_encode(bytes, ESCAPE).to_string()
 }
 
+/// Bodies larger than this go after the server's 100 Continue.
+pub const EXPECT_100_THRESHOLD: usize = 1 << 20;
+
 /// One -H argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Custom {
@@ -316,6 +319,10 @@ pub fn build_head(args: &CurlArgs, prepared: &Prepared, hop: &Hop<'_>) -> Vec<u8
         };
         ours("Content-Length", body.bytes.len().to_string());
         ours("Content-Type", body.content_type.clone());
+        // curl asks before sending a body over 1 MiB.
+        if body.bytes.len() > EXPECT_100_THRESHOLD {
+            ours("Expect", "100-continue".into());
+        }
     }
     head.push_str("\r\n");
     head.into_bytes()

@@ -20,6 +20,9 @@ pub struct Response {
     /// Header names and values in order (names as sent).
     pub headers: Vec<(String, String)>,
     pub framing: Framing,
+    /// The connection ends after this response whatever its headers say (a request
+    /// body was left unsent).
+    pub close: bool,
 }
 
 impl Response {
@@ -39,7 +42,8 @@ impl Response {
 
     /// The connection cannot carry another request after this response.
     pub fn closes(&self) -> bool {
-        self.framing == Framing::UntilClose
+        self.close
+            || self.framing == Framing::UntilClose
             || self
                 .header("connection")
                 .is_some_and(|v| v.eq_ignore_ascii_case("close"))
@@ -97,6 +101,7 @@ pub fn parse_head(raw: &[u8], head_request: bool) -> Result<Option<(usize, Respo
             head: raw[..n].to_vec(),
             headers,
             framing,
+            close: false,
         },
     )))
 }

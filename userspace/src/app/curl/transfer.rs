@@ -434,10 +434,9 @@ impl Session<'_> {
                 info.local_port = Some(local.port());
             }
             info.time_pretransfer = t0.elapsed().as_secs_f64();
-            let got = match t.write(conn, request).await {
-                Ok(()) => read_head(t, conn, head_request).await,
-                Err(e) => Err(e),
-            };
+            let got = self
+                .send_request(conn, request, head_request, self.deadline(t0))
+                .await;
             match got {
                 Ok(Some((response, rest))) => {
                     info.size_request += request.len() as u64;
@@ -462,6 +461,49 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// Writes a request and reads the answer's head. A body over 1 MiB goes after the
+    /// server's 100 Continue, or after a second without an answer, as curl does; a
+    /// final answer instead means the body is not sent and the connection not reused.
+    async fn send_request(
+        &self,
+        conn: Conn,
+        request: &[u8],
+        head_request: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Option<(Response, Vec<u8>)>, CurlError> {
+        let t = &self.io;
+        let head_len = request
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(request.len(), |p| p + 4);
+        let (head, body) = request.split_at(head_len);
+        let expect = String::from_utf8_lossy(head)
+            .to_ascii_lowercase()
+            .contains("\r\nexpect: 100-continue\r\n");
+        if !expect || body.is_empty() {
+            t.write(conn, request).await?;
+            return read_head(t, conn, head_request, Vec::new(), false).await;
+        }
+        t.write(conn, head).await?;
+        let wait = Instant::now() + Duration::from_secs(1);
+        t.set_deadline(conn, Some(deadline.map_or(wait, |d| d.min(wait))));
+        let first = read_head(t, conn, head_request, Vec::new(), true).await;
+        t.set_deadline(conn, deadline);
+        let rest = match first {
+            Ok(Some((r, rest))) if r.status == 100 => rest,
+            Ok(Some((mut r, rest))) => {
+                r.close = true;
+                return Ok(Some((r, rest)));
+            }
+            Err(e) if e.code == EXIT_TIMEOUT && deadline.is_none_or(|d| Instant::now() < d) => {
+                Vec::new()
+            }
+            other => return other,
+        };
+        t.write(conn, body).await?;
+        read_head(t, conn, head_request, rest, false).await
     }
 
     fn dump_head(&self, head: &[u8]) -> Result<(), CurlError> {
@@ -782,14 +824,27 @@ impl Session<'_> {
 }
 
 /// Reads until a final response head: None when the stream ends before any byte.
+/// Reads until a final response head (or a 100 Continue, with `until_continue`), from
+/// what `raw` already holds and then the connection.
 async fn read_head(
     t: &Io,
     conn: Conn,
     head_request: bool,
+    mut raw: Vec<u8>,
+    until_continue: bool,
 ) -> Result<Option<(Response, Vec<u8>)>, CurlError> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut raw = Vec::new();
     loop {
+        while let Some((used, response)) = parse_head(&raw, head_request)? {
+            if (100..200).contains(&response.status) && response.status != 101 {
+                if until_continue && response.status == 100 {
+                    return Ok(Some((response, raw.split_off(used))));
+                }
+                raw.drain(..used);
+                continue; // an interim response
+            }
+            return Ok(Some((response, raw.split_off(used))));
+        }
         let n = t.read(conn, &mut buf).await?;
         if n == 0 {
             if raw.is_empty() {
@@ -801,13 +856,6 @@ async fn read_head(
             ));
         }
         raw.extend_from_slice(&buf[..n]);
-        while let Some((used, response)) = parse_head(&raw, head_request)? {
-            if (100..200).contains(&response.status) && response.status != 101 {
-                raw.drain(..used);
-                continue; // an interim response
-            }
-            return Ok(Some((response, raw.split_off(used))));
-        }
         if raw.len() > 256 * 1024 {
             return Err(fail(
                 EXIT_RECV_ERROR,
