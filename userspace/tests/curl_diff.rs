@@ -118,13 +118,7 @@ fn run_case(w: &World, dir: &Path, ours: bool, c: &Case) -> Outcome {
     drop(stdin);
     let out = child.wait_with_output().unwrap();
     let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        files.insert(
-            entry.file_name().to_string_lossy().into_owned(),
-            std::fs::read(entry.path()).unwrap_or_default(),
-        );
-    }
+    collect_files(dir, dir, &mut files);
     if ours && !out.stderr.is_empty() {
         eprintln!("  ours stderr: {}", text(&out.stderr).trim_end());
     }
@@ -135,6 +129,19 @@ fn run_case(w: &World, dir: &Path, ours: bool, c: &Case) -> Outcome {
     };
     normalise(&mut outcome, c.norm);
     outcome
+}
+
+/// Every file under `dir` (subdirectories too), by path relative to `base`.
+fn collect_files(base: &Path, dir: &Path, files: &mut BTreeMap<String, Vec<u8>>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            collect_files(base, &path, files);
+        } else {
+            let name = path.strip_prefix(base).unwrap().display().to_string();
+            files.insert(name, std::fs::read(&path).unwrap_or_default());
+        }
+    }
 }
 
 fn normalise(o: &mut Outcome, norm: Norm) {
@@ -597,6 +604,32 @@ fn cases() -> Vec<Case> {
         (vec!["-V".into()], Norm::ExitOnly, vec![]),
         (vec!["-o".into(), "bin.dat".into(), x("/file/bin.dat")], Norm::Exact, vec![]),
         (vec!["--url".into(), echo.clone()], Norm::Exact, vec![]),
+        // Uploads and a few more everyday flags.
+        (vec!["-T".into(), "a.txt".into(), x("/up/")], Norm::Exact, vec![]),
+        (vec!["-T".into(), "a.txt".into(), x("/up/x")], Norm::Exact, vec![]),
+        (
+            vec!["-T".into(), "-".into(), x("/up/x")],
+            Norm::Exact,
+            b"stdin upload\n".to_vec(),
+        ),
+        (vec!["--fail-with-body".into(), x("/status/404")], Norm::Exact, vec![]),
+        (
+            vec!["--no-progress-meter".into(), "-o".into(), "o.txt".into(), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-N".into(), "--http1.1".into(), echo.clone()], Norm::Exact, vec![]),
+        (
+            vec![
+                "--output-dir".into(),
+                "outdir".into(),
+                "--create-dirs".into(),
+                "-O".into(),
+                nginx.into(),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
         // Globbing: sets, ranges, #N in -o, -g, and a broken range.
         (vec![x("/echo?n=[1-3]&s={a,b}")], Norm::Exact, vec![]),
         (

@@ -60,6 +60,9 @@ pub struct CurlArgs {
     /// POST JSON (Content-Type and Accept application/json); repeated --json concatenate
     #[arg(long, value_name = "DATA")]
     pub json: Vec<String>,
+    /// Upload FILE with PUT ("-" is stdin, sent chunked); a URL ending in / gets its name
+    #[arg(short = 'T', long, value_name = "FILE")]
+    pub upload_file: Option<String>,
     /// Send the -d data in the URL's query with GET
     #[arg(short = 'G', long)]
     pub get: bool,
@@ -110,6 +113,21 @@ pub struct CurlArgs {
     /// Fail with exit code 22 on HTTP errors (status >= 400), printing no body
     #[arg(short = 'f', long)]
     pub fail: bool,
+    /// Like -f, but the error's body is written too
+    #[arg(long)]
+    pub fail_with_body: bool,
+    /// No progress meter, errors still shown
+    #[arg(long)]
+    pub no_progress_meter: bool,
+    /// Write the body as it arrives (output is not buffered)
+    #[arg(short = 'N', long)]
+    pub no_buffer: bool,
+    /// HTTP/1.1 (the only version spoken; accepted for compatibility)
+    #[arg(long = "http1.1")]
+    pub http1_1: bool,
+    /// Directory for -o and -O files
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
     /// Stop at the first failing URL
     #[arg(long)]
     pub fail_early: bool,

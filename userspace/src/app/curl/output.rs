@@ -23,6 +23,8 @@ pub struct Sink {
     check_binary: bool,
     /// Not -s: warnings are shown.
     show_warnings: bool,
+    /// -N: every write reaches the destination at once.
+    pub unbuffered: bool,
     /// Bytes written to the destination (headers included).
     pub written: u64,
     pub progress: Progress,
@@ -52,6 +54,7 @@ impl Sink {
             create_dirs,
             check_binary,
             show_warnings,
+            unbuffered: false,
             written: 0,
             progress,
         }
@@ -116,7 +119,12 @@ impl Sink {
                 return Err(fail(EXIT_WRITE_ERROR, ""));
             }
         }
-        self.open()?.write_all(data).map_err(write_error)?;
+        let unbuffered = self.unbuffered;
+        let out = self.open()?;
+        out.write_all(data).map_err(write_error)?;
+        if unbuffered {
+            out.flush().map_err(write_error)?;
+        }
         self.written += data.len() as u64;
         Ok(())
     }

@@ -56,10 +56,49 @@ impl Custom {
 }
 
 /// A request body and the Content-Type curl gives it unless -H says otherwise.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Payload {
     pub bytes: Vec<u8>,
-    pub content_type: String,
+    pub content_type: Option<String>,
+    /// -T: an upload (PUT, always Expect: 100-continue).
+    pub upload: bool,
+    /// -T -: the bytes are already in the chunked coding (the size was not known).
+    pub chunked: bool,
+}
+
+/// The body of -T: a file, or stdin sent chunked, as curl sends a stream of unknown
+/// length.
+fn upload(path: &str) -> Result<Payload, CurlError> {
+    let read_error = |e: std::io::Error| {
+        fail(
+            26,
+            format!("Failed to open/read local data from file/application: {e}"),
+        )
+    };
+    if path == "-" {
+        let mut data = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut data)
+            .map_err(read_error)?;
+        let mut bytes = Vec::new();
+        if !data.is_empty() {
+            bytes.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            bytes.extend_from_slice(&data);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"0\r\n\r\n");
+        return Ok(Payload {
+            bytes,
+            upload: true,
+            chunked: true,
+            ..Default::default()
+        });
+    }
+    Ok(Payload {
+        bytes: std::fs::read(path).map_err(read_error)?,
+        upload: true,
+        ..Default::default()
+    })
 }
 
 /// What every request of one command line shares.
@@ -215,21 +254,27 @@ impl Prepared {
             bytes.extend(json);
             payload = Some(Payload {
                 bytes,
-                content_type: "application/json".into(),
+                content_type: Some("application/json".into()),
+                ..Default::default()
             });
         } else if has_form {
             let (bytes, boundary) = form::build(&args.form, &args.form_string)?;
             payload = Some(Payload {
                 bytes,
-                content_type: format!("multipart/form-data; boundary={boundary}"),
+                content_type: Some(format!("multipart/form-data; boundary={boundary}")),
+                ..Default::default()
             });
         } else if let Some(d) = &data
             && !args.get
         {
             payload = Some(Payload {
                 bytes: d.clone(),
-                content_type: "application/x-www-form-urlencoded".into(),
+                content_type: Some("application/x-www-form-urlencoded".into()),
+                ..Default::default()
             });
+        }
+        if let Some(path) = &args.upload_file {
+            payload = Some(upload(path)?);
         }
         Ok(Prepared {
             custom,
@@ -317,10 +362,16 @@ pub fn build_head(args: &CurlArgs, prepared: &Prepared, hop: &Hop<'_>) -> Vec<u8
                 head.push_str(&format!("{name}: {value}\r\n"));
             }
         };
-        ours("Content-Length", body.bytes.len().to_string());
-        ours("Content-Type", body.content_type.clone());
-        // curl asks before sending a body over 1 MiB.
-        if body.bytes.len() > EXPECT_100_THRESHOLD {
+        if body.chunked {
+            ours("Transfer-Encoding", "chunked".into());
+        } else {
+            ours("Content-Length", body.bytes.len().to_string());
+        }
+        if let Some(t) = &body.content_type {
+            ours("Content-Type", t.clone());
+        }
+        // curl asks before an upload, and before sending a body over 1 MiB.
+        if body.upload || body.bytes.len() > EXPECT_100_THRESHOLD {
             ours("Expect", "100-continue".into());
         }
     }
@@ -335,6 +386,8 @@ pub fn initial_method(args: &CurlArgs, prepared: &Prepared) -> String {
     }
     if args.head {
         "HEAD".into()
+    } else if prepared.payload.as_ref().is_some_and(|p| p.upload) {
+        "PUT".into()
     } else if prepared.payload.is_some() {
         "POST".into()
     } else {

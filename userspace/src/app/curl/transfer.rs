@@ -530,11 +530,25 @@ impl Session<'_> {
             .map_err(|e| fail(EXIT_WRITE_ERROR, format!("Failed writing header: {e}")))
     }
 
+    /// Where this transfer's output goes, made when the first byte is due.
+    fn sink(&self, dest: &Dest, append: bool) -> Sink {
+        let args = self.args;
+        let mut sink = Sink::new(
+            dest.clone(),
+            append,
+            args.create_dirs,
+            !args.silent,
+            self.progress(dest),
+        );
+        sink.unbuffered = args.no_buffer;
+        sink
+    }
+
     fn progress(&self, dest: &Dest) -> Progress {
         let args = self.args;
         let to_terminal = matches!(dest, Dest::Stdout { .. }) && std::io::stdout().is_terminal();
         // -Z transfers run at once: one meter per transfer would garble stderr.
-        if args.silent || to_terminal || args.parallel {
+        if args.silent || args.no_progress_meter || to_terminal || args.parallel {
             Progress::Off
         } else if args.progress_bar {
             Progress::bar()
@@ -552,6 +566,14 @@ impl Session<'_> {
     ) -> Result<(), CurlError> {
         let args = self.args;
         let mut target = parse_url(url)?;
+        // -T to a URL ending in '/' names the file after the upload.
+        if let Some(file) = args.upload_file.as_deref().filter(|f| *f != "-")
+            && target.url.path().ends_with('/')
+            && let Some(name) = std::path::Path::new(file).file_name()
+        {
+            let path = format!("{}{}", target.url.path(), name.to_string_lossy());
+            target.url.set_path(&path);
+        }
         if args.get
             && let Some(data) = &self.prepared.data
         {
@@ -571,6 +593,11 @@ impl Session<'_> {
             Spec::File(p) => Dest::File(p.clone()),
             Spec::Remote => Dest::File(remote_name(&target.url)?),
         };
+        if let (Some(dir), Dest::File(p)) = (&args.output_dir, &mut dest)
+            && p.is_relative()
+        {
+            *p = dir.join(&*p);
+        }
         let offset = match args.continue_at.as_deref() {
             None => 0,
             Some("-") => match &dest {
@@ -652,19 +679,8 @@ impl Session<'_> {
             let is_redirect = matches!(response.status, 301 | 302 | 303 | 307 | 308);
             let follow = args.location && is_redirect && location.is_some();
             if args.include || args.head {
-                if sink.is_none() {
-                    let p = self.progress(&dest);
-                    sink = Some(Sink::new(
-                        dest.clone(),
-                        offset > 0,
-                        args.create_dirs,
-                        !args.silent,
-                        p,
-                    ));
-                }
-                if let Some(s) = &mut sink
-                    && let Err(e) = s.write_head(&response.head)
-                {
+                let s = sink.get_or_insert_with(|| self.sink(&dest, offset > 0));
+                if let Err(e) = s.write_head(&response.head) {
                     self.io.abort(conn);
                     break Err(e);
                 }
@@ -715,12 +731,10 @@ impl Session<'_> {
                     .await;
                 break Ok(());
             }
-            if args.fail && response.status >= 400 {
+            let http_error = (args.fail || args.fail_with_body) && response.status >= 400;
+            if http_error && !args.fail_with_body {
                 self.io.abort(conn);
-                break Err(fail(
-                    EXIT_HTTP_ERROR,
-                    format!("The requested URL returned error: {}", response.status),
-                ));
+                break Err(http_error_status(response.status));
             }
             if offset > 0 && args.range.is_none() && response.status == 200 && !head_request {
                 self.io.abort(conn);
@@ -749,19 +763,7 @@ impl Session<'_> {
             if let Dest::File(p) = &dest {
                 info.filename_effective = Some(p.display().to_string());
             }
-            let s = match &mut sink {
-                Some(s) => s,
-                None => {
-                    let p = self.progress(&dest);
-                    sink.insert(Sink::new(
-                        dest.clone(),
-                        offset > 0,
-                        args.create_dirs,
-                        !args.silent,
-                        p,
-                    ))
-                }
-            };
+            let s = sink.get_or_insert_with(|| self.sink(&dest, offset > 0));
             s.progress.set_total(match response.framing {
                 Framing::Length(n) => Some(n),
                 _ => None,
@@ -785,6 +787,10 @@ impl Session<'_> {
                 break Err(e);
             }
             self.release(conn, &target, ip, &response, true).await;
+            if http_error {
+                // --fail-with-body: the body is out, the exit code still says 22.
+                break Err(http_error_status(response.status));
+            }
             break Ok(());
         };
         // Whatever was written reaches its destination, also after an error.
@@ -821,6 +827,13 @@ impl Session<'_> {
             }
         }
     }
+}
+
+fn http_error_status(status: u16) -> CurlError {
+    fail(
+        EXIT_HTTP_ERROR,
+        format!("The requested URL returned error: {status}"),
+    )
 }
 
 /// Reads until a final response head: None when the stream ends before any byte.
