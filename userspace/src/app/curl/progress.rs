@@ -134,7 +134,7 @@ impl Progress {
         let (t0, b0) = samples[0];
         let window = now.duration_since(t0).as_secs_f64();
         let current = if window > 0.0 {
-            ((*received - b0) as f64 / window) as u64
+            (received.saturating_sub(b0) as f64 / window) as u64
         } else {
             speed
         };
