@@ -724,7 +724,10 @@ fn serve_ranges_conditionals_redirects_listing_and_types_with_the_real_curl() {
     std::fs::write(root.join("pic.svg"), "<svg/>").unwrap();
     std::fs::write(root.join("sub/b.txt"), "b\n").unwrap();
     let root_arg = root.display().to_string();
-    let server = start_serve(&w, &["--root", &root_arg, "--list", "--port", "8080"]);
+    let server = start_serve(
+        &w,
+        &["--root", &root_arg, "--list", "--port", "8080", "--stats"],
+    );
     let base = format!("http://{HOST_IP}:8080");
     let url = |p: &str| format!("{base}{p}");
 
@@ -825,6 +828,21 @@ fn serve_ranges_conditionals_redirects_listing_and_types_with_the_real_curl() {
     }
     let (status, lines) = server.stop("-INT");
     assert!(status.success(), "{status:?} {lines:?}");
+    // --stats: the shutdown line and the final counters count the same connections
+    // (the stack's), and none opens during the shutdown.
+    let number_after = |prefix: &str| {
+        lines.iter().find_map(|l| {
+            let rest = &l[l.find(prefix)? + prefix.len()..];
+            rest.trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+    };
+    let at_shutdown = number_after("shutting down:").expect("a shutdown line");
+    let at_exit = number_after("open now:").expect("the connection counters");
+    assert!(at_exit <= at_shutdown, "{lines:?}");
 
     // --port 0 picks a free port and says which in its ready line.
     let mut child = w
