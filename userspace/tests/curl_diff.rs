@@ -194,7 +194,8 @@ fn normalise(o: &mut Outcome, norm: Norm) {
     }
 }
 
-fn cases() -> Vec<Case> {
+/// The command lines; `ca` is the test CA that signed nginx's https certificate.
+fn cases(ca: &str) -> Vec<Case> {
     let e = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}");
     let x = |path: &str| format!("{e}{path}");
     let echo = x("/echo");
@@ -604,6 +605,41 @@ fn cases() -> Vec<Case> {
         (vec!["-V".into()], Norm::ExitOnly, vec![]),
         (vec!["-o".into(), "bin.dat".into(), x("/file/bin.dat")], Norm::Exact, vec![]),
         (vec!["--url".into(), echo.clone()], Norm::Exact, vec![]),
+        // https through rustls: a CA file, -k, an unknown CA, a missing CA file, and two
+        // URLs on one kept-alive TLS connection.
+        (
+            vec!["--cacert".into(), ca.into(), "https://example.com/index.html".into()],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec![
+                "-k".into(),
+                "-w".into(),
+                "%{http_code} %{scheme} %{remote_port}\\n".into(),
+                "-o".into(),
+                "tls.html".into(),
+                "https://example.com/index.html".into(),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["https://example.com/".into()], Norm::Exact, vec![]),
+        (
+            vec!["--cacert".into(), "/no/such/ca.pem".into(), "https://example.com/".into()],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec![
+                "--cacert".into(),
+                ca.into(),
+                "https://example.com/index.html".into(),
+                "https://example.com/index.html".into(),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
         // Uploads and a few more everyday flags.
         (vec!["-T".into(), "a.txt".into(), x("/up/")], Norm::Exact, vec![]),
         (vec!["-T".into(), "a.txt".into(), x("/up/x")], Norm::Exact, vec![]),
@@ -652,13 +688,14 @@ fn curl_diff_command_lines_match_the_real_curl() {
         nginx: true,
         dnsmasq: true,
         http_echo: true,
+        tls: true,
         ..Default::default()
     })
     .expect("build the namespace world");
     echo_files(&w);
     let base = w.dir.join("diff");
     let (theirs_dir, ours_dir): (PathBuf, PathBuf) = (base.join("curl"), base.join("ours"));
-    let all = cases();
+    let all = cases(&w.dir.join("ca.pem").display().to_string());
     assert!(all.len() >= 40, "{} command lines", all.len());
     let mut failures = Vec::new();
     for c in &all {
