@@ -60,6 +60,11 @@ fn fixtures(dir: &Path) {
     std::fs::write(dir.join("big.txt"), vec![b'a'; (1 << 20) + 1]).unwrap();
     std::fs::write(dir.join("fmt.txt"), "code=%{http_code}\\n").unwrap();
     std::fs::write(
+        dir.join("headers.txt"),
+        "X-From-File: 1\r\nAccept: text/x\n",
+    )
+    .unwrap();
+    std::fs::write(
         dir.join("cookies.txt"),
         format!(
             "# Netscape HTTP Cookie File\n\n{SERVER_IP}\tFALSE\t/\tFALSE\t0\tfromfile\tyes\n{SERVER_IP}\tFALSE\t/other\tFALSE\t0\tnot\tsent\n"
@@ -226,6 +231,7 @@ fn cases(ca: &str) -> Vec<Case> {
             vec![],
         ),
         (vec!["-A".into(), "".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["-H".into(), "@headers.txt".into(), echo.clone()], Norm::Exact, vec![]),
         (
             vec!["-A".into(), "custom/1".into(), echo.clone()],
             Norm::Exact,
@@ -411,6 +417,18 @@ fn cases(ca: &str) -> Vec<Case> {
         (vec!["--compressed".into(), x("/file/zs.txt")], Norm::Exact, vec![]),
         (vec!["--compressed".into(), echo.clone()], Norm::Exact, vec![]),
         (vec![x("/file/gz.txt")], Norm::Exact, vec![]),
+        (
+            vec![
+                "--compressed".into(),
+                "-w".into(),
+                "%{size_download} %{size_header}".into(),
+                "-o".into(),
+                "o.txt".into(),
+                x("/file/gz.txt"),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
         // Headers out: -D, -i, -I, per hop with -L.
         (vec!["-D".into(), "hdr.txt".into(), echo.clone()], Norm::Exact, vec![]),
         (vec!["-D".into(), "-".into(), echo.clone()], Norm::Exact, vec![]),

@@ -55,6 +55,30 @@ impl Custom {
     }
 }
 
+/// The -H arguments, with `-H @file` (or `@-`) read one header a line.
+fn header_lines(args: &CurlArgs) -> Result<Vec<String>, CurlError> {
+    let mut lines = Vec::new();
+    for h in &args.headers {
+        let Some(source) = h.strip_prefix('@') else {
+            lines.push(h.clone());
+            continue;
+        };
+        let text = if source == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).map(|_| s)
+        } else {
+            std::fs::read_to_string(source)
+        }
+        .map_err(|e| fail(26, format!("Failed to open {source}: {e}")))?;
+        lines.extend(
+            text.lines()
+                .map(|l| l.trim_end_matches('\r').to_string())
+                .filter(|l| !l.is_empty()),
+        );
+    }
+    Ok(lines)
+}
+
 /// A request body and the Content-Type curl gives it unless -H says otherwise.
 #[derive(Debug, Clone, Default)]
 pub struct Payload {
@@ -211,8 +235,7 @@ fn collect_json(args: &CurlArgs) -> Option<Vec<u8>> {
 
 impl Prepared {
     pub fn new(args: &CurlArgs) -> Result<Prepared, CurlError> {
-        let mut custom: Vec<Custom> = args
-            .headers
+        let mut custom: Vec<Custom> = header_lines(args)?
             .iter()
             .filter_map(|h| Custom::parse(h))
             .collect();
