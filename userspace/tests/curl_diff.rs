@@ -1024,6 +1024,18 @@ fn curl_parallel_runs_transfers_at_once_on_one_stack() {
             "{body}"
         );
     }
+    // Without -s, curl's one meter for all the transfers.
+    let argv: Vec<&str> = std::iter::once("-Z")
+        .chain(args[1..].iter().map(String::as_str))
+        .collect();
+    let out = curl(&w, &argv);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("DL% UL%  Dled  Uled  Xfers  Live Total     Current  Left    Speed\n"),
+        "{err}"
+    );
+    assert!(err.ends_with('\n') && err.contains("    4     0 "), "{err}");
 }
 
 #[test]

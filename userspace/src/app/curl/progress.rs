@@ -178,6 +178,68 @@ impl Progress {
     }
 }
 
+/// -Z: curl's one meter for all the transfers running at once.
+pub struct ParallelMeter {
+    start: Instant,
+    last_draw: Option<Instant>,
+}
+
+/// What the parallel meter shows.
+pub struct Totals {
+    pub downloaded: u64,
+    /// The sum of the sizes announced so far (0: unknown).
+    pub expected: u64,
+    pub started: usize,
+    pub running: usize,
+}
+
+impl ParallelMeter {
+    pub fn new() -> ParallelMeter {
+        eprintln!("DL% UL%  Dled  Uled  Xfers  Live Total     Current  Left    Speed");
+        ParallelMeter {
+            start: Instant::now(),
+            last_draw: None,
+        }
+    }
+
+    /// Draws at most once a second, and always when `last`.
+    pub fn update(&mut self, t: &Totals, last: bool) {
+        if !last
+            && self
+                .last_draw
+                .is_some_and(|d| d.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_draw = Some(Instant::now());
+        let spent = self.start.elapsed().as_secs_f64();
+        let speed = if spent > 0.0 {
+            (t.downloaded as f64 / spent) as u64
+        } else {
+            0
+        };
+        let percent = (t.downloaded * 100)
+            .checked_div(t.expected)
+            .map_or_else(|| "-- ".into(), |p| format!("{:3}", p.min(100)));
+        let (total, left) = match (t.expected, speed) {
+            (e, s) if e > 0 && s > 0 => (Some(e / s), Some(e.saturating_sub(t.downloaded) / s)),
+            _ => (None, None),
+        };
+        eprint!(
+            "\r{percent} --  {} {} {:5} {:5}  {} {} {} {}{}",
+            max5(t.downloaded),
+            max5(0),
+            t.started,
+            t.running,
+            time8(total),
+            time8(Some(spent as u64)),
+            time8(left),
+            max5(speed),
+            if last { "\n" } else { "" }
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

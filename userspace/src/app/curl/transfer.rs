@@ -60,6 +60,9 @@ struct Session<'a> {
     /// -Z: places whose first request has no answer yet, and places that answered.
     first_in_flight: RefCell<Vec<PoolKey>>,
     answered: RefCell<Vec<PoolKey>>,
+    /// Body bytes received and announced by all transfers, for -Z's meter.
+    downloaded: Cell<u64>,
+    expected: Cell<u64>,
 }
 
 type Transfer<'a> = Pin<Box<dyn Future<Output = (Result<(), CurlError>, Info)> + 'a>>;
@@ -101,6 +104,8 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
         connections: Cell::new(0),
         first_in_flight: RefCell::new(Vec::new()),
         answered: RefCell::new(Vec::new()),
+        downloaded: Cell::new(0),
+        expected: Cell::new(0),
     };
     // -o and -O pair with the URLs in the order they were given.
     let mut outputs: std::collections::VecDeque<Spec> = if args.output_order.is_empty() {
@@ -155,6 +160,9 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut last = Ok(());
     let mut left = queue.len();
+    let total = queue.len();
+    let mut meter = (args.parallel && !args.silent && !args.no_progress_meter)
+        .then(super::progress::ParallelMeter::new);
     'run: loop {
         while running.len() < at_once
             && let Some((i, url, spec)) = queue.pop_front()
@@ -195,7 +203,13 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
                 break 'run;
             }
         }
+        if let Some(m) = &mut meter {
+            m.update(&session.totals(total - queue.len(), running.len()), false);
+        }
         session.io.turn();
+    }
+    if let Some(m) = &mut meter {
+        m.update(&session.totals(total - queue.len(), running.len()), true);
     }
     drop(running);
     block_on(&session.io, session.shutdown());
@@ -530,6 +544,15 @@ impl Session<'_> {
             .map_err(|e| fail(EXIT_WRITE_ERROR, format!("Failed writing header: {e}")))
     }
 
+    fn totals(&self, started: usize, running: usize) -> super::progress::Totals {
+        super::progress::Totals {
+            downloaded: self.downloaded.get(),
+            expected: self.expected.get(),
+            started,
+            running,
+        }
+    }
+
     /// Where this transfer's output goes, made when the first byte is due.
     fn sink(&self, dest: &Dest, append: bool) -> Sink {
         let args = self.args;
@@ -764,16 +787,21 @@ impl Session<'_> {
                 info.filename_effective = Some(p.display().to_string());
             }
             let s = sink.get_or_insert_with(|| self.sink(&dest, offset > 0));
-            s.progress.set_total(match response.framing {
+            let announced = match response.framing {
                 Framing::Length(n) => Some(n),
                 _ => None,
-            });
+            };
+            s.progress.set_total(announced);
+            self.expected
+                .set(self.expected.get() + announced.unwrap_or(0));
             let encoding = response.header("content-encoding");
             let mut decoder = Decoder::new(encoding, args.compressed);
             let mut size = 0u64;
             let t = &self.io;
             let read = read_body(t, conn, response.framing, rest, &mut |data| {
                 size += data.len() as u64;
+                self.downloaded
+                    .set(self.downloaded.get() + data.len() as u64);
                 decoder.feed(data, &mut |d| s.write(d))?;
                 // The meter counts bytes as they come over the wire, as curl's does.
                 s.progress.update(size);
