@@ -1064,3 +1064,33 @@ fn curl_binary_output_to_a_terminal_is_refused_with_curls_warning() {
         assert!(out.contains("exit=23"), "{out}");
     }
 }
+
+#[test]
+fn curl_remote_time_sets_the_files_time_as_curl_does() {
+    let w = World::up(&WorldOptions {
+        nginx: true,
+        ..Default::default()
+    })
+    .expect("build the namespace world");
+    let url = format!("http://{SERVER_IP}/index.html");
+    let mtime = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
+    let theirs = w.dir.join("theirs.html");
+    let ours = w.dir.join("ours.html");
+    let out = run_in(
+        &w,
+        &w.host,
+        &["curl", "-sR", "-o", theirs.to_str().unwrap(), &url],
+    );
+    assert!(out.status.success());
+    let out = curl(&w, &["-sR", "-o", ours.to_str().unwrap(), &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mtime(&ours), mtime(&theirs));
+    assert_ne!(
+        mtime(&ours),
+        std::fs::metadata(w.dir.join("nginx.conf"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        "the time is the server's, not a fresh one"
+    );
+}

@@ -125,6 +125,9 @@ pub struct CurlArgs {
     /// HTTP/1.1 (the only version spoken; accepted for compatibility)
     #[arg(long = "http1.1")]
     pub http1_1: bool,
+    /// Give the output file the server's Last-Modified time
+    #[arg(short = 'R', long)]
+    pub remote_time: bool,
     /// Directory for -o and -O files
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,

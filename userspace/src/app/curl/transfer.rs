@@ -828,6 +828,21 @@ impl Session<'_> {
                 finished?;
             }
         }
+        // -R: the file gets the server's Last-Modified time.
+        if args.remote_time
+            && result.is_ok()
+            && let Dest::File(path) = &dest
+            && let Some(time) = info
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("last-modified"))
+                .and_then(|(_, v)| httpdate::parse_http_date(v).ok())
+        {
+            let _ = std::fs::File::options()
+                .append(true)
+                .open(path)
+                .and_then(|f| f.set_modified(time));
+        }
         result
     }
 
