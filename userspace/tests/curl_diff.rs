@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use xtask::world::HTTP_ECHO_PORT;
 
+fn world(opts: WorldOptions) -> World {
+    World::up(&opts).expect("build the namespace world")
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Norm {
     /// Byte for byte.
@@ -702,14 +706,13 @@ fn cases(ca: &str) -> Vec<Case> {
 
 #[test]
 fn curl_diff_command_lines_match_the_real_curl() {
-    let w = World::up(&WorldOptions {
+    let w = world(WorldOptions {
         nginx: true,
         dnsmasq: true,
         http_echo: true,
         tls: true,
         ..Default::default()
-    })
-    .expect("build the namespace world");
+    });
     echo_files(&w);
     let base = w.dir.join("diff");
     let (theirs_dir, ours_dir): (PathBuf, PathBuf) = (base.join("curl"), base.join("ours"));
@@ -767,7 +770,7 @@ fn header_value(head: &str, name: &str) -> Option<String> {
 
 #[test]
 fn serve_ranges_conditionals_redirects_listing_and_types_with_the_real_curl() {
-    let w = World::up(&WorldOptions::default()).expect("build the namespace world");
+    let w = world(WorldOptions::default());
     let root = w.dir.join("site");
     std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
     let hundred: String = (0..100)
@@ -930,11 +933,10 @@ fn serve_ranges_conditionals_redirects_listing_and_types_with_the_real_curl() {
 #[test]
 fn curl_ctrl_c_kills_by_sigint_and_detaches_xdp() {
     use std::os::unix::process::ExitStatusExt;
-    let w = World::up(&WorldOptions {
+    let w = world(WorldOptions {
         http_echo: true,
         ..Default::default()
-    })
-    .expect("build the namespace world");
+    });
     let url = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/slow");
     let mut child = w
         .exec(&w.host)
@@ -959,11 +961,10 @@ fn curl_ctrl_c_kills_by_sigint_and_detaches_xdp() {
 
 #[test]
 fn curl_meter_verbose_keep_alive_and_no_connection_close() {
-    let w = World::up(&WorldOptions {
+    let w = world(WorldOptions {
         http_echo: true,
         ..Default::default()
-    })
-    .expect("build the namespace world");
+    });
     let echo = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/echo");
     let out_file = w.dir.join("out.txt").display().to_string();
     // -o without -s: curl's meter on stderr, even though stderr is a pipe here.
@@ -992,11 +993,10 @@ fn curl_meter_verbose_keep_alive_and_no_connection_close() {
 
 #[test]
 fn curl_parallel_runs_transfers_at_once_on_one_stack() {
-    let w = World::up(&WorldOptions {
+    let w = world(WorldOptions {
         http_echo: true,
         ..Default::default()
-    })
-    .expect("build the namespace world");
+    });
     let dir = w.dir.join("parallel");
     std::fs::create_dir_all(&dir).unwrap();
     let urls: Vec<String> = (0..4)
@@ -1040,11 +1040,10 @@ fn curl_parallel_runs_transfers_at_once_on_one_stack() {
 
 #[test]
 fn curl_binary_output_to_a_terminal_is_refused_with_curls_warning() {
-    let w = World::up(&WorldOptions {
+    let w = world(WorldOptions {
         http_echo: true,
         ..Default::default()
-    })
-    .expect("build the namespace world");
+    });
     echo_files(&w);
     let url = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/file/bin.dat");
     // `script` gives the command a terminal for its stdout; its own exit code is the
@@ -1067,11 +1066,10 @@ fn curl_binary_output_to_a_terminal_is_refused_with_curls_warning() {
 
 #[test]
 fn curl_remote_time_sets_the_files_time_as_curl_does() {
-    let w = World::up(&WorldOptions {
+    let w = world(WorldOptions {
         nginx: true,
         ..Default::default()
-    })
-    .expect("build the namespace world");
+    });
     let url = format!("http://{SERVER_IP}/index.html");
     let mtime = |path: &Path| std::fs::metadata(path).unwrap().modified().unwrap();
     let theirs = w.dir.join("theirs.html");
