@@ -57,6 +57,14 @@ fn fixtures(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("a.txt"), "hello\n").unwrap();
+    // A fixed time for -z FILE.
+    std::fs::File::options()
+        .append(true)
+        .open(dir.join("a.txt"))
+        .and_then(|f| {
+            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_836_800))
+        })
+        .unwrap();
     std::fs::write(dir.join("crlf.txt"), "x=1\r\ny=2\nz=3").unwrap();
     std::fs::write(dir.join("part.html"), PART).unwrap();
     std::fs::write(dir.join("full.html"), xtask::world::INDEX_HTML).unwrap();
@@ -627,6 +635,42 @@ fn cases(ca: &str) -> Vec<Case> {
         (vec!["-V".into()], Norm::ExitOnly, vec![]),
         (vec!["-o".into(), "bin.dat".into(), x("/file/bin.dat")], Norm::Exact, vec![]),
         (vec!["--url".into(), echo.clone()], Norm::Exact, vec![]),
+        // -z: a date, a file's time, -DATE, no such file; a 304 and a document that is
+        // not new enough make no output and no file.
+        (
+            vec![
+                "-z".into(),
+                "Mon, 01 Jan 2001 00:00:00 GMT".into(),
+                "-o".into(),
+                "c1".into(),
+                x("/conditional"),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-z".into(), "a.txt".into(), echo.clone()], Norm::Exact, vec![]),
+        (
+            vec!["-z".into(), "-Sat, 01 Jan 2000 00:00:00 GMT".into(), echo.clone()],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec!["-z".into(), "nonexist.txt".into(), echo.clone()], Norm::Exact, vec![]),
+        (
+            vec![
+                "-z".into(),
+                "Sat, 01 Jan 2050 00:00:00 GMT".into(),
+                "-o".into(),
+                "new.html".into(),
+                nginx.into(),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-z".into(), "Sat, 01 Jan 2000 00:00:00 GMT".into(), nginx.into()],
+            Norm::Exact,
+            vec![],
+        ),
         // https through rustls: a CA file, -k, an unknown CA, a missing CA file, and two
         // URLs on one kept-alive TLS connection.
         (

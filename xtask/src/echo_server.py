@@ -12,6 +12,7 @@ Every answer is deterministic, so two clients sending the same request get the s
   /chunked               the echo, in chunks
   /close                 the echo, framed by closing the connection
   /retry-after           503 with Retry-After: 0
+  /conditional           304 to any If-(Un)Modified-Since, else the echo
   /delay/S               the echo, after S seconds
   /slow                  a head and a few bytes of a body, then nothing for 30 s
   anything else          200, text/plain: the request line, headers and body as received
@@ -146,6 +147,12 @@ def answer(conn, head, body, headers):
         out = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
         conn.sendall(out if no_body else out + echo)
         return False
+    elif path == "/conditional":
+        stamp = [(b"Last-Modified", b"Sat, 01 Jan 2022 00:00:00 GMT")]
+        if b"if-modified-since" in headers or b"if-unmodified-since" in headers:
+            conn.sendall(b"HTTP/1.1 304 Not Modified\r\nLast-Modified: Sat, 01 Jan 2022 00:00:00 GMT\r\n\r\n")
+        else:
+            send(response(200, echo, text + stamp, b"OK"))
     elif path.startswith("/delay/"):
         time.sleep(float(path.split("/")[2]))
         send(response(200, echo, text, b"OK"))

@@ -125,6 +125,14 @@ pub struct CurlArgs {
     /// HTTP/1.1 (the only version spoken; accepted for compatibility)
     #[arg(long = "http1.1")]
     pub http1_1: bool,
+    /// Only if modified since DATE or FILE's time ("-DATE": only if not modified since)
+    #[arg(
+        short = 'z',
+        long,
+        value_name = "DATE|FILE",
+        allow_hyphen_values = true
+    )]
+    pub time_cond: Option<String>,
     /// Give the output file the server's Last-Modified time
     #[arg(short = 'R', long)]
     pub remote_time: bool,

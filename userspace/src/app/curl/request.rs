@@ -132,6 +132,60 @@ pub struct Prepared {
     /// -d data for the query (-G), or the request body.
     pub data: Option<Vec<u8>>,
     pub payload: Option<Payload>,
+    pub time_cond: Option<TimeCond>,
+}
+
+/// -z: a time condition on the document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeCond {
+    pub time: std::time::SystemTime,
+    /// "-z -DATE": the document must not be newer (If-Unmodified-Since).
+    pub unmodified: bool,
+}
+
+impl TimeCond {
+    /// A date (the HTTP formats) or a file whose time to use; None (with curl's
+    /// warning) for neither.
+    pub fn parse(arg: &str, warn: bool) -> Option<TimeCond> {
+        let (unmodified, value) = match arg.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, arg),
+        };
+        let time = httpdate::parse_http_date(value)
+            .ok()
+            .or_else(|| std::fs::metadata(value).and_then(|m| m.modified()).ok());
+        if time.is_none() && warn {
+            eprintln!("Warning: Illegal date format for -z, --time-cond (and not a file name). ");
+            eprintln!(
+                "Warning: Disabling time condition. See curl_getdate(3) for valid date syntax."
+            );
+        }
+        Some(TimeCond {
+            time: time?,
+            unmodified,
+        })
+    }
+
+    fn header(&self) -> (&'static str, String) {
+        let name = if self.unmodified {
+            "If-Unmodified-Since"
+        } else {
+            "If-Modified-Since"
+        };
+        (name, httpdate::fmt_http_date(self.time))
+    }
+
+    /// The document (of this Last-Modified) does not meet the condition: curl drops it.
+    pub fn unmet(&self, last_modified: Option<&str>) -> bool {
+        let Some(lm) = last_modified.and_then(|v| httpdate::parse_http_date(v).ok()) else {
+            return false;
+        };
+        if self.unmodified {
+            lm > self.time
+        } else {
+            lm <= self.time
+        }
+    }
 }
 
 /// Reads `@file` / `@-` contents; curl makes an empty POST (with a warning) when the
@@ -303,6 +357,10 @@ impl Prepared {
             custom,
             data,
             payload,
+            time_cond: args
+                .time_cond
+                .as_deref()
+                .and_then(|t| TimeCond::parse(t, !args.silent)),
         })
     }
 
@@ -371,6 +429,10 @@ pub fn build_head(args: &CurlArgs, prepared: &Prepared, hop: &Hop<'_>) -> Vec<u8
     );
     ours("Referer", args.referer.clone());
     ours("Cookie", hop.cookie.map(str::to_string));
+    if let Some(tc) = &prepared.time_cond {
+        let (name, value) = tc.header();
+        ours(name, Some(value));
+    }
     for c in &prepared.custom {
         if let Custom::Set { name, line } = c
             && !name.eq_ignore_ascii_case("host")

@@ -719,10 +719,7 @@ impl Session<'_> {
                     ));
                 }
                 // The redirect's own body is read and dropped.
-                let drained =
-                    read_body(&self.io, conn, response.framing, rest, &mut |_| Ok(())).await;
-                self.release(conn, &target, ip, &response, drained.is_ok())
-                    .await;
+                self.discard(conn, &target, ip, &response, rest).await;
                 if args.verbose {
                     eprintln!("* Issue another request to this URL: '{next}'");
                 }
@@ -748,10 +745,19 @@ impl Session<'_> {
             }
             if offset > 0 && args.range.is_none() && response.status == 416 {
                 // curl takes 416 to a resume as "already complete": its body is dropped.
-                let drained =
-                    read_body(&self.io, conn, response.framing, rest, &mut |_| Ok(())).await;
-                self.release(conn, &target, ip, &response, drained.is_ok())
-                    .await;
+                self.discard(conn, &target, ip, &response, rest).await;
+                break Ok(());
+            }
+            // -z: a 304, or a document that does not meet the condition, is not output
+            // (no file is made).
+            if let Some(tc) = &self.prepared.time_cond
+                && (response.status == 304
+                    || (response.status == 200 && tc.unmet(response.header("last-modified"))))
+            {
+                if args.verbose {
+                    eprintln!("* The requested document is not new enough");
+                }
+                self.discard(conn, &target, ip, &response, rest).await;
                 break Ok(());
             }
             let http_error = (args.fail || args.fail_with_body) && response.status >= 400;
@@ -844,6 +850,20 @@ impl Session<'_> {
                 .and_then(|f| f.set_modified(time));
         }
         result
+    }
+
+    /// Reads a body nobody wants (a redirect's, say) and lets the connection go.
+    async fn discard(
+        &self,
+        conn: Conn,
+        target: &Target,
+        ip: Ipv4Addr,
+        response: &Response,
+        rest: Vec<u8>,
+    ) {
+        let drained = read_body(&self.io, conn, response.framing, rest, &mut |_| Ok(())).await;
+        self.release(conn, target, ip, response, drained.is_ok())
+            .await;
     }
 
     /// Puts a connection back in the pool, or closes it.
