@@ -54,7 +54,7 @@ pub const USER_AGENT: &str = concat!("userspace-curl/", env!("CARGO_PKG_VERSION"
 pub const VERSION_LINE: &str = concat!(
     "userspace-curl/",
     env!("CARGO_PKG_VERSION"),
-    " rustls flate2 brotli"
+    " rustls flate2 brotli ruzstd"
 );
 
 /// A URL split into what the transfer needs.
@@ -214,7 +214,7 @@ pub fn resolve(entries: &[ResolveEntry], host: &str, port: u16) -> Result<Ipv4Ad
 fn print_version() {
     println!("{VERSION_LINE} (userspace TCP/IP stack on AF_XDP)");
     println!("Protocols: http https");
-    println!("Features: HTTPS-proxy-less IPv4 libz brotli SSL cookies");
+    println!("Features: IPv4 SSL libz brotli zstd cookies globbing parallel");
 }
 
 /// Ends the process by SIGINT, as a shell expects from Ctrl-C: the default handler is
