@@ -635,6 +635,11 @@ fn cases(ca: &str) -> Vec<Case> {
         (vec!["-V".into()], Norm::ExitOnly, vec![]),
         (vec!["-o".into(), "bin.dat".into(), x("/file/bin.dat")], Norm::Exact, vec![]),
         (vec!["--url".into(), echo.clone()], Norm::Exact, vec![]),
+        (
+            vec!["--url".into(), x("/echo?first"), x("/echo?second")],
+            Norm::Exact,
+            vec![],
+        ),
         // -z: a date, a file's time, -DATE, no such file; a 304 and a document that is
         // not new enough make no output and no file.
         (

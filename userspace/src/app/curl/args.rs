@@ -213,6 +213,9 @@ pub struct CurlArgs {
     /// -o and -O in command-line order: Some(index in `output`) or None for -O.
     #[arg(skip)]
     pub output_order: Vec<Option<usize>>,
+    /// Positional URLs and --url ones in command-line order (empty: positional first).
+    #[arg(skip)]
+    pub url_order: Vec<String>,
 }
 
 /// The flags whose pieces curl joins with '&'.
@@ -227,6 +230,9 @@ pub enum DataFlag {
 impl CurlArgs {
     /// Every URL, positional ones and --url ones, in order.
     pub fn all_urls(&self) -> Vec<String> {
+        if !self.url_order.is_empty() {
+            return self.url_order.clone();
+        }
         self.urls.iter().chain(&self.url_flag).cloned().collect()
     }
 
@@ -265,6 +271,15 @@ impl CurlArgs {
         }
         data.sort();
         self.data_order = data.into_iter().map(|(_, flag, n)| (flag, n)).collect();
+        let mut urls: Vec<(usize, &String)> = positions("urls")
+            .into_iter()
+            .zip(&self.urls)
+            .chain(positions("url_flag").into_iter().zip(&self.url_flag))
+            .collect();
+        if urls.len() == self.urls.len() + self.url_flag.len() {
+            urls.sort();
+            self.url_order = urls.into_iter().map(|(_, u)| u.clone()).collect();
+        }
         let mut outputs: Vec<(usize, Option<usize>)> = positions("output")
             .into_iter()
             .enumerate()
