@@ -1,5 +1,5 @@
 //! The `userspace` command: curl, serve and run on the kernel-bypass stack.
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 use userspace::app::{bench, curl, run, serve};
 
@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Fetch a URL over the stack, like curl
-    Curl(curl::CurlArgs),
+    Curl(Box<curl::CurlArgs>),
     /// Serve files over HTTP/1.1 (or echo bytes back) on the stack
     Serve(serve::ServeArgs),
     /// Run the stack alone: answer ARP, ping (owned-IP mode) and closed ports
@@ -44,8 +44,19 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let cli = match parsed {
+        Ok((mut cli, matches)) => {
+            // curl pairs -o/-O with URLs, and joins -d pieces, in command-line order.
+            if let Command::Curl(args) = &mut cli.command
+                && let Some(m) = matches.subcommand_matches("curl")
+            {
+                args.record_order(m);
+            }
+            cli
+        }
         Err(e) => {
             let _ = e.print();
             // curl's exit code 2 for a bad option; 0 for --help/--version.
@@ -62,7 +73,7 @@ fn main() -> ExitCode {
         Command::Curl(args) => match curl::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                if !args.silent || args.show_error {
+                if args.show_errors() && !e.message.is_empty() {
                     eprintln!("curl: ({}) {}", e.code, e.message);
                 }
                 ExitCode::from(e.code as u8)

@@ -74,7 +74,15 @@ pub struct WorldOptions {
     /// nginx also serves https on SERVER_IP:443 with a certificate for example.com from
     /// a test CA made for this world (`ca.pem` in the world's directory).
     pub tls: bool,
+    /// Start a request-echoing HTTP/1.1 server (`echo_server.py`) on
+    /// SERVER_IP:HTTP_ECHO_PORT, serving `/file/NAME` from the world's `files/`.
+    pub http_echo: bool,
 }
+
+/// The port of the request-echoing server (`WorldOptions::http_echo`).
+pub const HTTP_ECHO_PORT: u16 = 8000;
+/// The request-echoing server's script.
+pub const ECHO_SERVER_PY: &str = include_str!("echo_server.py");
 
 pub struct World {
     pub id: String,
@@ -238,6 +246,9 @@ impl World {
         if opts.tls {
             self.make_test_ca()?;
         }
+        if opts.http_echo {
+            self.start_http_echo()?;
+        }
         if opts.nginx {
             let conf = self.dir.join("nginx.conf");
             std::fs::write(&conf, nginx_config(&self.dir, opts.tls))?;
@@ -255,6 +266,26 @@ impl World {
             self.wait_for_port(&s, SERVER_IP, 80, false)?;
         }
         Ok(())
+    }
+
+    /// The request-echoing server in the server namespace; its files in `files/`.
+    fn start_http_echo(&mut self) -> anyhow::Result<()> {
+        let files = self.dir.join("files");
+        std::fs::create_dir_all(&files)?;
+        let script = self.dir.join("echo_server.py");
+        std::fs::write(&script, ECHO_SERVER_PY)?;
+        let child = self.spawn(
+            &self.server.clone(),
+            &[
+                "python3",
+                &script.display().to_string(),
+                &SERVER_IP.to_string(),
+                &HTTP_ECHO_PORT.to_string(),
+                &files.display().to_string(),
+            ],
+        )?;
+        self.children.push(child);
+        self.wait_for_port(&self.server.clone(), SERVER_IP, HTTP_ECHO_PORT, false)
     }
 
     /// A CA and a server certificate for example.com signed by it, with openssl.

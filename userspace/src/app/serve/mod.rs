@@ -2,20 +2,26 @@
 //!
 //! One event loop: the stack reports which connections have news (`drain_ready`), so
 //! an idle connection costs nothing per turn, whatever their number.
+mod files;
+
 use super::runtime::Runtime;
 use super::setup::{StackArgs, open_runtime, print_stats};
 use crate::stack::{ConnId, Stack};
 use crate::tcp::{Instant, State};
+use files::{Found, Range, Validators};
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::io::{Read, Seek};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// TCP port to listen on
+    /// TCP port to listen on (0: a free port, printed in the ready line)
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// List directories that have no index.html
+    #[arg(long)]
+    pub list: bool,
     /// Directory to serve files from
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub root: PathBuf,
@@ -54,6 +60,8 @@ struct Session {
     skip_body: u64,
     close_after: bool,
     closing: bool,
+    /// The request being answered is a HEAD.
+    head_only: bool,
 }
 
 impl Session {
@@ -68,6 +76,7 @@ impl Session {
 pub struct Server {
     root: PathBuf,
     echo: bool,
+    list: bool,
     port: u16,
     sessions: HashMap<ConnId, Session>,
     buf: Vec<u8>,
@@ -80,6 +89,7 @@ impl Server {
         Server {
             root,
             echo,
+            list: false,
             port,
             sessions: HashMap::new(),
             buf: vec![0; 64 * 1024],
@@ -228,6 +238,7 @@ impl Server {
         if s.input.is_empty() {
             return false;
         }
+        s.head_only = false;
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         let used = match req.parse(&s.input) {
@@ -252,12 +263,13 @@ impl Server {
             respond_error(s, 431, "Request Header Fields Too Large");
             return true;
         }
-        let header = |name: &str| {
+        let raw_header = |name: &str| {
             req.headers
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+                .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
         };
+        let header = |name: &str| raw_header(name).map(|v| v.to_ascii_lowercase());
         let body_len: u64 = match header("content-length").map(|v| v.parse::<u64>()) {
             None => 0,
             Some(Ok(n)) => n,
@@ -283,9 +295,16 @@ impl Server {
         };
         let method = req.method.unwrap_or("").to_string();
         let path = req.path.unwrap_or("/").to_string();
+        let conditions = Conditions {
+            if_none_match: raw_header("if-none-match"),
+            if_modified_since: raw_header("if-modified-since"),
+            range: raw_header("range"),
+            if_range: raw_header("if-range"),
+        };
         s.input.drain(..used);
         s.skip_body = body_len;
         let head_only = method == "HEAD";
+        s.head_only = head_only;
         if method != "GET" && !head_only {
             respond(
                 s,
@@ -297,7 +316,8 @@ impl Server {
             );
             return true;
         }
-        match resolve_path(&self.root, &path) {
+        let found = files::resolve(&self.root, &path, self.list);
+        match found {
             Err(status) => {
                 let reason = if status == 403 {
                     "Forbidden"
@@ -306,31 +326,35 @@ impl Server {
                 };
                 respond_plain(s, status, reason);
             }
-            Ok(file_path) => match std::fs::File::open(&file_path)
-                .and_then(|f| f.metadata().map(|m| (f, m.len())))
-            {
-                Ok((file, len)) => {
-                    let content_type = content_type(&file_path);
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nServer: userspace\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\n{}\r\n",
-                        if s.close_after {
-                            "Connection: close\r\n"
-                        } else {
-                            ""
-                        }
-                    );
-                    s.output.extend_from_slice(head.as_bytes());
-                    if !head_only && len > 0 {
-                        s.file = Some((file, len));
-                    }
-                }
-                Err(_) => respond(s, 404, "Not Found", "text/plain", b"not found\n", &[]),
-            },
+            Ok(Found::Redirect(location)) => respond(
+                s,
+                301,
+                "Moved Permanently",
+                "text/plain",
+                b"moved permanently\n",
+                &[("Location", &location)],
+            ),
+            Ok(Found::Listing(dir)) => {
+                let url_path = path.split('?').next().unwrap_or("/");
+                let page = files::listing(&dir, url_path);
+                respond(
+                    s,
+                    200,
+                    "OK",
+                    "text/html; charset=utf-8",
+                    page.as_bytes(),
+                    &[],
+                );
+            }
+            Ok(Found::File(file_path)) => {
+                serve_file(s, &file_path, &conditions, head_only);
+            }
         }
         true
     }
 }
 
+/// A response with a body in memory; to a HEAD request only its head.
 fn respond(
     s: &mut Session,
     status: u16,
@@ -340,18 +364,18 @@ fn respond(
     extra: &[(&str, &str)],
 ) {
     let mut head = format!(
-        "HTTP/1.1 {status} {reason}\r\nServer: userspace\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        "HTTP/1.1 {status} {reason}\r\nServer: userspace\r\nDate: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        now_date(),
         body.len()
     );
     for (name, value) in extra {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    if s.close_after {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
+    finish_head(s, &mut head);
     s.output.extend_from_slice(head.as_bytes());
-    s.output.extend_from_slice(body);
+    if !s.head_only {
+        s.output.extend_from_slice(body);
+    }
 }
 
 /// Errors in the request itself: answer and close, the rest of the input is not trusted.
@@ -367,67 +391,112 @@ fn respond_plain(s: &mut Session, status: u16, reason: &str) {
     respond(s, status, reason, "text/plain", body.as_bytes(), &[]);
 }
 
-/// Maps a request target to a file under `root`: 403 for paths that try to leave it,
-/// 404 for what is not there. Directories serve their index.html.
-fn resolve_path(root: &Path, target: &str) -> Result<PathBuf, u16> {
-    let path = target.split(['?', '#']).next().unwrap_or("/");
-    if !path.starts_with('/') {
-        return Err(404);
-    }
-    let decoded = percent_decode(path).ok_or(404u16)?;
-    let mut out = root.to_path_buf();
-    for component in Path::new(&decoded).components() {
-        match component {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(part) => out.push(part),
-            Component::ParentDir | Component::Prefix(_) => return Err(403),
+/// The request headers that make a file response conditional or partial.
+struct Conditions {
+    if_none_match: Option<String>,
+    if_modified_since: Option<String>,
+    range: Option<String>,
+    if_range: Option<String>,
+}
+
+/// A file: 200, 206 for a range, 304 when the client's copy is current, 416 for a range
+/// past the end.
+fn serve_file(s: &mut Session, path: &std::path::Path, c: &Conditions, head_only: bool) {
+    let Ok((mut file, meta)) = std::fs::File::open(path).and_then(|f| {
+        let m = f.metadata()?;
+        Ok((f, m))
+    }) else {
+        respond_plain(s, 404, "Not Found");
+        return;
+    };
+    let v = Validators::new(meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
+    let last_modified = v.last_modified();
+    let validators = [
+        ("Last-Modified", last_modified.as_str()),
+        ("ETag", v.etag.as_str()),
+    ];
+    if v.not_modified(c.if_none_match.as_deref(), c.if_modified_since.as_deref()) {
+        let mut head = format!(
+            "HTTP/1.1 304 Not Modified\r\nServer: userspace\r\nDate: {}\r\n",
+            now_date()
+        );
+        for (name, value) in validators {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
+        finish_head(s, &mut head);
+        s.output.extend_from_slice(head.as_bytes());
+        return;
     }
-    if out.is_dir() {
-        out.push("index.html");
+    let content_type = files::content_type(path);
+    let range = files::range(c.range.as_deref(), c.if_range.as_deref(), &v);
+    let (status, reason, start, len, content_range) = match range {
+        Range::Full => (200, "OK", 0, v.len, None),
+        Range::Part(first, last) => (
+            206,
+            "Partial Content",
+            first,
+            last - first + 1,
+            Some(format!("bytes {first}-{last}/{}", v.len)),
+        ),
+        Range::Unsatisfiable => {
+            let all = format!("bytes */{}", v.len);
+            respond(
+                s,
+                416,
+                "Range Not Satisfiable",
+                "text/plain",
+                b"range not satisfiable\n",
+                &[("Content-Range", &all)],
+            );
+            return;
+        }
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\nServer: userspace\r\nDate: {}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\n",
+        now_date()
+    );
+    for (name, value) in validators {
+        head.push_str(&format!("{name}: {value}\r\n"));
     }
-    // Symlinks that lead outside the root are refused too.
-    match (out.canonicalize(), root.canonicalize()) {
-        (Ok(real), Ok(base)) if real.starts_with(&base) => Ok(real),
-        (Ok(_), Ok(_)) => Err(403),
-        _ => Err(404),
+    head.push_str("Accept-Ranges: bytes\r\n");
+    if let Some(cr) = content_range {
+        head.push_str(&format!("Content-Range: {cr}\r\n"));
+    }
+    finish_head(s, &mut head);
+    s.output.extend_from_slice(head.as_bytes());
+    if !head_only && len > 0 {
+        if start > 0 && file.seek(std::io::SeekFrom::Start(start)).is_err() {
+            s.close_after = true;
+            return;
+        }
+        s.file = Some((file, len));
     }
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    if out.contains(&0) {
-        return None;
-    }
-    String::from_utf8(out).ok()
+fn now_date() -> String {
+    httpdate::fmt_http_date(std::time::SystemTime::now())
 }
 
-fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
-        "html" | "htm" => "text/html",
-        "txt" => "text/plain",
-        "css" => "text/css",
-        "js" => "text/javascript",
-        "json" => "application/json",
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        _ => "application/octet-stream",
+/// Ends a head: Connection: close when the connection ends after this response.
+fn finish_head(s: &Session, head: &mut String) {
+    if s.close_after {
+        head.push_str("Connection: close\r\n");
     }
+    head.push_str("\r\n");
+}
+
+/// `--port 0`: a port nothing on this host listens on, from the kernel.
+fn free_port() -> anyhow::Result<u16> {
+    let probe = std::net::TcpListener::bind(("0.0.0.0", 0))?;
+    Ok(probe.local_addr()?.port())
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let mut args = args.clone();
+    if args.port == 0 {
+        args.port = free_port()?;
+    }
+    let args = &args;
     if !args.echo && !args.root.is_dir() {
         anyhow::bail!("--root {} is not a directory", args.root.display());
     }
@@ -570,6 +639,7 @@ fn serve_on(rt: &mut Runtime, args: &ServeArgs, announce: bool) -> anyhow::Resul
         );
     }
     let mut server = Server::new(args.root.clone(), args.echo, args.port);
+    server.list = args.list;
     while !rt.stopped() {
         rt.turn();
         server.turn(&mut rt.stack, true);
@@ -579,7 +649,12 @@ fn serve_on(rt: &mut Runtime, args: &ServeArgs, announce: bool) -> anyhow::Resul
     // grace period, close with FIN, then the XDP program goes with the process.
     rt.stack.unlisten(args.port);
     let deadline: Instant = rt.now() + Duration::from_secs_f64(args.grace);
-    eprintln!("shutting down: {} connections open", server.open_sessions());
+    // The stack's count, as --stats reports it (closing and TIME-WAIT included).
+    eprintln!(
+        "shutting down: {} connections open ({} with a client session)",
+        rt.stack.connection_count(),
+        server.open_sessions()
+    );
     for (id, session) in server.sessions.iter_mut() {
         // Idle keep-alive connections close now; busy ones after their response.
         session.close_after = true;
@@ -602,30 +677,4 @@ fn serve_on(rt: &mut Runtime, args: &ServeArgs, announce: bool) -> anyhow::Resul
     }
     super::setup::warn_about_losses(rt);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_cannot_escape_the_root() {
-        let dir = std::env::temp_dir().join(format!("serve-test-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("sub")).unwrap();
-        std::fs::write(dir.join("index.html"), "i").unwrap();
-        std::fs::write(dir.join("sub/a b.txt"), "a").unwrap();
-        assert_eq!(
-            resolve_path(&dir, "/").unwrap(),
-            dir.canonicalize().unwrap().join("index.html")
-        );
-        assert!(resolve_path(&dir, "/sub/a%20b.txt?x=1").is_ok());
-        assert_eq!(resolve_path(&dir, "/../etc/passwd"), Err(403));
-        assert_eq!(
-            resolve_path(&dir, "/sub/%2e%2e/%2e%2e/etc/passwd"),
-            Err(403)
-        );
-        assert_eq!(resolve_path(&dir, "/nope"), Err(404));
-        assert_eq!(resolve_path(&dir, "/a%00b"), Err(404));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

@@ -1,0 +1,295 @@
+//! `userspace curl`: an HTTP/1.1 client on the stack, with curl's flags, output and
+//! exit codes (curl 7.88 is the reference where nothing else is said).
+//!
+//! Layers: `args` (the command line), `request` and `form` (what is sent), `response`
+//! (what comes back), `output`, `progress`, `writeout` and `cookies` (what the user
+//! sees), and `transport` (the stack's connections, the only part that knows the
+//! runtime). `transfer` drives one URL through them; this file drives the URLs.
+mod args;
+mod cookies;
+mod form;
+mod glob;
+mod output;
+mod progress;
+mod request;
+mod response;
+mod transfer;
+mod transport;
+mod writeout;
+
+pub use args::CurlArgs;
+
+use std::net::{Ipv4Addr, ToSocketAddrs};
+
+/// A failure with curl's exit code for it.
+#[derive(Debug)]
+pub struct CurlError {
+    pub code: i32,
+    pub message: String,
+}
+
+pub fn fail(code: i32, message: impl Into<String>) -> CurlError {
+    CurlError {
+        code,
+        message: message.into(),
+    }
+}
+
+pub const EXIT_UNSUPPORTED_PROTOCOL: i32 = 1;
+pub const EXIT_FAILED_INIT: i32 = 2;
+pub const EXIT_BAD_URL: i32 = 3;
+pub const EXIT_CANNOT_RESOLVE: i32 = 6;
+pub const EXIT_CANNOT_CONNECT: i32 = 7;
+pub const EXIT_HTTP_ERROR: i32 = 22;
+pub const EXIT_WRITE_ERROR: i32 = 23;
+pub const EXIT_TIMEOUT: i32 = 28;
+pub const EXIT_RANGE_ERROR: i32 = 33;
+pub const EXIT_TOO_MANY_REDIRECTS: i32 = 47;
+pub const EXIT_BAD_RESOLVE: i32 = 49;
+pub const EXIT_RECV_ERROR: i32 = 56;
+/// Not an exit code: Ctrl-C. The process ends by SIGINT after cleaning up.
+pub const EXIT_INTERRUPTED: i32 = -2;
+
+pub const USER_AGENT: &str = concat!("userspace-curl/", env!("CARGO_PKG_VERSION"));
+pub const VERSION_LINE: &str = concat!(
+    "userspace-curl/",
+    env!("CARGO_PKG_VERSION"),
+    " rustls flate2 brotli ruzstd"
+);
+
+/// A URL split into what the transfer needs.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: url::Url,
+    pub host: String,
+    pub port: u16,
+    pub https: bool,
+}
+
+impl Target {
+    /// The Host header: the host, with the port when it is not the scheme's.
+    pub fn host_header(&self) -> String {
+        let default_port = if self.https { 443 } else { 80 };
+        if self.port == default_port {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Path and query, as sent in the request line.
+    pub fn path(&self) -> String {
+        let mut path = self.url.path().to_string();
+        if let Some(q) = self.url.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        path
+    }
+
+    /// user:password from the URL, decoded.
+    pub fn credentials(&self) -> Option<String> {
+        if self.url.username().is_empty() && self.url.password().is_none() {
+            return None;
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        Some(format!(
+            "{}:{}",
+            decode(self.url.username()),
+            decode(self.url.password().unwrap_or(""))
+        ))
+    }
+}
+
+pub fn parse_url(raw: &str) -> Result<Target, CurlError> {
+    let with_scheme = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("http://{raw}")
+    };
+    let url = url::Url::parse(&with_scheme).map_err(|e| {
+        fail(
+            EXIT_BAD_URL,
+            format!("URL using bad/illegal format or missing URL ({e})"),
+        )
+    })?;
+    match url.scheme() {
+        "http" | "https" => {}
+        other => {
+            return Err(fail(
+                EXIT_UNSUPPORTED_PROTOCOL,
+                format!("Protocol \"{other}\" not supported"),
+            ));
+        }
+    }
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| fail(EXIT_BAD_URL, "URL rejected: No host part in the URL"))?
+        .to_string();
+    let https = url.scheme() == "https";
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if https { 443 } else { 80 });
+    Ok(Target {
+        url,
+        host,
+        port,
+        https,
+    })
+}
+
+/// One --resolve entry: HOST:PORT:ADDR (PORT may be *; ADDR may be in brackets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolveEntry {
+    host: String,
+    port: Option<u16>,
+    addr: Ipv4Addr,
+}
+
+pub fn parse_resolve(entry: &str) -> Result<ResolveEntry, CurlError> {
+    let bad = || {
+        fail(
+            EXIT_BAD_RESOLVE,
+            format!("Couldn't parse CURLOPT_RESOLVE entry '{entry}'"),
+        )
+    };
+    let entry_body = entry.strip_prefix('+').unwrap_or(entry);
+    let mut parts = entry_body.splitn(3, ':');
+    let (Some(host), Some(port), Some(addr)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let port = match port {
+        "*" => None,
+        p => Some(p.parse::<u16>().map_err(|_| bad())?),
+    };
+    // The first address of a comma-separated list.
+    let first = addr.split(',').next().unwrap_or_default();
+    let addr = first
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<Ipv4Addr>()
+        .map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok(ResolveEntry {
+        host: host.to_string(),
+        port,
+        addr,
+    })
+}
+
+pub fn resolve(entries: &[ResolveEntry], host: &str, port: u16) -> Result<Ipv4Addr, CurlError> {
+    if let Some(e) = entries
+        .iter()
+        .find(|e| e.host.eq_ignore_ascii_case(host) && e.port.is_none_or(|p| p == port))
+    {
+        return Ok(e.addr);
+    }
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Ok(ip);
+    }
+    // The system resolver: /etc/hosts, then the DNS servers of resolv.conf.
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| {
+            addrs.find_map(|a| match a {
+                std::net::SocketAddr::V4(v4) => Some(*v4.ip()),
+                _ => None,
+            })
+        })
+        .ok_or_else(|| {
+            fail(
+                EXIT_CANNOT_RESOLVE,
+                format!("Could not resolve host: {host}"),
+            )
+        })
+}
+
+fn print_version() {
+    println!("{VERSION_LINE} (userspace TCP/IP stack on AF_XDP)");
+    println!("Protocols: http https");
+    println!("Features: IPv4 SSL libz brotli zstd cookies globbing parallel");
+}
+
+/// Ends the process by SIGINT, as a shell expects from Ctrl-C: the default handler is
+/// put back and the signal raised again (the XDP link is gone with the runtime already,
+/// and the kernel would detach it at exit anyway).
+fn die_by_sigint() -> ! {
+    // SAFETY: restoring the default disposition and raising a signal in this process.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::raise(libc::SIGINT);
+    }
+    std::process::exit(130)
+}
+
+pub fn run(args: &CurlArgs) -> Result<(), CurlError> {
+    if args.version {
+        print_version();
+        return Ok(());
+    }
+    let urls = args.all_urls();
+    if urls.is_empty() {
+        return Err(fail(EXIT_FAILED_INIT, "no URL specified!"));
+    }
+    let result = transfer::run_all(args, &urls);
+    match result {
+        Err(e) if e.code == EXIT_INTERRUPTED => die_by_sigint(),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_defaults_credentials_and_errors() {
+        let t = parse_url("example.com").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.url.path()),
+            ("example.com", 80, "/")
+        );
+        assert_eq!(parse_url("http://[bad").err().unwrap().code, EXIT_BAD_URL);
+        assert_eq!(
+            parse_url("gopher://x/").err().unwrap().code,
+            EXIT_UNSUPPORTED_PROTOCOL
+        );
+        let t = parse_url("https://example.com/a?b").unwrap();
+        assert_eq!((t.port, t.https, t.path().as_str()), (443, true, "/a?b"));
+        let t = parse_url("http://u%40x:p%3Aw@h:8080/").unwrap();
+        assert_eq!(t.credentials().as_deref(), Some("u@x:p:w"));
+        assert_eq!(t.host_header(), "h:8080");
+        assert_eq!(parse_url("http://h/").unwrap().credentials(), None);
+    }
+
+    #[test]
+    fn resolve_entries_parse_or_fail_with_49() {
+        let e = parse_resolve("example.com:80:10.0.0.1").unwrap();
+        assert_eq!(
+            resolve(&[e], "EXAMPLE.com", 80).unwrap(),
+            Ipv4Addr::new(10, 0, 0, 1)
+        );
+        let e = parse_resolve("h:*:[10.0.0.2]").unwrap();
+        assert_eq!(resolve(&[e], "h", 1).unwrap(), Ipv4Addr::new(10, 0, 0, 2));
+        for bad in [
+            "example.com",
+            "h:80",
+            "h:x:1.2.3.4",
+            "h:80:notanip",
+            ":80:1.2.3.4",
+        ] {
+            assert_eq!(
+                parse_resolve(bad).unwrap_err().code,
+                EXIT_BAD_RESOLVE,
+                "{bad}"
+            );
+        }
+    }
+}
