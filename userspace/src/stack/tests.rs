@@ -226,20 +226,34 @@ fn timers_stay_cheap_with_many_connections() {
     s.poll(now, &mut ds);
     ds.take_transmitted();
     assert_eq!(s.connection_count(), 20_000);
-    // Before the first deadline, a poll has nothing to do; at the SYN-ACK timeout every
-    // half-open connection retransmits once, in deadline order.
+    // One heap entry per half-open connection, pushed once.
+    assert_eq!(s.timers.len(), 20_000);
+    assert_eq!(s.timers.ops, 20_000);
+    // Before the first deadline, a poll has nothing to do and touches no heap entry.
     let first = s.poll_at().expect("a deadline");
     assert!(first > now + Duration::from_millis(500));
     s.poll(Instant(first.0 - 1000), &mut ds);
     assert!(ds.take_transmitted().is_empty());
+    assert_eq!(s.timers.ops, 20_000, "an early poll pops nothing");
+    // At the SYN-ACK timeout every half-open connection retransmits once, in deadline
+    // order, at the cost of one pop and one push each, however many polls it takes.
     let mut retransmitted = 0;
+    let mut polls = 0;
     let mut t = first;
     while retransmitted < 20_000 {
         s.poll(t, &mut ds);
+        polls += 1;
         retransmitted += ds.take_transmitted().len();
         t = t + Duration::from_millis(1);
     }
     assert_eq!(retransmitted, 20_000);
+    assert!(polls > 1);
+    assert_eq!(
+        s.timers.ops,
+        20_000 + 2 * 20_000,
+        "one pop and one push each"
+    );
+    assert_eq!(s.timers.len(), 20_000, "no stale entries pile up");
 }
 
 #[test]
