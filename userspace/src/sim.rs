@@ -211,7 +211,7 @@ pub struct App {
 
 impl App {
     fn drive(&mut self, conn: &mut Connection, now: Instant) {
-        if conn.is_established() || conn.state() == State::SynReceived {
+        if conn.is_synchronized() || conn.state() == State::SynReceived {
             while self.sent < self.to_send.len() {
                 match conn.send(&self.to_send[self.sent..]) {
                     Ok(0) | Err(_) => break,
@@ -229,7 +229,7 @@ impl App {
                 self.received.extend_from_slice(&buf[..n]);
             }
         }
-        if !self.closed && self.sent == self.to_send.len() && conn.is_established() {
+        if !self.closed && self.sent == self.to_send.len() && conn.is_synchronized() {
             conn.close();
             self.closed = true;
         }

@@ -120,9 +120,10 @@ struct Entry {
     released: bool,
     /// Half-open connection of this listener, not yet in its accept queue.
     listener: Option<u16>,
-    dirty: bool,
-    /// Queued in `ready` for the application.
-    ready: bool,
+    /// Queued in `Stack::needs_output`: the connection may have segments to send.
+    needs_output: bool,
+    /// Queued in `Stack::app_news`: the connection has news for the application.
+    has_news: bool,
     /// Waiting in `Stack::waiting` for the next hop's MAC address.
     parked: bool,
     timer: Option<Instant>,
@@ -141,9 +142,10 @@ struct Listener {
     accept_queue: VecDeque<ConnId>,
 }
 
-/// Frames the stack answers itself, queued during receive and sent after the batch.
+/// Frames the stack sends without a connection (ARP requests and replies, RSTs and
+/// cookie SYN-ACKs, echo replies), queued during receive and sent after the batch.
 #[derive(Debug)]
-enum Control {
+enum StatelessFrame {
     Arp {
         eth_dst: MacAddr,
         arp: ArpRepr,
@@ -186,10 +188,12 @@ pub struct Stack {
     by_tuple: HashMap<(SocketAddrV4, SocketAddrV4), usize>,
     listeners: HashMap<u16, Listener>,
     timers: TimerHeap,
-    dirty: Vec<usize>,
+    /// Connections that may have segments to send, emitted at the end of the poll.
+    needs_output: Vec<usize>,
     /// Connections with news for the application (segments arrived, timers fired).
-    ready: Vec<ConnId>,
-    control: Vec<Control>,
+    app_news: Vec<ConnId>,
+    /// Frames to send that belong to no connection.
+    stateless: Vec<StatelessFrame>,
     /// Connections waiting for a next hop's MAC address, by next hop: an ARP frame wakes
     /// only those, never scans every slot.
     waiting: HashMap<Ipv4Addr, Vec<ConnId>>,
@@ -236,9 +240,9 @@ impl Stack {
             by_tuple: HashMap::new(),
             listeners: HashMap::new(),
             timers: TimerHeap::default(),
-            dirty: Vec::with_capacity(1024),
-            ready: Vec::with_capacity(1024),
-            control: Vec::with_capacity(64),
+            needs_output: Vec::with_capacity(1024),
+            app_news: Vec::with_capacity(1024),
+            stateless: Vec::with_capacity(64),
             waiting: HashMap::new(),
             now: Instant::ZERO,
             arp_scratch: Vec::new(),
@@ -373,9 +377,9 @@ impl Stack {
             return None;
         }
         let entry = slot.entry.as_mut()?;
-        if !entry.dirty {
-            entry.dirty = true;
-            self.dirty.push(id.slot as usize);
+        if !entry.needs_output {
+            entry.needs_output = true;
+            self.needs_output.push(id.slot as usize);
         }
         Some(entry)
     }
@@ -466,7 +470,7 @@ impl Stack {
     /// Gratuitous ARP for our address (owned-IP mode), so neighbours learn it at once.
     pub fn announce(&mut self) {
         let arp = self.arp_request(self.cfg.ip);
-        self.control.push(Control::Arp {
+        self.stateless.push(StatelessFrame::Arp {
             eth_dst: BROADCAST_MAC,
             arp,
         });
@@ -487,7 +491,7 @@ impl Stack {
     pub fn request_arp(&mut self, now: Instant, ip: Ipv4Addr) {
         if self.arp.should_request(ip, now) {
             let arp = self.arp_request(ip);
-            self.control.push(Control::Arp {
+            self.stateless.push(StatelessFrame::Arp {
                 eth_dst: BROADCAST_MAC,
                 arp,
             });
@@ -503,8 +507,8 @@ impl Stack {
             conn,
             released: false,
             listener,
-            dirty: true,
-            ready: false,
+            needs_output: true,
+            has_news: false,
             parked: false,
             timer: None,
         };
@@ -517,7 +521,7 @@ impl Stack {
         };
         self.slots[slot].entry = Some(entry);
         self.by_tuple.insert(tuple, slot);
-        self.dirty.push(slot);
+        self.needs_output.push(slot);
         self.live += 1;
         self.stats.connections_opened += 1;
         ConnId {
@@ -544,35 +548,35 @@ impl Stack {
     }
 
     /// Moves the connections with news for the application into `out` (cleared first).
-    pub fn drain_ready(&mut self, out: &mut Vec<ConnId>) {
+    pub fn drain_news(&mut self, out: &mut Vec<ConnId>) {
         out.clear();
-        std::mem::swap(out, &mut self.ready);
+        std::mem::swap(out, &mut self.app_news);
         for id in out.iter() {
             if let Some(e) = self.slots[id.slot as usize].entry.as_mut() {
-                e.ready = false;
+                e.has_news = false;
             }
         }
     }
 
-    fn mark_ready(&mut self, slot: usize) {
+    fn mark_news(&mut self, slot: usize) {
         let generation = self.slots[slot].generation;
         if let Some(e) = self.slots[slot].entry.as_mut()
-            && !e.ready
+            && !e.has_news
         {
-            e.ready = true;
-            self.ready.push(ConnId {
+            e.has_news = true;
+            self.app_news.push(ConnId {
                 slot: slot as u32,
                 generation,
             });
         }
     }
 
-    fn mark_dirty(&mut self, slot: usize) {
+    fn mark_needs_output(&mut self, slot: usize) {
         if let Some(e) = self.slots[slot].entry.as_mut()
-            && !e.dirty
+            && !e.needs_output
         {
-            e.dirty = true;
-            self.dirty.push(slot);
+            e.needs_output = true;
+            self.needs_output.push(slot);
         }
     }
 
@@ -601,9 +605,9 @@ impl Stack {
             // restarted the RTO): then nothing is due and the entry is simply renewed.
             if entry.conn.poll_timeout().is_some_and(|t| t <= now) {
                 entry.conn.handle_timeout(now);
-                self.mark_ready(slot);
+                self.mark_news(slot);
             }
-            self.mark_dirty(slot);
+            self.mark_needs_output(slot);
         }
         if self.arp.next_retry().is_some_and(|t| t <= now) {
             self.arp_timers(now);
@@ -728,7 +732,7 @@ impl Stack {
         self.stats.arp_in += 1;
         self.arp_learned(arp.sender_ip, arp.sender_mac, false);
         if arp.op == ArpOp::Request && self.cfg.mode == AddressMode::Owned {
-            self.control.push(Control::Arp {
+            self.stateless.push(StatelessFrame::Arp {
                 eth_dst: arp.sender_mac,
                 arp: ArpRepr {
                     op: ArpOp::Reply,
@@ -748,7 +752,7 @@ impl Stack {
         }
         match icmp {
             IcmpRepr::EchoRequest { ident, seq, data } if self.cfg.mode == AddressMode::Owned => {
-                self.control.push(Control::EchoReply {
+                self.stateless.push(StatelessFrame::EchoReply {
                     ip_dst: ip.src,
                     eth_dst: eth_src,
                     ident,
@@ -775,8 +779,8 @@ impl Stack {
                         e.conn
                             .handle_icmp_unreachable(code, quoted_seq, next_hop_mtu);
                     }
-                    self.mark_dirty(slot);
-                    self.mark_ready(slot);
+                    self.mark_needs_output(slot);
+                    self.mark_news(slot);
                 }
             }
             _ => self.stats.icmp_ignored += 1,
@@ -796,8 +800,8 @@ impl Stack {
                 if let Some(e) = self.slots[slot].entry.as_mut() {
                     e.conn.handle_segment(now, seg);
                 }
-                self.mark_dirty(slot);
-                self.mark_ready(slot);
+                self.mark_needs_output(slot);
+                self.mark_news(slot);
                 return;
             }
             // RFC 9293 3.6.1 / RFC 6191: a new SYN with a higher sequence number or a
@@ -842,7 +846,7 @@ impl Stack {
 
     /// A segment the stack answers without a connection (RST, cookie SYN-ACK), sent after the batch.
     fn queue_tcp(&mut self, remote: SocketAddrV4, eth_dst: MacAddr, repr: TcpRepr<'static>) {
-        self.control.push(Control::Tcp {
+        self.stateless.push(StatelessFrame::Tcp {
             ip_dst: *remote.ip(),
             eth_dst,
             repr,
@@ -968,7 +972,7 @@ impl Stack {
                     e.parked = false;
                     e.conn.neighbour_failed();
                 }
-                self.mark_ready(id.slot as usize);
+                self.mark_news(id.slot as usize);
             }
         }
         self.arp_scratch = hops;
@@ -1087,20 +1091,20 @@ impl Stack {
         }
     }
 
-    /// Sends the control frames, then lets every connection with work emit its segments:
+    /// Sends the stateless frames, then lets every connection with work emit its segments:
     /// this is where one ACK comes to cover a whole received batch.
     fn dispatch(&mut self, now: Instant, device: &mut dyn Device) {
         let mac = self.cfg.mac;
         let ip = self.cfg.ip;
-        for control in std::mem::take(&mut self.control) {
-            let sent = device.transmit(&mut |buf| match &control {
-                Control::Arp { eth_dst, arp } => wire::emit_arp(buf, *eth_dst, arp),
-                Control::Tcp {
+        for frame in std::mem::take(&mut self.stateless) {
+            let sent = device.transmit(&mut |buf| match &frame {
+                StatelessFrame::Arp { eth_dst, arp } => wire::emit_arp(buf, *eth_dst, arp),
+                StatelessFrame::Tcp {
                     ip_dst,
                     eth_dst,
                     repr,
                 } => wire::emit_tcp(buf, (mac, *eth_dst), (ip, *ip_dst), repr, 0, |_| {}),
-                Control::EchoReply {
+                StatelessFrame::EchoReply {
                     ip_dst,
                     eth_dst,
                     ident,
@@ -1122,12 +1126,12 @@ impl Stack {
             }
         }
 
-        let mut dirty = std::mem::take(&mut self.dirty);
-        for &slot in &dirty {
+        let mut needs_output = std::mem::take(&mut self.needs_output);
+        for &slot in &needs_output {
             let Some(entry) = self.slots[slot].entry.as_mut() else {
                 continue;
             };
-            entry.dirty = false;
+            entry.needs_output = false;
             let remote_ip = *entry.conn.remote().ip();
             let closed = entry.conn.is_closed();
             let hop = self.next_hop(remote_ip);
@@ -1156,8 +1160,8 @@ impl Stack {
                         });
                         if !ok {
                             self.stats.tx_ring_full += 1;
-                            entry.dirty = true;
-                            self.dirty.push(slot);
+                            entry.needs_output = true;
+                            self.needs_output.push(slot);
                             break;
                         }
                         if !emitted {
@@ -1171,9 +1175,9 @@ impl Stack {
             }
             self.after_dispatch(slot);
         }
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty; // keep the allocation
+        needs_output.clear();
+        if self.needs_output.is_empty() {
+            self.needs_output = needs_output; // keep the allocation
         }
     }
 
@@ -1212,7 +1216,7 @@ impl Stack {
             return;
         };
         if let Some(port) = entry.listener
-            && entry.conn.is_established()
+            && entry.conn.is_synchronized()
         {
             entry.listener = None;
             if let Some(l) = self.listeners.get_mut(&port) {

@@ -285,7 +285,10 @@ fn test_listen_syn_cookie_keeps_window_scale_sack_and_timestamps() {
             ..RECV_TEMPL
         }
     );
-    assert!(s.connection(id).unwrap().is_established());
+    assert_eq!(
+        s.connection(id).unwrap().state(),
+        crate::tcp::State::Established
+    );
 }
 
 // ---------------------------------------------------------------- 1. TIME-WAIT reuse

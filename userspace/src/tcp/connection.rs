@@ -581,9 +581,10 @@ impl Connection {
     pub fn send_mss(&self) -> usize {
         self.snd_mss
     }
-    /// True once the handshake completed, until CLOSED (also in FIN-WAIT, CLOSE-WAIT
-    /// and TIME-WAIT).
-    pub fn is_established(&self) -> bool {
+    /// True in the synchronized states (RFC 9293 3.3.2): once the handshake completed,
+    /// until CLOSED, so also in FIN-WAIT, CLOSE-WAIT, CLOSING, LAST-ACK and TIME-WAIT.
+    /// For ESTABLISHED alone, compare [`Connection::state`] with [`State::Established`].
+    pub fn is_synchronized(&self) -> bool {
         !matches!(
             self.state,
             State::SynSent | State::SynReceived | State::Closed
@@ -718,7 +719,7 @@ impl Connection {
     }
 
     fn arm_keepalive(&mut self) {
-        self.keepalive_deadline = (self.keepalive && self.is_established())
+        self.keepalive_deadline = (self.keepalive && self.is_synchronized())
             .then(|| self.last_rx + self.cfg.keepalive_idle);
     }
 

@@ -1206,7 +1206,7 @@ mod sim_properties {
                 ..Config::default()
             };
             let mut pair = bulk(seed, cfg, delay_ms, 16 << 20);
-            while !pair.a.is_established() {
+            while !pair.a.is_synchronized() {
                 prop_assert!(pair.step());
             }
             let rtt = Duration::from_millis(2 * delay_ms);
