@@ -1,9 +1,12 @@
 //! The stack: demultiplexes frames to connections by 4-tuple, runs ARP, ICMP, the
-//! listeners (SYN queue, accept queue, SYN cookies) and the timers, and batches output.
+//! listeners (SYN queue and accept queue in `listener.rs`, SYN cookies in `cookies.rs`)
+//! and the timers, and batches output.
 //!
 //! It is sans-IO like the TCP below it: [`Stack::poll`] is given `now` and a [`Device`].
 mod arp;
+mod cookies;
 mod events;
+mod listener;
 mod stats;
 mod timers;
 
@@ -15,10 +18,11 @@ use crate::device::Device;
 use crate::tcp::isn::IsnGenerator;
 use crate::tcp::{self, Connection, Instant, State, TcpError};
 use crate::wire::{
-    self, ArpOp, ArpRepr, BROADCAST_MAC, Frame, IcmpRepr, Ipv4Info, MacAddr, TcpFlags, TcpOptions,
-    TcpRepr, WireError,
+    self, ArpOp, ArpRepr, BROADCAST_MAC, Frame, IcmpRepr, Ipv4Info, MacAddr, TcpFlags, TcpRepr,
+    WireError,
 };
-use std::collections::{HashMap, VecDeque};
+use listener::Listener;
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use timers::TimerHeap;
 
@@ -135,13 +139,6 @@ struct Slot {
     entry: Option<Entry>,
 }
 
-#[derive(Debug)]
-struct Listener {
-    backlog: usize,
-    half_open: usize,
-    accept_queue: VecDeque<ConnId>,
-}
-
 /// Frames the stack sends without a connection (ARP requests and replies, RSTs and
 /// cookie SYN-ACKs, echo replies), queued during receive and sent after the batch.
 #[derive(Debug)]
@@ -164,18 +161,8 @@ enum StatelessFrame {
     },
 }
 
-/// The low TSval bits of a cookie SYN-ACK that carry options, as in Linux.
-const COOKIE_TS_MASK: u32 = 0x3f;
-const COOKIE_WS_MASK: u32 = 0x0f;
-/// Window scale bits meaning "no window scale" (valid shifts end at 14).
-const COOKIE_NO_WS: u8 = 0x0f;
-const COOKIE_SACK: u32 = 0x10;
-
 /// How often stale ARP entries are swept.
 const ARP_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Segment sizes encodable in a SYN cookie (RFC 4987 section 3.6).
-const COOKIE_MSS: [u16; 4] = [536, 1220, 1440, 1460];
 
 /// The sans-IO stack: connections, listeners, ARP and timers over a [`Device`], driven
 /// by [`Stack::poll`]. It never reads a clock: time is passed in.
@@ -325,42 +312,6 @@ impl Stack {
         let local = SocketAddrV4::new(*local.ip(), 0);
         let remote = SocketAddrV4::new(*remote.ip(), 0);
         self.isn.hash(local, remote, u64::from(u32::MAX)) as u32
-    }
-
-    /// Starts listening on `port` with an accept queue of `backlog`.
-    pub fn listen(&mut self, port: u16, backlog: usize) -> Result<(), StackError> {
-        if self.listeners.contains_key(&port) {
-            return Err(StackError::PortInUse);
-        }
-        self.listeners.insert(
-            port,
-            Listener {
-                backlog: backlog.max(1),
-                half_open: 0,
-                accept_queue: VecDeque::new(),
-            },
-        );
-        Ok(())
-    }
-
-    /// Stops listening; queued connections not yet accepted are aborted.
-    pub fn unlisten(&mut self, port: u16) {
-        if let Some(l) = self.listeners.remove(&port) {
-            for id in l.accept_queue {
-                self.abort(id);
-                self.release(id);
-            }
-        }
-    }
-
-    /// The ports listened on.
-    pub fn listening_ports(&self) -> Vec<u16> {
-        self.listeners.keys().copied().collect()
-    }
-
-    /// The next established connection on `port`'s accept queue.
-    pub fn accept(&mut self, port: u16) -> Option<ConnId> {
-        self.listeners.get_mut(&port)?.accept_queue.pop_front()
     }
 
     fn entry(&self, id: ConnId) -> Option<&Entry> {
@@ -853,84 +804,6 @@ impl Stack {
         });
     }
 
-    /// Listen state (RFC 9293 3.10.7.2) with a bounded SYN queue and SYN cookies (RFC 4987).
-    fn listener_input(
-        &mut self,
-        now: Instant,
-        eth_src: MacAddr,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
-        seg: &TcpRepr<'_>,
-    ) {
-        if seg.flags.rst {
-            return;
-        }
-        let port = local.port();
-        if seg.flags.syn && !seg.flags.ack {
-            if self.live >= self.cfg.max_connections {
-                self.stats.listen_drops += 1;
-                return;
-            }
-            let listener = &self.listeners[&port];
-            if listener.accept_queue.len() >= listener.backlog {
-                // Linux (tcp_conn_request): a full accept queue drops the SYN; the
-                // client retransmits it. Cookies would only pile more onto the queue.
-                self.stats.listen_overflows += 1;
-                return;
-            }
-            if listener.half_open >= self.cfg.syn_backlog {
-                self.send_cookie(now, eth_src, local, remote, seg);
-                return;
-            }
-            self.learn_next_hop(*remote.ip(), eth_src);
-            let iss = self.isn.isn(now, local, remote);
-            let mut conn = Connection::accept(now, self.cfg.tcp.clone(), local, remote, iss, seg);
-            conn.set_timestamp_offset(self.timestamp_offset(local, remote));
-            self.insert(conn, Some(port));
-            if let Some(l) = self.listeners.get_mut(&port) {
-                l.half_open += 1;
-            }
-            return;
-        }
-        if seg.flags.ack
-            && !seg.flags.syn
-            && let Some(mss) = self.check_cookie(now, local, remote, seg)
-        {
-            let options = self.cookie_options(seg, mss);
-            self.stats.syn_cookies_accepted += 1;
-            let syn = TcpRepr {
-                src_port: remote.port(),
-                dst_port: port,
-                seq: seg.seq.wrapping_sub(1),
-                flags: TcpFlags::SYN,
-                window: seg.window,
-                options,
-                ..Default::default()
-            };
-            self.learn_next_hop(*remote.ip(), eth_src);
-            let mut conn = Connection::accept(
-                now,
-                self.cfg.tcp.clone(),
-                local,
-                remote,
-                seg.ack.wrapping_sub(1),
-                &syn,
-            );
-            conn.set_timestamp_offset(self.timestamp_offset(local, remote));
-            conn.mark_syn_sent(now);
-            conn.handle_segment(now, seg);
-            let id = self.insert(conn, None);
-            self.enqueue_accept(port, id);
-            return;
-        }
-        if !seg.flags.ack {
-            // RFC 9293 3.10.7.2: any other segment without ACK is dropped.
-            self.stats.listen_drops += 1;
-            return;
-        }
-        self.no_connection(eth_src, local, remote, seg);
-    }
-
     /// The frame that opened a connection came from the next hop back to its sender, so
     /// its source MAC answers for that hop. Needed in shared-IP mode, where ARP replies
     /// go to the kernel; the ARP cache is authoritative when it already has the hop.
@@ -976,119 +849,6 @@ impl Stack {
             }
         }
         self.arp_scratch = hops;
-    }
-
-    fn cookie(
-        &self,
-        counter: u64,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
-        client_isn: u32,
-        mss_index: u32,
-    ) -> u32 {
-        let hash = self
-            .isn
-            .hash(local, remote, counter << 32 | u64::from(client_isn)) as u32;
-        ((counter as u32 & 0x1f) << 27) | (mss_index << 24) | (hash & 0x00ff_ffff)
-    }
-
-    fn cookie_counter(now: Instant) -> u64 {
-        now.micros() / 64_000_000 // 64-second steps
-    }
-
-    fn send_cookie(
-        &mut self,
-        now: Instant,
-        eth_src: MacAddr,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
-        seg: &TcpRepr<'_>,
-    ) {
-        let peer_mss = seg.options.mss.unwrap_or(536).min(self.cfg.tcp.mss);
-        let index = COOKIE_MSS.iter().rposition(|&m| m <= peer_mss).unwrap_or(0) as u32;
-        let isn = self.cookie(Self::cookie_counter(now), local, remote, seg.seq, index);
-        let tcp = &self.cfg.tcp;
-        let mut options = TcpOptions {
-            mss: Some(COOKIE_MSS[index as usize]),
-            ..Default::default()
-        };
-        // Like Linux (cookie_init_timestamp): with timestamps, the options the cookie
-        // cannot hold ride in the low 6 bits of our TSval, which the peer echoes:
-        // bits 0-3 its window scale (15: none), bit 4 SACK permitted.
-        if tcp.timestamps
-            && let Some((peer_tsval, _)) = seg.options.timestamps
-        {
-            let peer_ws = seg.options.window_scale.filter(|_| tcp.window_scaling);
-            let sack = tcp.sack && seg.options.sack_permitted;
-            let bits = u32::from(peer_ws.map_or(COOKIE_NO_WS, |w| w.min(14)))
-                | if sack { COOKIE_SACK } else { 0 };
-            let ts = (now.millis() as u32).wrapping_add(self.timestamp_offset(local, remote));
-            let mut tsval = (ts & !COOKIE_TS_MASK) | bits;
-            if tsval > ts {
-                tsval = tsval.wrapping_sub(COOKIE_TS_MASK + 1); // never ahead of our clock
-            }
-            options.timestamps = Some((tsval, peer_tsval));
-            options.sack_permitted = sack;
-            options.window_scale = peer_ws.map(|_| tcp::receive_window_scale(tcp));
-        }
-        let repr = TcpRepr {
-            src_port: local.port(),
-            dst_port: remote.port(),
-            seq: isn,
-            ack: seg.seq.wrapping_add(1),
-            flags: TcpFlags::SYN_ACK,
-            window: tcp.recv_buffer.min(65535) as u16,
-            options,
-            payload: &[],
-        };
-        self.stats.syn_cookies_sent += 1;
-        self.queue_tcp(remote, eth_src, repr);
-    }
-
-    /// The SYN options a cookie ACK stands for: the MSS from the cookie, and window
-    /// scale, SACK and timestamps from the echoed TSval (see `send_cookie`).
-    fn cookie_options(&self, seg: &TcpRepr<'_>, mss: u16) -> TcpOptions {
-        let mut options = TcpOptions {
-            mss: Some(mss),
-            ..Default::default()
-        };
-        if let Some((tsval, tsecr)) = seg.options.timestamps
-            && self.cfg.tcp.timestamps
-        {
-            let ws = (tsecr & COOKIE_WS_MASK) as u8;
-            options.window_scale = (ws != COOKIE_NO_WS).then_some(ws);
-            options.sack_permitted = tsecr & COOKIE_SACK != 0;
-            options.timestamps = Some((tsval, 0));
-        }
-        options
-    }
-
-    fn check_cookie(
-        &self,
-        now: Instant,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
-        seg: &TcpRepr<'_>,
-    ) -> Option<u16> {
-        let cookie = seg.ack.wrapping_sub(1);
-        let client_isn = seg.seq.wrapping_sub(1);
-        let index = (cookie >> 24) & 0x3;
-        let current = Self::cookie_counter(now);
-        (0..2u64)
-            .filter_map(|age| current.checked_sub(age))
-            .any(|counter| self.cookie(counter, local, remote, client_isn, index) == cookie)
-            .then_some(COOKIE_MSS[index as usize])
-    }
-
-    fn enqueue_accept(&mut self, port: u16, id: ConnId) {
-        match self.listeners.get_mut(&port) {
-            Some(l) if l.accept_queue.len() < l.backlog * 2 => l.accept_queue.push_back(id),
-            _ => {
-                self.stats.accept_overflows += 1;
-                self.abort(id);
-                self.release(id);
-            }
-        }
     }
 
     /// Sends the stateless frames, then lets every connection with work emit its segments:
@@ -1211,25 +971,7 @@ impl Stack {
 
     /// Bookkeeping after a connection had its turn: accept queue, timer, removal.
     fn after_dispatch(&mut self, slot: usize) {
-        let generation = self.slots[slot].generation;
-        let Some(entry) = self.slots[slot].entry.as_mut() else {
-            return;
-        };
-        if let Some(port) = entry.listener
-            && entry.conn.is_synchronized()
-        {
-            entry.listener = None;
-            if let Some(l) = self.listeners.get_mut(&port) {
-                l.half_open = l.half_open.saturating_sub(1);
-            }
-            self.enqueue_accept(
-                port,
-                ConnId {
-                    slot: slot as u32,
-                    generation,
-                },
-            );
-        }
+        self.promote_if_synchronized(slot);
         let Some(entry) = self.slots[slot].entry.as_mut() else {
             return;
         };
