@@ -11,7 +11,8 @@ use super::rtt::RttEstimator;
 use super::sack::Scoreboard;
 use super::send_buffer::SendBuffer;
 use super::seq::SeqNum;
-use super::time::{Instant, earliest};
+use super::time::Instant;
+use super::timer::{Timer, TimerTable};
 use crate::wire::{MAX_SACK_BLOCKS, TcpFlags, TcpOptions, TcpRepr};
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -331,12 +332,14 @@ pub struct Connection {
     sack_enabled: bool,
     last_ack_sent: SeqNum,
 
+    /// Deadlines: retransmission, delayed ACK, persist, keep-alive, TIME-WAIT, FIN-WAIT-2.
+    timers: TimerTable,
+
     // ACK generation.
     ack_now: bool,
     /// Duplicate ACKs owed: one per out-of-order segment (RFC 5681 4.2), even in a batch
     /// whose in-order segments share a single ACK.
     dup_acks_owed: u32,
-    delack_deadline: Option<Instant>,
     window_update: bool,
     challenge_ack_pending: bool,
     last_challenge_ack: Option<Instant>,
@@ -353,7 +356,6 @@ pub struct Connection {
 
     // Loss detection and recovery.
     rtt: RttEstimator,
-    rto_deadline: Option<Instant>,
     retries: u32,
     rtt_probe: Option<(SeqNum, Instant)>,
     dupacks: u32,
@@ -365,7 +367,6 @@ pub struct Connection {
     scoreboard: Scoreboard,
     cc: Box<dyn CongestionControl>,
 
-    persist_deadline: Option<Instant>,
     persist_backoff: u32,
     probe_pending: bool,
     /// Zero-window or keep-alive probes sent since the peer last answered.
@@ -373,11 +374,8 @@ pub struct Connection {
     /// The last time a segment arrived (keep-alive idle time, probe give-up).
     last_rx: Instant,
     keepalive: bool,
-    keepalive_deadline: Option<Instant>,
-    time_wait_deadline: Option<Instant>,
     /// The application released the connection (an orphan, in Linux's terms).
     orphaned: bool,
-    fin_wait2_deadline: Option<Instant>,
     /// Last soft ICMP error, reported if the connection later times out (RFC 5927 5.2).
     soft_error: Option<TcpError>,
     /// Our SYN or SYN-ACK was retransmitted (RFC 6298 5.7).
@@ -404,6 +402,7 @@ impl Connection {
         let rcv_wscale = receive_window_scale(&cfg);
         Connection {
             state,
+            timers: TimerTable::default(),
             local,
             remote,
             error: None,
@@ -438,7 +437,6 @@ impl Connection {
             last_ack_sent: SeqNum(0),
             ack_now: false,
             dup_acks_owed: 0,
-            delack_deadline: None,
             window_update: false,
             challenge_ack_pending: false,
             last_challenge_ack: None,
@@ -449,7 +447,6 @@ impl Connection {
             segs_since_ack: 0,
             ts_recent_stamp: Instant::ZERO,
             rtt: RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto),
-            rto_deadline: None,
             retries: 0,
             rtt_probe: None,
             dupacks: 0,
@@ -459,16 +456,12 @@ impl Connection {
             rtx_next: iss,
             scoreboard: Scoreboard::default(),
             cc,
-            persist_deadline: None,
             persist_backoff: 0,
             probe_pending: false,
             probes_out: 0,
             last_rx: Instant::ZERO,
             keepalive: cfg.keepalive,
-            keepalive_deadline: None,
-            time_wait_deadline: None,
             orphaned: false,
-            fin_wait2_deadline: None,
             soft_error: None,
             syn_retransmitted: false,
             last_data_sent: Instant::ZERO,
@@ -508,7 +501,7 @@ impl Connection {
         c.snd_wnd = u32::from(syn.window);
         c.max_snd_wnd = c.snd_wnd;
         c.snd_wl1 = c.irs;
-        c.rto_deadline = Some(now + c.rtt.rto());
+        c.timers[Timer::Rto] = Some(now + c.rtt.rto());
         c
     }
 
@@ -520,7 +513,7 @@ impl Connection {
         self.rcv_adv = self.rcv_nxt + self.recv.window().min(65535);
         self.snd_nxt = self.iss + 1u32;
         self.snd_max = self.snd_nxt;
-        self.rto_deadline = Some(now + self.rtt.rto());
+        self.timers[Timer::Rto] = Some(now + self.rtt.rto());
     }
 
     /// The RFC 9293 state.
@@ -697,8 +690,9 @@ impl Connection {
     }
 
     fn arm_fin_wait2(&mut self, now: Instant) {
-        if self.orphaned && self.state == State::FinWait2 && self.fin_wait2_deadline.is_none() {
-            self.fin_wait2_deadline = Some(now + self.cfg.fin_wait2_timeout);
+        if self.orphaned && self.state == State::FinWait2 && self.timers[Timer::FinWait2].is_none()
+        {
+            self.timers[Timer::FinWait2] = Some(now + self.cfg.fin_wait2_timeout);
         }
     }
 
@@ -719,7 +713,7 @@ impl Connection {
     }
 
     fn arm_keepalive(&mut self) {
-        self.keepalive_deadline = (self.keepalive && self.is_synchronized())
+        self.timers[Timer::Keepalive] = (self.keepalive && self.is_synchronized())
             .then(|| self.last_rx + self.cfg.keepalive_idle);
     }
 
@@ -895,7 +889,7 @@ impl Connection {
             self.snd_nxt = self.snd_nxt.max(ack);
             self.retries = 0;
             self.rtt.reset_backoff();
-            self.rto_deadline = None;
+            self.timers[Timer::Rto] = None;
             self.state = State::Established;
             self.ack_now = true;
             self.on_established();
@@ -981,7 +975,7 @@ impl Connection {
             if self.state == State::TimeWait && seg.flags.fin {
                 // RFC 9293 3.10.7.4: a retransmitted FIN in TIME-WAIT is acknowledged
                 // and restarts the 2 MSL timeout.
-                self.time_wait_deadline = Some(now + self.cfg.time_wait);
+                self.timers[Timer::TimeWait] = Some(now + self.cfg.time_wait);
             }
             if !(rcv_wnd == 0 && seg.flags.ack) {
                 return;
@@ -1094,7 +1088,7 @@ impl Connection {
             self.snd_wl1 = seq;
             self.snd_wl2 = ack;
             if self.snd_wnd > 0 {
-                self.persist_deadline = None;
+                self.timers[Timer::Persist] = None;
                 self.persist_backoff = 0;
             }
         }
@@ -1209,7 +1203,7 @@ impl Connection {
         }
 
         // RFC 6298 5.2/5.3: stop the timer when all is acknowledged, else restart it.
-        self.rto_deadline = if self.snd_max > self.snd_una {
+        self.timers[Timer::Rto] = if self.snd_max > self.snd_una {
             Some(now + self.rtt.rto())
         } else {
             None
@@ -1294,8 +1288,8 @@ impl Connection {
                 self.owe_ack(self.rcv_nxt);
             } else if self.segs_since_ack >= 2 {
                 self.ack_now = true;
-            } else if self.delack_deadline.is_none() {
-                self.delack_deadline = Some(now + self.cfg.delayed_ack);
+            } else if self.timers[Timer::DelayedAck].is_none() {
+                self.timers[Timer::DelayedAck] = Some(now + self.cfg.delayed_ack);
             }
         }
     }
@@ -1347,12 +1341,8 @@ impl Connection {
 
     fn enter_time_wait(&mut self, now: Instant) {
         self.state = State::TimeWait;
-        self.time_wait_deadline = Some(now + self.cfg.time_wait);
-        self.rto_deadline = None;
-        self.persist_deadline = None;
-        self.delack_deadline = None;
-        self.fin_wait2_deadline = None;
-        self.keepalive_deadline = None;
+        self.timers.stop_all();
+        self.timers[Timer::TimeWait] = Some(now + self.cfg.time_wait);
         self.release_buffers();
     }
 
@@ -1361,12 +1351,7 @@ impl Connection {
         if self.error.is_none() {
             self.error = error;
         }
-        self.rto_deadline = None;
-        self.persist_deadline = None;
-        self.delack_deadline = None;
-        self.time_wait_deadline = None;
-        self.fin_wait2_deadline = None;
-        self.keepalive_deadline = None;
+        self.timers.stop_all();
         self.ack_now = false;
         self.dup_acks_owed = 0;
         self.acks_owed_len = 0;
@@ -1387,37 +1372,33 @@ impl Connection {
 
     /// The next time [`Connection::handle_timeout`] has work, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let t = earliest(self.rto_deadline, self.delack_deadline);
-        let t = earliest(t, self.persist_deadline);
-        let t = earliest(t, self.fin_wait2_deadline);
-        let t = earliest(t, self.keepalive_deadline);
-        earliest(t, self.time_wait_deadline)
+        self.timers.next()
     }
 
     /// Fires the timers due at `now`: retransmission, persist, delayed ACK, TIME-WAIT.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.time_wait_deadline.is_some_and(|d| now >= d) {
+        if self.timers.expired(Timer::TimeWait, now) {
             self.enter_closed(None);
             return;
         }
-        if self.fin_wait2_deadline.is_some_and(|d| now >= d) {
+        if self.timers.expired(Timer::FinWait2, now) {
             // Linux: an orphan in FIN-WAIT-2 past tcp_fin_timeout is dropped silently
             // (its FIN-WAIT-2 timewait socket expires).
             self.enter_closed(None);
             return;
         }
-        if self.keepalive_deadline.is_some_and(|d| now >= d) {
+        if self.timers.expired(Timer::Keepalive, now) {
             self.on_keepalive(now);
             if self.state == State::Closed {
                 return;
             }
         }
-        if self.delack_deadline.is_some_and(|d| now >= d) {
-            self.delack_deadline = None;
+        if self.timers.expired(Timer::DelayedAck, now) {
+            self.timers[Timer::DelayedAck] = None;
             self.ack_now = true;
         }
-        if self.persist_deadline.is_some_and(|d| now >= d) {
-            self.persist_deadline = None;
+        if self.timers.expired(Timer::Persist, now) {
+            self.timers[Timer::Persist] = None;
             if self.snd_wnd == 0 {
                 // Zero-window probe (RFC 9293 3.8.6.1); keeps going while the peer answers,
                 // gives up after max_retries unanswered ones (Linux tcp_retries2).
@@ -1429,12 +1410,12 @@ impl Connection {
                 self.probe_pending = true;
                 self.stats.window_probes += 1;
                 self.persist_backoff = (self.persist_backoff + 1).min(10);
-                self.persist_deadline = Some(now + self.persist_interval());
+                self.timers[Timer::Persist] = Some(now + self.persist_interval());
             } else {
                 self.sws_override = true;
             }
         }
-        if self.rto_deadline.is_some_and(|d| now >= d) {
+        if self.timers.expired(Timer::Rto, now) {
             self.on_rto(now);
         }
     }
@@ -1444,13 +1425,13 @@ impl Connection {
     }
 
     fn on_keepalive(&mut self, now: Instant) {
-        self.keepalive_deadline = None;
+        self.timers[Timer::Keepalive] = None;
         if !self.keepalive || !matches!(self.state, State::Established | State::CloseWait) {
             return;
         }
         // Linux probes only an idle connection: nothing in flight or queued.
         if self.snd_max != self.snd_una || !self.send_buf.is_empty() {
-            self.keepalive_deadline = Some(now + self.cfg.keepalive_idle);
+            self.timers[Timer::Keepalive] = Some(now + self.cfg.keepalive_idle);
             return;
         }
         let due = if self.probes_out == 0 {
@@ -1459,7 +1440,7 @@ impl Connection {
             now
         };
         if due > now {
-            self.keepalive_deadline = Some(due);
+            self.timers[Timer::Keepalive] = Some(due);
             return;
         }
         // RFC 1122 4.2.3.6: a probe is a segment with SEG.SEQ = SND.NXT-1 and no data.
@@ -1470,7 +1451,7 @@ impl Connection {
         self.probes_out += 1;
         self.probe_pending = true;
         self.stats.keepalive_probes += 1;
-        self.keepalive_deadline = Some(now + self.cfg.keepalive_interval);
+        self.timers[Timer::Keepalive] = Some(now + self.cfg.keepalive_interval);
     }
 
     fn on_rto(&mut self, now: Instant) {
@@ -1527,7 +1508,7 @@ impl Connection {
                 }
             }
         }
-        self.rto_deadline = Some(now + self.rtt.rto());
+        self.timers[Timer::Rto] = Some(now + self.rtt.rto());
     }
 
     // ---------------------------------------------------------------- output
@@ -1610,7 +1591,7 @@ impl Connection {
             self.ack_now = false;
             self.rcv_unacked = 0;
             self.segs_since_ack = 0;
-            self.delack_deadline = None;
+            self.timers[Timer::DelayedAck] = None;
             self.window_update = false;
         }
         self.stats.segments_out += 1;
@@ -1708,7 +1689,7 @@ impl Connection {
         let kept = (
             self.ack_now,
             self.window_update,
-            self.delack_deadline,
+            self.timers[Timer::DelayedAck],
             self.rcv_unacked,
             self.segs_since_ack,
         );
@@ -1716,7 +1697,7 @@ impl Connection {
         (
             self.ack_now,
             self.window_update,
-            self.delack_deadline,
+            self.timers[Timer::DelayedAck],
             self.rcv_unacked,
             self.segs_since_ack,
         ) = kept;
@@ -1782,8 +1763,8 @@ impl Connection {
         }
         self.snd_nxt = self.iss + 1u32;
         self.snd_max = self.snd_max.max(self.snd_nxt);
-        if self.rto_deadline.is_none() {
-            self.rto_deadline = Some(now + self.rtt.rto());
+        if self.timers[Timer::Rto].is_none() {
+            self.timers[Timer::Rto] = Some(now + self.rtt.rto());
         }
         Transmit {
             repr,
@@ -1817,8 +1798,8 @@ impl Connection {
         self.max_flight = self
             .max_flight
             .max(self.snd_max.since(self.snd_una) as usize);
-        if self.rto_deadline.is_none() {
-            self.rto_deadline = Some(now + self.rtt.rto());
+        if self.timers[Timer::Rto].is_none() {
+            self.timers[Timer::Rto] = Some(now + self.rtt.rto());
         }
         if next > seq {
             self.last_data_sent = now;
@@ -1898,8 +1879,8 @@ impl Connection {
 
         if available > 0 && len == 0 {
             // Zero window with nothing in flight: start the persist timer.
-            if self.snd_wnd == 0 && in_flight == 0 && self.persist_deadline.is_none() {
-                self.persist_deadline = Some(now + self.persist_interval());
+            if self.snd_wnd == 0 && in_flight == 0 && self.timers[Timer::Persist].is_none() {
+                self.timers[Timer::Persist] = Some(now + self.persist_interval());
             }
             return None;
         }
@@ -1908,8 +1889,8 @@ impl Connection {
             // Sender SWS: do not send a small part of what is queued unless it is at least
             // half the largest window the peer offered; the override timer ends the wait.
             if len < (self.max_snd_wnd as usize / 2).max(1) {
-                if in_flight == 0 && self.persist_deadline.is_none() {
-                    self.persist_deadline = Some(now + self.persist_interval());
+                if in_flight == 0 && self.timers[Timer::Persist].is_none() {
+                    self.timers[Timer::Persist] = Some(now + self.persist_interval());
                 }
                 return None;
             }

@@ -11,6 +11,7 @@ pub mod sack;
 pub mod send_buffer;
 pub mod seq;
 pub mod time;
+mod timer;
 
 pub use congestion::{CongestionControl, Cubic, NewReno};
 pub use connection::{
