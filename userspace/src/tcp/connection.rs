@@ -158,6 +158,30 @@ impl Default for Config {
     }
 }
 
+/// Segments a connection owes its peer besides new data. `poll_transmit` sends them in
+/// this order: RST, SYN, challenge ACK, owed ACK points, fast retransmit, SACK
+/// retransmissions and new data, zero-window probe, and last a pure ACK or window update.
+#[derive(Debug, Default)]
+struct PendingOutput {
+    /// A RST to send before anything else (abort, giving up, RFC 9293 3.10.7.4).
+    rst: Option<TcpRepr<'static>>,
+    /// Our SYN or SYN-ACK is to be sent (again).
+    syn: bool,
+    /// A challenge ACK (RFC 5961), already past its rate limit.
+    challenge_ack: bool,
+    /// Retransmit the first unacknowledged segment (RFC 5681 3.2, RFC 6582).
+    fast_retransmit: bool,
+    /// A zero-window probe is due (RFC 9293 3.8.6.1).
+    probe: bool,
+    /// An ACK is due now, not delayed.
+    ack_now: bool,
+    /// Duplicate ACKs owed: one per out-of-order segment (RFC 5681 4.2), even in a batch
+    /// whose in-order segments share a single ACK.
+    dup_acks: u32,
+    /// The receive window opened enough to be worth announcing (RFC 9293 3.8.6.2.2).
+    window_update: bool,
+}
+
 /// TCP connection states (RFC 9293 3.3.2); LISTEN lives in the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -304,7 +328,6 @@ pub struct Connection {
     buf_seq: SeqNum,
     send_buf: SendBuffer,
     fin_queued: bool,
-    syn_needed: bool,
 
     // Receive sequence space.
     irs: SeqNum,
@@ -334,14 +357,10 @@ pub struct Connection {
 
     /// Deadlines: retransmission, delayed ACK, persist, keep-alive, TIME-WAIT, FIN-WAIT-2.
     timers: TimerTable,
+    /// Segments owed to the peer beyond new data (see [`PendingOutput`]).
+    pending: PendingOutput,
 
     // ACK generation.
-    ack_now: bool,
-    /// Duplicate ACKs owed: one per out-of-order segment (RFC 5681 4.2), even in a batch
-    /// whose in-order segments share a single ACK.
-    dup_acks_owed: u32,
-    window_update: bool,
-    challenge_ack_pending: bool,
     last_challenge_ack: Option<Instant>,
     /// Earlier ACK points still to send, oldest first (see MAX_OWED_ACKS).
     acks_owed: [SeqNum; MAX_OWED_ACKS],
@@ -362,13 +381,11 @@ pub struct Connection {
     recovery: Recovery,
     /// RFC 6582 "recover": no new fast retransmit until SND.UNA passes it.
     recover_guard: SeqNum,
-    fast_rtx_pending: bool,
     rtx_next: SeqNum,
     scoreboard: Scoreboard,
     cc: Box<dyn CongestionControl>,
 
     persist_backoff: u32,
-    probe_pending: bool,
     /// Zero-window or keep-alive probes sent since the peer last answered.
     probes_out: u32,
     /// The last time a segment arrived (keep-alive idle time, probe give-up).
@@ -386,7 +403,6 @@ pub struct Connection {
     /// tell a cwnd-limited sender from an application-limited one (RFC 7661).
     max_flight: usize,
     max_flight_end: SeqNum,
-    rst_pending: Option<TcpRepr<'static>>,
 
     stats: ConnectionStats,
 }
@@ -403,6 +419,10 @@ impl Connection {
         Connection {
             state,
             timers: TimerTable::default(),
+            pending: PendingOutput {
+                syn: true,
+                ..PendingOutput::default()
+            },
             local,
             remote,
             error: None,
@@ -417,7 +437,6 @@ impl Connection {
             buf_seq: iss + 1u32,
             send_buf: SendBuffer::new(cfg.send_buffer),
             fin_queued: false,
-            syn_needed: true,
             irs: SeqNum(0),
             rcv_nxt: SeqNum(0),
             rcv_adv: SeqNum(0),
@@ -435,10 +454,6 @@ impl Connection {
             ts_offset: iss.0.rotate_left(13),
             sack_enabled: cfg.sack,
             last_ack_sent: SeqNum(0),
-            ack_now: false,
-            dup_acks_owed: 0,
-            window_update: false,
-            challenge_ack_pending: false,
             last_challenge_ack: None,
             acks_owed: [SeqNum(0); MAX_OWED_ACKS],
             acks_owed_len: 0,
@@ -452,12 +467,10 @@ impl Connection {
             dupacks: 0,
             recovery: Recovery::None,
             recover_guard: iss,
-            fast_rtx_pending: false,
             rtx_next: iss,
             scoreboard: Scoreboard::default(),
             cc,
             persist_backoff: 0,
-            probe_pending: false,
             probes_out: 0,
             last_rx: Instant::ZERO,
             keepalive: cfg.keepalive,
@@ -467,7 +480,6 @@ impl Connection {
             last_data_sent: Instant::ZERO,
             max_flight: 0,
             max_flight_end: iss,
-            rst_pending: None,
             stats: ConnectionStats::default(),
             cfg,
         }
@@ -508,7 +520,7 @@ impl Connection {
     /// For a connection rebuilt from a SYN cookie: our SYN-ACK (ISS = the cookie) is
     /// already out, so the next segment is the peer's ACK (RFC 4987 section 3.6).
     pub fn mark_syn_sent(&mut self, now: Instant) {
-        self.syn_needed = false;
+        self.pending.syn = false;
         // The cookie SYN-ACK advertised an unscaled window of up to 64 KiB.
         self.rcv_adv = self.rcv_nxt + self.recv.window().min(65535);
         self.snd_nxt = self.iss + 1u32;
@@ -585,7 +597,7 @@ impl Connection {
     }
     /// True once the connection is fully closed and can be forgotten.
     pub fn is_closed(&self) -> bool {
-        self.state == State::Closed && self.rst_pending.is_none()
+        self.state == State::Closed && self.pending.rst.is_none()
     }
 
     // ---------------------------------------------------------------- application calls
@@ -637,7 +649,7 @@ impl Connection {
             if (opened >= threshold || before < usize::from(self.cfg.mss))
                 && self.advertised_edge().1 > self.rcv_adv
             {
-                self.window_update = true;
+                self.pending.window_update = true;
             }
         }
         if self.state == State::TimeWait && self.recv.readable() == 0 {
@@ -677,7 +689,7 @@ impl Connection {
         if !matches!(self.state, State::SynSent | State::Closed | State::TimeWait) {
             // SND.MAX, not SND.NXT: after a timeout SND.NXT went back, and a RST below the
             // peer's RCV.NXT is out of its window (RFC 9293 3.10.7.4, RFC 5961 3.2).
-            self.rst_pending = Some(self.rst_repr(self.snd_max, None));
+            self.pending.rst = Some(self.rst_repr(self.snd_max, None));
         }
         self.enter_closed(None);
     }
@@ -723,7 +735,7 @@ impl Connection {
     pub fn neighbour_failed(&mut self) {
         match self.state {
             State::SynSent | State::SynReceived => {
-                self.rst_pending = None;
+                self.pending.rst = None;
                 self.enter_closed(Some(TcpError::HostUnreachable));
             }
             State::Closed => {}
@@ -814,7 +826,7 @@ impl Connection {
             // RFC 9293 3.10.7.1: a connection the application closed (or aborted) but has
             // not released answers like a closed port, with a RST.
             State::Closed if !seg.flags.rst => {
-                self.rst_pending = Some(if seg.flags.ack {
+                self.pending.rst = Some(if seg.flags.ack {
                     self.rst_repr(SeqNum(seg.ack), None)
                 } else {
                     self.rst_repr(SeqNum(0), Some(SeqNum(seg.seq) + seg.seq_len()))
@@ -855,7 +867,7 @@ impl Connection {
         let ack_ok = seg.flags.ack && ack > self.iss && ack <= self.snd_max;
         if seg.flags.ack && !ack_ok {
             if !seg.flags.rst {
-                self.rst_pending = Some(self.rst_repr(ack, None));
+                self.pending.rst = Some(self.rst_repr(ack, None));
             }
             return;
         }
@@ -891,12 +903,12 @@ impl Connection {
             self.rtt.reset_backoff();
             self.timers[Timer::Rto] = None;
             self.state = State::Established;
-            self.ack_now = true;
+            self.pending.ack_now = true;
             self.on_established();
         } else {
             // Simultaneous open (RFC 9293 figure 7): answer with SYN-ACK.
             self.state = State::SynReceived;
-            self.syn_needed = true;
+            self.pending.syn = true;
             self.snd_nxt = self.iss;
         }
     }
@@ -919,7 +931,7 @@ impl Connection {
             && now - self.ts_recent_stamp <= PAWS_IDLE
         {
             self.stats.paws_drops += 1;
-            self.ack_now = true;
+            self.pending.ack_now = true;
             return;
         }
 
@@ -927,7 +939,7 @@ impl Connection {
             if !seg.flags.ack {
                 // The peer retransmitted its SYN: our SYN-ACK was lost, send it again
                 // (Linux's tcp_check_req); a bare ACK is ignored in SYN-SENT.
-                self.syn_needed = true;
+                self.pending.syn = true;
                 self.snd_nxt = self.iss;
                 return;
             }
@@ -971,7 +983,7 @@ impl Connection {
             }
             // A duplicate or out-of-window segment gets an ACK (RFC 9293 3.10.7.4), but the
             // ACK field of a zero-window probe or pure ACK is still worth reading.
-            self.ack_now = true;
+            self.pending.ack_now = true;
             if self.state == State::TimeWait && seg.flags.fin {
                 // RFC 9293 3.10.7.4: a retransmitted FIN in TIME-WAIT is acknowledged
                 // and restarts the 2 MSL timeout.
@@ -985,10 +997,10 @@ impl Connection {
         // SYN in a synchronized state (RFC 5961 section 4.2): challenge ACK.
         if seg.flags.syn {
             if self.state == State::SynReceived && seq == self.irs {
-                self.syn_needed = true; // our SYN-ACK was lost
+                self.pending.syn = true; // our SYN-ACK was lost
                 self.snd_nxt = self.iss;
             } else if self.state == State::TimeWait {
-                self.ack_now = true;
+                self.pending.ack_now = true;
             } else {
                 self.challenge_ack(now);
             }
@@ -1039,14 +1051,14 @@ impl Connection {
                 self.snd_wl1 = seq;
                 self.snd_wl2 = ack;
             } else {
-                self.rst_pending = Some(self.rst_repr(ack, None));
+                self.pending.rst = Some(self.rst_repr(ack, None));
                 return false;
             }
         }
         // RFC 5961 5.2: an ACK for data never sent is dropped with an ACK; one far in the
         // past gets a challenge ACK.
         if ack > self.snd_max {
-            self.ack_now = true;
+            self.pending.ack_now = true;
             return false;
         }
         if ack < self.snd_una - self.max_snd_wnd.max(1) {
@@ -1192,7 +1204,7 @@ impl Connection {
                 // Partial acknowledgment (RFC 6582 3.2 step 4).
                 self.rtx_next = self.rtx_next.max(ack);
                 if !self.sack_enabled {
-                    self.fast_rtx_pending = true;
+                    self.pending.fast_retransmit = true;
                     let cwnd = self.cc.window();
                     self.cc
                         .set_window(cwnd.saturating_sub(acked) + self.snd_mss);
@@ -1226,7 +1238,7 @@ impl Connection {
                 };
                 self.recover_guard = self.snd_max;
                 self.rtx_next = self.snd_una;
-                self.fast_rtx_pending = true;
+                self.pending.fast_retransmit = true;
                 self.stats.fast_retransmits += 1;
                 if !self.sack_enabled {
                     self.cc.set_window(ssthresh + 3 * self.snd_mss);
@@ -1252,7 +1264,7 @@ impl Connection {
         if seq < self.rcv_nxt {
             let skip = self.rcv_nxt.since(seq) as usize;
             if skip >= payload.len() {
-                self.ack_now = true;
+                self.pending.ack_now = true;
                 return;
             }
             payload = &payload[skip..];
@@ -1264,11 +1276,11 @@ impl Connection {
         self.rcv_nxt = self.rcv_nxt + ins.advanced;
         if ins.out_of_order {
             self.stats.out_of_order_segments += 1;
-            self.dup_acks_owed = (self.dup_acks_owed + 1).min(64);
+            self.pending.dup_acks = (self.pending.dup_acks + 1).min(64);
         }
         if ins.out_of_order || (had_gap && ins.advanced > 0) || ins.advanced == 0 {
             // RFC 5681 4.2: ACK out-of-order data and gap fills at once.
-            self.ack_now = true;
+            self.pending.ack_now = true;
         } else {
             // Delayed ACK (RFC 1122 4.2.3.2), but an ACK for at least every second
             // full-sized segment (RFC 5681 4.2), even within one receive batch: the ACK
@@ -1287,7 +1299,7 @@ impl Connection {
                 self.segs_since_ack = 0;
                 self.owe_ack(self.rcv_nxt);
             } else if self.segs_since_ack >= 2 {
-                self.ack_now = true;
+                self.pending.ack_now = true;
             } else if self.timers[Timer::DelayedAck].is_none() {
                 self.timers[Timer::DelayedAck] = Some(now + self.cfg.delayed_ack);
             }
@@ -1310,7 +1322,7 @@ impl Connection {
         }
         self.fin_received = true;
         self.rcv_nxt = self.rcv_nxt + 1u32;
-        self.ack_now = true;
+        self.pending.ack_now = true;
         let our_fin_acked = self.fin_queued && self.snd_una == self.data_end() + 1u32;
         match self.state {
             State::SynReceived | State::Established => self.state = State::CloseWait,
@@ -1336,7 +1348,7 @@ impl Connection {
         }
         self.last_challenge_ack = Some(now);
         self.stats.challenge_acks += 1;
-        self.challenge_ack_pending = true;
+        self.pending.challenge_ack = true;
     }
 
     fn enter_time_wait(&mut self, now: Instant) {
@@ -1352,8 +1364,8 @@ impl Connection {
             self.error = error;
         }
         self.timers.stop_all();
-        self.ack_now = false;
-        self.dup_acks_owed = 0;
+        self.pending.ack_now = false;
+        self.pending.dup_acks = 0;
         self.acks_owed_len = 0;
     }
 
@@ -1361,7 +1373,7 @@ impl Connection {
     /// highest sequence number sent (RFC 9293 3.10.7.4), as Linux's tcp_write_err.
     fn give_up(&mut self) {
         if self.state != State::SynSent {
-            self.rst_pending = Some(self.rst_repr(self.snd_max, None));
+            self.pending.rst = Some(self.rst_repr(self.snd_max, None));
         }
         // RFC 5927 5.2: a soft ICMP error explains the timeout better.
         let error = self.soft_error.unwrap_or(TcpError::TimedOut);
@@ -1395,7 +1407,7 @@ impl Connection {
         }
         if self.timers.expired(Timer::DelayedAck, now) {
             self.timers[Timer::DelayedAck] = None;
-            self.ack_now = true;
+            self.pending.ack_now = true;
         }
         if self.timers.expired(Timer::Persist, now) {
             self.timers[Timer::Persist] = None;
@@ -1407,7 +1419,7 @@ impl Connection {
                     self.give_up();
                     return;
                 }
-                self.probe_pending = true;
+                self.pending.probe = true;
                 self.stats.window_probes += 1;
                 self.persist_backoff = (self.persist_backoff + 1).min(10);
                 self.timers[Timer::Persist] = Some(now + self.persist_interval());
@@ -1449,7 +1461,7 @@ impl Connection {
             return;
         }
         self.probes_out += 1;
-        self.probe_pending = true;
+        self.pending.probe = true;
         self.stats.keepalive_probes += 1;
         self.timers[Timer::Keepalive] = Some(now + self.cfg.keepalive_interval);
     }
@@ -1484,7 +1496,7 @@ impl Connection {
         self.rtt_probe = None; // Karn: never time a retransmission
         match self.state {
             _ if syn_unacked => {
-                self.syn_needed = true;
+                self.pending.syn = true;
                 self.snd_nxt = self.iss;
             }
             _ => {
@@ -1495,7 +1507,7 @@ impl Connection {
                 self.recovery = Recovery::None;
                 self.recover_guard = self.snd_max;
                 self.dupacks = 0;
-                self.fast_rtx_pending = false;
+                self.pending.fast_retransmit = false;
                 // RFC 2018 section 8: the receiver may have reneged; start over.
                 self.scoreboard.clear();
                 if self.cfg.mtu_probing && self.retries == BLACK_HOLE_RETRIES {
@@ -1588,11 +1600,11 @@ impl Connection {
         };
         if flags.ack {
             self.last_ack_sent = self.rcv_nxt;
-            self.ack_now = false;
+            self.pending.ack_now = false;
             self.rcv_unacked = 0;
             self.segs_since_ack = 0;
             self.timers[Timer::DelayedAck] = None;
-            self.window_update = false;
+            self.pending.window_update = false;
         }
         self.stats.segments_out += 1;
         TcpRepr {
@@ -1610,7 +1622,7 @@ impl Connection {
     /// The next segment to send, if any. Call until it returns `None` after every batch
     /// of input: that is what makes one ACK cover a whole batch of received segments.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        if let Some(rst) = self.rst_pending.take() {
+        if let Some(rst) = self.pending.rst.take() {
             self.stats.segments_out += 1;
             return Some(Transmit {
                 repr: rst,
@@ -1620,14 +1632,14 @@ impl Connection {
         }
         match self.state {
             State::Closed => return None,
-            _ if self.syn_needed && self.snd_una == self.iss => {
+            _ if self.pending.syn && self.snd_una == self.iss => {
                 return Some(self.syn_segment(now));
             }
             State::SynSent => return None,
             _ => {}
         }
-        if self.challenge_ack_pending {
-            self.challenge_ack_pending = false;
+        if self.pending.challenge_ack {
+            self.pending.challenge_ack = false;
             let repr = self.base_repr(now, self.snd_max, TcpFlags::ACK);
             return Some(Transmit {
                 repr,
@@ -1643,8 +1655,8 @@ impl Connection {
             // SYN-RECEIVED queues the FIN until then, RFC 9293 3.10.4).
             return self.pure_ack(now);
         }
-        if self.fast_rtx_pending {
-            self.fast_rtx_pending = false;
+        if self.pending.fast_retransmit {
+            self.pending.fast_retransmit = false;
             let len = self.snd_mss.min(self.send_buf.len());
             // Only while something is unacknowledged: data, or a FIN not yet acked.
             if self.snd_una < self.snd_max && (len > 0 || self.snd_una == self.data_end()) {
@@ -1658,8 +1670,8 @@ impl Connection {
         if let Some(t) = self.new_data(now) {
             return Some(t);
         }
-        if self.probe_pending {
-            self.probe_pending = false;
+        if self.pending.probe {
+            self.pending.probe = false;
             // An old sequence number draws an ACK with the current window.
             let repr = self.base_repr(now, self.snd_una - 1u32, TcpFlags::ACK);
             return Some(Transmit {
@@ -1682,21 +1694,21 @@ impl Connection {
         self.acks_owed_len -= 1;
         if ack == self.rcv_nxt || ack <= self.last_ack_sent {
             // The latest point is the ordinary ACK.
-            self.ack_now |= ack == self.rcv_nxt;
+            self.pending.ack_now |= ack == self.rcv_nxt;
             return self.owed_ack(now);
         }
         // Bytes after this point are still unacknowledged: keep the delayed-ACK state.
         let kept = (
-            self.ack_now,
-            self.window_update,
+            self.pending.ack_now,
+            self.pending.window_update,
             self.timers[Timer::DelayedAck],
             self.rcv_unacked,
             self.segs_since_ack,
         );
         let mut repr = self.base_repr(now, self.snd_max, TcpFlags::ACK);
         (
-            self.ack_now,
-            self.window_update,
+            self.pending.ack_now,
+            self.pending.window_update,
             self.timers[Timer::DelayedAck],
             self.rcv_unacked,
             self.segs_since_ack,
@@ -1713,16 +1725,19 @@ impl Connection {
     }
 
     fn pure_ack(&mut self, now: Instant) -> Option<Transmit> {
-        if self.dup_acks_owed > 0 {
-            self.dup_acks_owed -= 1;
-            self.ack_now = true;
+        if self.pending.dup_acks > 0 {
+            self.pending.dup_acks -= 1;
+            self.pending.ack_now = true;
         }
-        if !self.ack_now && self.window_update && self.advertised_edge().1 <= self.rcv_adv {
+        if !self.pending.ack_now
+            && self.pending.window_update
+            && self.advertised_edge().1 <= self.rcv_adv
+        {
             // RFC 9293 3.8.6.2.2: an update that does not move the right edge would
             // repeat the last ACK, a duplicate ACK to the peer.
-            self.window_update = false;
+            self.pending.window_update = false;
         }
-        if !(self.ack_now || self.window_update) {
+        if !(self.pending.ack_now || self.pending.window_update) {
             return None;
         }
         // The highest sequence number sent, not SND.NXT: after a timeout SND.NXT goes back,
@@ -1736,7 +1751,7 @@ impl Connection {
     }
 
     fn syn_segment(&mut self, now: Instant) -> Transmit {
-        self.syn_needed = false;
+        self.pending.syn = false;
         let flags = if self.state == State::SynSent {
             TcpFlags::SYN
         } else {
