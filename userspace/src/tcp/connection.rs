@@ -7,6 +7,7 @@
 use super::CongestionKind;
 use super::congestion::{CongestionControl, Cubic, NewReno};
 use super::reassembly::Reassembler;
+use super::recovery::{LossRecovery, Sender};
 use super::rtt::RttEstimator;
 use super::sack::Scoreboard;
 use super::send_buffer::SendBuffer;
@@ -295,15 +296,6 @@ pub struct Transmit {
     pub payload_len: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Recovery {
-    None,
-    /// Fast recovery until SND.UNA reaches `recover` (RFC 6582).
-    Fast {
-        recover: SeqNum,
-    },
-}
-
 /// One TCP connection as a pure state machine: segments and application calls in,
 /// segments and a deadline out. It never reads a clock or touches a socket.
 #[derive(Debug)]
@@ -377,12 +369,8 @@ pub struct Connection {
     rtt: RttEstimator,
     retries: u32,
     rtt_probe: Option<(SeqNum, Instant)>,
-    dupacks: u32,
-    recovery: Recovery,
-    /// RFC 6582 "recover": no new fast retransmit until SND.UNA passes it.
-    recover_guard: SeqNum,
-    rtx_next: SeqNum,
-    scoreboard: Scoreboard,
+    /// Fast retransmit, fast recovery and the SACK scoreboard.
+    loss: LossRecovery,
     cc: Box<dyn CongestionControl>,
 
     persist_backoff: u32,
@@ -464,11 +452,7 @@ impl Connection {
             rtt: RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto),
             retries: 0,
             rtt_probe: None,
-            dupacks: 0,
-            recovery: Recovery::None,
-            recover_guard: iss,
-            rtx_next: iss,
-            scoreboard: Scoreboard::default(),
+            loss: LossRecovery::new(iss),
             cc,
             persist_backoff: 0,
             probes_out: 0,
@@ -769,7 +753,7 @@ impl Connection {
         if self.recv.readable() == 0 && self.recv.storage_len() > 0 {
             self.recv = Reassembler::empty();
         }
-        self.scoreboard = Scoreboard::default();
+        self.loss.scoreboard = Scoreboard::default();
     }
 
     // ---------------------------------------------------------------- input
@@ -815,7 +799,7 @@ impl Connection {
         self.snd_mss = room - ts;
         self.snd_nxt = self.snd_una;
         self.rtt_probe = None;
-        self.scoreboard.clear();
+        self.loss.scoreboard.clear();
     }
 
     /// Processes one arriving segment (RFC 9293 3.10.7).
@@ -1071,7 +1055,8 @@ impl Connection {
 
         if self.sack_enabled {
             for &(l, r) in seg.options.sack_blocks() {
-                self.scoreboard
+                self.loss
+                    .scoreboard
                     .add(SeqNum(l), SeqNum(r), self.snd_una, self.snd_max);
             }
         }
@@ -1186,32 +1171,12 @@ impl Connection {
         if self.snd_nxt < ack {
             self.snd_nxt = ack;
         }
-        self.scoreboard.advance(ack);
         self.retries = 0;
         self.rtt.reset_backoff();
-        self.dupacks = 0;
-
-        match self.recovery {
-            Recovery::Fast { recover } if ack >= recover => {
-                // Full acknowledgment (RFC 6582 3.2 step 3): deflate to ssthresh.
-                self.recovery = Recovery::None;
-                let ssthresh = self.cc.ssthresh();
-                let flight = self.snd_max.since(self.snd_una) as usize;
-                self.cc
-                    .set_window(ssthresh.min(flight + self.snd_mss).max(self.snd_mss));
-            }
-            Recovery::Fast { .. } => {
-                // Partial acknowledgment (RFC 6582 3.2 step 4).
-                self.rtx_next = self.rtx_next.max(ack);
-                if !self.sack_enabled {
-                    self.pending.fast_retransmit = true;
-                    let cwnd = self.cc.window();
-                    self.cc
-                        .set_window(cwnd.saturating_sub(acked) + self.snd_mss);
-                }
-            }
-            Recovery::None if cwnd_limited => self.cc.on_ack(now, acked, self.rtt.srtt()),
-            Recovery::None => {}
+        let srtt = self.rtt.srtt();
+        let (loss, sender) = self.recovery_parts();
+        if loss.on_new_ack(now, ack, acked, cwnd_limited, srtt, sender) {
+            self.pending.fast_retransmit = true;
         }
 
         // RFC 6298 5.2/5.3: stop the timer when all is acknowledged, else restart it.
@@ -1222,34 +1187,23 @@ impl Connection {
         };
     }
 
+    /// The loss recovery state, and the sender fields and congestion controller it uses.
+    fn recovery_parts(&mut self) -> (&mut LossRecovery, Sender<'_>) {
+        let sender = Sender {
+            snd_una: self.snd_una,
+            snd_max: self.snd_max,
+            snd_mss: self.snd_mss,
+            sack: self.sack_enabled,
+            cc: self.cc.as_mut(),
+        };
+        (&mut self.loss, sender)
+    }
+
     fn on_dup_ack(&mut self, now: Instant) {
-        self.dupacks += 1;
-        let sack_loss =
-            self.sack_enabled && self.scoreboard.sacked_bytes() as usize >= 3 * self.snd_mss;
-        match self.recovery {
-            Recovery::None
-                if (self.dupacks >= 3 || sack_loss) && self.snd_una >= self.recover_guard =>
-            {
-                // Fast retransmit (RFC 5681 3.2 steps 2-4, RFC 6582 3.2 step 2).
-                let flight = self.snd_max.since(self.snd_una) as usize;
-                let ssthresh = self.cc.on_loss(now, flight);
-                self.recovery = Recovery::Fast {
-                    recover: self.snd_max,
-                };
-                self.recover_guard = self.snd_max;
-                self.rtx_next = self.snd_una;
-                self.pending.fast_retransmit = true;
-                self.stats.fast_retransmits += 1;
-                if !self.sack_enabled {
-                    self.cc.set_window(ssthresh + 3 * self.snd_mss);
-                }
-            }
-            Recovery::Fast { .. } if !self.sack_enabled => {
-                // Inflate by one segment per further duplicate (RFC 5681 3.2 step 5).
-                let cwnd = self.cc.window();
-                self.cc.set_window(cwnd + self.snd_mss);
-            }
-            _ => {}
+        let (loss, sender) = self.recovery_parts();
+        if loss.on_dup_ack(now, sender) {
+            self.pending.fast_retransmit = true;
+            self.stats.fast_retransmits += 1;
         }
     }
 
@@ -1504,12 +1458,8 @@ impl Connection {
                 let flight = self.snd_max.since(self.snd_una) as usize;
                 self.cc.on_timeout(now, flight);
                 self.snd_nxt = self.snd_una;
-                self.recovery = Recovery::None;
-                self.recover_guard = self.snd_max;
-                self.dupacks = 0;
+                self.loss.on_timeout(self.snd_max);
                 self.pending.fast_retransmit = false;
-                // RFC 2018 section 8: the receiver may have reneged; start over.
-                self.scoreboard.clear();
                 if self.cfg.mtu_probing && self.retries == BLACK_HOLE_RETRIES {
                     // A path that drops big segments and filters the ICMP that would say
                     // so (RFC 4821 section 1, RFC 2923 2.1): like Linux's tcp_mtu_probing
@@ -1833,14 +1783,11 @@ impl Connection {
 
     /// RFC 6675 NextSeg rule 1 during SACK recovery: retransmit holes below the highest SACK.
     fn sack_retransmit(&mut self, now: Instant) -> Option<Transmit> {
-        if !self.sack_enabled || self.recovery == Recovery::None {
+        if !self.sack_enabled || !self.loss.in_recovery() {
             return None;
         }
-        let from = self.rtx_next.max(self.snd_una);
-        let (start, hole) = self.scoreboard.next_hole(from)?;
-        let pipe = self
-            .scoreboard
-            .pipe(self.snd_una, self.snd_max, self.rtx_next) as usize;
+        let (start, hole) = self.loss.next_hole(self.snd_una)?;
+        let pipe = self.loss.pipe(self.snd_una, self.snd_max) as usize;
         let len = (hole as usize)
             .min(self.snd_mss)
             .min(self.data_end().since(start) as usize);
@@ -1849,7 +1796,7 @@ impl Connection {
         }
         self.stats.retransmits += 1;
         let t = self.data_segment(now, start, len);
-        self.rtx_next = start + t.payload_len;
+        self.loss.retransmitted_to(start + t.payload_len);
         Some(t)
     }
 
@@ -1871,9 +1818,8 @@ impl Connection {
         } else {
             0
         };
-        let in_flight = if self.sack_enabled && self.recovery != Recovery::None {
-            self.scoreboard
-                .pipe(self.snd_una, self.snd_max, self.rtx_next) as usize
+        let in_flight = if self.sack_enabled && self.loss.in_recovery() {
+            self.loss.pipe(self.snd_una, self.snd_max) as usize
         } else {
             self.snd_nxt.since(self.snd_una) as usize
         };

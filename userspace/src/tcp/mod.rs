@@ -6,6 +6,7 @@ pub mod congestion;
 mod connection;
 pub mod isn;
 pub mod reassembly;
+mod recovery;
 pub mod rtt;
 pub mod sack;
 pub mod send_buffer;
