@@ -343,8 +343,8 @@ impl Pair {
                 eprintln!(
                     "{:>10} B->A seq={} ack={} {:?} len={} win={} ts={:?} sack={:?} | A {:?}->{:?}",
                     now.0,
-                    seg.seq,
-                    seg.ack,
+                    seg.seq.0,
+                    seg.ack.map_or(0, |a| a.0),
                     seg.flags,
                     seg.payload.len(),
                     seg.window,

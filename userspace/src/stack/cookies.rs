@@ -3,6 +3,7 @@
 //! ISN, a 64-second counter and an MSS index), and the ACK completing the handshake
 //! rebuilds it. Options the cookie cannot hold ride in the TSval, as in Linux.
 use super::Stack;
+use crate::tcp::seq::SeqNum;
 use crate::tcp::{self, Instant};
 use crate::wire::{MacAddr, TcpFlags, TcpOptions, TcpRepr};
 use std::net::SocketAddrV4;
@@ -49,7 +50,7 @@ impl Stack {
     ) {
         let peer_mss = seg.options.mss.unwrap_or(536).min(self.cfg.tcp.mss);
         let index = COOKIE_MSS.iter().rposition(|&m| m <= peer_mss).unwrap_or(0) as u32;
-        let isn = self.cookie(Self::cookie_counter(now), local, remote, seg.seq, index);
+        let isn = self.cookie(Self::cookie_counter(now), local, remote, seg.seq.0, index);
         let tcp = &self.cfg.tcp;
         let mut options = TcpOptions {
             mss: Some(COOKIE_MSS[index as usize]),
@@ -77,8 +78,8 @@ impl Stack {
         let repr = TcpRepr {
             src_port: local.port(),
             dst_port: remote.port(),
-            seq: isn,
-            ack: seg.seq.wrapping_add(1),
+            seq: SeqNum(isn),
+            ack: Some(seg.seq + 1u32),
             flags: TcpFlags::SYN_ACK,
             window: tcp.recv_buffer.min(65535) as u16,
             options,
@@ -115,8 +116,8 @@ impl Stack {
         remote: SocketAddrV4,
         seg: &TcpRepr<'_>,
     ) -> Option<u16> {
-        let cookie = seg.ack.wrapping_sub(1);
-        let client_isn = seg.seq.wrapping_sub(1);
+        let cookie = seg.ack.unwrap_or_default().0.wrapping_sub(1);
+        let client_isn = seg.seq.0.wrapping_sub(1);
         let index = (cookie >> 24) & 0x3;
         let current = Self::cookie_counter(now);
         (0..2u64)

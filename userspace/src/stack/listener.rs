@@ -101,7 +101,7 @@ impl Stack {
             let syn = TcpRepr {
                 src_port: remote.port(),
                 dst_port: port,
-                seq: seg.seq.wrapping_sub(1),
+                seq: seg.seq - 1u32,
                 flags: TcpFlags::SYN,
                 window: seg.window,
                 options,
@@ -113,7 +113,7 @@ impl Stack {
                 self.cfg.tcp.clone(),
                 local,
                 remote,
-                seg.ack.wrapping_sub(1),
+                seg.ack.unwrap_or_default().0.wrapping_sub(1),
                 &syn,
             );
             conn.set_timestamp_offset(self.timestamp_offset(local, remote));

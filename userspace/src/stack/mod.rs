@@ -16,7 +16,7 @@ pub use stats::StackStats;
 
 use crate::device::Device;
 use crate::tcp::isn::IsnGenerator;
-use crate::tcp::{self, Connection, Instant, State, TcpError};
+use crate::tcp::{self, Connection, Instant, SeqNum, State, TcpError};
 use crate::wire::{
     self, ArpOp, ArpRepr, BROADCAST_MAC, Frame, IcmpRepr, Ipv4Info, MacAddr, TcpFlags, TcpRepr,
     WireError,
@@ -779,9 +779,9 @@ impl Stack {
             return;
         }
         let (seq, ack, flags) = if seg.flags.ack {
-            (seg.ack, 0, TcpFlags::RST)
+            (seg.ack.unwrap_or_default(), None, TcpFlags::RST)
         } else {
-            (0, seg.seq.wrapping_add(seg.seq_len()), TcpFlags::RST_ACK)
+            (SeqNum(0), Some(seg.seq + seg.seq_len()), TcpFlags::RST_ACK)
         };
         let repr = TcpRepr {
             src_port: local.port(),

@@ -143,7 +143,7 @@ fn syn(port: u16, seq: u32) -> TcpRepr<'static> {
     TcpRepr {
         src_port: 40_000,
         dst_port: port,
-        seq,
+        seq: SeqNum(seq),
         flags: TcpFlags::SYN,
         window: 65535,
         options: TcpOptions {
@@ -190,7 +190,7 @@ fn closed_port_is_answered_with_rst() {
     let out = tcp_out(&ds);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].flags, TcpFlags::RST_ACK);
-    assert_eq!(out[0].ack, 101);
+    assert_eq!(out[0].ack, Some(SeqNum(101)));
     assert_eq!(s.stats.rst_sent, 1);
 }
 
@@ -210,8 +210,8 @@ fn syn_cookies_when_the_syn_queue_is_full() {
     let ack = TcpRepr {
         src_port: 40_000,
         dst_port: 80,
-        seq: 5001,
-        ack: cookie.wrapping_add(1),
+        seq: SeqNum(5001),
+        ack: Some(cookie + 1u32),
         flags: TcpFlags::ACK,
         window: 65535,
         payload: b"hello",
@@ -227,14 +227,18 @@ fn syn_cookies_when_the_syn_queue_is_full() {
     // A forged ACK (wrong cookie) gets a RST, not a connection.
     let forged = TcpRepr {
         src_port: 40_001,
-        seq: 7001,
-        ack: 12345,
+        seq: SeqNum(7001),
+        ack: Some(SeqNum(12345)),
         ..ack
     };
     ds.inject(&frame(&forged));
     s.poll(now + Duration::from_millis(2), &mut ds);
     assert_eq!(s.stats.syn_cookies_accepted, 1);
-    assert!(tcp_out(&ds).iter().any(|r| r.flags.rst && r.seq == 12345));
+    assert!(
+        tcp_out(&ds)
+            .iter()
+            .any(|r| r.flags.rst && r.seq == SeqNum(12345))
+    );
 }
 
 #[test]
@@ -331,8 +335,8 @@ fn accept_queue_is_bounded() {
         let ack = TcpRepr {
             src_port: synack.dst_port,
             dst_port: 80,
-            seq: 101,
-            ack: synack.seq.wrapping_add(1),
+            seq: SeqNum(101),
+            ack: Some(synack.seq + 1u32),
             flags: TcpFlags::ACK,
             window: 65535,
             ..Default::default()

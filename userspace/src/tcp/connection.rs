@@ -487,7 +487,7 @@ impl Connection {
         syn: &TcpRepr<'_>,
     ) -> Self {
         let mut c = Connection::new(cfg, local, remote, iss, State::SynReceived);
-        c.irs = SeqNum(syn.seq);
+        c.irs = syn.seq;
         c.rcv_nxt = c.irs + 1u32;
         c.rcv_adv = c.rcv_nxt;
         c.negotiate(&syn.options);
@@ -736,7 +736,7 @@ impl Connection {
         }
         match (self.ts_enabled, seg.options.timestamps) {
             (true, Some((tsval, _))) => (tsval.wrapping_sub(self.ts_recent) as i32) > 0,
-            _ => SeqNum(seg.seq) > self.rcv_nxt,
+            _ => seg.seq > self.rcv_nxt,
         }
     }
 
@@ -811,9 +811,9 @@ impl Connection {
             // not released answers like a closed port, with a RST.
             State::Closed if !seg.flags.rst => {
                 self.pending.rst = Some(if seg.flags.ack {
-                    self.rst_repr(SeqNum(seg.ack), None)
+                    self.rst_repr(seg.ack.unwrap_or_default(), None)
                 } else {
-                    self.rst_repr(SeqNum(0), Some(SeqNum(seg.seq) + seg.seq_len()))
+                    self.rst_repr(SeqNum(0), Some(seg.seq + seg.seq_len()))
                 });
             }
             State::Closed => {}
@@ -846,7 +846,7 @@ impl Connection {
     }
 
     fn handle_syn_sent(&mut self, now: Instant, seg: &TcpRepr<'_>) {
-        let ack = SeqNum(seg.ack);
+        let ack = seg.ack.unwrap_or_default();
         // RFC 9293 3.10.7.3, first: check the ACK.
         let ack_ok = seg.flags.ack && ack > self.iss && ack <= self.snd_max;
         if seg.flags.ack && !ack_ok {
@@ -864,7 +864,7 @@ impl Connection {
         if !seg.flags.syn {
             return;
         }
-        self.irs = SeqNum(seg.seq);
+        self.irs = seg.seq;
         self.rcv_nxt = self.irs + 1u32;
         self.rcv_adv = self.rcv_nxt;
         self.negotiate(&seg.options);
@@ -898,7 +898,7 @@ impl Connection {
     }
 
     fn handle_synchronized(&mut self, now: Instant, seg: &TcpRepr<'_>) {
-        let seq = SeqNum(seg.seq);
+        let seq = seg.seq;
         let seg_len = seg.seq_len();
         let rcv_wnd = if self.rcv_adv > self.rcv_nxt {
             self.rcv_adv.since(self.rcv_nxt)
@@ -1023,8 +1023,8 @@ impl Connection {
 
     /// The ACK field (RFC 9293 3.10.7.4, fifth). Returns false if the segment is dropped.
     fn process_ack(&mut self, now: Instant, seg: &TcpRepr<'_>) -> bool {
-        let ack = SeqNum(seg.ack);
-        let seq = SeqNum(seg.seq);
+        let ack = seg.ack.unwrap_or_default();
+        let seq = seg.seq;
         let opening = self.state == State::SynReceived;
         if opening {
             if ack > self.snd_una && ack <= self.snd_max {
@@ -1492,8 +1492,8 @@ impl Connection {
         TcpRepr {
             src_port: self.local.port(),
             dst_port: self.remote.port(),
-            seq: seq.0,
-            ack: ack.map_or(0, |a| a.0),
+            seq,
+            ack,
             flags: if ack.is_some() {
                 TcpFlags::RST_ACK
             } else {
@@ -1560,8 +1560,8 @@ impl Connection {
         TcpRepr {
             src_port: self.local.port(),
             dst_port: self.remote.port(),
-            seq: seq.0,
-            ack: if flags.ack { self.rcv_nxt.0 } else { 0 },
+            seq,
+            ack: flags.ack.then_some(self.rcv_nxt),
             flags,
             window,
             options,
@@ -1664,7 +1664,7 @@ impl Connection {
             self.segs_since_ack,
         ) = kept;
         let edge = self.rcv_nxt + (u32::from(repr.window) << self.rcv_wscale);
-        repr.ack = ack.0;
+        repr.ack = Some(ack);
         repr.window = (edge.since(ack) >> self.rcv_wscale).min(65535) as u16;
         self.last_ack_sent = ack;
         Some(Transmit {
