@@ -7,7 +7,7 @@ use std::time::Duration;
 use userspace::device::memory::MemoryDevice;
 use userspace::stack::{Stack, StackConfig};
 use userspace::tcp::reassembly::Reassembler;
-use userspace::tcp::{Config, Connection, Instant, State};
+use userspace::tcp::{Config, Connection, Instant, SeqNum, State};
 use userspace::wire::{self, TcpFlags, TcpOptions, TcpRepr};
 
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -20,8 +20,8 @@ fn data_frame(seq: u32, payload: &[u8]) -> Vec<u8> {
     let repr = TcpRepr {
         src_port: 80,
         dst_port: 50_000,
-        seq,
-        ack: 1,
+        seq: SeqNum(seq),
+        ack: Some(SeqNum(1)),
         flags: TcpFlags::ACK,
         window: 65535,
         options: TcpOptions {
@@ -58,8 +58,8 @@ fn established() -> (Connection, u32) {
     let synack = TcpRepr {
         src_port: 80,
         dst_port: 50_000,
-        seq: 1000,
-        ack: 1,
+        seq: SeqNum(1000),
+        ack: Some(SeqNum(1)),
         flags: TcpFlags::SYN_ACK,
         window: 65535,
         options: TcpOptions {
@@ -114,8 +114,8 @@ fn wire_benches(c: &mut Criterion) {
     let repr = TcpRepr {
         src_port: 1,
         dst_port: 2,
-        seq: 3,
-        ack: 4,
+        seq: SeqNum(3),
+        ack: Some(SeqNum(4)),
         flags: TcpFlags::ACK,
         window: 5,
         options: TcpOptions {
@@ -144,8 +144,8 @@ fn in_order(seq: u32, payload: &[u8]) -> TcpRepr<'_> {
     TcpRepr {
         src_port: 80,
         dst_port: 50_000,
-        seq,
-        ack: 1,
+        seq: SeqNum(seq),
+        ack: Some(SeqNum(1)),
         flags: TcpFlags::ACK,
         window: 65535,
         options: TcpOptions::default(),

@@ -2,6 +2,7 @@
 //! the same code in the normal test suite.
 use crate::device::memory::MemoryDevice;
 use crate::stack::{Stack, StackConfig};
+use crate::tcp::seq::SeqNum;
 use crate::tcp::{Config, Connection, Instant, State};
 use crate::wire::{MacAddr, TcpFlags, TcpOptions, TcpRepr};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -98,8 +99,8 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
         let repr = TcpRepr {
             src_port: 40_000,
             dst_port: 80,
-            seq,
-            ack: 1,
+            seq: SeqNum(seq),
+            ack: Some(SeqNum(1)),
             flags,
             window: 65535,
             options,
@@ -185,7 +186,7 @@ pub fn drive_connection(data: &[u8]) {
         let syn = TcpRepr {
             src_port: 40_000,
             dst_port: 80,
-            seq: 7,
+            seq: SeqNum(7),
             flags: TcpFlags::SYN,
             window: 1024,
             options: TcpOptions {
@@ -247,8 +248,8 @@ pub fn drive_connection(data: &[u8]) {
                 let seg = TcpRepr {
                     src_port: 40_000,
                     dst_port: 80,
-                    seq,
-                    ack,
+                    seq: SeqNum(seq),
+                    ack: flags.ack.then_some(SeqNum(ack)),
                     flags,
                     window,
                     options,

@@ -119,7 +119,7 @@ impl Driver {
 
     /// Syncs the connections the stack has news for; true if there were any.
     fn sync_ready(&mut self) -> bool {
-        self.rt.stack.drain_ready(&mut self.ready);
+        self.rt.stack.drain_news(&mut self.ready);
         let any = !self.ready.is_empty();
         let mut ready = std::mem::take(&mut self.ready);
         for id in ready.drain(..) {

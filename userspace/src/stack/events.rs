@@ -5,7 +5,7 @@ use crate::tcp::{State, TcpError};
 
 /// The events of one connection at this moment (level-triggered, like `poll(2)`).
 ///
-/// [`Stack::drain_ready`] names the connections that may have new events; this says
+/// [`Stack::drain_news`] names the connections that may have new events; this says
 /// which ones.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Events {
@@ -68,7 +68,7 @@ impl Stack {
                 && error.is_none()
                 && !matches!(state, State::SynSent | State::SynReceived)
                 && conn.send_capacity() > 0,
-            connected: conn.is_established() || (closed && error.is_none()),
+            connected: conn.is_synchronized() || (closed && error.is_none()),
             closed,
             error,
             read_closed,
@@ -219,12 +219,12 @@ mod tests {
         let mut c = Stack::new(StackConfig::new(MAC_C, IP_C, 24));
         let mut now = Instant::from_millis(1);
         let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
-        let mut ready = Vec::new();
+        let mut news = Vec::new();
         let mut reported = false;
         while now < Instant::from_millis(10_000) && !c.events(id).closed {
             c.poll(now, &mut dc);
-            c.drain_ready(&mut ready);
-            reported |= ready.contains(&id);
+            c.drain_news(&mut news);
+            reported |= news.contains(&id);
             now = now + Duration::from_millis(10);
         }
         assert_eq!(c.events(id).error, Some(TcpError::HostUnreachable));

@@ -1,9 +1,12 @@
 //! The stack: demultiplexes frames to connections by 4-tuple, runs ARP, ICMP, the
-//! listeners (SYN queue, accept queue, SYN cookies) and the timers, and batches output.
+//! listeners (SYN queue and accept queue in `listener.rs`, SYN cookies in `cookies.rs`)
+//! and the timers, and batches output.
 //!
 //! It is sans-IO like the TCP below it: [`Stack::poll`] is given `now` and a [`Device`].
 mod arp;
+mod cookies;
 mod events;
+mod listener;
 mod stats;
 mod timers;
 
@@ -13,12 +16,13 @@ pub use stats::StackStats;
 
 use crate::device::Device;
 use crate::tcp::isn::IsnGenerator;
-use crate::tcp::{self, Connection, Instant, State, TcpError};
+use crate::tcp::{self, Connection, Instant, SeqNum, State, TcpError};
 use crate::wire::{
-    self, ArpOp, ArpRepr, BROADCAST_MAC, Frame, IcmpRepr, Ipv4Info, MacAddr, TcpFlags, TcpOptions,
-    TcpRepr, WireError,
+    self, ArpOp, ArpRepr, BROADCAST_MAC, Frame, IcmpRepr, Ipv4Info, MacAddr, TcpFlags, TcpRepr,
+    WireError,
 };
-use std::collections::{HashMap, VecDeque};
+use listener::Listener;
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use timers::TimerHeap;
 
@@ -120,9 +124,10 @@ struct Entry {
     released: bool,
     /// Half-open connection of this listener, not yet in its accept queue.
     listener: Option<u16>,
-    dirty: bool,
-    /// Queued in `ready` for the application.
-    ready: bool,
+    /// Queued in `Stack::needs_output`: the connection may have segments to send.
+    needs_output: bool,
+    /// Queued in `Stack::app_news`: the connection has news for the application.
+    has_news: bool,
     /// Waiting in `Stack::waiting` for the next hop's MAC address.
     parked: bool,
     timer: Option<Instant>,
@@ -134,16 +139,10 @@ struct Slot {
     entry: Option<Entry>,
 }
 
+/// Frames the stack sends without a connection (ARP requests and replies, RSTs and
+/// cookie SYN-ACKs, echo replies), queued during receive and sent after the batch.
 #[derive(Debug)]
-struct Listener {
-    backlog: usize,
-    half_open: usize,
-    accept_queue: VecDeque<ConnId>,
-}
-
-/// Frames the stack answers itself, queued during receive and sent after the batch.
-#[derive(Debug)]
-enum Control {
+enum StatelessFrame {
     Arp {
         eth_dst: MacAddr,
         arp: ArpRepr,
@@ -162,18 +161,8 @@ enum Control {
     },
 }
 
-/// The low TSval bits of a cookie SYN-ACK that carry options, as in Linux.
-const COOKIE_TS_MASK: u32 = 0x3f;
-const COOKIE_WS_MASK: u32 = 0x0f;
-/// Window scale bits meaning "no window scale" (valid shifts end at 14).
-const COOKIE_NO_WS: u8 = 0x0f;
-const COOKIE_SACK: u32 = 0x10;
-
 /// How often stale ARP entries are swept.
 const ARP_GC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Segment sizes encodable in a SYN cookie (RFC 4987 section 3.6).
-const COOKIE_MSS: [u16; 4] = [536, 1220, 1440, 1460];
 
 /// The sans-IO stack: connections, listeners, ARP and timers over a [`Device`], driven
 /// by [`Stack::poll`]. It never reads a clock: time is passed in.
@@ -186,10 +175,12 @@ pub struct Stack {
     by_tuple: HashMap<(SocketAddrV4, SocketAddrV4), usize>,
     listeners: HashMap<u16, Listener>,
     timers: TimerHeap,
-    dirty: Vec<usize>,
+    /// Connections that may have segments to send, emitted at the end of the poll.
+    needs_output: Vec<usize>,
     /// Connections with news for the application (segments arrived, timers fired).
-    ready: Vec<ConnId>,
-    control: Vec<Control>,
+    app_news: Vec<ConnId>,
+    /// Frames to send that belong to no connection.
+    stateless: Vec<StatelessFrame>,
     /// Connections waiting for a next hop's MAC address, by next hop: an ARP frame wakes
     /// only those, never scans every slot.
     waiting: HashMap<Ipv4Addr, Vec<ConnId>>,
@@ -236,9 +227,9 @@ impl Stack {
             by_tuple: HashMap::new(),
             listeners: HashMap::new(),
             timers: TimerHeap::default(),
-            dirty: Vec::with_capacity(1024),
-            ready: Vec::with_capacity(1024),
-            control: Vec::with_capacity(64),
+            needs_output: Vec::with_capacity(1024),
+            app_news: Vec::with_capacity(1024),
+            stateless: Vec::with_capacity(64),
             waiting: HashMap::new(),
             now: Instant::ZERO,
             arp_scratch: Vec::new(),
@@ -323,42 +314,6 @@ impl Stack {
         self.isn.hash(local, remote, u64::from(u32::MAX)) as u32
     }
 
-    /// Starts listening on `port` with an accept queue of `backlog`.
-    pub fn listen(&mut self, port: u16, backlog: usize) -> Result<(), StackError> {
-        if self.listeners.contains_key(&port) {
-            return Err(StackError::PortInUse);
-        }
-        self.listeners.insert(
-            port,
-            Listener {
-                backlog: backlog.max(1),
-                half_open: 0,
-                accept_queue: VecDeque::new(),
-            },
-        );
-        Ok(())
-    }
-
-    /// Stops listening; queued connections not yet accepted are aborted.
-    pub fn unlisten(&mut self, port: u16) {
-        if let Some(l) = self.listeners.remove(&port) {
-            for id in l.accept_queue {
-                self.abort(id);
-                self.release(id);
-            }
-        }
-    }
-
-    /// The ports listened on.
-    pub fn listening_ports(&self) -> Vec<u16> {
-        self.listeners.keys().copied().collect()
-    }
-
-    /// The next established connection on `port`'s accept queue.
-    pub fn accept(&mut self, port: u16) -> Option<ConnId> {
-        self.listeners.get_mut(&port)?.accept_queue.pop_front()
-    }
-
     fn entry(&self, id: ConnId) -> Option<&Entry> {
         let slot = self.slots.get(id.slot as usize)?;
         if slot.generation != id.generation {
@@ -373,9 +328,9 @@ impl Stack {
             return None;
         }
         let entry = slot.entry.as_mut()?;
-        if !entry.dirty {
-            entry.dirty = true;
-            self.dirty.push(id.slot as usize);
+        if !entry.needs_output {
+            entry.needs_output = true;
+            self.needs_output.push(id.slot as usize);
         }
         Some(entry)
     }
@@ -466,7 +421,7 @@ impl Stack {
     /// Gratuitous ARP for our address (owned-IP mode), so neighbours learn it at once.
     pub fn announce(&mut self) {
         let arp = self.arp_request(self.cfg.ip);
-        self.control.push(Control::Arp {
+        self.stateless.push(StatelessFrame::Arp {
             eth_dst: BROADCAST_MAC,
             arp,
         });
@@ -487,7 +442,7 @@ impl Stack {
     pub fn request_arp(&mut self, now: Instant, ip: Ipv4Addr) {
         if self.arp.should_request(ip, now) {
             let arp = self.arp_request(ip);
-            self.control.push(Control::Arp {
+            self.stateless.push(StatelessFrame::Arp {
                 eth_dst: BROADCAST_MAC,
                 arp,
             });
@@ -503,8 +458,8 @@ impl Stack {
             conn,
             released: false,
             listener,
-            dirty: true,
-            ready: false,
+            needs_output: true,
+            has_news: false,
             parked: false,
             timer: None,
         };
@@ -517,7 +472,7 @@ impl Stack {
         };
         self.slots[slot].entry = Some(entry);
         self.by_tuple.insert(tuple, slot);
-        self.dirty.push(slot);
+        self.needs_output.push(slot);
         self.live += 1;
         self.stats.connections_opened += 1;
         ConnId {
@@ -544,35 +499,35 @@ impl Stack {
     }
 
     /// Moves the connections with news for the application into `out` (cleared first).
-    pub fn drain_ready(&mut self, out: &mut Vec<ConnId>) {
+    pub fn drain_news(&mut self, out: &mut Vec<ConnId>) {
         out.clear();
-        std::mem::swap(out, &mut self.ready);
+        std::mem::swap(out, &mut self.app_news);
         for id in out.iter() {
             if let Some(e) = self.slots[id.slot as usize].entry.as_mut() {
-                e.ready = false;
+                e.has_news = false;
             }
         }
     }
 
-    fn mark_ready(&mut self, slot: usize) {
+    fn mark_news(&mut self, slot: usize) {
         let generation = self.slots[slot].generation;
         if let Some(e) = self.slots[slot].entry.as_mut()
-            && !e.ready
+            && !e.has_news
         {
-            e.ready = true;
-            self.ready.push(ConnId {
+            e.has_news = true;
+            self.app_news.push(ConnId {
                 slot: slot as u32,
                 generation,
             });
         }
     }
 
-    fn mark_dirty(&mut self, slot: usize) {
+    fn mark_needs_output(&mut self, slot: usize) {
         if let Some(e) = self.slots[slot].entry.as_mut()
-            && !e.dirty
+            && !e.needs_output
         {
-            e.dirty = true;
-            self.dirty.push(slot);
+            e.needs_output = true;
+            self.needs_output.push(slot);
         }
     }
 
@@ -601,9 +556,9 @@ impl Stack {
             // restarted the RTO): then nothing is due and the entry is simply renewed.
             if entry.conn.poll_timeout().is_some_and(|t| t <= now) {
                 entry.conn.handle_timeout(now);
-                self.mark_ready(slot);
+                self.mark_news(slot);
             }
-            self.mark_dirty(slot);
+            self.mark_needs_output(slot);
         }
         if self.arp.next_retry().is_some_and(|t| t <= now) {
             self.arp_timers(now);
@@ -728,7 +683,7 @@ impl Stack {
         self.stats.arp_in += 1;
         self.arp_learned(arp.sender_ip, arp.sender_mac, false);
         if arp.op == ArpOp::Request && self.cfg.mode == AddressMode::Owned {
-            self.control.push(Control::Arp {
+            self.stateless.push(StatelessFrame::Arp {
                 eth_dst: arp.sender_mac,
                 arp: ArpRepr {
                     op: ArpOp::Reply,
@@ -748,7 +703,7 @@ impl Stack {
         }
         match icmp {
             IcmpRepr::EchoRequest { ident, seq, data } if self.cfg.mode == AddressMode::Owned => {
-                self.control.push(Control::EchoReply {
+                self.stateless.push(StatelessFrame::EchoReply {
                     ip_dst: ip.src,
                     eth_dst: eth_src,
                     ident,
@@ -775,8 +730,8 @@ impl Stack {
                         e.conn
                             .handle_icmp_unreachable(code, quoted_seq, next_hop_mtu);
                     }
-                    self.mark_dirty(slot);
-                    self.mark_ready(slot);
+                    self.mark_needs_output(slot);
+                    self.mark_news(slot);
                 }
             }
             _ => self.stats.icmp_ignored += 1,
@@ -796,8 +751,8 @@ impl Stack {
                 if let Some(e) = self.slots[slot].entry.as_mut() {
                     e.conn.handle_segment(now, seg);
                 }
-                self.mark_dirty(slot);
-                self.mark_ready(slot);
+                self.mark_needs_output(slot);
+                self.mark_news(slot);
                 return;
             }
             // RFC 9293 3.6.1 / RFC 6191: a new SYN with a higher sequence number or a
@@ -824,9 +779,9 @@ impl Stack {
             return;
         }
         let (seq, ack, flags) = if seg.flags.ack {
-            (seg.ack, 0, TcpFlags::RST)
+            (seg.ack.unwrap_or_default(), None, TcpFlags::RST)
         } else {
-            (0, seg.seq.wrapping_add(seg.seq_len()), TcpFlags::RST_ACK)
+            (SeqNum(0), Some(seg.seq + seg.seq_len()), TcpFlags::RST_ACK)
         };
         let repr = TcpRepr {
             src_port: local.port(),
@@ -842,89 +797,11 @@ impl Stack {
 
     /// A segment the stack answers without a connection (RST, cookie SYN-ACK), sent after the batch.
     fn queue_tcp(&mut self, remote: SocketAddrV4, eth_dst: MacAddr, repr: TcpRepr<'static>) {
-        self.control.push(Control::Tcp {
+        self.stateless.push(StatelessFrame::Tcp {
             ip_dst: *remote.ip(),
             eth_dst,
             repr,
         });
-    }
-
-    /// Listen state (RFC 9293 3.10.7.2) with a bounded SYN queue and SYN cookies (RFC 4987).
-    fn listener_input(
-        &mut self,
-        now: Instant,
-        eth_src: MacAddr,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
-        seg: &TcpRepr<'_>,
-    ) {
-        if seg.flags.rst {
-            return;
-        }
-        let port = local.port();
-        if seg.flags.syn && !seg.flags.ack {
-            if self.live >= self.cfg.max_connections {
-                self.stats.listen_drops += 1;
-                return;
-            }
-            let listener = &self.listeners[&port];
-            if listener.accept_queue.len() >= listener.backlog {
-                // Linux (tcp_conn_request): a full accept queue drops the SYN; the
-                // client retransmits it. Cookies would only pile more onto the queue.
-                self.stats.listen_overflows += 1;
-                return;
-            }
-            if listener.half_open >= self.cfg.syn_backlog {
-                self.send_cookie(now, eth_src, local, remote, seg);
-                return;
-            }
-            self.learn_next_hop(*remote.ip(), eth_src);
-            let iss = self.isn.isn(now, local, remote);
-            let mut conn = Connection::accept(now, self.cfg.tcp.clone(), local, remote, iss, seg);
-            conn.set_timestamp_offset(self.timestamp_offset(local, remote));
-            self.insert(conn, Some(port));
-            if let Some(l) = self.listeners.get_mut(&port) {
-                l.half_open += 1;
-            }
-            return;
-        }
-        if seg.flags.ack
-            && !seg.flags.syn
-            && let Some(mss) = self.check_cookie(now, local, remote, seg)
-        {
-            let options = self.cookie_options(seg, mss);
-            self.stats.syn_cookies_accepted += 1;
-            let syn = TcpRepr {
-                src_port: remote.port(),
-                dst_port: port,
-                seq: seg.seq.wrapping_sub(1),
-                flags: TcpFlags::SYN,
-                window: seg.window,
-                options,
-                ..Default::default()
-            };
-            self.learn_next_hop(*remote.ip(), eth_src);
-            let mut conn = Connection::accept(
-                now,
-                self.cfg.tcp.clone(),
-                local,
-                remote,
-                seg.ack.wrapping_sub(1),
-                &syn,
-            );
-            conn.set_timestamp_offset(self.timestamp_offset(local, remote));
-            conn.mark_syn_sent(now);
-            conn.handle_segment(now, seg);
-            let id = self.insert(conn, None);
-            self.enqueue_accept(port, id);
-            return;
-        }
-        if !seg.flags.ack {
-            // RFC 9293 3.10.7.2: any other segment without ACK is dropped.
-            self.stats.listen_drops += 1;
-            return;
-        }
-        self.no_connection(eth_src, local, remote, seg);
     }
 
     /// The frame that opened a connection came from the next hop back to its sender, so
@@ -982,139 +859,26 @@ impl Stack {
                     e.parked = false;
                     e.conn.neighbour_failed();
                 }
-                self.mark_ready(id.slot as usize);
+                self.mark_news(id.slot as usize);
             }
         }
         self.arp_scratch = hops;
     }
 
-    fn cookie(
-        &self,
-        counter: u64,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
-        client_isn: u32,
-        mss_index: u32,
-    ) -> u32 {
-        let hash = self
-            .isn
-            .hash(local, remote, counter << 32 | u64::from(client_isn)) as u32;
-        ((counter as u32 & 0x1f) << 27) | (mss_index << 24) | (hash & 0x00ff_ffff)
-    }
-
-    fn cookie_counter(now: Instant) -> u64 {
-        now.micros() / 64_000_000 // 64-second steps
-    }
-
-    fn send_cookie(
-        &mut self,
-        now: Instant,
-        eth_src: MacAddr,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
-        seg: &TcpRepr<'_>,
-    ) {
-        let peer_mss = seg.options.mss.unwrap_or(536).min(self.cfg.tcp.mss);
-        let index = COOKIE_MSS.iter().rposition(|&m| m <= peer_mss).unwrap_or(0) as u32;
-        let isn = self.cookie(Self::cookie_counter(now), local, remote, seg.seq, index);
-        let tcp = &self.cfg.tcp;
-        let mut options = TcpOptions {
-            mss: Some(COOKIE_MSS[index as usize]),
-            ..Default::default()
-        };
-        // Like Linux (cookie_init_timestamp): with timestamps, the options the cookie
-        // cannot hold ride in the low 6 bits of our TSval, which the peer echoes:
-        // bits 0-3 its window scale (15: none), bit 4 SACK permitted.
-        if tcp.timestamps
-            && let Some((peer_tsval, _)) = seg.options.timestamps
-        {
-            let peer_ws = seg.options.window_scale.filter(|_| tcp.window_scaling);
-            let sack = tcp.sack && seg.options.sack_permitted;
-            let bits = u32::from(peer_ws.map_or(COOKIE_NO_WS, |w| w.min(14)))
-                | if sack { COOKIE_SACK } else { 0 };
-            let ts = (now.millis() as u32).wrapping_add(self.timestamp_offset(local, remote));
-            let mut tsval = (ts & !COOKIE_TS_MASK) | bits;
-            if tsval > ts {
-                tsval = tsval.wrapping_sub(COOKIE_TS_MASK + 1); // never ahead of our clock
-            }
-            options.timestamps = Some((tsval, peer_tsval));
-            options.sack_permitted = sack;
-            options.window_scale = peer_ws.map(|_| tcp::receive_window_scale(tcp));
-        }
-        let repr = TcpRepr {
-            src_port: local.port(),
-            dst_port: remote.port(),
-            seq: isn,
-            ack: seg.seq.wrapping_add(1),
-            flags: TcpFlags::SYN_ACK,
-            window: tcp.recv_buffer.min(65535) as u16,
-            options,
-            payload: &[],
-        };
-        self.stats.syn_cookies_sent += 1;
-        self.queue_tcp(remote, eth_src, repr);
-    }
-
-    /// The SYN options a cookie ACK stands for: the MSS from the cookie, and window
-    /// scale, SACK and timestamps from the echoed TSval (see `send_cookie`).
-    fn cookie_options(&self, seg: &TcpRepr<'_>, mss: u16) -> TcpOptions {
-        let mut options = TcpOptions {
-            mss: Some(mss),
-            ..Default::default()
-        };
-        if let Some((tsval, tsecr)) = seg.options.timestamps
-            && self.cfg.tcp.timestamps
-        {
-            let ws = (tsecr & COOKIE_WS_MASK) as u8;
-            options.window_scale = (ws != COOKIE_NO_WS).then_some(ws);
-            options.sack_permitted = tsecr & COOKIE_SACK != 0;
-            options.timestamps = Some((tsval, 0));
-        }
-        options
-    }
-
-    fn check_cookie(
-        &self,
-        now: Instant,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
-        seg: &TcpRepr<'_>,
-    ) -> Option<u16> {
-        let cookie = seg.ack.wrapping_sub(1);
-        let client_isn = seg.seq.wrapping_sub(1);
-        let index = (cookie >> 24) & 0x3;
-        let current = Self::cookie_counter(now);
-        (0..2u64)
-            .filter_map(|age| current.checked_sub(age))
-            .any(|counter| self.cookie(counter, local, remote, client_isn, index) == cookie)
-            .then_some(COOKIE_MSS[index as usize])
-    }
-
-    fn enqueue_accept(&mut self, port: u16, id: ConnId) {
-        match self.listeners.get_mut(&port) {
-            Some(l) if l.accept_queue.len() < l.backlog * 2 => l.accept_queue.push_back(id),
-            _ => {
-                self.stats.accept_overflows += 1;
-                self.abort(id);
-                self.release(id);
-            }
-        }
-    }
-
-    /// Sends the control frames, then lets every connection with work emit its segments:
+    /// Sends the stateless frames, then lets every connection with work emit its segments:
     /// this is where one ACK comes to cover a whole received batch.
     fn dispatch(&mut self, now: Instant, device: &mut dyn Device) {
         let mac = self.cfg.mac;
         let ip = self.cfg.ip;
-        for control in std::mem::take(&mut self.control) {
-            let sent = device.transmit(&mut |buf| match &control {
-                Control::Arp { eth_dst, arp } => wire::emit_arp(buf, *eth_dst, arp),
-                Control::Tcp {
+        for frame in std::mem::take(&mut self.stateless) {
+            let sent = device.transmit(&mut |buf| match &frame {
+                StatelessFrame::Arp { eth_dst, arp } => wire::emit_arp(buf, *eth_dst, arp),
+                StatelessFrame::Tcp {
                     ip_dst,
                     eth_dst,
                     repr,
                 } => wire::emit_tcp(buf, (mac, *eth_dst), (ip, *ip_dst), repr, 0, |_| {}),
-                Control::EchoReply {
+                StatelessFrame::EchoReply {
                     ip_dst,
                     eth_dst,
                     ident,
@@ -1136,12 +900,12 @@ impl Stack {
             }
         }
 
-        let mut dirty = std::mem::take(&mut self.dirty);
-        for &slot in &dirty {
+        let mut needs_output = std::mem::take(&mut self.needs_output);
+        for &slot in &needs_output {
             let Some(entry) = self.slots[slot].entry.as_mut() else {
                 continue;
             };
-            entry.dirty = false;
+            entry.needs_output = false;
             let remote_ip = *entry.conn.remote().ip();
             let closed = entry.conn.is_closed();
             let hop = self.next_hop(remote_ip);
@@ -1170,8 +934,8 @@ impl Stack {
                         });
                         if !ok {
                             self.stats.tx_ring_full += 1;
-                            entry.dirty = true;
-                            self.dirty.push(slot);
+                            entry.needs_output = true;
+                            self.needs_output.push(slot);
                             break;
                         }
                         if !emitted {
@@ -1185,9 +949,9 @@ impl Stack {
             }
             self.after_dispatch(slot);
         }
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty; // keep the allocation
+        needs_output.clear();
+        if self.needs_output.is_empty() {
+            self.needs_output = needs_output; // keep the allocation
         }
     }
 
@@ -1221,25 +985,7 @@ impl Stack {
 
     /// Bookkeeping after a connection had its turn: accept queue, timer, removal.
     fn after_dispatch(&mut self, slot: usize) {
-        let generation = self.slots[slot].generation;
-        let Some(entry) = self.slots[slot].entry.as_mut() else {
-            return;
-        };
-        if let Some(port) = entry.listener
-            && entry.conn.is_established()
-        {
-            entry.listener = None;
-            if let Some(l) = self.listeners.get_mut(&port) {
-                l.half_open = l.half_open.saturating_sub(1);
-            }
-            self.enqueue_accept(
-                port,
-                ConnId {
-                    slot: slot as u32,
-                    generation,
-                },
-            );
-        }
+        self.promote_if_synchronized(slot);
         let Some(entry) = self.slots[slot].entry.as_mut() else {
             return;
         };

@@ -16,8 +16,8 @@ const NO_OPTIONS: TcpOptions = TcpOptions::NONE;
 const SEND_TEMPL: TcpRepr<'static> = TcpRepr {
     src_port: 40_000,
     dst_port: 80,
-    seq: C1,
-    ack: 0,
+    seq: SeqNum(C1),
+    ack: None,
     flags: TcpFlags::ACK,
     window: 65535,
     options: NO_OPTIONS,
@@ -28,8 +28,8 @@ const SEND_TEMPL: TcpRepr<'static> = TcpRepr {
 const RECV_TEMPL: TcpRepr<'static> = TcpRepr {
     src_port: 80,
     dst_port: 40_000,
-    seq: 0,
-    ack: C1,
+    seq: SeqNum(0),
+    ack: Some(SeqNum(C1)),
     flags: TcpFlags::ACK,
     window: 65535,
     options: NO_OPTIONS,
@@ -37,7 +37,7 @@ const RECV_TEMPL: TcpRepr<'static> = TcpRepr {
 };
 
 const SYN: TcpRepr<'static> = TcpRepr {
-    seq: CLIENT_ISS,
+    seq: SeqNum(CLIENT_ISS),
     flags: TcpFlags::SYN,
     options: TcpOptions {
         mss: Some(1460),
@@ -115,12 +115,12 @@ fn server(cfg: impl FnOnce(&mut StackConfig)) -> (Stack, MemoryDevice) {
 }
 
 /// A handshake on the server; returns the server's ISS + 1.
-fn handshake(s: &mut Stack, ds: &mut MemoryDevice, now: Instant) -> u32 {
+fn handshake(s: &mut Stack, ds: &mut MemoryDevice, now: Instant) -> SeqNum {
     ds.inject(&frame(&SYN));
     s.poll(now, ds);
     let synack = take_syn_ack(ds);
-    let s1 = synack.seq.wrapping_add(1);
-    send!(s, *ds, now, TcpRepr { ack: s1 });
+    let s1 = synack.seq + 1u32;
+    send!(s, *ds, now, TcpRepr { ack: Some(s1) });
     recv!(*ds, []);
     s1
 }
@@ -154,13 +154,20 @@ fn test_listen_segment_without_syn_or_ack_is_dropped() {
     );
     recv!(ds, []);
     // An ACK still gets its RST.
-    send!(s, ds, t(3), TcpRepr { ack: 1234 });
+    send!(
+        s,
+        ds,
+        t(3),
+        TcpRepr {
+            ack: Some(SeqNum(1234))
+        }
+    );
     recv!(
         ds,
         [TcpRepr {
             flags: TcpFlags::RST,
-            seq: 1234,
-            ack: 0,
+            seq: SeqNum(1234),
+            ack: None,
             window: 0,
         }]
     );
@@ -227,14 +234,14 @@ fn test_listen_syn_cookie_keeps_window_scale_sack_and_timestamps() {
             ..RECV_TEMPL
         }
     );
-    let s1 = synack.seq.wrapping_add(1);
+    let s1 = synack.seq + 1u32;
     // The ACK completes the handshake; its window is scaled by 7.
     send!(
         s,
         ds,
         now,
         TcpRepr {
-            ack: s1,
+            ack: Some(s1),
             window: 100,
             options: TcpOptions {
                 timestamps: Some((778, tsval)),
@@ -252,8 +259,8 @@ fn test_listen_syn_cookie_keeps_window_scale_sack_and_timestamps() {
         ds,
         later,
         TcpRepr {
-            seq: C1 + 100,
-            ack: s1,
+            seq: SeqNum(C1 + 100),
+            ack: Some(s1),
             payload: b"late",
             options: TcpOptions {
                 timestamps: Some((779, tsval)),
@@ -285,7 +292,10 @@ fn test_listen_syn_cookie_keeps_window_scale_sack_and_timestamps() {
             ..RECV_TEMPL
         }
     );
-    assert!(s.connection(id).unwrap().is_established());
+    assert_eq!(
+        s.connection(id).unwrap().state(),
+        crate::tcp::State::Established
+    );
 }
 
 // ---------------------------------------------------------------- 1. TIME-WAIT reuse
@@ -311,14 +321,14 @@ fn test_time_wait_new_syn_with_higher_sequence_opens_a_connection() {
         t(3),
         TcpRepr {
             flags: FIN_ACK,
-            ack: s1 + 1,
+            ack: Some(s1 + 1u32),
         }
     );
     recv!(
         ds,
         [TcpRepr {
-            seq: s1 + 1,
-            ack: C1 + 1,
+            seq: s1 + 1u32,
+            ack: Some(SeqNum(C1 + 1)),
             window: 65534,
         }]
     );
@@ -326,7 +336,7 @@ fn test_time_wait_new_syn_with_higher_sequence_opens_a_connection() {
     s.release(id);
     // A new SYN on the same 4-tuple, above RCV.NXT: a new connection, not an ACK.
     ds.inject(&frame(&TcpRepr {
-        seq: C1 + 100_000,
+        seq: SeqNum(C1 + 100_000),
         ..SYN
     }));
     s.poll(t(4), &mut ds);
@@ -336,7 +346,7 @@ fn test_time_wait_new_syn_with_higher_sequence_opens_a_connection() {
         TcpRepr {
             flags: TcpFlags::SYN_ACK,
             seq: synack.seq,
-            ack: C1 + 100_001,
+            ack: Some(SeqNum(C1 + 100_001)),
             options: TcpOptions {
                 mss: Some(1460),
                 ..NO_OPTIONS
@@ -459,7 +469,7 @@ fn test_established_fragmented_segment_is_reassembled() {
     let id = s.accept(80).unwrap();
     static DATA: [u8; 1192] = [0x77; 1192];
     let seg = TcpRepr {
-        ack: s1,
+        ack: Some(s1),
         flags: TcpFlags {
             psh: true,
             ..TcpFlags::ACK
@@ -484,7 +494,7 @@ fn test_established_fragmented_segment_is_reassembled() {
         ds,
         [TcpRepr {
             seq: s1,
-            ack: C1 + 1192,
+            ack: Some(SeqNum(C1 + 1192)),
         }]
     );
     assert_eq!(s.stats.ip_fragments, 4);
@@ -526,7 +536,7 @@ fn test_established_segment_on_another_stacks_queue_is_handed_over() {
         db,
         t(2),
         TcpRepr {
-            ack: s1,
+            ack: Some(s1),
             flags: TcpFlags::PSH_ACK,
             payload: b"hello",
         }
@@ -544,7 +554,7 @@ fn test_established_segment_on_another_stacks_queue_is_handed_over() {
         da,
         [TcpRepr {
             seq: s1,
-            ack: C1 + 5,
+            ack: Some(SeqNum(C1 + 5)),
         }]
     );
     assert_eq!(a.stats.strays_received, 1);
@@ -553,7 +563,7 @@ fn test_established_segment_on_another_stacks_queue_is_handed_over() {
     b.receive_handed_over(
         t(600),
         &frame(&TcpRepr {
-            ack: 1234,
+            ack: Some(SeqNum(1234)),
             ..SEND_TEMPL
         }),
     );
@@ -566,12 +576,19 @@ fn test_established_segment_on_another_stacks_queue_is_handed_over() {
 #[test]
 fn test_closed_segment_without_sharding_still_gets_rst() {
     let (mut s, mut ds) = server(|_| {});
-    send!(s, ds, t(1), TcpRepr { ack: 1234 });
+    send!(
+        s,
+        ds,
+        t(1),
+        TcpRepr {
+            ack: Some(SeqNum(1234))
+        }
+    );
     recv!(
         ds,
         [TcpRepr {
-            seq: 1234,
-            ack: 0,
+            seq: SeqNum(1234),
+            ack: None,
             flags: TcpFlags::RST,
             window: 0,
         }]

@@ -1,6 +1,7 @@
 //! The stack over an in-memory link: two stacks, or one stack and hand-made frames.
 use super::*;
 use crate::device::memory::MemoryDevice;
+use crate::sim::{LinkConfig, StackPair};
 use crate::wire::{TcpFlags, TcpOptions, TcpRepr};
 use std::time::Duration;
 
@@ -39,26 +40,37 @@ pub(super) fn drive(
     panic!("did not finish");
 }
 
-#[test]
-fn two_stacks_resolve_arp_connect_transfer_and_close() {
-    let (mut c, mut dc, mut s, mut ds) = pair(|_| {});
-    s.listen(80, 16).unwrap();
-    let mut now = Instant::from_millis(1);
-    let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
+/// A client sends `len` bytes to a server over a simulated link, then both close.
+/// Returns the pair for its counters.
+fn transfer_over(
+    seed: u64,
+    link: LinkConfig,
+    server_cfg: impl FnOnce(&mut StackConfig),
+) -> StackPair {
+    let mut cfg = StackConfig::new(MAC_S, IP_S, 24);
+    server_cfg(&mut cfg);
+    let mut pair = StackPair::new(seed, StackConfig::new(MAC_C, IP_C, 24), cfg, link);
+    pair.server.listen(80, 16).unwrap();
+    let id = pair
+        .client
+        .connect(pair.now, SocketAddrV4::new(IP_S, 80))
+        .unwrap();
     let mut server_id = None;
-    drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+    pair.run_until(Duration::from_secs(60), |c, s| {
         server_id = server_id.or_else(|| s.accept(80));
         server_id.is_some() && c.state(id) == State::Established
     });
     assert!(
-        c.stats.arp_requests >= 1,
+        pair.client.stats.arp_requests >= 1,
         "the client resolved the server by ARP"
     );
     let sid = server_id.unwrap();
-    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    let mut rng = crate::sim::Rng::new(seed);
+    let mut data = vec![0u8; 2_000_000];
+    rng.fill(&mut data);
     let (mut sent, mut got) = (0, Vec::new());
     let mut buf = vec![0u8; 65536];
-    drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+    pair.run_until(Duration::from_secs(600), |c, s| {
         if sent < data.len() {
             sent += c.send(id, &data[sent..]).unwrap();
             if sent == data.len() {
@@ -73,18 +85,65 @@ fn two_stacks_resolve_arp_connect_transfer_and_close() {
         }
         got.len() == data.len() && s.connection(sid).is_some_and(|x| x.at_eof())
     });
-    assert!(got == data);
-    s.close(sid);
-    drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+    assert!(got == data, "seed {seed}: the stream arrived intact");
+    pair.server.close(sid);
+    pair.run_until(Duration::from_secs(600), |c, s| {
         c.state(id) == State::TimeWait && s.state(sid) == State::Closed
     });
+    pair
+}
+
+#[test]
+fn two_stacks_resolve_arp_connect_transfer_and_close() {
+    let pair = transfer_over(1, LinkConfig::default(), |_| {});
+    let totals = pair.client.connection_totals();
+    assert_eq!(totals.retransmits, 0, "{totals:?}");
+}
+
+#[test]
+fn two_stacks_over_an_impaired_link() {
+    let link = LinkConfig {
+        loss: 0.02,
+        duplicate: 0.01,
+        reorder: 0.05,
+        corrupt: 0.01,
+        jitter: Duration::from_millis(1),
+        bandwidth: 100_000_000,
+        queue_limit: 200,
+        ..LinkConfig::default()
+    };
+    for seed in 1..4 {
+        let pair = transfer_over(seed, link.clone(), |_| {});
+        let link_stats = pair.client_dev.link().a_to_b.stats.clone();
+        assert!(
+            link_stats.lost > 0 && link_stats.corrupted > 0,
+            "{link_stats:?}"
+        );
+        assert!(pair.client.connection_totals().retransmits > 0);
+        assert!(
+            pair.server.stats.drop_bad_tcp_checksum + pair.server.stats.drop_bad_ip_checksum > 0,
+            "seed {seed}: corrupted frames are dropped by checksum"
+        );
+    }
+}
+
+#[test]
+fn two_stacks_with_syn_cookies_over_a_jittery_link() {
+    let link = LinkConfig {
+        jitter: Duration::from_millis(2),
+        reorder: 0.05,
+        ..LinkConfig::default()
+    };
+    let pair = transfer_over(7, link, |cfg| cfg.syn_backlog = 0);
+    assert_eq!(pair.server.stats.syn_cookies_sent, 1);
+    assert_eq!(pair.server.stats.syn_cookies_accepted, 1);
 }
 
 fn syn(port: u16, seq: u32) -> TcpRepr<'static> {
     TcpRepr {
         src_port: 40_000,
         dst_port: port,
-        seq,
+        seq: SeqNum(seq),
         flags: TcpFlags::SYN,
         window: 65535,
         options: TcpOptions {
@@ -131,7 +190,7 @@ fn closed_port_is_answered_with_rst() {
     let out = tcp_out(&ds);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].flags, TcpFlags::RST_ACK);
-    assert_eq!(out[0].ack, 101);
+    assert_eq!(out[0].ack, Some(SeqNum(101)));
     assert_eq!(s.stats.rst_sent, 1);
 }
 
@@ -151,8 +210,8 @@ fn syn_cookies_when_the_syn_queue_is_full() {
     let ack = TcpRepr {
         src_port: 40_000,
         dst_port: 80,
-        seq: 5001,
-        ack: cookie.wrapping_add(1),
+        seq: SeqNum(5001),
+        ack: Some(cookie + 1u32),
         flags: TcpFlags::ACK,
         window: 65535,
         payload: b"hello",
@@ -168,14 +227,18 @@ fn syn_cookies_when_the_syn_queue_is_full() {
     // A forged ACK (wrong cookie) gets a RST, not a connection.
     let forged = TcpRepr {
         src_port: 40_001,
-        seq: 7001,
-        ack: 12345,
+        seq: SeqNum(7001),
+        ack: Some(SeqNum(12345)),
         ..ack
     };
     ds.inject(&frame(&forged));
     s.poll(now + Duration::from_millis(2), &mut ds);
     assert_eq!(s.stats.syn_cookies_accepted, 1);
-    assert!(tcp_out(&ds).iter().any(|r| r.flags.rst && r.seq == 12345));
+    assert!(
+        tcp_out(&ds)
+            .iter()
+            .any(|r| r.flags.rst && r.seq == SeqNum(12345))
+    );
 }
 
 #[test]
@@ -226,20 +289,34 @@ fn timers_stay_cheap_with_many_connections() {
     s.poll(now, &mut ds);
     ds.take_transmitted();
     assert_eq!(s.connection_count(), 20_000);
-    // Before the first deadline, a poll has nothing to do; at the SYN-ACK timeout every
-    // half-open connection retransmits once, in deadline order.
+    // One heap entry per half-open connection, pushed once.
+    assert_eq!(s.timers.len(), 20_000);
+    assert_eq!(s.timers.ops, 20_000);
+    // Before the first deadline, a poll has nothing to do and touches no heap entry.
     let first = s.poll_at().expect("a deadline");
     assert!(first > now + Duration::from_millis(500));
     s.poll(Instant(first.0 - 1000), &mut ds);
     assert!(ds.take_transmitted().is_empty());
+    assert_eq!(s.timers.ops, 20_000, "an early poll pops nothing");
+    // At the SYN-ACK timeout every half-open connection retransmits once, in deadline
+    // order, at the cost of one pop and one push each, however many polls it takes.
     let mut retransmitted = 0;
+    let mut polls = 0;
     let mut t = first;
     while retransmitted < 20_000 {
         s.poll(t, &mut ds);
+        polls += 1;
         retransmitted += ds.take_transmitted().len();
         t = t + Duration::from_millis(1);
     }
     assert_eq!(retransmitted, 20_000);
+    assert!(polls > 1);
+    assert_eq!(
+        s.timers.ops,
+        20_000 + 2 * 20_000,
+        "one pop and one push each"
+    );
+    assert_eq!(s.timers.len(), 20_000, "no stale entries pile up");
 }
 
 #[test]
@@ -258,8 +335,8 @@ fn accept_queue_is_bounded() {
         let ack = TcpRepr {
             src_port: synack.dst_port,
             dst_port: 80,
-            seq: 101,
-            ack: synack.seq.wrapping_add(1),
+            seq: SeqNum(101),
+            ack: Some(synack.seq + 1u32),
             flags: TcpFlags::ACK,
             window: 65535,
             ..Default::default()

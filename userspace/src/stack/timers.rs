@@ -8,10 +8,17 @@ use std::collections::BinaryHeap;
 #[derive(Debug, Default)]
 pub struct TimerHeap {
     heap: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Pushes and pops so far, for tests that bound what timers cost.
+    #[cfg(test)]
+    pub ops: u64,
 }
 
 impl TimerHeap {
     pub fn schedule(&mut self, at: Instant, slot: usize) {
+        #[cfg(test)]
+        {
+            self.ops += 1;
+        }
         self.heap.push(Reverse((at, slot)));
     }
 
@@ -19,10 +26,22 @@ impl TimerHeap {
         self.heap.peek().map(|Reverse((t, _))| *t)
     }
 
+    /// Entries in the heap, stale ones included.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
     /// Pops an entry due at `now`; the caller checks it is still current.
     pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, usize)> {
         match self.heap.peek() {
-            Some(Reverse((t, _))) if *t <= now => self.heap.pop().map(|Reverse(e)| e),
+            Some(Reverse((t, _))) if *t <= now => {
+                #[cfg(test)]
+                {
+                    self.ops += 1;
+                }
+                self.heap.pop().map(|Reverse(e)| e)
+            }
             _ => None,
         }
     }

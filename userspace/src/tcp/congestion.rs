@@ -1,6 +1,6 @@
 //! Congestion control behind a small trait: NewReno (RFC 5681) and CUBIC (RFC 9438).
-//! Loss recovery itself (fast retransmit, NewReno partial ACKs, SACK) is in the
-//! connection; algorithms only decide how the window grows and shrinks.
+//! Loss recovery itself (fast retransmit, NewReno partial ACKs, SACK) is in
+//! `recovery.rs`; algorithms only decide how the window grows and shrinks.
 use super::time::Instant;
 use std::time::Duration;
 

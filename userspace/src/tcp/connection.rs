@@ -7,11 +7,13 @@
 use super::CongestionKind;
 use super::congestion::{CongestionControl, Cubic, NewReno};
 use super::reassembly::Reassembler;
+use super::recovery::{LossRecovery, Sender};
 use super::rtt::RttEstimator;
 use super::sack::Scoreboard;
 use super::send_buffer::SendBuffer;
 use super::seq::SeqNum;
-use super::time::{Instant, earliest};
+use super::time::Instant;
+use super::timer::{Timer, TimerTable};
 use crate::wire::{MAX_SACK_BLOCKS, TcpFlags, TcpOptions, TcpRepr};
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -157,6 +159,30 @@ impl Default for Config {
     }
 }
 
+/// Segments a connection owes its peer besides new data. `poll_transmit` sends them in
+/// this order: RST, SYN, challenge ACK, owed ACK points, fast retransmit, SACK
+/// retransmissions and new data, zero-window probe, and last a pure ACK or window update.
+#[derive(Debug, Default)]
+struct PendingOutput {
+    /// A RST to send before anything else (abort, giving up, RFC 9293 3.10.7.4).
+    rst: Option<TcpRepr<'static>>,
+    /// Our SYN or SYN-ACK is to be sent (again).
+    syn: bool,
+    /// A challenge ACK (RFC 5961), already past its rate limit.
+    challenge_ack: bool,
+    /// Retransmit the first unacknowledged segment (RFC 5681 3.2, RFC 6582).
+    fast_retransmit: bool,
+    /// A zero-window probe is due (RFC 9293 3.8.6.1).
+    probe: bool,
+    /// An ACK is due now, not delayed.
+    ack_now: bool,
+    /// Duplicate ACKs owed: one per out-of-order segment (RFC 5681 4.2), even in a batch
+    /// whose in-order segments share a single ACK.
+    dup_acks: u32,
+    /// The receive window opened enough to be worth announcing (RFC 9293 3.8.6.2.2).
+    window_update: bool,
+}
+
 /// TCP connection states (RFC 9293 3.3.2); LISTEN lives in the stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -270,15 +296,6 @@ pub struct Transmit {
     pub payload_len: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Recovery {
-    None,
-    /// Fast recovery until SND.UNA reaches `recover` (RFC 6582).
-    Fast {
-        recover: SeqNum,
-    },
-}
-
 /// One TCP connection as a pure state machine: segments and application calls in,
 /// segments and a deadline out. It never reads a clock or touches a socket.
 #[derive(Debug)]
@@ -303,7 +320,6 @@ pub struct Connection {
     buf_seq: SeqNum,
     send_buf: SendBuffer,
     fin_queued: bool,
-    syn_needed: bool,
 
     // Receive sequence space.
     irs: SeqNum,
@@ -331,14 +347,12 @@ pub struct Connection {
     sack_enabled: bool,
     last_ack_sent: SeqNum,
 
+    /// Deadlines: retransmission, delayed ACK, persist, keep-alive, TIME-WAIT, FIN-WAIT-2.
+    timers: TimerTable,
+    /// Segments owed to the peer beyond new data (see [`PendingOutput`]).
+    pending: PendingOutput,
+
     // ACK generation.
-    ack_now: bool,
-    /// Duplicate ACKs owed: one per out-of-order segment (RFC 5681 4.2), even in a batch
-    /// whose in-order segments share a single ACK.
-    dup_acks_owed: u32,
-    delack_deadline: Option<Instant>,
-    window_update: bool,
-    challenge_ack_pending: bool,
     last_challenge_ack: Option<Instant>,
     /// Earlier ACK points still to send, oldest first (see MAX_OWED_ACKS).
     acks_owed: [SeqNum; MAX_OWED_ACKS],
@@ -353,31 +367,20 @@ pub struct Connection {
 
     // Loss detection and recovery.
     rtt: RttEstimator,
-    rto_deadline: Option<Instant>,
     retries: u32,
     rtt_probe: Option<(SeqNum, Instant)>,
-    dupacks: u32,
-    recovery: Recovery,
-    /// RFC 6582 "recover": no new fast retransmit until SND.UNA passes it.
-    recover_guard: SeqNum,
-    fast_rtx_pending: bool,
-    rtx_next: SeqNum,
-    scoreboard: Scoreboard,
+    /// Fast retransmit, fast recovery and the SACK scoreboard.
+    loss: LossRecovery,
     cc: Box<dyn CongestionControl>,
 
-    persist_deadline: Option<Instant>,
     persist_backoff: u32,
-    probe_pending: bool,
     /// Zero-window or keep-alive probes sent since the peer last answered.
     probes_out: u32,
     /// The last time a segment arrived (keep-alive idle time, probe give-up).
     last_rx: Instant,
     keepalive: bool,
-    keepalive_deadline: Option<Instant>,
-    time_wait_deadline: Option<Instant>,
     /// The application released the connection (an orphan, in Linux's terms).
     orphaned: bool,
-    fin_wait2_deadline: Option<Instant>,
     /// Last soft ICMP error, reported if the connection later times out (RFC 5927 5.2).
     soft_error: Option<TcpError>,
     /// Our SYN or SYN-ACK was retransmitted (RFC 6298 5.7).
@@ -388,7 +391,6 @@ pub struct Connection {
     /// tell a cwnd-limited sender from an application-limited one (RFC 7661).
     max_flight: usize,
     max_flight_end: SeqNum,
-    rst_pending: Option<TcpRepr<'static>>,
 
     stats: ConnectionStats,
 }
@@ -404,6 +406,11 @@ impl Connection {
         let rcv_wscale = receive_window_scale(&cfg);
         Connection {
             state,
+            timers: TimerTable::default(),
+            pending: PendingOutput {
+                syn: true,
+                ..PendingOutput::default()
+            },
             local,
             remote,
             error: None,
@@ -418,7 +425,6 @@ impl Connection {
             buf_seq: iss + 1u32,
             send_buf: SendBuffer::new(cfg.send_buffer),
             fin_queued: false,
-            syn_needed: true,
             irs: SeqNum(0),
             rcv_nxt: SeqNum(0),
             rcv_adv: SeqNum(0),
@@ -436,11 +442,6 @@ impl Connection {
             ts_offset: iss.0.rotate_left(13),
             sack_enabled: cfg.sack,
             last_ack_sent: SeqNum(0),
-            ack_now: false,
-            dup_acks_owed: 0,
-            delack_deadline: None,
-            window_update: false,
-            challenge_ack_pending: false,
             last_challenge_ack: None,
             acks_owed: [SeqNum(0); MAX_OWED_ACKS],
             acks_owed_len: 0,
@@ -449,32 +450,20 @@ impl Connection {
             segs_since_ack: 0,
             ts_recent_stamp: Instant::ZERO,
             rtt: RttEstimator::new(cfg.initial_rto, cfg.min_rto, cfg.max_rto),
-            rto_deadline: None,
             retries: 0,
             rtt_probe: None,
-            dupacks: 0,
-            recovery: Recovery::None,
-            recover_guard: iss,
-            fast_rtx_pending: false,
-            rtx_next: iss,
-            scoreboard: Scoreboard::default(),
+            loss: LossRecovery::new(iss),
             cc,
-            persist_deadline: None,
             persist_backoff: 0,
-            probe_pending: false,
             probes_out: 0,
             last_rx: Instant::ZERO,
             keepalive: cfg.keepalive,
-            keepalive_deadline: None,
-            time_wait_deadline: None,
             orphaned: false,
-            fin_wait2_deadline: None,
             soft_error: None,
             syn_retransmitted: false,
             last_data_sent: Instant::ZERO,
             max_flight: 0,
             max_flight_end: iss,
-            rst_pending: None,
             stats: ConnectionStats::default(),
             cfg,
         }
@@ -498,7 +487,7 @@ impl Connection {
         syn: &TcpRepr<'_>,
     ) -> Self {
         let mut c = Connection::new(cfg, local, remote, iss, State::SynReceived);
-        c.irs = SeqNum(syn.seq);
+        c.irs = syn.seq;
         c.rcv_nxt = c.irs + 1u32;
         c.rcv_adv = c.rcv_nxt;
         c.negotiate(&syn.options);
@@ -508,19 +497,19 @@ impl Connection {
         c.snd_wnd = u32::from(syn.window);
         c.max_snd_wnd = c.snd_wnd;
         c.snd_wl1 = c.irs;
-        c.rto_deadline = Some(now + c.rtt.rto());
+        c.timers[Timer::Rto] = Some(now + c.rtt.rto());
         c
     }
 
     /// For a connection rebuilt from a SYN cookie: our SYN-ACK (ISS = the cookie) is
     /// already out, so the next segment is the peer's ACK (RFC 4987 section 3.6).
     pub fn mark_syn_sent(&mut self, now: Instant) {
-        self.syn_needed = false;
+        self.pending.syn = false;
         // The cookie SYN-ACK advertised an unscaled window of up to 64 KiB.
         self.rcv_adv = self.rcv_nxt + self.recv.window().min(65535);
         self.snd_nxt = self.iss + 1u32;
         self.snd_max = self.snd_nxt;
-        self.rto_deadline = Some(now + self.rtt.rto());
+        self.timers[Timer::Rto] = Some(now + self.rtt.rto());
     }
 
     /// The RFC 9293 state.
@@ -581,9 +570,10 @@ impl Connection {
     pub fn send_mss(&self) -> usize {
         self.snd_mss
     }
-    /// True once the handshake completed, until CLOSED (also in FIN-WAIT, CLOSE-WAIT
-    /// and TIME-WAIT).
-    pub fn is_established(&self) -> bool {
+    /// True in the synchronized states (RFC 9293 3.3.2): once the handshake completed,
+    /// until CLOSED, so also in FIN-WAIT, CLOSE-WAIT, CLOSING, LAST-ACK and TIME-WAIT.
+    /// For ESTABLISHED alone, compare [`Connection::state`] with [`State::Established`].
+    pub fn is_synchronized(&self) -> bool {
         !matches!(
             self.state,
             State::SynSent | State::SynReceived | State::Closed
@@ -591,7 +581,7 @@ impl Connection {
     }
     /// True once the connection is fully closed and can be forgotten.
     pub fn is_closed(&self) -> bool {
-        self.state == State::Closed && self.rst_pending.is_none()
+        self.state == State::Closed && self.pending.rst.is_none()
     }
 
     // ---------------------------------------------------------------- application calls
@@ -643,7 +633,7 @@ impl Connection {
             if (opened >= threshold || before < usize::from(self.cfg.mss))
                 && self.advertised_edge().1 > self.rcv_adv
             {
-                self.window_update = true;
+                self.pending.window_update = true;
             }
         }
         if self.state == State::TimeWait && self.recv.readable() == 0 {
@@ -683,7 +673,7 @@ impl Connection {
         if !matches!(self.state, State::SynSent | State::Closed | State::TimeWait) {
             // SND.MAX, not SND.NXT: after a timeout SND.NXT went back, and a RST below the
             // peer's RCV.NXT is out of its window (RFC 9293 3.10.7.4, RFC 5961 3.2).
-            self.rst_pending = Some(self.rst_repr(self.snd_max, None));
+            self.pending.rst = Some(self.rst_repr(self.snd_max, None));
         }
         self.enter_closed(None);
     }
@@ -696,8 +686,9 @@ impl Connection {
     }
 
     fn arm_fin_wait2(&mut self, now: Instant) {
-        if self.orphaned && self.state == State::FinWait2 && self.fin_wait2_deadline.is_none() {
-            self.fin_wait2_deadline = Some(now + self.cfg.fin_wait2_timeout);
+        if self.orphaned && self.state == State::FinWait2 && self.timers[Timer::FinWait2].is_none()
+        {
+            self.timers[Timer::FinWait2] = Some(now + self.cfg.fin_wait2_timeout);
         }
     }
 
@@ -718,7 +709,7 @@ impl Connection {
     }
 
     fn arm_keepalive(&mut self) {
-        self.keepalive_deadline = (self.keepalive && self.is_established())
+        self.timers[Timer::Keepalive] = (self.keepalive && self.is_synchronized())
             .then(|| self.last_rx + self.cfg.keepalive_idle);
     }
 
@@ -728,7 +719,7 @@ impl Connection {
     pub fn neighbour_failed(&mut self) {
         match self.state {
             State::SynSent | State::SynReceived => {
-                self.rst_pending = None;
+                self.pending.rst = None;
                 self.enter_closed(Some(TcpError::HostUnreachable));
             }
             State::Closed => {}
@@ -745,7 +736,7 @@ impl Connection {
         }
         match (self.ts_enabled, seg.options.timestamps) {
             (true, Some((tsval, _))) => (tsval.wrapping_sub(self.ts_recent) as i32) > 0,
-            _ => SeqNum(seg.seq) > self.rcv_nxt,
+            _ => seg.seq > self.rcv_nxt,
         }
     }
 
@@ -762,7 +753,7 @@ impl Connection {
         if self.recv.readable() == 0 && self.recv.storage_len() > 0 {
             self.recv = Reassembler::empty();
         }
-        self.scoreboard = Scoreboard::default();
+        self.loss.scoreboard = Scoreboard::default();
     }
 
     // ---------------------------------------------------------------- input
@@ -808,7 +799,7 @@ impl Connection {
         self.snd_mss = room - ts;
         self.snd_nxt = self.snd_una;
         self.rtt_probe = None;
-        self.scoreboard.clear();
+        self.loss.scoreboard.clear();
     }
 
     /// Processes one arriving segment (RFC 9293 3.10.7).
@@ -819,10 +810,10 @@ impl Connection {
             // RFC 9293 3.10.7.1: a connection the application closed (or aborted) but has
             // not released answers like a closed port, with a RST.
             State::Closed if !seg.flags.rst => {
-                self.rst_pending = Some(if seg.flags.ack {
-                    self.rst_repr(SeqNum(seg.ack), None)
+                self.pending.rst = Some(if seg.flags.ack {
+                    self.rst_repr(seg.ack.unwrap_or_default(), None)
                 } else {
-                    self.rst_repr(SeqNum(0), Some(SeqNum(seg.seq) + seg.seq_len()))
+                    self.rst_repr(SeqNum(0), Some(seg.seq + seg.seq_len()))
                 });
             }
             State::Closed => {}
@@ -855,12 +846,12 @@ impl Connection {
     }
 
     fn handle_syn_sent(&mut self, now: Instant, seg: &TcpRepr<'_>) {
-        let ack = SeqNum(seg.ack);
+        let ack = seg.ack.unwrap_or_default();
         // RFC 9293 3.10.7.3, first: check the ACK.
         let ack_ok = seg.flags.ack && ack > self.iss && ack <= self.snd_max;
         if seg.flags.ack && !ack_ok {
             if !seg.flags.rst {
-                self.rst_pending = Some(self.rst_repr(ack, None));
+                self.pending.rst = Some(self.rst_repr(ack, None));
             }
             return;
         }
@@ -873,7 +864,7 @@ impl Connection {
         if !seg.flags.syn {
             return;
         }
-        self.irs = SeqNum(seg.seq);
+        self.irs = seg.seq;
         self.rcv_nxt = self.irs + 1u32;
         self.rcv_adv = self.rcv_nxt;
         self.negotiate(&seg.options);
@@ -894,20 +885,20 @@ impl Connection {
             self.snd_nxt = self.snd_nxt.max(ack);
             self.retries = 0;
             self.rtt.reset_backoff();
-            self.rto_deadline = None;
+            self.timers[Timer::Rto] = None;
             self.state = State::Established;
-            self.ack_now = true;
+            self.pending.ack_now = true;
             self.on_established();
         } else {
             // Simultaneous open (RFC 9293 figure 7): answer with SYN-ACK.
             self.state = State::SynReceived;
-            self.syn_needed = true;
+            self.pending.syn = true;
             self.snd_nxt = self.iss;
         }
     }
 
     fn handle_synchronized(&mut self, now: Instant, seg: &TcpRepr<'_>) {
-        let seq = SeqNum(seg.seq);
+        let seq = seg.seq;
         let seg_len = seg.seq_len();
         let rcv_wnd = if self.rcv_adv > self.rcv_nxt {
             self.rcv_adv.since(self.rcv_nxt)
@@ -924,7 +915,7 @@ impl Connection {
             && now - self.ts_recent_stamp <= PAWS_IDLE
         {
             self.stats.paws_drops += 1;
-            self.ack_now = true;
+            self.pending.ack_now = true;
             return;
         }
 
@@ -932,7 +923,7 @@ impl Connection {
             if !seg.flags.ack {
                 // The peer retransmitted its SYN: our SYN-ACK was lost, send it again
                 // (Linux's tcp_check_req); a bare ACK is ignored in SYN-SENT.
-                self.syn_needed = true;
+                self.pending.syn = true;
                 self.snd_nxt = self.iss;
                 return;
             }
@@ -976,11 +967,11 @@ impl Connection {
             }
             // A duplicate or out-of-window segment gets an ACK (RFC 9293 3.10.7.4), but the
             // ACK field of a zero-window probe or pure ACK is still worth reading.
-            self.ack_now = true;
+            self.pending.ack_now = true;
             if self.state == State::TimeWait && seg.flags.fin {
                 // RFC 9293 3.10.7.4: a retransmitted FIN in TIME-WAIT is acknowledged
                 // and restarts the 2 MSL timeout.
-                self.time_wait_deadline = Some(now + self.cfg.time_wait);
+                self.timers[Timer::TimeWait] = Some(now + self.cfg.time_wait);
             }
             if !(rcv_wnd == 0 && seg.flags.ack) {
                 return;
@@ -990,10 +981,10 @@ impl Connection {
         // SYN in a synchronized state (RFC 5961 section 4.2): challenge ACK.
         if seg.flags.syn {
             if self.state == State::SynReceived && seq == self.irs {
-                self.syn_needed = true; // our SYN-ACK was lost
+                self.pending.syn = true; // our SYN-ACK was lost
                 self.snd_nxt = self.iss;
             } else if self.state == State::TimeWait {
-                self.ack_now = true;
+                self.pending.ack_now = true;
             } else {
                 self.challenge_ack(now);
             }
@@ -1032,8 +1023,8 @@ impl Connection {
 
     /// The ACK field (RFC 9293 3.10.7.4, fifth). Returns false if the segment is dropped.
     fn process_ack(&mut self, now: Instant, seg: &TcpRepr<'_>) -> bool {
-        let ack = SeqNum(seg.ack);
-        let seq = SeqNum(seg.seq);
+        let ack = seg.ack.unwrap_or_default();
+        let seq = seg.seq;
         let opening = self.state == State::SynReceived;
         if opening {
             if ack > self.snd_una && ack <= self.snd_max {
@@ -1044,14 +1035,14 @@ impl Connection {
                 self.snd_wl1 = seq;
                 self.snd_wl2 = ack;
             } else {
-                self.rst_pending = Some(self.rst_repr(ack, None));
+                self.pending.rst = Some(self.rst_repr(ack, None));
                 return false;
             }
         }
         // RFC 5961 5.2: an ACK for data never sent is dropped with an ACK; one far in the
         // past gets a challenge ACK.
         if ack > self.snd_max {
-            self.ack_now = true;
+            self.pending.ack_now = true;
             return false;
         }
         if ack < self.snd_una - self.max_snd_wnd.max(1) {
@@ -1064,7 +1055,8 @@ impl Connection {
 
         if self.sack_enabled {
             for &(l, r) in seg.options.sack_blocks() {
-                self.scoreboard
+                self.loss
+                    .scoreboard
                     .add(SeqNum(l), SeqNum(r), self.snd_una, self.snd_max);
             }
         }
@@ -1093,7 +1085,7 @@ impl Connection {
             self.snd_wl1 = seq;
             self.snd_wl2 = ack;
             if self.snd_wnd > 0 {
-                self.persist_deadline = None;
+                self.timers[Timer::Persist] = None;
                 self.persist_backoff = 0;
             }
         }
@@ -1179,70 +1171,39 @@ impl Connection {
         if self.snd_nxt < ack {
             self.snd_nxt = ack;
         }
-        self.scoreboard.advance(ack);
         self.retries = 0;
         self.rtt.reset_backoff();
-        self.dupacks = 0;
-
-        match self.recovery {
-            Recovery::Fast { recover } if ack >= recover => {
-                // Full acknowledgment (RFC 6582 3.2 step 3): deflate to ssthresh.
-                self.recovery = Recovery::None;
-                let ssthresh = self.cc.ssthresh();
-                let flight = self.snd_max.since(self.snd_una) as usize;
-                self.cc
-                    .set_window(ssthresh.min(flight + self.snd_mss).max(self.snd_mss));
-            }
-            Recovery::Fast { .. } => {
-                // Partial acknowledgment (RFC 6582 3.2 step 4).
-                self.rtx_next = self.rtx_next.max(ack);
-                if !self.sack_enabled {
-                    self.fast_rtx_pending = true;
-                    let cwnd = self.cc.window();
-                    self.cc
-                        .set_window(cwnd.saturating_sub(acked) + self.snd_mss);
-                }
-            }
-            Recovery::None if cwnd_limited => self.cc.on_ack(now, acked, self.rtt.srtt()),
-            Recovery::None => {}
+        let srtt = self.rtt.srtt();
+        let (loss, sender) = self.recovery_parts();
+        if loss.on_new_ack(now, ack, acked, cwnd_limited, srtt, sender) {
+            self.pending.fast_retransmit = true;
         }
 
         // RFC 6298 5.2/5.3: stop the timer when all is acknowledged, else restart it.
-        self.rto_deadline = if self.snd_max > self.snd_una {
+        self.timers[Timer::Rto] = if self.snd_max > self.snd_una {
             Some(now + self.rtt.rto())
         } else {
             None
         };
     }
 
+    /// The loss recovery state, and the sender fields and congestion controller it uses.
+    fn recovery_parts(&mut self) -> (&mut LossRecovery, Sender<'_>) {
+        let sender = Sender {
+            snd_una: self.snd_una,
+            snd_max: self.snd_max,
+            snd_mss: self.snd_mss,
+            sack: self.sack_enabled,
+            cc: self.cc.as_mut(),
+        };
+        (&mut self.loss, sender)
+    }
+
     fn on_dup_ack(&mut self, now: Instant) {
-        self.dupacks += 1;
-        let sack_loss =
-            self.sack_enabled && self.scoreboard.sacked_bytes() as usize >= 3 * self.snd_mss;
-        match self.recovery {
-            Recovery::None
-                if (self.dupacks >= 3 || sack_loss) && self.snd_una >= self.recover_guard =>
-            {
-                // Fast retransmit (RFC 5681 3.2 steps 2-4, RFC 6582 3.2 step 2).
-                let flight = self.snd_max.since(self.snd_una) as usize;
-                let ssthresh = self.cc.on_loss(now, flight);
-                self.recovery = Recovery::Fast {
-                    recover: self.snd_max,
-                };
-                self.recover_guard = self.snd_max;
-                self.rtx_next = self.snd_una;
-                self.fast_rtx_pending = true;
-                self.stats.fast_retransmits += 1;
-                if !self.sack_enabled {
-                    self.cc.set_window(ssthresh + 3 * self.snd_mss);
-                }
-            }
-            Recovery::Fast { .. } if !self.sack_enabled => {
-                // Inflate by one segment per further duplicate (RFC 5681 3.2 step 5).
-                let cwnd = self.cc.window();
-                self.cc.set_window(cwnd + self.snd_mss);
-            }
-            _ => {}
+        let (loss, sender) = self.recovery_parts();
+        if loss.on_dup_ack(now, sender) {
+            self.pending.fast_retransmit = true;
+            self.stats.fast_retransmits += 1;
         }
     }
 
@@ -1257,7 +1218,7 @@ impl Connection {
         if seq < self.rcv_nxt {
             let skip = self.rcv_nxt.since(seq) as usize;
             if skip >= payload.len() {
-                self.ack_now = true;
+                self.pending.ack_now = true;
                 return;
             }
             payload = &payload[skip..];
@@ -1269,11 +1230,11 @@ impl Connection {
         self.rcv_nxt = self.rcv_nxt + ins.advanced;
         if ins.out_of_order {
             self.stats.out_of_order_segments += 1;
-            self.dup_acks_owed = (self.dup_acks_owed + 1).min(64);
+            self.pending.dup_acks = (self.pending.dup_acks + 1).min(64);
         }
         if ins.out_of_order || (had_gap && ins.advanced > 0) || ins.advanced == 0 {
             // RFC 5681 4.2: ACK out-of-order data and gap fills at once.
-            self.ack_now = true;
+            self.pending.ack_now = true;
         } else {
             // Delayed ACK (RFC 1122 4.2.3.2), but an ACK for at least every second
             // full-sized segment (RFC 5681 4.2), even within one receive batch: the ACK
@@ -1292,9 +1253,9 @@ impl Connection {
                 self.segs_since_ack = 0;
                 self.owe_ack(self.rcv_nxt);
             } else if self.segs_since_ack >= 2 {
-                self.ack_now = true;
-            } else if self.delack_deadline.is_none() {
-                self.delack_deadline = Some(now + self.cfg.delayed_ack);
+                self.pending.ack_now = true;
+            } else if self.timers[Timer::DelayedAck].is_none() {
+                self.timers[Timer::DelayedAck] = Some(now + self.cfg.delayed_ack);
             }
         }
     }
@@ -1315,7 +1276,7 @@ impl Connection {
         }
         self.fin_received = true;
         self.rcv_nxt = self.rcv_nxt + 1u32;
-        self.ack_now = true;
+        self.pending.ack_now = true;
         let our_fin_acked = self.fin_queued && self.snd_una == self.data_end() + 1u32;
         match self.state {
             State::SynReceived | State::Established => self.state = State::CloseWait,
@@ -1341,17 +1302,13 @@ impl Connection {
         }
         self.last_challenge_ack = Some(now);
         self.stats.challenge_acks += 1;
-        self.challenge_ack_pending = true;
+        self.pending.challenge_ack = true;
     }
 
     fn enter_time_wait(&mut self, now: Instant) {
         self.state = State::TimeWait;
-        self.time_wait_deadline = Some(now + self.cfg.time_wait);
-        self.rto_deadline = None;
-        self.persist_deadline = None;
-        self.delack_deadline = None;
-        self.fin_wait2_deadline = None;
-        self.keepalive_deadline = None;
+        self.timers.stop_all();
+        self.timers[Timer::TimeWait] = Some(now + self.cfg.time_wait);
         self.release_buffers();
     }
 
@@ -1360,14 +1317,9 @@ impl Connection {
         if self.error.is_none() {
             self.error = error;
         }
-        self.rto_deadline = None;
-        self.persist_deadline = None;
-        self.delack_deadline = None;
-        self.time_wait_deadline = None;
-        self.fin_wait2_deadline = None;
-        self.keepalive_deadline = None;
-        self.ack_now = false;
-        self.dup_acks_owed = 0;
+        self.timers.stop_all();
+        self.pending.ack_now = false;
+        self.pending.dup_acks = 0;
         self.acks_owed_len = 0;
     }
 
@@ -1375,7 +1327,7 @@ impl Connection {
     /// highest sequence number sent (RFC 9293 3.10.7.4), as Linux's tcp_write_err.
     fn give_up(&mut self) {
         if self.state != State::SynSent {
-            self.rst_pending = Some(self.rst_repr(self.snd_max, None));
+            self.pending.rst = Some(self.rst_repr(self.snd_max, None));
         }
         // RFC 5927 5.2: a soft ICMP error explains the timeout better.
         let error = self.soft_error.unwrap_or(TcpError::TimedOut);
@@ -1386,37 +1338,33 @@ impl Connection {
 
     /// The next time [`Connection::handle_timeout`] has work, if any.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let t = earliest(self.rto_deadline, self.delack_deadline);
-        let t = earliest(t, self.persist_deadline);
-        let t = earliest(t, self.fin_wait2_deadline);
-        let t = earliest(t, self.keepalive_deadline);
-        earliest(t, self.time_wait_deadline)
+        self.timers.next()
     }
 
     /// Fires the timers due at `now`: retransmission, persist, delayed ACK, TIME-WAIT.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.time_wait_deadline.is_some_and(|d| now >= d) {
+        if self.timers.expired(Timer::TimeWait, now) {
             self.enter_closed(None);
             return;
         }
-        if self.fin_wait2_deadline.is_some_and(|d| now >= d) {
+        if self.timers.expired(Timer::FinWait2, now) {
             // Linux: an orphan in FIN-WAIT-2 past tcp_fin_timeout is dropped silently
             // (its FIN-WAIT-2 timewait socket expires).
             self.enter_closed(None);
             return;
         }
-        if self.keepalive_deadline.is_some_and(|d| now >= d) {
+        if self.timers.expired(Timer::Keepalive, now) {
             self.on_keepalive(now);
             if self.state == State::Closed {
                 return;
             }
         }
-        if self.delack_deadline.is_some_and(|d| now >= d) {
-            self.delack_deadline = None;
-            self.ack_now = true;
+        if self.timers.expired(Timer::DelayedAck, now) {
+            self.timers[Timer::DelayedAck] = None;
+            self.pending.ack_now = true;
         }
-        if self.persist_deadline.is_some_and(|d| now >= d) {
-            self.persist_deadline = None;
+        if self.timers.expired(Timer::Persist, now) {
+            self.timers[Timer::Persist] = None;
             if self.snd_wnd == 0 {
                 // Zero-window probe (RFC 9293 3.8.6.1); keeps going while the peer answers,
                 // gives up after max_retries unanswered ones (Linux tcp_retries2).
@@ -1425,15 +1373,15 @@ impl Connection {
                     self.give_up();
                     return;
                 }
-                self.probe_pending = true;
+                self.pending.probe = true;
                 self.stats.window_probes += 1;
                 self.persist_backoff = (self.persist_backoff + 1).min(10);
-                self.persist_deadline = Some(now + self.persist_interval());
+                self.timers[Timer::Persist] = Some(now + self.persist_interval());
             } else {
                 self.sws_override = true;
             }
         }
-        if self.rto_deadline.is_some_and(|d| now >= d) {
+        if self.timers.expired(Timer::Rto, now) {
             self.on_rto(now);
         }
     }
@@ -1443,13 +1391,13 @@ impl Connection {
     }
 
     fn on_keepalive(&mut self, now: Instant) {
-        self.keepalive_deadline = None;
+        self.timers[Timer::Keepalive] = None;
         if !self.keepalive || !matches!(self.state, State::Established | State::CloseWait) {
             return;
         }
         // Linux probes only an idle connection: nothing in flight or queued.
         if self.snd_max != self.snd_una || !self.send_buf.is_empty() {
-            self.keepalive_deadline = Some(now + self.cfg.keepalive_idle);
+            self.timers[Timer::Keepalive] = Some(now + self.cfg.keepalive_idle);
             return;
         }
         let due = if self.probes_out == 0 {
@@ -1458,7 +1406,7 @@ impl Connection {
             now
         };
         if due > now {
-            self.keepalive_deadline = Some(due);
+            self.timers[Timer::Keepalive] = Some(due);
             return;
         }
         // RFC 1122 4.2.3.6: a probe is a segment with SEG.SEQ = SND.NXT-1 and no data.
@@ -1467,9 +1415,9 @@ impl Connection {
             return;
         }
         self.probes_out += 1;
-        self.probe_pending = true;
+        self.pending.probe = true;
         self.stats.keepalive_probes += 1;
-        self.keepalive_deadline = Some(now + self.cfg.keepalive_interval);
+        self.timers[Timer::Keepalive] = Some(now + self.cfg.keepalive_interval);
     }
 
     fn on_rto(&mut self, now: Instant) {
@@ -1502,7 +1450,7 @@ impl Connection {
         self.rtt_probe = None; // Karn: never time a retransmission
         match self.state {
             _ if syn_unacked => {
-                self.syn_needed = true;
+                self.pending.syn = true;
                 self.snd_nxt = self.iss;
             }
             _ => {
@@ -1510,12 +1458,8 @@ impl Connection {
                 let flight = self.snd_max.since(self.snd_una) as usize;
                 self.cc.on_timeout(now, flight);
                 self.snd_nxt = self.snd_una;
-                self.recovery = Recovery::None;
-                self.recover_guard = self.snd_max;
-                self.dupacks = 0;
-                self.fast_rtx_pending = false;
-                // RFC 2018 section 8: the receiver may have reneged; start over.
-                self.scoreboard.clear();
+                self.loss.on_timeout(self.snd_max);
+                self.pending.fast_retransmit = false;
                 if self.cfg.mtu_probing && self.retries == BLACK_HOLE_RETRIES {
                     // A path that drops big segments and filters the ICMP that would say
                     // so (RFC 4821 section 1, RFC 2923 2.1): like Linux's tcp_mtu_probing
@@ -1526,7 +1470,7 @@ impl Connection {
                 }
             }
         }
-        self.rto_deadline = Some(now + self.rtt.rto());
+        self.timers[Timer::Rto] = Some(now + self.rtt.rto());
     }
 
     // ---------------------------------------------------------------- output
@@ -1548,8 +1492,8 @@ impl Connection {
         TcpRepr {
             src_port: self.local.port(),
             dst_port: self.remote.port(),
-            seq: seq.0,
-            ack: ack.map_or(0, |a| a.0),
+            seq,
+            ack,
             flags: if ack.is_some() {
                 TcpFlags::RST_ACK
             } else {
@@ -1606,18 +1550,18 @@ impl Connection {
         };
         if flags.ack {
             self.last_ack_sent = self.rcv_nxt;
-            self.ack_now = false;
+            self.pending.ack_now = false;
             self.rcv_unacked = 0;
             self.segs_since_ack = 0;
-            self.delack_deadline = None;
-            self.window_update = false;
+            self.timers[Timer::DelayedAck] = None;
+            self.pending.window_update = false;
         }
         self.stats.segments_out += 1;
         TcpRepr {
             src_port: self.local.port(),
             dst_port: self.remote.port(),
-            seq: seq.0,
-            ack: if flags.ack { self.rcv_nxt.0 } else { 0 },
+            seq,
+            ack: flags.ack.then_some(self.rcv_nxt),
             flags,
             window,
             options,
@@ -1628,7 +1572,7 @@ impl Connection {
     /// The next segment to send, if any. Call until it returns `None` after every batch
     /// of input: that is what makes one ACK cover a whole batch of received segments.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        if let Some(rst) = self.rst_pending.take() {
+        if let Some(rst) = self.pending.rst.take() {
             self.stats.segments_out += 1;
             return Some(Transmit {
                 repr: rst,
@@ -1638,14 +1582,14 @@ impl Connection {
         }
         match self.state {
             State::Closed => return None,
-            _ if self.syn_needed && self.snd_una == self.iss => {
+            _ if self.pending.syn && self.snd_una == self.iss => {
                 return Some(self.syn_segment(now));
             }
             State::SynSent => return None,
             _ => {}
         }
-        if self.challenge_ack_pending {
-            self.challenge_ack_pending = false;
+        if self.pending.challenge_ack {
+            self.pending.challenge_ack = false;
             let repr = self.base_repr(now, self.snd_max, TcpFlags::ACK);
             return Some(Transmit {
                 repr,
@@ -1661,8 +1605,8 @@ impl Connection {
             // SYN-RECEIVED queues the FIN until then, RFC 9293 3.10.4).
             return self.pure_ack(now);
         }
-        if self.fast_rtx_pending {
-            self.fast_rtx_pending = false;
+        if self.pending.fast_retransmit {
+            self.pending.fast_retransmit = false;
             let len = self.snd_mss.min(self.send_buf.len());
             // Only while something is unacknowledged: data, or a FIN not yet acked.
             if self.snd_una < self.snd_max && (len > 0 || self.snd_una == self.data_end()) {
@@ -1676,8 +1620,8 @@ impl Connection {
         if let Some(t) = self.new_data(now) {
             return Some(t);
         }
-        if self.probe_pending {
-            self.probe_pending = false;
+        if self.pending.probe {
+            self.pending.probe = false;
             // An old sequence number draws an ACK with the current window.
             let repr = self.base_repr(now, self.snd_una - 1u32, TcpFlags::ACK);
             return Some(Transmit {
@@ -1700,27 +1644,27 @@ impl Connection {
         self.acks_owed_len -= 1;
         if ack == self.rcv_nxt || ack <= self.last_ack_sent {
             // The latest point is the ordinary ACK.
-            self.ack_now |= ack == self.rcv_nxt;
+            self.pending.ack_now |= ack == self.rcv_nxt;
             return self.owed_ack(now);
         }
         // Bytes after this point are still unacknowledged: keep the delayed-ACK state.
         let kept = (
-            self.ack_now,
-            self.window_update,
-            self.delack_deadline,
+            self.pending.ack_now,
+            self.pending.window_update,
+            self.timers[Timer::DelayedAck],
             self.rcv_unacked,
             self.segs_since_ack,
         );
         let mut repr = self.base_repr(now, self.snd_max, TcpFlags::ACK);
         (
-            self.ack_now,
-            self.window_update,
-            self.delack_deadline,
+            self.pending.ack_now,
+            self.pending.window_update,
+            self.timers[Timer::DelayedAck],
             self.rcv_unacked,
             self.segs_since_ack,
         ) = kept;
         let edge = self.rcv_nxt + (u32::from(repr.window) << self.rcv_wscale);
-        repr.ack = ack.0;
+        repr.ack = Some(ack);
         repr.window = (edge.since(ack) >> self.rcv_wscale).min(65535) as u16;
         self.last_ack_sent = ack;
         Some(Transmit {
@@ -1731,16 +1675,19 @@ impl Connection {
     }
 
     fn pure_ack(&mut self, now: Instant) -> Option<Transmit> {
-        if self.dup_acks_owed > 0 {
-            self.dup_acks_owed -= 1;
-            self.ack_now = true;
+        if self.pending.dup_acks > 0 {
+            self.pending.dup_acks -= 1;
+            self.pending.ack_now = true;
         }
-        if !self.ack_now && self.window_update && self.advertised_edge().1 <= self.rcv_adv {
+        if !self.pending.ack_now
+            && self.pending.window_update
+            && self.advertised_edge().1 <= self.rcv_adv
+        {
             // RFC 9293 3.8.6.2.2: an update that does not move the right edge would
             // repeat the last ACK, a duplicate ACK to the peer.
-            self.window_update = false;
+            self.pending.window_update = false;
         }
-        if !(self.ack_now || self.window_update) {
+        if !(self.pending.ack_now || self.pending.window_update) {
             return None;
         }
         // The highest sequence number sent, not SND.NXT: after a timeout SND.NXT goes back,
@@ -1754,7 +1701,7 @@ impl Connection {
     }
 
     fn syn_segment(&mut self, now: Instant) -> Transmit {
-        self.syn_needed = false;
+        self.pending.syn = false;
         let flags = if self.state == State::SynSent {
             TcpFlags::SYN
         } else {
@@ -1781,8 +1728,8 @@ impl Connection {
         }
         self.snd_nxt = self.iss + 1u32;
         self.snd_max = self.snd_max.max(self.snd_nxt);
-        if self.rto_deadline.is_none() {
-            self.rto_deadline = Some(now + self.rtt.rto());
+        if self.timers[Timer::Rto].is_none() {
+            self.timers[Timer::Rto] = Some(now + self.rtt.rto());
         }
         Transmit {
             repr,
@@ -1816,8 +1763,8 @@ impl Connection {
         self.max_flight = self
             .max_flight
             .max(self.snd_max.since(self.snd_una) as usize);
-        if self.rto_deadline.is_none() {
-            self.rto_deadline = Some(now + self.rtt.rto());
+        if self.timers[Timer::Rto].is_none() {
+            self.timers[Timer::Rto] = Some(now + self.rtt.rto());
         }
         if next > seq {
             self.last_data_sent = now;
@@ -1836,14 +1783,11 @@ impl Connection {
 
     /// RFC 6675 NextSeg rule 1 during SACK recovery: retransmit holes below the highest SACK.
     fn sack_retransmit(&mut self, now: Instant) -> Option<Transmit> {
-        if !self.sack_enabled || self.recovery == Recovery::None {
+        if !self.sack_enabled || !self.loss.in_recovery() {
             return None;
         }
-        let from = self.rtx_next.max(self.snd_una);
-        let (start, hole) = self.scoreboard.next_hole(from)?;
-        let pipe = self
-            .scoreboard
-            .pipe(self.snd_una, self.snd_max, self.rtx_next) as usize;
+        let (start, hole) = self.loss.next_hole(self.snd_una)?;
+        let pipe = self.loss.pipe(self.snd_una, self.snd_max) as usize;
         let len = (hole as usize)
             .min(self.snd_mss)
             .min(self.data_end().since(start) as usize);
@@ -1852,7 +1796,7 @@ impl Connection {
         }
         self.stats.retransmits += 1;
         let t = self.data_segment(now, start, len);
-        self.rtx_next = start + t.payload_len;
+        self.loss.retransmitted_to(start + t.payload_len);
         Some(t)
     }
 
@@ -1874,9 +1818,8 @@ impl Connection {
         } else {
             0
         };
-        let in_flight = if self.sack_enabled && self.recovery != Recovery::None {
-            self.scoreboard
-                .pipe(self.snd_una, self.snd_max, self.rtx_next) as usize
+        let in_flight = if self.sack_enabled && self.loss.in_recovery() {
+            self.loss.pipe(self.snd_una, self.snd_max) as usize
         } else {
             self.snd_nxt.since(self.snd_una) as usize
         };
@@ -1897,8 +1840,8 @@ impl Connection {
 
         if available > 0 && len == 0 {
             // Zero window with nothing in flight: start the persist timer.
-            if self.snd_wnd == 0 && in_flight == 0 && self.persist_deadline.is_none() {
-                self.persist_deadline = Some(now + self.persist_interval());
+            if self.snd_wnd == 0 && in_flight == 0 && self.timers[Timer::Persist].is_none() {
+                self.timers[Timer::Persist] = Some(now + self.persist_interval());
             }
             return None;
         }
@@ -1907,8 +1850,8 @@ impl Connection {
             // Sender SWS: do not send a small part of what is queued unless it is at least
             // half the largest window the peer offered; the override timer ends the wait.
             if len < (self.max_snd_wnd as usize / 2).max(1) {
-                if in_flight == 0 && self.persist_deadline.is_none() {
-                    self.persist_deadline = Some(now + self.persist_interval());
+                if in_flight == 0 && self.timers[Timer::Persist].is_none() {
+                    self.timers[Timer::Persist] = Some(now + self.persist_interval());
                 }
                 return None;
             }

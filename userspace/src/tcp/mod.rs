@@ -6,11 +6,13 @@ pub mod congestion;
 mod connection;
 pub mod isn;
 pub mod reassembly;
+mod recovery;
 pub mod rtt;
 pub mod sack;
 pub mod send_buffer;
 pub mod seq;
 pub mod time;
+mod timer;
 
 pub use congestion::{CongestionControl, Cubic, NewReno};
 pub use connection::{

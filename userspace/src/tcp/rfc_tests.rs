@@ -22,8 +22,8 @@ const NO_OPTIONS: TcpOptions = TcpOptions::NONE;
 const SEND_TEMPL: TcpRepr<'static> = TcpRepr {
     src_port: ADDR_B.port(),
     dst_port: ADDR_A.port(),
-    seq: P,
-    ack: A,
+    seq: SeqNum(P),
+    ack: Some(SeqNum(A)),
     flags: TcpFlags::ACK,
     window: 65535,
     options: NO_OPTIONS,
@@ -35,8 +35,8 @@ const SEND_TEMPL: TcpRepr<'static> = TcpRepr {
 const RECV_TEMPL: TcpRepr<'static> = TcpRepr {
     src_port: ADDR_A.port(),
     dst_port: ADDR_B.port(),
-    seq: A,
-    ack: P,
+    seq: SeqNum(A),
+    ack: Some(SeqNum(P)),
     flags: TcpFlags::ACK,
     window: 65535,
     options: NO_OPTIONS,
@@ -102,7 +102,7 @@ fn check_out(c: &mut Connection, now: Instant, want: &[TcpRepr<'static>]) {
             payload.as_slice(),
             w.payload,
             "payload of segment {}",
-            w.seq
+            w.seq.0
         );
     }
 }
@@ -132,7 +132,7 @@ const MSS_ONLY: TcpOptions = TcpOptions {
 fn our_syn(options: TcpOptions) -> TcpRepr<'static> {
     TcpRepr {
         flags: TcpFlags::SYN,
-        ack: 0,
+        ack: None,
         ..our_syn_ack(options)
     }
 }
@@ -141,7 +141,7 @@ fn our_syn(options: TcpOptions) -> TcpRepr<'static> {
 fn our_syn_ack(options: TcpOptions) -> TcpRepr<'static> {
     TcpRepr {
         flags: TcpFlags::SYN_ACK,
-        seq: ISS,
+        seq: SeqNum(ISS),
         options,
         ..RECV_TEMPL
     }
@@ -166,7 +166,7 @@ fn open(cfg: Config, offer: TcpOptions, answer: TcpOptions, ack_options: TcpOpti
         t(10),
         TcpRepr {
             flags: TcpFlags::SYN_ACK,
-            seq: PEER_ISS,
+            seq: SeqNum(PEER_ISS),
             options: answer,
         }
     );
@@ -233,8 +233,8 @@ fn two_in_flight(cfg: Config) -> Connection {
 fn rst(seq: u32) -> TcpRepr<'static> {
     TcpRepr {
         flags: TcpFlags::RST,
-        seq,
-        ack: 0,
+        seq: SeqNum(seq),
+        ack: None,
         window: 0,
         ..RECV_TEMPL
     }
@@ -243,7 +243,7 @@ fn rst(seq: u32) -> TcpRepr<'static> {
 /// Data segment `i` (MSS-sized) of a bulk send starting at A.
 fn data_seg(i: u32) -> TcpRepr<'static> {
     TcpRepr {
-        seq: A + i * MSS as u32,
+        seq: SeqNum(A + i * MSS as u32),
         payload: &DATA[..MSS],
         ..RECV_TEMPL
     }
@@ -256,7 +256,7 @@ fn peer_sends_full_segments(c: &mut Connection, now: Instant, n: u32) {
             c,
             now,
             TcpRepr {
-                seq: P + i * MSS as u32,
+                seq: SeqNum(P + i * MSS as u32),
                 payload: &DATA[..MSS],
             }
         );
@@ -274,8 +274,8 @@ fn time_wait() -> Connection {
         c,
         t(21),
         [TcpRepr {
-            seq: A + 1,
-            ack: P + 1,
+            seq: SeqNum(A + 1),
+            ack: Some(SeqNum(P + 1)),
             window: 65534
         }]
     );
@@ -283,8 +283,8 @@ fn time_wait() -> Connection {
         c,
         t(30),
         TcpRepr {
-            seq: P + 1,
-            ack: A + 1
+            seq: SeqNum(P + 1),
+            ack: Some(SeqNum(A + 1))
         }
     );
     assert_eq!(c.state(), State::TimeWait);
@@ -302,8 +302,8 @@ fn test_time_wait_duplicate_ack_is_not_answered() {
         c,
         t(40),
         TcpRepr {
-            seq: P + 1,
-            ack: A + 1
+            seq: SeqNum(P + 1),
+            ack: Some(SeqNum(A + 1))
         }
     );
     recv_nothing!(c, t(40));
@@ -318,15 +318,15 @@ fn test_time_wait_retransmitted_fin_is_acked_and_restarts_2msl() {
         t(5_000),
         TcpRepr {
             flags: FIN_ACK,
-            ack: A + 1
+            ack: Some(SeqNum(A + 1))
         }
     );
     recv!(
         c,
         t(5_000),
         [TcpRepr {
-            seq: A + 1,
-            ack: P + 1,
+            seq: SeqNum(A + 1),
+            ack: Some(SeqNum(P + 1)),
             window: 65534
         }]
     );
@@ -345,11 +345,11 @@ fn test_time_wait_syn_with_higher_sequence_may_reopen() {
     let syn = |seq| TcpRepr {
         flags: TcpFlags::SYN,
         seq,
-        ack: 0,
+        ack: None,
         ..SEND_TEMPL
     };
-    assert!(c.time_wait_accepts_syn(&syn(P + 100_000)));
-    assert!(!c.time_wait_accepts_syn(&syn(P - 100)));
+    assert!(c.time_wait_accepts_syn(&syn(SeqNum(P + 100_000))));
+    assert!(!c.time_wait_accepts_syn(&syn(SeqNum(P - 100))));
 }
 
 // ---------------------------------------------------------------- 2. zero-window probes
@@ -365,7 +365,7 @@ fn test_established_zero_window_answered_probes_keep_connection() {
         c,
         t(30),
         TcpRepr {
-            ack: A + MSS as u32,
+            ack: Some(SeqNum(A + MSS as u32)),
             window: 0
         }
     );
@@ -377,7 +377,7 @@ fn test_established_zero_window_answered_probes_keep_connection() {
         // A timeout sends nothing (RTO: the window is closed) or one probe: the old
         // byte before SND.UNA, which draws an ACK with the window (RFC 9293 3.8.6.1).
         let probe = TcpRepr {
-            seq: A + MSS as u32 - 1,
+            seq: SeqNum(A + MSS as u32 - 1),
             ..RECV_TEMPL
         };
         let out = sent(&mut c, now);
@@ -388,7 +388,7 @@ fn test_established_zero_window_answered_probes_keep_connection() {
             c,
             now,
             TcpRepr {
-                ack: A + MSS as u32,
+                ack: Some(SeqNum(A + MSS as u32)),
                 window: 0
             }
         );
@@ -411,7 +411,7 @@ fn test_established_zero_window_unanswered_probes_give_up() {
     for _ in 0..3 {
         let now = c.poll_timeout().expect("persist timer");
         c.handle_timeout(now);
-        recv!(c, now, [TcpRepr { seq: A - 1 }]);
+        recv!(c, now, [TcpRepr { seq: SeqNum(A - 1) }]);
     }
     let now = c.poll_timeout().expect("persist timer");
     c.handle_timeout(now);
@@ -453,7 +453,13 @@ fn test_fin_wait_2_orphan_times_out() {
     let mut c = established();
     c.close();
     recv!(c, t(20), [TcpRepr { flags: FIN_ACK }]);
-    send!(c, t(30), TcpRepr { ack: A + 1 });
+    send!(
+        c,
+        t(30),
+        TcpRepr {
+            ack: Some(SeqNum(A + 1))
+        }
+    );
     assert_eq!(c.state(), State::FinWait2);
     recv_nothing!(c, t(30));
     assert_eq!(c.poll_timeout(), None, "not orphaned: waits for the peer");
@@ -494,7 +500,7 @@ fn test_established_paws_ts_recent_expires_after_24_days() {
         c,
         delack,
         [TcpRepr {
-            ack: P + 5,
+            ack: Some(SeqNum(P + 5)),
             window: 65530,
             options: TcpOptions {
                 timestamps: Some((now_ts + 40, 500)),
@@ -595,8 +601,8 @@ fn test_established_rst_flood_draws_one_challenge_ack() {
             t(20 + 5 * i),
             TcpRepr {
                 flags: TcpFlags::RST,
-                seq: P + 100,
-                ack: 0,
+                seq: SeqNum(P + 100),
+                ack: None,
             }
         );
         if i == 0 {
@@ -619,8 +625,8 @@ fn test_established_challenge_ack_limit_is_global() {
     let mut c2 = established_with(shared);
     let rst = TcpRepr {
         flags: TcpFlags::RST,
-        seq: P + 100,
-        ack: 0,
+        seq: SeqNum(P + 100),
+        ack: None,
         ..SEND_TEMPL
     };
     send!(c1, t(20), rst);
@@ -640,7 +646,7 @@ fn test_established_icmp_frag_needed_lowers_mss_and_retransmits() {
     // RFC 1191: the path takes 1000 bytes; resend what is in flight in 960-byte segments.
     c.handle_icmp_unreachable(4, A, 1000);
     let seg = |i: u32, len: usize| TcpRepr {
-        seq: A + i * 960,
+        seq: SeqNum(A + i * 960),
         payload: &DATA[..len],
         ..RECV_TEMPL
     };
@@ -678,7 +684,7 @@ fn test_established_black_hole_lowers_mss_after_three_timeouts() {
     let rto = c.poll_timeout().unwrap();
     c.handle_timeout(rto);
     let small = |i: u32| TcpRepr {
-        seq: A + i * 730,
+        seq: SeqNum(A + i * 730),
         payload: &DATA[..730],
         ..RECV_TEMPL
     };
@@ -698,15 +704,15 @@ fn test_established_batch_of_full_segments_acked_every_second_one() {
         t(20),
         [
             TcpRepr {
-                ack: P + 2 * m,
+                ack: Some(SeqNum(P + 2 * m)),
                 window: (65535 - 2 * m) as u16
             },
             TcpRepr {
-                ack: P + 4 * m,
+                ack: Some(SeqNum(P + 4 * m)),
                 window: (65535 - 4 * m) as u16
             },
             TcpRepr {
-                ack: P + 6 * m,
+                ack: Some(SeqNum(P + 6 * m)),
                 window: (65535 - 6 * m) as u16
             },
         ]
@@ -727,7 +733,7 @@ fn test_established_stretch_ack_grows_cwnd_by_two_segments() {
         c,
         t(30),
         TcpRepr {
-            ack: A + 4 * MSS as u32
+            ack: Some(SeqNum(A + 4 * MSS as u32))
         }
     );
     let next: Vec<TcpRepr<'static>> = (10..16).map(data_seg).collect();
@@ -751,19 +757,25 @@ fn test_established_application_limited_sender_keeps_cwnd() {
             now,
             [TcpRepr {
                 flags: PSH_ACK,
-                seq: next,
+                seq: SeqNum(next),
                 payload: &DATA[..100],
             }]
         );
         next += 100;
-        send!(c, now + Duration::from_millis(5), TcpRepr { ack: next });
+        send!(
+            c,
+            now + Duration::from_millis(5),
+            TcpRepr {
+                ack: Some(SeqNum(next))
+            }
+        );
     }
     // RFC 7661: cwnd did not grow while the application sent 100 bytes at a time.
     let now = t(600);
     c.send(&DATA[..64 * 1024]).unwrap();
     let burst: Vec<TcpRepr<'static>> = (0..10)
         .map(|i| TcpRepr {
-            seq: next + i * MSS as u32,
+            seq: SeqNum(next + i * MSS as u32),
             ..data_seg(0)
         })
         .collect();
@@ -782,7 +794,7 @@ fn test_established_idle_restarts_from_initial_window() {
             c,
             t(30),
             TcpRepr {
-                ack: A + 2 * i * MSS as u32
+                ack: Some(SeqNum(A + 2 * i * MSS as u32))
             }
         );
     }
@@ -809,7 +821,7 @@ fn test_established_small_reads_do_not_repeat_the_ack() {
         c,
         t(20),
         [TcpRepr {
-            ack: P + full,
+            ack: Some(SeqNum(P + full)),
             window: 0
         }]
     );
@@ -824,7 +836,7 @@ fn test_established_small_reads_do_not_repeat_the_ack() {
         c,
         t(40),
         [TcpRepr {
-            ack: P + full,
+            ack: Some(SeqNum(P + full)),
             window: 1500
         }]
     );
@@ -845,7 +857,7 @@ fn test_syn_sent_retransmitted_syn_sets_rto_to_3s() {
         t(1500),
         TcpRepr {
             flags: TcpFlags::SYN_ACK,
-            seq: PEER_ISS,
+            seq: SeqNum(PEER_ISS),
             options: TcpOptions {
                 mss: Some(1460),
                 ..NO_OPTIONS
@@ -892,7 +904,7 @@ fn test_established_sack_reports_most_recent_blocks_first() {
             c,
             t(20),
             TcpRepr {
-                seq: P + at,
+                seq: SeqNum(P + at),
                 payload: &DATA[..10],
             }
         );
@@ -916,7 +928,7 @@ fn test_established_sack_reports_most_recent_blocks_first() {
         c,
         t(30),
         TcpRepr {
-            seq: P + 110,
+            seq: SeqNum(P + 110),
             payload: &DATA[..10],
         }
     );
@@ -934,8 +946,8 @@ fn test_established_sack_reports_most_recent_blocks_first() {
 /// The peer's SYN.
 const PEER_SYN: TcpRepr<'static> = TcpRepr {
     flags: TcpFlags::SYN,
-    seq: PEER_ISS,
-    ack: 0,
+    seq: SeqNum(PEER_ISS),
+    ack: None,
     options: MSS_ONLY,
     ..SEND_TEMPL
 };
@@ -967,7 +979,7 @@ fn test_syn_received_syn_ack_establishes_simultaneous_open() {
         t(10),
         TcpRepr {
             flags: TcpFlags::SYN_ACK,
-            seq: PEER_ISS,
+            seq: SeqNum(PEER_ISS),
             options: MSS_ONLY,
         }
     );
@@ -1002,7 +1014,7 @@ fn test_time_wait_releases_buffers() {
         t(20),
         [TcpRepr {
             flags: FIN_ACK,
-            seq: fin,
+            seq: SeqNum(fin),
         }]
     );
     // The peer acknowledges everything with its FIN: TIME-WAIT holds no buffers.
@@ -1011,7 +1023,7 @@ fn test_time_wait_releases_buffers() {
         t(30),
         TcpRepr {
             flags: FIN_ACK,
-            ack: fin + 1,
+            ack: Some(SeqNum(fin + 1)),
         }
     );
     assert_eq!(c.state(), State::TimeWait);
@@ -1020,8 +1032,8 @@ fn test_time_wait_releases_buffers() {
         c,
         t(30),
         [TcpRepr {
-            seq: fin + 1,
-            ack: P + 1,
+            seq: SeqNum(fin + 1),
+            ack: Some(SeqNum(P + 1)),
             window: 65534,
         }]
     );
@@ -1031,15 +1043,15 @@ fn test_time_wait_releases_buffers() {
         t(40),
         TcpRepr {
             flags: FIN_ACK,
-            ack: fin + 1,
+            ack: Some(SeqNum(fin + 1)),
         }
     );
     recv!(
         c,
         t(40),
         [TcpRepr {
-            seq: fin + 1,
-            ack: P + 1,
+            seq: SeqNum(fin + 1),
+            ack: Some(SeqNum(P + 1)),
             window: 65534,
         }]
     );
@@ -1067,7 +1079,7 @@ fn test_established_keepalive_probes_then_gives_up() {
         let now = t(10_010 + 1000 * i);
         assert_eq!(c.poll_timeout(), Some(now));
         c.handle_timeout(now);
-        recv!(c, now, [TcpRepr { seq: A - 1 }]);
+        recv!(c, now, [TcpRepr { seq: SeqNum(A - 1) }]);
     }
     c.handle_timeout(t(13_010));
     recv!(c, t(13_010), [rst(A)]);
@@ -1080,7 +1092,7 @@ fn test_established_keepalive_answered_keeps_connection() {
     c.set_keepalive_params(Duration::from_secs(10), Duration::from_secs(1), 3);
     c.set_keepalive(t(10), true);
     c.handle_timeout(t(10_010));
-    recv!(c, t(10_010), [TcpRepr { seq: A - 1 }]);
+    recv!(c, t(10_010), [TcpRepr { seq: SeqNum(A - 1) }]);
     send!(c, t(10_020), TcpRepr {});
     recv_nothing!(c, t(10_020));
     // The answer restarts the idle time: the next timer finds no probe due.
@@ -1105,7 +1117,7 @@ fn test_closed_segment_after_abort_gets_rst() {
         TcpRepr {
             flags: PSH_ACK,
             payload: b"late",
-            ack: A + 7,
+            ack: Some(SeqNum(A + 7)),
         }
     );
     recv!(c, t(30), [rst(A + 7)]);
@@ -1114,8 +1126,8 @@ fn test_closed_segment_after_abort_gets_rst() {
         t(31),
         TcpRepr {
             flags: FIN_ACK.without_ack(),
-            seq: P + 4,
-            ack: 0,
+            seq: SeqNum(P + 4),
+            ack: None,
         }
     );
     recv!(
@@ -1123,8 +1135,8 @@ fn test_closed_segment_after_abort_gets_rst() {
         t(31),
         [TcpRepr {
             flags: TcpFlags::RST_ACK,
-            seq: 0,
-            ack: P + 5,
+            seq: SeqNum(0),
+            ack: Some(SeqNum(P + 5)),
             window: 0,
         }]
     );
@@ -1206,7 +1218,7 @@ mod sim_properties {
                 ..Config::default()
             };
             let mut pair = bulk(seed, cfg, delay_ms, 16 << 20);
-            while !pair.a.is_established() {
+            while !pair.a.is_synchronized() {
                 prop_assert!(pair.step());
             }
             let rtt = Duration::from_millis(2 * delay_ms);

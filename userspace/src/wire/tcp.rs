@@ -5,6 +5,7 @@ use super::{
     ipv4::{PROTO_TCP, emit_header},
     partial_tcp_checksum, tcp_checksum,
 };
+use crate::tcp::seq::SeqNum;
 use std::net::Ipv4Addr;
 
 /// At most four SACK blocks fit in the option space (three with timestamps).
@@ -224,9 +225,10 @@ pub struct TcpRepr<'a> {
     /// Destination port.
     pub dst_port: u16,
     /// Sequence number.
-    pub seq: u32,
-    /// Acknowledgment number (significant with ACK).
-    pub ack: u32,
+    pub seq: SeqNum,
+    /// Acknowledgment number: `Some` when the ACK flag is set (parsed segments), `None`
+    /// without it (sent as 0).
+    pub ack: Option<SeqNum>,
     /// Control flags.
     pub flags: TcpFlags,
     /// Receive window, unscaled as on the wire.
@@ -268,8 +270,8 @@ pub(super) fn parse(
     let repr = TcpRepr {
         src_port: tcp.source_port(),
         dst_port: tcp.destination_port(),
-        seq: tcp.sequence_number(),
-        ack: tcp.acknowledgment_number(),
+        seq: SeqNum(tcp.sequence_number()),
+        ack: tcp.ack().then(|| SeqNum(tcp.acknowledgment_number())),
         flags: TcpFlags {
             syn: tcp.syn(),
             ack: tcp.ack(),
@@ -318,8 +320,8 @@ pub fn emit_tcp(
     let seg = &mut buf[ETH_HEADER_LEN + IPV4_HEADER_LEN..total];
     seg[0..2].copy_from_slice(&repr.src_port.to_be_bytes());
     seg[2..4].copy_from_slice(&repr.dst_port.to_be_bytes());
-    seg[4..8].copy_from_slice(&repr.seq.to_be_bytes());
-    seg[8..12].copy_from_slice(&repr.ack.to_be_bytes());
+    seg[4..8].copy_from_slice(&repr.seq.0.to_be_bytes());
+    seg[8..12].copy_from_slice(&repr.ack.map_or(0, |a| a.0).to_be_bytes());
     seg[12] = ((tcp_header_len / 4) as u8) << 4;
     let f = repr.flags;
     seg[13] = u8::from(f.fin)

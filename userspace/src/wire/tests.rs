@@ -1,4 +1,5 @@
 use super::*;
+use crate::tcp::SeqNum;
 
 const MAC_A: MacAddr = [2, 0, 0, 0, 0, 1];
 const MAC_B: MacAddr = [2, 0, 0, 0, 0, 2];
@@ -9,8 +10,8 @@ fn syn_with_options() -> TcpRepr<'static> {
     TcpRepr {
         src_port: 40000,
         dst_port: 80,
-        seq: 0xffff_fff0,
-        ack: 0,
+        seq: SeqNum(0xffff_fff0),
+        ack: None,
         flags: TcpFlags::SYN,
         window: 65535,
         options: TcpOptions {
@@ -52,7 +53,7 @@ fn tcp_roundtrip_with_options_and_payload() {
             assert_eq!(tcp.options.timestamps, Some((1, 0)));
             assert_eq!(tcp.options.mss, Some(1460));
             assert_eq!(tcp.options.window_scale, Some(7));
-            assert_eq!(tcp.seq, 0xffff_fff0);
+            assert_eq!(tcp.seq, SeqNum(0xffff_fff0));
         }
         other => panic!("unexpected {other:?}"),
     }

@@ -1,6 +1,6 @@
 //! `userspace serve`: an HTTP/1.1 static file server, or a TCP echo service, on the stack.
 //!
-//! One event loop: the stack reports which connections have news (`drain_ready`), so
+//! One event loop: the stack reports which connections have news (`drain_news`), so
 //! an idle connection costs nothing per turn, whatever their number.
 mod files;
 
@@ -107,7 +107,7 @@ impl Server {
         self.work.push(id);
     }
 
-    /// Accepts new connections and serves those with news: the stack's ready list, plus
+    /// Accepts new connections and serves those with news: the stack's news list, plus
     /// connections woken by the caller.
     pub fn turn(&mut self, stack: &mut Stack, accepting: bool) {
         if accepting {
@@ -116,7 +116,7 @@ impl Server {
                 self.work.push(id);
             }
         }
-        stack.drain_ready(&mut self.news);
+        stack.drain_news(&mut self.news);
         self.work.append(&mut self.news);
         let mut work = std::mem::take(&mut self.work);
         for id in work.drain(..) {
