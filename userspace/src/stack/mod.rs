@@ -829,7 +829,7 @@ impl Stack {
         for id in self.waiting.remove(&ip).unwrap_or_default() {
             if let Some(e) = self.entry_mut(id) {
                 e.parked = false;
-                self.mark_dirty(id.slot as usize);
+                self.mark_needs_output(id.slot as usize);
             }
         }
     }
