@@ -1294,6 +1294,7 @@ print('injected', len(frames) * rounds, 'port', dport)
         &w,
         &[
             "-sS",
+            "-v",
             "--stats",
             "--max-time",
             "120",
@@ -1301,6 +1302,14 @@ print('injected', len(frames) * rounds, 'port', dport)
             out_file.to_str().unwrap(),
             "http://example.com/big.bin",
         ],
+    );
+    // `-v` says what the stack dropped for checksums, with the remedy, in one line.
+    assert!(
+        text(&out.stderr)
+            .lines()
+            .any(|l| l.starts_with("* ") && l.contains("TCP segment(s) dropped for bad checksums")),
+        "{}",
+        text(&out.stderr)
     );
     let attack = sniffer.wait_with_output().unwrap();
     assert!(

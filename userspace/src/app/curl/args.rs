@@ -163,6 +163,9 @@ pub struct CurlArgs {
     /// Most seconds the connection setup may take
     #[arg(long, value_name = "SECONDS")]
     pub connect_timeout: Option<f64>,
+    /// Send TCP keep-alive probes after SECONDS idle, then every SECONDS (as curl)
+    #[arg(long, value_name = "SECONDS")]
+    pub keepalive_time: Option<u32>,
     /// Retry a transient failure (timeout, 408, 429, 500, 502, 503, 504) N times
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub retry: u32,

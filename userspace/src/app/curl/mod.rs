@@ -193,22 +193,40 @@ pub fn resolve(entries: &[ResolveEntry], host: &str, port: u16) -> Result<Ipv4Ad
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return Ok(ip);
     }
+    // An IPv6 literal is an address, not a name: say plainly that the stack cannot
+    // reach it (curl's "couldn't connect"), rather than that it cannot be resolved.
+    if let Some(v6) = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok())
+    {
+        return Err(fail(
+            EXIT_CANNOT_CONNECT,
+            format!(
+                "Failed to connect to {v6} port {port}: IPv6 is not supported by this stack yet (IPv4 only)"
+            ),
+        ));
+    }
     // The system resolver: /etc/hosts, then the DNS servers of resolv.conf.
-    (host, port)
+    let addrs: Vec<std::net::SocketAddr> = (host, port)
         .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| {
-            addrs.find_map(|a| match a {
-                std::net::SocketAddr::V4(v4) => Some(*v4.ip()),
-                _ => None,
-            })
-        })
-        .ok_or_else(|| {
-            fail(
-                EXIT_CANNOT_RESOLVE,
-                format!("Could not resolve host: {host}"),
-            )
-        })
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    if let Some(v4) = addrs.iter().find_map(|a| match a {
+        std::net::SocketAddr::V4(v4) => Some(*v4.ip()),
+        _ => None,
+    }) {
+        return Ok(v4);
+    }
+    let why = if addrs.is_empty() {
+        String::new()
+    } else {
+        " (it has IPv6 addresses only, and this stack speaks IPv4 only)".to_string()
+    };
+    Err(fail(
+        EXIT_CANNOT_RESOLVE,
+        format!("Could not resolve host: {host}{why}"),
+    ))
 }
 
 fn print_version() {

@@ -98,7 +98,12 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
         prepared,
         resolve,
         jar: RefCell::new(Jar::new(&args.cookie, args.cookie_jar.as_deref())),
-        io: Io::new(args.stack_args(), args.verbose),
+        io: Io::new(
+            args.stack_args(),
+            args.verbose,
+            args.keepalive_time
+                .map(|s| std::time::Duration::from_secs(u64::from(s.max(1)))),
+        ),
         pool: RefCell::new(Vec::new()),
         dump: RefCell::new(None),
         connections: Cell::new(0),
@@ -213,6 +218,18 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
     }
     drop(running);
     block_on(&session.io, session.shutdown());
+    // What the stack lost that the user needed (segments dropped for checksums,
+    // packets on queues without a socket): `-v` says so, and so does a failure, in its
+    // one line.
+    let losses = session.io.diagnosis();
+    if args.verbose {
+        for line in &losses {
+            eprintln!("* {line}");
+        }
+    }
+    if let (Err(e), Some(first)) = (&mut last, losses.first()) {
+        e.message = format!("{} ({first})", e.message);
+    }
     last
 }
 

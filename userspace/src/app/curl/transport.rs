@@ -67,14 +67,17 @@ pub struct Io {
     inner: RefCell<Option<Transport>>,
     stack: StackArgs,
     verbose: bool,
+    /// `--keepalive-time`: idle time before keep-alive probes, and between them.
+    keepalive: Option<Duration>,
 }
 
 impl Io {
-    pub fn new(stack: StackArgs, verbose: bool) -> Io {
+    pub fn new(stack: StackArgs, verbose: bool, keepalive: Option<Duration>) -> Io {
         Io {
             inner: RefCell::new(None),
             stack,
             verbose,
+            keepalive,
         }
     }
 
@@ -103,6 +106,15 @@ impl Io {
             t.rt.turn();
             t.rt.idle();
         }
+    }
+
+    /// Lines about what the stack dropped that the user needed (see `setup::diagnose`).
+    pub fn diagnosis(&self) -> Vec<String> {
+        self.inner
+            .borrow()
+            .as_ref()
+            .map(|t| crate::app::setup::diagnose(&t.rt))
+            .unwrap_or_default()
     }
 
     pub fn print_stats(&self) {
@@ -168,7 +180,8 @@ impl Io {
                 t.rt.stack.connect(now, SocketAddrV4::new(ip, port))
             })?
             .map_err(|e| refused(&e))?;
-        let connect_deadline = Instant::now() + connect_timeout;
+        let started = Instant::now();
+        let connect_deadline = started + connect_timeout;
         let until = deadline.map_or(connect_deadline, |d| d.min(connect_deadline));
         let result = self
             .wait_until(Some(until), |stack| match stack.state(id) {
@@ -183,11 +196,20 @@ impl Io {
         let failure = match result {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(refused(&e)),
+            // The time it really took, as curl reports it; `-m` ending the connect
+            // phase is curl's "Connection timed out".
             Err(e) if e.code == EXIT_TIMEOUT && until == connect_deadline => Some(fail(
                 EXIT_TIMEOUT,
                 format!(
                     "Failed to connect to {ip} port {port} after {} ms: Timeout was reached",
-                    connect_timeout.as_millis()
+                    started.elapsed().as_millis()
+                ),
+            )),
+            Err(e) if e.code == EXIT_TIMEOUT => Some(fail(
+                EXIT_TIMEOUT,
+                format!(
+                    "Connection timed out after {} milliseconds",
+                    started.elapsed().as_millis()
                 ),
             )),
             Err(e) => Some(e),
@@ -198,6 +220,14 @@ impl Io {
                 t.rt.stack.release(id);
             });
             return Err(e);
+        }
+        // RFC 1122 4.2.3.6 keep-alive, as curl's --keepalive-time sets TCP_KEEPIDLE and
+        // TCP_KEEPINTVL (with Linux's default of 9 probes).
+        if let Some(every) = self.keepalive {
+            self.with(|t| {
+                t.rt.stack.set_keepalive_params(id, every, every, 9);
+                t.rt.stack.set_keepalive(id, true);
+            })?;
         }
         let conn = self.with(|t| {
             let slot = t
