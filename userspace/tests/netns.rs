@@ -428,6 +428,51 @@ fn packets_on_a_queue_without_a_socket_are_dropped_and_reported() {
     );
 }
 
+/// Shared-IP mode takes next hops from the kernel's neighbour table, which may hold a
+/// stale address for a host that went away. Like the kernel's own connect, the stack
+/// ends with "host unreachable" (curl's exit 7) once the kernel fails to confirm the
+/// neighbour, not with a timeout (28) after 30 s. IPv6 literals are refused plainly.
+#[test]
+fn shared_ip_unreachable_on_link_host_and_ipv6_literal_fail_with_exit_7() {
+    let w = world(WorldOptions::default());
+    run_in(
+        &w,
+        &w.host,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "10.77.1.51",
+            "lladdr",
+            "02:00:00:00:00:51",
+            "dev",
+            HOST_IF,
+            "nud",
+            "stale",
+        ],
+    );
+    let started = std::time::Instant::now();
+    let out = curl(&w, &["-sS", "http://10.77.1.51/"]);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("unreachable"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(25), "took {took:?}");
+    // No neighbour entry at all: the ARP timeout (3 s), exit 7.
+    let out = curl(&w, &["-sS", "http://10.77.1.52/"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let out = curl(&w, &["-sS", "http://[::1]/"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(
+        text(&out.stderr).contains("IPv6 is not supported"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 // ------------------------------------------------------------------ curl (issue 4)
 
 fn curl_ok(w: &World, args: &[&str]) -> String {

@@ -217,6 +217,18 @@ pub fn kernel_neighbour(iface: &str, ip: Ipv4Addr) -> Option<MacAddr> {
     None
 }
 
+/// True if the kernel's neighbour table holds `ip` on `iface` as unresolved (incomplete
+/// or failed: /proc/net/arp shows flags 0x0 and no address).
+pub fn kernel_neighbour_failed(iface: &str, ip: Ipv4Addr) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/arp") else {
+        return false;
+    };
+    table.lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() >= 6 && f[5] == iface && f[0].parse::<Ipv4Addr>().ok() == Some(ip) && f[2] == "0x0"
+    })
+}
+
 /// Asks the kernel to resolve `ip` (shared-IP mode, where ARP replies go to the kernel):
 /// a UDP datagram to the discard port makes it send its own ARP request.
 pub fn provoke_kernel_arp(ip: Ipv4Addr) {

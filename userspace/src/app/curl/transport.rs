@@ -10,7 +10,7 @@ use super::{
     CurlError, EXIT_CANNOT_CONNECT, EXIT_INTERRUPTED, EXIT_RECV_ERROR, EXIT_TIMEOUT, fail,
 };
 use crate::app::runtime::Runtime;
-use crate::app::setup::{StackArgs, print_stats, resolve_next_hop};
+use crate::app::setup::{NeighbourWatch, StackArgs, print_stats, resolve_next_hop};
 use crate::stack::{ConnId, Stack};
 use crate::tcp::{State, TcpError};
 use std::cell::RefCell;
@@ -183,8 +183,10 @@ impl Io {
         let started = Instant::now();
         let connect_deadline = started + connect_timeout;
         let until = deadline.map_or(connect_deadline, |d| d.min(connect_deadline));
+        let mut neighbour = self.with(|t| NeighbourWatch::new(&mut t.rt, ip))?;
         let result = self
             .wait_until(Some(until), |stack| match stack.state(id) {
+                State::SynSent if neighbour.lost() => Some(Err(TcpError::HostUnreachable)),
                 State::SynSent | State::SynReceived => None,
                 State::Closed => Some(Err(stack
                     .connection(id)
