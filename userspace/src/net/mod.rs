@@ -215,6 +215,7 @@ impl StackBuilder {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let first = self.args.cpu.unwrap_or(0);
         let mut links = ShardLink::mesh(stacks);
+        let directory = Arc::new(crate::stack::ShardDirectory::default());
         let mut started = Vec::new();
         for shard in 0..stacks {
             let link = links.remove(0);
@@ -223,7 +224,7 @@ impl StackBuilder {
                 .copied()
                 .filter(|q| *q as usize % stacks == shard)
                 .collect();
-            let (plan, program) = (plan.clone(), program.clone());
+            let (plan, program, directory) = (plan.clone(), program.clone(), directory.clone());
             let core = cores.get((first + shard) % cores.len().max(1)).copied();
             started.push(self.clone().start(move || {
                 if let Some(core) = core {
@@ -232,7 +233,7 @@ impl StackBuilder {
                 let mut device = XdpQueues::bind(&program, &mine)?;
                 device.report_program_counters = shard == 0;
                 let mut rt = plan.runtime(NetDevice::Plain(device))?;
-                rt.stack.hand_over_strays();
+                rt.stack.join_shards(directory.clone(), shard);
                 rt.shard = Some(link);
                 Ok(rt)
             })?);

@@ -67,6 +67,12 @@ impl Stack {
         }
         let port = local.port();
         if seg.flags.syn && !seg.flags.ack {
+            // Sharded stacks: a SYN retransmitted onto another stack's queue belongs to
+            // the stack that has the connection already (it answers with its SYN-ACK).
+            if self.owned_by_another_shard(local, remote) {
+                self.unmatched = true;
+                return;
+            }
             if self.live >= self.cfg.max_connections {
                 self.stats.listen_drops += 1;
                 return;
@@ -80,6 +86,10 @@ impl Stack {
             }
             if listener.half_open >= self.cfg.syn_backlog {
                 self.send_cookie(now, eth_src, local, remote, seg);
+                return;
+            }
+            if !self.claim_for_shard(local, remote) {
+                self.unmatched = true;
                 return;
             }
             self.learn_next_hop(*remote.ip(), eth_src);
@@ -96,6 +106,10 @@ impl Stack {
             && !seg.flags.syn
             && let Some(mss) = self.check_cookie(now, local, remote, seg)
         {
+            if !self.claim_for_shard(local, remote) {
+                self.unmatched = true;
+                return;
+            }
             let options = self.cookie_options(seg, mss);
             self.stats.syn_cookies_accepted += 1;
             let syn = TcpRepr {

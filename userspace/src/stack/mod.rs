@@ -110,6 +110,36 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
+/// Sharded stacks (one per group of RX queues): which stack owns each connection that
+/// a listener opened. Touched once when a connection opens and once when it goes, never
+/// per packet.
+#[derive(Debug, Default)]
+pub struct ShardDirectory {
+    owners: std::sync::Mutex<HashMap<(SocketAddrV4, SocketAddrV4), usize>>,
+}
+
+impl ShardDirectory {
+    /// Records `key` as stack `me`'s if nobody has it; true if it is `me`'s now.
+    fn claim(&self, key: (SocketAddrV4, SocketAddrV4), me: usize) -> bool {
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        *owners.entry(key).or_insert(me) == me
+    }
+
+    /// The stack that has `key`, if any.
+    fn owner(&self, key: (SocketAddrV4, SocketAddrV4)) -> Option<usize> {
+        let owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        owners.get(&key).copied()
+    }
+
+    /// Forgets `key` if it is `me`'s.
+    fn release(&self, key: (SocketAddrV4, SocketAddrV4), me: usize) {
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        if owners.get(&key) == Some(&me) {
+            owners.remove(&key);
+        }
+    }
+}
+
 /// A handle to a connection. Stale handles (slot reused) are detected by the generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId {
@@ -200,6 +230,8 @@ pub struct Stack {
     /// Sharded stacks (see [`Stack::hand_over_strays`]): frames of connections this stack
     /// does not know, kept for the other stacks instead of being answered with a RST.
     strays: Option<Vec<Vec<u8>>>,
+    /// Sharded stacks: which stack owns each connection a listener opened, and our index.
+    shards: Option<(std::sync::Arc<ShardDirectory>, usize)>,
     /// The segment just processed matched no connection nor listener.
     unmatched: bool,
     /// The frame being processed was handed over by another stack.
@@ -240,6 +272,7 @@ impl Stack {
             live: 0,
             finished: tcp::ConnectionStats::default(),
             strays: None,
+            shards: None,
             unmatched: false,
             handed_over: false,
             stats: StackStats::default(),
@@ -483,8 +516,11 @@ impl Stack {
 
     fn remove(&mut self, slot: usize) {
         if let Some(entry) = self.slots[slot].entry.take() {
-            self.by_tuple
-                .remove(&(entry.conn.local(), entry.conn.remote()));
+            let key = (entry.conn.local(), entry.conn.remote());
+            self.by_tuple.remove(&key);
+            if let Some((directory, me)) = &self.shards {
+                directory.release(key, *me);
+            }
             if let Some(port) = entry.listener
                 && let Some(l) = self.listeners.get_mut(&port)
             {
@@ -610,6 +646,30 @@ impl Stack {
     /// given to the other stacks) instead of being answered with a RST.
     pub fn hand_over_strays(&mut self) {
         self.strays.get_or_insert_with(Vec::new);
+    }
+
+    /// Joins a group of sharded stacks as stack `me`: strays are handed over (see
+    /// [`Stack::hand_over_strays`]), and the connections listeners open are recorded in
+    /// the group's directory, so that a SYN retransmitted onto another stack's queue
+    /// reaches the stack that has it instead of opening a second connection there.
+    pub fn join_shards(&mut self, directory: std::sync::Arc<ShardDirectory>, me: usize) {
+        self.hand_over_strays();
+        self.shards = Some((directory, me));
+    }
+
+    /// True if another sharded stack has a connection for the 4-tuple.
+    fn owned_by_another_shard(&self, local: SocketAddrV4, remote: SocketAddrV4) -> bool {
+        self.shards.as_ref().is_some_and(|(directory, me)| {
+            directory.owner((local, remote)).is_some_and(|o| o != *me)
+        })
+    }
+
+    /// True if this stack may open a connection for the 4-tuple (it is not sharded, or
+    /// the tuple is now recorded as ours).
+    fn claim_for_shard(&self, local: SocketAddrV4, remote: SocketAddrV4) -> bool {
+        self.shards
+            .as_ref()
+            .is_none_or(|(directory, me)| directory.claim((local, remote), *me))
     }
 
     /// The frames kept since the last call (see [`Stack::hand_over_strays`]).

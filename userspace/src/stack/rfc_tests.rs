@@ -525,10 +525,11 @@ fn test_listen_incomplete_fragments_time_out() {
 /// whose later segments land on the other stack's queue is handed over, not reset.
 #[test]
 fn test_established_segment_on_another_stacks_queue_is_handed_over() {
+    let directory = std::sync::Arc::new(ShardDirectory::default());
     let (mut a, mut da) = server(|_| {});
     let (mut b, mut db) = server(|_| {});
-    a.hand_over_strays();
-    b.hand_over_strays();
+    a.join_shards(directory.clone(), 0);
+    b.join_shards(directory, 1);
     let s1 = handshake(&mut a, &mut da, t(1));
     // B knows no such connection: it sends nothing (no RST) and keeps the frame.
     send!(
@@ -647,4 +648,47 @@ fn test_syn_sent_neighbour_added_by_the_application_releases_the_syn() {
     c.add_neighbour(IP_S, MAC_S);
     c.poll(t(2), &mut dc);
     assert_eq!(sent_kinds(&dc), [format!("{:?}", TcpFlags::SYN)]);
+}
+
+/// A SYN retransmitted onto another shard's queue (Linux rehashes the flow after a SYN
+/// timeout) goes to the shard that has the half-open connection, which answers with its
+/// SYN-ACK again (RFC 9293 3.10.7.4): no second connection with another ISN.
+#[test]
+fn test_syn_received_retransmitted_syn_on_another_shard_goes_to_the_owner() {
+    let directory = std::sync::Arc::new(ShardDirectory::default());
+    let (mut a, mut da) = server(|_| {});
+    let (mut b, mut db) = server(|_| {});
+    a.join_shards(directory.clone(), 0);
+    b.join_shards(directory.clone(), 1);
+    da.inject(&frame(&SYN));
+    a.poll(t(1), &mut da);
+    let first = take_syn_ack(&da);
+    // The retransmitted SYN reaches B: B opens nothing and answers nothing.
+    db.inject(&frame(&SYN));
+    b.poll(t(1001), &mut db);
+    recv!(db, []);
+    assert_eq!(b.connection_count(), 0);
+    let strays = b.take_strays();
+    assert_eq!(strays.len(), 1);
+    // A gets it and sends the same SYN-ACK again.
+    a.receive_handed_over(t(1001), &strays[0]);
+    a.poll(t(1001), &mut da);
+    let again = take_syn_ack(&da);
+    assert_eq!(again.seq, first.seq);
+    // Once A's connection is gone, the tuple is free for whichever shard gets the SYN.
+    send!(
+        a,
+        da,
+        t(1002),
+        TcpRepr {
+            flags: TcpFlags::RST,
+            ack: None
+        }
+    );
+    a.poll(t(1003), &mut da);
+    assert_eq!(a.connection_count(), 0);
+    db.inject(&frame(&SYN));
+    b.poll(t(2000), &mut db);
+    assert_eq!(take_syn_ack(&db).flags, TcpFlags::SYN_ACK);
+    assert_eq!(b.connection_count(), 1);
 }

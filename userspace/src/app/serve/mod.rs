@@ -532,6 +532,7 @@ fn run_sharded(args: &ServeArgs) -> anyhow::Result<()> {
     };
     let bound = Arc::new(Barrier::new(stacks + 1));
     let mut links = super::runtime::ShardLink::mesh(stacks);
+    let directory = Arc::new(crate::stack::ShardDirectory::default());
     // Stacks still serving: one that has finished keeps its queues polled (handing over
     // frames of the others' connections) until every stack is done.
     let serving = Arc::new(std::sync::atomic::AtomicUsize::new(stacks));
@@ -543,12 +544,13 @@ fn run_sharded(args: &ServeArgs) -> anyhow::Result<()> {
             .copied()
             .filter(|q| *q as usize % stacks == shard)
             .collect();
-        let (plan, program, bound, args, serving) = (
+        let (plan, program, bound, args, serving, directory) = (
             plan.clone(),
             program.clone(),
             bound.clone(),
             args.clone(),
             serving.clone(),
+            directory.clone(),
         );
         let core = cores.get(shard % cores.len().max(1)).copied();
         threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
@@ -562,7 +564,7 @@ fn run_sharded(args: &ServeArgs) -> anyhow::Result<()> {
             // The program's counters are global: one stack reports them.
             device.report_program_counters = shard == 0;
             let mut rt = plan.runtime(super::runtime::NetDevice::Plain(device))?;
-            rt.stack.hand_over_strays();
+            rt.stack.join_shards(directory.clone(), shard);
             rt.shard = Some(link);
             drop(program);
             let result = serve_on(&mut rt, &args, false);
