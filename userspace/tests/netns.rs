@@ -248,6 +248,7 @@ fn setup_errors_are_one_line_with_exit_code_2() {
     for (args, expect) in [
         (vec!["run", "--iface", "nosuch0"], "unknown interface"),
         (vec!["run", "--bogus-flag"], "unexpected argument"),
+        (vec!["run", "--iface", "lo"], "loopback interface"),
     ] {
         let mut argv = vec![BIN];
         argv.extend(args.iter());
@@ -433,7 +434,7 @@ fn packets_on_a_queue_without_a_socket_are_dropped_and_reported() {
 /// ends with "host unreachable" (curl's exit 7) once the kernel fails to confirm the
 /// neighbour, not with a timeout (28) after 30 s. IPv6 literals are refused plainly.
 #[test]
-fn shared_ip_unreachable_on_link_host_and_ipv6_literal_fail_with_exit_7() {
+fn shared_ip_unreachable_hosts_and_ipv6_literal_fail_with_exit_7() {
     let w = world(WorldOptions::default());
     run_in(
         &w,
@@ -464,6 +465,20 @@ fn shared_ip_unreachable_on_link_host_and_ipv6_literal_fail_with_exit_7() {
     // No neighbour entry at all: the ARP timeout (3 s), exit 7.
     let out = curl(&w, &["-sS", "http://10.77.1.52/"]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    // Off the link, the router answers with ICMP unreachable (no route; no ARP reply
+    // on its far link). In shared-IP mode those reach the stack too (steered when they
+    // quote one of its segments), so the connect fails as the kernel's does.
+    for (url, within) in [("http://10.77.3.3/", 2), ("http://10.77.2.77/", 10)] {
+        let started = std::time::Instant::now();
+        let out = curl(&w, &["-sS", url]);
+        assert_eq!(out.status.code(), Some(7), "{url}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("unreachable"),
+            "{url}: {}",
+            text(&out.stderr)
+        );
+        assert!(started.elapsed() < Duration::from_secs(within), "{url}");
+    }
     let out = curl(&w, &["-sS", "http://[::1]/"]);
     assert_eq!(out.status.code(), Some(7));
     assert!(

@@ -22,6 +22,9 @@ const ETH_HDR_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_ICMP: u8 = 1;
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_HDR_LEN: usize = 8;
 /// Offset of the target protocol address in an Ethernet/IPv4 ARP packet.
 const ARP_TPA_OFFSET: usize = 24;
 
@@ -111,17 +114,48 @@ fn steer_ipv4(ctx: &XdpContext, config: &SteerConfig) -> bool {
     let Some(protocol) = read::<u8>(ctx, ETH_HDR_LEN + 9) else {
         return false;
     };
-    if protocol != IPPROTO_TCP {
-        return false;
-    }
     // The IHL is checked against the frame length before use (it may lie).
     if ihl > 60 {
         return false;
     }
-    let Some(dst_port) = read::<u16>(ctx, ETH_HDR_LEN + ihl + 2) else {
+    match protocol {
+        IPPROTO_TCP => {
+            let Some(dst_port) = read::<u16>(ctx, ETH_HDR_LEN + ihl + 2) else {
+                return false;
+            };
+            config.owns_port(u16::from_be(dst_port))
+        }
+        IPPROTO_ICMP => icmp_error_for_us(ctx, config, ETH_HDR_LEN + ihl),
+        _ => false,
+    }
+}
+
+/// Shared-IP mode: an ICMP destination unreachable (RFC 792; "fragmentation needed"
+/// among them, RFC 1191) about one of the stack's own segments, from our address and
+/// one of our ports, belongs to the stack: in the kernel it would be lost, and a
+/// connect to an unreachable host would wait for its timeout.
+#[inline(always)]
+fn icmp_error_for_us(ctx: &XdpContext, config: &SteerConfig, icmp: usize) -> bool {
+    if read::<u8>(ctx, icmp) != Some(ICMP_DEST_UNREACHABLE) {
+        return false;
+    }
+    let quoted = icmp + ICMP_HDR_LEN;
+    let Some(version_ihl) = read::<u8>(ctx, quoted) else {
         return false;
     };
-    config.owns_port(u16::from_be(dst_port))
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
+    if version_ihl >> 4 != 4 || !(20..=60).contains(&ihl) {
+        return false;
+    }
+    if read::<u8>(ctx, quoted + 9) != Some(IPPROTO_TCP)
+        || read::<[u8; 4]>(ctx, quoted + 12) != Some(config.ipv4)
+    {
+        return false;
+    }
+    let Some(src_port) = read::<u16>(ctx, quoted + ihl) else {
+        return false;
+    };
+    config.owns_port(u16::from_be(src_port))
 }
 
 #[cfg(not(test))]

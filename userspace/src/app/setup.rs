@@ -433,6 +433,17 @@ pub fn diagnose(rt: &Runtime) -> Vec<String> {
             xdp.queues()
         ));
     }
+    let (rx_dropped, _, _) = xdp.socket_stats();
+    if rx_dropped > 0 {
+        let why = if xdp.attached_mode() == "skb" {
+            "XDP runs in generic (skb) mode here, where a local peer's GSO segments arrive whole and do not fit a 2048-byte frame; native mode avoids it (on a veth: as many RX queues as the peer has TX queues)"
+        } else {
+            "too large for a 2048-byte frame (an MTU above 2000?)"
+        };
+        lines.push(format!(
+            "{rx_dropped} frame(s) dropped by the AF_XDP sockets: {why}"
+        ));
+    }
     let bad = rt.stack.stats.drop_bad_tcp_checksum;
     if bad > 0 {
         let remedy = if rt.stack.config().checksum_policy == crate::wire::ChecksumPolicy::Strict {

@@ -48,6 +48,12 @@ pub fn interface(name: &str) -> anyhow::Result<InterfaceInfo> {
     let flags =
         u32::from_str_radix(read("flags")?.trim().trim_start_matches("0x"), 16).unwrap_or(0);
     let up = flags & 1 != 0 && read("operstate")?.trim() != "down";
+    // IFF_LOOPBACK: no Ethernet link, no ARP; nothing for the stack to steer there.
+    if flags & 0x8 != 0 {
+        bail!(
+            "{name} is a loopback interface, which the stack cannot use: pass the interface towards the peer (--iface)"
+        );
+    }
     Ok(InterfaceInfo {
         name: name.to_string(),
         ifindex: read("ifindex")?.trim().parse().unwrap_or(0),

@@ -201,7 +201,14 @@ impl XdpProgram {
             None => match attach(program, XdpMode::Driver) {
                 Ok(link) => (link, "native"),
                 Err(e) if super::netinfo::xdp_holder(info.ifindex).is_some() => return Err(e),
-                Err(_) => (attach(program, XdpMode::Skb)?, "skb"),
+                Err(native) => {
+                    let link = attach(program, XdpMode::Skb)?;
+                    tracing::warn!(
+                        "native XDP refused on {iface} ({:#}); running in generic (skb) mode, where frames larger than {FRAME_SIZE} bytes (a local peer's GSO segments) are dropped and bulk transfers crawl. On a veth, give it as many RX queues as its peer has TX queues (`ethtool -L {iface} rx N`)",
+                        native.root_cause()
+                    );
+                    (link, "skb")
+                }
             },
         };
         tracing::debug!(mode = attached_mode, "XDP program attached");

@@ -587,7 +587,7 @@ fn run_sharded(args: &ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|p| p.into_inner())
         .enable(plan.steer)?;
     eprintln!(
-        "ready: serving {} on {}:{} ({} queues, {stacks} stacks)",
+        "ready: serving {} on {}:{} (RX queues: {}, stacks: {stacks})",
         args.root.display(),
         plan.stack.ip,
         args.port,
