@@ -26,15 +26,19 @@ static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Most frames received or queued for transmit in one batch.
 pub const BATCH: usize = 64;
 const FRAME_SIZE: u32 = 2048;
-/// Ring size of a socket when it is the only one; with more queues each gets less, so
-/// that the UMEMs of all queues together stay near 16 MiB.
+/// Ring size of a socket when its stack polls no other; a stack that polls several
+/// queues gives each less, so that its UMEMs together stay at 8 MiB. UMEM memory is
+/// what start-up and exit cost most (the kernel populates, pins and frees every page),
+/// and one poll loop drains one ring at a time. Below 512, a bulk download on veth
+/// finds the fill ring empty.
 const RING_SIZE: u32 = 2048;
-const MIN_RING_SIZE: u32 = 256;
+const MIN_RING_SIZE: u32 = 512;
 
-/// Ring size for each of `queues` sockets (a power of two, as the kernel requires). Each
-/// UMEM holds twice its ring size in frames: a full fill ring plus as many for transmit.
+/// Ring size for each of the `queues` sockets one stack polls (a power of two, as the
+/// kernel requires). Each UMEM holds twice its ring size in frames: a full fill ring
+/// plus as many for transmit.
 fn ring_size_for(queues: u32) -> u32 {
-    (RING_SIZE * 2 / queues.max(1))
+    (RING_SIZE / queues.max(1))
         .next_power_of_two()
         .clamp(MIN_RING_SIZE, RING_SIZE)
 }
@@ -313,7 +317,7 @@ impl XdpProgram {
 
 impl XdpDevice {
     /// An AF_XDP socket with its own UMEM on `queue` of `iface`, whose rings are sized
-    /// for an interface of `queues` queues. It receives once registered with the program.
+    /// for a stack that polls `queues` queues. It receives once registered with the program.
     pub fn bind(
         iface: &super::netinfo::InterfaceInfo,
         queue: u32,
@@ -546,22 +550,21 @@ impl XdpQueues {
         let info = super::netinfo::interface(interface)?;
         let count = super::netinfo::rx_queue_count(interface).min(MAX_QUEUES);
         let wanted = queues_for(interface, count, choice)?;
+        // One thread binds the sockets while this one loads and attaches the program
+        // (the attach mostly waits in the kernel): each gets a core of its own.
         let (program, devices) = std::thread::scope(|scope| {
-            let binds: Vec<_> = wanted
-                .iter()
-                .map(|&q| {
-                    let info = &info;
-                    scope.spawn(move || XdpDevice::bind(info, q, count))
-                })
-                .collect();
+            let info = &info;
+            let wanted = &wanted;
+            let binds = scope.spawn(move || {
+                wanted
+                    .iter()
+                    .map(|&q| XdpDevice::bind(info, q, wanted.len() as u32))
+                    .collect::<anyhow::Result<Vec<XdpDevice>>>()
+            });
             let program = XdpProgram::load(interface, mode);
-            let devices: anyhow::Result<Vec<XdpDevice>> = binds
-                .into_iter()
-                .map(|b| {
-                    b.join()
-                        .unwrap_or_else(|_| bail!("binding a queue panicked"))
-                })
-                .collect();
+            let devices = binds
+                .join()
+                .unwrap_or_else(|_| bail!("binding the queues panicked"));
             (program, devices)
         });
         let program = program?;
@@ -572,9 +575,9 @@ impl XdpQueues {
         if now != count {
             let wanted = queues_for(interface, now, choice)?;
             devices.retain(|d| wanted.contains(&d.queue));
-            for q in wanted {
+            for &q in &wanted {
                 if !devices.iter().any(|d| d.queue == q) {
-                    devices.push(XdpDevice::bind(&info, q, now)?);
+                    devices.push(XdpDevice::bind(&info, q, wanted.len() as u32)?);
                 }
             }
         }
@@ -586,13 +589,10 @@ impl XdpQueues {
 
     /// One socket per queue in `queues` for an already loaded program.
     pub fn bind(program: &SharedProgram, queues: &[u32]) -> anyhow::Result<Self> {
-        let (info, count) = {
-            let p = lock(program);
-            (super::netinfo::interface(&p.interface)?, p.rx_queues)
-        };
+        let info = super::netinfo::interface(&lock(program).interface)?;
         let devices = queues
             .iter()
-            .map(|&q| XdpDevice::bind(&info, q, count))
+            .map(|&q| XdpDevice::bind(&info, q, queues.len() as u32))
             .collect::<anyhow::Result<Vec<_>>>()?;
         XdpQueues::register(program, devices)
     }
