@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const FILE_SIZE: usize = 512 << 20;
+const UPLOAD_SIZE: usize = 256 << 20;
 
 /// Busy CPU time of the whole machine (all cores), from /proc/stat: user, nice, system,
 /// irq and softirq, so the kernel's softirq work on the kernel path is counted too.
@@ -67,6 +68,16 @@ fn timed_download(mut cmd: Command, bytes: usize) -> anyhow::Result<(f64, f64)> 
     let cpu = cpu_busy_seconds() - cpu0;
     let gb = bytes as f64 / 1e9;
     Ok((bytes as f64 * 8.0 / secs / 1e9, cpu / gb))
+}
+
+/// Runs an upload (`userspace bench send`), returns (Gbit/s it reports, machine CPU
+/// seconds per GB over the whole command).
+fn timed_upload(mut cmd: Command, bytes: usize) -> anyhow::Result<(f64, f64)> {
+    let cpu0 = cpu_busy_seconds();
+    let line = output(&mut cmd)?;
+    let cpu = cpu_busy_seconds() - cpu0;
+    let gbps = json_field(&line, "gbit_per_s").with_context(|| format!("no rate in {line}"))?;
+    Ok((gbps, cpu / (bytes as f64 / 1e9)))
 }
 
 fn wrk(world: &World, url: &str) -> anyhow::Result<f64> {
@@ -224,6 +235,51 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         target: "lower",
     });
 
+    // Upload: 256 MiB from the host to a kernel discard server (socat reading to EOF,
+    // then closing), by the stack and by kernel sockets running the same workload.
+    let _discard = world.spawn(
+        &world.server,
+        &[
+            "socat",
+            "-u",
+            "-b",
+            "262144",
+            "TCP-LISTEN:7001,reuseaddr,fork",
+            "/dev/null",
+        ],
+    )?;
+    world.wait_for_port(&world.server, SERVER_IP, 7001, false)?;
+    let discard = format!("{SERVER_IP}:7001");
+    let upload = |kernel: bool| -> anyhow::Result<(f64, f64)> {
+        let run = || {
+            let mut c = world.exec(&world.host);
+            c.args([bin, "bench", "send", &discard, "--bytes"])
+                .arg(UPLOAD_SIZE.to_string());
+            if kernel {
+                c.arg("--kernel");
+            }
+            timed_upload(c, UPLOAD_SIZE)
+        };
+        let (a, b) = (run()?, run()?);
+        Ok(if a.0 >= b.0 { a } else { b })
+    };
+    let (ours_up, ours_up_cpu) = upload(false)?;
+    let (kernel_up, kernel_up_cpu) = upload(true)?;
+    rows.push(Row {
+        name: "bulk upload (256 MiB, to a kernel discard server)",
+        ours: ours_up,
+        kernel: kernel_up,
+        unit: "Gbit/s",
+        target: ">= 1.0x",
+    });
+    rows.push(Row {
+        name: "CPU per GB uploaded (machine)",
+        ours: ours_up_cpu,
+        kernel: kernel_up_cpu,
+        unit: "CPU-s/GB",
+        target: "<= 1.0x",
+    });
+
     // The AF_XDP ceiling: frames counted and recycled by a sink with no stack, sent by
     // an AF_XDP blaster on the router's end of the link.
     // Read inside the host namespace: /sys of this process shows the root namespace.
@@ -313,34 +369,33 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         });
     }
 
-    // Connections per second against nginx (connect, GET, response, close), one at a time.
+    // Connections per second against nginx (connect, GET, response, close), one at a
+    // time and 16 in flight.
     let target = format!("{SERVER_IP}:80");
-    let ours = output(world.exec(&world.host).args([
-        bin,
-        "bench",
-        "cps",
-        &target,
-        "--seconds",
-        "5",
-        "--cpu",
-        "0",
-    ]))?;
-    let kernel = output(world.exec(&world.host).args([
-        bin,
-        "bench",
-        "cps",
-        &target,
-        "--seconds",
-        "5",
-        "--kernel",
-    ]))?;
-    rows.push(Row {
-        name: "connections/s (sequential)",
-        ours: json_field(&ours, "per_second").unwrap_or(0.0),
-        kernel: json_field(&kernel, "per_second").unwrap_or(0.0),
-        unit: "conn/s",
-        target: ">= 2.0x",
-    });
+    for parallel in [1usize, 16] {
+        let cps = |kernel: bool| -> anyhow::Result<f64> {
+            let mut c = world.exec(&world.host);
+            c.args([bin, "bench", "cps", &target, "--seconds", "5", "--parallel"])
+                .arg(parallel.to_string());
+            c.args(if kernel {
+                &["--kernel"][..]
+            } else {
+                &["--cpu", "0"][..]
+            });
+            Ok(json_field(&output(&mut c)?, "per_second").unwrap_or(0.0))
+        };
+        rows.push(Row {
+            name: if parallel == 1 {
+                "connections/s (sequential)"
+            } else {
+                "connections/s (16 in flight)"
+            },
+            ours: cps(false)?,
+            kernel: cps(true)?,
+            unit: "conn/s",
+            target: ">= 2.0x",
+        });
+    }
 
     // Server: `userspace serve` vs nginx in the host namespace, same file, wrk from the server side.
     let www = world.dir.join("www");

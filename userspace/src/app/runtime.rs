@@ -21,6 +21,12 @@ impl NetDevice {
             NetDevice::Pcap(d) => d.inner(),
         }
     }
+    fn xdp_mut(&mut self) -> &mut XdpQueues {
+        match self {
+            NetDevice::Plain(d) => d,
+            NetDevice::Pcap(d) => d.inner_mut(),
+        }
+    }
     fn as_device(&mut self) -> &mut dyn Device {
         match self {
             NetDevice::Plain(d) => d,
@@ -65,6 +71,10 @@ pub struct Runtime {
     idle_since: Option<Instant>,
     last_now: Instant,
     boot_offset_us: u64,
+    /// How long the loop spins with nothing received before it sleeps in poll(2).
+    pub busy_poll: std::time::Duration,
+    /// The next sleep's longest length: doubles while nothing comes, up to `MAX_SLEEP`.
+    sleep_for: std::time::Duration,
 }
 
 /// Time since boot when the process started, from /proc/uptime (10 ms resolution).
@@ -75,8 +85,13 @@ fn uptime_us() -> u64 {
         .map_or(0, |secs| (secs * 1e6) as u64)
 }
 
-/// Idle time after which the poll loop yields the CPU once.
-const IDLE_BEFORE_YIELD: std::time::Duration = std::time::Duration::from_micros(500);
+/// Default of `busy_poll`: a reply within this long is waited for by spinning.
+pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(100);
+/// An idle loop first sleeps this long at most, then twice as long each time nothing
+/// came, up to `MAX_SLEEP`. Short first sleeps keep a condition the stack cannot see
+/// (the kernel's neighbour table, polled while resolving the next hop) prompt.
+const MIN_SLEEP: std::time::Duration = std::time::Duration::from_millis(1);
+const MAX_SLEEP: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Runtime {
     pub fn new(stack: Stack, device: NetDevice) -> Self {
@@ -95,6 +110,8 @@ impl Runtime {
             idle_since: None,
             last_now: Instant::ZERO,
             boot_offset_us: uptime_us(),
+            busy_poll: DEFAULT_BUSY_POLL,
+            sleep_for: MIN_SLEEP,
         }
     }
 
@@ -127,26 +144,41 @@ impl Runtime {
         received
     }
 
-    /// Called between turns: spins while traffic flows; once the loop has been idle for
-    /// a while it yields the CPU, so that the kernel's softirq thread (which runs the veth
-    /// driver on this core in copy mode) is never starved by the busy loop. Waiting for
-    /// a reply within the idle threshold stays a pure spin.
+    /// Called between turns: spins while traffic flows and for `busy_poll` after the
+    /// last frame (a reply that comes within the budget costs no wakeup); after that it
+    /// sleeps in poll(2) on the sockets until a frame comes or the stack's next timer
+    /// (`Stack::poll_at`) is due, so an idle stack costs no CPU.
     pub fn idle(&mut self) {
+        self.idle_until(None);
+    }
+
+    fn idle_until(&mut self, deadline: Option<Instant>) {
         if self.idle_turns == 0 {
             self.idle_since = None;
+            self.sleep_for = MIN_SLEEP;
             return;
         }
-        // Look at the time only every 64 empty turns: cheap enough to spin on.
-        if self.idle_turns.is_multiple_of(64) {
-            let now = self.last_now;
-            let since = *self.idle_since.get_or_insert(now);
-            if now.saturating_since(since) >= IDLE_BEFORE_YIELD {
-                self.idle_since = Some(now);
-                std::thread::yield_now();
-                return;
-            }
+        let since = *self.idle_since.get_or_insert(self.last_now);
+        if self.last_now.saturating_since(since) < self.busy_poll {
+            std::hint::spin_loop();
+            return;
         }
-        std::hint::spin_loop();
+        // The application's calls since the last turn (a read that opens the window, a
+        // write) may have given the stack something to send: send it before sleeping.
+        if self.stack.has_pending_output() && (self.turn() > 0 || self.stack.has_pending_output()) {
+            return;
+        }
+        let now = self.last_now;
+        let mut wake = now + self.sleep_for;
+        for t in [self.stack.poll_at(), deadline].into_iter().flatten() {
+            wake = wake.min(t);
+        }
+        if wake > now {
+            self.device
+                .xdp_mut()
+                .wait_for_frames(wake.saturating_since(now));
+        }
+        self.sleep_for = (self.sleep_for * 2).min(MAX_SLEEP);
     }
 
     /// Busy-polls until `ready` returns a value, the deadline passes, or a signal arrives.
@@ -167,7 +199,7 @@ impl Runtime {
             if deadline.is_some_and(|d| now >= d) {
                 return Err(WaitError::TimedOut);
             }
-            self.idle();
+            self.idle_until(deadline);
         }
     }
 }

@@ -53,6 +53,10 @@ pub struct StackArgs {
     /// Per-connection send and receive buffer, bytes
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub buffer: usize,
+    /// Microseconds the poll loop spins with nothing received before it sleeps in
+    /// poll(2) (the latency budget of an idle stack)
+    #[arg(long, value_name = "US", default_value_t = super::runtime::DEFAULT_BUSY_POLL.as_micros() as u64)]
+    pub busy_poll_us: u64,
 }
 
 /// The kernel's ephemeral port range; the stack takes ports above it in shared-IP mode.
@@ -127,6 +131,7 @@ pub struct Plan {
     pub steer: SteerConfig,
     pub stack: StackConfig,
     listen_ports: Vec<u16>,
+    busy_poll: Duration,
 }
 
 impl Plan {
@@ -144,6 +149,7 @@ impl Plan {
         let mut rt = Runtime::new(stack, device);
         rt.iface = self.iface.clone();
         rt.iface_ip = self.iface_ip;
+        rt.busy_poll = self.busy_poll;
         Ok(rt)
     }
 }
@@ -251,6 +257,7 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
         steer,
         stack: cfg,
         listen_ports: listen_ports.to_vec(),
+        busy_poll: Duration::from_micros(args.busy_poll_us),
     })
 }
 

@@ -479,6 +479,8 @@ impl Device for XdpDevice {
 pub struct XdpQueues {
     devices: Vec<XdpDevice>,
     program: SharedProgram,
+    /// One `pollfd` per socket, for [`XdpQueues::wait_for_frames`] (made once).
+    pollfds: Vec<libc::pollfd>,
 }
 
 impl XdpQueues {
@@ -554,9 +556,18 @@ impl XdpQueues {
         for device in &devices {
             lock(program).register(device.queue, device.rx.fd().as_raw_fd())?;
         }
+        let pollfds = devices
+            .iter()
+            .map(|d| libc::pollfd {
+                fd: d.rx.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
         Ok(XdpQueues {
             devices,
             program: program.clone(),
+            pollfds,
         })
     }
 
@@ -585,6 +596,36 @@ impl XdpQueues {
     /// Packets for the stack dropped on queues without a socket: (queue, count).
     pub fn no_socket_by_queue(&self) -> Vec<(u32, u64)> {
         self.program().no_socket_by_queue()
+    }
+
+    /// Sleeps in poll(2) until a frame arrives on any queue's RX ring or `timeout`
+    /// passes: what an idle poll loop does instead of spinning. The kernel wakes a copy-mode
+    /// socket from the softirq that puts a frame in its RX ring. Returns at once while
+    /// frames wait for room in a ring (the fill ring or the TX ring), which only the poll
+    /// loop can move on. Returns whether a socket has frames to read.
+    pub fn wait_for_frames(&mut self, timeout: std::time::Duration) -> bool {
+        if self
+            .devices
+            .iter()
+            .any(|d| !d.awaiting_fill.is_empty() || !d.tx_queued.is_empty())
+        {
+            return true;
+        }
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `pollfds` is an initialised array of `len()` pollfd structs that the
+        // kernel may write `revents` of; `ts` lives across the call; no signal mask.
+        let ready = unsafe {
+            libc::ppoll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            )
+        };
+        ready > 0
     }
 
     /// UMEM frames of every queue, summed.
