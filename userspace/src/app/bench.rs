@@ -131,6 +131,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                             .send(id, &msg[sent..])
                             .map_err(|e| anyhow!("send: {e}"))?;
                     }
+                    rt.idle();
                     rt.turn();
                     got += rt
                         .stack
@@ -322,6 +323,7 @@ fn cps_stack(
             let now = rt.now();
             flights.push((rt.stack.connect(now, target)?, 0));
         }
+        rt.idle();
         rt.turn();
         let mut i = 0;
         while i < flights.len() {

@@ -24,6 +24,8 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf.o"));
 
 pub const BATCH: usize = 64;
+/// sendto(2) calls one flush makes at most to drain the TX ring (32 frames each).
+const MAX_KICKS: usize = 16;
 const FRAME_SIZE: u32 = 2048;
 /// Ring size of a socket when it is the only one; with more queues each gets less, so
 /// that the UMEMs of all queues together stay near 16 MiB.
@@ -450,6 +452,10 @@ impl Device for XdpDevice {
         true
     }
 
+    /// Puts the queued frames on the TX ring and has the kernel send them. In copy mode
+    /// one sendto(2) sends at most 32 frames (the kernel's TX_BATCH_SIZE), so the ring
+    /// is kicked again while that completes more: a turn leaves no frame waiting in the
+    /// ring, and an idle loop may sleep (see [`XdpQueues::wait_for_frames`]).
     fn flush(&mut self) {
         if !self.tx_queued.is_empty() {
             // SAFETY: queued frames are filled, of this UMEM, and in no ring.
@@ -457,8 +463,16 @@ impl Device for XdpDevice {
             self.in_tx_ring += n;
             self.tx_queued.drain(..n);
         }
-        if self.in_tx_ring > 0 && self.tx.needs_wakeup() {
+        for _ in 0..MAX_KICKS {
+            if self.in_tx_ring == 0 || !self.tx.needs_wakeup() {
+                break;
+            }
+            let before = self.in_tx_ring;
             let _ = self.tx.wakeup();
+            self.recycle_completions();
+            if self.in_tx_ring == before {
+                break; // the kernel is busy: the next turn tries again
+            }
         }
         self.recycle_completions();
     }
@@ -601,13 +615,14 @@ impl XdpQueues {
     /// Sleeps in poll(2) until a frame arrives on any queue's RX ring or `timeout`
     /// passes: what an idle poll loop does instead of spinning. The kernel wakes a copy-mode
     /// socket from the softirq that puts a frame in its RX ring. Returns at once while
-    /// frames wait for room in a ring (the fill ring or the TX ring), which only the poll
-    /// loop can move on. Returns whether a socket has frames to read.
+    /// frames wait for room in a ring (the fill ring or the TX ring) or for the kernel
+    /// to send them, which only the poll loop moves on. Returns whether a socket has
+    /// frames to read or to move.
     pub fn wait_for_frames(&mut self, timeout: std::time::Duration) -> bool {
         if self
             .devices
             .iter()
-            .any(|d| !d.awaiting_fill.is_empty() || !d.tx_queued.is_empty())
+            .any(|d| !d.awaiting_fill.is_empty() || !d.tx_queued.is_empty() || d.in_tx_ring > 0)
         {
             return true;
         }
