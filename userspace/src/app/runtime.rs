@@ -73,6 +73,8 @@ pub struct Runtime {
     boot_offset_us: u64,
     /// How long the loop spins with nothing received before it sleeps in poll(2).
     pub busy_poll: std::time::Duration,
+    /// When the spinning loop last yielded the CPU.
+    last_yield: Instant,
     /// The next sleep's longest length: doubles while nothing comes, up to `MAX_SLEEP`.
     sleep_for: std::time::Duration,
 }
@@ -90,6 +92,8 @@ pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::from_mic
 /// An idle loop first sleeps this long at most, then twice as long each time nothing
 /// came, up to `MAX_SLEEP`. Short first sleeps keep a condition the stack cannot see
 /// (the kernel's neighbour table, polled while resolving the next hop) prompt.
+/// How often a spinning loop yields the CPU to threads queued on its core.
+const YIELD_EVERY: std::time::Duration = std::time::Duration::from_micros(20);
 const MIN_SLEEP: std::time::Duration = std::time::Duration::from_millis(1);
 const MAX_SLEEP: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -112,6 +116,7 @@ impl Runtime {
             boot_offset_us: uptime_us(),
             busy_poll: DEFAULT_BUSY_POLL,
             sleep_for: MIN_SLEEP,
+            last_yield: Instant::ZERO,
         }
     }
 
@@ -160,7 +165,15 @@ impl Runtime {
         }
         let since = *self.idle_since.get_or_insert(self.last_now);
         if self.last_now.saturating_since(since) < self.busy_poll {
-            std::hint::spin_loop();
+            // A thread woken by our own softirq work (the peer reading what we sent, or
+            // ksoftirqd) is often queued on this very core: let it run now and then, or
+            // the reply we spin for waits until the scheduler preempts us.
+            if self.last_now.saturating_since(self.last_yield) >= YIELD_EVERY {
+                self.last_yield = self.last_now;
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
             return;
         }
         // The application's calls since the last turn (a read that opens the window, a
