@@ -362,6 +362,16 @@ fn cps_stack(
             }
         }
     }
+    // Connections still in flight are reset, as the kernel does for the sockets of a
+    // process that exits: left open, the server would hold them, and the next run that
+    // picks one of their ports would meet a challenge ACK and wait out a SYN timeout.
+    for (id, _) in flights.drain(..) {
+        rt.stack.abort(id);
+    }
+    rt.turn();
+    if args.stats {
+        super::setup::print_stats(&rt);
+    }
     Ok((done, failed))
 }
 
