@@ -49,6 +49,18 @@ pub enum Workload {
         #[command(flatten)]
         stack: StackArgs,
     },
+    /// Upload: send BYTES to a discard server, close, and wait for its close (every byte
+    /// delivered and read)
+    Send {
+        /// Discard server address (reads to EOF, then closes)
+        target: SocketAddrV4,
+        #[arg(long, default_value_t = 256 << 20)]
+        bytes: u64,
+        #[arg(long)]
+        kernel: bool,
+        #[command(flatten)]
+        stack: StackArgs,
+    },
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -119,6 +131,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                             .send(id, &msg[sent..])
                             .map_err(|e| anyhow!("send: {e}"))?;
                     }
+                    rt.idle();
                     rt.turn();
                     got += rt
                         .stack
@@ -165,7 +178,83 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Workload::Send {
+            target,
+            bytes,
+            kernel,
+            stack,
+        } => {
+            let seconds = if *kernel {
+                send_kernel(*target, *bytes)?
+            } else {
+                send_stack(stack, *target, *bytes)?
+            };
+            println!(
+                "{{\"workload\":\"send\",\"path\":\"{}\",\"bytes\":{bytes},\"seconds\":{seconds:.4},\"gbit_per_s\":{:.3}}}",
+                if *kernel { "kernel" } else { "stack" },
+                *bytes as f64 * 8.0 / seconds.max(1e-9) / 1e9
+            );
+            Ok(())
+        }
     }
+}
+
+/// What an upload writes: one buffer, sent again and again (no allocation per write).
+const SEND_CHUNK: usize = 256 << 10;
+
+/// Upload on kernel sockets: write everything, half-close, wait for the peer's close.
+/// Returns the seconds from connect to the peer's close.
+fn send_kernel(target: SocketAddrV4, bytes: u64) -> anyhow::Result<f64> {
+    let chunk = vec![0x5au8; SEND_CHUNK];
+    let t = WallInstant::now();
+    let mut s = TcpStream::connect(target).context("connect")?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut buf = [0u8; 512];
+    while s.read(&mut buf)? > 0 {}
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Upload on the stack: the same workload. Returns the seconds from connect to the
+/// peer's FIN after ours was acknowledged.
+fn send_stack(args: &StackArgs, target: SocketAddrV4, bytes: u64) -> anyhow::Result<f64> {
+    let mut rt = open_runtime(args, &[])?;
+    let chunk = vec![0x5au8; SEND_CHUNK];
+    let t = WallInstant::now();
+    let id = connect(&mut rt, target)?;
+    let mut left = bytes;
+    rt.wait(None, |stack, _| {
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            match stack.send(id, &chunk[..n]) {
+                Ok(0) => return None,
+                Ok(n) => left -= n as u64,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(()))
+    })
+    .map_err(|e| anyhow!("send: {e:?}"))?
+    .map_err(|e| anyhow!("send: {e}"))?;
+    rt.stack.close(id);
+    let deadline = rt.now() + Duration::from_secs(30);
+    rt.wait(Some(deadline), |stack, _| {
+        matches!(stack.state(id), State::TimeWait | State::Closed).then_some(())
+    })
+    .map_err(|e| anyhow!("waiting for the peer to close: {e:?}"))?;
+    let seconds = t.elapsed().as_secs_f64();
+    if args.stats {
+        super::setup::print_stats(&rt);
+    }
+    if let Some(err) = rt.stack.connection(id).and_then(|c| c.error()) {
+        bail!("upload failed: {err}");
+    }
+    Ok(seconds)
 }
 
 fn connect(rt: &mut Runtime, target: SocketAddrV4) -> anyhow::Result<ConnId> {
@@ -234,6 +323,7 @@ fn cps_stack(
             let now = rt.now();
             flights.push((rt.stack.connect(now, target)?, 0));
         }
+        rt.idle();
         rt.turn();
         let mut i = 0;
         while i < flights.len() {
@@ -271,6 +361,16 @@ fn cps_stack(
                 i += 1;
             }
         }
+    }
+    // Connections still in flight are reset, as the kernel does for the sockets of a
+    // process that exits: left open, the server would hold them, and the next run that
+    // picks one of their ports would meet a challenge ACK and wait out a SYN timeout.
+    for (id, _) in flights.drain(..) {
+        rt.stack.abort(id);
+    }
+    rt.turn();
+    if args.stats {
+        super::setup::print_stats(&rt);
     }
     Ok((done, failed))
 }

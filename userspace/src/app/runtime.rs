@@ -21,6 +21,12 @@ impl NetDevice {
             NetDevice::Pcap(d) => d.inner(),
         }
     }
+    fn xdp_mut(&mut self) -> &mut XdpQueues {
+        match self {
+            NetDevice::Plain(d) => d,
+            NetDevice::Pcap(d) => d.inner_mut(),
+        }
+    }
     fn as_device(&mut self) -> &mut dyn Device {
         match self {
             NetDevice::Plain(d) => d,
@@ -67,6 +73,12 @@ pub struct Runtime {
     boot_offset_us: u64,
     /// Set when this stack is one of several sharing an interface (`serve`).
     pub shard: Option<ShardLink>,
+    /// How long the loop spins with nothing received before it sleeps in poll(2).
+    pub busy_poll: std::time::Duration,
+    /// When the spinning loop last yielded the CPU.
+    last_yield: Instant,
+    /// The next sleep's longest length: doubles while nothing comes, up to `MAX_SLEEP`.
+    sleep_for: std::time::Duration,
 }
 
 /// How sharded stacks give each other the frames of connections that moved to another
@@ -117,8 +129,15 @@ fn uptime_us() -> u64 {
         .map_or(0, |secs| (secs * 1e6) as u64)
 }
 
-/// Idle time after which the poll loop yields the CPU once.
-const IDLE_BEFORE_YIELD: std::time::Duration = std::time::Duration::from_micros(500);
+/// Default of `busy_poll`: a reply within this long is waited for by spinning.
+pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(100);
+/// An idle loop first sleeps this long at most, then twice as long each time nothing
+/// came, up to `MAX_SLEEP`. Short first sleeps keep a condition the stack cannot see
+/// (the kernel's neighbour table, polled while resolving the next hop) prompt.
+/// How often a spinning loop yields the CPU to threads queued on its core.
+const YIELD_EVERY: std::time::Duration = std::time::Duration::from_micros(20);
+const MIN_SLEEP: std::time::Duration = std::time::Duration::from_millis(1);
+const MAX_SLEEP: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Runtime {
     pub fn new(stack: Stack, device: NetDevice) -> Self {
@@ -135,6 +154,9 @@ impl Runtime {
             last_now: Instant::ZERO,
             boot_offset_us: uptime_us(),
             shard: None,
+            busy_poll: DEFAULT_BUSY_POLL,
+            sleep_for: MIN_SLEEP,
+            last_yield: Instant::ZERO,
         }
     }
 
@@ -179,26 +201,52 @@ impl Runtime {
         received
     }
 
-    /// Called between turns: spins while traffic flows; once the loop has been idle for
-    /// a while it yields the CPU, so that the kernel's softirq thread (which runs the veth
-    /// driver on this core in copy mode) is never starved by the busy loop. Waiting for
-    /// a reply within the idle threshold stays a pure spin.
+    /// Called between turns: spins while traffic flows and for `busy_poll` after the
+    /// last frame (a reply that comes within the budget costs no wakeup); after that it
+    /// sleeps in poll(2) on the sockets until a frame comes or the stack's next timer
+    /// (`Stack::poll_at`) is due, so an idle stack costs no CPU.
     pub fn idle(&mut self) {
+        self.idle_until(None);
+    }
+
+    fn idle_until(&mut self, deadline: Option<Instant>) {
         if self.idle_turns == 0 {
             self.idle_since = None;
+            self.sleep_for = MIN_SLEEP;
             return;
         }
-        // Look at the time only every 64 empty turns: cheap enough to spin on.
-        if self.idle_turns.is_multiple_of(64) {
-            let now = self.last_now;
-            let since = *self.idle_since.get_or_insert(now);
-            if now.saturating_since(since) >= IDLE_BEFORE_YIELD {
-                self.idle_since = Some(now);
+        let since = *self.idle_since.get_or_insert(self.last_now);
+        if self.last_now.saturating_since(since) < self.busy_poll {
+            // A thread woken by our own softirq work (the peer reading what we sent, or
+            // ksoftirqd) is often queued on this very core: let it run now and then, or
+            // the reply we spin for waits until the scheduler preempts us.
+            if self.last_now.saturating_since(self.last_yield) >= YIELD_EVERY {
+                self.last_yield = self.last_now;
                 std::thread::yield_now();
-                return;
+            } else {
+                std::hint::spin_loop();
             }
+            return;
         }
-        std::hint::spin_loop();
+        // The application's calls since the last turn (a read that opens the window, a
+        // write) may have given the stack something to send: send it before sleeping.
+        if self.stack.has_pending_output() && (self.turn() > 0 || self.stack.has_pending_output()) {
+            return;
+        }
+        let now = self.last_now;
+        let mut wake = now + self.sleep_for;
+        // Sharded stacks hand each other frames through channels, which poll(2) does
+        // not watch: such a stack sleeps in short naps only.
+        let nap = self.shard.as_ref().map(|_| now + MIN_SLEEP);
+        for t in [self.stack.poll_at(), deadline, nap].into_iter().flatten() {
+            wake = wake.min(t);
+        }
+        if wake > now {
+            self.device
+                .xdp_mut()
+                .wait_for_frames(wake.saturating_since(now));
+        }
+        self.sleep_for = (self.sleep_for * 2).min(MAX_SLEEP);
     }
 
     /// Busy-polls until `ready` returns a value, the deadline passes, or a signal arrives.
@@ -219,7 +267,7 @@ impl Runtime {
             if deadline.is_some_and(|d| now >= d) {
                 return Err(WaitError::TimedOut);
             }
-            self.idle();
+            self.idle_until(deadline);
         }
     }
 }

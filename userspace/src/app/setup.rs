@@ -61,6 +61,10 @@ pub struct StackArgs {
     /// host program's signals alone.
     #[cfg_attr(feature = "cli", arg(skip = true))]
     pub stop_on_signals: bool,
+    /// Microseconds the poll loop spins with nothing received before it sleeps in
+    /// poll(2) (the latency budget of an idle stack)
+    #[cfg_attr(feature = "cli", arg(long, value_name = "US", default_value_t = super::runtime::DEFAULT_BUSY_POLL.as_micros() as u64))]
+    pub busy_poll_us: u64,
 }
 
 impl Default for StackArgs {
@@ -82,6 +86,7 @@ impl Default for StackArgs {
             syn_backlog: 1024,
             buffer: tcp.send_buffer,
             stop_on_signals: false,
+            busy_poll_us: super::runtime::DEFAULT_BUSY_POLL.as_micros() as u64,
         }
     }
 }
@@ -150,6 +155,7 @@ pub struct Plan {
     listen_ports: Vec<u16>,
     #[cfg_attr(not(feature = "cli"), allow(dead_code))]
     stop_on_signals: bool,
+    busy_poll: Duration,
 }
 
 impl Plan {
@@ -171,6 +177,7 @@ impl Plan {
         }
         rt.iface = self.iface.clone();
         rt.iface_ip = self.iface_ip;
+        rt.busy_poll = self.busy_poll;
         Ok(rt)
     }
 }
@@ -279,6 +286,7 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
         stack: cfg,
         listen_ports: listen_ports.to_vec(),
         stop_on_signals: args.stop_on_signals,
+        busy_poll: Duration::from_micros(args.busy_poll_us),
     })
 }
 

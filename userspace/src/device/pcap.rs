@@ -38,6 +38,11 @@ impl<D: Device> PcapDevice<D> {
         &self.inner
     }
 
+    /// The recorded device, mutably.
+    pub fn inner_mut(&mut self) -> &mut D {
+        &mut self.inner
+    }
+
     fn record(writer: &mut PcapWriter<BufWriter<File>>, errors: &mut u64, frame: &[u8]) {
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)

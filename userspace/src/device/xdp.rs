@@ -25,6 +25,8 @@ static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Most frames received or queued for transmit in one batch.
 pub const BATCH: usize = 64;
+/// sendto(2) calls one flush makes at most to drain the TX ring (32 frames each).
+const MAX_KICKS: usize = 16;
 const FRAME_SIZE: u32 = 2048;
 /// Ring size of a socket when its stack polls no other; a stack that polls several
 /// queues gives each less, so that its UMEMs together stay at 8 MiB. UMEM memory is
@@ -502,6 +504,10 @@ impl Device for XdpDevice {
         true
     }
 
+    /// Puts the queued frames on the TX ring and has the kernel send them. In copy mode
+    /// one sendto(2) sends at most 32 frames (the kernel's TX_BATCH_SIZE), so the ring
+    /// is kicked again while that completes more: a turn leaves no frame waiting in the
+    /// ring, and an idle loop may sleep (see [`XdpQueues::wait_for_frames`]).
     fn flush(&mut self) {
         if !self.tx_queued.is_empty() {
             // SAFETY: queued frames are filled, of this UMEM, and in no ring.
@@ -509,8 +515,16 @@ impl Device for XdpDevice {
             self.in_tx_ring += n;
             self.tx_queued.drain(..n);
         }
-        if self.in_tx_ring > 0 && self.tx.needs_wakeup() {
+        for _ in 0..MAX_KICKS {
+            if self.in_tx_ring == 0 || !self.tx.needs_wakeup() {
+                break;
+            }
+            let before = self.in_tx_ring;
             let _ = self.tx.wakeup();
+            self.recycle_completions();
+            if self.in_tx_ring == before {
+                break; // the kernel is busy: the next turn tries again
+            }
         }
         self.recycle_completions();
     }
@@ -534,6 +548,8 @@ pub struct XdpQueues {
     /// Whether this set reports the program's interface-wide counters (steering,
     /// packets on queues without a socket); with sharded stacks, one of them does.
     pub report_program_counters: bool,
+    /// One `pollfd` per socket, for [`XdpQueues::wait_for_frames`] (made once).
+    pollfds: Vec<libc::pollfd>,
 }
 
 impl XdpQueues {
@@ -605,10 +621,19 @@ impl XdpQueues {
         for device in &devices {
             lock(program).register(device.queue, device.rx.fd().as_raw_fd())?;
         }
+        let pollfds = devices
+            .iter()
+            .map(|d| libc::pollfd {
+                fd: d.rx.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
         Ok(XdpQueues {
             devices,
             program: program.clone(),
             report_program_counters: true,
+            pollfds,
         })
     }
 
@@ -647,6 +672,37 @@ impl XdpQueues {
             return Vec::new();
         }
         self.program().no_socket_by_queue()
+    }
+
+    /// Sleeps in poll(2) until a frame arrives on any queue's RX ring or `timeout`
+    /// passes: what an idle poll loop does instead of spinning. The kernel wakes a copy-mode
+    /// socket from the softirq that puts a frame in its RX ring. Returns at once while
+    /// frames wait for room in a ring (the fill ring or the TX ring) or for the kernel
+    /// to send them, which only the poll loop moves on. Returns whether a socket has
+    /// frames to read or to move.
+    pub fn wait_for_frames(&mut self, timeout: std::time::Duration) -> bool {
+        if self
+            .devices
+            .iter()
+            .any(|d| !d.awaiting_fill.is_empty() || !d.tx_queued.is_empty() || d.in_tx_ring > 0)
+        {
+            return true;
+        }
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `pollfds` is an initialised array of `len()` pollfd structs that the
+        // kernel may write `revents` of; `ts` lives across the call; no signal mask.
+        let ready = unsafe {
+            libc::ppoll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            )
+        };
+        ready > 0
     }
 
     /// UMEM frames of every queue, summed.

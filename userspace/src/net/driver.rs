@@ -94,6 +94,9 @@ impl Driver {
         if let Some(gateway) = self.rt.stack.config().gateway {
             self.learn_from_kernel(gateway);
         }
+        // The handles' commands come through a channel that poll(2) does not watch:
+        // the runtime itself never sleeps here; this loop's own idle policy does.
+        self.rt.busy_poll = Duration::MAX;
         while !self.shutdown.load(Ordering::Relaxed) {
             let mut busy = self.commands();
             busy |= self.rt.turn() > 0;

@@ -567,6 +567,12 @@ impl Stack {
         }
     }
 
+    /// Whether the next [`Stack::poll`] has output to send whatever it receives: frames
+    /// that found the TX ring full, or connections the application has given work.
+    pub fn has_pending_output(&self) -> bool {
+        !self.needs_output.is_empty() || !self.stateless.is_empty()
+    }
+
     /// The earliest time [`Stack::poll`] has timer work to do.
     pub fn poll_at(&self) -> Option<Instant> {
         let t = tcp::time::earliest(self.timers.next(), self.arp.next_retry());
