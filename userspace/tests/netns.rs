@@ -8,6 +8,15 @@ fn world(opts: WorldOptions) -> World {
     World::up(&opts).expect("build the namespace world")
 }
 
+/// The default world with nginx and dnsmasq answering `example.com`.
+fn web_world() -> World {
+    world(WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        ..Default::default()
+    })
+}
+
 // ------------------------------------------------------------------ foundation (issue 2)
 
 #[test]
@@ -274,11 +283,7 @@ fn setup_errors_are_one_line_with_exit_code_2() {
 /// offloads on every veth (the router sends CHECKSUM_PARTIAL frames).
 #[test]
 fn default_link_has_four_queues_and_partial_checksums_are_accepted() {
-    let w = world(WorldOptions {
-        nginx: true,
-        dnsmasq: true,
-        ..Default::default()
-    });
+    let w = web_world();
     let queues = run_in(&w, &w.host, &["ls", "/sys/class/net/veth0/queues"]);
     assert_eq!(
         text(&queues.stdout).matches("rx-").count(),
@@ -311,11 +316,7 @@ fn default_link_has_four_queues_and_partial_checksums_are_accepted() {
 
 #[test]
 fn single_queue_flag_is_refused_on_a_multi_queue_link_and_allowed_on_one_queue() {
-    let w = world(WorldOptions {
-        nginx: true,
-        dnsmasq: true,
-        ..Default::default()
-    });
+    let w = web_world();
     let out = curl(&w, &["-sS", "--queue", "1", "http://example.com/"]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
@@ -338,11 +339,7 @@ fn single_queue_flag_is_refused_on_a_multi_queue_link_and_allowed_on_one_queue()
 
 #[test]
 fn a_second_instance_is_told_which_process_holds_the_interface() {
-    let w = world(WorldOptions {
-        nginx: true,
-        dnsmasq: true,
-        ..Default::default()
-    });
+    let w = web_world();
     let root = www(&w);
     let serve = start_serve(&w, &["--iface", HOST_IF, "--root", &root]);
     let pid = serve.child.id();
@@ -503,11 +500,7 @@ fn curl_ok(w: &World, args: &[&str]) -> String {
 
 #[test]
 fn curl_example_com_100_times_in_each_mode() {
-    let w = world(WorldOptions {
-        nginx: true,
-        dnsmasq: true,
-        ..Default::default()
-    });
+    let w = web_world();
     let owned = OWNED_IP.to_string();
     for mode in [vec![], vec!["--ip", owned.as_str()]] {
         for i in 0..100 {
@@ -585,11 +578,7 @@ fn curl_256_mib_download_is_byte_identical_without_and_with_loss() {
 
 #[test]
 fn curl_exit_codes_match_curl() {
-    let w = world(WorldOptions {
-        nginx: true,
-        dnsmasq: true,
-        ..Default::default()
-    });
+    let w = web_world();
     let code = |args: &[&str]| curl(&w, args).status.code();
     assert_eq!(code(&["http://exa mple.com:99999/"]), Some(3), "bad URL");
     assert_eq!(
@@ -777,11 +766,7 @@ fn curl_https_with_test_ca_system_roots_and_insecure() {
 
 #[test]
 fn curl_verbose_head_include_redirect_and_pcap() {
-    let w = world(WorldOptions {
-        nginx: true,
-        dnsmasq: true,
-        ..Default::default()
-    });
+    let w = web_world();
     let out = curl(&w, &["-v", "http://example.com/"]);
     let err = text(&out.stderr);
     assert!(
