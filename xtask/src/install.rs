@@ -30,6 +30,10 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iputils-ping",
     "socat",
     "hyperfine",
+    // The https tests' CA and server certificate (world.rs `make_test_ca`).
+    "openssl",
+    // `script`, for the binary-to-terminal test of curl.
+    "bsdutils",
 ];
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {

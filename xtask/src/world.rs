@@ -39,6 +39,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("openssl", "openssl"),
     ("ss", "iproute2"),
+    ("script", "bsdutils"),
 ];
 
 /// Fails with one line naming the first missing program and its package.
