@@ -88,6 +88,64 @@ pub struct ShardLink {
     pub peers: Vec<std::sync::mpsc::Sender<Vec<u8>>>,
 }
 
+/// What the stacks sharing one interface share: the queues dealt to each (queue q to
+/// stack q mod N; a flow stays on its queue, so it mostly meets the same stack), the
+/// links between them, and the directory of the connections their listeners opened.
+pub struct Shards {
+    queues: Vec<u32>,
+    links: Vec<Option<ShardLink>>,
+    directory: Arc<crate::stack::ShardDirectory>,
+}
+
+/// One stack's part of [`Shards`].
+pub struct ShardMember {
+    /// Its index among the stacks.
+    pub index: usize,
+    /// The RX queues it polls.
+    pub queues: Vec<u32>,
+    link: ShardLink,
+    directory: Arc<crate::stack::ShardDirectory>,
+}
+
+impl Shards {
+    /// `stacks` stacks over the interface's `queues`.
+    pub fn new(queues: Vec<u32>, stacks: usize) -> Self {
+        Shards {
+            queues,
+            links: ShardLink::mesh(stacks).into_iter().map(Some).collect(),
+            directory: Arc::default(),
+        }
+    }
+
+    /// Stack `index`'s part (each is taken once).
+    pub fn member(&mut self, index: usize) -> ShardMember {
+        let stacks = self.links.len();
+        ShardMember {
+            index,
+            queues: self
+                .queues
+                .iter()
+                .copied()
+                .filter(|q| *q as usize % stacks == index)
+                .collect(),
+            link: self.links[index].take().expect("each member is taken once"),
+            directory: self.directory.clone(),
+        }
+    }
+}
+
+impl ShardMember {
+    /// Makes `rt` this member of the group: strays handed over, the directory shared,
+    /// and the program's interface-wide counters reported by stack 0 only.
+    pub fn join(self, rt: &mut Runtime) {
+        if let NetDevice::Plain(device) = &mut rt.device {
+            device.report_program_counters = self.index == 0;
+        }
+        rt.stack.join_shards(self.directory, self.index);
+        rt.shard = Some(self.link);
+    }
+}
+
 impl ShardLink {
     /// Links for `n` stacks: each receives from its own inbox and sends to the others.
     pub fn mesh(n: usize) -> Vec<ShardLink> {

@@ -206,7 +206,7 @@ impl StackBuilder {
     /// to another stack's queue (veth and virtio queues follow the sender's flow hash)
     /// is handed to the stack that owns it. Clients use [`StackBuilder::build`].
     pub fn build_per_queue(self, stacks: u32) -> io::Result<Vec<Stack>> {
-        use crate::app::runtime::{NetDevice, ShardLink};
+        use crate::app::runtime::{NetDevice, Shards};
         use crate::device::xdp::{QueueChoice, XdpProgram, XdpQueues, choose_queues};
         let plan = Arc::new(crate::app::setup::plan(&self.args, &[]).map_err(io_error)?);
         let program = XdpProgram::load(&plan.iface, self.args.xdp_mode).map_err(io_error)?;
@@ -214,27 +214,19 @@ impl StackBuilder {
         let stacks = (stacks.max(1) as usize).min(queues.len());
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let first = self.args.cpu.unwrap_or(0);
-        let mut links = ShardLink::mesh(stacks);
-        let directory = Arc::new(crate::stack::ShardDirectory::default());
+        let mut shards = Shards::new(queues, stacks);
         let mut started = Vec::new();
         for shard in 0..stacks {
-            let link = links.remove(0);
-            let mine: Vec<u32> = queues
-                .iter()
-                .copied()
-                .filter(|q| *q as usize % stacks == shard)
-                .collect();
-            let (plan, program, directory) = (plan.clone(), program.clone(), directory.clone());
+            let member = shards.member(shard);
+            let (plan, program) = (plan.clone(), program.clone());
             let core = cores.get((first + shard) % cores.len().max(1)).copied();
             started.push(self.clone().start(move || {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                let mut device = XdpQueues::bind(&program, &mine)?;
-                device.report_program_counters = shard == 0;
+                let device = XdpQueues::bind(&program, &member.queues)?;
                 let mut rt = plan.runtime(NetDevice::Plain(device))?;
-                rt.stack.join_shards(directory.clone(), shard);
-                rt.shard = Some(link);
+                member.join(&mut rt);
                 Ok(rt)
             })?);
         }

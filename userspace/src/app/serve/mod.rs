@@ -531,26 +531,19 @@ fn run_sharded(args: &ServeArgs) -> anyhow::Result<()> {
         None => queues.len().min(cores.len().max(1)),
     };
     let bound = Arc::new(Barrier::new(stacks + 1));
-    let mut links = super::runtime::ShardLink::mesh(stacks);
-    let directory = Arc::new(crate::stack::ShardDirectory::default());
+    let mut shards = super::runtime::Shards::new(queues.clone(), stacks);
     // Stacks still serving: one that has finished keeps its queues polled (handing over
     // frames of the others' connections) until every stack is done.
     let serving = Arc::new(std::sync::atomic::AtomicUsize::new(stacks));
     let mut threads = Vec::new();
-    for shard in (0..stacks).rev() {
-        let link = links.pop().expect("one link per stack");
-        let mine: Vec<u32> = queues
-            .iter()
-            .copied()
-            .filter(|q| *q as usize % stacks == shard)
-            .collect();
-        let (plan, program, bound, args, serving, directory) = (
+    for shard in 0..stacks {
+        let member = shards.member(shard);
+        let (plan, program, bound, args, serving) = (
             plan.clone(),
             program.clone(),
             bound.clone(),
             args.clone(),
             serving.clone(),
-            directory.clone(),
         );
         let core = cores.get(shard % cores.len().max(1)).copied();
         threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
@@ -558,14 +551,11 @@ fn run_sharded(args: &ServeArgs) -> anyhow::Result<()> {
             if let Some(core) = core {
                 core_affinity::set_for_current(core);
             }
-            let device = XdpQueues::bind(&program, &mine);
+            let device = XdpQueues::bind(&program, &member.queues);
             bound.wait();
-            let mut device = device?;
-            // The program's counters are global: one stack reports them.
-            device.report_program_counters = shard == 0;
-            let mut rt = plan.runtime(super::runtime::NetDevice::Plain(device))?;
-            rt.stack.join_shards(directory.clone(), shard);
-            rt.shard = Some(link);
+            let mut rt = plan.runtime(super::runtime::NetDevice::Plain(device?))?;
+            let mine = member.queues.clone();
+            member.join(&mut rt);
             drop(program);
             let result = serve_on(&mut rt, &args, false);
             drop(done);
