@@ -168,6 +168,14 @@ impl XdpProgram {
     /// Checks the setup, loads the program and attaches it through a BPF link. Nothing
     /// is steered until [`XdpProgram::enable`].
     pub fn load(interface: &str, mode: Option<XdpModeChoice>) -> anyhow::Result<SharedProgram> {
+        XdpProgram::load_on(&super::netinfo::interface(interface)?, mode)
+    }
+
+    /// [`XdpProgram::load`] for an interface already looked up.
+    fn load_on(
+        info: &super::netinfo::InterfaceInfo,
+        mode: Option<XdpModeChoice>,
+    ) -> anyhow::Result<SharedProgram> {
         if XDP_OBJECT.is_empty() {
             bail!("the eBPF object is missing: run `cargo xtask build-ebpf`, then rebuild");
         }
@@ -175,8 +183,7 @@ impl XdpProgram {
         if unsafe { libc::geteuid() } != 0 {
             bail!("AF_XDP needs root (CAP_NET_ADMIN and CAP_BPF): run with sudo");
         }
-        let iface = interface;
-        let info = super::netinfo::interface(iface)?;
+        let iface = info.name.as_str();
         if !info.up {
             bail!("interface {iface} is down");
         }
@@ -577,7 +584,7 @@ impl XdpQueues {
                     .map(|&q| XdpDevice::bind(info, q, wanted.len() as u32))
                     .collect::<anyhow::Result<Vec<XdpDevice>>>()
             });
-            let program = XdpProgram::load(interface, mode);
+            let program = XdpProgram::load_on(info, mode);
             let devices = binds
                 .join()
                 .unwrap_or_else(|_| bail!("binding the queues panicked"));
