@@ -2,6 +2,7 @@
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 use userspace::app::{bench, curl, run, serve};
+use userspace::device::holder;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,6 +45,10 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == holder::HOLDER_ARG) {
+        return ExitCode::from(holder::run() as u8);
+    }
+    holder::set_available();
     let parsed = Cli::command()
         .try_get_matches()
         .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
@@ -54,6 +59,8 @@ fn main() -> ExitCode {
                 && let Some(m) = matches.subcommand_matches("curl")
             {
                 args.record_order(m);
+                // Back-to-back fetches keep the program attached between them.
+                args.stack.default_linger_ms = holder::DEFAULT_LINGER.as_millis() as u64;
             }
             cli
         }

@@ -1,6 +1,7 @@
 //! Turns the stack flags shared by every subcommand into a running [`Runtime`].
 use super::runtime::{NetDevice, Runtime, WaitError, pin_to_cpu};
 use crate::device::netinfo::{self, default_route, kernel_neighbour, provoke_kernel_arp};
+use crate::device::holder;
 use crate::device::pcap::PcapDevice;
 use crate::device::xdp::{QueueChoice, XdpModeChoice, XdpQueues};
 use crate::stack::{AddressMode, Stack, StackConfig};
@@ -65,6 +66,15 @@ pub struct StackArgs {
     /// poll(2) (the latency budget of an idle stack)
     #[cfg_attr(feature = "cli", arg(long, value_name = "US", default_value_t = super::runtime::DEFAULT_BUSY_POLL.as_micros() as u64))]
     pub busy_poll_us: u64,
+    /// Keep XDP attached this long after exit, held by a small process, so that the
+    /// next run on the interface neither attaches nor detaches (0: detach at exit;
+    /// default: 1500 for curl, 0 otherwise, or $USERSPACE_XDP_LINGER_MS)
+    #[cfg_attr(feature = "cli", arg(long, value_name = "MS"))]
+    pub xdp_linger_ms: Option<u64>,
+    /// The linger when neither the flag nor the environment gives one (the CLI's curl
+    /// sets it). Only the `userspace` binary can start a holder: elsewhere none lingers.
+    #[cfg_attr(feature = "cli", arg(skip))]
+    pub default_linger_ms: u64,
 }
 
 impl Default for StackArgs {
@@ -87,6 +97,8 @@ impl Default for StackArgs {
             buffer: tcp.send_buffer,
             stop_on_signals: false,
             busy_poll_us: super::runtime::DEFAULT_BUSY_POLL.as_micros() as u64,
+            xdp_linger_ms: None,
+            default_linger_ms: 0,
         }
     }
 }
@@ -192,6 +204,10 @@ pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Ru
         args.xdp_mode,
         args.queue.map_or(QueueChoice::All, QueueChoice::Only),
         plan.steer,
+        holder::linger(
+            args.xdp_linger_ms,
+            Duration::from_millis(args.default_linger_ms),
+        ),
     )?;
     tracing::info!(
         iface = plan.iface,

@@ -139,6 +139,13 @@ pub fn xdp_holder(ifindex: u32) -> Option<String> {
     ))
 }
 
+/// The process name of the process that holds the XDP hook of `ifindex`, if a process does.
+pub fn xdp_holder_comm(ifindex: u32) -> Option<String> {
+    let holder = xdp_holder(ifindex)?;
+    let (_, comm) = holder.strip_prefix("process ")?.split_once(" (")?;
+    Some(comm.strip_suffix(')')?.to_string())
+}
+
 fn ifindex_name(ifindex: u32) -> Option<String> {
     std::fs::read_dir("/sys/class/net")
         .ok()?

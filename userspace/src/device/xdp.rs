@@ -2,15 +2,15 @@
 //! to one queue, and moves frames through the UMEM rings in batches.
 //!
 //! The program is attached through a BPF link owned by this process, so the kernel
-//! detaches it when the process ends by any path, `kill -9` included.
+//! detaches it when the process ends by any path, `kill -9` included; or, when asked to
+//! linger, by a holder process shortly after (see [`super::holder`]).
 use super::Device;
 use crate::wire::MacAddr;
 use anyhow::{Context, anyhow, bail};
-use aya::maps::{Array, MapData, PerCpuArray, XskMap};
-use aya::programs::xdp::XdpLinkId;
+use aya::maps::{Array, Map, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
 use std::num::NonZeroU32;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use xdp_ebpf::{
     COUNTER_NO_SOCKET, COUNTER_NO_SOCKET_QUEUE0, COUNTER_PASSED, COUNTER_STEERED, MAX_QUEUES,
     SteerConfig,
@@ -149,32 +149,104 @@ pub struct SteerCounters {
 
 /// The loaded and attached XDP program, shared by the AF_XDP sockets of every queue.
 pub struct XdpProgram {
-    ebpf: aya::Ebpf,
+    xsks: XskMap<MapData>,
+    config: Array<MapData, PodSteerConfig>,
     counters: PerCpuArray<MapData, u64>,
+    /// The maps' fds (XSKMAP, config, counters), to hand to a holder.
+    map_fds: [OwnedFd; 3],
     /// `native` or `skb`.
     pub attached_mode: &'static str,
     interface: String,
+    ifindex: u32,
     /// RX queues of the interface, read after the program is attached (some drivers,
     /// virtio_net among them, change their channels when XDP comes or goes).
     pub rx_queues: u32,
-    /// The BPF link that attaches the program; closing it detaches.
-    link: Option<XdpLinkId>,
+    /// The BPF link that attaches the program, when this process attached it; closing
+    /// it detaches.
+    link: Option<OwnedFd>,
+    /// The connection to the holder that lent the program to this process.
+    loan: Option<std::os::unix::net::UnixStream>,
+    /// Hand the program to a holder at exit, which keeps it attached this long.
+    linger: Option<std::time::Duration>,
 }
 
 /// The program shared by the sockets of every queue.
 pub type SharedProgram = std::sync::Arc<std::sync::Mutex<XdpProgram>>;
 
+/// A typed map over `fd`.
+fn map_from_fd<M: TryFrom<Map, Error = aya::maps::MapError>>(fd: &OwnedFd) -> anyhow::Result<M> {
+    let data = MapData::from_fd(fd.try_clone()?)?;
+    Ok(M::try_from(Map::from_map_data(data)?)?)
+}
+
+/// The fd of map `name` of a loaded object.
+fn object_map_fd(ebpf: &aya::Ebpf, name: &str) -> anyhow::Result<OwnedFd> {
+    let data = match ebpf.map(name) {
+        Some(Map::XskMap(d) | Map::Array(d) | Map::PerCpuArray(d)) => d,
+        _ => bail!("map {name} missing from the XDP object"),
+    };
+    Ok(data.fd().as_fd().try_clone_to_owned()?)
+}
+
+/// Writes an all-zero (disabled) steering config into the config map `config`: the
+/// program passes everything to the kernel.
+pub(super) fn disable_steering(config: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<()> {
+    let mut map: Array<MapData, PodSteerConfig> = map_from_fd(&config.try_clone_to_owned()?)?;
+    map.set(0, PodSteerConfig(SteerConfig::default()), 0)?;
+    Ok(())
+}
+
+/// Attaches `program` to `ifindex` through a new BPF link (BPF_LINK_CREATE), whose fd
+/// this process owns: closing it detaches, as the kernel does when the process ends.
+fn create_xdp_link(program: &Xdp, ifindex: u32, mode: XdpMode) -> std::io::Result<OwnedFd> {
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_XDP: u32 = 37;
+    const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+    let prog_fd = program
+        .fd()
+        .map_err(std::io::Error::other)?
+        .as_fd()
+        .as_raw_fd();
+    let flags = match mode {
+        XdpMode::Skb => XDP_FLAGS_SKB_MODE,
+        _ => XDP_FLAGS_DRV_MODE,
+    };
+    // union bpf_attr's link_create: prog_fd, target_ifindex, attach_type, flags; the
+    // rest zero.
+    let mut attr = [0u32; 16];
+    attr[..4].copy_from_slice(&[prog_fd as u32, ifindex, BPF_XDP, flags]);
+    // SAFETY: `attr` is a zeroed bpf_attr prefix of the size passed, alive across the
+    // call; the kernel only reads it and returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 impl XdpProgram {
     /// Checks the setup, loads the program and attaches it through a BPF link. Nothing
-    /// is steered until [`XdpProgram::enable`].
+    /// is steered until [`XdpProgram::enable`]. A lingering holder of an earlier
+    /// command's program (see [`super::holder`]) is asked to detach first.
     pub fn load(interface: &str, mode: Option<XdpModeChoice>) -> anyhow::Result<SharedProgram> {
-        XdpProgram::load_on(&super::netinfo::interface(interface)?, mode)
+        XdpProgram::load_on(&super::netinfo::interface(interface)?, mode, None)
     }
 
-    /// [`XdpProgram::load`] for an interface already looked up.
+    /// [`XdpProgram::load`] for an interface already looked up. With `linger`, the
+    /// program is borrowed from a holder if one has it, and handed to one at exit.
     fn load_on(
         info: &super::netinfo::InterfaceInfo,
         mode: Option<XdpModeChoice>,
+        linger: Option<std::time::Duration>,
     ) -> anyhow::Result<SharedProgram> {
         if XDP_OBJECT.is_empty() {
             bail!("the eBPF object is missing: run `cargo xtask build-ebpf`, then rebuild");
@@ -187,18 +259,95 @@ impl XdpProgram {
         if !info.up {
             bail!("interface {iface} is down");
         }
-        tracing::debug!("loading the XDP object");
-        let mut ebpf = load_object_without_kernel_btf().context("loading the XDP program")?;
-        tracing::debug!("XDP object parsed");
-        let program: &mut Xdp = ebpf
-            .program_mut(xdp_ebpf::PROGRAM_NAME)
+        let wanted = mode.map(|m| match m {
+            XdpModeChoice::Native => "native",
+            XdpModeChoice::Skb => "skb",
+        });
+        let in_use = |pid: u32| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            anyhow!(
+                "interface {iface} is already in use by process {pid} ({}): only one XDP program can attach to an interface; stop it, or run on another interface",
+                comm.trim()
+            )
+        };
+        let mut object: Option<aya::Ebpf> = None;
+        // A holder on its way out (its linger ended) still holds the hook for the
+        // few ms of its detach: wait for it rather than report it.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match super::holder::ask(info.ifindex, linger.is_some(), wanted)? {
+                super::holder::Answer::Busy(pid) => return Err(in_use(pid)),
+                super::holder::Answer::Lent { conn, mode, maps } => {
+                    tracing::debug!(mode, "XDP program lent by its holder");
+                    let program = XdpProgram::from_maps(
+                        [maps.xsks, maps.config, maps.counters],
+                        mode,
+                        info,
+                        None,
+                        Some(conn),
+                        linger,
+                    )?;
+                    // Counters from this process's run only.
+                    program.zero_counters();
+                    return Ok(std::sync::Arc::new(std::sync::Mutex::new(program)));
+                }
+                super::holder::Answer::Absent => {}
+            }
+            if object.is_none() {
+                tracing::debug!("loading the XDP object");
+                let mut ebpf = load_object_without_kernel_btf().context("loading the XDP program")?;
+                tracing::debug!("XDP object parsed");
+                let program: &mut Xdp = ebpf
+                    .program_mut(xdp_ebpf::PROGRAM_NAME)
+                    .ok_or_else(|| {
+                        anyhow!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME)
+                    })?
+                    .try_into()?;
+                program
+                    .load()
+                    .context("the kernel refused the XDP program")?;
+                object = Some(ebpf);
+            }
+            let ebpf = object.as_ref().expect("loaded above");
+            match XdpProgram::attach(ebpf, info, mode) {
+                Ok((link, attached_mode)) => {
+                    tracing::debug!(mode = attached_mode, "XDP program attached");
+                    let maps = [
+                        object_map_fd(ebpf, xdp_ebpf::XSKS_MAP)?,
+                        object_map_fd(ebpf, xdp_ebpf::CONFIG_MAP)?,
+                        object_map_fd(ebpf, xdp_ebpf::COUNTERS_MAP)?,
+                    ];
+                    let program =
+                        XdpProgram::from_maps(maps, attached_mode, info, Some(link), None, linger)?;
+                    return Ok(std::sync::Arc::new(std::sync::Mutex::new(program)));
+                }
+                Err(e)
+                    if std::time::Instant::now() < give_up
+                        && super::netinfo::xdp_holder_comm(info.ifindex).as_deref()
+                            == Some(super::holder::HOLDER_COMM) =>
+                {
+                    tracing::debug!("waiting for a lingering holder to detach: {e:#}");
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Attaches the loaded program in `mode` (native, falling back to skb, when not
+    /// given): the link and the mode it got.
+    fn attach(
+        ebpf: &aya::Ebpf,
+        info: &super::netinfo::InterfaceInfo,
+        mode: Option<XdpModeChoice>,
+    ) -> anyhow::Result<(OwnedFd, &'static str)> {
+        let iface = info.name.as_str();
+        let program: &Xdp = ebpf
+            .program(xdp_ebpf::PROGRAM_NAME)
             .ok_or_else(|| anyhow!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME))?
             .try_into()?;
-        program
-            .load()
-            .context("the kernel refused the XDP program")?;
-        let attach = |program: &mut Xdp, mode: XdpMode| {
-            program.attach(iface, mode).map_err(|e| {
+        let attach = |mode: XdpMode| {
+            create_xdp_link(program, info.ifindex, mode).map_err(|e| {
                 // One XDP program per interface: name whoever holds it.
                 match super::netinfo::xdp_holder(info.ifindex) {
                     Some(holder) => anyhow!(
@@ -208,14 +357,14 @@ impl XdpProgram {
                 }
             })
         };
-        let (link, attached_mode) = match mode {
-            Some(XdpModeChoice::Native) => (attach(program, XdpMode::Driver)?, "native"),
-            Some(XdpModeChoice::Skb) => (attach(program, XdpMode::Skb)?, "skb"),
-            None => match attach(program, XdpMode::Driver) {
+        Ok(match mode {
+            Some(XdpModeChoice::Native) => (attach(XdpMode::Driver)?, "native"),
+            Some(XdpModeChoice::Skb) => (attach(XdpMode::Skb)?, "skb"),
+            None => match attach(XdpMode::Driver) {
                 Ok(link) => (link, "native"),
                 Err(e) if super::netinfo::xdp_holder(info.ifindex).is_some() => return Err(e),
                 Err(native) => {
-                    let link = attach(program, XdpMode::Skb)?;
+                    let link = attach(XdpMode::Skb)?;
                     tracing::warn!(
                         "native XDP refused on {iface} ({:#}); running in generic (skb) mode, where frames larger than {FRAME_SIZE} bytes (a local peer's GSO segments) are dropped and bulk transfers crawl. On a veth, give it as many RX queues as its peer has TX queues (`ethtool -L {iface} rx N`)",
                         native.root_cause()
@@ -223,44 +372,59 @@ impl XdpProgram {
                     (link, "skb")
                 }
             },
-        };
-        tracing::debug!(mode = attached_mode, "XDP program attached");
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map(xdp_ebpf::COUNTERS_MAP)
-                .ok_or_else(|| anyhow!("COUNTERS map missing"))?,
-        )?;
-        let rx_queues = super::netinfo::rx_queue_count(iface).min(MAX_QUEUES);
-        Ok(std::sync::Arc::new(std::sync::Mutex::new(XdpProgram {
-            ebpf,
-            counters,
+        })
+    }
+
+    fn from_maps(
+        map_fds: [OwnedFd; 3],
+        attached_mode: &'static str,
+        info: &super::netinfo::InterfaceInfo,
+        link: Option<OwnedFd>,
+        loan: Option<std::os::unix::net::UnixStream>,
+        linger: Option<std::time::Duration>,
+    ) -> anyhow::Result<XdpProgram> {
+        Ok(XdpProgram {
+            xsks: map_from_fd(&map_fds[0])?,
+            config: map_from_fd(&map_fds[1])?,
+            counters: map_from_fd(&map_fds[2])?,
+            map_fds,
             attached_mode,
-            interface: iface.to_string(),
-            rx_queues,
-            link: Some(link),
-        })))
+            interface: info.name.clone(),
+            ifindex: info.ifindex,
+            rx_queues: super::netinfo::rx_queue_count(&info.name).min(MAX_QUEUES),
+            link,
+            loan,
+            linger,
+        })
+    }
+
+    /// Zeroes the steering counters (a lent program counted earlier runs' packets).
+    fn zero_counters(&self) {
+        let Ok(cpus) = aya::util::nr_cpus() else {
+            return;
+        };
+        let Ok(mut counters) = map_from_fd::<PerCpuArray<MapData, u64>>(&self.map_fds[2]) else {
+            return;
+        };
+        for index in 0..COUNTER_NO_SOCKET_QUEUE0 + MAX_QUEUES {
+            if let Ok(zero) = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
+                let _ = counters.set(index, zero, 0);
+            }
+        }
     }
 
     fn register(&mut self, queue: u32, fd: std::os::fd::RawFd) -> anyhow::Result<()> {
-        let mut xsks: XskMap<&mut MapData> = XskMap::try_from(
-            self.ebpf
-                .map_mut(xdp_ebpf::XSKS_MAP)
-                .ok_or_else(|| anyhow!("XSKS map missing"))?,
-        )?;
-        xsks.set(queue, fd, 0)
+        self.xsks
+            .set(queue, fd, 0)
             .context("registering the AF_XDP socket in the XSKMAP")?;
         Ok(())
     }
 
     /// Writes the steering config: from now on the program steers the stack's packets.
     pub fn enable(&mut self, steer: SteerConfig) -> anyhow::Result<()> {
-        let mut config: Array<&mut MapData, PodSteerConfig> = Array::try_from(
-            self.ebpf
-                .map_mut(xdp_ebpf::CONFIG_MAP)
-                .ok_or_else(|| anyhow!("CONFIG map missing"))?,
-        )?;
         let mut steer = steer;
         steer.enabled = 1;
-        config
+        self.config
             .set(0, PodSteerConfig(steer), 0)
             .context("writing the steering config")?;
         Ok(())
@@ -272,28 +436,59 @@ impl XdpProgram {
         if ports.len() > xdp_ebpf::MAX_LISTEN_PORTS {
             bail!("at most {} listening ports", xdp_ebpf::MAX_LISTEN_PORTS);
         }
-        let mut config: Array<&mut MapData, PodSteerConfig> = Array::try_from(
-            self.ebpf
-                .map_mut(xdp_ebpf::CONFIG_MAP)
-                .ok_or_else(|| anyhow!("CONFIG map missing"))?,
-        )?;
-        let PodSteerConfig(mut steer) = config.get(&0, 0).context("reading the steering config")?;
+        let PodSteerConfig(mut steer) = self
+            .config
+            .get(&0, 0)
+            .context("reading the steering config")?;
         steer.listen_ports = [0; xdp_ebpf::MAX_LISTEN_PORTS];
         steer.listen_ports[..ports.len()].copy_from_slice(ports);
-        config
+        self.config
             .set(0, PodSteerConfig(steer), 0)
             .context("writing the steering config")?;
         Ok(())
     }
 
-    /// Detaches the program now (dropping it would too, later).
-    fn detach(&mut self) {
-        if let Some(link) = self.link.take()
-            && let Some(program) = self.ebpf.program_mut(xdp_ebpf::PROGRAM_NAME)
-            && let Ok(xdp) = <&mut Xdp>::try_from(program)
-        {
-            let _ = xdp.detach(link);
+    /// Lets go of the program and of `sockets` (AF_XDP socket fds) at exit. A lent
+    /// program goes back to its holder with the sockets, which it closes; a program this
+    /// process attached goes to a new holder when it should linger. Either way this
+    /// returns at once, and true. False when the caller must close the sockets and
+    /// detach itself (the program is not lingering, or no holder could take it).
+    fn release(&mut self, sockets: &[RawFd]) -> bool {
+        if let Some(conn) = &self.loan {
+            return super::holder::give_back(conn, sockets).is_ok();
         }
+        let (Some(linger), Some(link)) = (self.linger, &self.link) else {
+            return false;
+        };
+        let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+            return false;
+        };
+        let handover = super::holder::Handover {
+            ifindex: self.ifindex,
+            mode: self.attached_mode,
+            linger,
+            link: link.as_fd(),
+            maps: self.map_fds.each_ref().map(|m| m.as_fd()),
+            sockets: sockets.to_vec(),
+        };
+        match super::holder::spawn(&exe, &handover) {
+            Ok(conn) => {
+                // The holder has the link now; ours closes without detaching. It closes
+                // the sockets once `conn` closes, after this process's copies.
+                drop(self.link.take());
+                self.loan = Some(conn);
+                true
+            }
+            Err(e) => {
+                tracing::debug!("no holder, detaching now: {e:#}");
+                false
+            }
+        }
+    }
+
+    /// Detaches the program now (dropping it would too, later), unless it is lent.
+    fn detach(&mut self) {
+        drop(self.link.take());
     }
 
     fn counter(&self, index: u32) -> u64 {
@@ -564,11 +759,16 @@ impl XdpQueues {
     /// steering: no packet is steered before every socket is registered. The sockets
     /// are bound while the program loads: each step waits on the kernel, so side by side
     /// they take the time of the longest.
+    ///
+    /// With `linger`, the program is borrowed from the interface's holder when one has
+    /// it (no load, no attach), and at exit goes to a holder that keeps it attached for
+    /// `linger` more (see [`super::holder`]).
     pub fn open(
         interface: &str,
         mode: Option<XdpModeChoice>,
         choice: QueueChoice,
         steer: SteerConfig,
+        linger: Option<std::time::Duration>,
     ) -> anyhow::Result<Self> {
         let info = super::netinfo::interface(interface)?;
         let count = super::netinfo::rx_queue_count(interface).min(MAX_QUEUES);
@@ -584,7 +784,7 @@ impl XdpQueues {
                     .map(|&q| XdpDevice::bind(info, q, wanted.len() as u32))
                     .collect::<anyhow::Result<Vec<XdpDevice>>>()
             });
-            let program = XdpProgram::load_on(info, mode);
+            let program = XdpProgram::load_on(info, mode, linger);
             let devices = binds
                 .join()
                 .unwrap_or_else(|_| bail!("binding the queues panicked"));
@@ -747,9 +947,19 @@ impl Drop for XdpQueues {
     /// the kernel (several ms each). Done side by side they cost one, which is most of
     /// the exit time of a short fetch. The program is detached here only when no other
     /// `XdpQueues` shares it (serve's other stacks may still be draining).
+    /// A lingering program takes the sockets with it to its holder, which closes them
+    /// after this process has gone.
     fn drop(&mut self) {
         let program = &self.program;
         let last_user = std::sync::Arc::strong_count(program) == 1;
+        if last_user {
+            let sockets: Vec<RawFd> = self.devices.iter().map(|d| d.rx.fd().as_raw_fd()).collect();
+            if lock(program).release(&sockets) {
+                // Our copies of the fds: closing them only drops a reference.
+                self.devices.clear();
+                return;
+            }
+        }
         std::thread::scope(|scope| {
             if last_user {
                 scope.spawn(|| lock(program).detach());
