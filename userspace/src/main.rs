@@ -45,7 +45,10 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    if std::env::args_os().nth(1).is_some_and(|a| a == holder::HOLDER_ARG) {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == holder::HOLDER_ARG)
+    {
         return ExitCode::from(holder::run() as u8);
     }
     holder::set_available();

@@ -24,6 +24,8 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
+use super::xdp::PooledSocket;
+
 /// The hidden first argument that makes the `userspace` binary run as a holder.
 pub const HOLDER_ARG: &str = "__xdp-holder";
 /// The holder's process name (what `xdp_holder` reports, and how an instance knows
@@ -43,8 +45,11 @@ fn address(ifindex: u32) -> std::io::Result<SocketAddr> {
 
 /// The map fds of the program, in this order: XSKMAP, steering config, counters.
 pub struct MapFds {
+    /// The XSKMAP.
     pub xsks: OwnedFd,
+    /// The steering config.
     pub config: OwnedFd,
+    /// The counters.
     pub counters: OwnedFd,
 }
 
@@ -52,11 +57,17 @@ pub struct MapFds {
 pub enum Answer {
     /// No holder, or it has just detached: attach as usual.
     Absent,
-    /// The program, lent for this process's lifetime; the connection ends the loan.
+    /// The program and the bound sockets, lent for this process's lifetime; the
+    /// connection ends the loan.
     Lent {
+        /// The loan: hand the sockets back over it, and close it.
         conn: UnixStream,
+        /// The attach mode.
         mode: &'static str,
+        /// The program's maps.
         maps: MapFds,
+        /// The sockets the last borrower left bound.
+        pool: Vec<PooledSocket>,
     },
     /// Another instance has the interface.
     Busy(u32),
@@ -70,18 +81,51 @@ fn mode_name(s: &str) -> Option<&'static str> {
     }
 }
 
-/// Asks the holder of `ifindex`, if any, for the program (`borrow`: the caller lingers
-/// too) or to detach now (`!borrow`). `mode` is the attach mode the caller insists on.
+/// A pool as words (`ring_size queue...`) and fds (socket and memfd of each).
+fn pool_message(pool: &[(u32, u32, RawFd, RawFd)]) -> (String, Vec<RawFd>) {
+    let ring = pool.first().map_or(0, |p| p.1);
+    let mut words = format!("{ring}");
+    let mut fds = Vec::new();
+    for &(queue, _, fd, memfd) in pool {
+        words.push_str(&format!(" {queue}"));
+        fds.extend([fd, memfd]);
+    }
+    (words, fds)
+}
+
+/// The pool from the words after the header's fixed ones and the fds after the fixed
+/// ones.
+fn parse_pool<'a>(
+    mut words: impl Iterator<Item = &'a str>,
+    fds: impl Iterator<Item = OwnedFd>,
+) -> Vec<PooledSocket> {
+    let ring_size: u32 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let queues: Vec<u32> = words.filter_map(|w| w.parse().ok()).collect();
+    let mut fds = fds;
+    let mut pool = Vec::new();
+    for queue in queues {
+        let (Some(fd), Some(memfd)) = (fds.next(), fds.next()) else {
+            break;
+        };
+        pool.push(PooledSocket {
+            fd,
+            memfd,
+            queue,
+            ring_size,
+        });
+    }
+    pool
+}
+
+/// Asks the holder of `ifindex`, if any, for the program and its sockets (`borrow`:
+/// the caller lingers too) or to detach now (`!borrow`). `mode` is the attach mode the
+/// caller insists on.
 pub fn ask(ifindex: u32, borrow: bool, mode: Option<&'static str>) -> anyhow::Result<Answer> {
     let Ok(mut conn) = UnixStream::connect_addr(&address(ifindex)?) else {
         return Ok(Answer::Absent);
     };
     let verb = if borrow { "USE" } else { "RETIRE" };
-    let request = format!(
-        "{verb} {} {}\n",
-        mode.unwrap_or("any"),
-        std::process::id()
-    );
+    let request = format!("{verb} {} {}\n", mode.unwrap_or("any"), std::process::id());
     if conn.write_all(request.as_bytes()).is_err() {
         return Ok(Answer::Absent);
     }
@@ -95,7 +139,7 @@ pub fn ask(ifindex: u32, borrow: bool, mode: Option<&'static str>) -> anyhow::Re
     let reply = String::from_utf8_lossy(&reply).into_owned();
     let mut words = reply.split_whitespace();
     match (words.next(), words.next()) {
-        (Some("OK"), Some(mode)) if fds.len() == 3 => {
+        (Some("OK"), Some(mode)) if fds.len() >= 3 => {
             let mode = mode_name(mode).ok_or_else(|| anyhow!("holder: bad mode {mode}"))?;
             let mut fds = fds.into_iter();
             let mut next = || fds.next().expect("three fds");
@@ -104,37 +148,48 @@ pub fn ask(ifindex: u32, borrow: bool, mode: Option<&'static str>) -> anyhow::Re
                 config: next(),
                 counters: next(),
             };
+            let pool = parse_pool(words, fds);
             conn.set_read_timeout(None)?;
-            Ok(Answer::Lent { conn, mode, maps })
+            Ok(Answer::Lent {
+                conn,
+                mode,
+                maps,
+                pool,
+            })
         }
         (Some("BUSY"), Some(pid)) => Ok(Answer::Busy(pid.parse().unwrap_or(0))),
         _ => Ok(Answer::Absent),
     }
 }
 
-/// Ends a loan, handing the sockets back to the holder: steering goes off at once, and
-/// the holder may lend the program again. The holder closes the sockets once the
-/// connection closes (see [`spawn`]).
-pub fn give_back(conn: &UnixStream, sockets: &[RawFd]) -> std::io::Result<()> {
-    send_with_fds(conn.as_fd(), b"END\n", sockets)
+/// Ends a loan, handing the bound sockets back to the holder, as (queue, ring size,
+/// socket, memfd): steering goes off at once, and the holder lends them to the next
+/// instance as they are.
+pub fn give_back(conn: &UnixStream, pool: &[(u32, u32, RawFd, RawFd)]) -> std::io::Result<()> {
+    let (words, fds) = pool_message(pool);
+    send_with_fds(conn.as_fd(), format!("END {words}\n").as_bytes(), &fds)
 }
 
 /// Everything an attaching process hands to a new holder.
 pub struct Handover<'a> {
+    /// The interface.
     pub ifindex: u32,
+    /// Its attach mode.
     pub mode: &'static str,
+    /// How long the holder waits for a borrower.
     pub linger: Duration,
+    /// The BPF link.
     pub link: BorrowedFd<'a>,
+    /// The XSKMAP, config and counters maps.
     pub maps: [BorrowedFd<'a>; 3],
-    pub sockets: Vec<RawFd>,
+    /// The bound sockets: (queue, ring size, socket, memfd).
+    pub pool: Vec<(u32, u32, RawFd, RawFd)>,
 }
 
 /// Starts a holder (`exe` run with [`HOLDER_ARG`]) and hands it the program and the
 /// sockets; returns once they are in flight, so the caller may exit at once. Fails (and
-/// the caller detaches itself) when the interface's holder name is taken. The holder
-/// closes the sockets once the returned connection closes: the caller's own copies of
-/// them must be closed first, or the caller's close would be the one that waits.
-pub fn spawn(exe: &std::path::Path, h: &Handover<'_>) -> anyhow::Result<UnixStream> {
+/// the caller detaches itself) when the interface's holder name is taken.
+pub fn spawn(exe: &std::path::Path, h: &Handover<'_>) -> anyhow::Result<()> {
     // Bound here, before this process lets go of the program: from now on a new
     // instance finds the holder (its connection waits in the backlog until the holder
     // accepts), never an attached program with nobody to ask.
@@ -150,10 +205,10 @@ pub fn spawn(exe: &std::path::Path, h: &Handover<'_>) -> anyhow::Result<UnixStre
         .context("starting the XDP holder")?;
     let mut fds = vec![h.link.as_raw_fd(), listener.as_raw_fd()];
     fds.extend(h.maps.iter().map(|m| m.as_raw_fd()));
-    fds.extend_from_slice(&h.sockets);
-    let header = format!("HOLD {} {}\n", h.mode, h.linger.as_millis());
-    send_with_fds(ours.as_fd(), header.as_bytes(), &fds).context("handing over to the holder")?;
-    Ok(ours)
+    let (words, pool_fds) = pool_message(&h.pool);
+    fds.extend(pool_fds);
+    let header = format!("HOLD {} {} {words}\n", h.mode, h.linger.as_millis());
+    send_with_fds(ours.as_fd(), header.as_bytes(), &fds).context("handing over to the holder")
 }
 
 /// Sends `data` with `fds` attached (SCM_RIGHTS).
@@ -244,6 +299,8 @@ struct Held {
     link: Option<OwnedFd>,
     maps: [OwnedFd; 3],
     mode: &'static str,
+    /// The bound sockets, lent to each borrower and given back at its end.
+    pool: Vec<PooledSocket>,
 }
 
 impl Held {
@@ -257,13 +314,18 @@ impl Held {
         self.steer_off();
         drop(self.link.take());
     }
-}
 
-/// Closes AF_XDP sockets on a thread of their own each: every close waits for an RCU
-/// grace period, and the holder must keep answering meanwhile.
-fn close_in_background(sockets: Vec<OwnedFd>) {
-    for s in sockets {
-        std::thread::spawn(move || drop(s));
+    /// Closes the pooled sockets, each on a thread of its own: every close waits for
+    /// an RCU grace period.
+    fn close_pool(&mut self) {
+        let closing: Vec<_> = self
+            .pool
+            .drain(..)
+            .map(|s| std::thread::spawn(move || drop(s)))
+            .collect();
+        for c in closing {
+            let _ = c.join();
+        }
     }
 }
 
@@ -288,15 +350,15 @@ fn hold() -> anyhow::Result<()> {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         libc::prctl(libc::PR_SET_NAME, c"userspace-xdp".as_ptr());
     }
-    // Fds the starter left open across exec (libxdp's AF_XDP sockets are not
-    // close-on-exec): the holder gets what it holds on stdin, and must not keep a
-    // queue busy with a stray copy of a socket.
+    // Fds the starter left open across exec: the holder gets what it holds on stdin,
+    // and must not keep anything else open.
     // SAFETY: close_range only closes descriptors; none above 2 is in use here yet.
     unsafe {
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
     }
-    let boot = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let boot = std::io::stdin().as_fd().try_clone_to_owned()?;
     let (header, fds) = recv_with_fds(boot.as_fd())?;
+    drop(boot);
     let header = String::from_utf8_lossy(&header).into_owned();
     let mut words = header.split_whitespace();
     let (Some("HOLD"), Some(mode), Some(linger)) = (words.next(), words.next(), words.next())
@@ -311,87 +373,69 @@ fn hold() -> anyhow::Result<()> {
     let mut fds = fds.into_iter();
     let link = fds.next().expect("checked");
     let listener = UnixListener::from(fds.next().expect("checked"));
+    let maps = [
+        fds.next().expect("checked"),
+        fds.next().expect("checked"),
+        fds.next().expect("checked"),
+    ];
     let mut held = Held {
         link: Some(link),
-        maps: [
-            fds.next().expect("checked"),
-            fds.next().expect("checked"),
-            fds.next().expect("checked"),
-        ],
+        maps,
         mode,
+        pool: parse_pool(words, fds),
     };
     held.steer_off();
-    serve_loans(&mut held, &listener, linger, (boot, fds.collect()));
+    serve_loans(&mut held, &listener, linger);
     held.detach();
     // Connections still waiting in the backlog are reset when the listener closes;
     // they find no holder and attach themselves.
     drop(listener);
+    held.close_pool();
     Ok(())
 }
 
-/// Lends the program until `linger` passes with no borrower. `starter` is the
-/// connection of the process that attached it, and its sockets.
-fn serve_loans(
-    held: &mut Held,
-    listener: &UnixListener,
-    linger: Duration,
-    starter: (UnixStream, Vec<OwnedFd>),
-) {
+/// Lends the program until `linger` passes with no borrower.
+fn serve_loans(held: &mut Held, listener: &UnixListener, linger: Duration) {
     let mut borrower: Option<(UnixStream, u32)> = None;
-    // Connections of processes on their way out, with the sockets they handed back:
-    // closed once the process has closed its own copies (its connection ends).
-    let mut retiring: Vec<(UnixStream, Vec<OwnedFd>)> = vec![starter];
     let mut idle_since = Instant::now();
     loop {
-        let timeout = match (&borrower, retiring.is_empty()) {
-            (Some(_), _) => None,
-            (None, false) => Some(Duration::from_millis(100)),
-            (None, true) => match linger.checked_sub(idle_since.elapsed()) {
+        let timeout = match &borrower {
+            Some(_) => None,
+            None => match linger.checked_sub(idle_since.elapsed()) {
                 Some(left) if !left.is_zero() => Some(left),
                 _ => return,
             },
         };
         let mut fds = vec![listener.as_fd()];
         fds.extend(borrower.as_ref().map(|(c, _)| c.as_fd()));
-        fds.extend(retiring.iter().map(|(c, _)| c.as_fd()));
         let ready = wait_readable(&fds, timeout);
-        let listener_ready = ready[0];
-        let borrower_ready = borrower.is_some() && ready[1];
-        let first_retiring = 1 + usize::from(borrower.is_some());
-        let mut index = first_retiring;
-        retiring.retain_mut(|(conn, sockets)| {
-            let ready = ready[index];
-            index += 1;
-            if !ready {
-                return true;
-            }
-            // Any message, or the end: only the end matters.
-            match recv_with_fds(conn.as_fd()) {
-                Ok((_, more)) => {
-                    sockets.extend(more);
-                    true
-                }
-                Err(_) => {
-                    close_in_background(std::mem::take(sockets));
-                    false
-                }
-            }
-        });
-        if retiring.is_empty() && borrower.is_none() && linger <= idle_since.elapsed() {
-            return;
-        }
         // The borrower first: a loan it just ended frees the program for the next one.
-        if borrower_ready && let Some((conn, _)) = borrower.take() {
+        if borrower.is_some()
+            && ready[1]
+            && let Some((conn, _)) = borrower.take()
+        {
             held.steer_off();
             idle_since = Instant::now();
             match recv_with_fds(conn.as_fd()) {
-                // END: the sockets are closed once the process has closed its copies.
-                Ok((_, sockets)) => retiring.push((conn, sockets)),
-                // Gone without a word (killed): its sockets closed with it.
+                Ok((msg, fds)) => {
+                    let msg = String::from_utf8_lossy(&msg).into_owned();
+                    let mut words = msg.split_whitespace();
+                    if words.next() == Some("END") {
+                        // The same sockets, as their borrower left them (our copies
+                        // of them close without releasing anything).
+                        let pool = parse_pool(words, fds.into_iter());
+                        let stale = std::mem::replace(&mut held.pool, pool);
+                        drop(stale);
+                    }
+                }
+                // Gone without a word (killed): the pool is still ours, in whatever
+                // state it left the rings; the next borrower takes it from there.
                 Err(_) => {}
             }
         }
-        if listener_ready && let Ok((mut conn, _)) = listener.accept() {
+        if ready[0]
+            && let Ok((mut conn, _)) = listener.accept()
+        {
             let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
             let mut request = [0u8; 128];
             let n = conn.read(&mut request).unwrap_or(0);
@@ -405,20 +449,25 @@ fn serve_loans(
             }
             let fits = mode.is_some_and(|m| m == "any" || m == held.mode);
             if verb == Some("USE") && fits {
-                let maps = held.maps.each_ref().map(|m| m.as_raw_fd());
-                let reply = format!("OK {}\n", held.mode);
-                if send_with_fds(conn.as_fd(), reply.as_bytes(), &maps).is_ok() {
+                let mut fds: Vec<RawFd> = held.maps.iter().map(|m| m.as_raw_fd()).collect();
+                let pool: Vec<_> = held
+                    .pool
+                    .iter()
+                    .map(|p| (p.queue, p.ring_size, p.fd.as_raw_fd(), p.memfd.as_raw_fd()))
+                    .collect();
+                let (words, pool_fds) = pool_message(&pool);
+                fds.extend(pool_fds);
+                let reply = format!("OK {} {words}\n", held.mode);
+                if send_with_fds(conn.as_fd(), reply.as_bytes(), &fds).is_ok() {
                     let _ = conn.set_read_timeout(None);
                     borrower = Some((conn, pid));
                 }
             } else if verb.is_some() {
-                // Asked to go, or to lend in another mode: detach first, so that the
-                // asker's attach finds the interface free.
+                // Asked to go, or to lend in another mode: detach and release the
+                // queues first, so that the asker finds the interface free.
                 held.detach();
+                held.close_pool();
                 let _ = conn.write_all(b"GONE\n");
-                for (_, sockets) in retiring {
-                    close_in_background(sockets);
-                }
                 return;
             }
         }

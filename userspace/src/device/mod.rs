@@ -5,6 +5,7 @@ pub mod memory;
 pub mod netinfo;
 pub mod pcap;
 pub mod xdp;
+pub mod xsk;
 
 use crate::wire::MacAddr;
 

@@ -5,20 +5,16 @@
 //! detaches it when the process ends by any path, `kill -9` included; or, when asked to
 //! linger, by a holder process shortly after (see [`super::holder`]).
 use super::Device;
+use super::xsk::XskSocket;
 use crate::wire::MacAddr;
 use anyhow::{Context, anyhow, bail};
 use aya::maps::{Array, Map, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
-use std::num::NonZeroU32;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use xdp_ebpf::{
     COUNTER_NO_SOCKET, COUNTER_NO_SOCKET_QUEUE0, COUNTER_PASSED, COUNTER_STEERED, MAX_QUEUES,
     SteerConfig,
 };
-use xsk_rs::config::{
-    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
-};
-use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf.o"));
@@ -107,21 +103,45 @@ impl FrameAccount {
 pub struct XdpDevice {
     mac: MacAddr,
     mtu: usize,
-    umem: Umem,
-    rx: RxQueue,
-    tx: TxQueue,
-    fill: FillQueue,
-    completion: CompQueue,
-    rx_batch: Vec<FrameDesc>,
-    tx_free: Vec<FrameDesc>,
-    tx_queued: Vec<FrameDesc>,
-    completed: Vec<FrameDesc>,
-    awaiting_fill: Vec<FrameDesc>,
+    socket: XskSocket,
+    rx_batch: Vec<libc::xdp_desc>,
+    /// Frame addresses free for transmit.
+    tx_free: Vec<u64>,
+    tx_queued: Vec<libc::xdp_desc>,
+    completed: Vec<u64>,
+    awaiting_fill: Vec<u64>,
     in_fill_ring: usize,
     in_tx_ring: usize,
     total_frames: usize,
+    /// The socket's statistics when this process took it (an adopted socket counted
+    /// earlier runs' drops too).
+    stats_at_start: libc::xdp_statistics,
     /// The NIC queue it is bound to.
     pub queue: u32,
+}
+
+/// A bound socket handed from one process to the next by the holder: the socket, its
+/// UMEM's memfd, its queue and its ring size.
+pub struct PooledSocket {
+    /// The AF_XDP socket.
+    pub fd: OwnedFd,
+    /// Its UMEM.
+    pub memfd: OwnedFd,
+    /// The queue it is bound to.
+    pub queue: u32,
+    /// Entries of each of its rings.
+    pub ring_size: u32,
+}
+
+/// Kernel statistics of a socket, as the difference of two readings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SocketStats {
+    /// Frames dropped (too large for a frame, and so on).
+    pub rx_dropped: u64,
+    /// Frames dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Times the fill ring was found empty.
+    pub rx_fill_ring_empty: u64,
 }
 
 /// Why a bind failed: a queue still held by a socket being released, or anything else.
@@ -241,8 +261,54 @@ impl XdpProgram {
         XdpProgram::load_on(&super::netinfo::interface(interface)?, mode, None)
     }
 
-    /// [`XdpProgram::load`] for an interface already looked up. With `linger`, the
-    /// program is borrowed from a holder if one has it, and handed to one at exit.
+    /// Borrows the program and its bound sockets from the interface's holder, if one
+    /// has it in a mode that suits (`None`: attach as usual).
+    fn borrow(
+        info: &super::netinfo::InterfaceInfo,
+        mode: Option<XdpModeChoice>,
+        linger: std::time::Duration,
+    ) -> anyhow::Result<Option<(SharedProgram, Vec<PooledSocket>)>> {
+        let wanted = mode.map(|m| match m {
+            XdpModeChoice::Native => "native",
+            XdpModeChoice::Skb => "skb",
+        });
+        match super::holder::ask(info.ifindex, true, wanted)? {
+            super::holder::Answer::Busy(pid) => {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                bail!(
+                    "interface {} is already in use by process {pid} ({}): only one XDP program can attach to an interface; stop it, or run on another interface",
+                    info.name,
+                    comm.trim()
+                )
+            }
+            super::holder::Answer::Absent => Ok(None),
+            super::holder::Answer::Lent {
+                conn,
+                mode,
+                maps,
+                pool,
+            } => {
+                tracing::debug!(mode, sockets = pool.len(), "XDP program lent by its holder");
+                let program = XdpProgram::from_maps(
+                    [maps.xsks, maps.config, maps.counters],
+                    mode,
+                    info,
+                    None,
+                    Some(conn),
+                    Some(linger),
+                )?;
+                // Counters from this process's run only.
+                program.zero_counters();
+                Ok(Some((
+                    std::sync::Arc::new(std::sync::Mutex::new(program)),
+                    pool,
+                )))
+            }
+        }
+    }
+
+    /// [`XdpProgram::load`] for an interface already looked up: a holder is asked to
+    /// detach first. With `linger`, the program goes to a holder at exit.
     fn load_on(
         info: &super::netinfo::InterfaceInfo,
         mode: Option<XdpModeChoice>,
@@ -275,27 +341,15 @@ impl XdpProgram {
         // few ms of its detach: wait for it rather than report it.
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
-            match super::holder::ask(info.ifindex, linger.is_some(), wanted)? {
+            match super::holder::ask(info.ifindex, false, wanted)? {
                 super::holder::Answer::Busy(pid) => return Err(in_use(pid)),
-                super::holder::Answer::Lent { conn, mode, maps } => {
-                    tracing::debug!(mode, "XDP program lent by its holder");
-                    let program = XdpProgram::from_maps(
-                        [maps.xsks, maps.config, maps.counters],
-                        mode,
-                        info,
-                        None,
-                        Some(conn),
-                        linger,
-                    )?;
-                    // Counters from this process's run only.
-                    program.zero_counters();
-                    return Ok(std::sync::Arc::new(std::sync::Mutex::new(program)));
-                }
-                super::holder::Answer::Absent => {}
+                // A holder answers RETIRE with GONE (Absent), never with a loan.
+                super::holder::Answer::Lent { .. } | super::holder::Answer::Absent => {}
             }
             if object.is_none() {
                 tracing::debug!("loading the XDP object");
-                let mut ebpf = load_object_without_kernel_btf().context("loading the XDP program")?;
+                let mut ebpf =
+                    load_object_without_kernel_btf().context("loading the XDP program")?;
                 tracing::debug!("XDP object parsed");
                 let program: &mut Xdp = ebpf
                     .program_mut(xdp_ebpf::PROGRAM_NAME)
@@ -448,12 +502,13 @@ impl XdpProgram {
         Ok(())
     }
 
-    /// Lets go of the program and of `sockets` (AF_XDP socket fds) at exit. A lent
-    /// program goes back to its holder with the sockets, which it closes; a program this
-    /// process attached goes to a new holder when it should linger. Either way this
+    /// Lets go of the program and of `sockets` (queue, ring size, AF_XDP socket and
+    /// UMEM memfd of each) at exit. A lent program goes back to its holder with the
+    /// sockets, which it keeps bound for the next borrower; a program this process
+    /// attached goes to a new holder when it should linger. Either way this
     /// returns at once, and true. False when the caller must close the sockets and
     /// detach itself (the program is not lingering, or no holder could take it).
-    fn release(&mut self, sockets: &[RawFd]) -> bool {
+    fn release(&mut self, sockets: &[(u32, u32, RawFd, RawFd)]) -> bool {
         if let Some(conn) = &self.loan {
             return super::holder::give_back(conn, sockets).is_ok();
         }
@@ -469,14 +524,12 @@ impl XdpProgram {
             linger,
             link: link.as_fd(),
             maps: self.map_fds.each_ref().map(|m| m.as_fd()),
-            sockets: sockets.to_vec(),
+            pool: sockets.to_vec(),
         };
         match super::holder::spawn(&exe, &handover) {
-            Ok(conn) => {
-                // The holder has the link now; ours closes without detaching. It closes
-                // the sockets once `conn` closes, after this process's copies.
+            Ok(()) => {
+                // The holder has the link now; ours closes without detaching.
                 drop(self.link.take());
-                self.loan = Some(conn);
                 true
             }
             Err(e) => {
@@ -527,14 +580,14 @@ impl XdpDevice {
         queue: u32,
         queues: u32,
     ) -> anyhow::Result<Self> {
-        // The kernel releases a closed socket's hold on its queue a moment after the
-        // close returns: a stack started right after another one ended may find the
-        // queue still busy (EBUSY) for a few milliseconds.
+        // The kernel releases a closed socket's hold on its queue a while after the
+        // close returns (two RCU grace periods): a stack started right after another
+        // one ended may find the queue still busy (EBUSY) for tens of milliseconds.
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(1);
         loop {
             match XdpDevice::try_bind(iface, queue, queues) {
                 Err(BindError::Busy(_)) if std::time::Instant::now() < give_up => {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    std::thread::sleep(std::time::Duration::from_millis(1));
                 }
                 Err(BindError::Busy(e) | BindError::Other(e)) => return Err(e),
                 Ok(device) => return Ok(device),
@@ -547,71 +600,113 @@ impl XdpDevice {
         queue: u32,
         queues: u32,
     ) -> Result<Self, BindError> {
-        let (mac, mtu) = (iface.mac, iface.mtu);
-        let iface = iface.name.as_str();
         let ring_size = ring_size_for(queues);
-        let frame_count = 2 * ring_size;
-        let umem_config = UmemConfig::builder()
-            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| anyhow!("{e}"))?)
-            .fill_queue_size(QueueSize::new(ring_size).map_err(|e| anyhow!("{e}"))?)
-            .comp_queue_size(QueueSize::new(ring_size).map_err(|e| anyhow!("{e}"))?)
-            .build()
-            .map_err(|e| anyhow!("UMEM config: {e}"))?;
-        let frame_count = NonZeroU32::new(frame_count).expect("non-zero");
-        let (umem, mut frames) = Umem::new(umem_config, frame_count, false)
-            .map_err(|e| anyhow!("creating UMEM: {e}"))?;
-        let socket_config = SocketConfig::builder()
-            .rx_queue_size(QueueSize::new(ring_size).map_err(|e| anyhow!("{e}"))?)
-            .tx_queue_size(QueueSize::new(ring_size).map_err(|e| anyhow!("{e}"))?)
-            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-            .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
-            .build();
-        let if_name: Interface = iface
-            .parse()
-            .map_err(|_| anyhow!("bad interface name {iface}"))?;
-        // SAFETY: this UMEM is new and not shared, so no other socket is bound with it.
-        let (tx, rx, fq_cq) = unsafe { xsk_rs::Socket::new(socket_config, &umem, &if_name, queue) }
-            .map_err(|e| {
-                let busy = std::error::Error::source(&e)
-                    .and_then(|s| s.downcast_ref::<std::io::Error>())
-                    .and_then(std::io::Error::raw_os_error)
-                    == Some(libc::EBUSY);
-                let error = anyhow::Error::new(e)
-                    .context(format!("binding an AF_XDP socket to {iface} queue {queue}"));
+        let socket =
+            XskSocket::create(iface.ifindex, queue, ring_size, FRAME_SIZE).map_err(|e| {
+                let busy = e.raw_os_error() == Some(libc::EBUSY);
+                let error = anyhow::Error::new(e).context(format!(
+                    "binding an AF_XDP socket to {} queue {queue}",
+                    iface.name
+                ));
                 if busy {
                     BindError::Busy(error)
                 } else {
                     BindError::Other(error)
                 }
             })?;
-        let (mut fill, completion) =
-            fq_cq.ok_or_else(|| anyhow!("AF_XDP socket came without fill/completion rings"))?;
-        let tx_free = frames.split_off(ring_size as usize);
-        // SAFETY: the frames belong to this UMEM and none is in any ring yet.
-        let filled = unsafe { fill.produce(&frames) };
-        if filled != frames.len() {
-            return Err(anyhow!("could not fill the AF_XDP fill ring").into());
+        XdpDevice::with_socket(iface, queue, socket).map_err(BindError::Other)
+    }
+
+    /// Takes over a socket that an earlier process bound (from the holder's pool).
+    pub fn adopt(
+        iface: &super::netinfo::InterfaceInfo,
+        pooled: PooledSocket,
+    ) -> anyhow::Result<Self> {
+        let queue = pooled.queue;
+        let socket = XskSocket::adopt(pooled.fd, pooled.memfd, pooled.ring_size, FRAME_SIZE)
+            .with_context(|| format!("taking over the AF_XDP socket of queue {queue}"))?;
+        let mut device = XdpDevice::with_socket(iface, queue, socket)?;
+        // What arrived between two runs belongs to no connection of this one.
+        device.discard_received();
+        Ok(device)
+    }
+
+    fn with_socket(
+        iface: &super::netinfo::InterfaceInfo,
+        queue: u32,
+        mut socket: XskSocket,
+    ) -> anyhow::Result<Self> {
+        let ring_size = socket.ring_size as usize;
+        let total_frames = socket.frames as usize;
+        // Every frame in no ring is ours: up to a ring's worth goes to the fill ring
+        // (the RX share), the rest is for transmit.
+        let mut free = socket.frames_outside_rings();
+        let in_tx_ring = socket.frames_in_tx();
+        let in_fill_already = total_frames - free.len() - in_tx_ring;
+        let to_fill = ring_size.saturating_sub(in_fill_already).min(free.len());
+        let tx_free = free.split_off(to_fill);
+        let filled = socket.produce_fill(&free);
+        if filled != free.len() {
+            bail!("could not fill the AF_XDP fill ring");
         }
+        let stats_at_start = socket.statistics().unwrap_or(libc::xdp_statistics {
+            rx_dropped: 0,
+            rx_invalid_descs: 0,
+            tx_invalid_descs: 0,
+            rx_ring_full: 0,
+            rx_fill_ring_empty_descs: 0,
+            tx_ring_empty_descs: 0,
+        });
         Ok(XdpDevice {
-            mac,
-            mtu,
-            umem,
-            rx,
-            tx,
-            fill,
-            completion,
-            rx_batch: frames,
+            mac: iface.mac,
+            mtu: iface.mtu,
+            socket,
+            rx_batch: vec![
+                libc::xdp_desc {
+                    addr: 0,
+                    len: 0,
+                    options: 0
+                };
+                BATCH
+            ],
             tx_free,
             tx_queued: Vec::with_capacity(BATCH * 4),
-            completed: (0..ring_size as usize)
-                .map(|_| FrameDesc::default())
-                .collect(),
-            awaiting_fill: Vec::with_capacity(ring_size as usize),
-            in_fill_ring: ring_size as usize,
-            in_tx_ring: 0,
-            total_frames: frame_count.get() as usize,
+            completed: vec![0; ring_size],
+            awaiting_fill: Vec::with_capacity(ring_size),
+            in_fill_ring: in_fill_already + filled,
+            in_tx_ring,
+            total_frames,
+            stats_at_start,
             queue,
         })
+    }
+
+    /// Recycles every received frame without looking at it.
+    fn discard_received(&mut self) {
+        loop {
+            let n = self.socket.consume_rx(&mut self.rx_batch[..BATCH]);
+            if n == 0 {
+                break;
+            }
+            self.in_fill_ring -= n.min(self.in_fill_ring);
+            for desc in &self.rx_batch[..n] {
+                self.awaiting_fill.push(self.socket.frame_start(desc.addr));
+            }
+            self.refill();
+        }
+    }
+
+    /// The socket and its UMEM, for the holder's pool.
+    pub fn pooled_fds(&self) -> (RawFd, RawFd) {
+        (
+            self.socket.fd().as_raw_fd(),
+            self.socket.memfd().as_raw_fd(),
+        )
+    }
+
+    /// Entries of each of its rings.
+    pub fn ring_size(&self) -> u32 {
+        self.socket.ring_size
     }
 
     /// Where the UMEM's frames are.
@@ -626,9 +721,18 @@ impl XdpDevice {
         }
     }
 
-    /// The kernel's statistics of the socket (drops, full rings).
-    pub fn socket_stats(&self) -> Option<xsk_rs::socket::XdpStatistics> {
-        self.rx.fd().xdp_statistics().ok()
+    /// The kernel's statistics of the socket (drops, full rings) since this process
+    /// took it.
+    pub fn socket_stats(&self) -> Option<SocketStats> {
+        let now = self.socket.statistics().ok()?;
+        let was = &self.stats_at_start;
+        Some(SocketStats {
+            rx_dropped: now.rx_dropped.saturating_sub(was.rx_dropped),
+            rx_ring_full: now.rx_ring_full.saturating_sub(was.rx_ring_full),
+            rx_fill_ring_empty: now
+                .rx_fill_ring_empty_descs
+                .saturating_sub(was.rx_fill_ring_empty_descs),
+        })
     }
 
     /// Returns received frames to the fill ring. The ring holds exactly the RX share of
@@ -638,8 +742,7 @@ impl XdpDevice {
         if self.awaiting_fill.is_empty() {
             return;
         }
-        // SAFETY: these frames came from this UMEM's RX ring and are no longer borrowed.
-        let returned = unsafe { self.fill.produce(&self.awaiting_fill) };
+        let returned = self.socket.produce_fill(&self.awaiting_fill);
         if returned > 0 {
             self.in_fill_ring += returned;
             self.awaiting_fill.drain(..returned);
@@ -650,33 +753,31 @@ impl XdpDevice {
         if self.in_tx_ring == 0 {
             return;
         }
-        // SAFETY: completion descriptors come back from this UMEM's TX ring.
-        let n = unsafe { self.completion.consume(&mut self.completed) };
-        self.in_tx_ring -= n;
-        self.tx_free.extend_from_slice(&self.completed[..n]);
+        let n = self.socket.consume_completions(&mut self.completed);
+        self.in_tx_ring -= n.min(self.in_tx_ring);
+        for &addr in &self.completed[..n] {
+            self.tx_free.push(self.socket.frame_start(addr));
+        }
     }
 }
 
 impl Device for XdpDevice {
     fn receive(&mut self, handle: &mut dyn FnMut(&[u8])) -> usize {
-        let batch = &mut self.rx_batch[..BATCH];
-        // SAFETY: the descriptors receive frames of this UMEM from its RX ring.
-        let n = unsafe { self.rx.consume(batch) };
+        let n = self.socket.consume_rx(&mut self.rx_batch[..BATCH]);
         if n == 0 {
             self.refill();
-            if self.fill.needs_wakeup() {
-                let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+            if self.socket.fill_needs_wakeup() {
+                self.socket.wake_rx();
             }
             return 0;
         }
-        self.in_fill_ring -= n;
+        self.in_fill_ring -= n.min(self.in_fill_ring);
         for desc in &self.rx_batch[..n] {
             // SAFETY: the frame came from the RX ring and is ours until it goes back to
             // the fill ring below; nothing else reads or writes it meanwhile.
-            let data = unsafe { self.umem.data(desc) };
-            handle(data.contents());
+            handle(unsafe { self.socket.rx_frame(desc) });
+            self.awaiting_fill.push(self.socket.frame_start(desc.addr));
         }
-        self.awaiting_fill.extend_from_slice(&self.rx_batch[..n]);
         self.refill();
         n
     }
@@ -685,20 +786,21 @@ impl Device for XdpDevice {
         if self.tx_free.is_empty() {
             self.flush();
         }
-        let Some(mut desc) = self.tx_free.pop() else {
+        let Some(addr) = self.tx_free.pop() else {
             return false;
         };
-        // SAFETY: the frame is in the free list, so neither ring nor the kernel holds it.
-        let mut data = unsafe { self.umem.data_mut(&mut desc) };
-        let mut cursor = data.cursor();
-        let room = cursor.buf_len();
-        cursor.set_pos(room);
-        let len = build(data.contents_mut());
-        data.cursor().set_pos(len);
+        // SAFETY: the frame is in the free list, so neither ring nor the kernel holds
+        // it, and the borrow ends before the frame is queued.
+        let frame = unsafe { self.socket.tx_frame(addr) };
+        let len = build(frame).min(FRAME_SIZE as usize);
         if len == 0 {
-            self.tx_free.push(desc);
+            self.tx_free.push(addr);
         } else {
-            self.tx_queued.push(desc);
+            self.tx_queued.push(libc::xdp_desc {
+                addr,
+                len: len as u32,
+                options: 0,
+            });
             if self.tx_queued.len() >= BATCH {
                 self.flush();
             }
@@ -712,17 +814,16 @@ impl Device for XdpDevice {
     /// ring, and an idle loop may sleep (see [`XdpQueues::wait_for_frames`]).
     fn flush(&mut self) {
         if !self.tx_queued.is_empty() {
-            // SAFETY: queued frames are filled, of this UMEM, and in no ring.
-            let n = unsafe { self.tx.produce(&self.tx_queued) };
+            let n = self.socket.produce_tx(&self.tx_queued);
             self.in_tx_ring += n;
             self.tx_queued.drain(..n);
         }
         for _ in 0..MAX_KICKS {
-            if self.in_tx_ring == 0 || !self.tx.needs_wakeup() {
+            if self.in_tx_ring == 0 || !self.socket.tx_needs_wakeup() {
                 break;
             }
             let before = self.in_tx_ring;
-            let _ = self.tx.wakeup();
+            self.socket.wake_tx();
             self.recycle_completions();
             if self.in_tx_ring == before {
                 break; // the kernel is busy: the next turn tries again
@@ -773,6 +874,32 @@ impl XdpQueues {
         let info = super::netinfo::interface(interface)?;
         let count = super::netinfo::rx_queue_count(interface).min(MAX_QUEUES);
         let wanted = queues_for(interface, count, choice)?;
+        if let Some(linger) = linger
+            && let Some((program, pool)) = XdpProgram::borrow(&info, mode, linger)?
+        {
+            let ring_size = ring_size_for(wanted.len() as u32);
+            let fits = pool
+                .iter()
+                .all(|p| wanted.contains(&p.queue) && p.ring_size == ring_size);
+            if fits {
+                let mut devices = Vec::with_capacity(wanted.len());
+                let mut pool = pool;
+                for &q in &wanted {
+                    devices.push(match pool.iter().position(|p| p.queue == q) {
+                        Some(i) => XdpDevice::adopt(&info, pool.swap_remove(i))?,
+                        None => XdpDevice::bind(&info, q, wanted.len() as u32)?,
+                    });
+                }
+                let queues = XdpQueues::register(&program, devices)?;
+                lock(&program).enable(steer)?;
+                tracing::debug!(queues = ?queues.queues(), "AF_XDP sockets taken over, steering on");
+                return Ok(queues);
+            }
+            // Sockets of another shape (another queue choice): the holder lets go of
+            // everything, and this process starts afresh.
+            drop(pool);
+            drop(program);
+        }
         // One thread binds the sockets while this one loads and attaches the program
         // (the attach mostly waits in the kernel): each gets a core of its own.
         let (program, devices) = std::thread::scope(|scope| {
@@ -826,12 +953,12 @@ impl XdpQueues {
             bail!("no RX queue to bind");
         }
         for device in &devices {
-            lock(program).register(device.queue, device.rx.fd().as_raw_fd())?;
+            lock(program).register(device.queue, device.pooled_fds().0)?;
         }
         let pollfds = devices
             .iter()
             .map(|d| libc::pollfd {
-                fd: d.rx.fd().as_raw_fd(),
+                fd: d.pooled_fds().0,
                 events: libc::POLLIN,
                 revents: 0,
             })
@@ -934,9 +1061,9 @@ impl XdpQueues {
             .filter_map(XdpDevice::socket_stats)
             .fold((0, 0, 0), |a, x| {
                 (
-                    a.0 + x.rx_dropped(),
-                    a.1 + x.rx_ring_full(),
-                    a.2 + x.rx_fill_ring_empty_descs(),
+                    a.0 + x.rx_dropped,
+                    a.1 + x.rx_ring_full,
+                    a.2 + x.rx_fill_ring_empty,
                 )
             })
     }
@@ -953,7 +1080,14 @@ impl Drop for XdpQueues {
         let program = &self.program;
         let last_user = std::sync::Arc::strong_count(program) == 1;
         if last_user {
-            let sockets: Vec<RawFd> = self.devices.iter().map(|d| d.rx.fd().as_raw_fd()).collect();
+            let sockets: Vec<_> = self
+                .devices
+                .iter()
+                .map(|d| {
+                    let (fd, memfd) = d.pooled_fds();
+                    (d.queue, d.ring_size(), fd, memfd)
+                })
+                .collect();
             if lock(program).release(&sockets) {
                 // Our copies of the fds: closing them only drops a reference.
                 self.devices.clear();

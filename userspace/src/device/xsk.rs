@@ -1,0 +1,469 @@
+//! A small AF_XDP socket of our own: its UMEM lives in a memfd, so that the socket, its
+//! rings and its frames can outlive the process that bound it. A lingering holder (see
+//! [`super::holder`]) keeps the sockets bound between runs and the next process adopts
+//! them: mapping the UMEM and the rings again costs a fraction of a millisecond, where
+//! a new socket costs the UMEM's populate and pin, and waits for the old socket's queue
+//! to be released (two RCU grace periods after its close).
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A shared mapping, unmapped on drop.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory; who may touch which bytes is ruled by the rings.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    fn new(fd: &OwnedFd, len: usize, offset: u64, populate: bool) -> io::Result<Mapping> {
+        let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
+        // SAFETY: a new shared mapping of `fd` chosen by the kernel; nothing else in
+        // the process refers to that address range yet.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: ptr as *mut u8,
+            len,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the range was mapped by `Mapping::new` and nothing borrows it any more.
+        unsafe {
+            libc::munmap(self.ptr as *mut libc::c_void, self.len);
+        }
+    }
+}
+
+/// One ring shared with the kernel: a power-of-two array of `T` with a producer and a
+/// consumer index. This side either produces (fill, TX) or consumes (RX, completion).
+struct Ring<T: Copy> {
+    _map: Mapping,
+    producer: *const AtomicU32,
+    consumer: *const AtomicU32,
+    flags: *const AtomicU32,
+    descs: *mut T,
+    mask: u32,
+    size: u32,
+    cached_prod: u32,
+    cached_cons: u32,
+}
+
+// SAFETY: the ring's pointers point into its own mapping, which moves with it.
+unsafe impl<T: Copy> Send for Ring<T> {}
+
+impl<T: Copy> Ring<T> {
+    /// Maps ring `pgoff` of socket `fd`, of `size` entries, at the kernel's offsets.
+    fn map(fd: &OwnedFd, off: &libc::xdp_ring_offset, size: u32, pgoff: u64) -> io::Result<Self> {
+        let len = off.desc as usize + size as usize * std::mem::size_of::<T>();
+        let map = Mapping::new(fd, len, pgoff, true)?;
+        // SAFETY: the kernel's offsets lie inside the mapping just made, aligned for
+        // their types (u32 indices, u64 or xdp_desc entries).
+        let (producer, consumer, flags, descs) = unsafe {
+            (
+                map.ptr.add(off.producer as usize) as *const AtomicU32,
+                map.ptr.add(off.consumer as usize) as *const AtomicU32,
+                map.ptr.add(off.flags as usize) as *const AtomicU32,
+                map.ptr.add(off.desc as usize) as *mut T,
+            )
+        };
+        let mut ring = Ring {
+            _map: map,
+            producer,
+            consumer,
+            flags,
+            descs,
+            mask: size - 1,
+            size,
+            cached_prod: 0,
+            cached_cons: 0,
+        };
+        // An adopted ring goes on from where its last user left it.
+        ring.cached_prod = ring.producer().load(Ordering::Acquire);
+        ring.cached_cons = ring.consumer().load(Ordering::Acquire);
+        Ok(ring)
+    }
+
+    fn producer(&self) -> &AtomicU32 {
+        // SAFETY: points into the live mapping, at a u32 the kernel also reads atomically.
+        unsafe { &*self.producer }
+    }
+
+    fn consumer(&self) -> &AtomicU32 {
+        // SAFETY: as for `producer`.
+        unsafe { &*self.consumer }
+    }
+
+    fn entry(&self, index: u32) -> *mut T {
+        // SAFETY: masked, the index is within the ring's `size` entries.
+        unsafe { self.descs.add((index & self.mask) as usize) }
+    }
+
+    /// Producer side: puts as many of `items` as there is room for; returns how many.
+    fn produce(&mut self, items: &[T]) -> usize {
+        let mut free = self.size - self.cached_prod.wrapping_sub(self.cached_cons);
+        if (free as usize) < items.len() {
+            self.cached_cons = self.consumer().load(Ordering::Acquire);
+            free = self.size - self.cached_prod.wrapping_sub(self.cached_cons);
+        }
+        let n = items.len().min(free as usize);
+        for (i, item) in items[..n].iter().enumerate() {
+            // SAFETY: the slot is between the kernel's consumer and our producer plus
+            // the free room, so the kernel does not read it until we publish.
+            unsafe {
+                self.entry(self.cached_prod.wrapping_add(i as u32))
+                    .write(*item)
+            };
+        }
+        self.cached_prod = self.cached_prod.wrapping_add(n as u32);
+        self.producer().store(self.cached_prod, Ordering::Release);
+        n
+    }
+
+    /// Consumer side: takes up to `out.len()` entries; returns how many.
+    fn consume(&mut self, out: &mut [T]) -> usize {
+        let mut ready = self.cached_prod.wrapping_sub(self.cached_cons);
+        if (ready as usize) < out.len() {
+            self.cached_prod = self.producer().load(Ordering::Acquire);
+            ready = self.cached_prod.wrapping_sub(self.cached_cons);
+        }
+        let n = out.len().min(ready as usize);
+        for (i, slot) in out[..n].iter_mut().enumerate() {
+            // SAFETY: the entry is published by the kernel (before its producer index,
+            // loaded with Acquire) and not yet given back.
+            *slot = unsafe { self.entry(self.cached_cons.wrapping_add(i as u32)).read() };
+        }
+        self.cached_cons = self.cached_cons.wrapping_add(n as u32);
+        self.consumer().store(self.cached_cons, Ordering::Release);
+        n
+    }
+
+    /// The entries between the consumer and the producer, as the kernel sees them.
+    fn outstanding(&self) -> Vec<T> {
+        let prod = self.producer().load(Ordering::Acquire);
+        let cons = self.consumer().load(Ordering::Acquire);
+        let n = prod.wrapping_sub(cons).min(self.size);
+        (0..n)
+            // SAFETY: within the ring (masked); a stale entry is only a number.
+            .map(|i| unsafe { self.entry(cons.wrapping_add(i)).read() })
+            .collect()
+    }
+
+    fn needs_wakeup(&self) -> bool {
+        // SAFETY: points into the live mapping, at a u32 the kernel writes atomically.
+        unsafe { &*self.flags }.load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
+    }
+}
+
+/// An AF_XDP socket bound to one queue, with its own UMEM in a memfd.
+pub struct XskSocket {
+    rx: Ring<libc::xdp_desc>,
+    tx: Ring<libc::xdp_desc>,
+    fill: Ring<u64>,
+    comp: Ring<u64>,
+    umem: Mapping,
+    fd: OwnedFd,
+    memfd: OwnedFd,
+    /// Entries of each ring.
+    pub ring_size: u32,
+    /// Bytes per frame.
+    pub frame_size: u32,
+    /// Frames in the UMEM.
+    pub frames: u32,
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn setsockopt<T>(fd: &OwnedFd, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a live, initialised T of the size passed.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            name,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    })
+}
+
+fn getsockopt<T: Copy>(fd: &OwnedFd, name: libc::c_int) -> io::Result<T> {
+    let mut value = std::mem::MaybeUninit::<T>::zeroed();
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `value`, which has that many.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            name,
+            value.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    })?;
+    // SAFETY: zero-initialised, then (partly) filled by the kernel; the types used
+    // here are plain integers, valid for any bytes.
+    Ok(unsafe { value.assume_init() })
+}
+
+impl XskSocket {
+    /// A new socket on `queue` of `ifindex` (copy mode, need_wakeup) with a UMEM of
+    /// `2 * ring_size` frames. The error is the kernel's (EBUSY: the queue has a socket).
+    pub fn create(ifindex: u32, queue: u32, ring_size: u32, frame_size: u32) -> io::Result<Self> {
+        let frames = 2 * ring_size;
+        let len = frames as usize * frame_size as usize;
+        // SAFETY: memfd_create takes a NUL-terminated name and returns a new fd.
+        let memfd = unsafe { libc::memfd_create(c"userspace-umem".as_ptr(), libc::MFD_CLOEXEC) };
+        check(memfd)?;
+        // SAFETY: a new fd that nothing else owns.
+        let memfd = unsafe { OwnedFd::from_raw_fd(memfd) };
+        // SAFETY: ftruncate on our own memfd.
+        check(unsafe { libc::ftruncate(memfd.as_raw_fd(), len as libc::off_t) })?;
+        let umem = Mapping::new(&memfd, len, 0, true)?;
+        // SAFETY: socket(2) returns a new fd or -1.
+        let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        check(fd)?;
+        // SAFETY: a new fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let reg = libc::xdp_umem_reg {
+            addr: umem.ptr as u64,
+            len: len as u64,
+            chunk_size: frame_size,
+            headroom: 0,
+            flags: 0,
+            tx_metadata_len: 0,
+        };
+        setsockopt(&fd, libc::XDP_UMEM_REG, &reg)?;
+        for ring in [
+            libc::XDP_UMEM_FILL_RING,
+            libc::XDP_UMEM_COMPLETION_RING,
+            libc::XDP_RX_RING,
+            libc::XDP_TX_RING,
+        ] {
+            setsockopt(&fd, ring, &ring_size)?;
+        }
+        let socket = XskSocket::map(fd, memfd, umem, ring_size, frame_size)?;
+        let addr = libc::sockaddr_xdp {
+            sxdp_family: libc::AF_XDP as u16,
+            sxdp_flags: libc::XDP_COPY | libc::XDP_USE_NEED_WAKEUP,
+            sxdp_ifindex: ifindex,
+            sxdp_queue_id: queue,
+            sxdp_shared_umem_fd: 0,
+        };
+        // SAFETY: `addr` is a live sockaddr_xdp of the size passed.
+        check(unsafe {
+            libc::bind(
+                socket.fd.as_raw_fd(),
+                &addr as *const libc::sockaddr_xdp as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+            )
+        })?;
+        Ok(socket)
+    }
+
+    /// A bound socket that another process made (`fd`, its UMEM `memfd`), with its
+    /// rings as that process left them.
+    pub fn adopt(fd: OwnedFd, memfd: OwnedFd, ring_size: u32, frame_size: u32) -> io::Result<Self> {
+        if !ring_size.is_power_of_two() {
+            return Err(io::Error::other("ring size not a power of two"));
+        }
+        let len = 2 * ring_size as usize * frame_size as usize;
+        // SAFETY: fstat fills a stat struct for our own fd.
+        let size = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            check(libc::fstat(memfd.as_raw_fd(), &mut st))?;
+            st.st_size as usize
+        };
+        if size != len {
+            return Err(io::Error::other("UMEM of another size"));
+        }
+        let umem = Mapping::new(&memfd, len, 0, true)?;
+        XskSocket::map(fd, memfd, umem, ring_size, frame_size)
+    }
+
+    fn map(
+        fd: OwnedFd,
+        memfd: OwnedFd,
+        umem: Mapping,
+        ring_size: u32,
+        frame_size: u32,
+    ) -> io::Result<Self> {
+        let off: libc::xdp_mmap_offsets = getsockopt(&fd, libc::XDP_MMAP_OFFSETS)?;
+        Ok(XskSocket {
+            rx: Ring::map(&fd, &off.rx, ring_size, libc::XDP_PGOFF_RX_RING as u64)?,
+            tx: Ring::map(
+                &fd,
+                &off.tx,
+                ring_size,
+                libc::XDP_PGOFF_TX_RING as u32 as u64,
+            )?,
+            fill: Ring::map(&fd, &off.fr, ring_size, libc::XDP_UMEM_PGOFF_FILL_RING)?,
+            comp: Ring::map(
+                &fd,
+                &off.cr,
+                ring_size,
+                libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+            )?,
+            umem,
+            fd,
+            memfd,
+            ring_size,
+            frame_size,
+            frames: 2 * ring_size,
+        })
+    }
+
+    /// The socket's fd.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// The UMEM's memfd.
+    pub fn memfd(&self) -> &OwnedFd {
+        &self.memfd
+    }
+
+    /// The start of the frame that holds UMEM address `addr`.
+    pub fn frame_start(&self, addr: u64) -> u64 {
+        addr - addr % self.frame_size as u64
+    }
+
+    /// Frame addresses in no ring: free for the process that owns the socket now. For
+    /// an adopted socket, frames its last user held outside the rings come back here.
+    pub fn frames_outside_rings(&self) -> Vec<u64> {
+        let mut used = vec![false; self.frames as usize];
+        let mut mark = |addr: u64| {
+            if let Some(u) = used.get_mut((addr / self.frame_size as u64) as usize) {
+                *u = true;
+            }
+        };
+        self.fill.outstanding().into_iter().for_each(&mut mark);
+        self.comp.outstanding().into_iter().for_each(&mut mark);
+        self.rx.outstanding().iter().for_each(|d| mark(d.addr));
+        self.tx.outstanding().iter().for_each(|d| mark(d.addr));
+        (0..self.frames as u64)
+            .filter(|&i| !used[i as usize])
+            .map(|i| i * self.frame_size as u64)
+            .collect()
+    }
+
+    /// Frames in the TX and completion rings (not yet back from the kernel).
+    pub fn frames_in_tx(&self) -> usize {
+        self.tx.outstanding().len() + self.comp.outstanding().len()
+    }
+
+    /// The bytes of a received frame.
+    ///
+    /// # Safety
+    /// `desc` came from this socket's RX ring and its frame is not back in the fill ring.
+    pub unsafe fn rx_frame(&self, desc: &libc::xdp_desc) -> &[u8] {
+        let end = (desc.addr + desc.len as u64).min(self.umem.len as u64);
+        let start = desc.addr.min(end);
+        // SAFETY: within the UMEM mapping (clamped); the caller owns the frame.
+        unsafe {
+            std::slice::from_raw_parts(self.umem.ptr.add(start as usize), (end - start) as usize)
+        }
+    }
+
+    /// The whole frame at `addr`, to build a frame in.
+    ///
+    /// # Safety
+    /// The frame is in no ring, and no other borrow of it lives.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn tx_frame(&self, addr: u64) -> &mut [u8] {
+        let start = self
+            .frame_start(addr)
+            .min(self.umem.len as u64 - self.frame_size as u64);
+        // SAFETY: a whole frame within the UMEM mapping; the caller owns it.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.umem.ptr.add(start as usize),
+                self.frame_size as usize,
+            )
+        }
+    }
+
+    /// Takes received descriptors.
+    pub fn consume_rx(&mut self, out: &mut [libc::xdp_desc]) -> usize {
+        self.rx.consume(out)
+    }
+
+    /// Gives frames to the kernel to receive into.
+    pub fn produce_fill(&mut self, addrs: &[u64]) -> usize {
+        self.fill.produce(addrs)
+    }
+
+    /// Queues frames for transmit.
+    pub fn produce_tx(&mut self, descs: &[libc::xdp_desc]) -> usize {
+        self.tx.produce(descs)
+    }
+
+    /// Takes frames whose transmit completed.
+    pub fn consume_completions(&mut self, out: &mut [u64]) -> usize {
+        self.comp.consume(out)
+    }
+
+    /// Whether the kernel wants a wake-up to use the fill ring.
+    pub fn fill_needs_wakeup(&self) -> bool {
+        self.fill.needs_wakeup()
+    }
+
+    /// Whether the kernel wants a wake-up to send what is in the TX ring.
+    pub fn tx_needs_wakeup(&self) -> bool {
+        self.tx.needs_wakeup()
+    }
+
+    /// Wakes the receive side (poll(2) with no wait).
+    pub fn wake_rx(&self) {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd, no wait.
+        unsafe {
+            libc::poll(&mut pfd, 1, 0);
+        }
+    }
+
+    /// Has the kernel send what is in the TX ring (copy mode sends up to 32 a call).
+    pub fn wake_tx(&self) {
+        // SAFETY: sendto with no buffer and no address is AF_XDP's transmit kick.
+        unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            );
+        }
+    }
+
+    /// The kernel's statistics of the socket.
+    pub fn statistics(&self) -> io::Result<libc::xdp_statistics> {
+        getsockopt(&self.fd, libc::XDP_STATISTICS)
+    }
+}
