@@ -2,7 +2,7 @@
 //! nginx, dnsmasq, ping). They need root; `cargo xtask test` runs them.
 mod common;
 use common::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn world(opts: WorldOptions) -> World {
     World::up(&opts).expect("build the namespace world")
@@ -1214,6 +1214,135 @@ fn kernel_clients_transfer_both_ways_with_0_and_5_percent_loss() {
     assert!(
         stat(&lines, "out_of_order_segments").unwrap() > 0,
         "reassembly was exercised: {lines:?}"
+    );
+}
+
+// ------------------------------------------------------------------ start-up (issue 10, item 4)
+
+/// `userspace --log debug curl ARGS` in the host namespace, with `env` set.
+fn curl_logged(w: &World, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let mut c = w.exec(&w.host);
+    c.args([BIN, "--log", "debug", "curl"]).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.stdin(std::process::Stdio::null()).output().unwrap()
+}
+
+/// Whether a holder process is alive (not counting one that exited and awaits its reaping).
+fn holder_running(w: &World) -> bool {
+    let out = run_in(w, &w.host, &["ps", "-eo", "stat=,comm="]);
+    text(&out.stdout).lines().any(|l| {
+        let mut it = l.split_whitespace();
+        let (stat, comm) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+        comm == "userspace-xdp" && !stat.starts_with('Z')
+    })
+}
+
+#[test]
+fn back_to_back_curls_attach_once_and_the_holder_detaches_after_its_linger() {
+    let w = web_world();
+    let url = "http://example.com/";
+    let first = curl_logged(&w, &[], &["-sS", url]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert_eq!(text(&first.stdout), world::INDEX_HTML);
+    assert!(text(&first.stderr).contains("XDP program attached"));
+    // The program stays attached for the next run, held by a small process; with no
+    // curl running, steering is off and the kernel gets every packet.
+    assert!(xdp_attached(&w) && holder_running(&w));
+    let kernel = run_in(
+        &w,
+        &w.host,
+        &["curl", "-sS", "--max-time", "5", "http://example.com/"],
+    );
+    assert_eq!(
+        text(&kernel.stdout),
+        world::INDEX_HTML,
+        "{}",
+        text(&kernel.stderr)
+    );
+    for _ in 0..5 {
+        let next = curl_logged(&w, &[], &["-sS", "--stats", url]);
+        let err = text(&next.stderr);
+        assert!(next.status.success(), "{err}");
+        assert_eq!(text(&next.stdout), world::INDEX_HTML);
+        assert!(err.contains("lent by its holder"), "{err}");
+        assert!(!err.contains("XDP program attached"), "{err}");
+        // Counters and frames are this run's: no packet lost, no frame missing.
+        let lines: Vec<String> = err.lines().map(String::from).collect();
+        assert_eq!(stat(&lines, "no_socket"), Some(0), "{err}");
+        assert_eq!(stat(&lines, "missing"), Some(0), "{err}");
+        assert_eq!(stat(&lines, "rx_dropped"), Some(0), "{err}");
+    }
+    // No curl for the linger (1.5 s): the holder detaches and exits.
+    assert!(
+        xdp_detached_within(&w, Duration::from_secs(5)),
+        "the holder left XDP attached"
+    );
+    let gone = Instant::now() + Duration::from_secs(3);
+    while holder_running(&w) && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!holder_running(&w), "the holder did not exit");
+    // Without a linger, XDP goes when the command exits, and a lingering holder is
+    // asked to leave first.
+    let held = curl_logged(&w, &[], &["-sS", url]);
+    assert!(held.status.success());
+    let now = curl_logged(&w, &[("USERSPACE_XDP_LINGER_MS", "0")], &["-sS", url]);
+    assert!(now.status.success(), "{}", text(&now.stderr));
+    assert_eq!(text(&now.stdout), world::INDEX_HTML);
+    assert!(!xdp_attached(&w), "--xdp-linger-ms 0 left XDP attached");
+    let flag = curl_logged(&w, &[], &["-sS", "--xdp-linger-ms", "0", url]);
+    assert!(flag.status.success(), "{}", text(&flag.stderr));
+    assert!(!xdp_attached(&w));
+}
+
+#[test]
+fn a_curl_that_borrows_the_program_is_named_to_a_second_and_cleaned_up_when_killed() {
+    let w = world(WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        http_echo: true,
+        ..Default::default()
+    });
+    let page = format!("http://{SERVER_IP}/index.html");
+    let first = curl(&w, &["-sS", &page]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    // A slow download borrows the program from the holder.
+    let slow = format!("http://{SERVER_IP}:{}/slow", world::HTTP_ECHO_PORT);
+    let mut borrower = w
+        .exec(&w.host)
+        .args([BIN, "curl", "-s", "-o", "/dev/null", &slow])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let second = curl(&w, &["-sS", &page]);
+    assert_eq!(second.status.code(), Some(2));
+    let err = text(&second.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "already in use by process {} (userspace)",
+            borrower.id()
+        )),
+        "{err}"
+    );
+    // Killed: the holder sees its connection close, turns steering off and keeps the
+    // sockets; the next curl takes them over as the killed one left them.
+    std::process::Command::new("kill")
+        .args(["-KILL", &borrower.id().to_string()])
+        .status()
+        .unwrap();
+    wait_timeout(&mut borrower, Duration::from_secs(5));
+    for _ in 0..3 {
+        let next = curl(&w, &["-sS", &page]);
+        assert!(next.status.success(), "{}", text(&next.stderr));
+        assert_eq!(text(&next.stdout), world::INDEX_HTML);
+    }
+    assert!(
+        xdp_detached_within(&w, Duration::from_secs(5)),
+        "the holder left XDP attached"
     );
 }
 

@@ -107,6 +107,9 @@ pub struct XdpDevice {
     rx_batch: Vec<libc::xdp_desc>,
     /// Frame addresses free for transmit.
     tx_free: Vec<u64>,
+    /// Per frame, whether it is in `tx_free`: a completion for a frame already free
+    /// (one a killed predecessor had in flight) must not free it twice.
+    free_for_tx: Vec<bool>,
     tx_queued: Vec<libc::xdp_desc>,
     completed: Vec<u64>,
     awaiting_fill: Vec<u64>,
@@ -645,9 +648,17 @@ impl XdpDevice {
         let in_fill_already = total_frames - free.len() - in_tx_ring;
         let to_fill = ring_size.saturating_sub(in_fill_already).min(free.len());
         let tx_free = free.split_off(to_fill);
+        // A taken-over fill ring may not have room for all yet (the kernel publishes
+        // its consumer index late): the rest waits for the next turn.
         let filled = socket.produce_fill(&free);
-        if filled != free.len() {
-            bail!("could not fill the AF_XDP fill ring");
+        let awaiting_fill = {
+            let mut v = Vec::with_capacity(ring_size.max(free.len()));
+            v.extend_from_slice(&free[filled..]);
+            v
+        };
+        let mut free_for_tx = vec![false; total_frames];
+        for &addr in &tx_free {
+            free_for_tx[(addr / FRAME_SIZE as u64) as usize] = true;
         }
         let stats_at_start = socket.statistics().unwrap_or(libc::xdp_statistics {
             rx_dropped: 0,
@@ -670,9 +681,10 @@ impl XdpDevice {
                 BATCH
             ],
             tx_free,
+            free_for_tx,
             tx_queued: Vec::with_capacity(BATCH * 4),
             completed: vec![0; ring_size],
-            awaiting_fill: Vec::with_capacity(ring_size),
+            awaiting_fill,
             in_fill_ring: in_fill_already + filled,
             in_tx_ring,
             total_frames,
@@ -756,7 +768,15 @@ impl XdpDevice {
         let n = self.socket.consume_completions(&mut self.completed);
         self.in_tx_ring -= n.min(self.in_tx_ring);
         for &addr in &self.completed[..n] {
-            self.tx_free.push(self.socket.frame_start(addr));
+            let addr = self.socket.frame_start(addr);
+            if let Some(free) = self
+                .free_for_tx
+                .get_mut((addr / FRAME_SIZE as u64) as usize)
+                && !*free
+            {
+                *free = true;
+                self.tx_free.push(addr);
+            }
         }
     }
 }
@@ -789,12 +809,14 @@ impl Device for XdpDevice {
         let Some(addr) = self.tx_free.pop() else {
             return false;
         };
+        self.free_for_tx[(addr / FRAME_SIZE as u64) as usize] = false;
         // SAFETY: the frame is in the free list, so neither ring nor the kernel holds
         // it, and the borrow ends before the frame is queued.
         let frame = unsafe { self.socket.tx_frame(addr) };
         let len = build(frame).min(FRAME_SIZE as usize);
         if len == 0 {
             self.tx_free.push(addr);
+            self.free_for_tx[(addr / FRAME_SIZE as u64) as usize] = true;
         } else {
             self.tx_queued.push(libc::xdp_desc {
                 addr,

@@ -69,6 +69,21 @@ pub fn python(world: &World, ns: &str, script: &str) -> Output {
     run_in(world, ns, &["python3", "-c", script])
 }
 
+/// Waits up to `within` for the XDP program to leave the host interface (a curl's
+/// holder detaches after its linger); true once it has.
+pub fn xdp_detached_within(world: &World, within: Duration) -> bool {
+    let until = Instant::now() + within;
+    loop {
+        if !xdp_attached(world) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn xdp_attached(world: &World) -> bool {
     let out = run_in(world, &world.host, &["ip", "link", "show", "dev", HOST_IF]);
     let text = String::from_utf8_lossy(&out.stdout);
