@@ -416,21 +416,17 @@ fn serve_loans(held: &mut Held, listener: &UnixListener, linger: Duration) {
         {
             held.steer_off();
             idle_since = Instant::now();
-            match recv_with_fds(conn.as_fd()) {
-                Ok((msg, fds)) => {
-                    let msg = String::from_utf8_lossy(&msg).into_owned();
-                    let mut words = msg.split_whitespace();
-                    if words.next() == Some("END") {
-                        // The same sockets, as their borrower left them (our copies
-                        // of them close without releasing anything).
-                        let pool = parse_pool(words, fds.into_iter());
-                        let stale = std::mem::replace(&mut held.pool, pool);
-                        drop(stale);
-                    }
+            // Gone without a word (killed): the pool is still ours, in whatever state
+            // it left the rings; the next borrower takes it from there.
+            if let Ok((msg, fds)) = recv_with_fds(conn.as_fd()) {
+                let msg = String::from_utf8_lossy(&msg).into_owned();
+                let mut words = msg.split_whitespace();
+                if words.next() == Some("END") {
+                    // The same sockets, as their borrower left them (our copies of
+                    // them close without releasing anything).
+                    let pool = parse_pool(words, fds.into_iter());
+                    drop(std::mem::replace(&mut held.pool, pool));
                 }
-                // Gone without a word (killed): the pool is still ours, in whatever
-                // state it left the rings; the next borrower takes it from there.
-                Err(_) => {}
             }
         }
         if ready[0]

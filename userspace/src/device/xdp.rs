@@ -518,9 +518,8 @@ impl XdpProgram {
         let (Some(linger), Some(link)) = (self.linger, &self.link) else {
             return false;
         };
-        let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-            return false;
-        };
+        // This very binary, even if its file was replaced since it started.
+        let exe = std::path::Path::new("/proc/self/exe");
         let handover = super::holder::Handover {
             ifindex: self.ifindex,
             mode: self.attached_mode,
@@ -529,7 +528,7 @@ impl XdpProgram {
             maps: self.map_fds.each_ref().map(|m| m.as_fd()),
             pool: sockets.to_vec(),
         };
-        match super::holder::spawn(&exe, &handover) {
+        match super::holder::spawn(exe, &handover) {
             Ok(()) => {
                 // The holder has the link now; ours closes without detaching.
                 drop(self.link.take());
@@ -645,7 +644,7 @@ impl XdpDevice {
         // (the RX share), the rest is for transmit.
         let mut free = socket.frames_outside_rings();
         let in_tx_ring = socket.frames_in_tx();
-        let in_fill_already = total_frames - free.len() - in_tx_ring;
+        let in_fill_already = total_frames.saturating_sub(free.len() + in_tx_ring);
         let to_fill = ring_size.saturating_sub(in_fill_already).min(free.len());
         let tx_free = free.split_off(to_fill);
         // A taken-over fill ring may not have room for all yet (the kernel publishes
@@ -903,7 +902,7 @@ impl XdpQueues {
             let fits = pool
                 .iter()
                 .all(|p| wanted.contains(&p.queue) && p.ring_size == ring_size);
-            if fits {
+            let taken_over = fits.then(|| -> anyhow::Result<XdpQueues> {
                 let mut devices = Vec::with_capacity(wanted.len());
                 let mut pool = pool;
                 for &q in &wanted {
@@ -914,12 +913,18 @@ impl XdpQueues {
                 }
                 let queues = XdpQueues::register(&program, devices)?;
                 lock(&program).enable(steer)?;
-                tracing::debug!(queues = ?queues.queues(), "AF_XDP sockets taken over, steering on");
-                return Ok(queues);
+                Ok(queues)
+            });
+            match taken_over {
+                Some(Ok(queues)) => {
+                    tracing::debug!(queues = ?queues.queues(), "AF_XDP sockets taken over, steering on");
+                    return Ok(queues);
+                }
+                Some(Err(e)) => tracing::debug!("could not take the sockets over: {e:#}"),
+                None => {}
             }
-            // Sockets of another shape (another queue choice): the holder lets go of
-            // everything, and this process starts afresh.
-            drop(pool);
+            // Sockets of another shape (another queue choice), or unusable: the holder
+            // lets go of everything, and this process starts afresh.
             drop(program);
         }
         // One thread binds the sockets while this one loads and attaches the program
