@@ -196,6 +196,15 @@ pub struct XdpProgram {
 /// The program shared by the sockets of every queue.
 pub type SharedProgram = std::sync::Arc<std::sync::Mutex<XdpProgram>>;
 
+/// The error for an interface whose program process `pid` is using.
+fn in_use_by(iface: &str, pid: u32) -> anyhow::Error {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    anyhow!(
+        "interface {iface} is already in use by process {pid} ({}): only one XDP program can attach to an interface; stop it, or run on another interface",
+        comm.trim()
+    )
+}
+
 /// A typed map over `fd`.
 fn map_from_fd<M: TryFrom<Map, Error = aya::maps::MapError>>(fd: &OwnedFd) -> anyhow::Result<M> {
     let data = MapData::from_fd(fd.try_clone()?)?;
@@ -276,14 +285,7 @@ impl XdpProgram {
             XdpModeChoice::Skb => "skb",
         });
         match super::holder::ask(info.ifindex, true, wanted)? {
-            super::holder::Answer::Busy(pid) => {
-                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                bail!(
-                    "interface {} is already in use by process {pid} ({}): only one XDP program can attach to an interface; stop it, or run on another interface",
-                    info.name,
-                    comm.trim()
-                )
-            }
+            super::holder::Answer::Busy(pid) => Err(in_use_by(&info.name, pid)),
             super::holder::Answer::Absent => Ok(None),
             super::holder::Answer::Lent {
                 conn,
@@ -332,20 +334,13 @@ impl XdpProgram {
             XdpModeChoice::Native => "native",
             XdpModeChoice::Skb => "skb",
         });
-        let in_use = |pid: u32| {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            anyhow!(
-                "interface {iface} is already in use by process {pid} ({}): only one XDP program can attach to an interface; stop it, or run on another interface",
-                comm.trim()
-            )
-        };
         let mut object: Option<aya::Ebpf> = None;
         // A holder on its way out (its linger ended) still holds the hook for the
         // few ms of its detach: wait for it rather than report it.
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
             match super::holder::ask(info.ifindex, false, wanted)? {
-                super::holder::Answer::Busy(pid) => return Err(in_use(pid)),
+                super::holder::Answer::Busy(pid) => return Err(in_use_by(iface, pid)),
                 // A holder answers RETIRE with GONE (Absent), never with a loan.
                 super::holder::Answer::Lent { .. } | super::holder::Answer::Absent => {}
             }
