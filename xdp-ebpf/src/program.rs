@@ -28,7 +28,7 @@ const ICMP_HDR_LEN: usize = 8;
 /// Offset of the target protocol address in an Ethernet/IPv4 ARP packet.
 const ARP_TPA_OFFSET: usize = 24;
 
-#[xdp]
+#[xdp(frags)]
 pub fn xdp_steer(ctx: XdpContext) -> u32 {
     if should_steer(&ctx) {
         let queue = ctx.rx_queue_index();

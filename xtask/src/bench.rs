@@ -417,30 +417,51 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         &["socat", "TCP-LISTEN:7000,reuseaddr,fork", "PIPE"],
     )?;
     world.wait_for_port(&world.server, SERVER_IP, 7000, false)?;
+    // Five rounds, ours and the kernel's alternately: the target must hold in each.
     let target = format!("{SERVER_IP}:7000");
-    let ours = output(world.exec(&world.host).args([
-        bin, "bench", "rr", &target, "--count", "20000", "--cpu", "0",
-    ]))?;
-    let kernel = output(
-        world
-            .exec(&world.host)
-            .args([bin, "bench", "rr", &target, "--count", "20000", "--kernel"]),
-    )?;
-    for (name, key) in [
-        ("rr latency p50 (64 B)", "p50_us"),
-        ("rr latency p99", "p99_us"),
-        ("rr latency p99.9", "p999_us"),
-    ] {
+    const RR_ROUNDS: usize = 5;
+    let keys = ["p50_us", "p99_us", "p999_us"];
+    let mut rounds: Vec<([f64; 3], [f64; 3])> = Vec::new();
+    for _ in 0..RR_ROUNDS {
+        let ours = output(world.exec(&world.host).args([
+            bin, "bench", "rr", &target, "--count", "20000", "--cpu", "0",
+        ]))?;
+        let kernel = output(
+            world
+                .exec(&world.host)
+                .args([bin, "bench", "rr", &target, "--count", "20000", "--kernel"]),
+        )?;
+        let field = |out: &str| keys.map(|k| json_field(out, k).unwrap_or(0.0));
+        rounds.push((field(&ours), field(&kernel)));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (i, (name, limit)) in [
+        ("rr latency p50 (64 B), median of 5 rounds", 0.7),
+        ("rr latency p99, median of 5 rounds", 0.8),
+        ("rr latency p99.9, median of 5 rounds", 0.8),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ratios: Vec<f64> = rounds.iter().map(|(o, k)| o[i] / k[i]).collect();
+        let held = ratios.iter().filter(|r| **r <= limit).count();
+        notes.push(format!(
+            "{name}: ratio per round {}; target <= {limit}x held in {held} of {RR_ROUNDS}",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}x"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         rows.push(Row {
             name,
-            ours: json_field(&ours, key).unwrap_or(0.0),
-            kernel: json_field(&kernel, key).unwrap_or(0.0),
+            ours: median(rounds.iter().map(|(o, _)| o[i]).collect()),
+            kernel: median(rounds.iter().map(|(_, k)| k[i]).collect()),
             unit: "us",
-            target: if key == "p50_us" {
-                "<= 0.7x"
-            } else {
-                "<= 0.8x"
-            },
+            target: if limit < 0.75 { "<= 0.7x" } else { "<= 0.8x" },
         });
     }
 

@@ -31,7 +31,8 @@ pub struct StackArgs {
     /// interface has several, as RSS would hash flows to the others)
     #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub queue: Option<u32>,
-    /// Force the XDP attach mode (default: native, falling back to skb)
+    /// Force the XDP attach mode (default: skb on a veth or other bus-less device, where it
+    /// takes a peer's GSO units whole; native elsewhere, falling back to skb)
     #[cfg_attr(feature = "cli", arg(long, value_enum))]
     pub xdp_mode: Option<XdpModeChoice>,
     /// Record every frame sent and received to this pcap file
@@ -459,8 +460,10 @@ pub fn diagnose(rt: &Runtime) -> Vec<String> {
     }
     let (rx_dropped, _, _) = xdp.socket_stats();
     if rx_dropped > 0 {
-        let why = if xdp.attached_mode() == "skb" {
-            "XDP runs in generic (skb) mode here, where a local peer's GSO segments arrive whole and do not fit a 2048-byte frame; native mode avoids it (on a veth: as many RX queues as the peer has TX queues)"
+        let why = if xdp.multi_buffer() {
+            "larger than 64 KiB, or the fill ring ran short of frames (the stack fell behind)"
+        } else if xdp.attached_mode() == "skb" {
+            "XDP runs in generic (skb) mode here, where a local peer's GSO segments arrive whole, and this kernel (before 6.6) cannot split them over several frames; native mode avoids it (on a veth: as many RX queues as the peer has TX queues)"
         } else {
             "too large for a 2048-byte frame (an MTU above 2000?)"
         };

@@ -76,6 +76,13 @@ pub fn rx_queue_count(name: &str) -> u32 {
         .max(1)
 }
 
+/// The running kernel's release, e.g. `6.18.0-1-amd64` (empty if unknown).
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// True for an interface whose frames come from memory, not from a wire (veth, and the
 /// other virtual devices with no bus device behind them). Only there may a TCP checksum
 /// still be partial (CHECKSUM_PARTIAL) when the frame reaches us.

@@ -228,9 +228,16 @@ fn getsockopt<T: Copy>(fd: &OwnedFd, name: libc::c_int) -> io::Result<T> {
 }
 
 impl XskSocket {
-    /// A new socket on `queue` of `ifindex` (copy mode, need_wakeup) with a UMEM of
-    /// `2 * ring_size` frames. The error is the kernel's (EBUSY: the queue has a socket).
-    pub fn create(ifindex: u32, queue: u32, ring_size: u32, frame_size: u32) -> io::Result<Self> {
+    /// A new socket on `queue` of `ifindex`, bound with `flags` (`XDP_COPY` and so on),
+    /// with a UMEM of `2 * ring_size` frames. The error is the kernel's (EBUSY: the
+    /// queue has a socket).
+    pub fn create(
+        ifindex: u32,
+        queue: u32,
+        ring_size: u32,
+        frame_size: u32,
+        flags: u16,
+    ) -> io::Result<Self> {
         let frames = 2 * ring_size;
         let len = frames as usize * frame_size as usize;
         // SAFETY: memfd_create takes a NUL-terminated name and returns a new fd.
@@ -266,7 +273,7 @@ impl XskSocket {
         let socket = XskSocket::map(fd, memfd, umem, ring_size, frame_size)?;
         let addr = libc::sockaddr_xdp {
             sxdp_family: libc::AF_XDP as u16,
-            sxdp_flags: libc::XDP_COPY | libc::XDP_USE_NEED_WAKEUP,
+            sxdp_flags: flags,
             sxdp_ifindex: ifindex,
             sxdp_queue_id: queue,
             sxdp_shared_umem_fd: 0,

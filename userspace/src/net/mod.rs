@@ -124,7 +124,8 @@ impl StackBuilder {
         self
     }
 
-    /// Forces the XDP attach mode. Default: native, falling back to skb.
+    /// Forces the XDP attach mode. Default: skb (generic, with multi-buffer sockets) on a
+    /// veth or another device without a bus, native (falling back to skb) elsewhere.
     pub fn xdp_mode(mut self, mode: XdpModeChoice) -> Self {
         self.args.xdp_mode = Some(mode);
         self
