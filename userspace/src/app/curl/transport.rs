@@ -11,7 +11,7 @@ use super::{
 };
 use crate::app::runtime::Runtime;
 use crate::app::setup::{NeighbourWatch, StackArgs, print_stats, resolve_next_hop};
-use crate::stack::{ConnId, Stack};
+use crate::stack::{ConnId, RecvError, SendError, Stack};
 use crate::tcp::{State, TcpError};
 use std::cell::RefCell;
 use std::future::Future;
@@ -485,9 +485,10 @@ impl Io {
     async fn send_raw(&self, raw: Raw, mut data: &[u8]) -> Result<(), CurlError> {
         while !data.is_empty() {
             let n = self
-                .wait_until(raw.deadline, |stack| match stack.send(raw.id, data) {
-                    Ok(0) => None,
-                    other => Some(other),
+                .wait_until(raw.deadline, |stack| match stack.try_send(raw.id, data) {
+                    Ok(0) | Err(SendError::WouldBlock) => None,
+                    Ok(n) => Some(Ok(n)),
+                    Err(SendError::Connection(e)) => Some(Err(e)),
                 })
                 .await?
                 .map_err(|e| fail(55, format!("Send failure: {e}")))?;
@@ -498,10 +499,11 @@ impl Io {
 
     /// Reads what the stack has (at least one byte), or returns 0 at end of stream.
     async fn read_raw(&self, raw: Raw, buf: &mut [u8]) -> Result<usize, CurlError> {
-        self.wait_until(raw.deadline, |stack| match stack.recv(raw.id, buf) {
-            Ok(0) if stack.connection(raw.id).is_none_or(|c| c.at_eof()) => Some(Ok(0)),
-            Ok(0) => None,
-            other => Some(other),
+        self.wait_until(raw.deadline, |stack| match stack.try_recv(raw.id, buf) {
+            Ok(n) => Some(Ok(n)),
+            Err(RecvError::Finished) => Some(Ok(0)),
+            Err(RecvError::WouldBlock) => None,
+            Err(RecvError::Connection(e)) => Some(Err(e)),
         })
         .await?
         .map_err(|e| fail(EXIT_RECV_ERROR, format!("Recv failure: {e}")))

@@ -6,7 +6,7 @@ mod files;
 
 use super::runtime::Runtime;
 use super::setup::{StackArgs, open_runtime, print_stats};
-use crate::stack::{ConnId, Stack};
+use crate::stack::{ConnId, RecvError, SendError, Stack};
 use crate::tcp::{Instant, State};
 use files::{Found, Range, Validators};
 use std::collections::HashMap;
@@ -147,8 +147,8 @@ impl Server {
             }
             let mut moved = self.flush(stack, id, s);
             if !s.closing && s.pending() < MAX_PENDING_OUT {
-                match stack.recv(id, &mut self.buf) {
-                    Ok(0) => {}
+                match stack.try_recv(id, &mut self.buf) {
+                    Err(RecvError::WouldBlock | RecvError::Finished) | Ok(0) => {}
                     Ok(n) => {
                         moved = true;
                         if self.echo {
@@ -209,8 +209,8 @@ impl Server {
                     return moved;
                 }
             }
-            match stack.send(id, &s.output[s.sent..]) {
-                Ok(0) => return moved,
+            match stack.try_send(id, &s.output[s.sent..]) {
+                Ok(0) | Err(SendError::WouldBlock) => return moved,
                 Ok(n) => {
                     s.sent += n;
                     moved = true;
