@@ -1,11 +1,11 @@
 //! Turns the stack flags shared by every subcommand into a running [`Runtime`].
 use super::runtime::{NetDevice, Runtime, WaitError, pin_to_cpu};
+use crate::device::error::{Context, SetupResult, bail, setup_error};
 use crate::device::netinfo::{self, default_route, kernel_neighbour, provoke_kernel_arp};
 use crate::device::pcap::PcapDevice;
 use crate::device::xdp::{QueueChoice, XdpModeChoice, XdpQueues};
 use crate::stack::{AddressMode, Stack, StackConfig};
 use crate::tcp::{CongestionKind, Instant};
-use anyhow::{Context, anyhow, bail};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -160,12 +160,12 @@ pub struct Plan {
 
 impl Plan {
     /// A runtime around `device`: a stack listening on the plan's ports.
-    pub fn runtime(&self, device: NetDevice) -> anyhow::Result<Runtime> {
+    pub fn runtime(&self, device: NetDevice) -> SetupResult<Runtime> {
         let mut stack = Stack::new(self.stack.clone());
         for port in &self.listen_ports {
             stack
                 .listen(*port, 4096)
-                .map_err(|e| anyhow!("listen on {port}: {e}"))?;
+                .map_err(|e| setup_error!("listen on {port}: {e}"))?;
         }
         if self.stack.mode == AddressMode::Owned {
             stack.announce();
@@ -182,7 +182,7 @@ impl Plan {
     }
 }
 
-pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Runtime> {
+pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> SetupResult<Runtime> {
     let plan = plan(args, listen_ports)?;
     if let Some(cpu) = args.cpu {
         pin_to_cpu(cpu)?;
@@ -207,7 +207,7 @@ pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Ru
     plan.runtime(device)
 }
 
-pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
+pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> SetupResult<Plan> {
     let (iface, route_gateway) = match &args.iface {
         Some(name) => (
             name.clone(),
@@ -217,7 +217,7 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
         ),
         None => {
             let (dev, gw) =
-                default_route().ok_or_else(|| anyhow!("no default route: pass --iface"))?;
+                default_route().ok_or_else(|| setup_error!("no default route: pass --iface"))?;
             (dev, Some(gw))
         }
     };
@@ -228,9 +228,9 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
     let (ip, prefix, mode) = match args.ip {
         Some(ip) => (ip, info.ipv4.map_or(24, |(_, p)| p), AddressMode::Owned),
         None => {
-            let (ip, prefix) = info
-                .ipv4
-                .ok_or_else(|| anyhow!("interface {iface} has no IPv4 address (or pass --ip)"))?;
+            let (ip, prefix) = info.ipv4.ok_or_else(|| {
+                setup_error!("interface {iface} has no IPv4 address (or pass --ip)")
+            })?;
             (ip, prefix, AddressMode::Shared)
         }
     };
@@ -293,7 +293,7 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
 /// Makes sure the stack knows the MAC of the next hop towards `dst`. The kernel's
 /// neighbour table is the first hint; in shared-IP mode ARP replies go to the kernel, so
 /// it is asked to resolve; in owned-IP mode the stack's own ARP requests do it.
-pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> anyhow::Result<()> {
+pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> SetupResult<()> {
     let hop = rt.stack.next_hop(dst);
     if rt.stack.arp_cache().lookup(hop).is_some() {
         return Ok(());
@@ -320,7 +320,7 @@ pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> a
                     Ok(())
                 }
                 Err(WaitError::Interrupted) => bail!("interrupted"),
-                Err(WaitError::TimedOut) => Err(anyhow!("no ARP reply from next hop {hop}")),
+                Err(WaitError::TimedOut) => Err(setup_error!("no ARP reply from next hop {hop}")),
             }
         }
         AddressMode::Owned => {
@@ -337,7 +337,7 @@ pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> a
             }) {
                 Ok(()) => Ok(()),
                 Err(WaitError::Interrupted) => bail!("interrupted"),
-                Err(WaitError::TimedOut) => Err(anyhow!("no ARP reply from next hop {hop}")),
+                Err(WaitError::TimedOut) => Err(setup_error!("no ARP reply from next hop {hop}")),
             }
         }
     }

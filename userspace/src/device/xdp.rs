@@ -4,8 +4,8 @@
 //! The program is attached through a BPF link owned by this process, so the kernel
 //! detaches it when the process ends by any path, `kill -9` included.
 use super::Device;
+use crate::device::error::{Context, SetupError, SetupResult, bail, setup_error};
 use crate::wire::MacAddr;
-use anyhow::{Context, anyhow, bail};
 use aya::maps::{Array, MapData, PerCpuArray, XskMap};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{Xdp, XdpMode};
@@ -126,12 +126,12 @@ pub struct XdpDevice {
 
 /// Why a bind failed: a queue still held by a socket being released, or anything else.
 enum BindError {
-    Busy(anyhow::Error),
-    Other(anyhow::Error),
+    Busy(SetupError),
+    Other(SetupError),
 }
 
-impl From<anyhow::Error> for BindError {
-    fn from(e: anyhow::Error) -> Self {
+impl From<SetupError> for BindError {
+    fn from(e: SetupError) -> Self {
         BindError::Other(e)
     }
 }
@@ -167,7 +167,7 @@ pub type SharedProgram = std::sync::Arc<std::sync::Mutex<XdpProgram>>;
 impl XdpProgram {
     /// Checks the setup, loads the program and attaches it through a BPF link. Nothing
     /// is steered until [`XdpProgram::enable`].
-    pub fn load(interface: &str, mode: Option<XdpModeChoice>) -> anyhow::Result<SharedProgram> {
+    pub fn load(interface: &str, mode: Option<XdpModeChoice>) -> SetupResult<SharedProgram> {
         XdpProgram::load_on(&super::netinfo::interface(interface)?, mode)
     }
 
@@ -175,7 +175,7 @@ impl XdpProgram {
     fn load_on(
         info: &super::netinfo::InterfaceInfo,
         mode: Option<XdpModeChoice>,
-    ) -> anyhow::Result<SharedProgram> {
+    ) -> SetupResult<SharedProgram> {
         if XDP_OBJECT.is_empty() {
             bail!("the eBPF object is missing: run `cargo xtask build-ebpf`, then rebuild");
         }
@@ -192,7 +192,9 @@ impl XdpProgram {
         tracing::debug!("XDP object parsed");
         let program: &mut Xdp = ebpf
             .program_mut(xdp_ebpf::PROGRAM_NAME)
-            .ok_or_else(|| anyhow!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME))?
+            .ok_or_else(|| {
+                setup_error!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME)
+            })?
             .try_into()?;
         program
             .load()
@@ -201,10 +203,10 @@ impl XdpProgram {
             program.attach(iface, mode).map_err(|e| {
                 // One XDP program per interface: name whoever holds it.
                 match super::netinfo::xdp_holder(info.ifindex) {
-                    Some(holder) => anyhow!(
+                    Some(holder) => setup_error!(
                         "interface {iface} is already in use by {holder}: only one XDP program can attach to an interface; stop it, or run on another interface"
                     ),
-                    None => anyhow!(e).context(format!("attaching XDP to {iface}")),
+                    None => SetupError::new(format!("attaching XDP to {iface}"), e),
                 }
             })
         };
@@ -227,7 +229,7 @@ impl XdpProgram {
         tracing::debug!(mode = attached_mode, "XDP program attached");
         let counters = PerCpuArray::try_from(
             ebpf.take_map(xdp_ebpf::COUNTERS_MAP)
-                .ok_or_else(|| anyhow!("COUNTERS map missing"))?,
+                .ok_or_else(|| setup_error!("COUNTERS map missing"))?,
         )?;
         let rx_queues = super::netinfo::rx_queue_count(iface).min(MAX_QUEUES);
         Ok(std::sync::Arc::new(std::sync::Mutex::new(XdpProgram {
@@ -240,11 +242,11 @@ impl XdpProgram {
         })))
     }
 
-    fn register(&mut self, queue: u32, fd: std::os::fd::RawFd) -> anyhow::Result<()> {
+    fn register(&mut self, queue: u32, fd: std::os::fd::RawFd) -> SetupResult<()> {
         let mut xsks: XskMap<&mut MapData> = XskMap::try_from(
             self.ebpf
                 .map_mut(xdp_ebpf::XSKS_MAP)
-                .ok_or_else(|| anyhow!("XSKS map missing"))?,
+                .ok_or_else(|| setup_error!("XSKS map missing"))?,
         )?;
         xsks.set(queue, fd, 0)
             .context("registering the AF_XDP socket in the XSKMAP")?;
@@ -252,11 +254,11 @@ impl XdpProgram {
     }
 
     /// Writes the steering config: from now on the program steers the stack's packets.
-    pub fn enable(&mut self, steer: SteerConfig) -> anyhow::Result<()> {
+    pub fn enable(&mut self, steer: SteerConfig) -> SetupResult<()> {
         let mut config: Array<&mut MapData, PodSteerConfig> = Array::try_from(
             self.ebpf
                 .map_mut(xdp_ebpf::CONFIG_MAP)
-                .ok_or_else(|| anyhow!("CONFIG map missing"))?,
+                .ok_or_else(|| setup_error!("CONFIG map missing"))?,
         )?;
         let mut steer = steer;
         steer.enabled = 1;
@@ -268,14 +270,14 @@ impl XdpProgram {
 
     /// Replaces the listening ports steered to the stack in shared-IP mode, so that a
     /// listener opened after start-up gets its SYNs. The rest of the config stays.
-    pub fn set_listen_ports(&mut self, ports: &[u16]) -> anyhow::Result<()> {
+    pub fn set_listen_ports(&mut self, ports: &[u16]) -> SetupResult<()> {
         if ports.len() > xdp_ebpf::MAX_LISTEN_PORTS {
             bail!("at most {} listening ports", xdp_ebpf::MAX_LISTEN_PORTS);
         }
         let mut config: Array<&mut MapData, PodSteerConfig> = Array::try_from(
             self.ebpf
                 .map_mut(xdp_ebpf::CONFIG_MAP)
-                .ok_or_else(|| anyhow!("CONFIG map missing"))?,
+                .ok_or_else(|| setup_error!("CONFIG map missing"))?,
         )?;
         let PodSteerConfig(mut steer) = config.get(&0, 0).context("reading the steering config")?;
         steer.listen_ports = [0; xdp_ebpf::MAX_LISTEN_PORTS];
@@ -331,7 +333,7 @@ impl XdpDevice {
         iface: &super::netinfo::InterfaceInfo,
         queue: u32,
         queues: u32,
-    ) -> anyhow::Result<Self> {
+    ) -> SetupResult<Self> {
         // The kernel releases a closed socket's hold on its queue a moment after the
         // close returns: a stack started right after another one ended may find the
         // queue still busy (EBUSY) for a few milliseconds.
@@ -357,23 +359,23 @@ impl XdpDevice {
         let ring_size = ring_size_for(queues);
         let frame_count = 2 * ring_size;
         let umem_config = UmemConfig::builder()
-            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| anyhow!("{e}"))?)
-            .fill_queue_size(QueueSize::new(ring_size).map_err(|e| anyhow!("{e}"))?)
-            .comp_queue_size(QueueSize::new(ring_size).map_err(|e| anyhow!("{e}"))?)
+            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| setup_error!("{e}"))?)
+            .fill_queue_size(QueueSize::new(ring_size).map_err(|e| setup_error!("{e}"))?)
+            .comp_queue_size(QueueSize::new(ring_size).map_err(|e| setup_error!("{e}"))?)
             .build()
-            .map_err(|e| anyhow!("UMEM config: {e}"))?;
+            .map_err(|e| setup_error!("UMEM config: {e}"))?;
         let frame_count = NonZeroU32::new(frame_count).expect("non-zero");
         let (umem, mut frames) = Umem::new(umem_config, frame_count, false)
-            .map_err(|e| anyhow!("creating UMEM: {e}"))?;
+            .map_err(|e| setup_error!("creating UMEM: {e}"))?;
         let socket_config = SocketConfig::builder()
-            .rx_queue_size(QueueSize::new(ring_size).map_err(|e| anyhow!("{e}"))?)
-            .tx_queue_size(QueueSize::new(ring_size).map_err(|e| anyhow!("{e}"))?)
+            .rx_queue_size(QueueSize::new(ring_size).map_err(|e| setup_error!("{e}"))?)
+            .tx_queue_size(QueueSize::new(ring_size).map_err(|e| setup_error!("{e}"))?)
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
             .build();
         let if_name: Interface = iface
             .parse()
-            .map_err(|_| anyhow!("bad interface name {iface}"))?;
+            .map_err(|_| setup_error!("bad interface name {iface}"))?;
         // SAFETY: this UMEM is new and not shared, so no other socket is bound with it.
         let (tx, rx, fq_cq) = unsafe { xsk_rs::Socket::new(socket_config, &umem, &if_name, queue) }
             .map_err(|e| {
@@ -381,21 +383,23 @@ impl XdpDevice {
                     .and_then(|s| s.downcast_ref::<std::io::Error>())
                     .and_then(std::io::Error::raw_os_error)
                     == Some(libc::EBUSY);
-                let error = anyhow::Error::new(e)
-                    .context(format!("binding an AF_XDP socket to {iface} queue {queue}"));
+                let error = SetupError::new(
+                    format!("binding an AF_XDP socket to {iface} queue {queue}"),
+                    e,
+                );
                 if busy {
                     BindError::Busy(error)
                 } else {
                     BindError::Other(error)
                 }
             })?;
-        let (mut fill, completion) =
-            fq_cq.ok_or_else(|| anyhow!("AF_XDP socket came without fill/completion rings"))?;
+        let (mut fill, completion) = fq_cq
+            .ok_or_else(|| setup_error!("AF_XDP socket came without fill/completion rings"))?;
         let tx_free = frames.split_off(ring_size as usize);
         // SAFETY: the frames belong to this UMEM and none is in any ring yet.
         let filled = unsafe { fill.produce(&frames) };
         if filled != frames.len() {
-            return Err(anyhow!("could not fill the AF_XDP fill ring").into());
+            return Err(setup_error!("could not fill the AF_XDP fill ring").into());
         }
         Ok(XdpDevice {
             mac,
@@ -569,7 +573,7 @@ impl XdpQueues {
         mode: Option<XdpModeChoice>,
         choice: QueueChoice,
         steer: SteerConfig,
-    ) -> anyhow::Result<Self> {
+    ) -> SetupResult<Self> {
         let info = super::netinfo::interface(interface)?;
         let count = super::netinfo::rx_queue_count(interface).min(MAX_QUEUES);
         let wanted = queues_for(interface, count, choice)?;
@@ -582,7 +586,7 @@ impl XdpQueues {
                 wanted
                     .iter()
                     .map(|&q| XdpDevice::bind(info, q, wanted.len() as u32))
-                    .collect::<anyhow::Result<Vec<XdpDevice>>>()
+                    .collect::<SetupResult<Vec<XdpDevice>>>()
             });
             let program = XdpProgram::load_on(info, mode);
             let devices = binds
@@ -611,17 +615,17 @@ impl XdpQueues {
     }
 
     /// One socket per queue in `queues` for an already loaded program.
-    pub fn bind(program: &SharedProgram, queues: &[u32]) -> anyhow::Result<Self> {
+    pub fn bind(program: &SharedProgram, queues: &[u32]) -> SetupResult<Self> {
         let info = super::netinfo::interface(&lock(program).interface)?;
         let devices = queues
             .iter()
             .map(|&q| XdpDevice::bind(&info, q, queues.len() as u32))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<SetupResult<Vec<_>>>()?;
         XdpQueues::register(program, devices)
     }
 
     /// Puts each socket in the program's XSKMAP slot of its queue.
-    fn register(program: &SharedProgram, devices: Vec<XdpDevice>) -> anyhow::Result<Self> {
+    fn register(program: &SharedProgram, devices: Vec<XdpDevice>) -> SetupResult<Self> {
         if devices.is_empty() {
             bail!("no RX queue to bind");
         }
@@ -669,7 +673,7 @@ impl XdpQueues {
     }
 
     /// See [`XdpProgram::set_listen_ports`].
-    pub fn set_listen_ports(&self, ports: &[u16]) -> anyhow::Result<()> {
+    pub fn set_listen_ports(&self, ports: &[u16]) -> SetupResult<()> {
         self.program().set_listen_ports(ports)
     }
 
@@ -762,7 +766,7 @@ impl Drop for XdpQueues {
 }
 
 /// The queues of an attached program's interface to bind for `choice`.
-pub fn choose_queues(program: &SharedProgram, choice: QueueChoice) -> anyhow::Result<Vec<u32>> {
+pub fn choose_queues(program: &SharedProgram, choice: QueueChoice) -> SetupResult<Vec<u32>> {
     let (iface, count) = {
         let p = lock(program);
         (p.interface.clone(), p.rx_queues)
@@ -771,7 +775,7 @@ pub fn choose_queues(program: &SharedProgram, choice: QueueChoice) -> anyhow::Re
 }
 
 /// The queues to bind for `choice` on `iface` with `count` RX queues.
-fn queues_for(iface: &str, count: u32, choice: QueueChoice) -> anyhow::Result<Vec<u32>> {
+fn queues_for(iface: &str, count: u32, choice: QueueChoice) -> SetupResult<Vec<u32>> {
     match choice {
         QueueChoice::All => Ok((0..count).collect()),
         QueueChoice::Only(q) if q >= count => {
@@ -812,7 +816,7 @@ impl Device for XdpQueues {
 /// a thread of its own whose root directory is /proc, where that path does not exist;
 /// the thread ends there and nothing else sees the change. If that fails, the loader
 /// parses the file as usual.
-fn load_object_without_kernel_btf() -> anyhow::Result<aya::Ebpf> {
+fn load_object_without_kernel_btf() -> SetupResult<aya::Ebpf> {
     let mut loader = std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -821,12 +825,12 @@ fn load_object_without_kernel_btf() -> anyhow::Result<aya::Ebpf> {
                 aya::EbpfLoader::new()
             })
             .join()
-            .map_err(|_| anyhow!("the XDP loader thread panicked"))
+            .map_err(|_| setup_error!("the XDP loader thread panicked"))
     })?;
     loader
         .btf(None)
         .load(XDP_OBJECT)
-        .map_err(anyhow::Error::from)
+        .context("parsing the XDP object")
 }
 
 /// Gives the calling thread a root directory without /sys/kernel/btf/vmlinux. Other

@@ -242,7 +242,9 @@ impl StackBuilder {
     /// where it is pinned); returns once it is up.
     fn start(
         self,
-        open: impl FnOnce() -> anyhow::Result<crate::app::runtime::Runtime> + Send + 'static,
+        open: impl FnOnce() -> crate::device::error::SetupResult<crate::app::runtime::Runtime>
+        + Send
+        + 'static,
     ) -> io::Result<Stack> {
         let (commands, receiver) = mpsc::channel();
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -300,7 +302,7 @@ impl StackBuilder {
 }
 
 /// A setup error as an `io::Error`, with its whole chain of causes.
-fn io_error(e: anyhow::Error) -> io::Error {
+fn io_error(e: crate::device::error::SetupError) -> io::Error {
     io::Error::other(format!("{e:#}"))
 }
 
