@@ -67,6 +67,43 @@ pub struct StackArgs {
     pub busy_poll_us: u64,
 }
 
+#[cfg(feature = "cli")]
+impl StackArgs {
+    /// A library [`crate::net::StackBuilder`] with these flags: the apps build their
+    /// stacks as any user of the library does. (`--stats` and the signals are the
+    /// apps' own business.)
+    pub fn builder(&self) -> crate::net::StackBuilder {
+        let mut b = crate::Stack::builder()
+            .congestion(self.congestion)
+            .nodelay(self.nodelay)
+            .max_connections(self.max_connections)
+            .syn_backlog(self.syn_backlog)
+            .buffer(self.buffer);
+        if let Some(iface) = &self.iface {
+            b = b.interface(iface.clone());
+        }
+        if let Some(ip) = self.ip {
+            b = b.ip(ip);
+        }
+        if let Some(gateway) = self.gateway {
+            b = b.gateway(gateway);
+        }
+        if let Some(cpu) = self.cpu {
+            b = b.cpu(cpu);
+        }
+        if let Some(queue) = self.queue {
+            b = b.queue(queue);
+        }
+        if let Some(mode) = self.xdp_mode {
+            b = b.xdp_mode(mode);
+        }
+        if let Some(pcap) = &self.pcap {
+            b = b.pcap(pcap.clone());
+        }
+        b
+    }
+}
+
 impl Default for StackArgs {
     /// The CLI's defaults (clap applies its own only when it parses), signals left alone.
     fn default() -> Self {
@@ -380,46 +417,60 @@ impl NeighbourWatch {
     }
 }
 
-/// `--stats`: every counter of the stack, the XDP program and the AF_XDP socket.
-pub fn print_stats(rt: &Runtime) {
+/// Every counter of the stack, the XDP program and the AF_XDP socket.
+pub fn stats_report(rt: &Runtime) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let xdp = rt.device.xdp();
-    eprintln!("* stack counters:");
-    eprint!("{}", rt.stack.stats);
+    let _ = writeln!(out, "* stack counters:");
+    let _ = write!(out, "{}", rt.stack.stats);
     let t = rt.stack.connection_totals();
-    eprintln!("* connections (open now: {}):", rt.stack.connection_count());
-    eprintln!("  {:<24} {}", "segments_in", t.segments_in);
-    eprintln!("  {:<24} {}", "segments_out", t.segments_out);
-    eprintln!("  {:<24} {}", "retransmits", t.retransmits);
-    eprintln!("  {:<24} {}", "fast_retransmits", t.fast_retransmits);
-    eprintln!("  {:<24} {}", "timeouts", t.timeouts);
-    eprintln!(
+    let _ = writeln!(
+        out,
+        "* connections (open now: {}):",
+        rt.stack.connection_count()
+    );
+    let _ = writeln!(out, "  {:<24} {}", "segments_in", t.segments_in);
+    let _ = writeln!(out, "  {:<24} {}", "segments_out", t.segments_out);
+    let _ = writeln!(out, "  {:<24} {}", "retransmits", t.retransmits);
+    let _ = writeln!(out, "  {:<24} {}", "fast_retransmits", t.fast_retransmits);
+    let _ = writeln!(out, "  {:<24} {}", "timeouts", t.timeouts);
+    let _ = writeln!(
+        out,
         "  {:<24} {}",
         "out_of_order_segments", t.out_of_order_segments
     );
-    eprintln!("  {:<24} {}", "challenge_acks", t.challenge_acks);
+    let _ = writeln!(out, "  {:<24} {}", "challenge_acks", t.challenge_acks);
     let s = xdp.steer_counters();
-    eprintln!(
+    let _ = writeln!(
+        out,
         "* xdp program ({} mode, sockets on queues {:?} of {}):",
         xdp.attached_mode(),
         xdp.queues(),
         xdp.interface_queues()
     );
-    eprintln!("  {:<24} {}", "steered", s.steered);
-    eprintln!("  {:<24} {}", "passed_to_kernel", s.passed);
-    eprintln!("  {:<24} {}", "no_socket", s.no_socket);
+    let _ = writeln!(out, "  {:<24} {}", "steered", s.steered);
+    let _ = writeln!(out, "  {:<24} {}", "passed_to_kernel", s.passed);
+    let _ = writeln!(out, "  {:<24} {}", "no_socket", s.no_socket);
     let f = xdp.frame_account();
-    eprintln!("* umem frames:");
-    eprintln!("  {:<24} {}", "total", f.total);
-    eprintln!("  {:<24} {}", "in_fill_ring", f.in_fill_ring);
-    eprintln!("  {:<24} {}", "awaiting_fill", f.awaiting_fill);
-    eprintln!("  {:<24} {}", "in_tx_ring", f.in_tx_ring);
-    eprintln!("  {:<24} {}", "free_for_tx", f.free_for_tx);
-    eprintln!("  {:<24} {}", "missing", f.missing());
+    let _ = writeln!(out, "* umem frames:");
+    let _ = writeln!(out, "  {:<24} {}", "total", f.total);
+    let _ = writeln!(out, "  {:<24} {}", "in_fill_ring", f.in_fill_ring);
+    let _ = writeln!(out, "  {:<24} {}", "awaiting_fill", f.awaiting_fill);
+    let _ = writeln!(out, "  {:<24} {}", "in_tx_ring", f.in_tx_ring);
+    let _ = writeln!(out, "  {:<24} {}", "free_for_tx", f.free_for_tx);
+    let _ = writeln!(out, "  {:<24} {}", "missing", f.missing());
     let (rx_dropped, rx_ring_full, fill_empty) = xdp.socket_stats();
-    eprintln!("* af_xdp sockets:");
-    eprintln!("  {:<24} {}", "rx_dropped", rx_dropped);
-    eprintln!("  {:<24} {}", "rx_ring_full", rx_ring_full);
-    eprintln!("  {:<24} {}", "rx_fill_ring_empty", fill_empty);
+    let _ = writeln!(out, "* af_xdp sockets:");
+    let _ = writeln!(out, "  {:<24} {}", "rx_dropped", rx_dropped);
+    let _ = writeln!(out, "  {:<24} {}", "rx_ring_full", rx_ring_full);
+    let _ = writeln!(out, "  {:<24} {}", "rx_fill_ring_empty", fill_empty);
+    out
+}
+
+/// `--stats`: prints [`stats_report`] on stderr.
+pub fn print_stats(rt: &Runtime) {
+    eprint!("{}", stats_report(rt));
 }
 
 /// Prints [`diagnose`]'s lines as warnings on stderr.

@@ -2,7 +2,7 @@
 //! turns the loop, and keeps the handles' shared state in step with the stack.
 use super::shared::{Command, Conn, Failure, Listener, Phase};
 use crate::app::runtime::Runtime;
-use crate::device::netinfo::{kernel_neighbour, provoke_kernel_arp};
+use crate::device::netinfo::{kernel_neighbour, kernel_neighbour_failed, provoke_kernel_arp};
 use crate::stack::{AddressMode, ConnId};
 use crate::tcp::{Instant, State, TcpError};
 use std::collections::HashMap;
@@ -37,6 +37,21 @@ pub(crate) struct LoopOptions {
     pub linger: Duration,
 }
 
+/// How long a SYN goes unanswered before the kernel is asked to confirm a next hop
+/// it knows (shared-IP mode), and how often after that.
+const NEIGHBOUR_CHECK_AFTER: Duration = Duration::from_secs(1);
+const NEIGHBOUR_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// A connect in progress.
+struct Connecting {
+    id: ConnId,
+    /// When it fails with `TimedOut`.
+    deadline: Instant,
+    /// Its next hop, and when the kernel is next asked whether that neighbour is alive.
+    hop: Ipv4Addr,
+    neighbour_check: Instant,
+}
+
 /// A next hop whose MAC the stack does not know yet.
 struct Resolving {
     hop: Ipv4Addr,
@@ -54,7 +69,7 @@ pub(crate) struct Driver {
     accepted: Vec<Arc<Conn>>,
     scratch: Vec<u8>,
     resolving: Vec<Resolving>,
-    connecting: Vec<(ConnId, Instant)>,
+    connecting: Vec<Connecting>,
     /// Connections whose handles are gone and whose FIN is queued: the stack finishes
     /// them on its own, and a shutdown waits for them (up to the linger time).
     lingering: Vec<ConnId>,
@@ -176,7 +191,12 @@ impl Driver {
                     st.local = c.local();
                 }
                 self.conns.insert(id, conn.clone());
-                self.connecting.push((id, now + timeout));
+                self.connecting.push(Connecting {
+                    id,
+                    deadline: now + timeout,
+                    hop,
+                    neighbour_check: now + NEIGHBOUR_CHECK_AFTER,
+                });
                 if self.rt.stack.arp_cache().lookup(hop).is_none()
                     && self.rt.stack.config().mode == AddressMode::Shared
                     && !self.resolving.iter().any(|r| r.hop == hop)
@@ -309,26 +329,40 @@ impl Driver {
     /// Connect deadlines, next hops being resolved, lingering connections.
     fn check(&mut self, now: Instant) {
         self.prune_lingering();
+        let iface = self.rt.iface.clone();
         let stack = &mut self.rt.stack;
+        let shared_ip = stack.config().mode == AddressMode::Shared;
         let conns = &self.conns;
-        self.connecting.retain(|&(id, deadline)| {
-            let Some(conn) = conns.get(&id) else {
+        self.connecting.retain_mut(|c| {
+            let Some(conn) = conns.get(&c.id) else {
                 return false;
             };
             let mut st = conn.shared.lock();
             if st.phase != Phase::Connecting {
                 return false;
             }
-            if now < deadline {
+            let failure = if now >= c.deadline {
+                Failure::ConnectTimeout
+            } else if shared_ip && now >= c.neighbour_check && stack.state(c.id) == State::SynSent {
+                // Shared-IP mode takes next hops from the kernel's neighbour table,
+                // which may hold a host that went away. Using the entry makes the
+                // kernel confirm it; once it has failed, the connect ends as the
+                // kernel's own does, "host unreachable", instead of timing out.
+                c.neighbour_check = now + NEIGHBOUR_CHECK_EVERY;
+                provoke_kernel_arp(c.hop);
+                if !kernel_neighbour_failed(&iface, c.hop) {
+                    return true;
+                }
+                Failure::Tcp(TcpError::HostUnreachable)
+            } else {
                 return true;
-            }
-            stack.abort(id);
-            st.failure = Some(Failure::Tcp(TcpError::TimedOut));
+            };
+            stack.abort(c.id);
+            st.failure = Some(failure);
             st.phase = Phase::Closed;
             conn.shared.notify(&mut st);
             false
         });
-        let iface = self.rt.iface.clone();
         let stack = &mut self.rt.stack;
         self.resolving.retain_mut(|r| {
             if stack.arp_cache().lookup(r.hop).is_some() {
@@ -358,6 +392,24 @@ impl Driver {
         let mut changed = false;
         if std::mem::take(&mut st.nodelay_changed) {
             stack.set_nodelay(id, st.nodelay);
+        }
+        if std::mem::take(&mut st.keepalive_changed) {
+            // RFC 1122 4.2.3.6; 9 probes, as Linux.
+            if let Some(every) = st.keepalive {
+                stack.set_keepalive_params(id, every, every, 9);
+            }
+            stack.set_keepalive(id, st.keepalive.is_some());
+        }
+        if st.abort {
+            stack.abort(id);
+            stack.release(id);
+            st.failure.get_or_insert(Failure::Tcp(TcpError::Closed));
+            st.phase = Phase::Closed;
+            st.id = None;
+            conn.shared.notify(&mut st);
+            drop(st);
+            self.conns.remove(&id);
+            return;
         }
         while !st.tx.is_empty() {
             let (front, _) = st.tx.as_slices();
@@ -402,7 +454,16 @@ impl Driver {
         if let Some(e) = ev.error
             && st.failure.is_none()
         {
-            st.failure = Some(Failure::Tcp(e));
+            let hop = stack.next_hop(*st.remote.ip());
+            st.failure = Some(match e {
+                // The stack gave up on ARP for the next hop while connecting.
+                TcpError::HostUnreachable
+                    if st.phase == Phase::Connecting && stack.arp_cache().lookup(hop).is_none() =>
+                {
+                    Failure::NoArpReply(hop)
+                }
+                e => Failure::Tcp(e),
+            });
             changed = true;
         }
         if ev.closed && st.phase != Phase::Closed {
@@ -478,9 +539,13 @@ impl Driver {
             st.id = None;
             conn.shared.notify(&mut st);
         }
+        // The RSTs and FINs just queued leave (the device may take a few turns).
         let end = self.rt.now() + SHUTDOWN_DRAIN;
         while self.rt.now() < end {
             self.rt.turn();
+            if !self.rt.stack.has_pending_output() {
+                break;
+            }
         }
         // Commands that arrive from now on find the channel closed.
         while let Ok(command) = self.commands.try_recv() {

@@ -407,10 +407,24 @@ impl Stack {
         self.with_runtime(|rt| rt.stack.stats.clone())
     }
 
+    /// Every counter of the stack, the XDP program, the AF_XDP sockets and their UMEM
+    /// frames, as text, one `name value` line each under a `* section:` heading (what
+    /// the `userspace` command's `--stats` prints).
+    pub fn report(&self) -> io::Result<String> {
+        self.with_runtime(|rt| crate::app::setup::stats_report(rt))
+    }
+
+    /// One sentence per way the stack has been losing packets its user needed, each
+    /// saying what to do about it: packets that arrived on an RX queue without an
+    /// AF_XDP socket, frames too large for a UMEM frame, segments dropped for bad
+    /// checksums. Empty when nothing was lost.
+    pub fn diagnose(&self) -> io::Result<Vec<String>> {
+        self.with_runtime(|rt| crate::app::setup::diagnose(rt))
+    }
+
     /// Runs `f` with the poll loop's runtime, on its thread between two turns, and
-    /// returns its result (for the `userspace` command's `--stats`).
-    #[doc(hidden)]
-    pub fn with_runtime<R: Send + 'static>(
+    /// returns its result.
+    fn with_runtime<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut crate::app::runtime::Runtime) -> R + Send + 'static,
     ) -> io::Result<R> {
