@@ -78,7 +78,8 @@ impl StackArgs {
             .nodelay(self.nodelay)
             .max_connections(self.max_connections)
             .syn_backlog(self.syn_backlog)
-            .buffer(self.buffer);
+            .buffer(self.buffer)
+            .idle_spin(Duration::from_micros(self.busy_poll_us));
         if let Some(iface) = &self.iface {
             b = b.interface(iface.clone());
         }

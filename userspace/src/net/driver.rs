@@ -106,33 +106,61 @@ impl Driver {
 
     /// Turns until the last handle is gone or [`super::Stack::shutdown`] is called.
     pub(crate) fn run(mut self) {
-        if let Some(gateway) = self.rt.stack.config().gateway {
-            self.learn_from_kernel(gateway);
-        }
+        self.start();
         // The handles' commands come through a channel that poll(2) does not watch:
         // the runtime itself never sleeps here; this loop's own idle policy does.
         self.rt.busy_poll = Duration::MAX;
-        while !self.shutdown.load(Ordering::Relaxed) {
-            let mut busy = self.commands();
-            busy |= self.rt.turn() > 0;
-            busy |= self.sync_ready();
-            busy |= self.accept();
-            let now = self.rt.turn_time();
-            if now >= self.next_check {
-                self.next_check = now + CHECK_EVERY;
-                self.check(now);
-            }
-            if busy {
-                self.last_busy = now;
-            } else if !self.options.busy_poll
-                && now.saturating_since(self.last_busy) >= IDLE_BEFORE_SLEEP
-            {
-                std::thread::sleep(IDLE_SLEEP);
-            } else {
-                self.rt.idle();
+        while !self.stopping() {
+            if !self.turn() {
+                self.rest();
             }
         }
         self.finish();
+    }
+
+    /// Before the first turn: the gateway's address from the kernel, if it has it.
+    pub(crate) fn start(&mut self) {
+        if let Some(gateway) = self.rt.stack.config().gateway {
+            self.learn_from_kernel(gateway);
+        }
+    }
+
+    /// Whether the loop was told to stop, or every handle is gone.
+    pub(crate) fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// One turn: the handles' commands, a batch received and sent, the handles told;
+    /// true if there was work.
+    pub(crate) fn turn(&mut self) -> bool {
+        let mut busy = self.commands();
+        busy |= self.rt.turn() > 0;
+        busy |= self.sync_ready();
+        busy |= self.accept();
+        let now = self.rt.turn_time();
+        if now >= self.next_check {
+            self.next_check = now + CHECK_EVERY;
+            self.check(now);
+        }
+        if busy {
+            self.last_busy = now;
+        }
+        busy
+    }
+
+    /// After a turn without work: the loop's idle policy.
+    pub(crate) fn rest(&mut self) {
+        let now = self.rt.turn_time();
+        if !self.options.busy_poll && now.saturating_since(self.last_busy) >= IDLE_BEFORE_SLEEP {
+            std::thread::sleep(IDLE_SLEEP);
+        } else {
+            self.rt.idle();
+        }
+    }
+
+    /// The runtime, between two turns.
+    pub(crate) fn runtime(&mut self) -> &mut Runtime {
+        &mut self.rt
     }
 
     /// Syncs the connections the stack has news for; true if there were any.
@@ -504,7 +532,7 @@ impl Driver {
     /// for a closed socket). Then the connections still open are closed with FIN if
     /// they have nothing left to send, reset otherwise, and their handles woken with an
     /// error.
-    fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         for (port, listener) in self.listeners.drain() {
             self.rt.stack.unlisten(port);
             let mut st = listener.shared.lock();

@@ -27,6 +27,7 @@
 //! side), whatever the number of packets, and an idle one costs nothing.
 mod driver;
 mod listener;
+mod local;
 mod shared;
 mod stream;
 #[cfg(feature = "tokio")]
@@ -36,6 +37,7 @@ pub use crate::device::xdp::XdpModeChoice;
 pub use crate::stack::AddressMode;
 pub use crate::tcp::CongestionKind;
 pub use listener::{DEFAULT_BACKLOG, Incoming, TcpListener};
+pub use local::{PerQueue, StackLoop};
 pub use stream::TcpStream;
 
 use crate::app::setup::{StackArgs, open_runtime};
@@ -172,6 +174,14 @@ impl StackBuilder {
         self
     }
 
+    /// In a loop the application turns itself ([`StackLoop::idle`]), how long it spins
+    /// with nothing received before it sleeps in poll(2) until a frame or a timer.
+    /// Default: 100 µs.
+    pub fn idle_spin(mut self, spin: Duration) -> Self {
+        self.args.busy_poll_us = spin.as_micros().try_into().unwrap_or(u64::MAX);
+        self
+    }
+
     /// Whether the poll loop spins when there is nothing to do. Default: `true`, as the
     /// `userspace` command does: the lowest latency, and one core always busy. With
     /// `false`, after 10 ms without traffic the loop sleeps half a millisecond between
@@ -250,12 +260,7 @@ impl StackBuilder {
         let shutdown = Arc::new(AtomicBool::new(false));
         let (up_tx, up_rx) = mpsc::sync_channel(1);
         let loop_shutdown = shutdown.clone();
-        let options = driver::LoopOptions {
-            cap: self.args.buffer.clamp(1, MAX_HANDLE_BUFFER),
-            nodelay: self.args.nodelay,
-            busy_poll: self.busy_poll,
-            linger: self.linger,
-        };
+        let options = self.loop_options();
         let thread = std::thread::Builder::new()
             .name("userspace-poll".into())
             .spawn(move || {
@@ -266,11 +271,7 @@ impl StackBuilder {
                         return;
                     }
                 };
-                let info = Info {
-                    ip: rt.stack.ip(),
-                    interface: rt.iface.clone(),
-                    mode: rt.stack.config().mode,
-                };
+                let info = Info::of(&rt);
                 if up_tx.send(Ok(info)).is_err() {
                     return;
                 }
@@ -287,17 +288,38 @@ impl StackBuilder {
                 return Err(io::Error::other("the poll loop died while starting"));
             }
         };
-        Ok(Stack {
+        Ok(self.handle(commands, shutdown, Some(thread), info))
+    }
+
+    fn loop_options(&self) -> driver::LoopOptions {
+        driver::LoopOptions {
+            cap: self.args.buffer.clamp(1, MAX_HANDLE_BUFFER),
+            nodelay: self.args.nodelay,
+            busy_poll: self.busy_poll,
+            linger: self.linger,
+        }
+    }
+
+    /// The handle to a loop that runs on `thread`, or that the application turns.
+    fn handle(
+        &self,
+        commands: Sender<Command>,
+        shutdown: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+        info: Info,
+    ) -> Stack {
+        let options = self.loop_options();
+        Stack {
             inner: Arc::new(Inner {
                 commands,
                 shutdown,
-                thread: Mutex::new(Some(thread)),
+                thread: Mutex::new(thread),
                 info,
                 cap: options.cap,
                 nodelay: options.nodelay,
                 connect_timeout: self.connect_timeout,
             }),
-        })
+        }
     }
 }
 
@@ -311,6 +333,21 @@ struct Info {
     ip: Ipv4Addr,
     interface: String,
     mode: AddressMode,
+    queues: Vec<u32>,
+    xdp_mode: &'static str,
+}
+
+impl Info {
+    fn of(rt: &crate::app::runtime::Runtime) -> Info {
+        let xdp = rt.device.xdp();
+        Info {
+            ip: rt.stack.ip(),
+            interface: rt.iface.clone(),
+            mode: rt.stack.config().mode,
+            queues: xdp.queues(),
+            xdp_mode: xdp.attached_mode(),
+        }
+    }
 }
 
 struct Inner {
@@ -380,6 +417,16 @@ impl Stack {
     /// Shared-IP or owned-IP mode.
     pub fn mode(&self) -> AddressMode {
         self.inner.info.mode
+    }
+
+    /// The RX queues of the interface this stack has AF_XDP sockets on.
+    pub fn queues(&self) -> &[u32] {
+        &self.inner.info.queues
+    }
+
+    /// How the XDP program is attached: `"native"` (in the driver) or `"skb"` (generic).
+    pub fn xdp_mode(&self) -> &'static str {
+        self.inner.info.xdp_mode
     }
 
     /// Opens a connection; the same as [`TcpStream::connect`].
