@@ -382,42 +382,6 @@ pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> S
     .context("resolving the next hop")
 }
 
-/// Shared-IP mode: the kernel resolves next hops (ARP replies go to it), and its entry
-/// may be stale: a host that went away still has its old address. While a SYN goes
-/// unanswered, the kernel is asked to use the entry again, which makes it confirm the
-/// neighbour (STALE, DELAY, PROBE, then FAILED when nobody answers, as for its own
-/// connect); a failed neighbour ends the connect as "host unreachable" (curl's exit 7),
-/// as Linux's connect() gets EHOSTUNREACH, instead of timing out.
-pub struct NeighbourWatch {
-    iface: String,
-    hop: Ipv4Addr,
-    next_check: std::time::Instant,
-    shared: bool,
-}
-
-impl NeighbourWatch {
-    /// Checks start after the first SYN retransmission (1 s), then every 500 ms.
-    pub fn new(rt: &mut Runtime, dst: Ipv4Addr) -> Self {
-        NeighbourWatch {
-            iface: rt.iface.clone(),
-            hop: rt.stack.next_hop(dst),
-            next_check: std::time::Instant::now() + Duration::from_secs(1),
-            shared: rt.stack.config().mode == AddressMode::Shared,
-        }
-    }
-
-    /// True once the kernel has given up on the next hop.
-    pub fn lost(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        if !self.shared || now < self.next_check {
-            return false;
-        }
-        self.next_check = now + Duration::from_millis(500);
-        provoke_kernel_arp(self.hop);
-        netinfo::kernel_neighbour_failed(&self.iface, self.hop)
-    }
-}
-
 /// Every counter of the stack, the XDP program and the AF_XDP socket.
 pub fn stats_report(rt: &Runtime) -> String {
     use std::fmt::Write;

@@ -154,3 +154,35 @@ macro_rules! bail {
 }
 
 pub(crate) use {bail, setup_error};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sentence_alone_or_with_every_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let e = Err::<(), _>(io)
+            .context("binding an AF_XDP socket to eth0 queue 0")
+            .unwrap_err()
+            .context("opening the stack");
+        assert_eq!(e.to_string(), "opening the stack");
+        assert_eq!(
+            format!("{e:#}"),
+            "opening the stack: binding an AF_XDP socket to eth0 queue 0: denied"
+        );
+        assert_eq!(e.root_cause().to_string(), "denied");
+        assert!(e.has_io_kind(std::io::ErrorKind::PermissionDenied));
+        assert!(!e.has_io_kind(std::io::ErrorKind::NotFound));
+        let as_io: std::io::Error = e.into();
+        assert!(as_io.to_string().ends_with(": denied"));
+    }
+
+    #[test]
+    fn a_missing_value_and_a_format_string() {
+        let e = None::<u8>.context("no default route").unwrap_err();
+        assert_eq!(format!("{e:#}"), "no default route");
+        let port = 80;
+        assert_eq!(setup_error!("listen on {port}").to_string(), "listen on 80");
+    }
+}

@@ -73,6 +73,8 @@ pub(crate) struct Driver {
     /// Connections whose handles are gone and whose FIN is queued: the stack finishes
     /// them on its own, and a shutdown waits for them (up to the linger time).
     lingering: Vec<ConnId>,
+    /// Ports no longer listened on, still steered while connections on them remain.
+    draining_ports: Vec<u16>,
     next_check: Instant,
     /// When the loop last had work.
     last_busy: Instant,
@@ -98,6 +100,7 @@ impl Driver {
             resolving: Vec::new(),
             connecting: Vec::new(),
             lingering: Vec::new(),
+            draining_ports: Vec::new(),
             next_check: Instant::ZERO,
             last_busy: Instant::ZERO,
             options,
@@ -265,6 +268,7 @@ impl Driver {
                 .map_err(Failure::Stack)
         };
         let result = result.and_then(|()| {
+            self.draining_ports.retain(|&p| p != port);
             self.listeners.insert(port, listener.clone());
             self.steer_listeners().inspect_err(|_| {
                 self.rt.stack.unlisten(port);
@@ -276,12 +280,15 @@ impl Driver {
         listener.shared.notify(&mut st);
     }
 
-    /// Shared-IP mode: the XDP program steers exactly the listening ports to us.
+    /// Shared-IP mode: the XDP program steers the listening ports to us, and the ports
+    /// no longer listened on that still have connections (their segments must keep
+    /// coming to us, or the kernel would reset them).
     fn steer_listeners(&mut self) -> Result<(), Failure> {
         if self.rt.stack.config().mode != AddressMode::Shared {
             return Ok(());
         }
-        let ports: Vec<u16> = self.listeners.keys().copied().collect();
+        let mut ports: Vec<u16> = self.listeners.keys().copied().collect();
+        ports.extend(&self.draining_ports);
         self.rt.device.xdp().set_listen_ports(&ports).map_err(|e| {
             tracing::warn!("steering listening ports {ports:?}: {e:#}");
             Failure::Steering
@@ -299,6 +306,9 @@ impl Driver {
         }
         self.listeners.remove(&port);
         self.rt.stack.unlisten(port);
+        if !self.draining_ports.contains(&port) {
+            self.draining_ports.push(port);
+        }
         let _ = self.steer_listeners();
         let queued: Vec<Arc<Conn>> = listener.shared.lock().queue.drain(..).collect();
         for conn in queued {
@@ -354,9 +364,25 @@ impl Driver {
         false
     }
 
-    /// Connect deadlines, next hops being resolved, lingering connections.
+    /// Connect deadlines, next hops being resolved, lingering connections, ports no
+    /// longer listened on whose last connection is gone.
     fn check(&mut self, now: Instant) {
         self.prune_lingering();
+        if !self.draining_ports.is_empty() {
+            let before = self.draining_ports.len();
+            let (stack, conns, lingering) = (&self.rt.stack, &self.conns, &self.lingering);
+            self.draining_ports.retain(|&port| {
+                conns.values().any(|c| c.shared.lock().local.port() == port)
+                    || lingering.iter().any(|&id| {
+                        stack
+                            .connection(id)
+                            .is_some_and(|c| c.local().port() == port)
+                    })
+            });
+            if self.draining_ports.len() != before {
+                let _ = self.steer_listeners();
+            }
+        }
         let iface = self.rt.iface.clone();
         let stack = &mut self.rt.stack;
         let shared_ip = stack.config().mode == AddressMode::Shared;
@@ -527,12 +553,10 @@ impl Driver {
         !self.lingering.is_empty() || self.conns.values().any(|c| c.shared.lock().dropped)
     }
 
-    /// The loop stops. Listeners go first. Connections whose handles were dropped get
-    /// up to the linger time to send what they still have (as the kernel keeps sending
-    /// for a closed socket). Then the connections still open are closed with FIN if
-    /// they have nothing left to send, reset otherwise, and their handles woken with an
-    /// error.
-    pub(crate) fn finish(mut self) {
+    /// Listeners stop, and connections whose handles were dropped get up to the linger
+    /// time to send what they still have (as the kernel keeps sending for a closed
+    /// socket).
+    pub(crate) fn linger(&mut self) {
         for (port, listener) in self.listeners.drain() {
             self.rt.stack.unlisten(port);
             let mut st = listener.shared.lock();
@@ -554,6 +578,13 @@ impl Driver {
             self.sync_ready();
             self.rt.idle();
         }
+    }
+
+    /// The loop stops. First [`Driver::linger`]; then the connections still open are
+    /// closed with FIN if they have nothing left to send, reset otherwise, and their
+    /// handles woken with an error.
+    pub(crate) fn finish(mut self) {
+        self.linger();
         for (id, conn) in self.conns.drain() {
             let mut st = conn.shared.lock();
             if st.failure.is_none() && st.tx.is_empty() {

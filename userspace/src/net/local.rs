@@ -142,7 +142,8 @@ pub struct PerQueue<'a> {
     pub poll: &'a mut StackLoop,
 }
 
-/// Counts a stack as running the application's code until dropped (on every way out).
+/// Counts a stack as running the application's code, or finishing its connections,
+/// until dropped (on every way out).
 struct Running<'a>(&'a AtomicUsize);
 
 impl Drop for Running<'_> {
@@ -258,6 +259,10 @@ impl StackBuilder {
                             stack,
                             poll: &mut poll,
                         });
+                        // This stack's connections finish first (what their dropped
+                        // handles still had to send): the others keep handing over
+                        // their frames meanwhile.
+                        poll.driver().linger();
                         drop(done);
                         // Frames of the other stacks' connections may still come to
                         // these queues: keep handing them over until all are done.

@@ -508,8 +508,26 @@ mod tests {
             (Failure::Tcp(TcpError::Unreachable), K::HostUnreachable),
             (Failure::Stack(StackError::PortInUse), K::AddrInUse),
             (Failure::Stopped, K::NotConnected),
+            (Failure::ConnectTimeout, K::TimedOut),
+            (
+                Failure::NoArpReply(Ipv4Addr::new(10, 0, 0, 1)),
+                K::HostUnreachable,
+            ),
         ] {
             assert_eq!(failure.io().kind(), kind, "{failure:?}");
         }
+    }
+
+    #[test]
+    fn tcp_failures_carry_the_tcp_error_and_the_others_say_what_happened() {
+        let tcp = Failure::Tcp(TcpError::TimedOut).io();
+        assert!(tcp.get_ref().is_some_and(|e| e.is::<TcpError>()));
+        let limit = Failure::ConnectTimeout.io();
+        assert!(!limit.get_ref().is_some_and(|e| e.is::<TcpError>()));
+        let arp = Failure::NoArpReply(Ipv4Addr::new(10, 0, 0, 1)).io();
+        assert!(
+            arp.to_string()
+                .contains("no ARP reply from next hop 10.0.0.1")
+        );
     }
 }
