@@ -159,6 +159,9 @@ pub struct XdpProgram {
     pub rx_queues: u32,
     /// The BPF link that attaches the program; closing it detaches.
     link: Option<XdpLinkId>,
+    /// The listening ports of each set of queues (stacks sharing the interface share
+    /// the program): the program steers them all.
+    listening: std::collections::HashMap<usize, Vec<u16>>,
 }
 
 /// The program shared by the sockets of every queue.
@@ -239,6 +242,7 @@ impl XdpProgram {
             interface: iface.to_string(),
             rx_queues,
             link: Some(link),
+            listening: std::collections::HashMap::new(),
         })))
     }
 
@@ -268,12 +272,25 @@ impl XdpProgram {
         Ok(())
     }
 
-    /// Replaces the listening ports steered to the stack in shared-IP mode, so that a
-    /// listener opened after start-up gets its SYNs. The rest of the config stays.
-    pub fn set_listen_ports(&mut self, ports: &[u16]) -> SetupResult<()> {
-        if ports.len() > xdp_ebpf::MAX_LISTEN_PORTS {
+    /// Replaces the listening ports of `owner` (one set of queues, one stack) steered
+    /// to the stacks in shared-IP mode, so that a listener opened after start-up gets
+    /// its SYNs: the program steers the ports of every owner. The rest of the config
+    /// stays.
+    pub fn set_listen_ports(&mut self, owner: usize, ports: &[u16]) -> SetupResult<()> {
+        let mut all: Vec<u16> = self
+            .listening
+            .iter()
+            .filter(|(o, _)| **o != owner)
+            .flat_map(|(_, p)| p.iter().copied())
+            .chain(ports.iter().copied())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        if all.len() > xdp_ebpf::MAX_LISTEN_PORTS {
             bail!("at most {} listening ports", xdp_ebpf::MAX_LISTEN_PORTS);
         }
+        self.listening.insert(owner, ports.to_vec());
+        let ports = &all;
         let mut config: Array<&mut MapData, PodSteerConfig> = Array::try_from(
             self.ebpf
                 .map_mut(xdp_ebpf::CONFIG_MAP)
@@ -561,7 +578,12 @@ pub struct XdpQueues {
     pub report_program_counters: bool,
     /// One `pollfd` per socket, for [`XdpQueues::wait_for_frames`] (made once).
     pollfds: Vec<libc::pollfd>,
+    /// Names this set of queues to the program (its listening ports).
+    owner: usize,
 }
+
+/// The next [`XdpQueues::owner`].
+static NEXT_OWNER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl XdpQueues {
     /// Loads and attaches the program, binds the queues `choice` names, then enables
@@ -645,6 +667,7 @@ impl XdpQueues {
             program: program.clone(),
             report_program_counters: true,
             pollfds,
+            owner: NEXT_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -672,9 +695,9 @@ impl XdpQueues {
         self.program().rx_queues
     }
 
-    /// See [`XdpProgram::set_listen_ports`].
+    /// The listening ports of this set of queues; see [`XdpProgram::set_listen_ports`].
     pub fn set_listen_ports(&self, ports: &[u16]) -> SetupResult<()> {
-        self.program().set_listen_ports(ports)
+        self.program().set_listen_ports(self.owner, ports)
     }
 
     /// Packets for the stack dropped on queues without a socket: (queue, count).

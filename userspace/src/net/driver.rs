@@ -396,7 +396,12 @@ impl Driver {
                 return false;
             }
             let failure = if now >= c.deadline {
-                Failure::ConnectTimeout
+                if stack.arp_cache().lookup(c.hop).is_none() {
+                    // The SYN never left: the next hop did not answer ARP in time.
+                    Failure::NoArpReply(c.hop)
+                } else {
+                    Failure::ConnectTimeout
+                }
             } else if shared_ip && now >= c.neighbour_check && stack.state(c.id) == State::SynSent {
                 // Shared-IP mode takes next hops from the kernel's neighbour table,
                 // which may hold a host that went away. Using the entry makes the

@@ -179,19 +179,7 @@ impl TcpStream {
         addr: &SocketAddr,
         timeout: Duration,
     ) -> io::Result<TcpStream> {
-        let SocketAddr::V4(remote) = *addr else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the stack speaks IPv4 only",
-            ));
-        };
-        if timeout.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "zero connect timeout",
-            ));
-        }
-        Self::open(stack, remote, timeout)
+        Self::open(stack, connect_target(addr, timeout)?, timeout)
     }
 
     fn open(stack: &Stack, remote: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
@@ -309,6 +297,23 @@ impl TcpStream {
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
         Ok(self.handle.conn.shared.lock().failure.map(|f| f.io()))
     }
+}
+
+/// The IPv4 address of a `connect_timeout`, if the call makes sense.
+pub(crate) fn connect_target(addr: &SocketAddr, timeout: Duration) -> io::Result<SocketAddrV4> {
+    let SocketAddr::V4(remote) = *addr else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the stack speaks IPv4 only",
+        ));
+    };
+    if timeout.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "zero connect timeout",
+        ));
+    }
+    Ok(remote)
 }
 
 pub(crate) fn check_timeout(timeout: Option<Duration>) -> io::Result<()> {

@@ -25,7 +25,7 @@
 use super::Stack;
 use super::listener::{DEFAULT_BACKLOG, ListenHandle};
 use super::shared::{READER, WRITER};
-use super::stream::Handle;
+use super::stream::{Handle, connect_target};
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use std::future::poll_fn;
 use std::io;
@@ -56,7 +56,7 @@ impl TcpStream {
         Err(last.unwrap_or_else(|| io::ErrorKind::InvalidInput.into()))
     }
 
-    /// Opens a connection to `addr`, waiting at most `timeout`. It fails with
+    /// Opens a connection to `addr`, waiting at most `timeout` (not zero). It fails with
     /// [`io::ErrorKind::TimedOut`] after it, [`io::ErrorKind::ConnectionRefused`] on a
     /// RST, [`io::ErrorKind::HostUnreachable`] when the next hop does not answer ARP,
     /// the kernel finds the neighbour gone (shared-IP mode), or a router says so.
@@ -66,13 +66,7 @@ impl TcpStream {
         addr: &SocketAddr,
         timeout: Duration,
     ) -> io::Result<TcpStream> {
-        let SocketAddr::V4(remote) = *addr else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the stack speaks IPv4 only",
-            ));
-        };
-        Self::open(stack, remote, timeout).await
+        Self::open(stack, connect_target(addr, timeout)?, timeout).await
     }
 
     async fn open(stack: &Stack, remote: SocketAddrV4, timeout: Duration) -> io::Result<Self> {

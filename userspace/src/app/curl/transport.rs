@@ -244,7 +244,9 @@ impl Io {
         let connect_deadline = started + connect_timeout;
         let until = deadline.map_or(connect_deadline, |d| d.min(connect_deadline));
         let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
-        let connecting = TcpStream::connect_timeout(&stack, &addr, connect_timeout);
+        // The library's own limit backs up `until` (which a zero timeout passes at once).
+        let limit = connect_timeout.max(Duration::from_millis(1));
+        let connecting = TcpStream::connect_timeout(&stack, &addr, limit);
         let connect_timed_out = || {
             // The time it really took, as curl reports it.
             fail(
@@ -255,7 +257,10 @@ impl Io {
                 ),
             )
         };
-        let tcp = match self.within(Some(until), connecting).await {
+        // The library ends the connect at its own limit (as a timeout, or with what
+        // went wrong: no ARP reply); `-m` when it comes first.
+        let outer = deadline.filter(|d| *d < connect_deadline);
+        let tcp = match self.within(outer, connecting).await {
             Ok(Ok(tcp)) => tcp,
             // TCP's own answer (refused, reset, unreachable, its SYNs given up on).
             Ok(Err(e)) if e.get_ref().is_some_and(|inner| inner.is::<TcpError>()) => {
