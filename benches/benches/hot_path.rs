@@ -239,14 +239,11 @@ fn stack_benches(c: &mut Criterion) {
             let mut sent = 0;
             while moved < chunk.len() {
                 if sent < chunk.len() {
-                    sent += client.send(id, &chunk[sent..]).unwrap();
+                    sent += client.try_send(id, &chunk[sent..]).unwrap_or(0);
                 }
                 client.poll(now, &mut da);
                 server.poll(now, &mut db);
-                while let Ok(n) = server.recv(sid, &mut sink) {
-                    if n == 0 {
-                        break;
-                    }
+                while let Ok(n) = server.try_recv(sid, &mut sink) {
                     moved += n;
                 }
                 now = now + Duration::from_micros(5);

@@ -37,7 +37,8 @@
 //!
 //! - `cli` (default): the `userspace` command (curl, serve, bench). A library user
 //!   turns it off with `default-features = false`; the stack then needs none of clap,
-//!   rustls, indicatif or signal-hook.
+//!   rustls, indicatif, signal-hook or anyhow; setup fails with a typed
+//!   [`device::error::SetupError`].
 //! - `tokio`: the async sockets in `net::tokio`.
 //!
 //! # Layers, bottom up

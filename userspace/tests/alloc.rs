@@ -117,12 +117,9 @@ impl Side {
             && self.stack.state(id) == State::Established
         {
             if self.sends {
-                self.sent += self.stack.send(id, chunk).unwrap_or(0) as u64;
+                self.sent += self.stack.try_send(id, chunk).unwrap_or(0) as u64;
             }
-            while let Ok(n) = self.stack.recv(id, buf) {
-                if n == 0 {
-                    break;
-                }
+            while let Ok(n) = self.stack.try_recv(id, buf) {
                 self.received += n as u64;
             }
         }

@@ -4,7 +4,7 @@
 use super::runtime::Runtime;
 use super::setup::{StackArgs, open_runtime, resolve_next_hop};
 use crate::device::Device;
-use crate::stack::ConnId;
+use crate::stack::{ConnId, RecvError, SendError};
 use crate::tcp::State;
 use anyhow::{Context, anyhow, bail};
 use std::io::{Read, Write};
@@ -126,17 +126,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 let mut got = 0;
                 while got < *size {
                     if sent < *size {
-                        sent += rt
-                            .stack
-                            .send(id, &msg[sent..])
-                            .map_err(|e| anyhow!("send: {e}"))?;
+                        sent += match rt.stack.try_send(id, &msg[sent..]) {
+                            Ok(n) => n,
+                            Err(SendError::WouldBlock) => 0,
+                            Err(e) => bail!("send: {e}"),
+                        };
                     }
                     rt.idle();
                     rt.turn();
-                    got += rt
-                        .stack
-                        .recv(id, &mut back[got..])
-                        .map_err(|e| anyhow!("recv: {e}"))?;
+                    got += match rt.stack.try_recv(id, &mut back[got..]) {
+                        Ok(n) => n,
+                        Err(RecvError::WouldBlock) => 0,
+                        Err(e) => bail!("recv: {e}"),
+                    };
                     if rt.stopped() {
                         bail!("interrupted");
                     }
@@ -231,10 +233,10 @@ fn send_stack(args: &StackArgs, target: SocketAddrV4, bytes: u64) -> anyhow::Res
     rt.wait(None, |stack, _| {
         while left > 0 {
             let n = left.min(chunk.len() as u64) as usize;
-            match stack.send(id, &chunk[..n]) {
-                Ok(0) => return None,
+            match stack.try_send(id, &chunk[..n]) {
+                Ok(0) | Err(SendError::WouldBlock) => return None,
                 Ok(n) => left -= n as u64,
-                Err(e) => return Some(Err(e)),
+                Err(SendError::Connection(e)) => return Some(Err(e)),
             }
         }
         Some(Ok(()))
@@ -342,9 +344,9 @@ fn cps_stack(
                 }
                 _ => {
                     if *sent < request.len() {
-                        *sent += rt.stack.send(id, &request[*sent..]).unwrap_or(0);
+                        *sent += rt.stack.try_send(id, &request[*sent..]).unwrap_or(0);
                     }
-                    while matches!(rt.stack.recv(id, &mut buf), Ok(n) if n > 0) {}
+                    while rt.stack.try_recv(id, &mut buf).is_ok_and(|n| n > 0) {}
                     if rt.stack.connection(id).is_some_and(|c| c.at_eof()) {
                         rt.stack.close(id);
                         done += 1;

@@ -1,5 +1,6 @@
 //! The poll loop around the sans-IO stack: the clock, the device, CPU pinning, signals.
 use crate::device::Device;
+use crate::device::error::{SetupResult, bail, setup_error};
 use crate::device::pcap::PcapDevice;
 use crate::device::xdp::XdpQueues;
 use crate::stack::Stack;
@@ -331,14 +332,14 @@ impl Runtime {
 }
 
 /// Pins the calling thread to `cpu` (the poll loop busy-polls one core).
-pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+pub fn pin_to_cpu(cpu: usize) -> SetupResult<()> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let core = cores
         .into_iter()
         .find(|c| c.id == cpu)
-        .ok_or_else(|| anyhow::anyhow!("no CPU {cpu} on this machine"))?;
+        .ok_or_else(|| setup_error!("no CPU {cpu} on this machine"))?;
     if !core_affinity::set_for_current(core) {
-        anyhow::bail!("could not pin to CPU {cpu}");
+        bail!("could not pin to CPU {cpu}");
     }
     Ok(())
 }

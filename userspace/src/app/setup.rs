@@ -1,12 +1,12 @@
 //! Turns the stack flags shared by every subcommand into a running [`Runtime`].
 use super::runtime::{NetDevice, Runtime, WaitError, pin_to_cpu};
 use crate::device::holder;
+use crate::device::error::{Context, SetupResult, bail, setup_error};
 use crate::device::netinfo::{self, default_route, kernel_neighbour, provoke_kernel_arp};
 use crate::device::pcap::PcapDevice;
 use crate::device::xdp::{QueueChoice, XdpModeChoice, XdpQueues};
 use crate::stack::{AddressMode, Stack, StackConfig};
 use crate::tcp::{CongestionKind, Instant};
-use anyhow::{Context, anyhow, bail};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -76,6 +76,45 @@ pub struct StackArgs {
     /// sets it). Only the `userspace` binary can start a holder: elsewhere none lingers.
     #[cfg_attr(feature = "cli", arg(skip))]
     pub default_linger_ms: u64,
+}
+
+#[cfg(feature = "cli")]
+impl StackArgs {
+    /// A library [`crate::net::StackBuilder`] with these flags: the apps build their
+    /// stacks as any user of the library does. (`--stats` and the signals are the
+    /// apps' own business.)
+    pub fn builder(&self) -> crate::net::StackBuilder {
+        let mut b = crate::Stack::builder()
+            .congestion(self.congestion)
+            .nodelay(self.nodelay)
+            .max_connections(self.max_connections)
+            .syn_backlog(self.syn_backlog)
+            .buffer(self.buffer)
+            .idle_spin(Duration::from_micros(self.busy_poll_us))
+            .xdp_linger(self.xdp_linger_ms, self.default_linger_ms);
+        if let Some(iface) = &self.iface {
+            b = b.interface(iface.clone());
+        }
+        if let Some(ip) = self.ip {
+            b = b.ip(ip);
+        }
+        if let Some(gateway) = self.gateway {
+            b = b.gateway(gateway);
+        }
+        if let Some(cpu) = self.cpu {
+            b = b.cpu(cpu);
+        }
+        if let Some(queue) = self.queue {
+            b = b.queue(queue);
+        }
+        if let Some(mode) = self.xdp_mode {
+            b = b.xdp_mode(mode);
+        }
+        if let Some(pcap) = &self.pcap {
+            b = b.pcap(pcap.clone());
+        }
+        b
+    }
 }
 
 impl Default for StackArgs {
@@ -173,12 +212,12 @@ pub struct Plan {
 
 impl Plan {
     /// A runtime around `device`: a stack listening on the plan's ports.
-    pub fn runtime(&self, device: NetDevice) -> anyhow::Result<Runtime> {
+    pub fn runtime(&self, device: NetDevice) -> SetupResult<Runtime> {
         let mut stack = Stack::new(self.stack.clone());
         for port in &self.listen_ports {
             stack
                 .listen(*port, 4096)
-                .map_err(|e| anyhow!("listen on {port}: {e}"))?;
+                .map_err(|e| setup_error!("listen on {port}: {e}"))?;
         }
         if self.stack.mode == AddressMode::Owned {
             stack.announce();
@@ -195,7 +234,7 @@ impl Plan {
     }
 }
 
-pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Runtime> {
+pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> SetupResult<Runtime> {
     let plan = plan(args, listen_ports)?;
     if let Some(cpu) = args.cpu {
         pin_to_cpu(cpu)?;
@@ -224,7 +263,7 @@ pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Ru
     plan.runtime(device)
 }
 
-pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
+pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> SetupResult<Plan> {
     let (iface, route_gateway) = match &args.iface {
         Some(name) => (
             name.clone(),
@@ -234,7 +273,7 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
         ),
         None => {
             let (dev, gw) =
-                default_route().ok_or_else(|| anyhow!("no default route: pass --iface"))?;
+                default_route().ok_or_else(|| setup_error!("no default route: pass --iface"))?;
             (dev, Some(gw))
         }
     };
@@ -245,9 +284,9 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
     let (ip, prefix, mode) = match args.ip {
         Some(ip) => (ip, info.ipv4.map_or(24, |(_, p)| p), AddressMode::Owned),
         None => {
-            let (ip, prefix) = info
-                .ipv4
-                .ok_or_else(|| anyhow!("interface {iface} has no IPv4 address (or pass --ip)"))?;
+            let (ip, prefix) = info.ipv4.ok_or_else(|| {
+                setup_error!("interface {iface} has no IPv4 address (or pass --ip)")
+            })?;
             (ip, prefix, AddressMode::Shared)
         }
     };
@@ -310,7 +349,7 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> anyhow::Result<Plan> {
 /// Makes sure the stack knows the MAC of the next hop towards `dst`. The kernel's
 /// neighbour table is the first hint; in shared-IP mode ARP replies go to the kernel, so
 /// it is asked to resolve; in owned-IP mode the stack's own ARP requests do it.
-pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> anyhow::Result<()> {
+pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> SetupResult<()> {
     let hop = rt.stack.next_hop(dst);
     if rt.stack.arp_cache().lookup(hop).is_some() {
         return Ok(());
@@ -337,7 +376,7 @@ pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> a
                     Ok(())
                 }
                 Err(WaitError::Interrupted) => bail!("interrupted"),
-                Err(WaitError::TimedOut) => Err(anyhow!("no ARP reply from next hop {hop}")),
+                Err(WaitError::TimedOut) => Err(setup_error!("no ARP reply from next hop {hop}")),
             }
         }
         AddressMode::Owned => {
@@ -354,89 +393,67 @@ pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> a
             }) {
                 Ok(()) => Ok(()),
                 Err(WaitError::Interrupted) => bail!("interrupted"),
-                Err(WaitError::TimedOut) => Err(anyhow!("no ARP reply from next hop {hop}")),
+                Err(WaitError::TimedOut) => Err(setup_error!("no ARP reply from next hop {hop}")),
             }
         }
     }
     .context("resolving the next hop")
 }
 
-/// Shared-IP mode: the kernel resolves next hops (ARP replies go to it), and its entry
-/// may be stale: a host that went away still has its old address. While a SYN goes
-/// unanswered, the kernel is asked to use the entry again, which makes it confirm the
-/// neighbour (STALE, DELAY, PROBE, then FAILED when nobody answers, as for its own
-/// connect); a failed neighbour ends the connect as "host unreachable" (curl's exit 7),
-/// as Linux's connect() gets EHOSTUNREACH, instead of timing out.
-pub struct NeighbourWatch {
-    iface: String,
-    hop: Ipv4Addr,
-    next_check: std::time::Instant,
-    shared: bool,
-}
-
-impl NeighbourWatch {
-    /// Checks start after the first SYN retransmission (1 s), then every 500 ms.
-    pub fn new(rt: &mut Runtime, dst: Ipv4Addr) -> Self {
-        NeighbourWatch {
-            iface: rt.iface.clone(),
-            hop: rt.stack.next_hop(dst),
-            next_check: std::time::Instant::now() + Duration::from_secs(1),
-            shared: rt.stack.config().mode == AddressMode::Shared,
-        }
-    }
-
-    /// True once the kernel has given up on the next hop.
-    pub fn lost(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        if !self.shared || now < self.next_check {
-            return false;
-        }
-        self.next_check = now + Duration::from_millis(500);
-        provoke_kernel_arp(self.hop);
-        netinfo::kernel_neighbour_failed(&self.iface, self.hop)
-    }
-}
-
-/// `--stats`: every counter of the stack, the XDP program and the AF_XDP socket.
-pub fn print_stats(rt: &Runtime) {
+/// Every counter of the stack, the XDP program and the AF_XDP socket.
+pub fn stats_report(rt: &Runtime) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let xdp = rt.device.xdp();
-    eprintln!("* stack counters:");
-    eprint!("{}", rt.stack.stats);
+    let _ = writeln!(out, "* stack counters:");
+    let _ = write!(out, "{}", rt.stack.stats);
     let t = rt.stack.connection_totals();
-    eprintln!("* connections (open now: {}):", rt.stack.connection_count());
-    eprintln!("  {:<24} {}", "segments_in", t.segments_in);
-    eprintln!("  {:<24} {}", "segments_out", t.segments_out);
-    eprintln!("  {:<24} {}", "retransmits", t.retransmits);
-    eprintln!("  {:<24} {}", "fast_retransmits", t.fast_retransmits);
-    eprintln!("  {:<24} {}", "timeouts", t.timeouts);
-    eprintln!(
+    let _ = writeln!(
+        out,
+        "* connections (open now: {}):",
+        rt.stack.connection_count()
+    );
+    let _ = writeln!(out, "  {:<24} {}", "segments_in", t.segments_in);
+    let _ = writeln!(out, "  {:<24} {}", "segments_out", t.segments_out);
+    let _ = writeln!(out, "  {:<24} {}", "retransmits", t.retransmits);
+    let _ = writeln!(out, "  {:<24} {}", "fast_retransmits", t.fast_retransmits);
+    let _ = writeln!(out, "  {:<24} {}", "timeouts", t.timeouts);
+    let _ = writeln!(
+        out,
         "  {:<24} {}",
         "out_of_order_segments", t.out_of_order_segments
     );
-    eprintln!("  {:<24} {}", "challenge_acks", t.challenge_acks);
+    let _ = writeln!(out, "  {:<24} {}", "challenge_acks", t.challenge_acks);
     let s = xdp.steer_counters();
-    eprintln!(
+    let _ = writeln!(
+        out,
         "* xdp program ({} mode, sockets on queues {:?} of {}):",
         xdp.attached_mode(),
         xdp.queues(),
         xdp.interface_queues()
     );
-    eprintln!("  {:<24} {}", "steered", s.steered);
-    eprintln!("  {:<24} {}", "passed_to_kernel", s.passed);
-    eprintln!("  {:<24} {}", "no_socket", s.no_socket);
+    let _ = writeln!(out, "  {:<24} {}", "steered", s.steered);
+    let _ = writeln!(out, "  {:<24} {}", "passed_to_kernel", s.passed);
+    let _ = writeln!(out, "  {:<24} {}", "no_socket", s.no_socket);
     let f = xdp.frame_account();
-    eprintln!("* umem frames:");
-    eprintln!("  {:<24} {}", "total", f.total);
-    eprintln!("  {:<24} {}", "in_fill_ring", f.in_fill_ring);
-    eprintln!("  {:<24} {}", "awaiting_fill", f.awaiting_fill);
-    eprintln!("  {:<24} {}", "in_tx_ring", f.in_tx_ring);
-    eprintln!("  {:<24} {}", "free_for_tx", f.free_for_tx);
-    eprintln!("  {:<24} {}", "missing", f.missing());
+    let _ = writeln!(out, "* umem frames:");
+    let _ = writeln!(out, "  {:<24} {}", "total", f.total);
+    let _ = writeln!(out, "  {:<24} {}", "in_fill_ring", f.in_fill_ring);
+    let _ = writeln!(out, "  {:<24} {}", "awaiting_fill", f.awaiting_fill);
+    let _ = writeln!(out, "  {:<24} {}", "in_tx_ring", f.in_tx_ring);
+    let _ = writeln!(out, "  {:<24} {}", "free_for_tx", f.free_for_tx);
+    let _ = writeln!(out, "  {:<24} {}", "missing", f.missing());
     let (rx_dropped, rx_ring_full, fill_empty) = xdp.socket_stats();
-    eprintln!("* af_xdp sockets:");
-    eprintln!("  {:<24} {}", "rx_dropped", rx_dropped);
-    eprintln!("  {:<24} {}", "rx_ring_full", rx_ring_full);
-    eprintln!("  {:<24} {}", "rx_fill_ring_empty", fill_empty);
+    let _ = writeln!(out, "* af_xdp sockets:");
+    let _ = writeln!(out, "  {:<24} {}", "rx_dropped", rx_dropped);
+    let _ = writeln!(out, "  {:<24} {}", "rx_ring_full", rx_ring_full);
+    let _ = writeln!(out, "  {:<24} {}", "rx_fill_ring_empty", fill_empty);
+    out
+}
+
+/// `--stats`: prints [`stats_report`] on stderr.
+pub fn print_stats(rt: &Runtime) {
+    eprint!("{}", stats_report(rt));
 }
 
 /// Prints [`diagnose`]'s lines as warnings on stderr.

@@ -17,7 +17,7 @@
 //! with no instance, or when its borrower's connection closes without a word and the
 //! linger passes (a killed instance). One instance at a time: a second one is told which
 //! process has the interface.
-use anyhow::{Context, anyhow, bail};
+use crate::device::error::{Context, SetupResult, bail, setup_error};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
@@ -120,7 +120,7 @@ fn parse_pool<'a>(
 /// Asks the holder of `ifindex`, if any, for the program and its sockets (`borrow`:
 /// the caller lingers too) or to detach now (`!borrow`). `mode` is the attach mode the
 /// caller insists on.
-pub fn ask(ifindex: u32, borrow: bool, mode: Option<&'static str>) -> anyhow::Result<Answer> {
+pub fn ask(ifindex: u32, borrow: bool, mode: Option<&'static str>) -> SetupResult<Answer> {
     let Ok(mut conn) = UnixStream::connect_addr(&address(ifindex)?) else {
         return Ok(Answer::Absent);
     };
@@ -140,7 +140,7 @@ pub fn ask(ifindex: u32, borrow: bool, mode: Option<&'static str>) -> anyhow::Re
     let mut words = reply.split_whitespace();
     match (words.next(), words.next()) {
         (Some("OK"), Some(mode)) if fds.len() >= 3 => {
-            let mode = mode_name(mode).ok_or_else(|| anyhow!("holder: bad mode {mode}"))?;
+            let mode = mode_name(mode).ok_or_else(|| setup_error!("holder: bad mode {mode}"))?;
             let mut fds = fds.into_iter();
             let mut next = || fds.next().expect("three fds");
             let maps = MapFds {
@@ -189,7 +189,7 @@ pub struct Handover<'a> {
 /// Starts a holder (`exe` run with [`HOLDER_ARG`]) and hands it the program and the
 /// sockets; returns once they are in flight, so the caller may exit at once. Fails (and
 /// the caller detaches itself) when the interface's holder name is taken.
-pub fn spawn(exe: &std::path::Path, h: &Handover<'_>) -> anyhow::Result<()> {
+pub fn spawn(exe: &std::path::Path, h: &Handover<'_>) -> SetupResult<()> {
     // Bound here, before this process lets go of the program: from now on a new
     // instance finds the holder (its connection waits in the backlog until the holder
     // accepts), never an attached program with nobody to ask.
@@ -338,7 +338,7 @@ pub fn run() -> i32 {
     }
 }
 
-fn hold() -> anyhow::Result<()> {
+fn hold() -> SetupResult<()> {
     // SAFETY: setsid, signal with SIG_IGN and prctl(PR_SET_NAME) with a NUL-terminated
     // name have no memory preconditions. A new session keeps the holder out of its
     // starter's terminal signals (^C after the command ended); SIGTERM still ends it,
@@ -365,8 +365,8 @@ fn hold() -> anyhow::Result<()> {
     else {
         bail!("bad hand-over");
     };
-    let mode = mode_name(mode).ok_or_else(|| anyhow!("bad mode"))?;
-    let linger = Duration::from_millis(linger.parse()?);
+    let mode = mode_name(mode).ok_or_else(|| setup_error!("bad mode"))?;
+    let linger = Duration::from_millis(linger.parse().context("the linger argument")?);
     if fds.len() < 5 {
         bail!("hand-over without the program");
     }

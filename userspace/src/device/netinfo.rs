@@ -1,7 +1,7 @@
 //! What the host knows about an interface: MAC, MTU, state, IPv4 address, default route
 //! and neighbours. Read from /sys, /proc and iproute2, never written.
+use crate::device::error::{Context, SetupResult, bail, setup_error};
 use crate::wire::MacAddr;
-use anyhow::{Context, anyhow, bail};
 use std::net::Ipv4Addr;
 use std::process::Command;
 
@@ -34,7 +34,7 @@ pub fn parse_mac(s: &str) -> Option<MacAddr> {
 }
 
 /// Reads what the host knows about interface `name` (an error if there is none).
-pub fn interface(name: &str) -> anyhow::Result<InterfaceInfo> {
+pub fn interface(name: &str) -> SetupResult<InterfaceInfo> {
     let sys = format!("/sys/class/net/{name}");
     if name.is_empty() || name.contains('/') || !std::path::Path::new(&sys).exists() {
         bail!("unknown interface {name:?}");
@@ -43,7 +43,7 @@ pub fn interface(name: &str) -> anyhow::Result<InterfaceInfo> {
         std::fs::read_to_string(format!("{sys}/{f}")).with_context(|| format!("reading {sys}/{f}"))
     };
     let mac = parse_mac(&read("address")?)
-        .ok_or_else(|| anyhow!("interface {name} has no Ethernet address"))?;
+        .ok_or_else(|| setup_error!("interface {name} has no Ethernet address"))?;
     let mtu = read("mtu")?.trim().parse().unwrap_or(1500);
     let flags =
         u32::from_str_radix(read("flags")?.trim().trim_start_matches("0x"), 16).unwrap_or(0);
@@ -166,7 +166,7 @@ fn ifindex_name(ifindex: u32) -> Option<String> {
 
 /// The first IPv4 address of `name` and its prefix length, from getifaddrs(3): no
 /// process to spawn, which matters for start-up time.
-fn ipv4_address(name: &str) -> anyhow::Result<Option<(Ipv4Addr, u8)>> {
+fn ipv4_address(name: &str) -> SetupResult<Option<(Ipv4Addr, u8)>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head into `list`; it is freed below.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {

@@ -1,6 +1,7 @@
 //! `--pcap FILE`: wraps a device and records every frame received and sent, in the
 //! classic pcap format that tshark and Wireshark read.
 use super::Device;
+use crate::device::error::{SetupResult, setup_error};
 use crate::wire::MacAddr;
 use pcap_file::DataLink;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
@@ -17,9 +18,9 @@ pub struct PcapDevice<D: Device> {
 
 impl<D: Device> PcapDevice<D> {
     /// Records the traffic of `inner` to a new pcap file at `path`.
-    pub fn create(inner: D, path: &std::path::Path) -> anyhow::Result<Self> {
+    pub fn create(inner: D, path: &std::path::Path) -> SetupResult<Self> {
         let file = File::create(path)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+            .map_err(|e| setup_error!("cannot create {}: {e}", path.display()))?;
         let header = PcapHeader {
             datalink: DataLink::ETHERNET,
             snaplen: 65535,

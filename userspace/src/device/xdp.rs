@@ -7,7 +7,7 @@
 use super::Device;
 use super::xsk::XskSocket;
 use crate::wire::MacAddr;
-use anyhow::{Context, anyhow, bail};
+use crate::device::error::{Context, SetupError, SetupResult, bail, setup_error};
 use aya::maps::{Array, Map, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -186,12 +186,12 @@ pub struct SocketStats {
 
 /// Why a bind failed: a queue still held by a socket being released, or anything else.
 enum BindError {
-    Busy(anyhow::Error),
-    Other(anyhow::Error),
+    Busy(SetupError),
+    Other(SetupError),
 }
 
-impl From<anyhow::Error> for BindError {
-    fn from(e: anyhow::Error) -> Self {
+impl From<SetupError> for BindError {
+    fn from(e: SetupError) -> Self {
         BindError::Other(e)
     }
 }
@@ -228,28 +228,31 @@ pub struct XdpProgram {
     loan: Option<std::os::unix::net::UnixStream>,
     /// Hand the program to a holder at exit, which keeps it attached this long.
     linger: Option<std::time::Duration>,
+    /// The listening ports of each set of queues (stacks sharing the interface share
+    /// the program): the program steers them all.
+    listening: std::collections::HashMap<usize, Vec<u16>>,
 }
 
 /// The program shared by the sockets of every queue.
 pub type SharedProgram = std::sync::Arc<std::sync::Mutex<XdpProgram>>;
 
 /// The error for an interface whose program process `pid` is using.
-fn in_use_by(iface: &str, pid: u32) -> anyhow::Error {
+fn in_use_by(iface: &str, pid: u32) -> SetupError {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    anyhow!(
+    setup_error!(
         "interface {iface} is already in use by process {pid} ({}): only one XDP program can attach to an interface; stop it, or run on another interface",
         comm.trim()
     )
 }
 
 /// A typed map over `fd`.
-fn map_from_fd<M: TryFrom<Map, Error = aya::maps::MapError>>(fd: &OwnedFd) -> anyhow::Result<M> {
+fn map_from_fd<M: TryFrom<Map, Error = aya::maps::MapError>>(fd: &OwnedFd) -> SetupResult<M> {
     let data = MapData::from_fd(fd.try_clone()?)?;
     Ok(M::try_from(Map::from_map_data(data)?)?)
 }
 
 /// The fd of map `name` of a loaded object.
-fn object_map_fd(ebpf: &aya::Ebpf, name: &str) -> anyhow::Result<OwnedFd> {
+fn object_map_fd(ebpf: &aya::Ebpf, name: &str) -> SetupResult<OwnedFd> {
     let data = match ebpf.map(name) {
         Some(Map::XskMap(d) | Map::Array(d) | Map::PerCpuArray(d)) => d,
         _ => bail!("map {name} missing from the XDP object"),
@@ -259,7 +262,7 @@ fn object_map_fd(ebpf: &aya::Ebpf, name: &str) -> anyhow::Result<OwnedFd> {
 
 /// Writes an all-zero (disabled) steering config into the config map `config`: the
 /// program passes everything to the kernel.
-pub(super) fn disable_steering(config: std::os::fd::BorrowedFd<'_>) -> anyhow::Result<()> {
+pub(super) fn disable_steering(config: std::os::fd::BorrowedFd<'_>) -> SetupResult<()> {
     let mut map: Array<MapData, PodSteerConfig> = map_from_fd(&config.try_clone_to_owned()?)?;
     map.set(0, PodSteerConfig(SteerConfig::default()), 0)?;
     Ok(())
@@ -306,7 +309,7 @@ impl XdpProgram {
     /// Checks the setup, loads the program and attaches it through a BPF link. Nothing
     /// is steered until [`XdpProgram::enable`]. A lingering holder of an earlier
     /// command's program (see [`super::holder`]) is asked to detach first.
-    pub fn load(interface: &str, mode: Option<XdpModeChoice>) -> anyhow::Result<SharedProgram> {
+    pub fn load(interface: &str, mode: Option<XdpModeChoice>) -> SetupResult<SharedProgram> {
         XdpProgram::load_on(&super::netinfo::interface(interface)?, mode, None)
     }
 
@@ -316,7 +319,7 @@ impl XdpProgram {
         info: &super::netinfo::InterfaceInfo,
         mode: Option<XdpModeChoice>,
         linger: std::time::Duration,
-    ) -> anyhow::Result<Option<(SharedProgram, Vec<PooledSocket>)>> {
+    ) -> SetupResult<Option<(SharedProgram, Vec<PooledSocket>)>> {
         let wanted = mode.map(|m| match m {
             XdpModeChoice::Native => "native",
             XdpModeChoice::Skb => "skb",
@@ -355,7 +358,7 @@ impl XdpProgram {
         info: &super::netinfo::InterfaceInfo,
         mode: Option<XdpModeChoice>,
         linger: Option<std::time::Duration>,
-    ) -> anyhow::Result<SharedProgram> {
+    ) -> SetupResult<SharedProgram> {
         if XDP_OBJECT.is_empty() {
             bail!("the eBPF object is missing: run `cargo xtask build-ebpf`, then rebuild");
         }
@@ -389,7 +392,7 @@ impl XdpProgram {
                 let program: &mut Xdp = ebpf
                     .program_mut(xdp_ebpf::PROGRAM_NAME)
                     .ok_or_else(|| {
-                        anyhow!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME)
+                        setup_error!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME)
                     })?
                     .try_into()?;
                 program
@@ -429,20 +432,20 @@ impl XdpProgram {
         ebpf: &aya::Ebpf,
         info: &super::netinfo::InterfaceInfo,
         mode: Option<XdpModeChoice>,
-    ) -> anyhow::Result<(OwnedFd, &'static str)> {
+    ) -> SetupResult<(OwnedFd, &'static str)> {
         let iface = info.name.as_str();
         let program: &Xdp = ebpf
             .program(xdp_ebpf::PROGRAM_NAME)
-            .ok_or_else(|| anyhow!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME))?
+            .ok_or_else(|| setup_error!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME))?
             .try_into()?;
         let attach = |mode: XdpMode| {
             create_xdp_link(program, info.ifindex, mode).map_err(|e| {
                 // One XDP program per interface: name whoever holds it.
                 match super::netinfo::xdp_holder(info.ifindex) {
-                    Some(holder) => anyhow!(
+                    Some(holder) => setup_error!(
                         "interface {iface} is already in use by {holder}: only one XDP program can attach to an interface; stop it, or run on another interface"
                     ),
-                    None => anyhow!(e).context(format!("attaching XDP to {iface}")),
+                    None => SetupError::new(format!("attaching XDP to {iface}"), e),
                 }
             })
         };
@@ -486,7 +489,7 @@ impl XdpProgram {
         link: Option<OwnedFd>,
         loan: Option<std::os::unix::net::UnixStream>,
         linger: Option<std::time::Duration>,
-    ) -> anyhow::Result<XdpProgram> {
+    ) -> SetupResult<XdpProgram> {
         Ok(XdpProgram {
             xsks: map_from_fd(&map_fds[0])?,
             config: map_from_fd(&map_fds[1])?,
@@ -499,6 +502,7 @@ impl XdpProgram {
             link,
             loan,
             linger,
+            listening: std::collections::HashMap::new(),
         })
     }
 
@@ -517,7 +521,7 @@ impl XdpProgram {
         }
     }
 
-    fn register(&mut self, queue: u32, fd: std::os::fd::RawFd) -> anyhow::Result<()> {
+    fn register(&mut self, queue: u32, fd: std::os::fd::RawFd) -> SetupResult<()> {
         self.xsks
             .set(queue, fd, 0)
             .context("registering the AF_XDP socket in the XSKMAP")?;
@@ -525,7 +529,7 @@ impl XdpProgram {
     }
 
     /// Writes the steering config: from now on the program steers the stack's packets.
-    pub fn enable(&mut self, steer: SteerConfig) -> anyhow::Result<()> {
+    pub fn enable(&mut self, steer: SteerConfig) -> SetupResult<()> {
         let mut steer = steer;
         steer.enabled = 1;
         self.config
@@ -534,18 +538,30 @@ impl XdpProgram {
         Ok(())
     }
 
-    /// Replaces the listening ports steered to the stack in shared-IP mode, so that a
-    /// listener opened after start-up gets its SYNs. The rest of the config stays.
-    pub fn set_listen_ports(&mut self, ports: &[u16]) -> anyhow::Result<()> {
-        if ports.len() > xdp_ebpf::MAX_LISTEN_PORTS {
+    /// Replaces the listening ports of `owner` (one set of queues, one stack) steered
+    /// to the stacks in shared-IP mode, so that a listener opened after start-up gets
+    /// its SYNs: the program steers the ports of every owner. The rest of the config
+    /// stays.
+    pub fn set_listen_ports(&mut self, owner: usize, ports: &[u16]) -> SetupResult<()> {
+        let mut all: Vec<u16> = self
+            .listening
+            .iter()
+            .filter(|(o, _)| **o != owner)
+            .flat_map(|(_, p)| p.iter().copied())
+            .chain(ports.iter().copied())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        if all.len() > xdp_ebpf::MAX_LISTEN_PORTS {
             bail!("at most {} listening ports", xdp_ebpf::MAX_LISTEN_PORTS);
         }
+        self.listening.insert(owner, ports.to_vec());
         let PodSteerConfig(mut steer) = self
             .config
             .get(&0, 0)
             .context("reading the steering config")?;
         steer.listen_ports = [0; xdp_ebpf::MAX_LISTEN_PORTS];
-        steer.listen_ports[..ports.len()].copy_from_slice(ports);
+        steer.listen_ports[..all.len()].copy_from_slice(&all);
         self.config
             .set(0, PodSteerConfig(steer), 0)
             .context("writing the steering config")?;
@@ -628,7 +644,7 @@ impl XdpDevice {
         iface: &super::netinfo::InterfaceInfo,
         queue: u32,
         queues: u32,
-    ) -> anyhow::Result<Self> {
+    ) -> SetupResult<Self> {
         // The kernel releases a closed socket's hold on its queue a while after the
         // close returns (two RCU grace periods): a stack started right after another
         // one ended may find the queue still busy (EBUSY) for tens of milliseconds.
@@ -653,10 +669,10 @@ impl XdpDevice {
         let socket = XskSocket::create(iface.ifindex, queue, ring_size, FRAME_SIZE, bind_flags())
             .map_err(|e| {
             let busy = e.raw_os_error() == Some(libc::EBUSY);
-            let error = anyhow::Error::new(e).context(format!(
-                "binding an AF_XDP socket to {} queue {queue}",
-                iface.name
-            ));
+            let error = SetupError::new(
+                format!("binding an AF_XDP socket to {} queue {queue}", iface.name),
+                e,
+            );
             if busy {
                 BindError::Busy(error)
             } else {
@@ -670,7 +686,7 @@ impl XdpDevice {
     pub fn adopt(
         iface: &super::netinfo::InterfaceInfo,
         pooled: PooledSocket,
-    ) -> anyhow::Result<Self> {
+    ) -> SetupResult<Self> {
         let queue = pooled.queue;
         let socket = XskSocket::adopt(pooled.fd, pooled.memfd, pooled.ring_size, FRAME_SIZE)
             .with_context(|| format!("taking over the AF_XDP socket of queue {queue}"))?;
@@ -684,7 +700,7 @@ impl XdpDevice {
         iface: &super::netinfo::InterfaceInfo,
         queue: u32,
         mut socket: XskSocket,
-    ) -> anyhow::Result<Self> {
+    ) -> SetupResult<Self> {
         let ring_size = socket.ring_size as usize;
         let total_frames = socket.frames as usize;
         // Every frame in no ring is ours: up to a ring's worth goes to the fill ring
@@ -949,7 +965,12 @@ pub struct XdpQueues {
     pub report_program_counters: bool,
     /// One `pollfd` per socket, for [`XdpQueues::wait_for_frames`] (made once).
     pollfds: Vec<libc::pollfd>,
+    /// Names this set of queues to the program (its listening ports).
+    owner: usize,
 }
+
+/// The next [`XdpQueues::owner`].
+static NEXT_OWNER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl XdpQueues {
     /// Loads and attaches the program, binds the queues `choice` names, then enables
@@ -966,7 +987,7 @@ impl XdpQueues {
         choice: QueueChoice,
         steer: SteerConfig,
         linger: Option<std::time::Duration>,
-    ) -> anyhow::Result<Self> {
+    ) -> SetupResult<Self> {
         let info = super::netinfo::interface(interface)?;
         let count = super::netinfo::rx_queue_count(interface).min(MAX_QUEUES);
         let wanted = queues_for(interface, count, choice)?;
@@ -977,7 +998,7 @@ impl XdpQueues {
             let fits = pool
                 .iter()
                 .all(|p| wanted.contains(&p.queue) && p.ring_size == ring_size);
-            let taken_over = fits.then(|| -> anyhow::Result<XdpQueues> {
+            let taken_over = fits.then(|| -> SetupResult<XdpQueues> {
                 let mut devices = Vec::with_capacity(wanted.len());
                 let mut pool = pool;
                 for &q in &wanted {
@@ -1011,7 +1032,7 @@ impl XdpQueues {
                 wanted
                     .iter()
                     .map(|&q| XdpDevice::bind(info, q, wanted.len() as u32))
-                    .collect::<anyhow::Result<Vec<XdpDevice>>>()
+                    .collect::<SetupResult<Vec<XdpDevice>>>()
             });
             let program = XdpProgram::load_on(info, mode, linger);
             let devices = binds
@@ -1040,17 +1061,17 @@ impl XdpQueues {
     }
 
     /// One socket per queue in `queues` for an already loaded program.
-    pub fn bind(program: &SharedProgram, queues: &[u32]) -> anyhow::Result<Self> {
+    pub fn bind(program: &SharedProgram, queues: &[u32]) -> SetupResult<Self> {
         let info = super::netinfo::interface(&lock(program).interface)?;
         let devices = queues
             .iter()
             .map(|&q| XdpDevice::bind(&info, q, queues.len() as u32))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<SetupResult<Vec<_>>>()?;
         XdpQueues::register(program, devices)
     }
 
     /// Puts each socket in the program's XSKMAP slot of its queue.
-    fn register(program: &SharedProgram, devices: Vec<XdpDevice>) -> anyhow::Result<Self> {
+    fn register(program: &SharedProgram, devices: Vec<XdpDevice>) -> SetupResult<Self> {
         if devices.is_empty() {
             bail!("no RX queue to bind");
         }
@@ -1070,6 +1091,7 @@ impl XdpQueues {
             program: program.clone(),
             report_program_counters: true,
             pollfds,
+            owner: NEXT_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -1097,9 +1119,9 @@ impl XdpQueues {
         self.program().rx_queues
     }
 
-    /// See [`XdpProgram::set_listen_ports`].
-    pub fn set_listen_ports(&self, ports: &[u16]) -> anyhow::Result<()> {
-        self.program().set_listen_ports(ports)
+    /// The listening ports of this set of queues; see [`XdpProgram::set_listen_ports`].
+    pub fn set_listen_ports(&self, ports: &[u16]) -> SetupResult<()> {
+        self.program().set_listen_ports(self.owner, ports)
     }
 
     /// Packets for the stack dropped on queues without a socket: (queue, count).
@@ -1214,7 +1236,7 @@ impl Drop for XdpQueues {
 }
 
 /// The queues of an attached program's interface to bind for `choice`.
-pub fn choose_queues(program: &SharedProgram, choice: QueueChoice) -> anyhow::Result<Vec<u32>> {
+pub fn choose_queues(program: &SharedProgram, choice: QueueChoice) -> SetupResult<Vec<u32>> {
     let (iface, count) = {
         let p = lock(program);
         (p.interface.clone(), p.rx_queues)
@@ -1223,7 +1245,7 @@ pub fn choose_queues(program: &SharedProgram, choice: QueueChoice) -> anyhow::Re
 }
 
 /// The queues to bind for `choice` on `iface` with `count` RX queues.
-fn queues_for(iface: &str, count: u32, choice: QueueChoice) -> anyhow::Result<Vec<u32>> {
+fn queues_for(iface: &str, count: u32, choice: QueueChoice) -> SetupResult<Vec<u32>> {
     match choice {
         QueueChoice::All => Ok((0..count).collect()),
         QueueChoice::Only(q) if q >= count => {
@@ -1264,7 +1286,7 @@ impl Device for XdpQueues {
 /// a thread of its own whose root directory is /proc, where that path does not exist;
 /// the thread ends there and nothing else sees the change. If that fails, the loader
 /// parses the file as usual.
-fn load_object_without_kernel_btf() -> anyhow::Result<aya::Ebpf> {
+fn load_object_without_kernel_btf() -> SetupResult<aya::Ebpf> {
     let mut loader = std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -1273,12 +1295,12 @@ fn load_object_without_kernel_btf() -> anyhow::Result<aya::Ebpf> {
                 aya::EbpfLoader::new()
             })
             .join()
-            .map_err(|_| anyhow!("the XDP loader thread panicked"))
+            .map_err(|_| setup_error!("the XDP loader thread panicked"))
     })?;
     loader
         .btf(None)
         .load(XDP_OBJECT)
-        .map_err(anyhow::Error::from)
+        .context("parsing the XDP object")
 }
 
 /// Gives the calling thread a root directory without /sys/kernel/btf/vmlinux. Other

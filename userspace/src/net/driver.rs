@@ -2,7 +2,7 @@
 //! turns the loop, and keeps the handles' shared state in step with the stack.
 use super::shared::{Command, Conn, Failure, Listener, Phase};
 use crate::app::runtime::Runtime;
-use crate::device::netinfo::{kernel_neighbour, provoke_kernel_arp};
+use crate::device::netinfo::{kernel_neighbour, kernel_neighbour_failed, provoke_kernel_arp};
 use crate::stack::{AddressMode, ConnId};
 use crate::tcp::{Instant, State, TcpError};
 use std::collections::HashMap;
@@ -37,6 +37,21 @@ pub(crate) struct LoopOptions {
     pub linger: Duration,
 }
 
+/// How long a SYN goes unanswered before the kernel is asked to confirm a next hop
+/// it knows (shared-IP mode), and how often after that.
+const NEIGHBOUR_CHECK_AFTER: Duration = Duration::from_secs(1);
+const NEIGHBOUR_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// A connect in progress.
+struct Connecting {
+    id: ConnId,
+    /// When it fails with `TimedOut`.
+    deadline: Instant,
+    /// Its next hop, and when the kernel is next asked whether that neighbour is alive.
+    hop: Ipv4Addr,
+    neighbour_check: Instant,
+}
+
 /// A next hop whose MAC the stack does not know yet.
 struct Resolving {
     hop: Ipv4Addr,
@@ -54,10 +69,12 @@ pub(crate) struct Driver {
     accepted: Vec<Arc<Conn>>,
     scratch: Vec<u8>,
     resolving: Vec<Resolving>,
-    connecting: Vec<(ConnId, Instant)>,
+    connecting: Vec<Connecting>,
     /// Connections whose handles are gone and whose FIN is queued: the stack finishes
     /// them on its own, and a shutdown waits for them (up to the linger time).
     lingering: Vec<ConnId>,
+    /// Ports no longer listened on, still steered while connections on them remain.
+    draining_ports: Vec<u16>,
     next_check: Instant,
     /// When the loop last had work.
     last_busy: Instant,
@@ -83,6 +100,7 @@ impl Driver {
             resolving: Vec::new(),
             connecting: Vec::new(),
             lingering: Vec::new(),
+            draining_ports: Vec::new(),
             next_check: Instant::ZERO,
             last_busy: Instant::ZERO,
             options,
@@ -91,33 +109,61 @@ impl Driver {
 
     /// Turns until the last handle is gone or [`super::Stack::shutdown`] is called.
     pub(crate) fn run(mut self) {
-        if let Some(gateway) = self.rt.stack.config().gateway {
-            self.learn_from_kernel(gateway);
-        }
+        self.start();
         // The handles' commands come through a channel that poll(2) does not watch:
         // the runtime itself never sleeps here; this loop's own idle policy does.
         self.rt.busy_poll = Duration::MAX;
-        while !self.shutdown.load(Ordering::Relaxed) {
-            let mut busy = self.commands();
-            busy |= self.rt.turn() > 0;
-            busy |= self.sync_ready();
-            busy |= self.accept();
-            let now = self.rt.turn_time();
-            if now >= self.next_check {
-                self.next_check = now + CHECK_EVERY;
-                self.check(now);
-            }
-            if busy {
-                self.last_busy = now;
-            } else if !self.options.busy_poll
-                && now.saturating_since(self.last_busy) >= IDLE_BEFORE_SLEEP
-            {
-                std::thread::sleep(IDLE_SLEEP);
-            } else {
-                self.rt.idle();
+        while !self.stopping() {
+            if !self.turn() {
+                self.rest();
             }
         }
         self.finish();
+    }
+
+    /// Before the first turn: the gateway's address from the kernel, if it has it.
+    pub(crate) fn start(&mut self) {
+        if let Some(gateway) = self.rt.stack.config().gateway {
+            self.learn_from_kernel(gateway);
+        }
+    }
+
+    /// Whether the loop was told to stop, or every handle is gone.
+    pub(crate) fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// One turn: the handles' commands, a batch received and sent, the handles told;
+    /// true if there was work.
+    pub(crate) fn turn(&mut self) -> bool {
+        let mut busy = self.commands();
+        busy |= self.rt.turn() > 0;
+        busy |= self.sync_ready();
+        busy |= self.accept();
+        let now = self.rt.turn_time();
+        if now >= self.next_check {
+            self.next_check = now + CHECK_EVERY;
+            self.check(now);
+        }
+        if busy {
+            self.last_busy = now;
+        }
+        busy
+    }
+
+    /// After a turn without work: the loop's idle policy.
+    pub(crate) fn rest(&mut self) {
+        let now = self.rt.turn_time();
+        if !self.options.busy_poll && now.saturating_since(self.last_busy) >= IDLE_BEFORE_SLEEP {
+            std::thread::sleep(IDLE_SLEEP);
+        } else {
+            self.rt.idle();
+        }
+    }
+
+    /// The runtime, between two turns.
+    pub(crate) fn runtime(&mut self) -> &mut Runtime {
+        &mut self.rt
     }
 
     /// Syncs the connections the stack has news for; true if there were any.
@@ -176,7 +222,12 @@ impl Driver {
                     st.local = c.local();
                 }
                 self.conns.insert(id, conn.clone());
-                self.connecting.push((id, now + timeout));
+                self.connecting.push(Connecting {
+                    id,
+                    deadline: now + timeout,
+                    hop,
+                    neighbour_check: now + NEIGHBOUR_CHECK_AFTER,
+                });
                 if self.rt.stack.arp_cache().lookup(hop).is_none()
                     && self.rt.stack.config().mode == AddressMode::Shared
                     && !self.resolving.iter().any(|r| r.hop == hop)
@@ -217,6 +268,7 @@ impl Driver {
                 .map_err(Failure::Stack)
         };
         let result = result.and_then(|()| {
+            self.draining_ports.retain(|&p| p != port);
             self.listeners.insert(port, listener.clone());
             self.steer_listeners().inspect_err(|_| {
                 self.rt.stack.unlisten(port);
@@ -228,12 +280,15 @@ impl Driver {
         listener.shared.notify(&mut st);
     }
 
-    /// Shared-IP mode: the XDP program steers exactly the listening ports to us.
+    /// Shared-IP mode: the XDP program steers the listening ports to us, and the ports
+    /// no longer listened on that still have connections (their segments must keep
+    /// coming to us, or the kernel would reset them).
     fn steer_listeners(&mut self) -> Result<(), Failure> {
         if self.rt.stack.config().mode != AddressMode::Shared {
             return Ok(());
         }
-        let ports: Vec<u16> = self.listeners.keys().copied().collect();
+        let mut ports: Vec<u16> = self.listeners.keys().copied().collect();
+        ports.extend(&self.draining_ports);
         self.rt.device.xdp().set_listen_ports(&ports).map_err(|e| {
             tracing::warn!("steering listening ports {ports:?}: {e:#}");
             Failure::Steering
@@ -251,6 +306,9 @@ impl Driver {
         }
         self.listeners.remove(&port);
         self.rt.stack.unlisten(port);
+        if !self.draining_ports.contains(&port) {
+            self.draining_ports.push(port);
+        }
         let _ = self.steer_listeners();
         let queued: Vec<Arc<Conn>> = listener.shared.lock().queue.drain(..).collect();
         for conn in queued {
@@ -306,29 +364,64 @@ impl Driver {
         false
     }
 
-    /// Connect deadlines, next hops being resolved, lingering connections.
+    /// Connect deadlines, next hops being resolved, lingering connections, ports no
+    /// longer listened on whose last connection is gone.
     fn check(&mut self, now: Instant) {
         self.prune_lingering();
+        if !self.draining_ports.is_empty() {
+            let before = self.draining_ports.len();
+            let (stack, conns, lingering) = (&self.rt.stack, &self.conns, &self.lingering);
+            self.draining_ports.retain(|&port| {
+                conns.values().any(|c| c.shared.lock().local.port() == port)
+                    || lingering.iter().any(|&id| {
+                        stack
+                            .connection(id)
+                            .is_some_and(|c| c.local().port() == port)
+                    })
+            });
+            if self.draining_ports.len() != before {
+                let _ = self.steer_listeners();
+            }
+        }
+        let iface = self.rt.iface.clone();
         let stack = &mut self.rt.stack;
+        let shared_ip = stack.config().mode == AddressMode::Shared;
         let conns = &self.conns;
-        self.connecting.retain(|&(id, deadline)| {
-            let Some(conn) = conns.get(&id) else {
+        self.connecting.retain_mut(|c| {
+            let Some(conn) = conns.get(&c.id) else {
                 return false;
             };
             let mut st = conn.shared.lock();
             if st.phase != Phase::Connecting {
                 return false;
             }
-            if now < deadline {
+            let failure = if now >= c.deadline {
+                if stack.arp_cache().lookup(c.hop).is_none() {
+                    // The SYN never left: the next hop did not answer ARP in time.
+                    Failure::NoArpReply(c.hop)
+                } else {
+                    Failure::ConnectTimeout
+                }
+            } else if shared_ip && now >= c.neighbour_check && stack.state(c.id) == State::SynSent {
+                // Shared-IP mode takes next hops from the kernel's neighbour table,
+                // which may hold a host that went away. Using the entry makes the
+                // kernel confirm it; once it has failed, the connect ends as the
+                // kernel's own does, "host unreachable", instead of timing out.
+                c.neighbour_check = now + NEIGHBOUR_CHECK_EVERY;
+                provoke_kernel_arp(c.hop);
+                if !kernel_neighbour_failed(&iface, c.hop) {
+                    return true;
+                }
+                Failure::Tcp(TcpError::HostUnreachable)
+            } else {
                 return true;
-            }
-            stack.abort(id);
-            st.failure = Some(Failure::Tcp(TcpError::TimedOut));
+            };
+            stack.abort(c.id);
+            st.failure = Some(failure);
             st.phase = Phase::Closed;
             conn.shared.notify(&mut st);
             false
         });
-        let iface = self.rt.iface.clone();
         let stack = &mut self.rt.stack;
         self.resolving.retain_mut(|r| {
             if stack.arp_cache().lookup(r.hop).is_some() {
@@ -358,6 +451,24 @@ impl Driver {
         let mut changed = false;
         if std::mem::take(&mut st.nodelay_changed) {
             stack.set_nodelay(id, st.nodelay);
+        }
+        if std::mem::take(&mut st.keepalive_changed) {
+            // RFC 1122 4.2.3.6; 9 probes, as Linux.
+            if let Some(every) = st.keepalive {
+                stack.set_keepalive_params(id, every, every, 9);
+            }
+            stack.set_keepalive(id, st.keepalive.is_some());
+        }
+        if st.abort {
+            stack.abort(id);
+            stack.release(id);
+            st.failure.get_or_insert(Failure::Tcp(TcpError::Closed));
+            st.phase = Phase::Closed;
+            st.id = None;
+            conn.shared.notify(&mut st);
+            drop(st);
+            self.conns.remove(&id);
+            return;
         }
         while !st.tx.is_empty() {
             let (front, _) = st.tx.as_slices();
@@ -402,7 +513,16 @@ impl Driver {
         if let Some(e) = ev.error
             && st.failure.is_none()
         {
-            st.failure = Some(Failure::Tcp(e));
+            let hop = stack.next_hop(*st.remote.ip());
+            st.failure = Some(match e {
+                // The stack gave up on ARP for the next hop while connecting.
+                TcpError::HostUnreachable
+                    if st.phase == Phase::Connecting && stack.arp_cache().lookup(hop).is_none() =>
+                {
+                    Failure::NoArpReply(hop)
+                }
+                e => Failure::Tcp(e),
+            });
             changed = true;
         }
         if ev.closed && st.phase != Phase::Closed {
@@ -438,12 +558,10 @@ impl Driver {
         !self.lingering.is_empty() || self.conns.values().any(|c| c.shared.lock().dropped)
     }
 
-    /// The loop stops. Listeners go first. Connections whose handles were dropped get
-    /// up to the linger time to send what they still have (as the kernel keeps sending
-    /// for a closed socket). Then the connections still open are closed with FIN if
-    /// they have nothing left to send, reset otherwise, and their handles woken with an
-    /// error.
-    fn finish(mut self) {
+    /// Listeners stop, and connections whose handles were dropped get up to the linger
+    /// time to send what they still have (as the kernel keeps sending for a closed
+    /// socket).
+    pub(crate) fn linger(&mut self) {
         for (port, listener) in self.listeners.drain() {
             self.rt.stack.unlisten(port);
             let mut st = listener.shared.lock();
@@ -465,6 +583,13 @@ impl Driver {
             self.sync_ready();
             self.rt.idle();
         }
+    }
+
+    /// The loop stops. First [`Driver::linger`]; then the connections still open are
+    /// closed with FIN if they have nothing left to send, reset otherwise, and their
+    /// handles woken with an error.
+    pub(crate) fn finish(mut self) {
+        self.linger();
         for (id, conn) in self.conns.drain() {
             let mut st = conn.shared.lock();
             if st.failure.is_none() && st.tx.is_empty() {
@@ -478,9 +603,13 @@ impl Driver {
             st.id = None;
             conn.shared.notify(&mut st);
         }
+        // The RSTs and FINs just queued leave (the device may take a few turns).
         let end = self.rt.now() + SHUTDOWN_DRAIN;
         while self.rt.now() < end {
             self.rt.turn();
+            if !self.rt.stack.has_pending_output() {
+                break;
+            }
         }
         // Commands that arrive from now on find the channel closed.
         while let Ok(command) = self.commands.try_recv() {

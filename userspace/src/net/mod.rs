@@ -27,6 +27,7 @@
 //! side), whatever the number of packets, and an idle one costs nothing.
 mod driver;
 mod listener;
+mod local;
 mod shared;
 mod stream;
 #[cfg(feature = "tokio")]
@@ -36,6 +37,7 @@ pub use crate::device::xdp::XdpModeChoice;
 pub use crate::stack::AddressMode;
 pub use crate::tcp::CongestionKind;
 pub use listener::{DEFAULT_BACKLOG, Incoming, TcpListener};
+pub use local::{PerQueue, StackLoop};
 pub use stream::TcpStream;
 
 use crate::app::setup::{StackArgs, open_runtime};
@@ -173,6 +175,23 @@ impl StackBuilder {
         self
     }
 
+    /// In a loop the application turns itself ([`StackLoop::idle`]), how long it spins
+    /// with nothing received before it sleeps in poll(2) until a frame or a timer.
+    /// Default: 100 µs.
+    pub fn idle_spin(mut self, spin: Duration) -> Self {
+        self.args.busy_poll_us = spin.as_micros().try_into().unwrap_or(u64::MAX);
+        self
+    }
+
+    /// The `userspace` binary's XDP linger (`--xdp-linger-ms`, and curl's default): only
+    /// that binary can start the holder process, so this is not public.
+    #[cfg(feature = "cli")]
+    pub(crate) fn xdp_linger(mut self, flag_ms: Option<u64>, default_ms: u64) -> Self {
+        self.args.xdp_linger_ms = flag_ms;
+        self.args.default_linger_ms = default_ms;
+        self
+    }
+
     /// Whether the poll loop spins when there is nothing to do. Default: `true`, as the
     /// `userspace` command does: the lowest latency, and one core always busy. With
     /// `false`, after 10 ms without traffic the loop sleeps half a millisecond between
@@ -243,18 +262,15 @@ impl StackBuilder {
     /// where it is pinned); returns once it is up.
     fn start(
         self,
-        open: impl FnOnce() -> anyhow::Result<crate::app::runtime::Runtime> + Send + 'static,
+        open: impl FnOnce() -> crate::device::error::SetupResult<crate::app::runtime::Runtime>
+        + Send
+        + 'static,
     ) -> io::Result<Stack> {
         let (commands, receiver) = mpsc::channel();
         let shutdown = Arc::new(AtomicBool::new(false));
         let (up_tx, up_rx) = mpsc::sync_channel(1);
         let loop_shutdown = shutdown.clone();
-        let options = driver::LoopOptions {
-            cap: self.args.buffer.clamp(1, MAX_HANDLE_BUFFER),
-            nodelay: self.args.nodelay,
-            busy_poll: self.busy_poll,
-            linger: self.linger,
-        };
+        let options = self.loop_options();
         let thread = std::thread::Builder::new()
             .name("userspace-poll".into())
             .spawn(move || {
@@ -265,11 +281,7 @@ impl StackBuilder {
                         return;
                     }
                 };
-                let info = Info {
-                    ip: rt.stack.ip(),
-                    interface: rt.iface.clone(),
-                    mode: rt.stack.config().mode,
-                };
+                let info = Info::of(&rt);
                 if up_tx.send(Ok(info)).is_err() {
                     return;
                 }
@@ -286,22 +298,43 @@ impl StackBuilder {
                 return Err(io::Error::other("the poll loop died while starting"));
             }
         };
-        Ok(Stack {
+        Ok(self.handle(commands, shutdown, Some(thread), info))
+    }
+
+    fn loop_options(&self) -> driver::LoopOptions {
+        driver::LoopOptions {
+            cap: self.args.buffer.clamp(1, MAX_HANDLE_BUFFER),
+            nodelay: self.args.nodelay,
+            busy_poll: self.busy_poll,
+            linger: self.linger,
+        }
+    }
+
+    /// The handle to a loop that runs on `thread`, or that the application turns.
+    fn handle(
+        &self,
+        commands: Sender<Command>,
+        shutdown: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+        info: Info,
+    ) -> Stack {
+        let options = self.loop_options();
+        Stack {
             inner: Arc::new(Inner {
                 commands,
                 shutdown,
-                thread: Mutex::new(Some(thread)),
+                thread: Mutex::new(thread),
                 info,
                 cap: options.cap,
                 nodelay: options.nodelay,
                 connect_timeout: self.connect_timeout,
             }),
-        })
+        }
     }
 }
 
 /// A setup error as an `io::Error`, with its whole chain of causes.
-fn io_error(e: anyhow::Error) -> io::Error {
+fn io_error(e: crate::device::error::SetupError) -> io::Error {
     io::Error::other(format!("{e:#}"))
 }
 
@@ -310,6 +343,21 @@ struct Info {
     ip: Ipv4Addr,
     interface: String,
     mode: AddressMode,
+    queues: Vec<u32>,
+    xdp_mode: &'static str,
+}
+
+impl Info {
+    fn of(rt: &crate::app::runtime::Runtime) -> Info {
+        let xdp = rt.device.xdp();
+        Info {
+            ip: rt.stack.ip(),
+            interface: rt.iface.clone(),
+            mode: rt.stack.config().mode,
+            queues: xdp.queues(),
+            xdp_mode: xdp.attached_mode(),
+        }
+    }
 }
 
 struct Inner {
@@ -381,6 +429,16 @@ impl Stack {
         self.inner.info.mode
     }
 
+    /// The RX queues of the interface this stack has AF_XDP sockets on.
+    pub fn queues(&self) -> &[u32] {
+        &self.inner.info.queues
+    }
+
+    /// How the XDP program is attached: `"native"` (in the driver) or `"skb"` (generic).
+    pub fn xdp_mode(&self) -> &'static str {
+        self.inner.info.xdp_mode
+    }
+
     /// Opens a connection; the same as [`TcpStream::connect`].
     pub fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
         TcpStream::connect(self, addr)
@@ -406,10 +464,24 @@ impl Stack {
         self.with_runtime(|rt| rt.stack.stats.clone())
     }
 
+    /// Every counter of the stack, the XDP program, the AF_XDP sockets and their UMEM
+    /// frames, as text, one `name value` line each under a `* section:` heading (what
+    /// the `userspace` command's `--stats` prints).
+    pub fn report(&self) -> io::Result<String> {
+        self.with_runtime(|rt| crate::app::setup::stats_report(rt))
+    }
+
+    /// One sentence per way the stack has been losing packets its user needed, each
+    /// saying what to do about it: packets that arrived on an RX queue without an
+    /// AF_XDP socket, frames too large for a UMEM frame, segments dropped for bad
+    /// checksums. Empty when nothing was lost.
+    pub fn diagnose(&self) -> io::Result<Vec<String>> {
+        self.with_runtime(|rt| crate::app::setup::diagnose(rt))
+    }
+
     /// Runs `f` with the poll loop's runtime, on its thread between two turns, and
-    /// returns its result (for the `userspace` command's `--stats`).
-    #[doc(hidden)]
-    pub fn with_runtime<R: Send + 'static>(
+    /// returns its result.
+    fn with_runtime<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut crate::app::runtime::Runtime) -> R + Send + 'static,
     ) -> io::Result<R> {

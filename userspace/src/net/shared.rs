@@ -46,6 +46,10 @@ pub(crate) enum Failure {
     Steering,
     /// Port 0, or an address that is not the stack's.
     BadAddress,
+    /// The connect's own time limit passed (not TCP giving up on its SYNs).
+    ConnectTimeout,
+    /// The next hop towards the peer never answered ARP.
+    NoArpReply(std::net::Ipv4Addr),
 }
 
 impl Failure {
@@ -78,6 +82,11 @@ impl Failure {
             Failure::BadAddress => {
                 io::Error::new(K::AddrNotAvailable, "not the stack's address, or port 0")
             }
+            Failure::ConnectTimeout => io::Error::new(K::TimedOut, "connect timed out"),
+            Failure::NoArpReply(hop) => io::Error::new(
+                K::HostUnreachable,
+                format!("resolving the next hop: no ARP reply from next hop {hop}"),
+            ),
         }
     }
 }
@@ -221,6 +230,12 @@ pub(crate) struct ConnState {
     /// Nagle off; `nodelay_changed` until the loop applied it.
     pub nodelay: bool,
     pub nodelay_changed: bool,
+    /// Keep-alive probes after this much idle time, and between them (`None`: off);
+    /// `keepalive_changed` until the loop applied it.
+    pub keepalive: Option<Duration>,
+    pub keepalive_changed: bool,
+    /// The handle asked for a reset: the loop aborts the connection (RST) and forgets it.
+    pub abort: bool,
     pub read_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
     pub nonblocking: bool,
@@ -266,6 +281,9 @@ impl Conn {
                 rx_stalled: false,
                 nodelay,
                 nodelay_changed: false,
+                keepalive: None,
+                keepalive_changed: false,
+                abort: false,
                 read_timeout: None,
                 write_timeout: None,
                 nonblocking: false,
@@ -490,8 +508,26 @@ mod tests {
             (Failure::Tcp(TcpError::Unreachable), K::HostUnreachable),
             (Failure::Stack(StackError::PortInUse), K::AddrInUse),
             (Failure::Stopped, K::NotConnected),
+            (Failure::ConnectTimeout, K::TimedOut),
+            (
+                Failure::NoArpReply(Ipv4Addr::new(10, 0, 0, 1)),
+                K::HostUnreachable,
+            ),
         ] {
             assert_eq!(failure.io().kind(), kind, "{failure:?}");
         }
+    }
+
+    #[test]
+    fn tcp_failures_carry_the_tcp_error_and_the_others_say_what_happened() {
+        let tcp = Failure::Tcp(TcpError::TimedOut).io();
+        assert!(tcp.get_ref().is_some_and(|e| e.is::<TcpError>()));
+        let limit = Failure::ConnectTimeout.io();
+        assert!(!limit.get_ref().is_some_and(|e| e.is::<TcpError>()));
+        let arp = Failure::NoArpReply(Ipv4Addr::new(10, 0, 0, 1)).io();
+        assert!(
+            arp.to_string()
+                .contains("no ARP reply from next hop 10.0.0.1")
+        );
     }
 }

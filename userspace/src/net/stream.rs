@@ -66,6 +66,33 @@ impl Handle {
         self.conn.shared.lock().nodelay
     }
 
+    pub(crate) fn set_keepalive(&self, every: Option<Duration>) -> io::Result<()> {
+        check_timeout(every)?;
+        self.update(|st| {
+            st.keepalive = every;
+            st.keepalive_changed = true;
+        });
+        Ok(())
+    }
+
+    pub(crate) fn keepalive(&self) -> Option<Duration> {
+        self.conn.shared.lock().keepalive
+    }
+
+    /// Resets the connection: RST, and the bytes not yet sent are dropped.
+    pub(crate) fn abort(&self) {
+        self.update(|st| {
+            st.abort = true;
+            st.tx.clear();
+        });
+    }
+
+    /// The peer will send nothing more: its FIN came, or the connection ended.
+    pub(crate) fn peer_closed(&self) -> bool {
+        let st = self.conn.shared.lock();
+        st.read_closed || st.phase == Phase::Closed || st.failure.is_some()
+    }
+
     /// One blocking read or write: `op` until it has an answer, within the timeout.
     fn block(
         &self,
@@ -152,19 +179,7 @@ impl TcpStream {
         addr: &SocketAddr,
         timeout: Duration,
     ) -> io::Result<TcpStream> {
-        let SocketAddr::V4(remote) = *addr else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the stack speaks IPv4 only",
-            ));
-        };
-        if timeout.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "zero connect timeout",
-            ));
-        }
-        Self::open(stack, remote, timeout)
+        Self::open(stack, connect_target(addr, timeout)?, timeout)
     }
 
     fn open(stack: &Stack, remote: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
@@ -209,6 +224,33 @@ impl TcpStream {
     /// Whether Nagle's algorithm is off.
     pub fn nodelay(&self) -> io::Result<bool> {
         Ok(self.handle.nodelay())
+    }
+
+    /// TCP keep-alive (RFC 1122 4.2.3.6): after `every` without traffic, a probe, then
+    /// one per `every`; after 9 unanswered probes, as Linux, the connection fails with
+    /// [`io::ErrorKind::TimedOut`]. `None` turns it off (the default).
+    pub fn set_keepalive(&self, every: Option<Duration>) -> io::Result<()> {
+        self.handle.set_keepalive(every)
+    }
+
+    /// The keep-alive interval, if keep-alive is on.
+    pub fn keepalive(&self) -> io::Result<Option<Duration>> {
+        Ok(self.handle.keepalive())
+    }
+
+    /// Resets the connection (RST) instead of closing it gracefully: the bytes not yet
+    /// sent are dropped, and later reads and writes fail. The way to give up on a
+    /// response not worth reading to the end.
+    pub fn abort(&self) -> io::Result<()> {
+        self.handle.abort();
+        Ok(())
+    }
+
+    /// Whether the peer will send nothing more: its FIN came (the bytes before it may
+    /// still be waiting to be read), or the connection ended (reset, timed out,
+    /// aborted). A connection for which this is true cannot carry another request.
+    pub fn peer_closed(&self) -> bool {
+        self.handle.peer_closed()
     }
 
     /// How long a read waits for data (`None`: for ever). After it, the read fails with
@@ -257,7 +299,24 @@ impl TcpStream {
     }
 }
 
-fn check_timeout(timeout: Option<Duration>) -> io::Result<()> {
+/// The IPv4 address of a `connect_timeout`, if the call makes sense.
+pub(crate) fn connect_target(addr: &SocketAddr, timeout: Duration) -> io::Result<SocketAddrV4> {
+    let SocketAddr::V4(remote) = *addr else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the stack speaks IPv4 only",
+        ));
+    };
+    if timeout.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "zero connect timeout",
+        ));
+    }
+    Ok(remote)
+}
+
+pub(crate) fn check_timeout(timeout: Option<Duration>) -> io::Result<()> {
     if timeout.is_some_and(|t| t.is_zero()) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

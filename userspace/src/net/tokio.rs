@@ -25,13 +25,14 @@
 use super::Stack;
 use super::listener::{DEFAULT_BACKLOG, ListenHandle};
 use super::shared::{READER, WRITER};
-use super::stream::Handle;
+use super::stream::{Handle, connect_target};
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use std::future::poll_fn;
 use std::io;
-use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// A TCP connection on the kernel-bypass stack for tokio: [`AsyncRead`] and
 /// [`AsyncWrite`]. Dropping it closes the connection gracefully (FIN after the bytes
@@ -47,20 +48,37 @@ impl TcpStream {
     pub async fn connect(stack: &Stack, addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
         let mut last = None;
         for remote in Stack::resolve(addr)? {
-            let handle = Handle::connect(stack, remote, stack.inner.connect_timeout);
-            let result = poll_fn(|cx| {
-                handle
-                    .conn
-                    .shared
-                    .poll(cx, WRITER, |st| st.connect_result())
-            })
-            .await;
-            match result {
-                Ok(()) => return Ok(TcpStream { handle }),
+            match Self::open(stack, remote, stack.inner.connect_timeout).await {
+                Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| io::ErrorKind::InvalidInput.into()))
+    }
+
+    /// Opens a connection to `addr`, waiting at most `timeout` (not zero). It fails with
+    /// [`io::ErrorKind::TimedOut`] after it, [`io::ErrorKind::ConnectionRefused`] on a
+    /// RST, [`io::ErrorKind::HostUnreachable`] when the next hop does not answer ARP,
+    /// the kernel finds the neighbour gone (shared-IP mode), or a router says so.
+    /// Dropping the future gives the connection up.
+    pub async fn connect_timeout(
+        stack: &Stack,
+        addr: &SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<TcpStream> {
+        Self::open(stack, connect_target(addr, timeout)?, timeout).await
+    }
+
+    async fn open(stack: &Stack, remote: SocketAddrV4, timeout: Duration) -> io::Result<Self> {
+        let handle = Handle::connect(stack, remote, timeout);
+        poll_fn(|cx| {
+            handle
+                .conn
+                .shared
+                .poll(cx, WRITER, |st| st.connect_result())
+        })
+        .await?;
+        Ok(TcpStream { handle })
     }
 
     /// The remote end's address.
@@ -82,6 +100,22 @@ impl TcpStream {
     /// Whether Nagle's algorithm is off.
     pub fn nodelay(&self) -> io::Result<bool> {
         Ok(self.handle.nodelay())
+    }
+
+    /// TCP keep-alive; see [`super::TcpStream::set_keepalive`].
+    pub fn set_keepalive(&self, every: Option<Duration>) -> io::Result<()> {
+        self.handle.set_keepalive(every)
+    }
+
+    /// Resets the connection (RST); see [`super::TcpStream::abort`].
+    pub fn abort(&self) -> io::Result<()> {
+        self.handle.abort();
+        Ok(())
+    }
+
+    /// Whether the peer will send nothing more; see [`super::TcpStream::peer_closed`].
+    pub fn peer_closed(&self) -> bool {
+        self.handle.peer_closed()
     }
 }
 

@@ -77,23 +77,26 @@ impl Stack {
 
     /// Reads in-order data of `id`: at least one byte, or why there is none.
     pub fn try_recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, RecvError> {
-        match self.recv(id, buf)? {
+        let Some(e) = self.entry_mut(id) else {
+            return Err(TcpError::Closed.into());
+        };
+        let c = &mut e.conn;
+        match c.recv(buf) {
             0 if buf.is_empty() => Ok(0),
-            0 => match self.connection(id) {
-                Some(c) if c.at_eof() => Err(RecvError::Finished),
-                Some(c) if c.state() == State::Closed => {
-                    Err(c.error().unwrap_or(TcpError::Closed).into())
-                }
-                Some(_) => Err(RecvError::WouldBlock),
-                None => Err(TcpError::Closed.into()),
-            },
+            0 if c.error().is_some() => Err(c.error().unwrap_or(TcpError::Closed).into()),
+            0 if c.at_eof() => Err(RecvError::Finished),
+            0 if c.state() == State::Closed => Err(TcpError::Closed.into()),
+            0 => Err(RecvError::WouldBlock),
             n => Ok(n),
         }
     }
 
     /// Queues data on `id`: how much fit, at least one byte, or why none did.
     pub fn try_send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, SendError> {
-        match self.send(id, data)? {
+        let Some(e) = self.entry_mut(id) else {
+            return Err(TcpError::Closed.into());
+        };
+        match e.conn.send(data)? {
             0 if !data.is_empty() => Err(SendError::WouldBlock),
             n => Ok(n),
         }

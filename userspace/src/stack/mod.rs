@@ -16,7 +16,7 @@ pub use stats::StackStats;
 
 use crate::device::Device;
 use crate::tcp::isn::IsnGenerator;
-use crate::tcp::{self, Connection, Instant, SeqNum, State, TcpError};
+use crate::tcp::{self, Connection, Instant, SeqNum, State};
 use crate::wire::{
     self, ArpOp, ArpRepr, BROADCAST_MAC, Frame, IcmpRepr, Ipv4Info, MacAddr, TcpFlags, TcpRepr,
     WireError,
@@ -376,32 +376,6 @@ impl Stack {
     /// The TCP state of `id` (`Closed` once freed).
     pub fn state(&self, id: ConnId) -> State {
         self.connection(id).map_or(State::Closed, |c| c.state())
-    }
-
-    /// Queues data on `id`; returns how much fit (0 when the buffer is full). See
-    /// [`Stack::try_send`] for typed errors.
-    pub fn send(&mut self, id: ConnId, data: &[u8]) -> Result<usize, TcpError> {
-        match self.entry_mut(id) {
-            Some(e) => e.conn.send(data),
-            None => Err(TcpError::Closed),
-        }
-    }
-
-    /// Reads in-order data of `id`; 0 both when nothing is there and at end of stream.
-    /// [`Stack::try_recv`] tells the two apart.
-    pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
-        match self.entry_mut(id) {
-            Some(e) => {
-                let n = e.conn.recv(buf);
-                if n == 0
-                    && let Some(err) = e.conn.error()
-                {
-                    return Err(err);
-                }
-                Ok(n)
-            }
-            None => Err(TcpError::Closed),
-        }
     }
 
     /// Closes our side of `id`: FIN after the data queued (RFC 9293 3.10.4).

@@ -394,7 +394,7 @@ fn test_syn_sent_neighbour_never_answers_arp_connect_fails() {
     assert_eq!(ms - 1, 3000);
     assert_eq!(
         c.connection(id).and_then(|x| x.error()),
-        Some(TcpError::HostUnreachable)
+        Some(crate::tcp::TcpError::HostUnreachable)
     );
     assert_eq!(c.stats.arp_failures, 1);
     let _ = MAC_S;
@@ -486,7 +486,7 @@ fn test_established_fragmented_segment_is_reassembled() {
     s.poll(t(2), &mut ds);
     recv!(ds, []);
     let mut buf = [0u8; 2000];
-    assert_eq!(s.recv(id, &mut buf), Ok(1192));
+    assert_eq!(s.try_recv(id, &mut buf), Ok(1192));
     assert_eq!(&buf[..1192], &DATA[..]);
     // One segment: the ACK is delayed (40 ms).
     s.poll(t(42), &mut ds);

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Where one URL's body goes, as the command line said.
@@ -162,7 +162,7 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
         1
     };
     let mut running: Vec<Transfer<'_>> = Vec::new();
-    let mut cx = Context::from_waker(Waker::noop());
+    let mut cx = Context::from_waker(session.io.waker());
     let mut last = Ok(());
     let mut left = queue.len();
     let total = queue.len();
@@ -181,11 +181,13 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
             break;
         }
         let mut k = 0;
+        let mut finished = false;
         while k < running.len() {
             let Poll::Ready((result, info)) = running[k].as_mut().poll(&mut cx) else {
                 k += 1;
                 continue;
             };
+            finished = true;
             drop(running.remove(k));
             left -= 1;
             if matches!(&result, Err(e) if e.code == EXIT_INTERRUPTED) {
@@ -211,7 +213,10 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
         if let Some(m) = &mut meter {
             m.update(&session.totals(total - queue.len(), running.len()), false);
         }
-        session.io.turn();
+        if !finished {
+            // Every transfer waits: until a connection has news or a deadline.
+            session.io.wait();
+        }
     }
     if let Some(m) = &mut meter {
         m.update(&session.totals(total - queue.len(), running.len()), true);

@@ -1,47 +1,55 @@
 //! The byte streams curl's HTTP runs on: connect, write, read, close, and TLS on top.
 //!
-//! This is the only part of curl that knows about the runtime and the stack. Several
-//! connections are open at once on the one stack (kept-alive ones, and -Z's transfers),
-//! each named by a [`Conn`] handle. The calls are `async`: a transfer waiting for the
-//! network yields, and [`Io::turn`] runs the stack for everyone between polls, so the
-//! transfers of one command line share one runtime and one poll loop. The HTTP code
-//! above sees nothing but these calls.
+//! This is the only part of curl that knows about the stack, and it knows it as any
+//! user of the library does: a [`crate::Stack`] opened on first use, and
+//! [`net::tokio::TcpStream`]s on it, each named by a [`Conn`] handle. Several are open
+//! at once (kept-alive ones, and -Z's transfers). The calls are `async`; the poll loop
+//! runs on its own thread and wakes the waiting transfer through its waker, and
+//! [`Io::wait`] parks this thread until then (or the next deadline). The HTTP code above
+//! sees nothing but these calls.
 use super::{
     CurlError, EXIT_CANNOT_CONNECT, EXIT_INTERRUPTED, EXIT_RECV_ERROR, EXIT_TIMEOUT, fail,
 };
-use crate::app::runtime::Runtime;
-use crate::app::setup::{NeighbourWatch, StackArgs, print_stats, resolve_next_hop};
-use crate::stack::{ConnId, Stack};
-use crate::tcp::{State, TcpError};
-use std::cell::RefCell;
-use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use crate::app::setup::StackArgs;
+use crate::net::{self, tokio::TcpStream};
+use crate::tcp::TcpError;
+use std::cell::{Cell, RefCell};
+use std::future::{Future, poll_fn};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The longest the thread parks without a wake-up: how soon Ctrl-C is noticed.
+const MAX_PARK: Duration = Duration::from_millis(50);
+/// How long a closing connection waits for the peer's FIN.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
 
 /// A connection's handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conn(usize);
 
-/// What a raw read or write needs: the stack's id and the transfer's deadline.
+/// What a raw read or write needs: the connection and the transfer's deadline.
 #[derive(Debug, Clone, Copy)]
 struct Raw {
-    id: ConnId,
+    conn: Conn,
     deadline: Option<Instant>,
 }
 
 struct Stream {
-    raw: Raw,
+    tcp: TcpStream,
+    deadline: Option<Instant>,
     tls: Option<rustls::ClientConnection>,
     /// The peer ended the stream.
     eof: bool,
 }
 
 struct Transport {
-    rt: Runtime,
+    stack: net::Stack,
     streams: Vec<Option<Stream>>,
     tls_config: Option<Arc<rustls::ClientConfig>>,
 }
@@ -62,6 +70,18 @@ pub struct TlsParams<'a> {
     pub insecure: bool,
 }
 
+/// Wakes the thread that runs the transfers.
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
 /// The stack, opened on first use and shared by every transfer of the command line.
 pub struct Io {
     inner: RefCell<Option<Transport>>,
@@ -69,6 +89,11 @@ pub struct Io {
     verbose: bool,
     /// `--keepalive-time`: idle time before keep-alive probes, and between them.
     keepalive: Option<Duration>,
+    /// Set by SIGINT and SIGTERM once the stack is open.
+    interrupted: Arc<AtomicBool>,
+    /// The earliest deadline of the waits pending since the last [`Io::wait`].
+    next_deadline: Cell<Option<Instant>>,
+    waker: Waker,
 }
 
 impl Io {
@@ -78,6 +103,9 @@ impl Io {
             stack,
             verbose,
             keepalive,
+            interrupted: Arc::new(AtomicBool::new(false)),
+            next_deadline: Cell::new(None),
+            waker: Waker::from(Arc::new(Unpark(std::thread::current()))),
         }
     }
 
@@ -85,10 +113,19 @@ impl Io {
     fn with<R>(&self, f: impl FnOnce(&mut Transport) -> R) -> Result<R, CurlError> {
         let mut guard = self.inner.borrow_mut();
         if guard.is_none() {
-            let rt = crate::app::setup::open_runtime(&self.stack, &[])
-                .map_err(|e| fail(super::EXIT_FAILED_INIT, format!("{e:#}")))?;
+            let stack = self
+                .stack
+                .builder()
+                .linger(CLOSE_WAIT)
+                .build()
+                .map_err(|e| fail(super::EXIT_FAILED_INIT, e.to_string()))?;
+            if self.stack.stop_on_signals {
+                for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                    let _ = signal_hook::flag::register(signal, self.interrupted.clone());
+                }
+            }
             *guard = Some(Transport {
-                rt,
+                stack,
                 streams: Vec::new(),
                 tls_config: None,
             });
@@ -100,26 +137,39 @@ impl Io {
         self.inner.borrow().is_some()
     }
 
-    /// One turn of the stack's poll loop (the executor calls it between polls).
-    pub fn turn(&self) {
-        if let Some(t) = self.inner.borrow_mut().as_mut() {
-            t.rt.turn();
-            t.rt.idle();
+    /// The waker to poll the transfers with: it wakes [`Io::wait`].
+    pub fn waker(&self) -> &Waker {
+        &self.waker
+    }
+
+    /// Parks the thread until a connection has news for a transfer, the earliest
+    /// deadline of a pending wait, or [`MAX_PARK`].
+    pub fn wait(&self) {
+        let park = self.next_deadline.take().map_or(MAX_PARK, |d| {
+            d.saturating_duration_since(Instant::now()).min(MAX_PARK)
+        });
+        if !park.is_zero() {
+            std::thread::park_timeout(park);
         }
     }
 
-    /// Lines about what the stack dropped that the user needed (see `setup::diagnose`).
+    /// Lines about what the stack dropped that the user needed ([`net::Stack::diagnose`]).
     pub fn diagnosis(&self) -> Vec<String> {
         self.inner
             .borrow()
             .as_ref()
-            .map(|t| crate::app::setup::diagnose(&t.rt))
+            .and_then(|t| t.stack.diagnose().ok())
             .unwrap_or_default()
     }
 
     pub fn print_stats(&self) {
-        if let Some(t) = self.inner.borrow().as_ref() {
-            print_stats(&t.rt);
+        if let Some(report) = self
+            .inner
+            .borrow()
+            .as_ref()
+            .and_then(|t| t.stack.report().ok())
+        {
+            eprint!("{report}");
         }
     }
 
@@ -129,29 +179,47 @@ impl Io {
         }
     }
 
-    /// Waits until `ready` gives a value, the deadline passes, or Ctrl-C.
-    async fn wait_until<T>(
+    /// Runs `fut` until it ends, the deadline passes, or Ctrl-C.
+    async fn within<F: Future>(
         &self,
         deadline: Option<Instant>,
-        mut ready: impl FnMut(&mut Stack) -> Option<T>,
-    ) -> Result<T, CurlError> {
-        std::future::poll_fn(|_| {
-            let mut guard = self.inner.borrow_mut();
-            let Some(t) = guard.as_mut() else {
-                return Poll::Ready(Err(fail(EXIT_RECV_ERROR, "the stack is not open")));
-            };
-            if let Some(v) = ready(&mut t.rt.stack) {
+        fut: F,
+    ) -> Result<F::Output, CurlError> {
+        let mut fut = pin!(fut);
+        poll_fn(|cx| {
+            if let Poll::Ready(v) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Ok(v));
             }
-            if t.rt.stopped() {
+            if self.interrupted.load(Ordering::Relaxed) {
                 return Poll::Ready(Err(fail(EXIT_INTERRUPTED, "interrupted")));
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Poll::Ready(Err(fail(EXIT_TIMEOUT, "Operation timed out")));
+            if let Some(d) = deadline {
+                if Instant::now() >= d {
+                    return Poll::Ready(Err(fail(EXIT_TIMEOUT, "Operation timed out")));
+                }
+                let next = self.next_deadline.get().map_or(d, |n| n.min(d));
+                self.next_deadline.set(Some(next));
             }
             Poll::Pending
         })
         .await
+    }
+
+    /// Polls `op` on a connection's TCP stream until it is ready, within the deadline.
+    async fn on_stream<T>(
+        &self,
+        raw: Raw,
+        mut op: impl FnMut(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<T>,
+    ) -> Result<T, CurlError> {
+        let ready = poll_fn(|cx| {
+            let mut guard = self.inner.borrow_mut();
+            match guard.as_mut().map(|t| t.stream(raw.conn)) {
+                Some(Ok(s)) => op(Pin::new(&mut s.tcp), cx).map(Ok),
+                Some(Err(e)) => Poll::Ready(Err(e)),
+                None => Poll::Ready(Err(fail(EXIT_RECV_ERROR, "the stack is not open"))),
+            }
+        });
+        self.within(raw.deadline, ready).await?
     }
 
     /// Opens a TCP connection, and the TLS session on it when asked. Every read and
@@ -171,65 +239,57 @@ impl Io {
                 format!("Failed to connect to {ip} port {port}: {e}"),
             )
         };
-        let arp_timeout = connect_timeout.min(Duration::from_secs(3));
-        self.with(|t| resolve_next_hop(&mut t.rt, ip, arp_timeout))?
-            .map_err(|e| refused(&format!("{e:#}")))?;
-        let id = self
-            .with(|t| {
-                let now = t.rt.now();
-                t.rt.stack.connect(now, SocketAddrV4::new(ip, port))
-            })?
-            .map_err(|e| refused(&e))?;
+        let stack = self.with(|t| t.stack.clone())?;
         let started = Instant::now();
         let connect_deadline = started + connect_timeout;
         let until = deadline.map_or(connect_deadline, |d| d.min(connect_deadline));
-        let mut neighbour = self.with(|t| NeighbourWatch::new(&mut t.rt, ip))?;
-        let result = self
-            .wait_until(Some(until), |stack| match stack.state(id) {
-                State::SynSent if neighbour.lost() => Some(Err(TcpError::HostUnreachable)),
-                State::SynSent | State::SynReceived => None,
-                State::Closed => Some(Err(stack
-                    .connection(id)
-                    .and_then(|c| c.error())
-                    .unwrap_or(TcpError::Closed))),
-                _ => Some(Ok(())),
-            })
-            .await;
-        let failure = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(refused(&e)),
-            // The time it really took, as curl reports it; `-m` ending the connect
-            // phase is curl's "Connection timed out".
-            Err(e) if e.code == EXIT_TIMEOUT && until == connect_deadline => Some(fail(
+        let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
+        // The library's own limit backs up `until` (which a zero timeout passes at once).
+        let limit = connect_timeout.max(Duration::from_millis(1));
+        let connecting = TcpStream::connect_timeout(&stack, &addr, limit);
+        let connect_timed_out = || {
+            // The time it really took, as curl reports it.
+            fail(
                 EXIT_TIMEOUT,
                 format!(
                     "Failed to connect to {ip} port {port} after {} ms: Timeout was reached",
                     started.elapsed().as_millis()
                 ),
-            )),
-            Err(e) if e.code == EXIT_TIMEOUT => Some(fail(
-                EXIT_TIMEOUT,
-                format!(
-                    "Connection timed out after {} milliseconds",
-                    started.elapsed().as_millis()
-                ),
-            )),
-            Err(e) => Some(e),
+            )
         };
-        if let Some(e) = failure {
-            let _ = self.with(|t| {
-                t.rt.stack.abort(id);
-                t.rt.stack.release(id);
-            });
-            return Err(e);
-        }
+        // The library ends the connect at its own limit (as a timeout, or with what
+        // went wrong: no ARP reply); `-m` when it comes first.
+        let outer = deadline.filter(|d| *d < connect_deadline);
+        let tcp = match self.within(outer, connecting).await {
+            Ok(Ok(tcp)) => tcp,
+            // TCP's own answer (refused, reset, unreachable, its SYNs given up on).
+            Ok(Err(e)) if e.get_ref().is_some_and(|inner| inner.is::<TcpError>()) => {
+                return Err(refused(&e));
+            }
+            // The connect's time limit.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(connect_timed_out());
+            }
+            Ok(Err(e)) => return Err(refused(&e)),
+            Err(e) if e.code == EXIT_TIMEOUT && until == connect_deadline => {
+                return Err(connect_timed_out());
+            }
+            // `-m` ending the connect phase is curl's "Connection timed out".
+            Err(e) if e.code == EXIT_TIMEOUT => {
+                return Err(fail(
+                    EXIT_TIMEOUT,
+                    format!(
+                        "Connection timed out after {} milliseconds",
+                        started.elapsed().as_millis()
+                    ),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         // RFC 1122 4.2.3.6 keep-alive, as curl's --keepalive-time sets TCP_KEEPIDLE and
         // TCP_KEEPINTVL (with Linux's default of 9 probes).
         if let Some(every) = self.keepalive {
-            self.with(|t| {
-                t.rt.stack.set_keepalive_params(id, every, every, 9);
-                t.rt.stack.set_keepalive(id, true);
-            })?;
+            let _ = tcp.set_keepalive(Some(every));
         }
         let conn = self.with(|t| {
             let slot = t
@@ -241,7 +301,8 @@ impl Io {
                     t.streams.len() - 1
                 });
             t.streams[slot] = Some(Stream {
-                raw: Raw { id, deadline },
+                tcp,
+                deadline,
                 tls: None,
                 eof: false,
             });
@@ -260,33 +321,22 @@ impl Io {
     pub fn set_deadline(&self, conn: Conn, deadline: Option<Instant>) {
         let _ = self.with(|t| {
             if let Ok(s) = t.stream(conn) {
-                s.raw.deadline = deadline;
+                s.deadline = deadline;
             }
         });
     }
 
     /// True while the connection can carry another request (keep-alive).
     pub fn reusable(&self, conn: Conn) -> bool {
-        self.with(|t| {
-            let Ok(stream) = t.stream(conn) else {
-                return false;
-            };
-            if stream.eof {
-                return false;
-            }
-            let id = stream.raw.id;
-            t.rt.turn();
-            t.rt.stack.state(id) == State::Established
-                && t.rt.stack.connection(id).is_some_and(|c| !c.at_eof())
-        })
-        .unwrap_or(false)
+        self.with(|t| t.stream(conn).is_ok_and(|s| !s.eof && !s.tcp.peer_closed()))
+            .unwrap_or(false)
     }
 
     /// The local end of a connection.
     pub fn local_addr(&self, conn: Conn) -> Option<SocketAddrV4> {
-        self.with(|t| {
-            let id = t.stream(conn).ok()?.raw.id;
-            Some(t.rt.stack.connection(id)?.local())
+        self.with(|t| match t.stream(conn).ok()?.tcp.local_addr().ok()? {
+            SocketAddr::V4(a) => Some(a),
+            SocketAddr::V6(_) => None,
         })
         .ok()
         .flatten()
@@ -296,7 +346,11 @@ impl Io {
     fn take(&self, conn: Conn) -> Result<(Raw, Option<rustls::ClientConnection>), CurlError> {
         self.with(|t| {
             let s = t.stream(conn)?;
-            Ok((s.raw, s.tls.take()))
+            let raw = Raw {
+                conn,
+                deadline: s.deadline,
+            };
+            Ok((raw, s.tls.take()))
         })?
     }
 
@@ -360,24 +414,38 @@ impl Io {
         }
     }
 
-    /// Closes gracefully (close_notify, FIN) and forgets the connection.
+    /// Closes gracefully (close_notify, FIN), waits a moment for the peer's FIN, and
+    /// forgets the connection; the stack finishes the close.
     pub async fn close(&self, conn: Conn) {
-        let Ok(Some(mut stream)) = self.with(|t| t.streams.get_mut(conn.0).and_then(Option::take))
-        else {
+        let Ok((raw, tls)) = self.take(conn) else {
             return;
         };
-        if let Some(tls) = &mut stream.tls {
+        if let Some(mut tls) = tls {
             tls.send_close_notify();
-            let _ = self.flush_tls(stream.raw, tls).await;
+            let _ = self.flush_tls(raw, &mut tls).await;
         }
-        let id = stream.raw.id;
-        let _ = self.with(|t| t.rt.stack.close(id));
+        let closing = Raw {
+            conn,
+            deadline: Some(Instant::now() + CLOSE_WAIT),
+        };
         let _ = self
-            .wait_until(Some(Instant::now() + Duration::from_millis(500)), |stack| {
-                matches!(stack.state(id), State::Closed | State::TimeWait).then_some(())
+            .on_stream(closing, |tcp, cx| tcp.poll_shutdown(cx))
+            .await;
+        // What the peer still sends is not wanted, only its FIN.
+        let _ = self
+            .on_stream(closing, |mut tcp, cx| {
+                let mut scratch = [0u8; 4096];
+                loop {
+                    let mut unwanted = ReadBuf::new(&mut scratch);
+                    match tcp.as_mut().poll_read(cx, &mut unwanted) {
+                        Poll::Ready(Ok(())) if !unwanted.filled().is_empty() => {}
+                        Poll::Ready(_) => return Poll::Ready(()),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
             })
             .await;
-        let _ = self.with(|t| t.rt.stack.release(id));
+        let _ = self.with(|t| t.streams.get_mut(conn.0).and_then(Option::take));
     }
 
     /// Resets the connection (an unread response is not worth draining).
@@ -385,9 +453,7 @@ impl Io {
         if let Some(t) = self.inner.borrow_mut().as_mut()
             && let Some(stream) = t.streams.get_mut(conn.0).and_then(Option::take)
         {
-            t.rt.stack.abort(stream.raw.id);
-            t.rt.stack.release(stream.raw.id);
-            t.rt.turn();
+            let _ = stream.tcp.abort();
         }
     }
 
@@ -406,7 +472,10 @@ impl Io {
             return Ok(());
         }
         match self
-            .wait_until(Some(Instant::now() + duration), |_| None::<()>)
+            .within(
+                Some(Instant::now() + duration),
+                std::future::pending::<()>(),
+            )
             .await
         {
             Err(e) if e.code == EXIT_INTERRUPTED => Err(e),
@@ -485,10 +554,7 @@ impl Io {
     async fn send_raw(&self, raw: Raw, mut data: &[u8]) -> Result<(), CurlError> {
         while !data.is_empty() {
             let n = self
-                .wait_until(raw.deadline, |stack| match stack.send(raw.id, data) {
-                    Ok(0) => None,
-                    other => Some(other),
-                })
+                .on_stream(raw, |tcp, cx| tcp.poll_write(cx, data))
                 .await?
                 .map_err(|e| fail(55, format!("Send failure: {e}")))?;
             data = &data[n..];
@@ -498,24 +564,24 @@ impl Io {
 
     /// Reads what the stack has (at least one byte), or returns 0 at end of stream.
     async fn read_raw(&self, raw: Raw, buf: &mut [u8]) -> Result<usize, CurlError> {
-        self.wait_until(raw.deadline, |stack| match stack.recv(raw.id, buf) {
-            Ok(0) if stack.connection(raw.id).is_none_or(|c| c.at_eof()) => Some(Ok(0)),
-            Ok(0) => None,
-            other => Some(other),
+        self.on_stream(raw, |tcp, cx| {
+            let mut filled = ReadBuf::new(buf);
+            tcp.poll_read(cx, &mut filled)
+                .map(|r| r.map(|()| filled.filled().len()))
         })
         .await?
         .map_err(|e| fail(EXIT_RECV_ERROR, format!("Recv failure: {e}")))
     }
 }
 
-/// Runs one future to its end, turning the stack while it waits.
+/// Runs one future to its end, parking while it waits.
 pub fn block_on<F: Future>(io: &Io, fut: F) -> F::Output {
     let mut fut = pin!(fut);
-    let mut cx = Context::from_waker(Waker::noop());
+    let mut cx = Context::from_waker(io.waker());
     loop {
         if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
             return v;
         }
-        io.turn();
+        io.wait();
     }
 }

@@ -1,18 +1,26 @@
 //! `userspace serve`: an HTTP/1.1 static file server, or a TCP echo service, on the stack.
 //!
-//! One event loop: the stack reports which connections have news (`drain_news`), so
-//! an idle connection costs nothing per turn, whatever their number.
+//! It runs on the library's public API as any server would: a listener and async
+//! streams on each stack, whose loop it turns on the stack's own thread
+//! ([`crate::net::StackLoop`]), one stack per group of RX queues
+//! ([`crate::net::StackBuilder::run_per_queue`]). A connection's waker puts its client
+//! on the list of those with news, so an idle connection costs nothing per turn,
+//! whatever their number.
 mod files;
 
-use super::runtime::Runtime;
-use super::setup::{StackArgs, open_runtime, print_stats};
-use crate::stack::{ConnId, Stack};
-use crate::tcp::{Instant, State};
+use super::setup::StackArgs;
+use crate::net::tokio::{TcpListener, TcpStream};
+use crate::net::{Stack, StackLoop};
 use files::{Found, Range, Validators};
 use std::collections::HashMap;
 use std::io::{Read, Seek};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -59,7 +67,8 @@ struct Session {
     /// Request body bytes still to be discarded.
     skip_body: u64,
     close_after: bool,
-    closing: bool,
+    /// The client sent FIN: nothing more to read.
+    peer_done: bool,
     /// The request being answered is a HEAD.
     head_only: bool,
 }
@@ -73,106 +82,140 @@ impl Session {
     }
 }
 
+/// A connection being served.
+struct Client {
+    tcp: TcpStream,
+    /// Wakes the server for this client when its connection has news.
+    waker: Waker,
+    session: Session,
+}
+
+/// The clients of one stack, and which of them have news.
 pub struct Server {
     root: PathBuf,
     echo: bool,
     list: bool,
-    port: u16,
-    sessions: HashMap<ConnId, Session>,
+    clients: HashMap<usize, Client>,
+    next_id: usize,
     buf: Vec<u8>,
-    work: Vec<ConnId>,
-    news: Vec<ConnId>,
+    /// Clients whose connections woke them.
+    woken: Arc<Mutex<Vec<usize>>>,
+    work: Vec<usize>,
+}
+
+/// Puts a client on the server's list when its connection has news.
+struct Wake {
+    id: usize,
+    woken: Arc<Mutex<Vec<usize>>>,
+}
+
+impl std::task::Wake for Wake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.id);
+    }
 }
 
 impl Server {
-    pub fn new(root: PathBuf, echo: bool, port: u16) -> Self {
+    pub fn new(root: PathBuf, echo: bool) -> Self {
         Server {
             root,
             echo,
             list: false,
-            port,
-            sessions: HashMap::new(),
+            clients: HashMap::new(),
+            next_id: 0,
             buf: vec![0; 64 * 1024],
+            woken: Arc::default(),
             work: Vec::with_capacity(1024),
-            news: Vec::with_capacity(1024),
         }
     }
 
     pub fn open_sessions(&self) -> usize {
-        self.sessions.len()
+        self.clients.len()
     }
 
-    /// Queues a connection to be looked at on the next turn.
-    pub fn wake(&mut self, id: ConnId) {
+    /// Takes a new connection and serves it.
+    fn add(&mut self, tcp: TcpStream) {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let waker = Waker::from(Arc::new(Wake {
+            id,
+            woken: self.woken.clone(),
+        }));
+        let client = Client {
+            tcp,
+            waker,
+            session: Session::default(),
+        };
+        self.clients.insert(id, client);
         self.work.push(id);
     }
 
-    /// Accepts new connections and serves those with news: the stack's news list, plus
-    /// connections woken by the caller.
-    pub fn turn(&mut self, stack: &mut Stack, accepting: bool) {
-        if accepting {
-            while let Some(id) = stack.accept(self.port) {
-                self.sessions.insert(id, Session::default());
-                self.work.push(id);
-            }
-        }
-        stack.drain_news(&mut self.news);
-        self.work.append(&mut self.news);
+    /// Serves the clients whose connections woke them, and those queued by the server.
+    pub fn turn(&mut self) {
+        self.work
+            .append(&mut self.woken.lock().unwrap_or_else(|p| p.into_inner()));
         let mut work = std::mem::take(&mut self.work);
         for id in work.drain(..) {
-            self.serve(stack, id);
+            self.serve(id);
         }
         self.work = work; // keep the allocation
     }
 
-    fn serve(&mut self, stack: &mut Stack, id: ConnId) {
-        let Some(mut session) = self.sessions.remove(&id) else {
+    fn serve(&mut self, id: usize) {
+        let Some(mut client) = self.clients.remove(&id) else {
             return;
         };
-        let keep = self.progress(stack, id, &mut session);
-        if keep {
-            self.sessions.insert(id, session);
-        } else {
-            stack.release(id);
+        if self.progress(&mut client) {
+            self.clients.insert(id, client);
         }
+        // Else the client is dropped: its stream closes (FIN after what was written),
+        // or was reset.
     }
 
-    /// Moves one session forward; false once it is finished.
-    fn progress(&mut self, stack: &mut Stack, id: ConnId, s: &mut Session) -> bool {
+    /// Moves one client forward; false once it is finished.
+    fn progress(&mut self, c: &mut Client) -> bool {
+        let waker = c.waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        let s = &mut c.session;
         loop {
-            match stack.state(id) {
-                State::Closed | State::TimeWait => return false,
-                State::SynSent | State::SynReceived => return true,
-                _ => {}
-            }
-            let mut moved = self.flush(stack, id, s);
-            if !s.closing && s.pending() < MAX_PENDING_OUT {
-                match stack.recv(id, &mut self.buf) {
-                    Ok(0) => {}
-                    Ok(n) => {
+            let mut moved = match self.flush(&mut c.tcp, &mut cx, s) {
+                Ok(moved) => moved,
+                Err(()) => return false,
+            };
+            if !s.peer_done && s.pending() < MAX_PENDING_OUT {
+                let mut read = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut c.tcp).poll_read(&mut cx, &mut read) {
+                    Poll::Pending => {}
+                    Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                        s.peer_done = true;
+                        moved = true;
+                    }
+                    Poll::Ready(Ok(())) => {
                         moved = true;
                         if self.echo {
-                            s.output.extend_from_slice(&self.buf[..n]);
+                            s.output.extend_from_slice(read.filled());
                         } else {
-                            s.input.extend_from_slice(&self.buf[..n]);
+                            s.input.extend_from_slice(read.filled());
                         }
                     }
-                    Err(_) => {
-                        stack.abort(id);
+                    Poll::Ready(Err(_)) => {
+                        let _ = c.tcp.abort();
                         return false;
                     }
                 }
             }
-            if !self.echo && !s.busy() && !s.closing {
+            if !self.echo && !s.busy() {
                 moved |= self.handle_requests(s);
             }
-            let peer_done = stack.connection(id).is_none_or(|c| c.at_eof());
-            if !s.busy()
-                && !s.closing
-                && (s.close_after || (peer_done && (self.echo || s.input.is_empty())))
-            {
-                stack.close(id);
-                s.closing = true;
+            if !s.busy() && (s.close_after || (s.peer_done && (self.echo || s.input.is_empty()))) {
+                // Done: dropping the stream sends FIN after the bytes written.
+                return false;
             }
             if !moved {
                 return true;
@@ -180,8 +223,14 @@ impl Server {
         }
     }
 
-    /// Sends buffered output, refilling from the file being served.
-    fn flush(&mut self, stack: &mut Stack, id: ConnId, s: &mut Session) -> bool {
+    /// Sends buffered output, refilling from the file being served; whether anything
+    /// moved, or `Err` when the connection failed.
+    fn flush(
+        &mut self,
+        tcp: &mut TcpStream,
+        cx: &mut Context<'_>,
+        s: &mut Session,
+    ) -> Result<bool, ()> {
         let mut moved = false;
         loop {
             if s.pending() == 0 {
@@ -206,21 +255,16 @@ impl Server {
                     }
                 }
                 if s.pending() == 0 {
-                    return moved;
+                    return Ok(moved);
                 }
             }
-            match stack.send(id, &s.output[s.sent..]) {
-                Ok(0) => return moved,
-                Ok(n) => {
+            match Pin::new(&mut *tcp).poll_write(cx, &s.output[s.sent..]) {
+                Poll::Pending | Poll::Ready(Ok(0)) => return Ok(moved),
+                Poll::Ready(Ok(n)) => {
                     s.sent += n;
                     moved = true;
                 }
-                Err(_) => {
-                    s.output.clear();
-                    s.sent = 0;
-                    s.file = None;
-                    return moved;
-                }
+                Poll::Ready(Err(_)) => return Err(()),
             }
         }
     }
@@ -500,173 +544,140 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     if !args.echo && !args.root.is_dir() {
         anyhow::bail!("--root {} is not a directory", args.root.display());
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut builder = args.stack.builder();
+    builder = builder.linger(Duration::from_secs_f64(args.grace));
     if args.queues == Some(1) || (args.queues.is_none() && args.stack.queue.is_some()) {
-        let mut rt: Runtime = open_runtime(&args.stack, &[args.port])?;
-        return serve_on(&mut rt, args, true);
-    }
-    run_sharded(args)
-}
-
-/// Several stacks: the program is loaded once, every RX queue gets its socket, and the
-/// queues are dealt to the stacks (queue q to stack q mod N), each on a thread pinned to
-/// its own core. A flow stays on its queue (RSS), so it always meets the same stack.
-/// Steering starts once every socket is registered, so no packet for the stack reaches
-/// a queue without one.
-fn run_sharded(args: &ServeArgs) -> anyhow::Result<()> {
-    use crate::device::xdp::{QueueChoice, XdpProgram, XdpQueues, choose_queues};
-    use std::sync::{Arc, Barrier};
-    let plan = Arc::new(super::setup::plan(&args.stack, &[args.port])?);
-    let program = XdpProgram::load(&plan.iface, args.stack.xdp_mode)?;
-    let queues = choose_queues(&program, QueueChoice::All)?;
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let stacks = match args.queues {
-        Some(0) => anyhow::bail!("--queues must be at least 1"),
-        Some(n) if n as usize > queues.len() => anyhow::bail!(
-            "--queues {n}: {} has {} RX queue(s), so at most {} stacks",
-            plan.iface,
-            queues.len(),
-            queues.len()
-        ),
-        Some(n) => n as usize,
-        None => queues.len().min(cores.len().max(1)),
-    };
-    let bound = Arc::new(Barrier::new(stacks + 1));
-    let mut shards = super::runtime::Shards::new(queues.clone(), stacks);
-    // Stacks still serving: one that has finished keeps its queues polled (handing over
-    // frames of the others' connections) until every stack is done.
-    let serving = Arc::new(std::sync::atomic::AtomicUsize::new(stacks));
-    let mut threads = Vec::new();
-    for shard in 0..stacks {
-        let member = shards.member(shard);
-        let (plan, program, bound, args, serving) = (
-            plan.clone(),
-            program.clone(),
-            bound.clone(),
-            args.clone(),
-            serving.clone(),
-        );
-        let core = cores.get(shard % cores.len().max(1)).copied();
-        threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
-            let done = StillServing(serving.clone());
-            if let Some(core) = core {
-                core_affinity::set_for_current(core);
-            }
-            let device = XdpQueues::bind(&program, &member.queues);
-            bound.wait();
-            let mut rt = plan.runtime(super::runtime::NetDevice::Plain(device?))?;
-            let mine = member.queues.clone();
-            member.join(&mut rt);
-            drop(program);
-            let result = serve_on(&mut rt, &args, false);
-            drop(done);
-            while serving.load(std::sync::atomic::Ordering::Acquire) > 0 {
-                rt.turn();
-                rt.idle();
-            }
-            let s = &rt.stack.stats;
+        let (stack, mut poll) = builder.build_local()?;
+        stop_on_signals(&stop);
+        return serve_on(&stack, &mut poll, args, &stop, |port| {
             eprintln!(
-                "stack {shard} (queues {mine:?}): {} connections, {} frames in, {} frames out",
-                s.connections_opened, s.rx_frames, s.tx_frames
+                "ready: serving {} on {}:{port} ({} mode)",
+                served(args),
+                stack.ip(),
+                stack.xdp_mode()
+            );
+        });
+    }
+    // Several stacks, one per group of RX queues, each on a thread pinned to its own
+    // core. A flow stays on its queue (RSS), so it always meets the same stack.
+    let bound = AtomicUsize::new(0);
+    stop_on_signals(&stop);
+    let results = builder
+        .run_per_queue(args.queues, |shard| {
+            let stacks = shard.stacks;
+            let stack = shard.stack;
+            let result = serve_on(&stack, shard.poll, args, &stop, |port| {
+                // The last stack to listen says the server is ready.
+                if bound.fetch_add(1, Ordering::AcqRel) + 1 == stacks {
+                    eprintln!(
+                        "ready: serving {} on {}:{port} (RX queues: {}, stacks: {stacks})",
+                        args.root.display(),
+                        stack.ip(),
+                        stack.queues().len() * stacks
+                    );
+                }
+            });
+            let s = shard.poll.stats();
+            eprintln!(
+                "stack {} (queues {:?}): {} connections, {} frames in, {} frames out",
+                shard.index,
+                stack.queues(),
+                s.connections_opened,
+                s.rx_frames,
+                s.tx_frames
             );
             result
-        }));
+        })
+        .map_err(|e| match args.queues {
+            Some(n) => anyhow::anyhow!("--queues {n}: {e}"),
+            None => e.into(),
+        })?;
+    results.into_iter().collect()
+}
+
+/// What is served, for the ready line.
+fn served(args: &ServeArgs) -> String {
+    if args.echo {
+        "echo".to_string()
+    } else {
+        args.root.display().to_string()
     }
-    bound.wait();
-    program
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .enable(plan.steer)?;
-    eprintln!(
-        "ready: serving {} on {}:{} (RX queues: {}, stacks: {stacks})",
-        args.root.display(),
-        plan.stack.ip,
-        args.port,
-        queues.len()
-    );
-    drop(program);
-    let mut first_error = None;
-    for t in threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => first_error = first_error.or(Some(e)),
-            Err(_) => {
-                first_error = first_error.or(Some(anyhow::anyhow!("a queue's thread panicked")))
+}
+
+/// SIGINT and SIGTERM set `stop`: the server then shuts down gracefully.
+fn stop_on_signals(stop: &Arc<AtomicBool>) {
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(signal, stop.clone());
+    }
+}
+
+/// The server loop on one stack, turned on this thread, then the graceful shutdown.
+fn serve_on(
+    stack: &Stack,
+    poll: &mut StackLoop,
+    args: &ServeArgs,
+    stop: &AtomicBool,
+    ready: impl FnOnce(u16),
+) -> anyhow::Result<()> {
+    let listener = poll
+        .block_on(TcpListener::bind_with_backlog(
+            stack,
+            (std::net::Ipv4Addr::UNSPECIFIED, args.port),
+            args.backlog,
+        ))
+        .map_err(|e| anyhow::anyhow!("listen on {}: {e}", args.port))?;
+    ready(args.port);
+    let mut server = Server::new(args.root.clone(), args.echo);
+    server.list = args.list;
+    let mut accepting = Context::from_waker(Waker::noop());
+    while !stop.load(Ordering::Relaxed) && !poll.stopped() {
+        let mut busy = poll.turn();
+        while let Poll::Ready(accepted) = listener.poll_accept(&mut accepting) {
+            match accepted {
+                Ok((tcp, _)) => server.add(tcp),
+                Err(_) => break,
             }
+            busy = true;
+        }
+        busy |= !server.work.is_empty();
+        server.turn();
+        if !busy {
+            poll.idle();
         }
     }
-    first_error.map_or(Ok(()), Err)
-}
-
-/// Counts a sharded stack as serving until dropped (on every way out of its thread).
-struct StillServing(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for StillServing {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Release);
-    }
-}
-
-/// The server loop on one runtime, then the graceful shutdown.
-fn serve_on(rt: &mut Runtime, args: &ServeArgs, announce: bool) -> anyhow::Result<()> {
-    rt.stack.unlisten(args.port);
-    // The gateway's MAC from the kernel's neighbour table, if it has it (a hint; SYNs
-    // teach the stack the next hop of each client anyway).
-    if let Some(gateway) = rt.stack.config().gateway {
-        let _ = super::setup::resolve_next_hop(rt, gateway, Duration::from_millis(500));
-    }
-    rt.stack
-        .listen(args.port, args.backlog)
-        .map_err(|e| anyhow::anyhow!("listen on {}: {e}", args.port))?;
-    if announce {
-        eprintln!(
-            "ready: serving {} on {}:{} ({} mode)",
-            if args.echo {
-                "echo".to_string()
-            } else {
-                args.root.display().to_string()
-            },
-            rt.stack.ip(),
-            args.port,
-            rt.device.xdp().attached_mode()
-        );
-    }
-    let mut server = Server::new(args.root.clone(), args.echo, args.port);
-    server.list = args.list;
-    while !rt.stopped() {
-        rt.turn();
-        server.turn(&mut rt.stack, true);
-        rt.idle();
-    }
     // Graceful shutdown: stop accepting, let responses in flight finish within the
-    // grace period, close with FIN, then the XDP program goes with the process.
-    rt.stack.unlisten(args.port);
-    let deadline: Instant = rt.now() + Duration::from_secs_f64(args.grace);
+    // grace period, close with FIN, then the XDP program goes with the stack.
+    drop(listener);
     // The stack's count, as --stats reports it (closing and TIME-WAIT included).
     eprintln!(
         "shutting down: {} connections open ({} with a client session)",
-        rt.stack.connection_count(),
+        poll.connection_count(),
         server.open_sessions()
     );
-    for (id, session) in server.sessions.iter_mut() {
+    let ids: Vec<usize> = server.clients.keys().copied().collect();
+    for id in ids {
         // Idle keep-alive connections close now; busy ones after their response.
-        session.close_after = true;
-        server.work.push(*id);
+        if let Some(c) = server.clients.get_mut(&id) {
+            c.session.close_after = true;
+        }
+        server.work.push(id);
     }
-    while rt.now() < deadline && server.open_sessions() > 0 {
-        rt.turn();
-        server.turn(&mut rt.stack, false);
+    let deadline = Instant::now() + Duration::from_secs_f64(args.grace);
+    while Instant::now() < deadline && server.open_sessions() > 0 && !poll.stopped() {
+        poll.turn();
+        server.turn();
     }
     // Whatever is left past the grace period is reset.
-    for id in server.sessions.keys().copied().collect::<Vec<_>>() {
-        rt.stack.abort(id);
+    for (_, client) in server.clients.drain() {
+        let _ = client.tcp.abort();
     }
-    let end = rt.now() + Duration::from_millis(200);
-    while rt.now() < end {
-        rt.turn();
-    }
+    poll.turn();
     if args.stack.stats {
-        print_stats(rt);
+        eprint!("{}", poll.report());
     }
-    super::setup::warn_about_losses(rt);
+    for line in poll.diagnose() {
+        eprintln!("warning: {line}");
+    }
     Ok(())
 }
