@@ -47,7 +47,7 @@
 //! - [`tcp`]: the sans-IO TCP connection (time passed in, segments in and out).
 //! - [`stack`]: demultiplexing, ARP, listeners, timers and batched output over a
 //!   [`device::Device`], sans-IO too, with per-connection [`stack::Events`].
-//! - [`device`]: the AF_XDP device (aya + xsk-rs), and an in-memory link for tests.
+//! - [`device`]: the AF_XDP device (aya, and AF_XDP sockets of our own), and an in-memory link for tests.
 //! - [`net`]: the running stack and its sockets.
 #![warn(missing_docs)]
 

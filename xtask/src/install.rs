@@ -4,15 +4,13 @@ use anyhow::{Context, bail};
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Packages to build (libxdp-sys runs xdp-tools' configure; bpf-linker needs LLVM 22).
+/// Packages to build (a C compiler for ring and the fuzz targets; bpf-linker needs LLVM 22).
 pub const BUILD_PACKAGES: &[&str] = &[
     "clang",
     "llvm",
-    "m4",
     "pkg-config",
     "libelf-dev",
     "zlib1g-dev",
-    "libpcap-dev",
     "llvm-22-dev",
 ];
 /// The real peers and tools of the test world.

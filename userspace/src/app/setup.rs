@@ -1,7 +1,7 @@
 //! Turns the stack flags shared by every subcommand into a running [`Runtime`].
 use super::runtime::{NetDevice, Runtime, WaitError, pin_to_cpu};
-use crate::device::holder;
 use crate::device::error::{Context, SetupResult, bail, setup_error};
+use crate::device::holder;
 use crate::device::netinfo::{self, default_route, kernel_neighbour, provoke_kernel_arp};
 use crate::device::pcap::PcapDevice;
 use crate::device::xdp::{QueueChoice, XdpModeChoice, XdpQueues};

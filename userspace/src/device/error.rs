@@ -65,7 +65,7 @@ impl SetupError {
     }
 }
 
-/// The errors of the libraries underneath (aya, xsk-rs, the OS) become setup errors
+/// The errors of the libraries underneath (aya, the OS) become setup errors
 /// that say what they said.
 macro_rules! from_library {
     ($($t:ty),*) => {$(

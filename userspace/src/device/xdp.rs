@@ -1,13 +1,13 @@
-//! The AF_XDP device: loads and attaches the XDP program with aya, binds an xsk-rs socket
-//! to one queue, and moves frames through the UMEM rings in batches.
+//! The AF_XDP device: loads and attaches the XDP program with aya, binds an AF_XDP socket
+//! ([`super::xsk`]) to each queue, and moves frames through the UMEM rings in batches.
 //!
 //! The program is attached through a BPF link owned by this process, so the kernel
 //! detaches it when the process ends by any path, `kill -9` included; or, when asked to
 //! linger, by a holder process shortly after (see [`super::holder`]).
 use super::Device;
 use super::xsk::XskSocket;
-use crate::wire::MacAddr;
 use crate::device::error::{Context, SetupError, SetupResult, bail, setup_error};
+use crate::wire::MacAddr;
 use aya::maps::{Array, Map, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -436,7 +436,9 @@ impl XdpProgram {
         let iface = info.name.as_str();
         let program: &Xdp = ebpf
             .program(xdp_ebpf::PROGRAM_NAME)
-            .ok_or_else(|| setup_error!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME))?
+            .ok_or_else(|| {
+                setup_error!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME)
+            })?
             .try_into()?;
         let attach = |mode: XdpMode| {
             create_xdp_link(program, info.ifindex, mode).map_err(|e| {
@@ -683,10 +685,7 @@ impl XdpDevice {
     }
 
     /// Takes over a socket that an earlier process bound (from the holder's pool).
-    pub fn adopt(
-        iface: &super::netinfo::InterfaceInfo,
-        pooled: PooledSocket,
-    ) -> SetupResult<Self> {
+    pub fn adopt(iface: &super::netinfo::InterfaceInfo, pooled: PooledSocket) -> SetupResult<Self> {
         let queue = pooled.queue;
         let socket = XskSocket::adopt(pooled.fd, pooled.memfd, pooled.ring_size, FRAME_SIZE)
             .with_context(|| format!("taking over the AF_XDP socket of queue {queue}"))?;

@@ -4,6 +4,10 @@
 //! them: mapping the UMEM and the rings again costs a fraction of a millisecond, where
 //! a new socket costs the UMEM's populate and pin, and waits for the old socket's queue
 //! to be released (two RCU grace periods after its close).
+//!
+//! Why not the xsk-rs crate, which the device used before: it maps its UMEM anonymously
+//! and can only create sockets, not take over one that another process bound, so a
+//! socket could never outlive its process.
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
