@@ -264,6 +264,12 @@ impl Runtime {
     /// last frame (a reply that comes within the budget costs no wakeup); after that it
     /// sleeps in poll(2) on the sockets until a frame comes or the stack's next timer
     /// (`Stack::poll_at`) is due, so an idle stack costs no CPU.
+    /// Makes the idle loop's sleep in poll(2) end when `fd` becomes readable too (the
+    /// library's handles wake their loop through an eventfd).
+    pub fn also_wake_on(&mut self, fd: std::os::fd::RawFd) {
+        self.device.xdp_mut().also_wake_on(fd);
+    }
+
     pub fn idle(&mut self) {
         self.idle_until(None);
     }

@@ -5,6 +5,7 @@ pub mod holder;
 pub mod memory;
 pub mod netinfo;
 pub mod pcap;
+pub mod wake;
 pub mod xdp;
 pub mod xsk;
 

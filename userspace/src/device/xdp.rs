@@ -1162,6 +1162,16 @@ impl XdpQueues {
         ready > 0
     }
 
+    /// Adds `fd` to what [`XdpQueues::wait_for_frames`] waits for: it returns when `fd`
+    /// is readable too (a [`super::wake::WakeFd`] of the loop).
+    pub fn also_wake_on(&mut self, fd: RawFd) {
+        self.pollfds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+
     /// UMEM frames of every queue, summed.
     pub fn frame_account(&self) -> FrameAccount {
         self.devices

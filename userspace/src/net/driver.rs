@@ -3,6 +3,7 @@
 use super::shared::{Command, Conn, Failure, Listener, Phase};
 use crate::app::runtime::Runtime;
 use crate::device::netinfo::{kernel_neighbour, kernel_neighbour_failed, provoke_kernel_arp};
+use crate::device::wake::WakeFd;
 use crate::stack::{AddressMode, ConnId};
 use crate::tcp::{Instant, State, TcpError};
 use std::collections::HashMap;
@@ -18,10 +19,6 @@ const CHECK_EVERY: Duration = Duration::from_millis(10);
 const PROVOKE_EVERY: Duration = Duration::from_millis(300);
 /// How long the loop keeps turning after a shutdown, so that RSTs and FINs leave.
 const SHUTDOWN_DRAIN: Duration = Duration::from_millis(100);
-/// Without busy polling: idle this long, the loop starts sleeping between turns...
-const IDLE_BEFORE_SLEEP: Duration = Duration::from_millis(10);
-/// ...this long at a time.
-const IDLE_SLEEP: Duration = Duration::from_micros(500);
 
 /// How the loop serves its handles.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +27,8 @@ pub(crate) struct LoopOptions {
     pub cap: usize,
     /// Nagle off on new connections.
     pub nodelay: bool,
-    /// Spin between turns even when idle (lowest latency, one core busy).
+    /// Spin for the idle-spin budget after the last frame before sleeping in poll(2)
+    /// (else sleep at once).
     pub busy_poll: bool,
     /// At shutdown, how long connections whose handles were dropped may take to send
     /// what they still have.
@@ -79,6 +77,9 @@ pub(crate) struct Driver {
     /// When the loop last had work.
     last_busy: Instant,
     options: LoopOptions,
+    /// Wakes a loop on its own thread from poll(2) when a handle sends a command
+    /// (none for a loop the application turns: its handles are on its thread).
+    wake: Option<Arc<WakeFd>>,
 }
 
 impl Driver {
@@ -104,15 +105,23 @@ impl Driver {
             next_check: Instant::ZERO,
             last_busy: Instant::ZERO,
             options,
+            wake: None,
         }
+    }
+
+    /// Lets the handles wake this loop from its sleep in poll(2) through `wake`.
+    pub(crate) fn wake_on(mut self, wake: Arc<WakeFd>) -> Self {
+        self.rt.also_wake_on(wake.raw_fd());
+        self.wake = Some(wake);
+        self
     }
 
     /// Turns until the last handle is gone or [`super::Stack::shutdown`] is called.
     pub(crate) fn run(mut self) {
         self.start();
-        // The handles' commands come through a channel that poll(2) does not watch:
-        // the runtime itself never sleeps here; this loop's own idle policy does.
-        self.rt.busy_poll = Duration::MAX;
+        if !self.options.busy_poll {
+            self.rt.busy_poll = Duration::ZERO;
+        }
         while !self.stopping() {
             if !self.turn() {
                 self.rest();
@@ -152,13 +161,21 @@ impl Driver {
     }
 
     /// After a turn without work: the loop's idle policy.
+    /// The runtime spins for its budget after the last frame, then sleeps in poll(2)
+    /// until a frame, a timer, or (for a loop on its own thread) a handle's command.
     pub(crate) fn rest(&mut self) {
-        let now = self.rt.turn_time();
-        if !self.options.busy_poll && now.saturating_since(self.last_busy) >= IDLE_BEFORE_SLEEP {
-            std::thread::sleep(IDLE_SLEEP);
-        } else {
+        let Some(wake) = self.wake.clone() else {
+            self.rt.idle();
+            return;
+        };
+        // A command sent before the flag is set is seen by this look; one sent after it
+        // writes the eventfd, which ends the sleep.
+        wake.set_sleeping(true);
+        if !self.commands() && !self.stopping() {
             self.rt.idle();
         }
+        wake.set_sleeping(false);
+        wake.clear();
     }
 
     /// The runtime, between two turns.

@@ -41,6 +41,7 @@ pub use local::{PerQueue, StackLoop};
 pub use stream::TcpStream;
 
 use crate::app::setup::{StackArgs, open_runtime};
+use crate::device::wake::WakeFd;
 use shared::{Command, Conn};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
@@ -175,9 +176,8 @@ impl StackBuilder {
         self
     }
 
-    /// In a loop the application turns itself ([`StackLoop::idle`]), how long it spins
-    /// with nothing received before it sleeps in poll(2) until a frame or a timer.
-    /// Default: 100 µs.
+    /// How long the poll loop spins with nothing received before it sleeps in poll(2)
+    /// until a frame, a timer or a call on a handle. Default: 100 µs.
     pub fn idle_spin(mut self, spin: Duration) -> Self {
         self.args.busy_poll_us = spin.as_micros().try_into().unwrap_or(u64::MAX);
         self
@@ -192,11 +192,11 @@ impl StackBuilder {
         self
     }
 
-    /// Whether the poll loop spins when there is nothing to do. Default: `true`, as the
-    /// `userspace` command does: the lowest latency, and one core always busy. With
-    /// `false`, after 10 ms without traffic the loop sleeps half a millisecond between
-    /// turns, until traffic comes back: an idle stack then costs almost no CPU, and the
-    /// first packet after a pause waits up to that half millisecond.
+    /// Whether the poll loop spins for a while ([`StackBuilder::idle_spin`], 100 µs by
+    /// default) after the last frame before it sleeps. Default: `true`, as the
+    /// `userspace` command does. Either way an idle loop sleeps in poll(2) and costs no
+    /// CPU: a frame, a timer or a call on a handle wakes it. With `false` it sleeps at
+    /// once, and the first packet after a pause pays the wake-up (some microseconds).
     pub fn busy_poll(mut self, busy_poll: bool) -> Self {
         self.busy_poll = busy_poll;
         self
@@ -271,6 +271,8 @@ impl StackBuilder {
         let (up_tx, up_rx) = mpsc::sync_channel(1);
         let loop_shutdown = shutdown.clone();
         let options = self.loop_options();
+        let wake = Arc::new(WakeFd::new()?);
+        let loop_wake = wake.clone();
         let thread = std::thread::Builder::new()
             .name("userspace-poll".into())
             .spawn(move || {
@@ -285,7 +287,9 @@ impl StackBuilder {
                 if up_tx.send(Ok(info)).is_err() {
                     return;
                 }
-                driver::Driver::new(rt, receiver, loop_shutdown, options).run();
+                driver::Driver::new(rt, receiver, loop_shutdown, options)
+                    .wake_on(loop_wake)
+                    .run();
             })?;
         let info = match up_rx.recv() {
             Ok(Ok(info)) => info,
@@ -298,7 +302,7 @@ impl StackBuilder {
                 return Err(io::Error::other("the poll loop died while starting"));
             }
         };
-        Ok(self.handle(commands, shutdown, Some(thread), info))
+        Ok(self.handle(commands, shutdown, Some((thread, wake)), info))
     }
 
     fn loop_options(&self) -> driver::LoopOptions {
@@ -315,15 +319,17 @@ impl StackBuilder {
         &self,
         commands: Sender<Command>,
         shutdown: Arc<AtomicBool>,
-        thread: Option<JoinHandle<()>>,
+        thread: Option<(JoinHandle<()>, Arc<WakeFd>)>,
         info: Info,
     ) -> Stack {
+        let (thread, wake) = thread.unzip();
         let options = self.loop_options();
         Stack {
             inner: Arc::new(Inner {
                 commands,
                 shutdown,
                 thread: Mutex::new(thread),
+                wake,
                 info,
                 cap: options.cap,
                 nodelay: options.nodelay,
@@ -364,6 +370,8 @@ struct Inner {
     commands: Sender<Command>,
     shutdown: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Wakes the loop's thread from poll(2) (none for a loop the application turns).
+    wake: Option<Arc<WakeFd>>,
     info: Info,
     cap: usize,
     nodelay: bool,
@@ -371,8 +379,16 @@ struct Inner {
 }
 
 impl Inner {
+    /// Ends the loop's sleep in poll(2), if it sleeps.
+    fn notify_loop(&self) {
+        if let Some(wake) = &self.wake {
+            wake.notify();
+        }
+    }
+
     fn stop(&self) {
         self.shutdown.store(true, Ordering::Relaxed);
+        self.notify_loop();
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(thread) = thread
             && thread.thread().id() != std::thread::current().id()
@@ -496,6 +512,7 @@ impl Stack {
         if let Err(mpsc::SendError(command)) = self.inner.commands.send(command) {
             driver::stopped(command);
         }
+        self.inner.notify_loop();
     }
 
     /// Tells the loop to look at `conn` on its next turn (one message in flight).

@@ -945,7 +945,8 @@ async fn read_head(
         }
         let n = t.read(conn, &mut buf).await?;
         if n == 0 {
-            if raw.is_empty() {
+            // As curl: no complete header line yet counts as an empty reply (52).
+            if !raw.contains(&b'\n') {
                 return Ok(None);
             }
             return Err(fail(
