@@ -7,12 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// The loop's side sets [`WakeFd::set_sleeping`] before its last look for work and
 /// sleeps with the fd in its poll set; the other side, after handing over work, calls
 /// [`WakeFd::notify`], which writes the fd only while the loop may be sleeping.
+/// Both flags are SeqCst: the loop stores `sleeping` then looks for work, a notifier
+/// hands over work then loads `sleeping`, so one of them sees the other.
 #[derive(Debug)]
 pub struct WakeFd {
     fd: OwnedFd,
     sleeping: AtomicBool,
-    /// Written since the last [`WakeFd::clear`].
-    signalled: AtomicBool,
+    /// Written since the last [`WakeFd::clear`] (set after the write).
+    written: AtomicBool,
 }
 
 impl WakeFd {
@@ -27,7 +29,7 @@ impl WakeFd {
             // SAFETY: `fd` is a new descriptor that nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             sleeping: AtomicBool::new(false),
-            signalled: AtomicBool::new(false),
+            written: AtomicBool::new(false),
         })
     }
 
@@ -42,18 +44,21 @@ impl WakeFd {
         self.sleeping.store(sleeping, Ordering::SeqCst);
     }
 
-    /// Wakes the loop if it may be sleeping (one write per sleep at most).
+    /// Wakes the loop if it may be sleeping.
     pub fn notify(&self) {
-        if self.sleeping.load(Ordering::SeqCst) && !self.signalled.swap(true, Ordering::AcqRel) {
+        if self.sleeping.load(Ordering::SeqCst) {
             let one = 1u64.to_ne_bytes();
             // SAFETY: writes 8 bytes from a live buffer to our own eventfd.
             unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+            self.written.store(true, Ordering::SeqCst);
         }
     }
 
-    /// After a wake-up: empties the eventfd so that the next sleep blocks.
+    /// After a wake-up: empties the eventfd so that the next sleep blocks. The flag is
+    /// set after the write, so a read here never misses a write it was told of; a write
+    /// whose flag comes late only ends the next sleep early, once.
     pub fn clear(&self) {
-        if self.signalled.swap(false, Ordering::AcqRel) {
+        if self.written.swap(false, Ordering::SeqCst) {
             let mut count = [0u8; 8];
             // SAFETY: reads at most 8 bytes into a live buffer from our own eventfd.
             unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };

@@ -21,6 +21,8 @@ static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Most frames received or queued for transmit in one batch.
 pub const BATCH: usize = 64;
+/// At exit, how long the sockets may take to complete the frames in their TX rings.
+const TX_DRAIN_AT_EXIT: std::time::Duration = std::time::Duration::from_millis(5);
 /// sendto(2) calls one flush makes at most to drain the TX ring (32 frames each).
 const MAX_KICKS: usize = 16;
 const FRAME_SIZE: u32 = 2048;
@@ -689,6 +691,9 @@ impl XdpDevice {
         let queue = pooled.queue;
         let socket = XskSocket::adopt(pooled.fd, pooled.memfd, pooled.ring_size, FRAME_SIZE)
             .with_context(|| format!("taking over the AF_XDP socket of queue {queue}"))?;
+        // Have the kernel publish how far it got with the TX ring before the frames are
+        // counted (it publishes its consumer index lazily).
+        socket.wake_tx();
         let mut device = XdpDevice::with_socket(iface, queue, socket)?;
         // What arrived between two runs belongs to no connection of this one.
         device.discard_received();
@@ -758,6 +763,23 @@ impl XdpDevice {
     }
 
     /// Recycles every received frame without looking at it.
+    /// Sends what is queued and waits, up to `give_up`, for the kernel to complete
+    /// every frame in the TX ring: a socket handed to the holder leaves no frame in
+    /// flight, whose late completion the next user could not tell from a free frame.
+    fn drain_tx(&mut self, give_up: std::time::Instant) {
+        loop {
+            self.flush();
+            self.recycle_completions();
+            if (self.in_tx_ring == 0 && self.tx_queued.is_empty())
+                || std::time::Instant::now() >= give_up
+            {
+                return;
+            }
+            self.socket.wake_tx();
+            std::thread::yield_now();
+        }
+    }
+
     fn discard_received(&mut self) {
         self.gathered.clear();
         self.oversized = false;
@@ -833,6 +855,11 @@ impl XdpDevice {
         }
         let n = self.socket.consume_completions(&mut self.completed);
         self.in_tx_ring -= n.min(self.in_tx_ring);
+        if n == 0 && self.socket.published_in_tx() == 0 {
+            // The rings show nothing in flight: a count carried over from a socket's
+            // earlier user must not keep the loop from sleeping.
+            self.in_tx_ring = 0;
+        }
         for &addr in &self.completed[..n] {
             let addr = self.socket.frame_start(addr);
             if let Some(free) = self
@@ -1219,6 +1246,10 @@ impl Drop for XdpQueues {
         let program = &self.program;
         let last_user = std::sync::Arc::strong_count(program) == 1;
         if last_user {
+            let give_up = std::time::Instant::now() + TX_DRAIN_AT_EXIT;
+            for device in &mut self.devices {
+                device.drain_tx(give_up);
+            }
             let sockets: Vec<_> = self
                 .devices
                 .iter()

@@ -159,6 +159,13 @@ impl<T: Copy> Ring<T> {
     }
 
     /// The entries between the consumer and the producer, as the kernel sees them.
+    /// Entries published by the producer and not yet taken by the consumer.
+    fn in_flight(&self) -> u32 {
+        let prod = self.producer().load(Ordering::Acquire);
+        let cons = self.consumer().load(Ordering::Acquire);
+        prod.wrapping_sub(cons).min(self.size)
+    }
+
     fn outstanding(&self) -> Vec<T> {
         let prod = self.producer().load(Ordering::Acquire);
         let cons = self.consumer().load(Ordering::Acquire);
@@ -377,6 +384,12 @@ impl XskSocket {
             .filter(|&i| !used[i as usize])
             .map(|i| i * self.frame_size as u64)
             .collect()
+    }
+
+    /// Frames the rings' published indices show in the TX and completion rings (no
+    /// allocation). The kernel may hold a few more that it has not published yet.
+    pub fn published_in_tx(&self) -> usize {
+        (self.tx.in_flight() + self.comp.in_flight()) as usize
     }
 
     /// Frames in the TX and completion rings (not yet back from the kernel).

@@ -139,7 +139,7 @@ impl Driver {
 
     /// Whether the loop was told to stop, or every handle is gone.
     pub(crate) fn stopping(&self) -> bool {
-        self.shutdown.load(Ordering::Relaxed)
+        self.shutdown.load(Ordering::SeqCst)
     }
 
     /// One turn: the handles' commands, a batch received and sent, the handles told;

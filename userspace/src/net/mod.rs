@@ -387,7 +387,8 @@ impl Inner {
     }
 
     fn stop(&self) {
-        self.shutdown.store(true, Ordering::Relaxed);
+        // SeqCst against the loop's `sleeping` store and `stopping` load (see WakeFd).
+        self.shutdown.store(true, Ordering::SeqCst);
         self.notify_loop();
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(thread) = thread
