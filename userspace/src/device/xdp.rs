@@ -140,9 +140,11 @@ pub struct XdpDevice {
     rx_batch: Vec<libc::xdp_desc>,
     /// Frame addresses free for transmit.
     tx_free: Vec<u64>,
-    /// Per frame, whether it is in `tx_free`: a completion for a frame already free
-    /// (one a killed predecessor had in flight) must not free it twice.
-    free_for_tx: Vec<bool>,
+    /// Per frame, whether this socket's user put it in the TX ring and awaits its
+    /// completion. Only those completions free a frame: one that a killed predecessor
+    /// had in flight, which looked free when the socket was taken over and may be in
+    /// the fill ring or `tx_free` now, must not be freed a second time.
+    awaiting_completion: Vec<bool>,
     tx_queued: Vec<libc::xdp_desc>,
     completed: Vec<u64>,
     awaiting_fill: Vec<u64>,
@@ -710,7 +712,15 @@ impl XdpDevice {
         // Every frame in no ring is ours: up to a ring's worth goes to the fill ring
         // (the RX share), the rest is for transmit.
         let mut free = socket.frames_outside_rings();
-        let in_tx_ring = socket.frames_in_tx();
+        // A frame may show in both the TX and the completion ring (the kernel publishes
+        // its TX consumer index late): count each once.
+        let mut awaiting_completion = vec![false; total_frames];
+        for addr in socket.frames_in_tx() {
+            if let Some(a) = awaiting_completion.get_mut((addr / FRAME_SIZE as u64) as usize) {
+                *a = true;
+            }
+        }
+        let in_tx_ring = awaiting_completion.iter().filter(|a| **a).count();
         let in_fill_already = total_frames.saturating_sub(free.len() + in_tx_ring);
         let to_fill = ring_size.saturating_sub(in_fill_already).min(free.len());
         let tx_free = free.split_off(to_fill);
@@ -722,10 +732,6 @@ impl XdpDevice {
             v.extend_from_slice(&free[filled..]);
             v
         };
-        let mut free_for_tx = vec![false; total_frames];
-        for &addr in &tx_free {
-            free_for_tx[(addr / FRAME_SIZE as u64) as usize] = true;
-        }
         let stats_at_start = socket.statistics().unwrap_or(libc::xdp_statistics {
             rx_dropped: 0,
             rx_invalid_descs: 0,
@@ -747,7 +753,7 @@ impl XdpDevice {
                 BATCH
             ],
             tx_free,
-            free_for_tx,
+            awaiting_completion,
             tx_queued: Vec::with_capacity(BATCH * 4),
             completed: vec![0; ring_size],
             awaiting_fill,
@@ -862,12 +868,12 @@ impl XdpDevice {
         }
         for &addr in &self.completed[..n] {
             let addr = self.socket.frame_start(addr);
-            if let Some(free) = self
-                .free_for_tx
+            if let Some(awaited) = self
+                .awaiting_completion
                 .get_mut((addr / FRAME_SIZE as u64) as usize)
-                && !*free
+                && *awaited
             {
-                *free = true;
+                *awaited = false;
                 self.tx_free.push(addr);
             }
         }
@@ -925,15 +931,14 @@ impl Device for XdpDevice {
         let Some(addr) = self.tx_free.pop() else {
             return false;
         };
-        self.free_for_tx[(addr / FRAME_SIZE as u64) as usize] = false;
         // SAFETY: the frame is in the free list, so neither ring nor the kernel holds
         // it, and the borrow ends before the frame is queued.
         let frame = unsafe { self.socket.tx_frame(addr) };
         let len = build(frame).min(FRAME_SIZE as usize);
         if len == 0 {
             self.tx_free.push(addr);
-            self.free_for_tx[(addr / FRAME_SIZE as u64) as usize] = true;
         } else {
+            self.awaiting_completion[(addr / FRAME_SIZE as u64) as usize] = true;
             self.tx_queued.push(libc::xdp_desc {
                 addr,
                 len: len as u32,

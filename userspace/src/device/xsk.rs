@@ -392,9 +392,11 @@ impl XskSocket {
         (self.tx.in_flight() + self.comp.in_flight()) as usize
     }
 
-    /// Frames in the TX and completion rings (not yet back from the kernel).
-    pub fn frames_in_tx(&self) -> usize {
-        self.tx.outstanding().len() + self.comp.outstanding().len()
+    /// Frame addresses in the TX and completion rings (not yet back from the kernel).
+    pub fn frames_in_tx(&self) -> Vec<u64> {
+        let tx = self.tx.outstanding().into_iter().map(|d| d.addr);
+        let comp = self.comp.outstanding().into_iter();
+        tx.chain(comp).map(|a| self.frame_start(a)).collect()
     }
 
     /// The bytes of a received frame.
