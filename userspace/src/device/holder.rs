@@ -73,12 +73,13 @@ pub enum Answer {
     Busy(u32),
 }
 
+/// The attach mode named `s` on the wire, as the program's static name.
 fn mode_name(s: &str) -> Option<&'static str> {
-    match s {
-        "native" => Some("native"),
-        "skb" => Some("skb"),
-        _ => None,
-    }
+    use super::xdp::XdpModeChoice;
+    [XdpModeChoice::Native, XdpModeChoice::Skb]
+        .map(XdpModeChoice::name)
+        .into_iter()
+        .find(|name| *name == s)
 }
 
 /// A pool as words (`ring_size queue...`) and fds (socket and memfd of each).

@@ -51,7 +51,8 @@ fn ring_size_for(queues: u32) -> u32 {
 /// True if the running kernel delivers a packet larger than a frame to an AF_XDP socket
 /// in several frames (multi-buffer, `XDP_USE_SG`, Linux 6.6) instead of dropping it.
 fn multi_buffer_supported() -> bool {
-    kernel_at_least(&super::netinfo::kernel_release(), (6, 6))
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| kernel_at_least(&super::netinfo::kernel_release(), (6, 6)))
 }
 
 /// Compares a release string such as `6.18.0-1-amd64` with `(major, minor)`.
@@ -82,6 +83,16 @@ pub enum XdpModeChoice {
     Native,
     /// Generic XDP on the socket buffer (works everywhere, slower).
     Skb,
+}
+
+impl XdpModeChoice {
+    /// The mode's name, as the attached program reports it (`native` or `skb`).
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpModeChoice::Native => "native",
+            XdpModeChoice::Skb => "skb",
+        }
+    }
 }
 
 /// Which RX queues get an AF_XDP socket.
@@ -324,10 +335,7 @@ impl XdpProgram {
         mode: Option<XdpModeChoice>,
         linger: std::time::Duration,
     ) -> SetupResult<Option<(SharedProgram, Vec<PooledSocket>)>> {
-        let wanted = mode.map(|m| match m {
-            XdpModeChoice::Native => "native",
-            XdpModeChoice::Skb => "skb",
-        });
+        let wanted = mode.map(XdpModeChoice::name);
         match super::holder::ask(info.ifindex, true, wanted)? {
             super::holder::Answer::Busy(pid) => Err(in_use_by(&info.name, pid)),
             super::holder::Answer::Absent => Ok(None),
@@ -374,10 +382,7 @@ impl XdpProgram {
         if !info.up {
             bail!("interface {iface} is down");
         }
-        let wanted = mode.map(|m| match m {
-            XdpModeChoice::Native => "native",
-            XdpModeChoice::Skb => "skb",
-        });
+        let wanted = mode.map(XdpModeChoice::name);
         let mut object: Option<aya::Ebpf> = None;
         // A holder on its way out (its linger ended) still holds the hook for the
         // few ms of its detach: wait for it rather than report it.
@@ -464,8 +469,8 @@ impl XdpProgram {
                 .then_some(XdpModeChoice::Skb)
         });
         Ok(match mode {
-            Some(XdpModeChoice::Native) => (attach(XdpMode::Driver)?, "native"),
-            Some(XdpModeChoice::Skb) => (attach(XdpMode::Skb)?, "skb"),
+            Some(m @ XdpModeChoice::Native) => (attach(XdpMode::Driver)?, m.name()),
+            Some(m @ XdpModeChoice::Skb) => (attach(XdpMode::Skb)?, m.name()),
             None => match attach(XdpMode::Driver) {
                 Ok(link) => (link, "native"),
                 Err(e) if super::netinfo::xdp_holder(info.ifindex).is_some() => return Err(e),
