@@ -12,8 +12,8 @@
 //! methods) or non-blocking ones: a blocking call there would wait for a turn that
 //! only it could make.
 use super::driver::Driver;
+use super::runtime::Runtime;
 use super::{Info, Stack, StackBuilder, io_error};
-use crate::app::runtime::Runtime;
 use crate::stack::StackStats;
 use std::future::Future;
 use std::io;
@@ -102,12 +102,12 @@ impl StackLoop {
 
     /// Every counter, as [`Stack::report`] gives them.
     pub fn report(&mut self) -> String {
-        crate::app::setup::stats_report(self.driver().runtime())
+        super::setup::stats_report(self.driver().runtime())
     }
 
     /// What the stack lost that its user needed, as [`Stack::diagnose`] says it.
     pub fn diagnose(&mut self) -> Vec<String> {
-        crate::app::setup::diagnose(self.driver().runtime())
+        super::setup::diagnose(self.driver().runtime())
     }
 
     /// Stops the stack as [`Stack::shutdown`] does: listeners stop, connections whose
@@ -158,7 +158,7 @@ impl StackBuilder {
     /// returned [`StackLoop`] itself, on this thread (pinned here if
     /// [`StackBuilder::cpu`] is set).
     pub fn build_local(self) -> io::Result<(Stack, StackLoop)> {
-        let rt = crate::app::setup::open_runtime(&self.args, &[]).map_err(io_error)?;
+        let rt = super::setup::open_runtime(&self.config, &[]).map_err(io_error)?;
         Ok(self.local(rt))
     }
 
@@ -196,10 +196,11 @@ impl StackBuilder {
         stacks: Option<u32>,
         app: impl Fn(PerQueue<'_>) -> R + Sync,
     ) -> io::Result<Vec<R>> {
-        use crate::app::runtime::{NetDevice, Shards};
+        use super::runtime::NetDevice;
+        use super::shard::Shards;
         use crate::device::xdp::{QueueChoice, XdpProgram, XdpQueues, choose_queues};
-        let plan = crate::app::setup::plan(&self.args, &[]).map_err(io_error)?;
-        let program = XdpProgram::load(&plan.iface, self.args.xdp_mode).map_err(io_error)?;
+        let plan = super::setup::plan(&self.config, &[]).map_err(io_error)?;
+        let program = XdpProgram::load(&plan.iface, self.config.xdp_mode).map_err(io_error)?;
         let queues = choose_queues(&program, QueueChoice::All).map_err(io_error)?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let count = match stacks {
@@ -223,7 +224,7 @@ impl StackBuilder {
             Some(n) => n as usize,
             None => queues.len().min(cores.len().max(1)),
         };
-        let first = self.args.cpu.unwrap_or(0);
+        let first = self.config.cpu.unwrap_or(0);
         let mut shards = Shards::new(queues, count);
         let bound = Barrier::new(count + 1);
         let failed = AtomicBool::new(false);

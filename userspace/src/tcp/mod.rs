@@ -24,7 +24,6 @@ pub use time::Instant;
 
 /// Which congestion control a connection runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum CongestionKind {
     /// NewReno (RFC 5681, RFC 6582).
     NewReno,
