@@ -41,6 +41,8 @@
 //!   rustls, indicatif, signal-hook, tokio or anyhow; setup fails with a typed
 //!   [`device::error::SetupError`].
 //! - `tokio`: the async sockets in `net::tokio`.
+//! - `test-kit`: the link simulator and the fuzz drivers (hidden modules `sim` and
+//!   `fuzzing`), for the fuzz crate and the benchmarks; never needed by a user.
 //!
 //! # Layers, bottom up
 //!
@@ -54,10 +56,14 @@
 #![warn(missing_docs)]
 
 pub mod device;
+/// The fuzz drivers: built for tests and with the `test-kit` feature only.
+#[cfg(any(test, feature = "test-kit"))]
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod fuzzing;
 pub mod net;
+/// The seeded link simulator: built for tests and with the `test-kit` feature only.
+#[cfg(any(test, feature = "test-kit"))]
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod sim;
