@@ -252,7 +252,7 @@ impl StackBuilder {
                             return Err(io::Error::other("another stack failed to start"));
                         }
                         let mut rt = plan.runtime(NetDevice::Plain(device)).map_err(io_error)?;
-                        member.join(&mut rt);
+                        rt.join_shards(member);
                         let (stack, mut poll) = builder.local(rt);
                         let result = app(PerQueue {
                             index,

@@ -243,7 +243,7 @@ impl StackBuilder {
                 }
                 let device = XdpQueues::bind(&program, &member.queues)?;
                 let mut rt = plan.runtime(NetDevice::Plain(device))?;
-                member.join(&mut rt);
+                rt.join_shards(member);
                 Ok(rt)
             })?);
         }

@@ -5,7 +5,7 @@
 //! handles. A program that drives the sans-IO [`crate::stack::Stack`] itself (the
 //! `userspace` command's `run` and `bench`) opens a [`Runtime`] with
 //! [`super::setup::open_runtime`] and calls [`Runtime::turn`] and [`Runtime::wait`].
-use super::shard::ShardLink;
+use super::shard::{ShardLink, ShardMember};
 use crate::device::Device;
 use crate::device::error::{SetupResult, bail, setup_error};
 use crate::device::pcap::PcapDevice;
@@ -143,6 +143,17 @@ impl Runtime {
     /// clock) and TCP timestamps to the same peer keep growing from one run to the next.
     pub fn now(&self) -> Instant {
         Instant::from_micros(self.boot_offset_us + self.origin.elapsed().as_micros() as u64)
+    }
+
+    /// Makes this loop `member` of a group of stacks sharing the interface: strays
+    /// handed over, the directory shared, and the program's interface-wide counters
+    /// reported by stack 0 only.
+    pub(crate) fn join_shards(&mut self, member: ShardMember) {
+        if let NetDevice::Plain(device) = &mut self.device {
+            device.report_program_counters = member.index == 0;
+        }
+        self.stack.join_shards(member.directory, member.index);
+        self.shard = Some(member.link);
     }
 
     /// Whether [`Runtime::stop`] is set.

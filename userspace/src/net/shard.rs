@@ -1,7 +1,6 @@
 //! Several stacks sharing one interface: the queues dealt to each, the links that hand
 //! each other the frames of connections that moved queue, and the directory of the
 //! connections their listeners opened.
-use super::runtime::{NetDevice, Runtime};
 use crate::stack::{ShardDirectory, Stack};
 use crate::tcp::Instant;
 use std::sync::Arc;
@@ -29,8 +28,10 @@ pub(crate) struct ShardMember {
     pub index: usize,
     /// The RX queues it polls.
     pub queues: Vec<u32>,
-    link: ShardLink,
-    directory: Arc<ShardDirectory>,
+    /// Its link to the others (see [`super::runtime::Runtime::join_shards`]).
+    pub link: ShardLink,
+    /// The directory the group shares.
+    pub directory: Arc<ShardDirectory>,
 }
 
 impl Shards {
@@ -57,18 +58,6 @@ impl Shards {
             link: self.links[index].take().expect("each member is taken once"),
             directory: self.directory.clone(),
         }
-    }
-}
-
-impl ShardMember {
-    /// Makes `rt` this member of the group: strays handed over, the directory shared,
-    /// and the program's interface-wide counters reported by stack 0 only.
-    pub fn join(self, rt: &mut Runtime) {
-        if let NetDevice::Plain(device) = &mut rt.device {
-            device.report_program_counters = self.index == 0;
-        }
-        rt.stack.join_shards(self.directory, self.index);
-        rt.shard = Some(self.link);
     }
 }
 
