@@ -107,9 +107,11 @@ impl std::error::Error for SetupError {
 }
 
 impl From<SetupError> for std::io::Error {
-    /// An `io::Error` of kind `Other` whose message is the whole chain of causes.
+    /// An `io::Error` of kind `Other` that carries the setup error itself:
+    /// `err.get_ref().and_then(|e| e.downcast_ref::<SetupError>())` gives it back, `{}`
+    /// shows its sentence, `{:#}` the whole chain of causes.
     fn from(e: SetupError) -> Self {
-        std::io::Error::other(format!("{e:#}"))
+        std::io::Error::other(e)
     }
 }
 

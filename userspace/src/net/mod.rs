@@ -209,6 +209,10 @@ impl StackBuilder {
     /// Attaches the XDP program, opens the AF_XDP socket and starts the poll loop on a
     /// thread of its own. Needs root (CAP_NET_ADMIN and CAP_BPF). The key for ISNs and
     /// SYN cookies is fresh and random (kept per boot, as Linux keeps its own).
+    ///
+    /// A failed set-up is an [`io::ErrorKind::Other`] error that carries the typed
+    /// [`SetupError`]: `{err:#}` says what failed and every cause, and
+    /// `err.get_ref().and_then(|e| e.downcast_ref::<SetupError>())` gives it back.
     pub fn build(self) -> io::Result<Stack> {
         let config = self.config.clone();
         self.start(move || open_runtime(&config, &[]))
@@ -221,37 +225,24 @@ impl StackBuilder {
     /// same port on every stack and accept on all of them. A flow whose segments move
     /// to another stack's queue (veth and virtio queues follow the sender's flow hash)
     /// is handed to the stack that owns it. Clients use [`StackBuilder::build`].
+    ///
+    /// `stacks` must be at least 1 and at most the interface's RX queue count (an
+    /// [`io::ErrorKind::InvalidInput`] error says the limit otherwise), as for
+    /// [`StackBuilder::run_per_queue`].
     pub fn build_per_queue(self, stacks: u32) -> io::Result<Vec<Stack>> {
-        use crate::device::xdp::{QueueChoice, XdpProgram, XdpQueues, choose_queues};
-        use runtime::NetDevice;
-        use shard::Shards;
-        let plan = Arc::new(setup::plan(&self.config, &[]).map_err(io_error)?);
-        let program = XdpProgram::load(&plan.iface, self.config.xdp_mode).map_err(io_error)?;
-        let queues = choose_queues(&program, QueueChoice::All).map_err(io_error)?;
-        let stacks = (stacks.max(1) as usize).min(queues.len());
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let first = self.config.cpu.unwrap_or(0);
-        let mut shards = Shards::new(queues, stacks);
+        let (per_queue, mut shards) = setup::PerQueuePlan::new(&self.config, Some(stacks))?;
+        let per_queue = Arc::new(per_queue);
         let mut started = Vec::new();
-        for shard in 0..stacks {
-            let member = shards.member(shard);
-            let (plan, program) = (plan.clone(), program.clone());
-            let core = cores.get((first + shard) % cores.len().max(1)).copied();
+        for index in 0..per_queue.stacks {
+            let member = shards.member(index);
+            let per_queue = per_queue.clone();
             started.push(self.clone().start(move || {
-                if let Some(core) = core {
-                    core_affinity::set_for_current(core);
-                }
-                let device = XdpQueues::bind(&program, &member.queues)?;
-                let mut rt = plan.runtime(NetDevice::Plain(device))?;
-                rt.join_shards(member);
-                Ok(rt)
+                per_queue.pin(index);
+                let device = per_queue.bind(&member)?;
+                per_queue.runtime(device, member)
             })?);
         }
-        program
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .enable(plan.steer)
-            .map_err(io_error)?;
+        per_queue.enable().map_err(io_error)?;
         Ok(started)
     }
 
@@ -334,9 +325,12 @@ impl StackBuilder {
     }
 }
 
-/// A setup error as an `io::Error`, with its whole chain of causes.
+/// A setup error as an `io::Error` of kind [`io::ErrorKind::Other`] whose source is
+/// the [`SetupError`] itself, so a caller can take it back with
+/// `err.get_ref().and_then(|e| e.downcast_ref::<SetupError>())`. `{}` shows its
+/// sentence, `{:#}` the whole chain of causes.
 fn io_error(e: SetupError) -> io::Error {
-    io::Error::other(format!("{e:#}"))
+    e.into()
 }
 
 #[derive(Debug)]
@@ -549,6 +543,36 @@ impl Stack {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setup_error_reaches_the_caller_as_the_io_errors_source() {
+        let cause = io::Error::from(io::ErrorKind::PermissionDenied);
+        let err = io_error(SetupError::new("attaching XDP to eth0", cause));
+        assert_eq!(err.kind(), io::ErrorKind::Other);
+        let setup = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<SetupError>())
+            .expect("the SetupError itself");
+        assert!(setup.has_io_kind(io::ErrorKind::PermissionDenied));
+        assert_eq!(err.to_string(), "attaching XDP to eth0");
+        assert_eq!(
+            format!("{err:#}"),
+            "attaching XDP to eth0: permission denied"
+        );
+    }
+
+    #[test]
+    fn a_failed_build_gives_the_typed_setup_error() {
+        let err = Stack::builder()
+            .interface("no-such-if0")
+            .build()
+            .expect_err("no such interface");
+        let setup = err.get_ref().and_then(|e| e.downcast_ref::<SetupError>());
+        assert!(setup.is_some(), "{err:?}");
+        assert!(format!("{err:#}").contains("no-such-if0"), "{err:#}");
+    }
+
     #[test]
     fn a_fresh_key_per_stack_config() {
         let a = crate::stack::StackConfig::new([2; 6], std::net::Ipv4Addr::LOCALHOST, 8);

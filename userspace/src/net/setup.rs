@@ -1,16 +1,19 @@
 //! The set-up every user of the library runs: where the stack goes, with which
 //! address, what the XDP program steers to it, and the stack's configuration (a
-//! [`Plan`]); then the XDP program, the AF_XDP sockets and a [`Runtime`] around them.
+//! plan); then the XDP program, the AF_XDP sockets and a [`Runtime`] around them.
 //! Also the reports of a running stack's counters and losses.
 use super::config::StackConfig;
+use super::io_error;
 use super::runtime::{NetDevice, Runtime, WaitError, pin_to_cpu};
+use super::shard::{ShardMember, Shards};
 use crate::device::error::{Context, SetupResult, bail, setup_error};
 use crate::device::holder;
 use crate::device::netinfo::{self, default_route, kernel_neighbour, provoke_kernel_arp};
 use crate::device::pcap::PcapDevice;
-use crate::device::xdp::{QueueChoice, XdpQueues};
+use crate::device::xdp::{QueueChoice, SharedProgram, XdpProgram, XdpQueues, choose_queues};
 use crate::stack::{self, AddressMode, Stack};
 use crate::tcp::Instant;
+use std::io;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 use xdp_ebpf::{MAX_LISTEN_PORTS, MODE_OWNED_IP, MODE_SHARED_IP, SteerConfig};
@@ -136,6 +139,100 @@ pub fn open_runtime(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<R
         None => NetDevice::Plain(xdp),
     };
     plan.runtime(device)
+}
+
+/// The one plan of both ways of starting stacks per group of RX queues
+/// ([`super::StackBuilder::build_per_queue`] and [`super::StackBuilder::run_per_queue`]):
+/// the [`Plan`], the loaded program, how many stacks, and the CPU of each.
+pub(crate) struct PerQueuePlan {
+    /// What every stack of the group runs.
+    pub plan: Plan,
+    /// The XDP program they share; steering starts with [`PerQueuePlan::enable`].
+    pub program: SharedProgram,
+    /// How many stacks.
+    pub stacks: usize,
+    cores: Vec<core_affinity::CoreId>,
+    first_cpu: usize,
+}
+
+impl PerQueuePlan {
+    /// Loads the program on the interface `config` names and deals its RX queues to
+    /// `stacks` stacks (`None`: one per queue, at most one per CPU).
+    pub fn new(config: &StackConfig, stacks: Option<u32>) -> io::Result<(Self, Shards)> {
+        let plan = plan(config, &[]).map_err(io_error)?;
+        let program = XdpProgram::load(&plan.iface, config.xdp_mode).map_err(io_error)?;
+        let queues = choose_queues(&program, QueueChoice::All).map_err(io_error)?;
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let stacks = stack_count(stacks, &plan.iface, queues.len(), cores.len())?;
+        let per_queue = PerQueuePlan {
+            plan,
+            program,
+            stacks,
+            cores,
+            first_cpu: config.cpu.unwrap_or(0),
+        };
+        Ok((per_queue, Shards::new(queues, stacks)))
+    }
+
+    /// Pins the calling thread to stack `index`'s CPU: from [`StackConfig::cpu`] on
+    /// (else from 0), round the machine's CPUs.
+    pub fn pin(&self, index: usize) {
+        let core = self
+            .cores
+            .get((self.first_cpu + index) % self.cores.len().max(1));
+        if let Some(core) = core {
+            core_affinity::set_for_current(*core);
+        }
+    }
+
+    /// Binds the AF_XDP sockets of `member`'s queues.
+    pub fn bind(&self, member: &ShardMember) -> SetupResult<XdpQueues> {
+        XdpQueues::bind(&self.program, &member.queues)
+    }
+
+    /// The runtime of `member` around its bound sockets.
+    pub fn runtime(&self, device: XdpQueues, member: ShardMember) -> SetupResult<Runtime> {
+        let mut rt = self.plan.runtime(NetDevice::Plain(device))?;
+        rt.join_shards(member);
+        Ok(rt)
+    }
+
+    /// Starts steering, once every queue has its socket.
+    pub fn enable(&self) -> SetupResult<()> {
+        self.program
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .enable(self.plan.steer)
+    }
+}
+
+/// How many stacks share an interface with `queues` RX queues on a machine with
+/// `cores` CPUs: the number asked for, or one per queue (at most one per CPU).
+///
+/// More stacks than queues is an error, not a quiet clamp: each stack is a thread and a
+/// CPU the caller planned for, and a stack without a queue would receive nothing. The
+/// caller learns the limit and its remedy (raise the channels, `ethtool -L`), as
+/// `ethtool -L` itself refuses more channels than the device has.
+fn stack_count(
+    requested: Option<u32>,
+    iface: &str,
+    queues: usize,
+    cores: usize,
+) -> io::Result<usize> {
+    match requested {
+        Some(0) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "at least one stack is needed",
+        )),
+        Some(n) if n as usize > queues => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{n} stacks: {iface} has {queues} RX queue(s), so at most {queues} stacks (more queues: ethtool -L {iface} combined N)"
+            ),
+        )),
+        Some(n) => Ok(n as usize),
+        None => Ok(queues.min(cores.max(1))),
+    }
 }
 
 /// Everything decided before the device opens (see [`Plan`]).
@@ -367,4 +464,27 @@ pub fn diagnose(rt: &Runtime) -> Vec<String> {
         ));
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stack_count;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn per_queue_stacks_are_as_many_as_asked_and_never_more_than_queues() {
+        assert_eq!(stack_count(Some(2), "eth0", 4, 8).unwrap(), 2);
+        assert_eq!(stack_count(Some(4), "eth0", 4, 2).unwrap(), 4);
+        assert_eq!(stack_count(None, "eth0", 4, 2).unwrap(), 2);
+        assert_eq!(stack_count(None, "eth0", 2, 8).unwrap(), 2);
+        assert_eq!(stack_count(None, "eth0", 1, 0).unwrap(), 1);
+        let zero = stack_count(Some(0), "eth0", 4, 8).unwrap_err();
+        assert_eq!(zero.kind(), ErrorKind::InvalidInput);
+        let more = stack_count(Some(5), "eth0", 4, 8).unwrap_err();
+        assert_eq!(more.kind(), ErrorKind::InvalidInput);
+        assert_eq!(
+            more.to_string(),
+            "5 stacks: eth0 has 4 RX queue(s), so at most 4 stacks (more queues: ethtool -L eth0 combined N)"
+        );
+    }
 }

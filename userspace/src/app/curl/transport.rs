@@ -118,7 +118,7 @@ impl Io {
                 .builder()
                 .linger(CLOSE_WAIT)
                 .build()
-                .map_err(|e| fail(super::EXIT_FAILED_INIT, e.to_string()))?;
+                .map_err(|e| fail(super::EXIT_FAILED_INIT, format!("{e:#}")))?;
             if self.stack.stop_on_signals {
                 for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                     let _ = signal_hook::flag::register(signal, self.interrupted.clone());
