@@ -188,10 +188,10 @@ impl StackBuilder {
     /// `app` runs on each of those threads with its stack and the loop to turn (see
     /// [`StackLoop`]). `stacks`: how many, at least 1 and at most the RX queue count
     /// (else an [`io::ErrorKind::InvalidInput`] error); `None` is one per RX queue, at
-    /// most one per CPU. Steering starts once every queue has its socket. A flow whose segments move
-    /// to another stack's queue is handed to the stack that owns it; a stack whose
-    /// `app` has returned keeps doing that until every `app` has, then stops. Returns
-    /// each `app`'s result, in stack order.
+    /// most one per CPU. Steering starts once every queue has its socket. A flow whose
+    /// segments move to another stack's queue is handed to the stack that owns it; a
+    /// stack whose `app` has returned keeps doing that until every `app` has, then
+    /// stops. Returns each `app`'s result, in stack order.
     pub fn run_per_queue<R: Send>(
         self,
         stacks: Option<u32>,
