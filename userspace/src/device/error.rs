@@ -177,7 +177,10 @@ mod tests {
         assert!(e.has_io_kind(std::io::ErrorKind::PermissionDenied));
         assert!(!e.has_io_kind(std::io::ErrorKind::NotFound));
         let as_io: std::io::Error = e.into();
-        assert!(as_io.to_string().ends_with(": denied"));
+        assert_eq!(as_io.to_string(), "opening the stack");
+        assert!(format!("{as_io:#}").ends_with(": denied"));
+        let inner = as_io.get_ref().and_then(|e| e.downcast_ref::<SetupError>());
+        assert!(inner.is_some_and(|e| e.has_io_kind(std::io::ErrorKind::PermissionDenied)));
     }
 
     #[test]
