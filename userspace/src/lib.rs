@@ -35,11 +35,14 @@
 //!
 //! # Features
 //!
-//! - `cli` (default): the `userspace` command (curl, serve, bench). A library user
+//! - `cli` (default): the `userspace` command (curl, serve, bench), a client of this
+//!   library in the same package (`src/main.rs` and its `app` modules). A library user
 //!   turns it off with `default-features = false`; the stack then needs none of clap,
-//!   rustls, indicatif, signal-hook or anyhow; setup fails with a typed
+//!   rustls, indicatif, signal-hook, tokio or anyhow; setup fails with a typed
 //!   [`device::error::SetupError`].
 //! - `tokio`: the async sockets in `net::tokio`.
+//! - `test-kit`: the link simulator and the fuzz drivers (hidden modules `sim` and
+//!   `fuzzing`), for the fuzz crate and the benchmarks; never needed by a user.
 //!
 //! # Layers, bottom up
 //!
@@ -48,17 +51,19 @@
 //! - [`stack`]: demultiplexing, ARP, listeners, timers and batched output over a
 //!   [`device::Device`], sans-IO too, with per-connection [`stack::Events`].
 //! - [`device`]: the AF_XDP device (aya, and AF_XDP sockets of our own), and an in-memory link for tests.
-//! - [`net`]: the running stack and its sockets.
+//! - [`net`]: the running stack and its sockets: the builder and its [`StackConfig`],
+//!   the poll-loop runtime, per-queue sharding and the set-up every user runs.
 #![warn(missing_docs)]
 
-#[doc(hidden)]
-#[allow(missing_docs)]
-pub mod app;
 pub mod device;
+/// The fuzz drivers: built for tests and with the `test-kit` feature only.
+#[cfg(any(test, feature = "test-kit"))]
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod fuzzing;
 pub mod net;
+/// The seeded link simulator: built for tests and with the `test-kit` feature only.
+#[cfg(any(test, feature = "test-kit"))]
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod sim;
@@ -66,4 +71,4 @@ pub mod stack;
 pub mod tcp;
 pub mod wire;
 
-pub use net::{Stack, StackBuilder, TcpListener, TcpStream};
+pub use net::{Stack, StackBuilder, StackConfig, TcpListener, TcpStream};

@@ -1,7 +1,9 @@
 //! The `userspace` command: curl, serve and run on the kernel-bypass stack.
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
-use userspace::app::{bench, curl, run, serve};
+mod app;
+
+use app::{bench, curl, run, serve};
 use userspace::device::holder;
 
 #[derive(Parser, Debug)]

@@ -2,6 +2,10 @@
 //! fetch a 64 MiB file from nginx byte for byte, and a hyper server takes `wrk` without
 //! an error. They need root; `cargo xtask test` runs them.
 mod common;
+// The command's TLS set-up (an app module, not the library's): the test shares its file.
+#[allow(dead_code)]
+#[path = "../src/app/tls.rs"]
+mod tls;
 use common::*;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -288,8 +292,8 @@ fn inner_sockets() {
     drop(stream);
     // https: rustls over the stream, as any `Read + Write`.
     let ca = std::env::var_os("USERSPACE_LIBRARY_CA").expect("the world's CA");
-    let config = userspace::app::tls::client_config(Some(ca.as_ref()), false).unwrap();
-    let tls = userspace::app::tls::connection(config, "example.com").unwrap();
+    let config = tls::client_config(Some(ca.as_ref()), false).unwrap();
+    let tls = tls::connection(config, "example.com").unwrap();
     let tcp = userspace::TcpStream::connect(&stack, (SERVER_IP, 443)).unwrap();
     let mut https = rustls::StreamOwned::new(tls, tcp);
     https

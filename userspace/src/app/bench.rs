@@ -1,15 +1,15 @@
 //! `userspace bench`: workloads measured on the stack or, with `--kernel`, on kernel
 //! sockets running the same workload code; and `userspace sink`, the raw AF_XDP receive
 //! rate (frames counted and recycled, no stack) that bounds what the stack can do.
-use super::runtime::Runtime;
 use super::setup::{StackArgs, open_runtime, resolve_next_hop};
-use crate::device::Device;
-use crate::stack::{ConnId, RecvError, SendError};
-use crate::tcp::State;
 use anyhow::{Context, anyhow, bail};
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant as WallInstant};
+use userspace::device::Device;
+use userspace::net::runtime::Runtime;
+use userspace::stack::{ConnId, RecvError, SendError};
+use userspace::tcp::State;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -438,7 +438,7 @@ pub struct BlastArgs {
 /// Transmits UDP frames through AF_XDP as fast as the TX ring takes them: a traffic
 /// source for the receive ceiling that the kernel's socket path does not limit.
 pub fn blast(args: &BlastArgs) -> anyhow::Result<()> {
-    let dst_mac = crate::device::netinfo::parse_mac(&args.to_mac)
+    let dst_mac = userspace::device::netinfo::parse_mac(&args.to_mac)
         .ok_or_else(|| anyhow!("bad MAC {}", args.to_mac))?;
     // Owned-IP mode on an address nobody uses: the program steers nothing to us.
     let mut stack_args = args.stack.clone();
@@ -448,9 +448,14 @@ pub fn blast(args: &BlastArgs) -> anyhow::Result<()> {
     let src_ip = rt.iface_ip;
     let len = args.frame_len.clamp(60, 1514);
     let mut frame = vec![0u8; len];
-    crate::wire::emit_ethernet(&mut frame, src_mac, dst_mac, crate::wire::ETHERTYPE_IPV4);
-    let ip_len = len - crate::wire::ETH_HEADER_LEN;
-    let ip = &mut frame[crate::wire::ETH_HEADER_LEN..];
+    userspace::wire::emit_ethernet(
+        &mut frame,
+        src_mac,
+        dst_mac,
+        userspace::wire::ETHERTYPE_IPV4,
+    );
+    let ip_len = len - userspace::wire::ETH_HEADER_LEN;
+    let ip = &mut frame[userspace::wire::ETH_HEADER_LEN..];
     ip[0] = 0x45;
     ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
     ip[6] = 0x40;
@@ -458,7 +463,7 @@ pub fn blast(args: &BlastArgs) -> anyhow::Result<()> {
     ip[9] = 17;
     ip[12..16].copy_from_slice(&src_ip.octets());
     ip[16..20].copy_from_slice(&args.to.octets());
-    let sum = crate::wire::checksum(&ip[..20]);
+    let sum = userspace::wire::checksum(&ip[..20]);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     ip[20..22].copy_from_slice(&9u16.to_be_bytes());
     ip[22..24].copy_from_slice(&9u16.to_be_bytes());

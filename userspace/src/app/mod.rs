@@ -1,15 +1,9 @@
-//! Applications on the stack's public API: curl, serve, and the bare `run` mode, and the
-//! setup they share (flags to a running [`runtime::Runtime`]). Internal to the crate's
-//! own command and library; not a stable API.
-#[cfg(feature = "cli")]
+//! The `userspace` command's applications: curl, serve, bench and the bare `run`
+//! mode, and the stack flags they share. They are clients of the library's public API
+//! (`userspace::...`) like any other program; nothing here is part of the library.
 pub mod bench;
-#[cfg(feature = "cli")]
 pub mod curl;
-#[cfg(feature = "cli")]
 pub mod run;
-pub mod runtime;
-#[cfg(feature = "cli")]
 pub mod serve;
 pub mod setup;
-#[cfg(feature = "cli")]
 pub mod tls;

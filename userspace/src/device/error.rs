@@ -107,9 +107,11 @@ impl std::error::Error for SetupError {
 }
 
 impl From<SetupError> for std::io::Error {
-    /// An `io::Error` of kind `Other` whose message is the whole chain of causes.
+    /// An `io::Error` of kind `Other` that carries the setup error itself:
+    /// `err.get_ref().and_then(|e| e.downcast_ref::<SetupError>())` gives it back, `{}`
+    /// shows its sentence, `{:#}` the whole chain of causes.
     fn from(e: SetupError) -> Self {
-        std::io::Error::other(format!("{e:#}"))
+        std::io::Error::other(e)
     }
 }
 
@@ -175,7 +177,10 @@ mod tests {
         assert!(e.has_io_kind(std::io::ErrorKind::PermissionDenied));
         assert!(!e.has_io_kind(std::io::ErrorKind::NotFound));
         let as_io: std::io::Error = e.into();
-        assert!(as_io.to_string().ends_with(": denied"));
+        assert_eq!(as_io.to_string(), "opening the stack");
+        assert!(format!("{as_io:#}").ends_with(": denied"));
+        let inner = as_io.get_ref().and_then(|e| e.downcast_ref::<SetupError>());
+        assert!(inner.is_some_and(|e| e.has_io_kind(std::io::ErrorKind::PermissionDenied)));
     }
 
     #[test]

@@ -77,7 +77,6 @@ fn bind_flags() -> u16 {
 
 /// XDP attach mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum XdpModeChoice {
     /// In the driver (fastest; veth supports it).
     Native,

@@ -1,7 +1,7 @@
 //! The poll loop: one thread owns the device and the sans-IO [`crate::stack::Stack`],
 //! turns the loop, and keeps the handles' shared state in step with the stack.
+use super::runtime::Runtime;
 use super::shared::{Command, Conn, Failure, Listener, Phase};
-use crate::app::runtime::Runtime;
 use crate::device::netinfo::{kernel_neighbour, kernel_neighbour_failed, provoke_kernel_arp};
 use crate::device::wake::WakeFd;
 use crate::stack::{AddressMode, ConnId};

@@ -12,8 +12,8 @@
 //! methods) or non-blocking ones: a blocking call there would wait for a turn that
 //! only it could make.
 use super::driver::Driver;
+use super::runtime::Runtime;
 use super::{Info, Stack, StackBuilder, io_error};
-use crate::app::runtime::Runtime;
 use crate::stack::StackStats;
 use std::future::Future;
 use std::io;
@@ -102,12 +102,12 @@ impl StackLoop {
 
     /// Every counter, as [`Stack::report`] gives them.
     pub fn report(&mut self) -> String {
-        crate::app::setup::stats_report(self.driver().runtime())
+        super::setup::stats_report(self.driver().runtime())
     }
 
     /// What the stack lost that its user needed, as [`Stack::diagnose`] says it.
     pub fn diagnose(&mut self) -> Vec<String> {
-        crate::app::setup::diagnose(self.driver().runtime())
+        super::setup::diagnose(self.driver().runtime())
     }
 
     /// Stops the stack as [`Stack::shutdown`] does: listeners stop, connections whose
@@ -158,7 +158,7 @@ impl StackBuilder {
     /// returned [`StackLoop`] itself, on this thread (pinned here if
     /// [`StackBuilder::cpu`] is set).
     pub fn build_local(self) -> io::Result<(Stack, StackLoop)> {
-        let rt = crate::app::setup::open_runtime(&self.args, &[]).map_err(io_error)?;
+        let rt = super::setup::open_runtime(&self.config, &[]).map_err(io_error)?;
         Ok(self.local(rt))
     }
 
@@ -186,61 +186,32 @@ impl StackBuilder {
     /// q goes to stack q mod N, every queue gets an AF_XDP socket), each on a thread of
     /// its own pinned to its own CPU (from [`StackBuilder::cpu`] on, else from 0), and
     /// `app` runs on each of those threads with its stack and the loop to turn (see
-    /// [`StackLoop`]). `stacks`: how many; `None` is one per RX queue, at most one per
-    /// CPU. Steering starts once every queue has its socket. A flow whose segments move
-    /// to another stack's queue is handed to the stack that owns it; a stack whose
-    /// `app` has returned keeps doing that until every `app` has, then stops. Returns
-    /// each `app`'s result, in stack order.
+    /// [`StackLoop`]). `stacks`: how many, at least 1 and at most the RX queue count
+    /// (else an [`io::ErrorKind::InvalidInput`] error); `None` is one per RX queue, at
+    /// most one per CPU. Steering starts once every queue has its socket. A flow whose
+    /// segments move to another stack's queue is handed to the stack that owns it; a
+    /// stack whose `app` has returned keeps doing that until every `app` has, then
+    /// stops. Returns each `app`'s result, in stack order.
     pub fn run_per_queue<R: Send>(
         self,
         stacks: Option<u32>,
         app: impl Fn(PerQueue<'_>) -> R + Sync,
     ) -> io::Result<Vec<R>> {
-        use crate::app::runtime::{NetDevice, Shards};
-        use crate::device::xdp::{QueueChoice, XdpProgram, XdpQueues, choose_queues};
-        let plan = crate::app::setup::plan(&self.args, &[]).map_err(io_error)?;
-        let program = XdpProgram::load(&plan.iface, self.args.xdp_mode).map_err(io_error)?;
-        let queues = choose_queues(&program, QueueChoice::All).map_err(io_error)?;
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let count = match stacks {
-            Some(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "at least one stack is needed",
-                ));
-            }
-            Some(n) if n as usize > queues.len() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "{n} stacks: {} has {} RX queue(s), so at most {} stacks",
-                        plan.iface,
-                        queues.len(),
-                        queues.len()
-                    ),
-                ));
-            }
-            Some(n) => n as usize,
-            None => queues.len().min(cores.len().max(1)),
-        };
-        let first = self.args.cpu.unwrap_or(0);
-        let mut shards = Shards::new(queues, count);
+        let (per_queue, mut shards) = super::setup::PerQueuePlan::new(&self.config, stacks)?;
+        let count = per_queue.stacks;
         let bound = Barrier::new(count + 1);
         let failed = AtomicBool::new(false);
         let running = AtomicUsize::new(count);
-        let (plan, program, bound, failed, running, app, builder) =
-            (&plan, &program, &bound, &failed, &running, &app, &self);
+        let (per_queue, bound, failed, running, app, builder) =
+            (&per_queue, &bound, &failed, &running, &app, &self);
         std::thread::scope(|scope| {
             let threads: Vec<_> = (0..count)
                 .map(|index| {
                     let member = shards.member(index);
-                    let core = cores.get((first + index) % cores.len().max(1)).copied();
                     scope.spawn(move || -> io::Result<R> {
                         let done = Running(running);
-                        if let Some(core) = core {
-                            core_affinity::set_for_current(core);
-                        }
-                        let device = XdpQueues::bind(program, &member.queues);
+                        per_queue.pin(index);
+                        let device = per_queue.bind(&member);
                         if device.is_err() {
                             failed.store(true, Ordering::Release);
                         }
@@ -250,8 +221,7 @@ impl StackBuilder {
                         if failed.load(Ordering::Acquire) {
                             return Err(io::Error::other("another stack failed to start"));
                         }
-                        let mut rt = plan.runtime(NetDevice::Plain(device)).map_err(io_error)?;
-                        member.join(&mut rt);
+                        let rt = per_queue.runtime(device, member).map_err(io_error)?;
                         let (stack, mut poll) = builder.local(rt);
                         let result = app(PerQueue {
                             index,
@@ -280,10 +250,7 @@ impl StackBuilder {
             let enabled = if failed.load(Ordering::Acquire) {
                 Ok(())
             } else {
-                program
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .enable(plan.steer)
+                per_queue.enable()
             };
             if enabled.is_err() {
                 failed.store(true, Ordering::Release);

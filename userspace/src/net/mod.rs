@@ -25,9 +25,13 @@
 //!
 //! So a busy connection costs two short, uncontended lock operations per turn (one per
 //! side), whatever the number of packets, and an idle one costs nothing.
+mod config;
 mod driver;
 mod listener;
 mod local;
+pub mod runtime;
+pub mod setup;
+mod shard;
 mod shared;
 mod stream;
 #[cfg(feature = "tokio")]
@@ -36,12 +40,15 @@ pub mod tokio;
 pub use crate::device::xdp::XdpModeChoice;
 pub use crate::stack::AddressMode;
 pub use crate::tcp::CongestionKind;
+pub use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_SPIN, DEFAULT_LINGER, StackConfig};
 pub use listener::{DEFAULT_BACKLOG, Incoming, TcpListener};
 pub use local::{PerQueue, StackLoop};
 pub use stream::TcpStream;
 
-use crate::app::setup::{StackArgs, open_runtime};
+use crate::device::error::{SetupError, SetupResult};
 use crate::device::wake::WakeFd;
+use runtime::Runtime;
+use setup::open_runtime;
 use shared::{Command, Conn};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
@@ -51,10 +58,6 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// How long a connect waits when no timeout is given: longer than the SYN
-/// retransmissions take to give up, so the TCP's own answer comes first.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(130);
 
 /// Most bytes buffered between a handle and the stack in each direction, on top of the
 /// TCP buffers.
@@ -71,32 +74,26 @@ const MAX_HANDLE_BUFFER: usize = 256 * 1024;
 ///     .build()?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StackBuilder {
-    args: StackArgs,
-    connect_timeout: Duration,
-    busy_poll: bool,
-    linger: Duration,
+    config: StackConfig,
 }
 
-/// How long a stopping stack lets connections whose handles were dropped finish sending.
-pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
-
-impl Default for StackBuilder {
-    fn default() -> Self {
-        StackBuilder {
-            args: StackArgs::default(),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            busy_poll: true,
-            linger: DEFAULT_LINGER,
-        }
+impl From<StackConfig> for StackBuilder {
+    fn from(config: StackConfig) -> Self {
+        StackBuilder { config }
     }
 }
 
 impl StackBuilder {
+    /// The configuration built so far.
+    pub fn config(&self) -> &StackConfig {
+        &self.config
+    }
+
     /// The interface to bypass. Default: the interface of the default route.
     pub fn interface(mut self, name: impl Into<String>) -> Self {
-        self.args.iface = Some(name.into());
+        self.config.interface = Some(name.into());
         self
     }
 
@@ -104,91 +101,90 @@ impl StackBuilder {
     /// ARP and ping for it. Default: shared-IP mode, with the interface's own address
     /// and only the stack's ports steered to it.
     pub fn ip(mut self, ip: Ipv4Addr) -> Self {
-        self.args.ip = Some(ip);
+        self.config.ip = Some(ip);
         self
     }
 
     /// The next-hop router. Default: from the kernel's routing table.
     pub fn gateway(mut self, gateway: Ipv4Addr) -> Self {
-        self.args.gateway = Some(gateway);
+        self.config.gateway = Some(gateway);
         self
     }
 
     /// Pins the poll loop's thread to this CPU. Default: not pinned.
     pub fn cpu(mut self, cpu: usize) -> Self {
-        self.args.cpu = Some(cpu);
+        self.config.cpu = Some(cpu);
         self
     }
 
     /// Binds only this RX queue. Default: every RX queue of the interface (RSS spreads
     /// flows over them); one queue alone is refused on an interface with several.
     pub fn queue(mut self, queue: u32) -> Self {
-        self.args.queue = Some(queue);
+        self.config.queue = Some(queue);
         self
     }
 
     /// Forces the XDP attach mode. Default: skb (generic, with multi-buffer sockets) on a
     /// veth or another device without a bus, native (falling back to skb) elsewhere.
     pub fn xdp_mode(mut self, mode: XdpModeChoice) -> Self {
-        self.args.xdp_mode = Some(mode);
+        self.config.xdp_mode = Some(mode);
         self
     }
 
     /// Records every frame sent and received to this pcap file.
     pub fn pcap(mut self, path: impl Into<PathBuf>) -> Self {
-        self.args.pcap = Some(path.into());
+        self.config.pcap = Some(path.into());
         self
     }
 
     /// Congestion control. Default: CUBIC.
     pub fn congestion(mut self, kind: CongestionKind) -> Self {
-        self.args.congestion = kind;
+        self.config.congestion = kind;
         self
     }
 
     /// Disables Nagle's algorithm on every connection. Default: Nagle on.
     pub fn nodelay(mut self, nodelay: bool) -> Self {
-        self.args.nodelay = nodelay;
+        self.config.nodelay = nodelay;
         self
     }
 
     /// Send and receive buffer per connection, in bytes. Default: 1 MiB.
     pub fn buffer(mut self, bytes: usize) -> Self {
-        self.args.buffer = bytes;
+        self.config.buffer = bytes;
         self
     }
 
     /// Most connections held at once. Default: 100,000.
     pub fn max_connections(mut self, n: usize) -> Self {
-        self.args.max_connections = n;
+        self.config.max_connections = n;
         self
     }
 
     /// Half-open connections per listener before SYN cookies. Default: 1024.
     pub fn syn_backlog(mut self, n: usize) -> Self {
-        self.args.syn_backlog = n;
+        self.config.syn_backlog = n;
         self
     }
 
     /// How long [`TcpStream::connect`] waits. Default: [`DEFAULT_CONNECT_TIMEOUT`].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.config.connect_timeout = timeout;
         self
     }
 
     /// How long the poll loop spins with nothing received before it sleeps in poll(2)
     /// until a frame, a timer or a call on a handle. Default: 100 µs.
     pub fn idle_spin(mut self, spin: Duration) -> Self {
-        self.args.busy_poll_us = spin.as_micros().try_into().unwrap_or(u64::MAX);
+        self.config.idle_spin = spin;
         self
     }
 
-    /// The `userspace` binary's XDP linger (`--xdp-linger-ms`, and curl's default): only
-    /// that binary can start the holder process, so this is not public.
-    #[cfg(feature = "cli")]
-    pub(crate) fn xdp_linger(mut self, flag_ms: Option<u64>, default_ms: u64) -> Self {
-        self.args.xdp_linger_ms = flag_ms;
-        self.args.default_linger_ms = default_ms;
+    /// Keeps the XDP program and the sockets attached this long after the stack
+    /// stops, held by a small process (see [`StackConfig::xdp_linger`]: only a program
+    /// that can run the holder, the `userspace` command, lingers). Default: `None`.
+    pub fn xdp_linger(mut self, linger: Option<Duration>) -> Self {
+        self.config.xdp_linger = linger;
         self
     }
 
@@ -198,7 +194,7 @@ impl StackBuilder {
     /// CPU: a frame, a timer or a call on a handle wakes it. With `false` it sleeps at
     /// once, and the first packet after a pause pays the wake-up (some microseconds).
     pub fn busy_poll(mut self, busy_poll: bool) -> Self {
-        self.busy_poll = busy_poll;
+        self.config.busy_poll = busy_poll;
         self
     }
 
@@ -206,16 +202,20 @@ impl StackBuilder {
     /// may take to deliver what was written to them (FIN acknowledged). Default:
     /// [`DEFAULT_LINGER`].
     pub fn linger(mut self, linger: Duration) -> Self {
-        self.linger = linger;
+        self.config.linger = linger;
         self
     }
 
     /// Attaches the XDP program, opens the AF_XDP socket and starts the poll loop on a
     /// thread of its own. Needs root (CAP_NET_ADMIN and CAP_BPF). The key for ISNs and
     /// SYN cookies is fresh and random (kept per boot, as Linux keeps its own).
+    ///
+    /// A failed set-up is an [`io::ErrorKind::Other`] error that carries the typed
+    /// [`SetupError`]: `{err:#}` says what failed and every cause, and
+    /// `err.get_ref().and_then(|e| e.downcast_ref::<SetupError>())` gives it back.
     pub fn build(self) -> io::Result<Stack> {
-        let args = self.args.clone();
-        self.start(move || open_runtime(&args, &[]))
+        let config = self.config.clone();
+        self.start(move || open_runtime(&config, &[]))
     }
 
     /// `stacks` stacks sharing the interface, for servers: every RX queue gets an AF_XDP
@@ -225,36 +225,24 @@ impl StackBuilder {
     /// same port on every stack and accept on all of them. A flow whose segments move
     /// to another stack's queue (veth and virtio queues follow the sender's flow hash)
     /// is handed to the stack that owns it. Clients use [`StackBuilder::build`].
+    ///
+    /// `stacks` must be at least 1 and at most the interface's RX queue count (an
+    /// [`io::ErrorKind::InvalidInput`] error says the limit otherwise), as for
+    /// [`StackBuilder::run_per_queue`].
     pub fn build_per_queue(self, stacks: u32) -> io::Result<Vec<Stack>> {
-        use crate::app::runtime::{NetDevice, Shards};
-        use crate::device::xdp::{QueueChoice, XdpProgram, XdpQueues, choose_queues};
-        let plan = Arc::new(crate::app::setup::plan(&self.args, &[]).map_err(io_error)?);
-        let program = XdpProgram::load(&plan.iface, self.args.xdp_mode).map_err(io_error)?;
-        let queues = choose_queues(&program, QueueChoice::All).map_err(io_error)?;
-        let stacks = (stacks.max(1) as usize).min(queues.len());
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let first = self.args.cpu.unwrap_or(0);
-        let mut shards = Shards::new(queues, stacks);
+        let (per_queue, mut shards) = setup::PerQueuePlan::new(&self.config, Some(stacks))?;
+        let per_queue = Arc::new(per_queue);
         let mut started = Vec::new();
-        for shard in 0..stacks {
-            let member = shards.member(shard);
-            let (plan, program) = (plan.clone(), program.clone());
-            let core = cores.get((first + shard) % cores.len().max(1)).copied();
+        for index in 0..per_queue.stacks {
+            let member = shards.member(index);
+            let per_queue = per_queue.clone();
             started.push(self.clone().start(move || {
-                if let Some(core) = core {
-                    core_affinity::set_for_current(core);
-                }
-                let device = XdpQueues::bind(&program, &member.queues)?;
-                let mut rt = plan.runtime(NetDevice::Plain(device))?;
-                member.join(&mut rt);
-                Ok(rt)
+                per_queue.pin(index);
+                let device = per_queue.bind(&member)?;
+                per_queue.runtime(device, member)
             })?);
         }
-        program
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .enable(plan.steer)
-            .map_err(io_error)?;
+        per_queue.enable().map_err(io_error)?;
         Ok(started)
     }
 
@@ -262,9 +250,7 @@ impl StackBuilder {
     /// where it is pinned); returns once it is up.
     fn start(
         self,
-        open: impl FnOnce() -> crate::device::error::SetupResult<crate::app::runtime::Runtime>
-        + Send
-        + 'static,
+        open: impl FnOnce() -> SetupResult<Runtime> + Send + 'static,
     ) -> io::Result<Stack> {
         let (commands, receiver) = mpsc::channel();
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -307,10 +293,10 @@ impl StackBuilder {
 
     fn loop_options(&self) -> driver::LoopOptions {
         driver::LoopOptions {
-            cap: self.args.buffer.clamp(1, MAX_HANDLE_BUFFER),
-            nodelay: self.args.nodelay,
-            busy_poll: self.busy_poll,
-            linger: self.linger,
+            cap: self.config.buffer.clamp(1, MAX_HANDLE_BUFFER),
+            nodelay: self.config.nodelay,
+            busy_poll: self.config.busy_poll,
+            linger: self.config.linger,
         }
     }
 
@@ -333,15 +319,18 @@ impl StackBuilder {
                 info,
                 cap: options.cap,
                 nodelay: options.nodelay,
-                connect_timeout: self.connect_timeout,
+                connect_timeout: self.config.connect_timeout,
             }),
         }
     }
 }
 
-/// A setup error as an `io::Error`, with its whole chain of causes.
-fn io_error(e: crate::device::error::SetupError) -> io::Error {
-    io::Error::other(format!("{e:#}"))
+/// A setup error as an `io::Error` of kind [`io::ErrorKind::Other`] whose source is
+/// the [`SetupError`] itself, so a caller can take it back with
+/// `err.get_ref().and_then(|e| e.downcast_ref::<SetupError>())`. `{}` shows its
+/// sentence, `{:#}` the whole chain of causes.
+fn io_error(e: SetupError) -> io::Error {
+    e.into()
 }
 
 #[derive(Debug)]
@@ -354,7 +343,7 @@ struct Info {
 }
 
 impl Info {
-    fn of(rt: &crate::app::runtime::Runtime) -> Info {
+    fn of(rt: &Runtime) -> Info {
         let xdp = rt.device.xdp();
         Info {
             ip: rt.stack.ip(),
@@ -485,7 +474,7 @@ impl Stack {
     /// frames, as text, one `name value` line each under a `* section:` heading (what
     /// the `userspace` command's `--stats` prints).
     pub fn report(&self) -> io::Result<String> {
-        self.with_runtime(|rt| crate::app::setup::stats_report(rt))
+        self.with_runtime(|rt| setup::stats_report(rt))
     }
 
     /// One sentence per way the stack has been losing packets its user needed, each
@@ -493,14 +482,14 @@ impl Stack {
     /// AF_XDP socket, frames too large for a UMEM frame, segments dropped for bad
     /// checksums. Empty when nothing was lost.
     pub fn diagnose(&self) -> io::Result<Vec<String>> {
-        self.with_runtime(|rt| crate::app::setup::diagnose(rt))
+        self.with_runtime(|rt| setup::diagnose(rt))
     }
 
     /// Runs `f` with the poll loop's runtime, on its thread between two turns, and
     /// returns its result.
     fn with_runtime<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut crate::app::runtime::Runtime) -> R + Send + 'static,
+        f: impl FnOnce(&mut Runtime) -> R + Send + 'static,
     ) -> io::Result<R> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Command::Run(Box::new(move |rt| {
@@ -552,40 +541,42 @@ impl Stack {
     }
 }
 
-#[cfg(all(test, feature = "cli"))]
+#[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        stack: StackArgs,
+    #[test]
+    fn a_setup_error_reaches_the_caller_as_the_io_errors_source() {
+        let cause = io::Error::from(io::ErrorKind::PermissionDenied);
+        let err = io_error(SetupError::new("attaching XDP to eth0", cause));
+        assert_eq!(err.kind(), io::ErrorKind::Other);
+        let setup = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<SetupError>())
+            .expect("the SetupError itself");
+        assert!(setup.has_io_kind(io::ErrorKind::PermissionDenied));
+        assert_eq!(err.to_string(), "attaching XDP to eth0");
+        assert_eq!(
+            format!("{err:#}"),
+            "attaching XDP to eth0: permission denied"
+        );
     }
 
     #[test]
-    fn the_library_defaults_are_the_commands_defaults() {
-        let parsed = Flags::parse_from(["userspace"]).stack;
-        let library = StackBuilder::default().args;
-        assert!(parsed.stop_on_signals && !library.stop_on_signals);
-        let without_signals = |a: &StackArgs| {
-            format!(
-                "{:?}",
-                StackArgs {
-                    stop_on_signals: false,
-                    ..a.clone()
-                }
-            )
-        };
-        assert_eq!(without_signals(&parsed), without_signals(&library));
-        assert_eq!(library.max_connections, 100_000);
-        assert_eq!(library.buffer, 1 << 20);
+    fn a_failed_build_gives_the_typed_setup_error() {
+        let err = Stack::builder()
+            .interface("no-such-if0")
+            .build()
+            .expect_err("no such interface");
+        let setup = err.get_ref().and_then(|e| e.downcast_ref::<SetupError>());
+        assert!(setup.is_some(), "{err:?}");
+        assert!(format!("{err:#}").contains("no-such-if0"), "{err:#}");
     }
 
     #[test]
     fn a_fresh_key_per_stack_config() {
-        let a = crate::stack::StackConfig::new([2; 6], Ipv4Addr::LOCALHOST, 8);
-        let b = crate::stack::StackConfig::new([2; 6], Ipv4Addr::LOCALHOST, 8);
+        let a = crate::stack::StackConfig::new([2; 6], std::net::Ipv4Addr::LOCALHOST, 8);
+        let b = crate::stack::StackConfig::new([2; 6], std::net::Ipv4Addr::LOCALHOST, 8);
         assert_ne!(a.isn_key, b.isn_key);
         assert_ne!(a.isn_key, [0x5a; 16]);
     }

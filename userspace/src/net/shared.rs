@@ -32,7 +32,7 @@ pub(crate) enum Command {
     /// dropped): look at it on this turn.
     Wake(Arc<Conn>),
     /// Run this on the loop's thread, between two turns (counters, diagnostics).
-    Run(Box<dyn FnOnce(&mut crate::app::runtime::Runtime) + Send>),
+    Run(Box<dyn FnOnce(&mut super::runtime::Runtime) + Send>),
 }
 
 /// Why an operation failed, kept until the handle asks (an `io::Error` is not `Copy`).

@@ -10,9 +10,14 @@ mod recovery;
 pub mod rtt;
 pub mod sack;
 pub mod send_buffer;
-pub mod seq;
-pub mod time;
 mod timer;
+
+/// Sequence numbers live in [`crate::wire`] (segments carry them); re-exported here,
+/// where the connection does its arithmetic with them.
+pub use crate::wire::seq;
+/// Virtual time lives in [`crate::wire`] (fragment reassembly takes `now` too);
+/// re-exported here for the connection's timers.
+pub use crate::wire::time;
 
 pub use congestion::{CongestionControl, Cubic, NewReno};
 pub use connection::{
@@ -24,7 +29,6 @@ pub use time::Instant;
 
 /// Which congestion control a connection runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum CongestionKind {
     /// NewReno (RFC 5681, RFC 6582).
     NewReno,

@@ -3,8 +3,8 @@
 //! ipfrag_high_thresh), fragments per datagram, and a 30 s timeout (ipfrag_time).
 //! Overlapping fragments drop the whole datagram, as Linux does since 4.19 (and RFC 5722
 //! asks for IPv6). This is not the hot path: it allocates per datagram.
+use super::time::Instant;
 use super::{IPV4_HEADER_LEN, checksum};
-use crate::tcp::Instant;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 

@@ -1,11 +1,10 @@
 //! IPv4 (RFC 791, with RFC 1122 section 3.2.1 validation) and the ICMP messages the stack uses.
 use super::{
-    ChecksumPolicy, ETH_HEADER_LEN, ETHERTYPE_IPV4, Frame, IPV4_HEADER_LEN, MacAddr, Parsed,
-    WireError, checksum, emit_ethernet, tcp,
+    ETH_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, MacAddr, WireError, checksum, emit_ethernet,
 };
 use std::net::Ipv4Addr;
 
-const PROTO_ICMP: u8 = 1;
+pub(super) const PROTO_ICMP: u8 = 1;
 pub(super) const PROTO_TCP: u8 = 6;
 
 /// The parts of an IPv4 header the stack needs.
@@ -19,11 +18,9 @@ pub struct Ipv4Info {
     pub ttl: u8,
 }
 
-pub(super) fn parse(
-    eth_src: MacAddr,
-    packet: &[u8],
-    policy: ChecksumPolicy,
-) -> Result<Parsed<'_>, WireError> {
+/// Validates an IPv4 header; returns it, the protocol number and the payload (the
+/// caller parses the payload by protocol, so this file knows nothing of TCP).
+pub(super) fn parse(packet: &[u8]) -> Result<(Ipv4Info, u8, &[u8]), WireError> {
     if packet.len() < IPV4_HEADER_LEN {
         return Err(WireError::Truncated);
     }
@@ -49,25 +46,7 @@ pub(super) fn parse(
         dst: header.destination_addr(),
         ttl: header.ttl(),
     };
-    let payload = &packet[header_len..total_len];
-    match header.protocol().0 {
-        PROTO_TCP => {
-            let (tcp, partial_checksum) = tcp::parse(ip.src, ip.dst, payload, policy)?;
-            Ok(Parsed {
-                frame: Frame::Tcp { eth_src, ip, tcp },
-                partial_checksum,
-            })
-        }
-        PROTO_ICMP => Ok(Parsed {
-            frame: Frame::Icmp {
-                eth_src,
-                ip,
-                icmp: IcmpRepr::parse(payload)?,
-            },
-            partial_checksum: false,
-        }),
-        _ => Err(WireError::Unsupported),
-    }
+    Ok((ip, header.protocol().0, &packet[header_len..total_len]))
 }
 
 /// Writes a 20-byte IPv4 header (no options, DF set) with its checksum.
@@ -128,7 +107,7 @@ pub enum IcmpRepr<'a> {
 }
 
 impl<'a> IcmpRepr<'a> {
-    fn parse(msg: &'a [u8]) -> Result<Self, WireError> {
+    pub(super) fn parse(msg: &'a [u8]) -> Result<Self, WireError> {
         if msg.len() < 8 {
             return Err(WireError::Truncated);
         }

@@ -6,10 +6,13 @@
 mod arp;
 pub mod frag;
 mod ipv4;
+pub mod seq;
 mod tcp;
+pub mod time;
 
 pub use arp::{ArpOp, ArpRepr, emit_arp};
 pub use ipv4::{IcmpRepr, Ipv4Info, emit_icmp_echo_reply};
+pub use seq::SeqNum;
 pub use tcp::{MAX_SACK_BLOCKS, TcpFlags, TcpOptions, TcpRepr, emit_tcp, tcp_frame_len};
 
 use std::net::Ipv4Addr;
@@ -115,7 +118,7 @@ pub fn parse_frame_with(frame: &[u8], policy: ChecksumPolicy) -> Result<Parsed<'
             frame: Frame::Arp(ArpRepr::parse(eth.payload_slice())?),
             partial_checksum: false,
         }),
-        ETHERTYPE_IPV4 => ipv4::parse(eth_src, eth.payload_slice(), policy),
+        ETHERTYPE_IPV4 => parse_ipv4(eth_src, eth.payload_slice(), policy),
         _ => Err(WireError::Unsupported),
     }
 }
@@ -127,7 +130,25 @@ pub fn parse_ipv4(
     packet: &[u8],
     policy: ChecksumPolicy,
 ) -> Result<Parsed<'_>, WireError> {
-    ipv4::parse(eth_src, packet, policy)
+    let (ip, protocol, payload) = ipv4::parse(packet)?;
+    match protocol {
+        ipv4::PROTO_TCP => {
+            let (tcp, partial_checksum) = tcp::parse(ip.src, ip.dst, payload, policy)?;
+            Ok(Parsed {
+                frame: Frame::Tcp { eth_src, ip, tcp },
+                partial_checksum,
+            })
+        }
+        ipv4::PROTO_ICMP => Ok(Parsed {
+            frame: Frame::Icmp {
+                eth_src,
+                ip,
+                icmp: IcmpRepr::parse(payload)?,
+            },
+            partial_checksum: false,
+        }),
+        _ => Err(WireError::Unsupported),
+    }
 }
 
 /// Writes the Ethernet header into `buf[..14]`.

@@ -1,11 +1,11 @@
 //! TCP header and options (RFC 9293 section 3.1, RFC 7323, RFC 2018).
+use super::seq::SeqNum;
 use super::{
     ChecksumPolicy, ETH_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, MacAddr, WireError,
     emit_ethernet,
     ipv4::{PROTO_TCP, emit_header},
     partial_tcp_checksum, tcp_checksum,
 };
-use crate::tcp::seq::SeqNum;
 use std::net::Ipv4Addr;
 
 /// At most four SACK blocks fit in the option space (three with timestamps).

@@ -239,11 +239,8 @@ fn print_version() {
 /// put back and the signal raised again (the XDP link is gone with the runtime already,
 /// and the kernel would detach it at exit anyway).
 fn die_by_sigint() -> ! {
-    // SAFETY: restoring the default disposition and raising a signal in this process.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_DFL);
-        libc::raise(libc::SIGINT);
-    }
+    // Puts the default disposition back and raises the signal (signal-hook's safe call).
+    let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGINT);
     std::process::exit(130)
 }
 

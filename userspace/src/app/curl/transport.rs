@@ -1,7 +1,7 @@
 //! The byte streams curl's HTTP runs on: connect, write, read, close, and TLS on top.
 //!
 //! This is the only part of curl that knows about the stack, and it knows it as any
-//! user of the library does: a [`crate::Stack`] opened on first use, and
+//! user of the library does: a [`userspace::Stack`] opened on first use, and
 //! [`net::tokio::TcpStream`]s on it, each named by a [`Conn`] handle. Several are open
 //! at once (kept-alive ones, and -Z's transfers). The calls are `async`; the poll loop
 //! runs on its own thread and wakes the waiting transfer through its waker, and
@@ -11,8 +11,6 @@ use super::{
     CurlError, EXIT_CANNOT_CONNECT, EXIT_INTERRUPTED, EXIT_RECV_ERROR, EXIT_TIMEOUT, fail,
 };
 use crate::app::setup::StackArgs;
-use crate::net::{self, tokio::TcpStream};
-use crate::tcp::TcpError;
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -23,6 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use userspace::net::{self, tokio::TcpStream};
+use userspace::tcp::TcpError;
 
 /// The longest the thread parks without a wake-up: how soon Ctrl-C is noticed.
 const MAX_PARK: Duration = Duration::from_millis(50);
@@ -118,7 +118,7 @@ impl Io {
                 .builder()
                 .linger(CLOSE_WAIT)
                 .build()
-                .map_err(|e| fail(super::EXIT_FAILED_INIT, e.to_string()))?;
+                .map_err(|e| fail(super::EXIT_FAILED_INIT, format!("{e:#}")))?;
             if self.stack.stop_on_signals {
                 for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                     let _ = signal_hook::flag::register(signal, self.interrupted.clone());

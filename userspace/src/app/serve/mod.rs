@@ -2,15 +2,13 @@
 //!
 //! It runs on the library's public API as any server would: a listener and async
 //! streams on each stack, whose loop it turns on the stack's own thread
-//! ([`crate::net::StackLoop`]), one stack per group of RX queues
-//! ([`crate::net::StackBuilder::run_per_queue`]). A connection's waker puts its client
+//! ([`userspace::net::StackLoop`]), one stack per group of RX queues
+//! ([`userspace::net::StackBuilder::run_per_queue`]). A connection's waker puts its client
 //! on the list of those with news, so an idle connection costs nothing per turn,
 //! whatever their number.
 mod files;
 
 use super::setup::StackArgs;
-use crate::net::tokio::{TcpListener, TcpStream};
-use crate::net::{Stack, StackLoop};
 use files::{Found, Range, Validators};
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -21,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use userspace::net::tokio::{TcpListener, TcpStream};
+use userspace::net::{Stack, StackLoop};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {

@@ -1,4 +1,11 @@
-//! The poll loop around the sans-IO stack: the clock, the device, CPU pinning, signals.
+//! The poll loop around the sans-IO stack, on the caller's thread: the clock, the
+//! device, idling and CPU pinning.
+//!
+//! [`crate::Stack`] runs this loop on a thread of its own and talks to it through
+//! handles. A program that drives the sans-IO [`crate::stack::Stack`] itself (the
+//! `userspace` command's `run` and `bench`) opens a [`Runtime`] with
+//! [`super::setup::open_runtime`] and calls [`Runtime::turn`] and [`Runtime::wait`].
+use super::shard::{ShardLink, ShardMember};
 use crate::device::Device;
 use crate::device::error::{SetupResult, bail, setup_error};
 use crate::device::pcap::PcapDevice;
@@ -11,11 +18,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The AF_XDP sockets of the stack's queues, optionally recording to a pcap file.
 pub enum NetDevice {
+    /// The sockets alone.
     Plain(XdpQueues),
+    /// The sockets, every frame recorded to a pcap file.
     Pcap(PcapDevice<XdpQueues>),
 }
 
 impl NetDevice {
+    /// The AF_XDP sockets (and the XDP program's counters through them).
     pub fn xdp(&self) -> &XdpQueues {
         match self {
             NetDevice::Plain(d) => d,
@@ -54,17 +64,26 @@ impl Device for NetDevice {
     }
 }
 
+/// Why [`Runtime::wait`] returned without a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitError {
+    /// The deadline passed.
     TimedOut,
+    /// [`Runtime::stop`] was set (by a signal handler, say).
     Interrupted,
 }
 
+/// A sans-IO stack, its device and the clock: one poll loop, turned by its owner.
 pub struct Runtime {
+    /// The sans-IO stack the loop runs.
     pub stack: Stack,
+    /// Its AF_XDP sockets.
     pub device: NetDevice,
     origin: std::time::Instant,
+    /// When set, [`Runtime::wait`] returns [`WaitError::Interrupted`] (a program hands
+    /// it to its signal handlers).
     pub stop: Arc<AtomicBool>,
+    /// The interface the stack bypasses.
     pub iface: String,
     /// The interface's own IPv4 address (the stack's address in shared-IP mode).
     pub iface_ip: std::net::Ipv4Addr,
@@ -72,112 +91,14 @@ pub struct Runtime {
     idle_since: Option<Instant>,
     last_now: Instant,
     boot_offset_us: u64,
-    /// Set when this stack is one of several sharing an interface (`serve`).
-    pub shard: Option<ShardLink>,
+    /// Set when this stack is one of several sharing an interface.
+    pub(crate) shard: Option<ShardLink>,
     /// How long the loop spins with nothing received before it sleeps in poll(2).
     pub busy_poll: std::time::Duration,
     /// When the spinning loop last yielded the CPU.
     last_yield: Instant,
     /// The next sleep's longest length: doubles while nothing comes, up to `MAX_SLEEP`.
     sleep_for: std::time::Duration,
-}
-
-/// How sharded stacks give each other the frames of connections that moved to another
-/// stack's queue (see [`Stack::hand_over_strays`]).
-pub struct ShardLink {
-    pub inbox: std::sync::mpsc::Receiver<Vec<u8>>,
-    pub peers: Vec<std::sync::mpsc::Sender<Vec<u8>>>,
-}
-
-/// What the stacks sharing one interface share: the queues dealt to each (queue q to
-/// stack q mod N; a flow stays on its queue, so it mostly meets the same stack), the
-/// links between them, and the directory of the connections their listeners opened.
-pub struct Shards {
-    queues: Vec<u32>,
-    links: Vec<Option<ShardLink>>,
-    directory: Arc<crate::stack::ShardDirectory>,
-}
-
-/// One stack's part of [`Shards`].
-pub struct ShardMember {
-    /// Its index among the stacks.
-    pub index: usize,
-    /// The RX queues it polls.
-    pub queues: Vec<u32>,
-    link: ShardLink,
-    directory: Arc<crate::stack::ShardDirectory>,
-}
-
-impl Shards {
-    /// `stacks` stacks over the interface's `queues`.
-    pub fn new(queues: Vec<u32>, stacks: usize) -> Self {
-        Shards {
-            queues,
-            links: ShardLink::mesh(stacks).into_iter().map(Some).collect(),
-            directory: Arc::default(),
-        }
-    }
-
-    /// Stack `index`'s part (each is taken once).
-    pub fn member(&mut self, index: usize) -> ShardMember {
-        let stacks = self.links.len();
-        ShardMember {
-            index,
-            queues: self
-                .queues
-                .iter()
-                .copied()
-                .filter(|q| *q as usize % stacks == index)
-                .collect(),
-            link: self.links[index].take().expect("each member is taken once"),
-            directory: self.directory.clone(),
-        }
-    }
-}
-
-impl ShardMember {
-    /// Makes `rt` this member of the group: strays handed over, the directory shared,
-    /// and the program's interface-wide counters reported by stack 0 only.
-    pub fn join(self, rt: &mut Runtime) {
-        if let NetDevice::Plain(device) = &mut rt.device {
-            device.report_program_counters = self.index == 0;
-        }
-        rt.stack.join_shards(self.directory, self.index);
-        rt.shard = Some(self.link);
-    }
-}
-
-impl ShardLink {
-    /// Links for `n` stacks: each receives from its own inbox and sends to the others.
-    pub fn mesh(n: usize) -> Vec<ShardLink> {
-        let (senders, inboxes): (Vec<_>, Vec<_>) =
-            (0..n).map(|_| std::sync::mpsc::channel()).unzip();
-        inboxes
-            .into_iter()
-            .enumerate()
-            .map(|(i, inbox)| ShardLink {
-                inbox,
-                peers: senders
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, s)| s.clone())
-                    .collect(),
-            })
-            .collect()
-    }
-
-    /// Processes what the other stacks handed over, and hands over this stack's strays.
-    fn exchange(&self, stack: &mut Stack, now: Instant) {
-        for frame in self.inbox.try_iter() {
-            stack.receive_handed_over(now, &frame);
-        }
-        for frame in stack.take_strays() {
-            for peer in &self.peers {
-                let _ = peer.send(frame.clone());
-            }
-        }
-    }
 }
 
 /// Time since boot when the process started, from /proc/uptime (10 ms resolution).
@@ -188,17 +109,16 @@ fn uptime_us() -> u64 {
         .map_or(0, |secs| (secs * 1e6) as u64)
 }
 
-/// Default of `busy_poll`: a reply within this long is waited for by spinning.
-pub const DEFAULT_BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(100);
+/// How often a spinning loop yields the CPU to threads queued on its core.
+const YIELD_EVERY: std::time::Duration = std::time::Duration::from_micros(20);
 /// An idle loop first sleeps this long at most, then twice as long each time nothing
 /// came, up to `MAX_SLEEP`. Short first sleeps keep a condition the stack cannot see
 /// (the kernel's neighbour table, polled while resolving the next hop) prompt.
-/// How often a spinning loop yields the CPU to threads queued on its core.
-const YIELD_EVERY: std::time::Duration = std::time::Duration::from_micros(20);
 const MIN_SLEEP: std::time::Duration = std::time::Duration::from_millis(1);
 const MAX_SLEEP: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Runtime {
+    /// A loop around `stack` and `device`, its clock started now.
     pub fn new(stack: Stack, device: NetDevice) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         Runtime {
@@ -213,7 +133,7 @@ impl Runtime {
             last_now: Instant::ZERO,
             boot_offset_us: uptime_us(),
             shard: None,
-            busy_poll: DEFAULT_BUSY_POLL,
+            busy_poll: super::config::DEFAULT_IDLE_SPIN,
             sleep_for: MIN_SLEEP,
             last_yield: Instant::ZERO,
         }
@@ -225,15 +145,18 @@ impl Runtime {
         Instant::from_micros(self.boot_offset_us + self.origin.elapsed().as_micros() as u64)
     }
 
-    /// SIGINT and SIGTERM set [`Runtime::stop`] (the CLI's apps stop gracefully on them).
-    /// A library leaves its host program's signals alone, so this is never done for it.
-    #[cfg(feature = "cli")]
-    pub fn stop_on_signals(&self) {
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            let _ = signal_hook::flag::register(signal, self.stop.clone());
+    /// Makes this loop `member` of a group of stacks sharing the interface: strays
+    /// handed over, the directory shared, and the program's interface-wide counters
+    /// reported by stack 0 only.
+    pub(crate) fn join_shards(&mut self, member: ShardMember) {
+        if let NetDevice::Plain(device) = &mut self.device {
+            device.report_program_counters = member.index == 0;
         }
+        self.stack.join_shards(member.directory, member.index);
+        self.shard = Some(member.link);
     }
 
+    /// Whether [`Runtime::stop`] is set.
     pub fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -260,16 +183,16 @@ impl Runtime {
         received
     }
 
-    /// Called between turns: spins while traffic flows and for `busy_poll` after the
-    /// last frame (a reply that comes within the budget costs no wakeup); after that it
-    /// sleeps in poll(2) on the sockets until a frame comes or the stack's next timer
-    /// (`Stack::poll_at`) is due, so an idle stack costs no CPU.
     /// Makes the idle loop's sleep in poll(2) end when `fd` becomes readable too (the
     /// library's handles wake their loop through an eventfd).
     pub fn also_wake_on(&mut self, fd: std::os::fd::RawFd) {
         self.device.xdp_mut().also_wake_on(fd);
     }
 
+    /// Called between turns: spins while traffic flows and for `busy_poll` after the
+    /// last frame (a reply that comes within the budget costs no wakeup); after that it
+    /// sleeps in poll(2) on the sockets until a frame comes or the stack's next timer
+    /// (`Stack::poll_at`) is due, so an idle stack costs no CPU.
     pub fn idle(&mut self) {
         self.idle_until(None);
     }
