@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: the end-to-end comparison, side by side in one run on the same
 //! link (the machine is noisy, so only ratios measured together mean anything).
+use crate::charts;
 use crate::install;
 use crate::world::{HOST_IF, HOST_IP, OWNED_IP, SERVER_IP, World, WorldOptions};
 use anyhow::{Context, bail};
@@ -314,6 +315,19 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         })
     };
     let (ours_up, kernel_up) = (upload(false)?, upload(true)?);
+    // The per-packet comparison: the kernel sending the same upload as MTU frames, as
+    // AF_XDP must (TSO and GSO off on the host's link for this run only).
+    let host_offloads = |state: &str| {
+        output(
+            world
+                .exec(&world.host)
+                .args(["ethtool", "-K", HOST_IF, "tso", state, "gso", state]),
+        )
+    };
+    host_offloads("off")?;
+    let kernel_up_mtu = upload(true);
+    host_offloads("on")?;
+    let kernel_up_mtu = kernel_up_mtu?;
     for (direction, size, ours, kernel) in [
         (
             "download (512 MiB, nginx -> curl)",
@@ -354,6 +368,21 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
             target: "<= 1.0x",
         });
     }
+
+    rows.push(Row {
+        name: "bulk upload vs the kernel sending MTU frames (TSO/GSO off)",
+        ours: ours_up.gbps,
+        kernel: kernel_up_mtu.gbps,
+        unit: "Gbit/s",
+        target: ">= 1.0x",
+    });
+    rows.push(Row {
+        name: "CPU per GB uploaded (machine), kernel sending MTU frames",
+        ours: ours_up.machine_cpu_per_gb,
+        kernel: kernel_up_mtu.machine_cpu_per_gb,
+        unit: "CPU-s/GB",
+        target: "report",
+    });
 
     // The AF_XDP ceiling: frames counted and recycled by a sink with no stack, sent by
     // an AF_XDP blaster on the router's end of the link.
@@ -422,6 +451,7 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
     const RR_ROUNDS: usize = 5;
     let keys = ["p50_us", "p99_us", "p999_us"];
     let mut rounds: Vec<([f64; 3], [f64; 3])> = Vec::new();
+    let mut cdfs = Vec::new();
     for _ in 0..RR_ROUNDS {
         let ours = output(world.exec(&world.host).args([
             bin, "bench", "rr", &target, "--count", "20000", "--cpu", "0",
@@ -433,6 +463,15 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         )?;
         let field = |out: &str| keys.map(|k| json_field(out, k).unwrap_or(0.0));
         rounds.push((field(&ours), field(&kernel)));
+        cdfs = [("stack", &ours), ("kernel sockets", &kernel)]
+            .into_iter()
+            .filter_map(|(label, out)| {
+                Some(charts::Cdf {
+                    label: label.into(),
+                    points: charts::parse_cdf(out)?,
+                })
+            })
+            .collect();
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -581,8 +620,43 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
     for n in &notes {
         println!("\n{n}");
     }
+    draw_charts(root, &rows, &cdfs)?;
     let path = root.join("target/bench.json");
     std::fs::write(&path, json)?;
     eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
+
+/// docs/bench-throughput.svg (every Gbit/s row: stack, kernel, ceiling) and
+/// docs/bench-rr-cdf.svg (the last rr round of each path).
+fn draw_charts(root: &Path, rows: &[Row], cdfs: &[charts::Cdf]) -> anyhow::Result<()> {
+    // One group per transfer: the ceiling joins the download, the kernel's MTU-frame
+    // upload joins the upload.
+    let mut groups: Vec<charts::ThroughputGroup> = Vec::new();
+    for r in rows.iter().filter(|r| r.unit == "Gbit/s") {
+        let extra = if r.name.contains("ceiling") {
+            Some(("bulk download", "AF_XDP receive ceiling (MTU frames)"))
+        } else if r.name.contains("MTU frames") {
+            Some(("bulk upload", "kernel, MTU frames (TSO/GSO off)"))
+        } else {
+            None
+        };
+        match extra.and_then(|(into, label)| {
+            let group = groups.iter_mut().find(|g| g.name.starts_with(into))?;
+            Some((group, label))
+        }) {
+            Some((group, label)) => group.bars.push((label.into(), r.kernel)),
+            None => groups.push(charts::ThroughputGroup {
+                name: r.name.to_string(),
+                bars: vec![("stack".into(), r.ours), ("kernel".into(), r.kernel)],
+            }),
+        }
+    }
+    let docs = root.join("docs");
+    charts::throughput(&docs.join("bench-throughput.svg"), &groups)?;
+    if cdfs.len() == 2 {
+        charts::latency_cdf(&docs.join("bench-rr-cdf.svg"), cdfs)?;
+    }
+    eprintln!("xtask: wrote docs/bench-throughput.svg and docs/bench-rr-cdf.svg");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Project tasks (`cargo xtask ...`) and the network-namespace test world they share
 //! with the integration tests.
 pub mod bench;
+pub mod charts;
 pub mod install;
 pub mod world;

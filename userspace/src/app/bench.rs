@@ -71,14 +71,27 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
+/// Points of the latency distribution in `cdf_us`: the k-th value is the latency at or
+/// below which k/CDF_POINTS of the requests fell (`cargo xtask bench` draws it).
+const CDF_POINTS: usize = 200;
+
 fn report_latency(kind: &str, mut samples: Vec<Duration>) {
     samples.sort();
+    let cdf: Vec<String> = (1..=CDF_POINTS)
+        .map(|k| {
+            let i = (samples.len() * k).div_ceil(CDF_POINTS).saturating_sub(1);
+            samples
+                .get(i)
+                .map_or("0".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e6))
+        })
+        .collect();
     println!(
-        "{{\"workload\":\"rr\",\"path\":\"{kind}\",\"count\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1}}}",
+        "{{\"workload\":\"rr\",\"path\":\"{kind}\",\"count\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"cdf_us\":[{}]}}",
         samples.len(),
         percentile(&samples, 0.50),
         percentile(&samples, 0.99),
-        percentile(&samples, 0.999)
+        percentile(&samples, 0.999),
+        cdf.join(",")
     );
 }
 
