@@ -1,7 +1,7 @@
 //! The poll loop: one thread owns the device and the sans-IO [`crate::stack::Stack`],
 //! turns the loop, and keeps the handles' shared state in step with the stack.
 use super::runtime::Runtime;
-use super::shared::{Command, Conn, Failure, Listener, Phase};
+use super::shared::{Command, Conn, ConnOption, Failure, Listener, Phase};
 use crate::device::netinfo::{kernel_neighbour, kernel_neighbour_failed, provoke_kernel_arp};
 use crate::device::wake::WakeFd;
 use crate::stack::{AddressMode, ConnId};
@@ -65,7 +65,6 @@ pub(crate) struct Driver {
     listeners: HashMap<u16, Arc<Listener>>,
     ready: Vec<ConnId>,
     accepted: Vec<Arc<Conn>>,
-    scratch: Vec<u8>,
     resolving: Vec<Resolving>,
     connecting: Vec<Connecting>,
     /// Connections whose handles are gone and whose FIN is queued: the stack finishes
@@ -97,7 +96,6 @@ impl Driver {
             listeners: HashMap::new(),
             ready: Vec::with_capacity(1024),
             accepted: Vec::new(),
-            scratch: vec![0; 64 * 1024],
             resolving: Vec::new(),
             connecting: Vec::new(),
             lingering: Vec::new(),
@@ -222,7 +220,26 @@ impl Driver {
                 } => self.connect(conn, remote, timeout),
                 Command::Listen(listener) => self.listen(listener),
                 Command::Unlisten(listener) => self.unlisten(&listener),
+                Command::Set(conn, option) => self.set(&conn, option),
                 Command::Run(f) => f(&mut self.rt),
+            }
+        }
+    }
+
+    /// Applies a socket option a handle changed.
+    fn set(&mut self, conn: &Conn, option: ConnOption) {
+        let Some(id) = conn.shared.lock().id else {
+            return;
+        };
+        let stack = &mut self.rt.stack;
+        match option {
+            ConnOption::Nodelay(on) => stack.set_nodelay(id, on),
+            ConnOption::Keepalive(every) => {
+                // RFC 1122 4.2.3.6; 9 probes, as Linux.
+                if let Some(every) = every {
+                    stack.set_keepalive_params(id, every, every, 9);
+                }
+                stack.set_keepalive(id, every.is_some());
             }
         }
     }
@@ -466,16 +483,6 @@ impl Driver {
             return;
         };
         let mut changed = false;
-        if std::mem::take(&mut st.nodelay_changed) {
-            stack.set_nodelay(id, st.nodelay);
-        }
-        if std::mem::take(&mut st.keepalive_changed) {
-            // RFC 1122 4.2.3.6; 9 probes, as Linux.
-            if let Some(every) = st.keepalive {
-                stack.set_keepalive_params(id, every, every, 9);
-            }
-            stack.set_keepalive(id, st.keepalive.is_some());
-        }
         if st.abort {
             stack.abort(id);
             stack.release(id);
@@ -501,23 +508,26 @@ impl Driver {
             stack.close(id);
             st.fin_queued = true;
         }
-        st.rx_stalled = false;
-        loop {
-            let room = st.cap.saturating_sub(st.rx.len()).min(self.scratch.len());
-            if room == 0 {
-                st.rx_stalled = true;
-                break;
-            }
-            match stack.try_recv(id, &mut self.scratch[..room]) {
-                Ok(n) => {
-                    if !st.read_shut && !st.dropped {
-                        st.rx.extend(&self.scratch[..n]);
-                    }
-                    changed = true;
-                }
-                Err(_) => break,
-            }
+        // Received bytes: the room of those the handle read goes back to the window,
+        // and once it has read them all, the TCP's in-order bytes are handed over whole.
+        if st.read_shut || st.dropped {
+            st.discard_rx();
         }
+        let read = std::mem::take(&mut st.rx_read);
+        stack.returned(id, read);
+        if stack.take_readable(id, &mut st.rx) > 0 {
+            if st.read_shut || st.dropped {
+                st.discard_rx();
+                stack.returned(id, std::mem::take(&mut st.rx_read));
+            }
+            changed = true;
+        }
+        // The handle tells the loop of its reads only when the window waits for them: the
+        // stack holds bytes behind the handed-over ones, or these take most of the room.
+        st.rx_stalled = !st.rx.is_empty()
+            && stack
+                .connection(id)
+                .is_none_or(|c| c.recv_available() > 0 || c.recv_window() < st.rx.len());
         let ev = stack.events(id);
         if st.phase == Phase::Connecting && ev.connected {
             st.phase = Phase::Open;
@@ -593,6 +603,7 @@ impl Driver {
                         conn.queued.store(false, Ordering::Release);
                         self.sync(&conn);
                     }
+                    Command::Set(conn, option) => self.set(&conn, option),
                     other => stopped(other),
                 }
             }
@@ -650,6 +661,8 @@ pub(crate) fn stopped(command: Command) {
             st.bound.get_or_insert(Err(Failure::Stopped));
             listener.shared.notify(&mut st);
         }
+        // Nothing to apply it to any more.
+        Command::Set(..) => {}
         // Its answer channel closes: the caller learns the loop is gone.
         Command::Run(f) => drop(f),
     }

@@ -4,10 +4,14 @@
 //! variable for blocking handles and two waker slots for async ones. The poll loop takes
 //! the mutex once per turn for a connection that has news (never per packet) and moves
 //! whole batches of bytes between the stack and the buffers; a handle takes it once per
-//! call. The handle tells the loop about its own news (bytes written, room made, close)
-//! with a [`Command::Wake`] on a channel, at most one in flight per connection.
+//! call. Received bytes are handed over whole: the TCP's receive ring is swapped for the
+//! handle's drained one ([`RecvBuf`]), so no byte is copied on the way to the handle.
+//! The handle tells the loop about its own news (bytes written, room made, close)
+//! with a [`Command::Wake`] on a channel, at most one in flight per connection, and
+//! about option changes with a command of their own.
 use crate::stack::{ConnId, StackError};
 use crate::tcp::TcpError;
+use crate::tcp::reassembly::RecvBuf;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddrV4;
@@ -31,9 +35,24 @@ pub(crate) enum Command {
     /// The handle changed the connection (wrote, read from a full buffer, shut down,
     /// dropped): look at it on this turn.
     Wake(Arc<Conn>),
+    /// Apply a socket option to the connection.
+    Set(Arc<Conn>, ConnOption),
     /// Run this on the loop's thread, between two turns (counters, diagnostics).
     Run(Box<dyn FnOnce(&mut super::runtime::Runtime) + Send>),
 }
+
+/// A socket option a handle changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnOption {
+    /// Nagle off (`true`) or on.
+    Nodelay(bool),
+    /// Keep-alive probes after this much idle time, and between them (`None`: off).
+    Keepalive(Option<Duration>),
+}
+
+/// A handle reading from bytes the loop waits to hear about tells it once it has read
+/// this many (or all of them), so that their room in the window is given back.
+const RETURN_STEP: usize = 64 * 1024;
 
 /// Why an operation failed, kept until the handle asks (an `io::Error` is not `Copy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,11 +226,14 @@ pub(crate) struct ConnState {
     pub id: Option<ConnId>,
     pub local: SocketAddrV4,
     pub remote: SocketAddrV4,
-    /// Received in order, not yet read by the application.
-    pub rx: VecDeque<u8>,
+    /// Received in order, handed over by the TCP, not yet read by the application.
+    pub rx: RecvBuf,
+    /// Bytes read from `rx` since the loop last looked: their room in the TCP's receive
+    /// window is free again once the loop gives them back.
+    pub rx_read: usize,
     /// Written by the application, not yet taken by the stack's send buffer.
     pub tx: VecDeque<u8>,
-    /// Bound of each of `rx` and `tx`.
+    /// Bound of `tx`.
     pub cap: usize,
     pub phase: Phase,
     pub failure: Option<Failure>,
@@ -225,15 +247,13 @@ pub(crate) struct ConnState {
     pub fin_queued: bool,
     /// The handle is gone: the loop closes and forgets the connection.
     pub dropped: bool,
-    /// The loop left data in the stack because `rx` was full: wake it after a read.
+    /// The loop wants to hear of reads from `rx`: the stack holds more bytes behind
+    /// them, or they take much of the window.
     pub rx_stalled: bool,
-    /// Nagle off; `nodelay_changed` until the loop applied it.
+    /// Nagle off (the loop applies it through [`ConnOption::Nodelay`]).
     pub nodelay: bool,
-    pub nodelay_changed: bool,
-    /// Keep-alive probes after this much idle time, and between them (`None`: off);
-    /// `keepalive_changed` until the loop applied it.
+    /// Keep-alive probes after this much idle time, and between them (`None`: off).
     pub keepalive: Option<Duration>,
-    pub keepalive_changed: bool,
     /// The handle asked for a reset: the loop aborts the connection (RST) and forgets it.
     pub abort: bool,
     pub read_timeout: Option<Duration>,
@@ -268,7 +288,8 @@ impl Conn {
                 id,
                 local: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
                 remote,
-                rx: VecDeque::new(),
+                rx: RecvBuf::new(),
+                rx_read: 0,
                 tx: VecDeque::new(),
                 cap,
                 phase,
@@ -280,9 +301,7 @@ impl Conn {
                 dropped: false,
                 rx_stalled: false,
                 nodelay,
-                nodelay_changed: false,
                 keepalive: None,
-                keepalive_changed: false,
                 abort: false,
                 read_timeout: None,
                 write_timeout: None,
@@ -315,13 +334,10 @@ impl ConnState {
     /// ended the connection, or `None` when nothing is there yet.
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> Outcome {
         if !self.rx.is_empty() && !buf.is_empty() {
-            let n = buf.len().min(self.rx.len());
-            let (a, b) = self.rx.as_slices();
-            let from_a = n.min(a.len());
-            buf[..from_a].copy_from_slice(&a[..from_a]);
-            buf[from_a..n].copy_from_slice(&b[..n - from_a]);
-            self.rx.drain(..n);
-            let wake_loop = std::mem::take(&mut self.rx_stalled);
+            let n = self.rx.read(buf);
+            self.rx_read += n;
+            let wake_loop = self.rx_stalled && (self.rx.is_empty() || self.rx_read >= RETURN_STEP);
+            self.rx_stalled &= !wake_loop;
             return Outcome {
                 result: Some(Ok(n)),
                 wake_loop,
@@ -340,6 +356,13 @@ impl ConnState {
             result,
             wake_loop: false,
         }
+    }
+
+    /// Drops the received bytes not read yet (`shutdown(Read)`); the loop gives their
+    /// room back.
+    pub(crate) fn discard_rx(&mut self) {
+        self.rx_read += self.rx.len();
+        self.rx.clear();
     }
 
     /// Queues bytes of `buf` for the stack: how many fit, the error, or `None` when the
@@ -435,13 +458,22 @@ mod tests {
         Conn::new(remote, cap, false, Phase::Open, None)
     }
 
+    /// `bytes` handed over by a receive buffer, as the loop does.
+    fn received(bytes: &[u8]) -> RecvBuf {
+        let mut tcp = crate::tcp::reassembly::Reassembler::new(1 << 16, 4, 1 << 16);
+        tcp.insert(0, bytes);
+        let mut rx = RecvBuf::new();
+        assert_eq!(tcp.take_readable(&mut rx), bytes.len());
+        rx
+    }
+
     #[test]
     fn reads_give_data_then_end_of_stream_or_the_error() {
         let c = conn(8);
         let mut st = c.shared.lock();
         let mut buf = [0u8; 4];
         assert!(st.read(&mut buf).result.is_none(), "nothing yet: wait");
-        st.rx.extend(b"abcdef");
+        st.rx = received(b"abcdef");
         st.read_closed = true;
         assert_eq!(st.read(&mut buf).result.unwrap().unwrap(), 4);
         assert_eq!(&buf, b"abcd");
@@ -454,14 +486,22 @@ mod tests {
     }
 
     #[test]
-    fn a_read_from_a_stalled_buffer_wakes_the_loop() {
+    fn a_stalled_buffer_wakes_the_loop_once_read_empty_and_counts_the_reads() {
         let c = conn(4);
         let mut st = c.shared.lock();
-        st.rx.extend(b"full");
-        st.rx_stalled = true;
+        st.rx = received(b"full");
         let mut buf = [0u8; 2];
-        assert!(st.read(&mut buf).wake_loop);
-        assert!(!st.read(&mut buf).wake_loop, "once");
+        assert!(!st.read(&mut buf).wake_loop, "not stalled: no wake");
+        st.rx = received(b"full");
+        st.rx_stalled = true;
+        assert!(!st.read(&mut buf).wake_loop, "bytes left, under the step");
+        assert!(st.read(&mut buf).wake_loop, "read empty");
+        assert!(!st.rx_stalled, "once");
+        assert_eq!(st.rx_read, 6, "every byte read goes back to the window");
+        st.rx = received(b"abc");
+        st.discard_rx();
+        assert_eq!(st.rx_read, 9, "and every byte dropped");
+        assert!(st.rx.is_empty());
     }
 
     #[test]
@@ -489,7 +529,7 @@ mod tests {
         let writer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
             let mut st = c2.shared.lock();
-            st.rx.extend(b"x");
+            st.rx = received(b"x");
             c2.shared.notify(&mut st);
         });
         let got = c.shared.block_on(Some(Duration::from_secs(10)), |st| {

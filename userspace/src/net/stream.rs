@@ -1,6 +1,6 @@
 //! The blocking [`TcpStream`], shaped like [`std::net::TcpStream`].
 use super::Stack;
-use super::shared::{Command, Conn, ConnState, Outcome, Phase};
+use super::shared::{Command, Conn, ConnOption, ConnState, Outcome, Phase};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::sync::Arc;
@@ -47,7 +47,7 @@ impl Handle {
         self.update(|st| {
             if matches!(how, Shutdown::Read | Shutdown::Both) {
                 st.read_shut = true;
-                st.rx.clear();
+                st.discard_rx();
             }
             if matches!(how, Shutdown::Write | Shutdown::Both) {
                 st.write_shut = true;
@@ -56,10 +56,13 @@ impl Handle {
     }
 
     pub(crate) fn set_nodelay(&self, nodelay: bool) {
-        self.update(|st| {
-            st.nodelay = nodelay;
-            st.nodelay_changed = true;
-        });
+        self.conn.shared.lock().nodelay = nodelay;
+        self.set(ConnOption::Nodelay(nodelay));
+    }
+
+    /// Tells the loop to apply an option.
+    fn set(&self, option: ConnOption) {
+        self.stack.send(Command::Set(self.conn.clone(), option));
     }
 
     pub(crate) fn nodelay(&self) -> bool {
@@ -68,10 +71,8 @@ impl Handle {
 
     pub(crate) fn set_keepalive(&self, every: Option<Duration>) -> io::Result<()> {
         check_timeout(every)?;
-        self.update(|st| {
-            st.keepalive = every;
-            st.keepalive_changed = true;
-        });
+        self.conn.shared.lock().keepalive = every;
+        self.set(ConnOption::Keepalive(every));
         Ok(())
     }
 

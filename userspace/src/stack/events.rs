@@ -1,6 +1,7 @@
 //! What happened to a connection, as the application sees it: events instead of states,
 //! and typed errors per operation (no data yet is not the same as end of stream).
 use super::{ConnId, Stack};
+use crate::tcp::reassembly::RecvBuf;
 use crate::tcp::{State, TcpError};
 
 /// The events of one connection at this moment (level-triggered, like `poll(2)`).
@@ -88,6 +89,19 @@ impl Stack {
             0 if c.state() == State::Closed => Err(TcpError::Closed.into()),
             0 => Err(RecvError::WouldBlock),
             n => Ok(n),
+        }
+    }
+
+    /// Hands the in-order bytes of `id` out whole into `out` (read empty before): see
+    /// [`crate::tcp::Connection::take_readable`]. Returns how many.
+    pub fn take_readable(&mut self, id: ConnId, out: &mut RecvBuf) -> usize {
+        self.entry_mut(id).map_or(0, |e| e.conn.take_readable(out))
+    }
+
+    /// The application read `n` of the bytes [`Stack::take_readable`] handed out of `id`.
+    pub fn returned(&mut self, id: ConnId, n: usize) {
+        if let Some(e) = self.entry_mut(id) {
+            e.conn.returned(n);
         }
     }
 
@@ -202,6 +216,46 @@ mod tests {
             c.try_send(id, b"x"),
             Err(SendError::Connection(TcpError::Reset))
         );
+    }
+
+    #[test]
+    fn handed_over_bytes_keep_their_room_in_the_window_until_read() {
+        let Connected {
+            mut c,
+            mut dc,
+            mut s,
+            mut ds,
+            mut now,
+            id,
+            sid,
+        } = Connected::new(|_, _| {});
+        let cap = c.connection(id).unwrap().recv_window();
+        let data: Vec<u8> = (0..2 * cap).map(|i| (i % 251) as u8).collect();
+        let (mut sent, mut taken, mut turns) = (0, 0, 0);
+        let mut rx = RecvBuf::new();
+        // The application takes the bytes over and reads none: the peer fills the
+        // buffer once and no more (RFC 9293 3.8.6.2.2).
+        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+            sent += s.try_send(sid, &data[sent..]).unwrap_or(0);
+            taken += c.take_readable(id, &mut rx);
+            let held = taken + c.connection(id).unwrap().recv_available();
+            assert!(held <= cap, "{held} bytes held in a buffer of {cap}");
+            turns += usize::from(held == cap);
+            turns == 2000
+        });
+        assert_eq!(c.connection(id).unwrap().recv_window(), 0);
+        // Reading gives the room back, and the rest comes.
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+            sent += s.try_send(sid, &data[sent..]).unwrap_or(0);
+            let n = rx.read(&mut buf);
+            got.extend_from_slice(&buf[..n]);
+            c.returned(id, n);
+            c.take_readable(id, &mut rx);
+            got.len() == data.len()
+        });
+        assert!(got == data);
     }
 
     #[test]

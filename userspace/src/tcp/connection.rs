@@ -6,7 +6,7 @@
 //! [`Connection::poll_timeout`] (the next deadline).
 use super::CongestionKind;
 use super::congestion::{CongestionControl, Cubic, NewReno};
-use super::reassembly::Reassembler;
+use super::reassembly::{Reassembler, RecvBuf};
 use super::recovery::{LossRecovery, Sender};
 use super::rtt::RttEstimator;
 use super::sack::Scoreboard;
@@ -619,6 +619,31 @@ impl Connection {
     pub fn recv(&mut self, buf: &mut [u8]) -> usize {
         let before = self.recv.window();
         let n = self.recv.read(buf);
+        self.window_opened(before, n);
+        n
+    }
+
+    /// Hands every in-order byte out whole into `out`, which must have been read empty
+    /// (no copy without out-of-order data). The bytes keep their room in the window until
+    /// [`Connection::returned`]; returns how many.
+    pub fn take_readable(&mut self, out: &mut RecvBuf) -> usize {
+        let n = self.recv.take_readable(out);
+        if self.state == State::TimeWait && self.recv.readable() == 0 {
+            self.release_buffers();
+        }
+        n
+    }
+
+    /// The application read `n` bytes handed out by [`Connection::take_readable`].
+    pub fn returned(&mut self, n: usize) {
+        let before = self.recv.window();
+        self.recv.returned(n);
+        self.window_opened(before, n);
+    }
+
+    /// After the application freed `n` bytes of the receive buffer, from a window of
+    /// `before`: a window update if it opened by enough.
+    fn window_opened(&mut self, before: usize, n: usize) {
         if n > 0 && !self.fin_received {
             // Send a window update once the window opened by enough (RFC 9293 3.8.6.2.2),
             // and only if the right edge we would advertise really moves: an update
@@ -639,12 +664,16 @@ impl Connection {
         if self.state == State::TimeWait && self.recv.readable() == 0 {
             self.release_buffers();
         }
-        n
     }
 
     /// In-order bytes ready for [`Connection::recv`].
     pub fn recv_available(&self) -> usize {
         self.recv.readable()
+    }
+
+    /// The receive window: room not taken by bytes the application has not read.
+    pub fn recv_window(&self) -> usize {
+        self.recv.window()
     }
 
     /// The peer closed its side and every byte before its FIN has been read.

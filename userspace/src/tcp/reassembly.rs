@@ -22,6 +22,9 @@ pub struct Reassembler {
     /// latest out-of-order segment first, then the most recently reported ones.
     recent: [(usize, usize); RECENT],
     recent_len: usize,
+    /// In-order bytes handed out whole ([`Reassembler::take_readable`]) that the
+    /// application has not read yet: they still count against the window.
+    lent: usize,
 }
 
 /// SACK blocks that fit in the option space.
@@ -53,6 +56,7 @@ impl Reassembler {
             max_ooo_bytes,
             recent: [(0, 0); RECENT],
             recent_len: 0,
+            lent: 0,
         }
     }
 
@@ -73,6 +77,7 @@ impl Reassembler {
             max_ooo_bytes: 0,
             recent: [(0, 0); RECENT],
             recent_len: 0,
+            lent: 0,
         }
     }
 
@@ -101,9 +106,14 @@ impl Reassembler {
     pub fn readable(&self) -> usize {
         self.readable
     }
-    /// The receive window: room beyond the in-order data.
+    /// The receive window: room beyond the in-order data, both the data held here and
+    /// the data handed out and not read yet (RFC 9293 3.8.6.2.2).
     pub fn window(&self) -> usize {
-        self.capacity() - self.readable
+        self.capacity().saturating_sub(self.readable + self.lent)
+    }
+    /// Bytes handed out and not read yet.
+    pub fn lent(&self) -> usize {
+        self.lent
     }
     /// Bytes held out of order.
     pub fn out_of_order_bytes(&self) -> usize {
@@ -250,17 +260,39 @@ impl Reassembler {
 
     /// Copies in-order bytes into `dst` and frees their space; returns how many.
     pub fn read(&mut self, dst: &mut [u8]) -> usize {
-        let n = dst.len().min(self.readable);
-        if n == 0 {
+        read_ring(&self.storage, &mut self.head, &mut self.readable, dst)
+    }
+
+    /// Hands every in-order byte out into `out`, which must have been read empty:
+    /// without out-of-order data the two rings are swapped (no byte moves), else the
+    /// in-order bytes are copied. The bytes count against the window until
+    /// [`Reassembler::returned`] says the application read them. Returns how many.
+    pub fn take_readable(&mut self, out: &mut RecvBuf) -> usize {
+        let n = self.readable;
+        if n == 0 || !out.is_empty() {
             return 0;
         }
-        let cap = self.storage.len();
-        let first = n.min(cap - self.head);
-        dst[..first].copy_from_slice(&self.storage[self.head..self.head + first]);
-        dst[first..n].copy_from_slice(&self.storage[..n - first]);
-        self.head = (self.head + n) % cap;
-        self.readable -= n;
+        if self.ranges.is_empty() {
+            std::mem::swap(&mut self.storage, &mut out.storage);
+            out.head = self.head;
+            self.head = 0;
+            self.readable = 0;
+        } else {
+            // The ring also holds bytes beyond a gap: only the in-order ones leave.
+            if out.storage.len() < n {
+                out.storage = vec![0; n.next_power_of_two().min(self.capacity)].into_boxed_slice();
+            }
+            out.head = 0;
+            self.read(&mut out.storage[..n]);
+        }
+        out.len = n;
+        self.lent += n;
         n
+    }
+
+    /// The application read `n` of the bytes handed out: their room is free again.
+    pub fn returned(&mut self, n: usize) {
+        self.lent -= n.min(self.lent);
     }
 
     /// Out-of-order ranges as offsets from RCV.NXT, the most recently changed first
@@ -277,6 +309,55 @@ impl Reassembler {
             n += 1;
         }
         n
+    }
+}
+
+/// Copies up to `dst.len()` of the `len` bytes at `head` of the ring `storage` into
+/// `dst` and drops them from the ring; returns how many.
+fn read_ring(storage: &[u8], head: &mut usize, len: &mut usize, dst: &mut [u8]) -> usize {
+    let n = dst.len().min(*len);
+    if n == 0 {
+        return 0;
+    }
+    let cap = storage.len();
+    let first = n.min(cap - *head);
+    dst[..first].copy_from_slice(&storage[*head..*head + first]);
+    dst[first..n].copy_from_slice(&storage[..n - first]);
+    *head = (*head + n) % cap;
+    *len -= n;
+    n
+}
+
+/// In-order received bytes handed out of a [`Reassembler`] whole: a ring the
+/// application reads from while the connection receives into another.
+#[derive(Debug, Default)]
+pub struct RecvBuf {
+    storage: Box<[u8]>,
+    head: usize,
+    len: usize,
+}
+
+impl RecvBuf {
+    /// No bytes and no storage; [`Reassembler::take_readable`] gives it both.
+    pub fn new() -> Self {
+        RecvBuf::default()
+    }
+    /// Bytes not read yet.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when every byte was read.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Copies bytes into `dst` and drops them; returns how many.
+    pub fn read(&mut self, dst: &mut [u8]) -> usize {
+        read_ring(&self.storage, &mut self.head, &mut self.len, dst)
+    }
+    /// Drops the bytes not read (the storage stays for the next hand-over).
+    pub fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
     }
 }
 
@@ -314,6 +395,43 @@ mod tests {
         let mut out = vec![0; 27_500];
         assert_eq!(r.read(&mut out), 27_500);
         assert_eq!(&out[..], &data[2500..30_000]);
+    }
+
+    #[test]
+    fn handing_out_swaps_the_ring_and_the_bytes_keep_their_room_until_returned() {
+        let mut r = Reassembler::new(16, 4, 16);
+        r.insert(0, b"abcdefgh");
+        let mut rx = RecvBuf::new();
+        assert_eq!(r.take_readable(&mut rx), 8);
+        assert_eq!((r.readable(), r.lent(), r.window()), (0, 8, 8));
+        assert_eq!(r.insert(0, b"ijklmnopq").advanced, 8, "the window is 8");
+        assert_eq!(r.take_readable(&mut rx), 0, "not before rx is read empty");
+        let mut out = [0u8; 8];
+        assert_eq!(rx.read(&mut out), 8);
+        assert_eq!(&out, b"abcdefgh");
+        r.returned(8);
+        assert_eq!(r.window(), 8);
+        assert_eq!(r.take_readable(&mut rx), 8);
+        assert_eq!(rx.read(&mut out), 8);
+        assert_eq!(&out, b"ijklmnop");
+    }
+
+    #[test]
+    fn handing_out_copies_the_in_order_bytes_past_a_gap_and_keeps_the_rest() {
+        let mut r = Reassembler::new(16, 4, 16);
+        r.insert(0, b"ab");
+        r.insert(2, b"ef"); // two bytes past RCV.NXT: a gap before them
+        let mut rx = RecvBuf::new();
+        assert_eq!(r.take_readable(&mut rx), 2);
+        assert_eq!(r.window(), 14, "the held bytes and the handed-out ones");
+        assert_eq!(r.insert(0, b"cd").advanced, 4);
+        let mut out = [0u8; 4];
+        assert_eq!(rx.read(&mut out), 2);
+        assert_eq!(&out[..2], b"ab");
+        r.returned(2);
+        assert_eq!(r.take_readable(&mut rx), 4);
+        assert_eq!(rx.read(&mut out), 4);
+        assert_eq!(&out, b"cdef");
     }
 
     #[test]
