@@ -494,15 +494,9 @@ impl Driver {
             self.conns.remove(&id);
             return;
         }
-        while !st.tx.is_empty() {
-            let (front, _) = st.tx.as_slices();
-            match stack.try_send(id, front) {
-                Ok(n) => {
-                    st.tx.drain(..n);
-                    changed = true;
-                }
-                Err(_) => break, // full, or failed: the events below say which
-            }
+        // Full, or failed: the events below say which.
+        if !st.tx.is_empty() && stack.send_ring(id, &mut st.tx) > 0 {
+            changed = true;
         }
         if (st.write_shut || st.dropped) && st.tx.is_empty() && !st.fin_queued {
             stack.close(id);

@@ -4,14 +4,17 @@
 //! variable for blocking handles and two waker slots for async ones. The poll loop takes
 //! the mutex once per turn for a connection that has news (never per packet) and moves
 //! whole batches of bytes between the stack and the buffers; a handle takes it once per
-//! call. Received bytes are handed over whole: the TCP's receive ring is swapped for the
-//! handle's drained one ([`RecvBuf`]), so no byte is copied on the way to the handle.
+//! call. Bytes are handed over whole: the TCP's receive ring is swapped for the handle's
+//! drained one ([`RecvBuf`]), and the handle's written ring ([`Ring`]) is chained into
+//! the TCP's send buffer when it fits, so no byte is copied between the handle and the
+//! TCP.
 //! The handle tells the loop about its own news (bytes written, room made, close)
 //! with a [`Command::Wake`] on a channel, at most one in flight per connection, and
 //! about option changes with a command of their own.
 use crate::stack::{ConnId, StackError};
 use crate::tcp::TcpError;
 use crate::tcp::reassembly::RecvBuf;
+use crate::tcp::send_buffer::Ring;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddrV4;
@@ -231,8 +234,9 @@ pub(crate) struct ConnState {
     /// Bytes read from `rx` since the loop last looked: their room in the TCP's receive
     /// window is free again once the loop gives them back.
     pub rx_read: usize,
-    /// Written by the application, not yet taken by the stack's send buffer.
-    pub tx: VecDeque<u8>,
+    /// Written by the application, not yet taken by the stack's send buffer (which
+    /// takes the ring whole when it can).
+    pub tx: Ring,
     /// Bound of `tx`.
     pub cap: usize,
     pub phase: Phase,
@@ -290,7 +294,7 @@ impl Conn {
                 remote,
                 rx: RecvBuf::new(),
                 rx_read: 0,
-                tx: VecDeque::new(),
+                tx: Ring::new(),
                 cap,
                 phase,
                 failure: None,
@@ -378,11 +382,8 @@ impl ConnState {
         } else if buf.is_empty() {
             Some(Ok(0))
         } else {
-            let n = buf.len().min(self.cap.saturating_sub(self.tx.len()));
-            (n > 0).then(|| {
-                self.tx.extend(&buf[..n]);
-                Ok(n)
-            })
+            let n = self.tx.push(buf, self.cap);
+            (n > 0).then_some(Ok(n))
         };
         let wake_loop = matches!(result, Some(Ok(n)) if n > 0);
         Outcome { result, wake_loop }

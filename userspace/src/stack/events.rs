@@ -2,6 +2,7 @@
 //! and typed errors per operation (no data yet is not the same as end of stream).
 use super::{ConnId, Stack};
 use crate::tcp::reassembly::RecvBuf;
+use crate::tcp::send_buffer::Ring;
 use crate::tcp::{State, TcpError};
 
 /// The events of one connection at this moment (level-triggered, like `poll(2)`).
@@ -114,6 +115,14 @@ impl Stack {
             0 if !data.is_empty() => Err(SendError::WouldBlock),
             n => Ok(n),
         }
+    }
+
+    /// Queues the bytes of `ring` on `id`, the whole ring when it fits (see
+    /// [`crate::tcp::Connection::send_ring`]); returns how many it took.
+    pub fn send_ring(&mut self, id: ConnId, ring: &mut Ring) -> usize {
+        self.entry_mut(id)
+            .and_then(|e| e.conn.send_ring(ring).ok())
+            .unwrap_or(0)
     }
 
     /// Turns Nagle's algorithm off (`true`) or on for `id`.
@@ -256,6 +265,37 @@ mod tests {
             got.len() == data.len()
         });
         assert!(got == data);
+    }
+
+    #[test]
+    fn rings_handed_over_whole_arrive_in_order() {
+        let Connected {
+            mut c,
+            mut dc,
+            mut s,
+            mut ds,
+            mut now,
+            id,
+            sid,
+        } = Connected::new(|_, _| {});
+        let data: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+        let (mut written, mut all_taken) = (0, 0);
+        let mut ring = Ring::new();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        // The application fills a ring of at most 100 000 bytes and hands it over.
+        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+            written += ring.push(&data[written..], 100_000);
+            let before = ring.len();
+            let took = c.send_ring(id, &mut ring);
+            all_taken += usize::from(took > 0 && took == before);
+            while let Ok(n) = s.try_recv(sid, &mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            got.len() == data.len()
+        });
+        assert!(got == data, "every byte, in order");
+        assert!(all_taken > 0, "some rings were taken whole");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::reassembly::{Reassembler, RecvBuf};
 use super::recovery::{LossRecovery, Sender};
 use super::rtt::RttEstimator;
 use super::sack::Scoreboard;
-use super::send_buffer::SendBuffer;
+use super::send_buffer::{Ring, SendBuffer};
 use super::seq::SeqNum;
 use super::time::Instant;
 use super::timer::{Timer, TimerTable};
@@ -588,6 +588,17 @@ impl Connection {
 
     /// Queues data; returns how much fit in the send buffer (0 when full).
     pub fn send(&mut self, data: &[u8]) -> Result<usize, TcpError> {
+        self.sending(|buf| buf.push(data))
+    }
+
+    /// Queues the bytes of `ring` as [`Connection::send`] does, taking the ring whole
+    /// (swapped for an empty one, no copy) when it fits; returns how many bytes it took.
+    pub fn send_ring(&mut self, ring: &mut Ring) -> Result<usize, TcpError> {
+        self.sending(|buf| buf.append(ring))
+    }
+
+    /// `queue` into the send buffer, if the connection may still send.
+    fn sending(&mut self, queue: impl FnOnce(&mut SendBuffer) -> usize) -> Result<usize, TcpError> {
         if let Some(e) = self.error {
             return Err(e);
         }
@@ -595,7 +606,7 @@ impl Connection {
             State::SynSent | State::SynReceived | State::Established | State::CloseWait
                 if !self.fin_queued =>
             {
-                Ok(self.send_buf.push(data))
+                Ok(queue(&mut self.send_buf))
             }
             _ => Err(TcpError::Closed),
         }
