@@ -179,6 +179,12 @@ mod tests {
             }
         }
 
+        /// Drives both stacks until `done(client, server)`.
+        fn both(&mut self, done: impl FnMut(&mut Stack, &mut Stack) -> bool) {
+            let (c, dc, s, ds) = (&mut self.c, &mut self.dc, &mut self.s, &mut self.ds);
+            drive(c, dc, s, ds, &mut self.now, done);
+        }
+
         fn until(&mut self, mut done: impl FnMut(&Stack, ConnId) -> bool) {
             let id = self.id;
             let (c, dc, s, ds) = (&mut self.c, &mut self.dc, &mut self.s, &mut self.ds);
@@ -229,22 +235,15 @@ mod tests {
 
     #[test]
     fn handed_over_bytes_keep_their_room_in_the_window_until_read() {
-        let Connected {
-            mut c,
-            mut dc,
-            mut s,
-            mut ds,
-            mut now,
-            id,
-            sid,
-        } = Connected::new(|_, _| {});
-        let cap = c.connection(id).unwrap().recv_window();
+        let mut t = Connected::new(|_, _| {});
+        let (id, sid) = (t.id, t.sid);
+        let cap = t.c.connection(id).unwrap().recv_window();
         let data: Vec<u8> = (0..2 * cap).map(|i| (i % 251) as u8).collect();
         let (mut sent, mut taken, mut turns) = (0, 0, 0);
         let mut rx = RecvBuf::new();
         // The application takes the bytes over and reads none: the peer fills the
         // buffer once and no more (RFC 9293 3.8.6.2.2).
-        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+        t.both(|c, s| {
             sent += s.try_send(sid, &data[sent..]).unwrap_or(0);
             taken += c.take_readable(id, &mut rx);
             let held = taken + c.connection(id).unwrap().recv_available();
@@ -252,11 +251,11 @@ mod tests {
             turns += usize::from(held == cap);
             turns == 2000
         });
-        assert_eq!(c.connection(id).unwrap().recv_window(), 0);
+        assert_eq!(t.c.connection(id).unwrap().recv_window(), 0);
         // Reading gives the room back, and the rest comes.
         let mut got = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
-        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+        t.both(|c, s| {
             sent += s.try_send(sid, &data[sent..]).unwrap_or(0);
             let n = rx.read(&mut buf);
             got.extend_from_slice(&buf[..n]);
@@ -269,22 +268,15 @@ mod tests {
 
     #[test]
     fn rings_handed_over_whole_arrive_in_order() {
-        let Connected {
-            mut c,
-            mut dc,
-            mut s,
-            mut ds,
-            mut now,
-            id,
-            sid,
-        } = Connected::new(|_, _| {});
+        let mut t = Connected::new(|_, _| {});
+        let (id, sid) = (t.id, t.sid);
         let data: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
         let (mut written, mut all_taken) = (0, 0);
         let mut ring = Ring::new();
         let mut got = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         // The application fills a ring of at most 100 000 bytes and hands it over.
-        drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+        t.both(|c, s| {
             written += ring.push(&data[written..], 100_000);
             let before = ring.len();
             let took = c.send_ring(id, &mut ring);
