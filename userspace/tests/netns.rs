@@ -82,6 +82,30 @@ fn closed_port_gets_rst_from_the_stack_not_the_kernel() {
     drop(kernel_listener);
 }
 
+/// Issue 22 item 1: `serve --ip` (sharded stacks, every queue) refuses a closed port at
+/// once, as `run --ip` does (RFC 9293 3.10.7.1): the kernel's curl exits 7, not 28.
+#[test]
+fn serve_owned_ip_refuses_closed_ports_on_every_queue() {
+    let w = world(WorldOptions::default());
+    let owned = OWNED_IP.to_string();
+    let serve = start_serve(
+        &w,
+        &[
+            "--iface", HOST_IF, "--ip", &owned, "--port", "7", "--echo", "--stats",
+        ],
+    );
+    // Sixteen connections from different ports: RSS spreads them over the four queues.
+    let script = format!(
+        "for i in $(seq 16); do curl -sS --max-time 5 -o /dev/null http://{owned}:9/; echo $?; done"
+    );
+    let out = run_in(&w, &w.server, &["sh", "-c", &script]);
+    let codes: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(codes, vec!["7"; 16], "{}", text(&out.stderr));
+    let (status, lines) = serve.stop("-INT");
+    assert!(status.success(), "{lines:?}");
+    assert!(stat(&lines, "closed_port").unwrap() >= 16, "{lines:?}");
+}
+
 #[test]
 fn xdp_is_detached_on_every_way_out() {
     let w = world(WorldOptions {

@@ -83,9 +83,10 @@ pub struct Runtime {
 }
 
 /// How sharded stacks give each other the frames of connections that moved to another
-/// stack's queue (see [`Stack::hand_over_strays`]).
+/// stack's queue (see [`Stack::join_shards`]).
 pub struct ShardLink {
     pub inbox: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// Every stack's inbox, by index (this one's included, never used).
     pub peers: Vec<std::sync::mpsc::Sender<Vec<u8>>>,
 }
 
@@ -148,33 +149,28 @@ impl ShardMember {
 }
 
 impl ShardLink {
-    /// Links for `n` stacks: each receives from its own inbox and sends to the others.
+    /// Links for `n` stacks: each receives from its own inbox and sends to the others'.
     pub fn mesh(n: usize) -> Vec<ShardLink> {
         let (senders, inboxes): (Vec<_>, Vec<_>) =
             (0..n).map(|_| std::sync::mpsc::channel()).unzip();
         inboxes
             .into_iter()
-            .enumerate()
-            .map(|(i, inbox)| ShardLink {
+            .map(|inbox| ShardLink {
                 inbox,
-                peers: senders
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, s)| s.clone())
-                    .collect(),
+                peers: senders.clone(),
             })
             .collect()
     }
 
-    /// Processes what the other stacks handed over, and hands over this stack's strays.
+    /// Processes what the other stacks handed over, and hands each of this stack's
+    /// strays to the stack that owns its connection.
     fn exchange(&self, stack: &mut Stack, now: Instant) {
         for frame in self.inbox.try_iter() {
             stack.receive_handed_over(now, &frame);
         }
-        for frame in stack.take_strays() {
-            for peer in &self.peers {
-                let _ = peer.send(frame.clone());
+        for (owner, frame) in stack.take_strays() {
+            if let Some(peer) = self.peers.get(owner) {
+                let _ = peer.send(frame);
             }
         }
     }
