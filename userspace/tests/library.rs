@@ -306,6 +306,24 @@ fn inner_sockets() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with(world::INDEX_HTML), "{response}");
     drop(https);
+    // A port a kernel listener holds is refused as the kernel refuses it (issue 22 item
+    // 6), unless taken over; port 0 picks a free port, which the kernel then keeps.
+    let kernel = std::net::TcpListener::bind("0.0.0.0:9002").unwrap();
+    let refused = userspace::TcpListener::bind(&stack, "0.0.0.0:9002").unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::AddrInUse);
+    assert_eq!(refused.raw_os_error(), Some(libc::EADDRINUSE));
+    let options = userspace::net::ListenOptions {
+        take_over: true,
+        ..Default::default()
+    };
+    drop(userspace::TcpListener::bind_with(&stack, "0.0.0.0:9002", options).unwrap());
+    drop(kernel);
+    let any = userspace::TcpListener::bind(&stack, "0.0.0.0:0").unwrap();
+    let port = any.local_addr().unwrap().port();
+    assert_ne!(port, 0);
+    let taken = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap_err();
+    assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+    drop(any);
     // A server: accept, read to the end, answer, half-close.
     let listener = userspace::TcpListener::bind_with_backlog(&stack, "0.0.0.0:9000", 16).unwrap();
     assert_eq!(listener.local_addr().unwrap().port(), 9000);

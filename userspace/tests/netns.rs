@@ -106,6 +106,72 @@ fn serve_owned_ip_refuses_closed_ports_on_every_queue() {
     assert!(stat(&lines, "closed_port").unwrap() >= 16, "{lines:?}");
 }
 
+/// Issue 23 / 22 item 6: serve refuses a port a kernel server listens on, naming it,
+/// with exit 2; `--take-over` serves it anyway.
+#[test]
+fn serve_refuses_a_port_a_kernel_server_holds_unless_told_to_take_it_over() {
+    let w = world(WorldOptions::default());
+    let mut kernel_server = w
+        .spawn(
+            &w.host,
+            &["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0"],
+        )
+        .unwrap();
+    w.wait_for_port(&w.host, HOST_IP, 8080, false).unwrap();
+    let root = www(&w);
+    let out = run_in(
+        &w,
+        &w.host,
+        &[
+            BIN, "serve", "--iface", HOST_IF, "--root", &root, "--port", "8080",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let pid = kernel_server.id();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("port 8080 is in use by process") && stderr.contains("(python3)"),
+        "names the holder (pid {pid} or its child): {stderr}"
+    );
+    assert!(!xdp_attached(&w));
+    let serve = start_serve(
+        &w,
+        &[
+            "--iface",
+            HOST_IF,
+            "--root",
+            &root,
+            "--port",
+            "8080",
+            "--take-over",
+        ],
+    );
+    let out = run_in(
+        &w,
+        &w.server,
+        &[
+            "curl",
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            SERVE_URL,
+        ],
+    );
+    assert!(
+        text(&out.stdout).contains("Server: userspace"),
+        "{}",
+        text(&out.stderr)
+    );
+    serve.stop("-INT");
+    let _ = kernel_server.kill();
+    let _ = kernel_server.wait();
+}
+
 #[test]
 fn xdp_is_detached_on_every_way_out() {
     let w = world(WorldOptions {

@@ -79,9 +79,7 @@ impl Failure {
                 "cannot steer another listening port (at most {})",
                 xdp_ebpf::MAX_LISTEN_PORTS
             )),
-            Failure::BadAddress => {
-                io::Error::new(K::AddrNotAvailable, "not the stack's address, or port 0")
-            }
+            Failure::BadAddress => io::Error::new(K::AddrNotAvailable, "not the stack's address"),
             Failure::ConnectTimeout => io::Error::new(K::TimedOut, "connect timed out"),
             Failure::NoArpReply(hop) => io::Error::new(
                 K::HostUnreachable,

@@ -23,7 +23,7 @@
 //! # }
 //! ```
 use super::Stack;
-use super::listener::{DEFAULT_BACKLOG, ListenHandle};
+use super::listener::{ListenHandle, ListenOptions};
 use super::shared::{READER, WRITER};
 use super::stream::{Handle, connect_target};
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -180,7 +180,7 @@ impl TcpListener {
     /// Listens on the port of `addr`, whose address must be the stack's or `0.0.0.0`,
     /// with an accept queue of [`DEFAULT_BACKLOG`].
     pub async fn bind(stack: &Stack, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
-        Self::bind_with_backlog(stack, addr, DEFAULT_BACKLOG).await
+        Self::bind_with(stack, addr, ListenOptions::default()).await
     }
 
     /// [`TcpListener::bind`] with an accept queue of `backlog` established connections.
@@ -189,7 +189,22 @@ impl TcpListener {
         addr: impl ToSocketAddrs,
         backlog: usize,
     ) -> io::Result<TcpListener> {
-        let handle = ListenHandle::bind(stack, addr, backlog)?;
+        let options = ListenOptions {
+            backlog,
+            ..ListenOptions::default()
+        };
+        Self::bind_with(stack, addr, options).await
+    }
+
+    /// [`TcpListener::bind`] as `options` say (backlog, taking a port over from a
+    /// kernel listener); see [`super::TcpListener::bind`] for ports held by the kernel
+    /// and port 0.
+    pub async fn bind_with(
+        stack: &Stack,
+        addr: impl ToSocketAddrs,
+        options: ListenOptions,
+    ) -> io::Result<TcpListener> {
+        let handle = ListenHandle::bind(stack, addr, options)?;
         poll_fn(|cx| {
             handle
                 .listener

@@ -10,7 +10,7 @@ mod files;
 
 use super::setup::StackArgs;
 use crate::net::tokio::{TcpListener, TcpStream};
-use crate::net::{Stack, StackLoop};
+use crate::net::{ListenOptions, Stack, StackLoop};
 use files::{Found, Range, Validators};
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// Accept queue length
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub backlog: usize,
+    /// Serve the port even if a kernel server listens on it (its clients then reach
+    /// this server instead; without it, such a port is refused)
+    #[arg(long)]
+    pub take_over: bool,
     /// Seconds in-flight responses get to finish after SIGINT/SIGTERM
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub grace: f64,
@@ -620,13 +624,23 @@ fn serve_on(
     stop: &AtomicBool,
     ready: impl FnOnce(u16),
 ) -> anyhow::Result<()> {
+    let options = ListenOptions {
+        backlog: args.backlog,
+        take_over: args.take_over,
+    };
     let listener = poll
-        .block_on(TcpListener::bind_with_backlog(
+        .block_on(TcpListener::bind_with(
             stack,
             (std::net::Ipv4Addr::UNSPECIFIED, args.port),
-            args.backlog,
+            options,
         ))
-        .map_err(|e| anyhow::anyhow!("listen on {}: {e}", args.port))?;
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EADDRINUSE) => anyhow::anyhow!(
+                "{}; pass --take-over to serve it anyway",
+                crate::net::describe_holder(args.port)
+            ),
+            _ => anyhow::anyhow!("listen on {}: {e}", args.port),
+        })?;
     ready(args.port);
     let mut server = Server::new(args.root.clone(), args.echo);
     server.list = args.list;
