@@ -1258,6 +1258,128 @@ fn graceful_shutdown_finishes_the_response_in_flight() {
     assert_eq!(text(&refused.stdout).trim(), "refused");
 }
 
+/// Issue 23: nginx's timeouts (short values here): a client that sends no head, half a
+/// head, half a body, reads no response, or idles after a response is closed, and
+/// each is counted in `--stats`.
+#[test]
+fn serve_closes_stalled_and_idle_clients_after_its_timeouts() {
+    let w = world(WorldOptions {
+        big_file: Some(32 << 20),
+        ..Default::default()
+    });
+    let root = www(&w);
+    let serve = start_serve(
+        &w,
+        &[
+            "--iface",
+            HOST_IF,
+            "--root",
+            &root,
+            "--stats",
+            "--header-timeout",
+            "1",
+            "--body-timeout",
+            "1.5",
+            "--send-timeout",
+            "2",
+            "--keepalive-timeout",
+            "2.5",
+        ],
+    );
+    // Each client says how its connection ended: "closed" (FIN), "reset", or "open"
+    // (nothing within 30 s).
+    let script = format!(
+        r#"
+import socket, threading
+def ended(s):
+    s.settimeout(30)
+    try:
+        while s.recv(65536): pass
+        return "closed"
+    except ConnectionResetError: return "reset"
+    except socket.timeout: return "open"
+def client(name, send, read_first=False, rcvbuf=None):
+    s = socket.socket()
+    if rcvbuf: s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(('{HOST_IP}', 8080))
+    s.sendall(send)
+    if read_first:
+        s.settimeout(10)
+        got = b''
+        while b'Example Domain' not in got: got += s.recv(65536)
+    results[name] = ended(s)
+results = {{}}
+clients = [
+    ("silent", b""),
+    ("half_head", b"GET / HTTP/1.1\r\nHost: x\r\n"),
+    ("half_body", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789"),
+    ("keepalive", b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n", True),
+]
+threads = [threading.Thread(target=client, args=c) for c in clients]
+for t in threads: t.start()
+# A client that asks for 32 MiB and reads nothing: the send stalls.
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(('{HOST_IP}', 8080))
+s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+import time
+time.sleep(6)
+results["stalled_send"] = ended(s)
+for t in threads: t.join()
+print(" ".join(f"{{k}}={{results[k]}}" for k in sorted(results)))
+"#
+    );
+    let out = python(&w, &w.server, &script);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "half_body=closed half_head=closed keepalive=closed silent=closed stalled_send=reset",
+        "{}",
+        text(&out.stderr)
+    );
+    let (status, lines) = serve.stop("-INT");
+    assert!(status.success(), "{lines:?}");
+    assert_eq!(stat(&lines, "header_timeouts"), Some(2), "{lines:?}");
+    assert_eq!(stat(&lines, "body_timeouts"), Some(1), "{lines:?}");
+    assert_eq!(stat(&lines, "send_timeouts"), Some(1), "{lines:?}");
+    assert_eq!(stat(&lines, "keepalive_timeouts"), Some(1), "{lines:?}");
+}
+
+/// Issue 23: SIGINT with a stalled client ends within `--grace`, not twice it
+/// (`stop` gives the process 10 s; before, `--grace 6` took 12 s).
+#[test]
+fn serve_shutdown_with_a_stalled_client_ends_within_the_grace() {
+    let w = world(WorldOptions {
+        big_file: Some(32 << 20),
+        ..Default::default()
+    });
+    let root = www(&w);
+    let serve = start_serve(&w, &["--iface", HOST_IF, "--root", &root, "--grace", "6"]);
+    let stalled = w
+        .spawn(
+            &w.server,
+            &[
+                "python3",
+                "-c",
+                &format!(
+                    "import socket,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,4096)\ns.connect(('{HOST_IP}',8080))\ns.sendall(b'GET /big.bin HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\ntime.sleep(60)"
+                ),
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let (status, lines) = serve.stop("-INT");
+    assert!(status.success(), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("shutting down: 1 connections open")),
+        "{lines:?}"
+    );
+    let mut stalled = stalled;
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+}
+
 #[test]
 fn kernel_clients_transfer_both_ways_with_0_and_5_percent_loss() {
     let w = world(WorldOptions {
