@@ -115,7 +115,8 @@ impl Drop for ListenHandle {
 /// ```
 #[derive(Debug)]
 pub struct TcpListener {
-    handle: ListenHandle,
+    /// Shared by the clones; the port is listened on until the last one is dropped.
+    handle: Arc<ListenHandle>,
 }
 
 impl TcpListener {
@@ -155,7 +156,17 @@ impl TcpListener {
             .shared
             .block_on(None, |st| ListenHandle::bound(st))
             .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))?;
-        Ok(TcpListener { handle })
+        Ok(TcpListener {
+            handle: Arc::new(handle),
+        })
+    }
+
+    /// Another handle to the same listener, as std's `try_clone`: both accept from one
+    /// queue, and the port is listened on until both are dropped.
+    pub fn try_clone(&self) -> io::Result<TcpListener> {
+        Ok(TcpListener {
+            handle: self.handle.clone(),
+        })
     }
 
     /// Waits for the next connection.
