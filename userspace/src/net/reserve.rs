@@ -87,10 +87,16 @@ impl PortReservation {
 /// listener) is free for a server, as for std's `bind` (SO_REUSEADDR), so that is
 /// tried second.
 fn bind_kernel_socket(ip: Ipv4Addr, port: u16, freebind: bool) -> io::Result<OwnedFd> {
-    use rustix::net::{AddressFamily, SocketType, bind, socket, sockopt};
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, bind, socket_with, sockopt};
     let addr = SocketAddrV4::new(ip, port);
     let open = |reuse: bool| -> io::Result<OwnedFd> {
-        let fd = socket(AddressFamily::INET, SocketType::STREAM, None)?;
+        // Close-on-exec: a program the application starts must not keep the port.
+        let fd = socket_with(
+            AddressFamily::INET,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
         sockopt::set_socket_reuseaddr(&fd, reuse)?;
         if freebind {
             sockopt::set_ip_freebind(&fd, true)?;
@@ -137,8 +143,15 @@ const DIAG_INODE: usize = 68;
 /// sock_diag dump of listening sockets.
 fn listening_inode(family: u8, port: u16) -> io::Result<Option<u32>> {
     use rustix::net::netlink::{SOCK_DIAG, SocketAddrNetlink};
-    use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType, recv, sendto, socket};
-    let fd = socket(AddressFamily::NETLINK, SocketType::DGRAM, Some(SOCK_DIAG))?;
+    use rustix::net::{
+        AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, recv, sendto, socket_with,
+    };
+    let fd = socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        Some(SOCK_DIAG),
+    )?;
     // nlmsghdr, then struct inet_diag_req_v2: family, protocol, extensions, padding,
     // the states wanted, and a zeroed struct inet_diag_sockid (48 bytes).
     let mut request = Vec::with_capacity(72);
@@ -247,6 +260,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_ne!(held.port, 0);
+        let flags = rustix::io::fcntl_getfd(&held._socket).unwrap();
+        assert!(
+            flags.contains(rustix::io::FdFlags::CLOEXEC),
+            "not inherited by exec"
+        );
         let again = std::net::TcpListener::bind(("127.0.0.1", held.port));
         assert_eq!(
             again.unwrap_err().kind(),
