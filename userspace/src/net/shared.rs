@@ -345,6 +345,7 @@ impl ConnState {
     }
 
     /// A read would not wait: data, the end of the stream, or an error.
+    #[cfg(feature = "tokio")]
     pub(crate) fn readable(&self) -> bool {
         !self.rx.is_empty()
             || self.read_closed
@@ -354,12 +355,14 @@ impl ConnState {
     }
 
     /// A write would not wait: room in the buffer, or an error.
+    #[cfg(feature = "tokio")]
     pub(crate) fn writable(&self) -> bool {
         self.phase != Phase::Connecting && (self.tx.len() < self.cap || self.failure.is_some())
     }
 
     /// Copies received bytes into `buf` without taking them; as [`ConnState::read`]
     /// otherwise, but an error stays to be reported.
+    #[cfg(feature = "tokio")]
     pub(crate) fn peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
         if !self.rx.is_empty() && !buf.is_empty() {
             let n = buf.len().min(self.rx.len());

@@ -201,7 +201,7 @@ pub struct TcpListener {
 
 impl TcpListener {
     /// Listens on the port of `addr`, whose address must be the stack's or `0.0.0.0`,
-    /// with an accept queue of [`DEFAULT_BACKLOG`].
+    /// with an accept queue of [`super::DEFAULT_BACKLOG`].
     pub async fn bind(stack: &Stack, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
         Self::bind_with(stack, addr, ListenOptions::default()).await
     }
