@@ -80,6 +80,8 @@ pub(crate) struct Driver {
     /// Wakes a loop on its own thread from poll(2) when a handle sends a command
     /// (none for a loop the application turns: its handles are on its thread).
     wake: Option<Arc<WakeFd>>,
+    /// The latest a stop may linger until (see [`Driver::linger_until`]).
+    linger_deadline: Option<Instant>,
 }
 
 impl Driver {
@@ -106,7 +108,14 @@ impl Driver {
             last_busy: Instant::ZERO,
             options,
             wake: None,
+            linger_deadline: None,
         }
+    }
+
+    /// A stop lingers at most `within` from now, whatever the linger time: the
+    /// application spent the rest of its grace period already.
+    pub(crate) fn linger_until(&mut self, within: std::time::Duration) {
+        self.linger_deadline = Some(self.rt.now() + within);
     }
 
     /// Lets the handles wake this loop from its sleep in poll(2) through `wake`.
@@ -585,7 +594,10 @@ impl Driver {
             st.stopped = true;
             listener.shared.notify(&mut st);
         }
-        let deadline = self.rt.now() + self.options.linger;
+        let mut deadline = self.rt.now() + self.options.linger;
+        if let Some(latest) = self.linger_deadline {
+            deadline = deadline.min(latest);
+        }
         while self.lingers() && self.rt.now() < deadline {
             while let Ok(command) = self.commands.try_recv() {
                 match command {

@@ -27,8 +27,10 @@
 //! side), whatever the number of packets, and an idle one costs nothing.
 mod config;
 mod driver;
+pub mod errno;
 mod listener;
 mod local;
+mod reserve;
 pub mod runtime;
 pub mod setup;
 mod shard;
@@ -41,8 +43,9 @@ pub use crate::device::xdp::XdpModeChoice;
 pub use crate::stack::AddressMode;
 pub use crate::tcp::CongestionKind;
 pub use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_SPIN, DEFAULT_LINGER, StackConfig};
-pub use listener::{DEFAULT_BACKLOG, Incoming, TcpListener};
+pub use listener::{DEFAULT_BACKLOG, Incoming, ListenOptions, TcpListener};
 pub use local::{PerQueue, StackLoop};
+pub use reserve::{describe_holder, kernel_listener};
 pub use stream::TcpStream;
 
 use crate::device::error::{SetupError, SetupResult};
@@ -530,12 +533,12 @@ impl Stack {
         Ok(addrs)
     }
 
-    /// The port to listen on, if `addr` is one of ours (the stack's address or
-    /// 0.0.0.0) with a port.
+    /// The port to listen on (0: any free one), if `addr` is one of ours (the stack's
+    /// address or 0.0.0.0).
     fn listen_port(&self, addr: impl ToSocketAddrs) -> io::Result<u16> {
         Self::resolve(addr)?
             .into_iter()
-            .find(|a| a.port() != 0 && (a.ip().is_unspecified() || *a.ip() == self.ip()))
+            .find(|a| a.ip().is_unspecified() || *a.ip() == self.ip())
             .map(|a| a.port())
             .ok_or_else(|| shared::Failure::BadAddress.io())
     }

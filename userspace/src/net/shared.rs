@@ -79,9 +79,7 @@ impl Failure {
                 "cannot steer another listening port (at most {})",
                 xdp_ebpf::MAX_LISTEN_PORTS
             )),
-            Failure::BadAddress => {
-                io::Error::new(K::AddrNotAvailable, "not the stack's address, or port 0")
-            }
+            Failure::BadAddress => io::Error::new(K::AddrNotAvailable, "not the stack's address"),
             Failure::ConnectTimeout => io::Error::new(K::TimedOut, "connect timed out"),
             Failure::NoArpReply(hop) => io::Error::new(
                 K::HostUnreachable,
@@ -215,6 +213,9 @@ pub(crate) struct ConnState {
     pub cap: usize,
     pub phase: Phase,
     pub failure: Option<Failure>,
+    /// A read or a write already returned `failure`: as Linux reports a socket's error
+    /// once, later writes fail with EPIPE and later reads see the end of the stream.
+    pub failure_reported: bool,
     /// The peer's FIN arrived and every byte before it is in `rx`.
     pub read_closed: bool,
     /// The application will not read any more (`shutdown(Read)`).
@@ -273,6 +274,7 @@ impl Conn {
                 cap,
                 phase,
                 failure: None,
+                failure_reported: false,
                 read_closed: false,
                 read_shut: false,
                 write_shut: false,
@@ -330,7 +332,7 @@ impl ConnState {
         let result = if buf.is_empty() || self.read_closed || self.read_shut {
             Some(Ok(0))
         } else if let Some(f) = self.failure {
-            Some(Err(f.io()))
+            self.report_failure(f).map_or(Some(Ok(0)), |e| Some(Err(e)))
         } else if self.phase == Phase::Closed {
             Some(Ok(0))
         } else {
@@ -342,16 +344,68 @@ impl ConnState {
         }
     }
 
+    /// A read would not wait: data, the end of the stream, or an error.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn readable(&self) -> bool {
+        !self.rx.is_empty()
+            || self.read_closed
+            || self.read_shut
+            || self.failure.is_some()
+            || self.phase == Phase::Closed
+    }
+
+    /// A write would not wait: room in the buffer, or an error.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn writable(&self) -> bool {
+        self.phase != Phase::Connecting && (self.tx.len() < self.cap || self.failure.is_some())
+    }
+
+    /// Copies received bytes into `buf` without taking them; as [`ConnState::read`]
+    /// otherwise, but an error stays to be reported.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        if !self.rx.is_empty() && !buf.is_empty() {
+            let n = buf.len().min(self.rx.len());
+            for (to, from) in buf[..n].iter_mut().zip(self.rx.iter()) {
+                *to = *from;
+            }
+            return Some(Ok(n));
+        }
+        match self.failure {
+            Some(f) if !self.failure_reported && !self.read_closed && !self.read_shut => {
+                Some(Err(f.io()))
+            }
+            _ if self.readable() || buf.is_empty() => Some(Ok(0)),
+            _ => None,
+        }
+    }
+
+    /// The connection's error if no read or write reported it yet, as SO_ERROR gives it
+    /// (and clears it).
+    pub(crate) fn take_error(&mut self) -> Option<io::Error> {
+        let f = self.failure.filter(|f| *f != Failure::Stopped)?;
+        self.report_failure(f)
+    }
+
+    /// The connection's error the first time a read or a write meets it, `None` after
+    /// (Linux clears a socket's error once reported, `sock_error`). A stopped stack
+    /// keeps saying so.
+    pub(crate) fn report_failure(&mut self, f: Failure) -> Option<io::Error> {
+        if self.failure_reported && f != Failure::Stopped {
+            return None;
+        }
+        self.failure_reported = true;
+        Some(f.io())
+    }
+
     /// Queues bytes of `buf` for the stack: how many fit, the error, or `None` when the
     /// buffer is full.
     pub(crate) fn write(&mut self, buf: &[u8]) -> Outcome {
-        let result = if let Some(f) = self.failure {
-            Some(Err(f.io()))
-        } else if self.write_shut || self.phase == Phase::Closed {
-            Some(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the connection is closed for writing",
-            )))
+        let result = if let Some(e) = self.failure.and_then(|f| self.report_failure(f)) {
+            Some(Err(e))
+        } else if self.write_shut || self.phase == Phase::Closed || self.failure.is_some() {
+            // EPIPE, as the kernel's send on a socket shut or reset (its error reported).
+            Some(Err(io::Error::from_raw_os_error(libc::EPIPE)))
         } else if buf.is_empty() {
             Some(Ok(0))
         } else {
@@ -451,6 +505,29 @@ mod tests {
         st.failure = Some(Failure::Tcp(TcpError::Reset));
         let err = st.read(&mut buf).result.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    /// Issue 22 item 6: as Linux reports a socket's error once, the write after the one
+    /// that met a reset fails with EPIPE (std's BrokenPipe), and a read then sees the
+    /// end of the stream.
+    #[test]
+    fn after_a_reset_is_reported_writes_give_epipe_and_reads_end() {
+        let c = conn(8);
+        let mut st = c.shared.lock();
+        st.failure = Some(Failure::Tcp(TcpError::Reset));
+        st.phase = Phase::Closed;
+        let first = st.write(b"x").result.unwrap().unwrap_err();
+        assert_eq!(first.kind(), io::ErrorKind::ConnectionReset);
+        let second = st.write(b"x").result.unwrap().unwrap_err();
+        assert_eq!(second.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(second.raw_os_error(), Some(libc::EPIPE));
+        assert_eq!(st.read(&mut [0; 4]).result.unwrap().unwrap(), 0);
+        // A stopped stack keeps saying so.
+        st.failure = Some(Failure::Stopped);
+        for _ in 0..2 {
+            let err = st.write(b"x").result.unwrap().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::NotConnected);
+        }
     }
 
     #[test]
