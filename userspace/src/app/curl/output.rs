@@ -30,6 +30,34 @@ pub struct Sink {
     pub progress: Progress,
 }
 
+/// Standard output was closed when curl started (`>&-`).
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// As curl does at start: every one of stdin, stdout and stderr that is closed gets a
+/// pipe's end, so that no socket or file opened later takes its number and receives
+/// what was meant for it. A body for a closed stdout then fails as curl's does (23);
+/// Rust's own stdout would report success.
+pub fn fill_closed_std_fds() {
+    use std::os::fd::AsFd;
+    let closed = || {
+        [
+            std::io::stdin().as_fd().try_clone_to_owned().is_err(),
+            std::io::stdout().as_fd().try_clone_to_owned().is_err(),
+            std::io::stderr().as_fd().try_clone_to_owned().is_err(),
+        ]
+    };
+    if closed()[1] {
+        STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    while closed().contains(&true) {
+        // Both ends stay open for the life of the process, as curl's do.
+        match std::io::pipe() {
+            Ok(ends) => std::mem::forget(ends),
+            Err(_) => return,
+        }
+    }
+}
+
 fn write_error(e: std::io::Error) -> CurlError {
     fail(
         EXIT_WRITE_ERROR,
@@ -63,6 +91,9 @@ impl Sink {
     fn open(&mut self) -> Result<&mut Box<dyn Write>, CurlError> {
         if self.out.is_none() {
             let out: Box<dyn Write> = match &self.dest {
+                Dest::Stdout { .. } if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) => {
+                    return Err(fail(EXIT_WRITE_ERROR, "Failed writing body"));
+                }
                 Dest::Stdout { .. } => Box::new(std::io::BufWriter::with_capacity(
                     1 << 16,
                     std::io::stdout(),

@@ -190,7 +190,7 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
             finished = true;
             drop(running.remove(k));
             left -= 1;
-            if matches!(&result, Err(e) if e.code == EXIT_INTERRUPTED) {
+            if matches!(&result, Err(e) if killed_by(e.code).is_some()) {
                 // Ctrl-C: nothing more is written; the runtime goes (XDP detached).
                 drop(running);
                 drop(session);
@@ -311,7 +311,7 @@ impl Session<'_> {
                         })
                 );
             let reason = match &result {
-                Err(e) if e.code == EXIT_INTERRUPTED => None,
+                Err(e) if killed_by(e.code).is_some() => None,
                 Err(e) if e.code == EXIT_TIMEOUT || e.code == EXIT_CANNOT_RESOLVE => {
                     Some(": timeout")
                 }
@@ -487,7 +487,7 @@ impl Session<'_> {
                     t.abort(conn);
                     return Err(fail(52, "Empty reply from server"));
                 }
-                Err(e) if reused && e.code != EXIT_INTERRUPTED && e.code != EXIT_TIMEOUT => {
+                Err(e) if reused && killed_by(e.code).is_none() && e.code != EXIT_TIMEOUT => {
                     t.abort(conn);
                     (conn, reused) = self.connection(target, ip, info, t0).await?;
                 }
@@ -667,7 +667,7 @@ impl Session<'_> {
             // credentials belong to their URL.
             let credentials = target.credentials().or_else(|| {
                 (target.host.eq_ignore_ascii_case(&first_host))
-                    .then(|| args.user.clone())
+                    .then(|| self.prepared.user.clone())
                     .flatten()
             });
             let path = target.path();
@@ -718,9 +718,7 @@ impl Session<'_> {
             self.jar
                 .borrow_mut()
                 .store(&target.host, target.url.path(), &set_cookies);
-            let location = response
-                .header("location")
-                .and_then(|l| target.url.join(l).ok());
+            let location = response.header("location").map(|l| target.url.join(l));
             let is_redirect = matches!(response.status, 301 | 302 | 303 | 307 | 308);
             let follow = args.location && is_redirect && location.is_some();
             if args.include || args.head {
@@ -730,6 +728,18 @@ impl Session<'_> {
                     break Err(e);
                 }
             }
+            // A target that is no URL ends a -L transfer, as curl's (3); without -L it
+            // is only not reported as %{redirect_url}.
+            let location = match location {
+                Some(Err(e)) if follow => {
+                    self.discard(conn, &target, ip, &response, rest).await;
+                    break Err(fail(
+                        EXIT_BAD_URL,
+                        format!("The redirect target URL could not be parsed: {e}"),
+                    ));
+                }
+                other => other.and_then(Result::ok),
+            };
             if follow && let Some(next) = location {
                 redirects += 1;
                 info.num_redirects = redirects;
@@ -954,13 +964,8 @@ async fn read_head(
                 "Recv failure: connection closed in the headers",
             ));
         }
+        // parse_head holds the head to curl's size limits.
         raw.extend_from_slice(&buf[..n]);
-        if raw.len() > 256 * 1024 {
-            return Err(fail(
-                EXIT_RECV_ERROR,
-                "Recv failure: response head too large",
-            ));
-        }
     }
 }
 

@@ -7,9 +7,7 @@
 //! runs on its own thread and wakes the waiting transfer through its waker, and
 //! [`Io::wait`] parks this thread until then (or the next deadline). The HTTP code above
 //! sees nothing but these calls.
-use super::{
-    CurlError, EXIT_CANNOT_CONNECT, EXIT_INTERRUPTED, EXIT_RECV_ERROR, EXIT_TIMEOUT, fail,
-};
+use super::{CurlError, EXIT_CANNOT_CONNECT, EXIT_RECV_ERROR, EXIT_TIMEOUT, fail, killed_by};
 use crate::app::setup::StackArgs;
 use crate::net::{self, tokio::TcpStream};
 use crate::tcp::TcpError;
@@ -19,7 +17,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -89,8 +87,9 @@ pub struct Io {
     verbose: bool,
     /// `--keepalive-time`: idle time before keep-alive probes, and between them.
     keepalive: Option<Duration>,
-    /// Set by SIGINT and SIGTERM once the stack is open.
-    interrupted: Arc<AtomicBool>,
+    /// The number of the signal (SIGINT, SIGTERM) that came once the stack was open,
+    /// or 0.
+    interrupted: Arc<AtomicUsize>,
     /// The earliest deadline of the waits pending since the last [`Io::wait`].
     next_deadline: Cell<Option<Instant>>,
     waker: Waker,
@@ -103,7 +102,7 @@ impl Io {
             stack,
             verbose,
             keepalive,
-            interrupted: Arc::new(AtomicBool::new(false)),
+            interrupted: Arc::new(AtomicUsize::new(0)),
             next_deadline: Cell::new(None),
             waker: Waker::from(Arc::new(Unpark(std::thread::current()))),
         }
@@ -121,7 +120,11 @@ impl Io {
                 .map_err(|e| fail(super::EXIT_FAILED_INIT, e.to_string()))?;
             if self.stack.stop_on_signals {
                 for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                    let _ = signal_hook::flag::register(signal, self.interrupted.clone());
+                    let _ = signal_hook::flag::register_usize(
+                        signal,
+                        self.interrupted.clone(),
+                        signal as usize,
+                    );
                 }
             }
             *guard = Some(Transport {
@@ -190,8 +193,9 @@ impl Io {
             if let Poll::Ready(v) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Ok(v));
             }
-            if self.interrupted.load(Ordering::Relaxed) {
-                return Poll::Ready(Err(fail(EXIT_INTERRUPTED, "interrupted")));
+            let signal = self.interrupted.load(Ordering::Relaxed);
+            if signal != 0 {
+                return Poll::Ready(Err(fail(-(signal as i32), "interrupted")));
             }
             if let Some(d) = deadline {
                 if Instant::now() >= d {
@@ -478,7 +482,7 @@ impl Io {
             )
             .await
         {
-            Err(e) if e.code == EXIT_INTERRUPTED => Err(e),
+            Err(e) if killed_by(e.code).is_some() => Err(e),
             _ => Ok(()),
         }
     }
