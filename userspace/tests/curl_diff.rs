@@ -116,7 +116,8 @@ fn echo_files(w: &World) {
 fn run_case(w: &World, dir: &Path, ours: bool, c: &Case) -> Outcome {
     fixtures(dir);
     let mut cmd = w.exec(&w.host);
-    cmd.args(["timeout", "60"]);
+    // No controlling terminal (as in CI): a password prompt reads stdin, as curl's does.
+    cmd.args(["setsid", "-w", "timeout", "60"]);
     if ours {
         cmd.args([BIN, "curl"]);
     } else {
@@ -746,6 +747,54 @@ fn cases(ca: &str) -> Vec<Case> {
         ),
         (vec!["-g".into(), x("/echo?x=[1]")], Norm::Exact, vec![]),
         (vec![x("/echo/[1-")], Norm::Exact, vec![]),
+        // Bad input is refused as curl refuses it (issue 23): a space or CR/LF in the
+        // URL (3), a header without a name (dropped), -u without a password (asked
+        // for: read from stdin without a terminal, or empty).
+        (vec![x("/echo/a b")], Norm::Exact, vec![]),
+        (vec![x("/echo/a\r\nX-Injected: 1")], Norm::Exact, vec![]),
+        (vec!["-H".into(), ": value".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["-u".into(), "user".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["-u".into(), "user".into(), echo.clone()], Norm::Exact, b"secret\n".to_vec()),
+        // Flags curl refuses (2), and -1 for no redirect limit.
+        (vec!["--bogus".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["--max-time".into(), "-1".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["--retry".into(), "-1".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["-L".into(), "--max-redirs".into(), "-5".into(), x("/redirect/302")], Norm::Exact, vec![]),
+        (vec!["-L".into(), "--max-redirs".into(), "-1".into(), x("/redirect/302")], Norm::Exact, vec![]),
+        // Broken servers: exit codes as curl's.
+        (
+            vec!["-L".into(), x("/redirect/302?to=http://example.com:99999/")],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec![x("/redirect/302?to=http://example.com:99999/")], Norm::Exact, vec![]),
+        (vec![x("/broken/garbage")], Norm::Exact, vec![]),
+        (vec![x("/broken/badver")], Norm::Exact, vec![]),
+        (vec!["-o".into(), "h.out".into(), x("/broken/many-headers")], Norm::Exact, vec![]),
+        (vec!["-o".into(), "h.out".into(), x("/broken/huge-header")], Norm::Exact, vec![]),
+        (vec![x("/broken/two-lengths")], Norm::Exact, vec![]),
+        // Cookies for other sites and for public suffixes are not kept (RFC 6265
+        // 5.3 steps 5 and 6), a parent domain of the host is.
+        (
+            vec![
+                "-c".into(),
+                "jar.txt".into(),
+                "--resolve".into(),
+                format!("other.example:{HTTP_ECHO_PORT}:{SERVER_IP}"),
+                format!("http://www.example.com:{HTTP_ECHO_PORT}/cookies/domain?d=other.example"),
+                format!("http://www.example.com:{HTTP_ECHO_PORT}/cookies/domain?d=com"),
+                format!("http://www.example.com:{HTTP_ECHO_PORT}/cookies/domain?d=.example.com"),
+                format!("http://other.example:{HTTP_ECHO_PORT}/echo"),
+                format!("http://example.com:{HTTP_ECHO_PORT}/echo"),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-c".into(), "jar.txt".into(), x("/cookies/domain?d=example.com")],
+            Norm::Exact,
+            vec![],
+        ),
     ];
     owned
         .into_iter()
@@ -1143,4 +1192,89 @@ fn curl_remote_time_sets_the_files_time_as_curl_does() {
             .unwrap(),
         "the time is the server's, not a fresh one"
     );
+}
+
+/// Flags curl cannot take: its two lines on stderr, word for word, and exit 2. Nothing
+/// is fetched (the command line fails first), so no world is needed.
+#[test]
+fn curl_flag_errors_print_curls_two_lines() {
+    for args in [
+        &["--bogus", "http://127.0.0.1:9/"][..],
+        &["--max-time", "-1", "http://127.0.0.1:9/"],
+        &["-m", "abc", "http://127.0.0.1:9/"],
+        &["--retry", "-1", "http://127.0.0.1:9/"],
+        &["--max-redirs", "-5", "http://127.0.0.1:9/"],
+        &["http://127.0.0.1:9/", "-o"],
+        &["-s"],
+    ] {
+        let run = |program: &[&str]| {
+            let out = std::process::Command::new(program[0])
+                .args(&program[1..])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        };
+        let theirs = run(&["curl"]);
+        let ours = run(&[BIN, "curl"]);
+        assert_eq!(ours, theirs, "curl {args:?}");
+        assert_eq!(theirs.0, Some(2), "curl {args:?}");
+    }
+}
+
+/// SIGTERM ends the process by SIGTERM after XDP is detached, and a closed stdout is a
+/// write error (23), as with the real curl.
+#[test]
+fn curl_sigterm_and_closed_stdout_end_as_curls() {
+    use std::os::unix::process::ExitStatusExt;
+    let w = world(WorldOptions {
+        http_echo: true,
+        ..Default::default()
+    });
+    let slow = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/slow");
+    for ours in [false, true] {
+        let mut cmd = w.exec(&w.host);
+        if ours {
+            cmd.args([BIN, "curl"]);
+        } else {
+            cmd.arg("curl");
+        }
+        let mut child = cmd
+            .args(["-sN", &slow])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The transfer is under way once its first bytes are on stdout (-N: at once).
+        let mut first = [0u8; 6];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        assert_eq!(&first, b"first ");
+        if ours {
+            assert!(xdp_attached(&w), "attached during the transfer");
+        }
+        let pid = child.id();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        let status = wait_timeout(&mut child, std::time::Duration::from_secs(10));
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGTERM),
+            "ours {ours}: {status:?}"
+        );
+    }
+    assert!(
+        xdp_detached_within(&w, std::time::Duration::from_secs(5)),
+        "XDP program left attached"
+    );
+    let echo = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/echo");
+    let closed = |program: &str| {
+        let line = format!("{program} curl -s {echo} >&-; echo \"exit=$?\"");
+        text(&run_in(&w, &w.host, &["sh", "-c", &line]).stdout)
+    };
+    assert_eq!(closed(""), "exit=23\n");
+    assert_eq!(closed(BIN), "exit=23\n");
 }

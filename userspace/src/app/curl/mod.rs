@@ -12,6 +12,7 @@ mod form;
 mod glob;
 mod output;
 mod progress;
+mod psl;
 mod request;
 mod response;
 mod transfer;
@@ -263,7 +264,7 @@ pub fn run(args: &CurlArgs) -> Result<(), CurlError> {
         print_version();
         return Ok(());
     }
-    output::fill_closed_std_fds();
+    output::note_closed_stdout();
     let urls = args.all_urls();
     if urls.is_empty() {
         // Said even with -s, as curl says it.

@@ -3,7 +3,7 @@
 use super::progress::Progress;
 use super::{CurlError, EXIT_WRITE_ERROR, fail};
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dest {
@@ -33,29 +33,20 @@ pub struct Sink {
 /// Standard output was closed when curl started (`>&-`).
 static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// As curl does at start: every one of stdin, stdout and stderr that is closed gets a
-/// pipe's end, so that no socket or file opened later takes its number and receives
-/// what was meant for it. A body for a closed stdout then fails as curl's does (23);
-/// Rust's own stdout would report success.
-pub fn fill_closed_std_fds() {
-    use std::os::fd::AsFd;
-    let closed = || {
-        [
-            std::io::stdin().as_fd().try_clone_to_owned().is_err(),
-            std::io::stdout().as_fd().try_clone_to_owned().is_err(),
-            std::io::stderr().as_fd().try_clone_to_owned().is_err(),
-        ]
-    };
-    if closed()[1] {
-        STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    while closed().contains(&true) {
-        // Both ends stay open for the life of the process, as curl's do.
-        match std::io::pipe() {
-            Ok(ends) => std::mem::forget(ends),
-            Err(_) => return,
-        }
-    }
+/// Notes whether stdout was closed when the process started (`>&-`), for curl's exit
+/// 23 at the first byte of a body meant for it. Rust's runtime has by then put
+/// /dev/null, opened read-write, in place of every closed standard descriptor (so no
+/// socket takes the number, as curl's own start-up check ensures); a shell's
+/// `>/dev/null` opens it write-only.
+pub fn note_closed_stdout() {
+    let null = std::fs::read_link("/proc/self/fd/1").is_ok_and(|p| p == Path::new("/dev/null"));
+    let read_write = std::fs::read_to_string("/proc/self/fdinfo/1").is_ok_and(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .is_some_and(|flags| flags & 0o3 == 0o2)
+    });
+    STDOUT_CLOSED.store(null && read_write, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn write_error(e: std::io::Error) -> CurlError {

@@ -418,6 +418,43 @@ mod tests {
     }
 
     #[test]
+    fn broken_heads_fail_with_curls_codes() {
+        let code = |raw: &[u8]| parse_head(raw, false).err().map(|e| e.code);
+        assert_eq!(code(b"garbage line\r\n\r\nbody"), Some(1));
+        assert_eq!(code(b"garbage"), Some(1));
+        assert_eq!(code(b"HTTP/1.1 abc OK\r\n\r\n"), Some(1));
+        assert_eq!(
+            code(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
+            Some(8)
+        );
+        // One line of 100 KiB (with the byte for its end) is curl's out of memory,
+        // complete or still arriving.
+        let mut line = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        line.resize(17 + MAX_HEADER_LINE - 1, b'a');
+        assert_eq!(code(&line), None);
+        line.push(b'a');
+        assert_eq!(code(&line), Some(27));
+        // Header lines over 300 KiB together: 56, many headers below that are fine.
+        let many = |n: usize| {
+            let mut raw = b"HTTP/1.1 200 OK\r\n".to_vec();
+            raw.extend(b"X: y\r\n".repeat(n));
+            raw.extend(b"\r\n");
+            raw
+        };
+        let (_, r) = parse_head(&many(20_000), false).unwrap().unwrap();
+        assert_eq!(r.headers.len(), 20_000);
+        assert_eq!(code(&many(51_198)), Some(EXIT_RECV_ERROR));
+        // The last Content-Length counts, by its leading digits.
+        let (_, r) = parse_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5, 5\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.framing, Framing::Length(5));
+    }
+
+    #[test]
     fn head_framing() {
         let (n, r) = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false)
             .unwrap()
