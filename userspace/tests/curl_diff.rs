@@ -40,7 +40,20 @@ struct Case {
     args: Vec<String>,
     stdin: Vec<u8>,
     norm: Norm,
+    /// Environment variables for both curls (the proxy ones are unset otherwise).
+    env: Vec<(&'static str, String)>,
 }
+
+/// The environment variables curl reads for proxies.
+const PROXY_VARIABLES: &[&str] = &[
+    "http_proxy",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
 
 /// What a run leaves: exit code, stdout, and every file in its directory.
 #[derive(Debug, PartialEq, Eq)]
@@ -123,6 +136,10 @@ fn run_case(w: &World, dir: &Path, ours: bool, c: &Case) -> Outcome {
     } else {
         cmd.arg("curl");
     }
+    for name in PROXY_VARIABLES {
+        cmd.env_remove(name);
+    }
+    cmd.envs(c.env.iter().map(|(k, v)| (k, v)));
     let mut child = cmd
         .args(&c.args)
         .current_dir(dir)
@@ -798,32 +815,28 @@ fn cases(ca: &str) -> Vec<Case> {
     ];
     owned
         .into_iter()
-        .map(|(args, norm, stdin)| Case { args, stdin, norm })
+        .map(|(args, norm, stdin)| Case {
+            args,
+            stdin,
+            norm,
+            env: Vec::new(),
+        })
         .collect()
 }
 
-#[test]
-fn curl_diff_command_lines_match_the_real_curl() {
-    let w = world(WorldOptions {
-        nginx: true,
-        dnsmasq: true,
-        http_echo: true,
-        tls: true,
-        ..Default::default()
-    });
-    echo_files(&w);
-    let base = w.dir.join("diff");
+/// Runs every case through both curls; the differences, one block each.
+fn differences(w: &World, all: &[Case], name: &str) -> Vec<String> {
+    let base = w.dir.join(name);
     let (theirs_dir, ours_dir): (PathBuf, PathBuf) = (base.join("curl"), base.join("ours"));
-    let all = cases(&w.dir.join("ca.pem").display().to_string());
-    assert!(all.len() >= 40, "{} command lines", all.len());
     let mut failures = Vec::new();
-    for c in &all {
-        eprintln!("curl {:?}", c.args);
-        let theirs = run_case(&w, &theirs_dir, false, c);
-        let ours = run_case(&w, &ours_dir, true, c);
+    for c in all {
+        eprintln!("{:?} curl {:?}", c.env, c.args);
+        let theirs = run_case(w, &theirs_dir, false, c);
+        let ours = run_case(w, &ours_dir, true, c);
         if theirs != ours {
             failures.push(format!(
-                "curl {:?}\n  curl: {:?} {:?} {:?}\n  ours: {:?} {:?} {:?}",
+                "{:?} curl {:?}\n  curl: {:?} {:?} {:?}\n  ours: {:?} {:?} {:?}",
+                c.env,
                 c.args,
                 theirs.code,
                 text(&theirs.stdout),
@@ -843,11 +856,156 @@ fn curl_diff_command_lines_match_the_real_curl() {
             }
         }
     }
+    failures
+}
+
+#[test]
+fn curl_diff_command_lines_match_the_real_curl() {
+    let w = world(WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        http_echo: true,
+        tls: true,
+        ..Default::default()
+    });
+    echo_files(&w);
+    let all = cases(&w.dir.join("ca.pem").display().to_string());
+    assert!(all.len() >= 40, "{} command lines", all.len());
+    let failures = differences(&w, &all, "diff");
     eprintln!(
         "{} of {} command lines match the real curl",
-        all.len() - failures.iter().filter(|f| f.starts_with("curl")).count(),
+        all.len() - failures.iter().filter(|f| f.starts_with('[')).count(),
         all.len()
     );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The proxy port of tinyproxy in the server namespace.
+const PROXY_PORT: u16 = 8888;
+
+/// -x, the proxy environment and --noproxy through a real proxy (tinyproxy: plain
+/// http forwarded, https through CONNECT, CONNECT refused to other ports than 443),
+/// and through the echo server acting as a proxy, which shows the request as sent.
+/// --limit-rate gives the same bytes.
+#[test]
+fn curl_proxies_and_limit_rate_match_the_real_curl() {
+    let w = world(WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        http_echo: true,
+        tls: true,
+        big_file: Some(300 * 1024),
+        ..Default::default()
+    });
+    let conf = w.dir.join("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Port {PROXY_PORT}\nListen {SERVER_IP}\nTimeout 30\nMaxClients 20\nDisableViaHeader Yes\nLogLevel Critical\nConnectPort 443\n"
+        ),
+    )
+    .unwrap();
+    let mut w = w;
+    let proxy_child = w
+        .spawn(
+            &w.server.clone(),
+            &["tinyproxy", "-d", "-c", conf.to_str().unwrap()],
+        )
+        .unwrap();
+    w.adopt(proxy_child);
+    w.wait_for_port(&w.server.clone(), SERVER_IP, PROXY_PORT, false)
+        .unwrap();
+    let tiny = format!("http://{SERVER_IP}:{PROXY_PORT}");
+    let echo_proxy = format!("{SERVER_IP}:{HTTP_ECHO_PORT}");
+    let echo = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/echo");
+    let tls_page = format!("https://{SERVER_IP}/index.html");
+    let dead = format!("http://{SERVER_IP}:9");
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let case = |args: Vec<String>, env: Vec<(&'static str, String)>| Case {
+        args,
+        stdin: Vec::new(),
+        norm: Norm::Exact,
+        env,
+    };
+    let all = vec![
+        // The echo server as the proxy: the absolute URL, Proxy-Connection and
+        // Proxy-Authorization in curl's order.
+        case(
+            s(&["-x", &echo_proxy, "http://example.com/echo?q=1"]),
+            vec![],
+        ),
+        case(
+            s(&[
+                "-x",
+                &format!("u:p@{echo_proxy}"),
+                "-u",
+                "a:b",
+                "-e",
+                "r",
+                "-b",
+                "c=1",
+                "http://example.com:81/echo",
+            ]),
+            vec![],
+        ),
+        case(
+            s(&["-x", &echo_proxy, "-U", "pu:pp", "http://example.com/echo"]),
+            vec![],
+        ),
+        // tinyproxy: plain http, https through CONNECT, a refused CONNECT (56).
+        case(s(&["-x", &tiny, &echo]), vec![]),
+        case(
+            s(&["-x", &format!("{SERVER_IP}:{PROXY_PORT}"), "-k", &tls_page]),
+            vec![],
+        ),
+        case(
+            s(&[
+                "-x",
+                &tiny,
+                "-k",
+                &format!("https://{SERVER_IP}:{HTTP_ECHO_PORT}/"),
+            ]),
+            vec![],
+        ),
+        // The environment, and what bypasses it.
+        case(s(&[&echo]), vec![("http_proxy", tiny.clone())]),
+        case(s(&["-k", &tls_page]), vec![("https_proxy", tiny.clone())]),
+        case(s(&["-k", &tls_page]), vec![("HTTPS_PROXY", tiny.clone())]),
+        case(s(&[&echo]), vec![("all_proxy", tiny.clone())]),
+        case(
+            s(&[&echo]),
+            vec![
+                ("http_proxy", dead.clone()),
+                ("no_proxy", SERVER_IP.to_string()),
+            ],
+        ),
+        case(
+            s(&[&echo]),
+            vec![
+                ("http_proxy", dead.clone()),
+                ("no_proxy", "10.77.0.0/16".into()),
+            ],
+        ),
+        case(s(&["--noproxy", "*", "-x", &dead, &echo]), vec![]),
+        case(s(&["-x", "", &echo]), vec![("http_proxy", dead.clone())]),
+        case(s(&["-x", &dead, &echo]), vec![]),
+        // A dead proxy for https, and a proxy name that does not resolve (5).
+        case(s(&["-k", &tls_page]), vec![("https_proxy", dead.clone())]),
+        case(s(&["-x", "http://nosuchproxy.invalid:3128", &echo]), vec![]),
+        // --limit-rate: the same bytes, paced.
+        case(
+            s(&[
+                "--limit-rate",
+                "1M",
+                "-o",
+                "big.out",
+                &format!("http://{SERVER_IP}/big.bin"),
+            ]),
+            vec![],
+        ),
+        case(s(&["--limit-rate", "10Q", &echo]), vec![]),
+    ];
+    let failures = differences(&w, &all, "proxy");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

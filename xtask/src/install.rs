@@ -34,6 +34,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "bsdutils",
     // The public suffix list curl's cookie jar checks Domain= against (libpsl's too).
     "publicsuffix",
+    // The HTTP proxy of curl's proxy tests (CONNECT for https).
+    "tinyproxy",
 ];
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {

@@ -182,6 +182,20 @@ pub struct CurlArgs {
     /// Retry on any error
     #[arg(long)]
     pub retry_all_errors: bool,
+    /// Use this HTTP proxy ([http://][USER:PASSWORD@]HOST[:PORT], port 1080 by default;
+    /// "" for none); without it http_proxy, https_proxy and all_proxy are read
+    #[arg(short = 'x', long, value_name = "PROXY")]
+    pub proxy: Option<String>,
+    /// USER:PASSWORD for the proxy
+    #[arg(short = 'U', long, value_name = "USER:PASSWORD")]
+    pub proxy_user: Option<String>,
+    /// Hosts reached without the proxy: comma-separated names (with their subdomains)
+    /// and IPv4 networks, or "*" (overrides no_proxy)
+    #[arg(long, value_name = "LIST")]
+    pub noproxy: Option<String>,
+    /// Most bytes a second to receive (K, M and G suffixes: 1024, 1024^2, 1024^3)
+    #[arg(long, value_name = "SPEED", value_parser = rate)]
+    pub limit_rate: Option<u64>,
     /// Use ADDR for HOST:PORT instead of the resolver (HOST:PORT:ADDR, repeatable)
     #[arg(long, value_name = "HOST:PORT:ADDR")]
     pub resolve: Vec<String>,
@@ -245,6 +259,25 @@ fn count<T: TryFrom<i64>>(arg: &str) -> Result<T, String> {
         return Err(NEGATIVE.into());
     }
     T::try_from(value).map_err(|_| NOT_A_NUMBER.to_string())
+}
+
+/// --limit-rate: bytes a second, with curl's B, K, M and G units (powers of 1024).
+fn rate(arg: &str) -> Result<u64, String> {
+    let arg = arg.trim();
+    let digits = arg
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(arg.len());
+    let value: f64 = arg[..digits]
+        .parse()
+        .map_err(|_| NOT_A_NUMBER.to_string())?;
+    let unit: u64 = match arg[digits..].to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err("is badly used here".into()),
+    };
+    Ok((value * unit as f64) as u64)
 }
 
 /// --max-redirs: -1 is no limit; below that curl refuses the number.

@@ -12,6 +12,7 @@ mod form;
 mod glob;
 mod output;
 mod progress;
+mod proxy;
 mod psl;
 mod request;
 mod response;

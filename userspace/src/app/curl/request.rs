@@ -414,6 +414,8 @@ pub struct Hop<'a> {
     pub range: Option<&'a str>,
     pub cookie: Option<&'a str>,
     pub body: Option<&'a Payload>,
+    /// Plain http through a proxy: its credentials, if any.
+    pub proxy: Option<Option<&'a str>>,
 }
 
 pub fn basic_auth(credentials: &str) -> String {
@@ -441,6 +443,12 @@ pub fn build_head(args: &CurlArgs, prepared: &Prepared, hop: &Hop<'_>) -> Vec<u8
     };
     ours("Host", Some(hop.host.to_string()));
     ours(
+        "Proxy-Authorization",
+        hop.proxy
+            .flatten()
+            .map(|c| format!("Basic {}", basic_auth(c))),
+    );
+    ours(
         "Authorization",
         hop.credentials.map(|c| format!("Basic {}", basic_auth(c))),
     );
@@ -458,6 +466,10 @@ pub fn build_head(args: &CurlArgs, prepared: &Prepared, hop: &Hop<'_>) -> Vec<u8
             .then(|| super::response::ACCEPT_ENCODING.to_string()),
     );
     ours("Referer", args.referer.clone());
+    ours(
+        "Proxy-Connection",
+        hop.proxy.map(|_| "Keep-Alive".to_string()),
+    );
     ours("Cookie", hop.cookie.map(str::to_string));
     if let Some(tc) = &prepared.time_cond {
         let (name, value) = tc.header();
@@ -534,6 +546,7 @@ mod tests {
             range: a.range.as_deref(),
             cookie: None,
             body: p.payload.as_ref(),
+            proxy: None,
         };
         String::from_utf8(build_head(a, &p, &hop)).unwrap()
     }

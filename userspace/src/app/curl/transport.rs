@@ -488,7 +488,7 @@ impl Io {
     }
 
     /// The TLS handshake over an established TCP connection.
-    async fn handshake(&self, conn: Conn, params: &TlsParams<'_>) -> Result<(), CurlError> {
+    pub async fn handshake(&self, conn: Conn, params: &TlsParams<'_>) -> Result<(), CurlError> {
         let config = self.with(|t| match &t.tls_config {
             Some(c) => Ok(c.clone()),
             None => {
