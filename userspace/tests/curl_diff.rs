@@ -1436,3 +1436,83 @@ fn curl_sigterm_and_closed_stdout_end_as_curls() {
     assert_eq!(closed(""), "exit=23\n");
     assert_eq!(closed(BIN), "exit=23\n");
 }
+
+/// A server that keeps the connection open after a complete answer: the process ends
+/// when the transfer does, closing as the kernel closes for an exiting process (a FIN,
+/// no wait for the server's), and the server sees that close as an end of stream, not
+/// a reset.
+#[test]
+fn curl_exits_after_the_transfer_when_the_server_keeps_the_connection() {
+    let w = world(WorldOptions {
+        http_echo: true,
+        ..Default::default()
+    });
+    let hold = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/hold");
+    let resets = |ns: &str| {
+        let out = run_in(
+            &w,
+            ns,
+            &[
+                "nstat",
+                "-az",
+                "TcpExtTCPAbortOnData",
+                "TcpEstabResets",
+                "TcpInErrs",
+            ],
+        );
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((it.next()?.to_string(), it.next()?.parse::<u64>().ok()?))
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = resets(&w.server);
+    let mut times = Vec::new();
+    for program in [&["curl"][..], &[BIN, "curl"]] {
+        let start = std::time::Instant::now();
+        let mut argv = program.to_vec();
+        argv.extend(["-s", &hold]);
+        let out = run_in(&w, &w.host, &argv);
+        times.push(start.elapsed());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{program:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), "held\n");
+    }
+    eprintln!("whole process: curl {:?}, ours {:?}", times[0], times[1]);
+    // The server saw both closes as ends of stream: its sockets wait in CLOSE-WAIT for
+    // its own close (30 s away), and no reset was counted on its side.
+    let out = run_in(
+        &w,
+        &w.server,
+        &[
+            "ss",
+            "-Htn",
+            "state",
+            "close-wait",
+            "sport",
+            "=",
+            &format!(":{HTTP_ECHO_PORT}"),
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        2,
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(resets(&w.server), before);
+    // Before, the process waited for the server's FIN (0.5 s) and then the stack's
+    // linger for it (0.5 s more): a full second that the real curl does not spend.
+    assert!(
+        times[1] < times[0] + std::time::Duration::from_millis(500),
+        "ours {:?}, curl {:?}",
+        times[1],
+        times[0]
+    );
+}

@@ -24,8 +24,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The longest the thread parks without a wake-up: how soon Ctrl-C is noticed.
 const MAX_PARK: Duration = Duration::from_millis(50);
-/// How long a closing connection waits for the peer's FIN.
-const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// How long the stack, when the process ends, lets closed connections get their last
+/// bytes and FIN acknowledged.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 /// A connection's handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +116,7 @@ impl Io {
             let stack = self
                 .stack
                 .builder()
-                .linger(CLOSE_WAIT)
+                .linger(CLOSE_LINGER)
                 .build()
                 .map_err(|e| fail(super::EXIT_FAILED_INIT, e.to_string()))?;
             if self.stack.stop_on_signals {
@@ -418,8 +419,10 @@ impl Io {
         }
     }
 
-    /// Closes gracefully (close_notify, FIN), waits a moment for the peer's FIN, and
-    /// forgets the connection; the stack finishes the close.
+    /// Closes gracefully (close_notify, FIN) and forgets the connection: the stack
+    /// finishes the close, as the kernel does for a socket closed by its process. Nothing
+    /// waits for the peer's FIN: a server may keep the connection open for as long as it
+    /// likes.
     pub async fn close(&self, conn: Conn) {
         let Ok((raw, tls)) = self.take(conn) else {
             return;
@@ -430,24 +433,10 @@ impl Io {
         }
         let closing = Raw {
             conn,
-            deadline: Some(Instant::now() + CLOSE_WAIT),
+            deadline: Some(Instant::now() + CLOSE_LINGER),
         };
         let _ = self
             .on_stream(closing, |tcp, cx| tcp.poll_shutdown(cx))
-            .await;
-        // What the peer still sends is not wanted, only its FIN.
-        let _ = self
-            .on_stream(closing, |mut tcp, cx| {
-                let mut scratch = [0u8; 4096];
-                loop {
-                    let mut unwanted = ReadBuf::new(&mut scratch);
-                    match tcp.as_mut().poll_read(cx, &mut unwanted) {
-                        Poll::Ready(Ok(())) if !unwanted.filled().is_empty() => {}
-                        Poll::Ready(_) => return Poll::Ready(()),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-            })
             .await;
         let _ = self.with(|t| t.streams.get_mut(conn.0).and_then(Option::take));
     }
