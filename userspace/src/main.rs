@@ -70,6 +70,14 @@ fn main() -> ExitCode {
             cli
         }
         Err(e) => {
+            // curl's two lines for a flag it cannot take.
+            let argv: Vec<String> = std::env::args().collect();
+            if curl::flags::is_curl_command_line(&argv)
+                && let Some(line) = curl::flags::message(&e, &argv)
+            {
+                eprintln!("{line}\n{}", curl::flags::TRY_HELP);
+                return ExitCode::from(2);
+            }
             let _ = e.print();
             // curl's exit code 2 for a bad option; 0 for --help/--version.
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });

@@ -32,6 +32,10 @@ pub const TEST_PACKAGES: &[&str] = &[
     "openssl",
     // `script`, for the binary-to-terminal test of curl.
     "bsdutils",
+    // The public suffix list curl's cookie jar checks Domain= against (libpsl's too).
+    "publicsuffix",
+    // The HTTP proxy of curl's proxy tests (CONNECT for https).
+    "tinyproxy",
 ];
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {

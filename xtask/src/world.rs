@@ -40,6 +40,7 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("ss", "iproute2"),
     ("script", "bsdutils"),
+    ("tinyproxy", "tinyproxy"),
 ];
 
 /// Fails with one line naming the first missing program and its package.

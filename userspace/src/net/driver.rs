@@ -579,9 +579,16 @@ impl Driver {
     }
 
     /// True while a connection whose handle is gone still has bytes or a FIN to send.
+    /// One in FIN-WAIT-2 has had all it wrote, FIN included, acknowledged (RFC 9293
+    /// 3.3.2); what is left is the peer's side, which no handle reads, so a stop does
+    /// not wait for the peer's FIN (as an exiting process does not on the kernel).
     fn lingers(&mut self) -> bool {
         self.prune_lingering();
-        !self.lingering.is_empty() || self.conns.values().any(|c| c.shared.lock().dropped)
+        let stack = &self.rt.stack;
+        self.lingering
+            .iter()
+            .any(|&id| stack.state(id) != State::FinWait2)
+            || self.conns.values().any(|c| c.shared.lock().dropped)
     }
 
     /// Listeners stop, and connections whose handles were dropped get up to the linger

@@ -7,9 +7,7 @@
 //! runs on its own thread and wakes the waiting transfer through its waker, and
 //! [`Io::wait`] parks this thread until then (or the next deadline). The HTTP code above
 //! sees nothing but these calls.
-use super::{
-    CurlError, EXIT_CANNOT_CONNECT, EXIT_INTERRUPTED, EXIT_RECV_ERROR, EXIT_TIMEOUT, fail,
-};
+use super::{CurlError, EXIT_CANNOT_CONNECT, EXIT_RECV_ERROR, EXIT_TIMEOUT, fail, killed_by};
 use crate::app::setup::StackArgs;
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
@@ -17,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -26,8 +24,9 @@ use userspace::tcp::TcpError;
 
 /// The longest the thread parks without a wake-up: how soon Ctrl-C is noticed.
 const MAX_PARK: Duration = Duration::from_millis(50);
-/// How long a closing connection waits for the peer's FIN.
-const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// How long the stack, when the process ends, lets closed connections get their last
+/// bytes and FIN acknowledged.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 /// A connection's handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +88,9 @@ pub struct Io {
     verbose: bool,
     /// `--keepalive-time`: idle time before keep-alive probes, and between them.
     keepalive: Option<Duration>,
-    /// Set by SIGINT and SIGTERM once the stack is open.
-    interrupted: Arc<AtomicBool>,
+    /// The number of the signal (SIGINT, SIGTERM) that came once the stack was open,
+    /// or 0.
+    interrupted: Arc<AtomicUsize>,
     /// The earliest deadline of the waits pending since the last [`Io::wait`].
     next_deadline: Cell<Option<Instant>>,
     waker: Waker,
@@ -103,7 +103,7 @@ impl Io {
             stack,
             verbose,
             keepalive,
-            interrupted: Arc::new(AtomicBool::new(false)),
+            interrupted: Arc::new(AtomicUsize::new(0)),
             next_deadline: Cell::new(None),
             waker: Waker::from(Arc::new(Unpark(std::thread::current()))),
         }
@@ -116,12 +116,16 @@ impl Io {
             let stack = self
                 .stack
                 .builder()
-                .linger(CLOSE_WAIT)
+                .linger(CLOSE_LINGER)
                 .build()
                 .map_err(|e| fail(super::EXIT_FAILED_INIT, format!("{e:#}")))?;
             if self.stack.stop_on_signals {
                 for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                    let _ = signal_hook::flag::register(signal, self.interrupted.clone());
+                    let _ = signal_hook::flag::register_usize(
+                        signal,
+                        self.interrupted.clone(),
+                        signal as usize,
+                    );
                 }
             }
             *guard = Some(Transport {
@@ -190,8 +194,9 @@ impl Io {
             if let Poll::Ready(v) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Ok(v));
             }
-            if self.interrupted.load(Ordering::Relaxed) {
-                return Poll::Ready(Err(fail(EXIT_INTERRUPTED, "interrupted")));
+            let signal = self.interrupted.load(Ordering::Relaxed);
+            if signal != 0 {
+                return Poll::Ready(Err(fail(-(signal as i32), "interrupted")));
             }
             if let Some(d) = deadline {
                 if Instant::now() >= d {
@@ -414,8 +419,10 @@ impl Io {
         }
     }
 
-    /// Closes gracefully (close_notify, FIN), waits a moment for the peer's FIN, and
-    /// forgets the connection; the stack finishes the close.
+    /// Closes gracefully (close_notify, FIN) and forgets the connection: the stack
+    /// finishes the close, as the kernel does for a socket closed by its process. Nothing
+    /// waits for the peer's FIN: a server may keep the connection open for as long as it
+    /// likes.
     pub async fn close(&self, conn: Conn) {
         let Ok((raw, tls)) = self.take(conn) else {
             return;
@@ -426,24 +433,10 @@ impl Io {
         }
         let closing = Raw {
             conn,
-            deadline: Some(Instant::now() + CLOSE_WAIT),
+            deadline: Some(Instant::now() + CLOSE_LINGER),
         };
         let _ = self
             .on_stream(closing, |tcp, cx| tcp.poll_shutdown(cx))
-            .await;
-        // What the peer still sends is not wanted, only its FIN.
-        let _ = self
-            .on_stream(closing, |mut tcp, cx| {
-                let mut scratch = [0u8; 4096];
-                loop {
-                    let mut unwanted = ReadBuf::new(&mut scratch);
-                    match tcp.as_mut().poll_read(cx, &mut unwanted) {
-                        Poll::Ready(Ok(())) if !unwanted.filled().is_empty() => {}
-                        Poll::Ready(_) => return Poll::Ready(()),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-            })
             .await;
         let _ = self.with(|t| t.streams.get_mut(conn.0).and_then(Option::take));
     }
@@ -478,13 +471,13 @@ impl Io {
             )
             .await
         {
-            Err(e) if e.code == EXIT_INTERRUPTED => Err(e),
+            Err(e) if killed_by(e.code).is_some() => Err(e),
             _ => Ok(()),
         }
     }
 
     /// The TLS handshake over an established TCP connection.
-    async fn handshake(&self, conn: Conn, params: &TlsParams<'_>) -> Result<(), CurlError> {
+    pub async fn handshake(&self, conn: Conn, params: &TlsParams<'_>) -> Result<(), CurlError> {
         let config = self.with(|t| match &t.tls_config {
             Some(c) => Ok(c.clone()),
             None => {
