@@ -2,7 +2,7 @@
 use super::runtime::{NetDevice, Runtime, WaitError, pin_to_cpu};
 use crate::device::error::{Context, SetupResult, bail, setup_error};
 use crate::device::holder;
-use crate::device::netinfo::{self, default_route, kernel_neighbour, provoke_kernel_arp};
+use crate::device::netinfo::{self, kernel_neighbour, provoke_kernel_arp};
 use crate::device::pcap::PcapDevice;
 use crate::device::xdp::{QueueChoice, XdpModeChoice, XdpQueues};
 use crate::stack::{AddressMode, Stack, StackConfig};
@@ -24,6 +24,10 @@ pub struct StackArgs {
     /// Next-hop router (default: from the kernel's routing table)
     #[cfg_attr(feature = "cli", arg(long, value_name = "ADDR"))]
     pub gateway: Option<Ipv4Addr>,
+    /// The first destination, when known: the interface (unless given), the next hop
+    /// and the source address come from the kernel's route to it.
+    #[cfg_attr(feature = "cli", arg(skip))]
+    pub destination: Option<Ipv4Addr>,
     /// Pin the poll loop to this CPU
     #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub cpu: Option<usize>,
@@ -101,6 +105,9 @@ impl StackArgs {
         if let Some(gateway) = self.gateway {
             b = b.gateway(gateway);
         }
+        if let Some(destination) = self.destination {
+            b = b.destination(destination);
+        }
         if let Some(cpu) = self.cpu {
             b = b.cpu(cpu);
         }
@@ -125,6 +132,7 @@ impl Default for StackArgs {
             iface: None,
             ip: None,
             gateway: None,
+            destination: None,
             cpu: None,
             queue: None,
             xdp_mode: None,
@@ -264,19 +272,8 @@ pub fn open_runtime(args: &StackArgs, listen_ports: &[u16]) -> SetupResult<Runti
 }
 
 pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> SetupResult<Plan> {
-    let (iface, route_gateway) = match &args.iface {
-        Some(name) => (
-            name.clone(),
-            default_route()
-                .filter(|(dev, _)| dev == name)
-                .map(|(_, gw)| gw),
-        ),
-        None => {
-            let (dev, gw) =
-                default_route().ok_or_else(|| setup_error!("no default route: pass --iface"))?;
-            (dev, Some(gw))
-        }
-    };
+    let outbound = netinfo::outbound(args.iface.as_deref(), args.destination)?;
+    let (iface, route_gateway) = (outbound.iface, outbound.gateway);
     let info = netinfo::interface(&iface)?;
     if !info.up {
         bail!("interface {iface} is down");
@@ -284,7 +281,12 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> SetupResult<Plan> {
     let (ip, prefix, mode) = match args.ip {
         Some(ip) => (ip, info.ipv4.map_or(24, |(_, p)| p), AddressMode::Owned),
         None => {
-            let (ip, prefix) = info.ipv4.ok_or_else(|| {
+            // The route's source address when it is one of the interface's own, else
+            // the interface's first.
+            let source = outbound
+                .source
+                .and_then(|s| Some((s, netinfo::address_prefix(info.ifindex, s)?)));
+            let (ip, prefix) = source.or(info.ipv4).ok_or_else(|| {
                 setup_error!("interface {iface} has no IPv4 address (or pass --ip)")
             })?;
             (ip, prefix, AddressMode::Shared)
@@ -319,6 +321,7 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> SetupResult<Plan> {
     steer.listen_ports[..listen_ports.len()].copy_from_slice(listen_ports);
     let mut cfg = StackConfig::new(info.mac, ip, prefix);
     cfg.gateway = args.gateway.or(route_gateway);
+    cfg.gateway_fixed = args.gateway.is_some();
     cfg.mode = mode;
     cfg.port_range = port_range;
     cfg.max_connections = args.max_connections;
@@ -346,11 +349,15 @@ pub fn plan(args: &StackArgs, listen_ports: &[u16]) -> SetupResult<Plan> {
     })
 }
 
+/// How often a wait for a next hop asks the kernel's neighbour table.
+const NEIGHBOUR_LOOK_EVERY: Duration = Duration::from_millis(5);
+
 /// Makes sure the stack knows the MAC of the next hop towards `dst`. The kernel's
 /// neighbour table is the first hint; in shared-IP mode ARP replies go to the kernel, so
 /// it is asked to resolve; in owned-IP mode the stack's own ARP requests do it.
 pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> SetupResult<()> {
-    let hop = rt.stack.next_hop(dst);
+    let hop = crate::net::learn_route(&mut rt.stack, &rt.iface, dst)
+        .map_err(|refusal| setup_error!("no route to {dst}: {refusal}"))?;
     if rt.stack.arp_cache().lookup(hop).is_some() {
         return Ok(());
     }
@@ -363,11 +370,17 @@ pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> S
     match rt.stack.config().mode {
         AddressMode::Shared => {
             let mut last_provoke: Option<Instant> = None;
+            let mut last_look: Option<Instant> = None;
             let found = rt.wait(Some(deadline), |_, now| {
                 if last_provoke.is_none_or(|t| now >= t + Duration::from_millis(300)) {
                     provoke_kernel_arp(hop);
                     last_provoke = Some(now);
                 }
+                // The kernel's table is asked every few ms, not at every turn.
+                if last_look.is_some_and(|t| now < t + NEIGHBOUR_LOOK_EVERY) {
+                    return None;
+                }
+                last_look = Some(now);
                 kernel_neighbour(&iface, hop)
             });
             match found {

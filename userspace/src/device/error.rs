@@ -107,9 +107,20 @@ impl std::error::Error for SetupError {
 }
 
 impl From<SetupError> for std::io::Error {
-    /// An `io::Error` of kind `Other` whose message is the whole chain of causes.
+    /// An `io::Error` whose message is the whole chain of causes, of the kind of the
+    /// first `io::Error` among them (`Other` if none): a caller can tell "no route to
+    /// the destination" (`NetworkUnreachable`) from the rest.
     fn from(e: SetupError) -> Self {
-        std::io::Error::other(format!("{e:#}"))
+        let mut kind = std::io::ErrorKind::Other;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                kind = io.kind();
+                break;
+            }
+            cause = c.source();
+        }
+        std::io::Error::new(kind, format!("{e:#}"))
     }
 }
 

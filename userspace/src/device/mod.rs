@@ -4,6 +4,7 @@ pub mod error;
 pub mod holder;
 pub mod memory;
 pub mod netinfo;
+pub mod netlink;
 pub mod pcap;
 pub mod wake;
 pub mod xdp;

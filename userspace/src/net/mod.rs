@@ -36,6 +36,7 @@ pub mod tokio;
 pub use crate::device::xdp::XdpModeChoice;
 pub use crate::stack::AddressMode;
 pub use crate::tcp::CongestionKind;
+pub(crate) use driver::learn_route;
 pub use listener::{DEFAULT_BACKLOG, Incoming, TcpListener};
 pub use local::{PerQueue, StackLoop};
 pub use stream::TcpStream;
@@ -111,6 +112,16 @@ impl StackBuilder {
     /// The next-hop router. Default: from the kernel's routing table.
     pub fn gateway(mut self, gateway: Ipv4Addr) -> Self {
         self.args.gateway = Some(gateway);
+        self
+    }
+
+    /// The first destination the stack will talk to: when no interface is given, the
+    /// stack runs on the interface of the kernel's route to `ip` (a specific route, or
+    /// one on a host without a default route), and takes that route's source address
+    /// and next hop. Default: the interface of the default route. Every destination's
+    /// next hop comes from the kernel's route to it whatever this says.
+    pub fn destination(mut self, ip: Ipv4Addr) -> Self {
+        self.args.destination = Some(ip);
         self
     }
 
@@ -341,7 +352,7 @@ impl StackBuilder {
 
 /// A setup error as an `io::Error`, with its whole chain of causes.
 fn io_error(e: crate::device::error::SetupError) -> io::Error {
-    io::Error::other(format!("{e:#}"))
+    io::Error::from(e)
 }
 
 #[derive(Debug)]
