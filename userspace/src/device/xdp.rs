@@ -10,7 +10,7 @@ use crate::device::error::{Context, SetupError, SetupResult, bail, setup_error};
 use crate::wire::MacAddr;
 use aya::maps::{Array, Map, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use xdp_ebpf::{
     COUNTER_NO_SOCKET, COUNTER_NO_SOCKET_QUEUE0, COUNTER_PASSED, COUNTER_STEERED, MAX_QUEUES,
     SteerConfig,
@@ -164,7 +164,7 @@ pub struct XdpDevice {
     total_frames: usize,
     /// The socket's statistics when this process took it (an adopted socket counted
     /// earlier runs' drops too).
-    stats_at_start: libc::xdp_statistics,
+    stats_at_start: SocketStats,
     /// A packet that came in several frames (XDP multi-buffer), put together.
     gathered: Vec<u8>,
     /// The packet being gathered outgrew `MAX_GATHERED`: it is dropped when it ends.
@@ -197,6 +197,17 @@ pub struct SocketStats {
     pub rx_ring_full: u64,
     /// Times the fill ring was found empty.
     pub rx_fill_ring_empty: u64,
+}
+
+impl From<&rustix::net::xdp::XdpStatistics> for SocketStats {
+    /// The kernel's counters (those a kernel before 5.9 lacks count 0).
+    fn from(s: &rustix::net::xdp::XdpStatistics) -> Self {
+        SocketStats {
+            rx_dropped: s.rx_dropped,
+            rx_ring_full: s.rx_ring_full.unwrap_or(0),
+            rx_fill_ring_empty: s.rx_fill_ring_empty_descs.unwrap_or(0),
+        }
+    }
 }
 
 /// Why a bind failed: a queue still held by a socket being released, or anything else.
@@ -374,8 +385,7 @@ impl XdpProgram {
         if XDP_OBJECT.is_empty() {
             bail!("the eBPF object is missing: run `cargo xtask build-ebpf`, then rebuild");
         }
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !rustix::process::geteuid().is_root() {
             bail!("AF_XDP needs root (CAP_NET_ADMIN and CAP_BPF): run with sudo");
         }
         let iface = info.name.as_str();
@@ -585,7 +595,7 @@ impl XdpProgram {
     /// attached goes to a new holder when it should linger. Either way this
     /// returns at once, and true. False when the caller must close the sockets and
     /// detach itself (the program is not lingering, or no holder could take it).
-    fn release(&mut self, sockets: &[(u32, u32, RawFd, RawFd)]) -> bool {
+    fn release(&mut self, sockets: &[(u32, u32, BorrowedFd<'_>, BorrowedFd<'_>)]) -> bool {
         if let Some(conn) = &self.loan {
             return super::holder::give_back(conn, sockets).is_ok();
         }
@@ -737,14 +747,10 @@ impl XdpDevice {
             v.extend_from_slice(&free[filled..]);
             v
         };
-        let stats_at_start = socket.statistics().unwrap_or(libc::xdp_statistics {
-            rx_dropped: 0,
-            rx_invalid_descs: 0,
-            tx_invalid_descs: 0,
-            rx_ring_full: 0,
-            rx_fill_ring_empty_descs: 0,
-            tx_ring_empty_descs: 0,
-        });
+        let stats_at_start = socket
+            .statistics()
+            .map(|s| SocketStats::from(&s))
+            .unwrap_or_default();
         Ok(XdpDevice {
             mac: iface.mac,
             mtu: iface.mtu,
@@ -808,11 +814,8 @@ impl XdpDevice {
     }
 
     /// The socket and its UMEM, for the holder's pool.
-    pub fn pooled_fds(&self) -> (RawFd, RawFd) {
-        (
-            self.socket.fd().as_raw_fd(),
-            self.socket.memfd().as_raw_fd(),
-        )
+    pub fn pooled_fds(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
+        (self.socket.fd().as_fd(), self.socket.memfd().as_fd())
     }
 
     /// Entries of each of its rings.
@@ -835,14 +838,14 @@ impl XdpDevice {
     /// The kernel's statistics of the socket (drops, full rings) since this process
     /// took it.
     pub fn socket_stats(&self) -> Option<SocketStats> {
-        let now = self.socket.statistics().ok()?;
+        let now = SocketStats::from(&self.socket.statistics().ok()?);
         let was = &self.stats_at_start;
         Some(SocketStats {
             rx_dropped: now.rx_dropped.saturating_sub(was.rx_dropped),
             rx_ring_full: now.rx_ring_full.saturating_sub(was.rx_ring_full),
             rx_fill_ring_empty: now
-                .rx_fill_ring_empty_descs
-                .saturating_sub(was.rx_fill_ring_empty_descs),
+                .rx_fill_ring_empty
+                .saturating_sub(was.rx_fill_ring_empty),
         })
     }
 
@@ -1112,12 +1115,12 @@ impl XdpQueues {
             bail!("no RX queue to bind");
         }
         for device in &devices {
-            lock(program).register(device.queue, device.pooled_fds().0)?;
+            lock(program).register(device.queue, device.pooled_fds().0.as_raw_fd())?;
         }
         let pollfds = devices
             .iter()
             .map(|d| libc::pollfd {
-                fd: d.pooled_fds().0,
+                fd: d.pooled_fds().0.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             })
