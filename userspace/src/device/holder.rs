@@ -17,14 +17,12 @@
 //! with no instance, or when its borrower's connection closes without a word and the
 //! linger passes (a killed instance). One instance at a time: a second one is told which
 //! process has the interface.
-use crate::device::error::{Context, SetupResult, bail, setup_error};
+use crate::device::error::{Context, SetupResult, bail};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::time::{Duration, Instant};
-
-use super::xdp::PooledSocket;
 
 /// The hidden first argument that makes the `userspace` binary run as a holder.
 pub const HOLDER_ARG: &str = "__xdp-holder";
@@ -37,6 +35,19 @@ pub const DEFAULT_LINGER: Duration = Duration::from_millis(1500);
 pub const LINGER_ENV: &str = "USERSPACE_XDP_LINGER_MS";
 /// Most fds in one message (the sockets of every queue, the link and three maps).
 const MAX_FDS: usize = 64;
+
+/// A bound socket handed from one process to the next by the holder: the socket, its
+/// UMEM's memfd, its queue and its ring size.
+pub struct PooledSocket {
+    /// The AF_XDP socket.
+    pub fd: OwnedFd,
+    /// Its UMEM.
+    pub memfd: OwnedFd,
+    /// The queue it is bound to.
+    pub queue: u32,
+    /// Entries of each of its rings.
+    pub ring_size: u32,
+}
 
 /// The abstract socket name of the holder of interface `ifindex`.
 fn address(ifindex: u32) -> std::io::Result<SocketAddr> {
@@ -62,8 +73,8 @@ pub enum Answer {
     Lent {
         /// The loan: hand the sockets back over it, and close it.
         conn: UnixStream,
-        /// The attach mode.
-        mode: &'static str,
+        /// The attach mode, as its attacher named it.
+        mode: String,
         /// The program's maps.
         maps: MapFds,
         /// The sockets the last borrower left bound.
@@ -71,15 +82,6 @@ pub enum Answer {
     },
     /// Another instance has the interface.
     Busy(u32),
-}
-
-/// The attach mode named `s` on the wire, as the program's static name.
-fn mode_name(s: &str) -> Option<&'static str> {
-    use super::xdp::XdpModeChoice;
-    [XdpModeChoice::Native, XdpModeChoice::Skb]
-        .map(XdpModeChoice::name)
-        .into_iter()
-        .find(|name| *name == s)
 }
 
 /// A pool as words (`ring_size queue...`) and fds (socket and memfd of each).
@@ -123,7 +125,7 @@ fn parse_pool<'a>(
 /// Asks the holder of `ifindex`, if any, for the program and its sockets (`borrow`:
 /// the caller lingers too) or to detach now (`!borrow`). `mode` is the attach mode the
 /// caller insists on.
-pub fn ask(ifindex: u32, borrow: bool, mode: Option<&'static str>) -> SetupResult<Answer> {
+pub fn ask(ifindex: u32, borrow: bool, mode: Option<&str>) -> SetupResult<Answer> {
     let Ok(mut conn) = UnixStream::connect_addr(&address(ifindex)?) else {
         return Ok(Answer::Absent);
     };
@@ -143,7 +145,7 @@ pub fn ask(ifindex: u32, borrow: bool, mode: Option<&'static str>) -> SetupResul
     let mut words = reply.split_whitespace();
     match (words.next(), words.next()) {
         (Some("OK"), Some(mode)) if fds.len() >= 3 => {
-            let mode = mode_name(mode).ok_or_else(|| setup_error!("holder: bad mode {mode}"))?;
+            let mode = mode.to_string();
             let mut fds = fds.into_iter();
             let mut next = || fds.next().expect("three fds");
             let maps = MapFds {
@@ -180,8 +182,8 @@ pub fn give_back(
 pub struct Handover<'a> {
     /// The interface.
     pub ifindex: u32,
-    /// Its attach mode.
-    pub mode: &'static str,
+    /// Its attach mode (one word).
+    pub mode: &'a str,
     /// How long the holder waits for a borrower.
     pub linger: Duration,
     /// The BPF link.
@@ -266,7 +268,7 @@ fn recv_with_fds(sock: BorrowedFd<'_>) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>
 struct Held {
     link: Option<OwnedFd>,
     maps: [OwnedFd; 3],
-    mode: &'static str,
+    mode: String,
     /// The bound sockets, lent to each borrower and given back at its end.
     pool: Vec<PooledSocket>,
 }
@@ -274,7 +276,7 @@ struct Held {
 impl Held {
     /// Steering off: from now on every packet goes to the kernel.
     fn steer_off(&self) {
-        let _ = super::xdp::disable_steering(self.maps[1].as_fd());
+        let _ = super::steering::disable_steering(self.maps[1].as_fd());
     }
 
     /// Detaches the program (closing the link waits for the kernel).
@@ -333,7 +335,7 @@ fn hold() -> SetupResult<()> {
     else {
         bail!("bad hand-over");
     };
-    let mode = mode_name(mode).ok_or_else(|| setup_error!("bad mode"))?;
+    let mode = mode.to_string();
     let linger = Duration::from_millis(linger.parse().context("the linger argument")?);
     if fds.len() < 5 {
         bail!("hand-over without the program");

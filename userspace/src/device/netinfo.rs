@@ -220,6 +220,23 @@ pub fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
+/// True if the running kernel delivers a packet larger than a frame to an AF_XDP socket
+/// in several frames (multi-buffer, `XDP_USE_SG`, Linux 6.6) instead of dropping it.
+pub fn multi_buffer_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| kernel_at_least(&kernel_release(), (6, 6)))
+}
+
+/// Compares a release string such as `6.18.0-1-amd64` with `(major, minor)`.
+fn kernel_at_least(release: &str, wanted: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= wanted
+}
+
 /// True for an interface whose frames come from memory, not from a wire (veth, and the
 /// other virtual devices with no bus device behind them). Only there may a TCP checksum
 /// still be partial (CHECKSUM_PARTIAL) when the frame reaches us.
@@ -301,5 +318,20 @@ pub fn kernel_neighbour_failed(iface: &str, ip: Ipv4Addr) -> bool {
 pub fn provoke_kernel_arp(ip: Ipv4Addr) {
     if let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") {
         let _ = sock.send_to(&[], (ip, 9));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_at_least;
+
+    #[test]
+    fn kernel_release_comparison() {
+        assert!(kernel_at_least("6.18.0-1-amd64", (6, 6)));
+        assert!(kernel_at_least("6.6.0", (6, 6)));
+        assert!(!kernel_at_least("6.1.0-27-amd64", (6, 6)));
+        assert!(!kernel_at_least("5.19.17", (6, 6)));
+        assert!(kernel_at_least("7.0", (6, 6)));
+        assert!(!kernel_at_least("", (6, 6)));
     }
 }
