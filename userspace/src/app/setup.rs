@@ -15,7 +15,8 @@ use xdp_ebpf::{MAX_LISTEN_PORTS, MODE_OWNED_IP, MODE_SHARED_IP, SteerConfig};
 #[derive(Debug, Clone)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct StackArgs {
-    /// Interface to bypass (default: the interface of the default route)
+    /// Interface to bypass (default: the interface of the kernel's route to the first
+    /// destination when one is known, else of the default route)
     #[cfg_attr(feature = "cli", arg(long, value_name = "IF"))]
     pub iface: Option<String>,
     /// Owned-IP mode: the stack owns this extra address (answers ARP and ping for it)

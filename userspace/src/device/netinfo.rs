@@ -323,7 +323,29 @@ pub fn provoke_kernel_arp(ip: Ipv4Addr) {
 
 #[cfg(test)]
 mod tests {
-    use super::kernel_at_least;
+    use super::*;
+
+    /// The kernel answers over netlink without root: the loopback link is there in
+    /// every network namespace, with index 1 and 127.0.0.1/8.
+    #[test]
+    fn netlink_reports_the_loopback_link_and_refuses_it_and_unknown_names() {
+        let lo = netlink::link_by_name("lo").unwrap();
+        assert!(lo.loopback);
+        assert_eq!(interface_name(lo.index).as_deref(), Some("lo"));
+        assert_eq!(interface_index("lo"), Some(lo.index));
+        if lo.up {
+            assert_eq!(
+                address_prefix(lo.index, Ipv4Addr::LOCALHOST),
+                Some(8),
+                "{:?}",
+                netlink::ipv4_addresses(lo.index)
+            );
+        }
+        let e = interface("lo").unwrap_err().to_string();
+        assert!(e.contains("loopback interface"), "{e}");
+        let e = interface("nosuch-if0").unwrap_err().to_string();
+        assert_eq!(e, "unknown interface \"nosuch-if0\"");
+    }
 
     #[test]
     fn kernel_release_comparison() {
