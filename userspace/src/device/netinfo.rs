@@ -215,9 +215,10 @@ pub fn rx_queue_count(name: &str) -> u32 {
 
 /// The running kernel's release, e.g. `6.18.0-1-amd64` (empty if unknown).
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|r| r.trim().to_string())
-        .unwrap_or_default()
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// True if the running kernel delivers a packet larger than a frame to an AF_XDP socket

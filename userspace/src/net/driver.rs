@@ -675,7 +675,9 @@ pub(crate) fn learn_route(
 ) -> Result<Ipv4Addr, RouteRefusal> {
     if !stack.config().gateway_fixed && !stack.has_route(dst) {
         let ifindex = netinfo::interface_index(iface).ok_or(RouteRefusal::Errno(libc::ENODEV))?;
-        let hop = netinfo::next_hop_on(ifindex, dst)?;
+        let hop = netinfo::next_hop_on(ifindex, dst)
+            .inspect_err(|refusal| tracing::debug!(%dst, "no route: {refusal}"))?;
+        tracing::debug!(%dst, %hop, "next hop from the kernel's route");
         stack.set_route(dst, hop);
     }
     Ok(stack.next_hop(dst))
