@@ -575,6 +575,83 @@ fn shared_ip_unreachable_hosts_and_ipv6_literal_fail_with_exit_7() {
     );
 }
 
+/// Issue 22 item 2: the interface, the source address and the next hop come from the
+/// kernel's route to the destination, not from the default route alone. A host with
+/// only a route to the server's subnet, and one whose default gateway is silent while a
+/// more specific route goes through the router: our curl fetches the page in every
+/// mode, as the kernel's curl does. No route at all: exit 7 with curl's words, at once.
+#[test]
+fn routes_other_than_the_default_one_are_followed_as_the_kernels_curl_follows_them() {
+    use world::HostRoutes;
+    let url = format!("http://{SERVER_IP}/");
+    let owned = OWNED_IP.to_string();
+    for routes in [
+        HostRoutes::ServerSubnetOnly,
+        HostRoutes::MoreSpecificViaRouter,
+    ] {
+        let w = world(WorldOptions {
+            nginx: true,
+            host_routes: routes,
+            ..Default::default()
+        });
+        let kernel = run_in(&w, &w.host, &["curl", "-sS", "--max-time", "10", &url]);
+        assert_eq!(
+            text(&kernel.stdout),
+            world::INDEX_HTML,
+            "{routes:?}: the kernel's curl: {}",
+            text(&kernel.stderr)
+        );
+        for mode in [
+            vec![],
+            vec!["--iface", HOST_IF],
+            vec!["--ip", owned.as_str()],
+        ] {
+            let mut args = mode.clone();
+            args.extend(["-sS", "--connect-timeout", "5", url.as_str()]);
+            let out = curl(&w, &args);
+            assert!(
+                out.status.success(),
+                "{routes:?} {mode:?}: exit {:?}: {}",
+                out.status.code(),
+                text(&out.stderr)
+            );
+            assert_eq!(text(&out.stdout), world::INDEX_HTML, "{routes:?} {mode:?}");
+        }
+    }
+    let w = world(WorldOptions {
+        host_routes: HostRoutes::ServerSubnetOnly,
+        ..Default::default()
+    });
+    let nowhere = "http://10.99.0.1/";
+    let kernel = run_in(&w, &w.host, &["curl", "-sS", nowhere]);
+    assert_eq!(kernel.status.code(), Some(7), "{}", text(&kernel.stderr));
+    for mode in [vec![], vec!["--iface", HOST_IF]] {
+        let mut args = mode.clone();
+        args.extend(["-sS", "--connect-timeout", "5", nowhere]);
+        let started = Instant::now();
+        let out = curl(&w, &args);
+        assert_eq!(
+            out.status.code(),
+            kernel.status.code(),
+            "{mode:?}: {}",
+            text(&out.stderr)
+        );
+        // "curl: (7) Failed to connect to 10.99.0.1 port 80 after 0 ms: Couldn't
+        // connect to server", the milliseconds aside.
+        let words = |stderr: &[u8]| {
+            let line = text(stderr).trim().to_string();
+            let (head, tail) = line.split_once(" after ").unwrap_or((&line, ""));
+            let tail = tail.split_once(" ms: ").map_or("", |(_, t)| t).to_string();
+            (head.to_string(), tail)
+        };
+        assert_eq!(words(&out.stderr), words(&kernel.stderr), "{mode:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{mode:?}: at once"
+        );
+    }
+}
+
 // ------------------------------------------------------------------ curl (issue 4)
 
 fn curl_ok(w: &World, args: &[&str]) -> String {

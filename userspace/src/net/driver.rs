@@ -2,7 +2,9 @@
 //! turns the loop, and keeps the handles' shared state in step with the stack.
 use super::runtime::Runtime;
 use super::shared::{Command, Conn, Failure, Listener, Phase};
-use crate::device::netinfo::{kernel_neighbour, kernel_neighbour_failed, provoke_kernel_arp};
+use crate::device::netinfo::{
+    self, RouteRefusal, kernel_neighbour, kernel_neighbour_failed, provoke_kernel_arp,
+};
 use crate::device::wake::WakeFd;
 use crate::stack::{AddressMode, ConnId};
 use crate::tcp::{Instant, State, TcpError};
@@ -238,9 +240,17 @@ impl Driver {
 
     fn connect(&mut self, conn: Arc<Conn>, remote: SocketAddrV4, timeout: Duration) {
         let now = self.rt.now();
-        let hop = self.rt.stack.next_hop(*remote.ip());
-        self.learn_from_kernel(hop);
         let mut st = conn.shared.lock();
+        let hop = match learn_route(&mut self.rt.stack, &self.rt.iface, *remote.ip()) {
+            Ok(hop) => hop,
+            Err(refusal) => {
+                st.failure = Some(Failure::NoRoute(refusal));
+                st.phase = Phase::Closed;
+                conn.shared.notify(&mut st);
+                return;
+            }
+        };
+        self.learn_from_kernel(hop);
         match self.rt.stack.connect(now, remote) {
             Ok(id) => {
                 st.id = Some(id);
@@ -672,4 +682,22 @@ pub(crate) fn stopped(command: Command) {
         // Its answer channel closes: the caller learns the loop is gone.
         Command::Run(f) => drop(f),
     }
+}
+
+/// The next hop towards `dst` from the kernel's route to it (longest prefix match,
+/// metrics, policy rules, on-link routes), told to the stack the first time `dst` comes
+/// up; the stack on interface `iface` keeps it. A gateway the user chose serves instead.
+pub(crate) fn learn_route(
+    stack: &mut crate::stack::Stack,
+    iface: &str,
+    dst: Ipv4Addr,
+) -> Result<Ipv4Addr, RouteRefusal> {
+    if !stack.config().gateway_fixed && !stack.has_route(dst) {
+        let ifindex = netinfo::interface_index(iface).ok_or(RouteRefusal::Errno(libc::ENODEV))?;
+        let hop = netinfo::next_hop_on(ifindex, dst)
+            .inspect_err(|refusal| tracing::debug!(%dst, "no route: {refusal}"))?;
+        tracing::debug!(%dst, %hop, "next hop from the kernel's route");
+        stack.set_route(dst, hop);
+    }
+    Ok(stack.next_hop(dst))
 }

@@ -50,7 +50,11 @@ pub(crate) enum Failure {
     ConnectTimeout,
     /// The next hop towards the peer never answered ARP.
     NoArpReply(std::net::Ipv4Addr),
+    /// The kernel has no route to the peer out of the stack's interface.
+    NoRoute(crate::device::netinfo::RouteRefusal),
 }
+
+use crate::device::netinfo::RouteRefusal;
 
 impl Failure {
     pub(crate) fn io(self) -> io::Error {
@@ -85,6 +89,8 @@ impl Failure {
                 K::HostUnreachable,
                 format!("resolving the next hop: no ARP reply from next hop {hop}"),
             ),
+            Failure::NoRoute(RouteRefusal::Errno(errno)) => io::Error::from_raw_os_error(errno),
+            Failure::NoRoute(other) => io::Error::new(K::NetworkUnreachable, other.to_string()),
         }
     }
 }

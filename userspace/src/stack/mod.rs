@@ -35,6 +35,9 @@ pub enum AddressMode {
     Owned,
 }
 
+/// Most destinations with a route of their own (see [`Stack::set_route`]).
+pub const MAX_ROUTES: usize = 4096;
+
 /// How a [`Stack`] is set up: addresses, mode, ports, limits and the TCP settings.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
@@ -46,6 +49,9 @@ pub struct StackConfig {
     pub prefix_len: u8,
     /// The router for destinations off our subnet.
     pub gateway: Option<Ipv4Addr>,
+    /// The gateway was chosen by the user: it serves every destination off the subnet,
+    /// and the host's routes are not asked (see [`Stack::set_route`]).
+    pub gateway_fixed: bool,
     /// Shared-IP or owned-IP mode.
     pub mode: AddressMode,
     /// Local ports for active opens (inclusive), outside the kernel's ephemeral range.
@@ -79,6 +85,7 @@ impl StackConfig {
             ip,
             prefix_len,
             gateway: None,
+            gateway_fixed: false,
             mode: AddressMode::Owned,
             port_range: (61_000, 65_535),
             tcp: tcp::Config::default(),
@@ -220,6 +227,9 @@ pub struct Stack {
     now: Instant,
     /// Scratch list of addresses for ARP retries and failures.
     arp_scratch: Vec<Ipv4Addr>,
+    /// Next hops the host's routing table gave for single destinations (see
+    /// [`Stack::set_route`]); they come before the subnet and the gateway.
+    routes: HashMap<Ipv4Addr, Ipv4Addr>,
     /// Next sweep of stale ARP entries.
     arp_gc_at: Instant,
     /// IPv4 datagrams being reassembled, and the buffer a completed one lands in.
@@ -267,6 +277,7 @@ impl Stack {
             waiting: HashMap::new(),
             now: Instant::ZERO,
             arp_scratch: Vec::new(),
+            routes: HashMap::new(),
             arp_gc_at: Instant::ZERO,
             fragments: wire::frag::Reassembler::default(),
             reassembled: Vec::new(),
@@ -307,13 +318,32 @@ impl Stack {
         u32::from(ip) & mask == u32::from(self.cfg.ip) & mask
     }
 
-    /// The next hop for `dst`: on-link, else the gateway (RFC 1122 3.3.1).
+    /// The next hop for `dst`: the route set for it, else on-link, else the gateway
+    /// (RFC 1122 3.3.1).
     pub fn next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {
-        if self.on_link(dst) {
+        if let Some(hop) = self.routes.get(&dst) {
+            *hop
+        } else if self.on_link(dst) {
             dst
         } else {
             self.cfg.gateway.unwrap_or(dst)
         }
+    }
+
+    /// Sends to `dst` through `hop` (`dst` itself for a destination on the link): the
+    /// host's route for it, which may be more specific than the subnet and the gateway
+    /// (RFC 1122 3.3.1.2). At most [`MAX_ROUTES`] are kept; past that the table
+    /// starts afresh and routes are set again as destinations come.
+    pub fn set_route(&mut self, dst: Ipv4Addr, hop: Ipv4Addr) {
+        if self.routes.len() >= MAX_ROUTES && !self.routes.contains_key(&dst) {
+            self.routes.clear();
+        }
+        self.routes.insert(dst, hop);
+    }
+
+    /// Whether a route for `dst` was set with [`Stack::set_route`].
+    pub fn has_route(&self, dst: Ipv4Addr) -> bool {
+        self.routes.contains_key(&dst)
     }
 
     // ---------------------------------------------------------------- application API

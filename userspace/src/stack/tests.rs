@@ -349,3 +349,47 @@ fn accept_queue_is_bounded() {
     assert_eq!(accepted, 4);
     assert_eq!(s.stats.accept_overflows, 6);
 }
+
+/// RFC 1122 3.3.1.2: a destination's own route (from the host's routing table) comes
+/// before the subnet and the default gateway. A connect to it asks ARP for the route's
+/// next hop, not for the gateway; a destination without one still goes to the gateway.
+#[test]
+fn a_route_of_its_own_comes_before_the_default_gateway() {
+    let gateway = Ipv4Addr::new(192, 168, 7, 254);
+    let second = Ipv4Addr::new(192, 168, 7, 9);
+    let remote = Ipv4Addr::new(10, 0, 0, 1);
+    let on_link_elsewhere = Ipv4Addr::new(172, 16, 0, 5);
+    let mut cfg = StackConfig::new(MAC_C, IP_C, 24);
+    cfg.gateway = Some(gateway);
+    let mut stack = Stack::new(cfg);
+    let (mut dev, _peer) = MemoryDevice::pair(MAC_C, MAC_S);
+    assert_eq!(stack.next_hop(remote), gateway);
+    stack.set_route(remote, second);
+    stack.set_route(on_link_elsewhere, on_link_elsewhere);
+    assert!(stack.has_route(remote));
+    assert_eq!(stack.next_hop(remote), second);
+    assert_eq!(stack.next_hop(on_link_elsewhere), on_link_elsewhere);
+    assert_eq!(stack.next_hop(Ipv4Addr::new(10, 0, 0, 2)), gateway);
+    assert_eq!(stack.next_hop(IP_S), IP_S, "the subnet stays on the link");
+    let now = Instant::ZERO;
+    stack.connect(now, SocketAddrV4::new(remote, 80)).unwrap();
+    stack.poll(now, &mut dev);
+    let asked: Vec<ArpRepr> = dev
+        .take_transmitted()
+        .iter()
+        .filter_map(|f| match crate::wire::parse_frame(f) {
+            Ok(crate::wire::Frame::Arp(arp)) => Some(arp),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        vec![ArpRepr {
+            op: crate::wire::ArpOp::Request,
+            sender_mac: MAC_C,
+            sender_ip: IP_C,
+            target_mac: [0; 6],
+            target_ip: second,
+        }]
+    );
+}

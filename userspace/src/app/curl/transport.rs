@@ -111,14 +111,28 @@ impl Io {
 
     /// Runs `f` on the transport, opening it first if needed.
     fn with<R>(&self, f: impl FnOnce(&mut Transport) -> R) -> Result<R, CurlError> {
+        self.open_towards(None, f)
+    }
+
+    /// [`Io::with`], the stack opened (if it is not yet) on the kernel's route to
+    /// `destination`. No route there is curl's "couldn't connect" (exit 7).
+    fn open_towards<R>(
+        &self,
+        destination: Option<Ipv4Addr>,
+        f: impl FnOnce(&mut Transport) -> R,
+    ) -> Result<R, CurlError> {
         let mut guard = self.inner.borrow_mut();
         if guard.is_none() {
-            let stack = self
-                .stack
-                .builder()
-                .linger(CLOSE_LINGER)
-                .build()
-                .map_err(|e| fail(super::EXIT_FAILED_INIT, format!("{e:#}")))?;
+            let mut builder = self.stack.builder().linger(CLOSE_LINGER);
+            if let Some(ip) = destination {
+                builder = builder.destination(ip);
+            }
+            let stack = builder.build().map_err(|e| match e.kind() {
+                std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable => {
+                    fail(super::EXIT_CANNOT_CONNECT, format!("{e:#}"))
+                }
+                _ => fail(super::EXIT_FAILED_INIT, format!("{e:#}")),
+            })?;
             if self.stack.stop_on_signals {
                 for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                     let _ = signal_hook::flag::register_usize(
@@ -244,8 +258,23 @@ impl Io {
                 format!("Failed to connect to {ip} port {port}: {e}"),
             )
         };
-        let stack = self.with(|t| t.stack.clone())?;
         let started = Instant::now();
+        // As curl 7.88 says it when connect(2) fails at once (ENETUNREACH).
+        let unreachable = |why: &dyn std::fmt::Display| {
+            self.info(&format!("Immediate connect fail for {ip}: {why}"));
+            fail(
+                EXIT_CANNOT_CONNECT,
+                format!(
+                    "Failed to connect to {ip} port {port} after {} ms: Couldn't connect to server",
+                    started.elapsed().as_millis()
+                ),
+            )
+        };
+        let stack = match self.open_towards(Some(ip), |t| t.stack.clone()) {
+            Ok(stack) => stack,
+            Err(e) if e.code == EXIT_CANNOT_CONNECT => return Err(unreachable(&e.message)),
+            Err(e) => return Err(e),
+        };
         let connect_deadline = started + connect_timeout;
         let until = deadline.map_or(connect_deadline, |d| d.min(connect_deadline));
         let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
@@ -270,6 +299,9 @@ impl Io {
             // TCP's own answer (refused, reset, unreachable, its SYNs given up on).
             Ok(Err(e)) if e.get_ref().is_some_and(|inner| inner.is::<TcpError>()) => {
                 return Err(refused(&e));
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NetworkUnreachable => {
+                return Err(unreachable(&e));
             }
             // The connect's time limit.
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
