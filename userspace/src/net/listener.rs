@@ -86,7 +86,7 @@ impl Drop for ListenHandle {
 /// ```
 #[derive(Debug)]
 pub struct TcpListener {
-    handle: ListenHandle,
+    pub(super) handle: ListenHandle,
 }
 
 impl TcpListener {

@@ -30,6 +30,7 @@ mod listener;
 mod local;
 mod shared;
 mod stream;
+pub mod watch;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
