@@ -30,9 +30,9 @@ mod listener;
 mod local;
 mod shared;
 mod stream;
-pub mod watch;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+pub mod watch;
 
 pub use crate::device::xdp::XdpModeChoice;
 pub use crate::stack::AddressMode;

@@ -152,7 +152,13 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn conn(phase: Phase) -> Arc<crate::net::shared::Conn> {
-        Conn::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80), 4, false, phase, None)
+        Conn::new(
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80),
+            4,
+            false,
+            phase,
+            None,
+        )
     }
 
     #[test]
