@@ -32,6 +32,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "openssl",
     // `script`, for the binary-to-terminal test of curl.
     "bsdutils",
+    // Unmodified programs under `userspace exec` (tests/exec.rs); python3 too.
+    "wget",
 ];
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {

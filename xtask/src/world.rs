@@ -40,6 +40,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("ss", "iproute2"),
     ("script", "bsdutils"),
+    ("wget", "wget"),
+    ("nstat", "iproute2"),
 ];
 
 /// Fails with one line naming the first missing program and its package.

@@ -6,17 +6,7 @@ use std::time::Duration;
 use userspace::Stack;
 use userspace::net::XdpModeChoice;
 
-/// The environment variables `userspace exec` sets (and a user of `LD_PRELOAD` may).
-pub const IFACE: &str = "USERSPACE_IFACE";
-pub const IP: &str = "USERSPACE_IP";
-pub const GATEWAY: &str = "USERSPACE_GATEWAY";
-pub const CPU: &str = "USERSPACE_CPU";
-pub const QUEUE: &str = "USERSPACE_QUEUE";
-pub const XDP_MODE: &str = "USERSPACE_XDP_MODE";
-pub const NODELAY: &str = "USERSPACE_NODELAY";
-pub const BUFFER: &str = "USERSPACE_BUFFER";
-pub const NO_BUSY_POLL: &str = "USERSPACE_NO_BUSY_POLL";
-pub const VERBOSE: &str = "USERSPACE_VERBOSE";
+use userspace::net::exec_env::*;
 
 /// Whether `-v` asked to hear where each socket went.
 pub fn verbose() -> bool {

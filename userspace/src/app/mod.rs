@@ -6,6 +6,8 @@ pub mod bench;
 #[cfg(feature = "cli")]
 pub mod curl;
 #[cfg(feature = "cli")]
+pub mod exec;
+#[cfg(feature = "cli")]
 pub mod run;
 pub mod runtime;
 #[cfg(feature = "cli")]

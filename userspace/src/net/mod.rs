@@ -26,6 +26,7 @@
 //! So a busy connection costs two short, uncontended lock operations per turn (one per
 //! side), whatever the number of packets, and an idle one costs nothing.
 mod driver;
+pub mod exec_env;
 mod listener;
 mod local;
 mod shared;
