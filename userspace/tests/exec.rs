@@ -168,14 +168,14 @@ fn start_http_server(w: &World) -> std::process::Child {
             let _ = tx.send(line);
         }
     });
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("http.server under exec did not listen within 30 s");
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
         if line.contains("listening on 0.0.0.0:8080 on the stack") {
             return child;
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("http.server under exec did not listen within 30 s");
 }
 
 /// The kernel's curl in the server namespace fetches `path` from the server under exec.
