@@ -135,27 +135,13 @@ fn python_urllib_downloads_64_mib_over_the_stack() {
     download_big_file("python3-urllib", &[PYTHON, "-c", &script]);
 }
 
-/// Starts `python3 -m http.server` under exec on port 8080, serving the world's www/,
-/// and returns once `-v` says it listens on the stack.
-fn start_http_server(w: &World) -> std::process::Child {
-    let www = w.dir.join("www");
-    let mut child = exec_command(
-        w,
-        &[
-            PYTHON,
-            "-m",
-            "http.server",
-            "8080",
-            "--bind",
-            "0.0.0.0",
-            "--directory",
-        ],
-    )
-    .arg(&www)
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+/// Starts `argv` under exec, and returns once `-v` says it listens on `port` on the stack.
+fn start_server(w: &World, argv: &[&str], port: u16) -> std::process::Child {
+    let mut child = exec_command(w, argv)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -168,14 +154,32 @@ fn start_http_server(w: &World) -> std::process::Child {
             let _ = tx.send(line);
         }
     });
+    let ready = format!("listening on 0.0.0.0:{port} on the stack");
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
-        if line.contains("listening on 0.0.0.0:8080 on the stack") {
+        if line.contains(&ready) {
             return child;
         }
     }
     let _ = child.kill();
     let _ = child.wait();
-    panic!("http.server under exec did not listen within 30 s");
+    panic!("{argv:?} under exec did not listen within 30 s");
+}
+
+/// `python3 -m http.server 8080` under exec, serving the world's www/.
+fn start_http_server(w: &World) -> std::process::Child {
+    let www = w.dir.join("www");
+    let www = www.to_string_lossy();
+    let argv = [
+        PYTHON,
+        "-m",
+        "http.server",
+        "8080",
+        "--bind",
+        "0.0.0.0",
+        "--directory",
+        &www,
+    ];
+    start_server(w, &argv, 8080)
 }
 
 /// The kernel's curl in the server namespace fetches `path` from the server under exec.
@@ -250,4 +254,129 @@ fn a_second_program_on_the_interface_gets_one_clear_line() {
         .find(|l| l.contains("the stack did not start"))
         .unwrap_or_else(|| panic!("no clear error: {stderr}"));
     assert!(line.contains("already in use"), "{line}");
+}
+
+/// Stops a server started under exec (SIGTERM, so it exits through its own handler).
+fn stop(mut server: std::process::Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    wait_timeout(&mut server, Duration::from_secs(10))
+}
+
+#[test]
+fn redis_server_under_exec_serves_redis_benchmark() {
+    let w = world();
+    let argv = [
+        "redis-server",
+        "--port",
+        "6379",
+        "--bind",
+        "0.0.0.0",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    let server = start_server(&w, &argv, 6379);
+    let before = kernel_tcp(&w);
+    let host = HOST_IP.to_string();
+    let out = run_in(
+        &w,
+        &w.server,
+        &[
+            "redis-benchmark",
+            "-h",
+            &host,
+            "-p",
+            "6379",
+            "-c",
+            "50",
+            "-n",
+            "20000",
+            "-t",
+            "set,get",
+            "-q",
+        ],
+    );
+    let report = text(&out.stdout);
+    eprintln!("{report}{}", text(&out.stderr));
+    let check = run_in(
+        &w,
+        &w.server,
+        &["redis-cli", "-h", &host, "-p", "6379", "dbsize"],
+    );
+    stop(server);
+    assert!(out.status.success(), "redis-benchmark failed");
+    assert!(
+        report.contains("SET:") && report.contains("GET:"),
+        "{report}"
+    );
+    assert_eq!(
+        text(&check.stdout).trim(),
+        "1",
+        "redis-cli dbsize: {}",
+        text(&check.stderr)
+    );
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "redis: the kernel's TCP counters moved"
+    );
+}
+
+#[test]
+fn memcached_with_4_threads_under_exec_serves_many_connections() {
+    let w = world();
+    let argv = [
+        "memcached",
+        "-u",
+        "root",
+        "-t",
+        "4",
+        "-l",
+        "0.0.0.0",
+        "-p",
+        "11211",
+        "-U",
+        "0",
+    ];
+    let server = start_server(&w, &argv, 11211);
+    let before = kernel_tcp(&w);
+    // 16 connections at once (memcached spreads them over its 4 threads), each setting
+    // and getting its own 100 keys.
+    let script = format!(
+        "import socket, threading\n\
+         errors = []\n\
+         def client(n):\n\
+         \x20   s = socket.create_connection(('{HOST_IP}', 11211))\n\
+         \x20   f = s.makefile('rwb')\n\
+         \x20   for i in range(100):\n\
+         \x20       v = (b'%d-%d-' % (n, i)) * 50\n\
+         \x20       f.write(b'set k%d-%d 0 0 %d\\r\\n%s\\r\\n' % (n, i, len(v), v)); f.flush()\n\
+         \x20       if f.readline() != b'STORED\\r\\n': errors.append('set'); return\n\
+         \x20       f.write(b'get k%d-%d\\r\\n' % (n, i)); f.flush()\n\
+         \x20       f.readline(); got = f.readline()[:-2]; f.readline()\n\
+         \x20       if got != v: errors.append('get'); return\n\
+         \x20   s.close()\n\
+         ts = [threading.Thread(target=client, args=(n,)) for n in range(16)]\n\
+         [t.start() for t in ts]; [t.join() for t in ts]\n\
+         print('errors', len(errors))"
+    );
+    let out = run_in(&w, &w.server, &[PYTHON, "-c", &script]);
+    stop(server);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "errors 0",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "memcached: the kernel's TCP counters moved"
+    );
 }

@@ -34,6 +34,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "bsdutils",
     // Unmodified programs under `userspace exec` (tests/exec.rs); python3 too.
     "wget",
+    "redis-server",
+    "redis-tools",
+    "memcached",
 ];
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {

@@ -41,6 +41,9 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("ss", "iproute2"),
     ("script", "bsdutils"),
     ("wget", "wget"),
+    ("redis-server", "redis-server"),
+    ("redis-benchmark", "redis-tools"),
+    ("memcached", "memcached"),
     ("nstat", "iproute2"),
 ];
 
