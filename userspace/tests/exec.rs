@@ -380,3 +380,28 @@ fn memcached_with_4_threads_under_exec_serves_many_connections() {
         "memcached: the kernel's TCP counters moved"
     );
 }
+
+#[test]
+fn a_child_forked_after_bind_gets_one_clear_line_not_a_hang() {
+    let w = world();
+    // A pre-fork server in miniature: bind and listen, fork, accept in the child.
+    let script = "import os, socket, sys\n\
+                  s = socket.socket(); s.bind(('0.0.0.0', 8082)); s.listen(8)\n\
+                  pid = os.fork()\n\
+                  if pid == 0:\n\
+                  \x20   try: s.accept()\n\
+                  \x20   except OSError as e: os._exit(3 if e.errno == 95 else 4)\n\
+                  \x20   os._exit(0)\n\
+                  sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))";
+    let out = exec_command(&w, &[PYTHON, "-c", script]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the child's accept did not fail with EOPNOTSUPP: {stderr}"
+    );
+    assert!(
+        stderr.contains("used a stack socket its parent opened before fork"),
+        "no clear line: {stderr}"
+    );
+}

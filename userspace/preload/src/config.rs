@@ -2,6 +2,7 @@
 //! started on the first socket that goes to it, stopped at exit.
 use std::net::Ipv4Addr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use userspace::Stack;
 use userspace::net::XdpModeChoice;
@@ -85,8 +86,12 @@ pub fn stack() -> Result<&'static Stack, &'static str> {
                         stack.ip(),
                         stack.xdp_mode()
                     );
-                    // SAFETY: registers a plain `extern "C" fn()` to run at exit.
-                    unsafe { libc::atexit(at_exit) };
+                    // SAFETY: registers plain `extern "C" fn()`s to run at exit and in
+                    // the child after a fork.
+                    unsafe {
+                        libc::atexit(at_exit);
+                        libc::pthread_atfork(None, None, Some(in_forked_child));
+                    }
                 }
                 Err(e) => eprintln!(
                     "userspace-preload: the stack did not start: {e}; its TCP sockets fail with ENETDOWN"
@@ -103,9 +108,25 @@ pub fn running() -> Option<&'static Stack> {
     STACK.get().and_then(|s| s.as_ref().ok())
 }
 
+/// Set in a child after fork: the poll loop stayed in the parent.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn in_forked_child() {
+    FORKED.store(true, Ordering::SeqCst);
+}
+
+/// Whether this process is a child forked after the stack started: its stack sockets
+/// have no poll loop (and their locks may have been held by the parent's threads).
+pub fn forked() -> bool {
+    FORKED.load(Ordering::Relaxed)
+}
+
 /// At exit: the sockets still open close (FIN after their bytes), and the stack gets
 /// its linger time to deliver them before the XDP program is detached.
 extern "C" fn at_exit() {
+    if forked() {
+        return;
+    }
     let _ = std::panic::catch_unwind(|| {
         crate::table::close_all();
         if let Some(stack) = running() {

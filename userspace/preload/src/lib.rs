@@ -42,6 +42,11 @@ use table::{Res, Route, Sock, lookup};
 /// Runs a call on a stack socket: its value, or `failed` with errno set (EIO for a
 /// panic, which never crosses into C).
 fn run<T>(failed: T, call: impl FnOnce() -> Res<T>) -> T {
+    if config::forked() {
+        used_after_fork();
+        set_errno(libc::EOPNOTSUPP);
+        return failed;
+    }
     match catch_unwind(AssertUnwindSafe(call)) {
         Ok(Ok(v)) => v,
         Ok(Err(errno)) => {
@@ -53,6 +58,17 @@ fn run<T>(failed: T, call: impl FnOnce() -> Res<T>) -> T {
             failed
         }
     }
+}
+
+/// Says once per process that a forked child used a stack socket, which it cannot yet.
+fn used_after_fork() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        eprintln!(
+            "userspace-preload: process {} used a stack socket its parent opened before fork: the stack serves only the process that started it (EOPNOTSUPP; see docs/PRELOAD.md)",
+            std::process::id()
+        )
+    });
 }
 
 /// A byte slice over C's `(buf, len)`; empty for a null pointer.
@@ -510,13 +526,18 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     if let Some(sock) = table::remove(fd) {
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            // The last fd of the socket: it closes (FIN, or RST with a zero linger).
-            if std::sync::Arc::strong_count(&sock) == 1 {
-                sock.closing();
-            }
-            drop(sock);
-        }));
+        if config::forked() {
+            // Its state belongs to the parent's poll loop: leave it alone.
+            std::mem::forget(sock);
+        } else {
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                // The last fd of the socket: it closes (FIN, or RST with a zero linger).
+                if std::sync::Arc::strong_count(&sock) == 1 {
+                    sock.closing();
+                }
+                drop(sock);
+            }));
+        }
     }
     // SAFETY: libc's close with the caller's fd (the eventfd, for a stack socket).
     unsafe { real!(close: fn(c_int) -> c_int)(fd) }
