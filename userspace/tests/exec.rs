@@ -405,3 +405,62 @@ fn a_child_forked_after_bind_gets_one_clear_line_not_a_hang() {
         "no clear line: {stderr}"
     );
 }
+
+#[test]
+fn nginx_in_one_process_under_exec_serves_64_mib_and_wrk() {
+    let w = world();
+    let conf = w.dir.join("nginx-exec.conf");
+    let www = w.dir.join("www");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx-exec.pid;\n\
+             error_log {dir}/nginx-exec.err;\nevents {{ worker_connections 1024; }}\n\
+             http {{ access_log off; sendfile on; server {{ listen 8084; root {www}; }} }}\n",
+            dir = w.dir.display(),
+            www = www.display()
+        ),
+    )
+    .unwrap();
+    let conf = conf.to_string_lossy();
+    let server = start_server(&w, &["nginx", "-c", &conf], 8084);
+    let before = kernel_tcp(&w);
+    let out_file = w.dir.join("nginx-exec.bin");
+    let url = format!("http://{HOST_IP}:8084/big.bin");
+    let got = run_in(
+        &w,
+        &w.server,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "30",
+            "-o",
+            &out_file.to_string_lossy(),
+            &url,
+        ],
+    );
+    let index = format!("http://{HOST_IP}:8084/index.html");
+    let load = run_in(&w, &w.server, &["wrk", "-t2", "-c100", "-d3s", &index]);
+    stop(server);
+    assert!(got.status.success(), "curl: {}", text(&got.stderr));
+    assert_eq!(
+        sha256(&out_file),
+        sha256(&www.join("big.bin")),
+        "nginx under exec: body differs"
+    );
+    let report = text(&load.stdout);
+    eprintln!("{report}");
+    assert!(
+        report.contains("Requests/sec")
+            && !report.contains("Socket errors")
+            && !report.contains("Non-2xx"),
+        "{report}"
+    );
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "nginx: the kernel's TCP counters moved"
+    );
+}

@@ -742,3 +742,73 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     let r = unsafe { real!(dup3: fn(c_int, c_int, c_int) -> c_int)(old, new, flags) };
     after_dup(old, new, r)
 }
+
+/// `sendfile` to a stack socket: the file's bytes through a buffer into the stream,
+/// from `*offset` (then moved on) or the file's position (then moved by what was sent).
+fn sendfile_on(sock: &Sock, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t {
+    const CHUNK: usize = 64 << 10;
+    let mut buf = [0u8; CHUNK];
+    let mut sent: usize = 0;
+    while sent < count {
+        let want = (count - sent).min(CHUNK);
+        let got = if offset.is_null() {
+            // SAFETY: reads at most `want` bytes into `buf`; in_fd is the caller's.
+            unsafe { libc::syscall(libc::SYS_read, in_fd, buf.as_mut_ptr(), want) as ssize_t }
+        } else {
+            // SAFETY: as above, at the caller's offset (a valid off_t pointer).
+            unsafe { libc::pread(in_fd, buf.as_mut_ptr().cast(), want, *offset) }
+        };
+        if got <= 0 {
+            return if sent > 0 { sent as ssize_t } else { got };
+        }
+        let got = got as usize;
+        let n = send_on(sock, &buf[..got], 0);
+        let wrote = n.max(0) as usize;
+        if offset.is_null() {
+            if wrote < got {
+                // SAFETY: lseek takes no pointers; puts back what was read, not sent.
+                unsafe { libc::lseek(in_fd, -((got - wrote) as libc::off_t), libc::SEEK_CUR) };
+            }
+        } else {
+            // SAFETY: the caller's valid offset pointer.
+            unsafe { *offset += wrote as libc::off_t };
+        }
+        if n < 0 {
+            return if sent > 0 { sent as ssize_t } else { n };
+        }
+        sent += wrote;
+        if wrote < got {
+            break;
+        }
+    }
+    sent as ssize_t
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendfile(
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut libc::off_t,
+    count: size_t,
+) -> ssize_t {
+    match lookup(out_fd) {
+        Some(sock) => sendfile_on(&sock, in_fd, offset, count),
+        // SAFETY: libc's sendfile with the caller's arguments.
+        None => unsafe {
+            real!(sendfile: fn(c_int, c_int, *mut libc::off_t, size_t) -> ssize_t)(
+                out_fd, in_fd, offset, count,
+            )
+        },
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendfile64(
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut libc::off_t,
+    count: size_t,
+) -> ssize_t {
+    // SAFETY: on 64-bit Linux sendfile64 is sendfile (off_t is 64 bits).
+    unsafe { sendfile(out_fd, in_fd, offset, count) }
+}
