@@ -464,3 +464,41 @@ fn nginx_in_one_process_under_exec_serves_64_mib_and_wrk() {
         "nginx: the kernel's TCP counters moved"
     );
 }
+
+#[test]
+fn edge_triggered_epoll_mixes_a_stack_socket_and_a_pipe() {
+    let w = world();
+    let script = format!(
+        "import os, select, socket\n\
+         s = socket.create_connection(('{SERVER_IP}', 80))\n\
+         r, wr = os.pipe()\n\
+         ep = select.epoll()\n\
+         ep.register(s.fileno(), select.EPOLLIN | select.EPOLLET)\n\
+         ep.register(r, select.EPOLLIN)\n\
+         os.write(wr, b'x')\n\
+         ev = dict(ep.poll(5))\n\
+         assert r in ev and s.fileno() not in ev, ev\n\
+         os.read(r, 1)\n\
+         s.sendall(b'GET /index.html HTTP/1.0\\r\\n\\r\\n')\n\
+         s.setblocking(False)\n\
+         body = b''\n\
+         done = False\n\
+         while not done:\n\
+         \x20   ev = dict(ep.poll(5))\n\
+         \x20   assert s.fileno() in ev, ev\n\
+         \x20   while True:\n\
+         \x20       try: chunk = s.recv(65536)\n\
+         \x20       except BlockingIOError: break\n\
+         \x20       if not chunk: done = True; break\n\
+         \x20       body += chunk\n\
+         print(body.split(b'\\r\\n\\r\\n', 1)[1].decode(), end='')"
+    );
+    let out = exec_command(&w, &[PYTHON, "-c", &script]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("connect to {SERVER_IP}:80: stack")),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout), world::INDEX_HTML);
+}

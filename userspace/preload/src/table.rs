@@ -99,18 +99,23 @@ const READABLE_ONLY: u64 = u64::MAX - 1;
 
 impl Signal {
     fn show(&self, r: Readiness, listener: bool, always: bool) {
-        let count = match (r.readable, r.writable) {
-            (true, true) => 1,
-            (true, false) => READABLE_ONLY,
-            (false, true) => 0,
-            (false, false) if listener => 0,
-            (false, false) => READABLE_ONLY,
-        };
+        let count = count_for(r, listener);
         // The poll loop's news always wakes (edge-triggered epoll needs each one); a
         // call's own refresh only when the readiness changed.
         if self.last.swap(count, Ordering::Relaxed) != count || always {
             real::set_counter(&self.fd, count);
         }
+    }
+}
+
+/// The eventfd count that shows `r` to the kernel's poll.
+fn count_for(r: Readiness, listener: bool) -> u64 {
+    match (r.readable, r.writable) {
+        (true, true) => 1,
+        (true, false) => READABLE_ONLY,
+        (false, true) => 0,
+        (false, false) if listener => 0,
+        (false, false) => READABLE_ONLY,
     }
 }
 
@@ -659,4 +664,69 @@ pub fn last_errno() -> Errno {
     io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(readable: bool, writable: bool) -> Readiness {
+        Readiness {
+            readable,
+            writable,
+            ..Readiness::default()
+        }
+    }
+
+    /// What the kernel's poll reports for an eventfd at `count`: (POLLIN, POLLOUT).
+    fn polled(count: u64) -> (bool, bool) {
+        let fd = real::eventfd().unwrap();
+        real::set_counter(&fd, count);
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 0) }, 1);
+        (
+            p.revents & libc::POLLIN != 0,
+            p.revents & libc::POLLOUT != 0,
+        )
+    }
+
+    #[test]
+    fn the_kernels_poll_sees_what_a_stream_is_ready_for() {
+        assert_eq!(polled(count_for(ready(true, true), false)), (true, true));
+        assert_eq!(polled(count_for(ready(true, false), false)), (true, false));
+        assert_eq!(polled(count_for(ready(false, true), false)), (false, true));
+        // A writer waiting for room must not wake for nothing.
+        assert_eq!(polled(count_for(ready(false, false), false)), (true, false));
+    }
+
+    #[test]
+    fn an_idle_listener_is_not_readable() {
+        assert_eq!(polled(count_for(ready(false, false), true)), (false, true));
+        assert_eq!(polled(count_for(ready(true, false), true)), (true, false));
+    }
+
+    #[test]
+    fn the_librarys_errors_map_to_the_kernels_errnos() {
+        use io::ErrorKind as K;
+        for (kind, errno) in [
+            (K::ConnectionRefused, libc::ECONNREFUSED),
+            (K::ConnectionReset, libc::ECONNRESET),
+            (K::TimedOut, libc::ETIMEDOUT),
+            (K::HostUnreachable, libc::EHOSTUNREACH),
+            (K::AddrInUse, libc::EADDRINUSE),
+            (K::BrokenPipe, libc::EPIPE),
+            (K::WouldBlock, libc::EAGAIN),
+        ] {
+            assert_eq!(errno_of(&io::Error::new(kind, "x")), errno, "{kind:?}");
+        }
+        assert_eq!(
+            errno_of(&io::Error::from_raw_os_error(libc::EMFILE)),
+            libc::EMFILE
+        );
+    }
 }
