@@ -54,7 +54,12 @@ pub struct ExecArgs {
 /// directory up, for a test binary in `target/*/deps`).
 pub fn library() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os(LIBRARY_ENV) {
-        return Ok(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        // ld.so would skip a missing library with a warning and run on the kernel.
+        return match path.is_file() {
+            true => Ok(path),
+            false => Err(format!("{LIBRARY_ENV}={}: no such file", path.display())),
+        };
     }
     let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
     let dir = exe.parent().unwrap_or(Path::new("."));
