@@ -57,21 +57,23 @@ pub(crate) fn eventfd() -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Sets an eventfd's counter to `value`: takes what is there, then adds `value` (the
-/// addition wakes pollers, edge-triggered epoll included, even when `value` is 0).
-pub(crate) fn set_counter(fd: &OwnedFd, value: u64) {
-    let mut old = 0u64;
-    // SAFETY: reads at most 8 bytes into `old`, which is 8 bytes; the fd is open.
-    unsafe { libc::syscall(libc::SYS_read, fd.as_raw_fd(), &mut old as *mut u64, 8usize) };
-    // SAFETY: writes the 8 bytes of `value`; the fd is open.
-    unsafe {
-        libc::syscall(
-            libc::SYS_write,
-            fd.as_raw_fd(),
-            &value as *const u64,
-            8usize,
-        )
-    };
+/// Moves an eventfd's counter from `old` (what it holds) to `new` in as few system
+/// calls as it takes: up by adding the difference (an addition wakes pollers,
+/// edge-triggered epoll included, even when it adds 0), down by taking the count and
+/// adding `new` back if it is not 0 (readiness that goes away needs no wake-up).
+pub(crate) fn set_counter(fd: &OwnedFd, old: u64, new: u64) {
+    let raw = fd.as_raw_fd();
+    if new < old {
+        let mut taken = 0u64;
+        // SAFETY: reads at most 8 bytes into `taken`, which is 8 bytes; the fd is open.
+        unsafe { libc::syscall(libc::SYS_read, raw, &mut taken as *mut u64, 8usize) };
+        if new == 0 {
+            return;
+        }
+    }
+    let add = if new < old { new } else { new - old };
+    // SAFETY: writes the 8 bytes of `add`; the fd is open.
+    unsafe { libc::syscall(libc::SYS_write, raw, &add as *const u64, 8usize) };
 }
 
 /// Sets `errno` for the calling thread.

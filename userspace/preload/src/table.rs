@@ -102,8 +102,10 @@ impl Signal {
         let count = count_for(r, listener);
         // The poll loop's news always wakes (edge-triggered epoll needs each one); a
         // call's own refresh only when the readiness changed.
-        if self.last.swap(count, Ordering::Relaxed) != count || always {
-            real::set_counter(&self.fd, count);
+        // Every call comes with the socket's state locked, so `last` is the count.
+        let old = self.last.swap(count, Ordering::Relaxed);
+        if old != count || always {
+            real::set_counter(&self.fd, old, count);
         }
     }
 }
@@ -681,7 +683,7 @@ mod tests {
     /// What the kernel's poll reports for an eventfd at `count`: (POLLIN, POLLOUT).
     fn polled(count: u64) -> (bool, bool) {
         let fd = real::eventfd().unwrap();
-        real::set_counter(&fd, count);
+        real::set_counter(&fd, 0, count);
         let mut p = libc::pollfd {
             fd: fd.as_raw_fd(),
             events: libc::POLLIN | libc::POLLOUT,
