@@ -36,6 +36,11 @@ pub const TEST_PACKAGES: &[&str] = &[
     "publicsuffix",
     // The HTTP proxy of curl's proxy tests (CONNECT for https).
     "tinyproxy",
+    // Unmodified programs under `userspace exec` (tests/exec.rs); python3 too.
+    "wget",
+    "redis-server",
+    "redis-tools",
+    "memcached",
 ];
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {

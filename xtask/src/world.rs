@@ -41,6 +41,11 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("ss", "iproute2"),
     ("script", "bsdutils"),
     ("tinyproxy", "tinyproxy"),
+    ("wget", "wget"),
+    ("redis-server", "redis-server"),
+    ("redis-benchmark", "redis-tools"),
+    ("memcached", "memcached"),
+    ("nstat", "iproute2"),
 ];
 
 /// Fails with one line naming the first missing program and its package.

@@ -116,7 +116,7 @@ impl Drop for ListenHandle {
 #[derive(Debug)]
 pub struct TcpListener {
     /// Shared by the clones; the port is listened on until the last one is dropped.
-    handle: Arc<ListenHandle>,
+    pub(super) handle: Arc<ListenHandle>,
 }
 
 impl TcpListener {

@@ -28,6 +28,7 @@
 mod config;
 mod driver;
 pub mod errno;
+pub mod exec_env;
 mod listener;
 mod local;
 mod reserve;
@@ -38,6 +39,7 @@ mod shared;
 mod stream;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+pub mod watch;
 
 pub use crate::device::xdp::XdpModeChoice;
 pub use crate::stack::AddressMode;

@@ -100,6 +100,8 @@ impl Failure {
 pub(crate) struct Waiters {
     blocked: u32,
     wakers: [Option<Waker>; 2],
+    /// Told the readiness after every change (see `net::watch`).
+    pub(crate) watcher: Option<super::watch::Watcher>,
 }
 
 /// Waker slots: a reader and a writer may wait on one connection at once.
@@ -108,7 +110,7 @@ pub(crate) const READER: usize = 0;
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 pub(crate) const WRITER: usize = 1;
 
-pub(crate) trait HasWaiters {
+pub(crate) trait HasWaiters: super::watch::Ready {
     fn waiters(&mut self) -> &mut Waiters;
 }
 
@@ -186,6 +188,12 @@ impl<S: HasWaiters> Waitable<S> {
 
     /// Wakes whoever waits (called with the lock held, after a change).
     pub(crate) fn notify(&self, st: &mut S) {
+        if st.waiters().watcher.is_some() {
+            let readiness = st.readiness();
+            if let Some(watcher) = &st.waiters().watcher {
+                watcher(readiness);
+            }
+        }
         let w = st.waiters();
         if w.blocked > 0 {
             self.cond.notify_all();

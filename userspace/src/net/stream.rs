@@ -160,7 +160,7 @@ impl Drop for Handle {
 /// ```
 #[derive(Debug)]
 pub struct TcpStream {
-    handle: Arc<Handle>,
+    pub(super) handle: Arc<Handle>,
 }
 
 impl TcpStream {
