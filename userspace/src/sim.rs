@@ -43,10 +43,12 @@ impl Rng {
 pub struct LinkConfig {
     pub loss: f64,
     pub duplicate: f64,
-    /// Probability a frame is held back by `reorder_delay` extra.
+    /// Probability a frame is held back by `reorder_delay` extra (the only source of
+    /// reordering: jitter keeps the order).
     pub reorder: f64,
     pub reorder_delay: Duration,
     pub delay: Duration,
+    /// Up to this much extra delay per frame, never past a frame sent later.
     pub jitter: Duration,
     /// Probability one random bit of the frame is flipped.
     pub corrupt: f64,
@@ -111,6 +113,8 @@ pub struct Link {
     pub config: LinkConfig,
     queue: BinaryHeap<InFlight>,
     busy_until: Instant,
+    /// Arrival time of the last frame sent that was not reordered on purpose.
+    last_in_order: Instant,
     order: u64,
     pub stats: LinkStats,
 }
@@ -121,6 +125,7 @@ impl Link {
             config,
             queue: BinaryHeap::new(),
             busy_until: Instant::ZERO,
+            last_in_order: Instant::ZERO,
             order: 0,
             stats: LinkStats::default(),
         }
@@ -154,7 +159,12 @@ impl Link {
         self.busy_until = start + tx;
         let mut at = self.busy_until + self.config.delay;
         if !self.config.jitter.is_zero() {
+            // Jitter varies the delay, but like a real link's queue it keeps the order:
+            // a frame never overtakes one sent before it. Reordering is `reorder` alone,
+            // so that `stats.reordered` counts every frame that arrives out of order.
             at = at + Duration::from_micros(rng.below(self.config.jitter.as_micros() as u64 + 1));
+            at = at.max(self.last_in_order);
+            self.last_in_order = at;
         }
         if rng.chance(self.config.reorder) {
             at = at + self.config.reorder_delay;
@@ -609,5 +619,34 @@ impl StackPair {
             assert!(self.now < deadline, "did not finish by {deadline:?}");
             self.step(Duration::from_millis(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Jitter delays frames but never lets one overtake an earlier one: only `reorder`
+    /// reorders, and `stats.reordered` counts it.
+    #[test]
+    fn jitter_keeps_the_order() {
+        let mut link = Link::new(LinkConfig {
+            jitter: Duration::from_millis(3),
+            ..LinkConfig::default()
+        });
+        let mut rng = Rng::new(7);
+        for i in 0..200u8 {
+            link.send(
+                Instant::from_millis(u64::from(i) / 10),
+                vec![i; 60],
+                &mut rng,
+            );
+        }
+        let mut arrived = Vec::new();
+        while let Some(frame) = link.pop_due(Instant::from_millis(1_000)) {
+            arrived.push(frame[0]);
+        }
+        assert_eq!(arrived, (0..200).collect::<Vec<u8>>());
+        assert_eq!(link.stats.reordered, 0);
     }
 }

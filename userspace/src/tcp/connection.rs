@@ -1611,7 +1611,11 @@ impl Connection {
             // Only while something is unacknowledged: data, or a FIN not yet acked.
             if self.snd_una < self.snd_max && (len > 0 || self.snd_una == self.data_end()) {
                 self.stats.retransmits += 1;
-                return Some(self.data_segment(now, self.snd_una, len));
+                let t = self.data_segment(now, self.snd_una, len);
+                // RFC 6675 5 step 4.1: the retransmitted segment counts as sent, so
+                // NextSeg does not pick the same hole again.
+                self.loss.retransmitted_to(self.snd_una + t.payload_len);
+                return Some(t);
             }
         }
         if let Some(t) = self.sack_retransmit(now) {

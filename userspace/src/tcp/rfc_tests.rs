@@ -1238,3 +1238,41 @@ mod sim_properties {
         }
     }
 }
+
+// ---------------------------------------------------------------- SACK recovery
+
+/// RFC 6675 5 step 4: fast retransmit sends the first hole once; NextSeg then looks
+/// past it (before, the same segment went out twice in the same batch).
+#[test]
+fn test_established_fast_retransmit_sends_the_hole_once() {
+    let sack_ok = TcpOptions {
+        sack_permitted: true,
+        ..MSS_ONLY
+    };
+    let cfg = Config {
+        sack: true,
+        ..cfg()
+    };
+    let mut c = open(cfg, sack_ok, sack_ok, NO_OPTIONS);
+    c.send(&DATA[..10 * MSS]).unwrap();
+    let mut flight: Vec<TcpRepr<'static>> = (0..10).map(data_seg).collect();
+    flight[9].flags = PSH_ACK;
+    recv!(
+        c,
+        t(20),
+        [
+            flight[0], flight[1], flight[2], flight[3], flight[4], flight[5], flight[6], flight[7],
+            flight[8], flight[9]
+        ]
+    );
+    // Segment 0 is lost; the peer SACKs 1, then 1-2, then 1-3: three duplicate ACKs.
+    for n in 1..=3u32 {
+        let mut options = NO_OPTIONS;
+        options.sack_blocks[0] = (A + MSS as u32, A + (n + 1) * MSS as u32);
+        options.sack_count = 1;
+        send!(c, t(30), TcpRepr { options: options });
+    }
+    // One retransmission of segment 0, then pipe (10 - 3 SACKed) fills the window
+    // CUBIC left (0.7 of 10 segments).
+    recv!(c, t(30), [data_seg(0)]);
+}

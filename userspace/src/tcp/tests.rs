@@ -683,6 +683,20 @@ pub(super) fn proptest_config(cases: u32) -> proptest::prelude::ProptestConfig {
     }
 }
 
+/// A's retransmissions, and the frames the link damaged either way. Every retransmission
+/// answers some damage (a loss, a drop, a corruption, or reordering and duplication that
+/// look like loss): a few per damaged frame at most, and none over a link that damaged
+/// nothing.
+fn retransmits_and_damage(pair: &Pair) -> (u64, u64) {
+    let damaged = |l: &crate::sim::LinkStats| {
+        l.lost + l.corrupted + l.queue_drops + l.reordered + l.duplicated
+    };
+    (
+        pair.a.stats().retransmits,
+        damaged(&pair.a_to_b.stats) + damaged(&pair.b_to_a.stats),
+    )
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -721,14 +735,7 @@ mod properties {
                 ..Config::default()
             };
             let pair = transfer(seed, cfg.clone(), cfg, link, a_len, b_len);
-            // Every retransmission answers some damage the link did (a loss, a drop, a
-            // corruption, or reordering and duplication that look like loss): a few per
-            // damaged frame at most, and none over a link that damaged nothing.
-            let damaged = |l: &crate::sim::LinkStats| {
-                l.lost + l.corrupted + l.queue_drops + l.reordered + l.duplicated
-            };
-            let damaged = damaged(&pair.a_to_b.stats) + damaged(&pair.b_to_a.stats);
-            let retransmits = pair.a.stats().retransmits;
+            let (retransmits, damaged) = retransmits_and_damage(&pair);
             prop_assert!(
                 retransmits <= 3 * damaged + 2,
                 "{} retransmits for {} damaged frames", retransmits, damaged
@@ -841,4 +848,32 @@ fn test_established_peer_shrinks_window() {
     );
     assert_eq!(c.unacked(), 0);
     assert_eq!(c.state(), State::Established);
+}
+
+/// Issue 22 item 4: "11 retransmits for 2 damaged frames". The link's jitter let frames
+/// overtake each other without counting them as reordered, and a fast retransmit sent
+/// the first hole twice (once as fast retransmit, once as RFC 6675 NextSeg).
+#[test]
+fn sim_regression_spurious_retransmits() {
+    let link = LinkConfig {
+        loss: 0.021325777373395943,
+        reorder: 0.0027442160594764874,
+        corrupt: 0.004433394313438863,
+        jitter: Duration::from_millis(1),
+        queue_limit: 200,
+        ..LinkConfig::default()
+    };
+    let c = Config {
+        sack: true,
+        timestamps: false,
+        congestion: CongestionKind::Cubic,
+        recv_buffer: 256 * 1024,
+        ..Config::default()
+    };
+    let pair = transfer(594961160353668500, c.clone(), c, link, 30661, 29081);
+    let (retransmits, damaged) = retransmits_and_damage(&pair);
+    assert!(
+        retransmits <= 3 * damaged + 2,
+        "{retransmits} retransmits for {damaged} damaged frames"
+    );
 }
