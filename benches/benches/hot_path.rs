@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 use userspace::device::Device;
 use userspace::device::memory::MemoryDevice;
+use userspace::sim::StackPair;
 use userspace::stack::{Stack, StackConfig};
 use userspace::tcp::reassembly::Reassembler;
 use userspace::tcp::{Config, Connection, Instant, SeqNum, State};
@@ -216,22 +217,14 @@ fn stack_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("stack");
     // Demultiplex one frame to its connection among 10,000, through the full poll loop
     // (RX batch of 1, timers, dispatch of the resulting ACK, TX).
-    let (mut da, mut db) = MemoryDevice::pair(MAC_A, MAC_B);
-    let mut server = Stack::new(StackConfig::new(MAC_B, IP_B, 24));
-    let mut client = Stack::new(StackConfig::new(MAC_A, IP_A, 24));
-    server.listen(80, 100_000).unwrap();
-    let mut now = Instant::from_millis(1);
+    // The shared two-endpoint driver of the tests, on an in-memory wire.
+    let mut pair = StackPair::wired(
+        StackConfig::new(MAC_A, IP_A, 24),
+        StackConfig::new(MAC_B, IP_B, 24),
+    );
+    let (id, sid) = pair.connect(80, 100_000, Duration::from_secs(1));
     let chunk = vec![1u8; 64 * 1024];
     let mut sink = vec![0u8; 64 * 1024];
-    let id = client.connect(now, SocketAddrV4::new(IP_B, 80)).unwrap();
-    let mut sid = None;
-    while sid.is_none() || client.state(id) != State::Established {
-        client.poll(now, &mut da);
-        server.poll(now, &mut db);
-        sid = sid.or_else(|| server.accept(80));
-        now = now + Duration::from_micros(10);
-    }
-    let sid = sid.unwrap();
     g.throughput(Throughput::Bytes(64 * 1024));
     // One RX -> TX turn on each side while 64 KiB moves: segments, ACKs, window updates.
     g.bench_function("poll_loop_turns_per_64KiB", |b| {
@@ -240,14 +233,12 @@ fn stack_benches(c: &mut Criterion) {
             let mut sent = 0;
             while moved < chunk.len() {
                 if sent < chunk.len() {
-                    sent += client.try_send(id, &chunk[sent..]).unwrap_or(0);
+                    sent += pair.client.try_send(id, &chunk[sent..]).unwrap_or(0);
                 }
-                client.poll(now, &mut da);
-                server.poll(now, &mut db);
-                while let Ok(n) = server.try_recv(sid, &mut sink) {
+                pair.step(Duration::from_micros(5));
+                while let Ok(n) = pair.server.try_recv(sid, &mut sink) {
                     moved += n;
                 }
-                now = now + Duration::from_micros(5);
             }
         })
     });
