@@ -2,7 +2,7 @@
 //! segments go in with `send!`, and `recv!` checks every segment that comes out, whole
 //! (flags, seq, ack, window, options, payload), and that nothing else does.
 #![allow(clippy::vec_init_then_push)] // the `recv!` macro builds its list item by item
-use super::tests::sent;
+use super::testkit::{check_out, sent, t};
 use super::*;
 use crate::sim::{ADDR_A, ADDR_B};
 use crate::wire::{TcpFlags, TcpOptions, TcpRepr};
@@ -47,69 +47,6 @@ const FIN_ACK: TcpFlags = TcpFlags::FIN_ACK;
 const PSH_ACK: TcpFlags = TcpFlags::PSH_ACK;
 
 static DATA: [u8; 70_000] = [0x5a; 70_000];
-
-/// Feeds one segment from the peer: the template with the given fields.
-macro_rules! send {
-    ($c:expr, $now:expr, TcpRepr { $($field:ident : $value:expr),* $(,)? }) => {
-        $c.handle_segment($now, &TcpRepr { $($field: $value,)* ..SEND_TEMPL })
-    };
-    ($c:expr, $now:expr, $seg:expr) => {
-        $c.handle_segment($now, &$seg)
-    };
-}
-
-/// Checks that exactly these segments come out now: each is `TcpRepr { fields }` over
-/// the template, or any `TcpRepr` expression.
-macro_rules! recv {
-    ($c:expr, $now:expr, [$($items:tt)*]) => {{
-        #[allow(unused_mut)]
-        let mut want: Vec<TcpRepr<'static>> = Vec::new();
-        push_out!(want; $($items)*);
-        check_out(&mut $c, $now, &want);
-    }};
-}
-
-macro_rules! push_out {
-    ($w:ident;) => {};
-    ($w:ident; TcpRepr { $($field:ident : $value:expr),* $(,)? } $(, $($rest:tt)*)?) => {
-        $w.push(TcpRepr { $($field: $value,)* ..RECV_TEMPL });
-        push_out!($w; $($($rest)*)?);
-    };
-    ($w:ident; $e:expr $(, $($rest:tt)*)?) => {
-        $w.push($e);
-        push_out!($w; $($($rest)*)?);
-    };
-}
-
-/// Checks that nothing comes out now.
-macro_rules! recv_nothing {
-    ($c:expr, $now:expr) => {
-        recv!($c, $now, [])
-    };
-}
-
-#[track_caller]
-fn check_out(c: &mut Connection, now: Instant, want: &[TcpRepr<'static>]) {
-    let got = sent(c, now);
-    let got_headers: Vec<TcpRepr<'static>> = got.iter().map(|(r, _)| *r).collect();
-    let want_headers: Vec<TcpRepr<'static>> = want
-        .iter()
-        .map(|w| TcpRepr { payload: &[], ..*w })
-        .collect();
-    assert_eq!(got_headers, want_headers, "segments sent at {now:?}");
-    for ((_, payload), w) in got.iter().zip(want) {
-        assert_eq!(
-            payload.as_slice(),
-            w.payload,
-            "payload of segment {}",
-            w.seq.0
-        );
-    }
-}
-
-fn t(ms: u64) -> Instant {
-    Instant::from_millis(ms)
-}
 
 /// Options off and a 64 KiB receive buffer, so windows are simple numbers.
 fn cfg() -> Config {
