@@ -127,6 +127,19 @@ fn established() -> Connection {
     established_with(cfg())
 }
 
+/// SACK permitted both ways.
+fn established_sack() -> Connection {
+    let sack_ok = TcpOptions {
+        sack_permitted: true,
+        ..MSS_ONLY
+    };
+    let cfg = Config {
+        sack: true,
+        ..cfg()
+    };
+    open(cfg, sack_ok, sack_ok, NO_OPTIONS)
+}
+
 /// Timestamps on (our clock offset 0), as negotiated with a peer whose TSval is 1000.
 fn established_ts() -> Connection {
     let ts = |tsval, tsecr| TcpOptions {
@@ -819,15 +832,7 @@ fn test_syn_sent_retransmitted_syn_sets_rto_to_3s() {
 
 #[test]
 fn test_established_sack_reports_most_recent_blocks_first() {
-    let sack_ok = TcpOptions {
-        sack_permitted: true,
-        ..MSS_ONLY
-    };
-    let cfg = Config {
-        sack: true,
-        ..cfg()
-    };
-    let mut c = open(cfg, sack_ok, sack_ok, NO_OPTIONS);
+    let mut c = established_sack();
     let sack = |blocks: &[(u32, u32)]| {
         let mut o = NO_OPTIONS;
         for (i, &b) in blocks.iter().enumerate() {
@@ -1182,15 +1187,7 @@ mod sim_properties {
 /// past it (before, the same segment went out twice in the same batch).
 #[test]
 fn test_established_fast_retransmit_sends_the_hole_once() {
-    let sack_ok = TcpOptions {
-        sack_permitted: true,
-        ..MSS_ONLY
-    };
-    let cfg = Config {
-        sack: true,
-        ..cfg()
-    };
-    let mut c = open(cfg, sack_ok, sack_ok, NO_OPTIONS);
+    let mut c = established_sack();
     c.send(&DATA[..10 * MSS]).unwrap();
     let mut flight: Vec<TcpRepr<'static>> = (0..10).map(data_seg).collect();
     flight[9].flags = PSH_ACK;

@@ -886,12 +886,8 @@ mod properties {
                 queue_limit: 200,
                 ..LinkConfig::default()
             };
-            let cfg = Config {
-                sack, timestamps, nodelay,
-                congestion: if cubic { CongestionKind::Cubic } else { CongestionKind::NewReno },
-                recv_buffer: 256 * 1024,
-                ..Config::default()
-            };
+            let congestion = if cubic { CongestionKind::Cubic } else { CongestionKind::NewReno };
+            let cfg = Config { nodelay, ..sim_case_config(sack, timestamps, congestion) };
             let pair = transfer(seed, cfg.clone(), cfg, link, a_len, b_len);
             let (retransmits, damaged) = retransmits_and_damage(&pair);
             prop_assert!(
@@ -902,6 +898,17 @@ mod properties {
     }
 }
 
+/// The endpoints' configuration in the property test and its regression cases.
+fn sim_case_config(sack: bool, timestamps: bool, congestion: CongestionKind) -> Config {
+    Config {
+        sack,
+        timestamps,
+        congestion,
+        recv_buffer: 256 * 1024,
+        ..Config::default()
+    }
+}
+
 #[test]
 fn sim_regression_jitter_small_transfer() {
     let link = LinkConfig {
@@ -909,13 +916,7 @@ fn sim_regression_jitter_small_transfer() {
         queue_limit: 200,
         ..LinkConfig::default()
     };
-    let c = Config {
-        sack: true,
-        timestamps: false,
-        congestion: CongestionKind::NewReno,
-        recv_buffer: 256 * 1024,
-        ..Config::default()
-    };
+    let c = sim_case_config(true, false, CongestionKind::NewReno);
     transfer(0, c.clone(), c, link, 1461, 16049);
 }
 
@@ -930,13 +931,7 @@ fn sim_regression_lossy_reordered() {
         queue_limit: 200,
         ..LinkConfig::default()
     };
-    let c = Config {
-        sack: true,
-        timestamps: true,
-        congestion: CongestionKind::NewReno,
-        recv_buffer: 256 * 1024,
-        ..Config::default()
-    };
+    let c = sim_case_config(true, true, CongestionKind::NewReno);
     transfer(5158668795688621367, c.clone(), c, link, 45439, 27333);
 }
 
@@ -950,13 +945,7 @@ fn sim_regression_duplicated_acks_without_sack() {
         queue_limit: 200,
         ..LinkConfig::default()
     };
-    let c = Config {
-        sack: false,
-        timestamps: true,
-        congestion: CongestionKind::NewReno,
-        recv_buffer: 256 * 1024,
-        ..Config::default()
-    };
+    let c = sim_case_config(false, true, CongestionKind::NewReno);
     transfer(13704321024857542621, c.clone(), c, link, 27513, 23169);
 }
 
@@ -1021,13 +1010,7 @@ fn sim_regression_spurious_retransmits() {
         queue_limit: 200,
         ..LinkConfig::default()
     };
-    let c = Config {
-        sack: true,
-        timestamps: false,
-        congestion: CongestionKind::Cubic,
-        recv_buffer: 256 * 1024,
-        ..Config::default()
-    };
+    let c = sim_case_config(true, false, CongestionKind::Cubic);
     let pair = transfer(594961160353668500, c.clone(), c, link, 30661, 29081);
     let (retransmits, damaged) = retransmits_and_damage(&pair);
     assert!(

@@ -45,6 +45,21 @@ impl Connection {
         }
     }
 
+    /// The peer's SYN (or SYN-ACK) synchronizes the receive sequence space at its IRS
+    /// (RFC 9293 3.10.7.2-3), sets the options it negotiates and its send window.
+    pub(super) fn take_peer_syn(&mut self, now: Instant, syn: &TcpRepr<'_>) {
+        self.rcv.irs = syn.seq;
+        self.rcv.nxt = self.rcv.irs + 1u32;
+        self.rcv.adv = self.rcv.nxt;
+        self.negotiate(&syn.options);
+        self.opts.ts_recent_stamp = now;
+        self.probes.last_rx = now;
+        // The window of a SYN is never scaled (RFC 7323 section 2.2).
+        self.snd.wnd = u32::from(syn.window);
+        self.snd.max_wnd = self.snd.wnd;
+        self.snd.wl1 = self.rcv.irs;
+    }
+
     pub(super) fn handle_syn_sent(&mut self, now: Instant, seg: &TcpRepr<'_>) {
         let ack = seg.ack.unwrap_or_default();
         // RFC 9293 3.10.7.3, first: check the ACK.
@@ -64,15 +79,7 @@ impl Connection {
         if !seg.flags.syn {
             return;
         }
-        self.rcv.irs = seg.seq;
-        self.rcv.nxt = self.rcv.irs + 1u32;
-        self.rcv.adv = self.rcv.nxt;
-        self.negotiate(&seg.options);
-        self.opts.ts_recent_stamp = now;
-        self.probes.last_rx = now;
-        self.snd.wnd = u32::from(seg.window);
-        self.snd.max_wnd = self.snd.wnd;
-        self.snd.wl1 = self.rcv.irs;
+        self.take_peer_syn(now, seg);
         self.snd.wl2 = ack;
         if ack_ok {
             if self.rtx.retries == 0

@@ -445,16 +445,7 @@ impl Connection {
         syn: &TcpRepr<'_>,
     ) -> Self {
         let mut c = Connection::new(cfg, local, remote, iss, State::SynReceived);
-        c.rcv.irs = syn.seq;
-        c.rcv.nxt = c.rcv.irs + 1u32;
-        c.rcv.adv = c.rcv.nxt;
-        c.negotiate(&syn.options);
-        c.opts.ts_recent_stamp = now;
-        c.probes.last_rx = now;
-        // The window of a SYN is never scaled (RFC 7323 section 2.2).
-        c.snd.wnd = u32::from(syn.window);
-        c.snd.max_wnd = c.snd.wnd;
-        c.snd.wl1 = c.rcv.irs;
+        c.take_peer_syn(now, syn);
         c.timers[Timer::Rto] = Some(now + c.rtx.rtt.rto());
         c
     }
