@@ -31,6 +31,7 @@ pub mod errno;
 pub mod exec_env;
 mod listener;
 mod local;
+mod readiness;
 mod reserve;
 pub mod runtime;
 pub mod setup;

@@ -101,7 +101,7 @@ pub(crate) struct Waiters {
     blocked: u32,
     wakers: [Option<Waker>; 2],
     /// Told the readiness after every change (see `net::watch`).
-    pub(crate) watcher: Option<super::watch::Watcher>,
+    pub(crate) watcher: Option<super::readiness::Watcher>,
 }
 
 /// Waker slots: a reader and a writer may wait on one connection at once.
@@ -110,7 +110,7 @@ pub(crate) const READER: usize = 0;
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 pub(crate) const WRITER: usize = 1;
 
-pub(crate) trait HasWaiters: super::watch::Ready {
+pub(crate) trait HasWaiters: super::readiness::Ready {
     fn waiters(&mut self) -> &mut Waiters;
 }
 
@@ -490,6 +490,33 @@ impl Listener {
             return Some(Err(io::ErrorKind::WouldBlock.into()));
         }
         None
+    }
+}
+
+impl super::readiness::Ready for ConnState {
+    fn readiness(&self) -> super::readiness::Readiness {
+        let error = self.failure.is_some();
+        let closed = self.phase == Phase::Closed;
+        let connecting = self.phase == Phase::Connecting && !error;
+        super::readiness::Readiness {
+            readable: !connecting
+                && (!self.rx.is_empty() || self.read_closed || self.read_shut || error || closed),
+            writable: !connecting
+                && (error || closed || self.write_shut || self.tx.len() < self.cap),
+            hangup: error || closed || (self.read_closed && self.write_shut),
+            error,
+            connecting,
+        }
+    }
+}
+
+impl super::readiness::Ready for ListenState {
+    fn readiness(&self) -> super::readiness::Readiness {
+        super::readiness::Readiness {
+            readable: !self.queue.is_empty() || self.stopped,
+            hangup: self.stopped,
+            ..super::readiness::Readiness::default()
+        }
     }
 }
 

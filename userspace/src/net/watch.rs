@@ -4,62 +4,14 @@
 //!
 //! A watcher runs with the socket's state locked, on the poll loop's thread or on the
 //! thread that asked: it must be short and must not call back into the socket.
-use super::shared::{ConnState, HasWaiters, ListenState, Phase};
+use super::shared::HasWaiters;
 use super::stream::Handle;
 use super::{Stack, TcpListener, TcpStream};
 use std::io;
 use std::net::SocketAddrV4;
-use std::sync::Arc;
 
-/// What a socket is ready for, as `poll(2)` would say it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Readiness {
-    /// A read (or accept) would not wait: bytes, end of stream, an error, a connection.
-    pub readable: bool,
-    /// A write would not wait: room in the send buffer, or an error to report.
-    pub writable: bool,
-    /// The connection is over both ways (or failed).
-    pub hangup: bool,
-    /// The connection failed (its error is waiting).
-    pub error: bool,
-    /// A connect is still under way.
-    pub connecting: bool,
-}
-
-/// Told the socket's [`Readiness`] after every change the poll loop makes.
-pub type Watcher = Arc<dyn Fn(Readiness) + Send + Sync>;
-
-/// State that has a readiness.
-pub(crate) trait Ready {
-    fn readiness(&self) -> Readiness;
-}
-
-impl Ready for ConnState {
-    fn readiness(&self) -> Readiness {
-        let error = self.failure.is_some();
-        let closed = self.phase == Phase::Closed;
-        let connecting = self.phase == Phase::Connecting && !error;
-        Readiness {
-            readable: !connecting
-                && (!self.rx.is_empty() || self.read_closed || self.read_shut || error || closed),
-            writable: !connecting
-                && (error || closed || self.write_shut || self.tx.len() < self.cap),
-            hangup: error || closed || (self.read_closed && self.write_shut),
-            error,
-            connecting,
-        }
-    }
-}
-
-impl Ready for ListenState {
-    fn readiness(&self) -> Readiness {
-        Readiness {
-            readable: !self.queue.is_empty() || self.stopped,
-            hangup: self.stopped,
-            ..Readiness::default()
-        }
-    }
-}
+use super::readiness::Ready;
+pub use super::readiness::{Readiness, Watcher};
 
 impl TcpStream {
     /// Starts a connection to `remote` and returns at once, as a non-blocking
@@ -147,9 +99,10 @@ impl TcpListener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::shared::{Conn, Failure, Listener};
+    use crate::net::shared::{Conn, Failure, Listener, Phase};
     use crate::tcp::TcpError;
     use std::net::Ipv4Addr;
+    use std::sync::Arc;
 
     fn conn(phase: Phase) -> Arc<crate::net::shared::Conn> {
         Conn::new(

@@ -20,24 +20,24 @@ pub(super) fn pair(
     (client, dc, Stack::new(cfg), ds)
 }
 
-/// Polls both stacks in virtual time until `done` or a limit.
+/// Polls both stacks in virtual time until `done` or a limit: the shared driver
+/// ([`crate::sim::run_until`]) on an in-memory wire, in steps of at most 50 µs.
 pub(super) fn drive(
     c: &mut Stack,
     dc: &mut MemoryDevice,
     s: &mut Stack,
     ds: &mut MemoryDevice,
     now: &mut Instant,
-    mut done: impl FnMut(&mut Stack, &mut Stack) -> bool,
+    done: impl FnMut(&mut Stack, &mut Stack) -> bool,
 ) {
-    for _ in 0..200_000 {
-        c.poll(*now, dc);
-        s.poll(*now, ds);
-        if done(c, s) {
-            return;
-        }
-        *now = *now + Duration::from_micros(50);
-    }
-    panic!("did not finish");
+    crate::sim::run_until(
+        now,
+        Duration::from_micros(50),
+        Duration::from_secs(10),
+        (c, dc),
+        (s, ds),
+        done,
+    );
 }
 
 /// A client sends `len` bytes to a server over a simulated link, then both close.
@@ -50,21 +50,11 @@ fn transfer_over(
     let mut cfg = StackConfig::new(MAC_S, IP_S, 24);
     server_cfg(&mut cfg);
     let mut pair = StackPair::new(seed, StackConfig::new(MAC_C, IP_C, 24), cfg, link);
-    pair.server.listen(80, 16).unwrap();
-    let id = pair
-        .client
-        .connect(pair.now, SocketAddrV4::new(IP_S, 80))
-        .unwrap();
-    let mut server_id = None;
-    pair.run_until(Duration::from_secs(60), |c, s| {
-        server_id = server_id.or_else(|| s.accept(80));
-        server_id.is_some() && c.state(id) == State::Established
-    });
+    let (id, sid) = pair.connect(80, 16, Duration::from_secs(60));
     assert!(
         pair.client.stats.arp_requests >= 1,
         "the client resolved the server by ARP"
     );
-    let sid = server_id.unwrap();
     let mut rng = crate::sim::Rng::new(seed);
     let mut data = vec![0u8; 2_000_000];
     rng.fill(&mut data);
