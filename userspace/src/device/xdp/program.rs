@@ -145,7 +145,7 @@ fn create_xdp_link(program: &Xdp, ifindex: u32, mode: XdpMode) -> std::io::Resul
 impl XdpProgram {
     /// Checks the setup, loads the program and attaches it through a BPF link. Nothing
     /// is steered until [`XdpProgram::enable`]. A lingering holder of an earlier
-    /// command's program (see [`super::holder`]) is asked to detach first.
+    /// command's program (see [`crate::device::holder`]) is asked to detach first.
     pub fn load(interface: &str, mode: Option<XdpModeChoice>) -> SetupResult<SharedProgram> {
         XdpProgram::load_on(&netinfo::interface(interface)?, mode, None)
     }

@@ -49,7 +49,7 @@ impl XdpQueues {
     ///
     /// With `linger`, the program is borrowed from the interface's holder when one has
     /// it (no load, no attach), and at exit goes to a holder that keeps it attached for
-    /// `linger` more (see [`super::holder`]).
+    /// `linger` more (see [`crate::device::holder`]).
     pub fn open(
         interface: &str,
         mode: Option<XdpModeChoice>,
@@ -229,7 +229,7 @@ impl XdpQueues {
     }
 
     /// Adds `fd` to what [`XdpQueues::wait_for_frames`] waits for: it returns when `fd`
-    /// is readable too (a [`super::wake::WakeFd`] of the loop).
+    /// is readable too (a [`crate::device::wake::WakeFd`] of the loop).
     pub fn also_wake_on(&mut self, fd: RawFd) {
         self.pollfds.push(libc::pollfd {
             fd,
