@@ -1507,12 +1507,7 @@ fn curl_exits_after_the_transfer_when_the_server_keeps_the_connection() {
         text(&out.stdout)
     );
     assert_eq!(resets(&w.server), before);
-    // Before, the process waited for the server's FIN (0.5 s) and then the stack's
-    // linger for it (0.5 s more): a full second that the real curl does not spend.
-    assert!(
-        times[1] < times[0] + std::time::Duration::from_millis(500),
-        "ours {:?}, curl {:?}",
-        times[1],
-        times[0]
-    );
+    // How long each took is the benchmark's business (`cargo xtask bench`, row 'whole
+    // process wall, server keeps the connection open'): before, ours waited a second
+    // for the server's FIN that the real curl does not wait for.
 }
