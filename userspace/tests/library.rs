@@ -268,6 +268,21 @@ fn inner_sockets() {
         .interface(HOST_IF)
         .build()
         .unwrap();
+    // A second Stack on the interface names this process's own, with the remedy that
+    // keeps it (not the `ip link ... xdp off` that would tear it down).
+    let Err(second) = userspace::Stack::builder().interface(HOST_IF).build() else {
+        panic!("a second Stack on the interface is refused");
+    };
+    let message = format!("{second:#}");
+    assert!(
+        message.contains(&format!("this process ({})", std::process::id()))
+            && !message.contains("xdp off"),
+        "{message}"
+    );
+    // A closed port: the kernel's errno, as std's connect gives it.
+    let refused = userspace::TcpStream::connect(&stack, (SERVER_IP, 81)).unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::ECONNREFUSED), "{refused}");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     // A client: a read timeout, then a request and its response.
     let nginx = std::net::SocketAddr::from((SERVER_IP, 80));
     let stream =

@@ -252,7 +252,7 @@ pub fn xdp_holder(ifindex: u32) -> Option<String> {
     let me = std::process::id().to_string();
     for proc_entry in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
         let pid = proc_entry.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
         // Interface indexes are per namespace: only a process in ours can hold this one.
@@ -277,6 +277,13 @@ pub fn xdp_holder(ifindex: u32) -> Option<String> {
                 if field("link_type:").as_deref() == Some("xdp")
                     && field("ifindex:") == Some(ifindex.to_string())
                 {
+                    if pid == me {
+                        // Another Stack of this very process (the library's user opened
+                        // a second one on the interface).
+                        return Some(format!(
+                            "this process ({pid}): another Stack of it runs on the interface, so share that one (its handles are cheap to clone) or drop it before building this one"
+                        ));
+                    }
                     let comm =
                         std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                     return Some(format!("process {pid} ({})", comm.trim()));

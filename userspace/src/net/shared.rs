@@ -60,30 +60,22 @@ impl Failure {
     pub(crate) fn io(self) -> io::Error {
         use io::ErrorKind as K;
         match self {
-            Failure::Tcp(e) => {
-                let kind = match e {
-                    TcpError::Refused => K::ConnectionRefused,
-                    TcpError::Reset => K::ConnectionReset,
-                    TcpError::TimedOut => K::TimedOut,
-                    TcpError::Unreachable | TcpError::HostUnreachable => K::HostUnreachable,
-                    TcpError::Closed => K::NotConnected,
-                };
-                io::Error::new(kind, e)
+            // The kernel's errno where it has one for exactly this (std's kinds follow:
+            // ConnectionRefused, ConnectionReset, TimedOut, NotConnected, AddrInUse...),
+            // so code that matches `raw_os_error()` works. An ICMP unreachable keeps its
+            // own words: the stack does not tell its codes apart as the kernel does.
+            Failure::Tcp(e @ (TcpError::Unreachable | TcpError::HostUnreachable)) => {
+                io::Error::new(K::HostUnreachable, e)
             }
-            Failure::Stack(e) => {
-                let kind = match e {
-                    StackError::PortInUse => K::AddrInUse,
-                    StackError::NoFreePort => K::AddrNotAvailable,
-                    StackError::TooManyConnections => K::Other,
-                };
-                io::Error::new(kind, e)
-            }
+            Failure::Tcp(e) => io::Error::from_raw_os_error(super::errno::tcp_errno(e)),
+            Failure::Stack(e) => io::Error::from_raw_os_error(super::errno::stack_errno(e)),
             Failure::Stopped => io::Error::new(K::NotConnected, "the stack has stopped"),
             Failure::Steering => io::Error::other(format!(
                 "cannot steer another listening port (at most {})",
                 xdp_ebpf::MAX_LISTEN_PORTS
             )),
-            Failure::BadAddress => io::Error::new(K::AddrNotAvailable, "not the stack's address"),
+            // bind(2) to an address that is not the host's.
+            Failure::BadAddress => io::Error::from_raw_os_error(libc::EADDRNOTAVAIL),
             Failure::ConnectTimeout => io::Error::new(K::TimedOut, "connect timed out"),
             Failure::NoArpReply(hop) => io::Error::new(
                 K::HostUnreachable,
@@ -637,10 +629,23 @@ mod tests {
     }
 
     #[test]
-    fn tcp_failures_carry_the_tcp_error_and_the_others_say_what_happened() {
-        let tcp = Failure::Tcp(TcpError::TimedOut).io();
-        assert!(tcp.get_ref().is_some_and(|e| e.is::<TcpError>()));
+    fn tcp_failures_carry_the_kernels_errno_and_the_others_say_what_happened() {
+        // What connect(2), read(2) and bind(2) give: the raw errno.
+        for (failure, errno) in [
+            (Failure::Tcp(TcpError::Refused), libc::ECONNREFUSED),
+            (Failure::Tcp(TcpError::Reset), libc::ECONNRESET),
+            (Failure::Tcp(TcpError::TimedOut), libc::ETIMEDOUT),
+            (Failure::Tcp(TcpError::Closed), libc::ENOTCONN),
+            (Failure::Stack(StackError::PortInUse), libc::EADDRINUSE),
+            (Failure::BadAddress, libc::EADDRNOTAVAIL),
+        ] {
+            assert_eq!(failure.io().raw_os_error(), Some(errno), "{failure:?}");
+        }
+        // An ICMP unreachable keeps the TCP error; the connect's own limit is not one.
+        let icmp = Failure::Tcp(TcpError::Unreachable).io();
+        assert!(icmp.get_ref().is_some_and(|e| e.is::<TcpError>()));
         let limit = Failure::ConnectTimeout.io();
+        assert_eq!(limit.raw_os_error(), None);
         assert!(!limit.get_ref().is_some_and(|e| e.is::<TcpError>()));
         let arp = Failure::NoArpReply(Ipv4Addr::new(10, 0, 0, 1)).io();
         assert!(

@@ -828,6 +828,58 @@ fn test_syn_sent_retransmitted_syn_sets_rto_to_3s() {
     assert_eq!(c.poll_timeout(), Some(t(4600)));
 }
 
+/// With timestamps the SYN-ACK's echo times the retransmitted SYN it answers (RFC 7323
+/// 4.1, as Linux): the RTO comes from that sample, not RFC 6298 5.7's 3 s. (A client
+/// whose handshake ACK a full accept queue dropped retransmits its data on this RTO.)
+#[test]
+fn test_syn_sent_retransmitted_syn_timed_by_the_echoed_timestamp() {
+    let ts = |tsval, tsecr| TcpOptions {
+        timestamps: Some((tsval, tsecr)),
+        ..MSS_ONLY
+    };
+    let cfg = Config {
+        timestamps: true,
+        ..cfg()
+    };
+    let mut c = Connection::connect(cfg, ADDR_A, ADDR_B, ISS);
+    c.set_timestamp_offset(0);
+    recv!(c, t(0), [our_syn(ts(0, 0))]);
+    c.handle_timeout(t(1000));
+    recv!(c, t(1000), [our_syn(ts(1000, 0))]);
+    send!(
+        c,
+        t(1500),
+        TcpRepr {
+            flags: TcpFlags::SYN_ACK,
+            seq: SeqNum(PEER_ISS),
+            options: ts(7000, 1000),
+        }
+    );
+    let ts_only = |tsval| TcpOptions {
+        mss: None,
+        ..ts(tsval, 7000)
+    };
+    recv!(
+        c,
+        t(1500),
+        [TcpRepr {
+            options: ts_only(1500)
+        }]
+    );
+    c.send(b"x").unwrap();
+    recv!(
+        c,
+        t(1600),
+        [TcpRepr {
+            flags: PSH_ACK,
+            payload: b"x",
+            options: ts_only(1600),
+        }]
+    );
+    // One sample of 500 ms: SRTT 500 ms, RTTVAR 250 ms, RTO 1.5 s (RFC 6298 2.2).
+    assert_eq!(c.poll_timeout(), Some(t(3100)));
+}
+
 // ---------------------------------------------------------------- 17. SACK order
 
 #[test]

@@ -296,12 +296,27 @@ impl Io {
         let outer = deadline.filter(|d| *d < connect_deadline);
         let tcp = match self.within(outer, connecting).await {
             Ok(Ok(tcp)) => tcp,
-            // TCP's own answer (refused, reset, unreachable, its SYNs given up on).
+            // An ICMP unreachable, in the stack's words.
             Ok(Err(e)) if e.get_ref().is_some_and(|inner| inner.is::<TcpError>()) => {
                 return Err(refused(&e));
             }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NetworkUnreachable => {
                 return Err(unreachable(&e));
+            }
+            // TCP's own answer (refused, reset, its SYNs given up on), as the kernel's
+            // errno: curl 7.88 names it under -v and says "Couldn't connect" otherwise.
+            Ok(Err(e)) if e.raw_os_error().is_some() => {
+                self.info(&format!(
+                    "connect to {ip} port {port} failed: {}",
+                    in_words(&e)
+                ));
+                return Err(fail(
+                    EXIT_CANNOT_CONNECT,
+                    format!(
+                        "Failed to connect to {ip} port {port} after {} ms: Couldn't connect to server",
+                        started.elapsed().as_millis()
+                    ),
+                ));
             }
             // The connect's time limit.
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -581,7 +596,7 @@ impl Io {
             let n = self
                 .on_stream(raw, |tcp, cx| tcp.poll_write(cx, data))
                 .await?
-                .map_err(|e| fail(55, format!("Send failure: {e}")))?;
+                .map_err(|e| fail(55, format!("Send failure: {}", in_words(&e))))?;
             data = &data[n..];
         }
         Ok(())
@@ -595,7 +610,7 @@ impl Io {
                 .map(|r| r.map(|()| filled.filled().len()))
         })
         .await?
-        .map_err(|e| fail(EXIT_RECV_ERROR, format!("Recv failure: {e}")))
+        .map_err(|e| fail(EXIT_RECV_ERROR, format!("Recv failure: {}", in_words(&e))))
     }
 }
 
@@ -608,5 +623,15 @@ pub fn block_on<F: Future>(io: &Io, fut: F) -> F::Output {
             return v;
         }
         io.wait();
+    }
+}
+
+/// An error as curl words it: the system's message for an errno ("Connection reset by
+/// peer"), without std's " (os error N)".
+fn in_words(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
     }
 }

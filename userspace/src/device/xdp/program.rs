@@ -277,6 +277,9 @@ impl XdpProgram {
             create_xdp_link(program, info.ifindex, mode).map_err(|e| {
                 // One XDP program per interface: name whoever holds it.
                 match netinfo::xdp_holder(info.ifindex) {
+                    Some(holder) if holder.starts_with("this process") => {
+                        setup_error!("interface {iface} is already in use by {holder}")
+                    }
                     Some(holder) => setup_error!(
                         "interface {iface} is already in use by {holder}: only one XDP program can attach to an interface; stop it, or run on another interface"
                     ),

@@ -82,7 +82,11 @@ impl Connection {
         self.take_peer_syn(now, seg);
         self.snd.wl2 = ack;
         if ack_ok {
-            if self.rtx.retries == 0
+            // The echoed timestamp times the SYN the SYN-ACK answers, even after a
+            // retransmission (RFC 7323 4.1, as Linux); without it, Karn: only a SYN
+            // sent once is timed.
+            if !self.sample_rtt_from_echo(now, seg)
+                && self.rtx.retries == 0
                 && let Some((_, sent)) = self.rtx.rtt_probe.take()
             {
                 self.rtx.rtt.sample(now - sent);
@@ -324,6 +328,25 @@ impl Connection {
         true
     }
 
+    /// An RTT sample from the timestamp the peer echoed (RFC 7323 4.1), if timestamps
+    /// are on and the echo is one of ours; whether there was one.
+    fn sample_rtt_from_echo(&mut self, now: Instant, seg: &TcpRepr<'_>) -> bool {
+        if !self.opts.ts_enabled {
+            return false;
+        }
+        let Some((_, ecr)) = seg.options.timestamps else {
+            return false;
+        };
+        let elapsed = self.ts_now(now).wrapping_sub(ecr);
+        if ecr == 0 || elapsed >= 60_000 {
+            return false;
+        }
+        self.rtx
+            .rtt
+            .sample(Duration::from_millis(u64::from(elapsed)).max(Duration::from_micros(100)));
+        true
+    }
+
     /// The handshake completed (SYN-SENT or SYN-RECEIVED to ESTABLISHED).
     pub(super) fn on_established(&mut self) {
         // RFC 6298 5.7: after a retransmitted SYN or SYN-ACK and with no RTT sample,
@@ -338,19 +361,7 @@ impl Connection {
         let acked = ack.since(self.snd.una) as usize;
         // RTT: timestamps give a sample from every ACK (RFC 7323 4.1), otherwise one timed
         // segment per window, never a retransmitted one (Karn).
-        let mut sampled = false;
-        if self.opts.ts_enabled
-            && let Some((_, ecr)) = seg.options.timestamps
-            && ecr != 0
-        {
-            let elapsed = self.ts_now(now).wrapping_sub(ecr);
-            if elapsed < 60_000 {
-                self.rtx.rtt.sample(
-                    Duration::from_millis(u64::from(elapsed)).max(Duration::from_micros(100)),
-                );
-                sampled = true;
-            }
-        }
+        let sampled = self.sample_rtt_from_echo(now, seg);
         if let Some((timed, sent)) = self.rtx.rtt_probe
             && ack >= timed
         {
