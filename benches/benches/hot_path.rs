@@ -4,7 +4,9 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
+use userspace::device::Device;
 use userspace::device::memory::MemoryDevice;
+use userspace::sim::StackPair;
 use userspace::stack::{Stack, StackConfig};
 use userspace::tcp::reassembly::Reassembler;
 use userspace::tcp::{Config, Connection, Instant, SeqNum, State};
@@ -215,22 +217,14 @@ fn stack_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("stack");
     // Demultiplex one frame to its connection among 10,000, through the full poll loop
     // (RX batch of 1, timers, dispatch of the resulting ACK, TX).
-    let (mut da, mut db) = MemoryDevice::pair(MAC_A, MAC_B);
-    let mut server = Stack::new(StackConfig::new(MAC_B, IP_B, 24));
-    let mut client = Stack::new(StackConfig::new(MAC_A, IP_A, 24));
-    server.listen(80, 100_000).unwrap();
-    let mut now = Instant::from_millis(1);
+    // The shared two-endpoint driver of the tests, on an in-memory wire.
+    let mut pair = StackPair::wired(
+        StackConfig::new(MAC_A, IP_A, 24),
+        StackConfig::new(MAC_B, IP_B, 24),
+    );
+    let (id, sid) = pair.connect(80, 100_000, Duration::from_secs(1));
     let chunk = vec![1u8; 64 * 1024];
     let mut sink = vec![0u8; 64 * 1024];
-    let id = client.connect(now, SocketAddrV4::new(IP_B, 80)).unwrap();
-    let mut sid = None;
-    while sid.is_none() || client.state(id) != State::Established {
-        client.poll(now, &mut da);
-        server.poll(now, &mut db);
-        sid = sid.or_else(|| server.accept(80));
-        now = now + Duration::from_micros(10);
-    }
-    let sid = sid.unwrap();
     g.throughput(Throughput::Bytes(64 * 1024));
     // One RX -> TX turn on each side while 64 KiB moves: segments, ACKs, window updates.
     g.bench_function("poll_loop_turns_per_64KiB", |b| {
@@ -239,15 +233,129 @@ fn stack_benches(c: &mut Criterion) {
             let mut sent = 0;
             while moved < chunk.len() {
                 if sent < chunk.len() {
-                    sent += client.try_send(id, &chunk[sent..]).unwrap_or(0);
+                    sent += pair.client.try_send(id, &chunk[sent..]).unwrap_or(0);
                 }
-                client.poll(now, &mut da);
-                server.poll(now, &mut db);
-                while let Ok(n) = server.try_recv(sid, &mut sink) {
+                pair.step(Duration::from_micros(5));
+                while let Ok(n) = pair.server.try_recv(sid, &mut sink) {
                     moved += n;
                 }
-                now = now + Duration::from_micros(5);
             }
+        })
+    });
+    g.finish();
+}
+
+/// An ARP request from the peer for `IP_B`, as it arrives from the wire.
+fn arp_request_frame() -> Vec<u8> {
+    let request = wire::ArpRepr {
+        op: wire::ArpOp::Request,
+        sender_mac: MAC_A,
+        sender_ip: IP_A,
+        target_mac: [0; 6],
+        target_ip: IP_B,
+    };
+    let mut frame = vec![0u8; 64];
+    let n = wire::emit_arp(&mut frame, wire::BROADCAST_MAC, &request);
+    frame.truncate(n);
+    frame
+}
+
+/// One frame in, the frames sent in answer out: a smoltcp device around two buffers.
+struct OneFrameDevice {
+    rx: Vec<u8>,
+    rx_ready: bool,
+    tx: [u8; 1514],
+    tx_len: usize,
+}
+
+struct OneFrameRx<'a>(&'a [u8]);
+struct OneFrameTx<'a>(&'a mut [u8; 1514], &'a mut usize);
+
+impl smoltcp::phy::RxToken for OneFrameRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl smoltcp::phy::TxToken for OneFrameTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        *self.1 = len;
+        f(&mut self.0[..len])
+    }
+}
+
+impl smoltcp::phy::Device for OneFrameDevice {
+    type RxToken<'a> = OneFrameRx<'a>;
+    type TxToken<'a> = OneFrameTx<'a>;
+
+    fn receive(
+        &mut self,
+        _: smoltcp::time::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        if !std::mem::take(&mut self.rx_ready) {
+            return None;
+        }
+        Some((
+            OneFrameRx(&self.rx),
+            OneFrameTx(&mut self.tx, &mut self.tx_len),
+        ))
+    }
+
+    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+        Some(OneFrameTx(&mut self.tx, &mut self.tx_len))
+    }
+
+    fn capabilities(&self) -> smoltcp::phy::DeviceCapabilities {
+        let mut caps = smoltcp::phy::DeviceCapabilities::default();
+        caps.max_transmission_unit = 1514;
+        caps.medium = smoltcp::phy::Medium::Ethernet;
+        caps
+    }
+}
+
+fn arp_benches(c: &mut Criterion) {
+    let request = arp_request_frame();
+    let mut g = c.benchmark_group("arp");
+    g.throughput(Throughput::Elements(1));
+    // An ARP request for the stack's (owned) address in, the reply out through the
+    // stack's transmit batch: parse, neighbour learning, reply, TX (RFC 826).
+    g.bench_function("request_in_reply_out/ours", |b| {
+        let (mut peer, mut dev) = MemoryDevice::pair(MAC_A, MAC_B);
+        let mut stack = Stack::new(StackConfig::new(MAC_B, IP_B, 24));
+        let now = Instant::from_millis(1);
+        b.iter(|| {
+            dev.inject(black_box(&request));
+            stack.poll(now, &mut dev);
+            let mut replies = 0;
+            peer.receive(&mut |reply| {
+                black_box(reply);
+                replies += 1;
+            });
+            assert_eq!(replies, 1);
+        })
+    });
+    g.bench_function("request_in_reply_out/smoltcp", |b| {
+        use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+        use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
+        let mut dev = OneFrameDevice {
+            rx: request.clone(),
+            rx_ready: false,
+            tx: [0; 1514],
+            tx_len: 0,
+        };
+        let now = smoltcp::time::Instant::from_millis(1);
+        let config = IfaceConfig::new(EthernetAddress(MAC_B).into());
+        let mut iface = Interface::new(config, &mut dev, now);
+        iface.update_ip_addrs(|addrs| {
+            addrs.push(IpCidr::new(IpAddress::Ipv4(IP_B), 24)).unwrap();
+        });
+        let mut sockets = SocketSet::new(Vec::new());
+        b.iter(|| {
+            dev.rx_ready = true;
+            dev.tx_len = 0;
+            iface.poll(now, &mut dev, &mut sockets);
+            assert!(dev.tx_len > 0);
+            black_box(&dev.tx[..dev.tx_len]);
         })
     });
     g.finish();
@@ -256,6 +364,6 @@ fn stack_benches(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = wire_benches, tcp_benches, stack_benches
+    targets = wire_benches, tcp_benches, stack_benches, arp_benches
 }
 criterion_main!(benches);

@@ -1,7 +1,8 @@
 //! Drivers shared by the cargo-fuzz targets (`fuzz/`) and by the property tests that run
 //! the same code in the normal test suite.
 use crate::device::memory::MemoryDevice;
-use crate::stack::{Stack, StackConfig};
+use crate::sim::StackPair;
+use crate::stack::StackConfig;
 use crate::tcp::seq::SeqNum;
 use crate::tcp::{Config, Connection, Instant, State};
 use crate::wire::{MacAddr, TcpFlags, TcpOptions, TcpRepr};
@@ -15,11 +16,8 @@ pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
 
 /// A server stack with a listener on port 80 and one established connection, fed frames.
 pub struct ReceivePath {
-    server: Stack,
-    server_dev: MemoryDevice,
-    client: Stack,
-    client_dev: MemoryDevice,
-    now: Instant,
+    /// The client and the server on an in-memory wire, driven by the shared driver.
+    pair: StackPair<MemoryDevice>,
     frames: u64,
 }
 
@@ -34,60 +32,48 @@ const FUZZ_KEY: [u8; 16] = [0x5a; 16];
 
 impl ReceivePath {
     pub fn new() -> Self {
-        let (client_dev, server_dev) = MemoryDevice::pair(MAC_C, MAC_S);
         let mut scfg = StackConfig::with_key(MAC_S, SERVER_IP, 24, FUZZ_KEY);
         scfg.max_connections = 256;
         scfg.syn_backlog = 64;
         scfg.tcp.send_buffer = 64 * 1024;
         scfg.tcp.recv_buffer = 64 * 1024;
-        let mut server = Stack::new(scfg);
-        server.listen(80, 64).expect("listen");
-        let mut client = Stack::new(StackConfig::with_key(MAC_C, CLIENT_IP, 24, FUZZ_KEY));
-        let mut now = Instant::from_millis(1);
-        let id = client
-            .connect(now, SocketAddrV4::new(SERVER_IP, 80))
+        let ccfg = StackConfig::with_key(MAC_C, CLIENT_IP, 24, FUZZ_KEY);
+        let mut pair = StackPair::wired(ccfg, scfg);
+        pair.server.listen(80, 64).expect("listen");
+        let id = pair
+            .client
+            .connect(pair.now, SocketAddrV4::new(SERVER_IP, 80))
             .expect("connect");
-        let (mut client_dev, mut server_dev) = (client_dev, server_dev);
-        for _ in 0..1000 {
-            client.poll(now, &mut client_dev);
-            server.poll(now, &mut server_dev);
-            if client.state(id) == State::Established {
-                break;
-            }
-            now = now + Duration::from_millis(1);
-        }
-        ReceivePath {
-            server,
-            server_dev,
-            client,
-            client_dev,
-            now,
-            frames: 0,
-        }
+        // The connection stays in the listener's accept queue, as the fuzzed frames find it.
+        pair.run_until(Duration::from_secs(1), |c, _| {
+            c.state(id) == State::Established
+        });
+        ReceivePath { pair, frames: 0 }
     }
 
     /// One arbitrary frame into the server's receive path, then a poll of both stacks.
     pub fn feed(&mut self, frame: &[u8]) {
         self.frames += 1;
-        self.now = self.now + Duration::from_micros(100);
+        let p = &mut self.pair;
+        p.now = p.now + Duration::from_micros(100);
         if frame.len() <= 2048 {
-            self.server_dev.inject(frame);
+            p.server_dev.inject(frame);
         }
-        self.server.poll(self.now, &mut self.server_dev);
-        self.client.poll(self.now, &mut self.client_dev);
+        p.server.poll(p.now, &mut p.server_dev);
+        p.client.poll(p.now, &mut p.client_dev);
         // Accept and drop whatever the listener completed, so its queue stays drained.
-        while let Some(id) = self.server.accept(80) {
-            self.server.abort(id);
-            self.server.release(id);
+        while let Some(id) = p.server.accept(80) {
+            p.server.abort(id);
+            p.server.release(id);
         }
         assert!(
-            self.server.connection_count() <= 256,
+            p.server.connection_count() <= 256,
             "connection bound broken"
         );
     }
 
     pub fn stats(&self) -> &crate::stack::StackStats {
-        &self.server.stats
+        &self.pair.server.stats
     }
 }
 

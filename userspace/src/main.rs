@@ -3,7 +3,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 mod app;
 
-use app::{bench, curl, run, serve};
+use app::{bench, curl, exec, run, serve};
 use userspace::device::holder;
 
 #[derive(Parser, Debug)]
@@ -28,6 +28,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run the stack alone: answer ARP, ping (owned-IP mode) and closed ports
     Run(run::RunArgs),
+    /// Run an unmodified program with its TCP over IPv4 on the stack (a preload library)
+    Exec(exec::ExecArgs),
     /// Measure a workload on the stack or, with --kernel, on kernel sockets
     Bench(bench::BenchArgs),
     /// Count and recycle received frames without a stack: the AF_XDP ceiling
@@ -70,6 +72,14 @@ fn main() -> ExitCode {
             cli
         }
         Err(e) => {
+            // curl's two lines for a flag it cannot take.
+            let argv: Vec<String> = std::env::args().collect();
+            if curl::flags::is_curl_command_line(&argv)
+                && let Some(line) = curl::flags::message(&e, &argv)
+            {
+                eprintln!("{line}\n{}", curl::flags::TRY_HELP);
+                return ExitCode::from(2);
+            }
             let _ = e.print();
             // curl's exit code 2 for a bad option; 0 for --help/--version.
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
@@ -94,6 +104,11 @@ fn main() -> ExitCode {
         },
         Command::Serve(args) => report(serve::run(&args)),
         Command::Run(args) => report(run::run(&args)),
+        Command::Exec(args) => {
+            let (code, message) = exec::run(&args);
+            eprintln!("userspace: {message}");
+            ExitCode::from(code)
+        }
         Command::Bench(args) => report(bench::run(&args)),
         Command::Sink(args) => report(bench::sink(&args)),
         Command::Blast(args) => report(bench::blast(&args)),

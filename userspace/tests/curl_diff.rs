@@ -40,7 +40,20 @@ struct Case {
     args: Vec<String>,
     stdin: Vec<u8>,
     norm: Norm,
+    /// Environment variables for both curls (the proxy ones are unset otherwise).
+    env: Vec<(&'static str, String)>,
 }
+
+/// The environment variables curl reads for proxies.
+const PROXY_VARIABLES: &[&str] = &[
+    "http_proxy",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
 
 /// What a run leaves: exit code, stdout, and every file in its directory.
 #[derive(Debug, PartialEq, Eq)]
@@ -116,12 +129,17 @@ fn echo_files(w: &World) {
 fn run_case(w: &World, dir: &Path, ours: bool, c: &Case) -> Outcome {
     fixtures(dir);
     let mut cmd = w.exec(&w.host);
-    cmd.args(["timeout", "60"]);
+    // No controlling terminal (as in CI): a password prompt reads stdin, as curl's does.
+    cmd.args(["setsid", "-w", "timeout", "60"]);
     if ours {
         cmd.args([BIN, "curl"]);
     } else {
         cmd.arg("curl");
     }
+    for name in PROXY_VARIABLES {
+        cmd.env_remove(name);
+    }
+    cmd.envs(c.env.iter().map(|(k, v)| (k, v)));
     let mut child = cmd
         .args(&c.args)
         .current_dir(dir)
@@ -746,35 +764,79 @@ fn cases(ca: &str) -> Vec<Case> {
         ),
         (vec!["-g".into(), x("/echo?x=[1]")], Norm::Exact, vec![]),
         (vec![x("/echo/[1-")], Norm::Exact, vec![]),
+        // Bad input is refused as curl refuses it (issue 23): a space or CR/LF in the
+        // URL (3), a header without a name (dropped), -u without a password (asked
+        // for: read from stdin without a terminal, or empty).
+        (vec![x("/echo/a b")], Norm::Exact, vec![]),
+        (vec![x("/echo/a\r\nX-Injected: 1")], Norm::Exact, vec![]),
+        (vec!["-H".into(), ": value".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["-u".into(), "user".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["-u".into(), "user".into(), echo.clone()], Norm::Exact, b"secret\n".to_vec()),
+        // Flags curl refuses (2), and -1 for no redirect limit.
+        (vec!["--bogus".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["--max-time".into(), "-1".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["--retry".into(), "-1".into(), echo.clone()], Norm::Exact, vec![]),
+        (vec!["-L".into(), "--max-redirs".into(), "-5".into(), x("/redirect/302")], Norm::Exact, vec![]),
+        (vec!["-L".into(), "--max-redirs".into(), "-1".into(), x("/redirect/302")], Norm::Exact, vec![]),
+        // Broken servers: exit codes as curl's.
+        (
+            vec!["-L".into(), x("/redirect/302?to=http://example.com:99999/")],
+            Norm::Exact,
+            vec![],
+        ),
+        (vec![x("/redirect/302?to=http://example.com:99999/")], Norm::Exact, vec![]),
+        (vec![x("/broken/garbage")], Norm::Exact, vec![]),
+        (vec![x("/broken/badver")], Norm::Exact, vec![]),
+        (vec!["-o".into(), "h.out".into(), x("/broken/many-headers")], Norm::Exact, vec![]),
+        (vec!["-o".into(), "h.out".into(), x("/broken/huge-header")], Norm::Exact, vec![]),
+        (vec![x("/broken/two-lengths")], Norm::Exact, vec![]),
+        // Cookies for other sites and for public suffixes are not kept (RFC 6265
+        // 5.3 steps 5 and 6), a parent domain of the host is.
+        (
+            vec![
+                "-c".into(),
+                "jar.txt".into(),
+                "--resolve".into(),
+                format!("other.example:{HTTP_ECHO_PORT}:{SERVER_IP}"),
+                format!("http://www.example.com:{HTTP_ECHO_PORT}/cookies/domain?d=other.example"),
+                format!("http://www.example.com:{HTTP_ECHO_PORT}/cookies/domain?d=com"),
+                format!("http://www.example.com:{HTTP_ECHO_PORT}/cookies/domain?d=.example.com"),
+                format!("http://other.example:{HTTP_ECHO_PORT}/echo"),
+                format!("http://example.com:{HTTP_ECHO_PORT}/echo"),
+            ],
+            Norm::Exact,
+            vec![],
+        ),
+        (
+            vec!["-c".into(), "jar.txt".into(), x("/cookies/domain?d=example.com")],
+            Norm::Exact,
+            vec![],
+        ),
     ];
     owned
         .into_iter()
-        .map(|(args, norm, stdin)| Case { args, stdin, norm })
+        .map(|(args, norm, stdin)| Case {
+            args,
+            stdin,
+            norm,
+            env: Vec::new(),
+        })
         .collect()
 }
 
-#[test]
-fn curl_diff_command_lines_match_the_real_curl() {
-    let w = world(WorldOptions {
-        nginx: true,
-        dnsmasq: true,
-        http_echo: true,
-        tls: true,
-        ..Default::default()
-    });
-    echo_files(&w);
-    let base = w.dir.join("diff");
+/// Runs every case through both curls; the differences, one block each.
+fn differences(w: &World, all: &[Case], name: &str) -> Vec<String> {
+    let base = w.dir.join(name);
     let (theirs_dir, ours_dir): (PathBuf, PathBuf) = (base.join("curl"), base.join("ours"));
-    let all = cases(&w.dir.join("ca.pem").display().to_string());
-    assert!(all.len() >= 40, "{} command lines", all.len());
     let mut failures = Vec::new();
-    for c in &all {
-        eprintln!("curl {:?}", c.args);
-        let theirs = run_case(&w, &theirs_dir, false, c);
-        let ours = run_case(&w, &ours_dir, true, c);
+    for c in all {
+        eprintln!("{:?} curl {:?}", c.env, c.args);
+        let theirs = run_case(w, &theirs_dir, false, c);
+        let ours = run_case(w, &ours_dir, true, c);
         if theirs != ours {
             failures.push(format!(
-                "curl {:?}\n  curl: {:?} {:?} {:?}\n  ours: {:?} {:?} {:?}",
+                "{:?} curl {:?}\n  curl: {:?} {:?} {:?}\n  ours: {:?} {:?} {:?}",
+                c.env,
                 c.args,
                 theirs.code,
                 text(&theirs.stdout),
@@ -794,11 +856,156 @@ fn curl_diff_command_lines_match_the_real_curl() {
             }
         }
     }
+    failures
+}
+
+#[test]
+fn curl_diff_command_lines_match_the_real_curl() {
+    let w = world(WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        http_echo: true,
+        tls: true,
+        ..Default::default()
+    });
+    echo_files(&w);
+    let all = cases(&w.dir.join("ca.pem").display().to_string());
+    assert!(all.len() >= 40, "{} command lines", all.len());
+    let failures = differences(&w, &all, "diff");
     eprintln!(
         "{} of {} command lines match the real curl",
-        all.len() - failures.iter().filter(|f| f.starts_with("curl")).count(),
+        all.len() - failures.iter().filter(|f| f.starts_with('[')).count(),
         all.len()
     );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The proxy port of tinyproxy in the server namespace.
+const PROXY_PORT: u16 = 8888;
+
+/// -x, the proxy environment and --noproxy through a real proxy (tinyproxy: plain
+/// http forwarded, https through CONNECT, CONNECT refused to other ports than 443),
+/// and through the echo server acting as a proxy, which shows the request as sent.
+/// --limit-rate gives the same bytes.
+#[test]
+fn curl_proxies_and_limit_rate_match_the_real_curl() {
+    let w = world(WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        http_echo: true,
+        tls: true,
+        big_file: Some(300 * 1024),
+        ..Default::default()
+    });
+    let conf = w.dir.join("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Port {PROXY_PORT}\nListen {SERVER_IP}\nTimeout 30\nMaxClients 20\nDisableViaHeader Yes\nLogLevel Critical\nConnectPort 443\n"
+        ),
+    )
+    .unwrap();
+    let mut w = w;
+    let proxy_child = w
+        .spawn(
+            &w.server.clone(),
+            &["tinyproxy", "-d", "-c", conf.to_str().unwrap()],
+        )
+        .unwrap();
+    w.adopt(proxy_child);
+    w.wait_for_port(&w.server.clone(), SERVER_IP, PROXY_PORT, false)
+        .unwrap();
+    let tiny = format!("http://{SERVER_IP}:{PROXY_PORT}");
+    let echo_proxy = format!("{SERVER_IP}:{HTTP_ECHO_PORT}");
+    let echo = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/echo");
+    let tls_page = format!("https://{SERVER_IP}/index.html");
+    let dead = format!("http://{SERVER_IP}:9");
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let case = |args: Vec<String>, env: Vec<(&'static str, String)>| Case {
+        args,
+        stdin: Vec::new(),
+        norm: Norm::Exact,
+        env,
+    };
+    let all = vec![
+        // The echo server as the proxy: the absolute URL, Proxy-Connection and
+        // Proxy-Authorization in curl's order.
+        case(
+            s(&["-x", &echo_proxy, "http://example.com/echo?q=1"]),
+            vec![],
+        ),
+        case(
+            s(&[
+                "-x",
+                &format!("u:p@{echo_proxy}"),
+                "-u",
+                "a:b",
+                "-e",
+                "r",
+                "-b",
+                "c=1",
+                "http://example.com:81/echo",
+            ]),
+            vec![],
+        ),
+        case(
+            s(&["-x", &echo_proxy, "-U", "pu:pp", "http://example.com/echo"]),
+            vec![],
+        ),
+        // tinyproxy: plain http, https through CONNECT, a refused CONNECT (56).
+        case(s(&["-x", &tiny, &echo]), vec![]),
+        case(
+            s(&["-x", &format!("{SERVER_IP}:{PROXY_PORT}"), "-k", &tls_page]),
+            vec![],
+        ),
+        case(
+            s(&[
+                "-x",
+                &tiny,
+                "-k",
+                &format!("https://{SERVER_IP}:{HTTP_ECHO_PORT}/"),
+            ]),
+            vec![],
+        ),
+        // The environment, and what bypasses it.
+        case(s(&[&echo]), vec![("http_proxy", tiny.clone())]),
+        case(s(&["-k", &tls_page]), vec![("https_proxy", tiny.clone())]),
+        case(s(&["-k", &tls_page]), vec![("HTTPS_PROXY", tiny.clone())]),
+        case(s(&[&echo]), vec![("all_proxy", tiny.clone())]),
+        case(
+            s(&[&echo]),
+            vec![
+                ("http_proxy", dead.clone()),
+                ("no_proxy", SERVER_IP.to_string()),
+            ],
+        ),
+        case(
+            s(&[&echo]),
+            vec![
+                ("http_proxy", dead.clone()),
+                ("no_proxy", "10.77.0.0/16".into()),
+            ],
+        ),
+        case(s(&["--noproxy", "*", "-x", &dead, &echo]), vec![]),
+        case(s(&["-x", "", &echo]), vec![("http_proxy", dead.clone())]),
+        case(s(&["-x", &dead, &echo]), vec![]),
+        // A dead proxy for https, and a proxy name that does not resolve (5).
+        case(s(&["-k", &tls_page]), vec![("https_proxy", dead.clone())]),
+        case(s(&["-x", "http://nosuchproxy.invalid:3128", &echo]), vec![]),
+        // --limit-rate: the same bytes, paced.
+        case(
+            s(&[
+                "--limit-rate",
+                "1M",
+                "-o",
+                "big.out",
+                &format!("http://{SERVER_IP}/big.bin"),
+            ]),
+            vec![],
+        ),
+        case(s(&["--limit-rate", "10Q", &echo]), vec![]),
+    ];
+    let failures = differences(&w, &all, "proxy");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -1143,4 +1350,164 @@ fn curl_remote_time_sets_the_files_time_as_curl_does() {
             .unwrap(),
         "the time is the server's, not a fresh one"
     );
+}
+
+/// Flags curl cannot take: its two lines on stderr, word for word, and exit 2. Nothing
+/// is fetched (the command line fails first), so no world is needed.
+#[test]
+fn curl_flag_errors_print_curls_two_lines() {
+    for args in [
+        &["--bogus", "http://127.0.0.1:9/"][..],
+        &["--max-time", "-1", "http://127.0.0.1:9/"],
+        &["-m", "abc", "http://127.0.0.1:9/"],
+        &["--retry", "-1", "http://127.0.0.1:9/"],
+        &["--max-redirs", "-5", "http://127.0.0.1:9/"],
+        &["http://127.0.0.1:9/", "-o"],
+        &["-s"],
+    ] {
+        let run = |program: &[&str]| {
+            let out = std::process::Command::new(program[0])
+                .args(&program[1..])
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        };
+        let theirs = run(&["curl"]);
+        let ours = run(&[BIN, "curl"]);
+        assert_eq!(ours, theirs, "curl {args:?}");
+        assert_eq!(theirs.0, Some(2), "curl {args:?}");
+    }
+}
+
+/// SIGTERM ends the process by SIGTERM after XDP is detached, and a closed stdout is a
+/// write error (23), as with the real curl.
+#[test]
+fn curl_sigterm_and_closed_stdout_end_as_curls() {
+    use std::os::unix::process::ExitStatusExt;
+    let w = world(WorldOptions {
+        http_echo: true,
+        ..Default::default()
+    });
+    let slow = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/slow");
+    for ours in [false, true] {
+        let mut cmd = w.exec(&w.host);
+        if ours {
+            cmd.args([BIN, "curl"]);
+        } else {
+            cmd.arg("curl");
+        }
+        let mut child = cmd
+            .args(["-sN", &slow])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The transfer is under way once its first bytes are on stdout (-N: at once).
+        let mut first = [0u8; 6];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        assert_eq!(&first, b"first ");
+        if ours {
+            assert!(xdp_attached(&w), "attached during the transfer");
+        }
+        let pid = child.id();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        let status = wait_timeout(&mut child, std::time::Duration::from_secs(10));
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGTERM),
+            "ours {ours}: {status:?}"
+        );
+    }
+    assert!(
+        xdp_detached_within(&w, std::time::Duration::from_secs(5)),
+        "XDP program left attached"
+    );
+    let echo = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/echo");
+    let closed = |program: &str| {
+        let line = format!("{program} curl -s {echo} >&-; echo \"exit=$?\"");
+        text(&run_in(&w, &w.host, &["sh", "-c", &line]).stdout)
+    };
+    assert_eq!(closed(""), "exit=23\n");
+    assert_eq!(closed(BIN), "exit=23\n");
+}
+
+/// A server that keeps the connection open after a complete answer: the process ends
+/// when the transfer does, closing as the kernel closes for an exiting process (a FIN,
+/// no wait for the server's), and the server sees that close as an end of stream, not
+/// a reset.
+#[test]
+fn curl_exits_after_the_transfer_when_the_server_keeps_the_connection() {
+    let w = world(WorldOptions {
+        http_echo: true,
+        ..Default::default()
+    });
+    let hold = format!("http://{SERVER_IP}:{HTTP_ECHO_PORT}/hold");
+    let resets = |ns: &str| {
+        let out = run_in(
+            &w,
+            ns,
+            &[
+                "nstat",
+                "-az",
+                "TcpExtTCPAbortOnData",
+                "TcpEstabResets",
+                "TcpInErrs",
+            ],
+        );
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((it.next()?.to_string(), it.next()?.parse::<u64>().ok()?))
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = resets(&w.server);
+    let mut times = Vec::new();
+    for program in [&["curl"][..], &[BIN, "curl"]] {
+        let start = std::time::Instant::now();
+        let mut argv = program.to_vec();
+        argv.extend(["-s", &hold]);
+        let out = run_in(&w, &w.host, &argv);
+        times.push(start.elapsed());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{program:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), "held\n");
+    }
+    eprintln!("whole process: curl {:?}, ours {:?}", times[0], times[1]);
+    // The server saw both closes as ends of stream: its sockets wait in CLOSE-WAIT for
+    // its own close (30 s away), and no reset was counted on its side.
+    let out = run_in(
+        &w,
+        &w.server,
+        &[
+            "ss",
+            "-Htn",
+            "state",
+            "close-wait",
+            "sport",
+            "=",
+            &format!(":{HTTP_ECHO_PORT}"),
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        2,
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(resets(&w.server), before);
+    // How long each took is the benchmark's business (`cargo xtask bench`, row 'whole
+    // process wall, server keeps the connection open'): before, ours waited a second
+    // for the server's FIN that the real curl does not wait for.
 }

@@ -268,6 +268,25 @@ fn inner_sockets() {
         .interface(HOST_IF)
         .build()
         .unwrap();
+    // A second Stack on the interface names this process's own, with the remedy that
+    // keeps it (not the `ip link ... xdp off` that would tear it down).
+    let Err(second) = userspace::Stack::builder().interface(HOST_IF).build() else {
+        panic!("a second Stack on the interface is refused");
+    };
+    let message = format!("{second:#}");
+    assert!(
+        message.contains(&format!("this process ({})", std::process::id()))
+            && !message.contains("xdp off"),
+        "{message}"
+    );
+    // A closed port: the kernel's errno, as std's connect gives it.
+    let refused = userspace::TcpStream::connect(&stack, (SERVER_IP, 81)).unwrap_err();
+    assert_eq!(
+        refused.raw_os_error(),
+        Some(libc::ECONNREFUSED),
+        "{refused}"
+    );
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     // A client: a read timeout, then a request and its response.
     let nginx = std::net::SocketAddr::from((SERVER_IP, 80));
     let stream =
@@ -310,6 +329,24 @@ fn inner_sockets() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with(world::INDEX_HTML), "{response}");
     drop(https);
+    // A port a kernel listener holds is refused as the kernel refuses it (issue 22 item
+    // 6), unless taken over; port 0 picks a free port, which the kernel then keeps.
+    let kernel = std::net::TcpListener::bind("0.0.0.0:9002").unwrap();
+    let refused = userspace::TcpListener::bind(&stack, "0.0.0.0:9002").unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::AddrInUse);
+    assert_eq!(refused.raw_os_error(), Some(libc::EADDRINUSE));
+    let options = userspace::net::ListenOptions {
+        take_over: true,
+        ..Default::default()
+    };
+    drop(userspace::TcpListener::bind_with(&stack, "0.0.0.0:9002", options).unwrap());
+    drop(kernel);
+    let any = userspace::TcpListener::bind(&stack, "0.0.0.0:0").unwrap();
+    let port = any.local_addr().unwrap().port();
+    assert_ne!(port, 0);
+    let taken = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap_err();
+    assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+    drop(any);
     // A server: accept, read to the end, answer, half-close.
     let listener = userspace::TcpListener::bind_with_backlog(&stack, "0.0.0.0:9000", 16).unwrap();
     assert_eq!(listener.local_addr().unwrap().port(), 9000);
@@ -330,21 +367,62 @@ fn inner_sockets() {
         client.shutdown(std::net::Shutdown::Write).unwrap();
         let err = client.write(b"late").unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+        // Once the client has closed too, the connection is finished: shutdown fails
+        // with ENOTCONN, as std's (issue 22 item 6).
+        let until = Instant::now() + Duration::from_secs(10);
+        let finished = loop {
+            match client.shutdown(std::net::Shutdown::Both) {
+                Err(e) => break e,
+                Ok(()) if Instant::now() < until => std::thread::sleep(Duration::from_millis(10)),
+                Ok(()) => panic!("the connection never finished"),
+            }
+        };
+        assert_eq!(finished.kind(), std::io::ErrorKind::NotConnected);
+        assert_eq!(finished.raw_os_error(), Some(libc::ENOTCONN));
     }
     // An async echo: what comes in goes back out, under back-pressure both ways.
+    // tokio's extras (issue 22 item 6): readiness, peek, try_read, owned halves.
     tokio.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut stream, _) = echo.accept().await.unwrap();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = stream.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            stream.write_all(&buf[..n]).await.unwrap();
-        }
-        stream.shutdown().await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        let (stream, _) = echo.accept().await.unwrap();
+        stream.readable().await.unwrap();
+        let mut peeked = [0u8; 1024];
+        let n = stream.peek(&mut peeked).await.unwrap();
+        assert!(n > 0);
+        let mut first = vec![0u8; n];
+        assert_eq!(
+            stream.try_read(&mut first).unwrap(),
+            n,
+            "what was peeked is there"
+        );
+        assert_eq!(first, peeked[..n]);
+        stream.writable().await.unwrap();
+        assert!(stream.take_error().unwrap().is_none());
+        let (mut reader, mut writer) = stream.into_split();
+        writer.write_all(&first).await.unwrap();
+        tokio::io::copy(&mut reader, &mut writer).await.unwrap();
+        drop(writer); // FIN, as tokio's write half
     });
+    // A client that resets: the write that meets the reset fails with ECONNRESET, the
+    // next one with EPIPE, as on Linux (issue 22 item 6).
+    let (mut reset, _) = listener.try_clone().unwrap().accept().unwrap();
+    let first = loop {
+        match reset.write(b"x") {
+            Ok(n) => {
+                assert_eq!(n, 1);
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(first.kind(), std::io::ErrorKind::ConnectionReset);
+    let second = reset.write(b"x").unwrap_err();
+    assert_eq!(second.kind(), std::io::ErrorKind::BrokenPipe);
+    assert_eq!(second.raw_os_error(), Some(libc::EPIPE));
+    let reset = userspace::net::tokio::TcpStream::from_std(reset).unwrap();
+    assert!(reset.take_error().unwrap().is_none(), "reported already");
+    drop(reset);
     let stats = stack.stats().unwrap();
     assert!(stats.connections_opened >= 3, "{stats:?}");
     stack.shutdown();
@@ -388,6 +466,11 @@ fn sockets_in_process_blocking_async_and_tls() {
         "{}",
         text(&out.stderr)
     );
+    let script = format!(
+        "import socket,struct\ns=socket.create_connection(('{HOST_IP}',9000),timeout=10)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0))\ns.close()"
+    );
+    let out = python(&w, &w.server, &script);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let status = wait_timeout(&mut inner, std::time::Duration::from_secs(20));
     assert!(status.success(), "the inner test failed: {status}");
 }

@@ -82,6 +82,96 @@ fn closed_port_gets_rst_from_the_stack_not_the_kernel() {
     drop(kernel_listener);
 }
 
+/// Issue 22 item 1: `serve --ip` (sharded stacks, every queue) refuses a closed port at
+/// once, as `run --ip` does (RFC 9293 3.10.7.1): the kernel's curl exits 7, not 28.
+#[test]
+fn serve_owned_ip_refuses_closed_ports_on_every_queue() {
+    let w = world(WorldOptions::default());
+    let owned = OWNED_IP.to_string();
+    let serve = start_serve(
+        &w,
+        &[
+            "--iface", HOST_IF, "--ip", &owned, "--port", "7", "--echo", "--stats",
+        ],
+    );
+    // Sixteen connections from different ports: RSS spreads them over the four queues.
+    let script = format!(
+        "for i in $(seq 16); do curl -sS --max-time 5 -o /dev/null http://{owned}:9/; echo $?; done"
+    );
+    let out = run_in(&w, &w.server, &["sh", "-c", &script]);
+    let codes: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(codes, vec!["7"; 16], "{}", text(&out.stderr));
+    let (status, lines) = serve.stop("-INT");
+    assert!(status.success(), "{lines:?}");
+    assert!(stat(&lines, "closed_port").unwrap() >= 16, "{lines:?}");
+}
+
+/// Issue 23 / 22 item 6: serve refuses a port a kernel server listens on, naming it,
+/// with exit 2; `--take-over` serves it anyway.
+#[test]
+fn serve_refuses_a_port_a_kernel_server_holds_unless_told_to_take_it_over() {
+    let w = world(WorldOptions::default());
+    let mut kernel_server = w
+        .spawn(
+            &w.host,
+            &["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0"],
+        )
+        .unwrap();
+    w.wait_for_port(&w.host, HOST_IP, 8080, false).unwrap();
+    let root = www(&w);
+    let out = run_in(
+        &w,
+        &w.host,
+        &[
+            BIN, "serve", "--iface", HOST_IF, "--root", &root, "--port", "8080",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let pid = kernel_server.id();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("port 8080 is in use by process") && stderr.contains("(python3)"),
+        "names the holder (pid {pid} or its child): {stderr}"
+    );
+    assert!(!xdp_attached(&w));
+    let serve = start_serve(
+        &w,
+        &[
+            "--iface",
+            HOST_IF,
+            "--root",
+            &root,
+            "--port",
+            "8080",
+            "--take-over",
+        ],
+    );
+    let out = run_in(
+        &w,
+        &w.server,
+        &[
+            "curl",
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            SERVE_URL,
+        ],
+    );
+    assert!(
+        text(&out.stdout).contains("Server: userspace"),
+        "{}",
+        text(&out.stderr)
+    );
+    serve.stop("-INT");
+    let _ = kernel_server.kill();
+    let _ = kernel_server.wait();
+}
+
 #[test]
 fn xdp_is_detached_on_every_way_out() {
     let w = world(WorldOptions {
@@ -483,6 +573,83 @@ fn shared_ip_unreachable_hosts_and_ipv6_literal_fail_with_exit_7() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Issue 22 item 2: the interface, the source address and the next hop come from the
+/// kernel's route to the destination, not from the default route alone. A host with
+/// only a route to the server's subnet, and one whose default gateway is silent while a
+/// more specific route goes through the router: our curl fetches the page in every
+/// mode, as the kernel's curl does. No route at all: exit 7 with curl's words, at once.
+#[test]
+fn routes_other_than_the_default_one_are_followed_as_the_kernels_curl_follows_them() {
+    use world::HostRoutes;
+    let url = format!("http://{SERVER_IP}/");
+    let owned = OWNED_IP.to_string();
+    for routes in [
+        HostRoutes::ServerSubnetOnly,
+        HostRoutes::MoreSpecificViaRouter,
+    ] {
+        let w = world(WorldOptions {
+            nginx: true,
+            host_routes: routes,
+            ..Default::default()
+        });
+        let kernel = run_in(&w, &w.host, &["curl", "-sS", "--max-time", "10", &url]);
+        assert_eq!(
+            text(&kernel.stdout),
+            world::INDEX_HTML,
+            "{routes:?}: the kernel's curl: {}",
+            text(&kernel.stderr)
+        );
+        for mode in [
+            vec![],
+            vec!["--iface", HOST_IF],
+            vec!["--ip", owned.as_str()],
+        ] {
+            let mut args = mode.clone();
+            args.extend(["-sS", "--connect-timeout", "5", url.as_str()]);
+            let out = curl(&w, &args);
+            assert!(
+                out.status.success(),
+                "{routes:?} {mode:?}: exit {:?}: {}",
+                out.status.code(),
+                text(&out.stderr)
+            );
+            assert_eq!(text(&out.stdout), world::INDEX_HTML, "{routes:?} {mode:?}");
+        }
+    }
+    let w = world(WorldOptions {
+        host_routes: HostRoutes::ServerSubnetOnly,
+        ..Default::default()
+    });
+    let nowhere = "http://10.99.0.1/";
+    let kernel = run_in(&w, &w.host, &["curl", "-sS", nowhere]);
+    assert_eq!(kernel.status.code(), Some(7), "{}", text(&kernel.stderr));
+    for mode in [vec![], vec!["--iface", HOST_IF]] {
+        let mut args = mode.clone();
+        args.extend(["-sS", "--connect-timeout", "5", nowhere]);
+        let started = Instant::now();
+        let out = curl(&w, &args);
+        assert_eq!(
+            out.status.code(),
+            kernel.status.code(),
+            "{mode:?}: {}",
+            text(&out.stderr)
+        );
+        // "curl: (7) Failed to connect to 10.99.0.1 port 80 after 0 ms: Couldn't
+        // connect to server", the milliseconds aside.
+        let words = |stderr: &[u8]| {
+            let line = text(stderr).trim().to_string();
+            let (head, tail) = line.split_once(" after ").unwrap_or((&line, ""));
+            let tail = tail.split_once(" ms: ").map_or("", |(_, t)| t).to_string();
+            (head.to_string(), tail)
+        };
+        assert_eq!(words(&out.stderr), words(&kernel.stderr), "{mode:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{mode:?}: at once"
+        );
+    }
 }
 
 // ------------------------------------------------------------------ curl (issue 4)
@@ -1120,6 +1287,18 @@ print(n)
     assert!(stat(&lines, "syn_cookies_sent").unwrap() > 0, "{lines:?}");
 }
 
+/// Stops serve with `signal`: it exits 0 and said one connection was open.
+fn stop_with_one_connection_open(serve: RunningStack, signal: &str) {
+    let (status, lines) = serve.stop(signal);
+    assert!(status.success(), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("shutting down: 1 connections open")),
+        "{lines:?}"
+    );
+}
+
 #[test]
 fn graceful_shutdown_finishes_the_response_in_flight() {
     let w = world(WorldOptions {
@@ -1145,14 +1324,7 @@ fn graceful_shutdown_finishes_the_response_in_flight() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
-    let (status, lines) = serve.stop("-TERM");
-    assert!(status.success(), "{lines:?}");
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("shutting down: 1 connections open")),
-        "{lines:?}"
-    );
+    stop_with_one_connection_open(serve, "-TERM");
     let mut download = download;
     assert!(wait_timeout(&mut download, Duration::from_secs(30)).success());
     assert_eq!(sha256(&out_file), sha256(&w.dir.join("www/big.bin")));
@@ -1166,6 +1338,119 @@ fn graceful_shutdown_finishes_the_response_in_flight() {
         ),
     );
     assert_eq!(text(&refused.stdout).trim(), "refused");
+}
+
+/// Issue 23: nginx's timeouts (short values here): a client that sends no head, half a
+/// head, half a body, reads no response, or idles after a response is closed, and
+/// each is counted in `--stats`.
+#[test]
+fn serve_closes_stalled_and_idle_clients_after_its_timeouts() {
+    let w = world(WorldOptions {
+        big_file: Some(32 << 20),
+        ..Default::default()
+    });
+    let root = www(&w);
+    let serve = start_serve(
+        &w,
+        &[
+            "--iface",
+            HOST_IF,
+            "--root",
+            &root,
+            "--stats",
+            "--header-timeout",
+            "1",
+            "--body-timeout",
+            "1.5",
+            "--send-timeout",
+            "2",
+            "--keepalive-timeout",
+            "2.5",
+        ],
+    );
+    // Each client says how its connection ended: "closed" (FIN), "reset", or "open"
+    // (nothing within 30 s).
+    let script = format!(
+        r#"
+import socket, threading
+def ended(s):
+    s.settimeout(30)
+    try:
+        while s.recv(65536): pass
+        return "closed"
+    except ConnectionResetError: return "reset"
+    except socket.timeout: return "open"
+def client(name, send, read_first=False, rcvbuf=None):
+    s = socket.socket()
+    if rcvbuf: s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(('{HOST_IP}', 8080))
+    s.sendall(send)
+    if read_first:
+        s.settimeout(10)
+        got = b''
+        while b'Example Domain' not in got: got += s.recv(65536)
+    results[name] = ended(s)
+results = {{}}
+clients = [
+    ("silent", b""),
+    ("half_head", b"GET / HTTP/1.1\r\nHost: x\r\n"),
+    ("half_body", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789"),
+    ("keepalive", b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n", True),
+]
+threads = [threading.Thread(target=client, args=c) for c in clients]
+for t in threads: t.start()
+# A client that asks for 32 MiB and reads nothing: the send stalls.
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(('{HOST_IP}', 8080))
+s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+import time
+time.sleep(6)
+results["stalled_send"] = ended(s)
+for t in threads: t.join()
+print(" ".join(f"{{k}}={{results[k]}}" for k in sorted(results)))
+"#
+    );
+    let out = python(&w, &w.server, &script);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "half_body=closed half_head=closed keepalive=closed silent=closed stalled_send=reset",
+        "{}",
+        text(&out.stderr)
+    );
+    let (status, lines) = serve.stop("-INT");
+    assert!(status.success(), "{lines:?}");
+    assert_eq!(stat(&lines, "header_timeouts"), Some(2), "{lines:?}");
+    assert_eq!(stat(&lines, "body_timeouts"), Some(1), "{lines:?}");
+    assert_eq!(stat(&lines, "send_timeouts"), Some(1), "{lines:?}");
+    assert_eq!(stat(&lines, "keepalive_timeouts"), Some(1), "{lines:?}");
+}
+
+/// Issue 23: SIGINT with a stalled client (half a request head, then silence: its
+/// connection never finishes closing) ends within `--grace`, not twice it (`stop`
+/// gives the process 10 s; before, `--grace 6` took 12 s).
+#[test]
+fn serve_shutdown_with_a_stalled_client_ends_within_the_grace() {
+    let w = world(WorldOptions::default());
+    let root = www(&w);
+    let serve = start_serve(&w, &["--iface", HOST_IF, "--root", &root, "--grace", "6"]);
+    let stalled = w
+        .spawn(
+            &w.server,
+            &[
+                "python3",
+                "-c",
+                &format!(
+                    "import socket,time\ns=socket.socket()\ns.connect(('{HOST_IP}',8080))\ns.sendall(b'GET /index.html HTTP/1.1\\r\\n')\ntime.sleep(60)"
+                ),
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    stop_with_one_connection_open(serve, "-INT");
+    let mut stalled = stalled;
+    let _ = stalled.kill();
+    let _ = stalled.wait();
 }
 
 #[test]

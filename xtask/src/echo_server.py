@@ -15,6 +15,13 @@ Every answer is deterministic, so two clients sending the same request get the s
   /conditional           304 to any If-(Un)Modified-Since, else the echo
   /delay/S               the echo, after S seconds
   /slow                  a head and a few bytes of a body, then nothing for 30 s
+  /hold                  a complete answer, then the connection held open for 30 s (no FIN)
+  /cookies/domain?d=D    Set-Cookie a=1 with Domain=D (Path=/), echoes the request
+  /broken/garbage        a status line that is not HTTP, then the connection closes
+  /broken/badver         "HTTP/1.1 abc OK"
+  /broken/many-headers   200,000 header lines
+  /broken/huge-header    one header line of 10 MB
+  /broken/two-lengths    Content-Length 2, then Content-Length 5, and 5 bytes
   anything else          200, text/plain: the request line, headers and body as received
 
 The echo replaces two values a client chooses at random or by name: the User-Agent value
@@ -92,6 +99,19 @@ def response(status, body, extra=(), reason=b"X"):
     return out + body
 
 
+BROKEN = {
+    "/broken/garbage": b"garbage line\r\n\r\nbody",
+    "/broken/badver": b"HTTP/1.1 abc OK\r\nContent-Length: 2\r\n\r\nhi",
+    "/broken/many-headers": b"HTTP/1.1 200 OK\r\n"
+    + b"X: y\r\n" * 200000
+    + b"Content-Length: 2\r\n\r\nhi",
+    "/broken/huge-header": b"HTTP/1.1 200 OK\r\nX: "
+    + b"a" * 10_000_000
+    + b"\r\nContent-Length: 2\r\n\r\nhi",
+    "/broken/two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nhello",
+}
+
+
 def answer(conn, head, body, headers):
     request_line = head.split(b"\r\n", 1)[0]
     method, target, _ = request_line.split(b" ", 2)
@@ -159,6 +179,17 @@ def answer(conn, head, body, headers):
     elif path == "/slow":
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nfirst bytes\n")
         time.sleep(30)
+        return False
+    elif path == "/hold":
+        send(response(200, b"held\n", text, b"OK"))
+        time.sleep(30)
+        return False
+    elif path == "/cookies/domain":
+        domain = dict(query).get("d", "")
+        cookie = [(b"Set-Cookie", f"a=1; Domain={domain}; Path=/".encode())]
+        send(response(200, echo, text + cookie))
+    elif path.startswith("/broken/"):
+        conn.sendall(BROKEN.get(path, b""))
         return False
     elif path == "/retry-after":
         send(response(503, b"busy\n", text + [(b"Retry-After", b"0")]))

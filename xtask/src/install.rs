@@ -32,6 +32,15 @@ pub const TEST_PACKAGES: &[&str] = &[
     "openssl",
     // `script`, for the binary-to-terminal test of curl.
     "bsdutils",
+    // The public suffix list curl's cookie jar checks Domain= against (libpsl's too).
+    "publicsuffix",
+    // The HTTP proxy of curl's proxy tests (CONNECT for https).
+    "tinyproxy",
+    // Unmodified programs under `userspace exec` (tests/exec.rs); python3 too.
+    "wget",
+    "redis-server",
+    "redis-tools",
+    "memcached",
 ];
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {

@@ -178,7 +178,7 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
     run(cargo().args(["test", "--workspace"]))?;
     run(cargo().args(["test", "-p", "userspace", "--features", "tokio", "--doc"]))?;
     if !unit_only {
-        for suite in ["netns", "curl_diff", "library"] {
+        for suite in ["netns", "curl_diff", "library", "exec"] {
             run(cargo().args([
                 "test",
                 "--release",

@@ -40,6 +40,12 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("ss", "iproute2"),
     ("script", "bsdutils"),
+    ("tinyproxy", "tinyproxy"),
+    ("wget", "wget"),
+    ("redis-server", "redis-server"),
+    ("redis-benchmark", "redis-tools"),
+    ("memcached", "memcached"),
+    ("nstat", "iproute2"),
 ];
 
 /// Fails with one line naming the first missing program and its package.
@@ -78,7 +84,29 @@ pub struct WorldOptions {
     /// Start a request-echoing HTTP/1.1 server (`echo_server.py`) on
     /// SERVER_IP:HTTP_ECHO_PORT, serving `/file/NAME` from the world's `files/`.
     pub http_echo: bool,
+    /// The host's routing table.
+    pub host_routes: HostRoutes,
 }
+
+/// The routes of the host namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HostRoutes {
+    /// A default route via the router.
+    #[default]
+    Default,
+    /// No default route: only a route to the server's subnet via the router (split
+    /// routing, a VPN-less host with static routes).
+    ServerSubnetOnly,
+    /// A default route via [`SILENT_GATEWAY`], which does not exist, and a more
+    /// specific route to the server's subnet via the router (a second gateway).
+    MoreSpecificViaRouter,
+}
+
+/// The default gateway of [`HostRoutes::MoreSpecificViaRouter`]: an address on the
+/// host's link that nobody holds.
+pub const SILENT_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 9);
+/// The server's subnet.
+pub const SERVER_SUBNET: &str = "10.77.2.0/24";
 
 /// The port of the request-echoing server (`WorldOptions::http_echo`).
 pub const HTTP_ECHO_PORT: u16 = 8000;
@@ -188,15 +216,18 @@ impl World {
         for (ns, dev) in [(&h, HOST_IF), (&r, "r0"), (&r, "r1"), (&s, "veth0")] {
             ip(&["-n", ns, "link", "set", dev, "up"])?;
         }
-        ip(&[
-            "-n",
-            &h,
-            "route",
-            "add",
-            "default",
-            "via",
-            &ROUTER_HOST_IP.to_string(),
-        ])?;
+        let router = ROUTER_HOST_IP.to_string();
+        match opts.host_routes {
+            HostRoutes::Default => ip(&["-n", &h, "route", "add", "default", "via", &router])?,
+            HostRoutes::ServerSubnetOnly => {
+                ip(&["-n", &h, "route", "add", SERVER_SUBNET, "via", &router])?
+            }
+            HostRoutes::MoreSpecificViaRouter => {
+                let silent = SILENT_GATEWAY.to_string();
+                ip(&["-n", &h, "route", "add", "default", "via", &silent])?;
+                ip(&["-n", &h, "route", "add", SERVER_SUBNET, "via", &router])?;
+            }
+        }
         ip(&[
             "-n",
             &s,

@@ -3,6 +3,7 @@
 //! (`userspace::...`) like any other program; nothing here is part of the library.
 pub mod bench;
 pub mod curl;
+pub mod exec;
 pub mod run;
 pub mod serve;
 pub mod setup;

@@ -19,7 +19,8 @@ pub use userspace::net::setup::resolve_next_hop;
 /// The stack flags every subcommand takes; they convert into the library's
 /// [`StackConfig`].
 pub struct StackArgs {
-    /// Interface to bypass (default: the interface of the default route)
+    /// Interface to bypass (default: the interface of the kernel's route to the first
+    /// destination when one is known, else of the default route)
     #[arg(long, value_name = "IF")]
     pub iface: Option<String>,
     /// Owned-IP mode: the stack owns this extra address (answers ARP and ping for it)

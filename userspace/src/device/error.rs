@@ -107,11 +107,22 @@ impl std::error::Error for SetupError {
 }
 
 impl From<SetupError> for std::io::Error {
-    /// An `io::Error` of kind `Other` that carries the setup error itself:
+    /// An `io::Error` that carries the setup error itself, of the kind of the first
+    /// `io::Error` among its causes (`Other` if none), so a caller can tell "no route to
+    /// the destination" (`NetworkUnreachable`) from the rest:
     /// `err.get_ref().and_then(|e| e.downcast_ref::<SetupError>())` gives it back, `{}`
     /// shows its sentence, `{:#}` the whole chain of causes.
     fn from(e: SetupError) -> Self {
-        std::io::Error::other(e)
+        let mut kind = std::io::ErrorKind::Other;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                kind = io.kind();
+                break;
+            }
+            cause = c.source();
+        }
+        std::io::Error::new(kind, e)
     }
 }
 

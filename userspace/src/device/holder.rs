@@ -17,14 +17,12 @@
 //! with no instance, or when its borrower's connection closes without a word and the
 //! linger passes (a killed instance). One instance at a time: a second one is told which
 //! process has the interface.
-use crate::device::error::{Context, SetupResult, bail, setup_error};
+use crate::device::error::{Context, SetupResult, bail};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::time::{Duration, Instant};
-
-use super::xdp::PooledSocket;
 
 /// The hidden first argument that makes the `userspace` binary run as a holder.
 pub const HOLDER_ARG: &str = "__xdp-holder";
@@ -37,6 +35,19 @@ pub const DEFAULT_LINGER: Duration = Duration::from_millis(1500);
 pub const LINGER_ENV: &str = "USERSPACE_XDP_LINGER_MS";
 /// Most fds in one message (the sockets of every queue, the link and three maps).
 const MAX_FDS: usize = 64;
+
+/// A bound socket handed from one process to the next by the holder: the socket, its
+/// UMEM's memfd, its queue and its ring size.
+pub struct PooledSocket {
+    /// The AF_XDP socket.
+    pub fd: OwnedFd,
+    /// Its UMEM.
+    pub memfd: OwnedFd,
+    /// The queue it is bound to.
+    pub queue: u32,
+    /// Entries of each of its rings.
+    pub ring_size: u32,
+}
 
 /// The abstract socket name of the holder of interface `ifindex`.
 fn address(ifindex: u32) -> std::io::Result<SocketAddr> {
@@ -62,8 +73,8 @@ pub enum Answer {
     Lent {
         /// The loan: hand the sockets back over it, and close it.
         conn: UnixStream,
-        /// The attach mode.
-        mode: &'static str,
+        /// The attach mode, as its attacher named it.
+        mode: String,
         /// The program's maps.
         maps: MapFds,
         /// The sockets the last borrower left bound.
@@ -73,17 +84,10 @@ pub enum Answer {
     Busy(u32),
 }
 
-/// The attach mode named `s` on the wire, as the program's static name.
-fn mode_name(s: &str) -> Option<&'static str> {
-    use super::xdp::XdpModeChoice;
-    [XdpModeChoice::Native, XdpModeChoice::Skb]
-        .map(XdpModeChoice::name)
-        .into_iter()
-        .find(|name| *name == s)
-}
-
 /// A pool as words (`ring_size queue...`) and fds (socket and memfd of each).
-fn pool_message(pool: &[(u32, u32, RawFd, RawFd)]) -> (String, Vec<RawFd>) {
+fn pool_message<'a>(
+    pool: &[(u32, u32, BorrowedFd<'a>, BorrowedFd<'a>)],
+) -> (String, Vec<BorrowedFd<'a>>) {
     let ring = pool.first().map_or(0, |p| p.1);
     let mut words = format!("{ring}");
     let mut fds = Vec::new();
@@ -121,7 +125,7 @@ fn parse_pool<'a>(
 /// Asks the holder of `ifindex`, if any, for the program and its sockets (`borrow`:
 /// the caller lingers too) or to detach now (`!borrow`). `mode` is the attach mode the
 /// caller insists on.
-pub fn ask(ifindex: u32, borrow: bool, mode: Option<&'static str>) -> SetupResult<Answer> {
+pub fn ask(ifindex: u32, borrow: bool, mode: Option<&str>) -> SetupResult<Answer> {
     let Ok(mut conn) = UnixStream::connect_addr(&address(ifindex)?) else {
         return Ok(Answer::Absent);
     };
@@ -141,7 +145,7 @@ pub fn ask(ifindex: u32, borrow: bool, mode: Option<&'static str>) -> SetupResul
     let mut words = reply.split_whitespace();
     match (words.next(), words.next()) {
         (Some("OK"), Some(mode)) if fds.len() >= 3 => {
-            let mode = mode_name(mode).ok_or_else(|| setup_error!("holder: bad mode {mode}"))?;
+            let mode = mode.to_string();
             let mut fds = fds.into_iter();
             let mut next = || fds.next().expect("three fds");
             let maps = MapFds {
@@ -166,7 +170,10 @@ pub fn ask(ifindex: u32, borrow: bool, mode: Option<&'static str>) -> SetupResul
 /// Ends a loan, handing the bound sockets back to the holder, as (queue, ring size,
 /// socket, memfd): steering goes off at once, and the holder lends them to the next
 /// instance as they are.
-pub fn give_back(conn: &UnixStream, pool: &[(u32, u32, RawFd, RawFd)]) -> std::io::Result<()> {
+pub fn give_back(
+    conn: &UnixStream,
+    pool: &[(u32, u32, BorrowedFd<'_>, BorrowedFd<'_>)],
+) -> std::io::Result<()> {
     let (words, fds) = pool_message(pool);
     send_with_fds(conn.as_fd(), format!("END {words}\n").as_bytes(), &fds)
 }
@@ -175,8 +182,8 @@ pub fn give_back(conn: &UnixStream, pool: &[(u32, u32, RawFd, RawFd)]) -> std::i
 pub struct Handover<'a> {
     /// The interface.
     pub ifindex: u32,
-    /// Its attach mode.
-    pub mode: &'static str,
+    /// Its attach mode (one word).
+    pub mode: &'a str,
     /// How long the holder waits for a borrower.
     pub linger: Duration,
     /// The BPF link.
@@ -184,7 +191,7 @@ pub struct Handover<'a> {
     /// The XSKMAP, config and counters maps.
     pub maps: [BorrowedFd<'a>; 3],
     /// The bound sockets: (queue, ring size, socket, memfd).
-    pub pool: Vec<(u32, u32, RawFd, RawFd)>,
+    pub pool: Vec<(u32, u32, BorrowedFd<'a>, BorrowedFd<'a>)>,
 }
 
 /// Starts a holder (`exe` run with [`HOLDER_ARG`]) and hands it the program and the
@@ -204,8 +211,8 @@ pub fn spawn(exe: &std::path::Path, h: &Handover<'_>) -> SetupResult<()> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .context("starting the XDP holder")?;
-    let mut fds = vec![h.link.as_raw_fd(), listener.as_raw_fd()];
-    fds.extend(h.maps.iter().map(|m| m.as_raw_fd()));
+    let mut fds = vec![h.link, listener.as_fd()];
+    fds.extend(h.maps);
     let (words, pool_fds) = pool_message(&h.pool);
     fds.extend(pool_fds);
     let header = format!("HOLD {} {} {words}\n", h.mode, h.linger.as_millis());
@@ -213,93 +220,55 @@ pub fn spawn(exe: &std::path::Path, h: &Handover<'_>) -> SetupResult<()> {
 }
 
 /// Sends `data` with `fds` attached (SCM_RIGHTS).
-fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     if fds.len() > MAX_FDS {
         return Err(std::io::Error::other("too many fds"));
     }
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let fd_bytes = std::mem::size_of_val(fds) as u32;
-    let mut control = [0u64; 64]; // 512 bytes, aligned for cmsghdr; room for MAX_FDS
-    // SAFETY: an all-zero msghdr is valid (no name, no buffers yet).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        // SAFETY: CMSG_SPACE only computes a size.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(fd_bytes) } as usize;
-        // SAFETY: msg_control points at `control`, large enough for one cmsghdr with
-        // MAX_FDS fds, so CMSG_FIRSTHDR is non-null and its data has room for `fds`.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes) as usize;
-            std::ptr::copy_nonoverlapping(
-                fds.as_ptr() as *const u8,
-                libc::CMSG_DATA(cmsg),
-                fd_bytes as usize,
-            );
-        }
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::other("too many fds"));
     }
-    // SAFETY: `msg` points at `iov` and `control`, which live across the call.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    rustix::net::sendmsg(
+        sock,
+        &[std::io::IoSlice::new(data)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
     Ok(())
 }
 
 /// Receives one message and the fds attached to it (close-on-exec). End of stream is
 /// an error.
 fn recv_with_fds(sock: BorrowedFd<'_>) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut data = [0u8; 256];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let mut control = [0u64; 64];
-    // SAFETY: an all-zero msghdr is valid (no name, no buffers yet).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    // SAFETY: `msg` points at `iov` and `control`, which live across the call.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::net::recvmsg(
+        sock,
+        &mut [std::io::IoSliceMut::new(&mut data)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
     let mut fds = Vec::new();
-    // SAFETY: the kernel filled `control` with msg_controllen bytes of cmsghdrs; the
-    // CMSG_* walk stays within them, and each SCM_RIGHTS fd is new and ours to own.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let p = libc::CMSG_DATA(cmsg) as *const RawFd;
-                for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(p.add(i))));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
         }
     }
-    if n == 0 {
+    if received.bytes == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
-    Ok((data[..n as usize].to_vec(), fds))
+    Ok((data[..received.bytes].to_vec(), fds))
 }
 
 /// The holder's side of the program: turns steering off between loans.
 struct Held {
     link: Option<OwnedFd>,
     maps: [OwnedFd; 3],
-    mode: &'static str,
+    mode: String,
     /// The bound sockets, lent to each borrower and given back at its end.
     pool: Vec<PooledSocket>,
 }
@@ -307,7 +276,7 @@ struct Held {
 impl Held {
     /// Steering off: from now on every packet goes to the kernel.
     fn steer_off(&self) {
-        let _ = super::xdp::disable_steering(self.maps[1].as_fd());
+        let _ = super::steering::disable_steering(self.maps[1].as_fd());
     }
 
     /// Detaches the program (closing the link waits for the kernel).
@@ -340,16 +309,16 @@ pub fn run() -> i32 {
 }
 
 fn hold() -> SetupResult<()> {
-    // SAFETY: setsid, signal with SIG_IGN and prctl(PR_SET_NAME) with a NUL-terminated
-    // name have no memory preconditions. A new session keeps the holder out of its
-    // starter's terminal signals (^C after the command ended); SIGTERM still ends it,
-    // and then the kernel detaches the program as for any process.
+    // A new session keeps the holder out of its starter's terminal signals (^C after
+    // the command ended); SIGTERM still ends it, and then the kernel detaches the
+    // program as for any process.
+    let _ = rustix::process::setsid();
+    let _ = rustix::thread::set_name(c"userspace-xdp");
+    // SAFETY: signal with SIG_IGN installs no handler and has no memory preconditions.
     unsafe {
-        libc::setsid();
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        libc::prctl(libc::PR_SET_NAME, c"userspace-xdp".as_ptr());
     }
     // Fds the starter left open across exec: the holder gets what it holds on stdin,
     // and must not keep anything else open.
@@ -366,7 +335,7 @@ fn hold() -> SetupResult<()> {
     else {
         bail!("bad hand-over");
     };
-    let mode = mode_name(mode).ok_or_else(|| setup_error!("bad mode"))?;
+    let mode = mode.to_string();
     let linger = Duration::from_millis(linger.parse().context("the linger argument")?);
     if fds.len() < 5 {
         bail!("hand-over without the program");
@@ -446,11 +415,11 @@ fn serve_loans(held: &mut Held, listener: &UnixListener, linger: Duration) {
             }
             let fits = mode.is_some_and(|m| m == "any" || m == held.mode);
             if verb == Some("USE") && fits {
-                let mut fds: Vec<RawFd> = held.maps.iter().map(|m| m.as_raw_fd()).collect();
+                let mut fds: Vec<BorrowedFd<'_>> = held.maps.iter().map(|m| m.as_fd()).collect();
                 let pool: Vec<_> = held
                     .pool
                     .iter()
-                    .map(|p| (p.queue, p.ring_size, p.fd.as_raw_fd(), p.memfd.as_raw_fd()))
+                    .map(|p| (p.queue, p.ring_size, p.fd.as_fd(), p.memfd.as_fd()))
                     .collect();
                 let (words, pool_fds) = pool_message(&pool);
                 fds.extend(pool_fds);
@@ -473,19 +442,20 @@ fn serve_loans(held: &mut Held, listener: &UnixListener, linger: Duration) {
 
 /// poll(2) on `fds` for input: which are readable (or closed).
 fn wait_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Vec<bool> {
-    let mut polled: Vec<libc::pollfd> = fds
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut polled: Vec<PollFd<'_>> = fds
         .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
         .collect();
-    let ms = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as i32);
-    // SAFETY: `polled` is an initialised array of `len()` pollfd structs that lives
-    // across the call.
-    let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
-    polled.iter().map(|p| n > 0 && p.revents != 0).collect()
+    let timeout = timeout.map(|t| Timespec {
+        tv_sec: t.as_secs() as i64,
+        tv_nsec: i64::from(t.subsec_nanos()).max(1),
+    });
+    let n = rustix::event::poll(&mut polled, timeout.as_ref()).unwrap_or(0);
+    polled
+        .iter()
+        .map(|p| n > 0 && !p.revents().is_empty())
+        .collect()
 }
 
 /// Set once the running binary answers [`HOLDER_ARG`] (the `userspace` CLI does).

@@ -1,9 +1,12 @@
-//! What the host knows about an interface: MAC, MTU, state, IPv4 address, default route
-//! and neighbours. Read from /sys, /proc and iproute2, never written.
-use crate::device::error::{Context, SetupResult, bail, setup_error};
+//! What the host knows about an interface: MAC, MTU, state, IPv4 address, routes and
+//! neighbours. Asked of the kernel through rtnetlink ([`super::netlink`]) and read from
+//! /sys, never written.
+use super::netlink;
+use crate::device::error::{SetupError, SetupResult, bail, setup_error};
 use crate::wire::MacAddr;
 use std::net::Ipv4Addr;
-use std::process::Command;
+
+pub use super::netlink::Route;
 
 /// An interface as the host sees it.
 #[derive(Debug, Clone)]
@@ -33,35 +36,169 @@ pub fn parse_mac(s: &str) -> Option<MacAddr> {
     parts.try_into().ok()
 }
 
-/// Reads what the host knows about interface `name` (an error if there is none).
-pub fn interface(name: &str) -> SetupResult<InterfaceInfo> {
-    let sys = format!("/sys/class/net/{name}");
-    if name.is_empty() || name.contains('/') || !std::path::Path::new(&sys).exists() {
+/// The link named `name`, or a one-line error.
+fn link(name: &str) -> SetupResult<netlink::Link> {
+    if name.is_empty() || name.contains('/') {
         bail!("unknown interface {name:?}");
     }
-    let read = |f: &str| {
-        std::fs::read_to_string(format!("{sys}/{f}")).with_context(|| format!("reading {sys}/{f}"))
-    };
-    let mac = parse_mac(&read("address")?)
-        .ok_or_else(|| setup_error!("interface {name} has no Ethernet address"))?;
-    let mtu = read("mtu")?.trim().parse().unwrap_or(1500);
-    let flags =
-        u32::from_str_radix(read("flags")?.trim().trim_start_matches("0x"), 16).unwrap_or(0);
-    let up = flags & 1 != 0 && read("operstate")?.trim() != "down";
+    netlink::link_by_name(name).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENODEV) => setup_error!("unknown interface {name:?}"),
+        _ => SetupError::new(format!("asking the kernel about interface {name}"), e),
+    })
+}
+
+/// Reads what the host knows about interface `name` (an error if there is none).
+pub fn interface(name: &str) -> SetupResult<InterfaceInfo> {
+    let link = link(name)?;
     // IFF_LOOPBACK: no Ethernet link, no ARP; nothing for the stack to steer there.
-    if flags & 0x8 != 0 {
+    if link.loopback {
         bail!(
             "{name} is a loopback interface, which the stack cannot use: pass the interface towards the peer (--iface)"
         );
     }
+    let mac = link
+        .mac
+        .ok_or_else(|| setup_error!("interface {name} has no Ethernet address"))?;
+    let ipv4 = netlink::ipv4_addresses(link.index)
+        .map_err(|e| SetupError::new(format!("reading the addresses of {name}"), e))?
+        .into_iter()
+        .next();
     Ok(InterfaceInfo {
         name: name.to_string(),
-        ifindex: read("ifindex")?.trim().parse().unwrap_or(0),
+        ifindex: link.index,
         mac,
-        mtu,
-        up,
-        ipv4: ipv4_address(name)?,
+        mtu: link.mtu.map_or(1500, |m| m as usize),
+        up: link.up,
+        ipv4,
     })
+}
+
+/// The prefix length of `ip` if it is one of the addresses of interface `ifindex`.
+pub fn address_prefix(ifindex: u32, ip: Ipv4Addr) -> Option<u8> {
+    netlink::ipv4_addresses(ifindex)
+        .ok()?
+        .into_iter()
+        .find_map(|(a, prefix)| (a == ip).then_some(prefix))
+}
+
+/// The name of the interface with index `ifindex`.
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    netlink::link_by_index(ifindex).ok().map(|l| l.name)
+}
+
+/// The index of interface `name`.
+pub fn interface_index(name: &str) -> Option<u32> {
+    netlink::link_by_name(name).ok().map(|l| l.index)
+}
+
+/// Where the stack's traffic goes: the interface, and the kernel's route to the
+/// destination it is opened for (or its default route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// The interface to bypass.
+    pub iface: String,
+    /// The router for destinations the routes give no other hop for.
+    pub gateway: Option<Ipv4Addr>,
+    /// The source address the kernel would use towards the destination.
+    pub source: Option<Ipv4Addr>,
+}
+
+/// The interface, next hop and source address for a stack on `iface` (any interface
+/// when `None`) that first talks to `destination` (none known: the default route), as
+/// the kernel routes them. With an interface given, only routes out of it count, as
+/// for a socket bound to that device; none at all means the destination is taken to
+/// be on the link. Without one, no route at all is an error of kind
+/// `NetworkUnreachable` (or the kernel's errno for an unreachable, prohibit or
+/// blackhole route).
+pub fn outbound(iface: Option<&str>, destination: Option<Ipv4Addr>) -> SetupResult<Outbound> {
+    let route_error = |e: std::io::Error| match destination {
+        Some(dst) => SetupError::new(format!("no route to {dst}"), e),
+        None => SetupError::new("reading the routing table", e),
+    };
+    match (iface, destination) {
+        (Some(name), Some(dst)) => {
+            let index = link(name)?.index;
+            let route = netlink::route_to(dst, Some(index)).ok();
+            Ok(Outbound {
+                iface: name.to_string(),
+                gateway: route.and_then(|r| r.gateway),
+                source: route.and_then(|r| r.source),
+            })
+        }
+        (Some(name), None) => {
+            let index = link(name)?.index;
+            let route = netlink::default_route()
+                .map_err(route_error)?
+                .filter(|r| r.ifindex == index);
+            Ok(Outbound {
+                iface: name.to_string(),
+                gateway: route.and_then(|r| r.gateway),
+                source: route.and_then(|r| r.source),
+            })
+        }
+        (None, Some(dst)) => {
+            let route = netlink::route_to(dst, None).map_err(route_error)?;
+            outbound_on(route)
+        }
+        (None, None) => {
+            let route = netlink::default_route()
+                .map_err(route_error)?
+                .ok_or_else(|| setup_error!("no default route: pass --iface"))?;
+            outbound_on(route)
+        }
+    }
+}
+
+fn outbound_on(route: Route) -> SetupResult<Outbound> {
+    let iface = interface_name(route.ifindex)
+        .ok_or_else(|| setup_error!("the route's interface {} is gone", route.ifindex))?;
+    Ok(Outbound {
+        iface,
+        gateway: route.gateway,
+        source: route.source,
+    })
+}
+
+/// The next hop towards `destination` for a stack on interface `ifindex`, from the
+/// kernel's route to it: the gateway, or `destination` itself when it is on the link.
+/// A destination the kernel routes out of another interface is reached through ours
+/// only if a route with a gateway leaves by ours too (the route a socket bound to our
+/// device would get). `Err` holds the kernel's errno when it has no route at all.
+pub fn next_hop_on(ifindex: u32, destination: Ipv4Addr) -> Result<Ipv4Addr, RouteRefusal> {
+    match netlink::route_to(destination, None) {
+        Ok(route) if route.ifindex == ifindex => Ok(route.gateway.unwrap_or(destination)),
+        Ok(route) => netlink::route_to(destination, Some(ifindex))
+            .ok()
+            .and_then(|ours| ours.gateway)
+            .ok_or(RouteRefusal::OtherInterface(route.ifindex)),
+        Err(e) => Err(RouteRefusal::Errno(
+            e.raw_os_error().unwrap_or(libc::ENETUNREACH),
+        )),
+    }
+}
+
+/// Why the stack cannot reach a destination on its interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteRefusal {
+    /// The kernel has no usable route: its errno (ENETUNREACH, EHOSTUNREACH, ...).
+    Errno(i32),
+    /// The route leaves by another interface (its index).
+    OtherInterface(u32),
+}
+
+impl std::fmt::Display for RouteRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteRefusal::Errno(errno) => {
+                write!(f, "{}", std::io::Error::from_raw_os_error(*errno))
+            }
+            RouteRefusal::OtherInterface(ifindex) => write!(
+                f,
+                "the route to it leaves by {}, not by the stack's interface",
+                interface_name(*ifindex).unwrap_or_else(|| format!("interface {ifindex}"))
+            ),
+        }
+    }
 }
 
 /// RX queues of the interface, from /sys (the kernel updates it with the channel count).
@@ -78,9 +215,27 @@ pub fn rx_queue_count(name: &str) -> u32 {
 
 /// The running kernel's release, e.g. `6.18.0-1-amd64` (empty if unknown).
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|r| r.trim().to_string())
-        .unwrap_or_default()
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// True if the running kernel delivers a packet larger than a frame to an AF_XDP socket
+/// in several frames (multi-buffer, `XDP_USE_SG`, Linux 6.6) instead of dropping it.
+pub fn multi_buffer_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| kernel_at_least(&kernel_release(), (6, 6)))
+}
+
+/// Compares a release string such as `6.18.0-1-amd64` with `(major, minor)`.
+fn kernel_at_least(release: &str, wanted: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= wanted
 }
 
 /// True for an interface whose frames come from memory, not from a wire (veth, and the
@@ -97,7 +252,7 @@ pub fn xdp_holder(ifindex: u32) -> Option<String> {
     let me = std::process::id().to_string();
     for proc_entry in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
         let pid = proc_entry.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
         // Interface indexes are per namespace: only a process in ours can hold this one.
@@ -122,6 +277,13 @@ pub fn xdp_holder(ifindex: u32) -> Option<String> {
                 if field("link_type:").as_deref() == Some("xdp")
                     && field("ifindex:") == Some(ifindex.to_string())
                 {
+                    if pid == me {
+                        // Another Stack of this very process (the library's user opened
+                        // a second one on the interface).
+                        return Some(format!(
+                            "this process ({pid}): another Stack of it runs on the interface, so share that one (its handles are cheap to clone) or drop it before building this one"
+                        ));
+                    }
                     let comm =
                         std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                     return Some(format!("process {pid} ({})", comm.trim()));
@@ -129,20 +291,12 @@ pub fn xdp_holder(ifindex: u32) -> Option<String> {
             }
         }
     }
-    // Attached through netlink: no process owns it, `ip link` shows it.
-    let out = Command::new("ip")
-        .args(["-d", "link", "show", "dev"])
-        .arg(ifindex_name(ifindex)?)
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let id = text
-        .split_whitespace()
-        .skip_while(|w| !w.starts_with("prog/xdp"))
-        .nth(2)?;
+    // Attached through netlink: no process owns it, the link reports it.
+    let link = netlink::link_by_index(ifindex).ok()?;
+    let id = link.xdp_program?;
     Some(format!(
         "XDP program id {id}, attached without a process (`ip link set dev {} xdp off` removes it)",
-        ifindex_name(ifindex)?
+        link.name
     ))
 }
 
@@ -153,100 +307,18 @@ pub fn xdp_holder_comm(ifindex: u32) -> Option<String> {
     Some(comm.strip_suffix(')')?.to_string())
 }
 
-fn ifindex_name(ifindex: u32) -> Option<String> {
-    std::fs::read_dir("/sys/class/net")
-        .ok()?
-        .filter_map(Result::ok)
-        .find(|e| {
-            std::fs::read_to_string(e.path().join("ifindex"))
-                .is_ok_and(|i| i.trim() == ifindex.to_string())
-        })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-}
-
-/// The first IPv4 address of `name` and its prefix length, from getifaddrs(3): no
-/// process to spawn, which matters for start-up time.
-fn ipv4_address(name: &str) -> SetupResult<Option<(Ipv4Addr, u8)>> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs writes a list head into `list`; it is freed below.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("getifaddrs");
-    }
-    let mut found = None;
-    let mut cursor = list;
-    while !cursor.is_null() {
-        // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
-        let entry = unsafe { &*cursor };
-        cursor = entry.ifa_next;
-        if entry.ifa_addr.is_null() || entry.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let entry_name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
-        // SAFETY: ifa_addr is non-null and points to a sockaddr of the list.
-        let family = unsafe { (*entry.ifa_addr).sa_family };
-        if entry_name.to_bytes() != name.as_bytes() || i32::from(family) != libc::AF_INET {
-            continue;
-        }
-        // SAFETY: an AF_INET address (and its netmask) is a sockaddr_in.
-        let (addr, mask) = unsafe {
-            let addr = &*(entry.ifa_addr as *const libc::sockaddr_in);
-            let mask = (!entry.ifa_netmask.is_null()).then(|| {
-                (*(entry.ifa_netmask as *const libc::sockaddr_in))
-                    .sin_addr
-                    .s_addr
-            });
-            (addr.sin_addr.s_addr, mask)
-        };
-        let prefix = mask.map_or(32, |m| u32::from_be(m).count_ones() as u8);
-        found = Some((Ipv4Addr::from(u32::from_be(addr)), prefix));
-        break;
-    }
-    // SAFETY: `list` came from getifaddrs and is freed once; no reference outlives this.
-    unsafe { libc::freeifaddrs(list) };
-    Ok(found)
-}
-
-/// The default route from /proc/net/route: (interface, gateway).
-pub fn default_route() -> Option<(String, Ipv4Addr)> {
-    let table = std::fs::read_to_string("/proc/net/route").ok()?;
-    for line in table.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
-            let gw = u32::from_str_radix(f[2], 16).ok()?;
-            return Some((f[0].to_string(), Ipv4Addr::from(gw.to_le_bytes())));
-        }
-    }
-    None
-}
-
-/// The kernel's neighbour entry for `ip` on `iface`, from /proc/net/arp.
+/// The kernel's neighbour entry for `ip` on `iface`, if resolved.
 pub fn kernel_neighbour(iface: &str, ip: Ipv4Addr) -> Option<MacAddr> {
-    let table = std::fs::read_to_string("/proc/net/arp").ok()?;
-    for line in table.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // IP, HW type, Flags, HW address, Mask, Device; flags 0x2 = complete.
-        if f.len() >= 6
-            && f[5] == iface
-            && f[0].parse::<Ipv4Addr>().ok() == Some(ip)
-            && f[2] != "0x0"
-        {
-            return parse_mac(f[3]).filter(|m| *m != [0; 6]);
-        }
-    }
-    None
+    let entry = netlink::neighbour(interface_index(iface)?, ip).ok()??;
+    entry.mac.filter(|_| entry.valid)
 }
 
 /// True if the kernel's neighbour table holds `ip` on `iface` as unresolved (incomplete
-/// or failed: /proc/net/arp shows flags 0x0 and no address).
+/// or failed).
 pub fn kernel_neighbour_failed(iface: &str, ip: Ipv4Addr) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/net/arp") else {
-        return false;
-    };
-    table.lines().skip(1).any(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        f.len() >= 6 && f[5] == iface && f[0].parse::<Ipv4Addr>().ok() == Some(ip) && f[2] == "0x0"
-    })
+    interface_index(iface)
+        .and_then(|index| netlink::neighbour(index, ip).ok().flatten())
+        .is_some_and(|entry| !entry.valid)
 }
 
 /// Asks the kernel to resolve `ip` (shared-IP mode, where ARP replies go to the kernel):
@@ -254,5 +326,42 @@ pub fn kernel_neighbour_failed(iface: &str, ip: Ipv4Addr) -> bool {
 pub fn provoke_kernel_arp(ip: Ipv4Addr) {
     if let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") {
         let _ = sock.send_to(&[], (ip, 9));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel answers over netlink without root: the loopback link is there in
+    /// every network namespace, with index 1 and 127.0.0.1/8.
+    #[test]
+    fn netlink_reports_the_loopback_link_and_refuses_it_and_unknown_names() {
+        let lo = netlink::link_by_name("lo").unwrap();
+        assert!(lo.loopback);
+        assert_eq!(interface_name(lo.index).as_deref(), Some("lo"));
+        assert_eq!(interface_index("lo"), Some(lo.index));
+        if lo.up {
+            assert_eq!(
+                address_prefix(lo.index, Ipv4Addr::LOCALHOST),
+                Some(8),
+                "{:?}",
+                netlink::ipv4_addresses(lo.index)
+            );
+        }
+        let e = interface("lo").unwrap_err().to_string();
+        assert!(e.contains("loopback interface"), "{e}");
+        let e = interface("nosuch-if0").unwrap_err().to_string();
+        assert_eq!(e, "unknown interface \"nosuch-if0\"");
+    }
+
+    #[test]
+    fn kernel_release_comparison() {
+        assert!(kernel_at_least("6.18.0-1-amd64", (6, 6)));
+        assert!(kernel_at_least("6.6.0", (6, 6)));
+        assert!(!kernel_at_least("6.1.0-27-amd64", (6, 6)));
+        assert!(!kernel_at_least("5.19.17", (6, 6)));
+        assert!(kernel_at_least("7.0", (6, 6)));
+        assert!(!kernel_at_least("", (6, 6)));
     }
 }

@@ -1,7 +1,7 @@
 //! An eventfd that wakes a poll loop sleeping in poll(2) when another thread gives it
 //! work (a handle's command), so that an idle loop can sleep instead of spinning.
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The loop's side sets [`WakeFd::set_sleeping`] before its last look for work and
@@ -20,14 +20,10 @@ pub struct WakeFd {
 impl WakeFd {
     /// A new non-blocking eventfd.
     pub fn new() -> io::Result<WakeFd> {
-        // SAFETY: eventfd takes no pointers; the result is checked before use.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        use rustix::event::EventfdFlags;
+        let fd = rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?;
         Ok(WakeFd {
-            // SAFETY: `fd` is a new descriptor that nothing else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd,
             sleeping: AtomicBool::new(false),
             written: AtomicBool::new(false),
         })
@@ -47,9 +43,8 @@ impl WakeFd {
     /// Wakes the loop if it may be sleeping.
     pub fn notify(&self) {
         if self.sleeping.load(Ordering::SeqCst) {
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: writes 8 bytes from a live buffer to our own eventfd.
-            unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+            // Fails only when the counter would overflow: the loop is awake anyway.
+            let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
             self.written.store(true, Ordering::SeqCst);
         }
     }
@@ -60,8 +55,8 @@ impl WakeFd {
     pub fn clear(&self) {
         if self.written.swap(false, Ordering::SeqCst) {
             let mut count = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into a live buffer from our own eventfd.
-            unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+            // EAGAIN: already empty.
+            let _ = rustix::io::read(&self.fd, &mut count);
         }
     }
 }
@@ -70,27 +65,23 @@ impl WakeFd {
 mod tests {
     use super::WakeFd;
 
-    fn readable(fd: i32) -> bool {
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd, zero timeout.
-        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    fn readable(wake: &WakeFd) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let mut p = [PollFd::new(&wake.fd, PollFlags::IN)];
+        rustix::event::poll(&mut p, Some(&Timespec::default())).unwrap() == 1
     }
 
     #[test]
     fn notifies_only_a_sleeping_loop_and_clears() {
         let wake = WakeFd::new().unwrap();
         wake.notify();
-        assert!(!readable(wake.raw_fd()), "an awake loop is not signalled");
+        assert!(!readable(&wake), "an awake loop is not signalled");
         wake.set_sleeping(true);
         wake.notify();
         wake.notify();
-        assert!(readable(wake.raw_fd()));
+        assert!(readable(&wake));
         wake.set_sleeping(false);
         wake.clear();
-        assert!(!readable(wake.raw_fd()));
+        assert!(!readable(&wake));
     }
 }

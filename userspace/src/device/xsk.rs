@@ -8,8 +8,14 @@
 //! Why not the xsk-rs crate, which the device used before: it maps its UMEM anonymously
 //! and can only create sockets, not take over one that another process bound, so a
 //! socket could never outlive its process.
+use rustix::net::xdp::{
+    SocketAddrXdp, SocketAddrXdpFlags, XDP_PGOFF_RX_RING, XDP_PGOFF_TX_RING,
+    XDP_UMEM_PGOFF_COMPLETION_RING, XDP_UMEM_PGOFF_FILL_RING, XdpRingOffset, XdpStatistics,
+    XdpUmemReg, XdpUmemRegFlags,
+};
+use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType, sockopt};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A shared mapping, unmapped on drop.
@@ -23,22 +29,25 @@ unsafe impl Send for Mapping {}
 
 impl Mapping {
     fn new(fd: &OwnedFd, len: usize, offset: u64, populate: bool) -> io::Result<Mapping> {
-        let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
+        use rustix::mm::{MapFlags, ProtFlags};
+        let flags = MapFlags::SHARED
+            | if populate {
+                MapFlags::POPULATE
+            } else {
+                MapFlags::empty()
+            };
         // SAFETY: a new shared mapping of `fd` chosen by the kernel; nothing else in
         // the process refers to that address range yet.
         let ptr = unsafe {
-            libc::mmap(
+            rustix::mm::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                ProtFlags::READ | ProtFlags::WRITE,
                 flags,
-                fd.as_raw_fd(),
-                offset as libc::off_t,
+                fd,
+                offset,
             )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        }?;
         Ok(Mapping {
             ptr: ptr as *mut u8,
             len,
@@ -49,9 +58,7 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: the range was mapped by `Mapping::new` and nothing borrows it any more.
-        unsafe {
-            libc::munmap(self.ptr as *mut libc::c_void, self.len);
-        }
+        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -74,7 +81,11 @@ unsafe impl<T: Copy> Send for Ring<T> {}
 
 impl<T: Copy> Ring<T> {
     /// Maps ring `pgoff` of socket `fd`, of `size` entries, at the kernel's offsets.
-    fn map(fd: &OwnedFd, off: &libc::xdp_ring_offset, size: u32, pgoff: u64) -> io::Result<Self> {
+    fn map(fd: &OwnedFd, off: &XdpRingOffset, size: u32, pgoff: u64) -> io::Result<Self> {
+        // The flags word (need-wakeup) is there since Linux 5.4.
+        let flags_at = off
+            .flags
+            .ok_or_else(|| io::Error::other("AF_XDP rings without flags (Linux before 5.4)"))?;
         let len = off.desc as usize + size as usize * std::mem::size_of::<T>();
         let map = Mapping::new(fd, len, pgoff, true)?;
         // SAFETY: the kernel's offsets lie inside the mapping just made, aligned for
@@ -83,7 +94,7 @@ impl<T: Copy> Ring<T> {
             (
                 map.ptr.add(off.producer as usize) as *const AtomicU32,
                 map.ptr.add(off.consumer as usize) as *const AtomicU32,
-                map.ptr.add(off.flags as usize) as *const AtomicU32,
+                map.ptr.add(flags_at as usize) as *const AtomicU32,
                 map.ptr.add(off.desc as usize) as *mut T,
             )
         };
@@ -199,45 +210,6 @@ pub struct XskSocket {
     pub frames: u32,
 }
 
-fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-fn setsockopt<T>(fd: &OwnedFd, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` is a live, initialised T of the size passed.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_XDP,
-            name,
-            value as *const T as *const libc::c_void,
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    })
-}
-
-fn getsockopt<T: Copy>(fd: &OwnedFd, name: libc::c_int) -> io::Result<T> {
-    let mut value = std::mem::MaybeUninit::<T>::zeroed();
-    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `value`, which has that many.
-    check(unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_XDP,
-            name,
-            value.as_mut_ptr() as *mut libc::c_void,
-            &mut len,
-        )
-    })?;
-    // SAFETY: zero-initialised, then (partly) filled by the kernel; the types used
-    // here are plain integers, valid for any bytes.
-    Ok(unsafe { value.assume_init() })
-}
-
 impl XskSocket {
     /// A new socket on `queue` of `ifindex`, bound with `flags` (`XDP_COPY` and so on),
     /// with a UMEM of `2 * ring_size` frames. The error is the kernel's (EBUSY: the
@@ -251,52 +223,31 @@ impl XskSocket {
     ) -> io::Result<Self> {
         let frames = 2 * ring_size;
         let len = frames as usize * frame_size as usize;
-        // SAFETY: memfd_create takes a NUL-terminated name and returns a new fd.
-        let memfd = unsafe { libc::memfd_create(c"userspace-umem".as_ptr(), libc::MFD_CLOEXEC) };
-        check(memfd)?;
-        // SAFETY: a new fd that nothing else owns.
-        let memfd = unsafe { OwnedFd::from_raw_fd(memfd) };
-        // SAFETY: ftruncate on our own memfd.
-        check(unsafe { libc::ftruncate(memfd.as_raw_fd(), len as libc::off_t) })?;
+        let memfd = rustix::fs::memfd_create(c"userspace-umem", rustix::fs::MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&memfd, len as u64)?;
         let umem = Mapping::new(&memfd, len, 0, true)?;
-        // SAFETY: socket(2) returns a new fd or -1.
-        let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        check(fd)?;
-        // SAFETY: a new fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let reg = libc::xdp_umem_reg {
+        let fd = rustix::net::socket_with(
+            AddressFamily::XDP,
+            SocketType::RAW,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        let reg = XdpUmemReg {
             addr: umem.ptr as u64,
             len: len as u64,
             chunk_size: frame_size,
             headroom: 0,
-            flags: 0,
+            flags: XdpUmemRegFlags::empty(),
             tx_metadata_len: 0,
         };
-        setsockopt(&fd, libc::XDP_UMEM_REG, &reg)?;
-        for ring in [
-            libc::XDP_UMEM_FILL_RING,
-            libc::XDP_UMEM_COMPLETION_RING,
-            libc::XDP_RX_RING,
-            libc::XDP_TX_RING,
-        ] {
-            setsockopt(&fd, ring, &ring_size)?;
-        }
+        sockopt::set_xdp_umem_reg(&fd, reg)?;
+        sockopt::set_xdp_umem_fill_ring_size(&fd, ring_size)?;
+        sockopt::set_xdp_umem_completion_ring_size(&fd, ring_size)?;
+        sockopt::set_xdp_rx_ring_size(&fd, ring_size)?;
+        sockopt::set_xdp_tx_ring_size(&fd, ring_size)?;
         let socket = XskSocket::map(fd, memfd, umem, ring_size, frame_size)?;
-        let addr = libc::sockaddr_xdp {
-            sxdp_family: libc::AF_XDP as u16,
-            sxdp_flags: flags,
-            sxdp_ifindex: ifindex,
-            sxdp_queue_id: queue,
-            sxdp_shared_umem_fd: 0,
-        };
-        // SAFETY: `addr` is a live sockaddr_xdp of the size passed.
-        check(unsafe {
-            libc::bind(
-                socket.fd.as_raw_fd(),
-                &addr as *const libc::sockaddr_xdp as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
-        })?;
+        let addr = SocketAddrXdp::new(SocketAddrXdpFlags::from_bits_retain(flags), ifindex, queue);
+        rustix::net::bind(&socket.fd, &addr)?;
         Ok(socket)
     }
 
@@ -307,12 +258,7 @@ impl XskSocket {
             return Err(io::Error::other("ring size not a power of two"));
         }
         let len = 2 * ring_size as usize * frame_size as usize;
-        // SAFETY: fstat fills a stat struct for our own fd.
-        let size = unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            check(libc::fstat(memfd.as_raw_fd(), &mut st))?;
-            st.st_size as usize
-        };
+        let size = rustix::fs::fstat(&memfd)?.st_size as usize;
         if size != len {
             return Err(io::Error::other("UMEM of another size"));
         }
@@ -327,22 +273,12 @@ impl XskSocket {
         ring_size: u32,
         frame_size: u32,
     ) -> io::Result<Self> {
-        let off: libc::xdp_mmap_offsets = getsockopt(&fd, libc::XDP_MMAP_OFFSETS)?;
+        let off = sockopt::xdp_mmap_offsets(&fd)?;
         Ok(XskSocket {
-            rx: Ring::map(&fd, &off.rx, ring_size, libc::XDP_PGOFF_RX_RING as u64)?,
-            tx: Ring::map(
-                &fd,
-                &off.tx,
-                ring_size,
-                libc::XDP_PGOFF_TX_RING as u32 as u64,
-            )?,
-            fill: Ring::map(&fd, &off.fr, ring_size, libc::XDP_UMEM_PGOFF_FILL_RING)?,
-            comp: Ring::map(
-                &fd,
-                &off.cr,
-                ring_size,
-                libc::XDP_UMEM_PGOFF_COMPLETION_RING,
-            )?,
+            rx: Ring::map(&fd, &off.rx, ring_size, XDP_PGOFF_RX_RING)?,
+            tx: Ring::map(&fd, &off.tx, ring_size, XDP_PGOFF_TX_RING)?,
+            fill: Ring::map(&fd, &off.fr, ring_size, XDP_UMEM_PGOFF_FILL_RING)?,
+            comp: Ring::map(&fd, &off.cr, ring_size, XDP_UMEM_PGOFF_COMPLETION_RING)?,
             umem,
             fd,
             memfd,
@@ -462,34 +398,20 @@ impl XskSocket {
 
     /// Wakes the receive side (poll(2) with no wait).
     pub fn wake_rx(&self) {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd, no wait.
-        unsafe {
-            libc::poll(&mut pfd, 1, 0);
-        }
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let mut pfd = [PollFd::new(&self.fd, PollFlags::IN)];
+        let _ = rustix::event::poll(&mut pfd, Some(&Timespec::default()));
     }
 
     /// Has the kernel send what is in the TX ring (copy mode sends up to 32 a call).
     pub fn wake_tx(&self) {
-        // SAFETY: sendto with no buffer and no address is AF_XDP's transmit kick.
-        unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                std::ptr::null(),
-                0,
-                libc::MSG_DONTWAIT,
-                std::ptr::null(),
-                0,
-            );
-        }
+        // An empty send(2) is AF_XDP's transmit kick; EAGAIN and EBUSY only say the
+        // kernel is busy, and the next kick tries again.
+        let _ = rustix::net::send(&self.fd, &[], SendFlags::DONTWAIT);
     }
 
     /// The kernel's statistics of the socket.
-    pub fn statistics(&self) -> io::Result<libc::xdp_statistics> {
-        getsockopt(&self.fd, libc::XDP_STATISTICS)
+    pub fn statistics(&self) -> io::Result<XdpStatistics> {
+        Ok(sockopt::xdp_statistics(&self.fd)?)
     }
 }

@@ -31,6 +31,10 @@ pub struct StackConfig {
     pub ip: Option<Ipv4Addr>,
     /// The next-hop router. `None`: from the kernel's routing table.
     pub gateway: Option<Ipv4Addr>,
+    /// The first destination, when known: the interface (unless given), the next hop
+    /// and the source address come from the kernel's route to it. `None`: the
+    /// interface of the default route.
+    pub destination: Option<Ipv4Addr>,
     /// The CPU the poll loop's thread is pinned to (the first of several with
     /// per-queue stacks). `None`: not pinned.
     pub cpu: Option<usize>,
@@ -79,6 +83,7 @@ impl Default for StackConfig {
             interface: None,
             ip: None,
             gateway: None,
+            destination: None,
             cpu: None,
             queue: None,
             xdp_mode: None,

@@ -2,7 +2,9 @@
 //! turns the loop, and keeps the handles' shared state in step with the stack.
 use super::runtime::Runtime;
 use super::shared::{Command, Conn, ConnOption, Failure, Listener, Phase};
-use crate::device::netinfo::{kernel_neighbour, kernel_neighbour_failed, provoke_kernel_arp};
+use crate::device::netinfo::{
+    self, RouteRefusal, kernel_neighbour, kernel_neighbour_failed, provoke_kernel_arp,
+};
 use crate::device::wake::WakeFd;
 use crate::stack::{AddressMode, ConnId};
 use crate::tcp::{Instant, State, TcpError};
@@ -79,6 +81,8 @@ pub(crate) struct Driver {
     /// Wakes a loop on its own thread from poll(2) when a handle sends a command
     /// (none for a loop the application turns: its handles are on its thread).
     wake: Option<Arc<WakeFd>>,
+    /// The latest a stop may linger until (see [`Driver::linger_until`]).
+    linger_deadline: Option<Instant>,
 }
 
 impl Driver {
@@ -104,7 +108,14 @@ impl Driver {
             last_busy: Instant::ZERO,
             options,
             wake: None,
+            linger_deadline: None,
         }
+    }
+
+    /// A stop lingers at most `within` from now, whatever the linger time: the
+    /// application spent the rest of its grace period already.
+    pub(crate) fn linger_until(&mut self, within: std::time::Duration) {
+        self.linger_deadline = Some(self.rt.now() + within);
     }
 
     /// Lets the handles wake this loop from its sleep in poll(2) through `wake`.
@@ -246,9 +257,17 @@ impl Driver {
 
     fn connect(&mut self, conn: Arc<Conn>, remote: SocketAddrV4, timeout: Duration) {
         let now = self.rt.now();
-        let hop = self.rt.stack.next_hop(*remote.ip());
-        self.learn_from_kernel(hop);
         let mut st = conn.shared.lock();
+        let hop = match learn_route(&mut self.rt.stack, &self.rt.iface, *remote.ip()) {
+            Ok(hop) => hop,
+            Err(refusal) => {
+                st.failure = Some(Failure::NoRoute(refusal));
+                st.phase = Phase::Closed;
+                conn.shared.notify(&mut st);
+                return;
+            }
+        };
+        self.learn_from_kernel(hop);
         match self.rt.stack.connect(now, remote) {
             Ok(id) => {
                 st.id = Some(id);
@@ -574,9 +593,16 @@ impl Driver {
     }
 
     /// True while a connection whose handle is gone still has bytes or a FIN to send.
+    /// One in FIN-WAIT-2 has had all it wrote, FIN included, acknowledged (RFC 9293
+    /// 3.3.2); what is left is the peer's side, which no handle reads, so a stop does
+    /// not wait for the peer's FIN (as an exiting process does not on the kernel).
     fn lingers(&mut self) -> bool {
         self.prune_lingering();
-        !self.lingering.is_empty() || self.conns.values().any(|c| c.shared.lock().dropped)
+        let stack = &self.rt.stack;
+        self.lingering
+            .iter()
+            .any(|&id| stack.state(id) != State::FinWait2)
+            || self.conns.values().any(|c| c.shared.lock().dropped)
     }
 
     /// Listeners stop, and connections whose handles were dropped get up to the linger
@@ -589,7 +615,10 @@ impl Driver {
             st.stopped = true;
             listener.shared.notify(&mut st);
         }
-        let deadline = self.rt.now() + self.options.linger;
+        let mut deadline = self.rt.now() + self.options.linger;
+        if let Some(latest) = self.linger_deadline {
+            deadline = deadline.min(latest);
+        }
         while self.lingers() && self.rt.now() < deadline {
             while let Ok(command) = self.commands.try_recv() {
                 match command {
@@ -660,4 +689,22 @@ pub(crate) fn stopped(command: Command) {
         // Its answer channel closes: the caller learns the loop is gone.
         Command::Run(f) => drop(f),
     }
+}
+
+/// The next hop towards `dst` from the kernel's route to it (longest prefix match,
+/// metrics, policy rules, on-link routes), told to the stack the first time `dst` comes
+/// up; the stack on interface `iface` keeps it. A gateway the user chose serves instead.
+pub(crate) fn learn_route(
+    stack: &mut crate::stack::Stack,
+    iface: &str,
+    dst: Ipv4Addr,
+) -> Result<Ipv4Addr, RouteRefusal> {
+    if !stack.config().gateway_fixed && !stack.has_route(dst) {
+        let ifindex = netinfo::interface_index(iface).ok_or(RouteRefusal::Errno(libc::ENODEV))?;
+        let hop = netinfo::next_hop_on(ifindex, dst)
+            .inspect_err(|refusal| tracing::debug!(%dst, "no route: {refusal}"))?;
+        tracing::debug!(%dst, %hop, "next hop from the kernel's route");
+        stack.set_route(dst, hop);
+    }
+    Ok(stack.next_hop(dst))
 }

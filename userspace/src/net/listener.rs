@@ -1,5 +1,6 @@
 //! The blocking [`TcpListener`], shaped like [`std::net::TcpListener`].
 use super::Stack;
+use super::reserve::PortReservation;
 use super::shared::{Command, Conn, Listener};
 use super::stream::{Handle, TcpStream};
 use std::io;
@@ -9,27 +10,55 @@ use std::sync::Arc;
 /// Accept queue length of a listener (the stack adds SYN cookies beyond its SYN queue).
 pub const DEFAULT_BACKLOG: usize = 4096;
 
+/// How a listener binds: [`TcpListener::bind_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenOptions {
+    /// Accept queue length (established connections not accepted yet; beyond it, and
+    /// beyond the stack's SYN backlog, SYN cookies). Default: [`DEFAULT_BACKLOG`].
+    pub backlog: usize,
+    /// Serve the port even if a kernel listener holds it (shared-IP mode: its clients
+    /// then reach this listener, not the kernel's server). Default: `false`, and such a
+    /// bind fails with [`io::ErrorKind::AddrInUse`] (`EADDRINUSE`) as the kernel's would.
+    pub take_over: bool,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions {
+            backlog: DEFAULT_BACKLOG,
+            take_over: false,
+        }
+    }
+}
+
 /// A listener's handle; dropping it stops listening and resets the connections that
 /// were not accepted yet.
 pub(crate) struct ListenHandle {
     pub(crate) stack: Stack,
     pub(crate) listener: Arc<Listener>,
+    /// The port held in the kernel while the stack listens (see `reserve.rs`).
+    _reservation: Option<Arc<PortReservation>>,
 }
 
 impl ListenHandle {
-    /// Asks the loop to listen on the port of `addr` with an accept queue of `backlog`;
-    /// the handle then waits for the answer.
+    /// Asks the loop to listen on the port of `addr` (0: a free one) as `options` say;
+    /// the handle then waits for the answer. A port a kernel listener holds is refused
+    /// with `EADDRINUSE` unless taken over.
     pub(crate) fn bind(
         stack: &Stack,
         addr: impl ToSocketAddrs,
-        backlog: usize,
+        options: ListenOptions,
     ) -> io::Result<ListenHandle> {
         let port = stack.listen_port(addr)?;
-        let listener = Listener::new(port, backlog);
+        let owned = stack.mode() == super::AddressMode::Owned;
+        let reservation = PortReservation::take(stack.ip(), port, owned, options.take_over)?;
+        let port = reservation.as_ref().map_or(port, |r| r.port);
+        let listener = Listener::new(port, options.backlog);
         stack.send(Command::Listen(listener.clone()));
         Ok(ListenHandle {
             stack: stack.clone(),
             listener,
+            _reservation: reservation,
         })
     }
 
@@ -86,14 +115,18 @@ impl Drop for ListenHandle {
 /// ```
 #[derive(Debug)]
 pub struct TcpListener {
-    handle: ListenHandle,
+    /// Shared by the clones; the port is listened on until the last one is dropped.
+    pub(super) handle: Arc<ListenHandle>,
 }
 
 impl TcpListener {
     /// Listens on the port of `addr`, whose address must be the stack's or `0.0.0.0`,
-    /// with an accept queue of [`DEFAULT_BACKLOG`].
+    /// with an accept queue of [`DEFAULT_BACKLOG`]. Port 0 picks a free port
+    /// ([`TcpListener::local_addr`] says which). A port a kernel listener holds fails
+    /// with [`io::ErrorKind::AddrInUse`] (`EADDRINUSE`), as with std; while the stack
+    /// listens, the kernel gives the port to nobody else.
     pub fn bind(stack: &Stack, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
-        Self::bind_with_backlog(stack, addr, DEFAULT_BACKLOG)
+        Self::bind_with(stack, addr, ListenOptions::default())
     }
 
     /// [`TcpListener::bind`] with an accept queue of `backlog` established connections
@@ -103,13 +136,37 @@ impl TcpListener {
         addr: impl ToSocketAddrs,
         backlog: usize,
     ) -> io::Result<TcpListener> {
-        let handle = ListenHandle::bind(stack, addr, backlog)?;
+        let options = ListenOptions {
+            backlog,
+            ..ListenOptions::default()
+        };
+        Self::bind_with(stack, addr, options)
+    }
+
+    /// [`TcpListener::bind`] as `options` say (backlog, taking a port over from a
+    /// kernel listener).
+    pub fn bind_with(
+        stack: &Stack,
+        addr: impl ToSocketAddrs,
+        options: ListenOptions,
+    ) -> io::Result<TcpListener> {
+        let handle = ListenHandle::bind(stack, addr, options)?;
         handle
             .listener
             .shared
             .block_on(None, |st| ListenHandle::bound(st))
             .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))?;
-        Ok(TcpListener { handle })
+        Ok(TcpListener {
+            handle: Arc::new(handle),
+        })
+    }
+
+    /// Another handle to the same listener, as std's `try_clone`: both accept from one
+    /// queue, and the port is listened on until both are dropped.
+    pub fn try_clone(&self) -> io::Result<TcpListener> {
+        Ok(TcpListener {
+            handle: self.handle.clone(),
+        })
     }
 
     /// Waits for the next connection.

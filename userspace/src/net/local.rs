@@ -90,6 +90,13 @@ impl StackLoop {
         }
     }
 
+    /// From now on, the stack's stop lingers ([`StackBuilder::linger`]) at most `within`
+    /// from now: a server that spent part of its grace period finishing its clients
+    /// gives the stack only the rest.
+    pub fn linger_within(&mut self, within: std::time::Duration) {
+        self.driver().linger_until(within);
+    }
+
     /// A snapshot of the stack's counters.
     pub fn stats(&mut self) -> StackStats {
         self.driver().runtime().stack.stats.clone()

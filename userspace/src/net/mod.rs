@@ -27,8 +27,12 @@
 //! side), whatever the number of packets, and an idle one costs nothing.
 mod config;
 mod driver;
+pub mod errno;
+pub mod exec_env;
 mod listener;
 mod local;
+mod readiness;
+mod reserve;
 pub mod runtime;
 pub mod setup;
 mod shard;
@@ -36,13 +40,16 @@ mod shared;
 mod stream;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+pub mod watch;
 
 pub use crate::device::xdp::XdpModeChoice;
 pub use crate::stack::AddressMode;
 pub use crate::tcp::CongestionKind;
 pub use config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_SPIN, DEFAULT_LINGER, StackConfig};
-pub use listener::{DEFAULT_BACKLOG, Incoming, TcpListener};
+pub(crate) use driver::learn_route;
+pub use listener::{DEFAULT_BACKLOG, Incoming, ListenOptions, TcpListener};
 pub use local::{PerQueue, StackLoop};
+pub use reserve::{describe_holder, kernel_listener};
 pub use stream::TcpStream;
 
 use crate::device::error::{SetupError, SetupResult};
@@ -108,6 +115,16 @@ impl StackBuilder {
     /// The next-hop router. Default: from the kernel's routing table.
     pub fn gateway(mut self, gateway: Ipv4Addr) -> Self {
         self.config.gateway = Some(gateway);
+        self
+    }
+
+    /// The first destination the stack will talk to: when no interface is given, the
+    /// stack runs on the interface of the kernel's route to `ip` (a specific route, or
+    /// one on a host without a default route), and takes that route's source address
+    /// and next hop. Default: the interface of the default route. Every destination's
+    /// next hop comes from the kernel's route to it whatever this says.
+    pub fn destination(mut self, ip: Ipv4Addr) -> Self {
+        self.config.destination = Some(ip);
         self
     }
 
@@ -325,10 +342,10 @@ impl StackBuilder {
     }
 }
 
-/// A setup error as an `io::Error` of kind [`io::ErrorKind::Other`] whose source is
-/// the [`SetupError`] itself, so a caller can take it back with
-/// `err.get_ref().and_then(|e| e.downcast_ref::<SetupError>())`. `{}` shows its
-/// sentence, `{:#}` the whole chain of causes.
+/// A setup error as an `io::Error` whose source is the [`SetupError`] itself, so a
+/// caller can take it back with `err.get_ref().and_then(|e| e.downcast_ref::<SetupError>())`;
+/// its kind is that of the first `io::Error` among the causes (`NetworkUnreachable` for
+/// no route to the destination), `{}` shows its sentence, `{:#}` the whole chain.
 fn io_error(e: SetupError) -> io::Error {
     e.into()
 }
@@ -530,12 +547,12 @@ impl Stack {
         Ok(addrs)
     }
 
-    /// The port to listen on, if `addr` is one of ours (the stack's address or
-    /// 0.0.0.0) with a port.
+    /// The port to listen on (0: any free one), if `addr` is one of ours (the stack's
+    /// address or 0.0.0.0).
     fn listen_port(&self, addr: impl ToSocketAddrs) -> io::Result<u16> {
         Self::resolve(addr)?
             .into_iter()
-            .find(|a| a.port() != 0 && (a.ip().is_unspecified() || *a.ip() == self.ip()))
+            .find(|a| a.ip().is_unspecified() || *a.ip() == self.ip())
             .map(|a| a.port())
             .ok_or_else(|| shared::Failure::BadAddress.io())
     }
@@ -549,7 +566,8 @@ mod tests {
     fn a_setup_error_reaches_the_caller_as_the_io_errors_source() {
         let cause = io::Error::from(io::ErrorKind::PermissionDenied);
         let err = io_error(SetupError::new("attaching XDP to eth0", cause));
-        assert_eq!(err.kind(), io::ErrorKind::Other);
+        // The kind of the first io::Error among the causes.
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         let setup = err
             .get_ref()
             .and_then(|e| e.downcast_ref::<SetupError>())

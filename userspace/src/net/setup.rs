@@ -8,7 +8,7 @@ use super::runtime::{NetDevice, Runtime, WaitError, pin_to_cpu};
 use super::shard::{ShardMember, Shards};
 use crate::device::error::{Context, SetupResult, bail, setup_error};
 use crate::device::holder;
-use crate::device::netinfo::{self, default_route, kernel_neighbour, provoke_kernel_arp};
+use crate::device::netinfo::{self, kernel_neighbour, provoke_kernel_arp};
 use crate::device::pcap::PcapDevice;
 use crate::device::xdp::{QueueChoice, SharedProgram, XdpProgram, XdpQueues, choose_queues};
 use crate::stack::{self, AddressMode, Stack};
@@ -237,19 +237,8 @@ fn stack_count(
 
 /// Everything decided before the device opens (see [`Plan`]).
 pub(crate) fn plan(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<Plan> {
-    let (iface, route_gateway) = match &config.interface {
-        Some(name) => (
-            name.clone(),
-            default_route()
-                .filter(|(dev, _)| dev == name)
-                .map(|(_, gw)| gw),
-        ),
-        None => {
-            let (dev, gw) =
-                default_route().ok_or_else(|| setup_error!("no default route: pass --iface"))?;
-            (dev, Some(gw))
-        }
-    };
+    let outbound = netinfo::outbound(config.interface.as_deref(), config.destination)?;
+    let (iface, route_gateway) = (outbound.iface, outbound.gateway);
     let info = netinfo::interface(&iface)?;
     if !info.up {
         bail!("interface {iface} is down");
@@ -257,7 +246,12 @@ pub(crate) fn plan(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<Pl
     let (ip, prefix, mode) = match config.ip {
         Some(ip) => (ip, info.ipv4.map_or(24, |(_, p)| p), AddressMode::Owned),
         None => {
-            let (ip, prefix) = info.ipv4.ok_or_else(|| {
+            // The route's source address when it is one of the interface's own, else
+            // the interface's first.
+            let source = outbound
+                .source
+                .and_then(|s| Some((s, netinfo::address_prefix(info.ifindex, s)?)));
+            let (ip, prefix) = source.or(info.ipv4).ok_or_else(|| {
                 setup_error!("interface {iface} has no IPv4 address (or pass --ip)")
             })?;
             (ip, prefix, AddressMode::Shared)
@@ -292,6 +286,7 @@ pub(crate) fn plan(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<Pl
     steer.listen_ports[..listen_ports.len()].copy_from_slice(listen_ports);
     let mut cfg = stack::StackConfig::new(info.mac, ip, prefix);
     cfg.gateway = config.gateway.or(route_gateway);
+    cfg.gateway_fixed = config.gateway.is_some();
     cfg.mode = mode;
     cfg.port_range = port_range;
     cfg.max_connections = config.max_connections;
@@ -318,11 +313,15 @@ pub(crate) fn plan(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<Pl
     })
 }
 
+/// How often a wait for a next hop asks the kernel's neighbour table.
+const NEIGHBOUR_LOOK_EVERY: Duration = Duration::from_millis(5);
+
 /// Makes sure the stack knows the MAC of the next hop towards `dst`. The kernel's
 /// neighbour table is the first hint; in shared-IP mode ARP replies go to the kernel, so
 /// it is asked to resolve; in owned-IP mode the stack's own ARP requests do it.
 pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> SetupResult<()> {
-    let hop = rt.stack.next_hop(dst);
+    let hop = crate::net::learn_route(&mut rt.stack, &rt.iface, dst)
+        .map_err(|refusal| setup_error!("no route to {dst}: {refusal}"))?;
     if rt.stack.arp_cache().lookup(hop).is_some() {
         return Ok(());
     }
@@ -335,11 +334,17 @@ pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> S
     match rt.stack.config().mode {
         AddressMode::Shared => {
             let mut last_provoke: Option<Instant> = None;
+            let mut last_look: Option<Instant> = None;
             let found = rt.wait(Some(deadline), |_, now| {
                 if last_provoke.is_none_or(|t| now >= t + Duration::from_millis(300)) {
                     provoke_kernel_arp(hop);
                     last_provoke = Some(now);
                 }
+                // The kernel's table is asked every few ms, not at every turn.
+                if last_look.is_some_and(|t| now < t + NEIGHBOUR_LOOK_EVERY) {
+                    return None;
+                }
+                last_look = Some(now);
                 kernel_neighbour(&iface, hop)
             });
             match found {

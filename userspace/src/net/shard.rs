@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 
 /// How sharded stacks give each other the frames of connections that moved to another
-/// stack's queue (see [`Stack::hand_over_strays`]).
+/// stack's queue (see [`Stack::join_shards`]).
 pub(crate) struct ShardLink {
     inbox: Receiver<Vec<u8>>,
+    /// Every stack's inbox, by index (this one's included, never used).
     peers: Vec<Sender<Vec<u8>>>,
 }
 
@@ -62,32 +63,27 @@ impl Shards {
 }
 
 impl ShardLink {
-    /// Links for `n` stacks: each receives from its own inbox and sends to the others.
+    /// Links for `n` stacks: each receives from its own inbox and sends to the others'.
     fn mesh(n: usize) -> Vec<ShardLink> {
         let (senders, inboxes): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::channel()).unzip();
         inboxes
             .into_iter()
-            .enumerate()
-            .map(|(i, inbox)| ShardLink {
+            .map(|inbox| ShardLink {
                 inbox,
-                peers: senders
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, s)| s.clone())
-                    .collect(),
+                peers: senders.clone(),
             })
             .collect()
     }
 
-    /// Processes what the other stacks handed over, and hands over this stack's strays.
+    /// Processes what the other stacks handed over, and hands each of this stack's
+    /// strays to the stack that owns its connection.
     pub fn exchange(&self, stack: &mut Stack, now: Instant) {
         for frame in self.inbox.try_iter() {
             stack.receive_handed_over(now, &frame);
         }
-        for frame in stack.take_strays() {
-            for peer in &self.peers {
-                let _ = peer.send(frame.clone());
+        for (owner, frame) in stack.take_strays() {
+            if let Some(peer) = self.peers.get(owner) {
+                let _ = peer.send(frame);
             }
         }
     }

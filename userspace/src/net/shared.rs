@@ -72,43 +72,39 @@ pub(crate) enum Failure {
     ConnectTimeout,
     /// The next hop towards the peer never answered ARP.
     NoArpReply(std::net::Ipv4Addr),
+    /// The kernel has no route to the peer out of the stack's interface.
+    NoRoute(crate::device::netinfo::RouteRefusal),
 }
+
+use crate::device::netinfo::RouteRefusal;
 
 impl Failure {
     pub(crate) fn io(self) -> io::Error {
         use io::ErrorKind as K;
         match self {
-            Failure::Tcp(e) => {
-                let kind = match e {
-                    TcpError::Refused => K::ConnectionRefused,
-                    TcpError::Reset => K::ConnectionReset,
-                    TcpError::TimedOut => K::TimedOut,
-                    TcpError::Unreachable | TcpError::HostUnreachable => K::HostUnreachable,
-                    TcpError::Closed => K::NotConnected,
-                };
-                io::Error::new(kind, e)
+            // The kernel's errno where it has one for exactly this (std's kinds follow:
+            // ConnectionRefused, ConnectionReset, TimedOut, NotConnected, AddrInUse...),
+            // so code that matches `raw_os_error()` works. An ICMP unreachable keeps its
+            // own words: the stack does not tell its codes apart as the kernel does.
+            Failure::Tcp(e @ (TcpError::Unreachable | TcpError::HostUnreachable)) => {
+                io::Error::new(K::HostUnreachable, e)
             }
-            Failure::Stack(e) => {
-                let kind = match e {
-                    StackError::PortInUse => K::AddrInUse,
-                    StackError::NoFreePort => K::AddrNotAvailable,
-                    StackError::TooManyConnections => K::Other,
-                };
-                io::Error::new(kind, e)
-            }
+            Failure::Tcp(e) => io::Error::from_raw_os_error(super::errno::tcp_errno(e)),
+            Failure::Stack(e) => io::Error::from_raw_os_error(super::errno::stack_errno(e)),
             Failure::Stopped => io::Error::new(K::NotConnected, "the stack has stopped"),
             Failure::Steering => io::Error::other(format!(
                 "cannot steer another listening port (at most {})",
                 xdp_ebpf::MAX_LISTEN_PORTS
             )),
-            Failure::BadAddress => {
-                io::Error::new(K::AddrNotAvailable, "not the stack's address, or port 0")
-            }
+            // bind(2) to an address that is not the host's.
+            Failure::BadAddress => io::Error::from_raw_os_error(libc::EADDRNOTAVAIL),
             Failure::ConnectTimeout => io::Error::new(K::TimedOut, "connect timed out"),
             Failure::NoArpReply(hop) => io::Error::new(
                 K::HostUnreachable,
                 format!("resolving the next hop: no ARP reply from next hop {hop}"),
             ),
+            Failure::NoRoute(RouteRefusal::Errno(errno)) => io::Error::from_raw_os_error(errno),
+            Failure::NoRoute(other) => io::Error::new(K::NetworkUnreachable, other.to_string()),
         }
     }
 }
@@ -118,6 +114,8 @@ impl Failure {
 pub(crate) struct Waiters {
     blocked: u32,
     wakers: [Option<Waker>; 2],
+    /// Told the readiness after every change (see `net::watch`).
+    pub(crate) watcher: Option<super::readiness::Watcher>,
 }
 
 /// Waker slots: a reader and a writer may wait on one connection at once.
@@ -126,7 +124,7 @@ pub(crate) const READER: usize = 0;
 #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 pub(crate) const WRITER: usize = 1;
 
-pub(crate) trait HasWaiters {
+pub(crate) trait HasWaiters: super::readiness::Ready {
     fn waiters(&mut self) -> &mut Waiters;
 }
 
@@ -204,6 +202,12 @@ impl<S: HasWaiters> Waitable<S> {
 
     /// Wakes whoever waits (called with the lock held, after a change).
     pub(crate) fn notify(&self, st: &mut S) {
+        if st.waiters().watcher.is_some() {
+            let readiness = st.readiness();
+            if let Some(watcher) = &st.waiters().watcher {
+                watcher(readiness);
+            }
+        }
         let w = st.waiters();
         if w.blocked > 0 {
             self.cond.notify_all();
@@ -241,6 +245,9 @@ pub(crate) struct ConnState {
     pub cap: usize,
     pub phase: Phase,
     pub failure: Option<Failure>,
+    /// A read or a write already returned `failure`: as Linux reports a socket's error
+    /// once, later writes fail with EPIPE and later reads see the end of the stream.
+    pub failure_reported: bool,
     /// The peer's FIN arrived and every byte before it is in `rx`.
     pub read_closed: bool,
     /// The application will not read any more (`shutdown(Read)`).
@@ -298,6 +305,7 @@ impl Conn {
                 cap,
                 phase,
                 failure: None,
+                failure_reported: false,
                 read_closed: false,
                 read_shut: false,
                 write_shut: false,
@@ -350,7 +358,7 @@ impl ConnState {
         let result = if buf.is_empty() || self.read_closed || self.read_shut {
             Some(Ok(0))
         } else if let Some(f) = self.failure {
-            Some(Err(f.io()))
+            self.report_failure(f).map_or(Some(Ok(0)), |e| Some(Err(e)))
         } else if self.phase == Phase::Closed {
             Some(Ok(0))
         } else {
@@ -369,16 +377,64 @@ impl ConnState {
         self.rx.clear();
     }
 
+    /// A read would not wait: data, the end of the stream, or an error.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn readable(&self) -> bool {
+        !self.rx.is_empty()
+            || self.read_closed
+            || self.read_shut
+            || self.failure.is_some()
+            || self.phase == Phase::Closed
+    }
+
+    /// A write would not wait: room in the buffer, or an error.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn writable(&self) -> bool {
+        self.phase != Phase::Connecting && (self.tx.len() < self.cap || self.failure.is_some())
+    }
+
+    /// Copies received bytes into `buf` without taking them; as [`ConnState::read`]
+    /// otherwise, but an error stays to be reported.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        if !self.rx.is_empty() && !buf.is_empty() {
+            return Some(Ok(self.rx.peek(buf)));
+        }
+        match self.failure {
+            Some(f) if !self.failure_reported && !self.read_closed && !self.read_shut => {
+                Some(Err(f.io()))
+            }
+            _ if self.readable() || buf.is_empty() => Some(Ok(0)),
+            _ => None,
+        }
+    }
+
+    /// The connection's error if no read or write reported it yet, as SO_ERROR gives it
+    /// (and clears it).
+    pub(crate) fn take_error(&mut self) -> Option<io::Error> {
+        let f = self.failure.filter(|f| *f != Failure::Stopped)?;
+        self.report_failure(f)
+    }
+
+    /// The connection's error the first time a read or a write meets it, `None` after
+    /// (Linux clears a socket's error once reported, `sock_error`). A stopped stack
+    /// keeps saying so.
+    pub(crate) fn report_failure(&mut self, f: Failure) -> Option<io::Error> {
+        if self.failure_reported && f != Failure::Stopped {
+            return None;
+        }
+        self.failure_reported = true;
+        Some(f.io())
+    }
+
     /// Queues bytes of `buf` for the stack: how many fit, the error, or `None` when the
     /// buffer is full.
     pub(crate) fn write(&mut self, buf: &[u8]) -> Outcome {
-        let result = if let Some(f) = self.failure {
-            Some(Err(f.io()))
-        } else if self.write_shut || self.phase == Phase::Closed {
-            Some(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the connection is closed for writing",
-            )))
+        let result = if let Some(e) = self.failure.and_then(|f| self.report_failure(f)) {
+            Some(Err(e))
+        } else if self.write_shut || self.phase == Phase::Closed || self.failure.is_some() {
+            // EPIPE, as the kernel's send on a socket shut or reset (its error reported).
+            Some(Err(io::Error::from_raw_os_error(libc::EPIPE)))
         } else if buf.is_empty() {
             Some(Ok(0))
         } else {
@@ -449,6 +505,33 @@ impl Listener {
     }
 }
 
+impl super::readiness::Ready for ConnState {
+    fn readiness(&self) -> super::readiness::Readiness {
+        let error = self.failure.is_some();
+        let closed = self.phase == Phase::Closed;
+        let connecting = self.phase == Phase::Connecting && !error;
+        super::readiness::Readiness {
+            readable: !connecting
+                && (!self.rx.is_empty() || self.read_closed || self.read_shut || error || closed),
+            writable: !connecting
+                && (error || closed || self.write_shut || self.tx.len() < self.cap),
+            hangup: error || closed || (self.read_closed && self.write_shut),
+            error,
+            connecting,
+        }
+    }
+}
+
+impl super::readiness::Ready for ListenState {
+    fn readiness(&self) -> super::readiness::Readiness {
+        super::readiness::Readiness {
+            readable: !self.queue.is_empty() || self.stopped,
+            hangup: self.stopped,
+            ..super::readiness::Readiness::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,6 +567,29 @@ mod tests {
         st.failure = Some(Failure::Tcp(TcpError::Reset));
         let err = st.read(&mut buf).result.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    /// Issue 22 item 6: as Linux reports a socket's error once, the write after the one
+    /// that met a reset fails with EPIPE (std's BrokenPipe), and a read then sees the
+    /// end of the stream.
+    #[test]
+    fn after_a_reset_is_reported_writes_give_epipe_and_reads_end() {
+        let c = conn(8);
+        let mut st = c.shared.lock();
+        st.failure = Some(Failure::Tcp(TcpError::Reset));
+        st.phase = Phase::Closed;
+        let first = st.write(b"x").result.unwrap().unwrap_err();
+        assert_eq!(first.kind(), io::ErrorKind::ConnectionReset);
+        let second = st.write(b"x").result.unwrap().unwrap_err();
+        assert_eq!(second.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(second.raw_os_error(), Some(libc::EPIPE));
+        assert_eq!(st.read(&mut [0; 4]).result.unwrap().unwrap(), 0);
+        // A stopped stack keeps saying so.
+        st.failure = Some(Failure::Stopped);
+        for _ in 0..2 {
+            let err = st.write(b"x").result.unwrap().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::NotConnected);
+        }
     }
 
     #[test]
@@ -560,10 +666,23 @@ mod tests {
     }
 
     #[test]
-    fn tcp_failures_carry_the_tcp_error_and_the_others_say_what_happened() {
-        let tcp = Failure::Tcp(TcpError::TimedOut).io();
-        assert!(tcp.get_ref().is_some_and(|e| e.is::<TcpError>()));
+    fn tcp_failures_carry_the_kernels_errno_and_the_others_say_what_happened() {
+        // What connect(2), read(2) and bind(2) give: the raw errno.
+        for (failure, errno) in [
+            (Failure::Tcp(TcpError::Refused), libc::ECONNREFUSED),
+            (Failure::Tcp(TcpError::Reset), libc::ECONNRESET),
+            (Failure::Tcp(TcpError::TimedOut), libc::ETIMEDOUT),
+            (Failure::Tcp(TcpError::Closed), libc::ENOTCONN),
+            (Failure::Stack(StackError::PortInUse), libc::EADDRINUSE),
+            (Failure::BadAddress, libc::EADDRNOTAVAIL),
+        ] {
+            assert_eq!(failure.io().raw_os_error(), Some(errno), "{failure:?}");
+        }
+        // An ICMP unreachable keeps the TCP error; the connect's own limit is not one.
+        let icmp = Failure::Tcp(TcpError::Unreachable).io();
+        assert!(icmp.get_ref().is_some_and(|e| e.is::<TcpError>()));
         let limit = Failure::ConnectTimeout.io();
+        assert_eq!(limit.raw_os_error(), None);
         assert!(!limit.get_ref().is_some_and(|e| e.is::<TcpError>()));
         let arp = Failure::NoArpReply(Ipv4Addr::new(10, 0, 0, 1)).io();
         assert!(

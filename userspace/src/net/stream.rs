@@ -43,8 +43,12 @@ impl Handle {
         SocketAddr::V4(self.conn.shared.lock().local)
     }
 
-    pub(crate) fn shutdown(&self, how: Shutdown) {
+    /// Shuts one or both directions; `false` if the connection was already finished
+    /// (closed or reset), where Linux's shutdown(2) fails with ENOTCONN.
+    pub(crate) fn shutdown(&self, how: Shutdown) -> bool {
+        let mut open = true;
         self.update(|st| {
+            open = st.phase != super::shared::Phase::Closed;
             if matches!(how, Shutdown::Read | Shutdown::Both) {
                 st.read_shut = true;
                 st.discard_rx();
@@ -53,6 +57,7 @@ impl Handle {
                 st.write_shut = true;
             }
         });
+        open
     }
 
     pub(crate) fn set_nodelay(&self, nodelay: bool) {
@@ -156,7 +161,7 @@ impl Drop for Handle {
 /// ```
 #[derive(Debug)]
 pub struct TcpStream {
-    handle: Arc<Handle>,
+    pub(super) handle: Arc<Handle>,
 }
 
 impl TcpStream {
@@ -211,9 +216,14 @@ impl TcpStream {
 
     /// Shuts down reading (later reads return `Ok(0)`), writing (FIN once the bytes
     /// written are sent; later writes fail with [`io::ErrorKind::BrokenPipe`]), or both.
+    /// On a finished connection (closed both ways, or reset) it fails with
+    /// [`io::ErrorKind::NotConnected`] (ENOTCONN), as std's does.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.handle.shutdown(how);
-        Ok(())
+        if self.handle.shutdown(how) {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ENOTCONN))
+        }
     }
 
     /// Turns Nagle's algorithm off (`true`) or on (`TCP_NODELAY`).
@@ -294,9 +304,16 @@ impl TcpStream {
         })
     }
 
-    /// The error that ended the connection, if one did (it stays; std clears it).
+    /// The error that ended the connection, if no read or write reported it yet; as
+    /// std's (SO_ERROR), it is cleared.
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        Ok(self.handle.conn.shared.lock().failure.map(|f| f.io()))
+        Ok(self.handle.conn.shared.lock().take_error())
+    }
+
+    /// The handle, for the async stream ([`super::tokio::TcpStream::from_std`]).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn into_handle(self) -> Arc<Handle> {
+        self.handle
     }
 }
 

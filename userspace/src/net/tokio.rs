@@ -22,8 +22,11 @@
 //! }
 //! # }
 //! ```
+mod more;
+pub use more::{OwnedReadHalf, OwnedWriteHalf};
+
 use super::Stack;
-use super::listener::{DEFAULT_BACKLOG, ListenHandle};
+use super::listener::{ListenHandle, ListenOptions};
 use super::shared::{READER, WRITER};
 use super::stream::{Handle, connect_target};
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -31,6 +34,7 @@ use std::future::poll_fn;
 use std::io;
 use std::net::{Shutdown, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,7 +43,7 @@ use std::time::Duration;
 /// written).
 #[derive(Debug)]
 pub struct TcpStream {
-    handle: Handle,
+    handle: Arc<Handle>,
 }
 
 impl TcpStream {
@@ -78,7 +82,9 @@ impl TcpStream {
                 .poll(cx, WRITER, |st| st.connect_result())
         })
         .await?;
-        Ok(TcpStream { handle })
+        Ok(TcpStream {
+            handle: Arc::new(handle),
+        })
     }
 
     /// The remote end's address.
@@ -125,18 +131,44 @@ impl AsyncRead for TcpStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let handle = &self.handle;
-        let mut wake_loop = false;
-        let poll = handle.conn.shared.poll(cx, READER, |st| {
-            let outcome = st.read(buf.initialize_unfilled());
-            wake_loop = outcome.wake_loop;
-            outcome.result
-        });
-        if wake_loop {
-            handle.stack.wake(&handle.conn);
-        }
-        poll.map(|r| r.map(|n| buf.advance(n)))
+        poll_read(&self.handle, cx, buf)
     }
+}
+
+/// A read for tokio: into `buf`, or the reader's waker kept.
+pub(super) fn poll_read(
+    handle: &Handle,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    let mut wake_loop = false;
+    let poll = handle.conn.shared.poll(cx, READER, |st| {
+        let outcome = st.read(buf.initialize_unfilled());
+        wake_loop = outcome.wake_loop;
+        outcome.result
+    });
+    if wake_loop {
+        handle.stack.wake(&handle.conn);
+    }
+    poll.map(|r| r.map(|n| buf.advance(n)))
+}
+
+/// A write for tokio: from `buf`, or the writer's waker kept.
+pub(super) fn poll_write(
+    handle: &Handle,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<io::Result<usize>> {
+    let mut wake_loop = false;
+    let poll = handle.conn.shared.poll(cx, WRITER, |st| {
+        let outcome = st.write(buf);
+        wake_loop = outcome.wake_loop;
+        outcome.result
+    });
+    if wake_loop {
+        handle.stack.wake(&handle.conn);
+    }
+    poll
 }
 
 impl AsyncWrite for TcpStream {
@@ -145,17 +177,7 @@ impl AsyncWrite for TcpStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let handle = &self.handle;
-        let mut wake_loop = false;
-        let poll = handle.conn.shared.poll(cx, WRITER, |st| {
-            let outcome = st.write(buf);
-            wake_loop = outcome.wake_loop;
-            outcome.result
-        });
-        if wake_loop {
-            handle.stack.wake(&handle.conn);
-        }
-        poll
+        poll_write(&self.handle, cx, buf)
     }
 
     /// Bytes written are already on their way to the TCP send buffer.
@@ -165,7 +187,8 @@ impl AsyncWrite for TcpStream {
 
     /// Sends FIN after the bytes written.
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.handle.shutdown(Shutdown::Write);
+        // Like tokio's, it may run after the peer finished; that is not an error here.
+        let _ = self.handle.shutdown(Shutdown::Write);
         Poll::Ready(Ok(()))
     }
 }
@@ -178,9 +201,9 @@ pub struct TcpListener {
 
 impl TcpListener {
     /// Listens on the port of `addr`, whose address must be the stack's or `0.0.0.0`,
-    /// with an accept queue of [`DEFAULT_BACKLOG`].
+    /// with an accept queue of [`super::DEFAULT_BACKLOG`].
     pub async fn bind(stack: &Stack, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
-        Self::bind_with_backlog(stack, addr, DEFAULT_BACKLOG).await
+        Self::bind_with(stack, addr, ListenOptions::default()).await
     }
 
     /// [`TcpListener::bind`] with an accept queue of `backlog` established connections.
@@ -189,7 +212,22 @@ impl TcpListener {
         addr: impl ToSocketAddrs,
         backlog: usize,
     ) -> io::Result<TcpListener> {
-        let handle = ListenHandle::bind(stack, addr, backlog)?;
+        let options = ListenOptions {
+            backlog,
+            ..ListenOptions::default()
+        };
+        Self::bind_with(stack, addr, options).await
+    }
+
+    /// [`TcpListener::bind`] as `options` say (backlog, taking a port over from a
+    /// kernel listener); see [`super::TcpListener::bind`] for ports held by the kernel
+    /// and port 0.
+    pub async fn bind_with(
+        stack: &Stack,
+        addr: impl ToSocketAddrs,
+        options: ListenOptions,
+    ) -> io::Result<TcpListener> {
+        let handle = ListenHandle::bind(stack, addr, options)?;
         poll_fn(|cx| {
             handle
                 .listener
@@ -214,6 +252,7 @@ impl TcpListener {
             .map(|r| {
                 r.map(|conn| {
                     let (handle, peer) = self.handle.handle(conn);
+                    let handle = Arc::new(handle);
                     (TcpStream { handle }, peer)
                 })
             })

@@ -69,8 +69,8 @@ impl Stack {
         if seg.flags.syn && !seg.flags.ack {
             // Sharded stacks: a SYN retransmitted onto another stack's queue belongs to
             // the stack that has the connection already (it answers with its SYN-ACK).
-            if self.owned_by_another_shard(local, remote) {
-                self.unmatched = true;
+            if let Some(owner) = self.owned_by_another_shard(local, remote) {
+                self.unmatched = Some(owner);
                 return;
             }
             if self.live >= self.cfg.max_connections {
@@ -88,8 +88,8 @@ impl Stack {
                 self.send_cookie(now, eth_src, local, remote, seg);
                 return;
             }
-            if !self.claim_for_shard(local, remote) {
-                self.unmatched = true;
+            if let Err(owner) = self.claim_for_shard(local, remote) {
+                self.unmatched = Some(owner);
                 return;
             }
             self.learn_next_hop(*remote.ip(), eth_src);
@@ -106,8 +106,8 @@ impl Stack {
             && !seg.flags.syn
             && let Some(mss) = self.check_cookie(now, local, remote, seg)
         {
-            if !self.claim_for_shard(local, remote) {
-                self.unmatched = true;
+            if let Err(owner) = self.claim_for_shard(local, remote) {
+                self.unmatched = Some(owner);
                 return;
             }
             let options = self.cookie_options(seg, mss);

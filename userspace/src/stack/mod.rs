@@ -35,6 +35,9 @@ pub enum AddressMode {
     Owned,
 }
 
+/// Most destinations with a route of their own (see [`Stack::set_route`]).
+pub const MAX_ROUTES: usize = 4096;
+
 /// How a [`Stack`] is set up: addresses, mode, ports, limits and the TCP settings.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
@@ -46,6 +49,9 @@ pub struct StackConfig {
     pub prefix_len: u8,
     /// The router for destinations off our subnet.
     pub gateway: Option<Ipv4Addr>,
+    /// The gateway was chosen by the user: it serves every destination off the subnet,
+    /// and the host's routes are not asked (see [`Stack::set_route`]).
+    pub gateway_fixed: bool,
     /// Shared-IP or owned-IP mode.
     pub mode: AddressMode,
     /// Local ports for active opens (inclusive), outside the kernel's ephemeral range.
@@ -79,6 +85,7 @@ impl StackConfig {
             ip,
             prefix_len,
             gateway: None,
+            gateway_fixed: false,
             mode: AddressMode::Owned,
             port_range: (61_000, 65_535),
             tcp: tcp::Config::default(),
@@ -110,8 +117,7 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     out
 }
 
-/// Sharded stacks (one per group of RX queues): which stack owns each connection that
-/// a listener opened. Touched once when a connection opens and once when it goes, never
+/// Sharded stacks (one per group of RX queues): which stack owns each connection. Touched once when a connection opens and once when it goes, never
 /// per packet.
 #[derive(Debug, Default)]
 pub struct ShardDirectory {
@@ -119,10 +125,13 @@ pub struct ShardDirectory {
 }
 
 impl ShardDirectory {
-    /// Records `key` as stack `me`'s if nobody has it; true if it is `me`'s now.
-    fn claim(&self, key: (SocketAddrV4, SocketAddrV4), me: usize) -> bool {
+    /// Records `key` as stack `me`'s if nobody has it; `Err(owner)` if another has it.
+    fn claim(&self, key: (SocketAddrV4, SocketAddrV4), me: usize) -> Result<(), usize> {
         let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
-        *owners.entry(key).or_insert(me) == me
+        match *owners.entry(key).or_insert(me) {
+            owner if owner == me => Ok(()),
+            owner => Err(owner),
+        }
     }
 
     /// The stack that has `key`, if any.
@@ -218,6 +227,9 @@ pub struct Stack {
     now: Instant,
     /// Scratch list of addresses for ARP retries and failures.
     arp_scratch: Vec<Ipv4Addr>,
+    /// Next hops the host's routing table gave for single destinations (see
+    /// [`Stack::set_route`]); they come before the subnet and the gateway.
+    routes: HashMap<Ipv4Addr, Ipv4Addr>,
     /// Next sweep of stale ARP entries.
     arp_gc_at: Instant,
     /// IPv4 datagrams being reassembled, and the buffer a completed one lands in.
@@ -227,13 +239,13 @@ pub struct Stack {
     live: usize,
     /// Counters of connections already removed, so totals survive them.
     finished: tcp::ConnectionStats,
-    /// Sharded stacks (see [`Stack::hand_over_strays`]): frames of connections this stack
-    /// does not know, kept for the other stacks instead of being answered with a RST.
-    strays: Option<Vec<Vec<u8>>>,
-    /// Sharded stacks: which stack owns each connection a listener opened, and our index.
+    /// Sharded stacks (see [`Stack::join_shards`]): frames of connections another stack
+    /// has, each with that stack's index, kept for it.
+    strays: Vec<(usize, Vec<u8>)>,
+    /// Sharded stacks: which stack owns each connection, and our index.
     shards: Option<(std::sync::Arc<ShardDirectory>, usize)>,
-    /// The segment just processed matched no connection nor listener.
-    unmatched: bool,
+    /// The segment just processed belongs to this other stack's connection.
+    unmatched: Option<usize>,
     /// The frame being processed was handed over by another stack.
     handed_over: bool,
     /// Stack-wide counters.
@@ -265,15 +277,16 @@ impl Stack {
             waiting: HashMap::new(),
             now: Instant::ZERO,
             arp_scratch: Vec::new(),
+            routes: HashMap::new(),
             arp_gc_at: Instant::ZERO,
             fragments: wire::frag::Reassembler::default(),
             reassembled: Vec::new(),
             port_counter,
             live: 0,
             finished: tcp::ConnectionStats::default(),
-            strays: None,
+            strays: Vec::new(),
             shards: None,
-            unmatched: false,
+            unmatched: None,
             handed_over: false,
             stats: StackStats::default(),
         }
@@ -305,13 +318,32 @@ impl Stack {
         u32::from(ip) & mask == u32::from(self.cfg.ip) & mask
     }
 
-    /// The next hop for `dst`: on-link, else the gateway (RFC 1122 3.3.1).
+    /// The next hop for `dst`: the route set for it, else on-link, else the gateway
+    /// (RFC 1122 3.3.1).
     pub fn next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {
-        if self.on_link(dst) {
+        if let Some(hop) = self.routes.get(&dst) {
+            *hop
+        } else if self.on_link(dst) {
             dst
         } else {
             self.cfg.gateway.unwrap_or(dst)
         }
+    }
+
+    /// Sends to `dst` through `hop` (`dst` itself for a destination on the link): the
+    /// host's route for it, which may be more specific than the subnet and the gateway
+    /// (RFC 1122 3.3.1.2). At most [`MAX_ROUTES`] are kept; past that the table
+    /// starts afresh and routes are set again as destinations come.
+    pub fn set_route(&mut self, dst: Ipv4Addr, hop: Ipv4Addr) {
+        if self.routes.len() >= MAX_ROUTES && !self.routes.contains_key(&dst) {
+            self.routes.clear();
+        }
+        self.routes.insert(dst, hop);
+    }
+
+    /// Whether a route for `dst` was set with [`Stack::set_route`].
+    pub fn has_route(&self, dst: Ipv4Addr) -> bool {
+        self.routes.contains_key(&dst)
     }
 
     // ---------------------------------------------------------------- application API
@@ -327,7 +359,10 @@ impl Stack {
         for i in 0..range {
             let port = lo + ((base.wrapping_add(self.port_counter).wrapping_add(i)) % range) as u16;
             let local = SocketAddrV4::new(self.cfg.ip, port);
-            if self.by_tuple.contains_key(&(local, remote)) || self.listeners.contains_key(&port) {
+            if self.by_tuple.contains_key(&(local, remote))
+                || self.listeners.contains_key(&port)
+                || self.claim_for_shard(local, remote).is_err()
+            {
                 continue;
             }
             self.port_counter = self.port_counter.wrapping_add(i + 1);
@@ -607,10 +642,8 @@ impl Stack {
                     return;
                 }
                 self.process_tcp(now, eth_src, ip, &tcp);
-                if std::mem::take(&mut self.unmatched)
-                    && let Some(strays) = self.strays.as_mut()
-                {
-                    strays.push(frame.to_vec());
+                if let Some(owner) = self.unmatched.take() {
+                    self.strays.push((owner, frame.to_vec()));
                     self.stats.strays_handed_over += 1;
                 }
             }
@@ -618,57 +651,53 @@ impl Stack {
         }
     }
 
-    /// Several stacks sharing one interface (one per group of RX queues) each own the
-    /// connections whose SYN reached them. A NIC's hash keeps a flow on its queue, but a
-    /// veth or a virtio queue follows the sender's flow hash, which Linux changes after
-    /// a retransmission timeout: a flow may move to another stack's queue. With this
-    /// on, a segment that matches nothing here is kept for [`Stack::take_strays`] (to be
-    /// given to the other stacks) instead of being answered with a RST.
-    pub fn hand_over_strays(&mut self) {
-        self.strays.get_or_insert_with(Vec::new);
-    }
-
-    /// Joins a group of sharded stacks as stack `me`: strays are handed over (see
-    /// [`Stack::hand_over_strays`]), and the connections listeners open are recorded in
-    /// the group's directory, so that a SYN retransmitted onto another stack's queue
-    /// reaches the stack that has it instead of opening a second connection there.
+    /// Joins a group of sharded stacks (one per group of RX queues) as stack `me`. Each
+    /// owns the connections it opened, recorded in the group's directory. A NIC's hash
+    /// keeps a flow on its queue, but a veth or a virtio queue follows the sender's flow
+    /// hash, which Linux changes after a retransmission timeout: a flow may move to
+    /// another stack's queue. A segment of another stack's connection is then kept for
+    /// [`Stack::take_strays`], to be given to that stack, and a SYN retransmitted onto
+    /// another stack's queue reaches the stack that has it instead of opening a second
+    /// connection here. A segment no stack has a connection for is answered here, as by
+    /// a stack alone (RFC 9293 3.10.7.1).
     pub fn join_shards(&mut self, directory: std::sync::Arc<ShardDirectory>, me: usize) {
-        self.hand_over_strays();
         self.shards = Some((directory, me));
     }
 
-    /// True if another sharded stack has a connection for the 4-tuple.
-    fn owned_by_another_shard(&self, local: SocketAddrV4, remote: SocketAddrV4) -> bool {
-        self.shards.as_ref().is_some_and(|(directory, me)| {
-            directory.owner((local, remote)).is_some_and(|o| o != *me)
-        })
+    /// The other sharded stack that has a connection for the 4-tuple, if any.
+    fn owned_by_another_shard(&self, local: SocketAddrV4, remote: SocketAddrV4) -> Option<usize> {
+        let (directory, me) = self.shards.as_ref()?;
+        directory.owner((local, remote)).filter(|o| o != me)
     }
 
-    /// True if this stack may open a connection for the 4-tuple (it is not sharded, or
-    /// the tuple is now recorded as ours).
-    fn claim_for_shard(&self, local: SocketAddrV4, remote: SocketAddrV4) -> bool {
-        self.shards
-            .as_ref()
-            .is_none_or(|(directory, me)| directory.claim((local, remote), *me))
+    /// Records the 4-tuple as this stack's, unless another sharded stack has it: then
+    /// `Err` with that stack's index. Always `Ok` when not sharded.
+    fn claim_for_shard(&self, local: SocketAddrV4, remote: SocketAddrV4) -> Result<(), usize> {
+        match &self.shards {
+            Some((directory, me)) => directory.claim((local, remote), *me),
+            None => Ok(()),
+        }
     }
 
-    /// The frames kept since the last call (see [`Stack::hand_over_strays`]).
-    pub fn take_strays(&mut self) -> Vec<Vec<u8>> {
-        self.strays.as_mut().map(std::mem::take).unwrap_or_default()
+    /// The frames kept since the last call, each with the index of the stack that owns
+    /// its connection (see [`Stack::join_shards`]).
+    pub fn take_strays(&mut self) -> Vec<(usize, Vec<u8>)> {
+        std::mem::take(&mut self.strays)
     }
 
-    /// A frame another stack could not match: processed if it belongs to a connection
-    /// here, dropped silently otherwise (the stack that received it gave it to all).
+    /// A frame another stack handed over, as one of this stack's connections: processed
+    /// as if received here. If the connection is gone meanwhile, it is answered as a
+    /// segment for a closed port.
     pub fn receive_handed_over(&mut self, now: Instant, frame: &[u8]) {
         self.handed_over = true;
         self.stats.strays_received += 1;
         self.process_frame(now, frame);
         self.handed_over = false;
-        self.unmatched = false;
+        self.unmatched = None;
     }
 
     /// A segment that matches no connection and no listener: RFC 9293 3.10.7.1 answers
-    /// it with a RST, unless sharded stacks hand it over to each other.
+    /// it with a RST, unless it belongs to another sharded stack's connection.
     fn no_connection(
         &mut self,
         eth_src: MacAddr,
@@ -678,12 +707,12 @@ impl Stack {
     ) {
         if self.handed_over {
             self.stats.strays_unclaimed += 1;
-        } else if self.strays.is_some() {
-            self.unmatched = true;
-        } else {
-            self.stats.closed_port += 1;
-            self.reply_rst(eth_src, local, remote, seg);
+        } else if let Some(owner) = self.owned_by_another_shard(local, remote) {
+            self.unmatched = Some(owner);
+            return;
         }
+        self.stats.closed_port += 1;
+        self.reply_rst(eth_src, local, remote, seg);
     }
 
     /// An IPv4 fragment (RFC 1122 3.3.2: a host MUST reassemble). The parser checked its

@@ -545,10 +545,11 @@ fn test_established_segment_on_another_stacks_queue_is_handed_over() {
     recv!(db, []);
     let strays = b.take_strays();
     assert_eq!(strays.len(), 1);
+    assert_eq!(strays[0].0, 0, "for A, which owns the connection");
     assert_eq!((b.stats.closed_port, b.stats.rst_sent), (0, 0));
     assert!(b.take_strays().is_empty(), "taken once");
     // A takes it as its own segment and acknowledges the 5 bytes.
-    a.receive_handed_over(t(2), &strays[0]);
+    a.receive_handed_over(t(2), &strays[0].1);
     a.poll(t(2), &mut da);
     a.poll(t(500), &mut da); // the delayed ACK (RFC 9293 3.8.6.3)
     recv!(
@@ -560,7 +561,8 @@ fn test_established_segment_on_another_stacks_queue_is_handed_over() {
     );
     assert_eq!(a.stats.strays_received, 1);
     assert_eq!(a.stats.strays_unclaimed, 0);
-    // A frame no stack knows is dropped by the one it was handed to: no RST either.
+    // A frame handed over for a connection that is gone meanwhile: a closed port's RST
+    // (RFC 9293 3.10.7.1), never handed on again.
     b.receive_handed_over(
         t(600),
         &frame(&TcpRepr {
@@ -569,9 +571,101 @@ fn test_established_segment_on_another_stacks_queue_is_handed_over() {
         }),
     );
     b.poll(t(600), &mut db);
-    recv!(db, []);
+    recv!(
+        db,
+        [TcpRepr {
+            seq: SeqNum(1234),
+            ack: None,
+            flags: TcpFlags::RST,
+            window: 0,
+        }]
+    );
     assert_eq!(b.stats.strays_unclaimed, 1);
     assert!(b.take_strays().is_empty(), "never handed on again");
+}
+
+/// Sharded stacks answer a segment no stack has a connection for at once, as one stack
+/// does (RFC 9293 3.10.7.1 for a closed port, 3.10.7.2 for an ACK at a listener): a
+/// closed port is refused at once, not left to the client's timeout.
+#[test]
+fn test_sharded_closed_port_and_stray_ack_at_listener_get_rst() {
+    let directory = std::sync::Arc::new(ShardDirectory::default());
+    let (mut a, mut da) = server(|_| {});
+    let (mut b, mut db) = server(|_| {});
+    a.join_shards(directory.clone(), 0);
+    b.join_shards(directory, 1);
+    handshake(&mut a, &mut da, t(1));
+    // A SYN to a port nobody listens on.
+    send!(
+        b,
+        db,
+        t(2),
+        TcpRepr {
+            dst_port: 9,
+            seq: SeqNum(CLIENT_ISS),
+            flags: TcpFlags::SYN,
+        }
+    );
+    recv!(
+        db,
+        [TcpRepr {
+            src_port: 9,
+            seq: SeqNum(0),
+            ack: Some(SeqNum(C1)),
+            flags: TcpFlags::RST_ACK,
+            window: 0,
+        }]
+    );
+    // A stray ACK at the listener from a port no stack has a connection for.
+    send!(
+        b,
+        db,
+        t(3),
+        TcpRepr {
+            src_port: 40_001,
+            ack: Some(SeqNum(1234)),
+        }
+    );
+    recv!(
+        db,
+        [TcpRepr {
+            dst_port: 40_001,
+            seq: SeqNum(1234),
+            ack: None,
+            flags: TcpFlags::RST,
+            window: 0,
+        }]
+    );
+    assert!(b.take_strays().is_empty());
+    assert_eq!(b.stats.closed_port, 2);
+}
+
+/// A sharded stack's own connect is recorded in the directory, so the peer's answer on
+/// another stack's queue goes to it instead of being reset there.
+#[test]
+fn test_syn_sent_answer_on_another_shard_goes_to_the_connecting_stack() {
+    let directory = std::sync::Arc::new(ShardDirectory::default());
+    let (mut a, _da) = server(|_| {});
+    let (mut b, mut db) = server(|_| {});
+    a.join_shards(directory.clone(), 0);
+    b.join_shards(directory, 1);
+    let id = a.connect(t(1), SocketAddrV4::new(IP_C, 40_000)).unwrap();
+    let local = a.connection(id).unwrap().local();
+    send!(
+        b,
+        db,
+        t(2),
+        TcpRepr {
+            dst_port: local.port(),
+            seq: SeqNum(CLIENT_ISS),
+            ack: Some(SeqNum(1)),
+            flags: TcpFlags::SYN_ACK,
+        }
+    );
+    recv!(db, []);
+    let strays = b.take_strays();
+    assert_eq!(strays.len(), 1);
+    assert_eq!(strays[0].0, 0);
 }
 
 #[test]
@@ -671,7 +765,7 @@ fn test_syn_received_retransmitted_syn_on_another_shard_goes_to_the_owner() {
     let strays = b.take_strays();
     assert_eq!(strays.len(), 1);
     // A gets it and sends the same SYN-ACK again.
-    a.receive_handed_over(t(1001), &strays[0]);
+    a.receive_handed_over(t(1001), &strays[0].1);
     a.poll(t(1001), &mut da);
     let again = take_syn_ack(&da);
     assert_eq!(again.seq, first.seq);

@@ -20,24 +20,24 @@ pub(super) fn pair(
     (client, dc, Stack::new(cfg), ds)
 }
 
-/// Polls both stacks in virtual time until `done` or a limit.
+/// Polls both stacks in virtual time until `done` or a limit: the shared driver
+/// ([`crate::sim::run_until`]) on an in-memory wire, in steps of at most 50 µs.
 pub(super) fn drive(
     c: &mut Stack,
     dc: &mut MemoryDevice,
     s: &mut Stack,
     ds: &mut MemoryDevice,
     now: &mut Instant,
-    mut done: impl FnMut(&mut Stack, &mut Stack) -> bool,
+    done: impl FnMut(&mut Stack, &mut Stack) -> bool,
 ) {
-    for _ in 0..200_000 {
-        c.poll(*now, dc);
-        s.poll(*now, ds);
-        if done(c, s) {
-            return;
-        }
-        *now = *now + Duration::from_micros(50);
-    }
-    panic!("did not finish");
+    crate::sim::run_until(
+        now,
+        Duration::from_micros(50),
+        Duration::from_secs(10),
+        (c, dc),
+        (s, ds),
+        done,
+    );
 }
 
 /// A client sends `len` bytes to a server over a simulated link, then both close.
@@ -50,21 +50,11 @@ fn transfer_over(
     let mut cfg = StackConfig::new(MAC_S, IP_S, 24);
     server_cfg(&mut cfg);
     let mut pair = StackPair::new(seed, StackConfig::new(MAC_C, IP_C, 24), cfg, link);
-    pair.server.listen(80, 16).unwrap();
-    let id = pair
-        .client
-        .connect(pair.now, SocketAddrV4::new(IP_S, 80))
-        .unwrap();
-    let mut server_id = None;
-    pair.run_until(Duration::from_secs(60), |c, s| {
-        server_id = server_id.or_else(|| s.accept(80));
-        server_id.is_some() && c.state(id) == State::Established
-    });
+    let (id, sid) = pair.connect(80, 16, Duration::from_secs(60));
     assert!(
         pair.client.stats.arp_requests >= 1,
         "the client resolved the server by ARP"
     );
-    let sid = server_id.unwrap();
     let mut rng = crate::sim::Rng::new(seed);
     let mut data = vec![0u8; 2_000_000];
     rng.fill(&mut data);
@@ -348,4 +338,48 @@ fn accept_queue_is_bounded() {
     // The queue holds up to twice the backlog; the rest were reset and counted.
     assert_eq!(accepted, 4);
     assert_eq!(s.stats.accept_overflows, 6);
+}
+
+/// RFC 1122 3.3.1.2: a destination's own route (from the host's routing table) comes
+/// before the subnet and the default gateway. A connect to it asks ARP for the route's
+/// next hop, not for the gateway; a destination without one still goes to the gateway.
+#[test]
+fn a_route_of_its_own_comes_before_the_default_gateway() {
+    let gateway = Ipv4Addr::new(192, 168, 7, 254);
+    let second = Ipv4Addr::new(192, 168, 7, 9);
+    let remote = Ipv4Addr::new(10, 0, 0, 1);
+    let on_link_elsewhere = Ipv4Addr::new(172, 16, 0, 5);
+    let mut cfg = StackConfig::new(MAC_C, IP_C, 24);
+    cfg.gateway = Some(gateway);
+    let mut stack = Stack::new(cfg);
+    let (mut dev, _peer) = MemoryDevice::pair(MAC_C, MAC_S);
+    assert_eq!(stack.next_hop(remote), gateway);
+    stack.set_route(remote, second);
+    stack.set_route(on_link_elsewhere, on_link_elsewhere);
+    assert!(stack.has_route(remote));
+    assert_eq!(stack.next_hop(remote), second);
+    assert_eq!(stack.next_hop(on_link_elsewhere), on_link_elsewhere);
+    assert_eq!(stack.next_hop(Ipv4Addr::new(10, 0, 0, 2)), gateway);
+    assert_eq!(stack.next_hop(IP_S), IP_S, "the subnet stays on the link");
+    let now = Instant::ZERO;
+    stack.connect(now, SocketAddrV4::new(remote, 80)).unwrap();
+    stack.poll(now, &mut dev);
+    let asked: Vec<ArpRepr> = dev
+        .take_transmitted()
+        .iter()
+        .filter_map(|f| match crate::wire::parse_frame(f) {
+            Ok(crate::wire::Frame::Arp(arp)) => Some(arp),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        vec![ArpRepr {
+            op: crate::wire::ArpOp::Request,
+            sender_mac: MAC_C,
+            sender_ip: IP_C,
+            target_mac: [0; 6],
+            target_ip: second,
+        }]
+    );
 }

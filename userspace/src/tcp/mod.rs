@@ -38,6 +38,9 @@ pub enum CongestionKind {
 }
 
 #[cfg(test)]
+#[macro_use]
+mod testkit;
+#[cfg(test)]
 mod rfc_tests;
 #[cfg(test)]
 mod tests;

@@ -354,6 +354,19 @@ impl RecvBuf {
     pub fn read(&mut self, dst: &mut [u8]) -> usize {
         read_ring(&self.storage, &mut self.head, &mut self.len, dst)
     }
+    /// Copies bytes into `dst` without dropping them (MSG_PEEK); returns how many.
+    pub fn peek(&self, dst: &mut [u8]) -> usize {
+        let (mut head, mut len) = (self.head, self.len);
+        read_ring(&self.storage, &mut head, &mut len, dst)
+    }
+    /// A ring holding `data`, as a hand-over would leave it (for tests).
+    pub fn holding(data: &[u8]) -> Self {
+        RecvBuf {
+            storage: data.into(),
+            head: 0,
+            len: data.len(),
+        }
+    }
     /// Drops the bytes not read (the storage stays for the next hand-over).
     pub fn clear(&mut self) {
         self.head = 0;

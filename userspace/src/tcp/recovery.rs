@@ -148,6 +148,6 @@ impl LossRecovery {
 
     /// A hole was retransmitted up to `end`.
     pub(super) fn retransmitted_to(&mut self, end: SeqNum) {
-        self.rtx_next = end;
+        self.rtx_next = self.rtx_next.max(end);
     }
 }

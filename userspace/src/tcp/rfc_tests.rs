@@ -2,7 +2,7 @@
 //! segments go in with `send!`, and `recv!` checks every segment that comes out, whole
 //! (flags, seq, ack, window, options, payload), and that nothing else does.
 #![allow(clippy::vec_init_then_push)] // the `recv!` macro builds its list item by item
-use super::tests::sent;
+use super::testkit::{check_out, sent, t};
 use super::*;
 use crate::sim::{ADDR_A, ADDR_B};
 use crate::wire::{TcpFlags, TcpOptions, TcpRepr};
@@ -47,69 +47,6 @@ const FIN_ACK: TcpFlags = TcpFlags::FIN_ACK;
 const PSH_ACK: TcpFlags = TcpFlags::PSH_ACK;
 
 static DATA: [u8; 70_000] = [0x5a; 70_000];
-
-/// Feeds one segment from the peer: the template with the given fields.
-macro_rules! send {
-    ($c:expr, $now:expr, TcpRepr { $($field:ident : $value:expr),* $(,)? }) => {
-        $c.handle_segment($now, &TcpRepr { $($field: $value,)* ..SEND_TEMPL })
-    };
-    ($c:expr, $now:expr, $seg:expr) => {
-        $c.handle_segment($now, &$seg)
-    };
-}
-
-/// Checks that exactly these segments come out now: each is `TcpRepr { fields }` over
-/// the template, or any `TcpRepr` expression.
-macro_rules! recv {
-    ($c:expr, $now:expr, [$($items:tt)*]) => {{
-        #[allow(unused_mut)]
-        let mut want: Vec<TcpRepr<'static>> = Vec::new();
-        push_out!(want; $($items)*);
-        check_out(&mut $c, $now, &want);
-    }};
-}
-
-macro_rules! push_out {
-    ($w:ident;) => {};
-    ($w:ident; TcpRepr { $($field:ident : $value:expr),* $(,)? } $(, $($rest:tt)*)?) => {
-        $w.push(TcpRepr { $($field: $value,)* ..RECV_TEMPL });
-        push_out!($w; $($($rest)*)?);
-    };
-    ($w:ident; $e:expr $(, $($rest:tt)*)?) => {
-        $w.push($e);
-        push_out!($w; $($($rest)*)?);
-    };
-}
-
-/// Checks that nothing comes out now.
-macro_rules! recv_nothing {
-    ($c:expr, $now:expr) => {
-        recv!($c, $now, [])
-    };
-}
-
-#[track_caller]
-fn check_out(c: &mut Connection, now: Instant, want: &[TcpRepr<'static>]) {
-    let got = sent(c, now);
-    let got_headers: Vec<TcpRepr<'static>> = got.iter().map(|(r, _)| *r).collect();
-    let want_headers: Vec<TcpRepr<'static>> = want
-        .iter()
-        .map(|w| TcpRepr { payload: &[], ..*w })
-        .collect();
-    assert_eq!(got_headers, want_headers, "segments sent at {now:?}");
-    for ((_, payload), w) in got.iter().zip(want) {
-        assert_eq!(
-            payload.as_slice(),
-            w.payload,
-            "payload of segment {}",
-            w.seq.0
-        );
-    }
-}
-
-fn t(ms: u64) -> Instant {
-    Instant::from_millis(ms)
-}
 
 /// Options off and a 64 KiB receive buffer, so windows are simple numbers.
 fn cfg() -> Config {
@@ -188,6 +125,19 @@ fn established_with(cfg: Config) -> Connection {
 
 fn established() -> Connection {
     established_with(cfg())
+}
+
+/// SACK permitted both ways.
+fn established_sack() -> Connection {
+    let sack_ok = TcpOptions {
+        sack_permitted: true,
+        ..MSS_ONLY
+    };
+    let cfg = Config {
+        sack: true,
+        ..cfg()
+    };
+    open(cfg, sack_ok, sack_ok, NO_OPTIONS)
 }
 
 /// Timestamps on (our clock offset 0), as negotiated with a peer whose TSval is 1000.
@@ -878,19 +828,63 @@ fn test_syn_sent_retransmitted_syn_sets_rto_to_3s() {
     assert_eq!(c.poll_timeout(), Some(t(4600)));
 }
 
+/// With timestamps the SYN-ACK's echo times the retransmitted SYN it answers (RFC 7323
+/// 4.1, as Linux): the RTO comes from that sample, not RFC 6298 5.7's 3 s. (A client
+/// whose handshake ACK a full accept queue dropped retransmits its data on this RTO.)
+#[test]
+fn test_syn_sent_retransmitted_syn_timed_by_the_echoed_timestamp() {
+    let ts = |tsval, tsecr| TcpOptions {
+        timestamps: Some((tsval, tsecr)),
+        ..MSS_ONLY
+    };
+    let cfg = Config {
+        timestamps: true,
+        ..cfg()
+    };
+    let mut c = Connection::connect(cfg, ADDR_A, ADDR_B, ISS);
+    c.set_timestamp_offset(0);
+    recv!(c, t(0), [our_syn(ts(0, 0))]);
+    c.handle_timeout(t(1000));
+    recv!(c, t(1000), [our_syn(ts(1000, 0))]);
+    send!(
+        c,
+        t(1500),
+        TcpRepr {
+            flags: TcpFlags::SYN_ACK,
+            seq: SeqNum(PEER_ISS),
+            options: ts(7000, 1000),
+        }
+    );
+    let ts_only = |tsval| TcpOptions {
+        mss: None,
+        ..ts(tsval, 7000)
+    };
+    recv!(
+        c,
+        t(1500),
+        [TcpRepr {
+            options: ts_only(1500)
+        }]
+    );
+    c.send(b"x").unwrap();
+    recv!(
+        c,
+        t(1600),
+        [TcpRepr {
+            flags: PSH_ACK,
+            payload: b"x",
+            options: ts_only(1600),
+        }]
+    );
+    // One sample of 500 ms: SRTT 500 ms, RTTVAR 250 ms, RTO 1.5 s (RFC 6298 2.2).
+    assert_eq!(c.poll_timeout(), Some(t(3100)));
+}
+
 // ---------------------------------------------------------------- 17. SACK order
 
 #[test]
 fn test_established_sack_reports_most_recent_blocks_first() {
-    let sack_ok = TcpOptions {
-        sack_permitted: true,
-        ..MSS_ONLY
-    };
-    let cfg = Config {
-        sack: true,
-        ..cfg()
-    };
-    let mut c = open(cfg, sack_ok, sack_ok, NO_OPTIONS);
+    let mut c = established_sack();
     let sack = |blocks: &[(u32, u32)]| {
         let mut o = NO_OPTIONS;
         for (i, &b) in blocks.iter().enumerate() {
@@ -1237,4 +1231,34 @@ mod sim_properties {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------- SACK recovery
+
+/// RFC 6675 5 step 4: fast retransmit sends the first hole once; NextSeg then looks
+/// past it (before, the same segment went out twice in the same batch).
+#[test]
+fn test_established_fast_retransmit_sends_the_hole_once() {
+    let mut c = established_sack();
+    c.send(&DATA[..10 * MSS]).unwrap();
+    let mut flight: Vec<TcpRepr<'static>> = (0..10).map(data_seg).collect();
+    flight[9].flags = PSH_ACK;
+    recv!(
+        c,
+        t(20),
+        [
+            flight[0], flight[1], flight[2], flight[3], flight[4], flight[5], flight[6], flight[7],
+            flight[8], flight[9]
+        ]
+    );
+    // Segment 0 is lost; the peer SACKs 1, then 1-2, then 1-3: three duplicate ACKs.
+    for n in 1..=3u32 {
+        let mut options = NO_OPTIONS;
+        options.sack_blocks[0] = (A + MSS as u32, A + (n + 1) * MSS as u32);
+        options.sack_count = 1;
+        send!(c, t(30), TcpRepr { options: options });
+    }
+    // One retransmission of segment 0, then pipe (10 - 3 SACKed) fills the window
+    // CUBIC left (0.7 of 10 segments).
+    recv!(c, t(30), [data_seg(0)]);
 }

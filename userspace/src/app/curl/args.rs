@@ -107,7 +107,8 @@ pub struct CurlArgs {
         long,
         value_name = "N",
         default_value_t = 50,
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = redirect_limit
     )]
     pub max_redirs: i64,
     /// Fail with exit code 22 on HTTP errors (status >= 400), printing no body
@@ -158,22 +159,22 @@ pub struct CurlArgs {
     #[arg(short = '#', long)]
     pub progress_bar: bool,
     /// Most seconds the whole transfer may take
-    #[arg(short = 'm', long, value_name = "SECONDS")]
+    #[arg(short = 'm', long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds)]
     pub max_time: Option<f64>,
     /// Most seconds the connection setup may take
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds)]
     pub connect_timeout: Option<f64>,
     /// Send TCP keep-alive probes after SECONDS idle, then every SECONDS (as curl)
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = count::<u32>)]
     pub keepalive_time: Option<u32>,
     /// Retry a transient failure (timeout, 408, 429, 500, 502, 503, 504) N times
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true, value_parser = count::<u32>)]
     pub retry: u32,
     /// Seconds between retries (default: 1, doubling)
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds)]
     pub retry_delay: Option<f64>,
     /// No retry after this many seconds since the first try
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds)]
     pub retry_max_time: Option<f64>,
     /// Retry on connection refused too
     #[arg(long)]
@@ -181,6 +182,20 @@ pub struct CurlArgs {
     /// Retry on any error
     #[arg(long)]
     pub retry_all_errors: bool,
+    /// Use this HTTP proxy ([http://][USER:PASSWORD@]HOST[:PORT], port 1080 by default;
+    /// "" for none); without it http_proxy, https_proxy and all_proxy are read
+    #[arg(short = 'x', long, value_name = "PROXY")]
+    pub proxy: Option<String>,
+    /// USER:PASSWORD for the proxy
+    #[arg(short = 'U', long, value_name = "USER:PASSWORD")]
+    pub proxy_user: Option<String>,
+    /// Hosts reached without the proxy: comma-separated names (with their subdomains)
+    /// and IPv4 networks, or "*" (overrides no_proxy)
+    #[arg(long, value_name = "LIST")]
+    pub noproxy: Option<String>,
+    /// Most bytes a second to receive (K, M and G suffixes: 1024, 1024^2, 1024^3)
+    #[arg(long, value_name = "SPEED", value_parser = rate)]
+    pub limit_rate: Option<u64>,
     /// Use ADDR for HOST:PORT instead of the resolver (HOST:PORT:ADDR, repeatable)
     #[arg(long, value_name = "HOST:PORT:ADDR")]
     pub resolve: Vec<String>,
@@ -203,7 +218,7 @@ pub struct CurlArgs {
     #[arg(short = 'Z', long)]
     pub parallel: bool,
     /// Most transfers at once with -Z
-    #[arg(long, value_name = "N", default_value_t = 50)]
+    #[arg(long, value_name = "N", default_value_t = 50, allow_negative_numbers = true, value_parser = count::<usize>)]
     pub parallel_max: usize,
     /// Print the version and the features, and exit
     #[arg(short = 'V', long)]
@@ -219,6 +234,58 @@ pub struct CurlArgs {
     /// Positional URLs and --url ones in command-line order (empty: positional first).
     #[arg(skip)]
     pub url_order: Vec<String>,
+}
+
+/// curl's words for a number it cannot take.
+const NOT_A_NUMBER: &str = "expected a proper numerical parameter";
+const NEGATIVE: &str = "expected a positive numerical parameter";
+
+/// Seconds as curl reads them (a decimal fraction; not negative).
+fn seconds(arg: &str) -> Result<f64, String> {
+    let value: f64 = arg.trim().parse().map_err(|_| NOT_A_NUMBER.to_string())?;
+    if !value.is_finite() {
+        return Err(NOT_A_NUMBER.into());
+    }
+    if value < 0.0 {
+        return Err(NEGATIVE.into());
+    }
+    Ok(value)
+}
+
+/// A whole number as curl reads it for counts (not negative).
+fn count<T: TryFrom<i64>>(arg: &str) -> Result<T, String> {
+    let value: i64 = arg.trim().parse().map_err(|_| NOT_A_NUMBER.to_string())?;
+    if value < 0 {
+        return Err(NEGATIVE.into());
+    }
+    T::try_from(value).map_err(|_| NOT_A_NUMBER.to_string())
+}
+
+/// --limit-rate: bytes a second, with curl's B, K, M and G units (powers of 1024).
+fn rate(arg: &str) -> Result<u64, String> {
+    let arg = arg.trim();
+    let digits = arg
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(arg.len());
+    let value: f64 = arg[..digits]
+        .parse()
+        .map_err(|_| NOT_A_NUMBER.to_string())?;
+    let unit: u64 = match arg[digits..].to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err("is badly used here".into()),
+    };
+    Ok((value * unit as f64) as u64)
+}
+
+/// --max-redirs: -1 is no limit; below that curl refuses the number.
+fn redirect_limit(arg: &str) -> Result<i64, String> {
+    match arg.trim().parse::<i64>() {
+        Ok(n) if n >= -1 => Ok(n),
+        _ => Err(NOT_A_NUMBER.into()),
+    }
 }
 
 /// The flags whose pieces curl joins with '&'.

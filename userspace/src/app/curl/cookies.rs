@@ -43,6 +43,27 @@ fn default_path(request_path: &str) -> String {
     }
 }
 
+/// Whether a response from `host` may set a cookie with this Domain attribute, and if
+/// so whether the cookie goes to subdomains too (curl's tailmatch).
+/// RFC 6265 5.3 step 6: the host must domain-match the domain (5.1.3: the same name, or
+/// a name under it, and no IP address). Step 5: no public suffix, unless it is the
+/// host itself (as libpsl's psl_is_cookie_domain_acceptable, which curl uses).
+fn domain_allowed(host: &str, domain: &str) -> Option<bool> {
+    let host = host.to_ascii_lowercase();
+    let is_ip = host.parse::<std::net::Ipv4Addr>().is_ok() || host.starts_with('[');
+    if is_ip {
+        // An address matches only itself, and never its "subdomains".
+        return (host == domain).then_some(false);
+    }
+    if host == domain {
+        return Some(true);
+    }
+    let under = host
+        .strip_suffix(domain)
+        .is_some_and(|rest| rest.ends_with('.'));
+    (under && !super::psl::is_public_suffix(domain)).then_some(true)
+}
+
 impl Jar {
     pub fn new(cookie_args: &[String], jar_file: Option<&Path>) -> Jar {
         let mut jar = Jar {
@@ -115,7 +136,13 @@ impl Jar {
                 continue;
             };
             let (domain, tailmatch) = match c.domain() {
-                Some(d) if !d.is_empty() => (d.trim_start_matches('.').to_ascii_lowercase(), true),
+                Some(d) if !d.is_empty() => {
+                    let domain = d.trim_start_matches('.').to_ascii_lowercase();
+                    match domain_allowed(host, &domain) {
+                        Some(tailmatch) => (domain, tailmatch),
+                        None => continue,
+                    }
+                }
                 _ => (host.to_ascii_lowercase(), false),
             };
             let expires = if let Some(age) = c.max_age() {
@@ -252,6 +279,35 @@ mod tests {
         assert_eq!(again.entries.len(), 4);
         jar.store("h", "/", &["a=gone; Max-Age=0; Path=/"]);
         assert_eq!(jar.header("h", "/", false).unwrap(), "d=4; b=2; x=9");
+    }
+
+    #[test]
+    fn domains_must_match_the_host_and_not_be_public_suffixes() {
+        // Step 6: the host must be the domain or under it.
+        assert_eq!(domain_allowed("www.example.com", "example.com"), Some(true));
+        assert_eq!(domain_allowed("Example.com", "example.com"), Some(true));
+        assert_eq!(domain_allowed("evil.example", "example.com"), None);
+        assert_eq!(domain_allowed("notexample.com", "example.com"), None);
+        assert_eq!(domain_allowed("example.com", "www.example.com"), None);
+        // Step 5: no public suffix (the system's list, else single labels), unless
+        // it is the host itself.
+        assert_eq!(domain_allowed("www.example.com", "com"), None);
+        assert_eq!(domain_allowed("com", "com"), Some(true));
+        // An address only sets a cookie for itself, for no other name.
+        assert_eq!(domain_allowed("10.0.0.1", "10.0.0.1"), Some(false));
+        assert_eq!(domain_allowed("10.0.0.1", "0.0.1"), None);
+        let mut jar = Jar::new(&[], Some(Path::new("jar")));
+        jar.store(
+            "www.example.com",
+            "/",
+            &[
+                "a=1; Domain=other.example",
+                "b=2; Domain=com",
+                "c=3; Domain=.example.com",
+            ],
+        );
+        assert_eq!(jar.header("other.example", "/", false), None);
+        assert_eq!(jar.header("x.example.com", "/", false).unwrap(), "c=3");
     }
 
     #[test]

@@ -7,10 +7,13 @@
 //! runtime). `transfer` drives one URL through them; this file drives the URLs.
 mod args;
 mod cookies;
+pub mod flags;
 mod form;
 mod glob;
 mod output;
 mod progress;
+mod proxy;
+mod psl;
 mod request;
 mod response;
 mod transfer;
@@ -47,8 +50,12 @@ pub const EXIT_RANGE_ERROR: i32 = 33;
 pub const EXIT_TOO_MANY_REDIRECTS: i32 = 47;
 pub const EXIT_BAD_RESOLVE: i32 = 49;
 pub const EXIT_RECV_ERROR: i32 = 56;
-/// Not an exit code: Ctrl-C. The process ends by SIGINT after cleaning up.
-pub const EXIT_INTERRUPTED: i32 = -2;
+/// The signal an error's code stands for, if any: a code below zero is not an exit code
+/// but a signal (SIGINT, SIGTERM) that ended the transfers, its number negated; the
+/// process ends by that signal after cleaning up.
+pub fn killed_by(code: i32) -> Option<i32> {
+    (code < 0).then_some(-code)
+}
 
 pub const USER_AGENT: &str = concat!("userspace-curl/", env!("CARGO_PKG_VERSION"));
 pub const VERSION_LINE: &str = concat!(
@@ -106,6 +113,14 @@ impl Target {
 }
 
 pub fn parse_url(raw: &str) -> Result<Target, CurlError> {
+    // curl's URL parser refuses control bytes and spaces (its junk scan) where the url
+    // crate would percent-encode them: a CR/LF would otherwise reach the request line.
+    if raw.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(fail(
+            EXIT_BAD_URL,
+            "URL using bad/illegal format or missing URL",
+        ));
+    }
     let with_scheme = if raw.contains("://") {
         raw.to_string()
     } else {
@@ -235,13 +250,12 @@ fn print_version() {
     println!("Features: IPv4 SSL libz brotli zstd cookies globbing parallel");
 }
 
-/// Ends the process by SIGINT, as a shell expects from Ctrl-C: the default handler is
-/// put back and the signal raised again (the XDP link is gone with the runtime already,
-/// and the kernel would detach it at exit anyway).
-fn die_by_sigint() -> ! {
-    // Puts the default disposition back and raises the signal (signal-hook's safe call).
-    let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGINT);
-    std::process::exit(130)
+/// Ends the process by `signal`, as a shell expects from Ctrl-C or `kill`: the default
+/// handler is put back and the signal raised again (the XDP link is gone with the
+/// runtime already, and the kernel would detach it at exit anyway).
+fn die_by(signal: i32) -> ! {
+    let _ = signal_hook::low_level::emulate_default_handler(signal);
+    std::process::exit(128 + signal)
 }
 
 pub fn run(args: &CurlArgs) -> Result<(), CurlError> {
@@ -249,13 +263,16 @@ pub fn run(args: &CurlArgs) -> Result<(), CurlError> {
         print_version();
         return Ok(());
     }
+    output::note_closed_stdout();
     let urls = args.all_urls();
     if urls.is_empty() {
-        return Err(fail(EXIT_FAILED_INIT, "no URL specified!"));
+        // Said even with -s, as curl says it.
+        eprintln!("curl: no URL specified!\n{}", flags::TRY_HELP);
+        return Err(fail(EXIT_FAILED_INIT, ""));
     }
     let result = transfer::run_all(args, &urls);
     match result {
-        Err(e) if e.code == EXIT_INTERRUPTED => die_by_sigint(),
+        Err(e) if let Some(signal) = killed_by(e.code) => die_by(signal),
         other => other,
     }
 }

@@ -3,7 +3,7 @@
 use super::progress::Progress;
 use super::{CurlError, EXIT_WRITE_ERROR, fail};
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dest {
@@ -28,6 +28,25 @@ pub struct Sink {
     /// Bytes written to the destination (headers included).
     pub written: u64,
     pub progress: Progress,
+}
+
+/// Standard output was closed when curl started (`>&-`).
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Notes whether stdout was closed when the process started (`>&-`), for curl's exit
+/// 23 at the first byte of a body meant for it. Rust's runtime has by then put
+/// /dev/null, opened read-write, in place of every closed standard descriptor (so no
+/// socket takes the number, as curl's own start-up check ensures); a shell's
+/// `>/dev/null` opens it write-only.
+pub fn note_closed_stdout() {
+    let null = std::fs::read_link("/proc/self/fd/1").is_ok_and(|p| p == Path::new("/dev/null"));
+    let read_write = std::fs::read_to_string("/proc/self/fdinfo/1").is_ok_and(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .is_some_and(|flags| flags & 0o3 == 0o2)
+    });
+    STDOUT_CLOSED.store(null && read_write, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn write_error(e: std::io::Error) -> CurlError {
@@ -63,6 +82,9 @@ impl Sink {
     fn open(&mut self) -> Result<&mut Box<dyn Write>, CurlError> {
         if self.out.is_none() {
             let out: Box<dyn Write> = match &self.dest {
+                Dest::Stdout { .. } if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) => {
+                    return Err(fail(EXIT_WRITE_ERROR, "Failed writing body"));
+                }
                 Dest::Stdout { .. } => Box::new(std::io::BufWriter::with_capacity(
                     1 << 16,
                     std::io::stdout(),

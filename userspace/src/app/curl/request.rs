@@ -35,6 +35,10 @@ impl Custom {
     pub fn parse(raw: &str) -> Option<Custom> {
         if let Some((name, value)) = raw.split_once(':') {
             let name = name.trim().to_string();
+            // No name, no header: curl drops ": value".
+            if name.is_empty() {
+                return None;
+            }
             if value.trim().is_empty() {
                 return Some(Custom::Remove { name });
             }
@@ -125,9 +129,34 @@ fn upload(path: &str) -> Result<Payload, CurlError> {
     })
 }
 
+/// -u USER without a colon: curl asks for the password, on the terminal when there is
+/// one (without echo), else it reads stdin once and drops the last byte read (the
+/// newline); nothing read is an empty password.
+fn complete_user(user: &str) -> String {
+    if user.contains(':') {
+        return user.to_string();
+    }
+    let prompt = format!("Enter host password for user '{user}':");
+    let has_terminal = std::fs::File::open("/dev/tty").is_ok();
+    let password = if has_terminal {
+        let password = rpassword::prompt_password(&prompt).unwrap_or_default();
+        eprintln!();
+        password
+    } else {
+        eprint!("{prompt}");
+        // curl's buffer: 256 bytes, one read.
+        let mut buf = [0u8; 256];
+        let n = std::io::stdin().read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n.saturating_sub(1)]).into_owned()
+    };
+    format!("{user}:{password}")
+}
+
 /// What every request of one command line shares.
 #[derive(Debug, Clone, Default)]
 pub struct Prepared {
+    /// -u, with the password asked for when it was not given.
+    pub user: Option<String>,
     pub custom: Vec<Custom>,
     /// -d data for the query (-G), or the request body.
     pub data: Option<Vec<u8>>,
@@ -354,6 +383,7 @@ impl Prepared {
             payload = Some(upload(path)?);
         }
         Ok(Prepared {
+            user: args.user.as_deref().map(complete_user),
             custom,
             data,
             payload,
@@ -384,6 +414,8 @@ pub struct Hop<'a> {
     pub range: Option<&'a str>,
     pub cookie: Option<&'a str>,
     pub body: Option<&'a Payload>,
+    /// Plain http through a proxy: its credentials, if any.
+    pub proxy: Option<Option<&'a str>>,
 }
 
 pub fn basic_auth(credentials: &str) -> String {
@@ -411,6 +443,12 @@ pub fn build_head(args: &CurlArgs, prepared: &Prepared, hop: &Hop<'_>) -> Vec<u8
     };
     ours("Host", Some(hop.host.to_string()));
     ours(
+        "Proxy-Authorization",
+        hop.proxy
+            .flatten()
+            .map(|c| format!("Basic {}", basic_auth(c))),
+    );
+    ours(
         "Authorization",
         hop.credentials.map(|c| format!("Basic {}", basic_auth(c))),
     );
@@ -428,6 +466,10 @@ pub fn build_head(args: &CurlArgs, prepared: &Prepared, hop: &Hop<'_>) -> Vec<u8
             .then(|| super::response::ACCEPT_ENCODING.to_string()),
     );
     ours("Referer", args.referer.clone());
+    ours(
+        "Proxy-Connection",
+        hop.proxy.map(|_| "Keep-Alive".to_string()),
+    );
     ours("Cookie", hop.cookie.map(str::to_string));
     if let Some(tc) = &prepared.time_cond {
         let (name, value) = tc.header();
@@ -500,10 +542,11 @@ mod tests {
             method: &method,
             path: "/",
             host: "h",
-            credentials: a.user.as_deref(),
+            credentials: p.user.as_deref(),
             range: a.range.as_deref(),
             cookie: None,
             body: p.payload.as_ref(),
+            proxy: None,
         };
         String::from_utf8(build_head(a, &p, &hop)).unwrap()
     }

@@ -54,13 +54,104 @@ impl Response {
     }
 }
 
+/// curl's limit on one header line, the status line included (CURL_MAX_HTTP_HEADER).
+pub const MAX_HEADER_LINE: usize = 100 * 1024;
+/// curl's limit on a response's header lines together (MAX_HTTP_RESP_HEADER_SIZE).
+pub const MAX_HEADERS_SIZE: usize = 300 * 1024;
+
+/// curl's limits on the head in `raw` (complete or not), line by line as curl reads
+/// it: a line of 100 KiB is "Out of memory" (27), and header lines over 300 KiB in all
+/// are a receive error (56). True when the head is complete.
+pub fn check_head_limits(raw: &[u8]) -> Result<bool, CurlError> {
+    let mut total = 0usize;
+    let mut rest = raw;
+    loop {
+        let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+            // The line so far, and the byte curl's buffer keeps for its terminator.
+            if rest.len() + 1 > MAX_HEADER_LINE {
+                return Err(fail(27, "Out of memory"));
+            }
+            return Ok(false);
+        };
+        let line = end + 1;
+        if line + 1 > MAX_HEADER_LINE {
+            return Err(fail(27, "Out of memory"));
+        }
+        total += line;
+        if total > MAX_HEADERS_SIZE {
+            return Err(fail(
+                EXIT_RECV_ERROR,
+                format!("Too large response headers: {total} > {MAX_HEADERS_SIZE}"),
+            ));
+        }
+        // The empty line ends the head.
+        if rest[..end]
+            .strip_suffix(b"\r")
+            .unwrap_or(&rest[..end])
+            .is_empty()
+        {
+            return Ok(true);
+        }
+        rest = &rest[line..];
+    }
+}
+
+/// A broken status line is curl's exit 1: no "HTTP/" at all is an HTTP/0.9 reply,
+/// which curl does not allow; "HTTP/" with a bad version or code is an unsupported
+/// version.
+fn status_line_error(raw: &[u8]) -> CurlError {
+    if raw.starts_with(b"HTTP/") {
+        fail(
+            super::EXIT_UNSUPPORTED_PROTOCOL,
+            "Unsupported HTTP version in response",
+        )
+    } else {
+        fail(
+            super::EXIT_UNSUPPORTED_PROTOCOL,
+            "Received HTTP/0.9 when not allowed",
+        )
+    }
+}
+
+/// Content-Length as curl reads it (curlx_strtoofft): the last such header, its
+/// leading digits; no digits is a weird reply (8), a number too large for 63 bits
+/// is no length at all.
+fn content_length(value: &str) -> Result<Option<u64>, CurlError> {
+    let digits: &str = {
+        let v = value.trim_start();
+        let end = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+        &v[..end]
+    };
+    if digits.is_empty() {
+        return Err(fail(8, "Illegal Content-Length: in response"));
+    }
+    Ok(digits.parse::<i64>().ok().map(|n| n as u64))
+}
+
 /// Parses a complete head from `raw`: None while more bytes are needed.
 pub fn parse_head(raw: &[u8], head_request: bool) -> Result<Option<(usize, Response)>, CurlError> {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
+    if !check_head_limits(raw)? {
+        // The status line alone, as soon as it is there: a broken one fails at once.
+        let first = raw
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw, |end| &raw[..=end]);
+        let mut resp = httparse::Response::new(&mut []);
+        if let Err(httparse::Error::Version | httparse::Error::Status) = resp.parse(first) {
+            return Err(status_line_error(raw));
+        }
+        return Ok(None);
+    }
+    // One slot per line: the limits above bound the count.
+    let lines = raw.iter().filter(|&&b| b == b'\n').count() + 1;
+    let mut headers = vec![httparse::EMPTY_HEADER; lines];
     let mut resp = httparse::Response::new(&mut headers);
     let n = match resp.parse(raw) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::Version | httparse::Error::Status) => {
+            return Err(status_line_error(raw));
+        }
         Err(e) => return Err(fail(8, format!("Weird server reply: {e}"))),
     };
     let status = resp.code.unwrap_or(0);
@@ -74,9 +165,11 @@ pub fn parse_head(raw: &[u8], head_request: bool) -> Result<Option<(usize, Respo
             )
         })
         .collect();
+    // The last of a repeated header, as curl, which reads them one after the other.
     let find = |name: &str| {
         headers
             .iter()
+            .rev()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     };
@@ -86,11 +179,8 @@ pub fn parse_head(raw: &[u8], head_request: bool) -> Result<Option<(usize, Respo
     } else if find("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
     {
         Framing::Chunked
-    } else if let Some(len) = find("content-length") {
-        Framing::Length(
-            len.parse()
-                .map_err(|_| fail(8, "Weird server reply: bad Content-Length"))?,
-        )
+    } else if let Some(len) = find("content-length").map(content_length).transpose()? {
+        len.map_or(Framing::UntilClose, Framing::Length)
     } else {
         Framing::UntilClose
     };
@@ -325,6 +415,43 @@ mod tests {
         );
         assert_eq!(decode_all("zstd", &zstd), text);
         assert_eq!(decode_all("identity", &text), text);
+    }
+
+    #[test]
+    fn broken_heads_fail_with_curls_codes() {
+        let code = |raw: &[u8]| parse_head(raw, false).err().map(|e| e.code);
+        assert_eq!(code(b"garbage line\r\n\r\nbody"), Some(1));
+        assert_eq!(code(b"garbage"), Some(1));
+        assert_eq!(code(b"HTTP/1.1 abc OK\r\n\r\n"), Some(1));
+        assert_eq!(
+            code(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
+            Some(8)
+        );
+        // One line of 100 KiB (with the byte for its end) is curl's out of memory,
+        // complete or still arriving.
+        let mut line = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        line.resize(17 + MAX_HEADER_LINE - 1, b'a');
+        assert_eq!(code(&line), None);
+        line.push(b'a');
+        assert_eq!(code(&line), Some(27));
+        // Header lines over 300 KiB together: 56, many headers below that are fine.
+        let many = |n: usize| {
+            let mut raw = b"HTTP/1.1 200 OK\r\n".to_vec();
+            raw.extend(b"X: y\r\n".repeat(n));
+            raw.extend(b"\r\n");
+            raw
+        };
+        let (_, r) = parse_head(&many(20_000), false).unwrap().unwrap();
+        assert_eq!(r.headers.len(), 20_000);
+        assert_eq!(code(&many(51_198)), Some(EXIT_RECV_ERROR));
+        // The last Content-Length counts, by its leading digits.
+        let (_, r) = parse_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5, 5\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.framing, Framing::Length(5));
     }
 
     #[test]

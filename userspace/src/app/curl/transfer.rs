@@ -5,6 +5,7 @@
 use super::cookies::Jar;
 use super::output::{Dest, Sink, disposition_name, remote_name};
 use super::progress::Progress;
+use super::proxy::Proxy;
 use super::request::{Hop, Payload, Prepared, build_head, initial_method};
 use super::response::{Chunked, Decoder, Framing, Response, parse_head};
 use super::transport::{Conn, Io, TlsParams, block_on};
@@ -190,7 +191,7 @@ pub fn run_all(args: &CurlArgs, urls: &[String]) -> Result<(), CurlError> {
             finished = true;
             drop(running.remove(k));
             left -= 1;
-            if matches!(&result, Err(e) if e.code == EXIT_INTERRUPTED) {
+            if matches!(&result, Err(e) if killed_by(e.code).is_some()) {
                 // Ctrl-C: nothing more is written; the runtime goes (XDP detached).
                 drop(running);
                 drop(session);
@@ -311,7 +312,7 @@ impl Session<'_> {
                         })
                 );
             let reason = match &result {
-                Err(e) if e.code == EXIT_INTERRUPTED => None,
+                Err(e) if killed_by(e.code).is_some() => None,
                 Err(e) if e.code == EXIT_TIMEOUT || e.code == EXIT_CANNOT_RESOLVE => {
                     Some(": timeout")
                 }
@@ -398,6 +399,7 @@ impl Session<'_> {
         &self,
         target: &Target,
         ip: Ipv4Addr,
+        via: Option<&Proxy>,
         info: &mut Info,
         t0: Instant,
     ) -> Result<(Conn, bool), CurlError> {
@@ -427,10 +429,27 @@ impl Session<'_> {
             cacert: args.cacert.as_deref(),
             insecure: args.insecure,
         });
+        // Through a proxy: TCP to the proxy; for https a tunnel, and TLS inside it.
+        let port = via.map_or(target.port, |p| p.port);
+        let (direct_tls, tunnel_tls) = match via {
+            Some(_) => (None, tls),
+            None => (tls, None),
+        };
         let conn = self
             .io
-            .connect(ip, target.port, timeout, self.deadline(t0), tls)
+            .connect(ip, port, timeout, self.deadline(t0), direct_tls)
             .await?;
+        if let (Some(proxy), Some(params)) = (via, tunnel_tls) {
+            let tunnel = self.tunnel(conn, target, proxy).await;
+            let secured = match tunnel {
+                Ok(()) => self.io.handshake(conn, &params).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = secured {
+                self.io.abort(conn);
+                return Err(e);
+            }
+        }
         info.num_connects += 1;
         info.time_connect = t0.elapsed().as_secs_f64();
         if target.https {
@@ -448,6 +467,32 @@ impl Session<'_> {
         Ok((conn, false))
     }
 
+    /// Opens a CONNECT tunnel through a proxy to the target (RFC 9110 9.3.6): any 2xx
+    /// answer is the tunnel; anything else is curl's (56).
+    async fn tunnel(&self, conn: Conn, target: &Target, proxy: &Proxy) -> Result<(), CurlError> {
+        let agent = match &self.args.user_agent {
+            Some(a) if a.is_empty() => None,
+            Some(a) => Some(a.as_str()),
+            None => Some(USER_AGENT),
+        };
+        let request = super::proxy::connect_request(target, proxy, agent);
+        if self.args.verbose {
+            eprintln!(
+                "* Establish HTTP proxy tunnel to {}:{}",
+                target.host, target.port
+            );
+        }
+        self.io.write(conn, &request).await?;
+        match read_head(&self.io, conn, true, Vec::new(), false).await? {
+            Some((response, _)) if (200..300).contains(&response.status) => Ok(()),
+            Some((response, _)) => Err(fail(
+                EXIT_RECV_ERROR,
+                format!("CONNECT tunnel failed, response {}", response.status),
+            )),
+            None => Err(fail(EXIT_RECV_ERROR, "Proxy CONNECT aborted")),
+        }
+    }
+
     /// Sends a request and reads the response head (1xx skipped). A kept-alive
     /// connection that the server closed meanwhile is replaced once.
     #[allow(clippy::too_many_arguments)]
@@ -455,16 +500,17 @@ impl Session<'_> {
         &self,
         target: &Target,
         ip: Ipv4Addr,
+        via: Option<&Proxy>,
         request: &[u8],
         head_request: bool,
         info: &mut Info,
         t0: Instant,
     ) -> Result<(Conn, Response, Vec<u8>), CurlError> {
-        let (mut conn, mut reused) = self.connection(target, ip, info, t0).await?;
+        let (mut conn, mut reused) = self.connection(target, ip, via, info, t0).await?;
         loop {
             let t = &self.io;
             info.remote_ip = Some(ip);
-            info.remote_port = Some(target.port);
+            info.remote_port = Some(via.map_or(target.port, |p| p.port));
             if let Some(local) = t.local_addr(conn) {
                 info.local_ip = Some(*local.ip());
                 info.local_port = Some(local.port());
@@ -481,15 +527,15 @@ impl Session<'_> {
                 }
                 Ok(None) if reused => {
                     t.abort(conn);
-                    (conn, reused) = self.connection(target, ip, info, t0).await?;
+                    (conn, reused) = self.connection(target, ip, via, info, t0).await?;
                 }
                 Ok(None) => {
                     t.abort(conn);
                     return Err(fail(52, "Empty reply from server"));
                 }
-                Err(e) if reused && e.code != EXIT_INTERRUPTED && e.code != EXIT_TIMEOUT => {
+                Err(e) if reused && killed_by(e.code).is_none() && e.code != EXIT_TIMEOUT => {
                     t.abort(conn);
-                    (conn, reused) = self.connection(target, ip, info, t0).await?;
+                    (conn, reused) = self.connection(target, ip, via, info, t0).await?;
                 }
                 Err(e) => {
                     t.abort(conn);
@@ -661,21 +707,42 @@ impl Session<'_> {
         let mut sink: Option<Sink> = None;
         let mut redirects = 0u32;
         let result = loop {
-            let ip = resolve(&self.resolve, &target.host, target.port)?;
+            let proxy = super::proxy::for_target(args, &target)?;
+            // Through a proxy, only the proxy's name is resolved here.
+            let ip = match &proxy {
+                Some(p) => resolve(&self.resolve, &p.host, p.port).map_err(|e| {
+                    if e.code == EXIT_CANNOT_RESOLVE {
+                        fail(
+                            super::proxy::EXIT_CANNOT_RESOLVE_PROXY,
+                            format!("Could not resolve proxy: {}", p.host),
+                        )
+                    } else {
+                        e
+                    }
+                })?,
+                None => resolve(&self.resolve, &target.host, target.port)?,
+            };
             info.time_namelookup = t0.elapsed().as_secs_f64();
             // -u goes to the first host only (curl without --location-trusted); URL
             // credentials belong to their URL.
             let credentials = target.credentials().or_else(|| {
                 (target.host.eq_ignore_ascii_case(&first_host))
-                    .then(|| args.user.clone())
+                    .then(|| self.prepared.user.clone())
                     .flatten()
             });
             let path = target.path();
             let cookie = self.jar.borrow().header(&target.host, &path, target.https);
             let host = target.host_header();
+            // Plain http through a proxy names the whole URL (RFC 9112 3.2.2).
+            let plain_proxy = proxy.as_ref().filter(|_| !target.https);
+            let request_target = match plain_proxy {
+                Some(_) => super::proxy::absolute_target(&target),
+                None => path.clone(),
+            };
             let hop = Hop {
                 method: &method,
-                path: &path,
+                path: &request_target,
+                proxy: plain_proxy.map(|p| p.credentials.as_deref()),
                 host: &host,
                 credentials: credentials.as_deref(),
                 range: range.as_deref(),
@@ -696,7 +763,15 @@ impl Session<'_> {
             }
             let head_request = method.eq_ignore_ascii_case("HEAD");
             let exchanged = self
-                .exchange(&target, ip, &request, head_request, info, t0)
+                .exchange(
+                    &target,
+                    ip,
+                    proxy.as_ref(),
+                    &request,
+                    head_request,
+                    info,
+                    t0,
+                )
                 .await;
             self.settle(&PoolKey::new(&target, ip));
             let (conn, response, rest) = exchanged?;
@@ -718,9 +793,7 @@ impl Session<'_> {
             self.jar
                 .borrow_mut()
                 .store(&target.host, target.url.path(), &set_cookies);
-            let location = response
-                .header("location")
-                .and_then(|l| target.url.join(l).ok());
+            let location = response.header("location").map(|l| target.url.join(l));
             let is_redirect = matches!(response.status, 301 | 302 | 303 | 307 | 308);
             let follow = args.location && is_redirect && location.is_some();
             if args.include || args.head {
@@ -730,6 +803,18 @@ impl Session<'_> {
                     break Err(e);
                 }
             }
+            // A target that is no URL ends a -L transfer, as curl's (3); without -L it
+            // is only not reported as %{redirect_url}.
+            let location = match location {
+                Some(Err(e)) if follow => {
+                    self.discard(conn, &target, ip, &response, rest).await;
+                    break Err(fail(
+                        EXIT_BAD_URL,
+                        format!("The redirect target URL could not be parsed: {e}"),
+                    ));
+                }
+                other => other.and_then(Result::ok),
+            };
             if follow && let Some(next) = location {
                 redirects += 1;
                 info.num_redirects = redirects;
@@ -826,7 +911,8 @@ impl Session<'_> {
             let mut decoder = Decoder::new(encoding, args.compressed);
             let mut size = 0u64;
             let t = &self.io;
-            let read = read_body(t, conn, response.framing, rest, &mut |data| {
+            let rate = args.limit_rate;
+            let read = read_body(t, conn, response.framing, rest, rate, &mut |data| {
                 size += data.len() as u64;
                 self.downloaded
                     .set(self.downloaded.get() + data.len() as u64);
@@ -883,7 +969,15 @@ impl Session<'_> {
         response: &Response,
         rest: Vec<u8>,
     ) {
-        let drained = read_body(&self.io, conn, response.framing, rest, &mut |_| Ok(())).await;
+        let drained = read_body(
+            &self.io,
+            conn,
+            response.framing,
+            rest,
+            None,
+            &mut |_| Ok(()),
+        )
+        .await;
         self.release(conn, target, ip, response, drained.is_ok())
             .await;
     }
@@ -954,24 +1048,61 @@ async fn read_head(
                 "Recv failure: connection closed in the headers",
             ));
         }
+        // parse_head holds the head to curl's size limits.
         raw.extend_from_slice(&buf[..n]);
-        if raw.len() > 256 * 1024 {
-            return Err(fail(
-                EXIT_RECV_ERROR,
-                "Recv failure: response head too large",
-            ));
-        }
     }
 }
 
-/// Reads a body by its framing, passing the payload to `out`.
+/// --limit-rate: how long to pause so that `bytes` received since `elapsed` ago keep
+/// to `rate` bytes a second on average (curl's average, not a burst limit).
+fn pause_for(bytes: u64, elapsed: Duration, rate: u64) -> Duration {
+    if rate == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64(bytes as f64 / rate as f64).saturating_sub(elapsed)
+}
+
+/// Reads from a connection, keeping to --limit-rate: while it pauses, the stack's
+/// receive window fills and the sender waits, as with curl.
+struct Paced<'a> {
+    t: &'a Io,
+    conn: Conn,
+    rate: Option<u64>,
+    start: Instant,
+    received: u64,
+}
+
+impl Paced<'_> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, CurlError> {
+        if let Some(rate) = self.rate {
+            let pause = pause_for(self.received, self.start.elapsed(), rate);
+            if !pause.is_zero() {
+                self.t.sleep(pause).await?;
+            }
+        }
+        let n = self.t.read(self.conn, buf).await?;
+        self.received += n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads a body by its framing, passing the payload to `out`, at most `rate` bytes a
+/// second when given.
 async fn read_body(
     t: &Io,
     conn: Conn,
     framing: Framing,
     mut rest: Vec<u8>,
+    rate: Option<u64>,
     out: &mut dyn FnMut(&[u8]) -> Result<(), CurlError>,
 ) -> Result<(), CurlError> {
+    let mut paced = Paced {
+        t,
+        conn,
+        rate,
+        start: Instant::now(),
+        received: rest.len() as u64,
+    };
     let mut buf = vec![0u8; 64 * 1024];
     match framing {
         Framing::None => Ok(()),
@@ -984,7 +1115,7 @@ async fn read_body(
                 if remaining == 0 {
                     return Ok(());
                 }
-                let n = t.read(conn, &mut buf).await?;
+                let n = paced.read(&mut buf).await?;
                 if n == 0 {
                     return Err(fail(
                         18,
@@ -999,7 +1130,7 @@ async fn read_body(
             let mut decoder = Chunked::default();
             decoder.feed(&rest, out)?;
             while !decoder.done {
-                let n = t.read(conn, &mut buf).await?;
+                let n = paced.read(&mut buf).await?;
                 if n == 0 {
                     return Err(fail(
                         18,
@@ -1013,12 +1144,27 @@ async fn read_body(
         Framing::UntilClose => {
             out(&rest)?;
             loop {
-                let n = t.read(conn, &mut buf).await?;
+                let n = paced.read(&mut buf).await?;
                 if n == 0 {
                     return Ok(());
                 }
                 out(&buf[..n])?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_rate_pauses_until_the_average_is_met() {
+        let ms = Duration::from_millis;
+        assert_eq!(pause_for(1000, ms(0), 1000), ms(1000));
+        assert_eq!(pause_for(1000, ms(400), 1000), ms(600));
+        assert_eq!(pause_for(1000, ms(1500), 1000), Duration::ZERO);
+        assert_eq!(pause_for(0, ms(0), 1000), Duration::ZERO);
+        assert_eq!(pause_for(5000, ms(0), 0), Duration::ZERO);
     }
 }

@@ -7,9 +7,7 @@
 //! runs on its own thread and wakes the waiting transfer through its waker, and
 //! [`Io::wait`] parks this thread until then (or the next deadline). The HTTP code above
 //! sees nothing but these calls.
-use super::{
-    CurlError, EXIT_CANNOT_CONNECT, EXIT_INTERRUPTED, EXIT_RECV_ERROR, EXIT_TIMEOUT, fail,
-};
+use super::{CurlError, EXIT_CANNOT_CONNECT, EXIT_RECV_ERROR, EXIT_TIMEOUT, fail, killed_by};
 use crate::app::setup::StackArgs;
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
@@ -17,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -26,8 +24,9 @@ use userspace::tcp::TcpError;
 
 /// The longest the thread parks without a wake-up: how soon Ctrl-C is noticed.
 const MAX_PARK: Duration = Duration::from_millis(50);
-/// How long a closing connection waits for the peer's FIN.
-const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// How long the stack, when the process ends, lets closed connections get their last
+/// bytes and FIN acknowledged.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 /// A connection's handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +88,9 @@ pub struct Io {
     verbose: bool,
     /// `--keepalive-time`: idle time before keep-alive probes, and between them.
     keepalive: Option<Duration>,
-    /// Set by SIGINT and SIGTERM once the stack is open.
-    interrupted: Arc<AtomicBool>,
+    /// The number of the signal (SIGINT, SIGTERM) that came once the stack was open,
+    /// or 0.
+    interrupted: Arc<AtomicUsize>,
     /// The earliest deadline of the waits pending since the last [`Io::wait`].
     next_deadline: Cell<Option<Instant>>,
     waker: Waker,
@@ -103,7 +103,7 @@ impl Io {
             stack,
             verbose,
             keepalive,
-            interrupted: Arc::new(AtomicBool::new(false)),
+            interrupted: Arc::new(AtomicUsize::new(0)),
             next_deadline: Cell::new(None),
             waker: Waker::from(Arc::new(Unpark(std::thread::current()))),
         }
@@ -111,17 +111,35 @@ impl Io {
 
     /// Runs `f` on the transport, opening it first if needed.
     fn with<R>(&self, f: impl FnOnce(&mut Transport) -> R) -> Result<R, CurlError> {
+        self.open_towards(None, f)
+    }
+
+    /// [`Io::with`], the stack opened (if it is not yet) on the kernel's route to
+    /// `destination`. No route there is curl's "couldn't connect" (exit 7).
+    fn open_towards<R>(
+        &self,
+        destination: Option<Ipv4Addr>,
+        f: impl FnOnce(&mut Transport) -> R,
+    ) -> Result<R, CurlError> {
         let mut guard = self.inner.borrow_mut();
         if guard.is_none() {
-            let stack = self
-                .stack
-                .builder()
-                .linger(CLOSE_WAIT)
-                .build()
-                .map_err(|e| fail(super::EXIT_FAILED_INIT, format!("{e:#}")))?;
+            let mut builder = self.stack.builder().linger(CLOSE_LINGER);
+            if let Some(ip) = destination {
+                builder = builder.destination(ip);
+            }
+            let stack = builder.build().map_err(|e| match e.kind() {
+                std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable => {
+                    fail(super::EXIT_CANNOT_CONNECT, format!("{e:#}"))
+                }
+                _ => fail(super::EXIT_FAILED_INIT, format!("{e:#}")),
+            })?;
             if self.stack.stop_on_signals {
                 for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                    let _ = signal_hook::flag::register(signal, self.interrupted.clone());
+                    let _ = signal_hook::flag::register_usize(
+                        signal,
+                        self.interrupted.clone(),
+                        signal as usize,
+                    );
                 }
             }
             *guard = Some(Transport {
@@ -190,8 +208,9 @@ impl Io {
             if let Poll::Ready(v) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Ok(v));
             }
-            if self.interrupted.load(Ordering::Relaxed) {
-                return Poll::Ready(Err(fail(EXIT_INTERRUPTED, "interrupted")));
+            let signal = self.interrupted.load(Ordering::Relaxed);
+            if signal != 0 {
+                return Poll::Ready(Err(fail(-(signal as i32), "interrupted")));
             }
             if let Some(d) = deadline {
                 if Instant::now() >= d {
@@ -239,8 +258,23 @@ impl Io {
                 format!("Failed to connect to {ip} port {port}: {e}"),
             )
         };
-        let stack = self.with(|t| t.stack.clone())?;
         let started = Instant::now();
+        // As curl 7.88 says it when connect(2) fails at once (ENETUNREACH).
+        let unreachable = |why: &dyn std::fmt::Display| {
+            self.info(&format!("Immediate connect fail for {ip}: {why}"));
+            fail(
+                EXIT_CANNOT_CONNECT,
+                format!(
+                    "Failed to connect to {ip} port {port} after {} ms: Couldn't connect to server",
+                    started.elapsed().as_millis()
+                ),
+            )
+        };
+        let stack = match self.open_towards(Some(ip), |t| t.stack.clone()) {
+            Ok(stack) => stack,
+            Err(e) if e.code == EXIT_CANNOT_CONNECT => return Err(unreachable(&e.message)),
+            Err(e) => return Err(e),
+        };
         let connect_deadline = started + connect_timeout;
         let until = deadline.map_or(connect_deadline, |d| d.min(connect_deadline));
         let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
@@ -262,9 +296,27 @@ impl Io {
         let outer = deadline.filter(|d| *d < connect_deadline);
         let tcp = match self.within(outer, connecting).await {
             Ok(Ok(tcp)) => tcp,
-            // TCP's own answer (refused, reset, unreachable, its SYNs given up on).
+            // An ICMP unreachable, in the stack's words.
             Ok(Err(e)) if e.get_ref().is_some_and(|inner| inner.is::<TcpError>()) => {
                 return Err(refused(&e));
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NetworkUnreachable => {
+                return Err(unreachable(&e));
+            }
+            // TCP's own answer (refused, reset, its SYNs given up on), as the kernel's
+            // errno: curl 7.88 names it under -v and says "Couldn't connect" otherwise.
+            Ok(Err(e)) if e.raw_os_error().is_some() => {
+                self.info(&format!(
+                    "connect to {ip} port {port} failed: {}",
+                    in_words(&e)
+                ));
+                return Err(fail(
+                    EXIT_CANNOT_CONNECT,
+                    format!(
+                        "Failed to connect to {ip} port {port} after {} ms: Couldn't connect to server",
+                        started.elapsed().as_millis()
+                    ),
+                ));
             }
             // The connect's time limit.
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -414,8 +466,10 @@ impl Io {
         }
     }
 
-    /// Closes gracefully (close_notify, FIN), waits a moment for the peer's FIN, and
-    /// forgets the connection; the stack finishes the close.
+    /// Closes gracefully (close_notify, FIN) and forgets the connection: the stack
+    /// finishes the close, as the kernel does for a socket closed by its process. Nothing
+    /// waits for the peer's FIN: a server may keep the connection open for as long as it
+    /// likes.
     pub async fn close(&self, conn: Conn) {
         let Ok((raw, tls)) = self.take(conn) else {
             return;
@@ -426,24 +480,10 @@ impl Io {
         }
         let closing = Raw {
             conn,
-            deadline: Some(Instant::now() + CLOSE_WAIT),
+            deadline: Some(Instant::now() + CLOSE_LINGER),
         };
         let _ = self
             .on_stream(closing, |tcp, cx| tcp.poll_shutdown(cx))
-            .await;
-        // What the peer still sends is not wanted, only its FIN.
-        let _ = self
-            .on_stream(closing, |mut tcp, cx| {
-                let mut scratch = [0u8; 4096];
-                loop {
-                    let mut unwanted = ReadBuf::new(&mut scratch);
-                    match tcp.as_mut().poll_read(cx, &mut unwanted) {
-                        Poll::Ready(Ok(())) if !unwanted.filled().is_empty() => {}
-                        Poll::Ready(_) => return Poll::Ready(()),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-            })
             .await;
         let _ = self.with(|t| t.streams.get_mut(conn.0).and_then(Option::take));
     }
@@ -478,13 +518,13 @@ impl Io {
             )
             .await
         {
-            Err(e) if e.code == EXIT_INTERRUPTED => Err(e),
+            Err(e) if killed_by(e.code).is_some() => Err(e),
             _ => Ok(()),
         }
     }
 
     /// The TLS handshake over an established TCP connection.
-    async fn handshake(&self, conn: Conn, params: &TlsParams<'_>) -> Result<(), CurlError> {
+    pub async fn handshake(&self, conn: Conn, params: &TlsParams<'_>) -> Result<(), CurlError> {
         let config = self.with(|t| match &t.tls_config {
             Some(c) => Ok(c.clone()),
             None => {
@@ -556,7 +596,7 @@ impl Io {
             let n = self
                 .on_stream(raw, |tcp, cx| tcp.poll_write(cx, data))
                 .await?
-                .map_err(|e| fail(55, format!("Send failure: {e}")))?;
+                .map_err(|e| fail(55, format!("Send failure: {}", in_words(&e))))?;
             data = &data[n..];
         }
         Ok(())
@@ -570,7 +610,7 @@ impl Io {
                 .map(|r| r.map(|()| filled.filled().len()))
         })
         .await?
-        .map_err(|e| fail(EXIT_RECV_ERROR, format!("Recv failure: {e}")))
+        .map_err(|e| fail(EXIT_RECV_ERROR, format!("Recv failure: {}", in_words(&e))))
     }
 }
 
@@ -583,5 +623,15 @@ pub fn block_on<F: Future>(io: &Io, fut: F) -> F::Output {
             return v;
         }
         io.wait();
+    }
+}
+
+/// An error as curl words it: the system's message for an errno ("Connection reset by
+/// peer"), without std's " (os error N)".
+fn in_words(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
     }
 }

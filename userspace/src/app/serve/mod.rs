@@ -7,6 +7,7 @@
 //! on the list of those with news, so an idle connection costs nothing per turn,
 //! whatever their number.
 mod files;
+mod timeouts;
 
 use super::setup::StackArgs;
 use files::{Found, Range, Validators};
@@ -18,9 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+use timeouts::{Clock, Phase, Timeouts};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use userspace::net::tokio::{TcpListener, TcpStream};
-use userspace::net::{Stack, StackLoop};
+use userspace::net::{ListenOptions, Stack, StackLoop};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -39,6 +41,25 @@ pub struct ServeArgs {
     /// Accept queue length
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub backlog: usize,
+    /// Serve the port even if a kernel server listens on it (its clients then reach
+    /// this server instead; without it, such a port is refused)
+    #[arg(long)]
+    pub take_over: bool,
+    /// Seconds a client has to send a whole request head (nginx's
+    /// client_header_timeout)
+    #[arg(long, value_name = "SECONDS", default_value_t = timeouts::HEADER_TIMEOUT)]
+    pub header_timeout: f64,
+    /// Seconds a request body may stall between two reads (nginx's client_body_timeout)
+    #[arg(long, value_name = "SECONDS", default_value_t = timeouts::BODY_TIMEOUT)]
+    pub body_timeout: f64,
+    /// Seconds a response may stall between two writes (nginx's send_timeout); the
+    /// connection is then reset
+    #[arg(long, value_name = "SECONDS", default_value_t = timeouts::SEND_TIMEOUT)]
+    pub send_timeout: f64,
+    /// Seconds an idle keep-alive connection (with --echo: any idle connection) stays
+    /// open (nginx's keepalive_timeout)
+    #[arg(long, value_name = "SECONDS", default_value_t = timeouts::KEEPALIVE_TIMEOUT)]
+    pub keepalive_timeout: f64,
     /// Seconds in-flight responses get to finish after SIGINT/SIGTERM
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub grace: f64,
@@ -58,7 +79,6 @@ const MAX_BODY: u64 = 1 << 20;
 /// Output buffered per connection before reading stops (back-pressure).
 const MAX_PENDING_OUT: usize = 256 * 1024;
 
-#[derive(Default)]
 struct Session {
     input: Vec<u8>,
     output: Vec<u8>,
@@ -71,9 +91,41 @@ struct Session {
     peer_done: bool,
     /// The request being answered is a HEAD.
     head_only: bool,
+    /// Responses sent whole.
+    served: u64,
+    /// When the current phase began and last moved (for the timeouts).
+    clock: Clock,
 }
 
 impl Session {
+    fn new(now: Instant) -> Self {
+        Session {
+            input: Vec::new(),
+            output: Vec::new(),
+            sent: 0,
+            file: None,
+            skip_body: 0,
+            close_after: false,
+            peer_done: false,
+            head_only: false,
+            served: 0,
+            clock: Clock::new(now),
+        }
+    }
+
+    /// The limit the connection is under now.
+    fn phase(&self, echo: bool) -> Phase {
+        if self.busy() {
+            Phase::Send
+        } else if echo || (self.input.is_empty() && self.served > 0 && self.skip_body == 0) {
+            Phase::KeepAlive
+        } else if self.skip_body > 0 {
+            Phase::Body
+        } else {
+            Phase::Header
+        }
+    }
+
     fn pending(&self) -> usize {
         self.output.len() - self.sent
     }
@@ -101,7 +153,15 @@ pub struct Server {
     /// Clients whose connections woke them.
     woken: Arc<Mutex<Vec<usize>>>,
     work: Vec<usize>,
+    timeouts: Timeouts,
+    /// Connections closed by each timeout.
+    pub timed_out: timeouts::Counts,
+    /// When the clients' deadlines are next looked at.
+    next_expiry_check: Instant,
 }
+
+/// How often the clients' deadlines are looked at.
+const EXPIRY_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// Puts a client on the server's list when its connection has news.
 struct Wake {
@@ -122,8 +182,11 @@ impl std::task::Wake for Wake {
 }
 
 impl Server {
-    pub fn new(root: PathBuf, echo: bool) -> Self {
+    pub fn new(root: PathBuf, echo: bool, timeouts: Timeouts) -> Self {
         Server {
+            timeouts,
+            timed_out: timeouts::Counts::default(),
+            next_expiry_check: Instant::now(),
             root,
             echo,
             list: false,
@@ -150,10 +213,31 @@ impl Server {
         let client = Client {
             tcp,
             waker,
-            session: Session::default(),
+            session: Session::new(Instant::now()),
         };
         self.clients.insert(id, client);
         self.work.push(id);
+    }
+
+    /// Closes the connections past their phase's limit (a stalled send is reset).
+    pub fn expire(&mut self, now: Instant) {
+        if now < self.next_expiry_check {
+            return;
+        }
+        self.next_expiry_check = now + EXPIRY_CHECK_EVERY;
+        let (timeouts, echo) = (self.timeouts, self.echo);
+        let counts = &mut self.timed_out;
+        self.clients.retain(|_, c| {
+            let phase = c.session.phase(echo);
+            if now < timeouts.deadline(phase, &c.session.clock) {
+                return true;
+            }
+            counts.count(phase);
+            if phase == Phase::Send {
+                let _ = c.tcp.abort();
+            }
+            false
+        });
     }
 
     /// Serves the clients whose connections woke them, and those queued by the server.
@@ -184,10 +268,19 @@ impl Server {
         let mut cx = Context::from_waker(&waker);
         let s = &mut c.session;
         loop {
+            let was_busy = s.busy();
             let mut moved = match self.flush(&mut c.tcp, &mut cx, s) {
                 Ok(moved) => moved,
                 Err(()) => return false,
             };
+            if moved {
+                s.clock.last_step = Instant::now();
+                if was_busy && !s.busy() {
+                    // A response went out whole: the next head's clock starts now.
+                    s.served += 1;
+                    s.clock.head_start = s.clock.last_step;
+                }
+            }
             if !s.peer_done && s.pending() < MAX_PENDING_OUT {
                 let mut read = ReadBuf::new(&mut self.buf);
                 match Pin::new(&mut c.tcp).poll_read(&mut cx, &mut read) {
@@ -198,6 +291,12 @@ impl Server {
                     }
                     Poll::Ready(Ok(())) => {
                         moved = true;
+                        let now = Instant::now();
+                        if s.phase(self.echo) == Phase::KeepAlive {
+                            // The first byte of a kept-alive connection's next request.
+                            s.clock.head_start = now;
+                        }
+                        s.clock.last_step = now;
                         if self.echo {
                             s.output.extend_from_slice(read.filled());
                         } else {
@@ -541,6 +640,17 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         args.port = free_port()?;
     }
     let args = &args;
+    for (flag, seconds) in [
+        ("--grace", args.grace),
+        ("--header-timeout", args.header_timeout),
+        ("--body-timeout", args.body_timeout),
+        ("--send-timeout", args.send_timeout),
+        ("--keepalive-timeout", args.keepalive_timeout),
+    ] {
+        if !(0.0..=1e9).contains(&seconds) {
+            anyhow::bail!("{flag} {seconds}: seconds must be a number from 0 to 1e9");
+        }
+    }
     if !args.echo && !args.root.is_dir() {
         anyhow::bail!("--root {} is not a directory", args.root.display());
     }
@@ -578,6 +688,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
                     );
                 }
             });
+            result?;
             let s = shard.poll.stats();
             eprintln!(
                 "stack {} (queues {:?}): {} connections, {} frames in, {} frames out",
@@ -587,7 +698,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
                 s.rx_frames,
                 s.tx_frames
             );
-            result
+            Ok(())
         })
         .map_err(|e| match args.queues {
             Some(n) => anyhow::anyhow!("--queues {n}: {e}"),
@@ -620,15 +731,31 @@ fn serve_on(
     stop: &AtomicBool,
     ready: impl FnOnce(u16),
 ) -> anyhow::Result<()> {
+    let options = ListenOptions {
+        backlog: args.backlog,
+        take_over: args.take_over,
+    };
     let listener = poll
-        .block_on(TcpListener::bind_with_backlog(
+        .block_on(TcpListener::bind_with(
             stack,
             (std::net::Ipv4Addr::UNSPECIFIED, args.port),
-            args.backlog,
+            options,
         ))
-        .map_err(|e| anyhow::anyhow!("listen on {}: {e}", args.port))?;
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EADDRINUSE) => anyhow::anyhow!(
+                "{}; pass --take-over to serve it anyway",
+                userspace::net::describe_holder(args.port)
+            ),
+            _ => anyhow::anyhow!("listen on {}: {e}", args.port),
+        })?;
     ready(args.port);
-    let mut server = Server::new(args.root.clone(), args.echo);
+    let timeouts = Timeouts {
+        header: Duration::from_secs_f64(args.header_timeout),
+        body: Duration::from_secs_f64(args.body_timeout),
+        send: Duration::from_secs_f64(args.send_timeout),
+        keepalive: Duration::from_secs_f64(args.keepalive_timeout),
+    };
+    let mut server = Server::new(args.root.clone(), args.echo, timeouts);
     server.list = args.list;
     let mut accepting = Context::from_waker(Waker::noop());
     while !stop.load(Ordering::Relaxed) && !poll.stopped() {
@@ -642,6 +769,7 @@ fn serve_on(
         }
         busy |= !server.work.is_empty();
         server.turn();
+        server.expire(Instant::now());
         if !busy {
             poll.idle();
         }
@@ -665,16 +793,22 @@ fn serve_on(
     }
     let deadline = Instant::now() + Duration::from_secs_f64(args.grace);
     while Instant::now() < deadline && server.open_sessions() > 0 && !poll.stopped() {
-        poll.turn();
+        let busy = poll.turn() | !server.work.is_empty();
         server.turn();
+        if !busy {
+            poll.idle();
+        }
     }
-    // Whatever is left past the grace period is reset.
+    // Whatever is left past the grace period is reset, and the stack gets only the
+    // rest of the grace period to finish the connections already handed back.
     for (_, client) in server.clients.drain() {
         let _ = client.tcp.abort();
     }
+    poll.linger_within(deadline.saturating_duration_since(Instant::now()));
     poll.turn();
     if args.stack.stats {
         eprint!("{}", poll.report());
+        eprint!("{}", server.timed_out.report());
     }
     for line in poll.diagnose() {
         eprintln!("warning: {line}");

@@ -1,0 +1,136 @@
+//! The stack of this process: configured from the environment `userspace exec` sets,
+//! started on the first socket that goes to it, stopped at exit.
+use std::net::Ipv4Addr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use userspace::Stack;
+use userspace::net::XdpModeChoice;
+
+use userspace::net::exec_env::*;
+
+/// Whether `-v` asked to hear where each socket went.
+pub fn verbose() -> bool {
+    static VERBOSE_ON: OnceLock<bool> = OnceLock::new();
+    *VERBOSE_ON.get_or_init(|| std::env::var_os(VERBOSE).is_some_and(|v| v != "0"))
+}
+
+/// Says where a socket went and why, with `-v`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if $crate::config::verbose() {
+            eprintln!("userspace-preload: {}", format_args!($($arg)*));
+        }
+    };
+}
+pub(crate) use say;
+
+fn parsed<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name}={v} is not valid")),
+    }
+}
+
+fn builder() -> Result<userspace::StackBuilder, String> {
+    let mut b = Stack::builder().linger(Duration::from_secs(5));
+    if let Some(iface) = parsed::<String>(IFACE)? {
+        b = b.interface(iface);
+    }
+    if let Some(ip) = parsed::<Ipv4Addr>(IP)? {
+        b = b.ip(ip);
+    }
+    if let Some(gw) = parsed::<Ipv4Addr>(GATEWAY)? {
+        b = b.gateway(gw);
+    }
+    if let Some(cpu) = parsed::<usize>(CPU)? {
+        b = b.cpu(cpu);
+    }
+    if let Some(queue) = parsed::<u32>(QUEUE)? {
+        b = b.queue(queue);
+    }
+    match parsed::<String>(XDP_MODE)?.as_deref() {
+        None => {}
+        Some("native") => b = b.xdp_mode(XdpModeChoice::Native),
+        Some("skb") => b = b.xdp_mode(XdpModeChoice::Skb),
+        Some(other) => return Err(format!("{XDP_MODE}={other}: native or skb")),
+    }
+    if parsed::<String>(NODELAY)?.is_some_and(|v| v != "0") {
+        b = b.nodelay(true);
+    }
+    if let Some(bytes) = parsed::<usize>(BUFFER)? {
+        b = b.buffer(bytes);
+    }
+    if parsed::<String>(NO_BUSY_POLL)?.is_some_and(|v| v != "0") {
+        b = b.busy_poll(false);
+    }
+    Ok(b)
+}
+
+static STACK: OnceLock<Result<Stack, String>> = OnceLock::new();
+
+/// The process's stack, started on first use; the same error for every caller if it
+/// could not start (said once on stderr, `-v` or not: nothing falls back in silence).
+pub fn stack() -> Result<&'static Stack, &'static str> {
+    STACK
+        .get_or_init(|| {
+            let started = builder().and_then(|b| b.build().map_err(|e| e.to_string()));
+            match &started {
+                Ok(stack) => {
+                    say!(
+                        "stack up on {} ({}), XDP {}",
+                        stack.interface(),
+                        stack.ip(),
+                        stack.xdp_mode()
+                    );
+                    // SAFETY: registers plain `extern "C" fn()`s to run at exit and in
+                    // the child after a fork.
+                    unsafe {
+                        libc::atexit(at_exit);
+                        libc::pthread_atfork(None, None, Some(in_forked_child));
+                    }
+                }
+                Err(e) => eprintln!(
+                    "userspace-preload: the stack did not start: {e}; its TCP sockets fail with ENETDOWN"
+                ),
+            }
+            started
+        })
+        .as_ref()
+        .map_err(|e| e.as_str())
+}
+
+/// The stack, if it runs already (no start).
+pub fn running() -> Option<&'static Stack> {
+    STACK.get().and_then(|s| s.as_ref().ok())
+}
+
+/// Set in a child after fork: the poll loop stayed in the parent.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn in_forked_child() {
+    FORKED.store(true, Ordering::SeqCst);
+}
+
+/// Whether this process is a child forked after the stack started: its stack sockets
+/// have no poll loop (and their locks may have been held by the parent's threads).
+pub fn forked() -> bool {
+    FORKED.load(Ordering::Relaxed)
+}
+
+/// At exit: the sockets still open close (FIN after their bytes), and the stack gets
+/// its linger time to deliver them before the XDP program is detached.
+extern "C" fn at_exit() {
+    if forked() {
+        return;
+    }
+    let _ = std::panic::catch_unwind(|| {
+        crate::table::close_all();
+        if let Some(stack) = running() {
+            stack.shutdown();
+        }
+    });
+}

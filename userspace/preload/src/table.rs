@@ -1,0 +1,734 @@
+//! The stack's sockets of this process, by fd number, and what each call does to them.
+//!
+//! Each stack socket is backed by a kernel eventfd whose readiness the poll loop drives,
+//! so its fd number is a real one: the kernel's own `poll`, `select` and `epoll` see it
+//! beside pipes, timers and kernel sockets, and nothing about them needs intercepting.
+//! The counter encodes what the socket is ready for: 0 writable only, 1 both, and
+//! `u64::MAX - 1` readable only (the kernel reports an eventfd at that count readable
+//! but not writable). A socket ready for neither shows as readable only (a stream: a
+//! writer waiting for room must not spin) or writable only (a listener).
+use crate::config::{self, say};
+use crate::real::{self, real};
+use libc::{c_int, c_void, socklen_t};
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use userspace::net::watch::{Readiness, Watcher};
+use userspace::{TcpListener, TcpStream};
+
+/// A call's failure: the errno the kernel would give.
+pub type Errno = i32;
+pub type Res<T> = Result<T, Errno>;
+
+static SOCKETS: RwLock<BTreeMap<c_int, Arc<Sock>>> = RwLock::new(BTreeMap::new());
+/// Fds in `SOCKETS`: calls on other fds skip the lock while there are none.
+static COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// The stack socket behind `fd`, if it is one.
+pub fn lookup(fd: c_int) -> Option<Arc<Sock>> {
+    if COUNT.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    SOCKETS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&fd)
+        .cloned()
+}
+
+pub fn insert(fd: c_int, sock: Arc<Sock>) {
+    let mut map = SOCKETS.write().unwrap_or_else(|p| p.into_inner());
+    if map.insert(fd, sock).is_none() {
+        COUNT.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Forgets `fd` (closed, or a kernel socket now); the socket closes with its last fd.
+pub fn remove(fd: c_int) -> Option<Arc<Sock>> {
+    let mut map = SOCKETS.write().unwrap_or_else(|p| p.into_inner());
+    let gone = map.remove(&fd);
+    if gone.is_some() {
+        COUNT.fetch_sub(1, Ordering::Release);
+    }
+    gone
+}
+
+/// At exit: every socket still open closes as if its fds were closed.
+pub fn close_all() {
+    let all = std::mem::take(&mut *SOCKETS.write().unwrap_or_else(|p| p.into_inner()));
+    COUNT.store(0, Ordering::Release);
+    drop(all);
+}
+
+/// The errno for an error of the library's.
+pub fn errno_of(e: &io::Error) -> Errno {
+    use io::ErrorKind as K;
+    if let Some(code) = e.raw_os_error() {
+        return code;
+    }
+    match e.kind() {
+        K::ConnectionRefused => libc::ECONNREFUSED,
+        K::ConnectionReset => libc::ECONNRESET,
+        K::ConnectionAborted => libc::ECONNABORTED,
+        K::TimedOut => libc::ETIMEDOUT,
+        K::HostUnreachable => libc::EHOSTUNREACH,
+        K::NetworkUnreachable => libc::ENETUNREACH,
+        K::NotConnected => libc::ENOTCONN,
+        K::AddrInUse => libc::EADDRINUSE,
+        K::AddrNotAvailable => libc::EADDRNOTAVAIL,
+        K::BrokenPipe => libc::EPIPE,
+        K::WouldBlock => libc::EAGAIN,
+        K::InvalidInput => libc::EINVAL,
+        K::PermissionDenied => libc::EACCES,
+        K::Interrupted => libc::EINTR,
+        _ => libc::EIO,
+    }
+}
+
+/// The eventfd a socket's readiness shows on, and the count last put there.
+struct Signal {
+    fd: OwnedFd,
+    last: AtomicU64,
+}
+
+const READABLE_ONLY: u64 = u64::MAX - 1;
+
+impl Signal {
+    fn show(&self, r: Readiness, listener: bool, always: bool) {
+        let count = count_for(r, listener);
+        // The poll loop's news always wakes (edge-triggered epoll needs each one); a
+        // call's own refresh only when the readiness changed.
+        // Every call comes with the socket's state locked, so `last` is the count.
+        let old = self.last.swap(count, Ordering::Relaxed);
+        if old != count || always {
+            real::set_counter(&self.fd, old, count);
+        }
+    }
+}
+
+/// The eventfd count that shows `r` to the kernel's poll.
+fn count_for(r: Readiness, listener: bool) -> u64 {
+    match (r.readable, r.writable) {
+        (true, true) => 1,
+        (true, false) => READABLE_ONLY,
+        (false, true) => 0,
+        (false, false) if listener => 0,
+        (false, false) => READABLE_ONLY,
+    }
+}
+
+/// What a socket is on the stack.
+enum Kind {
+    /// Made, not yet connected or listening (it may still go to the kernel).
+    Fresh {
+        bound: Option<SocketAddrV4>,
+    },
+    Listener(Arc<TcpListener>),
+    Stream(Arc<TcpStream>),
+}
+
+struct State {
+    kind: Kind,
+    /// O_NONBLOCK, shared by the fds of one socket as by a kernel file description.
+    nonblocking: bool,
+    /// Options set, in order: replayed on a kernel socket, answered by getsockopt.
+    options: Vec<(c_int, c_int, Vec<u8>)>,
+}
+
+/// A TCP socket of the program's on the stack (or not yet decided).
+pub struct Sock {
+    signal: Arc<Signal>,
+    state: Mutex<State>,
+}
+
+/// Where a connect or bind goes.
+pub enum Route {
+    Done,
+    /// The kernel takes it: the fd is a kernel socket now; repeat the call on it.
+    Kernel,
+}
+
+fn is_loopback(ip: Ipv4Addr) -> bool {
+    ip.is_loopback()
+}
+
+impl Sock {
+    /// A new socket and its fd (`O_NONBLOCK`, `FD_CLOEXEC` as asked).
+    pub fn open(nonblocking: bool, cloexec: bool) -> Res<(c_int, Arc<Sock>)> {
+        Self::open_as(Kind::Fresh { bound: None }, nonblocking, cloexec)
+    }
+
+    fn open_as(kind: Kind, nonblocking: bool, cloexec: bool) -> Res<(c_int, Arc<Sock>)> {
+        let private = real::eventfd().map_err(|e| errno_of(&e))?;
+        let cmd = if cloexec {
+            libc::F_DUPFD_CLOEXEC
+        } else {
+            libc::F_DUPFD
+        };
+        // SAFETY: fcntl F_DUPFD on an fd we own, no pointers.
+        let fd = unsafe { libc::syscall(libc::SYS_fcntl, private.as_raw_fd(), cmd, 0) } as c_int;
+        if fd < 0 {
+            return Err(io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EMFILE));
+        }
+        let sock = Arc::new(Sock {
+            signal: Arc::new(Signal {
+                fd: private,
+                last: AtomicU64::new(0),
+            }),
+            state: Mutex::new(State {
+                kind,
+                nonblocking,
+                options: Vec::new(),
+            }),
+        });
+        sock.attach();
+        insert(fd, sock.clone());
+        Ok((fd, sock))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Has the poll loop drive the eventfd from now on.
+    fn attach(&self) {
+        let st = self.lock();
+        let signal = self.signal.clone();
+        match &st.kind {
+            Kind::Fresh { .. } => {}
+            Kind::Stream(s) => {
+                s.set_nonblocking(st.nonblocking).ok();
+                let w: Watcher = Arc::new(move |r| signal.show(r, false, true));
+                s.watch(Some(w));
+            }
+            Kind::Listener(l) => {
+                l.set_nonblocking(st.nonblocking).ok();
+                let w: Watcher = Arc::new(move |r| signal.show(r, true, true));
+                l.watch(Some(w));
+            }
+        }
+    }
+
+    /// Brings the eventfd up to date after a call changed the socket.
+    fn refresh(&self, kind: &Kind) {
+        match kind {
+            Kind::Fresh { .. } => {}
+            Kind::Stream(s) => s.with_readiness(|r| self.signal.show(r, false, false)),
+            Kind::Listener(l) => l.with_readiness(|r| self.signal.show(r, true, false)),
+        }
+    }
+
+    fn stream(&self) -> Res<Arc<TcpStream>> {
+        match &self.lock().kind {
+            Kind::Stream(s) => Ok(s.clone()),
+            Kind::Listener(_) => Err(libc::ENOTCONN),
+            Kind::Fresh { .. } => Err(libc::ENOTCONN),
+        }
+    }
+
+    pub fn nonblocking(&self) -> bool {
+        self.lock().nonblocking
+    }
+
+    pub fn set_nonblocking(&self, on: bool) {
+        let mut st = self.lock();
+        st.nonblocking = on;
+        match &st.kind {
+            Kind::Fresh { .. } => {}
+            Kind::Stream(s) => drop(s.set_nonblocking(on)),
+            Kind::Listener(l) => drop(l.set_nonblocking(on)),
+        }
+    }
+
+    /// The fd is a kernel TCP socket from now on, with the options set so far.
+    fn to_kernel(&self, fd: c_int, st: &State) -> Res<()> {
+        let ty = libc::SOCK_STREAM
+            | if st.nonblocking {
+                libc::SOCK_NONBLOCK
+            } else {
+                0
+            };
+        // SAFETY: socket takes no pointers.
+        let new = unsafe { real!(socket: fn(c_int, c_int, c_int) -> c_int)(libc::AF_INET, ty, 0) };
+        if new < 0 {
+            return Err(last_errno());
+        }
+        for (level, name, value) in &st.options {
+            // SAFETY: `value` is a live buffer of its own length.
+            unsafe {
+                real!(setsockopt: fn(c_int, c_int, c_int, *const c_void, socklen_t) -> c_int)(
+                    new,
+                    *level,
+                    *name,
+                    value.as_ptr().cast(),
+                    value.len() as socklen_t,
+                )
+            };
+        }
+        // SAFETY: fcntl F_GETFD takes no pointer.
+        let fd_flags = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD, 0) } as c_int;
+        let cloexec = if fd_flags >= 0 && fd_flags & libc::FD_CLOEXEC != 0 {
+            libc::O_CLOEXEC
+        } else {
+            0
+        };
+        remove(fd);
+        // SAFETY: both fds are open; dup3 puts the kernel socket at `fd` in one step.
+        let moved = unsafe { real!(dup3: fn(c_int, c_int, c_int) -> c_int)(new, fd, cloexec) };
+        let failed = (moved < 0).then(last_errno);
+        // SAFETY: `new` is ours and no longer needed (the socket lives on at `fd`).
+        unsafe { real!(close: fn(c_int) -> c_int)(new) };
+        failed.map_or(Ok(()), Err)
+    }
+
+    fn stack_or_enetdown() -> Res<&'static userspace::Stack> {
+        config::stack().map_err(|_| libc::ENETDOWN)
+    }
+
+    pub fn connect(&self, fd: c_int, to: SocketAddrV4) -> Res<Route> {
+        let mut st = self.lock();
+        match &st.kind {
+            Kind::Stream(s) => {
+                return match s.connect_result() {
+                    None => Err(libc::EALREADY),
+                    Some(Ok(())) => Err(libc::EISCONN),
+                    Some(Err(e)) => Err(errno_of(&e)),
+                };
+            }
+            Kind::Listener(_) => return Err(libc::EISCONN),
+            Kind::Fresh { .. } => {}
+        }
+        let ip = *to.ip();
+        let why_kernel = if is_loopback(ip) || ip.is_unspecified() {
+            Some("loopback")
+        } else {
+            None
+        };
+        let why_kernel = match why_kernel {
+            Some(why) => Some(why),
+            None => {
+                let stack = Self::stack_or_enetdown()?;
+                (stack.ip() == ip).then_some("the stack's own address (the kernel answers it)")
+            }
+        };
+        if let Some(why) = why_kernel {
+            say!("fd {fd}: connect to {to}: kernel ({why})");
+            self.to_kernel(fd, &st)?;
+            return Ok(Route::Kernel);
+        }
+        let stack = Self::stack_or_enetdown()?;
+        say!("fd {fd}: connect to {to}: stack on {}", stack.interface());
+        let stream = Arc::new(TcpStream::connect_nonblocking(stack, to));
+        apply_options(&stream, &st.options);
+        st.kind = Kind::Stream(stream.clone());
+        let nonblocking = st.nonblocking;
+        drop(st);
+        self.attach();
+        if nonblocking {
+            return Err(libc::EINPROGRESS);
+        }
+        let result = stream.wait_connected();
+        self.refresh(&self.lock().kind);
+        result.map(|()| Route::Done).map_err(|e| errno_of(&e))
+    }
+
+    pub fn bind(&self, fd: c_int, at: SocketAddrV4) -> Res<Route> {
+        let mut st = self.lock();
+        let Kind::Fresh { bound } = &mut st.kind else {
+            return Err(libc::EINVAL);
+        };
+        if bound.is_some() {
+            return Err(libc::EINVAL);
+        }
+        let ip = *at.ip();
+        let why_kernel = if is_loopback(ip) {
+            Some("loopback")
+        } else if ip.is_unspecified() {
+            None
+        } else {
+            let stack = Self::stack_or_enetdown()?;
+            (stack.ip() != ip).then_some("not the stack's address")
+        };
+        if let Some(why) = why_kernel {
+            say!("fd {fd}: bind {at}: kernel ({why})");
+            self.to_kernel(fd, &st)?;
+            return Ok(Route::Kernel);
+        }
+        say!("fd {fd}: bind {at}: stack");
+        *bound = Some(at);
+        Ok(Route::Done)
+    }
+
+    pub fn listen(&self, fd: c_int, backlog: c_int) -> Res<()> {
+        let mut st = self.lock();
+        let at = match &st.kind {
+            Kind::Listener(_) => return Ok(()),
+            Kind::Stream(_) => return Err(libc::EINVAL),
+            Kind::Fresh { bound: Some(at) } => *at,
+            // The kernel would pick a port; the stack listens on named ports only.
+            Kind::Fresh { bound: None } => return Err(libc::EADDRNOTAVAIL),
+        };
+        let stack = Self::stack_or_enetdown()?;
+        // As the kernel, at most somaxconn (4096) and at least 1.
+        let backlog = backlog.clamp(1, 4096) as usize;
+        let listener = TcpListener::bind_with_backlog(stack, at, backlog).map_err(|e| {
+            say!("fd {fd}: listen on {at}: {e}");
+            errno_of(&e)
+        })?;
+        say!("fd {fd}: listening on {at} on the stack");
+        st.kind = Kind::Listener(Arc::new(listener));
+        drop(st);
+        self.attach();
+        Ok(())
+    }
+
+    /// The next connection: its new fd and peer.
+    pub fn accept(&self, fd: c_int, flags: c_int) -> Res<(c_int, SocketAddrV4)> {
+        let listener = match &self.lock().kind {
+            Kind::Listener(l) => l.clone(),
+            _ => return Err(libc::EINVAL),
+        };
+        let accepted = listener.accept();
+        self.refresh(&self.lock().kind);
+        let (stream, peer) = accepted.map_err(|e| errno_of(&e))?;
+        let SocketAddr::V4(peer) = peer else {
+            return Err(libc::EAFNOSUPPORT);
+        };
+        let options = self.lock().options.clone();
+        apply_options(&stream, &options);
+        let (new, sock) = Self::open_as(
+            Kind::Stream(Arc::new(stream)),
+            flags & libc::SOCK_NONBLOCK != 0,
+            flags & libc::SOCK_CLOEXEC != 0,
+        )?;
+        sock.lock().options = options;
+        say!("fd {fd}: accepted {peer} on the stack as fd {new}");
+        Ok((new, peer))
+    }
+
+    /// A read: `peek` leaves the bytes, `dont_wait` never blocks, `wait_all` fills `buf`.
+    pub fn recv(&self, buf: &mut [u8], flags: c_int) -> Res<usize> {
+        let stream = self.stream()?;
+        let dont_wait = flags & libc::MSG_DONTWAIT != 0 || self.nonblocking();
+        let result = if flags & libc::MSG_PEEK != 0 {
+            loop {
+                match stream.peek(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && !dont_wait => {
+                        wait_readable(&stream)
+                    }
+                    r => break r,
+                }
+            }
+        } else if dont_wait && !stream.with_readiness(|r| r.readable) {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            let mut done = 0;
+            loop {
+                match std::io::Read::read(&mut &*stream, &mut buf[done..]) {
+                    Ok(n) if n > 0 && flags & libc::MSG_WAITALL != 0 && done + n < buf.len() => {
+                        done += n
+                    }
+                    Ok(n) => break Ok(done + n),
+                    Err(_) if done > 0 => break Ok(done),
+                    Err(e) => break Err(e),
+                }
+            }
+        };
+        self.refresh(&Kind::Stream(stream));
+        result.map_err(|e| errno_of(&e))
+    }
+
+    /// A write: all of `buf` unless non-blocking (then what fits) or an error came.
+    pub fn send(&self, buf: &[u8], flags: c_int) -> Res<usize> {
+        let stream = self.stream()?;
+        let dont_wait = flags & libc::MSG_DONTWAIT != 0 || self.nonblocking();
+        let mut done = 0;
+        let result = loop {
+            if dont_wait && !stream.with_readiness(|r| r.writable) {
+                break if done > 0 {
+                    Ok(done)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
+            match std::io::Write::write(&mut &*stream, &buf[done..]) {
+                Ok(n) => {
+                    done += n;
+                    if done == buf.len() || n == 0 {
+                        break Ok(done);
+                    }
+                }
+                Err(_) if done > 0 => break Ok(done),
+                Err(e) => break Err(e),
+            }
+        };
+        self.refresh(&Kind::Stream(stream));
+        result.map_err(|e| errno_of(&e))
+    }
+
+    pub fn shutdown(&self, how: c_int) -> Res<()> {
+        let stream = self.stream()?;
+        let how = match how {
+            libc::SHUT_RD => Shutdown::Read,
+            libc::SHUT_WR => Shutdown::Write,
+            libc::SHUT_RDWR => Shutdown::Both,
+            _ => return Err(libc::EINVAL),
+        };
+        stream.shutdown(how).map_err(|e| errno_of(&e))?;
+        self.refresh(&Kind::Stream(stream));
+        Ok(())
+    }
+
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        let v4 = |a: io::Result<SocketAddr>| match a {
+            Ok(SocketAddr::V4(a)) => a,
+            _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        };
+        match &self.lock().kind {
+            Kind::Fresh { bound } => bound.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+            Kind::Listener(l) => v4(l.local_addr()),
+            Kind::Stream(s) => v4(s.local_addr()),
+        }
+    }
+
+    pub fn peer_addr(&self) -> Res<SocketAddrV4> {
+        match &self.lock().kind {
+            Kind::Stream(s) if s.connect_result().is_some_and(|r| r.is_ok()) => {
+                match s.peer_addr() {
+                    Ok(SocketAddr::V4(a)) => Ok(a),
+                    _ => Err(libc::ENOTCONN),
+                }
+            }
+            _ => Err(libc::ENOTCONN),
+        }
+    }
+
+    /// Bytes waiting to be read (`FIONREAD`).
+    pub fn bytes_to_read(&self) -> usize {
+        match &self.lock().kind {
+            Kind::Stream(s) => s.bytes_to_read(),
+            _ => 0,
+        }
+    }
+
+    pub fn set_option(&self, fd: c_int, level: c_int, name: c_int, value: &[u8]) -> Res<()> {
+        let int = value
+            .get(..4)
+            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+        if int.is_none() && !matches!((level, name), (libc::SOL_SOCKET, libc::SO_LINGER)) {
+            return Err(libc::EINVAL);
+        }
+        let known = matches!(
+            (level, name),
+            (
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR | libc::SO_REUSEPORT | libc::SO_KEEPALIVE
+            ) | (
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF | libc::SO_SNDBUF | libc::SO_LINGER
+            ) | (libc::SOL_SOCKET, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO)
+                | (libc::IPPROTO_TCP, libc::TCP_NODELAY | libc::TCP_KEEPIDLE)
+                | (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL | libc::TCP_KEEPCNT)
+        );
+        if !known {
+            say!("fd {fd}: option {level}/{name} kept, but the stack does not apply it");
+        }
+        let mut st = self.lock();
+        st.options.retain(|(l, n, _)| (*l, *n) != (level, name));
+        st.options.push((level, name, value.to_vec()));
+        if let Kind::Stream(s) = &st.kind {
+            apply_options(s, &st.options);
+        }
+        Ok(())
+    }
+
+    /// A socket option's value, as the kernel would write it.
+    pub fn option(&self, level: c_int, name: c_int) -> Res<Vec<u8>> {
+        let int = |v: i32| Ok(v.to_ne_bytes().to_vec());
+        let st = self.lock();
+        if (level, name) == (libc::SOL_SOCKET, libc::SO_ERROR) {
+            return int(match &st.kind {
+                Kind::Stream(s) => match s.connect_result() {
+                    Some(Err(e)) => errno_of(&e),
+                    _ => s.take_error().ok().flatten().map_or(0, |e| errno_of(&e)),
+                },
+                _ => 0,
+            });
+        }
+        if let Some((_, _, v)) = st
+            .options
+            .iter()
+            .find(|(l, n, _)| (*l, *n) == (level, name))
+        {
+            return Ok(v.clone());
+        }
+        match (level, name) {
+            (libc::SOL_SOCKET, libc::SO_TYPE) => int(libc::SOCK_STREAM),
+            (libc::SOL_SOCKET, libc::SO_DOMAIN) => int(libc::AF_INET),
+            (libc::SOL_SOCKET, libc::SO_PROTOCOL) => int(libc::IPPROTO_TCP),
+            (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => {
+                int(matches!(st.kind, Kind::Listener(_)) as i32)
+            }
+            (libc::SOL_SOCKET, libc::SO_RCVBUF | libc::SO_SNDBUF) => int(2 << 20),
+            (libc::SOL_SOCKET, libc::SO_LINGER) => Ok(vec![0; std::mem::size_of::<libc::linger>()]),
+            (libc::SOL_SOCKET, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO) => {
+                Ok(vec![0; std::mem::size_of::<libc::timeval>()])
+            }
+            (libc::SOL_SOCKET, libc::SO_REUSEADDR | libc::SO_REUSEPORT | libc::SO_KEEPALIVE) => {
+                int(0)
+            }
+            (libc::IPPROTO_TCP, libc::TCP_NODELAY) => int(0),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) => int(7200),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) => int(75),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPCNT) => int(9),
+            (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => int(1460),
+            _ => Err(libc::ENOPROTOOPT),
+        }
+    }
+
+    /// Closing the last fd: with `SO_LINGER` on and 0 s, a reset, as the kernel.
+    pub fn closing(&self) {
+        let st = self.lock();
+        let reset = st.options.iter().any(|(l, n, v)| {
+            (*l, *n) == (libc::SOL_SOCKET, libc::SO_LINGER)
+                && v.len() >= 8
+                && v[..4] != [0; 4]
+                && v[4..8] == [0; 4]
+        });
+        if let (true, Kind::Stream(s)) = (reset, &st.kind) {
+            let _ = s.abort();
+        }
+    }
+}
+
+impl Drop for Sock {
+    fn drop(&mut self) {
+        // The loop must not write to an eventfd that is closing.
+        match &self.lock().kind {
+            Kind::Fresh { .. } => {}
+            Kind::Stream(s) => s.watch(None),
+            Kind::Listener(l) => l.watch(None),
+        }
+    }
+}
+
+/// Blocks until the stream is readable (for a blocking `MSG_PEEK`).
+fn wait_readable(stream: &TcpStream) {
+    // A peek that blocks is rare (connection checks); a short sleep keeps it simple.
+    while !stream.with_readiness(|r| r.readable) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn int_option(options: &[(c_int, c_int, Vec<u8>)], level: c_int, name: c_int) -> Option<i32> {
+    options
+        .iter()
+        .find(|(l, n, _)| (*l, *n) == (level, name))
+        .and_then(|(_, _, v)| v.get(..4))
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn timeval_option(options: &[(c_int, c_int, Vec<u8>)], name: c_int) -> Option<Duration> {
+    let (_, _, v) = options
+        .iter()
+        .find(|(l, n, _)| (*l, *n) == (libc::SOL_SOCKET, name))?;
+    let field = |i: usize| {
+        v.get(i..i + 8)
+            .map(|b| i64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    let t = Duration::from_secs(field(0)?.max(0) as u64)
+        + Duration::from_micros(field(8)?.max(0) as u64);
+    (!t.is_zero()).then_some(t)
+}
+
+/// Applies the options the stack has to a stream.
+fn apply_options(stream: &TcpStream, options: &[(c_int, c_int, Vec<u8>)]) {
+    if let Some(on) = int_option(options, libc::IPPROTO_TCP, libc::TCP_NODELAY) {
+        let _ = stream.set_nodelay(on != 0);
+    }
+    if let Some(on) = int_option(options, libc::SOL_SOCKET, libc::SO_KEEPALIVE) {
+        // RFC 1122 4.2.3.6: the idle time before probes, 2 hours unless set.
+        let idle = int_option(options, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE).unwrap_or(7200);
+        let every = Duration::from_secs(idle.max(1) as u64);
+        let _ = stream.set_keepalive((on != 0).then_some(every));
+    }
+    let _ = stream.set_read_timeout(timeval_option(options, libc::SO_RCVTIMEO));
+    let _ = stream.set_write_timeout(timeval_option(options, libc::SO_SNDTIMEO));
+}
+
+pub fn last_errno() -> Errno {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready(readable: bool, writable: bool) -> Readiness {
+        Readiness {
+            readable,
+            writable,
+            ..Readiness::default()
+        }
+    }
+
+    /// What the kernel's poll reports for an eventfd at `count`: (POLLIN, POLLOUT).
+    fn polled(count: u64) -> (bool, bool) {
+        let fd = real::eventfd().unwrap();
+        real::set_counter(&fd, 0, count);
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        assert_eq!(unsafe { libc::poll(&mut p, 1, 0) }, 1);
+        (
+            p.revents & libc::POLLIN != 0,
+            p.revents & libc::POLLOUT != 0,
+        )
+    }
+
+    #[test]
+    fn the_kernels_poll_sees_what_a_stream_is_ready_for() {
+        assert_eq!(polled(count_for(ready(true, true), false)), (true, true));
+        assert_eq!(polled(count_for(ready(true, false), false)), (true, false));
+        assert_eq!(polled(count_for(ready(false, true), false)), (false, true));
+        // A writer waiting for room must not wake for nothing.
+        assert_eq!(polled(count_for(ready(false, false), false)), (true, false));
+    }
+
+    #[test]
+    fn an_idle_listener_is_not_readable() {
+        assert_eq!(polled(count_for(ready(false, false), true)), (false, true));
+        assert_eq!(polled(count_for(ready(true, false), true)), (true, false));
+    }
+
+    #[test]
+    fn the_librarys_errors_map_to_the_kernels_errnos() {
+        use io::ErrorKind as K;
+        for (kind, errno) in [
+            (K::ConnectionRefused, libc::ECONNREFUSED),
+            (K::ConnectionReset, libc::ECONNRESET),
+            (K::TimedOut, libc::ETIMEDOUT),
+            (K::HostUnreachable, libc::EHOSTUNREACH),
+            (K::AddrInUse, libc::EADDRINUSE),
+            (K::BrokenPipe, libc::EPIPE),
+            (K::WouldBlock, libc::EAGAIN),
+        ] {
+            assert_eq!(errno_of(&io::Error::new(kind, "x")), errno, "{kind:?}");
+        }
+        assert_eq!(
+            errno_of(&io::Error::from_raw_os_error(libc::EMFILE)),
+            libc::EMFILE
+        );
+    }
+}

@@ -1,0 +1,522 @@
+//! The XDP program: loaded with aya (without the kernel's BTF), attached through a BPF
+//! link owned by this process, its maps (XSKMAP, steering config, counters), and its
+//! hand-over to a lingering holder at exit (see [`crate::device::holder`]).
+//!
+//! The program is attached through a BPF link owned by this process, so the kernel
+//! detaches it when the process ends by any path, `kill -9` included; or, when asked to
+//! linger, by a holder process shortly after.
+use super::socket::FRAME_SIZE;
+use crate::device::error::{Context, SetupError, SetupResult, bail, setup_error};
+use crate::device::holder::{self, PooledSocket};
+use crate::device::netinfo::{self, multi_buffer_supported};
+use crate::device::steering::{PodSteerConfig, map_from_fd};
+use aya::maps::{Array, Map, MapData, PerCpuArray, XskMap};
+use aya::programs::{Xdp, XdpMode};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use xdp_ebpf::{
+    COUNTER_NO_SOCKET, COUNTER_NO_SOCKET_QUEUE0, COUNTER_PASSED, COUNTER_STEERED, MAX_QUEUES,
+    SteerConfig,
+};
+
+/// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
+static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf.o"));
+
+/// XDP attach mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpModeChoice {
+    /// In the driver (fastest; veth supports it).
+    Native,
+    /// Generic XDP on the socket buffer (works everywhere, slower).
+    Skb,
+}
+
+impl XdpModeChoice {
+    /// The mode named `name` (see [`XdpModeChoice::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [XdpModeChoice::Native, XdpModeChoice::Skb]
+            .into_iter()
+            .find(|m| m.name() == name)
+    }
+
+    /// The mode's name, as the attached program reports it (`native` or `skb`).
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpModeChoice::Native => "native",
+            XdpModeChoice::Skb => "skb",
+        }
+    }
+}
+
+/// Steering counters from the XDP program, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SteerCounters {
+    /// Frames steered to an AF_XDP socket.
+    pub steered: u64,
+    /// Frames passed to the kernel.
+    pub passed: u64,
+    /// Frames for the stack that arrived on a queue without a socket.
+    pub no_socket: u64,
+}
+
+/// The loaded and attached XDP program, shared by the AF_XDP sockets of every queue.
+pub struct XdpProgram {
+    xsks: XskMap<MapData>,
+    config: Array<MapData, PodSteerConfig>,
+    counters: PerCpuArray<MapData, u64>,
+    /// The maps' fds (XSKMAP, config, counters), to hand to a holder.
+    map_fds: [OwnedFd; 3],
+    /// `native` or `skb`.
+    pub attached_mode: &'static str,
+    pub(super) interface: String,
+    ifindex: u32,
+    /// RX queues of the interface, read after the program is attached (some drivers,
+    /// virtio_net among them, change their channels when XDP comes or goes).
+    pub rx_queues: u32,
+    /// The BPF link that attaches the program, when this process attached it; closing
+    /// it detaches.
+    link: Option<OwnedFd>,
+    /// The connection to the holder that lent the program to this process.
+    loan: Option<std::os::unix::net::UnixStream>,
+    /// Hand the program to a holder at exit, which keeps it attached this long.
+    linger: Option<std::time::Duration>,
+    /// The listening ports of each set of queues (stacks sharing the interface share
+    /// the program): the program steers them all.
+    listening: std::collections::HashMap<usize, Vec<u16>>,
+}
+
+/// The program shared by the sockets of every queue.
+pub type SharedProgram = std::sync::Arc<std::sync::Mutex<XdpProgram>>;
+
+/// The error for an interface whose program process `pid` is using.
+fn in_use_by(iface: &str, pid: u32) -> SetupError {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    setup_error!(
+        "interface {iface} is already in use by process {pid} ({}): only one XDP program can attach to an interface; stop it, or run on another interface",
+        comm.trim()
+    )
+}
+
+/// The fd of map `name` of a loaded object.
+fn object_map_fd(ebpf: &aya::Ebpf, name: &str) -> SetupResult<OwnedFd> {
+    let data = match ebpf.map(name) {
+        Some(Map::XskMap(d) | Map::Array(d) | Map::PerCpuArray(d)) => d,
+        _ => bail!("map {name} missing from the XDP object"),
+    };
+    Ok(data.fd().as_fd().try_clone_to_owned()?)
+}
+
+/// Attaches `program` to `ifindex` through a new BPF link (BPF_LINK_CREATE), whose fd
+/// this process owns: closing it detaches, as the kernel does when the process ends.
+fn create_xdp_link(program: &Xdp, ifindex: u32, mode: XdpMode) -> std::io::Result<OwnedFd> {
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_XDP: u32 = 37;
+    const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+    let prog_fd = program
+        .fd()
+        .map_err(std::io::Error::other)?
+        .as_fd()
+        .as_raw_fd();
+    let flags = match mode {
+        XdpMode::Skb => XDP_FLAGS_SKB_MODE,
+        _ => XDP_FLAGS_DRV_MODE,
+    };
+    // union bpf_attr's link_create: prog_fd, target_ifindex, attach_type, flags; the
+    // rest zero.
+    let mut attr = [0u32; 16];
+    attr[..4].copy_from_slice(&[prog_fd as u32, ifindex, BPF_XDP, flags]);
+    // SAFETY: `attr` is a zeroed bpf_attr prefix of the size passed, alive across the
+    // call; the kernel only reads it and returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+impl XdpProgram {
+    /// Checks the setup, loads the program and attaches it through a BPF link. Nothing
+    /// is steered until [`XdpProgram::enable`]. A lingering holder of an earlier
+    /// command's program (see [`crate::device::holder`]) is asked to detach first.
+    pub fn load(interface: &str, mode: Option<XdpModeChoice>) -> SetupResult<SharedProgram> {
+        XdpProgram::load_on(&netinfo::interface(interface)?, mode, None)
+    }
+
+    /// Borrows the program and its bound sockets from the interface's holder, if one
+    /// has it in a mode that suits (`None`: attach as usual).
+    pub(super) fn borrow(
+        info: &netinfo::InterfaceInfo,
+        mode: Option<XdpModeChoice>,
+        linger: std::time::Duration,
+    ) -> SetupResult<Option<(SharedProgram, Vec<PooledSocket>)>> {
+        let wanted = mode.map(XdpModeChoice::name);
+        match holder::ask(info.ifindex, true, wanted)? {
+            holder::Answer::Busy(pid) => Err(in_use_by(&info.name, pid)),
+            holder::Answer::Absent => Ok(None),
+            holder::Answer::Lent {
+                conn,
+                mode,
+                maps,
+                pool,
+            } => {
+                let mode = XdpModeChoice::from_name(&mode)
+                    .ok_or_else(|| setup_error!("holder: bad mode {mode}"))?
+                    .name();
+                tracing::debug!(mode, sockets = pool.len(), "XDP program lent by its holder");
+                let program = XdpProgram::from_maps(
+                    [maps.xsks, maps.config, maps.counters],
+                    mode,
+                    info,
+                    None,
+                    Some(conn),
+                    Some(linger),
+                )?;
+                // Counters from this process's run only.
+                program.zero_counters();
+                Ok(Some((
+                    std::sync::Arc::new(std::sync::Mutex::new(program)),
+                    pool,
+                )))
+            }
+        }
+    }
+
+    /// [`XdpProgram::load`] for an interface already looked up: a holder is asked to
+    /// detach first. With `linger`, the program goes to a holder at exit.
+    pub(super) fn load_on(
+        info: &netinfo::InterfaceInfo,
+        mode: Option<XdpModeChoice>,
+        linger: Option<std::time::Duration>,
+    ) -> SetupResult<SharedProgram> {
+        if XDP_OBJECT.is_empty() {
+            bail!("the eBPF object is missing: run `cargo xtask build-ebpf`, then rebuild");
+        }
+        if !rustix::process::geteuid().is_root() {
+            bail!("AF_XDP needs root (CAP_NET_ADMIN and CAP_BPF): run with sudo");
+        }
+        let iface = info.name.as_str();
+        if !info.up {
+            bail!("interface {iface} is down");
+        }
+        let wanted = mode.map(XdpModeChoice::name);
+        let mut object: Option<aya::Ebpf> = None;
+        // A holder on its way out (its linger ended) still holds the hook for the
+        // few ms of its detach: wait for it rather than report it.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match holder::ask(info.ifindex, false, wanted)? {
+                holder::Answer::Busy(pid) => return Err(in_use_by(iface, pid)),
+                // A holder answers RETIRE with GONE (Absent), never with a loan.
+                holder::Answer::Lent { .. } | holder::Answer::Absent => {}
+            }
+            if object.is_none() {
+                tracing::debug!("loading the XDP object");
+                let mut ebpf =
+                    load_object_without_kernel_btf().context("loading the XDP program")?;
+                tracing::debug!("XDP object parsed");
+                let program: &mut Xdp = ebpf
+                    .program_mut(xdp_ebpf::PROGRAM_NAME)
+                    .ok_or_else(|| {
+                        setup_error!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME)
+                    })?
+                    .try_into()?;
+                program
+                    .load()
+                    .context("the kernel refused the XDP program")?;
+                object = Some(ebpf);
+            }
+            let ebpf = object.as_ref().expect("loaded above");
+            match XdpProgram::attach(ebpf, info, mode) {
+                Ok((link, attached_mode)) => {
+                    tracing::debug!(mode = attached_mode, "XDP program attached");
+                    let maps = [
+                        object_map_fd(ebpf, xdp_ebpf::XSKS_MAP)?,
+                        object_map_fd(ebpf, xdp_ebpf::CONFIG_MAP)?,
+                        object_map_fd(ebpf, xdp_ebpf::COUNTERS_MAP)?,
+                    ];
+                    let program =
+                        XdpProgram::from_maps(maps, attached_mode, info, Some(link), None, linger)?;
+                    return Ok(std::sync::Arc::new(std::sync::Mutex::new(program)));
+                }
+                Err(e)
+                    if std::time::Instant::now() < give_up
+                        && netinfo::xdp_holder_comm(info.ifindex).as_deref()
+                            == Some(holder::HOLDER_COMM) =>
+                {
+                    tracing::debug!("waiting for a lingering holder to detach: {e:#}");
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Attaches the loaded program in `mode` (native, falling back to skb, when not
+    /// given): the link and the mode it got.
+    fn attach(
+        ebpf: &aya::Ebpf,
+        info: &netinfo::InterfaceInfo,
+        mode: Option<XdpModeChoice>,
+    ) -> SetupResult<(OwnedFd, &'static str)> {
+        let iface = info.name.as_str();
+        let program: &Xdp = ebpf
+            .program(xdp_ebpf::PROGRAM_NAME)
+            .ok_or_else(|| {
+                setup_error!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME)
+            })?
+            .try_into()?;
+        let attach = |mode: XdpMode| {
+            create_xdp_link(program, info.ifindex, mode).map_err(|e| {
+                // One XDP program per interface: name whoever holds it.
+                match netinfo::xdp_holder(info.ifindex) {
+                    Some(holder) if holder.starts_with("this process") => {
+                        setup_error!("interface {iface} is already in use by {holder}")
+                    }
+                    Some(holder) => setup_error!(
+                        "interface {iface} is already in use by {holder}: only one XDP program can attach to an interface; stop it, or run on another interface"
+                    ),
+                    None => SetupError::new(format!("attaching XDP to {iface}"), e),
+                }
+            })
+        };
+        // On a veth (or another device whose frames come from memory) AF_XDP is copy mode
+        // either way, and native XDP costs a great deal: the peer must then split every
+        // GSO unit into MTU frames (veth turns its peer's GSO off). Generic XDP sees the
+        // units whole, and multi-buffer sockets take them: 40 times fewer packets.
+        let mode = mode.or_else(|| {
+            (netinfo::frames_come_from_memory(iface) && multi_buffer_supported())
+                .then_some(XdpModeChoice::Skb)
+        });
+        Ok(match mode {
+            Some(m @ XdpModeChoice::Native) => (attach(XdpMode::Driver)?, m.name()),
+            Some(m @ XdpModeChoice::Skb) => (attach(XdpMode::Skb)?, m.name()),
+            None => match attach(XdpMode::Driver) {
+                Ok(link) => (link, "native"),
+                Err(e) if netinfo::xdp_holder(info.ifindex).is_some() => return Err(e),
+                Err(native) => {
+                    let link = attach(XdpMode::Skb)?;
+                    if multi_buffer_supported() {
+                        tracing::info!(
+                            "native XDP refused on {iface} ({:#}); running in generic (skb) mode",
+                            native.root_cause()
+                        );
+                    } else {
+                        tracing::warn!(
+                            "native XDP refused on {iface} ({:#}); running in generic (skb) mode, where this kernel (before 6.6, no AF_XDP multi-buffer) drops frames larger than {FRAME_SIZE} bytes (a local peer's GSO segments) and bulk transfers crawl",
+                            native.root_cause()
+                        );
+                    }
+                    (link, "skb")
+                }
+            },
+        })
+    }
+
+    fn from_maps(
+        map_fds: [OwnedFd; 3],
+        attached_mode: &'static str,
+        info: &netinfo::InterfaceInfo,
+        link: Option<OwnedFd>,
+        loan: Option<std::os::unix::net::UnixStream>,
+        linger: Option<std::time::Duration>,
+    ) -> SetupResult<XdpProgram> {
+        Ok(XdpProgram {
+            xsks: map_from_fd(&map_fds[0])?,
+            config: map_from_fd(&map_fds[1])?,
+            counters: map_from_fd(&map_fds[2])?,
+            map_fds,
+            attached_mode,
+            interface: info.name.clone(),
+            ifindex: info.ifindex,
+            rx_queues: netinfo::rx_queue_count(&info.name).min(MAX_QUEUES),
+            link,
+            loan,
+            linger,
+            listening: std::collections::HashMap::new(),
+        })
+    }
+
+    /// Zeroes the steering counters (a lent program counted earlier runs' packets).
+    fn zero_counters(&self) {
+        let Ok(cpus) = aya::util::nr_cpus() else {
+            return;
+        };
+        let Ok(mut counters) = map_from_fd::<PerCpuArray<MapData, u64>>(&self.map_fds[2]) else {
+            return;
+        };
+        for index in 0..COUNTER_NO_SOCKET_QUEUE0 + MAX_QUEUES {
+            if let Ok(zero) = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
+                let _ = counters.set(index, zero, 0);
+            }
+        }
+    }
+
+    pub(super) fn register(&mut self, queue: u32, fd: std::os::fd::RawFd) -> SetupResult<()> {
+        self.xsks
+            .set(queue, fd, 0)
+            .context("registering the AF_XDP socket in the XSKMAP")?;
+        Ok(())
+    }
+
+    /// Writes the steering config: from now on the program steers the stack's packets.
+    pub fn enable(&mut self, steer: SteerConfig) -> SetupResult<()> {
+        let mut steer = steer;
+        steer.enabled = 1;
+        self.config
+            .set(0, PodSteerConfig(steer), 0)
+            .context("writing the steering config")?;
+        Ok(())
+    }
+
+    /// Replaces the listening ports of `owner` (one set of queues, one stack) steered
+    /// to the stacks in shared-IP mode, so that a listener opened after start-up gets
+    /// its SYNs: the program steers the ports of every owner. The rest of the config
+    /// stays.
+    pub fn set_listen_ports(&mut self, owner: usize, ports: &[u16]) -> SetupResult<()> {
+        let mut all: Vec<u16> = self
+            .listening
+            .iter()
+            .filter(|(o, _)| **o != owner)
+            .flat_map(|(_, p)| p.iter().copied())
+            .chain(ports.iter().copied())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        if all.len() > xdp_ebpf::MAX_LISTEN_PORTS {
+            bail!("at most {} listening ports", xdp_ebpf::MAX_LISTEN_PORTS);
+        }
+        self.listening.insert(owner, ports.to_vec());
+        let PodSteerConfig(mut steer) = self
+            .config
+            .get(&0, 0)
+            .context("reading the steering config")?;
+        steer.listen_ports = [0; xdp_ebpf::MAX_LISTEN_PORTS];
+        steer.listen_ports[..all.len()].copy_from_slice(&all);
+        self.config
+            .set(0, PodSteerConfig(steer), 0)
+            .context("writing the steering config")?;
+        Ok(())
+    }
+
+    /// Lets go of the program and of `sockets` (queue, ring size, AF_XDP socket and
+    /// UMEM memfd of each) at exit. A lent program goes back to its holder with the
+    /// sockets, which it keeps bound for the next borrower; a program this process
+    /// attached goes to a new holder when it should linger. Either way this
+    /// returns at once, and true. False when the caller must close the sockets and
+    /// detach itself (the program is not lingering, or no holder could take it).
+    pub(super) fn release(
+        &mut self,
+        sockets: &[(u32, u32, BorrowedFd<'_>, BorrowedFd<'_>)],
+    ) -> bool {
+        if let Some(conn) = &self.loan {
+            return holder::give_back(conn, sockets).is_ok();
+        }
+        let (Some(linger), Some(link)) = (self.linger, &self.link) else {
+            return false;
+        };
+        // This very binary, even if its file was replaced since it started.
+        let exe = std::path::Path::new("/proc/self/exe");
+        let handover = holder::Handover {
+            ifindex: self.ifindex,
+            mode: self.attached_mode,
+            linger,
+            link: link.as_fd(),
+            maps: self.map_fds.each_ref().map(|m| m.as_fd()),
+            pool: sockets.to_vec(),
+        };
+        match holder::spawn(exe, &handover) {
+            Ok(()) => {
+                // The holder has the link now; ours closes without detaching.
+                drop(self.link.take());
+                true
+            }
+            Err(e) => {
+                tracing::debug!("no holder, detaching now: {e:#}");
+                false
+            }
+        }
+    }
+
+    /// Detaches the program now (dropping it would too, later), unless it is lent.
+    pub(super) fn detach(&mut self) {
+        drop(self.link.take());
+    }
+
+    fn counter(&self, index: u32) -> u64 {
+        self.counters
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// The program's steering counters, summed over CPUs.
+    pub fn steer_counters(&self) -> SteerCounters {
+        SteerCounters {
+            steered: self.counter(COUNTER_STEERED),
+            passed: self.counter(COUNTER_PASSED),
+            no_socket: self.counter(COUNTER_NO_SOCKET),
+        }
+    }
+
+    /// Packets for the stack dropped because their queue had no socket: (queue, count).
+    pub fn no_socket_by_queue(&self) -> Vec<(u32, u64)> {
+        if self.counter(COUNTER_NO_SOCKET) == 0 {
+            return Vec::new();
+        }
+        (0..MAX_QUEUES)
+            .map(|q| (q, self.counter(COUNTER_NO_SOCKET_QUEUE0 + q)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// Loads the XDP object without parsing the kernel's BTF. The program needs no CO-RE
+/// relocation, but aya's `EbpfLoader::new()` always parses /sys/kernel/btf/vmlinux
+/// (megabytes; 20 to 30 ms, most of a small fetch's start-up). So the loader is made on
+/// a thread of its own whose root directory is /proc, where that path does not exist;
+/// the thread ends there and nothing else sees the change. If that fails, the loader
+/// parses the file as usual.
+fn load_object_without_kernel_btf() -> SetupResult<aya::Ebpf> {
+    let mut loader = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let hidden = hide_kernel_btf_from_this_thread();
+                tracing::debug!(hidden, "kernel BTF hidden from the loader");
+                aya::EbpfLoader::new()
+            })
+            .join()
+            .map_err(|_| setup_error!("the XDP loader thread panicked"))
+    })?;
+    loader
+        .btf(None)
+        .load(XDP_OBJECT)
+        .context("parsing the XDP object")
+}
+
+/// Gives the calling thread a root directory without /sys/kernel/btf/vmlinux. Other
+/// threads and processes see no change.
+fn hide_kernel_btf_from_this_thread() -> bool {
+    // SAFETY: unshare(CLONE_FS) gives the calling thread its own copy of the root and
+    // working directories; chroot then changes only that copy. Both take C strings
+    // that outlive the calls.
+    unsafe {
+        libc::unshare(libc::CLONE_FS) == 0
+            && libc::chroot(c"/proc".as_ptr()) == 0
+            && libc::chdir(c"/".as_ptr()) == 0
+    }
+}
+
+/// The program's lock; a panic in another queue's thread must not wedge this one.
+pub(super) fn lock(program: &SharedProgram) -> std::sync::MutexGuard<'_, XdpProgram> {
+    program
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

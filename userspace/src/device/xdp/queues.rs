@@ -1,0 +1,360 @@
+//! AF_XDP sockets on every RX queue of an interface, registered with the program and
+//! driven by one poll loop as one [`Device`].
+use super::program::{SharedProgram, SteerCounters, XdpModeChoice, XdpProgram, lock};
+use super::socket::{FrameAccount, XdpDevice, ring_size_for};
+use crate::device::Device;
+use crate::device::error::{SetupResult, bail};
+use crate::device::netinfo::{self, multi_buffer_supported};
+use crate::wire::MacAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use xdp_ebpf::{MAX_QUEUES, SteerConfig};
+
+/// At exit, how long the sockets may take to complete the frames in their TX rings.
+const TX_DRAIN_AT_EXIT: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Which RX queues get an AF_XDP socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueChoice {
+    /// Every RX queue of the interface: RSS may hash a flow to any of them.
+    All,
+    /// One queue only; refused unless it is the interface's only queue, because nothing
+    /// steers the stack's flows to it.
+    Only(u32),
+}
+
+/// AF_XDP sockets on several RX queues of one interface, driven by one poll loop: RSS
+/// hashes each flow to a queue of its own choosing, so the stack must listen on all.
+/// Frames are received from every queue and sent on the first socket's TX ring (any
+/// queue's TX ring leaves by the same interface).
+pub struct XdpQueues {
+    devices: Vec<XdpDevice>,
+    program: SharedProgram,
+    /// Whether this set reports the program's interface-wide counters (steering,
+    /// packets on queues without a socket); with sharded stacks, one of them does.
+    pub report_program_counters: bool,
+    /// One `pollfd` per socket, for [`XdpQueues::wait_for_frames`] (made once).
+    pollfds: Vec<libc::pollfd>,
+    /// Names this set of queues to the program (its listening ports).
+    owner: usize,
+}
+
+/// The next [`XdpQueues::owner`].
+static NEXT_OWNER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl XdpQueues {
+    /// Loads and attaches the program, binds the queues `choice` names, then enables
+    /// steering: no packet is steered before every socket is registered. The sockets
+    /// are bound while the program loads: each step waits on the kernel, so side by side
+    /// they take the time of the longest.
+    ///
+    /// With `linger`, the program is borrowed from the interface's holder when one has
+    /// it (no load, no attach), and at exit goes to a holder that keeps it attached for
+    /// `linger` more (see [`crate::device::holder`]).
+    pub fn open(
+        interface: &str,
+        mode: Option<XdpModeChoice>,
+        choice: QueueChoice,
+        steer: SteerConfig,
+        linger: Option<std::time::Duration>,
+    ) -> SetupResult<Self> {
+        let info = netinfo::interface(interface)?;
+        let count = netinfo::rx_queue_count(interface).min(MAX_QUEUES);
+        let wanted = queues_for(interface, count, choice)?;
+        if let Some(linger) = linger
+            && let Some((program, pool)) = XdpProgram::borrow(&info, mode, linger)?
+        {
+            let ring_size = ring_size_for(wanted.len() as u32);
+            let fits = pool
+                .iter()
+                .all(|p| wanted.contains(&p.queue) && p.ring_size == ring_size);
+            let taken_over = fits.then(|| -> SetupResult<XdpQueues> {
+                let mut devices = Vec::with_capacity(wanted.len());
+                let mut pool = pool;
+                for &q in &wanted {
+                    devices.push(match pool.iter().position(|p| p.queue == q) {
+                        Some(i) => XdpDevice::adopt(&info, pool.swap_remove(i))?,
+                        None => XdpDevice::bind(&info, q, wanted.len() as u32)?,
+                    });
+                }
+                let queues = XdpQueues::register(&program, devices)?;
+                lock(&program).enable(steer)?;
+                Ok(queues)
+            });
+            match taken_over {
+                Some(Ok(queues)) => {
+                    tracing::debug!(queues = ?queues.queues(), "AF_XDP sockets taken over, steering on");
+                    return Ok(queues);
+                }
+                Some(Err(e)) => tracing::debug!("could not take the sockets over: {e:#}"),
+                None => {}
+            }
+            // Sockets of another shape (another queue choice), or unusable: the holder
+            // lets go of everything, and this process starts afresh.
+            drop(program);
+        }
+        // One thread binds the sockets while this one loads and attaches the program
+        // (the attach mostly waits in the kernel): each gets a core of its own.
+        let (program, devices) = std::thread::scope(|scope| {
+            let info = &info;
+            let wanted = &wanted;
+            let binds = scope.spawn(move || {
+                wanted
+                    .iter()
+                    .map(|&q| XdpDevice::bind(info, q, wanted.len() as u32))
+                    .collect::<SetupResult<Vec<XdpDevice>>>()
+            });
+            let program = XdpProgram::load_on(info, mode, linger);
+            let devices = binds
+                .join()
+                .unwrap_or_else(|_| bail!("binding the queues panicked"));
+            (program, devices)
+        });
+        let program = program?;
+        let mut devices = devices?;
+        // Some drivers (virtio_net) change their channels when XDP attaches: bind what
+        // the attached interface has, if that differs.
+        let now = lock(&program).rx_queues;
+        if now != count {
+            let wanted = queues_for(interface, now, choice)?;
+            devices.retain(|d| wanted.contains(&d.queue));
+            for &q in &wanted {
+                if !devices.iter().any(|d| d.queue == q) {
+                    devices.push(XdpDevice::bind(&info, q, wanted.len() as u32)?);
+                }
+            }
+        }
+        let queues = XdpQueues::register(&program, devices)?;
+        lock(&program).enable(steer)?;
+        tracing::debug!(queues = ?queues.queues(), "AF_XDP sockets bound, steering on");
+        Ok(queues)
+    }
+
+    /// One socket per queue in `queues` for an already loaded program.
+    pub fn bind(program: &SharedProgram, queues: &[u32]) -> SetupResult<Self> {
+        let info = netinfo::interface(&lock(program).interface)?;
+        let devices = queues
+            .iter()
+            .map(|&q| XdpDevice::bind(&info, q, queues.len() as u32))
+            .collect::<SetupResult<Vec<_>>>()?;
+        XdpQueues::register(program, devices)
+    }
+
+    /// Puts each socket in the program's XSKMAP slot of its queue.
+    fn register(program: &SharedProgram, devices: Vec<XdpDevice>) -> SetupResult<Self> {
+        if devices.is_empty() {
+            bail!("no RX queue to bind");
+        }
+        for device in &devices {
+            lock(program).register(device.queue, device.pooled_fds().0.as_raw_fd())?;
+        }
+        let pollfds = devices
+            .iter()
+            .map(|d| libc::pollfd {
+                fd: d.pooled_fds().0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        Ok(XdpQueues {
+            devices,
+            program: program.clone(),
+            report_program_counters: true,
+            pollfds,
+            owner: NEXT_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    fn program(&self) -> std::sync::MutexGuard<'_, XdpProgram> {
+        lock(&self.program)
+    }
+
+    /// `native` or `skb`.
+    pub fn attached_mode(&self) -> &'static str {
+        self.program().attached_mode
+    }
+
+    /// The program's steering counters, summed over CPUs.
+    pub fn steer_counters(&self) -> SteerCounters {
+        self.program().steer_counters()
+    }
+
+    /// The queues with a socket, in order.
+    pub fn queues(&self) -> Vec<u32> {
+        self.devices.iter().map(|d| d.queue).collect()
+    }
+
+    /// RX queues of the interface (with a socket or not).
+    pub fn interface_queues(&self) -> u32 {
+        self.program().rx_queues
+    }
+
+    /// The listening ports of this set of queues; see [`XdpProgram::set_listen_ports`].
+    pub fn set_listen_ports(&self, ports: &[u16]) -> SetupResult<()> {
+        self.program().set_listen_ports(self.owner, ports)
+    }
+
+    /// Packets for the stack dropped on queues without a socket: (queue, count).
+    pub fn no_socket_by_queue(&self) -> Vec<(u32, u64)> {
+        if !self.report_program_counters {
+            return Vec::new();
+        }
+        self.program().no_socket_by_queue()
+    }
+
+    /// Sleeps in poll(2) until a frame arrives on any queue's RX ring or `timeout`
+    /// passes: what an idle poll loop does instead of spinning. The kernel wakes a copy-mode
+    /// socket from the softirq that puts a frame in its RX ring. Returns at once while
+    /// frames wait for room in a ring (the fill ring or the TX ring) or for the kernel
+    /// to send them, which only the poll loop moves on. Returns whether a socket has
+    /// frames to read or to move.
+    pub fn wait_for_frames(&mut self, timeout: std::time::Duration) -> bool {
+        if self.devices.iter().any(XdpDevice::has_frames_to_move) {
+            return true;
+        }
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `pollfds` is an initialised array of `len()` pollfd structs that the
+        // kernel may write `revents` of; `ts` lives across the call; no signal mask.
+        let ready = unsafe {
+            libc::ppoll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            )
+        };
+        ready > 0
+    }
+
+    /// Adds `fd` to what [`XdpQueues::wait_for_frames`] waits for: it returns when `fd`
+    /// is readable too (a [`crate::device::wake::WakeFd`] of the loop).
+    pub fn also_wake_on(&mut self, fd: RawFd) {
+        self.pollfds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+
+    /// UMEM frames of every queue, summed.
+    pub fn frame_account(&self) -> FrameAccount {
+        self.devices
+            .iter()
+            .map(XdpDevice::frame_account)
+            .fold(FrameAccount::default(), |a, b| FrameAccount {
+                total: a.total + b.total,
+                free_for_tx: a.free_for_tx + b.free_for_tx,
+                in_fill_ring: a.in_fill_ring + b.in_fill_ring,
+                awaiting_fill: a.awaiting_fill + b.awaiting_fill,
+                in_tx_ring: a.in_tx_ring + b.in_tx_ring,
+                queued_tx: a.queued_tx + b.queued_tx,
+            })
+    }
+
+    /// Socket statistics of every queue, summed: (rx_dropped, rx_ring_full, fill_empty).
+    /// rx_dropped includes the packets too large to put together (see `MAX_GATHERED`).
+    pub fn socket_stats(&self) -> (u64, u64, u64) {
+        self.devices
+            .iter()
+            .fold((0, 0, 0), |a, d| match d.socket_stats() {
+                Some(x) => (
+                    a.0 + x.rx_dropped + d.rx_oversized(),
+                    a.1 + x.rx_ring_full,
+                    a.2 + x.rx_fill_ring_empty,
+                ),
+                None => (a.0 + d.rx_oversized(), a.1, a.2),
+            })
+    }
+
+    /// True if the sockets take packets larger than a frame in several frames.
+    pub fn multi_buffer(&self) -> bool {
+        multi_buffer_supported()
+    }
+}
+
+impl Drop for XdpQueues {
+    /// Closing an AF_XDP socket and detaching XDP each wait for an RCU grace period in
+    /// the kernel (several ms each). Done side by side they cost one, which is most of
+    /// the exit time of a short fetch. The program is detached here only when no other
+    /// `XdpQueues` shares it (serve's other stacks may still be draining).
+    /// A lingering program takes the sockets with it to its holder, which closes them
+    /// after this process has gone.
+    fn drop(&mut self) {
+        let program = &self.program;
+        let last_user = std::sync::Arc::strong_count(program) == 1;
+        if last_user {
+            let give_up = std::time::Instant::now() + TX_DRAIN_AT_EXIT;
+            for device in &mut self.devices {
+                device.drain_tx(give_up);
+            }
+            let sockets: Vec<_> = self
+                .devices
+                .iter()
+                .map(|d| {
+                    let (fd, memfd) = d.pooled_fds();
+                    (d.queue, d.ring_size(), fd, memfd)
+                })
+                .collect();
+            if lock(program).release(&sockets) {
+                // Our copies of the fds: closing them only drops a reference.
+                self.devices.clear();
+                return;
+            }
+        }
+        std::thread::scope(|scope| {
+            if last_user {
+                scope.spawn(|| lock(program).detach());
+            }
+            for device in self.devices.drain(..) {
+                scope.spawn(move || drop(device));
+            }
+        });
+    }
+}
+
+/// The queues of an attached program's interface to bind for `choice`.
+pub fn choose_queues(program: &SharedProgram, choice: QueueChoice) -> SetupResult<Vec<u32>> {
+    let (iface, count) = {
+        let p = lock(program);
+        (p.interface.clone(), p.rx_queues)
+    };
+    queues_for(&iface, count, choice)
+}
+
+/// The queues to bind for `choice` on `iface` with `count` RX queues.
+fn queues_for(iface: &str, count: u32, choice: QueueChoice) -> SetupResult<Vec<u32>> {
+    match choice {
+        QueueChoice::All => Ok((0..count).collect()),
+        QueueChoice::Only(q) if q >= count => {
+            bail!("--queue {q}: {iface} has {count} RX queue(s), numbered from 0")
+        }
+        QueueChoice::Only(q) if count > 1 => bail!(
+            "--queue {q}: {iface} has {count} RX queues and RSS spreads flows over all of them; without a flow-steering rule, a socket on one queue misses the flows hashed to the others (leave out --queue: the stack binds every queue)"
+        ),
+        QueueChoice::Only(q) => Ok(vec![q]),
+    }
+}
+
+impl Device for XdpQueues {
+    fn receive(&mut self, handle: &mut dyn FnMut(&[u8])) -> usize {
+        self.devices.iter_mut().map(|d| d.receive(handle)).sum()
+    }
+
+    fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> bool {
+        self.devices[0].transmit(build)
+    }
+
+    fn flush(&mut self) {
+        self.devices[0].flush();
+    }
+
+    fn mac(&self) -> MacAddr {
+        self.devices[0].mac()
+    }
+
+    fn mtu(&self) -> usize {
+        self.devices[0].mtu()
+    }
+}

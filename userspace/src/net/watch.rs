@@ -1,0 +1,172 @@
+//! Readiness for programs that wait on many sockets at once through the kernel (the
+//! preload library for unmodified programs): what a socket is ready for, a watcher the
+//! poll loop tells after every change, a connect that returns at once, and a peek.
+//!
+//! A watcher runs with the socket's state locked, on the poll loop's thread or on the
+//! thread that asked: it must be short and must not call back into the socket.
+use super::shared::HasWaiters;
+use super::stream::Handle;
+use super::{Stack, TcpListener, TcpStream};
+use std::io;
+use std::net::SocketAddrV4;
+
+use super::readiness::Ready;
+pub use super::readiness::{Readiness, Watcher};
+
+impl TcpStream {
+    /// Starts a connection to `remote` and returns at once, as a non-blocking
+    /// `connect(2)` does: [`Readiness::connecting`] until it is open or failed, then
+    /// [`TcpStream::connect_result`] says which.
+    pub fn connect_nonblocking(stack: &Stack, remote: SocketAddrV4) -> TcpStream {
+        let timeout = stack.inner.connect_timeout;
+        TcpStream::from_handle(Handle::connect(stack, remote, timeout))
+    }
+
+    /// `None` while the connect is under way, then `Ok` (open) or why it failed.
+    pub fn connect_result(&self) -> Option<io::Result<()>> {
+        self.handle.conn.shared.lock().connect_result()
+    }
+
+    /// Waits until the connect is over, and says how it ended.
+    pub fn wait_connected(&self) -> io::Result<()> {
+        self.handle
+            .conn
+            .shared
+            .block_on(None, |st| st.connect_result())
+            .unwrap_or_else(|| Err(io::ErrorKind::TimedOut.into()))
+    }
+
+    /// Has `watcher` told the readiness after every change, from now on (`None`: stop);
+    /// it is told the present readiness at once.
+    pub fn watch(&self, watcher: Option<Watcher>) {
+        let mut st = self.handle.conn.shared.lock();
+        if let Some(w) = &watcher {
+            w(st.readiness());
+        }
+        st.waiters().watcher = watcher;
+    }
+
+    /// Runs `f` on the present readiness, with the state locked, so no change of the
+    /// poll loop's comes between (the way to bring a watcher up to date after a read).
+    pub fn with_readiness<T>(&self, f: impl FnOnce(Readiness) -> T) -> T {
+        let st = self.handle.conn.shared.lock();
+        f(st.readiness())
+    }
+
+    /// Bytes received and not yet read (`FIONREAD`).
+    pub fn bytes_to_read(&self) -> usize {
+        self.handle.conn.shared.lock().rx.len()
+    }
+
+    /// Copies received bytes into `buf` without taking them (`MSG_PEEK`):
+    /// [`io::ErrorKind::WouldBlock`] when none are there yet, `Ok(0)` at end of stream.
+    pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let st = self.handle.conn.shared.lock();
+        if !st.rx.is_empty() && !buf.is_empty() {
+            let n = st.rx.peek(buf);
+            return Ok(n);
+        }
+        let readiness = st.readiness();
+        match st.failure {
+            Some(f) if readiness.readable && !st.read_closed => Err(f.io()),
+            _ if readiness.readable => Ok(0),
+            _ => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl TcpListener {
+    /// Has `watcher` told the readiness after every change (a connection to accept);
+    /// it is told the present readiness at once.
+    pub fn watch(&self, watcher: Option<Watcher>) {
+        let mut st = self.handle.listener.shared.lock();
+        if let Some(w) = &watcher {
+            w(st.readiness());
+        }
+        st.waiters().watcher = watcher;
+    }
+
+    /// Runs `f` on the present readiness, with the state locked.
+    pub fn with_readiness<T>(&self, f: impl FnOnce(Readiness) -> T) -> T {
+        let st = self.handle.listener.shared.lock();
+        f(st.readiness())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::shared::{Conn, Failure, Listener, Phase};
+    use crate::tcp::TcpError;
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+
+    fn conn(phase: Phase) -> Arc<crate::net::shared::Conn> {
+        Conn::new(
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80),
+            4,
+            false,
+            phase,
+            None,
+        )
+    }
+
+    #[test]
+    fn a_connecting_socket_is_ready_for_nothing_and_an_open_one_for_writing() {
+        let c = conn(Phase::Connecting);
+        let r = c.shared.lock().readiness();
+        assert!(r.connecting && !r.readable && !r.writable && !r.hangup);
+        let c = conn(Phase::Open);
+        let r = c.shared.lock().readiness();
+        assert!(!r.connecting && !r.readable && r.writable && !r.hangup);
+    }
+
+    #[test]
+    fn bytes_make_it_readable_a_full_buffer_unwritable_a_failure_both() {
+        let c = conn(Phase::Open);
+        let mut st = c.shared.lock();
+        st.rx = crate::tcp::reassembly::RecvBuf::holding(b"hi");
+        st.tx.push(b"full", usize::MAX);
+        let r = st.readiness();
+        assert!(r.readable && !r.writable);
+        st.rx.clear();
+        st.failure = Some(Failure::Tcp(TcpError::Reset));
+        let r = st.readiness();
+        assert!(r.readable && r.writable && r.error && r.hangup);
+    }
+
+    #[test]
+    fn a_failed_connect_is_not_connecting_any_more() {
+        let c = conn(Phase::Connecting);
+        let mut st = c.shared.lock();
+        st.failure = Some(Failure::Tcp(TcpError::Refused));
+        let r = st.readiness();
+        assert!(!r.connecting && r.readable && r.writable && r.error);
+    }
+
+    #[test]
+    fn a_listener_is_readable_with_a_connection_queued() {
+        let l = Listener::new(80, 4);
+        let mut st = l.shared.lock();
+        assert_eq!(st.readiness(), Readiness::default());
+        st.queue.push_back(conn(Phase::Open));
+        assert!(st.readiness().readable);
+    }
+
+    #[test]
+    fn the_watcher_hears_every_notify() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let c = conn(Phase::Open);
+        let heard = Arc::new(AtomicUsize::new(0));
+        let h = heard.clone();
+        c.shared.lock().waiters().watcher = Some(Arc::new(move |r: Readiness| {
+            if r.readable {
+                h.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+        let mut st = c.shared.lock();
+        st.rx = crate::tcp::reassembly::RecvBuf::holding(b"x");
+        c.shared.notify(&mut st);
+        assert_eq!(heard.load(Ordering::SeqCst), 1);
+    }
+}

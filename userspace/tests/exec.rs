@@ -1,0 +1,504 @@
+//! `userspace exec` in the namespace world: unmodified Debian programs (curl, wget,
+//! python3) over the stack, byte for byte, and the kernel's TCP counters in the host
+//! namespace (`nstat`) prove their traffic bypassed the kernel. They need root;
+//! `cargo xtask test` runs them.
+// common re-exports more than this suite needs.
+#![allow(unused_imports)]
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The Debian interpreter, not a version manager's shim that may be first in PATH.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Builds the preload library beside the `userspace` binary (same profile), once.
+fn build_library() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "-p", "userspace-preload"]);
+        if !cfg!(debug_assertions) {
+            cargo.arg("--release");
+        }
+        // As tests/library.rs: cargo's variables for this test would look like changes.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name == "OUT_DIR"
+                || (name.starts_with("CARGO_")
+                    && name != "CARGO_HOME"
+                    && name != "CARGO_TARGET_DIR")
+            {
+                cargo.env_remove(name.as_ref());
+            }
+        }
+        assert!(
+            cargo.status().unwrap().success(),
+            "building the preload library failed"
+        );
+    });
+}
+
+fn world() -> World {
+    build_library();
+    World::up(&WorldOptions {
+        nginx: true,
+        big_file: Some(64 << 20),
+        ..Default::default()
+    })
+    .expect("build the namespace world")
+}
+
+/// `userspace exec --iface veth0 -v -- ARGV` in the host namespace.
+fn exec_command(w: &World, argv: &[&str]) -> Command {
+    let mut command = w.exec(&w.host);
+    command
+        .args([BIN, "exec", "--iface", HOST_IF, "-v", "--"])
+        .args(argv)
+        .stdin(Stdio::null());
+    command
+}
+
+/// The host namespace's kernel TCP counters that a connection through the kernel moves.
+fn kernel_tcp(w: &World) -> [i64; 3] {
+    let out = run_in(w, &w.host, &["nstat", "-a", "-z", "-j"]);
+    let text = text(&out.stdout);
+    ["TcpActiveOpens", "TcpPassiveOpens", "TcpInSegs"].map(|name| {
+        let at = text
+            .find(&format!("\"{name}\""))
+            .unwrap_or_else(|| panic!("nstat has no {name}: {text}"));
+        text[at..]
+            .split([':', ',', '}'])
+            .nth(1)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("nstat's {name}: {text}"))
+    })
+}
+
+/// Runs `argv` under exec with stdout into a file, and checks the file is nginx's
+/// big.bin and the kernel's counters did not move.
+fn download_big_file(name: &str, argv: &[&str]) {
+    let w = world();
+    let out_file = w.dir.join(format!("{name}.bin"));
+    let before = kernel_tcp(&w);
+    let started = std::time::Instant::now();
+    let out = exec_command(&w, argv)
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = text(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "{name} exited with {}", out.status);
+    eprintln!(
+        "{name} under exec: 64 MiB in {took:?} ({:.2} Gbit/s, process start included)",
+        (64u64 << 23) as f64 / took.as_secs_f64() / 1e9
+    );
+    assert!(
+        stderr.contains(&format!("connect to {SERVER_IP}:80: stack")),
+        "-v did not say the connection went to the stack"
+    );
+    assert_eq!(
+        sha256(&out_file),
+        sha256(&w.dir.join("www/big.bin")),
+        "{name}: body differs"
+    );
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "{name}: the kernel's TCP counters moved (TcpActiveOpens, TcpPassiveOpens, TcpInSegs)"
+    );
+    assert!(!xdp_attached(&w), "{name} left XDP attached");
+}
+
+#[test]
+fn debian_curl_downloads_64_mib_over_the_stack() {
+    let url = format!("http://{SERVER_IP}/big.bin");
+    download_big_file("curl", &["curl", "-sS", "--fail", &url]);
+}
+
+#[test]
+fn debian_wget_downloads_64_mib_over_the_stack() {
+    let url = format!("http://{SERVER_IP}/big.bin");
+    download_big_file("wget", &["wget", "-q", "-O", "-", &url]);
+}
+
+#[test]
+fn python_urllib_downloads_64_mib_over_the_stack() {
+    let script = format!(
+        "import sys, urllib.request\n\
+         with urllib.request.urlopen('http://{SERVER_IP}/big.bin') as r:\n\
+         \x20   sys.stdout.buffer.write(r.read())"
+    );
+    download_big_file("python3-urllib", &[PYTHON, "-c", &script]);
+}
+
+/// Starts `argv` under exec, and returns once `-v` says it listens on `port` on the stack.
+fn start_server(w: &World, argv: &[&str], port: u16) -> std::process::Child {
+    let mut child = exec_command(w, argv)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("{line}");
+            let _ = tx.send(line);
+        }
+    });
+    let ready = format!("listening on 0.0.0.0:{port} on the stack");
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        if line.contains(&ready) {
+            return child;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{argv:?} under exec did not listen within 30 s");
+}
+
+/// `python3 -m http.server 8080` under exec, serving the world's www/.
+fn start_http_server(w: &World) -> std::process::Child {
+    let www = w.dir.join("www");
+    let www = www.to_string_lossy();
+    let argv = [
+        PYTHON,
+        "-m",
+        "http.server",
+        "8080",
+        "--bind",
+        "0.0.0.0",
+        "--directory",
+        &www,
+    ];
+    start_server(w, &argv, 8080)
+}
+
+/// The kernel's curl in the server namespace fetches `path` from the server under exec.
+fn fetch_from_server_ns(w: &World, path: &str, out: &std::path::Path) -> std::process::Output {
+    let url = format!("http://{HOST_IP}:8080/{path}");
+    let out = out.to_string_lossy();
+    run_in(
+        w,
+        &w.server,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "30",
+            "-o",
+            &out,
+            &url,
+        ],
+    )
+}
+
+#[test]
+fn python_http_server_under_exec_serves_the_kernels_curl() {
+    let w = world();
+    let mut server = start_http_server(&w);
+    let before = kernel_tcp(&w);
+    let out_file = w.dir.join("served.bin");
+    let got = fetch_from_server_ns(&w, "big.bin", &out_file);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        got.status.success(),
+        "curl from the server namespace: {}",
+        text(&got.stderr)
+    );
+    assert_eq!(
+        sha256(&out_file),
+        sha256(&w.dir.join("www/big.bin")),
+        "http.server: body differs"
+    );
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "http.server: the kernel's TCP counters moved"
+    );
+    assert!(
+        xdp_detached_within(&w, Duration::from_secs(5)),
+        "http.server left XDP attached"
+    );
+}
+
+#[test]
+fn a_second_program_on_the_interface_gets_one_clear_line() {
+    let w = world();
+    let mut server = start_http_server(&w);
+    let probe = w.dir.join("probe.html");
+    let first = fetch_from_server_ns(&w, "index.html", &probe);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert_eq!(std::fs::read_to_string(&probe).unwrap(), world::INDEX_HTML);
+    let url = format!("http://{SERVER_IP}/");
+    let out = exec_command(&w, &["curl", "-sS", &url]).output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a second program on veth0 succeeded: {stderr}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("the stack did not start"))
+        .unwrap_or_else(|| panic!("no clear error: {stderr}"));
+    assert!(line.contains("already in use"), "{line}");
+}
+
+/// Stops a server started under exec (SIGTERM, so it exits through its own handler).
+fn stop(mut server: std::process::Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    wait_timeout(&mut server, Duration::from_secs(10))
+}
+
+#[test]
+fn redis_server_under_exec_serves_redis_benchmark() {
+    let w = world();
+    let argv = [
+        "redis-server",
+        "--port",
+        "6379",
+        "--bind",
+        "0.0.0.0",
+        "--protected-mode",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    let server = start_server(&w, &argv, 6379);
+    let before = kernel_tcp(&w);
+    let host = HOST_IP.to_string();
+    let out = run_in(
+        &w,
+        &w.server,
+        &[
+            "redis-benchmark",
+            "-h",
+            &host,
+            "-p",
+            "6379",
+            "-c",
+            "50",
+            "-n",
+            "20000",
+            "-t",
+            "set,get",
+            "-q",
+        ],
+    );
+    let report = text(&out.stdout);
+    eprintln!("{report}{}", text(&out.stderr));
+    let check = run_in(
+        &w,
+        &w.server,
+        &["redis-cli", "-h", &host, "-p", "6379", "dbsize"],
+    );
+    stop(server);
+    assert!(out.status.success(), "redis-benchmark failed");
+    assert!(
+        report.contains("SET:") && report.contains("GET:"),
+        "{report}"
+    );
+    assert_eq!(
+        text(&check.stdout).trim(),
+        "1",
+        "redis-cli dbsize: {}",
+        text(&check.stderr)
+    );
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "redis: the kernel's TCP counters moved"
+    );
+}
+
+#[test]
+fn memcached_with_4_threads_under_exec_serves_many_connections() {
+    let w = world();
+    let argv = [
+        "memcached",
+        "-u",
+        "root",
+        "-t",
+        "4",
+        "-l",
+        "0.0.0.0",
+        "-p",
+        "11211",
+        "-U",
+        "0",
+    ];
+    let server = start_server(&w, &argv, 11211);
+    let before = kernel_tcp(&w);
+    // 16 connections at once (memcached spreads them over its 4 threads), each setting
+    // and getting its own 100 keys.
+    let script = format!(
+        "import socket, threading\n\
+         errors = []\n\
+         def client(n):\n\
+         \x20   s = socket.create_connection(('{HOST_IP}', 11211))\n\
+         \x20   f = s.makefile('rwb')\n\
+         \x20   for i in range(100):\n\
+         \x20       v = (b'%d-%d-' % (n, i)) * 50\n\
+         \x20       f.write(b'set k%d-%d 0 0 %d\\r\\n%s\\r\\n' % (n, i, len(v), v)); f.flush()\n\
+         \x20       if f.readline() != b'STORED\\r\\n': errors.append('set'); return\n\
+         \x20       f.write(b'get k%d-%d\\r\\n' % (n, i)); f.flush()\n\
+         \x20       f.readline(); got = f.readline()[:-2]; f.readline()\n\
+         \x20       if got != v: errors.append('get'); return\n\
+         \x20   s.close()\n\
+         ts = [threading.Thread(target=client, args=(n,)) for n in range(16)]\n\
+         [t.start() for t in ts]; [t.join() for t in ts]\n\
+         print('errors', len(errors))"
+    );
+    let out = run_in(&w, &w.server, &[PYTHON, "-c", &script]);
+    stop(server);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "errors 0",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "memcached: the kernel's TCP counters moved"
+    );
+}
+
+#[test]
+fn a_child_forked_after_bind_gets_one_clear_line_not_a_hang() {
+    let w = world();
+    // A pre-fork server in miniature: bind and listen, fork, accept in the child.
+    let script = "import os, socket, sys\n\
+                  s = socket.socket(); s.bind(('0.0.0.0', 8082)); s.listen(8)\n\
+                  pid = os.fork()\n\
+                  if pid == 0:\n\
+                  \x20   try: s.accept()\n\
+                  \x20   except OSError as e: os._exit(3 if e.errno == 95 else 4)\n\
+                  \x20   os._exit(0)\n\
+                  sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))";
+    let out = exec_command(&w, &[PYTHON, "-c", script]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the child's accept did not fail with EOPNOTSUPP: {stderr}"
+    );
+    assert!(
+        stderr.contains("used a stack socket its parent opened before fork"),
+        "no clear line: {stderr}"
+    );
+}
+
+#[test]
+fn nginx_in_one_process_under_exec_serves_64_mib_and_wrk() {
+    let w = world();
+    let conf = w.dir.join("nginx-exec.conf");
+    let www = w.dir.join("www");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx-exec.pid;\n\
+             error_log {dir}/nginx-exec.err;\nevents {{ worker_connections 1024; }}\n\
+             http {{ access_log off; sendfile on; server {{ listen 8084; root {www}; }} }}\n",
+            dir = w.dir.display(),
+            www = www.display()
+        ),
+    )
+    .unwrap();
+    let conf = conf.to_string_lossy();
+    let server = start_server(&w, &["nginx", "-c", &conf], 8084);
+    let before = kernel_tcp(&w);
+    let out_file = w.dir.join("nginx-exec.bin");
+    let url = format!("http://{HOST_IP}:8084/big.bin");
+    let got = run_in(
+        &w,
+        &w.server,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "30",
+            "-o",
+            &out_file.to_string_lossy(),
+            &url,
+        ],
+    );
+    let index = format!("http://{HOST_IP}:8084/index.html");
+    let load = run_in(&w, &w.server, &["wrk", "-t2", "-c100", "-d3s", &index]);
+    stop(server);
+    assert!(got.status.success(), "curl: {}", text(&got.stderr));
+    assert_eq!(
+        sha256(&out_file),
+        sha256(&www.join("big.bin")),
+        "nginx under exec: body differs"
+    );
+    let report = text(&load.stdout);
+    eprintln!("{report}");
+    assert!(
+        report.contains("Requests/sec")
+            && !report.contains("Socket errors")
+            && !report.contains("Non-2xx"),
+        "{report}"
+    );
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "nginx: the kernel's TCP counters moved"
+    );
+}
+
+#[test]
+fn edge_triggered_epoll_mixes_a_stack_socket_and_a_pipe() {
+    let w = world();
+    let script = format!(
+        "import os, select, socket\n\
+         s = socket.create_connection(('{SERVER_IP}', 80))\n\
+         r, wr = os.pipe()\n\
+         ep = select.epoll()\n\
+         ep.register(s.fileno(), select.EPOLLIN | select.EPOLLET)\n\
+         ep.register(r, select.EPOLLIN)\n\
+         os.write(wr, b'x')\n\
+         ev = dict(ep.poll(5))\n\
+         assert r in ev and s.fileno() not in ev, ev\n\
+         os.read(r, 1)\n\
+         s.sendall(b'GET /index.html HTTP/1.0\\r\\n\\r\\n')\n\
+         s.setblocking(False)\n\
+         body = b''\n\
+         done = False\n\
+         while not done:\n\
+         \x20   ev = dict(ep.poll(5))\n\
+         \x20   assert s.fileno() in ev, ev\n\
+         \x20   while True:\n\
+         \x20       try: chunk = s.recv(65536)\n\
+         \x20       except BlockingIOError: break\n\
+         \x20       if not chunk: done = True; break\n\
+         \x20       body += chunk\n\
+         print(body.split(b'\\r\\n\\r\\n', 1)[1].decode(), end='')"
+    );
+    let out = exec_command(&w, &[PYTHON, "-c", &script]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("connect to {SERVER_IP}:80: stack")),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout), world::INDEX_HTML);
+}
