@@ -64,29 +64,10 @@ pub fn close_all() {
     drop(all);
 }
 
-/// The errno for an error of the library's.
+/// The errno for an error of the library's: the kernel's for what the stack reported
+/// (`userspace::net::errno`), EIO for anything it has no errno for.
 pub fn errno_of(e: &io::Error) -> Errno {
-    use io::ErrorKind as K;
-    if let Some(code) = e.raw_os_error() {
-        return code;
-    }
-    match e.kind() {
-        K::ConnectionRefused => libc::ECONNREFUSED,
-        K::ConnectionReset => libc::ECONNRESET,
-        K::ConnectionAborted => libc::ECONNABORTED,
-        K::TimedOut => libc::ETIMEDOUT,
-        K::HostUnreachable => libc::EHOSTUNREACH,
-        K::NetworkUnreachable => libc::ENETUNREACH,
-        K::NotConnected => libc::ENOTCONN,
-        K::AddrInUse => libc::EADDRINUSE,
-        K::AddrNotAvailable => libc::EADDRNOTAVAIL,
-        K::BrokenPipe => libc::EPIPE,
-        K::WouldBlock => libc::EAGAIN,
-        K::InvalidInput => libc::EINVAL,
-        K::PermissionDenied => libc::EACCES,
-        K::Interrupted => libc::EINTR,
-        _ => libc::EIO,
-    }
+    userspace::net::errno::errno(e).unwrap_or(libc::EIO)
 }
 
 /// The eventfd a socket's readiness shows on, and the count last put there.

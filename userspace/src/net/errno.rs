@@ -60,6 +60,8 @@ pub fn errno(e: &io::Error) -> Option<i32> {
         K::AddrNotAvailable => libc::EADDRNOTAVAIL,
         K::WouldBlock => libc::EAGAIN,
         K::InvalidInput => libc::EINVAL,
+        K::PermissionDenied => libc::EACCES,
+        K::Interrupted => libc::EINTR,
         _ => return None,
     })
 }
