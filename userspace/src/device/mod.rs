@@ -7,6 +7,7 @@ pub mod netinfo;
 pub mod netlink;
 pub mod pcap;
 pub mod steering;
+pub mod switch;
 pub mod wake;
 pub mod xdp;
 pub mod xsk;

@@ -74,6 +74,10 @@ pub struct StackConfig {
     /// [`crate::device::holder::set_available`] (the `userspace` command) can hold;
     /// elsewhere this is ignored. Default: `None` (detach at once).
     pub xdp_linger: Option<Duration>,
+    /// Go through the interface's switch, which owns the XDP program and the sockets
+    /// and serves several processes (`userspace exec --share`; see
+    /// [`crate::device::switch`]), instead of attaching. Default: `false`.
+    pub switch: bool,
 }
 
 impl Default for StackConfig {
@@ -98,6 +102,7 @@ impl Default for StackConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             linger: DEFAULT_LINGER,
             xdp_linger: None,
+            switch: false,
         }
     }
 }

@@ -35,6 +35,7 @@ mod readiness;
 mod reserve;
 pub mod runtime;
 pub mod setup;
+pub mod switch;
 mod shard;
 mod shared;
 mod stream;
@@ -212,6 +213,13 @@ impl StackBuilder {
     /// once, and the first packet after a pause pays the wake-up (some microseconds).
     pub fn busy_poll(mut self, busy_poll: bool) -> Self {
         self.config.busy_poll = busy_poll;
+        self
+    }
+
+    /// Goes through the interface's switch instead of attaching (see
+    /// [`StackConfig::switch`]). Default: `false`.
+    pub fn switch(mut self, switch: bool) -> Self {
+        self.config.switch = switch;
         self
     }
 

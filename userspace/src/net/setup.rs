@@ -112,9 +112,28 @@ impl Plan {
 /// socket on every RX queue (or [`StackConfig::queue`]), and returns the poll loop
 /// around a stack listening on `listen_ports`. Needs root (CAP_NET_ADMIN and CAP_BPF).
 pub fn open_runtime(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<Runtime> {
-    let plan = plan(config, listen_ports)?;
+    let mut plan = plan(config, listen_ports)?;
     if let Some(cpu) = config.cpu {
         pin_to_cpu(cpu)?;
+    }
+    if config.switch {
+        let info = netinfo::interface(&plan.iface)?;
+        let port = crate::device::switch::SwitchPort::attach(info.ifindex, info.mac, info.mtu)
+            .context("joining the interface's switch")?
+            .ok_or_else(|| {
+                setup_error!(
+                    "no switch runs on {}: start the program with `userspace exec --share`",
+                    plan.iface
+                )
+            })?;
+        // This process's slice of the ephemeral ports: the switch steers it here.
+        plan.stack.port_range = port.port_range;
+        let xdp = XdpQueues::switched(port);
+        if !listen_ports.is_empty() {
+            xdp.set_listen_ports(listen_ports)?;
+        }
+        tracing::info!(iface = plan.iface, ip = %plan.stack.ip, "stack up, through the switch");
+        return plan.runtime(NetDevice::Plain(xdp));
     }
     // Only a binary that can run the holder lingers (`holder::linger` knows).
     let linger = config

@@ -91,7 +91,7 @@ pub type SharedProgram = std::sync::Arc<std::sync::Mutex<XdpProgram>>;
 fn in_use_by(iface: &str, pid: u32) -> SetupError {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     setup_error!(
-        "interface {iface} is already in use by process {pid} ({}): only one XDP program can attach to an interface; stop it, or run on another interface",
+        "interface {iface} is already in use by process {pid} ({}): only one XDP program can attach to an interface; stop it, run on another interface, or run every program on it with `userspace exec --share`",
         comm.trim()
     )
 }
@@ -281,7 +281,7 @@ impl XdpProgram {
                         setup_error!("interface {iface} is already in use by {holder}")
                     }
                     Some(holder) => setup_error!(
-                        "interface {iface} is already in use by {holder}: only one XDP program can attach to an interface; stop it, or run on another interface"
+                        "interface {iface} is already in use by {holder}: only one XDP program can attach to an interface; stop it, run on another interface, or run every program on it with `userspace exec --share`"
                     ),
                     None => SetupError::new(format!("attaching XDP to {iface}"), e),
                 }
