@@ -667,8 +667,23 @@ fn nginx_master_and_2_workers_under_exec_share_serve_wrk() {
     .unwrap();
     let conf = conf.to_string_lossy();
     let argv = ["nginx", "-c", &conf];
-    // The master listens, then each worker listens again on its own stack.
-    let server = start_server_with(share_command(&w, &argv), &argv, 8085, 3);
+    // The master listens, then each worker listens again on its own stack (nginx has
+    // sent its stderr, and the workers' `-v` lines, to its error log by then).
+    let server = start_server_with(share_command(&w, &argv), &argv, 8085, 1);
+    let log = w.dir.join("nginx-share.err");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let workers_listen = || {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        log.matches(":8085 on the stack").count() >= 2
+    };
+    while !workers_listen() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nginx's workers did not listen: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let before = kernel_tcp(&w);
     let out_file = w.dir.join("nginx-share.bin");
     let url = format!("http://{HOST_IP}:8085/big.bin");
