@@ -786,3 +786,50 @@ fn kill_group(mut server: std::process::Child) {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn a_killed_client_under_exec_share_leaves_its_peer_reset_not_hanging() {
+    let w = world();
+    let established = || {
+        let out = run_in(
+            &w,
+            &w.server,
+            &["ss", "-Htn", "state", "established", "( sport = :80 )"],
+        );
+        text(&out.stdout).lines().count()
+    };
+    assert_eq!(established(), 0);
+    // A server on the switch keeps it (and its XDP program) there throughout: the
+    // RST must come from the switch, not from the kernel after the switch has gone.
+    let mut keeper = start_http_server_on(&w, 8080, true);
+    // A slow download from the server namespace's nginx, killed half way.
+    let url = format!("http://{SERVER_IP}/big.bin");
+    let client = share_command(&w, &["curl", "-sS", "--limit-rate", "2M", "-o", "/dev/null", &url])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while established() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the download did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    kill_hard(client);
+    // nginx's next segment meets no process: the switch answers it with a RST, as the
+    // kernel would for a killed process's socket; nginx does not retransmit for minutes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while established() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nginx still holds the killed client's connection"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(xdp_attached(&w), "the switch left while a server used it");
+    let _ = keeper.kill();
+    let _ = keeper.wait();
+    assert!(
+        xdp_detached_within(&w, Duration::from_secs(5)),
+        "the killed client left XDP attached"
+    );
+}

@@ -11,6 +11,9 @@ use crate::device::error::{Context, SetupResult, bail, setup_error};
 use crate::device::netinfo;
 use crate::device::switch::{self as ring, Rings, SLOTS};
 use crate::device::xdp::{QueueChoice, XdpQueues};
+use crate::wire::{
+    ChecksumPolicy, Frame, MacAddr, SeqNum, TcpFlags, TcpRepr, emit_tcp, parse_frame_with,
+};
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -56,8 +59,13 @@ struct Switch {
     /// Extra connections: keep-alives (exec's, until the program's first socket).
     holds: Vec<UnixStream>,
     routes: Routes,
-    /// Frames for no client (dropped).
+    /// Frames for no client (answered with a RST when they are TCP).
     unrouted: u64,
+    /// The interface's address and the checksums its frames carry.
+    mac: MacAddr,
+    policy: ChecksumPolicy,
+    /// The resets of one turn (made once: no allocation per packet).
+    resets: Vec<([u8; RESET_LEN], usize)>,
 }
 
 /// The switch process: `userspace __xdp-switch` with the stack's flags in the
@@ -133,6 +141,12 @@ fn open(config: &StackConfig) -> Result<Opened, (crate::device::error::SetupErro
                     flows: HashMap::new(),
                 },
                 unrouted: 0,
+                mac: info.mac,
+                policy: match netinfo::frames_come_from_memory(&plan.iface) {
+                    true => ChecksumPolicy::AcceptPartial,
+                    false => ChecksumPolicy::Strict,
+                },
+                resets: Vec::with_capacity(RESETS_PER_TURN),
             },
             listener,
         ))
@@ -154,6 +168,39 @@ fn parent_of(pid: u32) -> u32 {
     stat.rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Longest reset the switch writes (Ethernet, IPv4 and TCP headers, no options).
+const RESET_LEN: usize = 64;
+/// Most resets one turn sends.
+const RESETS_PER_TURN: usize = 64;
+
+/// The RST that answers `frame`, a segment for no process (RFC 9293 section
+/// 3.10.7.1: as the kernel answers a segment for a closed port, never a RST), written
+/// into `out`: its length, 0 when none is due.
+fn reset_for(frame: &[u8], mac: MacAddr, policy: ChecksumPolicy, out: &mut [u8]) -> usize {
+    let Ok(parsed) = parse_frame_with(frame, policy) else {
+        return 0;
+    };
+    let Frame::Tcp { eth_src, ip, tcp } = parsed.frame else {
+        return 0;
+    };
+    if tcp.flags.rst {
+        return 0;
+    }
+    let (seq, ack, flags) = match tcp.flags.ack {
+        true => (tcp.ack.unwrap_or_default(), None, TcpFlags::RST),
+        false => (SeqNum(0), Some(tcp.seq + tcp.seq_len()), TcpFlags::RST_ACK),
+    };
+    let repr = TcpRepr {
+        src_port: tcp.dst_port,
+        dst_port: tcp.src_port,
+        seq,
+        ack,
+        flags,
+        ..Default::default()
+    };
+    emit_tcp(out, (mac, eth_src), (ip.dst, ip.src), &repr, 0, |_| {})
 }
 
 /// The fields of a TCP segment (or of the TCP segment an ICMP error quotes) that
@@ -258,6 +305,9 @@ impl Switch {
             clients,
             routes,
             unrouted,
+            mac,
+            policy,
+            resets,
             ..
         } = self;
         loop {
@@ -271,13 +321,29 @@ impl Switch {
                         lease.rings.rx_push(frame);
                         lease.fed = true;
                     }
-                    None => *unrouted += 1,
+                    None => {
+                        // A killed process's peer: reset, as the kernel would.
+                        *unrouted += 1;
+                        if resets.len() < RESETS_PER_TURN {
+                            let mut out = [0u8; RESET_LEN];
+                            let n = reset_for(frame, *mac, *policy, &mut out);
+                            if n > 0 {
+                                resets.push((out, n));
+                            }
+                        }
+                    }
                 }
             });
             if n == 0 {
                 break;
             }
             moved += n;
+        }
+        for (reset, n) in resets.drain(..) {
+            queues.transmit(&mut |buf| {
+                buf[..n].copy_from_slice(&reset[..n]);
+                n
+            });
         }
         for client in clients.iter_mut().flatten() {
             let Some(lease) = &mut client.lease else {
@@ -505,7 +571,8 @@ impl Switch {
 
 #[cfg(test)]
 mod tests {
-    use super::route_key;
+    use super::{reset_for, route_key};
+    use crate::wire::{ChecksumPolicy, Frame, TcpFlags, parse_frame};
 
     fn tcp_frame(src: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
         let mut f = vec![0u8; 14 + 20 + 20];
@@ -534,5 +601,48 @@ mod tests {
         let mut arp = syn;
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         assert_eq!(route_key(&arp), None);
+    }
+
+    /// A whole, checksummed segment from the kit's emitter.
+    fn segment(flags: TcpFlags, seq: u32, ack: Option<u32>, payload: &[u8]) -> Vec<u8> {
+        use crate::wire::{SeqNum, TcpRepr, emit_tcp};
+        let repr = TcpRepr {
+            src_port: 40000,
+            dst_port: 61000,
+            seq: SeqNum(seq),
+            ack: ack.map(SeqNum),
+            flags,
+            window: 1000,
+            payload,
+            ..Default::default()
+        };
+        let mut buf = vec![0u8; 200];
+        let peer = std::net::Ipv4Addr::new(10, 0, 0, 2);
+        let us = std::net::Ipv4Addr::new(10, 0, 0, 1);
+        let n = emit_tcp(&mut buf, ([2; 6], [1; 6]), (peer, us), &repr, payload.len(), |_| {});
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn a_segment_for_no_process_gets_the_rst_of_rfc_9293_and_a_rst_gets_none() {
+        let mut out = [0u8; super::RESET_LEN];
+        // With ACK: the RST takes its sequence number from the ACK field.
+        let data = segment(TcpFlags::ACK, 100, Some(5000), b"hello");
+        let n = reset_for(&data, [1; 6], ChecksumPolicy::Strict, &mut out);
+        let Ok(Frame::Tcp { ip, tcp, eth_src }) = parse_frame(&out[..n]) else {
+            panic!("no RST");
+        };
+        assert_eq!((eth_src, ip.dst, tcp.dst_port, tcp.src_port), ([1; 6], std::net::Ipv4Addr::new(10, 0, 0, 2), 40000, 61000));
+        assert_eq!((tcp.flags, tcp.seq.0, tcp.ack), (TcpFlags::RST, 5000, None));
+        // Without ACK (a SYN): sequence 0, ACK of the segment's end.
+        let syn = segment(TcpFlags::SYN, 700, None, b"");
+        let n = reset_for(&syn, [1; 6], ChecksumPolicy::Strict, &mut out);
+        let Ok(Frame::Tcp { tcp, .. }) = parse_frame(&out[..n]) else {
+            panic!("no RST");
+        };
+        assert_eq!((tcp.flags, tcp.seq.0, tcp.ack.map(|a| a.0)), (TcpFlags::RST_ACK, 0, Some(701)));
+        let rst = segment(TcpFlags::RST, 1, None, b"");
+        assert_eq!(reset_for(&rst, [1; 6], ChecksumPolicy::Strict, &mut out), 0);
     }
 }
