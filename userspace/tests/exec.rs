@@ -575,8 +575,15 @@ fn a_server_and_a_client_share_the_interface_each_with_its_own_connections() {
     eprintln!("{client_err}");
     let _ = server.kill();
     let _ = server.wait();
-    assert!(got.status.success(), "curl from the server namespace: {}", text(&got.stderr));
-    assert!(client.status.success(), "curl under exec --share: {client_err}");
+    assert!(
+        got.status.success(),
+        "curl from the server namespace: {}",
+        text(&got.stderr)
+    );
+    assert!(
+        client.status.success(),
+        "curl under exec --share: {client_err}"
+    );
     assert!(
         client_err.contains(&format!("connect to {SERVER_IP}:80: stack")),
         "{client_err}"
@@ -627,12 +634,20 @@ fn two_servers_share_the_interface_and_a_killed_one_leaves_nothing_behind() {
     );
     let probe = w.dir.join("two-probe.html");
     let still = fetch_from_port(&w, 8081, "index.html", &probe);
-    assert!(still.status.success(), "8081 after the kill: {}", text(&still.stderr));
+    assert!(
+        still.status.success(),
+        "8081 after the kill: {}",
+        text(&still.stderr)
+    );
     assert_eq!(std::fs::read_to_string(&probe).unwrap(), world::INDEX_HTML);
     // Its lease is free again: a new server takes the port.
     let third = start_http_server_on(&w, 8080, true);
     let again = fetch_from_port(&w, 8080, "index.html", &probe);
-    assert!(again.status.success(), "8080 again: {}", text(&again.stderr));
+    assert!(
+        again.status.success(),
+        "8080 again: {}",
+        text(&again.stderr)
+    );
     assert_eq!(std::fs::read_to_string(&probe).unwrap(), world::INDEX_HTML);
     kill_hard(third);
     let _ = second.kill();
@@ -643,7 +658,9 @@ fn two_servers_share_the_interface_and_a_killed_one_leaves_nothing_behind() {
     );
     // And the next program starts afresh.
     let url = format!("http://{SERVER_IP}/index.html");
-    let next = share_command(&w, &["curl", "-sS", "--fail", &url]).output().unwrap();
+    let next = share_command(&w, &["curl", "-sS", "--fail", &url])
+        .output()
+        .unwrap();
     assert!(next.status.success(), "{}", text(&next.stderr));
     assert_eq!(text(&next.stdout), world::INDEX_HTML);
     assert!(xdp_detached_within(&w, Duration::from_secs(5)));
@@ -755,7 +772,11 @@ fn a_pre_fork_python_server_under_exec_share_accepts_in_every_child() {
     let url = format!("http://{HOST_IP}:8086/");
     let mut pids = std::collections::BTreeSet::new();
     for _ in 0..30 {
-        let out = run_in(&w, &w.server, &["curl", "-sS", "--fail", "--max-time", "10", &url]);
+        let out = run_in(
+            &w,
+            &w.server,
+            &["curl", "-sS", "--fail", "--max-time", "10", &url],
+        );
         assert!(out.status.success(), "curl: {}", text(&out.stderr));
         pids.insert(text(&out.stdout).trim().to_string());
     }
@@ -778,8 +799,8 @@ fn a_pre_fork_python_server_under_exec_share_accepts_in_every_child() {
 /// SIGKILLs a server and the children it forked, by their ids.
 fn kill_group(mut server: std::process::Child) {
     let pid = server.id();
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     for child in children.split_whitespace() {
         let _ = Command::new("kill").args(["-KILL", child]).status();
     }
@@ -804,13 +825,19 @@ fn a_killed_client_under_exec_share_leaves_its_peer_reset_not_hanging() {
     let mut keeper = start_http_server_on(&w, 8080, true);
     // A slow download from the server namespace's nginx, killed half way.
     let url = format!("http://{SERVER_IP}/big.bin");
-    let client = share_command(&w, &["curl", "-sS", "--limit-rate", "2M", "-o", "/dev/null", &url])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let client = share_command(
+        &w,
+        &["curl", "-sS", "--limit-rate", "2M", "-o", "/dev/null", &url],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while established() == 0 {
-        assert!(std::time::Instant::now() < deadline, "the download did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));

@@ -1,8 +1,8 @@
 //! The stack of this process: configured from the environment `userspace exec` sets,
 //! started on the first socket that goes to it, stopped at exit.
 use std::net::Ipv4Addr;
-use std::sync::OnceLock;
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::time::Duration;
 use userspace::Stack;
@@ -133,7 +133,10 @@ pub fn stack() -> Result<&'static Stack, &'static str> {
             "userspace-preload: the stack did not start: {e}; its TCP sockets fail with ENETDOWN"
         ),
     }
-    let started = Box::leak(Box::new(Started { pid, stack: started }));
+    let started = Box::leak(Box::new(Started {
+        pid,
+        stack: started,
+    }));
     STARTED.store(started, Ordering::Release);
     started.stack.as_ref().map_err(|e| e.as_str())
 }

@@ -110,8 +110,9 @@ pub fn adopt_after_fork() {
             0
         };
         // SAFETY: both fds are open; dup3 puts the new eventfd at `fd` in one step.
-        if unsafe { real!(dup3: fn(c_int, c_int, c_int) -> c_int)(private.as_raw_fd(), fd, cloexec) }
-            < 0
+        if unsafe {
+            real!(dup3: fn(c_int, c_int, c_int) -> c_int)(private.as_raw_fd(), fd, cloexec)
+        } < 0
         {
             continue;
         }

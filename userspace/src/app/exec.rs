@@ -171,12 +171,18 @@ fn join_switch(args: &ExecArgs) -> Result<std::os::unix::net::UnixStream, String
     let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
     let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
     let mut env = vec![(exec_env::IFACE, std::ffi::OsString::from(&outbound.iface))];
-    env.extend(args.xdp_mode.clone().map(|m| (exec_env::XDP_MODE, m.into())));
+    env.extend(
+        args.xdp_mode
+            .clone()
+            .map(|m| (exec_env::XDP_MODE, m.into())),
+    );
     env.extend(args.ip.map(|a| (exec_env::IP, a.to_string().into())));
     std::process::Command::new(exe)
         .arg(SWITCH_ARG)
         .envs(env)
-        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            theirs,
+        )))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -199,14 +199,22 @@ impl Rings {
     /// the look at the ring that follows: a producer that pushes after that look sees
     /// the flag.
     pub fn set_sleeping(&self, client: bool, sleeping: bool) {
-        let at = if client { CLIENT_SLEEPING } else { SWITCH_SLEEPING };
+        let at = if client {
+            CLIENT_SLEEPING
+        } else {
+            SWITCH_SLEEPING
+        };
         self.word(at).store(sleeping as u32, Ordering::SeqCst);
     }
 
     /// Whether the client (`client`) or the switch may be sleeping. The fence orders
     /// the producer's push before this look (a store then a load).
     pub fn sleeping(&self, client: bool) -> bool {
-        let at = if client { CLIENT_SLEEPING } else { SWITCH_SLEEPING };
+        let at = if client {
+            CLIENT_SLEEPING
+        } else {
+            SWITCH_SLEEPING
+        };
         std::sync::atomic::fence(Ordering::SeqCst);
         self.word(at).load(Ordering::SeqCst) != 0
     }
@@ -537,7 +545,11 @@ mod tests {
         let mut seen = Vec::new();
         while client.pop(Rings::RX, &mut |f| seen.push((f.len(), f[0]))) {}
         assert_eq!(seen.len(), RX_SLOTS as usize);
-        assert!(seen.iter().enumerate().all(|(i, &(n, b))| n == 60 && b == i as u8));
+        assert!(
+            seen.iter()
+                .enumerate()
+                .all(|(i, &(n, b))| n == 60 && b == i as u8)
+        );
         assert!(switch.rx_push(&[7; RX_FRAME]));
         assert!(!switch.rx_push(&[7; RX_FRAME + 1]));
         // TX: a build of 0 bytes sends nothing.

@@ -35,10 +35,10 @@ mod readiness;
 mod reserve;
 pub mod runtime;
 pub mod setup;
-pub mod switch;
 mod shard;
 mod shared;
 mod stream;
+pub mod switch;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 pub mod watch;

@@ -100,7 +100,9 @@ pub fn config_from_env() -> StackConfig {
     use super::exec_env;
     let mut config = StackConfig::default();
     config.interface = std::env::var(exec_env::IFACE).ok();
-    config.ip = std::env::var(exec_env::IP).ok().and_then(|v| v.parse().ok());
+    config.ip = std::env::var(exec_env::IP)
+        .ok()
+        .and_then(|v| v.parse().ok());
     config.xdp_mode = std::env::var(exec_env::XDP_MODE)
         .ok()
         .and_then(|m| crate::device::xdp::XdpModeChoice::from_name(&m));
@@ -408,10 +410,19 @@ impl Switch {
         let (sockets, busy) = self.queues.socket_fds();
         let slots: Vec<usize> = (0..SLOTS).filter(|s| self.clients[*s].is_some()).collect();
         let mut fds: Vec<RawFd> = vec![listener.as_raw_fd()];
-        fds.extend(slots.iter().map(|s| self.clients[*s].as_ref().expect("some").conn.as_raw_fd()));
+        fds.extend(
+            slots
+                .iter()
+                .map(|s| self.clients[*s].as_ref().expect("some").conn.as_raw_fd()),
+        );
         fds.extend(self.holds.iter().map(|h| h.as_raw_fd()));
         fds.extend(sockets);
-        let leases: Vec<&Lease> = self.clients.iter().flatten().filter_map(|c| c.lease.as_ref()).collect();
+        let leases: Vec<&Lease> = self
+            .clients
+            .iter()
+            .flatten()
+            .filter_map(|c| c.lease.as_ref())
+            .collect();
         fds.extend(leases.iter().map(|l| l.wake_me.as_raw_fd()));
         let mut sleep = !timeout.is_zero() && !busy;
         if sleep {
@@ -438,7 +449,8 @@ impl Switch {
         // A keep-alive says nothing: readable means closed.
         let holds = &ready[1 + slots.len()..1 + slots.len() + self.holds.len()];
         let mut closed = holds.iter();
-        self.holds.retain(|_| !closed.next().copied().unwrap_or(false));
+        self.holds
+            .retain(|_| !closed.next().copied().unwrap_or(false));
     }
 
     /// A new connection: `ATTACH pid` with the rings' memfd and two eventfds, or
@@ -461,8 +473,7 @@ impl Switch {
             Some("ATTACH") => {
                 let Some(slot) = self.clients.iter().position(Option::is_none) else {
                     let _ = (&conn).write_all(
-                        format!("FULL {SLOTS} processes share this interface already\n")
-                            .as_bytes(),
+                        format!("FULL {SLOTS} processes share this interface already\n").as_bytes(),
                     );
                     return;
                 };
@@ -525,8 +536,7 @@ impl Switch {
         let reply = match words.next() {
             Some("LISTEN") => {
                 let ports: Vec<u16> = words.filter_map(|w| w.parse().ok()).collect();
-                if let Some(lease) = self.clients[slot].as_mut().and_then(|c| c.lease.as_mut())
-                {
+                if let Some(lease) = self.clients[slot].as_mut().and_then(|c| c.lease.as_mut()) {
                     lease.listening = ports;
                 }
                 match self.steer_listeners() {
@@ -619,7 +629,14 @@ mod tests {
         let mut buf = vec![0u8; 200];
         let peer = std::net::Ipv4Addr::new(10, 0, 0, 2);
         let us = std::net::Ipv4Addr::new(10, 0, 0, 1);
-        let n = emit_tcp(&mut buf, ([2; 6], [1; 6]), (peer, us), &repr, payload.len(), |_| {});
+        let n = emit_tcp(
+            &mut buf,
+            ([2; 6], [1; 6]),
+            (peer, us),
+            &repr,
+            payload.len(),
+            |_| {},
+        );
         buf.truncate(n);
         buf
     }
@@ -633,7 +650,10 @@ mod tests {
         let Ok(Frame::Tcp { ip, tcp, eth_src }) = parse_frame(&out[..n]) else {
             panic!("no RST");
         };
-        assert_eq!((eth_src, ip.dst, tcp.dst_port, tcp.src_port), ([1; 6], std::net::Ipv4Addr::new(10, 0, 0, 2), 40000, 61000));
+        assert_eq!(
+            (eth_src, ip.dst, tcp.dst_port, tcp.src_port),
+            ([1; 6], std::net::Ipv4Addr::new(10, 0, 0, 2), 40000, 61000)
+        );
         assert_eq!((tcp.flags, tcp.seq.0, tcp.ack), (TcpFlags::RST, 5000, None));
         // Without ACK (a SYN): sequence 0, ACK of the segment's end.
         let syn = segment(TcpFlags::SYN, 700, None, b"");
@@ -641,7 +661,10 @@ mod tests {
         let Ok(Frame::Tcp { tcp, .. }) = parse_frame(&out[..n]) else {
             panic!("no RST");
         };
-        assert_eq!((tcp.flags, tcp.seq.0, tcp.ack.map(|a| a.0)), (TcpFlags::RST_ACK, 0, Some(701)));
+        assert_eq!(
+            (tcp.flags, tcp.seq.0, tcp.ack.map(|a| a.0)),
+            (TcpFlags::RST_ACK, 0, Some(701))
+        );
         let rst = segment(TcpFlags::RST, 1, None, b"");
         assert_eq!(reset_for(&rst, [1; 6], ChecksumPolicy::Strict, &mut out), 0);
     }

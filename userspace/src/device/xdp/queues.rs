@@ -4,8 +4,8 @@ use super::program::{SharedProgram, SteerCounters, XdpModeChoice, XdpProgram, lo
 use super::socket::{FrameAccount, XdpDevice, ring_size_for};
 use crate::device::Device;
 use crate::device::error::{Context, SetupResult, bail};
-use crate::device::switch::SwitchPort;
 use crate::device::netinfo::{self, multi_buffer_supported};
+use crate::device::switch::SwitchPort;
 use crate::wire::MacAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use xdp_ebpf::{MAX_QUEUES, SteerConfig};
