@@ -98,15 +98,16 @@ type Opened = (Switch, UnixListener);
 /// mode, owned address: refused).
 pub fn config_from_env() -> StackConfig {
     use super::exec_env;
-    let mut config = StackConfig::default();
-    config.interface = std::env::var(exec_env::IFACE).ok();
-    config.ip = std::env::var(exec_env::IP)
-        .ok()
-        .and_then(|v| v.parse().ok());
-    config.xdp_mode = std::env::var(exec_env::XDP_MODE)
-        .ok()
-        .and_then(|m| crate::device::xdp::XdpModeChoice::from_name(&m));
-    config
+    StackConfig {
+        interface: std::env::var(exec_env::IFACE).ok(),
+        ip: std::env::var(exec_env::IP)
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        xdp_mode: std::env::var(exec_env::XDP_MODE)
+            .ok()
+            .and_then(|m| crate::device::xdp::XdpModeChoice::from_name(&m)),
+        ..Default::default()
+    }
 }
 
 fn open(config: &StackConfig) -> Result<Opened, (crate::device::error::SetupError, ())> {
