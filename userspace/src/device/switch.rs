@@ -484,50 +484,7 @@ pub fn read_line(conn: &UnixStream) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
-/// Sends `data` with `fds` attached (SCM_RIGHTS).
-pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if fds.len() > 4 || !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::other("too many fds"));
-    }
-    rustix::net::sendmsg(
-        sock,
-        &[io::IoSlice::new(data)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
-    Ok(())
-}
-
-/// Receives one message (up to 256 bytes) and the fds attached to it (waiting up to
-/// the socket's read timeout). End of stream is an error.
-pub fn recv_with_fds(sock: BorrowedFd<'_>) -> io::Result<(String, Vec<OwnedFd>)> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    let mut data = [0u8; 256];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let received = rustix::net::recvmsg(
-        sock,
-        &mut [io::IoSliceMut::new(&mut data)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
-    let mut fds = Vec::new();
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(rights) = message {
-            fds.extend(rights);
-        }
-    }
-    if received.bytes == 0 {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok((
-        String::from_utf8_lossy(&data[..received.bytes]).into_owned(),
-        fds,
-    ))
-}
+pub use super::holder::{recv_with_fds, send_with_fds};
 
 #[cfg(test)]
 mod tests {

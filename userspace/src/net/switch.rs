@@ -462,6 +462,7 @@ impl Switch {
         let Ok((hello, fds)) = ring::recv_with_fds(conn.as_fd()) else {
             return;
         };
+        let hello = String::from_utf8_lossy(&hello);
         let _ = conn.set_read_timeout(None);
         let mut words = hello.split_whitespace();
         let verb = words.next();
