@@ -650,6 +650,16 @@ fn two_servers_share_the_interface_and_a_killed_one_leaves_nothing_behind() {
     );
     assert_eq!(std::fs::read_to_string(&probe).unwrap(), world::INDEX_HTML);
     kill_hard(third);
+    // Leases do not leak: more programs one after another than the switch has slots
+    // (16, one of them the second server's), each ending normally.
+    let url = format!("http://{SERVER_IP}/index.html");
+    for run in 0..20 {
+        let out = share_command(&w, &["curl", "-sS", "--fail", &url])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "run {run}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), world::INDEX_HTML, "run {run}");
+    }
     let _ = second.kill();
     let _ = second.wait();
     assert!(
@@ -657,7 +667,6 @@ fn two_servers_share_the_interface_and_a_killed_one_leaves_nothing_behind() {
         "killed programs left XDP attached"
     );
     // And the next program starts afresh.
-    let url = format!("http://{SERVER_IP}/index.html");
     let next = share_command(&w, &["curl", "-sS", "--fail", &url])
         .output()
         .unwrap();
