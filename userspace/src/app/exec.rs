@@ -233,5 +233,9 @@ mod tests {
                 .any(|(k, v)| *k == "LD_PRELOAD" && v.to_string_lossy().starts_with("/lib/p.so"))
         );
         assert!(!env.iter().any(|(k, _)| *k == exec_env::IP));
+        assert!(!env.iter().any(|(k, _)| *k == exec_env::SWITCH));
+        let shared = Cli::parse_from(["x", "--share", "--", "nginx"]);
+        let env = environment(&shared.exec, Path::new("/lib/p.so"));
+        assert!(env.contains(&(exec_env::SWITCH, "1".into())));
     }
 }
