@@ -658,8 +658,8 @@ fn serve_row(world: &World, bin: &str, rows: &mut Vec<Row>) -> anyhow::Result<()
         ],
     )?;
     world.wait_for_port(&world.host, HOST_IP, 8081, false)?;
-    let nginx_rps = wrk(&world, &format!("http://{HOST_IP}:8081/index.html"))?;
-    let stack_rps = serve_rps(&world, bin, &www, &["--cpu", "0"])?;
+    let nginx_rps = wrk(world, &format!("http://{HOST_IP}:8081/index.html"))?;
+    let stack_rps = serve_rps(world, bin, &www, &["--cpu", "0"])?;
     rows.push(Row {
         name: "server requests/s (wrk -c100)",
         ours: stack_rps,
