@@ -10,9 +10,10 @@
 //! takes it, its fd becomes a kernel socket with the options set so far.
 //!
 //! Each stack socket has a real fd, an eventfd whose readiness the stack's poll loop
-//! drives (see `table`), so `poll`, `select` and `epoll` need no interposing: the
-//! kernel's own see stack sockets and kernel fds in one set, level- and
-//! edge-triggered.
+//! drives (see `table`), so the kernel's own `poll`, `select` and `epoll` see stack
+//! sockets and kernel fds in one set, level- and edge-triggered. `poll`, `ppoll` and
+//! `epoll_wait` are wrapped only to add what an eventfd cannot show: hang-up, error
+//! and the peer's FIN (see `hangup`).
 //!
 //! The stack starts in the process on the first stack socket, configured from the
 //! `USERSPACE_*` environment variables (see `config`); `USERSPACE_VERBOSE=1` says
@@ -29,6 +30,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 mod config;
+mod hangup;
 mod real;
 mod table;
 
@@ -525,6 +527,7 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    hangup::forget(fd);
     if let Some(sock) = table::remove(fd) {
         if config::forked() {
             // Its state belongs to the parent's poll loop: leave it alone.
