@@ -869,3 +869,52 @@ fn a_killed_client_under_exec_share_leaves_its_peer_reset_not_hanging() {
         "the killed client left XDP attached"
     );
 }
+
+#[test]
+fn poll_and_epoll_report_hangup_and_the_peers_fin_as_the_kernel_does() {
+    let w = world();
+    // The same script under exec and on the kernel's TCP must print the same events.
+    let script = format!(
+        "import select as P, socket, time\n\
+         names = [('IN', P.POLLIN), ('OUT', P.POLLOUT), ('ERR', P.POLLERR), ('HUP', P.POLLHUP), ('RDHUP', P.POLLRDHUP)]\n\
+         def show(tag, ev): print(tag, ' '.join(n for n, b in names if ev & b) or '-')\n\
+         def once(s, events, ms):\n\
+         \x20   p = P.poll(); p.register(s, events)\n\
+         \x20   t = time.monotonic(); got = dict(p.poll(ms)).get(s.fileno(), 0)\n\
+         \x20   return got, time.monotonic() - t\n\
+         fresh = socket.socket()\n\
+         ev, waited = once(fresh, 0, 3000)\n\
+         show('fresh, nothing asked:', ev); print('fresh waited:', waited < 1)\n\
+         show('fresh, out asked:', once(fresh, P.POLLOUT, 3000)[0])\n\
+         s = socket.create_connection(('{SERVER_IP}', 80))\n\
+         s.sendall(b'GET /index.html HTTP/1.0\\r\\n\\r\\n')\n\
+         deadline = time.monotonic() + 5\n\
+         while time.monotonic() < deadline:\n\
+         \x20   ev = once(s, P.POLLIN | P.POLLRDHUP, 5000)[0]\n\
+         \x20   if ev & P.POLLRDHUP: break\n\
+         \x20   time.sleep(0.01)\n\
+         show('after the FIN:', ev)\n\
+         ep = P.epoll(); ep.register(s.fileno(), P.EPOLLIN | P.EPOLLRDHUP)\n\
+         show('epoll after the FIN:', dict(ep.poll(5)).get(s.fileno(), 0))\n\
+         body = b''\n\
+         while True:\n\
+         \x20   chunk = s.recv(65536)\n\
+         \x20   if not chunk: break\n\
+         \x20   body += chunk\n\
+         print('body bytes:', len(body) > 0)\n\
+         s.shutdown(socket.SHUT_WR)\n\
+         show('both shut:', once(s, P.POLLIN | P.POLLOUT | P.POLLRDHUP, 5000)[0])\n\
+         ep.modify(s.fileno(), P.EPOLLOUT)\n\
+         show('epoll both shut:', dict(ep.poll(5)).get(s.fileno(), 0))\n"
+    );
+    let ours = exec_command(&w, &[PYTHON, "-c", &script]).output().unwrap();
+    let stderr = text(&ours.stderr);
+    assert!(ours.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("connect to {SERVER_IP}:80: stack")),
+        "{stderr}"
+    );
+    let kernel = run_in(&w, &w.host, &[PYTHON, "-c", &script]);
+    assert!(kernel.status.success(), "{}", text(&kernel.stderr));
+    assert_eq!(text(&ours.stdout), text(&kernel.stdout));
+}

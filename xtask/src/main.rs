@@ -27,7 +27,12 @@ enum Task {
     /// Build everything, fetch http://example.com/ through the stack inside a namespace world, tear down
     Demo,
     /// End-to-end benchmark, side by side with the kernel and the AF_XDP ceiling (root)
-    Bench,
+    Bench {
+        /// Run only these sections (comma-separated): process, bulk, rr, cps, serve,
+        /// idle, queues, exec. The charts in docs/ are drawn only by a full run.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Run each fuzz target for a bounded time from the committed seed corpus
     Fuzz {
         /// Seconds per target
@@ -258,14 +263,24 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo(),
         Task::Test { unit_only } => test(unit_only),
         Task::Fuzz { seconds } => fuzz(seconds),
-        Task::Bench => {
+        Task::Bench { only } => {
             require_root("the benchmark")?;
+            xtask::bench::check_sections(&only)?;
             install::apt_install(install::TEST_PACKAGES)?;
             build_ebpf()?;
-            run(cargo().args(["build", "--release", "-p", "userspace"]))?;
+            // The preload library for the exec rows sits beside the binary.
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "userspace",
+                "-p",
+                "userspace-preload",
+            ]))?;
             xtask::bench::bench(
                 &workspace_root(),
                 &workspace_root().join("target/release/userspace"),
+                &only,
             )
         }
     }

@@ -400,6 +400,17 @@ impl World {
     /// Starts one of the stack's long-running commands (serve, sink, run) in `ns` and
     /// returns once it prints its `ready:` line on stderr; the rest of stderr is drained.
     pub fn spawn_ready(&self, ns: &str, argv: &[&str]) -> anyhow::Result<Child> {
+        self.spawn_until(ns, argv, |line| line.starts_with("ready:"))
+    }
+
+    /// Starts a long-running process in `ns` and returns once a line of its stderr
+    /// satisfies `ready` (within 20 s); the rest of stderr is drained.
+    pub fn spawn_until(
+        &self,
+        ns: &str,
+        argv: &[&str],
+        ready: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<Child> {
         use std::io::BufRead;
         let mut child = self.spawn(ns, argv)?;
         let stderr = child.stderr.take().context("stderr is piped")?;
@@ -415,7 +426,7 @@ impl World {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.starts_with("ready:") => break,
+                Ok(line) if ready(&line) => break,
                 Ok(_) => {}
                 Err(_) if Instant::now() > deadline => {
                     let _ = child.kill();

@@ -197,6 +197,14 @@ fn count_for(r: Readiness, listener: bool) -> u64 {
     }
 }
 
+/// See [`Sock::conditions`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Conditions {
+    pub hangup: bool,
+    pub error: bool,
+    pub peer_closed: bool,
+}
+
 /// What a socket is on the stack.
 enum Kind {
     /// Made, not yet connected or listening (it may still go to the kernel).
@@ -297,6 +305,30 @@ impl Sock {
             Kind::Fresh { .. } => {}
             Kind::Stream(s) => s.with_readiness(|r| self.signal.show(r, false, false)),
             Kind::Listener(l) => l.with_readiness(|r| self.signal.show(r, true, false)),
+        }
+    }
+
+    /// What the kernel's `tcp_poll` reports beyond readable and writable: hang-up (both
+    /// ways shut, or closed: also a socket never connected), an error waiting, and the
+    /// peer's FIN (`POLLRDHUP`).
+    pub fn conditions(&self) -> Conditions {
+        match &self.lock().kind {
+            Kind::Fresh { .. } => Conditions {
+                hangup: true,
+                ..Conditions::default()
+            },
+            Kind::Listener(l) => l.with_readiness(|r| Conditions {
+                hangup: r.hangup,
+                ..Conditions::default()
+            }),
+            Kind::Stream(s) => {
+                let r = s.with_readiness(|r| r);
+                Conditions {
+                    hangup: r.hangup,
+                    error: r.error,
+                    peer_closed: !r.connecting && s.peer_closed(),
+                }
+            }
         }
     }
 

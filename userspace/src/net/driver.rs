@@ -513,9 +513,14 @@ impl Driver {
             self.conns.remove(&id);
             return;
         }
-        // Full, or failed: the events below say which.
-        if !st.tx.is_empty() && stack.send_ring(id, &mut st.tx) > 0 {
-            changed = true;
+        // Full, or failed: the events below say which. Room made in a ring that was
+        // not full changes no readiness and wakes nobody (no writer waits then), so it
+        // is not news: a watcher's eventfd write per response would be wasted.
+        if !st.tx.is_empty() {
+            let was_full = st.tx.len() >= st.cap;
+            if stack.send_ring(id, &mut st.tx) > 0 && was_full {
+                changed = true;
+            }
         }
         if (st.write_shut || st.dropped) && st.tx.is_empty() && !st.fin_queued {
             stack.close(id);
