@@ -1566,6 +1566,8 @@ pub enum StackError {
 }
 
 #[cfg(test)]
+mod ipv6_tests;
+#[cfg(test)]
 mod rfc_tests;
 #[cfg(test)]
 mod tests;
