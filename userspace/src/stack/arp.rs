@@ -175,6 +175,11 @@ impl<A: Copy + Eq + Hash> NeighbourCache<A> {
         }
     }
 
+    /// Whether `ip` has an entry or an unanswered request (without marking it used).
+    pub fn knows(&self, ip: A) -> bool {
+        self.entries.contains_key(&ip) || self.pending.contains_key(&ip)
+    }
+
     /// Requests sent for `ip` that are still unanswered.
     pub fn attempts(&self, ip: A) -> u32 {
         self.pending.get(&ip).map_or(0, |&(_, n)| n)

@@ -327,6 +327,27 @@ fn test_off_link_ndp_is_dropped() {
 }
 
 #[test]
+fn test_ipv6_unsolicited_advert_of_a_stranger_is_not_learned() {
+    let (mut s, mut ds) = owned_ready();
+    let na = NdpRepr::Advert {
+        target: IP6_C,
+        target_mac: MAC_C,
+        solicited: false,
+        override_: true,
+    };
+    let all = wire::ALL_NODES;
+    ds.inject(&ndp_frame(wire::multicast_mac(all), (IP6_C, all), na, 255));
+    s.poll(t(2000), &mut ds);
+    assert_eq!(s.ndp_cache().lookup(IP6_C), None, "RFC 4861 7.2.5");
+    // Once the stack asked, the same advertisement answers it.
+    s.request_neighbour_ip(t(2001), IP6_C.into());
+    s.poll(t(2001), &mut ds);
+    ds.inject(&ndp_frame(wire::multicast_mac(all), (IP6_C, all), na, 255));
+    s.poll(t(2002), &mut ds);
+    assert_eq!(s.ndp_cache().lookup(IP6_C), Some(MAC_C));
+}
+
+#[test]
 fn test_ipv6_solicitation_for_another_target_is_not_answered() {
     let (mut s, mut ds) = owned_ready();
     let other: Ipv6Addr = "fd00::99".parse().unwrap();

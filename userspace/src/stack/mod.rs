@@ -476,6 +476,8 @@ impl Stack {
     /// Our address in `remote`'s family: `Err` when the stack has no usable one.
     fn local_ip_for(&self, remote: IpAddr) -> Result<IpAddr, StackError> {
         match remote {
+            // An IPv6-only stack has 0.0.0.0 for its IPv4 address.
+            IpAddr::V4(_) if self.cfg.ip.is_unspecified() => Err(StackError::NoAddress),
             IpAddr::V4(_) => Ok(IpAddr::V4(self.cfg.ip)),
             IpAddr::V6(_) => match (self.cfg.ipv6, self.ipv6_state) {
                 (Some(ip), Ipv6State::Ready) => Ok(IpAddr::V6(ip)),
@@ -1082,9 +1084,16 @@ impl Stack {
                     return;
                 }
                 self.stats.ndp_in += 1;
-                // RFC 4861 7.2.5: without a target link-layer option the frame's source
-                // stands in (it is the target on an Ethernet link).
-                self.neighbour_learned(IpAddr::V6(target), target_mac.unwrap_or(eth_src), false);
+                // RFC 4861 7.2.5: an advertisement for a neighbour we neither hold nor
+                // asked for is discarded. Without a target link-layer option the frame's
+                // source stands in (it is the target on an Ethernet link).
+                if self.ndp.knows(target) || self.waiting.contains_key(&IpAddr::V6(target)) {
+                    self.neighbour_learned(
+                        IpAddr::V6(target),
+                        target_mac.unwrap_or(eth_src),
+                        false,
+                    );
+                }
             }
             _ if ip.dst != ours || self.ipv6_state != Ipv6State::Ready => {
                 self.stats.not_for_us += 1
@@ -1554,7 +1563,8 @@ pub enum StackError {
     /// Something already listens on the port.
     #[error("port already in use")]
     PortInUse,
-    /// The stack has no address in the destination's family (no IPv6 address).
+    /// The stack has no address in the destination's family (no IPv6 address, or an
+    /// IPv6-only stack asked for an IPv4 peer).
     #[error("no local address in the destination's family")]
     NoAddress,
     /// Our IPv6 address is still tentative: duplicate address detection runs (RFC 4862 5.4).
