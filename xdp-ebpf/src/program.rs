@@ -80,7 +80,10 @@ struct Packet<'a>(&'a XdpContext);
 impl Frame for Packet<'_> {
     #[inline(always)]
     fn u8_at(&self, offset: usize) -> Option<u8> {
-        read(self.0, offset)
+        // A one-byte check at a variable offset compiles to `p >= end`, from which the
+        // verifier learns no range; a two-byte read ending at the byte does not.
+        let before = offset.checked_sub(1)?;
+        read::<[u8; 2]>(self.0, before).map(|b| b[1])
     }
     #[inline(always)]
     fn be16_at(&self, offset: usize) -> Option<u16> {

@@ -15,7 +15,9 @@ use xdp_ebpf::{MODE_OWNED_IP, MODE_SHARED_IP};
 /// An IPv6 address of an interface as the kernel lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InterfaceIpv6 {
+    /// The address.
     pub address: Ipv6Addr,
+    /// Its prefix length.
     pub prefix: u8,
     /// Global scope (not link-local, not host).
     pub global: bool,
