@@ -7,11 +7,12 @@
 //! runs on its own thread and wakes the waiting transfer through its waker, and
 //! [`Io::wait`] parks this thread until then (or the next deadline). The HTTP code above
 //! sees nothing but these calls.
+use super::resolve::{HAPPY_EYEBALLS_DELAY, eyeballs};
 use super::{CurlError, EXIT_CANNOT_CONNECT, EXIT_RECV_ERROR, EXIT_TIMEOUT, fail, killed_by};
 use crate::app::setup::StackArgs;
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -118,13 +119,15 @@ impl Io {
     /// `destination`. No route there is curl's "couldn't connect" (exit 7).
     fn open_towards<R>(
         &self,
-        destination: Option<Ipv4Addr>,
+        destination: Option<IpAddr>,
         f: impl FnOnce(&mut Transport) -> R,
     ) -> Result<R, CurlError> {
         let mut guard = self.inner.borrow_mut();
         if guard.is_none() {
             let mut builder = self.stack.builder().linger(CLOSE_LINGER);
-            if let Some(ip) = destination {
+            // The library picks the interface by the route to an IPv4 destination; an
+            // IPv6 one opens the stack on the default route's interface.
+            if let Some(IpAddr::V4(ip)) = destination {
                 builder = builder.destination(ip);
             }
             let stack = builder.build().map_err(|e| match e.kind() {
@@ -241,21 +244,115 @@ impl Io {
         self.within(raw.deadline, ready).await?
     }
 
-    /// Opens a TCP connection, and the TLS session on it when asked. Every read and
-    /// write on it ends at `deadline` (-m).
+    /// A timer for the transfers' executor: ready at `at`.
+    async fn sleep_until(&self, at: Instant) {
+        poll_fn(|_| {
+            if Instant::now() >= at {
+                return Poll::Ready(());
+            }
+            let next = self.next_deadline.get().map_or(at, |n| n.min(at));
+            self.next_deadline.set(Some(next));
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Opens a TCP connection to the first of `addrs` that answers, Happy Eyeballs as
+    /// curl does it (RFC 8305 sections 4 and 5): the addresses of the first one's family
+    /// one after the other, those of the other family from [`HAPPY_EYEBALLS_DELAY`] on
+    /// (or once the first family has failed); the first to connect wins and the other
+    /// attempt is dropped. Then the TLS session, when asked. Every read and write on it
+    /// ends at `deadline` (-m). The address connected to comes back with it.
     pub async fn connect(
         &self,
-        ip: Ipv4Addr,
+        host: &str,
+        addrs: &[IpAddr],
         port: u16,
         connect_timeout: Duration,
         deadline: Option<Instant>,
         tls: Option<TlsParams<'_>>,
-    ) -> Result<Conn, CurlError> {
-        self.info(&format!("Trying {ip}:{port}..."));
+    ) -> Result<(Conn, IpAddr), CurlError> {
+        let (first, later) = eyeballs(addrs);
+        let started = Instant::now();
+        let family = |list: Vec<IpAddr>| async move {
+            let mut last = fail(EXIT_CANNOT_CONNECT, "no address to connect to");
+            for ip in list {
+                match self
+                    .connect_tcp(host, ip, port, connect_timeout, deadline)
+                    .await
+                {
+                    Ok(tcp) => return Ok((tcp, ip)),
+                    // A signal or -m ends every attempt.
+                    Err(e) if e.code != EXIT_CANNOT_CONNECT => return Err(e),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        };
+        let has_later = !later.is_empty();
+        let mut primary = pin!(family(first));
+        let mut secondary = pin!(family(later));
+        let (mut primary_failed, mut secondary_failed) = (None, None);
+        let start_later = started + HAPPY_EYEBALLS_DELAY;
+        let mut timer = pin!(self.sleep_until(start_later));
+        let winner = poll_fn(|cx| {
+            if primary_failed.is_none()
+                && let Poll::Ready(result) = primary.as_mut().poll(cx)
+            {
+                match result {
+                    Ok(won) => return Poll::Ready(Ok(won)),
+                    Err(e) if e.code != EXIT_CANNOT_CONNECT => return Poll::Ready(Err(e)),
+                    Err(e) => primary_failed = Some(e),
+                }
+            }
+            let later_due = primary_failed.is_some() || timer.as_mut().poll(cx).is_ready();
+            if has_later && later_due && secondary_failed.is_none() {
+                if let Poll::Ready(result) = secondary.as_mut().poll(cx) {
+                    match result {
+                        Ok(won) => return Poll::Ready(Ok(won)),
+                        Err(e) if e.code != EXIT_CANNOT_CONNECT => return Poll::Ready(Err(e)),
+                        Err(e) => secondary_failed = Some(e),
+                    }
+                }
+            }
+            match (primary_failed.take(), secondary_failed.take()) {
+                // The last family tried says what went wrong.
+                (Some(_), Some(e)) => Poll::Ready(Err(e)),
+                (Some(e), None) if !has_later => Poll::Ready(Err(e)),
+                (p, s) => {
+                    (primary_failed, secondary_failed) = (p, s);
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        let (tcp, ip) = winner?;
+        let conn = self.register(tcp, deadline)?;
+        if let Some(params) = tls
+            && let Err(e) = self.handshake(conn, &params).await
+        {
+            self.abort(conn);
+            return Err(e);
+        }
+        Ok((conn, ip))
+    }
+
+    /// One TCP connect to `ip`, with curl's messages and exit codes for its failures
+    /// (which name `host` as curl names it).
+    async fn connect_tcp(
+        &self,
+        host: &str,
+        ip: IpAddr,
+        port: u16,
+        connect_timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<TcpStream, CurlError> {
+        let addr = SocketAddr::new(ip, port);
+        self.info(&format!("  Trying {addr}..."));
         let refused = |e: &dyn std::fmt::Display| {
             fail(
                 EXIT_CANNOT_CONNECT,
-                format!("Failed to connect to {ip} port {port}: {e}"),
+                format!("Failed to connect to {host} port {port}: {e}"),
             )
         };
         let started = Instant::now();
@@ -265,7 +362,7 @@ impl Io {
             fail(
                 EXIT_CANNOT_CONNECT,
                 format!(
-                    "Failed to connect to {ip} port {port} after {} ms: Couldn't connect to server",
+                    "Failed to connect to {host} port {port} after {} ms: Couldn't connect to server",
                     started.elapsed().as_millis()
                 ),
             )
@@ -277,7 +374,6 @@ impl Io {
         };
         let connect_deadline = started + connect_timeout;
         let until = deadline.map_or(connect_deadline, |d| d.min(connect_deadline));
-        let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
         // The library's own limit backs up `until` (which a zero timeout passes at once).
         let limit = connect_timeout.max(Duration::from_millis(1));
         let connecting = TcpStream::connect_timeout(&stack, &addr, limit);
@@ -286,7 +382,7 @@ impl Io {
             fail(
                 EXIT_TIMEOUT,
                 format!(
-                    "Failed to connect to {ip} port {port} after {} ms: Timeout was reached",
+                    "Failed to connect to {host} port {port} after {} ms: Timeout was reached",
                     started.elapsed().as_millis()
                 ),
             )
@@ -313,7 +409,7 @@ impl Io {
                 return Err(fail(
                     EXIT_CANNOT_CONNECT,
                     format!(
-                        "Failed to connect to {ip} port {port} after {} ms: Couldn't connect to server",
+                        "Failed to connect to {host} port {port} after {} ms: Couldn't connect to server",
                         started.elapsed().as_millis()
                     ),
                 ));
@@ -338,12 +434,17 @@ impl Io {
             }
             Err(e) => return Err(e),
         };
+        Ok(tcp)
+    }
+
+    /// Keeps a connected stream under a new handle.
+    fn register(&self, tcp: TcpStream, deadline: Option<Instant>) -> Result<Conn, CurlError> {
         // RFC 1122 4.2.3.6 keep-alive, as curl's --keepalive-time sets TCP_KEEPIDLE and
         // TCP_KEEPINTVL (with Linux's default of 9 probes).
         if let Some(every) = self.keepalive {
             let _ = tcp.set_keepalive(Some(every));
         }
-        let conn = self.with(|t| {
+        self.with(|t| {
             let slot = t
                 .streams
                 .iter()
@@ -359,14 +460,7 @@ impl Io {
                 eof: false,
             });
             Conn(slot)
-        })?;
-        if let Some(params) = tls
-            && let Err(e) = self.handshake(conn, &params).await
-        {
-            self.abort(conn);
-            return Err(e);
-        }
-        Ok(conn)
+        })
     }
 
     /// A kept-alive connection serves a new transfer, with that transfer's deadline.
@@ -384,14 +478,18 @@ impl Io {
             .unwrap_or(false)
     }
 
+    /// The remote end of a connection.
+    pub fn peer_addr(&self, conn: Conn) -> Option<SocketAddr> {
+        self.with(|t| t.stream(conn).ok()?.tcp.peer_addr().ok())
+            .ok()
+            .flatten()
+    }
+
     /// The local end of a connection.
-    pub fn local_addr(&self, conn: Conn) -> Option<SocketAddrV4> {
-        self.with(|t| match t.stream(conn).ok()?.tcp.local_addr().ok()? {
-            SocketAddr::V4(a) => Some(a),
-            SocketAddr::V6(_) => None,
-        })
-        .ok()
-        .flatten()
+    pub fn local_addr(&self, conn: Conn) -> Option<SocketAddr> {
+        self.with(|t| t.stream(conn).ok()?.tcp.local_addr().ok())
+            .ok()
+            .flatten()
     }
 
     /// Takes a connection's TLS session out while an operation uses it.
