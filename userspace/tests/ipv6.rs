@@ -41,6 +41,23 @@ fn kernel_connect(w: &World, ns: &str, addr: &str, port: u16) -> String {
     text(&out.stdout).trim().to_string()
 }
 
+/// The kernel's curl fetching `url` from `ns`: the HTTP status and stderr.
+fn kernel_http_code(w: &World, ns: &str, url: &str) -> (String, String) {
+    let argv = [
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+        url,
+    ];
+    let out = run_in(w, ns, &argv);
+    (text(&out.stdout), text(&out.stderr))
+}
+
 fn lines(out: &std::process::Output) -> Vec<String> {
     text(&out.stderr).lines().map(String::from).collect()
 }
@@ -64,27 +81,8 @@ fn xdp_leaves_the_kernels_ipv6_alone_in_a_dual_stack_world() {
     );
     assert!(ping.status.success(), "ping -6: {}", text(&ping.stdout));
     let url = format!("http://[{server6}]/");
-    let kernel_curl = run_in(
-        &w,
-        &w.host,
-        &[
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-            &url,
-        ],
-    );
-    assert_eq!(
-        text(&kernel_curl.stdout),
-        "200",
-        "{}",
-        text(&kernel_curl.stderr)
-    );
+    let (code, err) = kernel_http_code(&w, &w.host, &url);
+    assert_eq!(code, "200", "{err}");
     let by_name = run_in(
         &w,
         &w.host,
@@ -356,22 +354,8 @@ fn serve_answers_the_kernels_curl_and_wrk_over_ipv6() {
         format!("http://[{HOST_IP6}]:8080/index.html"),
         format!("http://{HOST_IP}:8080/index.html"),
     ] {
-        let out = run_in(
-            &w,
-            &w.server,
-            &[
-                "curl",
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-                &url,
-            ],
-        );
-        assert_eq!(text(&out.stdout), "200", "{url}: {}", text(&out.stderr));
+        let (code, err) = kernel_http_code(&w, &w.server, &url);
+        assert_eq!(code, "200", "{url}: {err}");
     }
     let url = format!("http://[{HOST_IP6}]:8080/index.html");
     let out = run_in(&w, &w.server, &["wrk", "-t2", "-c100", "-d5s", &url]);

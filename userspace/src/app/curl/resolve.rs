@@ -201,7 +201,7 @@ mod tests {
         );
         let e = parse_resolve("h:443:[fd00::2]").unwrap();
         assert_eq!(
-            resolve(&[e.clone()], "h", 443, Family::Any).unwrap(),
+            resolve(std::slice::from_ref(&e), "h", 443, Family::Any).unwrap(),
             vec![ip("fd00::2")]
         );
         // Another host: the entry does not apply.

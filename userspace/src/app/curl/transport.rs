@@ -23,6 +23,51 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use userspace::net::{self, tokio::TcpStream};
 use userspace::tcp::TcpError;
 
+/// Happy Eyeballs' race (RFC 8305 section 5): `primary` at once, `secondary` (if
+/// any) once `due` says its delay has passed or `primary` has failed to connect; the
+/// first to connect wins and the other is dropped. A failure that is no "couldn't
+/// connect" (a signal, -m) ends both; when both fail, the last one's error is curl's.
+async fn race<T>(
+    primary: impl Future<Output = Result<T, CurlError>>,
+    secondary: Option<impl Future<Output = Result<T, CurlError>>>,
+    mut due: impl FnMut() -> bool,
+) -> Result<T, CurlError> {
+    let mut primary = pin!(primary);
+    let has_secondary = secondary.is_some();
+    let mut secondary = pin!(secondary);
+    let mut primary_failed: Option<CurlError> = None;
+    let mut secondary_failed: Option<CurlError> = None;
+    poll_fn(|cx| {
+        if primary_failed.is_none()
+            && let Poll::Ready(result) = primary.as_mut().poll(cx)
+        {
+            match result {
+                Ok(won) => return Poll::Ready(Ok(won)),
+                Err(e) if e.code != EXIT_CANNOT_CONNECT => return Poll::Ready(Err(e)),
+                Err(e) => primary_failed = Some(e),
+            }
+        }
+        if secondary_failed.is_none()
+            && (primary_failed.is_some() || due())
+            && let Some(fut) = secondary.as_mut().as_pin_mut()
+            && let Poll::Ready(result) = fut.poll(cx)
+        {
+            match result {
+                Ok(won) => return Poll::Ready(Ok(won)),
+                Err(e) if e.code != EXIT_CANNOT_CONNECT => return Poll::Ready(Err(e)),
+                Err(e) => secondary_failed = Some(e),
+            }
+        }
+        if primary_failed.is_some() && (secondary_failed.is_some() || !has_secondary) {
+            // The last family tried says what went wrong.
+            let last = secondary_failed.take().or(primary_failed.take());
+            return Poll::Ready(Err(last.expect("one failed")));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// The longest the thread parks without a wake-up: how soon Ctrl-C is noticed.
 const MAX_PARK: Duration = Duration::from_millis(50);
 /// How long the stack, when the process ends, lets closed connections get their last
@@ -244,17 +289,14 @@ impl Io {
         self.within(raw.deadline, ready).await?
     }
 
-    /// A timer for the transfers' executor: ready at `at`.
-    async fn sleep_until(&self, at: Instant) {
-        poll_fn(|_| {
-            if Instant::now() >= at {
-                return Poll::Ready(());
-            }
-            let next = self.next_deadline.get().map_or(at, |n| n.min(at));
-            self.next_deadline.set(Some(next));
-            Poll::Pending
-        })
-        .await
+    /// True once `at` has come; until then the thread's next wake-up is no later.
+    fn due(&self, at: Instant) -> bool {
+        if Instant::now() >= at {
+            return true;
+        }
+        let next = self.next_deadline.get().map_or(at, |n| n.min(at));
+        self.next_deadline.set(Some(next));
+        false
     }
 
     /// Opens a TCP connection to the first of `addrs` that answers, Happy Eyeballs as
@@ -289,42 +331,12 @@ impl Io {
             }
             Err(last)
         };
-        let has_later = !later.is_empty();
-        let mut primary = pin!(family(first));
-        let mut secondary = pin!(family(later));
-        let (mut primary_failed, mut secondary_failed) = (None, None);
         let start_later = started + HAPPY_EYEBALLS_DELAY;
-        let mut timer = pin!(self.sleep_until(start_later));
-        let winner = poll_fn(|cx| {
-            if primary_failed.is_none()
-                && let Poll::Ready(result) = primary.as_mut().poll(cx)
-            {
-                match result {
-                    Ok(won) => return Poll::Ready(Ok(won)),
-                    Err(e) if e.code != EXIT_CANNOT_CONNECT => return Poll::Ready(Err(e)),
-                    Err(e) => primary_failed = Some(e),
-                }
-            }
-            let later_due = primary_failed.is_some() || timer.as_mut().poll(cx).is_ready();
-            if has_later && later_due && secondary_failed.is_none() {
-                if let Poll::Ready(result) = secondary.as_mut().poll(cx) {
-                    match result {
-                        Ok(won) => return Poll::Ready(Ok(won)),
-                        Err(e) if e.code != EXIT_CANNOT_CONNECT => return Poll::Ready(Err(e)),
-                        Err(e) => secondary_failed = Some(e),
-                    }
-                }
-            }
-            match (primary_failed.take(), secondary_failed.take()) {
-                // The last family tried says what went wrong.
-                (Some(_), Some(e)) => Poll::Ready(Err(e)),
-                (Some(e), None) if !has_later => Poll::Ready(Err(e)),
-                (p, s) => {
-                    (primary_failed, secondary_failed) = (p, s);
-                    Poll::Pending
-                }
-            }
-        })
+        let winner = race(
+            family(first),
+            (!later.is_empty()).then(|| family(later)),
+            || self.due(start_later),
+        )
         .await;
         let (tcp, ip) = winner?;
         let conn = self.register(tcp, deadline)?;
@@ -731,5 +743,89 @@ fn in_words(e: &std::io::Error) -> String {
     match text.find(" (os error ") {
         Some(at) => text[..at].to_string(),
         None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::{pending, ready};
+
+    type Attempt = Pin<Box<dyn Future<Output = Result<&'static str, CurlError>>>>;
+
+    fn ok(name: &'static str) -> Attempt {
+        Box::pin(ready(Ok(name)))
+    }
+    fn err(code: i32, message: &'static str) -> Attempt {
+        Box::pin(ready(Err(fail(code, message))))
+    }
+    fn never() -> Attempt {
+        Box::pin(pending())
+    }
+    /// An attempt that panics if it is ever started.
+    fn untouched() -> Attempt {
+        Box::pin(poll_fn(|_| panic!("started too early")))
+    }
+
+    /// Polls the race once with `due` as the delay's answer.
+    fn poll_once(
+        race: &mut Pin<Box<dyn Future<Output = Result<&'static str, CurlError>> + '_>>,
+    ) -> Poll<Result<&'static str, String>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        race.as_mut()
+            .poll(&mut cx)
+            .map(|r| r.map_err(|e| format!("{} {}", e.code, e.message)))
+    }
+
+    #[test]
+    fn eyeballs_race_first_family_wins_at_once_and_the_second_waits_for_its_delay() {
+        let mut r: Pin<Box<dyn Future<Output = _>>> =
+            Box::pin(race(ok("v6"), Some(untouched()), || false));
+        assert_eq!(poll_once(&mut r), Poll::Ready(Ok("v6")));
+        // The first is slow: the second starts when its delay has passed, and wins.
+        let due = Cell::new(false);
+        let mut r: Pin<Box<dyn Future<Output = _>>> =
+            Box::pin(race(never(), Some(ok("v4")), || due.get()));
+        assert_eq!(poll_once(&mut r), Poll::Pending);
+        assert_eq!(poll_once(&mut r), Poll::Pending);
+        due.set(true);
+        assert_eq!(poll_once(&mut r), Poll::Ready(Ok("v4")));
+    }
+
+    #[test]
+    fn eyeballs_race_starts_the_second_family_at_once_when_the_first_fails() {
+        let mut r: Pin<Box<dyn Future<Output = _>>> = Box::pin(race(
+            err(EXIT_CANNOT_CONNECT, "no route"),
+            Some(ok("v4")),
+            || false,
+        ));
+        assert_eq!(poll_once(&mut r), Poll::Ready(Ok("v4")));
+        // Both fail: the last one's error.
+        let mut r: Pin<Box<dyn Future<Output = _>>> = Box::pin(race(
+            err(EXIT_CANNOT_CONNECT, "v6 down"),
+            Some(err(EXIT_CANNOT_CONNECT, "v4 down")),
+            || false,
+        ));
+        assert_eq!(poll_once(&mut r), Poll::Ready(Err("7 v4 down".into())));
+        // One family only.
+        let mut r: Pin<Box<dyn Future<Output = _>>> = Box::pin(race(
+            err(EXIT_CANNOT_CONNECT, "v6 down"),
+            None::<Attempt>,
+            || true,
+        ));
+        assert_eq!(poll_once(&mut r), Poll::Ready(Err("7 v6 down".into())));
+        // A failure that is not "couldn't connect" (Ctrl-C, -m) ends the race.
+        let mut r: Pin<Box<dyn Future<Output = _>>> = Box::pin(race(
+            err(EXIT_TIMEOUT, "Operation timed out"),
+            Some(untouched()),
+            || false,
+        ));
+        assert_eq!(
+            poll_once(&mut r),
+            Poll::Ready(Err("28 Operation timed out".into()))
+        );
+        let mut r: Pin<Box<dyn Future<Output = _>>> =
+            Box::pin(race(never(), Some(err(EXIT_TIMEOUT, "t")), || true));
+        assert_eq!(poll_once(&mut r), Poll::Ready(Err("28 t".into())));
     }
 }
