@@ -1,6 +1,6 @@
 //! The stack flags every subcommand shares, turned into the library's [`StackConfig`]
 //! and a running [`Runtime`], and the reports the commands print at exit.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -23,9 +23,10 @@ pub struct StackArgs {
     /// destination when one is known, else of the default route)
     #[arg(long, value_name = "IF")]
     pub iface: Option<String>,
-    /// Owned-IP mode: the stack owns this extra address (answers ARP and ping for it)
-    #[arg(long, value_name = "ADDR")]
-    pub ip: Option<Ipv4Addr>,
+    /// Owned-IP mode: the stack owns this extra address, IPv4 or IPv6 (answers ARP or
+    /// neighbour solicitations, and ping, for it)
+    #[arg(long, value_name = "ADDR", value_parser = parse_owned_ip)]
+    pub ip: Option<IpAddr>,
     /// Next-hop router (default: from the kernel's routing table)
     #[arg(long, value_name = "ADDR")]
     pub gateway: Option<Ipv4Addr>,
@@ -80,6 +81,46 @@ pub struct StackArgs {
     pub default_linger_ms: u64,
 }
 
+/// An owned address as the library's [`StackConfig::ip`] holds it: the flag takes
+/// either family, and the library's field says which it can take.
+trait OwnedAddress: Sized {
+    const TAKES_IPV6: bool;
+    fn from_flag(ip: IpAddr) -> Option<Self>;
+}
+
+impl OwnedAddress for Ipv4Addr {
+    const TAKES_IPV6: bool = false;
+    fn from_flag(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
+impl OwnedAddress for IpAddr {
+    const TAKES_IPV6: bool = true;
+    fn from_flag(ip: IpAddr) -> Option<Self> {
+        Some(ip)
+    }
+}
+
+fn takes_ipv6<T: OwnedAddress>(_: &Option<T>) -> bool {
+    T::TAKES_IPV6
+}
+
+/// `--ip ADDR`: an IPv4 or IPv6 address; an IPv6 one is refused, never dropped, by a
+/// library that owns IPv4 addresses only.
+fn parse_owned_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    if ip.is_ipv6() && !takes_ipv6(&StackConfig::default().ip) {
+        return Err(format!(
+            "{s}: this build's library owns IPv4 addresses only"
+        ));
+    }
+    Ok(ip)
+}
+
 /// `--congestion`: the library's [`CongestionKind`] as a flag value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum CongestionArg {
@@ -124,7 +165,7 @@ impl StackArgs {
     pub fn config(&self) -> StackConfig {
         let mut config = StackConfig::default();
         config.interface = self.iface.clone();
-        config.ip = self.ip;
+        config.ip = self.ip.and_then(OwnedAddress::from_flag);
         config.gateway = self.gateway;
         config.cpu = self.cpu;
         config.queue = self.queue;

@@ -342,6 +342,8 @@ pub(crate) fn plan(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<Pl
         port_hi: port_range.1,
         ..Default::default()
     };
+    (steer.ipv6, steer.ipv6_mode) =
+        crate::device::ipv6_address::steered_ipv6(info.ifindex, mode == AddressMode::Shared, None);
     steer.listen_ports[..listen_ports.len()].copy_from_slice(listen_ports);
     let mut cfg = stack::StackConfig::new(info.mac, ip, prefix);
     if let Some((v6, prefix6)) = ipv6 {
@@ -487,6 +489,7 @@ pub fn stats_report(rt: &Runtime) -> String {
     let _ = writeln!(out, "  {:<24} {}", "steered", s.steered);
     let _ = writeln!(out, "  {:<24} {}", "passed_to_kernel", s.passed);
     let _ = writeln!(out, "  {:<24} {}", "no_socket", s.no_socket);
+    out.push_str(&s.ipv6.report());
     let f = xdp.frame_account();
     let _ = writeln!(out, "* umem frames:");
     let _ = writeln!(out, "  {:<24} {}", "total", f.total);
