@@ -81,44 +81,9 @@ pub struct StackArgs {
     pub default_linger_ms: u64,
 }
 
-/// An owned address as the library's [`StackConfig::ip`] holds it: the flag takes
-/// either family, and the library's field says which it can take.
-trait OwnedAddress: Sized {
-    const TAKES_IPV6: bool;
-    fn from_flag(ip: IpAddr) -> Option<Self>;
-}
-
-impl OwnedAddress for Ipv4Addr {
-    const TAKES_IPV6: bool = false;
-    fn from_flag(ip: IpAddr) -> Option<Self> {
-        match ip {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        }
-    }
-}
-
-impl OwnedAddress for IpAddr {
-    const TAKES_IPV6: bool = true;
-    fn from_flag(ip: IpAddr) -> Option<Self> {
-        Some(ip)
-    }
-}
-
-fn takes_ipv6<T: OwnedAddress>(_: &Option<T>) -> bool {
-    T::TAKES_IPV6
-}
-
-/// `--ip ADDR`: an IPv4 or IPv6 address; an IPv6 one is refused, never dropped, by a
-/// library that owns IPv4 addresses only.
+/// `--ip ADDR`: an IPv4 or IPv6 address (the library's `ip` or `ipv6`).
 fn parse_owned_ip(s: &str) -> Result<IpAddr, String> {
-    let ip: IpAddr = s.parse().map_err(|e| format!("{s}: {e}"))?;
-    if ip.is_ipv6() && !takes_ipv6(&StackConfig::default().ip) {
-        return Err(format!(
-            "{s}: this build's library owns IPv4 addresses only"
-        ));
-    }
-    Ok(ip)
+    s.parse().map_err(|e| format!("{s}: {e}"))
 }
 
 /// `--congestion`: the library's [`CongestionKind`] as a flag value.
@@ -165,7 +130,11 @@ impl StackArgs {
     pub fn config(&self) -> StackConfig {
         let mut config = StackConfig::default();
         config.interface = self.iface.clone();
-        config.ip = self.ip.and_then(OwnedAddress::from_flag);
+        match self.ip {
+            Some(IpAddr::V4(v4)) => config.ip = Some(v4),
+            Some(IpAddr::V6(v6)) => config.ipv6 = Some(v6),
+            None => {}
+        }
         config.gateway = self.gateway;
         config.cpu = self.cpu;
         config.queue = self.queue;

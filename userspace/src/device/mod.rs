@@ -2,7 +2,6 @@
 //! small trait, so tests can put an in-memory link in the AF_XDP socket's place.
 pub mod error;
 pub mod holder;
-pub mod ipv6_address;
 pub mod memory;
 pub mod netinfo;
 pub mod netlink;

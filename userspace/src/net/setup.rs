@@ -342,8 +342,14 @@ pub(crate) fn plan(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<Pl
         port_hi: port_range.1,
         ..Default::default()
     };
-    (steer.ipv6, steer.ipv6_mode) =
-        crate::device::ipv6_address::steered_ipv6(info.ifindex, mode == AddressMode::Shared, None);
+    // The XDP program steers the stack's IPv6 address: everything for an owned one
+    // (NDP included), the stack's ports on a shared one. An owned IPv4 address with no
+    // IPv6 one steers no IPv6.
+    (steer.ipv6, steer.ipv6_mode) = match (config.ipv6, ipv6) {
+        (Some(owned), _) => (owned.octets(), MODE_OWNED_IP),
+        (None, Some((v6, _))) if mode == AddressMode::Shared => (v6.octets(), MODE_SHARED_IP),
+        _ => ([0; 16], MODE_SHARED_IP),
+    };
     steer.listen_ports[..listen_ports.len()].copy_from_slice(listen_ports);
     let mut cfg = stack::StackConfig::new(info.mac, ip, prefix);
     if let Some((v6, prefix6)) = ipv6 {

@@ -170,9 +170,9 @@ impl Io {
         let mut guard = self.inner.borrow_mut();
         if guard.is_none() {
             let mut builder = self.stack.builder().linger(CLOSE_LINGER);
-            // The library picks the interface by the route to an IPv4 destination; an
-            // IPv6 one opens the stack on the default route's interface.
-            if let Some(IpAddr::V4(ip)) = destination {
+            // The library picks the interface by the kernel's route to the destination,
+            // IPv4 or IPv6.
+            if let Some(ip) = destination {
                 builder = builder.destination(ip);
             }
             let stack = builder.build().map_err(|e| match e.kind() {
@@ -315,6 +315,12 @@ impl Io {
         tls: Option<TlsParams<'_>>,
     ) -> Result<(Conn, IpAddr), CurlError> {
         let (first, later) = eyeballs(addrs);
+        // The stack starts first (a cold start attaches XDP): the second family's delay
+        // counts from the first connect, as curl's does from its connect(2). A failure
+        // here is the first attempt's to report.
+        if let Some(&ip) = first.first() {
+            let _ = self.open_towards(Some(ip), |_| ());
+        }
         let started = Instant::now();
         let family = |list: Vec<IpAddr>| async move {
             let mut last = fail(EXIT_CANNOT_CONNECT, "no address to connect to");
