@@ -57,9 +57,19 @@ enum NetnsAction {
         /// RX/TX queues of the host link
         #[arg(long)]
         queues: Option<u32>,
+        /// Address families: ipv4, dual (IPv4 and IPv6) or ipv6 (IPv6 only)
+        #[arg(long, default_value = "ipv4", value_parser = parse_family)]
+        family: world::Family,
+        /// With IPv6: no IPv6 route on the host beyond its link
+        #[arg(long)]
+        no_host_ipv6_route: bool,
     },
     /// Remove the world with this id
     Down { id: String },
+}
+
+fn parse_family(name: &str) -> Result<world::Family, String> {
+    world::Family::from_name(name).ok_or_else(|| format!("{name}: ipv4, dual or ipv6"))
 }
 
 fn workspace_root() -> PathBuf {
@@ -236,7 +246,13 @@ fn main() -> anyhow::Result<()> {
             install::cargo_fuzz()
         }
         Task::Netns {
-            action: NetnsAction::Up { loss, queues },
+            action:
+                NetnsAction::Up {
+                    loss,
+                    queues,
+                    family,
+                    no_host_ipv6_route,
+                },
         } => {
             require_root("netns up")?;
             let world = World::up(&WorldOptions {
@@ -244,6 +260,8 @@ fn main() -> anyhow::Result<()> {
                 dnsmasq: true,
                 big_file: Some(64 << 20),
                 queues,
+                family,
+                no_host_ipv6_route,
                 ..Default::default()
             })?;
             world.set_loss(loss)?;

@@ -6,7 +6,9 @@ use crate::wire::MacAddr;
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage, LinkXdp, State};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -18,7 +20,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use std::cell::RefCell;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A link as the kernel reports it (RTM_NEWLINK).
 #[derive(Debug, Clone)]
@@ -236,6 +238,129 @@ pub fn ipv4_addresses(index: u32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
         .collect())
 }
 
+/// An IPv6 address of a link, as the kernel lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Address {
+    /// The address.
+    pub ip: Ipv6Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+}
+
+/// The usable IPv6 addresses of link `index` with their prefix lengths, global ones
+/// before link-local ones (RFC 6724 rule 2 prefers the matching scope; a global
+/// destination wants a global source). Tentative addresses (DAD still running, RFC 4862
+/// 5.4) and ones DAD found duplicate are left out.
+pub fn ipv6_addresses(index: u32) -> io::Result<Vec<Ipv6Address>> {
+    let mut request = AddressMessage::default();
+    request.header.family = AddressFamily::Inet6;
+    request.header.index = index;
+    let answers = ask(RouteNetlinkMessage::GetAddress(request), true)?;
+    let mut out: Vec<Ipv6Address> = answers
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a) if a.header.index == index => Some(a),
+            _ => None,
+        })
+        .filter(usable_ipv6)
+        .filter_map(|a| {
+            let ip = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(IpAddr::V6(ip))
+                | AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            })?;
+            Some(Ipv6Address {
+                ip,
+                prefix_len: a.header.prefix_len,
+            })
+        })
+        .collect();
+    out.sort_by_key(|a| a.ip.is_unicast_link_local());
+    Ok(out)
+}
+
+/// Not tentative, not duplicate, by the 32-bit IFA_FLAGS when the kernel sends them,
+/// else by the header's 8.
+fn usable_ipv6(a: &AddressMessage) -> bool {
+    let extended = a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Flags(f) => Some(*f),
+        _ => None,
+    });
+    match extended {
+        Some(f) => !f.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed),
+        None => !a
+            .header
+            .flags
+            .intersects(AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed),
+    }
+}
+
+/// The kernel's IPv6 route to one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route6 {
+    /// The interface it leaves by (a link-local gateway is only meaningful with it).
+    pub ifindex: u32,
+    /// The router to hand it to; none for a destination on the link.
+    pub gateway: Option<Ipv6Addr>,
+    /// The source address the kernel would use.
+    pub source: Option<Ipv6Addr>,
+}
+
+/// The kernel's IPv6 route to `destination` (RTM_GETROUTE, as `ip -6 route get`):
+/// longest prefix match, metrics and policy; out of `oif` only when given. ENETUNREACH
+/// when no route matches (as the kernel's connect says).
+pub fn route6_to(destination: Ipv6Addr, oif: Option<u32>) -> io::Result<Route6> {
+    let mut request = RouteMessage::default();
+    request.header.address_family = AddressFamily::Inet6;
+    request.header.destination_prefix_length = 128;
+    request
+        .attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet6(
+            destination,
+        )));
+    if let Some(oif) = oif {
+        request.attributes.push(RouteAttribute::Oif(oif));
+    }
+    let answers = ask(RouteNetlinkMessage::GetRoute(request), false)?;
+    answers
+        .iter()
+        .find_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) if r.header.kind == RouteType::Unicast => {
+                route6_from(r)
+            }
+            _ => None,
+        })
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENETUNREACH))
+}
+
+fn route6_from(message: &RouteMessage) -> Option<Route6> {
+    let mut route = Route6 {
+        ifindex: 0,
+        gateway: None,
+        source: None,
+    };
+    let v6 = |a: &RouteAddress| match a {
+        RouteAddress::Inet6(ip) => Some(*ip),
+        _ => None,
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Oif(index) => route.ifindex = *index,
+            RouteAttribute::Gateway(g) => route.gateway = v6(g),
+            RouteAttribute::PrefSource(s) => route.source = v6(s),
+            _ => {}
+        }
+    }
+    // The kernel answers a route for an unreachable IPv6 destination with the loopback
+    // device and type unreachable; a unicast one always has its interface.
+    (route.ifindex != 0).then_some(route)
+}
+
+/// The kernel's neighbour entry for IPv6 address `ip` on link `index`, if it has one.
+pub fn neighbour6(index: u32, ip: Ipv6Addr) -> io::Result<Option<Neighbour>> {
+    neighbour_of(index, AddressFamily::Inet6, NeighbourAddress::Inet6(ip))
+}
+
 fn route_address(address: &RouteAddress) -> Option<Ipv4Addr> {
     match address {
         RouteAddress::Inet(ip) => Some(*ip),
@@ -317,12 +442,18 @@ pub fn default_route() -> io::Result<Option<Route>> {
 /// The kernel's neighbour entry for `ip` on link `index` (RTM_GETNEIGH for that one
 /// address, as `ip neigh get`), if it has one.
 pub fn neighbour(index: u32, ip: Ipv4Addr) -> io::Result<Option<Neighbour>> {
+    neighbour_of(index, AddressFamily::Inet, NeighbourAddress::Inet(ip))
+}
+
+fn neighbour_of(
+    index: u32,
+    family: AddressFamily,
+    ip: NeighbourAddress,
+) -> io::Result<Option<Neighbour>> {
     let mut request = NeighbourMessage::default();
-    request.header.family = AddressFamily::Inet;
+    request.header.family = family;
     request.header.ifindex = index;
-    request
-        .attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    request.attributes.push(NeighbourAttribute::Destination(ip));
     let answers = match ask(RouteNetlinkMessage::GetNeighbour(request), false) {
         Ok(a) => a,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),

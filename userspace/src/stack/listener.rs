@@ -5,7 +5,7 @@ use super::{ConnId, Stack, StackError};
 use crate::tcp::{Connection, Instant};
 use crate::wire::{MacAddr, TcpFlags, TcpRepr};
 use std::collections::VecDeque;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 /// A listening port: its accept queue and how many of its connections are half-open.
 #[derive(Debug)]
@@ -58,8 +58,8 @@ impl Stack {
         &mut self,
         now: Instant,
         eth_src: MacAddr,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
+        local: SocketAddr,
+        remote: SocketAddr,
         seg: &TcpRepr<'_>,
     ) {
         if seg.flags.rst {
@@ -92,7 +92,7 @@ impl Stack {
                 self.unmatched = Some(owner);
                 return;
             }
-            self.learn_next_hop(*remote.ip(), eth_src);
+            self.learn_next_hop(remote.ip(), eth_src);
             let iss = self.isn.isn(now, local, remote);
             let mut conn = Connection::accept(now, self.cfg.tcp.clone(), local, remote, iss, seg);
             conn.set_timestamp_offset(self.timestamp_offset(local, remote));
@@ -121,7 +121,7 @@ impl Stack {
                 options,
                 ..Default::default()
             };
-            self.learn_next_hop(*remote.ip(), eth_src);
+            self.learn_next_hop(remote.ip(), eth_src);
             let mut conn = Connection::accept(
                 now,
                 self.cfg.tcp.clone(),
