@@ -61,6 +61,16 @@ fn ndp_frame(eth_dst: MacAddr, ip: (Ipv6Addr, Ipv6Addr), ndp: NdpRepr, hop_limit
     buf
 }
 
+/// The client's solicitation for our address, with a chosen hop limit.
+fn solicit_us(hop_limit: u8) -> Vec<u8> {
+    let group = wire::solicited_node(IP6_S);
+    let ns = NdpRepr::Solicit {
+        target: IP6_S,
+        source_mac: Some(MAC_C),
+    };
+    ndp_frame(wire::multicast_mac(group), (IP6_C, group), ns, hop_limit)
+}
+
 /// An ICMPv6 message (type, code, 4-byte field, body) from `src` to our address.
 fn icmp6_frame(src: Ipv6Addr, kind_code: (u8, u8), field: u32, body: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; 1600];
@@ -257,17 +267,7 @@ fn test_no_ipv6_address_refuses_ipv6_peers() {
 #[test]
 fn test_ipv6_neighbour_solicitation_answered() {
     let (mut s, mut ds) = owned_ready();
-    let group = wire::solicited_node(IP6_S);
-    let ns = NdpRepr::Solicit {
-        target: IP6_S,
-        source_mac: Some(MAC_C),
-    };
-    ds.inject(&ndp_frame(
-        wire::multicast_mac(group),
-        (IP6_C, group),
-        ns,
-        255,
-    ));
+    ds.inject(&solicit_us(255));
     s.poll(t(2000), &mut ds);
     assert_eq!(
         sent(&ds),
@@ -297,18 +297,8 @@ fn test_ipv6_neighbour_solicitation_answered() {
 #[test]
 fn test_off_link_ndp_is_dropped() {
     let (mut s, mut ds) = owned_ready();
-    let group = wire::solicited_node(IP6_S);
-    let ns = NdpRepr::Solicit {
-        target: IP6_S,
-        source_mac: Some(MAC_C),
-    };
     // Hop limit 254: a router forwarded it (RFC 4861 7.1.1).
-    ds.inject(&ndp_frame(
-        wire::multicast_mac(group),
-        (IP6_C, group),
-        ns,
-        254,
-    ));
+    ds.inject(&solicit_us(254));
     let na = NdpRepr::Advert {
         target: IP6_C,
         target_mac: [6; 6],
@@ -687,28 +677,7 @@ fn transfer_over_ipv6(seed: u64, link: LinkConfig) -> StackPair {
     let (id, sid) = pair.connect6(80, 16, Duration::from_secs(60));
     assert!(pair.client.stats.ndp_solicits >= 2, "DAD and resolution");
     assert_eq!(pair.client.stats.arp_requests, 0, "no IPv4 at all");
-    let mut rng = crate::sim::Rng::new(seed);
-    let mut data = vec![0u8; 1_000_000];
-    rng.fill(&mut data);
-    let (mut sent, mut got) = (0, Vec::new());
-    let mut buf = vec![0u8; 65536];
-    pair.run_until(Duration::from_secs(600), |c, s| {
-        if sent < data.len() {
-            sent += c.try_send(id, &data[sent..]).unwrap_or(0);
-            if sent == data.len() {
-                c.close(id);
-            }
-        }
-        while let Ok(n) = s.try_recv(sid, &mut buf) {
-            got.extend_from_slice(&buf[..n]);
-        }
-        got.len() == data.len() && s.connection(sid).is_some_and(|x| x.at_eof())
-    });
-    assert!(got == data, "seed {seed}: the stream arrived intact");
-    pair.server.close(sid);
-    pair.run_until(Duration::from_secs(600), |c, s| {
-        c.state(id) == State::TimeWait && s.state(sid) == State::Closed
-    });
+    super::tests::send_and_close(&mut pair, (id, sid), seed, 1_000_000);
     pair
 }
 

@@ -868,29 +868,41 @@ impl Stack {
         match parsed.frame {
             Frame::Arp(arp) => self.process_arp(arp),
             Frame::Tcp { eth_src, ip, tcp } => {
-                if ip.dst != self.cfg.ip {
-                    self.stats.not_for_us += 1;
-                    return;
-                }
-                self.process_tcp(now, eth_src, (ip.src.into(), ip.dst.into()), &tcp);
-                if let Some(owner) = self.unmatched.take() {
-                    self.strays.push((owner, frame.to_vec()));
-                    self.stats.strays_handed_over += 1;
-                }
+                let ours = ip.dst == self.cfg.ip;
+                let addrs = (ip.src.into(), ip.dst.into());
+                self.tcp_frame(now, frame, eth_src, ours, addrs, &tcp);
             }
             Frame::Icmp { eth_src, ip, icmp } => self.process_icmp(eth_src, ip, icmp),
             Frame::Tcp6 { eth_src, ip, tcp } => {
-                if Some(ip.dst) != self.cfg.ipv6 || self.ipv6_state != Ipv6State::Ready {
-                    self.stats.not_for_us += 1;
-                    return;
-                }
-                self.process_tcp(now, eth_src, (ip.src.into(), ip.dst.into()), &tcp);
-                if let Some(owner) = self.unmatched.take() {
-                    self.strays.push((owner, frame.to_vec()));
-                    self.stats.strays_handed_over += 1;
-                }
+                // RFC 4862 5.4: nothing for a tentative (or duplicate) address.
+                let ours = Some(ip.dst) == self.cfg.ipv6 && self.ipv6_state == Ipv6State::Ready;
+                let addrs = (ip.src.into(), ip.dst.into());
+                self.tcp_frame(now, frame, eth_src, ours, addrs, &tcp);
             }
             Frame::Icmp6 { eth_src, ip, icmp } => self.process_icmp6(eth_src, ip, icmp),
+        }
+    }
+
+    /// A TCP segment of either family: to its connection if it is for our address, and
+    /// kept for the sharded stack that owns it if another does.
+    #[inline]
+    fn tcp_frame(
+        &mut self,
+        now: Instant,
+        frame: &[u8],
+        eth_src: MacAddr,
+        ours: bool,
+        addrs: (IpAddr, IpAddr),
+        tcp: &TcpRepr<'_>,
+    ) {
+        if !ours {
+            self.stats.not_for_us += 1;
+            return;
+        }
+        self.process_tcp(now, eth_src, addrs, tcp);
+        if let Some(owner) = self.unmatched.take() {
+            self.strays.push((owner, frame.to_vec()));
+            self.stats.strays_handed_over += 1;
         }
     }
 

@@ -55,8 +55,21 @@ fn transfer_over(
         pair.client.stats.arp_requests >= 1,
         "the client resolved the server by ARP"
     );
+    send_and_close(&mut pair, (id, sid), seed, 2_000_000);
+    pair
+}
+
+/// The client sends `len` random bytes on `id` and closes; the server reads them all
+/// on `sid`, then closes too: both end as an active closer in TIME-WAIT and a closed
+/// passive one.
+pub(super) fn send_and_close(
+    pair: &mut StackPair,
+    (id, sid): (ConnId, ConnId),
+    seed: u64,
+    len: usize,
+) {
     let mut rng = crate::sim::Rng::new(seed);
-    let mut data = vec![0u8; 2_000_000];
+    let mut data = vec![0u8; len];
     rng.fill(&mut data);
     let (mut sent, mut got) = (0, Vec::new());
     let mut buf = vec![0u8; 65536];
@@ -77,7 +90,6 @@ fn transfer_over(
     pair.run_until(Duration::from_secs(600), |c, s| {
         c.state(id) == State::TimeWait && s.state(sid) == State::Closed
     });
-    pair
 }
 
 #[test]

@@ -457,30 +457,8 @@ pub fn emit_icmpv6_echo_reply(
     seq: u16,
     data: &[u8],
 ) -> usize {
-    let icmp_len = 8 + data.len();
-    let total = ETH_HEADER_LEN + IPV6_HEADER_LEN + icmp_len;
-    if total > buf.len() {
-        return 0;
-    }
-    emit_ethernet(buf, eth.0, eth.1, ETHERTYPE_IPV6);
-    emit_header(
-        &mut buf[ETH_HEADER_LEN..],
-        ip.0,
-        ip.1,
-        NH_ICMPV6,
-        icmp_len,
-        64,
-    );
-    let m = &mut buf[ETH_HEADER_LEN + IPV6_HEADER_LEN..total];
-    m[0] = 129;
-    m[1] = 0;
-    m[2..4].fill(0);
-    m[4..6].copy_from_slice(&ident.to_be_bytes());
-    m[6..8].copy_from_slice(&seq.to_be_bytes());
-    m[8..].copy_from_slice(data);
-    let sum = checksum_with(m, pseudo_sum_v6(ip.0, ip.1, NH_ICMPV6, icmp_len));
-    m[2..4].copy_from_slice(&sum.to_be_bytes());
-    total
+    let field = u32::from(ident) << 16 | u32::from(seq);
+    emit_icmpv6(buf, eth, ip, (129, 0), field, data)
 }
 
 /// Writes an ICMPv6 error (type, code, 4-byte field) quoting `packet` (as much as fits
@@ -496,7 +474,20 @@ pub fn emit_icmpv6_error(
     let quote = packet
         .len()
         .min(usize::from(IPV6_MIN_MTU) - IPV6_HEADER_LEN - 8);
-    let icmp_len = 8 + quote;
+    emit_icmpv6(buf, eth, ip, kind_code, field, &packet[..quote])
+}
+
+/// Writes an Ethernet+IPv6+ICMPv6 message: type and code, the 4-byte field after the
+/// checksum, and `body`. Its length, 0 if it does not fit.
+fn emit_icmpv6(
+    buf: &mut [u8],
+    eth: (MacAddr, MacAddr),
+    ip: (Ipv6Addr, Ipv6Addr),
+    kind_code: (u8, u8),
+    field: u32,
+    body: &[u8],
+) -> usize {
+    let icmp_len = 8 + body.len();
     let total = ETH_HEADER_LEN + IPV6_HEADER_LEN + icmp_len;
     if total > buf.len() {
         return 0;
@@ -515,7 +506,7 @@ pub fn emit_icmpv6_error(
     m[1] = kind_code.1;
     m[2..4].fill(0);
     m[4..8].copy_from_slice(&field.to_be_bytes());
-    m[8..].copy_from_slice(&packet[..quote]);
+    m[8..].copy_from_slice(body);
     let sum = checksum_with(m, pseudo_sum_v6(ip.0, ip.1, NH_ICMPV6, icmp_len));
     m[2..4].copy_from_slice(&sum.to_be_bytes());
     total
