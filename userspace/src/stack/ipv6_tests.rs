@@ -39,17 +39,7 @@ fn owned_ready() -> (Stack, MemoryDevice) {
 
 /// A TCP segment from the client over IPv6.
 fn frame6(repr: &TcpRepr<'_>) -> Vec<u8> {
-    let mut buf = vec![0u8; 1600];
-    let n = wire::emit_tcp(
-        &mut buf,
-        (MAC_C, MAC_S),
-        (IP6_C, IP6_S),
-        repr,
-        repr.payload.len(),
-        |_| {},
-    );
-    buf.truncate(n);
-    buf
+    super::tests::frame_between((IP6_C.into(), IP6_S.into()), repr)
 }
 
 /// An NDP message from the client with a chosen hop limit.

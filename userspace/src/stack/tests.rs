@@ -154,11 +154,17 @@ fn syn(port: u16, seq: u32) -> TcpRepr<'static> {
 }
 
 pub(super) fn frame(repr: &TcpRepr<'_>) -> Vec<u8> {
+    frame_between((IP_C.into(), IP_S.into()), repr)
+}
+
+/// A segment from the client's MAC to the server's between these addresses (either
+/// family).
+pub(super) fn frame_between(ip: (IpAddr, IpAddr), repr: &TcpRepr<'_>) -> Vec<u8> {
     let mut buf = vec![0u8; 1600];
     let n = wire::emit_tcp(
         &mut buf,
         (MAC_C, MAC_S),
-        (IP_C, IP_S),
+        ip,
         repr,
         repr.payload.len(),
         |_| {},
