@@ -492,6 +492,40 @@ fn test_ipv6_closed_port_is_answered_with_rst() {
 }
 
 #[test]
+fn test_listener_families() {
+    let (mut s, mut ds) = stack6(AddressMode::Shared);
+    s.listen_families(80, 16, true, false).unwrap();
+    s.listen_families(81, 16, false, true).unwrap();
+    // An IPv4-only listener: an IPv6 SYN finds the port closed.
+    ds.inject(&frame6(&syn(80)));
+    s.poll(t(1), &mut ds);
+    let out = sent(&ds);
+    let [Out::Tcp(_, _, rst, 0)] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(rst.flags, TcpFlags::RST_ACK);
+    // An IPv6-only listener answers it, and refuses IPv4.
+    ds.inject(&frame6(&syn(81)));
+    s.poll(t(2), &mut ds);
+    let out = sent(&ds);
+    let [Out::Tcp(_, _, synack, 0)] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(synack.flags, TcpFlags::SYN_ACK);
+    ds.inject(&super::tests::frame(&syn(81)));
+    s.poll(t(3), &mut ds);
+    let v4: Vec<_> = ds
+        .take_transmitted()
+        .iter()
+        .filter_map(|f| match wire::parse_frame(f) {
+            Ok(Frame::Tcp { tcp, .. }) => Some(tcp.flags),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(v4, vec![TcpFlags::RST_ACK]);
+}
+
+#[test]
 fn test_ipv6_segment_for_another_address_is_not_ours() {
     let (mut s, mut ds) = stack6(AddressMode::Shared);
     let mut buf = vec![0u8; 200];

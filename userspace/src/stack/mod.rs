@@ -1208,7 +1208,7 @@ impl Stack {
         let local = SocketAddr::new(dst, seg.dst_port);
         let remote = SocketAddr::new(src, seg.src_port);
         if let Some(&slot) = self.by_tuple.get(&(local, remote)) {
-            let reopen = self.listeners.contains_key(&local.port())
+            let reopen = self.listens_for(local.port(), remote)
                 && self.slots[slot]
                     .entry
                     .as_ref()
@@ -1226,12 +1226,24 @@ impl Stack {
             self.stats.time_wait_reopened += 1;
             self.remove(slot);
         }
-        if self.listeners.contains_key(&local.port()) {
+        if self.listens_for(local.port(), remote) {
             self.listener_input(now, eth_src, local, remote, seg);
             return;
         }
         // RFC 9293 3.10.7.1: a segment for a closed port gets a RST.
         self.no_connection(eth_src, local, remote, seg);
+    }
+
+    /// Whether a listener on `port` takes connections from `remote`'s family.
+    #[inline]
+    fn listens_for(&self, port: u16, remote: SocketAddr) -> bool {
+        self.listeners.get(&port).is_some_and(|l| {
+            if remote.is_ipv6() {
+                l.families.1
+            } else {
+                l.families.0
+            }
+        })
     }
 
     fn reply_rst(
