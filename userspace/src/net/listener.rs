@@ -63,7 +63,7 @@ impl ListenHandle {
             IpAddr::V6(ip) if ip.is_unspecified() => (true, true),
             IpAddr::V6(_) => (false, true),
         };
-        let listener = Listener::for_families(port, options.backlog, families);
+        let listener = Listener::new(port, options.backlog, families);
         stack.send(Command::Listen(listener.clone()));
         Ok(ListenHandle {
             stack: stack.clone(),

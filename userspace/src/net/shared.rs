@@ -489,12 +489,8 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    pub(crate) fn new(port: u16, backlog: usize) -> Arc<Listener> {
-        Self::for_families(port, backlog, (true, true))
-    }
-
     /// A listener for IPv4 peers, IPv6 peers or both.
-    pub(crate) fn for_families(port: u16, backlog: usize, families: (bool, bool)) -> Arc<Listener> {
+    pub(crate) fn new(port: u16, backlog: usize, families: (bool, bool)) -> Arc<Listener> {
         Arc::new(Listener {
             port,
             backlog: backlog.max(1),
