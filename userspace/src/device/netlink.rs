@@ -41,16 +41,22 @@ pub struct Link {
     pub xdp_program: Option<u32>,
 }
 
-/// The kernel's route to one destination (RTM_GETROUTE, as `ip route get`).
+/// The kernel's route to one destination (RTM_GETROUTE, as `ip route get`), with the
+/// addresses of its family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    /// The interface it leaves by.
+pub struct RouteVia<A> {
+    /// The interface it leaves by (a link-local IPv6 gateway only means something on it).
     pub ifindex: u32,
     /// The router to hand it to; none for a destination on the link.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<A>,
     /// The source address the kernel would use.
-    pub source: Option<Ipv4Addr>,
+    pub source: Option<A>,
 }
+
+/// An IPv4 route.
+pub type Route = RouteVia<Ipv4Addr>;
+/// An IPv6 route.
+pub type Route6 = RouteVia<Ipv6Addr>;
 
 /// A neighbour entry (RTM_NEWNEIGH).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,29 +301,37 @@ fn usable_ipv6(a: &AddressMessage) -> bool {
     }
 }
 
-/// The kernel's IPv6 route to one destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route6 {
-    /// The interface it leaves by (a link-local gateway is only meaningful with it).
-    pub ifindex: u32,
-    /// The router to hand it to; none for a destination on the link.
-    pub gateway: Option<Ipv6Addr>,
-    /// The source address the kernel would use.
-    pub source: Option<Ipv6Addr>,
-}
-
 /// The kernel's IPv6 route to `destination` (RTM_GETROUTE, as `ip -6 route get`):
 /// longest prefix match, metrics and policy; out of `oif` only when given. ENETUNREACH
 /// when no route matches (as the kernel's connect says).
 pub fn route6_to(destination: Ipv6Addr, oif: Option<u32>) -> io::Result<Route6> {
+    route_query(
+        AddressFamily::Inet6,
+        RouteAddress::Inet6(destination),
+        128,
+        oif,
+        |a| match a {
+            RouteAddress::Inet6(ip) => Some(*ip),
+            _ => None,
+        },
+    )
+}
+
+/// One RTM_GETROUTE for `destination` (a host route of `prefix_len` bits), its unicast
+/// answer read with `address` for the family's addresses.
+fn route_query<A>(
+    family: AddressFamily,
+    destination: RouteAddress,
+    prefix_len: u8,
+    oif: Option<u32>,
+    address: fn(&RouteAddress) -> Option<A>,
+) -> io::Result<RouteVia<A>> {
     let mut request = RouteMessage::default();
-    request.header.address_family = AddressFamily::Inet6;
-    request.header.destination_prefix_length = 128;
+    request.header.address_family = family;
+    request.header.destination_prefix_length = prefix_len;
     request
         .attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet6(
-            destination,
-        )));
+        .push(RouteAttribute::Destination(destination));
     if let Some(oif) = oif {
         request.attributes.push(RouteAttribute::Oif(oif));
     }
@@ -326,34 +340,11 @@ pub fn route6_to(destination: Ipv6Addr, oif: Option<u32>) -> io::Result<Route6> 
         .iter()
         .find_map(|m| match m {
             RouteNetlinkMessage::NewRoute(r) if r.header.kind == RouteType::Unicast => {
-                route6_from(r)
+                route_from(r, address)
             }
             _ => None,
         })
         .ok_or_else(|| io::Error::from_raw_os_error(libc::ENETUNREACH))
-}
-
-fn route6_from(message: &RouteMessage) -> Option<Route6> {
-    let mut route = Route6 {
-        ifindex: 0,
-        gateway: None,
-        source: None,
-    };
-    let v6 = |a: &RouteAddress| match a {
-        RouteAddress::Inet6(ip) => Some(*ip),
-        _ => None,
-    };
-    for attribute in &message.attributes {
-        match attribute {
-            RouteAttribute::Oif(index) => route.ifindex = *index,
-            RouteAttribute::Gateway(g) => route.gateway = v6(g),
-            RouteAttribute::PrefSource(s) => route.source = v6(s),
-            _ => {}
-        }
-    }
-    // The kernel answers a route for an unreachable IPv6 destination with the loopback
-    // device and type unreachable; a unicast one always has its interface.
-    (route.ifindex != 0).then_some(route)
 }
 
 /// The kernel's neighbour entry for IPv6 address `ip` on link `index`, if it has one.
@@ -368,8 +359,13 @@ fn route_address(address: &RouteAddress) -> Option<Ipv4Addr> {
     }
 }
 
-fn route_from(message: &RouteMessage) -> Option<Route> {
-    let mut route = Route {
+/// The route a message describes, its addresses read with `address`; `None` without
+/// an interface.
+fn route_from<A>(
+    message: &RouteMessage,
+    address: fn(&RouteAddress) -> Option<A>,
+) -> Option<RouteVia<A>> {
+    let mut route = RouteVia {
         ifindex: 0,
         gateway: None,
         source: None,
@@ -377,8 +373,8 @@ fn route_from(message: &RouteMessage) -> Option<Route> {
     for attribute in &message.attributes {
         match attribute {
             RouteAttribute::Oif(index) => route.ifindex = *index,
-            RouteAttribute::Gateway(g) => route.gateway = route_address(g),
-            RouteAttribute::PrefSource(s) => route.source = route_address(s),
+            RouteAttribute::Gateway(g) => route.gateway = address(g),
+            RouteAttribute::PrefSource(s) => route.source = address(s),
             _ => {}
         }
     }
@@ -391,26 +387,13 @@ fn route_from(message: &RouteMessage) -> Option<Route> {
 /// ENETUNREACH when no route matches, EHOSTUNREACH or EACCES for an `unreachable` or
 /// `prohibit` route, EINVAL for a blackhole.
 pub fn route_to(destination: Ipv4Addr, oif: Option<u32>) -> io::Result<Route> {
-    let mut request = RouteMessage::default();
-    request.header.address_family = AddressFamily::Inet;
-    request.header.destination_prefix_length = 32;
-    request
-        .attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(destination)));
-    if let Some(oif) = oif {
-        request.attributes.push(RouteAttribute::Oif(oif));
-    }
-    let answers = ask(RouteNetlinkMessage::GetRoute(request), false)?;
-    answers
-        .iter()
-        .find_map(|m| match m {
-            RouteNetlinkMessage::NewRoute(r) => match r.header.kind {
-                RouteType::Unicast => route_from(r),
-                _ => None,
-            },
-            _ => None,
-        })
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENETUNREACH))
+    route_query(
+        AddressFamily::Inet,
+        RouteAddress::Inet(destination),
+        32,
+        oif,
+        route_address,
+    )
 }
 
 /// The main table's default route with the lowest metric (as the kernel would pick
@@ -431,7 +414,7 @@ pub fn default_route() -> io::Result<Option<Route>> {
                     RouteAttribute::Priority(p) => Some(*p),
                     _ => None,
                 });
-                route_from(r).map(|route| (metric.unwrap_or(0), route))
+                route_from(r, route_address).map(|route| (metric.unwrap_or(0), route))
             }
             _ => None,
         })

@@ -321,7 +321,12 @@ impl Driver {
         } else {
             self.rt
                 .stack
-                .listen(port, listener.backlog)
+                .listen_families(
+                    port,
+                    listener.backlog,
+                    listener.families.0,
+                    listener.families.1,
+                )
                 .map_err(Failure::Stack)
         };
         let result = result.and_then(|()| {
@@ -725,4 +730,30 @@ pub(crate) fn learn_route(
         stack.set_route(dst, hop);
     }
     Ok(stack.next_hop_ip(dst))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// A stack without an IPv6 address answers an IPv6 connect as the kernel does on a
+    /// host with no IPv6 route: ENETUNREACH (curl's exit 7), before any netlink query.
+    #[test]
+    fn an_ipv6_peer_of_a_stack_without_ipv6_is_unreachable() {
+        let cfg = crate::stack::StackConfig::new([2; 6], Ipv4Addr::new(10, 0, 0, 1), 24);
+        let mut stack = crate::stack::Stack::new(cfg);
+        let dst: IpAddr = "2001:db8::1".parse().unwrap();
+        let refusal = learn_route(&mut stack, "nosuch-if0", dst).unwrap_err();
+        assert_eq!(refusal, RouteRefusal::Errno(libc::ENETUNREACH));
+        let e = Failure::NoRoute(refusal).io();
+        assert_eq!(e.raw_os_error(), Some(libc::ENETUNREACH));
+        assert_eq!(e.kind(), std::io::ErrorKind::NetworkUnreachable);
+        // With an address, the route is asked for (here: no such interface).
+        let mut cfg = crate::stack::StackConfig::new([2; 6], Ipv4Addr::new(10, 0, 0, 1), 24);
+        cfg.ipv6 = Some("fd00::1".parse().unwrap());
+        let mut stack = crate::stack::Stack::new(cfg);
+        let refusal = learn_route(&mut stack, "nosuch-if0", dst).unwrap_err();
+        assert_eq!(refusal, RouteRefusal::Errno(libc::ENODEV));
+    }
 }

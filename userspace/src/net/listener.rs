@@ -56,7 +56,14 @@ impl ListenHandle {
         let owned = stack.mode() == super::AddressMode::Owned;
         let reservation = PortReservation::take(stack.ip(), port, owned, options.take_over)?;
         let port = reservation.as_ref().map_or(port, |r| r.port);
-        let listener = Listener::new(port, options.backlog);
+        // As Linux with IPV6_V6ONLY off: `[::]` takes both families, 0.0.0.0 or an IPv4
+        // address IPv4 only, an IPv6 address IPv6 only.
+        let families = match bound.ip() {
+            IpAddr::V4(_) => (true, false),
+            IpAddr::V6(ip) if ip.is_unspecified() => (true, true),
+            IpAddr::V6(_) => (false, true),
+        };
+        let listener = Listener::new(port, options.backlog, families);
         stack.send(Command::Listen(listener.clone()));
         Ok(ListenHandle {
             stack: stack.clone(),

@@ -481,16 +481,20 @@ impl HasWaiters for ListenState {
 pub(crate) struct Listener {
     pub port: u16,
     pub backlog: usize,
+    /// The families it takes connections of: (IPv4, IPv6).
+    pub families: (bool, bool),
     pub shared: Waitable<ListenState>,
     /// Length of `queue`, readable by the loop without the lock.
     pub queued: AtomicUsize,
 }
 
 impl Listener {
-    pub(crate) fn new(port: u16, backlog: usize) -> Arc<Listener> {
+    /// A listener for IPv4 peers, IPv6 peers or both.
+    pub(crate) fn new(port: u16, backlog: usize, families: (bool, bool)) -> Arc<Listener> {
         Arc::new(Listener {
             port,
             backlog: backlog.max(1),
+            families,
             shared: Waitable::new(ListenState {
                 bound: None,
                 queue: VecDeque::new(),

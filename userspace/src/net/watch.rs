@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_listener_is_readable_with_a_connection_queued() {
-        let l = Listener::new(80, 4);
+        let l = Listener::new(80, 4, (true, true));
         let mut st = l.shared.lock();
         assert_eq!(st.readiness(), Readiness::default());
         st.queue.push_back(conn(Phase::Open));

@@ -39,17 +39,7 @@ fn owned_ready() -> (Stack, MemoryDevice) {
 
 /// A TCP segment from the client over IPv6.
 fn frame6(repr: &TcpRepr<'_>) -> Vec<u8> {
-    let mut buf = vec![0u8; 1600];
-    let n = wire::emit_tcp(
-        &mut buf,
-        (MAC_C, MAC_S),
-        (IP6_C, IP6_S),
-        repr,
-        repr.payload.len(),
-        |_| {},
-    );
-    buf.truncate(n);
-    buf
+    super::tests::frame_between((IP6_C.into(), IP6_S.into()), repr)
 }
 
 /// An NDP message from the client with a chosen hop limit.
@@ -59,6 +49,16 @@ fn ndp_frame(eth_dst: MacAddr, ip: (Ipv6Addr, Ipv6Addr), ndp: NdpRepr, hop_limit
     buf.truncate(n);
     buf[14 + 7] = hop_limit; // outside the checksum
     buf
+}
+
+/// The client's solicitation for our address, with a chosen hop limit.
+fn solicit_us(hop_limit: u8) -> Vec<u8> {
+    let group = wire::solicited_node(IP6_S);
+    let ns = NdpRepr::Solicit {
+        target: IP6_S,
+        source_mac: Some(MAC_C),
+    };
+    ndp_frame(wire::multicast_mac(group), (IP6_C, group), ns, hop_limit)
 }
 
 /// An ICMPv6 message (type, code, 4-byte field, body) from `src` to our address.
@@ -257,17 +257,7 @@ fn test_no_ipv6_address_refuses_ipv6_peers() {
 #[test]
 fn test_ipv6_neighbour_solicitation_answered() {
     let (mut s, mut ds) = owned_ready();
-    let group = wire::solicited_node(IP6_S);
-    let ns = NdpRepr::Solicit {
-        target: IP6_S,
-        source_mac: Some(MAC_C),
-    };
-    ds.inject(&ndp_frame(
-        wire::multicast_mac(group),
-        (IP6_C, group),
-        ns,
-        255,
-    ));
+    ds.inject(&solicit_us(255));
     s.poll(t(2000), &mut ds);
     assert_eq!(
         sent(&ds),
@@ -297,18 +287,8 @@ fn test_ipv6_neighbour_solicitation_answered() {
 #[test]
 fn test_off_link_ndp_is_dropped() {
     let (mut s, mut ds) = owned_ready();
-    let group = wire::solicited_node(IP6_S);
-    let ns = NdpRepr::Solicit {
-        target: IP6_S,
-        source_mac: Some(MAC_C),
-    };
     // Hop limit 254: a router forwarded it (RFC 4861 7.1.1).
-    ds.inject(&ndp_frame(
-        wire::multicast_mac(group),
-        (IP6_C, group),
-        ns,
-        254,
-    ));
+    ds.inject(&solicit_us(254));
     let na = NdpRepr::Advert {
         target: IP6_C,
         target_mac: [6; 6],
@@ -512,6 +492,40 @@ fn test_ipv6_closed_port_is_answered_with_rst() {
 }
 
 #[test]
+fn test_listener_families() {
+    let (mut s, mut ds) = stack6(AddressMode::Shared);
+    s.listen_families(80, 16, true, false).unwrap();
+    s.listen_families(81, 16, false, true).unwrap();
+    // An IPv4-only listener: an IPv6 SYN finds the port closed.
+    ds.inject(&frame6(&syn(80)));
+    s.poll(t(1), &mut ds);
+    let out = sent(&ds);
+    let [Out::Tcp(_, _, rst, 0)] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(rst.flags, TcpFlags::RST_ACK);
+    // An IPv6-only listener answers it, and refuses IPv4.
+    ds.inject(&frame6(&syn(81)));
+    s.poll(t(2), &mut ds);
+    let out = sent(&ds);
+    let [Out::Tcp(_, _, synack, 0)] = &out[..] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(synack.flags, TcpFlags::SYN_ACK);
+    ds.inject(&super::tests::frame(&syn(81)));
+    s.poll(t(3), &mut ds);
+    let v4: Vec<_> = ds
+        .take_transmitted()
+        .iter()
+        .filter_map(|f| match wire::parse_frame(f) {
+            Ok(Frame::Tcp { tcp, .. }) => Some(tcp.flags),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(v4, vec![TcpFlags::RST_ACK]);
+}
+
+#[test]
 fn test_ipv6_segment_for_another_address_is_not_ours() {
     let (mut s, mut ds) = stack6(AddressMode::Shared);
     let mut buf = vec![0u8; 200];
@@ -687,28 +701,7 @@ fn transfer_over_ipv6(seed: u64, link: LinkConfig) -> StackPair {
     let (id, sid) = pair.connect6(80, 16, Duration::from_secs(60));
     assert!(pair.client.stats.ndp_solicits >= 2, "DAD and resolution");
     assert_eq!(pair.client.stats.arp_requests, 0, "no IPv4 at all");
-    let mut rng = crate::sim::Rng::new(seed);
-    let mut data = vec![0u8; 1_000_000];
-    rng.fill(&mut data);
-    let (mut sent, mut got) = (0, Vec::new());
-    let mut buf = vec![0u8; 65536];
-    pair.run_until(Duration::from_secs(600), |c, s| {
-        if sent < data.len() {
-            sent += c.try_send(id, &data[sent..]).unwrap_or(0);
-            if sent == data.len() {
-                c.close(id);
-            }
-        }
-        while let Ok(n) = s.try_recv(sid, &mut buf) {
-            got.extend_from_slice(&buf[..n]);
-        }
-        got.len() == data.len() && s.connection(sid).is_some_and(|x| x.at_eof())
-    });
-    assert!(got == data, "seed {seed}: the stream arrived intact");
-    pair.server.close(sid);
-    pair.run_until(Duration::from_secs(600), |c, s| {
-        c.state(id) == State::TimeWait && s.state(sid) == State::Closed
-    });
+    super::tests::send_and_close(&mut pair, (id, sid), seed, 1_000_000);
     pair
 }
 

@@ -11,14 +11,30 @@ use std::net::SocketAddr;
 #[derive(Debug)]
 pub(super) struct Listener {
     pub(super) backlog: usize,
+    /// The families it takes connections of: (IPv4, IPv6).
+    pub(super) families: (bool, bool),
     /// Connections in the SYN queue: not yet synchronized, not in the accept queue.
     pub(super) half_open: usize,
     pub(super) accept_queue: VecDeque<ConnId>,
 }
 
 impl Stack {
-    /// Starts listening on `port` with an accept queue of `backlog`.
+    /// Starts listening on `port` with an accept queue of `backlog`, for both families
+    /// (as a Linux socket bound to `[::]` with IPV6_V6ONLY off).
     pub fn listen(&mut self, port: u16, backlog: usize) -> Result<(), StackError> {
+        self.listen_families(port, backlog, true, true)
+    }
+
+    /// [`Stack::listen`] for IPv4 peers, IPv6 peers or both: a socket bound to 0.0.0.0
+    /// takes IPv4 only, one bound to an IPv6 address (or with IPV6_V6ONLY) IPv6 only. A
+    /// segment of the other family finds the port closed (RFC 9293 3.10.7.1).
+    pub fn listen_families(
+        &mut self,
+        port: u16,
+        backlog: usize,
+        ipv4: bool,
+        ipv6: bool,
+    ) -> Result<(), StackError> {
         if self.listeners.contains_key(&port) {
             return Err(StackError::PortInUse);
         }
@@ -26,6 +42,7 @@ impl Stack {
             port,
             Listener {
                 backlog: backlog.max(1),
+                families: (ipv4, ipv6),
                 half_open: 0,
                 accept_queue: VecDeque::new(),
             },

@@ -868,29 +868,41 @@ impl Stack {
         match parsed.frame {
             Frame::Arp(arp) => self.process_arp(arp),
             Frame::Tcp { eth_src, ip, tcp } => {
-                if ip.dst != self.cfg.ip {
-                    self.stats.not_for_us += 1;
-                    return;
-                }
-                self.process_tcp(now, eth_src, (ip.src.into(), ip.dst.into()), &tcp);
-                if let Some(owner) = self.unmatched.take() {
-                    self.strays.push((owner, frame.to_vec()));
-                    self.stats.strays_handed_over += 1;
-                }
+                let ours = ip.dst == self.cfg.ip;
+                let addrs = (ip.src.into(), ip.dst.into());
+                self.tcp_frame(now, frame, eth_src, ours, addrs, &tcp);
             }
             Frame::Icmp { eth_src, ip, icmp } => self.process_icmp(eth_src, ip, icmp),
             Frame::Tcp6 { eth_src, ip, tcp } => {
-                if Some(ip.dst) != self.cfg.ipv6 || self.ipv6_state != Ipv6State::Ready {
-                    self.stats.not_for_us += 1;
-                    return;
-                }
-                self.process_tcp(now, eth_src, (ip.src.into(), ip.dst.into()), &tcp);
-                if let Some(owner) = self.unmatched.take() {
-                    self.strays.push((owner, frame.to_vec()));
-                    self.stats.strays_handed_over += 1;
-                }
+                // RFC 4862 5.4: nothing for a tentative (or duplicate) address.
+                let ours = Some(ip.dst) == self.cfg.ipv6 && self.ipv6_state == Ipv6State::Ready;
+                let addrs = (ip.src.into(), ip.dst.into());
+                self.tcp_frame(now, frame, eth_src, ours, addrs, &tcp);
             }
             Frame::Icmp6 { eth_src, ip, icmp } => self.process_icmp6(eth_src, ip, icmp),
+        }
+    }
+
+    /// A TCP segment of either family: to its connection if it is for our address, and
+    /// kept for the sharded stack that owns it if another does.
+    #[inline]
+    fn tcp_frame(
+        &mut self,
+        now: Instant,
+        frame: &[u8],
+        eth_src: MacAddr,
+        ours: bool,
+        addrs: (IpAddr, IpAddr),
+        tcp: &TcpRepr<'_>,
+    ) {
+        if !ours {
+            self.stats.not_for_us += 1;
+            return;
+        }
+        self.process_tcp(now, eth_src, addrs, tcp);
+        if let Some(owner) = self.unmatched.take() {
+            self.strays.push((owner, frame.to_vec()));
+            self.stats.strays_handed_over += 1;
         }
     }
 
@@ -1196,7 +1208,7 @@ impl Stack {
         let local = SocketAddr::new(dst, seg.dst_port);
         let remote = SocketAddr::new(src, seg.src_port);
         if let Some(&slot) = self.by_tuple.get(&(local, remote)) {
-            let reopen = self.listeners.contains_key(&local.port())
+            let reopen = self.listens_for(local.port(), remote)
                 && self.slots[slot]
                     .entry
                     .as_ref()
@@ -1214,12 +1226,24 @@ impl Stack {
             self.stats.time_wait_reopened += 1;
             self.remove(slot);
         }
-        if self.listeners.contains_key(&local.port()) {
+        if self.listens_for(local.port(), remote) {
             self.listener_input(now, eth_src, local, remote, seg);
             return;
         }
         // RFC 9293 3.10.7.1: a segment for a closed port gets a RST.
         self.no_connection(eth_src, local, remote, seg);
+    }
+
+    /// Whether a listener on `port` takes connections from `remote`'s family.
+    #[inline]
+    fn listens_for(&self, port: u16, remote: SocketAddr) -> bool {
+        self.listeners.get(&port).is_some_and(|l| {
+            if remote.is_ipv6() {
+                l.families.1
+            } else {
+                l.families.0
+            }
+        })
     }
 
     fn reply_rst(

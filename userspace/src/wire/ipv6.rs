@@ -402,31 +402,12 @@ pub fn emit_ndp(
     ip: (Ipv6Addr, Ipv6Addr),
     ndp: &NdpRepr,
 ) -> usize {
-    let total = ndp_frame_len(ndp);
-    if total > buf.len() {
-        return 0;
-    }
-    let icmp_len = total - ETH_HEADER_LEN - IPV6_HEADER_LEN;
-    emit_ethernet(buf, eth.0, eth.1, ETHERTYPE_IPV6);
-    emit_header(
-        &mut buf[ETH_HEADER_LEN..],
-        ip.0,
-        ip.1,
-        NH_ICMPV6,
-        icmp_len,
-        255,
-    );
-    let m = &mut buf[ETH_HEADER_LEN + IPV6_HEADER_LEN..total];
-    m.fill(0);
-    match *ndp {
+    // The target address, then the one link-layer option (RFC 4861 4.6.1).
+    let mut body = [0u8; 24];
+    let (kind_code, field, option) = match *ndp {
         NdpRepr::Solicit { target, source_mac } => {
-            m[0] = 135;
-            m[8..24].copy_from_slice(&target.octets());
-            if let Some(mac) = source_mac {
-                m[24] = NDP_SOURCE_LL;
-                m[25] = 1;
-                m[26..32].copy_from_slice(&mac);
-            }
+            body[..16].copy_from_slice(&target.octets());
+            ((135, 0), 0, source_mac.map(|mac| (NDP_SOURCE_LL, mac)))
         }
         NdpRepr::Advert {
             target,
@@ -434,17 +415,21 @@ pub fn emit_ndp(
             solicited,
             override_,
         } => {
-            m[0] = 136;
-            m[4] = u8::from(solicited) << 6 | u8::from(override_) << 5;
-            m[8..24].copy_from_slice(&target.octets());
-            m[24] = NDP_TARGET_LL;
-            m[25] = 1;
-            m[26..32].copy_from_slice(&target_mac);
+            body[..16].copy_from_slice(&target.octets());
+            let flags = u32::from(solicited) << 30 | u32::from(override_) << 29;
+            ((136, 0), flags, Some((NDP_TARGET_LL, target_mac)))
         }
-    }
-    let sum = checksum_with(m, pseudo_sum_v6(ip.0, ip.1, NH_ICMPV6, icmp_len));
-    m[2..4].copy_from_slice(&sum.to_be_bytes());
-    total
+    };
+    let len = match option {
+        Some((kind, mac)) => {
+            body[16] = kind;
+            body[17] = 1;
+            body[18..24].copy_from_slice(&mac);
+            24
+        }
+        None => 16,
+    };
+    emit_icmpv6(buf, eth, ip, 255, kind_code, field, &body[..len])
 }
 
 /// Writes an Ethernet+IPv6+ICMPv6 echo reply (RFC 4443 4.2) and returns the frame
@@ -457,30 +442,8 @@ pub fn emit_icmpv6_echo_reply(
     seq: u16,
     data: &[u8],
 ) -> usize {
-    let icmp_len = 8 + data.len();
-    let total = ETH_HEADER_LEN + IPV6_HEADER_LEN + icmp_len;
-    if total > buf.len() {
-        return 0;
-    }
-    emit_ethernet(buf, eth.0, eth.1, ETHERTYPE_IPV6);
-    emit_header(
-        &mut buf[ETH_HEADER_LEN..],
-        ip.0,
-        ip.1,
-        NH_ICMPV6,
-        icmp_len,
-        64,
-    );
-    let m = &mut buf[ETH_HEADER_LEN + IPV6_HEADER_LEN..total];
-    m[0] = 129;
-    m[1] = 0;
-    m[2..4].fill(0);
-    m[4..6].copy_from_slice(&ident.to_be_bytes());
-    m[6..8].copy_from_slice(&seq.to_be_bytes());
-    m[8..].copy_from_slice(data);
-    let sum = checksum_with(m, pseudo_sum_v6(ip.0, ip.1, NH_ICMPV6, icmp_len));
-    m[2..4].copy_from_slice(&sum.to_be_bytes());
-    total
+    let field = u32::from(ident) << 16 | u32::from(seq);
+    emit_icmpv6(buf, eth, ip, 64, (129, 0), field, data)
 }
 
 /// Writes an ICMPv6 error (type, code, 4-byte field) quoting `packet` (as much as fits
@@ -496,7 +459,21 @@ pub fn emit_icmpv6_error(
     let quote = packet
         .len()
         .min(usize::from(IPV6_MIN_MTU) - IPV6_HEADER_LEN - 8);
-    let icmp_len = 8 + quote;
+    emit_icmpv6(buf, eth, ip, 64, kind_code, field, &packet[..quote])
+}
+
+/// Writes an Ethernet+IPv6+ICMPv6 message with a hop limit: type and code, the 4-byte
+/// field after the checksum, and `body`. Its length, 0 if it does not fit.
+fn emit_icmpv6(
+    buf: &mut [u8],
+    eth: (MacAddr, MacAddr),
+    ip: (Ipv6Addr, Ipv6Addr),
+    hop_limit: u8,
+    kind_code: (u8, u8),
+    field: u32,
+    body: &[u8],
+) -> usize {
+    let icmp_len = 8 + body.len();
     let total = ETH_HEADER_LEN + IPV6_HEADER_LEN + icmp_len;
     if total > buf.len() {
         return 0;
@@ -508,14 +485,14 @@ pub fn emit_icmpv6_error(
         ip.1,
         NH_ICMPV6,
         icmp_len,
-        64,
+        hop_limit,
     );
     let m = &mut buf[ETH_HEADER_LEN + IPV6_HEADER_LEN..total];
     m[0] = kind_code.0;
     m[1] = kind_code.1;
     m[2..4].fill(0);
     m[4..8].copy_from_slice(&field.to_be_bytes());
-    m[8..].copy_from_slice(&packet[..quote]);
+    m[8..].copy_from_slice(body);
     let sum = checksum_with(m, pseudo_sum_v6(ip.0, ip.1, NH_ICMPV6, icmp_len));
     m[2..4].copy_from_slice(&sum.to_be_bytes());
     total

@@ -239,27 +239,21 @@ fn icmpv6_errors_quote_the_segment_they_are_about() {
         dst_port: 80,
         seq: 1000,
     };
-    match parse_frame(&buf[..n]).unwrap() {
-        Frame::Icmp6 { icmp, .. } => assert_eq!(
-            icmp,
-            Icmpv6Repr::PacketTooBig {
-                mtu: 1400,
-                quoted: want
-            }
-        ),
+    let icmp_of = |frame: &[u8]| match parse_frame(frame).unwrap() {
+        Frame::Icmp6 { icmp, .. } => format!("{icmp:?}"),
         other => panic!("unexpected {other:?}"),
-    }
+    };
+    let ptb = Icmpv6Repr::PacketTooBig {
+        mtu: 1400,
+        quoted: want,
+    };
+    assert_eq!(icmp_of(&buf[..n]), format!("{ptb:?}"));
     let n = emit_icmpv6_error(&mut buf, (MAC_B, MAC_A), (router, IP_A), (1, 4), 0, quoted);
-    match parse_frame(&buf[..n]).unwrap() {
-        Frame::Icmp6 { icmp, .. } => assert_eq!(
-            icmp,
-            Icmpv6Repr::DestUnreachable {
-                code: 4,
-                quoted: want
-            }
-        ),
-        other => panic!("unexpected {other:?}"),
-    }
+    let unreachable = Icmpv6Repr::DestUnreachable {
+        code: 4,
+        quoted: want,
+    };
+    assert_eq!(icmp_of(&buf[..n]), format!("{unreachable:?}"));
     // A quote too short to hold the ports and sequence number is no TCP's.
     let n = emit_icmpv6_error(
         &mut buf,

@@ -301,9 +301,24 @@ fn tcp_pseudo_sum(src: IpAddr, dst: IpAddr, len: usize) -> u64 {
 
 /// TCP checksum over the pseudo-header (RFC 9293 section 3.1, RFC 8200 section 8.1)
 /// and the segment.
+#[inline]
 pub fn tcp_checksum(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, segment: &[u8]) -> u16 {
-    let pseudo = tcp_pseudo_sum(src.into(), dst.into(), segment.len());
-    fold(sum(segment, pseudo))
+    match (src.into(), dst.into()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => tcp_checksum_v4(s, d, segment),
+        (IpAddr::V6(s), IpAddr::V6(d)) => tcp_checksum_v6(s, d, segment),
+        _ => fold(sum(segment, 0)),
+    }
+}
+
+/// [`tcp_checksum`] over IPv4 (RFC 9293 section 3.1).
+pub(crate) fn tcp_checksum_v4(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
+    let pseudo = pseudo_header(src, dst, segment.len());
+    fold(sum(segment, sum(&pseudo, 0)))
+}
+
+/// [`tcp_checksum`] over IPv6 (RFC 8200 section 8.1).
+pub(crate) fn tcp_checksum_v6(src: Ipv6Addr, dst: Ipv6Addr, segment: &[u8]) -> u16 {
+    fold(sum(segment, pseudo_sum_v6(src, dst, 6, segment.len())))
 }
 
 /// What a CHECKSUM_PARTIAL segment of `len` bytes carries in its checksum field: the

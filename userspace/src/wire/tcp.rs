@@ -5,7 +5,7 @@ use super::{
     emit_ethernet,
     ipv4::{PROTO_TCP, emit_header},
     ipv6::{ETHERTYPE_IPV6, IPV6_HEADER_LEN, NH_TCP},
-    partial_tcp_checksum, tcp_checksum,
+    partial_tcp_checksum, tcp_checksum, tcp_checksum_v4, tcp_checksum_v6,
 };
 use std::net::IpAddr;
 
@@ -303,31 +303,56 @@ pub fn emit_tcp<A: Into<IpAddr>>(
     payload_len: usize,
     fill: impl FnOnce(&mut [u8]),
 ) -> usize {
-    let (src, dst) = (ip.0.into(), ip.1.into());
+    // One body per family, each as lean as an IPv4-only one.
+    match (ip.0.into(), ip.1.into()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => emit_segment(
+            buf,
+            IPV4_HEADER_LEN,
+            repr,
+            payload_len,
+            fill,
+            |b, len| {
+                emit_ethernet(b, eth.0, eth.1, ETHERTYPE_IPV4);
+                emit_header(&mut b[ETH_HEADER_LEN..], s, d, PROTO_TCP, len);
+            },
+            |seg| tcp_checksum_v4(s, d, seg),
+        ),
+        (IpAddr::V6(s), IpAddr::V6(d)) => emit_segment(
+            buf,
+            IPV6_HEADER_LEN,
+            repr,
+            payload_len,
+            fill,
+            |b, len| {
+                emit_ethernet(b, eth.0, eth.1, ETHERTYPE_IPV6);
+                // Hop limit 64, as Linux's default (net.ipv6.conf.*.hop_limit).
+                super::ipv6::emit_header(&mut b[ETH_HEADER_LEN..], s, d, NH_TCP, len, 64);
+            },
+            |seg| tcp_checksum_v6(s, d, seg),
+        ),
+        _ => 0,
+    }
+}
+
+/// The body of [`emit_tcp`] for one family: `header` writes the Ethernet and IP headers
+/// for a segment of the given length, `checksum` sums the segment with its pseudo-header.
+#[inline(always)]
+fn emit_segment(
+    buf: &mut [u8],
+    ip_header_len: usize,
+    repr: &TcpRepr<'_>,
+    payload_len: usize,
+    fill: impl FnOnce(&mut [u8]),
+    header: impl FnOnce(&mut [u8], usize),
+    checksum: impl FnOnce(&[u8]) -> u16,
+) -> usize {
     let options_len = repr.options.encoded_len();
     let tcp_header_len = TCP_MIN_HEADER + options_len;
-    let ip_header_len = if src.is_ipv6() {
-        IPV6_HEADER_LEN
-    } else {
-        IPV4_HEADER_LEN
-    };
     let total = ETH_HEADER_LEN + ip_header_len + tcp_header_len + payload_len;
     if total > buf.len() || tcp_header_len > 60 {
         return 0;
     }
-    let segment_len = tcp_header_len + payload_len;
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            emit_ethernet(buf, eth.0, eth.1, ETHERTYPE_IPV4);
-            emit_header(&mut buf[ETH_HEADER_LEN..], s, d, PROTO_TCP, segment_len);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            emit_ethernet(buf, eth.0, eth.1, ETHERTYPE_IPV6);
-            // Hop limit 64, as Linux's default (net.ipv6.conf.*.hop_limit).
-            super::ipv6::emit_header(&mut buf[ETH_HEADER_LEN..], s, d, NH_TCP, segment_len, 64);
-        }
-        _ => return 0,
-    }
+    header(buf, tcp_header_len + payload_len);
     let seg = &mut buf[ETH_HEADER_LEN + ip_header_len..total];
     seg[0..2].copy_from_slice(&repr.src_port.to_be_bytes());
     seg[2..4].copy_from_slice(&repr.dst_port.to_be_bytes());
@@ -348,7 +373,7 @@ pub fn emit_tcp<A: Into<IpAddr>>(
     } else {
         seg[tcp_header_len..].copy_from_slice(&repr.payload[..payload_len]);
     }
-    let sum = tcp_checksum(src, dst, seg);
+    let sum = checksum(seg);
     seg[16..18].copy_from_slice(&sum.to_be_bytes());
     total
 }
