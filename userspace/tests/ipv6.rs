@@ -146,7 +146,6 @@ fn xdp_steers_the_stacks_ipv6_listening_port_away_from_the_kernel() {
 
 /// With the IPv6 core: the steered SYN gets the stack's RST (RFC 9293 3.10.7.1).
 #[test]
-#[ignore = "needs v6core"]
 fn stack_refuses_a_closed_ipv6_port_itself() {
     let mut w = web_world(Family::Dual);
     let host = w.host.clone();
@@ -163,7 +162,6 @@ fn stack_refuses_a_closed_ipv6_port_itself() {
 /// Owned address: the stack answers neighbour solicitations for it (sent to its
 /// solicited-node group) and ping.
 #[test]
-#[ignore = "needs v6core"]
 fn owned_ipv6_answers_neighbour_solicitations_and_ping() {
     let w = web_world(Family::Dual);
     let owned = OWNED_IP6.to_string();
@@ -205,7 +203,6 @@ fn fetch(w: &World, args: &[&str]) -> (Option<i32>, String, String) {
 /// address modes, in a dual-stack and an IPv6-only world; Happy Eyeballs prefers IPv6,
 /// `-4` and `-6` pick a family.
 #[test]
-#[ignore = "needs v6core"]
 fn curl_fetches_by_aaaa_name_and_literal_in_both_modes_and_worlds() {
     let server6 = SERVER_IP6.to_string();
     let owned = OWNED_IP6.to_string();
@@ -245,7 +242,6 @@ fn curl_fetches_by_aaaa_name_and_literal_in_both_modes_and_worlds() {
 
 /// `-v` names the address tried as curl does, brackets and all.
 #[test]
-#[ignore = "needs v6core"]
 fn curl_verbose_shows_the_ipv6_address_tried() {
     let w = web_world(Family::Dual);
     let url = format!("http://[{SERVER_IP6}]:80/");
@@ -262,7 +258,6 @@ fn curl_verbose_shows_the_ipv6_address_tried() {
 /// A host without an IPv6 route: `-6` gets curl's exit 7 and message, as the kernel's
 /// curl does, and without `-6` Happy Eyeballs falls back to IPv4 at once.
 #[test]
-#[ignore = "needs v6core"]
 fn curl_without_an_ipv6_route_fails_as_curl_and_falls_back_to_ipv4() {
     let w = world(WorldOptions {
         nginx: true,
@@ -324,7 +319,6 @@ fn download(w: &World, loss: u32, args: &[&str]) {
 
 /// 256 MiB over IPv6, byte-exact, with 0% and 2% loss on the router.
 #[test]
-#[ignore = "needs v6core"]
 fn curl_256_mib_ipv6_download_is_byte_identical_without_and_with_loss() {
     let w = world(WorldOptions {
         nginx: true,
@@ -342,7 +336,6 @@ fn curl_256_mib_ipv6_download_is_byte_identical_without_and_with_loss() {
 /// serve listens on both families by default: the kernel's curl reaches it over IPv6
 /// and IPv4, and wrk over IPv6 sees no error.
 #[test]
-#[ignore = "needs v6core"]
 fn serve_answers_the_kernels_curl_and_wrk_over_ipv6() {
     let w = world(WorldOptions {
         family: Family::Dual,
