@@ -42,7 +42,7 @@ pub(crate) struct Row {
     pub(crate) target: &'static str,
 }
 
-fn json_field(line: &str, key: &str) -> Option<f64> {
+pub(crate) fn json_field(line: &str, key: &str) -> Option<f64> {
     let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
     let rest = &line[start..];
     let end = rest.find([',', '}']).unwrap_or(rest.len());
@@ -65,15 +65,15 @@ pub(crate) fn output(cmd: &mut Command) -> anyhow::Result<String> {
 /// machine is doing) and of the client process alone (its rusage: exact, but the kernel
 /// path's receive work runs partly in the sender's context and is not all charged to it).
 #[derive(Clone, Copy)]
-struct Transfer {
-    gbps: f64,
-    machine_cpu_per_gb: f64,
-    client_cpu_per_gb: f64,
+pub(crate) struct Transfer {
+    pub(crate) gbps: f64,
+    pub(crate) machine_cpu_per_gb: f64,
+    pub(crate) client_cpu_per_gb: f64,
 }
 
 /// Runs a transfer command moving `bytes`. The rate is the one the command prints
 /// (`gbit_per_s`), or else from its wall time.
-fn timed_transfer(mut cmd: Command, bytes: usize) -> anyhow::Result<Transfer> {
+pub(crate) fn timed_transfer(mut cmd: Command, bytes: usize) -> anyhow::Result<Transfer> {
     let cpu0 = cpu_busy_seconds();
     let client0 = children_cpu_seconds();
     let t = Instant::now();
@@ -88,7 +88,7 @@ fn timed_transfer(mut cmd: Command, bytes: usize) -> anyhow::Result<Transfer> {
 }
 
 /// The better (faster) of two runs: the first one warms caches.
-fn best_of_two(run: &dyn Fn() -> anyhow::Result<Transfer>) -> anyhow::Result<Transfer> {
+pub(crate) fn best_of_two(run: &dyn Fn() -> anyhow::Result<Transfer>) -> anyhow::Result<Transfer> {
     let (a, b) = (run()?, run()?);
     Ok(if a.gbps >= b.gbps { a } else { b })
 }
@@ -194,8 +194,8 @@ fn serve_rps(world: &World, bin: &str, www: &Path, extra: &[&str]) -> anyhow::Re
 }
 
 /// The sections of a run, in order; `--only` picks some.
-pub const SECTIONS: [&str; 8] = [
-    "process", "bulk", "rr", "cps", "serve", "idle", "queues", "exec",
+pub const SECTIONS: [&str; 9] = [
+    "process", "bulk", "rr", "cps", "serve", "idle", "queues", "exec", "ipv6",
 ];
 
 /// Refuses an `--only` name that is not a section.
@@ -250,6 +250,9 @@ pub fn bench(root: &Path, binary: &Path, only: &[String]) -> anyhow::Result<()> 
         crate::bench_exec::exec_rows(&world, bin, &mut rows, &mut notes)?;
     }
     drop(world);
+    if want("ipv6") {
+        crate::bench_ipv6::ipv6_rows(bin, &mut rows, &mut notes)?;
+    }
     if want("queues") {
         queues_row(bin, &mut rows)?;
     }

@@ -2,6 +2,7 @@
 //! with the integration tests.
 pub mod bench;
 mod bench_exec;
+mod bench_ipv6;
 pub mod charts;
 pub mod install;
 pub mod world;

@@ -29,7 +29,7 @@ enum Task {
     /// End-to-end benchmark, side by side with the kernel and the AF_XDP ceiling (root)
     Bench {
         /// Run only these sections (comma-separated): process, bulk, rr, cps, serve,
-        /// idle, queues, exec. The charts in docs/ are drawn only by a full run.
+        /// idle, queues, exec, ipv6. The charts in docs/ are drawn only by a full run.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

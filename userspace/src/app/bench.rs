@@ -4,7 +4,7 @@
 use super::setup::{StackArgs, open_runtime, resolve_next_hop};
 use anyhow::{Context, anyhow, bail};
 use std::io::{Read, Write};
-use std::net::{SocketAddrV4, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant as WallInstant};
 use userspace::device::Device;
 use userspace::net::runtime::Runtime;
@@ -22,7 +22,7 @@ pub enum Workload {
     /// Request/response latency: send SIZE bytes to an echo server, wait for them back
     Rr {
         /// Echo server address
-        target: SocketAddrV4,
+        target: SocketAddr,
         #[arg(long, default_value_t = 20_000)]
         count: usize,
         #[arg(long, default_value_t = 64)]
@@ -36,7 +36,7 @@ pub enum Workload {
     /// Connections per second: connect, GET PATH with Connection: close, read to EOF, close
     Cps {
         /// HTTP server address
-        target: SocketAddrV4,
+        target: SocketAddr,
         #[arg(long, default_value = "/index.html")]
         path: String,
         #[arg(long, default_value_t = 5.0)]
@@ -53,7 +53,7 @@ pub enum Workload {
     /// delivered and read)
     Send {
         /// Discard server address (reads to EOF, then closes)
-        target: SocketAddrV4,
+        target: SocketAddr,
         #[arg(long, default_value_t = 256 << 20)]
         bytes: u64,
         #[arg(long)]
@@ -219,7 +219,7 @@ const SEND_CHUNK: usize = 256 << 10;
 
 /// Upload on kernel sockets: write everything, half-close, wait for the peer's close.
 /// Returns the seconds from connect to the peer's close.
-fn send_kernel(target: SocketAddrV4, bytes: u64) -> anyhow::Result<f64> {
+fn send_kernel(target: SocketAddr, bytes: u64) -> anyhow::Result<f64> {
     let chunk = vec![0x5au8; SEND_CHUNK];
     let t = WallInstant::now();
     let mut s = TcpStream::connect(target).context("connect")?;
@@ -237,7 +237,7 @@ fn send_kernel(target: SocketAddrV4, bytes: u64) -> anyhow::Result<f64> {
 
 /// Upload on the stack: the same workload. Returns the seconds from connect to the
 /// peer's FIN after ours was acknowledged.
-fn send_stack(args: &StackArgs, target: SocketAddrV4, bytes: u64) -> anyhow::Result<f64> {
+fn send_stack(args: &StackArgs, target: SocketAddr, bytes: u64) -> anyhow::Result<f64> {
     let mut rt = open_runtime(args, &[])?;
     let chunk = vec![0x5au8; SEND_CHUNK];
     let t = WallInstant::now();
@@ -272,8 +272,8 @@ fn send_stack(args: &StackArgs, target: SocketAddrV4, bytes: u64) -> anyhow::Res
     Ok(seconds)
 }
 
-fn connect(rt: &mut Runtime, target: SocketAddrV4) -> anyhow::Result<ConnId> {
-    resolve_next_hop(rt, *target.ip(), Duration::from_secs(3))?;
+fn connect(rt: &mut Runtime, target: SocketAddr) -> anyhow::Result<ConnId> {
+    resolve_next_hop(rt, target.ip(), Duration::from_secs(3))?;
     let now = rt.now();
     let id = rt.stack.connect(now, target)?;
     let deadline = rt.now() + Duration::from_secs(5);
@@ -288,7 +288,7 @@ fn connect(rt: &mut Runtime, target: SocketAddrV4) -> anyhow::Result<ConnId> {
 }
 
 fn cps_kernel(
-    target: SocketAddrV4,
+    target: SocketAddr,
     request: &[u8],
     duration: Duration,
     parallel: usize,
@@ -321,13 +321,13 @@ fn cps_kernel(
 
 fn cps_stack(
     args: &StackArgs,
-    target: SocketAddrV4,
+    target: SocketAddr,
     request: &[u8],
     duration: Duration,
     parallel: usize,
 ) -> anyhow::Result<(u64, u64)> {
     let mut rt = open_runtime(args, &[])?;
-    resolve_next_hop(&mut rt, *target.ip(), Duration::from_secs(3))?;
+    resolve_next_hop(&mut rt, target.ip(), Duration::from_secs(3))?;
     let end = rt.now() + duration;
     let (mut done, mut failed) = (0u64, 0u64);
     // (connection, request bytes sent)
