@@ -253,6 +253,12 @@ fn curl_verbose_shows_the_ipv6_address_tried() {
         "{err}"
     );
     assert!(err.contains(&format!("> Host: [{SERVER_IP6}]")), "{err}");
+    // In curl's order: the connect, then the request it sends on it.
+    let at = |needle: &str| err.find(needle).unwrap_or(usize::MAX);
+    assert!(
+        at("*   Trying") < at("* Connected to") && at("* Connected to") < at("> GET / "),
+        "{err}"
+    );
 }
 
 /// A host without an IPv6 route: `-6` gets curl's exit 7 and message, as the kernel's

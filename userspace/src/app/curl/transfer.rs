@@ -528,6 +528,14 @@ impl Session<'_> {
                 info.local_port = Some(local.port());
             }
             info.time_pretransfer = t0.elapsed().as_secs_f64();
+            // As curl: the request's head under -v once the connection is up.
+            if self.args.verbose {
+                let text = String::from_utf8_lossy(request);
+                for line in text.split("\r\n").take_while(|l| !l.is_empty()) {
+                    eprintln!("> {line}");
+                }
+                eprintln!(">");
+            }
             let got = self
                 .send_request(conn, request, head_request, self.deadline(t0))
                 .await;
@@ -763,13 +771,6 @@ impl Session<'_> {
                 body: body.as_ref(),
             };
             let mut request = build_head(args, &self.prepared, &hop);
-            if args.verbose {
-                let text = String::from_utf8_lossy(&request);
-                for line in text.split("\r\n").take_while(|l| !l.is_empty()) {
-                    eprintln!("> {line}");
-                }
-                eprintln!(">");
-            }
             if let Some(b) = &body {
                 request.extend_from_slice(&b.bytes);
                 info.size_upload = b.bytes.len() as u64;
