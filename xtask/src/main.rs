@@ -193,7 +193,7 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
     run(cargo().args(["test", "--workspace"]))?;
     run(cargo().args(["test", "-p", "userspace", "--features", "tokio", "--doc"]))?;
     if !unit_only {
-        for suite in ["netns", "curl_diff", "library", "exec"] {
+        for suite in ["netns", "curl_diff", "library", "exec", "ipv6"] {
             run(cargo().args([
                 "test",
                 "--release",
