@@ -9,7 +9,8 @@ fn get(args: &common::Args, url: &str) -> io::Result<()> {
     let stream = userspace::TcpStream::connect(&stack, (host.as_str(), port))?;
     (&stream).write_all(
         format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: blocking_get\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: blocking_get\r\nConnection: close\r\n\r\n",
+            common::host_header(&host)
         )
         .as_bytes(),
     )?;

@@ -18,7 +18,7 @@ async fn get(args: &common::Args, url: &str) -> Result<bool, Error> {
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let driver = tokio::spawn(connection);
     let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, host)
+        .header(hyper::header::HOST, common::host_header(&host))
         .header(hyper::header::USER_AGENT, "hyper_get")
         .body(Empty::<Bytes>::new())?;
     let mut response = sender.send_request(request).await?;

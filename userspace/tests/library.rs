@@ -144,6 +144,46 @@ fn fetch_big_file(name: &str, loss: u32) {
     assert!(!xdp_attached(&w), "{name} left XDP attached");
 }
 
+/// The examples over IPv6, in an IPv6-only world: by bracketed literal in shared-IP
+/// mode, and by name (AAAA) in owned-IP mode with an owned IPv6 address.
+#[test]
+fn blocking_get_and_hyper_get_fetch_over_ipv6() {
+    let w = World::up(&WorldOptions {
+        nginx: true,
+        dnsmasq: true,
+        family: world::Family::Ipv6,
+        big_file: Some(64 << 20),
+        ..Default::default()
+    })
+    .expect("build the IPv6-only world");
+    let owned = world::OWNED_IP6.to_string();
+    let literal = format!("http://[{}]/big.bin", world::SERVER_IP6);
+    for name in ["blocking_get", "hyper_get"] {
+        for args in [
+            vec![literal.as_str()],
+            vec!["--ip", &owned, "http://example.com/big.bin"],
+        ] {
+            let out_file = w.dir.join(format!("{name}6.bin"));
+            let status = w
+                .exec(&w.host)
+                .arg(example(name))
+                .args(["--iface", HOST_IF])
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(&out_file).unwrap())
+                .status()
+                .unwrap();
+            assert!(status.success(), "{name} {args:?} exited with {status}");
+            assert_eq!(
+                sha256(&out_file),
+                sha256(&w.dir.join("www/big.bin")),
+                "{name} {args:?}: body differs"
+            );
+        }
+    }
+    assert!(!xdp_attached(&w), "left XDP attached");
+}
+
 #[test]
 fn blocking_get_fetches_64_mib_byte_identical() {
     fetch_big_file("blocking_get", 0);

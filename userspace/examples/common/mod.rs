@@ -7,7 +7,7 @@ use std::io;
 pub struct Args {
     pub iface: Option<String>,
     /// Owned-IP mode with this address.
-    pub ip: Option<std::net::Ipv4Addr>,
+    pub ip: Option<std::net::IpAddr>,
     pub port: Option<u16>,
     /// One stack per NIC queue `0..queues` (servers).
     pub queues: u32,
@@ -67,28 +67,49 @@ fn builder(args: &Args) -> userspace::StackBuilder {
     if let Some(iface) = &args.iface {
         builder = builder.interface(iface);
     }
-    if let Some(ip) = args.ip {
-        builder = builder.ip(ip);
+    match args.ip {
+        Some(std::net::IpAddr::V4(v4)) => builder = builder.ip(v4),
+        Some(std::net::IpAddr::V6(v6)) => builder = builder.ipv6(v6),
+        None => {}
     }
     builder
 }
 
-/// `http://host[:port][/path]` as (host, port, path).
+/// `http://host[:port][/path]` as (host, port, path); an IPv6 literal comes in
+/// brackets (`http://[fd00::2]:8080/`) and goes out without them.
 pub fn parse_url(url: &str) -> io::Result<(String, u16, String)> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "only http:// URLs"))?;
+        .ok_or_else(|| invalid("only http:// URLs"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse()
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad port"))?,
-        ),
-        None => (authority, 80),
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| invalid("unclosed ["))?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p.parse().map_err(|_| invalid("bad port"))?,
+        None => 80,
     };
     Ok((host.to_string(), port, path.to_string()))
+}
+
+/// The `Host:` header for `host` (an IPv6 literal in brackets, RFC 7230 5.4).
+pub fn host_header(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
 }
