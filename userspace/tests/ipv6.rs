@@ -209,14 +209,21 @@ fn curl_fetches_by_aaaa_name_and_literal_in_both_modes_and_worlds() {
     for family in [Family::Dual, Family::Ipv6] {
         let w = web_world(family);
         for mode in [vec![], vec!["--ip", owned.as_str()]] {
-            for run in 0..10 {
-                for url in [
-                    "http://example.com/".to_string(),
+            // 100 runs by AAAA name, the first 10 by literal too.
+            for run in 0..100 {
+                let literals = [
                     format!("http://[{server6}]/"),
                     format!("http://[{server6}]:80/"),
-                ] {
+                ];
+                let by_name = ["http://example.com/".to_string()];
+                let urls = if run < 10 {
+                    by_name.iter().chain(literals.iter())
+                } else {
+                    by_name.iter().chain(literals[..0].iter())
+                };
+                for url in urls {
                     let mut args = mode.clone();
-                    args.push(&url);
+                    args.push(url);
                     let (code, ip, err) = fetch(&w, &args);
                     assert_eq!(
                         (code, ip.as_str()),
@@ -238,6 +245,47 @@ fn curl_fetches_by_aaaa_name_and_literal_in_both_modes_and_worlds() {
             assert!(err.contains("Could not resolve host: example.com"), "{err}");
         }
     }
+}
+
+/// A default route through the router's link-local address (as router advertisements
+/// install it): the next hop is found on the route's interface and curl fetches over
+/// IPv6 in shared-IP mode.
+#[test]
+fn curl_through_a_link_local_gateway() {
+    let w = web_world(Family::Ipv6);
+    let out = run_in(
+        &w,
+        &w.router,
+        &[
+            "ip", "-6", "-o", "addr", "show", "dev", "r0", "scope", "link",
+        ],
+    );
+    let text_out = text(&out.stdout);
+    let gateway = text_out
+        .split_whitespace()
+        .find_map(|word| word.split('/').next().filter(|a| a.starts_with("fe80:")))
+        .unwrap_or_else(|| panic!("no link-local address on the router: {text_out}"))
+        .to_string();
+    let replaced = run_in(
+        &w,
+        &w.host,
+        &[
+            "ip", "-6", "route", "replace", "default", "via", &gateway, "dev", HOST_IF,
+        ],
+    );
+    assert!(replaced.status.success(), "{}", text(&replaced.stderr));
+    let route = run_in(
+        &w,
+        &w.host,
+        &["ip", "-6", "route", "get", &SERVER_IP6.to_string()],
+    );
+    assert!(
+        text(&route.stdout).contains(&gateway),
+        "{}",
+        text(&route.stdout)
+    );
+    let (code, ip, err) = fetch(&w, &["http://example.com/"]);
+    assert_eq!((code, ip), (Some(0), SERVER_IP6.to_string()), "{err}");
 }
 
 /// `-v` names the address tried as curl does, brackets and all.

@@ -564,6 +564,10 @@ impl Driver {
             st.read_closed = true;
             changed = true;
         }
+        if ev.fin_received && !st.peer_fin {
+            st.peer_fin = true;
+            changed = true;
+        }
         if let Some(e) = ev.error
             && st.failure.is_none()
         {

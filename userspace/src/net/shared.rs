@@ -256,6 +256,8 @@ pub(crate) struct ConnState {
     pub failure_reported: bool,
     /// The peer's FIN arrived and every byte before it is in `rx`.
     pub read_closed: bool,
+    /// The peer's FIN arrived (bytes before it may still be in the stack).
+    pub peer_fin: bool,
     /// The application will not read any more (`shutdown(Read)`).
     pub read_shut: bool,
     /// The application will not write any more: FIN once `tx` is empty.
@@ -320,6 +322,7 @@ impl Conn {
                 failure: None,
                 failure_reported: false,
                 read_closed: false,
+                peer_fin: false,
                 read_shut: false,
                 write_shut: false,
                 fin_queued: false,

@@ -96,7 +96,7 @@ impl Handle {
     /// The peer will send nothing more: its FIN came, or the connection ended.
     pub(crate) fn peer_closed(&self) -> bool {
         let st = self.conn.shared.lock();
-        st.read_closed || st.phase == Phase::Closed || st.failure.is_some()
+        st.peer_fin || st.read_closed || st.phase == Phase::Closed || st.failure.is_some()
     }
 
     /// One blocking read or write: `op` until it has an answer, within the timeout.

@@ -23,6 +23,9 @@ pub struct Events {
     pub error: Option<TcpError>,
     /// The peer sent FIN and every byte before it was read.
     pub read_closed: bool,
+    /// The peer's FIN arrived, bytes before it perhaps still unread (what Linux's
+    /// `tcp_poll` reports as `POLLRDHUP` at once).
+    pub fin_received: bool,
 }
 
 /// Why [`Stack::try_recv`] returned no data.
@@ -74,6 +77,7 @@ impl Stack {
             closed,
             error,
             read_closed,
+            fin_received: conn.fin_received() || read_closed,
         }
     }
 
@@ -211,6 +215,24 @@ mod tests {
         t.until(|c, id| c.events(id).read_closed);
         assert_eq!(t.c.try_recv(id, &mut buf), Err(RecvError::Finished));
         assert!(t.c.events(id).readable, "end of stream is readable");
+    }
+
+    /// The FIN shows at once, as Linux's POLLRDHUP, before the bytes ahead of it are
+    /// read; the end of the stream only after them.
+    #[test]
+    fn the_peers_fin_shows_before_its_bytes_are_read() {
+        let mut buf = [0u8; 16];
+        let mut t = Connected::new(|_, _| {});
+        let (id, sid) = (t.id, t.sid);
+        assert!(!t.c.events(id).fin_received);
+        assert_eq!(t.s.try_send(sid, b"bye"), Ok(3));
+        t.s.close(sid);
+        t.until(|c, id| c.events(id).fin_received);
+        let ev = t.c.events(id);
+        assert!(ev.readable && !ev.read_closed, "{ev:?}");
+        assert_eq!(t.c.try_recv(id, &mut buf), Ok(3));
+        let ev = t.c.events(id);
+        assert!(ev.fin_received && ev.read_closed, "{ev:?}");
     }
 
     #[test]

@@ -103,6 +103,11 @@ impl Connection {
         self.rcv.buf.readable()
     }
 
+    /// The peer's FIN has arrived (bytes before it may still wait to be read).
+    pub fn fin_received(&self) -> bool {
+        self.rcv.fin == PeerFin::Received
+    }
+
     /// The peer closed its side and every byte before its FIN has been read.
     pub fn at_eof(&self) -> bool {
         self.rcv.fin == PeerFin::Received && self.rcv.buf.readable() == 0
