@@ -217,10 +217,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 /// What an upload writes: one buffer, sent again and again (no allocation per write).
 const SEND_CHUNK: usize = 256 << 10;
 
+/// The upload's buffer: byte `i` is `i % 251`, so a segment out of place or corrupted
+/// shows in what the peer stored (the netns upload test checks it byte for byte).
+fn send_chunk() -> Vec<u8> {
+    (0..SEND_CHUNK).map(|i| (i % 251) as u8).collect()
+}
+
 /// Upload on kernel sockets: write everything, half-close, wait for the peer's close.
 /// Returns the seconds from connect to the peer's close.
 fn send_kernel(target: SocketAddrV4, bytes: u64) -> anyhow::Result<f64> {
-    let chunk = vec![0x5au8; SEND_CHUNK];
+    let chunk = send_chunk();
     let t = WallInstant::now();
     let mut s = TcpStream::connect(target).context("connect")?;
     let mut left = bytes;
@@ -239,7 +245,7 @@ fn send_kernel(target: SocketAddrV4, bytes: u64) -> anyhow::Result<f64> {
 /// peer's FIN after ours was acknowledged.
 fn send_stack(args: &StackArgs, target: SocketAddrV4, bytes: u64) -> anyhow::Result<f64> {
     let mut rt = open_runtime(args, &[])?;
-    let chunk = vec![0x5au8; SEND_CHUNK];
+    let chunk = send_chunk();
     let t = WallInstant::now();
     let id = connect(&mut rt, target)?;
     let mut left = bytes;

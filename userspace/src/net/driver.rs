@@ -5,6 +5,7 @@ use super::shared::{Command, Conn, ConnOption, Failure, Listener, Phase};
 use crate::device::netinfo::{
     self, RouteRefusal, kernel_neighbour, kernel_neighbour_failed, provoke_kernel_arp,
 };
+use crate::device::startup;
 use crate::device::wake::WakeFd;
 use crate::stack::{AddressMode, ConnId};
 use crate::tcp::{Instant, State, TcpError};
@@ -256,6 +257,7 @@ impl Driver {
     }
 
     fn connect(&mut self, conn: Arc<Conn>, remote: SocketAddrV4, timeout: Duration) {
+        let routing = startup::step("connect: route and neighbour from the kernel");
         let now = self.rt.now();
         let mut st = conn.shared.lock();
         let hop = match learn_route(&mut self.rt.stack, &self.rt.iface, *remote.ip()) {
@@ -268,6 +270,7 @@ impl Driver {
             }
         };
         self.learn_from_kernel(hop);
+        drop(routing);
         match self.rt.stack.connect(now, remote) {
             Ok(id) => {
                 st.id = Some(id);

@@ -939,6 +939,11 @@ impl Stack {
     fn dispatch(&mut self, now: Instant, device: &mut dyn Device) {
         let mac = self.cfg.mac;
         let ip = self.cfg.ip;
+        let checksum = if device.tx_checksum_offload() {
+            wire::TxChecksum::Partial
+        } else {
+            wire::TxChecksum::Complete
+        };
         for frame in std::mem::take(&mut self.stateless) {
             let sent = device.transmit(&mut |buf| match &frame {
                 StatelessFrame::Arp { eth_dst, arp } => wire::emit_arp(buf, *eth_dst, arp),
@@ -946,7 +951,15 @@ impl Stack {
                     ip_dst,
                     eth_dst,
                     repr,
-                } => wire::emit_tcp(buf, (mac, *eth_dst), (ip, *ip_dst), repr, 0, |_| {}),
+                } => wire::emit_tcp_with(
+                    buf,
+                    (mac, *eth_dst),
+                    (ip, *ip_dst),
+                    repr,
+                    0,
+                    |_| {},
+                    checksum,
+                ),
                 StatelessFrame::EchoReply {
                     ip_dst,
                     eth_dst,
@@ -990,13 +1003,14 @@ impl Stack {
                         let ok = device.transmit(&mut |buf| match conn.poll_transmit(now) {
                             Some(t) => {
                                 emitted = true;
-                                wire::emit_tcp(
+                                wire::emit_tcp_with(
                                     buf,
                                     (mac, dst_mac),
                                     (ip, remote_ip),
                                     &t.repr,
                                     t.payload_len,
                                     |dst| conn.copy_payload(t.payload_offset, dst),
+                                    checksum,
                                 )
                             }
                             None => 0,

@@ -13,7 +13,9 @@ pub mod time;
 pub use arp::{ArpOp, ArpRepr, emit_arp};
 pub use ipv4::{IcmpRepr, Ipv4Info, emit_icmp_echo_reply};
 pub use seq::SeqNum;
-pub use tcp::{MAX_SACK_BLOCKS, TcpFlags, TcpOptions, TcpRepr, emit_tcp, tcp_frame_len};
+pub use tcp::{
+    MAX_SACK_BLOCKS, TcpFlags, TcpOptions, TcpRepr, emit_tcp, emit_tcp_with, tcp_frame_len,
+};
 
 use std::net::Ipv4Addr;
 
@@ -92,6 +94,40 @@ pub enum ChecksumPolicy {
     /// a "hardware" that a frame from memory (veth) never met. Only for devices whose
     /// frames come from memory: there is no wire to corrupt them.
     AcceptPartial,
+}
+
+/// Who completes the TCP checksum of an emitted segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxChecksum {
+    /// The stack writes the complete checksum.
+    #[default]
+    Complete,
+    /// The stack writes the pseudo-header sum (as Linux's CHECKSUM_PARTIAL does) and
+    /// the device completes it from [`tcp_checksum_location`] on (TX checksum offload).
+    Partial,
+}
+
+/// Where a device completes the TCP checksum of an IPv4 frame left [`TxChecksum::Partial`]:
+/// `(csum_start, csum_offset)`, the start of the TCP header from the frame's start and
+/// the field's offset in it. None for any other frame (ARP, ICMP, a short frame).
+pub fn tcp_checksum_location(frame: &[u8]) -> Option<(u16, u16)> {
+    if frame.len() < ETH_HEADER_LEN + IPV4_HEADER_LEN
+        || u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE_IPV4
+        || frame[ETH_HEADER_LEN + 9] != 6
+    {
+        return None;
+    }
+    let start = ETH_HEADER_LEN + usize::from(frame[ETH_HEADER_LEN] & 0x0f) * 4;
+    // RFC 9293 section 3.1: the checksum is bytes 16-17 of the TCP header.
+    (start + 18 <= frame.len()).then_some((start as u16, 16))
+}
+
+/// What a device does with a [`TxChecksum::Partial`] frame: sums from `start` to the
+/// end (the pseudo-header sum is in the field already) and stores the complement at
+/// `start + offset`. For devices without offload in tests, and to check a partial frame.
+pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) {
+    let sum = fold(sum(&frame[start..], 0));
+    frame[start + offset..start + offset + 2].copy_from_slice(&sum.to_be_bytes());
 }
 
 /// A parsed frame, and whether its TCP checksum was partial (accepted by the policy).

@@ -1,8 +1,8 @@
 //! TCP header and options (RFC 9293 section 3.1, RFC 7323, RFC 2018).
 use super::seq::SeqNum;
 use super::{
-    ChecksumPolicy, ETH_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, MacAddr, WireError,
-    emit_ethernet,
+    ChecksumPolicy, ETH_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, MacAddr, TxChecksum,
+    WireError, emit_ethernet,
     ipv4::{PROTO_TCP, emit_header},
     partial_tcp_checksum, tcp_checksum,
 };
@@ -302,6 +302,19 @@ pub fn emit_tcp(
     payload_len: usize,
     fill: impl FnOnce(&mut [u8]),
 ) -> usize {
+    emit_tcp_with(buf, eth, ip, repr, payload_len, fill, TxChecksum::Complete)
+}
+
+/// [`emit_tcp`], the TCP checksum complete or left to the device ([`TxChecksum`]).
+pub fn emit_tcp_with(
+    buf: &mut [u8],
+    eth: (MacAddr, MacAddr),
+    ip: (Ipv4Addr, Ipv4Addr),
+    repr: &TcpRepr<'_>,
+    payload_len: usize,
+    fill: impl FnOnce(&mut [u8]),
+    checksum: TxChecksum,
+) -> usize {
     let options_len = repr.options.encoded_len();
     let tcp_header_len = TCP_MIN_HEADER + options_len;
     let total = tcp_frame_len(repr, payload_len);
@@ -337,7 +350,10 @@ pub fn emit_tcp(
     } else {
         seg[tcp_header_len..].copy_from_slice(&repr.payload[..payload_len]);
     }
-    let sum = tcp_checksum(ip.0, ip.1, seg);
+    let sum = match checksum {
+        TxChecksum::Complete => tcp_checksum(ip.0, ip.1, seg),
+        TxChecksum::Partial => partial_tcp_checksum(ip.0, ip.1, seg.len()),
+    };
     seg[16..18].copy_from_slice(&sum.to_be_bytes());
     total
 }

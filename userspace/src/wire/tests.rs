@@ -257,3 +257,63 @@ fn partial_checksum_is_accepted_only_when_the_policy_allows_it() {
         WireError::BadTcpChecksum
     );
 }
+
+/// A segment left partial for TX checksum offload carries Linux's CHECKSUM_PARTIAL
+/// signature, and completed the way a device does (sum from the TCP header on, stored
+/// at the field) it is the same frame as one emitted with the whole checksum, for
+/// every payload length (odd ones too).
+#[test]
+fn partial_tx_checksum_completed_by_the_device_equals_the_complete_one() {
+    let payload: Vec<u8> = (0..1460u32).map(|i| (i * 7 + 3) as u8).collect();
+    for n in [0usize, 1, 2, 3, 7, 100, 1459, 1460] {
+        let mut repr = syn_with_options();
+        repr.flags = TcpFlags::ACK;
+        repr.payload = &payload[..n];
+        let (mut full, mut partial) = ([0u8; 1600], [0u8; 1600]);
+        let eth = (MAC_A, MAC_B);
+        let len = emit_tcp(&mut full, eth, (IP_A, IP_B), &repr, n, |_| {});
+        let plen = emit_tcp_with(
+            &mut partial,
+            eth,
+            (IP_A, IP_B),
+            &repr,
+            n,
+            |_| {},
+            TxChecksum::Partial,
+        );
+        assert_eq!(len, plen);
+        assert_ne!(
+            full[..len],
+            partial[..len],
+            "{n} bytes: checksum left partial"
+        );
+        // The partial frame is what a veth peer may deliver: accepted as partial only.
+        assert_eq!(
+            parse_frame(&partial[..len]).unwrap_err(),
+            WireError::BadTcpChecksum
+        );
+        let loose = parse_frame_with(&partial[..len], ChecksumPolicy::AcceptPartial).unwrap();
+        assert!(loose.partial_checksum);
+        let (start, offset) = tcp_checksum_location(&partial[..len]).unwrap();
+        assert_eq!((start, offset), (34, 16));
+        complete_checksum(&mut partial[..len], start.into(), offset.into());
+        assert_eq!(full[..len], partial[..len], "{n} bytes");
+    }
+}
+
+#[test]
+fn only_ipv4_tcp_frames_have_a_checksum_location() {
+    let mut buf = [0u8; 200];
+    let arp = ArpRepr {
+        op: ArpOp::Request,
+        sender_mac: MAC_A,
+        sender_ip: IP_A,
+        target_mac: [0; 6],
+        target_ip: IP_B,
+    };
+    let len = emit_arp(&mut buf, BROADCAST_MAC, &arp);
+    assert_eq!(tcp_checksum_location(&buf[..len]), None);
+    let len = emit_icmp_echo_reply(&mut buf, (MAC_A, MAC_B), (IP_A, IP_B), 1, 2, b"ping");
+    assert_eq!(tcp_checksum_location(&buf[..len]), None);
+    assert_eq!(tcp_checksum_location(&buf[..20]), None);
+}

@@ -1,10 +1,13 @@
 //! AF_XDP sockets on every RX queue of an interface, registered with the program and
 //! driven by one poll loop as one [`Device`].
 use super::program::{SharedProgram, SteerCounters, XdpModeChoice, XdpProgram, lock};
-use super::socket::{FrameAccount, XdpDevice, ring_size_for};
+use super::socket::{
+    FrameAccount, TxChecksumMode, XdpDevice, ring_size_for, wanted_tx_metadata_len,
+};
 use crate::device::Device;
 use crate::device::error::{SetupResult, bail};
 use crate::device::netinfo::{self, multi_buffer_supported};
+use crate::device::startup;
 use crate::wire::MacAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use xdp_ebpf::{MAX_QUEUES, SteerConfig};
@@ -57,16 +60,23 @@ impl XdpQueues {
         steer: SteerConfig,
         linger: Option<std::time::Duration>,
     ) -> SetupResult<Self> {
+        let looking = startup::step("interface and queues");
         let info = netinfo::interface(interface)?;
         let count = netinfo::rx_queue_count(interface).min(MAX_QUEUES);
         let wanted = queues_for(interface, count, choice)?;
-        if let Some(linger) = linger
-            && let Some((program, pool)) = XdpProgram::borrow(&info, mode, linger)?
-        {
+        drop(looking);
+        let asking = startup::step("holder asked");
+        let borrowed = match linger {
+            Some(linger) => XdpProgram::borrow(&info, mode, linger)?,
+            None => None,
+        };
+        drop(asking);
+        if let Some((program, pool)) = borrowed {
             let ring_size = ring_size_for(wanted.len() as u32);
-            let fits = pool
-                .iter()
-                .all(|p| wanted.contains(&p.queue) && p.ring_size == ring_size);
+            let meta = wanted_tx_metadata_len();
+            let fits = pool.iter().all(|p| {
+                wanted.contains(&p.queue) && p.ring_size == ring_size && p.tx_metadata_len == meta
+            });
             let taken_over = fits.then(|| -> SetupResult<XdpQueues> {
                 let mut devices = Vec::with_capacity(wanted.len());
                 let mut pool = pool;
@@ -98,6 +108,7 @@ impl XdpQueues {
             let info = &info;
             let wanted = &wanted;
             let binds = scope.spawn(move || {
+                let _t = startup::step("sockets bound (thread)");
                 wanted
                     .iter()
                     .map(|&q| XdpDevice::bind(info, q, wanted.len() as u32))
@@ -123,8 +134,10 @@ impl XdpQueues {
                 }
             }
         }
+        let steering = startup::step("sockets registered, steering on");
         let queues = XdpQueues::register(&program, devices)?;
         lock(&program).enable(steer)?;
+        drop(steering);
         tracing::debug!(queues = ?queues.queues(), "AF_XDP sockets bound, steering on");
         Ok(queues)
     }
@@ -268,6 +281,16 @@ impl XdpQueues {
             })
     }
 
+    /// How sent frames get their TCP checksum (the socket that transmits decides).
+    pub fn tx_checksum(&self) -> TxChecksumMode {
+        self.devices[0].tx_checksum()
+    }
+
+    /// Frames one transmit kick sends at most.
+    pub fn tx_budget(&self) -> u32 {
+        self.devices[0].tx_budget()
+    }
+
     /// True if the sockets take packets larger than a frame in several frames.
     pub fn multi_buffer(&self) -> bool {
         multi_buffer_supported()
@@ -294,7 +317,7 @@ impl Drop for XdpQueues {
                 .iter()
                 .map(|d| {
                     let (fd, memfd) = d.pooled_fds();
-                    (d.queue, d.ring_size(), fd, memfd)
+                    (d.queue, d.ring_size(), d.tx_metadata_len(), fd, memfd)
                 })
                 .collect();
             if lock(program).release(&sockets) {
@@ -356,5 +379,9 @@ impl Device for XdpQueues {
 
     fn mtu(&self) -> usize {
         self.devices[0].mtu()
+    }
+
+    fn tx_checksum_offload(&self) -> bool {
+        self.devices[0].tx_checksum_offload()
     }
 }

@@ -4,8 +4,8 @@
 use crate::device::Device;
 use crate::device::error::{Context, SetupError, SetupResult};
 use crate::device::holder::PooledSocket;
-use crate::device::netinfo::{self, multi_buffer_supported};
-use crate::device::xsk::XskSocket;
+use crate::device::netinfo::{self, multi_buffer_supported, tx_metadata_supported};
+use crate::device::xsk::{TX_METADATA_LEN, XskSocket, write_tx_checksum_request};
 use crate::wire::MacAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -49,6 +49,58 @@ fn bind_flags() -> u16 {
         flags | libc::XDP_USE_SG
     } else {
         flags
+    }
+}
+
+/// How the TCP checksum of a sent frame is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxChecksumMode {
+    /// The stack leaves the pseudo-header sum and asks for the rest through AF_XDP TX
+    /// metadata (`XDP_TXMD_FLAGS_CHECKSUM`). In copy mode the kernel makes the frame a
+    /// CHECKSUM_PARTIAL skb, which the device completes, or the kernel's transmit path
+    /// in software where the device has no checksum offload.
+    Offload,
+    /// The stack computes it: the kernel is older than 6.8.
+    SoftwareOldKernel,
+    /// The stack computes it: the kernel refused the TX metadata area.
+    SoftwareRefused,
+    /// The stack computes it: `USERSPACE_TX_CHECKSUM=software`.
+    SoftwareAsked,
+}
+
+impl TxChecksumMode {
+    /// What `-v` says.
+    pub fn describe(self) -> &'static str {
+        match self {
+            TxChecksumMode::Offload => "offloaded through AF_XDP TX metadata",
+            TxChecksumMode::SoftwareOldKernel => "software (AF_XDP TX metadata needs Linux 6.8)",
+            TxChecksumMode::SoftwareRefused => {
+                "software (the kernel refused the AF_XDP TX metadata area)"
+            }
+            TxChecksumMode::SoftwareAsked => "software (USERSPACE_TX_CHECKSUM=software)",
+        }
+    }
+}
+
+/// Whether new sockets ask for TX metadata, and if not, why.
+fn tx_checksum_wanted() -> TxChecksumMode {
+    static MODE: std::sync::OnceLock<TxChecksumMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        if std::env::var("USERSPACE_TX_CHECKSUM").is_ok_and(|v| v == "software") {
+            TxChecksumMode::SoftwareAsked
+        } else if !tx_metadata_supported() {
+            TxChecksumMode::SoftwareOldKernel
+        } else {
+            TxChecksumMode::Offload
+        }
+    })
+}
+
+/// The TX metadata length sockets of this process register (0: none).
+pub(super) fn wanted_tx_metadata_len() -> u32 {
+    match tx_checksum_wanted() {
+        TxChecksumMode::Offload => TX_METADATA_LEN,
+        _ => 0,
     }
 }
 
@@ -111,6 +163,8 @@ pub struct XdpDevice {
     rx_oversized: u64,
     /// The NIC queue it is bound to.
     pub queue: u32,
+    /// How sent frames get their TCP checksum.
+    tx_checksum: TxChecksumMode,
 }
 
 /// Kernel statistics of a socket, as the difference of two readings.
@@ -172,8 +226,16 @@ impl XdpDevice {
         queues: u32,
     ) -> Result<Self, BindError> {
         let ring_size = ring_size_for(queues);
-        let socket = XskSocket::create(iface.ifindex, queue, ring_size, FRAME_SIZE, bind_flags())
-            .map_err(|e| {
+        let wanted = tx_checksum_wanted();
+        let socket = XskSocket::create(
+            iface.ifindex,
+            queue,
+            ring_size,
+            FRAME_SIZE,
+            bind_flags(),
+            wanted == TxChecksumMode::Offload,
+        )
+        .map_err(|e| {
             let busy = e.raw_os_error() == Some(libc::EBUSY);
             let error = SetupError::new(
                 format!("binding an AF_XDP socket to {} queue {queue}", iface.name),
@@ -191,8 +253,14 @@ impl XdpDevice {
     /// Takes over a socket that an earlier process bound (from the holder's pool).
     pub fn adopt(iface: &netinfo::InterfaceInfo, pooled: PooledSocket) -> SetupResult<Self> {
         let queue = pooled.queue;
-        let socket = XskSocket::adopt(pooled.fd, pooled.memfd, pooled.ring_size, FRAME_SIZE)
-            .with_context(|| format!("taking over the AF_XDP socket of queue {queue}"))?;
+        let socket = XskSocket::adopt(
+            pooled.fd,
+            pooled.memfd,
+            pooled.ring_size,
+            FRAME_SIZE,
+            pooled.tx_metadata_len,
+        )
+        .with_context(|| format!("taking over the AF_XDP socket of queue {queue}"))?;
         // Have the kernel publish how far it got with the TX ring before the frames are
         // counted (it publishes its consumer index lazily).
         socket.wake_tx();
@@ -236,6 +304,11 @@ impl XdpDevice {
             .statistics()
             .map(|s| SocketStats::from(&s))
             .unwrap_or_default();
+        let tx_checksum = match tx_checksum_wanted() {
+            _ if socket.tx_metadata_len >= TX_METADATA_LEN => TxChecksumMode::Offload,
+            TxChecksumMode::Offload => TxChecksumMode::SoftwareRefused,
+            other => other,
+        };
         Ok(XdpDevice {
             mac: iface.mac,
             mtu: iface.mtu,
@@ -261,6 +334,7 @@ impl XdpDevice {
             oversized: false,
             rx_oversized: 0,
             queue,
+            tx_checksum,
         })
     }
 
@@ -317,6 +391,21 @@ impl XdpDevice {
     /// Entries of each of its rings.
     pub fn ring_size(&self) -> u32 {
         self.socket.ring_size
+    }
+
+    /// Bytes of TX metadata its UMEM was registered with.
+    pub fn tx_metadata_len(&self) -> u32 {
+        self.socket.tx_metadata_len
+    }
+
+    /// How sent frames get their TCP checksum.
+    pub fn tx_checksum(&self) -> TxChecksumMode {
+        self.tx_checksum
+    }
+
+    /// Frames one transmit kick sends at most.
+    pub fn tx_budget(&self) -> u32 {
+        self.socket.tx_budget
     }
 
     /// Where the UMEM's frames are.
@@ -438,15 +527,25 @@ impl Device for XdpDevice {
         // SAFETY: the frame is in the free list, so neither ring nor the kernel holds
         // it, and the borrow ends before the frame is queued.
         let frame = unsafe { self.socket.tx_frame(addr) };
-        let len = build(frame).min(FRAME_SIZE as usize);
+        // The TX metadata, if registered, sits right before the data (the descriptor's
+        // address).
+        let (meta, data) = frame.split_at_mut(self.socket.tx_metadata_len as usize);
+        let len = build(data).min(data.len());
         if len == 0 {
             self.tx_free.push(addr);
         } else {
+            let mut options = 0;
+            if self.tx_checksum == TxChecksumMode::Offload
+                && let Some((start, offset)) = crate::wire::tcp_checksum_location(&data[..len])
+            {
+                write_tx_checksum_request(meta, start, offset);
+                options = libc::XDP_TX_METADATA;
+            }
             self.awaiting_completion[(addr / FRAME_SIZE as u64) as usize] = true;
             self.tx_queued.push(libc::xdp_desc {
-                addr,
+                addr: addr + meta.len() as u64,
                 len: len as u32,
-                options: 0,
+                options,
             });
             if self.tx_queued.len() >= BATCH {
                 self.flush();
@@ -485,5 +584,9 @@ impl Device for XdpDevice {
 
     fn mtu(&self) -> usize {
         self.mtu
+    }
+
+    fn tx_checksum_offload(&self) -> bool {
+        self.tx_checksum == TxChecksumMode::Offload
     }
 }
