@@ -1897,7 +1897,7 @@ fn server_tcp_counters(w: &World) -> (i64, i64) {
 /// offset is a TcpInCsumErrors there and a segment that never arrives.
 #[test]
 fn upload_with_tx_checksum_offload_arrives_byte_exact_with_no_checksum_errors() {
-    let mut w = world(WorldOptions::default());
+    let w = world(WorldOptions::default());
     let off = run_in(&w, &w.router, &["ethtool", "-K", "r1", "tx", "off"]);
     assert!(off.status.success(), "{}", text(&off.stderr));
     const BYTES: usize = 64 << 20;
@@ -1942,12 +1942,13 @@ fn upload_with_tx_checksum_offload_arrives_byte_exact_with_no_checksum_errors() 
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
+        // socat ends at our FIN, after writing everything (killed if it does not).
+        let mut sink = sink;
+        let sink_status = wait_timeout(&mut sink, Duration::from_secs(20));
         let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
         assert!(out.status.success(), "{mode}: {report}");
         assert!(report.contains(says), "{mode}: {report}");
-        // socat ends at our FIN, after writing everything.
-        let mut sink = sink;
-        assert!(wait_timeout(&mut sink, Duration::from_secs(20)).success());
+        assert!(sink_status.success(), "{mode}: socat {sink_status}");
         let after = server_tcp_counters(&w);
         assert_eq!(
             after.1 - before.1,

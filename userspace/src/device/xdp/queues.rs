@@ -308,6 +308,7 @@ impl Drop for XdpQueues {
         let program = &self.program;
         let last_user = std::sync::Arc::strong_count(program) == 1;
         if last_user {
+            let _exit = startup::step("exit: TX drained, sockets released");
             let give_up = std::time::Instant::now() + TX_DRAIN_AT_EXIT;
             for device in &mut self.devices {
                 device.drain_tx(give_up);
