@@ -237,6 +237,14 @@ pub fn write_tx_checksum_request(meta: &mut [u8], start: u16, offset: u16) {
     meta[10..12].copy_from_slice(&offset.to_ne_bytes());
 }
 
+/// Frames in the UMEM of a socket with rings of `ring_size`: a full fill ring, and as
+/// many again for transmit if the socket `transmits` (a stack sends on one of its
+/// sockets; the others only receive, and their smaller UMEM costs less to populate
+/// and pin at start-up).
+pub fn umem_frames(ring_size: u32, transmits: bool) -> u32 {
+    if transmits { 2 * ring_size } else { ring_size }
+}
+
 /// An AF_XDP socket bound to one queue, with its own UMEM in a memfd.
 pub struct XskSocket {
     rx: Ring<libc::xdp_desc>,
@@ -260,7 +268,7 @@ pub struct XskSocket {
 
 impl XskSocket {
     /// A new socket on `queue` of `ifindex`, bound with `flags` (`XDP_COPY` and so on),
-    /// with a UMEM of `2 * ring_size` frames, and room for TX metadata before each
+    /// with a UMEM of [`umem_frames`] frames, and room for TX metadata before each
     /// frame if `tx_metadata` and the kernel takes it (see `tx_metadata_len`). The
     /// error is the kernel's (EBUSY: the queue has a socket).
     pub fn create(
@@ -270,8 +278,9 @@ impl XskSocket {
         frame_size: u32,
         flags: u16,
         tx_metadata: bool,
+        transmits: bool,
     ) -> io::Result<Self> {
-        let frames = 2 * ring_size;
+        let frames = umem_frames(ring_size, transmits);
         let len = frames as usize * frame_size as usize;
         let populate = super::startup::step_for("umem populate, queue", queue);
         let memfd = rustix::fs::memfd_create(c"userspace-umem", rustix::fs::MemfdFlags::CLOEXEC)?;
@@ -309,7 +318,7 @@ impl XskSocket {
         sockopt::set_xdp_umem_completion_ring_size(&fd, ring_size)?;
         sockopt::set_xdp_rx_ring_size(&fd, ring_size)?;
         sockopt::set_xdp_tx_ring_size(&fd, ring_size)?;
-        let mut socket = XskSocket::map(fd, memfd, umem, ring_size, frame_size)?;
+        let mut socket = XskSocket::map(fd, memfd, umem, ring_size, frame_size, frames)?;
         socket.tx_metadata_len = tx_metadata_len;
         drop(register);
         let _bind = super::startup::step_for("bind, queue", queue);
@@ -326,17 +335,19 @@ impl XskSocket {
         ring_size: u32,
         frame_size: u32,
         tx_metadata_len: u32,
+        transmits: bool,
     ) -> io::Result<Self> {
         if !ring_size.is_power_of_two() {
             return Err(io::Error::other("ring size not a power of two"));
         }
-        let len = 2 * ring_size as usize * frame_size as usize;
+        let frames = umem_frames(ring_size, transmits);
+        let len = frames as usize * frame_size as usize;
         let size = rustix::fs::fstat(&memfd)?.st_size as usize;
         if size != len {
             return Err(io::Error::other("UMEM of another size"));
         }
         let umem = Mapping::new(&memfd, len, 0, true)?;
-        let mut socket = XskSocket::map(fd, memfd, umem, ring_size, frame_size)?;
+        let mut socket = XskSocket::map(fd, memfd, umem, ring_size, frame_size, frames)?;
         socket.tx_metadata_len = tx_metadata_len;
         Ok(socket)
     }
@@ -347,6 +358,7 @@ impl XskSocket {
         umem: Mapping,
         ring_size: u32,
         frame_size: u32,
+        frames: u32,
     ) -> io::Result<Self> {
         let off = sockopt::xdp_mmap_offsets(&fd)?;
         let tx_budget = set_tx_budget(&fd, ring_size);
@@ -360,7 +372,7 @@ impl XskSocket {
             memfd,
             ring_size,
             frame_size,
-            frames: 2 * ring_size,
+            frames,
             tx_metadata_len: 0,
             tx_budget,
         })

@@ -80,10 +80,12 @@ impl XdpQueues {
             let taken_over = fits.then(|| -> SetupResult<XdpQueues> {
                 let mut devices = Vec::with_capacity(wanted.len());
                 let mut pool = pool;
-                for &q in &wanted {
+                for (i, &q) in wanted.iter().enumerate() {
+                    // The first socket transmits (see `transmit`).
+                    let transmits = i == 0;
                     devices.push(match pool.iter().position(|p| p.queue == q) {
-                        Some(i) => XdpDevice::adopt(&info, pool.swap_remove(i))?,
-                        None => XdpDevice::bind(&info, q, wanted.len() as u32)?,
+                        Some(i) => XdpDevice::adopt(&info, pool.swap_remove(i), transmits)?,
+                        None => XdpDevice::bind(&info, q, wanted.len() as u32, transmits)?,
                     });
                 }
                 let queues = XdpQueues::register(&program, devices)?;
@@ -111,7 +113,8 @@ impl XdpQueues {
                 let _t = startup::step("sockets bound (thread)");
                 wanted
                     .iter()
-                    .map(|&q| XdpDevice::bind(info, q, wanted.len() as u32))
+                    .enumerate()
+                    .map(|(i, &q)| XdpDevice::bind(info, q, wanted.len() as u32, i == 0))
                     .collect::<SetupResult<Vec<XdpDevice>>>()
             });
             let program = XdpProgram::load_on(info, mode, linger);
@@ -130,9 +133,12 @@ impl XdpQueues {
             devices.retain(|d| wanted.contains(&d.queue));
             for &q in &wanted {
                 if !devices.iter().any(|d| d.queue == q) {
-                    devices.push(XdpDevice::bind(&info, q, wanted.len() as u32)?);
+                    let transmits = q == wanted[0];
+                    devices.push(XdpDevice::bind(&info, q, wanted.len() as u32, transmits)?);
                 }
             }
+            // The transmitting socket first.
+            devices.sort_by_key(|d| d.queue);
         }
         let steering = startup::step("sockets registered, steering on");
         let queues = XdpQueues::register(&program, devices)?;
@@ -147,7 +153,8 @@ impl XdpQueues {
         let info = netinfo::interface(&lock(program).interface)?;
         let devices = queues
             .iter()
-            .map(|&q| XdpDevice::bind(&info, q, queues.len() as u32))
+            .enumerate()
+            .map(|(i, &q)| XdpDevice::bind(&info, q, queues.len() as u32, i == 0))
             .collect::<SetupResult<Vec<_>>>()?;
         XdpQueues::register(program, devices)
     }
@@ -308,11 +315,13 @@ impl Drop for XdpQueues {
         let program = &self.program;
         let last_user = std::sync::Arc::strong_count(program) == 1;
         if last_user {
-            let _exit = startup::step("exit: TX drained, sockets released");
+            let draining = startup::step("exit: TX drained");
             let give_up = std::time::Instant::now() + TX_DRAIN_AT_EXIT;
             for device in &mut self.devices {
                 device.drain_tx(give_up);
             }
+            drop(draining);
+            let _exit = startup::step("exit: program and sockets handed on");
             let sockets: Vec<_> = self
                 .devices
                 .iter()

@@ -12,7 +12,12 @@ use std::os::fd::{AsFd, BorrowedFd};
 /// Most frames received or queued for transmit in one batch.
 pub const BATCH: usize = 64;
 
-/// sendto(2) calls one flush makes at most to drain the TX ring (32 frames each).
+/// Frames queued for transmit before they go to the TX ring and one kick sends them:
+/// with `XDP_MAX_TX_SKB_BUDGET` one sendto(2) sends them all (a turn's last frames go
+/// at its end, whatever their number).
+const TX_BATCH: usize = 256;
+
+/// sendto(2) calls one flush makes at most to drain the TX ring (a budget each).
 const MAX_KICKS: usize = 16;
 
 pub(super) const FRAME_SIZE: u32 = 2048;
@@ -204,13 +209,19 @@ impl From<SetupError> for BindError {
 impl XdpDevice {
     /// An AF_XDP socket with its own UMEM on `queue` of `iface`, whose rings are sized
     /// for a stack that polls `queues` queues. It receives once registered with the program.
-    pub fn bind(iface: &netinfo::InterfaceInfo, queue: u32, queues: u32) -> SetupResult<Self> {
+    /// Only a socket that `transmits` gets UMEM frames for transmit.
+    pub fn bind(
+        iface: &netinfo::InterfaceInfo,
+        queue: u32,
+        queues: u32,
+        transmits: bool,
+    ) -> SetupResult<Self> {
         // The kernel releases a closed socket's hold on its queue a while after the
         // close returns (two RCU grace periods): a stack started right after another
         // one ended may find the queue still busy (EBUSY) for tens of milliseconds.
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(1);
         loop {
-            match XdpDevice::try_bind(iface, queue, queues) {
+            match XdpDevice::try_bind(iface, queue, queues, transmits) {
                 Err(BindError::Busy(_)) if std::time::Instant::now() < give_up => {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
@@ -224,6 +235,7 @@ impl XdpDevice {
         iface: &netinfo::InterfaceInfo,
         queue: u32,
         queues: u32,
+        transmits: bool,
     ) -> Result<Self, BindError> {
         let ring_size = ring_size_for(queues);
         let wanted = tx_checksum_wanted();
@@ -234,6 +246,7 @@ impl XdpDevice {
             FRAME_SIZE,
             bind_flags(),
             wanted == TxChecksumMode::Offload,
+            transmits,
         )
         .map_err(|e| {
             let busy = e.raw_os_error() == Some(libc::EBUSY);
@@ -250,8 +263,13 @@ impl XdpDevice {
         XdpDevice::with_socket(iface, queue, socket).map_err(BindError::Other)
     }
 
-    /// Takes over a socket that an earlier process bound (from the holder's pool).
-    pub fn adopt(iface: &netinfo::InterfaceInfo, pooled: PooledSocket) -> SetupResult<Self> {
+    /// Takes over a socket that an earlier process bound (from the holder's pool); its
+    /// UMEM must have the size of one that `transmits` or not.
+    pub fn adopt(
+        iface: &netinfo::InterfaceInfo,
+        pooled: PooledSocket,
+        transmits: bool,
+    ) -> SetupResult<Self> {
         let queue = pooled.queue;
         let socket = XskSocket::adopt(
             pooled.fd,
@@ -259,6 +277,7 @@ impl XdpDevice {
             pooled.ring_size,
             FRAME_SIZE,
             pooled.tx_metadata_len,
+            transmits,
         )
         .with_context(|| format!("taking over the AF_XDP socket of queue {queue}"))?;
         // Have the kernel publish how far it got with the TX ring before the frames are
@@ -323,7 +342,7 @@ impl XdpDevice {
             ],
             tx_free,
             awaiting_completion,
-            tx_queued: Vec::with_capacity(BATCH * 4),
+            tx_queued: Vec::with_capacity(TX_BATCH),
             completed: vec![0; ring_size],
             awaiting_fill,
             in_fill_ring: in_fill_already + filled,
@@ -547,7 +566,8 @@ impl Device for XdpDevice {
                 len: len as u32,
                 options,
             });
-            if self.tx_queued.len() >= BATCH {
+            let batch = TX_BATCH.min(self.socket.tx_budget as usize).max(BATCH);
+            if self.tx_queued.len() >= batch {
                 self.flush();
             }
         }
@@ -555,9 +575,10 @@ impl Device for XdpDevice {
     }
 
     /// Puts the queued frames on the TX ring and has the kernel send them. In copy mode
-    /// one sendto(2) sends at most 32 frames (the kernel's TX_BATCH_SIZE), so the ring
-    /// is kicked again while that completes more: a turn leaves no frame waiting in the
-    /// ring, and an idle loop may sleep (see [`super::XdpQueues::wait_for_frames`]).
+    /// one sendto(2) sends at most the socket's budget (`XDP_MAX_TX_SKB_BUDGET`, 32
+    /// before Linux 6.17), so the ring is kicked again while that completes more: a turn
+    /// leaves no frame waiting in the ring, and an idle loop may sleep (see
+    /// [`super::XdpQueues::wait_for_frames`]).
     fn flush(&mut self) {
         if !self.tx_queued.is_empty() {
             let n = self.socket.produce_tx(&self.tx_queued);
