@@ -242,16 +242,19 @@ fn umem_frames_are_recycled_without_leak() {
     let (_, lines) = stack.stop("-INT");
     assert!(stat(&lines, "rx_frames").unwrap() >= 6000, "{lines:?}");
     assert_eq!(stat(&lines, "missing"), Some(0), "{lines:?}");
-    // Half of each queue's UMEM is the fill ring's share, half the transmit share.
-    let half = stat(&lines, "total").unwrap() / 2;
+    // Each queue's UMEM holds a fill ring's worth of frames; the transmitting socket's
+    // holds as many again for transmit.
+    let queues = i64::from(world::DEFAULT_QUEUES);
+    let ring = stat(&lines, "total").unwrap() / (queues + 1);
     let rx_share = stat(&lines, "in_fill_ring").unwrap() + stat(&lines, "awaiting_fill").unwrap();
     assert_eq!(
-        rx_share, half,
+        rx_share,
+        queues * ring,
         "every received frame went back to the fill ring: {lines:?}"
     );
     let tx_share = stat(&lines, "free_for_tx").unwrap() + stat(&lines, "in_tx_ring").unwrap();
     assert_eq!(
-        tx_share, half,
+        tx_share, ring,
         "every sent frame came back from the completion ring: {lines:?}"
     );
     assert_eq!(

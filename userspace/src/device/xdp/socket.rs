@@ -30,7 +30,7 @@ const MAX_GATHERED: usize = 65_536 + 256;
 const XDP_PKT_CONTD: u32 = 1;
 
 /// Ring size of a socket when its stack polls no other; a stack that polls several
-/// queues gives each less, so that its UMEMs together stay at 8 MiB. UMEM memory is
+/// queues gives each less, so that its UMEMs together stay at 8 MiB at most. UMEM memory is
 /// what start-up and exit cost most (the kernel populates, pins and frees every page),
 /// and one poll loop drains one ring at a time. Below 512, a bulk download on veth
 /// finds the fill ring empty.
@@ -39,8 +39,8 @@ const RING_SIZE: u32 = 2048;
 const MIN_RING_SIZE: u32 = 512;
 
 /// Ring size for each of the `queues` sockets one stack polls (a power of two, as the
-/// kernel requires). Each UMEM holds twice its ring size in frames: a full fill ring
-/// plus as many for transmit.
+/// kernel requires). Each UMEM holds a full fill ring's frames, and the transmitting
+/// socket's as many again for transmit ([`crate::device::xsk::umem_frames`]).
 pub(super) fn ring_size_for(queues: u32) -> u32 {
     (RING_SIZE / queues.max(1))
         .next_power_of_two()
