@@ -284,8 +284,12 @@ impl XskSocket {
         let len = frames as usize * frame_size as usize;
         let populate = super::startup::step_for("umem populate, queue", queue);
         let memfd = rustix::fs::memfd_create(c"userspace-umem", rustix::fs::MemfdFlags::CLOEXEC)?;
-        rustix::fs::ftruncate(&memfd, len as u64)?;
-        let umem = Mapping::new(&memfd, len, 0, true)?;
+        // The pages are allocated in the memfd, not faulted in through the mapping:
+        // MAP_POPULATE holds the process's mmap lock while it zeroes them, and every
+        // other thread's mmap (the loader's thread stack, a large allocation) waited
+        // behind it at start-up. The UMEM registration maps them when it pins them.
+        rustix::fs::fallocate(&memfd, rustix::fs::FallocateFlags::empty(), 0, len as u64)?;
+        let umem = Mapping::new(&memfd, len, 0, false)?;
         drop(populate);
         let register = super::startup::step_for("umem register (pin) and rings, queue", queue);
         let fd = rustix::net::socket_with(
