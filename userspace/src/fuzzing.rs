@@ -99,6 +99,7 @@ pub fn seed_frames() -> Vec<Vec<u8>> {
             &repr,
             payload.len(),
             |_| {},
+            crate::wire::TxChecksum::Complete,
         );
         buf[..n].to_vec()
     };
@@ -272,6 +273,7 @@ pub fn drive_connection(data: &[u8]) {
                 &t.repr,
                 t.payload_len,
                 |dst| conn.copy_payload(t.payload_offset, dst),
+                crate::wire::TxChecksum::Complete,
             );
             assert!(n > 0, "segment does not fit a frame");
             emitted += 1;

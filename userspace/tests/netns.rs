@@ -1876,19 +1876,8 @@ fn serve_shards_all_four_queues_over_two_stacks() {
 
 /// The server namespace's kernel TCP counters: (TcpInSegs, TcpInCsumErrors).
 fn server_tcp_counters(w: &World) -> (i64, i64) {
-    let out = run_in(w, &w.server, &["nstat", "-a", "-z", "-j"]);
-    let text = text(&out.stdout);
-    let get = |name: &str| -> i64 {
-        let at = text
-            .find(&format!("\"{name}\""))
-            .unwrap_or_else(|| panic!("nstat has no {name}: {text}"));
-        text[at..]
-            .split([':', ',', '}'])
-            .nth(1)
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("nstat's {name}: {text}"))
-    };
-    (get("TcpInSegs"), get("TcpInCsumErrors"))
+    let [segs, csum_errors] = nstat(w, &w.server, ["TcpInSegs", "TcpInCsumErrors"]);
+    (segs, csum_errors)
 }
 
 /// A 64 MiB upload from `bench send` to a kernel server that stores it, with the TCP

@@ -951,7 +951,7 @@ impl Stack {
                     ip_dst,
                     eth_dst,
                     repr,
-                } => wire::emit_tcp_with(
+                } => wire::emit_tcp(
                     buf,
                     (mac, *eth_dst),
                     (ip, *ip_dst),
@@ -1003,7 +1003,7 @@ impl Stack {
                         let ok = device.transmit(&mut |buf| match conn.poll_transmit(now) {
                             Some(t) => {
                                 emitted = true;
-                                wire::emit_tcp_with(
+                                wire::emit_tcp(
                                     buf,
                                     (mac, dst_mac),
                                     (ip, remote_ip),

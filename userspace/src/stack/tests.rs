@@ -150,6 +150,7 @@ pub(super) fn frame(repr: &TcpRepr<'_>) -> Vec<u8> {
         repr,
         repr.payload.len(),
         |_| {},
+        wire::TxChecksum::Complete,
     );
     buf.truncate(n);
     buf

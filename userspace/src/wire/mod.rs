@@ -13,9 +13,7 @@ pub mod time;
 pub use arp::{ArpOp, ArpRepr, emit_arp};
 pub use ipv4::{IcmpRepr, Ipv4Info, emit_icmp_echo_reply};
 pub use seq::SeqNum;
-pub use tcp::{
-    MAX_SACK_BLOCKS, TcpFlags, TcpOptions, TcpRepr, emit_tcp, emit_tcp_with, tcp_frame_len,
-};
+pub use tcp::{MAX_SACK_BLOCKS, TcpFlags, TcpOptions, TcpRepr, emit_tcp, tcp_frame_len};
 
 use std::net::Ipv4Addr;
 

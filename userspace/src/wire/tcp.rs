@@ -293,20 +293,9 @@ pub fn tcp_frame_len(repr: &TcpRepr<'_>, payload_len: usize) -> usize {
 
 /// Writes Ethernet+IPv4+TCP into `buf`. The payload is `repr.payload` if not empty,
 /// else `fill` writes `payload_len` bytes straight into the frame (so data moves from
-/// the send buffer to the frame in one copy). Returns the frame length, 0 if it won't fit.
+/// the send buffer to the frame in one copy). The TCP checksum is complete or left to
+/// the device ([`TxChecksum`]). Returns the frame length, 0 if it won't fit.
 pub fn emit_tcp(
-    buf: &mut [u8],
-    eth: (MacAddr, MacAddr),
-    ip: (Ipv4Addr, Ipv4Addr),
-    repr: &TcpRepr<'_>,
-    payload_len: usize,
-    fill: impl FnOnce(&mut [u8]),
-) -> usize {
-    emit_tcp_with(buf, eth, ip, repr, payload_len, fill, TxChecksum::Complete)
-}
-
-/// [`emit_tcp`], the TCP checksum complete or left to the device ([`TxChecksum`]).
-pub fn emit_tcp_with(
     buf: &mut [u8],
     eth: (MacAddr, MacAddr),
     ip: (Ipv4Addr, Ipv4Addr),
