@@ -56,6 +56,13 @@ fn main() -> ExitCode {
     {
         return ExitCode::from(holder::run() as u8);
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == userspace::device::switch::SWITCH_ARG)
+    {
+        let config = userspace::net::switch::config_from_env();
+        return ExitCode::from(userspace::net::switch::run(&config) as u8);
+    }
     holder::set_available();
     let parsed = Cli::command()
         .try_get_matches()

@@ -5,7 +5,7 @@
 use crate::tcp::{Config, Connection, Instant, State};
 use crate::wire::{self, Frame, MacAddr};
 use std::collections::BinaryHeap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Duration;
 
 /// SplitMix64: small, fast and fully determined by its seed.
@@ -207,6 +207,11 @@ const MAC_B: MacAddr = [2, 0, 0, 0, 0, 0xb];
 pub const RX_BATCH: usize = 64;
 pub const ADDR_A: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 50_000);
 pub const ADDR_B: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80);
+/// A's and B's addresses in an IPv6 pair ([`Pair::new_in`]).
+pub const ADDR6_A: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1), 50_000, 0, 0);
+pub const ADDR6_B: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2), 80, 0, 0);
 
 /// One side's application: writes `to_send` then closes, reads everything into `received`.
 #[derive(Debug, Default)]
@@ -253,6 +258,9 @@ pub struct Pair {
     pub a: Connection,
     pub b: Option<Connection>,
     b_config: Config,
+    /// A's and B's addresses (one family).
+    pub addr_a: SocketAddr,
+    pub addr_b: SocketAddr,
     pub a_to_b: Link,
     pub b_to_a: Link,
     pub app_a: App,
@@ -268,16 +276,35 @@ impl Pair {
         a_to_b: LinkConfig,
         b_to_a: LinkConfig,
     ) -> Self {
+        Self::new_in(false, seed, a_config, b_config, a_to_b, b_to_a)
+    }
+
+    /// [`Pair::new`] over IPv6 (`ipv6`) or IPv4: one state machine for both families.
+    pub fn new_in(
+        ipv6: bool,
+        seed: u64,
+        a_config: Config,
+        b_config: Config,
+        a_to_b: LinkConfig,
+        b_to_a: LinkConfig,
+    ) -> Self {
         let mut rng = Rng::new(seed);
         // Start near the 2^32 wrap so every test crosses it.
         let iss_a = u32::MAX - rng.below(100_000) as u32;
-        let a = Connection::connect(a_config, ADDR_A, ADDR_B, iss_a);
+        let (addr_a, addr_b) = if ipv6 {
+            (SocketAddr::V6(ADDR6_A), SocketAddr::V6(ADDR6_B))
+        } else {
+            (SocketAddr::V4(ADDR_A), SocketAddr::V4(ADDR_B))
+        };
+        let a = Connection::connect(a_config, addr_a, addr_b, iss_a);
         Pair {
             now: Instant::from_millis(1),
             rng,
             a,
             b: None,
             b_config,
+            addr_a,
+            addr_b,
             a_to_b: Link::new(a_to_b),
             b_to_a: Link::new(b_to_a),
             app_a: App::default(),
@@ -294,11 +321,12 @@ impl Pair {
         frame: &mut [u8],
         from_a: bool,
     ) {
-        let (eth, ip) = if from_a {
-            ((MAC_A, MAC_B), (*ADDR_A.ip(), *ADDR_B.ip()))
+        let eth = if from_a {
+            (MAC_A, MAC_B)
         } else {
-            ((MAC_B, MAC_A), (*ADDR_B.ip(), *ADDR_A.ip()))
+            (MAC_B, MAC_A)
         };
+        let ip = (conn.local().ip(), conn.remote().ip());
         while let Some(t) = conn.poll_transmit(now) {
             let len = wire::emit_tcp(
                 frame,
@@ -323,7 +351,7 @@ impl Pair {
                 break;
             };
             match wire::parse_frame(&frame) {
-                Ok(Frame::Tcp { tcp, .. }) => handle(&tcp),
+                Ok(Frame::Tcp { tcp, .. } | Frame::Tcp6 { tcp, .. }) => handle(&tcp),
                 _ => link.stats.rejected_by_parser += 1,
             }
         }
@@ -335,6 +363,7 @@ impl Pair {
         let now = self.now;
         // Frames to B; the first SYN creates B (the listener's accept).
         let (b_config, b) = (&self.b_config, &mut self.b);
+        let (addr_a, addr_b) = (self.addr_a, self.addr_b);
         Self::deliver(&mut self.a_to_b, now, |seg| match b {
             Some(conn) => conn.handle_segment(now, seg),
             None if seg.flags.syn && !seg.flags.ack => {
@@ -342,8 +371,8 @@ impl Pair {
                 *b = Some(Connection::accept(
                     now,
                     b_config.clone(),
-                    ADDR_B,
-                    ADDR_A,
+                    addr_b,
+                    addr_a,
                     iss,
                     seg,
                 ));
@@ -728,12 +757,48 @@ impl<D: TestDevice> StackPair<D> {
         backlog: usize,
         limit: Duration,
     ) -> (crate::stack::ConnId, crate::stack::ConnId) {
-        self.server.listen(port, backlog).expect("listen");
         let ip = self.server.config().ip;
-        let id = self
-            .client
-            .connect(self.now, SocketAddrV4::new(ip, port))
-            .expect("connect");
+        self.connect_to(
+            SocketAddr::V4(SocketAddrV4::new(ip, port)),
+            port,
+            backlog,
+            limit,
+        )
+    }
+
+    /// [`StackPair::connect`] to the server's IPv6 address (its DAD over first).
+    pub fn connect6(
+        &mut self,
+        port: u16,
+        backlog: usize,
+        limit: Duration,
+    ) -> (crate::stack::ConnId, crate::stack::ConnId) {
+        let ip = self
+            .server
+            .config()
+            .ipv6
+            .expect("server has an IPv6 address");
+        self.run_until(limit, |c, s| {
+            c.ipv6_state() == crate::stack::Ipv6State::Ready
+                && s.ipv6_state() == crate::stack::Ipv6State::Ready
+        });
+        self.connect_to(
+            SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
+            port,
+            backlog,
+            limit,
+        )
+    }
+
+    fn connect_to(
+        &mut self,
+        remote: SocketAddr,
+        port: u16,
+        backlog: usize,
+        limit: Duration,
+    ) -> (crate::stack::ConnId, crate::stack::ConnId) {
+        self.server.listen(port, backlog).expect("listen");
+        let id = self.client.connect(self.now, remote).expect("connect");
         let mut server_id = None;
         self.run_until(limit, |c, s| {
             server_id = server_id.or_else(|| s.accept(port));

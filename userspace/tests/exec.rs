@@ -60,6 +60,16 @@ fn exec_command(w: &World, argv: &[&str]) -> Command {
     command
 }
 
+/// `userspace exec --share --iface veth0 -v -- ARGV`: through the interface's switch.
+fn share_command(w: &World, argv: &[&str]) -> Command {
+    let mut command = w.exec(&w.host);
+    command
+        .args([BIN, "exec", "--share", "--iface", HOST_IF, "-v", "--"])
+        .args(argv)
+        .stdin(Stdio::null());
+    command
+}
+
 /// The host namespace's kernel TCP counters that a connection through the kernel moves.
 fn kernel_tcp(w: &World) -> [i64; 3] {
     nstat(
@@ -130,7 +140,18 @@ fn python_urllib_downloads_64_mib_over_the_stack() {
 
 /// Starts `argv` under exec, and returns once `-v` says it listens on `port` on the stack.
 fn start_server(w: &World, argv: &[&str], port: u16) -> std::process::Child {
-    let mut child = exec_command(w, argv)
+    start_server_with(exec_command(w, argv), argv, port, 1)
+}
+
+/// Starts `command` (`argv` under exec), and returns once `-v` has said `times` times
+/// that it listens on `port` on the stack (a forking server: once per process).
+fn start_server_with(
+    mut command: Command,
+    argv: &[&str],
+    port: u16,
+    times: usize,
+) -> std::process::Child {
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -147,10 +168,14 @@ fn start_server(w: &World, argv: &[&str], port: u16) -> std::process::Child {
             let _ = tx.send(line);
         }
     });
-    let ready = format!("listening on 0.0.0.0:{port} on the stack");
+    let ready = format!(":{port} on the stack");
+    let mut seen = 0;
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
-        if line.contains(&ready) {
-            return child;
+        if line.contains("listening on") && line.contains(&ready) {
+            seen += 1;
+            if seen == times {
+                return child;
+            }
         }
     }
     let _ = child.kill();
@@ -160,24 +185,44 @@ fn start_server(w: &World, argv: &[&str], port: u16) -> std::process::Child {
 
 /// `python3 -m http.server 8080` under exec, serving the world's www/.
 fn start_http_server(w: &World) -> std::process::Child {
+    start_http_server_on(w, 8080, false)
+}
+
+/// `python3 -m http.server PORT` under exec (`share`: through the switch).
+fn start_http_server_on(w: &World, port: u16, share: bool) -> std::process::Child {
     let www = w.dir.join("www");
     let www = www.to_string_lossy();
+    let port_arg = port.to_string();
     let argv = [
         PYTHON,
         "-m",
         "http.server",
-        "8080",
+        &port_arg,
         "--bind",
         "0.0.0.0",
         "--directory",
         &www,
     ];
-    start_server(w, &argv, 8080)
+    let command = match share {
+        true => share_command(w, &argv),
+        false => exec_command(w, &argv),
+    };
+    start_server_with(command, &argv, port, 1)
 }
 
 /// The kernel's curl in the server namespace fetches `path` from the server under exec.
 fn fetch_from_server_ns(w: &World, path: &str, out: &std::path::Path) -> std::process::Output {
-    let url = format!("http://{HOST_IP}:8080/{path}");
+    fetch_from_port(w, 8080, path, out)
+}
+
+/// The kernel's curl in the server namespace fetches `path` from port `port` of the host.
+fn fetch_from_port(
+    w: &World,
+    port: u16,
+    path: &str,
+    out: &std::path::Path,
+) -> std::process::Output {
+    let url = format!("http://{HOST_IP}:{port}/{path}");
     let out = out.to_string_lossy();
     run_in(
         w,
@@ -494,4 +539,375 @@ fn edge_triggered_epoll_mixes_a_stack_socket_and_a_pipe() {
         "{stderr}"
     );
     assert_eq!(text(&out.stdout), world::INDEX_HTML);
+}
+
+/// Waits for a process started under exec after SIGKILL.
+fn kill_hard(mut server: std::process::Child) {
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn a_server_and_a_client_share_the_interface_each_with_its_own_connections() {
+    let w = world();
+    let mut server = start_http_server_on(&w, 8080, true);
+    let before = kernel_tcp(&w);
+    // At once: the kernel's curl in the server namespace downloads from the server under
+    // exec, and a curl under exec downloads from the server namespace's nginx.
+    let served = w.dir.join("shared-served.bin");
+    let fetched = w.dir.join("shared-fetched.bin");
+    let url = format!("http://{SERVER_IP}/big.bin");
+    let client = share_command(&w, &["curl", "-sS", "--fail", "--max-time", "60", &url])
+        .stdout(std::fs::File::create(&fetched).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let got = fetch_from_port(&w, 8080, "big.bin", &served);
+    let client = client.wait_with_output().unwrap();
+    let client_err = text(&client.stderr);
+    eprintln!("{client_err}");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        got.status.success(),
+        "curl from the server namespace: {}",
+        text(&got.stderr)
+    );
+    assert!(
+        client.status.success(),
+        "curl under exec --share: {client_err}"
+    );
+    assert!(
+        client_err.contains(&format!("connect to {SERVER_IP}:80: stack")),
+        "{client_err}"
+    );
+    let big = sha256(&w.dir.join("www/big.bin"));
+    assert_eq!(sha256(&served), big, "the server's body differs");
+    assert_eq!(sha256(&fetched), big, "the client's body differs");
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "the kernel's TCP counters moved (TcpActiveOpens, TcpPassiveOpens, TcpInSegs)"
+    );
+    assert!(
+        xdp_detached_within(&w, Duration::from_secs(5)),
+        "the switch left XDP attached after its last program"
+    );
+}
+
+#[test]
+fn two_servers_share_the_interface_and_a_killed_one_leaves_nothing_behind() {
+    let w = world();
+    let first = start_http_server_on(&w, 8080, true);
+    let mut second = start_http_server_on(&w, 8081, true);
+    let before = kernel_tcp(&w);
+    let (a, b) = (w.dir.join("two-a.bin"), w.dir.join("two-b.bin"));
+    let (got_a, got_b) = std::thread::scope(|s| {
+        let one = s.spawn(|| fetch_from_port(&w, 8080, "big.bin", &a));
+        let two = s.spawn(|| fetch_from_port(&w, 8081, "big.bin", &b));
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    assert!(got_a.status.success(), "8080: {}", text(&got_a.stderr));
+    assert!(got_b.status.success(), "8081: {}", text(&got_b.stderr));
+    let big = sha256(&w.dir.join("www/big.bin"));
+    assert_eq!(sha256(&a), big, "8080: body differs");
+    assert_eq!(sha256(&b), big, "8081: body differs");
+    assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
+    // SIGKILL the first: its port is no longer steered, so the kernel refuses a new
+    // connection at once (RST), while the second serves on.
+    kill_hard(first);
+    std::thread::sleep(Duration::from_millis(200));
+    let url = format!("http://{HOST_IP}:8080/index.html");
+    let refused = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "5", &url]);
+    assert_eq!(
+        refused.status.code(),
+        Some(7),
+        "a killed server's port was not refused at once: {}",
+        text(&refused.stderr)
+    );
+    let probe = w.dir.join("two-probe.html");
+    let still = fetch_from_port(&w, 8081, "index.html", &probe);
+    assert!(
+        still.status.success(),
+        "8081 after the kill: {}",
+        text(&still.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&probe).unwrap(), world::INDEX_HTML);
+    // Its lease is free again: a new server takes the port.
+    let third = start_http_server_on(&w, 8080, true);
+    let again = fetch_from_port(&w, 8080, "index.html", &probe);
+    assert!(
+        again.status.success(),
+        "8080 again: {}",
+        text(&again.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&probe).unwrap(), world::INDEX_HTML);
+    kill_hard(third);
+    // Leases do not leak: more programs one after another than the switch has slots
+    // (16, one of them the second server's), each ending normally.
+    let url = format!("http://{SERVER_IP}/index.html");
+    for run in 0..20 {
+        let out = share_command(&w, &["curl", "-sS", "--fail", &url])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "run {run}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), world::INDEX_HTML, "run {run}");
+    }
+    let _ = second.kill();
+    let _ = second.wait();
+    assert!(
+        xdp_detached_within(&w, Duration::from_secs(5)),
+        "killed programs left XDP attached"
+    );
+    // And the next program starts afresh.
+    let next = share_command(&w, &["curl", "-sS", "--fail", &url])
+        .output()
+        .unwrap();
+    assert!(next.status.success(), "{}", text(&next.stderr));
+    assert_eq!(text(&next.stdout), world::INDEX_HTML);
+    assert!(xdp_detached_within(&w, Duration::from_secs(5)));
+}
+
+#[test]
+fn nginx_master_and_2_workers_under_exec_share_serve_wrk() {
+    let w = world();
+    let conf = w.dir.join("nginx-share.conf");
+    let www = w.dir.join("www");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 2;\npid {dir}/nginx-share.pid;\n\
+             error_log {dir}/nginx-share.err;\nevents {{ worker_connections 1024; }}\n\
+             http {{ access_log off; sendfile on; server {{ listen 8085; root {www}; }} }}\n",
+            dir = w.dir.display(),
+            www = www.display()
+        ),
+    )
+    .unwrap();
+    let conf = conf.to_string_lossy();
+    let argv = ["nginx", "-c", &conf];
+    // The master listens, then each worker listens again on its own stack (nginx has
+    // sent its stderr, and the workers' `-v` lines, to its error log by then).
+    let server = start_server_with(share_command(&w, &argv), &argv, 8085, 1);
+    let log = w.dir.join("nginx-share.err");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let workers_listen = || {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        log.matches(":8085 on the stack").count() >= 2
+    };
+    while !workers_listen() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nginx's workers did not listen: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = kernel_tcp(&w);
+    let out_file = w.dir.join("nginx-share.bin");
+    let url = format!("http://{HOST_IP}:8085/big.bin");
+    let got = run_in(
+        &w,
+        &w.server,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "30",
+            "-o",
+            &out_file.to_string_lossy(),
+            &url,
+        ],
+    );
+    let index = format!("http://{HOST_IP}:8085/index.html");
+    let load = run_in(&w, &w.server, &["wrk", "-t2", "-c100", "-d3s", &index]);
+    stop(server);
+    assert!(got.status.success(), "curl: {}", text(&got.stderr));
+    assert_eq!(
+        sha256(&out_file),
+        sha256(&www.join("big.bin")),
+        "nginx's workers: body differs"
+    );
+    let report = text(&load.stdout);
+    eprintln!("{report}");
+    assert!(
+        report.contains("Requests/sec")
+            && !report.contains("Socket errors")
+            && !report.contains("Non-2xx"),
+        "{report}"
+    );
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "nginx's workers: the kernel's TCP counters moved"
+    );
+    assert!(
+        xdp_detached_within(&w, Duration::from_secs(5)),
+        "nginx left XDP attached"
+    );
+}
+
+#[test]
+fn a_pre_fork_python_server_under_exec_share_accepts_in_every_child() {
+    let w = world();
+    // Bind and listen, fork 3 children, each accepts and answers with its pid.
+    let script = "import os, socket, sys\n\
+                  s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                  s.bind(('0.0.0.0', 8086)); s.listen(64)\n\
+                  kids = []\n\
+                  for _ in range(3):\n\
+                  \x20   pid = os.fork()\n\
+                  \x20   if pid == 0:\n\
+                  \x20       while True:\n\
+                  \x20           c, _ = s.accept()\n\
+                  \x20           req = b''\n\
+                  \x20           while b'\\r\\n\\r\\n' not in req: req += c.recv(4096)\n\
+                  \x20           body = b'%d\\n' % os.getpid()\n\
+                  \x20           c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%s' % (len(body), body))\n\
+                  \x20           c.close()\n\
+                  \x20   kids.append(pid)\n\
+                  for pid in kids: os.waitpid(pid, 0)";
+    let argv = [PYTHON, "-c", script];
+    let server = start_server_with(share_command(&w, &argv), &argv, 8086, 4);
+    let before = kernel_tcp(&w);
+    let url = format!("http://{HOST_IP}:8086/");
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let out = run_in(
+            &w,
+            &w.server,
+            &["curl", "-sS", "--fail", "--max-time", "10", &url],
+        );
+        assert!(out.status.success(), "curl: {}", text(&out.stderr));
+        pids.insert(text(&out.stdout).trim().to_string());
+    }
+    kill_group(server);
+    assert!(
+        pids.len() >= 2,
+        "30 connections went to {pids:?}: the children did not share them"
+    );
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "the pre-fork server: the kernel's TCP counters moved"
+    );
+    assert!(
+        xdp_detached_within(&w, Duration::from_secs(5)),
+        "the pre-fork server left XDP attached"
+    );
+}
+
+/// SIGKILLs a server and the children it forked, by their ids.
+fn kill_group(mut server: std::process::Child) {
+    let pid = server.id();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children.split_whitespace() {
+        let _ = Command::new("kill").args(["-KILL", child]).status();
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn a_killed_client_under_exec_share_leaves_its_peer_reset_not_hanging() {
+    let w = world();
+    let established = || {
+        let out = run_in(
+            &w,
+            &w.server,
+            &["ss", "-Htn", "state", "established", "( sport = :80 )"],
+        );
+        text(&out.stdout).lines().count()
+    };
+    assert_eq!(established(), 0);
+    // A server on the switch keeps it (and its XDP program) there throughout: the
+    // RST must come from the switch, not from the kernel after the switch has gone.
+    let mut keeper = start_http_server_on(&w, 8080, true);
+    // A slow download from the server namespace's nginx, killed half way.
+    let url = format!("http://{SERVER_IP}/big.bin");
+    let client = share_command(
+        &w,
+        &["curl", "-sS", "--limit-rate", "2M", "-o", "/dev/null", &url],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while established() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the download did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    kill_hard(client);
+    // nginx's next segment meets no process: the switch answers it with a RST, as the
+    // kernel would for a killed process's socket; nginx does not retransmit for minutes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while established() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nginx still holds the killed client's connection"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(xdp_attached(&w), "the switch left while a server used it");
+    let _ = keeper.kill();
+    let _ = keeper.wait();
+    assert!(
+        xdp_detached_within(&w, Duration::from_secs(5)),
+        "the killed client left XDP attached"
+    );
+}
+
+#[test]
+fn poll_and_epoll_report_hangup_and_the_peers_fin_as_the_kernel_does() {
+    let w = world();
+    // The same script under exec and on the kernel's TCP must print the same events.
+    let script = format!(
+        "import select as P, socket, time\n\
+         names = [('IN', P.POLLIN), ('OUT', P.POLLOUT), ('ERR', P.POLLERR), ('HUP', P.POLLHUP), ('RDHUP', P.POLLRDHUP)]\n\
+         def show(tag, ev): print(tag, ' '.join(n for n, b in names if ev & b) or '-')\n\
+         def once(s, events, ms):\n\
+         \x20   p = P.poll(); p.register(s, events)\n\
+         \x20   t = time.monotonic(); got = dict(p.poll(ms)).get(s.fileno(), 0)\n\
+         \x20   return got, time.monotonic() - t\n\
+         fresh = socket.socket()\n\
+         ev, waited = once(fresh, 0, 3000)\n\
+         show('fresh, nothing asked:', ev); print('fresh waited:', waited < 1)\n\
+         show('fresh, out asked:', once(fresh, P.POLLOUT, 3000)[0])\n\
+         s = socket.create_connection(('{SERVER_IP}', 80))\n\
+         s.sendall(b'GET /index.html HTTP/1.0\\r\\n\\r\\n')\n\
+         deadline = time.monotonic() + 5\n\
+         while time.monotonic() < deadline:\n\
+         \x20   ev = once(s, P.POLLIN | P.POLLRDHUP, 5000)[0]\n\
+         \x20   if ev & P.POLLRDHUP: break\n\
+         \x20   time.sleep(0.01)\n\
+         show('after the FIN:', ev)\n\
+         ep = P.epoll(); ep.register(s.fileno(), P.EPOLLIN | P.EPOLLRDHUP)\n\
+         show('epoll after the FIN:', dict(ep.poll(5)).get(s.fileno(), 0))\n\
+         body = b''\n\
+         while True:\n\
+         \x20   chunk = s.recv(65536)\n\
+         \x20   if not chunk: break\n\
+         \x20   body += chunk\n\
+         print('body bytes:', len(body) > 0)\n\
+         s.shutdown(socket.SHUT_WR)\n\
+         show('both shut:', once(s, P.POLLIN | P.POLLOUT | P.POLLRDHUP, 5000)[0])\n\
+         ep.modify(s.fileno(), P.EPOLLOUT)\n\
+         show('epoll both shut:', dict(ep.poll(5)).get(s.fileno(), 0))\n"
+    );
+    let ours = exec_command(&w, &[PYTHON, "-c", &script]).output().unwrap();
+    let stderr = text(&ours.stderr);
+    assert!(ours.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("connect to {SERVER_IP}:80: stack")),
+        "{stderr}"
+    );
+    let kernel = run_in(&w, &w.host, &[PYTHON, "-c", &script]);
+    assert!(kernel.status.success(), "{}", text(&kernel.stderr));
+    assert_eq!(text(&ours.stdout), text(&kernel.stdout));
 }

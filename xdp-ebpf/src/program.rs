@@ -4,6 +4,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, XskMap},
     programs::XdpContext,
 };
+use xdp_ebpf::ipv6::{ETHERTYPE_IPV6, Frame, steer_ipv6, steers};
 use xdp_ebpf::{
     COUNTER_COUNT, COUNTER_NO_SOCKET, COUNTER_NO_SOCKET_QUEUE0, COUNTER_PASSED, COUNTER_STEERED,
     MAX_QUEUES, MODE_OWNED_IP, SteerConfig,
@@ -21,6 +22,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT,
 const ETH_HDR_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
+
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_ICMP: u8 = 1;
 const ICMP_DEST_UNREACHABLE: u8 = 3;
@@ -72,6 +74,27 @@ fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
     Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
 }
 
+/// The frame as the shared IPv6 steering code reads it.
+struct Packet<'a>(&'a XdpContext);
+
+impl Frame for Packet<'_> {
+    #[inline(always)]
+    fn u8_at(&self, offset: usize) -> Option<u8> {
+        // A one-byte check at a variable offset compiles to `p >= end`, from which the
+        // verifier learns no range; a two-byte read ending at the byte does not.
+        let before = offset.checked_sub(1)?;
+        read::<[u8; 2]>(self.0, before).map(|b| b[1])
+    }
+    #[inline(always)]
+    fn be16_at(&self, offset: usize) -> Option<u16> {
+        read::<u16>(self.0, offset).map(u16::from_be)
+    }
+    #[inline(always)]
+    fn addr_at(&self, offset: usize) -> Option<[u8; 16]> {
+        read(self.0, offset)
+    }
+}
+
 #[inline(always)]
 fn should_steer(ctx: &XdpContext) -> bool {
     let Some(config) = CONFIG.get(0) else {
@@ -88,6 +111,11 @@ fn should_steer(ctx: &XdpContext) -> bool {
         ETHERTYPE_ARP => {
             config.mode == MODE_OWNED_IP
                 && read::<[u8; 4]>(ctx, ETH_HDR_LEN + ARP_TPA_OFFSET) == Some(config.ipv4)
+        }
+        ETHERTYPE_IPV6 => {
+            let verdict = steer_ipv6(&Packet(ctx), config);
+            count(verdict);
+            steers(verdict)
         }
         _ => false,
     }

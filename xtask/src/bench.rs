@@ -30,16 +30,16 @@ fn cpu_busy_seconds() -> f64 {
 }
 
 /// Row names are made once per run; leaking them keeps `Row` simple.
-fn leak(s: String) -> &'static str {
+pub(crate) fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
 }
 
-struct Row {
-    name: &'static str,
-    ours: f64,
-    kernel: f64,
-    unit: &'static str,
-    target: &'static str,
+pub(crate) struct Row {
+    pub(crate) name: &'static str,
+    pub(crate) ours: f64,
+    pub(crate) kernel: f64,
+    pub(crate) unit: &'static str,
+    pub(crate) target: &'static str,
 }
 
 fn json_field(line: &str, key: &str) -> Option<f64> {
@@ -49,7 +49,7 @@ fn json_field(line: &str, key: &str) -> Option<f64> {
     rest[..end].trim_matches('"').parse().ok()
 }
 
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -193,7 +193,25 @@ fn serve_rps(world: &World, bin: &str, www: &Path, extra: &[&str]) -> anyhow::Re
     rps
 }
 
-pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
+/// The sections of a run, in order; `--only` picks some.
+pub const SECTIONS: [&str; 8] = [
+    "process", "bulk", "rr", "cps", "serve", "idle", "queues", "exec",
+];
+
+/// Refuses an `--only` name that is not a section.
+pub fn check_sections(only: &[String]) -> anyhow::Result<()> {
+    match only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        Some(bad) => bail!(
+            "no bench section `{bad}`; the sections are {}",
+            SECTIONS.join(", ")
+        ),
+        None => Ok(()),
+    }
+}
+
+pub fn bench(root: &Path, binary: &Path, only: &[String]) -> anyhow::Result<()> {
+    check_sections(only)?;
+    let want = |section: &str| only.is_empty() || only.iter().any(|s| s == section);
     install::apt_install(&["socat"])?; // the echo peer
     let world = World::up(&WorldOptions {
         nginx: true,
@@ -205,15 +223,56 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
     let url = format!("http://{SERVER_IP}/big.bin");
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    let mut cdfs = Vec::new();
     std::fs::write(
         world.dir.join("www/big64.bin"),
         &std::fs::read(world.dir.join("www/big.bin"))?[..64 << 20],
     )?;
+    if want("process") {
+        whole_process_rows(&world, bin, &mut rows, &mut notes)?;
+    }
+    if want("bulk") {
+        bulk_rows(&world, bin, &url, &mut rows, &mut notes)?;
+    }
+    if want("rr") {
+        cdfs = rr_rows(&world, bin, &mut rows, &mut notes)?;
+    }
+    if want("cps") {
+        cps_rows(&world, bin, &mut rows)?;
+    }
+    if want("serve") {
+        serve_row(&world, bin, &mut rows)?;
+    }
+    if want("idle") {
+        idle_row(&world, bin, &mut rows)?;
+    }
+    if want("exec") {
+        crate::bench_exec::exec_rows(&world, bin, &mut rows, &mut notes)?;
+    }
+    drop(world);
+    if want("queues") {
+        queues_row(bin, &mut rows)?;
+    }
+    print_rows(&rows, &notes);
+    if only.is_empty() {
+        draw_charts(root, &rows, &cdfs)?;
+    }
+    let path = root.join("target/bench.json");
+    std::fs::write(&path, rows_json(&rows))?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
+}
 
-    // Whole process, as users measure a CLI: start-up, transfer and exit, median of 10,
-    // ours and the kernel's curl alternating. Warm: back to back, as a script's curls
-    // run (the program stays attached between them, held by a lingering process).
-    // Cold: each run after the holder has gone (it attaches and binds afresh).
+/// Whole process, as users measure a CLI: start-up, transfer and exit, median of 10,
+/// ours and the kernel's curl alternating. Warm: back to back, as a script's curls
+/// run (the program stays attached between them, held by a lingering process).
+/// Cold: each run after the holder has gone (it attaches and binds afresh).
+fn whole_process_rows(
+    world: &World,
+    bin: &str,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let holder_gone = || {
         let until = Instant::now() + Duration::from_secs(10);
         while Instant::now() < until {
@@ -290,7 +349,17 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         "whole process CPU of ours leaves out the lingering holder (not a waited-for child); it only waits between runs"
             .to_string(),
     );
+    Ok(())
+}
 
+/// Bulk download and upload against the kernel, and the AF_XDP receive ceiling.
+fn bulk_rows(
+    world: &World,
+    bin: &str,
+    url: &str,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<()> {
     // Bulk download, each twice (best of two: the first warms the page cache).
     let download = |kernel: bool| {
         best_of_two(&|| {
@@ -300,7 +369,7 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
             } else {
                 c.args([bin, "curl"]);
             }
-            c.args(["-sS", "-o", "/dev/null", &url]);
+            c.args(["-sS", "-o", "/dev/null", url]);
             timed_transfer(c, FILE_SIZE)
         })
     };
@@ -458,8 +527,17 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         target: ">= 0.9x ceiling",
     });
     notes.push(format!("AF_XDP receive ceiling: 1514 B UDP frames sent by `userspace blast` (AF_XDP TX on the router end of the link), counted and recycled by `userspace sink`: {ceiling:.2} Gbit/s, {ceiling_pps:.0} frames/s"));
+    Ok(())
+}
 
-    // Request/response latency against a socat echo in the server namespace.
+/// Request/response latency against a socat echo in the server namespace; returns the
+/// last round's latency distributions for the chart.
+fn rr_rows(
+    world: &World,
+    bin: &str,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Vec<charts::Cdf>> {
     let _echo = world.spawn(
         &world.server,
         &["socat", "TCP-LISTEN:7000,reuseaddr,fork", "PIPE"],
@@ -522,9 +600,12 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
             target: if limit < 0.75 { "<= 0.7x" } else { "<= 0.8x" },
         });
     }
+    Ok(cdfs)
+}
 
-    // Connections per second against nginx (connect, GET, response, close), one at a
-    // time and 16 in flight.
+/// Connections per second against nginx (connect, GET, response, close), one at a
+/// time and 16 in flight.
+fn cps_rows(world: &World, bin: &str, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let target = format!("{SERVER_IP}:80");
     for parallel in [1usize, 16] {
         let cps = |kernel: bool| -> anyhow::Result<f64> {
@@ -550,8 +631,12 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
             target: ">= 2.0x",
         });
     }
+    Ok(())
+}
 
-    // Server: `userspace serve` vs nginx in the host namespace, same file, wrk from the server side.
+/// Server: `userspace serve` vs nginx in the host namespace, same file, wrk from the
+/// server side.
+fn serve_row(world: &World, bin: &str, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let www = world.dir.join("www");
     let conf = world.dir.join("nginx-host.conf");
     let d = world.dir.display();
@@ -573,8 +658,8 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         ],
     )?;
     world.wait_for_port(&world.host, HOST_IP, 8081, false)?;
-    let nginx_rps = wrk(&world, &format!("http://{HOST_IP}:8081/index.html"))?;
-    let stack_rps = serve_rps(&world, bin, &www, &["--cpu", "0"])?;
+    let nginx_rps = wrk(world, &format!("http://{HOST_IP}:8081/index.html"))?;
+    let stack_rps = serve_rps(world, bin, &www, &["--cpu", "0"])?;
     rows.push(Row {
         name: "server requests/s (wrk -c100)",
         ours: stack_rps,
@@ -582,10 +667,13 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         unit: "req/s",
         target: ">= 1.5x nginx",
     });
+    Ok(())
+}
 
-    // An idle stack: `userspace run` for 3 s with nothing to do, sleeping in poll(2)
-    // after the default busy-poll budget vs spinning all along (a budget longer than
-    // the run), process CPU time.
+/// An idle stack: `userspace run` for 3 s with nothing to do, sleeping in poll(2)
+/// after the default busy-poll budget vs spinning all along (a budget longer than
+/// the run), process CPU time.
+fn idle_row(world: &World, bin: &str, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let idle_cpu = |budget: &str| -> anyhow::Result<f64> {
         let run = || {
             let mut c = world.exec(&world.host);
@@ -601,11 +689,12 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         unit: "CPU-s",
         target: "near 0",
     });
+    Ok(())
+}
 
-    drop(world);
-
-    // Multi-queue: `userspace serve` on the default 4-queue link, all queues dealt to one
-    // stack vs to one stack per core (2 here), each stack on a pinned core.
+/// Multi-queue: `userspace serve` on the default 4-queue link, all queues dealt to one
+/// stack vs to one stack per core (2 here), each stack on a pinned core.
+fn queues_row(bin: &str, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let world = World::up(&WorldOptions::default())?;
     let www = world.dir.join("www");
     let mut rps = Vec::new();
@@ -619,16 +708,28 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
         unit: "req/s",
         target: "scaling shown",
     });
+    Ok(())
+}
 
+fn print_rows(rows: &[Row], notes: &[String]) {
     println!("\n| measurement | userspace stack | kernel | ratio | target |");
     println!("|---|---|---|---|---|");
-    let mut json = String::from("[");
-    for r in &rows {
+    for r in rows {
         let ratio = r.ours / r.kernel.max(1e-9);
         println!(
             "| {} | {:.2} {} | {:.2} {} | {:.2}x | {} |",
             r.name, r.ours, r.unit, r.kernel, r.unit, ratio, r.target
         );
+    }
+    for n in notes {
+        println!("\n{n}");
+    }
+}
+
+fn rows_json(rows: &[Row]) -> String {
+    let mut json = String::from("[");
+    for r in rows {
+        let ratio = r.ours / r.kernel.max(1e-9);
         json.push_str(&format!(
             "{{\"name\":\"{}\",\"ours\":{},\"kernel\":{},\"unit\":\"{}\",\"ratio\":{ratio}}},",
             r.name, r.ours, r.kernel, r.unit
@@ -636,14 +737,7 @@ pub fn bench(root: &Path, binary: &Path) -> anyhow::Result<()> {
     }
     json.pop();
     json.push_str("]\n");
-    for n in &notes {
-        println!("\n{n}");
-    }
-    draw_charts(root, &rows, &cdfs)?;
-    let path = root.join("target/bench.json");
-    std::fs::write(&path, json)?;
-    eprintln!("xtask: wrote {}", path.display());
-    Ok(())
+    json
 }
 
 /// docs/bench-throughput.svg (every Gbit/s row: stack, kernel, ceiling) and

@@ -27,7 +27,12 @@ enum Task {
     /// Build everything, fetch http://example.com/ through the stack inside a namespace world, tear down
     Demo,
     /// End-to-end benchmark, side by side with the kernel and the AF_XDP ceiling (root)
-    Bench,
+    Bench {
+        /// Run only these sections (comma-separated): process, bulk, rr, cps, serve,
+        /// idle, queues, exec. The charts in docs/ are drawn only by a full run.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Run each fuzz target for a bounded time from the committed seed corpus
     Fuzz {
         /// Seconds per target
@@ -52,9 +57,19 @@ enum NetnsAction {
         /// RX/TX queues of the host link
         #[arg(long)]
         queues: Option<u32>,
+        /// Address families: ipv4, dual (IPv4 and IPv6) or ipv6 (IPv6 only)
+        #[arg(long, default_value = "ipv4", value_parser = parse_family)]
+        family: world::Family,
+        /// With IPv6: no IPv6 route on the host beyond its link
+        #[arg(long)]
+        no_host_ipv6_route: bool,
     },
     /// Remove the world with this id
     Down { id: String },
+}
+
+fn parse_family(name: &str) -> Result<world::Family, String> {
+    world::Family::from_name(name).ok_or_else(|| format!("{name}: ipv4, dual or ipv6"))
 }
 
 fn workspace_root() -> PathBuf {
@@ -231,7 +246,13 @@ fn main() -> anyhow::Result<()> {
             install::cargo_fuzz()
         }
         Task::Netns {
-            action: NetnsAction::Up { loss, queues },
+            action:
+                NetnsAction::Up {
+                    loss,
+                    queues,
+                    family,
+                    no_host_ipv6_route,
+                },
         } => {
             require_root("netns up")?;
             let world = World::up(&WorldOptions {
@@ -239,6 +260,8 @@ fn main() -> anyhow::Result<()> {
                 dnsmasq: true,
                 big_file: Some(64 << 20),
                 queues,
+                family,
+                no_host_ipv6_route,
                 ..Default::default()
             })?;
             world.set_loss(loss)?;
@@ -258,14 +281,24 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo(),
         Task::Test { unit_only } => test(unit_only),
         Task::Fuzz { seconds } => fuzz(seconds),
-        Task::Bench => {
+        Task::Bench { only } => {
             require_root("the benchmark")?;
+            xtask::bench::check_sections(&only)?;
             install::apt_install(install::TEST_PACKAGES)?;
             build_ebpf()?;
-            run(cargo().args(["build", "--release", "-p", "userspace"]))?;
+            // The preload library for the exec rows sits beside the binary.
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "userspace",
+                "-p",
+                "userspace-preload",
+            ]))?;
             xtask::bench::bench(
                 &workspace_root(),
                 &workspace_root().join("target/release/userspace"),
+                &only,
             )
         }
     }

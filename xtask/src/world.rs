@@ -4,11 +4,13 @@
 //!  host ns                 router ns                      server ns
 //!  veth0 10.77.1.2/24 ---- r0 10.77.1.1 | r1 10.77.2.1 ---- veth0 10.77.2.2/24
 //!  (the stack; owned IP 10.77.1.100)   (forwarding, nft loss)  (nginx, dnsmasq, peers)
+//!  fd00:77:1::2/64         fd00:77:1::1 | fd00:77:2::1        fd00:77:2::2/64
+//!  (owned fd00:77:1::100)                 (IPv6: dual-stack and IPv6-only worlds)
 //! ```
 //! Names carry the process id and a counter, so parallel runs never collide. Only
 //! addresses inside these namespaces are ever contacted.
 use anyhow::{Context, bail};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,6 +23,14 @@ pub const ROUTER_SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 1);
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 2, 2);
 /// The address the stack owns in owned-IP mode.
 pub const OWNED_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 100);
+pub const HOST_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 1, 0, 0, 0, 0, 2);
+pub const ROUTER_HOST_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 1, 0, 0, 0, 0, 1);
+pub const ROUTER_SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 2, 0, 0, 0, 0, 1);
+pub const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 2, 0, 0, 0, 0, 2);
+/// The IPv6 address the stack owns in owned-IP mode.
+pub const OWNED_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 1, 0, 0, 0, 0, 0x100);
+/// The server's IPv6 subnet.
+pub const SERVER_SUBNET6: &str = "fd00:77:2::/64";
 /// Queues of the host link unless a test asks otherwise: a multi-queue NIC, as users have.
 pub const DEFAULT_QUEUES: u32 = 4;
 /// Programs the world and its tests start, with the Debian package of each.
@@ -86,6 +96,42 @@ pub struct WorldOptions {
     pub http_echo: bool,
     /// The host's routing table.
     pub host_routes: HostRoutes,
+    /// Which IP versions the world speaks.
+    pub family: Family,
+    /// Dual-stack or IPv6-only: the host has its IPv6 address but no IPv6 route beyond
+    /// its link (for the "no route" error).
+    pub no_host_ipv6_route: bool,
+}
+
+/// The address families of a world. Every IPv6 address is static, with `nodad` (no
+/// router advertisements, no duplicate address detection to wait for).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 only (IPv6 stays as the kernel has it: link-local addresses only).
+    #[default]
+    Ipv4,
+    /// IPv4 and IPv6 everywhere; example.com has an A and an AAAA record.
+    Dual,
+    /// IPv6 only: no IPv4 address in any namespace; example.com has only an AAAA record.
+    Ipv6,
+}
+
+impl Family {
+    pub fn has_ipv4(self) -> bool {
+        self != Family::Ipv6
+    }
+    pub fn has_ipv6(self) -> bool {
+        self != Family::Ipv4
+    }
+    /// `ipv4`, `dual` or `ipv6`.
+    pub fn from_name(name: &str) -> Option<Family> {
+        match name {
+            "ipv4" => Some(Family::Ipv4),
+            "dual" => Some(Family::Dual),
+            "ipv6" => Some(Family::Ipv6),
+            _ => None,
+        }
+    }
 }
 
 /// The routes of the host namespace.
@@ -166,6 +212,18 @@ impl World {
         for ns in [&h, &r, &s] {
             ip(&["netns", "add", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            if opts.family.has_ipv6() {
+                // Before the links exist, so that they inherit it: IPv6 on, and no
+                // duplicate address detection (link-local addresses usable at once).
+                for key in ["all", "default"] {
+                    sh(self.exec(ns).args([
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv6.conf.{key}.disable_ipv6=0"),
+                        &format!("net.ipv6.conf.{key}.accept_dad=0"),
+                    ]))?;
+                }
+            }
         }
         let mut host_link = vec!["link", "add", HOST_IF, "netns", &h];
         let queues = opts.queues.unwrap_or(DEFAULT_QUEUES).to_string();
@@ -177,75 +235,63 @@ impl World {
         ip(&[
             "link", "add", "r1", "netns", &r, "type", "veth", "peer", "name", "veth0", "netns", &s,
         ])?;
-        ip(&[
-            "-n",
-            &h,
-            "addr",
-            "add",
-            &format!("{HOST_IP}/24"),
-            "dev",
-            HOST_IF,
-        ])?;
-        ip(&[
-            "-n",
-            &r,
-            "addr",
-            "add",
-            &format!("{ROUTER_HOST_IP}/24"),
-            "dev",
-            "r0",
-        ])?;
-        ip(&[
-            "-n",
-            &r,
-            "addr",
-            "add",
-            &format!("{ROUTER_SERVER_IP}/24"),
-            "dev",
-            "r1",
-        ])?;
-        ip(&[
-            "-n",
-            &s,
-            "addr",
-            "add",
-            &format!("{SERVER_IP}/24"),
-            "dev",
-            "veth0",
-        ])?;
+        let v4 = [
+            (&h, HOST_IF, HOST_IP),
+            (&r, "r0", ROUTER_HOST_IP),
+            (&r, "r1", ROUTER_SERVER_IP),
+            (&s, "veth0", SERVER_IP),
+        ];
+        let v6 = [
+            (&h, HOST_IF, HOST_IP6),
+            (&r, "r0", ROUTER_HOST_IP6),
+            (&r, "r1", ROUTER_SERVER_IP6),
+            (&s, "veth0", SERVER_IP6),
+        ];
+        if opts.family.has_ipv4() {
+            for (ns, dev, addr) in v4 {
+                ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            }
+        }
         for (ns, dev) in [(&h, HOST_IF), (&r, "r0"), (&r, "r1"), (&s, "veth0")] {
             ip(&["-n", ns, "link", "set", dev, "up"])?;
         }
-        let router = ROUTER_HOST_IP.to_string();
-        match opts.host_routes {
-            HostRoutes::Default => ip(&["-n", &h, "route", "add", "default", "via", &router])?,
-            HostRoutes::ServerSubnetOnly => {
-                ip(&["-n", &h, "route", "add", SERVER_SUBNET, "via", &router])?
-            }
-            HostRoutes::MoreSpecificViaRouter => {
-                let silent = SILENT_GATEWAY.to_string();
-                ip(&["-n", &h, "route", "add", "default", "via", &silent])?;
-                ip(&["-n", &h, "route", "add", SERVER_SUBNET, "via", &router])?;
+        // IPv6 addresses on links that are up: an address added to a link that is down
+        // joins its solicited-node group only when the kernel notices the carrier (up
+        // to a second later), and the first neighbour solicitation is lost till then.
+        if opts.family.has_ipv6() {
+            for (ns, dev, addr) in v6 {
+                let cidr = format!("{addr}/64");
+                ip(&["-n", ns, "addr", "add", &cidr, "dev", dev, "nodad"])?;
             }
         }
-        ip(&[
-            "-n",
-            &s,
-            "route",
-            "add",
-            "default",
-            "via",
-            &ROUTER_SERVER_IP.to_string(),
-        ])?;
-        sh(self
-            .exec(&r)
-            .args(["sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
+        if opts.family.has_ipv4() {
+            self.ipv4_routes(opts.host_routes)?;
+        }
+        if opts.family.has_ipv6() {
+            if !opts.no_host_ipv6_route {
+                let router = ROUTER_HOST_IP6.to_string();
+                ip(&["-n", &h, "-6", "route", "add", "default", "via", &router])?;
+            }
+            let router = ROUTER_SERVER_IP6.to_string();
+            ip(&["-n", &s, "-6", "route", "add", "default", "via", &router])?;
+            sh(self
+                .exec(&r)
+                .args(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]))?;
+        }
         // Every veth keeps the kernel's default offloads (TX checksum, TSO/GSO, GRO), as
         // in a container: the stack must cope with what such a link delivers.
         // `ip netns exec` bind-mounts /etc/netns/NS/resolv.conf over /etc/resolv.conf.
         let etc = PathBuf::from("/etc/netns").join(&h);
         std::fs::create_dir_all(&etc)?;
-        std::fs::write(etc.join("resolv.conf"), format!("nameserver {SERVER_IP}\n"))?;
+        let nameserver: IpAddr = if opts.family.has_ipv4() {
+            SERVER_IP.into()
+        } else {
+            SERVER_IP6.into()
+        };
+        std::fs::write(
+            etc.join("resolv.conf"),
+            format!("nameserver {nameserver}\n"),
+        )?;
         std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n")?;
 
         std::fs::create_dir_all(self.dir.join("tmp"))?;
@@ -255,35 +301,44 @@ impl World {
         }
         if opts.dnsmasq {
             let pid = self.dir.join("dnsmasq.pid");
-            let child = self.spawn(
-                &s,
-                &[
-                    "dnsmasq",
-                    "--keep-in-foreground",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--bind-interfaces",
-                    &format!("--listen-address={SERVER_IP}"),
-                    &format!("--address=/example.com/{SERVER_IP}"),
-                    &format!("--pid-file={}", pid.display()),
-                    "--user=root",
-                    "--group=root",
-                    "--log-facility=-",
-                    "--quiet-dhcp",
-                ],
-            )?;
+            let mut argv = vec![
+                "dnsmasq".to_string(),
+                "--keep-in-foreground".into(),
+                "--no-resolv".into(),
+                "--no-hosts".into(),
+                "--bind-interfaces".into(),
+                format!("--pid-file={}", pid.display()),
+                "--user=root".into(),
+                "--group=root".into(),
+                "--log-facility=-".into(),
+                "--quiet-dhcp".into(),
+            ];
+            // One A and one AAAA record per family the world speaks.
+            if opts.family.has_ipv4() {
+                argv.push(format!("--listen-address={SERVER_IP}"));
+                argv.push(format!("--address=/example.com/{SERVER_IP}"));
+            }
+            if opts.family.has_ipv6() {
+                argv.push(format!("--listen-address={SERVER_IP6}"));
+                argv.push(format!("--address=/example.com/{SERVER_IP6}"));
+            }
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let child = self.spawn(&s, &argv)?;
             self.children.push(child);
-            self.wait_for_port(&s, SERVER_IP, 53, true)?;
+            self.wait_for_port(&s, nameserver, 53, true)?;
         }
         if opts.tls {
             self.make_test_ca()?;
         }
         if opts.http_echo {
+            if !opts.family.has_ipv4() {
+                bail!("the request-echoing server listens on IPv4 only");
+            }
             self.start_http_echo()?;
         }
         if opts.nginx {
             let conf = self.dir.join("nginx.conf");
-            std::fs::write(&conf, nginx_config(&self.dir, opts.tls))?;
+            std::fs::write(&conf, nginx_config(&self.dir, opts.tls, opts.family))?;
             let child = self.spawn(
                 &s,
                 &[
@@ -295,8 +350,44 @@ impl World {
                 ],
             )?;
             self.children.push(child);
-            self.wait_for_port(&s, SERVER_IP, 80, false)?;
+            if opts.family.has_ipv4() {
+                self.wait_for_port(&s, SERVER_IP, 80, false)?;
+            }
+            if opts.family.has_ipv6() {
+                self.wait_for_port(&s, SERVER_IP6, 80, false)?;
+            }
         }
+        Ok(())
+    }
+
+    /// The IPv4 routes: the host's as `routes` says, the server's default via the router,
+    /// and forwarding on the router.
+    fn ipv4_routes(&self, routes: HostRoutes) -> anyhow::Result<()> {
+        let (h, r, s) = (&self.host, &self.router, &self.server);
+        let router = ROUTER_HOST_IP.to_string();
+        match routes {
+            HostRoutes::Default => ip(&["-n", h, "route", "add", "default", "via", &router])?,
+            HostRoutes::ServerSubnetOnly => {
+                ip(&["-n", h, "route", "add", SERVER_SUBNET, "via", &router])?
+            }
+            HostRoutes::MoreSpecificViaRouter => {
+                let silent = SILENT_GATEWAY.to_string();
+                ip(&["-n", h, "route", "add", "default", "via", &silent])?;
+                ip(&["-n", h, "route", "add", SERVER_SUBNET, "via", &router])?;
+            }
+        }
+        ip(&[
+            "-n",
+            s,
+            "route",
+            "add",
+            "default",
+            "via",
+            &ROUTER_SERVER_IP.to_string(),
+        ])?;
+        sh(self
+            .exec(r)
+            .args(["sysctl", "-qw", "net.ipv4.ip_forward=1"]))?;
         Ok(())
     }
 
@@ -400,6 +491,17 @@ impl World {
     /// Starts one of the stack's long-running commands (serve, sink, run) in `ns` and
     /// returns once it prints its `ready:` line on stderr; the rest of stderr is drained.
     pub fn spawn_ready(&self, ns: &str, argv: &[&str]) -> anyhow::Result<Child> {
+        self.spawn_until(ns, argv, |line| line.starts_with("ready:"))
+    }
+
+    /// Starts a long-running process in `ns` and returns once a line of its stderr
+    /// satisfies `ready` (within 20 s); the rest of stderr is drained.
+    pub fn spawn_until(
+        &self,
+        ns: &str,
+        argv: &[&str],
+        ready: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<Child> {
         use std::io::BufRead;
         let mut child = self.spawn(ns, argv)?;
         let stderr = child.stderr.take().context("stderr is piped")?;
@@ -415,7 +517,7 @@ impl World {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.starts_with("ready:") => break,
+                Ok(line) if ready(&line) => break,
                 Ok(_) => {}
                 Err(_) if Instant::now() > deadline => {
                     let _ = child.kill();
@@ -442,10 +544,15 @@ impl World {
     pub fn wait_for_port(
         &self,
         ns: &str,
-        addr: Ipv4Addr,
+        addr: impl Into<IpAddr>,
         port: u16,
         udp: bool,
     ) -> anyhow::Result<()> {
+        let addr: IpAddr = addr.into();
+        let shown = match addr {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         let flag = if udp { "-uln" } else { "-tln" };
         while Instant::now() < deadline {
@@ -455,7 +562,7 @@ impl World {
                 line.split_whitespace().nth(3).is_some_and(|local| {
                     local.rsplit_once(':').is_some_and(|(host, p)| {
                         p == port.to_string()
-                            && [addr.to_string().as_str(), "0.0.0.0", "*", "[::]"].contains(&host)
+                            && [shown.as_str(), "0.0.0.0", "*", "[::]"].contains(&host)
                     })
                 })
             });
@@ -546,11 +653,25 @@ pub fn destroy(id: &str) {
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("userspace-world-{id}")));
 }
 
-fn nginx_config(dir: &Path, tls: bool) -> String {
+fn nginx_config(dir: &Path, tls: bool, family: Family) -> String {
     let d = dir.display();
+    let mut listen = String::new();
+    if family.has_ipv4() {
+        listen += &format!("    listen {SERVER_IP}:80 backlog=16384;\n");
+    }
+    if family.has_ipv6() {
+        listen += "    listen [::]:80 ipv6only=on backlog=16384;\n";
+    }
     let ssl = if tls {
+        let mut ssl = String::new();
+        if family.has_ipv4() {
+            ssl += &format!("    listen {SERVER_IP}:443 ssl;\n");
+        }
+        if family.has_ipv6() {
+            ssl += "    listen [::]:443 ipv6only=on ssl;\n";
+        }
         format!(
-            "    listen {SERVER_IP}:443 ssl;\n    ssl_certificate {d}/server.pem;\n    ssl_certificate_key {d}/server.key;\n"
+            "{ssl}    ssl_certificate {d}/server.pem;\n    ssl_certificate_key {d}/server.key;\n"
         )
     } else {
         String::new()
@@ -560,7 +681,7 @@ fn nginx_config(dir: &Path, tls: bool) -> String {
          events {{ worker_connections 16384; }}\n\
          http {{\n  access_log off;\n  sendfile on;\n  default_type application/octet-stream;\n  keepalive_requests 1000000;\n\
          client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
-           server {{\n    listen {SERVER_IP}:80 backlog=16384;\n{ssl}    server_name example.com;\n    root {d}/www;\n\
+           server {{\n{listen}{ssl}    server_name example.com;\n    root {d}/www;\n\
              location = /redirect {{ return 302 /index.html; }}\n\
              location = /loop {{ return 302 /loop; }}\n\
              location = /teapot {{ return 418 \"no coffee\\n\"; }}\n\

@@ -1,8 +1,9 @@
 //! The stack of this process: configured from the environment `userspace exec` sets,
 //! started on the first socket that goes to it, stopped at exit.
 use std::net::Ipv4Addr;
+use std::sync::Mutex;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::time::Duration;
 use userspace::Stack;
 use userspace::net::XdpModeChoice;
@@ -64,59 +65,103 @@ fn builder() -> Result<userspace::StackBuilder, String> {
     if let Some(bytes) = parsed::<usize>(BUFFER)? {
         b = b.buffer(bytes);
     }
+    if parsed::<String>(SWITCH)?.is_some_and(|v| v != "0") {
+        b = b.switch(true);
+    }
     if parsed::<String>(NO_BUSY_POLL)?.is_some_and(|v| v != "0") {
         b = b.busy_poll(false);
     }
     Ok(b)
 }
 
-static STACK: OnceLock<Result<Stack, String>> = OnceLock::new();
+/// Whether the stack goes through the interface's switch (`userspace exec --share`),
+/// so that a child forked after the stack started gets a stack of its own.
+pub fn switched() -> bool {
+    static SWITCHED: OnceLock<bool> = OnceLock::new();
+    *SWITCHED.get_or_init(|| std::env::var_os(SWITCH).is_some_and(|v| v != "0"))
+}
+
+/// A stack started in process `pid` (a child forked after the start starts its own).
+struct Started {
+    pid: u32,
+    stack: Result<Stack, String>,
+}
+
+/// The latest start; never freed (a child must not drop its parent's stack).
+static STARTED: AtomicPtr<Started> = AtomicPtr::new(std::ptr::null_mut());
+static START: Mutex<()> = Mutex::new(());
+
+/// The stack started in this process, if any (started or failed).
+fn current(pid: u32) -> Option<Result<&'static Stack, &'static str>> {
+    let started = STARTED.load(Ordering::Acquire);
+    // SAFETY: a non-null pointer is a leaked Box that is never freed or written again.
+    let started = unsafe { started.as_ref() }?;
+    (started.pid == pid).then(|| started.stack.as_ref().map_err(|e| e.as_str()))
+}
 
 /// The process's stack, started on first use; the same error for every caller if it
 /// could not start (said once on stderr, `-v` or not: nothing falls back in silence).
 pub fn stack() -> Result<&'static Stack, &'static str> {
-    STACK
-        .get_or_init(|| {
-            let started = builder().and_then(|b| b.build().map_err(|e| e.to_string()));
-            match &started {
-                Ok(stack) => {
-                    say!(
-                        "stack up on {} ({}), XDP {}",
-                        stack.interface(),
-                        stack.ip(),
-                        stack.xdp_mode()
-                    );
-                    // SAFETY: registers plain `extern "C" fn()`s to run at exit and in
-                    // the child after a fork.
-                    unsafe {
-                        libc::atexit(at_exit);
-                        libc::pthread_atfork(None, None, Some(in_forked_child));
-                    }
+    let pid = std::process::id();
+    if let Some(started) = current(pid) {
+        return started;
+    }
+    let _starting = START.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(started) = current(pid) {
+        return started;
+    }
+    let first = STARTED.load(Ordering::Acquire).is_null();
+    let started = builder().and_then(|b| b.build().map_err(|e| e.to_string()));
+    match &started {
+        Ok(stack) => {
+            say!(
+                "stack up on {} ({}), XDP {}",
+                stack.interface(),
+                stack.ip(),
+                stack.xdp_mode()
+            );
+            if first {
+                // SAFETY: registers plain `extern "C" fn()`s to run at exit and in the
+                // child after a fork.
+                unsafe {
+                    libc::atexit(at_exit);
+                    libc::pthread_atfork(None, None, Some(in_forked_child));
                 }
-                Err(e) => eprintln!(
-                    "userspace-preload: the stack did not start: {e}; its TCP sockets fail with ENETDOWN"
-                ),
             }
-            started
-        })
-        .as_ref()
-        .map_err(|e| e.as_str())
+        }
+        Err(e) => eprintln!(
+            "userspace-preload: the stack did not start: {e}; its TCP sockets fail with ENETDOWN"
+        ),
+    }
+    let started = Box::leak(Box::new(Started {
+        pid,
+        stack: started,
+    }));
+    STARTED.store(started, Ordering::Release);
+    started.stack.as_ref().map_err(|e| e.as_str())
 }
 
-/// The stack, if it runs already (no start).
+/// The stack, if it runs already in this process (no start).
 pub fn running() -> Option<&'static Stack> {
-    STACK.get().and_then(|s| s.as_ref().ok())
+    current(std::process::id()).and_then(Result::ok)
 }
 
-/// Set in a child after fork: the poll loop stayed in the parent.
+/// Set in a child after fork whose stack sockets stayed with the parent's poll loop.
 static FORKED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn in_forked_child() {
-    FORKED.store(true, Ordering::SeqCst);
+    if switched() {
+        // Through the switch, the child gets a stack of its own now, before it can
+        // put an inherited listener in an epoll set (see `table::adopt_after_fork`).
+        let _ = std::panic::catch_unwind(crate::table::adopt_after_fork);
+    } else {
+        FORKED.store(true, Ordering::SeqCst);
+    }
 }
 
-/// Whether this process is a child forked after the stack started: its stack sockets
-/// have no poll loop (and their locks may have been held by the parent's threads).
+/// Whether this process is a child forked after the stack started that has no stack
+/// of its own: its stack sockets have no poll loop (and their locks may have been held
+/// by the parent's threads).
 pub fn forked() -> bool {
     FORKED.load(Ordering::Relaxed)
 }

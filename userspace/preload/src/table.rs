@@ -64,6 +64,101 @@ pub fn close_all() {
     drop(all);
 }
 
+/// In a child forked after the stack started, through the switch: every inherited
+/// stack socket gets an eventfd of its own at its fd number (the parent's poll loop
+/// keeps writing the one they shared), and every inherited listener listens again on
+/// the child's stack, so the child accepts on it as a forked worker of a kernel
+/// listener does; the switch then spreads new connections over the children (see
+/// docs/PRELOAD.md). A connection the parent opened stays with the parent: here it
+/// fails with ENOTCONN.
+pub fn adopt_after_fork() {
+    userspace::net::switch::after_fork_in_child();
+    let inherited: Vec<(c_int, Arc<Sock>)> = SOCKETS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(fd, s)| (*fd, s.clone()))
+        .collect();
+    let mut listeners = Vec::new();
+    let mut connections = 0;
+    for (fd, old) in inherited {
+        let (kind, listener, nonblocking, options) = {
+            let st = old.lock();
+            let (kind, listener) = match &st.kind {
+                Kind::Fresh { bound } => (Kind::Fresh { bound: *bound }, false),
+                Kind::Listener(_) => (
+                    Kind::Fresh {
+                        bound: Some(old.local_addr_of(&st.kind)),
+                    },
+                    true,
+                ),
+                Kind::Stream(_) => {
+                    connections += 1;
+                    (Kind::Fresh { bound: None }, false)
+                }
+            };
+            (kind, listener, st.nonblocking, st.options.clone())
+        };
+        let Ok(private) = real::eventfd() else {
+            continue;
+        };
+        // SAFETY: fcntl F_GETFD takes no pointer.
+        let fd_flags = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD, 0) } as c_int;
+        let cloexec = if fd_flags >= 0 && fd_flags & libc::FD_CLOEXEC != 0 {
+            libc::O_CLOEXEC
+        } else {
+            0
+        };
+        // SAFETY: both fds are open; dup3 puts the new eventfd at `fd` in one step.
+        if unsafe {
+            real!(dup3: fn(c_int, c_int, c_int) -> c_int)(private.as_raw_fd(), fd, cloexec)
+        } < 0
+        {
+            continue;
+        }
+        let sock = Arc::new(Sock {
+            signal: Arc::new(Signal {
+                fd: private,
+                last: AtomicU64::new(0),
+            }),
+            state: Mutex::new(State {
+                kind,
+                nonblocking,
+                options,
+            }),
+        });
+        let replaced = SOCKETS
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fd, sock.clone());
+        // The parent's socket: its handles talk to the parent's poll loop, so it is
+        // never dropped here; its own copy of the shared eventfd is closed.
+        if let Some(old) = replaced {
+            // SAFETY: the parent's private eventfd copy in this process; nothing
+            // else uses it after this.
+            unsafe { real!(close: fn(c_int) -> c_int)(old.signal.fd.as_raw_fd()) };
+            std::mem::forget(old);
+        }
+        if listener {
+            listeners.push((fd, sock));
+        }
+    }
+    for (fd, sock) in listeners {
+        if let Err(errno) = sock.listen(fd, 4096) {
+            eprintln!(
+                "userspace-preload: process {}: listening again on fd {fd} after fork failed (errno {errno})",
+                std::process::id()
+            );
+        }
+    }
+    if connections > 0 {
+        eprintln!(
+            "userspace-preload: process {} inherited {connections} connection(s) of its parent on the stack: they stay with the parent (here: ENOTCONN)",
+            std::process::id()
+        );
+    }
+}
+
 /// The errno for an error of the library's: the kernel's for what the stack reported
 /// (`userspace::net::errno`), EIO for anything it has no errno for.
 pub fn errno_of(e: &io::Error) -> Errno {
@@ -100,6 +195,14 @@ fn count_for(r: Readiness, listener: bool) -> u64 {
         (false, false) if listener => 0,
         (false, false) => READABLE_ONLY,
     }
+}
+
+/// See [`Sock::conditions`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Conditions {
+    pub hangup: bool,
+    pub error: bool,
+    pub peer_closed: bool,
 }
 
 /// What a socket is on the stack.
@@ -202,6 +305,30 @@ impl Sock {
             Kind::Fresh { .. } => {}
             Kind::Stream(s) => s.with_readiness(|r| self.signal.show(r, false, false)),
             Kind::Listener(l) => l.with_readiness(|r| self.signal.show(r, true, false)),
+        }
+    }
+
+    /// What the kernel's `tcp_poll` reports beyond readable and writable: hang-up (both
+    /// ways shut, or closed: also a socket never connected), an error waiting, and the
+    /// peer's FIN (`POLLRDHUP`).
+    pub fn conditions(&self) -> Conditions {
+        match &self.lock().kind {
+            Kind::Fresh { .. } => Conditions {
+                hangup: true,
+                ..Conditions::default()
+            },
+            Kind::Listener(l) => l.with_readiness(|r| Conditions {
+                hangup: r.hangup,
+                ..Conditions::default()
+            }),
+            Kind::Stream(s) => {
+                let r = s.with_readiness(|r| r);
+                Conditions {
+                    hangup: r.hangup,
+                    error: r.error,
+                    peer_closed: !r.connecting && s.peer_closed(),
+                }
+            }
         }
     }
 
@@ -467,11 +594,15 @@ impl Sock {
     }
 
     pub fn local_addr(&self) -> SocketAddrV4 {
+        self.local_addr_of(&self.lock().kind)
+    }
+
+    fn local_addr_of(&self, kind: &Kind) -> SocketAddrV4 {
         let v4 = |a: io::Result<SocketAddr>| match a {
             Ok(SocketAddr::V4(a)) => a,
             _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         };
-        match &self.lock().kind {
+        match kind {
             Kind::Fresh { bound } => bound.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
             Kind::Listener(l) => v4(l.local_addr()),
             Kind::Stream(s) => v4(s.local_addr()),

@@ -465,7 +465,7 @@ pub fn blast(args: &BlastArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("bad MAC {}", args.to_mac))?;
     // Owned-IP mode on an address nobody uses: the program steers nothing to us.
     let mut stack_args = args.stack.clone();
-    stack_args.ip = Some(std::net::Ipv4Addr::new(198, 51, 100, 254));
+    stack_args.ip = Some(std::net::Ipv4Addr::new(198, 51, 100, 254).into());
     let mut rt = open_runtime(&stack_args, &[])?;
     let src_mac = rt.device.mac();
     let src_ip = rt.iface_ip;

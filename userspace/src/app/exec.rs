@@ -42,6 +42,12 @@ pub struct ExecArgs {
     /// Let the poll loop sleep at once when idle
     #[arg(long)]
     pub no_busy_poll: bool,
+    /// Share the interface with other programs: go through its switch (started by the
+    /// first program run with --share, gone after the last), which owns the XDP program
+    /// and the queues; several programs, and the children a server forks, each get their
+    /// own connections
+    #[arg(long)]
+    pub share: bool,
     /// Say, for each socket, whether it went to the stack or the kernel, and why
     #[arg(short, long)]
     pub verbose: bool,
@@ -100,6 +106,7 @@ pub fn environment(args: &ExecArgs, library: &Path) -> Vec<(&'static str, OsStri
         args.no_busy_poll.then(|| "1".into()),
     );
     set(exec_env::VERBOSE, args.verbose.then(|| "1".into()));
+    set(exec_env::SWITCH, args.share.then(|| "1".into()));
     env
 }
 
@@ -113,6 +120,15 @@ pub fn run(args: &ExecArgs) -> (u8, String) {
     let (program, rest) = args.command.split_first().expect("clap requires PROGRAM");
     let mut command = std::process::Command::new(program);
     command.args(rest).envs(environment(args, &library));
+    // The program inherits a keep-alive connection to the switch, which stays until
+    // the program (and its children) end, even before their first socket.
+    let _hold = match args.share {
+        true => match join_switch(args) {
+            Ok(conn) => Some(conn),
+            Err(e) => return (2, format!("--share: {e}")),
+        },
+        false => None,
+    };
     let e = command.exec();
     let code = if e.kind() == std::io::ErrorKind::NotFound {
         127
@@ -120,6 +136,69 @@ pub fn run(args: &ExecArgs) -> (u8, String) {
         126
     };
     (code, format!("{}: {e}", program.to_string_lossy()))
+}
+
+/// Connects to the switch of the interface, starting it when none runs: the
+/// connection, left open across exec.
+fn join_switch(args: &ExecArgs) -> Result<std::os::unix::net::UnixStream, String> {
+    use std::io::{BufRead, Write};
+    use std::os::unix::net::UnixStream;
+    use userspace::device::switch::{SWITCH_ARG, address};
+    let outbound = userspace::device::netinfo::outbound(args.iface.as_deref(), None)
+        .map_err(|e| format!("{e:#}"))?;
+    let ifindex = userspace::device::netinfo::interface(&outbound.iface)
+        .map_err(|e| format!("{e:#}"))?
+        .ifindex;
+    let hold = || -> Option<UnixStream> {
+        let conn = UnixStream::connect_addr(&address(ifindex).ok()?).ok()?;
+        (&conn)
+            .write_all(format!("HOLD {}\n", std::process::id()).as_bytes())
+            .ok()?;
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .ok()?;
+        let mut reply = String::new();
+        std::io::BufReader::new(&conn).read_line(&mut reply).ok()?;
+        if !reply.starts_with("OK") {
+            return None;
+        }
+        // Inherited by the program: cleared close-on-exec.
+        rustix::io::fcntl_setfd(&conn, rustix::io::FdFlags::empty()).ok()?;
+        Some(conn)
+    };
+    if let Some(conn) = hold() {
+        return Ok(conn);
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("finding this binary: {e}"))?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    let mut env = vec![(exec_env::IFACE, std::ffi::OsString::from(&outbound.iface))];
+    env.extend(
+        args.xdp_mode
+            .clone()
+            .map(|m| (exec_env::XDP_MODE, m.into())),
+    );
+    env.extend(args.ip.map(|a| (exec_env::IP, a.to_string().into())));
+    std::process::Command::new(exe)
+        .arg(SWITCH_ARG)
+        .envs(env)
+        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            theirs,
+        )))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting the switch: {e}"))?;
+    ours.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    let _ = std::io::BufReader::new(&ours).read_line(&mut reply);
+    // Started, or another program's switch won the race for the interface.
+    if let Some(conn) = hold() {
+        return Ok(conn);
+    }
+    match reply.trim().strip_prefix("ERR ") {
+        Some(why) => Err(format!("the switch did not start: {why}")),
+        None => Err("the switch did not start".into()),
+    }
 }
 
 #[cfg(test)]
@@ -154,5 +233,9 @@ mod tests {
                 .any(|(k, v)| *k == "LD_PRELOAD" && v.to_string_lossy().starts_with("/lib/p.so"))
         );
         assert!(!env.iter().any(|(k, _)| *k == exec_env::IP));
+        assert!(!env.iter().any(|(k, _)| *k == exec_env::SWITCH));
+        let shared = Cli::parse_from(["x", "--share", "--", "nginx"]);
+        let env = environment(&shared.exec, Path::new("/lib/p.so"));
+        assert!(env.contains(&(exec_env::SWITCH, "1".into())));
     }
 }

@@ -1,6 +1,6 @@
 //! The stack flags every subcommand shares, turned into the library's [`StackConfig`]
 //! and a running [`Runtime`], and the reports the commands print at exit.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -23,9 +23,10 @@ pub struct StackArgs {
     /// destination when one is known, else of the default route)
     #[arg(long, value_name = "IF")]
     pub iface: Option<String>,
-    /// Owned-IP mode: the stack owns this extra address (answers ARP and ping for it)
-    #[arg(long, value_name = "ADDR")]
-    pub ip: Option<Ipv4Addr>,
+    /// Owned-IP mode: the stack owns this extra address, IPv4 or IPv6 (answers ARP or
+    /// neighbour solicitations, and ping, for it)
+    #[arg(long, value_name = "ADDR", value_parser = parse_owned_ip)]
+    pub ip: Option<IpAddr>,
     /// Next-hop router (default: from the kernel's routing table)
     #[arg(long, value_name = "ADDR")]
     pub gateway: Option<Ipv4Addr>,
@@ -80,6 +81,11 @@ pub struct StackArgs {
     pub default_linger_ms: u64,
 }
 
+/// `--ip ADDR`: an IPv4 or IPv6 address (the library's `ip` or `ipv6`).
+fn parse_owned_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse().map_err(|e| format!("{s}: {e}"))
+}
+
 /// `--congestion`: the library's [`CongestionKind`] as a flag value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum CongestionArg {
@@ -124,7 +130,11 @@ impl StackArgs {
     pub fn config(&self) -> StackConfig {
         let mut config = StackConfig::default();
         config.interface = self.iface.clone();
-        config.ip = self.ip;
+        match self.ip {
+            Some(IpAddr::V4(v4)) => config.ip = Some(v4),
+            Some(IpAddr::V6(v6)) => config.ipv6 = Some(v6),
+            None => {}
+        }
         config.gateway = self.gateway;
         config.cpu = self.cpu;
         config.queue = self.queue;

@@ -231,7 +231,11 @@ pub fn spawn(exe: &std::path::Path, h: &Handover<'_>) -> SetupResult<()> {
 }
 
 /// Sends `data` with `fds` attached (SCM_RIGHTS).
-fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<()> {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     if fds.len() > MAX_FDS {
         return Err(std::io::Error::other("too many fds"));
@@ -252,7 +256,7 @@ fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> s
 
 /// Receives one message and the fds attached to it (close-on-exec). End of stream is
 /// an error.
-fn recv_with_fds(sock: BorrowedFd<'_>) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+pub fn recv_with_fds(sock: BorrowedFd<'_>) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut data = [0u8; 256];
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];

@@ -8,6 +8,7 @@ pub mod netlink;
 pub mod pcap;
 pub mod startup;
 pub mod steering;
+pub mod switch;
 pub mod wake;
 pub mod xdp;
 pub mod xsk;
@@ -30,7 +31,7 @@ pub trait Device {
     fn mtu(&self) -> usize {
         1500
     }
-    /// Whether the device completes the TCP checksum of the IPv4 frames it transmits
+    /// Whether the device completes the TCP checksum of the frames it transmits
     /// (TX checksum offload): then every TCP frame given to [`Device::transmit`] must
     /// carry only the pseudo-header sum ([`crate::wire::TxChecksum::Partial`]).
     fn tx_checksum_offload(&self) -> bool {

@@ -4,7 +4,7 @@
 use super::netlink;
 use crate::device::error::{SetupError, SetupResult, bail, setup_error};
 use crate::wire::MacAddr;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub use super::netlink::Route;
 
@@ -23,6 +23,8 @@ pub struct InterfaceInfo {
     pub up: bool,
     /// First IPv4 address and its prefix length, if any.
     pub ipv4: Option<(Ipv4Addr, u8)>,
+    /// First usable IPv6 address (global before link-local) and its prefix length.
+    pub ipv6: Option<(Ipv6Addr, u8)>,
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -63,8 +65,14 @@ pub fn interface(name: &str) -> SetupResult<InterfaceInfo> {
         .map_err(|e| SetupError::new(format!("reading the addresses of {name}"), e))?
         .into_iter()
         .next();
+    let ipv6 = netlink::ipv6_addresses(link.index)
+        .map_err(|e| SetupError::new(format!("reading the IPv6 addresses of {name}"), e))?
+        .into_iter()
+        .next()
+        .map(|a| (a.ip, a.prefix_len));
     Ok(InterfaceInfo {
         name: name.to_string(),
+        ipv6,
         ifindex: link.index,
         mac,
         mtu: link.mtu.map_or(1500, |m| m as usize),
@@ -79,6 +87,14 @@ pub fn address_prefix(ifindex: u32, ip: Ipv4Addr) -> Option<u8> {
         .ok()?
         .into_iter()
         .find_map(|(a, prefix)| (a == ip).then_some(prefix))
+}
+
+/// The prefix length of IPv6 address `ip` if it is a usable address of `ifindex`.
+pub fn address_prefix6(ifindex: u32, ip: Ipv6Addr) -> Option<u8> {
+    netlink::ipv6_addresses(ifindex)
+        .ok()?
+        .into_iter()
+        .find_map(|a| (a.ip == ip).then_some(a.prefix_len))
 }
 
 /// The name of the interface with index `ifindex`.
@@ -149,6 +165,18 @@ pub fn outbound(iface: Option<&str>, destination: Option<Ipv4Addr>) -> SetupResu
     }
 }
 
+impl Outbound {
+    /// With the IPv6 gateway and source of the route that chose the interface, if one
+    /// did: (this, IPv6 gateway, IPv6 source).
+    pub fn with_gateway6(
+        self,
+        gateway6: Option<Ipv6Addr>,
+        source6: Option<Ipv6Addr>,
+    ) -> (Outbound, Option<Ipv6Addr>, Option<Ipv6Addr>) {
+        (self, gateway6, source6)
+    }
+}
+
 fn outbound_on(route: Route) -> SetupResult<Outbound> {
     let iface = interface_name(route.ifindex)
         .ok_or_else(|| setup_error!("the route's interface {} is gone", route.ifindex))?;
@@ -175,6 +203,32 @@ pub fn next_hop_on(ifindex: u32, destination: Ipv4Addr) -> Result<Ipv4Addr, Rout
             e.raw_os_error().unwrap_or(libc::ENETUNREACH),
         )),
     }
+}
+
+/// [`next_hop_on`] for IPv6: the gateway (often link-local, which only has a meaning
+/// on the route's own interface, so the route must leave by ours), or `destination`
+/// itself on the link.
+pub fn next_hop6_on(ifindex: u32, destination: Ipv6Addr) -> Result<Ipv6Addr, RouteRefusal> {
+    match netlink::route6_to(destination, None) {
+        Ok(route) if route.ifindex == ifindex => Ok(route.gateway.unwrap_or(destination)),
+        Ok(route) => netlink::route6_to(destination, Some(ifindex))
+            .ok()
+            .filter(|ours| ours.ifindex == ifindex)
+            .and_then(|ours| ours.gateway)
+            .ok_or(RouteRefusal::OtherInterface(route.ifindex)),
+        Err(e) => Err(RouteRefusal::Errno(
+            e.raw_os_error().unwrap_or(libc::ENETUNREACH),
+        )),
+    }
+}
+
+/// The interface the kernel routes IPv6 `destination` out of, its gateway and source.
+pub fn outbound6(destination: Ipv6Addr) -> SetupResult<(String, netlink::Route6)> {
+    let route = netlink::route6_to(destination, None)
+        .map_err(|e| SetupError::new(format!("no route to {destination}"), e))?;
+    let iface = interface_name(route.ifindex)
+        .ok_or_else(|| setup_error!("the route's interface {} is gone", route.ifindex))?;
+    Ok((iface, route))
 }
 
 /// Why the stack cannot reach a destination on its interface.
@@ -320,6 +374,57 @@ pub fn kernel_neighbour(iface: &str, ip: Ipv4Addr) -> Option<MacAddr> {
     entry.mac.filter(|_| entry.valid)
 }
 
+/// The kernel's neighbour entry for IPv6 `ip` on `iface`, if resolved.
+pub fn kernel_neighbour6(iface: &str, ip: Ipv6Addr) -> Option<MacAddr> {
+    let entry = netlink::neighbour6(interface_index(iface)?, ip).ok()??;
+    entry.mac.filter(|_| entry.valid)
+}
+
+/// True if the kernel's neighbour table holds IPv6 `ip` on `iface` as unresolved.
+pub fn kernel_neighbour6_failed(iface: &str, ip: Ipv6Addr) -> bool {
+    interface_index(iface)
+        .and_then(|index| netlink::neighbour6(index, ip).ok().flatten())
+        .is_some_and(|entry| !entry.valid)
+}
+
+/// Asks the kernel to resolve IPv6 `ip` on `iface` (shared-IP mode, where the NA goes to
+/// the kernel): a UDP datagram to the discard port makes it solicit the neighbour. A
+/// link-local address needs the interface as its scope.
+pub fn provoke_kernel_ndp(iface: &str, ip: Ipv6Addr) {
+    let scope = if ip.is_unicast_link_local() {
+        interface_index(iface).unwrap_or(0)
+    } else {
+        0
+    };
+    if let Ok(sock) = std::net::UdpSocket::bind("[::]:0") {
+        let _ = sock.send_to(&[], std::net::SocketAddrV6::new(ip, 9, 0, scope));
+    }
+}
+
+/// [`kernel_neighbour`] or [`kernel_neighbour6`] by the address's family.
+pub fn kernel_neighbour_ip(iface: &str, ip: std::net::IpAddr) -> Option<MacAddr> {
+    match ip {
+        std::net::IpAddr::V4(v4) => kernel_neighbour(iface, v4),
+        std::net::IpAddr::V6(v6) => kernel_neighbour6(iface, v6),
+    }
+}
+
+/// [`kernel_neighbour_failed`] or [`kernel_neighbour6_failed`] by the address's family.
+pub fn kernel_neighbour_ip_failed(iface: &str, ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => kernel_neighbour_failed(iface, v4),
+        std::net::IpAddr::V6(v6) => kernel_neighbour6_failed(iface, v6),
+    }
+}
+
+/// [`provoke_kernel_arp`] or [`provoke_kernel_ndp`] by the address's family.
+pub fn provoke_kernel_resolve(iface: &str, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => provoke_kernel_arp(v4),
+        std::net::IpAddr::V6(v6) => provoke_kernel_ndp(iface, v6),
+    }
+}
+
 /// True if the kernel's neighbour table holds `ip` on `iface` as unresolved (incomplete
 /// or failed).
 pub fn kernel_neighbour_failed(iface: &str, ip: Ipv4Addr) -> bool {
@@ -360,6 +465,33 @@ mod tests {
         assert!(e.contains("loopback interface"), "{e}");
         let e = interface("nosuch-if0").unwrap_err().to_string();
         assert_eq!(e, "unknown interface \"nosuch-if0\"");
+    }
+
+    /// IPv6 over netlink without root: ::1/128 on loopback (when the namespace has IPv6),
+    /// the route to it, and no route out of loopback to a global address.
+    #[test]
+    fn netlink_reports_ipv6_addresses_and_routes() {
+        let lo = netlink::link_by_name("lo").unwrap();
+        if !lo.up || !std::path::Path::new("/proc/net/if_inet6").exists() {
+            return; // no IPv6 in this namespace
+        }
+        let addrs = netlink::ipv6_addresses(lo.index).unwrap();
+        if addrs.is_empty() {
+            return; // IPv6 disabled on lo (net.ipv6.conf.lo.disable_ipv6)
+        }
+        assert_eq!(address_prefix6(lo.index, Ipv6Addr::LOCALHOST), Some(128));
+        // The route to our own address is of type local, not one the stack can use:
+        // refused as the IPv4 loopback is.
+        assert_eq!(
+            next_hop6_on(lo.index, Ipv6Addr::LOCALHOST),
+            Err(RouteRefusal::Errno(libc::ENETUNREACH))
+        );
+        assert_eq!(
+            next_hop_on(lo.index, Ipv4Addr::LOCALHOST),
+            Err(RouteRefusal::Errno(libc::ENETUNREACH))
+        );
+        assert_eq!(kernel_neighbour6("lo", "fe80::1".parse().unwrap()), None);
+        assert!(!kernel_neighbour6_failed("lo", "fe80::1".parse().unwrap()));
     }
 
     #[test]

@@ -6,7 +6,9 @@ use crate::wire::MacAddr;
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage, LinkXdp, State};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -18,7 +20,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use std::cell::RefCell;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A link as the kernel reports it (RTM_NEWLINK).
 #[derive(Debug, Clone)]
@@ -39,16 +41,22 @@ pub struct Link {
     pub xdp_program: Option<u32>,
 }
 
-/// The kernel's route to one destination (RTM_GETROUTE, as `ip route get`).
+/// The kernel's route to one destination (RTM_GETROUTE, as `ip route get`), with the
+/// addresses of its family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
-    /// The interface it leaves by.
+pub struct RouteVia<A> {
+    /// The interface it leaves by (a link-local IPv6 gateway only means something on it).
     pub ifindex: u32,
     /// The router to hand it to; none for a destination on the link.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<A>,
     /// The source address the kernel would use.
-    pub source: Option<Ipv4Addr>,
+    pub source: Option<A>,
 }
+
+/// An IPv4 route.
+pub type Route = RouteVia<Ipv4Addr>;
+/// An IPv6 route.
+pub type Route6 = RouteVia<Ipv6Addr>;
 
 /// A neighbour entry (RTM_NEWNEIGH).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +244,114 @@ pub fn ipv4_addresses(index: u32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
         .collect())
 }
 
+/// An IPv6 address of a link, as the kernel lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Address {
+    /// The address.
+    pub ip: Ipv6Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+}
+
+/// The usable IPv6 addresses of link `index` with their prefix lengths, global ones
+/// before link-local ones (RFC 6724 rule 2 prefers the matching scope; a global
+/// destination wants a global source). Tentative addresses (DAD still running, RFC 4862
+/// 5.4) and ones DAD found duplicate are left out.
+pub fn ipv6_addresses(index: u32) -> io::Result<Vec<Ipv6Address>> {
+    let mut request = AddressMessage::default();
+    request.header.family = AddressFamily::Inet6;
+    request.header.index = index;
+    let answers = ask(RouteNetlinkMessage::GetAddress(request), true)?;
+    let mut out: Vec<Ipv6Address> = answers
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a) if a.header.index == index => Some(a),
+            _ => None,
+        })
+        .filter(usable_ipv6)
+        .filter_map(|a| {
+            let ip = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(IpAddr::V6(ip))
+                | AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            })?;
+            Some(Ipv6Address {
+                ip,
+                prefix_len: a.header.prefix_len,
+            })
+        })
+        .collect();
+    out.sort_by_key(|a| a.ip.is_unicast_link_local());
+    Ok(out)
+}
+
+/// Not tentative, not duplicate, by the 32-bit IFA_FLAGS when the kernel sends them,
+/// else by the header's 8.
+fn usable_ipv6(a: &AddressMessage) -> bool {
+    let extended = a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Flags(f) => Some(*f),
+        _ => None,
+    });
+    match extended {
+        Some(f) => !f.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed),
+        None => !a
+            .header
+            .flags
+            .intersects(AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed),
+    }
+}
+
+/// The kernel's IPv6 route to `destination` (RTM_GETROUTE, as `ip -6 route get`):
+/// longest prefix match, metrics and policy; out of `oif` only when given. ENETUNREACH
+/// when no route matches (as the kernel's connect says).
+pub fn route6_to(destination: Ipv6Addr, oif: Option<u32>) -> io::Result<Route6> {
+    route_query(
+        AddressFamily::Inet6,
+        RouteAddress::Inet6(destination),
+        128,
+        oif,
+        |a| match a {
+            RouteAddress::Inet6(ip) => Some(*ip),
+            _ => None,
+        },
+    )
+}
+
+/// One RTM_GETROUTE for `destination` (a host route of `prefix_len` bits), its unicast
+/// answer read with `address` for the family's addresses.
+fn route_query<A>(
+    family: AddressFamily,
+    destination: RouteAddress,
+    prefix_len: u8,
+    oif: Option<u32>,
+    address: fn(&RouteAddress) -> Option<A>,
+) -> io::Result<RouteVia<A>> {
+    let mut request = RouteMessage::default();
+    request.header.address_family = family;
+    request.header.destination_prefix_length = prefix_len;
+    request
+        .attributes
+        .push(RouteAttribute::Destination(destination));
+    if let Some(oif) = oif {
+        request.attributes.push(RouteAttribute::Oif(oif));
+    }
+    let answers = ask(RouteNetlinkMessage::GetRoute(request), false)?;
+    answers
+        .iter()
+        .find_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) if r.header.kind == RouteType::Unicast => {
+                route_from(r, address)
+            }
+            _ => None,
+        })
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENETUNREACH))
+}
+
+/// The kernel's neighbour entry for IPv6 address `ip` on link `index`, if it has one.
+pub fn neighbour6(index: u32, ip: Ipv6Addr) -> io::Result<Option<Neighbour>> {
+    neighbour_of(index, AddressFamily::Inet6, NeighbourAddress::Inet6(ip))
+}
+
 fn route_address(address: &RouteAddress) -> Option<Ipv4Addr> {
     match address {
         RouteAddress::Inet(ip) => Some(*ip),
@@ -243,8 +359,13 @@ fn route_address(address: &RouteAddress) -> Option<Ipv4Addr> {
     }
 }
 
-fn route_from(message: &RouteMessage) -> Option<Route> {
-    let mut route = Route {
+/// The route a message describes, its addresses read with `address`; `None` without
+/// an interface.
+fn route_from<A>(
+    message: &RouteMessage,
+    address: fn(&RouteAddress) -> Option<A>,
+) -> Option<RouteVia<A>> {
+    let mut route = RouteVia {
         ifindex: 0,
         gateway: None,
         source: None,
@@ -252,8 +373,8 @@ fn route_from(message: &RouteMessage) -> Option<Route> {
     for attribute in &message.attributes {
         match attribute {
             RouteAttribute::Oif(index) => route.ifindex = *index,
-            RouteAttribute::Gateway(g) => route.gateway = route_address(g),
-            RouteAttribute::PrefSource(s) => route.source = route_address(s),
+            RouteAttribute::Gateway(g) => route.gateway = address(g),
+            RouteAttribute::PrefSource(s) => route.source = address(s),
             _ => {}
         }
     }
@@ -266,26 +387,13 @@ fn route_from(message: &RouteMessage) -> Option<Route> {
 /// ENETUNREACH when no route matches, EHOSTUNREACH or EACCES for an `unreachable` or
 /// `prohibit` route, EINVAL for a blackhole.
 pub fn route_to(destination: Ipv4Addr, oif: Option<u32>) -> io::Result<Route> {
-    let mut request = RouteMessage::default();
-    request.header.address_family = AddressFamily::Inet;
-    request.header.destination_prefix_length = 32;
-    request
-        .attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(destination)));
-    if let Some(oif) = oif {
-        request.attributes.push(RouteAttribute::Oif(oif));
-    }
-    let answers = ask(RouteNetlinkMessage::GetRoute(request), false)?;
-    answers
-        .iter()
-        .find_map(|m| match m {
-            RouteNetlinkMessage::NewRoute(r) => match r.header.kind {
-                RouteType::Unicast => route_from(r),
-                _ => None,
-            },
-            _ => None,
-        })
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENETUNREACH))
+    route_query(
+        AddressFamily::Inet,
+        RouteAddress::Inet(destination),
+        32,
+        oif,
+        route_address,
+    )
 }
 
 /// The main table's default route with the lowest metric (as the kernel would pick
@@ -306,7 +414,7 @@ pub fn default_route() -> io::Result<Option<Route>> {
                     RouteAttribute::Priority(p) => Some(*p),
                     _ => None,
                 });
-                route_from(r).map(|route| (metric.unwrap_or(0), route))
+                route_from(r, route_address).map(|route| (metric.unwrap_or(0), route))
             }
             _ => None,
         })
@@ -317,12 +425,18 @@ pub fn default_route() -> io::Result<Option<Route>> {
 /// The kernel's neighbour entry for `ip` on link `index` (RTM_GETNEIGH for that one
 /// address, as `ip neigh get`), if it has one.
 pub fn neighbour(index: u32, ip: Ipv4Addr) -> io::Result<Option<Neighbour>> {
+    neighbour_of(index, AddressFamily::Inet, NeighbourAddress::Inet(ip))
+}
+
+fn neighbour_of(
+    index: u32,
+    family: AddressFamily,
+    ip: NeighbourAddress,
+) -> io::Result<Option<Neighbour>> {
     let mut request = NeighbourMessage::default();
-    request.header.family = AddressFamily::Inet;
+    request.header.family = family;
     request.header.ifindex = index;
-    request
-        .attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    request.attributes.push(NeighbourAttribute::Destination(ip));
     let answers = match ask(RouteNetlinkMessage::GetNeighbour(request), false) {
         Ok(a) => a,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),

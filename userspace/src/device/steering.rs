@@ -12,8 +12,10 @@ use xdp_ebpf::SteerConfig;
 #[derive(Clone, Copy)]
 pub(in crate::device) struct PodSteerConfig(pub SteerConfig);
 // SAFETY: SteerConfig is #[repr(C)], Copy, made only of integers and integer arrays
-// ([u8; 4], u32, u16, u16, [u16; 16], u32 = 48 bytes, align 4), so it has no padding.
+// ([u8; 4], u32, u16, u16, [u16; 16], u32, [u8; 16], u32 = 68 bytes, align 4), so it
+// has no padding.
 unsafe impl aya::Pod for PodSteerConfig {}
+const _: () = assert!(std::mem::size_of::<SteerConfig>() == 68);
 
 /// A typed map over `fd`.
 pub(in crate::device) fn map_from_fd<M: TryFrom<Map, Error = aya::maps::MapError>>(

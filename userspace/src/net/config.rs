@@ -2,7 +2,7 @@
 //! [`super::StackBuilder`] fills in and the `userspace` command's flags convert into.
 use crate::device::xdp::XdpModeChoice;
 use crate::tcp::CongestionKind;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,12 +29,20 @@ pub struct StackConfig {
     /// and ping for it. `None`: shared-IP mode, with the interface's own address and
     /// only the stack's ports steered to it.
     pub ip: Option<Ipv4Addr>,
+    /// Owned-IP mode for IPv6: the stack owns this address (after duplicate address
+    /// detection, RFC 4862 5.4) and answers neighbour solicitations and ping for it.
+    /// `None`: in shared-IP mode the interface's own IPv6 address (global before
+    /// link-local) if it has one; in owned-IP mode no IPv6.
+    pub ipv6: Option<Ipv6Addr>,
     /// The next-hop router. `None`: from the kernel's routing table.
     pub gateway: Option<Ipv4Addr>,
     /// The first destination, when known: the interface (unless given), the next hop
     /// and the source address come from the kernel's route to it. `None`: the
     /// interface of the default route.
     pub destination: Option<Ipv4Addr>,
+    /// [`StackConfig::destination`] for an IPv6 first destination: the interface is
+    /// that of the kernel's IPv6 route to it. Used when `destination` is `None`.
+    pub destination6: Option<Ipv6Addr>,
     /// The CPU the poll loop's thread is pinned to (the first of several with
     /// per-queue stacks). `None`: not pinned.
     pub cpu: Option<usize>,
@@ -74,6 +82,10 @@ pub struct StackConfig {
     /// [`crate::device::holder::set_available`] (the `userspace` command) can hold;
     /// elsewhere this is ignored. Default: `None` (detach at once).
     pub xdp_linger: Option<Duration>,
+    /// Go through the interface's switch, which owns the XDP program and the sockets
+    /// and serves several processes (`userspace exec --share`; see
+    /// [`crate::device::switch`]), instead of attaching. Default: `false`.
+    pub switch: bool,
 }
 
 impl Default for StackConfig {
@@ -82,8 +94,10 @@ impl Default for StackConfig {
         StackConfig {
             interface: None,
             ip: None,
+            ipv6: None,
             gateway: None,
             destination: None,
+            destination6: None,
             cpu: None,
             queue: None,
             xdp_mode: None,
@@ -98,6 +112,7 @@ impl Default for StackConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             linger: DEFAULT_LINGER,
             xdp_linger: None,
+            switch: false,
         }
     }
 }

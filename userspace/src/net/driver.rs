@@ -3,14 +3,15 @@
 use super::runtime::Runtime;
 use super::shared::{Command, Conn, ConnOption, Failure, Listener, Phase};
 use crate::device::netinfo::{
-    self, RouteRefusal, kernel_neighbour, kernel_neighbour_failed, provoke_kernel_arp,
+    self, RouteRefusal, kernel_neighbour_ip as kernel_neighbour,
+    kernel_neighbour_ip_failed as kernel_neighbour_failed, provoke_kernel_resolve,
 };
 use crate::device::startup;
 use crate::device::wake::WakeFd;
 use crate::stack::{AddressMode, ConnId};
 use crate::tcp::{Instant, State, TcpError};
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -49,13 +50,13 @@ struct Connecting {
     /// When it fails with `TimedOut`.
     deadline: Instant,
     /// Its next hop, and when the kernel is next asked whether that neighbour is alive.
-    hop: Ipv4Addr,
+    hop: IpAddr,
     neighbour_check: Instant,
 }
 
 /// A next hop whose MAC the stack does not know yet.
 struct Resolving {
-    hop: Ipv4Addr,
+    hop: IpAddr,
     last_provoke: Instant,
     give_up: Instant,
 }
@@ -143,7 +144,10 @@ impl Driver {
     /// Before the first turn: the gateway's address from the kernel, if it has it.
     pub(crate) fn start(&mut self) {
         if let Some(gateway) = self.rt.stack.config().gateway {
-            self.learn_from_kernel(gateway);
+            self.learn_from_kernel(gateway.into());
+        }
+        if let Some(gateway) = self.rt.stack.config().gateway6 {
+            self.learn_from_kernel(gateway.into());
         }
     }
 
@@ -256,11 +260,11 @@ impl Driver {
         }
     }
 
-    fn connect(&mut self, conn: Arc<Conn>, remote: SocketAddrV4, timeout: Duration) {
+    fn connect(&mut self, conn: Arc<Conn>, remote: SocketAddr, timeout: Duration) {
         let routing = startup::step("connect: route and neighbour from the kernel");
         let now = self.rt.now();
         let mut st = conn.shared.lock();
-        let hop = match learn_route(&mut self.rt.stack, &self.rt.iface, *remote.ip()) {
+        let hop = match learn_route(&mut self.rt.stack, &self.rt.iface, remote.ip()) {
             Ok(hop) => hop,
             Err(refusal) => {
                 st.failure = Some(Failure::NoRoute(refusal));
@@ -284,11 +288,11 @@ impl Driver {
                     hop,
                     neighbour_check: now + NEIGHBOUR_CHECK_AFTER,
                 });
-                if self.rt.stack.arp_cache().lookup(hop).is_none()
+                if self.rt.stack.neighbour_mac(hop).is_none()
                     && self.rt.stack.config().mode == AddressMode::Shared
                     && !self.resolving.iter().any(|r| r.hop == hop)
                 {
-                    provoke_kernel_arp(hop);
+                    provoke_kernel_resolve(&self.rt.iface, hop);
                     self.resolving.push(Resolving {
                         hop,
                         last_provoke: now,
@@ -305,8 +309,8 @@ impl Driver {
     }
 
     /// Puts the kernel's neighbour entry for `hop`, if it has one, in the stack's cache.
-    fn learn_from_kernel(&mut self, hop: Ipv4Addr) {
-        if self.rt.stack.arp_cache().lookup(hop).is_none()
+    fn learn_from_kernel(&mut self, hop: IpAddr) {
+        if self.rt.stack.neighbour_mac(hop).is_none()
             && let Some(mac) = kernel_neighbour(&self.rt.iface, hop)
         {
             self.rt.stack.add_neighbour(hop, mac);
@@ -320,7 +324,12 @@ impl Driver {
         } else {
             self.rt
                 .stack
-                .listen(port, listener.backlog)
+                .listen_families(
+                    port,
+                    listener.backlog,
+                    listener.families.0,
+                    listener.families.1,
+                )
                 .map_err(Failure::Stack)
         };
         let result = result.and_then(|()| {
@@ -452,7 +461,7 @@ impl Driver {
                 return false;
             }
             let failure = if now >= c.deadline {
-                if stack.arp_cache().lookup(c.hop).is_none() {
+                if stack.neighbour_mac(c.hop).is_none() {
                     // The SYN never left: the next hop did not answer ARP in time.
                     Failure::NoArpReply(c.hop)
                 } else {
@@ -464,7 +473,7 @@ impl Driver {
                 // kernel confirm it; once it has failed, the connect ends as the
                 // kernel's own does, "host unreachable", instead of timing out.
                 c.neighbour_check = now + NEIGHBOUR_CHECK_EVERY;
-                provoke_kernel_arp(c.hop);
+                provoke_kernel_resolve(&iface, c.hop);
                 if !kernel_neighbour_failed(&iface, c.hop) {
                     return true;
                 }
@@ -480,7 +489,7 @@ impl Driver {
         });
         let stack = &mut self.rt.stack;
         self.resolving.retain_mut(|r| {
-            if stack.arp_cache().lookup(r.hop).is_some() {
+            if stack.neighbour_mac(r.hop).is_some() {
                 return false;
             }
             if let Some(mac) = kernel_neighbour(&iface, r.hop) {
@@ -488,7 +497,7 @@ impl Driver {
                 return false;
             }
             if now.saturating_since(r.last_provoke) >= PROVOKE_EVERY {
-                provoke_kernel_arp(r.hop);
+                provoke_kernel_resolve(&iface, r.hop);
                 r.last_provoke = now;
             }
             now < r.give_up
@@ -516,9 +525,14 @@ impl Driver {
             self.conns.remove(&id);
             return;
         }
-        // Full, or failed: the events below say which.
-        if !st.tx.is_empty() && stack.send_ring(id, &mut st.tx) > 0 {
-            changed = true;
+        // Full, or failed: the events below say which. Room made in a ring that was
+        // not full changes no readiness and wakes nobody (no writer waits then), so it
+        // is not news: a watcher's eventfd write per response would be wasted.
+        if !st.tx.is_empty() {
+            let was_full = st.tx.len() >= st.cap;
+            if stack.send_ring(id, &mut st.tx) > 0 && was_full {
+                changed = true;
+            }
         }
         if (st.write_shut || st.dropped) && st.tx.is_empty() && !st.fin_queued {
             stack.close(id);
@@ -556,11 +570,11 @@ impl Driver {
         if let Some(e) = ev.error
             && st.failure.is_none()
         {
-            let hop = stack.next_hop(*st.remote.ip());
+            let hop = stack.next_hop_ip(st.remote.ip());
             st.failure = Some(match e {
                 // The stack gave up on ARP for the next hop while connecting.
                 TcpError::HostUnreachable
-                    if st.phase == Phase::Connecting && stack.arp_cache().lookup(hop).is_none() =>
+                    if st.phase == Phase::Connecting && stack.neighbour_mac(hop).is_none() =>
                 {
                     Failure::NoArpReply(hop)
                 }
@@ -700,14 +714,49 @@ pub(crate) fn stopped(command: Command) {
 pub(crate) fn learn_route(
     stack: &mut crate::stack::Stack,
     iface: &str,
-    dst: Ipv4Addr,
-) -> Result<Ipv4Addr, RouteRefusal> {
-    if !stack.config().gateway_fixed && !stack.has_route(dst) {
+    dst: IpAddr,
+) -> Result<IpAddr, RouteRefusal> {
+    // No IPv6 address on the stack: as the kernel's connect(2) on a host without an
+    // IPv6 route, ENETUNREACH.
+    if dst.is_ipv6() && stack.ipv6().is_none() {
+        return Err(RouteRefusal::Errno(libc::ENETUNREACH));
+    }
+    let fixed = stack.config().gateway_fixed && dst.is_ipv4();
+    if !fixed && !stack.has_route(dst) {
         let ifindex = netinfo::interface_index(iface).ok_or(RouteRefusal::Errno(libc::ENODEV))?;
-        let hop = netinfo::next_hop_on(ifindex, dst)
-            .inspect_err(|refusal| tracing::debug!(%dst, "no route: {refusal}"))?;
+        let hop = match dst {
+            IpAddr::V4(d) => netinfo::next_hop_on(ifindex, d).map(IpAddr::V4),
+            IpAddr::V6(d) => netinfo::next_hop6_on(ifindex, d).map(IpAddr::V6),
+        }
+        .inspect_err(|refusal| tracing::debug!(%dst, "no route: {refusal}"))?;
         tracing::debug!(%dst, %hop, "next hop from the kernel's route");
         stack.set_route(dst, hop);
     }
-    Ok(stack.next_hop(dst))
+    Ok(stack.next_hop_ip(dst))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// A stack without an IPv6 address answers an IPv6 connect as the kernel does on a
+    /// host with no IPv6 route: ENETUNREACH (curl's exit 7), before any netlink query.
+    #[test]
+    fn an_ipv6_peer_of_a_stack_without_ipv6_is_unreachable() {
+        let cfg = crate::stack::StackConfig::new([2; 6], Ipv4Addr::new(10, 0, 0, 1), 24);
+        let mut stack = crate::stack::Stack::new(cfg);
+        let dst: IpAddr = "2001:db8::1".parse().unwrap();
+        let refusal = learn_route(&mut stack, "nosuch-if0", dst).unwrap_err();
+        assert_eq!(refusal, RouteRefusal::Errno(libc::ENETUNREACH));
+        let e = Failure::NoRoute(refusal).io();
+        assert_eq!(e.raw_os_error(), Some(libc::ENETUNREACH));
+        assert_eq!(e.kind(), std::io::ErrorKind::NetworkUnreachable);
+        // With an address, the route is asked for (here: no such interface).
+        let mut cfg = crate::stack::StackConfig::new([2; 6], Ipv4Addr::new(10, 0, 0, 1), 24);
+        cfg.ipv6 = Some("fd00::1".parse().unwrap());
+        let mut stack = crate::stack::Stack::new(cfg);
+        let refusal = learn_route(&mut stack, "nosuch-if0", dst).unwrap_err();
+        assert_eq!(refusal, RouteRefusal::Errno(libc::ENODEV));
+    }
 }

@@ -28,6 +28,10 @@ pub fn stack_errno(e: StackError) -> i32 {
         StackError::NoFreePort => libc::EADDRNOTAVAIL,
         // The kernel's limit on sockets (ENFILE/EMFILE) is the nearest.
         StackError::TooManyConnections => libc::EMFILE,
+        // connect(2) to an IPv6 peer on a host with no IPv6 address or route.
+        StackError::NoAddress => libc::ENETUNREACH,
+        // bind(2) to a tentative or duplicate address (RFC 4862 5.4).
+        StackError::AddressTentative | StackError::DuplicateAddress => libc::EADDRNOTAVAIL,
     }
 }
 
@@ -88,7 +92,7 @@ mod tests {
             (Failure::BadAddress, libc::EADDRNOTAVAIL),
             (Failure::ConnectTimeout, libc::ETIMEDOUT),
             (
-                Failure::NoArpReply(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+                Failure::NoArpReply(std::net::Ipv4Addr::new(10, 0, 0, 1).into()),
                 libc::EHOSTUNREACH,
             ),
         ];

@@ -22,3 +22,5 @@ pub const BUFFER: &str = "USERSPACE_BUFFER";
 pub const NO_BUSY_POLL: &str = "USERSPACE_NO_BUSY_POLL";
 /// `1`: say on stderr, for each socket, whether it went to the stack or the kernel and why.
 pub const VERBOSE: &str = "USERSPACE_VERBOSE";
+/// `1`: go through the interface's switch, shared with other programs (`--share`).
+pub const SWITCH: &str = "USERSPACE_SWITCH";

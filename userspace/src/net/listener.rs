@@ -4,7 +4,7 @@ use super::reserve::PortReservation;
 use super::shared::{Command, Conn, Listener};
 use super::stream::{Handle, TcpStream};
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 /// Accept queue length of a listener (the stack adds SYN cookies beyond its SYN queue).
@@ -36,6 +36,8 @@ impl Default for ListenOptions {
 pub(crate) struct ListenHandle {
     pub(crate) stack: Stack,
     pub(crate) listener: Arc<Listener>,
+    /// The address bound to (0.0.0.0, `[::]` or one of the stack's).
+    bound_ip: IpAddr,
     /// The port held in the kernel while the stack listens (see `reserve.rs`).
     _reservation: Option<Arc<PortReservation>>,
 }
@@ -49,14 +51,23 @@ impl ListenHandle {
         addr: impl ToSocketAddrs,
         options: ListenOptions,
     ) -> io::Result<ListenHandle> {
-        let port = stack.listen_port(addr)?;
+        let bound = stack.listen_addr(addr)?;
+        let port = bound.port();
         let owned = stack.mode() == super::AddressMode::Owned;
         let reservation = PortReservation::take(stack.ip(), port, owned, options.take_over)?;
         let port = reservation.as_ref().map_or(port, |r| r.port);
-        let listener = Listener::new(port, options.backlog);
+        // As Linux with IPV6_V6ONLY off: `[::]` takes both families, 0.0.0.0 or an IPv4
+        // address IPv4 only, an IPv6 address IPv6 only.
+        let families = match bound.ip() {
+            IpAddr::V4(_) => (true, false),
+            IpAddr::V6(ip) if ip.is_unspecified() => (true, true),
+            IpAddr::V6(_) => (false, true),
+        };
+        let listener = Listener::new(port, options.backlog, families);
         stack.send(Command::Listen(listener.clone()));
         Ok(ListenHandle {
             stack: stack.clone(),
+            bound_ip: bound.ip(),
             listener,
             _reservation: reservation,
         })
@@ -68,12 +79,18 @@ impl ListenHandle {
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
-        SocketAddr::V4(SocketAddrV4::new(self.stack.ip(), self.listener.port))
+        // Like the kernel: the address the socket was bound to, the unspecified one
+        // of an IPv6 bind included; an IPv4 wildcard bind reports the stack's address.
+        let ip = match self.bound_ip {
+            IpAddr::V4(_) => IpAddr::V4(self.stack.ip()),
+            v6 => v6,
+        };
+        SocketAddr::new(ip, self.listener.port)
     }
 
     /// A stream around an accepted connection, and its peer's address.
     pub(crate) fn handle(&self, conn: Arc<Conn>) -> (Handle, SocketAddr) {
-        let peer = SocketAddr::V4(conn.shared.lock().remote);
+        let peer = conn.shared.lock().remote;
         (
             Handle {
                 stack: self.stack.clone(),

@@ -38,6 +38,7 @@ pub mod setup;
 mod shard;
 mod shared;
 mod stream;
+pub mod switch;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 pub mod watch;
@@ -58,7 +59,7 @@ use runtime::Runtime;
 use setup::open_runtime;
 use shared::{Command, Conn};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
@@ -123,8 +124,21 @@ impl StackBuilder {
     /// one on a host without a default route), and takes that route's source address
     /// and next hop. Default: the interface of the default route. Every destination's
     /// next hop comes from the kernel's route to it whatever this says.
-    pub fn destination(mut self, ip: Ipv4Addr) -> Self {
-        self.config.destination = Some(ip);
+    /// An IPv6 destination chooses by the kernel's IPv6 route.
+    pub fn destination(mut self, ip: impl Into<IpAddr>) -> Self {
+        match ip.into() {
+            IpAddr::V4(v4) => self.config.destination = Some(v4),
+            IpAddr::V6(v6) => self.config.destination6 = Some(v6),
+        }
+        self
+    }
+
+    /// Owned-IP mode for IPv6: the stack owns `ip`, checks with duplicate address
+    /// detection that no other node has it (RFC 4862 5.4), then answers neighbour
+    /// solicitations and ping for it. Default: the interface's own IPv6 address in
+    /// shared-IP mode, none in owned-IP mode.
+    pub fn ipv6(mut self, ip: Ipv6Addr) -> Self {
+        self.config.ipv6 = Some(ip);
         self
     }
 
@@ -212,6 +226,13 @@ impl StackBuilder {
     /// once, and the first packet after a pause pays the wake-up (some microseconds).
     pub fn busy_poll(mut self, busy_poll: bool) -> Self {
         self.config.busy_poll = busy_poll;
+        self
+    }
+
+    /// Goes through the interface's switch instead of attaching (see
+    /// [`StackConfig::switch`]). Default: `false`.
+    pub fn switch(mut self, switch: bool) -> Self {
+        self.config.switch = switch;
         self
     }
 
@@ -353,6 +374,7 @@ fn io_error(e: SetupError) -> io::Error {
 #[derive(Debug)]
 struct Info {
     ip: Ipv4Addr,
+    ipv6: Option<Ipv6Addr>,
     interface: String,
     mode: AddressMode,
     queues: Vec<u32>,
@@ -366,6 +388,7 @@ impl Info {
         let xdp = rt.device.xdp();
         Info {
             ip: rt.stack.ip(),
+            ipv6: rt.stack.ipv6(),
             interface: rt.iface.clone(),
             mode: rt.stack.config().mode,
             queues: xdp.queues(),
@@ -444,6 +467,11 @@ impl Stack {
     /// The stack's IPv4 address (the interface's own in shared-IP mode).
     pub fn ip(&self) -> Ipv4Addr {
         self.inner.info.ip
+    }
+
+    /// The stack's IPv6 address, if it has one (the interface's own in shared-IP mode).
+    pub fn ipv6(&self) -> Option<Ipv6Addr> {
+        self.inner.info.ipv6
     }
 
     /// The interface the stack bypasses.
@@ -544,31 +572,28 @@ impl Stack {
         }
     }
 
-    /// `addr`'s IPv4 addresses (this stack speaks IPv4 only).
-    fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddrV4>> {
-        let addrs: Vec<SocketAddrV4> = addr
-            .to_socket_addrs()?
-            .filter_map(|a| match a {
-                SocketAddr::V4(v4) => Some(v4),
-                SocketAddr::V6(_) => None,
-            })
-            .collect();
+    /// `addr`'s addresses, both families, in the resolver's order.
+    fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
         if addrs.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "no IPv4 address to use",
+                "no address to use",
             ));
         }
         Ok(addrs)
     }
 
-    /// The port to listen on (0: any free one), if `addr` is one of ours (the stack's
-    /// address or 0.0.0.0).
-    fn listen_port(&self, addr: impl ToSocketAddrs) -> io::Result<u16> {
+    /// The address and port to listen on (port 0: any free one), if `addr` is one of
+    /// ours: the stack's IPv4 or IPv6 address, 0.0.0.0 or `[::]`. A listener takes both
+    /// families on its port, as a Linux socket bound to `[::]` with IPV6_V6ONLY off.
+    fn listen_addr(&self, addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
         Self::resolve(addr)?
             .into_iter()
-            .find(|a| a.ip().is_unspecified() || *a.ip() == self.ip())
-            .map(|a| a.port())
+            .find(|a| match a.ip() {
+                IpAddr::V4(ip) => ip.is_unspecified() || ip == self.ip(),
+                IpAddr::V6(ip) => ip.is_unspecified() || Some(ip) == self.ipv6(),
+            })
             .ok_or_else(|| shared::Failure::BadAddress.io())
     }
 }

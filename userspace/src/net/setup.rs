@@ -8,14 +8,16 @@ use super::runtime::{NetDevice, Runtime, WaitError, pin_to_cpu};
 use super::shard::{ShardMember, Shards};
 use crate::device::error::{Context, SetupResult, bail, setup_error};
 use crate::device::holder;
-use crate::device::netinfo::{self, kernel_neighbour, provoke_kernel_arp};
+use crate::device::netinfo::{
+    self, kernel_neighbour_ip as kernel_neighbour, provoke_kernel_resolve,
+};
 use crate::device::pcap::PcapDevice;
 use crate::device::startup;
 use crate::device::xdp::{QueueChoice, SharedProgram, XdpProgram, XdpQueues, choose_queues};
 use crate::stack::{self, AddressMode, Stack};
 use crate::tcp::Instant;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 use xdp_ebpf::{MAX_LISTEN_PORTS, MODE_OWNED_IP, MODE_SHARED_IP, SteerConfig};
 
@@ -97,14 +99,38 @@ impl Plan {
                 .listen(*port, 4096)
                 .map_err(|e| setup_error!("listen on {port}: {e}"))?;
         }
-        if self.stack.mode == AddressMode::Owned {
+        if self.stack.mode == AddressMode::Owned && !self.stack.ip.is_unspecified() {
             stack.announce();
         }
         let mut rt = Runtime::new(stack, device);
         rt.iface = self.iface.clone();
         rt.iface_ip = self.iface_ip;
         rt.busy_poll = self.busy_poll;
+        await_dad(&mut rt)?;
         Ok(rt)
+    }
+}
+
+/// An owned IPv6 address is tentative until duplicate address detection ends (RFC
+/// 4862 5.4): the stack's first turns run it, so that no connection or listener meets
+/// a tentative address. Another node with the address is an error.
+fn await_dad(rt: &mut Runtime) -> SetupResult<()> {
+    if rt.stack.ipv6_state() != stack::Ipv6State::Tentative {
+        return Ok(());
+    }
+    let deadline = rt.now() + stack::DAD_WAIT + Duration::from_millis(500);
+    let state = rt.wait(Some(deadline), |stack, _| {
+        let state = stack.ipv6_state();
+        (state != stack::Ipv6State::Tentative).then_some(state)
+    });
+    match state {
+        Ok(stack::Ipv6State::Duplicate) => bail!(
+            "duplicate address detection: another node on the link has {}",
+            rt.stack.ipv6().map_or_else(String::new, |a| a.to_string())
+        ),
+        Ok(_) => Ok(()),
+        Err(WaitError::Interrupted) => bail!("interrupted"),
+        Err(WaitError::TimedOut) => bail!("duplicate address detection did not end"),
     }
 }
 
@@ -114,10 +140,29 @@ impl Plan {
 /// around a stack listening on `listen_ports`. Needs root (CAP_NET_ADMIN and CAP_BPF).
 pub fn open_runtime(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<Runtime> {
     let planning = startup::step("plan: route, interface, addresses");
-    let plan = plan(config, listen_ports)?;
+    let mut plan = plan(config, listen_ports)?;
     drop(planning);
     if let Some(cpu) = config.cpu {
         pin_to_cpu(cpu)?;
+    }
+    if config.switch {
+        let info = netinfo::interface(&plan.iface)?;
+        let port = crate::device::switch::SwitchPort::attach(info.ifindex, info.mac, info.mtu)
+            .context("joining the interface's switch")?
+            .ok_or_else(|| {
+                setup_error!(
+                    "no switch runs on {}: start the program with `userspace exec --share`",
+                    plan.iface
+                )
+            })?;
+        // This process's slice of the ephemeral ports: the switch steers it here.
+        plan.stack.port_range = port.port_range;
+        let xdp = XdpQueues::switched(port);
+        if !listen_ports.is_empty() {
+            xdp.set_listen_ports(listen_ports)?;
+        }
+        tracing::info!(iface = plan.iface, ip = %plan.stack.ip, "stack up, through the switch");
+        return plan.runtime(NetDevice::Plain(xdp));
     }
     // Only a binary that can run the holder lingers (`holder::linger` knows).
     let linger = config
@@ -244,25 +289,58 @@ fn stack_count(
 
 /// Everything decided before the device opens (see [`Plan`]).
 pub(crate) fn plan(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<Plan> {
-    let outbound = netinfo::outbound(config.interface.as_deref(), config.destination)?;
-    let (iface, route_gateway) = (outbound.iface, outbound.gateway);
+    // An IPv6 first destination (and no IPv4 one) picks the interface of its route.
+    let outbound = match (
+        config.interface.as_deref(),
+        config.destination,
+        config.destination6,
+    ) {
+        (None, None, Some(dst6)) => {
+            let (iface, route) = netinfo::outbound6(dst6)?;
+            netinfo::Outbound {
+                iface,
+                gateway: None,
+                source: None,
+            }
+            .with_gateway6(route.gateway, route.source)
+        }
+        _ => netinfo::outbound(config.interface.as_deref(), config.destination)?
+            .with_gateway6(None, None),
+    };
+    let (iface, route_gateway) = (outbound.0.iface, outbound.0.gateway);
     let info = netinfo::interface(&iface)?;
     if !info.up {
         bail!("interface {iface} is down");
     }
+    let owned = config.ip.is_some() || config.ipv6.is_some();
     let (ip, prefix, mode) = match config.ip {
         Some(ip) => (ip, info.ipv4.map_or(24, |(_, p)| p), AddressMode::Owned),
+        // An owned IPv6 address alone: no IPv4 (0.0.0.0 matches no frame).
+        None if owned => (Ipv4Addr::UNSPECIFIED, 32, AddressMode::Owned),
         None => {
             // The route's source address when it is one of the interface's own, else
             // the interface's first.
             let source = outbound
+                .0
                 .source
                 .and_then(|s| Some((s, netinfo::address_prefix(info.ifindex, s)?)));
-            let (ip, prefix) = source.or(info.ipv4).ok_or_else(|| {
-                setup_error!("interface {iface} has no IPv4 address (or pass --ip)")
-            })?;
-            (ip, prefix, AddressMode::Shared)
+            match source.or(info.ipv4) {
+                Some((ip, prefix)) => (ip, prefix, AddressMode::Shared),
+                // An IPv6-only interface: the stack speaks IPv6 alone.
+                None if info.ipv6.is_some() => (Ipv4Addr::UNSPECIFIED, 32, AddressMode::Shared),
+                None => bail!("interface {iface} has no IPv4 or IPv6 address (or pass --ip)"),
+            }
         }
+    };
+    // The IPv6 address: the owned one, or in shared mode the route's source when it is
+    // the interface's, else the interface's first usable one.
+    let ipv6: Option<(Ipv6Addr, u8)> = match (config.ipv6, mode) {
+        (Some(v6), _) => Some((v6, info.ipv6.map_or(64, |(_, p)| p))),
+        (None, AddressMode::Owned) => None,
+        (None, AddressMode::Shared) => outbound
+            .2
+            .and_then(|s| Some((s, netinfo::address_prefix6(info.ifindex, s)?)))
+            .or(info.ipv6),
     };
     if listen_ports.len() > MAX_LISTEN_PORTS {
         bail!("at most {MAX_LISTEN_PORTS} listening ports");
@@ -290,8 +368,21 @@ pub(crate) fn plan(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<Pl
         port_hi: port_range.1,
         ..Default::default()
     };
+    // The XDP program steers the stack's IPv6 address: everything for an owned one
+    // (NDP included), the stack's ports on a shared one. An owned IPv4 address with no
+    // IPv6 one steers no IPv6.
+    (steer.ipv6, steer.ipv6_mode) = match (config.ipv6, ipv6) {
+        (Some(owned), _) => (owned.octets(), MODE_OWNED_IP),
+        (None, Some((v6, _))) if mode == AddressMode::Shared => (v6.octets(), MODE_SHARED_IP),
+        _ => ([0; 16], MODE_SHARED_IP),
+    };
     steer.listen_ports[..listen_ports.len()].copy_from_slice(listen_ports);
     let mut cfg = stack::StackConfig::new(info.mac, ip, prefix);
+    if let Some((v6, prefix6)) = ipv6 {
+        cfg.ipv6 = Some(v6);
+        cfg.ipv6_prefix_len = prefix6;
+    }
+    cfg.gateway6 = outbound.1;
     cfg.gateway = config.gateway.or(route_gateway);
     cfg.gateway_fixed = config.gateway.is_some();
     cfg.mode = mode;
@@ -326,10 +417,20 @@ const NEIGHBOUR_LOOK_EVERY: Duration = Duration::from_millis(5);
 /// Makes sure the stack knows the MAC of the next hop towards `dst`. The kernel's
 /// neighbour table is the first hint; in shared-IP mode ARP replies go to the kernel, so
 /// it is asked to resolve; in owned-IP mode the stack's own ARP requests do it.
-pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> SetupResult<()> {
+pub fn resolve_next_hop(
+    rt: &mut Runtime,
+    dst: impl Into<IpAddr>,
+    timeout: Duration,
+) -> SetupResult<()> {
+    let dst = dst.into();
     let hop = crate::net::learn_route(&mut rt.stack, &rt.iface, dst)
         .map_err(|refusal| setup_error!("no route to {dst}: {refusal}"))?;
-    if rt.stack.arp_cache().lookup(hop).is_some() {
+    let what = if hop.is_ipv6() {
+        "no neighbour advertisement"
+    } else {
+        "no ARP reply"
+    };
+    if rt.stack.neighbour_mac(hop).is_some() {
         return Ok(());
     }
     let iface = rt.iface.clone();
@@ -344,7 +445,7 @@ pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> S
             let mut last_look: Option<Instant> = None;
             let found = rt.wait(Some(deadline), |_, now| {
                 if last_provoke.is_none_or(|t| now >= t + Duration::from_millis(300)) {
-                    provoke_kernel_arp(hop);
+                    provoke_kernel_resolve(&iface, hop);
                     last_provoke = Some(now);
                 }
                 // The kernel's table is asked every few ms, not at every turn.
@@ -360,24 +461,24 @@ pub fn resolve_next_hop(rt: &mut Runtime, dst: Ipv4Addr, timeout: Duration) -> S
                     Ok(())
                 }
                 Err(WaitError::Interrupted) => bail!("interrupted"),
-                Err(WaitError::TimedOut) => Err(setup_error!("no ARP reply from next hop {hop}")),
+                Err(WaitError::TimedOut) => Err(setup_error!("{what} from next hop {hop}")),
             }
         }
         AddressMode::Owned => {
             // The stack sends the requests itself when a connection needs the neighbour;
             // here it is asked directly so that a silent neighbour is a clear error.
             let now = rt.now();
-            rt.stack.request_arp(now, hop);
+            rt.stack.request_neighbour_ip(now, hop);
             match rt.wait(Some(deadline), |stack, now| {
-                if stack.arp_cache().lookup(hop).is_some() {
+                if stack.neighbour_mac(hop).is_some() {
                     return Some(());
                 }
-                stack.request_arp(now, hop);
+                stack.request_neighbour_ip(now, hop);
                 None
             }) {
                 Ok(()) => Ok(()),
                 Err(WaitError::Interrupted) => bail!("interrupted"),
-                Err(WaitError::TimedOut) => Err(setup_error!("no ARP reply from next hop {hop}")),
+                Err(WaitError::TimedOut) => Err(setup_error!("{what} from next hop {hop}")),
             }
         }
     }
@@ -420,6 +521,7 @@ pub fn stats_report(rt: &Runtime) -> String {
     let _ = writeln!(out, "  {:<24} {}", "steered", s.steered);
     let _ = writeln!(out, "  {:<24} {}", "passed_to_kernel", s.passed);
     let _ = writeln!(out, "  {:<24} {}", "no_socket", s.no_socket);
+    out.push_str(&s.ipv6.report());
     let _ = writeln!(out, "* tx: tcp checksum {}", xdp.tx_checksum().describe());
     let _ = writeln!(out, "  {:<24} {}", "frames_per_kick", xdp.tx_budget());
     let f = xdp.frame_account();

@@ -17,7 +17,7 @@ use crate::tcp::reassembly::RecvBuf;
 use crate::tcp::send_buffer::Ring;
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -28,7 +28,7 @@ pub(crate) enum Command {
     /// Open a connection to `remote`; give up after `timeout`.
     Connect {
         conn: Arc<Conn>,
-        remote: SocketAddrV4,
+        remote: SocketAddr,
         timeout: Duration,
     },
     /// Listen on the listener's port.
@@ -70,8 +70,8 @@ pub(crate) enum Failure {
     BadAddress,
     /// The connect's own time limit passed (not TCP giving up on its SYNs).
     ConnectTimeout,
-    /// The next hop towards the peer never answered ARP.
-    NoArpReply(std::net::Ipv4Addr),
+    /// The next hop towards the peer never answered ARP (or NDP, for IPv6).
+    NoArpReply(std::net::IpAddr),
     /// The kernel has no route to the peer out of the stack's interface.
     NoRoute(crate::device::netinfo::RouteRefusal),
 }
@@ -101,7 +101,13 @@ impl Failure {
             Failure::ConnectTimeout => io::Error::new(K::TimedOut, "connect timed out"),
             Failure::NoArpReply(hop) => io::Error::new(
                 K::HostUnreachable,
-                format!("resolving the next hop: no ARP reply from next hop {hop}"),
+                if hop.is_ipv6() {
+                    format!(
+                        "resolving the next hop: no neighbour advertisement from next hop {hop}"
+                    )
+                } else {
+                    format!("resolving the next hop: no ARP reply from next hop {hop}")
+                },
             ),
             Failure::NoRoute(RouteRefusal::Errno(errno)) => io::Error::from_raw_os_error(errno),
             Failure::NoRoute(other) => io::Error::new(K::NetworkUnreachable, other.to_string()),
@@ -231,8 +237,8 @@ pub(crate) enum Phase {
 /// One connection's shared state.
 pub(crate) struct ConnState {
     pub id: Option<ConnId>,
-    pub local: SocketAddrV4,
-    pub remote: SocketAddrV4,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
     /// Received in order, handed over by the TCP, not yet read by the application.
     pub rx: RecvBuf,
     /// Bytes read from `rx` since the loop last looked: their room in the TCP's receive
@@ -288,7 +294,7 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn new(
-        remote: SocketAddrV4,
+        remote: SocketAddr,
         cap: usize,
         nodelay: bool,
         phase: Phase,
@@ -297,7 +303,14 @@ impl Conn {
         Arc::new(Conn {
             shared: Waitable::new(ConnState {
                 id,
-                local: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                local: SocketAddr::new(
+                    if remote.is_ipv6() {
+                        std::net::Ipv6Addr::UNSPECIFIED.into()
+                    } else {
+                        std::net::Ipv4Addr::UNSPECIFIED.into()
+                    },
+                    0,
+                ),
                 remote,
                 rx: RecvBuf::new(),
                 rx_read: 0,
@@ -468,16 +481,20 @@ impl HasWaiters for ListenState {
 pub(crate) struct Listener {
     pub port: u16,
     pub backlog: usize,
+    /// The families it takes connections of: (IPv4, IPv6).
+    pub families: (bool, bool),
     pub shared: Waitable<ListenState>,
     /// Length of `queue`, readable by the loop without the lock.
     pub queued: AtomicUsize,
 }
 
 impl Listener {
-    pub(crate) fn new(port: u16, backlog: usize) -> Arc<Listener> {
+    /// A listener for IPv4 peers, IPv6 peers or both.
+    pub(crate) fn new(port: u16, backlog: usize, families: (bool, bool)) -> Arc<Listener> {
         Arc::new(Listener {
             port,
             backlog: backlog.max(1),
+            families,
             shared: Waitable::new(ListenState {
                 bound: None,
                 queue: VecDeque::new(),
@@ -538,7 +555,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn conn(cap: usize) -> Arc<Conn> {
-        let remote = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80);
+        let remote = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 2), 80));
         Conn::new(remote, cap, false, Phase::Open, None)
     }
 
@@ -657,7 +674,7 @@ mod tests {
             (Failure::Stopped, K::NotConnected),
             (Failure::ConnectTimeout, K::TimedOut),
             (
-                Failure::NoArpReply(Ipv4Addr::new(10, 0, 0, 1)),
+                Failure::NoArpReply(Ipv4Addr::new(10, 0, 0, 1).into()),
                 K::HostUnreachable,
             ),
         ] {
@@ -684,7 +701,7 @@ mod tests {
         let limit = Failure::ConnectTimeout.io();
         assert_eq!(limit.raw_os_error(), None);
         assert!(!limit.get_ref().is_some_and(|e| e.is::<TcpError>()));
-        let arp = Failure::NoArpReply(Ipv4Addr::new(10, 0, 0, 1)).io();
+        let arp = Failure::NoArpReply(Ipv4Addr::new(10, 0, 0, 1).into()).io();
         assert!(
             arp.to_string()
                 .contains("no ARP reply from next hop 10.0.0.1")

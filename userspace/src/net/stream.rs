@@ -2,7 +2,7 @@
 use super::Stack;
 use super::shared::{Command, Conn, ConnOption, ConnState, Outcome, Phase};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ pub(crate) struct Handle {
 
 impl Handle {
     /// Asks the loop for a connection to `remote`; the handle then waits for the answer.
-    pub(crate) fn connect(stack: &Stack, remote: SocketAddrV4, timeout: Duration) -> Handle {
+    pub(crate) fn connect(stack: &Stack, remote: SocketAddr, timeout: Duration) -> Handle {
         let inner = &stack.inner;
         let conn = Conn::new(remote, inner.cap, inner.nodelay, Phase::Connecting, None);
         stack.send(Command::Connect {
@@ -36,11 +36,11 @@ impl Handle {
     }
 
     pub(crate) fn peer_addr(&self) -> SocketAddr {
-        SocketAddr::V4(self.conn.shared.lock().remote)
+        self.conn.shared.lock().remote
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
-        SocketAddr::V4(self.conn.shared.lock().local)
+        self.conn.shared.lock().local
     }
 
     /// Shuts one or both directions; `false` if the connection was already finished
@@ -188,7 +188,7 @@ impl TcpStream {
         Self::open(stack, connect_target(addr, timeout)?, timeout)
     }
 
-    fn open(stack: &Stack, remote: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
+    fn open(stack: &Stack, remote: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
         let handle = Handle::connect(stack, remote, timeout);
         handle
             .conn
@@ -317,14 +317,9 @@ impl TcpStream {
     }
 }
 
-/// The IPv4 address of a `connect_timeout`, if the call makes sense.
-pub(crate) fn connect_target(addr: &SocketAddr, timeout: Duration) -> io::Result<SocketAddrV4> {
-    let SocketAddr::V4(remote) = *addr else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the stack speaks IPv4 only",
-        ));
-    };
+/// The address of a `connect_timeout`, if the call makes sense (either family).
+pub(crate) fn connect_target(addr: &SocketAddr, timeout: Duration) -> io::Result<SocketAddr> {
+    let remote = *addr;
     if timeout.is_zero() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

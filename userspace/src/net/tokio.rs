@@ -32,7 +32,7 @@ use super::stream::{Handle, connect_target};
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use std::future::poll_fn;
 use std::io;
-use std::net::{Shutdown, SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -73,7 +73,7 @@ impl TcpStream {
         Self::open(stack, connect_target(addr, timeout)?, timeout).await
     }
 
-    async fn open(stack: &Stack, remote: SocketAddrV4, timeout: Duration) -> io::Result<Self> {
+    async fn open(stack: &Stack, remote: SocketAddr, timeout: Duration) -> io::Result<Self> {
         let handle = Handle::connect(stack, remote, timeout);
         poll_fn(|cx| {
             handle

@@ -8,7 +8,7 @@ use super::shared::HasWaiters;
 use super::stream::Handle;
 use super::{Stack, TcpListener, TcpStream};
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use super::readiness::Ready;
 pub use super::readiness::{Readiness, Watcher};
@@ -17,7 +17,8 @@ impl TcpStream {
     /// Starts a connection to `remote` and returns at once, as a non-blocking
     /// `connect(2)` does: [`Readiness::connecting`] until it is open or failed, then
     /// [`TcpStream::connect_result`] says which.
-    pub fn connect_nonblocking(stack: &Stack, remote: SocketAddrV4) -> TcpStream {
+    pub fn connect_nonblocking(stack: &Stack, remote: impl Into<SocketAddr>) -> TcpStream {
+        let remote = remote.into();
         let timeout = stack.inner.connect_timeout;
         TcpStream::from_handle(Handle::connect(stack, remote, timeout))
     }
@@ -103,7 +104,7 @@ mod tests {
 
     fn conn(phase: Phase) -> Arc<crate::net::shared::Conn> {
         Conn::new(
-            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 80)),
             4,
             false,
             phase,
@@ -146,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_listener_is_readable_with_a_connection_queued() {
-        let l = Listener::new(80, 4);
+        let l = Listener::new(80, 4, (true, true));
         let mut st = l.shared.lock();
         assert_eq!(st.readiness(), Readiness::default());
         st.queue.push_back(conn(Phase::Open));

@@ -1,4 +1,5 @@
-//! ARP cache and resolution (RFC 826, RFC 1122 2.3.2.1 rate limiting).
+//! Neighbour cache and resolution for both families: ARP (RFC 826, RFC 1122 2.3.2.1
+//! rate limiting) and NDP (RFC 4861 section 7.2, the same timings as Linux gives both).
 //!
 //! Bounded and expiring like Linux's neighbour table: at most `ARP_CAPACITY` entries
 //! (gc_thresh3), and an entry learned from the network and unused for `ARP_STALE`
@@ -8,7 +9,8 @@ use crate::tcp::Instant;
 use crate::wire::MacAddr;
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::hash::Hash;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// Wait before the first repeat of an unanswered request; doubles with each one.
@@ -33,10 +35,10 @@ struct Entry {
 
 /// Neighbours' Ethernet addresses, and the requests still unanswered.
 #[derive(Debug)]
-pub struct ArpCache {
-    entries: HashMap<Ipv4Addr, Entry>,
+pub struct NeighbourCache<A> {
+    entries: HashMap<A, Entry>,
     /// Address -> (time the next request is due, requests sent).
-    pending: HashMap<Ipv4Addr, (Instant, u32)>,
+    pending: HashMap<A, (Instant, u32)>,
     capacity: usize,
     /// Learned entries expire (owned-IP mode, where the stack can resolve again).
     expiring: bool,
@@ -44,21 +46,26 @@ pub struct ArpCache {
     now: Instant,
 }
 
-impl Default for ArpCache {
+/// The IPv4 neighbours (ARP).
+pub type ArpCache = NeighbourCache<Ipv4Addr>;
+/// The IPv6 neighbours (NDP).
+pub type NdpCache = NeighbourCache<Ipv6Addr>;
+
+impl<A: Copy + Eq + Hash> Default for NeighbourCache<A> {
     fn default() -> Self {
-        ArpCache::new(true)
+        NeighbourCache::new(true)
     }
 }
 
-impl ArpCache {
+impl<A: Copy + Eq + Hash> NeighbourCache<A> {
     /// A cache of `ARP_CAPACITY` entries; learned ones expire if `expiring`.
     pub fn new(expiring: bool) -> Self {
-        ArpCache::with_capacity(ARP_CAPACITY, expiring)
+        NeighbourCache::with_capacity(ARP_CAPACITY, expiring)
     }
 
     /// A cache of at most `capacity` entries; learned ones expire if `expiring`.
     pub fn with_capacity(capacity: usize, expiring: bool) -> Self {
-        ArpCache {
+        NeighbourCache {
             entries: HashMap::new(),
             pending: HashMap::new(),
             capacity,
@@ -78,14 +85,14 @@ impl ArpCache {
     }
 
     /// The Ethernet address of `ip`, if known (and marks the entry used).
-    pub fn lookup(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+    pub fn lookup(&self, ip: A) -> Option<MacAddr> {
         let e = self.entries.get(&ip)?;
         e.used.set(self.now);
         Some(e.mac)
     }
 
     /// An address the application knows (a hint from the kernel): kept until replaced.
-    pub fn insert(&mut self, ip: Ipv4Addr, mac: MacAddr) {
+    pub fn insert(&mut self, ip: A, mac: MacAddr) {
         self.pending.remove(&ip);
         self.entries.insert(
             ip,
@@ -102,7 +109,7 @@ impl ArpCache {
     /// neighbours past gc_thresh3), and one that is `wanted` (we asked for it, or a
     /// connection needs it) takes the place of the least recently used learned entry.
     /// Returns false if the address was not kept.
-    pub fn learn(&mut self, ip: Ipv4Addr, mac: MacAddr, wanted: bool) -> bool {
+    pub fn learn(&mut self, ip: A, mac: MacAddr, wanted: bool) -> bool {
         let wanted = wanted || self.pending.contains_key(&ip);
         self.pending.remove(&ip);
         if let Some(e) = self.entries.get_mut(&ip) {
@@ -153,7 +160,7 @@ impl ArpCache {
 
     /// True if a request for `ip` should go out now: the first at once, then with
     /// exponential backoff (RFC 1122 2.3.2.1), at most `ARP_MAX_REQUESTS`.
-    pub fn should_request(&mut self, ip: Ipv4Addr, now: Instant) -> bool {
+    pub fn should_request(&mut self, ip: A, now: Instant) -> bool {
         match self.pending.get_mut(&ip) {
             Some((next, tries)) if now < *next || *tries >= ARP_MAX_REQUESTS => false,
             Some((next, tries)) => {
@@ -168,8 +175,13 @@ impl ArpCache {
         }
     }
 
+    /// Whether `ip` has an entry or an unanswered request (without marking it used).
+    pub fn knows(&self, ip: A) -> bool {
+        self.entries.contains_key(&ip) || self.pending.contains_key(&ip)
+    }
+
     /// Requests sent for `ip` that are still unanswered.
-    pub fn attempts(&self, ip: Ipv4Addr) -> u32 {
+    pub fn attempts(&self, ip: A) -> u32 {
         self.pending.get(&ip).map_or(0, |&(_, n)| n)
     }
 
@@ -179,7 +191,7 @@ impl ArpCache {
     }
 
     /// Addresses due for another request now.
-    pub fn due(&self, now: Instant, out: &mut Vec<Ipv4Addr>) {
+    pub fn due(&self, now: Instant, out: &mut Vec<A>) {
         out.extend(
             self.pending
                 .iter()
@@ -189,7 +201,7 @@ impl ArpCache {
     }
 
     /// Moves the addresses whose last request went unanswered into `out`.
-    pub fn take_failed(&mut self, now: Instant, out: &mut Vec<Ipv4Addr>) {
+    pub fn take_failed(&mut self, now: Instant, out: &mut Vec<A>) {
         self.pending.retain(|&ip, &mut (t, n)| {
             let failed = n >= ARP_MAX_REQUESTS && t <= now;
             if failed {

@@ -6,7 +6,7 @@ use super::Stack;
 use crate::tcp::seq::SeqNum;
 use crate::tcp::{self, Instant};
 use crate::wire::{MacAddr, TcpFlags, TcpOptions, TcpRepr};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 /// The low TSval bits of a cookie SYN-ACK that carry options, as in Linux.
 const COOKIE_TS_MASK: u32 = 0x3f;
@@ -23,8 +23,8 @@ impl Stack {
     fn cookie(
         &self,
         counter: u64,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
+        local: SocketAddr,
+        remote: SocketAddr,
         client_isn: u32,
         mss_index: u32,
     ) -> u32 {
@@ -44,11 +44,16 @@ impl Stack {
         &mut self,
         now: Instant,
         eth_src: MacAddr,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
+        local: SocketAddr,
+        remote: SocketAddr,
         seg: &TcpRepr<'_>,
     ) {
-        let peer_mss = seg.options.mss.unwrap_or(536).min(self.cfg.tcp.mss);
+        let ours = if remote.is_ipv6() {
+            tcp::ipv6_mss(self.cfg.tcp.mss)
+        } else {
+            self.cfg.tcp.mss
+        };
+        let peer_mss = seg.options.mss.unwrap_or(536).min(ours);
         let index = COOKIE_MSS.iter().rposition(|&m| m <= peer_mss).unwrap_or(0) as u32;
         let isn = self.cookie(Self::cookie_counter(now), local, remote, seg.seq.0, index);
         let tcp = &self.cfg.tcp;
@@ -112,8 +117,8 @@ impl Stack {
     pub(super) fn check_cookie(
         &self,
         now: Instant,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
+        local: SocketAddr,
+        remote: SocketAddr,
         seg: &TcpRepr<'_>,
     ) -> Option<u16> {
         let cookie = seg.ack.unwrap_or_default().0.wrapping_sub(1);

@@ -5,20 +5,36 @@ use super::{ConnId, Stack, StackError};
 use crate::tcp::{Connection, Instant};
 use crate::wire::{MacAddr, TcpFlags, TcpRepr};
 use std::collections::VecDeque;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 /// A listening port: its accept queue and how many of its connections are half-open.
 #[derive(Debug)]
 pub(super) struct Listener {
     pub(super) backlog: usize,
+    /// The families it takes connections of: (IPv4, IPv6).
+    pub(super) families: (bool, bool),
     /// Connections in the SYN queue: not yet synchronized, not in the accept queue.
     pub(super) half_open: usize,
     pub(super) accept_queue: VecDeque<ConnId>,
 }
 
 impl Stack {
-    /// Starts listening on `port` with an accept queue of `backlog`.
+    /// Starts listening on `port` with an accept queue of `backlog`, for both families
+    /// (as a Linux socket bound to `[::]` with IPV6_V6ONLY off).
     pub fn listen(&mut self, port: u16, backlog: usize) -> Result<(), StackError> {
+        self.listen_families(port, backlog, true, true)
+    }
+
+    /// [`Stack::listen`] for IPv4 peers, IPv6 peers or both: a socket bound to 0.0.0.0
+    /// takes IPv4 only, one bound to an IPv6 address (or with IPV6_V6ONLY) IPv6 only. A
+    /// segment of the other family finds the port closed (RFC 9293 3.10.7.1).
+    pub fn listen_families(
+        &mut self,
+        port: u16,
+        backlog: usize,
+        ipv4: bool,
+        ipv6: bool,
+    ) -> Result<(), StackError> {
         if self.listeners.contains_key(&port) {
             return Err(StackError::PortInUse);
         }
@@ -26,6 +42,7 @@ impl Stack {
             port,
             Listener {
                 backlog: backlog.max(1),
+                families: (ipv4, ipv6),
                 half_open: 0,
                 accept_queue: VecDeque::new(),
             },
@@ -58,8 +75,8 @@ impl Stack {
         &mut self,
         now: Instant,
         eth_src: MacAddr,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
+        local: SocketAddr,
+        remote: SocketAddr,
         seg: &TcpRepr<'_>,
     ) {
         if seg.flags.rst {
@@ -92,7 +109,7 @@ impl Stack {
                 self.unmatched = Some(owner);
                 return;
             }
-            self.learn_next_hop(*remote.ip(), eth_src);
+            self.learn_next_hop(remote.ip(), eth_src);
             let iss = self.isn.isn(now, local, remote);
             let mut conn = Connection::accept(now, self.cfg.tcp.clone(), local, remote, iss, seg);
             conn.set_timestamp_offset(self.timestamp_offset(local, remote));
@@ -121,7 +138,7 @@ impl Stack {
                 options,
                 ..Default::default()
             };
-            self.learn_next_hop(*remote.ip(), eth_src);
+            self.learn_next_hop(remote.ip(), eth_src);
             let mut conn = Connection::accept(
                 now,
                 self.cfg.tcp.clone(),

@@ -48,6 +48,13 @@ counters! {
     ip_reassembly_timeouts,
     /// Frames dropped: protocols the stack does not speak.
     drop_unsupported,
+    /// Frames dropped: IPv6 extension header chains RFC 8200 section 4 says to drop
+    /// (misplaced Hop-by-Hop, Routing with segments left, discard options, hiding chains).
+    drop_ipv6_extension,
+    /// Frames dropped: IPv6 fragments.
+    drop_ipv6_fragment,
+    /// Frames dropped: NDP messages with a hop limit below 255 (RFC 4861 7.1).
+    drop_offlink_ndp,
     /// Frames for another address.
     not_for_us,
     /// ARP packets for our address.
@@ -56,6 +63,16 @@ counters! {
     arp_requests,
     /// Next hops that never answered ARP; their waiting connections failed.
     arp_failures,
+    /// NDP solicitations and advertisements for our IPv6 address received.
+    ndp_in,
+    /// Neighbour solicitations sent (resolution and DAD).
+    ndp_solicits,
+    /// Next hops that never answered a neighbour solicitation.
+    ndp_failures,
+    /// Duplicate address detection found our IPv6 address in use (RFC 4862 5.4.5).
+    dad_conflicts,
+    /// ICMPv6 packet-too-big messages about one of our connections (RFC 8201).
+    icmp6_packet_too_big,
     /// Addresses not learned because the ARP cache was full.
     arp_cache_full,
     /// ICMP destination-unreachable messages received.
@@ -102,6 +119,9 @@ impl StackStats {
             WireError::BadIcmpChecksum => &mut self.drop_bad_icmp_checksum,
             WireError::Fragment => &mut self.drop_ip_fragment,
             WireError::Unsupported => &mut self.drop_unsupported,
+            WireError::Ipv6Extension => &mut self.drop_ipv6_extension,
+            WireError::Ipv6Fragment => &mut self.drop_ipv6_fragment,
+            WireError::OffLinkNdp => &mut self.drop_offlink_ndp,
         };
         *counter += 1;
     }
@@ -115,6 +135,9 @@ impl StackStats {
             + self.drop_bad_icmp_checksum
             + self.drop_ip_fragment
             + self.drop_unsupported
+            + self.drop_ipv6_extension
+            + self.drop_ipv6_fragment
+            + self.drop_offlink_ndp
     }
 }
 

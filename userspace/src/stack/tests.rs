@@ -55,8 +55,21 @@ fn transfer_over(
         pair.client.stats.arp_requests >= 1,
         "the client resolved the server by ARP"
     );
+    send_and_close(&mut pair, (id, sid), seed, 2_000_000);
+    pair
+}
+
+/// The client sends `len` random bytes on `id` and closes; the server reads them all
+/// on `sid`, then closes too: both end as an active closer in TIME-WAIT and a closed
+/// passive one.
+pub(super) fn send_and_close(
+    pair: &mut StackPair,
+    (id, sid): (ConnId, ConnId),
+    seed: u64,
+    len: usize,
+) {
     let mut rng = crate::sim::Rng::new(seed);
-    let mut data = vec![0u8; 2_000_000];
+    let mut data = vec![0u8; len];
     rng.fill(&mut data);
     let (mut sent, mut got) = (0, Vec::new());
     let mut buf = vec![0u8; 65536];
@@ -77,7 +90,6 @@ fn transfer_over(
     pair.run_until(Duration::from_secs(600), |c, s| {
         c.state(id) == State::TimeWait && s.state(sid) == State::Closed
     });
-    pair
 }
 
 #[test]
@@ -142,11 +154,17 @@ fn syn(port: u16, seq: u32) -> TcpRepr<'static> {
 }
 
 pub(super) fn frame(repr: &TcpRepr<'_>) -> Vec<u8> {
+    frame_between((IP_C.into(), IP_S.into()), repr)
+}
+
+/// A segment from the client's MAC to the server's between these addresses (either
+/// family).
+pub(super) fn frame_between(ip: (IpAddr, IpAddr), repr: &TcpRepr<'_>) -> Vec<u8> {
     let mut buf = vec![0u8; 1600];
     let n = wire::emit_tcp(
         &mut buf,
         (MAC_C, MAC_S),
-        (IP_C, IP_S),
+        ip,
         repr,
         repr.payload.len(),
         |_| {},

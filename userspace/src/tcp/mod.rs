@@ -21,7 +21,7 @@ pub use crate::wire::time;
 
 pub use congestion::{CongestionControl, Cubic, NewReno};
 pub use connection::{
-    ChallengeAckBudget, Config, Connection, ConnectionStats, State, TcpError, Transmit,
+    ChallengeAckBudget, Config, Connection, ConnectionStats, State, TcpError, Transmit, ipv6_mss,
     receive_window_scale,
 };
 pub use seq::SeqNum;

@@ -1154,12 +1154,12 @@ mod sim_properties {
 
     /// A one-way bulk transfer over a clean link; returns the pair when A has sent
     /// `len` bytes or `limit` of virtual time passed.
-    fn bulk(seed: u64, cfg: Config, delay_ms: u64, len: usize) -> Pair {
+    fn bulk(ipv6: bool, seed: u64, cfg: Config, delay_ms: u64, len: usize) -> Pair {
         let link = LinkConfig {
             delay: Duration::from_millis(delay_ms),
             ..LinkConfig::default()
         };
-        let mut pair = Pair::new(seed, cfg.clone(), cfg, link.clone(), link);
+        let mut pair = Pair::new_in(ipv6, seed, cfg.clone(), cfg, link.clone(), link);
         pair.app_a.to_send = vec![0x42; len];
         pair
     }
@@ -1172,6 +1172,7 @@ mod sim_properties {
         #[test]
         fn sim_ack_ratio_at_least_one_per_two_full_segments(
             seed in any::<u64>(),
+            ipv6 in any::<bool>(),
             delay_ms in 1u64..40,
             timestamps in any::<bool>(),
             cubic in any::<bool>(),
@@ -1182,7 +1183,7 @@ mod sim_properties {
                 congestion: if cubic { CongestionKind::Cubic } else { CongestionKind::NewReno },
                 ..Config::default()
             };
-            let mut pair = bulk(seed, cfg, delay_ms, len);
+            let mut pair = bulk(ipv6, seed, cfg, delay_ms, len);
             pair.run(Duration::from_secs(120));
             prop_assert_eq!(&pair.app_b.received.len(), &len);
             let mss = pair.a.send_mss() as u64;
@@ -1201,6 +1202,7 @@ mod sim_properties {
         #[test]
         fn sim_slow_start_doubles_cwnd_per_round_trip(
             seed in any::<u64>(),
+            ipv6 in any::<bool>(),
             delay_ms in 2u64..40,
             rounds in 1u32..6,
             cubic in any::<bool>(),
@@ -1211,7 +1213,7 @@ mod sim_properties {
                 recv_buffer: 4 << 20,
                 ..Config::default()
             };
-            let mut pair = bulk(seed, cfg, delay_ms, 16 << 20);
+            let mut pair = bulk(ipv6, seed, cfg, delay_ms, 16 << 20);
             while !pair.a.is_synchronized() {
                 prop_assert!(pair.step());
             }

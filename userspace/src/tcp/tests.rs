@@ -703,7 +703,20 @@ fn transfer(
     a_len: usize,
     b_len: usize,
 ) -> Pair {
-    let mut pair = Pair::new(seed, a_cfg, b_cfg, link.clone(), link);
+    transfer_in(false, seed, a_cfg, b_cfg, link, a_len, b_len)
+}
+
+/// [`transfer`] over IPv6 (`ipv6`) or IPv4.
+fn transfer_in(
+    ipv6: bool,
+    seed: u64,
+    a_cfg: Config,
+    b_cfg: Config,
+    link: LinkConfig,
+    a_len: usize,
+    b_len: usize,
+) -> Pair {
+    let mut pair = Pair::new_in(ipv6, seed, a_cfg, b_cfg, link.clone(), link);
     pair.app_a.to_send = stream(seed, a_len);
     pair.app_b.to_send = stream(seed + 1, b_len);
     let outcome = pair.run(Duration::from_secs(600));
@@ -866,6 +879,7 @@ mod properties {
         #[test]
         fn streams_arrive_identical_under_impairments(
             seed in any::<u64>(),
+            ipv6 in any::<bool>(),
             loss in 0.0f64..0.08,
             duplicate in 0.0f64..0.05,
             reorder in 0.0f64..0.2,
@@ -888,7 +902,7 @@ mod properties {
             };
             let congestion = if cubic { CongestionKind::Cubic } else { CongestionKind::NewReno };
             let cfg = Config { nodelay, ..sim_case_config(sack, timestamps, congestion) };
-            let pair = transfer(seed, cfg.clone(), cfg, link, a_len, b_len);
+            let pair = transfer_in(ipv6, seed, cfg.clone(), cfg, link, a_len, b_len);
             let (retransmits, damaged) = retransmits_and_damage(&pair);
             prop_assert!(
                 retransmits <= 3 * damaged + 2,

@@ -1,4 +1,5 @@
-//! Parse and emit Ethernet, ARP, IPv4, ICMP and TCP on top of etherparse. No state.
+//! Parse and emit Ethernet, ARP, IPv4, IPv6, ICMP, ICMPv6, NDP and TCP on top of
+//! etherparse. No state.
 //!
 //! Parsing validates everything a hostile peer could lie about (lengths, IHL, data
 //! offset, checksums) and reports a [`WireError`] the stack counts and drops.
@@ -6,16 +7,22 @@
 mod arp;
 pub mod frag;
 mod ipv4;
+mod ipv6;
 pub mod seq;
 mod tcp;
 pub mod time;
 
 pub use arp::{ArpOp, ArpRepr, emit_arp};
 pub use ipv4::{IcmpRepr, Ipv4Info, emit_icmp_echo_reply};
+pub use ipv6::{
+    ALL_NODES, ETHERTYPE_IPV6, IPV6_HEADER_LEN, IPV6_MIN_MTU, Icmpv6Repr, Ipv6Info,
+    MAX_EXTENSION_HEADERS, NdpRepr, QuotedTcp6, emit_icmpv6_echo_reply, emit_icmpv6_error,
+    emit_ndp, multicast_mac, ndp_frame_len, solicited_node,
+};
 pub use seq::SeqNum;
 pub use tcp::{MAX_SACK_BLOCKS, TcpFlags, TcpOptions, TcpRepr, emit_tcp, tcp_frame_len};
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// An Ethernet address.
 pub type MacAddr = [u8; 6];
@@ -54,10 +61,22 @@ pub enum WireError {
     /// A protocol the stack does not speak.
     #[error("unsupported protocol")]
     Unsupported,
+    /// An IPv6 extension header chain RFC 8200 section 4 says to drop: Hop-by-Hop not
+    /// first, a Routing header with segments left, an option that says discard, or a
+    /// chain too long or cut short (one that hides the upper-layer header).
+    #[error("IPv6 extension header dropped")]
+    Ipv6Extension,
+    /// An IPv6 fragment (the stack does not reassemble them; its segments never need it).
+    #[error("IPv6 fragment")]
+    Ipv6Fragment,
+    /// A neighbour discovery message whose hop limit is not 255: it crossed a router
+    /// (RFC 4861 section 7.1).
+    #[error("NDP message from off the link")]
+    OffLinkNdp,
 }
 
 /// A parsed frame, borrowing its payload from the receive buffer.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum Frame<'a> {
     /// An ARP packet.
     Arp(ArpRepr),
@@ -78,6 +97,24 @@ pub enum Frame<'a> {
         ip: Ipv4Info,
         /// The message.
         icmp: IcmpRepr<'a>,
+    },
+    /// A TCP segment over IPv6.
+    Tcp6 {
+        /// Ethernet source address (the previous hop).
+        eth_src: MacAddr,
+        /// The IPv6 header.
+        ip: Ipv6Info,
+        /// The segment.
+        tcp: TcpRepr<'a>,
+    },
+    /// An ICMPv6 message (NDP included).
+    Icmp6 {
+        /// Ethernet source address (the previous hop).
+        eth_src: MacAddr,
+        /// The IPv6 header.
+        ip: Ipv6Info,
+        /// The message.
+        icmp: Icmpv6Repr<'a>,
     },
 }
 
@@ -105,17 +142,21 @@ pub enum TxChecksum {
     Partial,
 }
 
-/// Where a device completes the TCP checksum of an IPv4 frame left [`TxChecksum::Partial`]:
+/// Where a device completes the TCP checksum of a frame left [`TxChecksum::Partial`]:
 /// `(csum_start, csum_offset)`, the start of the TCP header from the frame's start and
-/// the field's offset in it. None for any other frame (ARP, ICMP, a short frame).
+/// the field's offset in it. None for any other frame (ARP, ICMP, an IPv6 header
+/// followed by an extension header, a short frame).
 pub fn tcp_checksum_location(frame: &[u8]) -> Option<(u16, u16)> {
-    if frame.len() < ETH_HEADER_LEN + IPV4_HEADER_LEN
-        || u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE_IPV4
-        || frame[ETH_HEADER_LEN + 9] != 6
-    {
+    if frame.len() < ETH_HEADER_LEN + IPV4_HEADER_LEN {
         return None;
     }
-    let start = ETH_HEADER_LEN + usize::from(frame[ETH_HEADER_LEN] & 0x0f) * 4;
+    let ip = &frame[ETH_HEADER_LEN..];
+    let start = match u16::from_be_bytes([frame[12], frame[13]]) {
+        ETHERTYPE_IPV4 if ip[9] == 6 => ETH_HEADER_LEN + usize::from(ip[0] & 0x0f) * 4,
+        // RFC 8200 section 3: the next header is byte 6 of the fixed header.
+        ETHERTYPE_IPV6 if ip[6] == 6 => ETH_HEADER_LEN + IPV6_HEADER_LEN,
+        _ => return None,
+    };
     // RFC 9293 section 3.1: the checksum is bytes 16-17 of the TCP header.
     (start + 18 <= frame.len()).then_some((start as u16, 16))
 }
@@ -153,6 +194,35 @@ pub fn parse_frame_with(frame: &[u8], policy: ChecksumPolicy) -> Result<Parsed<'
             partial_checksum: false,
         }),
         ETHERTYPE_IPV4 => parse_ipv4(eth_src, eth.payload_slice(), policy),
+        ETHERTYPE_IPV6 => parse_ipv6(eth_src, eth.payload_slice(), policy),
+        _ => Err(WireError::Unsupported),
+    }
+}
+
+/// Parses a whole IPv6 packet as if it came in a frame from `eth_src`.
+pub fn parse_ipv6(
+    eth_src: MacAddr,
+    packet: &[u8],
+    policy: ChecksumPolicy,
+) -> Result<Parsed<'_>, WireError> {
+    let (ip, next, payload) = ipv6::parse(packet)?;
+    match next {
+        ipv6::NH_TCP => {
+            let (tcp, partial_checksum) =
+                tcp::parse(IpAddr::V6(ip.src), IpAddr::V6(ip.dst), payload, policy)?;
+            Ok(Parsed {
+                frame: Frame::Tcp6 { eth_src, ip, tcp },
+                partial_checksum,
+            })
+        }
+        ipv6::NH_ICMPV6 => Ok(Parsed {
+            frame: Frame::Icmp6 {
+                eth_src,
+                ip,
+                icmp: Icmpv6Repr::parse(&ip, payload)?,
+            },
+            partial_checksum: false,
+        }),
         _ => Err(WireError::Unsupported),
     }
 }
@@ -167,7 +237,8 @@ pub fn parse_ipv4(
     let (ip, protocol, payload) = ipv4::parse(packet)?;
     match protocol {
         ipv4::PROTO_TCP => {
-            let (tcp, partial_checksum) = tcp::parse(ip.src, ip.dst, payload, policy)?;
+            let (tcp, partial_checksum) =
+                tcp::parse(IpAddr::V4(ip.src), IpAddr::V4(ip.dst), payload, policy)?;
             Ok(Parsed {
                 frame: Frame::Tcp { eth_src, ip, tcp },
                 partial_checksum,
@@ -229,6 +300,11 @@ pub fn checksum(data: &[u8]) -> u16 {
     fold(sum(data, 0))
 }
 
+/// RFC 1071 checksum of `data` with a pseudo-header sum from [`pseudo_sum_v6`].
+fn checksum_with(data: &[u8], pseudo: u64) -> u16 {
+    fold(sum(data, pseudo))
+}
+
 /// The RFC 9293 section 3.1 pseudo-header of a TCP segment of `len` bytes.
 fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> [u8; 12] {
     let mut pseudo = [0u8; 12];
@@ -239,16 +315,54 @@ fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> [u8; 12] {
     pseudo
 }
 
-/// TCP checksum over the RFC 9293 section 3.1 pseudo-header and the segment.
-pub fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
+/// The sum of the RFC 8200 section 8.1 pseudo-header: addresses, upper-layer length
+/// (32 bits) and next header.
+fn pseudo_sum_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, len: usize) -> u64 {
+    let mut pseudo = [0u8; 40];
+    pseudo[..16].copy_from_slice(&src.octets());
+    pseudo[16..32].copy_from_slice(&dst.octets());
+    pseudo[32..36].copy_from_slice(&(len as u32).to_be_bytes());
+    pseudo[39] = next_header;
+    sum(&pseudo, 0)
+}
+
+/// The pseudo-header sum of a TCP segment of `len` bytes between `src` and `dst`
+/// (mixed families never meet: the IPv4 sum is taken then).
+#[inline]
+fn tcp_pseudo_sum(src: IpAddr, dst: IpAddr, len: usize) -> u64 {
+    match (src, dst) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => pseudo_sum_v6(s, d, 6, len),
+        (IpAddr::V4(s), IpAddr::V4(d)) => sum(&pseudo_header(s, d, len), 0),
+        _ => 0,
+    }
+}
+
+/// TCP checksum over the pseudo-header (RFC 9293 section 3.1, RFC 8200 section 8.1)
+/// and the segment.
+#[inline]
+pub fn tcp_checksum(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, segment: &[u8]) -> u16 {
+    match (src.into(), dst.into()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => tcp_checksum_v4(s, d, segment),
+        (IpAddr::V6(s), IpAddr::V6(d)) => tcp_checksum_v6(s, d, segment),
+        _ => fold(sum(segment, 0)),
+    }
+}
+
+/// [`tcp_checksum`] over IPv4 (RFC 9293 section 3.1).
+pub(crate) fn tcp_checksum_v4(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
     let pseudo = pseudo_header(src, dst, segment.len());
     fold(sum(segment, sum(&pseudo, 0)))
 }
 
+/// [`tcp_checksum`] over IPv6 (RFC 8200 section 8.1).
+pub(crate) fn tcp_checksum_v6(src: Ipv6Addr, dst: Ipv6Addr, segment: &[u8]) -> u16 {
+    fold(sum(segment, pseudo_sum_v6(src, dst, 6, segment.len())))
+}
+
 /// What a CHECKSUM_PARTIAL segment of `len` bytes carries in its checksum field: the
 /// folded pseudo-header sum, not complemented (Linux's `~tcp_v4_check(len, s, d, 0)`).
-pub fn partial_tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> u16 {
-    !fold(sum(&pseudo_header(src, dst, len), 0))
+pub fn partial_tcp_checksum(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, len: usize) -> u16 {
+    !fold(tcp_pseudo_sum(src.into(), dst.into(), len))
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
@@ -259,5 +373,7 @@ pub fn format_mac(mac: &MacAddr) -> String {
         .join(":")
 }
 
+#[cfg(test)]
+mod ipv6_tests;
 #[cfg(test)]
 mod tests;

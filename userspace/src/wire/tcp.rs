@@ -4,9 +4,10 @@ use super::{
     ChecksumPolicy, ETH_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, MacAddr, TxChecksum,
     WireError, emit_ethernet,
     ipv4::{PROTO_TCP, emit_header},
-    partial_tcp_checksum, tcp_checksum,
+    ipv6::{ETHERTYPE_IPV6, IPV6_HEADER_LEN, NH_TCP},
+    partial_tcp_checksum, tcp_checksum, tcp_checksum_v4, tcp_checksum_v6,
 };
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// At most four SACK blocks fit in the option space (three with timestamps).
 pub const MAX_SACK_BLOCKS: usize = 4;
@@ -248,8 +249,8 @@ impl TcpRepr<'_> {
 
 /// Parses a TCP segment; the flag says its checksum was partial (see [`ChecksumPolicy`]).
 pub(super) fn parse(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     segment: &[u8],
     policy: ChecksumPolicy,
 ) -> Result<(TcpRepr<'_>, bool), WireError> {
@@ -286,40 +287,81 @@ pub(super) fn parse(
     Ok((repr, partial))
 }
 
-/// Length of the frame [`emit_tcp`] writes for `repr` with `payload_len` bytes.
+/// Length of the IPv4 frame [`emit_tcp`] writes for `repr` with `payload_len` bytes.
 pub fn tcp_frame_len(repr: &TcpRepr<'_>, payload_len: usize) -> usize {
     ETH_HEADER_LEN + IPV4_HEADER_LEN + TCP_MIN_HEADER + repr.options.encoded_len() + payload_len
 }
 
-/// Writes Ethernet+IPv4+TCP into `buf`. The payload is `repr.payload` if not empty,
+/// Writes Ethernet+IPv4+TCP (or Ethernet+IPv6+TCP for IPv6 addresses) into `buf`. The payload is `repr.payload` if not empty,
 /// else `fill` writes `payload_len` bytes straight into the frame (so data moves from
 /// the send buffer to the frame in one copy). The TCP checksum is complete or left to
 /// the device ([`TxChecksum`]). Returns the frame length, 0 if it won't fit.
-pub fn emit_tcp(
+pub fn emit_tcp<A: Into<IpAddr>>(
     buf: &mut [u8],
     eth: (MacAddr, MacAddr),
-    ip: (Ipv4Addr, Ipv4Addr),
+    ip: (A, A),
     repr: &TcpRepr<'_>,
     payload_len: usize,
     fill: impl FnOnce(&mut [u8]),
-    checksum: TxChecksum,
+    tx_checksum: TxChecksum,
+) -> usize {
+    // One body per family, each as lean as an IPv4-only one.
+    match (ip.0.into(), ip.1.into()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => emit_segment(
+            buf,
+            IPV4_HEADER_LEN,
+            repr,
+            payload_len,
+            fill,
+            |b, len| {
+                emit_ethernet(b, eth.0, eth.1, ETHERTYPE_IPV4);
+                emit_header(&mut b[ETH_HEADER_LEN..], s, d, PROTO_TCP, len);
+            },
+            |seg| match tx_checksum {
+                TxChecksum::Complete => tcp_checksum_v4(s, d, seg),
+                TxChecksum::Partial => partial_tcp_checksum(s, d, seg.len()),
+            },
+        ),
+        (IpAddr::V6(s), IpAddr::V6(d)) => emit_segment(
+            buf,
+            IPV6_HEADER_LEN,
+            repr,
+            payload_len,
+            fill,
+            |b, len| {
+                emit_ethernet(b, eth.0, eth.1, ETHERTYPE_IPV6);
+                // Hop limit 64, as Linux's default (net.ipv6.conf.*.hop_limit).
+                super::ipv6::emit_header(&mut b[ETH_HEADER_LEN..], s, d, NH_TCP, len, 64);
+            },
+            |seg| match tx_checksum {
+                TxChecksum::Complete => tcp_checksum_v6(s, d, seg),
+                TxChecksum::Partial => partial_tcp_checksum(s, d, seg.len()),
+            },
+        ),
+        _ => 0,
+    }
+}
+
+/// The body of [`emit_tcp`] for one family: `header` writes the Ethernet and IP headers
+/// for a segment of the given length, `checksum` sums the segment with its pseudo-header.
+#[inline(always)]
+fn emit_segment(
+    buf: &mut [u8],
+    ip_header_len: usize,
+    repr: &TcpRepr<'_>,
+    payload_len: usize,
+    fill: impl FnOnce(&mut [u8]),
+    header: impl FnOnce(&mut [u8], usize),
+    checksum: impl FnOnce(&[u8]) -> u16,
 ) -> usize {
     let options_len = repr.options.encoded_len();
     let tcp_header_len = TCP_MIN_HEADER + options_len;
-    let total = tcp_frame_len(repr, payload_len);
+    let total = ETH_HEADER_LEN + ip_header_len + tcp_header_len + payload_len;
     if total > buf.len() || tcp_header_len > 60 {
         return 0;
     }
-    emit_ethernet(buf, eth.0, eth.1, ETHERTYPE_IPV4);
-    let segment_len = tcp_header_len + payload_len;
-    emit_header(
-        &mut buf[ETH_HEADER_LEN..],
-        ip.0,
-        ip.1,
-        PROTO_TCP,
-        segment_len,
-    );
-    let seg = &mut buf[ETH_HEADER_LEN + IPV4_HEADER_LEN..total];
+    header(buf, tcp_header_len + payload_len);
+    let seg = &mut buf[ETH_HEADER_LEN + ip_header_len..total];
     seg[0..2].copy_from_slice(&repr.src_port.to_be_bytes());
     seg[2..4].copy_from_slice(&repr.dst_port.to_be_bytes());
     seg[4..8].copy_from_slice(&repr.seq.0.to_be_bytes());
@@ -339,10 +381,7 @@ pub fn emit_tcp(
     } else {
         seg[tcp_header_len..].copy_from_slice(&repr.payload[..payload_len]);
     }
-    let sum = match checksum {
-        TxChecksum::Complete => tcp_checksum(ip.0, ip.1, seg),
-        TxChecksum::Partial => partial_tcp_checksum(ip.0, ip.1, seg.len()),
-    };
+    let sum = checksum(seg);
     seg[16..18].copy_from_slice(&sum.to_be_bytes());
     total
 }

@@ -333,3 +333,42 @@ fn only_ipv4_tcp_frames_have_a_checksum_location() {
     assert_eq!(tcp_checksum_location(&buf[..len]), None);
     assert_eq!(tcp_checksum_location(&buf[..20]), None);
 }
+
+/// An IPv6 segment left partial is completed from the TCP header after the fixed IPv6
+/// header into the same frame as one with the whole checksum.
+#[test]
+fn partial_tx_checksum_over_ipv6_completes_to_the_same_frame() {
+    let (src, dst) = (
+        std::net::Ipv6Addr::new(0xfd00, 0x77, 1, 0, 0, 0, 0, 2),
+        std::net::Ipv6Addr::new(0xfd00, 0x77, 2, 0, 0, 0, 0, 2),
+    );
+    let mut repr = syn_with_options();
+    repr.payload = b"hello, partial";
+    let n = repr.payload.len();
+    let (mut full, mut partial) = ([0u8; 200], [0u8; 200]);
+    let eth = (MAC_A, MAC_B);
+    let len = emit_tcp(
+        &mut full,
+        eth,
+        (src, dst),
+        &repr,
+        n,
+        |_| {},
+        TxChecksum::Complete,
+    );
+    let plen = emit_tcp(
+        &mut partial,
+        eth,
+        (src, dst),
+        &repr,
+        n,
+        |_| {},
+        TxChecksum::Partial,
+    );
+    assert_eq!(len, plen);
+    assert_ne!(full[..len], partial[..len]);
+    let (start, offset) = tcp_checksum_location(&partial[..len]).unwrap();
+    assert_eq!((start, offset), (54, 16));
+    complete_checksum(&mut partial[..len], start.into(), offset.into());
+    assert_eq!(full[..len], partial[..len]);
+}

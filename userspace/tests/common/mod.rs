@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+#[allow(unused_imports)]
 pub use xtask::world::{self, HOST_IF, HOST_IP, OWNED_IP, SERVER_IP, World, WorldOptions};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_userspace");

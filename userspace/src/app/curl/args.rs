@@ -199,9 +199,12 @@ pub struct CurlArgs {
     /// Use ADDR for HOST:PORT instead of the resolver (HOST:PORT:ADDR, repeatable)
     #[arg(long, value_name = "HOST:PORT:ADDR")]
     pub resolve: Vec<String>,
-    /// IPv4 only (the stack speaks IPv4 only anyway)
-    #[arg(short = '4', long)]
+    /// Resolve names to IPv4 addresses only
+    #[arg(short = '4', long, overrides_with = "ipv6")]
     pub ipv4: bool,
+    /// Resolve names to IPv6 addresses only
+    #[arg(short = '6', long, overrides_with = "ipv4")]
+    pub ipv6: bool,
     /// Interface to use (the same as --iface)
     #[arg(long, value_name = "IF")]
     pub interface: Option<String>,
@@ -307,6 +310,15 @@ impl CurlArgs {
     }
 
     /// The stack flags with `--interface` folded into `--iface`.
+    /// The address family `-4` or `-6` asks for (the last one given wins).
+    pub fn family(&self) -> super::resolve::Family {
+        match (self.ipv4, self.ipv6) {
+            (true, _) => super::resolve::Family::V4,
+            (_, true) => super::resolve::Family::V6,
+            _ => super::resolve::Family::Any,
+        }
+    }
+
     pub fn stack_args(&self) -> StackArgs {
         let mut stack = self.stack.clone();
         if stack.iface.is_none() {

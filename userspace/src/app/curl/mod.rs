@@ -15,14 +15,13 @@ mod progress;
 mod proxy;
 mod psl;
 mod request;
+mod resolve;
 mod response;
 mod transfer;
 mod transport;
 mod writeout;
 
 pub use args::CurlArgs;
-
-use std::net::{Ipv4Addr, ToSocketAddrs};
 
 /// A failure with curl's exit code for it.
 #[derive(Debug)]
@@ -158,96 +157,10 @@ pub fn parse_url(raw: &str) -> Result<Target, CurlError> {
     })
 }
 
-/// One --resolve entry: HOST:PORT:ADDR (PORT may be *; ADDR may be in brackets).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolveEntry {
-    host: String,
-    port: Option<u16>,
-    addr: Ipv4Addr,
-}
-
-pub fn parse_resolve(entry: &str) -> Result<ResolveEntry, CurlError> {
-    let bad = || {
-        fail(
-            EXIT_BAD_RESOLVE,
-            format!("Couldn't parse CURLOPT_RESOLVE entry '{entry}'"),
-        )
-    };
-    let entry_body = entry.strip_prefix('+').unwrap_or(entry);
-    let mut parts = entry_body.splitn(3, ':');
-    let (Some(host), Some(port), Some(addr)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(bad());
-    };
-    let port = match port {
-        "*" => None,
-        p => Some(p.parse::<u16>().map_err(|_| bad())?),
-    };
-    // The first address of a comma-separated list.
-    let first = addr.split(',').next().unwrap_or_default();
-    let addr = first
-        .trim_matches(|c| c == '[' || c == ']')
-        .parse::<Ipv4Addr>()
-        .map_err(|_| bad())?;
-    if host.is_empty() {
-        return Err(bad());
-    }
-    Ok(ResolveEntry {
-        host: host.to_string(),
-        port,
-        addr,
-    })
-}
-
-pub fn resolve(entries: &[ResolveEntry], host: &str, port: u16) -> Result<Ipv4Addr, CurlError> {
-    if let Some(e) = entries
-        .iter()
-        .find(|e| e.host.eq_ignore_ascii_case(host) && e.port.is_none_or(|p| p == port))
-    {
-        return Ok(e.addr);
-    }
-    if let Ok(ip) = host.parse::<Ipv4Addr>() {
-        return Ok(ip);
-    }
-    // An IPv6 literal is an address, not a name: say plainly that the stack cannot
-    // reach it (curl's "couldn't connect"), rather than that it cannot be resolved.
-    if let Some(v6) = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok())
-    {
-        return Err(fail(
-            EXIT_CANNOT_CONNECT,
-            format!(
-                "Failed to connect to {v6} port {port}: IPv6 is not supported by this stack yet (IPv4 only)"
-            ),
-        ));
-    }
-    // The system resolver: /etc/hosts, then the DNS servers of resolv.conf.
-    let addrs: Vec<std::net::SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map(Iterator::collect)
-        .unwrap_or_default();
-    if let Some(v4) = addrs.iter().find_map(|a| match a {
-        std::net::SocketAddr::V4(v4) => Some(*v4.ip()),
-        _ => None,
-    }) {
-        return Ok(v4);
-    }
-    let why = if addrs.is_empty() {
-        String::new()
-    } else {
-        " (it has IPv6 addresses only, and this stack speaks IPv4 only)".to_string()
-    };
-    Err(fail(
-        EXIT_CANNOT_RESOLVE,
-        format!("Could not resolve host: {host}{why}"),
-    ))
-}
-
 fn print_version() {
     println!("{VERSION_LINE} (userspace TCP/IP stack on AF_XDP)");
     println!("Protocols: http https");
-    println!("Features: IPv4 SSL libz brotli zstd cookies globbing parallel");
+    println!("Features: IPv4 IPv6 SSL libz brotli zstd cookies globbing parallel");
 }
 
 /// Ends the process by `signal`, as a shell expects from Ctrl-C or `kill`: the default
@@ -299,29 +212,5 @@ mod tests {
         assert_eq!(t.credentials().as_deref(), Some("u@x:p:w"));
         assert_eq!(t.host_header(), "h:8080");
         assert_eq!(parse_url("http://h/").unwrap().credentials(), None);
-    }
-
-    #[test]
-    fn resolve_entries_parse_or_fail_with_49() {
-        let e = parse_resolve("example.com:80:10.0.0.1").unwrap();
-        assert_eq!(
-            resolve(&[e], "EXAMPLE.com", 80).unwrap(),
-            Ipv4Addr::new(10, 0, 0, 1)
-        );
-        let e = parse_resolve("h:*:[10.0.0.2]").unwrap();
-        assert_eq!(resolve(&[e], "h", 1).unwrap(), Ipv4Addr::new(10, 0, 0, 2));
-        for bad in [
-            "example.com",
-            "h:80",
-            "h:x:1.2.3.4",
-            "h:80:notanip",
-            ":80:1.2.3.4",
-        ] {
-            assert_eq!(
-                parse_resolve(bad).unwrap_err().code,
-                EXIT_BAD_RESOLVE,
-                "{bad}"
-            );
-        }
     }
 }

@@ -7,6 +7,7 @@ use super::output::{Dest, Sink, disposition_name, remote_name};
 use super::progress::Progress;
 use super::proxy::Proxy;
 use super::request::{Hop, Payload, Prepared, build_head, initial_method};
+use super::resolve::{ResolveEntry, display_host, parse_resolve, resolve};
 use super::response::{Chunked, Decoder, Framing, Response, parse_head};
 use super::transport::{Conn, Io, TlsParams, block_on};
 use super::writeout::{Info, Stream, render};
@@ -14,6 +15,7 @@ use super::*;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io::{IsTerminal, Read, Write};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -29,7 +31,8 @@ enum Spec {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PoolKey {
-    ip: Ipv4Addr,
+    /// The addresses the name resolved to (a connection to any of them serves).
+    ips: Vec<IpAddr>,
     port: u16,
     https: bool,
     host: String,
@@ -37,9 +40,9 @@ struct PoolKey {
 
 /// What the transfers of one command line share; each runs as a future on one stack.
 impl PoolKey {
-    fn new(target: &Target, ip: Ipv4Addr) -> PoolKey {
+    fn new(target: &Target, ips: &[IpAddr]) -> PoolKey {
         PoolKey {
-            ip,
+            ips: ips.to_vec(),
             port: target.port,
             https: target.https,
             host: target.host.clone(),
@@ -398,13 +401,13 @@ impl Session<'_> {
     async fn connection(
         &self,
         target: &Target,
-        ip: Ipv4Addr,
+        ips: &[IpAddr],
         via: Option<&Proxy>,
         info: &mut Info,
         t0: Instant,
     ) -> Result<(Conn, bool), CurlError> {
         let args = self.args;
-        let key = PoolKey::new(target, ip);
+        let key = PoolKey::new(target, ips);
         if args.parallel {
             self.pipewait(&key).await;
         }
@@ -435,9 +438,16 @@ impl Session<'_> {
             Some(_) => (None, tls),
             None => (tls, None),
         };
-        let conn = self
+        let (conn, ip) = self
             .io
-            .connect(ip, port, timeout, self.deadline(t0), direct_tls)
+            .connect(
+                display_host(via.map_or(&target.host, |p| &p.host)),
+                ips,
+                port,
+                timeout,
+                self.deadline(t0),
+                direct_tls,
+            )
             .await?;
         if let (Some(proxy), Some(params)) = (via, tunnel_tls) {
             let tunnel = self.tunnel(conn, target, proxy).await;
@@ -458,7 +468,7 @@ impl Session<'_> {
         if args.verbose {
             eprintln!(
                 "* Connected to {} ({ip}) port {} (#{})",
-                target.host,
+                display_host(&target.host),
                 target.port,
                 self.connections.get()
             );
@@ -499,20 +509,22 @@ impl Session<'_> {
     async fn exchange(
         &self,
         target: &Target,
-        ip: Ipv4Addr,
+        ips: &[IpAddr],
         via: Option<&Proxy>,
         request: &[u8],
         head_request: bool,
         info: &mut Info,
         t0: Instant,
     ) -> Result<(Conn, Response, Vec<u8>), CurlError> {
-        let (mut conn, mut reused) = self.connection(target, ip, via, info, t0).await?;
+        let (mut conn, mut reused) = self.connection(target, ips, via, info, t0).await?;
         loop {
             let t = &self.io;
-            info.remote_ip = Some(ip);
+            // The address the connection went to: Happy Eyeballs picked one.
+            let peer = t.peer_addr(conn);
+            info.remote_ip = peer.map(|p| p.ip()).or(ips.first().copied());
             info.remote_port = Some(via.map_or(target.port, |p| p.port));
             if let Some(local) = t.local_addr(conn) {
-                info.local_ip = Some(*local.ip());
+                info.local_ip = Some(local.ip());
                 info.local_port = Some(local.port());
             }
             info.time_pretransfer = t0.elapsed().as_secs_f64();
@@ -527,7 +539,7 @@ impl Session<'_> {
                 }
                 Ok(None) if reused => {
                     t.abort(conn);
-                    (conn, reused) = self.connection(target, ip, via, info, t0).await?;
+                    (conn, reused) = self.connection(target, ips, via, info, t0).await?;
                 }
                 Ok(None) => {
                     t.abort(conn);
@@ -535,7 +547,7 @@ impl Session<'_> {
                 }
                 Err(e) if reused && killed_by(e.code).is_none() && e.code != EXIT_TIMEOUT => {
                     t.abort(conn);
-                    (conn, reused) = self.connection(target, ip, via, info, t0).await?;
+                    (conn, reused) = self.connection(target, ips, via, info, t0).await?;
                 }
                 Err(e) => {
                     t.abort(conn);
@@ -708,9 +720,10 @@ impl Session<'_> {
         let mut redirects = 0u32;
         let result = loop {
             let proxy = super::proxy::for_target(args, &target)?;
+            let family = args.family();
             // Through a proxy, only the proxy's name is resolved here.
-            let ip = match &proxy {
-                Some(p) => resolve(&self.resolve, &p.host, p.port).map_err(|e| {
+            let ips = match &proxy {
+                Some(p) => resolve(&self.resolve, &p.host, p.port, family).map_err(|e| {
                     if e.code == EXIT_CANNOT_RESOLVE {
                         fail(
                             super::proxy::EXIT_CANNOT_RESOLVE_PROXY,
@@ -720,7 +733,7 @@ impl Session<'_> {
                         e
                     }
                 })?,
-                None => resolve(&self.resolve, &target.host, target.port)?,
+                None => resolve(&self.resolve, &target.host, target.port, family)?,
             };
             info.time_namelookup = t0.elapsed().as_secs_f64();
             // -u goes to the first host only (curl without --location-trusted); URL
@@ -765,7 +778,7 @@ impl Session<'_> {
             let exchanged = self
                 .exchange(
                     &target,
-                    ip,
+                    &ips,
                     proxy.as_ref(),
                     &request,
                     head_request,
@@ -773,7 +786,7 @@ impl Session<'_> {
                     t0,
                 )
                 .await;
-            self.settle(&PoolKey::new(&target, ip));
+            self.settle(&PoolKey::new(&target, &ips));
             let (conn, response, rest) = exchanged?;
             info.method = method.clone();
             info.http_code = response.status;
@@ -807,7 +820,7 @@ impl Session<'_> {
             // is only not reported as %{redirect_url}.
             let location = match location {
                 Some(Err(e)) if follow => {
-                    self.discard(conn, &target, ip, &response, rest).await;
+                    self.discard(conn, &target, &ips, &response, rest).await;
                     break Err(fail(
                         EXIT_BAD_URL,
                         format!("The redirect target URL could not be parsed: {e}"),
@@ -826,7 +839,7 @@ impl Session<'_> {
                     ));
                 }
                 // The redirect's own body is read and dropped.
-                self.discard(conn, &target, ip, &response, rest).await;
+                self.discard(conn, &target, &ips, &response, rest).await;
                 if args.verbose {
                     eprintln!("* Issue another request to this URL: '{next}'");
                 }
@@ -852,7 +865,7 @@ impl Session<'_> {
             }
             if offset > 0 && args.range.is_none() && response.status == 416 {
                 // curl takes 416 to a resume as "already complete": its body is dropped.
-                self.discard(conn, &target, ip, &response, rest).await;
+                self.discard(conn, &target, &ips, &response, rest).await;
                 break Ok(());
             }
             // -z: a 304, or a document that does not meet the condition, is not output
@@ -864,7 +877,7 @@ impl Session<'_> {
                 if args.verbose {
                     eprintln!("* The requested document is not new enough");
                 }
-                self.discard(conn, &target, ip, &response, rest).await;
+                self.discard(conn, &target, &ips, &response, rest).await;
                 break Ok(());
             }
             let http_error = (args.fail || args.fail_with_body) && response.status >= 400;
@@ -928,7 +941,7 @@ impl Session<'_> {
                 t.abort(conn);
                 break Err(e);
             }
-            self.release(conn, &target, ip, &response, true).await;
+            self.release(conn, &target, &ips, &response, true).await;
             if http_error {
                 // --fail-with-body: the body is out, the exit code still says 22.
                 break Err(http_error_status(response.status));
@@ -965,7 +978,7 @@ impl Session<'_> {
         &self,
         conn: Conn,
         target: &Target,
-        ip: Ipv4Addr,
+        ips: &[IpAddr],
         response: &Response,
         rest: Vec<u8>,
     ) {
@@ -978,7 +991,7 @@ impl Session<'_> {
             &mut |_| Ok(()),
         )
         .await;
-        self.release(conn, target, ip, response, drained.is_ok())
+        self.release(conn, target, ips, response, drained.is_ok())
             .await;
     }
 
@@ -987,7 +1000,7 @@ impl Session<'_> {
         &self,
         conn: Conn,
         target: &Target,
-        ip: Ipv4Addr,
+        ips: &[IpAddr],
         response: &Response,
         complete: bool,
     ) {
@@ -998,7 +1011,7 @@ impl Session<'_> {
             }
             self.pool
                 .borrow_mut()
-                .push((PoolKey::new(target, ip), conn));
+                .push((PoolKey::new(target, ips), conn));
         } else {
             t.close(conn).await;
             if self.args.verbose {

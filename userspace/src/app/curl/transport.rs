@@ -7,11 +7,12 @@
 //! runs on its own thread and wakes the waiting transfer through its waker, and
 //! [`Io::wait`] parks this thread until then (or the next deadline). The HTTP code above
 //! sees nothing but these calls.
+use super::resolve::{HAPPY_EYEBALLS_DELAY, eyeballs};
 use super::{CurlError, EXIT_CANNOT_CONNECT, EXIT_RECV_ERROR, EXIT_TIMEOUT, fail, killed_by};
 use crate::app::setup::StackArgs;
 use std::cell::{Cell, RefCell};
 use std::future::{Future, poll_fn};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
@@ -21,6 +22,51 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use userspace::net::{self, tokio::TcpStream};
 use userspace::tcp::TcpError;
+
+/// Happy Eyeballs' race (RFC 8305 section 5): `primary` at once, `secondary` (if
+/// any) once `due` says its delay has passed or `primary` has failed to connect; the
+/// first to connect wins and the other is dropped. A failure that is no "couldn't
+/// connect" (a signal, -m) ends both; when both fail, the last one's error is curl's.
+async fn race<T>(
+    primary: impl Future<Output = Result<T, CurlError>>,
+    secondary: Option<impl Future<Output = Result<T, CurlError>>>,
+    mut due: impl FnMut() -> bool,
+) -> Result<T, CurlError> {
+    let mut primary = pin!(primary);
+    let has_secondary = secondary.is_some();
+    let mut secondary = pin!(secondary);
+    let mut primary_failed: Option<CurlError> = None;
+    let mut secondary_failed: Option<CurlError> = None;
+    poll_fn(|cx| {
+        if primary_failed.is_none()
+            && let Poll::Ready(result) = primary.as_mut().poll(cx)
+        {
+            match result {
+                Ok(won) => return Poll::Ready(Ok(won)),
+                Err(e) if e.code != EXIT_CANNOT_CONNECT => return Poll::Ready(Err(e)),
+                Err(e) => primary_failed = Some(e),
+            }
+        }
+        if secondary_failed.is_none()
+            && (primary_failed.is_some() || due())
+            && let Some(fut) = secondary.as_mut().as_pin_mut()
+            && let Poll::Ready(result) = fut.poll(cx)
+        {
+            match result {
+                Ok(won) => return Poll::Ready(Ok(won)),
+                Err(e) if e.code != EXIT_CANNOT_CONNECT => return Poll::Ready(Err(e)),
+                Err(e) => secondary_failed = Some(e),
+            }
+        }
+        if primary_failed.is_some() && (secondary_failed.is_some() || !has_secondary) {
+            // The last family tried says what went wrong.
+            let last = secondary_failed.take().or(primary_failed.take());
+            return Poll::Ready(Err(last.expect("one failed")));
+        }
+        Poll::Pending
+    })
+    .await
+}
 
 /// The longest the thread parks without a wake-up: how soon Ctrl-C is noticed.
 const MAX_PARK: Duration = Duration::from_millis(50);
@@ -118,12 +164,14 @@ impl Io {
     /// `destination`. No route there is curl's "couldn't connect" (exit 7).
     fn open_towards<R>(
         &self,
-        destination: Option<Ipv4Addr>,
+        destination: Option<IpAddr>,
         f: impl FnOnce(&mut Transport) -> R,
     ) -> Result<R, CurlError> {
         let mut guard = self.inner.borrow_mut();
         if guard.is_none() {
             let mut builder = self.stack.builder().linger(CLOSE_LINGER);
+            // The library picks the interface by the kernel's route to the destination,
+            // IPv4 or IPv6.
             if let Some(ip) = destination {
                 builder = builder.destination(ip);
             }
@@ -251,21 +299,88 @@ impl Io {
         self.within(raw.deadline, ready).await?
     }
 
-    /// Opens a TCP connection, and the TLS session on it when asked. Every read and
-    /// write on it ends at `deadline` (-m).
+    /// True once `at` has come; until then the thread's next wake-up is no later.
+    fn due(&self, at: Instant) -> bool {
+        if Instant::now() >= at {
+            return true;
+        }
+        let next = self.next_deadline.get().map_or(at, |n| n.min(at));
+        self.next_deadline.set(Some(next));
+        false
+    }
+
+    /// Opens a TCP connection to the first of `addrs` that answers, Happy Eyeballs as
+    /// curl does it (RFC 8305 sections 4 and 5): the addresses of the first one's family
+    /// one after the other, those of the other family from [`HAPPY_EYEBALLS_DELAY`] on
+    /// (or once the first family has failed); the first to connect wins and the other
+    /// attempt is dropped. Then the TLS session, when asked. Every read and write on it
+    /// ends at `deadline` (-m). The address connected to comes back with it.
     pub async fn connect(
         &self,
-        ip: Ipv4Addr,
+        host: &str,
+        addrs: &[IpAddr],
         port: u16,
         connect_timeout: Duration,
         deadline: Option<Instant>,
         tls: Option<TlsParams<'_>>,
-    ) -> Result<Conn, CurlError> {
-        self.info(&format!("Trying {ip}:{port}..."));
+    ) -> Result<(Conn, IpAddr), CurlError> {
+        let (first, later) = eyeballs(addrs);
+        // The stack starts first (a cold start attaches XDP): the second family's delay
+        // counts from the first connect, as curl's does from its connect(2). A failure
+        // here is the first attempt's to report.
+        if let Some(&ip) = first.first() {
+            let _ = self.open_towards(Some(ip), |_| ());
+        }
+        let started = Instant::now();
+        let family = |list: Vec<IpAddr>| async move {
+            let mut last = fail(EXIT_CANNOT_CONNECT, "no address to connect to");
+            for ip in list {
+                match self
+                    .connect_tcp(host, ip, port, connect_timeout, deadline)
+                    .await
+                {
+                    Ok(tcp) => return Ok((tcp, ip)),
+                    // A signal or -m ends every attempt.
+                    Err(e) if e.code != EXIT_CANNOT_CONNECT => return Err(e),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        };
+        let start_later = started + HAPPY_EYEBALLS_DELAY;
+        let winner = race(
+            family(first),
+            (!later.is_empty()).then(|| family(later)),
+            || self.due(start_later),
+        )
+        .await;
+        let (tcp, ip) = winner?;
+        let conn = self.register(tcp, deadline)?;
+        if let Some(params) = tls
+            && let Err(e) = self.handshake(conn, &params).await
+        {
+            self.abort(conn);
+            return Err(e);
+        }
+        Ok((conn, ip))
+    }
+
+    /// One TCP connect to `ip`, with curl's messages and exit codes for its failures
+    /// (which name `host` as curl names it).
+    async fn connect_tcp(
+        &self,
+        host: &str,
+        ip: IpAddr,
+        port: u16,
+        connect_timeout: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<TcpStream, CurlError> {
+        let addr = SocketAddr::new(ip, port);
+        self.info(&format!("  Trying {addr}..."));
         let refused = |e: &dyn std::fmt::Display| {
             fail(
                 EXIT_CANNOT_CONNECT,
-                format!("Failed to connect to {ip} port {port}: {e}"),
+                format!("Failed to connect to {host} port {port}: {e}"),
             )
         };
         let started = Instant::now();
@@ -275,7 +390,7 @@ impl Io {
             fail(
                 EXIT_CANNOT_CONNECT,
                 format!(
-                    "Failed to connect to {ip} port {port} after {} ms: Couldn't connect to server",
+                    "Failed to connect to {host} port {port} after {} ms: Couldn't connect to server",
                     started.elapsed().as_millis()
                 ),
             )
@@ -287,7 +402,6 @@ impl Io {
         };
         let connect_deadline = started + connect_timeout;
         let until = deadline.map_or(connect_deadline, |d| d.min(connect_deadline));
-        let addr = SocketAddr::V4(SocketAddrV4::new(ip, port));
         // The library's own limit backs up `until` (which a zero timeout passes at once).
         let limit = connect_timeout.max(Duration::from_millis(1));
         let connecting = TcpStream::connect_timeout(&stack, &addr, limit);
@@ -296,7 +410,7 @@ impl Io {
             fail(
                 EXIT_TIMEOUT,
                 format!(
-                    "Failed to connect to {ip} port {port} after {} ms: Timeout was reached",
+                    "Failed to connect to {host} port {port} after {} ms: Timeout was reached",
                     started.elapsed().as_millis()
                 ),
             )
@@ -323,7 +437,7 @@ impl Io {
                 return Err(fail(
                     EXIT_CANNOT_CONNECT,
                     format!(
-                        "Failed to connect to {ip} port {port} after {} ms: Couldn't connect to server",
+                        "Failed to connect to {host} port {port} after {} ms: Couldn't connect to server",
                         started.elapsed().as_millis()
                     ),
                 ));
@@ -348,12 +462,17 @@ impl Io {
             }
             Err(e) => return Err(e),
         };
+        Ok(tcp)
+    }
+
+    /// Keeps a connected stream under a new handle.
+    fn register(&self, tcp: TcpStream, deadline: Option<Instant>) -> Result<Conn, CurlError> {
         // RFC 1122 4.2.3.6 keep-alive, as curl's --keepalive-time sets TCP_KEEPIDLE and
         // TCP_KEEPINTVL (with Linux's default of 9 probes).
         if let Some(every) = self.keepalive {
             let _ = tcp.set_keepalive(Some(every));
         }
-        let conn = self.with(|t| {
+        self.with(|t| {
             let slot = t
                 .streams
                 .iter()
@@ -369,14 +488,7 @@ impl Io {
                 eof: false,
             });
             Conn(slot)
-        })?;
-        if let Some(params) = tls
-            && let Err(e) = self.handshake(conn, &params).await
-        {
-            self.abort(conn);
-            return Err(e);
-        }
-        Ok(conn)
+        })
     }
 
     /// A kept-alive connection serves a new transfer, with that transfer's deadline.
@@ -394,14 +506,18 @@ impl Io {
             .unwrap_or(false)
     }
 
+    /// The remote end of a connection.
+    pub fn peer_addr(&self, conn: Conn) -> Option<SocketAddr> {
+        self.with(|t| t.stream(conn).ok()?.tcp.peer_addr().ok())
+            .ok()
+            .flatten()
+    }
+
     /// The local end of a connection.
-    pub fn local_addr(&self, conn: Conn) -> Option<SocketAddrV4> {
-        self.with(|t| match t.stream(conn).ok()?.tcp.local_addr().ok()? {
-            SocketAddr::V4(a) => Some(a),
-            SocketAddr::V6(_) => None,
-        })
-        .ok()
-        .flatten()
+    pub fn local_addr(&self, conn: Conn) -> Option<SocketAddr> {
+        self.with(|t| t.stream(conn).ok()?.tcp.local_addr().ok())
+            .ok()
+            .flatten()
     }
 
     /// Takes a connection's TLS session out while an operation uses it.
@@ -643,5 +759,89 @@ fn in_words(e: &std::io::Error) -> String {
     match text.find(" (os error ") {
         Some(at) => text[..at].to_string(),
         None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::{pending, ready};
+
+    type Attempt = Pin<Box<dyn Future<Output = Result<&'static str, CurlError>>>>;
+
+    fn ok(name: &'static str) -> Attempt {
+        Box::pin(ready(Ok(name)))
+    }
+    fn err(code: i32, message: &'static str) -> Attempt {
+        Box::pin(ready(Err(fail(code, message))))
+    }
+    fn never() -> Attempt {
+        Box::pin(pending())
+    }
+    /// An attempt that panics if it is ever started.
+    fn untouched() -> Attempt {
+        Box::pin(poll_fn(|_| panic!("started too early")))
+    }
+
+    /// Polls the race once with `due` as the delay's answer.
+    fn poll_once(
+        race: &mut Pin<Box<dyn Future<Output = Result<&'static str, CurlError>> + '_>>,
+    ) -> Poll<Result<&'static str, String>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        race.as_mut()
+            .poll(&mut cx)
+            .map(|r| r.map_err(|e| format!("{} {}", e.code, e.message)))
+    }
+
+    #[test]
+    fn eyeballs_race_first_family_wins_at_once_and_the_second_waits_for_its_delay() {
+        let mut r: Pin<Box<dyn Future<Output = _>>> =
+            Box::pin(race(ok("v6"), Some(untouched()), || false));
+        assert_eq!(poll_once(&mut r), Poll::Ready(Ok("v6")));
+        // The first is slow: the second starts when its delay has passed, and wins.
+        let due = Cell::new(false);
+        let mut r: Pin<Box<dyn Future<Output = _>>> =
+            Box::pin(race(never(), Some(ok("v4")), || due.get()));
+        assert_eq!(poll_once(&mut r), Poll::Pending);
+        assert_eq!(poll_once(&mut r), Poll::Pending);
+        due.set(true);
+        assert_eq!(poll_once(&mut r), Poll::Ready(Ok("v4")));
+    }
+
+    #[test]
+    fn eyeballs_race_starts_the_second_family_at_once_when_the_first_fails() {
+        let mut r: Pin<Box<dyn Future<Output = _>>> = Box::pin(race(
+            err(EXIT_CANNOT_CONNECT, "no route"),
+            Some(ok("v4")),
+            || false,
+        ));
+        assert_eq!(poll_once(&mut r), Poll::Ready(Ok("v4")));
+        // Both fail: the last one's error.
+        let mut r: Pin<Box<dyn Future<Output = _>>> = Box::pin(race(
+            err(EXIT_CANNOT_CONNECT, "v6 down"),
+            Some(err(EXIT_CANNOT_CONNECT, "v4 down")),
+            || false,
+        ));
+        assert_eq!(poll_once(&mut r), Poll::Ready(Err("7 v4 down".into())));
+        // One family only.
+        let mut r: Pin<Box<dyn Future<Output = _>>> = Box::pin(race(
+            err(EXIT_CANNOT_CONNECT, "v6 down"),
+            None::<Attempt>,
+            || true,
+        ));
+        assert_eq!(poll_once(&mut r), Poll::Ready(Err("7 v6 down".into())));
+        // A failure that is not "couldn't connect" (Ctrl-C, -m) ends the race.
+        let mut r: Pin<Box<dyn Future<Output = _>>> = Box::pin(race(
+            err(EXIT_TIMEOUT, "Operation timed out"),
+            Some(untouched()),
+            || false,
+        ));
+        assert_eq!(
+            poll_once(&mut r),
+            Poll::Ready(Err("28 Operation timed out".into()))
+        );
+        let mut r: Pin<Box<dyn Future<Output = _>>> =
+            Box::pin(race(never(), Some(err(EXIT_TIMEOUT, "t")), || true));
+        assert_eq!(poll_once(&mut r), Poll::Ready(Err("28 t".into())));
     }
 }

@@ -1,6 +1,6 @@
 //! -w/--write-out: curl's %{variables} about the transfer just done.
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// What a transfer leaves for -w.
 #[derive(Debug, Clone, Default)]
@@ -15,9 +15,9 @@ pub struct Info {
     pub num_connects: u32,
     pub redirect_url: Option<String>,
     pub referer: Option<String>,
-    pub remote_ip: Option<Ipv4Addr>,
+    pub remote_ip: Option<IpAddr>,
     pub remote_port: Option<u16>,
-    pub local_ip: Option<Ipv4Addr>,
+    pub local_ip: Option<IpAddr>,
     pub local_port: Option<u16>,
     pub size_download: u64,
     pub size_header: u64,
@@ -323,7 +323,7 @@ mod tests {
             scheme: "HTTP".into(),
             size_download: 79,
             time_total: 0.5,
-            remote_ip: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            remote_ip: Some(IpAddr::from([10, 0, 0, 1])),
             remote_port: Some(80),
             headers: vec![
                 ("Content-Type".into(), "text/plain".into()),

@@ -735,19 +735,34 @@ fn serve_on(
         backlog: args.backlog,
         take_over: args.take_over,
     };
-    let listener = poll
-        .block_on(TcpListener::bind_with(
-            stack,
-            (std::net::Ipv4Addr::UNSPECIFIED, args.port),
-            options,
-        ))
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EADDRINUSE) => anyhow::anyhow!(
-                "{}; pass --take-over to serve it anyway",
-                userspace::net::describe_holder(args.port)
-            ),
-            _ => anyhow::anyhow!("listen on {}: {e}", args.port),
-        })?;
+    // Both families on one listener, as nginx users expect of `listen [::]:80`: IPv4
+    // clients arrive as IPv4-mapped addresses (RFC 4291 section 2.5.5.2).
+    let both = (std::net::Ipv6Addr::UNSPECIFIED, args.port);
+    let (bound, refused) = match poll.block_on(TcpListener::bind_with(stack, both, options)) {
+        // A library without IPv6 takes no [::]: IPv4 alone, and said once it listens.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            let v4 = (std::net::Ipv4Addr::UNSPECIFIED, args.port);
+            (
+                poll.block_on(TcpListener::bind_with(stack, v4, options)),
+                Some(e),
+            )
+        }
+        other => (other, None),
+    };
+    let listener = bound.map_err(|e| match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => anyhow::anyhow!(
+            "{}; pass --take-over to serve it anyway",
+            userspace::net::describe_holder(args.port)
+        ),
+        _ => anyhow::anyhow!("listen on {}: {e}", args.port),
+    })?;
+    // Said once, not by every stack of the group.
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if let Some(e) = refused
+        && !SAID.swap(true, Ordering::Relaxed)
+    {
+        eprintln!("warning: listening on IPv4 only: the library refused [::] ({e})");
+    }
     ready(args.port);
     let timeouts = Timeouts {
         header: Duration::from_secs_f64(args.header_timeout),

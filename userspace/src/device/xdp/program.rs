@@ -15,7 +15,9 @@ use aya::maps::{Array, Map, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use xdp_ebpf::{
-    COUNTER_NO_SOCKET, COUNTER_NO_SOCKET_QUEUE0, COUNTER_PASSED, COUNTER_STEERED, MAX_QUEUES,
+    COUNTER_COUNT, COUNTER_NO_SOCKET, COUNTER_NO_SOCKET_QUEUE0, COUNTER_PASSED, COUNTER_STEERED,
+    COUNTER_V6_NDP_STEERED, COUNTER_V6_PASSED_EXTENSIONS, COUNTER_V6_PASSED_KERNEL_PORT,
+    COUNTER_V6_PASSED_NOT_OURS, COUNTER_V6_PASSED_OTHER, COUNTER_V6_STEERED, MAX_QUEUES,
     SteerConfig,
 };
 
@@ -57,6 +59,46 @@ pub struct SteerCounters {
     pub passed: u64,
     /// Frames for the stack that arrived on a queue without a socket.
     pub no_socket: u64,
+    /// What the program did with IPv6, and why.
+    pub ipv6: Ipv6SteerCounters,
+}
+
+/// The program's IPv6 verdicts (included in [`SteerCounters::steered`] and
+/// [`SteerCounters::passed`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ipv6SteerCounters {
+    /// To the stack's address: its TCP and the ICMPv6 errors about it (shared), or all
+    /// of it (owned).
+    pub steered: u64,
+    /// Owned address: neighbour solicitations and advertisements for it.
+    pub ndp_steered: u64,
+    /// Passed: to another address, or no IPv6 address is the stack's.
+    pub passed_not_ours: u64,
+    /// Passed: TCP to a port of the kernel's (shared address).
+    pub passed_kernel_port: u64,
+    /// Passed: ICMPv6 other than errors about the stack's segments (echo, NDP, errors
+    /// about the kernel's), UDP, other protocols (shared address).
+    pub passed_other: u64,
+    /// Passed: a fragment, a chain of more extension headers than the program follows,
+    /// or a header cut short (the kernel parses in full).
+    pub passed_extensions: u64,
+}
+
+impl Ipv6SteerCounters {
+    /// One `  name value` line per counter, as in the `--stats` report.
+    pub fn report(&self) -> String {
+        [
+            ("ipv6_steered", self.steered),
+            ("ipv6_ndp_steered", self.ndp_steered),
+            ("ipv6_passed_not_ours", self.passed_not_ours),
+            ("ipv6_passed_kernel_port", self.passed_kernel_port),
+            ("ipv6_passed_other", self.passed_other),
+            ("ipv6_passed_extensions", self.passed_extensions),
+        ]
+        .iter()
+        .map(|(name, n)| format!("  {name:<24} {n}\n"))
+        .collect()
+    }
 }
 
 /// The loaded and attached XDP program, shared by the AF_XDP sockets of every queue.
@@ -92,7 +134,7 @@ pub type SharedProgram = std::sync::Arc<std::sync::Mutex<XdpProgram>>;
 fn in_use_by(iface: &str, pid: u32) -> SetupError {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     setup_error!(
-        "interface {iface} is already in use by process {pid} ({}): only one XDP program can attach to an interface; stop it, or run on another interface",
+        "interface {iface} is already in use by process {pid} ({}): only one XDP program can attach to an interface; stop it, run on another interface, or run every program on it with `userspace exec --share`",
         comm.trim()
     )
 }
@@ -286,7 +328,7 @@ impl XdpProgram {
                         setup_error!("interface {iface} is already in use by {holder}")
                     }
                     Some(holder) => setup_error!(
-                        "interface {iface} is already in use by {holder}: only one XDP program can attach to an interface; stop it, or run on another interface"
+                        "interface {iface} is already in use by {holder}: only one XDP program can attach to an interface; stop it, run on another interface, or run every program on it with `userspace exec --share`"
                     ),
                     None => SetupError::new(format!("attaching XDP to {iface}"), e),
                 }
@@ -357,7 +399,7 @@ impl XdpProgram {
         let Ok(mut counters) = map_from_fd::<PerCpuArray<MapData, u64>>(&self.map_fds[2]) else {
             return;
         };
-        for index in 0..COUNTER_NO_SOCKET_QUEUE0 + MAX_QUEUES {
+        for index in 0..COUNTER_COUNT {
             if let Ok(zero) = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
                 let _ = counters.set(index, zero, 0);
             }
@@ -465,6 +507,14 @@ impl XdpProgram {
             steered: self.counter(COUNTER_STEERED),
             passed: self.counter(COUNTER_PASSED),
             no_socket: self.counter(COUNTER_NO_SOCKET),
+            ipv6: Ipv6SteerCounters {
+                steered: self.counter(COUNTER_V6_STEERED),
+                ndp_steered: self.counter(COUNTER_V6_NDP_STEERED),
+                passed_not_ours: self.counter(COUNTER_V6_PASSED_NOT_OURS),
+                passed_kernel_port: self.counter(COUNTER_V6_PASSED_KERNEL_PORT),
+                passed_other: self.counter(COUNTER_V6_PASSED_OTHER),
+                passed_extensions: self.counter(COUNTER_V6_PASSED_EXTENSIONS),
+            },
         }
     }
 

@@ -5,9 +5,10 @@ use super::socket::{
     FrameAccount, TxChecksumMode, XdpDevice, ring_size_for, wanted_tx_metadata_len,
 };
 use crate::device::Device;
-use crate::device::error::{SetupResult, bail};
+use crate::device::error::{Context, SetupResult, bail};
 use crate::device::netinfo::{self, multi_buffer_supported};
 use crate::device::startup;
+use crate::device::switch::SwitchPort;
 use crate::wire::MacAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use xdp_ebpf::{MAX_QUEUES, SteerConfig};
@@ -31,7 +32,11 @@ pub enum QueueChoice {
 /// queue's TX ring leaves by the same interface).
 pub struct XdpQueues {
     devices: Vec<XdpDevice>,
-    program: SharedProgram,
+    /// The program, unless the frames go through the interface's switch.
+    program: Option<SharedProgram>,
+    /// The rings to the interface's switch, which owns the program and the sockets
+    /// (several programs on one interface; see [`crate::device::switch`]).
+    switch: Option<SwitchPort>,
     /// Whether this set reports the program's interface-wide counters (steering,
     /// packets on queues without a socket); with sharded stacks, one of them does.
     pub report_program_counters: bool,
@@ -177,25 +182,46 @@ impl XdpQueues {
             .collect();
         Ok(XdpQueues {
             devices,
-            program: program.clone(),
+            program: Some(program.clone()),
+            switch: None,
             report_program_counters: true,
             pollfds,
             owner: NEXT_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
-    fn program(&self) -> std::sync::MutexGuard<'_, XdpProgram> {
-        lock(&self.program)
+    /// Frames through the interface's switch (see [`crate::device::switch`]): the
+    /// switch owns the program and the sockets.
+    pub fn switched(port: SwitchPort) -> Self {
+        XdpQueues {
+            devices: Vec::new(),
+            program: None,
+            switch: Some(port),
+            report_program_counters: false,
+            pollfds: Vec::new(),
+            owner: NEXT_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
-    /// `native` or `skb`.
+    /// The rings to the switch, when the frames go through one.
+    pub fn switch(&self) -> Option<&SwitchPort> {
+        self.switch.as_ref()
+    }
+
+    fn program(&self) -> Option<std::sync::MutexGuard<'_, XdpProgram>> {
+        self.program.as_ref().map(lock)
+    }
+
+    /// `native` or `skb` (`switch`: through the interface's switch).
     pub fn attached_mode(&self) -> &'static str {
-        self.program().attached_mode
+        self.program().map_or("switch", |p| p.attached_mode)
     }
 
     /// The program's steering counters, summed over CPUs.
     pub fn steer_counters(&self) -> SteerCounters {
-        self.program().steer_counters()
+        self.program()
+            .map(|p| p.steer_counters())
+            .unwrap_or_default()
     }
 
     /// The queues with a socket, in order.
@@ -205,12 +231,18 @@ impl XdpQueues {
 
     /// RX queues of the interface (with a socket or not).
     pub fn interface_queues(&self) -> u32 {
-        self.program().rx_queues
+        self.program().map_or(0, |p| p.rx_queues)
     }
 
     /// The listening ports of this set of queues; see [`XdpProgram::set_listen_ports`].
     pub fn set_listen_ports(&self, ports: &[u16]) -> SetupResult<()> {
-        self.program().set_listen_ports(self.owner, ports)
+        match (&self.switch, self.program()) {
+            (Some(switch), _) => Ok(switch
+                .set_listen_ports(ports)
+                .context("the switch's steering")?),
+            (None, Some(mut p)) => p.set_listen_ports(self.owner, ports),
+            (None, None) => Ok(()),
+        }
     }
 
     /// Packets for the stack dropped on queues without a socket: (queue, count).
@@ -218,7 +250,9 @@ impl XdpQueues {
         if !self.report_program_counters {
             return Vec::new();
         }
-        self.program().no_socket_by_queue()
+        self.program()
+            .map(|p| p.no_socket_by_queue())
+            .unwrap_or_default()
     }
 
     /// Sleeps in poll(2) until a frame arrives on any queue's RX ring or `timeout`
@@ -228,6 +262,9 @@ impl XdpQueues {
     /// to send them, which only the poll loop moves on. Returns whether a socket has
     /// frames to read or to move.
     pub fn wait_for_frames(&mut self, timeout: std::time::Duration) -> bool {
+        if let Some(switch) = &mut self.switch {
+            return switch.wait_for_frames(timeout);
+        }
         if self.devices.iter().any(XdpDevice::has_frames_to_move) {
             return true;
         }
@@ -248,9 +285,25 @@ impl XdpQueues {
         ready > 0
     }
 
+    /// The AF_XDP sockets' fds (readable when a frame waits), and whether frames wait
+    /// for room in a ring or for the kernel: for a loop that sleeps in a poll(2) of its
+    /// own (the switch's).
+    pub fn socket_fds(&self) -> (Vec<RawFd>, bool) {
+        (
+            self.devices
+                .iter()
+                .map(|d| d.pooled_fds().0.as_raw_fd())
+                .collect(),
+            self.devices.iter().any(XdpDevice::has_frames_to_move),
+        )
+    }
+
     /// Adds `fd` to what [`XdpQueues::wait_for_frames`] waits for: it returns when `fd`
     /// is readable too (a [`crate::device::wake::WakeFd`] of the loop).
     pub fn also_wake_on(&mut self, fd: RawFd) {
+        if let Some(switch) = &mut self.switch {
+            return switch.also_wake_on(fd);
+        }
         self.pollfds.push(libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -312,7 +365,9 @@ impl Drop for XdpQueues {
     /// A lingering program takes the sockets with it to its holder, which closes them
     /// after this process has gone.
     fn drop(&mut self) {
-        let program = &self.program;
+        let Some(program) = &self.program else {
+            return;
+        };
         let last_user = std::sync::Arc::strong_count(program) == 1;
         if last_user {
             let draining = startup::step("exit: TX drained");
@@ -372,23 +427,38 @@ fn queues_for(iface: &str, count: u32, choice: QueueChoice) -> SetupResult<Vec<u
 
 impl Device for XdpQueues {
     fn receive(&mut self, handle: &mut dyn FnMut(&[u8])) -> usize {
+        if let Some(switch) = &mut self.switch {
+            return switch.receive(handle);
+        }
         self.devices.iter_mut().map(|d| d.receive(handle)).sum()
     }
 
     fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> bool {
-        self.devices[0].transmit(build)
+        match &mut self.switch {
+            Some(switch) => switch.transmit(build),
+            None => self.devices[0].transmit(build),
+        }
     }
 
     fn flush(&mut self) {
-        self.devices[0].flush();
+        match &mut self.switch {
+            Some(switch) => switch.flush(),
+            None => self.devices[0].flush(),
+        }
     }
 
     fn mac(&self) -> MacAddr {
-        self.devices[0].mac()
+        match &self.switch {
+            Some(switch) => switch.mac(),
+            None => self.devices[0].mac(),
+        }
     }
 
     fn mtu(&self) -> usize {
-        self.devices[0].mtu()
+        match &self.switch {
+            Some(switch) => switch.mtu(),
+            None => self.devices[0].mtu(),
+        }
     }
 
     fn tx_checksum_offload(&self) -> bool {

@@ -25,6 +25,17 @@ impl Connection {
         }
     }
 
+    /// An ICMPv6 packet too big quoting one of our segments (RFC 8201 section 4,
+    /// validated as RFC 5927 4.1 says): lower the segment size to the reported MTU, never
+    /// below the IPv6 minimum of 1280.
+    pub fn handle_packet_too_big(&mut self, seq: u32, mtu: u32) {
+        let seq = SeqNum(seq);
+        if self.state == State::Closed || !seq.in_range(self.snd.una, self.snd.max) {
+            return;
+        }
+        self.path_mtu(mtu.clamp(1280, u32::from(u16::MAX)) as u16);
+    }
+
     /// Processes one arriving segment (RFC 9293 3.10.7).
     pub fn handle_segment(&mut self, now: Instant, seg: &TcpRepr<'_>) {
         self.stats.segments_in += 1;

@@ -29,7 +29,7 @@ use super::seq::SeqNum;
 use super::time::Instant;
 use super::timer::{Timer, TimerTable};
 use crate::wire::{MAX_SACK_BLOCKS, TcpFlags, TcpOptions, TcpRepr};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// RFC 6298 5.7: the RTO once data transfer starts after a retransmitted SYN or SYN-ACK
@@ -44,6 +44,13 @@ const CHALLENGE_ACK_SPACING: Duration = Duration::from_millis(500);
 /// tcp_retries1), and the MSS it starts from (tcp_base_mss).
 const BLACK_HOLE_RETRIES: u32 = 3;
 const BASE_MSS: usize = 1024;
+
+/// The MSS over IPv6 for a configured (IPv4) MSS of MTU - 40: MTU - 60 (RFC 8200
+/// section 5: the IPv6 header is 20 bytes longer), never below the 1220 that the
+/// minimum MTU of 1280 leaves; a smaller configured MSS stays as it is.
+pub fn ipv6_mss(mss: u16) -> u16 {
+    if mss >= 1240 { mss - 20 } else { mss.min(1220) }
+}
 /// ACK points owed within one receive batch (RFC 5681 4.2: an ACK for at least every
 /// second full-sized segment); a 64-frame batch needs 32.
 const MAX_OWED_ACKS: usize = 64;
@@ -190,8 +197,8 @@ pub struct Transmit {
 #[derive(Debug)]
 pub struct Connection {
     state: State,
-    local: SocketAddrV4,
-    remote: SocketAddrV4,
+    local: SocketAddr,
+    remote: SocketAddr,
     cfg: Config,
     error: Option<TcpError>,
     /// Last soft ICMP error, reported if the connection later times out (RFC 5927 5.2).
@@ -342,7 +349,10 @@ struct Probes {
 }
 
 impl Connection {
-    fn new(cfg: Config, local: SocketAddrV4, remote: SocketAddrV4, iss: u32, state: State) -> Self {
+    fn new(mut cfg: Config, local: SocketAddr, remote: SocketAddr, iss: u32, state: State) -> Self {
+        if remote.is_ipv6() {
+            cfg.mss = ipv6_mss(cfg.mss);
+        }
         let iss = SeqNum(iss);
         let mss = usize::from(cfg.mss);
         let cc: Box<dyn CongestionControl> = match cfg.congestion {
@@ -428,8 +438,13 @@ impl Connection {
     }
 
     /// Active open (RFC 9293 3.10.1): the first `poll_transmit` returns the SYN.
-    pub fn connect(cfg: Config, local: SocketAddrV4, remote: SocketAddrV4, iss: u32) -> Self {
-        let mut c = Connection::new(cfg, local, remote, iss, State::SynSent);
+    pub fn connect(
+        cfg: Config,
+        local: impl Into<SocketAddr>,
+        remote: impl Into<SocketAddr>,
+        iss: u32,
+    ) -> Self {
+        let mut c = Connection::new(cfg, local.into(), remote.into(), iss, State::SynSent);
         // RFC 7323: window scale and timestamps are offered only in the SYN.
         c.opts.snd_wscale = 0;
         c
@@ -439,12 +454,12 @@ impl Connection {
     pub fn accept(
         now: Instant,
         cfg: Config,
-        local: SocketAddrV4,
-        remote: SocketAddrV4,
+        local: impl Into<SocketAddr>,
+        remote: impl Into<SocketAddr>,
         iss: u32,
         syn: &TcpRepr<'_>,
     ) -> Self {
-        let mut c = Connection::new(cfg, local, remote, iss, State::SynReceived);
+        let mut c = Connection::new(cfg, local.into(), remote.into(), iss, State::SynReceived);
         c.take_peer_syn(now, syn);
         c.timers[Timer::Rto] = Some(now + c.rtx.rtt.rto());
         c
@@ -484,11 +499,11 @@ impl Connection {
         (self.snd.una.0, self.snd.nxt.0, self.rcv.nxt.0)
     }
     /// Our address and port.
-    pub fn local(&self) -> SocketAddrV4 {
+    pub fn local(&self) -> SocketAddr {
         self.local
     }
     /// The peer's address and port.
-    pub fn remote(&self) -> SocketAddrV4 {
+    pub fn remote(&self) -> SocketAddr {
         self.remote
     }
     /// Why the connection ended, if it failed.

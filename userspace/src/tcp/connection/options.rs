@@ -8,11 +8,12 @@ impl Connection {
     /// tcp_simple_retransmit: no congestion response, nothing was lost to congestion).
     pub(super) fn path_mtu(&mut self, mtu: u16) {
         // RFC 1191 section 5 lets a host guess when MTU is 0; like Linux we never go
-        // below a 552-byte path (min_pmtu).
+        // below a 552-byte path (min_pmtu), nor below IPv6's 1280 (RFC 8201 section 4).
         if mtu == 0 {
             return;
         }
-        let room = usize::from(mtu.max(552)) - 40;
+        let floor = if self.remote.is_ipv6() { 1280 } else { 552 };
+        let room = usize::from(mtu.max(floor)) - self.ip_overhead();
         if room >= self.opts.peer_mss {
             return;
         }
@@ -22,6 +23,11 @@ impl Connection {
         self.snd.nxt = self.snd.una;
         self.rtx.rtt_probe = None;
         self.cong.loss.scoreboard.clear();
+    }
+
+    /// IP and TCP header bytes without options: 40 over IPv4, 60 over IPv6.
+    pub(super) fn ip_overhead(&self) -> usize {
+        if self.remote.is_ipv6() { 60 } else { 40 }
     }
 
     pub(super) fn negotiate(&mut self, opts: &TcpOptions) {

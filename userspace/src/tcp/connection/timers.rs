@@ -134,7 +134,7 @@ impl Connection {
                     // after tcp_retries1 timeouts, halve the segment size, to at most
                     // tcp_base_mss (1024).
                     let mss = (self.opts.peer_mss / 2).min(BASE_MSS);
-                    self.path_mtu((mss + 40) as u16);
+                    self.path_mtu((mss + self.ip_overhead()) as u16);
                 }
             }
         }

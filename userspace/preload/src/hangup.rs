@@ -1,0 +1,328 @@
+//! `POLLHUP`, `POLLERR` and `POLLRDHUP` for stack sockets. The eventfd behind a stack
+//! socket can only be readable and writable, so the kernel's `poll` and `epoll` never
+//! report these on it. Linux's `tcp_poll` does: hang-up when both directions are shut
+//! or the socket is closed (a socket never connected included), an error when one is
+//! waiting, and `RDHUP` once the peer's FIN came. `poll`/`ppoll` and the `epoll_wait`
+//! family add them to what the kernel returned; a `poll` on a socket that already has
+//! one does not wait (the kernel's would return at once).
+use crate::real::real;
+use crate::table::{Conditions, lookup};
+use libc::{c_int, epoll_event, nfds_t, pollfd, sigset_t, timespec};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// What `tcp_poll` adds for `c`, as poll(2) bits: `POLLRDHUP` only when asked for.
+fn poll_bits(c: Conditions, asked: i16) -> i16 {
+    let mut bits = 0;
+    if c.hangup {
+        bits |= libc::POLLHUP;
+    }
+    if c.error {
+        bits |= libc::POLLERR;
+    }
+    if c.peer_closed && asked & libc::POLLRDHUP != 0 {
+        bits |= libc::POLLRDHUP;
+    }
+    bits
+}
+
+/// The bits to add to each entry of `set`, if any entry is a stack socket with one.
+fn extra(set: &[pollfd]) -> Option<Vec<i16>> {
+    let mut any = false;
+    let bits: Vec<i16> = set
+        .iter()
+        .map(|p| {
+            let b = lookup(p.fd).map_or(0, |s| poll_bits(s.conditions(), p.events));
+            any |= b != 0;
+            b
+        })
+        .collect();
+    any.then_some(bits)
+}
+
+/// Adds `bits` to the kernel's answer `ready` (its count of entries with events).
+fn merge(set: &mut [pollfd], bits: &[i16], ready: c_int) -> c_int {
+    if ready < 0 {
+        return ready;
+    }
+    for (p, b) in set.iter_mut().zip(bits) {
+        p.revents |= b;
+    }
+    set.iter().filter(|p| p.revents != 0).count() as c_int
+}
+
+/// # Safety
+/// `fds` points to `nfds` pollfds (poll's contract).
+unsafe fn pollfds<'a>(fds: *mut pollfd, nfds: nfds_t) -> &'a mut [pollfd] {
+    if fds.is_null() || nfds == 0 {
+        return &mut [];
+    }
+    // SAFETY: the caller's array of `nfds` entries, valid for the call.
+    unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
+    // SAFETY: poll's contract.
+    let bits = extra(unsafe { pollfds(fds, nfds) });
+    let timeout = if bits.is_some() { 0 } else { timeout };
+    // SAFETY: libc's poll with the caller's array.
+    let ready = unsafe { real!(poll: fn(*mut pollfd, nfds_t, c_int) -> c_int)(fds, nfds, timeout) };
+    match bits {
+        // SAFETY: as above; the kernel is done with the array.
+        Some(bits) => merge(unsafe { pollfds(fds, nfds) }, &bits, ready),
+        None => ready,
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __poll_chk(
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    timeout: c_int,
+    _fdslen: libc::size_t,
+) -> c_int {
+    // SAFETY: poll's contract (the length check is the compiler's, for the caller).
+    unsafe { poll(fds, nfds, timeout) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
+) -> c_int {
+    // SAFETY: ppoll's contract.
+    let bits = extra(unsafe { pollfds(fds, nfds) });
+    let zero = timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let timeout = if bits.is_some() { &zero } else { timeout };
+    // SAFETY: libc's ppoll with the caller's array and mask, and a valid timeout.
+    let ready = unsafe {
+        real!(ppoll: fn(*mut pollfd, nfds_t, *const timespec, *const sigset_t) -> c_int)(
+            fds, nfds, timeout, sigmask,
+        )
+    };
+    match bits {
+        // SAFETY: as above.
+        Some(bits) => merge(unsafe { pollfds(fds, nfds) }, &bits, ready),
+        None => ready,
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __ppoll_chk(
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
+    _fdslen: libc::size_t,
+) -> c_int {
+    // SAFETY: ppoll's contract.
+    unsafe { ppoll(fds, nfds, timeout, sigmask) }
+}
+
+/// Stack sockets registered with an epoll instance: the event's `data` is all that
+/// `epoll_wait` gives back, so it is kept with the fd and the events asked for.
+#[derive(Default)]
+struct Registry {
+    by_data: HashMap<(c_int, u64), (c_int, u32)>,
+    by_fd: HashMap<c_int, Vec<(c_int, u64)>>,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+/// Entries in the registry: `epoll_wait` skips the lock while there are none.
+static REGISTERED: AtomicUsize = AtomicUsize::new(0);
+
+fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
+    let mut guard = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+    let registry = guard.get_or_insert_with(Registry::default);
+    let out = f(registry);
+    REGISTERED.store(registry.by_data.len(), Ordering::Release);
+    out
+}
+
+impl Registry {
+    fn remove(&mut self, epfd: c_int, fd: c_int) {
+        if let Some(keys) = self.by_fd.get_mut(&fd) {
+            keys.retain(|&(ep, data)| {
+                if ep == epfd {
+                    self.by_data.remove(&(ep, data));
+                }
+                ep != epfd
+            });
+        }
+    }
+}
+
+/// The fd is closed: its registrations are gone with it (the kernel's go with the last
+/// fd of the file; a stack socket's eventfd is that file).
+pub fn forget(fd: c_int) {
+    if REGISTERED.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    with_registry(|r| {
+        for key in r.by_fd.remove(&fd).unwrap_or_default() {
+            r.by_data.remove(&key);
+        }
+    });
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: *mut epoll_event,
+) -> c_int {
+    // SAFETY: libc's epoll_ctl with the caller's arguments.
+    let r = unsafe {
+        real!(epoll_ctl: fn(c_int, c_int, c_int, *mut epoll_event) -> c_int)(epfd, op, fd, event)
+    };
+    if r != 0 || (lookup(fd).is_none() && REGISTERED.load(Ordering::Acquire) == 0) {
+        return r;
+    }
+    // SAFETY: for ADD and MOD the kernel just read `event`, so it is valid.
+    let asked = (op != libc::EPOLL_CTL_DEL && !event.is_null())
+        .then(|| unsafe { ((*event).events, (*event).u64) });
+    let stack = lookup(fd).is_some();
+    with_registry(|reg| {
+        reg.remove(epfd, fd);
+        if let (Some((events, data)), true) = (asked, stack) {
+            reg.by_data.insert((epfd, data), (fd, events));
+            reg.by_fd.entry(fd).or_default().push((epfd, data));
+        }
+    });
+    r
+}
+
+/// Adds the stack sockets' conditions to the `ready` events `epoll_wait` returned.
+fn merge_epoll(epfd: c_int, events: *mut epoll_event, ready: c_int) -> c_int {
+    if ready <= 0 || events.is_null() || REGISTERED.load(Ordering::Acquire) == 0 {
+        return ready;
+    }
+    // SAFETY: the kernel filled `ready` entries of the caller's array.
+    let got = unsafe { std::slice::from_raw_parts_mut(events, ready as usize) };
+    let sockets: Vec<(usize, c_int, u32)> = with_registry(|reg| {
+        got.iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let data = e.u64;
+                reg.by_data
+                    .get(&(epfd, data))
+                    .map(|&(fd, asked)| (i, fd, asked))
+            })
+            .collect()
+    });
+    for (i, fd, asked) in sockets {
+        if let Some(sock) = lookup(fd) {
+            let bits = poll_bits(sock.conditions(), (asked & libc::EPOLLRDHUP as u32) as i16);
+            // poll(2)'s bits and epoll's are the same values.
+            got[i].events |= bits as u16 as u32;
+        }
+    }
+    ready
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_wait(
+    epfd: c_int,
+    events: *mut epoll_event,
+    maxevents: c_int,
+    timeout: c_int,
+) -> c_int {
+    // SAFETY: libc's epoll_wait with the caller's array.
+    let ready = unsafe {
+        real!(epoll_wait: fn(c_int, *mut epoll_event, c_int, c_int) -> c_int)(
+            epfd, events, maxevents, timeout,
+        )
+    };
+    merge_epoll(epfd, events, ready)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: c_int,
+    events: *mut epoll_event,
+    maxevents: c_int,
+    timeout: c_int,
+    sigmask: *const sigset_t,
+) -> c_int {
+    // SAFETY: libc's epoll_pwait with the caller's array and mask.
+    let ready = unsafe {
+        real!(epoll_pwait: fn(c_int, *mut epoll_event, c_int, c_int, *const sigset_t) -> c_int)(
+            epfd, events, maxevents, timeout, sigmask,
+        )
+    };
+    merge_epoll(epfd, events, ready)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_pwait2(
+    epfd: c_int,
+    events: *mut epoll_event,
+    maxevents: c_int,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
+) -> c_int {
+    // SAFETY: libc's epoll_pwait2 with the caller's array, timeout and mask.
+    let ready = unsafe {
+        real!(epoll_pwait2: fn(c_int, *mut epoll_event, c_int, *const timespec, *const sigset_t) -> c_int)(
+            epfd, events, maxevents, timeout, sigmask,
+        )
+    };
+    merge_epoll(epfd, events, ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_follow_tcp_poll() {
+        let none = Conditions::default();
+        assert_eq!(poll_bits(none, libc::POLLIN | libc::POLLRDHUP), 0);
+        let hung = Conditions {
+            hangup: true,
+            error: true,
+            peer_closed: true,
+        };
+        // HUP and ERR are reported whether asked for or not; RDHUP only when asked.
+        assert_eq!(poll_bits(hung, 0), libc::POLLHUP | libc::POLLERR);
+        assert_eq!(
+            poll_bits(hung, libc::POLLRDHUP),
+            libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP
+        );
+        let fin = Conditions {
+            peer_closed: true,
+            ..none
+        };
+        assert_eq!(poll_bits(fin, libc::POLLIN), 0);
+        assert_eq!(poll_bits(fin, libc::POLLRDHUP), libc::POLLRDHUP);
+        assert_eq!(libc::EPOLLRDHUP, libc::POLLRDHUP as i32);
+        assert_eq!(libc::EPOLLHUP, libc::POLLHUP as i32);
+    }
+
+    #[test]
+    fn merge_counts_entries_with_events() {
+        let mut set = [
+            pollfd {
+                fd: 3,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            pollfd {
+                fd: 4,
+                events: libc::POLLIN,
+                revents: libc::POLLIN,
+            },
+        ];
+        assert_eq!(merge(&mut set, &[libc::POLLHUP, 0], 1), 2);
+        assert_eq!(set[0].revents, libc::POLLHUP);
+        assert_eq!(merge(&mut set, &[0, 0], -1), -1);
+    }
+}
