@@ -275,56 +275,43 @@ fn partial_checksum_is_accepted_only_when_the_policy_allows_it() {
 /// A segment left partial for TX checksum offload carries Linux's CHECKSUM_PARTIAL
 /// signature, and completed the way a device does (sum from the TCP header on, stored
 /// at the field) it is the same frame as one emitted with the whole checksum, for
-/// every payload length (odd ones too).
+/// every payload length (odd ones too), over IPv4 and IPv6 (after the fixed header).
 #[test]
 fn partial_tx_checksum_completed_by_the_device_equals_the_complete_one() {
     let payload: Vec<u8> = (0..1460u32).map(|i| (i * 7 + 3) as u8).collect();
-    for n in [0usize, 1, 2, 3, 7, 100, 1459, 1460] {
-        let mut repr = syn_with_options();
-        repr.flags = TcpFlags::ACK;
-        repr.payload = &payload[..n];
-        let (mut full, mut partial) = ([0u8; 1600], [0u8; 1600]);
-        let eth = (MAC_A, MAC_B);
-        let len = emit_tcp(
-            &mut full,
-            eth,
-            (IP_A, IP_B),
-            &repr,
-            n,
-            |_| {},
-            TxChecksum::Complete,
-        );
-        let plen = emit_tcp(
-            &mut partial,
-            eth,
-            (IP_A, IP_B),
-            &repr,
-            n,
-            |_| {},
-            TxChecksum::Partial,
-        );
-        assert_eq!(len, plen);
-        assert_ne!(
-            full[..len],
-            partial[..len],
-            "{n} bytes: checksum left partial"
-        );
-        // The partial frame is what a veth peer may deliver: accepted as partial only.
-        assert_eq!(
-            parse_frame(&partial[..len]).unwrap_err(),
-            WireError::BadTcpChecksum
-        );
-        let loose = parse_frame_with(&partial[..len], ChecksumPolicy::AcceptPartial).unwrap();
-        assert!(loose.partial_checksum);
-        let (start, offset) = tcp_checksum_location(&partial[..len]).unwrap();
-        assert_eq!((start, offset), (34, 16));
-        complete_checksum(&mut partial[..len], start.into(), offset.into());
-        assert_eq!(full[..len], partial[..len], "{n} bytes");
+    let v6: (IpAddr, IpAddr) = (
+        std::net::Ipv6Addr::new(0xfd00, 0x77, 1, 0, 0, 0, 0, 2).into(),
+        std::net::Ipv6Addr::new(0xfd00, 0x77, 2, 0, 0, 0, 0, 2).into(),
+    );
+    for (ip, tcp_at) in [((IP_A.into(), IP_B.into()), 34), (v6, 54)] {
+        for n in [0usize, 1, 2, 3, 7, 100, 1400, 1401] {
+            let mut repr = syn_with_options();
+            repr.flags = TcpFlags::ACK;
+            repr.payload = &payload[..n];
+            let (mut full, mut partial) = ([0u8; 1600], [0u8; 1600]);
+            let emit = |buf: &mut [u8], checksum| {
+                emit_tcp(buf, (MAC_A, MAC_B), ip, &repr, n, |_| {}, checksum)
+            };
+            let len = emit(&mut full, TxChecksum::Complete);
+            assert_eq!(emit(&mut partial, TxChecksum::Partial), len);
+            assert_ne!(full[..len], partial[..len], "{n} bytes: left partial");
+            // The partial frame is what a veth peer may deliver: accepted as partial only.
+            assert_eq!(
+                parse_frame(&partial[..len]).unwrap_err(),
+                WireError::BadTcpChecksum
+            );
+            let loose = parse_frame_with(&partial[..len], ChecksumPolicy::AcceptPartial);
+            assert!(loose.unwrap().partial_checksum);
+            let (start, offset) = tcp_checksum_location(&partial[..len]).unwrap();
+            assert_eq!((start, offset), (tcp_at, 16));
+            complete_checksum(&mut partial[..len], start.into(), offset.into());
+            assert_eq!(full[..len], partial[..len], "{n} bytes");
+        }
     }
 }
 
 #[test]
-fn only_ipv4_tcp_frames_have_a_checksum_location() {
+fn only_tcp_frames_have_a_checksum_location() {
     let mut buf = [0u8; 200];
     let arp = arp_request();
     let len = emit_arp(&mut buf, BROADCAST_MAC, &arp);
@@ -332,43 +319,4 @@ fn only_ipv4_tcp_frames_have_a_checksum_location() {
     let len = emit_icmp_echo_reply(&mut buf, (MAC_A, MAC_B), (IP_A, IP_B), 1, 2, b"ping");
     assert_eq!(tcp_checksum_location(&buf[..len]), None);
     assert_eq!(tcp_checksum_location(&buf[..20]), None);
-}
-
-/// An IPv6 segment left partial is completed from the TCP header after the fixed IPv6
-/// header into the same frame as one with the whole checksum.
-#[test]
-fn partial_tx_checksum_over_ipv6_completes_to_the_same_frame() {
-    let (src, dst) = (
-        std::net::Ipv6Addr::new(0xfd00, 0x77, 1, 0, 0, 0, 0, 2),
-        std::net::Ipv6Addr::new(0xfd00, 0x77, 2, 0, 0, 0, 0, 2),
-    );
-    let mut repr = syn_with_options();
-    repr.payload = b"hello, partial";
-    let n = repr.payload.len();
-    let (mut full, mut partial) = ([0u8; 200], [0u8; 200]);
-    let eth = (MAC_A, MAC_B);
-    let len = emit_tcp(
-        &mut full,
-        eth,
-        (src, dst),
-        &repr,
-        n,
-        |_| {},
-        TxChecksum::Complete,
-    );
-    let plen = emit_tcp(
-        &mut partial,
-        eth,
-        (src, dst),
-        &repr,
-        n,
-        |_| {},
-        TxChecksum::Partial,
-    );
-    assert_eq!(len, plen);
-    assert_ne!(full[..len], partial[..len]);
-    let (start, offset) = tcp_checksum_location(&partial[..len]).unwrap();
-    assert_eq!((start, offset), (54, 16));
-    complete_checksum(&mut partial[..len], start.into(), offset.into());
-    assert_eq!(full[..len], partial[..len]);
 }
