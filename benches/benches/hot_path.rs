@@ -40,6 +40,7 @@ fn data_frame(seq: u32, payload: &[u8]) -> Vec<u8> {
         &repr,
         payload.len(),
         |_| {},
+        wire::TxChecksum::Complete,
     );
     buf.truncate(n);
     buf
@@ -135,6 +136,7 @@ fn wire_benches(c: &mut Criterion) {
                 &repr,
                 MSS,
                 |dst| dst.copy_from_slice(&payload),
+                wire::TxChecksum::Complete,
             ))
         })
     });

@@ -118,7 +118,15 @@ fn tcp_seed(
         options,
         payload,
     };
-    let n = crate::wire::emit_tcp(&mut buf, (MAC_C, MAC_S), ip, &repr, payload.len(), |_| {});
+    let n = crate::wire::emit_tcp(
+        &mut buf,
+        (MAC_C, MAC_S),
+        ip,
+        &repr,
+        payload.len(),
+        |_| {},
+        crate::wire::TxChecksum::Complete,
+    );
     buf.truncate(n);
     buf
 }
@@ -194,6 +202,7 @@ fn seed_frames_v6() -> Vec<Vec<u8>> {
             &repr,
             0,
             |_| {},
+            crate::wire::TxChecksum::Complete,
         );
         b[14..n].to_vec()
     };
@@ -403,6 +412,7 @@ pub fn drive_connection(data: &[u8]) {
                 &t.repr,
                 t.payload_len,
                 |dst| conn.copy_payload(t.payload_offset, dst),
+                crate::wire::TxChecksum::Complete,
             );
             assert!(n > 0, "segment does not fit a frame");
             emitted += 1;

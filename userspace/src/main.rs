@@ -49,6 +49,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    userspace::device::startup::begin();
     if std::env::args_os()
         .nth(1)
         .is_some_and(|a| a == holder::HOLDER_ARG)
@@ -99,16 +100,22 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "warn".into()),
         )
         .init();
+    userspace::device::startup::since_start("arguments parsed, logging set up");
     match cli.command {
-        Command::Curl(args) => match curl::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                if args.show_errors() && !e.message.is_empty() {
-                    eprintln!("curl: ({}) {}", e.code, e.message);
+        Command::Curl(args) => {
+            let code = match curl::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    if args.show_errors() && !e.message.is_empty() {
+                        eprintln!("curl: ({}) {}", e.code, e.message);
+                    }
+                    ExitCode::from(e.code as u8)
                 }
-                ExitCode::from(e.code as u8)
-            }
-        },
+            };
+            // What came after the stack was up: the fetch and the exit's hand-over.
+            userspace::device::startup::print_if_enabled();
+            code
+        }
         Command::Serve(args) => report(serve::run(&args)),
         Command::Run(args) => report(run::run(&args)),
         Command::Exec(args) => {

@@ -328,9 +328,15 @@ impl Pair {
         };
         let ip = (conn.local().ip(), conn.remote().ip());
         while let Some(t) = conn.poll_transmit(now) {
-            let len = wire::emit_tcp(frame, eth, ip, &t.repr, t.payload_len, |dst| {
-                conn.copy_payload(t.payload_offset, dst)
-            });
+            let len = wire::emit_tcp(
+                frame,
+                eth,
+                ip,
+                &t.repr,
+                t.payload_len,
+                |dst| conn.copy_payload(t.payload_offset, dst),
+                wire::TxChecksum::Complete,
+            );
             assert!(len > 0, "segment did not fit a frame");
             link.send(now, frame[..len].to_vec(), rng);
         }

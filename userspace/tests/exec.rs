@@ -72,18 +72,11 @@ fn share_command(w: &World, argv: &[&str]) -> Command {
 
 /// The host namespace's kernel TCP counters that a connection through the kernel moves.
 fn kernel_tcp(w: &World) -> [i64; 3] {
-    let out = run_in(w, &w.host, &["nstat", "-a", "-z", "-j"]);
-    let text = text(&out.stdout);
-    ["TcpActiveOpens", "TcpPassiveOpens", "TcpInSegs"].map(|name| {
-        let at = text
-            .find(&format!("\"{name}\""))
-            .unwrap_or_else(|| panic!("nstat has no {name}: {text}"));
-        text[at..]
-            .split([':', ',', '}'])
-            .nth(1)
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("nstat's {name}: {text}"))
-    })
+    nstat(
+        w,
+        &w.host,
+        ["TcpActiveOpens", "TcpPassiveOpens", "TcpInSegs"],
+    )
 }
 
 /// Runs `argv` under exec with stdout into a file, and checks the file is nginx's

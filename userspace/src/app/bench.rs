@@ -217,10 +217,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 /// What an upload writes: one buffer, sent again and again (no allocation per write).
 const SEND_CHUNK: usize = 256 << 10;
 
+/// The upload's buffer: byte `i` is `i % 251`; the stream is this chunk again and
+/// again, so a segment out of place or corrupted shows in what the peer stored (the
+/// netns upload test checks it byte for byte).
+fn send_chunk() -> Vec<u8> {
+    (0..SEND_CHUNK).map(|i| (i % 251) as u8).collect()
+}
+
 /// Upload on kernel sockets: write everything, half-close, wait for the peer's close.
 /// Returns the seconds from connect to the peer's close.
 fn send_kernel(target: SocketAddr, bytes: u64) -> anyhow::Result<f64> {
-    let chunk = vec![0x5au8; SEND_CHUNK];
+    let chunk = send_chunk();
     let t = WallInstant::now();
     let mut s = TcpStream::connect(target).context("connect")?;
     let mut left = bytes;
@@ -239,14 +246,17 @@ fn send_kernel(target: SocketAddr, bytes: u64) -> anyhow::Result<f64> {
 /// peer's FIN after ours was acknowledged.
 fn send_stack(args: &StackArgs, target: SocketAddr, bytes: u64) -> anyhow::Result<f64> {
     let mut rt = open_runtime(args, &[])?;
-    let chunk = vec![0x5au8; SEND_CHUNK];
+    let chunk = send_chunk();
     let t = WallInstant::now();
     let id = connect(&mut rt, target)?;
     let mut left = bytes;
     rt.wait(None, |stack, _| {
         while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            match stack.try_send(id, &chunk[..n]) {
+            // Where the stream is in the chunk: a partial write goes on from there, so
+            // the peer gets the chunk again and again, as from the kernel path.
+            let at = ((bytes - left) % chunk.len() as u64) as usize;
+            let n = left.min((chunk.len() - at) as u64) as usize;
+            match stack.try_send(id, &chunk[at..at + n]) {
                 Ok(0) | Err(SendError::WouldBlock) => return None,
                 Ok(n) => left -= n as u64,
                 Err(SendError::Connection(e)) => return Some(Err(e)),

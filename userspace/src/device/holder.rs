@@ -47,7 +47,12 @@ pub struct PooledSocket {
     pub queue: u32,
     /// Entries of each of its rings.
     pub ring_size: u32,
+    /// Bytes of TX metadata its UMEM was registered with.
+    pub tx_metadata_len: u32,
 }
+
+/// A bound socket as handed on: (queue, ring size, TX metadata length, socket, memfd).
+pub type PoolEntry<'a> = (u32, u32, u32, BorrowedFd<'a>, BorrowedFd<'a>);
 
 /// The abstract socket name of the holder of interface `ifindex`.
 fn address(ifindex: u32) -> std::io::Result<SocketAddr> {
@@ -84,14 +89,17 @@ pub enum Answer {
     Busy(u32),
 }
 
-/// A pool as words (`ring_size queue...`) and fds (socket and memfd of each).
-fn pool_message<'a>(
-    pool: &[(u32, u32, BorrowedFd<'a>, BorrowedFd<'a>)],
-) -> (String, Vec<BorrowedFd<'a>>) {
-    let ring = pool.first().map_or(0, |p| p.1);
-    let mut words = format!("{ring}");
+/// A pool as words (`ring_size[+tx_metadata_len] queue...`) and fds (socket and
+/// memfd of each).
+fn pool_message<'a>(pool: &[PoolEntry<'a>]) -> (String, Vec<BorrowedFd<'a>>) {
+    let (ring, meta) = pool.first().map_or((0, 0), |p| (p.1, p.2));
+    let mut words = if meta > 0 {
+        format!("{ring}+{meta}")
+    } else {
+        format!("{ring}")
+    };
     let mut fds = Vec::new();
-    for &(queue, _, fd, memfd) in pool {
+    for &(queue, _, _, fd, memfd) in pool {
         words.push_str(&format!(" {queue}"));
         fds.extend([fd, memfd]);
     }
@@ -104,7 +112,13 @@ fn parse_pool<'a>(
     mut words: impl Iterator<Item = &'a str>,
     fds: impl Iterator<Item = OwnedFd>,
 ) -> Vec<PooledSocket> {
-    let ring_size: u32 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let (ring_size, tx_metadata_len) = words
+        .next()
+        .and_then(|w| {
+            let (ring, meta) = w.split_once('+').unwrap_or((w, "0"));
+            Some((ring.parse().ok()?, meta.parse().ok()?))
+        })
+        .unwrap_or((0, 0));
     let queues: Vec<u32> = words.filter_map(|w| w.parse().ok()).collect();
     let mut fds = fds;
     let mut pool = Vec::new();
@@ -117,6 +131,7 @@ fn parse_pool<'a>(
             memfd,
             queue,
             ring_size,
+            tx_metadata_len,
         });
     }
     pool
@@ -167,13 +182,9 @@ pub fn ask(ifindex: u32, borrow: bool, mode: Option<&str>) -> SetupResult<Answer
     }
 }
 
-/// Ends a loan, handing the bound sockets back to the holder, as (queue, ring size,
-/// socket, memfd): steering goes off at once, and the holder lends them to the next
+/// Ends a loan, handing the bound sockets back to the holder, as [`PoolEntry`]s: steering goes off at once, and the holder lends them to the next
 /// instance as they are.
-pub fn give_back(
-    conn: &UnixStream,
-    pool: &[(u32, u32, BorrowedFd<'_>, BorrowedFd<'_>)],
-) -> std::io::Result<()> {
+pub fn give_back(conn: &UnixStream, pool: &[PoolEntry<'_>]) -> std::io::Result<()> {
     let (words, fds) = pool_message(pool);
     send_with_fds(conn.as_fd(), format!("END {words}\n").as_bytes(), &fds)
 }
@@ -190,8 +201,8 @@ pub struct Handover<'a> {
     pub link: BorrowedFd<'a>,
     /// The XSKMAP, config and counters maps.
     pub maps: [BorrowedFd<'a>; 3],
-    /// The bound sockets: (queue, ring size, socket, memfd).
-    pub pool: Vec<(u32, u32, BorrowedFd<'a>, BorrowedFd<'a>)>,
+    /// The bound sockets.
+    pub pool: Vec<PoolEntry<'a>>,
 }
 
 /// Starts a holder (`exe` run with [`HOLDER_ARG`]) and hands it the program and the
@@ -423,7 +434,10 @@ fn serve_loans(held: &mut Held, listener: &UnixListener, linger: Duration) {
                 let pool: Vec<_> = held
                     .pool
                     .iter()
-                    .map(|p| (p.queue, p.ring_size, p.fd.as_fd(), p.memfd.as_fd()))
+                    .map(|p| {
+                        let meta = p.tx_metadata_len;
+                        (p.queue, p.ring_size, meta, p.fd.as_fd(), p.memfd.as_fd())
+                    })
                     .collect();
                 let (words, pool_fds) = pool_message(&pool);
                 fds.extend(pool_fds);

@@ -2,7 +2,7 @@
 //! preallocated rings, so moving a frame allocates nothing (benchmarks and the
 //! zero-allocation test rely on it).
 use super::Device;
-use crate::wire::MacAddr;
+use crate::wire::{MacAddr, complete_checksum, tcp_checksum_location};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -78,6 +78,9 @@ pub struct MemoryDevice {
     tx: Rc<RefCell<FrameRing>>,
     /// Most frames handed out by one `receive` call.
     pub batch: usize,
+    /// Completes the TCP checksum of what it transmits, as a NIC with TX checksum
+    /// offload does (the stack then leaves only the pseudo-header sum).
+    pub tx_checksum_offload: bool,
 }
 
 impl MemoryDevice {
@@ -100,12 +103,14 @@ impl MemoryDevice {
                 rx: ba.clone(),
                 tx: ab.clone(),
                 batch: 64,
+                tx_checksum_offload: false,
             },
             MemoryDevice {
                 mac: mac_b,
                 rx: ab,
                 tx: ba,
                 batch: 64,
+                tx_checksum_offload: false,
             },
         )
     }
@@ -140,12 +145,23 @@ impl Device for MemoryDevice {
 
     fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> bool {
         // A full wire has no free buffer, like a full TX ring: the stack retries later.
-        self.tx.borrow_mut().push_with(build)
+        let offload = self.tx_checksum_offload;
+        self.tx.borrow_mut().push_with(&mut |buf| {
+            let n = build(buf);
+            if offload && let Some((start, offset)) = tcp_checksum_location(&buf[..n]) {
+                complete_checksum(&mut buf[..n], start.into(), offset.into());
+            }
+            n
+        })
     }
 
     fn flush(&mut self) {}
 
     fn mac(&self) -> MacAddr {
         self.mac
+    }
+
+    fn tx_checksum_offload(&self) -> bool {
+        self.tx_checksum_offload
     }
 }

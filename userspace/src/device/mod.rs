@@ -6,6 +6,7 @@ pub mod memory;
 pub mod netinfo;
 pub mod netlink;
 pub mod pcap;
+pub mod startup;
 pub mod steering;
 pub mod switch;
 pub mod wake;
@@ -29,5 +30,11 @@ pub trait Device {
     /// The device's MTU (IP packet size), 1500 unless the device says otherwise.
     fn mtu(&self) -> usize {
         1500
+    }
+    /// Whether the device completes the TCP checksum of the frames it transmits
+    /// (TX checksum offload): then every TCP frame given to [`Device::transmit`] must
+    /// carry only the pseudo-header sum ([`crate::wire::TxChecksum::Partial`]).
+    fn tx_checksum_offload(&self) -> bool {
+        false
     }
 }

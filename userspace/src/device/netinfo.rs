@@ -282,6 +282,13 @@ pub fn multi_buffer_supported() -> bool {
     *SUPPORTED.get_or_init(|| kernel_at_least(&kernel_release(), (6, 6)))
 }
 
+/// True if the kernel has AF_XDP TX metadata (`tx_metadata_len`, the TX checksum
+/// request, Linux 6.8+).
+pub fn tx_metadata_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| kernel_at_least(&kernel_release(), (6, 8)))
+}
+
 /// Compares a release string such as `6.18.0-1-amd64` with `(major, minor)`.
 fn kernel_at_least(release: &str, wanted: (u32, u32)) -> bool {
     let mut parts = release

@@ -88,4 +88,8 @@ impl<D: Device> Device for PcapDevice<D> {
     fn mtu(&self) -> usize {
         self.inner.mtu()
     }
+
+    fn tx_checksum_offload(&self) -> bool {
+        self.inner.tx_checksum_offload()
+    }
 }

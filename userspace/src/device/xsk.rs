@@ -18,6 +18,31 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// Lets one transmit kick send up to a whole TX ring (`XDP_MAX_TX_SKB_BUDGET`, Linux
+/// 6.17+; the kernel takes 32 up to the ring's size). Returns the budget in force: 32
+/// where the kernel lacks the option.
+fn set_tx_budget(fd: &OwnedFd, ring_size: u32) -> u32 {
+    use std::os::fd::AsRawFd;
+    // USERSPACE_XDP_TX_BUDGET=32 keeps the kernel's default (to measure the difference).
+    let budget: libc::c_uint = std::env::var("USERSPACE_XDP_TX_BUDGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ring_size)
+        .clamp(32, ring_size.max(32));
+    // SAFETY: `budget` lives across the call and its size is passed; the kernel only
+    // reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            XDP_MAX_TX_SKB_BUDGET,
+            (&budget as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { budget } else { 32 }
+}
+
 /// A shared mapping, unmapped on drop.
 struct Mapping {
     ptr: *mut u8,
@@ -193,6 +218,33 @@ impl<T: Copy> Ring<T> {
     }
 }
 
+/// Bytes reserved before each TX frame's data for `struct xsk_tx_metadata` (Linux
+/// 6.8+): flags (8), csum_start and csum_offset (2 each), and since 6.14 launch_time
+/// (8, after padding). A multiple of 8 below 256, as the kernel requires.
+pub const TX_METADATA_LEN: u32 = 24;
+
+/// `setsockopt(SOL_XDP, XDP_MAX_TX_SKB_BUDGET)` (Linux 6.17+): how many frames one
+/// copy-mode `sendto(2)` sends at most (32 before, the kernel's TX_BATCH_SIZE).
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+
+/// Writes a `struct xsk_tx_metadata` asking for the checksum from `start` (from the
+/// frame's data) to be stored at `start + offset` into the `TX_METADATA_LEN` bytes
+/// before a frame's data.
+pub fn write_tx_checksum_request(meta: &mut [u8], start: u16, offset: u16) {
+    meta.fill(0);
+    meta[..8].copy_from_slice(&u64::from(libc::XDP_TXMD_FLAGS_CHECKSUM).to_ne_bytes());
+    meta[8..10].copy_from_slice(&start.to_ne_bytes());
+    meta[10..12].copy_from_slice(&offset.to_ne_bytes());
+}
+
+/// Frames in the UMEM of a socket with rings of `ring_size`: a full fill ring, and as
+/// many again for transmit if the socket `transmits` (a stack sends on one of its
+/// sockets; the others only receive, and their smaller UMEM costs less to populate
+/// and pin at start-up).
+pub fn umem_frames(ring_size: u32, transmits: bool) -> u32 {
+    if transmits { 2 * ring_size } else { ring_size }
+}
+
 /// An AF_XDP socket bound to one queue, with its own UMEM in a memfd.
 pub struct XskSocket {
     rx: Ring<libc::xdp_desc>,
@@ -208,62 +260,100 @@ pub struct XskSocket {
     pub frame_size: u32,
     /// Frames in the UMEM.
     pub frames: u32,
+    /// Bytes of TX metadata before each transmitted frame's data (0: none registered).
+    pub tx_metadata_len: u32,
+    /// Frames one transmit kick sends at most.
+    pub tx_budget: u32,
 }
 
 impl XskSocket {
     /// A new socket on `queue` of `ifindex`, bound with `flags` (`XDP_COPY` and so on),
-    /// with a UMEM of `2 * ring_size` frames. The error is the kernel's (EBUSY: the
-    /// queue has a socket).
+    /// with a UMEM of [`umem_frames`] frames, and room for TX metadata before each
+    /// frame if `tx_metadata` and the kernel takes it (see `tx_metadata_len`). The
+    /// error is the kernel's (EBUSY: the queue has a socket).
     pub fn create(
         ifindex: u32,
         queue: u32,
         ring_size: u32,
         frame_size: u32,
         flags: u16,
+        tx_metadata: bool,
+        transmits: bool,
     ) -> io::Result<Self> {
-        let frames = 2 * ring_size;
+        let frames = umem_frames(ring_size, transmits);
         let len = frames as usize * frame_size as usize;
+        let populate = super::startup::step_for("umem populate, queue", queue);
         let memfd = rustix::fs::memfd_create(c"userspace-umem", rustix::fs::MemfdFlags::CLOEXEC)?;
-        rustix::fs::ftruncate(&memfd, len as u64)?;
-        let umem = Mapping::new(&memfd, len, 0, true)?;
+        // The pages are allocated in the memfd, not faulted in through the mapping:
+        // MAP_POPULATE holds the process's mmap lock while it zeroes them, and every
+        // other thread's mmap (the loader's thread stack, a large allocation) waited
+        // behind it at start-up. The UMEM registration maps them when it pins them.
+        rustix::fs::fallocate(&memfd, rustix::fs::FallocateFlags::empty(), 0, len as u64)?;
+        let umem = Mapping::new(&memfd, len, 0, false)?;
+        drop(populate);
+        let register = super::startup::step_for("umem register (pin) and rings, queue", queue);
         let fd = rustix::net::socket_with(
             AddressFamily::XDP,
             SocketType::RAW,
             SocketFlags::CLOEXEC,
             None,
         )?;
-        let reg = XdpUmemReg {
+        let reg = |tx_metadata_len: u32| XdpUmemReg {
             addr: umem.ptr as u64,
             len: len as u64,
             chunk_size: frame_size,
             headroom: 0,
-            flags: XdpUmemRegFlags::empty(),
-            tx_metadata_len: 0,
+            flags: if tx_metadata_len > 0 {
+                XdpUmemRegFlags::from_bits_retain(libc::XDP_UMEM_TX_METADATA_LEN)
+            } else {
+                XdpUmemRegFlags::empty()
+            },
+            tx_metadata_len,
         };
-        sockopt::set_xdp_umem_reg(&fd, reg)?;
+        // A kernel before 6.8 refuses the flag (EINVAL) and keeps no UMEM: register
+        // again without it.
+        let mut tx_metadata_len = 0;
+        if tx_metadata && sockopt::set_xdp_umem_reg(&fd, reg(TX_METADATA_LEN)).is_ok() {
+            tx_metadata_len = TX_METADATA_LEN;
+        } else {
+            sockopt::set_xdp_umem_reg(&fd, reg(0))?;
+        }
         sockopt::set_xdp_umem_fill_ring_size(&fd, ring_size)?;
         sockopt::set_xdp_umem_completion_ring_size(&fd, ring_size)?;
         sockopt::set_xdp_rx_ring_size(&fd, ring_size)?;
         sockopt::set_xdp_tx_ring_size(&fd, ring_size)?;
-        let socket = XskSocket::map(fd, memfd, umem, ring_size, frame_size)?;
+        let mut socket = XskSocket::map(fd, memfd, umem, ring_size, frame_size, frames)?;
+        socket.tx_metadata_len = tx_metadata_len;
+        drop(register);
+        let _bind = super::startup::step_for("bind, queue", queue);
         let addr = SocketAddrXdp::new(SocketAddrXdpFlags::from_bits_retain(flags), ifindex, queue);
         rustix::net::bind(&socket.fd, &addr)?;
         Ok(socket)
     }
 
-    /// A bound socket that another process made (`fd`, its UMEM `memfd`), with its
-    /// rings as that process left them.
-    pub fn adopt(fd: OwnedFd, memfd: OwnedFd, ring_size: u32, frame_size: u32) -> io::Result<Self> {
+    /// A bound socket that another process made (`fd`, its UMEM `memfd`, registered
+    /// with `tx_metadata_len`), with its rings as that process left them.
+    pub fn adopt(
+        fd: OwnedFd,
+        memfd: OwnedFd,
+        ring_size: u32,
+        frame_size: u32,
+        tx_metadata_len: u32,
+        transmits: bool,
+    ) -> io::Result<Self> {
         if !ring_size.is_power_of_two() {
             return Err(io::Error::other("ring size not a power of two"));
         }
-        let len = 2 * ring_size as usize * frame_size as usize;
+        let frames = umem_frames(ring_size, transmits);
+        let len = frames as usize * frame_size as usize;
         let size = rustix::fs::fstat(&memfd)?.st_size as usize;
         if size != len {
             return Err(io::Error::other("UMEM of another size"));
         }
         let umem = Mapping::new(&memfd, len, 0, true)?;
-        XskSocket::map(fd, memfd, umem, ring_size, frame_size)
+        let mut socket = XskSocket::map(fd, memfd, umem, ring_size, frame_size, frames)?;
+        socket.tx_metadata_len = tx_metadata_len;
+        Ok(socket)
     }
 
     fn map(
@@ -272,8 +362,10 @@ impl XskSocket {
         umem: Mapping,
         ring_size: u32,
         frame_size: u32,
+        frames: u32,
     ) -> io::Result<Self> {
         let off = sockopt::xdp_mmap_offsets(&fd)?;
+        let tx_budget = set_tx_budget(&fd, ring_size);
         Ok(XskSocket {
             rx: Ring::map(&fd, &off.rx, ring_size, XDP_PGOFF_RX_RING)?,
             tx: Ring::map(&fd, &off.tx, ring_size, XDP_PGOFF_TX_RING)?,
@@ -284,7 +376,9 @@ impl XskSocket {
             memfd,
             ring_size,
             frame_size,
-            frames: 2 * ring_size,
+            frames,
+            tx_metadata_len: 0,
+            tx_budget,
         })
     }
 

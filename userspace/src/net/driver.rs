@@ -6,6 +6,7 @@ use crate::device::netinfo::{
     self, RouteRefusal, kernel_neighbour_ip as kernel_neighbour,
     kernel_neighbour_ip_failed as kernel_neighbour_failed, provoke_kernel_resolve,
 };
+use crate::device::startup;
 use crate::device::wake::WakeFd;
 use crate::stack::{AddressMode, ConnId};
 use crate::tcp::{Instant, State, TcpError};
@@ -260,6 +261,7 @@ impl Driver {
     }
 
     fn connect(&mut self, conn: Arc<Conn>, remote: SocketAddr, timeout: Duration) {
+        let routing = startup::step("connect: route and neighbour from the kernel");
         let now = self.rt.now();
         let mut st = conn.shared.lock();
         let hop = match learn_route(&mut self.rt.stack, &self.rt.iface, remote.ip()) {
@@ -272,6 +274,7 @@ impl Driver {
             }
         };
         self.learn_from_kernel(hop);
+        drop(routing);
         match self.rt.stack.connect(now, remote) {
             Ok(id) => {
                 st.id = Some(id);

@@ -379,6 +379,8 @@ struct Info {
     mode: AddressMode,
     queues: Vec<u32>,
     xdp_mode: &'static str,
+    tx_checksum: &'static str,
+    tx_budget: u32,
 }
 
 impl Info {
@@ -391,6 +393,8 @@ impl Info {
             mode: rt.stack.config().mode,
             queues: xdp.queues(),
             xdp_mode: xdp.attached_mode(),
+            tx_checksum: xdp.tx_checksum().describe(),
+            tx_budget: xdp.tx_budget(),
         }
     }
 }
@@ -488,6 +492,17 @@ impl Stack {
     /// How the XDP program is attached: `"native"` (in the driver) or `"skb"` (generic).
     pub fn xdp_mode(&self) -> &'static str {
         self.inner.info.xdp_mode
+    }
+
+    /// How sent segments get their TCP checksum: offloaded through AF_XDP TX metadata,
+    /// or computed by the stack (and why).
+    pub fn tx_checksum(&self) -> &'static str {
+        self.inner.info.tx_checksum
+    }
+
+    /// Frames one transmit kick (`sendto(2)`) sends at most.
+    pub fn tx_budget(&self) -> u32 {
+        self.inner.info.tx_budget
     }
 
     /// Opens a connection; the same as [`TcpStream::connect`].

@@ -62,6 +62,9 @@ impl Device for NetDevice {
     fn mtu(&self) -> usize {
         self.xdp().mtu()
     }
+    fn tx_checksum_offload(&self) -> bool {
+        self.xdp().tx_checksum_offload()
+    }
 }
 
 /// Why [`Runtime::wait`] returned without a value.

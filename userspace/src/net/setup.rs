@@ -12,6 +12,7 @@ use crate::device::netinfo::{
     self, kernel_neighbour_ip as kernel_neighbour, provoke_kernel_resolve,
 };
 use crate::device::pcap::PcapDevice;
+use crate::device::startup;
 use crate::device::xdp::{QueueChoice, SharedProgram, XdpProgram, XdpQueues, choose_queues};
 use crate::stack::{self, AddressMode, Stack};
 use crate::tcp::Instant;
@@ -138,7 +139,9 @@ fn await_dad(rt: &mut Runtime) -> SetupResult<()> {
 /// socket on every RX queue (or [`StackConfig::queue`]), and returns the poll loop
 /// around a stack listening on `listen_ports`. Needs root (CAP_NET_ADMIN and CAP_BPF).
 pub fn open_runtime(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<Runtime> {
+    let planning = startup::step("plan: route, interface, addresses");
     let mut plan = plan(config, listen_ports)?;
+    drop(planning);
     if let Some(cpu) = config.cpu {
         pin_to_cpu(cpu)?;
     }
@@ -177,13 +180,17 @@ pub fn open_runtime(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<R
         ip = %plan.stack.ip,
         xdp = xdp.attached_mode(),
         queues = ?xdp.queues(),
+        tx_checksum = xdp.tx_checksum().describe(),
+        tx_budget = xdp.tx_budget(),
         "stack up"
     );
     let device = match &config.pcap {
         Some(path) => NetDevice::Pcap(PcapDevice::create(xdp, path)?),
         None => NetDevice::Plain(xdp),
     };
-    plan.runtime(device)
+    let runtime = plan.runtime(device);
+    startup::print_if_enabled();
+    runtime
 }
 
 /// The one plan of both ways of starting stacks per group of RX queues
@@ -515,6 +522,8 @@ pub fn stats_report(rt: &Runtime) -> String {
     let _ = writeln!(out, "  {:<24} {}", "passed_to_kernel", s.passed);
     let _ = writeln!(out, "  {:<24} {}", "no_socket", s.no_socket);
     out.push_str(&s.ipv6.report());
+    let _ = writeln!(out, "* tx: tcp checksum {}", xdp.tx_checksum().describe());
+    let _ = writeln!(out, "  {:<24} {}", "frames_per_kick", xdp.tx_budget());
     let f = xdp.frame_account();
     let _ = writeln!(out, "* umem frames:");
     let _ = writeln!(out, "  {:<24} {}", "total", f.total);

@@ -203,7 +203,15 @@ fn reset_for(frame: &[u8], mac: MacAddr, policy: ChecksumPolicy, out: &mut [u8])
         flags,
         ..Default::default()
     };
-    emit_tcp(out, (mac, eth_src), (ip.dst, ip.src), &repr, 0, |_| {})
+    emit_tcp(
+        out,
+        (mac, eth_src),
+        (ip.dst, ip.src),
+        &repr,
+        0,
+        |_| {},
+        crate::wire::TxChecksum::Complete,
+    )
 }
 
 /// The fields of a TCP segment (or of the TCP segment an ICMP error quotes) that
@@ -638,6 +646,7 @@ mod tests {
             &repr,
             payload.len(),
             |_| {},
+            crate::wire::TxChecksum::Complete,
         );
         buf.truncate(n);
         buf

@@ -537,6 +537,7 @@ fn test_ipv6_segment_for_another_address_is_not_ours() {
         &syn(81),
         0,
         |_| {},
+        wire::TxChecksum::Complete,
     );
     ds.inject(&buf[..n]);
     s.poll(t(1), &mut ds);

@@ -1383,7 +1383,13 @@ impl Stack {
     }
 
     /// Writes a frame that belongs to no connection; its length, 0 if it does not fit.
-    fn emit_stateless(&self, frame: &StatelessFrame, buf: &mut [u8]) -> usize {
+    /// A TCP checksum is left to the device under [`wire::TxChecksum::Partial`].
+    fn emit_stateless(
+        &self,
+        frame: &StatelessFrame,
+        buf: &mut [u8],
+        checksum: wire::TxChecksum,
+    ) -> usize {
         let mac = self.cfg.mac;
         let ip = self.cfg.ip;
         let ip6 = self.cfg.ipv6.unwrap_or(Ipv6Addr::UNSPECIFIED);
@@ -1404,6 +1410,7 @@ impl Stack {
                 repr,
                 0,
                 |_| {},
+                checksum,
             ),
             StatelessFrame::Ndp {
                 ip_src,
@@ -1441,8 +1448,13 @@ impl Stack {
     /// this is where one ACK comes to cover a whole received batch.
     fn dispatch(&mut self, now: Instant, device: &mut dyn Device) {
         let mac = self.cfg.mac;
+        let checksum = if device.tx_checksum_offload() {
+            wire::TxChecksum::Partial
+        } else {
+            wire::TxChecksum::Complete
+        };
         for frame in std::mem::take(&mut self.stateless) {
-            let sent = device.transmit(&mut |buf| self.emit_stateless(&frame, buf));
+            let sent = device.transmit(&mut |buf| self.emit_stateless(&frame, buf, checksum));
             if sent {
                 self.stats.tx_frames += 1;
             } else {
@@ -1479,6 +1491,7 @@ impl Stack {
                                     &t.repr,
                                     t.payload_len,
                                     |dst| conn.copy_payload(t.payload_offset, dst),
+                                    checksum,
                                 )
                             }
                             None => 0,
@@ -1525,7 +1538,9 @@ impl Stack {
             // RFC 4861 7.2.2: a solicitation to the target's solicited-node group.
             IpAddr::V6(hop) if self.ndp.should_request(hop, now) => {
                 if let Some(ns) = self.neighbour_solicit(hop)
-                    && device.transmit(&mut |buf| self.emit_stateless(&ns, buf))
+                    && device.transmit(&mut |buf| {
+                        self.emit_stateless(&ns, buf, wire::TxChecksum::Complete)
+                    })
                 {
                     self.stats.tx_frames += 1;
                 }

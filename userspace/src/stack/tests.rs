@@ -168,6 +168,7 @@ pub(super) fn frame_between(ip: (IpAddr, IpAddr), repr: &TcpRepr<'_>) -> Vec<u8>
         repr,
         repr.payload.len(),
         |_| {},
+        wire::TxChecksum::Complete,
     );
     buf.truncate(n);
     buf
@@ -400,4 +401,65 @@ fn a_route_of_its_own_comes_before_the_default_gateway() {
             target_ip: second,
         }]
     );
+}
+
+/// With a device that completes TCP checksums (TX checksum offload), the stack leaves
+/// the pseudo-header sum and the frames still arrive whole: the server takes every
+/// segment under the strict policy, the bytes arrive intact, and the client's RST for a
+/// closed port (a stateless frame) is complete too.
+#[test]
+fn tx_checksum_offload_leaves_the_sum_to_the_device_and_every_segment_is_accepted() {
+    let (mut c, mut dc, mut s, mut ds) = pair(|_| {});
+    dc.tx_checksum_offload = true;
+    s.listen(80, 16).unwrap();
+    let mut now = Instant::ZERO;
+    let id = c.connect(now, SocketAddrV4::new(IP_S, 80)).unwrap();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 + 7) as u8).collect();
+    let (mut sent, mut got, mut sid) = (0, Vec::new(), None);
+    let mut buf = vec![0u8; 65536];
+    drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, s| {
+        if sent < data.len() {
+            sent += c.try_send(id, &data[sent..]).unwrap_or(0);
+        }
+        if sid.is_none() {
+            sid = s.accept(80);
+        }
+        if let Some(sid) = sid {
+            while let Ok(n) = s.try_recv(sid, &mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        got.len() == data.len()
+    });
+    assert!(got == data, "the stream arrived intact");
+    assert_eq!(s.stats.drop_bad_tcp_checksum, 0);
+    // A frame the offloading device never saw carries only the pseudo-header sum.
+    let (mut lone, _peer) = MemoryDevice::pair(MAC_C, MAC_S);
+    struct Partial<'a>(&'a mut MemoryDevice);
+    impl Device for Partial<'_> {
+        fn receive(&mut self, handle: &mut dyn FnMut(&[u8])) -> usize {
+            self.0.receive(handle)
+        }
+        fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> bool {
+            self.0.transmit(build)
+        }
+        fn flush(&mut self) {}
+        fn mac(&self) -> MacAddr {
+            MAC_C
+        }
+        fn tx_checksum_offload(&self) -> bool {
+            true
+        }
+    }
+    let mut stack = Stack::new(StackConfig::new(MAC_S, IP_S, 24));
+    lone.inject(&frame(&syn(81, 100)));
+    stack.poll(Instant::from_millis(1), &mut Partial(&mut lone));
+    let out = lone.take_transmitted();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        wire::parse_frame(&out[0]).unwrap_err(),
+        wire::WireError::BadTcpChecksum
+    );
+    let partial = wire::parse_frame_with(&out[0], wire::ChecksumPolicy::AcceptPartial).unwrap();
+    assert!(partial.partial_checksum, "RST left partial");
 }

@@ -25,7 +25,15 @@ fn data_segment() -> TcpRepr<'static> {
 
 fn emit6(repr: &TcpRepr<'_>) -> Vec<u8> {
     let mut buf = vec![0u8; 1600];
-    let n = emit_tcp(&mut buf, (MAC_A, MAC_B), (IP_A, IP_B), repr, 5, |_| {});
+    let n = emit_tcp(
+        &mut buf,
+        (MAC_A, MAC_B),
+        (IP_A, IP_B),
+        repr,
+        5,
+        |_| {},
+        crate::wire::TxChecksum::Complete,
+    );
     assert_ne!(n, 0);
     buf.truncate(n);
     buf

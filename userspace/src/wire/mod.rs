@@ -131,6 +131,44 @@ pub enum ChecksumPolicy {
     AcceptPartial,
 }
 
+/// Who completes the TCP checksum of an emitted segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxChecksum {
+    /// The stack writes the complete checksum.
+    #[default]
+    Complete,
+    /// The stack writes the pseudo-header sum (as Linux's CHECKSUM_PARTIAL does) and
+    /// the device completes it from [`tcp_checksum_location`] on (TX checksum offload).
+    Partial,
+}
+
+/// Where a device completes the TCP checksum of a frame left [`TxChecksum::Partial`]:
+/// `(csum_start, csum_offset)`, the start of the TCP header from the frame's start and
+/// the field's offset in it. None for any other frame (ARP, ICMP, an IPv6 header
+/// followed by an extension header, a short frame).
+pub fn tcp_checksum_location(frame: &[u8]) -> Option<(u16, u16)> {
+    if frame.len() < ETH_HEADER_LEN + IPV4_HEADER_LEN {
+        return None;
+    }
+    let ip = &frame[ETH_HEADER_LEN..];
+    let start = match u16::from_be_bytes([frame[12], frame[13]]) {
+        ETHERTYPE_IPV4 if ip[9] == 6 => ETH_HEADER_LEN + usize::from(ip[0] & 0x0f) * 4,
+        // RFC 8200 section 3: the next header is byte 6 of the fixed header.
+        ETHERTYPE_IPV6 if ip[6] == 6 => ETH_HEADER_LEN + IPV6_HEADER_LEN,
+        _ => return None,
+    };
+    // RFC 9293 section 3.1: the checksum is bytes 16-17 of the TCP header.
+    (start + 18 <= frame.len()).then_some((start as u16, 16))
+}
+
+/// What a device does with a [`TxChecksum::Partial`] frame: sums from `start` to the
+/// end (the pseudo-header sum is in the field already) and stores the complement at
+/// `start + offset`. For devices without offload in tests, and to check a partial frame.
+pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) {
+    let sum = fold(sum(&frame[start..], 0));
+    frame[start + offset..start + offset + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
 /// A parsed frame, and whether its TCP checksum was partial (accepted by the policy).
 #[derive(Debug)]
 pub struct Parsed<'a> {

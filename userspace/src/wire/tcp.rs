@@ -1,8 +1,8 @@
 //! TCP header and options (RFC 9293 section 3.1, RFC 7323, RFC 2018).
 use super::seq::SeqNum;
 use super::{
-    ChecksumPolicy, ETH_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, MacAddr, WireError,
-    emit_ethernet,
+    ChecksumPolicy, ETH_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN, MacAddr, TxChecksum,
+    WireError, emit_ethernet,
     ipv4::{PROTO_TCP, emit_header},
     ipv6::{ETHERTYPE_IPV6, IPV6_HEADER_LEN, NH_TCP},
     partial_tcp_checksum, tcp_checksum, tcp_checksum_v4, tcp_checksum_v6,
@@ -294,7 +294,8 @@ pub fn tcp_frame_len(repr: &TcpRepr<'_>, payload_len: usize) -> usize {
 
 /// Writes Ethernet+IPv4+TCP (or Ethernet+IPv6+TCP for IPv6 addresses) into `buf`. The payload is `repr.payload` if not empty,
 /// else `fill` writes `payload_len` bytes straight into the frame (so data moves from
-/// the send buffer to the frame in one copy). Returns the frame length, 0 if it won't fit.
+/// the send buffer to the frame in one copy). The TCP checksum is complete or left to
+/// the device ([`TxChecksum`]). Returns the frame length, 0 if it won't fit.
 pub fn emit_tcp<A: Into<IpAddr>>(
     buf: &mut [u8],
     eth: (MacAddr, MacAddr),
@@ -302,6 +303,7 @@ pub fn emit_tcp<A: Into<IpAddr>>(
     repr: &TcpRepr<'_>,
     payload_len: usize,
     fill: impl FnOnce(&mut [u8]),
+    tx_checksum: TxChecksum,
 ) -> usize {
     // One body per family, each as lean as an IPv4-only one.
     match (ip.0.into(), ip.1.into()) {
@@ -315,7 +317,10 @@ pub fn emit_tcp<A: Into<IpAddr>>(
                 emit_ethernet(b, eth.0, eth.1, ETHERTYPE_IPV4);
                 emit_header(&mut b[ETH_HEADER_LEN..], s, d, PROTO_TCP, len);
             },
-            |seg| tcp_checksum_v4(s, d, seg),
+            |seg| match tx_checksum {
+                TxChecksum::Complete => tcp_checksum_v4(s, d, seg),
+                TxChecksum::Partial => partial_tcp_checksum(s, d, seg.len()),
+            },
         ),
         (IpAddr::V6(s), IpAddr::V6(d)) => emit_segment(
             buf,
@@ -328,7 +333,10 @@ pub fn emit_tcp<A: Into<IpAddr>>(
                 // Hop limit 64, as Linux's default (net.ipv6.conf.*.hop_limit).
                 super::ipv6::emit_header(&mut b[ETH_HEADER_LEN..], s, d, NH_TCP, len, 64);
             },
-            |seg| tcp_checksum_v6(s, d, seg),
+            |seg| match tx_checksum {
+                TxChecksum::Complete => tcp_checksum_v6(s, d, seg),
+                TxChecksum::Partial => partial_tcp_checksum(s, d, seg.len()),
+            },
         ),
         _ => 0,
     }

@@ -34,9 +34,15 @@ fn tcp_roundtrip_with_options_and_payload() {
     repr.options.sack_blocks[0] = (100, 200);
     repr.options.sack_blocks[1] = (300, 400);
     repr.options.sack_permitted = false;
-    let len = emit_tcp(&mut buf, (MAC_A, MAC_B), (IP_A, IP_B), &repr, 5, |p| {
-        p.copy_from_slice(b"hello")
-    });
+    let len = emit_tcp(
+        &mut buf,
+        (MAC_A, MAC_B),
+        (IP_A, IP_B),
+        &repr,
+        5,
+        |p| p.copy_from_slice(b"hello"),
+        TxChecksum::Complete,
+    );
     assert_eq!(len, tcp_frame_len(&repr, 5));
     // etherparse agrees on the layout and checksum.
     let sliced = etherparse::SlicedPacket::from_ethernet(&buf[..len]).unwrap();
@@ -69,6 +75,7 @@ fn corrupted_tcp_is_rejected_by_checksum() {
         &syn_with_options(),
         0,
         |_| {},
+        TxChecksum::Complete,
     );
     for i in (ETH_HEADER_LEN + IPV4_HEADER_LEN)..len {
         let mut bad = buf;
@@ -94,6 +101,7 @@ fn truncated_and_lying_headers_are_errors() {
         &syn_with_options(),
         0,
         |_| {},
+        TxChecksum::Complete,
     );
     for cut in 0..len {
         assert!(parse_frame(&buf[..cut]).is_err(), "cut at {cut}");
@@ -118,6 +126,7 @@ fn fragments_are_reported() {
         &syn_with_options(),
         0,
         |_| {},
+        TxChecksum::Complete,
     );
     buf[ETH_HEADER_LEN + 6] = 0x20; // MF
     buf[ETH_HEADER_LEN + 10..ETH_HEADER_LEN + 12].fill(0);
@@ -146,16 +155,20 @@ fn bad_option_lengths_are_malformed() {
     );
 }
 
-#[test]
-fn arp_roundtrip() {
-    let mut buf = [0u8; 64];
-    let arp = ArpRepr {
+fn arp_request() -> ArpRepr {
+    ArpRepr {
         op: ArpOp::Request,
         sender_mac: MAC_A,
         sender_ip: IP_A,
         target_mac: [0; 6],
         target_ip: IP_B,
-    };
+    }
+}
+
+#[test]
+fn arp_roundtrip() {
+    let mut buf = [0u8; 64];
+    let arp = arp_request();
     let len = emit_arp(&mut buf, BROADCAST_MAC, &arp);
     assert_eq!(len, 60);
     match parse_frame(&buf[..len]).unwrap() {
@@ -226,6 +239,7 @@ fn partial_checksum_is_accepted_only_when_the_policy_allows_it() {
         &syn_with_options(),
         7,
         |p| p.copy_from_slice(b"payload"),
+        TxChecksum::Complete,
     );
     let tcp_start = ETH_HEADER_LEN + IPV4_HEADER_LEN;
     let tcp_len = len - tcp_start;
@@ -256,4 +270,53 @@ fn partial_checksum_is_accepted_only_when_the_policy_allows_it() {
         parse_frame_with(&wrong[..len], ChecksumPolicy::AcceptPartial).unwrap_err(),
         WireError::BadTcpChecksum
     );
+}
+
+/// A segment left partial for TX checksum offload carries Linux's CHECKSUM_PARTIAL
+/// signature, and completed the way a device does (sum from the TCP header on, stored
+/// at the field) it is the same frame as one emitted with the whole checksum, for
+/// every payload length (odd ones too), over IPv4 and IPv6 (after the fixed header).
+#[test]
+fn partial_tx_checksum_completed_by_the_device_equals_the_complete_one() {
+    let payload: Vec<u8> = (0..1460u32).map(|i| (i * 7 + 3) as u8).collect();
+    let v6: (IpAddr, IpAddr) = (
+        std::net::Ipv6Addr::new(0xfd00, 0x77, 1, 0, 0, 0, 0, 2).into(),
+        std::net::Ipv6Addr::new(0xfd00, 0x77, 2, 0, 0, 0, 0, 2).into(),
+    );
+    for (ip, tcp_at) in [((IP_A.into(), IP_B.into()), 34), (v6, 54)] {
+        for n in [0usize, 1, 2, 3, 7, 100, 1400, 1401] {
+            let mut repr = syn_with_options();
+            repr.flags = TcpFlags::ACK;
+            repr.payload = &payload[..n];
+            let (mut full, mut partial) = ([0u8; 1600], [0u8; 1600]);
+            let emit = |buf: &mut [u8], checksum| {
+                emit_tcp(buf, (MAC_A, MAC_B), ip, &repr, n, |_| {}, checksum)
+            };
+            let len = emit(&mut full, TxChecksum::Complete);
+            assert_eq!(emit(&mut partial, TxChecksum::Partial), len);
+            assert_ne!(full[..len], partial[..len], "{n} bytes: left partial");
+            // The partial frame is what a veth peer may deliver: accepted as partial only.
+            assert_eq!(
+                parse_frame(&partial[..len]).unwrap_err(),
+                WireError::BadTcpChecksum
+            );
+            let loose = parse_frame_with(&partial[..len], ChecksumPolicy::AcceptPartial);
+            assert!(loose.unwrap().partial_checksum);
+            let (start, offset) = tcp_checksum_location(&partial[..len]).unwrap();
+            assert_eq!((start, offset), (tcp_at, 16));
+            complete_checksum(&mut partial[..len], start.into(), offset.into());
+            assert_eq!(full[..len], partial[..len], "{n} bytes");
+        }
+    }
+}
+
+#[test]
+fn only_tcp_frames_have_a_checksum_location() {
+    let mut buf = [0u8; 200];
+    let arp = arp_request();
+    let len = emit_arp(&mut buf, BROADCAST_MAC, &arp);
+    assert_eq!(tcp_checksum_location(&buf[..len]), None);
+    let len = emit_icmp_echo_reply(&mut buf, (MAC_A, MAC_B), (IP_A, IP_B), 1, 2, b"ping");
+    assert_eq!(tcp_checksum_location(&buf[..len]), None);
+    assert_eq!(tcp_checksum_location(&buf[..20]), None);
 }

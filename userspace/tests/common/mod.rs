@@ -58,6 +58,22 @@ pub fn run_in(world: &World, ns: &str, argv: &[&str]) -> Output {
         .expect("run command in namespace")
 }
 
+/// The kernel's counters `names` in namespace `ns` (`nstat -a -z -j`: absolute values).
+pub fn nstat<const N: usize>(world: &World, ns: &str, names: [&str; N]) -> [i64; N] {
+    let out = run_in(world, ns, &["nstat", "-a", "-z", "-j"]);
+    let text = text(&out.stdout);
+    names.map(|name| {
+        let at = text
+            .find(&format!("\"{name}\""))
+            .unwrap_or_else(|| panic!("nstat has no {name}: {text}"));
+        text[at..]
+            .split([':', ',', '}'])
+            .nth(1)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("nstat's {name}: {text}"))
+    })
+}
+
 /// `userspace curl ARGS` in the host namespace.
 pub fn curl(world: &World, args: &[&str]) -> Output {
     let mut full = vec![BIN, "curl"];

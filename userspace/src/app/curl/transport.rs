@@ -190,6 +190,16 @@ impl Io {
                     );
                 }
             }
+            if self.verbose {
+                eprintln!(
+                    "* Stack on {} queues {:?} ({} XDP), TCP checksum {}, up to {} frames per transmit kick",
+                    stack.interface(),
+                    stack.queues(),
+                    stack.xdp_mode(),
+                    stack.tx_checksum(),
+                    stack.tx_budget()
+                );
+            }
             *guard = Some(Transport {
                 stack,
                 streams: Vec::new(),

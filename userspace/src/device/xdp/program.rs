@@ -9,10 +9,11 @@ use super::socket::FRAME_SIZE;
 use crate::device::error::{Context, SetupError, SetupResult, bail, setup_error};
 use crate::device::holder::{self, PooledSocket};
 use crate::device::netinfo::{self, multi_buffer_supported};
+use crate::device::startup;
 use crate::device::steering::{PodSteerConfig, map_from_fd};
 use aya::maps::{Array, Map, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use xdp_ebpf::{
     COUNTER_COUNT, COUNTER_NO_SOCKET, COUNTER_NO_SOCKET_QUEUE0, COUNTER_PASSED, COUNTER_STEERED,
     COUNTER_V6_NDP_STEERED, COUNTER_V6_PASSED_EXTENSIONS, COUNTER_V6_PASSED_KERNEL_PORT,
@@ -264,6 +265,7 @@ impl XdpProgram {
                 let mut ebpf =
                     load_object_without_kernel_btf().context("loading the XDP program")?;
                 tracing::debug!("XDP object parsed");
+                let _load = startup::step("program load (verifier)");
                 let program: &mut Xdp = ebpf
                     .program_mut(xdp_ebpf::PROGRAM_NAME)
                     .ok_or_else(|| {
@@ -276,7 +278,10 @@ impl XdpProgram {
                 object = Some(ebpf);
             }
             let ebpf = object.as_ref().expect("loaded above");
-            match XdpProgram::attach(ebpf, info, mode) {
+            let attaching = startup::step("attach (BPF link)");
+            let attached = XdpProgram::attach(ebpf, info, mode);
+            drop(attaching);
+            match attached {
                 Ok((link, attached_mode)) => {
                     tracing::debug!(mode = attached_mode, "XDP program attached");
                     let maps = [
@@ -454,10 +459,7 @@ impl XdpProgram {
     /// attached goes to a new holder when it should linger. Either way this
     /// returns at once, and true. False when the caller must close the sockets and
     /// detach itself (the program is not lingering, or no holder could take it).
-    pub(super) fn release(
-        &mut self,
-        sockets: &[(u32, u32, BorrowedFd<'_>, BorrowedFd<'_>)],
-    ) -> bool {
+    pub(super) fn release(&mut self, sockets: &[holder::PoolEntry<'_>]) -> bool {
         if let Some(conn) = &self.loan {
             return holder::give_back(conn, sockets).is_ok();
         }
@@ -538,6 +540,7 @@ fn load_object_without_kernel_btf() -> SetupResult<aya::Ebpf> {
     let mut loader = std::thread::scope(|scope| {
         scope
             .spawn(|| {
+                let _t = startup::step("loader without kernel BTF (thread)");
                 let hidden = hide_kernel_btf_from_this_thread();
                 tracing::debug!(hidden, "kernel BTF hidden from the loader");
                 aya::EbpfLoader::new()
@@ -545,6 +548,10 @@ fn load_object_without_kernel_btf() -> SetupResult<aya::Ebpf> {
             .join()
             .map_err(|_| setup_error!("the XDP loader thread panicked"))
     })?;
+    let probes = startup::step("aya feature probes");
+    let _ = aya::features();
+    drop(probes);
+    let _parse = startup::step("object parse, maps created");
     loader
         .btf(None)
         .load(XDP_OBJECT)

@@ -1,10 +1,13 @@
 //! AF_XDP sockets on every RX queue of an interface, registered with the program and
 //! driven by one poll loop as one [`Device`].
 use super::program::{SharedProgram, SteerCounters, XdpModeChoice, XdpProgram, lock};
-use super::socket::{FrameAccount, XdpDevice, ring_size_for};
+use super::socket::{
+    FrameAccount, TxChecksumMode, XdpDevice, ring_size_for, wanted_tx_metadata_len,
+};
 use crate::device::Device;
 use crate::device::error::{Context, SetupResult, bail};
 use crate::device::netinfo::{self, multi_buffer_supported};
+use crate::device::startup;
 use crate::device::switch::SwitchPort;
 use crate::wire::MacAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -62,23 +65,32 @@ impl XdpQueues {
         steer: SteerConfig,
         linger: Option<std::time::Duration>,
     ) -> SetupResult<Self> {
+        let looking = startup::step("interface and queues");
         let info = netinfo::interface(interface)?;
         let count = netinfo::rx_queue_count(interface).min(MAX_QUEUES);
         let wanted = queues_for(interface, count, choice)?;
-        if let Some(linger) = linger
-            && let Some((program, pool)) = XdpProgram::borrow(&info, mode, linger)?
-        {
+        drop(looking);
+        let asking = startup::step("holder asked");
+        let borrowed = match linger {
+            Some(linger) => XdpProgram::borrow(&info, mode, linger)?,
+            None => None,
+        };
+        drop(asking);
+        if let Some((program, pool)) = borrowed {
             let ring_size = ring_size_for(wanted.len() as u32);
-            let fits = pool
-                .iter()
-                .all(|p| wanted.contains(&p.queue) && p.ring_size == ring_size);
+            let meta = wanted_tx_metadata_len();
+            let fits = pool.iter().all(|p| {
+                wanted.contains(&p.queue) && p.ring_size == ring_size && p.tx_metadata_len == meta
+            });
             let taken_over = fits.then(|| -> SetupResult<XdpQueues> {
                 let mut devices = Vec::with_capacity(wanted.len());
                 let mut pool = pool;
-                for &q in &wanted {
+                for (i, &q) in wanted.iter().enumerate() {
+                    // The first socket transmits (see `transmit`).
+                    let transmits = i == 0;
                     devices.push(match pool.iter().position(|p| p.queue == q) {
-                        Some(i) => XdpDevice::adopt(&info, pool.swap_remove(i))?,
-                        None => XdpDevice::bind(&info, q, wanted.len() as u32)?,
+                        Some(i) => XdpDevice::adopt(&info, pool.swap_remove(i), transmits)?,
+                        None => XdpDevice::bind(&info, q, wanted.len() as u32, transmits)?,
                     });
                 }
                 let queues = XdpQueues::register(&program, devices)?;
@@ -103,9 +115,11 @@ impl XdpQueues {
             let info = &info;
             let wanted = &wanted;
             let binds = scope.spawn(move || {
+                let _t = startup::step("sockets bound (thread)");
                 wanted
                     .iter()
-                    .map(|&q| XdpDevice::bind(info, q, wanted.len() as u32))
+                    .enumerate()
+                    .map(|(i, &q)| XdpDevice::bind(info, q, wanted.len() as u32, i == 0))
                     .collect::<SetupResult<Vec<XdpDevice>>>()
             });
             let program = XdpProgram::load_on(info, mode, linger);
@@ -124,12 +138,17 @@ impl XdpQueues {
             devices.retain(|d| wanted.contains(&d.queue));
             for &q in &wanted {
                 if !devices.iter().any(|d| d.queue == q) {
-                    devices.push(XdpDevice::bind(&info, q, wanted.len() as u32)?);
+                    let transmits = q == wanted[0];
+                    devices.push(XdpDevice::bind(&info, q, wanted.len() as u32, transmits)?);
                 }
             }
+            // The transmitting socket first.
+            devices.sort_by_key(|d| d.queue);
         }
+        let steering = startup::step("sockets registered, steering on");
         let queues = XdpQueues::register(&program, devices)?;
         lock(&program).enable(steer)?;
+        drop(steering);
         tracing::debug!(queues = ?queues.queues(), "AF_XDP sockets bound, steering on");
         Ok(queues)
     }
@@ -139,7 +158,8 @@ impl XdpQueues {
         let info = netinfo::interface(&lock(program).interface)?;
         let devices = queues
             .iter()
-            .map(|&q| XdpDevice::bind(&info, q, queues.len() as u32))
+            .enumerate()
+            .map(|(i, &q)| XdpDevice::bind(&info, q, queues.len() as u32, i == 0))
             .collect::<SetupResult<Vec<_>>>()?;
         XdpQueues::register(program, devices)
     }
@@ -321,6 +341,16 @@ impl XdpQueues {
             })
     }
 
+    /// How sent frames get their TCP checksum (the socket that transmits decides).
+    pub fn tx_checksum(&self) -> TxChecksumMode {
+        self.devices[0].tx_checksum()
+    }
+
+    /// Frames one transmit kick sends at most.
+    pub fn tx_budget(&self) -> u32 {
+        self.devices[0].tx_budget()
+    }
+
     /// True if the sockets take packets larger than a frame in several frames.
     pub fn multi_buffer(&self) -> bool {
         multi_buffer_supported()
@@ -340,16 +370,19 @@ impl Drop for XdpQueues {
         };
         let last_user = std::sync::Arc::strong_count(program) == 1;
         if last_user {
+            let draining = startup::step("exit: TX drained");
             let give_up = std::time::Instant::now() + TX_DRAIN_AT_EXIT;
             for device in &mut self.devices {
                 device.drain_tx(give_up);
             }
+            drop(draining);
+            let _exit = startup::step("exit: program and sockets handed on");
             let sockets: Vec<_> = self
                 .devices
                 .iter()
                 .map(|d| {
                     let (fd, memfd) = d.pooled_fds();
-                    (d.queue, d.ring_size(), fd, memfd)
+                    (d.queue, d.ring_size(), d.tx_metadata_len(), fd, memfd)
                 })
                 .collect();
             if lock(program).release(&sockets) {
@@ -426,5 +459,9 @@ impl Device for XdpQueues {
             Some(switch) => switch.mtu(),
             None => self.devices[0].mtu(),
         }
+    }
+
+    fn tx_checksum_offload(&self) -> bool {
+        self.devices[0].tx_checksum_offload()
     }
 }

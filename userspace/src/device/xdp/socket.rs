@@ -4,15 +4,20 @@
 use crate::device::Device;
 use crate::device::error::{Context, SetupError, SetupResult};
 use crate::device::holder::PooledSocket;
-use crate::device::netinfo::{self, multi_buffer_supported};
-use crate::device::xsk::XskSocket;
+use crate::device::netinfo::{self, multi_buffer_supported, tx_metadata_supported};
+use crate::device::xsk::{TX_METADATA_LEN, XskSocket, write_tx_checksum_request};
 use crate::wire::MacAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 
 /// Most frames received or queued for transmit in one batch.
 pub const BATCH: usize = 64;
 
-/// sendto(2) calls one flush makes at most to drain the TX ring (32 frames each).
+/// Frames queued for transmit before they go to the TX ring and one kick sends them:
+/// with `XDP_MAX_TX_SKB_BUDGET` one sendto(2) sends them all (a turn's last frames go
+/// at its end, whatever their number).
+const TX_BATCH: usize = 256;
+
+/// sendto(2) calls one flush makes at most to drain the TX ring (a budget each).
 const MAX_KICKS: usize = 16;
 
 pub(super) const FRAME_SIZE: u32 = 2048;
@@ -25,7 +30,7 @@ const MAX_GATHERED: usize = 65_536 + 256;
 const XDP_PKT_CONTD: u32 = 1;
 
 /// Ring size of a socket when its stack polls no other; a stack that polls several
-/// queues gives each less, so that its UMEMs together stay at 8 MiB. UMEM memory is
+/// queues gives each less, so that its UMEMs together stay at 8 MiB at most. UMEM memory is
 /// what start-up and exit cost most (the kernel populates, pins and frees every page),
 /// and one poll loop drains one ring at a time. Below 512, a bulk download on veth
 /// finds the fill ring empty.
@@ -34,8 +39,8 @@ const RING_SIZE: u32 = 2048;
 const MIN_RING_SIZE: u32 = 512;
 
 /// Ring size for each of the `queues` sockets one stack polls (a power of two, as the
-/// kernel requires). Each UMEM holds twice its ring size in frames: a full fill ring
-/// plus as many for transmit.
+/// kernel requires). Each UMEM holds a full fill ring's frames, and the transmitting
+/// socket's as many again for transmit ([`crate::device::xsk::umem_frames`]).
 pub(super) fn ring_size_for(queues: u32) -> u32 {
     (RING_SIZE / queues.max(1))
         .next_power_of_two()
@@ -49,6 +54,58 @@ fn bind_flags() -> u16 {
         flags | libc::XDP_USE_SG
     } else {
         flags
+    }
+}
+
+/// How the TCP checksum of a sent frame is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxChecksumMode {
+    /// The stack leaves the pseudo-header sum and asks for the rest through AF_XDP TX
+    /// metadata (`XDP_TXMD_FLAGS_CHECKSUM`). In copy mode the kernel makes the frame a
+    /// CHECKSUM_PARTIAL skb, which the device completes, or the kernel's transmit path
+    /// in software where the device has no checksum offload.
+    Offload,
+    /// The stack computes it: the kernel is older than 6.8.
+    SoftwareOldKernel,
+    /// The stack computes it: the kernel refused the TX metadata area.
+    SoftwareRefused,
+    /// The stack computes it: `USERSPACE_TX_CHECKSUM=software`.
+    SoftwareAsked,
+}
+
+impl TxChecksumMode {
+    /// What `-v` says.
+    pub fn describe(self) -> &'static str {
+        match self {
+            TxChecksumMode::Offload => "offloaded through AF_XDP TX metadata",
+            TxChecksumMode::SoftwareOldKernel => "software (AF_XDP TX metadata needs Linux 6.8)",
+            TxChecksumMode::SoftwareRefused => {
+                "software (the kernel refused the AF_XDP TX metadata area)"
+            }
+            TxChecksumMode::SoftwareAsked => "software (USERSPACE_TX_CHECKSUM=software)",
+        }
+    }
+}
+
+/// Whether new sockets ask for TX metadata, and if not, why.
+fn tx_checksum_wanted() -> TxChecksumMode {
+    static MODE: std::sync::OnceLock<TxChecksumMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        if std::env::var("USERSPACE_TX_CHECKSUM").is_ok_and(|v| v == "software") {
+            TxChecksumMode::SoftwareAsked
+        } else if !tx_metadata_supported() {
+            TxChecksumMode::SoftwareOldKernel
+        } else {
+            TxChecksumMode::Offload
+        }
+    })
+}
+
+/// The TX metadata length sockets of this process register (0: none).
+pub(super) fn wanted_tx_metadata_len() -> u32 {
+    match tx_checksum_wanted() {
+        TxChecksumMode::Offload => TX_METADATA_LEN,
+        _ => 0,
     }
 }
 
@@ -111,6 +168,8 @@ pub struct XdpDevice {
     rx_oversized: u64,
     /// The NIC queue it is bound to.
     pub queue: u32,
+    /// How sent frames get their TCP checksum.
+    tx_checksum: TxChecksumMode,
 }
 
 /// Kernel statistics of a socket, as the difference of two readings.
@@ -150,13 +209,19 @@ impl From<SetupError> for BindError {
 impl XdpDevice {
     /// An AF_XDP socket with its own UMEM on `queue` of `iface`, whose rings are sized
     /// for a stack that polls `queues` queues. It receives once registered with the program.
-    pub fn bind(iface: &netinfo::InterfaceInfo, queue: u32, queues: u32) -> SetupResult<Self> {
+    /// Only a socket that `transmits` gets UMEM frames for transmit.
+    pub fn bind(
+        iface: &netinfo::InterfaceInfo,
+        queue: u32,
+        queues: u32,
+        transmits: bool,
+    ) -> SetupResult<Self> {
         // The kernel releases a closed socket's hold on its queue a while after the
         // close returns (two RCU grace periods): a stack started right after another
         // one ended may find the queue still busy (EBUSY) for tens of milliseconds.
         let give_up = std::time::Instant::now() + std::time::Duration::from_secs(1);
         loop {
-            match XdpDevice::try_bind(iface, queue, queues) {
+            match XdpDevice::try_bind(iface, queue, queues, transmits) {
                 Err(BindError::Busy(_)) if std::time::Instant::now() < give_up => {
                     std::thread::sleep(std::time::Duration::from_millis(1));
                 }
@@ -170,10 +235,20 @@ impl XdpDevice {
         iface: &netinfo::InterfaceInfo,
         queue: u32,
         queues: u32,
+        transmits: bool,
     ) -> Result<Self, BindError> {
         let ring_size = ring_size_for(queues);
-        let socket = XskSocket::create(iface.ifindex, queue, ring_size, FRAME_SIZE, bind_flags())
-            .map_err(|e| {
+        let wanted = tx_checksum_wanted();
+        let socket = XskSocket::create(
+            iface.ifindex,
+            queue,
+            ring_size,
+            FRAME_SIZE,
+            bind_flags(),
+            wanted == TxChecksumMode::Offload,
+            transmits,
+        )
+        .map_err(|e| {
             let busy = e.raw_os_error() == Some(libc::EBUSY);
             let error = SetupError::new(
                 format!("binding an AF_XDP socket to {} queue {queue}", iface.name),
@@ -188,11 +263,23 @@ impl XdpDevice {
         XdpDevice::with_socket(iface, queue, socket).map_err(BindError::Other)
     }
 
-    /// Takes over a socket that an earlier process bound (from the holder's pool).
-    pub fn adopt(iface: &netinfo::InterfaceInfo, pooled: PooledSocket) -> SetupResult<Self> {
+    /// Takes over a socket that an earlier process bound (from the holder's pool); its
+    /// UMEM must have the size of one that `transmits` or not.
+    pub fn adopt(
+        iface: &netinfo::InterfaceInfo,
+        pooled: PooledSocket,
+        transmits: bool,
+    ) -> SetupResult<Self> {
         let queue = pooled.queue;
-        let socket = XskSocket::adopt(pooled.fd, pooled.memfd, pooled.ring_size, FRAME_SIZE)
-            .with_context(|| format!("taking over the AF_XDP socket of queue {queue}"))?;
+        let socket = XskSocket::adopt(
+            pooled.fd,
+            pooled.memfd,
+            pooled.ring_size,
+            FRAME_SIZE,
+            pooled.tx_metadata_len,
+            transmits,
+        )
+        .with_context(|| format!("taking over the AF_XDP socket of queue {queue}"))?;
         // Have the kernel publish how far it got with the TX ring before the frames are
         // counted (it publishes its consumer index lazily).
         socket.wake_tx();
@@ -236,6 +323,11 @@ impl XdpDevice {
             .statistics()
             .map(|s| SocketStats::from(&s))
             .unwrap_or_default();
+        let tx_checksum = match tx_checksum_wanted() {
+            _ if socket.tx_metadata_len >= TX_METADATA_LEN => TxChecksumMode::Offload,
+            TxChecksumMode::Offload => TxChecksumMode::SoftwareRefused,
+            other => other,
+        };
         Ok(XdpDevice {
             mac: iface.mac,
             mtu: iface.mtu,
@@ -250,7 +342,7 @@ impl XdpDevice {
             ],
             tx_free,
             awaiting_completion,
-            tx_queued: Vec::with_capacity(BATCH * 4),
+            tx_queued: Vec::with_capacity(TX_BATCH),
             completed: vec![0; ring_size],
             awaiting_fill,
             in_fill_ring: in_fill_already + filled,
@@ -261,6 +353,7 @@ impl XdpDevice {
             oversized: false,
             rx_oversized: 0,
             queue,
+            tx_checksum,
         })
     }
 
@@ -317,6 +410,21 @@ impl XdpDevice {
     /// Entries of each of its rings.
     pub fn ring_size(&self) -> u32 {
         self.socket.ring_size
+    }
+
+    /// Bytes of TX metadata its UMEM was registered with.
+    pub fn tx_metadata_len(&self) -> u32 {
+        self.socket.tx_metadata_len
+    }
+
+    /// How sent frames get their TCP checksum.
+    pub fn tx_checksum(&self) -> TxChecksumMode {
+        self.tx_checksum
+    }
+
+    /// Frames one transmit kick sends at most.
+    pub fn tx_budget(&self) -> u32 {
+        self.socket.tx_budget
     }
 
     /// Where the UMEM's frames are.
@@ -438,17 +546,28 @@ impl Device for XdpDevice {
         // SAFETY: the frame is in the free list, so neither ring nor the kernel holds
         // it, and the borrow ends before the frame is queued.
         let frame = unsafe { self.socket.tx_frame(addr) };
-        let len = build(frame).min(FRAME_SIZE as usize);
+        // The TX metadata, if registered, sits right before the data (the descriptor's
+        // address).
+        let (meta, data) = frame.split_at_mut(self.socket.tx_metadata_len as usize);
+        let len = build(data).min(data.len());
         if len == 0 {
             self.tx_free.push(addr);
         } else {
+            let mut options = 0;
+            if self.tx_checksum == TxChecksumMode::Offload
+                && let Some((start, offset)) = crate::wire::tcp_checksum_location(&data[..len])
+            {
+                write_tx_checksum_request(meta, start, offset);
+                options = libc::XDP_TX_METADATA;
+            }
             self.awaiting_completion[(addr / FRAME_SIZE as u64) as usize] = true;
             self.tx_queued.push(libc::xdp_desc {
-                addr,
+                addr: addr + meta.len() as u64,
                 len: len as u32,
-                options: 0,
+                options,
             });
-            if self.tx_queued.len() >= BATCH {
+            let batch = TX_BATCH.min(self.socket.tx_budget as usize).max(BATCH);
+            if self.tx_queued.len() >= batch {
                 self.flush();
             }
         }
@@ -456,9 +575,10 @@ impl Device for XdpDevice {
     }
 
     /// Puts the queued frames on the TX ring and has the kernel send them. In copy mode
-    /// one sendto(2) sends at most 32 frames (the kernel's TX_BATCH_SIZE), so the ring
-    /// is kicked again while that completes more: a turn leaves no frame waiting in the
-    /// ring, and an idle loop may sleep (see [`super::XdpQueues::wait_for_frames`]).
+    /// one sendto(2) sends at most the socket's budget (`XDP_MAX_TX_SKB_BUDGET`, 32
+    /// before Linux 6.17), so the ring is kicked again while that completes more: a turn
+    /// leaves no frame waiting in the ring, and an idle loop may sleep (see
+    /// [`super::XdpQueues::wait_for_frames`]).
     fn flush(&mut self) {
         if !self.tx_queued.is_empty() {
             let n = self.socket.produce_tx(&self.tx_queued);
@@ -485,5 +605,9 @@ impl Device for XdpDevice {
 
     fn mtu(&self) -> usize {
         self.mtu
+    }
+
+    fn tx_checksum_offload(&self) -> bool {
+        self.tx_checksum == TxChecksumMode::Offload
     }
 }
