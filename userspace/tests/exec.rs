@@ -41,10 +41,17 @@ fn build_library() {
 }
 
 fn world() -> World {
+    world_of(world::Family::Ipv4)
+}
+
+/// The world with IP versions `family` (dnsmasq's example.com too, unless IPv4 only).
+fn world_of(family: world::Family) -> World {
     build_library();
     World::up(&WorldOptions {
         nginx: true,
         big_file: Some(64 << 20),
+        dnsmasq: family != world::Family::Ipv4,
+        family,
         ..Default::default()
     })
     .expect("build the namespace world")
@@ -90,6 +97,11 @@ fn kernel_tcp(w: &World) -> [i64; 3] {
 /// big.bin and the kernel's counters did not move.
 fn download_big_file(name: &str, argv: &[&str]) {
     let w = world();
+    download_big_file_in(&w, name, argv, &format!("{SERVER_IP}:80"));
+}
+
+/// As [`download_big_file`] in `w`, `-v` saying the stack connected to `to`.
+fn download_big_file_in(w: &World, name: &str, argv: &[&str], to: &str) {
     let out_file = w.dir.join(format!("{name}.bin"));
     let before = kernel_tcp(&w);
     let started = std::time::Instant::now();
@@ -107,7 +119,7 @@ fn download_big_file(name: &str, argv: &[&str]) {
         (64u64 << 23) as f64 / took.as_secs_f64() / 1e9
     );
     assert!(
-        stderr.contains(&format!("connect to {SERVER_IP}:80: stack")),
+        stderr.contains(&format!("connect to {to}: stack")),
         "-v did not say the connection went to the stack"
     );
     assert_eq!(
@@ -153,11 +165,21 @@ fn start_server(w: &World, argv: &[&str], port: u16) -> std::process::Child {
 /// Starts `command` (`argv` under exec), and returns once `-v` has said `times` times
 /// that it listens on `port` on the stack (a forking server: once per process).
 fn start_server_with(
-    mut command: Command,
+    command: Command,
     argv: &[&str],
     port: u16,
     times: usize,
 ) -> std::process::Child {
+    start_server_lines(command, argv, port, times).0
+}
+
+/// As [`start_server_with`], and the server's later stderr lines.
+fn start_server_lines(
+    mut command: Command,
+    argv: &[&str],
+    port: u16,
+    times: usize,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -181,7 +203,7 @@ fn start_server_with(
         if line.contains("listening on") && line.contains(&ready) {
             seen += 1;
             if seen == times {
-                return child;
+                return (child, rx);
             }
         }
     }
@@ -917,4 +939,157 @@ fn poll_and_epoll_report_hangup_and_the_peers_fin_as_the_kernel_does() {
     let kernel = run_in(&w, &w.host, &[PYTHON, "-c", &script]);
     assert!(kernel.status.success(), "{}", text(&kernel.stderr));
     assert_eq!(text(&ours.stdout), text(&kernel.stdout));
+}
+
+// ------------------------------------------------------------------ IPv6 (issue 20)
+
+/// Debian's curl fetches 64 MiB by IPv6 literal, and example.com by its AAAA record
+/// (tried first), over the stack in a dual-stack world; the kernel's TCP counters
+/// (Linux counts IPv6 TCP in the same Tcp* counters) do not move.
+#[test]
+fn debian_curl_over_ipv6_goes_on_the_stack() {
+    use world::SERVER_IP6;
+    let w = world_of(world::Family::Dual);
+    let url = format!("http://[{SERVER_IP6}]/big.bin");
+    let to = format!("[{SERVER_IP6}]:80");
+    download_big_file_in(&w, "curl6", &["curl", "-g", "-sS", "--fail", &url], &to);
+    let before = kernel_tcp(&w);
+    let out = exec_command(
+        &w,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{remote_ip}",
+            "http://example.com/",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "curl example.com: {stderr}");
+    assert_eq!(text(&out.stdout), SERVER_IP6.to_string(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("connect to {to}: stack")),
+        "{stderr}"
+    );
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "curl example.com: the kernel's TCP counters moved"
+    );
+}
+
+/// `python3 -m http.server --bind ::` under exec (IPV6_V6ONLY off, as Linux's default):
+/// the kernel's curl gets big.bin over IPv6 and IPv4, and the server logs the IPv4
+/// client V4-mapped, as under the kernel; the kernel's TCP counters do not move.
+#[test]
+fn python_http_server_on_ipv6_any_serves_ipv6_and_mapped_ipv4() {
+    use world::{HOST_IP6, SERVER_IP6};
+    let w = world_of(world::Family::Dual);
+    let www = w.dir.join("www");
+    let www_arg = www.to_string_lossy();
+    let argv = [
+        PYTHON,
+        "-m",
+        "http.server",
+        "8080",
+        "--bind",
+        "::",
+        "--directory",
+        &www_arg,
+    ];
+    let (server, lines) = start_server_lines(exec_command(&w, &argv), &argv, 8080, 1);
+    let before = kernel_tcp(&w);
+    let mut fetched = Vec::new();
+    for (name, host) in [("v6", format!("[{HOST_IP6}]")), ("v4", HOST_IP.to_string())] {
+        let out_file = w.dir.join(format!("served-{name}.bin"));
+        let url = format!("http://{host}:8080/big.bin");
+        let out = out_file.to_string_lossy().to_string();
+        let args = [
+            "curl",
+            "-g",
+            "-sS",
+            "--fail",
+            "--max-time",
+            "30",
+            "-o",
+            &out,
+            &url,
+        ];
+        fetched.push((run_in(&w, &w.server, &args), out_file));
+    }
+    let after = kernel_tcp(&w);
+    stop(server);
+    std::thread::sleep(Duration::from_millis(200));
+    let said: Vec<String> = lines.try_iter().collect();
+    for (got, out_file) in &fetched {
+        assert!(got.status.success(), "curl: {}", text(&got.stderr));
+        assert_eq!(
+            sha256(out_file),
+            sha256(&www.join("big.bin")),
+            "http.server: body differs"
+        );
+    }
+    assert_eq!(
+        after, before,
+        "http.server: the kernel's TCP counters moved"
+    );
+    // http.server logs each client's address as accept gave it.
+    for client in [SERVER_IP6.to_string(), format!("::ffff:{SERVER_IP}")] {
+        assert!(
+            said.iter()
+                .any(|l| l.starts_with(&format!("{client} - - "))),
+            "no request logged from {client}: {said:?}"
+        );
+    }
+}
+
+/// nginx (one process) with `listen [::]:8086;` under exec (nginx sets IPV6_V6ONLY, so
+/// the stack listens on its IPv6 address only): wrk over IPv6 sees no error, the
+/// kernel's counters do not move, and IPv4 is refused as under the kernel.
+#[test]
+fn nginx_listening_on_ipv6_under_exec_serves_wrk() {
+    use world::HOST_IP6;
+    let w = world_of(world::Family::Dual);
+    let conf = w.dir.join("nginx-exec6.conf");
+    let www = w.dir.join("www");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx-exec6.pid;\n\
+             error_log {dir}/nginx-exec6.err;\nevents {{ worker_connections 1024; }}\n\
+             http {{ access_log off; sendfile on; server {{ listen [::]:8086; root {www}; }} }}\n",
+            dir = w.dir.display(),
+            www = www.display()
+        ),
+    )
+    .unwrap();
+    let conf = conf.to_string_lossy();
+    let server = start_server(&w, &["nginx", "-c", &conf], 8086);
+    let before = kernel_tcp(&w);
+    let index = format!("http://[{HOST_IP6}]:8086/index.html");
+    let load = run_in(&w, &w.server, &["wrk", "-t2", "-c100", "-d3s", &index]);
+    let after = kernel_tcp(&w);
+    let v4 = format!("http://{HOST_IP}:8086/index.html");
+    let refused = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "5", &v4]);
+    stop(server);
+    let report = text(&load.stdout);
+    eprintln!("{report}");
+    assert!(
+        report.contains("Requests/sec")
+            && !report.contains("Socket errors")
+            && !report.contains("Non-2xx"),
+        "{report}"
+    );
+    assert_eq!(after, before, "nginx: the kernel's TCP counters moved");
+    assert_eq!(
+        refused.status.code(),
+        Some(7),
+        "IPv4 to an IPv6-only listener: {}",
+        text(&refused.stderr)
+    );
 }
