@@ -1093,3 +1093,92 @@ fn nginx_listening_on_ipv6_under_exec_serves_wrk() {
         text(&refused.stderr)
     );
 }
+
+/// The socket calls of an AF_INET6 program: what it sees under exec (the stack) is
+/// what it sees on the kernel, call for call: names and peers (V4-mapped included),
+/// IPV6_V6ONLY and the other IPv6 options, recvfrom/recvmsg's address, and the errnos
+/// of a short address (EINVAL), a wrong family (EAFNOSUPPORT), a mapped address with
+/// IPV6_V6ONLY (ENETUNREACH, EINVAL) and IPV6_V6ONLY after bind (EINVAL).
+#[test]
+fn an_ipv6_programs_socket_calls_see_what_the_kernel_shows() {
+    use world::{HOST_IP6, SERVER_IP6};
+    let w = world_of(world::Family::Dual);
+    let script = r#"
+import ctypes, errno, socket, struct, sys
+s6, s4, h4 = sys.argv[1:4]
+libc = ctypes.CDLL(None, use_errno=True)
+def say(*a): print(*a, flush=True)
+def raw(call, fd, b):
+    buf = ctypes.create_string_buffer(b, len(b))
+    r = getattr(libc, call)(fd, buf, len(b))
+    return errno.errorcode[ctypes.get_errno()] if r < 0 else r
+def sin6(ip, port): return struct.pack('=HHI16sI', socket.AF_INET6, socket.htons(port), 0, socket.inet_pton(socket.AF_INET6, ip), 0)
+def sin(ip, port): return struct.pack('=HH4s8x', socket.AF_INET, socket.htons(port), socket.inet_aton(ip))
+def err(f):
+    try: return f()
+    except OSError as e: return errno.errorcode[e.errno]
+V6 = socket.IPPROTO_IPV6
+GET = b'GET /index.html HTTP/1.0\r\nHost: example.com\r\n\r\n'
+a = socket.socket(socket.AF_INET6)
+say('domain', a.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN), 'v6only', a.getsockopt(V6, socket.IPV6_V6ONLY))
+say('unbound', a.getsockname())
+say('short', raw('connect', a.fileno(), sin6(s6, 80)[:23]), raw('bind', a.fileno(), sin6('::', 0)[:20]))
+say('family', raw('connect', a.fileno(), sin(s4, 80) + bytes(12)), raw('bind', a.fileno(), sin('0.0.0.0', 0) + bytes(12)))
+a.connect((s6, 80))
+say('v6 peer', a.getpeername(), 'local', a.getsockname()[0])
+a.sendto(GET, (s6, 80))
+data, addr = a.recvfrom(12, socket.MSG_WAITALL)
+say('recvfrom', data, addr, 'recvmsg', a.recvmsg(4)[3])
+b = socket.socket(socket.AF_INET6)
+b.connect(('::ffff:' + s4, 80))
+say('mapped peer', b.getpeername(), 'local', b.getsockname()[0])
+b.sendall(GET)
+say('mapped', b.recv(12, socket.MSG_WAITALL))
+c = socket.socket(socket.AF_INET6)
+c.setsockopt(V6, socket.IPV6_V6ONLY, 1)
+say('v6only mapped', err(lambda: c.connect(('::ffff:' + s4, 80))), err(lambda: c.bind(('::ffff:' + h4, 8092))))
+l = socket.socket(socket.AF_INET6)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.setsockopt(V6, socket.IPV6_V6ONLY, 1)
+l.bind(('::', 8091))
+say('after bind', err(lambda: l.setsockopt(V6, socket.IPV6_V6ONLY, 0)))
+l.listen()
+say('listener', l.getsockname(), l.getsockopt(V6, socket.IPV6_V6ONLY))
+t = socket.socket(socket.AF_INET6)
+t.setsockopt(V6, socket.IPV6_TCLASS, 32)
+t.setsockopt(V6, socket.IPV6_RECVPKTINFO, 1)
+t.connect((s6, 80))
+say('options', t.getsockopt(V6, socket.IPV6_TCLASS), t.getsockopt(V6, socket.IPV6_RECVPKTINFO))
+v = socket.socket(socket.AF_INET)
+say('inet', err(lambda: v.setsockopt(V6, socket.IPV6_V6ONLY, 1)), raw('connect', v.fileno(), sin6(s6, 80)), raw('connect', v.fileno(), sin(s4, 80)[:15]))
+"#;
+    let args = [
+        PYTHON,
+        "-c",
+        script,
+        &SERVER_IP6.to_string(),
+        &SERVER_IP.to_string(),
+        &HOST_IP.to_string(),
+    ];
+    let kernel = run_in(&w, &w.host, &args);
+    assert!(kernel.status.success(), "{}", text(&kernel.stderr));
+    let before = kernel_tcp(&w);
+    let ours = exec_command(&w, &args).output().unwrap();
+    let stderr = text(&ours.stderr);
+    eprintln!("{stderr}");
+    assert!(ours.status.success(), "{stderr}");
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "the kernel's TCP counters moved under exec"
+    );
+    assert_eq!(text(&ours.stdout), text(&kernel.stdout), "{stderr}");
+    for said in [
+        format!("connect to [{SERVER_IP6}]:80: stack"),
+        format!("connect to {SERVER_IP}:80: stack"),
+        format!("the stack listens on [{HOST_IP6}]:8091 (IPv6 only)"),
+    ] {
+        assert!(stderr.contains(&said), "-v did not say {said:?}: {stderr}");
+    }
+    eprintln!("{}", text(&ours.stdout));
+}
