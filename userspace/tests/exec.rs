@@ -103,9 +103,9 @@ fn download_big_file(name: &str, argv: &[&str]) {
 /// As [`download_big_file`] in `w`, `-v` saying the stack connected to `to`.
 fn download_big_file_in(w: &World, name: &str, argv: &[&str], to: &str) {
     let out_file = w.dir.join(format!("{name}.bin"));
-    let before = kernel_tcp(&w);
+    let before = kernel_tcp(w);
     let started = std::time::Instant::now();
-    let out = exec_command(&w, argv)
+    let out = exec_command(w, argv)
         .stdout(std::fs::File::create(&out_file).unwrap())
         .stderr(Stdio::piped())
         .output()
@@ -128,11 +128,11 @@ fn download_big_file_in(w: &World, name: &str, argv: &[&str], to: &str) {
         "{name}: body differs"
     );
     assert_eq!(
-        kernel_tcp(&w),
+        kernel_tcp(w),
         before,
         "{name}: the kernel's TCP counters moved (TcpActiveOpens, TcpPassiveOpens, TcpInSegs)"
     );
-    assert!(!xdp_attached(&w), "{name} left XDP attached");
+    assert!(!xdp_attached(w), "{name} left XDP attached");
 }
 
 #[test]

@@ -50,10 +50,7 @@ pub fn parse(family: c_int, bytes: &[u8]) -> Res<SocketAddr> {
 /// IPv4 address on an AF_INET6 socket is V4-mapped.
 pub fn encode(family: c_int, addr: SocketAddr) -> ([u8; SIN6], usize) {
     let mut out = [0u8; SIN6];
-    let v6 = match (family, addr) {
-        (libc::AF_INET6, SocketAddr::V4(a)) => {
-            SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0)
-        }
+    let v6 = match (family, shown(family, addr)) {
         (libc::AF_INET6, SocketAddr::V6(a)) => a,
         (_, a) => {
             // An AF_INET socket only ever holds IPv4 addresses.
@@ -83,6 +80,16 @@ pub fn unmapped(addr: SocketAddr) -> SocketAddr {
             None => addr,
         },
         v4 => v4,
+    }
+}
+
+/// `addr` as a socket of `family` names it (V4-mapped on AF_INET6), for `-v`.
+pub fn shown(family: c_int, addr: SocketAddr) -> SocketAddr {
+    match (family, addr) {
+        (libc::AF_INET6, SocketAddr::V4(a)) => {
+            SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+        }
+        _ => addr,
     }
 }
 

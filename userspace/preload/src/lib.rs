@@ -1,11 +1,12 @@
-//! `LD_PRELOAD` library that puts an unmodified program's TCP over IPv4 on the
-//! kernel-bypass stack; `userspace exec -- PROGRAM` loads it.
+//! `LD_PRELOAD` library that puts an unmodified program's TCP over IPv4 and IPv6 on
+//! the kernel-bypass stack; `userspace exec -- PROGRAM` loads it.
 //!
 //! It takes the POSIX socket calls (`socket`, `connect`, `bind`, `listen`, `accept`,
 //! reads and writes, options, `fcntl`/`ioctl`, `dup`, `close`) and serves those of TCP
-//! sockets over IPv4 that go to a non-loopback address other than the stack's own on
-//! the stack, through the library's public API only. Everything else (UDP, so DNS
-//! keeps working, unix sockets, IPv6, loopback) goes to libc unchanged. A socket is
+//! sockets (AF_INET and AF_INET6, see `addr`) that go to a non-loopback address other
+//! than the stack's own on the stack, through the library's public API only.
+//! Everything else (UDP, so DNS keeps working, unix sockets, loopback, link-local
+//! IPv6) goes to libc unchanged. A socket is
 //! decided at `connect` or `bind`; until then it is the stack's, and if the kernel
 //! takes it, its fd becomes a kernel socket with the options set so far.
 //!

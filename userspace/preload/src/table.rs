@@ -590,7 +590,10 @@ impl Sock {
             flags & libc::SOCK_CLOEXEC != 0,
         )?;
         sock.lock().options = options;
-        say!("fd {fd}: accepted {peer} on the stack as fd {new}");
+        say!(
+            "fd {fd}: accepted {} on the stack as fd {new}",
+            addr::shown(self.family, peer)
+        );
         Ok((new, peer))
     }
 
