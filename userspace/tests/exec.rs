@@ -1182,3 +1182,41 @@ say('inet', err(lambda: v.setsockopt(V6, socket.IPV6_V6ONLY, 1)), raw('connect',
     }
     eprintln!("{}", text(&ours.stdout));
 }
+
+/// In an IPv6-only world (no IPv4 address anywhere, example.com has only an AAAA
+/// record), Debian's curl under exec fetches by name over the stack.
+#[test]
+fn debian_curl_in_an_ipv6_only_world_goes_on_the_stack() {
+    use world::SERVER_IP6;
+    let w = world_of(world::Family::Ipv6);
+    let before = kernel_tcp(&w);
+    let out_file = w.dir.join("curl6-only.bin");
+    let out = exec_command(
+        &w,
+        &[
+            "curl",
+            "-sS",
+            "--fail",
+            "-o",
+            &out_file.to_string_lossy(),
+            "-w",
+            "%{remote_ip}",
+            "http://example.com/big.bin",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "curl example.com: {stderr}");
+    assert_eq!(text(&out.stdout), SERVER_IP6.to_string(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("connect to [{SERVER_IP6}]:80: stack")),
+        "{stderr}"
+    );
+    assert_eq!(
+        sha256(&out_file),
+        sha256(&w.dir.join("www/big.bin")),
+        "body differs"
+    );
+    assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
+}
