@@ -251,13 +251,26 @@ fn fetch_from_port(
     path: &str,
     out: &std::path::Path,
 ) -> std::process::Output {
-    let url = format!("http://{HOST_IP}:{port}/{path}");
+    fetch_from(w, &HOST_IP.to_string(), port, path, out)
+}
+
+/// The kernel's curl in the server namespace fetches `path` from `host` (an IPv6
+/// literal in brackets, or not), port `port`.
+fn fetch_from(
+    w: &World,
+    host: &str,
+    port: u16,
+    path: &str,
+    out: &std::path::Path,
+) -> std::process::Output {
+    let url = format!("http://{host}:{port}/{path}");
     let out = out.to_string_lossy();
     run_in(
         w,
         &w.server,
         &[
             "curl",
+            "-g",
             "-sS",
             "--fail",
             "--max-time",
@@ -473,24 +486,42 @@ fn a_child_forked_after_bind_gets_one_clear_line_not_a_hang() {
     );
 }
 
-#[test]
-fn nginx_in_one_process_under_exec_serves_64_mib_and_wrk() {
-    let w = world();
-    let conf = w.dir.join("nginx-exec.conf");
-    let www = w.dir.join("www");
+/// nginx in one process (`master_process off`) under exec, serving the world's www/
+/// on `listen LISTEN;`, started once it listens on `port`; `name` names its files.
+fn start_one_nginx(w: &World, name: &str, listen: &str, port: u16) -> std::process::Child {
+    let conf = w.dir.join(format!("{name}.conf"));
     std::fs::write(
         &conf,
         format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx-exec.pid;\n\
-             error_log {dir}/nginx-exec.err;\nevents {{ worker_connections 1024; }}\n\
-             http {{ access_log off; sendfile on; server {{ listen 8084; root {www}; }} }}\n",
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/{name}.pid;\n\
+             error_log {dir}/{name}.err;\nevents {{ worker_connections 1024; }}\n\
+             http {{ access_log off; sendfile on; server {{ listen {listen}; root {www}; }} }}\n",
             dir = w.dir.display(),
-            www = www.display()
+            www = w.dir.join("www").display()
         ),
     )
     .unwrap();
     let conf = conf.to_string_lossy();
-    let server = start_server(&w, &["nginx", "-c", &conf], 8084);
+    start_server(w, &["nginx", "-c", &conf], port)
+}
+
+/// wrk's report says requests were served, with no socket error and no non-2xx.
+fn assert_wrk_clean(load: &std::process::Output) {
+    let report = text(&load.stdout);
+    eprintln!("{report}");
+    assert!(
+        report.contains("Requests/sec")
+            && !report.contains("Socket errors")
+            && !report.contains("Non-2xx"),
+        "{report}"
+    );
+}
+
+#[test]
+fn nginx_in_one_process_under_exec_serves_64_mib_and_wrk() {
+    let w = world();
+    let www = w.dir.join("www");
+    let server = start_one_nginx(&w, "nginx-exec", "8084", 8084);
     let before = kernel_tcp(&w);
     let out_file = w.dir.join("nginx-exec.bin");
     let url = format!("http://{HOST_IP}:8084/big.bin");
@@ -517,14 +548,7 @@ fn nginx_in_one_process_under_exec_serves_64_mib_and_wrk() {
         sha256(&www.join("big.bin")),
         "nginx under exec: body differs"
     );
-    let report = text(&load.stdout);
-    eprintln!("{report}");
-    assert!(
-        report.contains("Requests/sec")
-            && !report.contains("Socket errors")
-            && !report.contains("Non-2xx"),
-        "{report}"
-    );
+    assert_wrk_clean(&load);
     assert_eq!(
         kernel_tcp(&w),
         before,
@@ -758,14 +782,7 @@ fn nginx_master_and_2_workers_under_exec_share_serve_wrk() {
         sha256(&www.join("big.bin")),
         "nginx's workers: body differs"
     );
-    let report = text(&load.stdout);
-    eprintln!("{report}");
-    assert!(
-        report.contains("Requests/sec")
-            && !report.contains("Socket errors")
-            && !report.contains("Non-2xx"),
-        "{report}"
-    );
+    assert_wrk_clean(&load);
     assert_eq!(
         kernel_tcp(&w),
         before,
@@ -953,33 +970,34 @@ fn debian_curl_over_ipv6_goes_on_the_stack() {
     let url = format!("http://[{SERVER_IP6}]/big.bin");
     let to = format!("[{SERVER_IP6}]:80");
     download_big_file_in(&w, "curl6", &["curl", "-g", "-sS", "--fail", &url], &to);
-    let before = kernel_tcp(&w);
-    let out = exec_command(
-        &w,
-        &[
-            "curl",
-            "-sS",
-            "--fail",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{remote_ip}",
-            "http://example.com/",
-        ],
-    )
-    .output()
-    .unwrap();
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "curl example.com: {stderr}");
-    assert_eq!(text(&out.stdout), SERVER_IP6.to_string(), "{stderr}");
-    assert!(
-        stderr.contains(&format!("connect to {to}: stack")),
-        "{stderr}"
-    );
+    curl_by_name_on_the_stack(&w, "/dev/null", "http://example.com/");
+}
+
+/// Debian's curl under exec fetches `url` (example.com, AAAA tried first) into `out`:
+/// over IPv6 (`%{remote_ip}`), on the stack (`-v`), the kernel's TCP counters unmoved.
+fn curl_by_name_on_the_stack(w: &World, out: &str, url: &str) {
+    let server6 = world::SERVER_IP6.to_string();
+    let before = kernel_tcp(w);
+    let argv = [
+        "curl",
+        "-sS",
+        "--fail",
+        "-o",
+        out,
+        "-w",
+        "%{remote_ip}",
+        url,
+    ];
+    let got = exec_command(w, &argv).output().unwrap();
+    let stderr = text(&got.stderr);
+    assert!(got.status.success(), "curl {url}: {stderr}");
+    assert_eq!(text(&got.stdout), server6, "{stderr}");
+    let said = format!("connect to [{server6}]:80: stack");
+    assert!(stderr.contains(&said), "{stderr}");
     assert_eq!(
-        kernel_tcp(&w),
+        kernel_tcp(w),
         before,
-        "curl example.com: the kernel's TCP counters moved"
+        "curl {url}: the kernel's TCP counters moved"
     );
 }
 
@@ -1007,20 +1025,7 @@ fn python_http_server_on_ipv6_any_serves_ipv6_and_mapped_ipv4() {
     let mut fetched = Vec::new();
     for (name, host) in [("v6", format!("[{HOST_IP6}]")), ("v4", HOST_IP.to_string())] {
         let out_file = w.dir.join(format!("served-{name}.bin"));
-        let url = format!("http://{host}:8080/big.bin");
-        let out = out_file.to_string_lossy().to_string();
-        let args = [
-            "curl",
-            "-g",
-            "-sS",
-            "--fail",
-            "--max-time",
-            "30",
-            "-o",
-            &out,
-            &url,
-        ];
-        fetched.push((run_in(&w, &w.server, &args), out_file));
+        fetched.push((fetch_from(&w, &host, 8080, "big.bin", &out_file), out_file));
     }
     let after = kernel_tcp(&w);
     stop(server);
@@ -1055,21 +1060,7 @@ fn python_http_server_on_ipv6_any_serves_ipv6_and_mapped_ipv4() {
 fn nginx_listening_on_ipv6_under_exec_serves_wrk() {
     use world::HOST_IP6;
     let w = world_of(world::Family::Dual);
-    let conf = w.dir.join("nginx-exec6.conf");
-    let www = w.dir.join("www");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx-exec6.pid;\n\
-             error_log {dir}/nginx-exec6.err;\nevents {{ worker_connections 1024; }}\n\
-             http {{ access_log off; sendfile on; server {{ listen [::]:8086; root {www}; }} }}\n",
-            dir = w.dir.display(),
-            www = www.display()
-        ),
-    )
-    .unwrap();
-    let conf = conf.to_string_lossy();
-    let server = start_server(&w, &["nginx", "-c", &conf], 8086);
+    let server = start_one_nginx(&w, "nginx-exec6", "[::]:8086", 8086);
     let before = kernel_tcp(&w);
     let index = format!("http://[{HOST_IP6}]:8086/index.html");
     let load = run_in(&w, &w.server, &["wrk", "-t2", "-c100", "-d3s", &index]);
@@ -1077,14 +1068,7 @@ fn nginx_listening_on_ipv6_under_exec_serves_wrk() {
     let v4 = format!("http://{HOST_IP}:8086/index.html");
     let refused = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "5", &v4]);
     stop(server);
-    let report = text(&load.stdout);
-    eprintln!("{report}");
-    assert!(
-        report.contains("Requests/sec")
-            && !report.contains("Socket errors")
-            && !report.contains("Non-2xx"),
-        "{report}"
-    );
+    assert_wrk_clean(&load);
     assert_eq!(after, before, "nginx: the kernel's TCP counters moved");
     assert_eq!(
         refused.status.code(),
@@ -1187,36 +1171,13 @@ say('inet', err(lambda: v.setsockopt(V6, socket.IPV6_V6ONLY, 1)), raw('connect',
 /// record), Debian's curl under exec fetches by name over the stack.
 #[test]
 fn debian_curl_in_an_ipv6_only_world_goes_on_the_stack() {
-    use world::SERVER_IP6;
     let w = world_of(world::Family::Ipv6);
-    let before = kernel_tcp(&w);
     let out_file = w.dir.join("curl6-only.bin");
-    let out = exec_command(
-        &w,
-        &[
-            "curl",
-            "-sS",
-            "--fail",
-            "-o",
-            &out_file.to_string_lossy(),
-            "-w",
-            "%{remote_ip}",
-            "http://example.com/big.bin",
-        ],
-    )
-    .output()
-    .unwrap();
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "curl example.com: {stderr}");
-    assert_eq!(text(&out.stdout), SERVER_IP6.to_string(), "{stderr}");
-    assert!(
-        stderr.contains(&format!("connect to [{SERVER_IP6}]:80: stack")),
-        "{stderr}"
-    );
+    let url = "http://example.com/big.bin";
+    curl_by_name_on_the_stack(&w, &out_file.to_string_lossy(), url);
     assert_eq!(
         sha256(&out_file),
         sha256(&w.dir.join("www/big.bin")),
         "body differs"
     );
-    assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
 }
