@@ -41,10 +41,17 @@ fn build_library() {
 }
 
 fn world() -> World {
+    world_of(world::Family::Ipv4)
+}
+
+/// The world with IP versions `family` (dnsmasq's example.com too, unless IPv4 only).
+fn world_of(family: world::Family) -> World {
     build_library();
     World::up(&WorldOptions {
         nginx: true,
         big_file: Some(64 << 20),
+        dnsmasq: family != world::Family::Ipv4,
+        family,
         ..Default::default()
     })
     .expect("build the namespace world")
@@ -83,10 +90,15 @@ fn kernel_tcp(w: &World) -> [i64; 3] {
 /// big.bin and the kernel's counters did not move.
 fn download_big_file(name: &str, argv: &[&str]) {
     let w = world();
+    download_big_file_in(&w, name, argv, &format!("{SERVER_IP}:80"));
+}
+
+/// As [`download_big_file`] in `w`, `-v` saying the stack connected to `to`.
+fn download_big_file_in(w: &World, name: &str, argv: &[&str], to: &str) {
     let out_file = w.dir.join(format!("{name}.bin"));
-    let before = kernel_tcp(&w);
+    let before = kernel_tcp(w);
     let started = std::time::Instant::now();
-    let out = exec_command(&w, argv)
+    let out = exec_command(w, argv)
         .stdout(std::fs::File::create(&out_file).unwrap())
         .stderr(Stdio::piped())
         .output()
@@ -100,7 +112,7 @@ fn download_big_file(name: &str, argv: &[&str]) {
         (64u64 << 23) as f64 / took.as_secs_f64() / 1e9
     );
     assert!(
-        stderr.contains(&format!("connect to {SERVER_IP}:80: stack")),
+        stderr.contains(&format!("connect to {to}: stack")),
         "-v did not say the connection went to the stack"
     );
     assert_eq!(
@@ -109,11 +121,11 @@ fn download_big_file(name: &str, argv: &[&str]) {
         "{name}: body differs"
     );
     assert_eq!(
-        kernel_tcp(&w),
+        kernel_tcp(w),
         before,
         "{name}: the kernel's TCP counters moved (TcpActiveOpens, TcpPassiveOpens, TcpInSegs)"
     );
-    assert!(!xdp_attached(&w), "{name} left XDP attached");
+    assert!(!xdp_attached(w), "{name} left XDP attached");
 }
 
 #[test]
@@ -146,11 +158,21 @@ fn start_server(w: &World, argv: &[&str], port: u16) -> std::process::Child {
 /// Starts `command` (`argv` under exec), and returns once `-v` has said `times` times
 /// that it listens on `port` on the stack (a forking server: once per process).
 fn start_server_with(
-    mut command: Command,
+    command: Command,
     argv: &[&str],
     port: u16,
     times: usize,
 ) -> std::process::Child {
+    start_server_lines(command, argv, port, times).0
+}
+
+/// As [`start_server_with`], and the server's later stderr lines.
+fn start_server_lines(
+    mut command: Command,
+    argv: &[&str],
+    port: u16,
+    times: usize,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -174,7 +196,7 @@ fn start_server_with(
         if line.contains("listening on") && line.contains(&ready) {
             seen += 1;
             if seen == times {
-                return child;
+                return (child, rx);
             }
         }
     }
@@ -222,13 +244,26 @@ fn fetch_from_port(
     path: &str,
     out: &std::path::Path,
 ) -> std::process::Output {
-    let url = format!("http://{HOST_IP}:{port}/{path}");
+    fetch_from(w, &HOST_IP.to_string(), port, path, out)
+}
+
+/// The kernel's curl in the server namespace fetches `path` from `host` (an IPv6
+/// literal in brackets, or not), port `port`.
+fn fetch_from(
+    w: &World,
+    host: &str,
+    port: u16,
+    path: &str,
+    out: &std::path::Path,
+) -> std::process::Output {
+    let url = format!("http://{host}:{port}/{path}");
     let out = out.to_string_lossy();
     run_in(
         w,
         &w.server,
         &[
             "curl",
+            "-g",
             "-sS",
             "--fail",
             "--max-time",
@@ -444,24 +479,42 @@ fn a_child_forked_after_bind_gets_one_clear_line_not_a_hang() {
     );
 }
 
-#[test]
-fn nginx_in_one_process_under_exec_serves_64_mib_and_wrk() {
-    let w = world();
-    let conf = w.dir.join("nginx-exec.conf");
-    let www = w.dir.join("www");
+/// nginx in one process (`master_process off`) under exec, serving the world's www/
+/// on `listen LISTEN;`, started once it listens on `port`; `name` names its files.
+fn start_one_nginx(w: &World, name: &str, listen: &str, port: u16) -> std::process::Child {
+    let conf = w.dir.join(format!("{name}.conf"));
     std::fs::write(
         &conf,
         format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx-exec.pid;\n\
-             error_log {dir}/nginx-exec.err;\nevents {{ worker_connections 1024; }}\n\
-             http {{ access_log off; sendfile on; server {{ listen 8084; root {www}; }} }}\n",
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/{name}.pid;\n\
+             error_log {dir}/{name}.err;\nevents {{ worker_connections 1024; }}\n\
+             http {{ access_log off; sendfile on; server {{ listen {listen}; root {www}; }} }}\n",
             dir = w.dir.display(),
-            www = www.display()
+            www = w.dir.join("www").display()
         ),
     )
     .unwrap();
     let conf = conf.to_string_lossy();
-    let server = start_server(&w, &["nginx", "-c", &conf], 8084);
+    start_server(w, &["nginx", "-c", &conf], port)
+}
+
+/// wrk's report says requests were served, with no socket error and no non-2xx.
+fn assert_wrk_clean(load: &std::process::Output) {
+    let report = text(&load.stdout);
+    eprintln!("{report}");
+    assert!(
+        report.contains("Requests/sec")
+            && !report.contains("Socket errors")
+            && !report.contains("Non-2xx"),
+        "{report}"
+    );
+}
+
+#[test]
+fn nginx_in_one_process_under_exec_serves_64_mib_and_wrk() {
+    let w = world();
+    let www = w.dir.join("www");
+    let server = start_one_nginx(&w, "nginx-exec", "8084", 8084);
     let before = kernel_tcp(&w);
     let out_file = w.dir.join("nginx-exec.bin");
     let url = format!("http://{HOST_IP}:8084/big.bin");
@@ -488,14 +541,7 @@ fn nginx_in_one_process_under_exec_serves_64_mib_and_wrk() {
         sha256(&www.join("big.bin")),
         "nginx under exec: body differs"
     );
-    let report = text(&load.stdout);
-    eprintln!("{report}");
-    assert!(
-        report.contains("Requests/sec")
-            && !report.contains("Socket errors")
-            && !report.contains("Non-2xx"),
-        "{report}"
-    );
+    assert_wrk_clean(&load);
     assert_eq!(
         kernel_tcp(&w),
         before,
@@ -729,14 +775,7 @@ fn nginx_master_and_2_workers_under_exec_share_serve_wrk() {
         sha256(&www.join("big.bin")),
         "nginx's workers: body differs"
     );
-    let report = text(&load.stdout);
-    eprintln!("{report}");
-    assert!(
-        report.contains("Requests/sec")
-            && !report.contains("Socket errors")
-            && !report.contains("Non-2xx"),
-        "{report}"
-    );
+    assert_wrk_clean(&load);
     assert_eq!(
         kernel_tcp(&w),
         before,
@@ -910,4 +949,228 @@ fn poll_and_epoll_report_hangup_and_the_peers_fin_as_the_kernel_does() {
     let kernel = run_in(&w, &w.host, &[PYTHON, "-c", &script]);
     assert!(kernel.status.success(), "{}", text(&kernel.stderr));
     assert_eq!(text(&ours.stdout), text(&kernel.stdout));
+}
+
+// ------------------------------------------------------------------ IPv6 (issue 20)
+
+/// Debian's curl fetches 64 MiB by IPv6 literal, and example.com by its AAAA record
+/// (tried first), over the stack in a dual-stack world; the kernel's TCP counters
+/// (Linux counts IPv6 TCP in the same Tcp* counters) do not move.
+#[test]
+fn debian_curl_over_ipv6_goes_on_the_stack() {
+    use world::SERVER_IP6;
+    let w = world_of(world::Family::Dual);
+    let url = format!("http://[{SERVER_IP6}]/big.bin");
+    let to = format!("[{SERVER_IP6}]:80");
+    download_big_file_in(&w, "curl6", &["curl", "-g", "-sS", "--fail", &url], &to);
+    curl_by_name_on_the_stack(&w, "/dev/null", "http://example.com/");
+}
+
+/// Debian's curl under exec fetches `url` (example.com, AAAA tried first) into `out`:
+/// over IPv6 (`%{remote_ip}`), on the stack (`-v`), the kernel's TCP counters unmoved.
+fn curl_by_name_on_the_stack(w: &World, out: &str, url: &str) {
+    let server6 = world::SERVER_IP6.to_string();
+    let before = kernel_tcp(w);
+    let argv = [
+        "curl",
+        "-sS",
+        "--fail",
+        "-o",
+        out,
+        "-w",
+        "%{remote_ip}",
+        url,
+    ];
+    let got = exec_command(w, &argv).output().unwrap();
+    let stderr = text(&got.stderr);
+    assert!(got.status.success(), "curl {url}: {stderr}");
+    assert_eq!(text(&got.stdout), server6, "{stderr}");
+    let said = format!("connect to [{server6}]:80: stack");
+    assert!(stderr.contains(&said), "{stderr}");
+    assert_eq!(
+        kernel_tcp(w),
+        before,
+        "curl {url}: the kernel's TCP counters moved"
+    );
+}
+
+/// `python3 -m http.server --bind ::` under exec (IPV6_V6ONLY off, as Linux's default):
+/// the kernel's curl gets big.bin over IPv6 and IPv4, and the server logs the IPv4
+/// client V4-mapped, as under the kernel; the kernel's TCP counters do not move.
+#[test]
+fn python_http_server_on_ipv6_any_serves_ipv6_and_mapped_ipv4() {
+    use world::{HOST_IP6, SERVER_IP6};
+    let w = world_of(world::Family::Dual);
+    let www = w.dir.join("www");
+    let www_arg = www.to_string_lossy();
+    let argv = [
+        PYTHON,
+        "-m",
+        "http.server",
+        "8080",
+        "--bind",
+        "::",
+        "--directory",
+        &www_arg,
+    ];
+    let (server, lines) = start_server_lines(exec_command(&w, &argv), &argv, 8080, 1);
+    let before = kernel_tcp(&w);
+    let mut fetched = Vec::new();
+    for (name, host) in [("v6", format!("[{HOST_IP6}]")), ("v4", HOST_IP.to_string())] {
+        let out_file = w.dir.join(format!("served-{name}.bin"));
+        fetched.push((fetch_from(&w, &host, 8080, "big.bin", &out_file), out_file));
+    }
+    let after = kernel_tcp(&w);
+    stop(server);
+    std::thread::sleep(Duration::from_millis(200));
+    let said: Vec<String> = lines.try_iter().collect();
+    for (got, out_file) in &fetched {
+        assert!(got.status.success(), "curl: {}", text(&got.stderr));
+        assert_eq!(
+            sha256(out_file),
+            sha256(&www.join("big.bin")),
+            "http.server: body differs"
+        );
+    }
+    assert_eq!(
+        after, before,
+        "http.server: the kernel's TCP counters moved"
+    );
+    // http.server logs each client's address as accept gave it.
+    for client in [SERVER_IP6.to_string(), format!("::ffff:{SERVER_IP}")] {
+        assert!(
+            said.iter()
+                .any(|l| l.starts_with(&format!("{client} - - "))),
+            "no request logged from {client}: {said:?}"
+        );
+    }
+}
+
+/// nginx (one process) with `listen [::]:8086;` under exec (nginx sets IPV6_V6ONLY, so
+/// the stack listens on its IPv6 address only): wrk over IPv6 sees no error, the
+/// kernel's counters do not move, and IPv4 is refused as under the kernel.
+#[test]
+fn nginx_listening_on_ipv6_under_exec_serves_wrk() {
+    use world::HOST_IP6;
+    let w = world_of(world::Family::Dual);
+    let server = start_one_nginx(&w, "nginx-exec6", "[::]:8086", 8086);
+    let before = kernel_tcp(&w);
+    let index = format!("http://[{HOST_IP6}]:8086/index.html");
+    let load = run_in(&w, &w.server, &["wrk", "-t2", "-c100", "-d3s", &index]);
+    let after = kernel_tcp(&w);
+    let v4 = format!("http://{HOST_IP}:8086/index.html");
+    let refused = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "5", &v4]);
+    stop(server);
+    assert_wrk_clean(&load);
+    assert_eq!(after, before, "nginx: the kernel's TCP counters moved");
+    assert_eq!(
+        refused.status.code(),
+        Some(7),
+        "IPv4 to an IPv6-only listener: {}",
+        text(&refused.stderr)
+    );
+}
+
+/// The socket calls of an AF_INET6 program: what it sees under exec (the stack) is
+/// what it sees on the kernel, call for call: names and peers (V4-mapped included),
+/// IPV6_V6ONLY and the other IPv6 options, recvfrom/recvmsg's address, and the errnos
+/// of a short address (EINVAL), a wrong family (EAFNOSUPPORT), a mapped address with
+/// IPV6_V6ONLY (ENETUNREACH, EINVAL) and IPV6_V6ONLY after bind (EINVAL).
+#[test]
+fn an_ipv6_programs_socket_calls_see_what_the_kernel_shows() {
+    use world::{HOST_IP6, SERVER_IP6};
+    let w = world_of(world::Family::Dual);
+    let script = r#"
+import ctypes, errno, socket, struct, sys
+s6, s4, h4 = sys.argv[1:4]
+libc = ctypes.CDLL(None, use_errno=True)
+def say(*a): print(*a, flush=True)
+def raw(call, fd, b):
+    buf = ctypes.create_string_buffer(b, len(b))
+    r = getattr(libc, call)(fd, buf, len(b))
+    return errno.errorcode[ctypes.get_errno()] if r < 0 else r
+def sin6(ip, port): return struct.pack('=HHI16sI', socket.AF_INET6, socket.htons(port), 0, socket.inet_pton(socket.AF_INET6, ip), 0)
+def sin(ip, port): return struct.pack('=HH4s8x', socket.AF_INET, socket.htons(port), socket.inet_aton(ip))
+def err(f):
+    try: return f()
+    except OSError as e: return errno.errorcode[e.errno]
+V6 = socket.IPPROTO_IPV6
+GET = b'GET /index.html HTTP/1.0\r\nHost: example.com\r\n\r\n'
+a = socket.socket(socket.AF_INET6)
+say('domain', a.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN), 'v6only', a.getsockopt(V6, socket.IPV6_V6ONLY))
+say('unbound', a.getsockname())
+say('short', raw('connect', a.fileno(), sin6(s6, 80)[:23]), raw('bind', a.fileno(), sin6('::', 0)[:20]))
+say('family', raw('connect', a.fileno(), sin(s4, 80) + bytes(12)), raw('bind', a.fileno(), sin('0.0.0.0', 0) + bytes(12)))
+a.connect((s6, 80))
+say('v6 peer', a.getpeername(), 'local', a.getsockname()[0])
+a.sendto(GET, (s6, 80))
+data, addr = a.recvfrom(12, socket.MSG_WAITALL)
+say('recvfrom', data, addr, 'recvmsg', a.recvmsg(4)[3])
+b = socket.socket(socket.AF_INET6)
+b.connect(('::ffff:' + s4, 80))
+say('mapped peer', b.getpeername(), 'local', b.getsockname()[0])
+b.sendall(GET)
+say('mapped', b.recv(12, socket.MSG_WAITALL))
+c = socket.socket(socket.AF_INET6)
+c.setsockopt(V6, socket.IPV6_V6ONLY, 1)
+say('v6only mapped', err(lambda: c.connect(('::ffff:' + s4, 80))), err(lambda: c.bind(('::ffff:' + h4, 8092))))
+l = socket.socket(socket.AF_INET6)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.setsockopt(V6, socket.IPV6_V6ONLY, 1)
+l.bind(('::', 8091))
+say('after bind', err(lambda: l.setsockopt(V6, socket.IPV6_V6ONLY, 0)))
+l.listen()
+say('listener', l.getsockname(), l.getsockopt(V6, socket.IPV6_V6ONLY))
+t = socket.socket(socket.AF_INET6)
+t.setsockopt(V6, socket.IPV6_TCLASS, 32)
+t.setsockopt(V6, socket.IPV6_RECVPKTINFO, 1)
+t.connect((s6, 80))
+say('options', t.getsockopt(V6, socket.IPV6_TCLASS), t.getsockopt(V6, socket.IPV6_RECVPKTINFO))
+v = socket.socket(socket.AF_INET)
+say('inet', err(lambda: v.setsockopt(V6, socket.IPV6_V6ONLY, 1)), raw('connect', v.fileno(), sin6(s6, 80)), raw('connect', v.fileno(), sin(s4, 80)[:15]))
+"#;
+    let args = [
+        PYTHON,
+        "-c",
+        script,
+        &SERVER_IP6.to_string(),
+        &SERVER_IP.to_string(),
+        &HOST_IP.to_string(),
+    ];
+    let kernel = run_in(&w, &w.host, &args);
+    assert!(kernel.status.success(), "{}", text(&kernel.stderr));
+    let before = kernel_tcp(&w);
+    let ours = exec_command(&w, &args).output().unwrap();
+    let stderr = text(&ours.stderr);
+    eprintln!("{stderr}");
+    assert!(ours.status.success(), "{stderr}");
+    assert_eq!(
+        kernel_tcp(&w),
+        before,
+        "the kernel's TCP counters moved under exec"
+    );
+    assert_eq!(text(&ours.stdout), text(&kernel.stdout), "{stderr}");
+    for said in [
+        format!("connect to [{SERVER_IP6}]:80: stack"),
+        format!("connect to {SERVER_IP}:80: stack"),
+        format!("the stack listens on [{HOST_IP6}]:8091 (IPv6 only)"),
+    ] {
+        assert!(stderr.contains(&said), "-v did not say {said:?}: {stderr}");
+    }
+    eprintln!("{}", text(&ours.stdout));
+}
+
+/// In an IPv6-only world (no IPv4 address anywhere, example.com has only an AAAA
+/// record), Debian's curl under exec fetches by name over the stack.
+#[test]
+fn debian_curl_in_an_ipv6_only_world_goes_on_the_stack() {
+    let w = world_of(world::Family::Ipv6);
+    let out_file = w.dir.join("curl6-only.bin");
+    let url = "http://example.com/big.bin";
+    curl_by_name_on_the_stack(&w, &out_file.to_string_lossy(), url);
+    assert_eq!(
+        sha256(&out_file),
+        sha256(&w.dir.join("www/big.bin")),
+        "body differs"
+    );
 }

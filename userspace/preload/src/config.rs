@@ -20,9 +20,17 @@ pub fn verbose() -> bool {
 macro_rules! say {
     ($($arg:tt)*) => {
         if $crate::config::verbose() {
-            eprintln!("userspace-preload: {}", format_args!($($arg)*));
+            $crate::config::say_line(format_args!($($arg)*));
         }
     };
+}
+
+/// One `-v` line in one write(2), so the lines of forked children sharing stderr do
+/// not interleave (a pipe write up to PIPE_BUF is atomic; `eprintln!` writes in pieces).
+pub fn say_line(what: std::fmt::Arguments) {
+    use std::io::Write;
+    let line = format!("userspace-preload: {what}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 pub(crate) use say;
 

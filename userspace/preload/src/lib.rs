@@ -1,11 +1,12 @@
-//! `LD_PRELOAD` library that puts an unmodified program's TCP over IPv4 on the
-//! kernel-bypass stack; `userspace exec -- PROGRAM` loads it.
+//! `LD_PRELOAD` library that puts an unmodified program's TCP over IPv4 and IPv6 on
+//! the kernel-bypass stack; `userspace exec -- PROGRAM` loads it.
 //!
 //! It takes the POSIX socket calls (`socket`, `connect`, `bind`, `listen`, `accept`,
 //! reads and writes, options, `fcntl`/`ioctl`, `dup`, `close`) and serves those of TCP
-//! sockets over IPv4 that go to a non-loopback address other than the stack's own on
-//! the stack, through the library's public API only. Everything else (UDP, so DNS
-//! keeps working, unix sockets, IPv6, loopback) goes to libc unchanged. A socket is
+//! sockets (AF_INET and AF_INET6, see `addr`) that go to a non-loopback address other
+//! than the stack's own on the stack, through the library's public API only.
+//! Everything else (UDP, so DNS keeps working, unix sockets, loopback, link-local
+//! IPv6) goes to libc unchanged. A socket is
 //! decided at `connect` or `bind`; until then it is the stack's, and if the kernel
 //! takes it, its fd becomes a kernel socket with the options set so far.
 //!
@@ -29,6 +30,7 @@
 //! contracts (valid pointers of the lengths given), hence no `# Safety` sections.
 #![allow(clippy::missing_safety_doc)]
 
+mod addr;
 mod config;
 mod hangup;
 mod real;
@@ -37,7 +39,7 @@ mod table;
 use config::say;
 use libc::{c_int, c_ulong, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 use real::{real, set_errno};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use table::{Res, Route, Sock, lookup};
 
@@ -90,42 +92,27 @@ unsafe fn bytes_mut<'a>(buf: *mut c_void, len: usize) -> &'a mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(buf.cast(), len) }
 }
 
-/// An IPv4 address from C's `(addr, len)`; EAFNOSUPPORT for another family.
-unsafe fn v4_from(addr: *const sockaddr, len: socklen_t) -> Res<SocketAddrV4> {
-    if addr.is_null() || (len as usize) < std::mem::size_of::<libc::sockaddr_in>() {
+/// The address in C's `(addr, len)` for a socket of `family` (see `addr::parse`).
+unsafe fn addr_from(family: c_int, addr: *const sockaddr, len: socklen_t) -> Res<SocketAddr> {
+    if addr.is_null() {
         return Err(libc::EINVAL);
     }
-    // SAFETY: at least a sockaddr_in's bytes are readable (checked above).
-    let sin = unsafe { std::ptr::read_unaligned(addr.cast::<libc::sockaddr_in>()) };
-    if sin.sin_family as c_int != libc::AF_INET {
-        return Err(libc::EAFNOSUPPORT);
-    }
-    Ok(SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-        u16::from_be(sin.sin_port),
-    ))
+    // SAFETY: the caller's address of `len` bytes (libc's contract).
+    let bytes = unsafe { bytes(addr.cast(), len as usize) };
+    addr::parse(family, bytes)
 }
 
-/// Writes `v4` to C's `(addr, *len)` as the kernel does: truncated to the room given,
-/// `*len` set to the full size.
-unsafe fn v4_to(v4: SocketAddrV4, addr: *mut sockaddr, len: *mut socklen_t) {
+/// Writes `at` to C's `(addr, *len)` for a socket of `family` as the kernel does:
+/// truncated to the room given, `*len` set to the full size.
+unsafe fn addr_to(family: c_int, at: SocketAddr, addr: *mut sockaddr, len: *mut socklen_t) {
     if addr.is_null() || len.is_null() {
         return;
     }
-    // SAFETY: all-zero is a valid sockaddr_in.
-    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sin.sin_family = libc::AF_INET as libc::sa_family_t;
-    sin.sin_port = v4.port().to_be();
-    sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
-    let full = std::mem::size_of::<libc::sockaddr_in>();
+    let (bytes, full) = addr::encode(family, at);
     // SAFETY: `len` points to the caller's socklen_t; `addr` has `*len` bytes of room.
     unsafe {
         let room = (*len as usize).min(full);
-        std::ptr::copy_nonoverlapping(
-            (&sin as *const libc::sockaddr_in).cast::<u8>(),
-            addr.cast::<u8>(),
-            room,
-        );
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr.cast::<u8>(), room);
         *len = full as socklen_t;
     }
 }
@@ -144,19 +131,28 @@ fn pipe_signal(result: ssize_t, flags: c_int) -> ssize_t {
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     let kind = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
     let tcp = protocol == 0 || protocol == libc::IPPROTO_TCP;
-    if domain == libc::AF_INET && kind == libc::SOCK_STREAM && tcp {
+    let inet = matches!(domain, libc::AF_INET | libc::AF_INET6);
+    if inet && kind == libc::SOCK_STREAM && tcp {
         return run(-1, || {
-            let (fd, _) = Sock::open(ty & libc::SOCK_NONBLOCK != 0, ty & libc::SOCK_CLOEXEC != 0)?;
-            say!("fd {fd}: TCP over IPv4: the stack's unless it connects or binds to loopback");
+            let (fd, _) = Sock::open(
+                domain,
+                ty & libc::SOCK_NONBLOCK != 0,
+                ty & libc::SOCK_CLOEXEC != 0,
+            )?;
+            let over = if domain == libc::AF_INET6 {
+                "IPv6 (and IPv4, V4-mapped)"
+            } else {
+                "IPv4"
+            };
+            say!("fd {fd}: TCP over {over}: the stack's unless it connects or binds to loopback");
             Ok(fd)
         });
     }
     // SAFETY: libc's socket with the caller's arguments.
     let fd = unsafe { real!(socket: fn(c_int, c_int, c_int) -> c_int)(domain, ty, protocol) };
     if matches!(domain, libc::AF_INET | libc::AF_INET6) {
-        let why = match (domain, kind) {
-            (libc::AF_INET6, _) => "IPv6",
-            (_, libc::SOCK_DGRAM) => "UDP",
+        let why = match kind {
+            libc::SOCK_DGRAM => "UDP",
             _ => "not TCP",
         };
         say!("fd {fd}: kernel ({why})");
@@ -168,7 +164,7 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     if let Some(sock) = lookup(fd) {
         // SAFETY: the caller's address of `len` bytes.
-        let to = unsafe { v4_from(addr, len) };
+        let to = unsafe { addr_from(sock.family(), addr, len) };
         match run(None, || sock.connect(fd, to?).map(Some)) {
             Some(Route::Done) => return 0,
             None => return -1,
@@ -183,7 +179,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     if let Some(sock) = lookup(fd) {
         // SAFETY: the caller's address of `len` bytes.
-        let at = unsafe { v4_from(addr, len) };
+        let at = unsafe { addr_from(sock.family(), addr, len) };
         match run(None, || sock.bind(fd, at?).map(Some)) {
             Some(Route::Done) => return 0,
             None => return -1,
@@ -214,7 +210,7 @@ pub unsafe extern "C" fn accept4(
         Some(sock) => run(-1, || {
             let (new, peer) = sock.accept(fd, flags)?;
             // SAFETY: the caller's address buffer and its length.
-            unsafe { v4_to(peer, addr, len) };
+            unsafe { addr_to(sock.family(), peer, addr, len) };
             Ok(new)
         }),
         // SAFETY: libc's accept4 with the caller's arguments.
@@ -551,7 +547,7 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
     match lookup(fd) {
         Some(sock) => run(-1, || {
             // SAFETY: the caller's address buffer and length.
-            unsafe { v4_to(sock.local_addr(), addr, len) };
+            unsafe { addr_to(sock.family(), sock.local_addr(), addr, len) };
             Ok(0)
         }),
         // SAFETY: libc's getsockname with the caller's arguments.
@@ -567,7 +563,7 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
         Some(sock) => run(-1, || {
             let peer = sock.peer_addr()?;
             // SAFETY: the caller's address buffer and length.
-            unsafe { v4_to(peer, addr, len) };
+            unsafe { addr_to(sock.family(), peer, addr, len) };
             Ok(0)
         }),
         // SAFETY: libc's getpeername with the caller's arguments.

@@ -7,12 +7,13 @@
 //! `u64::MAX - 1` readable only (the kernel reports an eventfd at that count readable
 //! but not writable). A socket ready for neither shows as readable only (a stream: a
 //! writer waiting for room must not spin) or writable only (a listener).
+use crate::addr;
 use crate::config::{self, say};
 use crate::real::{self, real};
 use libc::{c_int, c_void, socklen_t};
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -88,7 +89,7 @@ pub fn adopt_after_fork() {
                 Kind::Fresh { bound } => (Kind::Fresh { bound: *bound }, false),
                 Kind::Listener(_) => (
                     Kind::Fresh {
-                        bound: Some(old.local_addr_of(&st.kind)),
+                        bound: Some(st.bound_as.unwrap_or(old.local_addr_of(&st.kind))),
                     },
                     true,
                 ),
@@ -117,6 +118,7 @@ pub fn adopt_after_fork() {
             continue;
         }
         let sock = Arc::new(Sock {
+            family: old.family,
             signal: Arc::new(Signal {
                 fd: private,
                 last: AtomicU64::new(0),
@@ -125,6 +127,7 @@ pub fn adopt_after_fork() {
                 kind,
                 nonblocking,
                 options,
+                bound_as: None,
             }),
         });
         let replaced = SOCKETS
@@ -209,7 +212,7 @@ pub struct Conditions {
 enum Kind {
     /// Made, not yet connected or listening (it may still go to the kernel).
     Fresh {
-        bound: Option<SocketAddrV4>,
+        bound: Option<SocketAddr>,
     },
     Listener(Arc<TcpListener>),
     Stream(Arc<TcpStream>),
@@ -221,10 +224,15 @@ struct State {
     nonblocking: bool,
     /// Options set, in order: replayed on a kernel socket, answered by getsockopt.
     options: Vec<(c_int, c_int, Vec<u8>)>,
+    /// A listener's address as bound, when the stack listens on another one (`[::]`
+    /// with IPV6_V6ONLY: the stack's IPv6 address); getsockname shows this one.
+    bound_as: Option<SocketAddr>,
 }
 
 /// A TCP socket of the program's on the stack (or not yet decided).
 pub struct Sock {
+    /// AF_INET or AF_INET6: what its addresses look like at the C boundary.
+    family: c_int,
     signal: Arc<Signal>,
     state: Mutex<State>,
 }
@@ -236,17 +244,23 @@ pub enum Route {
     Kernel,
 }
 
-fn is_loopback(ip: Ipv4Addr) -> bool {
-    ip.is_loopback()
+/// RFC 4291 2.5.6: fe80::/10. The stack has no link-local address of its own.
+fn is_link_local(ip: Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
 }
 
 impl Sock {
     /// A new socket and its fd (`O_NONBLOCK`, `FD_CLOEXEC` as asked).
-    pub fn open(nonblocking: bool, cloexec: bool) -> Res<(c_int, Arc<Sock>)> {
-        Self::open_as(Kind::Fresh { bound: None }, nonblocking, cloexec)
+    pub fn open(family: c_int, nonblocking: bool, cloexec: bool) -> Res<(c_int, Arc<Sock>)> {
+        Self::open_as(family, Kind::Fresh { bound: None }, nonblocking, cloexec)
     }
 
-    fn open_as(kind: Kind, nonblocking: bool, cloexec: bool) -> Res<(c_int, Arc<Sock>)> {
+    fn open_as(
+        family: c_int,
+        kind: Kind,
+        nonblocking: bool,
+        cloexec: bool,
+    ) -> Res<(c_int, Arc<Sock>)> {
         let private = real::eventfd().map_err(|e| errno_of(&e))?;
         let cmd = if cloexec {
             libc::F_DUPFD_CLOEXEC
@@ -261,6 +275,7 @@ impl Sock {
                 .unwrap_or(libc::EMFILE));
         }
         let sock = Arc::new(Sock {
+            family,
             signal: Arc::new(Signal {
                 fd: private,
                 last: AtomicU64::new(0),
@@ -269,11 +284,24 @@ impl Sock {
                 kind,
                 nonblocking,
                 options: Vec::new(),
+                bound_as: None,
             }),
         });
         sock.attach();
         insert(fd, sock.clone());
         Ok((fd, sock))
+    }
+
+    /// AF_INET or AF_INET6.
+    pub fn family(&self) -> c_int {
+        self.family
+    }
+
+    /// IPV6_V6ONLY set on an AF_INET6 socket.
+    fn v6only(&self, st: &State) -> bool {
+        self.family == libc::AF_INET6
+            && int_option(&st.options, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
+                .is_some_and(|v| v != 0)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -363,7 +391,7 @@ impl Sock {
                 0
             };
         // SAFETY: socket takes no pointers.
-        let new = unsafe { real!(socket: fn(c_int, c_int, c_int) -> c_int)(libc::AF_INET, ty, 0) };
+        let new = unsafe { real!(socket: fn(c_int, c_int, c_int) -> c_int)(self.family, ty, 0) };
         if new < 0 {
             return Err(last_errno());
         }
@@ -399,7 +427,7 @@ impl Sock {
         config::stack().map_err(|_| libc::ENETDOWN)
     }
 
-    pub fn connect(&self, fd: c_int, to: SocketAddrV4) -> Res<Route> {
+    pub fn connect(&self, fd: c_int, to: SocketAddr) -> Res<Route> {
         let mut st = self.lock();
         match &st.kind {
             Kind::Stream(s) => {
@@ -412,17 +440,29 @@ impl Sock {
             Kind::Listener(_) => return Err(libc::EISCONN),
             Kind::Fresh { .. } => {}
         }
-        let ip = *to.ip();
-        let why_kernel = if is_loopback(ip) || ip.is_unspecified() {
-            Some("loopback")
-        } else {
-            None
-        };
-        let why_kernel = match why_kernel {
-            Some(why) => Some(why),
-            None => {
+        // An AF_INET6 socket reaches a V4-mapped address over IPv4, as Linux; not
+        // with IPV6_V6ONLY (tcp_v6_connect: ENETUNREACH).
+        let to = addr::unmapped(to);
+        if to.is_ipv4() && self.v6only(&st) {
+            return Err(libc::ENETUNREACH);
+        }
+        let why_kernel = match to.ip() {
+            ip if ip.is_loopback() || ip.is_unspecified() => Some("loopback"),
+            IpAddr::V6(ip) if is_link_local(ip) => {
+                Some("link-local: the stack has no link-local address")
+            }
+            ip => {
                 let stack = Self::stack_or_enetdown()?;
-                (stack.ip() == ip).then_some("the stack's own address (the kernel answers it)")
+                match ip {
+                    IpAddr::V4(ip) => (stack.ip() == ip)
+                        .then_some("the stack's own address (the kernel answers it)"),
+                    IpAddr::V6(ip) => match stack.ipv6() {
+                        None => Some("the stack has no IPv6 address"),
+                        Some(own) => {
+                            (own == ip).then_some("the stack's own address (the kernel answers it)")
+                        }
+                    },
+                }
             }
         };
         if let Some(why) = why_kernel {
@@ -446,22 +486,40 @@ impl Sock {
         result.map(|()| Route::Done).map_err(|e| errno_of(&e))
     }
 
-    pub fn bind(&self, fd: c_int, at: SocketAddrV4) -> Res<Route> {
+    pub fn bind(&self, fd: c_int, at: SocketAddr) -> Res<Route> {
         let mut st = self.lock();
+        let v6only = self.v6only(&st);
         let Kind::Fresh { bound } = &mut st.kind else {
             return Err(libc::EINVAL);
         };
         if bound.is_some() {
             return Err(libc::EINVAL);
         }
-        let ip = *at.ip();
-        let why_kernel = if is_loopback(ip) {
-            Some("loopback")
-        } else if ip.is_unspecified() {
-            None
-        } else {
-            let stack = Self::stack_or_enetdown()?;
-            (stack.ip() != ip).then_some("not the stack's address")
+        // A V4-mapped address binds the IPv4 one (IPv4 only); with IPV6_V6ONLY it is
+        // EINVAL (inet6_bind).
+        let at = addr::unmapped(at);
+        if at.is_ipv4() && v6only {
+            return Err(libc::EINVAL);
+        }
+        let why_kernel = match at.ip() {
+            ip if ip.is_loopback() => Some("loopback"),
+            IpAddr::V6(ip) if is_link_local(ip) => {
+                Some("link-local: the stack has no link-local address")
+            }
+            // `[::]` with IPV6_V6ONLY: the stack listens on its IPv6 address (it has one).
+            IpAddr::V6(ip) if ip.is_unspecified() && v6only => Self::stack_or_enetdown()?
+                .ipv6()
+                .is_none()
+                .then_some("IPV6_V6ONLY, and the stack has no IPv6 address"),
+            ip if ip.is_unspecified() => None,
+            ip => {
+                let stack = Self::stack_or_enetdown()?;
+                let own = match ip {
+                    IpAddr::V4(ip) => stack.ip() == ip,
+                    IpAddr::V6(ip) => stack.ipv6() == Some(ip),
+                };
+                (!own).then_some("not the stack's address")
+            }
         };
         if let Some(why) = why_kernel {
             say!("fd {fd}: bind {at}: kernel ({why})");
@@ -483,13 +541,27 @@ impl Sock {
             Kind::Fresh { bound: None } => return Err(libc::EADDRNOTAVAIL),
         };
         let stack = Self::stack_or_enetdown()?;
+        // The library's `[::]` takes both families; IPV6_V6ONLY's takes IPv6 only,
+        // which is the stack's one IPv6 address (checked at bind).
+        let asked = at;
+        let at = match (at.ip(), stack.ipv6()) {
+            (IpAddr::V6(ip), Some(own)) if ip.is_unspecified() && self.v6only(&st) => {
+                say!(
+                    "fd {fd}: {at} with IPV6_V6ONLY: the stack listens on [{own}]:{} (IPv6 only)",
+                    at.port()
+                );
+                SocketAddr::new(IpAddr::V6(own), at.port())
+            }
+            _ => at,
+        };
         // As the kernel, at most somaxconn (4096) and at least 1.
         let backlog = backlog.clamp(1, 4096) as usize;
         let listener = TcpListener::bind_with_backlog(stack, at, backlog).map_err(|e| {
             say!("fd {fd}: listen on {at}: {e}");
             errno_of(&e)
         })?;
-        say!("fd {fd}: listening on {at} on the stack");
+        say!("fd {fd}: listening on {asked} on the stack");
+        st.bound_as = (asked != at).then_some(asked);
         st.kind = Kind::Listener(Arc::new(listener));
         drop(st);
         self.attach();
@@ -497,7 +569,7 @@ impl Sock {
     }
 
     /// The next connection: its new fd and peer.
-    pub fn accept(&self, fd: c_int, flags: c_int) -> Res<(c_int, SocketAddrV4)> {
+    pub fn accept(&self, fd: c_int, flags: c_int) -> Res<(c_int, SocketAddr)> {
         let listener = match &self.lock().kind {
             Kind::Listener(l) => l.clone(),
             _ => return Err(libc::EINVAL),
@@ -505,18 +577,23 @@ impl Sock {
         let accepted = listener.accept();
         self.refresh(&self.lock().kind);
         let (stream, peer) = accepted.map_err(|e| errno_of(&e))?;
-        let SocketAddr::V4(peer) = peer else {
+        if peer.is_ipv6() && self.family == libc::AF_INET {
+            // The library's listener was bound to an IPv4 address: never.
             return Err(libc::EAFNOSUPPORT);
-        };
+        }
         let options = self.lock().options.clone();
         apply_options(&stream, &options);
         let (new, sock) = Self::open_as(
+            self.family,
             Kind::Stream(Arc::new(stream)),
             flags & libc::SOCK_NONBLOCK != 0,
             flags & libc::SOCK_CLOEXEC != 0,
         )?;
         sock.lock().options = options;
-        say!("fd {fd}: accepted {peer} on the stack as fd {new}");
+        say!(
+            "fd {fd}: accepted {} on the stack as fd {new}",
+            addr::shown(self.family, peer)
+        );
         Ok((new, peer))
     }
 
@@ -593,29 +670,24 @@ impl Sock {
         Ok(())
     }
 
-    pub fn local_addr(&self) -> SocketAddrV4 {
-        self.local_addr_of(&self.lock().kind)
+    pub fn local_addr(&self) -> SocketAddr {
+        let st = self.lock();
+        st.bound_as.unwrap_or_else(|| self.local_addr_of(&st.kind))
     }
 
-    fn local_addr_of(&self, kind: &Kind) -> SocketAddrV4 {
-        let v4 = |a: io::Result<SocketAddr>| match a {
-            Ok(SocketAddr::V4(a)) => a,
-            _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-        };
+    fn local_addr_of(&self, kind: &Kind) -> SocketAddr {
+        let none = addr::unspecified(self.family);
         match kind {
-            Kind::Fresh { bound } => bound.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-            Kind::Listener(l) => v4(l.local_addr()),
-            Kind::Stream(s) => v4(s.local_addr()),
+            Kind::Fresh { bound } => bound.unwrap_or(none),
+            Kind::Listener(l) => l.local_addr().unwrap_or(none),
+            Kind::Stream(s) => s.local_addr().unwrap_or(none),
         }
     }
 
-    pub fn peer_addr(&self) -> Res<SocketAddrV4> {
+    pub fn peer_addr(&self) -> Res<SocketAddr> {
         match &self.lock().kind {
             Kind::Stream(s) if s.connect_result().is_some_and(|r| r.is_ok()) => {
-                match s.peer_addr() {
-                    Ok(SocketAddr::V4(a)) => Ok(a),
-                    _ => Err(libc::ENOTCONN),
-                }
+                s.peer_addr().map_err(|_| libc::ENOTCONN)
             }
             _ => Err(libc::ENOTCONN),
         }
@@ -636,6 +708,10 @@ impl Sock {
         if int.is_none() && !matches!((level, name), (libc::SOL_SOCKET, libc::SO_LINGER)) {
             return Err(libc::EINVAL);
         }
+        if level == libc::IPPROTO_IPV6 && self.family == libc::AF_INET {
+            // The kernel's ip_setsockopt knows no IPv6 level.
+            return Err(libc::ENOPROTOOPT);
+        }
         let known = matches!(
             (level, name),
             (
@@ -647,7 +723,14 @@ impl Sock {
             ) | (libc::SOL_SOCKET, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO)
                 | (libc::IPPROTO_TCP, libc::TCP_NODELAY | libc::TCP_KEEPIDLE)
                 | (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL | libc::TCP_KEEPCNT)
+                | (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
         );
+        if (level, name) == (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
+            && !matches!(self.lock().kind, Kind::Fresh { bound: None })
+        {
+            // As the kernel: only before bind (ipv6_setsockopt).
+            return Err(libc::EINVAL);
+        }
         if !known {
             say!("fd {fd}: option {level}/{name} kept, but the stack does not apply it");
         }
@@ -682,7 +765,7 @@ impl Sock {
         }
         match (level, name) {
             (libc::SOL_SOCKET, libc::SO_TYPE) => int(libc::SOCK_STREAM),
-            (libc::SOL_SOCKET, libc::SO_DOMAIN) => int(libc::AF_INET),
+            (libc::SOL_SOCKET, libc::SO_DOMAIN) => int(self.family),
             (libc::SOL_SOCKET, libc::SO_PROTOCOL) => int(libc::IPPROTO_TCP),
             (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => {
                 int(matches!(st.kind, Kind::Listener(_)) as i32)
@@ -700,6 +783,8 @@ impl Sock {
             (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) => int(75),
             (libc::IPPROTO_TCP, libc::TCP_KEEPCNT) => int(9),
             (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => int(1460),
+            // Linux's default (net.ipv6.bindv6only = 0): `[::]` takes IPv4 too.
+            (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) if self.family == libc::AF_INET6 => int(0),
             _ => Err(libc::ENOPROTOOPT),
         }
     }
