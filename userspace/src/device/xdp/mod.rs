@@ -8,4 +8,6 @@ pub mod socket;
 pub use crate::device::holder::PooledSocket;
 pub use program::{Ipv6SteerCounters, SharedProgram, SteerCounters, XdpModeChoice, XdpProgram};
 pub use queues::{QueueChoice, XdpQueues, choose_queues};
-pub use socket::{BATCH, FrameAccount, SocketStats, TxChecksumMode, XdpDevice};
+pub use socket::{
+    BATCH, FrameAccount, SocketStats, TxChecksumMode, XdpDevice, transmit_complete_frames,
+};

@@ -343,12 +343,15 @@ impl XdpQueues {
 
     /// How sent frames get their TCP checksum (the socket that transmits decides).
     pub fn tx_checksum(&self) -> TxChecksumMode {
-        self.devices[0].tx_checksum()
+        self.devices
+            .first()
+            .map_or(TxChecksumMode::SoftwareSwitch, |d| d.tx_checksum())
     }
 
     /// Frames one transmit kick sends at most.
     pub fn tx_budget(&self) -> u32 {
-        self.devices[0].tx_budget()
+        // Through the switch: the switch's sockets send (0: not this process).
+        self.devices.first().map_or(0, |d| d.tx_budget())
     }
 
     /// True if the sockets take packets larger than a frame in several frames.
@@ -462,6 +465,8 @@ impl Device for XdpQueues {
     }
 
     fn tx_checksum_offload(&self) -> bool {
-        self.devices[0].tx_checksum_offload()
+        self.devices
+            .first()
+            .is_some_and(|d| d.tx_checksum_offload())
     }
 }

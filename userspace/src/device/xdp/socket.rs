@@ -71,6 +71,9 @@ pub enum TxChecksumMode {
     SoftwareRefused,
     /// The stack computes it: `USERSPACE_TX_CHECKSUM=software`.
     SoftwareAsked,
+    /// The stack computes it: its frames go through the interface's switch, which
+    /// sends them as they come (complete).
+    SoftwareSwitch,
 }
 
 impl TxChecksumMode {
@@ -83,14 +86,22 @@ impl TxChecksumMode {
                 "software (the kernel refused the AF_XDP TX metadata area)"
             }
             TxChecksumMode::SoftwareAsked => "software (USERSPACE_TX_CHECKSUM=software)",
+            TxChecksumMode::SoftwareSwitch => "software (frames go through the interface's switch)",
         }
     }
 }
 
+static TX_CHECKSUM_MODE: std::sync::OnceLock<TxChecksumMode> = std::sync::OnceLock::new();
+
+/// The switch sends its clients' frames as they come, checksums complete: its sockets
+/// must not ask the kernel to checksum them again. Called before its sockets are made.
+pub fn transmit_complete_frames() {
+    let _ = TX_CHECKSUM_MODE.set(TxChecksumMode::SoftwareSwitch);
+}
+
 /// Whether new sockets ask for TX metadata, and if not, why.
 fn tx_checksum_wanted() -> TxChecksumMode {
-    static MODE: std::sync::OnceLock<TxChecksumMode> = std::sync::OnceLock::new();
-    *MODE.get_or_init(|| {
+    *TX_CHECKSUM_MODE.get_or_init(|| {
         if std::env::var("USERSPACE_TX_CHECKSUM").is_ok_and(|v| v == "software") {
             TxChecksumMode::SoftwareAsked
         } else if !tx_metadata_supported() {
