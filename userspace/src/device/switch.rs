@@ -338,20 +338,7 @@ impl SwitchPort {
             self.rings.set_sleeping(true, false);
             return true;
         }
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: `pollfds` is an initialised array of `len()` pollfd structs that the
-        // kernel may write `revents` of; `ts` lives across the call; no signal mask.
-        let ready = unsafe {
-            libc::ppoll(
-                self.pollfds.as_mut_ptr(),
-                self.pollfds.len() as libc::nfds_t,
-                &ts,
-                std::ptr::null(),
-            )
-        };
+        let ready = crate::device::wake::sleep_on(&mut self.pollfds, timeout);
         self.rings.set_sleeping(true, false);
         if self.pollfds[0].revents != 0 {
             drain(self.wake_me.as_fd());

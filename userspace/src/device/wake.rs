@@ -61,6 +61,25 @@ impl WakeFd {
     }
 }
 
+/// Sleeps in ppoll(2) on `fds` for at most `timeout`: the number of fds with events
+/// (their `revents` set), 0 on timeout, negative on error (EINTR included).
+pub(crate) fn sleep_on(fds: &mut [libc::pollfd], timeout: std::time::Duration) -> i32 {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `fds` is an initialised slice of `len()` pollfd structs that the kernel may
+    // write `revents` of; `ts` lives across the call; no signal mask.
+    unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::WakeFd;

@@ -1,6 +1,5 @@
 //! IPv6, ICMPv6 and NDP: whole packets, and malformed or truncated ones.
 use super::*;
-use crate::tcp::SeqNum;
 
 const MAC_A: MacAddr = [2, 0, 0, 0, 0, 1];
 const MAC_B: MacAddr = [2, 0, 0, 0, 0, 2];

@@ -1,5 +1,4 @@
 use super::*;
-use crate::tcp::SeqNum;
 
 const MAC_A: MacAddr = [2, 0, 0, 0, 0, 1];
 const MAC_B: MacAddr = [2, 0, 0, 0, 0, 2];

@@ -268,20 +268,7 @@ impl XdpQueues {
         if self.devices.iter().any(XdpDevice::has_frames_to_move) {
             return true;
         }
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: `pollfds` is an initialised array of `len()` pollfd structs that the
-        // kernel may write `revents` of; `ts` lives across the call; no signal mask.
-        let ready = unsafe {
-            libc::ppoll(
-                self.pollfds.as_mut_ptr(),
-                self.pollfds.len() as libc::nfds_t,
-                &ts,
-                std::ptr::null(),
-            )
-        };
+        let ready = crate::device::wake::sleep_on(&mut self.pollfds, timeout);
         ready > 0
     }
 
