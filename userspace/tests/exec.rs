@@ -510,43 +510,35 @@ fn assert_wrk_clean(load: &std::process::Output) {
     );
 }
 
-#[test]
-fn nginx_in_one_process_under_exec_serves_64_mib_and_wrk() {
-    let w = world();
-    let www = w.dir.join("www");
-    let server = start_one_nginx(&w, "nginx-exec", "8084", 8084);
-    let before = kernel_tcp(&w);
-    let out_file = w.dir.join("nginx-exec.bin");
-    let url = format!("http://{HOST_IP}:8084/big.bin");
-    let got = run_in(
-        &w,
-        &w.server,
-        &[
-            "curl",
-            "-sS",
-            "--fail",
-            "--max-time",
-            "30",
-            "-o",
-            &out_file.to_string_lossy(),
-            &url,
-        ],
-    );
-    let index = format!("http://{HOST_IP}:8084/index.html");
-    let load = run_in(&w, &w.server, &["wrk", "-t2", "-c100", "-d3s", &index]);
+/// The kernel's curl in the server namespace fetches big.bin from `port` of the host
+/// byte for byte and `wrk -c100` gets index.html without an error, then `server` stops;
+/// the host's kernel TCP counters must not have moved.
+fn serves_big_file_and_wrk(w: &World, server: std::process::Child, port: u16, what: &str) {
+    let before = kernel_tcp(w);
+    let out_file = w.dir.join(format!("served-{port}.bin"));
+    let got = fetch_from_port(w, port, "big.bin", &out_file);
+    let index = format!("http://{HOST_IP}:{port}/index.html");
+    let load = run_in(w, &w.server, &["wrk", "-t2", "-c100", "-d3s", &index]);
     stop(server);
     assert!(got.status.success(), "curl: {}", text(&got.stderr));
     assert_eq!(
         sha256(&out_file),
-        sha256(&www.join("big.bin")),
-        "nginx under exec: body differs"
+        sha256(&w.dir.join("www/big.bin")),
+        "{what}: body differs"
     );
     assert_wrk_clean(&load);
     assert_eq!(
-        kernel_tcp(&w),
+        kernel_tcp(w),
         before,
-        "nginx: the kernel's TCP counters moved"
+        "{what}: the kernel's TCP counters moved"
     );
+}
+
+#[test]
+fn nginx_in_one_process_under_exec_serves_64_mib_and_wrk() {
+    let w = world();
+    let server = start_one_nginx(&w, "nginx-exec", "8084", 8084);
+    serves_big_file_and_wrk(&w, server, 8084, "nginx under exec");
 }
 
 #[test]
@@ -749,38 +741,7 @@ fn nginx_master_and_2_workers_under_exec_share_serve_wrk() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let before = kernel_tcp(&w);
-    let out_file = w.dir.join("nginx-share.bin");
-    let url = format!("http://{HOST_IP}:8085/big.bin");
-    let got = run_in(
-        &w,
-        &w.server,
-        &[
-            "curl",
-            "-sS",
-            "--fail",
-            "--max-time",
-            "30",
-            "-o",
-            &out_file.to_string_lossy(),
-            &url,
-        ],
-    );
-    let index = format!("http://{HOST_IP}:8085/index.html");
-    let load = run_in(&w, &w.server, &["wrk", "-t2", "-c100", "-d3s", &index]);
-    stop(server);
-    assert!(got.status.success(), "curl: {}", text(&got.stderr));
-    assert_eq!(
-        sha256(&out_file),
-        sha256(&www.join("big.bin")),
-        "nginx's workers: body differs"
-    );
-    assert_wrk_clean(&load);
-    assert_eq!(
-        kernel_tcp(&w),
-        before,
-        "nginx's workers: the kernel's TCP counters moved"
-    );
+    serves_big_file_and_wrk(&w, server, 8085, "nginx's workers");
     assert!(
         xdp_detached_within(&w, Duration::from_secs(5)),
         "nginx left XDP attached"

@@ -58,10 +58,6 @@ fn kernel_http_code(w: &World, ns: &str, url: &str) -> (String, String) {
     (text(&out.stdout), text(&out.stderr))
 }
 
-fn lines(out: &std::process::Output) -> Vec<String> {
-    text(&out.stderr).lines().map(String::from).collect()
-}
-
 // ------------------------------------------------------------------ XDP steering
 
 /// The program attached in shared-address mode takes nothing of the kernel's IPv6:
@@ -340,26 +336,8 @@ fn curl_without_an_ipv6_route_fails_as_curl_and_falls_back_to_ipv4() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(5));
 }
 
-fn download(w: &World, loss: u32, args: &[&str]) {
-    w.set_loss(loss).unwrap();
-    let out_file = w.dir.join(format!("download6-{loss}.bin"));
-    let mut full = vec![
-        "-sS",
-        "--stats",
-        "-o",
-        out_file.to_str().unwrap(),
-        "--max-time",
-        "300",
-    ];
-    full.extend_from_slice(args);
-    let out = curl(w, &full);
-    assert!(out.status.success(), "loss {loss}%: {}", text(&out.stderr));
-    assert_eq!(
-        sha256(&out_file),
-        sha256(&w.dir.join("www/big.bin")),
-        "loss {loss}%: body differs"
-    );
-    let lines = lines(&out);
+fn download(w: &World, loss: u32, url: &str) {
+    let lines = download_big_file(w, loss, url);
     if loss > 0 {
         assert!(
             stat(&lines, "out_of_order_segments").unwrap() > 0,
@@ -367,8 +345,6 @@ fn download(w: &World, loss: u32, args: &[&str]) {
         );
     }
     assert!(stat(&lines, "ipv6_steered").unwrap() > 0, "{lines:?}");
-    let _ = std::fs::remove_file(out_file);
-    w.set_loss(0).unwrap();
 }
 
 /// 256 MiB over IPv6, byte-exact, with 0% and 2% loss on the router.
@@ -381,8 +357,8 @@ fn curl_256_mib_ipv6_download_is_byte_identical_without_and_with_loss() {
         big_file: Some(256 << 20),
         ..Default::default()
     });
-    download(&w, 0, &["http://example.com/big.bin"]);
-    download(&w, 2, &[&format!("http://[{SERVER_IP6}]/big.bin")]);
+    download(&w, 0, "http://example.com/big.bin");
+    download(&w, 2, &format!("http://[{SERVER_IP6}]/big.bin"));
 }
 
 // ------------------------------------------------------------------ serve

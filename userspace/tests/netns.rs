@@ -699,32 +699,7 @@ fn curl_example_com_100_times_in_each_mode() {
 }
 
 fn download(w: &World, loss: u32) {
-    w.set_loss(loss).unwrap();
-    let out_file = w.dir.join(format!("download-{loss}.bin"));
-    let out = curl(
-        w,
-        &[
-            "-sS",
-            "--stats",
-            "-o",
-            out_file.to_str().unwrap(),
-            "--max-time",
-            "300",
-            "http://example.com/big.bin",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "loss {loss}%: exit {:?}: {}",
-        out.status.code(),
-        text(&out.stderr)
-    );
-    assert_eq!(
-        sha256(&out_file),
-        sha256(&w.dir.join("www/big.bin")),
-        "loss {loss}%: body differs"
-    );
-    let lines: Vec<String> = text(&out.stderr).lines().map(String::from).collect();
+    let lines = download_big_file(w, loss, "http://example.com/big.bin");
     if loss == 0 {
         // The router's GSO units (up to 64 KiB) reach the stack whole on the veth, in
         // several frames each (generic XDP, multi-buffer sockets): on average far more
@@ -742,8 +717,6 @@ fn download(w: &World, loss: u32) {
             "loss {loss}% exercised reassembly: {lines:?}"
         );
     }
-    let _ = std::fs::remove_file(out_file);
-    w.set_loss(0).unwrap();
 }
 
 #[test]

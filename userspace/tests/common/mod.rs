@@ -109,6 +109,40 @@ pub fn xdp_attached(world: &World) -> bool {
 
 /// A counter from `--stats` output: the number after `name`, summed over every stack
 /// that printed it (`serve` prints one block per stack).
+/// Our curl downloads `url` (the world's www/big.bin) with `loss` percent random loss
+/// on the router and `--stats`: it must exit 0 with the file byte for byte. Returns the
+/// stats lines; the loss is off again after.
+pub fn download_big_file(w: &World, loss: u32, url: &str) -> Vec<String> {
+    w.set_loss(loss).unwrap();
+    let out_file = w.dir.join(format!("download-{loss}.bin"));
+    let out = curl(
+        w,
+        &[
+            "-sS",
+            "--stats",
+            "-o",
+            out_file.to_str().unwrap(),
+            "--max-time",
+            "300",
+            url,
+        ],
+    );
+    w.set_loss(0).unwrap();
+    assert!(
+        out.status.success(),
+        "loss {loss}%: exit {:?}: {}",
+        out.status.code(),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        sha256(&out_file),
+        sha256(&w.dir.join("www/big.bin")),
+        "loss {loss}%: body differs"
+    );
+    let _ = std::fs::remove_file(out_file);
+    text(&out.stderr).lines().map(String::from).collect()
+}
+
 pub fn stat(lines: &[String], name: &str) -> Option<i64> {
     lines
         .iter()
