@@ -9,6 +9,7 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
+use world::{NginxConfig, NginxProcesses};
 
 /// The Debian interpreter, not a version manager's shim that may be first in PATH.
 const PYTHON: &str = "/usr/bin/python3";
@@ -482,17 +483,16 @@ fn a_child_forked_after_bind_gets_one_clear_line_not_a_hang() {
 /// nginx in one process (`master_process off`) under exec, serving the world's www/
 /// on `listen LISTEN;`, started once it listens on `port`; `name` names its files.
 fn start_one_nginx(w: &World, name: &str, listen: &str, port: u16) -> std::process::Child {
-    let conf = w.dir.join(format!("{name}.conf"));
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/{name}.pid;\n\
-             error_log {dir}/{name}.err;\nevents {{ worker_connections 1024; }}\n\
-             http {{ access_log off; sendfile on; server {{ listen {listen}; root {www}; }} }}\n",
-            dir = w.dir.display(),
-            www = w.dir.join("www").display()
+    let conf = NginxConfig {
+        name,
+        processes: NginxProcesses::NoMaster,
+        connections: 1024,
+        server: &format!(
+            "    listen {listen};
+"
         ),
-    )
+    }
+    .write(&w.dir)
     .unwrap();
     let conf = conf.to_string_lossy();
     start_server(w, &["nginx", "-c", &conf], port)
@@ -709,25 +709,20 @@ fn two_servers_share_the_interface_and_a_killed_one_leaves_nothing_behind() {
 #[test]
 fn nginx_master_and_2_workers_under_exec_share_serve_wrk() {
     let w = world();
-    let conf = w.dir.join("nginx-share.conf");
-    let www = w.dir.join("www");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process on;\nworker_processes 2;\npid {dir}/nginx-share.pid;\n\
-             error_log {dir}/nginx-share.err;\nevents {{ worker_connections 1024; }}\n\
-             http {{ access_log off; sendfile on; server {{ listen 8085; root {www}; }} }}\n",
-            dir = w.dir.display(),
-            www = www.display()
-        ),
-    )
+    let conf = NginxConfig {
+        name: "nginx-share",
+        processes: NginxProcesses::Workers(2),
+        connections: 1024,
+        server: "    listen 8085;\n",
+    }
+    .write(&w.dir)
     .unwrap();
     let conf = conf.to_string_lossy();
     let argv = ["nginx", "-c", &conf];
     // The master listens, then each worker listens again on its own stack (nginx has
     // sent its stderr, and the workers' `-v` lines, to its error log by then).
     let server = start_server_with(share_command(&w, &argv), &argv, 8085, 1);
-    let log = w.dir.join("nginx-share.err");
+    let log = w.dir.join("nginx-share-error.log");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let workers_listen = || {
         let log = std::fs::read_to_string(&log).unwrap_or_default();

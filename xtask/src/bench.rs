@@ -2,7 +2,10 @@
 //! link (the machine is noisy, so only ratios measured together mean anything).
 use crate::charts;
 use crate::install;
-use crate::world::{HOST_IF, HOST_IP, HTTP_ECHO_PORT, OWNED_IP, SERVER_IP, World, WorldOptions};
+use crate::world::{
+    HOST_IF, HOST_IP, HTTP_ECHO_PORT, NginxConfig, NginxProcesses, OWNED_IP, SERVER_IP, World,
+    WorldOptions,
+};
 use anyhow::{Context, bail};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -641,15 +644,16 @@ fn cps_rows(world: &World, bin: &str, rows: &mut Vec<Row>) -> anyhow::Result<()>
 /// server side.
 fn serve_row(world: &World, bin: &str, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let www = world.dir.join("www");
-    let conf = world.dir.join("nginx-host.conf");
-    let d = world.dir.display();
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx-host.pid;\nerror_log {d}/nginx-host-error.log;\nevents {{ worker_connections 4096; }}\nhttp {{ access_log off; sendfile on; keepalive_requests 1000000; client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp; server {{ listen {HOST_IP}:8081 backlog=4096; root {}; }} }}\n",
-            www.display()
+    let conf = NginxConfig {
+        name: "nginx-host",
+        processes: NginxProcesses::One,
+        connections: 4096,
+        server: &format!(
+            "    listen {HOST_IP}:8081 backlog=4096;
+"
         ),
-    )?;
+    }
+    .write(&world.dir)?;
     let _nginx_host = world.spawn(
         &world.host,
         &[

@@ -3,7 +3,7 @@
 //! the server namespace, rounds alternating. Issue 19's targets: at least 1.5x the
 //! kernel's requests/s and at most 0.7x its p99.
 use crate::bench::{Row, leak, output};
-use crate::world::{HOST_IF, HOST_IP, World};
+use crate::world::{HOST_IF, HOST_IP, NginxConfig, NginxProcesses, World};
 use anyhow::{Context, bail};
 use std::process::{Child, Command};
 
@@ -98,20 +98,17 @@ fn stop(mut child: Child) {
 }
 
 fn nginx_conf(world: &World, port: u16) -> anyhow::Result<String> {
-    let d = world.dir.display();
-    let conf = world.dir.join(format!("nginx-exec-bench-{port}.conf"));
     // One process (master_process off): the same shape on both sides.
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx-{port}.pid;\n\
-             error_log {d}/nginx-{port}-error.log;\nevents {{ worker_connections 4096; }}\n\
-             http {{ access_log off; sendfile on; keepalive_requests 1000000; \
-             client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; \
-             uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp; \
-             server {{ listen {port} backlog=4096; root {d}/www; }} }}\n"
+    let conf = NginxConfig {
+        name: &format!("nginx-exec-bench-{port}"),
+        processes: NginxProcesses::NoMaster,
+        connections: 4096,
+        server: &format!(
+            "    listen {port} backlog=4096;
+"
         ),
-    )?;
+    }
+    .write(&world.dir)?;
     Ok(conf.to_string_lossy().into_owned())
 }
 

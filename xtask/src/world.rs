@@ -654,39 +654,89 @@ pub fn destroy(id: &str) {
 }
 
 fn nginx_config(dir: &Path, tls: bool, family: Family) -> String {
-    let d = dir.display();
-    let mut listen = String::new();
+    let mut server = String::new();
     if family.has_ipv4() {
-        listen += &format!("    listen {SERVER_IP}:80 backlog=16384;\n");
+        server += &format!("    listen {SERVER_IP}:80 backlog=16384;\n");
     }
     if family.has_ipv6() {
-        listen += "    listen [::]:80 ipv6only=on backlog=16384;\n";
+        server += "    listen [::]:80 ipv6only=on backlog=16384;\n";
     }
-    let ssl = if tls {
-        let mut ssl = String::new();
+    if tls {
         if family.has_ipv4() {
-            ssl += &format!("    listen {SERVER_IP}:443 ssl;\n");
+            server += &format!("    listen {SERVER_IP}:443 ssl;\n");
         }
         if family.has_ipv6() {
-            ssl += "    listen [::]:443 ipv6only=on ssl;\n";
+            server += "    listen [::]:443 ipv6only=on ssl;\n";
         }
+        let d = dir.display();
+        server += &format!(
+            "    ssl_certificate {d}/server.pem;\n    ssl_certificate_key {d}/server.key;\n"
+        );
+    }
+    server += "    server_name example.com;\n\
+               location = /redirect { return 302 /index.html; }\n\
+               location = /loop { return 302 /loop; }\n\
+               location = /teapot { return 418 \"no coffee\\n\"; }\n";
+    NginxConfig {
+        name: "nginx",
+        processes: NginxProcesses::One,
+        connections: 16384,
+        server: &server,
+    }
+    .text(dir)
+}
+
+/// How nginx runs its processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NginxProcesses {
+    /// One worker under a master (the world's server).
+    One,
+    /// No master: the worker is the process started (`master_process off`).
+    NoMaster,
+    /// A master and this many workers.
+    Workers(u32),
+}
+
+/// An nginx configuration for the world, its tests and its benches: one server block
+/// serving `DIR/www`, files and logs under the world's directory named after `name`.
+#[derive(Debug, Clone, Copy)]
+pub struct NginxConfig<'a> {
+    /// Names the pid and error-log files (several nginx run in one world).
+    pub name: &'a str,
+    pub processes: NginxProcesses,
+    /// `worker_connections`.
+    pub connections: u32,
+    /// The server block's body: its `listen` lines and anything else.
+    pub server: &'a str,
+}
+
+impl NginxConfig<'_> {
+    /// The configuration text; `dir` holds www/, tmp/, the pid and the error log.
+    pub fn text(&self, dir: &Path) -> String {
+        let d = dir.display();
+        let name = self.name;
+        let processes = match self.processes {
+            NginxProcesses::One => "worker_processes 1;".to_string(),
+            NginxProcesses::NoMaster => "master_process off;\nworker_processes 1;".to_string(),
+            NginxProcesses::Workers(n) => format!("master_process on;\nworker_processes {n};"),
+        };
         format!(
-            "{ssl}    ssl_certificate {d}/server.pem;\n    ssl_certificate_key {d}/server.key;\n"
+            "daemon off;\n{processes}\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log;\n\
+             events {{ worker_connections {connections}; }}\n\
+             http {{\n  access_log off;\n  sendfile on;\n  default_type application/octet-stream;\n  keepalive_requests 1000000;\n\
+             client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
+               server {{\n{server}    root {d}/www;\n  }}\n}}\n",
+            connections = self.connections,
+            server = self.server,
         )
-    } else {
-        String::new()
-    };
-    format!(
-        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
-         events {{ worker_connections 16384; }}\n\
-         http {{\n  access_log off;\n  sendfile on;\n  default_type application/octet-stream;\n  keepalive_requests 1000000;\n\
-         client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
-           server {{\n{listen}{ssl}    server_name example.com;\n    root {d}/www;\n\
-             location = /redirect {{ return 302 /index.html; }}\n\
-             location = /loop {{ return 302 /loop; }}\n\
-             location = /teapot {{ return 418 \"no coffee\\n\"; }}\n\
-           }}\n}}\n"
-    )
+    }
+
+    /// Writes the configuration to `DIR/NAME.conf` and returns that path.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let path = dir.join(format!("{}.conf", self.name));
+        std::fs::write(&path, self.text(dir))?;
+        Ok(path)
+    }
 }
 
 /// Writes `size` bytes of a fixed pseudo-random stream (xorshift), fast and reproducible.
