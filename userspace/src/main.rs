@@ -63,6 +63,13 @@ fn main() -> ExitCode {
         let config = userspace::net::switch::config_from_env();
         return ExitCode::from(userspace::net::switch::run(&config) as u8);
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == userspace::device::exit_guard::GUARD_ARG)
+    {
+        let rest: Vec<String> = std::env::args().skip(2).collect();
+        return ExitCode::from(exec::run_exit_guard(&rest));
+    }
     holder::set_available();
     let parsed = Cli::command()
         .try_get_matches()

@@ -1130,3 +1130,122 @@ fn debian_curl_in_an_ipv6_only_world_goes_on_the_stack() {
         "body differs"
     );
 }
+
+/// Whether a process of the exit guard (`userspace __exit-guard`) runs in the host
+/// namespace.
+fn exit_guard_runs(w: &World) -> bool {
+    let pids = run_in(w, &w.host, &["sh", "-c", "ip netns pids \"$0\"", &w.host]);
+    text(&pids.stdout).split_whitespace().any(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__exit-guard"))
+    })
+}
+
+#[test]
+fn a_killed_program_under_exec_has_its_waiting_peers_reset_not_hanging() {
+    let w = world();
+    // 1. A client under exec is killed while the kernel's server waits for its next
+    // request: the server must see a reset at once, as with a killed kernel client
+    // (there it sees the FIN the kernel sends), not wait out its timeout.
+    let waiting_server = format!(
+        "import socket, time\n\
+         l = socket.create_server(('{SERVER_IP}', 9300))\n\
+         c, _ = l.accept()\n\
+         c.settimeout(20)\n\
+         t = time.monotonic()\n\
+         try:\n\
+         \x20   while c.recv(100): pass\n\
+         \x20   print('eof', end=' ')\n\
+         except ConnectionResetError: print('reset', end=' ')\n\
+         except socket.timeout: print('timeout', end=' ')\n\
+         print(round(time.monotonic() - t, 1))\n"
+    );
+    let server = w
+        .exec(&w.server)
+        .args([PYTHON, "-c", &waiting_server])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    w.wait_for_port(&w.server, SERVER_IP, 9300, false).unwrap();
+    let client_script = format!(
+        "import socket, time\n\
+         s = socket.create_connection(('{SERVER_IP}', 9300))\n\
+         s.sendall(b'request 1')\n\
+         print('sent', flush=True)\n\
+         time.sleep(60)\n"
+    );
+    let mut client = exec_command(&w, &[PYTHON, "-c", &client_script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "sent");
+    std::thread::sleep(Duration::from_millis(300));
+    kill_hard(client);
+    let out = server.wait_with_output().unwrap();
+    let said = text(&out.stdout);
+    let mut words = said.split_whitespace();
+    assert_eq!(words.next(), Some("reset"), "the server saw: {said}");
+    let waited: f64 = words.next().unwrap().parse().unwrap();
+    assert!(waited < 5.0, "the reset took {waited} s");
+
+    // 2. A server under exec is killed while the kernel's curl waits for its reply.
+    let silent_server = "import socket, time\n\
+         l = socket.create_server(('0.0.0.0', 9301))\n\
+         c, _ = l.accept()\n\
+         c.recv(1000)\n\
+         time.sleep(60)\n";
+    let server = start_server(&w, &[PYTHON, "-c", silent_server], 9301);
+    let curl = w
+        .exec(&w.server)
+        .args([
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            &format!("http://{HOST_IP}:9301/"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // curl has sent its request once the server's connection is established.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = run_in(
+            &w,
+            &w.server,
+            &["ss", "-Htn", "state", "established", "( dport = :9301 )"],
+        );
+        if !text(&out.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "curl did not connect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = std::time::Instant::now();
+    kill_hard(server);
+    let out = curl.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(56), "curl: {stderr}");
+    assert!(stderr.contains("reset by peer"), "curl: {stderr}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "curl waited {:?}",
+        killed.elapsed()
+    );
+    // The guards are gone with their programs, and so is XDP.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while exit_guard_runs(&w) {
+        assert!(std::time::Instant::now() < deadline, "an exit guard stayed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(xdp_detached_within(&w, Duration::from_secs(5)));
+}

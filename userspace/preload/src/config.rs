@@ -73,6 +73,9 @@ fn builder() -> Result<userspace::StackBuilder, String> {
     if let Some(bytes) = parsed::<usize>(BUFFER)? {
         b = b.buffer(bytes);
     }
+    if let Some(table) = parsed::<String>(PEER_TABLE)? {
+        b = b.peer_table(table);
+    }
     if parsed::<String>(SWITCH)?.is_some_and(|v| v != "0") {
         b = b.switch(true);
     }

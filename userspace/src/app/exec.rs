@@ -129,6 +129,16 @@ pub fn run(args: &ExecArgs) -> (u8, String) {
         },
         false => None,
     };
+    // Without the switch, a guard resets the peers of a program that dies with
+    // connections open (the switch does that for its clients).
+    if !args.share {
+        match start_exit_guard(args.verbose) {
+            Ok(table) => {
+                command.env(exec_env::PEER_TABLE, table);
+            }
+            Err(e) => return (2, format!("starting the exit guard: {e}")),
+        }
+    }
     let e = command.exec();
     let code = if e.kind() == std::io::ErrorKind::NotFound {
         127
@@ -136,6 +146,60 @@ pub fn run(args: &ExecArgs) -> (u8, String) {
         126
     };
     (code, format!("{}: {e}", program.to_string_lossy()))
+}
+
+/// Makes the exit guard's table (a memfd the program inherits) and starts the guard,
+/// which watches this process (the program, once it is exec'd); returns the table's
+/// path for the program's stack. See [`userspace::device::exit_guard`].
+fn start_exit_guard(verbose: bool) -> std::io::Result<String> {
+    use userspace::device::exit_guard::{GUARD_ARG, new_table};
+    // Not close-on-exec: the guard and the program both inherit it.
+    let table = new_table()?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&table);
+    let mut guard = std::process::Command::new(std::env::current_exe()?);
+    guard
+        .arg(GUARD_ARG)
+        .arg(std::process::id().to_string())
+        .arg(format!("/proc/self/fd/{fd}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        // Its own process group: a Ctrl-C or a signal to the program's group does not
+        // end the guard before it can do its work.
+        .process_group(0);
+    if !verbose {
+        guard.stderr(std::process::Stdio::null());
+    }
+    guard.spawn()?;
+    // The fd stays open in the program (it is the table's name there).
+    std::mem::forget(table);
+    Ok(format!("/proc/self/fd/{fd}"))
+}
+
+/// `userspace __exit-guard PID TABLE`: the guard's process.
+pub fn run_exit_guard(args: &[String]) -> u8 {
+    let (Some(pid), Some(path)) = (args.first().and_then(|p| p.parse().ok()), args.get(1)) else {
+        eprintln!("userspace: exit guard: expected PID TABLE");
+        return 2;
+    };
+    let say = |line: &str| eprintln!("userspace exec: {line}");
+    let table = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            say(&format!("exit guard: {path}: {e}"));
+            return 1;
+        }
+    };
+    match userspace::device::exit_guard::watch(pid, table.into(), &say) {
+        Ok(()) => 0,
+        Err(e) => {
+            say(&format!("exit guard: {e}"));
+            1
+        }
+    }
 }
 
 /// Connects to the switch of the interface, starting it when none runs: the

@@ -1,6 +1,7 @@
 //! The device layer: the only code that knows about aya and AF_XDP. The stack sees one
 //! small trait, so tests can put an in-memory link in the AF_XDP socket's place.
 pub mod error;
+pub mod exit_guard;
 pub mod holder;
 pub mod memory;
 pub mod netinfo;

@@ -86,6 +86,10 @@ pub struct StackConfig {
     /// and serves several processes (`userspace exec --share`; see
     /// [`crate::device::switch`]), instead of attaching. Default: `false`.
     pub switch: bool,
+    /// Keep the addresses of the open connections in this file, so that a watcher
+    /// resets their peers if the process dies with them open (`userspace exec`'s exit
+    /// guard, [`crate::device::exit_guard`]). Default: `None`.
+    pub peer_table: Option<PathBuf>,
 }
 
 impl Default for StackConfig {
@@ -113,6 +117,7 @@ impl Default for StackConfig {
             linger: DEFAULT_LINGER,
             xdp_linger: None,
             switch: false,
+            peer_table: None,
         }
     }
 }

@@ -24,3 +24,6 @@ pub const NO_BUSY_POLL: &str = "USERSPACE_NO_BUSY_POLL";
 pub const VERBOSE: &str = "USERSPACE_VERBOSE";
 /// `1`: go through the interface's switch, shared with other programs (`--share`).
 pub const SWITCH: &str = "USERSPACE_SWITCH";
+/// The exit guard's table (`/proc/self/fd/N`): the stack lists its connections there
+/// so that their peers are reset if the program dies with them open.
+pub const PEER_TABLE: &str = "USERSPACE_PEER_TABLE";

@@ -168,6 +168,14 @@ impl StackBuilder {
         self
     }
 
+    /// Keeps the open connections' addresses in this file, for a watcher that resets
+    /// their peers if the process dies with them open (see
+    /// [`crate::device::exit_guard`]; `userspace exec` sets it up).
+    pub fn peer_table(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.peer_table = Some(path.into());
+        self
+    }
+
     /// Congestion control. Default: CUBIC.
     pub fn congestion(mut self, kind: CongestionKind) -> Self {
         self.config.congestion = kind;

@@ -8,6 +8,7 @@
 use super::shard::{ShardLink, ShardMember};
 use crate::device::Device;
 use crate::device::error::{SetupResult, bail, setup_error};
+use crate::device::exit_guard::PeerTable;
 use crate::device::pcap::PcapDevice;
 use crate::device::xdp::XdpQueues;
 use crate::stack::Stack;
@@ -98,6 +99,11 @@ pub struct Runtime {
     pub(crate) shard: Option<ShardLink>,
     /// How long the loop spins with nothing received before it sleeps in poll(2).
     pub busy_poll: std::time::Duration,
+    /// The exit guard's table of open connections, and the stack's count of opened
+    /// plus closed connections when it was last written, and when it may be next.
+    peer_table: Option<PeerTable>,
+    peers_published: u64,
+    next_peer_publish: Instant,
     /// When the spinning loop last yielded the CPU.
     last_yield: Instant,
     /// The next sleep's longest length: doubles while nothing comes, up to `MAX_SLEEP`.
@@ -119,6 +125,17 @@ const YIELD_EVERY: std::time::Duration = std::time::Duration::from_micros(20);
 /// (the kernel's neighbour table, polled while resolving the next hop) prompt.
 const MIN_SLEEP: std::time::Duration = std::time::Duration::from_millis(1);
 const MAX_SLEEP: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often a busy loop writes the exit guard's table when connections come and go.
+const PEER_PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl Drop for Runtime {
+    /// A stack that stops (not a process killed) leaves nothing for the guard to reset.
+    fn drop(&mut self) {
+        if let Some(table) = &mut self.peer_table {
+            let _ = table.clear();
+        }
+    }
+}
 
 impl Runtime {
     /// A loop around `stack` and `device`, its clock started now.
@@ -139,6 +156,41 @@ impl Runtime {
             busy_poll: super::config::DEFAULT_IDLE_SPIN,
             sleep_for: MIN_SLEEP,
             last_yield: Instant::ZERO,
+            peer_table: None,
+            peers_published: 0,
+            next_peer_publish: Instant::ZERO,
+        }
+    }
+
+    /// Keeps the open connections' addresses in the exit guard's table at `path`
+    /// (see [`crate::device::exit_guard`]). A table another live process holds, or one
+    /// that cannot be written, is said and left alone: the stack runs without it.
+    pub(crate) fn keep_peer_table(&mut self, path: &std::path::Path) {
+        match PeerTable::claim(path) {
+            Ok(table) => self.peer_table = Some(table),
+            Err(e) => tracing::warn!("no exit guard: {e}"),
+        }
+    }
+
+    /// Writes the table again if connections came or went since it was last written,
+    /// at most every `PEER_PUBLISH_EVERY` unless `now_anyway` (the loop is about to
+    /// sleep, so the table is current whenever the process could be killed idle).
+    fn publish_peers(&mut self, now_anyway: bool) {
+        let Some(table) = &mut self.peer_table else {
+            return;
+        };
+        let stats = &self.stack.stats;
+        let changes = stats.connections_opened + stats.connections_closed;
+        if changes == self.peers_published
+            || (!now_anyway && self.last_now < self.next_peer_publish)
+        {
+            return;
+        }
+        self.peers_published = changes;
+        self.next_peer_publish = self.last_now + PEER_PUBLISH_EVERY;
+        if let Err(e) = table.publish(self.stack.connection_addresses()) {
+            tracing::warn!("exit guard's table: {e}; going on without it");
+            self.peer_table = None;
         }
     }
 
@@ -178,6 +230,7 @@ impl Runtime {
         if let Some(link) = &self.shard {
             link.exchange(&mut self.stack, now);
         }
+        self.publish_peers(false);
         self.idle_turns = if received == 0 {
             self.idle_turns.saturating_add(1)
         } else {
@@ -224,6 +277,7 @@ impl Runtime {
         if self.stack.has_pending_output() && (self.turn() > 0 || self.stack.has_pending_output()) {
             return;
         }
+        self.publish_peers(true);
         let now = self.last_now;
         let mut wake = now + self.sleep_for;
         // Sharded stacks hand each other frames through channels, which poll(2) does

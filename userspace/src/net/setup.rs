@@ -88,6 +88,7 @@ pub(crate) struct Plan {
     pub stack: stack::StackConfig,
     listen_ports: Vec<u16>,
     busy_poll: Duration,
+    peer_table: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -106,6 +107,9 @@ impl Plan {
         rt.iface = self.iface.clone();
         rt.iface_ip = self.iface_ip;
         rt.busy_poll = self.busy_poll;
+        if let Some(path) = &self.peer_table {
+            rt.keep_peer_table(path);
+        }
         await_dad(&mut rt)?;
         Ok(rt)
     }
@@ -408,6 +412,7 @@ pub(crate) fn plan(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<Pl
         stack: cfg,
         listen_ports: listen_ports.to_vec(),
         busy_poll: config.idle_spin,
+        peer_table: config.peer_table.clone(),
     })
 }
 

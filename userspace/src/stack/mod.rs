@@ -374,6 +374,11 @@ impl Stack {
         self.live
     }
 
+    /// The (local, remote) addresses of every connection held, closing ones included.
+    pub fn connection_addresses(&self) -> impl Iterator<Item = (SocketAddr, SocketAddr)> + '_ {
+        self.by_tuple.keys().copied()
+    }
+
     fn on_link(&self, ip: Ipv4Addr) -> bool {
         let mask = if self.cfg.prefix_len == 0 {
             0
