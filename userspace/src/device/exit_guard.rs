@@ -133,6 +133,8 @@ pub struct PeerTable {
     file: File,
     header: Header,
     scratch: Vec<u8>,
+    /// The list last written (the same list is not written again).
+    written: Vec<u8>,
 }
 
 impl PeerTable {
@@ -170,6 +172,7 @@ impl PeerTable {
             file,
             header,
             scratch: Vec::new(),
+            written: Vec::new(),
         })
     }
 
@@ -184,16 +187,22 @@ impl PeerTable {
             self.scratch.resize(at + ENTRY_LEN, 0);
             encode(local, remote, &mut self.scratch[at..]);
         }
+        if self.scratch == self.written {
+            return Ok(());
+        }
         let half = self.header.half ^ 1;
         self.file.write_all_at(&self.scratch, half_offset(half))?;
         self.header.half = half;
         self.header.count = (self.scratch.len() / ENTRY_LEN) as u32;
-        self.header.write(&self.file)
+        self.header.write(&self.file)?;
+        std::mem::swap(&mut self.written, &mut self.scratch);
+        Ok(())
     }
 
     /// The stack stopped cleanly: nothing is left to reset.
     pub fn clear(&mut self) -> io::Result<()> {
         self.header.count = 0;
+        self.written.clear();
         self.header.write(&self.file)
     }
 }

@@ -104,6 +104,7 @@ pub struct Runtime {
     peer_table: Option<PeerTable>,
     peers_published: u64,
     next_peer_publish: Instant,
+    next_peer_rescan: Instant,
     /// When the spinning loop last yielded the CPU.
     last_yield: Instant,
     /// The next sleep's longest length: doubles while nothing comes, up to `MAX_SLEEP`.
@@ -127,6 +128,8 @@ const MIN_SLEEP: std::time::Duration = std::time::Duration::from_millis(1);
 const MAX_SLEEP: std::time::Duration = std::time::Duration::from_millis(100);
 /// How often a busy loop writes the exit guard's table when connections come and go.
 const PEER_PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+/// How often an idle loop looks for connections that ended in place (TIME-WAIT).
+const PEER_RESCAN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Drop for Runtime {
     /// A stack that stops (not a process killed) leaves nothing for the guard to reset.
@@ -159,6 +162,7 @@ impl Runtime {
             peer_table: None,
             peers_published: 0,
             next_peer_publish: Instant::ZERO,
+            next_peer_rescan: Instant::ZERO,
         }
     }
 
@@ -172,22 +176,27 @@ impl Runtime {
         }
     }
 
-    /// Writes the table again if connections came or went since it was last written,
-    /// at most every `PEER_PUBLISH_EVERY` unless `now_anyway` (the loop is about to
-    /// sleep, so the table is current whenever the process could be killed idle).
-    fn publish_peers(&mut self, now_anyway: bool) {
+    /// Writes the table again. Busy: when connections came or went, at most every
+    /// `PEER_PUBLISH_EVERY`. About to sleep (`idle`): at once if they did, and every
+    /// `PEER_RESCAN_EVERY` for those that ended without leaving (TIME-WAIT), so the
+    /// table is current whenever the process could be killed idle.
+    fn publish_peers(&mut self, idle: bool) {
         let Some(table) = &mut self.peer_table else {
             return;
         };
         let stats = &self.stack.stats;
         let changes = stats.connections_opened + stats.connections_closed;
-        if changes == self.peers_published
-            || (!now_anyway && self.last_now < self.next_peer_publish)
-        {
+        let now = self.last_now;
+        let go = match idle {
+            false => changes != self.peers_published && now >= self.next_peer_publish,
+            true => changes != self.peers_published || now >= self.next_peer_rescan,
+        };
+        if !go {
             return;
         }
         self.peers_published = changes;
-        self.next_peer_publish = self.last_now + PEER_PUBLISH_EVERY;
+        self.next_peer_publish = now + PEER_PUBLISH_EVERY;
+        self.next_peer_rescan = now + PEER_RESCAN_EVERY;
         if let Err(e) = table.publish(self.stack.connection_addresses()) {
             tracing::warn!("exit guard's table: {e}; going on without it");
             self.peer_table = None;

@@ -374,9 +374,18 @@ impl Stack {
         self.live
     }
 
-    /// The (local, remote) addresses of every connection held, closing ones included.
+    /// The (local, remote) addresses of every connection whose peer may wait on us: our
+    /// FIN not sent or not acknowledged yet. Not SYN-SENT (the peer has no connection),
+    /// FIN-WAIT-2 (the peer has our FIN), TIME-WAIT or closed.
     pub fn connection_addresses(&self) -> impl Iterator<Item = (SocketAddr, SocketAddr)> + '_ {
-        self.by_tuple.keys().copied()
+        self.slots.iter().filter_map(|slot| {
+            let conn = &slot.entry.as_ref()?.conn;
+            (!matches!(
+                conn.state(),
+                State::SynSent | State::FinWait2 | State::TimeWait | State::Closed
+            ))
+            .then(|| (conn.local(), conn.remote()))
+        })
     }
 
     fn on_link(&self, ip: Ipv4Addr) -> bool {
