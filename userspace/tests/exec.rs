@@ -1135,3 +1135,129 @@ fn debian_curl_in_an_ipv6_only_world_goes_on_the_stack() {
         "body differs"
     );
 }
+
+/// A python3 server under `command` that binds to port 0 and listens, and listens
+/// without binding: the ports getsockname shows, printed on stdout, take connections
+/// from the server namespace's kernel.
+fn port_zero_serves(w: &World, mut command: Command, what: &str) {
+    let script = "import errno, socket\n\
+                  a = socket.socket(); a.bind(('0.0.0.0', 0)); p = a.getsockname()[1]\n\
+                  assert p != 0, 'bind to port 0 left port 0'\n\
+                  try: a.bind(('0.0.0.0', 0)); raise SystemExit('bound twice')\n\
+                  except OSError as e: assert e.errno == errno.EINVAL, e\n\
+                  a.listen(8); assert a.getsockname()[1] == p, a.getsockname()\n\
+                  b = socket.socket(socket.AF_INET6); b.listen(8); q = b.getsockname()[1]\n\
+                  assert q not in (0, p), (p, q)\n\
+                  assert b.getsockname()[0] == '::', b.getsockname()\n\
+                  print(p, q, flush=True)\n\
+                  for s in (a, b):\n\
+                  \x20   c, _ = s.accept(); c.sendall(b'port %d\\n' % s.getsockname()[1]); c.close()";
+    let mut server = command
+        .args([PYTHON, "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("{line}");
+        }
+    });
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let ports: Vec<u16> = line
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if ports.len() != 2 {
+        let _ = server.kill();
+        panic!("{what}: the server printed {line:?}, not two ports");
+    }
+    let before = kernel_tcp(w);
+    for port in ports {
+        let client = format!(
+            "import socket\ns = socket.create_connection(('{HOST_IP}', {port}), timeout=10)\n\
+             data = b''\nwhile True:\n\x20   d = s.recv(100)\n\x20   if not d: break\n\x20   data += d\n\
+             print(data.decode(), end='')"
+        );
+        let out = run_in(w, &w.server, &[PYTHON, "-c", &client]);
+        assert_eq!(
+            text(&out.stdout),
+            format!("port {port}\n"),
+            "{what}: port {port}: {}",
+            text(&out.stderr)
+        );
+    }
+    let status = wait_timeout(&mut server, Duration::from_secs(10));
+    assert!(status.success(), "{what}: the server exited with {status}");
+    assert_eq!(
+        kernel_tcp(w),
+        before,
+        "{what}: the kernel's TCP counters moved"
+    );
+}
+
+#[test]
+fn bind_and_listen_on_port_0_pick_a_port_that_getsockname_shows() {
+    let w = world();
+    let mut alone = w.exec(&w.host);
+    alone.args([BIN, "exec", "--iface", HOST_IF, "-v", "--"]);
+    port_zero_serves(&w, alone, "exec");
+    let mut shared = w.exec(&w.host);
+    shared.args([BIN, "exec", "--share", "--iface", HOST_IF, "-v", "--"]);
+    port_zero_serves(&w, shared, "exec --share");
+}
+
+#[test]
+fn share_with_an_owned_address_is_refused_with_one_line() {
+    let w = world();
+    let owned = OWNED_IP.to_string();
+    let out = w
+        .exec(&w.host)
+        .args([BIN, "exec", "--share", "--ip", &owned, "--iface", HOST_IF])
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--share with --ip is not supported"),
+        "{stderr}"
+    );
+    // The library by hand, with both variables: its stack says why it did not start,
+    // and the socket fails with ENETDOWN, not on the kernel.
+    let library = std::path::Path::new(BIN).with_file_name("libuserspace_preload.so");
+    let script = format!(
+        "import errno, socket\ns = socket.socket()\n\
+         try: s.connect(('{SERVER_IP}', 80))\n\
+         except OSError as e: raise SystemExit(0 if e.errno == errno.ENETDOWN else e.errno)\n\
+         raise SystemExit('connected')"
+    );
+    let out = w
+        .exec(&w.host)
+        .env("LD_PRELOAD", &library)
+        .env("USERSPACE_SWITCH", "1")
+        .env("USERSPACE_IP", &owned)
+        .env("USERSPACE_IFACE", HOST_IF)
+        .args([PYTHON, "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the switch serves the interface's own address only"),
+        "{stderr}"
+    );
+}

@@ -128,6 +128,7 @@ pub fn adopt_after_fork() {
                 nonblocking,
                 options,
                 bound_as: None,
+                port_hold: None,
             }),
         });
         let replaced = SOCKETS
@@ -227,6 +228,8 @@ struct State {
     /// A listener's address as bound, when the stack listens on another one (`[::]`
     /// with IPV6_V6ONLY: the stack's IPv6 address); getsockname shows this one.
     bound_as: Option<SocketAddr>,
+    /// The port a bind to port 0 picked, held until the socket listens on it.
+    port_hold: Option<userspace::net::PortHold>,
 }
 
 /// A TCP socket of the program's on the stack (or not yet decided).
@@ -285,6 +288,7 @@ impl Sock {
                 nonblocking,
                 options: Vec::new(),
                 bound_as: None,
+                port_hold: None,
             }),
         });
         sock.attach();
@@ -423,6 +427,15 @@ impl Sock {
         failed.map_or(Ok(()), Err)
     }
 
+    /// A free port for a bind to port 0 (the kernel's pick, held in the kernel), or
+    /// the kernel's bind errno (EADDRINUSE when none is free).
+    fn free_port(fd: c_int) -> Res<userspace::net::PortHold> {
+        Self::stack_or_enetdown()?.hold_free_port().map_err(|e| {
+            say!("fd {fd}: no free port: {e}");
+            errno_of(&e)
+        })
+    }
+
     fn stack_or_enetdown() -> Res<&'static userspace::Stack> {
         config::stack().map_err(|_| libc::ENETDOWN)
     }
@@ -526,8 +539,20 @@ impl Sock {
             self.to_kernel(fd, &st)?;
             return Ok(Route::Kernel);
         }
+        let mut at = at;
+        let hold = match at.port() {
+            // As the kernel (inet_csk_get_port): port 0 picks a free port now, so
+            // getsockname shows it before listen.
+            0 => {
+                let hold = Self::free_port(fd)?;
+                at.set_port(hold.port());
+                Some(hold)
+            }
+            _ => None,
+        };
         say!("fd {fd}: bind {at}: stack");
         *bound = Some(at);
+        st.port_hold = hold;
         Ok(Route::Done)
     }
 
@@ -537,8 +562,15 @@ impl Sock {
             Kind::Listener(_) => return Ok(()),
             Kind::Stream(_) => return Err(libc::EINVAL),
             Kind::Fresh { bound: Some(at) } => *at,
-            // The kernel would pick a port; the stack listens on named ports only.
-            Kind::Fresh { bound: None } => return Err(libc::EADDRNOTAVAIL),
+            // Never bound: as the kernel's inet_autobind, the wildcard address and a
+            // free port.
+            Kind::Fresh { bound: None } => {
+                let hold = Self::free_port(fd)?;
+                let at = SocketAddr::new(addr::unspecified(self.family).ip(), hold.port());
+                say!("fd {fd}: listen without bind: {at}");
+                st.port_hold = Some(hold);
+                at
+            }
         };
         let stack = Self::stack_or_enetdown()?;
         // The library's `[::]` takes both families; IPV6_V6ONLY's takes IPv6 only,
@@ -561,6 +593,8 @@ impl Sock {
             errno_of(&e)
         })?;
         say!("fd {fd}: listening on {asked} on the stack");
+        // The listener holds the port now.
+        st.port_hold = None;
         st.bound_as = (asked != at).then_some(asked);
         st.kind = Kind::Listener(Arc::new(listener));
         drop(st);
