@@ -1261,3 +1261,58 @@ fn share_with_an_owned_address_is_refused_with_one_line() {
         "{stderr}"
     );
 }
+
+/// A server that accepts, runs a program (`subprocess.run`, and `fork` + `execv`), then
+/// answers on the connection it holds: the children exec without touching it, and the
+/// parent's connection keeps working (the fork+exec pattern), with and without --share.
+#[test]
+fn a_server_that_runs_a_program_before_it_answers_keeps_its_connection() {
+    let w = world();
+    let script = "import os, socket, subprocess\n\
+                  s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                  s.bind(('0.0.0.0', 8087)); s.listen(8)\n\
+                  for _ in range(2):\n\
+                  \x20   c, _ = s.accept()\n\
+                  \x20   req = b''\n\
+                  \x20   while b'\\r\\n\\r\\n' not in req: req += c.recv(4096)\n\
+                  \x20   assert subprocess.run(['true']).returncode == 0\n\
+                  \x20   pid = os.fork()\n\
+                  \x20   if pid == 0: os.execv('/bin/true', ['true'])\n\
+                  \x20   assert os.waitpid(pid, 0)[1] == 0\n\
+                  \x20   body = bytes(range(256)) * 4096\n\
+                  \x20   c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body)\n\
+                  \x20   c.close()";
+    let argv = [PYTHON, "-c", script];
+    let want: Vec<u8> = (0..=255u8).cycle().take(256 * 4096).collect();
+    for share in [false, true] {
+        let command = match share {
+            true => share_command(&w, &argv),
+            false => exec_command(&w, &argv),
+        };
+        let mut server = start_server_with(command, &argv, 8087, 1);
+        let before = kernel_tcp(&w);
+        for round in 0..2 {
+            let out_file = w.dir.join(format!("forkexec-{share}-{round}.bin"));
+            let got = fetch_from_port(&w, 8087, "x", &out_file);
+            assert!(
+                got.status.success(),
+                "share {share}, round {round}: {}",
+                text(&got.stderr)
+            );
+            assert!(
+                std::fs::read(&out_file).unwrap() == want,
+                "share {share}, round {round}: body differs"
+            );
+        }
+        let status = wait_timeout(&mut server, Duration::from_secs(10));
+        assert!(
+            status.success(),
+            "share {share}: the server exited with {status}"
+        );
+        assert_eq!(
+            kernel_tcp(&w),
+            before,
+            "share {share}: the kernel's TCP counters moved"
+        );
+    }
+}
