@@ -1316,3 +1316,48 @@ fn a_server_that_runs_a_program_before_it_answers_keeps_its_connection() {
         );
     }
 }
+
+/// Python's `socketserver.ForkingTCPServer` under --share: the parent accepts and forks
+/// a child per connection. The child does not take the parent's listener (it never uses
+/// it), so every new connection still reaches the parent; the connection itself stays
+/// with the parent for now, so the child's calls fail with ENOTCONN and one line, and
+/// the client sees the connection closed at once, never a hang or a lost connection.
+#[test]
+fn a_forking_tcp_server_under_share_keeps_its_port_and_says_why_a_child_fails() {
+    let w = world();
+    let script = "import socketserver\n\
+                  class H(socketserver.BaseRequestHandler):\n\
+                  \x20   def handle(self):\n\
+                  \x20       self.request.recv(4096); self.request.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nhi')\n\
+                  socketserver.ForkingTCPServer.allow_reuse_address = True\n\
+                  socketserver.ForkingTCPServer(('0.0.0.0', 8088), H).serve_forever()";
+    let argv = [PYTHON, "-c", script];
+    let (server, lines) = start_server_lines(share_command(&w, &argv), &argv, 8088, 1);
+    let url = format!("http://{HOST_IP}:8088/");
+    for round in 0..3 {
+        let started = std::time::Instant::now();
+        let out = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "round {round}: curl waited {:?}",
+            started.elapsed()
+        );
+        // curl: (52) Empty reply from server, or a reset; never a timeout (28).
+        assert_ne!(
+            out.status.code(),
+            Some(28),
+            "round {round}: {}",
+            text(&out.stderr)
+        );
+    }
+    let mut said = 0;
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
+        said += line.contains("they stay with the parent (here: ENOTCONN)") as usize;
+        assert!(
+            !line.contains("listening"),
+            "a child took the parent's port: {line}"
+        );
+    }
+    kill_group(server);
+    assert_eq!(said, 3, "one line per child");
+}

@@ -68,9 +68,11 @@ pub fn close_all() {
 /// In a child forked after the stack started, through the switch: every inherited
 /// stack socket gets an eventfd of its own at its fd number (the parent's poll loop
 /// keeps writing the one they shared), and every inherited listener listens again on
-/// the child's stack, so the child accepts on it as a forked worker of a kernel
-/// listener does; the switch then spreads new connections over the children (see
-/// docs/PRELOAD.md). A connection the parent opened stays with the parent: here it
+/// the child's stack when the child first uses it (accept, poll, epoll_ctl), so the
+/// child accepts on it as a forked worker of a kernel listener does; the switch then
+/// spreads new connections over the children that listen (see docs/PRELOAD.md). A
+/// child that never uses it (a fork-per-connection server's) leaves the parent its
+/// new connections. A connection the parent opened stays with the parent: here it
 /// fails with ENOTCONN.
 pub fn adopt_after_fork() {
     userspace::net::switch::after_fork_in_child();
@@ -80,8 +82,8 @@ pub fn adopt_after_fork() {
         .iter()
         .map(|(fd, s)| (*fd, s.clone()))
         .collect();
-    let mut listeners = Vec::new();
     let mut connections = 0;
+    let mut listeners = 0;
     for (fd, old) in inherited {
         let (kind, listener, nonblocking, options) = {
             let st = old.lock();
@@ -98,6 +100,7 @@ pub fn adopt_after_fork() {
                     (Kind::Fresh { bound: None }, false)
                 }
             };
+            listeners += listener as usize;
             (kind, listener, st.nonblocking, st.options.clone())
         };
         let Ok(private) = real::eventfd() else {
@@ -129,12 +132,13 @@ pub fn adopt_after_fork() {
                 options,
                 bound_as: None,
                 port_hold: None,
+                listen_on_use: listener,
             }),
         });
         let replaced = SOCKETS
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(fd, sock.clone());
+            .insert(fd, sock);
         // The parent's socket: its handles talk to the parent's poll loop, so it is
         // never dropped here; its own copy of the shared eventfd is closed.
         if let Some(old) = replaced {
@@ -143,17 +147,11 @@ pub fn adopt_after_fork() {
             unsafe { real!(close: fn(c_int) -> c_int)(old.signal.fd.as_raw_fd()) };
             std::mem::forget(old);
         }
-        if listener {
-            listeners.push((fd, sock));
-        }
     }
-    for (fd, sock) in listeners {
-        if let Err(errno) = sock.listen(fd, 4096) {
-            eprintln!(
-                "userspace-preload: process {}: listening again on fd {fd} after fork failed (errno {errno})",
-                std::process::id()
-            );
-        }
+    if listeners > 0 {
+        // The child's stack starts now, while the child is still what it was at fork
+        // (a server's worker may drop its privileges before it first uses the port).
+        let _ = config::stack();
     }
     if connections > 0 {
         eprintln!(
@@ -230,6 +228,9 @@ struct State {
     bound_as: Option<SocketAddr>,
     /// The port a bind to port 0 picked, held until the socket listens on it.
     port_hold: Option<userspace::net::PortHold>,
+    /// A listener inherited across fork: it listens again on this process's stack at
+    /// its first use ([`Sock::in_use`]).
+    listen_on_use: bool,
 }
 
 /// A TCP socket of the program's on the stack (or not yet decided).
@@ -289,6 +290,7 @@ impl Sock {
                 options: Vec::new(),
                 bound_as: None,
                 port_hold: None,
+                listen_on_use: false,
             }),
         });
         sock.attach();
@@ -602,8 +604,26 @@ impl Sock {
         Ok(())
     }
 
+    /// The process uses `fd` (accept, poll, epoll_ctl): a listener it inherited across
+    /// fork listens again here now, on the same port (shared through the switch).
+    pub fn in_use(&self, fd: c_int) {
+        let mut st = self.lock();
+        if !std::mem::take(&mut st.listen_on_use) {
+            return;
+        }
+        drop(st);
+        say!("fd {fd}: a listener of the parent's, used here: listening again");
+        if let Err(errno) = self.listen(fd, 4096) {
+            eprintln!(
+                "userspace-preload: process {}: listening again on fd {fd} after fork failed (errno {errno})",
+                std::process::id()
+            );
+        }
+    }
+
     /// The next connection: its new fd and peer.
     pub fn accept(&self, fd: c_int, flags: c_int) -> Res<(c_int, SocketAddr)> {
+        self.in_use(fd);
         let listener = match &self.lock().kind {
             Kind::Listener(l) => l.clone(),
             _ => return Err(libc::EINVAL),
@@ -802,7 +822,7 @@ impl Sock {
             (libc::SOL_SOCKET, libc::SO_DOMAIN) => int(self.family),
             (libc::SOL_SOCKET, libc::SO_PROTOCOL) => int(libc::IPPROTO_TCP),
             (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => {
-                int(matches!(st.kind, Kind::Listener(_)) as i32)
+                int((matches!(st.kind, Kind::Listener(_)) || st.listen_on_use) as i32)
             }
             (libc::SOL_SOCKET, libc::SO_RCVBUF | libc::SO_SNDBUF) => int(2 << 20),
             (libc::SOL_SOCKET, libc::SO_LINGER) => Ok(vec![0; std::mem::size_of::<libc::linger>()]),
