@@ -309,10 +309,14 @@ impl Reassembler {
         dst[first..].copy_from_slice(&self.storage[..rest]);
     }
 
-    /// The out-of-order ranges (offsets from RCV.NXT), sorted, and the ones SACK
-    /// reports first, in that order.
-    pub fn out_of_order(&self) -> (&[(usize, usize)], &[(usize, usize)]) {
-        (&self.ranges, &self.recent[..self.recent_len])
+    /// The out-of-order ranges (offsets from RCV.NXT), sorted.
+    pub fn out_of_order_ranges(&self) -> &[(usize, usize)] {
+        &self.ranges
+    }
+
+    /// The out-of-order ranges SACK reports first, in that order (RFC 2018 section 4).
+    pub fn reported_first(&self) -> &[(usize, usize)] {
+        &self.recent[..self.recent_len]
     }
 
     /// Out-of-order ranges as offsets from RCV.NXT, the most recently changed first

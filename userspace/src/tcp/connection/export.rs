@@ -103,7 +103,7 @@ impl Connection {
         bytes.resize(unread.len() + readable, 0);
         r.buf.copy_at(0, &mut bytes[unread.len()..]);
         w.bytes(&bytes);
-        let (ranges, reported) = r.buf.out_of_order();
+        let (ranges, reported) = (r.buf.out_of_order_ranges(), r.buf.reported_first());
         w.u32(ranges.len() as u32);
         for &(start, end) in ranges {
             let mut data = vec![0; end - start];
