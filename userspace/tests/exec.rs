@@ -748,14 +748,22 @@ fn nginx_master_and_2_workers_under_exec_share_serve_wrk() {
     );
 }
 
+/// The start of a python3 script: `os`, `socket` and `sys`, and `s` listening on
+/// `port` of every address (SO_REUSEADDR, as servers set it).
+fn listening_python(port: u16, backlog: u32) -> String {
+    format!(
+        "import os, socket, sys\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('0.0.0.0', {port})); s.listen({backlog})\n"
+    )
+}
+
 #[test]
 fn a_pre_fork_python_server_under_exec_share_accepts_in_every_child() {
     let w = world();
     // Bind and listen, fork 3 children, each accepts and answers with its pid.
-    let script = "import os, socket, sys\n\
-                  s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                  s.bind(('0.0.0.0', 8086)); s.listen(64)\n\
-                  kids = []\n\
+    let script = listening_python(8086, 64)
+        + "kids = []\n\
                   for _ in range(3):\n\
                   \x20   pid = os.fork()\n\
                   \x20   if pid == 0:\n\
@@ -768,7 +776,7 @@ fn a_pre_fork_python_server_under_exec_share_accepts_in_every_child() {
                   \x20           c.close()\n\
                   \x20   kids.append(pid)\n\
                   for pid in kids: os.waitpid(pid, 0)";
-    let argv = [PYTHON, "-c", script];
+    let argv = [PYTHON, "-c", &script];
     let server = start_server_with(share_command(&w, &argv), &argv, 8086, 4);
     let before = kernel_tcp(&w);
     let url = format!("http://{HOST_IP}:8086/");
@@ -1268,9 +1276,8 @@ fn share_with_an_owned_address_is_refused_with_one_line() {
 #[test]
 fn a_server_that_runs_a_program_before_it_answers_keeps_its_connection() {
     let w = world();
-    let script = "import os, socket, subprocess\n\
-                  s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                  s.bind(('0.0.0.0', 8087)); s.listen(8)\n\
+    let script = listening_python(8087, 8)
+        + "import subprocess\n\
                   for _ in range(2):\n\
                   \x20   c, _ = s.accept()\n\
                   \x20   req = b''\n\
@@ -1282,7 +1289,7 @@ fn a_server_that_runs_a_program_before_it_answers_keeps_its_connection() {
                   \x20   body = bytes(range(256)) * 4096\n\
                   \x20   c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body)\n\
                   \x20   c.close()";
-    let argv = [PYTHON, "-c", script];
+    let argv = [PYTHON, "-c", &script];
     let want: Vec<u8> = (0..=255u8).cycle().take(256 * 4096).collect();
     for share in [false, true] {
         let command = match share {

@@ -4,47 +4,14 @@
 //! the same bytes at the same times as one never moved; bad input is refused.
 #![allow(clippy::vec_init_then_push)] // the `recv!` macro builds its list item by item
 use super::testkit::{sent, t};
+use super::tests::{A1, ISS, P1, PEER_ISS, RECV_TEMPL, SEND_TEMPL, cfg};
 use super::*;
 use crate::sim::{ADDR_A, ADDR_B, LinkConfig, Pair, Rng};
 use crate::wire::{TcpFlags, TcpOptions, TcpRepr};
 use std::time::Duration;
 
-const ISS: u32 = u32::MAX - 5; // near the wrap
-const PEER_ISS: u32 = 1000;
-const A1: u32 = ISS.wrapping_add(1);
-const P1: u32 = PEER_ISS + 1;
 /// The other stack's clock is this far ahead.
 const SHIFT: Duration = Duration::from_secs(1000);
-
-fn cfg() -> Config {
-    Config {
-        timestamps: false,
-        sack: false,
-        ..Config::default()
-    }
-}
-
-const SEND_TEMPL: TcpRepr<'static> = TcpRepr {
-    src_port: ADDR_B.port(),
-    dst_port: ADDR_A.port(),
-    seq: SeqNum(P1),
-    ack: Some(SeqNum(A1)),
-    flags: TcpFlags::ACK,
-    window: 65535,
-    options: TcpOptions::NONE,
-    payload: &[],
-};
-
-const RECV_TEMPL: TcpRepr<'static> = TcpRepr {
-    src_port: ADDR_A.port(),
-    dst_port: ADDR_B.port(),
-    seq: SeqNum(A1),
-    ack: Some(SeqNum(P1)),
-    flags: TcpFlags::ACK,
-    window: 65535,
-    options: TcpOptions::NONE,
-    payload: &[],
-};
 
 /// ESTABLISHED after an active open at t(0), the peer's SYN-ACK at t(10) carrying
 /// `options` (what it agrees to of ours).
