@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use userspace::net::watch::{Readiness, Watcher};
@@ -132,8 +132,8 @@ pub fn adopt_after_fork() {
                 options,
                 bound_as: None,
                 port_hold: None,
-                listen_on_use: listener,
             }),
+            listen_on_use: AtomicBool::new(listener),
         });
         let replaced = SOCKETS
             .write()
@@ -228,9 +228,6 @@ struct State {
     bound_as: Option<SocketAddr>,
     /// The port a bind to port 0 picked, held until the socket listens on it.
     port_hold: Option<userspace::net::PortHold>,
-    /// A listener inherited across fork: it listens again on this process's stack at
-    /// its first use ([`Sock::in_use`]).
-    listen_on_use: bool,
 }
 
 /// A TCP socket of the program's on the stack (or not yet decided).
@@ -239,6 +236,9 @@ pub struct Sock {
     family: c_int,
     signal: Arc<Signal>,
     state: Mutex<State>,
+    /// A listener inherited across fork: it listens again on this process's stack at
+    /// its first use ([`Sock::in_use`]).
+    listen_on_use: AtomicBool,
 }
 
 /// Where a connect or bind goes.
@@ -290,8 +290,8 @@ impl Sock {
                 options: Vec::new(),
                 bound_as: None,
                 port_hold: None,
-                listen_on_use: false,
             }),
+            listen_on_use: AtomicBool::new(false),
         });
         sock.attach();
         insert(fd, sock.clone());
@@ -487,6 +487,8 @@ impl Sock {
         }
         let stack = Self::stack_or_enetdown()?;
         say!("fd {fd}: connect to {to}: stack on {}", stack.interface());
+        // The stack connects from its own ports: a port a bind to 0 held goes back.
+        st.port_hold = None;
         let stream = Arc::new(TcpStream::connect_nonblocking(stack, to));
         apply_options(&stream, &st.options);
         st.kind = Kind::Stream(stream.clone());
@@ -607,11 +609,15 @@ impl Sock {
     /// The process uses `fd` (accept, poll, epoll_ctl): a listener it inherited across
     /// fork listens again here now, on the same port (shared through the switch).
     pub fn in_use(&self, fd: c_int) {
-        let mut st = self.lock();
-        if !std::mem::take(&mut st.listen_on_use) {
+        if !self.listen_on_use.load(Ordering::Acquire) {
             return;
         }
-        drop(st);
+        // Another thread's first use waits until the socket listens.
+        static LISTENING_AGAIN: Mutex<()> = Mutex::new(());
+        let _one = LISTENING_AGAIN.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.listen_on_use.load(Ordering::Acquire) {
+            return;
+        }
         say!("fd {fd}: a listener of the parent's, used here: listening again");
         if let Err(errno) = self.listen(fd, 4096) {
             eprintln!(
@@ -619,6 +625,7 @@ impl Sock {
                 std::process::id()
             );
         }
+        self.listen_on_use.store(false, Ordering::Release);
     }
 
     /// The next connection: its new fd and peer.
@@ -822,7 +829,8 @@ impl Sock {
             (libc::SOL_SOCKET, libc::SO_DOMAIN) => int(self.family),
             (libc::SOL_SOCKET, libc::SO_PROTOCOL) => int(libc::IPPROTO_TCP),
             (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => {
-                int((matches!(st.kind, Kind::Listener(_)) || st.listen_on_use) as i32)
+                let inherited = self.listen_on_use.load(Ordering::Acquire);
+                int((matches!(st.kind, Kind::Listener(_)) || inherited) as i32)
             }
             (libc::SOL_SOCKET, libc::SO_RCVBUF | libc::SO_SNDBUF) => int(2 << 20),
             (libc::SOL_SOCKET, libc::SO_LINGER) => Ok(vec![0; std::mem::size_of::<libc::linger>()]),
