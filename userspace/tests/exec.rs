@@ -745,14 +745,22 @@ fn nginx_master_and_2_workers_under_exec_share_serve_wrk() {
     );
 }
 
+/// The start of a python3 script: `os`, `socket` and `sys`, and `s` listening on
+/// `port` of every address (SO_REUSEADDR, as servers set it).
+fn listening_python(port: u16, backlog: u32) -> String {
+    format!(
+        "import os, socket, sys\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('0.0.0.0', {port})); s.listen({backlog})\n"
+    )
+}
+
 #[test]
 fn a_pre_fork_python_server_under_exec_share_accepts_in_every_child() {
     let w = world();
     // Bind and listen, fork 3 children, each accepts and answers with its pid.
-    let script = "import os, socket, sys\n\
-                  s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                  s.bind(('0.0.0.0', 8086)); s.listen(64)\n\
-                  kids = []\n\
+    let script = listening_python(8086, 64)
+        + "kids = []\n\
                   for _ in range(3):\n\
                   \x20   pid = os.fork()\n\
                   \x20   if pid == 0:\n\
@@ -765,7 +773,7 @@ fn a_pre_fork_python_server_under_exec_share_accepts_in_every_child() {
                   \x20           c.close()\n\
                   \x20   kids.append(pid)\n\
                   for pid in kids: os.waitpid(pid, 0)";
-    let argv = [PYTHON, "-c", script];
+    let argv = [PYTHON, "-c", &script];
     let server = start_server_with(share_command(&w, &argv), &argv, 8086, 4);
     let before = kernel_tcp(&w);
     let url = format!("http://{HOST_IP}:8086/");
@@ -1250,4 +1258,229 @@ fn a_killed_program_under_exec_has_its_waiting_peers_reset_not_hanging() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(xdp_detached_within(&w, Duration::from_secs(5)));
+}
+
+/// A python3 server under `command` that binds to port 0 and listens, and listens
+/// without binding: the ports getsockname shows, printed on stdout, take connections
+/// from the server namespace's kernel.
+fn port_zero_serves(w: &World, mut command: Command, what: &str) {
+    let script = "import errno, socket\n\
+                  a = socket.socket(); a.bind(('0.0.0.0', 0)); p = a.getsockname()[1]\n\
+                  assert p != 0, 'bind to port 0 left port 0'\n\
+                  try: a.bind(('0.0.0.0', 0)); raise SystemExit('bound twice')\n\
+                  except OSError as e: assert e.errno == errno.EINVAL, e\n\
+                  a.listen(8); assert a.getsockname()[1] == p, a.getsockname()\n\
+                  b = socket.socket(socket.AF_INET6); b.listen(8); q = b.getsockname()[1]\n\
+                  assert q not in (0, p), (p, q)\n\
+                  assert b.getsockname()[0] == '::', b.getsockname()\n\
+                  print(p, q, flush=True)\n\
+                  for s in (a, b):\n\
+                  \x20   c, _ = s.accept(); c.sendall(b'port %d\\n' % s.getsockname()[1]); c.close()";
+    let mut server = command
+        .args([PYTHON, "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("{line}");
+        }
+    });
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let ports: Vec<u16> = line
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if ports.len() != 2 {
+        let _ = server.kill();
+        panic!("{what}: the server printed {line:?}, not two ports");
+    }
+    let before = kernel_tcp(w);
+    for port in ports {
+        let client = format!(
+            "import socket\ns = socket.create_connection(('{HOST_IP}', {port}), timeout=10)\n\
+             data = b''\nwhile True:\n\x20   d = s.recv(100)\n\x20   if not d: break\n\x20   data += d\n\
+             print(data.decode(), end='')"
+        );
+        let out = run_in(w, &w.server, &[PYTHON, "-c", &client]);
+        assert_eq!(
+            text(&out.stdout),
+            format!("port {port}\n"),
+            "{what}: port {port}: {}",
+            text(&out.stderr)
+        );
+    }
+    let status = wait_timeout(&mut server, Duration::from_secs(10));
+    assert!(status.success(), "{what}: the server exited with {status}");
+    assert_eq!(
+        kernel_tcp(w),
+        before,
+        "{what}: the kernel's TCP counters moved"
+    );
+}
+
+#[test]
+fn bind_and_listen_on_port_0_pick_a_port_that_getsockname_shows() {
+    let w = world();
+    let mut alone = w.exec(&w.host);
+    alone.args([BIN, "exec", "--iface", HOST_IF, "-v", "--"]);
+    port_zero_serves(&w, alone, "exec");
+    let mut shared = w.exec(&w.host);
+    shared.args([BIN, "exec", "--share", "--iface", HOST_IF, "-v", "--"]);
+    port_zero_serves(&w, shared, "exec --share");
+}
+
+#[test]
+fn share_with_an_owned_address_is_refused_with_one_line() {
+    let w = world();
+    let owned = OWNED_IP.to_string();
+    let out = w
+        .exec(&w.host)
+        .args([BIN, "exec", "--share", "--ip", &owned, "--iface", HOST_IF])
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--share with --ip is not supported"),
+        "{stderr}"
+    );
+    // The library by hand, with both variables: its stack says why it did not start,
+    // and the socket fails with ENETDOWN, not on the kernel.
+    let library = std::path::Path::new(BIN).with_file_name("libuserspace_preload.so");
+    let script = format!(
+        "import errno, socket\ns = socket.socket()\n\
+         try: s.connect(('{SERVER_IP}', 80))\n\
+         except OSError as e: raise SystemExit(0 if e.errno == errno.ENETDOWN else e.errno)\n\
+         raise SystemExit('connected')"
+    );
+    let out = w
+        .exec(&w.host)
+        .env("LD_PRELOAD", &library)
+        .env("USERSPACE_SWITCH", "1")
+        .env("USERSPACE_IP", &owned)
+        .env("USERSPACE_IFACE", HOST_IF)
+        .args([PYTHON, "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the switch serves the interface's own address only"),
+        "{stderr}"
+    );
+}
+
+/// A server that accepts, runs a program (`subprocess.run`, and `fork` + `execv`), then
+/// answers on the connection it holds: the children exec without touching it, and the
+/// parent's connection keeps working (the fork+exec pattern), with and without --share.
+#[test]
+fn a_server_that_runs_a_program_before_it_answers_keeps_its_connection() {
+    let w = world();
+    let script = listening_python(8087, 8)
+        + "import subprocess\n\
+                  for _ in range(2):\n\
+                  \x20   c, _ = s.accept()\n\
+                  \x20   req = b''\n\
+                  \x20   while b'\\r\\n\\r\\n' not in req: req += c.recv(4096)\n\
+                  \x20   assert subprocess.run(['true']).returncode == 0\n\
+                  \x20   pid = os.fork()\n\
+                  \x20   if pid == 0: os.execv('/bin/true', ['true'])\n\
+                  \x20   assert os.waitpid(pid, 0)[1] == 0\n\
+                  \x20   body = bytes(range(256)) * 4096\n\
+                  \x20   c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body)\n\
+                  \x20   c.close()";
+    let argv = [PYTHON, "-c", &script];
+    let want: Vec<u8> = (0..=255u8).cycle().take(256 * 4096).collect();
+    for share in [false, true] {
+        let command = match share {
+            true => share_command(&w, &argv),
+            false => exec_command(&w, &argv),
+        };
+        let mut server = start_server_with(command, &argv, 8087, 1);
+        let before = kernel_tcp(&w);
+        for round in 0..2 {
+            let out_file = w.dir.join(format!("forkexec-{share}-{round}.bin"));
+            let got = fetch_from_port(&w, 8087, "x", &out_file);
+            assert!(
+                got.status.success(),
+                "share {share}, round {round}: {}",
+                text(&got.stderr)
+            );
+            assert!(
+                std::fs::read(&out_file).unwrap() == want,
+                "share {share}, round {round}: body differs"
+            );
+        }
+        let status = wait_timeout(&mut server, Duration::from_secs(10));
+        assert!(
+            status.success(),
+            "share {share}: the server exited with {status}"
+        );
+        assert_eq!(
+            kernel_tcp(&w),
+            before,
+            "share {share}: the kernel's TCP counters moved"
+        );
+    }
+}
+
+/// Python's `socketserver.ForkingTCPServer` under --share: the parent accepts and forks
+/// a child per connection. The child does not take the parent's listener (it never uses
+/// it), so every new connection still reaches the parent; the connection itself stays
+/// with the parent for now, so the child's calls fail with ENOTCONN and one line, and
+/// the client sees the connection closed at once, never a hang or a lost connection.
+#[test]
+fn a_forking_tcp_server_under_share_keeps_its_port_and_says_why_a_child_fails() {
+    let w = world();
+    let script = "import socketserver\n\
+                  class H(socketserver.BaseRequestHandler):\n\
+                  \x20   def handle(self):\n\
+                  \x20       self.request.recv(4096); self.request.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nhi')\n\
+                  socketserver.ForkingTCPServer.allow_reuse_address = True\n\
+                  socketserver.ForkingTCPServer(('0.0.0.0', 8088), H).serve_forever()";
+    let argv = [PYTHON, "-c", script];
+    let (server, lines) = start_server_lines(share_command(&w, &argv), &argv, 8088, 1);
+    let url = format!("http://{HOST_IP}:8088/");
+    for round in 0..3 {
+        let started = std::time::Instant::now();
+        let out = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "round {round}: curl waited {:?}",
+            started.elapsed()
+        );
+        // curl: (52) Empty reply from server, or a reset; never a timeout (28).
+        assert_ne!(
+            out.status.code(),
+            Some(28),
+            "round {round}: {}",
+            text(&out.stderr)
+        );
+    }
+    let mut said = 0;
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
+        said += line.contains("they stay with the parent (here: ENOTCONN)") as usize;
+        assert!(
+            !line.contains("listening"),
+            "a child took the parent's port: {line}"
+        );
+    }
+    kill_group(server);
+    assert_eq!(said, 3, "one line per child");
 }

@@ -33,7 +33,10 @@ fn extra(set: &[pollfd]) -> Option<Vec<i16>> {
     let bits: Vec<i16> = set
         .iter()
         .map(|p| {
-            let b = lookup(p.fd).map_or(0, |s| poll_bits(s.conditions(), p.events));
+            let b = lookup(p.fd).map_or(0, |s| {
+                s.in_use(p.fd);
+                poll_bits(s.conditions(), p.events)
+            });
             any |= b != 0;
             b
         })
@@ -185,6 +188,11 @@ pub unsafe extern "C" fn epoll_ctl(
     };
     if r != 0 || (lookup(fd).is_none() && REGISTERED.load(Ordering::Acquire) == 0) {
         return r;
+    }
+    if op != libc::EPOLL_CTL_DEL
+        && let Some(sock) = lookup(fd)
+    {
+        sock.in_use(fd);
     }
     // SAFETY: for ADD and MOD the kernel just read `event`, so it is valid.
     let asked = (op != libc::EPOLL_CTL_DEL && !event.is_null())

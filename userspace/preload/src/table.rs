@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use userspace::net::watch::{Readiness, Watcher};
@@ -68,9 +68,11 @@ pub fn close_all() {
 /// In a child forked after the stack started, through the switch: every inherited
 /// stack socket gets an eventfd of its own at its fd number (the parent's poll loop
 /// keeps writing the one they shared), and every inherited listener listens again on
-/// the child's stack, so the child accepts on it as a forked worker of a kernel
-/// listener does; the switch then spreads new connections over the children (see
-/// docs/PRELOAD.md). A connection the parent opened stays with the parent: here it
+/// the child's stack when the child first uses it (accept, poll, epoll_ctl), so the
+/// child accepts on it as a forked worker of a kernel listener does; the switch then
+/// spreads new connections over the children that listen (see docs/PRELOAD.md). A
+/// child that never uses it (a fork-per-connection server's) leaves the parent its
+/// new connections. A connection the parent opened stays with the parent: here it
 /// fails with ENOTCONN.
 pub fn adopt_after_fork() {
     userspace::net::switch::after_fork_in_child();
@@ -80,8 +82,8 @@ pub fn adopt_after_fork() {
         .iter()
         .map(|(fd, s)| (*fd, s.clone()))
         .collect();
-    let mut listeners = Vec::new();
     let mut connections = 0;
+    let mut listeners = 0;
     for (fd, old) in inherited {
         let (kind, listener, nonblocking, options) = {
             let st = old.lock();
@@ -98,6 +100,7 @@ pub fn adopt_after_fork() {
                     (Kind::Fresh { bound: None }, false)
                 }
             };
+            listeners += listener as usize;
             (kind, listener, st.nonblocking, st.options.clone())
         };
         let Ok(private) = real::eventfd() else {
@@ -128,12 +131,14 @@ pub fn adopt_after_fork() {
                 nonblocking,
                 options,
                 bound_as: None,
+                port_hold: None,
             }),
+            listen_on_use: AtomicBool::new(listener),
         });
         let replaced = SOCKETS
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(fd, sock.clone());
+            .insert(fd, sock);
         // The parent's socket: its handles talk to the parent's poll loop, so it is
         // never dropped here; its own copy of the shared eventfd is closed.
         if let Some(old) = replaced {
@@ -142,17 +147,11 @@ pub fn adopt_after_fork() {
             unsafe { real!(close: fn(c_int) -> c_int)(old.signal.fd.as_raw_fd()) };
             std::mem::forget(old);
         }
-        if listener {
-            listeners.push((fd, sock));
-        }
     }
-    for (fd, sock) in listeners {
-        if let Err(errno) = sock.listen(fd, 4096) {
-            eprintln!(
-                "userspace-preload: process {}: listening again on fd {fd} after fork failed (errno {errno})",
-                std::process::id()
-            );
-        }
+    if listeners > 0 {
+        // The child's stack starts now, while the child is still what it was at fork
+        // (a server's worker may drop its privileges before it first uses the port).
+        let _ = config::stack();
     }
     if connections > 0 {
         eprintln!(
@@ -227,6 +226,8 @@ struct State {
     /// A listener's address as bound, when the stack listens on another one (`[::]`
     /// with IPV6_V6ONLY: the stack's IPv6 address); getsockname shows this one.
     bound_as: Option<SocketAddr>,
+    /// The port a bind to port 0 picked, held until the socket listens on it.
+    port_hold: Option<userspace::net::PortHold>,
 }
 
 /// A TCP socket of the program's on the stack (or not yet decided).
@@ -235,6 +236,9 @@ pub struct Sock {
     family: c_int,
     signal: Arc<Signal>,
     state: Mutex<State>,
+    /// A listener inherited across fork: it listens again on this process's stack at
+    /// its first use ([`Sock::in_use`]).
+    listen_on_use: AtomicBool,
 }
 
 /// Where a connect or bind goes.
@@ -285,7 +289,9 @@ impl Sock {
                 nonblocking,
                 options: Vec::new(),
                 bound_as: None,
+                port_hold: None,
             }),
+            listen_on_use: AtomicBool::new(false),
         });
         sock.attach();
         insert(fd, sock.clone());
@@ -423,6 +429,15 @@ impl Sock {
         failed.map_or(Ok(()), Err)
     }
 
+    /// A free port for a bind to port 0 (the kernel's pick, held in the kernel), or
+    /// the kernel's bind errno (EADDRINUSE when none is free).
+    fn free_port(fd: c_int) -> Res<userspace::net::PortHold> {
+        Self::stack_or_enetdown()?.hold_free_port().map_err(|e| {
+            say!("fd {fd}: no free port: {e}");
+            errno_of(&e)
+        })
+    }
+
     fn stack_or_enetdown() -> Res<&'static userspace::Stack> {
         config::stack().map_err(|_| libc::ENETDOWN)
     }
@@ -472,6 +487,8 @@ impl Sock {
         }
         let stack = Self::stack_or_enetdown()?;
         say!("fd {fd}: connect to {to}: stack on {}", stack.interface());
+        // The stack connects from its own ports: a port a bind to 0 held goes back.
+        st.port_hold = None;
         let stream = Arc::new(TcpStream::connect_nonblocking(stack, to));
         apply_options(&stream, &st.options);
         st.kind = Kind::Stream(stream.clone());
@@ -526,8 +543,20 @@ impl Sock {
             self.to_kernel(fd, &st)?;
             return Ok(Route::Kernel);
         }
+        let mut at = at;
+        let hold = match at.port() {
+            // As the kernel (inet_csk_get_port): port 0 picks a free port now, so
+            // getsockname shows it before listen.
+            0 => {
+                let hold = Self::free_port(fd)?;
+                at.set_port(hold.port());
+                Some(hold)
+            }
+            _ => None,
+        };
         say!("fd {fd}: bind {at}: stack");
         *bound = Some(at);
+        st.port_hold = hold;
         Ok(Route::Done)
     }
 
@@ -537,8 +566,15 @@ impl Sock {
             Kind::Listener(_) => return Ok(()),
             Kind::Stream(_) => return Err(libc::EINVAL),
             Kind::Fresh { bound: Some(at) } => *at,
-            // The kernel would pick a port; the stack listens on named ports only.
-            Kind::Fresh { bound: None } => return Err(libc::EADDRNOTAVAIL),
+            // Never bound: as the kernel's inet_autobind, the wildcard address and a
+            // free port.
+            Kind::Fresh { bound: None } => {
+                let hold = Self::free_port(fd)?;
+                let at = SocketAddr::new(addr::unspecified(self.family).ip(), hold.port());
+                say!("fd {fd}: listen without bind: {at}");
+                st.port_hold = Some(hold);
+                at
+            }
         };
         let stack = Self::stack_or_enetdown()?;
         // The library's `[::]` takes both families; IPV6_V6ONLY's takes IPv6 only,
@@ -561,6 +597,8 @@ impl Sock {
             errno_of(&e)
         })?;
         say!("fd {fd}: listening on {asked} on the stack");
+        // The listener holds the port now.
+        st.port_hold = None;
         st.bound_as = (asked != at).then_some(asked);
         st.kind = Kind::Listener(Arc::new(listener));
         drop(st);
@@ -568,8 +606,31 @@ impl Sock {
         Ok(())
     }
 
+    /// The process uses `fd` (accept, poll, epoll_ctl): a listener it inherited across
+    /// fork listens again here now, on the same port (shared through the switch).
+    pub fn in_use(&self, fd: c_int) {
+        if !self.listen_on_use.load(Ordering::Acquire) {
+            return;
+        }
+        // Another thread's first use waits until the socket listens.
+        static LISTENING_AGAIN: Mutex<()> = Mutex::new(());
+        let _one = LISTENING_AGAIN.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.listen_on_use.load(Ordering::Acquire) {
+            return;
+        }
+        say!("fd {fd}: a listener of the parent's, used here: listening again");
+        if let Err(errno) = self.listen(fd, 4096) {
+            eprintln!(
+                "userspace-preload: process {}: listening again on fd {fd} after fork failed (errno {errno})",
+                std::process::id()
+            );
+        }
+        self.listen_on_use.store(false, Ordering::Release);
+    }
+
     /// The next connection: its new fd and peer.
     pub fn accept(&self, fd: c_int, flags: c_int) -> Res<(c_int, SocketAddr)> {
+        self.in_use(fd);
         let listener = match &self.lock().kind {
             Kind::Listener(l) => l.clone(),
             _ => return Err(libc::EINVAL),
@@ -768,7 +829,8 @@ impl Sock {
             (libc::SOL_SOCKET, libc::SO_DOMAIN) => int(self.family),
             (libc::SOL_SOCKET, libc::SO_PROTOCOL) => int(libc::IPPROTO_TCP),
             (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => {
-                int(matches!(st.kind, Kind::Listener(_)) as i32)
+                let inherited = self.listen_on_use.load(Ordering::Acquire);
+                int((matches!(st.kind, Kind::Listener(_)) || inherited) as i32)
             }
             (libc::SOL_SOCKET, libc::SO_RCVBUF | libc::SO_SNDBUF) => int(2 << 20),
             (libc::SOL_SOCKET, libc::SO_LINGER) => Ok(vec![0; std::mem::size_of::<libc::linger>()]),

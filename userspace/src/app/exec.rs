@@ -110,9 +110,17 @@ pub fn environment(args: &ExecArgs, library: &Path) -> Vec<(&'static str, OsStri
     env
 }
 
+/// Why `--share --ip` is refused: every process's stack would need the owned address's
+/// ARP (and ICMP) answered once, by the switch, and the switch steers only the
+/// interface's own address today.
+pub const SHARE_WITH_IP: &str = "--share with --ip is not supported: the switch serves the interface's own address only (an owned address needs its ARP answered by the switch, not by each process's stack); leave out --ip, or --share to run one program on the owned address";
+
 /// Replaces this process with the program; returns only if that failed, with the
 /// shell's exit code (127: not found, 126: not runnable) and the reason.
 pub fn run(args: &ExecArgs) -> (u8, String) {
+    if args.share && args.ip.is_some() {
+        return (2, SHARE_WITH_IP.into());
+    }
     let library = match library() {
         Ok(l) => l,
         Err(e) => return (2, e),

@@ -446,6 +446,17 @@ impl Drop for Inner {
     }
 }
 
+/// A port [`Stack::hold_free_port`] picked, held while this lives.
+#[derive(Debug, Clone)]
+pub struct PortHold(Arc<reserve::PortReservation>);
+
+impl PortHold {
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.0.port
+    }
+}
+
 /// A running kernel-bypass stack: the XDP program, the AF_XDP socket and the poll loop
 /// on its own thread. Cheap to clone; the loop stops and the XDP program is detached
 /// when the last clone and the last socket are dropped, or at [`Stack::shutdown`].
@@ -521,6 +532,17 @@ impl Stack {
     /// Listens on a port; the same as [`TcpListener::bind`].
     pub fn bind(&self, addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
         TcpListener::bind(self, addr)
+    }
+
+    /// A free port picked as the kernel picks one for a bind to port 0 (from its
+    /// ephemeral range), held in the kernel until the hold and every listener on the
+    /// port are dropped: a [`TcpListener::bind`] to that port while it is held uses it.
+    /// Fails with `EADDRINUSE` when no port is free, as the kernel's bind.
+    pub fn hold_free_port(&self) -> io::Result<PortHold> {
+        let owned = self.mode() == AddressMode::Owned;
+        reserve::PortReservation::take(self.ip(), 0, owned, false)?
+            .map(PortHold)
+            .ok_or_else(|| io::ErrorKind::AddrInUse.into())
     }
 
     /// Stops the poll loop: listeners stop, connections whose handles were dropped get

@@ -150,6 +150,12 @@ pub fn open_runtime(config: &StackConfig, listen_ports: &[u16]) -> SetupResult<R
         pin_to_cpu(cpu)?;
     }
     if config.switch {
+        if config.ip.is_some() {
+            // See app/exec.rs SHARE_WITH_IP: the switch steers the interface's address.
+            bail!(
+                "the switch serves the interface's own address only: leave out the owned address (--ip, USERSPACE_IP) or the switch (--share, USERSPACE_SWITCH)"
+            );
+        }
         let info = netinfo::interface(&plan.iface)?;
         let port = crate::device::switch::SwitchPort::attach(info.ifindex, info.mac, info.mtu)
             .context("joining the interface's switch")?

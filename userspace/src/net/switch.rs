@@ -257,8 +257,9 @@ struct Routes {
     /// Listening port -> the slots listening on it, and whether each is a parent whose
     /// children listen there too.
     listeners: HashMap<u16, Vec<(usize, bool)>>,
-    /// (peer address, peer port, our port) -> slot, for ports with several listeners.
-    flows: HashMap<(u32, u16, u16), (usize, Instant)>,
+    /// (peer address, peer port, our port) -> slot, for the connections of listening
+    /// ports (looked up when several processes listen on the port).
+    flows: Flows,
 }
 
 impl Routes {
@@ -266,10 +267,16 @@ impl Routes {
     fn route(&mut self, frame: &[u8], now: Instant) -> Option<usize> {
         let (peer, peer_port, port, syn) = route_key(frame)?;
         if let Some(slots) = self.listeners.get(&port) {
+            let key = (peer, peer_port, port);
             if let [(only, _)] = slots.as_slice() {
+                // Its flow is remembered too: a child forked later that listens on the
+                // port must not get this process's connections.
+                if syn {
+                    let only = *only;
+                    remember(&mut self.flows, key, only, now);
+                }
                 return Some(*only);
             }
-            let key = (peer, peer_port, port);
             if let Some((slot, seen)) = self.flows.get_mut(&key) {
                 *seen = now;
                 return Some(*slot);
@@ -292,10 +299,7 @@ impl Routes {
                 }
             };
             if syn {
-                if self.flows.len() >= FLOW_SWEEP_AT {
-                    self.flows.retain(|_, (_, seen)| now - *seen < FLOW_IDLE);
-                }
-                self.flows.insert(key, (slot, now));
+                remember(&mut self.flows, key, slot, now);
             }
             return Some(slot);
         }
@@ -306,6 +310,17 @@ impl Routes {
         (slot < SLOTS).then_some(slot)
     }
 }
+
+/// A new connection of a listening port stays with `slot`.
+fn remember(flows: &mut Flows, key: (u32, u16, u16), slot: usize, now: Instant) {
+    if flows.len() >= FLOW_SWEEP_AT {
+        flows.retain(|_, (_, seen)| now - *seen < FLOW_IDLE);
+    }
+    flows.insert(key, (slot, now));
+}
+
+/// (peer address, peer port, our port) -> slot and when last seen.
+type Flows = HashMap<(u32, u16, u16), (usize, Instant)>;
 
 impl Switch {
     /// One turn: received frames to their clients, clients' frames to the wire.
@@ -593,7 +608,7 @@ impl Switch {
 
 #[cfg(test)]
 mod tests {
-    use super::{reset_for, route_key};
+    use super::{Routes, reset_for, route_key};
     use crate::wire::{ChecksumPolicy, Frame, TcpFlags, parse_frame};
 
     fn tcp_frame(src: [u8; 4], sport: u16, dport: u16, flags: u8) -> Vec<u8> {
@@ -623,6 +638,30 @@ mod tests {
         let mut arp = syn;
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         assert_eq!(route_key(&arp), None);
+    }
+
+    #[test]
+    fn a_connection_stays_with_its_process_when_a_forked_child_listens_too() {
+        let mut routes = Routes {
+            range: (61000, 61999),
+            slice: 1000 / super::SLOTS as u16,
+            listeners: [(80, vec![(0, false)])].into(),
+            flows: Default::default(),
+        };
+        let now = std::time::Instant::now();
+        let from = |last: u8, flags: u8| tcp_frame([10, 0, 0, last], 40000, 80, flags);
+        assert_eq!(routes.route(&from(2, 0x02), now), Some(0));
+        assert_eq!(routes.route(&from(2, 0x10), now), Some(0));
+        // A child forks and listens on the port: the parent (slot 0) gets no new
+        // connection, but keeps the one it accepted.
+        routes.listeners.insert(80, vec![(0, true), (1, false)]);
+        for _ in 0..3 {
+            assert_eq!(routes.route(&from(2, 0x10), now), Some(0));
+        }
+        for peer in 3..20 {
+            assert_eq!(routes.route(&from(peer, 0x02), now), Some(1));
+            assert_eq!(routes.route(&from(peer, 0x10), now), Some(1));
+        }
     }
 
     /// A whole, checksummed segment from the kit's emitter.

@@ -8,11 +8,13 @@ mod arp;
 mod cookies;
 mod events;
 mod listener;
+mod moves;
 mod stats;
 mod timers;
 
 pub use arp::{ArpCache, NdpCache, NeighbourCache};
 pub use events::{Events, RecvError, SendError};
+pub use moves::ImportError;
 pub use stats::StackStats;
 
 use crate::device::Device;
@@ -288,6 +290,9 @@ pub struct Stack {
     unmatched: Option<usize>,
     /// The frame being processed was handed over by another stack.
     handed_over: bool,
+    /// 4-tuples of connections exported to another stack, until when their segments
+    /// are dropped here (see `moves.rs`).
+    moved: HashMap<(SocketAddr, SocketAddr), Instant>,
     /// Stack-wide counters.
     pub stats: StackStats,
 }
@@ -340,6 +345,7 @@ impl Stack {
             shards: None,
             unmatched: None,
             handed_over: false,
+            moved: HashMap::new(),
             stats: StackStats::default(),
         }
     }
@@ -1239,6 +1245,11 @@ impl Stack {
             // newer timestamp ends TIME-WAIT and opens a new connection (Linux's TCP_TW_SYN).
             self.stats.time_wait_reopened += 1;
             self.remove(slot);
+        }
+        if !self.moved.is_empty()
+            && self.moved_away(&(local, remote), seg.flags.syn && !seg.flags.ack)
+        {
+            return;
         }
         if self.listens_for(local.port(), remote) {
             self.listener_input(now, eth_src, local, remote, seg);

@@ -106,6 +106,13 @@ counters! {
     connections_opened,
     /// Connections freed.
     connections_closed,
+    /// Connections exported to another stack.
+    connections_moved_out,
+    /// Connections imported from another stack.
+    connections_moved_in,
+    /// Segments dropped for a connection moved to another stack (its new stack gets
+    /// their retransmissions).
+    moved_away_dropped,
 }
 
 impl StackStats {

@@ -68,28 +68,59 @@ pub(super) fn send_and_close(
     seed: u64,
     len: usize,
 ) {
-    let mut rng = crate::sim::Rng::new(seed);
-    let mut data = vec![0u8; len];
-    rng.fill(&mut data);
-    let (mut sent, mut got) = (0, Vec::new());
-    let mut buf = vec![0u8; 65536];
+    let mut stream = Stream::new(seed, len);
     pair.run_until(Duration::from_secs(600), |c, s| {
-        if sent < data.len() {
-            sent += c.try_send(id, &data[sent..]).unwrap_or(0);
-            if sent == data.len() {
-                c.close(id);
-            }
-        }
-        while let Ok(n) = s.try_recv(sid, &mut buf) {
-            got.extend_from_slice(&buf[..n]);
-        }
-        got.len() == data.len() && s.connection(sid).is_some_and(|x| x.at_eof())
+        stream.turn(c, s, (id, sid));
+        stream.done() && s.connection(sid).is_some_and(|x| x.at_eof())
     });
-    assert!(got == data, "seed {seed}: the stream arrived intact");
+    assert!(stream.intact(), "seed {seed}: the stream arrived intact");
     pair.server.close(sid);
     pair.run_until(Duration::from_secs(600), |c, s| {
         c.state(id) == State::TimeWait && s.state(sid) == State::Closed
     });
+}
+
+/// `len` random bytes from the client to the server, a turn at a time.
+struct Stream {
+    data: Vec<u8>,
+    sent: usize,
+    got: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl Stream {
+    fn new(seed: u64, len: usize) -> Self {
+        let mut data = vec![0u8; len];
+        crate::sim::Rng::new(seed).fill(&mut data);
+        Stream {
+            data,
+            sent: 0,
+            got: Vec::new(),
+            buf: vec![0u8; 65536],
+        }
+    }
+
+    /// The client sends what fits on `id` (and closes after the last byte); the server
+    /// reads what came on `sid`.
+    fn turn(&mut self, c: &mut Stack, s: &mut Stack, (id, sid): (ConnId, ConnId)) {
+        if self.sent < self.data.len() {
+            self.sent += c.try_send(id, &self.data[self.sent..]).unwrap_or(0);
+            if self.sent == self.data.len() {
+                c.close(id);
+            }
+        }
+        while let Ok(n) = s.try_recv(sid, &mut self.buf) {
+            self.got.extend_from_slice(&self.buf[..n]);
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.got.len() == self.data.len()
+    }
+
+    fn intact(&self) -> bool {
+        self.got == self.data
+    }
 }
 
 #[test]
@@ -462,4 +493,69 @@ fn tx_checksum_offload_leaves_the_sum_to_the_device_and_every_segment_is_accepte
     );
     let partial = wire::parse_frame_with(&out[0], wire::ChecksumPolicy::AcceptPartial).unwrap();
     assert!(partial.partial_checksum, "RST left partial");
+}
+
+/// A connection taken out of the server's stack mid-transfer and into a new stack on
+/// the same interface (a forked child taking over its parent's connection): the old
+/// stack drops the segments that still reach it, without a RST, and the new one goes
+/// on with every byte intact over a lossy link.
+#[test]
+fn a_connection_moved_to_another_stack_mid_transfer_goes_on_intact() {
+    let link = LinkConfig {
+        loss: 0.01,
+        reorder: 0.02,
+        ..LinkConfig::default()
+    };
+    let mut pair = StackPair::new(
+        5,
+        StackConfig::new(MAC_C, IP_C, 24),
+        StackConfig::new(MAC_S, IP_S, 24),
+        link,
+    );
+    let (id, sid) = pair.connect(80, 16, Duration::from_secs(60));
+    let mut stream = Stream::new(5, 1_000_000);
+    pair.run_until(Duration::from_secs(600), |c, s| {
+        stream.turn(c, s, (id, sid));
+        stream.got.len() > 300_000
+    });
+    let rst_before = pair.server.stats.rst_sent;
+    let bytes = pair.server.export(sid, &[]).expect("export");
+    assert!(pair.server.connection(sid).is_none());
+    // The client goes on sending for a while: the old stack drops, never resets.
+    pair.run_until(Duration::from_secs(5), |_, s| {
+        s.stats.moved_away_dropped >= 3
+    });
+    assert_eq!(
+        pair.server.stats.rst_sent, rst_before,
+        "the old stack sent a RST"
+    );
+    assert!(pair.server.stats.moved_away_dropped > 0);
+    assert_eq!(pair.server.stats.connections_moved_out, 1);
+    assert!(
+        pair.client
+            .connection(id)
+            .is_some_and(|c| c.error().is_none() && c.is_synchronized()),
+        "the client's connection failed"
+    );
+    // The new stack takes it in; a second import of the same bytes is refused.
+    pair.server = Stack::new(StackConfig::new(MAC_S, IP_S, 24));
+    let now = pair.now;
+    let sid = pair.server.import(now, &bytes).expect("import");
+    assert_eq!(
+        pair.server.import(now, &bytes),
+        Err(ImportError::AddressInUse)
+    );
+    assert_eq!(
+        pair.server.import(now, &bytes[..bytes.len() - 1]),
+        Err(ImportError::Move(crate::tcp::MoveError::Malformed))
+    );
+    pair.run_until(Duration::from_secs(600), |c, s| {
+        stream.turn(c, s, (id, sid));
+        stream.done()
+    });
+    assert!(stream.intact(), "the stream did not arrive intact");
+    pair.run_until(Duration::from_secs(60), |_, s| {
+        s.connection(sid).is_some_and(|c| c.at_eof())
+    });
+    assert_eq!(pair.server.stats.connections_moved_in, 1);
 }

@@ -25,6 +25,35 @@ pub trait CongestionControl: std::fmt::Debug + Send {
     fn restart(&mut self, cwnd: usize) {
         self.set_window(cwnd);
     }
+    /// Its whole state, for a connection moved to another stack (times as ages at `now`).
+    fn parts(&self, now: Instant) -> CcParts;
+    /// Takes the state [`CongestionControl::parts`] gave, at this stack's `now`.
+    fn set_parts(&mut self, now: Instant, p: &CcParts);
+}
+
+/// A congestion controller's state, see [`CongestionControl::parts`]. NewReno uses the
+/// first three fields, CUBIC all but `acked_in_ca`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CcParts {
+    /// cwnd in bytes.
+    pub cwnd: usize,
+    /// ssthresh in bytes.
+    pub ssthresh: usize,
+    /// NewReno: bytes acknowledged in congestion avoidance towards the next SMSS.
+    pub acked_in_ca: usize,
+    /// CUBIC: W_max (RFC 9438 4.1), in segments.
+    pub w_max: f64,
+    /// CUBIC: K (RFC 9438 4.2), in seconds.
+    pub k: f64,
+    /// CUBIC: W_est (RFC 9438 4.3), in segments.
+    pub w_est: f64,
+    /// CUBIC: how long ago the congestion-avoidance epoch started, if one runs.
+    pub epoch_age: Option<Duration>,
+}
+
+/// `now - age`, or the origin if that is before it.
+fn back_from(now: Instant, age: Duration) -> Instant {
+    Instant(now.0.saturating_sub(age.as_micros() as u64))
 }
 
 /// RFC 3465 section 2.2: the limit L on bytes counted per ACK in slow start, in SMSS.
@@ -94,6 +123,19 @@ impl CongestionControl for NewReno {
     }
     fn set_window(&mut self, cwnd: usize) {
         self.cwnd = cwnd.max(self.mss);
+    }
+    fn parts(&self, _now: Instant) -> CcParts {
+        CcParts {
+            cwnd: self.cwnd,
+            ssthresh: self.ssthresh,
+            acked_in_ca: self.acked_in_ca,
+            ..CcParts::default()
+        }
+    }
+    fn set_parts(&mut self, _now: Instant, p: &CcParts) {
+        self.cwnd = p.cwnd.max(self.mss);
+        self.ssthresh = p.ssthresh.max(2 * self.mss);
+        self.acked_in_ca = p.acked_in_ca;
     }
 }
 
@@ -192,6 +234,26 @@ impl CongestionControl for Cubic {
     }
     fn set_window(&mut self, cwnd: usize) {
         self.cwnd = cwnd.max(self.mss);
+    }
+    fn parts(&self, now: Instant) -> CcParts {
+        CcParts {
+            cwnd: self.cwnd,
+            ssthresh: self.ssthresh,
+            acked_in_ca: 0,
+            w_max: self.w_max,
+            k: self.k,
+            w_est: self.w_est,
+            epoch_age: self.epoch_start.map(|s| now.saturating_since(s)),
+        }
+    }
+    fn set_parts(&mut self, now: Instant, p: &CcParts) {
+        let finite = |v: f64| if v.is_finite() { v.max(0.0) } else { 0.0 };
+        self.cwnd = p.cwnd.max(self.mss);
+        self.ssthresh = p.ssthresh.max(2 * self.mss);
+        self.w_max = finite(p.w_max);
+        self.k = finite(p.k);
+        self.w_est = finite(p.w_est);
+        self.epoch_start = p.epoch_age.map(|age| back_from(now, age));
     }
 }
 

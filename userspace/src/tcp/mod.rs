@@ -21,8 +21,8 @@ pub use crate::wire::time;
 
 pub use congestion::{CongestionControl, Cubic, NewReno};
 pub use connection::{
-    ChallengeAckBudget, Config, Connection, ConnectionStats, State, TcpError, Transmit, ipv6_mss,
-    receive_window_scale,
+    ChallengeAckBudget, Config, Connection, ConnectionStats, MoveError, State, TcpError, Transmit,
+    ipv6_mss, receive_window_scale,
 };
 pub use seq::SeqNum;
 pub use time::Instant;
@@ -40,6 +40,8 @@ pub enum CongestionKind {
 #[cfg(test)]
 #[macro_use]
 mod testkit;
+#[cfg(test)]
+mod export_tests;
 #[cfg(test)]
 mod rfc_tests;
 #[cfg(test)]

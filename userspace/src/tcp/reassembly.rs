@@ -295,6 +295,30 @@ impl Reassembler {
         self.lent -= n.min(self.lent);
     }
 
+    /// Copies the bytes at `offset` past the read position (in-order bytes first, then
+    /// the out-of-order ranges at `readable + start`) into `dst`, leaving them.
+    pub fn copy_at(&self, offset: usize, dst: &mut [u8]) {
+        let cap = self.storage.len();
+        if dst.is_empty() || cap == 0 {
+            return;
+        }
+        let pos = (self.head + offset) % cap;
+        let first = dst.len().min(cap - pos);
+        dst[..first].copy_from_slice(&self.storage[pos..pos + first]);
+        let rest = dst.len() - first;
+        dst[first..].copy_from_slice(&self.storage[..rest]);
+    }
+
+    /// The out-of-order ranges (offsets from RCV.NXT), sorted.
+    pub fn out_of_order_ranges(&self) -> &[(usize, usize)] {
+        &self.ranges
+    }
+
+    /// The out-of-order ranges SACK reports first, in that order (RFC 2018 section 4).
+    pub fn reported_first(&self) -> &[(usize, usize)] {
+        &self.recent[..self.recent_len]
+    }
+
     /// Out-of-order ranges as offsets from RCV.NXT, the most recently changed first
     /// (RFC 2018 section 4), at most `max` of them.
     pub fn sack_ranges(&self, out: &mut [(usize, usize)]) -> usize {

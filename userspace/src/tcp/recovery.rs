@@ -23,7 +23,7 @@ pub(super) struct Sender<'a> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(super) enum Phase {
     None,
     /// Fast recovery until SND.UNA reaches `recover` (RFC 6582).
     Fast {
@@ -35,12 +35,12 @@ enum Phase {
 #[derive(Debug)]
 pub(super) struct LossRecovery {
     /// Duplicate ACKs in a row (RFC 5681 section 2).
-    dupacks: u32,
-    phase: Phase,
+    pub(super) dupacks: u32,
+    pub(super) phase: Phase,
     /// RFC 6582 "recover": no new fast retransmit until SND.UNA passes it.
-    recover_guard: SeqNum,
+    pub(super) recover_guard: SeqNum,
     /// Where the next retransmission in recovery starts.
-    rtx_next: SeqNum,
+    pub(super) rtx_next: SeqNum,
     /// What the peer's SACK blocks say it holds (RFC 2018, RFC 6675).
     pub(super) scoreboard: Scoreboard,
 }

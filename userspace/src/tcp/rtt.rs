@@ -78,6 +78,40 @@ impl RttEstimator {
     pub fn latest(&self) -> Option<Duration> {
         self.latest
     }
+    /// What a moved connection carries: SRTT, RTTVAR, the RTO before back-off, the
+    /// back-off and the latest sample (the bounds are the stack's).
+    pub fn parts(&self) -> RttParts {
+        RttParts {
+            srtt: self.srtt,
+            rttvar: self.rttvar,
+            rto: self.rto,
+            backoff: self.backoff,
+            latest: self.latest,
+        }
+    }
+    /// Takes the state [`RttEstimator::parts`] gave (the RTO within this one's bounds).
+    pub fn set_parts(&mut self, p: RttParts) {
+        self.srtt = p.srtt;
+        self.rttvar = p.rttvar;
+        self.rto = p.rto.clamp(self.min_rto, self.max_rto);
+        self.backoff = p.backoff.min(16);
+        self.latest = p.latest;
+    }
+}
+
+/// The state of an [`RttEstimator`], see [`RttEstimator::parts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RttParts {
+    /// SRTT (RFC 6298 2.2), once measured.
+    pub srtt: Option<Duration>,
+    /// RTTVAR.
+    pub rttvar: Duration,
+    /// RTO before back-off.
+    pub rto: Duration,
+    /// Doublings of the RTO (RFC 6298 5.5).
+    pub backoff: u32,
+    /// The latest sample.
+    pub latest: Option<Duration>,
 }
 
 #[cfg(test)]

@@ -54,6 +54,11 @@ impl Scoreboard {
         }
     }
 
+    /// The blocks, sorted.
+    pub fn ranges(&self) -> &[(SeqNum, SeqNum)] {
+        &self.ranges
+    }
+
     /// Bytes covered by the blocks.
     pub fn sacked_bytes(&self) -> u32 {
         self.ranges.iter().map(|&(s, e)| e.since(s)).sum()

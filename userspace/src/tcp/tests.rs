@@ -7,10 +7,10 @@ use crate::sim::{ADDR_A, ADDR_B, LinkConfig, Pair};
 use crate::wire::{TcpFlags, TcpOptions, TcpRepr};
 use std::time::Duration;
 
-const ISS: u32 = u32::MAX - 5; // near the wrap
-const PEER_ISS: u32 = 1000;
+pub(super) const ISS: u32 = u32::MAX - 5; // near the wrap
+pub(super) const PEER_ISS: u32 = 1000;
 
-fn cfg() -> Config {
+pub(super) fn cfg() -> Config {
     Config {
         timestamps: false,
         sack: false,
@@ -55,11 +55,11 @@ fn established(cfg: Config) -> Connection {
     c
 }
 
-const A1: u32 = ISS.wrapping_add(1);
-const P1: u32 = PEER_ISS + 1;
+pub(super) const A1: u32 = ISS.wrapping_add(1);
+pub(super) const P1: u32 = PEER_ISS + 1;
 
 /// The peer's segment unless a test says otherwise (for `send!`): an ACK from B to A.
-const SEND_TEMPL: TcpRepr<'static> = TcpRepr {
+pub(super) const SEND_TEMPL: TcpRepr<'static> = TcpRepr {
     src_port: ADDR_B.port(),
     dst_port: ADDR_A.port(),
     seq: SeqNum(P1),
@@ -72,7 +72,7 @@ const SEND_TEMPL: TcpRepr<'static> = TcpRepr {
 
 /// Our segment unless a test says otherwise (for `recv!`): an ACK from A to B with the
 /// 64 KiB window an unscaled connection offers.
-const RECV_TEMPL: TcpRepr<'static> = TcpRepr {
+pub(super) const RECV_TEMPL: TcpRepr<'static> = TcpRepr {
     src_port: ADDR_A.port(),
     dst_port: ADDR_B.port(),
     seq: SeqNum(A1),

@@ -11,12 +11,14 @@
 //! `timers` and `options` (negotiation and path MTU).
 mod app;
 mod config;
+mod export;
 mod input;
 mod options;
 mod output;
 mod timers;
 
 pub use config::{ChallengeAckBudget, Config, receive_window_scale};
+pub use export::MoveError;
 
 use super::CongestionKind;
 use super::congestion::{CongestionControl, Cubic, NewReno};
