@@ -78,8 +78,22 @@ fn share_command(w: &World, argv: &[&str]) -> Command {
     command
 }
 
-/// The host namespace's kernel TCP counters that a connection through the kernel moves.
+/// The host namespace's kernel TCP counters that a connection through the kernel moves,
+/// once the kernel's own connections there (a kernel run just before) have finished
+/// closing: their last segments would otherwise land in the next reading.
 fn kernel_tcp(w: &World) -> [i64; 3] {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = run_in(
+            w,
+            &w.host,
+            &["ss", "-Htn", "state", "connected", "exclude", "time-wait"],
+        );
+        if text(&out.stdout).trim().is_empty() || std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     nstat(
         w,
         &w.host,

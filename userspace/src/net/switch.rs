@@ -551,8 +551,10 @@ impl Switch {
         let line = match ring::read_line(&client.conn) {
             Ok(line) => line,
             Err(_) => {
-                // Gone (exit, crash, kill): its ports are unsteered, so the kernel
-                // answers its peers' next segments with a RST.
+                // Gone (exit, crash, kill): what it queued before it went leaves
+                // first (a clean exit's last ACKs and FINs), then its ports are
+                // unsteered, so the kernel answers its peers' next segments with a RST.
+                self.turn();
                 self.clients[slot] = None;
                 self.routes.flows.retain(|_, (s, _)| *s != slot);
                 let _ = self.steer_listeners();
