@@ -545,7 +545,9 @@ impl Driver {
         }
         let read = std::mem::take(&mut st.rx_read);
         stack.returned(id, read);
-        if stack.take_readable(id, &mut st.rx) > 0 {
+        // While a zero-copy reader holds the handed-over bytes, the next hand-over
+        // waits for them to come back (the reader then tells the loop: stalled).
+        if !st.rx_lent && stack.take_readable(id, &mut st.rx) > 0 {
             if st.read_shut || st.dropped {
                 st.discard_rx();
                 stack.returned(id, std::mem::take(&mut st.rx_read));
@@ -554,10 +556,11 @@ impl Driver {
         }
         // The handle tells the loop of its reads only when the window waits for them: the
         // stack holds bytes behind the handed-over ones, or these take most of the room.
-        st.rx_stalled = !st.rx.is_empty()
-            && stack
-                .connection(id)
-                .is_none_or(|c| c.recv_available() > 0 || c.recv_window() < st.rx.len());
+        st.rx_stalled = st.rx_lent
+            || !st.rx.is_empty()
+                && stack
+                    .connection(id)
+                    .is_none_or(|c| c.recv_available() > 0 || c.recv_window() < st.rx.len());
         let ev = stack.events(id);
         if st.phase == Phase::Connecting && ev.connected {
             st.phase = Phase::Open;
