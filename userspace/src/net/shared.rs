@@ -697,6 +697,60 @@ mod tests {
     }
 
     #[test]
+    fn a_lent_buffer_comes_back_less_what_was_consumed_and_others_wait_meanwhile() {
+        let c = conn(8);
+        let mut st = c.shared.lock();
+        assert!(st.lend().is_none(), "nothing yet: wait");
+        st.rx = received(b"abcdef");
+        st.rx_stalled = true;
+        let rx = st.lend().unwrap().unwrap().expect("the bytes");
+        assert_eq!(rx.front(), b"abcdef");
+        assert!(st.rx_lent && st.rx.is_empty());
+        // Meanwhile a second reader waits, a zero-copy one too.
+        assert!(st.read(&mut [0; 4]).result.is_none());
+        assert!(st.lend().is_none());
+        let mut rx = rx;
+        rx.consume(4);
+        let (wake_loop, waited) = st.give_back(rx, 4);
+        assert!(!wake_loop, "bytes left, under the step");
+        assert!(waited, "the other reader is told");
+        assert_eq!(st.rx_read, 4, "the consumed bytes go back to the window");
+        assert!(!st.rx_lent);
+        let mut buf = [0u8; 4];
+        assert_eq!(st.read(&mut buf).result.unwrap().unwrap(), 2);
+        assert_eq!(&buf[..2], b"ef", "then the rest, in order");
+        // Read empty, stalled: the loop hears of it, as after a copying read.
+        st.rx = received(b"gh");
+        st.rx_stalled = true;
+        let mut rx = st.lend().unwrap().unwrap().unwrap();
+        rx.consume(2);
+        assert_eq!(st.give_back(rx, 2), (true, false));
+        // With nothing there: the end of the stream, then the error, as a read.
+        st.read_closed = true;
+        assert!(st.lend().unwrap().unwrap().is_none());
+        st.read_closed = false;
+        st.failure = Some(Failure::Tcp(TcpError::Reset));
+        let err = st.lend().unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn bytes_given_back_after_a_shutdown_of_reading_are_dropped_and_the_loop_told() {
+        let c = conn(8);
+        let mut st = c.shared.lock();
+        st.rx = received(b"abcdef");
+        let mut rx = st.lend().unwrap().unwrap().unwrap();
+        st.read_shut = true;
+        st.discard_rx(); // what shutdown(Read) does meanwhile: nothing to drop yet
+        rx.consume(1);
+        let (wake_loop, _) = st.give_back(rx, 1);
+        assert!(wake_loop, "their room goes back");
+        assert!(st.rx.is_empty());
+        assert_eq!(st.rx_read, 6);
+        assert!(st.lend().unwrap().unwrap().is_none(), "then the end");
+    }
+
+    #[test]
     fn writes_fill_up_to_the_bound_and_fail_once_shut() {
         let c = conn(4);
         let mut st = c.shared.lock();
