@@ -584,7 +584,7 @@ fn inner_zero_copy() {
                     .expect("the other download finished while these bytes were lent");
             })
         });
-        zero_copy_get(&fast, &expected, || {});
+        zero_copy_get(&fast, expected, || {});
         done.send(()).unwrap();
     });
     stack.shutdown();
