@@ -1,7 +1,7 @@
 //! `blocking_get [--iface IF] [--ip ADDR] URL`: an HTTP/1.1 GET over the blocking
 //! [`userspace::TcpStream`], the response body to stdout. Run it as root.
 mod common;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 
 fn get(args: &common::Args, url: &str) -> io::Result<()> {
     let (host, port, path) = common::parse_url(url)?;
@@ -41,10 +41,22 @@ fn get(args: &common::Args, url: &str) -> io::Result<()> {
     }
     let mut out = io::stdout().lock();
     // With Content-Length, exactly that many bytes; without, until the server closes.
-    let copied = match length {
-        Some(n) => io::copy(&mut reader.by_ref().take(n), &mut out)?,
-        None => io::copy(&mut reader, &mut out)?,
-    };
+    // First what the header reader took past the head, then the rest straight from the
+    // stack's receive buffer to stdout: `read_with` lends the bytes, no copy of ours.
+    let mut left = length.unwrap_or(u64::MAX);
+    let early = &reader.buffer()[..reader.buffer().len().min(cap(left))];
+    out.write_all(early)?;
+    let mut copied = early.len() as u64;
+    left -= copied;
+    let stream = reader.into_inner();
+    while left > 0 {
+        let n = stream.read_with(|bytes| out.write(&bytes[..bytes.len().min(cap(left))]))?;
+        if n == 0 {
+            break;
+        }
+        copied += n as u64;
+        left -= n as u64;
+    }
     out.flush()?;
     if length.is_some_and(|n| n != copied) {
         return Err(io::Error::new(
@@ -63,6 +75,11 @@ fn get(args: &common::Args, url: &str) -> io::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `n` as a slice length, at most the largest one.
+fn cap(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 fn main() {

@@ -514,3 +514,91 @@ fn sockets_in_process_blocking_async_and_tls() {
     let status = wait_timeout(&mut inner, std::time::Duration::from_secs(20));
     assert!(status.success(), "the inner test failed: {status}");
 }
+
+/// Set in the copy of this test binary that runs the zero-copy reads in the host
+/// namespace: the path of the world's big.bin.
+const INNER_ZERO_COPY: &str = "USERSPACE_LIBRARY_ZERO_COPY";
+
+/// GETs nginx's big.bin over `stream` with `read_with` only, checking each lent slice
+/// against `expected` where it lies (no copy); `pause` runs inside the first callback
+/// that sees body bytes, while they are lent.
+fn zero_copy_get(stream: &userspace::TcpStream, expected: &[u8], mut pause: impl FnMut()) {
+    use std::io::Write;
+    (&*stream)
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut body = 0;
+    let mut paused = false;
+    while stream
+        .read_with(|bytes| {
+            let mut used = 0;
+            while used < bytes.len() && !head.ends_with(b"\r\n\r\n") {
+                head.push(bytes[used]);
+                used += 1;
+            }
+            let rest = &bytes[used..];
+            if !rest.is_empty() && !paused {
+                paused = true;
+                pause();
+            }
+            assert!(
+                expected.get(body..body + rest.len()) == Some(rest),
+                "body differs in the {} bytes at {body}",
+                rest.len()
+            );
+            body += rest.len();
+            Ok(bytes.len())
+        })
+        .unwrap()
+        > 0
+    {}
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+    assert_eq!(body, expected.len(), "the whole body");
+}
+
+/// The zero-copy reads in-process (run by
+/// `zero_copy_reads_are_byte_exact_and_a_slow_reader_holds_back_only_its_connection`;
+/// a no-op anywhere else).
+#[test]
+fn inner_zero_copy() {
+    let Some(big) = std::env::var_os(INNER_ZERO_COPY) else {
+        return;
+    };
+    let expected = std::fs::read(big).unwrap();
+    let stack = userspace::Stack::builder()
+        .interface(HOST_IF)
+        .build()
+        .unwrap();
+    let slow = userspace::TcpStream::connect(&stack, (SERVER_IP, 80)).unwrap();
+    let fast = userspace::TcpStream::connect(&stack, (SERVER_IP, 80)).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        // This reader keeps its first body bytes lent until the other connection has
+        // downloaded all 64 MiB: the stack goes on receiving meanwhile.
+        let (slow, expected) = (&slow, &expected);
+        s.spawn(move || {
+            zero_copy_get(slow, expected, || {
+                finished
+                    .recv_timeout(std::time::Duration::from_secs(60))
+                    .expect("the other download finished while these bytes were lent");
+            })
+        });
+        zero_copy_get(&fast, expected, || {});
+        done.send(()).unwrap();
+    });
+    stack.shutdown();
+}
+
+#[test]
+fn zero_copy_reads_are_byte_exact_and_a_slow_reader_holds_back_only_its_connection() {
+    let w = world();
+    let status = w
+        .exec(&w.host)
+        .arg(std::env::current_exe().unwrap())
+        .args(["inner_zero_copy", "--exact", "--nocapture"])
+        .env(INNER_ZERO_COPY, w.dir.join("www/big.bin"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "the inner test failed: {status}");
+}

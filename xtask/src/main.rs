@@ -32,6 +32,10 @@ enum Task {
         /// idle, queues, exec, ipv6. The charts in docs/ are drawn only by a full run.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Measure this `userspace` binary instead of the one built here (an A/B
+        /// against another commit's build, in the same world)
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// Run each fuzz target for a bounded time from the committed seed corpus
     Fuzz {
@@ -281,7 +285,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo(),
         Task::Test { unit_only } => test(unit_only),
         Task::Fuzz { seconds } => fuzz(seconds),
-        Task::Bench { only } => {
+        Task::Bench { only, binary } => {
             require_root("the benchmark")?;
             xtask::bench::check_sections(&only)?;
             install::apt_install(install::TEST_PACKAGES)?;
@@ -297,7 +301,7 @@ fn main() -> anyhow::Result<()> {
             ]))?;
             xtask::bench::bench(
                 &workspace_root(),
-                &workspace_root().join("target/release/userspace"),
+                &binary.unwrap_or_else(|| workspace_root().join("target/release/userspace")),
                 &only,
             )
         }

@@ -24,6 +24,31 @@ const PROVOKE_EVERY: Duration = Duration::from_millis(300);
 /// How long the loop keeps turning after a shutdown, so that RSTs and FINs leave.
 const SHUTDOWN_DRAIN: Duration = Duration::from_millis(100);
 
+/// A bulk transfer's bytes go to a waiting reader in larger hand-overs: while a
+/// connection's unread in-order bytes are at least `HOLD_MIN` and below `HOLD_MAX`
+/// (and half its window), and grew since the loop last looked, the hand-over (and the
+/// reader's wake-up) waits, for `HOLD_FOR` at most. A smaller reply goes at once.
+const HOLD_MIN: usize = 32 * 1024;
+const HOLD_MAX: usize = 256 * 1024;
+const HOLD_FOR: Duration = Duration::from_micros(200);
+
+/// A connection's hand-over that waits: its unread bytes when last looked at, when,
+/// and since when it waits.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    available: usize,
+    looked: Instant,
+    since: Instant,
+}
+
+impl Held {
+    /// Still worth waiting at `now` with `available` bytes: they grew since the last
+    /// look (or it was this turn), and `HOLD_FOR` has not passed.
+    fn still_coming(&self, available: usize, now: Instant) -> bool {
+        (available > self.available || self.looked == now) && now < self.since + HOLD_FOR
+    }
+}
+
 /// How the loop serves its handles.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LoopOptions {
@@ -85,6 +110,8 @@ pub(crate) struct Driver {
     wake: Option<Arc<WakeFd>>,
     /// The latest a stop may linger until (see [`Driver::linger_until`]).
     linger_deadline: Option<Instant>,
+    /// Connections whose hand-over waits for more bytes (see `HOLD_MIN`).
+    held: Vec<(ConnId, Held)>,
 }
 
 impl Driver {
@@ -111,6 +138,7 @@ impl Driver {
             options,
             wake: None,
             linger_deadline: None,
+            held: Vec::with_capacity(64),
         }
     }
 
@@ -207,8 +235,63 @@ impl Driver {
                 self.sync(&conn);
             }
         }
+        // Held hand-overs not looked at this turn: released unless bytes still come.
+        let now = self.rt.turn_time();
+        for i in (0..self.held.len()).rev() {
+            let Some(&(id, held)) = self.held.get(i) else {
+                continue;
+            };
+            if held.looked == now {
+                continue;
+            }
+            if let Some(conn) = self.conns.get(&id).cloned() {
+                self.sync(&conn);
+            }
+            // Not looked at by the sync (the connection ended): nothing to hold.
+            if self
+                .held
+                .get(i)
+                .is_some_and(|&(at, h)| at == id && h.looked != now)
+            {
+                self.held.swap_remove(i);
+            }
+        }
+        ready.extend(self.held.iter().map(|&(id, _)| id));
+        let holding = !ready.is_empty();
+        ready.clear();
         self.ready = ready;
-        any
+        any || holding
+    }
+
+    /// Whether the hand-over to connection `id`'s waiting reader waits for more bytes
+    /// (see `HOLD_MIN`): `available` in-order bytes, `window` the receive window left.
+    fn hold(&mut self, id: ConnId, available: usize, window: usize, open: bool) -> bool {
+        let now = self.rt.turn_time();
+        let bulk = open && (HOLD_MIN..HOLD_MAX).contains(&available) && available <= window;
+        match self.held.iter().position(|&(at, _)| at == id) {
+            None if bulk => {
+                let held = Held {
+                    available,
+                    looked: now,
+                    since: now,
+                };
+                self.held.push((id, held));
+                true
+            }
+            None => false,
+            Some(i) if bulk && self.held[i].1.still_coming(available, now) => {
+                self.held[i].1 = Held {
+                    available,
+                    looked: now,
+                    ..self.held[i].1
+                };
+                true
+            }
+            Some(i) => {
+                self.held.swap_remove(i);
+                false
+            }
+        }
     }
 
     /// Carries out the handles' commands; true if there were any.
@@ -545,7 +628,20 @@ impl Driver {
         }
         let read = std::mem::take(&mut st.rx_read);
         stack.returned(id, read);
-        if stack.take_readable(id, &mut st.rx) > 0 {
+        // While a zero-copy reader holds the handed-over bytes, the next hand-over
+        // waits for them to come back (the reader then tells the loop: stalled).
+        let facts = stack.connection(id).map(|c| {
+            let open = c.state() == State::Established;
+            (c.recv_available(), c.recv_window(), open)
+        });
+        let held = !st.rx_lent
+            && st.rx.is_empty()
+            && !st.read_shut
+            && !st.dropped
+            && facts
+                .is_some_and(|(available, window, open)| self.hold(id, available, window, open));
+        let stack = &mut self.rt.stack;
+        if !held && !st.rx_lent && stack.take_readable(id, &mut st.rx) > 0 {
             if st.read_shut || st.dropped {
                 st.discard_rx();
                 stack.returned(id, std::mem::take(&mut st.rx_read));
@@ -554,10 +650,11 @@ impl Driver {
         }
         // The handle tells the loop of its reads only when the window waits for them: the
         // stack holds bytes behind the handed-over ones, or these take most of the room.
-        st.rx_stalled = !st.rx.is_empty()
-            && stack
-                .connection(id)
-                .is_none_or(|c| c.recv_available() > 0 || c.recv_window() < st.rx.len());
+        st.rx_stalled = st.rx_lent
+            || !st.rx.is_empty()
+                && stack
+                    .connection(id)
+                    .is_none_or(|c| c.recv_available() > 0 || c.recv_window() < st.rx.len());
         let ev = stack.events(id);
         if st.phase == Phase::Connecting && ev.connected {
             st.phase = Phase::Open;
@@ -743,6 +840,24 @@ pub(crate) fn learn_route(
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn a_held_hand_over_waits_while_bytes_come_and_not_past_its_limit() {
+        let at = |us: u64| Instant::from_micros(1_000 + us);
+        let held = Held {
+            available: 40_000,
+            looked: at(0),
+            since: at(0),
+        };
+        assert!(held.still_coming(40_000, at(0)), "the same turn");
+        assert!(held.still_coming(80_000, at(5)), "more came");
+        assert!(!held.still_coming(40_000, at(5)), "nothing came: hand over");
+        let limit = 1_000 + HOLD_FOR.as_micros() as u64;
+        assert!(
+            !held.still_coming(80_000, Instant::from_micros(limit)),
+            "waited enough"
+        );
+    }
 
     /// A stack without an IPv6 address answers an IPv6 connect as the kernel does on a
     /// host with no IPv6 route: ENETUNREACH (curl's exit 7), before any netlink query.

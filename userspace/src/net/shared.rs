@@ -269,6 +269,13 @@ pub(crate) struct ConnState {
     /// The loop wants to hear of reads from `rx`: the stack holds more bytes behind
     /// them, or they take much of the window.
     pub rx_stalled: bool,
+    /// A zero-copy reader holds `rx` (moved out, an empty one in its place) while its
+    /// callback runs: the loop hands nothing over and other readers wait until it is
+    /// back. The bytes lie in the connection's own ring, not in the UMEM, so a slow
+    /// reader holds back only its own connection's window.
+    pub rx_lent: bool,
+    /// A reader waited for `rx` to come back.
+    rx_wanted: bool,
     /// Nagle off (the loop applies it through [`ConnOption::Nodelay`]).
     pub nodelay: bool,
     /// Keep-alive probes after this much idle time, and between them (`None`: off).
@@ -328,6 +335,8 @@ impl Conn {
                 fin_queued: false,
                 dropped: false,
                 rx_stalled: false,
+                rx_lent: false,
+                rx_wanted: false,
                 nodelay,
                 keepalive: None,
                 abort: false,
@@ -361,17 +370,48 @@ impl ConnState {
     /// Copies received bytes into `buf`: data, `Ok(0)` at end of stream, the error that
     /// ended the connection, or `None` when nothing is there yet.
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> Outcome {
+        if self.rx_lent && !buf.is_empty() {
+            return self.wait_for_lent();
+        }
         if !self.rx.is_empty() && !buf.is_empty() {
             let n = self.rx.read(buf);
-            self.rx_read += n;
-            let wake_loop = self.rx_stalled && (self.rx.is_empty() || self.rx_read >= RETURN_STEP);
-            self.rx_stalled &= !wake_loop;
             return Outcome {
                 result: Some(Ok(n)),
-                wake_loop,
+                wake_loop: self.count_read(n),
             };
         }
-        let result = if buf.is_empty() || self.read_closed || self.read_shut {
+        let result = if buf.is_empty() {
+            Some(Ok(0))
+        } else {
+            self.end_of_data()
+        };
+        Outcome {
+            result,
+            wake_loop: false,
+        }
+    }
+
+    /// `n` bytes were read from `rx`: whether the loop must hear of it now.
+    fn count_read(&mut self, n: usize) -> bool {
+        self.rx_read += n;
+        let wake_loop = self.rx_stalled && (self.rx.is_empty() || self.rx_read >= RETURN_STEP);
+        self.rx_stalled &= !wake_loop;
+        wake_loop
+    }
+
+    /// Another reader holds `rx`: wait until it gives it back.
+    fn wait_for_lent(&mut self) -> Outcome {
+        self.rx_wanted = true;
+        Outcome {
+            result: None,
+            wake_loop: false,
+        }
+    }
+
+    /// What a read finds with `rx` empty: the end of the stream, the error that ended
+    /// the connection, or `None` (wait).
+    fn end_of_data(&mut self) -> Option<io::Result<usize>> {
+        if self.read_closed || self.read_shut {
             Some(Ok(0))
         } else if let Some(f) = self.failure {
             self.report_failure(f).map_or(Some(Ok(0)), |e| Some(Err(e)))
@@ -379,11 +419,36 @@ impl ConnState {
             Some(Ok(0))
         } else {
             None
-        };
-        Outcome {
-            result,
-            wake_loop: false,
         }
+    }
+
+    /// A zero-copy read's start: the received bytes, moved out for the reader to look
+    /// at without the lock (`Ok(Some)`), the end of the stream (`Ok(None)`), the
+    /// error, or `None` (wait). [`ConnState::give_back`] ends it.
+    pub(crate) fn lend(&mut self) -> Option<io::Result<Option<RecvBuf>>> {
+        if self.rx_lent {
+            self.rx_wanted = true;
+            return None;
+        }
+        if !self.rx.is_empty() {
+            self.rx_lent = true;
+            return Some(Ok(Some(std::mem::take(&mut self.rx))));
+        }
+        self.end_of_data().map(|r| r.map(|_| None))
+    }
+
+    /// A zero-copy read's end: `rx` comes back with `consumed` bytes read from it.
+    /// Returns whether the loop must hear of it, and whether another reader waits.
+    pub(crate) fn give_back(&mut self, rx: RecvBuf, consumed: usize) -> (bool, bool) {
+        self.rx = rx;
+        self.rx_lent = false;
+        // Shut meanwhile: what is left goes too, and the loop gives its room back.
+        let shut = self.read_shut && !self.rx.is_empty();
+        if shut {
+            self.discard_rx();
+        }
+        let wake_loop = self.count_read(consumed) || shut;
+        (wake_loop, std::mem::take(&mut self.rx_wanted))
     }
 
     /// Drops the received bytes not read yet (`shutdown(Read)`); the loop gives their
@@ -629,6 +694,60 @@ mod tests {
         st.discard_rx();
         assert_eq!(st.rx_read, 9, "and every byte dropped");
         assert!(st.rx.is_empty());
+    }
+
+    #[test]
+    fn a_lent_buffer_comes_back_less_what_was_consumed_and_others_wait_meanwhile() {
+        let c = conn(8);
+        let mut st = c.shared.lock();
+        assert!(st.lend().is_none(), "nothing yet: wait");
+        st.rx = received(b"abcdef");
+        st.rx_stalled = true;
+        let rx = st.lend().unwrap().unwrap().expect("the bytes");
+        assert_eq!(rx.front(), b"abcdef");
+        assert!(st.rx_lent && st.rx.is_empty());
+        // Meanwhile a second reader waits, a zero-copy one too.
+        assert!(st.read(&mut [0; 4]).result.is_none());
+        assert!(st.lend().is_none());
+        let mut rx = rx;
+        rx.consume(4);
+        let (wake_loop, waited) = st.give_back(rx, 4);
+        assert!(!wake_loop, "bytes left, under the step");
+        assert!(waited, "the other reader is told");
+        assert_eq!(st.rx_read, 4, "the consumed bytes go back to the window");
+        assert!(!st.rx_lent);
+        let mut buf = [0u8; 4];
+        assert_eq!(st.read(&mut buf).result.unwrap().unwrap(), 2);
+        assert_eq!(&buf[..2], b"ef", "then the rest, in order");
+        // Read empty, stalled: the loop hears of it, as after a copying read.
+        st.rx = received(b"gh");
+        st.rx_stalled = true;
+        let mut rx = st.lend().unwrap().unwrap().unwrap();
+        rx.consume(2);
+        assert_eq!(st.give_back(rx, 2), (true, false));
+        // With nothing there: the end of the stream, then the error, as a read.
+        st.read_closed = true;
+        assert!(st.lend().unwrap().unwrap().is_none());
+        st.read_closed = false;
+        st.failure = Some(Failure::Tcp(TcpError::Reset));
+        let err = st.lend().unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn bytes_given_back_after_a_shutdown_of_reading_are_dropped_and_the_loop_told() {
+        let c = conn(8);
+        let mut st = c.shared.lock();
+        st.rx = received(b"abcdef");
+        let mut rx = st.lend().unwrap().unwrap().unwrap();
+        st.read_shut = true;
+        st.discard_rx(); // what shutdown(Read) does meanwhile: nothing to drop yet
+        rx.consume(1);
+        let (wake_loop, _) = st.give_back(rx, 1);
+        assert!(wake_loop, "their room goes back");
+        assert!(st.rx.is_empty());
+        assert_eq!(st.rx_read, 6);
+        assert!(st.lend().unwrap().unwrap().is_none(), "then the end");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The blocking [`TcpStream`], shaped like [`std::net::TcpStream`].
 use super::Stack;
 use super::shared::{Command, Conn, ConnOption, ConnState, Outcome, Phase};
+use crate::tcp::reassembly::RecvBuf;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -97,6 +98,47 @@ impl Handle {
     pub(crate) fn peer_closed(&self) -> bool {
         let st = self.conn.shared.lock();
         st.peer_fin || st.read_closed || st.phase == Phase::Closed || st.failure.is_some()
+    }
+
+    /// A zero-copy read's second half: `f` looks at the lent bytes without the lock,
+    /// then they go back, less those it consumed.
+    pub(crate) fn consume_lent(
+        &self,
+        mut rx: RecvBuf,
+        f: impl FnOnce(&[u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let result = f(rx.front()).map(|n| rx.consume(n));
+        let consumed = *result.as_ref().unwrap_or(&0);
+        let mut st = self.conn.shared.lock();
+        let (wake_loop, waited) = st.give_back(rx, consumed);
+        if waited {
+            self.conn.shared.notify(&mut st);
+        }
+        drop(st);
+        if wake_loop {
+            self.stack.wake(&self.conn);
+        }
+        result
+    }
+
+    /// A blocking zero-copy read (see [`TcpStream::read_with`]).
+    fn read_with(&self, f: impl FnOnce(&[u8]) -> io::Result<usize>) -> io::Result<usize> {
+        let (timeout, nonblocking) = {
+            let st = self.conn.shared.lock();
+            (st.read_timeout, st.nonblocking)
+        };
+        let lent = self
+            .conn
+            .shared
+            .block_on(timeout, |st| match st.lend() {
+                None if nonblocking => Some(Err(io::ErrorKind::WouldBlock.into())),
+                r => r,
+            })
+            .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()))?;
+        match lent {
+            Some(rx) => self.consume_lent(rx, f),
+            None => Ok(0),
+        }
     }
 
     /// One blocking read or write: `op` until it has an answer, within the timeout.
@@ -302,6 +344,32 @@ impl TcpStream {
         Ok(TcpStream {
             handle: self.handle.clone(),
         })
+    }
+
+    /// Reads without a copy: waits as [`Read::read`] does, then calls `f` with received
+    /// bytes where they lie, in the connection's receive buffer. `f` returns how many of
+    /// them it consumed (the rest stay to be read; at most the slice's length counts),
+    /// and that is what this returns. At the end of the stream it returns `Ok(0)`
+    /// without calling `f`; an error from `f` is returned with nothing consumed.
+    ///
+    /// The slice is all the bytes waiting or, where the buffer's ring wraps, those
+    /// before the wrap. It is not in the UMEM (the stack copies each segment out of
+    /// its frame once, on arrival), so a slow `f` holds back only this connection:
+    /// while it runs, the stack keeps receiving for every connection, this one's
+    /// bytes up to its window. Other reads of this connection wait for `f` to return.
+    ///
+    /// ```no_run
+    /// use std::io::Write;
+    /// # fn main() -> std::io::Result<()> {
+    /// let stack = userspace::Stack::builder().build()?;
+    /// let stream = userspace::TcpStream::connect(&stack, "10.0.0.2:7")?;
+    /// let mut out = std::fs::File::create("received.bin")?;
+    /// // Straight from the receive buffer to the file: no copy into a buffer of ours.
+    /// while stream.read_with(|bytes| out.write(bytes))? > 0 {}
+    /// # Ok(()) }
+    /// ```
+    pub fn read_with(&self, f: impl FnOnce(&[u8]) -> io::Result<usize>) -> io::Result<usize> {
+        self.handle.read_with(f)
     }
 
     /// The error that ended the connection, if no read or write reported it yet; as

@@ -123,6 +123,45 @@ impl TcpStream {
     pub fn peer_closed(&self) -> bool {
         self.handle.peer_closed()
     }
+
+    /// Reads without a copy: once bytes are there, `f` is called with them where they
+    /// lie and returns how many it consumed; that, or `Ok(0)` at the end of the stream
+    /// (without calling `f`), is the result. See [`super::TcpStream::read_with`].
+    ///
+    /// ```no_run
+    /// # async fn run(stream: userspace::net::tokio::TcpStream) -> std::io::Result<()> {
+    /// let mut sum = 0u64;
+    /// while stream
+    ///     .read_with(|bytes| {
+    ///         sum += bytes.iter().map(|&b| u64::from(b)).sum::<u64>();
+    ///         Ok(bytes.len())
+    ///     })
+    ///     .await?
+    ///     > 0
+    /// {}
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_with(
+        &self,
+        mut f: impl FnMut(&[u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_read_with(cx, &mut f)).await
+    }
+
+    /// [`TcpStream::read_with`] as a poll: `f` runs (once) only when the answer is
+    /// ready; `Pending` keeps the reader's waker.
+    pub fn poll_read_with(
+        &self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(&[u8]) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        match self.handle.conn.shared.poll(cx, READER, |st| st.lend()) {
+            Poll::Ready(Ok(Some(rx))) => Poll::Ready(self.handle.consume_lent(rx, f)),
+            Poll::Ready(Ok(None)) => Poll::Ready(Ok(0)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for TcpStream {

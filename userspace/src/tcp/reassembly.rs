@@ -378,6 +378,22 @@ impl RecvBuf {
     pub fn read(&mut self, dst: &mut [u8]) -> usize {
         read_ring(&self.storage, &mut self.head, &mut self.len, dst)
     }
+    /// The bytes not read yet that lie in one piece from the read position: all of
+    /// them, or those before the ring wraps (the rest come after [`RecvBuf::consume`]).
+    pub fn front(&self) -> &[u8] {
+        let end = (self.head + self.len).min(self.storage.len());
+        &self.storage[self.head..end]
+    }
+    /// Drops the first `n` bytes not read yet (at most [`RecvBuf::len`]), as a read
+    /// would without copying them; returns how many.
+    pub fn consume(&mut self, n: usize) -> usize {
+        let n = n.min(self.len);
+        if n > 0 {
+            self.head = (self.head + n) % self.storage.len();
+            self.len -= n;
+        }
+        n
+    }
     /// Copies bytes into `dst` without dropping them (MSG_PEEK); returns how many.
     pub fn peek(&self, dst: &mut [u8]) -> usize {
         let (mut head, mut len) = (self.head, self.len);
@@ -469,6 +485,26 @@ mod tests {
         assert_eq!(r.take_readable(&mut rx), 4);
         assert_eq!(rx.read(&mut out), 4);
         assert_eq!(&out, b"cdef");
+    }
+
+    #[test]
+    fn the_front_is_the_unread_bytes_up_to_the_wrap_and_consuming_moves_past_them() {
+        let mut r = Reassembler::new(8, 4, 8);
+        r.insert(0, b"abcdef");
+        let mut out = [0u8; 5];
+        assert_eq!(r.read(&mut out), 5, "the read position moves to 5");
+        r.insert(0, b"ghijk"); // wraps: "fgh" at 5..8, "ijk" at 0..3
+        let mut rx = RecvBuf::new();
+        assert_eq!(r.take_readable(&mut rx), 6);
+        assert_eq!(rx.front(), b"fgh", "up to the wrap");
+        assert_eq!(rx.consume(2), 2);
+        assert_eq!(rx.front(), b"h");
+        assert_eq!(rx.consume(1), 1);
+        assert_eq!(rx.front(), b"ijk", "then from the ring's start");
+        assert_eq!(rx.consume(10), 3, "no more than it holds");
+        assert!(rx.is_empty() && rx.front().is_empty());
+        assert_eq!(rx.consume(1), 0);
+        assert!(RecvBuf::new().front().is_empty(), "no storage: nothing");
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub enum Dest {
 
 pub struct Sink {
     pub dest: Dest,
-    out: Option<Box<dyn Write>>,
+    out: Option<std::io::BufWriter<Box<dyn Write>>>,
     /// Append to the file (resume with -C) instead of truncating it.
     append: bool,
     create_dirs: bool,
@@ -29,6 +29,10 @@ pub struct Sink {
     pub written: u64,
     pub progress: Progress,
 }
+
+/// Body pieces at least this large are written straight to the destination, not
+/// through the output buffer.
+const WRITE_THROUGH: usize = 32 * 1024;
 
 /// Standard output was closed when curl started (`>&-`).
 static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -79,16 +83,16 @@ impl Sink {
         }
     }
 
-    fn open(&mut self) -> Result<&mut Box<dyn Write>, CurlError> {
+    fn open(&mut self) -> Result<&mut std::io::BufWriter<Box<dyn Write>>, CurlError> {
         if self.out.is_none() {
-            let out: Box<dyn Write> = match &self.dest {
+            let out: std::io::BufWriter<Box<dyn Write>> = match &self.dest {
                 Dest::Stdout { .. } if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) => {
                     return Err(fail(EXIT_WRITE_ERROR, "Failed writing body"));
                 }
-                Dest::Stdout { .. } => Box::new(std::io::BufWriter::with_capacity(
+                Dest::Stdout { .. } => std::io::BufWriter::with_capacity(
                     1 << 16,
-                    std::io::stdout(),
-                )),
+                    Box::new(std::io::stdout()) as Box<dyn Write>,
+                ),
                 Dest::File(path) => {
                     if self.create_dirs
                         && let Some(parent) = path.parent()
@@ -110,7 +114,7 @@ impl Sink {
                                 ),
                             )
                         })?;
-                    Box::new(std::io::BufWriter::with_capacity(1 << 20, file))
+                    std::io::BufWriter::with_capacity(1 << 20, Box::new(file) as Box<dyn Write>)
                 }
             };
             self.out = Some(out);
@@ -143,7 +147,14 @@ impl Sink {
         }
         let unbuffered = self.unbuffered;
         let out = self.open()?;
-        out.write_all(data).map_err(write_error)?;
+        if data.len() >= WRITE_THROUGH {
+            // A large piece (the stack lends its receive buffer) goes out as it is, after
+            // what the buffer holds: no copy into the buffer first.
+            out.flush().map_err(write_error)?;
+            out.get_mut().write_all(data).map_err(write_error)?;
+        } else {
+            out.write_all(data).map_err(write_error)?;
+        }
         if unbuffered {
             out.flush().map_err(write_error)?;
         }

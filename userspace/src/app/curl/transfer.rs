@@ -1087,14 +1087,21 @@ struct Paced<'a> {
 }
 
 impl Paced<'_> {
-    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, CurlError> {
+    /// Passes the next received bytes, at most `limit` of them, to `out` (straight from
+    /// the stack's receive buffer on a plain connection); how many came, 0 at the end.
+    async fn pass(
+        &mut self,
+        buf: &mut [u8],
+        limit: usize,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), CurlError>,
+    ) -> Result<usize, CurlError> {
         if let Some(rate) = self.rate {
             let pause = pause_for(self.received, self.start.elapsed(), rate);
             if !pause.is_zero() {
                 self.t.sleep(pause).await?;
             }
         }
-        let n = self.t.read(self.conn, buf).await?;
+        let n = self.t.read_with(self.conn, buf, limit, out).await?;
         self.received += n as u64;
         Ok(n)
     }
@@ -1106,7 +1113,7 @@ async fn read_body(
     t: &Io,
     conn: Conn,
     framing: Framing,
-    mut rest: Vec<u8>,
+    rest: Vec<u8>,
     rate: Option<u64>,
     out: &mut dyn FnMut(&[u8]) -> Result<(), CurlError>,
 ) -> Result<(), CurlError> {
@@ -1121,49 +1128,42 @@ async fn read_body(
     match framing {
         Framing::None => Ok(()),
         Framing::Length(len) => {
-            let mut remaining = len;
-            loop {
-                let take = (remaining as usize).min(rest.len());
-                out(&rest[..take])?;
-                remaining -= take as u64;
-                if remaining == 0 {
-                    return Ok(());
-                }
-                let n = paced.read(&mut buf).await?;
+            let take = usize::try_from(len).unwrap_or(usize::MAX).min(rest.len());
+            out(&rest[..take])?;
+            let mut remaining = len - take as u64;
+            while remaining > 0 {
+                let limit = usize::try_from(remaining).unwrap_or(usize::MAX);
+                let n = paced.pass(&mut buf, limit, out).await?;
                 if n == 0 {
                     return Err(fail(
                         18,
                         format!("transfer closed with {remaining} bytes remaining to read"),
                     ));
                 }
-                rest.clear();
-                rest.extend_from_slice(&buf[..n]);
+                remaining -= (n as u64).min(remaining);
             }
+            Ok(())
         }
         Framing::Chunked => {
             let mut decoder = Chunked::default();
             decoder.feed(&rest, out)?;
             while !decoder.done {
-                let n = paced.read(&mut buf).await?;
+                let n = paced
+                    .pass(&mut buf, usize::MAX, &mut |data| decoder.feed(data, out))
+                    .await?;
                 if n == 0 {
                     return Err(fail(
                         18,
                         "transfer closed with outstanding read data remaining",
                     ));
                 }
-                decoder.feed(&buf[..n], out)?;
             }
             Ok(())
         }
         Framing::UntilClose => {
             out(&rest)?;
-            loop {
-                let n = paced.read(&mut buf).await?;
-                if n == 0 {
-                    return Ok(());
-                }
-                out(&buf[..n])?;
-            }
+            while paced.pass(&mut buf, usize::MAX, out).await? > 0 {}
+            Ok(())
         }
     }
 }

@@ -571,6 +571,50 @@ impl Io {
         Ok(n)
     }
 
+    /// Passes the next received bytes, at most `limit` of them, to `out`: on a plain
+    /// connection straight from the stack's receive buffer (no copy), under TLS through
+    /// `buf`. Returns how many were received: at least one, or 0 at the end (bytes past
+    /// `limit` stay to be read on a plain connection; under TLS they are dropped, as a
+    /// read into `buf` would).
+    pub async fn read_with(
+        &self,
+        conn: Conn,
+        buf: &mut [u8],
+        limit: usize,
+        out: &mut dyn FnMut(&[u8]) -> Result<(), CurlError>,
+    ) -> Result<usize, CurlError> {
+        let plain = self.with(|t| t.stream(conn).map(|s| s.tls.is_none()))??;
+        if !plain {
+            let n = self.read(conn, buf).await?;
+            out(&buf[..n.min(limit)])?;
+            return Ok(n);
+        }
+        let (raw, _) = self.take(conn)?;
+        let mut failed = None;
+        let n = self
+            .on_stream(raw, |tcp, cx| {
+                tcp.poll_read_with(cx, |data| {
+                    let take = data.len().min(limit);
+                    match out(&data[..take]) {
+                        Ok(()) => Ok(take),
+                        Err(e) => {
+                            failed = Some(e);
+                            Err(std::io::ErrorKind::Other.into())
+                        }
+                    }
+                })
+            })
+            .await?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let n = n.map_err(|e| fail(EXIT_RECV_ERROR, format!("Recv failure: {}", in_words(&e))))?;
+        if n == 0 {
+            let _ = self.with(|t| t.stream(conn).map(|s| s.eof = true));
+        }
+        Ok(n)
+    }
+
     async fn read_tls(
         &self,
         raw: Raw,

@@ -12,6 +12,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 /// Most frames received or queued for transmit in one batch.
 pub const BATCH: usize = 64;
 
+/// Most frames taken from the RX ring in one turn. A GSO unit comes in about 33
+/// frames (multi-buffer), so a turn takes up to 8 of them: the turn's ACKs leave in
+/// one sendto(2) and the reader is woken once for all of them.
+const RX_BATCH: usize = 256;
+
 /// Frames queued for transmit before they go to the TX ring and one kick sends them:
 /// with `XDP_MAX_TX_SKB_BUDGET` one sendto(2) sends them all (a turn's last frames go
 /// at its end, whatever their number).
@@ -349,7 +354,7 @@ impl XdpDevice {
                     len: 0,
                     options: 0
                 };
-                BATCH
+                RX_BATCH
             ],
             tx_free,
             awaiting_completion,
@@ -390,7 +395,7 @@ impl XdpDevice {
         self.gathered.clear();
         self.oversized = false;
         loop {
-            let n = self.socket.consume_rx(&mut self.rx_batch[..BATCH]);
+            let n = self.socket.consume_rx(&mut self.rx_batch[..RX_BATCH]);
             if n == 0 {
                 break;
             }
@@ -505,7 +510,7 @@ impl XdpDevice {
 
 impl Device for XdpDevice {
     fn receive(&mut self, handle: &mut dyn FnMut(&[u8])) -> usize {
-        let n = self.socket.consume_rx(&mut self.rx_batch[..BATCH]);
+        let n = self.socket.consume_rx(&mut self.rx_batch[..RX_BATCH]);
         if n == 0 {
             self.refill();
             if self.socket.fill_needs_wakeup() {
