@@ -7,6 +7,7 @@ pub mod memory;
 pub mod netinfo;
 pub mod netlink;
 pub mod pcap;
+pub mod slice;
 pub mod startup;
 pub mod steering;
 pub mod switch;

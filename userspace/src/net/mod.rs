@@ -308,6 +308,13 @@ impl StackBuilder {
         let thread = std::thread::Builder::new()
             .name("userspace-poll".into())
             .spawn(move || {
+                // Woken by a frame, the loop preempts the thread on its CPU at once;
+                // busy, it yields to a woken one within 100 us, not at the next tick
+                // (docs/PERFORMANCE.md, "The redis tail under exec").
+                match crate::device::slice::set_own_slice(crate::device::slice::SHORT_SLICE) {
+                    Ok(slice) => tracing::debug!(?slice, "the poll loop's scheduler slice"),
+                    Err(e) => tracing::debug!("no short scheduler slice for the poll loop: {e}"),
+                }
                 let rt = match open() {
                     Ok(rt) => rt,
                     Err(e) => {
