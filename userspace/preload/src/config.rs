@@ -82,6 +82,25 @@ fn builder() -> Result<userspace::StackBuilder, String> {
     Ok(b)
 }
 
+/// Whether the poll loop runs on a thread of its own (`userspace exec --loop-thread`)
+/// instead of on the program's threads (see `inline`).
+pub fn loop_thread() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(LOOP_THREAD).is_some_and(|v| v != "0"))
+}
+
+/// How long a wait on stack sockets spins, turning the loop, before it sleeps: none
+/// with `--no-busy-poll`.
+pub fn spin() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| {
+        match std::env::var_os(NO_BUSY_POLL).is_some_and(|v| v != "0") {
+            true => Duration::ZERO,
+            false => crate::inline::DEFAULT_SPIN,
+        }
+    })
+}
+
 /// Whether the stack goes through the interface's switch (`userspace exec --share`),
 /// so that a child forked after the stack started gets a stack of its own.
 pub fn switched() -> bool {
@@ -119,14 +138,24 @@ pub fn stack() -> Result<&'static Stack, &'static str> {
         return started;
     }
     let first = STARTED.load(Ordering::Acquire).is_null();
-    let started = builder().and_then(|b| b.build().map_err(|e| e.to_string()));
+    let started = builder().and_then(|b| {
+        match loop_thread() {
+            true => b.build(),
+            false => b.build_inline(),
+        }
+        .map_err(|e| e.to_string())
+    });
     match &started {
         Ok(stack) => {
             say!(
-                "stack up on {} ({}), XDP {}",
+                "stack up on {} ({}), XDP {}, {}",
                 stack.interface(),
                 stack.ip(),
-                stack.xdp_mode()
+                stack.xdp_mode(),
+                match stack.is_inline() {
+                    true => "loop turned by the program's threads",
+                    false => "loop on a thread of its own",
+                }
             );
             if first {
                 // SAFETY: registers plain `extern "C" fn()`s to run at exit and in the

@@ -5,6 +5,7 @@
 //! waiting, and `RDHUP` once the peer's FIN came. `poll`/`ppoll` and the `epoll_wait`
 //! family add them to what the kernel returned; a `poll` on a socket that already has
 //! one does not wait (the kernel's would return at once).
+use crate::inline;
 use crate::real::real;
 use crate::table::{Conditions, lookup};
 use libc::{c_int, epoll_event, nfds_t, pollfd, sigset_t, timespec};
@@ -62,8 +63,8 @@ unsafe fn pollfds<'a>(fds: *mut pollfd, nfds: nfds_t) -> &'a mut [pollfd] {
     unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
+/// poll(2) itself, with the bits the kernel cannot show added.
+unsafe fn poll_merged(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
     // SAFETY: poll's contract.
     let bits = extra(unsafe { pollfds(fds, nfds) });
     let timeout = if bits.is_some() { 0 } else { timeout };
@@ -74,6 +75,17 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) ->
         Some(bits) => merge(unsafe { pollfds(fds, nfds) }, &bits, ready),
         None => ready,
     }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
+    let _entered = inline::enter();
+    // SAFETY: poll's contract, for each look.
+    if let Some(r) = inline::before_wait(timeout != 0, || unsafe { poll_merged(fds, nfds, 0) }) {
+        return r;
+    }
+    // SAFETY: as above.
+    unsafe { poll_merged(fds, nfds, timeout) }
 }
 
 #[unsafe(no_mangle)]
@@ -89,6 +101,29 @@ pub unsafe extern "C" fn __poll_chk(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ppoll(
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
+) -> c_int {
+    let _entered = inline::enter();
+    // SAFETY: a null timeout waits for ever; else the caller's valid timespec.
+    let blocking = timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
+    let zero = timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ppoll's contract, for each look.
+    let look = || unsafe { ppoll_merged(fds, nfds, &zero, sigmask) };
+    if let Some(r) = inline::before_wait(blocking, look) {
+        return r;
+    }
+    // SAFETY: as above.
+    unsafe { ppoll_merged(fds, nfds, timeout, sigmask) }
+}
+
+/// ppoll(2) itself, with the bits the kernel cannot show added.
+unsafe fn ppoll_merged(
     fds: *mut pollfd,
     nfds: nfds_t,
     timeout: *const timespec,
@@ -235,13 +270,17 @@ pub unsafe extern "C" fn epoll_wait(
     maxevents: c_int,
     timeout: c_int,
 ) -> c_int {
-    // SAFETY: libc's epoll_wait with the caller's array.
-    let ready = unsafe {
-        real!(epoll_wait: fn(c_int, *mut epoll_event, c_int, c_int) -> c_int)(
-            epfd, events, maxevents, timeout,
-        )
+    let _entered = inline::enter();
+    let wait = |timeout| {
+        // SAFETY: libc's epoll_wait with the caller's array.
+        let ready = unsafe {
+            real!(epoll_wait: fn(c_int, *mut epoll_event, c_int, c_int) -> c_int)(
+                epfd, events, maxevents, timeout,
+            )
+        };
+        merge_epoll(epfd, events, ready)
     };
-    merge_epoll(epfd, events, ready)
+    inline::before_wait(timeout != 0, || wait(0)).unwrap_or_else(|| wait(timeout))
 }
 
 #[unsafe(no_mangle)]
@@ -252,13 +291,17 @@ pub unsafe extern "C" fn epoll_pwait(
     timeout: c_int,
     sigmask: *const sigset_t,
 ) -> c_int {
-    // SAFETY: libc's epoll_pwait with the caller's array and mask.
-    let ready = unsafe {
-        real!(epoll_pwait: fn(c_int, *mut epoll_event, c_int, c_int, *const sigset_t) -> c_int)(
-            epfd, events, maxevents, timeout, sigmask,
-        )
+    let _entered = inline::enter();
+    let wait = |timeout| {
+        // SAFETY: libc's epoll_pwait with the caller's array and mask.
+        let ready = unsafe {
+            real!(epoll_pwait: fn(c_int, *mut epoll_event, c_int, c_int, *const sigset_t) -> c_int)(
+                epfd, events, maxevents, timeout, sigmask,
+            )
+        };
+        merge_epoll(epfd, events, ready)
     };
-    merge_epoll(epfd, events, ready)
+    inline::before_wait(timeout != 0, || wait(0)).unwrap_or_else(|| wait(timeout))
 }
 
 #[unsafe(no_mangle)]
@@ -269,13 +312,118 @@ pub unsafe extern "C" fn epoll_pwait2(
     timeout: *const timespec,
     sigmask: *const sigset_t,
 ) -> c_int {
-    // SAFETY: libc's epoll_pwait2 with the caller's array, timeout and mask.
-    let ready = unsafe {
-        real!(epoll_pwait2: fn(c_int, *mut epoll_event, c_int, *const timespec, *const sigset_t) -> c_int)(
-            epfd, events, maxevents, timeout, sigmask,
-        )
+    let _entered = inline::enter();
+    let wait = |timeout: *const timespec| {
+        // SAFETY: libc's epoll_pwait2 with the caller's array, timeout and mask.
+        let ready = unsafe {
+            real!(epoll_pwait2: fn(c_int, *mut epoll_event, c_int, *const timespec, *const sigset_t) -> c_int)(
+                epfd, events, maxevents, timeout, sigmask,
+            )
+        };
+        merge_epoll(epfd, events, ready)
     };
-    merge_epoll(epfd, events, ready)
+    // SAFETY: a null timeout waits for ever; else the caller's valid timespec.
+    let blocking = timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
+    let zero = timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    inline::before_wait(blocking, || wait(&zero)).unwrap_or_else(|| wait(timeout))
+}
+
+/// The caller's fd sets, kept so that each zero-timeout look of an inline wait starts
+/// from them (select(2) overwrites them with its answer).
+struct FdSets {
+    sets: [*mut libc::fd_set; 3],
+    saved: [Option<libc::fd_set>; 3],
+}
+
+impl FdSets {
+    /// # Safety
+    /// Each pointer is null or a valid fd_set (select's contract).
+    unsafe fn keep(sets: [*mut libc::fd_set; 3]) -> FdSets {
+        // SAFETY: the caller's non-null sets are valid to read.
+        let saved = sets.map(|p| (!p.is_null()).then(|| unsafe { *p }));
+        FdSets { sets, saved }
+    }
+
+    fn restore(&self) {
+        for (p, saved) in self.sets.iter().zip(&self.saved) {
+            if let Some(set) = saved {
+                // SAFETY: the caller's valid, writable set (select's contract).
+                unsafe { **p = *set };
+            }
+        }
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    readfds: *mut libc::fd_set,
+    writefds: *mut libc::fd_set,
+    exceptfds: *mut libc::fd_set,
+    timeout: *mut libc::timeval,
+) -> c_int {
+    let _entered = inline::enter();
+    let real_select = real!(select: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *mut libc::timeval) -> c_int);
+    if inline::stack().is_some() {
+        // SAFETY: select's contract.
+        let sets = unsafe { FdSets::keep([readfds, writefds, exceptfds]) };
+        // SAFETY: a null timeout waits for ever; else the caller's valid timeval.
+        let blocking =
+            timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_usec != 0 };
+        let look = || {
+            sets.restore();
+            let mut zero = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            };
+            // SAFETY: libc's select with the caller's sets and a zero timeout.
+            unsafe { real_select(nfds, readfds, writefds, exceptfds, &mut zero) }
+        };
+        if let Some(r) = inline::before_wait(blocking, look) {
+            return r;
+        }
+        sets.restore();
+    }
+    // SAFETY: libc's select with the caller's arguments.
+    unsafe { real_select(nfds, readfds, writefds, exceptfds, timeout) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    readfds: *mut libc::fd_set,
+    writefds: *mut libc::fd_set,
+    exceptfds: *mut libc::fd_set,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
+) -> c_int {
+    let _entered = inline::enter();
+    let real_pselect = real!(pselect: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *const timespec, *const sigset_t) -> c_int);
+    if inline::stack().is_some() {
+        // SAFETY: pselect's contract.
+        let sets = unsafe { FdSets::keep([readfds, writefds, exceptfds]) };
+        // SAFETY: a null timeout waits for ever; else the caller's valid timespec.
+        let blocking =
+            timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
+        let zero = timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let look = || {
+            sets.restore();
+            // SAFETY: libc's pselect with the caller's sets and mask, a zero timeout.
+            unsafe { real_pselect(nfds, readfds, writefds, exceptfds, &zero, sigmask) }
+        };
+        if let Some(r) = inline::before_wait(blocking, look) {
+            return r;
+        }
+        sets.restore();
+    }
+    // SAFETY: libc's pselect with the caller's arguments.
+    unsafe { real_pselect(nfds, readfds, writefds, exceptfds, timeout, sigmask) }
 }
 
 #[cfg(test)]

@@ -192,6 +192,34 @@ impl Driver {
         wake.clear();
     }
 
+    /// A loop that sleeps without holding the driver (see `net::inline`), after a turn
+    /// without work: how long it may sleep, or `None` (turn again). `wake` is the
+    /// eventfd handles write when they send a command while it sleeps; after `Some`,
+    /// [`Driver::woke`] once awake.
+    pub(crate) fn sleep_plan(&mut self, wake: &WakeFd) -> Option<Duration> {
+        // As in `rest`: a command sent before the flag is set is seen by this look.
+        wake.set_sleeping(true);
+        let plan = if self.commands() || self.stopping() {
+            None
+        } else {
+            self.rt.sleep_plan()
+        };
+        if plan.is_none() {
+            wake.set_sleeping(false);
+        }
+        plan
+    }
+
+    /// After a sleep [`Driver::sleep_plan`] allowed.
+    pub(crate) fn woke(&mut self) {
+        self.rt.woke();
+    }
+
+    /// The fds a loop sleeping without the driver sleeps on (the device's).
+    pub(crate) fn sleep_fds(&self) -> Vec<libc::pollfd> {
+        self.rt.device.xdp().sleep_fds()
+    }
+
     /// The runtime, between two turns.
     pub(crate) fn runtime(&mut self) -> &mut Runtime {
         &mut self.rt

@@ -24,3 +24,6 @@ pub const NO_BUSY_POLL: &str = "USERSPACE_NO_BUSY_POLL";
 pub const VERBOSE: &str = "USERSPACE_VERBOSE";
 /// `1`: go through the interface's switch, shared with other programs (`--share`).
 pub const SWITCH: &str = "USERSPACE_SWITCH";
+/// `1`: the stack's poll loop runs on a thread of its own, as before the inline loop
+/// (default: the program's threads turn it, with a background thread while they do not).
+pub const LOOP_THREAD: &str = "USERSPACE_LOOP_THREAD";

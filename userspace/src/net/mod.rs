@@ -27,6 +27,7 @@
 //! side), whatever the number of packets, and an idle one costs nothing.
 mod config;
 mod driver;
+mod inline;
 pub mod errno;
 pub mod exec_env;
 mod listener;
@@ -329,6 +330,65 @@ impl StackBuilder {
         Ok(self.handle(commands, shutdown, Some((thread, wake)), info))
     }
 
+    /// Like [`StackBuilder::build`], but the poll loop is turned by the threads that
+    /// use the stack's sockets, Onload-style: [`Stack::turn`] after a call that gave the
+    /// stack work (a write, a read that found nothing) and before waiting, and
+    /// [`Stack::park`] before blocking. A background thread (pinned if
+    /// [`StackBuilder::cpu`] is set) takes the loop over while no thread has asked for
+    /// a turn for a millisecond, or once one parked, so the stack keeps running (ACKs,
+    /// retransmits, timers, new connections) while the program sleeps or computes. The
+    /// handles work as with [`StackBuilder::build`], blocking ones included.
+    pub fn build_inline(self) -> io::Result<Stack> {
+        let (commands, receiver) = mpsc::channel();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let (up_tx, up_rx) = mpsc::sync_channel(1);
+        let loop_shutdown = shutdown.clone();
+        let options = self.loop_options();
+        let wake = Arc::new(WakeFd::new()?);
+        let loop_wake = wake.clone();
+        let config = self.config.clone();
+        let thread = std::thread::Builder::new()
+            .name("userspace-bg".into())
+            .spawn(move || {
+                let started = open_runtime(&config, &[]).map_err(io_error).and_then(|rt| {
+                    let info = Info::of(&rt);
+                    let mut driver = driver::Driver::new(rt, receiver, loop_shutdown.clone(), options);
+                    driver.start();
+                    let inline = inline::InlineLoop::new(driver, loop_wake, loop_shutdown)?;
+                    Ok((info, inline))
+                });
+                let inline = match started {
+                    Ok((info, inline)) => {
+                        if up_tx.send(Ok((info, inline.clone()))).is_err() {
+                            return;
+                        }
+                        inline
+                    }
+                    Err(e) => {
+                        let _ = up_tx.send(Err(e));
+                        return;
+                    }
+                };
+                inline.background();
+            })?;
+        let (info, inline) = match up_rx.recv() {
+            Ok(Ok(up)) => up,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(io::Error::other("the poll loop died while starting"));
+            }
+        };
+        let mut stack = self.handle(commands, shutdown, Some((thread, wake)), info);
+        if let Some(inner) = Arc::get_mut(&mut stack.inner) {
+            inner.inline = Some(inline);
+        }
+        Ok(stack)
+    }
+
     fn loop_options(&self) -> driver::LoopOptions {
         driver::LoopOptions {
             cap: self.config.buffer.clamp(1, MAX_HANDLE_BUFFER),
@@ -358,6 +418,7 @@ impl StackBuilder {
                 cap: options.cap,
                 nodelay: options.nodelay,
                 connect_timeout: self.config.connect_timeout,
+                inline: None,
             }),
         }
     }
@@ -409,6 +470,8 @@ struct Inner {
     cap: usize,
     nodelay: bool,
     connect_timeout: Duration,
+    /// The loop the program's threads turn ([`StackBuilder::build_inline`]).
+    inline: Option<Arc<inline::InlineLoop>>,
 }
 
 impl Inner {
@@ -423,6 +486,9 @@ impl Inner {
         // SeqCst against the loop's `sleeping` store and `stopping` load (see WakeFd).
         self.shutdown.store(true, Ordering::SeqCst);
         self.notify_loop();
+        if let Some(inline) = &self.inline {
+            inline.wake_all();
+        }
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(thread) = thread
             && thread.thread().id() != std::thread::current().id()
@@ -523,6 +589,28 @@ impl Stack {
     /// does the same.
     pub fn shutdown(&self) {
         self.inner.stop();
+    }
+
+    /// Whether the program's threads turn the loop ([`StackBuilder::build_inline`]).
+    pub fn is_inline(&self) -> bool {
+        self.inner.inline.is_some()
+    }
+
+    /// An inline stack ([`StackBuilder::build_inline`]): one turn of its poll loop on
+    /// this thread, unless another thread is turning it (it then turns again for
+    /// this one before letting go; this one never waits). `Some(busy)` if this thread
+    /// turned it, `None` if not (taken, stopped, or not an inline stack). Never call it
+    /// from a signal handler: the turn takes the connections' locks and may allocate.
+    pub fn turn(&self) -> Option<bool> {
+        self.inner.inline.as_ref()?.turn()
+    }
+
+    /// An inline stack: this thread is about to block (in epoll_wait, poll, a blocking
+    /// read): the background thread takes the loop over now, not a millisecond later.
+    pub fn park(&self) {
+        if let Some(inline) = &self.inner.inline {
+            inline.park();
+        }
     }
 
     /// A snapshot of the stack's counters (frames, drops, ARP, listeners, connections).

@@ -240,6 +240,37 @@ impl Runtime {
         self.sleep_for = (self.sleep_for * 2).min(MAX_SLEEP);
     }
 
+    /// For a loop that sleeps without holding the runtime (other threads may turn it
+    /// meanwhile), after a turn without work: how long it may sleep on
+    /// [`XdpQueues::sleep_fds`](crate::device::xdp::XdpQueues::sleep_fds), until the
+    /// stack's next timer at most, or `None` when it must turn again (frames came,
+    /// output or frames wait). After `Some`, call [`Runtime::woke`] once awake.
+    pub fn sleep_plan(&mut self) -> Option<std::time::Duration> {
+        if self.idle_turns == 0 {
+            self.sleep_for = MIN_SLEEP;
+            return None;
+        }
+        if self.stack.has_pending_output() && (self.turn() > 0 || self.stack.has_pending_output()) {
+            return None;
+        }
+        let now = self.last_now;
+        let mut wake = now + self.sleep_for;
+        let nap = self.shard.as_ref().map(|_| now + MIN_SLEEP);
+        for t in [self.stack.poll_at(), nap].into_iter().flatten() {
+            wake = wake.min(t);
+        }
+        if wake <= now || !self.device.xdp_mut().ready_to_sleep() {
+            return None;
+        }
+        self.sleep_for = (self.sleep_for * 2).min(MAX_SLEEP);
+        Some(wake.saturating_since(now))
+    }
+
+    /// After a sleep that [`Runtime::sleep_plan`] allowed.
+    pub fn woke(&mut self) {
+        self.device.xdp_mut().woke();
+    }
+
     /// Busy-polls until `ready` returns a value, the deadline passes, or a signal arrives.
     pub fn wait<T>(
         &mut self,

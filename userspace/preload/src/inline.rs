@@ -1,0 +1,100 @@
+//! The program's threads turn the stack's poll loop themselves (the default; see
+//! `userspace::StackBuilder::build_inline`): after a call that gave the stack work, when
+//! a read or accept finds nothing, and before a wait would block. A wait first spins a
+//! bounded budget, turning the loop and looking with a zero-timeout real wait, then
+//! parks (the library's background thread takes the loop over) and blocks.
+//!
+//! Only the outermost call of the library on a thread turns the loop: a call made
+//! while this thread is inside another (a signal handler that interrupted one, which
+//! may hold a socket's lock) does not.
+use crate::config;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+use userspace::Stack;
+
+thread_local! {
+    /// Calls of this library in progress on this thread (more than 1: re-entered).
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Counts a call of the library on this thread until dropped.
+pub struct Entered(());
+
+/// Marks the start of a call of the library on this thread.
+pub fn enter() -> Entered {
+    let _ = DEPTH.try_with(|d| d.set(d.get() + 1));
+    Entered(())
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let _ = DEPTH.try_with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
+/// This process's inline stack, if it runs and this thread may turn its loop now.
+pub fn stack() -> Option<&'static Stack> {
+    let outermost = DEPTH.try_with(|d| d.get() <= 1).unwrap_or(false);
+    if !outermost {
+        return None;
+    }
+    config::running().filter(|s| s.is_inline())
+}
+
+/// One turn of the loop, if this thread may; whether it had work.
+pub fn turn() -> bool {
+    stack().and_then(Stack::turn).unwrap_or(false)
+}
+
+/// Before a wait with a timeout (`blocking`: not zero) on a set that may hold stack
+/// sockets: turns the loop and calls `look` (the wait with a zero timeout, its answer
+/// made as the caller's would be); spins while `look` finds nothing, for the spin
+/// budget, then parks the loop. `Some(answer)` when that answers the call (something
+/// ready, an error, or a zero timeout), `None` when the caller makes its real wait.
+pub fn before_wait(blocking: bool, mut look: impl FnMut() -> i32) -> Option<i32> {
+    let stack = stack()?;
+    stack.turn();
+    let found = look();
+    if found != 0 || !blocking {
+        return Some(found);
+    }
+    let budget = config::spin();
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        let busy = stack.turn();
+        let found = look();
+        if found != 0 {
+            return Some(found);
+        }
+        if busy != Some(true) {
+            std::hint::spin_loop();
+        }
+    }
+    stack.park();
+    None
+}
+
+/// Before a call blocks on one socket (a read, an accept, a connect): turns the loop
+/// until `ready` or for the spin budget, then parks it. Whether `ready` came.
+pub fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
+    let Some(stack) = stack() else {
+        return ready();
+    };
+    let budget = config::spin();
+    let start = Instant::now();
+    loop {
+        stack.turn();
+        if ready() {
+            return true;
+        }
+        if start.elapsed() >= budget {
+            stack.park();
+            return ready();
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// The default spin before a wait parks: about a request's round trip on a loaded
+/// host, so a reply on its way is met without a sleep and wake-up.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
