@@ -194,9 +194,96 @@ impl Registry {
     }
 }
 
+/// The event data that marks the device's sockets in a program's epoll set.
+const DEVICE: u64 = 0x7573_6572_7370_6163;
+
+/// Epoll sets the device's sockets were added to (see `inline::watched_wait`).
+static WATCHED: Mutex<Vec<c_int>> = Mutex::new(Vec::new());
+static WATCHING: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether epoll set `epfd` holds the device's sockets `fds` (added now if not),
+/// each with EPOLLEXCLUSIVE: of the threads waiting on several sets, a frame wakes
+/// one.
+fn watched(epfd: c_int, fds: &[c_int]) -> bool {
+    let mut sets = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
+    if sets.contains(&epfd) {
+        return true;
+    }
+    for &fd in fds {
+        let add = |flags: u32| {
+            let mut event = epoll_event {
+                events: libc::EPOLLIN as u32 | flags,
+                u64: DEVICE,
+            };
+            // SAFETY: libc's epoll_ctl with a valid event.
+            unsafe {
+                real!(epoll_ctl: fn(c_int, c_int, c_int, *mut epoll_event) -> c_int)(
+                    epfd,
+                    libc::EPOLL_CTL_ADD,
+                    fd,
+                    &mut event,
+                )
+            }
+        };
+        let added = add(libc::EPOLLEXCLUSIVE as u32) == 0
+            || crate::table::last_errno() == libc::EEXIST
+            || add(0) == 0;
+        if !added {
+            return false;
+        }
+    }
+    sets.push(epfd);
+    WATCHING.store(sets.len(), Ordering::Release);
+    true
+}
+
+/// Takes the device's events out of the `ready` events an epoll wait returned.
+fn unwatched(events: *mut epoll_event, ready: c_int) -> c_int {
+    if ready <= 0 || events.is_null() {
+        return ready;
+    }
+    // SAFETY: the kernel filled `ready` entries of the caller's array.
+    let got = unsafe { std::slice::from_raw_parts_mut(events, ready as usize) };
+    let mut kept = 0;
+    for i in 0..got.len() {
+        if got[i].u64 != DEVICE {
+            got[kept] = got[i];
+            kept += 1;
+        }
+    }
+    kept as c_int
+}
+
+/// An epoll wait of the program's: on an inline stack the thread turns the loop,
+/// and waits on the device's sockets itself if it can (else the background thread
+/// takes the loop while it waits); `wait(ms)` is the real call.
+fn epoll_inline(
+    epfd: c_int,
+    events: *mut epoll_event,
+    timeout: c_int,
+    wait: impl Fn(c_int) -> c_int,
+) -> c_int {
+    let Some(stack) = inline::stack() else {
+        return merge_epoll(epfd, events, unwatched(events, wait(timeout)));
+    };
+    let fds = stack.watch_fds();
+    if !fds.is_empty() && timeout != 0 && watched(epfd, fds) {
+        return inline::watched_wait(stack, timeout, |ms| {
+            merge_epoll(epfd, events, unwatched(events, wait(ms)))
+        });
+    }
+    let look = |ms| merge_epoll(epfd, events, unwatched(events, wait(ms)));
+    inline::before_wait(timeout != 0, || look(0)).unwrap_or_else(|| look(timeout))
+}
+
 /// The fd is closed: its registrations are gone with it (the kernel's go with the last
 /// fd of the file; a stack socket's eventfd is that file).
 pub fn forget(fd: c_int) {
+    if WATCHING.load(Ordering::Acquire) > 0 {
+        let mut sets = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
+        sets.retain(|&s| s != fd);
+        WATCHING.store(sets.len(), Ordering::Release);
+    }
     if REGISTERED.load(Ordering::Acquire) == 0 {
         return;
     }
@@ -273,14 +360,13 @@ pub unsafe extern "C" fn epoll_wait(
     let _entered = inline::enter();
     let wait = |timeout| {
         // SAFETY: libc's epoll_wait with the caller's array.
-        let ready = unsafe {
+        unsafe {
             real!(epoll_wait: fn(c_int, *mut epoll_event, c_int, c_int) -> c_int)(
                 epfd, events, maxevents, timeout,
             )
-        };
-        merge_epoll(epfd, events, ready)
+        }
     };
-    inline::before_wait(timeout != 0, || wait(0)).unwrap_or_else(|| wait(timeout))
+    epoll_inline(epfd, events, timeout, wait)
 }
 
 #[unsafe(no_mangle)]
@@ -294,14 +380,13 @@ pub unsafe extern "C" fn epoll_pwait(
     let _entered = inline::enter();
     let wait = |timeout| {
         // SAFETY: libc's epoll_pwait with the caller's array and mask.
-        let ready = unsafe {
+        unsafe {
             real!(epoll_pwait: fn(c_int, *mut epoll_event, c_int, c_int, *const sigset_t) -> c_int)(
                 epfd, events, maxevents, timeout, sigmask,
             )
-        };
-        merge_epoll(epfd, events, ready)
+        }
     };
-    inline::before_wait(timeout != 0, || wait(0)).unwrap_or_else(|| wait(timeout))
+    epoll_inline(epfd, events, timeout, wait)
 }
 
 #[unsafe(no_mangle)]
@@ -320,7 +405,7 @@ pub unsafe extern "C" fn epoll_pwait2(
                 epfd, events, maxevents, timeout, sigmask,
             )
         };
-        merge_epoll(epfd, events, ready)
+        merge_epoll(epfd, events, unwatched(events, ready))
     };
     // SAFETY: a null timeout waits for ever; else the caller's valid timespec.
     let blocking = timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };

@@ -58,20 +58,72 @@ pub fn before_wait(blocking: bool, mut look: impl FnMut() -> i32) -> Option<i32>
     if found != 0 || !blocking {
         return Some(found);
     }
-    let budget = config::spin();
-    let start = Instant::now();
-    while start.elapsed() < budget {
-        let busy = stack.turn();
-        let found = look();
-        if found != 0 {
-            return Some(found);
-        }
-        if busy != Some(true) {
-            std::hint::spin_loop();
-        }
+    if let Some(found) = spin(stack, &mut look) {
+        return Some(found);
     }
     stack.park();
     None
+}
+
+/// Turns the loop for the spin budget, looking after each busy turn and every few
+/// others (a look is a system call); what a look found, if anything.
+fn spin(stack: &Stack, look: &mut impl FnMut() -> i32) -> Option<i32> {
+    let budget = config::spin();
+    let start = Instant::now();
+    let mut idle = 0u32;
+    while start.elapsed() < budget {
+        let busy = stack.turn() == Some(true);
+        idle = if busy { 0 } else { idle + 1 };
+        if busy || idle % LOOK_EVERY == 0 {
+            let found = look();
+            if found != 0 {
+                return Some(found);
+            }
+        }
+        std::hint::spin_loop();
+    }
+    None
+}
+
+/// While spinning, turns without work between two looks at the program's own fds.
+const LOOK_EVERY: u32 = 8;
+
+/// An epoll wait (`wait(ms)`: the real one, the device's events taken out of its
+/// answer) on a set that holds the device's sockets too (see `hangup::watched`): the
+/// thread turns the loop, spins, then sleeps on its own fds and the device's at once,
+/// at most until the stack's next timer, and turns the loop whenever it wakes. The
+/// background thread stays away meanwhile, and nothing crosses a thread.
+pub fn watched_wait(stack: &Stack, timeout_ms: i32, mut wait: impl FnMut(i32) -> i32) -> i32 {
+    let deadline =
+        (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
+    let mut spun = false;
+    loop {
+        stack.turn();
+        let found = wait(0);
+        if found != 0 || timeout_ms == 0 {
+            return found;
+        }
+        if !spun {
+            spun = true;
+            if let Some(found) = spin(stack, &mut || wait(0)) {
+                return found;
+            }
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            return 0;
+        }
+        let Some(until_timer) = stack.watch() else {
+            continue;
+        };
+        let sleep = left.map_or(until_timer, |l| l.min(until_timer));
+        // Whole milliseconds, rounded up: the wait never ends before the timer.
+        let ms = sleep.as_micros().div_ceil(1000).clamp(1, i32::MAX as u128) as i32;
+        let found = wait(ms);
+        if found != 0 {
+            return found;
+        }
+    }
 }
 
 /// Before a call blocks on one socket (a read, an accept, a connect): turns the loop

@@ -682,8 +682,6 @@ impl Sock {
                 Err(e) => break Err(e),
             }
         };
-        // What was written leaves now (inline).
-        crate::inline::turn();
         self.refresh(&Kind::Stream(stream));
         result.map_err(|e| errno_of(&e))
     }

@@ -210,6 +210,21 @@ impl Driver {
         plan
     }
 
+    /// How long a thread waiting on the device's sockets itself may wait before the
+    /// loop needs a turn (see [`Runtime::watch_plan`]); `None`: turn now.
+    pub(crate) fn watch_plan(&self) -> Option<Duration> {
+        let checks = !(self.connecting.is_empty()
+            && self.resolving.is_empty()
+            && self.lingering.is_empty()
+            && self.draining_ports.is_empty());
+        self.rt.watch_plan(checks.then_some(self.next_check))
+    }
+
+    /// The device's sockets a thread may wait on itself.
+    pub(crate) fn watch_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.rt.device.xdp().watch_fds()
+    }
+
     /// After a sleep [`Driver::sleep_plan`] allowed.
     pub(crate) fn woke(&mut self) {
         self.rt.woke();

@@ -7,13 +7,18 @@
 //! holding the loop turns again for it, see `wanted`). A program that calls into its
 //! sockets turns the loop itself, so with one busy thread nothing crosses a thread.
 //!
-//! The background thread costs nothing while the program turns the loop: it sleeps on
-//! a timer until no program thread has asked for a turn for `TAKEOVER`, or until a
-//! thread says it is about to block ([`Stack::park`]). Then it turns the loop as the
-//! loop thread of [`StackBuilder::build`] does, sleeping in poll(2) on the device, the
-//! handles' commands and the stack's next timer, without holding the mutex, so a
-//! program thread that comes back takes the loop at once; seeing that, the background
-//! thread goes back to its timer.
+//! A thread about to block in a wait of its own (epoll_wait) may instead wait on the
+//! device's sockets beside its fds ([`Stack::watch_fds`], [`Stack::watch`]): it wakes
+//! for a frame or the stack's next timer, and turns the loop itself.
+//!
+//! The background thread costs nothing while the program covers the loop: it sleeps on
+//! a timer until no program thread has asked for a turn for `TAKEOVER` (or past the
+//! end of a watched wait), or until a thread says it is about to block without
+//! watching ([`Stack::park`]). Then it turns the loop as the loop thread of
+//! [`StackBuilder::build`] does, sleeping in poll(2) on the device, the handles'
+//! commands and the stack's next timer, without holding the mutex, so a program thread
+//! that comes back takes the loop at once; seeing that, the background thread goes
+//! back to its timer.
 use super::driver::Driver;
 use crate::device::wake::{WakeFd, sleep_on};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,9 +36,11 @@ pub(crate) struct InlineLoop {
     /// Set by a thread that wanted a turn and found the loop taken: the holder turns
     /// again before it lets go.
     wanted: AtomicBool,
-    /// When a program thread last asked for a turn, in ns since `origin` (0: none yet,
-    /// or the last one parked).
-    asked: AtomicU64,
+    /// Until when the program's threads see to the loop, in ns since `origin`: a turn
+    /// asked for covers `TAKEOVER`, a watched wait its length; 0 once one parked.
+    covered: AtomicU64,
+    /// The device's sockets a thread may wait on itself (none through a switch).
+    watch_fds: Vec<std::os::fd::RawFd>,
     origin: std::time::Instant,
     /// Wakes the background thread from its sleep on the device (a handle's command).
     pub(crate) commands: Arc<WakeFd>,
@@ -48,10 +55,12 @@ impl InlineLoop {
         commands: Arc<WakeFd>,
         shutdown: Arc<AtomicBool>,
     ) -> std::io::Result<Arc<Self>> {
+        let watch_fds = driver.watch_fds();
         Ok(Arc::new(InlineLoop {
+            watch_fds,
             driver: Mutex::new(Some(driver)),
             wanted: AtomicBool::new(false),
-            asked: AtomicU64::new(0),
+            covered: AtomicU64::new(0),
             origin: std::time::Instant::now(),
             commands,
             parked: WakeFd::new()?,
@@ -79,7 +88,8 @@ impl InlineLoop {
     /// A program thread's turn: `Some(busy)`, or `None` when another thread holds the
     /// loop (it turns again for us) or the stack stopped.
     pub(crate) fn turn(&self) -> Option<bool> {
-        self.asked.store(self.now_ns(), Ordering::Relaxed);
+        let until = self.now_ns() + TAKEOVER.as_nanos() as u64;
+        self.covered.store(until, Ordering::Relaxed);
         self.wanted.store(true, Ordering::SeqCst);
         let mut result = None;
         while let Some(mut guard) = self.try_driver() {
@@ -101,8 +111,28 @@ impl InlineLoop {
 
     /// A program thread is about to block: the background thread takes over now.
     pub(crate) fn park(&self) {
-        self.asked.store(0, Ordering::SeqCst);
+        self.covered.store(0, Ordering::SeqCst);
         self.parked.notify();
+    }
+
+    /// The device's sockets a thread may wait on itself.
+    pub(crate) fn watch_fds(&self) -> &[std::os::fd::RawFd] {
+        &self.watch_fds
+    }
+
+    /// A program thread will wait on the device's sockets beside its own fds: how
+    /// long it may (the stack needs a turn after that whatever comes), the background
+    /// thread staying away meanwhile; `None` when it must turn the loop now (frames
+    /// or output wait, or another thread holds the loop).
+    pub(crate) fn watch(&self) -> Option<Duration> {
+        if self.watch_fds.is_empty() {
+            return None;
+        }
+        let guard = self.try_driver()?;
+        let wait = guard.as_ref()?.watch_plan()?;
+        let until = self.now_ns() + wait.as_nanos() as u64;
+        self.covered.store(until, Ordering::SeqCst);
+        Some(wait)
     }
 
     /// Ends the background thread's sleeps (the stack stops).
@@ -127,20 +157,19 @@ impl InlineLoop {
             events: libc::POLLIN,
             revents: 0,
         }];
-        let takeover = TAKEOVER.as_nanos() as u64;
         loop {
             if self.shutdown.load(Ordering::SeqCst) {
                 break;
             }
-            let asked = self.asked.load(Ordering::SeqCst);
-            let since = self.now_ns().saturating_sub(asked);
-            if asked != 0 && since < takeover {
-                // The program turns the loop: sleep until it may have stopped, or parks.
+            let covered = self.covered.load(Ordering::SeqCst);
+            let now = self.now_ns();
+            if covered > now {
+                // The program sees to the loop: sleep until it may have stopped, or parks.
                 self.parked.set_sleeping(true);
-                if self.asked.load(Ordering::SeqCst) == asked
+                if self.covered.load(Ordering::SeqCst) == covered
                     && !self.shutdown.load(Ordering::SeqCst)
                 {
-                    sleep_on(&mut timer, Duration::from_nanos(takeover - since));
+                    sleep_on(&mut timer, Duration::from_nanos(covered - now));
                 }
                 self.parked.set_sleeping(false);
                 self.parked.clear();

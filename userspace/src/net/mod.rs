@@ -613,6 +613,26 @@ impl Stack {
         }
     }
 
+    /// An inline stack: the device's sockets (AF_XDP, readable when a frame comes) a
+    /// thread about to block in a wait of its own may add to what it waits for, after
+    /// [`Stack::watch`] said how long. Empty if it may not (through the interface's
+    /// switch, or not an inline stack).
+    pub fn watch_fds(&self) -> &[std::os::fd::RawFd] {
+        self.inner
+            .inline
+            .as_ref()
+            .map_or(&[], |inline| inline.watch_fds())
+    }
+
+    /// An inline stack, right after a turn: this thread will wait on
+    /// [`Stack::watch_fds`] itself (and turn the loop when it wakes), at most the
+    /// returned time, after which the stack needs a turn (its next timer) whatever
+    /// comes; the background thread stays away meanwhile. `None`: turn again first
+    /// (frames or output wait, another thread holds the loop, or no such sockets).
+    pub fn watch(&self) -> Option<Duration> {
+        self.inner.inline.as_ref()?.watch()
+    }
+
     /// A snapshot of the stack's counters (frames, drops, ARP, listeners, connections).
     pub fn stats(&self) -> io::Result<crate::stack::StackStats> {
         self.with_runtime(|rt| rt.stack.stats.clone())

@@ -266,6 +266,22 @@ impl Runtime {
         Some(wake.saturating_since(now))
     }
 
+    /// For a thread that waits on the device's sockets itself (see
+    /// `XdpQueues::watch_fds`) right after a turn: how long until the stack needs a turn
+    /// whatever comes (its next timer, at most `MAX_SLEEP`, or `also`), or `None` when
+    /// it needs one now (output or frames wait).
+    pub fn watch_plan(&self, also: Option<Instant>) -> Option<std::time::Duration> {
+        if self.stack.has_pending_output() || self.device.xdp().frames_to_move() {
+            return None;
+        }
+        let now = self.now();
+        let mut wake = now + MAX_SLEEP;
+        for t in [self.stack.poll_at(), also].into_iter().flatten() {
+            wake = wake.min(t);
+        }
+        (wake > now).then(|| wake.saturating_since(now))
+    }
+
     /// After a sleep that [`Runtime::sleep_plan`] allowed.
     pub fn woke(&mut self) {
         self.device.xdp_mut().woke();

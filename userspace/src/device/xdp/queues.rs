@@ -292,6 +292,20 @@ impl XdpQueues {
         }
     }
 
+    /// The AF_XDP sockets a thread may wait on itself, beside its own fds, instead of
+    /// a loop's sleep: none through a switch (whose wake-ups need the loop's flag).
+    pub fn watch_fds(&self) -> Vec<RawFd> {
+        match &self.switch {
+            Some(_) => Vec::new(),
+            None => self.pollfds.iter().map(|p| p.fd).collect(),
+        }
+    }
+
+    /// Whether frames wait to be moved by the loop (it must turn again, not sleep).
+    pub fn frames_to_move(&self) -> bool {
+        self.devices.iter().any(XdpDevice::has_frames_to_move)
+    }
+
     /// After a sleep on [`XdpQueues::sleep_fds`] (or a [`XdpQueues::ready_to_sleep`]
     /// that said no): awake again.
     pub fn woke(&mut self) {
