@@ -6,7 +6,7 @@
 //!
 //! Only the outermost call of the library on a thread turns the loop: a call made
 //! while this thread is inside another (a signal handler that interrupted one, which
-//! may hold a socket's lock) does not.
+//! may hold a socket's lock) does not, and neither does a signal handler (`signals`).
 use crate::config;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -31,6 +31,26 @@ impl Drop for Entered {
         let _ = DEPTH.try_with(|d| d.set(d.get().saturating_sub(1)));
     }
 }
+
+/// Marks this thread as running a signal handler until dropped: its calls of the
+/// library never turn the loop. Only a thread-local `Cell` without a destructor is
+/// touched, which is safe in a handler.
+pub fn in_signal_handler() -> Handling {
+    let _ = DEPTH.try_with(|d| d.set(d.get() + IN_HANDLER));
+    Handling(())
+}
+
+/// See [`in_signal_handler`].
+pub struct Handling(());
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        let _ = DEPTH.try_with(|d| d.set(d.get().saturating_sub(IN_HANDLER)));
+    }
+}
+
+/// What a signal handler adds to the depth: far more than calls ever nest.
+const IN_HANDLER: u32 = 1 << 16;
 
 /// This process's inline stack, if it runs and this thread may turn its loop now.
 pub fn stack() -> Option<&'static Stack> {

@@ -35,6 +35,7 @@ mod config;
 mod hangup;
 mod inline;
 mod real;
+mod signals;
 mod table;
 
 use config::say;
