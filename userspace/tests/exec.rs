@@ -1169,9 +1169,7 @@ fn a_sleeping_or_computing_program_still_acks_what_its_peer_sends() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
-        server.stdout.take().unwrap(),
-    ));
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stdout.take().unwrap()));
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
     let client = format!(
         "import socket, time\n\

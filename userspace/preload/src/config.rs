@@ -93,12 +93,12 @@ pub fn loop_thread() -> bool {
 /// with `--no-busy-poll`.
 pub fn spin() -> Duration {
     static SPIN: OnceLock<Duration> = OnceLock::new();
-    *SPIN.get_or_init(|| {
-        match std::env::var_os(NO_BUSY_POLL).is_some_and(|v| v != "0") {
+    *SPIN.get_or_init(
+        || match std::env::var_os(NO_BUSY_POLL).is_some_and(|v| v != "0") {
             true => Duration::ZERO,
             false => crate::inline::DEFAULT_SPIN,
-        }
-    })
+        },
+    )
 }
 
 /// Whether the stack goes through the interface's switch (`userspace exec --share`),
@@ -175,7 +175,22 @@ pub fn stack() -> Result<&'static Stack, &'static str> {
         stack: started,
     }));
     STARTED.store(started, Ordering::Release);
+    if let Ok(stack) = &started.stack
+        && stack.is_inline()
+    {
+        INLINE.store(std::ptr::from_ref(stack).cast_mut(), Ordering::Release);
+    }
     started.stack.as_ref().map_err(|e| e.as_str())
+}
+
+/// This process's stack when its loop is inline (null in a child forked after it
+/// started, until the child starts its own): found without a getpid(2) per call.
+static INLINE: AtomicPtr<Stack> = AtomicPtr::new(std::ptr::null_mut());
+
+/// This process's stack, if it runs and its loop is inline (see `inline`).
+pub fn inline_stack() -> Option<&'static Stack> {
+    // SAFETY: a non-null pointer is to a stack in a leaked `Started`, never freed.
+    unsafe { INLINE.load(Ordering::Acquire).as_ref() }
 }
 
 /// The stack, if it runs already in this process (no start).
@@ -187,6 +202,8 @@ pub fn running() -> Option<&'static Stack> {
 static FORKED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn in_forked_child() {
+    // The parent's loop is not this process's to turn.
+    INLINE.store(std::ptr::null_mut(), Ordering::Release);
     if switched() {
         // Through the switch, the child gets a stack of its own now, before it can
         // put an inherited listener in an epoll set (see `table::adopt_after_fork`).

@@ -108,7 +108,8 @@ pub unsafe extern "C" fn ppoll(
 ) -> c_int {
     let _entered = inline::enter();
     // SAFETY: a null timeout waits for ever; else the caller's valid timespec.
-    let blocking = timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
+    let blocking =
+        timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
     let zero = timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -408,7 +409,8 @@ pub unsafe extern "C" fn epoll_pwait2(
         merge_epoll(epfd, events, unwatched(events, ready))
     };
     // SAFETY: a null timeout waits for ever; else the caller's valid timespec.
-    let blocking = timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
+    let blocking =
+        timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
     let zero = timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -15,6 +15,18 @@ use userspace::Stack;
 thread_local! {
     /// Calls of this library in progress on this thread (more than 1: re-entered).
     static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// This thread waits in the wrapped waits (an event loop): what it writes leaves
+    /// at its next wait, with the rest of the batch.
+    static EVENT_LOOP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// After a write: an event loop's bytes leave at its next wait, in one batch with the
+/// other connections' (one transmit kick for all); another thread's leave now, as it
+/// may block next where the library does not see it.
+pub fn flush() {
+    if !EVENT_LOOP.try_with(Cell::get).unwrap_or(false) {
+        turn();
+    }
 }
 
 /// Counts a call of the library on this thread until dropped.
@@ -58,7 +70,7 @@ pub fn stack() -> Option<&'static Stack> {
     if !outermost {
         return None;
     }
-    config::running().filter(|s| s.is_inline())
+    config::inline_stack()
 }
 
 /// One turn of the loop, if this thread may; whether it had work.
@@ -73,6 +85,7 @@ pub fn turn() -> bool {
 /// ready, an error, or a zero timeout), `None` when the caller makes its real wait.
 pub fn before_wait(blocking: bool, mut look: impl FnMut() -> i32) -> Option<i32> {
     let stack = stack()?;
+    let _ = EVENT_LOOP.try_with(|e| e.set(true));
     stack.turn();
     let found = look();
     if found != 0 || !blocking {
@@ -114,6 +127,7 @@ const LOOK_EVERY: u32 = 8;
 /// at most until the stack's next timer, and turns the loop whenever it wakes. The
 /// background thread stays away meanwhile, and nothing crosses a thread.
 pub fn watched_wait(stack: &Stack, timeout_ms: i32, mut wait: impl FnMut(i32) -> i32) -> i32 {
+    let _ = EVENT_LOOP.try_with(|e| e.set(true));
     let deadline =
         (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
     let mut spun = false;

@@ -30,9 +30,7 @@ extern "C" fn trampoline(sig: c_int, info: *mut siginfo_t, context: *mut c_void)
     if WITH_INFO[slot].load(Ordering::Acquire) {
         // SAFETY: the program installed this address as an SA_SIGINFO handler.
         let f = unsafe {
-            std::mem::transmute::<usize, extern "C" fn(c_int, *mut siginfo_t, *mut c_void)>(
-                handler,
-            )
+            std::mem::transmute::<usize, extern "C" fn(c_int, *mut siginfo_t, *mut c_void)>(handler)
         };
         f(sig, info, context);
     } else {
@@ -54,7 +52,8 @@ pub unsafe extern "C" fn sigaction(
     act: *const libc::sigaction,
     old: *mut libc::sigaction,
 ) -> c_int {
-    let real_sigaction = real!(sigaction: fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int);
+    let real_sigaction =
+        real!(sigaction: fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int);
     let slot = usize::try_from(sig).ok().filter(|&s| s > 0 && s < SIGNALS);
     let Some(slot) = slot else {
         // SAFETY: libc's sigaction with the caller's arguments.

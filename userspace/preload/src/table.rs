@@ -682,6 +682,7 @@ impl Sock {
                 Err(e) => break Err(e),
             }
         };
+        crate::inline::flush();
         self.refresh(&Kind::Stream(stream));
         result.map_err(|e| errno_of(&e))
     }

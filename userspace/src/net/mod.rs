@@ -27,9 +27,9 @@
 //! side), whatever the number of packets, and an idle one costs nothing.
 mod config;
 mod driver;
-mod inline;
 pub mod errno;
 pub mod exec_env;
+mod inline;
 mod listener;
 mod local;
 mod readiness;
@@ -352,7 +352,8 @@ impl StackBuilder {
             .spawn(move || {
                 let started = open_runtime(&config, &[]).map_err(io_error).and_then(|rt| {
                     let info = Info::of(&rt);
-                    let mut driver = driver::Driver::new(rt, receiver, loop_shutdown.clone(), options);
+                    let mut driver =
+                        driver::Driver::new(rt, receiver, loop_shutdown.clone(), options);
                     driver.start();
                     let inline = inline::InlineLoop::new(driver, loop_wake, loop_shutdown)?;
                     Ok((info, inline))
