@@ -107,7 +107,7 @@ fn spin(stack: &Stack, look: &mut impl FnMut() -> i32) -> Option<i32> {
     while start.elapsed() < budget {
         let busy = stack.turn() == Some(true);
         idle = if busy { 0 } else { idle + 1 };
-        if busy || idle % LOOK_EVERY == 0 {
+        if busy || idle.is_multiple_of(LOOK_EVERY) {
             let found = look();
             if found != 0 {
                 return Some(found);
