@@ -444,6 +444,29 @@ impl FdSets {
     }
 }
 
+/// A wait of the select family on sets that may hold stack sockets: on an inline
+/// stack, the loop's turns and spin first (see `inline::before_wait`), each look from
+/// the caller's sets; `call(zero)` is the real call, with a zero timeout if `zero`.
+fn select_inline(
+    sets: [*mut libc::fd_set; 3],
+    blocking: bool,
+    call: impl Fn(bool) -> c_int,
+) -> c_int {
+    if inline::stack().is_some() {
+        // SAFETY: each set is null or valid (select's contract).
+        let kept = unsafe { FdSets::keep(sets) };
+        let look = || {
+            kept.restore();
+            call(true)
+        };
+        if let Some(r) = inline::before_wait(blocking, look) {
+            return r;
+        }
+        kept.restore();
+    }
+    call(false)
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn select(
     nfds: c_int,
@@ -454,28 +477,18 @@ pub unsafe extern "C" fn select(
 ) -> c_int {
     let _entered = inline::enter();
     let real_select = real!(select: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *mut libc::timeval) -> c_int);
-    if inline::stack().is_some() {
-        // SAFETY: select's contract.
-        let sets = unsafe { FdSets::keep([readfds, writefds, exceptfds]) };
-        // SAFETY: a null timeout waits for ever; else the caller's valid timeval.
-        let blocking =
-            timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_usec != 0 };
-        let look = || {
-            sets.restore();
-            let mut zero = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 0,
-            };
-            // SAFETY: libc's select with the caller's sets and a zero timeout.
-            unsafe { real_select(nfds, readfds, writefds, exceptfds, &mut zero) }
+    // SAFETY: a null timeout waits for ever; else the caller's valid timeval.
+    let blocking =
+        timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_usec != 0 };
+    select_inline([readfds, writefds, exceptfds], blocking, |zero| {
+        let mut none = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
         };
-        if let Some(r) = inline::before_wait(blocking, look) {
-            return r;
-        }
-        sets.restore();
-    }
-    // SAFETY: libc's select with the caller's arguments.
-    unsafe { real_select(nfds, readfds, writefds, exceptfds, timeout) }
+        let timeout = if zero { &mut none } else { timeout };
+        // SAFETY: libc's select with the caller's sets and timeout (or a zero one).
+        unsafe { real_select(nfds, readfds, writefds, exceptfds, timeout) }
+    })
 }
 
 #[unsafe(no_mangle)]
@@ -489,28 +502,18 @@ pub unsafe extern "C" fn pselect(
 ) -> c_int {
     let _entered = inline::enter();
     let real_pselect = real!(pselect: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *const timespec, *const sigset_t) -> c_int);
-    if inline::stack().is_some() {
-        // SAFETY: pselect's contract.
-        let sets = unsafe { FdSets::keep([readfds, writefds, exceptfds]) };
-        // SAFETY: a null timeout waits for ever; else the caller's valid timespec.
-        let blocking =
-            timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
-        let zero = timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        let look = || {
-            sets.restore();
-            // SAFETY: libc's pselect with the caller's sets and mask, a zero timeout.
-            unsafe { real_pselect(nfds, readfds, writefds, exceptfds, &zero, sigmask) }
-        };
-        if let Some(r) = inline::before_wait(blocking, look) {
-            return r;
-        }
-        sets.restore();
-    }
-    // SAFETY: libc's pselect with the caller's arguments.
-    unsafe { real_pselect(nfds, readfds, writefds, exceptfds, timeout, sigmask) }
+    // SAFETY: a null timeout waits for ever; else the caller's valid timespec.
+    let blocking =
+        timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
+    let none = timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    select_inline([readfds, writefds, exceptfds], blocking, |zero| {
+        let timeout = if zero { &none } else { timeout };
+        // SAFETY: libc's pselect with the caller's sets, timeout (or a zero one), mask.
+        unsafe { real_pselect(nfds, readfds, writefds, exceptfds, timeout, sigmask) }
+    })
 }
 
 #[cfg(test)]

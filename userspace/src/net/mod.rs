@@ -291,43 +291,7 @@ impl StackBuilder {
         self,
         open: impl FnOnce() -> SetupResult<Runtime> + Send + 'static,
     ) -> io::Result<Stack> {
-        let (commands, receiver) = mpsc::channel();
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let (up_tx, up_rx) = mpsc::sync_channel(1);
-        let loop_shutdown = shutdown.clone();
-        let options = self.loop_options();
-        let wake = Arc::new(WakeFd::new()?);
-        let loop_wake = wake.clone();
-        let thread = std::thread::Builder::new()
-            .name("userspace-poll".into())
-            .spawn(move || {
-                let rt = match open() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = up_tx.send(Err(io_error(e)));
-                        return;
-                    }
-                };
-                let info = Info::of(&rt);
-                if up_tx.send(Ok(info)).is_err() {
-                    return;
-                }
-                driver::Driver::new(rt, receiver, loop_shutdown, options)
-                    .wake_on(loop_wake)
-                    .run();
-            })?;
-        let info = match up_rx.recv() {
-            Ok(Ok(info)) => info,
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(e);
-            }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(io::Error::other("the poll loop died while starting"));
-            }
-        };
-        Ok(self.handle(commands, shutdown, Some((thread, wake)), info))
+        self.start_as(open, false)
     }
 
     /// Like [`StackBuilder::build`], but the poll loop is turned by the threads that
@@ -339,53 +303,59 @@ impl StackBuilder {
     /// retransmits, timers, new connections) while the program sleeps or computes. The
     /// handles work as with [`StackBuilder::build`], blocking ones included.
     pub fn build_inline(self) -> io::Result<Stack> {
+        let config = self.config.clone();
+        self.start_as(move || open_runtime(&config, &[]), true)
+    }
+
+    /// [`StackBuilder::start`]; with `inline`, the new thread is the background thread
+    /// of an inline loop (see `net::inline`) instead of the loop's own.
+    fn start_as(
+        self,
+        open: impl FnOnce() -> SetupResult<Runtime> + Send + 'static,
+        inline: bool,
+    ) -> io::Result<Stack> {
         let (commands, receiver) = mpsc::channel();
         let shutdown = Arc::new(AtomicBool::new(false));
-        let (up_tx, up_rx) = mpsc::sync_channel(1);
         let loop_shutdown = shutdown.clone();
         let options = self.loop_options();
         let wake = Arc::new(WakeFd::new()?);
         let loop_wake = wake.clone();
-        let config = self.config.clone();
-        let thread = std::thread::Builder::new()
-            .name("userspace-bg".into())
-            .spawn(move || {
-                let started = open_runtime(&config, &[]).map_err(io_error).and_then(|rt| {
-                    let info = Info::of(&rt);
-                    let mut driver =
-                        driver::Driver::new(rt, receiver, loop_shutdown.clone(), options);
-                    driver.start();
-                    let inline = inline::InlineLoop::new(driver, loop_wake, loop_shutdown)?;
-                    Ok((info, inline))
-                });
-                let inline = match started {
-                    Ok((info, inline)) => {
-                        if up_tx.send(Ok((info, inline.clone()))).is_err() {
-                            return;
-                        }
-                        inline
-                    }
-                    Err(e) => {
-                        let _ = up_tx.send(Err(e));
-                        return;
-                    }
-                };
-                inline.background();
-            })?;
-        let (info, inline) = match up_rx.recv() {
-            Ok(Ok(up)) => up,
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(e);
-            }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(io::Error::other("the poll loop died while starting"));
-            }
+        let name = if inline {
+            "userspace-bg"
+        } else {
+            "userspace-poll"
         };
+        let (thread, (info, inline)) = spawn_loop(name, move |up| {
+            let rt = match open() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = up.send(Err(io_error(e)));
+                    return;
+                }
+            };
+            let info = Info::of(&rt);
+            let mut driver = driver::Driver::new(rt, receiver, loop_shutdown.clone(), options);
+            if !inline {
+                if up.send(Ok((info, None))).is_ok() {
+                    driver.wake_on(loop_wake).run();
+                }
+                return;
+            }
+            driver.start();
+            match inline::InlineLoop::new(driver, loop_wake, loop_shutdown) {
+                Ok(inline) => {
+                    if up.send(Ok((info, Some(inline.clone())))).is_ok() {
+                        inline.background();
+                    }
+                }
+                Err(e) => {
+                    let _ = up.send(Err(e));
+                }
+            }
+        })?;
         let mut stack = self.handle(commands, shutdown, Some((thread, wake)), info);
         if let Some(inner) = Arc::get_mut(&mut stack.inner) {
-            inner.inline = Some(inline);
+            inner.inline = inline;
         }
         Ok(stack)
     }
@@ -423,6 +393,26 @@ impl StackBuilder {
             }),
         }
     }
+}
+
+/// Starts `run` on a thread named `name`: it says once through its sender that its loop
+/// is up (with what the caller needs) or why not, and this returns then; a thread that
+/// failed is joined.
+fn spawn_loop<T: Send + 'static>(
+    name: &str,
+    run: impl FnOnce(mpsc::SyncSender<io::Result<T>>) + Send + 'static,
+) -> io::Result<(JoinHandle<()>, T)> {
+    let (up_tx, up_rx) = mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || run(up_tx))?;
+    let failed = match up_rx.recv() {
+        Ok(Ok(up)) => return Ok((thread, up)),
+        Ok(Err(e)) => e,
+        Err(_) => io::Error::other("the poll loop died while starting"),
+    };
+    let _ = thread.join();
+    Err(failed)
 }
 
 /// A setup error as an `io::Error` whose source is the [`SetupError`] itself, so a
