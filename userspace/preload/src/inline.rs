@@ -18,6 +18,25 @@ thread_local! {
     /// This thread waits in the wrapped waits (an event loop): what it writes leaves
     /// at its next wait, with the rest of the batch.
     static EVENT_LOOP: Cell<bool> = const { Cell::new(false) };
+    /// Signal handlers run on this thread (see `signals`).
+    static HANDLED: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Signal handlers run on this thread so far.
+fn handled() -> u32 {
+    HANDLED.try_with(Cell::get).unwrap_or(0)
+}
+
+/// Whether a handler ran on this thread since `before` ([`handled`]): a wait that
+/// would block now returns EINTR instead, as the kernel's own would have had the
+/// signal come during it (epoll_wait, poll and select are never restarted). Without
+/// this a signal caught while the wait spins would be missed by the program (nginx
+/// waits for ever after its SIGTERM).
+fn interrupted(before: u32) -> Option<i32> {
+    (handled() != before).then(|| {
+        crate::real::set_errno(libc::EINTR);
+        -1
+    })
 }
 
 /// After a write: an event loop's bytes leave at its next wait, in one batch with the
@@ -49,6 +68,7 @@ impl Drop for Entered {
 /// touched, which is safe in a handler.
 pub fn in_signal_handler() -> Handling {
     let _ = DEPTH.try_with(|d| d.set(d.get() + IN_HANDLER));
+    let _ = HANDLED.try_with(|h| h.set(h.get().wrapping_add(1)));
     Handling(())
 }
 
@@ -86,6 +106,7 @@ pub fn turn() -> bool {
 pub fn before_wait(blocking: bool, mut look: impl FnMut() -> i32) -> Option<i32> {
     let stack = stack()?;
     let _ = EVENT_LOOP.try_with(|e| e.set(true));
+    let signals = handled();
     stack.turn();
     let found = look();
     if found != 0 || !blocking {
@@ -95,7 +116,7 @@ pub fn before_wait(blocking: bool, mut look: impl FnMut() -> i32) -> Option<i32>
         return Some(found);
     }
     stack.park();
-    None
+    interrupted(signals)
 }
 
 /// Turns the loop for the spin budget, looking after each busy turn and every few
@@ -128,6 +149,7 @@ const LOOK_EVERY: u32 = 8;
 /// background thread stays away meanwhile, and nothing crosses a thread.
 pub fn watched_wait(stack: &Stack, timeout_ms: i32, mut wait: impl FnMut(i32) -> i32) -> i32 {
     let _ = EVENT_LOOP.try_with(|e| e.set(true));
+    let signals = handled();
     let deadline =
         (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
     let mut spun = false;
@@ -153,6 +175,9 @@ pub fn watched_wait(stack: &Stack, timeout_ms: i32, mut wait: impl FnMut(i32) ->
         let sleep = left.map_or(until_timer, |l| l.min(until_timer));
         // Whole milliseconds, rounded up: the wait never ends before the timer.
         let ms = sleep.as_micros().div_ceil(1000).clamp(1, i32::MAX as u128) as i32;
+        if let Some(eintr) = interrupted(signals) {
+            return eintr;
+        }
         let found = wait(ms);
         if found != 0 {
             return found;
