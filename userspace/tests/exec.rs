@@ -1531,3 +1531,72 @@ fn a_forking_tcp_server_under_share_keeps_its_port_and_says_why_a_child_fails() 
     kill_group(server);
     assert_eq!(said, 3, "one line per child");
 }
+
+/// The inline loop (the default): the program's threads turn the stack's loop when
+/// they call in, and the background thread takes it over while they do not. A client
+/// that sleeps in a wait that is not the stack's (`time.sleep`), then one that computes
+/// without a call, while its kernel peer sends 64 KiB: every byte is acknowledged
+/// within 0.6 s (the peer's unacknowledged count, TIOCOUTQ, is 0: no retransmit was
+/// needed) and delivered. With nobody turning the loop, the peer's first window would
+/// sit unacknowledged until its retransmit timer.
+#[test]
+fn a_sleeping_or_computing_program_still_acks_what_its_peer_sends() {
+    let w = world();
+    let port = 9311;
+    let peer = format!(
+        "import socket, fcntl, termios, struct, time\n\
+         l = socket.socket()\n\
+         l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('0.0.0.0', {port})); l.listen(1)\n\
+         print('ready', flush=True)\n\
+         for phase in ('sleep', 'compute'):\n\
+         \x20   c, _ = l.accept()\n\
+         \x20   c.sendall(b'x' * 65536)\n\
+         \x20   time.sleep(0.6)\n\
+         \x20   outq = struct.unpack('i', fcntl.ioctl(c, termios.TIOCOUTQ, b'\\0' * 4))[0]\n\
+         \x20   print(phase, 'unacked', outq, flush=True)\n\
+         \x20   c.recv(1)\n\
+         \x20   c.close()"
+    );
+    let mut server = w
+        .exec(&w.server)
+        .args([PYTHON, "-c", &peer])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let client = format!(
+        "import socket, time\n\
+         for phase in ('sleep', 'compute'):\n\
+         \x20   s = socket.create_connection(('{SERVER_IP}', {port}))\n\
+         \x20   end = time.time() + 1.5\n\
+         \x20   if phase == 'sleep': time.sleep(1.5)\n\
+         \x20   else:\n\
+         \x20       while time.time() < end: pass\n\
+         \x20   got = 0\n\
+         \x20   while got < 65536:\n\
+         \x20       b = s.recv(65536)\n\
+         \x20       if not b: break\n\
+         \x20       got += len(b)\n\
+         \x20   print(phase, 'got', got, flush=True)\n\
+         \x20   s.sendall(b'.')\n\
+         \x20   s.close()"
+    );
+    let out = exec_command(&w, &[PYTHON, "-c", &client]).output().unwrap();
+    let stderr = text(&out.stderr);
+    let peer_said: Vec<String> = lines.map_while(Result::ok).collect();
+    let _ = server.wait();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("loop turned by the program's threads"),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout), "sleep got 65536\ncompute got 65536\n");
+    assert_eq!(
+        peer_said,
+        ["sleep unacked 0", "compute unacked 0"],
+        "the peer waited for ACKs while the program slept or computed"
+    );
+}

@@ -85,6 +85,25 @@ fn builder() -> Result<userspace::StackBuilder, String> {
     Ok(b)
 }
 
+/// Whether the poll loop runs on a thread of its own (`userspace exec --loop-thread`)
+/// instead of on the program's threads (see `inline`).
+pub fn loop_thread() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(LOOP_THREAD).is_some_and(|v| v != "0"))
+}
+
+/// How long a wait on stack sockets spins, turning the loop, before it sleeps: none
+/// with `--no-busy-poll`.
+pub fn spin() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(
+        || match std::env::var_os(NO_BUSY_POLL).is_some_and(|v| v != "0") {
+            true => Duration::ZERO,
+            false => crate::inline::DEFAULT_SPIN,
+        },
+    )
+}
+
 /// Whether the stack goes through the interface's switch (`userspace exec --share`),
 /// so that a child forked after the stack started gets a stack of its own.
 pub fn switched() -> bool {
@@ -122,14 +141,24 @@ pub fn stack() -> Result<&'static Stack, &'static str> {
         return started;
     }
     let first = STARTED.load(Ordering::Acquire).is_null();
-    let started = builder().and_then(|b| b.build().map_err(|e| e.to_string()));
+    let started = builder().and_then(|b| {
+        match loop_thread() {
+            true => b.build(),
+            false => b.build_inline(),
+        }
+        .map_err(|e| e.to_string())
+    });
     match &started {
         Ok(stack) => {
             say!(
-                "stack up on {} ({}), XDP {}",
+                "stack up on {} ({}), XDP {}, {}",
                 stack.interface(),
                 stack.ip(),
-                stack.xdp_mode()
+                stack.xdp_mode(),
+                match stack.is_inline() {
+                    true => "loop turned by the program's threads",
+                    false => "loop on a thread of its own",
+                }
             );
             if first {
                 // SAFETY: registers plain `extern "C" fn()`s to run at exit and in the
@@ -149,7 +178,22 @@ pub fn stack() -> Result<&'static Stack, &'static str> {
         stack: started,
     }));
     STARTED.store(started, Ordering::Release);
+    if let Ok(stack) = &started.stack
+        && stack.is_inline()
+    {
+        INLINE.store(std::ptr::from_ref(stack).cast_mut(), Ordering::Release);
+    }
     started.stack.as_ref().map_err(|e| e.as_str())
+}
+
+/// This process's stack when its loop is inline (null in a child forked after it
+/// started, until the child starts its own): found without a getpid(2) per call.
+static INLINE: AtomicPtr<Stack> = AtomicPtr::new(std::ptr::null_mut());
+
+/// This process's stack, if it runs and its loop is inline (see `inline`).
+pub fn inline_stack() -> Option<&'static Stack> {
+    // SAFETY: a non-null pointer is to a stack in a leaked `Started`, never freed.
+    unsafe { INLINE.load(Ordering::Acquire).as_ref() }
 }
 
 /// The stack, if it runs already in this process (no start).
@@ -161,6 +205,8 @@ pub fn running() -> Option<&'static Stack> {
 static FORKED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn in_forked_child() {
+    // The parent's loop is not this process's to turn.
+    INLINE.store(std::ptr::null_mut(), Ordering::Release);
     if switched() {
         // Through the switch, the child gets a stack of its own now, before it can
         // put an inherited listener in an epoll set (see `table::adopt_after_fork`).

@@ -5,6 +5,7 @@
 //! waiting, and `RDHUP` once the peer's FIN came. `poll`/`ppoll` and the `epoll_wait`
 //! family add them to what the kernel returned; a `poll` on a socket that already has
 //! one does not wait (the kernel's would return at once).
+use crate::inline;
 use crate::real::real;
 use crate::table::{Conditions, lookup};
 use libc::{c_int, epoll_event, nfds_t, pollfd, sigset_t, timespec};
@@ -65,8 +66,8 @@ unsafe fn pollfds<'a>(fds: *mut pollfd, nfds: nfds_t) -> &'a mut [pollfd] {
     unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) }
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
+/// poll(2) itself, with the bits the kernel cannot show added.
+unsafe fn poll_merged(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
     // SAFETY: poll's contract.
     let bits = extra(unsafe { pollfds(fds, nfds) });
     let timeout = if bits.is_some() { 0 } else { timeout };
@@ -77,6 +78,17 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) ->
         Some(bits) => merge(unsafe { pollfds(fds, nfds) }, &bits, ready),
         None => ready,
     }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
+    let _entered = inline::enter();
+    // SAFETY: poll's contract, for each look.
+    if let Some(r) = inline::before_wait(timeout != 0, || unsafe { poll_merged(fds, nfds, 0) }) {
+        return r;
+    }
+    // SAFETY: as above.
+    unsafe { poll_merged(fds, nfds, timeout) }
 }
 
 #[unsafe(no_mangle)]
@@ -92,6 +104,30 @@ pub unsafe extern "C" fn __poll_chk(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ppoll(
+    fds: *mut pollfd,
+    nfds: nfds_t,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
+) -> c_int {
+    let _entered = inline::enter();
+    // SAFETY: a null timeout waits for ever; else the caller's valid timespec.
+    let blocking =
+        timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
+    let zero = timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ppoll's contract, for each look.
+    let look = || unsafe { ppoll_merged(fds, nfds, &zero, sigmask) };
+    if let Some(r) = inline::before_wait(blocking, look) {
+        return r;
+    }
+    // SAFETY: as above.
+    unsafe { ppoll_merged(fds, nfds, timeout, sigmask) }
+}
+
+/// ppoll(2) itself, with the bits the kernel cannot show added.
+unsafe fn ppoll_merged(
     fds: *mut pollfd,
     nfds: nfds_t,
     timeout: *const timespec,
@@ -162,9 +198,96 @@ impl Registry {
     }
 }
 
+/// The event data that marks the device's sockets in a program's epoll set.
+const DEVICE: u64 = 0x7573_6572_7370_6163;
+
+/// Epoll sets the device's sockets were added to (see `inline::watched_wait`).
+static WATCHED: Mutex<Vec<c_int>> = Mutex::new(Vec::new());
+static WATCHING: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether epoll set `epfd` holds the device's sockets `fds` (added now if not),
+/// each with EPOLLEXCLUSIVE: of the threads waiting on several sets, a frame wakes
+/// one.
+fn watched(epfd: c_int, fds: &[c_int]) -> bool {
+    let mut sets = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
+    if sets.contains(&epfd) {
+        return true;
+    }
+    for &fd in fds {
+        let add = |flags: u32| {
+            let mut event = epoll_event {
+                events: libc::EPOLLIN as u32 | flags,
+                u64: DEVICE,
+            };
+            // SAFETY: libc's epoll_ctl with a valid event.
+            unsafe {
+                real!(epoll_ctl: fn(c_int, c_int, c_int, *mut epoll_event) -> c_int)(
+                    epfd,
+                    libc::EPOLL_CTL_ADD,
+                    fd,
+                    &mut event,
+                )
+            }
+        };
+        let added = add(libc::EPOLLEXCLUSIVE as u32) == 0
+            || crate::table::last_errno() == libc::EEXIST
+            || add(0) == 0;
+        if !added {
+            return false;
+        }
+    }
+    sets.push(epfd);
+    WATCHING.store(sets.len(), Ordering::Release);
+    true
+}
+
+/// Takes the device's events out of the `ready` events an epoll wait returned.
+fn unwatched(events: *mut epoll_event, ready: c_int) -> c_int {
+    if ready <= 0 || events.is_null() {
+        return ready;
+    }
+    // SAFETY: the kernel filled `ready` entries of the caller's array.
+    let got = unsafe { std::slice::from_raw_parts_mut(events, ready as usize) };
+    let mut kept = 0;
+    for i in 0..got.len() {
+        if got[i].u64 != DEVICE {
+            got[kept] = got[i];
+            kept += 1;
+        }
+    }
+    kept as c_int
+}
+
+/// An epoll wait of the program's: on an inline stack the thread turns the loop,
+/// and waits on the device's sockets itself if it can (else the background thread
+/// takes the loop while it waits); `wait(ms)` is the real call.
+fn epoll_inline(
+    epfd: c_int,
+    events: *mut epoll_event,
+    timeout: c_int,
+    wait: impl Fn(c_int) -> c_int,
+) -> c_int {
+    let Some(stack) = inline::stack() else {
+        return merge_epoll(epfd, events, unwatched(events, wait(timeout)));
+    };
+    let fds = stack.watch_fds();
+    if !fds.is_empty() && timeout != 0 && watched(epfd, fds) {
+        return inline::watched_wait(stack, timeout, |ms| {
+            merge_epoll(epfd, events, unwatched(events, wait(ms)))
+        });
+    }
+    let look = |ms| merge_epoll(epfd, events, unwatched(events, wait(ms)));
+    inline::before_wait(timeout != 0, || look(0)).unwrap_or_else(|| look(timeout))
+}
+
 /// The fd is closed: its registrations are gone with it (the kernel's go with the last
 /// fd of the file; a stack socket's eventfd is that file).
 pub fn forget(fd: c_int) {
+    if WATCHING.load(Ordering::Acquire) > 0 {
+        let mut sets = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
+        sets.retain(|&s| s != fd);
+        WATCHING.store(sets.len(), Ordering::Release);
+    }
     if REGISTERED.load(Ordering::Acquire) == 0 {
         return;
     }
@@ -243,13 +366,16 @@ pub unsafe extern "C" fn epoll_wait(
     maxevents: c_int,
     timeout: c_int,
 ) -> c_int {
-    // SAFETY: libc's epoll_wait with the caller's array.
-    let ready = unsafe {
-        real!(epoll_wait: fn(c_int, *mut epoll_event, c_int, c_int) -> c_int)(
-            epfd, events, maxevents, timeout,
-        )
+    let _entered = inline::enter();
+    let wait = |timeout| {
+        // SAFETY: libc's epoll_wait with the caller's array.
+        unsafe {
+            real!(epoll_wait: fn(c_int, *mut epoll_event, c_int, c_int) -> c_int)(
+                epfd, events, maxevents, timeout,
+            )
+        }
     };
-    merge_epoll(epfd, events, ready)
+    epoll_inline(epfd, events, timeout, wait)
 }
 
 #[unsafe(no_mangle)]
@@ -260,13 +386,16 @@ pub unsafe extern "C" fn epoll_pwait(
     timeout: c_int,
     sigmask: *const sigset_t,
 ) -> c_int {
-    // SAFETY: libc's epoll_pwait with the caller's array and mask.
-    let ready = unsafe {
-        real!(epoll_pwait: fn(c_int, *mut epoll_event, c_int, c_int, *const sigset_t) -> c_int)(
-            epfd, events, maxevents, timeout, sigmask,
-        )
+    let _entered = inline::enter();
+    let wait = |timeout| {
+        // SAFETY: libc's epoll_pwait with the caller's array and mask.
+        unsafe {
+            real!(epoll_pwait: fn(c_int, *mut epoll_event, c_int, c_int, *const sigset_t) -> c_int)(
+                epfd, events, maxevents, timeout, sigmask,
+            )
+        }
     };
-    merge_epoll(epfd, events, ready)
+    epoll_inline(epfd, events, timeout, wait)
 }
 
 #[unsafe(no_mangle)]
@@ -277,13 +406,122 @@ pub unsafe extern "C" fn epoll_pwait2(
     timeout: *const timespec,
     sigmask: *const sigset_t,
 ) -> c_int {
-    // SAFETY: libc's epoll_pwait2 with the caller's array, timeout and mask.
-    let ready = unsafe {
-        real!(epoll_pwait2: fn(c_int, *mut epoll_event, c_int, *const timespec, *const sigset_t) -> c_int)(
-            epfd, events, maxevents, timeout, sigmask,
-        )
+    let _entered = inline::enter();
+    let wait = |timeout: *const timespec| {
+        // SAFETY: libc's epoll_pwait2 with the caller's array, timeout and mask.
+        let ready = unsafe {
+            real!(epoll_pwait2: fn(c_int, *mut epoll_event, c_int, *const timespec, *const sigset_t) -> c_int)(
+                epfd, events, maxevents, timeout, sigmask,
+            )
+        };
+        merge_epoll(epfd, events, unwatched(events, ready))
     };
-    merge_epoll(epfd, events, ready)
+    // SAFETY: a null timeout waits for ever; else the caller's valid timespec.
+    let blocking =
+        timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
+    let zero = timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    inline::before_wait(blocking, || wait(&zero)).unwrap_or_else(|| wait(timeout))
+}
+
+/// The caller's fd sets, kept so that each zero-timeout look of an inline wait starts
+/// from them (select(2) overwrites them with its answer).
+struct FdSets {
+    sets: [*mut libc::fd_set; 3],
+    saved: [Option<libc::fd_set>; 3],
+}
+
+impl FdSets {
+    /// # Safety
+    /// Each pointer is null or a valid fd_set (select's contract).
+    unsafe fn keep(sets: [*mut libc::fd_set; 3]) -> FdSets {
+        // SAFETY: the caller's non-null sets are valid to read.
+        let saved = sets.map(|p| (!p.is_null()).then(|| unsafe { *p }));
+        FdSets { sets, saved }
+    }
+
+    fn restore(&self) {
+        for (p, saved) in self.sets.iter().zip(&self.saved) {
+            if let Some(set) = saved {
+                // SAFETY: the caller's valid, writable set (select's contract).
+                unsafe { **p = *set };
+            }
+        }
+    }
+}
+
+/// A wait of the select family on sets that may hold stack sockets: on an inline
+/// stack, the loop's turns and spin first (see `inline::before_wait`), each look from
+/// the caller's sets; `call(zero)` is the real call, with a zero timeout if `zero`.
+fn select_inline(
+    sets: [*mut libc::fd_set; 3],
+    blocking: bool,
+    call: impl Fn(bool) -> c_int,
+) -> c_int {
+    if inline::stack().is_some() {
+        // SAFETY: each set is null or valid (select's contract).
+        let kept = unsafe { FdSets::keep(sets) };
+        let look = || {
+            kept.restore();
+            call(true)
+        };
+        if let Some(r) = inline::before_wait(blocking, look) {
+            return r;
+        }
+        kept.restore();
+    }
+    call(false)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    readfds: *mut libc::fd_set,
+    writefds: *mut libc::fd_set,
+    exceptfds: *mut libc::fd_set,
+    timeout: *mut libc::timeval,
+) -> c_int {
+    let _entered = inline::enter();
+    let real_select = real!(select: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *mut libc::timeval) -> c_int);
+    // SAFETY: a null timeout waits for ever; else the caller's valid timeval.
+    let blocking =
+        timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_usec != 0 };
+    select_inline([readfds, writefds, exceptfds], blocking, |zero| {
+        let mut none = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        };
+        let timeout = if zero { &mut none } else { timeout };
+        // SAFETY: libc's select with the caller's sets and timeout (or a zero one).
+        unsafe { real_select(nfds, readfds, writefds, exceptfds, timeout) }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    readfds: *mut libc::fd_set,
+    writefds: *mut libc::fd_set,
+    exceptfds: *mut libc::fd_set,
+    timeout: *const timespec,
+    sigmask: *const sigset_t,
+) -> c_int {
+    let _entered = inline::enter();
+    let real_pselect = real!(pselect: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *const timespec, *const sigset_t) -> c_int);
+    // SAFETY: a null timeout waits for ever; else the caller's valid timespec.
+    let blocking =
+        timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
+    let none = timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    select_inline([readfds, writefds, exceptfds], blocking, |zero| {
+        let timeout = if zero { &none } else { timeout };
+        // SAFETY: libc's pselect with the caller's sets, timeout (or a zero one), mask.
+        unsafe { real_pselect(nfds, readfds, writefds, exceptfds, timeout, sigmask) }
+    })
 }
 
 #[cfg(test)]

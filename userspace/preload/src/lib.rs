@@ -33,7 +33,9 @@
 mod addr;
 mod config;
 mod hangup;
+mod inline;
 mod real;
+mod signals;
 mod table;
 
 use config::say;
@@ -46,6 +48,7 @@ use table::{Res, Route, Sock, lookup};
 /// Runs a call on a stack socket: its value, or `failed` with errno set (EIO for a
 /// panic, which never crosses into C).
 fn run<T>(failed: T, call: impl FnOnce() -> Res<T>) -> T {
+    let _entered = inline::enter();
     if config::forked() {
         used_after_fork();
         set_errno(libc::EOPNOTSUPP);
@@ -523,6 +526,7 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    let _entered = inline::enter();
     hangup::forget(fd);
     if let Some(sock) = table::remove(fd) {
         if config::forked() {
@@ -531,10 +535,15 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         } else {
             let _ = catch_unwind(AssertUnwindSafe(|| {
                 // The last fd of the socket: it closes (FIN, or RST with a zero linger).
-                if std::sync::Arc::strong_count(&sock) == 1 {
+                let last = std::sync::Arc::strong_count(&sock) == 1;
+                if last {
                     sock.closing();
                 }
                 drop(sock);
+                // The FIN (or RST) leaves now (inline).
+                if last {
+                    inline::turn();
+                }
             }));
         }
     }

@@ -495,9 +495,12 @@ impl Sock {
         let nonblocking = st.nonblocking;
         drop(st);
         self.attach();
+        // The SYN leaves now.
+        crate::inline::turn();
         if nonblocking {
             return Err(libc::EINPROGRESS);
         }
+        crate::inline::spin_until(|| stream.connect_result().is_some());
         let result = stream.wait_connected();
         self.refresh(&self.lock().kind);
         result.map(|()| Route::Done).map_err(|e| errno_of(&e))
@@ -592,6 +595,10 @@ impl Sock {
         };
         // As the kernel, at most somaxconn (4096) and at least 1.
         let backlog = backlog.clamp(1, 4096) as usize;
+        // The library waits for the loop to listen: the background thread's turn.
+        if let Some(inline) = crate::inline::stack() {
+            inline.park();
+        }
         let listener = TcpListener::bind_with_backlog(stack, at, backlog).map_err(|e| {
             say!("fd {fd}: listen on {at}: {e}");
             errno_of(&e)
@@ -635,6 +642,13 @@ impl Sock {
             Kind::Listener(l) => l.clone(),
             _ => return Err(libc::EINVAL),
         };
+        if !listener.with_readiness(|r| r.readable) {
+            if self.nonblocking() {
+                crate::inline::turn();
+            } else {
+                crate::inline::spin_until(|| listener.with_readiness(|r| r.readable));
+            }
+        }
         let accepted = listener.accept();
         self.refresh(&self.lock().kind);
         let (stream, peer) = accepted.map_err(|e| errno_of(&e))?;
@@ -662,6 +676,14 @@ impl Sock {
     pub fn recv(&self, buf: &mut [u8], flags: c_int) -> Res<usize> {
         let stream = self.stream()?;
         let dont_wait = flags & libc::MSG_DONTWAIT != 0 || self.nonblocking();
+        // Nothing to read yet: the loop may hold it (inline), or gets the turn it needs.
+        if !stream.with_readiness(|r| r.readable) {
+            if dont_wait {
+                crate::inline::turn();
+            } else {
+                crate::inline::spin_until(|| stream.with_readiness(|r| r.readable));
+            }
+        }
         let result = if flags & libc::MSG_PEEK != 0 {
             loop {
                 match stream.peek(buf) {
@@ -696,6 +718,13 @@ impl Sock {
         let dont_wait = flags & libc::MSG_DONTWAIT != 0 || self.nonblocking();
         let mut done = 0;
         let result = loop {
+            if !stream.with_readiness(|r| r.writable) {
+                // The loop takes what was written, making room (inline).
+                match dont_wait {
+                    true => crate::inline::turn(),
+                    false => crate::inline::spin_until(|| stream.with_readiness(|r| r.writable)),
+                };
+            }
             if dont_wait && !stream.with_readiness(|r| r.writable) {
                 break if done > 0 {
                     Ok(done)
@@ -714,6 +743,7 @@ impl Sock {
                 Err(e) => break Err(e),
             }
         };
+        crate::inline::flush();
         self.refresh(&Kind::Stream(stream));
         result.map_err(|e| errno_of(&e))
     }
@@ -727,6 +757,7 @@ impl Sock {
             _ => return Err(libc::EINVAL),
         };
         stream.shutdown(how).map_err(|e| errno_of(&e))?;
+        crate::inline::turn();
         self.refresh(&Kind::Stream(stream));
         Ok(())
     }

@@ -39,9 +39,16 @@ pub struct ExecArgs {
     /// Bytes buffered between a socket and the stack each way
     #[arg(long, value_name = "BYTES")]
     pub buffer: Option<usize>,
-    /// Let the poll loop sleep at once when idle
+    /// Let the poll loop sleep at once when idle (and a wait on stack sockets park the
+    /// loop without spinning first)
     #[arg(long)]
     pub no_busy_poll: bool,
+    /// Run the stack's poll loop on a thread of its own, which the program's threads
+    /// hand every call to. Default: the program's threads turn the loop themselves when
+    /// they call into a stack socket or wait (after a short spin), and a background
+    /// thread turns it while none does (the program sleeps in another wait, or computes)
+    #[arg(long)]
+    pub loop_thread: bool,
     /// Share the interface with other programs: go through its switch (started by the
     /// first program run with --share, gone after the last), which owns the XDP program
     /// and the queues; several programs, and the children a server forks, each get their
@@ -105,6 +112,7 @@ pub fn environment(args: &ExecArgs, library: &Path) -> Vec<(&'static str, OsStri
         exec_env::NO_BUSY_POLL,
         args.no_busy_poll.then(|| "1".into()),
     );
+    set(exec_env::LOOP_THREAD, args.loop_thread.then(|| "1".into()));
     set(exec_env::VERBOSE, args.verbose.then(|| "1".into()));
     set(exec_env::SWITCH, args.share.then(|| "1".into()));
     env

@@ -346,6 +346,28 @@ impl SwitchPort {
         ready > 0
     }
 
+    /// The fds [`SwitchPort::wait_for_frames`] sleeps on (see `XdpQueues::sleep_fds`).
+    pub fn sleep_fds(&self) -> Vec<libc::pollfd> {
+        self.pollfds.clone()
+    }
+
+    /// Tells the switch this side sleeps from now on (it writes our eventfd for each
+    /// frame); false, and awake again, when frames wait already.
+    pub fn ready_to_sleep(&mut self) -> bool {
+        self.rings.set_sleeping(true, true);
+        if !self.rings.is_empty(RX_HEAD, RX_TAIL) {
+            self.rings.set_sleeping(true, false);
+            return false;
+        }
+        true
+    }
+
+    /// Awake again: the switch need not write our eventfd, which is emptied.
+    pub fn woke(&mut self) {
+        self.rings.set_sleeping(true, false);
+        drain(self.wake_me.as_fd());
+    }
+
     /// Adds `fd` to what [`SwitchPort::wait_for_frames`] waits for.
     pub fn also_wake_on(&mut self, fd: RawFd) {
         self.pollfds.push(libc::pollfd {

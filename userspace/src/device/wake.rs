@@ -68,16 +68,21 @@ pub(crate) fn sleep_on(fds: &mut [libc::pollfd], timeout: std::time::Duration) -
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
+    // The system call itself, not libc's ppoll: under the preload library that name is
+    // the program's wrapped wait, which turns the loop (see userspace/preload).
     // SAFETY: `fds` is an initialised slice of `len()` pollfd structs that the kernel may
     // write `revents` of; `ts` lives across the call; no signal mask.
-    unsafe {
-        libc::ppoll(
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_ppoll,
             fds.as_mut_ptr(),
             fds.len() as libc::nfds_t,
-            &ts,
-            std::ptr::null(),
+            &ts as *const libc::timespec,
+            std::ptr::null::<libc::sigset_t>(),
+            0usize,
         )
-    }
+    };
+    r as i32
 }
 
 #[cfg(test)]

@@ -220,6 +220,49 @@ impl Driver {
         wake.clear();
     }
 
+    /// A loop that sleeps without holding the driver (see `net::inline`), after a turn
+    /// without work: how long it may sleep, or `None` (turn again). `wake` is the
+    /// eventfd handles write when they send a command while it sleeps; after `Some`,
+    /// [`Driver::woke`] once awake.
+    pub(crate) fn sleep_plan(&mut self, wake: &WakeFd) -> Option<Duration> {
+        // As in `rest`: a command sent before the flag is set is seen by this look.
+        wake.set_sleeping(true);
+        let plan = if self.commands() || self.stopping() {
+            None
+        } else {
+            self.rt.sleep_plan()
+        };
+        if plan.is_none() {
+            wake.set_sleeping(false);
+        }
+        plan
+    }
+
+    /// How long a thread waiting on the device's sockets itself may wait before the
+    /// loop needs a turn (see [`Runtime::watch_plan`]); `None`: turn now.
+    pub(crate) fn watch_plan(&mut self) -> Option<Duration> {
+        let checks = !(self.connecting.is_empty()
+            && self.resolving.is_empty()
+            && self.lingering.is_empty()
+            && self.draining_ports.is_empty());
+        self.rt.watch_plan(checks.then_some(self.next_check))
+    }
+
+    /// The device's sockets a thread may wait on itself.
+    pub(crate) fn watch_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.rt.device.xdp().watch_fds()
+    }
+
+    /// After a sleep [`Driver::sleep_plan`] allowed.
+    pub(crate) fn woke(&mut self) {
+        self.rt.woke();
+    }
+
+    /// The fds a loop sleeping without the driver sleeps on (the device's).
+    pub(crate) fn sleep_fds(&self) -> Vec<libc::pollfd> {
+        self.rt.device.xdp().sleep_fds()
+    }
+
     /// The runtime, between two turns.
     pub(crate) fn runtime(&mut self) -> &mut Runtime {
         &mut self.rt

@@ -27,3 +27,6 @@ pub const SWITCH: &str = "USERSPACE_SWITCH";
 /// The exit guard's table (`/proc/self/fd/N`): the stack lists its connections there
 /// so that their peers are reset if the program dies with them open.
 pub const PEER_TABLE: &str = "USERSPACE_PEER_TABLE";
+/// `1`: the stack's poll loop runs on a thread of its own, as before the inline loop
+/// (default: the program's threads turn it, with a background thread while they do not).
+pub const LOOP_THREAD: &str = "USERSPACE_LOOP_THREAD";

@@ -29,6 +29,7 @@ mod config;
 mod driver;
 pub mod errno;
 pub mod exec_env;
+mod inline;
 mod listener;
 mod local;
 mod readiness;
@@ -298,50 +299,73 @@ impl StackBuilder {
         self,
         open: impl FnOnce() -> SetupResult<Runtime> + Send + 'static,
     ) -> io::Result<Stack> {
+        self.start_as(open, false)
+    }
+
+    /// Like [`StackBuilder::build`], but the poll loop is turned by the threads that
+    /// use the stack's sockets, Onload-style: [`Stack::turn`] after a call that gave the
+    /// stack work (a write, a read that found nothing) and before waiting, and
+    /// [`Stack::park`] before blocking. A background thread (pinned if
+    /// [`StackBuilder::cpu`] is set) takes the loop over while no thread has asked for
+    /// a turn for a millisecond, or once one parked, so the stack keeps running (ACKs,
+    /// retransmits, timers, new connections) while the program sleeps or computes. The
+    /// handles work as with [`StackBuilder::build`], blocking ones included.
+    pub fn build_inline(self) -> io::Result<Stack> {
+        let config = self.config.clone();
+        self.start_as(move || open_runtime(&config, &[]), true)
+    }
+
+    /// [`StackBuilder::start`]; with `inline`, the new thread is the background thread
+    /// of an inline loop (see `net::inline`) instead of the loop's own.
+    fn start_as(
+        self,
+        open: impl FnOnce() -> SetupResult<Runtime> + Send + 'static,
+        inline: bool,
+    ) -> io::Result<Stack> {
         let (commands, receiver) = mpsc::channel();
         let shutdown = Arc::new(AtomicBool::new(false));
-        let (up_tx, up_rx) = mpsc::sync_channel(1);
         let loop_shutdown = shutdown.clone();
         let options = self.loop_options();
         let wake = Arc::new(WakeFd::new()?);
         let loop_wake = wake.clone();
-        let thread = std::thread::Builder::new()
-            .name("userspace-poll".into())
-            .spawn(move || {
-                // Woken by a frame, the loop preempts the thread on its CPU at once;
-                // busy, it yields to a woken one within 100 us, not at the next tick
-                // (docs/PERFORMANCE.md, "The redis tail under exec").
-                match crate::device::slice::set_own_slice(crate::device::slice::SHORT_SLICE) {
-                    Ok(slice) => tracing::debug!(?slice, "the poll loop's scheduler slice"),
-                    Err(e) => tracing::debug!("no short scheduler slice for the poll loop: {e}"),
-                }
-                let rt = match open() {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = up_tx.send(Err(io_error(e)));
-                        return;
-                    }
-                };
-                let info = Info::of(&rt);
-                if up_tx.send(Ok(info)).is_err() {
+        let name = if inline {
+            "userspace-bg"
+        } else {
+            "userspace-poll"
+        };
+        let (thread, (info, inline)) = spawn_loop(name, move |up| {
+            let rt = match open() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = up.send(Err(io_error(e)));
                     return;
                 }
-                driver::Driver::new(rt, receiver, loop_shutdown, options)
-                    .wake_on(loop_wake)
-                    .run();
-            })?;
-        let info = match up_rx.recv() {
-            Ok(Ok(info)) => info,
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(e);
+            };
+            let info = Info::of(&rt);
+            let mut driver = driver::Driver::new(rt, receiver, loop_shutdown.clone(), options);
+            if !inline {
+                if up.send(Ok((info, None))).is_ok() {
+                    driver.wake_on(loop_wake).run();
+                }
+                return;
             }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(io::Error::other("the poll loop died while starting"));
+            driver.start();
+            match inline::InlineLoop::new(driver, loop_wake, loop_shutdown) {
+                Ok(inline) => {
+                    if up.send(Ok((info, Some(inline.clone())))).is_ok() {
+                        inline.background();
+                    }
+                }
+                Err(e) => {
+                    let _ = up.send(Err(e));
+                }
             }
-        };
-        Ok(self.handle(commands, shutdown, Some((thread, wake)), info))
+        })?;
+        let mut stack = self.handle(commands, shutdown, Some((thread, wake)), info);
+        if let Some(inner) = Arc::get_mut(&mut stack.inner) {
+            inner.inline = inline;
+        }
+        Ok(stack)
     }
 
     fn loop_options(&self) -> driver::LoopOptions {
@@ -373,9 +397,39 @@ impl StackBuilder {
                 cap: options.cap,
                 nodelay: options.nodelay,
                 connect_timeout: self.config.connect_timeout,
+                inline: None,
             }),
         }
     }
+}
+
+/// Starts `run` on a thread named `name`: it says once through its sender that its loop
+/// is up (with what the caller needs) or why not, and this returns then; a thread that
+/// failed is joined.
+fn spawn_loop<T: Send + 'static>(
+    name: &str,
+    run: impl FnOnce(mpsc::SyncSender<io::Result<T>>) + Send + 'static,
+) -> io::Result<(JoinHandle<()>, T)> {
+    let (up_tx, up_rx) = mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            // Woken by a frame, the loop preempts the thread on its CPU at once; busy,
+            // it yields to a woken one within 100 us, not at the next tick
+            // (docs/PERFORMANCE.md, "The redis tail under exec").
+            match crate::device::slice::set_own_slice(crate::device::slice::SHORT_SLICE) {
+                Ok(slice) => tracing::debug!(?slice, "the poll loop's scheduler slice"),
+                Err(e) => tracing::debug!("no short scheduler slice for the poll loop: {e}"),
+            }
+            run(up_tx)
+        })?;
+    let failed = match up_rx.recv() {
+        Ok(Ok(up)) => return Ok((thread, up)),
+        Ok(Err(e)) => e,
+        Err(_) => io::Error::other("the poll loop died while starting"),
+    };
+    let _ = thread.join();
+    Err(failed)
 }
 
 /// A setup error as an `io::Error` whose source is the [`SetupError`] itself, so a
@@ -424,6 +478,8 @@ struct Inner {
     cap: usize,
     nodelay: bool,
     connect_timeout: Duration,
+    /// The loop the program's threads turn ([`StackBuilder::build_inline`]).
+    inline: Option<Arc<inline::InlineLoop>>,
 }
 
 impl Inner {
@@ -438,6 +494,9 @@ impl Inner {
         // SeqCst against the loop's `sleeping` store and `stopping` load (see WakeFd).
         self.shutdown.store(true, Ordering::SeqCst);
         self.notify_loop();
+        if let Some(inline) = &self.inline {
+            inline.wake_all();
+        }
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(thread) = thread
             && thread.thread().id() != std::thread::current().id()
@@ -560,6 +619,48 @@ impl Stack {
     /// does the same.
     pub fn shutdown(&self) {
         self.inner.stop();
+    }
+
+    /// Whether the program's threads turn the loop ([`StackBuilder::build_inline`]).
+    pub fn is_inline(&self) -> bool {
+        self.inner.inline.is_some()
+    }
+
+    /// An inline stack ([`StackBuilder::build_inline`]): one turn of its poll loop on
+    /// this thread, unless another thread is turning it (it then turns again for
+    /// this one before letting go; this one never waits). `Some(busy)` if this thread
+    /// turned it, `None` if not (taken, stopped, or not an inline stack). Never call it
+    /// from a signal handler: the turn takes the connections' locks and may allocate.
+    pub fn turn(&self) -> Option<bool> {
+        self.inner.inline.as_ref()?.turn()
+    }
+
+    /// An inline stack: this thread is about to block (in epoll_wait, poll, a blocking
+    /// read): the background thread takes the loop over now, not a millisecond later.
+    pub fn park(&self) {
+        if let Some(inline) = &self.inner.inline {
+            inline.park();
+        }
+    }
+
+    /// An inline stack: the device's sockets (AF_XDP, readable when a frame comes) a
+    /// thread about to block in a wait of its own may add to what it waits for, after
+    /// [`Stack::watch`] said how long. Empty if it may not (through the interface's
+    /// switch, or not an inline stack).
+    pub fn watch_fds(&self) -> &[std::os::fd::RawFd] {
+        self.inner
+            .inline
+            .as_ref()
+            .map_or(&[], |inline| inline.watch_fds())
+    }
+
+    /// An inline stack, right after a turn: this thread will wait on
+    /// [`Stack::watch_fds`] itself (and turn the loop when it wakes), at most the
+    /// returned time, after which the stack needs a turn (its next timer) whatever
+    /// comes; the background thread stays away meanwhile. `None`: turn again first
+    /// (frames or output wait, another thread holds the loop, or no such sockets).
+    pub fn watch(&self) -> Option<Duration> {
+        self.inner.inline.as_ref()?.watch()
     }
 
     /// A snapshot of the stack's counters (frames, drops, ARP, listeners, connections).

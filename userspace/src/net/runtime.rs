@@ -176,10 +176,10 @@ impl Runtime {
         }
     }
 
-    /// Writes the table again. Busy: when connections came or went, at most every
-    /// `PEER_PUBLISH_EVERY`. About to sleep (`idle`): at once if they did, and every
-    /// `PEER_RESCAN_EVERY` for those that ended without leaving (TIME-WAIT), so the
-    /// table is current whenever the process could be killed idle.
+    /// Writes the table again: when connections came or went (busy: at most every
+    /// `PEER_PUBLISH_EVERY`; about to sleep, `idle`: at once, so the table is current
+    /// whenever the process could be killed idle), and every `PEER_RESCAN_EVERY` for
+    /// those that ended without leaving (TIME-WAIT; an unchanged list is not written).
     fn publish_peers(&mut self, idle: bool) {
         let Some(table) = &mut self.peer_table else {
             return;
@@ -188,7 +188,10 @@ impl Runtime {
         let changes = stats.connections_opened + stats.connections_closed;
         let now = self.last_now;
         let go = match idle {
-            false => changes != self.peers_published && now >= self.next_peer_publish,
+            false => {
+                (changes != self.peers_published && now >= self.next_peer_publish)
+                    || now >= self.next_peer_rescan
+            }
             true => changes != self.peers_published || now >= self.next_peer_rescan,
         };
         if !go {
@@ -301,6 +304,55 @@ impl Runtime {
                 .wait_for_frames(wake.saturating_since(now));
         }
         self.sleep_for = (self.sleep_for * 2).min(MAX_SLEEP);
+    }
+
+    /// For a loop that sleeps without holding the runtime (other threads may turn it
+    /// meanwhile), after a turn without work: how long it may sleep on
+    /// [`XdpQueues::sleep_fds`](crate::device::xdp::XdpQueues::sleep_fds), until the
+    /// stack's next timer at most, or `None` when it must turn again (frames came,
+    /// output or frames wait). After `Some`, call [`Runtime::woke`] once awake.
+    pub fn sleep_plan(&mut self) -> Option<std::time::Duration> {
+        if self.idle_turns == 0 {
+            self.sleep_for = MIN_SLEEP;
+            return None;
+        }
+        if self.stack.has_pending_output() && (self.turn() > 0 || self.stack.has_pending_output()) {
+            return None;
+        }
+        self.publish_peers(true);
+        let now = self.last_now;
+        let mut wake = now + self.sleep_for;
+        let nap = self.shard.as_ref().map(|_| now + MIN_SLEEP);
+        for t in [self.stack.poll_at(), nap].into_iter().flatten() {
+            wake = wake.min(t);
+        }
+        if wake <= now || !self.device.xdp_mut().ready_to_sleep() {
+            return None;
+        }
+        self.sleep_for = (self.sleep_for * 2).min(MAX_SLEEP);
+        Some(wake.saturating_since(now))
+    }
+
+    /// For a thread that waits on the device's sockets itself (see
+    /// `XdpQueues::watch_fds`) right after a turn: how long until the stack needs a turn
+    /// whatever comes (its next timer, at most `MAX_SLEEP`, or `also`), or `None` when
+    /// it needs one now (output or frames wait).
+    pub fn watch_plan(&mut self, also: Option<Instant>) -> Option<std::time::Duration> {
+        if self.stack.has_pending_output() || self.device.xdp().frames_to_move() {
+            return None;
+        }
+        self.publish_peers(false);
+        let now = self.now();
+        let mut wake = now + MAX_SLEEP;
+        for t in [self.stack.poll_at(), also].into_iter().flatten() {
+            wake = wake.min(t);
+        }
+        (wake > now).then(|| wake.saturating_since(now))
+    }
+
+    /// After a sleep that [`Runtime::sleep_plan`] allowed.
+    pub fn woke(&mut self) {
+        self.device.xdp_mut().woke();
     }
 
     /// Busy-polls until `ready` returns a value, the deadline passes, or a signal arrives.

@@ -272,6 +272,48 @@ impl XdpQueues {
         ready > 0
     }
 
+    /// [`XdpQueues::wait_for_frames`] in three steps, for a loop that sleeps without
+    /// holding the device (other threads may turn it meanwhile): the fds to sleep on
+    /// (taken once), then before each sleep [`XdpQueues::ready_to_sleep`], after it
+    /// [`XdpQueues::woke`].
+    pub fn sleep_fds(&self) -> Vec<libc::pollfd> {
+        match &self.switch {
+            Some(switch) => switch.sleep_fds(),
+            None => self.pollfds.clone(),
+        }
+    }
+
+    /// Whether the device may sleep now (no frame waits to be moved); through a
+    /// switch, it is told that this side sleeps from now on.
+    pub fn ready_to_sleep(&mut self) -> bool {
+        match &mut self.switch {
+            Some(switch) => switch.ready_to_sleep(),
+            None => !self.devices.iter().any(XdpDevice::has_frames_to_move),
+        }
+    }
+
+    /// The AF_XDP sockets a thread may wait on itself, beside its own fds, instead of
+    /// a loop's sleep: none through a switch (whose wake-ups need the loop's flag).
+    pub fn watch_fds(&self) -> Vec<RawFd> {
+        match &self.switch {
+            Some(_) => Vec::new(),
+            None => self.pollfds.iter().map(|p| p.fd).collect(),
+        }
+    }
+
+    /// Whether frames wait to be moved by the loop (it must turn again, not sleep).
+    pub fn frames_to_move(&self) -> bool {
+        self.devices.iter().any(XdpDevice::has_frames_to_move)
+    }
+
+    /// After a sleep on [`XdpQueues::sleep_fds`] (or a [`XdpQueues::ready_to_sleep`]
+    /// that said no): awake again.
+    pub fn woke(&mut self) {
+        if let Some(switch) = &mut self.switch {
+            switch.woke();
+        }
+    }
+
     /// The AF_XDP sockets' fds (readable when a frame waits), and whether frames wait
     /// for room in a ring or for the kernel: for a loop that sleeps in a poll(2) of its
     /// own (the switch's).
