@@ -368,7 +368,8 @@ fn poll_loop_slices(pid: u32) -> Vec<u64> {
             let dir = task.path();
             let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
             pids.extend(read("children").split_whitespace().map(str::to_owned));
-            if read("comm").trim() == "userspace-poll" {
+            // The loop's own thread, or the inline loop's background thread (the default).
+            if matches!(read("comm").trim(), "userspace-poll" | "userspace-bg") {
                 let sched = read("sched");
                 let slice: Option<u64> = sched
                     .lines()
