@@ -65,6 +65,13 @@ fn main() -> ExitCode {
     }
     if std::env::args_os()
         .nth(1)
+        .is_some_and(|a| a == exec::DETACH_ARG)
+    {
+        let rest: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+        return ExitCode::from(exec::run_detached(&rest));
+    }
+    if std::env::args_os()
+        .nth(1)
         .is_some_and(|a| a == userspace::device::exit_guard::GUARD_ARG)
     {
         let rest: Vec<String> = std::env::args().skip(2).collect();

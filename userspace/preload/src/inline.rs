@@ -179,6 +179,7 @@ pub fn watched_wait(stack: &Stack, timeout_ms: i32, mut wait: impl FnMut(i32) ->
             return eintr;
         }
         let found = wait(ms);
+        stack.unwatch();
         if found != 0 {
             return found;
         }

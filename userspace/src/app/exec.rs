@@ -174,6 +174,7 @@ fn start_exit_guard(verbose: bool) -> std::io::Result<String> {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&table);
     let mut guard = std::process::Command::new(std::env::current_exe()?);
     guard
+        .arg(DETACH_ARG)
         .arg(GUARD_ARG)
         .arg(std::process::id().to_string())
         .arg(format!("/proc/self/fd/{fd}"))
@@ -185,10 +186,45 @@ fn start_exit_guard(verbose: bool) -> std::io::Result<String> {
     if !verbose {
         guard.stderr(std::process::Stdio::null());
     }
-    guard.spawn()?;
+    detached(&mut guard)?;
     // The fd stays open in the program (it is the table's name there).
     std::mem::forget(table);
     Ok(format!("/proc/self/fd/{fd}"))
+}
+
+/// The hidden argument of a process that starts the rest of its arguments as a new
+/// process and exits at once: what `exec` starts beside the program (the switch, the
+/// exit guard) is then nobody's child but init's, so the program, which replaces
+/// `exec`, never sees it among its children (a shell's `wait` would wait for it).
+pub const DETACH_ARG: &str = "__detach";
+
+/// Runs `command` (`userspace __detach ...`): returns once the process it starts is on
+/// its way.
+fn detached(command: &mut std::process::Command) -> std::io::Result<()> {
+    let status = command.status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!("{status}")));
+    }
+    Ok(())
+}
+
+/// `userspace __detach ARGS...`: starts this binary with `ARGS` (the fds, stdio and
+/// process group inherited) and exits without waiting for it.
+pub fn run_detached(args: &[std::ffi::OsString]) -> u8 {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("userspace: {e}");
+            return 1;
+        }
+    };
+    match std::process::Command::new(exe).args(args).spawn() {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("userspace: {e}");
+            1
+        }
+    }
 }
 
 /// `userspace __exit-guard PID TABLE`: the guard's process.
@@ -257,16 +293,17 @@ fn join_switch(args: &ExecArgs) -> Result<std::os::unix::net::UnixStream, String
             .map(|m| (exec_env::XDP_MODE, m.into())),
     );
     env.extend(args.ip.map(|a| (exec_env::IP, a.to_string().into())));
-    std::process::Command::new(exe)
+    let mut switch = std::process::Command::new(exe);
+    switch
+        .arg(DETACH_ARG)
         .arg(SWITCH_ARG)
         .envs(env)
         .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
             theirs,
         )))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting the switch: {e}"))?;
+        .stderr(std::process::Stdio::null());
+    detached(&mut switch).map_err(|e| format!("starting the switch: {e}"))?;
     ours.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     let mut reply = String::new();

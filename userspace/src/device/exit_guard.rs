@@ -223,13 +223,19 @@ fn read_table(file: &File) -> io::Result<(u32, Vec<(SocketAddr, SocketAddr)>)> {
     ))
 }
 
-/// The segment that makes a peer answer: an ACK with a sequence number half the
-/// sequence space away from anything it expects (never in its window), and no data.
-fn provoking_segment(local: SocketAddr, remote: SocketAddr) -> Vec<u8> {
+/// The sequence numbers of the two provoking segments: half the sequence space apart,
+/// so that at least one lies outside the peer's window (never 2^31 wide), whatever the
+/// connection's numbers.
+const PROVOKING_SEQS: [u32; 2] = [0x8000_0000, 0];
+
+/// A segment that makes a peer answer: an ACK with sequence number `seq` and no data.
+/// Outside the window it gets an ACK back (RFC 9293 3.10.7.4); inside it, its
+/// acknowledgment of nothing sent gets one too.
+fn provoking_segment(local: SocketAddr, remote: SocketAddr, seq: u32) -> Vec<u8> {
     let repr = TcpRepr {
         src_port: local.port(),
         dst_port: remote.port(),
-        seq: SeqNum(0x8000_0000),
+        seq: SeqNum(seq),
         ack: Some(SeqNum(0)),
         flags: TcpFlags {
             ack: true,
@@ -265,13 +271,14 @@ fn provoke(local: SocketAddr, remote: SocketAddr) -> io::Result<()> {
     };
     let raw = rustix::net::socket(family, SocketType::RAW, Some(ipproto::TCP))?;
     rustix::net::bind(&raw, &SocketAddr::new(local.ip(), 0))?;
-    let segment = provoking_segment(local, remote);
-    rustix::net::sendto(
-        &raw,
-        &segment,
-        rustix::net::SendFlags::empty(),
-        &SocketAddr::new(remote.ip(), 0),
-    )?;
+    for seq in PROVOKING_SEQS {
+        rustix::net::sendto(
+            &raw,
+            &provoking_segment(local, remote, seq),
+            rustix::net::SendFlags::empty(),
+            &SocketAddr::new(remote.ip(), 0),
+        )?;
+    }
     Ok(())
 }
 
@@ -302,8 +309,15 @@ pub fn watch(pid: u32, table: OwnedFd, say: &dyn Fn(&str)) -> io::Result<()> {
             Some((_, None)) => true,
             Some((_, Some(fd))) => ended(fd.as_fd(), WATCH_TICK)?,
             None => {
-                ended(program.as_fd(), WATCH_TICK)?;
-                false
+                if ended(program.as_fd(), WATCH_TICK)? {
+                    // Claimed and ended within one tick: handled on the next look.
+                    let (claimed, _) = read_table(&file)?;
+                    if claimed == 0 {
+                        return Ok(());
+                    }
+                    owner = Some((claimed, pidfd(claimed).ok()));
+                }
+                continue;
             }
         };
         if owner_ended && let Some((dead, _)) = owner.take() {
@@ -408,10 +422,10 @@ mod tests {
     }
 
     #[test]
-    fn the_provoking_segment_is_a_bare_ack_far_outside_any_window() {
+    fn the_provoking_segments_are_bare_acks_half_the_sequence_space_apart() {
         let local: SocketAddr = "10.0.0.1:40000".parse().unwrap();
         let remote: SocketAddr = "10.0.0.2:80".parse().unwrap();
-        let seg = provoking_segment(local, remote);
+        let seg = provoking_segment(local, remote, PROVOKING_SEQS[0]);
         assert_eq!(seg.len(), 20);
         assert_eq!(&seg[0..4], &[0x9c, 0x40, 0x00, 0x50]);
         assert_eq!(&seg[4..8], &0x8000_0000u32.to_be_bytes());
@@ -420,7 +434,9 @@ mod tests {
         assert_eq!(tcp_checksum(local.ip(), remote.ip(), &seg), 0);
         let local6: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
         let remote6: SocketAddr = "[2001:db8::2]:2".parse().unwrap();
-        let seg6 = provoking_segment(local6, remote6);
+        let seg6 = provoking_segment(local6, remote6, PROVOKING_SEQS[1]);
         assert_eq!(tcp_checksum(local6.ip(), remote6.ip(), &seg6), 0);
+        assert_eq!(&seg6[4..8], &[0, 0, 0, 0]);
+        assert_eq!(PROVOKING_SEQS[0].wrapping_sub(PROVOKING_SEQS[1]), 1 << 31);
     }
 }

@@ -241,6 +241,11 @@ impl Driver {
     /// How long a thread waiting on the device's sockets itself may wait before the
     /// loop needs a turn (see [`Runtime::watch_plan`]); `None`: turn now.
     pub(crate) fn watch_plan(&mut self) -> Option<Duration> {
+        // A held hand-over goes out at a turn in which no more bytes came: turn again
+        // (for `HOLD_FOR` at most) rather than sleep on frames that may not come.
+        if !self.held.is_empty() {
+            return None;
+        }
         let checks = !(self.connecting.is_empty()
             && self.resolving.is_empty()
             && self.lingering.is_empty()

@@ -135,6 +135,13 @@ impl InlineLoop {
         Some(wait)
     }
 
+    /// A watched wait ended (on the program's own fd, perhaps long before its time):
+    /// the thread sees to the loop only for `TAKEOVER` more, as after a turn.
+    pub(crate) fn unwatch(&self) {
+        let until = self.now_ns() + TAKEOVER.as_nanos() as u64;
+        self.covered.fetch_min(until, Ordering::SeqCst);
+    }
+
     /// Ends the background thread's sleeps (the stack stops).
     pub(crate) fn wake_all(&self) {
         self.commands.notify();

@@ -663,6 +663,14 @@ impl Stack {
         self.inner.inline.as_ref()?.watch()
     }
 
+    /// After a wait that [`Stack::watch`] allowed: whatever ended it, the background
+    /// thread may take the loop over again if this thread does not turn it soon.
+    pub fn unwatch(&self) {
+        if let Some(inline) = &self.inner.inline {
+            inline.unwatch();
+        }
+    }
+
     /// A snapshot of the stack's counters (frames, drops, ARP, listeners, connections).
     pub fn stats(&self) -> io::Result<crate::stack::StackStats> {
         self.with_runtime(|rt| rt.stack.stats.clone())

@@ -107,7 +107,20 @@ impl Handle {
         mut rx: RecvBuf,
         f: impl FnOnce(&[u8]) -> io::Result<usize>,
     ) -> io::Result<usize> {
-        let result = f(rx.front()).map(|n| rx.consume(n));
+        // `f` sees the first contiguous piece: it cannot consume past it. A panic in it
+        // still gives the bytes back (else every later read would wait for them).
+        let piece = rx.front().len();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(rx.front())));
+        let result = match outcome {
+            Ok(result) => result.map(|n| rx.consume(n.min(piece))),
+            Err(panic) => {
+                let mut st = self.conn.shared.lock();
+                st.give_back(rx, 0);
+                self.conn.shared.notify(&mut st);
+                drop(st);
+                std::panic::resume_unwind(panic);
+            }
+        };
         let consumed = *result.as_ref().unwrap_or(&0);
         let mut st = self.conn.shared.lock();
         let (wake_loop, waited) = st.give_back(rx, consumed);

@@ -271,11 +271,14 @@ impl Routes {
             if let [(only, _)] = slots.as_slice() {
                 // Its flow is remembered too: a child forked later that listens on the
                 // port must not get this process's connections.
+                let only = *only;
                 if syn {
-                    let only = *only;
                     remember(&mut self.flows, key, only, now);
+                } else if let Some((_, seen)) = self.flows.get_mut(&key) {
+                    // Still in use: a sweep must not forget it.
+                    *seen = now;
                 }
-                return Some(*only);
+                return Some(only);
             }
             if let Some((slot, seen)) = self.flows.get_mut(&key) {
                 *seen = now;
