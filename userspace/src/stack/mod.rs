@@ -381,14 +381,15 @@ impl Stack {
     }
 
     /// The (local, remote) addresses of every connection whose peer may wait on us: our
-    /// FIN not sent or not acknowledged yet. Not SYN-SENT (the peer has no connection),
-    /// FIN-WAIT-2 (the peer has our FIN), TIME-WAIT or closed.
+    /// FIN not sent or not acknowledged yet (SYN-SENT too: listed from the first SYN, a
+    /// connection needs no state change to be known). Not FIN-WAIT-2 (the peer has our
+    /// FIN), TIME-WAIT or closed.
     pub fn connection_addresses(&self) -> impl Iterator<Item = (SocketAddr, SocketAddr)> + '_ {
         self.slots.iter().filter_map(|slot| {
             let conn = &slot.entry.as_ref()?.conn;
             (!matches!(
                 conn.state(),
-                State::SynSent | State::FinWait2 | State::TimeWait | State::Closed
+                State::FinWait2 | State::TimeWait | State::Closed
             ))
             .then(|| (conn.local(), conn.remote()))
         })
