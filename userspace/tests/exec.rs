@@ -863,17 +863,21 @@ fn kill_group(mut server: std::process::Child) {
     let _ = server.wait();
 }
 
+/// The kernel's established TCP connections in the server namespace that `filter`
+/// (an `ss` filter such as `( sport = :80 )`) selects.
+fn established_in_server_ns(w: &World, filter: &str) -> usize {
+    let out = run_in(
+        w,
+        &w.server,
+        &["ss", "-Htn", "state", "established", filter],
+    );
+    text(&out.stdout).lines().count()
+}
+
 #[test]
 fn a_killed_client_under_exec_share_leaves_its_peer_reset_not_hanging() {
     let w = world();
-    let established = || {
-        let out = run_in(
-            &w,
-            &w.server,
-            &["ss", "-Htn", "state", "established", "( sport = :80 )"],
-        );
-        text(&out.stdout).lines().count()
-    };
+    let established = || established_in_server_ns(&w, "( sport = :80 )");
     assert_eq!(established(), 0);
     // A server on the switch keeps it (and its XDP program) there throughout: the
     // RST must come from the switch, not from the kernel after the switch has gone.
@@ -1275,15 +1279,7 @@ fn a_killed_program_under_exec_has_its_waiting_peers_reset_not_hanging() {
         .unwrap();
     // curl has sent its request once the server's connection is established.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = run_in(
-            &w,
-            &w.server,
-            &["ss", "-Htn", "state", "established", "( dport = :9301 )"],
-        );
-        if !text(&out.stdout).trim().is_empty() {
-            break;
-        }
+    while established_in_server_ns(&w, "( dport = :9301 )") == 0 {
         assert!(std::time::Instant::now() < deadline, "curl did not connect");
         std::thread::sleep(Duration::from_millis(50));
     }

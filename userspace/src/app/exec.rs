@@ -170,14 +170,15 @@ pub fn run(args: &ExecArgs) -> (u8, String) {
 fn start_exit_guard(verbose: bool) -> std::io::Result<String> {
     use userspace::device::exit_guard::{GUARD_ARG, new_table};
     // Not close-on-exec: the guard and the program both inherit it.
-    let table = new_table()?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&table);
+    // The fd stays open in the program, never closed: it is the table's name there.
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(new_table()?);
+    let path = format!("/proc/self/fd/{fd}");
     let mut guard = std::process::Command::new(std::env::current_exe()?);
     guard
         .arg(DETACH_ARG)
         .arg(GUARD_ARG)
         .arg(std::process::id().to_string())
-        .arg(format!("/proc/self/fd/{fd}"))
+        .arg(&path)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         // Its own process group: a Ctrl-C or a signal to the program's group does not
@@ -187,9 +188,7 @@ fn start_exit_guard(verbose: bool) -> std::io::Result<String> {
         guard.stderr(std::process::Stdio::null());
     }
     detached(&mut guard)?;
-    // The fd stays open in the program (it is the table's name there).
-    std::mem::forget(table);
-    Ok(format!("/proc/self/fd/{fd}"))
+    Ok(path)
 }
 
 /// The hidden argument of a process that starts the rest of its arguments as a new
@@ -245,7 +244,7 @@ pub fn run_exit_guard(args: &[String]) -> u8 {
             return 1;
         }
     };
-    match userspace::device::exit_guard::watch(pid, table.into(), &say) {
+    match userspace::device::exit_guard::watch(pid, table, &say) {
         Ok(()) => 0,
         Err(e) => {
             say(&format!("exit guard: {e}"));

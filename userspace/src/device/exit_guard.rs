@@ -295,13 +295,12 @@ const PROVOKE_AT: [Duration; 3] = [
 /// process that claims the table (the program, or a child of it that started the
 /// stack); when the owner ends with connections listed, their peers are provoked.
 /// Returns when the program has ended and no owner is left.
-pub fn watch(pid: u32, table: OwnedFd, say: &dyn Fn(&str)) -> io::Result<()> {
-    let file = File::from(table);
+pub fn watch(pid: u32, file: File, say: &dyn Fn(&str)) -> io::Result<()> {
     let program = pidfd(pid)?;
     // The owner and its pidfd (`None`: it had ended before it could be opened).
     let mut owner: Option<(u32, Option<OwnedFd>)> = None;
     loop {
-        let (claimed, _) = read_table(&file)?;
+        let claimed = Header::read(&file)?.owner;
         if claimed != 0 && owner.as_ref().map(|o| o.0) != Some(claimed) {
             owner = Some((claimed, pidfd(claimed).ok()));
         }
@@ -311,7 +310,7 @@ pub fn watch(pid: u32, table: OwnedFd, say: &dyn Fn(&str)) -> io::Result<()> {
             None => {
                 if ended(program.as_fd(), WATCH_TICK)? {
                     // Claimed and ended within one tick: handled on the next look.
-                    let (claimed, _) = read_table(&file)?;
+                    let claimed = Header::read(&file)?.owner;
                     if claimed == 0 {
                         return Ok(());
                     }
