@@ -284,26 +284,41 @@ impl Runtime {
             }
             return;
         }
-        // The application's calls since the last turn (a read that opens the window, a
-        // write) may have given the stack something to send: send it before sleeping.
-        if self.stack.has_pending_output() && (self.turn() > 0 || self.stack.has_pending_output()) {
+        if !self.ready_to_sleep() {
             return;
         }
-        self.publish_peers(true);
         let now = self.last_now;
-        let mut wake = now + self.sleep_for;
-        // Sharded stacks hand each other frames through channels, which poll(2) does
-        // not watch: such a stack sleeps in short naps only.
-        let nap = self.shard.as_ref().map(|_| now + MIN_SLEEP);
-        for t in [self.stack.poll_at(), deadline, nap].into_iter().flatten() {
-            wake = wake.min(t);
-        }
+        let wake = self.wake_at(deadline);
         if wake > now {
             self.device
                 .xdp_mut()
                 .wait_for_frames(wake.saturating_since(now));
         }
         self.sleep_for = (self.sleep_for * 2).min(MAX_SLEEP);
+    }
+
+    /// Before an idle loop sleeps: the application's calls since the last turn (a read
+    /// that opens the window, a write) may have given the stack something to send,
+    /// which goes first (false: it turned, look again); then the exit guard's table is
+    /// brought up to date.
+    fn ready_to_sleep(&mut self) -> bool {
+        if self.stack.has_pending_output() && (self.turn() > 0 || self.stack.has_pending_output()) {
+            return false;
+        }
+        self.publish_peers(true);
+        true
+    }
+
+    /// When an idle loop's sleep ends at the latest: its current sleep length, the
+    /// stack's next timer, `deadline`, and for sharded stacks, which hand each other
+    /// frames through channels that poll(2) does not watch, a short nap.
+    fn wake_at(&self, deadline: Option<Instant>) -> Instant {
+        let now = self.last_now;
+        let nap = self.shard.as_ref().map(|_| now + MIN_SLEEP);
+        [self.stack.poll_at(), deadline, nap]
+            .into_iter()
+            .flatten()
+            .fold(now + self.sleep_for, |wake, t| wake.min(t))
     }
 
     /// For a loop that sleeps without holding the runtime (other threads may turn it
@@ -316,16 +331,11 @@ impl Runtime {
             self.sleep_for = MIN_SLEEP;
             return None;
         }
-        if self.stack.has_pending_output() && (self.turn() > 0 || self.stack.has_pending_output()) {
+        if !self.ready_to_sleep() {
             return None;
         }
-        self.publish_peers(true);
         let now = self.last_now;
-        let mut wake = now + self.sleep_for;
-        let nap = self.shard.as_ref().map(|_| now + MIN_SLEEP);
-        for t in [self.stack.poll_at(), nap].into_iter().flatten() {
-            wake = wake.min(t);
-        }
+        let wake = self.wake_at(None);
         if wake <= now || !self.device.xdp_mut().ready_to_sleep() {
             return None;
         }
