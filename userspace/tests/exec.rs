@@ -1597,3 +1597,193 @@ fn a_sleeping_or_computing_program_still_acks_what_its_peer_sends() {
         "the peer waited for ACKs while the program slept or computed"
     );
 }
+
+/// Fork safety, in C (a Python thread mostly waits for the interpreter's lock, never
+/// inside the library when another forks): two threads open, register, wait on and
+/// close stack sockets in a loop while the main thread forks 500 times, and each child
+/// opens a socket and closes an inherited one (the calls that take the library's
+/// locks) and exits. A lock another thread held at fork would stay held in the child
+/// for ever (it has only the forking thread): no child may hang, with or without the
+/// switch.
+#[test]
+fn children_forked_while_other_threads_use_the_sockets_never_hang() {
+    const PROGRAM: &str = r#"
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static int ep, conn;
+static volatile int stop;
+static void *hammer(void *wait_ms) {
+    struct epoll_event ev = {.events = EPOLLIN}, got[8];
+    while (!stop) {
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        ev.data.fd = s;
+        epoll_ctl(ep, EPOLL_CTL_ADD, s, &ev);
+        epoll_wait(ep, got, 8, (int)(long)wait_ms);
+        close(s);
+    }
+    return 0;
+}
+int main(int argc, char **argv) {
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(80)};
+    inet_pton(AF_INET, argv[1], &to.sin_addr);
+    conn = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(conn, (struct sockaddr *)&to, sizeof to) != 0) return 2;
+    ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = conn};
+    epoll_ctl(ep, EPOLL_CTL_ADD, conn, &ev);
+    pthread_t threads[2];
+    pthread_create(&threads[0], 0, hammer, (void *)0L);
+    pthread_create(&threads[1], 0, hammer, (void *)1L);
+    for (int i = 0; i < 500; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            int s = socket(AF_INET, SOCK_STREAM, 0);
+            if (s >= 0) close(s);
+            close(conn);
+            _exit(0);
+        }
+        int status, waited = 0;
+        while (waitpid(pid, &status, WNOHANG) == 0) {
+            if (++waited == 5000) {
+                kill(pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                printf("child %d hung\n", i);
+                return 7;
+            }
+            usleep(1000);
+        }
+    }
+    stop = 1;
+    pthread_join(threads[0], 0);
+    pthread_join(threads[1], 0);
+    printf("forked 500\n");
+    return 0;
+}
+"#;
+    let w = world();
+    let dir = std::env::temp_dir().join(format!("fork-safety-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (source, program) = (dir.join("fork.c"), dir.join("fork"));
+    std::fs::write(&source, PROGRAM).unwrap();
+    let cc = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .args([&program, &source])
+        .status()
+        .unwrap();
+    assert!(cc.success(), "cc failed");
+    let (program, ip) = (program.to_str().unwrap(), SERVER_IP.to_string());
+    for share in [false, true] {
+        let argv = [program, ip.as_str()];
+        let mut command = match share {
+            false => exec_command(&w, &argv),
+            true => share_command(&w, &argv),
+        };
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let status = wait_timeout(&mut child, Duration::from_secs(120));
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        assert_eq!(out, "forked 500\n", "share {share}: {status}");
+        assert!(status.success(), "share {share}: {status}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An infinite epoll_wait off the inline path (here a forked child's, on the set its
+/// parent's waits added the device's sockets to) that the device's frames wake has
+/// nothing to give the program: it waits on, as Linux returns only for an event.
+#[test]
+fn an_infinite_epoll_wait_woken_by_the_devices_frames_waits_on() {
+    let w = world();
+    let script = format!(
+        "import os, select, socket, time\n\
+         def fetch():\n\
+         \x20   c = socket.create_connection(('{SERVER_IP}', 80))\n\
+         \x20   c.sendall(b'GET /index.html HTTP/1.0\\r\\n\\r\\n')\n\
+         \x20   while c.recv(65536): pass\n\
+         \x20   c.close()\n\
+         fetch()\n\
+         ep = select.epoll()\n\
+         r, wr = os.pipe()\n\
+         ep.register(r, select.EPOLLIN)\n\
+         ep.poll(0.05)\n\
+         pid = os.fork()\n\
+         if pid == 0:\n\
+         \x20   got = ep.poll(-1)\n\
+         \x20   os._exit(0 if got == [(r, select.EPOLLIN)] else 5)\n\
+         time.sleep(0.2)\n\
+         for _ in range(3): fetch()\n\
+         time.sleep(0.2)\n\
+         os.write(wr, b'x')\n\
+         deadline = time.monotonic() + 5\n\
+         while True:\n\
+         \x20   p, status = os.waitpid(pid, os.WNOHANG)\n\
+         \x20   if p: break\n\
+         \x20   if time.monotonic() > deadline: os.kill(pid, 9); raise SystemExit('the child hung')\n\
+         \x20   time.sleep(0.01)\n\
+         raise SystemExit(os.waitstatus_to_exitcode(status))"
+    );
+    let out = exec_command(&w, &[PYTHON, "-W", "ignore", "-c", &script])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("loop turned by the program's threads"),
+        "{stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the child's epoll_wait returned without its pipe: {stderr}"
+    );
+}
+
+/// select(2) with nfds above 1024 on a program's own larger fd_set (glibc's is 1024
+/// bits): Linux looks at every fd below nfds, so the library's inline looks must too.
+/// Here fd 1500 (a pipe written 0.3 s later) is the one fd watched.
+#[test]
+fn select_watches_fds_above_1024_when_nfds_says_so() {
+    let w = world();
+    let script = format!(
+        "import ctypes, os, resource, socket, threading, time\n\
+         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n\
+         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))\n\
+         c = socket.create_connection(('{SERVER_IP}', 80))\n\
+         r, wr = os.pipe()\n\
+         os.dup2(r, 1500)\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         for pselect in (False, True):\n\
+         \x20   bits = (ctypes.c_uint64 * 32)()\n\
+         \x20   bits[1500 // 64] = 1 << (1500 % 64)\n\
+         \x20   threading.Timer(0.3, lambda: os.write(wr, b'x')).start()\n\
+         \x20   start = time.monotonic()\n\
+         \x20   if pselect:\n\
+         \x20       ts = (ctypes.c_long * 2)(3, 0)\n\
+         \x20       n = libc.pselect(1501, ctypes.byref(bits), None, None, ctypes.byref(ts), None)\n\
+         \x20   else:\n\
+         \x20       tv = (ctypes.c_long * 2)(3, 0)\n\
+         \x20       n = libc.select(1501, ctypes.byref(bits), None, None, ctypes.byref(tv))\n\
+         \x20   took = time.monotonic() - start\n\
+         \x20   assert n == 1 and bits[1500 // 64] >> (1500 % 64) & 1, (pselect, n, took)\n\
+         \x20   assert took < 2, (pselect, took)\n\
+         \x20   os.read(1500, 1)\n\
+         print('ok')"
+    );
+    let out = exec_command(&w, &[PYTHON, "-c", &script]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("connect to {SERVER_IP}:80: stack")),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout), "ok\n");
+}
