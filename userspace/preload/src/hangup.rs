@@ -5,9 +5,9 @@
 //! waiting, and `RDHUP` once the peer's FIN came. `poll`/`ppoll` and the `epoll_wait`
 //! family add them to what the kernel returned; a `poll` on a socket that already has
 //! one does not wait (the kernel's would return at once).
-use crate::inline;
 use crate::real::real;
 use crate::table::{Conditions, lookup};
+use crate::{config, inline, signals};
 use libc::{c_int, epoll_event, nfds_t, pollfd, sigset_t, timespec};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -31,6 +31,10 @@ fn poll_bits(c: Conditions, asked: i16) -> i16 {
 
 /// The bits to add to each entry of `set`, if any entry is a stack socket with one.
 fn extra(set: &[pollfd]) -> Option<Vec<i16>> {
+    if config::forked() {
+        // The parent's sockets: their state is its loop's (and its threads' locks).
+        return None;
+    }
     let mut any = false;
     let bits: Vec<i16> = set
         .iter()
@@ -169,7 +173,7 @@ pub unsafe extern "C" fn __ppoll_chk(
 /// Stack sockets registered with an epoll instance: the event's `data` is all that
 /// `epoll_wait` gives back, so it is kept with the fd and the events asked for.
 #[derive(Default)]
-struct Registry {
+pub struct Registry {
     by_data: HashMap<(c_int, u64), (c_int, u32)>,
     by_fd: HashMap<c_int, Vec<(c_int, u64)>>,
 }
@@ -179,6 +183,7 @@ static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 static REGISTERED: AtomicUsize = AtomicUsize::new(0);
 
 fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
+    let _critical = signals::critical();
     let mut guard = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
     let registry = guard.get_or_insert_with(Registry::default);
     let out = f(registry);
@@ -210,6 +215,7 @@ static WATCHING: AtomicUsize = AtomicUsize::new(0);
 /// each with EPOLLEXCLUSIVE: of the threads waiting on several sets, a frame wakes
 /// one.
 fn watched(epfd: c_int, fds: &[c_int]) -> bool {
+    let _critical = signals::critical();
     let mut sets = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
     if sets.contains(&epfd) {
         return true;
@@ -240,6 +246,19 @@ fn watched(epfd: c_int, fds: &[c_int]) -> bool {
     sets.push(epfd);
     WATCHING.store(sets.len(), Ordering::Release);
     true
+}
+
+/// The registry's locks, taken before fork (see `fork`).
+pub type Held = (
+    std::sync::MutexGuard<'static, Option<Registry>>,
+    std::sync::MutexGuard<'static, Vec<c_int>>,
+);
+
+pub fn hold() -> Held {
+    (
+        REGISTRY.lock().unwrap_or_else(|p| p.into_inner()),
+        WATCHED.lock().unwrap_or_else(|p| p.into_inner()),
+    )
 }
 
 /// Takes the device's events out of the `ready` events an epoll wait returned.
@@ -334,6 +353,7 @@ fn epoll_inline(
 /// fd of the file; a stack socket's eventfd is that file).
 pub fn forget(fd: c_int) {
     if WATCHING.load(Ordering::Acquire) > 0 {
+        let _critical = signals::critical();
         let mut sets = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
         sets.retain(|&s| s != fd);
         WATCHING.store(sets.len(), Ordering::Release);
@@ -384,6 +404,10 @@ pub unsafe extern "C" fn epoll_ctl(
 /// Adds the stack sockets' conditions to the `ready` events `epoll_wait` returned.
 fn merge_epoll(epfd: c_int, events: *mut epoll_event, ready: c_int) -> c_int {
     if ready <= 0 || events.is_null() || REGISTERED.load(Ordering::Acquire) == 0 {
+        return ready;
+    }
+    if config::forked() {
+        // As in `extra`.
         return ready;
     }
     // SAFETY: the kernel filled `ready` entries of the caller's array.

@@ -32,6 +32,7 @@
 
 mod addr;
 mod config;
+mod fork;
 mod hangup;
 mod inline;
 mod real;

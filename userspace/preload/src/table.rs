@@ -10,13 +10,14 @@
 use crate::addr;
 use crate::config::{self, say};
 use crate::real::{self, real};
+use crate::signals;
 use libc::{c_int, c_void, socklen_t};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use userspace::net::watch::{Readiness, Watcher};
 use userspace::{TcpListener, TcpStream};
@@ -26,6 +27,8 @@ pub type Errno = i32;
 pub type Res<T> = Result<T, Errno>;
 
 static SOCKETS: RwLock<BTreeMap<c_int, Arc<Sock>>> = RwLock::new(BTreeMap::new());
+/// Another thread's first use of an inherited listener waits until it listens again.
+static LISTENING_AGAIN: Mutex<()> = Mutex::new(());
 /// Fds in `SOCKETS`: calls on other fds skip the lock while there are none.
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 
@@ -34,6 +37,7 @@ pub fn lookup(fd: c_int) -> Option<Arc<Sock>> {
     if COUNT.load(Ordering::Acquire) == 0 {
         return None;
     }
+    let _critical = signals::critical();
     SOCKETS
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -42,6 +46,7 @@ pub fn lookup(fd: c_int) -> Option<Arc<Sock>> {
 }
 
 pub fn insert(fd: c_int, sock: Arc<Sock>) {
+    let _critical = signals::critical();
     let mut map = SOCKETS.write().unwrap_or_else(|p| p.into_inner());
     if map.insert(fd, sock).is_none() {
         COUNT.fetch_add(1, Ordering::Release);
@@ -50,6 +55,7 @@ pub fn insert(fd: c_int, sock: Arc<Sock>) {
 
 /// Forgets `fd` (closed, or a kernel socket now); the socket closes with its last fd.
 pub fn remove(fd: c_int) -> Option<Arc<Sock>> {
+    let _critical = signals::critical();
     let mut map = SOCKETS.write().unwrap_or_else(|p| p.into_inner());
     let gone = map.remove(&fd);
     if gone.is_some() {
@@ -60,9 +66,67 @@ pub fn remove(fd: c_int) -> Option<Arc<Sock>> {
 
 /// At exit: every socket still open closes as if its fds were closed.
 pub fn close_all() {
-    let all = std::mem::take(&mut *SOCKETS.write().unwrap_or_else(|p| p.into_inner()));
+    let all = {
+        let _critical = signals::critical();
+        std::mem::take(&mut *SOCKETS.write().unwrap_or_else(|p| p.into_inner()))
+    };
     COUNT.store(0, Ordering::Release);
     drop(all);
+}
+
+/// The table's locks and every socket's, taken before fork (see `fork`): a lock
+/// another thread held at fork would stay held in the child for ever.
+pub struct Held {
+    _listening_again: MutexGuard<'static, ()>,
+    _states: Vec<MutexGuard<'static, State>>,
+    _start: MutexGuard<'static, ()>,
+    _stderr: std::io::StderrLock<'static>,
+    _sockets: std::sync::RwLockWriteGuard<'static, BTreeMap<c_int, Arc<Sock>>>,
+    /// Dropped after the guards of their states.
+    _socks: Vec<Arc<Sock>>,
+}
+
+/// Takes the locks in the order the calls nest them: a listener listening again,
+/// the sockets' states, the stack's start, stderr (whose writes look fd 2 up here),
+/// the table. Sockets opened while it took the states are caught up on with another
+/// round.
+pub fn hold() -> Held {
+    loop {
+        let listening_again = LISTENING_AGAIN.lock().unwrap_or_else(|p| p.into_inner());
+        let socks: Vec<Arc<Sock>> = SOCKETS
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let states = socks
+            .iter()
+            .map(|sock| {
+                let guard = sock.state.lock().unwrap_or_else(|p| p.into_inner());
+                // SAFETY: the guard borrows a socket that `Held::_socks` keeps alive
+                // until after the guard is dropped (field order).
+                unsafe {
+                    std::mem::transmute::<MutexGuard<'_, State>, MutexGuard<'static, State>>(guard)
+                }
+            })
+            .collect();
+        let start = config::hold_start();
+        let stderr = std::io::stderr().lock();
+        let sockets = SOCKETS.write().unwrap_or_else(|p| p.into_inner());
+        if sockets
+            .values()
+            .all(|s| socks.iter().any(|k| Arc::ptr_eq(k, s)))
+        {
+            return Held {
+                _listening_again: listening_again,
+                _states: states,
+                _start: start,
+                _stderr: stderr,
+                _sockets: sockets,
+                _socks: socks,
+            };
+        }
+    }
 }
 
 /// In a child forked after the stack started, through the switch: every inherited
@@ -76,6 +140,7 @@ pub fn close_all() {
 /// fails with ENOTCONN.
 pub fn adopt_after_fork() {
     userspace::net::switch::after_fork_in_child();
+    let _critical = signals::critical();
     let inherited: Vec<(c_int, Arc<Sock>)> = SOCKETS
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -217,6 +282,27 @@ enum Kind {
     Stream(Arc<TcpStream>),
 }
 
+/// A socket's state, locked: no signal handler runs on this thread meanwhile (one
+/// that closed the socket would wait for ever for the lock its thread holds).
+struct Locked<'a> {
+    state: MutexGuard<'a, State>,
+    /// Dropped after the lock.
+    _critical: signals::Critical,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
 struct State {
     kind: Kind,
     /// O_NONBLOCK, shared by the fds of one socket as by a kernel file description.
@@ -310,8 +396,13 @@ impl Sock {
                 .is_some_and(|v| v != 0)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// The socket's state, locked in a critical section (see `signals::critical`).
+    fn lock(&self) -> Locked<'_> {
+        let critical = signals::critical();
+        Locked {
+            state: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            _critical: critical,
+        }
     }
 
     /// Has the poll loop drive the eventfd from now on.
@@ -619,8 +710,7 @@ impl Sock {
         if !self.listen_on_use.load(Ordering::Acquire) {
             return;
         }
-        // Another thread's first use waits until the socket listens.
-        static LISTENING_AGAIN: Mutex<()> = Mutex::new(());
+        let _critical = signals::critical();
         let _one = LISTENING_AGAIN.lock().unwrap_or_else(|p| p.into_inner());
         if !self.listen_on_use.load(Ordering::Acquire) {
             return;
@@ -994,6 +1084,56 @@ mod tests {
         assert_eq!(polled(count_for(ready(false, true), false)), (false, true));
         // A writer waiting for room must not wake for nothing.
         assert_eq!(polled(count_for(ready(false, false), false)), (true, false));
+    }
+
+    static FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+    static HANDLED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn getsockname_in_handler(_: c_int) {
+        // SAFETY: an address buffer of the size given.
+        unsafe {
+            let mut at: libc::sockaddr_storage = std::mem::zeroed();
+            let mut len = std::mem::size_of_val(&at) as socklen_t;
+            crate::getsockname(
+                FD.load(Ordering::SeqCst),
+                (&mut at as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+            );
+        }
+        HANDLED.store(true, Ordering::SeqCst);
+    }
+
+    /// A signal handler that uses a stack socket (getsockname takes its lock) while its
+    /// thread holds that socket's lock: the handler runs once the lock is let go, not
+    /// inside (where it would wait for ever).
+    #[test]
+    fn a_handler_using_a_socket_its_thread_has_locked_runs_after_not_for_ever() {
+        let (fd, sock) = Sock::open(libc::AF_INET, false, true).unwrap();
+        FD.store(fd, Ordering::SeqCst);
+        // SAFETY: a zeroed sigaction is valid; installed through the library's sigaction.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = getsockname_in_handler as *const () as libc::sighandler_t;
+            assert_eq!(
+                crate::signals::sigaction(libc::SIGUSR1, &act, std::ptr::null_mut()),
+                0
+            );
+        }
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let state = sock.lock();
+            // SAFETY: raise takes no pointers.
+            unsafe { libc::raise(libc::SIGUSR1) };
+            let inside = HANDLED.load(Ordering::SeqCst);
+            drop(state);
+            let _ = done.send((inside, HANDLED.load(Ordering::SeqCst)));
+        });
+        let (inside, after) = finished
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the handler waited for the lock its own thread held");
+        assert!(!inside && after, "ran inside {inside}, after {after}");
+        // SAFETY: our socket's fd.
+        unsafe { crate::close(fd) };
     }
 
     #[test]
