@@ -1787,3 +1787,92 @@ fn select_watches_fds_above_1024_when_nfds_says_so() {
     );
     assert_eq!(text(&out.stdout), "ok\n");
 }
+
+/// Builds the C program `source` (named `name`) with the system's compiler, in a
+/// directory of this test's own; the program's path.
+fn build_c(name: &str, source: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("exec-c-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (c, program) = (dir.join(format!("{name}.c")), dir.join(name));
+    std::fs::write(&c, source).unwrap();
+    let cc = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .args([&program, &c])
+        .status()
+        .unwrap();
+    assert!(cc.success(), "cc {name}.c failed");
+    program
+}
+
+/// A handler that leaves by `siglongjmp`, 2000 times, while the program turns the
+/// loop without pause (poll with no timeout, recv with MSG_DONTWAIT on a stack
+/// socket): a handler that left a turn would leave the loop taken for ever. The loop
+/// still turns after: a request on the connection is answered.
+#[test]
+fn a_handler_that_siglongjmps_never_leaves_the_loop_taken() {
+    const PROGRAM: &str = r#"
+#include <arpa/inet.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+static sigjmp_buf back;
+static volatile sig_atomic_t jumps;
+static void on_alarm(int sig) {
+    (void)sig;
+    jumps++;
+    siglongjmp(back, 1);
+}
+int main(int argc, char **argv) {
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(80)};
+    inet_pton(AF_INET, argv[1], &to.sin_addr);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&to, sizeof to) != 0) return 2;
+    struct sigaction alarm = {.sa_handler = on_alarm};
+    sigaction(SIGALRM, &alarm, 0);
+    struct itimerval every = {{0, 200}, {0, 200}}, off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &every, 0);
+    sigsetjmp(back, 1);
+    while (jumps < 2000) {
+        struct pollfd p = {.fd = s, .events = POLLIN};
+        char byte;
+        poll(&p, 1, 0);
+        recv(s, &byte, 1, MSG_DONTWAIT);
+    }
+    setitimer(ITIMER_REAL, &off, 0);
+    const char *get = "GET /index.html HTTP/1.0\r\n\r\n";
+    send(s, get, strlen(get), 0);
+    long got = 0;
+    for (;;) {
+        struct pollfd p = {.fd = s, .events = POLLIN};
+        if (poll(&p, 1, 5000) != 1) {
+            printf("no answer after %d jumps\n", (int)jumps);
+            return 3;
+        }
+        char buf[4096];
+        long n = recv(s, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        got += n;
+    }
+    printf("%s\n", got > 0 ? "answered" : "nothing");
+    return 0;
+}
+"#;
+    let w = world();
+    let program = build_c("longjmp", PROGRAM);
+    let ip = SERVER_IP.to_string();
+    let mut child = exec_command(&w, &[program.to_str().unwrap(), &ip])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_timeout(&mut child, Duration::from_secs(60));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(out, "answered\n", "{status}");
+    assert!(status.success(), "{status}");
+}

@@ -50,6 +50,9 @@ use table::{Res, Route, Sock, lookup};
 /// panic, which never crosses into C).
 fn run<T>(failed: T, call: impl FnOnce() -> Res<T>) -> T {
     let _entered = inline::enter();
+    // A handler runs after the call (or in its waits, see `signals::outside`), never
+    // while it holds a lock.
+    let _critical = signals::critical();
     if config::forked() {
         used_after_fork();
         set_errno(libc::EOPNOTSUPP);
@@ -530,6 +533,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let _entered = inline::enter();
     hangup::forget(fd);
     if let Some(sock) = table::remove(fd) {
+        let _critical = signals::critical();
         if config::forked() {
             // Its state belongs to the parent's poll loop: leave it alone.
             std::mem::forget(sock);

@@ -66,6 +66,20 @@ impl Drop for Critical {
     }
 }
 
+/// Runs `f`, a wait that may block, outside the critical sections this thread is in
+/// (the caller holds none of the library's locks): a handler runs during it as during
+/// the kernel's own wait, and one that leaves by `siglongjmp` leaves the thread in the
+/// program, outside any section, as it should be.
+pub fn outside<T>(f: impl FnOnce() -> T) -> T {
+    let depth = CRITICAL.try_with(|c| c.replace(0)).unwrap_or(0);
+    if ANY_PENDING.try_with(|a| a.replace(false)) == Ok(true) {
+        redeliver();
+    }
+    let out = f();
+    let _ = CRITICAL.try_with(|c| c.set(c.get() + depth));
+    out
+}
+
 /// Sends this thread the signals kept in its critical sections again, each with its
 /// siginfo: the kernel delivers each on the way out of the system call.
 fn redeliver() {

@@ -592,7 +592,7 @@ impl Sock {
             return Err(libc::EINPROGRESS);
         }
         crate::inline::spin_until(|| stream.connect_result().is_some());
-        let result = stream.wait_connected();
+        let result = signals::outside(|| stream.wait_connected());
         self.refresh(&self.lock().kind);
         result.map(|()| Route::Done).map_err(|e| errno_of(&e))
     }
@@ -739,7 +739,10 @@ impl Sock {
                 crate::inline::spin_until(|| listener.with_readiness(|r| r.readable));
             }
         }
-        let accepted = listener.accept();
+        let accepted = match self.nonblocking() {
+            true => listener.accept(),
+            false => signals::outside(|| listener.accept()),
+        };
         self.refresh(&self.lock().kind);
         let (stream, peer) = accepted.map_err(|e| errno_of(&e))?;
         if peer.is_ipv6() && self.family == libc::AF_INET {
@@ -778,7 +781,7 @@ impl Sock {
             loop {
                 match stream.peek(buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock && !dont_wait => {
-                        wait_readable(&stream)
+                        signals::outside(|| wait_readable(&stream))
                     }
                     r => break r,
                 }
@@ -788,7 +791,12 @@ impl Sock {
         } else {
             let mut done = 0;
             loop {
-                match std::io::Read::read(&mut &*stream, &mut buf[done..]) {
+                let read = |buf: &mut [u8]| std::io::Read::read(&mut &*stream, buf);
+                let read = match dont_wait {
+                    true => read(&mut buf[done..]),
+                    false => signals::outside(|| read(&mut buf[done..])),
+                };
+                match read {
                     Ok(n) if n > 0 && flags & libc::MSG_WAITALL != 0 && done + n < buf.len() => {
                         done += n
                     }
@@ -822,7 +830,12 @@ impl Sock {
                     Err(io::ErrorKind::WouldBlock.into())
                 };
             }
-            match std::io::Write::write(&mut &*stream, &buf[done..]) {
+            let write = || std::io::Write::write(&mut &*stream, &buf[done..]);
+            let wrote = match dont_wait {
+                true => write(),
+                false => signals::outside(write),
+            };
+            match wrote {
                 Ok(n) => {
                     done += n;
                     if done == buf.len() || n == 0 {
