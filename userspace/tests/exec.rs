@@ -1876,3 +1876,46 @@ int main(int argc, char **argv) {
     assert_eq!(out, "answered\n", "{status}");
     assert!(status.success(), "{status}");
 }
+
+/// bind(2) to port 0 (and to a port named), then connect(2): the connection is from
+/// the port bound, as Linux; getsockname shows it, and the server answers on it (its
+/// segments reach the stack, not the kernel), with and without the switch.
+#[test]
+fn a_connect_after_bind_goes_from_the_port_bound() {
+    let w = world();
+    let script = format!(
+        "import socket\n\
+         for port in (0, 47123):\n\
+         \x20   s = socket.socket(); s.bind(('0.0.0.0', port)); p = s.getsockname()[1]\n\
+         \x20   assert p != 0 and (port == 0 or p == port), (port, p)\n\
+         \x20   s.connect(('{SERVER_IP}', 80)); q = s.getsockname()[1]\n\
+         \x20   assert q == p, ('bound', p, 'connected from', q)\n\
+         \x20   s.sendall(b'GET /index.html HTTP/1.0\\r\\n\\r\\n')\n\
+         \x20   body = b''\n\
+         \x20   while True:\n\
+         \x20       d = s.recv(65536)\n\
+         \x20       if not d: break\n\
+         \x20       body += d\n\
+         \x20   assert body.startswith(b'HTTP/1.1 200'), body[:40]\n\
+         \x20   s.close()\n\
+         print('ok')"
+    );
+    for share in [false, true] {
+        let argv = [PYTHON, "-c", &script];
+        let before = kernel_tcp(&w);
+        let out = match share {
+            false => exec_command(&w, &argv),
+            true => share_command(&w, &argv),
+        }
+        .output()
+        .unwrap();
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "share {share}: {stderr}");
+        assert_eq!(text(&out.stdout), "ok\n", "share {share}");
+        assert_eq!(
+            kernel_tcp(&w),
+            before,
+            "share {share}: the kernel's TCP moved"
+        );
+    }
+}

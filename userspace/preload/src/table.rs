@@ -578,9 +578,14 @@ impl Sock {
         }
         let stack = Self::stack_or_enetdown()?;
         say!("fd {fd}: connect to {to}: stack on {}", stack.interface());
-        // The stack connects from its own ports: a port a bind to 0 held goes back.
-        st.port_hold = None;
-        let stream = Arc::new(TcpStream::connect_nonblocking(stack, to));
+        // From the port bound, if any, as Linux (a bind to port 0's stays held for
+        // the connection); else from one of the stack's own.
+        let stream = Arc::new(match st.kind {
+            Kind::Fresh {
+                bound: Some(at), ..
+            } if at.port() != 0 => TcpStream::connect_nonblocking_from(stack, at.port(), to),
+            _ => TcpStream::connect_nonblocking(stack, to),
+        });
         apply_options(&stream, &st.options);
         st.kind = Kind::Stream(stream.clone());
         let nonblocking = st.nonblocking;

@@ -364,7 +364,8 @@ impl Driver {
                     conn,
                     remote,
                     timeout,
-                } => self.connect(conn, remote, timeout),
+                    from_port,
+                } => self.connect(conn, remote, timeout, from_port),
                 Command::Listen(listener) => self.listen(listener),
                 Command::Unlisten(listener) => self.unlisten(&listener),
                 Command::Set(conn, option) => self.set(&conn, option),
@@ -391,7 +392,13 @@ impl Driver {
         }
     }
 
-    fn connect(&mut self, conn: Arc<Conn>, remote: SocketAddr, timeout: Duration) {
+    fn connect(
+        &mut self,
+        conn: Arc<Conn>,
+        remote: SocketAddr,
+        timeout: Duration,
+        from_port: Option<u16>,
+    ) {
         let routing = startup::step("connect: route and neighbour from the kernel");
         let now = self.rt.now();
         let mut st = conn.shared.lock();
@@ -406,7 +413,20 @@ impl Driver {
         };
         self.learn_from_kernel(hop);
         drop(routing);
-        match self.rt.stack.connect(now, remote) {
+        let opened = match from_port {
+            Some(port) => self.rt.stack.connect_from(now, port, remote),
+            None => self.rt.stack.connect(now, remote),
+        };
+        if let (Ok(_), Some(port)) = (&opened, from_port)
+            && !self.listeners.contains_key(&port)
+            && !self.draining_ports.contains(&port)
+        {
+            // Shared-IP mode: the port is not the stack's; its segments come to us
+            // while the connection lasts, as a listener's that still has connections.
+            self.draining_ports.push(port);
+            let _ = self.steer_listeners();
+        }
+        match opened {
             Ok(id) => {
                 st.id = Some(id);
                 if let Some(c) = self.rt.stack.connection(id) {

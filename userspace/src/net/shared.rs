@@ -30,6 +30,8 @@ pub(crate) enum Command {
         conn: Arc<Conn>,
         remote: SocketAddr,
         timeout: Duration,
+        /// The port the application bound first, if any: the connection's own.
+        from_port: Option<u16>,
     },
     /// Listen on the listener's port.
     Listen(Arc<Listener>),

@@ -23,6 +23,20 @@ impl TcpStream {
         TcpStream::from_handle(Handle::connect(stack, remote, timeout))
     }
 
+    /// [`TcpStream::connect_nonblocking`] from `port`, one the program bound first
+    /// (bind(2) then connect(2)); a port outside the stack's own range is steered to
+    /// the stack while the connection lasts. A pair of addresses already taken fails
+    /// the connect with `EADDRNOTAVAIL`, as Linux.
+    pub fn connect_nonblocking_from(
+        stack: &Stack,
+        port: u16,
+        remote: impl Into<SocketAddr>,
+    ) -> TcpStream {
+        let remote = remote.into();
+        let timeout = stack.inner.connect_timeout;
+        TcpStream::from_handle(Handle::connect_from(stack, Some(port), remote, timeout))
+    }
+
     /// `None` while the connect is under way, then `Ok` (open) or why it failed.
     pub fn connect_result(&self) -> Option<io::Result<()>> {
         self.handle.conn.shared.lock().connect_result()
