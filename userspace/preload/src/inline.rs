@@ -53,7 +53,7 @@ pub struct Entered(());
 
 /// Marks the start of a call of the library on this thread.
 pub fn enter() -> Entered {
-    let _ = DEPTH.try_with(|d| d.set(d.get() + 1));
+    let _ = DEPTH.try_with(|d| d.set(d.get().saturating_add(1)));
     Entered(())
 }
 
@@ -67,7 +67,7 @@ impl Drop for Entered {
 /// library never turn the loop. Only a thread-local `Cell` without a destructor is
 /// touched, which is safe in a handler.
 pub fn in_signal_handler() -> Handling {
-    let _ = DEPTH.try_with(|d| d.set(d.get() + IN_HANDLER));
+    let _ = DEPTH.try_with(|d| d.set(d.get().saturating_add(IN_HANDLER)));
     let _ = HANDLED.try_with(|h| h.set(h.get().wrapping_add(1)));
     Handling(())
 }

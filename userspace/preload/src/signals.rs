@@ -46,7 +46,7 @@ thread_local! {
 /// that comes meanwhile runs its handler when the outermost one ends. Only
 /// thread-local `Cell`s without destructors are touched.
 pub fn critical() -> Critical {
-    let _ = CRITICAL.try_with(|c| c.set(c.get() + 1));
+    let _ = CRITICAL.try_with(|c| c.set(c.get().saturating_add(1)));
     Critical(())
 }
 
@@ -76,7 +76,7 @@ pub fn outside<T>(f: impl FnOnce() -> T) -> T {
         redeliver();
     }
     let out = f();
-    let _ = CRITICAL.try_with(|c| c.set(c.get() + depth));
+    let _ = CRITICAL.try_with(|c| c.set(c.get().saturating_add(depth)));
     out
 }
 
