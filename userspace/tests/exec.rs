@@ -619,14 +619,20 @@ fn edge_triggered_epoll_mixes_a_stack_socket_and_a_pipe() {
          \x20       body += chunk\n\
          print(body.split(b'\\r\\n\\r\\n', 1)[1].decode(), end='')"
     );
-    let out = exec_command(&w, &[PYTHON, "-c", &script]).output().unwrap();
+    assert_eq!(python_on_the_stack(&w, &script), world::INDEX_HTML);
+}
+
+/// Runs python3 `script` under exec: it succeeds, its connection to the server went
+/// on the stack; its stdout.
+fn python_on_the_stack(w: &World, script: &str) -> String {
+    let out = exec_command(w, &[PYTHON, "-c", script]).output().unwrap();
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!("connect to {SERVER_IP}:80: stack")),
         "{stderr}"
     );
-    assert_eq!(text(&out.stdout), world::INDEX_HTML);
+    text(&out.stdout)
 }
 
 /// Waits for a process started under exec after SIGKILL.
@@ -1667,35 +1673,21 @@ int main(int argc, char **argv) {
 }
 "#;
     let w = world();
-    let dir = std::env::temp_dir().join(format!("fork-safety-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (source, program) = (dir.join("fork.c"), dir.join("fork"));
-    std::fs::write(&source, PROGRAM).unwrap();
-    let cc = Command::new("cc")
-        .args(["-O2", "-pthread", "-o"])
-        .args([&program, &source])
-        .status()
-        .unwrap();
-    assert!(cc.success(), "cc failed");
+    let program = build_c("fork", PROGRAM);
     let (program, ip) = (program.to_str().unwrap(), SERVER_IP.to_string());
     for share in [false, true] {
         let argv = [program, ip.as_str()];
-        let mut command = match share {
+        let command = match share {
             false => exec_command(&w, &argv),
             true => share_command(&w, &argv),
         };
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let status = wait_timeout(&mut child, Duration::from_secs(120));
-        let mut out = String::new();
-        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-        assert_eq!(out, "forked 500\n", "share {share}: {status}");
-        assert!(status.success(), "share {share}: {status}");
+        run_c(
+            command,
+            Duration::from_secs(120),
+            "forked 500\n",
+            &format!("share {share}"),
+        );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An infinite epoll_wait off the inline path (here a forked child's, on the set its
@@ -1778,14 +1770,7 @@ fn select_watches_fds_above_1024_when_nfds_says_so() {
          \x20   os.read(1500, 1)\n\
          print('ok')"
     );
-    let out = exec_command(&w, &[PYTHON, "-c", &script]).output().unwrap();
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains(&format!("connect to {SERVER_IP}:80: stack")),
-        "{stderr}"
-    );
-    assert_eq!(text(&out.stdout), "ok\n");
+    assert_eq!(python_on_the_stack(&w, &script), "ok\n");
 }
 
 /// Builds the C program `source` (named `name`) with the system's compiler, in a
@@ -1802,6 +1787,21 @@ fn build_c(name: &str, source: &str) -> std::path::PathBuf {
         .unwrap();
     assert!(cc.success(), "cc {name}.c failed");
     program
+}
+
+/// Runs a program built by [`build_c`] under `command` for at most `limit`: it says
+/// `expected` on stdout and exits 0.
+fn run_c(mut command: Command, limit: Duration, expected: &str, what: &str) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_timeout(&mut child, limit);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(out, expected, "{what}: {status}");
+    assert!(status.success(), "{what}: {status}");
 }
 
 /// A handler that leaves by `siglongjmp`, 2000 times, while the program turns the
@@ -1865,16 +1865,8 @@ int main(int argc, char **argv) {
     let w = world();
     let program = build_c("longjmp", PROGRAM);
     let ip = SERVER_IP.to_string();
-    let mut child = exec_command(&w, &[program.to_str().unwrap(), &ip])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_timeout(&mut child, Duration::from_secs(60));
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
-    assert_eq!(out, "answered\n", "{status}");
-    assert!(status.success(), "{status}");
+    let command = exec_command(&w, &[program.to_str().unwrap(), &ip]);
+    run_c(command, Duration::from_secs(60), "answered\n", "exec");
 }
 
 /// bind(2) to port 0 (and to a port named), then connect(2): the connection is from

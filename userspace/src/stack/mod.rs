@@ -517,10 +517,7 @@ impl Stack {
         remote: impl Into<SocketAddr>,
     ) -> Result<ConnId, StackError> {
         let remote = remote.into();
-        if self.live >= self.cfg.max_connections {
-            return Err(StackError::TooManyConnections);
-        }
-        let local_ip = self.local_ip_for(remote.ip())?;
+        let local_ip = self.active_open_ip(remote)?;
         let (lo, hi) = self.cfg.port_range;
         let range = u32::from(hi - lo) + 1;
         let base = self.isn.hash(SocketAddr::new(local_ip, 0), remote, 0) as u32;
@@ -549,16 +546,21 @@ impl Stack {
         remote: impl Into<SocketAddr>,
     ) -> Result<ConnId, StackError> {
         let remote = remote.into();
-        if self.live >= self.cfg.max_connections {
-            return Err(StackError::TooManyConnections);
-        }
-        let local = SocketAddr::new(self.local_ip_for(remote.ip())?, port);
+        let local = SocketAddr::new(self.active_open_ip(remote)?, port);
         if self.by_tuple.contains_key(&(local, remote))
             || self.claim_for_shard(local, remote).is_err()
         {
             return Err(StackError::NoFreePort);
         }
         Ok(self.open_active(now, local, remote))
+    }
+
+    /// Our address for an active open to `remote`, if the stack may open one more.
+    fn active_open_ip(&self, remote: SocketAddr) -> Result<IpAddr, StackError> {
+        if self.live >= self.cfg.max_connections {
+            return Err(StackError::TooManyConnections);
+        }
+        self.local_ip_for(remote.ip())
     }
 
     /// The SYN-SENT connection between `local` and `remote` (RFC 9293 3.10.1).
