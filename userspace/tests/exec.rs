@@ -1607,10 +1607,10 @@ fn a_sleeping_or_computing_program_still_acks_what_its_peer_sends() {
 /// Fork safety, in C (a Python thread mostly waits for the interpreter's lock, never
 /// inside the library when another forks): two threads open, register, wait on and
 /// close stack sockets in a loop while the main thread forks 500 times, and each child
-/// opens a socket and closes an inherited one (the calls that take the library's
-/// locks) and exits. A lock another thread held at fork would stay held in the child
-/// for ever (it has only the forking thread): no child may hang, with or without the
-/// switch.
+/// opens a socket and closes an inherited one and its duplicate (the calls that take
+/// the library's locks) and exits. A lock another thread held at fork would stay held
+/// in the child for ever (it has only the forking thread): no child may hang, with or
+/// without the switch.
 #[test]
 fn children_forked_while_other_threads_use_the_sockets_never_hang() {
     const PROGRAM: &str = r#"
@@ -1643,6 +1643,7 @@ int main(int argc, char **argv) {
     ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = conn};
     epoll_ctl(ep, EPOLL_CTL_ADD, conn, &ev);
+    int copy = dup(conn);
     pthread_t threads[2];
     pthread_create(&threads[0], 0, hammer, (void *)0L);
     pthread_create(&threads[1], 0, hammer, (void *)1L);
@@ -1652,6 +1653,7 @@ int main(int argc, char **argv) {
             int s = socket(AF_INET, SOCK_STREAM, 0);
             if (s >= 0) close(s);
             close(conn);
+            close(copy);
             _exit(0);
         }
         int status, waited = 0;

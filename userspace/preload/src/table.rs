@@ -93,12 +93,15 @@ pub struct Held {
 pub fn hold() -> Held {
     loop {
         let listening_again = LISTENING_AGAIN.lock().unwrap_or_else(|p| p.into_inner());
-        let socks: Vec<Arc<Sock>> = SOCKETS
+        let mut socks: Vec<Arc<Sock>> = SOCKETS
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
             .collect();
+        // A socket's duplicated fds share it: its lock is taken once.
+        socks.sort_by_key(|s| Arc::as_ptr(s));
+        socks.dedup_by(|a, b| Arc::ptr_eq(a, b));
         let states = socks
             .iter()
             .map(|sock| {
