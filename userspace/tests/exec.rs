@@ -1241,13 +1241,7 @@ fn a_killed_program_under_exec_has_its_waiting_peers_reset_not_hanging() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(client.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "sent");
+    assert_eq!(first_stdout_line(&mut client), "sent");
     // At once: the guard may not have looked at the table yet (it looks every 250 ms).
     kill_hard(client);
     let out = server.wait_with_output().unwrap();
@@ -1596,4 +1590,87 @@ fn a_sleeping_or_computing_program_still_acks_what_its_peer_sends() {
         ["sleep unacked 0", "compute unacked 0"],
         "the peer waited for ACKs while the program slept or computed"
     );
+}
+
+#[test]
+fn splice_moves_bytes_between_a_stack_socket_and_a_pipe_both_ways() {
+    let w = world();
+    // The kernel's server: reads to the end, answers with the SHA-256 of what came.
+    let digest_server = "import hashlib, socket, sys\n\
+         l = socket.create_server(('0.0.0.0', 7300))\n\
+         print('ready', flush=True)\n\
+         c, _ = l.accept()\n\
+         h = hashlib.sha256()\n\
+         while chunk := c.recv(1 << 16): h.update(chunk)\n\
+         c.sendall(h.hexdigest().encode())\n\
+         c.close()";
+    let mut server = w
+        .exec(&w.server)
+        .args([PYTHON, "-c", digest_server])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(first_stdout_line(&mut server), "ready");
+    // Under exec: the 64 MiB download socket -> pipe (blocking, then non-blocking with
+    // SPLICE_F_NONBLOCK), its request pipe -> socket; then 8 MiB up pipe -> socket into
+    // a non-blocking socket while another thread fills the pipe.
+    let client = format!(
+        "import hashlib, os, select, socket, threading\n\
+         s = socket.create_connection(('{SERVER_IP}', 80))\n\
+         r, w = os.pipe()\n\
+         req = b'GET /big.bin HTTP/1.0\\r\\n\\r\\n'\n\
+         os.write(w, req)\n\
+         assert os.splice(r, s.fileno(), len(req)) == len(req)\n\
+         data = bytearray()\n\
+         nb = False\n\
+         while True:\n\
+         \x20   if not nb and len(data) > 32 << 20: s.setblocking(False); nb = True\n\
+         \x20   try: n = os.splice(s.fileno(), w, 1 << 20, flags=os.SPLICE_F_NONBLOCK if nb else 0)\n\
+         \x20   except BlockingIOError: select.select([s], [], [], 5); continue\n\
+         \x20   if n == 0: break\n\
+         \x20   while n: piece = os.read(r, n); data += piece; n -= len(piece)\n\
+         body = bytes(data).split(b'\\r\\n\\r\\n', 1)[1]\n\
+         print(hashlib.sha256(body).hexdigest())\n\
+         u = socket.create_connection(('{SERVER_IP}', 7300))\n\
+         u.setblocking(False)\n\
+         payload = os.urandom(8 << 20)\n\
+         r2, w2 = os.pipe()\n\
+         def feed(): os.write(w2, payload); os.close(w2)\n\
+         threading.Thread(target=feed).start()\n\
+         sent = 0\n\
+         while True:\n\
+         \x20   try: n = os.splice(r2, u.fileno(), 1 << 20)\n\
+         \x20   except BlockingIOError: select.select([], [u], [], 5); continue\n\
+         \x20   if n == 0: break\n\
+         \x20   sent += n\n\
+         u.shutdown(socket.SHUT_WR)\n\
+         u.setblocking(True)\n\
+         answer = b''\n\
+         while chunk := u.recv(100): answer += chunk\n\
+         assert sent == len(payload), sent\n\
+         assert answer.decode() == hashlib.sha256(payload).hexdigest(), answer\n\
+         print('upload', sent)"
+    );
+    let before = kernel_tcp(&w);
+    let out = exec_command(&w, &[PYTHON, "-c", &client]).output().unwrap();
+    let stderr = text(&out.stderr);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "{stderr}");
+    for port in [80, 7300] {
+        assert!(
+            stderr.contains(&format!("connect to {SERVER_IP}:{port}: stack")),
+            "{stderr}"
+        );
+    }
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            sha256(&w.dir.join("www/big.bin")).as_str(),
+            "upload 8388608"
+        ]
+    );
+    assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
 }

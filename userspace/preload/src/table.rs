@@ -785,6 +785,14 @@ impl Sock {
         }
     }
 
+    /// Bytes a write would take now without waiting (0 when not connected).
+    pub fn send_space(&self) -> usize {
+        match &self.lock().kind {
+            Kind::Stream(s) => s.send_space(),
+            _ => 0,
+        }
+    }
+
     /// Bytes waiting to be read (`FIONREAD`).
     pub fn bytes_to_read(&self) -> usize {
         match &self.lock().kind {

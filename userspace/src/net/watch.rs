@@ -59,6 +59,13 @@ impl TcpStream {
         self.handle.conn.shared.lock().rx.len()
     }
 
+    /// Bytes a write would take now without waiting: the send buffer's free room
+    /// (what `splice(2)` from a pipe may take out of the pipe for a non-blocking socket).
+    pub fn send_space(&self) -> usize {
+        let st = self.handle.conn.shared.lock();
+        st.cap.saturating_sub(st.tx.len())
+    }
+
     /// Copies received bytes into `buf` without taking them (`MSG_PEEK`):
     /// [`io::ErrorKind::WouldBlock`] when none are there yet, `Ok(0)` at end of stream.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
