@@ -1674,3 +1674,92 @@ fn splice_moves_bytes_between_a_stack_socket_and_a_pipe_both_ways() {
     );
     assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
 }
+
+#[test]
+fn tcp_info_reports_the_connections_bytes_segment_size_and_options() {
+    let w = world();
+    // Counted by the program itself (what it wrote and read), against what TCP_INFO says.
+    let script = format!(
+        "import socket, struct\n\
+         s = socket.create_connection(('{SERVER_IP}', 80))\n\
+         req = b'GET /big.bin HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'\n\
+         s.sendall(req)\n\
+         head = b''\n\
+         while b'\\r\\n\\r\\n' not in head: head += s.recv(1)\n\
+         got = len(head) + (64 << 20)\n\
+         left = 64 << 20\n\
+         while left: left -= len(s.recv(min(left, 1 << 20)))\n\
+         info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)\n\
+         state, ca, options, wscale = info[0], info[1], info[5], info[6]\n\
+         rto, ato, snd_mss, rcv_mss = struct.unpack_from('IIII', info, 8)\n\
+         rtt, rttvar, ssthresh, cwnd = struct.unpack_from('IIII', info, 68)\n\
+         bytes_acked, bytes_received = struct.unpack_from('QQ', info, 120)\n\
+         maxseg = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)\n\
+         cc = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b'\\0').decode()\n\
+         print(state, options & 7, snd_mss, maxseg, bytes_acked == len(req), bytes_received == got, rtt > 0, cwnd > 0, rto >= 200000, cc)"
+    );
+    let before = kernel_tcp(&w);
+    let out = exec_command(&w, &[PYTHON, "-c", &script]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("connect to {SERVER_IP}:80: stack")),
+        "{stderr}"
+    );
+    // Established (1); timestamps, SACK and window scaling (7) as the kernel's peer
+    // offers them; 1500-byte MTU less IPv4, TCP and timestamp headers: 1448.
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "1 7 1448 1448 True True True True True cubic"
+    );
+    assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
+}
+
+#[test]
+fn iperf3_under_exec_reads_tcp_info_without_an_error() {
+    let w = world();
+    let mut server = w
+        .exec(&w.server)
+        .args(["iperf3", "-s", "-1", "-p", "5301"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // iperf3 reads TCP_INFO every interval for its Retr and Cwnd columns.
+    let server_ip = SERVER_IP.to_string();
+    let mut out = None;
+    for _ in 0..50 {
+        let o = exec_command(
+            &w,
+            &["iperf3", "-J", "-c", &server_ip, "-p", "5301", "-t", "2"],
+        )
+        .output()
+        .unwrap();
+        // The server may not listen yet: iperf3 then fails at once.
+        if o.status.success() || !text(&o.stdout).contains("Connection refused") {
+            out = Some(o);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out.expect("iperf3's server never listened");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    // Without TCP_INFO it says "getsockopt - Protocol not available" (in its JSON
+    // under -J) and shows an RTT of 0 and a garbage cwnd.
+    assert!(
+        !stdout.contains("getsockopt") && !stderr.contains("getsockopt"),
+        "{stdout}{stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let sender = &json["end"]["streams"][0]["sender"];
+    let bytes = sender["bytes"].as_u64().unwrap();
+    let received = json["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    // What the server read; bytes still in flight when the time ran out are not in it.
+    assert!(received > 0 && received <= bytes, "{sender} {received}");
+    assert!(sender["max_snd_cwnd"].as_u64().unwrap() > 0, "{sender}");
+    let rtt = sender["mean_rtt"].as_u64().unwrap();
+    assert!(rtt > 0 && rtt < 1_000_000, "{sender}");
+    assert!(sender["retransmits"].as_u64().is_some(), "{sender}");
+}

@@ -38,6 +38,7 @@ mod real;
 mod signals;
 mod splice;
 mod table;
+mod tcpinfo;
 
 use config::say;
 use libc::{c_int, c_ulong, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};

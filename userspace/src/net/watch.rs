@@ -59,6 +59,17 @@ impl TcpStream {
         self.handle.conn.shared.lock().rx.len()
     }
 
+    /// A snapshot of the connection's TCB (`getsockopt(TCP_INFO)`): state, RTT,
+    /// windows, congestion state and counters, taken by the poll loop between two
+    /// turns. `None` before the loop has the connection or after it ended.
+    pub fn info(&self) -> io::Result<Option<crate::tcp::ConnectionInfo>> {
+        let conn = self.handle.conn.clone();
+        self.handle.stack.with_runtime(move |rt| {
+            let id = conn.shared.lock().id?;
+            rt.stack.connection(id).map(|c| c.info())
+        })
+    }
+
     /// Bytes a write would take now without waiting: the send buffer's free room
     /// (what `splice(2)` from a pipe may take out of the pipe for a non-blocking socket).
     pub fn send_space(&self) -> usize {
