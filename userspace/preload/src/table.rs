@@ -100,7 +100,7 @@ pub fn hold() -> Held {
             .cloned()
             .collect();
         // A socket's duplicated fds share it: its lock is taken once.
-        socks.sort_by_key(|s| Arc::as_ptr(s));
+        socks.sort_by_key(Arc::as_ptr);
         socks.dedup_by(|a, b| Arc::ptr_eq(a, b));
         let states = socks
             .iter()
@@ -896,6 +896,14 @@ impl Sock {
         }
     }
 
+    /// Bytes a write would take now without waiting (0 when not connected).
+    pub fn send_space(&self) -> usize {
+        match &self.lock().kind {
+            Kind::Stream(s) => s.send_space(),
+            _ => 0,
+        }
+    }
+
     /// Bytes waiting to be read (`FIONREAD`).
     pub fn bytes_to_read(&self) -> usize {
         match &self.lock().kind {
@@ -966,6 +974,14 @@ impl Sock {
         {
             return Ok(v.clone());
         }
+        if level == libc::IPPROTO_TCP
+            && matches!(
+                name,
+                libc::TCP_INFO | libc::TCP_CONGESTION | libc::TCP_MAXSEG
+            )
+        {
+            return self.tcp_state_option(st, name);
+        }
         match (level, name) {
             (libc::SOL_SOCKET, libc::SO_TYPE) => int(libc::SOCK_STREAM),
             (libc::SOL_SOCKET, libc::SO_DOMAIN) => int(self.family),
@@ -986,10 +1002,33 @@ impl Sock {
             (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) => int(7200),
             (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) => int(75),
             (libc::IPPROTO_TCP, libc::TCP_KEEPCNT) => int(9),
-            (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => int(1460),
             // Linux's default (net.ipv6.bindv6only = 0): `[::]` takes IPv4 too.
             (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) if self.family == libc::AF_INET6 => int(0),
             _ => Err(libc::ENOPROTOOPT),
+        }
+    }
+
+    /// The options read from the connection's TCB: `TCP_INFO`, `TCP_CONGESTION` and
+    /// `TCP_MAXSEG` (the segment size in use; Linux's 536 before a connection).
+    fn tcp_state_option(&self, st: Locked<'_>, name: c_int) -> Res<Vec<u8>> {
+        let (stream, state) = match &st.kind {
+            Kind::Stream(s) => (Some(s.clone()), crate::tcpinfo::TCP_CLOSE),
+            Kind::Listener(_) => (None, crate::tcpinfo::TCP_LISTEN),
+            Kind::Fresh { .. } => (None, crate::tcpinfo::TCP_CLOSE),
+        };
+        // The loop takes the snapshot: not with this socket's state locked.
+        drop(st);
+        let info = stream.and_then(|s| s.info().ok().flatten());
+        match name {
+            libc::TCP_INFO => Ok(crate::tcpinfo::tcp_info(info.as_ref(), state)),
+            libc::TCP_CONGESTION => info
+                .as_ref()
+                .map(crate::tcpinfo::congestion_name)
+                .ok_or(libc::ENOPROTOOPT),
+            _ => {
+                let mss = info.map_or(536, |i| i.send_mss);
+                Ok((mss as i32).to_ne_bytes().to_vec())
+            }
         }
     }
 
