@@ -144,6 +144,7 @@ fn open(config: &StackConfig) -> Result<Opened, (crate::device::error::SetupErro
                     slice,
                     listeners: HashMap::new(),
                     flows: HashMap::new(),
+                    moved: HashMap::new(),
                 },
                 unrouted: 0,
                 mac: info.mac,
@@ -258,8 +259,28 @@ struct Routes {
     /// children listen there too.
     listeners: HashMap<u16, Vec<(usize, bool)>>,
     /// (peer address, peer port, our port) -> slot, for the connections of listening
-    /// ports (looked up when several processes listen on the port).
+    /// ports (looked up when several processes listen on the port, or one was moved).
     flows: Flows,
+    /// Connections of ports not listened on (a slice's) moved to another process.
+    moved: HashMap<(u32, u16, u16), usize>,
+}
+
+impl Routes {
+    /// `MOVE`: the connection (peer address, peer port, our port) goes to `slot` from
+    /// now on (a forked child took it from its parent; see docs/PRELOAD.md).
+    fn steer_moved(&mut self, key: (u32, u16, u16), slot: usize, now: Instant) {
+        if self.listeners.contains_key(&key.2) {
+            remember(&mut self.flows, key, slot, now);
+        } else {
+            self.moved.insert(key, slot);
+        }
+    }
+
+    /// A client left: its flows are forgotten.
+    fn forget_slot(&mut self, slot: usize) {
+        self.flows.retain(|_, (s, _)| *s != slot);
+        self.moved.retain(|_, s| *s != slot);
+    }
 }
 
 impl Routes {
@@ -274,9 +295,11 @@ impl Routes {
                 let only = *only;
                 if syn {
                     remember(&mut self.flows, key, only, now);
-                } else if let Some((_, seen)) = self.flows.get_mut(&key) {
-                    // Still in use: a sweep must not forget it.
+                } else if let Some((slot, seen)) = self.flows.get_mut(&key) {
+                    // Still in use: a sweep must not forget it. A connection moved to
+                    // another process (`MOVE`) goes there.
                     *seen = now;
+                    return Some(*slot);
                 }
                 return Some(only);
             }
@@ -306,12 +329,28 @@ impl Routes {
             }
             return Some(slot);
         }
+        if !self.moved.is_empty()
+            && let Some(&slot) = self.moved.get(&(peer, peer_port, port))
+        {
+            return Some(slot);
+        }
         if port < self.range.0 || port > self.range.1 {
             return None;
         }
         let slot = usize::from((port - self.range.0) / self.slice);
         (slot < SLOTS).then_some(slot)
     }
+}
+
+/// The connection a `MOVE peer-address peer-port our-port` request names.
+fn parse_move<'a>(mut words: impl Iterator<Item = &'a str>) -> Option<(u32, u16, u16)> {
+    let peer: std::net::Ipv4Addr = words.next()?.parse().ok()?;
+    let peer_port = words.next()?.parse().ok()?;
+    let port = words.next()?.parse().ok()?;
+    words
+        .next()
+        .is_none()
+        .then_some((u32::from(peer), peer_port, port))
 }
 
 /// A new connection of a listening port stays with `slot`.
@@ -559,7 +598,7 @@ impl Switch {
                 // unsteered, so the kernel answers its peers' next segments with a RST.
                 self.turn();
                 self.clients[slot] = None;
-                self.routes.flows.retain(|_, (s, _)| *s != slot);
+                self.routes.forget_slot(slot);
                 let _ = self.steer_listeners();
                 return;
             }
@@ -576,6 +615,13 @@ impl Switch {
                     Err(e) => format!("ERR {e:#}\n"),
                 }
             }
+            Some("MOVE") => match parse_move(words) {
+                Some(key) => {
+                    self.routes.steer_moved(key, slot, Instant::now());
+                    "OK\n".to_string()
+                }
+                None => "ERR MOVE takes an IPv4 peer address, its port and ours\n".to_string(),
+            },
             _ => "ERR unknown request\n".to_string(),
         };
         if let Some(client) = &self.clients[slot] {
@@ -652,6 +698,7 @@ mod tests {
             slice: 1000 / super::SLOTS as u16,
             listeners: [(80, vec![(0, false)])].into(),
             flows: Default::default(),
+            moved: Default::default(),
         };
         let now = std::time::Instant::now();
         let from = |last: u8, flags: u8| tcp_frame([10, 0, 0, last], 40000, 80, flags);
@@ -666,6 +713,45 @@ mod tests {
         for peer in 3..20 {
             assert_eq!(routes.route(&from(peer, 0x02), now), Some(1));
             assert_eq!(routes.route(&from(peer, 0x10), now), Some(1));
+        }
+    }
+
+    #[test]
+    fn a_moved_connection_goes_to_the_process_that_took_it_until_that_one_leaves() {
+        let mut routes = Routes {
+            range: (61000, 61999),
+            slice: 1000 / super::SLOTS as u16,
+            listeners: [(80, vec![(0, false)])].into(),
+            flows: Default::default(),
+            moved: Default::default(),
+        };
+        let now = std::time::Instant::now();
+        let from = |last: u8, flags: u8| tcp_frame([10, 0, 0, last], 40000, 80, flags);
+        assert_eq!(routes.route(&from(2, 0x02), now), Some(0));
+        // The parent (slot 0) accepted it; its child in slot 3 took it.
+        let key = super::parse_move("10.0.0.2 40000 80".split_whitespace()).unwrap();
+        routes.steer_moved(key, 3, now);
+        assert_eq!(routes.route(&from(2, 0x10), now), Some(3));
+        // The parent's other connections and new ones stay with the parent.
+        assert_eq!(routes.route(&from(4, 0x10), now), Some(0));
+        assert_eq!(routes.route(&from(5, 0x02), now), Some(0));
+        // A connection the parent opened, in the parent's slice.
+        let slice = tcp_frame([10, 0, 0, 9], 80, 61001, 0x10);
+        assert_eq!(routes.route(&slice, now), Some(0));
+        routes.steer_moved((0x0a00_0009, 80, 61001), 3, now);
+        assert_eq!(routes.route(&slice, now), Some(3));
+        // The child leaves: its flows are forgotten, back to the parent's routes.
+        routes.forget_slot(3);
+        assert_eq!(routes.route(&from(2, 0x10), now), Some(0));
+        assert_eq!(routes.route(&slice, now), Some(0));
+        for bad in [
+            "",
+            "10.0.0.2 1",
+            "::1 1 2",
+            "10.0.0.2 1 2 3",
+            "10.0.0.2 x 80",
+        ] {
+            assert_eq!(super::parse_move(bad.split_whitespace()), None, "{bad:?}");
         }
     }
 
