@@ -167,6 +167,7 @@ pub fn stack() -> Result<&'static Stack, &'static str> {
                     libc::atexit(at_exit);
                     libc::pthread_atfork(None, None, Some(in_forked_child));
                 }
+                crate::moves::register_fork_handlers();
             }
         }
         Err(e) => eprintln!(
@@ -226,7 +227,14 @@ pub fn forked() -> bool {
 /// At exit: the sockets still open close (FIN after their bytes), and the stack gets
 /// its linger time to deliver them before the XDP program is detached.
 extern "C" fn at_exit() {
-    if forked() {
+    before_exit();
+}
+
+/// At `exit` or `_exit`: the sockets still open close, and a stack started in this
+/// process lingers to deliver their bytes (nothing in a child that has no stack of
+/// its own, a vfork child's included: the memory may be its parent's).
+pub fn before_exit() {
+    if forked() || running().is_none() {
         return;
     }
     let _ = std::panic::catch_unwind(|| {

@@ -58,6 +58,33 @@ pub fn remove(fd: c_int) -> Option<Arc<Sock>> {
     gone
 }
 
+/// The socket of this process's connection (local, remote), if one is open.
+pub fn find_connection(local: SocketAddr, remote: SocketAddr) -> Option<Arc<Sock>> {
+    let socks: Vec<Arc<Sock>> = SOCKETS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    socks
+        .into_iter()
+        .find(|s| s.connection() == Some((local, remote)))
+}
+
+/// This process's connections open now: (local, remote).
+pub fn connections() -> Vec<(SocketAddr, SocketAddr)> {
+    let socks: Vec<Arc<Sock>> = SOCKETS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let mut all: Vec<_> = socks.iter().filter_map(|s| s.connection()).collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
 /// At exit: every socket still open closes as if its fds were closed.
 pub fn close_all() {
     let all = std::mem::take(&mut *SOCKETS.write().unwrap_or_else(|p| p.into_inner()));
@@ -76,6 +103,8 @@ pub fn close_all() {
 /// fails with ENOTCONN.
 pub fn adopt_after_fork() {
     userspace::net::switch::after_fork_in_child();
+    // The connection to the parent through which its connections are taken over.
+    let via = crate::moves::after_fork_in_child();
     let inherited: Vec<(c_int, Arc<Sock>)> = SOCKETS
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -84,6 +113,7 @@ pub fn adopt_after_fork() {
         .collect();
     let mut connections = 0;
     let mut listeners = 0;
+    let mut to_take = 0;
     for (fd, old) in inherited {
         let (kind, listener, nonblocking, options) = {
             let st = old.lock();
@@ -95,10 +125,34 @@ pub fn adopt_after_fork() {
                     },
                     true,
                 ),
-                Kind::Stream(_) => {
-                    connections += 1;
-                    (Kind::Fresh { bound: None }, false)
-                }
+                Kind::Stream(s) => match (via, s.local_addr(), s.peer_addr()) {
+                    (Some(via), Ok(local), Ok(remote))
+                        if s.connect_result().is_some_and(|r| r.is_ok()) =>
+                    {
+                        say!("fd {fd}: a connection of the parent's: taken over at its first use");
+                        to_take += 1;
+                        (Kind::Inherited { local, remote, via }, false)
+                    }
+                    _ => {
+                        connections += 1;
+                        (Kind::Fresh { bound: None }, false)
+                    }
+                },
+                Kind::Inherited { local, remote, via } => (
+                    Kind::Inherited {
+                        local: *local,
+                        remote: *remote,
+                        via: *via,
+                    },
+                    false,
+                ),
+                Kind::Gone { local, .. } => (
+                    Kind::Gone {
+                        local: *local,
+                        said: false,
+                    },
+                    false,
+                ),
             };
             listeners += listener as usize;
             (kind, listener, st.nonblocking, st.options.clone())
@@ -148,7 +202,7 @@ pub fn adopt_after_fork() {
             std::mem::forget(old);
         }
     }
-    if listeners > 0 {
+    if listeners > 0 || to_take > 0 {
         // The child's stack starts now, while the child is still what it was at fork
         // (a server's worker may drop its privileges before it first uses the port).
         let _ = config::stack();
@@ -174,6 +228,15 @@ struct Signal {
 }
 
 const READABLE_ONLY: u64 = u64::MAX - 1;
+
+/// What a socket whose connection left shows: a call on it answers at once.
+const GONE: Readiness = Readiness {
+    readable: true,
+    writable: true,
+    hangup: true,
+    error: false,
+    connecting: false,
+};
 
 impl Signal {
     fn show(&self, r: Readiness, listener: bool, always: bool) {
@@ -215,6 +278,19 @@ enum Kind {
     },
     Listener(Arc<TcpListener>),
     Stream(Arc<TcpStream>),
+    /// A connection the parent had at fork, not taken over yet: its addresses, and
+    /// the connection to the parent to ask for it through (see `moves`).
+    Inherited {
+        local: SocketAddr,
+        remote: SocketAddr,
+        via: c_int,
+    },
+    /// A connection another process took over (or one that could not be): ENOTCONN,
+    /// said once.
+    Gone {
+        local: SocketAddr,
+        said: bool,
+    },
 }
 
 struct State {
@@ -319,7 +395,7 @@ impl Sock {
         let st = self.lock();
         let signal = self.signal.clone();
         match &st.kind {
-            Kind::Fresh { .. } => {}
+            Kind::Fresh { .. } | Kind::Inherited { .. } | Kind::Gone { .. } => {}
             Kind::Stream(s) => {
                 s.set_nonblocking(st.nonblocking).ok();
                 let w: Watcher = Arc::new(move |r| signal.show(r, false, true));
@@ -336,7 +412,7 @@ impl Sock {
     /// Brings the eventfd up to date after a call changed the socket.
     fn refresh(&self, kind: &Kind) {
         match kind {
-            Kind::Fresh { .. } => {}
+            Kind::Fresh { .. } | Kind::Inherited { .. } | Kind::Gone { .. } => {}
             Kind::Stream(s) => s.with_readiness(|r| self.signal.show(r, false, false)),
             Kind::Listener(l) => l.with_readiness(|r| self.signal.show(r, true, false)),
         }
@@ -347,7 +423,8 @@ impl Sock {
     /// peer's FIN (`POLLRDHUP`).
     pub fn conditions(&self) -> Conditions {
         match &self.lock().kind {
-            Kind::Fresh { .. } => Conditions {
+            Kind::Inherited { .. } => Conditions::default(),
+            Kind::Fresh { .. } | Kind::Gone { .. } => Conditions {
                 hangup: true,
                 ..Conditions::default()
             },
@@ -367,11 +444,79 @@ impl Sock {
     }
 
     fn stream(&self) -> Res<Arc<TcpStream>> {
-        match &self.lock().kind {
+        self.take_over();
+        let mut st = self.lock();
+        match &mut st.kind {
             Kind::Stream(s) => Ok(s.clone()),
-            Kind::Listener(_) => Err(libc::ENOTCONN),
-            Kind::Fresh { .. } => Err(libc::ENOTCONN),
+            Kind::Gone { local, said } => {
+                if !std::mem::replace(said, true) {
+                    say!(
+                        "the connection on {local}: another process took it over (a child forked with it): ENOTCONN here"
+                    );
+                }
+                Err(libc::ENOTCONN)
+            }
+            Kind::Listener(_) | Kind::Fresh { .. } | Kind::Inherited { .. } => Err(libc::ENOTCONN),
         }
+    }
+
+    /// A connection of the parent's, used here for the first time: the parent gives
+    /// it (`moves::take`), this process's stack takes it in and the switch steers it
+    /// here. If it cannot be, the socket is not connected here (one line says why).
+    fn take_over(&self) {
+        let mut st = self.lock();
+        let Kind::Inherited { local, remote, via } = st.kind else {
+            return;
+        };
+        let taken = crate::moves::take(via, local, remote).and_then(|bytes| {
+            let stack = config::stack().map_err(str::to_string)?;
+            TcpStream::import(stack, &bytes).map_err(|e| format!("taking it in: {e}"))
+        });
+        match taken {
+            Ok(stream) => {
+                apply_options(&stream, &st.options);
+                st.kind = Kind::Stream(Arc::new(stream));
+                drop(st);
+                say!("the connection {local} <- {remote}: taken over from the parent");
+                self.attach();
+                self.refresh(&self.lock().kind);
+            }
+            Err(why) => {
+                st.kind = Kind::Gone { local, said: true };
+                eprintln!(
+                    "userspace-preload: process {}: the connection {local} <- {remote} of its parent could not be taken over ({why}): ENOTCONN",
+                    std::process::id()
+                );
+                self.signal.show(GONE, false, true);
+            }
+        }
+    }
+
+    /// This socket's connection, if it is one here: (local, remote).
+    pub fn connection(&self) -> Option<(SocketAddr, SocketAddr)> {
+        match &self.lock().kind {
+            Kind::Stream(s) if s.connect_result().is_some_and(|r| r.is_ok()) => {
+                Some((s.local_addr().ok()?, s.peer_addr().ok()?))
+            }
+            _ => None,
+        }
+    }
+
+    /// Gives the connection away to a child that asked for it (`moves`): the bytes
+    /// for its stack. From now on the socket is not connected here.
+    pub fn give_away(&self) -> Result<Vec<u8>, String> {
+        let mut st = self.lock();
+        let Kind::Stream(s) = &st.kind else {
+            return Err("not a connection here".to_string());
+        };
+        let s = s.clone();
+        let local = s.local_addr().map_err(|e| e.to_string())?;
+        let bytes = s.export().map_err(|e| e.to_string())?;
+        s.watch(None);
+        st.kind = Kind::Gone { local, said: false };
+        // A wait on it ends, and the call fails with ENOTCONN.
+        self.signal.show(GONE, false, true);
+        Ok(bytes)
     }
 
     pub fn nonblocking(&self) -> bool {
@@ -382,7 +527,7 @@ impl Sock {
         let mut st = self.lock();
         st.nonblocking = on;
         match &st.kind {
-            Kind::Fresh { .. } => {}
+            Kind::Fresh { .. } | Kind::Inherited { .. } | Kind::Gone { .. } => {}
             Kind::Stream(s) => drop(s.set_nonblocking(on)),
             Kind::Listener(l) => drop(l.set_nonblocking(on)),
         }
@@ -452,7 +597,9 @@ impl Sock {
                     Some(Err(e)) => Err(errno_of(&e)),
                 };
             }
-            Kind::Listener(_) => return Err(libc::EISCONN),
+            Kind::Listener(_) | Kind::Inherited { .. } | Kind::Gone { .. } => {
+                return Err(libc::EISCONN);
+            }
             Kind::Fresh { .. } => {}
         }
         // An AF_INET6 socket reaches a V4-mapped address over IPv4, as Linux; not
@@ -567,7 +714,9 @@ impl Sock {
         let mut st = self.lock();
         let at = match &st.kind {
             Kind::Listener(_) => return Ok(()),
-            Kind::Stream(_) => return Err(libc::EINVAL),
+            Kind::Stream(_) | Kind::Inherited { .. } | Kind::Gone { .. } => {
+                return Err(libc::EINVAL);
+            }
             Kind::Fresh { bound: Some(at) } => *at,
             // Never bound: as the kernel's inet_autobind, the wildcard address and a
             // free port.
@@ -616,6 +765,7 @@ impl Sock {
     /// The process uses `fd` (accept, poll, epoll_ctl): a listener it inherited across
     /// fork listens again here now, on the same port (shared through the switch).
     pub fn in_use(&self, fd: c_int) {
+        self.take_over();
         if !self.listen_on_use.load(Ordering::Acquire) {
             return;
         }
@@ -773,10 +923,12 @@ impl Sock {
             Kind::Fresh { bound } => bound.unwrap_or(none),
             Kind::Listener(l) => l.local_addr().unwrap_or(none),
             Kind::Stream(s) => s.local_addr().unwrap_or(none),
+            Kind::Inherited { local, .. } | Kind::Gone { local, .. } => *local,
         }
     }
 
     pub fn peer_addr(&self) -> Res<SocketAddr> {
+        self.take_over();
         match &self.lock().kind {
             Kind::Stream(s) if s.connect_result().is_some_and(|r| r.is_ok()) => {
                 s.peer_addr().map_err(|_| libc::ENOTCONN)
@@ -787,6 +939,7 @@ impl Sock {
 
     /// Bytes waiting to be read (`FIONREAD`).
     pub fn bytes_to_read(&self) -> usize {
+        self.take_over();
         match &self.lock().kind {
             Kind::Stream(s) => s.bytes_to_read(),
             _ => 0,
@@ -885,6 +1038,11 @@ impl Sock {
     /// Closing the last fd: with `SO_LINGER` on and 0 s, a reset, as the kernel.
     pub fn closing(&self) {
         let st = self.lock();
+        if let Kind::Inherited { local, remote, via } = st.kind {
+            // Closed here without taking it: the parent may close it when no one else
+            // holds it.
+            crate::moves::let_go(via, local, remote);
+        }
         let reset = st.options.iter().any(|(l, n, v)| {
             (*l, *n) == (libc::SOL_SOCKET, libc::SO_LINGER)
                 && v.len() >= 8
@@ -901,7 +1059,7 @@ impl Drop for Sock {
     fn drop(&mut self) {
         // The loop must not write to an eventfd that is closing.
         match &self.lock().kind {
-            Kind::Fresh { .. } => {}
+            Kind::Fresh { .. } | Kind::Inherited { .. } | Kind::Gone { .. } => {}
             Kind::Stream(s) => s.watch(None),
             Kind::Listener(l) => l.watch(None),
         }
