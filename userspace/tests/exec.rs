@@ -1041,7 +1041,10 @@ fn python_http_server_on_ipv6_any_serves_ipv6_and_mapped_ipv4() {
     let after = kernel_tcp(&w);
     stop(server);
     std::thread::sleep(Duration::from_millis(200));
-    let said: Vec<String> = lines.try_iter().collect();
+    let mut said = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
+        said.push(line);
+    }
     for (got, out_file) in &fetched {
         assert!(got.status.success(), "curl: {}", text(&got.stderr));
         assert_eq!(
@@ -1556,6 +1559,78 @@ fn a_forking_tcp_server_under_share_answers_from_the_child_byte_exact() {
     }
     kill_group(server);
     assert_eq!(taken, 5, "one child per connection took it over");
+}
+
+/// A connection a parent shares with its forked child, under --share, as the kernel's
+/// shared socket: when both let go of it without using it (the child closes it and
+/// lives on, or exits at once), it closes then, never a hang; once the child took it
+/// over and answered, the parent's own use fails with ENOTCONN and one -v line.
+#[test]
+fn a_shared_connection_closes_when_both_let_go_and_leaves_the_parent_once_taken() {
+    let w = world();
+    let script = listening_python(8089, 8)
+        + "import time\n\
+           c, _ = s.accept(); lives = os.fork()\n\
+           if lives == 0: c.close(); time.sleep(6); os._exit(0)\n\
+           c.close()\n\
+           c, _ = s.accept(); pid = os.fork()\n\
+           if pid == 0: os._exit(0)\n\
+           c.close(); os.waitpid(pid, 0)\n\
+           c, _ = s.accept(); pid = os.fork()\n\
+           if pid == 0:\n\
+           \x20   req = b''\n\
+           \x20   while b'\\r\\n\\r\\n' not in req: req += c.recv(4096)\n\
+           \x20   c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nhi'); c.close(); os._exit(0)\n\
+           os.waitpid(pid, 0)\n\
+           try: c.send(b'x'); print('parent sent', file=sys.stderr, flush=True)\n\
+           except OSError as e: print('parent errno', e.errno, file=sys.stderr, flush=True)\n\
+           c.close(); os.waitpid(lives, 0)";
+    let argv = [PYTHON, "-c", &script];
+    let (mut server, lines) = start_server_lines(share_command(&w, &argv), &argv, 8089, 1);
+    let before = kernel_tcp(&w);
+    let url = format!("http://{HOST_IP}:8089/");
+    for what in [
+        "the child closed it and lives on",
+        "the child exited at once",
+    ] {
+        let started = std::time::Instant::now();
+        let out = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
+        // curl: (52) Empty reply from server, or (56) a reset; never a timeout (28).
+        assert!(
+            matches!(out.status.code(), Some(52 | 56)),
+            "{what}: {:?} {}",
+            out.status.code(),
+            text(&out.stderr)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{what}: the connection closed only after {:?}",
+            started.elapsed()
+        );
+    }
+    let out = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi");
+    let status = wait_timeout(&mut server, Duration::from_secs(15));
+    let mut said = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
+        said.push(line);
+    }
+    assert!(
+        status.success(),
+        "the server exited with {status}: {said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|l| l == &format!("parent errno {}", libc::ENOTCONN)),
+        "{said:?}"
+    );
+    let gone = said
+        .iter()
+        .filter(|l| l.contains("another process took it over"))
+        .count();
+    assert_eq!(gone, 1, "one -v line for the parent's use: {said:?}");
+    assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
 }
 
 /// The inline loop (the default): the program's threads turn the stack's loop when
