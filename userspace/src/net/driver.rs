@@ -375,77 +375,30 @@ impl Driver {
         }
     }
 
-    /// Takes `conn` out of the stack for another process (see `TcpStream::export`):
-    /// the handle's written bytes go into the send buffer first, its unread ones in
-    /// front of the TCP's (so the TCB carries both), and what did not fit in the send
-    /// buffer travels beside it. Nothing is sent to the peer; the handle is closed with
-    /// [`Failure::Moved`].
+    /// Takes `conn` out of the stack for another process (see `TcpStream::export`,
+    /// [`super::moves::export_conn`]): its handle fails with [`Failure::Moved`].
     fn export(&mut self, conn: &Arc<Conn>) -> std::io::Result<Vec<u8>> {
-        let stack = &mut self.rt.stack;
         let mut st = conn.shared.lock();
-        let id = match st.id {
-            Some(id) if !st.dropped && !st.abort => id,
-            _ => return Err(std::io::Error::from_raw_os_error(libc::ENOTCONN)),
-        };
-        if st.rx_lent {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WouldBlock,
-                "a reader holds the connection's bytes",
-            ));
-        }
-        if !st.tx.is_empty() {
-            stack.send_ring(id, &mut st.tx);
-        }
-        if st.write_shut && st.tx.is_empty() && !st.fin_queued {
-            stack.close(id);
-            st.fin_queued = true;
-        }
-        if st.read_shut {
-            st.discard_rx();
-        }
-        let read = std::mem::take(&mut st.rx_read);
-        stack.returned(id, read);
-        let mut unread = vec![0; st.rx.len()];
-        st.rx.peek(&mut unread);
-        let tcb = stack
-            .export(id, &unread)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotConnected, e))?;
-        let staged = st.tx.to_vec();
-        st.tx.clear();
-        st.rx.clear();
-        st.id = None;
-        st.phase = Phase::Closed;
-        st.failure = Some(Failure::Moved);
+        let (id, bytes) = super::moves::export_conn(&mut self.rt.stack, &mut st)?;
         conn.shared.notify(&mut st);
         drop(st);
         self.conns.remove(&id);
         self.held.retain(|&(at, _)| at != id);
-        Ok(super::moves::pack(&tcb, &staged))
+        Ok(bytes)
     }
 
-    /// Takes in a connection [`Driver::export`] gave (see `TcpStream::import`).
+    /// Takes in a connection [`Driver::export`] gave (see `TcpStream::import`,
+    /// [`super::moves::import_conn`]), and has the interface's switch, if the frames
+    /// go through one, send its segments here.
     fn import(&mut self, bytes: &[u8]) -> std::io::Result<Arc<Conn>> {
-        let (tcb, staged) = super::moves::unpack(bytes)?;
         let now = self.rt.now();
-        let id = self.rt.stack.import(now, tcb).map_err(|e| match e {
-            crate::stack::ImportError::AddressInUse => {
-                std::io::Error::new(std::io::ErrorKind::AddrInUse, e)
-            }
-            e => std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })?;
-        let Some(c) = self.rt.stack.connection(id) else {
-            return Err(std::io::ErrorKind::NotConnected.into());
-        };
-        let (local, remote) = (c.local(), c.remote());
-        let conn = Conn::new(
-            remote,
-            self.options.cap,
-            self.options.nodelay,
-            Phase::Open,
-            Some(id),
-        );
-        // Through the interface's switch, its segments come here from now on.
+        let (cap, nodelay) = (self.options.cap, self.options.nodelay);
+        let (id, conn) = super::moves::import_conn(&mut self.rt.stack, now, bytes, cap, nodelay)?;
         if let Some(switch) = self.rt.device.xdp().switch() {
+            let (local, remote) = {
+                let st = conn.shared.lock();
+                (st.local, st.remote)
+            };
             let steered = match (local, remote) {
                 (SocketAddr::V4(local), SocketAddr::V4(remote)) => {
                     switch.steer_moved(*remote.ip(), remote.port(), local.port())
@@ -461,12 +414,6 @@ impl Driver {
                 self.rt.stack.release(id);
                 return Err(e);
             }
-        }
-        {
-            let mut st = conn.shared.lock();
-            st.local = local;
-            let room = st.cap.max(staged.len());
-            st.tx.push(staged, room);
         }
         self.conns.insert(id, conn.clone());
         self.sync(&conn);
