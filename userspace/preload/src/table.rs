@@ -60,26 +60,27 @@ pub fn remove(fd: c_int) -> Option<Arc<Sock>> {
 
 /// The socket of this process's connection (local, remote), if one is open.
 pub fn find_connection(local: SocketAddr, remote: SocketAddr) -> Option<Arc<Sock>> {
-    let socks: Vec<Arc<Sock>> = SOCKETS
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .values()
-        .cloned()
-        .collect();
-    socks
+    every_socket()
         .into_iter()
         .find(|s| s.connection() == Some((local, remote)))
 }
 
-/// This process's connections open now: (local, remote).
-pub fn connections() -> Vec<(SocketAddr, SocketAddr)> {
-    let socks: Vec<Arc<Sock>> = SOCKETS
+/// The sockets open now (the table's lock is not held while they are looked at).
+fn every_socket() -> Vec<Arc<Sock>> {
+    SOCKETS
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .values()
         .cloned()
+        .collect()
+}
+
+/// This process's connections open now: (local, remote).
+pub fn connections() -> Vec<(SocketAddr, SocketAddr)> {
+    let mut all: Vec<_> = every_socket()
+        .iter()
+        .filter_map(|s| s.connection())
         .collect();
-    let mut all: Vec<_> = socks.iter().filter_map(|s| s.connection()).collect();
     all.sort();
     all.dedup();
     all
@@ -189,6 +190,9 @@ pub fn adopt_after_fork() {
             }),
             listen_on_use: AtomicBool::new(listener),
         });
+        if matches!(sock.lock().kind, Kind::Inherited { .. }) {
+            sock.signal.show(CALL_NOW, false, true);
+        }
         let replaced = SOCKETS
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -229,8 +233,10 @@ struct Signal {
 
 const READABLE_ONLY: u64 = u64::MAX - 1;
 
-/// What a socket whose connection left shows: a call on it answers at once.
-const GONE: Readiness = Readiness {
+/// What a socket shows whose next call answers at once (its connection left), or
+/// takes its connection over (inherited): readable and writable, so that a wait the
+/// library does not see (`select`) ends too.
+const CALL_NOW: Readiness = Readiness {
     readable: true,
     writable: true,
     hangup: true,
@@ -487,7 +493,7 @@ impl Sock {
                     "userspace-preload: process {}: the connection {local} <- {remote} of its parent could not be taken over ({why}): ENOTCONN",
                     std::process::id()
                 );
-                self.signal.show(GONE, false, true);
+                self.signal.show(CALL_NOW, false, true);
             }
         }
     }
@@ -515,7 +521,7 @@ impl Sock {
         s.watch(None);
         st.kind = Kind::Gone { local, said: false };
         // A wait on it ends, and the call fails with ENOTCONN.
-        self.signal.show(GONE, false, true);
+        self.signal.show(CALL_NOW, false, true);
         Ok(bytes)
     }
 

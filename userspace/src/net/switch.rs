@@ -691,17 +691,26 @@ mod tests {
         assert_eq!(route_key(&arp), None);
     }
 
-    #[test]
-    fn a_connection_stays_with_its_process_when_a_forked_child_listens_too() {
-        let mut routes = Routes {
+    /// A segment from 10.0.0.`last`:40000 to port 80.
+    fn from(last: u8, flags: u8) -> Vec<u8> {
+        tcp_frame([10, 0, 0, last], 40000, 80, flags)
+    }
+
+    /// Routes with process 0 listening on port 80 alone.
+    fn routes() -> Routes {
+        Routes {
             range: (61000, 61999),
             slice: 1000 / super::SLOTS as u16,
             listeners: [(80, vec![(0, false)])].into(),
             flows: Default::default(),
             moved: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_connection_stays_with_its_process_when_a_forked_child_listens_too() {
+        let mut routes = routes();
         let now = std::time::Instant::now();
-        let from = |last: u8, flags: u8| tcp_frame([10, 0, 0, last], 40000, 80, flags);
         assert_eq!(routes.route(&from(2, 0x02), now), Some(0));
         assert_eq!(routes.route(&from(2, 0x10), now), Some(0));
         // A child forks and listens on the port: the parent (slot 0) gets no new
@@ -718,15 +727,8 @@ mod tests {
 
     #[test]
     fn a_moved_connection_goes_to_the_process_that_took_it_until_that_one_leaves() {
-        let mut routes = Routes {
-            range: (61000, 61999),
-            slice: 1000 / super::SLOTS as u16,
-            listeners: [(80, vec![(0, false)])].into(),
-            flows: Default::default(),
-            moved: Default::default(),
-        };
+        let mut routes = routes();
         let now = std::time::Instant::now();
-        let from = |last: u8, flags: u8| tcp_frame([10, 0, 0, last], 40000, 80, flags);
         assert_eq!(routes.route(&from(2, 0x02), now), Some(0));
         // The parent (slot 0) accepted it; its child in slot 3 took it.
         let key = super::parse_move("10.0.0.2 40000 80".split_whitespace()).unwrap();
