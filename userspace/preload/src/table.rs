@@ -189,8 +189,10 @@ pub fn adopt_after_fork() {
                 port_hold: None,
             }),
             listen_on_use: AtomicBool::new(listener),
+            take_on_use: AtomicBool::new(false),
         });
         if matches!(sock.lock().kind, Kind::Inherited { .. }) {
+            sock.take_on_use.store(true, Ordering::Release);
             sock.signal.show(CALL_NOW, false, true);
         }
         let replaced = SOCKETS
@@ -321,6 +323,9 @@ pub struct Sock {
     /// A listener inherited across fork: it listens again on this process's stack at
     /// its first use ([`Sock::in_use`]).
     listen_on_use: AtomicBool,
+    /// A connection inherited across fork: taken over at its first use
+    /// ([`Sock::take_over`]); looked at without the lock on every call.
+    take_on_use: AtomicBool,
 }
 
 /// Where a connect or bind goes.
@@ -374,6 +379,7 @@ impl Sock {
                 port_hold: None,
             }),
             listen_on_use: AtomicBool::new(false),
+            take_on_use: AtomicBool::new(false),
         });
         sock.attach();
         insert(fd, sock.clone());
@@ -470,10 +476,14 @@ impl Sock {
     /// it (`moves::take`), this process's stack takes it in and the switch steers it
     /// here. If it cannot be, the socket is not connected here (one line says why).
     fn take_over(&self) {
+        if !self.take_on_use.load(Ordering::Acquire) {
+            return;
+        }
         let mut st = self.lock();
         let Kind::Inherited { local, remote, via } = st.kind else {
             return;
         };
+        self.take_on_use.store(false, Ordering::Release);
         let taken = crate::moves::take(via, local, remote).and_then(|bytes| {
             let stack = config::stack().map_err(str::to_string)?;
             TcpStream::import(stack, &bytes).map_err(|e| format!("taking it in: {e}"))
