@@ -114,7 +114,6 @@ pub fn adopt_after_fork() {
         .collect();
     let mut connections = 0;
     let mut listeners = 0;
-    let mut to_take = 0;
     for (fd, old) in inherited {
         let (kind, listener, nonblocking, options) = {
             let st = old.lock();
@@ -131,7 +130,6 @@ pub fn adopt_after_fork() {
                         if s.connect_result().is_some_and(|r| r.is_ok()) =>
                     {
                         say!("fd {fd}: a connection of the parent's: taken over at its first use");
-                        to_take += 1;
                         (Kind::Inherited { local, remote, via }, false)
                     }
                     _ => {
@@ -208,9 +206,11 @@ pub fn adopt_after_fork() {
             std::mem::forget(old);
         }
     }
-    if listeners > 0 || to_take > 0 {
+    if listeners > 0 {
         // The child's stack starts now, while the child is still what it was at fork
         // (a server's worker may drop its privileges before it first uses the port).
+        // One that only inherited connections starts it when it takes one over (a
+        // child that never uses them, redis's BGSAVE, never does).
         let _ = config::stack();
     }
     if connections > 0 {
