@@ -403,3 +403,52 @@ pub fn let_go(via: c_int, local: SocketAddr, remote: SocketAddr) {
     let mut end = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(via) });
     let _ = end.write_all(format!("DROP {local} {remote}\n").as_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{let_go, take};
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// A parent that reads one request line and answers `reply`: the line it read.
+    fn parent(end: UnixStream, reply: &'static [u8]) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            BufReader::new(&end).read_line(&mut line).unwrap();
+            (&end).write_all(reply).unwrap();
+            line
+        })
+    }
+
+    #[test]
+    fn a_child_asks_for_a_connection_and_gets_its_bytes_or_the_parents_reason() {
+        let (local, remote) = (
+            "10.0.0.1:80".parse().unwrap(),
+            "10.0.0.2:4000".parse().unwrap(),
+        );
+        let (child, end) = UnixStream::pair().unwrap();
+        let asked = parent(end, b"OK 5\nhello");
+        assert_eq!(take(child.as_raw_fd(), local, remote).unwrap(), b"hello");
+        assert_eq!(asked.join().unwrap(), "TAKE 10.0.0.1:80 10.0.0.2:4000\n");
+
+        let (child, end) = UnixStream::pair().unwrap();
+        let _ = parent(end, b"NO another took it\n");
+        let why = take(child.as_raw_fd(), local, remote).unwrap_err();
+        assert!(why.contains("another took it"), "{why}");
+
+        // The parent cut short, or gone: an error, never a hang.
+        let (child, end) = UnixStream::pair().unwrap();
+        let _ = parent(end, b"OK 9\nhello");
+        assert!(take(child.as_raw_fd(), local, remote).is_err());
+        let (child, end) = UnixStream::pair().unwrap();
+        drop(end);
+        assert!(take(child.as_raw_fd(), local, remote).is_err());
+
+        let (child, end) = UnixStream::pair().unwrap();
+        let_go(child.as_raw_fd(), local, remote);
+        let mut line = String::new();
+        BufReader::new(&end).read_line(&mut line).unwrap();
+        assert_eq!(line, "DROP 10.0.0.1:80 10.0.0.2:4000\n");
+    }
+}
