@@ -211,7 +211,9 @@ extern "C" fn in_forked_child() {
     if switched() {
         // Through the switch, the child gets a stack of its own now, before it can
         // put an inherited listener in an epoll set (see `table::adopt_after_fork`).
-        let _ = std::panic::catch_unwind(crate::table::adopt_after_fork);
+        let _ = std::panic::catch_unwind(|| {
+            crate::table::adopt_after_fork(crate::moves::after_fork_in_child())
+        });
     } else {
         FORKED.store(true, Ordering::SeqCst);
     }

@@ -32,6 +32,7 @@
 
 mod addr;
 mod config;
+mod handover;
 mod hangup;
 mod inline;
 mod moves;

@@ -8,28 +8,23 @@
 //!   the connections the child may take. The child's end is close-on-exec, so the
 //!   parent reads its end of stream when the child exits, dies or execs.
 //! - **The child's first call** on an inherited connection sends `TAKE local remote`
-//!   (`take`); the parent's mover exports it from the parent's stack
+//!   (`handover::take`); the parent's mover exports it from the parent's stack
 //!   (`userspace::TcpStream::export`) and answers `OK length` and the bytes; the
 //!   child's stack imports them and has the switch steer the connection to it.
 //! - **The parent's close** of a connection a living child may still take sends no
 //!   FIN (`kept_for_children`); it closes as the kernel's would once every child that
 //!   held it closed it (`DROP`), exited or exec'd without taking it.
+use crate::handover::{ANSWER_WITHIN, LINE_MAX};
 use crate::table::{self, Sock};
 use libc::c_int;
 use std::cell::RefCell;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
-use std::time::Duration;
-
-/// The longest a child waits for its parent's answer.
-const ANSWER_WITHIN: Duration = Duration::from_secs(10);
-/// The longest request line.
-const LINE_MAX: usize = 256;
 
 type Tuple = (SocketAddr, SocketAddr);
 
@@ -139,7 +134,7 @@ extern "C" fn after_fork_in_parent() {
     let _ = HELD.try_with(|h| drop(h.borrow_mut().take()));
 }
 
-/// In the child after fork (from `table::adopt_after_fork`): the parent's mover state
+/// In the child after fork (before `table::adopt_after_fork`): the parent's mover state
 /// is not this process's (its pair ends are closed, the sockets the parent kept are
 /// left alone); returns this child's end to the parent, if the fork made one.
 pub fn after_fork_in_child() -> Option<c_int> {
@@ -357,98 +352,4 @@ fn reply(fd: RawFd, line: &[u8], bytes: &[u8]) {
     let mut end = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
     let _ = end.set_write_timeout(Some(ANSWER_WITHIN));
     let _ = end.write_all(line).and_then(|()| end.write_all(bytes));
-}
-
-/// Requests on one pair end go one at a time.
-static ASKING: Mutex<()> = Mutex::new(());
-
-/// In the child: asks the parent, through `via`, for the connection (local, remote):
-/// the bytes its stack imports, or why not.
-pub fn take(via: c_int, local: SocketAddr, remote: SocketAddr) -> Result<Vec<u8>, String> {
-    let _one = ASKING.lock().unwrap_or_else(|p| p.into_inner());
-    // SAFETY: the child's end of its pair with the parent, open for the process's
-    // life (close-on-exec); this view never closes it.
-    let mut end = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(via) });
-    let _ = end.set_read_timeout(Some(ANSWER_WITHIN));
-    let asked = end.write_all(format!("TAKE {local} {remote}\n").as_bytes());
-    asked.map_err(|e| format!("asking the parent: {e}"))?;
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.len() < LINE_MAX {
-        match end.read(&mut byte) {
-            Ok(1) if byte[0] == b'\n' => break,
-            Ok(1) => line.push(byte[0]),
-            Ok(_) => return Err("the parent is gone".to_string()),
-            Err(e) => return Err(format!("waiting for the parent: {e}")),
-        }
-    }
-    let line = String::from_utf8_lossy(&line).to_string();
-    let len: usize = match line.strip_prefix("OK ").map(str::parse) {
-        Some(Ok(len)) => len,
-        _ => {
-            let why = line.strip_prefix("NO ").unwrap_or(&line);
-            return Err(format!("the parent said: {why}"));
-        }
-    };
-    let mut bytes = vec![0; len];
-    end.read_exact(&mut bytes)
-        .map_err(|e| format!("reading the connection from the parent: {e}"))?;
-    Ok(bytes)
-}
-
-/// In the child: it closed an inherited connection without taking it.
-pub fn let_go(via: c_int, local: SocketAddr, remote: SocketAddr) {
-    let _one = ASKING.lock().unwrap_or_else(|p| p.into_inner());
-    // SAFETY: as in `take`.
-    let mut end = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(via) });
-    let _ = end.write_all(format!("DROP {local} {remote}\n").as_bytes());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{let_go, take};
-    use std::io::{BufRead, BufReader, Write};
-    use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixStream;
-
-    /// A parent that reads one request line and answers `reply`: the line it read.
-    fn parent(end: UnixStream, reply: &'static [u8]) -> std::thread::JoinHandle<String> {
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            BufReader::new(&end).read_line(&mut line).unwrap();
-            (&end).write_all(reply).unwrap();
-            line
-        })
-    }
-
-    #[test]
-    fn a_child_asks_for_a_connection_and_gets_its_bytes_or_the_parents_reason() {
-        let (local, remote) = (
-            "10.0.0.1:80".parse().unwrap(),
-            "10.0.0.2:4000".parse().unwrap(),
-        );
-        let (child, end) = UnixStream::pair().unwrap();
-        let asked = parent(end, b"OK 5\nhello");
-        assert_eq!(take(child.as_raw_fd(), local, remote).unwrap(), b"hello");
-        assert_eq!(asked.join().unwrap(), "TAKE 10.0.0.1:80 10.0.0.2:4000\n");
-
-        let (child, end) = UnixStream::pair().unwrap();
-        let _ = parent(end, b"NO another took it\n");
-        let why = take(child.as_raw_fd(), local, remote).unwrap_err();
-        assert!(why.contains("another took it"), "{why}");
-
-        // The parent cut short, or gone: an error, never a hang.
-        let (child, end) = UnixStream::pair().unwrap();
-        let _ = parent(end, b"OK 9\nhello");
-        assert!(take(child.as_raw_fd(), local, remote).is_err());
-        let (child, end) = UnixStream::pair().unwrap();
-        drop(end);
-        assert!(take(child.as_raw_fd(), local, remote).is_err());
-
-        let (child, end) = UnixStream::pair().unwrap();
-        let_go(child.as_raw_fd(), local, remote);
-        let mut line = String::new();
-        BufReader::new(&end).read_line(&mut line).unwrap();
-        assert_eq!(line, "DROP 10.0.0.1:80 10.0.0.2:4000\n");
-    }
 }

@@ -102,10 +102,10 @@ pub fn close_all() {
 /// child that never uses it (a fork-per-connection server's) leaves the parent its
 /// new connections. A connection the parent opened stays with the parent: here it
 /// fails with ENOTCONN.
-pub fn adopt_after_fork() {
+/// `via` is this child's end of the pair to the parent, through which its
+/// connections are taken over (see `moves`), if the fork made one.
+pub fn adopt_after_fork(via: Option<c_int>) {
     userspace::net::switch::after_fork_in_child();
-    // The connection to the parent through which its connections are taken over.
-    let via = crate::moves::after_fork_in_child();
     let inherited: Vec<(c_int, Arc<Sock>)> = SOCKETS
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -484,7 +484,7 @@ impl Sock {
             return;
         };
         self.take_on_use.store(false, Ordering::Release);
-        let taken = crate::moves::take(via, local, remote).and_then(|bytes| {
+        let taken = crate::handover::take(via, local, remote).and_then(|bytes| {
             let stack = config::stack().map_err(str::to_string)?;
             TcpStream::import(stack, &bytes).map_err(|e| format!("taking it in: {e}"))
         });
@@ -1057,7 +1057,7 @@ impl Sock {
         if let Kind::Inherited { local, remote, via } = st.kind {
             // Closed here without taking it: the parent may close it when no one else
             // holds it.
-            crate::moves::let_go(via, local, remote);
+            crate::handover::let_go(via, local, remote);
         }
         let reset = st.options.iter().any(|(l, n, v)| {
             (*l, *n) == (libc::SOL_SOCKET, libc::SO_LINGER)
