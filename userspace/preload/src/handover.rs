@@ -1,6 +1,6 @@
 //! The child's side of taking over a connection its parent had at fork (see `moves`,
 //! the parent's side): requests on the child's end of the pair made at fork.
-use std::io::{Read, Write};
+use std::io::Read;
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, RawFd};
@@ -13,6 +13,34 @@ pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 /// The longest request or answer line.
 pub const LINE_MAX: usize = 256;
 
+/// Writes all of `bytes` to the pair end `fd`, without SIGPIPE when the other process
+/// is gone (the error says so instead), waiting at most the socket's send timeout.
+pub fn send_all(fd: RawFd, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: sends at most `bytes.len()` bytes from `bytes`; no address.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_sendto,
+                fd,
+                bytes.as_ptr(),
+                bytes.len(),
+                libc::MSG_NOSIGNAL,
+                std::ptr::null::<libc::sockaddr>(),
+                0,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
 /// Requests on one pair end go one at a time.
 static ASKING: Mutex<()> = Mutex::new(());
 
@@ -24,7 +52,7 @@ pub fn take(via: RawFd, local: SocketAddr, remote: SocketAddr) -> Result<Vec<u8>
     // life (close-on-exec); this view never closes it.
     let mut end = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(via) });
     let _ = end.set_read_timeout(Some(ANSWER_WITHIN));
-    let asked = end.write_all(format!("TAKE {local} {remote}\n").as_bytes());
+    let asked = send_all(via, format!("TAKE {local} {remote}\n").as_bytes());
     asked.map_err(|e| format!("asking the parent: {e}"))?;
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
@@ -53,9 +81,7 @@ pub fn take(via: RawFd, local: SocketAddr, remote: SocketAddr) -> Result<Vec<u8>
 /// In the child: it closed an inherited connection without taking it.
 pub fn let_go(via: RawFd, local: SocketAddr, remote: SocketAddr) {
     let _one = ASKING.lock().unwrap_or_else(|p| p.into_inner());
-    // SAFETY: as in `take`.
-    let mut end = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(via) });
-    let _ = end.write_all(format!("DROP {local} {remote}\n").as_bytes());
+    let _ = send_all(via, format!("DROP {local} {remote}\n").as_bytes());
 }
 
 #[cfg(test)]

@@ -14,11 +14,10 @@
 //! - **The parent's close** of a connection a living child may still take sends no
 //!   FIN (`kept_for_children`); it closes as the kernel's would once every child that
 //!   held it closed it (`DROP`), exited or exec'd without taking it.
-use crate::handover::{ANSWER_WITHIN, LINE_MAX};
+use crate::handover::{ANSWER_WITHIN, LINE_MAX, send_all};
 use crate::table::{self, Sock};
 use libc::c_int;
 use std::cell::RefCell;
-use std::io::Write;
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -349,7 +348,7 @@ fn close_kept(socks: Vec<Arc<Sock>>) {
 /// Writes an answer and its bytes to the child (blocking: it reads them at once).
 fn reply(fd: RawFd, line: &[u8], bytes: &[u8]) {
     // SAFETY: a holder's end, open while its holder is listed; not closed by this.
-    let mut end = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+    let end = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
     let _ = end.set_write_timeout(Some(ANSWER_WITHIN));
-    let _ = end.write_all(line).and_then(|()| end.write_all(bytes));
+    let _ = send_all(fd, line).and_then(|()| send_all(fd, bytes));
 }
