@@ -259,21 +259,18 @@ struct Routes {
     /// children listen there too.
     listeners: HashMap<u16, Vec<(usize, bool)>>,
     /// (peer address, peer port, our port) -> slot, for the connections of listening
-    /// ports (looked up when several processes listen on the port, or one was moved).
+    /// ports (looked up when several processes listen on the port).
     flows: Flows,
-    /// Connections of ports not listened on (a slice's) moved to another process.
+    /// Connections moved to another process (`MOVE`): looked up first, while any.
     moved: HashMap<(u32, u16, u16), usize>,
 }
 
 impl Routes {
     /// `MOVE`: the connection (peer address, peer port, our port) goes to `slot` from
     /// now on (a forked child took it from its parent; see docs/PRELOAD.md).
-    fn steer_moved(&mut self, key: (u32, u16, u16), slot: usize, now: Instant) {
-        if self.listeners.contains_key(&key.2) {
-            remember(&mut self.flows, key, slot, now);
-        } else {
-            self.moved.insert(key, slot);
-        }
+    /// Until that process leaves, or a new SYN reuses the 4-tuple.
+    fn steer_moved(&mut self, key: (u32, u16, u16), slot: usize) {
+        self.moved.insert(key, slot);
     }
 
     /// A client left: its flows are forgotten.
@@ -287,19 +284,29 @@ impl Routes {
     /// The slot a received frame goes to.
     fn route(&mut self, frame: &[u8], now: Instant) -> Option<usize> {
         let (peer, peer_port, port, syn) = route_key(frame)?;
+        let key = (peer, peer_port, port);
+        // A connection moved to another process (`MOVE`) goes there; a new SYN on its
+        // 4-tuple is a new connection.
+        if !self.moved.is_empty() {
+            match syn {
+                true => drop(self.moved.remove(&key)),
+                false => {
+                    if let Some(&slot) = self.moved.get(&key) {
+                        return Some(slot);
+                    }
+                }
+            }
+        }
         if let Some(slots) = self.listeners.get(&port) {
-            let key = (peer, peer_port, port);
             if let [(only, _)] = slots.as_slice() {
                 // Its flow is remembered too: a child forked later that listens on the
                 // port must not get this process's connections.
                 let only = *only;
                 if syn {
                     remember(&mut self.flows, key, only, now);
-                } else if let Some((slot, seen)) = self.flows.get_mut(&key) {
-                    // Still in use: a sweep must not forget it. A connection moved to
-                    // another process (`MOVE`) goes there.
+                } else if let Some((_, seen)) = self.flows.get_mut(&key) {
+                    // Still in use: a sweep must not forget it.
                     *seen = now;
-                    return Some(*slot);
                 }
                 return Some(only);
             }
@@ -327,11 +334,6 @@ impl Routes {
             if syn {
                 remember(&mut self.flows, key, slot, now);
             }
-            return Some(slot);
-        }
-        if !self.moved.is_empty()
-            && let Some(&slot) = self.moved.get(&(peer, peer_port, port))
-        {
             return Some(slot);
         }
         if port < self.range.0 || port > self.range.1 {
@@ -617,7 +619,7 @@ impl Switch {
             }
             Some("MOVE") => match parse_move(words) {
                 Some(key) => {
-                    self.routes.steer_moved(key, slot, Instant::now());
+                    self.routes.steer_moved(key, slot);
                     "OK\n".to_string()
                 }
                 None => "ERR MOVE takes an IPv4 peer address, its port and ours\n".to_string(),
@@ -697,7 +699,7 @@ mod tests {
     }
 
     /// Routes with process 0 listening on port 80 alone.
-    fn routes() -> Routes {
+    fn one_listener() -> Routes {
         Routes {
             range: (61000, 61999),
             slice: 1000 / super::SLOTS as u16,
@@ -709,7 +711,7 @@ mod tests {
 
     #[test]
     fn a_connection_stays_with_its_process_when_a_forked_child_listens_too() {
-        let mut routes = routes();
+        let mut routes = one_listener();
         let now = std::time::Instant::now();
         assert_eq!(routes.route(&from(2, 0x02), now), Some(0));
         assert_eq!(routes.route(&from(2, 0x10), now), Some(0));
@@ -727,12 +729,12 @@ mod tests {
 
     #[test]
     fn a_moved_connection_goes_to_the_process_that_took_it_until_that_one_leaves() {
-        let mut routes = routes();
+        let mut routes = one_listener();
         let now = std::time::Instant::now();
         assert_eq!(routes.route(&from(2, 0x02), now), Some(0));
         // The parent (slot 0) accepted it; its child in slot 3 took it.
         let key = super::parse_move("10.0.0.2 40000 80".split_whitespace()).unwrap();
-        routes.steer_moved(key, 3, now);
+        routes.steer_moved(key, 3);
         assert_eq!(routes.route(&from(2, 0x10), now), Some(3));
         // The parent's other connections and new ones stay with the parent.
         assert_eq!(routes.route(&from(4, 0x10), now), Some(0));
@@ -740,8 +742,18 @@ mod tests {
         // A connection the parent opened, in the parent's slice.
         let slice = tcp_frame([10, 0, 0, 9], 80, 61001, 0x10);
         assert_eq!(routes.route(&slice, now), Some(0));
-        routes.steer_moved((0x0a00_0009, 80, 61001), 3, now);
+        routes.steer_moved((0x0a00_0009, 80, 61001), 3);
         assert_eq!(routes.route(&slice, now), Some(3));
+        // Even when a child forked later listens on the port too.
+        routes.listeners.insert(80, vec![(0, true), (1, false)]);
+        assert_eq!(routes.route(&from(2, 0x10), now), Some(3));
+        routes.listeners.insert(80, vec![(0, false)]);
+        // A new connection on the same 4-tuple (the peer reused its port) is not the
+        // moved one.
+        let mut reused = one_listener();
+        reused.steer_moved(key, 3);
+        assert_eq!(reused.route(&from(2, 0x02), now), Some(0));
+        assert_eq!(reused.route(&from(2, 0x10), now), Some(0));
         // The child leaves: its flows are forgotten, back to the parent's routes.
         routes.forget_slot(3);
         assert_eq!(routes.route(&from(2, 0x10), now), Some(0));
