@@ -274,9 +274,17 @@ impl Routes {
     }
 
     /// A client left: its flows are forgotten.
+    /// The connections moved to it stay listed for no process: their segments are
+    /// answered with a RST at once, as for any process that ended, not left to the
+    /// process they were moved from (which no longer has them).
     fn forget_slot(&mut self, slot: usize) {
         self.flows.retain(|_, (s, _)| *s != slot);
-        self.moved.retain(|_, s| *s != slot);
+        if self.moved.len() >= FLOW_SWEEP_AT {
+            self.moved.retain(|_, s| *s != NOBODY);
+        }
+        for s in self.moved.values_mut().filter(|s| **s == slot) {
+            *s = NOBODY;
+        }
     }
 }
 
@@ -292,7 +300,7 @@ impl Routes {
                 true => drop(self.moved.remove(&key)),
                 false => {
                     if let Some(&slot) = self.moved.get(&key) {
-                        return Some(slot);
+                        return (slot != NOBODY).then_some(slot);
                     }
                 }
             }
@@ -354,6 +362,9 @@ fn parse_move<'a>(mut words: impl Iterator<Item = &'a str>) -> Option<(u32, u16,
         .is_none()
         .then_some((u32::from(peer), peer_port, port))
 }
+
+/// A moved connection's slot once its process left.
+const NOBODY: usize = usize::MAX;
 
 /// A new connection of a listening port stays with `slot`.
 fn remember(flows: &mut Flows, key: (u32, u16, u16), slot: usize, now: Instant) {
@@ -754,10 +765,19 @@ mod tests {
         reused.steer_moved(key, 3);
         assert_eq!(reused.route(&from(2, 0x02), now), Some(0));
         assert_eq!(reused.route(&from(2, 0x10), now), Some(0));
-        // The child leaves: its flows are forgotten, back to the parent's routes.
+        // The child leaves: its connections' segments are for nobody (a RST), not for
+        // the parent, which gave them away; a new connection on the 4-tuple is the
+        // parent's again.
         routes.forget_slot(3);
+        assert_eq!(routes.route(&from(2, 0x10), now), None);
+        assert_eq!(routes.route(&slice, now), None);
+        assert_eq!(routes.route(&from(2, 0x02), now), Some(0));
         assert_eq!(routes.route(&from(2, 0x10), now), Some(0));
-        assert_eq!(routes.route(&slice, now), Some(0));
+        assert_eq!(
+            routes.route(&from(4, 0x10), now),
+            Some(0),
+            "the parent's own"
+        );
         for bad in [
             "",
             "10.0.0.2 1",
