@@ -1633,6 +1633,47 @@ fn a_shared_connection_closes_when_both_let_go_and_leaves_the_parent_once_taken(
     assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
 }
 
+/// A child that took its parent's connection over and is killed: the peer's next
+/// segment is answered with a RST at once (by the switch, as for any process under
+/// --share that ended), not dropped by the parent that gave the connection away.
+#[test]
+fn a_killed_child_that_took_a_connection_leaves_its_peer_reset() {
+    let w = world();
+    let script = listening_python(8091, 8)
+        + "import signal, time\n\
+           c, _ = s.accept(); pid = os.fork()\n\
+           if pid == 0: c.recv(4096); c.sendall(b'x' * 65536); os.kill(os.getpid(), signal.SIGKILL)\n\
+           c.close(); os.waitpid(pid, 0); time.sleep(30)";
+    let argv = [PYTHON, "-c", &script];
+    let (server, _lines) = start_server_lines(share_command(&w, &argv), &argv, 8091, 1);
+    // Its ACKs of the first bytes, or the bytes it sends after them, reach the switch
+    // after the child died.
+    let client = format!(
+        "import socket, time\n\
+         s = socket.create_connection(('{HOST_IP}', 8091)); t = time.time()\n\
+         s.sendall(b'go'); s.settimeout(1)\n\
+         try:\n\
+         \x20   try:\n\
+         \x20       while s.recv(65536): pass\n\
+         \x20   except socket.timeout: pass\n\
+         \x20   s.settimeout(8); s.sendall(b'more')\n\
+         \x20   while s.recv(65536): pass\n\
+         \x20   print('end of stream')\n\
+         except ConnectionResetError: print('reset after %.1f s' % (time.time() - t))\n\
+         except socket.timeout: print('no answer')"
+    );
+    let out = run_in(&w, &w.server, &[PYTHON, "-c", &client]);
+    kill_group(server);
+    let said = text(&out.stdout);
+    let after: f64 = said
+        .trim()
+        .strip_prefix("reset after ")
+        .and_then(|r| r.strip_suffix(" s"))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{said} {}", text(&out.stderr)));
+    assert!(after < 4.0, "{said}");
+}
+
 /// The inline loop (the default): the program's threads turn the stack's loop when
 /// they call in, and the background thread takes it over while they do not. A client
 /// that sleeps in a wait that is not the stack's (`time.sleep`), then one that computes
