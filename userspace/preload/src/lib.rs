@@ -38,7 +38,9 @@ mod inline;
 mod moves;
 mod real;
 mod signals;
+mod splice;
 mod table;
+mod tcpinfo;
 
 use config::say;
 use libc::{c_int, c_ulong, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
@@ -771,22 +773,28 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 /// `sendfile` to a stack socket: the file's bytes through a buffer into the stream,
 /// from `*offset` (then moved on) or the file's position (then moved by what was sent).
 fn sendfile_on(sock: &Sock, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t {
+    with_scratch(|buf| sendfile_through(sock, in_fd, offset, count, buf))
+}
+
+/// Runs `f` on this thread's 64 KiB copy buffer (`sendfile`, `splice`).
+fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
     const CHUNK: usize = 64 << 10;
     // One buffer per thread, zeroed once: zeroing 64 KiB on every call cost nginx 3% of
     // its CPU serving small files.
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; CHUNK]);
     }
+    let mut f = Some(f);
     // Re-entered (from a signal handler) or during thread exit: a buffer of its own.
     BUFFER
         .try_with(|cell| {
             cell.try_borrow_mut()
                 .ok()
-                .map(|mut buf| sendfile_through(sock, in_fd, offset, count, &mut buf))
+                .map(|mut buf| (f.take().expect("called once"))(&mut buf))
         })
         .ok()
         .flatten()
-        .unwrap_or_else(|| sendfile_through(sock, in_fd, offset, count, &mut vec![0; CHUNK]))
+        .unwrap_or_else(|| (f.take().expect("not called yet"))(&mut vec![0; CHUNK]))
 }
 
 fn sendfile_through(

@@ -953,6 +953,14 @@ impl Sock {
         }
     }
 
+    /// Bytes a write would take now without waiting (0 when not connected).
+    pub fn send_space(&self) -> usize {
+        match &self.lock().kind {
+            Kind::Stream(s) => s.send_space(),
+            _ => 0,
+        }
+    }
+
     /// Bytes waiting to be read (`FIONREAD`).
     pub fn bytes_to_read(&self) -> usize {
         self.take_over();
@@ -1007,6 +1015,10 @@ impl Sock {
     /// A socket option's value, as the kernel would write it.
     pub fn option(&self, level: c_int, name: c_int) -> Res<Vec<u8>> {
         let int = |v: i32| Ok(v.to_ne_bytes().to_vec());
+        if level == libc::IPPROTO_TCP {
+            // The TCB's options of an inherited connection: it is used here now.
+            self.take_over();
+        }
         let st = self.lock();
         if (level, name) == (libc::SOL_SOCKET, libc::SO_ERROR) {
             return int(match &st.kind {
@@ -1023,6 +1035,14 @@ impl Sock {
             .find(|(l, n, _)| (*l, *n) == (level, name))
         {
             return Ok(v.clone());
+        }
+        if level == libc::IPPROTO_TCP
+            && matches!(
+                name,
+                libc::TCP_INFO | libc::TCP_CONGESTION | libc::TCP_MAXSEG
+            )
+        {
+            return self.tcp_state_option(st, name);
         }
         match (level, name) {
             (libc::SOL_SOCKET, libc::SO_TYPE) => int(libc::SOCK_STREAM),
@@ -1044,10 +1064,35 @@ impl Sock {
             (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) => int(7200),
             (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) => int(75),
             (libc::IPPROTO_TCP, libc::TCP_KEEPCNT) => int(9),
-            (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => int(1460),
             // Linux's default (net.ipv6.bindv6only = 0): `[::]` takes IPv4 too.
             (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) if self.family == libc::AF_INET6 => int(0),
             _ => Err(libc::ENOPROTOOPT),
+        }
+    }
+
+    /// The options read from the connection's TCB: `TCP_INFO`, `TCP_CONGESTION` and
+    /// `TCP_MAXSEG` (the segment size in use; Linux's 536 before a connection).
+    fn tcp_state_option(&self, st: std::sync::MutexGuard<'_, State>, name: c_int) -> Res<Vec<u8>> {
+        let (stream, state) = match &st.kind {
+            Kind::Stream(s) => (Some(s.clone()), crate::tcpinfo::TCP_CLOSE),
+            Kind::Listener(_) => (None, crate::tcpinfo::TCP_LISTEN),
+            Kind::Fresh { .. } | Kind::Gone { .. } => (None, crate::tcpinfo::TCP_CLOSE),
+            // Taken over before (see `option`); one that could not be is `Gone`.
+            Kind::Inherited { .. } => (None, crate::tcpinfo::TCP_CLOSE),
+        };
+        // The loop takes the snapshot: not with this socket's state locked.
+        drop(st);
+        let info = stream.and_then(|s| s.info().ok().flatten());
+        match name {
+            libc::TCP_INFO => Ok(crate::tcpinfo::tcp_info(info.as_ref(), state)),
+            libc::TCP_CONGESTION => info
+                .as_ref()
+                .map(crate::tcpinfo::congestion_name)
+                .ok_or(libc::ENOPROTOOPT),
+            _ => {
+                let mss = info.map_or(536, |i| i.send_mss);
+                Ok((mss as i32).to_ne_bytes().to_vec())
+            }
         }
     }
 

@@ -702,6 +702,11 @@ impl Stack {
         self.send(Command::Run(Box::new(move |rt| {
             let _ = tx.send(f(rt));
         })));
+        // Inline: this thread's turn runs it (or the thread holding the loop turns
+        // once more for us), not a wake-up of the background thread.
+        if let Some(inline) = &self.inner.inline {
+            inline.turn();
+        }
         rx.recv().map_err(|_| shared::Failure::Stopped.io())
     }
 

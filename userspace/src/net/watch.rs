@@ -59,6 +59,24 @@ impl TcpStream {
         self.handle.conn.shared.lock().rx.len()
     }
 
+    /// A snapshot of the connection's TCB (`getsockopt(TCP_INFO)`): state, RTT,
+    /// windows, congestion state and counters, taken by the poll loop between two
+    /// turns. `None` before the loop has the connection or after it ended.
+    pub fn info(&self) -> io::Result<Option<crate::tcp::ConnectionInfo>> {
+        let conn = self.handle.conn.clone();
+        self.handle.stack.with_runtime(move |rt| {
+            let id = conn.shared.lock().id?;
+            rt.stack.connection(id).map(|c| c.info())
+        })
+    }
+
+    /// Bytes a write would take now without waiting: the send buffer's free room
+    /// (what `splice(2)` from a pipe may take out of the pipe for a non-blocking socket).
+    pub fn send_space(&self) -> usize {
+        let st = self.handle.conn.shared.lock();
+        st.cap.saturating_sub(st.tx.len())
+    }
+
     /// Copies received bytes into `buf` without taking them (`MSG_PEEK`):
     /// [`io::ErrorKind::WouldBlock`] when none are there yet, `Ok(0)` at end of stream.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
