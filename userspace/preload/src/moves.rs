@@ -15,6 +15,7 @@
 //!   FIN (`kept_for_children`); it closes as the kernel's would once every child that
 //!   held it closed it (`DROP`), exited or exec'd without taking it.
 use crate::handover::{ANSWER_WITHIN, LINE_MAX, send_all};
+use crate::real::real;
 use crate::table::{self, Sock};
 use libc::c_int;
 use std::cell::RefCell;
@@ -192,8 +193,15 @@ fn serve(wake: RawFd) {
                 revents: 0,
             }));
         }
-        // SAFETY: `fds` is a valid array of its length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        // SAFETY: libc's own poll (not this library's, which would turn the loop) on
+        // `fds`, a valid array of its length.
+        let n = unsafe {
+            real!(poll: fn(*mut libc::pollfd, libc::nfds_t, c_int) -> c_int)(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                1000,
+            )
+        };
         if n <= 0 {
             continue;
         }
@@ -216,6 +224,14 @@ fn serve_one(fd: RawFd) {
     // SAFETY: reads at most `buf.len()` bytes into `buf`; the fd is open (the holder
     // owning it is only removed by this thread).
     let n = unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) };
+    if n < 0
+        && matches!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EINTR | libc::EAGAIN)
+        )
+    {
+        return;
+    }
     let lines = {
         let mut guard = lock();
         let Some(m) = guard.as_mut() else { return };
