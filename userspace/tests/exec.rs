@@ -1047,7 +1047,10 @@ fn python_http_server_on_ipv6_any_serves_ipv6_and_mapped_ipv4() {
     let after = kernel_tcp(&w);
     stop(server);
     std::thread::sleep(Duration::from_millis(200));
-    let said: Vec<String> = lines.try_iter().collect();
+    let mut said = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
+        said.push(line);
+    }
     for (got, out_file) in &fetched {
         assert!(got.status.success(), "curl: {}", text(&got.stderr));
         assert_eq!(
@@ -1485,48 +1488,190 @@ fn a_server_that_runs_a_program_before_it_answers_keeps_its_connection() {
 }
 
 /// Python's `socketserver.ForkingTCPServer` under --share: the parent accepts and forks
-/// a child per connection. The child does not take the parent's listener (it never uses
-/// it), so every new connection still reaches the parent; the connection itself stays
-/// with the parent for now, so the child's calls fail with ENOTCONN and one line, and
-/// the client sees the connection closed at once, never a hang or a lost connection.
+/// a child per connection, closes its copy, and the child answers on the connection and
+/// leaves with `os._exit`. The child takes the connection over from its parent at its
+/// first call (the parent's stack exports it, the child's imports it, the switch steers
+/// it to the child), so every answer (1 MiB) arrives byte-exact: three clients one
+/// after another, then two at once. The child never takes the parent's port, and the
+/// kernel's TCP counters do not move.
 #[test]
-fn a_forking_tcp_server_under_share_keeps_its_port_and_says_why_a_child_fails() {
+fn a_forking_tcp_server_under_share_answers_from_the_child_byte_exact() {
     let w = world();
     let script = "import socketserver\n\
+                  body = bytes(range(256)) * 4096\n\
                   class H(socketserver.BaseRequestHandler):\n\
                   \x20   def handle(self):\n\
-                  \x20       self.request.recv(4096); self.request.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nhi')\n\
+                  \x20       req = b''\n\
+                  \x20       while b'\\r\\n\\r\\n' not in req: req += self.request.recv(4096)\n\
+                  \x20       self.request.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body)\n\
                   socketserver.ForkingTCPServer.allow_reuse_address = True\n\
                   socketserver.ForkingTCPServer(('0.0.0.0', 8088), H).serve_forever()";
     let argv = [PYTHON, "-c", script];
     let (server, lines) = start_server_lines(share_command(&w, &argv), &argv, 8088, 1);
-    let url = format!("http://{HOST_IP}:8088/");
+    let want: Vec<u8> = (0..=255u8).cycle().take(256 * 4096).collect();
+    let before = kernel_tcp(&w);
+    let check = |name: &str, out: &std::process::Output, file: &std::path::Path| {
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert!(std::fs::read(file).unwrap() == want, "{name}: body differs");
+    };
     for round in 0..3 {
+        let file = w.dir.join(format!("forking-{round}.bin"));
         let started = std::time::Instant::now();
-        let out = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
+        let out = fetch_from_port(&w, 8088, "x", &file);
+        check(&format!("round {round}"), &out, &file);
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "round {round}: curl waited {:?}",
+            "round {round}: took {:?}",
             started.elapsed()
         );
-        // curl: (52) Empty reply from server, or a reset; never a timeout (28).
-        assert_ne!(
-            out.status.code(),
-            Some(28),
-            "round {round}: {}",
-            text(&out.stderr)
+    }
+    let url = format!("http://{HOST_IP}:8088/x");
+    let together: Vec<_> = (0..2)
+        .map(|i| {
+            let file = w.dir.join(format!("forking-together-{i}.bin"));
+            let child = w
+                .exec(&w.server)
+                .args(["curl", "-sS", "--fail", "--max-time", "30", "-o"])
+                .arg(&file)
+                .arg(&url)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (file, child)
+        })
+        .collect();
+    for (i, (file, child)) in together.into_iter().enumerate() {
+        check(
+            &format!("client {i} of two at once"),
+            &child.wait_with_output().unwrap(),
+            &file,
         );
     }
-    let mut said = 0;
+    assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
+    let mut taken = 0;
     while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
-        said += line.contains("they stay with the parent (here: ENOTCONN)") as usize;
-        assert!(
-            !line.contains("listening"),
-            "a child took the parent's port: {line}"
-        );
+        taken += line.contains("taken over from the parent") as usize;
+        for bad in ["listening again", "could not be taken over", "ENOTCONN"] {
+            assert!(!line.contains(bad), "{bad}: {line}");
+        }
     }
     kill_group(server);
-    assert_eq!(said, 3, "one line per child");
+    assert_eq!(taken, 5, "one child per connection took it over");
+}
+
+/// A connection a parent shares with its forked child, under --share, as the kernel's
+/// shared socket: when both let go of it without using it (the child closes it and
+/// lives on, or exits at once), it closes then, never a hang; once the child took it
+/// over and answered, the parent's own use fails with ENOTCONN and one -v line.
+#[test]
+fn a_shared_connection_closes_when_both_let_go_and_leaves_the_parent_once_taken() {
+    let w = world();
+    let script = listening_python(8089, 8)
+        + "import time\n\
+           c, _ = s.accept(); lives = os.fork()\n\
+           if lives == 0: c.close(); time.sleep(6); os._exit(0)\n\
+           c.close()\n\
+           c, _ = s.accept(); pid = os.fork()\n\
+           if pid == 0: os._exit(0)\n\
+           c.close(); os.waitpid(pid, 0)\n\
+           c, _ = s.accept(); pid = os.fork()\n\
+           if pid == 0:\n\
+           \x20   req = b''\n\
+           \x20   while b'\\r\\n\\r\\n' not in req: req += c.recv(4096)\n\
+           \x20   c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nhi'); c.close(); os._exit(0)\n\
+           os.waitpid(pid, 0)\n\
+           try: c.send(b'x'); print('parent sent', file=sys.stderr, flush=True)\n\
+           except OSError as e: print('parent errno', e.errno, file=sys.stderr, flush=True)\n\
+           c.close(); os.waitpid(lives, 0)";
+    let argv = [PYTHON, "-c", &script];
+    let (mut server, lines) = start_server_lines(share_command(&w, &argv), &argv, 8089, 1);
+    let before = kernel_tcp(&w);
+    let url = format!("http://{HOST_IP}:8089/");
+    for what in [
+        "the child closed it and lives on",
+        "the child exited at once",
+    ] {
+        let started = std::time::Instant::now();
+        let out = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
+        // curl: (52) Empty reply from server, or (56) a reset; never a timeout (28).
+        assert!(
+            matches!(out.status.code(), Some(52 | 56)),
+            "{what}: {:?} {}",
+            out.status.code(),
+            text(&out.stderr)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{what}: the connection closed only after {:?}",
+            started.elapsed()
+        );
+    }
+    let out = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi");
+    let status = wait_timeout(&mut server, Duration::from_secs(15));
+    let mut said = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
+        said.push(line);
+    }
+    assert!(
+        status.success(),
+        "the server exited with {status}: {said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|l| l == &format!("parent errno {}", libc::ENOTCONN)),
+        "{said:?}"
+    );
+    let gone = said
+        .iter()
+        .filter(|l| l.contains("another process took it over"))
+        .count();
+    assert_eq!(gone, 1, "one -v line for the parent's use: {said:?}");
+    assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
+}
+
+/// A child that took its parent's connection over and is killed: the peer's next
+/// segment is answered with a RST at once (by the switch, as for any process under
+/// --share that ended), not dropped by the parent that gave the connection away.
+#[test]
+fn a_killed_child_that_took_a_connection_leaves_its_peer_reset() {
+    let w = world();
+    let script = listening_python(8091, 8)
+        + "import signal, time\n\
+           c, _ = s.accept(); pid = os.fork()\n\
+           if pid == 0: c.recv(4096); c.sendall(b'x' * 65536); os.kill(os.getpid(), signal.SIGKILL)\n\
+           c.close(); os.waitpid(pid, 0); time.sleep(30)";
+    let argv = [PYTHON, "-c", &script];
+    let (server, _lines) = start_server_lines(share_command(&w, &argv), &argv, 8091, 1);
+    // Its ACKs of the first bytes, or the bytes it sends after them, reach the switch
+    // after the child died.
+    let client = format!(
+        "import socket, time\n\
+         s = socket.create_connection(('{HOST_IP}', 8091)); t = time.time()\n\
+         s.sendall(b'go'); s.settimeout(1)\n\
+         try:\n\
+         \x20   try:\n\
+         \x20       while s.recv(65536): pass\n\
+         \x20   except socket.timeout: pass\n\
+         \x20   s.settimeout(8); s.sendall(b'more')\n\
+         \x20   while s.recv(65536): pass\n\
+         \x20   print('end of stream')\n\
+         except ConnectionResetError: print('reset after %.1f s' % (time.time() - t))\n\
+         except socket.timeout: print('no answer')"
+    );
+    let out = run_in(&w, &w.server, &[PYTHON, "-c", &client]);
+    kill_group(server);
+    let said = text(&out.stdout);
+    let after: f64 = said
+        .trim()
+        .strip_prefix("reset after ")
+        .and_then(|r| r.strip_suffix(" s"))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{said} {}", text(&out.stderr)));
+    assert!(after < 4.0, "{said}");
 }
 
 /// The inline loop (the default): the program's threads turn the stack's loop when

@@ -168,6 +168,7 @@ pub fn stack() -> Result<&'static Stack, &'static str> {
                     libc::atexit(at_exit);
                     libc::pthread_atfork(None, None, Some(in_forked_child));
                 }
+                crate::moves::register_fork_handlers();
             }
         }
         Err(e) => eprintln!(
@@ -237,7 +238,9 @@ extern "C" fn in_forked_child() {
     if switched() {
         // Through the switch, the child gets a stack of its own now, before it can
         // put an inherited listener in an epoll set (see `table::adopt_after_fork`).
-        let _ = std::panic::catch_unwind(crate::table::adopt_after_fork);
+        let _ = std::panic::catch_unwind(|| {
+            crate::table::adopt_after_fork(crate::moves::after_fork_in_child())
+        });
     } else {
         FORKED.store(true, Ordering::SeqCst);
     }
@@ -253,7 +256,14 @@ pub fn forked() -> bool {
 /// At exit: the sockets still open close (FIN after their bytes), and the stack gets
 /// its linger time to deliver them before the XDP program is detached.
 extern "C" fn at_exit() {
-    if forked() {
+    before_exit();
+}
+
+/// At `exit` or `_exit`: the sockets still open close, and a stack started in this
+/// process lingers to deliver their bytes (nothing in a child that has no stack of
+/// its own, a vfork child's included: the memory may be its parent's).
+pub fn before_exit() {
+    if forked() || running().is_none() {
         return;
     }
     let _ = std::panic::catch_unwind(|| {

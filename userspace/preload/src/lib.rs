@@ -33,8 +33,10 @@
 mod addr;
 mod config;
 mod fork;
+mod handover;
 mod hangup;
 mod inline;
+mod moves;
 mod real;
 mod signals;
 mod splice;
@@ -541,8 +543,12 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
             std::mem::forget(sock);
         } else {
             let _ = catch_unwind(AssertUnwindSafe(|| {
-                // The last fd of the socket: it closes (FIN, or RST with a zero linger).
+                // The last fd of the socket: it closes (FIN, or RST with a zero linger),
+                // unless a child forked with it may still take it over.
                 let last = std::sync::Arc::strong_count(&sock) == 1;
+                if last && moves::kept_for_children(&sock) {
+                    return;
+                }
                 if last {
                     sock.closing();
                 }
@@ -556,6 +562,17 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     }
     // SAFETY: libc's close with the caller's fd (the eventfd, for a stack socket).
     unsafe { real!(close: fn(c_int) -> c_int)(fd) }
+}
+
+/// `_exit` (what a forked child calls after its work, `os._exit` in Python): as at
+/// `exit`, the stack's connections get their linger time to deliver what was written
+/// to them, as the kernel keeps sending for a process that is gone.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _exit(status: c_int) -> ! {
+    config::before_exit();
+    // SAFETY: libc's _exit, which does not return.
+    unsafe { real!(_exit: fn(c_int) -> ())(status) };
+    unreachable!("_exit returned")
 }
 
 #[unsafe(no_mangle)]

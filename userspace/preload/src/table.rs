@@ -64,6 +64,34 @@ pub fn remove(fd: c_int) -> Option<Arc<Sock>> {
     gone
 }
 
+/// The socket of this process's connection (local, remote), if one is open.
+pub fn find_connection(local: SocketAddr, remote: SocketAddr) -> Option<Arc<Sock>> {
+    every_socket()
+        .into_iter()
+        .find(|s| s.connection() == Some((local, remote)))
+}
+
+/// The sockets open now (the table's lock is not held while they are looked at).
+fn every_socket() -> Vec<Arc<Sock>> {
+    SOCKETS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect()
+}
+
+/// This process's connections open now: (local, remote).
+pub fn connections() -> Vec<(SocketAddr, SocketAddr)> {
+    let mut all: Vec<_> = every_socket()
+        .iter()
+        .filter_map(|s| s.connection())
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
 /// At exit: every socket still open closes as if its fds were closed.
 pub fn close_all() {
     let all = {
@@ -141,7 +169,9 @@ pub fn hold() -> Held {
 /// child that never uses it (a fork-per-connection server's) leaves the parent its
 /// new connections. A connection the parent opened stays with the parent: here it
 /// fails with ENOTCONN.
-pub fn adopt_after_fork() {
+/// `via` is this child's end of the pair to the parent, through which its
+/// connections are taken over (see `moves`), if the fork made one.
+pub fn adopt_after_fork(via: Option<c_int>) {
     userspace::net::switch::after_fork_in_child();
     let _critical = signals::critical();
     let inherited: Vec<(c_int, Arc<Sock>)> = SOCKETS
@@ -163,10 +193,33 @@ pub fn adopt_after_fork() {
                     },
                     true,
                 ),
-                Kind::Stream(_) => {
-                    connections += 1;
-                    (Kind::Fresh { bound: None }, false)
-                }
+                Kind::Stream(s) => match (via, s.local_addr(), s.peer_addr()) {
+                    (Some(via), Ok(local), Ok(remote))
+                        if s.connect_result().is_some_and(|r| r.is_ok()) =>
+                    {
+                        say!("fd {fd}: a connection of the parent's: taken over at its first use");
+                        (Kind::Inherited { local, remote, via }, false)
+                    }
+                    _ => {
+                        connections += 1;
+                        (Kind::Fresh { bound: None }, false)
+                    }
+                },
+                Kind::Inherited { local, remote, via } => (
+                    Kind::Inherited {
+                        local: *local,
+                        remote: *remote,
+                        via: *via,
+                    },
+                    false,
+                ),
+                Kind::Gone { local, .. } => (
+                    Kind::Gone {
+                        local: *local,
+                        said: false,
+                    },
+                    false,
+                ),
             };
             listeners += listener as usize;
             (kind, listener, st.nonblocking, st.options.clone())
@@ -202,7 +255,12 @@ pub fn adopt_after_fork() {
                 port_hold: None,
             }),
             listen_on_use: AtomicBool::new(listener),
+            take_on_use: AtomicBool::new(false),
         });
+        if matches!(sock.lock().kind, Kind::Inherited { .. }) {
+            sock.take_on_use.store(true, Ordering::Release);
+            sock.signal.show(CALL_NOW, false, true);
+        }
         let replaced = SOCKETS
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -219,6 +277,8 @@ pub fn adopt_after_fork() {
     if listeners > 0 {
         // The child's stack starts now, while the child is still what it was at fork
         // (a server's worker may drop its privileges before it first uses the port).
+        // One that only inherited connections starts it when it takes one over (a
+        // child that never uses them, redis's BGSAVE, never does).
         let _ = config::stack();
     }
     if connections > 0 {
@@ -242,6 +302,17 @@ struct Signal {
 }
 
 const READABLE_ONLY: u64 = u64::MAX - 1;
+
+/// What a socket shows whose next call answers at once (its connection left), or
+/// takes its connection over (inherited): readable and writable, so that a wait the
+/// library does not see (`select`) ends too.
+const CALL_NOW: Readiness = Readiness {
+    readable: true,
+    writable: true,
+    hangup: true,
+    error: false,
+    connecting: false,
+};
 
 impl Signal {
     fn show(&self, r: Readiness, listener: bool, always: bool) {
@@ -283,6 +354,19 @@ enum Kind {
     },
     Listener(Arc<TcpListener>),
     Stream(Arc<TcpStream>),
+    /// A connection the parent had at fork, not taken over yet: its addresses, and
+    /// the connection to the parent to ask for it through (see `moves`).
+    Inherited {
+        local: SocketAddr,
+        remote: SocketAddr,
+        via: c_int,
+    },
+    /// A connection another process took over (or one that could not be): ENOTCONN,
+    /// said once.
+    Gone {
+        local: SocketAddr,
+        said: bool,
+    },
 }
 
 /// A socket's state, locked: no signal handler runs on this thread meanwhile (one
@@ -328,6 +412,9 @@ pub struct Sock {
     /// A listener inherited across fork: it listens again on this process's stack at
     /// its first use ([`Sock::in_use`]).
     listen_on_use: AtomicBool,
+    /// A connection inherited across fork: taken over at its first use
+    /// ([`Sock::take_over`]); looked at without the lock on every call.
+    take_on_use: AtomicBool,
 }
 
 /// Where a connect or bind goes.
@@ -381,6 +468,7 @@ impl Sock {
                 port_hold: None,
             }),
             listen_on_use: AtomicBool::new(false),
+            take_on_use: AtomicBool::new(false),
         });
         sock.attach();
         insert(fd, sock.clone());
@@ -413,7 +501,7 @@ impl Sock {
         let st = self.lock();
         let signal = self.signal.clone();
         match &st.kind {
-            Kind::Fresh { .. } => {}
+            Kind::Fresh { .. } | Kind::Inherited { .. } | Kind::Gone { .. } => {}
             Kind::Stream(s) => {
                 s.set_nonblocking(st.nonblocking).ok();
                 let w: Watcher = Arc::new(move |r| signal.show(r, false, true));
@@ -430,7 +518,7 @@ impl Sock {
     /// Brings the eventfd up to date after a call changed the socket.
     fn refresh(&self, kind: &Kind) {
         match kind {
-            Kind::Fresh { .. } => {}
+            Kind::Fresh { .. } | Kind::Inherited { .. } | Kind::Gone { .. } => {}
             Kind::Stream(s) => s.with_readiness(|r| self.signal.show(r, false, false)),
             Kind::Listener(l) => l.with_readiness(|r| self.signal.show(r, true, false)),
         }
@@ -441,7 +529,8 @@ impl Sock {
     /// peer's FIN (`POLLRDHUP`).
     pub fn conditions(&self) -> Conditions {
         match &self.lock().kind {
-            Kind::Fresh { .. } => Conditions {
+            Kind::Inherited { .. } => Conditions::default(),
+            Kind::Fresh { .. } | Kind::Gone { .. } => Conditions {
                 hangup: true,
                 ..Conditions::default()
             },
@@ -461,11 +550,83 @@ impl Sock {
     }
 
     fn stream(&self) -> Res<Arc<TcpStream>> {
-        match &self.lock().kind {
+        self.take_over();
+        let mut st = self.lock();
+        match &mut st.kind {
             Kind::Stream(s) => Ok(s.clone()),
-            Kind::Listener(_) => Err(libc::ENOTCONN),
-            Kind::Fresh { .. } => Err(libc::ENOTCONN),
+            Kind::Gone { local, said } => {
+                if !std::mem::replace(said, true) {
+                    say!(
+                        "the connection on {local}: another process took it over (a child forked with it): ENOTCONN here"
+                    );
+                }
+                Err(libc::ENOTCONN)
+            }
+            Kind::Listener(_) | Kind::Fresh { .. } | Kind::Inherited { .. } => Err(libc::ENOTCONN),
         }
+    }
+
+    /// A connection of the parent's, used here for the first time: the parent gives
+    /// it (`moves::take`), this process's stack takes it in and the switch steers it
+    /// here. If it cannot be, the socket is not connected here (one line says why).
+    fn take_over(&self) {
+        if !self.take_on_use.load(Ordering::Acquire) {
+            return;
+        }
+        let mut st = self.lock();
+        let Kind::Inherited { local, remote, via } = st.kind else {
+            return;
+        };
+        self.take_on_use.store(false, Ordering::Release);
+        let taken = crate::handover::take(via, local, remote).and_then(|bytes| {
+            let stack = config::stack().map_err(str::to_string)?;
+            TcpStream::import(stack, &bytes).map_err(|e| format!("taking it in: {e}"))
+        });
+        match taken {
+            Ok(stream) => {
+                apply_options(&stream, &st.options);
+                st.kind = Kind::Stream(Arc::new(stream));
+                drop(st);
+                say!("the connection {local} <- {remote}: taken over from the parent");
+                self.attach();
+                self.refresh(&self.lock().kind);
+            }
+            Err(why) => {
+                st.kind = Kind::Gone { local, said: true };
+                eprintln!(
+                    "userspace-preload: process {}: the connection {local} <- {remote} of its parent could not be taken over ({why}): ENOTCONN",
+                    std::process::id()
+                );
+                self.signal.show(CALL_NOW, false, true);
+            }
+        }
+    }
+
+    /// This socket's connection, if it is one here: (local, remote).
+    pub fn connection(&self) -> Option<(SocketAddr, SocketAddr)> {
+        match &self.lock().kind {
+            Kind::Stream(s) if s.connect_result().is_some_and(|r| r.is_ok()) => {
+                Some((s.local_addr().ok()?, s.peer_addr().ok()?))
+            }
+            _ => None,
+        }
+    }
+
+    /// Gives the connection away to a child that asked for it (`moves`): the bytes
+    /// for its stack. From now on the socket is not connected here.
+    pub fn give_away(&self) -> Result<Vec<u8>, String> {
+        let mut st = self.lock();
+        let Kind::Stream(s) = &st.kind else {
+            return Err("not a connection here".to_string());
+        };
+        let s = s.clone();
+        let local = s.local_addr().map_err(|e| e.to_string())?;
+        let bytes = s.export().map_err(|e| e.to_string())?;
+        s.watch(None);
+        st.kind = Kind::Gone { local, said: false };
+        // A wait on it ends, and the call fails with ENOTCONN.
+        self.signal.show(CALL_NOW, false, true);
+        Ok(bytes)
     }
 
     pub fn nonblocking(&self) -> bool {
@@ -476,7 +637,7 @@ impl Sock {
         let mut st = self.lock();
         st.nonblocking = on;
         match &st.kind {
-            Kind::Fresh { .. } => {}
+            Kind::Fresh { .. } | Kind::Inherited { .. } | Kind::Gone { .. } => {}
             Kind::Stream(s) => drop(s.set_nonblocking(on)),
             Kind::Listener(l) => drop(l.set_nonblocking(on)),
         }
@@ -546,7 +707,9 @@ impl Sock {
                     Some(Err(e)) => Err(errno_of(&e)),
                 };
             }
-            Kind::Listener(_) => return Err(libc::EISCONN),
+            Kind::Listener(_) | Kind::Inherited { .. } | Kind::Gone { .. } => {
+                return Err(libc::EISCONN);
+            }
             Kind::Fresh { .. } => {}
         }
         // An AF_INET6 socket reaches a V4-mapped address over IPv4, as Linux; not
@@ -666,7 +829,9 @@ impl Sock {
         let mut st = self.lock();
         let at = match &st.kind {
             Kind::Listener(_) => return Ok(()),
-            Kind::Stream(_) => return Err(libc::EINVAL),
+            Kind::Stream(_) | Kind::Inherited { .. } | Kind::Gone { .. } => {
+                return Err(libc::EINVAL);
+            }
             Kind::Fresh { bound: Some(at) } => *at,
             // Never bound: as the kernel's inet_autobind, the wildcard address and a
             // free port.
@@ -715,6 +880,7 @@ impl Sock {
     /// The process uses `fd` (accept, poll, epoll_ctl): a listener it inherited across
     /// fork listens again here now, on the same port (shared through the switch).
     pub fn in_use(&self, fd: c_int) {
+        self.take_over();
         if !self.listen_on_use.load(Ordering::Acquire) {
             return;
         }
@@ -884,10 +1050,12 @@ impl Sock {
             Kind::Fresh { bound } => bound.unwrap_or(none),
             Kind::Listener(l) => l.local_addr().unwrap_or(none),
             Kind::Stream(s) => s.local_addr().unwrap_or(none),
+            Kind::Inherited { local, .. } | Kind::Gone { local, .. } => *local,
         }
     }
 
     pub fn peer_addr(&self) -> Res<SocketAddr> {
+        self.take_over();
         match &self.lock().kind {
             Kind::Stream(s) if s.connect_result().is_some_and(|r| r.is_ok()) => {
                 s.peer_addr().map_err(|_| libc::ENOTCONN)
@@ -906,6 +1074,7 @@ impl Sock {
 
     /// Bytes waiting to be read (`FIONREAD`).
     pub fn bytes_to_read(&self) -> usize {
+        self.take_over();
         match &self.lock().kind {
             Kind::Stream(s) => s.bytes_to_read(),
             _ => 0,
@@ -957,6 +1126,10 @@ impl Sock {
     /// A socket option's value, as the kernel would write it.
     pub fn option(&self, level: c_int, name: c_int) -> Res<Vec<u8>> {
         let int = |v: i32| Ok(v.to_ne_bytes().to_vec());
+        if level == libc::IPPROTO_TCP {
+            // The TCB's options of an inherited connection: it is used here now.
+            self.take_over();
+        }
         let st = self.lock();
         if (level, name) == (libc::SOL_SOCKET, libc::SO_ERROR) {
             return int(match &st.kind {
@@ -1014,7 +1187,9 @@ impl Sock {
         let (stream, state) = match &st.kind {
             Kind::Stream(s) => (Some(s.clone()), crate::tcpinfo::TCP_CLOSE),
             Kind::Listener(_) => (None, crate::tcpinfo::TCP_LISTEN),
-            Kind::Fresh { .. } => (None, crate::tcpinfo::TCP_CLOSE),
+            Kind::Fresh { .. } | Kind::Gone { .. } => (None, crate::tcpinfo::TCP_CLOSE),
+            // Taken over before (see `option`); one that could not be is `Gone`.
+            Kind::Inherited { .. } => (None, crate::tcpinfo::TCP_CLOSE),
         };
         // The loop takes the snapshot: not with this socket's state locked.
         drop(st);
@@ -1035,6 +1210,11 @@ impl Sock {
     /// Closing the last fd: with `SO_LINGER` on and 0 s, a reset, as the kernel.
     pub fn closing(&self) {
         let st = self.lock();
+        if let Kind::Inherited { local, remote, via } = st.kind {
+            // Closed here without taking it: the parent may close it when no one else
+            // holds it.
+            crate::handover::let_go(via, local, remote);
+        }
         let reset = st.options.iter().any(|(l, n, v)| {
             (*l, *n) == (libc::SOL_SOCKET, libc::SO_LINGER)
                 && v.len() >= 8
@@ -1051,7 +1231,7 @@ impl Drop for Sock {
     fn drop(&mut self) {
         // The loop must not write to an eventfd that is closing.
         match &self.lock().kind {
-            Kind::Fresh { .. } => {}
+            Kind::Fresh { .. } | Kind::Inherited { .. } | Kind::Gone { .. } => {}
             Kind::Stream(s) => s.watch(None),
             Kind::Listener(l) => l.watch(None),
         }

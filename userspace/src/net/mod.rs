@@ -32,6 +32,7 @@ pub mod exec_env;
 mod inline;
 mod listener;
 mod local;
+mod moves;
 mod readiness;
 mod reserve;
 pub mod runtime;
