@@ -2074,11 +2074,22 @@ fn splice_moves_bytes_between_a_stack_socket_and_a_pipe_both_ways() {
     assert_eq!(first_stdout_line(&mut server), "ready");
     // Under exec: the 64 MiB download socket -> pipe (blocking, then non-blocking with
     // SPLICE_F_NONBLOCK), its request pipe -> socket; then 8 MiB up pipe -> socket into
-    // a non-blocking socket while another thread fills the pipe.
+    // a non-blocking socket while another thread fills the pipe. First Linux's errnos,
+    // and a splice into a socket whose connect failed leaves the pipe's bytes there.
     let client = format!(
-        "import hashlib, os, select, socket, threading\n\
-         s = socket.create_connection(('{SERVER_IP}', 80))\n\
+        "import errno, fcntl, hashlib, os, select, socket, struct, termios, threading\n\
          r, w = os.pipe()\n\
+         os.write(w, b'abc')\n\
+         c = socket.socket()\n\
+         assert c.connect_ex(('{SERVER_IP}', 1)) == errno.ECONNREFUSED\n\
+         assert os.splice(r, c.fileno(), 0) == 0\n\
+         for kw, e in [({{'offset_dst': 0}}, errno.EINVAL), ({{'offset_src': 0}}, errno.ESPIPE), ({{'flags': 0x100}}, errno.EINVAL), ({{}}, None)]:\n\
+         \x20   try: os.splice(r, c.fileno(), 3, **kw); raise SystemExit(f'no error for {{kw}}')\n\
+         \x20   except OSError as x: assert e is None or x.errno == e, (kw, x)\n\
+         left = struct.unpack('i', fcntl.ioctl(r, termios.FIONREAD, b'0000'))[0]\n\
+         assert left == 3, left\n\
+         os.read(r, 3)\n\
+         s = socket.create_connection(('{SERVER_IP}', 80))\n\
          req = b'GET /big.bin HTTP/1.0\\r\\n\\r\\n'\n\
          os.write(w, req)\n\
          assert os.splice(r, s.fileno(), len(req)) == len(req)\n\
@@ -2157,7 +2168,8 @@ fn tcp_info_reports_the_connections_bytes_segment_size_and_options() {
          bytes_acked, bytes_received = struct.unpack_from('QQ', info, 120)\n\
          maxseg = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)\n\
          cc = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b'\\0').decode()\n\
-         print(state, options & 7, snd_mss, maxseg, bytes_acked == len(req), bytes_received == got, rtt > 0, cwnd > 0, rto >= 200000, cc)"
+         fresh = socket.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b'\\0').decode()\n\
+         print(state, options & 7, snd_mss, maxseg, bytes_acked == len(req), bytes_received == got, rtt > 0, cwnd > 0, rto >= 200000, cc, fresh)"
     );
     let before = kernel_tcp(&w);
     let out = exec_command(&w, &[PYTHON, "-c", &script]).output().unwrap();
@@ -2171,7 +2183,7 @@ fn tcp_info_reports_the_connections_bytes_segment_size_and_options() {
     // offers them; 1500-byte MTU less IPv4, TCP and timestamp headers: 1448.
     assert_eq!(
         text(&out.stdout).trim(),
-        "1 7 1448 1448 True True True True True cubic"
+        "1 7 1448 1448 True True True True True cubic cubic"
     );
     assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
 }

@@ -2,13 +2,18 @@
 //! this way). The kernel moves pages; here the bytes go through a buffer, and never more
 //! than the other side takes at once, so nothing read is lost: a socket's bytes are
 //! peeked, written to the pipe, and only what the pipe took is consumed; a pipe's bytes
-//! are read only as far as the socket's send buffer has room (a non-blocking socket) or
-//! a blocking send takes them all. As Linux: one side must be a pipe (else `EINVAL`),
-//! offsets on either side are `ESPIPE`, `SPLICE_F_NONBLOCK` makes the pipe side
-//! non-blocking and the socket keeps its own `O_NONBLOCK`.
+//! are read only as far as the socket's send buffer has room, which a blocking splice
+//! waits for. As Linux (`fs/splice.c`): unknown flags are `EINVAL`, a length of 0 is 0,
+//! one side must be a pipe (else `EINVAL`), an offset on the pipe is `ESPIPE` and on
+//! the socket `EINVAL`, `SPLICE_F_NONBLOCK` makes the pipe side non-blocking and the
+//! socket keeps its own `O_NONBLOCK`. One writer per socket at a time is assumed (as
+//! for the room a non-blocking write sees).
 use crate::real::{real, set_errno};
 use crate::table::{Sock, lookup};
 use libc::{c_int, c_uint, loff_t, size_t, ssize_t};
+
+/// SPLICE_F_MOVE | SPLICE_F_NONBLOCK | SPLICE_F_MORE | SPLICE_F_GIFT.
+const SPLICE_F_ALL: c_uint = 0xf;
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn splice(
@@ -28,15 +33,25 @@ pub unsafe extern "C" fn splice(
             )
         };
     }
-    let pipe_fd = if from.is_some() { fd_out } else { fd_in };
-    if from.is_some() && to.is_some() || !is_pipe(pipe_fd) {
+    if flags & !SPLICE_F_ALL != 0 {
         return fail(libc::EINVAL);
-    }
-    if !off_in.is_null() || !off_out.is_null() {
-        return fail(libc::ESPIPE);
     }
     if len == 0 {
         return 0;
+    }
+    let (pipe_fd, pipe_offset, socket_offset) = match from {
+        Some(_) => (fd_out, off_out, off_in),
+        None => (fd_in, off_in, off_out),
+    };
+    if from.is_some() && to.is_some() || !is_pipe(pipe_fd) {
+        return fail(libc::EINVAL);
+    }
+    if !pipe_offset.is_null() {
+        return fail(libc::ESPIPE);
+    }
+    if !socket_offset.is_null() {
+        // A socket cannot be read or written at an offset (no FMODE_PREAD/PWRITE).
+        return fail(libc::EINVAL);
     }
     let pipe = Pipe {
         fd: pipe_fd,
@@ -47,8 +62,8 @@ pub unsafe extern "C" fn splice(
         let size = len.min(buf.len());
         let buf = &mut buf[..size];
         match (from, to) {
-            (Some(sock), _) => socket_to_pipe(&sock, &pipe, buf),
-            (_, Some(sock)) => pipe_to_socket(&pipe, &sock, buf),
+            (Some(sock), _) => socket_to_pipe(&sock, fd_in, &pipe, buf),
+            (_, Some(sock)) => pipe_to_socket(&pipe, &sock, fd_out, buf),
             (None, None) => unreachable!("one side is a stack socket"),
         }
     })
@@ -73,7 +88,7 @@ fn fd_flags(fd: c_int) -> c_int {
     unsafe { libc::fcntl(fd, libc::F_GETFL) }.max(0)
 }
 
-/// Whether `fd` is ready for `events` now (a zero-timeout poll, through libc's own).
+/// Whether a kernel fd is ready for `events` now (a zero-timeout poll, libc's own).
 fn ready_now(fd: c_int, events: libc::c_short) -> bool {
     let mut p = libc::pollfd {
         fd,
@@ -86,13 +101,34 @@ fn ready_now(fd: c_int, events: libc::c_short) -> bool {
     n > 0 && p.revents & (events | libc::POLLERR | libc::POLLHUP) != 0
 }
 
+/// Waits until the stack socket `fd` is ready for `events` (or has news: an error, the
+/// end), through this library's `poll`, which turns the loop and sleeps as a program's
+/// poll does. -1 with errno (EINTR) if a signal cut the wait short.
+fn wait_for(fd: c_int, events: libc::c_short) -> c_int {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    unsafe { crate::hangup::poll(&mut p, 1, -1) }
+}
+
 /// The socket's bytes into the pipe: peeked, written, and consumed as far as written.
-fn socket_to_pipe(sock: &Sock, pipe: &Pipe, buf: &mut [u8]) -> ssize_t {
+fn socket_to_pipe(sock: &Sock, fd: c_int, pipe: &Pipe, buf: &mut [u8]) -> ssize_t {
     if pipe.nonblocking && !ready_now(pipe.fd, libc::POLLOUT) {
         return fail(libc::EAGAIN);
     }
-    // Waits for bytes as a read does (the socket's own O_NONBLOCK); 0 at the end.
-    let peeked = crate::recv_on(sock, buf, libc::MSG_PEEK);
+    // Bytes, the end (0) or an error; a blocking socket waits for them as a read does.
+    let peeked = loop {
+        let n = crate::recv_on(sock, buf, libc::MSG_PEEK | libc::MSG_DONTWAIT);
+        if n >= 0 || crate::table::last_errno() != libc::EAGAIN || sock.nonblocking() {
+            break n;
+        }
+        if wait_for(fd, libc::POLLIN) < 0 {
+            return -1;
+        }
+    };
     if peeked <= 0 {
         return peeked;
     }
@@ -143,23 +179,31 @@ fn write_pipe(pipe: &Pipe, bytes: &[u8]) -> ssize_t {
     }
 }
 
-/// The pipe's bytes into the socket, never more than the socket takes.
-fn pipe_to_socket(pipe: &Pipe, sock: &Sock, buf: &mut [u8]) -> ssize_t {
-    let want = if sock.nonblocking() {
-        let room = room_in(sock);
-        if room == 0 {
-            // Full, or no connection to write to: an empty send says which errno.
-            let r = crate::send_on(sock, &[], 0);
-            return if r < 0 { r } else { fail(libc::EAGAIN) };
+/// The pipe's bytes into the socket, never more than its send buffer has room for, so
+/// the send that follows takes them all.
+fn pipe_to_socket(pipe: &Pipe, sock: &Sock, fd: c_int, buf: &mut [u8]) -> ssize_t {
+    let room = loop {
+        // An empty send first: nothing to write to (not connected, failed, shut, or a
+        // socket this process cannot use) is its errno; full is EAGAIN.
+        let r = crate::send_on(sock, &[], libc::MSG_DONTWAIT);
+        if r < 0 && crate::table::last_errno() != libc::EAGAIN {
+            return r;
         }
-        buf.len().min(room)
-    } else {
-        // A blocking send takes all it is given.
-        buf.len()
+        match room_in(sock) {
+            0 => {}
+            room => break room,
+        }
+        if sock.nonblocking() {
+            return fail(libc::EAGAIN);
+        }
+        if wait_for(fd, libc::POLLOUT) < 0 {
+            return -1;
+        }
     };
     if pipe.nonblocking && !ready_now(pipe.fd, libc::POLLIN) {
         return fail(libc::EAGAIN);
     }
+    let want = buf.len().min(room);
     // SAFETY: reads at most `want` bytes into `buf`; the caller's pipe (0: no writers).
     let got = unsafe { libc::syscall(libc::SYS_read, pipe.fd, buf.as_mut_ptr(), want) } as ssize_t;
     if got <= 0 {

@@ -1185,6 +1185,10 @@ impl Sock {
     /// `TCP_MAXSEG` (the segment size in use; Linux's 536 before a connection).
     fn tcp_state_option(&self, st: Locked<'_>, name: c_int) -> Res<Vec<u8>> {
         let (stream, state) = match &st.kind {
+            // Before the loop has its TCB (an ARP look-up first), a connect is pending.
+            Kind::Stream(s) if s.connect_result().is_none() => {
+                (Some(s.clone()), crate::tcpinfo::TCP_SYN_SENT)
+            }
             Kind::Stream(s) => (Some(s.clone()), crate::tcpinfo::TCP_CLOSE),
             Kind::Listener(_) => (None, crate::tcpinfo::TCP_LISTEN),
             Kind::Fresh { .. } | Kind::Gone { .. } => (None, crate::tcpinfo::TCP_CLOSE),
@@ -1193,13 +1197,23 @@ impl Sock {
         };
         // The loop takes the snapshot: not with this socket's state locked.
         drop(st);
-        let info = stream.and_then(|s| s.info().ok().flatten());
+        // This thread turns the loop for it where the library's rules let it (never
+        // in a signal handler or a nested call).
+        let info = stream.and_then(|s| {
+            s.info_turning(|| {
+                crate::inline::turn();
+            })
+            .ok()
+            .flatten()
+        });
         match name {
             libc::TCP_INFO => Ok(crate::tcpinfo::tcp_info(info.as_ref(), state)),
-            libc::TCP_CONGESTION => info
-                .as_ref()
-                .map(crate::tcpinfo::congestion_name)
-                .ok_or(libc::ENOPROTOOPT),
+            libc::TCP_CONGESTION => Ok(crate::tcpinfo::congestion_name(match &info {
+                Some(i) => i.congestion,
+                None => crate::tcpinfo::default_congestion(
+                    config::running().map_or_else(Default::default, |s| s.congestion()),
+                ),
+            })),
             _ => {
                 let mss = info.map_or(536, |i| i.send_mss);
                 Ok((mss as i32).to_ne_bytes().to_vec())

@@ -23,6 +23,7 @@ fn linux_state(state: State) -> u8 {
 
 pub const TCP_LISTEN: u8 = 10;
 pub const TCP_CLOSE: u8 = 7;
+pub const TCP_SYN_SENT: u8 = 2;
 
 /// `struct tcp_info` for a connection, or for a socket without one in `state`
 /// (`TCP_LISTEN`, `TCP_CLOSE`), as its bytes.
@@ -98,14 +99,22 @@ fn fill(t: &mut libc::tcp_info, c: &ConnectionInfo) {
     t.tcpi_total_rto = c.stats.timeouts.min(u16::MAX as u64) as u16;
 }
 
-/// `TCP_CONGESTION`'s value: the name as Linux spells it, NUL-padded to
-/// `TCP_CA_NAME_MAX` (16) bytes.
-pub fn congestion_name(conn: &ConnectionInfo) -> Vec<u8> {
-    let name = match conn.congestion {
+/// `TCP_CONGESTION`'s value: a controller's name (`cubic`, `newreno`) as Linux spells
+/// it, NUL-padded to `TCP_CA_NAME_MAX` (16) bytes.
+pub fn congestion_name(name: &str) -> Vec<u8> {
+    let name = match name {
         "newreno" => "reno",
         other => other,
     };
     let mut bytes = name.as_bytes().to_vec();
     bytes.resize(16, 0);
     bytes
+}
+
+/// The name of the controller a stack's new connections run.
+pub fn default_congestion(kind: userspace::net::CongestionKind) -> &'static str {
+    match kind {
+        userspace::net::CongestionKind::NewReno => "newreno",
+        userspace::net::CongestionKind::Cubic => "cubic",
+    }
 }

@@ -4,7 +4,7 @@
 //!
 //! A watcher runs with the socket's state locked, on the poll loop's thread or on the
 //! thread that asked: it must be short and must not call back into the socket.
-use super::shared::HasWaiters;
+use super::shared::{HasWaiters, Phase};
 use super::stream::Handle;
 use super::{Stack, TcpListener, TcpStream};
 use std::io;
@@ -77,18 +77,37 @@ impl TcpStream {
     /// windows, congestion state and counters, taken by the poll loop between two
     /// turns. `None` before the loop has the connection or after it ended.
     pub fn info(&self) -> io::Result<Option<crate::tcp::ConnectionInfo>> {
-        let conn = self.handle.conn.clone();
-        self.handle.stack.with_runtime(move |rt| {
-            let id = conn.shared.lock().id?;
-            rt.stack.connection(id).map(|c| c.info())
-        })
+        self.info_turning(|| {})
     }
 
-    /// Bytes a write would take now without waiting: the send buffer's free room
-    /// (what `splice(2)` from a pipe may take out of the pipe for a non-blocking socket).
+    /// As [`TcpStream::info`], calling `turn` once the loop has been asked: a thread
+    /// of a program that turns an inline loop itself ([`Stack::turn`]) and may do so
+    /// here (not in a signal handler) gets its answer without waiting for the
+    /// background thread.
+    pub fn info_turning(
+        &self,
+        turn: impl FnOnce(),
+    ) -> io::Result<Option<crate::tcp::ConnectionInfo>> {
+        let conn = self.handle.conn.clone();
+        self.handle.stack.with_runtime_then(
+            move |rt| {
+                let id = conn.shared.lock().id?;
+                rt.stack.connection(id).map(|c| c.info())
+            },
+            turn,
+        )
+    }
+
+    /// Bytes a write would take now without waiting: the send buffer's free room, 0
+    /// while the connection is opening, failed or shut for writing (what `splice(2)`
+    /// from a pipe may take out of the pipe).
     pub fn send_space(&self) -> usize {
         let st = self.handle.conn.shared.lock();
-        st.cap.saturating_sub(st.tx.len())
+        let open = st.phase == Phase::Open && st.failure.is_none() && !st.write_shut;
+        match open {
+            true => st.cap.saturating_sub(st.tx.len()),
+            false => 0,
+        }
     }
 
     /// Copies received bytes into `buf` without taking them (`MSG_PEEK`):

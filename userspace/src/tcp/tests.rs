@@ -1073,3 +1073,16 @@ fn test_established_info_counts_bytes_acked_received_and_in_flight() {
     assert_eq!(info.rto, rto * 2);
     assert_eq!(info.stats.timeouts, 1);
 }
+
+#[test]
+fn test_fin_wait_1_info_has_nothing_left_to_send() {
+    let mut c = established(cfg());
+    assert_eq!(c.send(b"hello").unwrap(), 5);
+    c.close();
+    // The data and the FIN in one segment: SND.NXT is past the data's end.
+    assert_eq!(sent(&mut c, t(20)).len(), 1);
+    let info = c.info();
+    assert_eq!(info.state, State::FinWait1);
+    assert_eq!(info.not_sent, 0);
+    assert_eq!(info.unacked, 6);
+}

@@ -91,7 +91,11 @@ impl Connection {
             ssthresh: self.cong.cc.ssthresh(),
             unacked: sent_end.since(self.snd.una) as usize,
             sacked: self.cong.loss.scoreboard.sacked_bytes() as usize,
-            not_sent: self.data_end().since(sent_end.max(self.snd.buf_seq)) as usize,
+            // Our FIN takes SND.NXT past the data's end.
+            not_sent: self
+                .data_end()
+                .since(sent_end.max(self.snd.buf_seq).min(self.data_end()))
+                as usize,
             send_window: self.snd.wnd,
             receive_window: self.rcv.adv.max(self.rcv.nxt).since(self.rcv.nxt),
             window_scale: scaled.then_some((self.opts.snd_wscale, self.opts.rcv_wscale)),
