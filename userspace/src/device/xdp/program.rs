@@ -367,11 +367,11 @@ impl XdpProgram {
         }
         // This very binary, even if its file was replaced since it started.
         let exe = std::path::Path::new("/proc/self/exe");
-        let holder = linger.and_then(|linger| {
-            holder::start(exe, info.ifindex, linger)
-                .inspect_err(|e| tracing::debug!("no holder to attach, attaching here: {e:#}"))
-                .ok()
-        });
+        // Started from a thread of its own: the spawn waits until the new process has
+        // exec'd, and the load need not wait with it.
+        let ifindex = info.ifindex;
+        let starting =
+            linger.map(|linger| std::thread::spawn(move || holder::start(exe, ifindex, linger)));
         tracing::debug!("loading the XDP object");
         let mut ebpf = load_object_without_kernel_btf().context("loading the XDP program")?;
         tracing::debug!("XDP object parsed");
@@ -385,6 +385,11 @@ impl XdpProgram {
         program
             .load()
             .context("the kernel refused the XDP program")?;
+        let holder = starting.and_then(|t| t.join().ok()).and_then(|started| {
+            started
+                .inspect_err(|e| tracing::debug!("no holder to attach, attaching here: {e:#}"))
+                .ok()
+        });
         Ok(Loaded { ebpf, holder })
     }
 
