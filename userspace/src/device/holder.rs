@@ -27,6 +27,7 @@
 //! linger passes (a killed instance). One instance at a time: a second one is told which
 //! process has the interface.
 use crate::device::error::{Context, SetupResult, bail};
+use crate::device::startup;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
@@ -262,7 +263,7 @@ pub struct Attached {
 /// ([`Starting::attach`]) and keep it `linger` after this process. Fails when the
 /// holder's name is taken (a holder on its way out): the caller attaches as usual.
 pub fn start(exe: &std::path::Path, ifindex: u32, linger: Duration) -> SetupResult<Starting> {
-    let _t = crate::device::startup::step("holder started");
+    let _t = startup::step("holder started");
     let listener =
         UnixListener::bind_addr(&address(ifindex)?).context("binding the holder's name")?;
     let (ours, theirs) = UnixStream::pair()?;
@@ -313,15 +314,31 @@ impl Starting {
         self.conn.set_read_timeout(None)?;
         let reply = String::from_utf8_lossy(&reply).trim_end().to_string();
         let (verb, rest) = reply.split_once(' ').unwrap_or((&reply, ""));
-        match verb {
-            "LIVE" | "ATTACHED" => Ok(Attached {
-                conn: self.conn,
-                mode: rest.to_string(),
-                live_before_return: verb == "LIVE",
-                pid: self.pid,
-            }),
-            _ => Err(crate::device::error::setup_error!("{rest}")),
+        if verb != "LIVE" && verb != "ATTACHED" {
+            return Err(crate::device::error::setup_error!("{rest}"));
         }
+        let mut words = rest.split_whitespace();
+        let mode = words.next().unwrap_or("").to_string();
+        let times: Vec<u64> = words.filter_map(|w| w.parse().ok()).collect();
+        if let [started, ready, received, call, end] = times[..] {
+            startup::record_between(
+                "holder: exec'd, until it reads the hand-over",
+                started,
+                ready,
+            );
+            startup::record_between(
+                "holder: program received, until its attach call",
+                received,
+                call,
+            );
+            startup::record_between("holder: attach call, until the program runs", call, end);
+        }
+        Ok(Attached {
+            conn: self.conn,
+            mode,
+            live_before_return: verb == "LIVE",
+            pid: self.pid,
+        })
     }
 }
 
@@ -346,11 +363,24 @@ struct Watcher {
 }
 
 /// What the attaching thread tells its watcher: the mode being tried (0: none yet, 1:
-/// native, 2: skb), and whether the call is over.
+/// native, 2: skb), whether the call is over, and when things happened (for the
+/// starter's `USERSPACE_STARTUP_TIMES`, in [`startup::monotonic_ns`]): this process's
+/// start, the hand-over read, the program received, the last attach call's start.
 #[derive(Default)]
 struct AttachState {
     trying: std::sync::atomic::AtomicU8,
     over: std::sync::atomic::AtomicBool,
+    times: [u64; 3],
+    call: std::sync::atomic::AtomicU64,
+}
+
+impl AttachState {
+    /// The reply `verb mode` with the times, up to `end`.
+    fn reply(&self, verb: &str, mode: &str, end: u64) -> String {
+        let [a, b, c] = self.times;
+        let call = self.call.load(std::sync::atomic::Ordering::SeqCst);
+        format!("{verb} {mode} {a} {b} {c} {call} {end}\n")
+    }
 }
 
 impl Watcher {
@@ -372,9 +402,8 @@ impl Watcher {
                             2 => "skb",
                             _ => "native",
                         };
-                        return (&conn)
-                            .write_all(format!("LIVE {mode}\n").as_bytes())
-                            .is_ok();
+                        let reply = state.reply("LIVE", mode, startup::monotonic_ns());
+                        return (&conn).write_all(reply.as_bytes()).is_ok();
                     }
                     Ok(_) => {}
                     Err(_) => return false,
@@ -403,20 +432,25 @@ impl Watcher {
         iface: &str,
         mode: Option<crate::device::xdp::XdpModeChoice>,
         conn: &UnixStream,
+        times: [u64; 3],
     ) -> Option<(OwnedFd, &'static str)> {
         use crate::device::xdp::XdpModeChoice;
         use std::sync::atomic::Ordering;
-        let state = std::sync::Arc::new(AttachState::default());
+        let state = std::sync::Arc::new(AttachState {
+            times,
+            ..AttachState::default()
+        });
         let _ = self.go.send(state.clone());
         let result = crate::device::xdp::program::attach_link(prog, ifindex, iface, mode, &|m| {
             let code = if m == XdpModeChoice::Skb { 2 } else { 1 };
             state.trying.store(code, Ordering::SeqCst);
+            state.call.store(startup::monotonic_ns(), Ordering::SeqCst);
         });
         state.over.store(true, Ordering::SeqCst);
         let told = self.thread.join().unwrap_or(false);
         if !told {
             let reply = match &result {
-                Ok((_, mode)) => format!("ATTACHED {mode}\n"),
+                Ok((_, mode)) => state.reply("ATTACHED", mode, startup::monotonic_ns()),
                 Err(e) => format!("ERR {}\n", format!("{e:#}").replace('\n', " ")),
             };
             let _ = (&*conn).write_all(reply.as_bytes());
@@ -594,8 +628,10 @@ fn attach_then_hold(header: &str, fds: Vec<OwnedFd>, starter: UnixStream) -> Set
     let Some(listener) = fds.into_iter().next().map(UnixListener::from) else {
         bail!("hand-over without the holder's name");
     };
+    let ready = startup::monotonic_ns();
     let watcher = Watcher::new(starter.try_clone()?);
     let (request, fds) = recv_with_fds(starter.as_fd())?;
+    let times = [startup::origin_ns(), ready, startup::monotonic_ns()];
     let request = String::from_utf8_lossy(&request).into_owned();
     let mut words = request.split_whitespace();
     let (Some("ATTACH"), Some(ifindex), Some(iface), Some(mode)) =
@@ -615,7 +651,8 @@ fn attach_then_hold(header: &str, fds: Vec<OwnedFd>, starter: UnixStream) -> Set
         fds.next().expect("checked"),
     ];
     let mode = crate::device::xdp::XdpModeChoice::from_name(mode);
-    let Some((link, mode)) = watcher.attach(prog.as_fd(), ifindex, iface, mode, &starter) else {
+    let Some((link, mode)) = watcher.attach(prog.as_fd(), ifindex, iface, mode, &starter, times)
+    else {
         return Ok(());
     };
     let mut held = Held {

@@ -545,6 +545,11 @@ impl XdpProgram {
     /// detach itself (the program is not lingering, or no holder could take it).
     pub(super) fn release(&mut self, sockets: &[holder::PoolEntry<'_>]) -> bool {
         if let Some(conn) = &self.loan {
+            // Steering off now, not when the holder reads the hand-back: a holder that
+            // attached the program for this process may still be in its attach call.
+            let _ = self
+                .config
+                .set(0, PodSteerConfig(SteerConfig::default()), 0);
             return holder::give_back(conn, sockets).is_ok();
         }
         let (Some(linger), Some(link)) = (self.linger, &self.link) else {
