@@ -787,3 +787,19 @@ pub fn linger(flag: Option<u64>, default: Duration) -> Option<Duration> {
     let linger = ms.map_or(default, Duration::from_millis);
     (!linger.is_zero()).then_some(linger)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_install_is_past_once_the_dispatcher_update_is_on_the_attaching_stack() {
+        // As Linux 6.18 shows an attach call waiting for the dispatcher's grace period.
+        let waiting = "[<0>] synchronize_rcu_normal+0xb3/0xe0\n[<0>] bpf_dispatcher_change_prog+0x21d/0x3a0\n[<0>] dev_xdp_install+0x1fc/0x460\n[<0>] dev_xdp_attach+0x1ba/0x480\n[<0>] bpf_xdp_link_attach+0x13b/0x250\n[<0>] __sys_bpf+0x247e/0x28b0\n";
+        assert!(past_the_install(waiting));
+        // Waiting for rtnl before the install, or running (an empty stack): not yet.
+        let before = "[<0>] __mutex_lock.constprop.0+0x2a/0x50\n[<0>] bpf_xdp_link_attach+0x5f/0x250\n[<0>] __sys_bpf+0x247e/0x28b0\n";
+        assert!(!past_the_install(before));
+        assert!(!past_the_install(""));
+    }
+}
