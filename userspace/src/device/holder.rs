@@ -287,7 +287,8 @@ impl Starting {
     /// Hands the loaded program `prog` and its maps (XSKMAP, config, counters) to the
     /// holder, which attaches it to interface `ifindex` (named `iface`) in `mode`
     /// (`native`, `skb`, or `any`: native, else skb). Returns as soon as the program
-    /// runs, usually long before the holder's attach call returns.
+    /// runs, usually long before the holder's attach call returns; `None` if the
+    /// holder ended (or did not answer in 10 s) without a word: the caller attaches.
     pub fn attach(
         self,
         prog: BorrowedFd<'_>,
@@ -295,7 +296,7 @@ impl Starting {
         ifindex: u32,
         iface: &str,
         mode: &str,
-    ) -> SetupResult<Attached> {
+    ) -> SetupResult<Option<Attached>> {
         let mut fds = vec![prog];
         fds.extend(maps);
         let request = format!("ATTACH {ifindex} {iface} {mode}\n");
@@ -308,7 +309,8 @@ impl Starting {
         while !reply.ends_with(b"\n") {
             match (&self.conn).read(&mut byte) {
                 Ok(1) => reply.push(byte[0]),
-                _ => bail!("the XDP holder ended without attaching the program"),
+                // Gone (or stuck): whatever it attached goes with it.
+                _ => return Ok(None),
             }
         }
         self.conn.set_read_timeout(None)?;
@@ -333,12 +335,12 @@ impl Starting {
             );
             startup::record_between("holder: attach call, until the program runs", call, end);
         }
-        Ok(Attached {
+        Ok(Some(Attached {
             conn: self.conn,
             mode,
             live_before_return: verb == "LIVE",
             pid: self.pid,
-        })
+        }))
     }
 }
 

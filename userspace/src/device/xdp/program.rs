@@ -419,13 +419,22 @@ impl XdpProgram {
         mode: Option<XdpModeChoice>,
     ) -> SetupResult<()> {
         let prog = program_fd(&loaded.ebpf)?;
-        match loaded.holder {
+        let by_holder = match loaded.holder {
             Some(starting) => {
                 let _t = startup::step("attach by the holder, until the program runs");
                 let maps = self.map_fds.each_ref().map(|m| m.as_fd());
                 let wanted = mode.map_or("any", XdpModeChoice::name);
                 let attached =
                     starting.attach(prog.as_fd(), maps, info.ifindex, &info.name, wanted)?;
+                if attached.is_none() {
+                    tracing::debug!("the holder ended without attaching; attaching here");
+                }
+                attached
+            }
+            None => None,
+        };
+        match by_holder {
+            Some(attached) => {
                 self.attached_mode = XdpModeChoice::from_name(&attached.mode)
                     .ok_or_else(|| setup_error!("holder: bad mode {}", attached.mode))?
                     .name();
