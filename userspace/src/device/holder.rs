@@ -392,6 +392,10 @@ impl Watcher {
         let tid = rustix::thread::gettid().as_raw_nonzero().get();
         let (go, wait) = std::sync::mpsc::channel::<std::sync::Arc<AttachState>>();
         let thread = std::thread::spawn(move || {
+            // A short slice: woken from its 50 us sleeps onto a busy core, it preempts
+            // at once instead of waiting for the next tick (up to 4 ms; see
+            // `device::slice`).
+            let _ = crate::device::slice::set_own_slice(crate::device::slice::SHORT_SLICE);
             let Ok(state) = wait.recv() else {
                 return false;
             };
@@ -631,6 +635,9 @@ fn attach_then_hold(header: &str, fds: Vec<OwnedFd>, starter: UnixStream) -> Set
         bail!("hand-over without the holder's name");
     };
     let ready = startup::monotonic_ns();
+    // The program's arrival wakes this thread while its starter waits: a short slice
+    // keeps that wake-up from waiting for the next tick.
+    let _ = crate::device::slice::set_own_slice(crate::device::slice::SHORT_SLICE);
     let watcher = Watcher::new(starter.try_clone()?);
     let (request, fds) = recv_with_fds(starter.as_fd())?;
     let times = [startup::origin_ns(), ready, startup::monotonic_ns()];
