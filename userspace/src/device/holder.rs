@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 pub const HOLDER_ARG: &str = "__xdp-holder";
 /// The holder's process name (what `xdp_holder` reports, and how an instance knows
 /// that an attached program it meets is one of ours on its way out).
-pub const HOLDER_COMM: &str = "userspace-xdp";
+pub use crate::device::netinfo::HOLDER_COMM;
 /// How long the CLI's curl keeps the program attached after it exits, unless told.
 pub const DEFAULT_LINGER: Duration = Duration::from_millis(1500);
 /// Environment variable giving the linger in milliseconds (0: detach at exit).
@@ -430,7 +430,7 @@ impl Watcher {
         Watcher { go, thread }
     }
 
-    /// Attaches the program (see [`crate::device::xdp::program::attach_link`]) while
+    /// Attaches the program (see [`crate::device::xdp::attach::attach_link`]) while
     /// the watcher looks on: `LIVE mode` goes to the starter as soon as it runs, else
     /// `ATTACHED mode` or `ERR why` when the call returns.
     fn attach(
@@ -438,18 +438,18 @@ impl Watcher {
         prog: BorrowedFd<'_>,
         ifindex: u32,
         iface: &str,
-        mode: Option<crate::device::xdp::XdpModeChoice>,
+        mode: Option<crate::device::xdp::attach::XdpModeChoice>,
         conn: &UnixStream,
         times: [u64; 3],
     ) -> Option<(OwnedFd, &'static str)> {
-        use crate::device::xdp::XdpModeChoice;
+        use crate::device::xdp::attach::XdpModeChoice;
         use std::sync::atomic::Ordering;
         let state = std::sync::Arc::new(AttachState {
             times,
             ..AttachState::default()
         });
         let _ = self.go.send(state.clone());
-        let result = crate::device::xdp::program::attach_link(prog, ifindex, iface, mode, &|m| {
+        let result = crate::device::xdp::attach::attach_link(prog, ifindex, iface, mode, &|m| {
             let code = if m == XdpModeChoice::Skb { 2 } else { 1 };
             state.trying.store(code, Ordering::SeqCst);
             state.call.store(startup::monotonic_ns(), Ordering::SeqCst);
@@ -661,7 +661,7 @@ fn attach_then_hold(header: &str, fds: Vec<OwnedFd>, starter: UnixStream) -> Set
         fds.next().expect("checked"),
         fds.next().expect("checked"),
     ];
-    let mode = crate::device::xdp::XdpModeChoice::from_name(mode);
+    let mode = crate::device::xdp::attach::XdpModeChoice::from_name(mode);
     let Some((link, mode)) = watcher.attach(prog.as_fd(), ifindex, iface, mode, &starter, times)
     else {
         return Ok(());

@@ -1,6 +1,7 @@
 //! AF_XDP sockets on every RX queue of an interface, registered with the program and
 //! driven by one poll loop as one [`Device`].
-use super::program::{SharedProgram, SteerCounters, XdpModeChoice, XdpProgram, lock};
+use super::attach::XdpModeChoice;
+use super::program::{SharedProgram, SteerCounters, XdpProgram, lock};
 use super::socket::{
     FrameAccount, TxChecksumMode, XdpDevice, ring_size_for, wanted_tx_metadata_len,
 };
