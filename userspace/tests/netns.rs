@@ -1617,6 +1617,85 @@ fn a_curl_that_borrows_the_program_is_named_to_a_second_and_cleaned_up_when_kill
     );
 }
 
+#[test]
+fn cold_curls_steer_before_the_holders_attach_returns_and_the_kernel_tcp_sees_nothing() {
+    let w = world(WorldOptions {
+        nginx: true,
+        http_echo: true,
+        ..Default::default()
+    });
+    let page = format!("http://{SERVER_IP}/index.html");
+    // A short linger, so that every run below starts cold.
+    let linger = [("USERSPACE_XDP_LINGER_MS", "100")];
+    let gone = |what: &str| {
+        assert!(
+            xdp_detached_within(&w, Duration::from_secs(5)),
+            "{what}: the holder left XDP attached"
+        );
+        let until = Instant::now() + Duration::from_secs(3);
+        while holder_running(&w) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!holder_running(&w), "{what}: the holder did not exit");
+    };
+    let counters = [
+        "TcpInSegs",
+        "TcpOutSegs",
+        "TcpOutRsts",
+        "TcpActiveOpens",
+        "TcpAttemptFails",
+    ];
+    let mut live_early = 0;
+    for round in 0..10 {
+        gone(&format!("round {round}"));
+        let before = nstat(&w, &w.host, counters);
+        let out = curl_logged(&w, &linger, &["-sS", &page]);
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "round {round}: {err}");
+        assert_eq!(text(&out.stdout), world::INDEX_HTML, "round {round}");
+        assert!(
+            err.contains("XDP program attached by its holder"),
+            "round {round}: {err}"
+        );
+        // The curl went on when the program ran, before the holder's attach call
+        // returned (unless its watcher missed the moment: then at the call's end). A
+        // SYN-ACK that reached the kernel instead would move its counters (and be
+        // answered with a RST).
+        live_early += usize::from(err.contains("live_before_return=true"));
+        assert_eq!(nstat(&w, &w.host, counters), before, "round {round}: {err}");
+    }
+    assert!(
+        live_early > 0,
+        "no cold curl went on before the attach returned"
+    );
+    // Killed while it runs: its holder sees its connection close, turns steering off,
+    // and detaches after the linger.
+    gone("before the kill");
+    let slow = format!("http://{SERVER_IP}:{}/slow", world::HTTP_ECHO_PORT);
+    let mut killed = w
+        .exec(&w.host)
+        .env("USERSPACE_XDP_LINGER_MS", "100")
+        .args([BIN, "curl", "-s", "-o", "/dev/null", &slow])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(xdp_attached(&w) && holder_running(&w));
+    std::process::Command::new("kill")
+        .args(["-KILL", &killed.id().to_string()])
+        .status()
+        .unwrap();
+    wait_timeout(&mut killed, Duration::from_secs(5));
+    gone("after the kill");
+    let kernel = run_in(&w, &w.host, &["curl", "-sS", "--max-time", "5", &page]);
+    assert_eq!(
+        text(&kernel.stdout),
+        world::INDEX_HTML,
+        "{}",
+        text(&kernel.stderr)
+    );
+}
+
 // ------------------------------------------------------------------ hostile input (issue 7)
 
 #[test]

@@ -12,12 +12,22 @@
 //! fds, binds its own sockets, steers, and at exit hands its sockets back. An instance
 //! that does not linger asks an idle holder to detach first, then attaches as usual.
 //!
+//! A cold start (no holder) starts its holder at once instead, beside the program's load,
+//! and has it attach the program ([`start`], [`Starting::attach`]): the kernel runs an
+//! XDP program as soon as the driver has it, but the attach call returns only after an
+//! RCU grace period more (the XDP dispatcher's rebuild, 10-20 ms), and a process cannot
+//! exit while one of its threads is in it. The holder tells its starter when the
+//! program runs (its attaching thread's kernel stack has reached the dispatcher's
+//! rebuild, which the kernel does after the driver installed the program), and lends it
+//! from then on as to any borrower.
+//!
 //! While no instance is connected the steering config is off, so the program passes
 //! every packet to the kernel. The holder detaches (closes the link) after the linger
 //! with no instance, or when its borrower's connection closes without a word and the
 //! linger passes (a killed instance). One instance at a time: a second one is told which
 //! process has the interface.
 use crate::device::error::{Context, SetupResult, bail};
+use crate::device::startup;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
@@ -28,7 +38,7 @@ use std::time::{Duration, Instant};
 pub const HOLDER_ARG: &str = "__xdp-holder";
 /// The holder's process name (what `xdp_holder` reports, and how an instance knows
 /// that an attached program it meets is one of ours on its way out).
-pub const HOLDER_COMM: &str = "userspace-xdp";
+pub use crate::device::netinfo::HOLDER_COMM;
 /// How long the CLI's curl keeps the program attached after it exits, unless told.
 pub const DEFAULT_LINGER: Duration = Duration::from_millis(1500);
 /// Environment variable giving the linger in milliseconds (0: detach at exit).
@@ -230,6 +240,233 @@ pub fn spawn(exe: &std::path::Path, h: &Handover<'_>) -> SetupResult<()> {
     send_with_fds(ours.as_fd(), header.as_bytes(), &fds).context("handing over to the holder")
 }
 
+/// A holder started by a cold run before its program is loaded (see [`start`]).
+pub struct Starting {
+    conn: UnixStream,
+    pid: u32,
+}
+
+/// The program as a holder attached it for its starter.
+pub struct Attached {
+    /// The loan: hand the sockets back over it at exit ([`give_back`]).
+    pub conn: UnixStream,
+    /// The mode it got (`native` or `skb`).
+    pub mode: String,
+    /// True if the starter was told when the program ran, before the attach call
+    /// returned; false if it waited for the call's end.
+    pub live_before_return: bool,
+    /// The holder's process id.
+    pub pid: u32,
+}
+
+/// Starts a holder for interface `ifindex` that will attach the program itself
+/// ([`Starting::attach`]) and keep it `linger` after this process. Fails when the
+/// holder's name is taken (a holder on its way out): the caller attaches as usual.
+pub fn start(exe: &std::path::Path, ifindex: u32, linger: Duration) -> SetupResult<Starting> {
+    let _t = startup::step("holder started");
+    let listener =
+        UnixListener::bind_addr(&address(ifindex)?).context("binding the holder's name")?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let child = std::process::Command::new(exe)
+        .arg(HOLDER_ARG)
+        .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the XDP holder")?;
+    let header = format!("START {} {}\n", linger.as_millis(), std::process::id());
+    send_with_fds(ours.as_fd(), header.as_bytes(), &[listener.as_fd()])
+        .context("handing over to the holder")?;
+    Ok(Starting {
+        conn: ours,
+        pid: child.id(),
+    })
+}
+
+impl Starting {
+    /// Hands the loaded program `prog` and its maps (XSKMAP, config, counters) to the
+    /// holder, which attaches it to interface `ifindex` (named `iface`) in `mode`
+    /// (`native`, `skb`, or `any`: native, else skb). Returns as soon as the program
+    /// runs, usually long before the holder's attach call returns; `None` if the
+    /// holder ended (or did not answer in 10 s) without a word: the caller attaches.
+    pub fn attach(
+        self,
+        prog: BorrowedFd<'_>,
+        maps: [BorrowedFd<'_>; 3],
+        ifindex: u32,
+        iface: &str,
+        mode: &str,
+    ) -> SetupResult<Option<Attached>> {
+        let mut fds = vec![prog];
+        fds.extend(maps);
+        let request = format!("ATTACH {ifindex} {iface} {mode}\n");
+        send_with_fds(self.conn.as_fd(), request.as_bytes(), &fds)
+            .context("handing the program to the holder")?;
+        // The attach waits for an earlier holder's detach for 2 s at most.
+        self.conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\n") {
+            match (&self.conn).read(&mut byte) {
+                Ok(1) => reply.push(byte[0]),
+                // Gone (or stuck): whatever it attached goes with it.
+                _ => return Ok(None),
+            }
+        }
+        self.conn.set_read_timeout(None)?;
+        let reply = String::from_utf8_lossy(&reply).trim_end().to_string();
+        let (verb, rest) = reply.split_once(' ').unwrap_or((&reply, ""));
+        if verb != "LIVE" && verb != "ATTACHED" {
+            return Err(crate::device::error::setup_error!("{rest}"));
+        }
+        let mut words = rest.split_whitespace();
+        let mode = words.next().unwrap_or("").to_string();
+        let times: Vec<u64> = words.filter_map(|w| w.parse().ok()).collect();
+        if let [started, ready, received, call, end] = times[..] {
+            startup::record_between(
+                "holder: exec'd, until it reads the hand-over",
+                started,
+                ready,
+            );
+            startup::record_between(
+                "holder: program received, until its attach call",
+                received,
+                call,
+            );
+            startup::record_between("holder: attach call, until the program runs", call, end);
+        }
+        Ok(Some(Attached {
+            conn: self.conn,
+            mode,
+            live_before_return: verb == "LIVE",
+            pid: self.pid,
+        }))
+    }
+}
+
+/// Whether a thread's kernel stack (`/proc/PID/task/TID/stack`) shows it in the XDP
+/// dispatcher's update: `dev_xdp_install` (net/core/dev.c) calls it once the driver's
+/// `ndo_bpf` has installed the program, which from then on runs on every packet (the
+/// dispatcher calls a program not yet in its image indirectly).
+pub fn past_the_install(stack: &str) -> bool {
+    stack.lines().any(|l| {
+        l.contains("] bpf_dispatcher_change_prog+") || l.contains("] bpf_prog_change_xdp+")
+    })
+}
+
+/// A thread that watches the calling thread's kernel stack during its attach call
+/// (made before the program arrives, so that the attach does not wait for a new
+/// thread): it writes `LIVE mode` to the starter once [`past_the_install`]. A stack
+/// this process may not read (no CAP_SYS_ADMIN, no CONFIG_STACKTRACE) or a kernel whose
+/// functions have other names only cost the wait for the call's end.
+struct Watcher {
+    go: std::sync::mpsc::Sender<std::sync::Arc<AttachState>>,
+    thread: std::thread::JoinHandle<bool>,
+}
+
+/// What the attaching thread tells its watcher: the mode being tried (0: none yet, 1:
+/// native, 2: skb), whether the call is over, and when things happened (for the
+/// starter's `USERSPACE_STARTUP_TIMES`, in [`startup::monotonic_ns`]): this process's
+/// start, the hand-over read, the program received, the last attach call's start.
+#[derive(Default)]
+struct AttachState {
+    trying: std::sync::atomic::AtomicU8,
+    over: std::sync::atomic::AtomicBool,
+    times: [u64; 3],
+    call: std::sync::atomic::AtomicU64,
+}
+
+impl AttachState {
+    /// The reply `verb mode` with the times, up to `end`.
+    fn reply(&self, verb: &str, mode: &str, end: u64) -> String {
+        let [a, b, c] = self.times;
+        let call = self.call.load(std::sync::atomic::Ordering::SeqCst);
+        format!("{verb} {mode} {a} {b} {c} {call} {end}\n")
+    }
+}
+
+impl Watcher {
+    /// Starts watching the calling thread; `conn` is the starter's connection.
+    fn new(conn: UnixStream) -> Watcher {
+        use std::sync::atomic::Ordering;
+        let tid = rustix::thread::gettid().as_raw_nonzero().get();
+        let (go, wait) = std::sync::mpsc::channel::<std::sync::Arc<AttachState>>();
+        let thread = std::thread::spawn(move || {
+            // A short slice: woken from its 50 us sleeps onto a busy core, it preempts
+            // at once instead of waiting for the next tick (up to 4 ms; see
+            // `device::slice`).
+            let _ = crate::device::slice::set_own_slice(crate::device::slice::SHORT_SLICE);
+            let Ok(state) = wait.recv() else {
+                return false;
+            };
+            let path = format!("/proc/self/task/{tid}/stack");
+            let started = Instant::now();
+            while !state.over.load(Ordering::SeqCst) {
+                match std::fs::read_to_string(&path) {
+                    Ok(stack) if past_the_install(&stack) => {
+                        let mode = match state.trying.load(Ordering::SeqCst) {
+                            2 => "skb",
+                            _ => "native",
+                        };
+                        let reply = state.reply("LIVE", mode, startup::monotonic_ns());
+                        return (&conn).write_all(reply.as_bytes()).is_ok();
+                    }
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+                // The install takes well under a millisecond: the first 5 ms are
+                // watched without sleeping (a sleeper woken onto a busy core can wait
+                // for the next tick, 4 ms; its starter waits for nothing else). An
+                // attach that waits longer (for an earlier holder's detach, for rtnl)
+                // is looked at every 500 us.
+                if started.elapsed() < Duration::from_millis(5) {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            false
+        });
+        Watcher { go, thread }
+    }
+
+    /// Attaches the program (see [`crate::device::xdp::attach::attach_link`]) while
+    /// the watcher looks on: `LIVE mode` goes to the starter as soon as it runs, else
+    /// `ATTACHED mode` or `ERR why` when the call returns.
+    fn attach(
+        self,
+        prog: BorrowedFd<'_>,
+        ifindex: u32,
+        iface: &str,
+        mode: Option<crate::device::xdp::attach::XdpModeChoice>,
+        conn: &UnixStream,
+        times: [u64; 3],
+    ) -> Option<(OwnedFd, &'static str)> {
+        use crate::device::xdp::attach::XdpModeChoice;
+        use std::sync::atomic::Ordering;
+        let state = std::sync::Arc::new(AttachState {
+            times,
+            ..AttachState::default()
+        });
+        let _ = self.go.send(state.clone());
+        let result = crate::device::xdp::attach::attach_link(prog, ifindex, iface, mode, &|m| {
+            let code = if m == XdpModeChoice::Skb { 2 } else { 1 };
+            state.trying.store(code, Ordering::SeqCst);
+            state.call.store(startup::monotonic_ns(), Ordering::SeqCst);
+        });
+        state.over.store(true, Ordering::SeqCst);
+        let told = self.thread.join().unwrap_or(false);
+        if !told {
+            let reply = match &result {
+                Ok((_, mode)) => state.reply("ATTACHED", mode, startup::monotonic_ns()),
+                Err(e) => format!("ERR {}\n", format!("{e:#}").replace('\n', " ")),
+            };
+            let _ = (&*conn).write_all(reply.as_bytes());
+        }
+        result.ok()
+    }
+}
+
 /// Sends `data` with `fds` attached (SCM_RIGHTS).
 pub fn send_with_fds(
     sock: BorrowedFd<'_>,
@@ -300,6 +537,15 @@ impl Held {
         drop(self.link.take());
     }
 
+    /// The holder's end: detaches, gives up its name, closes the sockets.
+    fn retire(&mut self, listener: UnixListener) {
+        self.detach();
+        // Connections still waiting in the backlog are reset when the listener closes;
+        // they find no holder and attach themselves.
+        drop(listener);
+        self.close_pool();
+    }
+
     /// Closes the pooled sockets, each on a thread of its own: every close waits for
     /// an RCU grace period.
     fn close_pool(&mut self) {
@@ -343,8 +589,11 @@ fn hold() -> SetupResult<()> {
     }
     let boot = std::io::stdin().as_fd().try_clone_to_owned()?;
     let (header, fds) = recv_with_fds(boot.as_fd())?;
-    drop(boot);
     let header = String::from_utf8_lossy(&header).into_owned();
+    if header.starts_with("START ") {
+        return attach_then_hold(&header, fds, UnixStream::from(boot));
+    }
+    drop(boot);
     let mut words = header.split_whitespace();
     let (Some("HOLD"), Some(mode), Some(linger)) = (words.next(), words.next(), words.next())
     else {
@@ -370,18 +619,72 @@ fn hold() -> SetupResult<()> {
         pool: parse_pool(words, fds),
     };
     held.steer_off();
-    serve_loans(&mut held, &listener, linger);
-    held.detach();
-    // Connections still waiting in the backlog are reset when the listener closes;
-    // they find no holder and attach themselves.
-    drop(listener);
-    held.close_pool();
+    serve_loans(&mut held, &listener, linger, None);
+    held.retire(listener);
     Ok(())
 }
 
-/// Lends the program until `linger` passes with no borrower.
-fn serve_loans(held: &mut Held, listener: &UnixListener, linger: Duration) {
-    let mut borrower: Option<(UnixStream, u32)> = None;
+/// A holder started before its program was loaded (`START linger starter-pid`, the
+/// listener): it waits for `ATTACH ifindex iface mode` with the program and its maps,
+/// attaches the program (telling its starter when it runs), and lends it to its
+/// starter first. If the starter goes without a word, before or after, the program is
+/// detached (now, or after the linger, as for any borrower).
+fn attach_then_hold(header: &str, fds: Vec<OwnedFd>, starter: UnixStream) -> SetupResult<()> {
+    let mut words = header.split_whitespace().skip(1);
+    let linger = Duration::from_millis(words.next().unwrap_or("").parse().context("the linger")?);
+    let starter_pid: u32 = words.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let Some(listener) = fds.into_iter().next().map(UnixListener::from) else {
+        bail!("hand-over without the holder's name");
+    };
+    let ready = startup::monotonic_ns();
+    // The program's arrival wakes this thread while its starter waits: a short slice
+    // keeps that wake-up from waiting for the next tick.
+    let _ = crate::device::slice::set_own_slice(crate::device::slice::SHORT_SLICE);
+    let watcher = Watcher::new(starter.try_clone()?);
+    let (request, fds) = recv_with_fds(starter.as_fd())?;
+    let times = [startup::origin_ns(), ready, startup::monotonic_ns()];
+    let request = String::from_utf8_lossy(&request).into_owned();
+    let mut words = request.split_whitespace();
+    let (Some("ATTACH"), Some(ifindex), Some(iface), Some(mode)) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        bail!("bad attach request");
+    };
+    let ifindex: u32 = ifindex.parse().context("the interface index")?;
+    if fds.len() != 4 {
+        bail!("attach request without the program and its maps");
+    }
+    let mut fds = fds.into_iter();
+    let prog = fds.next().expect("checked");
+    let maps = [
+        fds.next().expect("checked"),
+        fds.next().expect("checked"),
+        fds.next().expect("checked"),
+    ];
+    let mode = crate::device::xdp::attach::XdpModeChoice::from_name(mode);
+    let Some((link, mode)) = watcher.attach(prog.as_fd(), ifindex, iface, mode, &starter, times)
+    else {
+        return Ok(());
+    };
+    let mut held = Held {
+        link: Some(link),
+        maps,
+        mode: mode.to_string(),
+        pool: Vec::new(),
+    };
+    serve_loans(&mut held, &listener, linger, Some((starter, starter_pid)));
+    held.retire(listener);
+    Ok(())
+}
+
+/// Lends the program until `linger` passes with no borrower; `borrower` has it first.
+fn serve_loans(
+    held: &mut Held,
+    listener: &UnixListener,
+    linger: Duration,
+    borrower: Option<(UnixStream, u32)>,
+) {
+    let mut borrower = borrower;
     let mut idle_since = Instant::now();
     loop {
         let timeout = match &borrower {
@@ -494,4 +797,20 @@ pub fn linger(flag: Option<u64>, default: Duration) -> Option<Duration> {
     let ms = flag.or_else(|| std::env::var(LINGER_ENV).ok()?.trim().parse().ok());
     let linger = ms.map_or(default, Duration::from_millis);
     (!linger.is_zero()).then_some(linger)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_install_is_past_once_the_dispatcher_update_is_on_the_attaching_stack() {
+        // As Linux 6.18 shows an attach call waiting for the dispatcher's grace period.
+        let waiting = "[<0>] synchronize_rcu_normal+0xb3/0xe0\n[<0>] bpf_dispatcher_change_prog+0x21d/0x3a0\n[<0>] dev_xdp_install+0x1fc/0x460\n[<0>] dev_xdp_attach+0x1ba/0x480\n[<0>] bpf_xdp_link_attach+0x13b/0x250\n[<0>] __sys_bpf+0x247e/0x28b0\n";
+        assert!(past_the_install(waiting));
+        // Waiting for rtnl before the install, or running (an empty stack): not yet.
+        let before = "[<0>] __mutex_lock.constprop.0+0x2a/0x50\n[<0>] bpf_xdp_link_attach+0x5f/0x250\n[<0>] __sys_bpf+0x247e/0x28b0\n";
+        assert!(!past_the_install(before));
+        assert!(!past_the_install(""));
+    }
 }

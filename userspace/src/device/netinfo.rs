@@ -102,9 +102,21 @@ pub fn interface_name(ifindex: u32) -> Option<String> {
     netlink::link_by_index(ifindex).ok().map(|l| l.name)
 }
 
-/// The index of interface `name`.
+/// The holder's process name (what [`xdp_holder_comm`] reports for a program a holder
+/// keeps attached; see [`crate::device::holder`]).
+pub const HOLDER_COMM: &str = "userspace-xdp";
+
+/// The index of interface `name`. Asked with `SIOCGIFINDEX`, which the kernel answers
+/// under RCU: a netlink `RTM_GETLINK` waits for rtnl, which an XDP attach holds for
+/// 10-20 ms (a holder's, while this process already uses the program).
 pub fn interface_index(name: &str) -> Option<u32> {
-    netlink::link_by_name(name).ok().map(|l| l.index)
+    let socket = rustix::net::socket(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::DGRAM,
+        None,
+    )
+    .ok()?;
+    rustix::net::netdevice::name_to_index(&socket, name).ok()
 }
 
 /// Where the stack's traffic goes: the interface, and the kernel's route to the

@@ -20,6 +20,8 @@ struct Step {
 const MAX_STEPS: usize = 256;
 
 static ORIGIN: OnceLock<Instant> = OnceLock::new();
+/// The same moment as [`ORIGIN`] on CLOCK_MONOTONIC, for steps another process timed.
+static ORIGIN_NS: OnceLock<u64> = OnceLock::new();
 static STEPS: Mutex<Vec<Step>> = Mutex::new(Vec::new());
 
 /// Whether steps are timed.
@@ -31,6 +33,39 @@ pub fn enabled() -> bool {
 /// Marks the process's start (the first thing `main` does); steps count from here.
 pub fn begin() {
     ORIGIN.get_or_init(Instant::now);
+    ORIGIN_NS.get_or_init(monotonic_ns);
+}
+
+/// When [`begin`] ran, in [`monotonic_ns`].
+pub fn origin_ns() -> u64 {
+    *ORIGIN_NS.get_or_init(monotonic_ns)
+}
+
+/// CLOCK_MONOTONIC in ns: a time another process on this machine can compare.
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64) * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Records the step `name` that another process timed, from `start` to `end`
+/// ([`monotonic_ns`] of that process).
+pub fn record_between(name: &'static str, start: u64, end: u64) {
+    let Some(&origin) = ORIGIN_NS.get() else {
+        return;
+    };
+    if !enabled() || end < start {
+        return;
+    }
+    let at = |ns: u64| Duration::from_nanos(ns.saturating_sub(origin));
+    let mut steps = STEPS.lock().unwrap_or_else(|p| p.into_inner());
+    if steps.len() < MAX_STEPS {
+        steps.push(Step {
+            name,
+            tag: None,
+            start: at(start),
+            end: at(end),
+        });
+    }
 }
 
 fn since_origin(at: Instant) -> Duration {

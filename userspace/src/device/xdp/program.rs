@@ -5,15 +5,15 @@
 //! The program is attached through a BPF link owned by this process, so the kernel
 //! detaches it when the process ends by any path, `kill -9` included; or, when asked to
 //! linger, by a holder process shortly after.
-use super::socket::FRAME_SIZE;
+use super::attach::{XdpModeChoice, attach_link};
 use crate::device::error::{Context, SetupError, SetupResult, bail, setup_error};
 use crate::device::holder::{self, PooledSocket};
-use crate::device::netinfo::{self, multi_buffer_supported};
+use crate::device::netinfo;
 use crate::device::startup;
 use crate::device::steering::{PodSteerConfig, map_from_fd};
 use aya::maps::{Array, Map, MapData, PerCpuArray, XskMap};
-use aya::programs::{Xdp, XdpMode};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use aya::programs::Xdp;
+use std::os::fd::{AsFd, OwnedFd};
 use xdp_ebpf::{
     COUNTER_COUNT, COUNTER_NO_SOCKET, COUNTER_NO_SOCKET_QUEUE0, COUNTER_PASSED, COUNTER_STEERED,
     COUNTER_V6_NDP_STEERED, COUNTER_V6_PASSED_EXTENSIONS, COUNTER_V6_PASSED_KERNEL_PORT,
@@ -23,32 +23,6 @@ use xdp_ebpf::{
 
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf.o"));
-
-/// XDP attach mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum XdpModeChoice {
-    /// In the driver (fastest; veth supports it).
-    Native,
-    /// Generic XDP on the socket buffer (works everywhere, slower).
-    Skb,
-}
-
-impl XdpModeChoice {
-    /// The mode named `name` (see [`XdpModeChoice::name`]).
-    pub fn from_name(name: &str) -> Option<Self> {
-        [XdpModeChoice::Native, XdpModeChoice::Skb]
-            .into_iter()
-            .find(|m| m.name() == name)
-    }
-
-    /// The mode's name, as the attached program reports it (`native` or `skb`).
-    pub fn name(self) -> &'static str {
-        match self {
-            XdpModeChoice::Native => "native",
-            XdpModeChoice::Skb => "skb",
-        }
-    }
-}
 
 /// Steering counters from the XDP program, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -127,6 +101,12 @@ pub struct XdpProgram {
     listening: std::collections::HashMap<usize, Vec<u16>>,
 }
 
+/// A program loaded and not attached yet, and the holder that will attach it, if any.
+pub(super) struct Loaded {
+    ebpf: aya::Ebpf,
+    holder: Option<holder::Starting>,
+}
+
 /// The program shared by the sockets of every queue.
 pub type SharedProgram = std::sync::Arc<std::sync::Mutex<XdpProgram>>;
 
@@ -139,6 +119,15 @@ fn in_use_by(iface: &str, pid: u32) -> SetupError {
     )
 }
 
+/// The fd of the loaded program of `ebpf`.
+fn program_fd(ebpf: &aya::Ebpf) -> SetupResult<OwnedFd> {
+    let program: &Xdp = ebpf
+        .program(xdp_ebpf::PROGRAM_NAME)
+        .ok_or_else(|| setup_error!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME))?
+        .try_into()?;
+    Ok(program.fd()?.as_fd().try_clone_to_owned()?)
+}
+
 /// The fd of map `name` of a loaded object.
 fn object_map_fd(ebpf: &aya::Ebpf, name: &str) -> SetupResult<OwnedFd> {
     let data = match ebpf.map(name) {
@@ -148,49 +137,12 @@ fn object_map_fd(ebpf: &aya::Ebpf, name: &str) -> SetupResult<OwnedFd> {
     Ok(data.fd().as_fd().try_clone_to_owned()?)
 }
 
-/// Attaches `program` to `ifindex` through a new BPF link (BPF_LINK_CREATE), whose fd
-/// this process owns: closing it detaches, as the kernel does when the process ends.
-fn create_xdp_link(program: &Xdp, ifindex: u32, mode: XdpMode) -> std::io::Result<OwnedFd> {
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    const BPF_XDP: u32 = 37;
-    const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
-    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-    let prog_fd = program
-        .fd()
-        .map_err(std::io::Error::other)?
-        .as_fd()
-        .as_raw_fd();
-    let flags = match mode {
-        XdpMode::Skb => XDP_FLAGS_SKB_MODE,
-        _ => XDP_FLAGS_DRV_MODE,
-    };
-    // union bpf_attr's link_create: prog_fd, target_ifindex, attach_type, flags; the
-    // rest zero.
-    let mut attr = [0u32; 16];
-    attr[..4].copy_from_slice(&[prog_fd as u32, ifindex, BPF_XDP, flags]);
-    // SAFETY: `attr` is a zeroed bpf_attr prefix of the size passed, alive across the
-    // call; the kernel only reads it and returns a new fd or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr) as u32,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 impl XdpProgram {
     /// Checks the setup, loads the program and attaches it through a BPF link. Nothing
     /// is steered until [`XdpProgram::enable`]. A lingering holder of an earlier
     /// command's program (see [`crate::device::holder`]) is asked to detach first.
     pub fn load(interface: &str, mode: Option<XdpModeChoice>) -> SetupResult<SharedProgram> {
-        XdpProgram::load_on(&netinfo::interface(interface)?, mode, None)
+        XdpProgram::load_on(&netinfo::interface(interface)?, mode)
     }
 
     /// Borrows the program and its bound sockets from the interface's holder, if one
@@ -233,12 +185,25 @@ impl XdpProgram {
     }
 
     /// [`XdpProgram::load`] for an interface already looked up: a holder is asked to
-    /// detach first. With `linger`, the program goes to a holder at exit.
+    /// detach first.
     pub(super) fn load_on(
         info: &netinfo::InterfaceInfo,
         mode: Option<XdpModeChoice>,
-        linger: Option<std::time::Duration>,
     ) -> SetupResult<SharedProgram> {
+        let loaded = XdpProgram::load_unattached(info, mode, None)?;
+        let mut program = XdpProgram::unattached(&loaded, info, None)?;
+        program.attach_loaded(loaded, info, mode)?;
+        Ok(std::sync::Arc::new(std::sync::Mutex::new(program)))
+    }
+
+    /// Checks the setup and loads the program, not attached yet: a holder that has the
+    /// interface is asked to detach first. With `linger`, a new holder is started
+    /// beside the load, to attach the program ([`XdpProgram::attach_loaded`]).
+    pub(super) fn load_unattached(
+        info: &netinfo::InterfaceInfo,
+        mode: Option<XdpModeChoice>,
+        linger: Option<std::time::Duration>,
+    ) -> SetupResult<Loaded> {
         if XDP_OBJECT.is_empty() {
             bail!("the eBPF object is missing: run `cargo xtask build-ebpf`, then rebuild");
         }
@@ -249,122 +214,104 @@ impl XdpProgram {
         if !info.up {
             bail!("interface {iface} is down");
         }
-        let wanted = mode.map(XdpModeChoice::name);
-        let mut object: Option<aya::Ebpf> = None;
-        // A holder on its way out (its linger ended) still holds the hook for the
-        // few ms of its detach: wait for it rather than report it.
-        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        loop {
-            match holder::ask(info.ifindex, false, wanted)? {
-                holder::Answer::Busy(pid) => return Err(in_use_by(iface, pid)),
-                // A holder answers RETIRE with GONE (Absent), never with a loan.
-                holder::Answer::Lent { .. } | holder::Answer::Absent => {}
-            }
-            if object.is_none() {
-                tracing::debug!("loading the XDP object");
-                let mut ebpf =
-                    load_object_without_kernel_btf().context("loading the XDP program")?;
-                tracing::debug!("XDP object parsed");
-                let _load = startup::step("program load (verifier)");
-                let program: &mut Xdp = ebpf
-                    .program_mut(xdp_ebpf::PROGRAM_NAME)
-                    .ok_or_else(|| {
-                        setup_error!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME)
-                    })?
-                    .try_into()?;
-                program
-                    .load()
-                    .context("the kernel refused the XDP program")?;
-                object = Some(ebpf);
-            }
-            let ebpf = object.as_ref().expect("loaded above");
-            let attaching = startup::step("attach (BPF link)");
-            let attached = XdpProgram::attach(ebpf, info, mode);
-            drop(attaching);
-            match attached {
-                Ok((link, attached_mode)) => {
-                    tracing::debug!(mode = attached_mode, "XDP program attached");
-                    let maps = [
-                        object_map_fd(ebpf, xdp_ebpf::XSKS_MAP)?,
-                        object_map_fd(ebpf, xdp_ebpf::CONFIG_MAP)?,
-                        object_map_fd(ebpf, xdp_ebpf::COUNTERS_MAP)?,
-                    ];
-                    let program =
-                        XdpProgram::from_maps(maps, attached_mode, info, Some(link), None, linger)?;
-                    return Ok(std::sync::Arc::new(std::sync::Mutex::new(program)));
-                }
-                Err(e)
-                    if std::time::Instant::now() < give_up
-                        && netinfo::xdp_holder_comm(info.ifindex).as_deref()
-                            == Some(holder::HOLDER_COMM) =>
-                {
-                    tracing::debug!("waiting for a lingering holder to detach: {e:#}");
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-                Err(e) => return Err(e),
-            }
+        match holder::ask(info.ifindex, false, mode.map(XdpModeChoice::name))? {
+            holder::Answer::Busy(pid) => return Err(in_use_by(iface, pid)),
+            // A holder answers RETIRE with GONE (Absent), never with a loan.
+            holder::Answer::Lent { .. } | holder::Answer::Absent => {}
         }
-    }
-
-    /// Attaches the loaded program in `mode` (native, falling back to skb, when not
-    /// given): the link and the mode it got.
-    fn attach(
-        ebpf: &aya::Ebpf,
-        info: &netinfo::InterfaceInfo,
-        mode: Option<XdpModeChoice>,
-    ) -> SetupResult<(OwnedFd, &'static str)> {
-        let iface = info.name.as_str();
-        let program: &Xdp = ebpf
-            .program(xdp_ebpf::PROGRAM_NAME)
+        // This very binary, even if its file was replaced since it started.
+        let exe = std::path::Path::new("/proc/self/exe");
+        // Started from a thread of its own: the spawn waits until the new process has
+        // exec'd, and the load need not wait with it.
+        let ifindex = info.ifindex;
+        let starting =
+            linger.map(|linger| std::thread::spawn(move || holder::start(exe, ifindex, linger)));
+        tracing::debug!("loading the XDP object");
+        let mut ebpf = load_object_without_kernel_btf().context("loading the XDP program")?;
+        tracing::debug!("XDP object parsed");
+        let _load = startup::step("program load (verifier)");
+        let program: &mut Xdp = ebpf
+            .program_mut(xdp_ebpf::PROGRAM_NAME)
             .ok_or_else(|| {
                 setup_error!("XDP program {} not in the object", xdp_ebpf::PROGRAM_NAME)
             })?
             .try_into()?;
-        let attach = |mode: XdpMode| {
-            create_xdp_link(program, info.ifindex, mode).map_err(|e| {
-                // One XDP program per interface: name whoever holds it.
-                match netinfo::xdp_holder(info.ifindex) {
-                    Some(holder) if holder.starts_with("this process") => {
-                        setup_error!("interface {iface} is already in use by {holder}")
-                    }
-                    Some(holder) => setup_error!(
-                        "interface {iface} is already in use by {holder}: only one XDP program can attach to an interface; stop it, run on another interface, or run every program on it with `userspace exec --share`"
-                    ),
-                    None => SetupError::new(format!("attaching XDP to {iface}"), e),
-                }
-            })
-        };
-        // On a veth (or another device whose frames come from memory) AF_XDP is copy mode
-        // either way, and native XDP costs a great deal: the peer must then split every
-        // GSO unit into MTU frames (veth turns its peer's GSO off). Generic XDP sees the
-        // units whole, and multi-buffer sockets take them: 40 times fewer packets.
-        let mode = mode.or_else(|| {
-            (netinfo::frames_come_from_memory(iface) && multi_buffer_supported())
-                .then_some(XdpModeChoice::Skb)
+        program
+            .load()
+            .context("the kernel refused the XDP program")?;
+        let holder = starting.and_then(|t| t.join().ok()).and_then(|started| {
+            started
+                .inspect_err(|e| tracing::debug!("no holder to attach, attaching here: {e:#}"))
+                .ok()
         });
-        Ok(match mode {
-            Some(m @ XdpModeChoice::Native) => (attach(XdpMode::Driver)?, m.name()),
-            Some(m @ XdpModeChoice::Skb) => (attach(XdpMode::Skb)?, m.name()),
-            None => match attach(XdpMode::Driver) {
-                Ok(link) => (link, "native"),
-                Err(e) if netinfo::xdp_holder(info.ifindex).is_some() => return Err(e),
-                Err(native) => {
-                    let link = attach(XdpMode::Skb)?;
-                    if multi_buffer_supported() {
-                        tracing::info!(
-                            "native XDP refused on {iface} ({:#}); running in generic (skb) mode",
-                            native.root_cause()
-                        );
-                    } else {
-                        tracing::warn!(
-                            "native XDP refused on {iface} ({:#}); running in generic (skb) mode, where this kernel (before 6.6, no AF_XDP multi-buffer) drops frames larger than {FRAME_SIZE} bytes (a local peer's GSO segments) and bulk transfers crawl",
-                            native.root_cause()
-                        );
-                    }
-                    (link, "skb")
+        Ok(Loaded { ebpf, holder })
+    }
+
+    /// The maps of `loaded` as a program not attached yet: sockets may be registered
+    /// and steering written before [`XdpProgram::attach_loaded`].
+    pub(super) fn unattached(
+        loaded: &Loaded,
+        info: &netinfo::InterfaceInfo,
+        linger: Option<std::time::Duration>,
+    ) -> SetupResult<XdpProgram> {
+        let maps = [
+            object_map_fd(&loaded.ebpf, xdp_ebpf::XSKS_MAP)?,
+            object_map_fd(&loaded.ebpf, xdp_ebpf::CONFIG_MAP)?,
+            object_map_fd(&loaded.ebpf, xdp_ebpf::COUNTERS_MAP)?,
+        ];
+        XdpProgram::from_maps(maps, "none", info, None, None, linger)
+    }
+
+    /// Attaches `loaded` (the program these maps are of) in `mode`. Through its holder,
+    /// when it has one: this returns as soon as the program runs, and the holder's
+    /// attach call (which waits for an RCU grace period more) ends without this
+    /// process, which borrows the program from then on. Else in this process.
+    pub(super) fn attach_loaded(
+        &mut self,
+        loaded: Loaded,
+        info: &netinfo::InterfaceInfo,
+        mode: Option<XdpModeChoice>,
+    ) -> SetupResult<()> {
+        let prog = program_fd(&loaded.ebpf)?;
+        let by_holder = match loaded.holder {
+            Some(starting) => {
+                let _t = startup::step("attach by the holder, until the program runs");
+                let maps = self.map_fds.each_ref().map(|m| m.as_fd());
+                let wanted = mode.map_or("any", XdpModeChoice::name);
+                let attached =
+                    starting.attach(prog.as_fd(), maps, info.ifindex, &info.name, wanted)?;
+                if attached.is_none() {
+                    tracing::debug!("the holder ended without attaching; attaching here");
                 }
-            },
-        })
+                attached
+            }
+            None => None,
+        };
+        match by_holder {
+            Some(attached) => {
+                self.attached_mode = XdpModeChoice::from_name(&attached.mode)
+                    .ok_or_else(|| setup_error!("holder: bad mode {}", attached.mode))?
+                    .name();
+                tracing::debug!(
+                    mode = self.attached_mode,
+                    holder = attached.pid,
+                    live_before_return = attached.live_before_return,
+                    "XDP program attached by its holder"
+                );
+                self.loan = Some(attached.conn);
+            }
+            None => {
+                let _t = startup::step("attach (BPF link)");
+                let (link, attached_mode) =
+                    attach_link(prog.as_fd(), info.ifindex, &info.name, mode, &|_| {})?;
+                tracing::debug!(mode = attached_mode, "XDP program attached");
+                self.link = Some(link);
+                self.attached_mode = attached_mode;
+            }
+        }
+        // Some drivers (virtio_net) change their channels when XDP comes.
+        self.rx_queues = netinfo::rx_queue_count(&info.name).min(MAX_QUEUES);
+        Ok(())
     }
 
     fn from_maps(
@@ -461,6 +408,11 @@ impl XdpProgram {
     /// detach itself (the program is not lingering, or no holder could take it).
     pub(super) fn release(&mut self, sockets: &[holder::PoolEntry<'_>]) -> bool {
         if let Some(conn) = &self.loan {
+            // Steering off now, not when the holder reads the hand-back: a holder that
+            // attached the program for this process may still be in its attach call.
+            let _ = self
+                .config
+                .set(0, PodSteerConfig(SteerConfig::default()), 0);
             return holder::give_back(conn, sockets).is_ok();
         }
         let (Some(linger), Some(link)) = (self.linger, &self.link) else {

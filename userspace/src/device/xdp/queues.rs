@@ -1,6 +1,7 @@
 //! AF_XDP sockets on every RX queue of an interface, registered with the program and
 //! driven by one poll loop as one [`Device`].
-use super::program::{SharedProgram, SteerCounters, XdpModeChoice, XdpProgram, lock};
+use super::attach::XdpModeChoice;
+use super::program::{SharedProgram, SteerCounters, XdpProgram, lock};
 use super::socket::{
     FrameAccount, TxChecksumMode, XdpDevice, ring_size_for, wanted_tx_metadata_len,
 };
@@ -50,14 +51,15 @@ pub struct XdpQueues {
 static NEXT_OWNER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl XdpQueues {
-    /// Loads and attaches the program, binds the queues `choice` names, then enables
-    /// steering: no packet is steered before every socket is registered. The sockets
-    /// are bound while the program loads: each step waits on the kernel, so side by side
-    /// they take the time of the longest.
+    /// Loads the program, binds the queues `choice` names, registers them and enables
+    /// steering, then attaches: no packet is steered before every socket is
+    /// registered. The sockets are bound while the program loads: each step waits on
+    /// the kernel, so side by side they take the time of the longest.
     ///
     /// With `linger`, the program is borrowed from the interface's holder when one has
-    /// it (no load, no attach), and at exit goes to a holder that keeps it attached for
-    /// `linger` more (see [`crate::device::holder`]).
+    /// it (no load, no attach); else a holder is started at once and attaches it, and
+    /// keeps it attached for `linger` after this process (see
+    /// [`crate::device::holder`]).
     pub fn open(
         interface: &str,
         mode: Option<XdpModeChoice>,
@@ -109,9 +111,10 @@ impl XdpQueues {
             // lets go of everything, and this process starts afresh.
             drop(program);
         }
-        // One thread binds the sockets while this one loads and attaches the program
-        // (the attach mostly waits in the kernel): each gets a core of its own.
-        let (program, devices) = std::thread::scope(|scope| {
+        // One thread binds the sockets while this one loads the program: each gets a
+        // core of its own. The binds must end before the attach starts: each takes
+        // rtnl, which the attach holds until it returns.
+        let (loaded, devices) = std::thread::scope(|scope| {
             let info = &info;
             let wanted = &wanted;
             let binds = scope.spawn(move || {
@@ -122,17 +125,28 @@ impl XdpQueues {
                     .map(|(i, &q)| XdpDevice::bind(info, q, wanted.len() as u32, i == 0))
                     .collect::<SetupResult<Vec<XdpDevice>>>()
             });
-            let program = XdpProgram::load_on(info, mode, linger);
+            let loaded = XdpProgram::load_unattached(info, mode, linger);
             let devices = binds
                 .join()
                 .unwrap_or_else(|_| bail!("binding the queues panicked"));
-            (program, devices)
+            (loaded, devices)
         });
-        let program = program?;
+        let loaded = loaded?;
         let mut devices = devices?;
+        // Every socket registered and the steering written before the attach: the
+        // program steers from the moment it runs, which is before the attach returns
+        // (through a holder, before this process hears of it).
+        let steering = startup::step("sockets registered, steering on");
+        let mut program = XdpProgram::unattached(&loaded, &info, linger)?;
+        for device in &devices {
+            program.register(device.queue, device.pooled_fds().0.as_raw_fd())?;
+        }
+        program.enable(steer)?;
+        drop(steering);
+        program.attach_loaded(loaded, &info, mode)?;
         // Some drivers (virtio_net) change their channels when XDP attaches: bind what
         // the attached interface has, if that differs.
-        let now = lock(&program).rx_queues;
+        let now = program.rx_queues;
         if now != count {
             let wanted = queues_for(interface, now, choice)?;
             devices.retain(|d| wanted.contains(&d.queue));
@@ -145,10 +159,8 @@ impl XdpQueues {
             // The transmitting socket first.
             devices.sort_by_key(|d| d.queue);
         }
-        let steering = startup::step("sockets registered, steering on");
+        let program = std::sync::Arc::new(std::sync::Mutex::new(program));
         let queues = XdpQueues::register(&program, devices)?;
-        lock(&program).enable(steer)?;
-        drop(steering);
         tracing::debug!(queues = ?queues.queues(), "AF_XDP sockets bound, steering on");
         Ok(queues)
     }
