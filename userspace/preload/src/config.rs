@@ -230,6 +230,7 @@ extern "C" fn at_exit() {
         return;
     }
     let _ = std::panic::catch_unwind(|| {
+        crate::ready::report();
         crate::table::close_all();
         if let Some(stack) = running() {
             stack.shutdown();

@@ -6,6 +6,7 @@
 //! family add them to what the kernel returned; a `poll` on a socket that already has
 //! one does not wait (the kernel's would return at once).
 use crate::inline;
+use crate::ready;
 use crate::real::real;
 use crate::table::{Conditions, lookup};
 use libc::{c_int, epoll_event, nfds_t, pollfd, sigset_t, timespec};
@@ -83,10 +84,15 @@ unsafe fn poll_merged(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
     let _entered = inline::enter();
-    // SAFETY: poll's contract, for each look.
-    if let Some(r) = inline::before_wait(timeout != 0, || unsafe { poll_merged(fds, nfds, 0) }) {
+    let look = || {
+        ready::settle();
+        // SAFETY: poll's contract, for each look.
+        unsafe { poll_merged(fds, nfds, 0) }
+    };
+    if let Some(r) = inline::before_wait(timeout != 0, look) {
         return r;
     }
+    let _sleeping = (timeout != 0).then(ready::sleeping);
     // SAFETY: as above.
     unsafe { poll_merged(fds, nfds, timeout) }
 }
@@ -117,11 +123,15 @@ pub unsafe extern "C" fn ppoll(
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: ppoll's contract, for each look.
-    let look = || unsafe { ppoll_merged(fds, nfds, &zero, sigmask) };
+    let look = || {
+        ready::settle();
+        // SAFETY: ppoll's contract, for each look.
+        unsafe { ppoll_merged(fds, nfds, &zero, sigmask) }
+    };
     if let Some(r) = inline::before_wait(blocking, look) {
         return r;
     }
+    let _sleeping = blocking.then(ready::sleeping);
     // SAFETY: as above.
     unsafe { ppoll_merged(fds, nfds, timeout, sigmask) }
 }
@@ -264,25 +274,89 @@ fn unwatched(events: *mut epoll_event, ready: c_int) -> c_int {
 fn epoll_inline(
     epfd: c_int,
     events: *mut epoll_event,
+    maxevents: c_int,
     timeout: c_int,
     wait: impl Fn(c_int) -> c_int,
 ) -> c_int {
+    ready::settle();
+    let _collecting = ready::collecting(epfd);
+    // The real wait: the device's events out, the ready list's sockets in.
+    let look = |ms: c_int| {
+        let sleeping = (ms != 0).then(ready::sleeping);
+        let got = unwatched(events, wait(ms));
+        drop(sleeping);
+        merge_epoll(epfd, events, merge_ready(epfd, events, maxevents, got))
+    };
     let Some(stack) = inline::stack() else {
-        return merge_epoll(epfd, events, unwatched(events, wait(timeout)));
+        return look(timeout);
     };
     let fds = stack.watch_fds();
     if !fds.is_empty() && timeout != 0 && watched(epfd, fds) {
-        return inline::watched_wait(stack, timeout, |ms| {
-            merge_epoll(epfd, events, unwatched(events, wait(ms)))
-        });
+        return inline::watched_wait(stack, timeout, look);
     }
-    let look = |ms| merge_epoll(epfd, events, unwatched(events, wait(ms)));
     inline::before_wait(timeout != 0, || look(0)).unwrap_or_else(|| look(timeout))
+}
+
+/// Adds the sockets the ready list holds for set `epfd` to the `ready` events an
+/// epoll wait returned, as the kernel would have reported them had their eventfds
+/// been set: the events asked for, one entry per registration (bits added to the
+/// kernel's entry if it has one). Those without room in `maxevents` are signalled now,
+/// for the next wait to report (see `ready`).
+fn merge_ready(epfd: c_int, events: *mut epoll_event, maxevents: c_int, ready: c_int) -> c_int {
+    if ready < 0 || events.is_null() || maxevents <= 0 || !ready::any() {
+        return ready;
+    }
+    // SAFETY: the caller's array of `maxevents` entries (epoll_wait's contract); the
+    // kernel filled the first `ready`.
+    let all = unsafe { std::slice::from_raw_parts_mut(events, maxevents as usize) };
+    let mut ready = ready as usize;
+    let mut handed = 0;
+    ready::seen(|fds| {
+        for &fd in fds {
+            let Some(sock) = lookup(fd) else {
+                continue;
+            };
+            let Some(bits) = sock.listed_for(ready::sole(epfd, fd)) else {
+                continue;
+            };
+            let asked = with_registry(|reg| {
+                let keys = reg.by_fd.get(&fd)?;
+                let &(_, data) = keys.iter().find(|(ep, _)| *ep == epfd)?;
+                reg.by_data
+                    .get(&(epfd, data))
+                    .map(|&(_, asked)| (data, asked))
+            });
+            let Some((data, asked)) = asked else {
+                continue;
+            };
+            let bits = bits & asked;
+            if bits == 0 {
+                continue;
+            }
+            if let Some(e) = all[..ready].iter_mut().find(|e| e.u64 == data) {
+                e.events |= bits;
+            } else if ready < all.len() {
+                all[ready] = epoll_event {
+                    events: bits,
+                    u64: data,
+                };
+                ready += 1;
+                handed += 1;
+            } else {
+                crate::table::settle(fd);
+            }
+        }
+    });
+    ready::handed(handed);
+    ready as c_int
 }
 
 /// The fd is closed: its registrations are gone with it (the kernel's go with the last
 /// fd of the file; a stack socket's eventfd is that file).
 pub fn forget(fd: c_int) {
+    if let Some(sock) = lookup(fd) {
+        sock.set_sole(ready::NONE);
+    }
     if WATCHING.load(Ordering::Acquire) > 0 {
         let mut sets = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
         sets.retain(|&s| s != fd);
@@ -305,11 +379,19 @@ pub unsafe extern "C" fn epoll_ctl(
     fd: c_int,
     event: *mut epoll_event,
 ) -> c_int {
+    let stack = lookup(fd);
+    if stack.is_some() {
+        // The kernel looks at the eventfd now: it must show what the socket is ready for.
+        ready::settle();
+    }
     // SAFETY: libc's epoll_ctl with the caller's arguments.
     let r = unsafe {
         real!(epoll_ctl: fn(c_int, c_int, c_int, *mut epoll_event) -> c_int)(epfd, op, fd, event)
     };
-    if r != 0 || (lookup(fd).is_none() && REGISTERED.load(Ordering::Acquire) == 0) {
+    if r == 0 && stack.is_none() && op == libc::EPOLL_CTL_ADD && ready::is_epoll(fd) {
+        ready::nested();
+    }
+    if r != 0 || (stack.is_none() && REGISTERED.load(Ordering::Acquire) == 0) {
         return r;
     }
     if op != libc::EPOLL_CTL_DEL
@@ -321,13 +403,25 @@ pub unsafe extern "C" fn epoll_ctl(
     let asked = (op != libc::EPOLL_CTL_DEL && !event.is_null())
         .then(|| unsafe { ((*event).events, (*event).u64) });
     let stack = lookup(fd).is_some();
-    with_registry(|reg| {
+    let sole = with_registry(|reg| {
         reg.remove(epfd, fd);
         if let (Some((events, data)), true) = (asked, stack) {
             reg.by_data.insert((epfd, data), (fd, events));
             reg.by_fd.entry(fd).or_default().push((epfd, data));
         }
+        // One registration, level-triggered: the ready list may serve it.
+        match reg.by_fd.get(&fd).map(Vec::as_slice) {
+            Some(&[(ep, data)]) => reg
+                .by_data
+                .get(&(ep, data))
+                .filter(|(_, events)| ready::plain(*events))
+                .map_or(ready::NONE, |_| ready::sole(ep, fd)),
+            _ => ready::NONE,
+        }
     });
+    if let Some(sock) = lookup(fd) {
+        sock.set_sole(sole);
+    }
     r
 }
 
@@ -375,7 +469,7 @@ pub unsafe extern "C" fn epoll_wait(
             )
         }
     };
-    epoll_inline(epfd, events, timeout, wait)
+    epoll_inline(epfd, events, maxevents, timeout, wait)
 }
 
 #[unsafe(no_mangle)]
@@ -395,7 +489,7 @@ pub unsafe extern "C" fn epoll_pwait(
             )
         }
     };
-    epoll_inline(epfd, events, timeout, wait)
+    epoll_inline(epfd, events, maxevents, timeout, wait)
 }
 
 #[unsafe(no_mangle)]
@@ -407,22 +501,27 @@ pub unsafe extern "C" fn epoll_pwait2(
     sigmask: *const sigset_t,
 ) -> c_int {
     let _entered = inline::enter();
+    ready::settle();
+    let _collecting = ready::collecting(epfd);
+    let zero = timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     let wait = |timeout: *const timespec| {
+        let sleeping = (!std::ptr::eq(timeout, &zero)).then(ready::sleeping);
         // SAFETY: libc's epoll_pwait2 with the caller's array, timeout and mask.
         let ready = unsafe {
             real!(epoll_pwait2: fn(c_int, *mut epoll_event, c_int, *const timespec, *const sigset_t) -> c_int)(
                 epfd, events, maxevents, timeout, sigmask,
             )
         };
-        merge_epoll(epfd, events, unwatched(events, ready))
+        drop(sleeping);
+        let ready = merge_ready(epfd, events, maxevents, unwatched(events, ready));
+        merge_epoll(epfd, events, ready)
     };
     // SAFETY: a null timeout waits for ever; else the caller's valid timespec.
     let blocking =
         timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
-    let zero = timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
     inline::before_wait(blocking, || wait(&zero)).unwrap_or_else(|| wait(timeout))
 }
 
@@ -464,6 +563,7 @@ fn select_inline(
         // SAFETY: each set is null or valid (select's contract).
         let kept = unsafe { FdSets::keep(sets) };
         let look = || {
+            ready::settle();
             kept.restore();
             call(true)
         };
@@ -472,6 +572,8 @@ fn select_inline(
         }
         kept.restore();
     }
+    ready::settle();
+    let _sleeping = blocking.then(ready::sleeping);
     call(false)
 }
 

@@ -34,6 +34,7 @@ mod addr;
 mod config;
 mod hangup;
 mod inline;
+mod ready;
 mod real;
 mod signals;
 mod table;
