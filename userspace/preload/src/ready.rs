@@ -16,7 +16,8 @@
 //! settles the list: each socket on it that is still not shown gets its eventfd set,
 //! so a level-triggered socket the program did not drain is reported again by the
 //! kernel, and a sleeping wait never misses one. A read that drains the socket leaves
-//! the eventfd as it was: nothing to undo.
+//! the eventfd as it was: nothing to undo. In a child forked off the process the list
+//! is off.
 use libc::c_int;
 use std::cell::{Cell, RefCell};
 use std::sync::Mutex;
@@ -39,6 +40,18 @@ static SLEEPERS: AtomicUsize = AtomicUsize::new(0);
 static NESTED: AtomicBool = AtomicBool::new(false);
 /// Events handed to the program through the list (said at exit with `-v`).
 static HANDED: AtomicU64 = AtomicU64::new(0);
+/// A child forked off this process: the list is off in it (the parent's sockets on
+/// it are the parent's, and its lock may have been held by a parent's thread).
+static CHILD: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn in_forked_child() {
+    CHILD.store(true, Ordering::SeqCst);
+    LISTED.store(0, Ordering::SeqCst);
+}
+
+fn off() -> bool {
+    CHILD.load(Ordering::Relaxed)
+}
 
 /// A socket with no registration the list may serve.
 pub const NONE: u64 = u64::MAX;
@@ -66,6 +79,11 @@ fn lock() -> std::sync::MutexGuard<'static, Vec<c_int>> {
 pub struct Collecting(c_int);
 
 pub fn collecting(epfd: c_int) -> Collecting {
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain `extern "C" fn()` to run in the child after a fork.
+    AT_FORK.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(in_forked_child));
+    });
     Collecting(COLLECTING.try_with(|c| c.replace(epfd)).unwrap_or(-1))
 }
 
@@ -84,7 +102,10 @@ pub fn defer(sole: u64, changed: bool) -> bool {
     let Some((epfd, fd)) = unpack(sole) else {
         return false;
     };
-    if COLLECTING.try_with(Cell::get).unwrap_or(-1) != epfd || NESTED.load(Ordering::Acquire) {
+    if COLLECTING.try_with(Cell::get).unwrap_or(-1) != epfd
+        || NESTED.load(Ordering::Acquire)
+        || off()
+    {
         return false;
     }
     if !changed {
@@ -103,7 +124,7 @@ pub fn defer(sole: u64, changed: bool) -> bool {
 
 /// Whether the list holds anything.
 pub fn any() -> bool {
-    LISTED.load(Ordering::Acquire) > 0
+    LISTED.load(Ordering::Acquire) > 0 && !off()
 }
 
 fn take(list: &mut Vec<c_int>) -> Vec<c_int> {
@@ -128,6 +149,10 @@ pub fn settle() {
 pub struct Sleeping(());
 
 pub fn sleeping() -> Sleeping {
+    if off() {
+        SLEEPERS.fetch_add(1, Ordering::AcqRel);
+        return Sleeping(());
+    }
     let fds = {
         let mut list = lock();
         SLEEPERS.fetch_add(1, Ordering::AcqRel);
@@ -148,6 +173,9 @@ impl Drop for Sleeping {
 /// Runs `f` on the fds the list holds now (it keeps them: the program has not read
 /// yet).
 pub fn seen<T>(f: impl FnOnce(&[c_int]) -> T) -> T {
+    if off() {
+        return f(&[]);
+    }
     let copy = |out: &mut Vec<c_int>| {
         out.clear();
         out.extend_from_slice(&lock());
