@@ -682,6 +682,11 @@ turns = [wait(ep, 0, 1) for _ in range(4)]
 print('maxevents 1 answers:', [len(t) for t in turns], set().union(*turns) == {A, B})
 print('bodies:', whole(a) == whole(b) == b'BODY')
 print('both drained:', wait(ep, 0) == {})
+rounds = 0
+for _ in range(20):
+    a.sendall(REQ)
+    rounds += A in wait(ep, 5) and whole(a) == b'BODY'
+print('twenty in turn:', rounds == 20)
 ep2 = P.epoll(); ep2.register(A, P.EPOLLIN)
 a.sendall(REQ)
 print('second set reports it:', A in wait(ep2, 5), 'first set too:', A in wait(ep, 5))

@@ -255,4 +255,23 @@ mod tests {
         drop(c);
         assert!(!defer(NONE, true));
     }
+
+    #[test]
+    fn nothing_goes_on_the_list_while_a_thread_sleeps() {
+        let s = sole(910, 911);
+        let _c = collecting(910);
+        let asleep = sleeping();
+        assert!(
+            !defer(s, true),
+            "a sleeping wait must be woken by the eventfd"
+        );
+        // No change to show: nothing to write, sleeper or not.
+        assert!(defer(s, false));
+        drop(asleep);
+        assert!(defer(s, true));
+        assert!(any());
+        // No socket at fd 911: settling just empties the list.
+        settle();
+        assert!(!any());
+    }
 }
