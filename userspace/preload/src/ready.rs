@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 thread_local! {
     /// The epoll set whose `epoll_wait` this thread is in (-1: none).
     static COLLECTING: Cell<c_int> = const { Cell::new(-1) };
-    /// The list as one look saw it (kept to spare an allocation per wait).
+    /// The list as one look or settling saw it (kept to spare an allocation per wait).
     static SEEN: RefCell<Vec<c_int>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -127,20 +127,42 @@ pub fn any() -> bool {
     LISTED.load(Ordering::Acquire) > 0 && !off()
 }
 
-fn take(list: &mut Vec<c_int>) -> Vec<c_int> {
+/// Moves the list into `out`, keeping its room.
+fn drain(list: &mut Vec<c_int>, out: &mut Vec<c_int>) {
+    out.extend(list.drain(..));
     LISTED.store(0, Ordering::Release);
-    std::mem::take(list)
+}
+
+/// Runs `f` on the fds `fill` puts in this thread's buffer (kept from call to call: no
+/// allocation per wait; a buffer of its own when re-entered).
+fn scratch<T>(fill: impl FnOnce(&mut Vec<c_int>), f: impl FnOnce(&[c_int]) -> T) -> T {
+    let mut buf = SEEN
+        .try_with(|s| s.try_borrow_mut().ok().map(|mut s| std::mem::take(&mut *s)))
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    buf.clear();
+    fill(&mut buf);
+    let out = f(&buf);
+    let _ = SEEN.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            *s = buf;
+        }
+    });
+    out
+}
+
+fn settle_all(fds: &[c_int]) {
+    for &fd in fds {
+        crate::table::settle(fd);
+    }
 }
 
 /// Every socket on the list gets its eventfd set to what it is ready for (the list
 /// is empty after).
 pub fn settle() {
-    if !any() {
-        return;
-    }
-    let fds = take(&mut lock());
-    for fd in fds {
-        crate::table::settle(fd);
+    if any() {
+        scratch(|buf| drain(&mut lock(), buf), settle_all);
     }
 }
 
@@ -153,14 +175,12 @@ pub fn sleeping() -> Sleeping {
         SLEEPERS.fetch_add(1, Ordering::AcqRel);
         return Sleeping(());
     }
-    let fds = {
+    let fill = |buf: &mut Vec<c_int>| {
         let mut list = lock();
         SLEEPERS.fetch_add(1, Ordering::AcqRel);
-        take(&mut list)
+        drain(&mut list, buf);
     };
-    for fd in fds {
-        crate::table::settle(fd);
-    }
+    scratch(fill, settle_all);
     Sleeping(())
 }
 
@@ -176,27 +196,7 @@ pub fn seen<T>(f: impl FnOnce(&[c_int]) -> T) -> T {
     if off() {
         return f(&[]);
     }
-    let copy = |out: &mut Vec<c_int>| {
-        out.clear();
-        out.extend_from_slice(&lock());
-    };
-    match SEEN.try_with(|s| s.try_borrow_mut().ok().map(|mut s| std::mem::take(&mut *s))) {
-        Ok(Some(mut buf)) => {
-            copy(&mut buf);
-            let out = f(&buf);
-            let _ = SEEN.try_with(|s| {
-                if let Ok(mut s) = s.try_borrow_mut() {
-                    *s = buf;
-                }
-            });
-            out
-        }
-        _ => {
-            let mut buf = Vec::new();
-            copy(&mut buf);
-            f(&buf)
-        }
-    }
+    scratch(|buf| buf.extend_from_slice(&lock()), f)
 }
 
 /// Counts events handed to the program through the list.
