@@ -129,7 +129,7 @@ pub fn any() -> bool {
 
 /// Moves the list into `out`, keeping its room.
 fn drain(list: &mut Vec<c_int>, out: &mut Vec<c_int>) {
-    out.extend(list.drain(..));
+    out.append(list);
     LISTED.store(0, Ordering::Release);
 }
 
