@@ -619,13 +619,17 @@ fn edge_triggered_epoll_mixes_a_stack_socket_and_a_pipe() {
          \x20       body += chunk\n\
          print(body.split(b'\\r\\n\\r\\n', 1)[1].decode(), end='')"
     );
-    let (stdout, _) = python_on_the_stack(&w, &script);
-    assert_eq!(stdout, world::INDEX_HTML);
+    assert_eq!(python_on_the_stack(&w, &script), world::INDEX_HTML);
 }
 
-/// Runs a python3 script under exec that connects to the server's port 80: its stdout
-/// and stderr, once it succeeded with its connection on the stack.
-fn python_on_the_stack(w: &World, script: &str) -> (String, String) {
+/// Runs python3 `script` under exec: it succeeds, its connection to the server went
+/// on the stack; its stdout.
+fn python_on_the_stack(w: &World, script: &str) -> String {
+    python_on_the_stack_said(w, script).0
+}
+
+/// [`python_on_the_stack`], and what the preload library said on stderr.
+fn python_on_the_stack_said(w: &World, script: &str) -> (String, String) {
     let out = exec_command(w, &[PYTHON, "-c", script]).output().unwrap();
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -733,7 +737,7 @@ fn epoll_events_under_exec_are_the_kernels_none_lost_none_twice() {
         .replace("== 'BODY'", &format!("== {:?}", world::INDEX_HTML));
     let kernel = run_in(&w, &w.host, &[PYTHON, "-c", &script]);
     assert!(kernel.status.success(), "{}", text(&kernel.stderr));
-    let (ours, stderr) = python_on_the_stack(&w, &script);
+    let (ours, stderr) = python_on_the_stack_said(&w, &script);
     assert_eq!(ours, text(&kernel.stdout), "{stderr}");
     assert!(!ours.contains("False"), "{ours}");
     // The ready list carried events (the path under test ran).
@@ -1158,7 +1162,10 @@ fn python_http_server_on_ipv6_any_serves_ipv6_and_mapped_ipv4() {
     let after = kernel_tcp(&w);
     stop(server);
     std::thread::sleep(Duration::from_millis(200));
-    let said: Vec<String> = lines.try_iter().collect();
+    let mut said = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
+        said.push(line);
+    }
     for (got, out_file) in &fetched {
         assert!(got.status.success(), "curl: {}", text(&got.stderr));
         assert_eq!(
@@ -1358,13 +1365,7 @@ fn a_killed_program_under_exec_has_its_waiting_peers_reset_not_hanging() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(client.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "sent");
+    assert_eq!(first_stdout_line(&mut client), "sent");
     // At once: the guard may not have looked at the table yet (it looks every 250 ms).
     kill_hard(client);
     let out = server.wait_with_output().unwrap();
@@ -1602,48 +1603,190 @@ fn a_server_that_runs_a_program_before_it_answers_keeps_its_connection() {
 }
 
 /// Python's `socketserver.ForkingTCPServer` under --share: the parent accepts and forks
-/// a child per connection. The child does not take the parent's listener (it never uses
-/// it), so every new connection still reaches the parent; the connection itself stays
-/// with the parent for now, so the child's calls fail with ENOTCONN and one line, and
-/// the client sees the connection closed at once, never a hang or a lost connection.
+/// a child per connection, closes its copy, and the child answers on the connection and
+/// leaves with `os._exit`. The child takes the connection over from its parent at its
+/// first call (the parent's stack exports it, the child's imports it, the switch steers
+/// it to the child), so every answer (1 MiB) arrives byte-exact: three clients one
+/// after another, then two at once. The child never takes the parent's port, and the
+/// kernel's TCP counters do not move.
 #[test]
-fn a_forking_tcp_server_under_share_keeps_its_port_and_says_why_a_child_fails() {
+fn a_forking_tcp_server_under_share_answers_from_the_child_byte_exact() {
     let w = world();
     let script = "import socketserver\n\
+                  body = bytes(range(256)) * 4096\n\
                   class H(socketserver.BaseRequestHandler):\n\
                   \x20   def handle(self):\n\
-                  \x20       self.request.recv(4096); self.request.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nhi')\n\
+                  \x20       req = b''\n\
+                  \x20       while b'\\r\\n\\r\\n' not in req: req += self.request.recv(4096)\n\
+                  \x20       self.request.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body)\n\
                   socketserver.ForkingTCPServer.allow_reuse_address = True\n\
                   socketserver.ForkingTCPServer(('0.0.0.0', 8088), H).serve_forever()";
     let argv = [PYTHON, "-c", script];
     let (server, lines) = start_server_lines(share_command(&w, &argv), &argv, 8088, 1);
-    let url = format!("http://{HOST_IP}:8088/");
+    let want: Vec<u8> = (0..=255u8).cycle().take(256 * 4096).collect();
+    let before = kernel_tcp(&w);
+    let check = |name: &str, out: &std::process::Output, file: &std::path::Path| {
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        assert!(std::fs::read(file).unwrap() == want, "{name}: body differs");
+    };
     for round in 0..3 {
+        let file = w.dir.join(format!("forking-{round}.bin"));
         let started = std::time::Instant::now();
-        let out = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
+        let out = fetch_from_port(&w, 8088, "x", &file);
+        check(&format!("round {round}"), &out, &file);
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "round {round}: curl waited {:?}",
+            "round {round}: took {:?}",
             started.elapsed()
         );
-        // curl: (52) Empty reply from server, or a reset; never a timeout (28).
-        assert_ne!(
-            out.status.code(),
-            Some(28),
-            "round {round}: {}",
-            text(&out.stderr)
+    }
+    let url = format!("http://{HOST_IP}:8088/x");
+    let together: Vec<_> = (0..2)
+        .map(|i| {
+            let file = w.dir.join(format!("forking-together-{i}.bin"));
+            let child = w
+                .exec(&w.server)
+                .args(["curl", "-sS", "--fail", "--max-time", "30", "-o"])
+                .arg(&file)
+                .arg(&url)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (file, child)
+        })
+        .collect();
+    for (i, (file, child)) in together.into_iter().enumerate() {
+        check(
+            &format!("client {i} of two at once"),
+            &child.wait_with_output().unwrap(),
+            &file,
         );
     }
-    let mut said = 0;
+    assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
+    let mut taken = 0;
     while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
-        said += line.contains("they stay with the parent (here: ENOTCONN)") as usize;
-        assert!(
-            !line.contains("listening"),
-            "a child took the parent's port: {line}"
-        );
+        taken += line.contains("taken over from the parent") as usize;
+        for bad in ["listening again", "could not be taken over", "ENOTCONN"] {
+            assert!(!line.contains(bad), "{bad}: {line}");
+        }
     }
     kill_group(server);
-    assert_eq!(said, 3, "one line per child");
+    assert_eq!(taken, 5, "one child per connection took it over");
+}
+
+/// A connection a parent shares with its forked child, under --share, as the kernel's
+/// shared socket: when both let go of it without using it (the child closes it and
+/// lives on, or exits at once), it closes then, never a hang; once the child took it
+/// over and answered, the parent's own use fails with ENOTCONN and one -v line.
+#[test]
+fn a_shared_connection_closes_when_both_let_go_and_leaves_the_parent_once_taken() {
+    let w = world();
+    let script = listening_python(8089, 8)
+        + "import time\n\
+           c, _ = s.accept(); lives = os.fork()\n\
+           if lives == 0: c.close(); time.sleep(6); os._exit(0)\n\
+           c.close()\n\
+           c, _ = s.accept(); pid = os.fork()\n\
+           if pid == 0: os._exit(0)\n\
+           c.close(); os.waitpid(pid, 0)\n\
+           c, _ = s.accept(); pid = os.fork()\n\
+           if pid == 0:\n\
+           \x20   req = b''\n\
+           \x20   while b'\\r\\n\\r\\n' not in req: req += c.recv(4096)\n\
+           \x20   c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nhi'); c.close(); os._exit(0)\n\
+           os.waitpid(pid, 0)\n\
+           try: c.send(b'x'); print('parent sent', file=sys.stderr, flush=True)\n\
+           except OSError as e: print('parent errno', e.errno, file=sys.stderr, flush=True)\n\
+           c.close(); os.waitpid(lives, 0)";
+    let argv = [PYTHON, "-c", &script];
+    let (mut server, lines) = start_server_lines(share_command(&w, &argv), &argv, 8089, 1);
+    let before = kernel_tcp(&w);
+    let url = format!("http://{HOST_IP}:8089/");
+    for what in [
+        "the child closed it and lives on",
+        "the child exited at once",
+    ] {
+        let started = std::time::Instant::now();
+        let out = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
+        // curl: (52) Empty reply from server, or (56) a reset; never a timeout (28).
+        assert!(
+            matches!(out.status.code(), Some(52 | 56)),
+            "{what}: {:?} {}",
+            out.status.code(),
+            text(&out.stderr)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{what}: the connection closed only after {:?}",
+            started.elapsed()
+        );
+    }
+    let out = run_in(&w, &w.server, &["curl", "-sS", "--max-time", "10", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi");
+    let status = wait_timeout(&mut server, Duration::from_secs(15));
+    let mut said = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
+        said.push(line);
+    }
+    assert!(
+        status.success(),
+        "the server exited with {status}: {said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|l| l == &format!("parent errno {}", libc::ENOTCONN)),
+        "{said:?}"
+    );
+    let gone = said
+        .iter()
+        .filter(|l| l.contains("another process took it over"))
+        .count();
+    assert_eq!(gone, 1, "one -v line for the parent's use: {said:?}");
+    assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
+}
+
+/// A child that took its parent's connection over and is killed: the peer's next
+/// segment is answered with a RST at once (by the switch, as for any process under
+/// --share that ended), not dropped by the parent that gave the connection away.
+#[test]
+fn a_killed_child_that_took_a_connection_leaves_its_peer_reset() {
+    let w = world();
+    let script = listening_python(8091, 8)
+        + "import signal, time\n\
+           c, _ = s.accept(); pid = os.fork()\n\
+           if pid == 0: c.recv(4096); c.sendall(b'x' * 65536); os.kill(os.getpid(), signal.SIGKILL)\n\
+           c.close(); os.waitpid(pid, 0); time.sleep(30)";
+    let argv = [PYTHON, "-c", &script];
+    let (server, _lines) = start_server_lines(share_command(&w, &argv), &argv, 8091, 1);
+    // Its ACKs of the first bytes, or the bytes it sends after them, reach the switch
+    // after the child died.
+    let client = format!(
+        "import socket, time\n\
+         s = socket.create_connection(('{HOST_IP}', 8091)); t = time.time()\n\
+         s.sendall(b'go'); s.settimeout(1)\n\
+         try:\n\
+         \x20   try:\n\
+         \x20       while s.recv(65536): pass\n\
+         \x20   except socket.timeout: pass\n\
+         \x20   s.settimeout(8); s.sendall(b'more')\n\
+         \x20   while s.recv(65536): pass\n\
+         \x20   print('end of stream')\n\
+         except ConnectionResetError: print('reset after %.1f s' % (time.time() - t))\n\
+         except socket.timeout: print('no answer')"
+    );
+    let out = run_in(&w, &w.server, &[PYTHON, "-c", &client]);
+    kill_group(server);
+    let said = text(&out.stdout);
+    let after: f64 = said
+        .trim()
+        .strip_prefix("reset after ")
+        .and_then(|r| r.strip_suffix(" s"))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{said} {}", text(&out.stderr)));
+    assert!(after < 4.0, "{said}");
 }
 
 /// The inline loop (the default): the program's threads turn the stack's loop when
@@ -1713,4 +1856,498 @@ fn a_sleeping_or_computing_program_still_acks_what_its_peer_sends() {
         ["sleep unacked 0", "compute unacked 0"],
         "the peer waited for ACKs while the program slept or computed"
     );
+}
+
+/// Fork safety, in C (a Python thread mostly waits for the interpreter's lock, never
+/// inside the library when another forks): two threads open, register, wait on and
+/// close stack sockets in a loop while the main thread forks 500 times, and each child
+/// opens a socket and closes an inherited one and its duplicate (the calls that take
+/// the library's locks) and exits. A lock another thread held at fork would stay held
+/// in the child for ever (it has only the forking thread): no child may hang, with or
+/// without the switch.
+#[test]
+fn children_forked_while_other_threads_use_the_sockets_never_hang() {
+    const PROGRAM: &str = r#"
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static int ep, conn;
+static volatile int stop;
+static void *hammer(void *wait_ms) {
+    struct epoll_event ev = {.events = EPOLLIN}, got[8];
+    while (!stop) {
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        ev.data.fd = s;
+        epoll_ctl(ep, EPOLL_CTL_ADD, s, &ev);
+        epoll_wait(ep, got, 8, (int)(long)wait_ms);
+        close(s);
+    }
+    return 0;
+}
+int main(int argc, char **argv) {
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(80)};
+    inet_pton(AF_INET, argv[1], &to.sin_addr);
+    conn = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(conn, (struct sockaddr *)&to, sizeof to) != 0) return 2;
+    ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = conn};
+    epoll_ctl(ep, EPOLL_CTL_ADD, conn, &ev);
+    int copy = dup(conn);
+    pthread_t threads[2];
+    pthread_create(&threads[0], 0, hammer, (void *)0L);
+    pthread_create(&threads[1], 0, hammer, (void *)1L);
+    for (int i = 0; i < 500; i++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            int s = socket(AF_INET, SOCK_STREAM, 0);
+            if (s >= 0) close(s);
+            close(conn);
+            close(copy);
+            _exit(0);
+        }
+        int status, waited = 0;
+        while (waitpid(pid, &status, WNOHANG) == 0) {
+            if (++waited == 5000) {
+                kill(pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                printf("child %d hung\n", i);
+                return 7;
+            }
+            usleep(1000);
+        }
+    }
+    stop = 1;
+    pthread_join(threads[0], 0);
+    pthread_join(threads[1], 0);
+    printf("forked 500\n");
+    return 0;
+}
+"#;
+    let w = world();
+    let program = build_c("fork", PROGRAM);
+    let (program, ip) = (program.to_str().unwrap(), SERVER_IP.to_string());
+    for share in [false, true] {
+        let argv = [program, ip.as_str()];
+        let command = match share {
+            false => exec_command(&w, &argv),
+            true => share_command(&w, &argv),
+        };
+        run_c(
+            command,
+            Duration::from_secs(120),
+            "forked 500\n",
+            &format!("share {share}"),
+        );
+    }
+}
+
+/// An infinite epoll_wait off the inline path (here a forked child's, on the set its
+/// parent's waits added the device's sockets to) that the device's frames wake has
+/// nothing to give the program: it waits on, as Linux returns only for an event.
+#[test]
+fn an_infinite_epoll_wait_woken_by_the_devices_frames_waits_on() {
+    let w = world();
+    let script = format!(
+        "import os, select, socket, time\n\
+         def fetch():\n\
+         \x20   c = socket.create_connection(('{SERVER_IP}', 80))\n\
+         \x20   c.sendall(b'GET /index.html HTTP/1.0\\r\\n\\r\\n')\n\
+         \x20   while c.recv(65536): pass\n\
+         \x20   c.close()\n\
+         fetch()\n\
+         ep = select.epoll()\n\
+         r, wr = os.pipe()\n\
+         ep.register(r, select.EPOLLIN)\n\
+         ep.poll(0.05)\n\
+         pid = os.fork()\n\
+         if pid == 0:\n\
+         \x20   got = ep.poll(-1)\n\
+         \x20   os._exit(0 if got == [(r, select.EPOLLIN)] else 5)\n\
+         time.sleep(0.2)\n\
+         for _ in range(3): fetch()\n\
+         time.sleep(0.2)\n\
+         os.write(wr, b'x')\n\
+         deadline = time.monotonic() + 5\n\
+         while True:\n\
+         \x20   p, status = os.waitpid(pid, os.WNOHANG)\n\
+         \x20   if p: break\n\
+         \x20   if time.monotonic() > deadline: os.kill(pid, 9); raise SystemExit('the child hung')\n\
+         \x20   time.sleep(0.01)\n\
+         raise SystemExit(os.waitstatus_to_exitcode(status))"
+    );
+    let out = exec_command(&w, &[PYTHON, "-W", "ignore", "-c", &script])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("loop turned by the program's threads"),
+        "{stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the child's epoll_wait returned without its pipe: {stderr}"
+    );
+}
+
+/// select(2) with nfds above 1024 on a program's own larger fd_set (glibc's is 1024
+/// bits): Linux looks at every fd below nfds, so the library's inline looks must too.
+/// Here fd 1500 (a pipe written 0.3 s later) is the one fd watched.
+#[test]
+fn select_watches_fds_above_1024_when_nfds_says_so() {
+    let w = world();
+    let script = format!(
+        "import ctypes, os, resource, socket, threading, time\n\
+         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n\
+         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))\n\
+         c = socket.create_connection(('{SERVER_IP}', 80))\n\
+         r, wr = os.pipe()\n\
+         os.dup2(r, 1500)\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         for pselect in (False, True):\n\
+         \x20   bits = (ctypes.c_uint64 * 32)()\n\
+         \x20   bits[1500 // 64] = 1 << (1500 % 64)\n\
+         \x20   threading.Timer(0.3, lambda: os.write(wr, b'x')).start()\n\
+         \x20   start = time.monotonic()\n\
+         \x20   if pselect:\n\
+         \x20       ts = (ctypes.c_long * 2)(3, 0)\n\
+         \x20       n = libc.pselect(1501, ctypes.byref(bits), None, None, ctypes.byref(ts), None)\n\
+         \x20   else:\n\
+         \x20       tv = (ctypes.c_long * 2)(3, 0)\n\
+         \x20       n = libc.select(1501, ctypes.byref(bits), None, None, ctypes.byref(tv))\n\
+         \x20   took = time.monotonic() - start\n\
+         \x20   assert n == 1 and bits[1500 // 64] >> (1500 % 64) & 1, (pselect, n, took)\n\
+         \x20   assert took < 2, (pselect, took)\n\
+         \x20   os.read(1500, 1)\n\
+         print('ok')"
+    );
+    assert_eq!(python_on_the_stack(&w, &script), "ok\n");
+}
+
+/// Builds the C program `source` (named `name`) with the system's compiler, in a
+/// directory of this test's own; the program's path.
+fn build_c(name: &str, source: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("exec-c-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (c, program) = (dir.join(format!("{name}.c")), dir.join(name));
+    std::fs::write(&c, source).unwrap();
+    let cc = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .args([&program, &c])
+        .status()
+        .unwrap();
+    assert!(cc.success(), "cc {name}.c failed");
+    program
+}
+
+/// Runs a program built by [`build_c`] under `command` for at most `limit`: it says
+/// `expected` on stdout and exits 0.
+fn run_c(mut command: Command, limit: Duration, expected: &str, what: &str) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_timeout(&mut child, limit);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(out, expected, "{what}: {status}");
+    assert!(status.success(), "{what}: {status}");
+}
+
+/// A handler that leaves by `siglongjmp`, 2000 times, while the program turns the
+/// loop without pause (poll with no timeout, recv with MSG_DONTWAIT on a stack
+/// socket): a handler that left a turn would leave the loop taken for ever. The loop
+/// still turns after: a request on the connection is answered.
+#[test]
+fn a_handler_that_siglongjmps_never_leaves_the_loop_taken() {
+    const PROGRAM: &str = r#"
+#include <arpa/inet.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+static sigjmp_buf back;
+static volatile sig_atomic_t jumps;
+static void on_alarm(int sig) {
+    (void)sig;
+    jumps++;
+    siglongjmp(back, 1);
+}
+int main(int argc, char **argv) {
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(80)};
+    inet_pton(AF_INET, argv[1], &to.sin_addr);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&to, sizeof to) != 0) return 2;
+    struct sigaction alarm = {.sa_handler = on_alarm};
+    sigaction(SIGALRM, &alarm, 0);
+    struct itimerval every = {{0, 200}, {0, 200}}, off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &every, 0);
+    sigsetjmp(back, 1);
+    while (jumps < 2000) {
+        struct pollfd p = {.fd = s, .events = POLLIN};
+        char byte;
+        poll(&p, 1, 0);
+        recv(s, &byte, 1, MSG_DONTWAIT);
+    }
+    setitimer(ITIMER_REAL, &off, 0);
+    const char *get = "GET /index.html HTTP/1.0\r\n\r\n";
+    send(s, get, strlen(get), 0);
+    long got = 0;
+    for (;;) {
+        struct pollfd p = {.fd = s, .events = POLLIN};
+        if (poll(&p, 1, 5000) != 1) {
+            printf("no answer after %d jumps\n", (int)jumps);
+            return 3;
+        }
+        char buf[4096];
+        long n = recv(s, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        got += n;
+    }
+    printf("%s\n", got > 0 ? "answered" : "nothing");
+    return 0;
+}
+"#;
+    let w = world();
+    let program = build_c("longjmp", PROGRAM);
+    let ip = SERVER_IP.to_string();
+    let command = exec_command(&w, &[program.to_str().unwrap(), &ip]);
+    run_c(command, Duration::from_secs(60), "answered\n", "exec");
+}
+
+/// bind(2) to port 0 (and to a port named), then connect(2): the connection is from
+/// the port bound, as Linux; getsockname shows it, and the server answers on it (its
+/// segments reach the stack, not the kernel), with and without the switch.
+#[test]
+fn a_connect_after_bind_goes_from_the_port_bound() {
+    let w = world();
+    let script = format!(
+        "import socket\n\
+         for port in (0, 47123):\n\
+         \x20   s = socket.socket(); s.bind(('0.0.0.0', port)); p = s.getsockname()[1]\n\
+         \x20   assert p != 0 and (port == 0 or p == port), (port, p)\n\
+         \x20   s.connect(('{SERVER_IP}', 80)); q = s.getsockname()[1]\n\
+         \x20   assert q == p, ('bound', p, 'connected from', q)\n\
+         \x20   s.sendall(b'GET /index.html HTTP/1.0\\r\\n\\r\\n')\n\
+         \x20   body = b''\n\
+         \x20   while True:\n\
+         \x20       d = s.recv(65536)\n\
+         \x20       if not d: break\n\
+         \x20       body += d\n\
+         \x20   assert body.startswith(b'HTTP/1.1 200'), body[:40]\n\
+         \x20   s.close()\n\
+         print('ok')"
+    );
+    for share in [false, true] {
+        let argv = [PYTHON, "-c", &script];
+        let before = kernel_tcp(&w);
+        let out = match share {
+            false => exec_command(&w, &argv),
+            true => share_command(&w, &argv),
+        }
+        .output()
+        .unwrap();
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "share {share}: {stderr}");
+        assert_eq!(text(&out.stdout), "ok\n", "share {share}");
+        assert_eq!(
+            kernel_tcp(&w),
+            before,
+            "share {share}: the kernel's TCP moved"
+        );
+    }
+}
+
+#[test]
+fn splice_moves_bytes_between_a_stack_socket_and_a_pipe_both_ways() {
+    let w = world();
+    // The kernel's server: reads to the end, answers with the SHA-256 of what came.
+    let digest_server = "import hashlib, socket, sys\n\
+         l = socket.create_server(('0.0.0.0', 7300))\n\
+         print('ready', flush=True)\n\
+         c, _ = l.accept()\n\
+         h = hashlib.sha256()\n\
+         while chunk := c.recv(1 << 16): h.update(chunk)\n\
+         c.sendall(h.hexdigest().encode())\n\
+         c.close()";
+    let mut server = w
+        .exec(&w.server)
+        .args([PYTHON, "-c", digest_server])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(first_stdout_line(&mut server), "ready");
+    // Under exec: the 64 MiB download socket -> pipe (blocking, then non-blocking with
+    // SPLICE_F_NONBLOCK), its request pipe -> socket; then 8 MiB up pipe -> socket into
+    // a non-blocking socket while another thread fills the pipe. First Linux's errnos,
+    // and a splice into a socket whose connect failed leaves the pipe's bytes there.
+    let client = format!(
+        "import errno, fcntl, hashlib, os, select, socket, struct, termios, threading\n\
+         r, w = os.pipe()\n\
+         os.write(w, b'abc')\n\
+         c = socket.socket()\n\
+         assert c.connect_ex(('{SERVER_IP}', 1)) == errno.ECONNREFUSED\n\
+         assert os.splice(r, c.fileno(), 0) == 0\n\
+         for kw, e in [({{'offset_dst': 0}}, errno.EINVAL), ({{'offset_src': 0}}, errno.ESPIPE), ({{'flags': 0x100}}, errno.EINVAL), ({{}}, None)]:\n\
+         \x20   try: os.splice(r, c.fileno(), 3, **kw); raise SystemExit(f'no error for {{kw}}')\n\
+         \x20   except OSError as x: assert e is None or x.errno == e, (kw, x)\n\
+         left = struct.unpack('i', fcntl.ioctl(r, termios.FIONREAD, b'0000'))[0]\n\
+         assert left == 3, left\n\
+         os.read(r, 3)\n\
+         s = socket.create_connection(('{SERVER_IP}', 80))\n\
+         req = b'GET /big.bin HTTP/1.0\\r\\n\\r\\n'\n\
+         os.write(w, req)\n\
+         assert os.splice(r, s.fileno(), len(req)) == len(req)\n\
+         data = bytearray()\n\
+         nb = False\n\
+         while True:\n\
+         \x20   if not nb and len(data) > 32 << 20: s.setblocking(False); nb = True\n\
+         \x20   try: n = os.splice(s.fileno(), w, 1 << 20, flags=os.SPLICE_F_NONBLOCK if nb else 0)\n\
+         \x20   except BlockingIOError: select.select([s], [], [], 5); continue\n\
+         \x20   if n == 0: break\n\
+         \x20   while n: piece = os.read(r, n); data += piece; n -= len(piece)\n\
+         body = bytes(data).split(b'\\r\\n\\r\\n', 1)[1]\n\
+         print(hashlib.sha256(body).hexdigest())\n\
+         u = socket.create_connection(('{SERVER_IP}', 7300))\n\
+         u.setblocking(False)\n\
+         payload = os.urandom(8 << 20)\n\
+         r2, w2 = os.pipe()\n\
+         def feed(): os.write(w2, payload); os.close(w2)\n\
+         threading.Thread(target=feed).start()\n\
+         sent = 0\n\
+         while True:\n\
+         \x20   try: n = os.splice(r2, u.fileno(), 1 << 20)\n\
+         \x20   except BlockingIOError: select.select([], [u], [], 5); continue\n\
+         \x20   if n == 0: break\n\
+         \x20   sent += n\n\
+         u.shutdown(socket.SHUT_WR)\n\
+         u.setblocking(True)\n\
+         answer = b''\n\
+         while chunk := u.recv(100): answer += chunk\n\
+         assert sent == len(payload), sent\n\
+         assert answer.decode() == hashlib.sha256(payload).hexdigest(), answer\n\
+         print('upload', sent)"
+    );
+    let before = kernel_tcp(&w);
+    let out = exec_command(&w, &[PYTHON, "-c", &client]).output().unwrap();
+    let stderr = text(&out.stderr);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "{stderr}");
+    for port in [80, 7300] {
+        assert!(
+            stderr.contains(&format!("connect to {SERVER_IP}:{port}: stack")),
+            "{stderr}"
+        );
+    }
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            sha256(&w.dir.join("www/big.bin")).as_str(),
+            "upload 8388608"
+        ]
+    );
+    assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
+}
+
+#[test]
+fn tcp_info_reports_the_connections_bytes_segment_size_and_options() {
+    let w = world();
+    // Counted by the program itself (what it wrote and read), against what TCP_INFO says.
+    let script = format!(
+        "import socket, struct\n\
+         s = socket.create_connection(('{SERVER_IP}', 80))\n\
+         req = b'GET /big.bin HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'\n\
+         s.sendall(req)\n\
+         head = b''\n\
+         while b'\\r\\n\\r\\n' not in head: head += s.recv(1)\n\
+         got = len(head) + (64 << 20)\n\
+         left = 64 << 20\n\
+         while left: left -= len(s.recv(min(left, 1 << 20)))\n\
+         info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)\n\
+         state, ca, options, wscale = info[0], info[1], info[5], info[6]\n\
+         rto, ato, snd_mss, rcv_mss = struct.unpack_from('IIII', info, 8)\n\
+         rtt, rttvar, ssthresh, cwnd = struct.unpack_from('IIII', info, 68)\n\
+         bytes_acked, bytes_received = struct.unpack_from('QQ', info, 120)\n\
+         maxseg = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)\n\
+         cc = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b'\\0').decode()\n\
+         fresh = socket.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b'\\0').decode()\n\
+         print(state, options & 7, snd_mss, maxseg, bytes_acked == len(req), bytes_received == got, rtt > 0, cwnd > 0, rto >= 200000, cc, fresh)"
+    );
+    let before = kernel_tcp(&w);
+    let out = exec_command(&w, &[PYTHON, "-c", &script]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("connect to {SERVER_IP}:80: stack")),
+        "{stderr}"
+    );
+    // Established (1); timestamps, SACK and window scaling (7) as the kernel's peer
+    // offers them; 1500-byte MTU less IPv4, TCP and timestamp headers: 1448.
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "1 7 1448 1448 True True True True True cubic cubic"
+    );
+    assert_eq!(kernel_tcp(&w), before, "the kernel's TCP counters moved");
+}
+
+#[test]
+fn iperf3_under_exec_reads_tcp_info_without_an_error() {
+    let w = world();
+    let mut server = w
+        .exec(&w.server)
+        .args(["iperf3", "-s", "-1", "-p", "5301"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // iperf3 reads TCP_INFO every interval for its Retr and Cwnd columns.
+    let server_ip = SERVER_IP.to_string();
+    let mut out = None;
+    for _ in 0..50 {
+        let o = exec_command(
+            &w,
+            &["iperf3", "-J", "-c", &server_ip, "-p", "5301", "-t", "2"],
+        )
+        .output()
+        .unwrap();
+        // The server may not listen yet: iperf3 then fails at once.
+        if o.status.success() || !text(&o.stdout).contains("Connection refused") {
+            out = Some(o);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out.expect("iperf3's server never listened");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    // Without TCP_INFO it says "getsockopt - Protocol not available" (in its JSON
+    // under -J) and shows an RTT of 0 and a garbage cwnd.
+    assert!(
+        !stdout.contains("getsockopt") && !stderr.contains("getsockopt"),
+        "{stdout}{stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let sender = &json["end"]["streams"][0]["sender"];
+    let bytes = sender["bytes"].as_u64().unwrap();
+    let received = json["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    // What the server read; bytes still in flight when the time ran out are not in it.
+    assert!(received > 0 && received <= bytes, "{sender} {received}");
+    assert!(sender["max_snd_cwnd"].as_u64().unwrap() > 0, "{sender}");
+    let rtt = sender["mean_rtt"].as_u64().unwrap();
+    assert!(rtt > 0 && rtt < 1_000_000, "{sender}");
+    assert!(sender["retransmits"].as_u64().is_some(), "{sender}");
 }

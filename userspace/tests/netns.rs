@@ -1173,13 +1173,11 @@ sys.stdin.readline()
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "10000", "all connections established");
+    assert_eq!(
+        first_stdout_line(&mut holder),
+        "10000",
+        "all connections established"
+    );
     let during = rss_kib(stack_pid);
     let per_conn = (during.saturating_sub(before)) * 1024 / 10_000;
     eprintln!(

@@ -4,8 +4,10 @@ use anyhow::{Context, bail};
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Packages to build (a C compiler for ring and the fuzz targets; bpf-linker needs LLVM 22).
+/// Packages to build (a C compiler for ring and the fuzz targets; bpf-linker needs LLVM 22;
+/// gcc is `cc`, rustc's linker and the compiler of tests/exec.rs's C programs).
 pub const BUILD_PACKAGES: &[&str] = &[
+    "gcc",
     "clang",
     "llvm",
     "pkg-config",

@@ -56,6 +56,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("redis-benchmark", "redis-tools"),
     ("memcached", "memcached"),
     ("nstat", "iproute2"),
+    // tests/exec.rs builds small C programs (fork and signal safety).
+    ("cc", "gcc"),
 ];
 
 /// Fails with one line naming the first missing program and its package.

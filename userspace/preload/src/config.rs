@@ -136,16 +136,17 @@ pub fn stack() -> Result<&'static Stack, &'static str> {
     if let Some(started) = current(pid) {
         return started;
     }
+    let _critical = crate::signals::critical();
     let _starting = START.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(started) = current(pid) {
         return started;
     }
     let first = STARTED.load(Ordering::Acquire).is_null();
     let started = builder().and_then(|b| {
-        match loop_thread() {
+        without_signals(|| match loop_thread() {
             true => b.build(),
             false => b.build_inline(),
-        }
+        })
         .map_err(|e| e.to_string())
     });
     match &started {
@@ -167,6 +168,7 @@ pub fn stack() -> Result<&'static Stack, &'static str> {
                     libc::atexit(at_exit);
                     libc::pthread_atfork(None, None, Some(in_forked_child));
                 }
+                crate::moves::register_fork_handlers();
             }
         }
         Err(e) => eprintln!(
@@ -184,6 +186,32 @@ pub fn stack() -> Result<&'static Stack, &'static str> {
         INLINE.store(std::ptr::from_ref(stack).cast_mut(), Ordering::Release);
     }
     started.stack.as_ref().map_err(|e| e.as_str())
+}
+
+/// Runs `f` with every signal blocked on this thread, so the threads it starts (the
+/// stack's loop or background thread) block them all: the program's handlers run on
+/// its own threads only, never inside the loop's turn on ours (a handler that left by
+/// `siglongjmp` would leave the loop taken for ever). A signal that comes meanwhile
+/// waits for the end of `f`.
+fn without_signals<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: an all-zero sigset_t is a valid (empty) set.
+    let (mut all, mut before): (libc::sigset_t, libc::sigset_t) = unsafe { std::mem::zeroed() };
+    // SAFETY: sigfillset and pthread_sigmask on sets of our own, this thread only.
+    let blocked = unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut before) == 0
+    };
+    let out = f();
+    if blocked {
+        // SAFETY: puts back this thread's mask as it was.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut()) };
+    }
+    out
+}
+
+/// The stack's start lock, held across fork (see `fork`): the child starts its own.
+pub fn hold_start() -> std::sync::MutexGuard<'static, ()> {
+    START.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// This process's stack when its loop is inline (null in a child forked after it
@@ -210,7 +238,9 @@ extern "C" fn in_forked_child() {
     if switched() {
         // Through the switch, the child gets a stack of its own now, before it can
         // put an inherited listener in an epoll set (see `table::adopt_after_fork`).
-        let _ = std::panic::catch_unwind(crate::table::adopt_after_fork);
+        let _ = std::panic::catch_unwind(|| {
+            crate::table::adopt_after_fork(crate::moves::after_fork_in_child())
+        });
     } else {
         FORKED.store(true, Ordering::SeqCst);
     }
@@ -226,7 +256,14 @@ pub fn forked() -> bool {
 /// At exit: the sockets still open close (FIN after their bytes), and the stack gets
 /// its linger time to deliver them before the XDP program is detached.
 extern "C" fn at_exit() {
-    if forked() {
+    before_exit();
+}
+
+/// At `exit` or `_exit`: the sockets still open close, and a stack started in this
+/// process lingers to deliver their bytes (nothing in a child that has no stack of
+/// its own, a vfork child's included: the memory may be its parent's).
+pub fn before_exit() {
+    if forked() || running().is_none() {
         return;
     }
     let _ = std::panic::catch_unwind(|| {

@@ -5,14 +5,14 @@
 //! waiting, and `RDHUP` once the peer's FIN came. `poll`/`ppoll` and the `epoll_wait`
 //! family add them to what the kernel returned; a `poll` on a socket that already has
 //! one does not wait (the kernel's would return at once).
-use crate::inline;
-use crate::ready;
 use crate::real::real;
 use crate::table::{Conditions, lookup};
+use crate::{config, inline, ready, signals};
 use libc::{c_int, epoll_event, nfds_t, pollfd, sigset_t, timespec};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// What `tcp_poll` adds for `c`, as poll(2) bits: `POLLRDHUP` only when asked for.
 fn poll_bits(c: Conditions, asked: i16) -> i16 {
@@ -31,6 +31,10 @@ fn poll_bits(c: Conditions, asked: i16) -> i16 {
 
 /// The bits to add to each entry of `set`, if any entry is a stack socket with one.
 fn extra(set: &[pollfd]) -> Option<Vec<i16>> {
+    if config::forked() {
+        // The parent's sockets: their state is its loop's (and its threads' locks).
+        return None;
+    }
     let mut any = false;
     let bits: Vec<i16> = set
         .iter()
@@ -178,7 +182,7 @@ pub unsafe extern "C" fn __ppoll_chk(
 /// Stack sockets registered with an epoll instance: the event's `data` is all that
 /// `epoll_wait` gives back, so it is kept with the fd and the events asked for.
 #[derive(Default)]
-struct Registry {
+pub struct Registry {
     by_data: HashMap<(c_int, u64), (c_int, u32)>,
     by_fd: HashMap<c_int, Vec<(c_int, u64)>>,
 }
@@ -188,6 +192,7 @@ static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 static REGISTERED: AtomicUsize = AtomicUsize::new(0);
 
 fn with_registry<T>(f: impl FnOnce(&mut Registry) -> T) -> T {
+    let _critical = signals::critical();
     let mut guard = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
     let registry = guard.get_or_insert_with(Registry::default);
     let out = f(registry);
@@ -219,6 +224,7 @@ static WATCHING: AtomicUsize = AtomicUsize::new(0);
 /// each with EPOLLEXCLUSIVE: of the threads waiting on several sets, a frame wakes
 /// one.
 fn watched(epfd: c_int, fds: &[c_int]) -> bool {
+    let _critical = signals::critical();
     let mut sets = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
     if sets.contains(&epfd) {
         return true;
@@ -251,6 +257,19 @@ fn watched(epfd: c_int, fds: &[c_int]) -> bool {
     true
 }
 
+/// The registry's locks, taken before fork (see `fork`).
+pub type Held = (
+    std::sync::MutexGuard<'static, Option<Registry>>,
+    std::sync::MutexGuard<'static, Vec<c_int>>,
+);
+
+pub fn hold() -> Held {
+    (
+        REGISTRY.lock().unwrap_or_else(|p| p.into_inner()),
+        WATCHED.lock().unwrap_or_else(|p| p.into_inner()),
+    )
+}
+
 /// Takes the device's events out of the `ready` events an epoll wait returned.
 fn unwatched(events: *mut epoll_event, ready: c_int) -> c_int {
     if ready <= 0 || events.is_null() {
@@ -268,6 +287,55 @@ fn unwatched(events: *mut epoll_event, ready: c_int) -> c_int {
     kept as c_int
 }
 
+/// The real epoll wait `wait(left)` (`None`: no timeout) until it has an answer for
+/// the program: the device's events alone (a set a watched wait added them to, waited
+/// on where this thread does not turn the loop) are none, and Linux returns 0 only at
+/// the timeout, so it waits again for the time left.
+fn wait_unwatched(
+    events: *mut epoll_event,
+    timeout: Option<Duration>,
+    mut wait: impl FnMut(Option<Duration>) -> c_int,
+) -> c_int {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut left = timeout;
+    let mut device_only = 0u32;
+    loop {
+        let ready = wait(left);
+        let kept = unwatched(events, ready);
+        if kept != 0 || ready <= 0 || timeout == Some(Duration::ZERO) {
+            return kept;
+        }
+        if let Some(deadline) = deadline {
+            left = Some(deadline.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return 0;
+            }
+        }
+        // Level-triggered: while the loop's owner has not taken the frames yet, a
+        // short pause, not a spin.
+        device_only += 1;
+        if device_only > 1 {
+            let pause = Duration::from_micros(200);
+            std::thread::sleep(left.map_or(pause, |l| l.min(pause)));
+        }
+    }
+}
+
+/// [`wait_unwatched`] for epoll_wait's milliseconds (negative: no timeout).
+fn wait_unwatched_ms(
+    events: *mut epoll_event,
+    timeout: c_int,
+    wait: impl Fn(c_int) -> c_int,
+) -> c_int {
+    let timeout = u64::try_from(timeout).ok().map(Duration::from_millis);
+    wait_unwatched(events, timeout, |left| {
+        // Whole milliseconds, rounded up: never before the time.
+        wait(left.map_or(-1, |l| {
+            l.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int
+        }))
+    })
+}
+
 /// An epoll wait of the program's: on an inline stack the thread turns the loop,
 /// and waits on the device's sockets itself if it can (else the background thread
 /// takes the loop while it waits); `wait(ms)` is the real call.
@@ -280,19 +348,22 @@ fn epoll_inline(
 ) -> c_int {
     ready::settle();
     let _collecting = ready::collecting(epfd);
-    // The real wait: the device's events out, the ready list's sockets in.
-    let look = |ms: c_int| {
+    // The real wait (`real(ms)`, the device's events out), the ready list's sockets in.
+    let answer = |ms: c_int, real: &dyn Fn(c_int) -> c_int| {
         let sleeping = (ms != 0).then(ready::sleeping);
-        let got = unwatched(events, wait(ms));
+        let got = real(ms);
         drop(sleeping);
         merge_epoll(epfd, events, merge_ready(epfd, events, maxevents, got))
     };
+    let look = |ms| answer(ms, &|ms| wait_unwatched_ms(events, ms, &wait));
     let Some(stack) = inline::stack() else {
         return look(timeout);
     };
     let fds = stack.watch_fds();
     if !fds.is_empty() && timeout != 0 && watched(epfd, fds) {
-        return inline::watched_wait(stack, timeout, look);
+        return inline::watched_wait(stack, timeout, |ms| {
+            answer(ms, &|ms| unwatched(events, wait(ms)))
+        });
     }
     inline::before_wait(timeout != 0, || look(0)).unwrap_or_else(|| look(timeout))
 }
@@ -358,6 +429,7 @@ pub fn forget(fd: c_int) {
         sock.set_sole(ready::NONE);
     }
     if WATCHING.load(Ordering::Acquire) > 0 {
+        let _critical = signals::critical();
         let mut sets = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
         sets.retain(|&s| s != fd);
         WATCHING.store(sets.len(), Ordering::Release);
@@ -428,6 +500,10 @@ pub unsafe extern "C" fn epoll_ctl(
 /// Adds the stack sockets' conditions to the `ready` events `epoll_wait` returned.
 fn merge_epoll(epfd: c_int, events: *mut epoll_event, ready: c_int) -> c_int {
     if ready <= 0 || events.is_null() || REGISTERED.load(Ordering::Acquire) == 0 {
+        return ready;
+    }
+    if config::forked() {
+        // As in `extra`.
         return ready;
     }
     // SAFETY: the kernel filled `ready` entries of the caller's array.
@@ -503,49 +579,96 @@ pub unsafe extern "C" fn epoll_pwait2(
     let _entered = inline::enter();
     ready::settle();
     let _collecting = ready::collecting(epfd);
-    let zero = timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    let wait = |timeout: *const timespec| {
-        let sleeping = (!std::ptr::eq(timeout, &zero)).then(ready::sleeping);
-        // SAFETY: libc's epoll_pwait2 with the caller's array, timeout and mask.
-        let ready = unsafe {
-            real!(epoll_pwait2: fn(c_int, *mut epoll_event, c_int, *const timespec, *const sigset_t) -> c_int)(
-                epfd, events, maxevents, timeout, sigmask,
-            )
+    // SAFETY: a null timeout waits for ever; else the caller's timespec, valid to read.
+    let asked = (!timeout.is_null()).then(|| unsafe { *timeout });
+    let valid = asked.is_none_or(|t| t.tv_sec >= 0 && (0..1_000_000_000).contains(&t.tv_nsec));
+    let raw = |left: Option<Duration>| {
+        let spec = left.map(|l| timespec {
+            tv_sec: l.as_secs() as libc::time_t,
+            tv_nsec: l.subsec_nanos() as libc::c_long,
+        });
+        let at = match (valid, &spec) {
+            (false, _) => timeout,
+            (true, Some(spec)) => spec as *const timespec,
+            (true, None) => std::ptr::null(),
         };
-        drop(sleeping);
-        let ready = merge_ready(epfd, events, maxevents, unwatched(events, ready));
-        merge_epoll(epfd, events, ready)
+        // SAFETY: libc's epoll_pwait2 with the caller's array and mask, and a valid
+        // timeout, none, or the caller's invalid one (the kernel's EINVAL).
+        unsafe {
+            real!(epoll_pwait2: fn(c_int, *mut epoll_event, c_int, *const timespec, *const sigset_t) -> c_int)(
+                epfd, events, maxevents, at, sigmask,
+            )
+        }
     };
-    // SAFETY: a null timeout waits for ever; else the caller's valid timespec.
-    let blocking =
-        timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_nsec != 0 };
-    inline::before_wait(blocking, || wait(&zero)).unwrap_or_else(|| wait(timeout))
+    let limit = asked
+        .filter(|_| valid)
+        .map(|t| Duration::new(t.tv_sec as u64, t.tv_nsec as u32));
+    let wait = |left: Option<Duration>| {
+        let sleeping = (left != Some(Duration::ZERO)).then(ready::sleeping);
+        let got = wait_unwatched(events, left, &raw);
+        drop(sleeping);
+        merge_epoll(epfd, events, merge_ready(epfd, events, maxevents, got))
+    };
+    let blocking = limit != Some(Duration::ZERO);
+    inline::before_wait(blocking, || wait(Some(Duration::ZERO))).unwrap_or_else(|| wait(limit))
 }
 
 /// The caller's fd sets, kept so that each zero-timeout look of an inline wait starts
-/// from them (select(2) overwrites them with its answer).
+/// from them (select(2) overwrites them with its answer): `nfds` bits of each, as the
+/// kernel reads them, however many (a program may pass sets larger than glibc's 1024
+/// bits); in place up to 1024, on the heap beyond.
 struct FdSets {
-    sets: [*mut libc::fd_set; 3],
-    saved: [Option<libc::fd_set>; 3],
+    sets: [*mut u64; 3],
+    words: usize,
+    small: [[u64; SMALL_WORDS]; 3],
+    large: Vec<u64>,
 }
+
+/// glibc's fd_set: 1024 bits.
+const SMALL_WORDS: usize = 1024 / 64;
 
 impl FdSets {
     /// # Safety
-    /// Each pointer is null or a valid fd_set (select's contract).
-    unsafe fn keep(sets: [*mut libc::fd_set; 3]) -> FdSets {
-        // SAFETY: the caller's non-null sets are valid to read.
-        let saved = sets.map(|p| (!p.is_null()).then(|| unsafe { *p }));
-        FdSets { sets, saved }
+    /// Each pointer is null or a valid set of at least `nfds` bits (select's contract).
+    unsafe fn keep(nfds: c_int, sets: [*mut libc::fd_set; 3]) -> FdSets {
+        let words = (nfds.max(0) as usize).div_ceil(64);
+        let mut kept = FdSets {
+            sets: sets.map(|p| p.cast::<u64>()),
+            words,
+            small: [[0; SMALL_WORDS]; 3],
+            large: if words > SMALL_WORDS {
+                vec![0; 3 * words]
+            } else {
+                Vec::new()
+            },
+        };
+        for i in 0..3 {
+            let from = kept.sets[i];
+            if !from.is_null() {
+                // SAFETY: the caller's set holds `words` words (select's contract).
+                let from = unsafe { std::slice::from_raw_parts(from, words) };
+                kept.saved(i).copy_from_slice(from);
+            }
+        }
+        kept
     }
 
-    fn restore(&self) {
-        for (p, saved) in self.sets.iter().zip(&self.saved) {
-            if let Some(set) = saved {
-                // SAFETY: the caller's valid, writable set (select's contract).
-                unsafe { **p = *set };
+    fn saved(&mut self, i: usize) -> &mut [u64] {
+        match self.words > SMALL_WORDS {
+            true => &mut self.large[i * self.words..(i + 1) * self.words],
+            false => &mut self.small[i][..self.words],
+        }
+    }
+
+    fn restore(&mut self) {
+        for i in 0..3 {
+            let to = self.sets[i];
+            if !to.is_null() {
+                let words = self.words;
+                let saved = self.saved(i).as_ptr();
+                // SAFETY: the caller's valid, writable set of `words` words; ours is
+                // as long and apart from it.
+                unsafe { std::ptr::copy_nonoverlapping(saved, to, words) };
             }
         }
     }
@@ -555,13 +678,14 @@ impl FdSets {
 /// stack, the loop's turns and spin first (see `inline::before_wait`), each look from
 /// the caller's sets; `call(zero)` is the real call, with a zero timeout if `zero`.
 fn select_inline(
+    nfds: c_int,
     sets: [*mut libc::fd_set; 3],
     blocking: bool,
     call: impl Fn(bool) -> c_int,
 ) -> c_int {
     if inline::stack().is_some() {
-        // SAFETY: each set is null or valid (select's contract).
-        let kept = unsafe { FdSets::keep(sets) };
+        // SAFETY: each set is null or valid for `nfds` bits (select's contract).
+        let mut kept = unsafe { FdSets::keep(nfds, sets) };
         let look = || {
             ready::settle();
             kept.restore();
@@ -590,7 +714,7 @@ pub unsafe extern "C" fn select(
     // SAFETY: a null timeout waits for ever; else the caller's valid timeval.
     let blocking =
         timeout.is_null() || unsafe { (*timeout).tv_sec != 0 || (*timeout).tv_usec != 0 };
-    select_inline([readfds, writefds, exceptfds], blocking, |zero| {
+    select_inline(nfds, [readfds, writefds, exceptfds], blocking, |zero| {
         let mut none = libc::timeval {
             tv_sec: 0,
             tv_usec: 0,
@@ -619,7 +743,7 @@ pub unsafe extern "C" fn pselect(
         tv_sec: 0,
         tv_nsec: 0,
     };
-    select_inline([readfds, writefds, exceptfds], blocking, |zero| {
+    select_inline(nfds, [readfds, writefds, exceptfds], blocking, |zero| {
         let timeout = if zero { &none } else { timeout };
         // SAFETY: libc's pselect with the caller's sets, timeout (or a zero one), mask.
         unsafe { real_pselect(nfds, readfds, writefds, exceptfds, timeout, sigmask) }
@@ -653,6 +777,44 @@ mod tests {
         assert_eq!(poll_bits(fin, libc::POLLRDHUP), libc::POLLRDHUP);
         assert_eq!(libc::EPOLLRDHUP, libc::POLLRDHUP as i32);
         assert_eq!(libc::EPOLLHUP, libc::POLLHUP as i32);
+    }
+
+    /// Sets larger than glibc's 1024 bits come back whole, as nfds says (select(2)
+    /// reads nfds bits); bits past nfds are not the library's to touch.
+    #[test]
+    fn fd_sets_are_kept_for_every_fd_below_nfds() {
+        let mut read = [0u64; 32];
+        let mut write = [0u64; 32];
+        read[1500 / 64] = 1 << (1500 % 64);
+        read[3] = 1;
+        write[1600 / 64] = 1 << (1600 % 64);
+        let sets = [read.as_mut_ptr(), write.as_mut_ptr(), std::ptr::null_mut()];
+        // SAFETY: two sets of 2048 bits and a null one.
+        let mut kept = unsafe { FdSets::keep(1601, sets.map(|p| p.cast::<libc::fd_set>())) };
+        // SAFETY: the sets are ours and valid; as select(2) writes its answer.
+        unsafe {
+            std::ptr::write_bytes(sets[0], 0, 32);
+            std::ptr::write_bytes(sets[1], 0, 32);
+            *sets[1].add(31) = 7;
+        }
+        kept.restore();
+        assert_eq!(read[1500 / 64], 1 << (1500 % 64));
+        assert_eq!(read[3], 1);
+        assert_eq!(write[1600 / 64], 1 << (1600 % 64));
+        assert_eq!(write[31], 7, "past nfds: not restored");
+        // glibc's size and smaller: in place.
+        let mut small = [0u64; 16];
+        small[15] = 1 << 63;
+        let sets = [
+            small.as_mut_ptr().cast(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        ];
+        // SAFETY: one set of 1024 bits.
+        let mut kept = unsafe { FdSets::keep(1024, sets) };
+        small[15] = 0;
+        kept.restore();
+        assert_eq!(small[15], 1 << 63);
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub struct Entered(());
 
 /// Marks the start of a call of the library on this thread.
 pub fn enter() -> Entered {
-    let _ = DEPTH.try_with(|d| d.set(d.get() + 1));
+    let _ = DEPTH.try_with(|d| d.set(d.get().saturating_add(1)));
     Entered(())
 }
 
@@ -67,7 +67,7 @@ impl Drop for Entered {
 /// library never turn the loop. Only a thread-local `Cell` without a destructor is
 /// touched, which is safe in a handler.
 pub fn in_signal_handler() -> Handling {
-    let _ = DEPTH.try_with(|d| d.set(d.get() + IN_HANDLER));
+    let _ = DEPTH.try_with(|d| d.set(d.get().saturating_add(IN_HANDLER)));
     let _ = HANDLED.try_with(|h| h.set(h.get().wrapping_add(1)));
     Handling(())
 }
@@ -95,7 +95,14 @@ pub fn stack() -> Option<&'static Stack> {
 
 /// One turn of the loop, if this thread may; whether it had work.
 pub fn turn() -> bool {
-    stack().and_then(Stack::turn).unwrap_or(false)
+    stack().and_then(turn_of).unwrap_or(false)
+}
+
+/// One turn of `stack`'s loop, a critical section (see `signals::critical`): a
+/// handler never runs inside it, so none can leave the loop taken.
+fn turn_of(stack: &Stack) -> Option<bool> {
+    let _critical = crate::signals::critical();
+    stack.turn()
 }
 
 /// Before a wait with a timeout (`blocking`: not zero) on a set that may hold stack
@@ -107,7 +114,7 @@ pub fn before_wait(blocking: bool, mut look: impl FnMut() -> i32) -> Option<i32>
     let stack = stack()?;
     let _ = EVENT_LOOP.try_with(|e| e.set(true));
     let signals = handled();
-    stack.turn();
+    turn_of(stack);
     let found = look();
     if found != 0 || !blocking {
         return Some(found);
@@ -126,7 +133,7 @@ fn spin(stack: &Stack, look: &mut impl FnMut() -> i32) -> Option<i32> {
     let start = Instant::now();
     let mut idle = 0u32;
     while start.elapsed() < budget {
-        let busy = stack.turn() == Some(true);
+        let busy = turn_of(stack) == Some(true);
         idle = if busy { 0 } else { idle + 1 };
         if busy || idle.is_multiple_of(LOOK_EVERY) {
             let found = look();
@@ -154,7 +161,7 @@ pub fn watched_wait(stack: &Stack, timeout_ms: i32, mut wait: impl FnMut(i32) ->
         (timeout_ms >= 0).then(|| Instant::now() + Duration::from_millis(timeout_ms as u64));
     let mut spun = false;
     loop {
-        stack.turn();
+        turn_of(stack);
         let found = wait(0);
         if found != 0 || timeout_ms == 0 {
             return found;
@@ -169,7 +176,11 @@ pub fn watched_wait(stack: &Stack, timeout_ms: i32, mut wait: impl FnMut(i32) ->
         if left == Some(Duration::ZERO) {
             return 0;
         }
-        let Some(until_timer) = stack.watch() else {
+        let watch = {
+            let _critical = crate::signals::critical();
+            stack.watch()
+        };
+        let Some(until_timer) = watch else {
             continue;
         };
         let sleep = left.map_or(until_timer, |l| l.min(until_timer));
@@ -195,7 +206,7 @@ pub fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
     let budget = config::spin();
     let start = Instant::now();
     loop {
-        stack.turn();
+        turn_of(stack);
         if ready() {
             return true;
         }

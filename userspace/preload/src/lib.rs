@@ -32,12 +32,17 @@
 
 mod addr;
 mod config;
+mod fork;
+mod handover;
 mod hangup;
 mod inline;
+mod moves;
 mod ready;
 mod real;
 mod signals;
+mod splice;
 mod table;
+mod tcpinfo;
 
 use config::say;
 use libc::{c_int, c_ulong, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
@@ -50,6 +55,9 @@ use table::{Res, Route, Sock, lookup};
 /// panic, which never crosses into C).
 fn run<T>(failed: T, call: impl FnOnce() -> Res<T>) -> T {
     let _entered = inline::enter();
+    // A handler runs after the call (or in its waits, see `signals::outside`), never
+    // while it holds a lock.
+    let _critical = signals::critical();
     if config::forked() {
         used_after_fork();
         set_errno(libc::EOPNOTSUPP);
@@ -530,13 +538,18 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let _entered = inline::enter();
     hangup::forget(fd);
     if let Some(sock) = table::remove(fd) {
+        let _critical = signals::critical();
         if config::forked() {
             // Its state belongs to the parent's poll loop: leave it alone.
             std::mem::forget(sock);
         } else {
             let _ = catch_unwind(AssertUnwindSafe(|| {
-                // The last fd of the socket: it closes (FIN, or RST with a zero linger).
+                // The last fd of the socket: it closes (FIN, or RST with a zero linger),
+                // unless a child forked with it may still take it over.
                 let last = std::sync::Arc::strong_count(&sock) == 1;
+                if last && moves::kept_for_children(&sock) {
+                    return;
+                }
                 if last {
                     sock.closing();
                 }
@@ -550,6 +563,17 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     }
     // SAFETY: libc's close with the caller's fd (the eventfd, for a stack socket).
     unsafe { real!(close: fn(c_int) -> c_int)(fd) }
+}
+
+/// `_exit` (what a forked child calls after its work, `os._exit` in Python): as at
+/// `exit`, the stack's connections get their linger time to deliver what was written
+/// to them, as the kernel keeps sending for a process that is gone.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _exit(status: c_int) -> ! {
+    config::before_exit();
+    // SAFETY: libc's _exit, which does not return.
+    unsafe { real!(_exit: fn(c_int) -> ())(status) };
+    unreachable!("_exit returned")
 }
 
 #[unsafe(no_mangle)]
@@ -755,22 +779,28 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 /// `sendfile` to a stack socket: the file's bytes through a buffer into the stream,
 /// from `*offset` (then moved on) or the file's position (then moved by what was sent).
 fn sendfile_on(sock: &Sock, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t {
+    with_scratch(|buf| sendfile_through(sock, in_fd, offset, count, buf))
+}
+
+/// Runs `f` on this thread's 64 KiB copy buffer (`sendfile`, `splice`).
+fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
     const CHUNK: usize = 64 << 10;
     // One buffer per thread, zeroed once: zeroing 64 KiB on every call cost nginx 3% of
     // its CPU serving small files.
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; CHUNK]);
     }
+    let mut f = Some(f);
     // Re-entered (from a signal handler) or during thread exit: a buffer of its own.
     BUFFER
         .try_with(|cell| {
             cell.try_borrow_mut()
                 .ok()
-                .map(|mut buf| sendfile_through(sock, in_fd, offset, count, &mut buf))
+                .map(|mut buf| (f.take().expect("called once"))(&mut buf))
         })
         .ok()
         .flatten()
-        .unwrap_or_else(|| sendfile_through(sock, in_fd, offset, count, &mut vec![0; CHUNK]))
+        .unwrap_or_else(|| (f.take().expect("not called yet"))(&mut vec![0; CHUNK]))
 }
 
 fn sendfile_through(

@@ -71,8 +71,12 @@ pub fn plain(events: u32) -> bool {
     events & (libc::EPOLLET | libc::EPOLLONESHOT | libc::EPOLLEXCLUSIVE) as u32 == 0
 }
 
-fn lock() -> std::sync::MutexGuard<'static, Vec<c_int>> {
-    LIST.lock().unwrap_or_else(|p| p.into_inner())
+/// Runs `f` with the list locked, in a critical section (no signal handler meanwhile,
+/// see `signals`).
+fn with_list<T>(f: impl FnOnce(&mut Vec<c_int>) -> T) -> T {
+    let _critical = crate::signals::critical();
+    let mut list = LIST.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut list)
 }
 
 /// This thread is in an `epoll_wait` on `epfd` until dropped.
@@ -111,15 +115,16 @@ pub fn defer(sole: u64, changed: bool) -> bool {
     if !changed {
         return true;
     }
-    let mut list = lock();
-    if SLEEPERS.load(Ordering::Acquire) > 0 {
-        return false;
-    }
-    if !list.contains(&fd) {
-        list.push(fd);
-        LISTED.store(list.len(), Ordering::Release);
-    }
-    true
+    with_list(|list| {
+        if SLEEPERS.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        if !list.contains(&fd) {
+            list.push(fd);
+            LISTED.store(list.len(), Ordering::Release);
+        }
+        true
+    })
 }
 
 /// Whether the list holds anything.
@@ -162,7 +167,7 @@ fn settle_all(fds: &[c_int]) {
 /// is empty after).
 pub fn settle() {
     if any() {
-        scratch(|buf| drain(&mut lock(), buf), settle_all);
+        scratch(|buf| with_list(|list| drain(list, buf)), settle_all);
     }
 }
 
@@ -176,9 +181,10 @@ pub fn sleeping() -> Sleeping {
         return Sleeping(());
     }
     let fill = |buf: &mut Vec<c_int>| {
-        let mut list = lock();
-        SLEEPERS.fetch_add(1, Ordering::AcqRel);
-        drain(&mut list, buf);
+        with_list(|list| {
+            SLEEPERS.fetch_add(1, Ordering::AcqRel);
+            drain(list, buf);
+        })
     };
     scratch(fill, settle_all);
     Sleeping(())
@@ -196,7 +202,7 @@ pub fn seen<T>(f: impl FnOnce(&[c_int]) -> T) -> T {
     if off() {
         return f(&[]);
     }
-    scratch(|buf| buf.extend_from_slice(&lock()), f)
+    scratch(|buf| with_list(|list| buf.extend_from_slice(list)), f)
 }
 
 /// Counts events handed to the program through the list.

@@ -10,13 +10,14 @@
 use crate::addr;
 use crate::config::{self, say};
 use crate::real::{self, real};
+use crate::signals;
 use libc::{c_int, c_void, socklen_t};
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use userspace::net::watch::{Readiness, Watcher};
 use userspace::{TcpListener, TcpStream};
@@ -26,6 +27,8 @@ pub type Errno = i32;
 pub type Res<T> = Result<T, Errno>;
 
 static SOCKETS: RwLock<BTreeMap<c_int, Arc<Sock>>> = RwLock::new(BTreeMap::new());
+/// Another thread's first use of an inherited listener waits until it listens again.
+static LISTENING_AGAIN: Mutex<()> = Mutex::new(());
 /// Fds in `SOCKETS`: calls on other fds skip the lock while there are none.
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 
@@ -34,6 +37,7 @@ pub fn lookup(fd: c_int) -> Option<Arc<Sock>> {
     if COUNT.load(Ordering::Acquire) == 0 {
         return None;
     }
+    let _critical = signals::critical();
     SOCKETS
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -51,6 +55,7 @@ pub fn insert(fd: c_int, sock: Arc<Sock>) {
 }
 
 fn insert_fresh(fd: c_int, sock: Arc<Sock>) {
+    let _critical = signals::critical();
     let mut map = SOCKETS.write().unwrap_or_else(|p| p.into_inner());
     if map.insert(fd, sock).is_none() {
         COUNT.fetch_add(1, Ordering::Release);
@@ -59,6 +64,7 @@ fn insert_fresh(fd: c_int, sock: Arc<Sock>) {
 
 /// Forgets `fd` (closed, or a kernel socket now); the socket closes with its last fd.
 pub fn remove(fd: c_int) -> Option<Arc<Sock>> {
+    let _critical = signals::critical();
     let mut map = SOCKETS.write().unwrap_or_else(|p| p.into_inner());
     let gone = map.remove(&fd);
     if gone.is_some() {
@@ -67,11 +73,100 @@ pub fn remove(fd: c_int) -> Option<Arc<Sock>> {
     gone
 }
 
+/// The socket of this process's connection (local, remote), if one is open.
+pub fn find_connection(local: SocketAddr, remote: SocketAddr) -> Option<Arc<Sock>> {
+    every_socket()
+        .into_iter()
+        .find(|s| s.connection() == Some((local, remote)))
+}
+
+/// The sockets open now (the table's lock is not held while they are looked at).
+fn every_socket() -> Vec<Arc<Sock>> {
+    SOCKETS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect()
+}
+
+/// This process's connections open now: (local, remote).
+pub fn connections() -> Vec<(SocketAddr, SocketAddr)> {
+    let mut all: Vec<_> = every_socket()
+        .iter()
+        .filter_map(|s| s.connection())
+        .collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
 /// At exit: every socket still open closes as if its fds were closed.
 pub fn close_all() {
-    let all = std::mem::take(&mut *SOCKETS.write().unwrap_or_else(|p| p.into_inner()));
+    let all = {
+        let _critical = signals::critical();
+        std::mem::take(&mut *SOCKETS.write().unwrap_or_else(|p| p.into_inner()))
+    };
     COUNT.store(0, Ordering::Release);
     drop(all);
+}
+
+/// The table's locks and every socket's, taken before fork (see `fork`): a lock
+/// another thread held at fork would stay held in the child for ever.
+pub struct Held {
+    _listening_again: MutexGuard<'static, ()>,
+    _states: Vec<MutexGuard<'static, State>>,
+    _start: MutexGuard<'static, ()>,
+    _stderr: std::io::StderrLock<'static>,
+    _sockets: std::sync::RwLockWriteGuard<'static, BTreeMap<c_int, Arc<Sock>>>,
+    /// Dropped after the guards of their states.
+    _socks: Vec<Arc<Sock>>,
+}
+
+/// Takes the locks in the order the calls nest them: a listener listening again,
+/// the sockets' states, the stack's start, stderr (whose writes look fd 2 up here),
+/// the table. Sockets opened while it took the states are caught up on with another
+/// round.
+pub fn hold() -> Held {
+    loop {
+        let listening_again = LISTENING_AGAIN.lock().unwrap_or_else(|p| p.into_inner());
+        let mut socks: Vec<Arc<Sock>> = SOCKETS
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        // A socket's duplicated fds share it: its lock is taken once.
+        socks.sort_by_key(Arc::as_ptr);
+        socks.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        let states = socks
+            .iter()
+            .map(|sock| {
+                let guard = sock.state.lock().unwrap_or_else(|p| p.into_inner());
+                // SAFETY: the guard borrows a socket that `Held::_socks` keeps alive
+                // until after the guard is dropped (field order).
+                unsafe {
+                    std::mem::transmute::<MutexGuard<'_, State>, MutexGuard<'static, State>>(guard)
+                }
+            })
+            .collect();
+        let start = config::hold_start();
+        let stderr = std::io::stderr().lock();
+        let sockets = SOCKETS.write().unwrap_or_else(|p| p.into_inner());
+        if sockets
+            .values()
+            .all(|s| socks.iter().any(|k| Arc::ptr_eq(k, s)))
+        {
+            return Held {
+                _listening_again: listening_again,
+                _states: states,
+                _start: start,
+                _stderr: stderr,
+                _sockets: sockets,
+                _socks: socks,
+            };
+        }
+    }
 }
 
 /// In a child forked after the stack started, through the switch: every inherited
@@ -83,8 +178,11 @@ pub fn close_all() {
 /// child that never uses it (a fork-per-connection server's) leaves the parent its
 /// new connections. A connection the parent opened stays with the parent: here it
 /// fails with ENOTCONN.
-pub fn adopt_after_fork() {
+/// `via` is this child's end of the pair to the parent, through which its
+/// connections are taken over (see `moves`), if the fork made one.
+pub fn adopt_after_fork(via: Option<c_int>) {
     userspace::net::switch::after_fork_in_child();
+    let _critical = signals::critical();
     let inherited: Vec<(c_int, Arc<Sock>)> = SOCKETS
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -104,10 +202,33 @@ pub fn adopt_after_fork() {
                     },
                     true,
                 ),
-                Kind::Stream(_) => {
-                    connections += 1;
-                    (Kind::Fresh { bound: None }, false)
-                }
+                Kind::Stream(s) => match (via, s.local_addr(), s.peer_addr()) {
+                    (Some(via), Ok(local), Ok(remote))
+                        if s.connect_result().is_some_and(|r| r.is_ok()) =>
+                    {
+                        say!("fd {fd}: a connection of the parent's: taken over at its first use");
+                        (Kind::Inherited { local, remote, via }, false)
+                    }
+                    _ => {
+                        connections += 1;
+                        (Kind::Fresh { bound: None }, false)
+                    }
+                },
+                Kind::Inherited { local, remote, via } => (
+                    Kind::Inherited {
+                        local: *local,
+                        remote: *remote,
+                        via: *via,
+                    },
+                    false,
+                ),
+                Kind::Gone { local, .. } => (
+                    Kind::Gone {
+                        local: *local,
+                        said: false,
+                    },
+                    false,
+                ),
             };
             listeners += listener as usize;
             (kind, listener, st.nonblocking, st.options.clone())
@@ -140,7 +261,12 @@ pub fn adopt_after_fork() {
                 port_hold: None,
             }),
             listen_on_use: AtomicBool::new(listener),
+            take_on_use: AtomicBool::new(false),
         });
+        if matches!(sock.lock().kind, Kind::Inherited { .. }) {
+            sock.take_on_use.store(true, Ordering::Release);
+            sock.signal.show(CALL_NOW, false, true);
+        }
         let replaced = SOCKETS
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -157,6 +283,8 @@ pub fn adopt_after_fork() {
     if listeners > 0 {
         // The child's stack starts now, while the child is still what it was at fork
         // (a server's worker may drop its privileges before it first uses the port).
+        // One that only inherited connections starts it when it takes one over (a
+        // child that never uses them, redis's BGSAVE, never does).
         let _ = config::stack();
     }
     if connections > 0 {
@@ -189,6 +317,17 @@ struct Signal {
 }
 
 const READABLE_ONLY: u64 = u64::MAX - 1;
+
+/// What a socket shows whose next call answers at once (its connection left), or
+/// takes its connection over (inherited): readable and writable, so that a wait the
+/// library does not see (`select`) ends too.
+const CALL_NOW: Readiness = Readiness {
+    readable: true,
+    writable: true,
+    hangup: true,
+    error: false,
+    connecting: false,
+};
 
 impl Signal {
     fn new(fd: OwnedFd) -> Signal {
@@ -268,6 +407,40 @@ enum Kind {
     },
     Listener(Arc<TcpListener>),
     Stream(Arc<TcpStream>),
+    /// A connection the parent had at fork, not taken over yet: its addresses, and
+    /// the connection to the parent to ask for it through (see `moves`).
+    Inherited {
+        local: SocketAddr,
+        remote: SocketAddr,
+        via: c_int,
+    },
+    /// A connection another process took over (or one that could not be): ENOTCONN,
+    /// said once.
+    Gone {
+        local: SocketAddr,
+        said: bool,
+    },
+}
+
+/// A socket's state, locked: no signal handler runs on this thread meanwhile (one
+/// that closed the socket would wait for ever for the lock its thread holds).
+struct Locked<'a> {
+    state: MutexGuard<'a, State>,
+    /// Dropped after the lock.
+    _critical: signals::Critical,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
 }
 
 struct State {
@@ -292,6 +465,9 @@ pub struct Sock {
     /// A listener inherited across fork: it listens again on this process's stack at
     /// its first use ([`Sock::in_use`]).
     listen_on_use: AtomicBool,
+    /// A connection inherited across fork: taken over at its first use
+    /// ([`Sock::take_over`]); looked at without the lock on every call.
+    take_on_use: AtomicBool,
 }
 
 /// Where a connect or bind goes.
@@ -342,6 +518,7 @@ impl Sock {
                 port_hold: None,
             }),
             listen_on_use: AtomicBool::new(false),
+            take_on_use: AtomicBool::new(false),
         });
         sock.attach();
         insert_fresh(fd, sock.clone());
@@ -360,8 +537,13 @@ impl Sock {
                 .is_some_and(|v| v != 0)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// The socket's state, locked in a critical section (see `signals::critical`).
+    fn lock(&self) -> Locked<'_> {
+        let critical = signals::critical();
+        Locked {
+            state: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            _critical: critical,
+        }
     }
 
     /// Has the poll loop drive the eventfd from now on.
@@ -369,7 +551,7 @@ impl Sock {
         let st = self.lock();
         let signal = self.signal.clone();
         match &st.kind {
-            Kind::Fresh { .. } => {}
+            Kind::Fresh { .. } | Kind::Inherited { .. } | Kind::Gone { .. } => {}
             Kind::Stream(s) => {
                 s.set_nonblocking(st.nonblocking).ok();
                 let w: Watcher = Arc::new(move |r| signal.show(r, false, true));
@@ -386,7 +568,7 @@ impl Sock {
     /// Brings the eventfd up to date after a call changed the socket.
     fn refresh(&self, kind: &Kind) {
         match kind {
-            Kind::Fresh { .. } => {}
+            Kind::Fresh { .. } | Kind::Inherited { .. } | Kind::Gone { .. } => {}
             Kind::Stream(s) => s.with_readiness(|r| self.signal.show(r, false, false)),
             Kind::Listener(l) => l.with_readiness(|r| self.signal.show(r, true, false)),
         }
@@ -419,7 +601,8 @@ impl Sock {
     /// peer's FIN (`POLLRDHUP`).
     pub fn conditions(&self) -> Conditions {
         match &self.lock().kind {
-            Kind::Fresh { .. } => Conditions {
+            Kind::Inherited { .. } => Conditions::default(),
+            Kind::Fresh { .. } | Kind::Gone { .. } => Conditions {
                 hangup: true,
                 ..Conditions::default()
             },
@@ -439,11 +622,83 @@ impl Sock {
     }
 
     fn stream(&self) -> Res<Arc<TcpStream>> {
-        match &self.lock().kind {
+        self.take_over();
+        let mut st = self.lock();
+        match &mut st.kind {
             Kind::Stream(s) => Ok(s.clone()),
-            Kind::Listener(_) => Err(libc::ENOTCONN),
-            Kind::Fresh { .. } => Err(libc::ENOTCONN),
+            Kind::Gone { local, said } => {
+                if !std::mem::replace(said, true) {
+                    say!(
+                        "the connection on {local}: another process took it over (a child forked with it): ENOTCONN here"
+                    );
+                }
+                Err(libc::ENOTCONN)
+            }
+            Kind::Listener(_) | Kind::Fresh { .. } | Kind::Inherited { .. } => Err(libc::ENOTCONN),
         }
+    }
+
+    /// A connection of the parent's, used here for the first time: the parent gives
+    /// it (`moves::take`), this process's stack takes it in and the switch steers it
+    /// here. If it cannot be, the socket is not connected here (one line says why).
+    fn take_over(&self) {
+        if !self.take_on_use.load(Ordering::Acquire) {
+            return;
+        }
+        let mut st = self.lock();
+        let Kind::Inherited { local, remote, via } = st.kind else {
+            return;
+        };
+        self.take_on_use.store(false, Ordering::Release);
+        let taken = crate::handover::take(via, local, remote).and_then(|bytes| {
+            let stack = config::stack().map_err(str::to_string)?;
+            TcpStream::import(stack, &bytes).map_err(|e| format!("taking it in: {e}"))
+        });
+        match taken {
+            Ok(stream) => {
+                apply_options(&stream, &st.options);
+                st.kind = Kind::Stream(Arc::new(stream));
+                drop(st);
+                say!("the connection {local} <- {remote}: taken over from the parent");
+                self.attach();
+                self.refresh(&self.lock().kind);
+            }
+            Err(why) => {
+                st.kind = Kind::Gone { local, said: true };
+                eprintln!(
+                    "userspace-preload: process {}: the connection {local} <- {remote} of its parent could not be taken over ({why}): ENOTCONN",
+                    std::process::id()
+                );
+                self.signal.show(CALL_NOW, false, true);
+            }
+        }
+    }
+
+    /// This socket's connection, if it is one here: (local, remote).
+    pub fn connection(&self) -> Option<(SocketAddr, SocketAddr)> {
+        match &self.lock().kind {
+            Kind::Stream(s) if s.connect_result().is_some_and(|r| r.is_ok()) => {
+                Some((s.local_addr().ok()?, s.peer_addr().ok()?))
+            }
+            _ => None,
+        }
+    }
+
+    /// Gives the connection away to a child that asked for it (`moves`): the bytes
+    /// for its stack. From now on the socket is not connected here.
+    pub fn give_away(&self) -> Result<Vec<u8>, String> {
+        let mut st = self.lock();
+        let Kind::Stream(s) = &st.kind else {
+            return Err("not a connection here".to_string());
+        };
+        let s = s.clone();
+        let local = s.local_addr().map_err(|e| e.to_string())?;
+        let bytes = s.export().map_err(|e| e.to_string())?;
+        s.watch(None);
+        st.kind = Kind::Gone { local, said: false };
+        // A wait on it ends, and the call fails with ENOTCONN.
+        self.signal.show(CALL_NOW, false, true);
+        Ok(bytes)
     }
 
     pub fn nonblocking(&self) -> bool {
@@ -454,7 +709,7 @@ impl Sock {
         let mut st = self.lock();
         st.nonblocking = on;
         match &st.kind {
-            Kind::Fresh { .. } => {}
+            Kind::Fresh { .. } | Kind::Inherited { .. } | Kind::Gone { .. } => {}
             Kind::Stream(s) => drop(s.set_nonblocking(on)),
             Kind::Listener(l) => drop(l.set_nonblocking(on)),
         }
@@ -524,7 +779,9 @@ impl Sock {
                     Some(Err(e)) => Err(errno_of(&e)),
                 };
             }
-            Kind::Listener(_) => return Err(libc::EISCONN),
+            Kind::Listener(_) | Kind::Inherited { .. } | Kind::Gone { .. } => {
+                return Err(libc::EISCONN);
+            }
             Kind::Fresh { .. } => {}
         }
         // An AF_INET6 socket reaches a V4-mapped address over IPv4, as Linux; not
@@ -559,9 +816,14 @@ impl Sock {
         }
         let stack = Self::stack_or_enetdown()?;
         say!("fd {fd}: connect to {to}: stack on {}", stack.interface());
-        // The stack connects from its own ports: a port a bind to 0 held goes back.
-        st.port_hold = None;
-        let stream = Arc::new(TcpStream::connect_nonblocking(stack, to));
+        // From the port bound, if any, as Linux (a bind to port 0's stays held for
+        // the connection); else from one of the stack's own.
+        let stream = Arc::new(match st.kind {
+            Kind::Fresh {
+                bound: Some(at), ..
+            } if at.port() != 0 => TcpStream::connect_nonblocking_from(stack, at.port(), to),
+            _ => TcpStream::connect_nonblocking(stack, to),
+        });
         apply_options(&stream, &st.options);
         st.kind = Kind::Stream(stream.clone());
         let nonblocking = st.nonblocking;
@@ -573,7 +835,7 @@ impl Sock {
             return Err(libc::EINPROGRESS);
         }
         crate::inline::spin_until(|| stream.connect_result().is_some());
-        let result = stream.wait_connected();
+        let result = signals::outside(|| stream.wait_connected());
         self.refresh(&self.lock().kind);
         result.map(|()| Route::Done).map_err(|e| errno_of(&e))
     }
@@ -639,7 +901,9 @@ impl Sock {
         let mut st = self.lock();
         let at = match &st.kind {
             Kind::Listener(_) => return Ok(()),
-            Kind::Stream(_) => return Err(libc::EINVAL),
+            Kind::Stream(_) | Kind::Inherited { .. } | Kind::Gone { .. } => {
+                return Err(libc::EINVAL);
+            }
             Kind::Fresh { bound: Some(at) } => *at,
             // Never bound: as the kernel's inet_autobind, the wildcard address and a
             // free port.
@@ -688,11 +952,11 @@ impl Sock {
     /// The process uses `fd` (accept, poll, epoll_ctl): a listener it inherited across
     /// fork listens again here now, on the same port (shared through the switch).
     pub fn in_use(&self, fd: c_int) {
+        self.take_over();
         if !self.listen_on_use.load(Ordering::Acquire) {
             return;
         }
-        // Another thread's first use waits until the socket listens.
-        static LISTENING_AGAIN: Mutex<()> = Mutex::new(());
+        let _critical = signals::critical();
         let _one = LISTENING_AGAIN.lock().unwrap_or_else(|p| p.into_inner());
         if !self.listen_on_use.load(Ordering::Acquire) {
             return;
@@ -721,7 +985,10 @@ impl Sock {
                 crate::inline::spin_until(|| listener.with_readiness(|r| r.readable));
             }
         }
-        let accepted = listener.accept();
+        let accepted = match self.nonblocking() {
+            true => listener.accept(),
+            false => signals::outside(|| listener.accept()),
+        };
         self.refresh(&self.lock().kind);
         let (stream, peer) = accepted.map_err(|e| errno_of(&e))?;
         if peer.is_ipv6() && self.family == libc::AF_INET {
@@ -760,7 +1027,7 @@ impl Sock {
             loop {
                 match stream.peek(buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock && !dont_wait => {
-                        wait_readable(&stream)
+                        signals::outside(|| wait_readable(&stream))
                     }
                     r => break r,
                 }
@@ -770,7 +1037,12 @@ impl Sock {
         } else {
             let mut done = 0;
             loop {
-                match std::io::Read::read(&mut &*stream, &mut buf[done..]) {
+                let read = |buf: &mut [u8]| std::io::Read::read(&mut &*stream, buf);
+                let read = match dont_wait {
+                    true => read(&mut buf[done..]),
+                    false => signals::outside(|| read(&mut buf[done..])),
+                };
+                match read {
                     Ok(n) if n > 0 && flags & libc::MSG_WAITALL != 0 && done + n < buf.len() => {
                         done += n
                     }
@@ -804,7 +1076,12 @@ impl Sock {
                     Err(io::ErrorKind::WouldBlock.into())
                 };
             }
-            match std::io::Write::write(&mut &*stream, &buf[done..]) {
+            let write = || std::io::Write::write(&mut &*stream, &buf[done..]);
+            let wrote = match dont_wait {
+                true => write(),
+                false => signals::outside(write),
+            };
+            match wrote {
                 Ok(n) => {
                     done += n;
                     if done == buf.len() || n == 0 {
@@ -845,10 +1122,12 @@ impl Sock {
             Kind::Fresh { bound } => bound.unwrap_or(none),
             Kind::Listener(l) => l.local_addr().unwrap_or(none),
             Kind::Stream(s) => s.local_addr().unwrap_or(none),
+            Kind::Inherited { local, .. } | Kind::Gone { local, .. } => *local,
         }
     }
 
     pub fn peer_addr(&self) -> Res<SocketAddr> {
+        self.take_over();
         match &self.lock().kind {
             Kind::Stream(s) if s.connect_result().is_some_and(|r| r.is_ok()) => {
                 s.peer_addr().map_err(|_| libc::ENOTCONN)
@@ -857,8 +1136,17 @@ impl Sock {
         }
     }
 
+    /// Bytes a write would take now without waiting (0 when not connected).
+    pub fn send_space(&self) -> usize {
+        match &self.lock().kind {
+            Kind::Stream(s) => s.send_space(),
+            _ => 0,
+        }
+    }
+
     /// Bytes waiting to be read (`FIONREAD`).
     pub fn bytes_to_read(&self) -> usize {
+        self.take_over();
         match &self.lock().kind {
             Kind::Stream(s) => s.bytes_to_read(),
             _ => 0,
@@ -910,6 +1198,10 @@ impl Sock {
     /// A socket option's value, as the kernel would write it.
     pub fn option(&self, level: c_int, name: c_int) -> Res<Vec<u8>> {
         let int = |v: i32| Ok(v.to_ne_bytes().to_vec());
+        if level == libc::IPPROTO_TCP {
+            // The TCB's options of an inherited connection: it is used here now.
+            self.take_over();
+        }
         let st = self.lock();
         if (level, name) == (libc::SOL_SOCKET, libc::SO_ERROR) {
             return int(match &st.kind {
@@ -926,6 +1218,14 @@ impl Sock {
             .find(|(l, n, _)| (*l, *n) == (level, name))
         {
             return Ok(v.clone());
+        }
+        if level == libc::IPPROTO_TCP
+            && matches!(
+                name,
+                libc::TCP_INFO | libc::TCP_CONGESTION | libc::TCP_MAXSEG
+            )
+        {
+            return self.tcp_state_option(st, name);
         }
         match (level, name) {
             (libc::SOL_SOCKET, libc::SO_TYPE) => int(libc::SOCK_STREAM),
@@ -947,16 +1247,60 @@ impl Sock {
             (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE) => int(7200),
             (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL) => int(75),
             (libc::IPPROTO_TCP, libc::TCP_KEEPCNT) => int(9),
-            (libc::IPPROTO_TCP, libc::TCP_MAXSEG) => int(1460),
             // Linux's default (net.ipv6.bindv6only = 0): `[::]` takes IPv4 too.
             (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) if self.family == libc::AF_INET6 => int(0),
             _ => Err(libc::ENOPROTOOPT),
         }
     }
 
+    /// The options read from the connection's TCB: `TCP_INFO`, `TCP_CONGESTION` and
+    /// `TCP_MAXSEG` (the segment size in use; Linux's 536 before a connection).
+    fn tcp_state_option(&self, st: Locked<'_>, name: c_int) -> Res<Vec<u8>> {
+        let (stream, state) = match &st.kind {
+            // Before the loop has its TCB (an ARP look-up first), a connect is pending.
+            Kind::Stream(s) if s.connect_result().is_none() => {
+                (Some(s.clone()), crate::tcpinfo::TCP_SYN_SENT)
+            }
+            Kind::Stream(s) => (Some(s.clone()), crate::tcpinfo::TCP_CLOSE),
+            Kind::Listener(_) => (None, crate::tcpinfo::TCP_LISTEN),
+            Kind::Fresh { .. } | Kind::Gone { .. } => (None, crate::tcpinfo::TCP_CLOSE),
+            // Taken over before (see `option`); one that could not be is `Gone`.
+            Kind::Inherited { .. } => (None, crate::tcpinfo::TCP_CLOSE),
+        };
+        // The loop takes the snapshot: not with this socket's state locked.
+        drop(st);
+        // This thread turns the loop for it where the library's rules let it (never
+        // in a signal handler or a nested call).
+        let info = stream.and_then(|s| {
+            s.info_turning(|| {
+                crate::inline::turn();
+            })
+            .ok()
+            .flatten()
+        });
+        match name {
+            libc::TCP_INFO => Ok(crate::tcpinfo::tcp_info(info.as_ref(), state)),
+            libc::TCP_CONGESTION => Ok(crate::tcpinfo::congestion_name(match &info {
+                Some(i) => i.congestion,
+                None => crate::tcpinfo::default_congestion(
+                    config::running().map_or_else(Default::default, |s| s.congestion()),
+                ),
+            })),
+            _ => {
+                let mss = info.map_or(536, |i| i.send_mss);
+                Ok((mss as i32).to_ne_bytes().to_vec())
+            }
+        }
+    }
+
     /// Closing the last fd: with `SO_LINGER` on and 0 s, a reset, as the kernel.
     pub fn closing(&self) {
         let st = self.lock();
+        if let Kind::Inherited { local, remote, via } = st.kind {
+            // Closed here without taking it: the parent may close it when no one else
+            // holds it.
+            crate::handover::let_go(via, local, remote);
+        }
         let reset = st.options.iter().any(|(l, n, v)| {
             (*l, *n) == (libc::SOL_SOCKET, libc::SO_LINGER)
                 && v.len() >= 8
@@ -973,7 +1317,7 @@ impl Drop for Sock {
     fn drop(&mut self) {
         // The loop must not write to an eventfd that is closing.
         match &self.lock().kind {
-            Kind::Fresh { .. } => {}
+            Kind::Fresh { .. } | Kind::Inherited { .. } | Kind::Gone { .. } => {}
             Kind::Stream(s) => s.watch(None),
             Kind::Listener(l) => l.watch(None),
         }
@@ -1066,6 +1410,56 @@ mod tests {
         assert_eq!(polled(count_for(ready(false, true), false)), (false, true));
         // A writer waiting for room must not wake for nothing.
         assert_eq!(polled(count_for(ready(false, false), false)), (true, false));
+    }
+
+    static FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+    static HANDLED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn getsockname_in_handler(_: c_int) {
+        // SAFETY: an address buffer of the size given.
+        unsafe {
+            let mut at: libc::sockaddr_storage = std::mem::zeroed();
+            let mut len = std::mem::size_of_val(&at) as socklen_t;
+            crate::getsockname(
+                FD.load(Ordering::SeqCst),
+                (&mut at as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+            );
+        }
+        HANDLED.store(true, Ordering::SeqCst);
+    }
+
+    /// A signal handler that uses a stack socket (getsockname takes its lock) while its
+    /// thread holds that socket's lock: the handler runs once the lock is let go, not
+    /// inside (where it would wait for ever).
+    #[test]
+    fn a_handler_using_a_socket_its_thread_has_locked_runs_after_not_for_ever() {
+        let (fd, sock) = Sock::open(libc::AF_INET, false, true).unwrap();
+        FD.store(fd, Ordering::SeqCst);
+        // SAFETY: a zeroed sigaction is valid; installed through the library's sigaction.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = getsockname_in_handler as *const () as libc::sighandler_t;
+            assert_eq!(
+                crate::signals::sigaction(libc::SIGUSR1, &act, std::ptr::null_mut()),
+                0
+            );
+        }
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let state = sock.lock();
+            // SAFETY: raise takes no pointers.
+            unsafe { libc::raise(libc::SIGUSR1) };
+            let inside = HANDLED.load(Ordering::SeqCst);
+            drop(state);
+            let _ = done.send((inside, HANDLED.load(Ordering::SeqCst)));
+        });
+        let (inside, after) = finished
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the handler waited for the lock its own thread held");
+        assert!(!inside && after, "ran inside {inside}, after {after}");
+        // SAFETY: our socket's fd.
+        unsafe { crate::close(fd) };
     }
 
     #[test]

@@ -330,6 +330,22 @@ impl SwitchPort {
         }
     }
 
+    /// Has the switch send this process the segments of a connection another process
+    /// had (`MOVE`: a forked child took its parent's), and waits until it does.
+    pub fn steer_moved(
+        &self,
+        peer: std::net::Ipv4Addr,
+        peer_port: u16,
+        port: u16,
+    ) -> io::Result<()> {
+        (&self.conn).write_all(format!("MOVE {peer} {peer_port} {port}\n").as_bytes())?;
+        let reply = read_line(&self.conn)?;
+        match reply.strip_prefix("OK") {
+            Some(_) => Ok(()),
+            None => Err(io::Error::other(reply)),
+        }
+    }
+
     /// Sleeps until the switch gives this side frames, a fd of
     /// [`SwitchPort::also_wake_on`] is readable, or `timeout` passes.
     pub fn wait_for_frames(&mut self, timeout: std::time::Duration) -> bool {

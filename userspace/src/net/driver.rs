@@ -364,13 +364,61 @@ impl Driver {
                     conn,
                     remote,
                     timeout,
-                } => self.connect(conn, remote, timeout),
+                    from_port,
+                } => self.connect(conn, remote, timeout, from_port),
                 Command::Listen(listener) => self.listen(listener),
                 Command::Unlisten(listener) => self.unlisten(&listener),
                 Command::Set(conn, option) => self.set(&conn, option),
                 Command::Run(f) => f(&mut self.rt),
+                Command::Export(conn, answer) => drop(answer.send(self.export(&conn))),
+                Command::Import(bytes, answer) => drop(answer.send(self.import(&bytes))),
             }
         }
+    }
+
+    /// Takes `conn` out of the stack for another process (see `TcpStream::export`,
+    /// [`super::moves::export_conn`]): its handle fails with [`Failure::Moved`].
+    fn export(&mut self, conn: &Arc<Conn>) -> std::io::Result<Vec<u8>> {
+        let mut st = conn.shared.lock();
+        let (id, bytes) = super::moves::export_conn(&mut self.rt.stack, &mut st)?;
+        conn.shared.notify(&mut st);
+        drop(st);
+        self.conns.remove(&id);
+        self.held.retain(|&(at, _)| at != id);
+        Ok(bytes)
+    }
+
+    /// Takes in a connection [`Driver::export`] gave (see `TcpStream::import`,
+    /// [`super::moves::import_conn`]), and has the interface's switch, if the frames
+    /// go through one, send its segments here.
+    fn import(&mut self, bytes: &[u8]) -> std::io::Result<Arc<Conn>> {
+        let now = self.rt.now();
+        let (cap, nodelay) = (self.options.cap, self.options.nodelay);
+        let (id, conn) = super::moves::import_conn(&mut self.rt.stack, now, bytes, cap, nodelay)?;
+        if let Some(switch) = self.rt.device.xdp().switch() {
+            let (local, remote) = {
+                let st = conn.shared.lock();
+                (st.local, st.remote)
+            };
+            let steered = match (local, remote) {
+                (SocketAddr::V4(local), SocketAddr::V4(remote)) => {
+                    switch.steer_moved(*remote.ip(), remote.port(), local.port())
+                }
+                _ => Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "the switch steers IPv4 only",
+                )),
+            };
+            if let Err(e) = steered {
+                // Nobody could carry it on: the peer hears a RST, never silence.
+                self.rt.stack.abort(id);
+                self.rt.stack.release(id);
+                return Err(e);
+            }
+        }
+        self.conns.insert(id, conn.clone());
+        self.sync(&conn);
+        Ok(conn)
     }
 
     /// Applies a socket option a handle changed.
@@ -391,7 +439,13 @@ impl Driver {
         }
     }
 
-    fn connect(&mut self, conn: Arc<Conn>, remote: SocketAddr, timeout: Duration) {
+    fn connect(
+        &mut self,
+        conn: Arc<Conn>,
+        remote: SocketAddr,
+        timeout: Duration,
+        from_port: Option<u16>,
+    ) {
         let routing = startup::step("connect: route and neighbour from the kernel");
         let now = self.rt.now();
         let mut st = conn.shared.lock();
@@ -406,7 +460,20 @@ impl Driver {
         };
         self.learn_from_kernel(hop);
         drop(routing);
-        match self.rt.stack.connect(now, remote) {
+        let opened = match from_port {
+            Some(port) => self.rt.stack.connect_from(now, port, remote),
+            None => self.rt.stack.connect(now, remote),
+        };
+        if let (Ok(_), Some(port)) = (&opened, from_port)
+            && !self.listeners.contains_key(&port)
+            && !self.draining_ports.contains(&port)
+        {
+            // Shared-IP mode: the port is not the stack's; its segments come to us
+            // while the connection lasts, as a listener's that still has connections.
+            self.draining_ports.push(port);
+            let _ = self.steer_listeners();
+        }
+        match opened {
             Ok(id) => {
                 st.id = Some(id);
                 if let Some(c) = self.rt.stack.connection(id) {
@@ -854,6 +921,8 @@ pub(crate) fn stopped(command: Command) {
         Command::Set(..) => {}
         // Its answer channel closes: the caller learns the loop is gone.
         Command::Run(f) => drop(f),
+        Command::Export(_, answer) => drop(answer.send(Err(Failure::Stopped.io()))),
+        Command::Import(_, answer) => drop(answer.send(Err(Failure::Stopped.io()))),
     }
 }
 

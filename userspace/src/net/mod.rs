@@ -32,6 +32,7 @@ pub mod exec_env;
 mod inline;
 mod listener;
 mod local;
+mod moves;
 mod readiness;
 mod reserve;
 pub mod runtime;
@@ -397,6 +398,7 @@ impl StackBuilder {
                 cap: options.cap,
                 nodelay: options.nodelay,
                 connect_timeout: self.config.connect_timeout,
+                congestion: self.config.congestion,
                 inline: None,
             }),
         }
@@ -478,6 +480,8 @@ struct Inner {
     cap: usize,
     nodelay: bool,
     connect_timeout: Duration,
+    /// The congestion control new connections run.
+    congestion: CongestionKind,
     /// The loop the program's threads turn ([`StackBuilder::build_inline`]).
     inline: Option<Arc<inline::InlineLoop>>,
 }
@@ -671,6 +675,12 @@ impl Stack {
         }
     }
 
+    /// The congestion control new connections run (`TCP_CONGESTION` of a socket not
+    /// yet connected).
+    pub fn congestion(&self) -> CongestionKind {
+        self.inner.congestion
+    }
+
     /// A snapshot of the stack's counters (frames, drops, ARP, listeners, connections).
     pub fn stats(&self) -> io::Result<crate::stack::StackStats> {
         self.with_runtime(|rt| rt.stack.stats.clone())
@@ -697,10 +707,22 @@ impl Stack {
         &self,
         f: impl FnOnce(&mut Runtime) -> R + Send + 'static,
     ) -> io::Result<R> {
+        self.with_runtime_then(f, || {})
+    }
+
+    /// As [`Stack::with_runtime`], running `then` once `f` is queued: a caller that
+    /// may turn an inline loop turns it there, so `f` runs without waiting for the
+    /// background thread.
+    pub(crate) fn with_runtime_then<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Runtime) -> R + Send + 'static,
+        then: impl FnOnce(),
+    ) -> io::Result<R> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Command::Run(Box::new(move |rt| {
             let _ = tx.send(f(rt));
         })));
+        then();
         rx.recv().map_err(|_| shared::Failure::Stopped.io())
     }
 

@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ pub(crate) enum Command {
         conn: Arc<Conn>,
         remote: SocketAddr,
         timeout: Duration,
+        /// The port the application bound first, if any: the connection's own.
+        from_port: Option<u16>,
     },
     /// Listen on the listener's port.
     Listen(Arc<Listener>),
@@ -42,6 +45,11 @@ pub(crate) enum Command {
     Set(Arc<Conn>, ConnOption),
     /// Run this on the loop's thread, between two turns (counters, diagnostics).
     Run(Box<dyn FnOnce(&mut super::runtime::Runtime) + Send>),
+    /// Take the connection out of the stack whole, for another process
+    /// (`TcpStream::export`); the answer is the bytes to import there.
+    Export(Arc<Conn>, SyncSender<io::Result<Vec<u8>>>),
+    /// Take in a connection another stack exported (`TcpStream::import`).
+    Import(Vec<u8>, SyncSender<io::Result<Arc<Conn>>>),
 }
 
 /// A socket option a handle changed.
@@ -64,6 +72,8 @@ pub(crate) enum Failure {
     Stack(StackError),
     /// The poll loop is gone (the stack was shut down).
     Stopped,
+    /// The connection was exported to another process's stack.
+    Moved,
     /// More listening ports than the XDP program can steer, or the map refused.
     Steering,
     /// Port 0, or an address that is not the stack's.
@@ -92,6 +102,9 @@ impl Failure {
             Failure::Tcp(e) => io::Error::from_raw_os_error(super::errno::tcp_errno(e)),
             Failure::Stack(e) => io::Error::from_raw_os_error(super::errno::stack_errno(e)),
             Failure::Stopped => io::Error::new(K::NotConnected, "the stack has stopped"),
+            Failure::Moved => {
+                io::Error::new(K::NotConnected, "the connection moved to another process")
+            }
             Failure::Steering => io::Error::other(format!(
                 "cannot steer another listening port (at most {})",
                 xdp_ebpf::MAX_LISTEN_PORTS

@@ -17,12 +17,23 @@ pub(crate) struct Handle {
 impl Handle {
     /// Asks the loop for a connection to `remote`; the handle then waits for the answer.
     pub(crate) fn connect(stack: &Stack, remote: SocketAddr, timeout: Duration) -> Handle {
+        Self::connect_from(stack, None, remote, timeout)
+    }
+
+    /// [`Handle::connect`] from `from_port` if given (else a port of the stack's).
+    pub(crate) fn connect_from(
+        stack: &Stack,
+        from_port: Option<u16>,
+        remote: SocketAddr,
+        timeout: Duration,
+    ) -> Handle {
         let inner = &stack.inner;
         let conn = Conn::new(remote, inner.cap, inner.nodelay, Phase::Connecting, None);
         stack.send(Command::Connect {
             conn: conn.clone(),
             remote,
             timeout,
+            from_port,
         });
         Handle {
             stack: stack.clone(),

@@ -144,6 +144,7 @@ fn open(config: &StackConfig) -> Result<Opened, (crate::device::error::SetupErro
                     slice,
                     listeners: HashMap::new(),
                     flows: HashMap::new(),
+                    moved: HashMap::new(),
                 },
                 unrouted: 0,
                 mac: info.mac,
@@ -260,14 +261,51 @@ struct Routes {
     /// (peer address, peer port, our port) -> slot, for the connections of listening
     /// ports (looked up when several processes listen on the port).
     flows: Flows,
+    /// Connections moved to another process (`MOVE`): looked up first, while any.
+    moved: HashMap<(u32, u16, u16), usize>,
+}
+
+impl Routes {
+    /// `MOVE`: the connection (peer address, peer port, our port) goes to `slot` from
+    /// now on (a forked child took it from its parent; see docs/PRELOAD.md).
+    /// Until that process leaves, or a new SYN reuses the 4-tuple.
+    fn steer_moved(&mut self, key: (u32, u16, u16), slot: usize) {
+        self.moved.insert(key, slot);
+    }
+
+    /// A client left: its flows are forgotten.
+    /// The connections moved to it stay listed for no process: their segments are
+    /// answered with a RST at once, as for any process that ended, not left to the
+    /// process they were moved from (which no longer has them).
+    fn forget_slot(&mut self, slot: usize) {
+        self.flows.retain(|_, (s, _)| *s != slot);
+        if self.moved.len() >= FLOW_SWEEP_AT {
+            self.moved.retain(|_, s| *s != NOBODY);
+        }
+        for s in self.moved.values_mut().filter(|s| **s == slot) {
+            *s = NOBODY;
+        }
+    }
 }
 
 impl Routes {
     /// The slot a received frame goes to.
     fn route(&mut self, frame: &[u8], now: Instant) -> Option<usize> {
         let (peer, peer_port, port, syn) = route_key(frame)?;
+        let key = (peer, peer_port, port);
+        // A connection moved to another process (`MOVE`) goes there; a new SYN on its
+        // 4-tuple is a new connection.
+        if !self.moved.is_empty() {
+            match syn {
+                true => drop(self.moved.remove(&key)),
+                false => {
+                    if let Some(&slot) = self.moved.get(&key) {
+                        return (slot != NOBODY).then_some(slot);
+                    }
+                }
+            }
+        }
         if let Some(slots) = self.listeners.get(&port) {
-            let key = (peer, peer_port, port);
             if let [(only, _)] = slots.as_slice() {
                 // Its flow is remembered too: a child forked later that listens on the
                 // port must not get this process's connections.
@@ -313,6 +351,20 @@ impl Routes {
         (slot < SLOTS).then_some(slot)
     }
 }
+
+/// The connection a `MOVE peer-address peer-port our-port` request names.
+fn parse_move<'a>(mut words: impl Iterator<Item = &'a str>) -> Option<(u32, u16, u16)> {
+    let peer: std::net::Ipv4Addr = words.next()?.parse().ok()?;
+    let peer_port = words.next()?.parse().ok()?;
+    let port = words.next()?.parse().ok()?;
+    words
+        .next()
+        .is_none()
+        .then_some((u32::from(peer), peer_port, port))
+}
+
+/// A moved connection's slot once its process left.
+const NOBODY: usize = usize::MAX;
 
 /// A new connection of a listening port stays with `slot`.
 fn remember(flows: &mut Flows, key: (u32, u16, u16), slot: usize, now: Instant) {
@@ -559,7 +611,7 @@ impl Switch {
                 // unsteered, so the kernel answers its peers' next segments with a RST.
                 self.turn();
                 self.clients[slot] = None;
-                self.routes.flows.retain(|_, (s, _)| *s != slot);
+                self.routes.forget_slot(slot);
                 let _ = self.steer_listeners();
                 return;
             }
@@ -576,6 +628,13 @@ impl Switch {
                     Err(e) => format!("ERR {e:#}\n"),
                 }
             }
+            Some("MOVE") => match parse_move(words) {
+                Some(key) => {
+                    self.routes.steer_moved(key, slot);
+                    "OK\n".to_string()
+                }
+                None => "ERR MOVE takes an IPv4 peer address, its port and ours\n".to_string(),
+            },
             _ => "ERR unknown request\n".to_string(),
         };
         if let Some(client) = &self.clients[slot] {
@@ -645,16 +704,26 @@ mod tests {
         assert_eq!(route_key(&arp), None);
     }
 
-    #[test]
-    fn a_connection_stays_with_its_process_when_a_forked_child_listens_too() {
-        let mut routes = Routes {
+    /// A segment from 10.0.0.`last`:40000 to port 80.
+    fn from(last: u8, flags: u8) -> Vec<u8> {
+        tcp_frame([10, 0, 0, last], 40000, 80, flags)
+    }
+
+    /// Routes with process 0 listening on port 80 alone.
+    fn one_listener() -> Routes {
+        Routes {
             range: (61000, 61999),
             slice: 1000 / super::SLOTS as u16,
             listeners: [(80, vec![(0, false)])].into(),
             flows: Default::default(),
-        };
+            moved: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_connection_stays_with_its_process_when_a_forked_child_listens_too() {
+        let mut routes = one_listener();
         let now = std::time::Instant::now();
-        let from = |last: u8, flags: u8| tcp_frame([10, 0, 0, last], 40000, 80, flags);
         assert_eq!(routes.route(&from(2, 0x02), now), Some(0));
         assert_eq!(routes.route(&from(2, 0x10), now), Some(0));
         // A child forks and listens on the port: the parent (slot 0) gets no new
@@ -666,6 +735,57 @@ mod tests {
         for peer in 3..20 {
             assert_eq!(routes.route(&from(peer, 0x02), now), Some(1));
             assert_eq!(routes.route(&from(peer, 0x10), now), Some(1));
+        }
+    }
+
+    #[test]
+    fn a_moved_connection_goes_to_the_process_that_took_it_until_that_one_leaves() {
+        let mut routes = one_listener();
+        let now = std::time::Instant::now();
+        assert_eq!(routes.route(&from(2, 0x02), now), Some(0));
+        // The parent (slot 0) accepted it; its child in slot 3 took it.
+        let key = super::parse_move("10.0.0.2 40000 80".split_whitespace()).unwrap();
+        routes.steer_moved(key, 3);
+        assert_eq!(routes.route(&from(2, 0x10), now), Some(3));
+        // The parent's other connections and new ones stay with the parent.
+        assert_eq!(routes.route(&from(4, 0x10), now), Some(0));
+        assert_eq!(routes.route(&from(5, 0x02), now), Some(0));
+        // A connection the parent opened, in the parent's slice.
+        let slice = tcp_frame([10, 0, 0, 9], 80, 61001, 0x10);
+        assert_eq!(routes.route(&slice, now), Some(0));
+        routes.steer_moved((0x0a00_0009, 80, 61001), 3);
+        assert_eq!(routes.route(&slice, now), Some(3));
+        // Even when a child forked later listens on the port too.
+        routes.listeners.insert(80, vec![(0, true), (1, false)]);
+        assert_eq!(routes.route(&from(2, 0x10), now), Some(3));
+        routes.listeners.insert(80, vec![(0, false)]);
+        // A new connection on the same 4-tuple (the peer reused its port) is not the
+        // moved one.
+        let mut reused = one_listener();
+        reused.steer_moved(key, 3);
+        assert_eq!(reused.route(&from(2, 0x02), now), Some(0));
+        assert_eq!(reused.route(&from(2, 0x10), now), Some(0));
+        // The child leaves: its connections' segments are for nobody (a RST), not for
+        // the parent, which gave them away; a new connection on the 4-tuple is the
+        // parent's again.
+        routes.forget_slot(3);
+        assert_eq!(routes.route(&from(2, 0x10), now), None);
+        assert_eq!(routes.route(&slice, now), None);
+        assert_eq!(routes.route(&from(2, 0x02), now), Some(0));
+        assert_eq!(routes.route(&from(2, 0x10), now), Some(0));
+        assert_eq!(
+            routes.route(&from(4, 0x10), now),
+            Some(0),
+            "the parent's own"
+        );
+        for bad in [
+            "",
+            "10.0.0.2 1",
+            "::1 1 2",
+            "10.0.0.2 1 2 3",
+            "10.0.0.2 x 80",
+        ] {
+            assert_eq!(super::parse_move(bad.split_whitespace()), None, "{bad:?}");
         }
     }
 

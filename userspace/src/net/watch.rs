@@ -4,7 +4,7 @@
 //!
 //! A watcher runs with the socket's state locked, on the poll loop's thread or on the
 //! thread that asked: it must be short and must not call back into the socket.
-use super::shared::HasWaiters;
+use super::shared::{HasWaiters, Phase};
 use super::stream::Handle;
 use super::{Stack, TcpListener, TcpStream};
 use std::io;
@@ -21,6 +21,20 @@ impl TcpStream {
         let remote = remote.into();
         let timeout = stack.inner.connect_timeout;
         TcpStream::from_handle(Handle::connect(stack, remote, timeout))
+    }
+
+    /// [`TcpStream::connect_nonblocking`] from `port`, one the program bound first
+    /// (bind(2) then connect(2)); a port outside the stack's own range is steered to
+    /// the stack while the connection lasts. A pair of addresses already taken fails
+    /// the connect with `EADDRNOTAVAIL`, as Linux.
+    pub fn connect_nonblocking_from(
+        stack: &Stack,
+        port: u16,
+        remote: impl Into<SocketAddr>,
+    ) -> TcpStream {
+        let remote = remote.into();
+        let timeout = stack.inner.connect_timeout;
+        TcpStream::from_handle(Handle::connect_from(stack, Some(port), remote, timeout))
     }
 
     /// `None` while the connect is under way, then `Ok` (open) or why it failed.
@@ -57,6 +71,43 @@ impl TcpStream {
     /// Bytes received and not yet read (`FIONREAD`).
     pub fn bytes_to_read(&self) -> usize {
         self.handle.conn.shared.lock().rx.len()
+    }
+
+    /// A snapshot of the connection's TCB (`getsockopt(TCP_INFO)`): state, RTT,
+    /// windows, congestion state and counters, taken by the poll loop between two
+    /// turns. `None` before the loop has the connection or after it ended.
+    pub fn info(&self) -> io::Result<Option<crate::tcp::ConnectionInfo>> {
+        self.info_turning(|| {})
+    }
+
+    /// As [`TcpStream::info`], calling `turn` once the loop has been asked: a thread
+    /// of a program that turns an inline loop itself ([`Stack::turn`]) and may do so
+    /// here (not in a signal handler) gets its answer without waiting for the
+    /// background thread.
+    pub fn info_turning(
+        &self,
+        turn: impl FnOnce(),
+    ) -> io::Result<Option<crate::tcp::ConnectionInfo>> {
+        let conn = self.handle.conn.clone();
+        self.handle.stack.with_runtime_then(
+            move |rt| {
+                let id = conn.shared.lock().id?;
+                rt.stack.connection(id).map(|c| c.info())
+            },
+            turn,
+        )
+    }
+
+    /// Bytes a write would take now without waiting: the send buffer's free room, 0
+    /// while the connection is opening, failed or shut for writing (what `splice(2)`
+    /// from a pipe may take out of the pipe).
+    pub fn send_space(&self) -> usize {
+        let st = self.handle.conn.shared.lock();
+        let open = st.phase == Phase::Open && st.failure.is_none() && !st.write_shut;
+        match open {
+            true => st.cap.saturating_sub(st.tx.len()),
+            false => 0,
+        }
     }
 
     /// Copies received bytes into `buf` without taking them (`MSG_PEEK`):

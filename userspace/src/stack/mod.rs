@@ -517,10 +517,7 @@ impl Stack {
         remote: impl Into<SocketAddr>,
     ) -> Result<ConnId, StackError> {
         let remote = remote.into();
-        if self.live >= self.cfg.max_connections {
-            return Err(StackError::TooManyConnections);
-        }
-        let local_ip = self.local_ip_for(remote.ip())?;
+        let local_ip = self.active_open_ip(remote)?;
         let (lo, hi) = self.cfg.port_range;
         let range = u32::from(hi - lo) + 1;
         let base = self.isn.hash(SocketAddr::new(local_ip, 0), remote, 0) as u32;
@@ -534,12 +531,44 @@ impl Stack {
                 continue;
             }
             self.port_counter = self.port_counter.wrapping_add(i + 1);
-            let iss = self.isn.isn(now, local, remote);
-            let mut conn = Connection::connect(self.cfg.tcp.clone(), local, remote, iss);
-            conn.set_timestamp_offset(self.timestamp_offset(local, remote));
-            return Ok(self.insert(conn, None));
+            return Ok(self.open_active(now, local, remote));
         }
         Err(StackError::NoFreePort)
+    }
+
+    /// Active open to `remote` from `port`, one the application bound first (bind(2)
+    /// then connect(2)): `NoFreePort` (EADDRNOTAVAIL, as Linux's `__inet_hash_connect`)
+    /// when that pair of addresses is taken.
+    pub fn connect_from(
+        &mut self,
+        now: Instant,
+        port: u16,
+        remote: impl Into<SocketAddr>,
+    ) -> Result<ConnId, StackError> {
+        let remote = remote.into();
+        let local = SocketAddr::new(self.active_open_ip(remote)?, port);
+        if self.by_tuple.contains_key(&(local, remote))
+            || self.claim_for_shard(local, remote).is_err()
+        {
+            return Err(StackError::NoFreePort);
+        }
+        Ok(self.open_active(now, local, remote))
+    }
+
+    /// Our address for an active open to `remote`, if the stack may open one more.
+    fn active_open_ip(&self, remote: SocketAddr) -> Result<IpAddr, StackError> {
+        if self.live >= self.cfg.max_connections {
+            return Err(StackError::TooManyConnections);
+        }
+        self.local_ip_for(remote.ip())
+    }
+
+    /// The SYN-SENT connection between `local` and `remote` (RFC 9293 3.10.1).
+    fn open_active(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr) -> ConnId {
+        let iss = self.isn.isn(now, local, remote);
+        let mut conn = Connection::connect(self.cfg.tcp.clone(), local, remote, iss);
+        conn.set_timestamp_offset(self.timestamp_offset(local, remote));
+        self.insert(conn, None)
     }
 
     /// Timestamp clock offset for a pair of addresses (like Linux's secure_tcp_ts_off):

@@ -559,3 +559,26 @@ fn a_connection_moved_to_another_stack_mid_transfer_goes_on_intact() {
     });
     assert_eq!(pair.server.stats.connections_moved_in, 1);
 }
+
+/// bind(2) to a port, then connect(2): the SYN leaves from that port, the connection
+/// opens on it, and a second one to the same peer from it is refused (the pair of
+/// addresses is taken), as Linux.
+#[test]
+fn a_connection_from_a_bound_port_uses_that_port() {
+    let (mut c, mut dc, mut s, mut ds) = pair(|_| {});
+    s.listen(80, 8).unwrap();
+    let mut now = Instant::ZERO;
+    let server = SocketAddrV4::new(IP_S, 80);
+    let id = c.connect_from(now, 45_678, server).unwrap();
+    assert_eq!(
+        c.connect_from(now, 45_678, server),
+        Err(StackError::NoFreePort)
+    );
+    drive(&mut c, &mut dc, &mut s, &mut ds, &mut now, |c, _| {
+        c.state(id) == State::Established
+    });
+    let local = c.connection(id).unwrap().local();
+    assert_eq!(local, SocketAddr::from((IP_C, 45_678)));
+    let sid = s.accept(80).expect("the server accepted");
+    assert_eq!(s.connection(sid).unwrap().remote(), local);
+}

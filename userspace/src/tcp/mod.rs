@@ -21,8 +21,8 @@ pub use crate::wire::time;
 
 pub use congestion::{CongestionControl, Cubic, NewReno};
 pub use connection::{
-    ChallengeAckBudget, Config, Connection, ConnectionStats, MoveError, State, TcpError, Transmit,
-    ipv6_mss, receive_window_scale,
+    ChallengeAckBudget, Config, Connection, ConnectionInfo, ConnectionStats, MoveError,
+    RecoveryPhase, State, TcpError, Transmit, ipv6_mss, receive_window_scale,
 };
 pub use seq::SeqNum;
 pub use time::Instant;

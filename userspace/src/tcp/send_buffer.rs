@@ -43,6 +43,13 @@ impl Ring {
         self.len = 0;
     }
 
+    /// A copy of the bytes held, in order.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = vec![0; self.len];
+        self.copy_out(0, &mut out);
+        out
+    }
+
     /// Grows the storage (doubling, up to `limit`) so that `needed` bytes fit.
     fn reserve(&mut self, needed: usize, limit: usize) {
         let old = self.storage.len();

@@ -1032,3 +1032,57 @@ fn sim_regression_spurious_retransmits() {
         "{retransmits} retransmits for {damaged} damaged frames"
     );
 }
+
+#[test]
+fn test_established_info_counts_bytes_acked_received_and_in_flight() {
+    let mut c = established(cfg());
+    static DATA: [u8; 5000] = [7; 5000];
+    assert_eq!(c.send(&DATA).unwrap(), 5000);
+    assert_eq!(sent(&mut c, t(20)).len(), 4);
+    // The first two segments acknowledged, 100 bytes arrive in order.
+    c.handle_segment(
+        t(30),
+        &seg(P1, A1.wrapping_add(2920), TcpFlags::PSH_ACK, &[1; 100]),
+    );
+    let info = c.info();
+    assert_eq!(info.state, State::Established);
+    assert_eq!(info.recovery, RecoveryPhase::Open);
+    assert_eq!(info.stats.bytes_acked, 2920);
+    assert_eq!(info.stats.bytes_received, 100);
+    assert_eq!(info.unacked, 5000 - 2920);
+    assert_eq!(info.not_sent, 0);
+    assert_eq!(info.send_mss, 1460);
+    assert_eq!(info.send_window, 65535);
+    assert_eq!(info.window_scale, None);
+    assert!(!info.timestamps && !info.sack);
+    // Two samples of 10 ms (the SYN, then the data): SRTT 10 ms, RTTVAR 5 ms after
+    // the first (RFC 6298 2.2) and 3/4 of it after the second (2.3).
+    assert_eq!(info.srtt, Duration::from_millis(10));
+    assert_eq!(info.rttvar, Duration::from_micros(3750));
+    // A timeout: the loss phase, one retry, the RTO doubled (RFC 6298 5.5).
+    let rto = info.rto;
+    // The delayed ACK of the 100 bytes first, then the retransmission timeout.
+    for deadline in [t(30) + Duration::from_millis(40), t(30) + rto] {
+        assert_eq!(c.poll_timeout(), Some(deadline));
+        c.handle_timeout(deadline);
+        sent(&mut c, deadline);
+    }
+    let info = c.info();
+    assert_eq!(info.recovery, RecoveryPhase::Loss);
+    assert_eq!(info.retries, 1);
+    assert_eq!(info.rto, rto * 2);
+    assert_eq!(info.stats.timeouts, 1);
+}
+
+#[test]
+fn test_fin_wait_1_info_has_nothing_left_to_send() {
+    let mut c = established(cfg());
+    assert_eq!(c.send(b"hello").unwrap(), 5);
+    c.close();
+    // The data and the FIN in one segment: SND.NXT is past the data's end.
+    assert_eq!(sent(&mut c, t(20)).len(), 1);
+    let info = c.info();
+    assert_eq!(info.state, State::FinWait1);
+    assert_eq!(info.not_sent, 0);
+    assert_eq!(info.unacked, 6);
+}

@@ -220,3 +220,13 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// The first line `child` writes to its piped stdout, without its newline (the stdout
+/// is taken: a child that says when it is ready, then goes on).
+pub fn first_stdout_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout piped"))
+        .read_line(&mut line)
+        .unwrap();
+    line.trim_end().to_string()
+}

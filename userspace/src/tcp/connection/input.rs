@@ -400,9 +400,9 @@ impl Connection {
         // Drop acknowledged bytes from the send buffer.
         let data_acked_to = ack.min(self.data_end());
         if data_acked_to > self.snd.buf_seq {
-            self.snd
-                .buf
-                .consume(data_acked_to.since(self.snd.buf_seq) as usize);
+            let acked = data_acked_to.since(self.snd.buf_seq);
+            self.stats.bytes_acked += u64::from(acked);
+            self.snd.buf.consume(acked as usize);
             self.snd.buf_seq = data_acked_to;
         }
         self.snd.una = ack;
@@ -466,6 +466,7 @@ impl Connection {
         let had_gap = self.rcv.buf.has_out_of_order();
         let ins = self.rcv.buf.insert(offset, payload);
         self.rcv.nxt = self.rcv.nxt + ins.advanced;
+        self.stats.bytes_received += ins.advanced as u64;
         if ins.out_of_order {
             self.stats.out_of_order_segments += 1;
             self.pending.dup_acks = (self.pending.dup_acks + 1).min(64);

@@ -12,6 +12,7 @@
 mod app;
 mod config;
 mod export;
+mod info;
 mod input;
 mod options;
 mod output;
@@ -19,6 +20,7 @@ mod timers;
 
 pub use config::{ChallengeAckBudget, Config, receive_window_scale};
 pub use export::MoveError;
+pub use info::{ConnectionInfo, RecoveryPhase};
 
 use super::CongestionKind;
 use super::congestion::{CongestionControl, Cubic, NewReno};
@@ -160,6 +162,10 @@ pub struct ConnectionStats {
     pub window_probes: u64,
     /// Keep-alive probes sent (RFC 1122 4.2.3.6).
     pub keepalive_probes: u64,
+    /// Payload bytes the peer acknowledged (RFC 4898 tcpEStatsAppHCThruOctetsAcked).
+    pub bytes_acked: u64,
+    /// Payload bytes received in order (RFC 4898 tcpEStatsAppHCThruOctetsReceived).
+    pub bytes_received: u64,
 }
 
 impl ConnectionStats {
@@ -179,6 +185,8 @@ impl ConnectionStats {
         self.dropped_out_of_window += o.dropped_out_of_window;
         self.window_probes += o.window_probes;
         self.keepalive_probes += o.keepalive_probes;
+        self.bytes_acked += o.bytes_acked;
+        self.bytes_received += o.bytes_received;
     }
 }
 
