@@ -267,6 +267,7 @@ pub fn before_exit() {
         return;
     }
     let _ = std::panic::catch_unwind(|| {
+        crate::ready::report();
         crate::table::close_all();
         if let Some(stack) = running() {
             stack.shutdown();

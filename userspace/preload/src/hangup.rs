@@ -7,7 +7,7 @@
 //! one does not wait (the kernel's would return at once).
 use crate::real::real;
 use crate::table::{Conditions, lookup};
-use crate::{config, inline, signals};
+use crate::{config, inline, ready, signals};
 use libc::{c_int, epoll_event, nfds_t, pollfd, sigset_t, timespec};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -88,10 +88,15 @@ unsafe fn poll_merged(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn poll(fds: *mut pollfd, nfds: nfds_t, timeout: c_int) -> c_int {
     let _entered = inline::enter();
-    // SAFETY: poll's contract, for each look.
-    if let Some(r) = inline::before_wait(timeout != 0, || unsafe { poll_merged(fds, nfds, 0) }) {
+    let look = || {
+        ready::settle();
+        // SAFETY: poll's contract, for each look.
+        unsafe { poll_merged(fds, nfds, 0) }
+    };
+    if let Some(r) = inline::before_wait(timeout != 0, look) {
         return r;
     }
+    let _sleeping = (timeout != 0).then(ready::sleeping);
     // SAFETY: as above.
     unsafe { poll_merged(fds, nfds, timeout) }
 }
@@ -122,11 +127,15 @@ pub unsafe extern "C" fn ppoll(
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: ppoll's contract, for each look.
-    let look = || unsafe { ppoll_merged(fds, nfds, &zero, sigmask) };
+    let look = || {
+        ready::settle();
+        // SAFETY: ppoll's contract, for each look.
+        unsafe { ppoll_merged(fds, nfds, &zero, sigmask) }
+    };
     if let Some(r) = inline::before_wait(blocking, look) {
         return r;
     }
+    let _sleeping = blocking.then(ready::sleeping);
     // SAFETY: as above.
     unsafe { ppoll_merged(fds, nfds, timeout, sigmask) }
 }
@@ -333,25 +342,92 @@ fn wait_unwatched_ms(
 fn epoll_inline(
     epfd: c_int,
     events: *mut epoll_event,
+    maxevents: c_int,
     timeout: c_int,
     wait: impl Fn(c_int) -> c_int,
 ) -> c_int {
+    ready::settle();
+    let _collecting = ready::collecting(epfd);
+    // The real wait (`real(ms)`, the device's events out), the ready list's sockets in.
+    let answer = |ms: c_int, real: &dyn Fn(c_int) -> c_int| {
+        let sleeping = (ms != 0).then(ready::sleeping);
+        let got = real(ms);
+        drop(sleeping);
+        merge_epoll(epfd, events, merge_ready(epfd, events, maxevents, got))
+    };
+    let look = |ms| answer(ms, &|ms| wait_unwatched_ms(events, ms, &wait));
     let Some(stack) = inline::stack() else {
-        return merge_epoll(epfd, events, wait_unwatched_ms(events, timeout, wait));
+        return look(timeout);
     };
     let fds = stack.watch_fds();
     if !fds.is_empty() && timeout != 0 && watched(epfd, fds) {
         return inline::watched_wait(stack, timeout, |ms| {
-            merge_epoll(epfd, events, unwatched(events, wait(ms)))
+            answer(ms, &|ms| unwatched(events, wait(ms)))
         });
     }
-    let look = |ms| merge_epoll(epfd, events, wait_unwatched_ms(events, ms, &wait));
     inline::before_wait(timeout != 0, || look(0)).unwrap_or_else(|| look(timeout))
+}
+
+/// Adds the sockets the ready list holds for set `epfd` to the `ready` events an
+/// epoll wait returned, as the kernel would have reported them had their eventfds
+/// been set: the events asked for, one entry per registration (bits added to the
+/// kernel's entry if it has one). Those without room in `maxevents` are signalled now,
+/// for the next wait to report (see `ready`).
+fn merge_ready(epfd: c_int, events: *mut epoll_event, maxevents: c_int, ready: c_int) -> c_int {
+    if ready < 0 || events.is_null() || maxevents <= 0 || !ready::any() {
+        return ready;
+    }
+    // SAFETY: the caller's array of `maxevents` entries (epoll_wait's contract); the
+    // kernel filled the first `ready`.
+    let all = unsafe { std::slice::from_raw_parts_mut(events, maxevents as usize) };
+    let mut ready = ready as usize;
+    let mut handed = 0;
+    ready::seen(|fds| {
+        for &fd in fds {
+            let Some(sock) = lookup(fd) else {
+                continue;
+            };
+            let Some(bits) = sock.listed_for(ready::sole(epfd, fd)) else {
+                continue;
+            };
+            let asked = with_registry(|reg| {
+                let keys = reg.by_fd.get(&fd)?;
+                let &(_, data) = keys.iter().find(|(ep, _)| *ep == epfd)?;
+                reg.by_data
+                    .get(&(epfd, data))
+                    .map(|&(_, asked)| (data, asked))
+            });
+            let Some((data, asked)) = asked else {
+                continue;
+            };
+            let bits = bits & asked;
+            if bits == 0 {
+                continue;
+            }
+            if let Some(e) = all[..ready].iter_mut().find(|e| e.u64 == data) {
+                e.events |= bits;
+            } else if ready < all.len() {
+                all[ready] = epoll_event {
+                    events: bits,
+                    u64: data,
+                };
+                ready += 1;
+                handed += 1;
+            } else {
+                crate::table::settle(fd);
+            }
+        }
+    });
+    ready::handed(handed);
+    ready as c_int
 }
 
 /// The fd is closed: its registrations are gone with it (the kernel's go with the last
 /// fd of the file; a stack socket's eventfd is that file).
 pub fn forget(fd: c_int) {
+    if let Some(sock) = lookup(fd) {
+        sock.set_sole(ready::NONE);
+    }
     if WATCHING.load(Ordering::Acquire) > 0 {
         let _critical = signals::critical();
         let mut sets = WATCHED.lock().unwrap_or_else(|p| p.into_inner());
@@ -375,11 +451,19 @@ pub unsafe extern "C" fn epoll_ctl(
     fd: c_int,
     event: *mut epoll_event,
 ) -> c_int {
+    let stack = lookup(fd);
+    if stack.is_some() {
+        // The kernel looks at the eventfd now: it must show what the socket is ready for.
+        ready::settle();
+    }
     // SAFETY: libc's epoll_ctl with the caller's arguments.
     let r = unsafe {
         real!(epoll_ctl: fn(c_int, c_int, c_int, *mut epoll_event) -> c_int)(epfd, op, fd, event)
     };
-    if r != 0 || (lookup(fd).is_none() && REGISTERED.load(Ordering::Acquire) == 0) {
+    if r == 0 && stack.is_none() && op == libc::EPOLL_CTL_ADD && ready::is_epoll(fd) {
+        ready::nested();
+    }
+    if r != 0 || (stack.is_none() && REGISTERED.load(Ordering::Acquire) == 0) {
         return r;
     }
     if op != libc::EPOLL_CTL_DEL
@@ -391,13 +475,25 @@ pub unsafe extern "C" fn epoll_ctl(
     let asked = (op != libc::EPOLL_CTL_DEL && !event.is_null())
         .then(|| unsafe { ((*event).events, (*event).u64) });
     let stack = lookup(fd).is_some();
-    with_registry(|reg| {
+    let sole = with_registry(|reg| {
         reg.remove(epfd, fd);
         if let (Some((events, data)), true) = (asked, stack) {
             reg.by_data.insert((epfd, data), (fd, events));
             reg.by_fd.entry(fd).or_default().push((epfd, data));
         }
+        // One registration, level-triggered: the ready list may serve it.
+        match reg.by_fd.get(&fd).map(Vec::as_slice) {
+            Some(&[(ep, data)]) => reg
+                .by_data
+                .get(&(ep, data))
+                .filter(|(_, events)| ready::plain(*events))
+                .map_or(ready::NONE, |_| ready::sole(ep, fd)),
+            _ => ready::NONE,
+        }
     });
+    if let Some(sock) = lookup(fd) {
+        sock.set_sole(sole);
+    }
     r
 }
 
@@ -449,7 +545,7 @@ pub unsafe extern "C" fn epoll_wait(
             )
         }
     };
-    epoll_inline(epfd, events, timeout, wait)
+    epoll_inline(epfd, events, maxevents, timeout, wait)
 }
 
 #[unsafe(no_mangle)]
@@ -469,7 +565,7 @@ pub unsafe extern "C" fn epoll_pwait(
             )
         }
     };
-    epoll_inline(epfd, events, timeout, wait)
+    epoll_inline(epfd, events, maxevents, timeout, wait)
 }
 
 #[unsafe(no_mangle)]
@@ -481,6 +577,8 @@ pub unsafe extern "C" fn epoll_pwait2(
     sigmask: *const sigset_t,
 ) -> c_int {
     let _entered = inline::enter();
+    ready::settle();
+    let _collecting = ready::collecting(epfd);
     // SAFETY: a null timeout waits for ever; else the caller's timespec, valid to read.
     let asked = (!timeout.is_null()).then(|| unsafe { *timeout });
     let valid = asked.is_none_or(|t| t.tv_sec >= 0 && (0..1_000_000_000).contains(&t.tv_nsec));
@@ -505,7 +603,12 @@ pub unsafe extern "C" fn epoll_pwait2(
     let limit = asked
         .filter(|_| valid)
         .map(|t| Duration::new(t.tv_sec as u64, t.tv_nsec as u32));
-    let wait = |left| merge_epoll(epfd, events, wait_unwatched(events, left, &raw));
+    let wait = |left: Option<Duration>| {
+        let sleeping = (left != Some(Duration::ZERO)).then(ready::sleeping);
+        let got = wait_unwatched(events, left, &raw);
+        drop(sleeping);
+        merge_epoll(epfd, events, merge_ready(epfd, events, maxevents, got))
+    };
     let blocking = limit != Some(Duration::ZERO);
     inline::before_wait(blocking, || wait(Some(Duration::ZERO))).unwrap_or_else(|| wait(limit))
 }
@@ -584,6 +687,7 @@ fn select_inline(
         // SAFETY: each set is null or valid for `nfds` bits (select's contract).
         let mut kept = unsafe { FdSets::keep(nfds, sets) };
         let look = || {
+            ready::settle();
             kept.restore();
             call(true)
         };
@@ -592,6 +696,8 @@ fn select_inline(
         }
         kept.restore();
     }
+    ready::settle();
+    let _sleeping = blocking.then(ready::sleeping);
     call(false)
 }
 

@@ -37,6 +37,7 @@ mod handover;
 mod hangup;
 mod inline;
 mod moves;
+mod ready;
 mod real;
 mod signals;
 mod splice;

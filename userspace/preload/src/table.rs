@@ -45,7 +45,16 @@ pub fn lookup(fd: c_int) -> Option<Arc<Sock>> {
         .cloned()
 }
 
+/// A further fd of `sock` (dup): the ready list no longer serves it (see `ready`).
 pub fn insert(fd: c_int, sock: Arc<Sock>) {
+    sock.signal.shared.store(true, Ordering::Release);
+    sock.signal
+        .sole
+        .store(crate::ready::NONE, Ordering::Release);
+    insert_fresh(fd, sock);
+}
+
+fn insert_fresh(fd: c_int, sock: Arc<Sock>) {
     let _critical = signals::critical();
     let mut map = SOCKETS.write().unwrap_or_else(|p| p.into_inner());
     if map.insert(fd, sock).is_none() {
@@ -243,10 +252,7 @@ pub fn adopt_after_fork(via: Option<c_int>) {
         }
         let sock = Arc::new(Sock {
             family: old.family,
-            signal: Arc::new(Signal {
-                fd: private,
-                last: AtomicU64::new(0),
-            }),
+            signal: Arc::new(Signal::new(private)),
             state: Mutex::new(State {
                 kind,
                 nonblocking,
@@ -298,7 +304,16 @@ pub fn errno_of(e: &io::Error) -> Errno {
 /// The eventfd a socket's readiness shows on, and the count last put there.
 struct Signal {
     fd: OwnedFd,
+    /// The count the eventfd holds.
     last: AtomicU64,
+    /// The count the socket's readiness asks for: more than `last` shows while the
+    /// socket is on the ready list (see `ready`).
+    want: AtomicU64,
+    /// The one epoll registration the ready list may serve (`ready::sole`), or
+    /// `ready::NONE`.
+    sole: AtomicU64,
+    /// The socket has several fds (dup): the ready list never serves it.
+    shared: AtomicBool,
 }
 
 const READABLE_ONLY: u64 = u64::MAX - 1;
@@ -315,15 +330,53 @@ const CALL_NOW: Readiness = Readiness {
 };
 
 impl Signal {
-    fn show(&self, r: Readiness, listener: bool, always: bool) {
+    fn new(fd: OwnedFd) -> Signal {
+        Signal {
+            fd,
+            last: AtomicU64::new(0),
+            want: AtomicU64::new(0),
+            sole: AtomicU64::new(crate::ready::NONE),
+            shared: AtomicBool::new(false),
+        }
+    }
+
+    fn show(&self, r: Readiness, listener: bool, news: bool) {
         let count = count_for(r, listener);
+        // Every call comes with the socket's state locked, so `last` is the count.
+        let old = self.last.load(Ordering::Relaxed);
+        self.want.store(count, Ordering::Relaxed);
+        // The poll loop's news for the epoll wait that turned it: in its answer.
+        if news && crate::ready::defer(self.sole.load(Ordering::Acquire), old != count) {
+            return;
+        }
+        self.last.store(count, Ordering::Relaxed);
         // The poll loop's news always wakes (edge-triggered epoll needs each one); a
         // call's own refresh only when the readiness changed.
-        // Every call comes with the socket's state locked, so `last` is the count.
-        let old = self.last.swap(count, Ordering::Relaxed);
-        if old != count || always {
+        if old != count || news {
             real::set_counter(&self.fd, old, count);
         }
+    }
+}
+
+/// The epoll events the kernel reports for an eventfd at `count` (eventfd_poll).
+fn epoll_bits(count: u64) -> u32 {
+    let mut bits = 0;
+    if count > 0 {
+        bits |= libc::EPOLLIN as u32;
+    }
+    if count < READABLE_ONLY {
+        bits |= libc::EPOLLOUT as u32;
+    }
+    bits
+}
+
+/// The socket at `fd` (if any) shows on its eventfd what it is ready for (the ready
+/// list lets go of it).
+pub fn settle(fd: c_int) {
+    if let Some(sock) = lookup(fd)
+        && sock.signal.want.load(Ordering::Relaxed) != sock.signal.last.load(Ordering::Relaxed)
+    {
+        sock.refresh(&sock.lock().kind);
     }
 }
 
@@ -456,10 +509,7 @@ impl Sock {
         }
         let sock = Arc::new(Sock {
             family,
-            signal: Arc::new(Signal {
-                fd: private,
-                last: AtomicU64::new(0),
-            }),
+            signal: Arc::new(Signal::new(private)),
             state: Mutex::new(State {
                 kind,
                 nonblocking,
@@ -471,7 +521,7 @@ impl Sock {
             take_on_use: AtomicBool::new(false),
         });
         sock.attach();
-        insert(fd, sock.clone());
+        insert_fresh(fd, sock.clone());
         Ok((fd, sock))
     }
 
@@ -522,6 +572,28 @@ impl Sock {
             Kind::Stream(s) => s.with_readiness(|r| self.signal.show(r, false, false)),
             Kind::Listener(l) => l.with_readiness(|r| self.signal.show(r, true, false)),
         }
+    }
+
+    /// The socket's one epoll registration the ready list may serve from now on
+    /// (`ready::NONE`: none).
+    pub fn set_sole(&self, sole: u64) {
+        let sole = if self.signal.shared.load(Ordering::Acquire) {
+            crate::ready::NONE
+        } else {
+            sole
+        };
+        self.signal.sole.store(sole, Ordering::Release);
+    }
+
+    /// On the ready list for registration `sole`: the epoll events its eventfd would
+    /// show, not shown yet (`None`: nothing the kernel does not show already).
+    pub fn listed_for(&self, sole: u64) -> Option<u32> {
+        let signal = &self.signal;
+        if signal.sole.load(Ordering::Acquire) != sole {
+            return None;
+        }
+        let want = signal.want.load(Ordering::Relaxed);
+        (want != signal.last.load(Ordering::Relaxed)).then(|| epoll_bits(want))
     }
 
     /// What the kernel's `tcp_poll` reports beyond readable and writable: hang-up (both
