@@ -726,6 +726,16 @@ print('one-shot reported:', C in wait(ep3, 5), 'then not:', C not in wait(ep3, 0
 ep3.modify(C, P.EPOLLIN | P.EPOLLONESHOT)
 print('re-armed reported:', C in wait(ep3, 0))
 print('body:', whole(c) == b'BODY')
+d = conn(); D = d.fileno()
+ep5 = P.epoll(); ep5.register(D, P.EPOLLIN)
+number = ep5.fileno(); ep5.close()
+ep6 = P.epoll()
+r, w = __import__('os').pipe()
+ep6.register(r, P.EPOLLIN)
+print('a closed set\'s number again:', ep6.fileno() == number)
+d.sendall(REQ)
+print('a closed set\'s socket not in a new one:', all(D not in wait(ep6, 0.1) for _ in range(5)))
+print('body:', whole(d) == b'BODY')
 "#;
 
 #[test]

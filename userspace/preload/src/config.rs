@@ -193,7 +193,7 @@ pub fn stack() -> Result<&'static Stack, &'static str> {
 /// its own threads only, never inside the loop's turn on ours (a handler that left by
 /// `siglongjmp` would leave the loop taken for ever). A signal that comes meanwhile
 /// waits for the end of `f`.
-fn without_signals<T>(f: impl FnOnce() -> T) -> T {
+pub fn without_signals<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: an all-zero sigset_t is a valid (empty) set.
     let (mut all, mut before): (libc::sigset_t, libc::sigset_t) = unsafe { std::mem::zeroed() };
     // SAFETY: sigfillset and pthread_sigmask on sets of our own, this thread only.

@@ -185,6 +185,9 @@ pub unsafe extern "C" fn __ppoll_chk(
 pub struct Registry {
     by_data: HashMap<(c_int, u64), (c_int, u32)>,
     by_fd: HashMap<c_int, Vec<(c_int, u64)>>,
+    /// Epoll sets that stack sockets were registered with: closing one drops its
+    /// registrations (a new set may get its number).
+    sets: std::collections::HashSet<c_int>,
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
@@ -437,11 +440,35 @@ pub fn forget(fd: c_int) {
     if REGISTERED.load(Ordering::Acquire) == 0 {
         return;
     }
-    with_registry(|r| {
+    let orphans = with_registry(|r| {
         for key in r.by_fd.remove(&fd).unwrap_or_default() {
             r.by_data.remove(&key);
         }
+        if !r.sets.remove(&fd) {
+            return Vec::new();
+        }
+        // An epoll set closed: the sockets registered with it are not in any set the
+        // kernel keeps under that number (a set dup'd elsewhere loses only what this
+        // library adds: hang-up bits and the ready list, never the kernel's events).
+        let stale: Vec<(c_int, u64)> = r.by_data.keys().filter(|k| k.0 == fd).copied().collect();
+        let mut orphans = Vec::new();
+        for key in stale {
+            if let Some((sock_fd, _)) = r.by_data.remove(&key) {
+                if let Some(keys) = r.by_fd.get_mut(&sock_fd) {
+                    keys.retain(|k| *k != key);
+                }
+                orphans.push(sock_fd);
+            }
+        }
+        orphans
     });
+    // The ready list serves a socket only for the set it names: none now.
+    for sock_fd in orphans {
+        if let Some(sock) = lookup(sock_fd) {
+            sock.set_sole(ready::NONE);
+            crate::table::settle(sock_fd);
+        }
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -480,6 +507,7 @@ pub unsafe extern "C" fn epoll_ctl(
         if let (Some((events, data)), true) = (asked, stack) {
             reg.by_data.insert((epfd, data), (fd, events));
             reg.by_fd.entry(fd).or_default().push((epfd, data));
+            reg.sets.insert(epfd);
         }
         // One registration, level-triggered: the ready list may serve it.
         match reg.by_fd.get(&fd).map(Vec::as_slice) {

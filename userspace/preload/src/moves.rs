@@ -104,9 +104,13 @@ fn add_holder(mover: &mut Option<Mover>, tuples: Vec<Tuple>) -> Option<RawFd> {
             kept: Vec::new(),
             wake,
         });
-        let started = std::thread::Builder::new()
-            .name("userspace-mover".into())
-            .spawn(move || serve(wake_fd));
+        // It turns the loop: with every signal blocked, as the stack's own threads, so
+        // no handler runs inside a turn or with a connection's lock held.
+        let started = crate::config::without_signals(|| {
+            std::thread::Builder::new()
+                .name("userspace-mover".into())
+                .spawn(move || serve(wake_fd))
+        });
         if started.is_err() {
             *mover = None;
             return None;

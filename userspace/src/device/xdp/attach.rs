@@ -103,6 +103,19 @@ pub(crate) fn attach_link(
     }
 }
 
+/// One XDP program per interface: the error naming whoever holds `iface`'s, if anyone
+/// does (an attach, or a bind to a queue whose socket that program has, that failed).
+pub(super) fn in_use_error(iface: &str, ifindex: u32) -> Option<SetupError> {
+    let holder = netinfo::xdp_holder(ifindex)?;
+    Some(if holder.starts_with("this process") {
+        setup_error!("interface {iface} is already in use by {holder}")
+    } else {
+        setup_error!(
+            "interface {iface} is already in use by {holder}: only one XDP program can attach to an interface; stop it, run on another interface, or run every program on it with `userspace exec --share`"
+        )
+    })
+}
+
 /// What [`attach_link`] tries each time.
 struct Attach<'a> {
     prog: BorrowedFd<'a>,
@@ -129,16 +142,8 @@ fn attach_once(
             XdpModeChoice::Skb => XdpMode::Skb,
         };
         create_xdp_link(prog, ifindex, xdp_mode).map_err(|e| {
-            // One XDP program per interface: name whoever holds it.
-            match netinfo::xdp_holder(ifindex) {
-                Some(holder) if holder.starts_with("this process") => {
-                    setup_error!("interface {iface} is already in use by {holder}")
-                }
-                Some(holder) => setup_error!(
-                    "interface {iface} is already in use by {holder}: only one XDP program can attach to an interface; stop it, run on another interface, or run every program on it with `userspace exec --share`"
-                ),
-                None => SetupError::new(format!("attaching XDP to {iface}"), e),
-            }
+            in_use_error(iface, ifindex)
+                .unwrap_or_else(|| SetupError::new(format!("attaching XDP to {iface}"), e))
         })
     };
     // On a veth (or another device whose frames come from memory) AF_XDP is copy mode

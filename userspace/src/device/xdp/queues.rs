@@ -132,7 +132,9 @@ impl XdpQueues {
             (loaded, devices)
         });
         let loaded = loaded?;
-        let mut devices = devices?;
+        // A queue taken by another program's socket: say whose the interface is.
+        let mut devices = devices
+            .map_err(|e| super::attach::in_use_error(&info.name, info.ifindex).unwrap_or(e))?;
         // Every socket registered and the steering written before the attach: the
         // program steers from the moment it runs, which is before the attach returns
         // (through a holder, before this process hears of it).
