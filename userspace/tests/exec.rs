@@ -2010,6 +2010,63 @@ int main(int argc, char **argv) {
     run_c(command, Duration::from_secs(60), "answered\n", "exec");
 }
 
+/// A handler that peeks at the socket (recv with MSG_PEEK|MSG_DONTWAIT) every 100 us
+/// while the program reads a 64 MiB body with blocking recvs: a handler runs only in
+/// the read's sleep, never while the read holds the connection's lock (it would wait
+/// for that lock for ever).
+#[test]
+fn a_handler_that_peeks_during_a_blocking_read_never_deadlocks() {
+    const PROGRAM: &str = r#"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+static int s;
+static volatile sig_atomic_t peeks;
+static void on_alarm(int sig) {
+    (void)sig;
+    char byte;
+    int saved = errno;
+    recv(s, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    peeks++;
+    errno = saved;
+}
+int main(int argc, char **argv) {
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(80)};
+    inet_pton(AF_INET, argv[1], &to.sin_addr);
+    s = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&to, sizeof to) != 0) return 2;
+    const char *get = "GET /big.bin HTTP/1.0\r\n\r\n";
+    send(s, get, strlen(get), 0);
+    struct sigaction alarm = {.sa_handler = on_alarm, .sa_flags = SA_RESTART};
+    sigaction(SIGALRM, &alarm, 0);
+    struct itimerval every = {{0, 100}, {0, 100}}, off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &every, 0);
+    static char buf[1 << 20];
+    long got = 0;
+    for (;;) {
+        long n = recv(s, buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += n;
+    }
+    setitimer(ITIMER_REAL, &off, 0);
+    printf("%s\n", got > (64L << 20) && peeks > 0 ? "whole" : "short");
+    return 0;
+}
+"#;
+    let w = world();
+    let program = build_c("peek_in_handler", PROGRAM);
+    let ip = SERVER_IP.to_string();
+    let command = exec_command(&w, &[program.to_str().unwrap(), &ip]);
+    run_c(command, Duration::from_secs(60), "whole\n", "exec");
+}
+
 /// bind(2) to port 0 (and to a port named), then connect(2): the connection is from
 /// the port bound, as Linux; getsockname shows it, and the server answers on it (its
 /// segments reach the stack, not the kernel), with and without the switch.

@@ -763,7 +763,7 @@ impl Sock {
             return Err(libc::EINPROGRESS);
         }
         crate::inline::spin_until(|| stream.connect_result().is_some());
-        let result = signals::outside(|| stream.wait_connected());
+        let result = stream.wait_connected();
         self.refresh(&self.lock().kind);
         result.map(|()| Route::Done).map_err(|e| errno_of(&e))
     }
@@ -913,10 +913,7 @@ impl Sock {
                 crate::inline::spin_until(|| listener.with_readiness(|r| r.readable));
             }
         }
-        let accepted = match self.nonblocking() {
-            true => listener.accept(),
-            false => signals::outside(|| listener.accept()),
-        };
+        let accepted = listener.accept();
         self.refresh(&self.lock().kind);
         let (stream, peer) = accepted.map_err(|e| errno_of(&e))?;
         if peer.is_ipv6() && self.family == libc::AF_INET {
@@ -955,7 +952,7 @@ impl Sock {
             loop {
                 match stream.peek(buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock && !dont_wait => {
-                        signals::outside(|| wait_readable(&stream))
+                        wait_readable(&stream)
                     }
                     r => break r,
                 }
@@ -965,12 +962,8 @@ impl Sock {
         } else {
             let mut done = 0;
             loop {
-                let read = |buf: &mut [u8]| std::io::Read::read(&mut &*stream, buf);
-                let read = match dont_wait {
-                    true => read(&mut buf[done..]),
-                    false => signals::outside(|| read(&mut buf[done..])),
-                };
-                match read {
+                // A blocking read lets handlers run in its sleep only (`set_wait_hooks`).
+                match std::io::Read::read(&mut &*stream, &mut buf[done..]) {
                     Ok(n) if n > 0 && flags & libc::MSG_WAITALL != 0 && done + n < buf.len() => {
                         done += n
                     }
@@ -1004,12 +997,7 @@ impl Sock {
                     Err(io::ErrorKind::WouldBlock.into())
                 };
             }
-            let write = || std::io::Write::write(&mut &*stream, &buf[done..]);
-            let wrote = match dont_wait {
-                true => write(),
-                false => signals::outside(write),
-            };
-            match wrote {
+            match std::io::Write::write(&mut &*stream, &buf[done..]) {
                 Ok(n) => {
                     done += n;
                     if done == buf.len() || n == 0 {
@@ -1241,8 +1229,9 @@ impl Drop for Sock {
 /// Blocks until the stream is readable (for a blocking `MSG_PEEK`).
 fn wait_readable(stream: &TcpStream) {
     // A peek that blocks is rare (connection checks); a short sleep keeps it simple.
+    // Handlers run in the sleep only, never while the look holds the lock.
     while !stream.with_readiness(|r| r.readable) {
-        std::thread::sleep(Duration::from_millis(1));
+        signals::outside(|| std::thread::sleep(Duration::from_millis(1)));
     }
 }
 
