@@ -1914,6 +1914,72 @@ fn select_watches_fds_above_1024_when_nfds_says_so() {
     assert_eq!(python_on_the_stack(&w, &script), "ok\n");
 }
 
+/// Waits with arguments at their limits, with a stack socket open: select with nfds
+/// far above the fd_set's 1024 bits (1 << 20, and getdtablesize() under the hard
+/// RLIMIT_NOFILE), which Linux clamps to the fd table's size, and epoll_pwait2 with a
+/// timeout of i64::MAX seconds (for ever), woken by a pipe 0.2 s later.
+#[test]
+fn select_and_epoll_pwait2_take_arguments_at_their_limits() {
+    const PROGRAM: &str = r#"
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+static int later[2];
+static void *write_later(void *arg) {
+    (void)arg;
+    usleep(200000);
+    write(later[1], "x", 1);
+    return 0;
+}
+static int select_ready(int nfds, int fd) {
+    fd_set r;
+    FD_ZERO(&r);
+    FD_SET(fd, &r);
+    struct timeval tv = {1, 0};
+    return select(nfds, &r, 0, 0, &tv) == 1 && FD_ISSET(fd, &r);
+}
+int main(int argc, char **argv) {
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(80)};
+    inet_pton(AF_INET, argv[1], &to.sin_addr);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&to, sizeof to) != 0) return 2;
+    int ready[2];
+    if (pipe(ready) != 0 || pipe(later) != 0) return 3;
+    write(ready[1], "x", 1);
+    if (!select_ready(1 << 20, ready[0])) { printf("select 1 << 20\n"); return 4; }
+    struct rlimit nofile;
+    getrlimit(RLIMIT_NOFILE, &nofile);
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+    if (!select_ready(getdtablesize(), ready[0])) { printf("select getdtablesize\n"); return 5; }
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = later[0]};
+    epoll_ctl(ep, EPOLL_CTL_ADD, later[0], &ev);
+    pthread_t t;
+    pthread_create(&t, 0, write_later, 0);
+    struct timespec forever = {LLONG_MAX, 0};
+    struct epoll_event got;
+    int n = epoll_pwait2(ep, &got, 1, &forever, 0);
+    pthread_join(t, 0);
+    printf("%s\n", n == 1 && got.data.fd == later[0] ? "ok" : "epoll_pwait2");
+    return 0;
+}
+"#;
+    let w = world();
+    let program = build_c("limits", PROGRAM);
+    let ip = SERVER_IP.to_string();
+    let command = exec_command(&w, &[program.to_str().unwrap(), &ip]);
+    run_c(command, Duration::from_secs(30), "ok\n", "exec");
+}
+
 /// Builds the C program `source` (named `name`) with the system's compiler, in a
 /// directory of this test's own; the program's path.
 fn build_c(name: &str, source: &str) -> std::path::PathBuf {

@@ -194,7 +194,8 @@ impl<S: HasWaiters> Waitable<S> {
         timeout: Option<Duration>,
         mut check: impl FnMut(&mut S) -> Option<T>,
     ) -> Option<T> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout past what an Instant holds (SO_RCVTIMEO of i64::MAX s): none.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut st = self.lock();
         loop {
             if let Some(v) = check(&mut st) {
