@@ -2176,6 +2176,27 @@ fn a_connect_after_bind_goes_from_the_port_bound() {
     }
 }
 
+/// 24 sockets, each bound to port 0 then connected, all open at once (shared-IP mode
+/// steers only 16 listening ports): each is answered, and a listen after them works.
+#[test]
+fn many_sockets_bound_to_port_0_then_connected_are_all_answered() {
+    let w = world();
+    let script = format!(
+        "import socket\n\
+         socks = []\n\
+         for i in range(24):\n\
+         \x20   s = socket.socket(); s.settimeout(10); s.bind(('0.0.0.0', 0))\n\
+         \x20   s.connect(('{SERVER_IP}', 80)); socks.append(s)\n\
+         for s in socks:\n\
+         \x20   s.sendall(b'GET /index.html HTTP/1.0\\r\\n\\r\\n')\n\
+         \x20   assert s.recv(12).startswith(b'HTTP/1.1 200'), s.getsockname()\n\
+         l = socket.socket(); l.bind(('0.0.0.0', 0)); l.listen(); l.close()\n\
+         for s in socks: s.close()\n\
+         print('ok')"
+    );
+    assert_eq!(python_on_the_stack(&w, &script), "ok\n");
+}
+
 #[test]
 fn splice_moves_bytes_between_a_stack_socket_and_a_pipe_both_ways() {
     let w = world();
