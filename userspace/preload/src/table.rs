@@ -109,11 +109,9 @@ pub struct Held {
     _states: Vec<MutexGuard<'static, State>>,
     _start: MutexGuard<'static, ()>,
     _stderr: std::io::StderrLock<'static>,
+    _sockets: std::sync::RwLockWriteGuard<'static, BTreeMap<c_int, Arc<Sock>>>,
     /// Dropped after the guards of their states.
     _socks: Vec<Arc<Sock>>,
-    /// Dropped last (fields drop in order): a close() waiting for the table must
-    /// find our clones of its socket gone, or it sees two owners and skips `closing`.
-    _sockets: std::sync::RwLockWriteGuard<'static, BTreeMap<c_int, Arc<Sock>>>,
 }
 
 /// Takes the locks in the order the calls nest them: a listener listening again,
