@@ -732,6 +732,20 @@ mod tests {
     /// reads nfds bits); bits past nfds are not the library's to touch.
     #[test]
     fn fd_sets_are_kept_for_every_fd_below_nfds() {
+        // An fd table of 2048 fds at least, as a program with fd 1600 open has (nfds
+        // is clamped to the table's size, as Linux).
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: get/setrlimit with a valid struct; dup2 and close take no pointers.
+        unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur = limit.rlim_cur.max(2048).min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            assert_eq!(libc::dup2(2, 1700), 1700);
+            libc::close(1700);
+        }
         let mut read = [0u64; 32];
         let mut write = [0u64; 32];
         read[1500 / 64] = 1 << (1500 % 64);

@@ -105,13 +105,37 @@ pub fn close_all() {
 /// The table's locks and every socket's, taken before fork (see `fork`): a lock
 /// another thread held at fork would stay held in the child for ever.
 pub struct Held {
+    guards: Option<Guards>,
+    socks: Vec<Arc<Sock>>,
+}
+
+/// [`Held`]'s guards.
+struct Guards {
     _listening_again: MutexGuard<'static, ()>,
-    _states: Vec<MutexGuard<'static, State>>,
+    states: Vec<MutexGuard<'static, State>>,
     _start: MutexGuard<'static, ()>,
     _stderr: std::io::StderrLock<'static>,
     _sockets: std::sync::RwLockWriteGuard<'static, BTreeMap<c_int, Arc<Sock>>>,
-    /// Dropped after the guards of their states.
-    _socks: Vec<Arc<Sock>>,
+}
+
+impl Drop for Held {
+    /// The states' guards first (they borrow the sockets); then our clones of the
+    /// sockets, while the table is still held, so a close() waiting for the table
+    /// never sees one of them (it would count two owners and skip `closing`). A clone
+    /// that was the last (its fds closed meanwhile) is dropped after every guard: its
+    /// drop closes an eventfd, a call that takes the table.
+    fn drop(&mut self) {
+        let Some(mut guards) = self.guards.take() else {
+            return;
+        };
+        guards.states.clear();
+        let last: Vec<Sock> = std::mem::take(&mut self.socks)
+            .into_iter()
+            .filter_map(Arc::into_inner)
+            .collect();
+        drop(guards);
+        drop(last);
+    }
 }
 
 /// Takes the locks in the order the calls nest them: a listener listening again,
@@ -134,8 +158,8 @@ pub fn hold() -> Held {
             .iter()
             .map(|sock| {
                 let guard = sock.state.lock().unwrap_or_else(|p| p.into_inner());
-                // SAFETY: the guard borrows a socket that `Held::_socks` keeps alive
-                // until after the guard is dropped (field order).
+                // SAFETY: the guard borrows a socket that `Held::socks` keeps alive
+                // until after the guard is dropped (`Held`'s drop).
                 unsafe {
                     std::mem::transmute::<MutexGuard<'_, State>, MutexGuard<'static, State>>(guard)
                 }
@@ -149,12 +173,14 @@ pub fn hold() -> Held {
             .all(|s| socks.iter().any(|k| Arc::ptr_eq(k, s)))
         {
             return Held {
-                _listening_again: listening_again,
-                _states: states,
-                _start: start,
-                _stderr: stderr,
-                _sockets: sockets,
-                _socks: socks,
+                guards: Some(Guards {
+                    _listening_again: listening_again,
+                    states,
+                    _start: start,
+                    _stderr: stderr,
+                    _sockets: sockets,
+                }),
+                socks,
             };
         }
     }
