@@ -2039,6 +2039,72 @@ fn select_watches_fds_above_1024_when_nfds_says_so() {
     assert_eq!(python_on_the_stack(&w, &script), "ok\n");
 }
 
+/// Waits with arguments at their limits, with a stack socket open: select with nfds
+/// far above the fd_set's 1024 bits (1 << 20, and getdtablesize() under the hard
+/// RLIMIT_NOFILE), which Linux clamps to the fd table's size, and epoll_pwait2 with a
+/// timeout of i64::MAX seconds (for ever), woken by a pipe 0.2 s later.
+#[test]
+fn select_and_epoll_pwait2_take_arguments_at_their_limits() {
+    const PROGRAM: &str = r#"
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+static int later[2];
+static void *write_later(void *arg) {
+    (void)arg;
+    usleep(200000);
+    write(later[1], "x", 1);
+    return 0;
+}
+static int select_ready(int nfds, int fd) {
+    fd_set r;
+    FD_ZERO(&r);
+    FD_SET(fd, &r);
+    struct timeval tv = {1, 0};
+    return select(nfds, &r, 0, 0, &tv) == 1 && FD_ISSET(fd, &r);
+}
+int main(int argc, char **argv) {
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(80)};
+    inet_pton(AF_INET, argv[1], &to.sin_addr);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&to, sizeof to) != 0) return 2;
+    int ready[2];
+    if (pipe(ready) != 0 || pipe(later) != 0) return 3;
+    write(ready[1], "x", 1);
+    if (!select_ready(1 << 20, ready[0])) { printf("select 1 << 20\n"); return 4; }
+    struct rlimit nofile;
+    getrlimit(RLIMIT_NOFILE, &nofile);
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+    if (!select_ready(getdtablesize(), ready[0])) { printf("select getdtablesize\n"); return 5; }
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = later[0]};
+    epoll_ctl(ep, EPOLL_CTL_ADD, later[0], &ev);
+    pthread_t t;
+    pthread_create(&t, 0, write_later, 0);
+    struct timespec forever = {LLONG_MAX, 0};
+    struct epoll_event got;
+    int n = epoll_pwait2(ep, &got, 1, &forever, 0);
+    pthread_join(t, 0);
+    printf("%s\n", n == 1 && got.data.fd == later[0] ? "ok" : "epoll_pwait2");
+    return 0;
+}
+"#;
+    let w = world();
+    let program = build_c("limits", PROGRAM);
+    let ip = SERVER_IP.to_string();
+    let command = exec_command(&w, &[program.to_str().unwrap(), &ip]);
+    run_c(command, Duration::from_secs(30), "ok\n", "exec");
+}
+
 /// Builds the C program `source` (named `name`) with the system's compiler, in a
 /// directory of this test's own; the program's path.
 fn build_c(name: &str, source: &str) -> std::path::PathBuf {
@@ -2135,6 +2201,63 @@ int main(int argc, char **argv) {
     run_c(command, Duration::from_secs(60), "answered\n", "exec");
 }
 
+/// A handler that peeks at the socket (recv with MSG_PEEK|MSG_DONTWAIT) every 100 us
+/// while the program reads a 64 MiB body with blocking recvs: a handler runs only in
+/// the read's sleep, never while the read holds the connection's lock (it would wait
+/// for that lock for ever).
+#[test]
+fn a_handler_that_peeks_during_a_blocking_read_never_deadlocks() {
+    const PROGRAM: &str = r#"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+static int s;
+static volatile sig_atomic_t peeks;
+static void on_alarm(int sig) {
+    (void)sig;
+    char byte;
+    int saved = errno;
+    recv(s, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    peeks++;
+    errno = saved;
+}
+int main(int argc, char **argv) {
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(80)};
+    inet_pton(AF_INET, argv[1], &to.sin_addr);
+    s = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&to, sizeof to) != 0) return 2;
+    const char *get = "GET /big.bin HTTP/1.0\r\n\r\n";
+    send(s, get, strlen(get), 0);
+    struct sigaction alarm = {.sa_handler = on_alarm, .sa_flags = SA_RESTART};
+    sigaction(SIGALRM, &alarm, 0);
+    struct itimerval every = {{0, 100}, {0, 100}}, off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &every, 0);
+    static char buf[1 << 20];
+    long got = 0;
+    for (;;) {
+        long n = recv(s, buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += n;
+    }
+    setitimer(ITIMER_REAL, &off, 0);
+    printf("%s\n", got > (64L << 20) && peeks > 0 ? "whole" : "short");
+    return 0;
+}
+"#;
+    let w = world();
+    let program = build_c("peek_in_handler", PROGRAM);
+    let ip = SERVER_IP.to_string();
+    let command = exec_command(&w, &[program.to_str().unwrap(), &ip]);
+    run_c(command, Duration::from_secs(60), "whole\n", "exec");
+}
+
 /// bind(2) to port 0 (and to a port named), then connect(2): the connection is from
 /// the port bound, as Linux; getsockname shows it, and the server answers on it (its
 /// segments reach the stack, not the kernel), with and without the switch.
@@ -2176,6 +2299,27 @@ fn a_connect_after_bind_goes_from_the_port_bound() {
             "share {share}: the kernel's TCP moved"
         );
     }
+}
+
+/// 24 sockets, each bound to port 0 then connected, all open at once (shared-IP mode
+/// steers only 16 listening ports): each is answered, and a listen after them works.
+#[test]
+fn many_sockets_bound_to_port_0_then_connected_are_all_answered() {
+    let w = world();
+    let script = format!(
+        "import socket\n\
+         socks = []\n\
+         for i in range(24):\n\
+         \x20   s = socket.socket(); s.settimeout(10); s.bind(('0.0.0.0', 0))\n\
+         \x20   s.connect(('{SERVER_IP}', 80)); socks.append(s)\n\
+         for s in socks:\n\
+         \x20   s.sendall(b'GET /index.html HTTP/1.0\\r\\n\\r\\n')\n\
+         \x20   assert s.recv(12).startswith(b'HTTP/1.1 200'), s.getsockname()\n\
+         l = socket.socket(); l.bind(('0.0.0.0', 0)); l.listen(); l.close()\n\
+         for s in socks: s.close()\n\
+         print('ok')"
+    );
+    assert_eq!(python_on_the_stack(&w, &script), "ok\n");
 }
 
 #[test]

@@ -169,6 +169,10 @@ pub fn stack() -> Result<&'static Stack, &'static str> {
                     libc::pthread_atfork(None, None, Some(in_forked_child));
                 }
                 crate::moves::register_fork_handlers();
+                userspace::net::watch::set_wait_hooks(userspace::net::watch::WaitHooks {
+                    sleep: crate::signals::around_sleep,
+                    unlocked: crate::signals::let_run,
+                });
             }
         }
         Err(e) => eprintln!(

@@ -299,7 +299,9 @@ fn wait_unwatched(
     timeout: Option<Duration>,
     mut wait: impl FnMut(Option<Duration>) -> c_int,
 ) -> c_int {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // A timeout past what an Instant holds (epoll_pwait2 with tv_sec i64::MAX): none.
+    let timeout = timeout.filter(|&t| Instant::now().checked_add(t).is_some());
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut left = timeout;
     let mut device_only = 0u32;
     loop {
@@ -659,7 +661,7 @@ impl FdSets {
     /// # Safety
     /// Each pointer is null or a valid set of at least `nfds` bits (select's contract).
     unsafe fn keep(nfds: c_int, sets: [*mut libc::fd_set; 3]) -> FdSets {
-        let words = (nfds.max(0) as usize).div_ceil(64);
+        let words = fd_table_clamp(nfds.max(0) as usize).div_ceil(64);
         let mut kept = FdSets {
             sets: sets.map(|p| p.cast::<u64>()),
             words,
@@ -700,6 +702,50 @@ impl FdSets {
             }
         }
     }
+}
+
+/// `nfds` as the kernel reads it (core_sys_select): at most the process's fd table
+/// size (FDSize), which may be far less than the sets a program passes are sized
+/// for (select(1 << 20) on a 1024-bit fd_set). Also at most RLIMIT_NOFILE, where no
+/// fd can be open. The table only grows: its size is read from /proc again only when
+/// `nfds` and the limit pass the size seen last.
+fn fd_table_clamp(nfds: usize) -> usize {
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+    let limit = nofile_limit().map_or(nfds, |l| nfds.min(l));
+    let seen = SEEN.load(Ordering::Relaxed);
+    if limit <= seen {
+        return limit;
+    }
+    let size = fd_table_size().unwrap_or(SMALL_WORDS * 64);
+    SEEN.fetch_max(size, Ordering::Relaxed);
+    limit.min(size)
+}
+
+/// The soft RLIMIT_NOFILE.
+fn nofile_limit() -> Option<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the valid struct given.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    ok.then(|| usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX))
+}
+
+/// This process's fd table size now (FDSize in /proc/self/status).
+fn fd_table_size() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    fd_size_of(&status)
+}
+
+/// FDSize in the text of a /proc status file.
+fn fd_size_of(status: &str) -> Option<usize> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("FDSize:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A wait of the select family on sets that may hold stack sockets: on an inline
@@ -783,6 +829,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_fd_table_size_is_read_from_a_status_file_and_clamps_nfds() {
+        assert_eq!(fd_size_of("Name:\tx\nFDSize:\t256\nGid:\t0\n"), Some(256));
+        assert_eq!(fd_size_of("Name:\tx\n"), None);
+        let size = fd_table_size().unwrap();
+        assert!(fd_table_clamp(1 << 30) <= size);
+        assert_eq!(fd_table_clamp(3), 3);
+    }
+
+    #[test]
     fn bits_follow_tcp_poll() {
         let none = Conditions::default();
         assert_eq!(poll_bits(none, libc::POLLIN | libc::POLLRDHUP), 0);
@@ -811,6 +866,20 @@ mod tests {
     /// reads nfds bits); bits past nfds are not the library's to touch.
     #[test]
     fn fd_sets_are_kept_for_every_fd_below_nfds() {
+        // An fd table of 2048 fds at least, as a program with fd 1600 open has (nfds
+        // is clamped to the table's size, as Linux).
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: get/setrlimit with a valid struct; dup2 and close take no pointers.
+        unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            limit.rlim_cur = limit.rlim_cur.max(2048).min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            assert_eq!(libc::dup2(2, 1700), 1700);
+            libc::close(1700);
+        }
         let mut read = [0u64; 32];
         let mut write = [0u64; 32];
         read[1500 / 64] = 1 << (1500 % 64);

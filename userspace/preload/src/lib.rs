@@ -55,7 +55,7 @@ use table::{Res, Route, Sock, lookup};
 /// panic, which never crosses into C).
 fn run<T>(failed: T, call: impl FnOnce() -> Res<T>) -> T {
     let _entered = inline::enter();
-    // A handler runs after the call (or in its waits, see `signals::outside`), never
+    // A handler runs after the call (or in its sleeps, see `signals::around_sleep`), never
     // while it holds a lock.
     let _critical = signals::critical();
     if config::forked() {

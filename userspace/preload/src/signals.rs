@@ -40,6 +40,8 @@ thread_local! {
     static ANY_PENDING: Cell<bool> = const { Cell::new(false) };
     static PENDING: [Cell<Option<siginfo_t>>; DEFERRED] =
         const { [const { Cell::new(None) }; DEFERRED] };
+    /// Ends the sleep of a blocking call this thread is in (see [`around_sleep`]).
+    static SLEEP_WAKE: Cell<Option<&'static dyn Fn()>> = const { Cell::new(None) };
 }
 
 /// Marks a critical section of this thread until dropped: an asynchronous signal
@@ -78,6 +80,28 @@ pub fn outside<T>(f: impl FnOnce() -> T) -> T {
     let out = f();
     let _ = CRITICAL.try_with(|c| c.set(c.get().saturating_add(depth)));
     out
+}
+
+/// The library's hook around a blocking call's sleep (`net::watch::WaitHooks`),
+/// called with the connection's lock held, which the sleep lets go and takes again:
+/// the thread stays in its critical section (a handler never runs between the lock
+/// and the sleep, nor after), and a signal that comes ends the sleep (`wake`), so the
+/// call runs the handler at once with no lock held ([`let_run`]) and sleeps again. A
+/// signal kept already: no sleep.
+pub fn around_sleep(sleep: &mut dyn FnMut(), wake: &dyn Fn()) {
+    // SAFETY: only the lifetime is widened; `SLEEP_WAKE` is cleared below, before
+    // `wake` goes, and only this thread (its trampoline, meanwhile) reads it.
+    let wake: &'static dyn Fn() = unsafe { std::mem::transmute::<&dyn Fn(), _>(wake) };
+    let _ = SLEEP_WAKE.try_with(|w| w.set(Some(wake)));
+    if !ANY_PENDING.try_with(Cell::get).unwrap_or(false) {
+        sleep();
+    }
+    let _ = SLEEP_WAKE.try_with(|w| w.set(None));
+}
+
+/// The signals kept in this thread's critical sections run now (no lock held).
+pub fn let_run() {
+    outside(|| {});
 }
 
 /// Sends this thread the signals kept in its critical sections again, each with its
@@ -139,6 +163,10 @@ fn deferred(sig: c_int, info: *const siginfo_t) -> bool {
             };
             free.set(Some(info));
             let _ = ANY_PENDING.try_with(|a| a.set(true));
+            // A blocking call's sleep ends, to run the handler with no lock held.
+            if let Ok(Some(wake)) = SLEEP_WAKE.try_with(Cell::get) {
+                wake();
+            }
             true
         })
         .unwrap_or(false)

@@ -114,13 +114,37 @@ pub fn close_all() {
 /// The table's locks and every socket's, taken before fork (see `fork`): a lock
 /// another thread held at fork would stay held in the child for ever.
 pub struct Held {
+    guards: Option<Guards>,
+    socks: Vec<Arc<Sock>>,
+}
+
+/// [`Held`]'s guards.
+struct Guards {
     _listening_again: MutexGuard<'static, ()>,
-    _states: Vec<MutexGuard<'static, State>>,
+    states: Vec<MutexGuard<'static, State>>,
     _start: MutexGuard<'static, ()>,
     _stderr: std::io::StderrLock<'static>,
     _sockets: std::sync::RwLockWriteGuard<'static, BTreeMap<c_int, Arc<Sock>>>,
-    /// Dropped after the guards of their states.
-    _socks: Vec<Arc<Sock>>,
+}
+
+impl Drop for Held {
+    /// The states' guards first (they borrow the sockets); then our clones of the
+    /// sockets, while the table is still held, so a close() waiting for the table
+    /// never sees one of them (it would count two owners and skip `closing`). A clone
+    /// that was the last (its fds closed meanwhile) is dropped after every guard: its
+    /// drop closes an eventfd, a call that takes the table.
+    fn drop(&mut self) {
+        let Some(mut guards) = self.guards.take() else {
+            return;
+        };
+        guards.states.clear();
+        let last: Vec<Sock> = std::mem::take(&mut self.socks)
+            .into_iter()
+            .filter_map(Arc::into_inner)
+            .collect();
+        drop(guards);
+        drop(last);
+    }
 }
 
 /// Takes the locks in the order the calls nest them: a listener listening again,
@@ -143,8 +167,8 @@ pub fn hold() -> Held {
             .iter()
             .map(|sock| {
                 let guard = sock.state.lock().unwrap_or_else(|p| p.into_inner());
-                // SAFETY: the guard borrows a socket that `Held::_socks` keeps alive
-                // until after the guard is dropped (field order).
+                // SAFETY: the guard borrows a socket that `Held::socks` keeps alive
+                // until after the guard is dropped (`Held`'s drop).
                 unsafe {
                     std::mem::transmute::<MutexGuard<'_, State>, MutexGuard<'static, State>>(guard)
                 }
@@ -158,12 +182,14 @@ pub fn hold() -> Held {
             .all(|s| socks.iter().any(|k| Arc::ptr_eq(k, s)))
         {
             return Held {
-                _listening_again: listening_again,
-                _states: states,
-                _start: start,
-                _stderr: stderr,
-                _sockets: sockets,
-                _socks: socks,
+                guards: Some(Guards {
+                    _listening_again: listening_again,
+                    states,
+                    _start: start,
+                    _stderr: stderr,
+                    _sockets: sockets,
+                }),
+                socks,
             };
         }
     }
@@ -835,7 +861,7 @@ impl Sock {
             return Err(libc::EINPROGRESS);
         }
         crate::inline::spin_until(|| stream.connect_result().is_some());
-        let result = signals::outside(|| stream.wait_connected());
+        let result = stream.wait_connected();
         self.refresh(&self.lock().kind);
         result.map(|()| Route::Done).map_err(|e| errno_of(&e))
     }
@@ -985,10 +1011,7 @@ impl Sock {
                 crate::inline::spin_until(|| listener.with_readiness(|r| r.readable));
             }
         }
-        let accepted = match self.nonblocking() {
-            true => listener.accept(),
-            false => signals::outside(|| listener.accept()),
-        };
+        let accepted = listener.accept();
         self.refresh(&self.lock().kind);
         let (stream, peer) = accepted.map_err(|e| errno_of(&e))?;
         if peer.is_ipv6() && self.family == libc::AF_INET {
@@ -1027,7 +1050,7 @@ impl Sock {
             loop {
                 match stream.peek(buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock && !dont_wait => {
-                        signals::outside(|| wait_readable(&stream))
+                        wait_readable(&stream)
                     }
                     r => break r,
                 }
@@ -1037,12 +1060,8 @@ impl Sock {
         } else {
             let mut done = 0;
             loop {
-                let read = |buf: &mut [u8]| std::io::Read::read(&mut &*stream, buf);
-                let read = match dont_wait {
-                    true => read(&mut buf[done..]),
-                    false => signals::outside(|| read(&mut buf[done..])),
-                };
-                match read {
+                // A blocking read lets handlers run in its sleep only (`set_wait_hooks`).
+                match std::io::Read::read(&mut &*stream, &mut buf[done..]) {
                     Ok(n) if n > 0 && flags & libc::MSG_WAITALL != 0 && done + n < buf.len() => {
                         done += n
                     }
@@ -1076,12 +1095,7 @@ impl Sock {
                     Err(io::ErrorKind::WouldBlock.into())
                 };
             }
-            let write = || std::io::Write::write(&mut &*stream, &buf[done..]);
-            let wrote = match dont_wait {
-                true => write(),
-                false => signals::outside(write),
-            };
-            match wrote {
+            match std::io::Write::write(&mut &*stream, &buf[done..]) {
                 Ok(n) => {
                     done += n;
                     if done == buf.len() || n == 0 {
@@ -1327,8 +1341,9 @@ impl Drop for Sock {
 /// Blocks until the stream is readable (for a blocking `MSG_PEEK`).
 fn wait_readable(stream: &TcpStream) {
     // A peek that blocks is rare (connection checks); a short sleep keeps it simple.
+    // Handlers run in the sleep only, never while the look holds the lock.
     while !stream.with_readiness(|r| r.readable) {
-        std::thread::sleep(Duration::from_millis(1));
+        signals::outside(|| std::thread::sleep(Duration::from_millis(1)));
     }
 }
 

@@ -8,7 +8,7 @@ use crate::device::netinfo::{
 };
 use crate::device::startup;
 use crate::device::wake::WakeFd;
-use crate::stack::{AddressMode, ConnId};
+use crate::stack::{AddressMode, ConnId, StackError};
 use crate::tcp::{Instant, State, TcpError};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -460,18 +460,32 @@ impl Driver {
         };
         self.learn_from_kernel(hop);
         drop(routing);
-        let opened = match from_port {
+        let mut opened = match from_port {
             Some(port) => self.rt.stack.connect_from(now, port, remote),
             None => self.rt.stack.connect(now, remote),
         };
-        if let (Ok(_), Some(port)) = (&opened, from_port)
+        let (lo, hi) = self.rt.stack.config().port_range;
+        if let (Ok(id), Some(port)) = (&opened, from_port)
+            && self.rt.stack.config().mode == AddressMode::Shared
+            && !(lo..=hi).contains(&port)
             && !self.listeners.contains_key(&port)
             && !self.draining_ports.contains(&port)
         {
             // Shared-IP mode: the port is not the stack's; its segments come to us
             // while the connection lasts, as a listener's that still has connections.
+            // A port the XDP program cannot steer fails the connect now (EADDRNOTAVAIL),
+            // never a connection whose segments would go to the kernel.
             self.draining_ports.push(port);
-            let _ = self.steer_listeners();
+            if self.steer_listeners().is_err() {
+                tracing::warn!(
+                    "connect from port {port} (bound outside the stack's range {lo}-{hi}): no room to steer it; EADDRNOTAVAIL"
+                );
+                self.draining_ports.retain(|&p| p != port);
+                let _ = self.steer_listeners();
+                self.rt.stack.abort(*id);
+                self.rt.stack.release(*id);
+                opened = Err(StackError::NoFreePort);
+            }
         }
         match opened {
             Ok(id) => {

@@ -63,7 +63,7 @@ use shared::{Command, Conn};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -452,6 +452,8 @@ struct Info {
     xdp_mode: &'static str,
     tx_checksum: &'static str,
     tx_budget: u32,
+    /// The local ports the stack picks for its connections.
+    port_range: (u16, u16),
 }
 
 impl Info {
@@ -466,6 +468,7 @@ impl Info {
             xdp_mode: xdp.attached_mode(),
             tx_checksum: xdp.tx_checksum().describe(),
             tx_budget: xdp.tx_budget(),
+            port_range: rt.stack.config().port_range,
         }
     }
 }
@@ -608,11 +611,40 @@ impl Stack {
     /// ephemeral range), held in the kernel until the hold and every listener on the
     /// port are dropped: a [`TcpListener::bind`] to that port while it is held uses it.
     /// Fails with `EADDRINUSE` when no port is free, as the kernel's bind.
+    ///
+    /// In shared-IP mode the port is one of the stack's own range instead (above the
+    /// kernel's ephemeral one), which the XDP program steers to the stack already: a
+    /// connection from it (bind(2) to port 0, then connect(2)) needs no steering of its
+    /// own, however many there are.
     pub fn hold_free_port(&self) -> io::Result<PortHold> {
         let owned = self.mode() == AddressMode::Owned;
+        if !owned {
+            return self.hold_free_port_in_range();
+        }
         reserve::PortReservation::take(self.ip(), 0, owned, false)?
             .map(PortHold)
             .ok_or_else(|| io::ErrorKind::AddrInUse.into())
+    }
+
+    /// A port of the stack's range nobody holds, from a start that moves on each call
+    /// (RFC 6056 3.3.3's simple increment, from a per-process offset).
+    fn hold_free_port_in_range(&self) -> io::Result<PortHold> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let (lo, hi) = self.inner.info.port_range;
+        let span = u32::from(hi.saturating_sub(lo)) + 1;
+        let start = std::process::id()
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+        for i in 0..span {
+            let port = lo + (start.wrapping_add(i) % span) as u16;
+            match reserve::PortReservation::take_unused(self.ip(), port) {
+                Ok(hold) => return Ok(PortHold(hold)),
+                Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => continue,
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::ErrorKind::AddrInUse.into())
     }
 
     /// Stops the poll loop: listeners stop, connections whose handles were dropped get

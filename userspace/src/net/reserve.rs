@@ -56,12 +56,30 @@ impl PortReservation {
         if owned && port != 0 {
             return Ok(None);
         }
+        Self::take_in(ip, port, owned, take_over, true)
+    }
+
+    /// `port` on `ip` if nobody holds it, this process included: `EADDRINUSE` else.
+    pub(crate) fn take_unused(ip: Ipv4Addr, port: u16) -> io::Result<Arc<PortReservation>> {
+        Self::take_in(ip, port, false, false, false)?.ok_or_else(|| io::ErrorKind::AddrInUse.into())
+    }
+
+    fn take_in(
+        ip: Ipv4Addr,
+        port: u16,
+        owned: bool,
+        take_over: bool,
+        share: bool,
+    ) -> io::Result<Option<Arc<PortReservation>>> {
         let mut reserved = RESERVED.lock().unwrap_or_else(|p| p.into_inner());
         let map = reserved.get_or_insert_with(HashMap::new);
         if port != 0
             && let Some(existing) = map.get(&(ip, port)).and_then(Weak::upgrade)
         {
-            return Ok(Some(existing));
+            return match share {
+                true => Ok(Some(existing)),
+                false => Err(io::Error::from_raw_os_error(libc::EADDRINUSE)),
+            };
         }
         let socket = match bind_kernel_socket(ip, port, owned) {
             Ok(socket) => socket,

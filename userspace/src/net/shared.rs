@@ -20,7 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -147,6 +147,28 @@ pub(crate) trait HasWaiters: super::readiness::Ready {
     fn waiters(&mut self) -> &mut Waiters;
 }
 
+/// What runs around the sleeps of blocking handles (see [`set_wait_hooks`]).
+static WAIT_HOOKS: OnceLock<WaitHooks> = OnceLock::new();
+
+/// A program's hooks around each sleep of a blocking call (the preload library lets
+/// the program's signal handlers run there only, never while a lock is held).
+pub struct WaitHooks {
+    /// Runs the sleep it is given (the condition variable's wait, which lets the
+    /// state's lock go), or returns without it: then `unlocked` runs, the lock let go,
+    /// and the call looks again before it sleeps. The second function ends the sleep
+    /// early (a spurious wake-up; it only wakes a futex, so a signal handler may call
+    /// it).
+    pub sleep: fn(&mut dyn FnMut(), &dyn Fn()),
+    /// Runs with no lock of the call held.
+    pub unlocked: fn(),
+}
+
+/// Sets the hooks of every blocking call, once per process (a later call changes
+/// nothing).
+pub fn set_wait_hooks(hooks: WaitHooks) {
+    let _ = WAIT_HOOKS.set(hooks);
+}
+
 /// State behind a mutex that handles can wait on, blocking or async.
 pub(crate) struct Waitable<S> {
     state: Mutex<S>,
@@ -172,28 +194,46 @@ impl<S: HasWaiters> Waitable<S> {
         timeout: Option<Duration>,
         mut check: impl FnMut(&mut S) -> Option<T>,
     ) -> Option<T> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout past what an Instant holds (SO_RCVTIMEO of i64::MAX s): none.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut st = self.lock();
         loop {
             if let Some(v) = check(&mut st) {
                 return Some(v);
             }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return None;
+            }
             st.waiters().blocked += 1;
-            st = match deadline {
-                None => self.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        st.waiters().blocked -= 1;
-                        return None;
+            // Only the sleep itself runs in the hook: `check` (the copy) holds the lock.
+            let mut slept = false;
+            let mut held = Some(st);
+            let mut sleep = || {
+                slept = true;
+                held = held.take().map(|st| match left {
+                    None => self.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    Some(left) => {
+                        self.cond
+                            .wait_timeout(st, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
                     }
-                    self.cond
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
+                });
             };
+            let hooks = WAIT_HOOKS.get();
+            match hooks {
+                Some(hooks) => (hooks.sleep)(&mut sleep, &|| self.cond.notify_all()),
+                None => sleep(),
+            }
+            st = held.unwrap_or_else(|| self.lock());
             st.waiters().blocked -= 1;
+            if let Some(hooks) = hooks.filter(|_| !slept) {
+                // The hook would not sleep now: its turn with the lock let go.
+                drop(st);
+                (hooks.unlocked)();
+                st = self.lock();
+            }
         }
     }
 

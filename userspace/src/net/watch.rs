@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use super::readiness::Ready;
 pub use super::readiness::{Readiness, Watcher};
+pub use super::shared::{WaitHooks, set_wait_hooks};
 
 impl TcpStream {
     /// Starts a connection to `remote` and returns at once, as a non-blocking
