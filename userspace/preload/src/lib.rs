@@ -546,7 +546,8 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
             let _ = catch_unwind(AssertUnwindSafe(|| {
                 // The last fd of the socket: it closes (FIN, or RST with a zero linger),
                 // unless a child forked with it may still take it over.
-                let last = std::sync::Arc::strong_count(&sock) == 1;
+                // Counted per fd, not by clones another thread may hold a moment.
+                let last = sock.no_fds_left();
                 if last && moves::kept_for_children(&sock) {
                     return;
                 }

@@ -57,8 +57,14 @@ pub fn insert(fd: c_int, sock: Arc<Sock>) {
 fn insert_fresh(fd: c_int, sock: Arc<Sock>) {
     let _critical = signals::critical();
     let mut map = SOCKETS.write().unwrap_or_else(|p| p.into_inner());
-    if map.insert(fd, sock).is_none() {
-        COUNT.fetch_add(1, Ordering::Release);
+    sock.fds.fetch_add(1, Ordering::AcqRel);
+    match map.insert(fd, sock) {
+        None => {
+            COUNT.fetch_add(1, Ordering::Release);
+        }
+        Some(old) => {
+            old.fds.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -67,8 +73,9 @@ pub fn remove(fd: c_int) -> Option<Arc<Sock>> {
     let _critical = signals::critical();
     let mut map = SOCKETS.write().unwrap_or_else(|p| p.into_inner());
     let gone = map.remove(&fd);
-    if gone.is_some() {
+    if let Some(sock) = &gone {
         COUNT.fetch_sub(1, Ordering::Release);
+        sock.fds.fetch_sub(1, Ordering::AcqRel);
     }
     gone
 }
@@ -288,11 +295,13 @@ pub fn adopt_after_fork(via: Option<c_int>) {
             }),
             listen_on_use: AtomicBool::new(listener),
             take_on_use: AtomicBool::new(false),
+            fds: AtomicUsize::new(0),
         });
         if matches!(sock.lock().kind, Kind::Inherited { .. }) {
             sock.take_on_use.store(true, Ordering::Release);
             sock.signal.show(CALL_NOW, false, true);
         }
+        sock.fds.fetch_add(1, Ordering::AcqRel);
         let replaced = SOCKETS
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -494,6 +503,9 @@ pub struct Sock {
     /// A connection inherited across fork: taken over at its first use
     /// ([`Sock::take_over`]); looked at without the lock on every call.
     take_on_use: AtomicBool,
+    /// The fds of this process that name it (`dup`s), counted in the table: its
+    /// close is the last one's, whatever clones other threads hold for a moment.
+    fds: AtomicUsize,
 }
 
 /// Where a connect or bind goes.
@@ -545,6 +557,7 @@ impl Sock {
             }),
             listen_on_use: AtomicBool::new(false),
             take_on_use: AtomicBool::new(false),
+            fds: AtomicUsize::new(0),
         });
         sock.attach();
         insert_fresh(fd, sock.clone());
@@ -1148,6 +1161,11 @@ impl Sock {
             }
             _ => Err(libc::ENOTCONN),
         }
+    }
+
+    /// No fd of this process names it any more (its last one was closed).
+    pub fn no_fds_left(&self) -> bool {
+        self.fds.load(Ordering::Acquire) == 0
     }
 
     /// Bytes a write would take now without waiting (0 when not connected).
