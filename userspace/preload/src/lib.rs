@@ -537,18 +537,29 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let _entered = inline::enter();
     hangup::forget(fd);
+    if lookup(fd).is_some() {
+        close_stack_socket(fd);
+    }
+    // SAFETY: libc's close with the caller's fd (the eventfd, for a stack socket).
+    unsafe { real!(close: fn(c_int) -> c_int)(fd) }
+}
+
+/// The library's part of closing `fd`, a stack socket's: the socket closes with its
+/// last fd (FIN, or RST with a zero linger), unless a child may still take it over.
+fn close_stack_socket(fd: c_int) {
+    let _critical = signals::critical();
+    let mut mover = moves::hold_for_close();
     if let Some(sock) = table::remove(fd) {
-        let _critical = signals::critical();
         if config::forked() {
             // Its state belongs to the parent's poll loop: leave it alone.
             std::mem::forget(sock);
         } else {
             let _ = catch_unwind(AssertUnwindSafe(|| {
-                // The last fd of the socket: it closes (FIN, or RST with a zero linger),
-                // unless a child forked with it may still take it over.
                 // Counted per fd, not by clones another thread may hold a moment.
                 let last = sock.no_fds_left();
-                if last && moves::kept_for_children(&sock) {
+                let kept = last && moves::kept_for_children(mover.as_mut(), &sock);
+                drop(mover.take());
+                if kept {
                     return;
                 }
                 if last {
@@ -562,8 +573,6 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
             }));
         }
     }
-    // SAFETY: libc's close with the caller's fd (the eventfd, for a stack socket).
-    unsafe { real!(close: fn(c_int) -> c_int)(fd) }
 }
 
 /// `_exit` (what a forked child calls after its work, `os._exit` in Python): as at

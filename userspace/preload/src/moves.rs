@@ -23,7 +23,7 @@ use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 type Tuple = (SocketAddr, SocketAddr);
@@ -39,7 +39,7 @@ struct Holder {
 
 /// The mover of this process: its children's pair ends and the connections the
 /// program closed that a child may still take.
-struct Mover {
+pub struct Mover {
     /// The process whose thread serves this state (a child starts its own).
     pid: u32,
     holders: Vec<Holder>,
@@ -106,6 +106,7 @@ fn add_holder(mover: &mut Option<Mover>, tuples: Vec<Tuple>) -> Option<RawFd> {
         });
         // It turns the loop: with every signal blocked, as the stack's own threads, so
         // no handler runs inside a turn or with a connection's lock held.
+        SERVING.store(true, Ordering::Release);
         let started = crate::config::without_signals(|| {
             std::thread::Builder::new()
                 .name("userspace-mover".into())
@@ -144,6 +145,7 @@ extern "C" fn after_fork_in_parent() {
 pub fn after_fork_in_child() -> Option<c_int> {
     let guard = HELD.try_with(|h| h.borrow_mut().take()).ok().flatten();
     let mut guard = guard.unwrap_or_else(lock);
+    SERVING.store(false, Ordering::Release);
     if let Some(m) = guard.take() {
         for h in m.holders {
             drop(h.end);
@@ -157,13 +159,29 @@ pub fn after_fork_in_child() -> Option<c_int> {
     (child >= 0).then_some(child)
 }
 
-/// The parent closes the last fd of `sock`: whether a child may still take its
-/// connection, in which case it is kept open (no FIN) until none may.
-pub fn kept_for_children(sock: &Arc<Sock>) -> bool {
+/// Whether this process serves children's requests (a fork shared connections).
+static SERVING: AtomicBool = AtomicBool::new(false);
+
+/// The mover's lock for a `close`, if this process serves children: held from taking
+/// the fd out of the table until the socket is in `kept`, so a child's TAKE (which
+/// looks in both under it) never falls between the two.
+pub fn hold_for_close() -> Option<MutexGuard<'static, Option<Mover>>> {
+    SERVING.load(Ordering::Acquire).then(lock)
+}
+
+/// The parent closes the last fd of `sock` (`held`: [`hold_for_close`]'s guard):
+/// whether a child may still take its connection, in which case it is kept open (no
+/// FIN) until none may.
+pub fn kept_for_children(
+    held: Option<&mut MutexGuard<'static, Option<Mover>>>,
+    sock: &Arc<Sock>,
+) -> bool {
+    let Some(guard) = held else {
+        return false;
+    };
     let Some(tuple) = sock.connection() else {
         return false;
     };
-    let mut guard = lock();
     let Some(m) = guard.as_mut().filter(|m| m.pid == std::process::id()) else {
         return false;
     };
@@ -294,15 +312,19 @@ fn answer(fd: RawFd, line: &str) {
             &[],
         ),
         Some("TAKE") => {
-            let sock = table::find_connection(tuple.0, tuple.1).or_else(|| {
+            // Both places under the mover's lock: a close moves a socket from the
+            // table to `kept` under it (see `hold_for_close`).
+            let sock = {
                 let guard = lock();
-                guard.as_ref().and_then(|m| {
-                    m.kept
-                        .iter()
-                        .find(|s| s.connection() == Some(tuple))
-                        .cloned()
+                table::find_connection(tuple.0, tuple.1).or_else(|| {
+                    guard.as_ref().and_then(|m| {
+                        m.kept
+                            .iter()
+                            .find(|s| s.connection() == Some(tuple))
+                            .cloned()
+                    })
                 })
-            });
+            };
             let given = match sock {
                 Some(sock) => sock.give_away(),
                 None => Err("the parent has no such connection".to_string()),
