@@ -222,22 +222,33 @@ pub fn spawn(exe: &std::path::Path, h: &Handover<'_>) -> SetupResult<()> {
     // Bound here, before this process lets go of the program: from now on a new
     // instance finds the holder (its connection waits in the backlog until the holder
     // accepts), never an attached program with nobody to ask.
-    let listener =
-        UnixListener::bind_addr(&address(h.ifindex)?).context("binding the holder's name")?;
-    let (ours, theirs) = UnixStream::pair()?;
-    std::process::Command::new(exe)
-        .arg(HOLDER_ARG)
-        .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting the XDP holder")?;
+    let (listener, ours, _) = launch(exe, h.ifindex)?;
     let mut fds = vec![h.link, listener.as_fd()];
     fds.extend(h.maps);
     let (words, pool_fds) = pool_message(&h.pool);
     fds.extend(pool_fds);
     let header = format!("HOLD {} {} {words}\n", h.mode, h.linger.as_millis());
     send_with_fds(ours.as_fd(), header.as_bytes(), &fds).context("handing over to the holder")
+}
+
+/// Binds the holder's name for `ifindex` and starts a holder process (`exe`) whose
+/// stdin is the other end of the returned connection: the name's listener (to hand
+/// over), our end, and the child.
+fn launch(
+    exe: &std::path::Path,
+    ifindex: u32,
+) -> SetupResult<(UnixListener, UnixStream, std::process::Child)> {
+    let listener =
+        UnixListener::bind_addr(&address(ifindex)?).context("binding the holder's name")?;
+    let (ours, theirs) = UnixStream::pair()?;
+    let child = std::process::Command::new(exe)
+        .arg(HOLDER_ARG)
+        .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the XDP holder")?;
+    Ok((listener, ours, child))
 }
 
 /// A holder started by a cold run before its program is loaded (see [`start`]).
@@ -264,16 +275,7 @@ pub struct Attached {
 /// holder's name is taken (a holder on its way out): the caller attaches as usual.
 pub fn start(exe: &std::path::Path, ifindex: u32, linger: Duration) -> SetupResult<Starting> {
     let _t = startup::step("holder started");
-    let listener =
-        UnixListener::bind_addr(&address(ifindex)?).context("binding the holder's name")?;
-    let (ours, theirs) = UnixStream::pair()?;
-    let child = std::process::Command::new(exe)
-        .arg(HOLDER_ARG)
-        .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting the XDP holder")?;
+    let (listener, ours, child) = launch(exe, ifindex)?;
     let header = format!("START {} {}\n", linger.as_millis(), std::process::id());
     send_with_fds(ours.as_fd(), header.as_bytes(), &[listener.as_fd()])
         .context("handing over to the holder")?;
