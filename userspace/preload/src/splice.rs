@@ -53,10 +53,11 @@ pub unsafe extern "C" fn splice(
         // A socket cannot be read or written at an offset (no FMODE_PREAD/PWRITE).
         return fail(libc::EINVAL);
     }
+    let fd_nonblocking = fd_flags(pipe_fd) & libc::O_NONBLOCK != 0;
     let pipe = Pipe {
         fd: pipe_fd,
-        nonblocking: flags & libc::SPLICE_F_NONBLOCK != 0
-            || fd_flags(pipe_fd) & libc::O_NONBLOCK != 0,
+        nonblocking: flags & libc::SPLICE_F_NONBLOCK != 0 || fd_nonblocking,
+        fd_nonblocking,
     };
     crate::with_scratch(|buf| {
         let size = len.min(buf.len());
@@ -74,6 +75,8 @@ struct Pipe {
     fd: c_int,
     /// Its `O_NONBLOCK`, or `SPLICE_F_NONBLOCK`.
     nonblocking: bool,
+    /// Its own `O_NONBLOCK` (a write to it then returns what fitted).
+    fd_nonblocking: bool,
 }
 
 fn is_pipe(fd: c_int) -> bool {
@@ -154,8 +157,7 @@ fn socket_to_pipe(sock: &Sock, fd: c_int, pipe: &Pipe, buf: &mut [u8]) -> ssize_
 
 /// As much of `bytes` as the pipe takes: all of it when blocking, else what fits now.
 fn write_pipe(pipe: &Pipe, bytes: &[u8]) -> ssize_t {
-    let blocking_fd = fd_flags(pipe.fd) & libc::O_NONBLOCK == 0;
-    if !pipe.nonblocking || !blocking_fd {
+    if !pipe.nonblocking || pipe.fd_nonblocking {
         // SAFETY: writes `bytes` (valid for their length) to the caller's pipe.
         return unsafe { libc::syscall(libc::SYS_write, pipe.fd, bytes.as_ptr(), bytes.len()) }
             as ssize_t;
